@@ -1,0 +1,93 @@
+"""`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
+
+Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import aiohttp
+
+from bot.catalog import Catalog, CatalogError, load_catalog
+from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
+from bot.logs import configure_logging
+
+log = logging.getLogger("bot")
+
+EXIT_CONFIG = 2
+
+
+def _fail_config(problems: list[str]) -> int:
+    lines = ["Retouch cannot start. Fix these settings:"]
+    lines += [f"  - {p}" for p in problems]
+    lines.append(ENV_EXAMPLE_HINT)
+    sys.stderr.write("\n".join(lines) + "\n")
+    return EXIT_CONFIG
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Retouch Discord bot.")
+    parser.add_argument("--sync", action="store_true", help="publish slash commands globally, then run")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate settings and the catalog, then exit"
+    )
+    return parser.parse_args(argv)
+
+
+async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
+    """Own every resource for the process's lifetime: one HTTP session, one database."""
+    # Imported here so `--check-config` and config errors never pay for importing discord.py.
+    import discord
+
+    from bot.app import build_providers, build_services
+    from bot.client import RetouchBot, point_discord_at
+    from bot.storage import Storage
+
+    if settings.discord_api_base:
+        point_discord_at(settings.discord_api_base)
+    storage = await Storage.open(settings.database_path)
+    try:
+        async with aiohttp.ClientSession(headers={"User-Agent": "Retouch (+discord bot)"}) as session:
+            services = build_services(settings, catalog, storage, build_providers(settings, session))
+            bot = RetouchBot(services, sync_commands=sync)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.shutdown()))
+            try:
+                async with bot:
+                    await bot.start(settings.discord_token.reveal())
+            except discord.LoginFailure:
+                log.error("Discord refused DISCORD_TOKEN; check the bot token in your .env")
+                return EXIT_CONFIG
+    finally:
+        await storage.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail_config(exc.problems)
+    try:
+        catalog = load_catalog(settings.catalog_path)
+    except CatalogError as exc:
+        return _fail_config([str(exc)])
+    secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
+    configure_logging(settings.log_level, secrets)
+    if args.check_config:
+        log.info("settings OK: %s", settings.describe())
+        log.info("catalog OK: %s", ", ".join(catalog.models))
+        return 0
+    return asyncio.run(run(settings, catalog, sync=args.sync))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The model catalog and pricing: which models exist, what they can do, what they cost.
+
+Loaded from a TOML file (the packaged `data/catalog.toml`, or `CATALOG_PATH`), so retirements and price
+changes need no release. All money is `Decimal` so 0.011 × 1000 is exactly 11 credits, never 12.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bot.errors import InvalidOptions
+from bot.providers.base import QUALITIES, SIZES, Usage
+
+PACKAGED_CATALOG = "catalog.toml"
+PRICED_QUALITIES = ("low", "medium", "high")
+MILLION = Decimal(1_000_000)
+# A prompt's text tokens are at most about one per two characters (usually one per four).
+CHARS_PER_TEXT_TOKEN_WORST = 2
+# Users see this many days of warning before a model they pick is retired.
+RETIREMENT_WARNING_DAYS = 30
+
+
+class CatalogError(Exception):
+    """The catalog file is unreadable or inconsistent. Lists every problem."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One provider selling a model: `model` is that provider's own id for it."""
+
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True)
+class TokenRates:
+    """USD per 1M tokens."""
+
+    text_input: Decimal
+    image_input: Decimal
+    image_output: Decimal
+    text_output: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    name: str
+    qualities: tuple[str, ...]
+    sizes: tuple[str, ...]
+    max_input_images: int
+    mask: bool
+    input_fidelity: bool
+    max_prompt_chars: int
+    prices: dict[str, dict[str, Decimal]]  # quality -> {"square": usd, "other": usd}
+    routes: tuple[Route, ...]
+    input_tokens_per_image: int = 6500
+    tokens: TokenRates | None = None
+    shutdown: dt.date | None = None
+    replacement: str | None = None
+
+    def retired(self, today: dt.date) -> bool:
+        return self.shutdown is not None and today >= self.shutdown
+
+    def image_price(self, quality: str, size: str) -> Decimal:
+        """List price of one output image. `auto` is priced as its most expensive outcome."""
+        q = "high" if quality == "auto" else quality
+        by_size = self.prices[q]
+        if size == "auto":
+            return max(by_size.values())
+        return by_size["square" if size == "1024x1024" else "other"]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The model a job will really use, plus a notice when it differs from what was asked."""
+
+    model: ModelEntry
+    notice: str | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    def get(self, model_id: str) -> ModelEntry:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise InvalidOptions(
+                f"Unknown model `{model_id}`. Pick one from the list the `model` option suggests.",
+                code="unknown_model",
+            ) from None
+
+    def available(self, today: dt.date) -> list[ModelEntry]:
+        """Models a user can pick today (retired ones are hidden from autocomplete)."""
+        return [m for m in self.models.values() if not m.retired(today)]
+
+    def resolve(self, model_id: str, today: dt.date) -> Resolution:
+        """Follow replacements past shutdown dates. Raises InvalidOptions when nothing is left."""
+        asked = self.get(model_id)
+        current, seen = asked, {asked.id}
+        while current.retired(today):
+            if not current.replacement or current.replacement in seen:
+                raise InvalidOptions(
+                    f"{asked.name} was retired on {current.shutdown:%Y-%m-%d} and no replacement is "
+                    "configured. Pick another model, or ask an admin to update the model catalog.",
+                    code="model_retired",
+                )
+            current = self.get(current.replacement)
+            seen.add(current.id)
+        if current is asked:
+            notice = None
+            if asked.shutdown and (asked.shutdown - today).days <= RETIREMENT_WARNING_DAYS:
+                notice = f"{asked.name} will be retired on {asked.shutdown:%Y-%m-%d}."
+            return Resolution(asked, notice)
+        return Resolution(
+            current, f"{asked.name} has been retired, so this edit used {current.name} instead."
+        )
+
+    def warnings(self, today: dt.date) -> list[str]:
+        """Admin-facing: models retired or within the warning window."""
+        out = []
+        for m in self.models.values():
+            if m.shutdown is None:
+                continue
+            days = (m.shutdown - today).days
+            if days <= 0:
+                target = f"replaced by {m.replacement}" if m.replacement else "no replacement set"
+                out.append(f"{m.id} retired on {m.shutdown:%Y-%m-%d} ({target})")
+            elif days <= RETIREMENT_WARNING_DAYS:
+                out.append(f"{m.id} retires in {days} days ({m.shutdown:%Y-%m-%d})")
+        return out
+
+
+def usd_to_credits(usd: Decimal, credits_per_usd: int) -> int:
+    """Credits = ceil(USD × rate), computed exactly."""
+    return math.ceil(usd * credits_per_usd)
+
+
+def reserve_usd(
+    model: ModelEntry, *, quality: str, size: str, count: int, n_inputs: int, prompt: str
+) -> Decimal:
+    """The most a job can cost: every image at its worst price, plus worst-case input tokens."""
+    total = model.image_price(quality, size) * count
+    if model.tokens is not None:
+        image_tokens = model.input_tokens_per_image * n_inputs
+        text_tokens = math.ceil(len(prompt) / CHARS_PER_TEXT_TOKEN_WORST)
+        total += (model.tokens.image_input * image_tokens + model.tokens.text_input * text_tokens) / MILLION
+    return total
+
+
+def actual_usd(
+    model: ModelEntry,
+    *,
+    usage: Usage | None,
+    images: int,
+    quality: str | None,
+    size: str | None,
+    requested_quality: str,
+    requested_size: str,
+    provider_cost: str | None = None,
+) -> Decimal:
+    """What a finished job really cost.
+
+    Preference: the provider's own reported charge, then usage tokens × token rates, then the list
+    price of the quality and size the provider says it produced (falling back to what was asked).
+    """
+    if provider_cost is not None:
+        return Decimal(provider_cost)
+    if usage is not None and model.tokens is not None:
+        t = model.tokens
+        return (
+            t.text_input * usage.input_text_tokens
+            + t.image_input * usage.input_image_tokens
+            + t.image_output * usage.output_image_tokens
+            + t.text_output * usage.output_text_tokens
+        ) / MILLION
+    q = quality if quality in PRICED_QUALITIES else requested_quality
+    s = size if size in SIZES and size != "auto" else requested_size
+    return model.image_price(q, s) * images
+
+
+def _decimal(value: Any) -> Decimal:
+    # TOML floats go through repr so 0.011 stays 0.011 instead of its binary approximation.
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+
+
+def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> ModelEntry | None:
+    where = f"models.{model_id}"
+    try:
+        prices = {
+            q: {k: _decimal(v) for k, v in raw["price"][q].items()}
+            for q in PRICED_QUALITIES
+            if q in raw["price"]
+        }
+        qualities = tuple(raw.get("qualities", QUALITIES))
+        missing = [q for q in qualities if q != "auto" and q not in prices]
+        if "auto" in qualities and "high" not in prices:
+            missing.append("high (needed to price auto)")
+        if missing:
+            problems.append(f"{where}: no price for quality {', '.join(missing)}")
+        for q, by_size in prices.items():
+            if set(by_size) != {"square", "other"}:
+                problems.append(f"{where}.price.{q}: needs exactly `square` and `other`")
+        tokens = raw.get("tokens")
+        shutdown = raw.get("shutdown")
+        if isinstance(shutdown, str):
+            shutdown = dt.date.fromisoformat(shutdown)
+        routes = tuple(Route(r["provider"], r.get("model", model_id)) for r in raw.get("routes", []))
+        if not routes:
+            problems.append(f"{where}: no routes (which provider sells it?)")
+        return ModelEntry(
+            id=model_id,
+            name=raw.get("name", model_id),
+            qualities=qualities,
+            sizes=tuple(raw.get("sizes", SIZES)),
+            max_input_images=int(raw.get("max_input_images", 1)),
+            mask=bool(raw.get("mask", False)),
+            input_fidelity=bool(raw.get("input_fidelity", False)),
+            max_prompt_chars=int(raw.get("max_prompt_chars", 32000)),
+            prices=prices,
+            routes=routes,
+            input_tokens_per_image=int(raw.get("input_tokens_per_image", 6500)),
+            tokens=TokenRates(**{k: _decimal(v) for k, v in tokens.items()}) if tokens else None,
+            shutdown=shutdown,
+            replacement=raw.get("replacement") or None,
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        problems.append(f"{where}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def parse_catalog(data: dict[str, Any]) -> Catalog:
+    problems: list[str] = []
+    models = {}
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, dict):
+        raise CatalogError("`models` must be a table of model entries")
+    for model_id, raw in raw_models.items():
+        entry = _parse_model(model_id, raw, problems)
+        if entry is not None:
+            models[model_id] = entry
+    for m in models.values():
+        if m.replacement and m.replacement not in models:
+            problems.append(f"models.{m.id}.replacement: unknown model {m.replacement!r}")
+    if not models and not problems:
+        problems.append("the catalog lists no models")
+    if problems:
+        raise CatalogError("; ".join(problems))
+    return Catalog(models)
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Load `path`, or the catalog shipped inside the package."""
+    try:
+        if path is None:
+            text = (resources.files("bot") / "data" / PACKAGED_CATALOG).read_text("utf-8")
+        else:
+            text = path.read_text("utf-8")
+        return parse_catalog(tomllib.loads(text))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read the model catalog {path or PACKAGED_CATALOG}: {exc}") from exc

@@ -1,0 +1,137 @@
+"""The Discord bot class, its command tree (the one error router) and its wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import Services
+from bot.errors import RetouchError, ShuttingDown, new_reference
+
+log = logging.getLogger(__name__)
+
+# Extensions are listed explicitly; one that fails to load stops start-up.
+EXTENSIONS = ("cogs.edit", "cogs.credits", "cogs.admin")
+HEARTBEAT_SECONDS = 15.0
+
+
+def point_discord_at(api_base: str) -> None:
+    """Send every REST call (and, via GET /gateway/bot, the gateway) to `api_base` — a proxy or a fake."""
+    discord.http.Route.BASE = api_base.rstrip("/")
+
+
+async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+    """Tell only the invoking user, whatever state the interaction is in. Never raises."""
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True)
+        elif interaction.extras.get("ephemeral_original"):
+            # Our deferred progress message is already private: turn it into the error.
+            await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
+        else:
+            await interaction.followup.send(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not tell user %s about an error: %s", interaction.user.id, exc)
+
+
+class RetouchTree(app_commands.CommandTree):
+    """Routes every command error to a short private message; logs the unexpected with a reference."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        bot = interaction.client
+        if isinstance(bot, RetouchBot) and not bot.services.edits.accepting:
+            await reply_privately(interaction, ShuttingDown().user_message)
+            return False
+        return True
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", None) or error
+        name = interaction.command.qualified_name if interaction.command else "?"
+        if isinstance(original, RetouchError):
+            log.info("/%s for user %s refused: %s", name, interaction.user.id, original.code)
+            text = original.user_message
+        elif isinstance(error, app_commands.MissingPermissions | app_commands.CheckFailure):
+            text = "You don't have permission to use this command here."
+        elif isinstance(error, app_commands.CommandOnCooldown):
+            text = f"Slow down — try again in {error.retry_after:.0f} s."
+        else:
+            ref = new_reference()
+            log.error("unexpected error in /%s (ref %s)", name, ref, exc_info=original)
+            text = f"Something went wrong (ref `{ref}`). You were not charged; please try again."
+        await reply_privately(interaction, text)
+
+
+class RetouchBot(commands.AutoShardedBot):
+    """The bot. Receives its services from the entry point; owns only Discord-side state."""
+
+    def __init__(self, services: Services, *, sync_commands: bool = False) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            tree_cls=RetouchTree,
+            help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.services = services
+        self.sync_commands = sync_commands
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def setup_hook(self) -> None:
+        # Fixed order: database, services, extensions, then command sync only when asked.
+        version = await self.services.storage.migrate()
+        log.info("database ready (schema %d)", version)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        settings = self.services.settings
+        if settings.dev_guild_id:
+            guild = discord.Object(settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to dev guild %s", len(synced), settings.dev_guild_id)
+        if self.sync_commands:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands (they may take up to an hour to appear)", len(synced))
+        self._heartbeat = asyncio.create_task(self._beat(), name="retouch-heartbeat")
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s (%s) to %d guild(s)", self.user, getattr(self.user, "id", "?"), len(self.guilds)
+        )
+
+    def connected(self) -> bool:
+        return self.is_ready() and not self.is_closed() and math.isfinite(self.latency)
+
+    async def _beat(self) -> None:
+        """Refresh the heartbeat file while the gateway is up; the container HEALTHCHECK reads it."""
+        path = self.services.settings.heartbeat_path
+        while not self.is_closed():
+            if self.connected():
+                with contextlib.suppress(OSError):
+                    path.write_text(str(int(time.time())))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def shutdown(self) -> None:
+        """Graceful stop: refuse new commands, let jobs finish within the grace period, then close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.services.settings.shutdown_grace_seconds
+        log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, self.services.edits.in_flight)
+        aborted = await self.services.edits.drain(grace)
+        log.info("shutdown: %d job(s) aborted and refunded", aborted)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        with contextlib.suppress(OSError):
+            self.services.settings.heartbeat_path.unlink(missing_ok=True)
+        await super().close()

@@ -1,0 +1,212 @@
+"""Settings: read once from the environment (and an optional `.env`), validated in one pass.
+
+Every problem is collected so an admin sees the whole list at once instead of fixing one setting per
+restart. Secrets are wrapped in `Secret` so they never appear in reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+
+ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
+KNOWN_PROVIDERS = ("openai",)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Secret(str):
+    """A string that hides itself when printed."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    api_key: Secret
+    base_url: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: Secret
+    discord_api_base: str | None = None
+    data_dir: Path = Path("data")
+    providers: tuple[ProviderSettings, ...] = ()
+    default_model: str = "gpt-image-1.5"
+    default_quality: str = "auto"
+    default_size: str = "auto"
+    default_background: str = "auto"
+    default_format: str = "png"
+    starting_credits: int = 500
+    credits_per_usd: int = 1000
+    dev_guild_id: int | None = None
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 60.0
+    catalog_path: Path | None = None
+    thread_results: bool = False
+    max_input_bytes: int = 20 * 1024 * 1024
+    max_input_pixels: int = 40_000_000
+    job_timeout_seconds: float = 300.0
+    provider_call_timeout_seconds: float = 240.0
+    owner_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "retouch.sqlite3"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.data_dir / "heartbeat"
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as printable values, secrets masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = "***" if value else ""
+            elif f.name == "providers":
+                value = [{"name": p.name, "base_url": p.base_url, "api_key": "***"} for p in value]
+            out[f.name] = value
+        return out
+
+
+class _Reader:
+    """Pulls typed values out of an env mapping, recording problems instead of raising."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, key: str) -> str | None:
+        value = self.env.get(key)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def text(self, key: str, default: str) -> str:
+        return self.raw(key) or default
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key, default).lower()
+        if value not in allowed:
+            self.problems.append(f"{key} must be one of {', '.join(allowed)} (got {value!r})")
+            return default
+        return value
+
+    def number(self, key: str, default: Any, kind: Callable[[str], Any], minimum: float) -> Any:
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            parsed = kind(value)
+        except ValueError:
+            self.problems.append(f"{key} must be a number (got {value!r})")
+            return default
+        if parsed < minimum:
+            self.problems.append(f"{key} must be at least {minimum} (got {value!r})")
+            return default
+        return parsed
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{key} must be on or off (got {value!r})")
+        return default
+
+    def url(self, key: str, default: str | None) -> str | None:
+        value = self.raw(key) or default
+        if value is not None and not value.startswith(("http://", "https://")):
+            self.problems.append(f"{key} must start with http:// or https:// (got {value!r})")
+            return default
+        return value.rstrip("/") if value else value
+
+    def id_list(self, key: str) -> frozenset[int]:
+        value = self.raw(key)
+        if value is None:
+            return frozenset()
+        try:
+            return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        except ValueError:
+            self.problems.append(f"{key} must be a comma-separated list of Discord user ids")
+            return frozenset()
+
+
+def _read_providers(r: _Reader) -> tuple[ProviderSettings, ...]:
+    providers = []
+    key = r.raw("OPENAI_API_KEY")
+    if key:
+        base = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1")
+        providers.append(ProviderSettings("openai", Secret(key), base or ""))
+    if not providers:
+        r.problems.append("no provider is configured: set OPENAI_API_KEY")
+    return tuple(providers)
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+    """Build settings from `env` (default: the process environment plus `.env` if present).
+
+    Raises ConfigError listing every problem.
+    """
+    if env is None:
+        if dotenv:
+            from dotenv import load_dotenv
+
+            # `.env` in the working directory; real environment variables win, as compose users expect.
+            load_dotenv(Path.cwd() / ".env", override=False)
+        env = os.environ
+    r = _Reader(env)
+    token = r.raw("DISCORD_TOKEN")
+    if not token:
+        r.problems.append("DISCORD_TOKEN is not set")
+    providers = _read_providers(r)
+    dev_guild = r.number("DEV_GUILD_ID", None, int, 1)
+    catalog = r.raw("CATALOG_PATH")
+    settings = Settings(
+        discord_token=Secret(token or ""),
+        discord_api_base=r.url("DISCORD_API_BASE", None),
+        data_dir=Path(r.text("DATA_DIR", "./data")),
+        providers=providers,
+        default_model=r.text("DEFAULT_MODEL", "gpt-image-1.5"),
+        default_quality=r.choice("DEFAULT_QUALITY", "auto", QUALITIES),
+        default_size=r.choice("DEFAULT_SIZE", "auto", SIZES),
+        default_background=r.choice("DEFAULT_BACKGROUND", "auto", BACKGROUNDS),
+        default_format=r.choice("DEFAULT_FORMAT", "png", OUTPUT_FORMATS),
+        starting_credits=r.number("STARTING_CREDITS", 500, int, 0),
+        credits_per_usd=r.number("CREDITS_PER_USD", 1000, int, 1),
+        dev_guild_id=dev_guild,
+        log_level=r.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        shutdown_grace_seconds=r.number("SHUTDOWN_GRACE_SECONDS", 60.0, float, 0),
+        catalog_path=Path(catalog) if catalog else None,
+        thread_results=r.flag("THREAD_RESULTS", False),
+        max_input_bytes=int(r.number("MAX_INPUT_MB", 20, float, 0.1) * 1024 * 1024),
+        max_input_pixels=int(r.number("MAX_INPUT_MEGAPIXELS", 40, float, 0.01) * 1_000_000),
+        job_timeout_seconds=r.number("JOB_TIMEOUT_SECONDS", 300.0, float, 10),
+        provider_call_timeout_seconds=r.number("PROVIDER_CALL_TIMEOUT_SECONDS", 240.0, float, 1),
+        owner_ids=r.id_list("OWNER_IDS"),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings

@@ -1,0 +1,490 @@
+"""Edit jobs: validate → price → reserve → provider → deliver → capture, with refunds on every failure.
+
+The service takes plain values (ids, bytes, callables) and never a Discord object. Discord-side work is
+passed in as two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post the result.
+Credits are captured only after `deliver` returns; any failure before that releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from bot import imaging
+from bot.catalog import Catalog, ModelEntry, Resolution, actual_usd, reserve_usd, usd_to_credits
+from bot.config import Settings
+from bot.errors import (
+    InsufficientCredits,
+    InvalidImage,
+    InvalidOptions,
+    RetouchError,
+    ShuttingDown,
+    message_for_provider_error,
+    new_reference,
+)
+from bot.providers import errors as perr
+from bot.providers.base import EditRequest, EditResult, InputImage, Provider
+from bot.storage import NotEnoughCredits, Storage
+
+log = logging.getLogger(__name__)
+
+# How often the "editing with <model> (N s)" stage is refreshed while the provider works.
+PROGRESS_TICK_SECONDS = 5.0
+MAX_IMAGES_PER_EDIT = 4
+DM_GUILD_ID = 0
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+class JobFailed(RetouchError):
+    """A job failed after it started; credits were released. Carries the log reference."""
+
+    def __init__(self, user_message: str, *, ref: str, code: str) -> None:
+        super().__init__(f"{user_message} (ref `{ref}`)", code=code)
+        self.ref = ref
+
+
+class JobInterrupted(RetouchError):
+    def __init__(self) -> None:
+        super().__init__(
+            "Retouch had to restart before your edit finished. You were not charged; please run it again.",
+            code="interrupted",
+        )
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An attachment as the service sees it: declared size plus a way to fetch the bytes."""
+
+    label: str
+    filename: str
+    size: int
+    read: Callable[[], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """Options from the command; None means "use the default"."""
+
+    prompt: str
+    model: str | None = None
+    quality: str | None = None
+    size: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    model: str
+    quality: str
+    size: str
+    background: str
+    output_format: str
+    count: int = 1
+
+
+DefaultsLookup = Callable[[int, int], Awaitable[JobDefaults]]
+
+
+@dataclass(frozen=True)
+class EditJob:
+    guild_id: int
+    user_id: int
+    channel_id: int | None
+    uploads: Sequence[Upload]
+    options: EditOptions
+    upload_limit: int  # the interaction's attachment_size_limit
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    filename: str
+    data: bytes
+    format: str
+
+
+@dataclass(frozen=True)
+class EditOutcome:
+    job_id: str
+    prompt: str
+    model_id: str
+    model_name: str
+    provider: str
+    quality: str
+    size: str
+    files: tuple[ResultFile, ...]
+    charged: int
+    balance_after: int
+    notices: tuple[str, ...] = ()
+
+
+@dataclass
+class _Running:
+    job_id: str
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class EditService:
+    """Runs edit jobs. One instance per process, shared by every cog."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        storage: Storage,
+        providers: dict[str, Provider],
+        user_salt: bytes,
+        defaults: DefaultsLookup | None = None,
+        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.storage = storage
+        self.providers = providers
+        self._salt = user_salt
+        self._defaults = defaults or self._settings_defaults
+        self._today = today
+        self._running: dict[str, _Running] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.accepting = True
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run_edit(
+        self, job: EditJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
+    ) -> EditOutcome:
+        """Run one edit to the end. Raises RetouchError subclasses with user-safe messages."""
+        if not self.accepting:
+            raise ShuttingDown()
+        job_id = secrets.token_hex(8)
+        running = _Running(job_id)
+        self._running[job_id] = running
+        self._idle.clear()
+        try:
+            return await self._run(job_id, running, job, progress, deliver)
+        finally:
+            del self._running[job_id]
+            if not self._running:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking jobs, wait up to `grace` seconds, then abort what is left. Returns aborted count."""
+        self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        left = list(self._running.values())
+        for running in left:
+            running.abort.set()
+        if left:
+            log.warning("shutdown: aborting %d unfinished job(s); their credits are released", len(left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 10)
+        return len(left)
+
+    async def options_for(self, guild_id: int, user_id: int, options: EditOptions) -> JobDefaults:
+        """Merge command options over the user's/guild's defaults (command options always win)."""
+        d = await self._defaults(guild_id, user_id)
+        return JobDefaults(
+            model=options.model or d.model,
+            quality=options.quality or d.quality,
+            size=options.size or d.size,
+            background=options.background or d.background,
+            output_format=options.output_format or d.output_format,
+            count=options.count or d.count,
+        )
+
+    def user_hash(self, user_id: int) -> str:
+        """A stable pseudonymous id for the provider's abuse monitoring (never the Discord id)."""
+        return hashlib.sha256(self._salt + str(user_id).encode()).hexdigest()[:32]
+
+    # -- the pipeline -------------------------------------------------------------------------------
+
+    async def _settings_defaults(self, guild_id: int, user_id: int) -> JobDefaults:
+        s = self.settings
+        return JobDefaults(
+            s.default_model, s.default_quality, s.default_size, s.default_background, s.default_format
+        )
+
+    async def _run(
+        self,
+        job_id: str,
+        running: _Running,
+        job: EditJob,
+        progress: Progress,
+        deliver: Callable[[EditOutcome], Awaitable[None]],
+    ) -> EditOutcome:
+        chosen = await self.options_for(job.guild_id, job.user_id, job.options)
+        resolution = self.catalog.resolve(chosen.model, self._today())
+        model = resolution.model
+        self._check_options(model, chosen, job)
+        await progress("Checking your images…")
+        images = await self._load_images(job.uploads)
+        reserve = usd_to_credits(
+            reserve_usd(
+                model,
+                quality=chosen.quality,
+                size=chosen.size,
+                count=chosen.count,
+                n_inputs=len(images),
+                prompt=job.options.prompt,
+            ),
+            self.settings.credits_per_usd,
+        )
+        await self.storage.create_job(
+            job_id,
+            guild_id=job.guild_id,
+            user_id=job.user_id,
+            channel_id=job.channel_id,
+            model=model.id,
+            quality=chosen.quality,
+            size=chosen.size,
+            count=chosen.count,
+        )
+        try:
+            await self.storage.reserve(
+                job_id, job.guild_id, job.user_id, reserve, starting_credits=self.settings.starting_credits
+            )
+        except NotEnoughCredits as exc:
+            await self.storage.set_job_state(job_id, "failed", error_code="insufficient_credits")
+            raise InsufficientCredits(exc.needed, exc.available) from None
+        try:
+            return await self._generate_and_deliver(
+                job_id, running, job, chosen, resolution, images, reserve, progress, deliver
+            )
+        except BaseException as exc:
+            await self._fail(job_id, exc)
+            raise
+
+    async def _generate_and_deliver(
+        self,
+        job_id: str,
+        running: _Running,
+        job: EditJob,
+        chosen: JobDefaults,
+        resolution: Resolution,
+        images: list[InputImage],
+        reserve: int,
+        progress: Progress,
+        deliver: Callable[[EditOutcome], Awaitable[None]],
+    ) -> EditOutcome:
+        model = resolution.model
+        request = EditRequest(
+            images=tuple(images),
+            prompt=job.options.prompt,
+            model=model.id,
+            quality=chosen.quality,
+            size=chosen.size,
+            background=chosen.background,
+            output_format=chosen.output_format,
+            count=chosen.count,
+            user_hash=self.user_hash(job.user_id),
+            deadline=time.monotonic() + self.settings.job_timeout_seconds,
+        )
+        result = await self._call_provider(job_id, running, model, request, progress)
+        charged = usd_to_credits(
+            actual_usd(
+                model,
+                usage=result.usage,
+                images=len(result.images),
+                quality=result.quality,
+                size=result.size,
+                requested_quality=chosen.quality,
+                requested_size=chosen.size,
+                provider_cost=result.cost_usd,
+            ),
+            self.settings.credits_per_usd,
+        )
+        charged = min(charged, reserve)
+        await self.storage.set_job_state(
+            job_id, "completed", provider=result.provider, provider_request_id=result.request_id
+        )
+        await progress("Uploading the result…")
+        files = await self._fit_files(job_id, result, job.upload_limit)
+        account = await self.storage.get_account(job.guild_id, job.user_id)
+        balance_now = account.balance if account else 0
+        outcome = EditOutcome(
+            job_id=job_id,
+            prompt=job.options.prompt,
+            model_id=model.id,
+            model_name=model.name,
+            provider=result.provider,
+            quality=result.quality or chosen.quality,
+            size=result.size or chosen.size,
+            files=files,
+            charged=charged,
+            # What the balance will be once this job's hold is settled.
+            balance_after=balance_now + reserve - charged,
+            notices=tuple(n for n in (resolution.notice,) if n),
+        )
+        await deliver(outcome)
+        settled = await self.storage.capture(job_id, charged)
+        await self.storage.set_job_state(job_id, "delivered")
+        if settled is not None:
+            outcome = replace(outcome, charged=settled[1])
+        log.info(
+            "job %s delivered: model=%s provider=%s images=%d charged=%d",
+            job_id,
+            model.id,
+            result.provider,
+            len(files),
+            outcome.charged,
+        )
+        return outcome
+
+    def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
+        prompt = job.options.prompt
+        if not prompt.strip():
+            raise InvalidOptions("The prompt is empty. Describe the change you want.", code="empty_prompt")
+        if len(prompt) > model.max_prompt_chars:
+            raise InvalidOptions(
+                f"The prompt is {len(prompt)} characters; {model.name} accepts at most "
+                f"{model.max_prompt_chars}. Shorten it and try again.",
+                code="prompt_too_long",
+            )
+        if chosen.quality not in model.qualities:
+            raise InvalidOptions(
+                f"{model.name} does not offer quality `{chosen.quality}`.", code="bad_quality"
+            )
+        if chosen.size not in model.sizes:
+            raise InvalidOptions(f"{model.name} does not offer size `{chosen.size}`.", code="bad_size")
+        if not 1 <= chosen.count <= MAX_IMAGES_PER_EDIT:
+            raise InvalidOptions(f"`count` must be between 1 and {MAX_IMAGES_PER_EDIT}.", code="bad_count")
+        if chosen.background == "transparent" and chosen.output_format == "jpeg":
+            raise InvalidOptions(
+                "A transparent background needs PNG or WebP output. Set `format` to png or webp.",
+                code="transparent_jpeg",
+            )
+        if len(job.uploads) > min(model.max_input_images, MAX_IMAGES_PER_EDIT):
+            raise InvalidOptions(
+                f"{model.name} accepts at most {model.max_input_images} input image(s).",
+                code="too_many_images",
+            )
+        if not self._route_for(model):
+            raise InvalidOptions(
+                f"No configured image service sells {model.name}. Pick another model.", code="no_route"
+            )
+
+    def _route_for(self, model: ModelEntry) -> tuple[Provider, str] | None:
+        for route in model.routes:
+            provider = self.providers.get(route.provider)
+            if provider is not None:
+                return provider, route.model
+        return None
+
+    async def _load_images(self, uploads: Sequence[Upload]) -> list[InputImage]:
+        cap = self.settings.max_input_bytes
+        for upload in uploads:
+            # Refuse from the declared size before downloading a single byte.
+            if upload.size > cap:
+                raise InvalidImage(
+                    f"`{upload.label}` is {upload.size / 1048576:.1f} MB; the limit is "
+                    f"{cap / 1048576:.0f} MB. Upload a smaller PNG, JPEG or WebP.",
+                    code="too_large",
+                )
+        images = []
+        for upload in uploads:
+            data = await upload.read()
+            images.append(
+                await asyncio.to_thread(
+                    imaging.validate_image,
+                    data,
+                    max_bytes=cap,
+                    max_pixels=self.settings.max_input_pixels,
+                    label=upload.label,
+                )
+            )
+        return images
+
+    async def _call_provider(
+        self, job_id: str, running: _Running, model: ModelEntry, request: EditRequest, progress: Progress
+    ) -> EditResult:
+        route = self._route_for(model)
+        assert route is not None  # checked in _check_options
+        provider, provider_model = route
+        request = replace(request, model=provider_model)
+        await self.storage.set_job_state(job_id, "submitting", provider=provider.name)
+        call = asyncio.create_task(provider.edit(request))
+        aborted = asyncio.create_task(running.abort.wait())
+        started = time.monotonic()
+        try:
+            while True:
+                elapsed = int(time.monotonic() - started)
+                await progress(f"Editing with {model.name}… ({elapsed} s)")
+                done, _ = await asyncio.wait(
+                    {call, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if call in done:
+                    result = call.result()
+                    break
+                if aborted in done:
+                    raise JobInterrupted()
+                if request.remaining() <= 0:
+                    raise perr.ProviderTimeout("job deadline passed", provider=provider.name, accepted=True)
+        finally:
+            for task in (call, aborted):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(call, aborted, return_exceptions=True)
+        if not result.images:
+            raise perr.ServerError("provider returned no images", provider=provider.name, accepted=True)
+        return result
+
+    async def _fit_files(self, job_id: str, result: EditResult, limit: int) -> tuple[ResultFile, ...]:
+        files = []
+        for index, image in enumerate(result.images):
+            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, limit)
+            ext = "jpg" if fmt == "jpeg" else fmt
+            files.append(ResultFile(f"retouch_{job_id[:8]}_{index + 1}.{ext}", data, fmt))
+        return tuple(files)
+
+    async def _fail(self, job_id: str, exc: BaseException) -> None:
+        """Release the job's credits exactly once and record why. Re-raising is the caller's job."""
+        ref = new_reference()
+        code = getattr(exc, "code", None) or type(exc).__name__
+        state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
+        try:
+            await self.storage.release(job_id, reason=str(code)[:64])
+            await self.storage.set_job_state(job_id, state, error_code=str(code)[:64], error_ref=ref)
+        except Exception:
+            log.exception("job %s: could not release credits (ref %s)", job_id, ref)
+        if isinstance(exc, perr.ProviderError):
+            log.warning(
+                "job %s failed (ref %s): %s from %s status=%s code=%s request_id=%s: %s",
+                job_id,
+                ref,
+                type(exc).__name__,
+                exc.provider,
+                exc.status,
+                exc.code,
+                exc.request_id,
+                exc,
+            )
+            if isinstance(exc, perr.ServiceUnavailable):
+                log.error(
+                    "provider %s needs the admin's attention (auth, billing or access) ref %s",
+                    exc.provider,
+                    ref,
+                )
+            raise JobFailed(message_for_provider_error(exc), ref=ref, code=type(exc).__name__) from exc
+        if isinstance(exc, RetouchError | asyncio.CancelledError):
+            return
+        log.error("job %s failed unexpectedly (ref %s)", job_id, ref, exc_info=exc)
+        raise JobFailed(
+            "Something went wrong with this edit. You were not charged.", ref=ref, code="internal"
+        ) from exc

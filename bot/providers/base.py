@@ -1,0 +1,96 @@
+"""The provider protocol: what every image-edit adapter takes and returns.
+
+Nothing here knows about Discord. Adapters receive plain bytes and strings and return plain bytes,
+so the job service can run them, test them and swap them without a bot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+QUALITIES = ("low", "medium", "high", "auto")
+SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+BACKGROUNDS = ("auto", "opaque", "transparent")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """One validated input image. `mime` is sniffed from the bytes, never taken from a filename."""
+
+    data: bytes
+    mime: str  # image/png | image/jpeg | image/webp
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}[self.mime]
+
+
+@dataclass(frozen=True, slots=True)
+class EditRequest:
+    """Everything a provider needs for one edit job.
+
+    `model` is the provider-facing model id (the catalog resolves user choices and retirements before
+    a request is built). `deadline` is a `time.monotonic()` instant after which the adapter must give up.
+    `mask`, when present, follows the OpenAI convention (PNG, alpha 0 = edit, same size as the first
+    image); adapters convert it to their own convention.
+    """
+
+    images: tuple[InputImage, ...]
+    prompt: str
+    model: str
+    quality: str = "auto"
+    size: str = "auto"
+    background: str = "auto"
+    output_format: str = "png"
+    count: int = 1
+    user_hash: str | None = None
+    mask: InputImage | None = None
+    input_fidelity: str | None = None  # only sent when the catalog says the model supports it
+    deadline: float = field(default_factory=lambda: time.monotonic() + 300.0)
+
+    def remaining(self) -> float:
+        """Seconds left before the job's deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+
+@dataclass(frozen=True, slots=True)
+class OutputImage:
+    data: bytes
+    format: str  # png | jpeg | webp
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage as reported by the provider (OpenAI `usage`); zeros when a field was absent."""
+
+    input_text_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    output_text_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EditResult:
+    images: tuple[OutputImage, ...]
+    provider: str
+    quality: str | None = None  # resolved quality (never "auto" when the provider reports it)
+    size: str | None = None  # resolved size
+    usage: Usage | None = None
+    request_id: str | None = None
+    cost_usd: str | None = None  # provider-reported charge (e.g. Segmind x-cost), as a decimal string
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An adapter for one service that sells GPT Image edits."""
+
+    name: str
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        """Run one edit. Raises a `bot.providers.errors.ProviderError` subclass on failure."""
+        ...

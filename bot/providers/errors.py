@@ -1,0 +1,81 @@
+"""One exception hierarchy for every provider.
+
+Adapters map wire failures into these classes (each vendor in one function); the job service and the
+user-facing messages only ever see these. `accepted` says whether the provider may have started (and
+billed) the work: a job whose submit may have been accepted is never sent again anywhere.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base class. The message is for logs only; users get text from `bot.errors`."""
+
+    retryable_elsewhere = False  # may routing try another provider for this failure?
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        accepted: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.accepted = accepted
+
+
+class ProviderRejected(ProviderError):
+    """The provider's safety system refused the prompt or image (e.g. OpenAI `moderation_blocked`)."""
+
+
+class InvalidInput(ProviderError):
+    """The provider refused the input as malformed (bad image, mask mismatch, bad parameter)."""
+
+
+class ServiceUnavailable(ProviderError):
+    """Auth, billing or permission failure on our side: the admin must act; retrying will not help."""
+
+    retryable_elsewhere = True
+
+
+class ModelUnavailable(ProviderError):
+    """The provider does not serve this model (unknown, retired, or no access)."""
+
+    retryable_elsewhere = True
+
+
+class RateLimited(ProviderError):
+    """HTTP 429 (not quota). `retry_after` is seconds, or None when the provider gave no hint."""
+
+    retryable_elsewhere = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class ServerError(ProviderError):
+    """5xx or an unusable response from the provider."""
+
+
+class ProviderTimeout(ProviderError):
+    """The call or the job's deadline ran out."""
+
+
+class ConnectionFailed(ProviderError):
+    """The connection failed. With `accepted=False` the request provably never left this machine."""
+
+    @property
+    def retryable_elsewhere(self) -> bool:  # type: ignore[override]
+        return not self.accepted
+
+
+class JobFailed(ProviderError):
+    """An accepted asynchronous job ended in a failed state on the provider's side."""

@@ -1,0 +1,46 @@
+"""`/admin …`: guild policy for server managers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import RetouchBot
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class AdminGroup(app_commands.Group, name="admin", description="Retouch settings for this server"):
+    def __init__(self, bot: RetouchBot) -> None:
+        super().__init__()
+        self.bot = bot
+
+    @app_commands.command(
+        name="threads", description="Open a thread under each result posted in a text channel"
+    )
+    @app_commands.describe(value="on, off, or default (the bot-wide THREAD_RESULTS setting)")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def threads(self, interaction: discord.Interaction, value: Literal["on", "off", "default"]) -> None:
+        assert interaction.guild_id is not None  # guild_only
+        setting = None if value == "default" else value == "on"
+        await self.bot.services.storage.set_guild_thread_results(interaction.guild_id, setting)
+        await interaction.response.send_message(f"Result threads: **{value}**.", ephemeral=True)
+
+
+class AdminCog(commands.Cog):
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self.group = AdminGroup(bot)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(AdminCog(bot))

@@ -1,0 +1,121 @@
+"""The model catalog: pricing arithmetic, retirements and file validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import CatalogError, actual_usd, load_catalog, reserve_usd, usd_to_credits
+from bot.errors import InvalidOptions
+from bot.providers.base import Usage
+
+TODAY = dt.date(2026, 11, 21)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_packaged_catalog_ships_the_three_models_with_list_prices(catalog):
+    assert set(catalog.models) >= {"gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"}
+    mini = catalog.get("gpt-image-1-mini")
+    assert mini.image_price("low", "1024x1024") == Decimal("0.005")
+    assert mini.image_price("high", "1536x1024") == Decimal("0.052")
+    assert catalog.get("gpt-image-1").image_price("medium", "1024x1536") == Decimal("0.063")
+    assert not mini.input_fidelity and catalog.get("gpt-image-1").input_fidelity
+
+
+@pytest.mark.parametrize(
+    ("usd", "per_usd", "credits"),
+    [("0.011", 1000, 11), ("0.0111", 1000, 12), ("0.25", 1000, 250), ("0.005", 100, 1), ("0", 1000, 0)],
+)
+def test_credits_are_the_ceiling_of_exact_decimal_cost(usd, per_usd, credits):
+    assert usd_to_credits(Decimal(usd), per_usd) == credits
+
+
+def test_auto_quality_and_size_reserve_the_worst_case(catalog):
+    m = catalog.get("gpt-image-1.5")
+    assert reserve_usd(m, quality="auto", size="auto", count=3, n_inputs=1, prompt="x") == Decimal("0.60")
+    assert reserve_usd(m, quality="low", size="1024x1024", count=1, n_inputs=2, prompt="x") == Decimal(
+        "0.009"
+    )
+
+
+def test_reserve_covers_input_tokens_for_token_priced_models(catalog):
+    m = catalog.get("gpt-image-1-mini")
+    reserved = reserve_usd(m, quality="low", size="1024x1024", count=1, n_inputs=2, prompt="x" * 100)
+    # 2 × 6500 image tokens at $2.50/M plus 50 text tokens at $2/M on top of the $0.005 image.
+    assert reserved == Decimal("0.005") + Decimal("0.0325") + Decimal("0.0001")
+
+
+def test_actual_cost_prefers_provider_charge_then_usage_then_list_price(catalog):
+    m = catalog.get("gpt-image-1-mini")
+    common = dict(
+        images=1, quality="medium", size="1024x1024", requested_quality="auto", requested_size="auto"
+    )
+    assert actual_usd(m, usage=None, provider_cost="0.004", **common) == Decimal("0.004")
+    usage = Usage(input_text_tokens=50, input_image_tokens=1000, output_image_tokens=1000)
+    assert actual_usd(m, usage=usage, **common) == Decimal("0.0106")
+    assert actual_usd(m, usage=None, **common) == Decimal("0.011")
+
+
+def test_retired_model_resolves_to_its_replacement_with_a_notice(catalog):
+    resolution = catalog.resolve("gpt-image-1", TODAY)
+    assert resolution.model.id == "gpt-image-1.5"
+    assert "retired" in resolution.notice
+
+
+def test_model_near_shutdown_warns_and_past_shutdown_without_replacement_is_refused(catalog):
+    assert "will be retired on 2026-12-01" in catalog.resolve("gpt-image-1-mini", TODAY).notice
+    with pytest.raises(InvalidOptions, match="no replacement"):
+        catalog.resolve("gpt-image-1-mini", dt.date(2026, 12, 1))
+    assert "gpt-image-1-mini" not in [m.id for m in catalog.available(dt.date(2026, 12, 2))]
+    assert any("retired" in w for w in catalog.warnings(TODAY))
+
+
+def test_unknown_model_is_a_user_error(catalog):
+    with pytest.raises(InvalidOptions, match="Unknown model"):
+        catalog.get("dall-e-9")
+
+
+def test_admin_catalog_file_replaces_the_packaged_one(tmp_path: Path):
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[models."gpt-image-2"]\nname = "GPT Image 2"\nmax_input_images = 4\n'
+        "price.low = { square = 0.01, other = 0.02 }\nprice.medium = { square = 0.03, other = 0.04 }\n"
+        'price.high = { square = 0.05, other = 0.06 }\nroutes = [{ provider = "openai" }]\n'
+    )
+    catalog = load_catalog(path)
+    assert list(catalog.models) == ["gpt-image-2"]
+    assert catalog.get("gpt-image-2").routes[0].model == "gpt-image-2"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '[models.a]\nprice.low = { square = 1, other = 1 }\nroutes = [{ provider = "openai" }]\n',
+            "no price",
+        ),
+        (
+            '[models.a]\nqualities = ["low"]\nprice.low = { square = 1, other = 1 }\nroutes = []\n',
+            "no routes",
+        ),
+        (
+            '[models.a]\nqualities = ["low"]\nreplacement = "zz"\nprice.low = { square = 1, other = 1 }\n'
+            'routes = [{ provider = "openai" }]\n',
+            "unknown model",
+        ),
+        ("models = 3", "table of model"),
+        ("not toml [", "cannot read"),
+    ],
+)
+def test_broken_catalog_files_are_refused_with_the_reason(tmp_path: Path, text: str, problem: str):
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=problem):
+        load_catalog(path)

@@ -1,0 +1,85 @@
+"""Settings: every problem reported at once, secrets never printed, `python -m bot` exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Secret, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"DISCORD_TOKEN": "tok-abcdef123456", "OPENAI_API_KEY": "sk-test-123456789"}
+
+
+def test_minimal_settings_take_documented_defaults():
+    s = load_settings(BASE)
+    assert s.providers[0].name == "openai"
+    assert s.providers[0].base_url == "https://api.openai.com/v1"
+    assert s.credits_per_usd == 1000
+    assert s.database_path == Path("data") / "retouch.sqlite3"
+    assert s.discord_api_base is None
+
+
+def test_every_problem_is_listed_together():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})
+    text = str(info.value)
+    for expected in (
+        "DISCORD_TOKEN is not set",
+        "set OPENAI_API_KEY",
+        "CREDITS_PER_USD",
+        "DEFAULT_QUALITY",
+        "DISCORD_API_BASE",
+    ):
+        assert expected in text
+
+
+def test_secrets_are_masked_in_every_printable_form():
+    s = load_settings(BASE)
+    printed = repr(s) + str(s.describe())
+    assert "tok-abcdef123456" not in printed
+    assert "sk-test-123456789" not in printed
+    assert s.discord_token.reveal() == "tok-abcdef123456"
+    assert repr(Secret("x")) == "Secret('***')"
+
+
+def test_base_urls_are_configurable_for_proxies_and_fakes():
+    s = load_settings(
+        {**BASE, "DISCORD_API_BASE": "http://127.0.0.1:9/api/v10/", "OPENAI_BASE_URL": "http://p/v1"}
+    )
+    assert s.discord_api_base == "http://127.0.0.1:9/api/v10"
+    assert s.providers[0].base_url == "http://p/v1"
+
+
+def run_bot(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    clean["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_python_m_bot_without_settings_exits_2_naming_what_is_missing(tmp_path: Path):
+    proc = run_bot([], {}, tmp_path)
+    assert proc.returncode == 2
+    assert "DISCORD_TOKEN is not set" in proc.stderr
+    assert "OPENAI_API_KEY" in proc.stderr
+    assert ".env.example" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_config_accepts_a_dotenv_file_and_never_logs_secrets(tmp_path: Path):
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\n")
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "settings OK" in proc.stderr
+    assert "tok-abcdef123456" not in proc.stderr and "sk-test-123456789" not in proc.stderr

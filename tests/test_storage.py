@@ -1,0 +1,157 @@
+"""The credit ledger against a real SQLite file: idempotency, refusals, races and the sum invariant."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.storage import LedgerConflict, NotEnoughCredits, Storage
+
+GUILD, USER = 10, 20
+
+
+@pytest.fixture
+async def storage(tmp_path: Path):
+    s = await Storage.open(tmp_path / "db.sqlite3")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def new_job(storage: Storage, job_id: str, user: int = USER) -> str:
+    await storage.create_job(
+        job_id, guild_id=GUILD, user_id=user, channel_id=1, model="m", quality="low", size="auto", count=1
+    )
+    return job_id
+
+
+async def assert_invariant(storage: Storage, guild: int = GUILD, user: int = USER) -> None:
+    account = await storage.get_account(guild, user)
+    totals = await storage.ledger_totals(guild, user)
+    assert account is not None
+    assert (account.balance, account.held) == (totals.balance, totals.held)
+    assert account.balance + account.held == totals.granted - totals.captured
+
+
+async def test_migrations_are_numbered_and_tracked(storage: Storage, tmp_path: Path):
+    assert await storage.schema_version() >= 1
+    assert await storage.migrate() == await storage.schema_version()  # second run applies nothing
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"accounts", "ledger", "jobs", "guild_settings"} <= tables
+
+
+async def test_starting_credits_are_granted_once_per_guild(storage: Storage):
+    first = await storage.ensure_account(GUILD, USER, 100)
+    again = await storage.ensure_account(GUILD, USER, 100)
+    other_guild = await storage.ensure_account(GUILD + 1, USER, 100)
+    assert first.balance == again.balance == other_guild.balance == 100
+    assert (await storage.ledger_totals(GUILD, USER)).granted == 100
+
+
+async def test_reserve_capture_moves_exactly_the_charge(storage: Storage):
+    await new_job(storage, "j1")
+    account = await storage.reserve("j1", GUILD, USER, 40, starting_credits=100)
+    assert (account.balance, account.held) == (60, 40)
+    account, charged = await storage.capture("j1", 25)
+    assert charged == 25
+    assert (account.balance, account.held) == (75, 0)
+    assert (await storage.get_job("j1")).captured == 25
+    await assert_invariant(storage)
+
+
+async def test_capture_never_exceeds_the_reservation(storage: Storage):
+    await new_job(storage, "j1")
+    await storage.reserve("j1", GUILD, USER, 40, starting_credits=100)
+    account, charged = await storage.capture("j1", 1000)
+    assert charged == 40
+    assert (account.balance, account.held) == (60, 0)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("capture", "capture"), ("release", "release"), ("reserve", "reserve")]
+)
+async def test_each_step_is_idempotent_per_job(storage: Storage, first: str, second: str):
+    await new_job(storage, "j1")
+    await storage.reserve("j1", GUILD, USER, 30, starting_credits=100)
+    for step in (first, second):
+        if step == "capture":
+            await storage.capture("j1", 10)
+        elif step == "release":
+            await storage.release("j1")
+        else:
+            await storage.reserve("j1", GUILD, USER, 30, starting_credits=100)
+    kinds = [row["kind"] for row in await storage.ledger_rows("j1")]
+    assert kinds.count(first) == 1
+    await assert_invariant(storage)
+
+
+async def test_capture_after_release_and_release_after_capture_are_refused(storage: Storage):
+    await new_job(storage, "a")
+    await new_job(storage, "b")
+    await storage.reserve("a", GUILD, USER, 10, starting_credits=100)
+    await storage.reserve("b", GUILD, USER, 10, starting_credits=100)
+    await storage.release("a")
+    with pytest.raises(LedgerConflict):
+        await storage.capture("a", 5)
+    await storage.capture("b", 5)
+    with pytest.raises(LedgerConflict):
+        await storage.release("b")
+    await assert_invariant(storage)
+
+
+async def test_reserve_refuses_more_than_the_balance(storage: Storage):
+    await new_job(storage, "j1")
+    with pytest.raises(NotEnoughCredits) as info:
+        await storage.reserve("j1", GUILD, USER, 101, starting_credits=100)
+    assert (info.value.needed, info.value.available) == (101, 100)
+    account = await storage.get_account(GUILD, USER)
+    assert (account.balance, account.held) == (100, 0)
+
+
+async def test_ledger_rows_cannot_be_changed_or_deleted(storage: Storage):
+    await storage.ensure_account(GUILD, USER, 100)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        await storage._conn.execute("UPDATE ledger SET amount = 0")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        await storage._conn.execute("DELETE FROM ledger")
+
+
+async def test_concurrent_reservations_never_overspend(storage: Storage):
+    await storage.ensure_account(GUILD, USER, 70)
+    jobs = [await new_job(storage, f"j{i}") for i in range(50)]
+
+    async def attempt(job_id: str) -> bool:
+        try:
+            await storage.reserve(job_id, GUILD, USER, 10, starting_credits=70)
+            return True
+        except NotEnoughCredits:
+            return False
+
+    results = await asyncio.gather(*(attempt(j) for j in jobs))
+    assert sum(results) == 7
+    account = await storage.get_account(GUILD, USER)
+    assert (account.balance, account.held) == (0, 70)
+    await assert_invariant(storage)
+
+
+async def test_grant_and_take_are_recorded_with_the_actor(storage: Storage):
+    await storage.grant(GUILD, USER, 50, actor_id=99, reason="gift", starting_credits=10)
+    account = await storage.grant(GUILD, USER, -500, actor_id=99, reason="take", starting_credits=10)
+    assert account.balance == 0  # never below zero
+    await assert_invariant(storage)
+
+
+async def test_data_survives_reopening_the_file(tmp_path: Path):
+    path = tmp_path / "db.sqlite3"
+    s = await Storage.open(path)
+    await s.migrate()
+    await s.ensure_account(GUILD, USER, 42)
+    await s.close()
+    s = await Storage.open(path)
+    assert (await s.get_account(GUILD, USER)).balance == 42
+    await s.close()
