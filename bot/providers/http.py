@@ -1,0 +1,704 @@
+"""The HTTP helper every provider adapter shares: retries, deadlines, polling, downloads.
+
+Two kinds of request, two rules (see STYLE.md, "Calls that cost money"):
+
+* `send_paid` is for a request that CREATES a paid job. It is never sent again once it may have
+  reached the server. It is retried only when it provably did not (the TCP/TLS connection could not
+  be opened: refused, DNS, connect timeout) or when the server explicitly refused it with a 429 and
+  told us how long to wait (a refusal did not start any work).
+* `send_idempotent` is for GETs, polls, downloads and uploads: they retry 408/429/5xx and
+  connection failures freely, with capped, jittered backoff, inside the job's deadline.
+
+Every call gets an `aiohttp.ClientTimeout` no longer than the time left before the job's deadline.
+Nothing here knows about Discord or about one vendor: each vendor passes its own `classify`
+function that turns an error response into a `ProviderError`.
+
+Logging never includes API keys, headers or URL query strings (signed URLs): URLs are logged
+through `redact_url`, and exception messages are built here rather than copied from aiohttp
+(whose messages can contain the full URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import json as _json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from bot.providers.errors import (
+    ConnectionFailed,
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0  # seconds to open a TCP/TLS connection (part of every call's budget)
+MAX_RESPONSE_BYTES = 128 * 1024 * 1024  # 10 base64 PNGs at 1536x1024 fit with room to spare
+DEFAULT_MIN_RETRY_WINDOW = 1.0  # a paid retry needs at least this long left after its wait
+CANCEL_TIMEOUT = 10.0  # a poll's cancel call runs after the deadline, so it gets its own budget
+_READ_CHUNK = 64 * 1024
+
+T = TypeVar("T")
+
+
+class Classifier(Protocol):
+    """Maps one error response to an exception (each vendor has exactly one such function)."""
+
+    def __call__(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> ProviderError: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """One retry policy for every provider.
+
+    `attempts` counts the first try (3 = one call plus up to two retries). Backoff doubles from
+    `base_delay` up to `max_delay` and is reduced by up to `jitter` (a fraction) so that clients
+    that failed together do not retry together. A server's retry-after hint is honoured only up to
+    `max_retry_after` seconds; a longer wait is treated as "do not retry here".
+    """
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    jitter: float = 0.25
+    max_retry_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
+            raise ValueError("delays must not be negative")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter is a fraction between 0 and 1")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based), capped and jittered."""
+        exponent = max(0, attempt - 1)
+        capped = min(self.max_delay, self.base_delay * (2.0 ** min(exponent, 30)))
+        return capped * (1.0 - random.uniform(0.0, self.jitter))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A fully read response. `headers` is case-insensitive (aiohttp's CIMultiDictProxy)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    request_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, lower-cased ("" when absent)."""
+        raw = _header(self.headers, "content-type") or ""
+        return raw.split(";", 1)[0].strip().lower()
+
+    def json(self) -> Any:
+        """Decode the body as JSON. Raises `ValueError` when it is not JSON."""
+        return _json.loads(self.body)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def redact_url(url: object) -> str:
+    """The URL without query string, fragment or user info: safe to log.
+
+    Signed download URLs carry their credentials in the query, and `user:pass@host` URLs in the
+    netloc; neither may reach a log line.
+    """
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "<unparseable url>"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive lookup that also works on a plain dict."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lowered:
+            return val
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait, or None when it gave no usable hint.
+
+    Reads `retry-after-ms` first (OpenAI sends it), then `retry-after` as seconds or as an
+    HTTP date (a date in the past gives 0). Negative, infinite or malformed values give None.
+    """
+    raw_ms = _header(headers, "retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms.strip())
+        except ValueError:
+            ms = math.nan
+        if math.isfinite(ms) and ms >= 0:
+            return ms / 1000.0
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def decode_base64_image(s: str) -> bytes:
+    """Decode base64 image data, bare or as a `data:image/...;base64,` URL.
+
+    Whitespace and missing padding are tolerated (some providers wrap or trim). Raises
+    `ValueError` for anything that is not valid base64 or is a non-image / non-base64 data URL.
+    """
+    text = s.strip()
+    if text[:5].lower() == "data:":
+        header, sep, text = text.partition(",")
+        if not sep:
+            raise ValueError("data URL without a comma")
+        meta = header[5:].lower().split(";")
+        if not meta[0].startswith("image/") or "base64" not in meta[1:]:
+            raise ValueError("not a base64 image data URL")
+    text = "".join(text.split())
+    if not text:
+        raise ValueError("empty base64 data")
+    text += "=" * (-len(text) % 4)
+    try:
+        if "-" in text or "_" in text:
+            return base64.b64decode(text, altchars=b"-_", validate=True)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("invalid base64 image data") from exc
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """ "png", "jpeg" or "webp" from the magic bytes, else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def classify_http_status(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+) -> ProviderError:
+    """A vendor-neutral mapping for providers without a documented error format.
+
+    5xx keeps `accepted=True` (the server answered, but may have done the work). Vendors with a
+    known error body write their own classifier instead.
+    """
+    msg = f"HTTP {status}"
+    if status == 429:
+        return RateLimited(msg, retry_after=parse_retry_after(headers), provider=provider, status=status)
+    if status in (401, 402, 403):
+        return ServiceUnavailable(msg, provider=provider, status=status)
+    if status in (404, 410):
+        return ModelUnavailable(msg, provider=provider, status=status)
+    if status == 408:
+        return ProviderTimeout(msg, provider=provider, status=status)
+    if 400 <= status < 500:
+        return InvalidInput(msg, provider=provider, status=status)
+    return ServerError(msg, provider=provider, status=status, accepted=status >= 500)
+
+
+def _describe(exc: BaseException) -> str:
+    """A log-safe description of a transport exception (aiohttp's own text can contain the URL)."""
+    name = type(exc).__name__
+    os_error = getattr(exc, "os_error", None)
+    strerror = getattr(os_error, "strerror", None) or getattr(exc, "strerror", None)
+    return f"{name} ({strerror})" if strerror else name
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def _call_timeout(deadline: float, call_timeout: float) -> aiohttp.ClientTimeout | None:
+    """The timeout for one call, or None when the deadline has already passed."""
+    remaining = _remaining(deadline)
+    if remaining <= 0:
+        return None
+    total = min(call_timeout, remaining)
+    return aiohttp.ClientTimeout(total=total, connect=min(CONNECT_TIMEOUT, total))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise _BodyTooLarge(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise _BodyTooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _request_once(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    client_timeout: aiohttp.ClientTimeout,
+    headers: Mapping[str, str] | None,
+    params: Mapping[str, str] | None,
+    data: Any,
+    json_body: Any,
+    max_body: int,
+    allow_redirects: bool,
+    request_id_header: str,
+) -> HttpResponse:
+    kwargs: dict[str, Any] = {}
+    if data is not None:
+        kwargs["data"] = data
+    if json_body is not None:
+        kwargs["json"] = json_body
+    async with session.request(
+        method,
+        url,
+        headers=dict(headers) if headers else None,
+        params=params,
+        timeout=client_timeout,
+        allow_redirects=allow_redirects,
+        **kwargs,
+    ) as resp:
+        body = await _read_capped(resp, max_body)
+        return HttpResponse(
+            status=resp.status,
+            headers=resp.headers,
+            body=body,
+            request_id=resp.headers.get(request_id_header),
+        )
+
+
+def _classified(
+    classify: Classifier, resp: HttpResponse, provider: str, *, accepted: bool | None = None
+) -> ProviderError:
+    err = classify(resp.status, resp.body, resp.headers, provider=provider)
+    if err.request_id is None:
+        err.request_id = resp.request_id
+    if err.status is None:
+        err.status = resp.status
+    if accepted is not None:
+        err.accepted = accepted
+    return err
+
+
+# --------------------------------------------------------------------------- paid requests
+
+
+async def send_paid(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    call_timeout: float,
+    data_factory: Callable[[], Any] | None = None,
+    json: Any = None,
+    headers: Mapping[str, str] | None = None,
+    provider: str,
+    classify: Classifier = classify_http_status,
+    max_body: int = MAX_RESPONSE_BYTES,
+    request_id_header: str = "x-request-id",
+    min_retry_window: float = DEFAULT_MIN_RETRY_WINDOW,
+) -> HttpResponse:
+    """Send a request that creates a paid job; never resend it once it may have reached the server.
+
+    Returns the 2xx response (body fully read, at most `max_body` bytes). Any other status is
+    turned into an exception by `classify` and raised.
+
+    Retried (at most `policy.attempts` calls in all, never past `deadline`):
+      * connect failures before any byte was sent (refused, DNS, TLS, connect timeout);
+      * a 429 that `classify` maps to `RateLimited` (so not a quota error) carrying a retry-after
+        that is at most `policy.max_retry_after` and leaves `min_retry_window` seconds before the
+        deadline. A longer hint is raised at once, without waiting, so routing can go elsewhere.
+
+    Never retried, and raised with `accepted=True` because the provider may be working (and
+    billing) already: a read timeout (`ProviderTimeout`), a reset or disconnect after sending
+    (`ConnectionFailed`), an oversized body (`ServerError`), and whatever `classify` says of a
+    5xx (the vendor classifiers return `ServerError(accepted=True)`: a synchronous provider that
+    answers 5xx may still have generated, and billed, the image).
+
+    `data_factory` builds a fresh body for every attempt (a multipart `FormData` cannot be sent
+    twice); `json` is an alternative for JSON bodies. Redirects are not followed: a redirected
+    POST would be a second submission. Each call's timeout is `min(call_timeout, time left)`;
+    `ProviderTimeout(accepted=False)` is raised if the deadline is gone before a call.
+
+    Caveat: aiohttp may reuse a pooled keep-alive connection that the server has just closed; the
+    POST then fails with a disconnect that is indistinguishable from one after the server read it,
+    so it is reported as `accepted=True` (the safe side: a possible double charge is worse than a
+    refunded failure).
+    """
+    if data_factory is not None and json is not None:
+        raise ValueError("pass data_factory or json, not both")
+    attempt = 0
+    while True:
+        attempt += 1
+        timeout = _call_timeout(deadline, call_timeout)
+        if timeout is None:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: deadline passed before the request was sent",
+                provider=provider,
+                accepted=False,
+            )
+        try:
+            resp = await _request_once(
+                session,
+                method,
+                url,
+                client_timeout=timeout,
+                headers=headers,
+                params=None,
+                data=data_factory() if data_factory is not None else None,
+                json_body=json,
+                max_body=max_body,
+                allow_redirects=False,
+                request_id_header=request_id_header,
+            )
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+            # Raised while opening the connection: no byte of the request left this machine.
+            err = ConnectionFailed(
+                f"{method} {redact_url(url)}: could not connect: {_describe(exc)}",
+                provider=provider,
+                accepted=False,
+            )
+            wait = policy.delay(attempt)
+            if attempt >= policy.attempts or wait >= _remaining(deadline):
+                raise err from None
+            log.warning(
+                "%s: connect to %s failed (%s), retry %s/%s in %.2fs",
+                provider,
+                redact_url(url),
+                _describe(exc),
+                attempt,
+                policy.attempts - 1,
+                wait,
+            )
+            await asyncio.sleep(wait)
+            continue
+        except _BodyTooLarge:
+            raise ServerError(
+                f"{method} {redact_url(url)}: response larger than {max_body} bytes",
+                provider=provider,
+                accepted=True,
+            ) from None
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: no complete response in time: {_describe(exc)}",
+                provider=provider,
+                accepted=True,
+            ) from None
+        except aiohttp.InvalidURL:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=False
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: connection failed after sending: {_describe(exc)}",
+                provider=provider,
+                accepted=True,
+            ) from None
+
+        if resp.ok:
+            return resp
+        err = _classified(classify, resp, provider)
+        if isinstance(err, RateLimited) and not err.accepted and attempt < policy.attempts:
+            wait = err.retry_after
+            if (
+                wait is not None
+                and wait <= policy.max_retry_after
+                and wait + min_retry_window <= _remaining(deadline)
+            ):
+                log.warning(
+                    "%s: %s answered 429, retry %s/%s in %.2fs (request id %s)",
+                    provider,
+                    redact_url(url),
+                    attempt,
+                    policy.attempts - 1,
+                    wait,
+                    err.request_id,
+                )
+                await asyncio.sleep(wait)
+                continue
+        raise err
+
+
+# --------------------------------------------------------------------------- idempotent requests
+
+
+def _is_retryable(err: ProviderError) -> bool:
+    return isinstance(err, (RateLimited, ServerError, ProviderTimeout))
+
+
+async def send_idempotent(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    call_timeout: float,
+    provider: str,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    json: Any = None,
+    data_factory: Callable[[], Any] | None = None,
+    classify: Classifier = classify_http_status,
+    max_body: int = MAX_RESPONSE_BYTES,
+    request_id_header: str = "x-request-id",
+    accepted: bool = False,
+    allow_redirects: bool = True,
+) -> HttpResponse:
+    """Send a request that is safe to repeat (GET, poll, download, upload) and return the 2xx response.
+
+    Retries connection failures, timeouts and any status that `classify` maps to `RateLimited`,
+    `ServerError` or `ProviderTimeout` (so 408, 429 and 5xx with the default classifier, but not
+    an OpenAI quota 429). It waits the server's retry-after when given (up to
+    `policy.max_retry_after`), else `policy.delay(attempt)`, and stops when the wait would cross
+    `deadline` or after `policy.attempts` calls; then the last error is raised.
+
+    Errors raised here carry `accepted=accepted`: the call itself creates nothing, so whether
+    money is at stake depends on what it belongs to (pass True when polling or downloading for a
+    job that was already submitted).
+    """
+    if data_factory is not None and json is not None:
+        raise ValueError("pass data_factory or json, not both")
+    attempt = 0
+    while True:
+        attempt += 1
+        timeout = _call_timeout(deadline, call_timeout)
+        if timeout is None:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: deadline passed", provider=provider, accepted=accepted
+            )
+        retry_after: float | None = None
+        try:
+            resp = await _request_once(
+                session,
+                method,
+                url,
+                client_timeout=timeout,
+                headers=headers,
+                params=params,
+                data=data_factory() if data_factory is not None else None,
+                json_body=json,
+                max_body=max_body,
+                allow_redirects=allow_redirects,
+                request_id_header=request_id_header,
+            )
+        except _BodyTooLarge:
+            raise ServerError(
+                f"{method} {redact_url(url)}: response larger than {max_body} bytes",
+                provider=provider,
+                accepted=accepted,
+            ) from None
+        except aiohttp.InvalidURL:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=accepted
+            ) from None
+        except TimeoutError as exc:
+            err: ProviderError = ProviderTimeout(
+                f"{method} {redact_url(url)}: timed out: {_describe(exc)}",
+                provider=provider,
+                accepted=accepted,
+            )
+            reason = _describe(exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            err = ConnectionFailed(
+                f"{method} {redact_url(url)}: connection failed: {_describe(exc)}",
+                provider=provider,
+                accepted=accepted,
+            )
+            reason = _describe(exc)
+        else:
+            if resp.ok:
+                return resp
+            err = _classified(classify, resp, provider, accepted=accepted)
+            if not _is_retryable(err):
+                raise err
+            reason = f"HTTP {resp.status}"
+            if isinstance(err, RateLimited):
+                retry_after = err.retry_after
+
+        if retry_after is not None and retry_after <= policy.max_retry_after:
+            wait = retry_after
+        else:
+            wait = policy.delay(attempt)
+        if attempt >= policy.attempts or wait >= _remaining(deadline):
+            raise err from None
+        log.info(
+            "%s: %s %s failed (%s), retry %s/%s in %.2fs",
+            provider,
+            method,
+            redact_url(url),
+            reason,
+            attempt,
+            policy.attempts - 1,
+            wait,
+        )
+        await asyncio.sleep(wait)
+
+
+# --------------------------------------------------------------------------- polling
+
+
+async def poll(
+    fetch: Callable[[], Awaitable[T]],
+    *,
+    is_done: Callable[[T], bool],
+    deadline: float,
+    interval: float,
+    max_interval: float,
+    cancel: Callable[[], Awaitable[object]] | None = None,
+    backoff: float = 1.5,
+    jitter: float = 0.25,
+    provider: str = "",
+    cancel_timeout: float = CANCEL_TIMEOUT,
+) -> T:
+    """Call `fetch()` until `is_done(result)` and return that result.
+
+    Waits `interval` after the first unfinished result, growing by `backoff` up to `max_interval`,
+    each wait reduced by up to `jitter` (a fraction). Exceptions from `fetch` or `is_done` (for
+    example a vendor's "job failed" error) propagate unchanged. When the deadline passes (between
+    fetches, or as a `ProviderTimeout` from a fetch that ran out of time) `cancel()` is awaited if
+    given, with its own `cancel_timeout`; its errors are logged, never raised. Then
+    `ProviderTimeout(accepted=True)` is raised: the job was submitted and may still be billed.
+    """
+    delay = interval
+    while True:
+        if _remaining(deadline) <= 0:
+            break
+        try:
+            result = await fetch()
+        except ProviderTimeout:
+            if _remaining(deadline) > 0:
+                raise
+            break
+        if is_done(result):
+            return result
+        remaining = _remaining(deadline)
+        if remaining <= 0:
+            break
+        wait = min(delay, max_interval) * (1.0 - random.uniform(0.0, jitter))
+        await asyncio.sleep(min(wait, remaining))
+        delay = min(delay * backoff, max_interval)
+
+    if cancel is not None:
+        try:
+            async with asyncio.timeout(cancel_timeout):
+                await cancel()
+        except Exception as exc:
+            log.warning("%s: cancelling the job after its deadline failed: %s", provider, _describe(exc))
+    raise ProviderTimeout("job did not finish before its deadline", provider=provider, accepted=True)
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    deadline: float,
+    policy: RetryPolicy | None = None,
+    call_timeout: float = 60.0,
+    headers: Mapping[str, str] | None = None,
+    provider: str = "",
+    allow_data_url: bool = False,
+    accepted: bool = True,
+) -> bytes:
+    """Fetch a result file (http/https only) with a size cap, retrying like an idempotent GET.
+
+    Any other scheme, and `data:` URLs unless `allow_data_url`, are refused with `ServerError`
+    (the URL came from a provider response, so it is an unusable response). A body larger than
+    `max_bytes` raises `ServerError` without being read further. Errors carry `accepted`
+    (default True: a result is downloaded for a job that already ran).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "data":
+        if not allow_data_url:
+            raise ServerError("refusing a data: URL", provider=provider, accepted=accepted)
+        try:
+            data = decode_base64_image(url)
+        except ValueError:
+            raise ServerError("undecodable data: URL", provider=provider, accepted=accepted) from None
+        if len(data) > max_bytes:
+            raise ServerError(
+                f"data: URL larger than {max_bytes} bytes", provider=provider, accepted=accepted
+            )
+        return data
+    if scheme not in ("http", "https"):
+        raise ServerError(
+            f"refusing to download a {scheme or 'schemeless'} URL", provider=provider, accepted=accepted
+        )
+    resp = await send_idempotent(
+        session,
+        "GET",
+        url,
+        policy=policy or RetryPolicy(),
+        deadline=deadline,
+        call_timeout=call_timeout,
+        provider=provider,
+        headers=headers,
+        max_body=max_bytes,
+        accepted=accepted,
+    )
+    return resp.body

@@ -1,0 +1,292 @@
+"""OpenAI Images API adapter: `POST {base_url}/images/edits`, multipart, synchronous.
+
+Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN points:
+
+* `model`, `size`, `quality`, `background` and `output_format` are always sent explicitly: the
+  API's defaults changed over time (the default model) or contradict each other (`size`: `auto`
+  in the SDK and JSON schema, `1024x1024` in the multipart schema). `size` comes from the request
+  (whose default is `auto`).
+* `input_fidelity` is sent only when the request sets it; the catalog leaves it unset for models
+  that do not support it (`gpt-image-1-mini`), so it is never sent for mini.
+* `moderation` is never sent: it is not in the multipart schema and multipart edits rejected it
+  in 2025. `stream` is never sent (a Discord bot has no use for partial images).
+* A 5xx is `ServerError(accepted=True)`: the endpoint is synchronous, so a 5xx may come after the
+  image was generated and billed. The job is therefore never re-sent elsewhere.
+* One file part per image, always named `image[]` (as the SDK and the curl examples do for
+  several files; the API accepts it for one file too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from bot.providers.base import EditRequest, EditResult, OutputImage, Usage
+from bot.providers.errors import (
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import (
+    RetryPolicy,
+    decode_base64_image,
+    parse_retry_after,
+    redact_url,
+    send_paid,
+    sniff_image_format,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+REQUEST_ID_HEADER = "x-request-id"
+MAX_LOG_MESSAGE = 200  # provider messages kept in exception text (for logs) are cut to this length
+# A retried submit needs time to run: an edit takes tens of seconds, so a 429 is only retried when
+# this much time is left after waiting (otherwise it would be billed and then time out).
+MIN_RETRY_WINDOW = 30.0
+
+_SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
+_QUOTA = "insufficient_quota"
+# API keys (`sk-...`, `sk-proj-...`, also the masked `sk-abc***wxyz` form in 401 messages).
+_KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-*]+")
+
+
+def _short(message: str) -> str:
+    """A provider message made safe for exception text: keys masked, length capped."""
+    message = _KEY_PATTERN.sub("sk-***", " ".join(message.split()))
+    if len(message) > MAX_LOG_MESSAGE:
+        message = message[: MAX_LOG_MESSAGE - 1] + "…"
+    return message
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    """The `error` object of an OpenAI error body, or {} when the body is not one (e.g. HTML)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return payload["error"]
+    return {}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def classify_openai_error(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+) -> ProviderError:
+    """Map one OpenAI error response to a `ProviderError` (the only place that reads OpenAI errors).
+
+    400 `moderation_blocked` / `content_policy_violation` → ProviderRejected; other 400 →
+    InvalidInput; 401/403 → ServiceUnavailable; 404 → ModelUnavailable; 429 `insufficient_quota`
+    → ServiceUnavailable (never retried); other 429 → RateLimited with the retry-after hint;
+    ≥500 → ServerError(accepted=True). Non-JSON bodies (proxy HTML pages) are classified by status.
+    A moderation block at the output stage (when the body says so) is marked `accepted=True`:
+    the image was generated, so it may have been billed.
+    """
+    error = _error_object(body)
+    err_type = _str_or_none(error.get("type"))
+    code = _str_or_none(error.get("code"))
+    raw_message = error.get("message") if isinstance(error.get("message"), str) else ""
+    summary = f"HTTP {status}"
+    if err_type or code:
+        summary += f" {err_type or '-'}/{code or '-'}"
+    if raw_message:
+        summary += f": {_short(raw_message)}"
+    kw: dict[str, Any] = {
+        "provider": provider,
+        "status": status,
+        "code": code or err_type,
+        "request_id": headers.get(REQUEST_ID_HEADER),
+    }
+
+    if status == 400 and (code in _SAFETY_CODES or err_type == "image_generation_user_error"):
+        details = error.get("moderation_details")
+        stage = details.get("moderation_stage") if isinstance(details, dict) else None
+        return ProviderRejected(summary, accepted=stage == "output", **kw)
+    if status == 429:
+        if _QUOTA in (code, err_type):
+            return ServiceUnavailable(summary, **kw)
+        return RateLimited(summary, retry_after=parse_retry_after(headers), **kw)
+    if status in (401, 403):
+        return ServiceUnavailable(summary, **kw)
+    if status == 404:
+        return ModelUnavailable(summary, **kw)
+    if status >= 500:
+        return ServerError(summary, accepted=True, **kw)
+    if 400 <= status < 500:
+        return InvalidInput(summary, **kw)
+    return ServerError(summary, **kw)  # 1xx/3xx: nothing was created
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def parse_usage(raw: object) -> Usage | None:
+    """Map OpenAI `usage` to `Usage`; None when absent.
+
+    When `input_tokens_details` is missing all `input_tokens` are counted as image tokens, and
+    when `output_tokens_details` is missing all `output_tokens` are counted as image tokens: image
+    tokens are the dearer kind, so a cost estimate errs high rather than low.
+    """
+    if not isinstance(raw, dict):
+        return None
+    in_details = raw.get("input_tokens_details")
+    out_details = raw.get("output_tokens_details")
+    if isinstance(in_details, dict):
+        input_text = _int(in_details.get("text_tokens"))
+        input_image = _int(in_details.get("image_tokens"))
+    else:
+        input_text, input_image = 0, _int(raw.get("input_tokens"))
+    if isinstance(out_details, dict):
+        output_image = _int(out_details.get("image_tokens"))
+        output_text = _int(out_details.get("text_tokens"))
+    else:
+        output_image, output_text = _int(raw.get("output_tokens")), 0
+    return Usage(
+        input_text_tokens=input_text,
+        input_image_tokens=input_image,
+        output_image_tokens=output_image,
+        output_text_tokens=output_text,
+    )
+
+
+class OpenAIProvider:
+    """Edits images with OpenAI's `/images/edits` (GPT Image models), one synchronous POST per job."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
+        call_timeout: float = 240.0,
+        name: str = "openai",
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._api_key = api_key
+        self._url = f"{base_url.rstrip('/')}/images/edits"
+        self._policy = policy
+        self._call_timeout = call_timeout
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIProvider(name={self.name!r}, url={redact_url(self._url)!r})"
+
+    def _form(self, request: EditRequest) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("model", request.model)
+        form.add_field("prompt", request.prompt)
+        for index, image in enumerate(request.images, start=1):
+            # BytesIO rather than bytes: aiohttp writes a large raw-bytes part in one blocking call.
+            form.add_field(
+                "image[]",
+                io.BytesIO(image.data),
+                filename=f"image-{index}.{image.extension}",
+                content_type=image.mime,
+            )
+        if request.mask is not None:
+            form.add_field(
+                "mask", io.BytesIO(request.mask.data), filename="mask.png", content_type="image/png"
+            )
+        form.add_field("n", str(request.count))
+        form.add_field("size", request.size)
+        form.add_field("quality", request.quality)
+        form.add_field("background", request.background)
+        form.add_field("output_format", request.output_format)
+        if request.input_fidelity is not None:
+            form.add_field("input_fidelity", request.input_fidelity)
+        if request.user_hash:
+            form.add_field("user", request.user_hash)
+        return form
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_openai_error`)."""
+        if not request.images:
+            raise InvalidInput("no input image", provider=self.name)
+        if request.mask is not None and request.mask.mime != "image/png":
+            raise InvalidInput("the mask must be a PNG", provider=self.name)
+        resp = await send_paid(
+            self._session,
+            "POST",
+            self._url,
+            policy=self._policy,
+            deadline=request.deadline,
+            call_timeout=self._call_timeout,
+            data_factory=lambda: self._form(request),
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            provider=self.name,
+            classify=classify_openai_error,
+            request_id_header=REQUEST_ID_HEADER,
+            min_retry_window=MIN_RETRY_WINDOW,
+        )
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        result = self._result(payload, resp.request_id)
+        log.debug(
+            "%s: %s edit returned %s image(s), request id %s",
+            self.name,
+            request.model,
+            len(result.images),
+            result.request_id,
+        )
+        return result
+
+    def _result(self, payload: object, request_id: str | None) -> EditResult:
+        """Decode `data[].b64_json`. Each image's format is sniffed from its bytes (the echoed
+        `output_format` describes what was asked for, the bytes are what arrived); items that are
+        missing, undecodable or not png/jpeg/webp are skipped."""
+
+        def unusable(why: str) -> ServerError:
+            return ServerError(
+                f"HTTP 200 but {why}", provider=self.name, request_id=request_id, accepted=True
+            )
+
+        if not isinstance(payload, dict):
+            raise unusable("the body is not a JSON object")
+        images: list[OutputImage] = []
+        items = payload.get("data")
+        for item in items if isinstance(items, list) else ():
+            b64 = item.get("b64_json") if isinstance(item, dict) else None
+            if not isinstance(b64, str) or not b64:
+                continue
+            try:
+                data = decode_base64_image(b64)
+            except ValueError:
+                log.warning("%s: skipping an undecodable image (request id %s)", self.name, request_id)
+                continue
+            fmt = sniff_image_format(data)
+            if fmt is None:
+                log.warning(
+                    "%s: skipping data that is not png/jpeg/webp (request id %s)", self.name, request_id
+                )
+                continue
+            images.append(OutputImage(data=data, format=fmt))
+        if not images:
+            raise unusable("no usable image in data[]")
+        quality = payload.get("quality")
+        size = payload.get("size")
+        return EditResult(
+            images=tuple(images),
+            provider=self.name,
+            quality=quality if isinstance(quality, str) else None,
+            size=size if isinstance(size, str) else None,
+            usage=parse_usage(payload.get("usage")),
+            request_id=request_id,
+        )

@@ -1,0 +1,863 @@
+"""A fake OpenAI Images API (`POST /v1/images/edits`) on 127.0.0.1 for provider tests.
+
+It behaves like the real service as described in `providers.md` §1 (§1.9 and §7): it parses the
+multipart body, validates what it receives the way the API does and fails with the API's error
+shapes, and returns real images (the first input image inverted, tinted per output, resized to the
+resolved size and encoded in the requested format) with `usage` and an `x-request-id` header.
+
+Usage::
+
+    async with FakeOpenAI() as fake:
+        provider = OpenAIProvider(session, fake.api_key, fake.base_url)
+        fake.fail_next(Fault.SERVER_ERROR)          # next request only
+        fake.fail_next(Fault.RATE_LIMITED_MS, times=2, retry_after=0.05)
+        fake.fail_always(Fault.HANG)                # until clear_faults()
+        ...
+        fake.requests[-1].fields["model"], fake.post_count
+
+Deliberate limits (documented, not accidents): only the multipart form is implemented (a JSON body
+gets a 400 saying so); `stream=true` is refused; `dall-e-2` and other non-GPT-image models are not
+served (404 `model_not_found`); `gpt-image-2`'s free-form `WxH` sizes are not modelled. Where the
+real behaviour is OPEN in the spec, the fake takes the strict side: `input_fidelity` for
+`gpt-image-1-mini` is a 400, and `moderation` on multipart is an unknown parameter (switch
+`accept_moderation=True` to model the 2026 reports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+DEFAULT_API_KEY = "sk-test-fake-0123456789abcdef"
+MODELS = frozenset(
+    {
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        "gpt-image-1.5",
+        "gpt-image-2",
+        "gpt-image-2-2026-04-21",
+        "chatgpt-image-latest",
+    }
+)
+DEFAULT_MODEL = "gpt-image-1.5"  # what the current spec says the API uses when `model` is absent
+NO_INPUT_FIDELITY = frozenset({"gpt-image-1-mini"})
+
+MAX_IMAGE_BYTES = 50 * 1024 * 1024  # "< 50 MB each"
+MAX_MASK_BYTES = 4 * 1024 * 1024  # "< 4 MB"
+MAX_IMAGES = 16
+MAX_PROMPT = 32_000
+
+SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
+QUALITIES = ("low", "medium", "high", "auto")
+BACKGROUNDS = ("transparent", "opaque", "auto")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+INPUT_FIDELITIES = ("high", "low")
+ACCEPTED_MIMES = ("image/png", "image/jpeg", "image/webp")
+PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+
+KNOWN_FIELDS = frozenset(
+    {
+        "image",
+        "image[]",
+        "mask",
+        "prompt",
+        "model",
+        "n",
+        "size",
+        "quality",
+        "background",
+        "output_format",
+        "output_compression",
+        "input_fidelity",
+        "stream",
+        "partial_images",
+        "user",
+        "response_format",
+    }
+)
+FILE_FIELDS = frozenset({"image", "image[]", "mask"})
+
+# Output tokens per image for GPT image models (OpenAI's published figures for gpt-image-1).
+OUTPUT_TOKENS = {
+    ("low", True): 272,
+    ("low", False): 408,
+    ("medium", True): 1056,
+    ("medium", False): 1584,
+    ("high", True): 4160,
+    ("high", False): 6240,
+}
+
+
+class Fault(StrEnum):
+    """Failures the fake can be told to produce (see `FakeOpenAI.fail_next`)."""
+
+    MODERATION_BLOCKED = "moderation_blocked"  # 400 image_generation_user_error, after validation
+    INVALID_IMAGE = "invalid_image"  # 400 invalid_request_error "Invalid image file or mode"
+    UNAUTHORIZED = "unauthorized"  # 401 invalid_api_key
+    ORG_VERIFICATION = "org_verification"  # 403 "Your organization must be verified"
+    MODEL_NOT_FOUND = "model_not_found"  # 404
+    RATE_LIMITED = "rate_limited"  # 429 rate_limit_exceeded + retry-after (seconds)
+    RATE_LIMITED_MS = "rate_limited_ms"  # 429 rate_limit_exceeded + retry-after-ms (+ rounded retry-after)
+    INSUFFICIENT_QUOTA = "insufficient_quota"  # 429 insufficient_quota, no retry-after
+    SERVER_ERROR = "server_error"  # 500
+    HANG = "hang"  # never answers (until the fake is closed)
+    RESET_AFTER_BODY = "reset_after_body"  # reads the whole body, then aborts the TCP connection
+    EMPTY_RESULT = "empty_result"  # 200 whose `data` holds no image (every field but `created` is optional)
+
+
+_POST_VALIDATION_FAULTS = frozenset({Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT})
+
+
+@dataclass
+class _FaultRule:
+    fault: Fault
+    remaining: int | None  # None = always
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """One file part as received. `format`/`width`/`height`/`mode` are None when it did not decode."""
+
+    part_name: str
+    filename: str | None
+    content_type: str | None
+    size: int
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake saw it (the Authorization header is never stored)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    authorized: bool
+    request_id: str
+    part_names: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    files: list[RecordedFile] = field(default_factory=list)
+    status: int | None = None
+    fault: Fault | None = None
+    error_code: str | None = None
+
+    @property
+    def images(self) -> list[RecordedFile]:
+        return [f for f in self.files if f.part_name in ("image", "image[]")]
+
+    @property
+    def mask(self) -> RecordedFile | None:
+        return next((f for f in self.files if f.part_name == "mask"), None)
+
+
+class ApiError(Exception):
+    """An OpenAI-shaped error response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        error.update(self.extra)
+        return {"error": error}
+
+
+def _invalid_value(param: str, value: str, allowed: Iterable[str]) -> ApiError:
+    choices = ", ".join(f"'{a}'" for a in allowed)
+    return ApiError(
+        400,
+        f"Invalid value: '{value}'. Supported values are: {choices}.",
+        code="invalid_value",
+        param=param,
+    )
+
+
+def _invalid_image(index: int, param: str = "image") -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid image file or mode for image {index}, please check your image file.",
+        code="invalid_image_file",
+        param=param,
+    )
+
+
+@dataclass
+class _Upload:
+    part_name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+    too_large: bool
+    record_index: int  # position in `RecordedRequest.files`
+
+
+@dataclass
+class _Decoded:
+    format: str
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+
+
+def _decode(data: bytes) -> _Decoded | None:
+    """Decode image bytes fully (blocking). None when they are not a png/jpeg/webp image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = PIL_FORMATS.get(img.format or "")
+            if fmt is None:
+                return None
+            img.load()
+            has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+            return _Decoded(fmt, img.width, img.height, img.mode, has_alpha)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+_TINTS = ((0, 0, 0), (255, 64, 64), (64, 255, 64), (64, 64, 255), (255, 255, 64))
+
+
+def _render(
+    source: bytes, n: int, size: tuple[int, int], output_format: str, transparent: bool
+) -> list[bytes]:
+    """The edited images (blocking): the source inverted, tinted per output, resized, encoded."""
+    with Image.open(io.BytesIO(source)) as img:
+        base = ImageOps.invert(img.convert("RGB")).resize(size, Image.Resampling.BILINEAR)
+    outputs = []
+    for i in range(n):
+        tint = _TINTS[i % len(_TINTS)]
+        out = base if i == 0 else Image.blend(base, Image.new("RGB", size, tint), 0.25)
+        if transparent:
+            alpha = Image.new("L", size, 255)
+            alpha.paste(0, (0, 0, size[0] // 4, size[1] // 4))  # a transparent corner
+            out = out.convert("RGBA")
+            out.putalpha(ImageChops.multiply(alpha, out.getchannel("A")))
+        buf = io.BytesIO()
+        if output_format == "png":
+            out.save(buf, "PNG", compress_level=1)
+        elif output_format == "jpeg":
+            out.save(buf, "JPEG", quality=85)
+        else:
+            out.save(buf, "WEBP", quality=80, method=0)
+        outputs.append(buf.getvalue())
+    return outputs
+
+
+def _image_tokens(width: int, height: int, fidelity: str) -> int:
+    """Input image tokens, tile-based like OpenAI's vision pricing; high fidelity costs far more."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    tiles = math.ceil(w * scale / 512) * math.ceil(h * scale / 512)
+    tokens = 65 + 129 * tiles
+    return tokens * 6 if fidelity == "high" else tokens
+
+
+class FakeOpenAI:
+    """The fake server. Start with `async with FakeOpenAI() as fake` or `await fake.start()`."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        models: Iterable[str] = MODELS,
+        retired: Iterable[str] = (),
+        delay: float = 0.0,
+        accept_moderation: bool = False,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_mask_bytes: int = MAX_MASK_BYTES,
+        max_images: int = MAX_IMAGES,
+    ) -> None:
+        self.api_key = api_key
+        self.models = set(models)
+        self.retired = set(retired)
+        self.delay = delay  # seconds to wait before answering (benchmarks); 0 by default
+        self.accept_moderation = accept_moderation
+        self.max_image_bytes = max_image_bytes
+        self.max_mask_bytes = max_mask_bytes
+        self.max_images = max_images
+        self.requests: list[RecordedRequest] = []
+        self.post_count = 0
+        self._faults: list[_FaultRule] = []
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> FakeOpenAI:
+        app = web.Application(client_max_size=1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def close(self) -> None:
+        """Stop serving. Requests stuck in `Fault.HANG` are released first."""
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeOpenAI:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the fake is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # ------------------------------------------------------------------ fault switches
+
+    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
+        """Make the next `times` edit requests fail with `fault` (rules queue up in order).
+
+        `retry_after` is the hint sent with the rate-limit faults (the real API sends whole
+        seconds; fractions are allowed here so tests stay fast).
+        """
+        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
+
+    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
+        """Make every edit request fail with `fault` until `clear_faults()`."""
+        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _take_fault(self) -> _FaultRule | None:
+        if not self._faults:
+            return None
+        rule = self._faults[0]
+        if rule.remaining is not None:
+            rule.remaining -= 1
+            if rule.remaining <= 0:
+                self._faults.pop(0)
+        return rule
+
+    # ------------------------------------------------------------------ request handling
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            self.post_count += 1
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        record = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            headers=headers,
+            authorized=request.headers.get("Authorization") == f"Bearer {self.api_key}",
+            request_id=f"req_{uuid.uuid4().hex}",
+        )
+        self.requests.append(record)
+        started = time.monotonic()
+        try:
+            response = await self._handle(request, record)
+        except ApiError as err:
+            record.error_code = err.code or err.type
+            response = web.json_response(err.body(), status=err.status, headers=err.headers)
+        except _Aborted:
+            record.status = None
+            return web.Response(status=500)  # never delivered: the transport is gone
+        if self.delay:  # cut short by close() so a test's teardown never waits for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), self.delay)
+        response.headers["x-request-id"] = record.request_id
+        response.headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
+        response.headers["openai-version"] = "2020-10-01"
+        record.status = response.status
+        return response
+
+    async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if request.path.rstrip("/") != "/v1/images/edits":
+            await request.read()
+            raise ApiError(404, f"Invalid URL ({request.method} {request.path})")
+        if request.method != "POST":
+            raise ApiError(405, f"Invalid method for URL ({request.method} {request.path})")
+
+        # Like the real edge, the whole body is read before answering (even errors): answering
+        # early would make the client see a broken pipe instead of the status.
+        uploads, fields, parse_error = await self._read_form(request, record)
+
+        auth = request.headers.get("Authorization")
+        if auth is None:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if not record.authorized:
+            raise ApiError(
+                401,
+                "Incorrect API key provided: sk-****. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+        rule = self._take_fault()
+        if rule is not None:
+            record.fault = rule.fault
+            if rule.fault not in _POST_VALIDATION_FAULTS:
+                await self._raise_fault(rule, request, fields, record)
+        if parse_error is not None:
+            raise parse_error
+
+        params = await self._validate(uploads, fields, record)
+        if rule is not None:
+            return await self._raise_fault(rule, request, fields, record)
+        return await self._respond(params)
+
+    async def _read_form(
+        self, request: web.Request, record: RecordedRequest
+    ) -> tuple[list[_Upload], dict[str, str], ApiError | None]:
+        """Read the whole body; return the parts and the first error found while parsing."""
+        if not request.content_type.startswith("multipart/"):
+            await request.read()
+            if request.content_type == "application/json":
+                return [], {}, ApiError(400, "This fake only implements the multipart/form-data edit form.")
+            return (
+                [],
+                {},
+                ApiError(
+                    400,
+                    f"Invalid Content-Type header ({request.content_type}), expected multipart/form-data.",
+                ),
+            )
+        uploads: list[_Upload] = []
+        fields: dict[str, str] = {}
+        error: ApiError | None = None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name is None:
+                    await part.release()
+                    error = error or ApiError(400, "Could not parse multipart form")
+                    continue
+                name = part.name
+                record.part_names.append(name)
+                limit = self.max_mask_bytes if name == "mask" else self.max_image_bytes
+                data, size = await self._read_part(part, limit)
+                if part.filename is not None:
+                    content_type = part.headers.get("Content-Type")
+                    uploads.append(
+                        _Upload(name, part.filename, content_type, data, size >= limit, len(record.files))
+                    )
+                    record.files.append(
+                        RecordedFile(name, part.filename, part.headers.get("Content-Type"), size)
+                    )
+                    if name not in FILE_FIELDS and name in KNOWN_FIELDS:
+                        error = error or ApiError(
+                            400,
+                            f"Invalid type for '{name}': expected a string, but got a file instead.",
+                            code="invalid_type",
+                            param=name,
+                        )
+                else:
+                    try:
+                        value = data.decode(part.get_charset("utf-8"))
+                    except (UnicodeDecodeError, LookupError):
+                        value = data.decode("utf-8", "replace")
+                    fields[name] = value
+                    record.fields[name] = value
+                    if name in FILE_FIELDS:
+                        index = "[0]" if name != "mask" else ""
+                        error = error or ApiError(
+                            400,
+                            f"Invalid type for '{name}{index}': expected a file, but got a string instead.",
+                            code="invalid_type",
+                            param=f"{name}{index}",
+                        )
+        except ValueError:  # malformed multipart (bad boundary, truncated body)
+            await request.read()
+            error = error or ApiError(400, "Could not parse multipart form")
+        return uploads, fields, error
+
+    @staticmethod
+    async def _read_part(part: BodyPartReader, limit: int) -> tuple[bytes, int]:
+        """Read one part; return its first `limit + 1` bytes (the rest is read and dropped) and its size.
+
+        The limits are strict ("< 50 MB"), so a part of exactly `limit` bytes is too large.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await part.read_chunk(256 * 1024):
+            if size <= limit:
+                chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)[: limit + 1], size
+
+    async def _raise_fault(
+        self, rule: _FaultRule, request: web.Request, fields: dict[str, str], record: RecordedRequest
+    ) -> web.Response:
+        """Produce the switched-on failure: raises `ApiError`/`_Aborted`, or returns a bad 200."""
+        model = fields.get("model", DEFAULT_MODEL)
+        match rule.fault:
+            case Fault.MODERATION_BLOCKED:
+                raise ApiError(
+                    400,
+                    "Your request was rejected by the safety system. If you believe this is an error, "
+                    f"contact us at help.openai.com and include the request ID {record.request_id}. "
+                    "safety_violations=[sexual].",
+                    type_="image_generation_user_error",
+                    code="moderation_blocked",
+                    param=None,
+                    extra={"moderation_details": {"moderation_stage": "input", "categories": ["sexual"]}},
+                )
+            case Fault.INVALID_IMAGE:
+                raise _invalid_image(1)
+            case Fault.UNAUTHORIZED:
+                raise ApiError(
+                    401,
+                    "Incorrect API key provided: sk-****. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    code="invalid_api_key",
+                )
+            case Fault.ORG_VERIFICATION:
+                raise ApiError(
+                    403,
+                    f"Your organization must be verified to use the model `{model}`. Please go to: "
+                    "https://platform.openai.com/settings/organization/general and click on Verify "
+                    "Organization.",
+                )
+            case Fault.MODEL_NOT_FOUND:
+                raise ApiError(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    code="model_not_found",
+                )
+            case Fault.RATE_LIMITED:
+                raise ApiError(
+                    429,
+                    "Rate limit exceeded for images per minute in organization org-fake. Limit: 5/1min. "
+                    f"Current: 6/1min. Please try again in {rule.retry_after:g}s.",
+                    type_="requests",
+                    code="rate_limit_exceeded",
+                    headers={"retry-after": f"{rule.retry_after:g}", **self._ratelimit_headers()},
+                )
+            case Fault.RATE_LIMITED_MS:
+                raise ApiError(
+                    429,
+                    "Rate limit exceeded for images per minute in organization org-fake. Limit: 5/1min. "
+                    "Current: 6/1min.",
+                    type_="requests",
+                    code="rate_limit_exceeded",
+                    headers={
+                        "retry-after-ms": str(round(rule.retry_after * 1000)),
+                        "retry-after": str(max(1, math.ceil(rule.retry_after))),
+                        **self._ratelimit_headers(),
+                    },
+                )
+            case Fault.INSUFFICIENT_QUOTA:
+                raise ApiError(
+                    429,
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    type_="insufficient_quota",
+                    code="insufficient_quota",
+                )
+            case Fault.SERVER_ERROR:
+                raise ApiError(
+                    500,
+                    "The server had an error while processing your request. Sorry about that!",
+                    type_="server_error",
+                )
+            case Fault.HANG:
+                await self._release.wait()
+                raise ApiError(503, "The fake was closed while hanging.", type_="server_error")
+            case Fault.RESET_AFTER_BODY:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise _Aborted
+            case Fault.EMPTY_RESULT:
+                return web.json_response({"created": int(time.time()), "data": []})
+        raise AssertionError(f"unhandled fault {rule.fault}")
+
+    @staticmethod
+    def _ratelimit_headers() -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": "5",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "12s",
+        }
+
+    async def _validate(
+        self, uploads: list[_Upload], fields: dict[str, str], record: RecordedRequest
+    ) -> _Params:
+        """Validate like the API and return the resolved parameters (raises `ApiError`)."""
+        model = fields.get("model", DEFAULT_MODEL)
+        if model not in self.models:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+            )
+        if model in self.retired:
+            raise ApiError(
+                404,
+                f"The model `{model}` has been deprecated, learn more here: "
+                "https://platform.openai.com/docs/deprecations",
+                code="model_not_found",
+            )
+        for name in list(fields) + [u.part_name for u in uploads]:
+            if name == "moderation" and self.accept_moderation:
+                continue
+            if name not in KNOWN_FIELDS:
+                raise ApiError(400, f"Unknown parameter: '{name}'.", code="unknown_parameter", param=name)
+
+        prompt = fields.get("prompt")
+        if not prompt:
+            raise ApiError(
+                400,
+                "Missing required parameter: 'prompt'.",
+                code="missing_required_parameter",
+                param="prompt",
+            )
+        if len(prompt) > MAX_PROMPT:
+            raise ApiError(
+                400,
+                f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT}, "
+                f"but got a string with length {len(prompt)} instead.",
+                code="string_above_max_length",
+                param="prompt",
+            )
+        n = self._int_field(fields, "n", 1, 1, 10)
+        size = self._enum(fields, "size", SIZES, "auto")
+        quality = self._enum(fields, "quality", QUALITIES, "auto")
+        background = self._enum(fields, "background", BACKGROUNDS, "auto")
+        output_format = self._enum(fields, "output_format", OUTPUT_FORMATS, "png")
+        self._int_field(fields, "output_compression", 100, 0, 100)
+        self._int_field(fields, "partial_images", 0, 0, 3)
+        fidelity = fields.get("input_fidelity")
+        if fidelity is not None:
+            if model in NO_INPUT_FIDELITY:
+                raise ApiError(
+                    400,
+                    f"The 'input_fidelity' parameter is not supported for model '{model}'.",
+                    code="unsupported_parameter",
+                    param="input_fidelity",
+                )
+            self._enum(fields, "input_fidelity", INPUT_FIDELITIES, "low")
+        if background == "transparent" and output_format == "jpeg":
+            raise ApiError(
+                400,
+                "Transparent background is not supported for output format 'jpeg'. Use 'png' or 'webp'.",
+                code="invalid_value",
+                param="background",
+            )
+        if fields.get("stream", "false").lower() not in ("false", "0"):
+            raise ApiError(400, "This fake does not implement streaming.", param="stream")
+        if "response_format" in fields:
+            raise ApiError(
+                400,
+                f"The 'response_format' parameter is not supported for model '{model}'.",
+                code="unsupported_parameter",
+                param="response_format",
+            )
+
+        images = [u for u in uploads if u.part_name in ("image", "image[]")]
+        if not images:
+            raise ApiError(
+                400, "Missing required parameter: 'image'.", code="missing_required_parameter", param="image"
+            )
+        if len(images) > self.max_images:
+            raise ApiError(
+                400,
+                f"Invalid 'image': array too long. Expected an array with maximum length "
+                f"{self.max_images}, but got an array with length {len(images)} instead.",
+                code="array_above_max_length",
+                param="image",
+            )
+        decoded: list[_Decoded] = []
+        for index, upload in enumerate(images, start=1):
+            decoded.append(await self._check_file(upload, index, "image", record))
+        masks = [u for u in uploads if u.part_name == "mask"]
+        if len(masks) > 1:
+            raise ApiError(400, "Only one 'mask' may be provided.", param="mask")
+        if masks:
+            mask = await self._check_file(masks[0], 1, "mask", record)
+            if mask.format != "png" or not mask.has_alpha:
+                raise _invalid_image(1, param="mask")
+            if (mask.width, mask.height) != (decoded[0].width, decoded[0].height):
+                raise ApiError(
+                    400,
+                    "Invalid mask image: the mask must have the same dimensions as the image "
+                    f"({decoded[0].width}x{decoded[0].height}), got {mask.width}x{mask.height}.",
+                    code="invalid_image_file",
+                    param="mask",
+                )
+        return _Params(
+            model=model,
+            prompt=prompt,
+            n=n,
+            size=size,
+            quality=quality,
+            background=background,
+            output_format=output_format,
+            input_fidelity=fidelity or "low",
+            source=images[0].data,
+            inputs=[(d.width, d.height) for d in decoded],
+        )
+
+    async def _check_file(self, upload: _Upload, index: int, param: str, record: RecordedRequest) -> _Decoded:
+        """Check one uploaded file's size, declared type and bytes; note what it decoded to."""
+        if upload.too_large:
+            limit = self.max_mask_bytes if param == "mask" else self.max_image_bytes
+            raise ApiError(
+                400,
+                f"Invalid file '{param}': file too large. Maximum size is {limit} bytes.",
+                code="file_too_large" if param == "image" else "invalid_image_file",
+                param=param,
+            )
+        mime = (upload.content_type or "").split(";")[0].strip().lower()
+        if mime not in ACCEPTED_MIMES:
+            raise ApiError(
+                400,
+                f"Invalid file '{param}': unsupported mimetype ('{mime or 'none'}'). Supported file formats "
+                "are 'image/jpeg', 'image/png', and 'image/webp'.",
+                code="unsupported_file_mimetype",
+                param=param,
+            )
+        decoded = await asyncio.to_thread(_decode, upload.data)
+        if decoded is None:
+            raise _invalid_image(index, param=param)
+        recorded = record.files[upload.record_index]
+        record.files[upload.record_index] = dataclasses.replace(
+            recorded, format=decoded.format, width=decoded.width, height=decoded.height, mode=decoded.mode
+        )
+        return decoded
+
+    @staticmethod
+    def _enum(fields: dict[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = fields.get(name, default)
+        if value not in allowed:
+            raise _invalid_value(name, value, allowed)
+        return value
+
+    @staticmethod
+    def _int_field(fields: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+        raw = fields.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(
+                400,
+                f"Invalid type for '{name}': expected an integer, but got a string instead.",
+                code="invalid_type",
+                param=name,
+            ) from None
+        if value < low:
+            raise ApiError(
+                400,
+                f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, "
+                f"but got {value} instead.",
+                code="integer_below_min_value",
+                param=name,
+            )
+        if value > high:
+            raise ApiError(
+                400,
+                f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, "
+                f"but got {value} instead.",
+                code="integer_above_max_value",
+                param=name,
+            )
+        return value
+
+    async def _respond(self, params: _Params) -> web.Response:
+        size = "1024x1024" if params.size == "auto" else params.size
+        quality = "medium" if params.quality == "auto" else params.quality
+        transparent = params.background == "transparent"
+        width, height = (int(v) for v in size.split("x"))
+        outputs = await asyncio.to_thread(
+            _render, params.source, params.n, (width, height), params.output_format, transparent
+        )
+        text_tokens = max(1, math.ceil(len(params.prompt) / 4))
+        image_tokens = sum(_image_tokens(w, h, params.input_fidelity) for w, h in params.inputs)
+        output_tokens = OUTPUT_TOKENS[(quality, width == height)] * params.n
+        body = {
+            "created": int(time.time()),
+            "background": "transparent" if transparent else "opaque",
+            "data": [{"b64_json": base64.b64encode(data).decode("ascii")} for data in outputs],
+            "output_format": params.output_format,
+            "quality": quality,
+            "size": size,
+            "usage": {
+                "total_tokens": text_tokens + image_tokens + output_tokens,
+                "input_tokens": text_tokens + image_tokens,
+                "output_tokens": output_tokens,
+                "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
+                "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
+            },
+        }
+        # BytesIO: several MB of base64 as raw bytes would be written in one blocking call.
+        return web.Response(body=io.BytesIO(json.dumps(body).encode()), content_type="application/json")
+
+
+class _Aborted(Exception):
+    """The connection was dropped on purpose; there is nothing to answer."""
+
+
+@dataclass(frozen=True)
+class _Params:
+    model: str
+    prompt: str
+    n: int
+    size: str
+    quality: str
+    background: str
+    output_format: str
+    input_fidelity: str
+    source: bytes
+    inputs: list[tuple[int, int]]

@@ -1,0 +1,629 @@
+"""Tests for the shared HTTP helper: retry rules, deadlines, polling, downloads, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.providers.errors import (
+    ConnectionFailed,
+    JobFailed,
+    ModelUnavailable,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from bot.providers.http import (
+    RetryPolicy,
+    decode_base64_image,
+    download,
+    parse_retry_after,
+    poll,
+    redact_url,
+    send_idempotent,
+    send_paid,
+    sniff_image_format,
+)
+
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+# ----------------------------------------------------------------------------- a scriptable server
+
+
+@dataclass
+class Script:
+    """Per-path queue of responses for the tiny test server; the last one repeats."""
+
+    routes: dict[str, list[Callable[[web.Request], Awaitable[web.StreamResponse]]]] = field(
+        default_factory=dict
+    )
+    hits: dict[str, int] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, path: str, *handlers: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        self.routes[path] = list(handlers)
+
+
+def status(code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Callable:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=code, body=body, headers=headers)
+
+    return handler
+
+
+def chunked(total: int) -> Callable:
+    """A streamed body of `total` bytes without Content-Length."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        sent = 0
+        while sent < total:
+            piece = min(64 * 1024, total - sent)
+            await resp.write(b"x" * piece)
+            sent += piece
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, Script]]:
+    script = Script()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        script.hits[path] = script.hits.get(path, 0) + 1
+        handlers = script.routes.get(path)
+        if not handlers:
+            return web.Response(status=404)
+        handler = handlers.pop(0) if len(handlers) > 1 else handlers[0]
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", script
+    finally:
+        script.release.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def soon(seconds: float = 10.0) -> float:
+    return time.monotonic() + seconds
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def http_date(offset: float) -> str:
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"Retry-After": "3"}, 3.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "100", "retry-after": "9"}, 0.1),  # ms wins
+        ({"retry-after-ms": "soon", "retry-after": "2"}, 2.0),  # unusable ms falls back
+        ({"retry-after": "0"}, 0.0),
+        ({"retry-after": "-4"}, None),
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "next tuesday"}, None),
+        ({"retry-after": http_date(-3600)}, 0.0),
+    ],
+)
+def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    assert parse_retry_after(headers) == expected
+
+
+def test_parse_retry_after_http_date_in_the_future() -> None:
+    value = parse_retry_after({"Retry-After": http_date(30)})
+    assert value is not None and 27 <= value <= 31
+
+
+def test_retry_policy_delay_doubles_is_capped_and_jittered_downwards() -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=8.0, jitter=0.25)
+    for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (9, 8.0), (400, 8.0)]:
+        for _ in range(50):
+            assert cap * 0.75 <= policy.delay(attempt) <= cap
+    exact = RetryPolicy(base_delay=0.5, max_delay=8.0, jitter=0.0)
+    assert [exact.delay(n) for n in (1, 2, 3, 4, 5, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+@pytest.mark.parametrize("kw", [{"attempts": 0}, {"base_delay": -1}, {"jitter": 1.5}])
+def test_retry_policy_rejects_nonsense(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://cdn.example.com/out/a.png?X-Amz-Signature=SECRET&e=1", "https://cdn.example.com/out/a.png"),
+        ("https://user:pw@host.example:8443/p#frag", "https://host.example:8443/p"),
+        ("http://127.0.0.1:5000/v1/images/edits", "http://127.0.0.1:5000/v1/images/edits"),
+        ("https://[::1]:9/x?token=t", "https://[::1]:9/x"),
+    ],
+)
+def test_redact_url_drops_query_fragment_and_credentials(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        base64.b64encode(PNG).decode(),
+        "data:image/png;base64," + base64.b64encode(PNG).decode(),
+        "  " + base64.b64encode(PNG).decode()[:20] + "\n" + base64.b64encode(PNG).decode()[20:] + "\n",
+        base64.b64encode(PNG).decode().rstrip("="),
+        base64.urlsafe_b64encode(b"\xfb\xff" + PNG).decode(),
+    ],
+    ids=["bare", "data-url", "wrapped", "unpadded", "urlsafe"],
+)
+def test_decode_base64_image_accepts_bare_and_data_url_forms(text: str) -> None:
+    assert decode_base64_image(text).endswith(PNG)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "!!!not base64!!!", "data:text/plain;base64,aGk=", "data:image/png,raw"]
+)
+def test_decode_base64_image_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        decode_base64_image(text)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (PNG, "png"),
+        (b"\xff\xd8\xff\xe0rest", "jpeg"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+        (b"GIF89a", None),
+    ],
+)
+def test_sniff_image_format(data: bytes, fmt: str | None) -> None:
+    assert sniff_image_format(data) == fmt
+
+
+# ----------------------------------------------------------------------------- send_paid
+
+
+async def test_send_paid_retries_connect_failures_with_a_fresh_body_each_time() -> None:
+    bodies = 0
+
+    def factory() -> aiohttp.FormData:
+        nonlocal bodies
+        bodies += 1
+        form = aiohttp.FormData()
+        form.add_field("image[]", PNG, filename="a.png", content_type="image/png")
+        return form
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ConnectionFailed) as info:
+            await send_paid(
+                session,
+                "POST",
+                f"http://127.0.0.1:{closed_port()}/v1/x",
+                policy=FAST,
+                deadline=soon(),
+                call_timeout=5,
+                data_factory=factory,
+                headers={"Authorization": "Bearer sk-secret"},
+                provider="t",
+            )
+
+    assert info.value.accepted is False
+    assert bodies == FAST.attempts
+
+
+async def test_send_paid_does_not_retry_5xx_and_marks_it_accepted(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/submit", status(503, b"<html>busy</html>", {"x-request-id": "req_9"}))
+
+    with pytest.raises(ServerError) as info:
+        await send_paid(
+            session,
+            "POST",
+            f"{base}/submit",
+            policy=FAST,
+            deadline=soon(),
+            call_timeout=5,
+            json={"a": 1},
+            provider="t",
+        )
+
+    assert info.value.accepted is True
+    assert info.value.request_id == "req_9"
+    assert script.hits["/submit"] == 1
+
+
+async def test_send_paid_returns_the_2xx_response_with_body_and_request_id(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on(
+        "/submit",
+        status(201, b'{"id": "pred_1"}', {"x-request-id": "req_1", "Content-Type": "application/json"}),
+    )
+
+    resp = await send_paid(
+        session,
+        "POST",
+        f"{base}/submit",
+        policy=FAST,
+        deadline=soon(),
+        call_timeout=5,
+        json={"a": 1},
+        provider="t",
+    )
+
+    assert (resp.status, resp.request_id, resp.json(), resp.content_type) == (
+        201,
+        "req_1",
+        {"id": "pred_1"},
+        "application/json",
+    )
+
+
+async def test_send_paid_does_not_follow_redirects(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/submit", status(307, headers={"Location": "/elsewhere"}))
+    script.on("/elsewhere", status(200))
+
+    with pytest.raises(ServerError):
+        await send_paid(
+            session,
+            "POST",
+            f"{base}/submit",
+            policy=FAST,
+            deadline=soon(),
+            call_timeout=5,
+            json={},
+            provider="t",
+        )
+
+    assert "/elsewhere" not in script.hits
+
+
+async def test_send_paid_caps_the_response_size_as_accepted(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/submit", chunked(300_000))
+
+    with pytest.raises(ServerError) as info:
+        await send_paid(
+            session,
+            "POST",
+            f"{base}/submit",
+            policy=FAST,
+            deadline=soon(),
+            call_timeout=5,
+            json={},
+            provider="t",
+            max_body=100_000,
+        )
+
+    assert info.value.accepted is True
+
+
+# ----------------------------------------------------------------------------- send_idempotent
+
+
+async def test_send_idempotent_retries_5xx_then_succeeds(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/poll", status(503), status(502), status(200, b"done"))
+
+    resp = await send_idempotent(
+        session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
+    )
+
+    assert resp.body == b"done"
+    assert script.hits["/poll"] == 3
+
+
+async def test_send_idempotent_honours_retry_after_ms(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/poll", status(429, headers={"retry-after-ms": "30"}), status(200, b"ok"))
+
+    resp = await send_idempotent(
+        session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
+    )
+
+    assert resp.body == b"ok" and script.hits["/poll"] == 2
+
+
+async def test_send_idempotent_gives_up_after_the_policy_with_the_given_accepted_flag(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/poll", status(500))
+
+    with pytest.raises(ServerError) as info:
+        await send_idempotent(
+            session,
+            "GET",
+            f"{base}/poll",
+            policy=FAST,
+            deadline=soon(),
+            call_timeout=5,
+            provider="t",
+            accepted=True,
+        )
+
+    assert info.value.accepted is True
+    assert script.hits["/poll"] == FAST.attempts
+
+
+async def test_send_idempotent_does_not_retry_a_client_error(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/poll", status(404))
+
+    with pytest.raises(ModelUnavailable):
+        await send_idempotent(
+            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
+        )
+
+    assert script.hits["/poll"] == 1
+
+
+async def test_send_idempotent_stops_when_the_wait_would_cross_the_deadline(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+    script.on("/poll", status(429, headers={"retry-after": "3"}))
+    started = time.monotonic()
+
+    with pytest.raises(RateLimited):
+        await send_idempotent(
+            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(1.0), call_timeout=5, provider="t"
+        )
+
+    assert time.monotonic() - started < 0.5
+    assert script.hits["/poll"] == 1
+
+
+async def test_send_idempotent_retries_timeouts(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    base, script = server
+
+    async def hang(request: web.Request) -> web.Response:
+        await script.release.wait()
+        return web.Response()
+
+    script.on("/poll", hang)
+
+    with pytest.raises(ProviderTimeout):
+        await send_idempotent(
+            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=0.1, provider="t"
+        )
+
+    assert script.hits["/poll"] == FAST.attempts
+
+
+# ----------------------------------------------------------------------------- poll
+
+
+async def test_poll_returns_the_first_finished_result() -> None:
+    states = iter(["queued", "processing", "completed", "never reached"])
+    calls = 0
+
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        return next(states)
+
+    result = await poll(
+        fetch, is_done=lambda s: s == "completed", deadline=soon(), interval=0.01, max_interval=0.02
+    )
+
+    assert (result, calls) == ("completed", 3)
+
+
+async def test_poll_deadline_calls_cancel_once_and_raises_accepted_timeout() -> None:
+    cancelled = asyncio.Event()
+    calls = 0
+
+    async def fetch() -> str:
+        nonlocal calls
+        calls += 1
+        return "processing"
+
+    async def cancel() -> None:
+        assert not cancelled.is_set()
+        cancelled.set()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await poll(
+            fetch,
+            is_done=lambda s: s == "completed",
+            deadline=soon(0.2),
+            interval=0.02,
+            max_interval=0.05,
+            cancel=cancel,
+        )
+
+    assert cancelled.is_set()
+    assert info.value.accepted is True
+    assert calls >= 3
+
+
+async def test_poll_logs_but_does_not_raise_a_failing_cancel(caplog: pytest.LogCaptureFixture) -> None:
+    async def fetch() -> str:
+        return "processing"
+
+    async def cancel() -> None:
+        raise ConnectionFailed("cancel endpoint down")
+
+    with pytest.raises(ProviderTimeout):
+        await poll(
+            fetch,
+            is_done=lambda s: False,
+            deadline=soon(0.05),
+            interval=0.01,
+            max_interval=0.01,
+            cancel=cancel,
+            provider="t",
+        )
+
+    assert "cancelling the job" in caplog.text
+
+
+async def test_poll_cancels_when_a_fetch_runs_into_the_deadline() -> None:
+    cancelled = False
+
+    async def fetch() -> str:
+        await asyncio.sleep(0.1)
+        raise ProviderTimeout("deadline passed", accepted=True)
+
+    async def cancel() -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    with pytest.raises(ProviderTimeout):
+        await poll(
+            fetch,
+            is_done=lambda s: False,
+            deadline=soon(0.05),
+            interval=0.01,
+            max_interval=0.01,
+            cancel=cancel,
+        )
+
+    assert cancelled
+
+
+async def test_poll_propagates_job_failures_without_cancelling() -> None:
+    cancelled = False
+
+    async def fetch() -> str:
+        raise JobFailed("failed on the provider", accepted=True)
+
+    async def cancel() -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    with pytest.raises(JobFailed):
+        await poll(
+            fetch, is_done=lambda s: False, deadline=soon(), interval=0.01, max_interval=0.01, cancel=cancel
+        )
+
+    assert not cancelled
+
+
+# ----------------------------------------------------------------------------- download
+
+
+async def test_download_returns_the_bytes(server: tuple[str, Script], session: aiohttp.ClientSession) -> None:
+    base, script = server
+    script.on("/out.png", status(503), status(200, PNG))
+
+    data = await download(session, f"{base}/out.png?sig=abc", max_bytes=1000, deadline=soon(), policy=FAST)
+
+    assert data == PNG
+    assert script.hits["/out.png"] == 2
+
+
+@pytest.mark.parametrize("declared_length", [True, False])
+async def test_download_size_cap(
+    server: tuple[str, Script], session: aiohttp.ClientSession, declared_length: bool
+) -> None:
+    base, script = server
+    script.on("/big", status(200, b"x" * 300_000) if declared_length else chunked(300_000))
+
+    with pytest.raises(ServerError) as info:
+        await download(session, f"{base}/big", max_bytes=100_000, deadline=soon(), policy=FAST)
+
+    assert info.value.accepted is True
+    assert script.hits["/big"] == 1  # a size violation is not retried
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "data:image/png;base64,iVBORw0KGgo=",
+        "//host/no-scheme",
+    ],
+)
+async def test_download_refuses_other_schemes(session: aiohttp.ClientSession, url: str) -> None:
+    with pytest.raises(ServerError):
+        await download(session, url, max_bytes=1000, deadline=soon())
+
+
+async def test_download_decodes_data_urls_only_when_allowed(session: aiohttp.ClientSession) -> None:
+    url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+    assert await download(session, url, max_bytes=1000, deadline=soon(), allow_data_url=True) == PNG
+    with pytest.raises(ServerError):
+        await download(session, url, max_bytes=10, deadline=soon(), allow_data_url=True)
+
+
+async def test_signed_url_queries_never_reach_the_log(
+    server: tuple[str, Script], session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, script = server
+    script.on("/out.png", status(503))
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(ServerError) as info:
+        await download(
+            session,
+            f"{base}/out.png?X-Amz-Signature=TOPSECRET",
+            max_bytes=1000,
+            deadline=soon(),
+            policy=FAST,
+            provider="t",
+        )
+
+    assert "/out.png" in caplog.text
+    assert "TOPSECRET" not in caplog.text
+    assert "TOPSECRET" not in str(info.value)

@@ -1,0 +1,673 @@
+"""Contract tests: `OpenAIProvider` against the fake OpenAI Images API over real sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.providers.base import EditRequest, InputImage, Usage
+from bot.providers.errors import (
+    ConnectionFailed,
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import RetryPolicy
+from bot.providers.openai import OpenAIProvider, classify_openai_error, parse_usage
+from tests.fakes.openai_server import FakeOpenAI, Fault
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+
+
+def input_image(data: bytes) -> InputImage:
+    with Image.open(io.BytesIO(data)) as img:
+        return InputImage(data=data, mime=MIMES[img.format or ""], width=img.width, height=img.height)
+
+
+def photo(name: str) -> InputImage:
+    return input_image((DATA / name).read_bytes())
+
+
+def png(size: tuple[int, int], mode: str = "RGBA", hole: bool = True) -> bytes:
+    """A PNG of `size`; for RGBA, opaque with a fully transparent rectangle (the area to edit)."""
+    color = (0, 0, 0, 255) if mode == "RGBA" else (0, 0, 0)
+    img = Image.new(mode, size, color)
+    if hole and mode == "RGBA":
+        img.paste((0, 0, 0, 0), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 60.0)
+    return EditRequest(
+        images=images or (photo("astronaut.png"),),
+        prompt=str(kw.pop("prompt", "make it look like a watercolour")),
+        model=str(kw.pop("model", "gpt-image-1-mini")),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_provider(fake: FakeOpenAI, session: aiohttp.ClientSession) -> Callable[..., OpenAIProvider]:
+    def make(**kw: object) -> OpenAIProvider:
+        kw.setdefault("policy", FAST)
+        kw.setdefault("call_timeout", 5.0)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        base_url = str(kw.pop("base_url", fake.base_url))
+        return OpenAIProvider(session, api_key, base_url, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., OpenAIProvider]) -> OpenAIProvider:
+    return make_provider()
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+async def test_single_image_edit_sends_exactly_the_documented_multipart_fields(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    result = await provider.edit(edit_request(quality="low", size="1024x1536", user_hash="u-1f2e"))
+
+    rec = fake.requests[-1]
+    assert rec.authorized
+    assert "Authorization" not in rec.headers and "authorization" not in rec.headers
+    assert rec.part_names == [
+        "model",
+        "prompt",
+        "image[]",
+        "n",
+        "size",
+        "quality",
+        "background",
+        "output_format",
+        "user",
+    ]
+    assert rec.fields == {
+        "model": "gpt-image-1-mini",
+        "prompt": "make it look like a watercolour",
+        "n": "1",
+        "size": "1024x1536",
+        "quality": "low",
+        "background": "auto",
+        "output_format": "png",
+        "user": "u-1f2e",
+    }
+    (image,) = rec.images
+    assert (image.filename, image.content_type, image.format) == ("image-1.png", "image/png", "png")
+    assert (image.width, image.height) == (512, 512)
+    assert rec.status == 200
+    assert result.provider == "openai"
+    assert (result.quality, result.size) == ("low", "1024x1536")
+
+
+async def test_four_images_are_sent_as_image_array_parts_with_their_sniffed_types(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    images = tuple(photo(n) for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"))
+
+    await provider.edit(edit_request(images))
+
+    rec = fake.requests[-1]
+    assert [f.part_name for f in rec.images] == ["image[]"] * 4
+    assert [f.content_type for f in rec.images] == ["image/png"] * 3 + ["image/jpeg"]
+    assert [f.format for f in rec.images] == ["png", "png", "png", "jpeg"]
+    assert [f.filename for f in rec.images] == ["image-1.png", "image-2.png", "image-3.png", "image-4.jpg"]
+    assert [f.size for f in rec.images] == [len(i.data) for i in images]
+
+
+async def test_mask_is_sent_as_a_png_part_and_accepted(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    mask = input_image(png((512, 512)))
+
+    result = await provider.edit(edit_request(mask=mask, model="gpt-image-1"))
+
+    rec = fake.requests[-1]
+    assert rec.mask is not None
+    assert (rec.mask.filename, rec.mask.content_type, rec.mask.format) == ("mask.png", "image/png", "png")
+    assert rec.mask.mode == "RGBA"
+    assert len(result.images) == 1
+
+
+async def test_input_fidelity_is_omitted_when_unset_and_sent_when_requested(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    await provider.edit(edit_request(model="gpt-image-1-mini"))
+    assert "input_fidelity" not in fake.requests[-1].part_names
+
+    await provider.edit(edit_request(model="gpt-image-1", input_fidelity="high"))
+    assert fake.requests[-1].fields["input_fidelity"] == "high"
+
+
+async def test_moderation_stream_and_user_are_never_sent_unless_set(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    await provider.edit(edit_request())
+
+    names = set(fake.requests[-1].part_names)
+    assert not names & {"moderation", "stream", "user", "input_fidelity", "mask", "response_format"}
+
+
+@pytest.mark.parametrize(
+    ("output_format", "size", "count", "expected_size"),
+    [
+        ("png", "auto", 1, (1024, 1024)),
+        ("jpeg", "1536x1024", 2, (1536, 1024)),
+        ("webp", "1024x1536", 3, (1024, 1536)),
+    ],
+)
+async def test_returned_images_decode_in_the_requested_format_and_size(
+    provider: OpenAIProvider,
+    output_format: str,
+    size: str,
+    count: int,
+    expected_size: tuple[int, int],
+) -> None:
+    result = await provider.edit(edit_request(output_format=output_format, size=size, count=count))
+
+    assert len(result.images) == count
+    for out in result.images:
+        assert out.format == output_format
+        with Image.open(io.BytesIO(out.data)) as img:
+            assert img.format.lower() == output_format
+            assert img.size == expected_size
+    assert result.size == f"{expected_size[0]}x{expected_size[1]}"
+    assert result.quality == "medium"  # auto is reported as the resolved quality
+
+
+async def test_transparent_background_png_keeps_an_alpha_channel(provider: OpenAIProvider) -> None:
+    result = await provider.edit(edit_request(background="transparent"))
+
+    with Image.open(io.BytesIO(result.images[0].data)) as img:
+        assert img.mode == "RGBA"
+        assert img.getchannel("A").getextrema()[0] == 0
+
+
+async def test_usage_and_request_id_are_kept(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    result = await provider.edit(edit_request(quality="high", count=2, prompt="x" * 40))
+
+    assert result.request_id == fake.requests[-1].request_id
+    assert result.request_id and result.request_id.startswith("req_")
+    assert result.usage is not None
+    assert result.usage.input_text_tokens == 10
+    assert result.usage.input_image_tokens > 0
+    assert result.usage.output_image_tokens == 2 * 4160
+    assert result.usage.output_text_tokens == 0
+
+
+# ----------------------------------------------------------------------------- the fake validates
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda: {"mask": input_image(png((512, 512), mode="RGB"))}, "invalid_image_file"),  # no alpha
+        (lambda: {"mask": input_image(png((256, 256)))}, "invalid_image_file"),  # wrong size
+        (lambda: {"model": "gpt-image-1-mini", "input_fidelity": "high"}, "unsupported_parameter"),
+        (lambda: {"background": "transparent", "output_format": "jpeg"}, "invalid_value"),
+        (lambda: {"quality": "standard"}, "invalid_value"),
+        (lambda: {"size": "512x512"}, "invalid_value"),
+        (lambda: {"count": 11}, "integer_above_max_value"),
+        (lambda: {"count": 0}, "integer_below_min_value"),
+        (lambda: {"prompt": "p" * 32_001}, "string_above_max_length"),
+        (lambda: {"images": (input_image(png((8, 8))),) * 17}, "array_above_max_length"),
+    ],
+    ids=[
+        "mask-without-alpha",
+        "mask-size-mismatch",
+        "input-fidelity-on-mini",
+        "transparent-jpeg",
+        "bad-quality",
+        "bad-size",
+        "n-too-big",
+        "n-zero",
+        "prompt-too-long",
+        "seventeen-images",
+    ],
+)
+async def test_fake_rejects_what_the_real_api_rejects_and_it_maps_to_invalid_input(
+    fake: FakeOpenAI, provider: OpenAIProvider, change: Callable[[], dict[str, object]], code: str
+) -> None:
+    kw = change()
+    images = kw.pop("images", None)
+
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(images, **kw))  # type: ignore[arg-type]
+
+    assert info.value.code == code
+    assert info.value.status == 400
+    assert info.value.accepted is False
+    assert fake.post_count == 1
+
+
+async def test_bytes_that_are_not_an_image_are_rejected_like_the_real_api(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    bogus = InputImage(data=b"\x89PNG\r\n\x1a\n" + b"not really", mime="image/png", width=1, height=1)
+
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request((bogus,)))
+
+    assert info.value.code == "invalid_image_file"
+
+
+async def test_fake_enforces_the_upload_size_limit(session: aiohttp.ClientSession) -> None:
+    image = photo("astronaut.png")
+    async with FakeOpenAI(max_image_bytes=len(image.data)) as small:  # the limit is "<", not "<="
+        provider = OpenAIProvider(session, small.api_key, small.base_url, policy=FAST)
+        with pytest.raises(InvalidInput) as info:
+            await provider.edit(edit_request((image,)))
+
+    assert info.value.code == "file_too_large"
+    assert small.requests[-1].images[0].size == len(image.data)
+
+
+async def test_a_slow_answer_past_the_call_timeout_is_a_timeout_after_the_work_was_done(
+    fake: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+) -> None:
+    fake.delay = 0.4  # the fake generates the image, then waits before answering
+
+    with pytest.raises(ProviderTimeout) as info:
+        await make_provider(call_timeout=0.2).edit(edit_request())
+
+    assert info.value.accepted is True
+    assert fake.post_count == 1
+
+
+async def test_wrong_api_key_is_a_service_error_and_the_key_never_leaks(
+    fake: FakeOpenAI,
+    make_provider: Callable[..., OpenAIProvider],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "sk-proj-Very5ecretKeyThatMustNotLeak"
+    provider = make_provider(api_key=secret)
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(ServiceUnavailable) as info:
+        await provider.edit(edit_request())
+
+    assert info.value.status == 401 and info.value.code == "invalid_api_key"
+    assert fake.post_count == 1
+    for text in (str(info.value), repr(provider), caplog.text):
+        assert secret not in text
+        assert "Very5ecret" not in text
+
+
+@pytest.mark.parametrize("retired", [False, True])
+async def test_unknown_or_retired_model_is_model_unavailable(
+    make_provider: Callable[..., OpenAIProvider], fake: FakeOpenAI, retired: bool
+) -> None:
+    model = "gpt-image-1" if retired else "gpt-image-9"
+    if retired:
+        fake.retired.add(model)
+
+    with pytest.raises(ModelUnavailable) as info:
+        await make_provider().edit(edit_request(model=model))
+
+    assert info.value.code == "model_not_found"
+    assert info.value.retryable_elsewhere
+
+
+async def post_raw(
+    session: aiohttp.ClientSession,
+    fake: FakeOpenAI,
+    parts: list[tuple[str, object]],
+    *,
+    key: str | None = None,
+) -> tuple[int, dict]:
+    """POST a hand-built multipart form; `parts` values are str fields or (filename, bytes, mime) files."""
+    form = aiohttp.FormData(default_to_multipart=True)
+    for name, value in parts:
+        if isinstance(value, tuple):
+            filename, data, mime = value
+            form.add_field(name, data, filename=filename, content_type=mime)
+        else:
+            form.add_field(name, str(value))
+    headers = {"Authorization": f"Bearer {key or fake.api_key}"}
+    async with session.post(f"{fake.base_url}/images/edits", data=form, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+ASTRONAUT = ("a.png", (DATA / "astronaut.png").read_bytes(), "image/png")
+ROCKET = ("r.jpg", (DATA / "rocket.jpg").read_bytes(), "image/jpeg")
+
+
+@pytest.mark.parametrize(
+    "image_parts",
+    [[("image", ASTRONAUT)], [("image", ASTRONAUT), ("image", ROCKET)], [("image[]", ASTRONAUT)]],
+    ids=["image", "repeated-image", "image-array"],
+)
+async def test_fake_accepts_every_documented_image_part_name(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, image_parts: list[tuple[str, object]]
+) -> None:
+    status, payload = await post_raw(session, fake, [("model", "gpt-image-1"), ("prompt", "p"), *image_parts])
+
+    assert status == 200, payload
+    assert len(fake.requests[-1].images) == len(image_parts)
+    assert set(payload) >= {"created", "data", "usage", "size", "quality", "output_format", "background"}
+
+
+@pytest.mark.parametrize(
+    ("parts", "status", "code"),
+    [
+        ([("model", "gpt-image-1"), ("image", ASTRONAUT)], 400, "missing_required_parameter"),
+        ([("model", "gpt-image-1"), ("prompt", "p")], 400, "missing_required_parameter"),
+        ([("model", "gpt-image-1"), ("prompt", "p"), ("image", "a string")], 400, "invalid_type"),
+        (
+            [("model", "gpt-image-1"), ("prompt", "p"), ("image", ASTRONAUT), ("moderation", "low")],
+            400,
+            "unknown_parameter",
+        ),
+        (
+            [("model", "gpt-image-1"), ("prompt", "p"), ("image", ("a.png", ASTRONAUT[1], "text/plain"))],
+            400,
+            "unsupported_file_mimetype",
+        ),
+        (
+            [("model", "gpt-image-1"), ("prompt", "p"), ("image", ("a.gif", b"GIF89a...", "image/png"))],
+            400,
+            "invalid_image_file",
+        ),
+        (
+            [("model", "gpt-image-1"), ("prompt", "p"), ("image", ASTRONAUT), ("mask", ROCKET)],
+            400,
+            "invalid_image_file",
+        ),
+        ([("model", "dall-e-2"), ("prompt", "p"), ("image", ASTRONAUT)], 404, "model_not_found"),
+    ],
+    ids=[
+        "no-prompt",
+        "no-image",
+        "image-as-string",
+        "moderation",
+        "bad-mime",
+        "not-an-image",
+        "jpeg-mask",
+        "unserved-model",
+    ],
+)
+async def test_fake_rejects_malformed_forms_with_openai_error_bodies(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, parts: list[tuple[str, object]], status: int, code: str
+) -> None:
+    got_status, payload = await post_raw(session, fake, parts)
+
+    assert got_status == status
+    assert payload["error"]["code"] == code
+    assert set(payload["error"]) >= {"message", "type", "param", "code"}
+
+
+async def test_fake_rejects_a_json_body_and_a_missing_key(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    url = f"{fake.base_url}/images/edits"
+    async with session.post(
+        url, json={"prompt": "p"}, headers={"Authorization": f"Bearer {fake.api_key}"}
+    ) as r:
+        assert r.status == 400
+    async with session.post(url, data=aiohttp.FormData({"prompt": "p"})) as r:
+        assert r.status == 401
+        assert (await r.json())["error"]["type"] == "invalid_request_error"
+    status, payload = await post_raw(session, fake, [("prompt", "p"), ("image", ASTRONAUT)], key="sk-wrong")
+    assert (status, payload["error"]["code"]) == (401, "invalid_api_key")
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "status", "accepted"),
+    [
+        (Fault.MODERATION_BLOCKED, ProviderRejected, 400, False),
+        (Fault.INVALID_IMAGE, InvalidInput, 400, False),
+        (Fault.UNAUTHORIZED, ServiceUnavailable, 401, False),
+        (Fault.ORG_VERIFICATION, ServiceUnavailable, 403, False),
+        (Fault.MODEL_NOT_FOUND, ModelUnavailable, 404, False),
+        (Fault.INSUFFICIENT_QUOTA, ServiceUnavailable, 429, False),
+        (Fault.SERVER_ERROR, ServerError, 500, True),
+        (Fault.EMPTY_RESULT, ServerError, None, True),
+        (Fault.RESET_AFTER_BODY, ConnectionFailed, None, True),
+    ],
+)
+async def test_each_fault_maps_to_its_exception_and_is_sent_exactly_once(
+    fake: FakeOpenAI,
+    provider: OpenAIProvider,
+    fault: Fault,
+    exc_type: type[ProviderError],
+    status: int | None,
+    accepted: bool,
+) -> None:
+    fake.fail_always(fault)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request())
+
+    assert type(info.value) is exc_type
+    assert info.value.accepted is accepted
+    assert fake.post_count == 1
+    if status is not None:
+        assert info.value.status == status
+        assert info.value.request_id == fake.requests[-1].request_id
+
+
+async def test_moderation_block_is_not_retryable_elsewhere(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.fail_next(Fault.MODERATION_BLOCKED)
+
+    with pytest.raises(ProviderRejected) as info:
+        await provider.edit(edit_request())
+
+    assert info.value.code == "moderation_blocked"
+    assert not info.value.retryable_elsewhere
+
+
+@pytest.mark.parametrize("fault", [Fault.RATE_LIMITED, Fault.RATE_LIMITED_MS])
+async def test_429_with_retry_after_inside_the_deadline_is_retried_and_succeeds(
+    fake: FakeOpenAI, provider: OpenAIProvider, fault: Fault
+) -> None:
+    fake.fail_next(fault, retry_after=0.05)
+
+    result = await provider.edit(edit_request(deadline=time.monotonic() + 120))
+
+    assert fake.post_count == 2
+    assert [r.status for r in fake.requests] == [429, 200]
+    assert len(result.images) == 1
+
+
+async def test_429_with_retry_after_beyond_the_deadline_fails_at_once(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=4)
+    started = time.monotonic()
+
+    with pytest.raises(RateLimited) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 3))
+
+    assert time.monotonic() - started < 1.0
+    assert info.value.retry_after == 4
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.post_count == 1
+
+
+async def test_429_that_keeps_coming_stops_after_the_policy_attempts(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.fail_always(Fault.RATE_LIMITED_MS, retry_after=0.01)
+
+    with pytest.raises(RateLimited):
+        await provider.edit(edit_request(deadline=time.monotonic() + 120))
+
+    assert fake.post_count == FAST.attempts
+
+
+async def test_hang_times_out_within_the_call_timeout_as_accepted(
+    fake: FakeOpenAI, make_provider: Callable[..., OpenAIProvider]
+) -> None:
+    fake.fail_always(Fault.HANG)
+    provider = make_provider(call_timeout=0.5)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request())
+
+    assert 0.4 < time.monotonic() - started < 2.0
+    assert info.value.accepted is True
+    assert fake.post_count == 1
+
+
+async def test_the_job_deadline_caps_the_call_timeout(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_always(Fault.HANG)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.3))
+
+    assert time.monotonic() - started < 1.5
+    assert info.value.accepted is True
+
+
+async def test_expired_deadline_sends_nothing(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() - 1))
+
+    assert info.value.accepted is False
+    assert fake.post_count == 0
+
+
+async def test_connection_refused_is_retried_then_fails_as_not_accepted() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
+    attempts = 0
+
+    async def on_request_start(*_: object) -> None:
+        nonlocal attempts
+        attempts += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        provider = OpenAIProvider(session, "sk-test", f"http://127.0.0.1:{port}/v1", policy=FAST)
+        with pytest.raises(ConnectionFailed) as info:
+            await provider.edit(edit_request())
+
+    assert info.value.accepted is False
+    assert info.value.retryable_elsewhere
+    assert attempts == FAST.attempts
+
+
+# ----------------------------------------------------------------------------- classify / usage units
+
+
+def body(type_: str | None, code: str | None, message: str = "m", **extra: object) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": None, "code": code, **extra}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "headers", "exc_type", "accepted"),
+    [
+        (400, body("image_generation_user_error", "moderation_blocked"), {}, ProviderRejected, False),
+        (400, body("invalid_request_error", "content_policy_violation"), {}, ProviderRejected, False),
+        (400, body("invalid_request_error", "invalid_image_file"), {}, InvalidInput, False),
+        (400, b"<html>Bad Request</html>", {}, InvalidInput, False),
+        (401, body("invalid_request_error", "invalid_api_key"), {}, ServiceUnavailable, False),
+        (403, body("invalid_request_error", None), {}, ServiceUnavailable, False),
+        (404, body("invalid_request_error", "model_not_found"), {}, ModelUnavailable, False),
+        (429, body("insufficient_quota", "insufficient_quota"), {}, ServiceUnavailable, False),
+        (429, body("insufficient_quota", None), {"retry-after": "5"}, ServiceUnavailable, False),
+        (429, body("requests", "rate_limit_exceeded"), {"retry-after": "7"}, RateLimited, False),
+        (500, body("server_error", None), {}, ServerError, True),
+        (502, b"<html><body>502 Bad Gateway</body></html>", {}, ServerError, True),
+        (503, b"", {}, ServerError, True),
+        (418, b"\xff\xfe not json", {}, InvalidInput, False),
+    ],
+)
+def test_classify_openai_error_table(
+    status: int, raw: bytes, headers: dict[str, str], exc_type: type[ProviderError], accepted: bool
+) -> None:
+    err = classify_openai_error(status, raw, {"x-request-id": "req_1", **headers}, provider="openai")
+
+    assert type(err) is exc_type
+    assert err.accepted is accepted
+    assert (err.status, err.request_id, err.provider) == (status, "req_1", "openai")
+    if isinstance(err, RateLimited):
+        assert err.retry_after == 7.0
+
+
+def test_classify_output_stage_moderation_counts_as_accepted() -> None:
+    raw = body(
+        "image_generation_user_error", "moderation_blocked", moderation_details={"moderation_stage": "output"}
+    )
+
+    err = classify_openai_error(400, raw, {}, provider="openai")
+
+    assert isinstance(err, ProviderRejected) and err.accepted is True
+
+
+def test_classify_truncates_long_messages_and_masks_keys() -> None:
+    raw = body(
+        "invalid_request_error",
+        "invalid_api_key",
+        message="Incorrect API key sk-proj-abcDEF123 " + "x" * 5000,
+    )
+
+    err = classify_openai_error(401, raw, {}, provider="openai")
+
+    assert "abcDEF123" not in str(err)
+    assert len(str(err)) < 300
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        (
+            {
+                "input_tokens": 700,
+                "output_tokens": 1200,
+                "input_tokens_details": {"text_tokens": 50, "image_tokens": 650},
+                "output_tokens_details": {"image_tokens": 1190, "text_tokens": 10},
+            },
+            Usage(50, 650, 1190, 10),
+        ),
+        ({"input_tokens": 700, "output_tokens": 1200}, Usage(0, 700, 1200, 0)),
+        ({"input_tokens_details": {"text_tokens": 5}}, Usage(5, 0, 0, 0)),
+        ({"input_tokens": "many", "output_tokens": -3}, Usage(0, 0, 0, 0)),
+    ],
+)
+def test_parse_usage(raw: object, expected: Usage | None) -> None:
+    assert parse_usage(raw) == expected
