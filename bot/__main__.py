@@ -32,7 +32,7 @@ def _fail_config(problems: list[str]) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Retouch Discord bot.")
-    parser.add_argument("--sync", action="store_true", help="publish slash commands globally, then run")
+    parser.add_argument("--sync", action="store_true", help="publish slash commands globally, then exit")
     parser.add_argument(
         "--check-config", action="store_true", help="validate settings and the catalog, then exit"
     )
@@ -60,6 +60,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.shutdown()))
             try:
                 async with bot:
+                    if sync:
+                        # login() runs setup_hook, which publishes the commands; no gateway needed.
+                        await bot.login(settings.discord_token.reveal())
+                        return 0
                     await bot.start(settings.discord_token.reveal())
             except discord.LoginFailure:
                 log.error("Discord refused DISCORD_TOKEN; check the bot token in your .env")

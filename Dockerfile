@@ -1,0 +1,32 @@
+# Retouch — self-hosted Discord image-editing bot.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/data
+
+WORKDIR /app
+
+# Dependencies first, in their own layer: editing the source does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p bot cogs && touch bot/__init__.py cogs/__init__.py \
+    && pip install . \
+    && pip uninstall -y retouch
+
+COPY bot ./bot
+COPY cogs ./cogs
+
+RUN useradd --create-home --uid 10001 retouch \
+    && mkdir -p /data && chown retouch:retouch /data
+USER retouch
+VOLUME ["/data"]
+
+# Healthy only while the gateway connection is up (the bot refreshes a heartbeat file).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "bot.healthcheck"]
+
+# Exec form: python is PID 1's child-free target and receives SIGTERM directly for a graceful drain.
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "bot"]

@@ -1,0 +1,374 @@
+"""The edit pipeline end to end below Discord: real SQLite ledger, real OpenAI adapter, fake OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
+from bot.config import load_settings
+from bot.errors import InsufficientCredits, InvalidImage, InvalidOptions
+from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, JobInterrupted, Upload
+from bot.providers.http import RetryPolicy
+from bot.providers.openai import OpenAIProvider
+from bot.storage import Storage
+from tests.fakes.openai_server import FakeOpenAI, Fault
+
+DATA = Path(__file__).parent / "data"
+GUILD, USER = 1, 2
+FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
+TODAY = dt.date(2026, 11, 21)
+# A model priced only by list price (no token rates), so a job's charge equals its reservation.
+FLAT_CATALOG = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "qualities": ["low", "medium", "high", "auto"],
+                "max_input_images": 16,
+                "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
+                "routes": [{"provider": "openai"}],
+            }
+        }
+    }
+)
+
+
+def photo(name: str = "chelsea.png") -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def upload(data: bytes, label: str = "image") -> Upload:
+    async def read() -> bytes:
+        return data
+
+    return Upload(label=label, filename=f"{label}.png", size=len(data), read=read)
+
+
+def make_job(*uploads: Upload, **options: object) -> EditJob:
+    opts = EditOptions(prompt=str(options.pop("prompt", "make it a watercolour")), **options)  # type: ignore[arg-type]
+    return EditJob(
+        guild_id=GUILD,
+        user_id=USER,
+        channel_id=3,
+        uploads=list(uploads) or [upload(photo())],
+        options=opts,
+        upload_limit=10 * 1024 * 1024,
+    )
+
+
+class Recorder:
+    """Collects progress lines and delivered outcomes; can be told to fail delivery."""
+
+    def __init__(self, fail_delivery: bool = False) -> None:
+        self.stages: list[str] = []
+        self.delivered: list[EditOutcome] = []
+        self.fail_delivery = fail_delivery
+        self.editing = asyncio.Event()
+
+    async def progress(self, text: str) -> None:
+        self.stages.append(text)
+        if text.startswith("Editing"):
+            self.editing.set()
+
+    async def deliver(self, outcome: EditOutcome) -> None:
+        if self.fail_delivery:
+            raise ConnectionError("discord is down")
+        self.delivered.append(outcome)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
+    async with aiohttp.ClientSession() as session:
+
+        def make(catalog: Catalog | None = None, **env: str) -> EditService:
+            settings = load_settings(
+                {
+                    "DISCORD_TOKEN": "t" * 20,
+                    "OPENAI_API_KEY": fake.api_key,
+                    "OPENAI_BASE_URL": fake.base_url,
+                    "DATA_DIR": str(tmp_path),
+                    "STARTING_CREDITS": "1000",
+                    **env,
+                }
+            )
+            provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=1.5)
+            return EditService(
+                settings=settings,
+                catalog=catalog or load_catalog(),
+                storage=storage,
+                providers={"openai": provider},
+                user_salt=b"salt",
+                today=lambda: TODAY,
+            )
+
+        yield make
+
+
+async def job_kinds(storage: Storage, job_id: str) -> list[str]:
+    return [row["kind"] for row in await storage.ledger_rows(job_id)]
+
+
+async def assert_books_balance(storage: Storage) -> None:
+    for account in await storage.all_accounts():
+        totals = await storage.ledger_totals(account.guild_id, account.user_id)
+        assert (account.balance, account.held) == (totals.balance, totals.held)
+        assert account.balance + account.held == totals.granted - totals.captured
+
+
+async def test_edit_delivers_a_real_image_and_charges_its_usage_cost(make_service, fake, storage):
+    service = make_service()
+    rec = Recorder()
+    outcome = await service.run_edit(
+        make_job(model="gpt-image-1-mini", quality="low", size="1024x1024"),
+        progress=rec.progress,
+        deliver=rec.deliver,
+    )
+    assert fake.post_count == 1
+    [delivered] = rec.delivered
+    image = Image.open(io.BytesIO(delivered.files[0].data))
+    assert image.size == (1024, 1024)
+    assert delivered.model_id == "gpt-image-1-mini" and delivered.quality == "low"
+    # Charged from the usage tokens the fake reported, within the worst-case reservation.
+    account = await storage.get_account(GUILD, USER)
+    assert account.held == 0
+    assert account.balance == 1000 - outcome.charged == delivered.balance_after
+    assert outcome.charged > 0
+    assert await job_kinds(storage, outcome.job_id) == ["reserve", "capture"]
+    assert (await storage.get_job(outcome.job_id)).state == "delivered"
+    assert rec.stages[0].startswith("Checking") and any("Editing with" in s for s in rec.stages)
+    await assert_books_balance(storage)
+
+
+async def test_retired_model_runs_on_its_replacement_and_says_so(make_service, fake):
+    rec = Recorder()
+    await make_service().run_edit(make_job(model="gpt-image-1"), progress=rec.progress, deliver=rec.deliver)
+    assert fake.requests[-1].fields["model"] == "gpt-image-1.5"
+    assert "retired" in rec.delivered[0].notices[0]
+
+
+async def test_up_to_four_images_are_sent_in_one_request(make_service, fake):
+    uploads = [
+        upload(photo(n), f"image{i}") for i, n in enumerate(["chelsea.png", "coffee.png", "rocket.jpg"])
+    ]
+    rec = Recorder()
+    await make_service().run_edit(make_job(*uploads, count=2), progress=rec.progress, deliver=rec.deliver)
+    assert len(fake.requests[-1].images) == 3
+    assert len(rec.delivered[0].files) == 2
+
+
+async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
+    """200 jobs at once for a balance that covers exactly k: k provider calls, k captures, balance 0."""
+    service = make_service(catalog=FLAT_CATALOG, STARTING_CREDITS="0")
+    k = 7
+    per_job = usd_to_credits(
+        reserve_usd(
+            FLAT_CATALOG.get("gpt-image-1.5"),
+            quality="high",
+            size="1024x1024",
+            count=1,
+            n_inputs=1,
+            prompt="p",
+        ),
+        1000,
+    )
+    await storage.grant(GUILD, USER, per_job * k, actor_id=None, reason="test", starting_credits=0)
+    small = io.BytesIO()
+    Image.open(DATA / "chelsea.png").resize((64, 64)).save(small, "PNG")
+    job = make_job(upload(small.getvalue()), quality="high", size="1024x1024", prompt="p")
+    rec = Recorder()
+
+    async def attempt() -> str:
+        try:
+            await service.run_edit(job, progress=rec.progress, deliver=rec.deliver)
+            return "ok"
+        except InsufficientCredits:
+            return "refused"
+
+    results = await asyncio.gather(*(attempt() for _ in range(200)))
+    assert results.count("ok") == k
+    assert fake.post_count == k
+    account = await storage.get_account(GUILD, USER)
+    assert (account.balance, account.held) == (0, 0)
+    totals = await storage.ledger_totals(GUILD, USER)
+    assert totals.captured == per_job * k
+    await assert_books_balance(storage)
+
+
+def truncated_png() -> bytes:
+    data = photo()
+    return data[: len(data) // 2]
+
+
+def huge_declared_png() -> bytes:
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (32, 32), c) for c in ("red", "blue")]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:])
+    return out.getvalue()
+
+
+def tiff_named_png() -> bytes:
+    out = io.BytesIO()
+    Image.open(DATA / "chelsea.png").save(out, "TIFF")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "declared_size"),
+    [
+        pytest.param(b"just some text, not an image", None, id="text-file"),
+        pytest.param(truncated_png(), None, id="truncated-png"),
+        pytest.param(huge_declared_png(), None, id="30000x30000-png"),
+        pytest.param(animated_gif(), None, id="animated-gif"),
+        pytest.param(tiff_named_png(), None, id="renamed-tiff"),
+        pytest.param(photo(), 50 * 1024 * 1024, id="over-the-size-cap"),
+    ],
+)
+async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
+    make_service, fake, storage, data, declared_size
+):
+    bad = upload(data)
+    if declared_size is not None:
+        bad = replace(bad, size=declared_size)
+    with pytest.raises(InvalidImage) as info:
+        await make_service().run_edit(make_job(bad), progress=Recorder().progress, deliver=Recorder().deliver)
+    assert "Traceback" not in info.value.user_message
+    assert fake.post_count == 0
+    assert await storage.get_account(GUILD, USER) is None  # not even an account was touched
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prompt": "x" * 32001}, "at most 32000"),
+        ({"background": "transparent", "output_format": "jpeg"}, "transparent"),
+        ({"model": "no-such-model"}, "Unknown model"),
+    ],
+)
+async def test_impossible_options_are_refused_for_free(make_service, fake, storage, options, message):
+    with pytest.raises(InvalidOptions, match=message):
+        await make_service().run_edit(
+            make_job(**options), progress=Recorder().progress, deliver=Recorder().deliver
+        )
+    assert fake.post_count == 0
+
+
+async def test_not_enough_credits_is_refused_without_a_provider_call(make_service, fake, storage):
+    service = make_service(STARTING_CREDITS="1")
+    with pytest.raises(InsufficientCredits) as info:
+        await service.run_edit(
+            make_job(quality="high"), progress=Recorder().progress, deliver=Recorder().deliver
+        )
+    assert info.value.available == 1
+    assert fake.post_count == 0
+    assert (await storage.get_account(GUILD, USER)).balance == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "words", "posts"),
+    [
+        (Fault.MODERATION_BLOCKED, "safety system", 1),
+        (Fault.INVALID_IMAGE, "could not use this image", 1),
+        (Fault.UNAUTHORIZED, "not available for this bot", 1),
+        (Fault.ORG_VERIFICATION, "not available for this bot", 1),
+        (Fault.MODEL_NOT_FOUND, "model is not available", 1),
+        (Fault.INSUFFICIENT_QUOTA, "not available for this bot", 1),
+        (Fault.SERVER_ERROR, "failed to answer", 1),
+        (Fault.RESET_AFTER_BODY, "failed to answer", 1),
+        (Fault.EMPTY_RESULT, "failed to answer", 1),
+    ],
+)
+async def test_provider_failures_release_credits_exactly_once(
+    make_service, fake, storage, fault, words, posts
+):
+    fake.fail_always(fault)
+    with pytest.raises(JobFailed) as info:
+        await make_service().run_edit(make_job(), progress=Recorder().progress, deliver=Recorder().deliver)
+    assert words in info.value.user_message
+    assert "not charged" in info.value.user_message and "ref `" in info.value.user_message
+    assert fake.post_count == posts
+    jobs = await storage.recent_jobs(GUILD, USER)
+    assert [j.state for j in jobs] == ["failed"]
+    assert await job_kinds(storage, jobs[0].id) == ["reserve", "release"]
+    account = await storage.get_account(GUILD, USER)
+    assert (account.balance, account.held) == (1000, 0)
+
+
+async def test_rate_limit_with_short_retry_after_is_retried_once(make_service, fake, storage):
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=0.05)
+    rec = Recorder()
+    outcome = await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    assert fake.post_count == 2
+    assert outcome.charged > 0
+    assert (await storage.get_account(GUILD, USER)).held == 0
+
+
+async def test_provider_that_never_answers_times_out_and_refunds(make_service, fake, storage):
+    fake.fail_always(Fault.HANG)
+    with pytest.raises(JobFailed, match="too long"):
+        await make_service().run_edit(make_job(), progress=Recorder().progress, deliver=Recorder().deliver)
+    assert fake.post_count == 1
+    assert (await storage.get_account(GUILD, USER)).held == 0
+
+
+async def test_failed_delivery_is_refunded(make_service, fake, storage):
+    rec = Recorder(fail_delivery=True)
+    with pytest.raises(JobFailed):
+        await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    account = await storage.get_account(GUILD, USER)
+    assert (account.balance, account.held) == (1000, 0)
+
+
+async def test_shutdown_drain_aborts_unfinished_jobs_and_refunds_them(make_service, fake, storage):
+    fake.fail_always(Fault.HANG)
+    service = make_service()
+    rec = Recorder()
+    task = asyncio.create_task(service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver))
+    await asyncio.wait_for(rec.editing.wait(), 5)
+    aborted = await service.drain(0.05)
+    assert aborted == 1
+    with pytest.raises(JobInterrupted):
+        await task
+    assert (await storage.get_account(GUILD, USER)).held == 0
+    assert [j.state for j in await storage.recent_jobs(GUILD, USER)] == ["cancelled"]
+    assert not service.accepting
+
+
+async def test_result_larger_than_the_upload_limit_is_reencoded_to_fit(make_service, fake):
+    rec = Recorder()
+    job = replace(make_job(size="1536x1024"), upload_limit=200_000)
+    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
+    delivered = rec.delivered[0].files[0]
+    assert len(delivered.data) <= 200_000
+    Image.open(io.BytesIO(delivered.data)).verify()
