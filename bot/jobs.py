@@ -127,6 +127,30 @@ class EditOutcome:
     notices: tuple[str, ...] = ()
 
 
+class JobObserver:
+    """Receives job lifecycle events (metrics, audit). Every method is a no-op by default.
+
+    Observers must not raise; the service logs and ignores their errors so a metrics bug never
+    costs a user an edit.
+    """
+
+    def job_started(self, job_id: str, model: str) -> None: ...
+
+    def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None: ...
+
+    def job_finished(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        model: str,
+        provider: str | None,
+        charged: int,
+        seconds: float,
+        error: str | None,
+    ) -> None: ...
+
+
 @dataclass
 class _Running:
     job_id: str
@@ -145,6 +169,7 @@ class EditService:
         providers: dict[str, Provider],
         user_salt: bytes,
         defaults: DefaultsLookup | None = None,
+        observers: Sequence[JobObserver] = (),
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
     ) -> None:
         self.settings = settings
@@ -153,6 +178,7 @@ class EditService:
         self.providers = providers
         self._salt = user_salt
         self._defaults = defaults or self._settings_defaults
+        self.observers = list(observers)
         self._today = today
         self._running: dict[str, _Running] = {}
         self._idle = asyncio.Event()
@@ -208,6 +234,13 @@ class EditService:
             count=options.count or d.count,
         )
 
+    def _notify(self, event: str, *args: object, **kwargs: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(*args, **kwargs)
+            except Exception:
+                log.exception("job observer %r failed on %s", observer, event)
+
     def user_hash(self, user_id: int) -> str:
         """A stable pseudonymous id for the provider's abuse monitoring (never the Discord id)."""
         return hashlib.sha256(self._salt + str(user_id).encode()).hexdigest()[:32]
@@ -255,20 +288,49 @@ class EditService:
             size=chosen.size,
             count=chosen.count,
         )
+        started = time.monotonic()
+        self._notify("job_started", job_id, model.id)
         try:
             await self.storage.reserve(
                 job_id, job.guild_id, job.user_id, reserve, starting_credits=self.settings.starting_credits
             )
         except NotEnoughCredits as exc:
             await self.storage.set_job_state(job_id, "failed", error_code="insufficient_credits")
+            self._finished(job_id, "failed", model.id, None, 0, started, "insufficient_credits")
             raise InsufficientCredits(exc.needed, exc.available) from None
         try:
-            return await self._generate_and_deliver(
+            outcome = await self._generate_and_deliver(
                 job_id, running, job, chosen, resolution, images, reserve, progress, deliver
             )
         except BaseException as exc:
+            state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
+            code = getattr(exc, "code", None) or type(exc).__name__
+            self._finished(job_id, state, model.id, getattr(exc, "provider", None), 0, started, str(code))
             await self._fail(job_id, exc)
             raise
+        self._finished(job_id, "delivered", model.id, outcome.provider, outcome.charged, started, None)
+        return outcome
+
+    def _finished(
+        self,
+        job_id: str,
+        state: str,
+        model: str,
+        provider: str | None,
+        charged: int,
+        started: float,
+        error: str | None,
+    ) -> None:
+        self._notify(
+            "job_finished",
+            job_id,
+            state,
+            model=model,
+            provider=provider or None,
+            charged=charged,
+            seconds=time.monotonic() - started,
+            error=error,
+        )
 
     async def _generate_and_deliver(
         self,
@@ -429,7 +491,20 @@ class EditService:
                     {call, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )
                 if call in done:
-                    result = call.result()
+                    try:
+                        result = call.result()
+                    except perr.ProviderError as exc:
+                        self._notify(
+                            "provider_finished",
+                            provider.name,
+                            model.id,
+                            time.monotonic() - started,
+                            type(exc).__name__,
+                        )
+                        raise
+                    self._notify(
+                        "provider_finished", provider.name, model.id, time.monotonic() - started, None
+                    )
                     break
                 if aborted in done:
                     raise JobInterrupted()
@@ -454,7 +529,11 @@ class EditService:
         return tuple(files)
 
     async def _fail(self, job_id: str, exc: BaseException) -> None:
-        """Release the job's credits exactly once and record why. Re-raising is the caller's job."""
+        """Release the job's credits exactly once and record why.
+
+        Provider and unexpected errors are re-raised as JobFailed (user text + reference);
+        for RetouchError and cancellation the caller re-raises the original.
+        """
         ref = new_reference()
         code = getattr(exc, "code", None) or type(exc).__name__
         state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"

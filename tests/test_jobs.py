@@ -16,7 +16,16 @@ from PIL import Image
 from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
 from bot.config import load_settings
 from bot.errors import InsufficientCredits, InvalidImage, InvalidOptions
-from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, JobInterrupted, Upload
+from bot.jobs import (
+    EditJob,
+    EditOptions,
+    EditOutcome,
+    EditService,
+    JobFailed,
+    JobInterrupted,
+    JobObserver,
+    Upload,
+)
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.storage import Storage
@@ -372,3 +381,41 @@ async def test_result_larger_than_the_upload_limit_is_reencoded_to_fit(make_serv
     delivered = rec.delivered[0].files[0]
     assert len(delivered.data) <= 200_000
     Image.open(io.BytesIO(delivered.data)).verify()
+
+
+class EventLog(JobObserver):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def job_started(self, job_id: str, model: str) -> None:
+        self.events.append(("started", model))
+
+    def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None:
+        self.events.append(("provider", provider, str(error)))
+
+    def job_finished(self, job_id: str, state: str, **kw: object) -> None:
+        self.events.append(("finished", state, str(kw["error"])))
+
+
+class BrokenObserver(JobObserver):
+    def job_started(self, job_id: str, model: str) -> None:
+        raise RuntimeError("metrics bug")
+
+
+async def test_observers_see_each_job_and_cannot_break_it(make_service, fake):
+    service = make_service()
+    log = EventLog()
+    service.observers += [BrokenObserver(), log]
+    rec = Recorder()
+    await service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    fake.fail_next(Fault.MODERATION_BLOCKED)
+    with pytest.raises(JobFailed):
+        await service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    assert log.events == [
+        ("started", "gpt-image-1.5"),
+        ("provider", "openai", "None"),
+        ("finished", "delivered", "None"),
+        ("started", "gpt-image-1.5"),
+        ("provider", "openai", "ProviderRejected"),
+        ("finished", "failed", "ProviderRejected"),
+    ]
