@@ -304,7 +304,9 @@ class EditService:
             )
         except BaseException as exc:
             state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
-            code = getattr(exc, "code", None) or type(exc).__name__
+            # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
+            is_provider = isinstance(exc, perr.ProviderError)
+            code = type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__
             self._finished(job_id, state, model.id, getattr(exc, "provider", None), 0, started, str(code))
             await self._fail(job_id, exc)
             raise
