@@ -1,0 +1,780 @@
+"""Image maths: validating uploads, masks, fitting results under Discord's limit, compositing.
+
+Every function here is pure and BLOCKING (Pillow decodes and encodes on the calling thread), so the
+app calls them through `asyncio.to_thread`. Nothing here knows about Discord or providers: bytes and
+Pillow images in, bytes, Pillow images and small dataclasses out. User-facing failures are raised
+as `InvalidImage` / `InvalidMask` with text that says what to do; Pillow's exception text is never
+shown (it is logged at debug level).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageMath, ImageOps
+
+from bot.errors import InvalidImage, InvalidMask, RetouchError
+from bot.providers.base import InputImage
+
+log = logging.getLogger(__name__)
+
+# --- Uploads -------------------------------------------------------------------------------------
+ACCEPTED_MIMES = ("image/png", "image/jpeg", "image/webp")
+MIN_SIDE = 16  # px; smaller inputs are icons or mistakes, and the models need something to look at
+# Formats whose EXIF orientation we apply (see validate_image). MPO is how Pillow opens a JPEG that
+# carries extra pictures (phone gain maps, depth maps, stereo pairs); frame 0 is the photo itself.
+ORIENTED_FORMATS = ("JPEG", "MPO", "WEBP")
+ANIMATED_FORMATS = ("PNG", "WEBP")  # APNG and animated WebP; MPO's extra frames are not animation
+REORIENTED_JPEG_QUALITY = 95  # re-encoding an upright photo at 95 is visually lossless
+
+# --- fit_to_limit ----------------------------------------------------------------------------------
+FIT_WEBP_QUALITIES = (90, 80, 70, 60, 50)
+FIT_JPEG_QUALITIES = (85, 70, 55, 40)  # only for images without transparency
+FIT_SCALE_STEP = 0.8  # each downscale keeps at most 80 % of the sides
+FIT_SCALE_SAFETY = 0.95  # bytes shrink a little slower than pixels: aim slightly below the estimate
+FIT_MIN_SIDE = 64  # px; if a 64 px image cannot fit, the limit is absurd
+# WebP q50 is 35-38 % of q90's size on our test photos: a limit under that share of the q90 size
+# means the bottom rung is worth probing first (it only changes how fast the answer is found).
+FIT_LADDER_RATIO = 0.35
+FIT_WEBP_METHOD = 2  # libwebp effort: within ~5 % of the default (4) in size, at under half the time
+WEBP_MAX_SIDE = 16383  # libwebp cannot encode larger sides
+RESIZE_REDUCING_GAP = 3.0  # lets Pillow pre-shrink by whole factors; indistinguishable from plain LANCZOS
+DEFAULT_WEBP_QUALITY = 90
+DEFAULT_JPEG_QUALITY = 90
+DEFAULT_PNG_COMPRESS_LEVEL = 6  # zlib default; flat masks need it (4x smaller than level 1)
+RESULT_PNG_COMPRESS_LEVEL = 1  # photos: ~2 % larger than level 6 at a third of the time
+JPEG_FLATTEN_BACKGROUND = (255, 255, 255)  # JPEG has no alpha; transparent pixels become white
+
+# --- Masks -----------------------------------------------------------------------------------------
+MASK_THRESHOLD = 128  # alpha below / luminance at or above this marks a pixel
+MASK_MIN_COVERAGE = 0.001  # fewer marked pixels than this means "nothing marked"
+MASK_MAX_COVERAGE = 0.999  # more than this means "everything marked"
+MASK_ASPECT_TOLERANCE = 0.02  # a mask may differ from the image's shape by rounding plus 2 %
+OPENAI_MASK_MAX_BYTES = 4_000_000  # OpenAI refuses masks of 4 MB or more
+
+# --- Compositing -----------------------------------------------------------------------------------
+ASPECT_TOLERANCE = 0.01  # edited and original "have the same shape" within 1 %
+FEATHER_PX = 6
+
+# --- Previews --------------------------------------------------------------------------------------
+PREVIEW_MAX_SIDE = 1024
+PREVIEW_JPEG_QUALITY = 85
+PREVIEW_BACKGROUND = (128, 128, 128)  # transparent areas are shown on mid grey
+TINT_RGB = (255, 0, 170)  # magenta reads as "selected" on skin, sky and foliage alike
+TINT_OPACITY = 110  # 0..255
+OUTLINE_RGB = (255, 0, 170)
+GRID_LINE_RGB = (255, 255, 255)
+GRID_SHADOW_RGB = (0, 0, 0)
+LABEL_RGB = (255, 255, 255)
+LABEL_STROKE_RGB = (0, 0, 0)
+LABEL_SIZE_FRACTION = 0.35  # of the smaller cell side
+LABEL_MIN_PX = 12
+LABEL_MAX_PX = 96
+
+_PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+_FORMAT_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_KIND_NAMES = {
+    "image/gif": "a GIF",
+    "image/tiff": "a TIFF",
+    "image/bmp": "a BMP",
+    "image/heic": "a HEIC photo",
+    "image/heif": "a HEIF photo",
+    "image/avif": "an AVIF",
+    "application/pdf": "a PDF",
+}
+_KIND_TIPS = {
+    "image/gif": " (save the frame you want as PNG)",
+    "image/heic": " (on iPhone, export or share it as JPEG)",
+    "image/heif": " (export it as JPEG)",
+    "application/pdf": " (export the page as PNG)",
+}
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
+_HEIF_BRANDS = {b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_I_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_ACCEPTED_TEXT = "Upload a PNG, JPEG or WebP"
+
+
+# === Sniffing and decoding =========================================================================
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The MIME type of `data` from its magic bytes, or None. Pure, BLOCKING (trivially cheap).
+
+    Knows the accepted types (PNG, JPEG, WebP) and the ones people commonly upload by mistake
+    (GIF, TIFF, BMP, HEIC/HEIF/AVIF, PDF) so errors can name what the file really is.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic and BigTIFF
+        return "image/tiff"
+    if data[:2] == b"BM" and len(data) >= 26:
+        return "image/bmp"
+    if data.startswith(b"%PDF-"):
+        return "application/pdf"
+    if data[4:8] == b"ftyp":
+        return _sniff_ftyp(data)
+    return None
+
+
+def _sniff_ftyp(data: bytes) -> str | None:
+    """HEIF-family files share one ISO-BMFF box; the brands say whether it is HEIC, AVIF or HEIF."""
+    box_end = min(len(data), max(16, int.from_bytes(data[:4], "big")))
+    # Major brand, then the compatible brands after the 4-byte minor version.
+    brands = {data[8:12]} | {data[i : i + 4] for i in range(16, box_end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "image/avif"
+    if brands & _HEIC_BRANDS:
+        return "image/heic"
+    if brands & _HEIF_BRANDS:
+        return "image/heif"
+    return None
+
+
+def decode(data: bytes) -> Image.Image:
+    """Open and fully decode `data`, turned upright for JPEG/WebP EXIF orientation. BLOCKING.
+
+    For bytes we produced or already validated (provider output, `InputImage.data`); untrusted
+    uploads go through `validate_image` / `normalize_mask` first. Pillow errors propagate as is.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    if image.format in ORIENTED_FORMATS:
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
+def encode(
+    image: Image.Image,
+    fmt: str,
+    quality: int | None = None,
+    *,
+    compress_level: int = DEFAULT_PNG_COMPRESS_LEVEL,
+) -> bytes:
+    """Encode `image` as png, jpeg (or jpg) or webp. Pure, BLOCKING.
+
+    Converts modes the format cannot store: JPEG flattens transparency onto white, WebP keeps alpha
+    as RGBA. `quality` applies to JPEG/WebP (defaults 90); `compress_level` (zlib 0-9) to PNG.
+    Keeps the ICC profile so colours do not shift; drops EXIF (GPS, and an orientation we already
+    applied).
+    """
+    fmt = _normalize_format(fmt)
+    icc = image.info.get("icc_profile")
+    extra = {"icc_profile": icc} if icc else {}
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        jpeg_image = _flatten(image, JPEG_FLATTEN_BACKGROUND) if _has_alpha(image) else image
+        if jpeg_image.mode not in ("L", "RGB"):
+            jpeg_image = jpeg_image.convert("RGB")
+        q = DEFAULT_JPEG_QUALITY if quality is None else quality
+        jpeg_image.save(buffer, "JPEG", quality=q, optimize=True, **extra)
+    elif fmt == "webp":
+        webp_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        q = DEFAULT_WEBP_QUALITY if quality is None else quality
+        webp_image.save(buffer, "WEBP", quality=q, method=FIT_WEBP_METHOD, **extra)
+    else:
+        png_image = image
+        if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+            png_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        png_image.save(buffer, "PNG", compress_level=compress_level, **extra)
+    return buffer.getvalue()
+
+
+def _normalize_format(fmt: str) -> str:
+    fmt = fmt.lower()
+    fmt = "jpeg" if fmt == "jpg" else fmt
+    if fmt not in _FORMAT_MIMES:
+        raise ValueError(f"unsupported output format {fmt!r}")
+    return fmt
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    """Whether the image carries transparency data at all (channel or palette/tRNS)."""
+    return image.mode in _ALPHA_MODES or image.has_transparency_data
+
+
+def _is_transparent(image: Image.Image) -> bool:
+    """Whether any pixel is actually less than opaque (an all-255 alpha channel does not count)."""
+    return _has_alpha(image) and _alpha(image).getextrema()[0] < 255
+
+
+def _alpha(image: Image.Image) -> Image.Image:
+    """The alpha channel as mode L (palette and tRNS transparency expanded)."""
+    return image.getchannel("A") if image.mode in ("RGBA", "LA") else image.convert("RGBA").getchannel("A")
+
+
+def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, background)
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    if "icc_profile" in image.info:
+        flat.info["icc_profile"] = image.info["icc_profile"]
+    return flat
+
+
+# === Validating uploads ============================================================================
+
+
+def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str = "image") -> InputImage:
+    """Check an uploaded image and return it as an `InputImage`. Pure, BLOCKING (decodes fully).
+
+    Raises `InvalidImage` (message names `label`) when the file is empty or over `max_bytes`, is not
+    a PNG, JPEG or WebP by its bytes (whatever its name), declares more than `max_pixels` pixels
+    (checked from the header before any pixel memory is allocated; Pillow's own bomb limit,
+    `Image.MAX_IMAGE_PIXELS`, also applies), has a side under `MIN_SIDE`, is animated, or is
+    truncated/corrupt.
+
+    Returns the ORIGINAL bytes untouched, except when a JPEG/WebP carries an EXIF orientation
+    other than 1: then the picture is turned upright so the model sees what the user sees, and
+    re-encoded as JPEG q95 if it has no transparency (a photo: PNG would be 5-10x larger) or PNG
+    if it has (lossless, keeps alpha), shrunk with `fit_to_limit` if that went over `max_bytes`.
+    PNG orientation tags (rare, and honoured inconsistently by viewers) are left alone.
+    """
+    image, mime = _open_checked(
+        data, max_bytes=max_bytes, max_pixels=max_pixels, label=label, error=InvalidImage, min_side=MIN_SIDE
+    )
+    if _orientation(image) in (None, 1):
+        return InputImage(data=data, mime=mime, width=image.width, height=image.height)
+    upright = ImageOps.exif_transpose(image)
+    fmt = "png" if _is_transparent(upright) else "jpeg"
+    out, fmt = fit_to_limit(encode(upright, fmt, REORIENTED_JPEG_QUALITY), fmt, max_bytes)
+    with Image.open(io.BytesIO(out)) as header:  # reads the header only
+        width, height = header.size
+    return InputImage(data=out, mime=_FORMAT_MIMES[fmt], width=width, height=height)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    if image.format not in ORIENTED_FORMATS:
+        return None
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation)
+    except Exception:  # a malformed EXIF block should not sink an otherwise fine photo
+        log.debug("ignoring unreadable EXIF", exc_info=True)
+        return None
+
+
+def _open_checked(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    label: str,
+    error: type[RetouchError],
+    min_side: int,
+) -> tuple[Image.Image, str]:
+    """Run every upload check and return the fully decoded image with its sniffed MIME type."""
+    name = f"`{label}`"
+    if not data:
+        raise error(f"{name} is an empty file. Upload the image again.", code="empty")
+    if len(data) > max_bytes:
+        raise error(
+            f"{name} is {_megabytes(len(data))}, over the {_megabytes(max_bytes)} limit. "
+            "Upload a smaller file (a JPEG or WebP export is usually much smaller).",
+            code="too_large",
+        )
+    mime = sniff_mime(data)
+    if mime not in ACCEPTED_MIMES:
+        raise error(_wrong_type_message(name, mime), code="unsupported_type")
+    too_many_pixels = error(
+        f"{name} has too many pixels (the limit is {_megapixels(max_pixels)}). "
+        "Downscale it and upload it again.",
+        code="too_many_pixels",
+    )
+    corrupt = error(
+        f"{name} could not be read: the file looks damaged or incomplete. Re-export it and upload it again.",
+        code="corrupt",
+    )
+    # Thread-safety note: catch_warnings swaps a process-wide filter list, so concurrent threads
+    # can briefly see each other's filters. That is acceptable: our own max_pixels check below runs
+    # on the header first, and Pillow raises DecompressionBombError at 2x its limit regardless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            # formats= pins the decoder to the sniffed type, so a polyglot cannot pick another one.
+            image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[mime]])
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise too_many_pixels from None
+        except Exception:  # Pillow raises a zoo of types on malformed headers; all mean "corrupt"
+            log.debug("could not open %s", label, exc_info=True)
+            raise corrupt from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise too_many_pixels
+        if min(width, height) < min_side:
+            raise error(
+                f"{name} is only {width}×{height} pixels. Upload an image at least "
+                f"{min_side} pixels on each side.",
+                code="too_small",
+            )
+        try:
+            frames = getattr(image, "n_frames", 1) if image.format in ANIMATED_FORMATS else 1
+            if frames <= 1:
+                image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise too_many_pixels from None
+        except Exception:  # truncated data, bad CRCs, broken entropy coding, ...
+            log.debug("could not decode %s", label, exc_info=True)
+            raise corrupt from None
+    if frames > 1:
+        raise error(
+            f"{name} is animated ({frames} frames). Upload a still image: a PNG, JPEG or WebP "
+            "of the frame you want.",
+            code="animated",
+        )
+    return image, mime
+
+
+def _wrong_type_message(name: str, mime: str | None) -> str:
+    if mime is None:
+        return f"{name} is not an image Retouch can read. {_ACCEPTED_TEXT}."
+    kind = _KIND_NAMES.get(mime, "that type of file")
+    return f"{name} is {kind}, which Retouch can't edit. {_ACCEPTED_TEXT}{_KIND_TIPS.get(mime, '')}."
+
+
+def _megabytes(size: int) -> str:
+    # Binary megabytes labelled "MB", as Discord's own upload limits are.
+    return f"{_short_number(size / (1024 * 1024))} MB"
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{_short_number(pixels / 1_000_000)} megapixels"
+
+
+def _short_number(value: float) -> str:
+    return f"{value:.1f}".removesuffix(".0")
+
+
+# === Fitting under an upload limit =================================================================
+
+
+def fit_to_limit(data: bytes, fmt: str, limit: int) -> tuple[bytes, str]:
+    """Return (`data`, `fmt`) unchanged if it fits in `limit` bytes, else a smaller encoding. BLOCKING.
+
+    A finished, paid edit must never be lost to Discord's upload limit. Quality goes first, pixels
+    last: WebP at qualities `FIT_WEBP_QUALITIES` (keeps alpha), then, only without transparency,
+    JPEG at `FIT_JPEG_QUALITIES`; if nothing fits, downscale (LANCZOS, from the one decoded
+    original, never cumulatively) by at least `FIT_SCALE_STEP` per round, jumping straight to the
+    scale the byte ratio predicts, and try again. At each size the best WebP quality that fits is
+    found with the top rung, then bisection (probing the bottom rung first when the top rung's
+    size says it is unlikely to fit): 1-4 WebP encodes per size tried. `fmt` is png, jpeg or webp (jpg
+    accepted); the returned format is one of those. Raises ValueError only when even a
+    `FIT_MIN_SIDE`-pixel version does not fit (an absurd limit).
+    """
+    fmt = _normalize_format(fmt)
+    if len(data) <= limit:
+        return data, fmt
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    source = decode(data)
+    transparent = _is_transparent(source)
+    target_mode = "RGBA" if transparent else "RGB"
+    if source.mode != target_mode:
+        source = source.convert(target_mode)
+    longest = max(source.size)
+    min_scale = min(1.0, FIT_MIN_SIDE / longest)
+    scale = min(1.0, WEBP_MAX_SIDE / longest)
+    while True:
+        size = _scaled(source.size, scale)
+        frame = (
+            source
+            if size == source.size
+            else source.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+        )
+        found, smallest = _best_encoding(frame, transparent, limit)
+        if found is not None:
+            return found
+        if scale <= min_scale:
+            raise ValueError(f"cannot fit a {FIT_MIN_SIDE} px image into {limit} bytes")
+        # Encoded size grows roughly with pixel count: predict the scale that fits at the lowest
+        # quality, and never take a step smaller than FIT_SCALE_STEP.
+        predicted = scale * math.sqrt(limit / smallest) * FIT_SCALE_SAFETY
+        scale = max(min_scale, min(scale * FIT_SCALE_STEP, predicted))
+
+
+def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _best_encoding(frame: Image.Image, transparent: bool, limit: int) -> tuple[tuple[bytes, str] | None, int]:
+    """The highest-quality rung that fits at this size, and the smallest byte count seen."""
+    qualities = FIT_WEBP_QUALITIES
+    sizes: dict[int, int] = {}
+
+    def attempt(index: int) -> bytes | None:
+        out = encode(frame, "webp", qualities[index])
+        sizes[index] = len(out)
+        return out if len(out) <= limit else None
+
+    if (best := attempt(0)) is not None:  # the common case: the top rung fits
+        return (best, "webp"), sizes[0]
+    lo, hi = 1, len(qualities) - 1
+    if limit < sizes[0] * FIT_LADDER_RATIO:
+        # The bottom rung is probably too big as well: one encode confirms it and skips the ladder.
+        best = attempt(hi)
+        if best is None:
+            return _jpeg_rung(frame, transparent, limit, min(sizes.values()))
+        hi -= 1
+    while lo <= hi:  # bisect for the best fitting rung: sizes fall as quality falls
+        mid = (lo + hi) // 2
+        if (out := attempt(mid)) is not None:
+            best, hi = out, mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        return (best, "webp"), min(sizes.values())
+    return _jpeg_rung(frame, transparent, limit, min(sizes.values()))
+
+
+def _jpeg_rung(
+    frame: Image.Image, transparent: bool, limit: int, smallest: int
+) -> tuple[tuple[bytes, str] | None, int]:
+    """First JPEG rung that fits (never for transparent images), and the smallest size seen."""
+    if transparent:
+        return None, smallest
+    # On grainy content JPEG at 40-55 can undercut WebP at 50, and JPEG encodes take milliseconds
+    # even at 16 MP, so trying them before giving up pixels is cheap.
+    for quality in FIT_JPEG_QUALITIES:
+        out = encode(frame, "jpeg", quality)
+        smallest = min(smallest, len(out))
+        if len(out) <= limit:
+            return (out, "jpeg"), smallest
+    return None, smallest
+
+
+# === Masks =========================================================================================
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # identity equality: comparing pixels is costly
+class NormalizedMask:
+    """Where to edit, at the image's exact size. `region` is mode L: 255 = edit, 0 = keep.
+
+    Treat `region` as read-only: the dataclass is frozen, the Pillow image inside it is not.
+    """
+
+    region: Image.Image
+    coverage: float  # fraction of pixels marked for editing
+
+    def openai_png(self) -> bytes:
+        """RGBA PNG, alpha 0 where to edit and 255 elsewhere (OpenAI's convention). BLOCKING.
+
+        Raises `InvalidMask` in the unlikely case it reaches OpenAI's 4 MB cap (only noise-like
+        masks do; flat shapes compress to a few kB).
+        """
+        black = Image.new("L", self.region.size, 0)
+        rgba = Image.merge("RGBA", (black, black, black, ImageOps.invert(self.region)))
+        out = encode(rgba, "png")
+        if len(out) >= OPENAI_MASK_MAX_BYTES:
+            raise InvalidMask(
+                "The mask is too detailed for the image service. Use simpler, solid shapes and try again.",
+                code="mask_too_detailed",
+            )
+        return out
+
+    def white_edit_png(self) -> bytes:
+        """L-mode PNG, white where to edit and black elsewhere. BLOCKING."""
+        return encode(self.region, "png")
+
+
+def mask_for_convention(mask: NormalizedMask, convention: str) -> bytes:
+    """Mask PNG in a provider's convention: "alpha" (transparent = edit) or "white" (white = edit)."""
+    if convention == "alpha":
+        return mask.openai_png()
+    if convention == "white":
+        return mask.white_edit_png()
+    raise ValueError(f"unknown mask convention {convention!r}")
+
+
+def normalize_mask(
+    mask_data: bytes,
+    image_size: tuple[int, int],
+    *,
+    invert: bool = False,
+    max_bytes: int,
+    max_pixels: int,
+) -> NormalizedMask:
+    """Turn an uploaded mask of any mode and size into a `NormalizedMask` for `image_size`. BLOCKING.
+
+    The file is checked like an upload (type by bytes, size, pixels, bombs, animation, corruption;
+    no minimum side, so a 2×2 sketch of quadrants is fine). Rule: if the mask has meaningful
+    transparency (any alpha below 128, palette transparency included), transparent pixels mark the
+    edit; otherwise luminance >= 128 (white) does; 16-bit greys are judged on their full range.
+    `invert` flips the result. Thresholding happens at the mask's own size, then the region is
+    resized to `image_size` with NEAREST. Raises `InvalidMask` when the mask's shape differs from
+    the image's beyond rounding (it was drawn for another picture), or when nothing or everything
+    is marked.
+    """
+    image, _ = _open_checked(
+        mask_data, max_bytes=max_bytes, max_pixels=max_pixels, label="mask", error=InvalidMask, min_side=1
+    )
+    if image.format in ORIENTED_FORMATS:
+        ImageOps.exif_transpose(image, in_place=True)
+    if not _same_shape(image.size, image_size):
+        raise InvalidMask(
+            f"The mask is {image.width}×{image.height} but the image is {image_size[0]}×{image_size[1]}, "
+            "a different shape. Draw the mask over a copy of the image so both match.",
+            code="mask_shape",
+        )
+    region = _edit_region(image)
+    if region.size != image_size:
+        region = region.resize(image_size, Image.Resampling.NEAREST)
+    return mask_from_region(region, invert=invert)
+
+
+def mask_from_region(region: Image.Image, *, invert: bool = False) -> NormalizedMask:
+    """Wrap a region (mode L, >= 128 = edit) as a `NormalizedMask`, refusing empty/full ones. BLOCKING."""
+    region = _binarize(region)
+    if invert:
+        region = ImageOps.invert(region)
+    coverage = region.histogram()[255] / (region.width * region.height)
+    if coverage < MASK_MIN_COVERAGE:
+        raise InvalidMask(
+            "The mask doesn't mark anything to edit. Paint the area to change white (or erase it to "
+            "transparent) and leave the rest black, or turn `invert` off.",
+            code="mask_empty",
+        )
+    if coverage > MASK_MAX_COVERAGE:
+        raise InvalidMask(
+            "The mask marks the whole image. Mark only the part to change, or use the edit command "
+            "without a mask to change everything.",
+            code="mask_full",
+        )
+    return NormalizedMask(region=region, coverage=coverage)
+
+
+def _same_shape(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:
+    """Same aspect ratio, allowing a pixel of rounding on the mask plus MASK_ASPECT_TOLERANCE."""
+    (mw, mh), (iw, ih) = mask_size, image_size
+    expected_w = mh * iw / ih
+    expected_h = mw * ih / iw
+    return abs(mw - expected_w) <= max(1.0, MASK_ASPECT_TOLERANCE * expected_w) or abs(
+        mh - expected_h
+    ) <= max(1.0, MASK_ASPECT_TOLERANCE * expected_h)
+
+
+def _edit_region(image: Image.Image) -> Image.Image:
+    """Threshold any mask mode into an L image: 255 = edit, 0 = keep (before `invert`)."""
+    if _has_alpha(image) and image.mode not in _I_MODES:
+        alpha = _alpha(image)
+        if alpha.getextrema()[0] < MASK_THRESHOLD:
+            return alpha.point(_LUT_EDIT_WHEN_LOW)
+    if image.mode in _I_MODES:
+        # Pillow clips 16-bit greys to 255 when converting to L, so threshold at half the 16-bit range.
+        high = ImageMath.lambda_eval(lambda a: (a["m"] >= 32768) * 255, m=image.convert("I"))
+        return high.convert("L")
+    grey = (
+        image.convert("L")
+        if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA")
+        else image.convert("RGB").convert("L")
+    )
+    return grey.point(_LUT_EDIT_WHEN_HIGH)
+
+
+_LUT_EDIT_WHEN_LOW = [255 if v < MASK_THRESHOLD else 0 for v in range(256)]
+_LUT_EDIT_WHEN_HIGH = [255 if v >= MASK_THRESHOLD else 0 for v in range(256)]
+
+
+def _binarize(region: Image.Image) -> Image.Image:
+    return region.convert("L").point(_LUT_EDIT_WHEN_HIGH)
+
+
+# === Compositing ===================================================================================
+
+
+def match_geometry(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Fit a model output onto the original's geometry. Pure, BLOCKING.
+
+    Rule: same size → unchanged. Aspect ratios within `ASPECT_TOLERANCE` (1 %) → resized to `size`
+    with LANCZOS. Otherwise → scaled to COVER `size` keeping its aspect ratio, then center-cropped
+    (done as one LANCZOS resample of the centered source box), so nothing is stretched and the
+    models' square or 3:2 canvases line up with the original's middle.
+    """
+    if image.size == size:
+        return image
+    (w, h), (target_w, target_h) = image.size, size
+    if abs((w / h) / (target_w / target_h) - 1) <= ASPECT_TOLERANCE:
+        return image.resize(size, Image.Resampling.LANCZOS)
+    target_aspect = target_w / target_h
+    if w / h > target_aspect:  # source is wider: keep full height, crop the sides
+        crop_w = h * target_aspect
+        box = ((w - crop_w) / 2, 0.0, (w + crop_w) / 2, float(h))
+    else:  # source is taller: keep full width, crop top and bottom
+        crop_h = w / target_aspect
+        box = (0.0, (h - crop_h) / 2, float(w), (h + crop_h) / 2)
+    return image.resize(size, Image.Resampling.LANCZOS, box=box)
+
+
+def restore_outside(
+    original: bytes, edited: bytes, region: Image.Image, *, feather: int = FEATHER_PX
+) -> tuple[bytes, str]:
+    """Paste the edit back into the original only inside `region`. Returns (PNG bytes, "png"). BLOCKING.
+
+    The edited image is first fitted to the original's size with `match_geometry`. Locality
+    guarantee, with distance measured as chessboard distance (square neighbourhoods) to the nearest
+    pixel outside the region: pixels outside the region are EXACTLY the original's decoded pixels;
+    pixels more than `feather` inside are EXACTLY the fitted edit; the `feather`-pixel seam inside
+    the boundary blends between the two (each channel between them). `feather=0` gives a hard edge.
+    Parts of a region narrower than about 2*feather never reach full strength. Works in RGBA when
+    either image has transparency, else RGB; output is PNG so the kept pixels stay lossless, and
+    carries the original's ICC profile (the model saw, and answers in, the original's colour numbers).
+    `region` is mode L (>= 128 = edit) at the original's size; ValueError otherwise.
+    """
+    if feather < 0:
+        raise ValueError("feather must be >= 0")
+    base = decode(original)
+    if region.size != base.size:
+        raise ValueError(f"region is {region.size}, original is {base.size}")
+    model = decode(edited)
+    mode = "RGBA" if _has_alpha(base) or _has_alpha(model) else "RGB"
+    icc = base.info.get("icc_profile")
+    out = base if base.mode == mode else base.convert(mode)  # decode() gave us our own copy
+    region = _binarize(region)
+    box = _grown_bbox(region)
+    if box is not None:
+        # Work on the region's bounding box (plus a 1 px border of kept pixels): identical results
+        # because the filters replicate edges, and far cheaper when the region is small.
+        fitted = match_geometry(model.convert(mode), base.size)
+        out.paste(fitted.crop(box), box, _blend_alpha(region.crop(box), feather))
+    if icc:
+        out.info["icc_profile"] = icc
+    return encode(out, "png", compress_level=RESULT_PNG_COMPRESS_LEVEL), "png"
+
+
+def _grown_bbox(region: Image.Image) -> tuple[int, int, int, int] | None:
+    bbox = region.getbbox()
+    if bbox is None:
+        return None
+    left, top, right, bottom = bbox
+    return max(0, left - 1), max(0, top - 1), min(region.width, right + 1), min(region.height, bottom + 1)
+
+
+def _blend_alpha(region: Image.Image, feather: int) -> Image.Image:
+    """Blend weights: 0 outside `region`, 255 deeper than `feather`, a ramp in between.
+
+    Erode by e = ceil(f/2), then box-blur by b = floor(f/2). A pixel outside the region only sees
+    pixels within b <= e of it, none of which survived the erosion, so its weight is exactly 0; a
+    pixel deeper than e + b = f only sees eroded pixels, so its weight is exactly 255. The final
+    `darker` with the region makes the outside guarantee independent of the blur's arithmetic.
+    """
+    if feather == 0:
+        return region
+    inner = region
+    for _ in range((feather + 1) // 2):  # repeated 3x3 is cheaper than one large rank filter
+        inner = inner.filter(ImageFilter.MinFilter(3))
+    if feather // 2:
+        inner = inner.filter(ImageFilter.BoxBlur(feather // 2))
+    return ImageChops.darker(inner, region)
+
+
+# === Previews ======================================================================================
+
+
+def tint_preview(image_data: bytes, region: Image.Image, *, max_side: int = PREVIEW_MAX_SIDE) -> bytes:
+    """JPEG preview: the image (at most `max_side` px) with the edit area tinted and outlined. BLOCKING.
+
+    Always JPEG (quality 85): it is a throwaway picture in a Discord message, a few hundred kB
+    instead of a few MB. Transparent areas show on mid grey. `region` is resized to the preview.
+    """
+    preview = _preview_base(image_data, max_side)
+    # BOX + "any coverage" keeps thin strokes visible that NEAREST would drop when shrinking.
+    small = region.convert("L").resize(preview.size, Image.Resampling.BOX).point(lambda v: 255 if v else 0)
+    _tint(preview, small)
+    edge = ImageChops.subtract(small.filter(ImageFilter.MaxFilter(3)), small.filter(ImageFilter.MinFilter(3)))
+    preview.paste(OUTLINE_RGB, mask=edge)
+    return encode(preview, "jpeg", PREVIEW_JPEG_QUALITY)
+
+
+def grid_region(image_size: tuple[int, int], rows: int, cols: int, cells: Iterable[int]) -> Image.Image:
+    """L-mode region (255 = edit) covering the chosen grid cells, numbered 1..rows*cols row-major.
+
+    Pure, BLOCKING. Raises ValueError for rows/cols < 1 and `InvalidMask` for a cell number that
+    does not exist (cell numbers come from users).
+    """
+    boxes = _cell_boxes(image_size, rows, cols)
+    region = Image.new("L", image_size, 0)
+    for cell in cells:
+        if not 1 <= cell <= len(boxes):
+            raise InvalidMask(
+                f"There is no cell {cell}. Pick cell numbers from 1 to {len(boxes)}.", code="mask_cell"
+            )
+        region.paste(255, boxes[cell - 1])
+    return region
+
+
+def grid_overlay(
+    image_data: bytes,
+    rows: int,
+    cols: int,
+    selected: Iterable[int] = (),
+    *,
+    max_side: int = PREVIEW_MAX_SIDE,
+) -> bytes:
+    """JPEG preview with a numbered rows×cols grid; `selected` cells tinted. BLOCKING.
+
+    Cells split the image exactly as `grid_region` does. Numbers use Pillow's default font, white
+    with a black outline so they read on any picture.
+    """
+    preview = _preview_base(image_data, max_side)
+    _tint(preview, grid_region(preview.size, rows, cols, selected))
+    boxes = _cell_boxes(preview.size, rows, cols)
+    draw = ImageDraw.Draw(preview)
+    line = max(1, min(preview.size) // 400)
+    for left, top, right, bottom in boxes:  # shadow first, so white lines stay visible on white
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=GRID_SHADOW_RGB, width=line + 1)
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=GRID_LINE_RGB, width=line)
+    cell_side = min(preview.width // cols, preview.height // rows)
+    font = _label_font(cell_side)
+    stroke = max(1, round(font.size / 12)) if isinstance(font, ImageFont.FreeTypeFont) else 1
+    for number, (left, top, right, bottom) in enumerate(boxes, start=1):
+        center = ((left + right) / 2, (top + bottom) / 2)
+        draw.text(
+            center,
+            str(number),
+            fill=LABEL_RGB,
+            font=font,
+            anchor="mm",
+            stroke_width=stroke,
+            stroke_fill=LABEL_STROKE_RGB,
+        )
+    return encode(preview, "jpeg", PREVIEW_JPEG_QUALITY)
+
+
+def _cell_boxes(size: tuple[int, int], rows: int, cols: int) -> list[tuple[int, int, int, int]]:
+    """Row-major cell boxes whose edges are integer splits of the size (no gaps, no overlaps)."""
+    if rows < 1 or cols < 1:
+        raise ValueError("rows and cols must be >= 1")
+    width, height = size
+    xs = [i * width // cols for i in range(cols + 1)]
+    ys = [j * height // rows for j in range(rows + 1)]
+    return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
+
+
+def _preview_base(image_data: bytes, max_side: int) -> Image.Image:
+    image = decode(image_data)
+    preview = _flatten(image, PREVIEW_BACKGROUND) if _has_alpha(image) else image.convert("RGB")
+    preview.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    return preview
+
+
+def _tint(preview: Image.Image, region: Image.Image) -> None:
+    """Blend TINT_RGB over `preview` in place where `region` is set."""
+    opacity = region.point(lambda v: TINT_OPACITY if v >= MASK_THRESHOLD else 0)
+    preview.paste(Image.new("RGB", preview.size, TINT_RGB), mask=opacity)
+
+
+def _label_font(cell_side: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    size = min(LABEL_MAX_PX, max(LABEL_MIN_PX, round(cell_side * LABEL_SIZE_FRACTION)))
+    return ImageFont.load_default(size)
