@@ -23,6 +23,7 @@ from bot.config import Settings
 from bot.errors import (
     InsufficientCredits,
     InvalidImage,
+    InvalidMask,
     InvalidOptions,
     RetouchError,
     ShuttingDown,
@@ -30,7 +31,7 @@ from bot.errors import (
     new_reference,
 )
 from bot.providers import errors as perr
-from bot.providers.base import EditRequest, EditResult, InputImage, Provider
+from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Provider
 from bot.storage import NotEnoughCredits, Storage
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,18 @@ DefaultsLookup = Callable[[int, int], Awaitable[JobDefaults]]
 
 
 @dataclass(frozen=True)
+class MaskSpec:
+    """Where a masked edit may change the first image: an uploaded mask file, or cells of a grid."""
+
+    upload: Upload | None = None
+    grid: tuple[int, int] | None = None  # (rows, cols) when the user picked cells
+    cells: tuple[int, ...] = ()
+    invert: bool = False
+    feather: int = imaging.FEATHER_PX
+    keep_outside: bool = True  # restore every pixel outside the mask from the original
+
+
+@dataclass(frozen=True)
 class EditJob:
     guild_id: int
     user_id: int
@@ -103,6 +116,24 @@ class EditJob:
     uploads: Sequence[Upload]
     options: EditOptions
     upload_limit: int  # the interaction's attachment_size_limit
+    mask: MaskSpec | None = None
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A validated, priced job that has not touched any credits yet (what a preview shows)."""
+
+    job: EditJob
+    chosen: JobDefaults
+    resolution: Resolution
+    images: tuple[InputImage, ...]
+    reserve: int
+    mask: imaging.NormalizedMask | None = None
+    mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
+
+    @property
+    def model(self) -> ModelEntry:
+        return self.resolution.model
 
 
 @dataclass(frozen=True)
@@ -194,7 +225,42 @@ class EditService:
     async def run_edit(
         self, job: EditJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
     ) -> EditOutcome:
-        """Run one edit to the end. Raises RetouchError subclasses with user-safe messages."""
+        """Prepare and execute one edit. Raises RetouchError subclasses with user-safe messages."""
+        if not self.accepting:
+            raise ShuttingDown()
+        prepared = await self.prepare(job, progress=progress)
+        return await self.execute(prepared, progress=progress, deliver=deliver)
+
+    async def prepare(self, job: EditJob, *, progress: Progress | None = None) -> PreparedJob:
+        """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
+        chosen = await self.options_for(job.guild_id, job.user_id, job.options)
+        resolution = self.catalog.resolve(chosen.model, self._today())
+        model = resolution.model
+        self._check_options(model, chosen, job)
+        if progress is not None:
+            await progress("Checking your images…")
+        images = await self._load_images(job.uploads)
+        mask = mask_png = None
+        if job.mask is not None:
+            mask = await self._load_mask(job.mask, images[0])
+            mask_png = await asyncio.to_thread(mask.openai_png)
+        reserve = usd_to_credits(
+            reserve_usd(
+                model,
+                quality=chosen.quality,
+                size=chosen.size,
+                count=chosen.count,
+                n_inputs=len(images),
+                prompt=job.options.prompt,
+            ),
+            self.settings.credits_per_usd,
+        )
+        return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png)
+
+    async def execute(
+        self, prepared: PreparedJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
+    ) -> EditOutcome:
+        """Reserve, call the provider, deliver, capture — or release on any failure."""
         if not self.accepting:
             raise ShuttingDown()
         job_id = secrets.token_hex(8)
@@ -202,11 +268,16 @@ class EditService:
         self._running[job_id] = running
         self._idle.clear()
         try:
-            return await self._run(job_id, running, job, progress, deliver)
+            return await self._run(job_id, running, prepared, progress, deliver)
         finally:
             del self._running[job_id]
             if not self._running:
                 self._idle.set()
+
+    async def available_credits(self, guild_id: int, user_id: int) -> int:
+        """The user's spendable balance (creating the account with its starting grant if new)."""
+        account = await self.storage.ensure_account(guild_id, user_id, self.settings.starting_credits)
+        return account.balance
 
     async def drain(self, grace: float) -> int:
         """Stop taking jobs, wait up to `grace` seconds, then abort what is left. Returns aborted count."""
@@ -257,27 +328,11 @@ class EditService:
         self,
         job_id: str,
         running: _Running,
-        job: EditJob,
+        prepared: PreparedJob,
         progress: Progress,
         deliver: Callable[[EditOutcome], Awaitable[None]],
     ) -> EditOutcome:
-        chosen = await self.options_for(job.guild_id, job.user_id, job.options)
-        resolution = self.catalog.resolve(chosen.model, self._today())
-        model = resolution.model
-        self._check_options(model, chosen, job)
-        await progress("Checking your images…")
-        images = await self._load_images(job.uploads)
-        reserve = usd_to_credits(
-            reserve_usd(
-                model,
-                quality=chosen.quality,
-                size=chosen.size,
-                count=chosen.count,
-                n_inputs=len(images),
-                prompt=job.options.prompt,
-            ),
-            self.settings.credits_per_usd,
-        )
+        job, chosen, model, reserve = prepared.job, prepared.chosen, prepared.model, prepared.reserve
         await self.storage.create_job(
             job_id,
             guild_id=job.guild_id,
@@ -299,9 +354,7 @@ class EditService:
             self._finished(job_id, "failed", model.id, None, 0, started, "insufficient_credits")
             raise InsufficientCredits(exc.needed, exc.available) from None
         try:
-            outcome = await self._generate_and_deliver(
-                job_id, running, job, chosen, resolution, images, reserve, progress, deliver
-            )
+            outcome = await self._generate_and_deliver(job_id, running, prepared, progress, deliver)
         except BaseException as exc:
             state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
             # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
@@ -338,17 +391,20 @@ class EditService:
         self,
         job_id: str,
         running: _Running,
-        job: EditJob,
-        chosen: JobDefaults,
-        resolution: Resolution,
-        images: list[InputImage],
-        reserve: int,
+        prepared: PreparedJob,
         progress: Progress,
         deliver: Callable[[EditOutcome], Awaitable[None]],
     ) -> EditOutcome:
+        job, chosen, resolution, reserve = (
+            prepared.job,
+            prepared.chosen,
+            prepared.resolution,
+            prepared.reserve,
+        )
         model = resolution.model
+        first = prepared.images[0]
         request = EditRequest(
-            images=tuple(images),
+            images=prepared.images,
             prompt=job.options.prompt,
             model=model.id,
             quality=chosen.quality,
@@ -357,6 +413,9 @@ class EditService:
             output_format=chosen.output_format,
             count=chosen.count,
             user_hash=self.user_hash(job.user_id),
+            mask=None
+            if prepared.mask_png is None
+            else InputImage(prepared.mask_png, "image/png", first.width, first.height),
             deadline=time.monotonic() + self.settings.job_timeout_seconds,
         )
         result = await self._call_provider(job_id, running, model, request, progress)
@@ -378,6 +437,8 @@ class EditService:
             job_id, "completed", provider=result.provider, provider_request_id=result.request_id
         )
         await progress("Uploading the result…")
+        if prepared.mask is not None and job.mask is not None and job.mask.keep_outside:
+            result = await self._restore_outside(result, first, prepared.mask, job.mask.feather)
         files = await self._fit_files(job_id, result, job.upload_limit)
         account = await self.storage.get_account(job.guild_id, job.user_id)
         balance_now = account.balance if account else 0
@@ -438,6 +499,10 @@ class EditService:
                 f"{model.name} accepts at most {model.max_input_images} input image(s).",
                 code="too_many_images",
             )
+        if job.mask is not None and not model.mask:
+            raise InvalidOptions(
+                f"{model.name} cannot do masked edits. Pick another model for /mask.", code="no_mask_support"
+            )
         if not self._route_for(model):
             raise InvalidOptions(
                 f"No configured image service sells {model.name}. Pick another model.", code="no_route"
@@ -473,6 +538,41 @@ class EditService:
                 )
             )
         return images
+
+    async def _load_mask(self, spec: MaskSpec, image: InputImage) -> imaging.NormalizedMask:
+        size = (image.width, image.height)
+        if spec.upload is not None:
+            if spec.upload.size > self.settings.max_input_bytes:
+                raise InvalidMask(
+                    "The mask file is too large. Upload a smaller PNG (black and white, white = edit).",
+                    code="too_large",
+                )
+            data = await spec.upload.read()
+            return await asyncio.to_thread(
+                imaging.normalize_mask,
+                data,
+                size,
+                invert=spec.invert,
+                max_bytes=self.settings.max_input_bytes,
+                max_pixels=self.settings.max_input_pixels,
+            )
+        if spec.grid is None or not spec.cells:
+            raise InvalidMask("Pick at least one area of the image to change.", code="mask_empty")
+        rows, cols = spec.grid
+        region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
+        return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
+
+    async def _restore_outside(
+        self, result: EditResult, original: InputImage, mask: imaging.NormalizedMask, feather: int
+    ) -> EditResult:
+        """The locality guarantee: pixels outside the mask come back exactly as they were."""
+        restored = []
+        for image in result.images:
+            data, fmt = await asyncio.to_thread(
+                imaging.restore_outside, original.data, image.data, mask.region, feather=feather
+            )
+            restored.append(OutputImage(data, fmt))
+        return replace(result, images=tuple(restored))
 
     async def _call_provider(
         self, job_id: str, running: _Running, model: ModelEntry, request: EditRequest, progress: Progress

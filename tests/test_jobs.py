@@ -15,7 +15,7 @@ from PIL import Image
 
 from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
 from bot.config import load_settings
-from bot.errors import InsufficientCredits, InvalidImage, InvalidOptions
+from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
 from bot.jobs import (
     EditJob,
     EditOptions,
@@ -24,6 +24,7 @@ from bot.jobs import (
     JobFailed,
     JobInterrupted,
     JobObserver,
+    MaskSpec,
     Upload,
 )
 from bot.providers.http import RetryPolicy
@@ -419,3 +420,62 @@ async def test_observers_see_each_job_and_cannot_break_it(make_service, fake):
         ("provider", "openai", "ProviderRejected"),
         ("finished", "failed", "ProviderRejected"),
     ]
+
+
+def white_box_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> bytes:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    out = io.BytesIO()
+    mask.save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_masked_edit_sends_an_alpha_mask_and_keeps_the_outside_exact(make_service, fake, storage):
+    original = Image.open(DATA / "coffee.png").convert("RGB")
+    box = (100, 100, 300, 250)
+    mask = MaskSpec(upload=upload(white_box_mask((300, 200), (50, 50, 150, 125)), "mask"), feather=4)
+    rec = Recorder()
+    job = replace(make_job(upload(photo("coffee.png"))), mask=mask)
+    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
+    sent = fake.requests[-1].mask
+    assert sent is not None and sent.mode == "RGBA" and (sent.width, sent.height) == original.size
+    result = Image.open(io.BytesIO(rec.delivered[0].files[0].data)).convert("RGB")
+    assert result.size == original.size
+    inside = result.crop((box[0] + 6, box[1] + 6, box[2] - 6, box[3] - 6))
+    outside_pixels = [
+        (x, y)
+        for x in range(0, original.width, 7)
+        for y in range(0, original.height, 7)
+        if not (box[0] <= x < box[2] and box[1] <= y < box[3])
+    ]
+    assert all(result.getpixel(p) == original.getpixel(p) for p in outside_pixels)
+    assert inside.tobytes() != original.crop((106, 106, 294, 244)).tobytes()
+
+
+async def test_grid_cells_become_the_mask(make_service, fake):
+    rec = Recorder()
+    job = replace(make_job(), mask=MaskSpec(grid=(3, 3), cells=(5,)))
+    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
+    assert fake.requests[-1].mask is not None
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (MaskSpec(grid=(3, 3), cells=()), "Pick at least one"),
+        (MaskSpec(upload=upload(white_box_mask((64, 64), (0, 0, 0, 0)), "mask")), "mask"),
+    ],
+)
+async def test_useless_masks_are_refused_for_free(make_service, fake, storage, mask, message):
+    with pytest.raises(InvalidMask, match=message):
+        await make_service().run_edit(
+            replace(make_job(), mask=mask), progress=Recorder().progress, deliver=Recorder().deliver
+        )
+    assert fake.post_count == 0
+
+
+async def test_prepare_prices_without_moving_credits(make_service, fake, storage):
+    prepared = await make_service().prepare(make_job(quality="high", size="1024x1024"))
+    assert prepared.reserve == 133  # gpt-image-1.5 high square: $0.133
+    assert fake.post_count == 0
+    assert await storage.get_account(GUILD, USER) is None
