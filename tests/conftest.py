@@ -1,0 +1,28 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.fakes.discord import FakeDiscord
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A started local fake Discord (REST + gateway + CDN on 127.0.0.1).
+
+    Point the bot at it with ``discord.http.Route.BASE = fake_discord.api_base`` and log in with
+    ``fake_discord.token``. Close the bot before this fixture tears down (a bot fixture that depends
+    on this one does that automatically). Teardown fails the test if the bot hit a route the fake does
+    not implement, or if the fake itself crashed while handling a request.
+    """
+    fake = FakeDiscord()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+    assert not fake.unknown, f"the bot called routes the fake Discord does not implement: {fake.unknown}"
+    assert not fake.server_errors, f"the fake Discord failed while handling requests: {fake.server_errors}"
