@@ -23,7 +23,8 @@ RUN useradd --create-home --uid 10001 retouch \
 USER retouch
 VOLUME ["/data"]
 
-# Healthy only while the gateway connection is up (the bot refreshes a heartbeat file).
+# Healthy only while the gateway is connected and the database takes writes: asks
+# http://127.0.0.1:$METRICS_PORT/healthz (falls back to the heartbeat file when METRICS_PORT=0).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "bot.healthcheck"]
 

@@ -46,6 +46,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
 
     from bot.app import build_providers, build_services
     from bot.client import RetouchBot, point_discord_at
+    from bot.ops import serve_ops
     from bot.storage import Storage
 
     if settings.discord_api_base:
@@ -58,8 +59,15 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.shutdown()))
+            ops = serve_ops(
+                host=settings.metrics_host,
+                port=0 if sync else settings.metrics_port,
+                registry=services.metrics.registry,
+                connected=bot.connected,
+                storage=storage,
+            )
             try:
-                async with bot:
+                async with ops, bot:
                     if sync:
                         # login() runs setup_hook, which publishes the commands; no gateway needed.
                         await bot.login(settings.discord_token.reveal())
@@ -85,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         return _fail_config([str(exc)])
     secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
-    configure_logging(settings.log_level, secrets)
+    configure_logging(settings.log_level, secrets, settings.log_format)
     if args.check_config:
         log.info("settings OK: %s", settings.describe())
         log.info("catalog OK: %s", ", ".join(catalog.models))

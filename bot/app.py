@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from bot.catalog import Catalog
-from bot.config import Settings
+from bot.audit import AuditLog
+from bot.catalog import Catalog, load_catalog
+from bot.config import SEGMIND_UPLOAD_URL, Settings
+from bot.diagnostics import DiagnosticsService
 from bot.jobs import EditService
+from bot.metrics import Metrics
+from bot.policy import CreditChange, PolicyService
+from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
+from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
+from bot.providers.segmind import SegmindProvider
+from bot.providers.wavespeed import WaveSpeedProvider
 from bot.storage import Storage
 
 SALT_FILE = "install_salt"
+ASYNC_SUBMIT_TIMEOUT = 60.0  # an async provider's submit only queues the job
 
 
 @dataclass
@@ -26,20 +36,75 @@ class Services:
     storage: Storage
     providers: dict[str, Provider]
     edits: EditService
+    metrics: Metrics = field(default_factory=Metrics)
+    audit: AuditLog = field(default_factory=AuditLog)
+    diagnostics: DiagnosticsService = field(init=False)
+    policy: PolicyService | None = None  # build_services always sets it; see __post_init__
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = PolicyService(settings=self.settings, catalog=self.catalog, storage=self.storage)
+        self.diagnostics = DiagnosticsService(
+            storage=self.storage, providers=self.providers, catalog=self.catalog
+        )
 
 
-def build_providers(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Provider]:
-    """One adapter per configured provider, all sharing the process's HTTP session."""
+def mask_conventions(catalog: Catalog, provider: str) -> dict[str, str]:
+    """{provider model id: mask convention} from the catalog's routes for `provider`."""
+    return {
+        route.model: route.mask_convention
+        for model in catalog.models.values()
+        for route in model.routes
+        if route.provider == provider
+    }
+
+
+def build_providers(
+    settings: Settings, session: aiohttp.ClientSession, catalog: Catalog | None = None
+) -> dict[str, Provider]:
+    """One adapter per configured provider, all sharing the process's HTTP session.
+
+    Mask conventions come from the catalog's routes (the admin's `CATALOG_PATH` when `catalog` is
+    not given), so an admin can flip a provider's mask polarity without a release.
+    """
+    if catalog is None:
+        catalog = load_catalog(settings.catalog_path)
     policy = RetryPolicy()
+    sync_timeout = settings.provider_call_timeout_seconds  # a call that waits for the image
+    submit_timeout = min(ASYNC_SUBMIT_TIMEOUT, sync_timeout)  # a call that only queues the job
     built: dict[str, Provider] = {}
     for p in settings.providers:
+        key = p.api_key.reveal()
+        masks = mask_conventions(catalog, p.name)
         if p.name == "openai":
-            built["openai"] = OpenAIProvider(
+            built[p.name] = OpenAIProvider(session, key, p.base_url, policy=policy, call_timeout=sync_timeout)
+        elif p.name == "atlascloud":
+            built[p.name] = AtlasCloudProvider(
+                session, key, p.base_url, policy=policy, call_timeout=submit_timeout, mask_conventions=masks
+            )
+        elif p.name == "wavespeed":
+            built[p.name] = WaveSpeedProvider(
                 session,
-                p.api_key.reveal(),
+                key,
                 p.base_url,
+                sync_mode=p.sync_mode,
                 policy=policy,
-                call_timeout=settings.provider_call_timeout_seconds,
+                call_timeout=sync_timeout if p.sync_mode else submit_timeout,
+                mask_conventions=masks,
+            )
+        elif p.name == "segmind":
+            built[p.name] = SegmindProvider(
+                session,
+                key,
+                p.base_url,
+                upload_url=p.upload_url or SEGMIND_UPLOAD_URL,
+                policy=policy,
+                call_timeout=sync_timeout,
+                mask_conventions=masks,
+            )
+        elif p.name == "oneminai":
+            built[p.name] = OneMinAIProvider(
+                session, key, p.base_url, policy=policy, call_timeout=sync_timeout, mask_conventions=masks
             )
     return built
 
@@ -58,11 +123,39 @@ def load_or_create_salt(data_dir: Path) -> bytes:
 def build_services(
     settings: Settings, catalog: Catalog, storage: Storage, providers: dict[str, Provider]
 ) -> Services:
+    metrics = Metrics()
+    # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
+    audit = AuditLog(storage)
+    policy = PolicyService(
+        settings=settings, catalog=catalog, storage=storage, on_credit_change=_audit_credit_changes(audit)
+    )
     edits = EditService(
         settings=settings,
         catalog=catalog,
         storage=storage,
         providers=providers,
         user_salt=load_or_create_salt(settings.data_dir),
+        observers=[metrics, audit],
+        # Command options > the user's /quality and /settings > server defaults > bot settings.
+        defaults=policy.defaults_for,
+        policy=policy,
     )
-    return Services(settings, catalog, storage, providers, edits)
+    # Circuit-breaker states join here once a routing layer exposes them (`Metrics.watch(circuits=…)`).
+    metrics.watch(in_flight=lambda: edits.in_flight)
+    return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)
+
+
+def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable[None]]:
+    """Every admin grant/take/set goes to the audit channel with the acting admin."""
+
+    async def post(change: CreditChange) -> None:
+        await audit.credit_change(
+            guild_id=change.guild_id,
+            actor_id=change.actor_id,
+            user_id=change.user_id,
+            amount=change.moved,
+            balance_after=change.balance,
+            reason=f"{change.action}: {change.reason}",
+        )
+
+    return post

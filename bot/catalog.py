@@ -9,14 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bot.errors import InvalidOptions
-from bot.providers.base import QUALITIES, SIZES, Usage
+from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage
 
 PACKAGED_CATALOG = "catalog.toml"
 PRICED_QUALITIES = ("low", "medium", "high")
@@ -25,6 +25,25 @@ MILLION = Decimal(1_000_000)
 CHARS_PER_TEXT_TOKEN_WORST = 2
 # Users see this many days of warning before a model they pick is retired.
 RETIREMENT_WARNING_DAYS = 30
+MASK_CONVENTIONS = ("alpha", "white")  # see bot.providers.masks
+LIST_PRICE = "list"
+ROUTE_KEYS = frozenset(
+    {
+        "provider",
+        "model",
+        "price",
+        "mask",
+        "mask_convention",
+        "max_input_images",
+        "sizes",
+        "qualities",
+        "backgrounds",
+        "output_formats",
+        "n",
+        "max_prompt_chars",
+        "input_fidelity",
+    }
+)
 
 
 class CatalogError(Exception):
@@ -33,10 +52,32 @@ class CatalogError(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    """One provider selling a model: `model` is that provider's own id for it."""
+    """One provider selling a model, with that provider's price and what it can honour.
+
+    `model` is the provider's own id for the model. `price` is a flat USD price per delivered
+    image, or None for the model's list price (its token rates or per-image table). A capability
+    left out of the catalog inherits the model's value; `n` defaults to False (routing then makes
+    one call per image, which is always correct). "auto" in `sizes`/`qualities`/`backgrounds`
+    means the route can leave that choice to the service.
+    """
 
     provider: str
     model: str
+    price: Decimal | None = None
+    mask: bool = False
+    mask_convention: str = "alpha"
+    max_input_images: int = 1
+    sizes: tuple[str, ...] = SIZES
+    qualities: tuple[str, ...] = QUALITIES
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    output_formats: tuple[str, ...] = OUTPUT_FORMATS
+    n: bool = False
+    max_prompt_chars: int = 32000
+    input_fidelity: bool = False
+
+    @property
+    def list_priced(self) -> bool:
+        return self.price is None
 
 
 @dataclass(frozen=True)
@@ -214,10 +255,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         shutdown = raw.get("shutdown")
         if isinstance(shutdown, str):
             shutdown = dt.date.fromisoformat(shutdown)
-        routes = tuple(Route(r["provider"], r.get("model", model_id)) for r in raw.get("routes", []))
-        if not routes:
-            problems.append(f"{where}: no routes (which provider sells it?)")
-        return ModelEntry(
+        entry = ModelEntry(
             id=model_id,
             name=raw.get("name", model_id),
             qualities=qualities,
@@ -227,15 +265,73 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             input_fidelity=bool(raw.get("input_fidelity", False)),
             max_prompt_chars=int(raw.get("max_prompt_chars", 32000)),
             prices=prices,
-            routes=routes,
+            routes=(),
             input_tokens_per_image=int(raw.get("input_tokens_per_image", 6500)),
             tokens=TokenRates(**{k: _decimal(v) for k, v in tokens.items()}) if tokens else None,
             shutdown=shutdown,
             replacement=raw.get("replacement") or None,
         )
+        raw_routes = raw.get("routes", [])
+        routes = tuple(
+            _parse_route(entry, f"{where}.routes[{i}]", r, problems) for i, r in enumerate(raw_routes)
+        )
+        if not routes:
+            problems.append(f"{where}: no routes (which provider sells it?)")
+        return replace(entry, routes=routes)
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         problems.append(f"{where}: {type(exc).__name__}: {exc}")
         return None
+
+
+def _choices(
+    raw: dict[str, Any],
+    key: str,
+    default: tuple[str, ...],
+    allowed: tuple[str, ...],
+    where: str,
+    problems: list[str],
+) -> tuple[str, ...]:
+    values = tuple(raw.get(key, default))
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        problems.append(f"{where}.{key}: unknown value(s) {', '.join(map(repr, unknown))}")
+    if not values:
+        problems.append(f"{where}.{key}: must list at least one value")
+    return values
+
+
+def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: list[str]) -> Route:
+    """One `routes` entry. Capabilities left out inherit the model's; problems are collected."""
+    unknown = sorted(set(raw) - ROUTE_KEYS)
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+    raw_price = raw.get("price", LIST_PRICE)
+    price: Decimal | None = None
+    if raw_price != LIST_PRICE:
+        price = _decimal(raw_price)
+        if not price.is_finite() or price < 0:
+            problems.append(f'{where}.price: must be "{LIST_PRICE}" or a USD amount of 0 or more')
+    convention = raw.get("mask_convention", "alpha")
+    if convention not in MASK_CONVENTIONS:
+        problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
+    max_images = int(raw.get("max_input_images", model.max_input_images))
+    if max_images < 1:
+        problems.append(f"{where}.max_input_images: must be at least 1")
+    return Route(
+        provider=raw["provider"],
+        model=raw.get("model", model.id),
+        price=price,
+        mask=bool(raw.get("mask", model.mask)),
+        mask_convention=convention,
+        max_input_images=max_images,
+        sizes=_choices(raw, "sizes", model.sizes, SIZES, where, problems),
+        qualities=_choices(raw, "qualities", model.qualities, QUALITIES, where, problems),
+        backgrounds=_choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems),
+        output_formats=_choices(raw, "output_formats", OUTPUT_FORMATS, OUTPUT_FORMATS, where, problems),
+        n=bool(raw.get("n", False)),
+        max_prompt_chars=int(raw.get("max_prompt_chars", model.max_prompt_chars)),
+        input_fidelity=bool(raw.get("input_fidelity", model.input_fidelity)),
+    )
 
 
 def parse_catalog(data: dict[str, Any]) -> Catalog:

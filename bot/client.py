@@ -8,6 +8,7 @@ import logging
 import math
 import time
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -18,8 +19,10 @@ from bot.errors import RetouchError, ShuttingDown, new_reference
 log = logging.getLogger(__name__)
 
 # Extensions are listed explicitly; one that fails to load stops start-up.
-EXTENSIONS = ("cogs.edit", "cogs.credits", "cogs.admin")
+EXTENSIONS = ("cogs.edit", "cogs.mask", "cogs.credits", "cogs.settings", "cogs.admin", "cogs.diagnose")
 HEARTBEAT_SECONDS = 15.0
+# After the job drain, how long command handlers get to send their last message.
+REPLY_GRACE_SECONDS = 10.0
 
 
 def point_discord_at(api_base: str) -> None:
@@ -37,8 +40,8 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
             await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
         else:
             await interaction.followup.send(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not tell user %s about an error: %s", interaction.user.id, exc)
+    except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("could not tell user %s about an error: %s", interaction.user.id, type(exc).__name__)
 
 
 class RetouchTree(app_commands.CommandTree):
@@ -83,6 +86,16 @@ class RetouchBot(commands.AutoShardedBot):
         self.sync_commands = sync_commands
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        if services.settings.audit_channel_id:
+            services.audit.attach(self._post_audit)
+
+    async def _post_audit(self, text: str) -> None:
+        """The audit log's only Discord-facing part: one plain message, mentions never ping."""
+        channel_id = self.services.settings.audit_channel_id
+        assert channel_id is not None
+        await self.get_partial_messageable(channel_id).send(
+            text, allowed_mentions=discord.AllowedMentions.none()
+        )
 
     async def setup_hook(self) -> None:
         # Fixed order: database, services, extensions, then command sync only when asked.
@@ -124,10 +137,23 @@ class RetouchBot(commands.AutoShardedBot):
             return
         self._stopping = True
         grace = self.services.settings.shutdown_grace_seconds
-        log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, self.services.edits.in_flight)
+        log.info("shutting down: waiting up to %.1f s for %d job(s)", grace, self.services.edits.in_flight)
         aborted = await self.services.edits.drain(grace)
         log.info("shutdown: %d job(s) aborted and refunded", aborted)
+        await self._finish_replies()
+        await self.services.audit.flush()
         await self.close()
+
+    async def _finish_replies(self) -> None:
+        """Let command handlers finish telling their users (e.g. "you were not charged") before the
+        HTTP session closes under them. discord.py runs each slash command in a task named
+        "CommandTree-invoker", and button, menu and form callbacks (e.g. /mask's Run edit) in tasks
+        named "discord-ui-…"."""
+        me = asyncio.current_task()
+        names = ("CommandTree-invoker", "discord-ui-")
+        pending = [t for t in asyncio.all_tasks() if t is not me and t.get_name().startswith(names)]
+        if pending:
+            await asyncio.wait(pending, timeout=REPLY_GRACE_SECONDS)
 
     async def close(self) -> None:
         if self._heartbeat is not None:

@@ -12,10 +12,22 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bot.logs import LOG_FORMATS
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
-KNOWN_PROVIDERS = ("openai",)
+# Provider name -> (environment prefix, default base URL). Order = the default routing order's
+# tie-break for providers PROVIDER_ORDER does not name (the catalog lists routes in this order too).
+PROVIDER_ENV = {
+    "openai": ("OPENAI", "https://api.openai.com/v1"),
+    "atlascloud": ("ATLASCLOUD", "https://api.atlascloud.ai/api/v1"),
+    "wavespeed": ("WAVESPEED", "https://api.wavespeed.ai/api/v3"),
+    "segmind": ("SEGMIND", "https://api.segmind.com/v1"),
+    "oneminai": ("ONEMINAI", "https://api.1min.ai/api"),
+}
+KNOWN_PROVIDERS = tuple(PROVIDER_ENV)
+SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
+MAX_PORT = 65535
 
 
 class ConfigError(Exception):
@@ -41,6 +53,8 @@ class ProviderSettings:
     name: str
     api_key: Secret
     base_url: str
+    upload_url: str | None = None  # Segmind: its asset upload lives on another host
+    sync_mode: bool = False  # WaveSpeed: wait for the result in the submit call
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Settings:
     discord_api_base: str | None = None
     data_dir: Path = Path("data")
     providers: tuple[ProviderSettings, ...] = ()
+    provider_order: tuple[str, ...] = ()  # routing preference; unnamed providers follow
     default_model: str = "gpt-image-1.5"
     default_quality: str = "auto"
     default_size: str = "auto"
@@ -66,6 +81,12 @@ class Settings:
     job_timeout_seconds: float = 300.0
     provider_call_timeout_seconds: float = 240.0
     owner_ids: frozenset[int] = field(default_factory=frozenset)
+    # When set, only these users (and OWNER_IDS) may change credits and policy, even server admins.
+    admin_user_ids: frozenset[int] = field(default_factory=frozenset)
+    metrics_port: int = 8080  # 0 disables the /healthz + /metrics server
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "plain"
+    audit_channel_id: int | None = None
 
     @property
     def database_path(self) -> Path:
@@ -83,7 +104,12 @@ class Settings:
             if isinstance(value, Secret):
                 value = "***" if value else ""
             elif f.name == "providers":
-                value = [{"name": p.name, "base_url": p.base_url, "api_key": "***"} for p in value]
+                value = [
+                    {"name": p.name, "base_url": p.base_url, "api_key": "***"}
+                    | ({"upload_url": p.upload_url} if p.upload_url else {})
+                    | ({"sync_mode": True} if p.sync_mode else {})
+                    for p in value
+                ]
             out[f.name] = value
         return out
 
@@ -155,14 +181,37 @@ class _Reader:
 
 
 def _read_providers(r: _Reader) -> tuple[ProviderSettings, ...]:
+    """Every provider whose API key is set, with its base URL (and vendor extras)."""
     providers = []
-    key = r.raw("OPENAI_API_KEY")
-    if key:
-        base = r.url("OPENAI_BASE_URL", "https://api.openai.com/v1")
-        providers.append(ProviderSettings("openai", Secret(key), base or ""))
+    for name, (prefix, default_base) in PROVIDER_ENV.items():
+        key = r.raw(f"{prefix}_API_KEY")
+        if not key:
+            continue
+        base = r.url(f"{prefix}_BASE_URL", default_base) or default_base
+        upload_url = r.url("SEGMIND_UPLOAD_URL", SEGMIND_UPLOAD_URL) if name == "segmind" else None
+        sync_mode = r.flag("WAVESPEED_SYNC_MODE", False) if name == "wavespeed" else False
+        providers.append(
+            ProviderSettings(name, Secret(key), base, upload_url=upload_url, sync_mode=sync_mode)
+        )
     if not providers:
-        r.problems.append("no provider is configured: set OPENAI_API_KEY")
+        keys = [f"{prefix}_API_KEY" for prefix, _ in PROVIDER_ENV.values()]
+        r.problems.append(f"no provider is configured: set {', '.join(keys[:-1])} or {keys[-1]}")
     return tuple(providers)
+
+
+def _read_provider_order(r: _Reader) -> tuple[str, ...]:
+    """PROVIDER_ORDER: comma-separated provider names, most preferred first (typos are errors)."""
+    raw = r.raw("PROVIDER_ORDER")
+    if raw is None:
+        return ()
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+    if unknown:
+        r.problems.append(
+            f"PROVIDER_ORDER names unknown provider(s) {', '.join(unknown)} "
+            f"(known: {', '.join(KNOWN_PROVIDERS)})"
+        )
+    return tuple(dict.fromkeys(n for n in names if n in KNOWN_PROVIDERS))
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
@@ -189,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         discord_api_base=r.url("DISCORD_API_BASE", None),
         data_dir=Path(r.text("DATA_DIR", "./data")),
         providers=providers,
+        provider_order=_read_provider_order(r),
         default_model=r.text("DEFAULT_MODEL", "gpt-image-1.5"),
         default_quality=r.choice("DEFAULT_QUALITY", "auto", QUALITIES),
         default_size=r.choice("DEFAULT_SIZE", "auto", SIZES),
@@ -206,7 +256,14 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         job_timeout_seconds=r.number("JOB_TIMEOUT_SECONDS", 300.0, float, 10),
         provider_call_timeout_seconds=r.number("PROVIDER_CALL_TIMEOUT_SECONDS", 240.0, float, 1),
         owner_ids=r.id_list("OWNER_IDS"),
+        admin_user_ids=r.id_list("ADMIN_USER_IDS"),
+        metrics_port=r.number("METRICS_PORT", 8080, int, 0),
+        metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
+        log_format=r.choice("LOG_FORMAT", "plain", LOG_FORMATS),
+        audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
     )
+    if settings.metrics_port > MAX_PORT:
+        r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
     if r.problems:
         raise ConfigError(r.problems)
     return settings

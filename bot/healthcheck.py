@@ -1,8 +1,9 @@
-"""`python -m bot.healthcheck`: exit 0 only while the bot's gateway heartbeat file is fresh.
+"""`python -m bot.healthcheck`: exit 0 only while the bot reports itself healthy.
 
-The bot rewrites the file every few seconds while it is connected to Discord, so a stale or missing
-file means "not connected" (still starting, disconnected, or hung) — what a container health check
-should report.
+With the ops server on (`METRICS_PORT`, default 8080) this asks `/healthz`, which is healthy only
+while the gateway is connected and the database takes writes. With `METRICS_PORT=0` it falls back to
+the heartbeat file the bot rewrites every few seconds while connected. Standard library only, so
+the container check starts fast and never imports discord.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,43 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 MAX_AGE_SECONDS = 60
+REQUEST_TIMEOUT = 4.0  # inside the Dockerfile's 5 s HEALTHCHECK timeout
+ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
-def main() -> int:
-    path = Path(os.environ.get("DATA_DIR", "./data")) / "heartbeat"
+def healthz_url(env: Mapping[str, str]) -> str | None:
+    """The `/healthz` URL to ask, or None when the ops server is off."""
+    port = env.get("METRICS_PORT", "").strip() or "8080"
+    if port == "0":
+        return None
+    host = env.get("METRICS_HOST", "").strip() or "127.0.0.1"
+    if host in ANY_ADDRESS:
+        host = "127.0.0.1"  # listening everywhere includes loopback
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/healthz"
+
+
+def check_http(url: str) -> int:
     try:
-        age = time.time() - path.stat().st_mtime
+        with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT) as resp:
+            return 0 if resp.status == 200 else 1
+    except urllib.error.HTTPError as exc:
+        sys.stderr.write(f"unhealthy: {exc.read(500).decode('utf-8', 'replace')}\n")
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"unhealthy: health endpoint unreachable ({type(exc).__name__})\n")
+    return 1
+
+
+def check_heartbeat(data_dir: Path) -> int:
+    try:
+        age = time.time() - (data_dir / "heartbeat").stat().st_mtime
     except OSError:
         sys.stderr.write("unhealthy: no heartbeat (not connected to Discord yet)\n")
         return 1
@@ -26,6 +55,13 @@ def main() -> int:
         sys.stderr.write(f"unhealthy: last heartbeat {age:.0f} s ago\n")
         return 1
     return 0
+
+
+def main() -> int:
+    url = healthz_url(os.environ)
+    if url is not None:
+        return check_http(url)
+    return check_heartbeat(Path(os.environ.get("DATA_DIR", "./data")))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from bot import imaging
-from bot.catalog import Catalog, ModelEntry, Resolution, actual_usd, reserve_usd, usd_to_credits
+from bot.catalog import Catalog, ModelEntry, Resolution, Route, usd_to_credits
 from bot.config import Settings
 from bot.errors import (
     InsufficientCredits,
@@ -32,6 +33,7 @@ from bot.errors import (
 )
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Provider
+from bot.routing import Needs, Router, Served
 from bot.storage import NotEnoughCredits, Storage
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,21 @@ class JobDefaults:
 DefaultsLookup = Callable[[int, int], Awaitable[JobDefaults]]
 
 
+class JobPolicy(Protocol):
+    """Server rules as the job service sees them (implemented by bot.policy.PolicyService)."""
+
+    async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
+        """Bring model, quality and count within the member's limits; return what changed."""
+        ...
+
+    async def reserve(self, job_id: str, job: EditJob, credits: int) -> object:
+        """Hold the job's credits if cooldown, running jobs and the guild budget allow it.
+
+        Raises RetouchError subclasses, or NotEnoughCredits like Storage.reserve.
+        """
+        ...
+
+
 @dataclass(frozen=True)
 class MaskSpec:
     """Where a masked edit may change the first image: an uploaded mask file, or cells of a grid."""
@@ -117,6 +134,7 @@ class EditJob:
     options: EditOptions
     upload_limit: int  # the interaction's attachment_size_limit
     mask: MaskSpec | None = None
+    role_ids: tuple[int, ...] = ()  # the member's roles in the guild (server rules depend on them)
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,7 @@ class PreparedJob:
     reserve: int
     mask: imaging.NormalizedMask | None = None
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
+    notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
 
     @property
     def model(self) -> ModelEntry:
@@ -200,6 +219,8 @@ class EditService:
         providers: dict[str, Provider],
         user_salt: bytes,
         defaults: DefaultsLookup | None = None,
+        policy: JobPolicy | None = None,
+        router: Router | None = None,
         observers: Sequence[JobObserver] = (),
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
     ) -> None:
@@ -207,8 +228,12 @@ class EditService:
         self.catalog = catalog
         self.storage = storage
         self.providers = providers
+        # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did
+        # not take the job, and keeps one circuit breaker per provider.
+        self.router = router or Router(providers, order=settings.provider_order)
         self._salt = user_salt
         self._defaults = defaults or self._settings_defaults
+        self.policy = policy
         self.observers = list(observers)
         self._today = today
         self._running: dict[str, _Running] = {}
@@ -234,6 +259,9 @@ class EditService:
     async def prepare(self, job: EditJob, *, progress: Progress | None = None) -> PreparedJob:
         """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
         chosen = await self.options_for(job.guild_id, job.user_id, job.options)
+        notices: tuple[str, ...] = ()
+        if self.policy is not None:
+            chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.catalog.resolve(chosen.model, self._today())
         model = resolution.model
         self._check_options(model, chosen, job)
@@ -245,17 +273,10 @@ class EditService:
             mask = await self._load_mask(job.mask, images[0])
             mask_png = await asyncio.to_thread(mask.openai_png)
         reserve = usd_to_credits(
-            reserve_usd(
-                model,
-                quality=chosen.quality,
-                size=chosen.size,
-                count=chosen.count,
-                n_inputs=len(images),
-                prompt=job.options.prompt,
-            ),
+            self.router.reserve_usd(model, _needs(chosen, job, len(images)), prompt=job.options.prompt),
             self.settings.credits_per_usd,
         )
-        return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png)
+        return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
 
     async def execute(
         self, prepared: PreparedJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
@@ -268,7 +289,9 @@ class EditService:
         self._running[job_id] = running
         self._idle.clear()
         try:
-            return await self._run(job_id, running, prepared, progress, deliver)
+            deliver = _with_notices(deliver, prepared.notices)
+            outcome = await self._run(job_id, running, prepared, progress, deliver)
+            return _add_notices(outcome, prepared.notices)
         finally:
             del self._running[job_id]
             if not self._running:
@@ -346,13 +369,27 @@ class EditService:
         started = time.monotonic()
         self._notify("job_started", job_id, model.id)
         try:
-            await self.storage.reserve(
-                job_id, job.guild_id, job.user_id, reserve, starting_credits=self.settings.starting_credits
-            )
+            if self.policy is None:
+                await self.storage.reserve(
+                    job_id,
+                    job.guild_id,
+                    job.user_id,
+                    reserve,
+                    starting_credits=self.settings.starting_credits,
+                )
+            else:
+                # Refills a due allowance, then checks cooldown, running jobs and the server's monthly
+                # budget inside the reservation's own transaction.
+                await self.policy.reserve(job_id, job, reserve)
         except NotEnoughCredits as exc:
             await self.storage.set_job_state(job_id, "failed", error_code="insufficient_credits")
             self._finished(job_id, "failed", model.id, None, 0, started, "insufficient_credits")
             raise InsufficientCredits(exc.needed, exc.available) from None
+        except RetouchError as exc:
+            # Refused by a server rule before anything was held.
+            await self.storage.set_job_state(job_id, "failed", error_code=exc.code)
+            self._finished(job_id, "failed", model.id, None, 0, started, exc.code)
+            raise
         try:
             outcome = await self._generate_and_deliver(job_id, running, prepared, progress, deliver)
         except BaseException as exc:
@@ -418,20 +455,9 @@ class EditService:
             else InputImage(prepared.mask_png, "image/png", first.width, first.height),
             deadline=time.monotonic() + self.settings.job_timeout_seconds,
         )
-        result = await self._call_provider(job_id, running, model, request, progress)
-        charged = usd_to_credits(
-            actual_usd(
-                model,
-                usage=result.usage,
-                images=len(result.images),
-                quality=result.quality,
-                size=result.size,
-                requested_quality=chosen.quality,
-                requested_size=chosen.size,
-                provider_cost=result.cost_usd,
-            ),
-            self.settings.credits_per_usd,
-        )
+        served = await self._call_provider(job_id, running, model, request, progress)
+        result = served.result
+        charged = usd_to_credits(served.cost_usd, self.settings.credits_per_usd)
         charged = min(charged, reserve)
         await self.storage.set_job_state(
             job_id, "completed", provider=result.provider, provider_request_id=result.request_id
@@ -454,7 +480,7 @@ class EditService:
             charged=charged,
             # What the balance will be once this job's hold is settled.
             balance_after=balance_now + reserve - charged,
-            notices=tuple(n for n in (resolution.notice,) if n),
+            notices=tuple(n for n in (resolution.notice, served.notice) if n),
         )
         await deliver(outcome)
         settled = await self.storage.capture(job_id, charged)
@@ -503,17 +529,8 @@ class EditService:
             raise InvalidOptions(
                 f"{model.name} cannot do masked edits. Pick another model for /mask.", code="no_mask_support"
             )
-        if not self._route_for(model):
-            raise InvalidOptions(
-                f"No configured image service sells {model.name}. Pick another model.", code="no_route"
-            )
-
-    def _route_for(self, model: ModelEntry) -> tuple[Provider, str] | None:
-        for route in model.routes:
-            provider = self.providers.get(route.provider)
-            if provider is not None:
-                return provider, route.model
-        return None
+        # Raises InvalidOptions naming the option to change when no configured route can honour it.
+        self.router.require(model, _needs(chosen, job, len(job.uploads)))
 
     async def _load_images(self, uploads: Sequence[Upload]) -> list[InputImage]:
         cap = self.settings.max_input_bytes
@@ -576,13 +593,15 @@ class EditService:
 
     async def _call_provider(
         self, job_id: str, running: _Running, model: ModelEntry, request: EditRequest, progress: Progress
-    ) -> EditResult:
-        route = self._route_for(model)
-        assert route is not None  # checked in _check_options
-        provider, provider_model = route
-        request = replace(request, model=provider_model)
-        await self.storage.set_job_state(job_id, "submitting", provider=provider.name)
-        call = asyncio.create_task(provider.edit(request))
+    ) -> Served:
+        trying = ""  # the route being tried; the router may move on before one takes the job
+
+        async def submitting(route: Route) -> None:
+            nonlocal trying
+            trying = route.provider
+            await self.storage.set_job_state(job_id, "submitting", provider=route.provider)
+
+        call = asyncio.create_task(self.router.run(model, request, on_attempt=submitting))
         aborted = asyncio.create_task(running.abort.wait())
         started = time.monotonic()
         try:
@@ -594,33 +613,35 @@ class EditService:
                 )
                 if call in done:
                     try:
-                        result = call.result()
+                        served = call.result()
                     except perr.ProviderError as exc:
                         self._notify(
                             "provider_finished",
-                            provider.name,
+                            exc.provider or trying,
                             model.id,
                             time.monotonic() - started,
                             type(exc).__name__,
                         )
                         raise
                     self._notify(
-                        "provider_finished", provider.name, model.id, time.monotonic() - started, None
+                        "provider_finished", served.route.provider, model.id, time.monotonic() - started, None
                     )
                     break
                 if aborted in done:
                     raise JobInterrupted()
                 if request.remaining() <= 0:
-                    raise perr.ProviderTimeout("job deadline passed", provider=provider.name, accepted=True)
+                    raise perr.ProviderTimeout("job deadline passed", provider=trying, accepted=True)
         finally:
             for task in (call, aborted):
                 if not task.done():
                     task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(call, aborted, return_exceptions=True)
-        if not result.images:
-            raise perr.ServerError("provider returned no images", provider=provider.name, accepted=True)
-        return result
+        if not served.result.images:
+            raise perr.ServerError(
+                "provider returned no images", provider=served.route.provider, accepted=True
+            )
+        return served
 
     async def _fit_files(self, job_id: str, result: EditResult, limit: int) -> tuple[ResultFile, ...]:
         files = []
@@ -669,3 +690,34 @@ class EditService:
         raise JobFailed(
             "Something went wrong with this edit. You were not charged.", ref=ref, code="internal"
         ) from exc
+
+
+def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
+    """What the job asks of a route (before the images are read, `images` is the upload count)."""
+    return Needs(
+        images=images,
+        size=chosen.size,
+        quality=chosen.quality,
+        background=chosen.background,
+        output_format=chosen.output_format,
+        count=chosen.count,
+        mask=job.mask is not None,
+        prompt_chars=len(job.options.prompt),
+    )
+
+
+def _add_notices(outcome: EditOutcome, notices: tuple[str, ...]) -> EditOutcome:
+    return replace(outcome, notices=notices + outcome.notices) if notices else outcome
+
+
+def _with_notices(
+    deliver: Callable[[EditOutcome], Awaitable[None]], notices: tuple[str, ...]
+) -> Callable[[EditOutcome], Awaitable[None]]:
+    """Show what the server's rules changed next to the result the user gets."""
+    if not notices:
+        return deliver
+
+    async def delivering(outcome: EditOutcome) -> None:
+        await deliver(_add_notices(outcome, notices))
+
+    return delivering

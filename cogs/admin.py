@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import RetouchBot
+from cogs._admin_policy import policy_groups
 
 
 @app_commands.guild_only()
@@ -17,6 +18,9 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
     def __init__(self, bot: RetouchBot) -> None:
         super().__init__()
         self.bot = bot
+        # /admin credits|policy|tier: they check the ADMIN_USER_IDS allow-list themselves.
+        for group in policy_groups(bot):
+            self.add_command(group)
 
     @app_commands.command(
         name="threads", description="Open a thread under each result posted in a text channel"

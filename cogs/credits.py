@@ -1,49 +1,134 @@
-"""`/credits`: your balance, what is held by running edits, and your recent jobs."""
+"""`/credits`: your balance, what running edits hold, your allowance and your credit history.
+
+The history pages with buttons whose custom_id carries the page, registered as dynamic items, so
+they keep working after a restart. Admin grants and reports are under `/admin credits` (Discord
+does not allow one command to be both runnable and a group).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.client import RetouchBot
-from bot.storage import JobRow
-from cogs._ui import EMBED_COLOUR
+from bot.policy import CreditsSummary, HistoryPage
+from bot.storage import ALLOWANCE_REASON, LedgerEntry
+from cogs._ui import EMBED_COLOUR, policy_of, role_ids_of, truncate
 
-RECENT_JOBS = 5
-STATE_LABELS = {"delivered": "done", "failed": "failed, refunded", "cancelled": "cancelled, refunded"}
+HISTORY_CUSTOM_ID = r"retouch:credits:(?P<page>\d+):(?P<side>newer|older)"
+REASON_CHARS = 80
 
 
-def _job_line(job: JobRow) -> str:
-    when = dt.datetime.fromisoformat(job.created_at)
-    cost = f"{job.captured} credits" if job.captured is not None else STATE_LABELS.get(job.state, job.state)
-    return f"{discord.utils.format_dt(when, 'R')} · {job.model} · {job.quality} · ×{job.count} — {cost}"
+def entry_line(entry: LedgerEntry) -> str:
+    """One history line: when, how many credits in or out, and why."""
+    when = discord.utils.format_dt(dt.datetime.fromisoformat(entry.created_at), "R")
+    if entry.kind == "capture":
+        job = (entry.job_id or "")[:8]
+        return f"{when} **−{entry.amount} credits** · edit `{job}` ({entry.model or 'unknown model'})"
+    reason = discord.utils.escape_markdown(truncate(entry.reason or "", REASON_CHARS))
+    if entry.actor_id is not None:
+        why = f"by <@{entry.actor_id}> — {reason}"
+    elif reason.startswith(ALLOWANCE_REASON):
+        why = "allowance top-up"
+    else:
+        why = reason or "grant"
+    return f"{when} **{entry.amount:+d} credits** · {why}"
+
+
+def credits_embed(summary: CreditsSummary, history: HistoryPage, credits_per_usd: int) -> discord.Embed:
+    """Balance, holds and allowance first, then one page of history.
+
+    All in the description: a field holds only 1,024 characters, too few for a page of reasons.
+    """
+    account, allowance = summary.account, summary.allowance
+    lines = [
+        f"**Available:** {account.balance} credits (${account.balance / credits_per_usd:.2f} of image edits)",
+        f"**Held by running edits:** {account.held}",
+    ]
+    if allowance.next_refill is not None:
+        refill = discord.utils.format_dt(allowance.next_refill, "f")
+        lines.append(f"**Allowance:** topped up to {allowance.amount} {allowance.period}")
+        lines.append(f"**Next refill:** {refill} ({discord.utils.format_dt(allowance.next_refill, 'R')})")
+    else:
+        lines.append("**Allowance:** none on this server")
+    lines += ["", "**History**"]
+    lines += [entry_line(e) for e in history.entries] or ["Nothing yet."]
+    embed = discord.Embed(title="Your credits", description="\n".join(lines), colour=EMBED_COLOUR)
+    embed.set_footer(text=f"Page {history.page + 1} of {history.pages}")
+    return embed
+
+
+class HistoryButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=HISTORY_CUSTOM_ID):
+    """Newer/older history page. Only the user who ran /credits sees (and can click) it."""
+
+    def __init__(self, page: int, side: str, *, disabled: bool = False) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="◀ Newer" if side == "newer" else "Older ▶",
+                custom_id=f"retouch:credits:{page}:{side}",
+                style=discord.ButtonStyle.secondary,
+                disabled=disabled,
+            )
+        )
+        self.page = page
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[discord.ui.View], match: re.Match[str]
+    ) -> HistoryButton:
+        return cls(int(match["page"]), match["side"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = interaction.client
+        assert isinstance(bot, RetouchBot)
+        embed, view = await render(bot, interaction, self.page)
+        await interaction.response.edit_message(embed=embed, view=view)
+
+
+def history_view(history: HistoryPage) -> discord.ui.View | None:
+    if history.pages <= 1:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(HistoryButton(max(0, history.page - 1), "newer", disabled=history.page == 0))
+    view.add_item(HistoryButton(history.page + 1, "older", disabled=history.page + 1 >= history.pages))
+    return view
+
+
+async def render(
+    bot: RetouchBot, interaction: discord.Interaction, page: int
+) -> tuple[discord.Embed, discord.ui.View | None]:
+    """The /credits message for the interaction's user (refilling a due allowance first)."""
+    policy = policy_of(bot)
+    guild_id, user = interaction.guild_id or 0, interaction.user
+    summary = await policy.credits(guild_id, user.id, role_ids_of(user))
+    history = await policy.history(guild_id, user.id, page)
+    return credits_embed(summary, history, bot.services.settings.credits_per_usd), history_view(history)
 
 
 class CreditsCog(commands.Cog):
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="credits", description="Show your credit balance and recent edits")
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(HistoryButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(HistoryButton)
+
+    @app_commands.command(name="credits", description="Show your credits, your allowance and your history")
     async def credits(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
-        guild_id = interaction.guild_id or 0
-        account = await services.storage.ensure_account(
-            guild_id, interaction.user.id, services.settings.starting_credits
-        )
-        jobs = await services.storage.recent_jobs(guild_id, interaction.user.id, RECENT_JOBS)
-        embed = discord.Embed(title="Your credits", colour=EMBED_COLOUR)
-        embed.add_field(name="Available", value=f"{account.balance}")
-        embed.add_field(name="Held by running edits", value=f"{account.held}")
-        per_usd = services.settings.credits_per_usd
-        embed.add_field(name="Worth", value=f"${account.balance / per_usd:.2f} of image edits")
-        embed.add_field(
-            name="Recent edits", value="\n".join(_job_line(j) for j in jobs) or "None yet.", inline=False
-        )
-        await interaction.followup.send(embed=embed, ephemeral=True)
+        services.metrics.observe_ack(interaction.created_at)
+        embed, view = await render(self.bot, interaction, 0)
+        if view is None:
+            await interaction.followup.send(embed=embed, ephemeral=True)
+        else:
+            await interaction.followup.send(embed=embed, view=view, ephemeral=True)
 
 
 async def setup(bot: RetouchBot) -> None:

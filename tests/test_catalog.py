@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import CatalogError, actual_usd, load_catalog, reserve_usd, usd_to_credits
+from bot.catalog import CatalogError, actual_usd, load_catalog, parse_catalog, reserve_usd, usd_to_credits
 from bot.errors import InvalidOptions
 from bot.providers.base import Usage
 
@@ -119,3 +119,86 @@ def test_broken_catalog_files_are_refused_with_the_reason(tmp_path: Path, text: 
     path.write_text(text)
     with pytest.raises(CatalogError, match=problem):
         load_catalog(path)
+
+
+# ----------------------------------------------------------------------------- routes (issue 3)
+
+
+def test_packaged_routes_carry_price_and_capabilities_per_provider(catalog):
+    mini = {r.provider: r for r in catalog.get("gpt-image-1-mini").routes}
+    assert list(mini) == ["openai", "atlascloud", "wavespeed", "segmind", "oneminai"]
+    assert mini["openai"].list_priced and mini["openai"].n and mini["openai"].max_input_images == 16
+    assert (mini["atlascloud"].price, mini["wavespeed"].price) == (Decimal("0.004"), Decimal("0.02"))
+    assert not mini["atlascloud"].mask and not mini["wavespeed"].mask
+    assert (mini["segmind"].mask_convention, mini["oneminai"].mask_convention) == ("alpha", "white")
+    assert mini["wavespeed"].sizes == ("auto",) and mini["wavespeed"].qualities == ("auto",)
+    assert "auto" not in mini["atlascloud"].sizes and mini["atlascloud"].output_formats == ("png",)
+    assert mini["oneminai"].max_prompt_chars == 4000 and mini["oneminai"].max_input_images == 1
+    assert not any(r.n for name, r in mini.items() if name != "openai")
+    full = {r.provider: r for r in catalog.get("gpt-image-1").routes}
+    assert full["wavespeed"].model == "openai/gpt-image-1/edit" and full["wavespeed"].mask
+    assert full["openai"].input_fidelity and not full["atlascloud"].input_fidelity
+
+
+def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_without_n():
+    catalog = parse_catalog(
+        {
+            "models": {
+                "m": {
+                    "qualities": ["low", "high"],
+                    "sizes": ["1024x1024"],
+                    "max_input_images": 3,
+                    "mask": True,
+                    "max_prompt_chars": 900,
+                    "price": {"low": {"square": 1, "other": 1}, "high": {"square": 2, "other": 2}},
+                    "routes": [
+                        {"provider": "openai"},
+                        {"provider": "segmind", "model": "s", "price": "0.05"},
+                    ],
+                }
+            }
+        }
+    )
+    plain, flat = catalog.get("m").routes
+    assert (plain.model, plain.price, plain.n, plain.mask, plain.mask_convention) == (
+        "m",
+        None,
+        False,
+        True,
+        "alpha",
+    )
+    assert (plain.qualities, plain.sizes, plain.max_input_images, plain.max_prompt_chars) == (
+        ("low", "high"),
+        ("1024x1024",),
+        3,
+        900,
+    )
+    assert plain.backgrounds == ("auto", "opaque", "transparent") and plain.output_formats == (
+        "png",
+        "jpeg",
+        "webp",
+    )
+    assert flat.price == Decimal("0.05") and not flat.list_priced
+
+
+@pytest.mark.parametrize(
+    ("route", "problem"),
+    [
+        ({"provider": "openai", "mask_conventon": "white"}, "unknown key(s) mask_conventon"),
+        ({"provider": "openai", "mask_convention": "black"}, "mask_convention: must be one of alpha, white"),
+        ({"provider": "openai", "price": -1}, "price: must be"),
+        ({"provider": "openai", "sizes": ["2048x2048"]}, "sizes: unknown value(s) '2048x2048'"),
+        ({"provider": "openai", "output_formats": []}, "output_formats: must list at least one value"),
+        ({"provider": "openai", "max_input_images": 0}, "max_input_images: must be at least 1"),
+    ],
+)
+def test_broken_routes_are_refused_with_the_reason(route, problem):
+    raw = {
+        "models": {
+            "m": {"qualities": ["low"], "price": {"low": {"square": 1, "other": 1}}, "routes": [route]}
+        }
+    }
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(raw)
+    assert problem in str(info.value)
+    assert "models.m.routes[0]" in str(info.value)

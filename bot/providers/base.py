@@ -94,3 +94,26 @@ class Provider(Protocol):
     async def edit(self, request: EditRequest) -> EditResult:
         """Run one edit. Raises a `bot.providers.errors.ProviderError` subclass on failure."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """The result of a provider's cheapest authenticated call (for `/diagnose`).
+
+    `authenticated` is None when the call could not tell (the service was unreachable or failed).
+    `detail` is short and safe to show an admin: a status and error code, never a response body.
+    """
+
+    reachable: bool
+    authenticated: bool | None
+    detail: str
+    ok: bool = False
+
+
+@runtime_checkable
+class CheckableProvider(Protocol):
+    """Optional: an adapter that can check reachability and auth without paying for anything."""
+
+    async def check(self) -> ProviderHealth:
+        """Make the cheapest authenticated call the API offers. Never raises for HTTP failures."""
+        ...

@@ -28,6 +28,7 @@ import json as _json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -702,3 +703,101 @@ async def download(
         accepted=accepted,
     )
     return resp.body
+
+
+# --------------------------------------------------------------------------- shared by the async adapters
+
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+_SCHEME_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+MAX_MESSAGE = 200  # provider messages kept in exception text (for logs) are cut to this length
+
+
+def safe_message(text: object, *, secrets: tuple[str, ...] = (), limit: int = MAX_MESSAGE) -> str:
+    """A provider-supplied message made fit for exception text and logs.
+
+    Whitespace is collapsed, URLs lose their query strings (signed URLs) through `redact_url`,
+    every string in `secrets` (the API key) is masked, and the result is cut to `limit` characters.
+    """
+    message = " ".join(str(text).split())
+    message = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), message)
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    if len(message) > limit:
+        message = message[: limit - 1] + "…"
+    return message
+
+
+def mark_unsubmitted(err: ProviderError) -> ProviderError:
+    """Mark `err` as raised before the paid request was sent (an upload or a local check failed).
+
+    Nothing was created or billed, so routing may try another provider: `accepted` becomes False
+    and, for the server-side kinds (`ServerError`, `ProviderTimeout`) whose class default says
+    otherwise, `retryable_elsewhere` becomes True. Refusals (bad input, safety) keep their class's
+    rule: another provider would refuse them too.
+    """
+    err.accepted = False
+    if isinstance(err, (ServerError, ProviderTimeout)):
+        err.retryable_elsewhere = True
+    return err
+
+
+async def fetch_output(
+    session: aiohttp.ClientSession,
+    value: str,
+    *,
+    max_bytes: int,
+    deadline: float,
+    policy: RetryPolicy,
+    call_timeout: float,
+    provider: str,
+) -> bytes:
+    """The bytes of one result an async provider listed in its `outputs`: a URL or base64 text.
+
+    An http(s) URL is downloaded (no provider headers: result URLs are public or presigned, and
+    the API key must never reach a CDN); a `data:image/...;base64,` URL or bare base64 (the
+    vendors' "base64 output" modes, whose exact form is not documented) is decoded. Any other
+    scheme is refused. The bytes are capped at `max_bytes` and must be a png/jpeg/webp image.
+    Errors are `ServerError(accepted=True)`: the job already ran.
+    """
+    text = value.strip()
+    # Base64 has no colon, so anything with a `scheme:` prefix is a URL (download() vets the scheme).
+    if _SCHEME_PREFIX.match(text):
+        data = await download(
+            session,
+            text,
+            max_bytes=max_bytes,
+            deadline=deadline,
+            policy=policy,
+            call_timeout=call_timeout,
+            provider=provider,
+            allow_data_url=True,
+        )
+    else:
+        try:
+            data = decode_base64_image(text)
+        except ValueError:
+            raise ServerError(
+                "an output is neither a URL nor base64", provider=provider, accepted=True
+            ) from None
+        if len(data) > max_bytes:
+            raise ServerError(f"an output is larger than {max_bytes} bytes", provider=provider, accepted=True)
+    if sniff_image_format(data) is None:
+        raise ServerError("an output is not a png/jpeg/webp image", provider=provider, accepted=True)
+    return data
+
+
+async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
+    """`asyncio.gather`, except that the first failure cancels the others (and waits for them).
+
+    Used for parallel uploads: one failed upload makes the job fail, and the rest must not keep
+    running (or keep a connection busy) after the caller has moved on.
+    """
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

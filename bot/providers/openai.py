@@ -22,17 +22,20 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage, Usage
+from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, Usage
 from bot.providers.errors import (
+    ConnectionFailed,
     InvalidInput,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
     RateLimited,
     ServerError,
     ServiceUnavailable,
@@ -42,6 +45,7 @@ from bot.providers.http import (
     decode_base64_image,
     parse_retry_after,
     redact_url,
+    send_idempotent,
     send_paid,
     sniff_image_format,
 )
@@ -54,6 +58,9 @@ MAX_LOG_MESSAGE = 200  # provider messages kept in exception text (for logs) are
 # A retried submit needs time to run: an edit takes tens of seconds, so a 429 is only retried when
 # this much time is left after waiting (otherwise it would be billed and then time out).
 MIN_RETRY_WINDOW = 30.0
+# `/diagnose` must answer quickly even when the API is down: one try, a few seconds.
+CHECK_TIMEOUT = 8.0
+CHECK_POLICY = RetryPolicy(attempts=1)
 
 _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 _QUOTA = "insufficient_quota"
@@ -131,6 +138,23 @@ def classify_openai_error(
     return ServerError(summary, **kw)  # 1xx/3xx: nothing was created
 
 
+def _health_from_error(exc: ProviderError) -> ProviderHealth:
+    """What a failed `GET /models` says about the account: status and code only, never the body."""
+    what = f"HTTP {exc.status}" if exc.status else type(exc).__name__
+    if exc.code:
+        what += f" {exc.code}"
+    if isinstance(exc, ConnectionFailed | ProviderTimeout):
+        return ProviderHealth(reachable=False, authenticated=None, detail=f"unreachable ({what})")
+    if exc.status in (401, 403):
+        return ProviderHealth(reachable=True, authenticated=False, detail=f"API key refused ({what})")
+    if exc.code == _QUOTA:
+        return ProviderHealth(reachable=True, authenticated=True, detail=f"out of quota or billing ({what})")
+    if isinstance(exc, RateLimited):
+        # A 429 comes after authentication: the key works, the account is just busy.
+        return ProviderHealth(reachable=True, authenticated=True, detail=f"rate limited ({what})", ok=True)
+    return ProviderHealth(reachable=True, authenticated=None, detail=f"error ({what})")
+
+
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -181,11 +205,31 @@ class OpenAIProvider:
         self._session = session
         self._api_key = api_key
         self._url = f"{base_url.rstrip('/')}/images/edits"
+        self._models_url = f"{base_url.rstrip('/')}/models"
         self._policy = policy
         self._call_timeout = call_timeout
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIProvider(name={self.name!r}, url={redact_url(self._url)!r})"
+
+    async def check(self) -> ProviderHealth:
+        """Reachability and auth via `GET /models`: authenticated, free, and small."""
+        try:
+            await send_idempotent(
+                self._session,
+                "GET",
+                self._models_url,
+                policy=CHECK_POLICY,
+                deadline=time.monotonic() + CHECK_TIMEOUT,
+                call_timeout=CHECK_TIMEOUT,
+                headers={"Authorization": f"Bearer {self._api_key}"},
+                provider=self.name,
+                classify=classify_openai_error,
+                request_id_header=REQUEST_ID_HEADER,
+            )
+        except ProviderError as exc:
+            return _health_from_error(exc)
+        return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
 
     def _form(self, request: EditRequest) -> aiohttp.FormData:
         form = aiohttp.FormData()

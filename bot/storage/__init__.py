@@ -75,6 +75,99 @@ class LedgerTotals:
     captured: int
 
 
+@dataclass(frozen=True)
+class ReserveGuard:
+    """Admission limits checked inside the reservation's own transaction.
+
+    Checking them in a separate read before reserving would let two concurrent jobs both pass a limit
+    that only one of them fits under.
+    """
+
+    cooldown_seconds: float = 0.0  # since the user's last admitted (and not refunded) job
+    max_concurrent: int = 0  # open reservations per user; 0 = no limit
+    guild_cap: int | None = None  # credits captured since `cap_since` + all holds + this job
+    cap_since: dt.datetime | None = None
+
+
+class ReserveRefused(Exception):
+    """A ReserveGuard limit refused the job; nothing was held.
+
+    `reason` is "cooldown", "concurrency" or "guild_cap". `retry_at` is when a cooldown ends; `used`
+    and `limit` are running jobs or credits, as the reason reads.
+    """
+
+    def __init__(
+        self, reason: str, *, retry_at: dt.datetime | None = None, used: int = 0, limit: int = 0
+    ) -> None:
+        super().__init__(f"{reason}: used {used} of {limit}")
+        self.reason = reason
+        self.retry_at = retry_at
+        self.used = used
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger row, with the model and provider of its job when it has one."""
+
+    id: int
+    guild_id: int
+    user_id: int
+    job_id: str | None
+    kind: str
+    amount: int
+    delta_balance: int
+    delta_held: int
+    actor_id: int | None
+    reason: str | None
+    created_at: str
+    model: str | None = None
+    provider: str | None = None
+
+
+# Ledger `reason` prefix of allowance top-ups (kind 'grant', no actor), so reports can tell them apart.
+ALLOWANCE_REASON = "allowance"
+_LEDGER_ENTRY_SQL = (
+    "SELECT l.id, l.guild_id, l.user_id, l.job_id, l.kind, l.amount, l.delta_balance, l.delta_held, "
+    "l.actor_id, l.reason, l.created_at, j.model, j.provider "
+    "FROM ledger l LEFT JOIN jobs j ON j.id = l.job_id "
+)
+_GUILD_POLICY_FIELDS = frozenset(
+    {
+        "allowance",
+        "allowance_period",
+        "starting_credits",
+        "max_quality",
+        "models",
+        "max_images",
+        "monthly_cap_usd",
+        "cooldown_seconds",
+        "max_concurrent",
+        "default_model",
+        "default_quality",
+        "default_size",
+        "provider_order",
+    }
+)
+_ROLE_TIER_FIELDS = frozenset({"allowance", "max_quality", "models", "max_images"})
+_USER_SETTING_FIELDS = frozenset(
+    {"quality", "model", "size", "output_format", "background", "skip_mask_preview"}
+)
+
+
+def _iso(moment: dt.datetime) -> str:
+    """The ledger's timestamp format, so range filters can compare strings."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _checked(fields: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any]:
+    # Column names are interpolated into SQL, so only known names ever get that far.
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    return fields
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -87,6 +180,11 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), entry.read_text("utf-8")))
     return sorted(found)
+
+
+def latest_schema_version() -> int:
+    """The schema version the packaged migrations lead to (what `/diagnose` compares against)."""
+    return max((number for number, _ in _migrations()), default=0)
 
 
 class Storage:
@@ -117,6 +215,10 @@ class Storage:
 
     def _now(self) -> str:
         return self._clock().isoformat(timespec="milliseconds")
+
+    def now(self) -> dt.datetime:
+        """The storage clock (injectable in tests): every policy date is read from it."""
+        return self._clock()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -258,16 +360,29 @@ class Storage:
             return await self._account(db, guild_id, user_id)
 
     async def reserve(
-        self, job_id: str, guild_id: int, user_id: int, amount: int, *, starting_credits: int
+        self,
+        job_id: str,
+        guild_id: int,
+        user_id: int,
+        amount: int,
+        *,
+        starting_credits: int,
+        guard: ReserveGuard | None = None,
     ) -> Account:
-        """Hold `amount` credits for a job. Idempotent per job; raises NotEnoughCredits."""
+        """Hold `amount` credits for a job. Idempotent per job.
+
+        Raises NotEnoughCredits, or ReserveRefused when a `guard` limit refuses the job.
+        """
+        refused: ReserveRefused | None = None
         async with self._write() as db:
             await self._ensure_account(db, guild_id, user_id, starting_credits)
             already = await (
                 await db.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,))
             ).fetchone()
             reserved = already is not None
-            if not reserved:
+            if not reserved and guard is not None:
+                refused = await self._guard_refusal(db, guild_id, user_id, amount, guard)
+            if not reserved and refused is None:
                 # The conditional UPDATE is the whole race guard: it succeeds for exactly as many
                 # concurrent jobs as the balance covers.
                 cur = await db.execute(
@@ -286,9 +401,57 @@ class Storage:
                     )
             account = await self._account(db, guild_id, user_id)
         # Refused after the commit, so a just-created account keeps its starting grant.
+        if refused is not None:
+            raise refused
         if not reserved:
             raise NotEnoughCredits(amount, account.balance)
         return account
+
+    async def _guard_refusal(
+        self, db: aiosqlite.Connection, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
+    ) -> ReserveRefused | None:
+        """The first guard limit this reservation would break, read inside its transaction."""
+        now = self._clock()
+        if guard.cooldown_seconds > 0:
+            # Refunded jobs do not count: a provider failure should not make the user wait.
+            row = await (
+                await db.execute(
+                    "SELECT MAX(r.created_at) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+                    "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+                    "WHERE x.job_id = r.job_id AND x.kind = 'release')",
+                    (guild_id, user_id),
+                )
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                ready = dt.datetime.fromisoformat(row[0]) + dt.timedelta(seconds=guard.cooldown_seconds)
+                if now < ready:
+                    return ReserveRefused("cooldown", retry_at=ready)
+        if guard.max_concurrent > 0:
+            row = await (
+                await db.execute(
+                    "SELECT COUNT(*) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+                    "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+                    "WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release'))",
+                    (guild_id, user_id),
+                )
+            ).fetchone()
+            running = int(row[0]) if row else 0
+            if running >= guard.max_concurrent:
+                return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
+        if guard.guild_cap is not None:
+            since = _iso(guard.cap_since) if guard.cap_since else ""
+            row = await (
+                await db.execute(
+                    "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
+                    "        WHERE guild_id = ? AND kind = 'capture' AND created_at >= ?), "
+                    "       (SELECT COALESCE(SUM(held), 0) FROM accounts WHERE guild_id = ?)",
+                    (guild_id, since, guild_id),
+                )
+            ).fetchone()
+            used = int(row[0]) + int(row[1]) if row else 0
+            if used + amount > guard.guild_cap:
+                return ReserveRefused("guild_cap", used=used, limit=guard.guild_cap)
+        return None
 
     async def _settlement(
         self, db: aiosqlite.Connection, job_id: str
@@ -454,3 +617,168 @@ class Storage:
                 "ON CONFLICT (guild_id) DO UPDATE SET thread_results = excluded.thread_results",
                 (guild_id, None if value is None else int(value)),
             )
+
+    # -- credit policy ------------------------------------------------------------------------------
+
+    async def guild_policy_row(self, guild_id: int) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM guild_policy WHERE guild_id = ?", (guild_id,))
+        return None if row is None else dict(row)
+
+    async def update_guild_policy(
+        self, guild_id: int, fields: dict[str, Any], *, actor_id: int | None
+    ) -> None:
+        """Set some guild policy columns (None clears one back to its default); creates the row."""
+        fields = {**_checked(fields, _GUILD_POLICY_FIELDS), "updated_by": actor_id, "updated_at": self._now()}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO guild_policy (guild_id, {names}) VALUES (?, {marks}) "
+                f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
+                (guild_id, *fields.values()),
+            )
+
+    async def role_tier_rows(self, guild_id: int) -> list[dict[str, Any]]:
+        rows = await self._all("SELECT * FROM role_tiers WHERE guild_id = ? ORDER BY role_id", (guild_id,))
+        return [dict(r) for r in rows]
+
+    async def put_role_tier(
+        self, guild_id: int, role_id: int, fields: dict[str, Any], *, actor_id: int | None
+    ) -> None:
+        """Create or replace a role's whole tier (fields not given go back to "inherit")."""
+        fields = _checked(fields, _ROLE_TIER_FIELDS)
+        values = [fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)]
+        columns = ", ".join(sorted(_ROLE_TIER_FIELDS))
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT OR REPLACE INTO role_tiers (guild_id, role_id, {columns}, updated_by, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (guild_id, role_id, *values, actor_id, self._now()),
+            )
+
+    async def delete_role_tier(self, guild_id: int, role_id: int) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM role_tiers WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
+            )
+            return cur.rowcount == 1
+
+    async def user_settings_row(self, user_id: int) -> dict[str, Any] | None:
+        row = await self._one("SELECT * FROM user_settings WHERE user_id = ?", (user_id,))
+        return None if row is None else dict(row)
+
+    async def update_user_settings(self, user_id: int, fields: dict[str, Any]) -> None:
+        """Set some of a user's defaults (None clears one); creates the row."""
+        fields = {**_checked(fields, _USER_SETTING_FIELDS), "updated_at": self._now()}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO user_settings (user_id, {names}) VALUES (?, {marks}) "
+                f"ON CONFLICT (user_id) DO UPDATE SET {updates}",
+                (user_id, *fields.values()),
+            )
+
+    async def refill_allowance(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        amount: int,
+        period_of: Callable[[dt.datetime], str | None],
+        starting_credits: int,
+    ) -> Account:
+        """Create the account if new, then top its balance up to `amount` once per allowance period.
+
+        `period_of(now)` names the current period (None: no allowance). It is evaluated inside the
+        write transaction, and the refill record's primary key admits one refill per period, so two
+        uses racing across a boundary can never both refill.
+        """
+        async with self._write() as db:
+            await self._ensure_account(db, guild_id, user_id, starting_credits)
+            period = period_of(self._clock())
+            if period is not None and amount > 0:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO allowance_refills (guild_id, user_id, period, added, created_at) "
+                    "VALUES (?, ?, ?, 0, ?)",
+                    (guild_id, user_id, period, self._now()),
+                )
+                if cur.rowcount == 1:
+                    await self._top_up(db, guild_id, user_id, amount, period)
+            return await self._account(db, guild_id, user_id)
+
+    async def _top_up(
+        self, db: aiosqlite.Connection, guild_id: int, user_id: int, amount: int, period: str
+    ) -> None:
+        current = await self._account(db, guild_id, user_id)
+        added = max(0, amount - current.balance)
+        if added == 0:
+            return
+        await db.execute(
+            "UPDATE accounts SET balance = balance + ?, updated_at = ? WHERE guild_id = ? AND user_id = ?",
+            (added, self._now(), guild_id, user_id),
+        )
+        await self._ledger(
+            db, guild_id, user_id, None, "grant", added, added, 0, None, f"{ALLOWANCE_REASON} {period}"
+        )
+        await db.execute(
+            "UPDATE allowance_refills SET added = ? WHERE guild_id = ? AND user_id = ? AND period = ?",
+            (added, guild_id, user_id, period),
+        )
+
+    async def change_balance(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        add: int = 0,
+        set_to: int | None = None,
+        actor_id: int,
+        reason: str,
+        starting_credits: int,
+    ) -> tuple[Account, int]:
+        """An admin's grant (`add` > 0), take (`add` < 0, at most the available balance) or set.
+
+        Always writes exactly one ledger row with the actor, even when nothing moves, so every admin
+        action is on record. Returns the account and the credits actually moved.
+        """
+        async with self._write() as db:
+            await self._ensure_account(db, guild_id, user_id, starting_credits)
+            current = await self._account(db, guild_id, user_id)
+            delta = set_to - current.balance if set_to is not None else add
+            delta = max(delta, -current.balance)
+            await db.execute(
+                "UPDATE accounts SET balance = balance + ?, updated_at = ? "
+                "WHERE guild_id = ? AND user_id = ?",
+                (delta, self._now(), guild_id, user_id),
+            )
+            kind = "grant" if delta > 0 else "adjust"
+            await self._ledger(db, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
+            return await self._account(db, guild_id, user_id), delta
+
+    async def account_history(
+        self, guild_id: int, user_id: int, *, kinds: tuple[str, ...], offset: int, limit: int
+    ) -> tuple[list[LedgerEntry], int]:
+        """One page of an account's ledger rows of `kinds`, newest first, and how many there are."""
+        marks = ", ".join("?" for _ in kinds)
+        where = f"WHERE l.guild_id = ? AND l.user_id = ? AND l.kind IN ({marks}) "
+        rows = await self._all(
+            _LEDGER_ENTRY_SQL + where + "ORDER BY l.id DESC LIMIT ? OFFSET ?",
+            (guild_id, user_id, *kinds, limit, offset),
+        )
+        total = await self._one("SELECT COUNT(*) FROM ledger l " + where, (guild_id, user_id, *kinds))
+        return [LedgerEntry(**dict(r)) for r in rows], int(total[0]) if total else 0
+
+    async def guild_ledger(
+        self, guild_id: int, *, since: dt.datetime | None, until: dt.datetime | None
+    ) -> list[LedgerEntry]:
+        """Every ledger row of a guild in [since, until) (None = open end), oldest first."""
+        rows = await self._all(
+            _LEDGER_ENTRY_SQL
+            + "WHERE l.guild_id = ? AND l.created_at >= ? AND l.created_at < ? ORDER BY l.id",
+            # "~" sorts after every digit, so an open end is later than any timestamp.
+            (guild_id, _iso(since) if since else "", _iso(until) if until else "~"),
+        )
+        return [LedgerEntry(**dict(r)) for r in rows]

@@ -1,4 +1,4 @@
-"""A fake OpenAI Images API (`POST /v1/images/edits`) on 127.0.0.1 for provider tests.
+"""A fake OpenAI Images API (`POST /v1/images/edits`, plus `GET /v1/models`) on 127.0.0.1 for tests.
 
 It behaves like the real service as described in `providers.md` §1 (§1.9 and §7): it parses the
 multipart body, validates what it receives the way the API does and fails with the API's error
@@ -420,7 +420,10 @@ class FakeOpenAI:
         return response
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
-        if request.path.rstrip("/") != "/v1/images/edits":
+        path = request.path.rstrip("/")
+        if request.method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            return self._models(request, record, path.removeprefix("/v1/models").lstrip("/"))
+        if path != "/v1/images/edits":
             await request.read()
             raise ApiError(404, f"Invalid URL ({request.method} {request.path})")
         if request.method != "POST":
@@ -457,6 +460,20 @@ class FakeOpenAI:
         if rule is not None:
             return await self._raise_fault(rule, request, fields, record)
         return await self._respond(params)
+
+    def _models(self, request: web.Request, record: RecordedRequest, model: str) -> web.Response:
+        """`GET /v1/models[/{model}]` (what `/diagnose` calls): auth checked like the edit route."""
+        if request.headers.get("Authorization") is None:
+            raise ApiError(401, "You didn't provide an API key.")
+        if not record.authorized:
+            raise ApiError(401, "Incorrect API key provided: sk-****.", code="invalid_api_key")
+        served = sorted(self.models - self.retired)
+        if model and model not in served:
+            raise ApiError(404, f"The model '{model}' does not exist", code="model_not_found")
+        entries = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in served]
+        if model:
+            return web.json_response(next(e for e in entries if e["id"] == model))
+        return web.json_response({"object": "list", "data": entries})
 
     async def _read_form(
         self, request: web.Request, record: RecordedRequest

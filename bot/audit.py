@@ -1,0 +1,166 @@
+"""The audit channel: admin credit changes, safety refusals, failed jobs and provider circuit openings.
+
+Plain values in, one line of text out through a `post` callable that the bot wiring supplies (the
+only Discord-facing part, in `bot/client.py`). Without `AUDIT_CHANNEL_ID` nothing is attached and
+every event is dropped. Posting never raises: an audit channel that is gone or forbidden must not
+cost a user an edit or an admin a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.jobs import JobObserver
+from bot.storage import JobRow, Storage
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[str], Awaitable[None]]
+
+DISCORD_MESSAGE_LIMIT = 2000
+REASON_CHARS = 300
+# A failed job's reference id is written just after the observers hear about the failure; wait
+# this long for it before posting without it.
+REF_WAIT_SECONDS = 5.0
+REF_POLL_SECONDS = 0.05
+SAFETY_REFUSAL = "ProviderRejected"
+# Failures the user caused and was told about; they say nothing about the bot's health.
+NOT_AUDITED = frozenset({"insufficient_credits"})
+
+
+def jump_url(guild_id: int | None, channel_id: int, message_id: int | None = None) -> str:
+    """A discord.com link to a channel, or to one message in it."""
+    url = f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}"
+    return f"{url}/{message_id}" if message_id else url
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class AuditLog(JobObserver):
+    """Formats audit events and hands them to `post`. A JobObserver for refusals and failures."""
+
+    def __init__(self, storage: Storage | None = None) -> None:
+        self._storage = storage
+        self._post: Post | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._post is not None
+
+    def attach(self, post: Post | None) -> None:
+        """Start (or with None, stop) sending events to `post`."""
+        self._post = post
+
+    # -- events other features call -----------------------------------------------------------------
+
+    async def credit_change(
+        self,
+        *,
+        guild_id: int,
+        actor_id: int,
+        user_id: int,
+        amount: int,
+        balance_after: int,
+        reason: str | None = None,
+        link: str | None = None,
+    ) -> None:
+        """An admin granted (amount > 0) or removed (amount < 0) credits."""
+        verb = "gave" if amount >= 0 else "took"
+        line = (
+            f"💳 Credits: <@{actor_id}> {verb} {abs(amount)} credits "
+            f"{'to' if amount >= 0 else 'from'} <@{user_id}> (balance now {balance_after})"
+        )
+        if reason:
+            line += f" — “{_clip(reason, REASON_CHARS)}”"
+        await self._send(line, link)
+
+    async def circuit_opened(self, provider: str, *, reason: str, retry_in: float | None = None) -> None:
+        """The routing layer stopped sending jobs to `provider` after repeated failures."""
+        line = f"🔌 Provider `{provider}` circuit opened: {_clip(reason, REASON_CHARS)}"
+        if retry_in is not None:
+            line += f"; next try in {retry_in:.0f} s"
+        await self._send(line, None)
+
+    async def job_failed(self, job: JobRow, error: str | None) -> None:
+        """A job ended failed: a safety refusal or a failure, with its reference id and channel link."""
+        who = f"<@{job.user_id}>" + (f" in <#{job.channel_id}>" if job.channel_id else "")
+        via = f" via {job.provider}" if job.provider else ""
+        ref = f"ref `{job.error_ref}`" if job.error_ref else "no ref"
+        if error == SAFETY_REFUSAL:
+            head = "🛑 Safety refusal"
+        else:
+            head = f"⚠️ Edit failed ({error or job.error_code or 'unknown'})"
+        line = f"{head}: job `{job.id}` for {who}, {job.model}{via}, {ref}"
+        link = jump_url(job.guild_id, job.channel_id) if job.channel_id else None
+        await self._send(line, link)
+
+    # -- JobObserver --------------------------------------------------------------------------------
+
+    def job_finished(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        model: str,
+        provider: str | None,
+        charged: int,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        if state != "failed" or error in NOT_AUDITED or not self.enabled or self._storage is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._report_failure(job_id, error))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _report_failure(self, job_id: str, error: str | None) -> None:
+        job = await self._settled(job_id)
+        if job is None:
+            log.warning("audit: job %s not found", job_id)
+            return
+        await self.job_failed(job, error)
+
+    async def _settled(self, job_id: str) -> JobRow | None:
+        """The job's row once its failure (and reference id) is recorded, or as it is at the deadline.
+
+        Observers run just before the service records the failure, and the observer interface has no
+        later event, so this polls the row briefly.
+        """
+        assert self._storage is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REF_WAIT_SECONDS
+        while True:
+            job = await self._storage.get_job(job_id)
+            if job is None or job.error_ref is not None or loop.time() >= deadline:
+                return job
+            await asyncio.sleep(REF_POLL_SECONDS)
+
+    # -- delivery -----------------------------------------------------------------------------------
+
+    async def _send(self, line: str, link: str | None) -> None:
+        post = self._post
+        if post is None:
+            log.debug("audit (no channel): %s", line)
+            return
+        text = f"{line} · {link}" if link else line
+        try:
+            await post(_clip(text, DISCORD_MESSAGE_LIMIT))
+        except Exception as exc:
+            log.warning("could not post to the audit channel: %s", type(exc).__name__)
+
+    async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound for shutdown
+        """Wait (up to `timeout` s) for failure reports still being posted; cancel what is left."""
+        if not self._pending:
+            return
+        _, left = await asyncio.wait(set(self._pending), timeout=timeout)
+        for task in left:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*left, return_exceptions=True)

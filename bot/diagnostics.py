@@ -1,0 +1,173 @@
+"""`/diagnose` without Discord: permissions from bits, provider checks, database and catalog status.
+
+The cog passes the interaction's `app_permissions` as an int and renders the plain dataclasses this
+returns. Provider checks use the optional `check()` an adapter may implement (`CheckableProvider`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bot.catalog import Catalog
+from bot.providers.base import CheckableProvider, Provider, ProviderHealth
+from bot.storage import Storage, latest_schema_version
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHECK_TIMEOUT = 10.0  # the command has 15 minutes, but an admin waiting on it does not
+DATABASE_CHECK_TIMEOUT = 5.0
+ADMINISTRATOR = 1 << 3
+# What Retouch needs in a channel, in the order Discord's settings list them (bit, name).
+REQUIRED_PERMISSIONS: tuple[tuple[int, str], ...] = (
+    (1 << 10, "View Channel"),
+    (1 << 11, "Send Messages"),
+    (1 << 38, "Send Messages in Threads"),
+    (1 << 35, "Create Public Threads"),
+    (1 << 15, "Attach Files"),
+    (1 << 14, "Embed Links"),
+    (1 << 16, "Read Message History"),
+)
+
+
+class WriteProbe:
+    """Asks the database for its write lock without ever abandoning a half-started transaction.
+
+    Timing out must not cancel `check_writable`: a BEGIN IMMEDIATE still waiting in SQLite's busy
+    handler would complete later with nobody left to end it. The probe runs shielded, and while one
+    is still waiting no second one is started.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._task: asyncio.Task[None] | None = None
+
+    async def problem(self, timeout: float) -> str | None:  # noqa: ASYNC109 - the caller's budget
+        """None when a write transaction could start within `timeout` seconds, else a short reason."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._storage.check_writable())
+            # Retrieve a late failure so it is not reported as "never retrieved".
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            return "database busy"
+        except Exception as exc:
+            return f"database not writable ({type(exc).__name__})"
+        return None
+
+
+def missing_permissions(bits: int) -> tuple[str, ...]:
+    """Names of the required permissions absent from `bits` (Administrator implies all of them)."""
+    if bits & ADMINISTRATOR:
+        return ()
+    return tuple(name for bit, name in REQUIRED_PERMISSIONS if not bits & bit)
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    """One provider's check. `ok` is None when the adapter offers no check."""
+
+    name: str
+    ok: bool | None
+    reachable: bool | None
+    authenticated: bool | None
+    detail: str
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    schema_version: int
+    latest_version: int
+    writable: bool
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.writable and self.schema_version == self.latest_version
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Everything `/diagnose` shows. `missing_permissions` is None outside a server channel."""
+
+    missing_permissions: tuple[str, ...] | None
+    providers: tuple[ProviderStatus, ...]
+    database: DatabaseStatus
+    catalog_warnings: tuple[str, ...]
+
+
+class DiagnosticsService:
+    """Runs the checks. One instance per app; holds no state between runs."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        providers: Mapping[str, Provider],
+        catalog: Catalog,
+        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+        provider_timeout: float = PROVIDER_CHECK_TIMEOUT,
+    ) -> None:
+        self.storage = storage
+        self.providers = providers
+        self.catalog = catalog
+        self._today = today
+        self._provider_timeout = provider_timeout
+        self._probe = WriteProbe(storage)
+
+    async def diagnose(self, app_permissions: int | None) -> Diagnosis:
+        """All checks; provider and database checks run concurrently."""
+        providers, database = await asyncio.gather(self.check_providers(), self.check_database())
+        return Diagnosis(
+            missing_permissions=None if app_permissions is None else missing_permissions(app_permissions),
+            providers=providers,
+            database=database,
+            catalog_warnings=tuple(self.catalog.warnings(self._today())),
+        )
+
+    async def check_providers(self) -> tuple[ProviderStatus, ...]:
+        checks = [self._check_one(name, p) for name, p in sorted(self.providers.items())]
+        return tuple(await asyncio.gather(*checks))
+
+    async def _check_one(self, name: str, provider: Provider) -> ProviderStatus:
+        if not isinstance(provider, CheckableProvider):
+            return ProviderStatus(name, None, None, None, "no check available for this provider")
+        started = time.monotonic()
+        try:
+            health: ProviderHealth = await asyncio.wait_for(provider.check(), self._provider_timeout)
+        except TimeoutError:
+            return ProviderStatus(
+                name, False, False, None, f"no answer within {self._provider_timeout:.0f} s"
+            )
+        except Exception as exc:
+            # A bug in an adapter's check must not hide the other results; details go to the log.
+            log.warning("provider %s: health check failed", name, exc_info=True)
+            return ProviderStatus(name, False, None, None, f"check failed ({type(exc).__name__})")
+        return ProviderStatus(
+            name,
+            health.ok,
+            health.reachable,
+            health.authenticated,
+            health.detail,
+            time.monotonic() - started,
+        )
+
+    async def check_database(self) -> DatabaseStatus:
+        """Schema version against the packaged migrations, and whether a write can start now."""
+        latest = latest_schema_version()
+        try:
+            version = await asyncio.wait_for(self.storage.schema_version(), DATABASE_CHECK_TIMEOUT)
+        except Exception as exc:
+            log.warning("database check failed", exc_info=True)
+            return DatabaseStatus(-1, latest, False, f"unreadable ({type(exc).__name__})")
+        problem = await self._probe.problem(DATABASE_CHECK_TIMEOUT)
+        if problem is not None:
+            return DatabaseStatus(version, latest, False, problem)
+        detail = "writable" if version == latest else f"writable, but schema {version} is not {latest}"
+        return DatabaseStatus(version, latest, True, detail)

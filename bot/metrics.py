@@ -1,0 +1,171 @@
+"""Prometheus metrics for one app instance.
+
+`Metrics` is a `JobObserver` (registered in `build_services`) plus one hook the cogs call right after
+they defer (`observe_ack`). Every series lives in the instance's own `CollectorRegistry`, never the
+process-global one, so tests and benchmarks can build as many apps as they like.
+
+Series (prometheus-client adds `_total` to counters):
+
+* `retouch_jobs_started_total{model}`, `retouch_jobs_finished_total{state,provider,model}`,
+  `retouch_job_errors_total{error}` (why failed/cancelled jobs ended: an error class or code)
+* `retouch_ack_latency_seconds` (INTERACTION_CREATE → defer), `retouch_provider_latency_seconds
+  {provider,model,outcome}`, `retouch_job_duration_seconds{state}` (job start → finished)
+* `retouch_credits_spent_total{provider,model}`, `retouch_provider_errors_total{provider,error}`
+* `retouch_jobs_in_flight` and `retouch_circuit_state{provider}` (0 closed, 1 half-open, 2 open),
+  read at scrape time from whatever `watch` was given; absent when nothing was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bot.jobs import JobObserver
+
+log = logging.getLogger(__name__)
+
+# Discord's hard window is 3 s; the interesting range is well below it.
+ACK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0)
+# Image edits take 10-60 s typically, up to the 240 s call timeout.
+PROVIDER_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0)
+JOB_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
+CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+NO_PROVIDER = "none"  # label for jobs that failed before any provider was chosen
+
+InFlight = Callable[[], int]
+CircuitStates = Callable[[], Mapping[str, str]]
+
+
+class _LiveCollector(Collector):
+    """Gauges read at scrape time from the running app (nothing to keep in sync)."""
+
+    def __init__(self) -> None:
+        self.in_flight: InFlight | None = None
+        self.circuits: CircuitStates | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.in_flight is not None:
+            gauge = GaugeMetricFamily("retouch_jobs_in_flight", "Edit jobs currently running")
+            gauge.add_metric([], float(self.in_flight()))
+            yield gauge
+        if self.circuits is not None:
+            states = GaugeMetricFamily(
+                "retouch_circuit_state",
+                "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
+                labels=["provider"],
+            )
+            for provider, state in sorted(self.circuits().items()):
+                value = CIRCUIT_VALUES.get(str(state).lower())
+                if value is None:
+                    log.debug("unknown circuit state %r for %s", state, provider)
+                    continue
+                states.add_metric([provider], value)
+            yield states
+
+
+class Metrics(JobObserver):
+    """Counters and histograms for jobs, providers and interactions, in a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs_started = Counter("retouch_jobs_started", "Edit jobs started", ["model"], registry=r)
+        self.jobs = Counter(
+            "retouch_jobs_finished",
+            "Finished edit jobs by final state",
+            ["state", "provider", "model"],
+            registry=r,
+        )
+        self.job_errors = Counter(
+            "retouch_job_errors", "Failed or cancelled jobs by error class or code", ["error"], registry=r
+        )
+        self.ack_latency = Histogram(
+            "retouch_ack_latency_seconds",
+            "INTERACTION_CREATE to the bot's defer",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.provider_latency = Histogram(
+            "retouch_provider_latency_seconds",
+            "One provider call, submit to result",
+            ["provider", "model", "outcome"],
+            buckets=PROVIDER_BUCKETS,
+            registry=r,
+        )
+        self.job_duration = Histogram(
+            "retouch_job_duration_seconds",
+            "Edit job end to end: credits reserved to result delivered (or failure)",
+            ["state"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.credits_spent = Counter(
+            "retouch_credits_spent", "Credits charged for delivered edits", ["provider", "model"], registry=r
+        )
+        self.provider_errors = Counter(
+            "retouch_provider_errors",
+            "Failed provider calls by error class",
+            ["provider", "error"],
+            registry=r,
+        )
+        self._live = _LiveCollector()
+        r.register(self._live)
+
+    def watch(self, *, in_flight: InFlight | None = None, circuits: CircuitStates | None = None) -> None:
+        """Read `in_flight()` and `circuits()` ({provider: closed|half_open|open}) at every scrape."""
+        if in_flight is not None:
+            self._live.in_flight = in_flight
+        if circuits is not None:
+            self._live.circuits = circuits
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+    # -- the hook the cogs call ---------------------------------------------------------------------
+
+    def observe_ack(self, created_at: dt.datetime, now: dt.datetime | None = None) -> float:
+        """Record INTERACTION_CREATE → defer, from the interaction's snowflake time. Returns seconds.
+
+        The snowflake is stamped by Discord's clock and has millisecond resolution; a host clock
+        running behind Discord's would give negative values, which are clamped to zero.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        seconds = max(0.0, (now - created_at).total_seconds())
+        self.ack_latency.observe(seconds)
+        return seconds
+
+    # -- JobObserver --------------------------------------------------------------------------------
+
+    def job_started(self, job_id: str, model: str) -> None:
+        self.jobs_started.labels(model).inc()
+
+    def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None:
+        outcome = "ok" if error is None else "error"
+        self.provider_latency.labels(provider, model, outcome).observe(seconds)
+        if error is not None:
+            self.provider_errors.labels(provider, error).inc()
+
+    def job_finished(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        model: str,
+        provider: str | None,
+        charged: int,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        provider_label = provider or NO_PROVIDER
+        self.jobs.labels(state, provider_label, model).inc()
+        self.job_duration.labels(state).observe(seconds)
+        if charged > 0:
+            self.credits_spent.labels(provider_label, model).inc(charged)
+        if error is not None:
+            self.job_errors.labels(error).inc()

@@ -1,0 +1,324 @@
+"""1min.ai adapter: upload the input as an asset → one synchronous feature call → download the result.
+
+Wire reference: shared spec `providers.md` §5. Flow for one job:
+
+1. the input image (and the mask) go to `POST {base}/assets` (multipart field `asset`); the edit
+   request refers to them by their bucket path `fileContent.path` (the provider never sees a
+   Discord CDN URL);
+2. one paid `POST {base}/features`: `type: IMAGE_EDITOR` for a text-guided edit, or
+   `IMAGE_INPAINTER` with `maskUrl` for a masked edit (white = edit, black = keep);
+3. the result is downloaded from `aiRecord.temporaryUrl` (a presigned S3 URL: http(s) only, size
+   capped, never with our key, and its query string never logged).
+
+Decisions on the spec's OPEN points (providers.md §8.9):
+
+* Errors are undocumented. 401/403 and any credit/balance/quota wording (or 402) need the admin;
+  404 → model unavailable; 429 → rate limited (Retry-After if sent); other 4xx → invalid input
+  (or a safety refusal by its wording). A 5xx is taken as *accepted*: the call is synchronous and
+  nothing says a failed call is not charged, so it is never re-sent elsewhere.
+* `aiRecord.status`: only `SUCCESS` (or no status with a `temporaryUrl`) is success; any other
+  value is a failed job, `accepted=True`.
+* `n` is always 1: only one `temporaryUrl` comes back and fetching the other `resultObject` paths
+  is undocumented, so paying for images that cannot be delivered is avoided; routing emulates
+  `count` with parallel calls.
+* `size` is required and has no `auto` (routing resolves it); `quality` "auto" is sent by omitting
+  it (default medium). `background`: only the editor has it, and only "auto" and "transparent"
+  mean what the bot means (1min's `preserve`/`white`/`black` are not OpenAI values). A masked edit
+  therefore takes background "auto" only. `output_compression` is sent as 100 for jpeg/webp so the
+  output matches the other providers (1min's default is 85).
+* Prompts longer than 4,000 characters and more than one input image are refused up front.
+* The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.errors import (
+    InvalidInput,
+    JobFailed,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import (
+    RetryPolicy,
+    fetch_output,
+    gather_or_cancel,
+    mark_unsubmitted,
+    parse_retry_after,
+    redact_url,
+    safe_message,
+    send_idempotent,
+    send_paid,
+    sniff_image_format,
+)
+from bot.providers.masks import to_convention
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.1min.ai/api"
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
+CALL_TIMEOUT = 240.0  # the feature call blocks while the image is made
+IO_TIMEOUT = 60.0  # one upload or the result download
+MAX_PROMPT_CHARS = 4000
+MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini"})
+SIZES = ("1024x1024", "1024x1536", "1536x1024")
+QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+EDITOR_BACKGROUNDS = ("auto", "transparent")
+DEFAULT_MASK_CONVENTION = "white"  # the inpainter: white = edit, black = keep
+
+_SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
+_CREDIT_WORDS = ("credit", "balance", "quota", "insufficient")
+
+
+def _payload(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _message(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    record = payload.get("aiRecord")
+    for source in (payload, payload.get("error"), record if isinstance(record, dict) else None):
+        if isinstance(source, str) and source.strip():
+            return source
+        if isinstance(source, dict):
+            for key in ("message", "error", "msg", "detail"):
+                value = source.get(key)
+                if isinstance(value, str) and value.strip():
+                    return value
+    return ""
+
+
+def classify_oneminai_error(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+) -> ProviderError:
+    """Map one 1min.ai failure to a `ProviderError`: the only place that reads 1min.ai errors.
+
+    The error format is undocumented, so the status decides and the message refines: a 2xx whose
+    `aiRecord.status` is not SUCCESS → JobFailed (ProviderRejected for safety wording), accepted;
+    401/403, 402 or credit wording → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited;
+    other 4xx → InvalidInput (ProviderRejected for safety wording); 5xx → ServerError(accepted=True).
+    """
+    payload = _payload(body)
+    raw = _message(payload)
+    lowered = raw.lower()
+    summary = f"HTTP {status}" + (f": {safe_message(raw)}" if raw else "")
+    kw: dict[str, Any] = {"provider": provider, "status": status}
+    safety = any(word in lowered for word in _SAFETY_WORDS)
+
+    if 200 <= status < 300:  # the call ran; its record says it did not succeed
+        record = payload.get("aiRecord") if isinstance(payload, dict) else None
+        record_status = record.get("status") if isinstance(record, dict) else None
+        kw["code"] = str(record_status).lower() if isinstance(record_status, str) else None
+        if safety:
+            return ProviderRejected(summary, accepted=True, **kw)
+        return JobFailed(summary, accepted=True, **kw)
+    if status == 402 or any(word in lowered for word in _CREDIT_WORDS):
+        return ServiceUnavailable(summary, code="insufficient_credits", **kw)
+    if status in (401, 403):
+        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
+    if status == 404:
+        return ModelUnavailable(summary, code="not_found", **kw)
+    if status == 429:
+        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
+    if status >= 500:
+        return ServerError(summary, accepted=True, **kw)
+    if safety:
+        return ProviderRejected(summary, code="moderation", **kw)
+    return InvalidInput(summary, **kw)
+
+
+class OneMinAIProvider:
+    """Edits images through 1min.ai's feature API (IMAGE_EDITOR / IMAGE_INPAINTER), one call per job."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
+        call_timeout: float = CALL_TIMEOUT,
+        io_timeout: float = IO_TIMEOUT,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        mask_conventions: Mapping[str, str] | None = None,
+        name: str = "oneminai",
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._api_key = api_key
+        self._base = base_url.rstrip("/")
+        self._policy = policy
+        self._call_timeout = call_timeout
+        self._io_timeout = io_timeout
+        self._max_output_bytes = max_output_bytes
+        self._mask_conventions = dict(mask_conventions or {})
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OneMinAIProvider(name={self.name!r}, url={redact_url(self._base)!r})"
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"API-KEY": self._api_key}
+
+    def _check(self, request: EditRequest) -> None:
+        if request.model not in MODELS:
+            raise ModelUnavailable(
+                f"1min.ai does not serve model {request.model!r}", provider=self.name, code="unknown_model"
+            )
+        problems = []
+        if len(request.images) != 1:
+            problems.append(f"{len(request.images)} images (exactly 1)")
+        if len(request.prompt) > MAX_PROMPT_CHARS:
+            problems.append(f"a {len(request.prompt)}-character prompt (at most {MAX_PROMPT_CHARS})")
+        if request.input_fidelity is not None:
+            problems.append("input_fidelity (no such field)")
+        if request.count != 1:
+            problems.append(f"count={request.count} (one image per call)")
+        if request.size not in SIZES:
+            problems.append(f"size={request.size}")
+        if request.quality != "auto" and request.quality not in QUALITIES:
+            problems.append(f"quality={request.quality}")
+        if request.output_format not in OUTPUT_FORMATS:
+            problems.append(f"output_format={request.output_format}")
+        backgrounds = ("auto",) if request.mask is not None else EDITOR_BACKGROUNDS
+        if request.background not in backgrounds:
+            problems.append(f"background={request.background}")
+        if problems:
+            err = InvalidInput(
+                f"{request.model} on 1min.ai cannot take: {', '.join(problems)}",
+                provider=self.name,
+                code="unsupported_option",
+            )
+            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
+            err.retryable_elsewhere = True
+            raise err
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_oneminai_error`)."""
+        self._check(request)
+        image = request.images[0]
+        files = [(image.data, f"image.{image.extension}", image.mime)]
+        if request.mask is not None:
+            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
+            try:
+                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
+            except ValueError as exc:
+                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
+            files.append((mask, "mask.png", "image/png"))
+        try:
+            paths = await gather_or_cancel(*(self._upload(*f, request.deadline) for f in files))
+        except ProviderError as err:
+            raise mark_unsubmitted(err) from None
+
+        prompt_object: dict[str, Any] = {
+            "imageUrl": paths[0],
+            "prompt": request.prompt,
+            "size": request.size,
+            "n": 1,
+            "output_format": request.output_format,
+        }
+        if request.quality != "auto":
+            prompt_object["quality"] = request.quality
+        if request.output_format in ("jpeg", "webp"):
+            prompt_object["output_compression"] = 100
+        if request.mask is not None:
+            feature = "IMAGE_INPAINTER"
+            prompt_object["maskUrl"] = paths[1]
+        else:
+            feature = "IMAGE_EDITOR"
+            prompt_object["background"] = request.background
+        resp = await send_paid(
+            self._session,
+            "POST",
+            f"{self._base}/features",
+            policy=self._policy,
+            deadline=request.deadline,
+            call_timeout=self._call_timeout,
+            json={"type": feature, "model": request.model, "promptObject": prompt_object},
+            headers=self._auth,
+            provider=self.name,
+            classify=classify_oneminai_error,
+        )
+        payload = _payload(resp.body)
+        record = payload.get("aiRecord") if isinstance(payload, dict) else None
+        if not isinstance(record, dict):
+            raise ServerError("HTTP 200 but no aiRecord", provider=self.name, accepted=True)
+        record_id = record.get("uuid") if isinstance(record.get("uuid"), str) else resp.request_id
+        status = record.get("status")
+        url = record.get("temporaryUrl")
+        if (status is not None and status != "SUCCESS") or (status is None and not url):
+            err = classify_oneminai_error(resp.status, resp.body, resp.headers, provider=self.name)
+            err.request_id = record_id
+            raise err
+        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
+            raise ServerError(
+                "the record has no http(s) temporaryUrl",
+                provider=self.name,
+                request_id=record_id,
+                accepted=True,
+            )
+        data = await fetch_output(
+            self._session,
+            url,
+            max_bytes=self._max_output_bytes,
+            deadline=request.deadline,
+            policy=self._policy,
+            call_timeout=self._io_timeout,
+            provider=self.name,
+        )
+        log.debug("%s: %s %s done (record %s)", self.name, request.model, feature, record_id)
+        return EditResult(
+            images=(OutputImage(data=data, format=sniff_image_format(data) or request.output_format),),
+            provider=self.name,
+            quality=request.quality if request.quality != "auto" else None,
+            size=request.size,
+            request_id=record_id,
+        )
+
+    async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
+        """Upload one asset; returns its bucket path (`fileContent.path`, else `asset.key`)."""
+
+        def form() -> aiohttp.FormData:
+            fd = aiohttp.FormData()
+            fd.add_field("asset", io.BytesIO(data), filename=filename, content_type=mime)  # not `file`
+            return fd
+
+        resp = await send_idempotent(
+            self._session,
+            "POST",
+            f"{self._base}/assets",
+            policy=self._policy,
+            deadline=deadline,
+            call_timeout=self._io_timeout,
+            provider=self.name,
+            headers=self._auth,
+            data_factory=form,
+            classify=classify_oneminai_error,
+        )
+        payload = _payload(resp.body)
+        file_content = payload.get("fileContent") if isinstance(payload, dict) else None
+        asset = payload.get("asset") if isinstance(payload, dict) else None
+        path = file_content.get("path") if isinstance(file_content, dict) else None
+        if not isinstance(path, str) or not path:
+            path = asset.get("key") if isinstance(asset, dict) else None
+        if not isinstance(path, str) or not path:
+            raise ServerError("asset upload returned no fileContent.path", provider=self.name)
+        return path

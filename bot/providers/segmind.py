@@ -1,0 +1,395 @@
+"""Segmind (v1, synchronous) adapter: upload inputs → one POST that answers with the image itself.
+
+Wire reference: shared spec `providers.md` §4. Flow for one job:
+
+1. all input images (and the mask) are uploaded in one `POST {upload_url}` with the SDK's JSON body
+   `{"data_urls": [...]}`, giving public `file_urls` (the provider never sees a Discord CDN URL);
+2. one paid `POST {base}/{model}` (`x-api-key`, JSON) that blocks until the image is made and
+   answers with its bytes; `x-cost` is the charge (→ `EditResult.cost_usd`) and
+   `x-remaining-credits` what is left (logged).
+
+Decisions on the spec's OPEN points (providers.md §8.8):
+
+* v1 only (the model pages' endpoint). The answer is read by its `Content-Type`: `image/*` is the
+  image; JSON is searched for an output URL or base64 (`image`, `images`, `output`, `url`), since
+  newer pages call `response.json()` on v1. Anything else is an unusable answer.
+* `image_urls` carries uploaded URLs, never base64 or data URLs (their acceptance is OPEN); at most
+  4 (the bot's own limit; Segmind gives none). The upload uses the SDK's JSON `data_urls` form.
+* `mask` is sent only with a mask (the examples omit it although a table calls it required), in
+  the "alpha" convention of `bot.providers.masks` (transparent *and* white where to edit), which
+  reads the same under OpenAI's convention and under "white = edit".
+* `background` "auto" is sent by omitting the field (Segmind's default, opaque, applies); `size`
+  and `quality` "auto" are native. `moderation` and `output_compression` are left at their
+  defaults (auto, 100), as the OpenAI adapter does.
+* 406 means "not enough credits" (or a team spend limit) or "invalid content type": told apart by
+  the message; an unrecognised 406 is treated as a billing problem (the admin is told, routing may
+  go elsewhere). 429 carries `x-rate-limit-reset-at-utc`, not Retry-After: it is read as an ISO
+  8601 time, an HTTP date or epoch seconds and turned into a `retry_after`.
+* Only HTTP 200 is billed (Segmind's docs), so a 5xx is "not accepted" and may be retried
+  elsewhere, except 504: a gateway that gave up waiting may leave a job that still completes.
+* `x-cost` is taken as USD (Segmind bills in USD credits); a missing or malformed value leaves
+  `cost_usd` unset so the route's catalog price applies.
+* There is nothing to poll or cancel: the deadline caps the one blocking call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import aiohttp
+
+from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.errors import (
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import (
+    RetryPolicy,
+    fetch_output,
+    mark_unsubmitted,
+    parse_retry_after,
+    redact_url,
+    safe_message,
+    send_idempotent,
+    send_paid,
+    sniff_image_format,
+)
+from bot.providers.masks import to_convention
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.segmind.com/v1"
+DEFAULT_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
+CALL_TIMEOUT = 240.0  # the v1 call blocks while the image is made (about 42-57 s on the model pages)
+IO_TIMEOUT = 60.0  # the upload, and a download when the answer is a URL
+MAX_IMAGES = 4
+QUALITIES = ("auto", "low", "medium", "high")
+SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+BACKGROUNDS = ("auto", "opaque", "transparent")  # "auto" is sent by omitting the field
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit"})
+DEFAULT_MASK_CONVENTION = "alpha"
+
+_SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
+_CREDIT_WORDS = ("credit", "balance", "spend limit", "insufficient")
+_CONTENT_TYPE_WORDS = ("content type", "content-type")
+
+
+def _error_text(body: bytes) -> str:
+    """Segmind's message: `error` (or `error_description`, `message`, `detail`); "" for HTML."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(payload, dict):
+        return ""
+    parts = [payload.get(k) for k in ("error", "error_description", "message", "detail")]
+    return " ".join(p for p in parts if isinstance(p, str) and p.strip())
+
+
+def parse_reset_at(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds until `x-rate-limit-reset-at-utc`, or None when the value is unusable.
+
+    The format is undocumented, so ISO 8601 (a naive time is UTC), HTTP dates and epoch seconds
+    (milliseconds when implausibly large) are all read. A time in the past gives 0.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    now = now or datetime.now(UTC)
+    when: datetime | None = None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if math.isfinite(number) and number > 0:
+        when = datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC)
+    else:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def classify_segmind_error(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+) -> ProviderError:
+    """Map one Segmind error response to a `ProviderError`: the only place that reads Segmind errors.
+
+    400 → InvalidInput (ProviderRejected when the text names a safety filter); 401 → ServiceUnavailable;
+    403/404/410 → ModelUnavailable; 405 (an HTML page: a misconfigured URL) → ServiceUnavailable;
+    406 → ServiceUnavailable for credits or a spend limit, InvalidInput for "invalid content type"
+    (by the message); 429 → RateLimited with `retry_after` from `x-rate-limit-reset-at-utc`;
+    504 → ServerError(accepted=True); other 5xx → ServerError that may go elsewhere (only 200 is
+    billed); other 4xx → InvalidInput.
+    """
+    raw = _error_text(body)
+    lowered = raw.lower()
+    summary = f"HTTP {status}" + (f": {safe_message(raw)}" if raw else "")
+    kw: dict[str, Any] = {"provider": provider, "status": status, "request_id": headers.get("x-request-id")}
+
+    if status == 401:
+        return ServiceUnavailable(summary, code="unauthorized", **kw)
+    if status == 406:
+        if any(word in lowered for word in _CONTENT_TYPE_WORDS):
+            return InvalidInput(summary, code="invalid_content_type", **kw)
+        code = "insufficient_credits" if any(w in lowered for w in _CREDIT_WORDS) else "not_acceptable"
+        return ServiceUnavailable(summary, code=code, **kw)
+    if status in (403, 404, 410):
+        code = {403: "forbidden", 404: "not_found", 410: "retired"}[status]
+        return ModelUnavailable(summary, code=code, **kw)
+    if status == 405:
+        return ServiceUnavailable(summary or "HTTP 405 (HTML page)", code="method_not_allowed", **kw)
+    if status == 429:
+        retry_after = parse_reset_at(headers.get("x-rate-limit-reset-at-utc"))
+        if retry_after is None:
+            retry_after = parse_retry_after(headers)
+        return RateLimited(summary, retry_after=retry_after, code="rate_limited", **kw)
+    if status >= 500:
+        if status == 504:
+            return ServerError(summary, accepted=True, **kw)
+        err = ServerError(summary, accepted=False, **kw)
+        err.retryable_elsewhere = True  # only HTTP 200 is billed: nothing was charged
+        return err
+    if any(word in lowered for word in _SAFETY_WORDS):
+        return ProviderRejected(summary, code="moderation", **kw)
+    return InvalidInput(summary, **kw)
+
+
+def _cost(headers: Mapping[str, str]) -> str | None:
+    """`x-cost` as a plain decimal string, or None when it is missing or not a finite, non-negative number."""
+    raw = headers.get("x-cost")
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    if not value.is_finite() or value < 0:
+        return None
+    return format(value, "f")
+
+
+def _json_outputs(payload: Any) -> list[str]:
+    """Output URLs or base64 strings found in a JSON answer (its shape is undocumented for v1)."""
+    if not isinstance(payload, dict):
+        return []
+    found: list[str] = []
+    for key in ("image", "images", "output", "outputs", "url"):
+        value = payload.get(key)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item.strip():
+                found.append(item)
+    return found
+
+
+class SegmindProvider:
+    """Edits images through Segmind's synchronous v1 API (one paid POST per job)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        upload_url: str = DEFAULT_UPLOAD_URL,
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
+        call_timeout: float = CALL_TIMEOUT,
+        io_timeout: float = IO_TIMEOUT,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        mask_conventions: Mapping[str, str] | None = None,
+        name: str = "segmind",
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._api_key = api_key
+        self._base = base_url.rstrip("/")
+        self._upload_url = upload_url
+        self._policy = policy
+        self._call_timeout = call_timeout
+        self._io_timeout = io_timeout
+        self._max_output_bytes = max_output_bytes
+        self._mask_conventions = dict(mask_conventions or {})
+
+    def __repr__(self) -> str:  # never show the key
+        return f"SegmindProvider(name={self.name!r}, url={redact_url(self._base)!r})"
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
+        return {"x-api-key": self._api_key}
+
+    def _check(self, request: EditRequest) -> None:
+        if request.model not in MODELS:
+            raise ModelUnavailable(
+                f"no known request fields for model {request.model!r}",
+                provider=self.name,
+                code="unknown_model",
+            )
+        problems = []
+        if not 1 <= len(request.images) <= MAX_IMAGES:
+            problems.append(f"{len(request.images)} images (1 to {MAX_IMAGES})")
+        if request.input_fidelity is not None:
+            problems.append("input_fidelity (no such field)")
+        if request.count != 1:
+            problems.append(f"count={request.count} (no `n`; one image per call)")
+        for name, value, allowed in (
+            ("quality", request.quality, QUALITIES),
+            ("size", request.size, SIZES),
+            ("background", request.background, BACKGROUNDS),
+            ("output_format", request.output_format, OUTPUT_FORMATS),
+        ):
+            if value not in allowed:
+                problems.append(f"{name}={value}")
+        if problems:
+            err = InvalidInput(
+                f"{request.model} on Segmind cannot take: {', '.join(problems)}",
+                provider=self.name,
+                code="unsupported_option",
+            )
+            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
+            err.retryable_elsewhere = True
+            raise err
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_segmind_error`)."""
+        self._check(request)
+        files = [(image.data, image.mime) for image in request.images]
+        if request.mask is not None:
+            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
+            try:
+                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
+            except ValueError as exc:
+                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
+            files.append((mask, "image/png"))
+        try:
+            urls = await self._upload(files, request.deadline)
+        except ProviderError as err:
+            raise mark_unsubmitted(err) from None
+
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "image_urls": urls[: len(request.images)],
+            "size": request.size,
+            "quality": request.quality,
+            "output_format": request.output_format,
+        }
+        if request.mask is not None:
+            body["mask"] = urls[-1]
+        if request.background != "auto":
+            body["background"] = request.background
+
+        resp = await send_paid(
+            self._session,
+            "POST",
+            f"{self._base}/{request.model}",
+            policy=self._policy,
+            deadline=request.deadline,
+            call_timeout=self._call_timeout,
+            json=body,  # aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
+            headers=self._auth,
+            provider=self.name,
+            classify=classify_segmind_error,
+            max_body=self._max_output_bytes,
+        )
+        request_id = resp.request_id
+        remaining = resp.headers.get("x-remaining-credits")
+        log.info(
+            "%s: %s edit done (request id %s, cost %s, credits left %s)",
+            self.name,
+            request.model,
+            request_id,
+            resp.headers.get("x-cost"),
+            remaining,
+        )
+        data = await self._image_from(resp.content_type, resp.body, request, request_id)
+        return EditResult(
+            images=(OutputImage(data=data, format=sniff_image_format(data) or "png"),),
+            provider=self.name,
+            quality=request.quality if request.quality != "auto" else None,
+            size=request.size if request.size != "auto" else None,
+            request_id=request_id,
+            cost_usd=_cost(resp.headers),
+        )
+
+    async def _upload(self, files: list[tuple[bytes, str]], deadline: float) -> list[str]:
+        """All files in one call (the SDK's batch JSON form); returns their public URLs in order."""
+        data_urls = [f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" for data, mime in files]
+        resp = await send_idempotent(
+            self._session,
+            "POST",
+            self._upload_url,
+            policy=self._policy,
+            deadline=deadline,
+            call_timeout=self._io_timeout,
+            provider=self.name,
+            headers=self._auth,
+            json={"data_urls": data_urls},
+            classify=classify_segmind_error,
+        )
+        try:
+            payload = json.loads(resp.body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        urls = payload.get("file_urls") if isinstance(payload, dict) else None
+        if (
+            not isinstance(urls, list)
+            or len(urls) != len(files)
+            or not all(isinstance(u, str) and u.lower().startswith(("https://", "http://")) for u in urls)
+        ):
+            raise ServerError("upload-asset returned no usable file_urls", provider=self.name)
+        return urls
+
+    async def _image_from(
+        self, content_type: str, body: bytes, request: EditRequest, request_id: str | None
+    ) -> bytes:
+        """The image of a 200 answer: the body itself, or what a JSON answer points to."""
+
+        def unusable(why: str) -> ServerError:
+            return ServerError(
+                f"HTTP 200 but {why}", provider=self.name, request_id=request_id, accepted=True
+            )
+
+        if content_type.startswith("image/") or (not content_type and sniff_image_format(body)):
+            if sniff_image_format(body) is None:
+                raise unusable("the body is not a png/jpeg/webp image")
+            return body
+        if content_type == "application/json":
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise unusable("the JSON body does not parse") from None
+            values = _json_outputs(payload)
+            if not values:
+                raise unusable("the JSON body holds no image")
+            return await fetch_output(
+                self._session,
+                values[0],
+                max_bytes=self._max_output_bytes,
+                deadline=request.deadline,
+                policy=self._policy,
+                call_timeout=self._io_timeout,
+                provider=self.name,
+            )
+        raise unusable(f"the content type is {content_type or 'missing'}")

@@ -1,0 +1,92 @@
+"""`/diagnose` (Manage Server): what Retouch is missing here, and whether its services are healthy."""
+
+from __future__ import annotations
+
+import math
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.catalog import RETIREMENT_WARNING_DAYS
+from bot.client import RetouchBot
+from bot.diagnostics import DatabaseStatus, Diagnosis, ProviderStatus
+from cogs._ui import truncate
+
+FIELD_CHARS = 1024  # Discord's limit for one embed field value
+COLOUR_OK = discord.Colour.green()
+COLOUR_PROBLEM = discord.Colour.orange()
+
+
+def _permissions_text(missing: tuple[str, ...] | None) -> str:
+    if missing is None:
+        return "Not in a server channel."
+    if not missing:
+        return "✅ Everything Retouch needs in this channel."
+    return "\n".join(f"❌ {name}" for name in missing)
+
+
+def _provider_line(status: ProviderStatus) -> str:
+    mark = "➖" if status.ok is None else "✅" if status.ok else "❌"
+    took = f" ({status.seconds:.2f} s)" if status.seconds is not None else ""
+    return f"{mark} **{status.name}**: {status.detail}{took}"
+
+
+def _database_text(db: DatabaseStatus) -> str:
+    mark = "✅" if db.ok else "❌"
+    version = (
+        f"schema {db.schema_version} of {db.latest_version}" if db.schema_version >= 0 else "schema unknown"
+    )
+    return f"{mark} {version}, {db.detail}"
+
+
+def _catalog_text(warnings: tuple[str, ...]) -> str:
+    if not warnings:
+        return f"✅ No model retires within {RETIREMENT_WARNING_DAYS} days."
+    return "\n".join(f"⚠️ {w}" for w in warnings)
+
+
+def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Embed:
+    """Render a diagnosis; orange when anything needs the admin's attention."""
+    healthy = (
+        not diagnosis.missing_permissions
+        and all(p.ok is not False for p in diagnosis.providers)
+        and diagnosis.database.ok
+        and not diagnosis.catalog_warnings
+    )
+    embed = discord.Embed(title="Retouch diagnosis", colour=COLOUR_OK if healthy else COLOUR_PROBLEM)
+    embed.add_field(
+        name="Bot permissions here",
+        value=truncate(_permissions_text(diagnosis.missing_permissions), FIELD_CHARS),
+    )
+    providers = "\n".join(_provider_line(p) for p in diagnosis.providers) or "❌ No provider is configured."
+    embed.add_field(name="Image services", value=truncate(providers, FIELD_CHARS), inline=False)
+    embed.add_field(name="Database", value=_database_text(diagnosis.database), inline=False)
+    embed.add_field(
+        name="Models", value=truncate(_catalog_text(diagnosis.catalog_warnings), FIELD_CHARS), inline=False
+    )
+    if math.isfinite(gateway_latency):
+        embed.set_footer(text=f"Gateway latency {gateway_latency * 1000:.0f} ms")
+    return embed
+
+
+class DiagnoseCog(commands.Cog):
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="diagnose", description="Check Retouch's permissions here, its image services and its database"
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.checks.has_permissions(manage_guild=True)
+    async def diagnose(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        services = self.bot.services
+        services.metrics.observe_ack(interaction.created_at)
+        diagnosis = await services.diagnostics.diagnose(interaction.app_permissions.value)
+        await interaction.followup.send(embed=diagnosis_embed(diagnosis, self.bot.latency), ephemeral=True)
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(DiagnoseCog(bot))

@@ -1,0 +1,145 @@
+"""`/quality` and `/settings`: a user's own defaults, shown with what they cost and the server's caps."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import RetouchBot
+from bot.policy import EffectiveDefaults, QualityView
+from cogs._ui import EMBED_COLOUR, policy_of, role_ids_of
+
+SOURCES = {"you": "set by you", "server": "this server's default", "bot": "the bot's default"}
+# /settings option name -> UserSettings field
+RESET_FIELDS = {
+    "model": "model",
+    "quality": "quality",
+    "size": "size",
+    "format": "output_format",
+    "background": "background",
+    "skip mask preview": "skip_mask_preview",
+}
+ResetChoice = Literal["everything", "model", "quality", "size", "format", "background", "skip mask preview"]
+
+
+def quality_embed(view: QualityView, *, saved: bool) -> discord.Embed:
+    """The default quality, whether a role caps it, the price of each level and the balance."""
+    d = view.defaults
+    quality = d.chosen.quality
+    lines = [f"Your default quality is **{quality}** ({SOURCES[d.sources['quality']]})."]
+    if saved:
+        lines[0] = f"Saved: your edits now use **{quality}** quality unless you pick another one."
+    # Includes the quality cap when a role limit is below the default: jobs use the cap.
+    lines += [f"⚠️ {notice}" for notice in d.notices]
+    embed = discord.Embed(title="Quality", description="\n".join(lines), colour=EMBED_COLOUR)
+    prices = []
+    for p in view.prices:
+        cost = f"up to {p.credits}" if p.quality == "auto" else f"{p.credits}"
+        limit = "" if p.allowed else " — above your limit here"
+        prices.append(f"**{p.quality}** — {cost} credits per image{limit}")
+    embed.add_field(
+        name=f"Price per image ({view.model_name}, size {d.effective.size})",
+        value="\n".join(prices),
+        inline=False,
+    )
+    embed.add_field(name="Your balance", value=f"{view.balance} credits")
+    embed.set_footer(text="Change it with /quality <level>. An option on /edit always wins for that edit.")
+    return embed
+
+
+def settings_embed(d: EffectiveDefaults, model_name: str) -> discord.Embed:
+    """Every default with where it comes from, and what this server's rules change."""
+    e = d.effective
+    rows = [
+        ("Model", model_name, "model"),
+        ("Quality", d.chosen.quality, "quality"),
+        ("Size", e.size, "size"),
+        ("Format", e.output_format, "output_format"),
+        ("Background", e.background, "background"),
+    ]
+    embed = discord.Embed(title="Your defaults", colour=EMBED_COLOUR)
+    for name, value, key in rows:
+        embed.add_field(name=name, value=f"**{value}**\n{SOURCES[d.sources[key]]}")
+    embed.add_field(name="Skip mask preview", value="**on**" if d.skip_mask_preview else "**off**")
+    if d.notices:
+        embed.add_field(name="On this server", value="\n".join(f"⚠️ {n}" for n in d.notices), inline=False)
+    embed.set_footer(text="Options on a command always win. Reset one or all with /settings reset:…")
+    return embed
+
+
+class SettingsCog(commands.Cog):
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self.policy = policy_of(bot)
+
+    @app_commands.command(name="quality", description="See or set your default image quality and its price")
+    @app_commands.describe(
+        level="Your new default (leave empty to see prices). Higher quality costs more credits."
+    )
+    async def quality(
+        self, interaction: discord.Interaction, level: Literal["low", "medium", "high", "auto"] | None = None
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if level is not None:
+            await self.policy.set_quality(interaction.user.id, level)
+        view = await self.policy.quality_view(
+            interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
+        )
+        await interaction.followup.send(embed=quality_embed(view, saved=level is not None), ephemeral=True)
+
+    @app_commands.command(name="settings", description="See or change your default model, size and format")
+    @app_commands.describe(
+        model="The image model your edits use",
+        size="Output size (auto lets the model choose)",
+        format="File format of your results",
+        background="Transparent needs the png or webp format",
+        skip_mask_preview="Start masked edits straight away instead of showing a preview first",
+        reset="Go back to this server's default for one setting, or for everything",
+    )
+    async def settings(
+        self,
+        interaction: discord.Interaction,
+        model: str | None = None,
+        size: Literal["auto", "1024x1024", "1536x1024", "1024x1536"] | None = None,
+        format: Literal["png", "jpeg", "webp"] | None = None,
+        background: Literal["auto", "opaque", "transparent"] | None = None,
+        skip_mask_preview: bool | None = None,
+        reset: ResetChoice | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id, user_id = interaction.guild_id or 0, interaction.user.id
+        changes = {
+            "model": model,
+            "size": size,
+            "output_format": format,
+            "background": background,
+            "skip_mask_preview": skip_mask_preview,
+        }
+        resets = (
+            [] if reset is None else [RESET_FIELDS[reset]] if reset in RESET_FIELDS else RESET_FIELDS.values()
+        )
+        await self.policy.update_settings(guild_id, user_id, changes, resets)
+        defaults = await self.policy.effective_defaults(guild_id, user_id, role_ids_of(interaction.user))
+        entry = self.policy.catalog.models.get(defaults.effective.model)
+        name = entry.name if entry else defaults.effective.model
+        await interaction.followup.send(embed=settings_embed(defaults, name), ephemeral=True)
+
+    @settings.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        today = dt.datetime.now(dt.UTC).date()
+        current = current.lower()
+        return [
+            app_commands.Choice(name=m.name, value=m.id)
+            for m in self.policy.catalog.available(today)
+            if current in m.id.lower() or current in m.name.lower()
+        ][:25]
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(SettingsCog(bot))

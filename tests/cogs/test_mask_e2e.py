@@ -1,0 +1,440 @@
+"""`/mask` and the "Edit image" menu end to end: the real bot against the fake Discord and fake OpenAI.
+
+The fake OpenAI returns the colour-inverted input at the requested size (1024×1024 here, unlike the
+451×300 photo), so every pixel the locality guarantee restores is visibly different from the model's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from bot.catalog import Catalog, parse_catalog
+from cogs.mask import MaskCog
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import World, running_bot
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PHOTO = (DATA / "chelsea.png").read_bytes()
+PHOTO_SIZE = (451, 300)
+BOX = (120, 60, 330, 240)  # the area a mask file marks for editing
+STARTING = 100000
+
+PRICE = {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")}
+MASK_CATALOG: Catalog = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "qualities": ["low", "medium", "high", "auto"],
+                "max_input_images": 16,
+                "mask": True,
+                "price": PRICE,
+                "routes": [{"provider": "openai"}],
+            },
+            "gpt-image-1-mini": {
+                "name": "GPT Image 1 Mini",
+                "qualities": ["low", "medium", "high", "auto"],
+                "max_input_images": 16,
+                "price": PRICE,
+                "routes": [{"provider": "openai"}],
+            },
+        }
+    }
+)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def box_mask(box: tuple[int, int, int, int] = BOX, size: tuple[int, int] = PHOTO_SIZE) -> bytes:
+    """Black/white mask, white = edit."""
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)
+    return png(mask)
+
+
+def rgb(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+ORIGINAL = rgb(PHOTO)
+
+
+def sample_points(step: int = 7) -> Iterable[tuple[int, int]]:
+    width, height = PHOTO_SIZE
+    return ((x, y) for y in range(0, height, step) for x in range(0, width, step))
+
+
+def assert_only_box_changed(result: Image.Image, box: tuple[int, int, int, int], feather: int = 6) -> None:
+    """Sampled pixels outside `box` equal the original exactly; deep inside they are the model's."""
+    assert result.size == PHOTO_SIZE
+    left, top, right, bottom = box
+    outside = inside = 0
+    for x, y in sample_points():
+        if not (left <= x < right and top <= y < bottom):
+            assert result.getpixel((x, y)) == ORIGINAL.getpixel((x, y)), f"outside pixel {(x, y)} changed"
+            outside += 1
+        elif left + feather < x < right - feather - 1 and top + feather < y < bottom - feather - 1:
+            inside += result.getpixel((x, y)) != ORIGINAL.getpixel((x, y))
+    assert outside > 500 and inside > 100
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[World]:
+    async with running_bot(fake_discord, openai, tmp_path, catalog=MASK_CATALOG) as w:
+        yield w
+
+
+def cog(world: World) -> MaskCog:
+    # load_extension imports its own copy of cogs.mask, so isinstance against ours would fail.
+    found = world.bot.get_cog("MaskCog")
+    assert found is not None
+    return found  # type: ignore[return-value]
+
+
+async def mask_command(world: World, mask: bytes | None = None, **options: object) -> FakeInteraction:
+    attachments = {"image": ("cat.png", PHOTO)}
+    if mask is not None:
+        attachments["mask"] = ("mask.png", mask)
+    return await world.fake.slash(
+        world.user,
+        "mask",
+        channel=world.channel,
+        options={"prompt": "a red scarf", "quality": "low", "size": "1024x1024", **options},
+        attachments=attachments,
+    )
+
+
+def control(message: FakeMessage, action: str) -> str | None:
+    """The custom id of the picker/preview control `action` on `message`, if it is there."""
+    for row in message.components:
+        for component in row.get("components", []):
+            custom_id = component.get("custom_id", "")
+            if re.fullmatch(rf"retouch:mask:[0-9a-f]{{12}}:{action}", custom_id):
+                return custom_id
+    return None
+
+
+async def shown(world: World, interaction: FakeInteraction, action: str) -> FakeMessage:
+    """Wait until the interaction's private message offers `action`; return that message."""
+
+    def ready() -> FakeMessage | None:
+        message = interaction.original_message
+        return message if message is not None and control(message, action) else None
+
+    return await world.fake.wait_until(ready)
+
+
+async def click(world: World, message: FakeMessage, action: str) -> FakeInteraction:
+    custom_id = control(message, action)
+    assert custom_id is not None, f"no {action} control on the message"
+    return await world.fake.click(world.user, message, custom_id)
+
+
+async def account(world: World) -> tuple[int, int] | None:
+    found = await world.services.storage.get_account(world.guild.id, world.user.id)
+    return None if found is None else (found.balance, found.held)
+
+
+def public_results(interaction: FakeInteraction) -> list[FakeMessage]:
+    return [m for m in interaction.followups if not m.ephemeral and m.files]
+
+
+def fields(message: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
+
+
+async def test_mask_file_preview_then_run_changes_only_the_masked_area(world: World):
+    it = await mask_command(world, box_mask())
+    preview = await shown(world, it, "run")
+
+    # Private preview, nothing spent yet: the tinted picture, the worst-case cost, the balance.
+    assert it.callbacks[0]["type"] == 5 and preview.ephemeral
+    assert [name for name, _ in preview.files] == ["mask_preview.jpg"]
+    info = fields(preview)
+    cost = int(re.fullmatch(r"up to (\d+) credits", info["Cost"])[1])
+    assert info["Your balance"] == f"{STARTING} credits"
+    assert info["Area"] == "28% of the image"
+    assert world.openai.post_count == 0
+    assert await account(world) == (STARTING, 0)
+
+    run = await click(world, preview, "run")
+    final = await world.finished(run)
+
+    assert run.callbacks[0]["type"] == 7  # the click turned the preview into the progress message
+    assert final.startswith("Done — ")
+    charged = int(re.search(r"Done — (\d+) credits", final)[1])
+    assert 0 < charged <= cost
+    assert await account(world) == (STARTING - charged, 0)
+    [result] = public_results(run)
+    assert result.allowed_mentions == {"parse": []}
+    assert_only_box_changed(rgb(result.files[0][1]), BOX)
+    request = world.openai.requests[-1]
+    assert request.mask is not None and request.mask.mode == "RGBA"
+    assert (request.mask.width, request.mask.height) == PHOTO_SIZE
+    assert preview.components == []  # the private message now holds the progress, not buttons
+
+
+async def test_picker_updates_as_cells_are_chosen_then_runs_on_those_cells(world: World):
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    assert picker.ephemeral and [name for name, _ in picker.files] == ["mask_grid.jpg"]
+    select = picker.find_component(control(picker, "cells"))
+    assert [o["value"] for o in select["options"]] == [str(n) for n in range(1, 10)]
+    assert picker.find_component(control(picker, "next"))["disabled"] is True
+    before = rgb(picker.files[0][1])
+
+    pick = await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    after = rgb(picker.files[0][1])
+    assert pick.callbacks == [{"type": 6}]
+    # Cell 1 (top left) is tinted magenta now; cell 9 (bottom right) is not.
+    (r0, g0, _), (r1, g1, _) = before.getpixel((40, 40)), after.getpixel((40, 40))
+    assert (r1 - g1) > (r0 - g0) + 40
+    assert before.getpixel((400, 260)) == pytest.approx(after.getpixel((400, 260)), abs=12)
+    defaults = [
+        o["value"] for o in picker.find_component(control(picker, "cells"))["options"] if o.get("default")
+    ]
+    assert defaults == ["1", "2"]
+
+    # A finer grid starts the selection over, with 16 cells to choose from.
+    await click(world, picker, "grid")
+    await world.fake.wait_until(lambda: len(picker.find_component(control(picker, "cells"))["options"]) == 16)
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    step = await click(world, picker, "next")
+    preview = await shown(world, step, "run")
+    assert control(preview, "back") is not None
+    assert fields(preview)["Area"] == "6% of the image"
+    assert world.openai.post_count == 0
+
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+    [result] = public_results(run)
+    # Cell 1 of 4×4 on 451×300: x 0..112, y 0..75.
+    assert_only_box_changed(rgb(result.files[0][1]), (0, 0, 112, 75))
+
+
+async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
+    it = await mask_command(world, box_mask())
+    preview = await shown(world, it, "cancel")
+    cancel = await click(world, preview, "cancel")
+    await world.fake.wait_until(lambda: preview.content.startswith("Cancelled"))
+
+    assert cancel.callbacks[0]["type"] == 7 and preview.components == [] and preview.files == []
+    assert "nothing was charged" in preview.content
+    assert world.openai.post_count == 0
+    assert await account(world) == (STARTING, 0)
+    assert await world.services.storage.recent_jobs(world.guild.id, world.user.id) == []
+
+
+async def test_preview_expires_and_says_so(world: World):
+    cog(world).sessions.timeout = 0.3
+    it = await mask_command(world, box_mask())
+    preview = await shown(world, it, "run")
+
+    await world.fake.wait_until(lambda: "expired" in preview.content)
+
+    assert preview.components == [] and preview.files == [] and preview.embeds == []
+    assert "Nothing was charged" in preview.content
+    assert world.openai.post_count == 0
+    assert await account(world) == (STARTING, 0)
+
+
+async def test_stale_button_after_a_lost_preview_says_it_expired(world: World):
+    # A preview whose message could not be cleaned up (its token died) or that a restart forgot:
+    # its buttons are still on screen, but the prepared job is gone.
+    it = await mask_command(world, box_mask())
+    preview = await shown(world, it, "run")
+    sid = control(preview, "run").split(":")[2]
+    world.fake.expire_token(it)
+    cog(world).sessions.timeout = 0.05
+    cog(world).sessions.arm(cog(world).sessions.get(sid))
+    await world.fake.wait_until(lambda: cog(world).sessions.get(sid) is None)
+    assert control(preview, "run") is not None
+
+    stale = await click(world, preview, "run")
+    await world.fake.wait_until(lambda: stale.acknowledged)
+
+    assert stale.callbacks[0]["type"] == 7
+    assert "expired" in preview.content and preview.components == []
+    assert world.openai.post_count == 0
+    assert await account(world) == (STARTING, 0)
+
+
+async def test_mask_that_marks_nothing_is_refused_privately_without_cost(world: World):
+    it = await mask_command(world, png(Image.new("L", PHOTO_SIZE, 0)))
+    text = await world.fake.wait_until(
+        lambda: (
+            it.original_edits and "doesn't mark anything" in it.original_edits[-1] and it.original_edits[-1]
+        )
+    )
+    assert "white" in text and it.ephemeral
+    assert not [m for m in it.messages if not m.ephemeral]
+    assert world.openai.post_count == 0
+    assert await world.services.storage.recent_jobs(world.guild.id, world.user.id) == []
+
+
+async def test_model_without_mask_support_is_refused_before_any_picker(world: World):
+    it = await mask_command(world, model="gpt-image-1-mini")
+    text = await world.fake.wait_until(lambda: it.original_edits and it.original_edits[-1])
+    assert "cannot do masked edits" in text
+    assert it.original_message.components == []
+    assert world.openai.post_count == 0
+
+
+async def test_users_who_skip_the_preview_get_the_edit_at_once(world: World):
+    await world.services.storage.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    it = await mask_command(world, box_mask())
+    final = await world.finished(it)
+    assert final.startswith("Done")
+    assert not any(control(m, "run") for m in it.messages)
+    [result] = public_results(it)
+    assert_only_box_changed(rgb(result.files[0][1]), BOX)
+
+
+async def test_edit_image_menu_without_mask_runs_a_plain_edit(world: World):
+    posted = await world.fake.post_message(
+        world.user, world.channel, "my cat", attachments=[("cat.png", PHOTO)]
+    )
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    form = await world.fake.wait_until(lambda: menu.modal)
+    assert form["title"] == "Edit image"
+
+    submit = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    final = await world.finished(submit)
+
+    assert final.startswith("Done") and submit.ephemeral
+    [result] = public_results(submit)
+    assert rgb(result.files[0][1]).size == (1024, 1024)  # the whole model output: no mask, no restore
+    request = world.openai.requests[-1]
+    assert request.mask is None and request.fields["prompt"] == "make it blue"
+
+
+async def test_edit_image_menu_with_mask_upload_previews_then_changes_only_the_mask(world: World):
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    # An OpenAI-style mask (transparent = edit) at half size: both conventions and sizes just work.
+    half = Image.new("RGBA", (226, 150), (255, 255, 255, 255))
+    ImageDraw.Draw(half).rectangle((60, 30, 164, 119), fill=(0, 0, 0, 0))
+    submit = await world.fake.submit_modal(
+        world.user, menu, fields={"prompt": "a red scarf"}, attachments={"mask": [("mask.png", png(half))]}
+    )
+    preview = await shown(world, submit, "run")
+    assert world.openai.post_count == 0
+
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+    [result] = public_results(run)
+    assert_only_box_changed(rgb(result.files[0][1]), (120, 60, 330, 240), feather=8)
+
+
+async def test_edit_image_menu_on_a_message_without_image_says_so(world: World):
+    posted = await world.fake.post_message(world.user, world.channel, "just words")
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.acknowledged)
+    assert menu.modal is None and menu.ephemeral
+    assert "no image" in menu.original["content"]
+
+
+async def test_mask_command_and_menu_are_registered(world: World):
+    commands = world.fake.synced_commands(world.guild.id)
+    by_name = {(c["name"], c["type"]): c for c in commands}
+    options = {o["name"]: o for o in by_name[("mask", 1)]["options"]}
+    assert list(options)[:2] == ["prompt", "image"]
+    assert options["mask"]["type"] == 11 and not options["mask"].get("required")
+    assert options["feather"]["min_value"] == 0 and options["feather"]["max_value"] == 64
+    assert options["keep_outside"]["type"] == 5
+    assert all(len(o["description"]) <= 100 for o in options.values())
+    assert ("Edit image", 3) in by_name
+    choices = await world.fake.autocomplete(
+        world.user, "mask", channel=world.channel, focused="model", value=""
+    )
+    assert [c["value"] for c in choices] == ["gpt-image-1.5"]  # only models that can do masks
+
+
+async def test_change_area_goes_back_to_the_picker_with_the_cells_kept(world: World):
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["5"])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    preview = await shown(world, await click(world, picker, "next"), "back")
+
+    back = await click(world, preview, "back")
+    again = await shown(world, back, "cells")
+
+    chosen = [
+        o["value"] for o in again.find_component(control(again, "cells"))["options"] if o.get("default")
+    ]
+    assert chosen == ["5"] and [name for name, _ in again.files] == ["mask_grid.jpg"]
+    assert world.openai.post_count == 0
+
+
+async def test_picker_runs_at_once_for_users_who_skip_the_preview(world: World):
+    await world.services.storage.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    assert picker.find_component(control(picker, "next"))["label"] == "Run edit"
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["9"])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+
+    run = await click(world, picker, "next")
+    assert (await world.finished(run)).startswith("Done")
+    [result] = public_results(run)
+    # Cell 9 of 3×3 on 451×300: x 300..451, y 200..300.
+    assert_only_box_changed(rgb(result.files[0][1]), (300, 200, 451, 300))
+
+
+async def test_edit_image_form_with_a_useless_mask_gets_a_private_error(world: World):
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    everything = png(Image.new("L", PHOTO_SIZE, 255))
+    submit = await world.fake.submit_modal(
+        world.user, menu, fields={"prompt": "a red scarf"}, attachments={"mask": [("mask.png", everything)]}
+    )
+    text = await world.fake.wait_until(
+        lambda: (
+            submit.original_edits and "whole image" in submit.original_edits[-1] and submit.original_edits[-1]
+        )
+    )
+    assert submit.ephemeral and "without a mask" in text
+    assert not [m for m in submit.messages if not m.ephemeral]
+    assert world.openai.post_count == 0
+
+
+async def test_double_click_on_run_runs_once_and_keeps_the_progress(world: World):
+    it = await mask_command(world, box_mask())
+    preview = await shown(world, it, "run")
+    custom_id = control(preview, "run")
+
+    first, second = await asyncio.gather(
+        world.fake.click(world.user, preview, custom_id), world.fake.click(world.user, preview, custom_id)
+    )
+    await world.fake.wait_until(lambda: first.acknowledged and second.acknowledged)
+    ran = first if first.callbacks[0]["type"] == 7 else second
+    ignored = second if ran is first else first
+    assert (await world.finished(ran)).startswith("Done")
+
+    assert ignored.callbacks == [{"type": 6}]  # acknowledged quietly, message left alone
+    assert world.openai.post_count == 1
+    assert len(public_results(ran)) == 1 and not public_results(ignored)
+    assert preview.content.startswith("Done")

@@ -1,0 +1,288 @@
+"""`/quality`, `/settings`, `/credits` and `/admin credits|policy|tier` end to end: the real bot against
+the fake Discord, with the fake OpenAI as the provider."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.catalog import parse_catalog
+from tests.fakes.discord import (
+    FakeDiscord,
+    FakeDiscordUsageError,
+    FakeInteraction,
+    FakeMessage,
+    FakeUser,
+    Permission,
+)
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import World, running_bot
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PHOTO = (DATA / "chelsea.png").read_bytes()
+# Distinct prices per quality, so the prices /quality shows can be told apart.
+CATALOG = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "price": {
+                    "low": {"square": 0.01, "other": 0.02},
+                    "medium": {"square": 0.04, "other": 0.06},
+                    "high": {"square": 0.16, "other": 0.25},
+                },
+                "routes": [{"provider": "openai"}],
+            }
+        }
+    }
+)
+MOD_ID, BOSS_ID = 700_000_000_000_001, 700_000_000_000_002
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[World]:
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as w:
+        yield w
+
+
+async def reply(world: World, actor: FakeUser, command: str, /, **options: Any) -> FakeMessage:
+    """Run a slash command and return its (private) answer, whether sent directly or after a defer."""
+    it = await world.fake.slash(actor, command, channel=world.channel, options=options)
+
+    def answered() -> FakeMessage | None:
+        done = [m for m in it.messages if not m.loading]
+        return done[-1] if done else None
+
+    return await world.fake.wait_until(answered)
+
+
+def embed_text(message: FakeMessage) -> str:
+    parts = []
+    for embed in message.embeds:
+        parts += [embed.get("title", ""), embed.get("description", "")]
+        parts += [f"{f['name']}: {f['value']}" for f in embed.get("fields", [])]
+        parts.append(embed.get("footer", {}).get("text", ""))
+    return "\n".join([message.content or "", *parts])
+
+
+def fields(message: FakeMessage) -> dict[str, str]:
+    return {f["name"]: f["value"] for f in message.embeds[0].get("fields", [])}
+
+
+async def edit_and_wait(
+    world: World, user: FakeUser | None = None, **options: Any
+) -> tuple[FakeInteraction, str]:
+    it = await world.edit(PHOTO, user=user, **options)
+    return it, await world.finished(it)
+
+
+def result_fields(it: FakeInteraction) -> dict[str, Any]:
+    [result] = [m for m in it.followups if not m.ephemeral]
+    notes = [f["value"] for f in result.embeds[0]["fields"] if f["name"] == "Note"]
+    return {**fields(result), "Note": notes}
+
+
+async def test_quality_shows_prices_then_sets_the_default_that_edit_then_uses(world: World):
+    shown = await reply(world, world.user, "quality")
+    text = embed_text(shown)
+    assert shown.ephemeral
+    assert "Your default quality is **auto** (the bot's default)" in text
+    # Per image at the default size (auto = priced as the larger size), in credits.
+    for line in ("**low** — 20 credits", "**medium** — 60 credits", "**high** — 250 credits", "up to 250"):
+        assert line in text
+    assert "Your balance: 100000 credits" in text
+
+    saved = await reply(world, world.user, "quality", level="low")
+    assert "Saved" in embed_text(saved)
+    assert "**low** (set by you)" in embed_text(await reply(world, world.user, "quality"))
+
+    it, final = await edit_and_wait(world)
+    assert final.startswith("Done")
+    assert world.openai.requests[-1].fields["quality"] == "low"
+    assert result_fields(it)["Quality"] == "low"
+
+    await edit_and_wait(world, quality="high")  # an option on the command always wins
+    assert world.openai.requests[-1].fields["quality"] == "high"
+
+
+async def test_settings_change_and_reset_the_defaults_edit_uses(world: World):
+    changed = await reply(world, world.user, "settings", size="1024x1024", format="webp")
+    assert fields(changed)["Size"].startswith("**1024x1024**\nset by you")
+    await edit_and_wait(world)
+    request = world.openai.requests[-1].fields
+    assert (request["size"], request["output_format"]) == ("1024x1024", "webp")
+
+    reset = await reply(world, world.user, "settings", reset="everything")
+    assert fields(reset)["Size"] == "**auto**\nthe bot's default"
+
+
+async def test_a_role_cap_below_the_default_is_shown_and_applied_and_a_tier_lifts_it(world: World):
+    vip = await world.guild.create_role("vip")
+    bob = world.fake.create_user("bob")
+    await world.guild.add_member(bob, roles=[vip])
+    await reply(world, world.owner, "admin policy limits", max_quality="medium")
+    await reply(world, world.owner, "admin tier set", role=vip, max_quality="high")
+
+    shown = await reply(world, world.user, "quality", level="high")
+    assert "at most **medium** quality" in embed_text(shown)
+    assert "**high** — 250 credits per image — above your limit here" in embed_text(shown)
+    it, _ = await edit_and_wait(world)
+    assert world.openai.requests[-1].fields["quality"] == "medium"
+    assert any("at most **medium**" in note for note in result_fields(it)["Note"])
+
+    await reply(world, bob, "quality", level="high")
+    it, _ = await edit_and_wait(world, user=bob)
+    assert world.openai.requests[-1].fields["quality"] == "high"
+    assert result_fields(it)["Note"] == []
+
+
+async def test_the_monthly_budget_refuses_the_edit_that_would_pass_it(world: World):
+    await reply(world, world.owner, "admin policy budget", usd=0.025)
+    for _ in range(2):  # 10 credits each at low quality, square
+        _, final = await edit_and_wait(world, quality="low", size="1024x1024")
+        assert final.startswith("Done")
+    it = await world.edit(PHOTO, quality="low", size="1024x1024")
+    refusal = await world.fake.wait_until(lambda: [e for e in it.original_edits if "budget" in e])
+    assert "only 5 are left" in refusal[-1]
+    assert world.openai.post_count == 2
+
+
+@pytest.mark.parametrize(
+    ("who", "allow_list", "outcome"),
+    [
+        ("member", "", "hidden"),  # Discord itself hides the Manage Server command
+        ("manager", "", "granted"),
+        ("manager", str(MOD_ID), "granted"),  # on the allow-list
+        ("administrator", str(MOD_ID), "refused"),  # a server Administrator, not on the list
+    ],
+)
+async def test_only_admins_allowed_by_the_settings_can_grant_credits(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, who: str, allow_list: str, outcome: str
+):
+    env: Mapping[str, str] = {"ADMIN_USER_IDS": allow_list} if allow_list else {}
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=CATALOG) as world:
+        mod = fake_discord.create_user("mod", id=MOD_ID)
+        boss = fake_discord.create_user("boss", id=BOSS_ID)
+        await world.guild.add_member(mod, permissions=Permission.MANAGE_GUILD)
+        await world.guild.add_member(boss, permissions=Permission.ADMINISTRATOR)
+        actor = {"member": world.user, "manager": mod, "administrator": boss}[who]
+        options = {"user": world.user, "amount": 250, "reason": "contest winner"}
+        if outcome == "hidden":
+            with pytest.raises(FakeDiscordUsageError, match="default_member_permissions"):
+                await world.fake.slash(actor, "admin credits grant", channel=world.channel, options=options)
+            return
+        answer = await reply(world, actor, "admin credits grant", **options)
+        account = await world.services.storage.get_account(world.guild.id, world.user.id)
+        if outcome == "granted":
+            assert "Gave 250 credits" in answer.content and answer.allowed_mentions == {"parse": []}
+            assert account is not None and account.balance == 100250
+            entries, _ = await world.services.storage.account_history(
+                world.guild.id, world.user.id, kinds=("grant",), offset=0, limit=1
+            )
+            assert (entries[0].actor_id, entries[0].reason) == (actor.id, "grant: contest winner")
+        else:
+            assert "ADMIN_USER_IDS" in answer.content and answer.ephemeral
+            assert account is None  # nothing was written
+
+
+async def test_credits_pages_the_history_with_buttons(world: World):
+    policy = world.services.policy
+    assert policy is not None
+    for n in range(10):
+        await policy.change_credits(
+            world.guild.id, world.owner.id, world.user.id, "grant", n + 1, f"gift {n}"
+        )
+    await reply(world, world.owner, "admin policy allowance", amount=100, period="monthly")
+
+    first = await reply(world, world.user, "credits")
+    text = embed_text(first)
+    assert "**Available:** 100055 credits" in text and "topped up to 100 monthly" in text
+    assert "**Next refill:** <t:" in text
+    assert "gift 9" in text and "gift 0" not in text and "Page 1 of 2" in text
+    assert first.find_component("retouch:credits:0:newer")["disabled"]
+
+    clicked = await world.fake.click(world.user, first, "retouch:credits:1:older")
+    await world.fake.wait_until(lambda: clicked.acknowledged)
+    text = embed_text(first)
+    assert "gift 0" in text and "starting credits" in text and "Page 2 of 2" in text
+    assert first.find_component("retouch:credits:2:older")["disabled"]
+
+
+async def test_the_report_is_an_embed_plus_a_csv_equal_to_the_ledger(world: World):
+    await edit_and_wait(world, quality="low", size="1024x1024")
+    await reply(world, world.owner, "admin credits take", user=world.user, amount=5, reason="typo")
+
+    answer = await reply(world, world.owner, "admin credits report")
+    [(filename, data)] = answer.files
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    ledger = await world.services.storage.guild_ledger(world.guild.id, since=None, until=None)
+
+    assert filename.startswith(f"retouch-ledger-{world.guild.id}-this-month")
+    assert [(int(r["id"]), int(r["amount"]), r["kind"]) for r in rows] == [
+        (e.id, e.amount, e.kind) for e in ledger
+    ]
+    text = embed_text(answer)
+    assert "**10 credits spent ($0.01)**" in text
+    assert f"<@{world.user.id}> — 10" in text and "gpt-image-1.5 — 10" in text and "openai — 10" in text
+    assert "By admins (net): -5" in text
+
+
+async def test_policy_commands_are_registered_with_their_shapes(world: World):
+    commands = {c["name"]: c for c in world.fake.synced_commands(world.guild.id)}
+    assert {"quality", "settings", "credits", "admin"} <= set(commands)
+    assert commands["credits"]["options"] == []  # the user view; admin actions live under /admin credits
+    admin = {o["name"]: o for o in commands["admin"]["options"]}
+    assert int(commands["admin"]["default_member_permissions"]) == Permission.MANAGE_GUILD
+    assert {o["name"] for o in admin["credits"]["options"]} == {"grant", "take", "set", "report"}
+    assert {o["name"] for o in admin["policy"]["options"]} == {
+        "show",
+        "allowance",
+        "limits",
+        "budget",
+        "defaults",
+    }
+    assert {o["name"] for o in admin["tier"]["options"]} == {"set", "remove"}
+
+
+async def test_a_grant_is_posted_to_the_audit_channel_with_the_acting_admin(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG, audit=True) as world:
+        await reply(world, world.owner, "admin credits grant", user=world.user, amount=42, reason="art prize")
+        [posted] = world.fake.channel_messages(world.audit_channel)
+        assert f"<@{world.owner.id}> gave 42 credits to <@{world.user.id}>" in posted.content
+        assert "art prize" in posted.content and posted.allowed_mentions == {"parse": []}
+
+
+async def test_policy_show_lists_every_rule_an_admin_set(world: World):
+    vip = await world.guild.create_role("vip")
+    await reply(
+        world, world.owner, "admin policy defaults", quality="low", size="1024x1024", providers="openai"
+    )
+    await reply(world, world.owner, "admin policy limits", cooldown=30, max_running=2, models="gpt-image-1.5")
+    await reply(world, world.owner, "admin tier set", role=vip, allowance=900, max_images=4)
+    await reply(world, world.owner, "admin policy budget", usd=12.5)
+
+    text = embed_text(await reply(world, world.owner, "admin policy show"))
+    assert "quality low · size 1024x1024" in text and "Providers: openai" in text
+    assert "Cooldown 30 s · running edits per member: 2" in text and "models gpt-image-1.5" in text
+    assert f"<@&{vip.id}>: allowance 900, 4 images per edit" in text
+    assert "$12.50 = 12500 credits" in text
+    assert (await world.services.policy.defaults_for(world.guild.id, world.user.id)).quality == "low"
+
+    removed = await reply(world, world.owner, "admin tier remove", role=vip)
+    assert "Removed the tier" in removed.content
+    assert "Role tiers (the most generous applies): None" in embed_text(removed)
+    bad = await reply(world, world.owner, "admin policy limits", models="gpt-image-9")
+    assert "Unknown model(s): gpt-image-9" in bad.content

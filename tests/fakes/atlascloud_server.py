@@ -1,0 +1,495 @@
+"""A fake Atlas Cloud prediction API on 127.0.0.1 for provider tests (providers.md §2 and §7).
+
+It serves `POST /api/v1/model/uploadMedia` (multipart `file`), `POST /api/v1/model/generateImage`
+(flat JSON, or the `input` wrapper one vendor example shows), `GET /api/v1/model/prediction/{id}`,
+and the uploaded and generated files themselves at loopback URLs (generated ones carry a fake
+signature in their query string, like presigned URLs). It validates like a strict Atlas would:
+Bearer auth, JSON content type, per-model fields (an unknown field is a 400: a wrong image field
+must never pass as a text-to-image job), enums, that every image URL is one this server handed out,
+and that a mask matches the image. A prediction is `processing` for `polls_to_finish` polls, then
+`completed` with real images: the first input inverted (only inside the mask, when there is one),
+resized to the requested size. The mask may be alpha (transparent = edit) or white = edit: the spec
+leaves the polarity OPEN, so both are accepted.
+
+Usage::
+
+    async with FakeAtlas() as fake:
+        provider = AtlasCloudProvider(session, fake.api_key, fake.base_url, poll_interval=0.01)
+        fake.fail_next(Fault.INSUFFICIENT_BALANCE)
+        fake.envelope = False               # answer with bare objects instead of {code, data}
+        fake.submit_count, fake.requests[-1].json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import socket
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_API_KEY = "atlas-test-key-0123456789abcdef"
+QUALITIES = ("low", "medium", "high")
+SIZES = ("1024x1024", "1024x1536", "1536x1024")
+COMMON_FIELDS = frozenset({"model", "prompt", "quality", "size", "enable_sync_mode", "enable_base64_output"})
+MODEL_FIELDS = {
+    "openai/gpt-image-1/edit": COMMON_FIELDS | {"image", "mask_image"},
+    "openai/gpt-image-1-mini/edit": COMMON_FIELDS | {"images"},
+}
+REQUIRED = {
+    "openai/gpt-image-1/edit": ("prompt", "image"),
+    "openai/gpt-image-1-mini/edit": ("prompt", "images"),
+}
+MAX_MINI_IMAGES = 4  # OPEN at Atlas; the same model's limit at WaveSpeed
+
+
+class Fault(StrEnum):
+    """Failures the fake can be told to produce (see `FakeAtlas.fail_next`)."""
+
+    UNAUTHORIZED = "unauthorized"  # 401 on the next request of any kind
+    INSUFFICIENT_BALANCE = "insufficient_balance"  # 402 "Insufficient balance" on the submit
+    BALANCE_IN_ENVELOPE = "balance_in_envelope"  # HTTP 200 but {"code": 402, "msg": ...} on the submit
+    RATE_LIMITED = "rate_limited"  # 429 on the submit, with retry-after
+    SERVER_ERROR = "server_error"  # 500 on the submit, no prediction created
+    GATEWAY_TIMEOUT = "gateway_timeout"  # 504 on the submit, but the prediction WAS created
+    SUBMIT_WITHOUT_ID = "submit_without_id"  # 200 on the submit with no id (the job was created)
+    UPLOAD_ERROR = "upload_error"  # 500 on uploadMedia
+    POLL_ERROR = "poll_error"  # 503 on a poll (the next one succeeds)
+    JOB_FAILED = "job_failed"  # the next prediction ends `failed` with `data.error`
+    JOB_NSFW = "job_nsfw"  # the next prediction ends `failed` with a safety message
+    NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
+    NO_OUTPUTS = "no_outputs"  # the next prediction completes with an empty `outputs`
+    HANG = "hang"  # the submit never answers (until the fake closes)
+
+
+_TARGETS = {
+    Fault.UNAUTHORIZED: "auth",
+    Fault.UPLOAD_ERROR: "upload",
+    Fault.POLL_ERROR: "poll",
+    Fault.JOB_FAILED: "job",
+    Fault.JOB_NSFW: "job",
+    Fault.NEVER_FINISHES: "job",
+    Fault.NO_OUTPUTS: "job",
+}
+
+
+@dataclass
+class _FaultRule:
+    fault: Fault
+    remaining: int | None  # None = always
+    retry_after: float
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake saw it (the Authorization header is never stored)."""
+
+    method: str
+    path: str
+    endpoint: str  # upload | submit | poll | file | other
+    authorized: bool
+    content_type: str
+    json: Any = None
+    file_parts: list[str] = field(default_factory=list)
+    status: int | None = None
+
+
+@dataclass
+class _Prediction:
+    id: str
+    model: str
+    outputs: list[bytes]
+    fault: Fault | None
+    base64_output: bool
+    polls: int = 0
+    status: str = "processing"
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, msg: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+        self.headers = headers or {}
+
+
+class _EnvelopeError(_ApiError):
+    """An error reported inside an HTTP 200 envelope (`{"code": 402, "msg": ...}`)."""
+
+
+def _decode(data: bytes) -> Image.Image | None:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return img if img.format in ("PNG", "JPEG", "WEBP") else None
+
+
+def mask_region(mask: Image.Image) -> Image.Image | None:
+    """The edit region ("L", 255 = edit) of an alpha or a white = edit mask; None if it marks nothing.
+
+    A mask with fully transparent pixels is read as alpha (transparent = edit, colours ignored);
+    an opaque one as black and white (white = edit).
+    """
+    rgba = mask.convert("RGBA")
+    region = rgba.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+    if region.getbbox() is None:
+        region = rgba.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    return region if region.getbbox() is not None else None
+
+
+def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int]) -> bytes:
+    """Atlas's "edit" (blocking): the source inverted (inside `region` only), resized, as PNG."""
+    rgb = source.convert("RGB")
+    edited = ImageOps.invert(rgb)
+    if region is not None:
+        edited = Image.composite(edited, rgb, region.resize(rgb.size))
+    buf = io.BytesIO()
+    edited.resize(size, Image.Resampling.BILINEAR).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class FakeAtlas:
+    """The fake server. Start with `async with FakeAtlas() as fake` or `await fake.start()`."""
+
+    def __init__(
+        self, *, api_key: str = DEFAULT_API_KEY, polls_to_finish: int = 2, base64_prefix: bool = True
+    ) -> None:
+        self.api_key = api_key
+        self.polls_to_finish = polls_to_finish
+        self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
+        self.envelope = True  # {code, message, data} (True) or bare objects (False)
+        self.requests: list[RecordedRequest] = []
+        self.uploads: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
+        self.predictions: dict[str, _Prediction] = {}
+        self._faults: list[_FaultRule] = []
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> FakeAtlas:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def close(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeAtlas:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def origin(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the fake is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/api/v1"
+
+    @property
+    def submit_count(self) -> int:
+        return sum(1 for r in self.requests if r.endpoint == "submit")
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for r in self.requests if r.endpoint == endpoint)
+
+    # ------------------------------------------------------------------ fault switches
+
+    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
+        """Make the next `times` requests the fault applies to fail with it (rules queue in order)."""
+        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
+
+    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
+        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _take(self, endpoint: str) -> _FaultRule | None:
+        for index, rule in enumerate(self._faults):
+            target = _TARGETS.get(rule.fault, "submit")
+            if target == endpoint:
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._faults.pop(index)
+                return rule
+        return None
+
+    # ------------------------------------------------------------------ responses
+
+    def _ok(self, data: dict[str, Any]) -> web.Response:
+        body = {"code": 200, "message": "success", "data": data} if self.envelope else data
+        return web.json_response(body)
+
+    def _error_body(self, err: _ApiError) -> dict[str, Any]:
+        return {"code": err.status, "msg": err.msg, "data": None}
+
+    def _prediction_json(self, p: _Prediction) -> dict[str, Any]:
+        outputs: list[str] = []
+        if p.status == "completed":
+            for i, data in enumerate(p.outputs):
+                if p.base64_output:
+                    b64 = base64.b64encode(data).decode()
+                    outputs.append(f"data:image/png;base64,{b64}" if self.base64_prefix else b64)
+                else:
+                    outputs.append(f"{self.origin}/storage/outputs/{p.id}-{i}.png?sig={secrets.token_hex(8)}")
+        return {
+            "id": p.id,
+            "model": p.model,
+            "status": p.status,
+            "outputs": outputs,
+            "urls": {"get": f"{self.base_url}/model/prediction/{p.id}"},
+            "has_nsfw_contents": [False] * len(outputs),
+            "error": self._failure_text(p) if p.status == "failed" else "",
+            "created_at": "2026-11-01T00:00:00Z",
+        }
+
+    @staticmethod
+    def _failure_text(p: _Prediction) -> str:
+        if p.fault == Fault.JOB_NSFW:
+            return "Content flagged as NSFW by the safety checker"
+        return "Generation failed: upstream model error"
+
+    # ------------------------------------------------------------------ request handling
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        endpoint = {
+            "/api/v1/model/uploadMedia": "upload",
+            "/api/v1/model/generateImage": "submit",
+        }.get(path, "poll" if path.startswith("/api/v1/model/prediction/") else "other")
+        if path.startswith("/storage/"):
+            endpoint = "file"
+        record = RecordedRequest(
+            method=request.method,
+            path=path,
+            endpoint=endpoint,
+            authorized=request.headers.get("Authorization") == f"Bearer {self.api_key}",
+            content_type=request.content_type,
+        )
+        self.requests.append(record)
+        try:
+            response = await self._handle(request, record)
+        except _EnvelopeError as err:
+            response = web.json_response(self._error_body(err), status=200)
+        except _ApiError as err:
+            response = web.json_response(self._error_body(err), status=err.status, headers=err.headers)
+        record.status = response.status
+        return response
+
+    async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if record.endpoint == "file":
+            return self._serve_file(request)
+        if record.endpoint == "other":
+            await request.read()
+            raise _ApiError(404, f"route {request.method} {request.path} not found")
+        expected = "GET" if record.endpoint == "poll" else "POST"
+        if request.method != expected:
+            await request.read()
+            raise _ApiError(405, "method not allowed")
+        if record.endpoint == "upload":
+            return await self._upload(request, record)
+        body = await request.read()
+        self._check_auth(request, record)
+        if record.endpoint == "poll":
+            return self._poll(request)
+        return await self._submit(request, body, record)
+
+    def _check_auth(self, request: web.Request, record: RecordedRequest) -> None:
+        if not record.authorized or self._take("auth") is not None:
+            raise _ApiError(401, "Unauthorized: invalid or expired API key")
+
+    def _serve_file(self, request: web.Request) -> web.Response:
+        path = request.path
+        if path.startswith("/storage/outputs/"):
+            name = path.rsplit("/", 1)[-1].removesuffix(".png")
+            pred_id, _, index = name.rpartition("-")
+            p = self.predictions.get(pred_id)
+            if p is None or not index.isdigit() or int(index) >= len(p.outputs):
+                raise _ApiError(404, "no such file")
+            return web.Response(body=p.outputs[int(index)], content_type="image/png")
+        stored = self.uploads.get(path)
+        if stored is None:
+            raise _ApiError(404, "no such file")
+        return web.Response(body=stored[0], content_type=stored[1])
+
+    async def _upload(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        files: list[tuple[str, bytes, str]] = []
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue
+                data = await part.read()
+                if part.filename is not None:
+                    record.file_parts.append(part.name or "")
+                    files.append((part.name or "", data, part.headers.get("Content-Type", "")))
+        else:
+            await request.read()
+        self._check_auth(request, record)
+        rule = self._take("upload")
+        if rule is not None:
+            raise _ApiError(500, "upload failed: storage unavailable")
+        if not request.content_type.startswith("multipart/"):
+            raise _ApiError(400, "Content-Type must be multipart/form-data")
+        if [name for name, _, _ in files] != ["file"]:
+            raise _ApiError(400, "exactly one file part named 'file' is required")
+        _, data, content_type = files[0]
+        token = secrets.token_hex(6)
+        extension = "png" if data.startswith(b"\x89PNG") else "jpg"
+        filename = f"upload-{token}.{extension}"
+        path = f"/storage/uploads/{token}/{filename}"
+        self.uploads[path] = (data, content_type or "application/octet-stream")
+        url = f"{self.origin}{path}"
+        if self.envelope:
+            return self._ok({"type": "image", "download_url": url, "filename": filename, "size": len(data)})
+        # The vendor page's variant of the same answer uses `file_name` and adds `content_type`.
+        return self._ok(
+            {"download_url": url, "file_name": filename, "content_type": content_type, "size": len(data)}
+        )
+
+    def _image_at(self, url: object, field_name: str) -> Image.Image:
+        """The uploaded image behind `url`, which must be one this fake handed out."""
+        if not isinstance(url, str) or not url.startswith(f"{self.origin}/storage/uploads/"):
+            raise _ApiError(400, f"{field_name}: cannot fetch {url!r} (only public media URLs are accepted)")
+        stored = self.uploads.get(url.removeprefix(self.origin))
+        if stored is None:
+            raise _ApiError(400, f"{field_name}: media not found")
+        img = _decode(stored[0])
+        if img is None:
+            raise _ApiError(400, f"{field_name}: unsupported or corrupt image")
+        return img
+
+    async def _submit(self, request: web.Request, body: bytes, record: RecordedRequest) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            raise _ApiError(400, "Content-Type must be application/json")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise _ApiError(400, "invalid JSON body") from None
+        record.json = payload
+        if not isinstance(payload, dict):
+            raise _ApiError(400, "the body must be a JSON object")
+        fields = dict(payload)
+        if isinstance(fields.get("input"), dict):  # the wrapped variant of one vendor example
+            fields = {"model": fields.get("model"), **fields["input"]}
+        model = fields.get("model")
+        allowed = MODEL_FIELDS.get(model) if isinstance(model, str) else None
+        if allowed is None:
+            raise _ApiError(404, f"model {model!r} not found")
+
+        rule = self._take("submit")
+        if rule is not None:
+            await self._submit_fault(rule)
+
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise _ApiError(400, f"unknown field(s) for {model}: {', '.join(unknown)}")
+        for name in REQUIRED[model]:
+            if name not in fields:
+                raise _ApiError(400, f"missing required field '{name}'")
+        prompt = fields["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _ApiError(400, "prompt must be a non-empty string")
+        quality = fields.get("quality", "medium")
+        if quality not in QUALITIES:
+            raise _ApiError(400, f"quality must be one of {', '.join(QUALITIES)}")
+        size = fields.get("size", "1024x1024")
+        if size not in SIZES:
+            raise _ApiError(400, f"size must be one of {', '.join(SIZES)}")
+        for flag in ("enable_sync_mode", "enable_base64_output"):
+            if flag in fields and not isinstance(fields[flag], bool):
+                raise _ApiError(400, f"{flag} must be a boolean")
+
+        if "images" in allowed:
+            urls = fields["images"]
+            if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_MINI_IMAGES:
+                raise _ApiError(400, f"images must be a list of 1 to {MAX_MINI_IMAGES} URLs")
+            sources = [self._image_at(u, "images") for u in urls]
+        else:
+            sources = [self._image_at(fields["image"], "image")]
+        region = None
+        if fields.get("mask_image") is not None:
+            mask = self._image_at(fields["mask_image"], "mask_image")
+            if mask.format != "PNG" or mask.size != sources[0].size:
+                raise _ApiError(400, "mask_image must be a PNG the size of the image")
+            region = mask_region(mask)
+            if region is None:
+                raise _ApiError(400, "mask_image marks nothing to edit (or its alpha and colours disagree)")
+
+        width, height = (int(v) for v in size.split("x"))
+        job_fault = self._take("job")
+        output = await asyncio.to_thread(render, sources[0], region, (width, height))
+        prediction = _Prediction(
+            id=f"pred_{secrets.token_hex(8)}",
+            model=model,
+            outputs=[] if job_fault and job_fault.fault == Fault.NO_OUTPUTS else [output],
+            fault=job_fault.fault if job_fault else None,
+            base64_output=bool(fields.get("enable_base64_output")),
+        )
+        self.predictions[prediction.id] = prediction
+        if rule is not None and rule.fault == Fault.GATEWAY_TIMEOUT:
+            raise _ApiError(504, "gateway timeout")
+        if rule is not None and rule.fault == Fault.SUBMIT_WITHOUT_ID:
+            return self._ok({"status": "processing"})
+        if fields.get("enable_sync_mode"):
+            self._advance(prediction, finish=True)
+        return self._ok(self._prediction_json(prediction))
+
+    async def _submit_fault(self, rule: _FaultRule) -> None:
+        match rule.fault:
+            case Fault.INSUFFICIENT_BALANCE:
+                raise _ApiError(402, "Insufficient balance, please top up your account")
+            case Fault.BALANCE_IN_ENVELOPE:
+                raise _EnvelopeError(402, "Insufficient balance")
+            case Fault.RATE_LIMITED:
+                raise _ApiError(429, "Too many requests", headers={"retry-after": f"{rule.retry_after:g}"})
+            case Fault.SERVER_ERROR:
+                raise _ApiError(500, "internal server error")
+            case Fault.HANG:
+                await self._release.wait()
+                raise _ApiError(503, "the fake was closed while hanging")
+            case Fault.GATEWAY_TIMEOUT | Fault.SUBMIT_WITHOUT_ID:
+                return  # the prediction is created first; the answer is spoiled afterwards
+        raise AssertionError(f"unhandled fault {rule.fault}")
+
+    def _advance(self, p: _Prediction, *, finish: bool = False) -> None:
+        p.polls += 1
+        if p.status != "processing" or p.fault == Fault.NEVER_FINISHES:
+            return
+        if finish or p.polls >= self.polls_to_finish:
+            p.status = "failed" if p.fault in (Fault.JOB_FAILED, Fault.JOB_NSFW) else "completed"
+
+    def _poll(self, request: web.Request) -> web.Response:
+        if self._take("poll") is not None:
+            raise _ApiError(503, "service temporarily unavailable")
+        p = self.predictions.get(request.path.rsplit("/", 1)[-1])
+        if p is None:
+            raise _ApiError(404, "prediction not found")
+        self._advance(p)
+        return self._ok(self._prediction_json(p))

@@ -1,0 +1,517 @@
+"""A fake WaveSpeed v3 API on 127.0.0.1 for provider tests (providers.md §3 and §7).
+
+Served: the three documented upload flows (`POST /api/v3/media/upload/binary` and `/api/v3/upload`,
+multipart `file`; the SDK's newer `POST /api/v3/media/uploads` + `PUT` of the bytes), the edit
+submits (`/api/v3/openai/gpt-image-1-mini/edit`, and both documented gpt-image-1 edit paths,
+`/api/v3/openai/gpt-image-1/edit` and `/api/v3/openai/gpt-image-1`), both result paths
+(`/api/v3/predictions/{id}/result` and `/api/v3/predictions/{id}`), and the stored files at loopback
+URLs (results carry a fake signature in the query string).
+
+It validates like a strict WaveSpeed: Bearer auth, JSON content type, per-model fields (unknown
+fields are a 400, so an `image` sent to the mini edit fails instead of becoming text-to-image),
+that every image URL is one it handed out, enums (sizes with `*` or `x`, both documented), and a
+mask the size of the image, read as alpha (transparent = edit) or as white = edit (polarity is OPEN).
+Whether the mini edit takes `quality`/`size` is OPEN: refused unless `mini_accepts_quality_size`.
+Tasks go `created` → `processing` → `completed` over `polls_to_finish` polls, with real images: the
+first input mirrored left-right (only inside the mask, when there is one) at the requested size
+(1024x1024 for `auto` and for the mini edit). Sync mode answers with the finished task, or with
+`data.code` 5004 "Sync mode timed out" while the task keeps running (`Fault.SYNC_TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import secrets
+import socket
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_API_KEY = "ws-test-key-0123456789abcdef"
+MINI = "openai/gpt-image-1-mini/edit"
+FULL_PATHS = ("openai/gpt-image-1/edit", "openai/gpt-image-1")
+FLAGS = frozenset({"enable_sync_mode", "enable_base64_output"})
+MINI_FIELDS = FLAGS | {"prompt", "images"}
+FULL_FIELDS = FLAGS | {"prompt", "image", "mask_image", "quality", "size"}
+QUALITIES = ("low", "medium", "high")
+SIZES = {"auto", "1024*1024", "1024*1536", "1536*1024", "1024x1024", "1024x1536", "1536x1024"}
+MAX_IMAGES = 4
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+class Fault(StrEnum):
+    """Failures the fake can be told to produce (see `FakeWaveSpeed.fail_next`)."""
+
+    UNAUTHORIZED = "unauthorized"  # 401 "key not activated" on the next request of any kind
+    INSUFFICIENT_BALANCE = "insufficient_balance"  # 402 "Insufficient balance" on the submit (OPEN)
+    RATE_LIMITED = "rate_limited"  # 429 on the submit
+    SERVER_ERROR = "server_error"  # 500 on the submit, nothing created
+    UPLOAD_ERROR = "upload_error"  # HTTP 200 with {"code": 500} on an upload
+    POLL_ERROR = "poll_error"  # 502 on a result poll
+    JOB_FAILED = "job_failed"  # HTTP 200, data.status "failed", data.error set
+    JOB_CANCELLED = "job_cancelled"  # HTTP 200, data.status "cancelled"
+    JOB_TIMEOUT = "job_timeout"  # HTTP 200, data.status "timeout"
+    NEVER_FINISHES = "never_finishes"  # the task stays "processing"
+    SYNC_TIMEOUT = "sync_timeout"  # sync submit: "processing" + data.code 5004; the task goes on
+    HANG = "hang"  # the submit never answers (until the fake closes)
+
+
+_TARGETS = {
+    Fault.UNAUTHORIZED: "auth",
+    Fault.UPLOAD_ERROR: "upload",
+    Fault.POLL_ERROR: "poll",
+    Fault.JOB_FAILED: "job",
+    Fault.JOB_CANCELLED: "job",
+    Fault.JOB_TIMEOUT: "job",
+    Fault.NEVER_FINISHES: "job",
+}
+_JOB_END = {Fault.JOB_FAILED: "failed", Fault.JOB_CANCELLED: "cancelled", Fault.JOB_TIMEOUT: "timeout"}
+_JOB_ERROR = {
+    "failed": "Generation failed: the upstream provider returned an error",
+    "cancelled": "Task cancelled by server",
+    "timeout": "Task timeout by server",
+}
+
+
+@dataclass
+class _FaultRule:
+    fault: Fault
+    remaining: int | None
+    retry_after: float
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake saw it (the Authorization header is never stored)."""
+
+    method: str
+    path: str
+    endpoint: str  # upload | submit | poll | put | file | other
+    authorized: bool
+    has_auth_header: bool
+    content_type: str
+    json: Any = None
+    file_parts: list[str] = field(default_factory=list)
+    status: int | None = None
+
+
+@dataclass
+class _Task:
+    id: str
+    model: str
+    output: bytes
+    end: str  # completed | failed | cancelled | timeout | never
+    base64_output: bool
+    polls: int = 0
+    status: str = "created"
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class _EnvelopeError(_ApiError):
+    """An error reported inside an HTTP 200 envelope (`{"code": 500, ...}`)."""
+
+
+def _decode(data: bytes) -> Image.Image | None:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return img if img.format in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF") else None
+
+
+def mask_region(mask: Image.Image) -> Image.Image | None:
+    """The edit region ("L", 255 = edit): alpha 0 when the mask has any, else white; None if empty."""
+    rgba = mask.convert("RGBA")
+    region = rgba.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+    if region.getbbox() is None:
+        region = rgba.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    return region if region.getbbox() is not None else None
+
+
+def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int]) -> bytes:
+    """WaveSpeed's "edit" (blocking): the source mirrored (inside `region` only), resized, as PNG."""
+    rgb = source.convert("RGB")
+    edited = ImageOps.mirror(rgb)
+    if region is not None:
+        edited = Image.composite(edited, rgb, region.resize(rgb.size))
+    buf = io.BytesIO()
+    edited.resize(size, Image.Resampling.BILINEAR).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class FakeWaveSpeed:
+    """The fake server. Start with `async with FakeWaveSpeed() as fake` or `await fake.start()`."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        polls_to_finish: int = 2,
+        base64_prefix: bool = False,
+        mini_accepts_quality_size: bool = False,
+    ) -> None:
+        self.api_key = api_key
+        self.polls_to_finish = polls_to_finish
+        self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
+        self.mini_accepts_quality_size = mini_accepts_quality_size
+        self.requests: list[RecordedRequest] = []
+        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
+        self.tasks: dict[str, _Task] = {}
+        self._pending_puts: dict[str, str] = {}  # PUT path -> file path (newest upload flow)
+        self._faults: list[_FaultRule] = []
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> FakeWaveSpeed:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def close(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeWaveSpeed:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def origin(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the fake is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/api/v3"
+
+    @property
+    def submit_count(self) -> int:
+        return self.count("submit")
+
+    def count(self, endpoint: str) -> int:
+        return sum(1 for r in self.requests if r.endpoint == endpoint)
+
+    # ------------------------------------------------------------------ fault switches
+
+    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
+        """Make the next `times` requests the fault applies to fail with it (rules queue in order)."""
+        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
+
+    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
+        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def _take(self, target: str) -> _FaultRule | None:
+        for index, rule in enumerate(self._faults):
+            if _TARGETS.get(rule.fault, "submit") == target:
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._faults.pop(index)
+                return rule
+        return None
+
+    # ------------------------------------------------------------------ responses
+
+    @staticmethod
+    def _ok(data: dict[str, Any]) -> web.Response:
+        return web.json_response({"code": 200, "message": "success", "data": data})
+
+    def _task_json(self, task: _Task, *, sync_timeout: bool = False) -> dict[str, Any]:
+        outputs: list[str] = []
+        if task.status == "completed":
+            if task.base64_output:
+                b64 = base64.b64encode(task.output).decode()
+                outputs.append(f"data:image/png;base64,{b64}" if self.base64_prefix else b64)
+            else:
+                outputs.append(f"{self.origin}/media/outputs/{task.id}.png?Expires=604800&Signature=fake")
+        data: dict[str, Any] = {
+            "id": task.id,
+            "model": task.model,
+            "outputs": outputs,
+            "urls": {"get": f"{self.base_url}/predictions/{task.id}/result"},
+            "has_nsfw_contents": [False] * len(outputs),
+            "status": task.status,
+            "created_at": "2026-11-01T12:34:56.789Z",
+            "error": _JOB_ERROR.get(task.status, ""),
+            "timings": {"inference": 2500},
+        }
+        if sync_timeout:
+            data["code"] = 5004
+            data["error"] = "Sync mode timed out after 90 seconds; query the result later"
+        return data
+
+    # ------------------------------------------------------------------ request handling
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        sub = path.removeprefix("/api/v3/")
+        if path in ("/api/v3/media/upload/binary", "/api/v3/upload", "/api/v3/media/uploads"):
+            endpoint = "upload"
+        elif sub in (MINI, *FULL_PATHS):
+            endpoint = "submit"
+        elif sub.startswith("predictions/"):
+            endpoint = "poll"
+        elif path in self._pending_puts:
+            endpoint = "put"
+        elif path.startswith("/media/"):
+            endpoint = "file"
+        else:
+            endpoint = "other"
+        auth = request.headers.get("Authorization")
+        record = RecordedRequest(
+            method=request.method,
+            path=path,
+            endpoint=endpoint,
+            authorized=auth == f"Bearer {self.api_key}",
+            has_auth_header=auth is not None,
+            content_type=request.content_type,
+        )
+        self.requests.append(record)
+        try:
+            response = await self._handle(request, record)
+        except _EnvelopeError as err:
+            response = web.json_response({"code": err.status, "message": err.message, "data": None})
+        except _ApiError as err:
+            body = {"code": err.status, "message": err.message, "data": None}
+            response = web.json_response(body, status=err.status, headers=err.headers)
+        record.status = response.status
+        return response
+
+    async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if record.endpoint == "file":
+            stored = self.files.get(request.path)
+            if stored is None:
+                raise _ApiError(404, "file not found")
+            return web.Response(body=stored[0], content_type=stored[1])
+        if record.endpoint == "put":
+            return await self._put(request)
+        if record.endpoint == "other":
+            await request.read()
+            raise _ApiError(404, "Not Found")
+        if record.endpoint == "upload":
+            return await self._upload(request, record)
+        body = await request.read()
+        expected = "GET" if record.endpoint == "poll" else "POST"
+        if request.method != expected:
+            raise _ApiError(405, "Method Not Allowed")
+        self._check_auth(record)
+        if record.endpoint == "poll":
+            return self._poll(request)
+        return await self._submit(request, body, record)
+
+    def _check_auth(self, record: RecordedRequest) -> None:
+        if not record.authorized or self._take("auth") is not None:
+            # New keys only work after the account's first top-up.
+            raise _ApiError(401, "Invalid authentication: the API key is invalid or not activated")
+
+    def _store(self, data: bytes, content_type: str) -> str:
+        token = secrets.token_hex(6)
+        extension = "png" if data.startswith(b"\x89PNG") else "jpg"
+        path = f"/media/uploads/{token}/image.{extension}"
+        self.files[path] = (data, content_type or "application/octet-stream")
+        return path
+
+    async def _upload(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        if request.path == "/api/v3/media/uploads":  # the SDK's newest flow: JSON, then a PUT
+            body = await request.read()
+            self._check_auth(record)
+            try:
+                meta = json.loads(body)
+            except ValueError:
+                raise _ApiError(400, "invalid JSON body") from None
+            record.json = meta
+            if not isinstance(meta, dict) or not {"filename", "size", "content_type"} <= set(meta):
+                raise _ApiError(400, "filename, size and content_type are required")
+            token = secrets.token_hex(6)
+            file_path = f"/media/uploads/{token}/{meta['filename']}"
+            put_path = f"/upload-target/{token}"
+            self._pending_puts[put_path] = file_path
+            return self._ok(
+                {
+                    "download_url": f"{self.origin}{file_path}",
+                    "upload": {
+                        "method": "PUT",
+                        "url": f"{self.origin}{put_path}?X-Amz-Signature=fake",
+                        "headers": {"Content-Type": meta["content_type"]},
+                    },
+                }
+            )
+        files: list[tuple[str, bytes, str]] = []
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if isinstance(part, BodyPartReader):
+                    data = await part.read()
+                    if part.filename is not None:
+                        record.file_parts.append(part.name or "")
+                        files.append((part.name or "", data, part.headers.get("Content-Type", "")))
+        else:
+            await request.read()
+        self._check_auth(record)
+        if self._take("upload") is not None:
+            raise _EnvelopeError(500, "upload failed")  # documented: `code` is 500 on failure
+        if [name for name, _, _ in files] != ["file"]:
+            raise _ApiError(400, "exactly one multipart file part named 'file' is required")
+        _, data, content_type = files[0]
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise _ApiError(400, "file too large (images: 20 MB)")
+        path = self._store(data, content_type)
+        url = f"{self.origin}{path}"
+        if request.path == "/api/v3/upload":
+            return self._ok({"url": url})
+        return self._ok({"type": "image", "download_url": url, "filename": "image.png", "size": len(data)})
+
+    async def _put(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        if request.method != "PUT" or "Authorization" in request.headers:
+            raise _ApiError(400, "PUT the bytes without an Authorization header")
+        file_path = self._pending_puts.pop(request.path)
+        self.files[file_path] = (data, request.content_type)
+        return web.Response(status=200)
+
+    def _image_at(self, url: object, field_name: str) -> Image.Image:
+        if not isinstance(url, str) or not url.startswith(f"{self.origin}/media/uploads/"):
+            raise _ApiError(400, f"{field_name}: cannot download {url!r}")
+        stored = self.files.get(url.removeprefix(self.origin))
+        img = _decode(stored[0]) if stored else None
+        if img is None:
+            raise _ApiError(400, f"{field_name}: not a readable image")
+        return img
+
+    async def _submit(self, request: web.Request, body: bytes, record: RecordedRequest) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            raise _ApiError(400, "Content-Type must be application/json")
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            raise _ApiError(400, "invalid JSON body") from None
+        record.json = fields
+        if not isinstance(fields, dict):
+            raise _ApiError(400, "the body must be a JSON object")
+        model = request.path.removeprefix("/api/v3/")
+
+        rule = self._take("submit")
+        if rule is not None:
+            match rule.fault:
+                case Fault.INSUFFICIENT_BALANCE:
+                    raise _ApiError(402, "Insufficient balance, please top up your account")
+                case Fault.RATE_LIMITED:
+                    raise _ApiError(
+                        429, "Too Many Requests", headers={"retry-after": f"{rule.retry_after:g}"}
+                    )
+                case Fault.SERVER_ERROR:
+                    raise _ApiError(500, "Internal Server Error")
+                case Fault.HANG:
+                    await self._release.wait()
+                    raise _ApiError(503, "the fake was closed while hanging")
+
+        allowed = set(MINI_FIELDS if model == MINI else FULL_FIELDS)
+        if model == MINI and self.mini_accepts_quality_size:
+            allowed |= {"quality", "size"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise _ApiError(400, f"unknown parameter(s) for {model}: {', '.join(unknown)}")
+        prompt = fields.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _ApiError(400, "prompt is required")
+        for flag in FLAGS:
+            if flag in fields and not isinstance(fields[flag], bool):
+                raise _ApiError(400, f"{flag} must be a boolean")
+        quality = fields.get("quality", "medium")
+        if quality not in QUALITIES:
+            raise _ApiError(400, f"quality must be one of {', '.join(QUALITIES)}")
+        size = fields.get("size", "auto")
+        if size not in SIZES:
+            raise _ApiError(400, "size must be auto, 1024*1024, 1024*1536 or 1536*1024")
+        if model == MINI:
+            urls = fields.get("images")
+            if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_IMAGES:
+                raise _ApiError(400, f"images must hold 1 to {MAX_IMAGES} URLs")
+            sources = [self._image_at(u, "images") for u in urls]
+        else:
+            if "image" not in fields:
+                raise _ApiError(400, "image is required")
+            sources = [self._image_at(fields["image"], "image")]
+        region = None
+        if fields.get("mask_image") is not None:
+            mask = self._image_at(fields["mask_image"], "mask_image")
+            if mask.format != "PNG" or mask.size != sources[0].size:
+                raise _ApiError(400, "mask_image must be a PNG the size of the image")
+            region = mask_region(mask)
+            if region is None:
+                raise _ApiError(400, "mask_image marks nothing to edit")
+
+        width, height = (
+            (1024, 1024) if size == "auto" else (int(v) for v in size.replace("*", "x").split("x"))
+        )
+        job_rule = self._take("job")
+        end = "completed"
+        if job_rule is not None:
+            end = "never" if job_rule.fault == Fault.NEVER_FINISHES else _JOB_END[job_rule.fault]
+        output = await asyncio.to_thread(render, sources[0], region, (width, height))
+        task = _Task(
+            id=secrets.token_hex(12),
+            model=model,
+            output=output,
+            end=end,
+            base64_output=bool(fields.get("enable_base64_output")),
+        )
+        self.tasks[task.id] = task
+        # Stored now; its URL is only given out once the task says `completed`.
+        self.files[f"/media/outputs/{task.id}.png"] = (output, "image/png")
+        if fields.get("enable_sync_mode"):
+            if rule is not None and rule.fault == Fault.SYNC_TIMEOUT:
+                task.status = "processing"
+                return self._ok(self._task_json(task, sync_timeout=True))
+            if end != "never":
+                task.status = end
+                return self._ok(self._task_json(task))
+        return self._ok(self._task_json(task))
+
+    def _poll(self, request: web.Request) -> web.Response:
+        if self._take("poll") is not None:
+            raise _ApiError(502, "Bad Gateway")
+        parts = request.path.removeprefix("/api/v3/predictions/").split("/")
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] != "result"):
+            raise _ApiError(404, "Not Found")
+        task = self.tasks.get(parts[0])
+        if task is None:
+            raise _ApiError(404, "prediction not found")
+        task.polls += 1
+        if task.status in ("created", "processing"):
+            if task.end == "never" or task.polls < self.polls_to_finish:
+                task.status = "processing"
+            else:
+                task.status = task.end
+        return self._ok(self._task_json(task))

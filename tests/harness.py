@@ -1,0 +1,143 @@
+"""The real Retouch bot, wired like `python -m bot`, against the local fake Discord and fake OpenAI.
+
+Used by end-to-end tests: `async with running_bot(fake_discord, fake_openai, tmp_path) as world:` then
+`it = await world.edit(photo)` and `await world.finished(it)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import discord
+
+from bot.app import Services, build_providers, build_services
+from bot.catalog import Catalog, parse_catalog
+from bot.client import RetouchBot, point_discord_at
+from bot.config import load_settings
+from bot.errors import RetouchError
+from bot.storage import Storage
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
+from tests.fakes.openai_server import FakeOpenAI
+
+# One model, list-priced, no shutdown date: end-to-end results must not depend on today's date.
+TEST_CATALOG: Catalog = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "qualities": ["low", "medium", "high", "auto"],
+                "max_input_images": 16,
+                "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
+                "routes": [{"provider": "openai"}],
+            }
+        }
+    }
+)
+
+
+@dataclass
+class World:
+    """A running bot plus the fake world it lives in: one guild, #art, member alice, the owner."""
+
+    fake: FakeDiscord
+    openai: FakeOpenAI
+    bot: RetouchBot
+    services: Services
+    guild: FakeGuild
+    channel: FakeChannel
+    audit_channel: FakeChannel
+    user: FakeUser
+    owner: FakeUser
+
+    async def edit(
+        self,
+        image: bytes,
+        *,
+        prompt: str = "make it a watercolour",
+        user: FakeUser | None = None,
+        **options: Any,
+    ) -> FakeInteraction:
+        """`user` (alice by default) runs /edit in #art with `image`."""
+        return await self.fake.slash(
+            user or self.user,
+            "edit",
+            channel=self.channel,
+            options={"prompt": prompt, **options},
+            attachments={"image": ("photo.png", image)},
+        )
+
+    async def finished(self, interaction: FakeInteraction, timeout: float = 20.0) -> str:  # noqa: ASYNC109
+        """Wait until the job behind `interaction` has ended; return the private message's last text."""
+
+        def ended() -> str | None:
+            edits = interaction.original_edits
+            last = edits[-1] if edits else ""
+            return last if last.startswith("Done") or "ref `" in last or "not charged" in last else None
+
+        return await self.fake.wait_until(ended, timeout)
+
+
+@asynccontextmanager
+async def running_bot(
+    fake: FakeDiscord,
+    openai: FakeOpenAI,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    catalog: Catalog = TEST_CATALOG,
+    bot_permissions: int | None = None,
+    audit: bool = False,
+) -> AsyncIterator[World]:
+    """Start the bot with its commands synced to a fresh guild; close everything afterwards.
+
+    `bot_permissions` gives the bot exactly those permissions in #art (a channel overwrite);
+    `audit` sets AUDIT_CHANNEL_ID to the guild's #audit channel.
+    """
+    owner = fake.owner
+    guild = await fake.create_guild(name="Art Club", owner=owner)
+    channel = await guild.create_text_channel("art", bot_permissions=bot_permissions)
+    audit_channel = await guild.create_text_channel("audit")
+    alice = fake.create_user("alice")
+    await guild.add_member(alice)
+    settings = load_settings(
+        {
+            "DISCORD_TOKEN": fake.token,
+            "DISCORD_API_BASE": fake.api_base,
+            "OPENAI_API_KEY": openai.api_key,
+            "OPENAI_BASE_URL": openai.base_url,
+            "DATA_DIR": str(data_dir),
+            "DEV_GUILD_ID": str(guild.id),
+            "STARTING_CREDITS": "100000",
+            "METRICS_PORT": "0",
+            **({"AUDIT_CHANNEL_ID": str(audit_channel.id)} if audit else {}),
+            **(env or {}),
+        }
+    )
+    previous_base = discord.http.Route.BASE
+    point_discord_at(fake.api_base)
+    storage = await Storage.open(settings.database_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            services = build_services(settings, catalog, storage, build_providers(settings, session))
+            bot = RetouchBot(services)
+            bot._connection.guild_ready_timeout = 0.05
+            fake.attach_error_capture(bot, expected=(RetouchError,))
+            task = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+            await asyncio.sleep(0)  # let start() reach its setup before anything waits on the bot
+            fake.watch_task(task)
+            try:
+                await fake.wait_for(bot.wait_until_ready())
+                yield World(fake, openai, bot, services, guild, channel, audit_channel, alice, owner)
+            finally:
+                fake.unwatch_task(task)
+                await bot.close()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await storage.close()
+        discord.http.Route.BASE = previous_base

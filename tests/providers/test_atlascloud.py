@@ -1,0 +1,522 @@
+"""Contract tests: `AtlasCloudProvider` against the fake Atlas Cloud API over real sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image, ImageChops, ImageOps
+
+from bot.providers.atlascloud import AtlasCloudProvider, classify_atlas_error
+from bot.providers.base import EditRequest, InputImage
+from bot.providers.errors import (
+    InvalidInput,
+    JobFailed,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import RetryPolicy
+from tests.fakes.atlascloud_server import FakeAtlas, Fault
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+MINI = "openai/gpt-image-1-mini/edit"
+FULL = "openai/gpt-image-1/edit"
+HOLE = (128, 128, 384, 256)  # the masked area of the 512x512 astronaut
+
+
+def photo(name: str = "astronaut.png") -> InputImage:
+    data = (DATA / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
+        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+
+
+def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
+    """An OpenAI-convention mask: opaque, with a fully transparent rectangle to edit."""
+    img = Image.new("RGBA", size, (30, 60, 90, 255))
+    img.paste((30, 60, 90, 0), HOLE)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
+
+
+def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 30.0)
+    kw.setdefault("size", "1024x1024")
+    return EditRequest(
+        images=images or (photo(),),
+        prompt=str(kw.pop("prompt", "make it look like a watercolour")),
+        model=str(kw.pop("model", MINI)),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAtlas]:
+    async with FakeAtlas() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_provider(fake: FakeAtlas, session: aiohttp.ClientSession) -> Callable[..., AtlasCloudProvider]:
+    def make(**kw: object) -> AtlasCloudProvider:
+        kw.setdefault("policy", FAST)
+        kw.setdefault("call_timeout", 5.0)
+        kw.setdefault("io_timeout", 5.0)
+        kw.setdefault("poll_interval", 0.01)
+        kw.setdefault("max_poll_interval", 0.02)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        return AtlasCloudProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., AtlasCloudProvider]) -> AtlasCloudProvider:
+    return make_provider()
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+async def test_mini_edit_uploads_first_then_submits_flat_fields_and_polls_to_completion(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    images = (photo(), photo("rocket.jpg"))
+
+    result = await provider.edit(edit_request(images, quality="low", size="1024x1536"))
+
+    assert [r.endpoint for r in fake.requests[:3]] == ["upload", "upload", "submit"]
+    assert all(r.authorized for r in fake.requests if r.endpoint != "file")
+    assert [r.file_parts for r in fake.requests[:2]] == [["file"], ["file"]]
+    submit = next(r for r in fake.requests if r.endpoint == "submit")
+    assert submit.content_type == "application/json"
+    assert set(submit.json) == {"model", "prompt", "images", "quality", "size"}
+    assert submit.json["model"] == MINI and submit.json["quality"] == "low"
+    assert all(url.startswith(fake.origin + "/storage/uploads/") for url in submit.json["images"])
+    assert fake.count("poll") == fake.polls_to_finish
+    assert fake.submit_count == 1
+    assert result.provider == "atlascloud"
+    assert result.request_id in fake.predictions
+    assert (result.quality, result.size) == ("low", "1024x1536")
+    (out,) = result.images
+    assert out.format == "png"
+    assert decoded(out.data).size == (1024, 1536)
+
+
+async def test_the_result_is_the_fakes_real_edit_of_the_uploaded_image(provider: AtlasCloudProvider) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source,), size="1024x1024"))
+
+    expected = ImageOps.invert(decoded(source.data).convert("RGB")).resize(
+        (1024, 1024), Image.Resampling.BILINEAR
+    )
+    got = decoded(result.images[0].data).convert("RGB")
+    assert ImageChops.difference(got, expected).getbbox() is None
+
+
+async def test_auto_quality_is_sent_by_leaving_the_field_out(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    result = await provider.edit(edit_request(quality="auto"))
+
+    submit = next(r for r in fake.requests if r.endpoint == "submit")
+    assert "quality" not in submit.json
+    assert result.quality is None  # Atlas does not say which quality it used
+
+
+async def test_masked_edit_sends_one_image_and_a_mask_that_edits_exactly_the_transparent_area(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source,), model=FULL, mask=openai_mask(), size="1024x1024"))
+
+    submit = next(r for r in fake.requests if r.endpoint == "submit")
+    assert set(submit.json) == {"model", "prompt", "image", "mask_image", "size"}
+    assert isinstance(submit.json["image"], str)
+    out = decoded(result.images[0].data).convert("RGB").resize((512, 512))
+    original = decoded(source.data).convert("RGB")
+    inside = ((HOLE[0] + HOLE[2]) // 2, (HOLE[1] + HOLE[3]) // 2)
+    outside = (20, 20)
+    inverted = tuple(255 - c for c in original.getpixel(inside))
+    assert all(abs(a - b) <= 24 for a, b in zip(out.getpixel(inside), inverted, strict=True))
+    assert all(
+        abs(a - b) <= 24 for a, b in zip(out.getpixel(outside), original.getpixel(outside), strict=True)
+    )
+
+
+async def test_bare_unenveloped_answers_are_understood(fake: FakeAtlas, provider: AtlasCloudProvider) -> None:
+    fake.envelope = False
+
+    result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1
+    assert fake.submit_count == 1
+
+
+async def test_a_catalog_override_can_flip_the_mask_convention_to_white(
+    fake: FakeAtlas, make_provider: Callable[..., AtlasCloudProvider]
+) -> None:
+    provider = make_provider(mask_conventions={FULL: "white"})
+
+    await provider.edit(edit_request(model=FULL, mask=openai_mask()))
+
+    submit = next(r for r in fake.requests if r.endpoint == "submit")
+    mask_bytes, _ = fake.uploads[submit.json["mask_image"].removeprefix(fake.origin)]
+    mask = decoded(mask_bytes)
+    assert mask.mode == "L"  # opaque, white = edit
+    assert mask.getpixel((200, 200)) == 255 and mask.getpixel((10, 10)) == 0
+
+
+# ----------------------------------------------------------------------------- refused before any request
+
+
+@pytest.mark.parametrize(
+    ("change", "exc_type"),
+    [
+        ({"count": 2}, InvalidInput),
+        ({"mask": openai_mask()}, InvalidInput),  # the mini edit has no mask field
+        ({"model": FULL, "images": (photo(), photo())}, InvalidInput),  # `image` is one URL
+        ({"images": (photo(),) * 5}, InvalidInput),
+        ({"size": "auto"}, InvalidInput),  # Atlas has no auto size; routing resolves it
+        ({"background": "transparent"}, InvalidInput),
+        ({"output_format": "jpeg"}, InvalidInput),
+        ({"model": "openai/gpt-image-9/edit"}, ModelUnavailable),
+    ],
+    ids=[
+        "count",
+        "mask-on-mini",
+        "two-images-on-full",
+        "five-images",
+        "auto-size",
+        "background",
+        "jpeg",
+        "model",
+    ],
+)
+async def test_options_the_route_cannot_honour_are_refused_before_any_request(
+    fake: FakeAtlas, provider: AtlasCloudProvider, change: dict[str, object], exc_type: type[ProviderError]
+) -> None:
+    images = change.pop("images", None)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
+
+    assert info.value.accepted is False
+    assert fake.requests == []
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "accepted", "elsewhere", "submits"),
+    [
+        (Fault.UNAUTHORIZED, ServiceUnavailable, False, True, 0),
+        (Fault.UPLOAD_ERROR, ServerError, False, True, 0),
+        (Fault.INSUFFICIENT_BALANCE, ServiceUnavailable, False, True, 1),
+        (Fault.BALANCE_IN_ENVELOPE, ServiceUnavailable, False, True, 1),
+        (Fault.SERVER_ERROR, ServerError, False, True, 1),
+        (Fault.GATEWAY_TIMEOUT, ServerError, True, False, 1),
+        (Fault.SUBMIT_WITHOUT_ID, ServerError, True, False, 1),
+        (Fault.JOB_FAILED, JobFailed, True, False, 1),
+        (Fault.JOB_NSFW, ProviderRejected, True, False, 1),
+        (Fault.NO_OUTPUTS, ServerError, True, False, 1),
+    ],
+)
+async def test_each_fault_maps_to_its_exception_and_the_job_is_submitted_at_most_once(
+    fake: FakeAtlas,
+    provider: AtlasCloudProvider,
+    fault: Fault,
+    exc_type: type[ProviderError],
+    accepted: bool,
+    elsewhere: bool,
+    submits: int,
+) -> None:
+    fake.fail_always(fault)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request())
+
+    assert type(info.value) is exc_type
+    assert info.value.accepted is accepted
+    assert info.value.retryable_elsewhere is elsewhere
+    assert fake.submit_count == submits
+
+
+async def test_a_failed_prediction_carries_its_id_and_message(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.JOB_FAILED)
+
+    with pytest.raises(JobFailed) as info:
+        await provider.edit(edit_request())
+
+    assert info.value.request_id in fake.predictions
+    assert "upstream model error" in str(info.value)
+    assert info.value.code == "failed"
+
+
+async def test_a_poll_error_is_retried_and_the_job_still_completes(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.POLL_ERROR)
+
+    result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1
+    assert next(r.status for r in fake.requests if r.endpoint == "poll") == 503
+    assert fake.submit_count == 1
+
+
+async def test_429_with_a_short_retry_after_is_resent_because_nothing_was_queued(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=0.05)
+
+    result = await provider.edit(edit_request(deadline=time.monotonic() + 30))
+
+    assert [r.status for r in fake.requests if r.endpoint == "submit"] == [429, 200]
+    assert len(result.images) == 1
+
+
+async def test_429_beyond_the_deadline_fails_at_once_as_not_accepted(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=4)
+
+    with pytest.raises(RateLimited) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 3))
+
+    assert info.value.retry_after == 4
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.submit_count == 1
+
+
+async def test_deadline_stops_polling_and_reports_an_accepted_timeout_without_any_cancel_call(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.NEVER_FINISHES)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.4))
+
+    assert time.monotonic() - started < 1.5
+    assert info.value.accepted is True and not info.value.retryable_elsewhere
+    assert fake.submit_count == 1
+    assert fake.count("poll") >= 2
+    # Atlas documents no cancel call: nothing but uploads, one submit and GET polls were sent.
+    assert {(r.method, r.endpoint) for r in fake.requests} == {
+        ("POST", "upload"),
+        ("POST", "submit"),
+        ("GET", "poll"),
+    }
+
+
+async def test_a_hanging_submit_times_out_as_accepted_and_is_not_resent(
+    fake: FakeAtlas, make_provider: Callable[..., AtlasCloudProvider]
+) -> None:
+    fake.fail_always(Fault.HANG)
+
+    with pytest.raises(ProviderTimeout) as info:
+        await make_provider(call_timeout=0.3).edit(edit_request())
+
+    assert info.value.accepted is True
+    assert fake.submit_count == 1
+
+
+async def test_an_output_larger_than_the_cap_is_refused(
+    fake: FakeAtlas, make_provider: Callable[..., AtlasCloudProvider]
+) -> None:
+    with pytest.raises(ServerError) as info:
+        await make_provider(max_output_bytes=1000).edit(edit_request())
+
+    assert info.value.accepted is True
+    assert fake.submit_count == 1
+
+
+async def test_the_key_and_signed_url_queries_never_reach_logs_or_errors(
+    fake: FakeAtlas, make_provider: Callable[..., AtlasCloudProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider()
+    await provider.edit(edit_request())
+    fake.fail_next(Fault.JOB_FAILED)
+    with pytest.raises(JobFailed) as info:
+        await provider.edit(edit_request())
+
+    for text in (caplog.text, repr(provider), str(info.value)):
+        assert fake.api_key not in text
+        assert "sig=" not in text
+
+
+# ----------------------------------------------------------------------------- the fake validates
+
+
+async def post(
+    session: aiohttp.ClientSession, fake: FakeAtlas, body: object, *, key: str | None = None
+) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {key or fake.api_key}"}
+    async with session.post(f"{fake.base_url}/model/generateImage", json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def uploaded_url(session: aiohttp.ClientSession, fake: FakeAtlas) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", (DATA / "astronaut.png").read_bytes(), filename="a.png", content_type="image/png")
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}/model/uploadMedia", data=form, headers=headers) as resp:
+        return (await resp.json())["data"]["download_url"]
+
+
+@pytest.mark.parametrize(
+    ("make_body", "status", "text"),
+    [
+        (lambda url: {"model": MINI, "prompt": "p", "image": url}, 400, "unknown field"),  # wrong image field
+        (lambda url: {"model": MINI, "prompt": "p"}, 400, "missing required field 'images'"),
+        (lambda url: {"model": FULL, "prompt": "p", "images": [url]}, 400, "unknown field"),
+        (lambda url: {"model": MINI, "prompt": "p", "images": [url], "width": 512}, 400, "unknown field"),
+        (lambda url: {"model": MINI, "prompt": "p", "images": [url], "size": "auto"}, 400, "size must be"),
+        (lambda url: {"model": MINI, "prompt": "p", "images": [url], "quality": "auto"}, 400, "quality must"),
+        (
+            lambda url: {"model": MINI, "prompt": "p", "images": ["https://cdn.discordapp.com/a.png"]},
+            400,
+            "cannot fetch",
+        ),
+        (lambda url: {"model": "openai/dall-e/edit", "prompt": "p"}, 404, "not found"),
+    ],
+    ids=[
+        "image-on-mini",
+        "no-images",
+        "images-on-full",
+        "extra-field",
+        "auto-size",
+        "auto-quality",
+        "cdn",
+        "model",
+    ],
+)
+async def test_fake_rejects_wrong_fields_like_a_strict_atlas(
+    fake: FakeAtlas,
+    session: aiohttp.ClientSession,
+    make_body: Callable[[str], dict],
+    status: int,
+    text: str,
+) -> None:
+    url = await uploaded_url(session, fake)
+
+    got, payload = await post(session, fake, make_body(url))
+
+    assert got == status
+    assert text in payload["msg"]
+
+
+async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
+    fake: FakeAtlas, session: aiohttp.ClientSession
+) -> None:
+    url = await uploaded_url(session, fake)
+
+    status, payload = await post(
+        session,
+        fake,
+        {"model": MINI, "input": {"prompt": "p", "images": [url]}, "enable_sync_mode": False},
+    )
+    assert status == 200 and payload["data"]["status"] == "processing"
+    status, payload = await post(
+        session,
+        fake,
+        {
+            "model": MINI,
+            "prompt": "p",
+            "images": [url],
+            "enable_sync_mode": True,
+            "enable_base64_output": True,
+        },
+    )
+    assert status == 200 and payload["data"]["status"] == "completed"
+    assert payload["data"]["outputs"][0].startswith("data:image/png;base64,")
+    status, payload = await post(session, fake, {"model": MINI, "prompt": "p", "images": [url]}, key="wrong")
+    assert status == 401
+
+
+# ----------------------------------------------------------------------------- classify unit
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "headers", "exc_type", "accepted", "elsewhere"),
+    [
+        (401, body(code=401, msg="Invalid API key"), {}, ServiceUnavailable, False, True),
+        (402, body(code=402, msg="Payment required"), {}, ServiceUnavailable, False, True),
+        (400, body(message="Insufficient balance"), {}, ServiceUnavailable, False, True),
+        (200, body(code=402, msg="insufficient balance"), {}, ServiceUnavailable, False, True),
+        (403, body(error="forbidden"), {}, ServiceUnavailable, False, True),
+        (404, body(code=404, msg="model not found"), {}, ModelUnavailable, False, True),
+        (429, body(code=429, msg="slow down"), {"retry-after": "3"}, RateLimited, False, True),
+        (400, body(code=400, msg="prompt rejected by the safety system"), {}, ProviderRejected, False, False),
+        (422, b"<html>bad</html>", {}, InvalidInput, False, False),
+        (500, b"", {}, ServerError, False, True),
+        (502, b"<html>bad gateway</html>", {}, ServerError, False, True),
+        (504, b"", {}, ServerError, True, False),
+        (
+            200,
+            body(code=200, data={"id": "p", "status": "failed", "error": "boom"}),
+            {},
+            JobFailed,
+            True,
+            False,
+        ),
+        (
+            200,
+            body(id="p", status="failed", error="NSFW content detected"),
+            {},
+            ProviderRejected,
+            True,
+            False,
+        ),
+    ],
+)
+def test_classify_atlas_error_table(
+    status: int,
+    raw: bytes,
+    headers: dict[str, str],
+    exc_type: type[ProviderError],
+    accepted: bool,
+    elsewhere: bool,
+) -> None:
+    err = classify_atlas_error(status, raw, headers, provider="atlascloud")
+
+    assert type(err) is exc_type
+    assert (err.accepted, err.retryable_elsewhere) == (accepted, elsewhere)
+    if isinstance(err, RateLimited):
+        assert err.retry_after == 3.0

@@ -1,0 +1,413 @@
+"""Contract tests: `OneMinAIProvider` against the fake 1min.ai API over real sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image, ImageChops
+
+from bot.providers.base import EditRequest, InputImage
+from bot.providers.errors import (
+    InvalidInput,
+    JobFailed,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import RetryPolicy
+from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
+from tests.fakes.oneminai_server import FakeOneMin, Fault
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+HOLE = (0, 256, 512, 512)  # the bottom half of the 512x512 astronaut
+
+
+def photo(name: str = "astronaut.png") -> InputImage:
+    data = (DATA / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
+        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+
+
+def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
+    img = Image.new("RGBA", size, (0, 0, 0, 255))
+    img.paste((0, 0, 0, 0), HOLE)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
+
+
+def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 30.0)
+    kw.setdefault("size", "1024x1024")
+    return EditRequest(
+        images=images or (photo(),),
+        prompt=str(kw.pop("prompt", "transform into a watercolor painting")),
+        model=str(kw.pop("model", "gpt-image-1-mini")),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOneMin]:
+    async with FakeOneMin() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_provider(fake: FakeOneMin, session: aiohttp.ClientSession) -> Callable[..., OneMinAIProvider]:
+    def make(**kw: object) -> OneMinAIProvider:
+        kw.setdefault("policy", FAST)
+        kw.setdefault("call_timeout", 5.0)
+        kw.setdefault("io_timeout", 5.0)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        return OneMinAIProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., OneMinAIProvider]) -> OneMinAIProvider:
+    return make_provider()
+
+
+def feature_call(fake: FakeOneMin) -> dict:
+    return next(r for r in fake.requests if r.endpoint == "features").json
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+async def test_editor_uploads_the_asset_then_calls_image_editor_and_downloads_the_temporary_url(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source,), quality="high", size="1536x1024"))
+
+    assert [r.endpoint for r in fake.requests] == ["assets", "features", "s3"]
+    upload = fake.requests[0]
+    assert upload.authorized and upload.file_parts == ["asset"]
+    body = feature_call(fake)
+    assert body["type"] == "IMAGE_EDITOR" and body["model"] == "gpt-image-1-mini"
+    prompt_object = body["promptObject"]
+    assert prompt_object["imageUrl"].startswith("images/")  # an asset path, not a URL
+    assert prompt_object == {
+        "imageUrl": prompt_object["imageUrl"],
+        "prompt": "transform into a watercolor painting",
+        "size": "1536x1024",
+        "n": 1,
+        "output_format": "png",
+        "quality": "high",
+        "background": "auto",
+    }
+    download = fake.requests[2]
+    assert not download.has_api_key  # the presigned S3 URL never gets our key
+    expected = decoded(source.data).convert("RGB").rotate(180).resize((1536, 1024), Image.Resampling.BILINEAR)
+    assert ImageChops.difference(decoded(result.images[0].data).convert("RGB"), expected).getbbox() is None
+    assert (result.quality, result.size) == ("high", "1536x1024")
+    assert result.request_id and len(result.request_id) == 32
+
+
+async def test_auto_quality_is_omitted_and_jpeg_gets_full_compression_quality(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    result = await provider.edit(edit_request(quality="auto", output_format="jpeg"))
+
+    prompt_object = feature_call(fake)["promptObject"]
+    assert "quality" not in prompt_object
+    assert prompt_object["output_compression"] == 100
+    assert result.images[0].format == "jpeg" and result.quality is None
+
+
+async def test_masked_edit_uses_the_inpainter_with_a_white_equals_edit_mask(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source,), mask=openai_mask()))
+
+    body = feature_call(fake)
+    assert body["type"] == "IMAGE_INPAINTER"
+    assert set(body["promptObject"]) == {"imageUrl", "maskUrl", "prompt", "size", "n", "output_format"}
+    mask = decoded(fake.objects[body["promptObject"]["maskUrl"]])
+    assert mask.mode == "L" and mask.getpixel((10, 400)) == 255 and mask.getpixel((10, 10)) == 0
+    out = decoded(result.images[0].data).convert("RGB").resize((512, 512), Image.Resampling.BILINEAR)
+    original = decoded(source.data).convert("RGB")
+    flipped = original.rotate(180)
+    for point, want in (
+        ((100, 100), original.getpixel((100, 100))),
+        ((100, 400), flipped.getpixel((100, 400))),
+    ):
+        assert all(abs(a - b) <= 24 for a, b in zip(out.getpixel(point), want, strict=True)), point
+
+
+async def test_transparent_background_is_passed_to_the_editor(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    await provider.edit(edit_request(background="transparent"))
+
+    assert feature_call(fake)["promptObject"]["background"] == "transparent"
+
+
+# ----------------------------------------------------------------------------- refused before any request
+
+
+@pytest.mark.parametrize(
+    ("change", "exc_type"),
+    [
+        ({"prompt": "p" * 4001}, InvalidInput),
+        ({"images": (photo(), photo())}, InvalidInput),
+        ({"size": "auto"}, InvalidInput),
+        ({"count": 2}, InvalidInput),
+        ({"background": "opaque"}, InvalidInput),
+        (
+            {"mask": openai_mask(), "background": "transparent"},
+            InvalidInput,
+        ),  # the inpainter has no background
+        ({"model": "gpt-image-1.5"}, ModelUnavailable),
+    ],
+    ids=["long-prompt", "two-images", "auto-size", "count", "opaque", "mask-with-background", "model"],
+)
+async def test_options_the_route_cannot_honour_are_refused_before_any_request(
+    fake: FakeOneMin, provider: OneMinAIProvider, change: dict[str, object], exc_type: type[ProviderError]
+) -> None:
+    images = change.pop("images", None)
+
+    with pytest.raises(exc_type):
+        await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
+
+    assert fake.requests == []
+
+
+async def test_a_4000_character_prompt_is_accepted(fake: FakeOneMin, provider: OneMinAIProvider) -> None:
+    await provider.edit(edit_request(prompt="p" * 4000))
+
+    assert fake.feature_count == 1
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "accepted", "elsewhere", "calls"),
+    [
+        (Fault.UNAUTHORIZED, ServiceUnavailable, False, True, 0),
+        (Fault.UPLOAD_ERROR, ServerError, False, True, 0),
+        (Fault.NO_CREDITS, ServiceUnavailable, False, True, 1),
+        (Fault.SERVER_ERROR, ServerError, True, False, 1),
+        (Fault.RECORD_FAILED, JobFailed, True, False, 1),
+        (Fault.NO_URL, ServerError, True, False, 1),
+    ],
+)
+async def test_each_fault_maps_to_its_exception_and_the_feature_is_called_at_most_once(
+    fake: FakeOneMin,
+    provider: OneMinAIProvider,
+    fault: Fault,
+    exc_type: type[ProviderError],
+    accepted: bool,
+    elsewhere: bool,
+    calls: int,
+) -> None:
+    fake.fail_always(fault)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request())
+
+    assert type(info.value) is exc_type
+    assert (info.value.accepted, info.value.retryable_elsewhere) == (accepted, elsewhere)
+    assert fake.feature_count == calls
+
+
+async def test_429_is_retried_after_its_retry_after(fake: FakeOneMin, provider: OneMinAIProvider) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=0.05)
+
+    result = await provider.edit(edit_request())
+
+    assert [r.status for r in fake.requests if r.endpoint == "features"] == [429, 200]
+    assert len(result.images) == 1
+
+
+async def test_429_beyond_the_deadline_is_not_accepted(fake: FakeOneMin, provider: OneMinAIProvider) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=20)
+
+    with pytest.raises(RateLimited) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 3))
+
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.feature_count == 1
+
+
+async def test_the_deadline_caps_the_synchronous_call_as_an_accepted_timeout(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    fake.fail_always(Fault.HANG)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.4))
+
+    assert time.monotonic() - started < 1.5
+    assert info.value.accepted is True
+    assert fake.feature_count == 1
+
+
+async def test_the_presigned_query_and_the_key_never_reach_logs(
+    fake: FakeOneMin, make_provider: Callable[..., OneMinAIProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider(max_output_bytes=100)  # the download fails and gets logged/raised
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request())
+
+    for text in (caplog.text, str(info.value), repr(provider)):
+        assert "X-Amz" not in text
+        assert fake.api_key not in text
+
+
+# ----------------------------------------------------------------------------- the fake validates
+
+
+async def post_feature(session: aiohttp.ClientSession, fake: FakeOneMin, body: dict) -> tuple[int, dict]:
+    async with session.post(
+        f"{fake.base_url}/features", json=body, headers={"API-KEY": fake.api_key}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def upload(
+    session: aiohttp.ClientSession, fake: FakeOneMin, data: bytes, field_name: str = "asset"
+) -> dict:
+    form = aiohttp.FormData()
+    form.add_field(field_name, data, filename="x.png", content_type="image/png")
+    async with session.post(f"{fake.base_url}/assets", data=form, headers={"API-KEY": fake.api_key}) as resp:
+        return await resp.json()
+
+
+async def test_fake_refuses_an_alpha_mask_on_the_inpainter_and_a_file_field_on_assets(
+    fake: FakeOneMin, session: aiohttp.ClientSession
+) -> None:
+    image_path = (await upload(session, fake, (DATA / "astronaut.png").read_bytes()))["fileContent"]["path"]
+    mask_path = (await upload(session, fake, openai_mask().data))["fileContent"]["path"]
+
+    status, payload = await post_feature(
+        session,
+        fake,
+        {
+            "type": "IMAGE_INPAINTER",
+            "model": "gpt-image-1",
+            "promptObject": {
+                "imageUrl": image_path,
+                "maskUrl": mask_path,
+                "prompt": "p",
+                "size": "1024x1024",
+            },
+        },
+    )
+    assert status == 400 and "not transparent" in payload["message"]
+    assert "asset is required" in (await upload(session, fake, b"x", field_name="file"))["message"]
+
+
+@pytest.mark.parametrize(
+    ("feature", "prompt_object", "text"),
+    [
+        ("IMAGE_EDITOR", {"maskUrl": "images/x"}, "unknown field"),
+        ("IMAGE_INPAINTER", {"background": "auto"}, "unknown field"),
+        ("IMAGE_EDITOR", {"image": "images/x"}, "unknown field"),
+        ("IMAGE_EDITOR", {"size": "auto"}, "size must be"),
+        ("IMAGE_EDITOR", {"imageUrl": "https://cdn.discordapp.com/a.png"}, "asset not found"),
+    ],
+    ids=["mask-on-editor", "background-on-inpainter", "wrong-image-field", "auto-size", "cdn-url"],
+)
+async def test_fake_rejects_wrong_prompt_object_fields(
+    fake: FakeOneMin, session: aiohttp.ClientSession, feature: str, prompt_object: dict, text: str
+) -> None:
+    path = (await upload(session, fake, (DATA / "astronaut.png").read_bytes()))["fileContent"]["path"]
+    obj = {"imageUrl": path, "prompt": "p", "size": "1024x1024", **prompt_object}
+
+    status, payload = await post_feature(
+        session, fake, {"type": feature, "model": "gpt-image-1", "promptObject": obj}
+    )
+
+    assert status == 400
+    assert text in payload["message"]
+
+
+async def test_fake_with_n_above_one_lists_every_result_but_links_only_the_first(
+    fake: FakeOneMin, session: aiohttp.ClientSession
+) -> None:
+    path = (await upload(session, fake, (DATA / "astronaut.png").read_bytes()))["fileContent"]["path"]
+
+    status, payload = await post_feature(
+        session,
+        fake,
+        {
+            "type": "IMAGE_EDITOR",
+            "model": "gpt-image-1",
+            "promptObject": {"imageUrl": path, "prompt": "p", "n": 3},
+        },
+    )
+
+    assert status == 200
+    record = payload["aiRecord"]
+    assert len(record["aiRecordDetail"]["resultObject"]) == 3
+    assert isinstance(record["temporaryUrl"], str)
+
+
+# ----------------------------------------------------------------------------- classify unit
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "exc_type", "accepted"),
+    [
+        (401, body(message="Unauthorized"), ServiceUnavailable, False),
+        (402, b"", ServiceUnavailable, False),
+        (400, body(message="Insufficient credits"), ServiceUnavailable, False),
+        (403, body(error={"message": "Your credit limit was reached"}), ServiceUnavailable, False),
+        (404, body(message="model not found"), ModelUnavailable, False),
+        (429, body(message="Too many requests"), RateLimited, False),
+        (400, body(message="Prompt flagged by the safety system"), ProviderRejected, False),
+        (400, body(message="size is invalid"), InvalidInput, False),
+        (500, b"<html>oops</html>", ServerError, True),
+        (200, body(aiRecord={"status": "FAILED"}), JobFailed, True),
+    ],
+)
+def test_classify_oneminai_error_table(
+    status: int, raw: bytes, exc_type: type[ProviderError], accepted: bool
+) -> None:
+    err = classify_oneminai_error(status, raw, {}, provider="oneminai")
+
+    assert type(err) is exc_type
+    assert err.accepted is accepted
+    assert err.retryable_elsewhere is (
+        not accepted and exc_type in (ServiceUnavailable, ModelUnavailable, RateLimited)
+    )

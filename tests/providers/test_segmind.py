@@ -1,0 +1,426 @@
+"""Contract tests: `SegmindProvider` against the fake Segmind v1 API over real sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image, ImageChops, ImageOps
+
+from bot.providers.base import EditRequest, InputImage
+from bot.providers.errors import (
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import RetryPolicy
+from bot.providers.segmind import SegmindProvider, classify_segmind_error, parse_reset_at
+from tests.fakes.segmind_server import PRICE, FakeSegmind, Fault, RecordedRequest
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+MINI = "gpt-image-1-edit-mini"
+HOLE = (256, 0, 512, 512)  # the right half of the 512x512 astronaut
+
+
+def photo(name: str = "astronaut.png") -> InputImage:
+    data = (DATA / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
+        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+
+
+def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
+    img = Image.new("RGBA", size, (255, 255, 255, 255))  # white but opaque: keep (alpha decides)
+    img.paste((255, 255, 255, 0), HOLE)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
+
+
+def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 30.0)
+    return EditRequest(
+        images=images or (photo(),),
+        prompt=str(kw.pop("prompt", "make it black and white")),
+        model=str(kw.pop("model", MINI)),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSegmind]:
+    async with FakeSegmind() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_provider(fake: FakeSegmind, session: aiohttp.ClientSession) -> Callable[..., SegmindProvider]:
+    def make(**kw: object) -> SegmindProvider:
+        kw.setdefault("policy", FAST)
+        kw.setdefault("call_timeout", 5.0)
+        kw.setdefault("io_timeout", 5.0)
+        kw.setdefault("upload_url", fake.upload_url)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        return SegmindProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., SegmindProvider]) -> SegmindProvider:
+    return make_provider()
+
+
+def edit_call(fake: FakeSegmind) -> RecordedRequest:
+    return next(r for r in fake.requests if r.endpoint == "edit")
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+async def test_edit_uploads_once_then_posts_json_with_x_api_key_and_reads_the_image_body(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source, photo("rocket.jpg")), quality="low", size="1024x1536"))
+
+    assert [r.endpoint for r in fake.requests] == ["upload", "edit"]
+    upload = fake.requests[0]
+    assert upload.key_ok and not upload.bearer
+    assert [u.split(";")[0] for u in upload.json["data_urls"]] == ["data:image/png", "data:image/jpeg"]
+    call = edit_call(fake)
+    assert call.key_ok and not call.bearer
+    assert call.content_type.startswith("application/json")
+    assert call.json == {
+        "prompt": "make it black and white",
+        "image_urls": call.json["image_urls"],
+        "size": "1024x1536",
+        "quality": "low",
+        "output_format": "png",
+    }
+    assert all(u.startswith(f"{fake.origin}/assets/") for u in call.json["image_urls"])
+    (out,) = result.images
+    expected = ImageOps.grayscale(decoded(source.data).convert("RGB")).convert("RGB")
+    expected = expected.resize((1024, 1536), Image.Resampling.BILINEAR)
+    assert ImageChops.difference(decoded(out.data).convert("RGB"), expected).getbbox() is None
+    assert (result.quality, result.size) == ("low", "1024x1536")
+
+
+async def test_x_cost_becomes_the_charge_and_the_request_id_is_kept(
+    fake: FakeSegmind, provider: SegmindProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    result = await provider.edit(edit_request())
+
+    call = edit_call(fake)
+    assert result.cost_usd == "0.0280" == str(PRICE[MINI])
+    assert Decimal(result.cost_usd) == Decimal(call.headers_out["x-cost"])
+    assert result.request_id == call.headers_out["x-request-id"]
+    assert call.headers_out["x-remaining-credits"] in caplog.text  # the balance is logged
+
+
+@pytest.mark.parametrize(("fmt", "pil"), [("jpeg", "JPEG"), ("webp", "WEBP")])
+async def test_output_format_and_background_are_sent_and_honoured(
+    fake: FakeSegmind, provider: SegmindProvider, fmt: str, pil: str
+) -> None:
+    result = await provider.edit(edit_request(output_format=fmt, background="opaque"))
+
+    assert edit_call(fake).json["background"] == "opaque"
+    assert result.images[0].format == fmt
+    assert decoded(result.images[0].data).format == pil
+
+
+async def test_auto_background_is_left_to_segmind_by_omitting_it(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    await provider.edit(edit_request(background="auto"))
+
+    assert "background" not in edit_call(fake).json
+
+
+async def test_mask_is_uploaded_and_only_the_transparent_area_changes(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    source = photo()
+
+    result = await provider.edit(edit_request((source,), mask=openai_mask(), size="1024x1024"))
+
+    call = edit_call(fake)
+    assert call.json["mask"].startswith(f"{fake.origin}/assets/")
+    assert len(fake.requests[0].json["data_urls"]) == 2  # the image and the mask, in one upload
+    out = decoded(result.images[0].data).convert("RGB").resize((512, 512), Image.Resampling.BILINEAR)
+    original = decoded(source.data).convert("RGB")
+    r, g, b = out.getpixel((400, 300))  # inside the hole: grey
+    assert max(r, g, b) - min(r, g, b) <= 6
+    kept = original.getpixel((100, 300))  # outside: the original colours
+    assert all(abs(a - c) <= 24 for a, c in zip(out.getpixel((100, 300)), kept, strict=True))
+
+
+@pytest.mark.parametrize("mode", ["json-base64", "json-url"])
+async def test_a_json_answer_is_understood_as_well(
+    fake: FakeSegmind, provider: SegmindProvider, mode: str
+) -> None:
+    fake.response_mode = mode
+
+    result = await provider.edit(edit_request())
+
+    assert decoded(result.images[0].data).size == (1024, 1024)
+    assert result.cost_usd == "0.0280"
+
+
+# ----------------------------------------------------------------------------- refused before any request
+
+
+@pytest.mark.parametrize(
+    ("change", "exc_type"),
+    [
+        ({"count": 2}, InvalidInput),
+        ({"images": (photo(),) * 5}, InvalidInput),
+        ({"model": "gpt-image-9-edit"}, ModelUnavailable),
+    ],
+    ids=["count", "five-images", "model"],
+)
+async def test_options_the_route_cannot_honour_are_refused_before_any_request(
+    fake: FakeSegmind, provider: SegmindProvider, change: dict[str, object], exc_type: type[ProviderError]
+) -> None:
+    images = change.pop("images", None)
+
+    with pytest.raises(exc_type):
+        await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
+
+    assert fake.requests == []
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "code", "accepted", "elsewhere"),
+    [
+        (Fault.MISSING_KEY, ServiceUnavailable, "unauthorized", False, True),
+        (Fault.INVALID_KEY, ServiceUnavailable, "unauthorized", False, True),
+        (Fault.NOT_ENOUGH_CREDITS, ServiceUnavailable, "insufficient_credits", False, True),
+        (Fault.SPEND_LIMIT, ServiceUnavailable, "insufficient_credits", False, True),
+        (Fault.CONTENT_TYPE, InvalidInput, "invalid_content_type", False, False),
+        (Fault.FORBIDDEN, ModelUnavailable, "forbidden", False, True),
+        (Fault.METHOD_NOT_ALLOWED, ServiceUnavailable, "method_not_allowed", False, True),
+        (Fault.RETIRED, ModelUnavailable, "retired", False, True),
+        (Fault.SERVER_ERROR, ServerError, None, False, True),
+        (Fault.GATEWAY_TIMEOUT, ServerError, None, True, False),
+        (Fault.NOT_AN_IMAGE, ServerError, None, True, False),
+    ],
+)
+async def test_each_fault_maps_to_its_exception_and_is_posted_exactly_once(
+    fake: FakeSegmind,
+    provider: SegmindProvider,
+    fault: Fault,
+    exc_type: type[ProviderError],
+    code: str | None,
+    accepted: bool,
+    elsewhere: bool,
+) -> None:
+    fake.fail_always(fault)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request())
+
+    assert type(info.value) is exc_type
+    assert info.value.code == code
+    assert (info.value.accepted, info.value.retryable_elsewhere) == (accepted, elsewhere)
+    assert fake.post_count == 1
+
+
+async def test_the_two_meanings_of_406_are_told_apart_by_their_message(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    fake.credits = Decimal("0.01")  # below the model's cost: Segmind refuses before zero
+    with pytest.raises(ServiceUnavailable) as credits:
+        await provider.edit(edit_request())
+
+    fake.credits = Decimal(10)
+    fake.fail_next(Fault.CONTENT_TYPE)
+    with pytest.raises(InvalidInput) as content_type:
+        await provider.edit(edit_request())
+
+    assert credits.value.status == content_type.value.status == 406
+    assert credits.value.code == "insufficient_credits"
+    assert content_type.value.code == "invalid_content_type"
+
+
+async def test_a_body_without_json_content_type_really_gets_the_content_type_406(
+    fake: FakeSegmind, session: aiohttp.ClientSession
+) -> None:
+    async with session.post(
+        f"{fake.base_url}/{MINI}", data=b'{"prompt": "p"}', headers={"x-api-key": fake.api_key}
+    ) as resp:
+        assert resp.status == 406
+        err = classify_segmind_error(resp.status, await resp.read(), resp.headers, provider="segmind")
+
+    assert isinstance(err, InvalidInput) and err.code == "invalid_content_type"
+
+
+async def test_a_bearer_key_is_refused_like_the_real_api(
+    fake: FakeSegmind, session: aiohttp.ClientSession
+) -> None:
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}/{MINI}", json={"prompt": "p"}, headers=headers) as resp:
+        assert resp.status == 401
+        assert "x-api-key" in (await resp.json())["error"]
+
+
+async def test_429_reset_time_within_the_deadline_is_waited_out_then_retried(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=0.2)
+
+    result = await provider.edit(edit_request(deadline=time.monotonic() + 30))
+
+    assert [r.status for r in fake.requests if r.endpoint == "edit"] == [429, 200]
+    assert "retry-after" not in {k.lower() for k in fake.requests[1].headers_out}
+    assert len(result.images) == 1
+
+
+async def test_429_reset_beyond_the_deadline_fails_at_once_as_not_accepted(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=30)
+    started = time.monotonic()
+
+    with pytest.raises(RateLimited) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 5))
+
+    assert time.monotonic() - started < 1.0
+    assert info.value.retry_after is not None and 28 < info.value.retry_after <= 30
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.post_count == 1
+
+
+async def test_an_upload_failure_is_not_accepted_and_nothing_paid_is_sent(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    fake.fail_always(Fault.UPLOAD_ERROR)
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request())
+
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.post_count == 0
+
+
+async def test_the_deadline_caps_the_blocking_call_and_the_timeout_counts_as_accepted(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    fake.fail_always(Fault.HANG)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.4))
+
+    assert time.monotonic() - started < 1.5
+    assert info.value.accepted is True
+    assert fake.post_count == 1
+
+
+async def test_an_answer_larger_than_the_cap_is_refused(
+    fake: FakeSegmind, make_provider: Callable[..., SegmindProvider]
+) -> None:
+    with pytest.raises(ServerError) as info:
+        await make_provider(max_output_bytes=2000).edit(edit_request())
+
+    assert info.value.accepted is True and fake.post_count == 1
+
+
+async def test_the_key_never_reaches_logs_or_errors(
+    fake: FakeSegmind, make_provider: Callable[..., SegmindProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    provider = make_provider(api_key="SG_deadbeefdeadbeef")
+
+    with pytest.raises(ServiceUnavailable) as info:
+        await provider.edit(edit_request())
+
+    for text in (caplog.text, str(info.value), repr(provider)):
+        assert "deadbeef" not in text
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def test_reset_at_is_read_in_every_plausible_format() -> None:
+    now = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+    epoch = now.timestamp()
+
+    assert parse_reset_at("2026-11-01T12:00:30Z", now=now) == 30
+    assert parse_reset_at("2026-11-01T12:00:30.500+00:00", now=now) == 30.5
+    assert parse_reset_at("2026-11-01 12:00:10", now=now) == 10  # naive: UTC
+    assert parse_reset_at("Sun, 01 Nov 2026 12:01:00 GMT", now=now) == 60
+    assert parse_reset_at(str(int(epoch) + 5), now=now) == 5
+    assert parse_reset_at(str(int(epoch * 1000) + 7000), now=now) == 7
+    assert parse_reset_at("2026-11-01T11:00:00Z", now=now) == 0  # already past
+    assert parse_reset_at("soon", now=now) is None
+    assert parse_reset_at(None, now=now) is None
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "exc_type", "code"),
+    [
+        (400, body(error="prompt is required"), InvalidInput, None),
+        (400, body(error="Your request was flagged by moderation"), ProviderRejected, "moderation"),
+        (
+            401,
+            body(error="unauthorized", error_description="API key is invalid"),
+            ServiceUnavailable,
+            "unauthorized",
+        ),
+        (406, body(error="Not enough credits"), ServiceUnavailable, "insufficient_credits"),
+        (406, body(error="Invalid content type"), InvalidInput, "invalid_content_type"),
+        (406, b"", ServiceUnavailable, "not_acceptable"),
+        (405, b"<html>405 Not Allowed</html>", ServiceUnavailable, "method_not_allowed"),
+        (410, body(error="deprecated"), ModelUnavailable, "retired"),
+        (429, body(error="rate_limit_exceeded"), RateLimited, "rate_limited"),
+        (500, body(error="generation failed"), ServerError, None),
+        (422, body(status="FAILED", error="x"), InvalidInput, None),
+    ],
+)
+def test_classify_segmind_error_table(
+    status: int, raw: bytes, exc_type: type[ProviderError], code: str | None
+) -> None:
+    err = classify_segmind_error(status, raw, {"x-request-id": "r1"}, provider="segmind")
+
+    assert type(err) is exc_type
+    assert err.code == code
+    assert err.request_id == "r1"
+    if isinstance(err, RateLimited):
+        assert err.retry_after is None  # no reset header, no Retry-After

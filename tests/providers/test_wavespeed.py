@@ -1,0 +1,489 @@
+"""Contract tests: `WaveSpeedProvider` against the fake WaveSpeed v3 API over real sockets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image, ImageChops, ImageOps
+
+from bot.providers.base import EditRequest, InputImage
+from bot.providers.errors import (
+    InvalidInput,
+    JobFailed,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import RetryPolicy
+from bot.providers.wavespeed import WaveSpeedProvider, classify_wavespeed_error
+from tests.fakes.wavespeed_server import FakeWaveSpeed, Fault
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+MINI = "openai/gpt-image-1-mini/edit"
+FULL = "openai/gpt-image-1/edit"
+HOLE = (0, 0, 256, 512)  # the left half of the 512x512 astronaut
+
+
+def photo(name: str = "astronaut.png") -> InputImage:
+    data = (DATA / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
+        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+
+
+def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
+    img = Image.new("RGBA", size, (200, 10, 10, 255))
+    img.paste((200, 10, 10, 0), HOLE)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
+
+
+def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 30.0)
+    return EditRequest(
+        images=images or (photo(),),
+        prompt=str(kw.pop("prompt", "turn it into a pencil sketch")),
+        model=str(kw.pop("model", MINI)),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeWaveSpeed]:
+    async with FakeWaveSpeed() as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_provider(fake: FakeWaveSpeed, session: aiohttp.ClientSession) -> Callable[..., WaveSpeedProvider]:
+    def make(**kw: object) -> WaveSpeedProvider:
+        kw.setdefault("policy", FAST)
+        kw.setdefault("call_timeout", 5.0)
+        kw.setdefault("io_timeout", 5.0)
+        kw.setdefault("poll_interval", 0.01)
+        kw.setdefault("max_poll_interval", 0.02)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        return WaveSpeedProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def provider(make_provider: Callable[..., WaveSpeedProvider]) -> WaveSpeedProvider:
+    return make_provider()
+
+
+def submit_of(fake: FakeWaveSpeed) -> dict:
+    return next(r for r in fake.requests if r.endpoint == "submit").json
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+async def test_mini_edit_uploads_then_submits_only_documented_fields_and_polls_the_result(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    result = await provider.edit(edit_request((photo(), photo("coffee.png"))))
+
+    assert [r.endpoint for r in fake.requests[:3]] == ["upload", "upload", "submit"]
+    assert [r.path for r in fake.requests[:2]] == ["/api/v3/media/upload/binary"] * 2
+    body = submit_of(fake)
+    assert set(body) == {"prompt", "images", "enable_base64_output", "enable_sync_mode"}
+    assert body["enable_base64_output"] is True and body["enable_sync_mode"] is False
+    assert len(body["images"]) == 2
+    polls = [r for r in fake.requests if r.endpoint == "poll"]
+    assert len(polls) == fake.polls_to_finish
+    assert all(r.path.endswith("/result") and r.method == "GET" for r in polls)
+    assert fake.count("file") == 0  # base64 output saved the download
+    assert result.request_id in fake.tasks
+    (out,) = result.images
+    expected = ImageOps.mirror(decoded(photo().data).convert("RGB")).resize(
+        (1024, 1024), Image.Resampling.BILINEAR
+    )
+    assert ImageChops.difference(decoded(out.data).convert("RGB"), expected).getbbox() is None
+
+
+@pytest.mark.parametrize("model", [FULL, "openai/gpt-image-1"])
+async def test_full_model_sends_image_mask_quality_and_a_star_size_and_edits_only_the_mask(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, model: str
+) -> None:
+    source = photo()
+
+    result = await provider.edit(
+        edit_request((source,), model=model, mask=openai_mask(), quality="high", size="1536x1024")
+    )
+
+    body = submit_of(fake)
+    assert set(body) == {
+        "prompt",
+        "image",
+        "mask_image",
+        "quality",
+        "size",
+        "enable_base64_output",
+        "enable_sync_mode",
+    }
+    assert (body["quality"], body["size"]) == ("high", "1536*1024")
+    assert next(r for r in fake.requests if r.endpoint == "submit").path == f"/api/v3/{model}"
+    out = decoded(result.images[0].data).convert("RGB")
+    assert out.size == (1536, 1024)
+    back = out.resize((512, 512), Image.Resampling.BILINEAR)
+    original = decoded(source.data).convert("RGB")
+    # Right half kept; left half (the mask's transparent area) mirrored from the right half.
+    for (x, y), want in (
+        ((400, 300), original.getpixel((400, 300))),
+        ((100, 300), original.getpixel((411, 300))),
+    ):
+        assert all(abs(a - b) <= 40 for a, b in zip(back.getpixel((x, y)), want, strict=True)), (x, y)
+    assert (result.quality, result.size) == ("high", "1536x1024")
+
+
+async def test_auto_size_and_quality_on_the_full_model(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    await provider.edit(edit_request(model=FULL))
+
+    body = submit_of(fake)
+    assert body["size"] == "auto"
+    assert "quality" not in body
+
+
+async def test_url_outputs_are_downloaded_without_the_key_and_the_signature_is_never_logged(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    result = await make_provider(base64_output=False).edit(edit_request())
+
+    downloads = [r for r in fake.requests if r.endpoint == "file"]
+    assert len(downloads) == 1 and not downloads[0].has_auth_header
+    assert decoded(result.images[0].data).format == "PNG"
+    assert "Signature" not in caplog.text and fake.api_key not in caplog.text
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+async def test_bare_and_data_url_base64_outputs_both_decode(
+    session: aiohttp.ClientSession, prefix: bool
+) -> None:
+    async with FakeWaveSpeed(base64_prefix=prefix) as fake:
+        provider = WaveSpeedProvider(session, fake.api_key, fake.base_url, policy=FAST, poll_interval=0.01)
+        result = await provider.edit(edit_request())
+
+    assert decoded(result.images[0].data).size == (1024, 1024)
+
+
+async def test_sync_mode_returns_the_finished_task_without_polling(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
+) -> None:
+    result = await make_provider(sync_mode=True).edit(edit_request())
+
+    assert submit_of(fake)["enable_sync_mode"] is True
+    assert fake.count("poll") == 0
+    assert len(result.images) == 1
+
+
+async def test_sync_wait_timeout_5004_falls_back_to_polling_the_same_task(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
+) -> None:
+    fake.fail_next(Fault.SYNC_TIMEOUT)
+
+    result = await make_provider(sync_mode=True).edit(edit_request())
+
+    assert fake.submit_count == 1
+    assert fake.count("poll") >= 1
+    (task_id,) = fake.tasks
+    assert result.request_id == task_id
+    assert len(result.images) == 1
+
+
+# ----------------------------------------------------------------------------- refused before any request
+
+
+@pytest.mark.parametrize(
+    ("change", "exc_type"),
+    [
+        ({"quality": "low"}, InvalidInput),  # the mini edit has no quality field at WaveSpeed
+        ({"size": "1024x1024"}, InvalidInput),
+        ({"count": 3}, InvalidInput),
+        ({"mask": openai_mask()}, InvalidInput),
+        ({"images": (photo(),) * 5}, InvalidInput),
+        ({"model": FULL, "images": (photo(), photo())}, InvalidInput),
+        ({"output_format": "webp"}, InvalidInput),
+        ({"background": "opaque"}, InvalidInput),
+        ({"model": "openai/gpt-image-1-mini"}, ModelUnavailable),
+    ],
+    ids=[
+        "quality",
+        "size",
+        "count",
+        "mask-on-mini",
+        "five-images",
+        "two-on-full",
+        "webp",
+        "background",
+        "model",
+    ],
+)
+async def test_options_the_route_cannot_honour_are_refused_before_any_request(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, change: dict[str, object], exc_type: type[ProviderError]
+) -> None:
+    images = change.pop("images", None)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
+
+    assert info.value.accepted is False
+    assert fake.requests == []
+
+
+async def test_an_image_over_the_upload_limit_is_refused_before_uploading(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
+) -> None:
+    with pytest.raises(InvalidInput, match="upload limit"):
+        await make_provider(max_upload_bytes=1000).edit(edit_request())
+
+    assert fake.requests == []
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "accepted", "elsewhere", "submits"),
+    [
+        (Fault.UNAUTHORIZED, ServiceUnavailable, False, True, 0),
+        (Fault.UPLOAD_ERROR, ServerError, False, True, 0),
+        (Fault.INSUFFICIENT_BALANCE, ServiceUnavailable, False, True, 1),
+        (Fault.SERVER_ERROR, ServerError, False, True, 1),
+        (Fault.JOB_FAILED, JobFailed, True, False, 1),
+        (Fault.JOB_CANCELLED, JobFailed, True, False, 1),
+        (Fault.JOB_TIMEOUT, ProviderTimeout, True, False, 1),
+    ],
+)
+async def test_each_fault_maps_to_its_exception_and_the_job_is_submitted_at_most_once(
+    fake: FakeWaveSpeed,
+    provider: WaveSpeedProvider,
+    fault: Fault,
+    exc_type: type[ProviderError],
+    accepted: bool,
+    elsewhere: bool,
+    submits: int,
+) -> None:
+    fake.fail_always(fault)
+
+    with pytest.raises(exc_type) as info:
+        await provider.edit(edit_request())
+
+    assert type(info.value) is exc_type
+    assert info.value.accepted is accepted
+    assert info.value.retryable_elsewhere is elsewhere
+    assert fake.submit_count == submits
+
+
+async def test_an_http_200_failure_is_a_failed_job_with_the_task_id(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    fake.fail_next(Fault.JOB_FAILED)
+
+    with pytest.raises(JobFailed) as info:
+        await provider.edit(edit_request())
+
+    last_poll = [r for r in fake.requests if r.endpoint == "poll"][-1]
+    assert last_poll.status == 200
+    assert info.value.request_id in fake.tasks
+    assert info.value.code == "failed"
+
+
+async def test_a_poll_502_is_retried(fake: FakeWaveSpeed, provider: WaveSpeedProvider) -> None:
+    fake.fail_next(Fault.POLL_ERROR)
+
+    result = await provider.edit(edit_request())
+
+    assert next(r.status for r in fake.requests if r.endpoint == "poll") == 502
+    assert len(result.images) == 1 and fake.submit_count == 1
+
+
+async def test_429_beyond_the_deadline_is_not_accepted_and_may_go_elsewhere(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    fake.fail_next(Fault.RATE_LIMITED, retry_after=10)
+
+    with pytest.raises(RateLimited) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 3))
+
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert fake.submit_count == 1
+
+
+async def test_deadline_stops_polling_with_an_accepted_timeout_and_sends_no_cancel(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    fake.fail_next(Fault.NEVER_FINISHES)
+    started = time.monotonic()
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.4))
+
+    assert time.monotonic() - started < 1.5
+    assert info.value.accepted is True
+    assert fake.submit_count == 1
+    assert {(r.method, r.endpoint) for r in fake.requests} == {
+        ("POST", "upload"),
+        ("POST", "submit"),
+        ("GET", "poll"),
+    }
+
+
+async def test_a_hanging_sync_submit_times_out_as_accepted_and_is_not_resent(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
+) -> None:
+    fake.fail_always(Fault.HANG)
+
+    with pytest.raises(ProviderTimeout) as info:
+        await make_provider(sync_mode=True, call_timeout=0.3).edit(edit_request())
+
+    assert info.value.accepted is True
+    assert fake.submit_count == 1
+
+
+# ----------------------------------------------------------------------------- the fake validates
+
+
+async def upload(
+    session: aiohttp.ClientSession, fake: FakeWaveSpeed, path: str = "/media/upload/binary"
+) -> dict:
+    form = aiohttp.FormData()
+    form.add_field("file", (DATA / "astronaut.png").read_bytes(), filename="a.png", content_type="image/png")
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}{path}", data=form, headers=headers) as resp:
+        return await resp.json()
+
+
+async def submit(
+    session: aiohttp.ClientSession, fake: FakeWaveSpeed, model: str, body: dict
+) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}/{model}", json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_fake_serves_every_documented_upload_flow_and_both_result_paths(
+    fake: FakeWaveSpeed, session: aiohttp.ClientSession
+) -> None:
+    classic = (await upload(session, fake))["data"]["download_url"]
+    alt = (await upload(session, fake, "/upload"))["data"]["url"]
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    meta = {"filename": "a.png", "size": 10, "content_type": "image/png"}
+    async with session.post(f"{fake.base_url}/media/uploads", json=meta, headers=headers) as resp:
+        ticket = (await resp.json())["data"]
+    async with session.put(ticket["upload"]["url"], data=(DATA / "astronaut.png").read_bytes()) as resp:
+        assert resp.status == 200
+    newest = ticket["download_url"]
+
+    for url in (classic, alt, newest):
+        status, payload = await submit(session, fake, MINI, {"prompt": "p", "images": [url]})
+        assert status == 200, payload
+        task_id = payload["data"]["id"]
+        for suffix in ("/result", ""):
+            async with session.get(f"{fake.base_url}/predictions/{task_id}{suffix}", headers=headers) as resp:
+                assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("model", "make_body", "text"),
+    [
+        (MINI, lambda url: {"prompt": "p", "image": url}, "unknown parameter"),  # wrong image field
+        (MINI, lambda url: {"prompt": "p", "images": [url], "quality": "low"}, "unknown parameter"),
+        (FULL, lambda url: {"prompt": "p", "images": [url]}, "unknown parameter"),
+        (FULL, lambda url: {"prompt": "p", "image": url, "size": "512*512"}, "size must be"),
+        (FULL, lambda url: {"prompt": "p", "image": "https://cdn.discordapp.com/x.png"}, "cannot download"),
+        (MINI, lambda url: {"prompt": "p", "images": [url] * 5}, "1 to 4"),
+    ],
+    ids=["image-on-mini", "quality-on-mini", "images-on-full", "bad-size", "cdn-url", "five-images"],
+)
+async def test_fake_rejects_wrong_fields_like_a_strict_wavespeed(
+    fake: FakeWaveSpeed,
+    session: aiohttp.ClientSession,
+    model: str,
+    make_body: Callable[[str], dict],
+    text: str,
+) -> None:
+    url = (await upload(session, fake))["data"]["download_url"]
+
+    status, payload = await submit(session, fake, model, make_body(url))
+
+    assert status == 400
+    assert text in payload["message"]
+
+
+async def test_fake_switch_lets_the_mini_edit_take_quality_and_size(session: aiohttp.ClientSession) -> None:
+    async with FakeWaveSpeed(mini_accepts_quality_size=True) as fake:
+        url = (await upload(session, fake))["data"]["download_url"]
+        status, _ = await submit(session, fake, MINI, {"prompt": "p", "images": [url], "size": "1024x1536"})
+    assert status == 200
+
+
+# ----------------------------------------------------------------------------- classify unit
+
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "exc_type", "accepted", "elsewhere"),
+    [
+        (401, body(code=401, message="invalid authentication"), ServiceUnavailable, False, True),
+        (402, b"", ServiceUnavailable, False, True),
+        (400, body(code=400, message="Insufficient balance"), ServiceUnavailable, False, True),
+        (200, body(code=500, message="upload failed", data=None), ServerError, False, True),
+        (404, body(code=404, message="model not found"), ModelUnavailable, False, True),
+        (429, b"Too Many Requests", RateLimited, False, True),
+        (400, body(code=400, message="prompt blocked by content moderation"), ProviderRejected, False, False),
+        (400, body(code=400, message="bad size"), InvalidInput, False, False),
+        (503, b"", ServerError, False, True),
+        (504, b"", ServerError, True, False),
+        (200, body(code=200, data={"id": "t", "status": "failed", "error": "boom"}), JobFailed, True, False),
+        (200, body(code=200, data={"id": "t", "status": "cancelled"}), JobFailed, True, False),
+        (200, body(code=200, data={"id": "t", "status": "timeout"}), ProviderTimeout, True, False),
+        (
+            200,
+            body(code=200, data={"status": "failed", "error": "NSFW detected"}),
+            ProviderRejected,
+            True,
+            False,
+        ),
+    ],
+)
+def test_classify_wavespeed_error_table(
+    status: int, raw: bytes, exc_type: type[ProviderError], accepted: bool, elsewhere: bool
+) -> None:
+    err = classify_wavespeed_error(status, raw, {}, provider="wavespeed")
+
+    assert type(err) is exc_type
+    assert (err.accepted, err.retryable_elsewhere) == (accepted, elsewhere)

@@ -1,0 +1,231 @@
+"""`/diagnose`: missing permissions named one by one, provider checks, database and catalog status."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.catalog import parse_catalog
+from bot.diagnostics import DiagnosticsService, missing_permissions
+from bot.providers.base import EditRequest, EditResult, ProviderHealth
+from bot.providers.openai import OpenAIProvider
+from bot.storage import Storage, latest_schema_version
+from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import TEST_CATALOG, running_bot
+
+TODAY = dt.date(2026, 11, 21)
+ALL_NEEDED = (
+    "View Channel",
+    "Send Messages",
+    "Send Messages in Threads",
+    "Create Public Threads",
+    "Attach Files",
+    "Embed Links",
+    "Read Message History",
+)
+
+
+class PlainProvider:
+    """An adapter without the optional `check`."""
+
+    name = "plain"
+
+    async def edit(self, request: EditRequest) -> EditResult:
+        raise NotImplementedError
+
+
+class BrokenCheckProvider(PlainProvider):
+    name = "broken"
+
+    async def check(self) -> ProviderHealth:
+        raise RuntimeError("bug in the adapter")
+
+
+class SilentProvider(PlainProvider):
+    """A check that never answers (a black-holed host)."""
+
+    name = "silent"
+
+    def __init__(self) -> None:
+        self.never = asyncio.Event()
+
+    async def check(self) -> ProviderHealth:
+        await self.never.wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def service(storage: Storage, providers: dict, **kw: object) -> DiagnosticsService:
+    return DiagnosticsService(
+        storage=storage,
+        providers=providers,
+        catalog=kw.pop("catalog", TEST_CATALOG),  # type: ignore[arg-type]
+        today=lambda: TODAY,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- permissions --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bits", "missing"),
+    [
+        (DEFAULT_BOT_PERMISSIONS, ()),
+        (
+            DEFAULT_BOT_PERMISSIONS & ~Permission.ATTACH_FILES & ~Permission.EMBED_LINKS,
+            ("Attach Files", "Embed Links"),
+        ),
+        (DEFAULT_BOT_PERMISSIONS & ~Permission.SEND_MESSAGES_IN_THREADS, ("Send Messages in Threads",)),
+        (0, ALL_NEEDED),
+        (int(Permission.ADMINISTRATOR), ()),
+        (int(Permission.VIEW_CHANNEL | Permission.READ_MESSAGE_HISTORY), ALL_NEEDED[1:6]),
+    ],
+)
+def test_missing_permissions_are_named_one_by_one(bits: int, missing: tuple[str, ...]) -> None:
+    assert missing_permissions(int(bits)) == missing
+
+
+# -- providers ----------------------------------------------------------------------------------------
+
+
+async def test_openai_check_reports_reachable_and_key_accepted(
+    storage: Storage, session: aiohttp.ClientSession
+) -> None:
+    async with FakeOpenAI() as fake:
+        provider = OpenAIProvider(session, fake.api_key, fake.base_url)
+        [status] = await service(storage, {"openai": provider}).check_providers()
+        assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/models")]
+        assert fake.post_count == 0  # nothing billable
+    assert (status.name, status.ok, status.reachable, status.authenticated) == ("openai", True, True, True)
+    assert status.detail == "API key accepted"
+    assert status.seconds is not None
+
+
+async def test_openai_check_reports_a_refused_key_without_echoing_it(
+    storage: Storage, session: aiohttp.ClientSession
+) -> None:
+    async with FakeOpenAI() as fake:
+        provider = OpenAIProvider(session, "sk-wrong-key-123456", fake.base_url)
+        [status] = await service(storage, {"openai": provider}).check_providers()
+    assert (status.ok, status.reachable, status.authenticated) == (False, True, False)
+    assert status.detail == "API key refused (HTTP 401 invalid_api_key)"
+
+
+async def test_openai_check_reports_an_unreachable_service(
+    storage: Storage, session: aiohttp.ClientSession
+) -> None:
+    provider = OpenAIProvider(session, "sk-x", f"http://127.0.0.1:{closed_port()}/v1")
+    [status] = await service(storage, {"openai": provider}).check_providers()
+    assert (status.ok, status.reachable, status.authenticated) == (False, False, None)
+    assert status.detail.startswith("unreachable (")
+
+
+async def test_providers_without_a_check_broken_checks_and_silent_ones_are_reported(storage: Storage) -> None:
+    providers = {"plain": PlainProvider(), "broken": BrokenCheckProvider(), "silent": SilentProvider()}
+    statuses = {s.name: s for s in await service(storage, providers, provider_timeout=0.05).check_providers()}
+    assert (statuses["plain"].ok, statuses["plain"].detail) == (None, "no check available for this provider")
+    assert (statuses["broken"].ok, statuses["broken"].detail) == (False, "check failed (RuntimeError)")
+    assert (statuses["silent"].ok, statuses["silent"].reachable) == (False, False)
+    assert statuses["silent"].detail == "no answer within 0 s"
+
+
+# -- database and catalog -----------------------------------------------------------------------------
+
+
+async def test_database_status_shows_schema_version_and_writability(storage: Storage) -> None:
+    status = await service(storage, {}).check_database()
+    assert (status.schema_version, status.latest_version) == (
+        latest_schema_version(),
+        latest_schema_version(),
+    )
+    assert status.writable and status.ok
+    await storage.close()
+    closed = await service(storage, {}).check_database()
+    assert not closed.writable and not closed.ok
+
+
+def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage) -> None:
+    def model(shutdown: str, replacement: str | None = None) -> dict:
+        entry = {
+            "qualities": ["high"],
+            "price": {"high": {"square": 0.1, "other": 0.1}},
+            "routes": [{"provider": "openai"}],
+            "shutdown": shutdown,
+        }
+        return entry | ({"replacement": replacement} if replacement else {})
+
+    catalog = parse_catalog(
+        {
+            "models": {
+                "soon": model("2026-12-01"),
+                "gone": model("2026-11-01", replacement="later"),
+                "later": model("2027-06-01"),
+            }
+        }
+    )
+    warnings = service(storage, {}, catalog=catalog).catalog.warnings(TODAY)
+    assert warnings == [
+        "soon retires in 10 days (2026-12-01)",
+        "gone retired on 2026-11-01 (replaced by later)",
+    ]
+
+
+async def test_diagnosis_combines_every_check(storage: Storage) -> None:
+    diagnosis = await service(storage, {"plain": PlainProvider()}).diagnose(int(Permission.VIEW_CHANNEL))
+    assert diagnosis.missing_permissions == ALL_NEEDED[1:]
+    assert [p.name for p in diagnosis.providers] == ["plain"]
+    assert diagnosis.database.ok
+    assert diagnosis.catalog_warnings == ()
+    assert (await service(storage, {}).diagnose(None)).missing_permissions is None
+
+
+# -- the command, end to end --------------------------------------------------------------------------
+
+
+async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
+    fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    without = DEFAULT_BOT_PERMISSIONS & ~Permission.ATTACH_FILES & ~Permission.EMBED_LINKS
+    async with (
+        FakeOpenAI() as openai,
+        running_bot(fake_discord, openai, tmp_path, bot_permissions=without) as world,
+    ):
+        [schema] = [c for c in fake_discord.synced_commands(world.guild) if c["name"] == "diagnose"]
+        assert int(schema["default_member_permissions"]) == Permission.MANAGE_GUILD
+        with pytest.raises(FakeDiscordUsageError):
+            await fake_discord.slash(world.user, "diagnose", channel=world.channel)  # not an admin
+
+        interaction = await fake_discord.slash(world.owner, "diagnose", channel=world.channel)
+        [reply] = await fake_discord.wait_until(lambda: [m for m in interaction.followups if m.embeds])
+    assert reply.ephemeral
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert fields["Bot permissions here"] == "❌ Attach Files\n❌ Embed Links"
+    assert fields["Image services"].startswith("✅ **openai**: API key accepted")
+    assert fields["Database"] == f"✅ schema {latest_schema_version()} of {latest_schema_version()}, writable"
+    assert fields["Models"] == "✅ No model retires within 30 days."

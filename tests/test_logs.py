@@ -1,0 +1,131 @@
+"""Logging: plain and JSON formats, and a redaction filter that holds for a whole job at DEBUG."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from bot.logs import REDACTED, RedactingFilter, configure_logging, install_redaction
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
+from tests.harness import running_bot
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging rewires the root logger; put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    touched = {name: logging.getLogger(name).level for name in ("discord", "discord.gateway", "discord.http")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in touched.items():
+        logging.getLogger(name).setLevel(old)
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        (
+            "POST http://x/api/v10/interactions/123/aW50ZXJhY3Rpb246abc_-.def/callback",
+            "aW50ZXJhY3Rpb246abc_-.def",
+        ),
+        ("PATCH /api/v10/webhooks/42/tok3n-value.x/messages/@original", "tok3n-value.x"),
+        ("GET https://cdn.discordapp.com/attachments/1/2/a.png?ex=6&is=7&hm=abcdef done", "hm=abcdef"),
+        ("{'id': '1', 'token': 'secret-token-value', 'type': 2}", "secret-token-value"),
+        ('{"token": "secret-token-value"}', "secret-token-value"),
+        ("headers Authorization: Bearer sk-proj-abcdefgh12345678", "sk-proj-abcdefgh12345678"),
+        ("Authorization: Bot MTIzNDU2Nzg5.abcdef.ghijklmnop", "MTIzNDU2Nzg5.abcdef.ghijklmnop"),
+        ("oops the key is configured-secret-1 in text", "configured-secret-1"),
+    ],
+)
+def test_redaction_removes_tokens_keys_and_signed_queries(line: str, secret: str) -> None:
+    redacted = RedactingFilter(["configured-secret-1"]).redact(line)
+    assert secret not in redacted
+    assert REDACTED in redacted
+
+
+def test_redaction_cleans_arguments_and_tracebacks(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("DEBUG", ["hunter2-secret"], stream=stream)
+    log = logging.getLogger("tests.redaction")
+    log.info("calling with %s", "hunter2-secret")
+    try:
+        raise RuntimeError("failed near hunter2-secret")
+    except RuntimeError:
+        log.exception("boom")
+    text = stream.getvalue()
+    assert "hunter2-secret" not in text
+    assert "calling with ***" in text
+    assert "RuntimeError: failed near ***" in text
+
+
+def test_json_format_writes_one_redacted_object_per_line(restore_logging: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", ["hunter2-secret"], "json", stream=stream)
+    log = logging.getLogger("tests.json")
+    log.warning("job %s failed with key %s", "abc", "hunter2-secret")
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        log.error("with traceback", exc_info=True)
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert entries[0]["level"] == "WARNING"
+    assert entries[0]["logger"] == "tests.json"
+    assert entries[0]["message"] == "job abc failed with key ***"
+    assert entries[0]["ts"].endswith("+00:00")
+    assert "ValueError: bad" in entries[1]["exc"]
+
+
+def test_redaction_is_installed_on_handlers_other_libraries_added(restore_logging: None) -> None:
+    stream = io.StringIO()
+    library_handler = logging.StreamHandler(stream)
+    library_logger = logging.getLogger("tests.some_library")
+    library_logger.addHandler(library_handler)
+    try:
+        redactor = configure_logging("INFO", ["hunter2-secret"], stream=io.StringIO())
+        library_logger.warning("token hunter2-secret")
+        assert redactor in library_handler.filters
+        assert "hunter2-secret" not in stream.getvalue()
+        install_redaction(redactor)  # idempotent
+        assert library_handler.filters.count(redactor) == 1
+    finally:
+        library_logger.removeHandler(library_handler)
+
+
+async def test_a_whole_edit_at_debug_logs_no_token_key_or_signed_url(
+    fake_discord: FakeDiscord, tmp_path: Path, restore_logging: None
+) -> None:
+    stream = io.StringIO()
+    async with FakeOpenAI() as openai:
+        configure_logging("DEBUG", [fake_discord.token, openai.api_key], stream=stream)
+        # configure_logging quietens the gateway; open it up so its raw event dumps are tested too.
+        logging.getLogger("discord.gateway").setLevel(logging.DEBUG)
+        async with running_bot(fake_discord, openai, tmp_path) as world:
+            interaction = await world.edit((DATA / "chelsea.png").read_bytes())
+            assert (await world.finished(interaction)).startswith("Done")
+    text = stream.getvalue()
+
+    secrets = {"bot token": fake_discord.token, "provider key": openai.api_key}
+    for it in fake_discord.interactions:
+        secrets[f"interaction token {it.id}"] = it.token
+    signed = [urlsplit(a.url).query for m in fake_discord.messages for a in m.attachments]
+    signed += [urlsplit(r.path).query for r in fake_discord.requests if "hm=" in r.path]
+    for index, query in enumerate(q for q in signed if q):
+        secrets[f"signed query {index}"] = query
+    leaked = [name for name, value in secrets.items() if value in text]
+    assert not leaked, f"found in the DEBUG log: {leaked}"
+    # The log really covered the dangerous parts, redacted: discord.py's request lines, the raw
+    # INTERACTION_CREATE dump and the attachment URL.
+    assert f"/interactions/{interaction.id}/{REDACTED}/callback" in text
+    assert f"'token': '{REDACTED}'" in text
+    assert f".png?{REDACTED}" in text

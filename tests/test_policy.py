@@ -1,0 +1,751 @@
+"""Credit policy against a real SQLite file: allowance refills, tiers and clamping, admission limits,
+admin permissions and the spend report. No Discord objects; time comes from an injectable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import io
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.catalog import parse_catalog
+from bot.config import load_settings
+from bot.errors import InvalidOptions
+from bot.jobs import EditJob, EditOptions, JobDefaults
+from bot.policy import (
+    ALL_MODELS,
+    CreditChange,
+    GuildPolicy,
+    Limits,
+    NotPermitted,
+    PolicyRefused,
+    PolicyService,
+    RoleTier,
+    SpendReport,
+    clamp,
+    may_administer,
+    next_period_start,
+    parse_models,
+)
+from bot.storage import LedgerEntry, NotEnoughCredits, Storage
+
+GUILD, OTHER_GUILD = 100, 200
+ALICE, BOB, ADMIN = 1, 2, 9
+VIP, PRO = 501, 502
+CATALOG = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "price": {
+                    "low": {"square": 0.01, "other": 0.02},
+                    "medium": {"square": 0.04, "other": 0.06},
+                    "high": {"square": 0.16, "other": 0.25},
+                },
+                "routes": [{"provider": "openai"}],
+            },
+            "gpt-image-1-mini": {
+                "name": "GPT Image 1 Mini",
+                "price": {q: {"square": 0.005, "other": 0.006} for q in ("low", "medium", "high")},
+                "routes": [{"provider": "openai"}],
+            },
+        }
+    }
+)
+
+
+def utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+
+
+class Clock:
+    """A clock the test moves by hand; Storage and the policy both read it."""
+
+    def __init__(self, start: str = "2026-11-10T12:00:00") -> None:
+        self.at = utc(start)
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+    def set(self, text: str) -> None:
+        self.at = utc(text)
+
+    def advance(self, seconds: float) -> None:
+        self.at += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def storage(tmp_path: Path, clock: Clock) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
+    yield s
+    await s.close()
+
+
+MakePolicy = Callable[..., PolicyService]
+
+
+@pytest.fixture
+def make_policy(storage: Storage, tmp_path: Path) -> MakePolicy:
+    def make(audit: Any = None, **env: str) -> PolicyService:
+        settings = load_settings(
+            {
+                "DISCORD_TOKEN": "t" * 20,
+                "OPENAI_API_KEY": "sk-test",
+                "DATA_DIR": str(tmp_path),
+                "STARTING_CREDITS": "0",
+                **env,
+            }
+        )
+        return PolicyService(settings=settings, catalog=CATALOG, storage=storage, on_credit_change=audit)
+
+    return make
+
+
+@pytest.fixture
+def policy(make_policy: MakePolicy) -> PolicyService:
+    return make_policy()
+
+
+def job(user: int = ALICE, guild: int = GUILD, roles: tuple[int, ...] = ()) -> EditJob:
+    return EditJob(guild, user, 7, [], EditOptions("make it blue"), 10_000_000, role_ids=roles)
+
+
+async def new_job(storage: Storage, job_id: str, user: int = ALICE, guild: int = GUILD) -> str:
+    await storage.create_job(
+        job_id,
+        guild_id=guild,
+        user_id=user,
+        channel_id=7,
+        model="gpt-image-1.5",
+        quality="low",
+        size="auto",
+        count=1,
+    )
+    return job_id
+
+
+async def fund(storage: Storage, *users: int) -> None:
+    for user in users:
+        await storage.change_balance(
+            GUILD, user, add=1000, actor_id=ADMIN, reason="setup", starting_credits=0
+        )
+
+
+async def assert_ledger_matches(storage: Storage, guild: int, user: int) -> None:
+    """The ledger invariant: balance and held are exactly the sums of the account's ledger rows."""
+    account = await storage.get_account(guild, user)
+    totals = await storage.ledger_totals(guild, user)
+    assert account is not None
+    assert (account.balance, account.held) == (totals.balance, totals.held)
+
+
+async def allowance_rows(storage: Storage, user: int = ALICE, guild: int = GUILD) -> int:
+    entries, _ = await storage.account_history(guild, user, kinds=("grant",), offset=0, limit=1000)
+    return sum(1 for e in entries if (e.reason or "").startswith("allowance"))
+
+
+# -- allowance refills ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("period", "first_use", "next_use", "refilled"),
+    [
+        ("monthly", "2026-01-31T23:59:59.999", "2026-02-01T00:00:00", True),
+        ("monthly", "2026-02-01T00:00:00", "2026-02-28T23:59:59.999", False),
+        ("monthly", "2026-12-31T23:59:59.999", "2027-01-01T00:00:00", True),
+        ("monthly", "2028-02-01T00:00:00", "2028-02-29T23:59:59.999", False),  # leap day is still February
+        ("monthly", "2028-02-29T12:00:00", "2028-03-01T00:00:00", True),
+        ("monthly", "2026-04-30T23:59:59.999", "2026-05-01T00:00:00.001", True),
+        ("daily", "2028-02-28T23:59:59.999", "2028-02-29T00:00:00", True),
+        ("daily", "2028-02-29T00:00:00", "2028-02-29T23:59:59.999", False),
+        ("daily", "2028-02-29T23:59:59.999", "2028-03-01T00:00:00", True),
+        ("weekly", "2026-11-22T23:59:59.999", "2026-11-23T00:00:00", True),  # Sunday -> Monday
+        ("weekly", "2026-11-23T00:00:00", "2026-11-29T23:59:59.999", False),  # Monday -> Sunday
+    ],
+)
+async def test_allowance_tops_up_on_the_first_use_after_a_period_boundary(
+    policy: PolicyService,
+    storage: Storage,
+    clock: Clock,
+    period: str,
+    first_use: str,
+    next_use: str,
+    refilled: bool,
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": period})
+    clock.set(first_use)
+    assert (await policy.credits(GUILD, ALICE, ())).account.balance == 100
+    await storage.change_balance(GUILD, ALICE, set_to=40, actor_id=ADMIN, reason="spent", starting_credits=0)
+
+    clock.set(next_use)
+    summary = await policy.credits(GUILD, ALICE, ())
+
+    assert summary.account.balance == (100 if refilled else 40)
+    assert await allowance_rows(storage) == (2 if refilled else 1)
+    assert summary.allowance.next_refill == next_period_start(period, clock.at)
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+@pytest.mark.parametrize(
+    ("now", "next_refill"),
+    [
+        ("2026-01-31T10:00:00", "2026-02-01T00:00:00"),
+        ("2028-02-29T10:00:00", "2028-03-01T00:00:00"),
+        ("2026-12-15T00:00:00", "2027-01-01T00:00:00"),
+    ],
+)
+async def test_credits_show_when_the_monthly_allowance_next_refills(
+    policy: PolicyService, clock: Clock, now: str, next_refill: str
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set(now)
+    summary = await policy.credits(GUILD, ALICE, ())
+    assert summary.allowance.amount == 100 and summary.allowance.period == "monthly"
+    assert summary.allowance.next_refill == utc(next_refill)
+
+
+@pytest.mark.parametrize(
+    ("balance", "allowance", "after"),
+    [(0, 100, 100), (40, 100, 100), (100, 100, 100), (250, 100, 250)],
+)
+async def test_allowance_tops_up_to_its_amount_and_never_takes_credits_away(
+    policy: PolicyService, storage: Storage, clock: Clock, balance: int, allowance: int, after: int
+):
+    await storage.change_balance(
+        GUILD, ALICE, set_to=balance, actor_id=ADMIN, reason="setup", starting_credits=0
+    )
+    await policy.update_guild(GUILD, ADMIN, {"allowance": allowance, "period": "monthly"})
+    assert (await policy.credits(GUILD, ALICE, ())).account.balance == after
+    clock.advance(40 * 86400)
+    assert (await policy.credits(GUILD, ALICE, ())).account.balance == max(after, allowance)
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_credits_held_by_a_running_job_do_not_reduce_the_top_up(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:00")
+    await policy.reserve(await new_job(storage, "j1"), job(), 70)
+    clock.set("2026-12-01T00:00:00")
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (100, 70)
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
+    policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:59.999")
+    await policy.credits(GUILD, ALICE, ())
+    await storage.change_balance(GUILD, ALICE, set_to=10, actor_id=ADMIN, reason="spent", starting_credits=0)
+    clock.set("2026-12-01T00:00:00")
+    # A second connection to the same file stands in for another process using the database.
+    other = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
+    try:
+        other_policy = PolicyService(settings=policy.settings, catalog=CATALOG, storage=other)
+        uses = [p.credits(GUILD, ALICE, ()) for p in (policy, other_policy) for _ in range(10)]
+        balances = {s.account.balance for s in await asyncio.gather(*uses)}
+    finally:
+        await other.close()
+    assert balances == {100}
+    assert await allowance_rows(storage) == 2  # November's and December's, nothing more
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_a_new_member_gets_the_servers_starting_credits_then_the_allowance(
+    policy: PolicyService, storage: Storage
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 300, "period": "weekly", "starting_credits": 50})
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert account.balance == 300
+    entries, _ = await storage.account_history(GUILD, ALICE, kinds=("grant",), offset=0, limit=10)
+    assert sorted((e.amount, e.reason) for e in entries) == [
+        (50, "starting credits"),
+        (250, "allowance weekly:2026-11-09"),
+    ]
+
+
+async def test_without_an_allowance_period_nothing_refills(policy: PolicyService, clock: Clock):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100})
+    summary = await policy.credits(GUILD, ALICE, ())
+    assert summary.account.balance == 0 and summary.allowance.next_refill is None
+
+
+# -- tiers, defaults and clamping -------------------------------------------------------------------
+
+BASE = GuildPolicy(
+    GUILD, allowance=100, period="monthly", max_quality="low", models=frozenset({"gpt-image-1-mini"})
+)
+
+
+@pytest.mark.parametrize(
+    ("tiers", "roles", "expected"),
+    [
+        ((), (), Limits(100, "low", frozenset({"gpt-image-1-mini"}), 4)),
+        ((RoleTier(VIP, allowance=500),), (), Limits(100, "low", frozenset({"gpt-image-1-mini"}), 4)),
+        (
+            (RoleTier(VIP, allowance=500),),
+            (VIP,),
+            Limits(500, "low", frozenset({"gpt-image-1-mini"}), 4, (VIP,)),
+        ),
+        # The most generous value of each rule wins across tiers, and "high" caps nothing.
+        (
+            (
+                RoleTier(VIP, allowance=500, max_quality="medium"),
+                RoleTier(PRO, allowance=200, max_quality="high"),
+            ),
+            (VIP, PRO),
+            Limits(500, None, frozenset({"gpt-image-1-mini"}), 4, (VIP, PRO)),
+        ),
+        (
+            (RoleTier(VIP, models=frozenset({"gpt-image-1.5"})),),
+            (VIP,),
+            Limits(100, "low", frozenset({"gpt-image-1-mini", "gpt-image-1.5"}), 4, (VIP,)),
+        ),
+        ((RoleTier(VIP, models=frozenset({ALL_MODELS})),), (VIP,), Limits(100, "low", None, 4, (VIP,))),
+        # A tier on @everyone (role id = guild id) applies to every member.
+        (
+            (RoleTier(GUILD, allowance=150),),
+            (),
+            Limits(150, "low", frozenset({"gpt-image-1-mini"}), 4, (GUILD,)),
+        ),
+        # A smaller allowance on a tier never lowers the base.
+        (
+            (RoleTier(VIP, allowance=10),),
+            (VIP,),
+            Limits(100, "low", frozenset({"gpt-image-1-mini"}), 4, (VIP,)),
+        ),
+    ],
+)
+def test_role_tiers_only_widen_the_servers_rules(
+    tiers: tuple[RoleTier, ...], roles: tuple[int, ...], expected: Limits
+):
+    policy = GuildPolicy(**{**BASE.__dict__, "tiers": tiers})
+    assert policy.limits_for(roles) == expected
+
+
+def test_max_images_is_the_most_generous_tier_and_never_above_the_bots_maximum():
+    policy = GuildPolicy(
+        GUILD, max_images=1, tiers=(RoleTier(VIP, max_images=2), RoleTier(PRO, max_images=3))
+    )
+    assert policy.limits_for(()).max_images == 1
+    assert policy.limits_for((VIP, PRO)).max_images == 3
+
+
+ANY = Limits(0, None, None, 4)
+CHOSEN = JobDefaults("gpt-image-1.5", "high", "auto", "auto", "png", 1)
+
+
+def with_(**changes: Any) -> JobDefaults:
+    return replace(CHOSEN, **changes)
+
+
+@pytest.mark.parametrize(
+    ("chosen", "limits", "expected", "notice"),
+    [
+        (CHOSEN, ANY, CHOSEN, None),
+        (CHOSEN, Limits(0, "medium", None, 4), with_(quality="medium"), "at most **medium** quality"),
+        (with_(quality="auto"), Limits(0, "medium", None, 4), with_(quality="medium"), "medium"),
+        (with_(quality="low"), Limits(0, "medium", None, 4), with_(quality="low"), None),
+        (with_(quality="auto"), ANY, with_(quality="auto"), None),
+        (
+            with_(count=4),
+            Limits(0, None, None, 2),
+            with_(count=2),
+            "at most 2 image(s) per edit",
+        ),
+        (
+            CHOSEN,
+            Limits(0, None, frozenset({"gpt-image-1-mini"}), 4),
+            with_(model="gpt-image-1-mini"),
+            "can't use GPT Image 1.5, so Retouch uses GPT Image 1 Mini",
+        ),
+    ],
+)
+def test_clamping_applies_the_cap_and_says_so(
+    chosen: JobDefaults, limits: Limits, expected: JobDefaults, notice: str | None
+):
+    result, notices = clamp(chosen, limits, catalog=CATALOG, today=dt.date(2026, 11, 10))
+    assert result == expected
+    if notice is None:
+        assert notices == ()
+    else:
+        [text] = notices
+        assert notice in text
+
+
+def test_clamping_refuses_when_no_allowed_model_exists():
+    with pytest.raises(PolicyRefused) as refused:
+        clamp(CHOSEN, Limits(0, None, frozenset({"gone"}), 4), catalog=CATALOG, today=dt.date(2026, 11, 10))
+    assert refused.value.code == "no_allowed_model"
+
+
+async def test_a_default_above_the_role_cap_is_capped_for_jobs_and_the_quality_view(policy: PolicyService):
+    await policy.update_guild(GUILD, ADMIN, {"max_quality": "medium"})
+    await policy.set_tier(GUILD, VIP, ADMIN, max_quality="high")
+    await policy.set_quality(ALICE, "high")
+
+    chosen = await policy.defaults_for(GUILD, ALICE)
+    capped, notices = await policy.clamp(job(), chosen)
+    vip, vip_notices = await policy.clamp(job(roles=(VIP,)), chosen)
+    view = await policy.quality_view(GUILD, ALICE, ())
+
+    assert (chosen.quality, capped.quality, vip.quality) == ("high", "medium", "high")
+    assert "at most **medium**" in notices[0] and vip_notices == ()
+    assert view.capped and view.defaults.effective.quality == "medium"
+    # Per-image list prices at the default size (auto = the larger size's price), in credits.
+    assert [(p.quality, p.credits, p.allowed) for p in view.prices] == [
+        ("low", 20, True),
+        ("medium", 60, True),
+        ("high", 250, False),
+        ("auto", 250, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("user", "server", "expected_quality", "expected_source"),
+    [
+        ({}, {}, "auto", "bot"),
+        ({}, {"default_quality": "low"}, "low", "server"),
+        ({"quality": "high"}, {"default_quality": "low"}, "high", "you"),
+    ],
+)
+async def test_user_defaults_win_over_server_defaults_which_win_over_bot_settings(
+    policy: PolicyService,
+    storage: Storage,
+    user: dict[str, str],
+    server: dict[str, str],
+    expected_quality: str,
+    expected_source: str,
+):
+    if user:
+        await storage.update_user_settings(ALICE, user)
+    if server:
+        await policy.update_guild(GUILD, ADMIN, server)
+    defaults = await policy.effective_defaults(GUILD, ALICE, ())
+    assert defaults.chosen.quality == expected_quality
+    assert defaults.sources["quality"] == expected_source
+    assert (await policy.defaults_for(GUILD, ALICE)).quality == expected_quality
+
+
+async def test_settings_reset_returns_to_the_server_default(policy: PolicyService):
+    await policy.update_guild(GUILD, ADMIN, {"default_size": "1024x1024"})
+    await policy.update_settings(GUILD, ALICE, {"size": "1536x1024", "output_format": "webp"})
+    assert (await policy.defaults_for(GUILD, ALICE)).size == "1536x1024"
+    await policy.update_settings(GUILD, ALICE, {}, reset=["size"])
+    defaults = await policy.defaults_for(GUILD, ALICE)
+    assert (defaults.size, defaults.output_format) == ("1024x1024", "webp")
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"model": "dall-e-9"}, "unknown_model"),
+        ({"background": "transparent", "output_format": "jpeg"}, "transparent_jpeg"),
+        ({"size": "999x999"}, "bad_option"),
+    ],
+)
+async def test_settings_refuse_what_no_job_could_use(
+    policy: PolicyService, changes: dict[str, str], code: str
+):
+    with pytest.raises(InvalidOptions) as refused:
+        await policy.update_settings(GUILD, ALICE, changes)
+    assert refused.value.code == code
+
+
+def test_model_lists_typed_by_admins_are_checked_against_the_catalog():
+    assert parse_models("gpt-image-1.5, gpt-image-1-mini", CATALOG, allow_all_marker=False) == frozenset(
+        {"gpt-image-1.5", "gpt-image-1-mini"}
+    )
+    assert parse_models("all", CATALOG, allow_all_marker=False) is None
+    assert parse_models("all", CATALOG, allow_all_marker=True) == frozenset({ALL_MODELS})
+    with pytest.raises(InvalidOptions):
+        parse_models("gpt-image-9", CATALOG, allow_all_marker=False)
+
+
+# -- admission: monthly cap, cooldown, concurrency --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cap_usd", "reserves", "first_refused"),
+    [
+        ("0.05", [20, 20, 20], 2),  # 40 fits under 50 credits, 60 would pass it
+        ("0.06", [20, 20, 20, 20], 3),  # reaching the cap exactly is allowed
+        ("0.01", [20], 0),
+        ("0.10", [30, 30, 30, 30], 3),
+    ],
+)
+async def test_the_guild_cap_refuses_the_job_that_would_pass_it(
+    policy: PolicyService, storage: Storage, cap_usd: str, reserves: list[int], first_refused: int
+):
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal(cap_usd)})
+    await fund(storage, ALICE, BOB)
+    outcomes = []
+    for index, credits in enumerate(reserves):
+        user = (ALICE, BOB)[index % 2]  # the cap is per server, not per member
+        try:
+            await policy.reserve(await new_job(storage, f"j{index}", user), job(user), credits)
+            outcomes.append("held")
+        except PolicyRefused as exc:
+            assert exc.code == "guild_cap"
+            outcomes.append("refused")
+    assert outcomes.index("refused") == first_refused
+
+
+async def test_the_guild_cap_counts_this_months_captures_and_current_holds(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("0.05")})
+    await fund(storage, ALICE)
+    clock.set("2026-10-31T23:00:00")
+    await policy.reserve(await new_job(storage, "october"), job(), 50)
+    await storage.capture("october", 50)  # last month's spend does not count in November
+    clock.set("2026-11-01T00:00:00")
+    await policy.reserve(await new_job(storage, "a"), job(), 30)
+    await storage.capture("a", 10)  # 10 captured; the 20 not charged goes back
+    await policy.reserve(await new_job(storage, "b"), job(), 30)  # 10 + 30 held = 40
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "c"), job(), 11)  # 51 > 50
+    assert "only 10 are left" in refused.value.user_message
+    await policy.reserve(await new_job(storage, "d"), job(), 10)  # exactly 50
+    with pytest.raises(PolicyRefused) as exhausted:
+        await policy.reserve(await new_job(storage, "e"), job(), 1)
+    assert "used its image budget" in exhausted.value.user_message
+    assert await storage.ledger_rows("c") == [] and await storage.ledger_rows("e") == []
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_concurrent_jobs_cannot_both_slip_under_the_guild_cap(policy: PolicyService, storage: Storage):
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("0.05")})
+    await fund(storage, ALICE)
+    ids = [await new_job(storage, f"j{i}") for i in range(6)]
+    results = await asyncio.gather(*(policy.reserve(i, job(), 20) for i in ids), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 2
+    assert all(isinstance(r, PolicyRefused) for r in results if isinstance(r, BaseException))
+
+
+async def test_cooldown_refuses_until_it_has_passed_and_ignores_refunded_jobs(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await policy.update_guild(GUILD, ADMIN, {"cooldown_seconds": 30})
+    await fund(storage, ALICE, BOB)
+    started = clock.at
+    await policy.reserve(await new_job(storage, "a"), job(), 10)
+    clock.advance(10)
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "b"), job(), 10)
+    assert refused.value.code == "cooldown"
+    assert f"<t:{int((started + dt.timedelta(seconds=30)).timestamp())}:R>" in refused.value.user_message
+    await policy.reserve(await new_job(storage, "bob"), job(BOB), 10)  # per member
+    clock.advance(20)
+    await policy.reserve(await new_job(storage, "c"), job(), 10)
+    await storage.release("c", "provider failed")  # a failed edit does not make the user wait
+    await policy.reserve(await new_job(storage, "d"), job(), 10)
+
+
+async def test_running_jobs_limit_refuses_the_extra_job_until_one_settles(
+    policy: PolicyService, storage: Storage
+):
+    await policy.update_guild(GUILD, ADMIN, {"max_concurrent": 2})
+    await fund(storage, ALICE)
+    await policy.reserve(await new_job(storage, "a"), job(), 10)
+    await policy.reserve(await new_job(storage, "b"), job(), 10)
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "c"), job(), 10)
+    assert refused.value.code == "too_many_running" and "2 edit(s) running" in refused.value.user_message
+    await storage.capture("a", 10)
+    await policy.reserve(await new_job(storage, "d"), job(), 10)
+
+
+async def test_concurrent_jobs_cannot_pass_the_running_jobs_limit(policy: PolicyService, storage: Storage):
+    await policy.update_guild(GUILD, ADMIN, {"max_concurrent": 1})
+    await fund(storage, ALICE)
+    ids = [await new_job(storage, f"j{i}") for i in range(5)]
+    results = await asyncio.gather(*(policy.reserve(i, job(), 10) for i in ids), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+
+
+async def test_not_enough_credits_still_surfaces_as_the_ledgers_own_error(
+    policy: PolicyService, storage: Storage
+):
+    with pytest.raises(NotEnoughCredits):
+        await policy.reserve(await new_job(storage, "a"), job(), 10)
+
+
+# -- admin permissions and credit changes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("admin_ids", "owner_ids", "user", "manage_guild", "allowed"),
+    [
+        ("", "", ALICE, False, False),  # a member without Manage Server
+        ("", "", ADMIN, True, True),  # no allow-list: Manage Server is enough
+        (str(ADMIN), "", ADMIN, True, True),  # on the allow-list
+        (str(ADMIN), "", BOB, True, False),  # a server Administrator not on the list
+        (str(ADMIN), "", ADMIN, False, False),  # listed, but not a manager of this server
+        (str(ADMIN), str(BOB), BOB, True, True),  # the bot's owners count as listed
+    ],
+)
+def test_admin_permission_needs_manage_server_and_the_allow_list_when_set(
+    make_policy: MakePolicy, admin_ids: str, owner_ids: str, user: int, manage_guild: bool, allowed: bool
+):
+    policy = make_policy(ADMIN_USER_IDS=admin_ids, OWNER_IDS=owner_ids)
+    if allowed:
+        policy.authorize_admin(user, manage_guild=manage_guild)
+    else:
+        with pytest.raises(NotPermitted):
+            policy.authorize_admin(user, manage_guild=manage_guild)
+    allow_list = policy.settings.admin_user_ids | (policy.settings.owner_ids if admin_ids else frozenset())
+    assert may_administer(user, manage_guild=manage_guild, allow_list=allow_list) is allowed
+
+
+@pytest.mark.parametrize(
+    ("start", "action", "amount", "moved", "balance", "kind"),
+    [
+        (100, "grant", 50, 50, 150, "grant"),
+        (100, "take", 30, -30, 70, "adjust"),
+        (100, "take", 500, -100, 0, "adjust"),  # never below zero
+        (100, "set", 20, -80, 20, "adjust"),
+        (100, "set", 400, 300, 400, "grant"),
+        (100, "set", 100, 0, 100, "adjust"),  # recorded even when nothing moves
+    ],
+)
+async def test_each_admin_credit_change_is_one_ledger_row_with_the_admin_and_is_audited(
+    make_policy: MakePolicy,
+    storage: Storage,
+    start: int,
+    action: str,
+    amount: int,
+    moved: int,
+    balance: int,
+    kind: str,
+):
+    audited: list[CreditChange] = []
+
+    async def audit(change: CreditChange) -> None:
+        audited.append(change)
+
+    policy = make_policy(audit=audit, STARTING_CREDITS=str(start))
+    change = await policy.change_credits(GUILD, ADMIN, ALICE, action, amount, "  for the contest  ")
+    entries, total = await storage.account_history(
+        GUILD, ALICE, kinds=("grant", "adjust"), offset=0, limit=10
+    )
+    assert (change.moved, change.balance) == (moved, balance)
+    assert total == 2  # the starting grant, then the admin's row
+    assert (entries[0].kind, entries[0].amount, entries[0].actor_id) == (kind, moved, ADMIN)
+    assert entries[0].reason == f"{action}: for the contest"
+    assert audited == [change]
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_a_failing_audit_hook_never_undoes_or_blocks_a_credit_change(
+    make_policy: MakePolicy, storage: Storage
+):
+    async def broken(change: CreditChange) -> None:
+        raise RuntimeError("audit channel gone")
+
+    change = await make_policy(audit=broken).change_credits(GUILD, ADMIN, ALICE, "grant", 5, "thanks")
+    assert change.balance == 5 and (await storage.get_account(GUILD, ALICE)).balance == 5  # type: ignore[union-attr]
+
+
+# -- the spend report -------------------------------------------------------------------------------
+
+
+async def make_activity(policy: PolicyService, storage: Storage, clock: Clock) -> None:
+    """A month of mixed ledger rows in two guilds, plus rows from the month before."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-10-20T10:00:00")
+    await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 500, '=HYPERLINK("http://x")')
+    await policy.reserve(await new_job(storage, "oct"), job(), 40)
+    await storage.capture("oct", 33)
+    clock.set("2026-11-02T09:00:00")
+    for index, (user, reserve, charge) in enumerate([(ALICE, 40, 25), (BOB, 60, 60), (ALICE, 20, None)]):
+        job_id = await new_job(storage, f"nov{index}", user)
+        await policy.reserve(job_id, job(user), reserve)
+        await storage.set_job_state(job_id, "completed", provider="openai")
+        if charge is None:
+            await storage.release(job_id, "failed")
+        else:
+            await storage.capture(job_id, charge)
+        clock.advance(3600)
+    await policy.change_credits(GUILD, ADMIN, BOB, "take", 15, "refund abuse")
+    await policy.reserve(await new_job(storage, "running", BOB), job(BOB), 12)  # still held
+    await policy.change_credits(OTHER_GUILD, ADMIN, ALICE, "grant", 999, "other server")
+
+
+def ledger_rows(db_path: Path, guild: int, since: str, until: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute(
+        "SELECT * FROM ledger WHERE guild_id = ? AND created_at >= ? AND created_at < ? ORDER BY id",
+        (guild, since, until),
+    ).fetchall()
+    conn.close()
+    return [dict(r) for r in rows]
+
+
+async def test_the_report_csv_equals_the_ledger_to_the_credit(
+    policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
+):
+    await make_activity(policy, storage, clock)
+    report = await policy.report(GUILD, "this month")
+    rows = list(csv.DictReader(io.StringIO(report.csv())))
+    ledger = ledger_rows(tmp_path / "retouch.sqlite3", GUILD, "2026-11-01", "2026-12-01")
+
+    assert [int(r["id"]) for r in rows] == [r["id"] for r in ledger]
+    for column in ("amount", "delta_balance", "delta_held", "user_id"):
+        assert [int(r[column]) for r in rows] == [r[column] for r in ledger]
+    assert [r["kind"] for r in rows] == [r["kind"] for r in ledger]
+    captures = [r for r in ledger if r["kind"] == "capture"]
+    assert report.spent == sum(r["amount"] for r in captures) == 85
+    assert dict(report.by_user) == {ALICE: 25, BOB: 60}
+    assert dict(report.by_model) == {"gpt-image-1.5": 85} and dict(report.by_provider) == {"openai": 85}
+    assert report.admin_granted == -15  # the take; October's grant is not in this month
+    assert report.allowances == 100  # bob's first top-up (alice was already above the allowance)
+
+
+async def test_an_all_time_report_adds_up_to_every_balance_and_hold(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await make_activity(policy, storage, clock)
+    rows = list(csv.DictReader(io.StringIO((await policy.report(GUILD, "all time")).csv())))
+    for user in (ALICE, BOB):
+        mine = [r for r in rows if int(r["user_id"]) == user]
+        account = await storage.get_account(GUILD, user)
+        assert account is not None
+        assert sum(int(r["delta_balance"]) for r in mine) == account.balance
+        assert sum(int(r["delta_held"]) for r in mine) == account.held
+    assert all(int(r["user_id"]) != 999 for r in rows) and "other server" not in str(rows)
+
+
+async def test_last_months_report_holds_only_last_months_rows(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await make_activity(policy, storage, clock)
+    report = await policy.report(GUILD, "last month")
+    assert report.spent == 33 and {e.created_at[:7] for e in report.entries} == {"2026-10"}
+
+
+def test_report_cells_that_look_like_formulas_stay_text():
+    entry = LedgerEntry(
+        1, GUILD, ALICE, None, "adjust", -5, -5, 0, ADMIN, '=HYPERLINK("http://x")', "2026-11-01"
+    )
+    report = SpendReport(GUILD, "this month", None, None, (entry,), 1000)
+    [row] = list(csv.DictReader(io.StringIO(report.csv())))
+    assert row["reason"] == '\'=HYPERLINK("http://x")'
+    assert row["amount"] == "-5"  # numbers are never altered

@@ -1,0 +1,947 @@
+"""Routing: eligibility, order, fallback only when a job was provably not taken, circuit breaker,
+count emulation and the charge following the serving route.
+
+Three layers: the router with in-memory providers (exact control over each failure), the router
+with the real adapters against their fake servers, and the settings/wiring that build it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.app import build_providers
+from bot.catalog import Catalog, Route, load_catalog, parse_catalog
+from bot.config import ConfigError, load_settings
+from bot.errors import InvalidOptions
+from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
+from bot.providers import errors as perr
+from bot.providers.atlascloud import AtlasCloudProvider
+from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Usage
+from bot.providers.http import RetryPolicy
+from bot.providers.segmind import SegmindProvider
+from bot.providers.wavespeed import WaveSpeedProvider
+from bot.routing import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreaker,
+    Needs,
+    Router,
+    adapt,
+    blockers,
+    charge_usd,
+    nearest_size,
+    route_reserve_usd,
+)
+from bot.storage import Storage
+from tests.fakes import atlascloud_server as atlas_fake
+from tests.fakes.atlascloud_server import FakeAtlas
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.oneminai_server import FakeOneMin
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.segmind_server import FakeSegmind
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.harness import running_bot
+
+DATA = Path(__file__).parent / "data"
+CATALOG = load_catalog()
+MINI = CATALOG.get("gpt-image-1-mini")
+FULL = CATALOG.get("gpt-image-1")
+FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+BASE_ENV = {"DISCORD_TOKEN": "tok-abcdef123456"}
+
+
+def photo(name: str = "rocket.jpg") -> InputImage:
+    data = (DATA / name).read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
+        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+
+
+def openai_mask(size: tuple[int, int]) -> InputImage:
+    img = Image.new("RGBA", size, (0, 0, 0, 255))
+    img.paste((0, 0, 0, 0), (0, 0, size[0] // 2, size[1] // 2))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(buf.getvalue(), "image/png", *size)
+
+
+def request(**kw: object) -> EditRequest:
+    kw.setdefault("deadline", time.monotonic() + 30)
+    images = kw.pop("images", (photo(),))
+    return EditRequest(images=images, prompt=str(kw.pop("prompt", "p")), model="ignored", **kw)  # type: ignore[arg-type]
+
+
+class StubProvider:
+    """An in-memory provider: each call takes the next outcome (the last one repeats)."""
+
+    def __init__(self, name: str, *outcomes: BaseException | str, cost: str | None = None) -> None:
+        self.name = name
+        self.outcomes = list(outcomes) or ["ok"]
+        self.calls: list[EditRequest] = []
+        self.cost = cost
+
+    async def edit(self, req: EditRequest) -> EditResult:
+        self.calls.append(req)
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return EditResult(
+            images=tuple(OutputImage(PNG, "png") for _ in range(req.count)),
+            provider=self.name,
+            quality=None if req.quality == "auto" else req.quality,
+            size=None if req.size == "auto" else req.size,
+            request_id=f"{self.name}-{len(self.calls)}",
+            cost_usd=self.cost,
+        )
+
+
+def refused(name: str = "x") -> perr.ProviderError:
+    """A failure that provably created nothing (the connection was never opened)."""
+    return perr.ConnectionFailed("could not connect", provider=name, accepted=False)
+
+
+def stubs(*providers: StubProvider) -> dict[str, StubProvider]:
+    return {p.name: p for p in providers}
+
+
+# ----------------------------------------------------------------------------- eligibility
+
+
+def route(**kw: object) -> Route:
+    base: dict[str, object] = {"provider": "p", "model": "m", "mask": True, "max_input_images": 4}
+    return Route(**{**base, **kw})  # type: ignore[arg-type]
+
+
+NEEDS = Needs(images=1, size="auto", quality="auto", background="auto", output_format="png")
+
+
+@pytest.mark.parametrize(
+    ("route_kw", "needs_kw", "blocked"),
+    [
+        ({}, {}, ()),
+        ({"mask": False}, {"mask": True}, ("mask",)),
+        ({"max_input_images": 1}, {"images": 4}, ("images",)),
+        ({"sizes": ("1024x1024",)}, {"size": "1536x1024"}, ("size",)),
+        ({"sizes": ("1024x1024", "1536x1024")}, {"size": "auto"}, ()),  # auto is resolved to a shape
+        ({"sizes": ("auto",)}, {"size": "1024x1024"}, ("size",)),
+        ({"qualities": ("auto",)}, {"quality": "high"}, ("quality",)),
+        ({"backgrounds": ("auto",)}, {"background": "transparent"}, ("background",)),
+        ({"output_formats": ("png",)}, {"output_format": "webp"}, ("format",)),
+        ({"max_prompt_chars": 4000}, {"prompt_chars": 4001}, ("prompt",)),
+        ({}, {"input_fidelity": True}, ("input_fidelity",)),
+        ({"n": False}, {"count": 4}, ()),  # count is emulated, never refused
+        (
+            {"mask": False, "output_formats": ("png",)},
+            {"mask": True, "output_format": "jpeg"},
+            ("mask", "format"),
+        ),
+    ],
+)
+def test_a_route_is_eligible_only_when_it_can_honour_every_option(
+    route_kw: dict[str, object], needs_kw: dict[str, object], blocked: tuple[str, ...]
+) -> None:
+    needs = Needs(
+        **{
+            "images": 1,
+            "size": "auto",
+            "quality": "auto",
+            "background": "auto",
+            "output_format": "png",
+            **needs_kw,
+        }  # type: ignore[arg-type]
+    )
+    assert blockers(route(**route_kw), needs) == blocked
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [(640, 427, "1536x1024"), (427, 640, "1024x1536"), (500, 500, "1024x1024"), (2000, 100, "1536x1024")],
+)
+def test_auto_size_on_a_fixed_size_route_is_the_closest_shape(width: int, height: int, size: str) -> None:
+    assert nearest_size(("1024x1024", "1024x1536", "1536x1024"), width, height) == size
+
+
+def test_adapt_uses_the_routes_model_id_and_resolves_auto_size_only_where_needed() -> None:
+    req = request(size="auto")  # rocket.jpg is 640x427 (landscape)
+    atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
+    wavespeed = next(r for r in MINI.routes if r.provider == "wavespeed")
+
+    assert (adapt(req, atlas).model, adapt(req, atlas).size) == ("openai/gpt-image-1-mini/edit", "1536x1024")
+    assert adapt(req, wavespeed).size == "auto"
+    assert adapt(request(size="1024x1024"), atlas).size == "1024x1024"
+
+
+def test_routes_follow_provider_order_and_unnamed_providers_keep_catalog_order() -> None:
+    providers = stubs(*(StubProvider(n) for n in ("openai", "atlascloud", "wavespeed", "segmind")))
+    router = Router(providers, order=("wavespeed", "atlascloud"))
+
+    assert [r.provider for r in router.configured(MINI)] == ["wavespeed", "atlascloud", "openai", "segmind"]
+    assert (
+        next(r.provider for r in router.configured(MINI, order=("segmind",))) == "segmind"
+    )  # guild override
+    assert "oneminai" not in [r.provider for r in router.configured(MINI)]  # not configured
+
+
+def test_no_eligible_route_names_the_option_to_change() -> None:
+    router = Router(stubs(StubProvider("atlascloud"), StubProvider("wavespeed")))
+
+    with pytest.raises(InvalidOptions) as info:
+        router.require(MINI, Needs(1, "1024x1024", "low", "auto", "png", mask=True))
+    assert info.value.code == "route_mask"
+    assert "remove the `mask`" in info.value.user_message
+
+    with pytest.raises(InvalidOptions) as info:
+        router.require(MINI, Needs(1, "1024x1024", "low", "auto", "jpeg"))
+    assert "`format`" in info.value.user_message and "png" in info.value.user_message
+
+    with pytest.raises(InvalidOptions, match="No configured image service sells") as info:
+        Router(stubs(StubProvider("oneminai"))).require(CATALOG.get("gpt-image-1.5"), NEEDS)
+    assert info.value.code == "no_route"
+
+
+# ----------------------------------------------------------------------------- fallback rules
+
+
+async def test_first_provider_down_the_second_serves_and_the_charge_is_the_seconds_price() -> None:
+    atlas = StubProvider("atlascloud", refused("atlascloud"))
+    wavespeed = StubProvider("wavespeed")
+    router = Router(stubs(atlas, wavespeed), order=("atlascloud", "wavespeed"))
+
+    served = await router.run(MINI, request())
+
+    assert len(atlas.calls) == 1 and len(wavespeed.calls) == 1
+    assert served.route.provider == "wavespeed" and served.result.provider == "wavespeed"
+    assert served.cost_usd == Decimal("0.02")  # WaveSpeed's flat price, not Atlas's $0.004
+    assert served.refused_by == ("atlascloud",)
+    assert wavespeed.calls[0].model == "openai/gpt-image-1-mini/edit"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        perr.ServiceUnavailable("insufficient balance", status=402, accepted=False),
+        perr.RateLimited("429 beyond the deadline", retry_after=600, accepted=False),
+        perr.ModelUnavailable("404", accepted=False),
+        perr.ConnectionFailed("refused", accepted=False),
+    ],
+    ids=["balance", "429", "model", "connect"],
+)
+async def test_failures_that_provably_created_nothing_fall_back(error: perr.ProviderError) -> None:
+    first, second = StubProvider("atlascloud", error), StubProvider("wavespeed")
+
+    served = await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
+
+    assert served.route.provider == "wavespeed"
+
+
+async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_have_run_does_not() -> None:
+    unqueued = perr.ServerError("500, no id", accepted=False)
+    unqueued.retryable_elsewhere = True  # what the async adapters' classifiers say of it
+    first, second = StubProvider("atlascloud", unqueued), StubProvider("wavespeed")
+    assert (
+        await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
+    ).route.provider == ("wavespeed")
+
+    first, second = (
+        StubProvider("atlascloud", perr.ServerError("504", accepted=True)),
+        StubProvider("wavespeed"),
+    )
+    with pytest.raises(perr.ServerError):
+        await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
+    assert second.calls == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        perr.JobFailed("prediction failed", accepted=True),
+        perr.ProviderTimeout("deadline while polling", accepted=True),
+        perr.ConnectionFailed("reset after sending", accepted=True),
+        perr.ProviderRejected("safety", accepted=False),
+        perr.InvalidInput("bad image", accepted=False),
+    ],
+    ids=["job-failed", "poll-timeout", "reset", "safety", "invalid"],
+)
+async def test_an_accepted_or_refused_job_is_never_sent_to_another_provider(
+    error: perr.ProviderError,
+) -> None:
+    first, second = StubProvider("atlascloud", error), StubProvider("wavespeed")
+
+    with pytest.raises(type(error)) as info:
+        await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
+
+    assert info.value is error
+    assert second.calls == []
+
+
+async def test_when_every_route_refuses_the_last_error_is_raised() -> None:
+    a = StubProvider("atlascloud", refused("atlascloud"))
+    b = StubProvider("wavespeed", perr.ServiceUnavailable("401", status=401))
+
+    with pytest.raises(perr.ServiceUnavailable):
+        await Router(stubs(a, b), order=("atlascloud",)).run(MINI, request())
+
+
+async def test_a_mask_job_is_never_routed_to_a_route_without_mask_support() -> None:
+    atlas, wavespeed, segmind = StubProvider("atlascloud"), StubProvider("wavespeed"), StubProvider("segmind")
+    router = Router(stubs(atlas, wavespeed, segmind), order=("atlascloud", "wavespeed", "segmind"))
+    img = photo()
+
+    served = await router.run(MINI, request(images=(img,), mask=openai_mask((img.width, img.height))))
+
+    assert served.route.provider == "segmind"
+    assert atlas.calls == [] and wavespeed.calls == []
+    # And with only mask-less routes configured, the user is told instead.
+    with pytest.raises(InvalidOptions, match="mask"):
+        await Router(stubs(atlas, wavespeed)).run(MINI, request(mask=openai_mask((img.width, img.height))))
+    assert atlas.calls == [] and wavespeed.calls == []
+
+
+# ----------------------------------------------------------------------------- count emulation and charges
+
+
+async def test_count_without_n_is_parallel_single_calls_charged_per_image() -> None:
+    atlas = StubProvider("atlascloud")
+
+    served = await Router(stubs(atlas)).run(MINI, request(count=3, size="1024x1024"))
+
+    assert [c.count for c in atlas.calls] == [1, 1, 1]
+    assert len(served.result.images) == 3
+    assert served.cost_usd == Decimal("0.004") * 3
+    assert served.notice is None
+
+
+async def test_count_with_n_is_one_call() -> None:
+    openai = StubProvider("openai")
+
+    served = await Router(stubs(openai)).run(MINI, request(count=3))
+
+    assert [c.count for c in openai.calls] == [3]
+    assert len(served.result.images) == 3
+
+
+async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back() -> None:
+    atlas = StubProvider("atlascloud", "ok", perr.JobFailed("failed", accepted=True), "ok")
+
+    served = await Router(stubs(atlas)).run(MINI, request(count=3, size="1024x1024"))
+
+    assert len(served.result.images) == 2
+    assert served.cost_usd == Decimal("0.008")
+    assert served.notice is not None and "2 of the 3" in served.notice
+
+
+async def test_an_emulated_count_that_failed_after_acceptance_is_not_resent_elsewhere() -> None:
+    atlas = StubProvider("atlascloud", refused(), perr.JobFailed("failed", accepted=True))
+    wavespeed = StubProvider("wavespeed")
+
+    with pytest.raises(perr.JobFailed):
+        await Router(stubs(atlas, wavespeed), order=("atlascloud",)).run(
+            MINI, request(count=2, size="1024x1024")
+        )
+    assert wavespeed.calls == []
+
+
+async def test_provider_reported_cost_wins_over_the_route_price() -> None:
+    segmind = StubProvider("segmind", cost="0.0280")
+
+    served = await Router(stubs(segmind)).run(MINI, request(count=2))
+
+    assert served.cost_usd == Decimal("0.0560")
+    assert served.result.cost_usd == "0.0560"
+
+
+def test_list_priced_routes_charge_token_usage_then_the_price_table() -> None:
+    openai = next(r for r in MINI.routes if r.provider == "openai")
+    req = request(quality="low", size="1024x1024")
+    usage = Usage(input_text_tokens=50, input_image_tokens=1000, output_image_tokens=1000)
+    by_usage = EditResult((OutputImage(PNG, "png"),), "openai", "low", "1024x1024", usage=usage)
+    by_table = EditResult((OutputImage(PNG, "png"),) * 2, "oneminai", "medium", "1536x1024")
+    onemin = next(r for r in MINI.routes if r.provider == "oneminai")
+
+    assert charge_usd(MINI, openai, by_usage, req) == Decimal("0.0106")
+    assert charge_usd(MINI, onemin, by_table, req) == Decimal("0.015") * 2
+
+
+def test_the_reserve_covers_the_dearest_eligible_route() -> None:
+    router = Router(stubs(StubProvider("atlascloud"), StubProvider("segmind")))
+    needs = Needs(1, "1024x1024", "low", "auto", "png", count=2)
+
+    assert router.reserve_usd(MINI, needs, prompt="p") == Decimal("0.12")  # Segmind's 0.06 hold × 2
+    only_atlas = Router(stubs(StubProvider("atlascloud")))
+    assert only_atlas.reserve_usd(MINI, needs, prompt="p") == Decimal("0.008")
+
+
+def test_a_list_priced_route_without_n_reserves_input_tokens_for_every_call() -> None:
+    no_n = Route("openai", "gpt-image-1-mini", n=False, max_input_images=16)
+    with_n = Route("openai", "gpt-image-1-mini", n=True, max_input_images=16)
+    needs = Needs(1, "1024x1024", "low", "auto", "png", count=2)
+
+    one_call = route_reserve_usd(MINI, with_n, needs, prompt="p")
+    two_calls = route_reserve_usd(MINI, no_n, needs, prompt="p")
+
+    assert two_calls > one_call
+    assert two_calls == 2 * route_reserve_usd(
+        MINI, with_n, Needs(1, "1024x1024", "low", "auto", "png"), prompt="p"
+    )
+
+
+# ----------------------------------------------------------------------------- circuit breaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_breaker_opens_after_consecutive_failures_skips_then_closes_after_a_good_trial(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.routing")
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=2, cooldown=30, clock=clock)
+    atlas = StubProvider("atlascloud", refused(), refused(), "ok")
+    wavespeed = StubProvider("wavespeed")
+    router = Router(stubs(atlas, wavespeed), order=("atlascloud",), breaker=breaker)
+
+    for _ in range(2):
+        assert (await router.run(MINI, request())).route.provider == "wavespeed"
+    assert breaker.state("atlascloud") == OPEN
+    assert "circuit for atlascloud opened after 2 consecutive failures" in caplog.text
+
+    served = await router.run(MINI, request())  # skipped while open: not even tried
+    assert served.route.provider == "wavespeed" and len(atlas.calls) == 2
+
+    clock.now += 31
+    assert breaker.state("atlascloud") == HALF_OPEN
+    served = await router.run(MINI, request())  # one trial call, which works
+    assert served.route.provider == "atlascloud" and len(atlas.calls) == 3
+    assert breaker.state("atlascloud") == CLOSED
+    assert "circuit for atlascloud closed" in caplog.text
+    assert router.circuits() == {"atlascloud": CLOSED, "wavespeed": CLOSED}
+
+
+def test_a_failed_trial_reopens_and_only_one_trial_runs_at_a_time(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.routing")
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=clock)
+    breaker.record("p", False)
+    assert breaker.state("p") == OPEN and not breaker.allow("p")
+
+    clock.now += 10
+    assert breaker.allow("p")  # the trial
+    assert not breaker.allow("p")  # a second caller waits for the trial's verdict
+    breaker.record("p", False)
+    assert breaker.state("p") == OPEN
+    assert "re-opened" in caplog.text
+
+    clock.now += 10
+    assert breaker.allow("p")
+    breaker.record("p", None)  # cancelled: no verdict, the slot is free again
+    assert breaker.allow("p")
+    breaker.record("p", True)
+    assert breaker.state("p") == CLOSED
+
+
+async def test_user_errors_do_not_trip_the_breaker() -> None:
+    breaker = CircuitBreaker(threshold=2)
+    atlas = StubProvider("atlascloud", perr.InvalidInput("bad image"), perr.ProviderRejected("safety"))
+    router = Router(stubs(atlas), breaker=breaker)
+
+    for _ in range(3):
+        with pytest.raises((perr.InvalidInput, perr.ProviderRejected)):
+            await router.run(MINI, request())
+
+    assert breaker.state("atlascloud") == CLOSED
+
+
+async def test_with_every_circuit_open_the_job_fails_fast_without_a_call() -> None:
+    breaker = CircuitBreaker(threshold=1, cooldown=60)
+    breaker.record("atlascloud", False)
+    atlas = StubProvider("atlascloud")
+
+    with pytest.raises(perr.ServerError) as info:
+        await Router(stubs(atlas), breaker=breaker).run(MINI, request())
+
+    assert info.value.code == "circuit_open" and not info.value.accepted
+    assert atlas.calls == []
+
+
+async def test_a_cancelled_job_frees_the_trial_slot() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=5, clock=clock)
+    breaker.record("atlascloud", False)
+    clock.now += 5
+    started = asyncio.Event()
+
+    class Hanging(StubProvider):
+        async def edit(self, req: EditRequest) -> EditResult:
+            started.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+    task = asyncio.create_task(Router(stubs(Hanging("atlascloud")), breaker=breaker).run(MINI, request()))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert breaker.allow("atlascloud")
+
+
+# ----------------------------------------------------------------------------- real adapters, real fakes
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def atlas() -> AsyncIterator[FakeAtlas]:
+    async with FakeAtlas(polls_to_finish=1) as server:
+        yield server
+
+
+@pytest.fixture
+async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
+    async with FakeWaveSpeed(polls_to_finish=1) as server:
+        yield server
+
+
+@pytest.fixture
+def real_router(
+    session: aiohttp.ClientSession, atlas: FakeAtlas, wavespeed: FakeWaveSpeed
+) -> Callable[..., Router]:
+    def make(**kw: object) -> Router:
+        fast = {"policy": FAST, "poll_interval": 0.01, "max_poll_interval": 0.02, "call_timeout": 5.0}
+        providers = {
+            "atlascloud": AtlasCloudProvider(session, atlas.api_key, atlas.base_url, **fast),  # type: ignore[arg-type]
+            "wavespeed": WaveSpeedProvider(session, wavespeed.api_key, wavespeed.base_url, **fast),  # type: ignore[arg-type]
+        }
+        return Router(providers, order=("atlascloud", "wavespeed"), **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.mark.parametrize("fault", [atlas_fake.Fault.UNAUTHORIZED, atlas_fake.Fault.INSUFFICIENT_BALANCE])
+async def test_over_the_wire_atlas_refusing_sends_the_job_to_wavespeed_at_wavespeeds_price(
+    real_router: Callable[..., Router], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, fault: atlas_fake.Fault
+) -> None:
+    atlas.fail_always(fault)
+
+    served = await real_router().run(MINI, request(size="auto"))
+
+    assert served.route.provider == "wavespeed"
+    assert served.cost_usd == Decimal("0.02")
+    assert wavespeed.submit_count == 1
+    assert Image.open(io.BytesIO(served.result.images[0].data)).size == (1024, 1024)
+
+
+async def test_over_the_wire_an_accepted_atlas_job_that_fails_is_not_resubmitted(
+    real_router: Callable[..., Router], atlas: FakeAtlas, wavespeed: FakeWaveSpeed
+) -> None:
+    atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
+
+    with pytest.raises(perr.JobFailed) as info:
+        await real_router().run(MINI, request(size="1024x1024"))
+
+    assert info.value.accepted
+    assert atlas.submit_count == 1
+    assert wavespeed.requests == []
+
+
+async def test_over_the_wire_count_is_emulated_with_one_prediction_per_image(
+    real_router: Callable[..., Router], atlas: FakeAtlas
+) -> None:
+    served = await real_router().run(MINI, request(count=3, size="1024x1024"))
+
+    assert atlas.submit_count == 3
+    assert len(served.result.images) == 3
+    assert served.cost_usd == Decimal("0.012")
+
+
+async def test_over_the_wire_auto_size_reaches_atlas_as_the_photos_shape(
+    real_router: Callable[..., Router], atlas: FakeAtlas
+) -> None:
+    await real_router().run(MINI, request(size="auto"))  # rocket.jpg is landscape
+
+    submit = next(r for r in atlas.requests if r.endpoint == "submit")
+    assert submit.json["size"] == "1536x1024"
+
+
+async def test_over_the_wire_a_masked_full_model_job_skips_nothing_it_should_not(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeSegmind() as segmind, FakeWaveSpeed(polls_to_finish=1) as ws:
+        providers = {
+            "wavespeed": WaveSpeedProvider(session, ws.api_key, ws.base_url, policy=FAST, poll_interval=0.01),
+            "segmind": SegmindProvider(
+                session, segmind.api_key, segmind.base_url, upload_url=segmind.upload_url, policy=FAST
+            ),
+        }
+        router = Router(providers, order=("wavespeed", "segmind"))
+        img = photo("astronaut.png")
+        mini_job = request(images=(img,), mask=openai_mask((img.width, img.height)))
+
+        served = await router.run(MINI, mini_job)  # WaveSpeed's mini edit has no mask field
+
+        assert served.route.provider == "segmind" and ws.requests == []
+        assert served.cost_usd == Decimal("0.0280")  # Segmind's x-cost, not the 0.06 hold
+        served = await router.run(FULL, mini_job)  # WaveSpeed's gpt-image-1 edit takes a mask
+        assert served.route.provider == "wavespeed"
+        assert next(r for r in ws.requests if r.endpoint == "submit").json["mask_image"]
+
+
+async def test_over_the_wire_a_breaker_opened_by_a_dead_provider_stops_calling_it(
+    real_router: Callable[..., Router], atlas: FakeAtlas, wavespeed: FakeWaveSpeed
+) -> None:
+    atlas.fail_always(atlas_fake.Fault.UNAUTHORIZED)
+    router = real_router(breaker=CircuitBreaker(threshold=2, cooldown=60))
+
+    for _ in range(3):
+        await router.run(MINI, request(size="auto"))  # WaveSpeed's mini edit honours only auto
+
+    assert len([r for r in atlas.requests if r.endpoint == "upload"]) == 2  # the third job skipped it
+    assert wavespeed.submit_count == 3
+
+
+# ----------------------------------------------------------------------------- settings and wiring
+
+
+def test_every_provider_key_is_named_when_none_is_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(BASE_ENV)
+
+    for key in (
+        "OPENAI_API_KEY",
+        "ATLASCLOUD_API_KEY",
+        "WAVESPEED_API_KEY",
+        "SEGMIND_API_KEY",
+        "ONEMINAI_API_KEY",
+    ):
+        assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name", "default_base"),
+    [
+        ("ATLASCLOUD", "atlascloud", "https://api.atlascloud.ai/api/v1"),
+        ("WAVESPEED", "wavespeed", "https://api.wavespeed.ai/api/v3"),
+        ("SEGMIND", "segmind", "https://api.segmind.com/v1"),
+        ("ONEMINAI", "oneminai", "https://api.1min.ai/api"),
+    ],
+)
+def test_each_provider_can_be_configured_alone_with_its_own_key_and_base_url(
+    prefix: str, name: str, default_base: str
+) -> None:
+    alone = load_settings({**BASE_ENV, f"{prefix}_API_KEY": "k-123"})
+    moved = load_settings(
+        {**BASE_ENV, f"{prefix}_API_KEY": "k-123", f"{prefix}_BASE_URL": "http://127.0.0.1:9/x/"}
+    )
+
+    assert [(p.name, p.base_url) for p in alone.providers] == [(name, default_base)]
+    assert moved.providers[0].base_url == "http://127.0.0.1:9/x"
+    assert "k-123" not in repr(alone) + str(alone.describe())
+
+
+def test_provider_order_and_vendor_extras_are_read_and_typos_refused() -> None:
+    env = {
+        **BASE_ENV,
+        "SEGMIND_API_KEY": "SG_1",
+        "WAVESPEED_API_KEY": "ws",
+        "WAVESPEED_SYNC_MODE": "on",
+        "SEGMIND_UPLOAD_URL": "http://127.0.0.1:9/upload-asset",
+        "PROVIDER_ORDER": " Segmind , wavespeed,segmind",
+    }
+    s = load_settings(env)
+    assert s.provider_order == ("segmind", "wavespeed")
+    by_name = {p.name: p for p in s.providers}
+    assert by_name["wavespeed"].sync_mode is True
+    assert by_name["segmind"].upload_url == "http://127.0.0.1:9/upload-asset"
+
+    with pytest.raises(ConfigError, match="PROVIDER_ORDER names unknown provider"):
+        load_settings({**env, "PROVIDER_ORDER": "segmind,wavespeeed"})
+
+
+async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conventions(
+    session: aiohttp.ClientSession,
+) -> None:
+    settings = load_settings(
+        {
+            **BASE_ENV,
+            "OPENAI_API_KEY": "sk-1",
+            "ATLASCLOUD_API_KEY": "a",
+            "WAVESPEED_API_KEY": "w",
+            "SEGMIND_API_KEY": "s",
+            "ONEMINAI_API_KEY": "o",
+        }
+    )
+    flipped = parse_catalog(
+        {
+            "models": {
+                "m": {
+                    "qualities": ["low"],
+                    "price": {"low": {"square": 0.01, "other": 0.01}},
+                    "routes": [
+                        {
+                            "provider": "atlascloud",
+                            "model": "openai/gpt-image-1/edit",
+                            "mask_convention": "white",
+                        }
+                    ],
+                }
+            }
+        }
+    )
+
+    providers = build_providers(settings, session, flipped)
+
+    assert set(providers) == {"openai", "atlascloud", "wavespeed", "segmind", "oneminai"}
+    assert all(p.name == name for name, p in providers.items())
+    assert providers["atlascloud"]._mask_conventions["openai/gpt-image-1/edit"] == "white"  # type: ignore[attr-defined]
+    packaged = build_providers(settings, session)  # no catalog given: the packaged/admin one
+    assert packaged["oneminai"]._mask_conventions["gpt-image-1-mini"] == "white"  # type: ignore[attr-defined]
+
+
+def test_needs_of_a_request_reads_every_option() -> None:
+    img = photo()
+    req = request(
+        images=(img, img),
+        mask=openai_mask((img.width, img.height)),
+        size="1024x1536",
+        quality="high",
+        background="opaque",
+        output_format="webp",
+        count=2,
+        prompt="x" * 10,
+        input_fidelity="high",
+    )
+
+    assert Needs.of(req) == Needs(2, "1024x1536", "high", "opaque", "webp", 2, True, 10, True)
+
+
+# ----------------------------------------------------------------------------- the job service (real ledger)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+class Delivered:
+    def __init__(self) -> None:
+        self.outcomes: list[EditOutcome] = []
+
+    async def progress(self, text: str) -> None:
+        return None
+
+    async def deliver(self, outcome: EditOutcome) -> None:
+        self.outcomes.append(outcome)
+
+
+def edit_job(**options: object) -> EditJob:
+    data = (DATA / "chelsea.png").read_bytes()
+
+    async def read() -> bytes:
+        return data
+
+    return EditJob(
+        guild_id=1,
+        user_id=2,
+        channel_id=3,
+        uploads=[Upload("image", "image.png", len(data), read)],
+        options=EditOptions(prompt="make it a watercolour", **options),  # type: ignore[arg-type]
+        upload_limit=10 * 1024 * 1024,
+    )
+
+
+def service_for(storage: Storage, tmp_path: Path, router: Router) -> EditService:
+    settings = load_settings(
+        {**BASE_ENV, "ATLASCLOUD_API_KEY": "a", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+    )
+    return EditService(
+        settings=settings,
+        catalog=CATALOG,
+        storage=storage,
+        providers=dict(router.providers),
+        user_salt=b"salt",
+        router=router,
+        today=lambda: dt.date(2026, 11, 1),
+    )
+
+
+async def test_service_charges_the_route_that_served_after_the_first_refused(
+    real_router: Callable[..., Router],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    atlas.fail_always(atlas_fake.Fault.INSUFFICIENT_BALANCE)
+    rec = Delivered()
+
+    outcome = await service_for(storage, tmp_path, real_router()).run_edit(
+        edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
+    )
+
+    assert outcome.provider == "wavespeed"
+    assert outcome.charged == 20  # $0.02 at 1000 credits per USD: WaveSpeed's price, not Atlas's
+    assert (await storage.get_account(1, 2)).balance == 980
+    assert [row["kind"] for row in await storage.ledger_rows(outcome.job_id)] == ["reserve", "capture"]
+    assert (await storage.get_job(outcome.job_id)).provider == "wavespeed"
+
+
+async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_it(
+    real_router: Callable[..., Router],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
+    rec = Delivered()
+
+    with pytest.raises(JobFailed, match="not charged"):
+        await service_for(storage, tmp_path, real_router()).run_edit(
+            edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
+        )
+
+    assert atlas.submit_count == 1 and wavespeed.requests == []
+    [job] = await storage.recent_jobs(1, 2)
+    assert [row["kind"] for row in await storage.ledger_rows(job.id)] == ["reserve", "release"]
+    account = await storage.get_account(1, 2)
+    assert (account.balance, account.held) == (1000, 0)
+
+
+async def test_service_emulated_count_charges_per_delivered_image(
+    real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
+) -> None:
+    rec = Delivered()
+
+    outcome = await service_for(storage, tmp_path, real_router()).run_edit(
+        edit_job(model="gpt-image-1-mini", count=2, size="1024x1024"),
+        progress=rec.progress,
+        deliver=rec.deliver,
+    )
+
+    assert atlas.submit_count == 2
+    assert len(outcome.files) == 2 and outcome.charged == 8
+
+
+async def test_service_refuses_options_no_configured_route_honours_for_free(
+    real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidOptions, match="`format`"):
+        await service_for(storage, tmp_path, real_router()).run_edit(
+            edit_job(model="gpt-image-1-mini", output_format="jpeg"),
+            progress=Delivered().progress,
+            deliver=Delivered().deliver,
+        )
+
+    assert atlas.requests == []
+    assert await storage.get_account(1, 2) is None
+
+
+# ----------------------------------------------------------------------------- /edit end to end, one provider
+
+
+def single_route_catalog(route: dict[str, object]) -> Catalog:
+    """The harness's one test model, sold only by `route`."""
+    return parse_catalog(
+        {
+            "models": {
+                "gpt-image-1.5": {
+                    "name": "GPT Image 1.5",
+                    "qualities": ["low", "medium", "high", "auto"],
+                    "max_input_images": 16,
+                    "mask": True,
+                    "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
+                    "routes": [route],
+                }
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["atlascloud", "wavespeed", "segmind", "oneminai"])
+async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
+    fake_discord: FakeDiscord, tmp_path: Path, name: str
+) -> None:
+    photo_bytes = (DATA / "chelsea.png").read_bytes()
+    async with contextlib.AsyncExitStack() as stack:
+        openai = await stack.enter_async_context(FakeOpenAI())  # the harness wants one; it is not configured
+        if name == "atlascloud":
+            fake: Any = await stack.enter_async_context(FakeAtlas(polls_to_finish=1))
+            env = {"ATLASCLOUD_API_KEY": fake.api_key, "ATLASCLOUD_BASE_URL": fake.base_url}
+            route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.004, "mask": False}
+            route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "backgrounds": ["auto"]}
+            route |= {"output_formats": ["png"]}
+            charged, paid = 4, lambda: fake.submit_count
+        elif name == "wavespeed":
+            fake = await stack.enter_async_context(FakeWaveSpeed(polls_to_finish=1))
+            env = {"WAVESPEED_API_KEY": fake.api_key, "WAVESPEED_BASE_URL": fake.base_url}
+            route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.02, "mask": False}
+            route |= {
+                "sizes": ["auto"],
+                "qualities": ["auto"],
+                "backgrounds": ["auto"],
+                "output_formats": ["png"],
+            }
+            charged, paid = 20, lambda: fake.submit_count
+        elif name == "segmind":
+            fake = await stack.enter_async_context(FakeSegmind())
+            env = {
+                "SEGMIND_API_KEY": fake.api_key,
+                "SEGMIND_BASE_URL": fake.base_url,
+                "SEGMIND_UPLOAD_URL": fake.upload_url,
+            }
+            route = {"provider": name, "model": "gpt-image-1-edit-mini", "price": 0.06}
+            charged, paid = 28, lambda: fake.post_count  # its x-cost, $0.028
+        else:
+            fake = await stack.enter_async_context(FakeOneMin())
+            env = {"ONEMINAI_API_KEY": fake.api_key, "ONEMINAI_BASE_URL": fake.base_url}
+            route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
+            route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
+            charged, paid = 20, lambda: fake.feature_count  # list price, "other" size: chelsea is landscape
+        world = await stack.enter_async_context(
+            running_bot(
+                fake_discord,
+                openai,
+                tmp_path,
+                env={"OPENAI_API_KEY": "", **env},
+                catalog=single_route_catalog(route),
+            )
+        )
+        assert set(world.services.providers) == {name}
+
+        it = await world.edit(photo_bytes)
+        final = await world.finished(it)
+
+        assert final.startswith(f"Done — {charged} credits charged"), final
+        [result] = [m for m in it.followups if not m.ephemeral]
+        [(_, data)] = result.files
+        assert Image.open(io.BytesIO(data)).size[0] >= 1024
+        assert paid() == 1
+        assert openai.post_count == 0
