@@ -286,7 +286,9 @@ class CircuitBreaker:
 def _verdict(exc: perr.ProviderError) -> bool | None:
     """What a failure says about the provider's health."""
     if isinstance(exc, perr.ProviderRejected | perr.InvalidInput):
-        return True  # it answered properly; the input was refused
+        # An answer refusing the input shows the provider works; a refusal made locally by the
+        # adapter (no status: nothing was sent) shows nothing either way.
+        return True if exc.status is not None else None
     if isinstance(exc, perr.ModelUnavailable):
         return None  # one model is missing; the provider may be fine
     return False

@@ -40,6 +40,7 @@ from bot.routing import (
     CircuitBreaker,
     Needs,
     Router,
+    _verdict,
     adapt,
     blockers,
     charge_usd,
@@ -462,7 +463,9 @@ def test_a_failed_trial_reopens_and_only_one_trial_runs_at_a_time(caplog: pytest
 
 async def test_user_errors_do_not_trip_the_breaker() -> None:
     breaker = CircuitBreaker(threshold=2)
-    atlas = StubProvider("atlascloud", perr.InvalidInput("bad image"), perr.ProviderRejected("safety"))
+    atlas = StubProvider(
+        "atlascloud", perr.InvalidInput("bad image", status=400), perr.ProviderRejected("safety", status=400)
+    )
     router = Router(stubs(atlas), breaker=breaker)
 
     for _ in range(3):
@@ -470,6 +473,19 @@ async def test_user_errors_do_not_trip_the_breaker() -> None:
             await router.run(MINI, request())
 
     assert breaker.state("atlascloud") == CLOSED
+
+
+def test_a_local_refusal_by_the_adapter_says_nothing_about_health() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=5, clock=clock)
+    breaker.record("p", False)
+    clock.now += 5
+    assert breaker.allow("p")
+
+    breaker.record("p", _verdict(perr.InvalidInput("route cannot take size=auto", code="unsupported_option")))
+
+    assert breaker.state("p") == HALF_OPEN  # still waiting for a real answer
+    assert breaker.allow("p")
 
 
 async def test_with_every_circuit_open_the_job_fails_fast_without_a_call() -> None:

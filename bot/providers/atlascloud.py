@@ -358,12 +358,14 @@ class AtlasCloudProvider:
     def _submitted(self, resp: HttpResponse) -> dict[str, Any]:
         """The prediction from the submit's 2xx answer; its id is required to follow the job."""
         payload = _payload(resp.body)
+        prediction = _data(payload)
+        job_id = prediction.get("id")
+        has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
         if _envelope_status(payload) is not None:
             err = classify_atlas_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = bool(_data(payload).get("id")) or err.accepted
+            err.accepted = has_id or err.accepted
             raise err
-        prediction = _data(payload)
-        if not isinstance(prediction.get("id"), (str, int)) or isinstance(prediction.get("id"), bool):
+        if not has_id:
             # A 2xx means Atlas took the request; without an id we cannot follow (or avoid paying) it.
             raise ServerError("HTTP 2xx but no prediction id", provider=self.name, accepted=True)
         return prediction

@@ -26,7 +26,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy
+from bot.providers.http import RetryPolicy, fetch_output, safe_message
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -229,6 +229,21 @@ async def test_options_the_route_cannot_honour_are_refused_before_any_request(
         await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
 
     assert info.value.accepted is False
+    assert info.value.retryable_elsewhere  # the route's limit, not the user's: another route may serve it
+    assert fake.requests == []
+
+
+async def test_a_mask_without_transparency_is_the_users_problem_and_goes_nowhere(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512), (255, 255, 255)).save(buf, "PNG")
+    opaque = InputImage(data=buf.getvalue(), mime="image/png", width=512, height=512)
+
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(model=FULL, mask=opaque))
+
+    assert info.value.code == "invalid_mask" and not info.value.retryable_elsewhere
     assert fake.requests == []
 
 
@@ -520,3 +535,47 @@ def test_classify_atlas_error_table(
     assert (err.accepted, err.retryable_elsewhere) == (accepted, elsewhere)
     if isinstance(err, RateLimited):
         assert err.retry_after == 3.0
+
+
+# ----------------------------------------------------------------------------- shared helpers it relies on
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "data:text/plain;base64,aGk=",
+        "bm90IGFuIGltYWdl",
+        "%%%",
+    ],
+    ids=["file", "ftp", "text-data-url", "base64-not-image", "garbage"],
+)
+async def test_outputs_are_only_taken_from_http_urls_or_image_base64(
+    session: aiohttp.ClientSession, value: str
+) -> None:
+    with pytest.raises(ServerError) as info:
+        await fetch_output(
+            session,
+            value,
+            max_bytes=10_000,
+            deadline=time.monotonic() + 5,
+            policy=FAST,
+            call_timeout=1,
+            provider="atlascloud",
+        )
+
+    assert info.value.accepted is True
+
+
+def test_safe_message_strips_signed_queries_masks_the_key_and_is_short() -> None:
+    text = (
+        "failed to fetch https://cdn.example/out.png?X-Amz-Signature=abc&token=k with key sk-SECRET "
+        + "x" * 500
+    )
+
+    cleaned = safe_message(text, secrets=("sk-SECRET",))
+
+    assert "X-Amz" not in cleaned and "token=" not in cleaned and "sk-SECRET" not in cleaned
+    assert "https://cdn.example/out.png" in cleaned
+    assert len(cleaned) <= 200

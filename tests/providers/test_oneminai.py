@@ -198,9 +198,10 @@ async def test_options_the_route_cannot_honour_are_refused_before_any_request(
 ) -> None:
     images = change.pop("images", None)
 
-    with pytest.raises(exc_type):
+    with pytest.raises(exc_type) as info:
         await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
 
+    assert info.value.accepted is False and info.value.retryable_elsewhere
     assert fake.requests == []
 
 

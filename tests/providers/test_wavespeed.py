@@ -258,6 +258,7 @@ async def test_options_the_route_cannot_honour_are_refused_before_any_request(
         await provider.edit(edit_request(images, **change))  # type: ignore[arg-type]
 
     assert info.value.accepted is False
+    assert info.value.retryable_elsewhere  # the route's limit, not the user's: another route may serve it
     assert fake.requests == []
 
 
