@@ -52,8 +52,10 @@ class Rig:
         self.interactions.append(it)
         return it
 
-    @staticmethod
-    def finished(it: FakeInteraction) -> bool:
+    def finished(self, it: FakeInteraction) -> bool:
+        """The job ended: done, refused, failed — or never acknowledged within Discord's window."""
+        if not it.acknowledged:
+            return self.fake.now() - it.created_at > self.fake.ack_deadline
         last = it.original_edits[-1] if it.original_edits else ""
         return last.startswith("Done") or "ref `" in last or "not charged" in last
 
@@ -110,6 +112,9 @@ async def rig(
                     "STARTING_CREDITS": str(10**9),
                     "CATALOG_PATH": str(undated_catalog(scratch)),
                     "DEFAULT_MODEL": "gpt-image-1.5",
+                    # Measure the bot's capacity, not its admission limits (defaults: 4 jobs, 2 per user).
+                    "MAX_CONCURRENT_JOBS": "1000",
+                    "MAX_JOBS_PER_USER": "1000",
                     **(bot_env or {}),
                 },
                 metrics_port=free_port(),

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench._common import metric_sum, photo, table
+from bench._common import metric_sum, percentile, photo, table
 from bench._world import rig
 
 TARGET_SECONDS = 3.0
@@ -34,6 +34,7 @@ async def level(count: int, delay: float, image: bytes, bot_env: dict[str, str])
             peak_mib = world.bot.rss_mib("VmHWM")
             page = await world.bot.metrics()
             results = [world.result_time(it) for it in burst]
+            acks = [(ack - it.created_at) * 1000 for it in burst if (ack := world.ack_time(it)) is not None]
     delivered = [t for t in results if t is not None]
     total = max(delivered) - min(it.created_at for it in burst) if delivered else float("nan")
     provider_mean = metric_sum(page, "retouch_provider_latency_seconds_sum") / max(
@@ -41,6 +42,8 @@ async def level(count: int, delay: float, image: bytes, bot_env: dict[str, str])
     )
     return (
         count,
+        f"{len(acks)}/{count}",
+        f"{percentile(acks, 99):.0f}" if acks else "-",
         f"{len(delivered)}/{count}",
         f"{total:.2f}",
         f"{provider_mean:.2f}",
@@ -59,6 +62,8 @@ async def main(levels: list[int], delay: float, fmt: str, bot_env: dict[str, str
             f"(target: 500 in < {TARGET_SECONDS:g} s and < {TARGET_MIB} MiB)",
             (
                 "jobs",
+                "acked in 3 s",
+                "ack p99 ms",
                 "delivered",
                 "total s",
                 "bot-side provider mean s",

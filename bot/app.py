@@ -140,8 +140,10 @@ def build_services(
         defaults=policy.defaults_for,
         policy=policy,
     )
-    # Circuit-breaker states join here once a routing layer exposes them (`Metrics.watch(circuits=…)`).
-    metrics.watch(in_flight=lambda: edits.in_flight)
+    metrics.watch(
+        in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
+    )
+    audit.watch_circuits(edits.router.circuits)
     return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
 from bot.jobs import JobObserver
 from bot.storage import JobRow, Storage
@@ -19,14 +19,16 @@ from bot.storage import JobRow, Storage
 log = logging.getLogger(__name__)
 
 Post = Callable[[str], Awaitable[None]]
+CircuitStates = Callable[[], Mapping[str, str]]
 
 DISCORD_MESSAGE_LIMIT = 2000
 REASON_CHARS = 300
-# A failed job's reference id is written just after the observers hear about the failure; wait
-# this long for it before posting without it.
+# Observers may hear of a failure before its reference id is stored; wait this long for the id
+# before posting without it.
 REF_WAIT_SECONDS = 5.0
 REF_POLL_SECONDS = 0.05
 SAFETY_REFUSAL = "ProviderRejected"
+CLOSED, OPEN = "closed", "open"
 # Failures the user caused and was told about; they say nothing about the bot's health.
 NOT_AUDITED = frozenset({"insufficient_credits"})
 
@@ -49,6 +51,9 @@ class AuditLog(JobObserver):
         self._storage = storage
         self._post: Post | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._circuits: CircuitStates | None = None
+        self._last_circuits: dict[str, str] = {}
+        self._last_errors: dict[str, str] = {}
 
     @property
     def enabled(self) -> bool:
@@ -57,6 +62,16 @@ class AuditLog(JobObserver):
     def attach(self, post: Post | None) -> None:
         """Start (or with None, stop) sending events to `post`."""
         self._post = post
+
+    def watch_circuits(self, states: CircuitStates) -> None:
+        """Report circuits that open, from `states()` ({provider: closed|half_open|open}).
+
+        The routing layer's breaker has no listener, so its states are compared after every provider
+        call: a provider going from closed to open is reported once. A failed half-open trial that
+        re-opens it is not (during a long outage that would post every cool-down).
+        """
+        self._circuits = states
+        self._last_circuits = dict(states())
 
     # -- events other features call -----------------------------------------------------------------
 
@@ -103,6 +118,18 @@ class AuditLog(JobObserver):
 
     # -- JobObserver --------------------------------------------------------------------------------
 
+    def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None:
+        if error is not None:
+            self._last_errors[provider] = error
+        if self._circuits is None or not self.enabled:
+            return
+        now = dict(self._circuits())
+        for name, state in now.items():
+            if state == OPEN and self._last_circuits.get(name, CLOSED) == CLOSED:
+                reason = f"repeated failures (last: {self._last_errors.get(name, 'unknown')})"
+                self._spawn(self.circuit_opened(name, reason=reason))
+        self._last_circuits = now
+
     def job_finished(
         self,
         job_id: str,
@@ -116,7 +143,11 @@ class AuditLog(JobObserver):
     ) -> None:
         if state != "failed" or error in NOT_AUDITED or not self.enabled or self._storage is None:
             return
-        task = asyncio.get_running_loop().create_task(self._report_failure(job_id, error))
+        self._spawn(self._report_failure(job_id, error))
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        """Post in the background: observers are synchronous and must never wait on Discord."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -130,8 +161,8 @@ class AuditLog(JobObserver):
     async def _settled(self, job_id: str) -> JobRow | None:
         """The job's row once its failure (and reference id) is recorded, or as it is at the deadline.
 
-        Observers run just before the service records the failure, and the observer interface has no
-        later event, so this polls the row briefly.
+        Observers may run before the failure is recorded, and the observer interface has no later
+        event, so this polls the row briefly (usually it is already there on the first read).
         """
         assert self._storage is not None
         loop = asyncio.get_running_loop()

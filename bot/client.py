@@ -19,7 +19,15 @@ from bot.errors import RetouchError, ShuttingDown, new_reference
 log = logging.getLogger(__name__)
 
 # Extensions are listed explicitly; one that fails to load stops start-up.
-EXTENSIONS = ("cogs.edit", "cogs.mask", "cogs.credits", "cogs.settings", "cogs.admin", "cogs.diagnose")
+EXTENSIONS = (
+    "cogs.edit",
+    "cogs.mask",
+    "cogs.jobs",
+    "cogs.credits",
+    "cogs.settings",
+    "cogs.admin",
+    "cogs.diagnose",
+)
 HEARTBEAT_SECONDS = 15.0
 # After the job drain, how long command handlers get to send their last message.
 REPLY_GRACE_SECONDS = 10.0
@@ -32,6 +40,10 @@ def point_discord_at(api_base: str) -> None:
 
 async def reply_privately(interaction: discord.Interaction, text: str) -> None:
     """Tell only the invoking user, whatever state the interaction is in. Never raises."""
+    if interaction.extras.get("token_dead"):
+        # Discord already refused this token once; another try only adds to the invalid-request count.
+        log.info("could not tell user %s about an error: the interaction token is spent", interaction.user.id)
+        return
     try:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
@@ -103,6 +115,10 @@ class RetouchBot(commands.AutoShardedBot):
         log.info("database ready (schema %d)", version)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        if not self.sync_commands:  # `--sync` publishes the commands and exits: no jobs run then
+            # Jobs the last process left (queued, at a provider, or with an undelivered result) are
+            # settled or resumed now, before the gateway connects and new commands can arrive.
+            await self.services.edits.start()
         settings = self.services.settings
         if settings.dev_guild_id:
             guild = discord.Object(settings.dev_guild_id)
@@ -156,6 +172,8 @@ class RetouchBot(commands.AutoShardedBot):
             await asyncio.wait(pending, timeout=REPLY_GRACE_SECONDS)
 
     async def close(self) -> None:
+        # Idempotent after shutdown(); on a bare close it stops the watchdog and parks queued jobs.
+        await self.services.edits.drain(0)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         with contextlib.suppress(OSError):

@@ -27,6 +27,9 @@ PROVIDER_ENV = {
 }
 KNOWN_PROVIDERS = tuple(PROVIDER_ENV)
 SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
+# Calls a provider may have in flight unless `<PREFIX>_MAX_CONCURRENT` says otherwise. WaveSpeed's
+# entry tier (every new account) runs 3 tasks at once and queues the rest on its side.
+DEFAULT_PROVIDER_CONCURRENCY = {"wavespeed": 3}
 MAX_PORT = 65535
 
 
@@ -55,6 +58,7 @@ class ProviderSettings:
     base_url: str
     upload_url: str | None = None  # Segmind: its asset upload lives on another host
     sync_mode: bool = False  # WaveSpeed: wait for the result in the submit call
+    max_concurrent: int = 0  # calls in flight at once (0 = no limit of its own)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,17 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     log_format: str = "plain"
     audit_channel_id: int | None = None
+    # Durable jobs (bot/engine.py): the queue's limits, its patience, and how long files are kept.
+    max_concurrent_jobs: int = 4
+    max_jobs_per_user: int = 2
+    queue_timeout_seconds: float = 900.0
+    input_retention_hours: float = 24.0
+    result_retention_hours: float = 72.0
+
+    @property
+    def provider_limits(self) -> dict[str, int]:
+        """{provider: calls it may have in flight} for providers with a limit."""
+        return {p.name: p.max_concurrent for p in self.providers if p.max_concurrent > 0}
 
     @property
     def database_path(self) -> Path:
@@ -190,8 +205,11 @@ def _read_providers(r: _Reader) -> tuple[ProviderSettings, ...]:
         base = r.url(f"{prefix}_BASE_URL", default_base) or default_base
         upload_url = r.url("SEGMIND_UPLOAD_URL", SEGMIND_UPLOAD_URL) if name == "segmind" else None
         sync_mode = r.flag("WAVESPEED_SYNC_MODE", False) if name == "wavespeed" else False
+        limit = r.number(f"{prefix}_MAX_CONCURRENT", DEFAULT_PROVIDER_CONCURRENCY.get(name, 0), int, 0)
         providers.append(
-            ProviderSettings(name, Secret(key), base, upload_url=upload_url, sync_mode=sync_mode)
+            ProviderSettings(
+                name, Secret(key), base, upload_url=upload_url, sync_mode=sync_mode, max_concurrent=limit
+            )
         )
     if not providers:
         keys = [f"{prefix}_API_KEY" for prefix, _ in PROVIDER_ENV.values()]
@@ -261,6 +279,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
         log_format=r.choice("LOG_FORMAT", "plain", LOG_FORMATS),
         audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
+        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", 4, int, 1),
+        max_jobs_per_user=r.number("MAX_JOBS_PER_USER", 2, int, 1),
+        queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
+        input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),
+        result_retention_hours=r.number("RESULT_RETENTION_HOURS", 72.0, float, 1),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

@@ -1,65 +1,56 @@
-"""Edit jobs: validate → price → reserve → provider → deliver → capture, with refunds on every failure.
+"""Edit jobs as the commands see them: validate and price (`prepare`), then hand over to the engine.
 
-The service takes plain values (ids, bytes, callables) and never a Discord object. Discord-side work is
-passed in as two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post the result.
-Credits are captured only after `deliver` returns; any failure before that releases them.
+The service takes plain values (ids, bytes, callables) and never a Discord object. `prepare` checks
+options, images and the mask and prices the job without touching credits (what a preview shows);
+`submit` stores the job and holds its credits, and `bot.engine.JobEngine` runs it from there — queue,
+provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
+the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from bot import imaging
-from bot.catalog import Catalog, ModelEntry, Resolution, Route, usd_to_credits
+from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.config import Settings
-from bot.errors import (
-    InsufficientCredits,
-    InvalidImage,
-    InvalidMask,
-    InvalidOptions,
-    RetouchError,
-    ShuttingDown,
-    message_for_provider_error,
-    new_reference,
+from bot.engine import (  # noqa: F401 - re-exported: the job types callers know from here
+    Delivered,
+    EditOutcome,
+    InputFile,
+    JobCancelled,
+    JobEngine,
+    JobFailed,
+    JobInterrupted,
+    JobObserver,
+    JobSpec,
+    JobStatus,
+    JobSuspended,
+    LiveJob,
+    MaskFiles,
+    Origin,
+    ResultFile,
+    Ticket,
 )
-from bot.providers import errors as perr
-from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Provider
-from bot.routing import Needs, Router, Served
-from bot.storage import NotEnoughCredits, Storage
+from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
+from bot.jobfiles import JobFiles
+from bot.providers.base import InputImage, Provider
+from bot.routing import Needs, Router
+from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
-# How often the "editing with <model> (N s)" stage is refreshed while the provider works.
-PROGRESS_TICK_SECONDS = 5.0
 MAX_IMAGES_PER_EDIT = 4
 DM_GUILD_ID = 0
 
 Progress = Callable[[str], Awaitable[None]]
-
-
-class JobFailed(RetouchError):
-    """A job failed after it started; credits were released. Carries the log reference."""
-
-    def __init__(self, user_message: str, *, ref: str, code: str) -> None:
-        super().__init__(f"{user_message} (ref `{ref}`)", code=code)
-        self.ref = ref
-
-
-class JobInterrupted(RetouchError):
-    def __init__(self) -> None:
-        super().__init__(
-            "Retouch had to restart before your edit finished. You were not charged; please run it again.",
-            code="interrupted",
-        )
+Deliver = Callable[[EditOutcome], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -155,60 +146,8 @@ class PreparedJob:
         return self.resolution.model
 
 
-@dataclass(frozen=True)
-class ResultFile:
-    filename: str
-    data: bytes
-    format: str
-
-
-@dataclass(frozen=True)
-class EditOutcome:
-    job_id: str
-    prompt: str
-    model_id: str
-    model_name: str
-    provider: str
-    quality: str
-    size: str
-    files: tuple[ResultFile, ...]
-    charged: int
-    balance_after: int
-    notices: tuple[str, ...] = ()
-
-
-class JobObserver:
-    """Receives job lifecycle events (metrics, audit). Every method is a no-op by default.
-
-    Observers must not raise; the service logs and ignores their errors so a metrics bug never
-    costs a user an edit.
-    """
-
-    def job_started(self, job_id: str, model: str) -> None: ...
-
-    def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None: ...
-
-    def job_finished(
-        self,
-        job_id: str,
-        state: str,
-        *,
-        model: str,
-        provider: str | None,
-        charged: int,
-        seconds: float,
-        error: str | None,
-    ) -> None: ...
-
-
-@dataclass
-class _Running:
-    job_id: str
-    abort: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 class EditService:
-    """Runs edit jobs. One instance per process, shared by every cog."""
+    """Prepares edit jobs and submits them to the engine. One instance per process, shared by every cog."""
 
     def __init__(
         self,
@@ -228,28 +167,40 @@ class EditService:
         self.catalog = catalog
         self.storage = storage
         self.providers = providers
-        # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did
-        # not take the job, and keeps one circuit breaker per provider.
-        self.router = router or Router(providers, order=settings.provider_order)
+        # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did not
+        # take the job, keeps one circuit breaker per provider and caps each provider's calls in flight.
+        self.router = router or Router(
+            providers, order=settings.provider_order, limits=settings.provider_limits
+        )
         self._salt = user_salt
         self._defaults = defaults or self._settings_defaults
         self.policy = policy
         self.observers = list(observers)
         self._today = today
-        self._running: dict[str, _Running] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.accepting = True
+        self.engine = JobEngine(
+            settings=settings,
+            catalog=catalog,
+            storage=storage,
+            router=self.router,
+            files=JobFiles(settings.data_dir),
+            observers=self.observers,
+        )
 
     # -- public API ---------------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        return self.engine.in_flight
 
-    async def run_edit(
-        self, job: EditJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
-    ) -> EditOutcome:
+    @property
+    def accepting(self) -> bool:
+        return self.engine.accepting
+
+    async def start(self) -> None:
+        """Recover jobs a previous process left (before commands are taken), then run the watchdog."""
+        await self.engine.start()
+
+    async def run_edit(self, job: EditJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
         """Prepare and execute one edit. Raises RetouchError subclasses with user-safe messages."""
         if not self.accepting:
             raise ShuttingDown()
@@ -278,24 +229,134 @@ class EditService:
         )
         return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
 
-    async def execute(
-        self, prepared: PreparedJob, *, progress: Progress, deliver: Callable[[EditOutcome], Awaitable[None]]
-    ) -> EditOutcome:
-        """Reserve, call the provider, deliver, capture — or release on any failure."""
+    async def submit(
+        self, prepared: PreparedJob, *, live: LiveJob | None = None, origin: Origin | None = None
+    ) -> Ticket:
+        """Store the job, hold its credits and queue it; the engine runs it from there.
+
+        Raises InsufficientCredits or a server rule's refusal (nothing held). Progress, the result
+        and any failure go to `live` (and, after a restart, through the engine's Delivery).
+        """
+        return await self._submit(prepared, live, origin, wait=False)
+
+    async def execute(self, prepared: PreparedJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
+        """Submit and wait: reserve, call the provider, deliver, capture — or release on any failure."""
+        ticket = await self._submit(prepared, _CallbackLive(progress, deliver), None, wait=True)
+        return await self.engine.wait(ticket.job_id)
+
+    async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> str:
+        """Cancel a job (see `JobEngine.cancel`); returns the text to show the person who asked."""
+        return await self.engine.cancel(job_id, actor_id=actor_id, can_manage=can_manage)
+
+    async def retry_job(
+        self, job_id: str, *, user_id: int, channel_id: int | None, upload_limit: int
+    ) -> EditJob:
+        """The job to run for a result's Retry: its stored inputs and options, for its requester.
+
+        Raises RetouchError when someone else asks or the inputs are no longer kept.
+        """
+        row = await self.storage.get_job(job_id)
+        if row is None:
+            raise InvalidOptions("This edit is not known any more. Run /edit again.", code="unknown_job")
+        if row.user_id != user_id:
+            raise InvalidOptions(
+                "Only the person who asked for this edit can retry it (it reuses their images). "
+                "Use **Edit again** to edit the result yourself.",
+                code="not_requester",
+            )
+        spec = JobSpec.from_json(row.spec) if row.spec else None
+        expires = row.files_expire_at or ""
+        now = self.storage.now().astimezone(dt.UTC).isoformat(timespec="milliseconds")
+        kept = (
+            spec is not None
+            and expires > now
+            and await asyncio.to_thread(self.engine.files.exists, row.id, spec.input_names)
+        )
+        if spec is None or not kept:
+            hours = self.settings.input_retention_hours
+            raise InvalidOptions(
+                f"The original images of this edit are no longer kept (Retouch keeps them for {hours:g} "
+                "hours). Use **Edit again** on the result, or run /edit with the images.",
+                code="inputs_expired",
+            )
+        return _job_from_spec(
+            row.id, row.guild_id, spec, self.engine.files, user_id, channel_id, upload_limit
+        )
+
+    async def job_model(self, job_id: str) -> str | None:
+        """The model a stored job asked for (Edit again keeps it), or None if the job is unknown."""
+        row = await self.storage.get_job(job_id)
+        if row is None:
+            return None
+        return JobSpec.from_json(row.spec).requested_model if row.spec else row.model
+
+    async def _submit(
+        self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None, *, wait: bool
+    ) -> Ticket:
         if not self.accepting:
             raise ShuttingDown()
-        job_id = secrets.token_hex(8)
-        running = _Running(job_id)
-        self._running[job_id] = running
-        self._idle.clear()
-        try:
-            deliver = _with_notices(deliver, prepared.notices)
-            outcome = await self._run(job_id, running, prepared, progress, deliver)
-            return _add_notices(outcome, prepared.notices)
-        finally:
-            del self._running[job_id]
-            if not self._running:
-                self._idle.set()
+        job = prepared.job
+        spec, files = await self._spec(prepared)
+
+        async def reserve(job_id: str) -> object:
+            if self.policy is None:
+                return await self.storage.reserve(
+                    job_id,
+                    job.guild_id,
+                    job.user_id,
+                    prepared.reserve,
+                    starting_credits=self.settings.starting_credits,
+                )
+            # Refills a due allowance, then checks cooldown, running jobs and the server's monthly
+            # budget inside the reservation's own transaction.
+            return await self.policy.reserve(job_id, job, prepared.reserve)
+
+        return await self.engine.submit(
+            spec,
+            files,
+            guild_id=job.guild_id,
+            user_id=job.user_id,
+            channel_id=job.channel_id,
+            reserve=reserve,
+            live=live,
+            origin=origin,
+            wait=wait,
+        )
+
+    async def _spec(self, prepared: PreparedJob) -> tuple[JobSpec, dict[str, bytes]]:
+        """What the engine stores for a prepared job: its spec and its files (inputs, mask)."""
+        job, chosen = prepared.job, prepared.chosen
+        files: dict[str, bytes] = {}
+        inputs = []
+        for index, (image, upload) in enumerate(zip(prepared.images, job.uploads, strict=True), start=1):
+            name = f"input-{index}.{image.extension}"
+            files[name] = image.data
+            inputs.append(InputFile(name, upload.label, image.mime, image.width, image.height))
+        mask = None
+        if prepared.mask is not None and prepared.mask_png is not None and job.mask is not None:
+            files["mask.png"] = prepared.mask_png
+            files["region.png"] = await asyncio.to_thread(prepared.mask.white_edit_png)
+            mask = MaskFiles("mask.png", "region.png", job.mask.feather, job.mask.keep_outside)
+        resolution = prepared.resolution
+        spec = JobSpec(
+            prompt=job.options.prompt,
+            model=resolution.model.id,
+            requested_model=chosen.model,
+            model_name=resolution.model.name,
+            quality=chosen.quality,
+            size=chosen.size,
+            background=chosen.background,
+            output_format=chosen.output_format,
+            count=chosen.count,
+            reserve=prepared.reserve,
+            upload_limit=job.upload_limit,
+            user_hash=self.user_hash(job.user_id),
+            inputs=tuple(inputs),
+            mask=mask,
+            notices=prepared.notices + ((resolution.notice,) if resolution.notice else ()),
+            role_ids=job.role_ids,
+        )
+        return spec, files
 
     async def available_credits(self, guild_id: int, user_id: int) -> int:
         """The user's spendable balance (creating the account with its starting grant if new)."""
@@ -303,18 +364,9 @@ class EditService:
         return account.balance
 
     async def drain(self, grace: float) -> int:
-        """Stop taking jobs, wait up to `grace` seconds, then abort what is left. Returns aborted count."""
-        self.accepting = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        left = list(self._running.values())
-        for running in left:
-            running.abort.set()
-        if left:
-            log.warning("shutdown: aborting %d unfinished job(s); their credits are released", len(left))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 10)
-        return len(left)
+        """Stop taking jobs and let running ones finish for up to `grace` seconds (see
+        `JobEngine.drain`: nothing durable is lost). Returns how many were aborted and refunded."""
+        return await self.engine.drain(grace)
 
     async def options_for(self, guild_id: int, user_id: int, options: EditOptions) -> JobDefaults:
         """Merge command options over the user's/guild's defaults (command options always win)."""
@@ -328,13 +380,6 @@ class EditService:
             count=options.count or d.count,
         )
 
-    def _notify(self, event: str, *args: object, **kwargs: object) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, event)(*args, **kwargs)
-            except Exception:
-                log.exception("job observer %r failed on %s", observer, event)
-
     def user_hash(self, user_id: int) -> str:
         """A stable pseudonymous id for the provider's abuse monitoring (never the Discord id)."""
         return hashlib.sha256(self._salt + str(user_id).encode()).hexdigest()[:32]
@@ -346,156 +391,6 @@ class EditService:
         return JobDefaults(
             s.default_model, s.default_quality, s.default_size, s.default_background, s.default_format
         )
-
-    async def _run(
-        self,
-        job_id: str,
-        running: _Running,
-        prepared: PreparedJob,
-        progress: Progress,
-        deliver: Callable[[EditOutcome], Awaitable[None]],
-    ) -> EditOutcome:
-        job, chosen, model, reserve = prepared.job, prepared.chosen, prepared.model, prepared.reserve
-        await self.storage.create_job(
-            job_id,
-            guild_id=job.guild_id,
-            user_id=job.user_id,
-            channel_id=job.channel_id,
-            model=model.id,
-            quality=chosen.quality,
-            size=chosen.size,
-            count=chosen.count,
-        )
-        started = time.monotonic()
-        self._notify("job_started", job_id, model.id)
-        try:
-            if self.policy is None:
-                await self.storage.reserve(
-                    job_id,
-                    job.guild_id,
-                    job.user_id,
-                    reserve,
-                    starting_credits=self.settings.starting_credits,
-                )
-            else:
-                # Refills a due allowance, then checks cooldown, running jobs and the server's monthly
-                # budget inside the reservation's own transaction.
-                await self.policy.reserve(job_id, job, reserve)
-        except NotEnoughCredits as exc:
-            await self.storage.set_job_state(job_id, "failed", error_code="insufficient_credits")
-            self._finished(job_id, "failed", model.id, None, 0, started, "insufficient_credits")
-            raise InsufficientCredits(exc.needed, exc.available) from None
-        except RetouchError as exc:
-            # Refused by a server rule before anything was held.
-            await self.storage.set_job_state(job_id, "failed", error_code=exc.code)
-            self._finished(job_id, "failed", model.id, None, 0, started, exc.code)
-            raise
-        try:
-            outcome = await self._generate_and_deliver(job_id, running, prepared, progress, deliver)
-        except BaseException as exc:
-            state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
-            # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
-            is_provider = isinstance(exc, perr.ProviderError)
-            code = type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__
-            self._finished(job_id, state, model.id, getattr(exc, "provider", None), 0, started, str(code))
-            await self._fail(job_id, exc)
-            raise
-        self._finished(job_id, "delivered", model.id, outcome.provider, outcome.charged, started, None)
-        return outcome
-
-    def _finished(
-        self,
-        job_id: str,
-        state: str,
-        model: str,
-        provider: str | None,
-        charged: int,
-        started: float,
-        error: str | None,
-    ) -> None:
-        self._notify(
-            "job_finished",
-            job_id,
-            state,
-            model=model,
-            provider=provider or None,
-            charged=charged,
-            seconds=time.monotonic() - started,
-            error=error,
-        )
-
-    async def _generate_and_deliver(
-        self,
-        job_id: str,
-        running: _Running,
-        prepared: PreparedJob,
-        progress: Progress,
-        deliver: Callable[[EditOutcome], Awaitable[None]],
-    ) -> EditOutcome:
-        job, chosen, resolution, reserve = (
-            prepared.job,
-            prepared.chosen,
-            prepared.resolution,
-            prepared.reserve,
-        )
-        model = resolution.model
-        first = prepared.images[0]
-        request = EditRequest(
-            images=prepared.images,
-            prompt=job.options.prompt,
-            model=model.id,
-            quality=chosen.quality,
-            size=chosen.size,
-            background=chosen.background,
-            output_format=chosen.output_format,
-            count=chosen.count,
-            user_hash=self.user_hash(job.user_id),
-            mask=None
-            if prepared.mask_png is None
-            else InputImage(prepared.mask_png, "image/png", first.width, first.height),
-            deadline=time.monotonic() + self.settings.job_timeout_seconds,
-        )
-        served = await self._call_provider(job_id, running, model, request, progress)
-        result = served.result
-        charged = usd_to_credits(served.cost_usd, self.settings.credits_per_usd)
-        charged = min(charged, reserve)
-        await self.storage.set_job_state(
-            job_id, "completed", provider=result.provider, provider_request_id=result.request_id
-        )
-        await progress("Uploading the result…")
-        if prepared.mask is not None and job.mask is not None and job.mask.keep_outside:
-            result = await self._restore_outside(result, first, prepared.mask, job.mask.feather)
-        files = await self._fit_files(job_id, result, job.upload_limit)
-        account = await self.storage.get_account(job.guild_id, job.user_id)
-        balance_now = account.balance if account else 0
-        outcome = EditOutcome(
-            job_id=job_id,
-            prompt=job.options.prompt,
-            model_id=model.id,
-            model_name=model.name,
-            provider=result.provider,
-            quality=result.quality or chosen.quality,
-            size=result.size or chosen.size,
-            files=files,
-            charged=charged,
-            # What the balance will be once this job's hold is settled.
-            balance_after=balance_now + reserve - charged,
-            notices=tuple(n for n in (resolution.notice, served.notice) if n),
-        )
-        await deliver(outcome)
-        settled = await self.storage.capture(job_id, charged)
-        await self.storage.set_job_state(job_id, "delivered")
-        if settled is not None:
-            outcome = replace(outcome, charged=settled[1])
-        log.info(
-            "job %s delivered: model=%s provider=%s images=%d charged=%d",
-            job_id,
-            model.id,
-            result.provider,
-            len(files),
-            outcome.charged,
-        )
-        return outcome
 
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
@@ -579,118 +474,6 @@ class EditService:
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
 
-    async def _restore_outside(
-        self, result: EditResult, original: InputImage, mask: imaging.NormalizedMask, feather: int
-    ) -> EditResult:
-        """The locality guarantee: pixels outside the mask come back exactly as they were."""
-        restored = []
-        for image in result.images:
-            data, fmt = await asyncio.to_thread(
-                imaging.restore_outside, original.data, image.data, mask.region, feather=feather
-            )
-            restored.append(OutputImage(data, fmt))
-        return replace(result, images=tuple(restored))
-
-    async def _call_provider(
-        self, job_id: str, running: _Running, model: ModelEntry, request: EditRequest, progress: Progress
-    ) -> Served:
-        trying = ""  # the route being tried; the router may move on before one takes the job
-
-        async def submitting(route: Route) -> None:
-            nonlocal trying
-            trying = route.provider
-            await self.storage.set_job_state(job_id, "submitting", provider=route.provider)
-
-        call = asyncio.create_task(self.router.run(model, request, on_attempt=submitting))
-        aborted = asyncio.create_task(running.abort.wait())
-        started = time.monotonic()
-        try:
-            while True:
-                elapsed = int(time.monotonic() - started)
-                await progress(f"Editing with {model.name}… ({elapsed} s)")
-                done, _ = await asyncio.wait(
-                    {call, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                if call in done:
-                    try:
-                        served = call.result()
-                    except perr.ProviderError as exc:
-                        self._notify(
-                            "provider_finished",
-                            exc.provider or trying,
-                            model.id,
-                            time.monotonic() - started,
-                            type(exc).__name__,
-                        )
-                        raise
-                    self._notify(
-                        "provider_finished", served.route.provider, model.id, time.monotonic() - started, None
-                    )
-                    break
-                if aborted in done:
-                    raise JobInterrupted()
-                if request.remaining() <= 0:
-                    raise perr.ProviderTimeout("job deadline passed", provider=trying, accepted=True)
-        finally:
-            for task in (call, aborted):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(call, aborted, return_exceptions=True)
-        if not served.result.images:
-            raise perr.ServerError(
-                "provider returned no images", provider=served.route.provider, accepted=True
-            )
-        return served
-
-    async def _fit_files(self, job_id: str, result: EditResult, limit: int) -> tuple[ResultFile, ...]:
-        files = []
-        for index, image in enumerate(result.images):
-            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, limit)
-            ext = "jpg" if fmt == "jpeg" else fmt
-            files.append(ResultFile(f"retouch_{job_id[:8]}_{index + 1}.{ext}", data, fmt))
-        return tuple(files)
-
-    async def _fail(self, job_id: str, exc: BaseException) -> None:
-        """Release the job's credits exactly once and record why.
-
-        Provider and unexpected errors are re-raised as JobFailed (user text + reference);
-        for RetouchError and cancellation the caller re-raises the original.
-        """
-        ref = new_reference()
-        code = getattr(exc, "code", None) or type(exc).__name__
-        state = "cancelled" if isinstance(exc, JobInterrupted | asyncio.CancelledError) else "failed"
-        try:
-            await self.storage.release(job_id, reason=str(code)[:64])
-            await self.storage.set_job_state(job_id, state, error_code=str(code)[:64], error_ref=ref)
-        except Exception:
-            log.exception("job %s: could not release credits (ref %s)", job_id, ref)
-        if isinstance(exc, perr.ProviderError):
-            log.warning(
-                "job %s failed (ref %s): %s from %s status=%s code=%s request_id=%s: %s",
-                job_id,
-                ref,
-                type(exc).__name__,
-                exc.provider,
-                exc.status,
-                exc.code,
-                exc.request_id,
-                exc,
-            )
-            if isinstance(exc, perr.ServiceUnavailable):
-                log.error(
-                    "provider %s needs the admin's attention (auth, billing or access) ref %s",
-                    exc.provider,
-                    ref,
-                )
-            raise JobFailed(message_for_provider_error(exc), ref=ref, code=type(exc).__name__) from exc
-        if isinstance(exc, RetouchError | asyncio.CancelledError):
-            return
-        log.error("job %s failed unexpectedly (ref %s)", job_id, ref, exc_info=exc)
-        raise JobFailed(
-            "Something went wrong with this edit. You were not charged.", ref=ref, code="internal"
-        ) from exc
-
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
     """What the job asks of a route (before the images are read, `images` is the upload count)."""
@@ -706,18 +489,66 @@ def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
     )
 
 
-def _add_notices(outcome: EditOutcome, notices: tuple[str, ...]) -> EditOutcome:
-    return replace(outcome, notices=notices + outcome.notices) if notices else outcome
+class _CallbackLive:
+    """A LiveJob made of the two callbacks `execute` takes (tests, benchmarks, scripts)."""
+
+    def __init__(self, progress: Progress, deliver: Deliver) -> None:
+        self._progress = progress
+        self._deliver = deliver
+
+    async def update(self, status: JobStatus) -> None:
+        await self._progress(status.text)
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        await self._deliver(outcome)
+        return Delivered("callback")
+
+    async def finish(self, text: str | None) -> bool:
+        return True  # the caller hears the outcome from `execute` itself
 
 
-def _with_notices(
-    deliver: Callable[[EditOutcome], Awaitable[None]], notices: tuple[str, ...]
-) -> Callable[[EditOutcome], Awaitable[None]]:
-    """Show what the server's rules changed next to the result the user gets."""
-    if not notices:
-        return deliver
+def _stored_upload(files: JobFiles, job_id: str, name: str, label: str) -> Upload:
+    """A stored file of an earlier job, as an upload for a new one (Retry)."""
 
-    async def delivering(outcome: EditOutcome) -> None:
-        await deliver(_add_notices(outcome, notices))
+    async def read() -> bytes:
+        return await asyncio.to_thread(files.read, job_id, name)
 
-    return delivering
+    size = (files.folder(job_id) / name).stat().st_size
+    return Upload(label=label, filename=name, size=size, read=read)
+
+
+def _job_from_spec(
+    job_id: str,
+    guild_id: int,
+    spec: JobSpec,
+    files: JobFiles,
+    user_id: int,
+    channel_id: int | None,
+    upload_limit: int,
+) -> EditJob:
+    """A new job with an earlier job's inputs and options (Retry: same request, new charge)."""
+    mask = None
+    if spec.mask is not None:
+        mask = MaskSpec(
+            upload=_stored_upload(files, job_id, spec.mask.region, "mask"),
+            feather=spec.mask.feather,
+            keep_outside=spec.mask.keep_outside,
+        )
+    return EditJob(
+        guild_id=guild_id,
+        user_id=user_id,
+        channel_id=channel_id,
+        uploads=[_stored_upload(files, job_id, f.name, f.label) for f in spec.inputs],
+        options=EditOptions(
+            spec.prompt,
+            model=spec.requested_model,
+            quality=spec.quality,
+            size=spec.size,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+        ),
+        upload_limit=upload_limit,
+        mask=mask,
+        role_ids=spec.role_ids,
+    )

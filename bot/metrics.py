@@ -11,8 +11,8 @@ Series (prometheus-client adds `_total` to counters):
 * `retouch_ack_latency_seconds` (INTERACTION_CREATE → defer), `retouch_provider_latency_seconds
   {provider,model,outcome}`, `retouch_job_duration_seconds{state}` (job start → finished)
 * `retouch_credits_spent_total{provider,model}`, `retouch_provider_errors_total{provider,error}`
-* `retouch_jobs_in_flight` and `retouch_circuit_state{provider}` (0 closed, 1 half-open, 2 open),
-  read at scrape time from whatever `watch` was given; absent when nothing was.
+* `retouch_jobs_in_flight`, `retouch_jobs_queued` and `retouch_circuit_state{provider}` (0 closed,
+  1 half-open, 2 open), read at scrape time from whatever `watch` was given; absent when nothing was.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,29 +38,53 @@ JOB_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 18
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 NO_PROVIDER = "none"  # label for jobs that failed before any provider was chosen
 
-InFlight = Callable[[], int]
+Count = Callable[[], int]
 CircuitStates = Callable[[], Mapping[str, str]]
+T = TypeVar("T")
+
+
+def _read(name: str, source: Callable[[], T]) -> T | None:
+    try:
+        return source()
+    except Exception:
+        log.warning("metrics: could not read %s", name, exc_info=True)
+        return None
 
 
 class _LiveCollector(Collector):
-    """Gauges read at scrape time from the running app (nothing to keep in sync)."""
+    """Gauges read at scrape time from the running app (nothing to keep in sync).
+
+    A source that raises is left out of that scrape (and logged): /metrics must keep answering.
+    """
 
     def __init__(self) -> None:
-        self.in_flight: InFlight | None = None
+        self.in_flight: Count | None = None
+        self.queued: Count | None = None
         self.circuits: CircuitStates | None = None
 
     def collect(self) -> Iterator[Metric]:
-        if self.in_flight is not None:
-            gauge = GaugeMetricFamily("retouch_jobs_in_flight", "Edit jobs currently running")
-            gauge.add_metric([], float(self.in_flight()))
-            yield gauge
-        if self.circuits is not None:
+        for name, doc, source in (
+            (
+                "retouch_jobs_in_flight",
+                "Edit jobs running now (at a provider or being delivered)",
+                self.in_flight,
+            ),
+            ("retouch_jobs_queued", "Edit jobs waiting for a slot", self.queued),
+        ):
+            if source is not None and (value := _read(name, source)) is not None:
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], float(value))
+                yield gauge
+        if (
+            self.circuits is not None
+            and (circuits := _read("retouch_circuit_state", self.circuits)) is not None
+        ):
             states = GaugeMetricFamily(
                 "retouch_circuit_state",
                 "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
                 labels=["provider"],
             )
-            for provider, state in sorted(self.circuits().items()):
+            for provider, state in sorted(circuits.items()):
                 value = CIRCUIT_VALUES.get(str(state).lower())
                 if value is None:
                     log.debug("unknown circuit state %r for %s", state, provider)
@@ -116,10 +141,19 @@ class Metrics(JobObserver):
         self._live = _LiveCollector()
         r.register(self._live)
 
-    def watch(self, *, in_flight: InFlight | None = None, circuits: CircuitStates | None = None) -> None:
-        """Read `in_flight()` and `circuits()` ({provider: closed|half_open|open}) at every scrape."""
+    def watch(
+        self,
+        *,
+        in_flight: Count | None = None,
+        queued: Count | None = None,
+        circuits: CircuitStates | None = None,
+    ) -> None:
+        """Read `in_flight()`, `queued()` and `circuits()` ({provider: closed|half_open|open}) at
+        every scrape."""
         if in_flight is not None:
             self._live.in_flight = in_flight
+        if queued is not None:
+            self._live.queued = queued
         if circuits is not None:
             self._live.circuits = circuits
 

@@ -27,6 +27,7 @@ Nothing here knows about Discord.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -37,7 +38,14 @@ from decimal import Decimal, InvalidOperation
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
 from bot.errors import InvalidOptions
 from bot.providers import errors as perr
-from bot.providers.base import EditRequest, EditResult, Provider, Usage
+from bot.providers.base import (
+    CancellableProvider,
+    EditRequest,
+    EditResult,
+    Provider,
+    ResumableProvider,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -358,10 +366,17 @@ def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
 
 
 OnAttempt = Callable[[Route], Awaitable[None]]
+# Awaited with the route and the provider's job id when a submit-then-poll provider accepts a call.
+OnRouteSubmitted = Callable[[Route, str], Awaitable[None]]
+CANCEL_TIMEOUT = 10.0  # seconds a best-effort remote cancel may take
 
 
 class Router:
-    """Picks routes for a model, runs the job on the first healthy one, falls back when allowed."""
+    """Picks routes for a model, runs the job on the first healthy one, falls back when allowed.
+
+    `limits` caps the calls in flight per provider (e.g. WaveSpeed's entry tier runs 3 tasks at
+    once); a call over the limit waits for a slot before it is sent.
+    """
 
     def __init__(
         self,
@@ -369,10 +384,16 @@ class Router:
         *,
         order: Sequence[str] = (),
         breaker: CircuitBreaker | None = None,
+        limits: Mapping[str, int] | None = None,
     ) -> None:
         self.providers = providers
         self.order = tuple(order)
         self.breaker = breaker or CircuitBreaker()
+        self._slots = {name: asyncio.Semaphore(n) for name, n in (limits or {}).items() if n > 0}
+
+    def resumable(self, provider: str) -> bool:
+        """Whether `provider` is configured and can follow its jobs again after a restart."""
+        return isinstance(self.providers.get(provider), ResumableProvider)
 
     def configured(self, model: ModelEntry, *, order: Sequence[str] | None = None) -> list[Route]:
         """The model's routes whose provider is configured, in routing order."""
@@ -420,9 +441,13 @@ class Router:
         *,
         order: Sequence[str] | None = None,
         on_attempt: OnAttempt | None = None,
+        on_submitted: OnRouteSubmitted | None = None,
     ) -> Served:
         """Run `request` (whose `model` is ignored: each route has its own id) on the first route that
         takes it. Raises `InvalidOptions` when no route can honour it, else the provider's error.
+
+        `on_attempt(route)` is awaited before each route is tried; `on_submitted(route, job_id)` when
+        a resumable provider accepted a call (once per call of an emulated `count`).
         """
         routes = self.require(model, Needs.of(request), order=order)
         refused: list[tuple[Route, perr.ProviderError]] = []
@@ -438,7 +463,7 @@ class Router:
             try:
                 if on_attempt is not None:
                     await on_attempt(route)
-                results = await self._call(self.providers[route.provider], route, adapted)
+                results = await self._call(self.providers[route.provider], route, adapted, on_submitted)
                 verdict = True
             except perr.ProviderError as exc:
                 verdict = _verdict(exc)
@@ -474,18 +499,84 @@ class Router:
             code="circuit_open",
         )
 
-    async def _call(self, provider: Provider, route: Route, request: EditRequest) -> list[EditResult]:
+    async def resume(
+        self, model: ModelEntry, provider: str, job_ids: Sequence[str], request: EditRequest
+    ) -> Served:
+        """Follow jobs `provider` accepted earlier (one per call of an emulated `count`) to their result.
+
+        Nothing is submitted. Charged like `run`: per image that comes back, on the route that took
+        them. Raises the provider's error (or `ServerError` when the route or adapter is gone).
+        """
+        route = next((r for r in self.configured(model) if r.provider == provider), None)
+        adapter = self.providers.get(provider)
+        if route is None or not isinstance(adapter, ResumableProvider) or not job_ids:
+            raise perr.ServerError(
+                f"cannot resume on {provider}: no such route or the adapter cannot resume",
+                provider=provider,
+                accepted=True,
+            )
+        adapted = replace(adapt(request, route), count=1)
+
+        async def one(job_id: str) -> EditResult:
+            async with self._slot(provider):
+                return await adapter.resume(job_id, adapted)
+
+        results = await self._gather(route, [one(job_id) for job_id in job_ids])
+        cost = sum((charge_usd(model, route, r, adapted) for r in results), Decimal(0))
+        return Served(result=_merge(results), route=route, cost_usd=cost, requested=request.count)
+
+    async def cancel(self, provider: str, job_ids: Sequence[str]) -> bool:
+        """Best effort: ask `provider` to stop jobs it accepted. False when it has no cancel call."""
+        adapter = self.providers.get(provider)
+        if not isinstance(adapter, CancellableProvider):
+            return False
+        for job_id in job_ids:
+            try:
+                async with asyncio.timeout(CANCEL_TIMEOUT):
+                    await adapter.cancel(job_id)
+            except (perr.ProviderError, TimeoutError) as exc:
+                log.warning("%s: cancelling job %s failed: %s", provider, job_id, type(exc).__name__)
+        return True
+
+    def _slot(self, provider: str) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        return self._slots.get(provider) or contextlib.nullcontext()
+
+    async def _call(
+        self,
+        provider: Provider,
+        route: Route,
+        request: EditRequest,
+        on_submitted: OnRouteSubmitted | None = None,
+    ) -> list[EditResult]:
         """One call, or (no `n`) one single-image call per wanted image, in parallel.
 
         With an emulated count, the images that came back are kept even if some calls failed (the
         user is charged per image delivered); only when all failed is an error raised.
         """
+
+        async def one(req: EditRequest) -> EditResult:
+            async with self._slot(route.provider):
+                if on_submitted is None or not isinstance(provider, ResumableProvider):
+                    return await provider.edit(req)
+
+                async def submitted(job_id: str) -> None:
+                    await on_submitted(route, job_id)
+
+                return await provider.edit(req, on_submitted=submitted)
+
         if request.count == 1 or route.n:
-            return [await provider.edit(request)]
+            return [await one(request)]
         single = replace(request, count=1)
-        outcomes = await asyncio.gather(
-            *(provider.edit(single) for _ in range(request.count)), return_exceptions=True
-        )
+        return await self._gather(route, [one(single) for _ in range(request.count)], request.count)
+
+    async def _gather(
+        self, route: Route, calls: Sequence[Awaitable[EditResult]], wanted: int | None = None
+    ) -> list[EditResult]:
+        """Run parallel single-image calls; keep what came back, raise only when every call failed."""
+        if len(calls) == 1:
+            return [await calls[0]]
+        wanted = wanted or len(calls)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         results = [o for o in outcomes if isinstance(o, EditResult)]
         errors: list[perr.ProviderError] = []
         for outcome in outcomes:
@@ -499,7 +590,7 @@ class Router:
                     "%s: %d of %d images failed (%s)",
                     route.provider,
                     len(errors),
-                    request.count,
+                    wanted,
                     ", ".join(sorted({type(e).__name__ for e in errors})),
                 )
             return results

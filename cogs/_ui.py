@@ -1,4 +1,4 @@
-"""Shared by the cogs: the throttled progress message, running a job and posting its result, the
+"""Shared by the cogs: the throttled progress message (and when an interaction token is spent), the
 result embed, attachment uploads, model autocomplete and private error replies for buttons and forms."""
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ import datetime as dt
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 from discord import app_commands
 
 from bot.catalog import Catalog
 from bot.client import reply_privately
 from bot.errors import RetouchError, new_reference
-from bot.jobs import EditOutcome, Progress, Upload
+from bot.jobs import EditOutcome, Upload
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -32,10 +32,35 @@ PROMPT_PREVIEW_CHARS = 300
 EMBED_COLOUR = discord.Colour(0x5865F2)
 
 
+# Interaction tokens live 15 minutes; past this age the bot stops using one (a request that started
+# just before the deadline could still fail) and late results go out as channel messages.
+TOKEN_SAFE_SECONDS = 14 * 60
+# Discord's answers for a token that no longer works: 401 with JSON code 50027 (or 10015 once the
+# webhook is gone). After the first one the token is never used again: no retry storm.
+DEAD_TOKEN_CODES = frozenset({50027, 10015})
+
+
+def token_dead(interaction: discord.Interaction) -> bool:
+    """Whether `interaction`'s token must not be used any more (too old, or Discord refused it)."""
+    if interaction.extras.get("token_dead"):
+        return True
+    return (discord.utils.utcnow() - interaction.created_at).total_seconds() >= TOKEN_SAFE_SECONDS
+
+
+def note_token_error(interaction: discord.Interaction, exc: discord.HTTPException) -> bool:
+    """Remember a token Discord refused (401 / 50027); True if that is what `exc` was."""
+    if exc.status == 401 or exc.code in DEAD_TOKEN_CODES:
+        interaction.extras["token_dead"] = True
+        return True
+    return False
+
+
 class ProgressMessage:
     """Edits the private deferred message with the current stage, at most every few seconds.
 
-    The latest text always wins: updates that arrive too fast are coalesced, never queued.
+    The latest text always wins: updates that arrive too fast are coalesced, never queued. Controls
+    (a Cancel button while a job can be cancelled) go with every edit once set. Once Discord refuses
+    the interaction token, or it is nearly 15 minutes old, nothing more is sent on it.
     """
 
     def __init__(
@@ -47,14 +72,25 @@ class ProgressMessage:
         self._pending: str | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._controls: discord.ui.View | None = None
+        self._with_controls = False  # only messages that ever had controls get `view=` on edits
+        self._urgent = False
         self.edits = 0
+
+    def set_controls(self, view: discord.ui.View | None) -> None:
+        """Buttons to show under the text from the next edit on (None removes them)."""
+        # A button appearing or going away is worth an edit of its own, not a throttled one.
+        self._urgent = (view is None) != (self._controls is None)
+        self._controls = view
+        self._with_controls = self._with_controls or view is not None
 
     async def __call__(self, text: str) -> None:
         if self._closed:
             return
         self._pending = text
         wait = self._last_edit + self._min_interval - time.monotonic()
-        if self.edits == 0 or wait <= 0:
+        urgent, self._urgent = self._urgent, False
+        if self.edits == 0 or wait <= 0 or urgent:
             await self._flush()
         elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later(wait))
@@ -69,33 +105,47 @@ class ProgressMessage:
             return
         self._last_edit = time.monotonic()
         self.edits += 1
-        try:
-            await self._interaction.edit_original_response(content=text)
-        except discord.HTTPException as exc:
-            log.debug("progress edit failed: %s", exc)
+        await self._edit(text, self._controls)
 
-    async def close(self, final: str | None = None) -> None:
-        """Stop updating; optionally write a final line."""
+    async def _edit(self, text: str, view: discord.ui.View | None) -> bool:
+        if token_dead(self._interaction):
+            return False
+        extra = {"view": view} if self._with_controls else {}
+        try:
+            await self._interaction.edit_original_response(content=text, **extra)
+        except discord.HTTPException as exc:
+            note_token_error(self._interaction, exc)
+            log.debug("progress edit failed: %s", exc)
+            return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("progress edit failed: %s", type(exc).__name__)
+            return False
+        return True
+
+    async def close(self, final: str | None = None) -> bool:
+        """Stop updating; optionally write a final line (controls removed). False if it was not shown."""
         self._closed = True
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        if final is not None:
-            with contextlib.suppress(discord.HTTPException):
-                await self._interaction.edit_original_response(content=final)
+        if final is None:
+            return True
+        self._controls = None
+        return await self._edit(final, None)
 
 
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_embed(outcome: EditOutcome, requester: discord.abc.User) -> discord.Embed:
+def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:
+    """The result's embed; its footer `job <id>` also finds a result a crash interrupted mid-post."""
     embed = discord.Embed(
         description=discord.utils.escape_markdown(truncate(outcome.prompt, PROMPT_PREVIEW_CHARS)),
         colour=EMBED_COLOUR,
     )
-    embed.set_author(name=f"Edited for {requester.display_name}")
+    embed.set_author(name=f"Edited for {requester}")
     embed.add_field(name="Model", value=outcome.model_name)
     embed.add_field(name="Quality", value=outcome.quality)
     embed.add_field(name="Size", value=outcome.size)
@@ -126,11 +176,10 @@ def policy_of(bot: RetouchBot) -> PolicyService:
     return policy
 
 
-# -- shared by /edit, /mask and the "Edit image" menu ------------------------------------------------
+# -- shared by /edit, /mask, the "Edit image" menu and the result buttons ----------------------------
 
-Deliver = Callable[[EditOutcome], Awaitable[None]]
-THREAD_NAME_CHARS = 90
-THREAD_ARCHIVE_MINUTES = 1440
+# Discord sometimes omits content_type; the service checks the bytes either way.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def upload_of(label: str, attachment: discord.Attachment) -> Upload:
@@ -147,6 +196,15 @@ def upload_of(label: str, attachment: discord.Attachment) -> Upload:
     return Upload(label=label, filename=attachment.filename, size=attachment.size, read=read)
 
 
+def first_image(message: discord.Message) -> discord.Attachment | None:
+    """The message's first attachment that looks like an image."""
+    for attachment in message.attachments:
+        content_type = attachment.content_type or ""
+        if content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS):
+            return attachment
+    return None
+
+
 def model_choices(
     catalog: Catalog, current: str, *, mask_only: bool = False
 ) -> list[app_commands.Choice[str]]:
@@ -158,61 +216,6 @@ def model_choices(
         for m in catalog.available(today)
         if (m.mask or not mask_only) and (current in m.id.lower() or current in m.name.lower())
     ][:25]
-
-
-async def run_and_publish(
-    bot: RetouchBot,
-    interaction: discord.Interaction,
-    start: Callable[[Progress, Deliver], Awaitable[EditOutcome]],
-) -> EditOutcome:
-    """Run one job with a private progress message on `interaction` and post its result publicly.
-
-    `start(progress, deliver)` runs the job (`EditService.run_edit` or `.execute`). The interaction's
-    private message must already exist (a private defer, or a component's message update).
-    """
-    progress = ProgressMessage(interaction)
-    try:
-        outcome = await start(progress, lambda o: publish_result(bot, interaction, progress, o))
-    finally:
-        await progress.close()
-    await progress.close(f"Done — {outcome.charged} credits charged, {outcome.balance_after} left.")
-    return outcome
-
-
-async def publish_result(
-    bot: RetouchBot, interaction: discord.Interaction, progress: ProgressMessage, outcome: EditOutcome
-) -> None:
-    """Post the result for everyone in the channel (and open a thread under it if the server wants)."""
-    # The private progress message must have been edited at least once, or Discord would turn this
-    # first followup into that private message instead of a new public one.
-    await progress.close("Posting your result…")
-    message = await interaction.followup.send(
-        content=f"{interaction.user.mention}",
-        embed=result_embed(outcome, interaction.user),
-        files=result_files(outcome),
-        allowed_mentions=discord.AllowedMentions.none(),
-        wait=True,
-    )
-    if await _wants_thread(bot, interaction):
-        await _open_thread(bot, message, outcome)
-
-
-async def _wants_thread(bot: RetouchBot, interaction: discord.Interaction) -> bool:
-    if interaction.guild_id is None or not isinstance(interaction.channel, discord.TextChannel):
-        return False
-    value = await bot.services.storage.guild_thread_results(interaction.guild_id)
-    return bot.services.settings.thread_results if value is None else value
-
-
-async def _open_thread(bot: RetouchBot, message: discord.Message, outcome: EditOutcome) -> None:
-    name = truncate(outcome.prompt.replace("\n", " "), THREAD_NAME_CHARS) or "Edit"
-    try:
-        await bot.http.start_thread_with_message(
-            message.channel.id, message.id, name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES
-        )
-    except discord.HTTPException as exc:
-        # The result is already posted; a missing thread is not worth failing the job for.
-        log.warning("could not open a thread for job %s: %s", outcome.job_id, exc)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException, *, where: str) -> None:

@@ -11,7 +11,8 @@ from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions
-from cogs._ui import model_choices, role_ids_of, run_and_publish, upload_of
+from cogs._results import run_and_publish
+from cogs._ui import model_choices, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,7 @@ class EditCog(commands.Cog):
             role_ids=role_ids_of(interaction.user),
         )
         await run_and_publish(
-            self.bot,
-            interaction,
-            lambda progress, deliver: self.edits.run_edit(job, progress=progress, deliver=deliver),
+            self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
         )
 
     @edit.autocomplete("model")

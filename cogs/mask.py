@@ -34,15 +34,16 @@ from discord.ext import commands
 from bot import imaging, masking
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions, MaskSpec, PreparedJob
+from cogs._results import run_and_publish
 from cogs._ui import (
     EMBED_COLOUR,
     PROMPT_PREVIEW_CHARS,
     ProgressMessage,
+    first_image,
     model_choices,
     policy_of,
     report_error,
     role_ids_of,
-    run_and_publish,
     truncate,
     upload_of,
 )
@@ -60,8 +61,6 @@ MAX_FEATHER_PX = 64
 CUSTOM_ID_PREFIX = "retouch:mask"
 PICKER_FILE = "mask_grid.jpg"
 PREVIEW_FILE = "mask_preview.jpg"
-# Discord sometimes omits content_type; the service checks the bytes either way.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 NO_MENTIONS = discord.AllowedMentions.none()
 # Sessions that ran or were cancelled, remembered so a late double-click is ignored quietly instead of
 # overwriting the progress message with "expired".
@@ -316,15 +315,6 @@ def _file(data: bytes, filename: str) -> discord.File:
     return discord.File(io.BytesIO(data), filename=filename)
 
 
-def first_image(message: discord.Message) -> discord.Attachment | None:
-    """The message's first attachment that looks like an image."""
-    for attachment in message.attachments:
-        content_type = attachment.content_type or ""
-        if content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS):
-            return attachment
-    return None
-
-
 # -- the "Edit image" form ---------------------------------------------------------------------------
 
 
@@ -346,17 +336,18 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         component=discord.ui.FileUpload(custom_id="mask", required=False, min_values=0, max_values=1),
     )
 
-    def __init__(self, cog: MaskCog, image: discord.Attachment) -> None:
+    def __init__(self, cog: MaskCog, image: discord.Attachment, message_id: int | None = None) -> None:
         super().__init__(timeout=MODAL_TIMEOUT_SECONDS)
         self.cog = cog
         self.image = image
+        self.message_id = message_id  # the message the menu was used on (linked from late results)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         text = self.prompt.component
         upload = self.mask.component
         assert isinstance(text, discord.ui.TextInput) and isinstance(upload, discord.ui.FileUpload)
         mask = upload.values[0] if upload.values else None
-        await self.cog.run_from_form(interaction, self.image, text.value, mask)
+        await self.cog.run_from_form(interaction, self.image, text.value, mask, self.message_id)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
         await report_error(interaction, error, where="the Edit image form")
@@ -452,7 +443,7 @@ class MaskCog(commands.Cog):
                 allowed_mentions=NO_MENTIONS,
             )
             return
-        await interaction.response.send_modal(EditImageForm(self, image))
+        await interaction.response.send_modal(EditImageForm(self, image, message.id))
 
     async def run_from_form(
         self,
@@ -460,6 +451,7 @@ class MaskCog(commands.Cog):
         image: discord.Attachment,
         prompt: str,
         mask: discord.Attachment | None,
+        message_id: int | None = None,
     ) -> None:
         """The form was sent: a mask makes it a `/mask` job (preview first), otherwise an `/edit` job."""
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -473,7 +465,8 @@ class MaskCog(commands.Cog):
         await run_and_publish(
             self.bot,
             interaction,
-            lambda progress, deliver: self.edits.run_edit(job, progress=progress, deliver=deliver),
+            lambda progress: self.edits.prepare(job, progress=progress),
+            origin_message_id=message_id,
         )
 
     # -- the flow -------------------------------------------------------------------------------
@@ -582,11 +575,7 @@ class MaskCog(commands.Cog):
             self.sessions.finish(session.sid)
             await self._acknowledge_run(interaction)
             await run_and_publish(
-                self.bot,
-                interaction,
-                lambda progress, deliver: self.edits.run_edit(
-                    session.job, progress=progress, deliver=deliver
-                ),
+                self.bot, interaction, lambda progress: self.edits.prepare(session.job, progress=progress)
             )
             return
         await interaction.response.defer()
@@ -619,11 +608,10 @@ class MaskCog(commands.Cog):
         )
 
     async def _execute(self, interaction: discord.Interaction, prepared: PreparedJob) -> None:
-        await run_and_publish(
-            self.bot,
-            interaction,
-            lambda progress, deliver: self.edits.execute(prepared, progress=progress, deliver=deliver),
-        )
+        async def ready(_: object) -> PreparedJob:
+            return prepared
+
+        await run_and_publish(self.bot, interaction, ready)
 
     async def _acknowledge_run(self, interaction: discord.Interaction) -> None:
         """Answer the click by turning the picker/preview into the progress message."""

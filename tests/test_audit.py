@@ -173,6 +173,18 @@ async def test_circuit_opening_names_the_provider_and_next_try() -> None:
     ]
 
 
+async def test_a_provider_circuit_opening_is_posted_once(services: Services, fake: FakeOpenAI) -> None:
+    channel = Channel()
+    services.audit.attach(channel.post)
+    fake.fail_always(Fault.SERVER_ERROR)
+    for _ in range(services.edits.router.breaker.threshold + 1):  # the last one finds it open
+        with pytest.raises(JobFailed):
+            await run_job(services, size="1024x1024")
+    await services.audit.flush()
+    openings = [line for line in channel.lines if line.startswith("🔌")]
+    assert openings == ["🔌 Provider `openai` circuit opened: repeated failures (last: ServerError)"]
+
+
 async def test_long_reasons_are_clipped_to_one_discord_message() -> None:
     channel = Channel()
     audit = AuditLog()

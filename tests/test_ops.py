@@ -259,8 +259,20 @@ async def test_metrics_show_jobs_latency_credits_and_errors_after_jobs_ran(
     assert value(page, "retouch_job_duration_seconds_count", state="failed") == 2
     assert value(page, "retouch_ack_latency_seconds_count") == 0
     assert value(page, "retouch_jobs_in_flight") == 0
-    # No routing layer exposes breakers here, so the series is left out rather than invented.
-    assert not any(name == "retouch_circuit_state" for name, _ in page)
+    assert value(page, "retouch_jobs_queued") == 0
+    # A refusal is an answer: the breaker counts it healthy, so one server error leaves it closed.
+    assert value(page, "retouch_circuit_state", provider="openai") == 0
+
+
+async def test_circuit_state_shows_a_provider_the_router_stopped_using(
+    services: Services, fake: FakeOpenAI
+) -> None:
+    fake.fail_always(Fault.SERVER_ERROR)
+    for _ in range(services.edits.router.breaker.threshold):
+        with pytest.raises(JobFailed):
+            await run_job(services)
+    page = samples(services.metrics.render().decode())
+    assert value(page, "retouch_circuit_state", provider="openai") == 2
 
 
 async def test_jobs_in_flight_counts_running_jobs(services: Services, fake: FakeOpenAI) -> None:
@@ -293,7 +305,7 @@ def test_ack_latency_is_measured_from_the_interaction_snowflake() -> None:
     assert value(page, "retouch_ack_latency_seconds_bucket", le="0.1") == 1
 
 
-def test_circuit_state_is_read_from_the_routing_layer_at_scrape_time() -> None:
+def test_circuit_state_follows_whatever_the_routing_layer_reports() -> None:
     metrics = Metrics()
     states = {"openai": "closed", "atlascloud": "open"}
     metrics.watch(circuits=lambda: states)
@@ -302,6 +314,17 @@ def test_circuit_state_is_read_from_the_routing_layer_at_scrape_time() -> None:
     assert value(page, "retouch_circuit_state", provider="atlascloud") == 2
     states["openai"] = "half_open"
     assert value(samples(metrics.render().decode()), "retouch_circuit_state", provider="openai") == 1
+
+
+def test_a_broken_live_source_is_left_out_instead_of_failing_the_scrape() -> None:
+    def broken() -> int:
+        raise AttributeError("engine went away")
+
+    metrics = Metrics()
+    metrics.watch(in_flight=broken, queued=lambda: 4)
+    page = samples(metrics.render().decode())
+    assert value(page, "retouch_jobs_in_flight") is None
+    assert value(page, "retouch_jobs_queued") == 4
 
 
 def test_each_app_has_its_own_registry() -> None:

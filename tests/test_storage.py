@@ -155,3 +155,19 @@ async def test_data_survives_reopening_the_file(tmp_path: Path):
     s = await Storage.open(path)
     assert (await s.get_account(GUILD, USER)).balance == 42
     await s.close()
+
+
+@pytest.mark.parametrize("steps", range(6))
+async def test_a_write_cancelled_at_any_point_leaves_no_open_transaction(storage: Storage, steps: int):
+    """The job engine cancels provider calls whose callbacks write job states; a cancelled write must
+    roll back cleanly, or every later BEGIN on the shared connection would fail."""
+    await storage.grant(GUILD, USER, 100, actor_id=None, reason="seed", starting_credits=0)
+    task = asyncio.create_task(storage.grant(GUILD, USER, 5, actor_id=None, reason="x", starting_credits=0))
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await storage.grant(GUILD, USER, 1, actor_id=None, reason="after", starting_credits=0)
+    await assert_invariant(storage)
+    account = await storage.get_account(GUILD, USER)
+    assert account is not None and account.balance in (101, 106)

@@ -29,7 +29,9 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   `timeout` are failures (message in `data.error`); anything else is still running. A failure is
   `JobFailed(accepted=True)` (or `ProviderRejected` when the message names a safety filter).
 * Atlas documents no cancel call, so at the deadline polling simply stops and the job is reported
-  as `ProviderTimeout(accepted=True)`.
+  as `ProviderTimeout(accepted=True)`. The adapter is a `ResumableProvider`: the prediction id is
+  reported (`on_submitted`) before polling starts, and `resume(id, request)` polls it again after a
+  restart without submitting anything.
 * A 5xx on the submit without a prediction id is taken as "nothing was created" (the issue's rule)
   and may be retried elsewhere, except 504: a gateway that timed out may have passed the job on.
 * Sync mode and base64 output are not used: their timeout and format are undocumented at Atlas.
@@ -47,7 +49,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -270,8 +272,11 @@ class AtlasCloudProvider:
 
     # ------------------------------------------------------------------ the job
 
-    async def edit(self, request: EditRequest) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_atlas_error`)."""
+    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_atlas_error`).
+
+        `on_submitted(prediction_id)` is awaited once Atlas has accepted the job, before polling.
+        """
         fields = self._fields_for(request)
         files: list[tuple[bytes, str, str]] = [
             (image.data, f"image-{i}.{image.extension}", image.mime)
@@ -315,17 +320,27 @@ class AtlasCloudProvider:
         prediction = self._submitted(resp)
         job_id = str(prediction["id"])
         log.debug("%s: %s prediction %s submitted", self.name, request.model, job_id)
+        if on_submitted is not None:
+            await on_submitted(job_id)
         if str(prediction.get("status") or "").lower() not in SUCCESS | FAILURE:
-            prediction = await poll(
-                lambda: self._fetch(job_id, request.deadline),
-                is_done=lambda p: str(p.get("status") or "").lower() in SUCCESS | FAILURE,
-                deadline=request.deadline,
-                interval=self._poll_interval,
-                max_interval=self._max_poll_interval,
-                cancel=None,  # Atlas documents no cancel call
-                provider=self.name,
-            )
+            prediction = await self._poll(job_id, request)
         return await self._result(prediction, job_id, request)
+
+    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
+        """Follow a prediction submitted earlier (e.g. before a restart) to its result. Never submits."""
+        log.info("%s: resuming prediction %s", self.name, provider_job_id)
+        return await self._result(await self._poll(provider_job_id, request), provider_job_id, request)
+
+    async def _poll(self, job_id: str, request: EditRequest) -> dict[str, Any]:
+        return await poll(
+            lambda: self._fetch(job_id, request.deadline),
+            is_done=lambda p: str(p.get("status") or "").lower() in SUCCESS | FAILURE,
+            deadline=request.deadline,
+            interval=self._poll_interval,
+            max_interval=self._max_poll_interval,
+            cancel=None,  # Atlas documents no cancel call
+            provider=self.name,
+        )
 
     async def _upload(self, data: bytes, filename: str, mime: str, request: EditRequest) -> str:
         def form() -> aiohttp.FormData:

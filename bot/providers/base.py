@@ -7,6 +7,7 @@ so the job service can run them, test them and swap them without a bot.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -116,4 +117,37 @@ class CheckableProvider(Protocol):
 
     async def check(self) -> ProviderHealth:
         """Make the cheapest authenticated call the API offers. Never raises for HTTP failures."""
+        ...
+
+
+# Awaited with the provider's job id as soon as a submit-then-poll provider has accepted a job.
+OnSubmitted = Callable[[str], Awaitable[None]]
+
+
+@runtime_checkable
+class ResumableProvider(Protocol):
+    """Optional: a submit-then-poll adapter whose jobs can be followed again, e.g. after a restart.
+
+    `edit(request, on_submitted=cb)` awaits `cb(provider_job_id)` once the provider has accepted the
+    job and *before* it starts polling, so the caller can record the id first (an error from `cb`
+    ends the edit). `resume(provider_job_id, request)` polls that job again until `request.deadline`
+    and returns its result, raising the same errors as `edit`; it never submits anything.
+    """
+
+    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
+        """Run one edit, reporting the provider's job id through `on_submitted` when it is accepted."""
+        ...
+
+    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
+        """Follow a job submitted earlier to its result (`request` is the one it was submitted with)."""
+        ...
+
+
+@runtime_checkable
+class CancellableProvider(Protocol):
+    """Optional: an adapter that can stop a job the provider has accepted (none of today's vendors
+    documents one). Best effort: raise a `ProviderError` if the provider refuses."""
+
+    async def cancel(self, provider_job_id: str) -> None:
+        """Ask the provider to stop the job (and, if it bills that way, not to charge for it)."""
         ...

@@ -32,6 +32,9 @@ Decisions on the spec's OPEN points (providers.md §8.7):
   issue's rule) except 504. A task WaveSpeed cancelled or timed out is reported as failed/timeout;
   WaveSpeed refunds failed tasks itself.
 * WaveSpeed documents no cancel call: at the deadline polling stops with an accepted timeout.
+* Resumable (`ResumableProvider`): the task id is reported (`on_submitted`) before polling starts,
+  and `resume(id, request)` polls it again after a restart without submitting anything. A
+  new account's tier runs 3 tasks at once (`WAVESPEED_MAX_CONCURRENT`, enforced by routing).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -297,8 +300,11 @@ class WaveSpeedProvider:
             raise err
         return fields
 
-    async def edit(self, request: EditRequest) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_wavespeed_error`)."""
+    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_wavespeed_error`).
+
+        `on_submitted(task_id)` is awaited once WaveSpeed has accepted the task, before polling.
+        """
         fields = self._fields_for(request)
         files: list[tuple[bytes, str, str]] = [
             (image.data, f"image-{i}.{image.extension}", image.mime)
@@ -344,20 +350,30 @@ class WaveSpeedProvider:
         )
         task = self._submitted(resp)
         task_id = str(task["id"])
+        if on_submitted is not None:
+            await on_submitted(task_id)
         status = str(task.get("status") or "").lower()
         if self._sync_mode and _is_sync_timeout(task):
             log.info("%s: sync wait ran out for task %s; polling it instead", self.name, task_id)
         if status not in SUCCESS | FAILURE:
-            task = await poll(
-                lambda: self._fetch(task_id, request.deadline),
-                is_done=lambda t: str(t.get("status") or "").lower() in SUCCESS | FAILURE,
-                deadline=request.deadline,
-                interval=self._poll_interval,
-                max_interval=self._max_poll_interval,
-                cancel=None,  # WaveSpeed documents no cancel call
-                provider=self.name,
-            )
+            task = await self._poll(task_id, request)
         return await self._result(task, task_id, request)
+
+    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
+        """Follow a task submitted earlier (e.g. before a restart) to its result. Never submits."""
+        log.info("%s: resuming task %s", self.name, provider_job_id)
+        return await self._result(await self._poll(provider_job_id, request), provider_job_id, request)
+
+    async def _poll(self, task_id: str, request: EditRequest) -> dict[str, Any]:
+        return await poll(
+            lambda: self._fetch(task_id, request.deadline),
+            is_done=lambda t: str(t.get("status") or "").lower() in SUCCESS | FAILURE,
+            deadline=request.deadline,
+            interval=self._poll_interval,
+            max_interval=self._max_poll_interval,
+            cancel=None,  # WaveSpeed documents no cancel call
+            provider=self.name,
+        )
 
     async def _upload(self, data: bytes, filename: str, mime: str, request: EditRequest) -> str:
         def form() -> aiohttp.FormData:

@@ -8,8 +8,10 @@ serialises transactions on it (two coroutines must never interleave statements i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +26,27 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_PACKAGE = "bot.storage"
 TERMINAL_STATES = ("delivered", "failed", "cancelled")
+# Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
+# undelivered result. Every one of them is looked at again when the bot starts.
+LIVE_STATES = ("queued", "reserved", "submitting", "submitted", "completed")
+# Job columns `set_job_state` may change besides the state.
+_JOB_FIELDS = frozenset(
+    {
+        "provider",
+        "provider_request_id",
+        "error_code",
+        "error_ref",
+        "model",
+        "quality",
+        "size",
+        "result",
+        "started_at",
+        "completed_at",
+        "deadline_at",
+        "delivery_attempted_at",
+        "files_expire_at",
+    }
+)
 
 
 class LedgerConflict(Exception):
@@ -65,6 +88,34 @@ class JobRow:
     created_at: str
     updated_at: str
     finished_at: str | None
+    spec: str | None = None
+    result: str | None = None
+    interaction_at: str | None = None
+    origin_message_id: int | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    deadline_at: str | None = None
+    delivery_attempted_at: str | None = None
+    delivered_via: str | None = None
+    result_channel_id: int | None = None
+    result_message_id: int | None = None
+    files_expire_at: str | None = None
+
+    @property
+    def provider_job_ids(self) -> tuple[str, ...]:
+        """The provider's ids for this job's calls (one per call of an emulated `count`)."""
+        return tuple(i for i in (self.provider_request_id or "").split(",") if i)
+
+
+@dataclass(frozen=True)
+class OpenHold:
+    """A reservation that was neither captured nor released, and the state of its job (None: no row)."""
+
+    job_id: str
+    guild_id: int
+    user_id: int
+    amount: int
+    job_state: str | None
 
 
 @dataclass(frozen=True)
@@ -224,7 +275,15 @@ class Storage:
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: BEGIN IMMEDIATE takes the write lock up front."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                # Cancelled while BEGIN was queued on the connection's thread: it still runs there, and
+                # a transaction left open would make every later BEGIN fail. (If BEGIN itself failed,
+                # there is nothing to roll back.)
+                with contextlib.suppress(sqlite3.Error):
+                    await self._conn.execute("ROLLBACK")
+                raise
             try:
                 yield self._conn
             except BaseException:
@@ -479,32 +538,35 @@ class Storage:
         Raises LedgerConflict if the job was already released.
         """
         async with self._write() as db:
-            reserve, kinds = await self._settlement(db, job_id)
-            if reserve is None:
-                return None
-            guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
-            if "release" in kinds:
-                raise LedgerConflict(f"job {job_id} was already released")
-            if "capture" in kinds:
-                row = await (
-                    await db.execute(
-                        "SELECT amount FROM ledger WHERE job_id = ? AND kind = 'capture'", (job_id,)
-                    )
-                ).fetchone()
-                return await self._account(db, guild_id, user_id), int(row[0])
-            charged = max(0, min(charged, held))
-            await db.execute(
-                "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-                "WHERE guild_id = ? AND user_id = ?",
-                (held - charged, held, self._now(), guild_id, user_id),
-            )
-            await self._ledger(
-                db, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None
-            )
-            await db.execute(
-                "UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, self._now(), job_id)
-            )
-            return await self._account(db, guild_id, user_id), charged
+            return await self._capture(db, job_id, charged)
+
+    async def _capture(
+        self, db: aiosqlite.Connection, job_id: str, charged: int
+    ) -> tuple[Account, int] | None:
+        reserve, kinds = await self._settlement(db, job_id)
+        if reserve is None:
+            return None
+        guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
+        if "release" in kinds:
+            raise LedgerConflict(f"job {job_id} was already released")
+        if "capture" in kinds:
+            row = await (
+                await db.execute("SELECT amount FROM ledger WHERE job_id = ? AND kind = 'capture'", (job_id,))
+            ).fetchone()
+            return await self._account(db, guild_id, user_id), int(row[0])
+        charged = max(0, min(charged, held))
+        await db.execute(
+            "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
+            "WHERE guild_id = ? AND user_id = ?",
+            (held - charged, held, self._now(), guild_id, user_id),
+        )
+        await self._ledger(
+            db, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None
+        )
+        await db.execute(
+            "UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, self._now(), job_id)
+        )
+        return await self._account(db, guild_id, user_id), charged
 
     async def release(self, job_id: str, reason: str | None = None) -> Account | None:
         """Return a job's whole hold. Idempotent; None if nothing was reserved.
@@ -512,20 +574,89 @@ class Storage:
         Raises LedgerConflict if the job was already captured.
         """
         async with self._write() as db:
-            reserve, kinds = await self._settlement(db, job_id)
-            if reserve is None:
-                return None
-            guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
-            if "capture" in kinds:
-                raise LedgerConflict(f"job {job_id} was already captured")
-            if "release" not in kinds:
-                await db.execute(
-                    "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-                    "WHERE guild_id = ? AND user_id = ?",
-                    (held, held, self._now(), guild_id, user_id),
-                )
-                await self._ledger(db, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
-            return await self._account(db, guild_id, user_id)
+            return await self._release(db, job_id, reason)
+
+    async def _release(self, db: aiosqlite.Connection, job_id: str, reason: str | None) -> Account | None:
+        reserve, kinds = await self._settlement(db, job_id)
+        if reserve is None:
+            return None
+        guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
+        if "capture" in kinds:
+            raise LedgerConflict(f"job {job_id} was already captured")
+        if "release" not in kinds:
+            await db.execute(
+                "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
+                "WHERE guild_id = ? AND user_id = ?",
+                (held, held, self._now(), guild_id, user_id),
+            )
+            await self._ledger(db, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
+        return await self._account(db, guild_id, user_id)
+
+    async def settle_delivered(
+        self, job_id: str, charged: int, *, via: str, channel_id: int | None, message_id: int | None
+    ) -> tuple[Account, int] | None:
+        """Capture a delivered job's charge and mark it delivered, in one transaction. Idempotent.
+
+        One transaction, so a crash can never leave a charged job that looks undelivered (and is
+        delivered again) or a delivered job whose hold is never settled.
+        """
+        async with self._write() as db:
+            settled = await self._capture(db, job_id, charged)
+            now = self._now()
+            await db.execute(
+                "UPDATE jobs SET state = 'delivered', delivered_via = ?, result_channel_id = ?, "
+                "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (via, channel_id, message_id, now, now, job_id),
+            )
+            return settled
+
+    async def settle_released(
+        self, job_id: str, state: str, *, error_code: str, error_ref: str | None = None
+    ) -> Account | None:
+        """Release a job's hold and move it to `state` (failed or cancelled), in one transaction.
+
+        Idempotent. Raises LedgerConflict (and changes nothing) if the job was already captured.
+        """
+        async with self._write() as db:
+            account = await self._release(db, job_id, error_code[:64])
+            now = self._now()
+            await db.execute(
+                "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
+                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (state, error_code[:64], error_ref, now, now, job_id),
+            )
+            return account
+
+    async def held_mismatches(self) -> list[tuple[int, int, int, int]]:
+        """Accounts whose `held` differs from the sum of their open reservations:
+        (guild_id, user_id, held, open). Empty unless the database was changed behind the bot's back."""
+        rows = await self._all(
+            "SELECT a.guild_id, a.user_id, a.held, COALESCE(SUM(r.amount), 0) AS open FROM accounts a "
+            "LEFT JOIN ledger r ON r.guild_id = a.guild_id AND r.user_id = a.user_id "
+            "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+            "WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release')) "
+            "GROUP BY a.guild_id, a.user_id HAVING a.held != open"
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def forget_job_details(self, job_id: str) -> None:
+        """Drop what an ended job no longer needs once its files expired (its prompt and options)."""
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE jobs SET spec = NULL, result = NULL "
+                "WHERE id = ? AND state IN ('delivered', 'failed', 'cancelled')",
+                (job_id,),
+            )
+
+    async def open_holds(self) -> list[OpenHold]:
+        """Reservations never captured or released, with their job's state (for start-up reconciling)."""
+        rows = await self._all(
+            "SELECT r.job_id, r.guild_id, r.user_id, r.amount, j.state FROM ledger r "
+            "LEFT JOIN jobs j ON j.id = r.job_id WHERE r.kind = 'reserve' AND NOT EXISTS "
+            "(SELECT 1 FROM ledger x WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release')) "
+            "ORDER BY r.id"
+        )
+        return [OpenHold(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def ledger_totals(self, guild_id: int, user_id: int) -> LedgerTotals:
         row = await self._one(
@@ -559,19 +690,41 @@ class Storage:
         quality: str,
         size: str,
         count: int,
+        spec: str | None = None,
+        interaction_at: str | None = None,
+        origin_message_id: int | None = None,
+        deadline_at: str | None = None,
+        files_expire_at: str | None = None,
     ) -> None:
+        """Write a new job in state `queued` (nothing held yet), with what it needs to run."""
         now = self._now()
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (job_id, guild_id, user_id, channel_id, model, quality, size, count, now, now),
+                "created_at, updated_at, spec, interaction_at, origin_message_id, deadline_at, "
+                "files_expire_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    guild_id,
+                    user_id,
+                    channel_id,
+                    model,
+                    quality,
+                    size,
+                    count,
+                    now,
+                    now,
+                    spec,
+                    interaction_at,
+                    origin_message_id,
+                    deadline_at,
+                    files_expire_at,
+                ),
             )
 
     async def set_job_state(self, job_id: str, state: str, **fields: Any) -> None:
-        """Move a job to `state`, optionally setting provider, provider_request_id, error_code, error_ref."""
-        allowed = {"provider", "provider_request_id", "error_code", "error_ref", "model", "quality", "size"}
-        unknown = set(fields) - allowed
+        """Move a job to `state`, optionally setting other job columns (see `_JOB_FIELDS`)."""
+        unknown = set(fields) - _JOB_FIELDS
         if unknown:
             raise ValueError(f"unknown job fields: {sorted(unknown)}")
         now = self._now()
@@ -586,6 +739,52 @@ class Storage:
         params.append(job_id)
         async with self._write() as db:
             await db.execute(f"UPDATE jobs SET {', '.join(assignments)} WHERE id = ?", tuple(params))
+
+    async def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set job columns (see `_JOB_FIELDS`) without changing the state."""
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown or not fields:
+            raise ValueError(f"unknown or no job fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        async with self._write() as db:
+            await db.execute(
+                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
+                (*fields.values(), self._now(), job_id),
+            )
+
+    async def mark_submitted(self, job_id: str, provider: str, provider_job_id: str) -> None:
+        """Record that `provider` accepted one call of the job (ids are appended: an emulated `count`
+        makes one call per image) and move it to `submitted`."""
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE jobs SET state = 'submitted', provider = ?, provider_request_id = "
+                "CASE WHEN provider_request_id IS NULL OR provider_request_id = '' THEN ? "
+                "ELSE provider_request_id || ',' || ? END, updated_at = ? WHERE id = ?",
+                (provider, provider_job_id, provider_job_id, self._now(), job_id),
+            )
+
+    async def overdue_jobs(self, now: dt.datetime) -> list[JobRow]:
+        """Jobs still waiting or at a provider whose deadline has passed (the watchdog's work)."""
+        rows = await self._all(
+            "SELECT * FROM jobs WHERE state IN ('reserved', 'submitting', 'submitted') "
+            "AND deadline_at IS NOT NULL AND deadline_at < ? ORDER BY created_at",
+            (now.isoformat(timespec="milliseconds"),),
+        )
+        return [JobRow(**dict(r)) for r in rows]
+
+    async def recent_run_seconds(self, limit: int) -> list[float]:
+        """How long the last `limit` jobs that produced a result took at their provider, newest first."""
+        rows = await self._all(
+            "SELECT started_at, completed_at FROM jobs WHERE started_at IS NOT NULL "
+            "AND completed_at IS NOT NULL ORDER BY completed_at DESC LIMIT ?",
+            (limit,),
+        )
+        spans = []
+        for started, completed in rows:
+            with contextlib.suppress(ValueError):
+                delta = dt.datetime.fromisoformat(completed) - dt.datetime.fromisoformat(started)
+                spans.append(max(0.0, delta.total_seconds()))
+        return spans
 
     async def get_job(self, job_id: str) -> JobRow | None:
         row = await self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))

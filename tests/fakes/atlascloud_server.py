@@ -167,6 +167,8 @@ class FakeAtlas:
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.envelope = True  # {code, message, data} (True) or bare objects (False)
+        # While True, predictions stay "processing" however often they are polled (`hold_results`).
+        self.holding = False
         self.requests: list[RecordedRequest] = []
         self.uploads: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.predictions: dict[str, _Prediction] = {}
@@ -478,9 +480,17 @@ class FakeAtlas:
                 return  # the prediction is created first; the answer is spoiled afterwards
         raise AssertionError(f"unhandled fault {rule.fault}")
 
+    def hold_results(self) -> None:
+        """Keep every prediction "processing" until `release_results` (to stop a job at `submitted`)."""
+        self.holding = True
+
+    def release_results(self) -> None:
+        """Let held predictions finish on their next poll."""
+        self.holding = False
+
     def _advance(self, p: _Prediction, *, finish: bool = False) -> None:
         p.polls += 1
-        if p.status != "processing" or p.fault == Fault.NEVER_FINISHES:
+        if p.status != "processing" or p.fault == Fault.NEVER_FINISHES or self.holding:
             return
         if finish or p.polls >= self.polls_to_finish:
             p.status = "failed" if p.fault in (Fault.JOB_FAILED, Fault.JOB_NSFW) else "completed"

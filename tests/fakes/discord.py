@@ -11,7 +11,9 @@ It validates what the bot sends the way Discord does and fails the way Discord f
 statuses, JSON error codes and bodies (3-second ack window -> 10062, double ack -> 40060, expired
 interaction token -> 50027, > 10 attachments -> 30015, oversize file -> 413/40005, content and embed limits
 -> 50035, unknown channel/message -> 10003/10008, missing permissions -> 50013, ...). Routes it does not
-implement answer 404 and are recorded in :attr:`FakeDiscord.unknown`.
+implement answer 404 and are recorded in :attr:`FakeDiscord.unknown`. A repeated ``nonce`` with
+``enforce_nonce`` returns the first message, and :meth:`FakeDiscord.hold` keeps chosen requests waiting
+until the test releases or drops them (to stop a bot in the middle of a delivery).
 
 Pointing discord.py at it (an ``AutoShardedBot`` asks ``GET /gateway/bot`` for the websocket URL, so only
 ``Route.BASE`` has to change)::
@@ -76,6 +78,7 @@ __all__ = [
     "FakeMessage",
     "FakeRole",
     "FakeUser",
+    "HeldRequests",
     "Intent",
     "Permission",
     "RecordedRequest",
@@ -102,6 +105,7 @@ MAX_AUTOCOMPLETE_CHOICES = 25
 MAX_GLOBAL_CHAT_COMMANDS = 100
 MAX_COMMAND_TOTAL_CHARS = 8000
 THREAD_ARCHIVE_DURATIONS = (60, 1440, 4320, 10080)
+NONCE_WINDOW_SECONDS = 300  # "the past few minutes" for enforce_nonce
 
 FLAG_SUPPRESS_EMBEDS = 1 << 2
 FLAG_HAS_THREAD = 1 << 5
@@ -902,6 +906,33 @@ class _RateLimitRule:
     is_global: bool
 
 
+@dataclass(eq=False)
+class HeldRequests:
+    """Requests the fake holds before handling them, until the test lets them go (:meth:`FakeDiscord.hold`).
+
+    ``held`` lists the requests waiting (in arrival order). :meth:`release` lets them through as if
+    Discord had been slow; :meth:`drop` fails them with a 503 and no effect, as if they never arrived.
+    Either way the rule is spent: later matching requests are handled normally.
+    """
+
+    method: str
+    pattern: re.Pattern[str]
+    times: int
+    held: list[RecordedRequest] = field(default_factory=list)
+    dropped: bool = False
+    _gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return len(self.held) < self.times and method == self.method and bool(self.pattern.fullmatch(path))
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def drop(self) -> None:
+        self.dropped = True
+        self._gate.set()
+
+
 def _walk_components(components: Iterable[Any]) -> Iterable[dict[str, Any]]:
     """Every component in a (possibly nested, Components V2) component tree."""
     for component in components:
@@ -1003,6 +1034,8 @@ class FakeDiscord:
         self._commands: dict[int | None, list[dict[str, Any]]] = {}
         self._command_ids: dict[tuple[int | None, int, str], int] = {}
         self._rate_limits: list[_RateLimitRule] = []
+        self._holds: list[HeldRequests] = []
+        self._nonces: dict[str, tuple[float, FakeMessage]] = {}
         self._watched: list[asyncio.Task[Any]] = []
         self._pending_notifies: set[asyncio.Task[None]] = set()
         self._fatal_errors: list[BaseException] = []
@@ -1430,6 +1463,13 @@ class FakeDiscord:
         for session in list(self._sessions):
             if session.identified:
                 await session.send({"op": 7, "d": None, "s": None, "t": None})
+
+    def hold(self, method: str, path_regex: str, *, times: int = 1) -> HeldRequests:
+        """Hold the next ``times`` requests ``METHOD /path`` (path under ``/api/v10``, matched as a whole
+        by ``path_regex``) before they take effect, e.g. to stop the bot in the middle of a delivery."""
+        rule = HeldRequests(method.upper(), re.compile(path_regex), times)
+        self._holds.append(rule)
+        return rule
 
     def rate_limit_next(
         self, route_substring: str, *, retry_after: float = 0.05, is_global: bool = False
@@ -3153,6 +3193,13 @@ class FakeDiscord:
                 headers["X-RateLimit-Global"] = "true"
             return self._json(record.response, status=429, headers=headers)
         body, uploads = await self._read_body(request, record)
+        hold = next((h for h in self._holds if h.matches(request.method, path)), None)
+        if hold is not None:
+            hold.held.append(record)
+            await self._notify()
+            await hold._gate.wait()
+            if hold.dropped:
+                raise _error(503, 0, "The fake Discord dropped this held request.")
         call = _Call(
             request=request, params=params, query=request.query, body=body, uploads=uploads, record=record
         )
@@ -3721,9 +3768,18 @@ class FakeDiscord:
                 raise _form_error(
                     ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
                 )
+        nonce = body.get("nonce")
+        if body.get("enforce_nonce") and nonce is not None:
+            # Discord: the same author sending the same nonce within a few minutes gets the first
+            # message back, and no second one is created.
+            seen = self._nonces.get(str(nonce))
+            if seen is not None and self.now() - seen[0] < NONCE_WINDOW_SECONDS and not seen[1].deleted:
+                return self._json(self._message_payload(seen[1]))
         message = self._create_message(
             channel, body, call.uploads, path=[], size_limit=self._size_limit(channel)
         )
+        if nonce is not None:
+            self._nonces[str(nonce)] = (self.now(), message)
         if reference is not None:
             message.message_reference = {
                 "type": 0,

@@ -1134,3 +1134,40 @@ async def test_bot_errors_are_captured_and_the_original_handler_still_runs(
     assert handled == ["QuotaExceeded"]
     assert isinstance(fake_discord.errors[0].__cause__, QuotaExceeded)
     assert interaction.original["content"] == "You are out of credits."
+
+
+async def test_a_repeated_nonce_returns_the_first_message_instead_of_posting_twice(
+    fake_discord: FakeDiscord, start_bot: StartBot, world: World
+) -> None:
+    _, channel, _ = world
+    bot = await start_bot()
+    target = bot.get_partial_messageable(channel.id)
+    first = await target.send("result", nonce="rtjob1")
+    again = await target.send("result", nonce="rtjob1")  # a retry after a crash
+    other = await target.send("result", nonce="rtjob2")
+    assert again.id == first.id != other.id
+    assert len(fake_discord.channel_messages(channel)) == 2
+
+
+async def test_held_requests_wait_for_the_test_and_can_be_released_or_dropped(
+    fake_discord: FakeDiscord, start_bot: StartBot, world: World
+) -> None:
+    _, channel, _ = world
+    bot = await start_bot()
+    target = bot.get_partial_messageable(channel.id)
+    held = fake_discord.hold("POST", rf"/channels/{channel.id}/messages")
+    sending = asyncio.create_task(target.send("slow"))
+    await fake_discord.wait_until(lambda: held.held)
+    assert not fake_discord.channel_messages(channel) and not sending.done()
+    held.release()
+    await sending
+    assert [m.content for m in fake_discord.channel_messages(channel)] == ["slow"]
+
+    dropped = fake_discord.hold("POST", rf"/channels/{channel.id}/messages")
+    failing = asyncio.create_task(target.send("lost"))
+    await fake_discord.wait_until(lambda: dropped.held)
+    dropped.drop()
+    with pytest.raises(discord.HTTPException):
+        await failing
+    assert [m.content for m in fake_discord.channel_messages(channel)] == ["slow"]
+    await target.send("normal again")  # the rule is spent

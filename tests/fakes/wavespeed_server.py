@@ -168,6 +168,8 @@ class FakeWaveSpeed:
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.mini_accepts_quality_size = mini_accepts_quality_size
+        # While True, tasks stay "processing" however often they are polled (`hold_results`).
+        self.holding = False
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.tasks: dict[str, _Task] = {}
@@ -230,6 +232,14 @@ class FakeWaveSpeed:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def hold_results(self) -> None:
+        """Keep every task "processing" until `release_results` (to stop a job at `submitted`)."""
+        self.holding = True
+
+    def release_results(self) -> None:
+        """Let held tasks finish on their next poll."""
+        self.holding = False
 
     def _take(self, target: str) -> _FaultRule | None:
         for index, rule in enumerate(self._faults):
@@ -494,7 +504,7 @@ class FakeWaveSpeed:
             if rule is not None and rule.fault == Fault.SYNC_TIMEOUT:
                 task.status = "processing"
                 return self._ok(self._task_json(task, sync_timeout=True))
-            if end != "never":
+            if end != "never" and not self.holding:
                 task.status = end
                 return self._ok(self._task_json(task))
         return self._ok(self._task_json(task))
@@ -510,7 +520,7 @@ class FakeWaveSpeed:
             raise _ApiError(404, "prediction not found")
         task.polls += 1
         if task.status in ("created", "processing"):
-            if task.end == "never" or task.polls < self.polls_to_finish:
+            if self.holding or task.end == "never" or task.polls < self.polls_to_finish:
                 task.status = "processing"
             else:
                 task.status = task.end

@@ -1,0 +1,315 @@
+"""Where results go: the Discord side of the job engine.
+
+* `run_and_publish` is what every edit entry point calls: prepare (with a private progress message),
+  then submit to the engine and return. The engine does the rest through
+* `InteractionLive` — the command's own interaction while its token is usable: the progress message
+  (queue position, ETA, a **Cancel** button) and the result as a public followup, and
+* `DiscordDelivery` — any process, any time: a channel message that mentions the requester (and
+  pings only them), else a DM; notices ("you were not charged") go the same way.
+
+Every result carries persistent buttons (**Edit again**, **Retry**, **Delete**) and every progress
+message a **Cancel** button, all `JobControl` dynamic items whose custom id holds the job id, so a
+click reaches the bot after any restart (`cogs.jobs` handles them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+import discord
+
+from bot.audit import jump_url
+from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, Origin, Ticket
+from bot.jobs import PreparedJob, Progress
+from cogs._ui import ProgressMessage, note_token_error, result_embed, result_files, token_dead, truncate
+
+if TYPE_CHECKING:
+    from bot.client import RetouchBot
+
+log = logging.getLogger(__name__)
+
+CUSTOM_ID_PREFIX = "retouch:job"
+Action = Literal["cancel", "again", "retry", "delete"]
+THREAD_NAME_CHARS = 90
+THREAD_ARCHIVE_MINUTES = 1440
+# How many messages after the job was created to search for a result a crash interrupted; results are
+# posted within minutes of that, so only a very busy channel could push one further.
+FIND_HISTORY_LIMIT = 100
+
+
+def control_id(job_id: str, action: Action) -> str:
+    return f"{CUSTOM_ID_PREFIX}:{job_id}:{action}"
+
+
+class JobControl(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16}):(?P<action>cancel|again|retry|delete)",
+):
+    """Every job button (progress and result); routes the click to the jobs cog, also after a restart."""
+
+    def __init__(self, item: discord.ui.Button[Any], job_id: str, action: str) -> None:
+        super().__init__(item)
+        self.job_id = job_id
+        self.action = action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> JobControl:
+        return cls(item, match["job"], match["action"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("JobsCog")  # type: ignore[attr-defined]
+        handler = getattr(cog, "on_control", None)
+        if handler is not None:
+            await handler(interaction, self.job_id, self.action)
+
+
+def _button(job_id: str, action: Action, label: str, style: discord.ButtonStyle) -> JobControl:
+    return JobControl(
+        discord.ui.Button(label=label, style=style, custom_id=control_id(job_id, action)), job_id, action
+    )
+
+
+def progress_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(_button(job_id, "cancel", "Cancel", discord.ButtonStyle.secondary))
+    return view
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(_button(job_id, "again", "Edit again", discord.ButtonStyle.primary))
+    view.add_item(_button(job_id, "retry", "Retry", discord.ButtonStyle.secondary))
+    view.add_item(_button(job_id, "delete", "Delete", discord.ButtonStyle.danger))
+    return view
+
+
+# -- starting a job from a command, button or form ----------------------------------------------------
+
+
+async def run_and_publish(
+    bot: RetouchBot,
+    interaction: discord.Interaction,
+    prepare: Callable[[Progress], Awaitable[PreparedJob]],
+    *,
+    origin_message_id: int | None = None,
+) -> Ticket:
+    """Prepare a job with a private progress message on `interaction`, then queue it.
+
+    Returns once the job is queued (its credits held); the engine shows its queue position, runs it
+    and posts the result. The interaction's private message must already exist (a private defer, or
+    a component's message update). Refusals raise, for the caller's error handling.
+    """
+    progress = ProgressMessage(interaction)
+    try:
+        prepared = await prepare(progress)
+        live = InteractionLive(bot, interaction, progress)
+        origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
+        return await bot.services.edits.submit(prepared, live=live, origin=origin)
+    except BaseException:
+        await progress.close()
+        raise
+
+
+class InteractionLive:
+    """A job's live route: the command's progress message and, while its token lasts, its followups."""
+
+    def __init__(self, bot: RetouchBot, interaction: discord.Interaction, progress: ProgressMessage) -> None:
+        self.bot = bot
+        self.interaction = interaction
+        self.progress = progress
+
+    async def update(self, status: JobStatus) -> None:
+        self.progress.set_controls(progress_view(status.job_id) if status.cancellable else None)
+        await self.progress(status.text)
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        """Post the result publicly as a followup: exactly one attempt, never on a spent token."""
+        interaction = self.interaction
+        if token_dead(interaction):
+            raise DeliveryFailed("the interaction token is spent")
+        await self.progress.close()
+        if self.progress.edits == 0:
+            # Discord turns the first followup after a defer into the private "thinking" message; an
+            # edit first makes the result a new, public message.
+            await self.progress.close("Posting your result…")
+        try:
+            message = await interaction.followup.send(
+                content=interaction.user.mention,
+                embed=result_embed(outcome, interaction.user.display_name),
+                files=result_files(outcome),
+                view=result_view(outcome.job_id),
+                allowed_mentions=discord.AllowedMentions.none(),
+                wait=True,
+            )
+        except discord.HTTPException as exc:
+            note_token_error(interaction, exc)
+            # A 5xx may have come after Discord posted the message; a 4xx refused it.
+            raise DeliveryFailed(
+                f"followup refused: {exc.status} {exc.code}", uncertain=exc.status >= 500
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryFailed(type(exc).__name__, uncertain=True) from exc
+        await _maybe_thread(self.bot, interaction.guild_id, message, outcome)
+        return Delivered("interaction", message.channel.id, message.id)
+
+    async def finish(self, text: str | None) -> bool:
+        return await self.progress.close(text)
+
+
+# -- delivery from any process -----------------------------------------------------------------------
+
+
+class DiscordDelivery:
+    """The engine's `Delivery`: a channel message mentioning the requester, else a DM (bot token).
+
+    Used for results whose interaction token is spent (or was never known to this process, e.g.
+    after a restart) and for notices about jobs with no live progress message.
+    """
+
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+
+    async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
+        name = await self._name(job.user_id)
+        if job.channel_id is not None:
+            try:
+                message = await self._send(job.channel_id, job, outcome, name, _channel_text(job), where="c")
+            except discord.HTTPException as exc:
+                log.info(
+                    "job %s: cannot post in channel %s (%s %s); trying a DM",
+                    job.job_id,
+                    job.channel_id,
+                    exc.status,
+                    exc.code,
+                )
+            else:
+                await _maybe_thread(self.bot, job.guild_id or None, message, outcome)
+                return Delivered("channel", message.channel.id, message.id)
+        try:
+            dm = await self.bot.create_dm(discord.Object(job.user_id))
+            message = await self._send(dm.id, job, outcome, name, _dm_text(job), where="d")
+        except discord.HTTPException as exc:
+            raise DeliveryFailed(f"DM refused: {exc.status} {exc.code}") from exc
+        return Delivered("dm", message.channel.id, message.id)
+
+    async def notify(self, job: JobInfo, text: str) -> bool:
+        if job.channel_id is not None:
+            try:
+                await self.bot.get_partial_messageable(job.channel_id).send(
+                    f"<@{job.user_id}> {text}", allowed_mentions=_only(job.user_id)
+                )
+                return True
+            except discord.HTTPException as exc:
+                log.info(
+                    "job %s: cannot notify in channel (%s %s); trying a DM", job.job_id, exc.status, exc.code
+                )
+        try:
+            dm = await self.bot.create_dm(discord.Object(job.user_id))
+            await dm.send(text, allowed_mentions=discord.AllowedMentions.none())
+            return True
+        except discord.HTTPException as exc:
+            log.warning(
+                "job %s: could not reach user %s (%s %s)", job.job_id, job.user_id, exc.status, exc.code
+            )
+            return False
+
+    async def find(self, job: JobInfo) -> Delivered | None:
+        """A message this bot posted for `job` (its embed footer names the job), in the job's channel
+        or the requester's DMs. Raises when it cannot look (the engine then delivers again)."""
+        footer = f"job {job.job_id}"
+        after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
+        places: list[tuple[str, int]] = []
+        if job.channel_id is not None:
+            places.append(("channel", job.channel_id))
+        dm = await self.bot.create_dm(discord.Object(job.user_id))
+        places.append(("dm", dm.id))
+        me = self.bot.user.id if self.bot.user else None
+        for via, channel_id in places:
+            try:
+                history = self.bot.get_partial_messageable(channel_id).history(
+                    limit=FIND_HISTORY_LIMIT, after=after
+                )
+                async for message in history:
+                    if message.author.id == me and any(e.footer.text == footer for e in message.embeds):
+                        # Followups carry the app's webhook id: they went out through the interaction.
+                        return Delivered("interaction" if message.webhook_id else via, channel_id, message.id)
+            except discord.NotFound:
+                continue
+        return None
+
+    async def _send(
+        self, channel_id: int, job: JobInfo, outcome: EditOutcome, name: str, text: str, *, where: str
+    ) -> discord.Message:
+        # The nonce makes Discord return the first message instead of posting a second one when a
+        # send is retried after a crash (enforce_nonce, a few minutes' window); one per destination.
+        return await self.bot.get_partial_messageable(channel_id).send(
+            truncate(text, 2000),
+            embed=result_embed(outcome, name),
+            files=result_files(outcome),
+            view=result_view(job.job_id),
+            allowed_mentions=_only(job.user_id),
+            nonce=f"rt{job.job_id}{where}",
+        )
+
+    async def _name(self, user_id: int) -> str:
+        user = self.bot.get_user(user_id)
+        if user is None:
+            try:
+                user = await self.bot.fetch_user(user_id)
+            except discord.HTTPException:
+                return "you"
+        return user.display_name
+
+
+def _only(user_id: int) -> discord.AllowedMentions:
+    """Ping the requester and nobody else (the prompt in the embed can contain anything)."""
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)])
+
+
+def _asked(job: JobInfo) -> str:
+    return discord.utils.format_dt(job.interaction_at or job.created_at, "R")
+
+
+def _origin_link(job: JobInfo) -> str:
+    if job.origin_message_id and job.channel_id:
+        return f" (from {jump_url(job.guild_id or None, job.channel_id, job.origin_message_id)})"
+    return ""
+
+
+def _channel_text(job: JobInfo) -> str:
+    return f"<@{job.user_id}> here is the edit you asked for {_asked(job)}{_origin_link(job)}."
+
+
+def _dm_text(job: JobInfo) -> str:
+    where = f" in {jump_url(job.guild_id or None, job.channel_id)}" if job.channel_id else ""
+    return (
+        f"Here is the edit you asked for {_asked(job)}{where}; it could not be posted there."
+        f"{_origin_link(job)}"
+    )
+
+
+async def _maybe_thread(
+    bot: RetouchBot, guild_id: int | None, message: discord.Message, outcome: EditOutcome
+) -> None:
+    """Open a thread under a posted result when the server (or the bot's default) wants one. Never
+    raises: the result is already posted, and a missing thread is not worth failing (or re-posting)
+    it for."""
+    if guild_id is None or not isinstance(bot.get_channel(message.channel.id), discord.TextChannel):
+        return
+    try:
+        wanted = await bot.services.storage.guild_thread_results(guild_id)
+        if not (bot.services.settings.thread_results if wanted is None else wanted):
+            return
+        name = truncate(outcome.prompt.replace("\n", " "), THREAD_NAME_CHARS) or "Edit"
+        await bot.http.start_thread_with_message(
+            message.channel.id, message.id, name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES
+        )
+    except Exception as exc:
+        log.warning("could not open a thread for job %s: %s", outcome.job_id, type(exc).__name__)

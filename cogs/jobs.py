@@ -1,0 +1,156 @@
+"""The job buttons: **Cancel** on progress messages; **Edit again**, **Retry**, **Delete** on results.
+
+They are `JobControl` dynamic items (the job id is in the custom id, the job itself in the database),
+so they work on messages posted by an earlier process. Loading this cog also attaches the Discord
+delivery to the engine, so results and notices can reach users outside a live command.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.client import RetouchBot
+from bot.jobs import EditJob, EditOptions
+from cogs._results import DiscordDelivery, JobControl, run_and_publish
+from cogs._ui import first_image, report_error, role_ids_of, upload_of
+
+log = logging.getLogger(__name__)
+
+MODAL_PROMPT_MAX_CHARS = 4000  # Discord's cap for a text input in a form
+MODAL_TIMEOUT_SECONDS = 900.0
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class EditAgainForm(discord.ui.Modal, title="Edit again"):
+    """A new prompt for a result: the result image becomes the input of a new edit."""
+
+    prompt = discord.ui.TextInput(
+        label="What should change?",
+        custom_id="prompt",
+        style=discord.TextStyle.paragraph,
+        placeholder="e.g. now make it night time",
+        max_length=MODAL_PROMPT_MAX_CHARS,
+    )
+
+    def __init__(self, cog: JobsCog, job_id: str) -> None:
+        super().__init__(timeout=MODAL_TIMEOUT_SECONDS)
+        self.cog = cog
+        self.job_id = job_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await self.cog.edit_again(interaction, self.job_id, self.prompt.value)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        await report_error(interaction, error, where="the Edit again form")
+
+
+class JobsCog(commands.Cog):
+    """Discord plumbing for job controls; the rules (who may, what it costs) live in `bot/`."""
+
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self.edits = bot.services.edits
+
+    async def cog_load(self) -> None:
+        self.edits.engine.attach_delivery(DiscordDelivery(self.bot))
+        self.bot.add_dynamic_items(JobControl)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(JobControl)
+
+    async def on_control(self, interaction: discord.Interaction, job_id: str, action: str) -> None:
+        """A click on a job button. Never raises: errors become private messages."""
+        try:
+            match action:
+                case "cancel":
+                    await self._cancel(interaction, job_id)
+                case "again":
+                    await interaction.response.send_modal(EditAgainForm(self, job_id))
+                case "retry":
+                    await self._retry(interaction, job_id)
+                case "delete":
+                    await self._delete(interaction, job_id)
+                case _:
+                    raise ValueError(f"unknown job control {action!r}")
+        except Exception as error:
+            await report_error(interaction, error, where=f"job {action}")
+
+    async def _cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        # The button sits on the private progress message: answer by updating that message.
+        await interaction.response.defer()
+        text = await self.edits.cancel(
+            job_id, actor_id=interaction.user.id, can_manage=_can_manage(interaction)
+        )
+        await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)
+
+    async def _retry(self, interaction: discord.Interaction, job_id: str) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        interaction.extras["ephemeral_original"] = True
+        job = await self.edits.retry_job(
+            job_id,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id,
+            upload_limit=interaction.filesize_limit,
+        )
+        message_id = interaction.message.id if interaction.message else None
+        await run_and_publish(
+            self.bot,
+            interaction,
+            lambda progress: self.edits.prepare(job, progress=progress),
+            origin_message_id=message_id,
+        )
+
+    async def edit_again(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
+        """The Edit again form was sent: edit the result image (this message's) with the new prompt."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        interaction.extras["ephemeral_original"] = True
+        message = interaction.message
+        image = first_image(message) if message is not None else None
+        if message is None or image is None:
+            await interaction.edit_original_response(
+                content="That result no longer has its image. Use /edit with a file instead."
+            )
+            return
+        job = EditJob(
+            guild_id=interaction.guild_id or 0,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id,
+            uploads=[upload_of("image", image)],
+            options=EditOptions(prompt, model=await self.edits.job_model(job_id)),
+            upload_limit=interaction.filesize_limit,
+            role_ids=role_ids_of(interaction.user),
+        )
+        await run_and_publish(
+            self.bot,
+            interaction,
+            lambda progress: self.edits.prepare(job, progress=progress),
+            origin_message_id=message.id,
+        )
+
+    async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
+        row = await self.bot.services.storage.get_job(job_id)
+        requester = row is not None and row.user_id == interaction.user.id
+        if not requester and not _can_manage(interaction):
+            await interaction.response.send_message(
+                "Only the person who asked for this edit, or a member who can manage messages, can "
+                "delete it.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+            log.info("job %s: result deleted by %s", job_id, interaction.user.id)
+
+
+def _can_manage(interaction: discord.Interaction) -> bool:
+    """Manage Messages in the channel of the click (moderators may cancel or delete anyone's edit)."""
+    return interaction.guild_id is not None and interaction.permissions.manage_messages
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(JobsCog(bot))

@@ -1,0 +1,230 @@
+"""Durable jobs end to end in one process: the real bot against the fake Discord and fake providers.
+
+Delivery beyond the interaction token (channel message, DM), the queue's position and ETA, Cancel in
+each state, and the persistent result buttons (Edit again, Retry, Delete).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.harness import World, running_bot
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
+    async with FakeWaveSpeed(polls_to_finish=1) as server:
+        yield server
+
+
+def env_for(wavespeed: FakeWaveSpeed, **extra: str) -> dict[str, str]:
+    return {"WAVESPEED_API_KEY": wavespeed.api_key, "WAVESPEED_BASE_URL": wavespeed.base_url, **extra}
+
+
+@pytest.fixture
+async def world(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+) -> AsyncIterator[World]:
+    async with running_bot(fake_discord, openai, tmp_path, env=env_for(wavespeed), catalog=CATALOG) as w:
+        yield w
+
+
+async def published(world: World, it: FakeInteraction) -> FakeMessage:
+    """The public result of `it`'s job, posted as a followup."""
+    await world.finished(it)
+    [message] = await world.fake.wait_until(lambda: results(it.followups))
+    return message
+
+
+def webhook_calls(world: World, it: FakeInteraction, status: int | None = None) -> list[object]:
+    marker = f"/webhooks/{world.fake.application_id}/{it.token}"
+    return [r for r in world.fake.requests if r.path.startswith(marker) and status in (None, r.status)]
+
+
+async def settled(world: World, count: int = 1) -> list[dict[str, object]]:
+    """The job rows, once the first `count` jobs have reached a terminal state."""
+    data_dir = world.services.settings.data_dir
+
+    def done() -> list[dict[str, object]] | None:
+        rows = jobs(data_dir)
+        ended = [r for r in rows[:count] if r["state"] in ("delivered", "failed", "cancelled")]
+        return rows if len(ended) == count else None
+
+    return await world.fake.wait_until(done)
+
+
+# -- delivery ---------------------------------------------------------------------------------------
+
+
+async def test_result_after_an_expired_token_arrives_as_a_channel_message_with_one_webhook_try(world: World):
+    world.openai.delay = 1.0  # the provider is still working when the token dies
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    posted = await world.fake.wait_until(lambda: results(world.fake.channel_messages(world.channel)))
+    [message] = posted
+    alice = world.user.id
+    assert message.content.startswith(f"<@{alice}> here is the edit you asked for")
+    assert message.mentions == [alice]  # pings the requester and nobody else
+    assert message.allowed_mentions == {"parse": [], "users": [alice]}
+    assert not results(it.followups)
+    # Exactly one request on the dead token was refused, then it was never used again.
+    assert len(webhook_calls(world, it, 401)) == 1
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "channel")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(world.services.settings.data_dir)
+
+
+async def test_result_goes_to_dms_when_the_channel_was_deleted(world: World):
+    world.openai.delay = 1.0  # the provider is still working when the channel goes
+    await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    await world.fake.delete_channel(world.channel)
+    dm = world.fake.dm_channel(world.user)
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(dm)))
+    assert "could not be posted there" in message.content
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "dm")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
+# -- the queue and Cancel ---------------------------------------------------------------------------
+
+
+async def test_queued_job_shows_position_and_eta_and_cancel_releases_it_in_full(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+):
+    env = env_for(wavespeed, MAX_CONCURRENT_JOBS="1")
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=CATALOG) as world:
+        await published(world, await world.edit(PHOTO))  # one finished job: the ETA has a median
+        openai.fail_always(Fault.HANG)
+        first = await world.edit(PHOTO)
+        await fake_discord.wait_until(lambda: openai.post_count == 2)
+        second = await world.edit(PHOTO)
+        queued = await fake_discord.wait_until(
+            lambda: (
+                second.original_edits and "Queued" in second.original_edits[-1] and second.original_edits[-1]
+            )
+        )
+        assert queued == "Queued — position 1 in line. Your result should be ready in less than a minute."
+        cancel = await fake_discord.wait_until(lambda: control(second.original_message, "cancel"))
+
+        click = await fake_discord.click(world.user, second.original_message, cancel)
+        await fake_discord.wait_until(lambda: "Cancelled" in second.original_message.content)
+        assert second.original_message.content == "Cancelled — you were not charged."
+        assert second.original_message.components == []
+        assert click.callbacks[0]["type"] == 6
+        data_dir = tmp_path
+        rows = jobs(data_dir)
+        assert rows[-1]["state"] == "cancelled"
+        assert ledger_kinds(data_dir, rows[-1]["id"]) == ["reserve", "release"]
+        assert openai.post_count == 2  # the queued job never reached the provider
+
+        # The running (synchronous) job: cancelling it aborts the call and releases it too.
+        stop = control(first.original_message, "cancel")
+        assert stop is not None
+        await fake_discord.click(world.user, first.original_message, stop)
+        await fake_discord.wait_until(lambda: "Cancelled" in first.original_message.content)
+        assert ledger_kinds(data_dir, jobs(data_dir)[1]["id"]) == ["reserve", "release"]
+        assert_books_balance(data_dir)
+        openai.clear_faults()
+
+
+async def test_cancel_after_submit_releases_and_never_charges(world: World, wavespeed: FakeWaveSpeed):
+    wavespeed.hold_results()
+    it = await world.edit(PHOTO, model="ws-mini")
+    data_dir = world.services.settings.data_dir
+    await world.fake.wait_until(lambda: jobs(data_dir) and jobs(data_dir)[0]["state"] == "submitted")
+    job = jobs(data_dir)[0]
+    assert job["provider"] == "wavespeed" and job["provider_request_id"] in wavespeed.tasks
+    cancel = await world.fake.wait_until(lambda: control(it.original_message, "cancel"))
+    await world.fake.click(world.user, it.original_message, cancel)
+    await world.fake.wait_until(lambda: "Cancelled" in it.original_message.content)
+    assert ledger_kinds(data_dir, job["id"]) == ["reserve", "release"]
+    assert jobs(data_dir)[0]["state"] == "cancelled"
+    assert wavespeed.submit_count == 1
+    assert_books_balance(data_dir)
+
+
+# -- result buttons ---------------------------------------------------------------------------------
+
+
+async def member(world: World, name: str, permissions: int | None = None) -> FakeUser:
+    user = world.fake.create_user(name)
+    await world.guild.add_member(user, permissions=permissions)
+    return user
+
+
+async def test_delete_works_for_the_requester_and_moderators_only(world: World):
+    first = await published(world, await world.edit(PHOTO))
+    second = await published(world, await world.edit(PHOTO))
+    bob = await member(world, "bob")
+    mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+
+    refused = await world.fake.click(bob, first, control(first, "delete"))
+    await world.fake.wait_until(lambda: refused.callbacks)
+    assert "Only the person who asked" in refused.callbacks[0]["data"]["content"]
+    assert not first.deleted
+
+    await world.fake.click(world.user, first, control(first, "delete"))
+    await world.fake.wait_until(lambda: first.deleted)
+    await world.fake.click(mod, second, control(second, "delete"))
+    await world.fake.wait_until(lambda: second.deleted)
+
+
+async def test_retry_runs_the_same_inputs_again_as_a_new_charged_job(world: World):
+    result = await published(world, await world.edit(PHOTO, quality="low"))
+    retry = await world.fake.click(world.user, result, control(result, "retry"))
+    again = await published(world, retry)
+    rows = jobs(world.services.settings.data_dir)
+    assert [r["state"] for r in rows] == ["delivered", "delivered"]
+    assert rows[1]["quality"] == "low" and rows[1]["origin_message_id"] == result.id
+    assert ledger_kinds(world.services.settings.data_dir, rows[1]["id"]) == ["reserve", "capture"]
+    assert world.openai.post_count == 2
+    assert again.id != result.id
+    # Someone else's Retry is refused: it would reuse the requester's own images.
+    bob = await member(world, "bob")
+    refused = await world.fake.click(bob, result, control(result, "retry"))
+    text = await world.fake.wait_until(lambda: refused.original_edits and refused.original_edits[-1])
+    assert "Only the person who asked" in text
+    assert world.openai.post_count == 2
+
+
+async def test_retry_is_refused_clearly_once_the_inputs_expired(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+):
+    env = env_for(wavespeed, INPUT_RETENTION_HOURS="0")
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=CATALOG) as world:
+        result = await published(world, await world.edit(PHOTO))
+        retry = await fake_discord.click(world.user, result, control(result, "retry"))
+        text = await fake_discord.wait_until(lambda: retry.original_edits and retry.original_edits[-1])
+        assert "no longer kept" in text and "Edit again" in text
+        assert openai.post_count == 1
+
+
+async def test_edit_again_opens_a_form_and_edits_the_result_image(world: World):
+    result = await published(world, await world.edit(PHOTO))
+    bob = await member(world, "bob")
+    click = await world.fake.click(bob, result, control(result, "again"))
+    await world.fake.wait_until(lambda: click.modal is not None)
+    submit = await world.fake.submit_modal(bob, click, fields={"prompt": "now at night"})
+    again = await published(world, submit)
+    assert world.openai.post_count == 2
+    assert world.openai.requests[-1].fields["prompt"] == "now at night"
+    rows = jobs(world.services.settings.data_dir)
+    assert rows[-1]["user_id"] == bob.id and rows[-1]["origin_message_id"] == result.id
+    assert again.content == f"<@{bob.id}>"

@@ -1,0 +1,130 @@
+"""Shared by the durable-jobs tests: a catalog with a synchronous and two submit-then-poll providers,
+and read-only looks into the bot's SQLite file (the tests wait on job states, never on sleeps)."""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from bot.catalog import Catalog, parse_catalog
+from tests.fakes.discord import FakeMessage
+
+DATA = Path(__file__).resolve().parent / "data"
+PHOTO = (DATA / "chelsea.png").read_bytes()
+
+# gpt-image-1.5 on OpenAI (one synchronous call), ws-mini on WaveSpeed and atlas-mini on Atlas Cloud
+# (submit, then poll). List prices are flat so charges are exact: $0.01 = 10 credits, $0.02 = 20.
+CATALOG_TOML = """
+[models."gpt-image-1.5"]
+name = "GPT Image 1.5"
+qualities = ["low", "medium", "high", "auto"]
+max_input_images = 16
+price.low = { square = 0.01, other = 0.02 }
+price.medium = { square = 0.01, other = 0.02 }
+price.high = { square = 0.01, other = 0.02 }
+
+[[models."gpt-image-1.5".routes]]
+provider = "openai"
+
+[models."ws-mini"]
+name = "WS Mini"
+qualities = ["auto"]
+sizes = ["auto"]
+max_input_images = 4
+price.high = { square = 0.02, other = 0.02 }
+
+[[models."ws-mini".routes]]
+provider = "wavespeed"
+model = "openai/gpt-image-1-mini/edit"
+price = 0.02
+max_input_images = 4
+backgrounds = ["auto"]
+output_formats = ["png"]
+
+[models."atlas-mini"]
+name = "Atlas Mini"
+qualities = ["low", "medium", "high"]
+sizes = ["1024x1024"]
+max_input_images = 4
+price.low = { square = 0.004, other = 0.004 }
+price.medium = { square = 0.004, other = 0.004 }
+price.high = { square = 0.004, other = 0.004 }
+
+[[models."atlas-mini".routes]]
+provider = "atlascloud"
+model = "openai/gpt-image-1-mini/edit"
+price = 0.004
+max_input_images = 4
+backgrounds = ["auto"]
+output_formats = ["png"]
+"""
+CATALOG: Catalog = parse_catalog(tomllib.loads(CATALOG_TOML))
+
+
+@contextmanager
+def database(data_dir: Path) -> Iterator[sqlite3.Connection]:
+    """The bot's database, opened read-only beside the running bot (WAL allows it)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'retouch.sqlite3'}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    with closing(conn):
+        yield conn
+
+
+def jobs(data_dir: Path) -> list[dict[str, Any]]:
+    """Every job row, oldest first ([] before the bot created its schema)."""
+    path = data_dir / "retouch.sqlite3"
+    if not path.exists():
+        return []
+    try:
+        with database(data_dir) as db:
+            return [dict(r) for r in db.execute("SELECT * FROM jobs ORDER BY created_at, rowid")]
+    except sqlite3.OperationalError:  # no jobs table yet
+        return []
+
+
+def job_states(data_dir: Path) -> list[str]:
+    return [j["state"] for j in jobs(data_dir)]
+
+
+def ledger_kinds(data_dir: Path, job_id: str) -> list[str]:
+    with database(data_dir) as db:
+        return [r[0] for r in db.execute("SELECT kind FROM ledger WHERE job_id = ? ORDER BY id", (job_id,))]
+
+
+def assert_books_balance(data_dir: Path) -> None:
+    """Every account: balance and held equal the ledger's sums, and held is exactly what its live jobs
+    reserved (no hold survives its job)."""
+    with database(data_dir) as db:
+        accounts = db.execute("SELECT guild_id, user_id, balance, held FROM accounts").fetchall()
+        for guild_id, user_id, balance, held in accounts:
+            sums = db.execute(
+                "SELECT COALESCE(SUM(delta_balance), 0), COALESCE(SUM(delta_held), 0) FROM ledger "
+                "WHERE guild_id = ? AND user_id = ?",
+                (guild_id, user_id),
+            ).fetchone()
+            assert (balance, held) == tuple(sums), (guild_id, user_id)
+            live = db.execute(
+                "SELECT COALESCE(SUM(reserved), 0) FROM jobs WHERE guild_id = ? AND user_id = ? AND state IN "
+                "('reserved', 'submitting', 'submitted', 'completed')",
+                (guild_id, user_id),
+            ).fetchone()[0]
+            assert held == live, (guild_id, user_id, held, live)
+
+
+def control(message: FakeMessage, action: str) -> str | None:
+    """The custom id of a job button (`cancel`, `again`, `retry`, `delete`) on `message`."""
+    for row in message.components:
+        for component in row.get("components", []):
+            custom_id = str(component.get("custom_id", ""))
+            if custom_id.startswith("retouch:job:") and custom_id.endswith(f":{action}"):
+                return custom_id
+    return None
+
+
+def results(messages: list[FakeMessage]) -> list[FakeMessage]:
+    """Result messages: public, with an image and the job buttons."""
+    return [m for m in messages if not m.ephemeral and m.files and control(m, "retry")]

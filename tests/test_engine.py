@@ -1,0 +1,513 @@
+"""The job engine below Discord: real SQLite, real adapters, fake OpenAI and WaveSpeed over sockets.
+
+Queue limits, cancel and the watchdog, delivery fall-backs, and recovery from every state a stopped
+process can leave a job in (the SIGKILL tests in test_restart.py do the same with the real process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.config import load_settings
+from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, NotAllowed
+from bot.jobs import EditJob, EditOptions, EditService, JobFailed, JobSuspended, Upload
+from bot.providers.http import RetryPolicy
+from bot.providers.openai import OpenAIProvider
+from bot.providers.wavespeed import WaveSpeedProvider
+from bot.storage import Storage
+from tests.durable import CATALOG, PHOTO, assert_books_balance
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+
+GUILD, ALICE, BOB = 1, 2, 3
+FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
+
+
+class Clock:
+    """The storage clock: deadlines and retention are read from it, so tests can jump ahead."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+class Recorder:
+    """A Delivery and LiveJob factory that records everything and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, EditOutcome]] = []
+        self.notices: list[tuple[str, str]] = []
+        self.fail = False
+        self.found: dict[str, Delivered] = {}
+
+    async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
+        if self.fail:
+            raise DeliveryFailed("channel and DMs are closed")
+        self.delivered.append((job.job_id, outcome))
+        return Delivered("channel", 10, 20)
+
+    async def notify(self, job: JobInfo, text: str) -> bool:
+        self.notices.append((job.job_id, text))
+        return True
+
+    async def find(self, job: JobInfo) -> Delivered | None:
+        return self.found.get(job.job_id)
+
+
+class Live:
+    """A LiveJob: keeps the progress lines; delivery through it always fails (a spent token, or with
+    `uncertain` a timeout after which the message may exist)."""
+
+    def __init__(self, *, uncertain: bool = False) -> None:
+        self.lines: list[JobStatus] = []
+        self.final: list[str | None] = []
+        self.uncertain = uncertain
+
+    async def update(self, status: JobStatus) -> None:
+        self.lines.append(status)
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        raise DeliveryFailed("timed out" if self.uncertain else "token spent", uncertain=self.uncertain)
+
+    async def finish(self, text: str | None) -> bool:
+        self.final.append(text)
+        return True
+
+
+def job(user: int = ALICE, model: str = "gpt-image-1.5") -> EditJob:
+    async def read() -> bytes:
+        return PHOTO
+
+    return EditJob(
+        guild_id=GUILD,
+        user_id=user,
+        channel_id=7,
+        uploads=[Upload("image", "photo.png", len(PHOTO), read)],
+        options=EditOptions("make it a watercolour", model=model),
+        upload_limit=10 * 1024 * 1024,
+    )
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
+    async with FakeWaveSpeed(polls_to_finish=1) as server:
+        yield server
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> AsyncIterator[Factory]:
+    """Build an EditService (one "process") on the shared database file and data folder."""
+    opened: list[tuple[Storage, EditService]] = []
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:
+
+        async def build(**env: str) -> tuple[EditService, Recorder]:
+            settings = load_settings(
+                {
+                    "DISCORD_TOKEN": "t" * 20,
+                    "OPENAI_API_KEY": openai.api_key,
+                    "OPENAI_BASE_URL": openai.base_url,
+                    "WAVESPEED_API_KEY": wavespeed.api_key,
+                    "WAVESPEED_BASE_URL": wavespeed.base_url,
+                    "DATA_DIR": str(tmp_path),
+                    "STARTING_CREDITS": "1000",
+                    **env,
+                }
+            )
+            storage = await Storage.open(settings.database_path, clock=clock)
+            providers = {
+                "openai": OpenAIProvider(
+                    session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5
+                ),
+                "wavespeed": WaveSpeedProvider(
+                    session,
+                    wavespeed.api_key,
+                    wavespeed.base_url,
+                    policy=FAST,
+                    poll_interval=0.01,
+                    max_poll_interval=0.02,
+                ),
+            }
+            service = EditService(
+                settings=settings, catalog=CATALOG, storage=storage, providers=providers, user_salt=b"salt"
+            )
+            recorder = Recorder()
+            service.engine.attach_delivery(recorder)
+            opened.append((storage, service))
+            return service, recorder
+
+        build.clock = clock  # type: ignore[attr-defined]
+        yield build
+        for storage, service in opened:
+            await service.drain(0)
+            await storage.close()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
+    """Poll a condition the engine changes, with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := predicate()):
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
+    return value
+
+
+async def state(service: EditService, job_id: str) -> str:
+    row = await service.storage.get_job(job_id)
+    assert row is not None
+    return row.state
+
+
+async def wait_state(service: EditService, job_id: str, wanted: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await state(service, job_id) != wanted:
+        assert loop.time() < deadline, f"job {job_id} never reached {wanted}"
+        await asyncio.sleep(0.01)
+
+
+async def kinds(service: EditService, job_id: str) -> list[str]:
+    return [r["kind"] for r in await service.storage.ledger_rows(job_id)]
+
+
+async def submit(service: EditService, live: Live | None = None, **kw: Any) -> str:
+    prepared = await service.prepare(job(**kw))
+    return (await service.submit(prepared, live=live)).job_id
+
+
+# -- the queue --------------------------------------------------------------------------------------
+
+
+async def test_queue_position_and_eta_come_from_recent_run_times(make: Factory, openai: FakeOpenAI):
+    service, _ = await make(MAX_CONCURRENT_JOBS="1")
+    first = await submit(service)
+    await wait_state(service, first, "delivered")
+    assert service.engine.eta(1) is not None and service.engine.eta(1) < 60
+    openai.fail_always(Fault.HANG)
+    running = await submit(service)
+    await until(lambda: openai.post_count == 2)
+    live = Live()
+    prepared = await service.prepare(job(user=BOB))
+    ticket = await service.submit(prepared, live=live)
+    assert ticket.position == 1 and ticket.eta_seconds is not None
+    await until(lambda: live.lines)
+    assert live.lines[0].text.startswith("Queued — position 1 in line. Your result should be ready in")
+    assert live.lines[0].cancellable
+    assert await state(service, ticket.job_id) == "reserved"
+    assert (
+        await service.cancel(running, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
+    )
+    openai.clear_faults()
+    await wait_state(service, ticket.job_id, "delivered")
+
+
+async def test_a_user_runs_at_most_max_jobs_per_user_while_others_are_not_held_up(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make(MAX_JOBS_PER_USER="1")
+    openai.fail_always(Fault.HANG)
+    mine = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    second = await submit(service)
+    bobs = await submit(service, user=BOB)
+    await until(lambda: openai.post_count == 2)  # bob's job started beside alice's first
+    assert await state(service, second) == "reserved"
+    assert service.engine.queued == 1 and service.engine.in_flight == 2
+    for job_id in (mine, bobs, second):
+        await service.cancel(job_id, actor_id=0, can_manage=True)
+    assert_books_balance(service.settings.data_dir)
+
+
+async def test_a_provider_concurrency_limit_holds_calls_back_until_a_slot_frees(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    service, recorder = await make(WAVESPEED_MAX_CONCURRENT="1")
+    wavespeed.hold_results()
+    first = await submit(service, model="ws-mini")
+    await wait_state(service, first, "submitted")
+    second = await submit(service, model="ws-mini", user=BOB)
+    await wait_state(service, second, "submitting")  # it left the queue but waits for the provider
+    assert wavespeed.submit_count == 1
+    wavespeed.release_results()
+    await wait_state(service, second, "delivered")
+    assert wavespeed.submit_count == 2 and len(recorder.delivered) == 2
+
+
+async def test_only_the_requester_or_a_moderator_may_cancel(make: Factory, openai: FakeOpenAI):
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    with pytest.raises(NotAllowed):
+        await service.cancel(job_id, actor_id=BOB, can_manage=False)
+    assert await service.cancel(job_id, actor_id=BOB, can_manage=True) == "Cancelled — you were not charged."
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "This edit has already ended."
+
+
+# -- the watchdog -----------------------------------------------------------------------------------
+
+
+async def test_watchdog_cancels_a_job_past_its_deadline_releases_it_and_tells_the_user(
+    make: Factory, openai: FakeOpenAI
+):
+    service, recorder = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    await wait_state(service, job_id, "submitting")
+    assert await service.engine.watchdog_tick() == 0  # not overdue yet
+    make.clock.advance(service.settings.job_timeout_seconds + 31)
+    assert await service.engine.watchdog_tick() == 1
+    await wait_state(service, job_id, "cancelled")
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.error_code == "timeout"
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    [(told, text)] = recorder.notices
+    assert told == job_id and "took too long" in text and "not charged" in text
+
+
+async def test_watchdog_cancels_a_job_that_waited_too_long_in_the_queue(make: Factory, openai: FakeOpenAI):
+    service, recorder = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    waiting = await submit(service, user=BOB)
+    make.clock.advance(61)
+    await service.engine.watchdog_tick()
+    assert await state(service, waiting) == "cancelled"
+    assert any("waited too long in the queue" in text for _, text in recorder.notices)
+    assert await kinds(service, waiting) == ["reserve", "release"]
+
+
+# -- delivery ---------------------------------------------------------------------------------------
+
+
+async def test_a_spent_token_falls_back_to_the_delivery_and_captures_once(make: Factory):
+    service, recorder = await make()
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "delivered")
+    [(delivered, outcome)] = recorder.delivered
+    assert delivered == job_id and live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
+    row = await service.storage.get_job(job_id)
+    assert row is not None and (row.delivered_via, row.result_channel_id, row.result_message_id) == (
+        "channel",
+        10,
+        20,
+    )
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    # Delivered results are not kept; the inputs are (for Retry) until they expire.
+    folder = service.engine.files.folder(job_id)
+    assert sorted(p.name for p in folder.iterdir()) == ["input-1.png"]
+
+
+async def test_a_live_delivery_that_may_have_landed_is_looked_for_before_posting_again(make: Factory):
+    service, _ = await make()
+
+    class Landed(Recorder):
+        async def find(self, job: JobInfo) -> Delivered | None:
+            return Delivered("interaction", 7, 42)  # the timed-out followup did reach Discord
+
+    landed = Landed()
+    service.engine.attach_delivery(landed)
+    job_id = await submit(service, Live(uncertain=True))
+    await wait_state(service, job_id, "delivered")
+    assert landed.delivered == []  # nothing posted a second time
+    row = await service.storage.get_job(job_id)
+    assert row is not None and (row.delivered_via, row.result_message_id) == ("interaction", 42)
+
+
+async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported(make: Factory):
+    service, recorder = await make()
+    recorder.fail = True
+    prepared = await service.prepare(job())
+    with pytest.raises(JobFailed) as info:
+        await service.execute(prepared, progress=Live().update, deliver=_failing)  # type: ignore[arg-type]
+    assert info.value.code == "undeliverable" and "not charged" in info.value.user_message
+    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    assert (row.state, row.error_code) == ("failed", "undeliverable")
+    assert await kinds(service, row.id) == ["reserve", "release"]
+    assert (service.engine.files.folder(row.id) / "result-1.png").is_file()
+    assert row.files_expire_at is not None and row.files_expire_at > make.clock().isoformat()
+
+
+async def _failing(outcome: EditOutcome) -> None:
+    raise ConnectionError("discord is down")
+
+
+# -- shutdown and recovery --------------------------------------------------------------------------
+
+
+async def test_drain_keeps_durable_jobs_and_the_next_process_finishes_them(
+    make: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    service, _ = await make(MAX_CONCURRENT_JOBS="2")
+    wavespeed.hold_results()
+    openai.fail_always(Fault.HANG)
+    at_provider = await submit(service, model="ws-mini")
+    await wait_state(service, at_provider, "submitted")
+    sync_call = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    live = Live()
+    waiting = await submit(service, live, user=BOB)
+
+    assert await service.drain(0.05) == 1  # only the synchronous call is aborted (and refunded)
+    assert [await state(service, j) for j in (at_provider, sync_call, waiting)] == [
+        "submitted",
+        "cancelled",
+        "reserved",
+    ]
+    assert "keeps its place in the queue" in (live.final[-1] or "")
+
+    openai.clear_faults()
+    wavespeed.release_results()
+    later, recorder = await make()
+    counts = await later.engine.recover()
+    assert counts["resumed"] == 1 and counts["requeued"] == 1
+    await wait_state(later, at_provider, "delivered")
+    await wait_state(later, waiting, "delivered")
+    assert wavespeed.submit_count == 1  # resumed, never submitted twice
+    assert {job_id for job_id, _ in recorder.delivered} == {at_provider, waiting}
+    assert_books_balance(later.settings.data_dir)
+
+
+async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Factory):
+    service, _ = await make()
+    storage, files = service.storage, service.engine.files
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    ids = {}
+    for name in ("queued", "reserved", "submitting", "completed", "ended", "gone"):
+        job_id = f"{len(ids):016x}"
+        ids[name] = job_id
+        files.write(job_id, blobs)
+        await storage.create_job(
+            job_id,
+            guild_id=GUILD,
+            user_id=ALICE,
+            channel_id=7,
+            model=spec.model,
+            quality="auto",
+            size="auto",
+            count=1,
+            spec=spec.to_json(),
+            files_expire_at="2026-11-22T12:00:00.000+00:00",
+        )
+        if name != "queued":
+            await storage.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await storage.set_job_state(ids["submitting"], "submitting", provider="openai")
+    files.write(ids["completed"], {"result-1.png": PHOTO})
+    result = {"disk": "result-1.png", "filename": "r.png", "format": "png"}
+    record = {"files": [result], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": 7}
+    await storage.set_job_state(ids["completed"], "completed", result=json.dumps(record))
+    await storage.update_job(ids["completed"], delivery_attempted_at="2026-11-21T12:00:00.000+00:00")
+    # A job that ended without settling (an older version's crash window), and a hold with no job.
+    await storage.set_job_state(ids["ended"], "failed", error_code="x")
+    await storage._conn.execute("DELETE FROM jobs WHERE id = ?", (ids["gone"],))
+    await service.drain(0)
+
+    later, recorder = await make()
+    recorder.found[ids["completed"]] = Delivered("interaction", 7, 99)  # it had landed before the crash
+    counts = await later.engine.recover()
+    assert counts == {
+        "requeued": 1,
+        "resumed": 0,
+        "delivering": 1,
+        "released": 2,
+        "orphan_holds": 2,
+        "swept": 1,
+    }
+    await wait_state(later, ids["reserved"], "delivered")
+    await wait_state(later, ids["completed"], "delivered")
+    assert await kinds(later, ids["completed"]) == ["reserve", "capture"]
+    assert [job_id for job_id, _ in recorder.delivered] == [ids["reserved"]]  # no second post
+    for name in ("queued", "submitting"):
+        assert await state(later, ids[name]) == "cancelled"
+    assert await kinds(later, ids["submitting"]) == ["reserve", "release"]
+    told = dict(await until(lambda: len(recorder.notices) == 2 and recorder.notices))
+    assert "before your edit could start" in told[ids["queued"]]
+    assert "result was lost" in told[ids["submitting"]]
+    assert (await storage_account(later)).held == 0
+    assert_books_balance(later.settings.data_dir)
+
+
+async def storage_account(service: EditService) -> Any:
+    account = await service.storage.get_account(GUILD, ALICE)
+    assert account is not None
+    return account
+
+
+async def test_the_sweep_deletes_expired_and_orphaned_folders_only(make: Factory):
+    service, _ = await make(INPUT_RETENTION_HOURS="1")
+    done = await submit(service)
+    await wait_state(service, done, "delivered")
+    service.engine.files.write("ffffffffffffffff", {"input-1.png": PHOTO})  # no job row
+    assert await service.engine.sweep() == 1
+    assert service.engine.files.folder(done).is_dir()
+    make.clock.advance(3601)
+    assert await service.engine.sweep() == 1
+    assert service.engine.files.job_ids() == []
+    row = await service.storage.get_job(done)
+    assert row is not None and row.spec is None  # the prompt goes with the images
+
+
+async def test_suspended_jobs_raise_for_in_process_waiters(make: Factory, wavespeed: FakeWaveSpeed):
+    service, _ = await make()
+    wavespeed.hold_results()
+    prepared = await service.prepare(job(model="ws-mini"))
+    waiter = asyncio.create_task(service.execute(prepared, progress=Live().update, deliver=_failing))  # type: ignore[arg-type]
+    await until(lambda: service.engine.in_flight == 1)
+    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    await wait_state(service, row.id, "submitted")
+    await service.drain(0)
+    with pytest.raises(JobSuspended):
+        await waiter
+
+
+async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_image(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    service, _ = await make()
+    wavespeed.hold_results()
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=2), reserve=40)
+    job_id = (await service.submit(prepared)).job_id
+    await until(lambda: wavespeed.submit_count == 2)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len((row := await service.storage.get_job(job_id)).provider_job_ids) < 2:  # type: ignore[union-attr]
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    assert set(row.provider_job_ids) == set(wavespeed.tasks)  # type: ignore[union-attr]
+    await service.drain(0)
+    wavespeed.release_results()
+
+    later, recorder = await make()
+    await later.engine.recover()
+    await wait_state(later, job_id, "delivered")
+    [(_, outcome)] = recorder.delivered
+    assert len(outcome.files) == 2 and outcome.charged == 40  # $0.02 per image delivered
+    assert wavespeed.submit_count == 2

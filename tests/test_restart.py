@@ -1,0 +1,271 @@
+"""Crash recovery of the real `python -m bot` process: SIGKILL at each job state, restart, check the outcome.
+
+The bot runs as a child process against the fake Discord and fake providers in this process. Each kill
+lands at a known state: the fakes hold a provider call, a poll or a delivery until told otherwise, and
+the test waits for the job's state in the SQLite file — never on a sleep. After the restart (a second
+process on the same DATA_DIR) every job is delivered exactly once or released exactly once, and every
+account's balance and held credits add up with the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.durable import (
+    CATALOG_TOML,
+    PHOTO,
+    assert_books_balance,
+    control,
+    job_states,
+    jobs,
+    ledger_kinds,
+    results,
+)
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 30.0  # generous: two child processes start per test on a loaded CI machine
+
+
+class BotProcess:
+    """`python -m bot` on `data_dir`, wired to the fakes; started, SIGKILLed and started again."""
+
+    def __init__(self, fake: FakeDiscord, env: dict[str, str], data_dir: Path, guild: FakeGuild) -> None:
+        self.fake = fake
+        self.env = env
+        self.data_dir = data_dir
+        self.guild = guild
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    def _synced(self) -> int:
+        path = f"/applications/{self.fake.application_id}/guilds/{self.guild.id}/commands"
+        return sum(1 for r in self.fake.requests if r.method == "PUT" and r.path == path and r.status == 200)
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=self.data_dir,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self.starts += 1
+        # Commands are synced at the end of setup_hook, after recovery; then the gateway connects.
+        await self.fake.wait_until(lambda: self._synced() == self.starts, timeout=WAIT)
+        await self.fake.wait_until(lambda: self.fake.connected, timeout=WAIT)
+
+    async def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, exactly like a crash or an OOM kill."""
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+        await self.fake.wait_until(lambda: not self.fake.connected, timeout=WAIT)
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Scene:
+    """One guild with #art and alice, the fakes, and the bot process."""
+
+    def __init__(self, fake: FakeDiscord, bot: BotProcess, channel: FakeChannel, alice: FakeUser) -> None:
+        self.fake = fake
+        self.bot = bot
+        self.channel = channel
+        self.alice = alice
+        self.data_dir = bot.data_dir
+
+    async def edit(self, **options: Any) -> FakeInteraction:
+        return await self.fake.slash(
+            self.alice,
+            "edit",
+            channel=self.channel,
+            options={"prompt": "make it a watercolour", **options},
+            attachments={"image": ("photo.png", PHOTO)},
+        )
+
+    async def states(self, *wanted: str) -> None:
+        """Wait until the jobs (oldest first) are in exactly these states."""
+        await self.fake.wait_until(lambda: job_states(self.data_dir) == list(wanted), timeout=WAIT)
+
+    def posted(self) -> list[Any]:
+        """Results posted as plain channel messages (not through an interaction)."""
+        return [m for m in results(self.fake.channel_messages(self.channel)) if m.webhook_id is None]
+
+    def told(self, words: str) -> list[Any]:
+        return [m for m in self.fake.channel_messages(self.channel) if words in m.content]
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
+    async with FakeWaveSpeed(polls_to_finish=1) as server:
+        yield server
+
+
+@pytest.fixture
+async def scene_for(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[BotProcess] = []
+
+    async def build(**extra: str) -> Scene:
+        guild = await fake_discord.create_guild(name="Art Club")
+        channel = await guild.create_text_channel("art")
+        alice = fake_discord.create_user("alice")
+        await guild.add_member(alice)
+        catalog = tmp_path / "catalog.toml"
+        catalog.write_text(CATALOG_TOML)
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(ROOT),
+            "DISCORD_TOKEN": fake_discord.token,
+            "DISCORD_API_BASE": fake_discord.api_base,
+            "OPENAI_API_KEY": openai.api_key,
+            "OPENAI_BASE_URL": openai.base_url,
+            "WAVESPEED_API_KEY": wavespeed.api_key,
+            "WAVESPEED_BASE_URL": wavespeed.base_url,
+            "CATALOG_PATH": str(catalog),
+            "DATA_DIR": str(tmp_path),
+            "DEV_GUILD_ID": str(guild.id),
+            "METRICS_PORT": "0",
+            "LOG_LEVEL": "info",
+            **extra,
+        }
+        bot = BotProcess(fake_discord, env, tmp_path, guild)
+        started.append(bot)
+        await bot.start()
+        return Scene(fake_discord, bot, channel, alice)
+
+    yield build
+    for bot in started:
+        await bot.close()
+
+
+def insert_queued_row(data_dir: Path, guild_id: int, user_id: int, channel_id: int) -> str:
+    """A job written but never reserved: what a crash between those two steps leaves."""
+    job_id = "00000000000000aa"
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    with contextlib.closing(sqlite3.connect(data_dir / "retouch.sqlite3")) as db, db:
+        db.execute(
+            "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
+            "created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', 'gpt-image-1.5', 'auto', 'auto', 1, ?, ?)",
+            (job_id, guild_id, user_id, channel_id, now, now),
+        )
+    return job_id
+
+
+async def test_sigkill_mid_call_and_in_the_queue_releases_the_call_and_runs_the_queue(
+    scene_for: Callable[..., Any], openai: FakeOpenAI
+):
+    scene: Scene = await scene_for(MAX_CONCURRENT_JOBS="1")
+    openai.fail_always(Fault.HANG)
+    await scene.edit()
+    await scene.states("submitting")  # at OpenAI: a synchronous call whose outcome a crash loses
+    await scene.edit()
+    await scene.states("submitting", "reserved")  # waiting in the queue, credits held
+    await scene.bot.kill()
+    unreserved = insert_queued_row(scene.data_dir, scene.bot.guild.id, scene.alice.id, scene.channel.id)
+    openai.clear_faults()
+
+    await scene.bot.start()
+    await scene.states("cancelled", "delivered", "cancelled")
+    first, second, _ = jobs(scene.data_dir)
+    assert ledger_kinds(scene.data_dir, first["id"]) == ["reserve", "release"]
+    assert ledger_kinds(scene.data_dir, second["id"]) == ["reserve", "capture"]
+    assert ledger_kinds(scene.data_dir, unreserved) == []
+    [result] = await scene.fake.wait_until(scene.posted, timeout=WAIT)
+    assert result.content.startswith(f"<@{scene.alice.id}> here is the edit you asked for")
+    assert openai.post_count == 2  # the lost call is never sent again; the queued job ran once
+    await scene.fake.wait_until(
+        lambda: scene.told("result was lost") and scene.told("could start"), timeout=WAIT
+    )
+    assert_books_balance(scene.data_dir)
+
+
+async def test_sigkill_after_submit_resumes_polling_and_delivers_once_and_buttons_still_work(
+    scene_for: Callable[..., Any], openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    scene: Scene = await scene_for()
+    done = await scene.edit()
+    await scene.states("delivered")
+    [earlier] = results(done.followups)
+    wavespeed.hold_results()
+    await scene.edit(model="ws-mini")
+    await scene.states("delivered", "submitted")  # WaveSpeed has the task id; polling is under way
+    await scene.bot.kill()
+    wavespeed.release_results()
+
+    await scene.bot.start()
+    await scene.states("delivered", "delivered")
+    [resumed] = await scene.fake.wait_until(scene.posted, timeout=WAIT)
+    assert wavespeed.submit_count == 1  # followed to its result, never submitted twice
+    job = jobs(scene.data_dir)[1]
+    assert (job["delivered_via"], job["result_message_id"]) == ("channel", resumed.id)
+    assert ledger_kinds(scene.data_dir, job["id"]) == ["reserve", "capture"]
+    assert len(results(done.followups)) == 1  # the job delivered before the crash was left alone
+
+    # Buttons posted by the first process are handled by the second (dynamic items).
+    retry = await scene.fake.click(scene.alice, earlier, control(earlier, "retry"))
+    await scene.fake.wait_until(lambda: results(retry.followups), timeout=WAIT)
+    await scene.states("delivered", "delivered", "delivered")
+    assert ledger_kinds(scene.data_dir, jobs(scene.data_dir)[2]["id"]) == ["reserve", "capture"]
+    again = await scene.fake.click(scene.alice, earlier, control(earlier, "again"))
+    await scene.fake.wait_until(lambda: again.modal is not None, timeout=WAIT)
+    form = await scene.fake.submit_modal(scene.alice, again, fields={"prompt": "now at night"})
+    await scene.fake.wait_until(lambda: results(form.followups), timeout=WAIT)
+    await scene.states("delivered", "delivered", "delivered", "delivered")
+    assert openai.requests[-1].fields["prompt"] == "now at night"
+    await scene.fake.click(scene.alice, resumed, control(resumed, "delete"))
+    await scene.fake.wait_until(lambda: resumed.deleted, timeout=WAIT)
+    assert_books_balance(scene.data_dir)
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["delivery-lost", "delivery-landed"])
+async def test_sigkill_mid_delivery_posts_the_result_exactly_once(
+    scene_for: Callable[..., Any], landed: bool
+):
+    scene: Scene = await scene_for()
+    app = scene.fake.application_id
+    held = scene.fake.hold("POST", rf"/webhooks/{app}/[^/]+")  # the result followup
+    it = await scene.edit()
+    await scene.states("completed")  # the result is stored; its delivery is in Discord's hands
+    await scene.fake.wait_until(lambda: held.held, timeout=WAIT)
+    await scene.bot.kill()
+    if landed:
+        held.release()  # Discord did post it; the bot died before it heard back
+        await scene.fake.wait_until(lambda: results(it.followups), timeout=WAIT)
+    else:
+        held.drop()  # it never reached Discord
+
+    await scene.bot.start()
+    await scene.states("delivered")
+    [job] = jobs(scene.data_dir)
+    posted = results(it.followups) + scene.posted()
+    assert len(posted) == 1
+    assert job["delivered_via"] == ("interaction" if landed else "channel")
+    assert job["result_message_id"] == posted[0].id
+    assert ledger_kinds(scene.data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(scene.data_dir)
