@@ -198,6 +198,7 @@ class JobSpec:
     mask: MaskFiles | None = None
     notices: tuple[str, ...] = ()  # server-rule and retirement notices shown with the result
     role_ids: tuple[int, ...] = ()
+    provider_order: tuple[str, ...] = ()  # the server's order at submit time; empty = PROVIDER_ORDER
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -209,6 +210,7 @@ class JobSpec:
         data["mask"] = MaskFiles(**data["mask"]) if data.get("mask") else None
         data["notices"] = tuple(data.get("notices") or ())
         data["role_ids"] = tuple(data.get("role_ids") or ())
+        data["provider_order"] = tuple(data.get("provider_order") or ())
         return cls(**data)
 
     @property
@@ -755,7 +757,9 @@ class JobEngine:
             job.submitted.append(provider_job_id)
             await self.storage.mark_submitted(job.id, route.provider, provider_job_id)
 
-        call = self.router.run(model, request, on_attempt=attempt, on_submitted=submitted)
+        call = self.router.run(
+            model, request, order=spec.provider_order or None, on_attempt=attempt, on_submitted=submitted
+        )
         return await self._follow(job, model, request, call, _iso(started))
 
     async def _resume_window(self, job: _Job, row: JobRow) -> float:

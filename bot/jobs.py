@@ -84,6 +84,8 @@ class JobDefaults:
     background: str
     output_format: str
     count: int = 1
+    # The server's provider order (/admin policy defaults providers); empty = PROVIDER_ORDER.
+    provider_order: tuple[str, ...] = ()
 
 
 DefaultsLookup = Callable[[int, int], Awaitable[JobDefaults]]
@@ -224,7 +226,9 @@ class EditService:
             mask = await self._load_mask(job.mask, images[0])
             mask_png = await asyncio.to_thread(mask.openai_png)
         reserve = usd_to_credits(
-            self.router.reserve_usd(model, _needs(chosen, job, len(images)), prompt=job.options.prompt),
+            self.router.reserve_usd(
+                model, _needs(chosen, job, len(images)), prompt=job.options.prompt, order=_order(chosen)
+            ),
             self.settings.credits_per_usd,
         )
         return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
@@ -354,6 +358,7 @@ class EditService:
             inputs=tuple(inputs),
             mask=mask,
             notices=prepared.notices + ((resolution.notice,) if resolution.notice else ()),
+            provider_order=chosen.provider_order,
             role_ids=job.role_ids,
         )
         return spec, files
@@ -378,6 +383,7 @@ class EditService:
             background=options.background or d.background,
             output_format=options.output_format or d.output_format,
             count=options.count or d.count,
+            provider_order=d.provider_order,
         )
 
     def user_hash(self, user_id: int) -> str:
@@ -425,7 +431,7 @@ class EditService:
                 f"{model.name} cannot do masked edits. Pick another model for /mask.", code="no_mask_support"
             )
         # Raises InvalidOptions naming the option to change when no configured route can honour it.
-        self.router.require(model, _needs(chosen, job, len(job.uploads)))
+        self.router.require(model, _needs(chosen, job, len(job.uploads)), order=_order(chosen))
 
     async def _load_images(self, uploads: Sequence[Upload]) -> list[InputImage]:
         cap = self.settings.max_input_bytes
@@ -473,6 +479,11 @@ class EditService:
         rows, cols = spec.grid
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
+
+
+def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
+    """The server's provider order when it set one, else None (the bot-wide PROVIDER_ORDER)."""
+    return chosen.provider_order or None
 
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:

@@ -541,7 +541,7 @@ class PolicyService:
                 if value is not None:
                     values[name], sources[name] = value, source
                     break
-        return JobDefaults(**values), sources
+        return JobDefaults(**values, provider_order=policy.provider_order), sources
 
     def _clamp(
         self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy

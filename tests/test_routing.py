@@ -27,6 +27,7 @@ from bot.catalog import Catalog, Route, load_catalog, parse_catalog
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
 from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
+from bot.policy import PolicyService
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Usage
@@ -827,6 +828,28 @@ async def test_service_charges_the_route_that_served_after_the_first_refused(
     assert (await storage.get_account(1, 2)).balance == 980
     assert [row["kind"] for row in await storage.ledger_rows(outcome.job_id)] == ["reserve", "capture"]
     assert (await storage.get_job(outcome.job_id)).provider == "wavespeed"
+
+
+async def test_a_servers_provider_order_overrides_the_bot_wide_order(
+    real_router: Callable[..., Router],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    service = service_for(storage, tmp_path, real_router())  # bot-wide: atlascloud first
+    policy = PolicyService(settings=service.settings, catalog=CATALOG, storage=storage)
+    service._defaults = policy.defaults_for  # how build_services wires it
+    await policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
+    rec = Delivered()
+
+    outcome = await service.run_edit(
+        edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
+    )
+
+    assert outcome.provider == "wavespeed"
+    assert outcome.charged == 20
+    assert atlas.submit_count == 0
 
 
 async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_it(
