@@ -28,6 +28,6 @@ VOLUME ["/data"]
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "bot.healthcheck"]
 
-# Exec form: python is PID 1's child-free target and receives SIGTERM directly for a graceful drain.
+# Exec form: python runs as PID 1 and gets SIGTERM directly, so in-flight edits drain gracefully.
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "bot"]
