@@ -149,9 +149,14 @@ class _AdminSubgroup(app_commands.Group):
         self.bot = bot
         self.policy: PolicyService = policy_of(bot)
 
-    def authorize(self, interaction: discord.Interaction) -> None:
-        """Raise NotPermitted (shown privately by the error router) unless this user may act."""
+    async def begin(self, interaction: discord.Interaction) -> None:
+        """Every admin command's start: check the user, then acknowledge privately.
+
+        Raises NotPermitted (answered privately by the error router) before anything is
+        acknowledged; otherwise the defer is the command's first await, well within Discord's 3 s.
+        """
         self.policy.authorize_admin(interaction.user.id, manage_guild=interaction.permissions.manage_guild)
+        await interaction.response.defer(ephemeral=True, thinking=True)
 
     async def show(self, interaction: discord.Interaction, policy: GuildPolicy, note: str = "") -> None:
         budget = await self.policy.budget(policy.guild_id)
@@ -165,8 +170,7 @@ class CreditsAdmin(
     async def _change(
         self, interaction: discord.Interaction, action: str, user: discord.User, amount: int, reason: str
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         change = await self.policy.change_credits(
             _guild(interaction), interaction.user.id, user.id, action, amount, reason
         )
@@ -223,8 +227,7 @@ class CreditsAdmin(
     )
     @app_commands.describe(period="Which period (UTC); this month if empty")
     async def report(self, interaction: discord.Interaction, period: ReportPeriod = "this month") -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         report = await self.policy.report(_guild(interaction), period)
         await interaction.followup.send(
             embed=report_embed(report),
@@ -237,8 +240,7 @@ class CreditsAdmin(
 class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allowance, limits and budget"):
     @app_commands.command(name="show", description="Show every Retouch rule on this server")
     async def show_rules(self, interaction: discord.Interaction) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         await self.show(interaction, await self.policy.guild_policy(_guild(interaction)))
 
     @app_commands.command(name="allowance", description="Credits every member is topped up to each period")
@@ -254,8 +256,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         period: Literal["daily", "weekly", "monthly", "off"],
         starting: app_commands.Range[int, 0, MAX_CREDITS_PER_CHANGE] | None = None,
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         changes: dict[str, object] = {"allowance": amount, "period": "none" if period == "off" else period}
         if starting is not None:
             changes["starting_credits"] = starting
@@ -281,8 +282,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         cooldown: app_commands.Range[int, 0, MAX_COOLDOWN_SECONDS] | None = None,
         max_running: app_commands.Range[int, 0, MAX_RUNNING_LIMIT] | None = None,
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         changes: dict[str, object] = {}
         if max_quality is not None:
             changes["max_quality"] = None if max_quality == "high" else max_quality
@@ -302,8 +302,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
     async def budget(
         self, interaction: discord.Interaction, usd: app_commands.Range[float, 0, MAX_CAP_USD]
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         cap = Decimal(repr(usd)) if usd > 0 else None
         policy = await self.policy.update_guild(
             _guild(interaction), interaction.user.id, {"monthly_cap_usd": cap}
@@ -329,8 +328,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         providers: str | None = None,
         clear: bool = False,
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         changes: dict[str, object] = {}
         if clear:
             changes = {
@@ -371,8 +369,7 @@ class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than 
         models: str | None = None,
         max_images: app_commands.Range[int, 1, MAX_IMAGES_PER_EDIT] | None = None,
     ) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         guild_id = _guild(interaction)
         parsed = None if models is None else parse_models(models, self.policy.catalog, allow_all_marker=True)
         await self.policy.set_tier(
@@ -391,8 +388,7 @@ class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than 
     @app_commands.command(name="remove", description="Remove a role's tier")
     @app_commands.describe(role="The role whose tier to remove")
     async def remove(self, interaction: discord.Interaction, role: discord.Role) -> None:
-        self.authorize(interaction)
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.begin(interaction)
         guild_id = _guild(interaction)
         removed = await self.policy.remove_tier(guild_id, role.id)
         note = f"Removed the tier for {role.mention}." if removed else f"{role.mention} had no tier."

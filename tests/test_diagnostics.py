@@ -13,11 +13,17 @@ import pytest
 
 from bot.catalog import parse_catalog
 from bot.diagnostics import DiagnosticsService, missing_permissions
+from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
+from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
+from bot.providers.segmind import SegmindProvider
+from bot.providers.wavespeed import WaveSpeedProvider
 from bot.storage import Storage, latest_schema_version
+from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.segmind_server import FakeSegmind
 from tests.harness import TEST_CATALOG, running_bot
 
 TODAY = dt.date(2026, 11, 21)
@@ -144,6 +150,28 @@ async def test_openai_check_reports_an_unreachable_service(
     [status] = await service(storage, {"openai": provider}).check_providers()
     assert (status.ok, status.reachable, status.authenticated) == (False, False, None)
     assert status.detail.startswith("unreachable (")
+
+
+async def test_reseller_checks_say_what_they_prove_and_the_others_offer_none(
+    storage: Storage, session: aiohttp.ClientSession
+) -> None:
+    nowhere = f"http://127.0.0.1:{closed_port()}"
+    async with FakeAtlas() as atlas, FakeSegmind() as segmind:
+        providers = {
+            "atlascloud": AtlasCloudProvider(session, atlas.api_key, atlas.base_url),
+            "segmind": SegmindProvider(session, "SG_0000000000000000", segmind.base_url),
+            "wavespeed": WaveSpeedProvider(session, "ws-key", f"{nowhere}/api/v3"),
+            "oneminai": OneMinAIProvider(session, "1min-key", f"{nowhere}/api"),
+        }
+        statuses = {s.name: s for s in await service(storage, providers).check_providers()}
+        assert atlas.submit_count == 0 and segmind.post_count == 0  # nothing billable
+    atlas_status = statuses["atlascloud"]
+    assert (atlas_status.ok, atlas_status.reachable, atlas_status.authenticated) == (True, True, None)
+    assert "API key not checked" in atlas_status.detail
+    assert (statuses["segmind"].ok, statuses["segmind"].authenticated) == (False, False)
+    assert statuses["segmind"].detail == "API key refused (HTTP 401 unauthorized)"
+    for name in ("wavespeed", "oneminai"):
+        assert (statuses[name].ok, statuses[name].detail) == (None, "no check available for this provider")
 
 
 async def test_providers_without_a_check_broken_checks_and_silent_ones_are_reported(storage: Storage) -> None:

@@ -35,21 +35,23 @@ Decisions on the spec's OPEN points (providers.md §8.6):
 * A 5xx on the submit without a prediction id is taken as "nothing was created" (the issue's rule)
   and may be retried elsewhere, except 504: a gateway that timed out may have passed the job on.
 * Sync mode and base64 output are not used: their timeout and format are undocumented at Atlas.
+* `/diagnose`: `check()` calls the catalog, `GET /models`, the only documented GET that needs no
+  job id. It takes no key, so it proves that Atlas answers but not that the key works; the
+  result says so.
+
+The upload → submit → poll → download steps are `bot.providers.predictions`, shared with WaveSpeed;
+this module supplies Atlas's paths, envelope, status words and error mapping.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted, ProviderHealth
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -57,24 +59,20 @@ from bot.providers.errors import (
     ProviderError,
     ProviderRejected,
     RateLimited,
-    ServerError,
     ServiceUnavailable,
 )
 from bot.providers.http import (
-    HttpResponse,
     RetryPolicy,
-    fetch_output,
-    gather_or_cancel,
-    mark_unsubmitted,
+    error_summary,
+    health_from_error,
+    parse_json,
     parse_retry_after,
-    poll,
     redact_url,
-    safe_message,
-    send_idempotent,
-    send_paid,
-    sniff_image_format,
+    send_check,
+    submit_server_error,
+    unsupported_options,
 )
-from bot.providers.masks import to_convention
+from bot.providers.predictions import ModelFields, PredictionApi, Predictions
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +88,13 @@ FAILURE = frozenset({"failed", "error", "cancelled", "canceled", "timeout"})
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
 _BALANCE_WORDS = ("insufficient", "balance", "top up", "recharge")
 
-
-@dataclass(frozen=True, slots=True)
-class ModelFields:
-    """How one Atlas model takes its inputs."""
-
-    image_field: str  # "image" (a single URL) or "images" (a list of URLs)
-    max_images: int
-    mask_field: str | None  # None: the model takes no mask
-    qualities: tuple[str, ...] = ("low", "medium", "high")  # "auto" is sent by omitting the field
-    sizes: tuple[str, ...] = ("1024x1024", "1536x1024", "1024x1536")
-
-
+_QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
+_SIZES = ("1024x1024", "1536x1024", "1024x1536")  # no "auto" at Atlas
 MODELS: dict[str, ModelFields] = {
-    "openai/gpt-image-1/edit": ModelFields("image", 1, "mask_image"),
-    "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None),
+    "openai/gpt-image-1/edit": ModelFields("image", 1, "mask_image", _QUALITIES, _SIZES),
+    "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None, _QUALITIES, _SIZES),
 }
 DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha"}
-
-
-def _payload(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _data(payload: Any) -> dict[str, Any]:
@@ -156,13 +137,11 @@ def classify_atlas_error(
     5xx → ServerError that routing may retry elsewhere (no prediction id came back); a failed
     prediction → JobFailed(accepted=True) or ProviderRejected(accepted=True).
     """
-    payload = _payload(body)
+    payload = parse_json(body)
     raw = _message(payload)
     lowered = raw.lower()
     effective = _envelope_status(payload) if 200 <= status < 300 else status
-    summary = f"HTTP {status}" + (f" (code {effective})" if effective not in (None, status) else "")
-    if raw:
-        summary += f": {safe_message(raw)}"
+    summary = error_summary(status, raw, code=effective)
     kw: dict[str, Any] = {"provider": provider, "status": status}
     safety = any(word in lowered for word in _SAFETY_WORDS)
 
@@ -182,14 +161,25 @@ def classify_atlas_error(
     if effective == 429:
         return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
     if effective >= 500:
-        if effective == 504:
-            return ServerError(summary, accepted=True, **kw)
-        err = ServerError(summary, accepted=False, **kw)
-        err.retryable_elsewhere = True  # the submit returned no prediction id: nothing was queued
-        return err
+        return submit_server_error(summary, **kw)  # no prediction id came back: nothing was queued
     if safety:
         return ProviderRejected(summary, **kw)
     return InvalidInput(summary, **kw)
+
+
+ATLAS_API = PredictionApi(
+    noun="prediction",
+    # Answers `download_url` and `filename` (MCP types) or `file_name` (vendor page): only the URL is read.
+    upload_path="/model/uploadMedia",
+    upload_name="uploadMedia",
+    job_path="/model/prediction/{id}",
+    success=SUCCESS,
+    failure=FAILURE,
+    output_fields=("outputs", "output"),  # some payloads carry `output` (a string) instead
+    job_of=_data,
+    error_in_answer=_envelope_status,
+    classify=classify_atlas_error,
+)
 
 
 class AtlasCloudProvider:
@@ -212,22 +202,40 @@ class AtlasCloudProvider:
     ) -> None:
         self.name = name
         self._session = session
-        self._api_key = api_key
         self._base = base_url.rstrip("/")
-        self._policy = policy
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._poll_interval = poll_interval
-        self._max_poll_interval = max_poll_interval
-        self._max_output_bytes = max_output_bytes
         self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
+        self._jobs = Predictions(
+            session,
+            ATLAS_API,
+            base_url=self._base,
+            provider=name,
+            headers={"Authorization": f"Bearer {api_key}"},
+            policy=policy,
+            submit_timeout=call_timeout,
+            io_timeout=io_timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            max_output_bytes=max_output_bytes,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"AtlasCloudProvider(name={self.name!r}, url={redact_url(self._base)!r})"
 
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"}
+    async def check(self) -> ProviderHealth:
+        """Reachability through the catalog, `GET /models`: free, but it takes no key, so the key
+        itself is not checked (the result says so). Never raises for HTTP failures."""
+        try:
+            await send_check(
+                self._session, f"{self._base}/models", provider=self.name, classify=classify_atlas_error
+            )
+        except ProviderError as exc:
+            return health_from_error(exc, key_sent=False)
+        return ProviderHealth(
+            reachable=True,
+            authenticated=None,
+            detail="reachable; API key not checked (Atlas's GET /models needs none)",
+            ok=True,
+        )
 
     # ------------------------------------------------------------------ request checks
 
@@ -260,14 +268,7 @@ class AtlasCloudProvider:
         if request.output_format != "png":
             problems.append(f"output_format={request.output_format}")
         if problems:
-            err = InvalidInput(
-                f"{request.model} on Atlas cannot take: {', '.join(problems)}",
-                provider=self.name,
-                code="unsupported_option",
-            )
-            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
-            err.retryable_elsewhere = True
-            raise err
+            raise unsupported_options(request.model, "Atlas", problems, provider=self.name)
         return fields
 
     # ------------------------------------------------------------------ the job
@@ -278,174 +279,24 @@ class AtlasCloudProvider:
         `on_submitted(prediction_id)` is awaited once Atlas has accepted the job, before polling.
         """
         fields = self._fields_for(request)
-        files: list[tuple[bytes, str, str]] = [
-            (image.data, f"image-{i}.{image.extension}", image.mime)
-            for i, image in enumerate(request.images, start=1)
-        ]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, "alpha")
-            try:
-                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
-            except ValueError as exc:
-                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
-            files.append((mask, "mask.png", "image/png"))
-        try:
-            urls = await gather_or_cancel(
-                *(self._upload(data, name, mime, request) for data, name, mime in files)
-            )
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
-
-        body: dict[str, Any] = {"model": request.model, "prompt": request.prompt}
-        image_urls = urls[: len(request.images)]
-        body[fields.image_field] = image_urls[0] if fields.image_field == "image" else image_urls
-        if request.mask is not None and fields.mask_field:
-            body[fields.mask_field] = urls[-1]
+        convention = self._mask_conventions.get(request.model, "alpha")
+        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+        body: dict[str, Any] = {
+            "model": request.model,
+            "prompt": request.prompt,
+            **fields.image_body(image_urls, mask_url),
+        }
         if request.quality != "auto":
             body["quality"] = request.quality
         body["size"] = request.size
 
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/model/generateImage",
-            policy=self._policy,
-            deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json=body,
-            headers=self._auth,
-            provider=self.name,
-            classify=classify_atlas_error,
-        )
-        prediction = self._submitted(resp)
-        job_id = str(prediction["id"])
+        job_id, prediction = await self._jobs.submit("/model/generateImage", body, request.deadline)
         log.debug("%s: %s prediction %s submitted", self.name, request.model, job_id)
         if on_submitted is not None:
             await on_submitted(job_id)
-        if str(prediction.get("status") or "").lower() not in SUCCESS | FAILURE:
-            prediction = await self._poll(job_id, request)
-        return await self._result(prediction, job_id, request)
+        return await self._jobs.finish(job_id, request, prediction)
 
     async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
         """Follow a prediction submitted earlier (e.g. before a restart) to its result. Never submits."""
         log.info("%s: resuming prediction %s", self.name, provider_job_id)
-        return await self._result(await self._poll(provider_job_id, request), provider_job_id, request)
-
-    async def _poll(self, job_id: str, request: EditRequest) -> dict[str, Any]:
-        return await poll(
-            lambda: self._fetch(job_id, request.deadline),
-            is_done=lambda p: str(p.get("status") or "").lower() in SUCCESS | FAILURE,
-            deadline=request.deadline,
-            interval=self._poll_interval,
-            max_interval=self._max_poll_interval,
-            cancel=None,  # Atlas documents no cancel call
-            provider=self.name,
-        )
-
-    async def _upload(self, data: bytes, filename: str, mime: str, request: EditRequest) -> str:
-        def form() -> aiohttp.FormData:
-            fd = aiohttp.FormData()
-            # BytesIO: aiohttp writes a large raw-bytes part in one blocking call.
-            fd.add_field("file", io.BytesIO(data), filename=filename, content_type=mime)
-            return fd
-
-        resp = await send_idempotent(
-            self._session,
-            "POST",
-            f"{self._base}/model/uploadMedia",
-            policy=self._policy,
-            deadline=request.deadline,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            data_factory=form,
-            classify=classify_atlas_error,
-        )
-        payload = _payload(resp.body)
-        if _envelope_status(payload) is not None:
-            raise classify_atlas_error(resp.status, resp.body, resp.headers, provider=self.name)
-        # The MCP types say `filename`, the vendor page `file_name`; only `download_url` is needed.
-        url = _data(payload).get("download_url")
-        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
-            raise ServerError("uploadMedia returned no usable download_url", provider=self.name)
-        return url
-
-    def _submitted(self, resp: HttpResponse) -> dict[str, Any]:
-        """The prediction from the submit's 2xx answer; its id is required to follow the job."""
-        payload = _payload(resp.body)
-        prediction = _data(payload)
-        job_id = prediction.get("id")
-        has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
-        if _envelope_status(payload) is not None:
-            err = classify_atlas_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = has_id or err.accepted
-            raise err
-        if not has_id:
-            # A 2xx means Atlas took the request; without an id we cannot follow (or avoid paying) it.
-            raise ServerError("HTTP 2xx but no prediction id", provider=self.name, accepted=True)
-        return prediction
-
-    async def _fetch(self, job_id: str, deadline: float) -> dict[str, Any]:
-        try:
-            resp = await send_idempotent(
-                self._session,
-                "GET",
-                f"{self._base}/model/prediction/{job_id}",
-                policy=self._policy,
-                deadline=deadline,
-                call_timeout=self._io_timeout,
-                provider=self.name,
-                headers=self._auth,
-                classify=classify_atlas_error,
-                accepted=True,
-            )
-        except ModelUnavailable as exc:  # a 404 here means the prediction vanished, not the model
-            raise ServerError(f"prediction {job_id} not found", provider=self.name, accepted=True) from exc
-        payload = _payload(resp.body)
-        if _envelope_status(payload) is not None:
-            err = classify_atlas_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = True
-            raise err
-        return _data(payload)
-
-    async def _result(self, prediction: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
-        status = str(prediction.get("status") or "").lower()
-        if status in FAILURE:
-            body = json.dumps({"data": prediction}).encode()
-            err = classify_atlas_error(200, body, {}, provider=self.name)
-            err.request_id = job_id
-            raise err
-        outputs = prediction.get("outputs")
-        if outputs is None:  # some payloads carry `output` (a string) instead
-            outputs = prediction.get("output")
-        items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
-        values = [v for v in items if isinstance(v, str) and v.strip()]
-        if not values:
-            raise ServerError(
-                f"prediction {job_id} completed without outputs",
-                provider=self.name,
-                request_id=job_id,
-                accepted=True,
-            )
-        blobs = await gather_or_cancel(
-            *(
-                fetch_output(
-                    self._session,
-                    value,
-                    max_bytes=self._max_output_bytes,
-                    deadline=request.deadline,
-                    policy=self._policy,
-                    call_timeout=self._io_timeout,
-                    provider=self.name,
-                )
-                for value in values
-            )
-        )
-        images = tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs)
-        return EditResult(
-            images=images,
-            provider=self.name,
-            quality=request.quality if request.quality != "auto" else None,
-            size=request.size if request.size != "auto" else None,
-            request_id=job_id,
-        )
+        return await self._jobs.finish(provider_job_id, request)

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import email.utils
+import io
 import json as _json
 import logging
 import math
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from bot.providers.base import ProviderHealth
 from bot.providers.errors import (
     ConnectionFailed,
     InvalidInput,
@@ -48,6 +50,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
+from bot.providers.masks import to_convention
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ def decode_base64_image(s: str) -> bytes:
     Whitespace and missing padding are tolerated (some providers wrap or trim). Raises
     `ValueError` for anything that is not valid base64 or is a non-image / non-base64 data URL.
     """
-    text = s.strip()
+    text = s.strip()  # the same object, not a copy, when there is nothing to strip
     if text[:5].lower() == "data:":
         header, sep, text = text.partition(",")
         if not sep:
@@ -206,6 +209,15 @@ def decode_base64_image(s: str) -> bytes:
         meta = header[5:].lower().split(";")
         if not meta[0].startswith("image/") or "base64" not in meta[1:]:
             raise ValueError("not a base64 image data URL")
+    if text:
+        # Fast path for what providers almost always send (standard alphabet, padded, no line
+        # breaks): decoded straight from the str, without the whitespace-free and ASCII-encoded
+        # copies below (each as large as the image). Anything strict mode refuses takes the
+        # tolerant path, which decodes such clean input to the same bytes.
+        try:
+            return binascii.a2b_base64(text, strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
     text = "".join(text.split())
     if not text:
         raise ValueError("empty base64 data")
@@ -801,3 +813,156 @@ async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+# --------------------------------------------------------------------------- shared by the reseller adapters
+
+
+def parse_json(body: bytes) -> Any:
+    """The body decoded as JSON, or None when it is not JSON (an HTML error page, an empty body)."""
+    try:
+        return _json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def is_http_url(value: object) -> bool:
+    """Whether `value` is an http(s) URL string: what an upload must hand back to be usable."""
+    return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
+
+
+def error_summary(status: int, message: str, *, code: int | None = None) -> str:
+    """`HTTP 200 (code 402): <message>`: an error's status for exception text and logs.
+
+    `code` is an error status a vendor put inside the body (shown when it differs from `status`);
+    the message is made safe by `safe_message` and left out when empty.
+    """
+    summary = f"HTTP {status}" + (f" (code {code})" if code not in (None, status) else "")
+    return summary + (f": {safe_message(message)}" if message else "")
+
+
+def submit_server_error(summary: str, *, status: int, **kw: Any) -> ServerError:
+    """A 5xx answer to a paid submit that returned no job, for vendors where nothing was created.
+
+    Routing may then try another provider (`accepted=False`, retryable elsewhere), except after a
+    504: a gateway that gave up waiting may already have passed the job on, so it stays accepted.
+    """
+    if status == 504:
+        return ServerError(summary, status=status, accepted=True, **kw)
+    err = ServerError(summary, status=status, accepted=False, **kw)
+    err.retryable_elsewhere = True
+    return err
+
+
+def unsupported_options(model: str, service: str, problems: list[str], *, provider: str) -> InvalidInput:
+    """The error for a request that a route cannot carry, found before anything was sent.
+
+    The limit is the route's, not the user's, so another route may do the job: it is marked
+    retryable elsewhere (and, as nothing was sent, not accepted).
+    """
+    err = InvalidInput(
+        f"{model} on {service} cannot take: {', '.join(problems)}",
+        provider=provider,
+        code="unsupported_option",
+    )
+    err.retryable_elsewhere = True
+    return err
+
+
+async def convert_mask(mask_png: bytes, convention: str, *, provider: str) -> bytes:
+    """The request's OpenAI-style mask re-encoded in a provider's `convention` (`bot.providers.masks`).
+
+    Runs in a thread (Pillow). A mask that cannot be read is the user's problem: `InvalidInput` with
+    code `invalid_mask`, which no other provider would take either.
+    """
+    try:
+        return await asyncio.to_thread(to_convention, mask_png, convention)
+    except ValueError as exc:
+        raise InvalidInput(f"unusable mask: {exc}", provider=provider, code="invalid_mask") from None
+
+
+async def upload_file(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    field: str,
+    data: bytes,
+    filename: str,
+    mime: str,
+    deadline: float,
+    policy: RetryPolicy,
+    call_timeout: float,
+    provider: str,
+    headers: Mapping[str, str],
+    classify: Classifier,
+) -> HttpResponse:
+    """POST one file as a multipart form whose only part is named `field`; return the 2xx answer.
+
+    An upload creates nothing billable, so it follows the `send_idempotent` rules (a fresh form
+    for every try). The answer is the vendor's to read.
+    """
+
+    def form() -> aiohttp.FormData:
+        fd = aiohttp.FormData()
+        # BytesIO: aiohttp writes a large raw-bytes part in one blocking call.
+        fd.add_field(field, io.BytesIO(data), filename=filename, content_type=mime)
+        return fd
+
+    return await send_idempotent(
+        session,
+        "POST",
+        url,
+        policy=policy,
+        deadline=deadline,
+        call_timeout=call_timeout,
+        provider=provider,
+        headers=headers,
+        data_factory=form,
+        classify=classify,
+    )
+
+
+# --------------------------------------------------------------------------- health checks (`/diagnose`)
+
+CHECK_TIMEOUT = 8.0  # `/diagnose` must answer quickly even when a service is down
+CHECK_POLICY = RetryPolicy(attempts=1)
+
+
+async def send_check(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    provider: str,
+    classify: Classifier,
+    headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """The one GET of a provider's `check()`: a single try within `CHECK_TIMEOUT`, nothing billable."""
+    return await send_idempotent(
+        session,
+        "GET",
+        url,
+        policy=CHECK_POLICY,
+        deadline=time.monotonic() + CHECK_TIMEOUT,
+        call_timeout=CHECK_TIMEOUT,
+        provider=provider,
+        headers=headers,
+        classify=classify,
+    )
+
+
+def health_from_error(exc: ProviderError, *, key_sent: bool = True) -> ProviderHealth:
+    """What a failed check call says about the service: status and error code, never the body.
+
+    With `key_sent=False` (a call that needs no key) an HTTP error says nothing about the key.
+    """
+    what = f"HTTP {exc.status}" if exc.status else type(exc).__name__
+    if exc.code:
+        what += f" {exc.code}"
+    if isinstance(exc, ConnectionFailed | ProviderTimeout):
+        return ProviderHealth(reachable=False, authenticated=None, detail=f"unreachable ({what})")
+    if key_sent and exc.status in (401, 403):
+        return ProviderHealth(reachable=True, authenticated=False, detail=f"API key refused ({what})")
+    if key_sent and isinstance(exc, RateLimited):
+        # A 429 comes after authentication: the key works, the account is just busy.
+        return ProviderHealth(reachable=True, authenticated=True, detail=f"rate limited ({what})", ok=True)
+    return ProviderHealth(reachable=True, authenticated=None, detail=f"error ({what})")

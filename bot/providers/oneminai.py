@@ -28,13 +28,13 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   output matches the other providers (1min's default is 85).
 * Prompts longer than 4,000 characters and more than one input image are refused up front.
 * The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
+* No `check()` for `/diagnose`: 1min.ai documents no GET at all (no account, credit or catalog
+  call), and every documented call costs or stores something, so `/diagnose` shows "no check
+  available".
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -54,17 +54,20 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     RetryPolicy,
+    convert_mask,
+    error_summary,
     fetch_output,
     gather_or_cancel,
+    is_http_url,
     mark_unsubmitted,
+    parse_json,
     parse_retry_after,
     redact_url,
-    safe_message,
-    send_idempotent,
     send_paid,
     sniff_image_format,
+    unsupported_options,
+    upload_file,
 )
-from bot.providers.masks import to_convention
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +85,6 @@ DEFAULT_MASK_CONVENTION = "white"  # the inpainter: white = edit, black = keep
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
 _CREDIT_WORDS = ("credit", "balance", "quota", "insufficient")
-
-
-def _payload(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _message(payload: Any) -> str:
@@ -116,10 +112,10 @@ def classify_oneminai_error(
     401/403, 402 or credit wording → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited;
     other 4xx → InvalidInput (ProviderRejected for safety wording); 5xx → ServerError(accepted=True).
     """
-    payload = _payload(body)
+    payload = parse_json(body)
     raw = _message(payload)
     lowered = raw.lower()
-    summary = f"HTTP {status}" + (f": {safe_message(raw)}" if raw else "")
+    summary = error_summary(status, raw)
     kw: dict[str, Any] = {"provider": provider, "status": status}
     safety = any(word in lowered for word in _SAFETY_WORDS)
 
@@ -178,7 +174,7 @@ class OneMinAIProvider:
     def _auth(self) -> dict[str, str]:
         return {"API-KEY": self._api_key}
 
-    def _check(self, request: EditRequest) -> None:
+    def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
             raise ModelUnavailable(
                 f"1min.ai does not serve model {request.model!r}", provider=self.name, code="unknown_model"
@@ -202,26 +198,16 @@ class OneMinAIProvider:
         if request.background not in backgrounds:
             problems.append(f"background={request.background}")
         if problems:
-            err = InvalidInput(
-                f"{request.model} on 1min.ai cannot take: {', '.join(problems)}",
-                provider=self.name,
-                code="unsupported_option",
-            )
-            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
-            err.retryable_elsewhere = True
-            raise err
+            raise unsupported_options(request.model, "1min.ai", problems, provider=self.name)
 
     async def edit(self, request: EditRequest) -> EditResult:
         """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_oneminai_error`)."""
-        self._check(request)
+        self._check_request(request)
         image = request.images[0]
         files = [(image.data, f"image.{image.extension}", image.mime)]
         if request.mask is not None:
             convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            try:
-                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
-            except ValueError as exc:
-                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
+            mask = await convert_mask(request.mask.data, convention, provider=self.name)
             files.append((mask, "mask.png", "image/png"))
         try:
             paths = await gather_or_cancel(*(self._upload(*f, request.deadline) for f in files))
@@ -257,7 +243,7 @@ class OneMinAIProvider:
             provider=self.name,
             classify=classify_oneminai_error,
         )
-        payload = _payload(resp.body)
+        payload = parse_json(resp.body)
         record = payload.get("aiRecord") if isinstance(payload, dict) else None
         if not isinstance(record, dict):
             raise ServerError("HTTP 200 but no aiRecord", provider=self.name, accepted=True)
@@ -268,7 +254,7 @@ class OneMinAIProvider:
             err = classify_oneminai_error(resp.status, resp.body, resp.headers, provider=self.name)
             err.request_id = record_id
             raise err
-        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
+        if not is_http_url(url):
             raise ServerError(
                 "the record has no http(s) temporaryUrl",
                 provider=self.name,
@@ -295,25 +281,21 @@ class OneMinAIProvider:
 
     async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
         """Upload one asset; returns its bucket path (`fileContent.path`, else `asset.key`)."""
-
-        def form() -> aiohttp.FormData:
-            fd = aiohttp.FormData()
-            fd.add_field("asset", io.BytesIO(data), filename=filename, content_type=mime)  # not `file`
-            return fd
-
-        resp = await send_idempotent(
+        resp = await upload_file(
             self._session,
-            "POST",
             f"{self._base}/assets",
-            policy=self._policy,
+            field="asset",  # not `file`
+            data=data,
+            filename=filename,
+            mime=mime,
             deadline=deadline,
+            policy=self._policy,
             call_timeout=self._io_timeout,
             provider=self.name,
             headers=self._auth,
-            data_factory=form,
             classify=classify_oneminai_error,
         )
-        payload = _payload(resp.body)
+        payload = parse_json(resp.body)
         file_content = payload.get("fileContent") if isinstance(payload, dict) else None
         asset = payload.get("asset") if isinstance(payload, dict) else None
         path = file_content.get("path") if isinstance(file_content, dict) else None

@@ -30,11 +30,14 @@ Decisions on the spec's OPEN points (providers.md §8.8):
 * `x-cost` is taken as USD (Segmind bills in USD credits); a missing or malformed value leaves
   `cost_usd` unset so the route's catalog price applies.
 * There is nothing to poll or cancel: the deadline caps the one blocking call.
+* `/diagnose`: `check()` asks the v2 API for the status of a request id that cannot exist
+  (`GET /v2/requests/{id}/status`, documented, authenticated and free). Segmind's auth layer answers
+  401 for a missing or bad key before anything else, and the endpoint 404 for an unknown id, so a
+  404 means the key was accepted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email.utils
 import json
@@ -47,7 +50,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth
 from bot.providers.errors import (
     InvalidInput,
     ModelUnavailable,
@@ -59,16 +62,22 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     RetryPolicy,
+    convert_mask,
+    error_summary,
     fetch_output,
+    health_from_error,
+    is_http_url,
     mark_unsubmitted,
+    parse_json,
     parse_retry_after,
     redact_url,
-    safe_message,
+    send_check,
     send_idempotent,
     send_paid,
     sniff_image_format,
+    submit_server_error,
+    unsupported_options,
 )
-from bot.providers.masks import to_convention
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,7 @@ BACKGROUNDS = ("auto", "opaque", "transparent")  # "auto" is sent by omitting th
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit"})
 DEFAULT_MASK_CONVENTION = "alpha"
+CHECK_REQUEST_ID = "retouch-diagnose-no-such-request"  # `check()` asks for it; Segmind answers 404
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
 _CREDIT_WORDS = ("credit", "balance", "spend limit", "insufficient")
@@ -92,10 +102,7 @@ _CONTENT_TYPE_WORDS = ("content type", "content-type")
 
 def _error_text(body: bytes) -> str:
     """Segmind's message: `error` (or `error_description`, `message`, `detail`); "" for HTML."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return ""
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         return ""
     parts = [payload.get(k) for k in ("error", "error_description", "message", "detail")]
@@ -146,7 +153,7 @@ def classify_segmind_error(
     """
     raw = _error_text(body)
     lowered = raw.lower()
-    summary = f"HTTP {status}" + (f": {safe_message(raw)}" if raw else "")
+    summary = error_summary(status, raw)
     kw: dict[str, Any] = {"provider": provider, "status": status, "request_id": headers.get("x-request-id")}
 
     if status == 401:
@@ -167,11 +174,7 @@ def classify_segmind_error(
             retry_after = parse_retry_after(headers)
         return RateLimited(summary, retry_after=retry_after, code="rate_limited", **kw)
     if status >= 500:
-        if status == 504:
-            return ServerError(summary, accepted=True, **kw)
-        err = ServerError(summary, accepted=False, **kw)
-        err.retryable_elsewhere = True  # only HTTP 200 is billed: nothing was charged
-        return err
+        return submit_server_error(summary, **kw)  # only HTTP 200 is billed: nothing was charged
     if any(word in lowered for word in _SAFETY_WORDS):
         return ProviderRejected(summary, code="moderation", **kw)
     return InvalidInput(summary, **kw)
@@ -240,7 +243,23 @@ class SegmindProvider:
         # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
         return {"x-api-key": self._api_key}
 
-    def _check(self, request: EditRequest) -> None:
+    async def check(self) -> ProviderHealth:
+        """Reachability and the key via the status of a request that does not exist (free).
+
+        A 404 for that id comes after the auth layer, so the key works; 401 means it was refused.
+        Never raises for HTTP failures.
+        """
+        url = f"{self._base.removesuffix('/v1')}/v2/requests/{CHECK_REQUEST_ID}/status"
+        try:
+            await send_check(
+                self._session, url, provider=self.name, classify=classify_segmind_error, headers=self._auth
+            )
+        except ProviderError as exc:
+            if exc.status != 404:
+                return health_from_error(exc)
+        return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
+
+    def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
             raise ModelUnavailable(
                 f"no known request fields for model {request.model!r}",
@@ -263,25 +282,15 @@ class SegmindProvider:
             if value not in allowed:
                 problems.append(f"{name}={value}")
         if problems:
-            err = InvalidInput(
-                f"{request.model} on Segmind cannot take: {', '.join(problems)}",
-                provider=self.name,
-                code="unsupported_option",
-            )
-            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
-            err.retryable_elsewhere = True
-            raise err
+            raise unsupported_options(request.model, "Segmind", problems, provider=self.name)
 
     async def edit(self, request: EditRequest) -> EditResult:
         """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_segmind_error`)."""
-        self._check(request)
+        self._check_request(request)
         files = [(image.data, image.mime) for image in request.images]
         if request.mask is not None:
             convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            try:
-                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
-            except ValueError as exc:
-                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
+            mask = await convert_mask(request.mask.data, convention, provider=self.name)
             files.append((mask, "image/png"))
         try:
             urls = await self._upload(files, request.deadline)
@@ -348,16 +357,9 @@ class SegmindProvider:
             json={"data_urls": data_urls},
             classify=classify_segmind_error,
         )
-        try:
-            payload = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
-            payload = None
+        payload = parse_json(resp.body)
         urls = payload.get("file_urls") if isinstance(payload, dict) else None
-        if (
-            not isinstance(urls, list)
-            or len(urls) != len(files)
-            or not all(isinstance(u, str) and u.lower().startswith(("https://", "http://")) for u in urls)
-        ):
+        if not isinstance(urls, list) or len(urls) != len(files) or not all(is_http_url(u) for u in urls):
             raise ServerError("upload-asset returned no usable file_urls", provider=self.name)
         return urls
 

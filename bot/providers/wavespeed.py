@@ -35,21 +35,22 @@ Decisions on the spec's OPEN points (providers.md §8.7):
 * Resumable (`ResumableProvider`): the task id is reported (`on_submitted`) before polling starts,
   and `resume(id, request)` polls it again after a restart without submitting anything. A
   new account's tier runs 3 tasks at once (`WAVESPEED_MAX_CONCURRENT`, enforced by routing).
+* No `check()` for `/diagnose`: WaveSpeed documents no account or catalog call, and its only GET
+  (a task's result) needs a real task id, so `/diagnose` shows "no check available".
+
+The upload → submit → poll → download steps are `bot.providers.predictions`, shared with Atlas
+Cloud; this module supplies WaveSpeed's paths, envelope, status words and error mapping.
 """
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -58,24 +59,18 @@ from bot.providers.errors import (
     ProviderRejected,
     ProviderTimeout,
     RateLimited,
-    ServerError,
     ServiceUnavailable,
 )
 from bot.providers.http import (
-    HttpResponse,
     RetryPolicy,
-    fetch_output,
-    gather_or_cancel,
-    mark_unsubmitted,
+    error_summary,
+    parse_json,
     parse_retry_after,
-    poll,
     redact_url,
-    safe_message,
-    send_idempotent,
-    send_paid,
-    sniff_image_format,
+    submit_server_error,
+    unsupported_options,
 )
-from bot.providers.masks import to_convention
+from bot.providers.predictions import ModelFields, PredictionApi, Predictions, job_status
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +89,6 @@ FAILURE = frozenset({"failed", "cancelled", "canceled", "timeout"})
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
 _BALANCE_WORDS = ("insufficient", "balance", "top up", "top-up", "recharge")
 
-
-@dataclass(frozen=True, slots=True)
-class ModelFields:
-    """How one WaveSpeed model takes its inputs."""
-
-    image_field: str  # "image" (a single URL) or "images" (a list of URLs)
-    max_images: int
-    mask_field: str | None
-    qualities: tuple[str, ...]  # values that may be sent; "auto" is sent by omitting the field
-    sizes: tuple[str, ...]  # values that may be sent, in the bot's `WxH` form
-
-
 _FULL = ModelFields(
     "image", 1, "mask_image", ("low", "medium", "high"), ("auto", "1024x1024", "1536x1024", "1024x1536")
 )
@@ -115,13 +98,6 @@ MODELS: dict[str, ModelFields] = {
     "openai/gpt-image-1": _FULL,  # the docs page's curl path for the same edit parameters
 }
 DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha", "openai/gpt-image-1": "alpha"}
-
-
-def _payload(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 def _data(payload: Any) -> dict[str, Any]:
@@ -155,9 +131,7 @@ def _is_sync_timeout(task: dict[str, Any]) -> bool:
     """WaveSpeed's own sync wait ran out: the task goes on and must be polled, not re-sent."""
     error = task.get("error")
     return task.get("code") == SYNC_TIMEOUT_CODE or (
-        str(task.get("status") or "").lower() == "processing"
-        and isinstance(error, str)
-        and "sync mode timed out" in error.lower()
+        job_status(task) == "processing" and isinstance(error, str) and "sync mode timed out" in error.lower()
     )
 
 
@@ -173,13 +147,11 @@ def classify_wavespeed_error(
     429 → RateLimited; other 4xx → InvalidInput; 504 → ServerError(accepted=True); other 5xx →
     ServerError that routing may retry elsewhere (the submit returned no task id).
     """
-    payload = _payload(body)
+    payload = parse_json(body)
     raw = _message(payload)
     lowered = raw.lower()
     effective = _envelope_status(payload) if 200 <= status < 300 else status
-    summary = f"HTTP {status}" + (f" (code {effective})" if effective not in (None, status) else "")
-    if raw:
-        summary += f": {safe_message(raw)}"
+    summary = error_summary(status, raw, code=effective)
     kw: dict[str, Any] = {"provider": provider, "status": status}
     safety = any(word in lowered for word in _SAFETY_WORDS)
 
@@ -201,14 +173,24 @@ def classify_wavespeed_error(
     if effective == 429:
         return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
     if effective >= 500:
-        if effective == 504:
-            return ServerError(summary, accepted=True, **kw)
-        err = ServerError(summary, accepted=False, **kw)
-        err.retryable_elsewhere = True  # no task id came back: nothing was queued
-        return err
+        return submit_server_error(summary, **kw)  # no task id came back: nothing was queued
     if safety:
         return ProviderRejected(summary, **kw)
     return InvalidInput(summary, **kw)
+
+
+WAVESPEED_API = PredictionApi(
+    noun="task",
+    upload_path="/media/upload/binary",
+    upload_name="media upload",
+    job_path="/predictions/{id}/result",
+    success=SUCCESS,
+    failure=FAILURE,
+    output_fields=("outputs",),
+    job_of=_data,
+    error_in_answer=_envelope_status,
+    classify=classify_wavespeed_error,
+)
 
 
 class WaveSpeedProvider:
@@ -233,30 +215,31 @@ class WaveSpeedProvider:
         name: str = "wavespeed",
     ) -> None:
         self.name = name
-        self._session = session
-        self._api_key = api_key
         self._base = base_url.rstrip("/")
         self._sync_mode = sync_mode
         self._base64_output = base64_output
-        self._policy = policy
         if call_timeout is None:
             call_timeout = SYNC_SUBMIT_TIMEOUT if sync_mode else SUBMIT_TIMEOUT
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._poll_interval = poll_interval
-        self._max_poll_interval = max_poll_interval
-        self._max_output_bytes = max_output_bytes
         self._max_upload_bytes = max_upload_bytes
         self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
+        self._jobs = Predictions(
+            session,
+            WAVESPEED_API,
+            base_url=self._base,
+            provider=name,
+            headers={"Authorization": f"Bearer {api_key}"},
+            policy=policy,
+            submit_timeout=call_timeout,
+            io_timeout=io_timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            max_output_bytes=max_output_bytes,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return (
             f"WaveSpeedProvider(name={self.name!r}, url={redact_url(self._base)!r}, sync={self._sync_mode})"
         )
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"}
 
     def _fields_for(self, request: EditRequest) -> ModelFields:
         """The model's field layout, after checking the request asks nothing it cannot send."""
@@ -290,14 +273,7 @@ class WaveSpeedProvider:
         if request.output_format != "png":
             problems.append(f"output_format={request.output_format}")
         if problems:
-            err = InvalidInput(
-                f"{request.model} on WaveSpeed cannot take: {', '.join(problems)}",
-                provider=self.name,
-                code="unsupported_option",
-            )
-            # Nothing was sent and the limit is this route's, not the user's: another route may do it.
-            err.retryable_elsewhere = True
-            raise err
+            raise unsupported_options(request.model, "WaveSpeed", problems, provider=self.name)
         return fields
 
     async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
@@ -306,29 +282,9 @@ class WaveSpeedProvider:
         `on_submitted(task_id)` is awaited once WaveSpeed has accepted the task, before polling.
         """
         fields = self._fields_for(request)
-        files: list[tuple[bytes, str, str]] = [
-            (image.data, f"image-{i}.{image.extension}", image.mime)
-            for i, image in enumerate(request.images, start=1)
-        ]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, "alpha")
-            try:
-                mask = await asyncio.to_thread(to_convention, request.mask.data, convention)
-            except ValueError as exc:
-                raise InvalidInput(f"unusable mask: {exc}", provider=self.name, code="invalid_mask") from None
-            files.append((mask, "mask.png", "image/png"))
-        try:
-            urls = await gather_or_cancel(
-                *(self._upload(data, name, mime, request) for data, name, mime in files)
-            )
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
-
-        body: dict[str, Any] = {"prompt": request.prompt}
-        image_urls = urls[: len(request.images)]
-        body[fields.image_field] = image_urls[0] if fields.image_field == "image" else image_urls
-        if request.mask is not None and fields.mask_field:
-            body[fields.mask_field] = urls[-1]
+        convention = self._mask_conventions.get(request.model, "alpha")
+        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+        body: dict[str, Any] = {"prompt": request.prompt, **fields.image_body(image_urls, mask_url)}
         if fields.qualities and request.quality != "auto":
             body["quality"] = request.quality
         if fields.sizes:
@@ -336,142 +292,14 @@ class WaveSpeedProvider:
         body["enable_base64_output"] = self._base64_output
         body["enable_sync_mode"] = self._sync_mode
 
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/{request.model.strip('/')}",
-            policy=self._policy,
-            deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json=body,
-            headers=self._auth,
-            provider=self.name,
-            classify=classify_wavespeed_error,
-        )
-        task = self._submitted(resp)
-        task_id = str(task["id"])
+        task_id, task = await self._jobs.submit(f"/{request.model.strip('/')}", body, request.deadline)
         if on_submitted is not None:
             await on_submitted(task_id)
-        status = str(task.get("status") or "").lower()
         if self._sync_mode and _is_sync_timeout(task):
             log.info("%s: sync wait ran out for task %s; polling it instead", self.name, task_id)
-        if status not in SUCCESS | FAILURE:
-            task = await self._poll(task_id, request)
-        return await self._result(task, task_id, request)
+        return await self._jobs.finish(task_id, request, task)
 
     async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
         """Follow a task submitted earlier (e.g. before a restart) to its result. Never submits."""
         log.info("%s: resuming task %s", self.name, provider_job_id)
-        return await self._result(await self._poll(provider_job_id, request), provider_job_id, request)
-
-    async def _poll(self, task_id: str, request: EditRequest) -> dict[str, Any]:
-        return await poll(
-            lambda: self._fetch(task_id, request.deadline),
-            is_done=lambda t: str(t.get("status") or "").lower() in SUCCESS | FAILURE,
-            deadline=request.deadline,
-            interval=self._poll_interval,
-            max_interval=self._max_poll_interval,
-            cancel=None,  # WaveSpeed documents no cancel call
-            provider=self.name,
-        )
-
-    async def _upload(self, data: bytes, filename: str, mime: str, request: EditRequest) -> str:
-        def form() -> aiohttp.FormData:
-            fd = aiohttp.FormData()
-            fd.add_field("file", io.BytesIO(data), filename=filename, content_type=mime)
-            return fd
-
-        resp = await send_idempotent(
-            self._session,
-            "POST",
-            f"{self._base}/media/upload/binary",
-            policy=self._policy,
-            deadline=request.deadline,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            data_factory=form,
-            classify=classify_wavespeed_error,
-        )
-        payload = _payload(resp.body)
-        if _envelope_status(payload) is not None:
-            raise classify_wavespeed_error(resp.status, resp.body, resp.headers, provider=self.name)
-        url = _data(payload).get("download_url")
-        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
-            raise ServerError("media upload returned no usable download_url", provider=self.name)
-        return url
-
-    def _submitted(self, resp: HttpResponse) -> dict[str, Any]:
-        """The task from the submit's 2xx answer; its id is required to follow the job."""
-        payload = _payload(resp.body)
-        task = _data(payload)
-        task_id = task.get("id")
-        has_id = isinstance(task_id, (str, int)) and not isinstance(task_id, bool) and str(task_id) != ""
-        if _envelope_status(payload) is not None:
-            err = classify_wavespeed_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = has_id or err.accepted
-            raise err
-        if not has_id:
-            raise ServerError("HTTP 2xx but no task id", provider=self.name, accepted=True)
-        return task
-
-    async def _fetch(self, task_id: str, deadline: float) -> dict[str, Any]:
-        try:
-            resp = await send_idempotent(
-                self._session,
-                "GET",
-                f"{self._base}/predictions/{task_id}/result",
-                policy=self._policy,
-                deadline=deadline,
-                call_timeout=self._io_timeout,
-                provider=self.name,
-                headers=self._auth,
-                classify=classify_wavespeed_error,
-                accepted=True,
-            )
-        except ModelUnavailable as exc:  # a 404 here means the task vanished, not the model
-            raise ServerError(f"task {task_id} not found", provider=self.name, accepted=True) from exc
-        payload = _payload(resp.body)
-        if _envelope_status(payload) is not None:
-            err = classify_wavespeed_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = True
-            raise err
-        return _data(payload)
-
-    async def _result(self, task: dict[str, Any], task_id: str, request: EditRequest) -> EditResult:
-        if str(task.get("status") or "").lower() in FAILURE:
-            err = classify_wavespeed_error(200, json.dumps({"data": task}).encode(), {}, provider=self.name)
-            err.request_id = task_id
-            raise err
-        outputs = task.get("outputs")
-        items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
-        values = [v for v in items if isinstance(v, str) and v.strip()]
-        if not values:
-            raise ServerError(
-                f"task {task_id} completed without outputs",
-                provider=self.name,
-                request_id=task_id,
-                accepted=True,
-            )
-        blobs = await gather_or_cancel(
-            *(
-                fetch_output(
-                    self._session,
-                    value,
-                    max_bytes=self._max_output_bytes,
-                    deadline=request.deadline,
-                    policy=self._policy,
-                    call_timeout=self._io_timeout,
-                    provider=self.name,
-                )
-                for value in values
-            )
-        )
-        images = tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs)
-        return EditResult(
-            images=images,
-            provider=self.name,
-            quality=request.quality if request.quality != "auto" else None,
-            size=request.size if request.size != "auto" else None,
-            request_id=task_id,
-        )
+        return await self._jobs.finish(provider_job_id, request)

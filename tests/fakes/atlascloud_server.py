@@ -2,6 +2,7 @@
 
 It serves `POST /api/v1/model/uploadMedia` (multipart `file`), `POST /api/v1/model/generateImage`
 (flat JSON, or the `input` wrapper one vendor example shows), `GET /api/v1/model/prediction/{id}`,
+the model catalog `GET /api/v1/models` (no auth, as documented: each entry names its schema URL),
 and the uploaded and generated files themselves at loopback URLs (generated ones carry a fake
 signature in their query string, like presigned URLs). It validates like a strict Atlas would:
 Bearer auth, JSON content type, per-model fields (an unknown field is a 400: a wrong image field
@@ -24,16 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-import json
 import secrets
-import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, ImageOps, UnidentifiedImageError
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from tests.fakes._base import (
+    FakeServer,
+    FaultRule,
+    HttpError,
+    decode_image,
+    edited,
+    encode,
+    json_object,
+    mask_region,
+    read_file_parts,
+)
 
 DEFAULT_API_KEY = "atlas-test-key-0123456789abcdef"
 QUALITIES = ("low", "medium", "high")
@@ -67,9 +77,11 @@ class Fault(StrEnum):
     NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
     NO_OUTPUTS = "no_outputs"  # the next prediction completes with an empty `outputs`
     HANG = "hang"  # the submit never answers (until the fake closes)
+    CATALOG_ERROR = "catalog_error"  # 503 on GET /models
 
 
 _TARGETS = {
+    Fault.CATALOG_ERROR: "models",
     Fault.UNAUTHORIZED: "auth",
     Fault.UPLOAD_ERROR: "upload",
     Fault.POLL_ERROR: "poll",
@@ -81,19 +93,12 @@ _TARGETS = {
 
 
 @dataclass
-class _FaultRule:
-    fault: Fault
-    remaining: int | None  # None = always
-    retry_after: float
-
-
-@dataclass
 class RecordedRequest:
     """One request as the fake saw it (the Authorization header is never stored)."""
 
     method: str
     path: str
-    endpoint: str  # upload | submit | poll | file | other
+    endpoint: str  # upload | submit | poll | models | file | other
     authorized: bool
     content_type: str
     json: Any = None
@@ -112,58 +117,30 @@ class _Prediction:
     status: str = "processing"
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, msg: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(msg)
-        self.status = status
-        self.msg = msg
-        self.headers = headers or {}
+class _ApiError(HttpError):
+    """An error answer: `{"code": status, "msg": message, "data": null}`."""
 
 
 class _EnvelopeError(_ApiError):
     """An error reported inside an HTTP 200 envelope (`{"code": 402, "msg": ...}`)."""
 
 
-def _decode(data: bytes) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return img if img.format in ("PNG", "JPEG", "WEBP") else None
-
-
-def mask_region(mask: Image.Image) -> Image.Image | None:
-    """The edit region ("L", 255 = edit) of an alpha or a white = edit mask; None if it marks nothing.
-
-    A mask with fully transparent pixels is read as alpha (transparent = edit, colours ignored);
-    an opaque one as black and white (white = edit).
-    """
-    rgba = mask.convert("RGBA")
-    region = rgba.getchannel("A").point(lambda a: 255 if a == 0 else 0)
-    if region.getbbox() is None:
-        region = rgba.convert("L").point(lambda v: 255 if v >= 128 else 0)
-    return region if region.getbbox() is not None else None
-
-
 def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int]) -> bytes:
     """Atlas's "edit" (blocking): the source inverted (inside `region` only), resized, as PNG."""
-    rgb = source.convert("RGB")
-    edited = ImageOps.invert(rgb)
-    if region is not None:
-        edited = Image.composite(edited, rgb, region.resize(rgb.size))
-    buf = io.BytesIO()
-    edited.resize(size, Image.Resampling.BILINEAR).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+    return encode(edited(source, region, ImageOps.invert).resize(size, Image.Resampling.BILINEAR))
 
 
-class FakeAtlas:
+class FakeAtlas(FakeServer):
     """The fake server. Start with `async with FakeAtlas() as fake` or `await fake.start()`."""
+
+    fault_type = Fault
+    fault_targets = _TARGETS
+    default_target = "submit"
 
     def __init__(
         self, *, api_key: str = DEFAULT_API_KEY, polls_to_finish: int = 2, base64_prefix: bool = True
     ) -> None:
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.envelope = True  # {code, message, data} (True) or bare objects (False)
@@ -172,41 +149,6 @@ class FakeAtlas:
         self.requests: list[RecordedRequest] = []
         self.uploads: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.predictions: dict[str, _Prediction] = {}
-        self._faults: list[_FaultRule] = []
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> FakeAtlas:
-        app = web.Application(client_max_size=64 * 1024**2)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeAtlas:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def origin(self) -> str:
-        if self._port is None:
-            raise RuntimeError("the fake is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def base_url(self) -> str:
@@ -219,29 +161,6 @@ class FakeAtlas:
     def count(self, endpoint: str) -> int:
         return sum(1 for r in self.requests if r.endpoint == endpoint)
 
-    # ------------------------------------------------------------------ fault switches
-
-    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
-        """Make the next `times` requests the fault applies to fail with it (rules queue in order)."""
-        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
-
-    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
-        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _take(self, endpoint: str) -> _FaultRule | None:
-        for index, rule in enumerate(self._faults):
-            target = _TARGETS.get(rule.fault, "submit")
-            if target == endpoint:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        self._faults.pop(index)
-                return rule
-        return None
-
     # ------------------------------------------------------------------ responses
 
     def _ok(self, data: dict[str, Any]) -> web.Response:
@@ -249,7 +168,7 @@ class FakeAtlas:
         return web.json_response(body)
 
     def _error_body(self, err: _ApiError) -> dict[str, Any]:
-        return {"code": err.status, "msg": err.msg, "data": None}
+        return {"code": err.status, "msg": err.message, "data": None}
 
     def _prediction_json(self, p: _Prediction) -> dict[str, Any]:
         outputs: list[str] = []
@@ -284,6 +203,7 @@ class FakeAtlas:
         endpoint = {
             "/api/v1/model/uploadMedia": "upload",
             "/api/v1/model/generateImage": "submit",
+            "/api/v1/models": "models",
         }.get(path, "poll" if path.startswith("/api/v1/model/prediction/") else "other")
         if path.startswith("/storage/"):
             endpoint = "file"
@@ -299,7 +219,7 @@ class FakeAtlas:
             response = await self._handle(request, record)
         except _EnvelopeError as err:
             response = web.json_response(self._error_body(err), status=200)
-        except _ApiError as err:
+        except HttpError as err:  # `_ApiError`, or one raised by a shared helper
             response = web.json_response(self._error_body(err), status=err.status, headers=err.headers)
         record.status = response.status
         return response
@@ -310,10 +230,13 @@ class FakeAtlas:
         if record.endpoint == "other":
             await request.read()
             raise _ApiError(404, f"route {request.method} {request.path} not found")
-        expected = "GET" if record.endpoint == "poll" else "POST"
+        expected = "GET" if record.endpoint in ("poll", "models") else "POST"
         if request.method != expected:
             await request.read()
             raise _ApiError(405, "method not allowed")
+        if record.endpoint == "models":  # the catalog needs no key
+            await request.read()
+            return self._models()
         if record.endpoint == "upload":
             return await self._upload(request, record)
         body = await request.read()
@@ -325,6 +248,21 @@ class FakeAtlas:
     def _check_auth(self, request: web.Request, record: RecordedRequest) -> None:
         if not record.authorized or self._take("auth") is not None:
             raise _ApiError(401, "Unauthorized: invalid or expired API key")
+
+    def _models(self) -> web.Response:
+        if self._take("models") is not None:
+            raise _ApiError(503, "service temporarily unavailable")
+        models = [
+            {
+                "model": model,
+                "type": "Image",
+                "schema": f"{self.origin}/schema/{model.replace('/', '-')}.json",
+            }
+            for model in MODEL_FIELDS
+        ]
+        return web.json_response(
+            {"code": 200, "message": "success", "data": models} if self.envelope else models
+        )
 
     def _serve_file(self, request: web.Request) -> web.Response:
         path = request.path
@@ -341,27 +279,16 @@ class FakeAtlas:
         return web.Response(body=stored[0], content_type=stored[1])
 
     async def _upload(self, request: web.Request, record: RecordedRequest) -> web.Response:
-        files: list[tuple[str, bytes, str]] = []
-        if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue
-                data = await part.read()
-                if part.filename is not None:
-                    record.file_parts.append(part.name or "")
-                    files.append((part.name or "", data, part.headers.get("Content-Type", "")))
-        else:
-            await request.read()
+        files = await read_file_parts(request, record.file_parts)
         self._check_auth(request, record)
         rule = self._take("upload")
         if rule is not None:
             raise _ApiError(500, "upload failed: storage unavailable")
         if not request.content_type.startswith("multipart/"):
             raise _ApiError(400, "Content-Type must be multipart/form-data")
-        if [name for name, _, _ in files] != ["file"]:
+        if [f.name for f in files] != ["file"]:
             raise _ApiError(400, "exactly one file part named 'file' is required")
-        _, data, content_type = files[0]
+        data, content_type = files[0].data, files[0].content_type
         token = secrets.token_hex(6)
         extension = "png" if data.startswith(b"\x89PNG") else "jpg"
         filename = f"upload-{token}.{extension}"
@@ -382,21 +309,13 @@ class FakeAtlas:
         stored = self.uploads.get(url.removeprefix(self.origin))
         if stored is None:
             raise _ApiError(400, f"{field_name}: media not found")
-        img = _decode(stored[0])
+        img = decode_image(stored[0])
         if img is None:
             raise _ApiError(400, f"{field_name}: unsupported or corrupt image")
         return img
 
     async def _submit(self, request: web.Request, body: bytes, record: RecordedRequest) -> web.StreamResponse:
-        if request.content_type != "application/json":
-            raise _ApiError(400, "Content-Type must be application/json")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise _ApiError(400, "invalid JSON body") from None
-        record.json = payload
-        if not isinstance(payload, dict):
-            raise _ApiError(400, "the body must be a JSON object")
+        payload = json_object(request, body, record)
         fields = dict(payload)
         if isinstance(fields.get("input"), dict):  # the wrapped variant of one vendor example
             fields = {"model": fields.get("model"), **fields["input"]}
@@ -463,7 +382,7 @@ class FakeAtlas:
             self._advance(prediction, finish=True)
         return self._ok(self._prediction_json(prediction))
 
-    async def _submit_fault(self, rule: _FaultRule) -> None:
+    async def _submit_fault(self, rule: FaultRule) -> None:
         match rule.fault:
             case Fault.INSUFFICIENT_BALANCE:
                 raise _ApiError(402, "Insufficient balance, please top up your account")

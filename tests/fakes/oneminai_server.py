@@ -22,17 +22,17 @@ Errors are undocumented (OPEN): the fault switches model the spec's assumptions 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import secrets
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, UnidentifiedImageError
+from aiohttp import web
+from PIL import Image
+
+from tests.fakes._base import FakeServer, HttpError, decode_image, edited, encode, read_file_parts
 
 DEFAULT_API_KEY = "1min-test-key-0123456789"
 MODELS = ("gpt-image-1", "gpt-image-1-mini")
@@ -59,11 +59,7 @@ class Fault(StrEnum):
     HANG = "hang"  # the feature call never answers (until the fake closes)
 
 
-@dataclass
-class _FaultRule:
-    fault: Fault
-    remaining: int | None
-    retry_after: float
+_TARGETS = {Fault.UNAUTHORIZED: "auth", Fault.UPLOAD_ERROR: "assets"}  # the rest: the feature call
 
 
 @dataclass
@@ -81,21 +77,8 @@ class RecordedRequest:
     status: int | None = None
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def _decode(data: bytes) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return img if img.format in ("PNG", "JPEG", "WEBP") else None
+class _ApiError(HttpError):
+    """An error answer: `{"message": message, "statusCode": status}` (the format is OPEN)."""
 
 
 def white_region(mask: Image.Image) -> Image.Image:
@@ -105,58 +88,21 @@ def white_region(mask: Image.Image) -> Image.Image:
 
 def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int], fmt: str) -> bytes:
     """1min.ai's "edit" (blocking): upside down (inside `region` only), resized, encoded as `fmt`."""
-    rgb = source.convert("RGB")
-    edited = rgb.rotate(180)
-    if region is not None:
-        edited = Image.composite(edited, rgb, region.resize(rgb.size))
-    buf = io.BytesIO()
-    out = edited.resize(size, Image.Resampling.BILINEAR)
-    out.save(buf, fmt, **({"compress_level": 1} if fmt == "PNG" else {"quality": 85}))
-    return buf.getvalue()
+    out = edited(source, region, lambda rgb: rgb.rotate(180))
+    return encode(out.resize(size, Image.Resampling.BILINEAR), fmt)
 
 
-class FakeOneMin:
+class FakeOneMin(FakeServer):
     """The fake server. Start with `async with FakeOneMin() as fake` or `await fake.start()`."""
 
+    fault_type = Fault
+    fault_targets = _TARGETS
+    default_target = "features"
+
     def __init__(self, *, api_key: str = DEFAULT_API_KEY) -> None:
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.requests: list[RecordedRequest] = []
         self.objects: dict[str, bytes] = {}  # bucket path -> bytes (assets and results)
-        self._faults: list[_FaultRule] = []
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> FakeOneMin:
-        app = web.Application(client_max_size=64 * 1024**2)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOneMin:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def origin(self) -> str:
-        if self._port is None:
-            raise RuntimeError("the fake is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def base_url(self) -> str:
@@ -166,28 +112,6 @@ class FakeOneMin:
     def feature_count(self) -> int:
         """Feature calls (the paid ones), whatever their outcome."""
         return sum(1 for r in self.requests if r.endpoint == "features")
-
-    # ------------------------------------------------------------------ fault switches
-
-    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
-        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
-
-    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
-        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _take(self, endpoint: str) -> _FaultRule | None:
-        for index, rule in enumerate(self._faults):
-            target = {Fault.UNAUTHORIZED: "auth", Fault.UPLOAD_ERROR: "assets"}.get(rule.fault, "features")
-            if target == endpoint:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        self._faults.pop(index)
-                return rule
-        return None
 
     # ------------------------------------------------------------------ request handling
 
@@ -239,25 +163,13 @@ class FakeOneMin:
             raise _ApiError(401, "Unauthorized")
 
     async def _assets(self, request: web.Request, record: RecordedRequest) -> web.Response:
-        files: list[tuple[str, str, bytes, str]] = []
-        if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if isinstance(part, BodyPartReader):
-                    data = await part.read()
-                    if part.filename is not None:
-                        record.file_parts.append(part.name or "")
-                        files.append(
-                            (part.name or "", part.filename, data, part.headers.get("Content-Type", ""))
-                        )
-        else:
-            await request.read()
+        files = await read_file_parts(request, record.file_parts)
         self._check_auth(record)
         if self._take("assets") is not None:
             raise _ApiError(503, "Service Unavailable")
-        if [f[0] for f in files] != ["asset"]:
+        if [f.name for f in files] != ["asset"]:
             raise _ApiError(400, "asset is required (multipart field 'asset')")
-        _, filename, data, mime = files[0]
+        filename, data, mime = files[0].filename, files[0].data, files[0].content_type
         stamp = datetime.now(UTC).strftime("%Y_%m_%d_%H_%M_%S_%f")[:-3]
         name = f"{stamp}_{secrets.token_hex(3)}_{filename}"
         path = f"images/{name}"
@@ -285,7 +197,7 @@ class FakeOneMin:
 
     def _asset(self, path: object, what: str) -> Image.Image:
         data = self.objects.get(path) if isinstance(path, str) else None
-        img = _decode(data) if data else None
+        img = decode_image(data) if data else None
         if img is None:
             raise _ApiError(400, f"{what}: asset not found or not an image ({path!r})")
         return img

@@ -32,7 +32,6 @@ import dataclasses
 import io
 import json
 import math
-import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -42,6 +41,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+from tests.fakes._base import FakeServer, FaultRule
 
 DEFAULT_API_KEY = "sk-test-fake-0123456789abcdef"
 MODELS = frozenset(
@@ -121,13 +122,6 @@ class Fault(StrEnum):
 
 
 _POST_VALIDATION_FAULTS = frozenset({Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT})
-
-
-@dataclass
-class _FaultRule:
-    fault: Fault
-    remaining: int | None  # None = always
-    retry_after: float
 
 
 @dataclass(frozen=True)
@@ -294,8 +288,15 @@ def _image_tokens(width: int, height: int, fidelity: str) -> int:
     return tokens * 6 if fidelity == "high" else tokens
 
 
-class FakeOpenAI:
-    """The fake server. Start with `async with FakeOpenAI() as fake` or `await fake.start()`."""
+class FakeOpenAI(FakeServer):
+    """The fake server. Start with `async with FakeOpenAI() as fake` or `await fake.start()`.
+
+    Faults apply to edit requests (`POST /v1/images/edits`) only.
+    """
+
+    fault_type = Fault
+    default_target = "edit"
+    client_max_size = 1024**2
 
     def __init__(
         self,
@@ -309,7 +310,7 @@ class FakeOpenAI:
         max_mask_bytes: int = MAX_MASK_BYTES,
         max_images: int = MAX_IMAGES,
     ) -> None:
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.models = set(models)
         self.retired = set(retired)
         self.delay = delay  # seconds to wait before answering (benchmarks); 0 by default
@@ -319,73 +320,10 @@ class FakeOpenAI:
         self.max_images = max_images
         self.requests: list[RecordedRequest] = []
         self.post_count = 0
-        self._faults: list[_FaultRule] = []
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> FakeOpenAI:
-        app = web.Application(client_max_size=1024**2)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        """Stop serving. Requests stuck in `Fault.HANG` are released first."""
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAI:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the fake is not started")
-        return self._port
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    # ------------------------------------------------------------------ fault switches
-
-    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
-        """Make the next `times` edit requests fail with `fault` (rules queue up in order).
-
-        `retry_after` is the hint sent with the rate-limit faults (the real API sends whole
-        seconds; fractions are allowed here so tests stay fast).
-        """
-        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
-
-    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
-        """Make every edit request fail with `fault` until `clear_faults()`."""
-        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _take_fault(self) -> _FaultRule | None:
-        if not self._faults:
-            return None
-        rule = self._faults[0]
-        if rule.remaining is not None:
-            rule.remaining -= 1
-            if rule.remaining <= 0:
-                self._faults.pop(0)
-        return rule
+        return f"{self.origin}/v1"
 
     # ------------------------------------------------------------------ request handling
 
@@ -448,7 +386,7 @@ class FakeOpenAI:
                 code="invalid_api_key",
             )
 
-        rule = self._take_fault()
+        rule = self._take("edit")
         if rule is not None:
             record.fault = rule.fault
             if rule.fault not in _POST_VALIDATION_FAULTS:
@@ -555,7 +493,7 @@ class FakeOpenAI:
         return b"".join(chunks)[: limit + 1], size
 
     async def _raise_fault(
-        self, rule: _FaultRule, request: web.Request, fields: dict[str, str], record: RecordedRequest
+        self, rule: FaultRule, request: web.Request, fields: dict[str, str], record: RecordedRequest
     ) -> web.Response:
         """Produce the switched-on failure: raises `ApiError`/`_Aborted`, or returns a bad 200."""
         model = fields.get("model", DEFAULT_MODEL)

@@ -2,7 +2,9 @@
 
 Served: `POST /v1/gpt-image-1-edit-mini` and `POST /v1/gpt-image-1-edit` (synchronous: the answer
 is the image itself), the asset upload `POST /upload-asset` (the SDK's JSON `{"data_urls": [...]}`
-and the multipart `file` form another spec documents), and the uploaded assets at loopback URLs.
+and the multipart `file` form another spec documents), the uploaded assets at loopback URLs, and the
+v2 request status `GET /v2/requests/{id}/status` (auth checked first, then 404: this fake runs no v2
+requests, so every id is unknown).
 
 It validates like a strict Segmind: `x-api-key` only (a Bearer token is a 401), a JSON Content-Type
 (otherwise the 406 "Invalid content type" that is easy to mistake for a credits error), known
@@ -21,18 +23,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
 import secrets
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, ImageOps, UnidentifiedImageError
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from tests.fakes._base import (
+    FakeServer,
+    FaultRule,
+    decode_image,
+    edited,
+    encode,
+    mask_region,
+    read_file_parts,
+)
 
 DEFAULT_API_KEY = "SG_0123456789abcdef"
 MODELS = ("gpt-image-1-edit-mini", "gpt-image-1-edit")
@@ -77,11 +87,7 @@ class Fault(StrEnum):
     HANG = "hang"  # the edit call never answers (until the fake closes)
 
 
-@dataclass
-class _FaultRule:
-    fault: Fault
-    remaining: int | None
-    retry_after: float
+_TARGETS = {Fault.UPLOAD_ERROR: "upload"}  # every other fault spoils the edit call
 
 
 @dataclass
@@ -90,7 +96,7 @@ class RecordedRequest:
 
     method: str
     path: str
-    endpoint: str  # edit | upload | asset | other
+    endpoint: str  # edit | upload | asset | status | other
     key_ok: bool
     bearer: bool
     content_type: str
@@ -109,86 +115,33 @@ class _ApiError(Exception):
         self.headers = headers or {}
 
 
-def _decode(data: bytes) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return img if img.format in ("PNG", "JPEG", "WEBP") else None
-
-
-def mask_region(mask: Image.Image) -> Image.Image | None:
-    """The edit region ("L", 255 = edit): alpha 0 when the mask has any, else white; None if empty."""
-    rgba = mask.convert("RGBA")
-    region = rgba.getchannel("A").point(lambda a: 255 if a == 0 else 0)
-    if region.getbbox() is None:
-        region = rgba.convert("L").point(lambda v: 255 if v >= 128 else 0)
-    return region if region.getbbox() is not None else None
-
-
 def render(
     source: Image.Image, region: Image.Image | None, size: tuple[int, int], fmt: str, transparent: bool
 ) -> bytes:
     """Segmind's "edit" (blocking): greyscale (inside `region` only), resized, encoded as `fmt`."""
-    rgb = source.convert("RGB")
-    edited = ImageOps.grayscale(rgb).convert("RGB")
-    if region is not None:
-        edited = Image.composite(edited, rgb, region.resize(rgb.size))
-    out = edited.resize(size, Image.Resampling.BILINEAR)
+    out = edited(source, region, lambda rgb: ImageOps.grayscale(rgb).convert("RGB"))
+    out = out.resize(size, Image.Resampling.BILINEAR)
     if transparent and fmt != "JPEG":
         out = out.convert("RGBA")
         out.putalpha(Image.new("L", size, 255))
         out.paste((0, 0, 0, 0), (0, 0, size[0] // 8, size[1] // 8))
-    buf = io.BytesIO()
-    out.save(buf, fmt, **({"compress_level": 1} if fmt == "PNG" else {"quality": 85}))
-    return buf.getvalue()
+    return encode(out, fmt)
 
 
-class FakeSegmind:
+class FakeSegmind(FakeServer):
     """The fake server. Start with `async with FakeSegmind() as fake` or `await fake.start()`."""
 
+    fault_type = Fault
+    fault_targets = _TARGETS
+    default_target = "edit"
+    client_max_size = 128 * 1024**2
+
     def __init__(self, *, api_key: str = DEFAULT_API_KEY, credits: Decimal = Decimal("10.0")) -> None:
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.credits = credits
         self.response_mode = "bytes"  # bytes | json-base64 | json-url
         self.requests: list[RecordedRequest] = []
         self.assets: dict[str, bytes] = {}
-        self._faults: list[_FaultRule] = []
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> FakeSegmind:
-        app = web.Application(client_max_size=128 * 1024**2)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeSegmind:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def origin(self) -> str:
-        if self._port is None:
-            raise RuntimeError("the fake is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def base_url(self) -> str:
@@ -203,28 +156,6 @@ class FakeSegmind:
         """Edit calls (the paid ones), whatever their outcome."""
         return sum(1 for r in self.requests if r.endpoint == "edit")
 
-    # ------------------------------------------------------------------ fault switches
-
-    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
-        """Make the next `times` edit calls (upload calls for UPLOAD_ERROR) fail with `fault`."""
-        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
-
-    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
-        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def _take(self, endpoint: str) -> _FaultRule | None:
-        for index, rule in enumerate(self._faults):
-            if (rule.fault == Fault.UPLOAD_ERROR) == (endpoint == "upload"):
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        self._faults.pop(index)
-                return rule
-        return None
-
     # ------------------------------------------------------------------ request handling
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -235,6 +166,8 @@ class FakeSegmind:
             endpoint = "upload"
         elif path.startswith("/assets/"):
             endpoint = "asset"
+        elif path.startswith("/v2/requests/"):
+            endpoint = "status"
         else:
             endpoint = "other"
         record = RecordedRequest(
@@ -268,6 +201,8 @@ class FakeSegmind:
             )
         if record.endpoint == "upload":
             return await self._upload(request, record)
+        if record.endpoint == "status":
+            return await self._status(request, record)
         body = await request.read()
         if record.endpoint == "other" or request.path.removeprefix("/v1/") not in MODELS:
             raise _ApiError(404, {"error": f"Model not found: {request.path.removeprefix('/v1/')}"})
@@ -281,7 +216,7 @@ class FakeSegmind:
             raise _ApiError(406, {"error": "Invalid content type. Use application/json"})
         return await self._edit(request, body, record, rule)
 
-    def _check_key(self, request: web.Request, record: RecordedRequest, rule: _FaultRule | None) -> None:
+    def _check_key(self, request: web.Request, record: RecordedRequest, rule: FaultRule | None) -> None:
         if (rule is not None and rule.fault == Fault.MISSING_KEY) or "x-api-key" not in request.headers:
             raise _ApiError(401, {"error": "Missing Authorization or x-api-key in header"})
         if (rule is not None and rule.fault == Fault.INVALID_KEY) or not record.key_ok:
@@ -294,13 +229,22 @@ class FakeSegmind:
                 },
             )
 
+    async def _status(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        """`GET /v2/requests/{id}/status`: the key first (the auth layer), then the unknown id."""
+        await request.read()
+        parts = request.path.removeprefix("/v2/requests/").split("/")
+        if len(parts) != 2 or parts[1] != "status" or not parts[0]:
+            raise _ApiError(404, {"error": "Not found"})
+        if request.method != "GET":
+            raise _ApiError(405, "<html><head><title>405 Not Allowed</title></head><body>405</body></html>")
+        self._check_key(request, record, None)
+        raise _ApiError(404, {"error": f"Request {parts[0]} not found (records expire)"})
+
     async def _upload(self, request: web.Request, record: RecordedRequest) -> web.Response:
         blobs: list[bytes] = []
         if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if isinstance(part, BodyPartReader) and part.name == "file" and part.filename:
-                    blobs.append(await part.read())
+            parts = await read_file_parts(request)
+            blobs = [part.data for part in parts if part.name == "file" and part.filename]
         else:
             raw = await request.read()
             try:
@@ -338,13 +282,13 @@ class FakeSegmind:
         if not isinstance(url, str) or not url.startswith(f"{self.origin}/assets/"):
             raise _ApiError(400, {"error": f"{what}: could not fetch {url!r}"})
         data = self.assets.get(url.removeprefix(self.origin))
-        img = _decode(data) if data else None
+        img = decode_image(data) if data else None
         if img is None:
             raise _ApiError(400, {"error": f"{what}: not a valid image"})
         return img
 
     async def _edit(
-        self, request: web.Request, body: bytes, record: RecordedRequest, rule: _FaultRule | None
+        self, request: web.Request, body: bytes, record: RecordedRequest, rule: FaultRule | None
     ) -> web.StreamResponse:
         model = request.path.removeprefix("/v1/")
         try:
@@ -416,7 +360,7 @@ class FakeSegmind:
         # Whether Content-Type follows output_format is OPEN; the older page says image/jpeg always.
         return web.Response(body=data, headers=headers, content_type=f"image/{fmt}")
 
-    async def _fault(self, rule: _FaultRule, model: str) -> None:
+    async def _fault(self, rule: FaultRule, model: str) -> None:
         match rule.fault:
             case Fault.NOT_ENOUGH_CREDITS:
                 message = f"Not enough credits. Your balance is $0.01 but this model costs ${PRICE[model]}"

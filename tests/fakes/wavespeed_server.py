@@ -22,16 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import secrets
-import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, ImageOps, UnidentifiedImageError
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from tests.fakes._base import (
+    WEB_FORMATS,
+    FakeServer,
+    HttpError,
+    decode_image,
+    edited,
+    encode,
+    json_object,
+    mask_region,
+    read_file_parts,
+)
 
 DEFAULT_API_KEY = "ws-test-key-0123456789abcdef"
 MINI = "openai/gpt-image-1-mini/edit"
@@ -80,13 +90,6 @@ _JOB_ERROR = {
 
 
 @dataclass
-class _FaultRule:
-    fault: Fault
-    remaining: int | None
-    retry_after: float
-
-
-@dataclass
 class RecordedRequest:
     """One request as the fake saw it (the Authorization header is never stored)."""
 
@@ -112,49 +115,28 @@ class _Task:
     status: str = "created"
 
 
-class _ApiError(Exception):
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+class _ApiError(HttpError):
+    """An error answer: `{"code": status, "message": message, "data": null}`."""
 
 
 class _EnvelopeError(_ApiError):
     """An error reported inside an HTTP 200 envelope (`{"code": 500, ...}`)."""
 
 
-def _decode(data: bytes) -> Image.Image | None:
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return img if img.format in ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF") else None
-
-
-def mask_region(mask: Image.Image) -> Image.Image | None:
-    """The edit region ("L", 255 = edit): alpha 0 when the mask has any, else white; None if empty."""
-    rgba = mask.convert("RGBA")
-    region = rgba.getchannel("A").point(lambda a: 255 if a == 0 else 0)
-    if region.getbbox() is None:
-        region = rgba.convert("L").point(lambda v: 255 if v >= 128 else 0)
-    return region if region.getbbox() is not None else None
+IMAGE_FORMATS = (*WEB_FORMATS, "GIF", "BMP", "TIFF")  # what the upload documents for images
 
 
 def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int]) -> bytes:
     """WaveSpeed's "edit" (blocking): the source mirrored (inside `region` only), resized, as PNG."""
-    rgb = source.convert("RGB")
-    edited = ImageOps.mirror(rgb)
-    if region is not None:
-        edited = Image.composite(edited, rgb, region.resize(rgb.size))
-    buf = io.BytesIO()
-    edited.resize(size, Image.Resampling.BILINEAR).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
+    return encode(edited(source, region, ImageOps.mirror).resize(size, Image.Resampling.BILINEAR))
 
 
-class FakeWaveSpeed:
+class FakeWaveSpeed(FakeServer):
     """The fake server. Start with `async with FakeWaveSpeed() as fake` or `await fake.start()`."""
+
+    fault_type = Fault
+    fault_targets = _TARGETS
+    default_target = "submit"
 
     def __init__(
         self,
@@ -164,7 +146,7 @@ class FakeWaveSpeed:
         base64_prefix: bool = False,
         mini_accepts_quality_size: bool = False,
     ) -> None:
-        self.api_key = api_key
+        super().__init__(api_key=api_key)
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.mini_accepts_quality_size = mini_accepts_quality_size
@@ -174,41 +156,6 @@ class FakeWaveSpeed:
         self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.tasks: dict[str, _Task] = {}
         self._pending_puts: dict[str, str] = {}  # PUT path -> file path (newest upload flow)
-        self._faults: list[_FaultRule] = []
-        self._release = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def start(self) -> FakeWaveSpeed:
-        app = web.Application(client_max_size=64 * 1024**2)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-        return self
-
-    async def close(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeWaveSpeed:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def origin(self) -> str:
-        if self._port is None:
-            raise RuntimeError("the fake is not started")
-        return f"http://127.0.0.1:{self._port}"
 
     @property
     def base_url(self) -> str:
@@ -221,17 +168,7 @@ class FakeWaveSpeed:
     def count(self, endpoint: str) -> int:
         return sum(1 for r in self.requests if r.endpoint == endpoint)
 
-    # ------------------------------------------------------------------ fault switches
-
-    def fail_next(self, fault: Fault | str, times: int = 1, *, retry_after: float = 1.0) -> None:
-        """Make the next `times` requests the fault applies to fail with it (rules queue in order)."""
-        self._faults.append(_FaultRule(Fault(fault), times, retry_after))
-
-    def fail_always(self, fault: Fault | str, *, retry_after: float = 1.0) -> None:
-        self._faults.append(_FaultRule(Fault(fault), None, retry_after))
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
+    # ------------------------------------------------------------------ switches
 
     def hold_results(self) -> None:
         """Keep every task "processing" until `release_results` (to stop a job at `submitted`)."""
@@ -240,16 +177,6 @@ class FakeWaveSpeed:
     def release_results(self) -> None:
         """Let held tasks finish on their next poll."""
         self.holding = False
-
-    def _take(self, target: str) -> _FaultRule | None:
-        for index, rule in enumerate(self._faults):
-            if _TARGETS.get(rule.fault, "submit") == target:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        self._faults.pop(index)
-                return rule
-        return None
 
     # ------------------------------------------------------------------ responses
 
@@ -312,7 +239,7 @@ class FakeWaveSpeed:
             response = await self._handle(request, record)
         except _EnvelopeError as err:
             response = web.json_response({"code": err.status, "message": err.message, "data": None})
-        except _ApiError as err:
+        except HttpError as err:  # `_ApiError`, or one raised by a shared helper
             body = {"code": err.status, "message": err.message, "data": None}
             response = web.json_response(body, status=err.status, headers=err.headers)
         record.status = response.status
@@ -377,23 +304,13 @@ class FakeWaveSpeed:
                     },
                 }
             )
-        files: list[tuple[str, bytes, str]] = []
-        if request.content_type.startswith("multipart/"):
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if isinstance(part, BodyPartReader):
-                    data = await part.read()
-                    if part.filename is not None:
-                        record.file_parts.append(part.name or "")
-                        files.append((part.name or "", data, part.headers.get("Content-Type", "")))
-        else:
-            await request.read()
+        files = await read_file_parts(request, record.file_parts)
         self._check_auth(record)
         if self._take("upload") is not None:
             raise _EnvelopeError(500, "upload failed")  # documented: `code` is 500 on failure
-        if [name for name, _, _ in files] != ["file"]:
+        if [f.name for f in files] != ["file"]:
             raise _ApiError(400, "exactly one multipart file part named 'file' is required")
-        _, data, content_type = files[0]
+        data, content_type = files[0].data, files[0].content_type
         if len(data) > MAX_UPLOAD_BYTES:
             raise _ApiError(400, "file too large (images: 20 MB)")
         path = self._store(data, content_type)
@@ -414,21 +331,13 @@ class FakeWaveSpeed:
         if not isinstance(url, str) or not url.startswith(f"{self.origin}/media/uploads/"):
             raise _ApiError(400, f"{field_name}: cannot download {url!r}")
         stored = self.files.get(url.removeprefix(self.origin))
-        img = _decode(stored[0]) if stored else None
+        img = decode_image(stored[0], IMAGE_FORMATS) if stored else None
         if img is None:
             raise _ApiError(400, f"{field_name}: not a readable image")
         return img
 
     async def _submit(self, request: web.Request, body: bytes, record: RecordedRequest) -> web.StreamResponse:
-        if request.content_type != "application/json":
-            raise _ApiError(400, "Content-Type must be application/json")
-        try:
-            fields = json.loads(body)
-        except ValueError:
-            raise _ApiError(400, "invalid JSON body") from None
-        record.json = fields
-        if not isinstance(fields, dict):
-            raise _ApiError(400, "the body must be a JSON object")
+        fields = json_object(request, body, record)
         model = request.path.removeprefix("/api/v3/")
 
         rule = self._take("submit")

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
 from bot.providers.atlascloud import AtlasCloudProvider, classify_atlas_error
-from bot.providers.base import EditRequest, InputImage
+from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -26,47 +24,31 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy, fetch_output, safe_message
+from bot.providers.http import fetch_output, safe_message
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
+from tests.providers.helpers import (
+    DATA,
+    FAST,
+    FAST_POLLING,
+    adapter_builder,
+    body,
+    closed_port,
+    decoded,
+    hole_mask,
+    photo,
+    request_builder,
+)
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 MINI = "openai/gpt-image-1-mini/edit"
 FULL = "openai/gpt-image-1/edit"
 HOLE = (128, 128, 384, 256)  # the masked area of the 512x512 astronaut
 
-
-def photo(name: str = "astronaut.png") -> InputImage:
-    data = (DATA / name).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
-        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+edit_request = request_builder(prompt="make it look like a watercolour", model=MINI, size="1024x1024")
 
 
-def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
+def openai_mask() -> InputImage:
     """An OpenAI-convention mask: opaque, with a fully transparent rectangle to edit."""
-    img = Image.new("RGBA", size, (30, 60, 90, 255))
-    img.paste((30, 60, 90, 0), HOLE)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
-
-
-def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
-    kw.setdefault("deadline", time.monotonic() + 30.0)
-    kw.setdefault("size", "1024x1024")
-    return EditRequest(
-        images=images or (photo(),),
-        prompt=str(kw.pop("prompt", "make it look like a watercolour")),
-        model=str(kw.pop("model", MINI)),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def decoded(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+    return hole_mask(HOLE, (30, 60, 90))
 
 
 @pytest.fixture
@@ -76,28 +58,8 @@ async def fake() -> AsyncIterator[FakeAtlas]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def make_provider(fake: FakeAtlas, session: aiohttp.ClientSession) -> Callable[..., AtlasCloudProvider]:
-    def make(**kw: object) -> AtlasCloudProvider:
-        kw.setdefault("policy", FAST)
-        kw.setdefault("call_timeout", 5.0)
-        kw.setdefault("io_timeout", 5.0)
-        kw.setdefault("poll_interval", 0.01)
-        kw.setdefault("max_poll_interval", 0.02)
-        api_key = str(kw.pop("api_key", fake.api_key))
-        return AtlasCloudProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def provider(make_provider: Callable[..., AtlasCloudProvider]) -> AtlasCloudProvider:
-    return make_provider()
+    return adapter_builder(AtlasCloudProvider, fake, session, io_timeout=5.0, **FAST_POLLING)
 
 
 # ----------------------------------------------------------------------------- happy path
@@ -392,6 +354,40 @@ async def test_the_key_and_signed_url_queries_never_reach_logs_or_errors(
         assert "sig=" not in text
 
 
+# ----------------------------------------------------------------------------- /diagnose check
+
+
+async def test_check_proves_reachability_through_the_keyless_catalog_and_says_the_key_is_unchecked(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    health = await provider.check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (True, True, None)
+    assert "API key not checked" in health.detail
+    assert [(r.method, r.endpoint) for r in fake.requests] == [("GET", "models")]
+    assert not fake.requests[0].authorized  # the key is not sent where it is not needed
+    assert fake.requests[0].status == 200
+
+
+async def test_check_reports_an_http_error_without_judging_the_key(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_next(Fault.CATALOG_ERROR)
+
+    health = await provider.check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (False, True, None)
+    assert health.detail == "error (HTTP 503)"
+    assert fake.count("models") == 1  # one try: an admin is waiting
+
+
+async def test_check_reports_an_unreachable_service(make_provider: Callable[..., AtlasCloudProvider]) -> None:
+    health = await make_provider(base_url=f"http://127.0.0.1:{closed_port()}/api/v1").check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (False, False, None)
+    assert health.detail.startswith("unreachable (")
+
+
 # ----------------------------------------------------------------------------- the fake validates
 
 
@@ -453,6 +449,18 @@ async def test_fake_rejects_wrong_fields_like_a_strict_atlas(
     assert text in payload["msg"]
 
 
+async def test_fake_serves_the_catalog_without_a_key_and_only_to_get(
+    fake: FakeAtlas, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(f"{fake.base_url}/models") as resp:
+        assert resp.status == 200
+        models = [m["model"] for m in (await resp.json())["data"]]
+    async with session.post(f"{fake.base_url}/models", json={}) as resp:
+        assert resp.status == 405
+
+    assert models == [FULL, MINI]
+
+
 async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
     fake: FakeAtlas, session: aiohttp.ClientSession
 ) -> None:
@@ -482,10 +490,6 @@ async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
 
 
 # ----------------------------------------------------------------------------- classify unit
-
-
-def body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,6 +25,7 @@ from bot.providers.errors import (
     ServerError,
 )
 from bot.providers.http import (
+    HttpResponse,
     RetryPolicy,
     decode_base64_image,
     download,
@@ -34,8 +36,8 @@ from bot.providers.http import (
     send_paid,
     sniff_image_format,
 )
+from tests.providers.helpers import FAST, closed_port
 
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
 
@@ -107,18 +109,6 @@ async def server() -> AsyncIterator[tuple[str, Script]]:
     finally:
         script.release.set()
         await runner.cleanup()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def soon(seconds: float = 10.0) -> float:
@@ -224,6 +214,12 @@ def test_sniff_image_format(data: bytes, fmt: str | None) -> None:
 # ----------------------------------------------------------------------------- send_paid
 
 
+async def post_paid(session: aiohttp.ClientSession, url: str, **kw: Any) -> HttpResponse:
+    """`send_paid` POST with these tests' defaults (FAST policy, 10 s deadline, 5 s per call)."""
+    kw = {"policy": FAST, "deadline": soon(), "call_timeout": 5, "provider": "t", **kw}
+    return await send_paid(session, "POST", url, **kw)
+
+
 async def test_send_paid_retries_connect_failures_with_a_fresh_body_each_time() -> None:
     bodies = 0
 
@@ -236,16 +232,11 @@ async def test_send_paid_retries_connect_failures_with_a_fresh_body_each_time() 
 
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ConnectionFailed) as info:
-            await send_paid(
+            await post_paid(
                 session,
-                "POST",
                 f"http://127.0.0.1:{closed_port()}/v1/x",
-                policy=FAST,
-                deadline=soon(),
-                call_timeout=5,
                 data_factory=factory,
                 headers={"Authorization": "Bearer sk-secret"},
-                provider="t",
             )
 
     assert info.value.accepted is False
@@ -259,16 +250,7 @@ async def test_send_paid_does_not_retry_5xx_and_marks_it_accepted(
     script.on("/submit", status(503, b"<html>busy</html>", {"x-request-id": "req_9"}))
 
     with pytest.raises(ServerError) as info:
-        await send_paid(
-            session,
-            "POST",
-            f"{base}/submit",
-            policy=FAST,
-            deadline=soon(),
-            call_timeout=5,
-            json={"a": 1},
-            provider="t",
-        )
+        await post_paid(session, f"{base}/submit", json={"a": 1})
 
     assert info.value.accepted is True
     assert info.value.request_id == "req_9"
@@ -284,16 +266,7 @@ async def test_send_paid_returns_the_2xx_response_with_body_and_request_id(
         status(201, b'{"id": "pred_1"}', {"x-request-id": "req_1", "Content-Type": "application/json"}),
     )
 
-    resp = await send_paid(
-        session,
-        "POST",
-        f"{base}/submit",
-        policy=FAST,
-        deadline=soon(),
-        call_timeout=5,
-        json={"a": 1},
-        provider="t",
-    )
+    resp = await post_paid(session, f"{base}/submit", json={"a": 1})
 
     assert (resp.status, resp.request_id, resp.json(), resp.content_type) == (
         201,
@@ -311,16 +284,7 @@ async def test_send_paid_does_not_follow_redirects(
     script.on("/elsewhere", status(200))
 
     with pytest.raises(ServerError):
-        await send_paid(
-            session,
-            "POST",
-            f"{base}/submit",
-            policy=FAST,
-            deadline=soon(),
-            call_timeout=5,
-            json={},
-            provider="t",
-        )
+        await post_paid(session, f"{base}/submit", json={})
 
     assert "/elsewhere" not in script.hits
 
@@ -332,22 +296,18 @@ async def test_send_paid_caps_the_response_size_as_accepted(
     script.on("/submit", chunked(300_000))
 
     with pytest.raises(ServerError) as info:
-        await send_paid(
-            session,
-            "POST",
-            f"{base}/submit",
-            policy=FAST,
-            deadline=soon(),
-            call_timeout=5,
-            json={},
-            provider="t",
-            max_body=100_000,
-        )
+        await post_paid(session, f"{base}/submit", json={}, max_body=100_000)
 
     assert info.value.accepted is True
 
 
 # ----------------------------------------------------------------------------- send_idempotent
+
+
+async def get(session: aiohttp.ClientSession, url: str, **kw: Any) -> HttpResponse:
+    """`send_idempotent` GET with these tests' defaults (FAST policy, 10 s deadline, 5 s per call)."""
+    kw = {"policy": FAST, "deadline": soon(), "call_timeout": 5, "provider": "t", **kw}
+    return await send_idempotent(session, "GET", url, **kw)
 
 
 async def test_send_idempotent_retries_5xx_then_succeeds(
@@ -356,9 +316,7 @@ async def test_send_idempotent_retries_5xx_then_succeeds(
     base, script = server
     script.on("/poll", status(503), status(502), status(200, b"done"))
 
-    resp = await send_idempotent(
-        session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
-    )
+    resp = await get(session, f"{base}/poll")
 
     assert resp.body == b"done"
     assert script.hits["/poll"] == 3
@@ -370,9 +328,7 @@ async def test_send_idempotent_honours_retry_after_ms(
     base, script = server
     script.on("/poll", status(429, headers={"retry-after-ms": "30"}), status(200, b"ok"))
 
-    resp = await send_idempotent(
-        session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
-    )
+    resp = await get(session, f"{base}/poll")
 
     assert resp.body == b"ok" and script.hits["/poll"] == 2
 
@@ -384,16 +340,7 @@ async def test_send_idempotent_gives_up_after_the_policy_with_the_given_accepted
     script.on("/poll", status(500))
 
     with pytest.raises(ServerError) as info:
-        await send_idempotent(
-            session,
-            "GET",
-            f"{base}/poll",
-            policy=FAST,
-            deadline=soon(),
-            call_timeout=5,
-            provider="t",
-            accepted=True,
-        )
+        await get(session, f"{base}/poll", accepted=True)
 
     assert info.value.accepted is True
     assert script.hits["/poll"] == FAST.attempts
@@ -406,9 +353,7 @@ async def test_send_idempotent_does_not_retry_a_client_error(
     script.on("/poll", status(404))
 
     with pytest.raises(ModelUnavailable):
-        await send_idempotent(
-            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=5, provider="t"
-        )
+        await get(session, f"{base}/poll")
 
     assert script.hits["/poll"] == 1
 
@@ -421,9 +366,7 @@ async def test_send_idempotent_stops_when_the_wait_would_cross_the_deadline(
     started = time.monotonic()
 
     with pytest.raises(RateLimited):
-        await send_idempotent(
-            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(1.0), call_timeout=5, provider="t"
-        )
+        await get(session, f"{base}/poll", deadline=soon(1.0))
 
     assert time.monotonic() - started < 0.5
     assert script.hits["/poll"] == 1
@@ -441,9 +384,7 @@ async def test_send_idempotent_retries_timeouts(
     script.on("/poll", hang)
 
     with pytest.raises(ProviderTimeout):
-        await send_idempotent(
-            session, "GET", f"{base}/poll", policy=FAST, deadline=soon(), call_timeout=0.1, provider="t"
-        )
+        await get(session, f"{base}/poll", call_timeout=0.1)
 
     assert script.hits["/poll"] == FAST.attempts
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, ImageChops
 
-from bot.providers.base import EditRequest, InputImage
+from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -25,45 +22,19 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy
 from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
 from tests.fakes.oneminai_server import FakeOneMin, Fault
+from tests.providers.helpers import DATA, adapter_builder, body, decoded, hole_mask, photo, request_builder
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 HOLE = (0, 256, 512, 512)  # the bottom half of the 512x512 astronaut
 
-
-def photo(name: str = "astronaut.png") -> InputImage:
-    data = (DATA / name).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
-        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+edit_request = request_builder(
+    prompt="transform into a watercolor painting", model="gpt-image-1-mini", size="1024x1024"
+)
 
 
-def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
-    img = Image.new("RGBA", size, (0, 0, 0, 255))
-    img.paste((0, 0, 0, 0), HOLE)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
-
-
-def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
-    kw.setdefault("deadline", time.monotonic() + 30.0)
-    kw.setdefault("size", "1024x1024")
-    return EditRequest(
-        images=images or (photo(),),
-        prompt=str(kw.pop("prompt", "transform into a watercolor painting")),
-        model=str(kw.pop("model", "gpt-image-1-mini")),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def decoded(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+def openai_mask() -> InputImage:
+    return hole_mask(HOLE, (0, 0, 0))
 
 
 @pytest.fixture
@@ -73,26 +44,8 @@ async def fake() -> AsyncIterator[FakeOneMin]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def make_provider(fake: FakeOneMin, session: aiohttp.ClientSession) -> Callable[..., OneMinAIProvider]:
-    def make(**kw: object) -> OneMinAIProvider:
-        kw.setdefault("policy", FAST)
-        kw.setdefault("call_timeout", 5.0)
-        kw.setdefault("io_timeout", 5.0)
-        api_key = str(kw.pop("api_key", fake.api_key))
-        return OneMinAIProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def provider(make_provider: Callable[..., OneMinAIProvider]) -> OneMinAIProvider:
-    return make_provider()
+    return adapter_builder(OneMinAIProvider, fake, session, io_timeout=5.0)
 
 
 def feature_call(fake: FakeOneMin) -> dict:
@@ -381,10 +334,6 @@ async def test_fake_with_n_above_one_lists_every_result_but_links_only_the_first
 
 
 # ----------------------------------------------------------------------------- classify unit
-
-
-def body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from bot.providers.base import EditRequest, InputImage, Usage
+from bot.providers.base import InputImage, Usage
 from bot.providers.errors import (
     ConnectionFailed,
     InvalidInput,
@@ -26,22 +24,17 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider, classify_openai_error, parse_usage
 from tests.fakes.openai_server import FakeOpenAI, Fault
-
-DATA = Path(__file__).resolve().parent.parent / "data"
-MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
-
-
-def input_image(data: bytes) -> InputImage:
-    with Image.open(io.BytesIO(data)) as img:
-        return InputImage(data=data, mime=MIMES[img.format or ""], width=img.width, height=img.height)
-
-
-def photo(name: str) -> InputImage:
-    return input_image((DATA / name).read_bytes())
+from tests.providers.helpers import (
+    DATA,
+    FAST,
+    adapter_builder,
+    closed_port,
+    input_image,
+    photo,
+    request_builder,
+)
 
 
 def png(size: tuple[int, int], mode: str = "RGBA", hole: bool = True) -> bytes:
@@ -55,14 +48,9 @@ def png(size: tuple[int, int], mode: str = "RGBA", hole: bool = True) -> bytes:
     return buf.getvalue()
 
 
-def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
-    kw.setdefault("deadline", time.monotonic() + 60.0)
-    return EditRequest(
-        images=images or (photo("astronaut.png"),),
-        prompt=str(kw.pop("prompt", "make it look like a watercolour")),
-        model=str(kw.pop("model", "gpt-image-1-mini")),
-        **kw,  # type: ignore[arg-type]
-    )
+edit_request = request_builder(
+    prompt="make it look like a watercolour", model="gpt-image-1-mini", seconds=60.0
+)
 
 
 @pytest.fixture
@@ -72,26 +60,8 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def make_provider(fake: FakeOpenAI, session: aiohttp.ClientSession) -> Callable[..., OpenAIProvider]:
-    def make(**kw: object) -> OpenAIProvider:
-        kw.setdefault("policy", FAST)
-        kw.setdefault("call_timeout", 5.0)
-        api_key = str(kw.pop("api_key", fake.api_key))
-        base_url = str(kw.pop("base_url", fake.base_url))
-        return OpenAIProvider(session, api_key, base_url, **kw)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def provider(make_provider: Callable[..., OpenAIProvider]) -> OpenAIProvider:
-    return make_provider()
+    return adapter_builder(OpenAIProvider, fake, session)
 
 
 # ----------------------------------------------------------------------------- happy path
@@ -567,9 +537,7 @@ async def test_expired_deadline_sends_nothing(fake: FakeOpenAI, provider: OpenAI
 
 
 async def test_connection_refused_is_retried_then_fails_as_not_accepted() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
+    port = closed_port()
     attempts = 0
 
     async def on_request_start(*_: object) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,18 +17,16 @@ import pytest
 from PIL import Image
 
 from bot.providers.atlascloud import AtlasCloudProvider
-from bot.providers.base import EditRequest, InputImage, ResumableProvider
+from bot.providers.base import EditRequest, ResumableProvider
 from bot.providers.errors import JobFailed, ProviderTimeout
-from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.atlascloud_server import Fault as AtlasFault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fakes.wavespeed_server import Fault as WaveFault
+from tests.providers.helpers import FAST, FAST_POLLING, photo
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 MINI = "openai/gpt-image-1-mini/edit"
 
 FakeServer = FakeAtlas | FakeWaveSpeed
@@ -43,28 +40,22 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[FakeServer]:
         yield fake
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 def adapter(fake: FakeServer, session: aiohttp.ClientSession) -> Adapter:
-    kw: dict[str, Any] = {"policy": FAST, "call_timeout": 5.0, "io_timeout": 5.0}
-    kw.update(poll_interval=0.01, max_poll_interval=0.02)
+    kw: dict[str, Any] = {"policy": FAST, "call_timeout": 5.0, "io_timeout": 5.0, **FAST_POLLING}
     if isinstance(fake, FakeAtlas):
         return AtlasCloudProvider(session, fake.api_key, fake.base_url, **kw)
     return WaveSpeedProvider(session, fake.api_key, fake.base_url, **kw)
 
 
 def edit_request(fake: FakeServer, seconds: float = 20.0) -> EditRequest:
-    data = (DATA / "astronaut.png").read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        image = InputImage(data=data, mime="image/png", width=img.width, height=img.height)
     # WaveSpeed's mini edit takes no size field (only "auto"); Atlas's takes concrete sizes only.
     size = "1024x1024" if isinstance(fake, FakeAtlas) else "auto"
     return EditRequest(
-        images=(image,), prompt="a pencil sketch", model=MINI, size=size, deadline=time.monotonic() + seconds
+        images=(photo(),),
+        prompt="a pencil sketch",
+        model=MINI,
+        size=size,
+        deadline=time.monotonic() + seconds,
     )
 
 

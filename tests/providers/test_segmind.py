@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
-from bot.providers.base import EditRequest, InputImage
+from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     ModelUnavailable,
@@ -26,45 +23,26 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy
 from bot.providers.segmind import SegmindProvider, classify_segmind_error, parse_reset_at
 from tests.fakes.segmind_server import PRICE, FakeSegmind, Fault, RecordedRequest
+from tests.providers.helpers import (
+    adapter_builder,
+    body,
+    closed_port,
+    decoded,
+    hole_mask,
+    photo,
+    request_builder,
+)
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 MINI = "gpt-image-1-edit-mini"
 HOLE = (256, 0, 512, 512)  # the right half of the 512x512 astronaut
 
-
-def photo(name: str = "astronaut.png") -> InputImage:
-    data = (DATA / name).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
-        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+edit_request = request_builder(prompt="make it black and white", model=MINI)
 
 
-def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
-    img = Image.new("RGBA", size, (255, 255, 255, 255))  # white but opaque: keep (alpha decides)
-    img.paste((255, 255, 255, 0), HOLE)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
-
-
-def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
-    kw.setdefault("deadline", time.monotonic() + 30.0)
-    return EditRequest(
-        images=images or (photo(),),
-        prompt=str(kw.pop("prompt", "make it black and white")),
-        model=str(kw.pop("model", MINI)),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def decoded(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+def openai_mask() -> InputImage:
+    return hole_mask(HOLE, (255, 255, 255))  # white but opaque: keep (alpha decides)
 
 
 @pytest.fixture
@@ -74,27 +52,8 @@ async def fake() -> AsyncIterator[FakeSegmind]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def make_provider(fake: FakeSegmind, session: aiohttp.ClientSession) -> Callable[..., SegmindProvider]:
-    def make(**kw: object) -> SegmindProvider:
-        kw.setdefault("policy", FAST)
-        kw.setdefault("call_timeout", 5.0)
-        kw.setdefault("io_timeout", 5.0)
-        kw.setdefault("upload_url", fake.upload_url)
-        api_key = str(kw.pop("api_key", fake.api_key))
-        return SegmindProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def provider(make_provider: Callable[..., SegmindProvider]) -> SegmindProvider:
-    return make_provider()
+    return adapter_builder(SegmindProvider, fake, session, io_timeout=5.0, upload_url=fake.upload_url)
 
 
 def edit_call(fake: FakeSegmind) -> RecordedRequest:
@@ -372,6 +331,56 @@ async def test_the_key_never_reaches_logs_or_errors(
         assert "deadbeef" not in text
 
 
+# ----------------------------------------------------------------------------- /diagnose check
+
+
+async def test_check_reads_a_404_for_an_unknown_request_as_the_key_accepted(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    health = await provider.check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (True, True, True)
+    assert health.detail == "API key accepted"
+    (call,) = fake.requests
+    assert (call.method, call.endpoint, call.status) == ("GET", "status", 404)
+    assert call.path.startswith("/v2/requests/") and call.path.endswith("/status")
+    assert call.key_ok and not call.bearer
+    assert fake.post_count == 0  # nothing billable
+
+
+async def test_check_reports_a_refused_key_without_echoing_it(
+    fake: FakeSegmind, make_provider: Callable[..., SegmindProvider]
+) -> None:
+    health = await make_provider(api_key="SG_deadbeefdeadbeef").check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (False, True, False)
+    assert health.detail == "API key refused (HTTP 401 unauthorized)"
+    assert "deadbeef" not in health.detail
+    assert fake.requests[0].status == 401
+
+
+async def test_check_reports_an_unreachable_service(make_provider: Callable[..., SegmindProvider]) -> None:
+    health = await make_provider(base_url=f"http://127.0.0.1:{closed_port()}/v1").check()
+
+    assert (health.ok, health.reachable, health.authenticated) == (False, False, None)
+    assert health.detail.startswith("unreachable (")
+
+
+async def test_fake_request_status_checks_the_key_before_the_id(
+    fake: FakeSegmind, session: aiohttp.ClientSession
+) -> None:
+    url = f"{fake.origin}/v2/requests/some-id/status"
+    async with session.get(url) as resp:
+        assert resp.status == 401
+        assert "x-api-key" in (await resp.json())["error"]
+    async with session.get(url, headers={"Authorization": f"Bearer {fake.api_key}"}) as resp:
+        assert resp.status == 401
+    async with session.get(url, headers={"x-api-key": fake.api_key}) as resp:
+        assert resp.status == 404
+    async with session.post(url, headers={"x-api-key": fake.api_key}) as resp:
+        assert resp.status == 405
+
+
 # ----------------------------------------------------------------------------- units
 
 
@@ -388,10 +397,6 @@ def test_reset_at_is_read_in_every_plausible_format() -> None:
     assert parse_reset_at("2026-11-01T11:00:00Z", now=now) == 0  # already past
     assert parse_reset_at("soon", now=now) is None
     assert parse_reset_at(None, now=now) is None
-
-
-def body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
 
 
 @pytest.mark.parametrize(

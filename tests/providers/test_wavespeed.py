@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
-from bot.providers.base import EditRequest, InputImage
+from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -25,46 +22,29 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import RetryPolicy
 from bot.providers.wavespeed import WaveSpeedProvider, classify_wavespeed_error
 from tests.fakes.wavespeed_server import FakeWaveSpeed, Fault
+from tests.providers.helpers import (
+    DATA,
+    FAST,
+    FAST_POLLING,
+    adapter_builder,
+    body,
+    decoded,
+    hole_mask,
+    photo,
+    request_builder,
+)
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
 MINI = "openai/gpt-image-1-mini/edit"
 FULL = "openai/gpt-image-1/edit"
 HOLE = (0, 0, 256, 512)  # the left half of the 512x512 astronaut
 
-
-def photo(name: str = "astronaut.png") -> InputImage:
-    data = (DATA / name).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        mime = {"PNG": "image/png", "JPEG": "image/jpeg"}[img.format or ""]
-        return InputImage(data=data, mime=mime, width=img.width, height=img.height)
+edit_request = request_builder(prompt="turn it into a pencil sketch", model=MINI)
 
 
-def openai_mask(size: tuple[int, int] = (512, 512)) -> InputImage:
-    img = Image.new("RGBA", size, (200, 10, 10, 255))
-    img.paste((200, 10, 10, 0), HOLE)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return InputImage(data=buf.getvalue(), mime="image/png", width=size[0], height=size[1])
-
-
-def edit_request(images: tuple[InputImage, ...] | None = None, **kw: object) -> EditRequest:
-    kw.setdefault("deadline", time.monotonic() + 30.0)
-    return EditRequest(
-        images=images or (photo(),),
-        prompt=str(kw.pop("prompt", "turn it into a pencil sketch")),
-        model=str(kw.pop("model", MINI)),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def decoded(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+def openai_mask() -> InputImage:
+    return hole_mask(HOLE, (200, 10, 10))
 
 
 @pytest.fixture
@@ -74,28 +54,8 @@ async def fake() -> AsyncIterator[FakeWaveSpeed]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def make_provider(fake: FakeWaveSpeed, session: aiohttp.ClientSession) -> Callable[..., WaveSpeedProvider]:
-    def make(**kw: object) -> WaveSpeedProvider:
-        kw.setdefault("policy", FAST)
-        kw.setdefault("call_timeout", 5.0)
-        kw.setdefault("io_timeout", 5.0)
-        kw.setdefault("poll_interval", 0.01)
-        kw.setdefault("max_poll_interval", 0.02)
-        api_key = str(kw.pop("api_key", fake.api_key))
-        return WaveSpeedProvider(session, api_key, fake.base_url, **kw)  # type: ignore[arg-type]
-
-    return make
-
-
-@pytest.fixture
-def provider(make_provider: Callable[..., WaveSpeedProvider]) -> WaveSpeedProvider:
-    return make_provider()
+    return adapter_builder(WaveSpeedProvider, fake, session, io_timeout=5.0, **FAST_POLLING)
 
 
 def submit_of(fake: FakeWaveSpeed) -> dict:
@@ -450,10 +410,6 @@ async def test_fake_switch_lets_the_mini_edit_take_quality_and_size(session: aio
 
 
 # ----------------------------------------------------------------------------- classify unit
-
-
-def body(**fields: object) -> bytes:
-    return json.dumps(fields).encode()
 
 
 @pytest.mark.parametrize(

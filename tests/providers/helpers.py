@@ -1,0 +1,95 @@
+"""Helpers the provider contract tests share: test images, request and adapter builders, a fast policy."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from PIL import Image
+
+from bot.providers.base import EditRequest, InputImage
+from bot.providers.http import RetryPolicy
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, jitter=0.25, max_retry_after=5.0)
+FAST_POLLING = {"poll_interval": 0.01, "max_poll_interval": 0.02}  # for the submit-then-poll adapters
+MIMES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def input_image(data: bytes) -> InputImage:
+    with Image.open(io.BytesIO(data)) as img:
+        return InputImage(data=data, mime=MIMES[img.format or ""], width=img.width, height=img.height)
+
+
+def photo(name: str = "astronaut.png") -> InputImage:
+    """A test photo from `tests/data` (the astronaut is 512x512)."""
+    return input_image((DATA / name).read_bytes())
+
+
+def hole_mask(hole: tuple[int, int, int, int], colour: tuple[int, int, int]) -> InputImage:
+    """An OpenAI-convention mask for the 512x512 photo: opaque `colour`, fully transparent in `hole`."""
+    img = Image.new("RGBA", (512, 512), (*colour, 255))
+    img.paste((*colour, 0), hole)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return InputImage(data=buf.getvalue(), mime="image/png", width=512, height=512)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def body(**fields: object) -> bytes:
+    """A JSON error body, for the classifier tables."""
+    return json.dumps(fields).encode()
+
+
+def request_builder(
+    *, prompt: str, model: str, seconds: float = 30.0, **defaults: object
+) -> Callable[..., EditRequest]:
+    """`edit_request(images=None, **fields)` for one vendor's tests: the astronaut, `prompt`,
+    `model` and `defaults` unless given, and a deadline `seconds` from the call."""
+
+    def edit_request(images: tuple[InputImage, ...] | None = None, **kw: Any) -> EditRequest:
+        kw.setdefault("deadline", time.monotonic() + seconds)
+        for name, value in defaults.items():
+            kw.setdefault(name, value)
+        return EditRequest(
+            images=images or (photo(),),
+            prompt=str(kw.pop("prompt", prompt)),
+            model=str(kw.pop("model", model)),
+            **kw,
+        )
+
+    return edit_request
+
+
+def adapter_builder(
+    adapter: Callable[..., Any], fake: Any, session: aiohttp.ClientSession, **defaults: object
+) -> Callable[..., Any]:
+    """`make_provider(**kw)`: `adapter` pointed at `fake` with its key, the FAST policy, 5 s calls
+    and `defaults`; any of them can be overridden (`api_key=`, `base_url=`, ...)."""
+
+    def make(**kw: Any) -> Any:
+        for name, value in {"policy": FAST, "call_timeout": 5.0, **defaults}.items():
+            kw.setdefault(name, value)
+        api_key = str(kw.pop("api_key", fake.api_key))
+        base_url = str(kw.pop("base_url", fake.base_url))
+        return adapter(session, api_key, base_url, **kw)
+
+    return make
