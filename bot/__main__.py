@@ -11,8 +11,6 @@ import logging
 import signal
 import sys
 
-import aiohttp
-
 from bot.catalog import Catalog, CatalogError, load_catalog
 from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
 from bot.logs import configure_logging
@@ -44,7 +42,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     # Imported here so `--check-config` and config errors never pay for importing discord.py.
     import discord
 
-    from bot.app import build_providers, build_services
+    from bot.app import build_providers, build_services, provider_session
     from bot.client import RetouchBot, point_discord_at
     from bot.ops import serve_ops
     from bot.storage import Storage
@@ -53,7 +51,8 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         point_discord_at(settings.discord_api_base)
     storage = await Storage.open(settings.database_path)
     try:
-        async with aiohttp.ClientSession(headers={"User-Agent": "Retouch (+discord bot)"}) as session:
+        # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`).
+        async with provider_session(settings, headers={"User-Agent": "Retouch (+discord bot)"}) as session:
             services = build_services(settings, catalog, storage, build_providers(settings, session))
             bot = RetouchBot(services, sync_commands=sync)
             loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -13,7 +14,7 @@ from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
-from bot.jobs import EditService
+from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.metrics import Metrics
 from bot.policy import CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -27,6 +28,11 @@ from bot.storage import Storage
 
 SALT_FILE = "install_salt"
 ASYNC_SUBMIT_TIMEOUT = 60.0  # an async provider's submit only queues the job
+# Provider calls one running job can have open at once: an emulated `count` (at most
+# MAX_IMAGES_PER_EDIT images) makes one call per image, all in parallel.
+CALLS_PER_JOB = MAX_IMAGES_PER_EDIT
+# Connections beyond the running jobs' calls: `/diagnose` checks and cancel calls after a deadline.
+SPARE_PROVIDER_CONNECTIONS = 8
 
 
 @dataclass
@@ -57,6 +63,24 @@ def mask_conventions(catalog: Catalog, provider: str) -> dict[str, str]:
         for route in model.routes
         if route.provider == provider
     }
+
+
+def provider_connection_limit(settings: Settings) -> int:
+    """How many connections the providers' shared HTTP session may open at once (all hosts together).
+
+    Sized so every running job's calls get a connection: MAX_CONCURRENT_JOBS (and the per-provider
+    `<PREFIX>_MAX_CONCURRENT`) is what queues work, not the pool. With aiohttp's default pool of 100,
+    calls beyond 100 in flight waited for each other in waves of the provider's latency, and that wait
+    counts against each call's connect timeout (aiohttp's `connect` includes waiting for the pool). No
+    per-host cap: one provider may serve every job.
+    """
+    return settings.max_concurrent_jobs * CALLS_PER_JOB + SPARE_PROVIDER_CONNECTIONS
+
+
+def provider_session(settings: Settings, **kwargs: Any) -> aiohttp.ClientSession:
+    """The HTTP session every provider adapter shares (create it inside the running event loop)."""
+    connector = aiohttp.TCPConnector(limit=provider_connection_limit(settings), limit_per_host=0)
+    return aiohttp.ClientSession(connector=connector, **kwargs)
 
 
 def build_providers(

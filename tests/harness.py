@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import discord
 
-from bot.app import Services, build_providers, build_services
+from bot.app import Services, build_providers, build_services, provider_session
 from bot.catalog import Catalog, parse_catalog
 from bot.client import RetouchBot, point_discord_at
 from bot.config import load_settings
@@ -123,7 +122,7 @@ async def running_bot(
     point_discord_at(fake.api_base)
     storage = await Storage.open(settings.database_path)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with provider_session(settings) as session:  # the pool the entry point uses
             services = build_services(settings, catalog, storage, build_providers(settings, session))
             bot = RetouchBot(services)
             bot._connection.guild_ready_timeout = 0.05

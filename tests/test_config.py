@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from bot.app import provider_session
 from bot.config import ConfigError, Secret, load_settings
+from bot.jobs import MAX_IMAGES_PER_EDIT
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"DISCORD_TOKEN": "tok-abcdef123456", "OPENAI_API_KEY": "sk-test-123456789"}
@@ -95,3 +98,13 @@ def test_queue_settings_have_defaults_and_wavespeed_gets_its_entry_tier_limit():
     with pytest.raises(ConfigError) as info:
         load_settings({**BASE, "MAX_CONCURRENT_JOBS": "0", "OPENAI_MAX_CONCURRENT": "-1"})
     assert "MAX_CONCURRENT_JOBS" in str(info.value) and "OPENAI_MAX_CONCURRENT" in str(info.value)
+
+
+@pytest.mark.parametrize("jobs", [1, 4, 500])
+async def test_the_provider_pool_has_a_connection_for_every_call_running_jobs_can_make(jobs: int):
+    """aiohttp's default pool (100) would make provider calls queue behind each other beyond 100."""
+    settings = load_settings({**BASE, "MAX_CONCURRENT_JOBS": str(jobs)})
+    async with provider_session(settings) as session:
+        assert isinstance(session.connector, aiohttp.TCPConnector)
+        assert session.connector.limit >= jobs * MAX_IMAGES_PER_EDIT
+        assert session.connector.limit_per_host == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import LedgerConflict, NotEnoughCredits, Storage
+from bot.storage import LedgerConflict, NotEnoughCredits, ReserveGuard, Storage
 
 GUILD, USER = 10, 20
 
@@ -171,3 +171,32 @@ async def test_a_write_cancelled_at_any_point_leaves_no_open_transaction(storage
     await assert_invariant(storage)
     account = await storage.get_account(GUILD, USER)
     assert account is not None and account.balance in (101, 106)
+
+
+async def test_credit_movements_find_a_jobs_ledger_rows_through_the_index(storage: Storage):
+    """The ledger only grows: a statement that scanned it would make every reservation slower as the
+    history gets longer. Every read the hot transactions run must be an index search."""
+    await storage.ensure_account(GUILD, USER, 10_000)
+    statements: list[str] = []
+    await storage._conn.set_trace_callback(statements.append)
+    guard = ReserveGuard(cooldown_seconds=0.001, max_concurrent=50, guild_cap=10**6)
+    for job_id in ("a", "b", "c", "d"):
+        await new_job(storage, job_id)
+        await storage.reserve(job_id, GUILD, USER, 10, starting_credits=10_000, guard=guard)
+        await asyncio.sleep(0.002)  # past the cooldown
+    await storage.capture("a", 5)
+    await storage.release("b")
+    await storage.settle_delivered("c", 5, via="followup", channel_id=1, message_id=2)
+    await storage.settle_released("d", "failed", error_code="x")
+    await storage._conn.set_trace_callback(None)
+    reads = {sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and "ledger" in sql}
+    assert reads
+    for sql in reads:
+        plan = [row[3] for row in await storage._all("EXPLAIN QUERY PLAN " + sql)]
+        assert not any(step.startswith("SCAN") and step != "SCAN CONSTANT ROW" for step in plan), (sql, plan)
+
+
+async def test_every_write_is_durable_at_commit(storage: Storage):
+    """synchronous=FULL in WAL mode: a committed reservation survives a power cut."""
+    row = await storage._one("PRAGMA synchronous")
+    assert row is not None and row[0] == 2  # FULL

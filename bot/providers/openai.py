@@ -18,7 +18,6 @@ Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN poi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import aiohttp.payload
 
 from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, Usage
 from bot.providers.errors import (
@@ -66,6 +66,31 @@ _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 _QUOTA = "insufficient_quota"
 # API keys (`sk-...`, `sk-proj-...`, also the masked `sk-abc***wxyz` form in 401 messages).
 _KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-*]+")
+
+
+class _ImagePart(aiohttp.payload.Payload):
+    """Image bytes as one multipart part, sent as slices of the caller's own `bytes`.
+
+    `io.BytesIO` (aiohttp's advice for large parts) copies the whole image as soon as aiohttp asks for
+    its size (`getbuffer`) and keeps that copy until the response has arrived, then copies it again
+    chunk by chunk; plain `bytes` would go to the socket in one write. This copies nothing: each slice
+    is a memoryview, and aiohttp waits for the socket to drain between slices.
+    """
+
+    _autoclose = True  # memory only, nothing to close (aiohttp >= 3.12 asks)
+    CHUNK = 256 * 1024
+
+    def __init__(self, data: bytes, *, filename: str, content_type: str) -> None:
+        super().__init__(data, filename=filename, content_type=content_type)
+        self._size = len(data)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: Any) -> None:
+        view = memoryview(self._value)
+        for start in range(0, len(view), self.CHUNK):
+            await writer.write(view[start : start + self.CHUNK])
 
 
 def _short(message: str) -> str:
@@ -236,17 +261,12 @@ class OpenAIProvider:
         form.add_field("model", request.model)
         form.add_field("prompt", request.prompt)
         for index, image in enumerate(request.images, start=1):
-            # BytesIO rather than bytes: aiohttp writes a large raw-bytes part in one blocking call.
-            form.add_field(
-                "image[]",
-                io.BytesIO(image.data),
-                filename=f"image-{index}.{image.extension}",
-                content_type=image.mime,
-            )
+            name = f"image-{index}.{image.extension}"
+            part = _ImagePart(image.data, filename=name, content_type=image.mime)
+            form.add_field("image[]", part, filename=name, content_type=image.mime)
         if request.mask is not None:
-            form.add_field(
-                "mask", io.BytesIO(request.mask.data), filename="mask.png", content_type="image/png"
-            )
+            part = _ImagePart(request.mask.data, filename="mask.png", content_type="image/png")
+            form.add_field("mask", part, filename="mask.png", content_type="image/png")
         form.add_field("n", str(request.count))
         form.add_field("size", request.size)
         form.add_field("quality", request.quality)

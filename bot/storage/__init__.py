@@ -1,8 +1,10 @@
 """The one module that speaks SQL: accounts, the credit ledger, jobs and guild settings.
 
 SQLite through aiosqlite, WAL, `synchronous=FULL`, and `BEGIN IMMEDIATE` for every write so a
-reservation can never race another. One connection is shared by the whole process; an asyncio lock
-serialises transactions on it (two coroutines must never interleave statements inside one transaction).
+reservation can never race another. One connection is shared by the whole process. Each write
+transaction is one plain sqlite3 function run whole on the connection's thread (BEGIN IMMEDIATE, its
+statements, COMMIT or ROLLBACK: one hop from the event loop, not one per statement), so no other
+statement can ever run inside it; an asyncio lock still admits one transaction at a time.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS_PACKAGE = "bot.storage"
@@ -238,6 +240,204 @@ def latest_schema_version() -> int:
     return max((number for number, _ in _migrations()), default=0)
 
 
+# -- on the database thread ---------------------------------------------------------------------------
+# Plain sqlite3 functions. `Storage._run` calls them on aiosqlite's connection thread, so a whole
+# transaction costs one hop between the event loop and that thread instead of one per statement. They
+# must never touch the event loop. `now` is the storage clock's timestamp, read once per transaction.
+
+# The ledger's unique index on (job_id, kind) is partial, for exactly these kinds. SQLite only uses a
+# partial index when the query repeats the index's own `IN` term, so every lookup of a job's ledger
+# rows carries it (without it, each one scans the whole append-only ledger).
+_JOB_KINDS = "kind IN ('reserve', 'capture', 'release')"
+
+
+def _stamp(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _in_transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `body` as one write transaction; BEGIN IMMEDIATE takes the write lock up front."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # body failed, or COMMIT did and left the transaction open
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _fetch_one(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    cur = db.execute(sql, params)
+    try:
+        return cur.fetchone()
+    finally:
+        cur.close()
+
+
+def _fetch_all(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    cur = db.execute(sql, params)
+    try:
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def _ledger(
+    db: sqlite3.Connection,
+    now: str,
+    guild_id: int,
+    user_id: int,
+    job_id: str | None,
+    kind: str,
+    amount: int,
+    delta_balance: int,
+    delta_held: int,
+    actor_id: int | None,
+    reason: str | None,
+) -> None:
+    db.execute(
+        "INSERT INTO ledger (guild_id, user_id, job_id, kind, amount, delta_balance, delta_held, "
+        "actor_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (guild_id, user_id, job_id, kind, amount, delta_balance, delta_held, actor_id, reason, now),
+    )
+
+
+def _ensure_account(db: sqlite3.Connection, now: str, guild_id: int, user_id: int, starting: int) -> None:
+    cur = db.execute(
+        "INSERT OR IGNORE INTO accounts (guild_id, user_id, balance, held, created_at, updated_at) "
+        "VALUES (?, ?, ?, 0, ?, ?)",
+        (guild_id, user_id, starting, now, now),
+    )
+    if cur.rowcount == 1 and starting > 0:
+        _ledger(db, now, guild_id, user_id, None, "grant", starting, starting, 0, None, "starting credits")
+
+
+def _account(db: sqlite3.Connection, guild_id: int, user_id: int) -> Account:
+    row = _fetch_one(
+        db, "SELECT balance, held FROM accounts WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+    )
+    if row is None:
+        return Account(guild_id, user_id, 0, 0)
+    return Account(guild_id, user_id, row["balance"], row["held"])
+
+
+def _guard_refusal(
+    db: sqlite3.Connection, moment: dt.datetime, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
+) -> ReserveRefused | None:
+    """The first guard limit this reservation would break, read inside its transaction."""
+    if guard.cooldown_seconds > 0:
+        # Refunded jobs do not count: a provider failure should not make the user wait.
+        row = _fetch_one(
+            db,
+            "SELECT MAX(r.created_at) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+            "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+            f"WHERE x.job_id = r.job_id AND x.{_JOB_KINDS} AND x.kind = 'release')",
+            (guild_id, user_id),
+        )
+        if row is not None and row[0] is not None:
+            ready = dt.datetime.fromisoformat(row[0]) + dt.timedelta(seconds=guard.cooldown_seconds)
+            if moment < ready:
+                return ReserveRefused("cooldown", retry_at=ready)
+    if guard.max_concurrent > 0:
+        row = _fetch_one(
+            db,
+            "SELECT COUNT(*) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+            "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+            f"WHERE x.job_id = r.job_id AND x.{_JOB_KINDS} AND x.kind IN ('capture', 'release'))",
+            (guild_id, user_id),
+        )
+        running = int(row[0]) if row else 0
+        if running >= guard.max_concurrent:
+            return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
+    if guard.guild_cap is not None:
+        since = _iso(guard.cap_since) if guard.cap_since else ""
+        row = _fetch_one(
+            db,
+            "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
+            "        WHERE guild_id = ? AND kind = 'capture' AND created_at >= ?), "
+            "       (SELECT COALESCE(SUM(held), 0) FROM accounts WHERE guild_id = ?)",
+            (guild_id, since, guild_id),
+        )
+        used = int(row[0]) + int(row[1]) if row else 0
+        if used + amount > guard.guild_cap:
+            return ReserveRefused("guild_cap", used=used, limit=guard.guild_cap)
+    return None
+
+
+def _settlement(db: sqlite3.Connection, job_id: str) -> tuple[sqlite3.Row | None, dict[str, int]]:
+    """A job's reserve row and the amount of its capture and release rows by kind (one statement)."""
+    reserve = None
+    settled: dict[str, int] = {}
+    for row in _fetch_all(
+        db, f"SELECT kind, guild_id, user_id, amount FROM ledger WHERE job_id = ? AND {_JOB_KINDS}", (job_id,)
+    ):
+        if row["kind"] == "reserve":
+            reserve = row
+        else:
+            settled[row["kind"]] = row["amount"]
+    return reserve, settled
+
+
+def _capture(db: sqlite3.Connection, now: str, job_id: str, charged: int) -> tuple[Account, int] | None:
+    reserve, settled = _settlement(db, job_id)
+    if reserve is None:
+        return None
+    guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
+    if "release" in settled:
+        raise LedgerConflict(f"job {job_id} was already released")
+    if "capture" in settled:
+        return _account(db, guild_id, user_id), int(settled["capture"])
+    charged = max(0, min(charged, held))
+    db.execute(
+        "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
+        "WHERE guild_id = ? AND user_id = ?",
+        (held - charged, held, now, guild_id, user_id),
+    )
+    _ledger(db, now, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None)
+    db.execute("UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, now, job_id))
+    return _account(db, guild_id, user_id), charged
+
+
+def _release(db: sqlite3.Connection, now: str, job_id: str, reason: str | None) -> Account | None:
+    reserve, settled = _settlement(db, job_id)
+    if reserve is None:
+        return None
+    guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
+    if "capture" in settled:
+        raise LedgerConflict(f"job {job_id} was already captured")
+    if "release" not in settled:
+        db.execute(
+            "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
+            "WHERE guild_id = ? AND user_id = ?",
+            (held, held, now, guild_id, user_id),
+        )
+        _ledger(db, now, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
+    return _account(db, guild_id, user_id)
+
+
+def _top_up(db: sqlite3.Connection, now: str, guild_id: int, user_id: int, amount: int, period: str) -> None:
+    current = _account(db, guild_id, user_id)
+    added = max(0, amount - current.balance)
+    if added == 0:
+        return
+    db.execute(
+        "UPDATE accounts SET balance = balance + ?, updated_at = ? WHERE guild_id = ? AND user_id = ?",
+        (added, now, guild_id, user_id),
+    )
+    _ledger(db, now, guild_id, user_id, None, "grant", added, added, 0, None, f"{ALLOWANCE_REASON} {period}")
+    db.execute(
+        "UPDATE allowance_refills SET added = ? WHERE guild_id = ? AND user_id = ? AND period = ?",
+        (added, guild_id, user_id, period),
+    )
+
+
+def _rowcount(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """One statement; its row count."""
+    return db.execute(sql, params).rowcount
+
+
 class Storage:
     """Async access to the bot's SQLite database. Create with `await Storage.open(path)`."""
 
@@ -265,40 +465,41 @@ class Storage:
         await self._conn.close()
 
     def _now(self) -> str:
-        return self._clock().isoformat(timespec="milliseconds")
+        return _stamp(self._clock())
 
     def now(self) -> dt.datetime:
         """The storage clock (injectable in tests): every policy date is read from it."""
         return self._clock()
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: BEGIN IMMEDIATE takes the write lock up front."""
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(sqlite3_connection, *args)` on the connection's thread: one round trip, however many
+        statements `fn` runs.
+
+        aiosqlite has no public API for this. `Connection._execute` queues a callable on the connection's
+        own thread (aiosqlite's `iterdump` uses it the same way) and `Connection._conn` is the sqlite3
+        connection; both are private, so pyproject pins aiosqlite to the versions that have them.
+        """
+        return await self._conn._execute(fn, self._conn._conn, *args)
+
+    async def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `body(connection)` on the database thread as one write transaction, in one round trip.
+
+        The lock keeps one transaction at a time in flight. A caller cancelled while it waits does not
+        stop `body`: the thread runs it to COMMIT or ROLLBACK, so no transaction is ever left open, and
+        the thread runs calls in order, so nothing else can run between its statements.
+        """
         async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                # Cancelled while BEGIN was queued on the connection's thread: it still runs there, and
-                # a transaction left open would make every later BEGIN fail. (If BEGIN itself failed,
-                # there is nothing to roll back.)
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-                raise
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            else:
-                await self._conn.execute("COMMIT")
+            return await self._run(_in_transaction, body)
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> aiosqlite.Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        return await self._run(_fetch_one, sql, params)
 
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return await self._run(_fetch_all, sql, params)
+
+    async def _write_one(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement in its own write transaction; its row count."""
+        return await self._transaction(lambda db: _rowcount(db, sql, params))
 
     # -- schema -------------------------------------------------------------------------------------
 
@@ -324,69 +525,18 @@ class Storage:
 
     async def check_writable(self) -> None:
         """Raise if the database cannot take a write right now (used by health checks)."""
-        async with self._write() as db:
-            await db.execute("SELECT 1")
+        await self._transaction(lambda db: _fetch_one(db, "SELECT 1"))
 
     # -- accounts and credits -----------------------------------------------------------------------
 
-    async def _ensure_account(
-        self, db: aiosqlite.Connection, guild_id: int, user_id: int, starting: int
-    ) -> None:
-        now = self._now()
-        cur = await db.execute(
-            "INSERT OR IGNORE INTO accounts (guild_id, user_id, balance, held, created_at, updated_at) "
-            "VALUES (?, ?, ?, 0, ?, ?)",
-            (guild_id, user_id, starting, now, now),
-        )
-        if cur.rowcount == 1 and starting > 0:
-            await self._ledger(
-                db, guild_id, user_id, None, "grant", starting, starting, 0, None, "starting credits"
-            )
-
-    async def _ledger(
-        self,
-        db: aiosqlite.Connection,
-        guild_id: int,
-        user_id: int,
-        job_id: str | None,
-        kind: str,
-        amount: int,
-        delta_balance: int,
-        delta_held: int,
-        actor_id: int | None,
-        reason: str | None,
-    ) -> None:
-        await db.execute(
-            "INSERT INTO ledger (guild_id, user_id, job_id, kind, amount, delta_balance, delta_held, "
-            "actor_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                guild_id,
-                user_id,
-                job_id,
-                kind,
-                amount,
-                delta_balance,
-                delta_held,
-                actor_id,
-                reason,
-                self._now(),
-            ),
-        )
-
-    async def _account(self, db: aiosqlite.Connection, guild_id: int, user_id: int) -> Account:
-        async with db.execute(
-            "SELECT balance, held FROM accounts WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return Account(guild_id, user_id, 0, 0)
-        return Account(guild_id, user_id, row["balance"], row["held"])
-
     async def ensure_account(self, guild_id: int, user_id: int, starting_credits: int) -> Account:
         """Create the account with its one-time starting grant if it does not exist yet."""
-        async with self._write() as db:
-            await self._ensure_account(db, guild_id, user_id, starting_credits)
-            return await self._account(db, guild_id, user_id)
+
+        def body(db: sqlite3.Connection) -> Account:
+            _ensure_account(db, self._now(), guild_id, user_id, starting_credits)
+            return _account(db, guild_id, user_id)
+
+        return await self._transaction(body)
 
     async def get_account(self, guild_id: int, user_id: int) -> Account | None:
         row = await self._one(
@@ -405,18 +555,22 @@ class Storage:
         starting_credits: int,
     ) -> Account:
         """Add (or with a negative amount, remove up to the available) credits, recorded with the actor."""
-        async with self._write() as db:
-            await self._ensure_account(db, guild_id, user_id, starting_credits)
-            current = await self._account(db, guild_id, user_id)
+
+        def body(db: sqlite3.Connection) -> Account:
+            now = self._now()
+            _ensure_account(db, now, guild_id, user_id, starting_credits)
+            current = _account(db, guild_id, user_id)
             delta = max(amount, -current.balance)
-            await db.execute(
+            db.execute(
                 "UPDATE accounts SET balance = balance + ?, updated_at = ? "
                 "WHERE guild_id = ? AND user_id = ?",
-                (delta, self._now(), guild_id, user_id),
+                (delta, now, guild_id, user_id),
             )
             kind = "grant" if amount >= 0 else "adjust"
-            await self._ledger(db, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
-            return await self._account(db, guild_id, user_id)
+            _ledger(db, now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
+            return _account(db, guild_id, user_id)
+
+        return await self._transaction(body)
 
     async def reserve(
         self,
@@ -432,33 +586,40 @@ class Storage:
 
         Raises NotEnoughCredits, or ReserveRefused when a `guard` limit refuses the job.
         """
-        refused: ReserveRefused | None = None
-        async with self._write() as db:
-            await self._ensure_account(db, guild_id, user_id, starting_credits)
-            already = await (
-                await db.execute("SELECT 1 FROM ledger WHERE job_id = ? AND kind = 'reserve'", (job_id,))
-            ).fetchone()
+
+        def body(db: sqlite3.Connection) -> tuple[Account, bool, ReserveRefused | None]:
+            moment = self._clock()
+            now = _stamp(moment)
+            _ensure_account(db, now, guild_id, user_id, starting_credits)
+            already = _fetch_one(
+                db,
+                f"SELECT 1 FROM ledger WHERE job_id = ? AND {_JOB_KINDS} AND kind = 'reserve'",
+                (job_id,),
+            )
             reserved = already is not None
+            refused = None
             if not reserved and guard is not None:
-                refused = await self._guard_refusal(db, guild_id, user_id, amount, guard)
+                refused = _guard_refusal(db, moment, guild_id, user_id, amount, guard)
             if not reserved and refused is None:
                 # The conditional UPDATE is the whole race guard: it succeeds for exactly as many
                 # concurrent jobs as the balance covers.
-                cur = await db.execute(
+                cur = db.execute(
                     "UPDATE accounts SET balance = balance - ?, held = held + ?, updated_at = ? "
                     "WHERE guild_id = ? AND user_id = ? AND balance >= ?",
-                    (amount, amount, self._now(), guild_id, user_id, amount),
+                    (amount, amount, now, guild_id, user_id, amount),
                 )
                 reserved = cur.rowcount == 1
                 if reserved:
-                    await self._ledger(
-                        db, guild_id, user_id, job_id, "reserve", amount, -amount, amount, None, None
+                    _ledger(
+                        db, now, guild_id, user_id, job_id, "reserve", amount, -amount, amount, None, None
                     )
-                    await db.execute(
+                    db.execute(
                         "UPDATE jobs SET reserved = ?, state = 'reserved', updated_at = ? WHERE id = ?",
-                        (amount, self._now(), job_id),
+                        (amount, now, job_id),
                     )
-            account = await self._account(db, guild_id, user_id)
+            return _account(db, guild_id, user_id), reserved, refused
+
+        account, reserved, refused = await self._transaction(body)
         # Refused after the commit, so a just-created account keeps its starting grant.
         if refused is not None:
             raise refused
@@ -466,131 +627,20 @@ class Storage:
             raise NotEnoughCredits(amount, account.balance)
         return account
 
-    async def _guard_refusal(
-        self, db: aiosqlite.Connection, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
-    ) -> ReserveRefused | None:
-        """The first guard limit this reservation would break, read inside its transaction."""
-        now = self._clock()
-        if guard.cooldown_seconds > 0:
-            # Refunded jobs do not count: a provider failure should not make the user wait.
-            row = await (
-                await db.execute(
-                    "SELECT MAX(r.created_at) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
-                    "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
-                    "WHERE x.job_id = r.job_id AND x.kind = 'release')",
-                    (guild_id, user_id),
-                )
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                ready = dt.datetime.fromisoformat(row[0]) + dt.timedelta(seconds=guard.cooldown_seconds)
-                if now < ready:
-                    return ReserveRefused("cooldown", retry_at=ready)
-        if guard.max_concurrent > 0:
-            row = await (
-                await db.execute(
-                    "SELECT COUNT(*) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
-                    "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
-                    "WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release'))",
-                    (guild_id, user_id),
-                )
-            ).fetchone()
-            running = int(row[0]) if row else 0
-            if running >= guard.max_concurrent:
-                return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
-        if guard.guild_cap is not None:
-            since = _iso(guard.cap_since) if guard.cap_since else ""
-            row = await (
-                await db.execute(
-                    "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
-                    "        WHERE guild_id = ? AND kind = 'capture' AND created_at >= ?), "
-                    "       (SELECT COALESCE(SUM(held), 0) FROM accounts WHERE guild_id = ?)",
-                    (guild_id, since, guild_id),
-                )
-            ).fetchone()
-            used = int(row[0]) + int(row[1]) if row else 0
-            if used + amount > guard.guild_cap:
-                return ReserveRefused("guild_cap", used=used, limit=guard.guild_cap)
-        return None
-
-    async def _settlement(
-        self, db: aiosqlite.Connection, job_id: str
-    ) -> tuple[aiosqlite.Row | None, set[str]]:
-        reserve = await (
-            await db.execute(
-                "SELECT guild_id, user_id, amount FROM ledger WHERE job_id = ? AND kind = 'reserve'",
-                (job_id,),
-            )
-        ).fetchone()
-        kinds = {
-            row[0]
-            for row in await (
-                await db.execute(
-                    "SELECT kind FROM ledger WHERE job_id = ? AND kind IN ('capture', 'release')", (job_id,)
-                )
-            ).fetchall()
-        }
-        return reserve, kinds
-
     async def capture(self, job_id: str, charged: int) -> tuple[Account, int] | None:
         """Charge a job (at most what it reserved) and return the rest. Idempotent.
 
         Returns (account, credits charged), or None when the job never reserved anything.
         Raises LedgerConflict if the job was already released.
         """
-        async with self._write() as db:
-            return await self._capture(db, job_id, charged)
-
-    async def _capture(
-        self, db: aiosqlite.Connection, job_id: str, charged: int
-    ) -> tuple[Account, int] | None:
-        reserve, kinds = await self._settlement(db, job_id)
-        if reserve is None:
-            return None
-        guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
-        if "release" in kinds:
-            raise LedgerConflict(f"job {job_id} was already released")
-        if "capture" in kinds:
-            row = await (
-                await db.execute("SELECT amount FROM ledger WHERE job_id = ? AND kind = 'capture'", (job_id,))
-            ).fetchone()
-            return await self._account(db, guild_id, user_id), int(row[0])
-        charged = max(0, min(charged, held))
-        await db.execute(
-            "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-            "WHERE guild_id = ? AND user_id = ?",
-            (held - charged, held, self._now(), guild_id, user_id),
-        )
-        await self._ledger(
-            db, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None
-        )
-        await db.execute(
-            "UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, self._now(), job_id)
-        )
-        return await self._account(db, guild_id, user_id), charged
+        return await self._transaction(lambda db: _capture(db, self._now(), job_id, charged))
 
     async def release(self, job_id: str, reason: str | None = None) -> Account | None:
         """Return a job's whole hold. Idempotent; None if nothing was reserved.
 
         Raises LedgerConflict if the job was already captured.
         """
-        async with self._write() as db:
-            return await self._release(db, job_id, reason)
-
-    async def _release(self, db: aiosqlite.Connection, job_id: str, reason: str | None) -> Account | None:
-        reserve, kinds = await self._settlement(db, job_id)
-        if reserve is None:
-            return None
-        guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
-        if "capture" in kinds:
-            raise LedgerConflict(f"job {job_id} was already captured")
-        if "release" not in kinds:
-            await db.execute(
-                "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-                "WHERE guild_id = ? AND user_id = ?",
-                (held, held, self._now(), guild_id, user_id),
-            )
-            await self._ledger(db, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
-        return await self._account(db, guild_id, user_id)
+        return await self._transaction(lambda db: _release(db, self._now(), job_id, reason))
 
     async def settle_delivered(
         self, job_id: str, charged: int, *, via: str, channel_id: int | None, message_id: int | None
@@ -600,15 +650,18 @@ class Storage:
         One transaction, so a crash can never leave a charged job that looks undelivered (and is
         delivered again) or a delivered job whose hold is never settled.
         """
-        async with self._write() as db:
-            settled = await self._capture(db, job_id, charged)
+
+        def body(db: sqlite3.Connection) -> tuple[Account, int] | None:
             now = self._now()
-            await db.execute(
+            settled = _capture(db, now, job_id, charged)
+            db.execute(
                 "UPDATE jobs SET state = 'delivered', delivered_via = ?, result_channel_id = ?, "
                 "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (via, channel_id, message_id, now, now, job_id),
             )
             return settled
+
+        return await self._transaction(body)
 
     async def settle_released(
         self, job_id: str, state: str, *, error_code: str, error_ref: str | None = None
@@ -617,15 +670,18 @@ class Storage:
 
         Idempotent. Raises LedgerConflict (and changes nothing) if the job was already captured.
         """
-        async with self._write() as db:
-            account = await self._release(db, job_id, error_code[:64])
+
+        def body(db: sqlite3.Connection) -> Account | None:
             now = self._now()
-            await db.execute(
+            account = _release(db, now, job_id, error_code[:64])
+            db.execute(
                 "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (state, error_code[:64], error_ref, now, now, job_id),
             )
             return account
+
+        return await self._transaction(body)
 
     async def held_mismatches(self) -> list[tuple[int, int, int, int]]:
         """Accounts whose `held` differs from the sum of their open reservations:
@@ -634,27 +690,26 @@ class Storage:
             "SELECT a.guild_id, a.user_id, a.held, COALESCE(SUM(r.amount), 0) AS open FROM accounts a "
             "LEFT JOIN ledger r ON r.guild_id = a.guild_id AND r.user_id = a.user_id "
             "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
-            "WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release')) "
+            f"WHERE x.job_id = r.job_id AND x.{_JOB_KINDS} AND x.kind IN ('capture', 'release')) "
             "GROUP BY a.guild_id, a.user_id HAVING a.held != open"
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def forget_job_details(self, job_id: str) -> None:
         """Drop what an ended job no longer needs once its files expired (its prompt and options)."""
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE jobs SET spec = NULL, result = NULL "
-                "WHERE id = ? AND state IN ('delivered', 'failed', 'cancelled')",
-                (job_id,),
-            )
+        await self._write_one(
+            "UPDATE jobs SET spec = NULL, result = NULL "
+            "WHERE id = ? AND state IN ('delivered', 'failed', 'cancelled')",
+            (job_id,),
+        )
 
     async def open_holds(self) -> list[OpenHold]:
         """Reservations never captured or released, with their job's state (for start-up reconciling)."""
         rows = await self._all(
             "SELECT r.job_id, r.guild_id, r.user_id, r.amount, j.state FROM ledger r "
             "LEFT JOIN jobs j ON j.id = r.job_id WHERE r.kind = 'reserve' AND NOT EXISTS "
-            "(SELECT 1 FROM ledger x WHERE x.job_id = r.job_id AND x.kind IN ('capture', 'release')) "
-            "ORDER BY r.id"
+            f"(SELECT 1 FROM ledger x WHERE x.job_id = r.job_id AND x.{_JOB_KINDS} "
+            "AND x.kind IN ('capture', 'release')) ORDER BY r.id"
         )
         return [OpenHold(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -697,9 +752,10 @@ class Storage:
         files_expire_at: str | None = None,
     ) -> None:
         """Write a new job in state `queued` (nothing held yet), with what it needs to run."""
-        now = self._now()
-        async with self._write() as db:
-            await db.execute(
+
+        def body(db: sqlite3.Connection) -> None:
+            now = self._now()
+            db.execute(
                 "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
                 "created_at, updated_at, spec, interaction_at, origin_message_id, deadline_at, "
                 "files_expire_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -722,23 +778,25 @@ class Storage:
                 ),
             )
 
+        await self._transaction(body)
+
     async def set_job_state(self, job_id: str, state: str, **fields: Any) -> None:
         """Move a job to `state`, optionally setting other job columns (see `_JOB_FIELDS`)."""
         unknown = set(fields) - _JOB_FIELDS
         if unknown:
             raise ValueError(f"unknown job fields: {sorted(unknown)}")
-        now = self._now()
-        assignments = ["state = ?", "updated_at = ?"]
-        params: list[Any] = [state, now]
-        for name, value in fields.items():
-            assignments.append(f"{name} = ?")
-            params.append(value)
-        if state in TERMINAL_STATES:
+        assignments = ["state = ?", "updated_at = ?", *(f"{name} = ?" for name in fields)]
+        terminal = state in TERMINAL_STATES
+        if terminal:
             assignments.append("finished_at = ?")
-            params.append(now)
-        params.append(job_id)
-        async with self._write() as db:
-            await db.execute(f"UPDATE jobs SET {', '.join(assignments)} WHERE id = ?", tuple(params))
+        sql = f"UPDATE jobs SET {', '.join(assignments)} WHERE id = ?"
+
+        def body(db: sqlite3.Connection) -> None:
+            now = self._now()
+            ended = (now,) if terminal else ()
+            db.execute(sql, (state, now, *fields.values(), *ended, job_id))
+
+        await self._transaction(body)
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         """Set job columns (see `_JOB_FIELDS`) without changing the state."""
@@ -746,22 +804,20 @@ class Storage:
         if unknown or not fields:
             raise ValueError(f"unknown or no job fields: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        async with self._write() as db:
-            await db.execute(
-                f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
-                (*fields.values(), self._now(), job_id),
-            )
+        sql = f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?"
+        await self._transaction(lambda db: _rowcount(db, sql, (*fields.values(), self._now(), job_id)))
 
     async def mark_submitted(self, job_id: str, provider: str, provider_job_id: str) -> None:
         """Record that `provider` accepted one call of the job (ids are appended: an emulated `count`
         makes one call per image) and move it to `submitted`."""
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE jobs SET state = 'submitted', provider = ?, provider_request_id = "
-                "CASE WHEN provider_request_id IS NULL OR provider_request_id = '' THEN ? "
-                "ELSE provider_request_id || ',' || ? END, updated_at = ? WHERE id = ?",
-                (provider, provider_job_id, provider_job_id, self._now(), job_id),
-            )
+        sql = (
+            "UPDATE jobs SET state = 'submitted', provider = ?, provider_request_id = "
+            "CASE WHEN provider_request_id IS NULL OR provider_request_id = '' THEN ? "
+            "ELSE provider_request_id || ',' || ? END, updated_at = ? WHERE id = ?"
+        )
+        await self._transaction(
+            lambda db: _rowcount(db, sql, (provider, provider_job_id, provider_job_id, self._now(), job_id))
+        )
 
     async def overdue_jobs(self, now: dt.datetime) -> list[JobRow]:
         """Jobs still waiting or at a provider whose deadline has passed (the watchdog's work)."""
@@ -810,12 +866,11 @@ class Storage:
         return None if row is None or row[0] is None else bool(row[0])
 
     async def set_guild_thread_results(self, guild_id: int, value: bool | None) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "INSERT INTO guild_settings (guild_id, thread_results) VALUES (?, ?) "
-                "ON CONFLICT (guild_id) DO UPDATE SET thread_results = excluded.thread_results",
-                (guild_id, None if value is None else int(value)),
-            )
+        await self._write_one(
+            "INSERT INTO guild_settings (guild_id, thread_results) VALUES (?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET thread_results = excluded.thread_results",
+            (guild_id, None if value is None else int(value)),
+        )
 
     # -- credit policy ------------------------------------------------------------------------------
 
@@ -831,12 +886,11 @@ class Storage:
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
-        async with self._write() as db:
-            await db.execute(
-                f"INSERT INTO guild_policy (guild_id, {names}) VALUES (?, {marks}) "
-                f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
-                (guild_id, *fields.values()),
-            )
+        await self._write_one(
+            f"INSERT INTO guild_policy (guild_id, {names}) VALUES (?, {marks}) "
+            f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
+            (guild_id, *fields.values()),
+        )
 
     async def role_tier_rows(self, guild_id: int) -> list[dict[str, Any]]:
         rows = await self._all("SELECT * FROM role_tiers WHERE guild_id = ? ORDER BY role_id", (guild_id,))
@@ -849,19 +903,17 @@ class Storage:
         fields = _checked(fields, _ROLE_TIER_FIELDS)
         values = [fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)]
         columns = ", ".join(sorted(_ROLE_TIER_FIELDS))
-        async with self._write() as db:
-            await db.execute(
-                f"INSERT OR REPLACE INTO role_tiers (guild_id, role_id, {columns}, updated_by, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (guild_id, role_id, *values, actor_id, self._now()),
-            )
+        await self._write_one(
+            f"INSERT OR REPLACE INTO role_tiers (guild_id, role_id, {columns}, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (guild_id, role_id, *values, actor_id, self._now()),
+        )
 
     async def delete_role_tier(self, guild_id: int, role_id: int) -> bool:
-        async with self._write() as db:
-            cur = await db.execute(
-                "DELETE FROM role_tiers WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
-            )
-            return cur.rowcount == 1
+        deleted = await self._write_one(
+            "DELETE FROM role_tiers WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
+        )
+        return deleted == 1
 
     async def user_settings_row(self, user_id: int) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM user_settings WHERE user_id = ?", (user_id,))
@@ -873,12 +925,11 @@ class Storage:
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
-        async with self._write() as db:
-            await db.execute(
-                f"INSERT INTO user_settings (user_id, {names}) VALUES (?, {marks}) "
-                f"ON CONFLICT (user_id) DO UPDATE SET {updates}",
-                (user_id, *fields.values()),
-            )
+        await self._write_one(
+            f"INSERT INTO user_settings (user_id, {names}) VALUES (?, {marks}) "
+            f"ON CONFLICT (user_id) DO UPDATE SET {updates}",
+            (user_id, *fields.values()),
+        )
 
     async def refill_allowance(
         self,
@@ -895,37 +946,23 @@ class Storage:
         write transaction, and the refill record's primary key admits one refill per period, so two
         uses racing across a boundary can never both refill.
         """
-        async with self._write() as db:
-            await self._ensure_account(db, guild_id, user_id, starting_credits)
-            period = period_of(self._clock())
+
+        def body(db: sqlite3.Connection) -> Account:
+            moment = self._clock()
+            now = _stamp(moment)
+            _ensure_account(db, now, guild_id, user_id, starting_credits)
+            period = period_of(moment)
             if period is not None and amount > 0:
-                cur = await db.execute(
+                cur = db.execute(
                     "INSERT OR IGNORE INTO allowance_refills (guild_id, user_id, period, added, created_at) "
                     "VALUES (?, ?, ?, 0, ?)",
-                    (guild_id, user_id, period, self._now()),
+                    (guild_id, user_id, period, now),
                 )
                 if cur.rowcount == 1:
-                    await self._top_up(db, guild_id, user_id, amount, period)
-            return await self._account(db, guild_id, user_id)
+                    _top_up(db, now, guild_id, user_id, amount, period)
+            return _account(db, guild_id, user_id)
 
-    async def _top_up(
-        self, db: aiosqlite.Connection, guild_id: int, user_id: int, amount: int, period: str
-    ) -> None:
-        current = await self._account(db, guild_id, user_id)
-        added = max(0, amount - current.balance)
-        if added == 0:
-            return
-        await db.execute(
-            "UPDATE accounts SET balance = balance + ?, updated_at = ? WHERE guild_id = ? AND user_id = ?",
-            (added, self._now(), guild_id, user_id),
-        )
-        await self._ledger(
-            db, guild_id, user_id, None, "grant", added, added, 0, None, f"{ALLOWANCE_REASON} {period}"
-        )
-        await db.execute(
-            "UPDATE allowance_refills SET added = ? WHERE guild_id = ? AND user_id = ? AND period = ?",
-            (added, guild_id, user_id, period),
-        )
+        return await self._transaction(body)
 
     async def change_balance(
         self,
@@ -943,19 +980,23 @@ class Storage:
         Always writes exactly one ledger row with the actor, even when nothing moves, so every admin
         action is on record. Returns the account and the credits actually moved.
         """
-        async with self._write() as db:
-            await self._ensure_account(db, guild_id, user_id, starting_credits)
-            current = await self._account(db, guild_id, user_id)
+
+        def body(db: sqlite3.Connection) -> tuple[Account, int]:
+            now = self._now()
+            _ensure_account(db, now, guild_id, user_id, starting_credits)
+            current = _account(db, guild_id, user_id)
             delta = set_to - current.balance if set_to is not None else add
             delta = max(delta, -current.balance)
-            await db.execute(
+            db.execute(
                 "UPDATE accounts SET balance = balance + ?, updated_at = ? "
                 "WHERE guild_id = ? AND user_id = ?",
-                (delta, self._now(), guild_id, user_id),
+                (delta, now, guild_id, user_id),
             )
             kind = "grant" if delta > 0 else "adjust"
-            await self._ledger(db, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
-            return await self._account(db, guild_id, user_id), delta
+            _ledger(db, now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
+            return _account(db, guild_id, user_id), delta
+
+        return await self._transaction(body)
 
     async def account_history(
         self, guild_id: int, user_id: int, *, kinds: tuple[str, ...], offset: int, limit: int
