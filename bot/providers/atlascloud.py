@@ -53,26 +53,21 @@ import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OnSubmitted, ProviderHealth
 from bot.providers.errors import (
-    InvalidInput,
     JobFailed,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
-    RateLimited,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
     RetryPolicy,
     error_summary,
     health_from_error,
     parse_json,
-    parse_retry_after,
     redact_url,
     send_check,
-    submit_server_error,
     unsupported_options,
 )
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions
+from bot.providers.predictions import ModelFields, PredictionApi, Predictions, classify_status
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +146,8 @@ def classify_atlas_error(
         if safety:
             return ProviderRejected(summary, accepted=True, **kw)
         return JobFailed(summary, accepted=True, **kw)
-    kw["status"] = effective
-    if effective == 402 or any(word in lowered for word in _BALANCE_WORDS):
-        return ServiceUnavailable(summary, code="insufficient_balance", **kw)
-    if effective in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if effective == 401 else "forbidden", **kw)
-    if effective == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if effective == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if effective >= 500:
-        return submit_server_error(summary, **kw)  # no prediction id came back: nothing was queued
-    if safety:
-        return ProviderRejected(summary, **kw)
-    return InvalidInput(summary, **kw)
+    balance = any(word in lowered for word in _BALANCE_WORDS)
+    return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
 
 
 ATLAS_API = PredictionApi(

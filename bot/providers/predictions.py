@@ -14,14 +14,22 @@ words, and the vendor's one error classifier.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OutputImage
-from bot.providers.errors import ModelUnavailable, ProviderError, ServerError
+from bot.providers.errors import (
+    InvalidInput,
+    ModelUnavailable,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
 from bot.providers.http import (
     Classifier,
     HttpResponse,
@@ -32,10 +40,12 @@ from bot.providers.http import (
     is_http_url,
     mark_unsubmitted,
     parse_json,
+    parse_retry_after,
     poll,
     send_idempotent,
     send_paid,
     sniff_image_format,
+    submit_server_error,
     upload_file,
 )
 
@@ -283,3 +293,27 @@ class Predictions:
             size=request.size if request.size != "auto" else None,
             request_id=job_id,
         )
+
+
+def classify_status(
+    status: int, summary: str, headers: Mapping[str, str], *, balance: bool, safety: bool, provider: str
+) -> ProviderError:
+    """The HTTP-status half of Atlas's and WaveSpeed's error mapping (their tables are the same).
+
+    Each vendor's classifier reads its own envelope and words first and passes what it found:
+    `balance` (402 or balance wording) and `safety` (a safety filter named in the text).
+    """
+    kw: dict[str, Any] = {"provider": provider, "status": status}
+    if status == 402 or balance:
+        return ServiceUnavailable(summary, code="insufficient_balance", **kw)
+    if status in (401, 403):
+        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
+    if status == 404:
+        return ModelUnavailable(summary, code="not_found", **kw)
+    if status == 429:
+        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
+    if status >= 500:
+        return submit_server_error(summary, **kw)  # no job id came back: nothing was queued
+    if safety:
+        return ProviderRejected(summary, **kw)
+    return InvalidInput(summary, **kw)

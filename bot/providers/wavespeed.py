@@ -52,25 +52,20 @@ import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OnSubmitted
 from bot.providers.errors import (
-    InvalidInput,
     JobFailed,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
     ProviderTimeout,
-    RateLimited,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
     RetryPolicy,
     error_summary,
     parse_json,
-    parse_retry_after,
     redact_url,
-    submit_server_error,
     unsupported_options,
 )
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions, job_status
+from bot.providers.predictions import ModelFields, PredictionApi, Predictions, classify_status, job_status
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +158,8 @@ def classify_wavespeed_error(
         if safety:
             return ProviderRejected(summary, accepted=True, **kw)
         return JobFailed(summary, accepted=True, **kw)
-    kw["status"] = effective
-    if effective == 402 or any(word in lowered for word in _BALANCE_WORDS):
-        return ServiceUnavailable(summary, code="insufficient_balance", **kw)
-    if effective in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if effective == 401 else "forbidden", **kw)
-    if effective == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if effective == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if effective >= 500:
-        return submit_server_error(summary, **kw)  # no task id came back: nothing was queued
-    if safety:
-        return ProviderRejected(summary, **kw)
-    return InvalidInput(summary, **kw)
+    balance = any(word in lowered for word in _BALANCE_WORDS)
+    return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
 
 
 WAVESPEED_API = PredictionApi(
