@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,12 +29,10 @@ import aiohttp.payload
 
 from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, Usage
 from bot.providers.errors import (
-    ConnectionFailed,
     InvalidInput,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
-    ProviderTimeout,
     RateLimited,
     ServerError,
     ServiceUnavailable,
@@ -43,9 +40,10 @@ from bot.providers.errors import (
 from bot.providers.http import (
     RetryPolicy,
     decode_base64_image,
+    health_from_error,
     parse_retry_after,
     redact_url,
-    send_idempotent,
+    send_check,
     send_paid,
     sniff_image_format,
 )
@@ -58,9 +56,6 @@ MAX_LOG_MESSAGE = 200  # provider messages kept in exception text (for logs) are
 # A retried submit needs time to run: an edit takes tens of seconds, so a 429 is only retried when
 # this much time is left after waiting (otherwise it would be billed and then time out).
 MIN_RETRY_WINDOW = 30.0
-# `/diagnose` must answer quickly even when the API is down: one try, a few seconds.
-CHECK_TIMEOUT = 8.0
-CHECK_POLICY = RetryPolicy(attempts=1)
 
 _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 _QUOTA = "insufficient_quota"
@@ -164,20 +159,11 @@ def classify_openai_error(
 
 
 def _health_from_error(exc: ProviderError) -> ProviderHealth:
-    """What a failed `GET /models` says about the account: status and code only, never the body."""
-    what = f"HTTP {exc.status}" if exc.status else type(exc).__name__
-    if exc.code:
-        what += f" {exc.code}"
-    if isinstance(exc, ConnectionFailed | ProviderTimeout):
-        return ProviderHealth(reachable=False, authenticated=None, detail=f"unreachable ({what})")
-    if exc.status in (401, 403):
-        return ProviderHealth(reachable=True, authenticated=False, detail=f"API key refused ({what})")
-    if exc.code == _QUOTA:
+    """What a failed `GET /models` says: the shared reading, plus OpenAI's `insufficient_quota`."""
+    if exc.code == _QUOTA and exc.status not in (401, 403):
+        what = f"HTTP {exc.status} {exc.code}" if exc.status else f"{type(exc).__name__} {exc.code}"
         return ProviderHealth(reachable=True, authenticated=True, detail=f"out of quota or billing ({what})")
-    if isinstance(exc, RateLimited):
-        # A 429 comes after authentication: the key works, the account is just busy.
-        return ProviderHealth(reachable=True, authenticated=True, detail=f"rate limited ({what})", ok=True)
-    return ProviderHealth(reachable=True, authenticated=None, detail=f"error ({what})")
+    return health_from_error(exc)
 
 
 def _int(value: object) -> int:
@@ -240,17 +226,12 @@ class OpenAIProvider:
     async def check(self) -> ProviderHealth:
         """Reachability and auth via `GET /models`: authenticated, free, and small."""
         try:
-            await send_idempotent(
+            await send_check(
                 self._session,
-                "GET",
                 self._models_url,
-                policy=CHECK_POLICY,
-                deadline=time.monotonic() + CHECK_TIMEOUT,
-                call_timeout=CHECK_TIMEOUT,
-                headers={"Authorization": f"Bearer {self._api_key}"},
                 provider=self.name,
                 classify=classify_openai_error,
-                request_id_header=REQUEST_ID_HEADER,
+                headers={"Authorization": f"Bearer {self._api_key}"},
             )
         except ProviderError as exc:
             return _health_from_error(exc)

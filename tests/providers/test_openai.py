@@ -24,7 +24,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.openai import OpenAIProvider, classify_openai_error, parse_usage
+from bot.providers.openai import OpenAIProvider, _health_from_error, classify_openai_error, parse_usage
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.providers.helpers import (
     DATA,
@@ -639,3 +639,29 @@ def test_classify_truncates_long_messages_and_masks_keys() -> None:
 )
 def test_parse_usage(raw: object, expected: Usage | None) -> None:
     assert parse_usage(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("error", "detail", "authenticated"),
+    [
+        (
+            ServiceUnavailable("q", status=429, code="insufficient_quota"),
+            "out of quota or billing (HTTP 429 insufficient_quota)",
+            True,
+        ),
+        (
+            ServiceUnavailable("k", status=401, code="invalid_api_key"),
+            "API key refused (HTTP 401 invalid_api_key)",
+            False,
+        ),
+        (
+            RateLimited("r", status=429, code="rate_limit_exceeded"),
+            "rate limited (HTTP 429 rate_limit_exceeded)",
+            True,
+        ),
+        (ConnectionFailed("c"), "unreachable (ConnectionFailed)", None),
+    ],
+)
+def test_a_failed_check_reads_quota_before_the_shared_rules(error, detail, authenticated) -> None:
+    health = _health_from_error(error)
+    assert (health.detail, health.authenticated) == (detail, authenticated)
