@@ -19,7 +19,9 @@ from bot.errors import InvalidOptions
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage
 
 PACKAGED_CATALOG = "catalog.toml"
-PRICED_QUALITIES = ("low", "medium", "high")
+PRICED_QUALITIES = ("low", "medium", "high", "xhigh", "max")
+# A model that lists no qualities offers these (the GPT Image 1 and 2 set).
+DEFAULT_QUALITIES = ("low", "medium", "high", "auto")
 MILLION = Decimal(1_000_000)
 # A prompt's text tokens are at most about one per two characters (usually one per four).
 CHARS_PER_TEXT_TOKEN_WORST = 2
@@ -68,7 +70,7 @@ class Route:
     mask_convention: str = "alpha"
     max_input_images: int = 1
     sizes: tuple[str, ...] = SIZES
-    qualities: tuple[str, ...] = QUALITIES
+    qualities: tuple[str, ...] = DEFAULT_QUALITIES
     backgrounds: tuple[str, ...] = BACKGROUNDS
     output_formats: tuple[str, ...] = OUTPUT_FORMATS
     n: bool = False
@@ -242,7 +244,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             for q in PRICED_QUALITIES
             if q in raw["price"]
         }
-        qualities = tuple(raw.get("qualities", QUALITIES))
+        qualities = tuple(raw.get("qualities", DEFAULT_QUALITIES))
         missing = [q for q in qualities if q != "auto" and q not in prices]
         if "auto" in qualities and "high" not in prices:
             missing.append("high (needed to price auto)")

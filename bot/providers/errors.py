@@ -51,6 +51,15 @@ class ModelUnavailable(ProviderError):
     retryable_elsewhere = True
 
 
+class ModelGone(ModelUnavailable):
+    """The provider says this model no longer exists on this route (OpenAI 404 `model_not_found`,
+    a reseller's 404/410 naming the model, "retired", "no longer available", "no available channels").
+
+    Raised only when the provider provably did not take the job (`accepted` is False), so routing may
+    retire the route and run the same job elsewhere.
+    """
+
+
 class RateLimited(ProviderError):
     """HTTP 429 (not quota). `retry_after` is seconds, or None when the provider gave no hint."""
 
