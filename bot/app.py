@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
+from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
 from bot.policy import CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -27,6 +29,13 @@ from bot.providers.wavespeed import WaveSpeedProvider
 from bot.storage import Storage
 
 SALT_FILE = "install_salt"
+
+
+def utc_today() -> dt.date:
+    """The real calendar (tests pass their own)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 ASYNC_SUBMIT_TIMEOUT = 60.0  # an async provider's submit only queues the job
 # Provider calls one running job can have open at once: an emulated `count` (at most
 # MAX_IMAGES_PER_EDIT images) makes one call per image, all in parallel.
@@ -51,7 +60,10 @@ class Services:
         if self.policy is None:
             self.policy = PolicyService(settings=self.settings, catalog=self.catalog, storage=self.storage)
         self.diagnostics = DiagnosticsService(
-            storage=self.storage, providers=self.providers, catalog=self.catalog
+            storage=self.storage,
+            providers=self.providers,
+            catalog=self.catalog,
+            lifecycle=self.edits.lifecycle,
         )
 
 
@@ -145,13 +157,31 @@ def load_or_create_salt(data_dir: Path) -> bytes:
 
 
 def build_services(
-    settings: Settings, catalog: Catalog, storage: Storage, providers: dict[str, Provider]
+    settings: Settings,
+    catalog: Catalog,
+    storage: Storage,
+    providers: dict[str, Provider],
+    *,
+    today: Callable[[], dt.date] = utc_today,
 ) -> Services:
+    """Every service, wired once. `today` is the calendar every shutdown date is compared with."""
     metrics = Metrics()
     # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
     audit = AuditLog(storage)
+    lifecycle = ModelLifecycle(
+        catalog,
+        frozenset(providers),
+        today,
+        default_model_id=settings.default_model,
+        store=storage,
+        on_event=audit.model_event,
+    )
     policy = PolicyService(
-        settings=settings, catalog=catalog, storage=storage, on_credit_change=_audit_credit_changes(audit)
+        settings=settings,
+        catalog=catalog,
+        storage=storage,
+        on_credit_change=_audit_credit_changes(audit),
+        lifecycle=lifecycle,
     )
     edits = EditService(
         settings=settings,
@@ -163,6 +193,8 @@ def build_services(
         # Command options > the user's /quality and /settings > server defaults > bot settings.
         defaults=policy.defaults_for,
         policy=policy,
+        today=today,
+        lifecycle=lifecycle,
     )
     metrics.watch(
         in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits

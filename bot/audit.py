@@ -103,6 +103,10 @@ class AuditLog(JobObserver):
             line += f"; next try in {retry_in:.0f} s"
         await self._send(line, None)
 
+    async def model_event(self, line: str) -> None:
+        """A model or route changed: shut down, retired after "model gone", a new date or model."""
+        await self._send(_clip(line, REASON_CHARS), None)
+
     async def job_failed(self, job: JobRow, error: str | None) -> None:
         """A job ended failed: a safety refusal or a failure, with its reference id and channel link."""
         who = f"<@{job.user_id}>" + (f" in <#{job.channel_id}>" if job.channel_id else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from importlib import resources
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import InvalidOptions
-from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage
+from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage, parse_size
 
 PACKAGED_CATALOG = "catalog.toml"
 PRICED_QUALITIES = ("low", "medium", "high", "xhigh", "max")
@@ -29,9 +30,13 @@ CHARS_PER_TEXT_TOKEN_WORST = 2
 RETIREMENT_WARNING_DAYS = 30
 MASK_CONVENTIONS = ("alpha", "white")  # see bot.providers.masks
 LIST_PRICE = "list"
+SQUARE_SIZE = "1024x1024"
+SQUARE_PIXELS = 1024 * 1024
 ROUTE_KEYS = frozenset(
     {
         "provider",
+        "shutdown",
+        "free_sizes",
         "model",
         "price",
         "mask",
@@ -50,6 +55,45 @@ ROUTE_KEYS = frozenset(
 
 class CatalogError(Exception):
     """The catalog file is unreadable or inconsistent. Lists every problem."""
+
+
+@dataclass(frozen=True)
+class SizeRules:
+    """Which free `WxH` sizes a model takes besides its listed ones (GPT Image 2 and later).
+
+    Both edges a multiple of `multiple`, the long edge at most `max_ratio` times the short one, the
+    pixel count within [min_pixels, max_pixels] and the longest edge at most `max_edge`.
+    """
+
+    multiple: int = 16
+    min_pixels: int = 655_360
+    max_pixels: int = 8_294_400
+    max_edge: int = 3840
+    max_ratio: Decimal = Decimal(3)
+
+    def problem(self, size: str) -> str | None:
+        """Why `size` is not a free size this model takes, or None when it is."""
+        parsed = parse_size(size)
+        if parsed is None:
+            return "it is not WIDTHxHEIGHT"
+        w, h = parsed
+        if w % self.multiple or h % self.multiple:
+            return f"both edges must be multiples of {self.multiple}"
+        if max(w, h) > self.max_edge:
+            return f"the longest edge is at most {self.max_edge}"
+        if Decimal(max(w, h)) / Decimal(min(w, h)) > self.max_ratio:
+            return f"the long edge is at most {self.max_ratio}× the short one"
+        if not self.min_pixels <= w * h <= self.max_pixels:
+            return f"it must have between {self.min_pixels:,} and {self.max_pixels:,} pixels"
+        return None
+
+    def describe(self) -> str:
+        """Short user-facing text: what a free size must look like."""
+        return (
+            f"any WIDTHxHEIGHT with both edges multiples of {self.multiple}, up to {self.max_edge} "
+            f"on the long edge, {self.min_pixels:,}–{self.max_pixels:,} pixels, at most "
+            f"{self.max_ratio}:1"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,10 +120,19 @@ class Route:
     n: bool = False
     max_prompt_chars: int = 32000
     input_fidelity: bool = False
+    # The day this provider stops selling the model (OpenAI's dates sit on the `openai` route).
+    shutdown: dt.date | None = None
+    # The route takes any free `WxH` size the model's SizeRules allow, not only `sizes`.
+    free_sizes: bool = False
 
     @property
     def list_priced(self) -> bool:
         return self.price is None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(provider, provider's model id): what a retirement or a discovered date is recorded under."""
+        return (self.provider, self.model)
 
 
 @dataclass(frozen=True)
@@ -108,17 +161,63 @@ class ModelEntry:
     tokens: TokenRates | None = None
     shutdown: dt.date | None = None
     replacement: str | None = None
+    snapshots: tuple[str, ...] = ()  # dated ids of the same model (what OpenAI's model list shows)
+    size_rules: SizeRules | None = None  # free WxH sizes; None = only `sizes`
+
+    def route_shutdown(self, route: Route) -> dt.date | None:
+        """When `route` stops: its own date, or the model's (a date on every route), whichever is first."""
+        dates = [d for d in (route.shutdown, self.shutdown) if d is not None]
+        return min(dates) if dates else None
 
     def retired(self, today: dt.date) -> bool:
-        return self.shutdown is not None and today >= self.shutdown
+        """Dead everywhere: past the model's own date, or past the date of every one of its routes."""
+        if self.shutdown is not None and today >= self.shutdown:
+            return True
+        ends = [self.route_shutdown(r) for r in self.routes]
+        return bool(ends) and all(end is not None and today >= end for end in ends)
+
+    def last_day(self) -> dt.date | None:
+        """The day the last route stops (None while some route has no date)."""
+        if self.shutdown is not None:
+            return self.shutdown
+        ends = [self.route_shutdown(r) for r in self.routes]
+        if not ends or any(end is None for end in ends):
+            return None
+        return max(end for end in ends if end is not None)
+
+    def accepts_size(self, size: str) -> bool:
+        """A listed size, or a free `WxH` within the model's rules."""
+        if size in self.sizes:
+            return True
+        return self.size_rules is not None and self.size_rules.problem(size) is None
+
+    def priced_qualities(self) -> tuple[str, ...]:
+        return tuple(q for q in self.qualities if q in self.prices)
 
     def image_price(self, quality: str, size: str) -> Decimal:
-        """List price of one output image. `auto` is priced as its most expensive outcome."""
-        q = "high" if quality == "auto" else quality
+        """List price of one output image, an upper bound where nothing is published.
+
+        `auto` quality is priced as the model's dearest quality and `auto` size as the dearest listed
+        one. No formula for free sizes is published (and the published non-square sizes cost less
+        than the square one), so a free size is the square price scaled up by its area.
+        """
+        q = (
+            max(self.priced_qualities(), key=lambda k: self.prices[k]["square"])
+            if quality == "auto"
+            else quality
+        )
         by_size = self.prices[q]
         if size == "auto":
             return max(by_size.values())
-        return by_size["square" if size == "1024x1024" else "other"]
+        if size == SQUARE_SIZE:
+            return by_size["square"]
+        if size in SIZES:
+            return by_size["other"]
+        parsed = parse_size(size)
+        if parsed is None:
+            return max(by_size.values())
+        scale = max(Decimal(1), Decimal(parsed[0] * parsed[1]) / SQUARE_PIXELS)
+        return max(by_size.values()) * scale
 
 
 @dataclass(frozen=True)
@@ -226,8 +325,9 @@ def actual_usd(
             + t.image_output * usage.output_image_tokens
             + t.text_output * usage.output_text_tokens
         ) / MILLION
-    q = quality if quality in PRICED_QUALITIES else requested_quality
-    s = size if size in SIZES and size != "auto" else requested_size
+    q = quality if quality in model.prices else requested_quality
+    made = size is not None and size != "auto" and (size in SIZES or parse_size(size) is not None)
+    s = size if made and size is not None else requested_size
     return model.image_price(q, s) * images
 
 
@@ -245,23 +345,28 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             if q in raw["price"]
         }
         qualities = tuple(raw.get("qualities", DEFAULT_QUALITIES))
+        unknown = [q for q in qualities if q not in QUALITIES]
+        if unknown:
+            problems.append(f"{where}.qualities: unknown value(s) {', '.join(map(repr, unknown))}")
         missing = [q for q in qualities if q != "auto" and q not in prices]
-        if "auto" in qualities and "high" not in prices:
-            missing.append("high (needed to price auto)")
+        if "auto" in qualities and not prices:
+            missing.append("any (needed to price auto)")
         if missing:
             problems.append(f"{where}: no price for quality {', '.join(missing)}")
         for q, by_size in prices.items():
             if set(by_size) != {"square", "other"}:
                 problems.append(f"{where}.price.{q}: needs exactly `square` and `other`")
         tokens = raw.get("tokens")
-        shutdown = raw.get("shutdown")
-        if isinstance(shutdown, str):
-            shutdown = dt.date.fromisoformat(shutdown)
+        rules = _size_rules(raw.get("free_sizes", False))
+        sizes = tuple(raw.get("sizes", SIZES))
+        bad_sizes = [v for v in sizes if v not in SIZES and (rules is None or rules.problem(v))]
+        if bad_sizes:
+            problems.append(f"{where}.sizes: unknown value(s) {', '.join(map(repr, bad_sizes))}")
         entry = ModelEntry(
             id=model_id,
             name=raw.get("name", model_id),
             qualities=qualities,
-            sizes=tuple(raw.get("sizes", SIZES)),
+            sizes=sizes,
             max_input_images=int(raw.get("max_input_images", 1)),
             mask=bool(raw.get("mask", False)),
             input_fidelity=bool(raw.get("input_fidelity", False)),
@@ -270,8 +375,10 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             routes=(),
             input_tokens_per_image=int(raw.get("input_tokens_per_image", 6500)),
             tokens=TokenRates(**{k: _decimal(v) for k, v in tokens.items()}) if tokens else None,
-            shutdown=shutdown,
+            shutdown=_date(raw.get("shutdown")),
             replacement=raw.get("replacement") or None,
+            snapshots=tuple(raw.get("snapshots", ())),
+            size_rules=rules,
         )
         raw_routes = raw.get("routes", [])
         routes = tuple(
@@ -285,16 +392,38 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         return None
 
 
+def _date(value: Any) -> dt.date | None:
+    """A TOML date (or an ISO `YYYY-MM-DD` string); empty means none."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
+
+
+def _size_rules(value: Any) -> SizeRules | None:
+    """`free_sizes = true` (GPT Image 2's rules) or a table overriding some of them."""
+    if value is True:
+        return SizeRules()
+    if not value:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("free_sizes must be true, false or a table of rules")
+    fields = {k: (_decimal(v) if k == "max_ratio" else int(v)) for k, v in value.items()}
+    return SizeRules(**fields)
+
+
 def _choices(
     raw: dict[str, Any],
     key: str,
     default: tuple[str, ...],
-    allowed: tuple[str, ...],
+    allowed: tuple[str, ...] | Callable[[str], bool],
     where: str,
     problems: list[str],
 ) -> tuple[str, ...]:
     values = tuple(raw.get(key, default))
-    unknown = [v for v in values if v not in allowed]
+    ok = allowed if callable(allowed) else allowed.__contains__
+    unknown = [v for v in values if not ok(v)]
     if unknown:
         problems.append(f"{where}.{key}: unknown value(s) {', '.join(map(repr, unknown))}")
     if not values:
@@ -316,6 +445,9 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     convention = raw.get("mask_convention", "alpha")
     if convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
+    free = bool(raw.get("free_sizes", False))
+    if free and model.size_rules is None:
+        problems.append(f"{where}.free_sizes: the model takes no free sizes (set free_sizes on the model)")
     max_images = int(raw.get("max_input_images", model.max_input_images))
     if max_images < 1:
         problems.append(f"{where}.max_input_images: must be at least 1")
@@ -326,13 +458,15 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         mask=bool(raw.get("mask", model.mask)),
         mask_convention=convention,
         max_input_images=max_images,
-        sizes=_choices(raw, "sizes", model.sizes, SIZES, where, problems),
-        qualities=_choices(raw, "qualities", model.qualities, QUALITIES, where, problems),
+        sizes=_choices(raw, "sizes", model.sizes, model.accepts_size, where, problems),
+        qualities=_choices(raw, "qualities", model.qualities, model.qualities, where, problems),
         backgrounds=_choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems),
         output_formats=_choices(raw, "output_formats", OUTPUT_FORMATS, OUTPUT_FORMATS, where, problems),
         n=bool(raw.get("n", False)),
         max_prompt_chars=int(raw.get("max_prompt_chars", model.max_prompt_chars)),
         input_fidelity=bool(raw.get("input_fidelity", model.input_fidelity)),
+        shutdown=_date(raw.get("shutdown")),
+        free_sizes=free,
     )
 
 

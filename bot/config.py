@@ -68,7 +68,8 @@ class Settings:
     data_dir: Path = Path("data")
     providers: tuple[ProviderSettings, ...] = ()
     provider_order: tuple[str, ...] = ()  # routing preference; unnamed providers follow
-    default_model: str = "gpt-image-1.5"
+    # None: the first catalog model that is live and sold by a configured provider (bot.lifecycle).
+    default_model: str | None = None
     default_quality: str = "auto"
     default_size: str = "auto"
     default_background: str = "auto"
@@ -257,7 +258,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         data_dir=Path(r.text("DATA_DIR", "./data")),
         providers=providers,
         provider_order=_read_provider_order(r),
-        default_model=r.text("DEFAULT_MODEL", "gpt-image-1.5"),
+        default_model=r.raw("DEFAULT_MODEL") or None,
         default_quality=r.choice("DEFAULT_QUALITY", "auto", QUALITIES),
         default_size=r.choice("DEFAULT_SIZE", "auto", SIZES),
         default_background=r.choice("DEFAULT_BACKGROUND", "auto", BACKGROUNDS),

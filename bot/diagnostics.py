@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bot.catalog import Catalog
+from bot.lifecycle import ModelLifecycle
 from bot.providers.base import CheckableProvider, Provider, ProviderHealth
 from bot.storage import Storage, latest_schema_version
 
@@ -113,11 +114,14 @@ class DiagnosticsService:
         catalog: Catalog,
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
         provider_timeout: float = PROVIDER_CHECK_TIMEOUT,
+        lifecycle: ModelLifecycle | None = None,
     ) -> None:
         self.storage = storage
         self.providers = providers
         self.catalog = catalog
         self._today = today
+        # The live view: route dates, OpenAI's model list and retired routes (else the catalog's dates).
+        self.lifecycle = lifecycle
         self._provider_timeout = provider_timeout
         self._probe = WriteProbe(storage)
 
@@ -128,8 +132,19 @@ class DiagnosticsService:
             missing_permissions=None if app_permissions is None else missing_permissions(app_permissions),
             providers=providers,
             database=database,
-            catalog_warnings=tuple(self.catalog.warnings(self._today())),
+            catalog_warnings=self.model_warnings(),
         )
+
+    def model_warnings(self) -> tuple[str, ...]:
+        """Dead or soon-dead models and routes, unknown new models, and a failed model-list read."""
+        if self.lifecycle is None:
+            return tuple(self.catalog.warnings(self._today()))
+        failed = tuple(
+            f"could not read {r.provider}'s model list ({r.error}); using the catalog's dates"
+            for r in self.lifecycle.discovery()
+            if not r.ok
+        )
+        return (*self.lifecycle.warnings(), *failed)
 
     async def check_providers(self) -> tuple[ProviderStatus, ...]:
         checks = [self._check_one(name, p) for name, p in sorted(self.providers.items())]

@@ -54,9 +54,10 @@ from bot.errors import (
     new_reference,
 )
 from bot.jobfiles import JobFiles
+from bot.lifecycle import ModelLifecycle
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage
-from bot.routing import Router, Served
+from bot.routing import Needs, Router, Served
 from bot.storage import LIVE_STATES, TERMINAL_STATES, JobRow, LedgerConflict, NotEnoughCredits, Storage
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,13 @@ class JobSuspended(RetouchError):
         super().__init__(text, code="suspended")
 
 
+class ModelRetired(RetouchError):
+    """The job's model was shut down at every configured provider and the job cannot move."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message, code="model_retired")
+
+
 class NotAllowed(RetouchError):
     """Someone other than the requester (and without Manage Messages) tried to control a job."""
 
@@ -199,6 +207,9 @@ class JobSpec:
     notices: tuple[str, ...] = ()  # server-rule and retirement notices shown with the result
     role_ids: tuple[int, ...] = ()
     provider_order: tuple[str, ...] = ()  # the server's order at submit time; empty = PROVIDER_ORDER
+    # The member named the model (the command's `model` option). A job that did not is moved to another
+    # live model when its own is shut down mid-run; one that did is told and offered the replacement.
+    model_picked: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -443,11 +454,13 @@ class JobEngine:
         router: Router,
         files: JobFiles,
         observers: list[JobObserver],
+        lifecycle: ModelLifecycle | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.storage = storage
         self.router = router
+        self.lifecycle = lifecycle  # where a job goes when its model is shut down mid-run
         self.files = files
         self.observers = observers  # shared with EditService, which tests extend in place
         self.delivery: Delivery = NoDelivery()
@@ -713,7 +726,7 @@ class JobEngine:
                 job.finishing = True
                 outcome = await self._stored_outcome(row, spec)
             else:
-                served = await self._produce(job, row, spec)
+                served, spec = await self._produce(job, row, spec)
                 outcome = await self._complete(job, spec, served)
             await self._deliver(job, row, spec, outcome)
         except _Suspend:
@@ -729,7 +742,9 @@ class JobEngine:
 
     # -- running at the provider -----------------------------------------------------------------
 
-    async def _produce(self, job: _Job, row: JobRow, spec: JobSpec) -> Served:
+    async def _produce(self, job: _Job, row: JobRow, spec: JobSpec) -> tuple[Served, JobSpec]:
+        """Run the job at a provider (or follow what one accepted before a restart). Returns the
+        result and the job's spec, which names another model if its own was shut down mid-run."""
         model = self.catalog.models.get(spec.model)
         if model is None:
             raise RuntimeError(f"model {spec.model} is no longer in the catalog")
@@ -737,8 +752,10 @@ class JobEngine:
             job.provider, job.submitted = row.provider, list(row.provider_job_ids)
             remaining = await self._resume_window(job, row)
             request = await self._request(job.id, spec, remaining)
-            call = self.router.resume(model, row.provider, job.submitted, request)
-            return await self._follow(job, model, request, call, row.started_at)
+            call = self.router.resume(
+                model, row.provider, job.submitted, request, route_model=row.provider_model
+            )
+            return await self._follow(job, model, request, call, row.started_at), spec
         started = self.storage.now()
         job.run_start = time.monotonic()
         timeout = self.settings.job_timeout_seconds
@@ -751,16 +768,73 @@ class JobEngine:
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
-            await self.storage.set_job_state(job.id, "submitting", provider=route.provider)
+            await self.storage.set_job_state(
+                job.id, "submitting", provider=route.provider, provider_model=route.model
+            )
 
         async def submitted(route: Route, provider_job_id: str) -> None:
             job.submitted.append(provider_job_id)
             await self.storage.mark_submitted(job.id, route.provider, provider_job_id)
 
-        call = self.router.run(
-            model, request, order=spec.provider_order or None, on_attempt=attempt, on_submitted=submitted
+        while True:
+            call = self.router.run(
+                model, request, order=spec.provider_order or None, on_attempt=attempt, on_submitted=submitted
+            )
+            try:
+                return await self._follow(job, model, request, call, _iso(started)), spec
+            except perr.ModelGone as exc:
+                if exc.accepted or self.lifecycle is None or self.lifecycle.usable(model):
+                    raise  # taken, or other routes of the model only failed for other reasons
+                # No provider took the job, so it may run elsewhere: the router already retired the
+                # dead routes; every route of this model is gone.
+                model, spec = await self._next_model(job, spec, model)
+
+    async def _next_model(self, job: _Job, spec: JobSpec, dead: ModelEntry) -> tuple[ModelEntry, JobSpec]:
+        """The live model a job moves to when `dead` is shut down everywhere, within its hold.
+
+        Only for a job whose member did not pick the model; the first candidate (replacement chain,
+        default, catalog order) that can honour the job's options for at most what is held wins.
+        Raises ModelRetired (the hold is released, the member is offered the replacement) otherwise.
+        """
+        lifecycle = self.lifecycle
+        if lifecycle is None:
+            raise ModelRetired(
+                f"{dead.name} is no longer available. Pick another model. You were not charged."
+            )
+        if spec.model_picked:
+            raise ModelRetired(lifecycle.dead_message(dead, mid_run=True))
+        for candidate in lifecycle.fallbacks(dead):
+            worst = self._worst_credits(candidate, spec)
+            if worst is None or worst > spec.reserve:
+                continue
+            notice = f"{dead.name} was shut down by the image service, so this edit used {candidate.name}."
+            moved = replace(
+                spec, model=candidate.id, model_name=candidate.name, notices=(*spec.notices, notice)
+            )
+            await self.storage.update_job(job.id, model=candidate.id, spec=moved.to_json())
+            log.warning("job %s: %s is gone at every provider; moving to %s", job.id, dead.id, candidate.id)
+            return candidate, moved
+        raise ModelRetired(lifecycle.dead_message(dead, mid_run=True))
+
+    def _worst_credits(self, model: ModelEntry, spec: JobSpec) -> int | None:
+        """What `spec` would hold on `model`, or None when the model cannot take its options."""
+        if spec.quality not in model.qualities or not model.accepts_size(spec.size):
+            return None
+        needs = Needs(
+            images=len(spec.inputs),
+            size=spec.size,
+            quality=spec.quality,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+            mask=spec.mask is not None,
+            prompt_chars=len(spec.prompt),
         )
-        return await self._follow(job, model, request, call, _iso(started))
+        order = spec.provider_order or None
+        if not self.router.eligible(model, needs, order=order):
+            return None
+        usd = self.router.reserve_usd(model, needs, prompt=spec.prompt, order=order)
+        return usd_to_credits(usd, self.settings.credits_per_usd)
 
     async def _resume_window(self, job: _Job, row: JobRow) -> float:
         """Seconds a resumed job may still poll; pushes the watchdog deadline out to match."""

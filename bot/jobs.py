@@ -10,6 +10,7 @@ the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -40,6 +41,7 @@ from bot.engine import (  # noqa: F401 - re-exported: the job types callers know
 )
 from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobfiles import JobFiles
+from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router
 from bot.storage import Storage
@@ -47,6 +49,7 @@ from bot.storage import Storage
 log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_EDIT = 4
+OPENAI = "openai"  # the provider whose model list (GET /v1/models) carries shutdown dates
 DM_GUILD_ID = 0
 
 Progress = Callable[[str], Awaitable[None]]
@@ -74,6 +77,13 @@ class EditOptions:
     background: str | None = None
     output_format: str | None = None
     count: int | None = None
+    # True when `model` carries over an earlier job's default (Retry) rather than the member's pick.
+    model_is_default: bool = False
+
+    @property
+    def model_picked(self) -> bool:
+        """The member named the model for this job (the command's `model` option)."""
+        return self.model is not None and not self.model_is_default
 
 
 @dataclass(frozen=True)
@@ -164,15 +174,24 @@ class EditService:
         router: Router | None = None,
         observers: Sequence[JobObserver] = (),
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+        lifecycle: ModelLifecycle | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.storage = storage
         self.providers = providers
+        # What is live today: catalog dates, OpenAI's model list and "model gone" answers.
+        self.lifecycle = lifecycle or ModelLifecycle(
+            catalog, frozenset(providers), today, default_model_id=settings.default_model, store=storage
+        )
         # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did not
         # take the job, keeps one circuit breaker per provider and caps each provider's calls in flight.
         self.router = router or Router(
-            providers, order=settings.provider_order, limits=settings.provider_limits
+            providers,
+            order=settings.provider_order,
+            limits=settings.provider_limits,
+            live=self.lifecycle.route_live,
+            on_gone=self.lifecycle.retire,
         )
         self._salt = user_salt
         self._defaults = defaults or self._settings_defaults
@@ -186,7 +205,9 @@ class EditService:
             router=self.router,
             files=JobFiles(settings.data_dir),
             observers=self.observers,
+            lifecycle=self.lifecycle,
         )
+        self._discovery: asyncio.Task[None] | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -199,8 +220,24 @@ class EditService:
         return self.engine.accepting
 
     async def start(self) -> None:
-        """Recover jobs a previous process left (before commands are taken), then run the watchdog."""
+        """Learn which models are live (stored route facts, then OpenAI's model list), move stored
+        defaults off dead models, recover jobs a previous process left, then run the watchdog."""
+        await self.lifecycle.load()
+        lister = getattr(self.providers.get(OPENAI), "list_models", None)
+        if lister is not None:
+            await discover_once(self.lifecycle, OPENAI, lister)
+            self._discovery = asyncio.create_task(discover_forever(self.lifecycle, OPENAI, lister))
+        else:
+            await self.lifecycle.move_stored_defaults()
         await self.engine.start()
+
+    async def stop_discovery(self) -> None:
+        """Stop the daily model-list reads (shutdown)."""
+        task, self._discovery = self._discovery, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def run_edit(self, job: EditJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
         """Prepare and execute one edit. Raises RetouchError subclasses with user-safe messages."""
@@ -215,8 +252,9 @@ class EditService:
         notices: tuple[str, ...] = ()
         if self.policy is not None:
             chosen, notices = await self.policy.clamp(job, chosen)
-        resolution = self.catalog.resolve(chosen.model, self._today())
+        resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
         model = resolution.model
+        notices += tuple(await self.storage.take_model_notices(job.user_id))
         self._check_options(model, chosen, job)
         if progress is not None:
             await progress("Checking your images…")
@@ -360,6 +398,7 @@ class EditService:
             notices=prepared.notices + ((resolution.notice,) if resolution.notice else ()),
             provider_order=chosen.provider_order,
             role_ids=job.role_ids,
+            model_picked=job.options.model_picked and resolution.model.id == chosen.model,
         )
         return spec, files
 
@@ -371,6 +410,7 @@ class EditService:
     async def drain(self, grace: float) -> int:
         """Stop taking jobs and let running ones finish for up to `grace` seconds (see
         `JobEngine.drain`: nothing durable is lost). Returns how many were aborted and refunded."""
+        await self.stop_discovery()
         return await self.engine.drain(grace)
 
     async def options_for(self, guild_id: int, user_id: int, options: EditOptions) -> JobDefaults:
@@ -394,9 +434,8 @@ class EditService:
 
     async def _settings_defaults(self, guild_id: int, user_id: int) -> JobDefaults:
         s = self.settings
-        return JobDefaults(
-            s.default_model, s.default_quality, s.default_size, s.default_background, s.default_format
-        )
+        model = self.lifecycle.default_model().id
+        return JobDefaults(model, s.default_quality, s.default_size, s.default_background, s.default_format)
 
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
@@ -410,10 +449,12 @@ class EditService:
             )
         if chosen.quality not in model.qualities:
             raise InvalidOptions(
-                f"{model.name} does not offer quality `{chosen.quality}`.", code="bad_quality"
+                f"{model.name} does not offer quality `{chosen.quality}`. Pick one of: "
+                f"{', '.join(model.qualities)}.",
+                code="bad_quality",
             )
-        if chosen.size not in model.sizes:
-            raise InvalidOptions(f"{model.name} does not offer size `{chosen.size}`.", code="bad_size")
+        if not model.accepts_size(chosen.size):
+            raise InvalidOptions(size_refusal(model, chosen.size), code="bad_size")
         if not 1 <= chosen.count <= MAX_IMAGES_PER_EDIT:
             raise InvalidOptions(f"`count` must be between 1 and {MAX_IMAGES_PER_EDIT}.", code="bad_count")
         if chosen.background == "transparent" and chosen.output_format == "jpeg":
@@ -479,6 +520,18 @@ class EditService:
         rows, cols = spec.grid
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
+
+
+def size_refusal(model: ModelEntry, size: str) -> str:
+    """User text for a size `model` cannot make, naming what it can."""
+    listed = ", ".join(model.sizes)
+    if model.size_rules is None:
+        return f"{model.name} does not offer size `{size}`. Pick one of: {listed}."
+    why = model.size_rules.problem(size)
+    return (
+        f"{model.name} cannot make size `{size}` ({why}). Pick one of {listed}, or "
+        f"{model.size_rules.describe()}."
+    )
 
 
 def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
@@ -553,6 +606,7 @@ def _job_from_spec(
         options=EditOptions(
             spec.prompt,
             model=spec.requested_model,
+            model_is_default=not spec.model_picked,
             quality=spec.quality,
             size=spec.size,
             background=spec.background,

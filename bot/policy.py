@@ -30,10 +30,11 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from bot.catalog import Catalog, usd_to_credits
+from bot.catalog import Catalog, ModelEntry, usd_to_credits
 from bot.config import Settings
 from bot.errors import InvalidOptions, RetouchError
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditJob, JobDefaults
+from bot.lifecycle import ModelLifecycle
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 from bot.storage import (
     ALLOWANCE_REASON,
@@ -50,7 +51,7 @@ PERIODS = ("daily", "weekly", "monthly")
 NO_PERIOD = "none"
 CAPPABLE_QUALITIES = ("low", "medium", "high")
 # `auto` may come back as high, so it ranks (and is priced) as high.
-QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "auto": 2}
+QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "xhigh": 3, "max": 4, "auto": 2}
 ALL_MODELS = "*"
 HISTORY_PAGE_SIZE = 8
 HISTORY_KINDS = ("grant", "adjust", "capture")
@@ -369,15 +370,25 @@ def may_administer(user_id: int, *, manage_guild: bool, allow_list: frozenset[in
 
 
 def clamp(
-    chosen: JobDefaults, limits: Limits, *, catalog: Catalog, today: dt.date, fallbacks: Iterable[str] = ()
+    chosen: JobDefaults,
+    limits: Limits,
+    *,
+    catalog: Catalog,
+    today: dt.date,
+    fallbacks: Iterable[str] = (),
+    usable: Callable[[ModelEntry], bool] | None = None,
 ) -> tuple[JobDefaults, tuple[str, ...]]:
-    """Bring model, quality and count within `limits`. Returns the job's values and what changed."""
+    """Bring model, quality and count within `limits`. Returns the job's values and what changed.
+
+    `usable` says which models are live here (bot.lifecycle); without it, the catalog's dates.
+    """
+    live = usable or (lambda m: not m.retired(today))
     notices = []
     if limits.models is not None and chosen.model in catalog.models and chosen.model not in limits.models:
         allowed = [
             m
             for m in (*fallbacks, *sorted(limits.models))
-            if m in limits.models and m in catalog.models and not catalog.models[m].retired(today)
+            if m in limits.models and m in catalog.models and live(catalog.models[m])
         ]
         if not allowed:
             raise PolicyRefused(
@@ -476,10 +487,13 @@ class PolicyService:
         catalog: Catalog,
         storage: Storage,
         on_credit_change: CreditAudit | None = None,
+        lifecycle: ModelLifecycle | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.storage = storage
+        # Which models are live here, and the default model when DEFAULT_MODEL is unset.
+        self.lifecycle = lifecycle
         # Called after every admin grant/take/set (the audit log). Failures are logged, never raised.
         self.on_credit_change = on_credit_change
 
@@ -528,7 +542,7 @@ class PolicyService:
     def _merge(self, policy: GuildPolicy, user: UserSettings) -> tuple[JobDefaults, dict[str, str]]:
         s = self.settings
         layers = {
-            "model": (user.model, policy.default_model, s.default_model),
+            "model": (user.model, policy.default_model, self.bot_default_model()),
             "quality": (user.quality, policy.default_quality, s.default_quality),
             "size": (user.size, policy.default_size, s.default_size),
             "background": (user.background, None, s.default_background),
@@ -543,11 +557,32 @@ class PolicyService:
                     break
         return JobDefaults(**values, provider_order=policy.provider_order), sources
 
+    def bot_default_model(self) -> str:
+        """The bot-wide default model: DEFAULT_MODEL, else the first live catalog model here."""
+        if self.lifecycle is None:
+            return self.settings.default_model or next(iter(self.catalog.models))
+        try:
+            return self.lifecycle.default_model().id
+        except InvalidOptions:  # nothing is live: the job itself will say so
+            return self.settings.default_model or next(iter(self.catalog.models))
+
+    def model_for_view(self, model_id: str) -> ModelEntry:
+        """The model a member's defaults really use today (for prices shown before any job)."""
+        if self.lifecycle is None:
+            return self.catalog.resolve(model_id, self.now().date()).model
+        try:
+            return self.lifecycle.resolve(model_id, picked=False).model
+        except InvalidOptions:
+            return self.catalog.get(model_id)
+
     def _clamp(
         self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy
     ) -> tuple[JobDefaults, tuple[str, ...]]:
-        fallbacks = [m for m in (policy.default_model, self.settings.default_model) if m]
-        return clamp(chosen, limits, catalog=self.catalog, today=self.now().date(), fallbacks=fallbacks)
+        fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
+        usable = self.lifecycle.usable if self.lifecycle is not None else None
+        return clamp(
+            chosen, limits, catalog=self.catalog, today=self.now().date(), fallbacks=fallbacks, usable=usable
+        )
 
     # -- the job service's hooks -----------------------------------------------------------------
 
@@ -662,7 +697,7 @@ class PolicyService:
         """The user's default quality, the server's cap, prices per level and the balance."""
         role_ids = tuple(role_ids)
         defaults = await self.effective_defaults(guild_id, user_id, role_ids)
-        model = self.catalog.resolve(defaults.effective.model, self.now().date()).model
+        model = self.model_for_view(defaults.effective.model)
         cap = defaults.limits.max_quality
         size = defaults.effective.size
         prices = tuple(

@@ -45,6 +45,7 @@ from bot.providers.base import (
     Provider,
     ResumableProvider,
     Usage,
+    parse_size,
 )
 
 log = logging.getLogger(__name__)
@@ -104,20 +105,37 @@ def _concrete_sizes(route: Route) -> tuple[str, ...]:
     return tuple(s for s in route.sizes if s != AUTO)
 
 
+def _concrete_qualities(route: Route) -> tuple[str, ...]:
+    return tuple(q for q in route.qualities if q != AUTO)
+
+
+def _takes_size(route: Route, size: str) -> bool:
+    """A listed size, `auto` where a concrete size can stand in, or a free WxH on a free-size route.
+
+    Free sizes were checked against the model's rules before routing (`ModelEntry.accepts_size`).
+    """
+    if size in route.sizes:
+        return True
+    if size == AUTO:
+        return bool(_concrete_sizes(route))
+    return route.free_sizes and parse_size(size) is not None
+
+
 def blockers(route: Route, needs: Needs) -> tuple[str, ...]:
     """The options `route` cannot honour for `needs`; empty when the route is eligible.
 
     `count` never blocks (it is emulated without `n`), nor does `size=auto` on a route with
-    concrete sizes (the nearest shape is picked).
+    concrete sizes (the nearest shape is picked) or `quality=auto` on a route that needs a concrete
+    quality (see `adapt`).
     """
     out = []
     if needs.mask and not route.mask:
         out.append("mask")
     if needs.images > route.max_input_images:
         out.append("images")
-    if needs.size not in route.sizes and not (needs.size == AUTO and _concrete_sizes(route)):
+    if not _takes_size(route, needs.size):
         out.append("size")
-    if needs.quality not in route.qualities:
+    if needs.quality not in route.qualities and not (needs.quality == AUTO and _concrete_qualities(route)):
         out.append("quality")
     if needs.background not in route.backgrounds:
         out.append("background")
@@ -144,12 +162,25 @@ def nearest_size(sizes: Sequence[str], width: int, height: int) -> str:
     return min(concrete, key=distance)
 
 
+def auto_quality(route: Route) -> str:
+    """What `auto` quality becomes on a route that needs a concrete one (1min.ai, WaveSpeed's 2.x).
+
+    "high" where the route has it (what OpenAI's `auto` usually picks), else its best listed one.
+    The hold for `auto` is the model's dearest quality, so this never costs more than was held.
+    """
+    concrete = _concrete_qualities(route)
+    return "high" if "high" in concrete else concrete[-1]
+
+
 def adapt(request: EditRequest, route: Route) -> EditRequest:
-    """The request as `route`'s provider gets it: its model id, and `auto` size resolved if needed."""
+    """The request as `route`'s provider gets it: its model id, and `auto` size/quality resolved
+    where the route needs a concrete value."""
     changes: dict[str, object] = {"model": route.model}
     if request.size == AUTO and AUTO not in route.sizes and request.images:
         first = request.images[0]
         changes["size"] = nearest_size(route.sizes, first.width, first.height)
+    if request.quality == AUTO and AUTO not in route.qualities:
+        changes["quality"] = auto_quality(route)
     return replace(request, **changes)  # type: ignore[arg-type]
 
 
@@ -366,6 +397,8 @@ def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
 
 
 OnAttempt = Callable[[Route], Awaitable[None]]
+RouteCheck = Callable[[ModelEntry, Route], bool]
+OnGone = Callable[[ModelEntry, Route, perr.ModelGone], Awaitable[None]]
 # Awaited with the route and the provider's job id when a submit-then-poll provider accepts a call.
 OnRouteSubmitted = Callable[[Route, str], Awaitable[None]]
 CANCEL_TIMEOUT = 10.0  # seconds a best-effort remote cancel may take
@@ -385,10 +418,16 @@ class Router:
         order: Sequence[str] = (),
         breaker: CircuitBreaker | None = None,
         limits: Mapping[str, int] | None = None,
+        live: RouteCheck | None = None,
+        on_gone: OnGone | None = None,
     ) -> None:
         self.providers = providers
         self.order = tuple(order)
         self.breaker = breaker or CircuitBreaker()
+        # Which routes are still live (bot.lifecycle: shutdown dates, model lists, "model gone").
+        self._live = live
+        # Awaited when a provider answers "model gone" before the job moves to the next route.
+        self._on_gone = on_gone
         self._slots = {name: asyncio.Semaphore(n) for name, n in (limits or {}).items() if n > 0}
 
     def resumable(self, provider: str) -> bool:
@@ -398,7 +437,11 @@ class Router:
     def configured(self, model: ModelEntry, *, order: Sequence[str] | None = None) -> list[Route]:
         """The model's routes whose provider is configured, in routing order."""
         ranking = {name: i for i, name in enumerate(self.order if order is None else order)}
-        routes = [r for r in model.routes if r.provider in self.providers]
+        routes = [
+            r
+            for r in model.routes
+            if r.provider in self.providers and (self._live is None or self._live(model, r))
+        ]
         # sorted() is stable: providers the order does not name keep their catalog order, last.
         return sorted(routes, key=lambda r: ranking.get(r.provider, len(ranking)))
 
@@ -469,6 +512,8 @@ class Router:
                 verdict = _verdict(exc)
                 if exc.accepted or not exc.retryable_elsewhere:
                     raise
+                if isinstance(exc, perr.ModelGone) and self._on_gone is not None:
+                    await self._on_gone(model, route, exc)
                 refused.append((route, exc))
                 log.warning(
                     "%s did not take the job (%s, status %s, code %s); trying the next route",
@@ -500,14 +545,29 @@ class Router:
         )
 
     async def resume(
-        self, model: ModelEntry, provider: str, job_ids: Sequence[str], request: EditRequest
+        self,
+        model: ModelEntry,
+        provider: str,
+        job_ids: Sequence[str],
+        request: EditRequest,
+        *,
+        route_model: str | None = None,
     ) -> Served:
         """Follow jobs `provider` accepted earlier (one per call of an emulated `count`) to their result.
 
         Nothing is submitted. Charged like `run`: per image that comes back, on the route that took
-        them. Raises the provider's error (or `ServerError` when the route or adapter is gone).
+        them (`route_model` names it where the provider sells the model on several routes). Raises
+        the provider's error (or `ServerError` when the route or adapter is gone).
         """
-        route = next((r for r in self.configured(model) if r.provider == provider), None)
+        # The route that accepted the job, even if it has been retired since (nothing new is sent).
+        route = next(
+            (
+                r
+                for r in model.routes
+                if r.provider == provider and (route_model is None or r.model == route_model)
+            ),
+            None,
+        )
         adapter = self.providers.get(provider)
         if route is None or not isinstance(adapter, ResumableProvider) or not job_ids:
             raise perr.ServerError(

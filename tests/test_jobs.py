@@ -30,6 +30,7 @@ from bot.jobs import (
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.storage import Storage
+from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
 
 DATA = Path(__file__).parent / "data"
@@ -121,13 +122,15 @@ async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
                     "OPENAI_BASE_URL": fake.base_url,
                     "DATA_DIR": str(tmp_path),
                     "STARTING_CREDITS": "1000",
+                    # The November 2026 default, which these tests were written against.
+                    "DEFAULT_MODEL": "gpt-image-1.5",
                     **env,
                 }
             )
             provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=1.5)
             return EditService(
                 settings=settings,
-                catalog=catalog or load_catalog(),
+                catalog=catalog or load_catalog(NOVEMBER_CATALOG),
                 storage=storage,
                 providers={"openai": provider},
                 user_salt=b"salt",

@@ -49,6 +49,7 @@ from bot.routing import (
     route_reserve_usd,
 )
 from bot.storage import Storage
+from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes import atlascloud_server as atlas_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
@@ -59,7 +60,7 @@ from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.harness import running_bot
 
 DATA = Path(__file__).parent / "data"
-CATALOG = load_catalog()
+CATALOG = load_catalog(NOVEMBER_CATALOG)  # the 1.x routes, frozen: routing rules, not today's models
 MINI = CATALOG.get("gpt-image-1-mini")
 FULL = CATALOG.get("gpt-image-1")
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)

@@ -47,6 +47,8 @@ _JOB_FIELDS = frozenset(
         "deadline_at",
         "delivery_attempted_at",
         "files_expire_at",
+        "provider_model",
+        "spec",
     }
 )
 
@@ -102,6 +104,7 @@ class JobRow:
     result_channel_id: int | None = None
     result_message_id: int | None = None
     files_expire_at: str | None = None
+    provider_model: str | None = None  # the route's model id at `provider` (a provider may sell several)
 
     @property
     def provider_job_ids(self) -> tuple[str, ...]:
@@ -206,6 +209,7 @@ _ROLE_TIER_FIELDS = frozenset({"allowance", "max_quality", "models", "max_images
 _USER_SETTING_FIELDS = frozenset(
     {"quality", "model", "size", "output_format", "background", "skip_mask_preview"}
 )
+_ROUTE_STATUS_FIELDS = frozenset({"shutdown", "listed", "gone_at", "gone_reason"})
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -914,6 +918,80 @@ class Storage:
             "DELETE FROM role_tiers WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
         )
         return deleted == 1
+
+    # -- model routes (bot.lifecycle) ---------------------------------------------------------------
+
+    async def route_status_rows(self) -> list[dict[str, Any]]:
+        """Everything run time learned about model routes (see migration 0004)."""
+        rows = await self._all(
+            "SELECT provider, model, shutdown, listed, gone_at, gone_reason FROM route_status"
+        )
+        return [dict(r) for r in rows]
+
+    async def put_route_status(self, provider: str, model: str, fields: dict[str, Any]) -> None:
+        """Record some of a route's facts (shutdown, listed, gone_at, gone_reason); creates the row."""
+        fields = {**_checked(fields, _ROUTE_STATUS_FIELDS), "updated_at": self._now()}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._write_one(
+            f"INSERT INTO route_status (provider, model, {names}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT (provider, model) DO UPDATE SET {updates}",
+            (provider, model, *fields.values()),
+        )
+
+    async def stored_models(self) -> set[str]:
+        """Every model id a member's or a server's stored default points at."""
+        rows = await self._all(
+            "SELECT model FROM user_settings WHERE model IS NOT NULL "
+            "UNION SELECT default_model FROM guild_policy WHERE default_model IS NOT NULL"
+        )
+        return {str(r[0]) for r in rows}
+
+    async def move_stored_model(
+        self, dead: str, replacement: str | None, notice: str
+    ) -> tuple[list[int], list[int]]:
+        """Point every stored default at `dead` to `replacement` (None: back to the default) and queue
+        `notice` for each member moved, in one transaction. Returns (user ids, guild ids) moved."""
+        now = self._now()
+
+        def body(db: sqlite3.Connection) -> tuple[list[int], list[int]]:
+            users = [
+                r[0] for r in _fetch_all(db, "SELECT user_id FROM user_settings WHERE model = ?", (dead,))
+            ]
+            guilds = [
+                r[0]
+                for r in _fetch_all(db, "SELECT guild_id FROM guild_policy WHERE default_model = ?", (dead,))
+            ]
+            db.execute(
+                "UPDATE user_settings SET model = ?, updated_at = ? WHERE model = ?", (replacement, now, dead)
+            )
+            db.execute(
+                "UPDATE guild_policy SET default_model = ?, updated_at = ? WHERE default_model = ?",
+                (replacement, now, dead),
+            )
+            db.executemany(
+                "INSERT INTO model_notices (user_id, notice, created_at) VALUES (?, ?, ?)",
+                [(user_id, notice, now) for user_id in users],
+            )
+            return users, guilds
+
+        return await self._transaction(body)
+
+    async def take_model_notices(self, user_id: int) -> list[str]:
+        """The member's pending model notices, oldest first; each is returned once."""
+        if await self._one("SELECT 1 FROM model_notices WHERE user_id = ? LIMIT 1", (user_id,)) is None:
+            return []  # the common case reads only, without taking the write lock
+
+        def body(db: sqlite3.Connection) -> list[str]:
+            rows = _fetch_all(
+                db, "SELECT notice FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
+            )
+            if rows:
+                db.execute("DELETE FROM model_notices WHERE user_id = ?", (user_id,))
+            return [str(r[0]) for r in rows]
+
+        return await self._transaction(body)
 
     async def user_settings_row(self, user_id: int) -> dict[str, Any] | None:
         row = await self._one("SELECT * FROM user_settings WHERE user_id = ?", (user_id,))

@@ -1,0 +1,427 @@
+"""Which models and routes are live right now: the catalog's dates plus what the providers said.
+
+The catalog (`bot.catalog`) is what we wrote down; this module is what is true today. A route is dead
+when its provider is not configured, its shutdown date has passed (the catalog's, or the date OpenAI's
+`GET /v1/models` announces), OpenAI's list no longer has the model, or the provider answered "model
+gone" to an edit (`ModelGone`). A model is usable while one configured route of it is live; it is
+dead only when all are. Run-time facts are persisted (`route_status`), so a restart never asks a dead
+route again, and every change is announced through `on_event` (the audit channel).
+
+Without `DEFAULT_MODEL`, the default is the first catalog model that is usable here: catalog order
+is preference, so a bot with only an Atlas Cloud key edits with what Atlas sells, and a shutdown
+moves everyone who did not pick a model to the next live one. Nothing here knows about Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from bot.catalog import RETIREMENT_WARNING_DAYS, Catalog, ModelEntry, Resolution, Route
+from bot.errors import InvalidOptions
+from bot.providers.errors import ModelGone
+
+log = logging.getLogger(__name__)
+
+OPENAI = "openai"
+# OpenAI's image models: an id with this prefix the catalog does not know is a new model to look at.
+IMAGE_MODEL_PREFIX = "gpt-image-"
+# OpenAI's model list is read at start-up and then this often.
+DISCOVERY_INTERVAL_SECONDS = 24 * 3600
+
+Event = Callable[[str], Awaitable[None]]
+Today = Callable[[], dt.date]
+
+
+class ListedModel(Protocol):
+    """One entry of a provider's model list (OpenAI `GET /v1/models`, see the OpenAI adapter)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def shutdown_date(self) -> dt.date | None: ...
+
+
+Lister = Callable[[], Awaitable[Sequence[ListedModel]]]
+
+
+@dataclass(frozen=True)
+class RouteFacts:
+    """What run time learned about one route (keyed by provider and the provider's model id)."""
+
+    shutdown: dt.date | None = None  # announced by the provider's model list
+    listed: bool | None = None  # in the provider's model list; None = never read
+    gone_reason: str | None = None  # the provider answered "model gone" (error class, status, code)
+
+    @property
+    def gone(self) -> bool:
+        return self.gone_reason is not None
+
+
+@dataclass(frozen=True)
+class DiscoveryReport:
+    """What one read of a provider's model list showed an admin."""
+
+    provider: str
+    ok: bool
+    soon: tuple[str, ...] = ()  # "gpt-image-2 on openai shuts down on 2027-02-10 (in 20 days)"
+    unknown: tuple[str, ...] = ()  # gpt-image-* ids the catalog does not know
+    missing: tuple[str, ...] = ()  # catalog models the list does not have
+    error: str | None = None
+
+
+class RouteStore(Protocol):
+    """The persistence this module needs (implemented by `bot.storage.Storage`)."""
+
+    async def route_status_rows(self) -> list[dict[str, object]]: ...
+
+    async def put_route_status(self, provider: str, model: str, fields: dict[str, object]) -> None: ...
+
+    async def stored_models(self) -> set[str]: ...
+
+    async def move_stored_model(
+        self, dead: str, replacement: str | None, notice: str
+    ) -> tuple[list[int], list[int]]: ...
+
+
+@dataclass
+class ModelLifecycle:
+    """The live view of the catalog for the providers this bot has keys for.
+
+    `today` is injected (tests walk one bot across a shutdown date); `store` persists what run time
+    learns; `on_event` is awaited with one line for the audit channel whenever something changes.
+    """
+
+    catalog: Catalog
+    configured: Collection[str]
+    today: Today
+    default_model_id: str | None = None
+    store: RouteStore | None = None
+    on_event: Event | None = None
+    _facts: dict[tuple[str, str], RouteFacts] = field(default_factory=dict)
+    _discovery: dict[str, DiscoveryReport] = field(default_factory=dict)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read what earlier runs learned (call once at start-up, after migrations)."""
+        if self.store is None:
+            return
+        for row in await self.store.route_status_rows():
+            shutdown = row.get("shutdown")
+            listed = row.get("listed")
+            self._facts[(str(row["provider"]), str(row["model"]))] = RouteFacts(
+                shutdown=dt.date.fromisoformat(str(shutdown)) if shutdown else None,
+                listed=None if listed is None else bool(listed),
+                gone_reason=str(row["gone_reason"] or "gone") if row.get("gone_at") else None,
+            )
+
+    def facts(self, route: Route) -> RouteFacts:
+        return self._facts.get(route.key, RouteFacts())
+
+    def route_end(self, model: ModelEntry, route: Route) -> dt.date | None:
+        """The first of the catalog's date and the provider's announced date for `route`."""
+        dates = [d for d in (model.route_shutdown(route), self.facts(route).shutdown) if d is not None]
+        return min(dates) if dates else None
+
+    def route_live(self, model: ModelEntry, route: Route) -> bool:
+        """Configured, not past its shutdown, still listed by its provider, never answered "gone"."""
+        if route.provider not in self.configured:
+            return False
+        facts = self.facts(route)
+        if facts.gone or facts.listed is False:
+            return False
+        end = self.route_end(model, route)
+        return end is None or self.today() < end
+
+    def live_routes(self, model: ModelEntry) -> list[Route]:
+        return [r for r in model.routes if self.route_live(model, r)]
+
+    def usable(self, model: ModelEntry) -> bool:
+        """Some configured route of the model is live today."""
+        return any(self.route_live(model, r) for r in model.routes)
+
+    def available(self) -> list[ModelEntry]:
+        """Models a user can pick today, in catalog (preference) order."""
+        return [m for m in self.catalog.models.values() if self.usable(m)]
+
+    def default_model(self) -> ModelEntry:
+        """`DEFAULT_MODEL` while it is usable, else the first usable catalog model."""
+        if self.default_model_id and self.default_model_id in self.catalog.models:
+            chosen = self.catalog.models[self.default_model_id]
+            if self.usable(chosen):
+                return chosen
+            successor = self.successor(chosen)
+            if successor is not None:
+                return successor
+        for model in self.catalog.models.values():
+            if self.usable(model):
+                return model
+        raise InvalidOptions(
+            "No image model is available from the image services this bot is set up with. "
+            "Ask the bot's operator to check `/diagnose`.",
+            code="no_live_model",
+        )
+
+    def successor(self, model: ModelEntry) -> ModelEntry | None:
+        """The first usable model along `model`'s replacement chain (None when the chain ends)."""
+        seen = {model.id}
+        current = model
+        while current.replacement and current.replacement not in seen:
+            current = self.catalog.get(current.replacement)
+            seen.add(current.id)
+            if self.usable(current):
+                return current
+        return None
+
+    def fallbacks(self, model: ModelEntry) -> Iterator[ModelEntry]:
+        """Where a job that did not pick `model` goes when `model` dies: its replacement chain, then
+        the default, then the rest in catalog order (each usable, none twice)."""
+        seen = {model.id}
+        chain: list[ModelEntry] = []
+        successor = self.successor(model)
+        if successor is not None:
+            chain.append(successor)
+        if self.default_model_id in self.catalog.models:
+            chain.append(self.catalog.models[self.default_model_id])
+        chain.extend(self.catalog.models.values())
+        for candidate in chain:
+            if candidate.id not in seen and self.usable(candidate):
+                seen.add(candidate.id)
+                yield candidate
+
+    def resolve(self, model_id: str, *, picked: bool) -> Resolution:
+        """The model a job will use. A dead model moves to its replacement (with a notice); with no
+        usable replacement, a job that did not pick it gets the default and one that did is refused."""
+        asked = self.catalog.get(model_id)
+        if self.usable(asked):
+            return Resolution(asked, self._warning(asked))
+        successor = self.successor(asked)
+        if successor is not None:
+            return Resolution(
+                successor, f"{asked.name} has been retired, so this edit used {successor.name} instead."
+            )
+        if picked:
+            raise InvalidOptions(self.dead_message(asked), code="model_retired")
+        default = self.default_model()
+        return Resolution(default, f"{asked.name} is no longer available, so this edit used {default.name}.")
+
+    def dead_message(self, model: ModelEntry, *, mid_run: bool = False) -> str:
+        """User text for a picked model that no configured service sells any more."""
+        successor = self.successor(model)
+        head = (
+            f"{model.name} was shut down by the image service while your edit was waiting."
+            if mid_run
+            else f"{model.name} is no longer available from the image services this bot uses."
+        )
+        if successor is not None:
+            offer = (
+                f"Its replacement is **{successor.name}**: run the edit again with `model: {successor.id}`"
+            )
+        else:
+            offer = "Run the edit again with another model"
+        return f"{head} {offer}, or leave `model` empty for the default. You were not charged."
+
+    def _warning(self, model: ModelEntry) -> str | None:
+        """Users who pick a model hear of its last live day from 30 days before it."""
+        ends = [self.route_end(model, r) for r in self.live_routes(model)]
+        if not ends or any(end is None for end in ends):
+            return None
+        last = max(end for end in ends if end is not None)
+        if (last - self.today()).days <= RETIREMENT_WARNING_DAYS:
+            return f"{model.name} will be retired on {last:%Y-%m-%d}."
+        return None
+
+    def warnings(self) -> list[str]:
+        """Admin-facing: dead routes and models, and dates within the warning window."""
+        out: list[str] = []
+        today = self.today()
+        for model in self.catalog.models.values():
+            configured = [r for r in model.routes if r.provider in self.configured]
+            if not configured:
+                continue
+            if not self.usable(model):
+                target = self.successor(model)
+                then = f"replaced by {target.id}" if target else "no replacement set"
+                out.append(f"{model.id} is retired on every configured service ({then})")
+                continue
+            for route in configured:
+                facts, end = self.facts(route), self.route_end(model, route)
+                where = f"{model.id} on {route.provider}"
+                if facts.gone:
+                    out.append(f'{where} answered "model gone" and is retired ({facts.gone_reason})')
+                elif facts.listed is False:
+                    out.append(f"{where} is missing from {route.provider}'s model list")
+                elif end is not None and today >= end:
+                    out.append(f"{where} retired on {end:%Y-%m-%d}")
+                elif end is not None and (end - today).days <= RETIREMENT_WARNING_DAYS:
+                    out.append(f"{where} retires in {(end - today).days} days ({end:%Y-%m-%d})")
+        for report in self._discovery.values():
+            out.extend(
+                f"{report.provider} lists a model the catalog does not know: {i}" for i in report.unknown
+            )
+        return out
+
+    def discovery(self) -> tuple[DiscoveryReport, ...]:
+        return tuple(self._discovery.values())
+
+    # -- learning -------------------------------------------------------------------------------
+
+    async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
+        """The provider answered "model gone" for `route`: never ask it again. True when newly retired."""
+        if self.facts(route).gone:
+            return False
+        reason = f"{type(exc).__name__} status={exc.status} code={exc.code}"
+        await self._learn(route, gone_reason=reason)
+        log.warning(
+            "route %s/%s of %s retired: the provider says the model is gone (%s)",
+            route.provider,
+            route.model,
+            model.id,
+            reason,
+        )
+        await self._announce(
+            f'🪦 {model.id} on {route.provider} answered "model gone"; that route is retired.'
+        )
+        await self.move_stored_defaults()
+        return True
+
+    async def apply_listing(self, provider: str, listing: Sequence[ListedModel]) -> DiscoveryReport:
+        """Apply a provider's model list: its dates become the routes' dates, a catalog model it does
+        not list is unavailable there, new `gpt-image-*` ids and dates within 30 days are reported."""
+        listed = {entry.id: entry for entry in listing}
+        today = self.today()
+        soon, missing, changes = [], [], []
+        known: set[str] = set()
+        for model in self.catalog.models.values():
+            known.update((model.id, *model.snapshots))
+            for route in model.routes:
+                if route.provider != provider:
+                    continue
+                known.add(route.model)
+                entry = listed.get(route.model)
+                before = self.facts(route)
+                if entry is None:
+                    missing.append(model.id)
+                    if before.listed is not False:
+                        changes.append(f"{model.id} is no longer in {provider}'s model list")
+                    await self._learn(route, listed=False)
+                    continue
+                if entry.shutdown_date != before.shutdown and entry.shutdown_date is not None:
+                    changes.append(f"{provider} announces {model.id} shuts down on {entry.shutdown_date}")
+                await self._learn(route, listed=True, shutdown=entry.shutdown_date)
+                end = entry.shutdown_date
+                if end is not None and 0 <= (end - today).days <= RETIREMENT_WARNING_DAYS:
+                    soon.append(
+                        f"{model.id} on {provider} shuts down on {end} (in {(end - today).days} days)"
+                    )
+        unknown = sorted(i for i in listed if i.startswith(IMAGE_MODEL_PREFIX) and i not in known)
+        report = DiscoveryReport(provider, True, tuple(soon), tuple(unknown), tuple(sorted(set(missing))))
+        previous = self._discovery.get(provider)
+        self._discovery[provider] = report
+        new_unknown = [i for i in unknown if previous is None or i not in previous.unknown]
+        for line in (*changes, *soon, *(f"{provider} lists a new image model: {i}" for i in new_unknown)):
+            await self._announce(f"🗓️ {line}")
+        await self.move_stored_defaults()
+        return report
+
+    def listing_failed(self, provider: str, error: str) -> DiscoveryReport:
+        """A failed listing changes nothing but what `/diagnose` shows."""
+        previous = self._discovery.get(provider)
+        report = (
+            replace(previous, ok=False, error=error)
+            if previous
+            else DiscoveryReport(provider, False, error=error)
+        )
+        self._discovery[provider] = report
+        return report
+
+    async def move_stored_defaults(self) -> int:
+        """Point stored member and server defaults at dead models to their replacement (or back to
+        the default), queueing a one-time notice for each member. Returns how many models moved."""
+        if self.store is None:
+            return 0
+        moved = 0
+        for model_id in sorted(await self.store.stored_models()):
+            model = self.catalog.models.get(model_id)
+            if model is None or self.usable(model):
+                continue
+            target = self.successor(model)
+            then = (
+                f"your default is now {target.name}"
+                if target
+                else "your edits now use the bot's default model"
+            )
+            notice = f"{model.name} is no longer available, so {then} (change it with /settings)."
+            users, guilds = await self.store.move_stored_model(
+                model.id, target.id if target else None, notice
+            )
+            moved += 1
+            if users or guilds:
+                await self._announce(
+                    f"🔁 Stored defaults moved off {model.id} to {target.id if target else 'the default'}: "
+                    f"{len(users)} member(s), {len(guilds)} server(s)"
+                )
+        return moved
+
+    async def _learn(self, route: Route, **changes: object) -> None:
+        facts = replace(self.facts(route), **changes)  # type: ignore[arg-type]
+        if facts == self.facts(route):
+            return
+        self._facts[route.key] = facts
+        if self.store is not None:
+            await self.store.put_route_status(
+                route.provider,
+                route.model,
+                {
+                    "shutdown": facts.shutdown.isoformat() if facts.shutdown else None,
+                    "listed": None if facts.listed is None else int(facts.listed),
+                    "gone_at": self.today().isoformat() if facts.gone else None,
+                    "gone_reason": facts.gone_reason,
+                },
+            )
+
+    async def _announce(self, line: str) -> None:
+        if self.on_event is None:
+            return
+        try:
+            await self.on_event(line)
+        except Exception as exc:  # the audit channel must never stop a job
+            log.warning("could not announce a model change: %s", type(exc).__name__)
+
+
+# -- discovery --------------------------------------------------------------------------------------
+
+DISCOVERY_TIMEOUT_SECONDS = 20.0  # a listing that hangs must not hold up start-up
+
+
+async def discover_once(lifecycle: ModelLifecycle, provider: str, lister: Lister) -> DiscoveryReport:
+    """Read `provider`'s model list once and apply it. A failure changes nothing (logged)."""
+    try:
+        async with asyncio.timeout(DISCOVERY_TIMEOUT_SECONDS):
+            listing = await lister()
+    except Exception as exc:  # any failure: keep the catalog's view
+        log.warning(
+            "could not read %s's model list (%s); keeping the catalog's dates", provider, type(exc).__name__
+        )
+        return lifecycle.listing_failed(provider, type(exc).__name__)
+    return await lifecycle.apply_listing(provider, listing)
+
+
+async def discover_forever(
+    lifecycle: ModelLifecycle,
+    provider: str,
+    lister: Lister,
+    *,
+    interval: float = DISCOVERY_INTERVAL_SECONDS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Re-read the model list every `interval` seconds (the first read is `discover_once` at start)."""
+    while True:
+        await sleep(interval)
+        await discover_once(lifecycle, provider, lister)
