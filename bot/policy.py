@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from bot.catalog import Catalog, ModelEntry, usd_to_credits
+from bot.catalog import Catalog, ModelEntry, SizeRules, usd_to_credits
 from bot.config import Settings
 from bot.errors import InvalidOptions, RetouchError
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditJob, JobDefaults
@@ -358,6 +358,18 @@ def summarize(report: SpendReport) -> SpendReport:
 
 
 # -- pure rules -------------------------------------------------------------------------------------
+
+
+# The broadest sizes any model takes: listed ones, or free WxH within GPT Image 2's rules. Whether the
+# member's model takes a stored size is checked (and explained) when a job uses it.
+SIZE_HELP = (
+    f"Size must be one of {', '.join(SIZES)}, or WIDTHxHEIGHT for models that take free sizes "
+    f"({SizeRules().describe()})."
+)
+
+
+def valid_size(size: str) -> bool:
+    return size in SIZES or SizeRules().problem(size) is None
 
 
 def may_administer(user_id: int, *, manage_guild: bool, allow_list: frozenset[int]) -> bool:
@@ -723,9 +735,10 @@ class PolicyService:
 
         Names are UserSettings fields. A value given in the same call wins over its reset.
         """
+        if changes.get("size") is not None and not valid_size(changes["size"]):
+            raise InvalidOptions(SIZE_HELP, code="bad_option")
         allowed = {
             "quality": QUALITIES,
-            "size": SIZES,
             "background": BACKGROUNDS,
             "output_format": OUTPUT_FORMATS,
         }
@@ -786,8 +799,8 @@ class PolicyService:
             raise InvalidOptions("The quality cap must be low, medium or high.", code="bad_quality")
         if name == "default_quality" and value not in (None, *QUALITIES):
             raise InvalidOptions(f"Quality must be one of {', '.join(QUALITIES)}.", code="bad_quality")
-        if name == "default_size" and value not in (None, *SIZES):
-            raise InvalidOptions(f"Size must be one of {', '.join(SIZES)}.", code="bad_size")
+        if name == "default_size" and value is not None and not valid_size(value):
+            raise InvalidOptions(SIZE_HELP, code="bad_size")
         if name == "default_model" and value is not None:
             self.catalog.get(value)
         if name == "models":

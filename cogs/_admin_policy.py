@@ -15,11 +15,11 @@ from typing import Literal
 import discord
 from discord import app_commands
 
-from bot.catalog import Catalog
+from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.jobs import MAX_IMAGES_PER_EDIT
 from bot.policy import GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
-from cogs._ui import EMBED_COLOUR, policy_of, truncate
+from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, size_choices, truncate
 
 MAX_CREDITS_PER_CHANGE = 10_000_000
 MAX_COOLDOWN_SECONDS = 24 * 3600
@@ -323,8 +323,8 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         self,
         interaction: discord.Interaction,
         model: str | None = None,
-        quality: Literal["low", "medium", "high", "auto"] | None = None,
-        size: Literal["auto", "1024x1024", "1536x1024", "1024x1536"] | None = None,
+        quality: str | None = None,
+        size: str | None = None,
         providers: str | None = None,
         clear: bool = False,
     ) -> None:
@@ -337,7 +337,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
                 "default_size": None,
                 "provider_order": (),
             }
-        given = {"default_model": model, "default_quality": quality, "default_size": size}
+        given = {"default_model": model, "default_quality": quality, "default_size": normalize_size(size)}
         changes.update({k: v for k, v in given.items() if v is not None})
         if providers is not None:
             changes["provider_order"] = tuple(providers.replace(",", " ").split())
@@ -348,7 +348,19 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return _model_choices(self.policy.catalog, current)
+        return model_choices(self.bot.services.edits.lifecycle, current)
+
+    @defaults.autocomplete("quality")
+    async def quality_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await quality_choices(self.bot, interaction, current)
+
+    @defaults.autocomplete("size")
+    async def size_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await size_choices(self.bot, interaction, current)
 
 
 class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than everyone gets"):
@@ -393,16 +405,6 @@ class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than 
         removed = await self.policy.remove_tier(guild_id, role.id)
         note = f"Removed the tier for {role.mention}." if removed else f"{role.mention} had no tier."
         await self.show(interaction, await self.policy.guild_policy(guild_id), note)
-
-
-def _model_choices(catalog: Catalog, current: str) -> list[app_commands.Choice[str]]:
-    today = dt.datetime.now(dt.UTC).date()
-    current = current.lower()
-    return [
-        app_commands.Choice(name=m.name, value=m.id)
-        for m in catalog.available(today)
-        if current in m.id.lower() or current in m.name.lower()
-    ][:25]
 
 
 def policy_groups(bot: RetouchBot) -> list[app_commands.Group]:

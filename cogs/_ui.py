@@ -1,11 +1,11 @@
 """Shared by the cogs: the throttled progress message (and when an interaction token is spent), the
-result embed, attachment uploads, model autocomplete and private error replies for buttons and forms."""
+result embed, attachment uploads, model/quality/size autocomplete and private error replies for
+buttons and forms."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import io
 import logging
 import time
@@ -15,13 +15,15 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from bot.catalog import Catalog
+from bot import choices
+from bot.catalog import ModelEntry
 from bot.client import reply_privately
 from bot.errors import RetouchError, new_reference
 from bot.jobs import EditOutcome, Upload
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
+    from bot.lifecycle import ModelLifecycle
     from bot.policy import PolicyService
 
 log = logging.getLogger(__name__)
@@ -206,16 +208,45 @@ def first_image(message: discord.Message) -> discord.Attachment | None:
 
 
 def model_choices(
-    catalog: Catalog, current: str, *, mask_only: bool = False
+    lifecycle: ModelLifecycle, current: str, *, mask_only: bool = False
 ) -> list[app_commands.Choice[str]]:
-    """Autocomplete for a `model` option: today's models matching what was typed (at most 25)."""
-    today = dt.datetime.now(dt.UTC).date()
-    current = current.lower()
-    return [
-        app_commands.Choice(name=m.name, value=m.id)
-        for m in catalog.available(today)
-        if (m.mask or not mask_only) and (current in m.id.lower() or current in m.name.lower())
-    ][:25]
+    """Autocomplete for a `model` option: the models live today matching what was typed."""
+    return _choices(choices.model_options(lifecycle.available(), current, mask_only=mask_only))
+
+
+async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> ModelEntry:
+    """The model a command's `quality`/`size` options are for: the `model` typed in the same command
+    if it is known, else the member's default here (what their edit would use)."""
+    lifecycle = bot.services.edits.lifecycle
+    typed = getattr(interaction.namespace, "model", None)
+    model_id = typed if isinstance(typed, str) and typed in lifecycle.catalog.models else None
+    if model_id is None:
+        policy = policy_of(bot)
+        defaults = await policy.effective_defaults(
+            interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
+        )
+        model_id = defaults.effective.model
+    return policy_of(bot).model_for_view(model_id)
+
+
+async def quality_choices(
+    bot: RetouchBot, interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete for `quality`: the chosen (or default) model's qualities with their prices."""
+    model = await option_model(bot, interaction)
+    per_usd = bot.services.settings.credits_per_usd
+    return _choices(choices.quality_options(model, current, credits_per_usd=per_usd))
+
+
+async def size_choices(
+    bot: RetouchBot, interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete for `size`: the chosen (or default) model's sizes, and a typed custom size."""
+    return _choices(choices.size_options(await option_model(bot, interaction), current))
+
+
+def _choices(pairs: list[tuple[str, str]]) -> list[app_commands.Choice[str]]:
+    return [app_commands.Choice(name=name, value=value) for name, value in pairs]
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException, *, where: str) -> None:

@@ -9,10 +9,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions
 from cogs._results import run_and_publish
-from cogs._ui import model_choices, role_ids_of, upload_of
+from cogs._ui import model_choices, quality_choices, role_ids_of, size_choices, upload_of
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ class EditCog(commands.Cog):
         image2="Optional extra reference image",
         image3="Optional extra reference image",
         image4="Optional extra reference image",
-        quality="Higher quality costs more credits (auto lets the model choose)",
-        size="Output size (auto keeps the model's choice)",
+        quality="Higher quality costs more credits; the list shows your model's levels and prices",
+        size="Output size: pick one, or type WIDTHxHEIGHT where the model allows it (auto = model's choice)",
         background="Transparent needs PNG or WebP format",
         format="File format of the result",
         count="How many variations to make (each one is charged)",
@@ -46,8 +47,8 @@ class EditCog(commands.Cog):
         image2: discord.Attachment | None = None,
         image3: discord.Attachment | None = None,
         image4: discord.Attachment | None = None,
-        quality: Literal["low", "medium", "high", "auto"] | None = None,
-        size: Literal["auto", "1024x1024", "1536x1024", "1024x1536"] | None = None,
+        quality: str | None = None,
+        size: str | None = None,
         background: Literal["auto", "opaque", "transparent"] | None = None,
         format: Literal["png", "jpeg", "webp"] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
@@ -63,7 +64,7 @@ class EditCog(commands.Cog):
             user_id=interaction.user.id,
             channel_id=interaction.channel_id,
             uploads=[upload_of(label, a) for label, a in attachments if a is not None],
-            options=EditOptions(prompt, model, quality, size, background, format, count),
+            options=EditOptions(prompt, model, quality, normalize_size(size), background, format, count),
             upload_limit=interaction.filesize_limit,
             role_ids=role_ids_of(interaction.user),
         )
@@ -75,7 +76,19 @@ class EditCog(commands.Cog):
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.edits.catalog, current)
+        return model_choices(self.edits.lifecycle, current)
+
+    @edit.autocomplete("quality")
+    async def quality_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await quality_choices(self.bot, interaction, current)
+
+    @edit.autocomplete("size")
+    async def size_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await size_choices(self.bot, interaction, current)
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -32,6 +32,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import imaging, masking
+from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions, MaskSpec, PreparedJob
 from cogs._results import run_and_publish
@@ -42,8 +43,10 @@ from cogs._ui import (
     first_image,
     model_choices,
     policy_of,
+    quality_choices,
     report_error,
     role_ids_of,
+    size_choices,
     truncate,
     upload_of,
 )
@@ -392,8 +395,8 @@ class MaskCog(commands.Cog):
         image="The image to edit (PNG, JPEG or WebP)",
         mask="White (or transparent) = change, black = keep. Leave empty to pick the area on a grid",
         invert="Swap the mask: change what it marks as kept, keep what it marks",
-        quality="Higher quality costs more credits (auto lets the model choose)",
-        size="Output size (auto keeps the model's choice)",
+        quality="Higher quality costs more credits; the list shows your model's levels and prices",
+        size="Output size: pick one, or type WIDTHxHEIGHT where the model allows it (auto = model's choice)",
         format="File format of the result",
         feather=f"Soften the seam by this many pixels (0 = hard edge, default {imaging.FEATHER_PX})",
         keep_outside="Keep everything outside the area exactly as it was (default on)",
@@ -406,8 +409,8 @@ class MaskCog(commands.Cog):
         image: discord.Attachment,
         mask: discord.Attachment | None = None,
         invert: bool = False,
-        quality: Literal["low", "medium", "high", "auto"] | None = None,
-        size: Literal["auto", "1024x1024", "1536x1024", "1024x1536"] | None = None,
+        quality: str | None = None,
+        size: str | None = None,
         format: Literal["png", "jpeg", "webp"] | None = None,
         feather: app_commands.Range[int, 0, MAX_FEATHER_PX] | None = None,
         keep_outside: bool = True,
@@ -423,14 +426,28 @@ class MaskCog(commands.Cog):
             feather=imaging.FEATHER_PX if feather is None else feather,
             keep_outside=keep_outside,
         )
-        options = EditOptions(prompt, model=model, quality=quality, size=size, output_format=format)
+        options = EditOptions(
+            prompt, model=model, quality=quality, size=normalize_size(size), output_format=format
+        )
         await self._begin(interaction, self._job(interaction, image, options, spec))
 
     @mask.autocomplete("model")
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.edits.catalog, current, mask_only=True)
+        return model_choices(self.edits.lifecycle, current, mask_only=True)
+
+    @mask.autocomplete("quality")
+    async def quality_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await quality_choices(self.bot, interaction, current)
+
+    @mask.autocomplete("size")
+    async def size_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await size_choices(self.bot, interaction, current)
 
     async def edit_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Message menu: open the form for the message's image (a modal must be the first response)."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.policy import EffectiveDefaults, QualityView
-from cogs._ui import EMBED_COLOUR, policy_of, role_ids_of
+from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, role_ids_of, size_choices
 
 SOURCES = {"you": "set by you", "server": "this server's default", "bot": "the bot's default"}
 # /settings option name -> UserSettings field
@@ -80,9 +80,7 @@ class SettingsCog(commands.Cog):
     @app_commands.describe(
         level="Your new default (leave empty to see prices). Higher quality costs more credits."
     )
-    async def quality(
-        self, interaction: discord.Interaction, level: Literal["low", "medium", "high", "auto"] | None = None
-    ) -> None:
+    async def quality(self, interaction: discord.Interaction, level: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if level is not None:
             await self.policy.set_quality(interaction.user.id, level)
@@ -94,7 +92,7 @@ class SettingsCog(commands.Cog):
     @app_commands.command(name="settings", description="See or change your default model, size and format")
     @app_commands.describe(
         model="The image model your edits use",
-        size="Output size (auto lets the model choose)",
+        size="Output size: pick one, or type WIDTHxHEIGHT where your model allows it (auto = model's choice)",
         format="File format of your results",
         background="Transparent needs the png or webp format",
         skip_mask_preview="Start masked edits straight away instead of showing a preview first",
@@ -104,7 +102,7 @@ class SettingsCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         model: str | None = None,
-        size: Literal["auto", "1024x1024", "1536x1024", "1024x1536"] | None = None,
+        size: str | None = None,
         format: Literal["png", "jpeg", "webp"] | None = None,
         background: Literal["auto", "opaque", "transparent"] | None = None,
         skip_mask_preview: bool | None = None,
@@ -114,7 +112,7 @@ class SettingsCog(commands.Cog):
         guild_id, user_id = interaction.guild_id or 0, interaction.user.id
         changes = {
             "model": model,
-            "size": size,
+            "size": normalize_size(size),
             "output_format": format,
             "background": background,
             "skip_mask_preview": skip_mask_preview,
@@ -132,13 +130,19 @@ class SettingsCog(commands.Cog):
     async def model_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        today = dt.datetime.now(dt.UTC).date()
-        current = current.lower()
-        return [
-            app_commands.Choice(name=m.name, value=m.id)
-            for m in self.policy.catalog.available(today)
-            if current in m.id.lower() or current in m.name.lower()
-        ][:25]
+        return model_choices(self.bot.services.edits.lifecycle, current)
+
+    @settings.autocomplete("size")
+    async def size_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await size_choices(self.bot, interaction, current)
+
+    @quality.autocomplete("level")
+    async def level_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await quality_choices(self.bot, interaction, current)
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -129,6 +129,9 @@ async def test_commands_are_registered_with_their_options(world: World):
     edit_options = {o["name"]: o for o in commands["edit"]["options"]}
     assert edit_options["image"]["type"] == 11 and edit_options["image"]["required"]
     assert edit_options["prompt"]["max_length"] == 6000
-    assert [c["value"] for c in edit_options["quality"]["choices"]] == ["low", "medium", "high", "auto"]
+    # Qualities and sizes follow the chosen model (2.5/2.6 add xhigh and max; 2.x takes free sizes),
+    # so they are autocompleted rather than a fixed list.
+    assert edit_options["quality"]["autocomplete"] is True and "choices" not in edit_options["quality"]
+    assert edit_options["size"]["autocomplete"] is True and "choices" not in edit_options["size"]
     assert edit_options["count"]["min_value"] == 1 and edit_options["count"]["max_value"] == 4
     assert edit_options["model"]["autocomplete"] is True
