@@ -248,6 +248,7 @@ class EditService:
 
     async def prepare(self, job: EditJob, *, progress: Progress | None = None) -> PreparedJob:
         """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
+        await self.lifecycle.tick()  # a shutdown date passed: stored defaults move before they are read
         chosen = await self.options_for(job.guild_id, job.user_id, job.options)
         notices: tuple[str, ...] = ()
         if self.policy is not None:

@@ -105,6 +105,9 @@ class ModelLifecycle:
     on_event: Event | None = None
     _facts: dict[tuple[str, str], RouteFacts] = field(default_factory=dict)
     _discovery: dict[str, DiscoveryReport] = field(default_factory=dict)
+    _last_tick: dt.date | None = None
+    _dead: set[str] | None = None
+    _first_tick: bool = True
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -271,6 +274,22 @@ class ModelLifecycle:
         return tuple(self._discovery.values())
 
     # -- learning -------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Notice a date passing: models that died since the last look are announced and stored
+        defaults pointing at them move. Cheap when nothing changed (one comparison per job)."""
+        today = self.today()
+        if today == self._last_tick:
+            return
+        self._last_tick = today
+        dead = {m.id for m in self.catalog.models.values() if not self.usable(m)}
+        newly = sorted(dead - self._dead) if self._dead is not None else []
+        self._dead = dead
+        for model_id in newly:
+            await self._announce(f"🪦 {model_id} is now retired on every configured service.")
+        if newly or self._first_tick:
+            self._first_tick = False
+            await self.move_stored_defaults()
 
     async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
         """The provider answered "model gone" for `route`: never ask it again. True when newly retired."""

@@ -1,0 +1,283 @@
+"""Which models are live: route-level shutdowns, the default model, OpenAI's model list, "model gone"
+answers and stored defaults that move off a dead model. Every test sets its own calendar."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import Catalog, load_catalog, parse_catalog
+from bot.errors import InvalidOptions
+from bot.lifecycle import ModelLifecycle, discover_once
+from bot.providers.errors import ModelGone
+from bot.storage import Storage
+
+PROVIDERS = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
+SHUTDOWN = dt.date(2027, 1, 10)
+
+
+@dataclass(frozen=True)
+class Listed:
+    id: str
+    shutdown_date: dt.date | None = None
+
+
+class Calendar:
+    """A clock the test moves."""
+
+    def __init__(self, day: dt.date) -> None:
+        self.day = day
+
+    def __call__(self) -> dt.date:
+        return self.day
+
+
+def two_route_catalog() -> Catalog:
+    """`old` is sold by OpenAI (shut down there on SHUTDOWN) and by Atlas (no date); `new` replaces it."""
+    price = {"low": {"square": 0.01, "other": 0.01}}
+    return parse_catalog(
+        {
+            "models": {
+                "old": {
+                    "qualities": ["low"],
+                    "price": price,
+                    "replacement": "new",
+                    "snapshots": ["old-2026-01-01"],
+                    "routes": [{"provider": "openai", "shutdown": SHUTDOWN}, {"provider": "atlascloud"}],
+                },
+                "new": {"qualities": ["low"], "price": price, "routes": [{"provider": "openai"}]},
+                "spare": {"qualities": ["low"], "price": price, "routes": [{"provider": "openai"}]},
+            }
+        }
+    )
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3")
+    yield s
+    await s.close()
+
+
+class Events(list[str]):
+    async def __call__(self, line: str) -> None:
+        self.append(line)
+
+
+# ------------------------------------------------------------------------- the packaged catalog
+
+
+@pytest.mark.parametrize(
+    ("configured", "default"),
+    [
+        ({"openai"}, "gpt-image-2.6-flare"),
+        ({"wavespeed"}, "gpt-image-2.6-flare"),
+        ({"atlascloud"}, "gpt-image-2"),
+        ({"segmind"}, "gpt-image-2"),
+        ({"oneminai"}, "gpt-image-2"),
+        ({"atlascloud", "openai"}, "gpt-image-2.6-flare"),
+    ],
+)
+@pytest.mark.parametrize("day", [dt.date(2026, 12, 6), dt.date(2027, 3, 1), dt.date(2030, 12, 31)])
+def test_without_default_model_each_single_key_gets_a_live_model_it_sells(configured, default, day):
+    catalog = load_catalog()
+    lifecycle = ModelLifecycle(catalog, configured, lambda: day)
+    chosen = lifecycle.default_model()
+    assert chosen.id == default
+    assert any(r.provider in configured for r in lifecycle.live_routes(chosen))
+
+
+def test_the_shut_down_1x_line_moves_to_the_2x_line_for_an_openai_bot():
+    lifecycle = ModelLifecycle(load_catalog(), {"openai"}, lambda: dt.date(2026, 12, 6))
+    for old in ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5"):
+        assert not lifecycle.usable(load_catalog().get(old))
+        resolution = lifecycle.resolve(old, picked=True)
+        assert resolution.model.id.startswith("gpt-image-2") and "retired" in (resolution.notice or "")
+    assert [m.id for m in lifecycle.available()][:5] == [
+        "gpt-image-2.6-flare",
+        "gpt-image-2.6-sunburst",
+        "gpt-image-2.5-flare",
+        "gpt-image-2.5-sunburst",
+        "gpt-image-2",
+    ]
+
+
+def test_packaged_2x_models_carry_the_specs_qualities_sizes_and_prices():
+    catalog = load_catalog()
+    two, flare = catalog.get("gpt-image-2"), catalog.get("gpt-image-2.6-flare")
+    assert "xhigh" not in two.qualities and {"xhigh", "max"} <= set(flare.qualities)
+    assert two.accepts_size("2048x1152") and two.accepts_size("3840x2160")
+    assert not two.accepts_size("2050x1152") and not two.accepts_size("4096x1024")  # /16, ratio
+    assert not two.accepts_size("512x512")  # too few pixels
+    assert str(two.image_price("high", "1024x1024")) == "0.211"
+    assert str(catalog.get("gpt-image-2.5-flare").image_price("max", "1536x1024")) == "0.165"
+    # A free size is held at the square price scaled by its area (no published formula).
+    assert two.image_price("low", "2048x2048") == two.image_price("low", "1024x1024") * 4
+    routes = {(r.provider, r.model): r for r in two.routes}
+    assert ("atlascloud", "openai/gpt-image-2/edit") in routes
+    assert routes[("atlascloud", "openai/gpt-image-2-developer/edit")].price is not None
+    assert "auto" not in routes[("oneminai", "gpt-image-2")].qualities
+    assert routes[("oneminai", "gpt-image-2")].free_sizes and routes[("openai", "gpt-image-2")].free_sizes
+    assert routes[("segmind", "gpt-image-2")].max_input_images == 1
+    assert not any(
+        r.input_fidelity for m in catalog.models.values() if m.id.startswith("gpt-image-2") for r in m.routes
+    )
+
+
+# ------------------------------------------------------------------------- dates per route
+
+
+def test_a_date_on_one_route_leaves_the_model_live_on_the_others():
+    catalog, calendar = two_route_catalog(), Calendar(SHUTDOWN - dt.timedelta(days=1))
+    both = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar)
+    only_openai = ModelLifecycle(catalog, {"openai"}, calendar)
+    old = catalog.get("old")
+    assert both.usable(old) and only_openai.usable(old)
+    calendar.day = SHUTDOWN
+    assert both.usable(old) and [r.provider for r in both.live_routes(old)] == ["atlascloud"]
+    assert not only_openai.usable(old)
+    assert only_openai.resolve("old", picked=False).model.id == "new"
+
+
+def test_walking_across_the_shutdown_date_warns_then_moves_to_the_replacement():
+    catalog, calendar = two_route_catalog(), Calendar(SHUTDOWN - dt.timedelta(days=40))
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, default_model_id="old")
+    assert lifecycle.resolve("old", picked=True).notice is None
+    assert lifecycle.default_model().id == "old"
+    calendar.day = SHUTDOWN - dt.timedelta(days=5)
+    assert "will be retired on 2027-01-10" in (lifecycle.resolve("old", picked=True).notice or "")
+    assert any("retires in 5 days" in w for w in lifecycle.warnings())
+    calendar.day = SHUTDOWN
+    resolution = lifecycle.resolve("old", picked=True)
+    assert resolution.model.id == "new" and "retired" in (resolution.notice or "")
+    assert lifecycle.default_model().id == "new"  # DEFAULT_MODEL follows its replacement
+    assert [m.id for m in lifecycle.available()] == ["new", "spare"]
+
+
+def test_a_dead_model_without_replacement_is_refused_to_who_picked_it_and_replaced_for_others():
+    catalog = parse_catalog(
+        {
+            "models": {
+                "gone": {
+                    "qualities": ["low"],
+                    "price": {"low": {"square": 1, "other": 1}},
+                    "shutdown": "2026-01-01",
+                    "routes": [{"provider": "openai"}],
+                },
+                "live": {
+                    "qualities": ["low"],
+                    "price": {"low": {"square": 1, "other": 1}},
+                    "routes": [{"provider": "openai"}],
+                },
+            }
+        }
+    )
+    lifecycle = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 6, 1))
+    with pytest.raises(InvalidOptions) as refused:
+        lifecycle.resolve("gone", picked=True)
+    assert refused.value.code == "model_retired" and "not charged" in refused.value.user_message
+    resolution = lifecycle.resolve("gone", picked=False)
+    assert resolution.model.id == "live" and "no longer available" in (resolution.notice or "")
+
+
+def test_no_live_model_at_all_is_a_clear_refusal():
+    lifecycle = ModelLifecycle(two_route_catalog(), {"segmind"}, lambda: SHUTDOWN)
+    with pytest.raises(InvalidOptions) as refused:
+        lifecycle.default_model()
+    assert refused.value.code == "no_live_model" and "/diagnose" in refused.value.user_message
+
+
+# ------------------------------------------------------------------------- run-time facts
+
+
+async def test_model_gone_retires_one_route_persistently_and_is_announced(storage: Storage):
+    catalog, events = two_route_catalog(), Events()
+    calendar = Calendar(dt.date(2026, 12, 6))
+    lifecycle = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar, store=storage, on_event=events)
+    old = catalog.get("old")
+    atlas = next(r for r in old.routes if r.provider == "atlascloud")
+    gone = ModelGone("404 model_not_found", provider="atlascloud", status=404, code="model_not_found")
+    assert await lifecycle.retire(old, atlas, gone)
+    assert not await lifecycle.retire(old, atlas, gone)  # once only
+    assert [r.provider for r in lifecycle.live_routes(old)] == ["openai"]
+    assert len(events) == 1 and "old on atlascloud" in events[0]
+    # A new process reads what this one learned: the dead route is never asked again.
+    again = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar, store=storage)
+    assert again.usable(old)
+    await again.load()
+    assert [r.provider for r in again.live_routes(old)] == ["openai"]
+    assert any("answered" in w and "old on atlascloud" in w for w in again.warnings())
+
+
+async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_models(storage: Storage):
+    catalog, events = two_route_catalog(), Events()
+    calendar = Calendar(dt.date(2026, 12, 1))
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage, on_event=events)
+
+    async def listing() -> list[Listed]:
+        return [
+            Listed("old", dt.date(2026, 12, 20)),  # earlier than the catalog's date
+            Listed("old-2026-01-01"),  # a known snapshot, not "unknown"
+            Listed("spare"),
+            Listed("gpt-image-9"),  # new
+            Listed("whisper-1"),  # not an image model
+        ]
+
+    report = await discover_once(lifecycle, "openai", listing)
+    assert report.ok and report.unknown == ("gpt-image-9",) and report.missing == ("new",)
+    assert report.soon == ("old on openai shuts down on 2026-12-20 (in 19 days)",)
+    old, new = catalog.get("old"), catalog.get("new")
+    assert not lifecycle.usable(new)  # missing from the list: unavailable on that route
+    assert lifecycle.route_end(old, old.routes[0]) == dt.date(2026, 12, 20)
+    assert any("gpt-image-9" in line for line in events) and any("2026-12-20" in line for line in events)
+    assert any("gpt-image-9" in w for w in lifecycle.warnings())
+    calendar.day = dt.date(2026, 12, 20)
+    assert not lifecycle.usable(old)
+    # Persisted: a restart that cannot read the list keeps what the last read said.
+    again = ModelLifecycle(catalog, {"openai"}, calendar, store=storage)
+    await again.load()
+
+    async def broken() -> list[Listed]:
+        raise ConnectionError("no route to host")
+
+    failed = await discover_once(again, "openai", broken)
+    assert not failed.ok and failed.error == "ConnectionError"
+    assert not again.usable(old) and not again.usable(new) and again.usable(catalog.get("spare"))
+
+
+async def test_a_failed_first_listing_keeps_the_catalogs_view():
+    catalog = two_route_catalog()
+    lifecycle = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 12, 1))
+
+    async def broken() -> list[Listed]:
+        raise TimeoutError
+
+    report = await discover_once(lifecycle, "openai", broken)
+    assert not report.ok
+    assert [m.id for m in lifecycle.available()] == ["old", "new", "spare"]
+
+
+async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: Storage):
+    catalog, events = two_route_catalog(), Events()
+    calendar = Calendar(SHUTDOWN - dt.timedelta(days=1))
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage, on_event=events)
+    await storage.update_user_settings(7, {"model": "old"})
+    await storage.update_user_settings(8, {"model": "spare"})
+    await storage.update_guild_policy(5, {"default_model": "old"}, actor_id=1)
+    await lifecycle.tick()
+    assert (await storage.user_settings_row(7))["model"] == "old"  # still live
+    calendar.day = SHUTDOWN
+    await lifecycle.tick()
+    assert (await storage.user_settings_row(7))["model"] == "new"
+    assert (await storage.user_settings_row(8))["model"] == "spare"
+    assert (await storage.guild_policy_row(5))["default_model"] == "new"
+    [notice] = await storage.take_model_notices(7)
+    assert ("no longer available" in notice and "New" not in notice) or "new" in notice
+    assert await storage.take_model_notices(7) == []  # one time only
+    assert await storage.take_model_notices(8) == []
+    assert any("retired on every configured service" in e for e in events)
+    assert any("1 member(s), 1 server(s)" in e for e in events)
