@@ -276,7 +276,7 @@ async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: 
     assert (await storage.user_settings_row(8))["model"] == "spare"
     assert (await storage.guild_policy_row(5))["default_model"] == "new"
     [notice] = await storage.take_model_notices(7)
-    assert ("no longer available" in notice and "New" not in notice) or "new" in notice
+    assert notice == "old is no longer available, so your default is now new (change it with /settings)."
     assert await storage.take_model_notices(7) == []  # one time only
     assert await storage.take_model_notices(8) == []
     assert any("retired on every configured service" in e for e in events)
