@@ -7,7 +7,8 @@ Used by end-to-end tests: `async with running_bot(fake_discord, fake_openai, tmp
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +93,13 @@ async def running_bot(
     catalog: Catalog = TEST_CATALOG,
     bot_permissions: int | None = None,
     audit: bool = False,
+    today: Callable[[], dt.date] | None = None,
 ) -> AsyncIterator[World]:
     """Start the bot with its commands synced to a fresh guild; close everything afterwards.
 
     `bot_permissions` gives the bot exactly those permissions in #art (a channel overwrite);
-    `audit` sets AUDIT_CHANNEL_ID to the guild's #audit channel.
+    `audit` sets AUDIT_CHANNEL_ID to the guild's #audit channel; `today` is the calendar shutdown
+    dates are compared with (the real one when None).
     """
     owner = fake.owner
     guild = await fake.create_guild(name="Art Club", owner=owner)
@@ -123,7 +126,8 @@ async def running_bot(
     storage = await Storage.open(settings.database_path)
     try:
         async with provider_session(settings) as session:  # the pool the entry point uses
-            services = build_services(settings, catalog, storage, build_providers(settings, session))
+            extra = {"today": today} if today is not None else {}
+            services = build_services(settings, catalog, storage, build_providers(settings, session), **extra)
             bot = RetouchBot(services)
             bot._connection.guild_ready_timeout = 0.05
             fake.attach_error_capture(bot, expected=(RetouchError,))
