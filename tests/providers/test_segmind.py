@@ -15,6 +15,7 @@ from PIL import Image, ImageChops, ImageOps
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -192,7 +193,7 @@ async def test_options_the_route_cannot_honour_are_refused_before_any_request(
         (Fault.CONTENT_TYPE, InvalidInput, "invalid_content_type", False, False),
         (Fault.FORBIDDEN, ModelUnavailable, "forbidden", False, True),
         (Fault.METHOD_NOT_ALLOWED, ServiceUnavailable, "method_not_allowed", False, True),
-        (Fault.RETIRED, ModelUnavailable, "retired", False, True),
+        (Fault.RETIRED, ModelGone, "retired", False, True),
         (Fault.SERVER_ERROR, ServerError, None, False, True),
         (Fault.GATEWAY_TIMEOUT, ServerError, None, True, False),
         (Fault.NOT_AN_IMAGE, ServerError, None, True, False),
