@@ -458,7 +458,7 @@ async def test_fake_serves_the_catalog_without_a_key_and_only_to_get(
     async with session.post(f"{fake.base_url}/models", json={}) as resp:
         assert resp.status == 405
 
-    assert models == [FULL, MINI]
+    assert models == [FULL, MINI, "openai/gpt-image-2/edit", "openai/gpt-image-2-developer/edit"]
 
 
 async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
