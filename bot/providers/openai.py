@@ -19,6 +19,9 @@ Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN poi
 * A 404 `model_not_found` on an edit is `ModelGone` (`accepted=False`): OpenAI answers it for a
   shut-down model, and nothing ran. A 403 (organisation not verified) stays `ServiceUnavailable`.
 * Discovery: `list_models()` reads `GET /models` and each entry's `shutdown_date`.
+
+One module (about 400 lines) because everything here reads or writes OpenAI's wire format; the
+shared HTTP rules already live in `bot.providers.http`.
 """
 
 from __future__ import annotations

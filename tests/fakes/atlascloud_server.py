@@ -17,7 +17,8 @@ models-2026-12.md §4) take `images` (1 to 16 URLs; the limit is unpublished, th
 assumed), `prompt`, `quality` low/medium/high and `size` from their fixed list of eight (no `auto`),
 and no mask. `fake.retire_route(route, Gone.NOT_FOUND | Gone.GONE | Gone.NO_CHANNELS)` makes every
 submit for that route answer 404 / 410 / 503 "no available channels" without creating anything;
-predictions already running still finish.
+predictions already running still finish. With `fake.gone_in_envelope = True` that answer comes as
+HTTP 200 with the status in the envelope's `code` (as Atlas reports some errors).
 
 Usage::
 
@@ -166,6 +167,7 @@ class FakeAtlas(FakeServer):
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.envelope = True  # {code, message, data} (True) or bare objects (False)
+        self.gone_in_envelope = False  # a retired route's answer as HTTP 200 + envelope `code`
         # While True, predictions stay "processing" however often they are polled (`hold_results`).
         self.holding = False
         self.requests: list[RecordedRequest] = []
@@ -346,7 +348,7 @@ class FakeAtlas(FakeServer):
         if allowed is None:
             raise _ApiError(404, f"model {model!r} not found")
         if (gone := self.gone_answer(model)) is not None:
-            raise _ApiError(*gone)
+            raise (_EnvelopeError if self.gone_in_envelope else _ApiError)(*gone)
 
         rule = self._take("submit")
         if rule is not None:

@@ -36,6 +36,10 @@ on multipart is an unknown parameter (switch `accept_moderation=True` to model t
 A request without `model` gets `DEFAULT_MODEL`: the documented default (`gpt-image-1.5`) is shut
 down and its successor is not documented, so the fake assumes the current line's first model (the
 adapter always sends `model`).
+
+One module (over 800 lines) because it is OpenAI's whole edit surface (multipart parsing,
+per-model validation, error bodies, rendering, the model listing) in the order a reader checks it
+against the spec; each part is small and only this fake uses it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ ratio and resolution (a pair without an entry, e.g. 1:1 at 4k, is a 400); withou
 the ratio nearest the first input's is used, without `resolution` 1k. `fake.retire_route(route, how)`
 makes every submit for that route answer "model gone" (`Gone`: 404, 410 or 503 "no available
 channels") without creating a task; tasks already running still finish.
+
+One module (over 400 lines) because it is one vendor's whole API surface: splitting routes from
+validation would scatter what a reader compares against the spec.
 """
 
 from __future__ import annotations

@@ -710,3 +710,16 @@ async def test_a_404_on_a_poll_is_a_vanished_prediction_not_a_gone_model(
     assert not isinstance(info.value, ModelUnavailable)
     assert info.value.accepted is True
     assert fake.submit_count == 1
+
+
+async def test_a_gone_route_reported_inside_a_200_envelope_is_model_gone_too(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.gone_in_envelope = True
+    fake.retire_route(GPT2_ROUTES[1], Gone.NO_CHANNELS)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=GPT2_ROUTES[1]))
+
+    assert fake.requests[-1].status == 200
+    assert (info.value.status, info.value.accepted) == (503, False)
