@@ -19,6 +19,10 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   uploaded, so a wrong image field can never turn an edit into a text-to-image job.
   `openai/gpt-image-1/edit` takes one `image` and an optional `mask_image`; the mini edit takes
   `images` (at most 4: the same model's limit on WaveSpeed, whose page Atlas's copies) and no mask.
+  The GPT Image 2 routes (`openai/gpt-image-2/edit`, `openai/gpt-image-2-developer/edit`,
+  models-2026-12.md §4) take `images`, `prompt`, `quality` low/medium/high and `size` from a fixed
+  list of eight (`GPT_IMAGE_2_SIZES`, no `auto`) and no mask. Their image limit is not published:
+  16, the model's own limit at OpenAI, is assumed.
 * Mask polarity is contradictory (alpha per the schema, "white = edit" per the README); the mask is
   sent in the "alpha" convention of `bot.providers.masks`, which is transparent *and* white where
   to edit, so both readings select the same area. A catalog route may override it.
@@ -34,6 +38,10 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   restart without submitting anything.
 * A 5xx on the submit without a prediction id is taken as "nothing was created" (the issue's rule)
   and may be retried elsewhere, except 504: a gateway that timed out may have passed the job on.
+* "Model gone": a 404/410 answer to the submit, or an error whose message says the model is not
+  found / no longer available / retired / has no available channels, raises `ModelGone`
+  (`accepted=False`), so routing may retire the route. A 404 on a poll still means the prediction
+  vanished (`ServerError`, accepted).
 * Sync mode and base64 output are not used: their timeout and format are undocumented at Atlas.
 * `/diagnose`: `check()` calls the catalog, `GET /models`, the only documented GET that needs no
   job id. It takes no key, so it proves that Atlas answers but not that the key works; the
@@ -85,9 +93,24 @@ _BALANCE_WORDS = ("insufficient", "balance", "top up", "recharge")
 
 _QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
 _SIZES = ("1024x1024", "1536x1024", "1024x1536")  # no "auto" at Atlas
+# The sizes Atlas's GPT Image 2 edit routes take (models-2026-12.md §4): a fixed list, no "auto".
+GPT_IMAGE_2_SIZES = (
+    "1024x1024",
+    "1024x1536",
+    "1536x1024",
+    "2048x2048",
+    "2048x1152",
+    "1152x2048",
+    "3840x2160",
+    "2160x3840",
+)
+GPT_IMAGE_2_MAX_IMAGES = 16  # unpublished at Atlas: the model's own limit at OpenAI
+_GPT_IMAGE_2 = ModelFields("images", GPT_IMAGE_2_MAX_IMAGES, None, _QUALITIES, GPT_IMAGE_2_SIZES)
 MODELS: dict[str, ModelFields] = {
     "openai/gpt-image-1/edit": ModelFields("image", 1, "mask_image", _QUALITIES, _SIZES),
     "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None, _QUALITIES, _SIZES),
+    "openai/gpt-image-2/edit": _GPT_IMAGE_2,
+    "openai/gpt-image-2-developer/edit": _GPT_IMAGE_2,
 }
 DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha"}
 
@@ -162,6 +185,7 @@ ATLAS_API = PredictionApi(
     job_of=_data,
     error_in_answer=_envelope_status,
     classify=classify_atlas_error,
+    message_of=lambda body: _message(parse_json(body)),
 )
 
 
@@ -273,7 +297,9 @@ class AtlasCloudProvider:
             body["quality"] = request.quality
         body["size"] = request.size
 
-        job_id, prediction = await self._jobs.submit("/model/generateImage", body, request.deadline)
+        job_id, prediction = await self._jobs.submit(
+            "/model/generateImage", body, request.deadline, model=request.model
+        )
         log.debug("%s: %s prediction %s submitted", self.name, request.model, job_id)
         if on_submitted is not None:
             await on_submitted(job_id)

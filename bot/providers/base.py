@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Protocol, runtime_checkable
 
 # Every quality any model takes, cheapest first ("auto" lets the model choose). A model's own list is
@@ -96,6 +97,18 @@ class EditResult:
     usage: Usage | None = None
     request_id: str | None = None
     cost_usd: str | None = None  # provider-reported charge (e.g. Segmind x-cost), as a decimal string
+
+
+@dataclass(frozen=True, slots=True)
+class ListedModel:
+    """One model a provider lists as served (OpenAI `GET /v1/models`).
+
+    `shutdown_date` is the day the provider says the model stops working, or None when it gives
+    none (or gave one that could not be read).
+    """
+
+    id: str
+    shutdown_date: date | None = None
 
 
 @runtime_checkable

@@ -43,6 +43,7 @@ from bot.providers.base import ProviderHealth
 from bot.providers.errors import (
     ConnectionFailed,
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderTimeout,
@@ -867,6 +868,77 @@ def unsupported_options(model: str, service: str, problems: list[str], *, provid
     )
     err.retryable_elsewhere = True
     return err
+
+
+# What resellers and gateways say when a model (or the upstream channel behind it) is gone for good
+# (models-2026-12.md §1): a 404/410 for the model, or any error whose message says so.
+_GONE_WORDS = (
+    "not found",
+    "no longer available",
+    "retired",
+    "deprecated",
+    "no available channel",
+    "does not exist",
+    "discontinued",
+    "decommissioned",
+    "shut down",
+)
+# Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
+_NEVER_GONE = frozenset({401, 402, 403, 429, 504})
+
+
+def says_model_gone(message: str, model: str = "") -> bool:
+    """Whether an error message says the model (or its channel) is gone: it must name the model
+    (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
+    "media not found" about an uploaded file is not mistaken for a retired model."""
+    lowered = message.lower()
+    names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
+    return names_it and any(word in lowered for word in _GONE_WORDS)
+
+
+def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
+    """A submit's error as `ModelGone` when the provider says this route's model is gone.
+
+    For the answer to a paid submit that created nothing (no job id came back): a 404 or 410, or
+    any other 4xx/5xx (e.g. 503 "no available channels") whose `message` says the model is gone
+    (`says_model_gone`). Auth, billing, access and rate-limit answers (401/402/403/429) and 504 (a
+    gateway that may have passed the job on) never are. The provider did not take the job, so the
+    result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an answer
+    that the model does not exist is proof that nothing ran. Call it only for submits: a 404 on a
+    poll means the job vanished, not the model.
+    """
+    status = err.status
+    if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
+        return err
+    if status not in (404, 410) and not says_model_gone(message, model):
+        return err
+    return ModelGone(
+        str(err),
+        provider=err.provider,
+        status=status,
+        code=err.code if err.code and err.code != "not_found" else "model_gone",
+        request_id=err.request_id,
+        accepted=False,
+    )
+
+
+def submit_classifier(
+    classify: Classifier, message_of: Callable[[bytes], str], *, model: str = ""
+) -> Classifier:
+    """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`.
+
+    `message_of` reads the vendor's error text from a body (each vendor's envelope differs).
+    """
+
+    def classify_submit(
+        status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> ProviderError:
+        err = classify(status, body, headers, provider=provider)
+        if err.status is None:
+            err.status = status
+        return gone_on_submit(err, message_of(body), model=model)
+
+    return classify_submit
 
 
 async def convert_mask(mask_png: bytes, convention: str, *, provider: str) -> bytes:

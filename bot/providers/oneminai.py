@@ -27,6 +27,13 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   therefore takes background "auto" only. `output_compression` is sent as 100 for jpeg/webp so the
   output matches the other providers (1min's default is 85).
 * Prompts longer than 4,000 characters and more than one input image are refused up front.
+* GPT Image 2 (`model: gpt-image-2`, editor only, models-2026-12.md §4): `size` is REQUIRED and is a
+  free `WxH` (OpenAI's 2.x rules), `quality` is REQUIRED (low/medium/high). A request with size or
+  quality "auto" is therefore refused before anything is sent (the catalog offers this route no
+  "auto"). No inpainter is documented for it, so a masked edit is refused too.
+* "Model gone": a 404/410 answer to the feature call, or an error whose message says the model is
+  not found / no longer available / retired / has no available channels, raises `ModelGone`
+  (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran).
 * The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
 * No `check()` for `/diagnose`: 1min.ai documents no GET at all (no account, credit or catalog
   call), and every documented call costs or stores something, so `/diagnose` shows "no check
@@ -41,7 +48,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OutputImage, parse_size
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
@@ -65,6 +72,7 @@ from bot.providers.http import (
     redact_url,
     send_paid,
     sniff_image_format,
+    submit_classifier,
     unsupported_options,
     upload_file,
 )
@@ -76,7 +84,9 @@ MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 240.0  # the feature call blocks while the image is made
 IO_TIMEOUT = 60.0  # one upload or the result download
 MAX_PROMPT_CHARS = 4000
-MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini"})
+MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-2"})
+# Models whose editor takes any `WxH` size and requires both `size` and `quality` (no inpainter).
+FREE_SIZE_MODELS = frozenset({"gpt-image-2"})
 SIZES = ("1024x1024", "1024x1536", "1536x1024")
 QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
@@ -188,10 +198,19 @@ class OneMinAIProvider:
             problems.append("input_fidelity (no such field)")
         if request.count != 1:
             problems.append(f"count={request.count} (one image per call)")
-        if request.size not in SIZES:
-            problems.append(f"size={request.size}")
-        if request.quality != "auto" and request.quality not in QUALITIES:
-            problems.append(f"quality={request.quality}")
+        if request.model in FREE_SIZE_MODELS:
+            # `size` and `quality` are required on this route: "auto" cannot be sent by omitting them.
+            if parse_size(request.size) is None:
+                problems.append(f"size={request.size} (a WxH size is required)")
+            if request.quality not in QUALITIES:
+                problems.append(f"quality={request.quality} (low, medium or high is required)")
+            if request.mask is not None:
+                problems.append("a mask (no inpainter for this model)")
+        else:
+            if request.size not in SIZES:
+                problems.append(f"size={request.size}")
+            if request.quality != "auto" and request.quality not in QUALITIES:
+                problems.append(f"quality={request.quality}")
         if request.output_format not in OUTPUT_FORMATS:
             problems.append(f"output_format={request.output_format}")
         backgrounds = ("auto",) if request.mask is not None else EDITOR_BACKGROUNDS
@@ -241,7 +260,9 @@ class OneMinAIProvider:
             json={"type": feature, "model": request.model, "promptObject": prompt_object},
             headers=self._auth,
             provider=self.name,
-            classify=classify_oneminai_error,
+            classify=submit_classifier(
+                classify_oneminai_error, lambda body: _message(parse_json(body)), model=request.model
+            ),
         )
         payload = parse_json(resp.body)
         record = payload.get("aiRecord") if isinstance(payload, dict) else None

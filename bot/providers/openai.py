@@ -14,6 +14,14 @@ Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN poi
   image was generated and billed. The job is therefore never re-sent elsewhere.
 * One file part per image, always named `image[]` (as the SDK and the curl examples do for
   several files; the API accepts it for one file too).
+* GPT Image 2.x (models-2026-12.md §3): free `WxH` sizes and the `xhigh`/`max` qualities are sent
+  as given; the catalog decides what each model may take, and the API answers 400 otherwise.
+* A 404 `model_not_found` on an edit is `ModelGone` (`accepted=False`): OpenAI answers it for a
+  shut-down model, and nothing ran. A 403 (organisation not verified) stays `ServiceUnavailable`.
+* Discovery: `list_models()` reads `GET /models` and each entry's `shutdown_date`.
+
+One module (about 400 lines) because everything here reads or writes OpenAI's wire format; the
+shared HTTP rules already live in `bot.providers.http`.
 """
 
 from __future__ import annotations
@@ -21,15 +29,18 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 import aiohttp
 import aiohttp.payload
 
-from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, Usage
+from bot.providers.base import EditRequest, EditResult, ListedModel, OutputImage, ProviderHealth, Usage
 from bot.providers.errors import (
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -44,6 +55,7 @@ from bot.providers.http import (
     parse_retry_after,
     redact_url,
     send_check,
+    send_idempotent,
     send_paid,
     sniff_image_format,
 )
@@ -56,6 +68,7 @@ MAX_LOG_MESSAGE = 200  # provider messages kept in exception text (for logs) are
 # A retried submit needs time to run: an edit takes tens of seconds, so a 429 is only retried when
 # this much time is left after waiting (otherwise it would be billed and then time out).
 MIN_RETRY_WINDOW = 30.0
+LIST_TIMEOUT = 30.0  # the whole model listing, retries included: discovery must not hang start-up
 
 _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 _QUOTA = "insufficient_quota"
@@ -117,7 +130,8 @@ def classify_openai_error(
     """Map one OpenAI error response to a `ProviderError` (the only place that reads OpenAI errors).
 
     400 `moderation_blocked` / `content_policy_violation` → ProviderRejected; other 400 →
-    InvalidInput; 401/403 → ServiceUnavailable; 404 → ModelUnavailable; 429 `insufficient_quota`
+    InvalidInput; 401/403 → ServiceUnavailable; 404 `model_not_found` → ModelGone (a shut-down
+    model; nothing ran), other 404 → ModelUnavailable; 429 `insufficient_quota`
     → ServiceUnavailable (never retried); other 429 → RateLimited with the retry-after hint;
     ≥500 → ServerError(accepted=True). Non-JSON bodies (proxy HTML pages) are classified by status.
     A moderation block at the output stage (when the body says so) is marked `accepted=True`:
@@ -150,12 +164,44 @@ def classify_openai_error(
     if status in (401, 403):
         return ServiceUnavailable(summary, **kw)
     if status == 404:
+        if code == "model_not_found":
+            return ModelGone(summary, **kw)
         return ModelUnavailable(summary, **kw)
     if status >= 500:
         return ServerError(summary, accepted=True, **kw)
     if 400 <= status < 500:
         return InvalidInput(summary, **kw)
     return ServerError(summary, **kw)  # 1xx/3xx: nothing was created
+
+
+def parse_model_list(payload: object, *, provider: str = "openai") -> list[ListedModel]:
+    """The models of a `GET /models` answer, with their `shutdown_date` when one can be read.
+
+    Entries without a string `id` are skipped. A missing or null `shutdown_date` is None; one that is
+    not a `YYYY-MM-DD` day is logged and read as None (a garbled date must not retire anything).
+    Raises `ServerError` when the answer is not a list at all.
+    """
+    items = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(items, list):
+        raise ServerError("GET /models answered without a data list", provider=provider)
+    models: list[ListedModel] = []
+    for item in items:
+        model_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(model_id, str) or not model_id:
+            continue
+        raw = item.get("shutdown_date")
+        shutdown: date | None = None
+        if raw is not None:
+            try:
+                shutdown = date.fromisoformat(raw) if isinstance(raw, str) and len(raw) == 10 else None
+            except ValueError:
+                shutdown = None
+            if shutdown is None:
+                log.warning(
+                    "%s: unreadable shutdown_date %r for %s; ignored", provider, _short(str(raw)), model_id
+                )
+        models.append(ListedModel(id=model_id, shutdown_date=shutdown))
+    return models
 
 
 def _health_from_error(exc: ProviderError) -> ProviderHealth:
@@ -236,6 +282,31 @@ class OpenAIProvider:
         except ProviderError as exc:
             return _health_from_error(exc)
         return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
+
+    async def list_models(self) -> list[ListedModel]:
+        """The models this key can use, from `GET /models`, each with its `shutdown_date`.
+
+        Free and idempotent, so failures are retried like any GET within `LIST_TIMEOUT`; then a
+        `ProviderError` subclass is raised (mapped by `classify_openai_error`; an answer that is not
+        a model list is a `ServerError`).
+        """
+        resp = await send_idempotent(
+            self._session,
+            "GET",
+            self._models_url,
+            policy=self._policy,
+            deadline=time.monotonic() + LIST_TIMEOUT,
+            call_timeout=LIST_TIMEOUT,
+            provider=self.name,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            classify=classify_openai_error,
+            request_id_header=REQUEST_ID_HEADER,
+        )
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        return parse_model_list(payload, provider=self.name)
 
     def _form(self, request: EditRequest) -> aiohttp.FormData:
         form = aiohttp.FormData()

@@ -45,6 +45,7 @@ from bot.providers.http import (
     send_idempotent,
     send_paid,
     sniff_image_format,
+    submit_classifier,
     submit_server_error,
     upload_file,
 )
@@ -64,6 +65,7 @@ class PredictionApi:
     job_of: Callable[[Any], dict[str, Any]]  # the job object of a decoded answer ({} when none)
     error_in_answer: Callable[[Any], int | None]  # an error status reported inside a 2xx answer
     classify: Classifier
+    message_of: Callable[[bytes], str]  # the error text of a body (to tell "model gone" answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,11 @@ class ModelFields:
     mask_field: str | None  # None: the model takes no mask
     qualities: tuple[str, ...]  # values that may be sent; "auto" is sent by omitting the field
     sizes: tuple[str, ...]  # values that may be sent, in the bot's `WxH` form
+    # The route has an `output_format` field; without one only "png" can be honoured (nothing sent).
+    output_format: bool = False
+    # The route takes `aspect_ratio` + `resolution` instead of `size` (WaveSpeed's 2.x routes); `sizes`
+    # then lists the `WxH` sizes the adapter can map exactly.
+    aspect_ratio: bool = False
 
     def image_body(self, image_urls: list[str], mask_url: str | None) -> dict[str, Any]:
         """The body fields that carry the uploaded inputs."""
@@ -179,8 +186,14 @@ class Predictions:
 
     # ------------------------------------------------------------------ the paid submit
 
-    async def submit(self, path: str, body: dict[str, Any], deadline: float) -> tuple[str, dict[str, Any]]:
-        """Send the one paid submit (never re-sent once it may have arrived); return the job id and job."""
+    async def submit(
+        self, path: str, body: dict[str, Any], deadline: float, *, model: str = ""
+    ) -> tuple[str, dict[str, Any]]:
+        """Send the one paid submit (never re-sent once it may have arrived); return the job id and job.
+
+        An answer that says `model`'s route is gone, with no job id, raises `ModelGone`
+        (see `bot.providers.http.gone_on_submit`).
+        """
         resp = await send_paid(
             self._session,
             "POST",
@@ -191,17 +204,20 @@ class Predictions:
             json=body,
             headers=self._headers,
             provider=self._provider,
-            classify=self._api.classify,
+            classify=submit_classifier(self._api.classify, self._api.message_of, model=model),
         )
-        return self._accepted(resp)
+        return self._accepted(resp, model)
 
-    def _accepted(self, resp: HttpResponse) -> tuple[str, dict[str, Any]]:
+    def _accepted(self, resp: HttpResponse, model: str = "") -> tuple[str, dict[str, Any]]:
         """The job from the submit's 2xx answer; its id is required to follow the job."""
         payload = parse_json(resp.body)
         job = self._api.job_of(payload)
         job_id = job.get("id")
         has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
         if (err := self._error_in(resp, payload)) is not None:
+            if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
+                classify = submit_classifier(self._api.classify, self._api.message_of, model=model)
+                err = classify(resp.status, resp.body, resp.headers, provider=self._provider)
             err.accepted = has_id or err.accepted
             raise err
         if not has_id:

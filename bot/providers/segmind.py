@@ -30,10 +30,22 @@ Decisions on the spec's OPEN points (providers.md §8.8):
 * `x-cost` is taken as USD (Segmind bills in USD credits); a missing or malformed value leaves
   `cost_usd` unset so the route's catalog price applies.
 * There is nothing to poll or cancel: the deadline caps the one blocking call.
+* GPT Image 2 (`POST /v1/gpt-image-2`, models-2026-12.md §4): exactly one `image` URL makes the call
+  an edit (without it the route draws from text alone, so the adapter never sends it without one);
+  no mask and no `image_urls`. `size` is `auto` or a free `WxH` (Segmind's page gives OpenAI's 2.x
+  rules); `quality` is sent only when it is low/medium/high (its allowed values are not readable on
+  the page, so "auto" is left to Segmind's default by omitting it); `background` as for 1.x.
+* "Model gone": a 404 (unknown slug) or 410 (retired) answer to the edit call, or an error whose
+  message says the model is gone or has no available channels, raises `ModelGone`
+  (`accepted=False`; only HTTP 200 is billed). 403 (not permitted for the team) stays
+  `ModelUnavailable`.
 * `/diagnose`: `check()` asks the v2 API for the status of a request id that cannot exist
   (`GET /v2/requests/{id}/status`, documented, authenticated and free). Segmind's auth layer answers
   401 for a missing or bad key before anything else, and the endpoint 404 for an unknown id, so a
   404 means the key was accepted.
+
+One module (a little over 400 lines) because every part reads or writes Segmind's wire format;
+splitting the error mapping from the calls would separate what must change together.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth
+from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, parse_size
 from bot.providers.errors import (
     InvalidInput,
     ModelUnavailable,
@@ -75,6 +87,7 @@ from bot.providers.http import (
     send_idempotent,
     send_paid,
     sniff_image_format,
+    submit_classifier,
     submit_server_error,
     unsupported_options,
 )
@@ -91,7 +104,10 @@ QUALITIES = ("auto", "low", "medium", "high")
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 BACKGROUNDS = ("auto", "opaque", "transparent")  # "auto" is sent by omitting the field
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
-MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit"})
+MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit", "gpt-image-2"})
+# Models whose route takes one `image` URL (edit mode) instead of `image_urls`, and no mask.
+SINGLE_IMAGE_MODELS = frozenset({"gpt-image-2"})
+SINGLE_IMAGE_QUALITIES = ("auto", "low", "medium", "high")  # "auto" is sent by omitting the field
 DEFAULT_MASK_CONVENTION = "alpha"
 CHECK_REQUEST_ID = "retouch-diagnose-no-such-request"  # `check()` asks for it; Segmind answers 404
 
@@ -180,6 +196,11 @@ def classify_segmind_error(
     return InvalidInput(summary, **kw)
 
 
+def _free_size_ok(size: str) -> bool:
+    """`auto`, or a `WxH` the adapter can send to a free-size route (the catalog checks the rules)."""
+    return size == "auto" or parse_size(size) is not None
+
+
 def _cost(headers: Mapping[str, str]) -> str | None:
     """`x-cost` as a plain decimal string, or None when it is missing or not a finite, non-negative number."""
     raw = headers.get("x-cost")
@@ -266,20 +287,26 @@ class SegmindProvider:
                 provider=self.name,
                 code="unknown_model",
             )
+        single = request.model in SINGLE_IMAGE_MODELS
         problems = []
-        if not 1 <= len(request.images) <= MAX_IMAGES:
-            problems.append(f"{len(request.images)} images (1 to {MAX_IMAGES})")
+        max_images = 1 if single else MAX_IMAGES
+        if not 1 <= len(request.images) <= max_images:
+            problems.append(f"{len(request.images)} images (1 to {max_images})")
+        if single and request.mask is not None:
+            problems.append("a mask")
         if request.input_fidelity is not None:
             problems.append("input_fidelity (no such field)")
         if request.count != 1:
             problems.append(f"count={request.count} (no `n`; one image per call)")
+        if single and not _free_size_ok(request.size):
+            problems.append(f"size={request.size}")
         for name, value, allowed in (
-            ("quality", request.quality, QUALITIES),
-            ("size", request.size, SIZES),
+            ("quality", request.quality, SINGLE_IMAGE_QUALITIES if single else QUALITIES),
+            ("size", request.size, None if single else SIZES),
             ("background", request.background, BACKGROUNDS),
             ("output_format", request.output_format, OUTPUT_FORMATS),
         ):
-            if value not in allowed:
+            if allowed is not None and value not in allowed:
                 problems.append(f"{name}={value}")
         if problems:
             raise unsupported_options(request.model, "Segmind", problems, provider=self.name)
@@ -297,13 +324,16 @@ class SegmindProvider:
         except ProviderError as err:
             raise mark_unsubmitted(err) from None
 
-        body: dict[str, Any] = {
-            "prompt": request.prompt,
-            "image_urls": urls[: len(request.images)],
-            "size": request.size,
-            "quality": request.quality,
-            "output_format": request.output_format,
-        }
+        body: dict[str, Any] = {"prompt": request.prompt}
+        if request.model in SINGLE_IMAGE_MODELS:
+            body["image"] = urls[0]  # one image URL: edit mode
+            if request.quality != "auto":
+                body["quality"] = request.quality
+        else:
+            body["image_urls"] = urls[: len(request.images)]
+            body["quality"] = request.quality
+        body["size"] = request.size
+        body["output_format"] = request.output_format
         if request.mask is not None:
             body["mask"] = urls[-1]
         if request.background != "auto":
@@ -319,7 +349,7 @@ class SegmindProvider:
             json=body,  # aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
             headers=self._auth,
             provider=self.name,
-            classify=classify_segmind_error,
+            classify=submit_classifier(classify_segmind_error, _error_text, model=request.model),
             max_body=self._max_output_bytes,
         )
         request_id = resp.request_id

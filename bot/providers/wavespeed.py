@@ -23,9 +23,24 @@ Decisions on the spec's OPEN points (providers.md §8.7):
 * Size separator: `*` (`1024*1024`), as the parameter table's enum writes it; `auto` is native.
 * Mini edit: no `quality`/`size` fields are sent (the vendor page lists none), so that route only
   honours "auto" for both; at most 4 `images`.
+* GPT Image 2 routes (models-2026-12.md §4): `openai/gpt-image-2/edit` takes `images`, `prompt`,
+  `aspect_ratio` (10 ratios), `resolution` 1k/2k/4k and `quality` low/medium/high, and no `size`;
+  the 2.5 and 2.6 flare/sunburst edit routes add `xhigh`/`max`, 15 ratios from 1:3 to 3:1,
+  `output_format` and a mask (sent as `mask_image`, the field WaveSpeed's gpt-image-1 edit uses:
+  the 2.x field name is not published). The request's `size` becomes `aspect_ratio` +
+  `resolution` only when it is exactly one of `PIXELS` (what each pair produces); `auto` sends
+  neither, so WaveSpeed follows the input. Any other size is refused before anything is sent.
+  `ROUTE_SIZES` lists, per route, every size the adapter can send (for the catalog). WaveSpeed
+  publishes no pixels for its 1k/2k/4k tiers: `PIXELS` is inferred from OpenAI's sizes as a
+  gateway documents them per aspect ratio and tier (docs.aireiter.com's gpt-image-2 table); pairs
+  it marks as over OpenAI's pixel limit (e.g. 1:1 at 4k), and 1:3/3:1, have no entry and are never
+  sent. The 2.x image limit is not published: 16, the model's own limit, is assumed.
 * Mask polarity: sent in the "alpha" convention of `bot.providers.masks` (transparent *and* white
   where to edit), which reads the same under both documented conventions.
 * Base64 prefix: bare and `data:` forms are both decoded.
+* "Model gone": a 404/410 answer to the submit (the model is the path), or an error whose message
+  says the model is not found / retired / has no available channels, raises `ModelGone`
+  (`accepted=False`). A 404 on a poll still means the task vanished (`ServerError`, accepted).
 * Errors: the bodies are undocumented; the message is read from `message`/`error`/`data.error`.
   401 (a key that was never activated by a top-up) and any "insufficient balance" text (or 402)
   need the admin; a 5xx on the submit without a task id is taken as "nothing was created" (the
@@ -87,12 +102,98 @@ _BALANCE_WORDS = ("insufficient", "balance", "top up", "top-up", "recharge")
 _FULL = ModelFields(
     "image", 1, "mask_image", ("low", "medium", "high"), ("auto", "1024x1024", "1536x1024", "1024x1536")
 )
+
+# (aspect_ratio, resolution) -> the `WxH` image it produces. Inferred (see the module docstring).
+PIXELS: dict[tuple[str, str], str] = {
+    ("1:1", "1k"): "1024x1024",
+    ("1:1", "2k"): "2048x2048",
+    ("3:2", "1k"): "1536x1024",
+    ("3:2", "2k"): "2048x1360",
+    ("2:3", "1k"): "1024x1536",
+    ("2:3", "2k"): "1360x2048",
+    ("4:3", "1k"): "1024x768",
+    ("4:3", "2k"): "2048x1536",
+    ("3:4", "1k"): "768x1024",
+    ("3:4", "2k"): "1536x2048",
+    ("5:4", "1k"): "1280x1024",
+    ("5:4", "2k"): "2560x2048",
+    ("4:5", "1k"): "1024x1280",
+    ("4:5", "2k"): "2048x2560",
+    ("16:9", "1k"): "1536x864",
+    ("16:9", "2k"): "2048x1152",
+    ("16:9", "4k"): "3840x2160",
+    ("9:16", "1k"): "864x1536",
+    ("9:16", "2k"): "1152x2048",
+    ("9:16", "4k"): "2160x3840",
+    ("2:1", "1k"): "2048x1024",
+    ("2:1", "2k"): "2688x1344",
+    ("2:1", "4k"): "3840x1920",
+    ("1:2", "1k"): "1024x2048",
+    ("1:2", "2k"): "1344x2688",
+    ("1:2", "4k"): "1920x3840",
+    ("21:9", "1k"): "2016x864",
+    ("21:9", "2k"): "2688x1152",
+    ("21:9", "4k"): "3840x1648",
+    ("9:21", "1k"): "864x2016",
+    ("9:21", "2k"): "1152x2688",
+    ("9:21", "4k"): "1648x3840",
+}
+# The aspect ratios each 2.x route documents (models-2026-12.md §4). The 15 of the 2.5/2.6 routes are
+# given only as "1:3 to 3:1": taken as gpt-image-2's ten plus 2:1, 1:2, 9:21, 1:3 and 3:1.
+GPT_IMAGE_2_RATIOS = ("1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+GPT_IMAGE_2X_RATIOS = (*GPT_IMAGE_2_RATIOS, "2:1", "1:2", "9:21", "1:3", "3:1")
+GPT_IMAGE_2X_ROUTES = (
+    "openai/gpt-image-2.5-flare/edit",
+    "openai/gpt-image-2.5-sunburst/edit",
+    "openai/gpt-image-2.6-flare/edit",
+    "openai/gpt-image-2.6-sunburst/edit",
+)
+MAX_GPT_IMAGE_2_IMAGES = 16  # unpublished at WaveSpeed: the model's own limit at OpenAI
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+def _mappable_sizes(ratios: tuple[str, ...]) -> tuple[str, ...]:
+    """`auto` and every `WxH` that one of `ratios` produces at some resolution, in table order."""
+    return ("auto", *(size for (ratio, _), size in PIXELS.items() if ratio in ratios))
+
+
+def aspect_and_resolution(size: str) -> tuple[str, str] | None:
+    """The `(aspect_ratio, resolution)` that produces exactly `size` (each size has at most one)."""
+    return next((key for key, pixels in PIXELS.items() if pixels == size), None)
+
+
+_GPT_IMAGE_2 = ModelFields(
+    "images",
+    MAX_GPT_IMAGE_2_IMAGES,
+    None,
+    ("low", "medium", "high"),
+    _mappable_sizes(GPT_IMAGE_2_RATIOS),
+    aspect_ratio=True,
+)
+_GPT_IMAGE_2X = ModelFields(
+    "images",
+    MAX_GPT_IMAGE_2_IMAGES,
+    "mask_image",
+    ("low", "medium", "high", "xhigh", "max"),
+    _mappable_sizes(GPT_IMAGE_2X_RATIOS),
+    output_format=True,
+    aspect_ratio=True,
+)
 MODELS: dict[str, ModelFields] = {
     "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None, (), ()),
     "openai/gpt-image-1/edit": _FULL,
     "openai/gpt-image-1": _FULL,  # the docs page's curl path for the same edit parameters
+    "openai/gpt-image-2/edit": _GPT_IMAGE_2,
+    **dict.fromkeys(GPT_IMAGE_2X_ROUTES, _GPT_IMAGE_2X),
 }
-DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha", "openai/gpt-image-1": "alpha"}
+# Every size the adapter can send on each route ("auto" included where the route has it): the catalog
+# should offer exactly these for WaveSpeed routes. The mini edit takes no size, so only "auto".
+ROUTE_SIZES: dict[str, tuple[str, ...]] = {route: f.sizes or ("auto",) for route, f in MODELS.items()}
+DEFAULT_MASK_CONVENTIONS = {
+    "openai/gpt-image-1/edit": "alpha",
+    "openai/gpt-image-1": "alpha",
+    **dict.fromkeys(GPT_IMAGE_2X_ROUTES, "alpha"),
+}
 
 
 def _data(payload: Any) -> dict[str, Any]:
@@ -173,6 +274,7 @@ WAVESPEED_API = PredictionApi(
     job_of=_data,
     error_in_answer=_envelope_status,
     classify=classify_wavespeed_error,
+    message_of=lambda body: _message(parse_json(body)),
 )
 
 
@@ -253,7 +355,8 @@ class WaveSpeedProvider:
             problems.append(f"size={request.size}")
         if request.background != "auto":
             problems.append(f"background={request.background}")
-        if request.output_format != "png":
+        formats = OUTPUT_FORMATS if fields.output_format else ("png",)
+        if request.output_format not in formats:
             problems.append(f"output_format={request.output_format}")
         if problems:
             raise unsupported_options(request.model, "WaveSpeed", problems, provider=self.name)
@@ -270,12 +373,20 @@ class WaveSpeedProvider:
         body: dict[str, Any] = {"prompt": request.prompt, **fields.image_body(image_urls, mask_url)}
         if fields.qualities and request.quality != "auto":
             body["quality"] = request.quality
-        if fields.sizes:
+        if fields.aspect_ratio:
+            pair = aspect_and_resolution(request.size)  # `_fields_for` checked the route can take it
+            if pair is not None:  # "auto": neither is sent, and WaveSpeed follows the input image
+                body["aspect_ratio"], body["resolution"] = pair
+        elif fields.sizes:
             body["size"] = request.size.replace("x", "*")  # the API's enum writes 1024*1024
+        if fields.output_format:
+            body["output_format"] = request.output_format
         body["enable_base64_output"] = self._base64_output
         body["enable_sync_mode"] = self._sync_mode
 
-        task_id, task = await self._jobs.submit(f"/{request.model.strip('/')}", body, request.deadline)
+        task_id, task = await self._jobs.submit(
+            f"/{request.model.strip('/')}", body, request.deadline, model=request.model
+        )
         if on_submitted is not None:
             await on_submitted(task_id)
         if self._sync_mode and _is_sync_timeout(task):

@@ -32,6 +32,48 @@ class FaultRule:
     retry_after: float
 
 
+class Gone(StrEnum):
+    """How a reseller fake answers a submit for a route told to be gone (`FakeServer.retire_route`).
+
+    models-2026-12.md §1: resellers say nothing about their routes after OpenAI's shutdown; gateways
+    answer a 404 or 410 for the model, or a 503 "no available channels".
+    """
+
+    NOT_FOUND = "not_found"  # 404 "model ... not found"
+    GONE = "gone"  # 410 "model ... is no longer available"
+    NO_CHANNELS = "no_channels"  # 503 "no available channels for model ..."
+
+
+GONE_ANSWERS = {
+    Gone.NOT_FOUND: (404, "model {model} not found"),
+    Gone.GONE: (410, "model {model} is no longer available (retired)"),
+    Gone.NO_CHANNELS: (503, "no available channels for model {model}"),
+}
+
+
+def free_size_problem(size: str) -> str | None:
+    """Why `size` breaks OpenAI's GPT Image 2.x size rules (models-2026-12.md §3), or None if it is fine.
+
+    `auto`, or `WxH` with both edges multiples of 16, a ratio between 1:3 and 3:1, 655,360 to
+    8,294,400 pixels and no edge over 3840.
+    """
+    if size == "auto":
+        return None
+    width, sep, height = size.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) == 0 or int(height) == 0:
+        return "must be auto or WIDTHxHEIGHT"
+    w, h = int(width), int(height)
+    if w % 16 or h % 16:
+        return "both edges must be multiples of 16"
+    if max(w, h) > 3 * min(w, h):
+        return "the aspect ratio must be between 1:3 and 3:1"
+    if not 655_360 <= w * h <= 8_294_400:
+        return "the image must have between 655,360 and 8,294,400 pixels"
+    if max(w, h) > 3840:
+        return "the longest edge must be at most 3840"
+    return None
+
+
 class FakeServer:
     """The lifecycle (`async with`, `start`/`close`) and fault bookkeeping of one fake API."""
 
@@ -42,6 +84,7 @@ class FakeServer:
 
     def __init__(self, *, api_key: str) -> None:
         self.api_key = api_key
+        self.gone_routes: dict[str, Gone] = {}  # route (model id) -> how its submits answer
         self._faults: list[FaultRule] = []
         self._release = asyncio.Event()  # set by `close()`: requests held by a HANG fault give up
         self._runner: web.AppRunner | None = None
@@ -101,6 +144,19 @@ class FakeServer:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def retire_route(self, route: str, how: Gone | str = Gone.NOT_FOUND) -> None:
+        """From now on, every submit for `route` answers "model gone" in the way `how` says
+        (nothing is created). Polls of jobs already accepted are not affected."""
+        self.gone_routes[route] = Gone(how)
+
+    def gone_answer(self, route: str) -> tuple[int, str] | None:
+        """`(status, message)` for a submit of a retired route, or None while it is served."""
+        how = self.gone_routes.get(route)
+        if how is None:
+            return None
+        status, message = GONE_ANSWERS[how]
+        return status, message.format(model=route)
 
     def _take(self, target: str) -> FaultRule | None:
         """The first rule for `target` requests, used up by one (None when no fault applies)."""

@@ -12,6 +12,14 @@ and that a mask matches the image. A prediction is `processing` for `polls_to_fi
 resized to the requested size. The mask may be alpha (transparent = edit) or white = edit: the spec
 leaves the polarity OPEN, so both are accepted.
 
+The GPT Image 2 routes (`openai/gpt-image-2/edit`, `openai/gpt-image-2-developer/edit`,
+models-2026-12.md §4) take `images` (1 to 16 URLs; the limit is unpublished, the model's own is
+assumed), `prompt`, `quality` low/medium/high and `size` from their fixed list of eight (no `auto`),
+and no mask. `fake.retire_route(route, Gone.NOT_FOUND | Gone.GONE | Gone.NO_CHANNELS)` makes every
+submit for that route answer 404 / 410 / 503 "no available channels" without creating anything;
+predictions already running still finish. With `fake.gone_in_envelope = True` that answer comes as
+HTTP 200 with the status in the envelope's `code` (as Atlas reports some errors).
+
 Usage::
 
     async with FakeAtlas() as fake:
@@ -49,15 +57,30 @@ DEFAULT_API_KEY = "atlas-test-key-0123456789abcdef"
 QUALITIES = ("low", "medium", "high")
 SIZES = ("1024x1024", "1024x1536", "1536x1024")
 COMMON_FIELDS = frozenset({"model", "prompt", "quality", "size", "enable_sync_mode", "enable_base64_output"})
+GPT_IMAGE_2_ROUTES = ("openai/gpt-image-2/edit", "openai/gpt-image-2-developer/edit")
+GPT_IMAGE_2_SIZES = (
+    "1024x1024",
+    "1024x1536",
+    "1536x1024",
+    "2048x2048",
+    "2048x1152",
+    "1152x2048",
+    "3840x2160",
+    "2160x3840",
+)
 MODEL_FIELDS = {
     "openai/gpt-image-1/edit": COMMON_FIELDS | {"image", "mask_image"},
     "openai/gpt-image-1-mini/edit": COMMON_FIELDS | {"images"},
+    **dict.fromkeys(GPT_IMAGE_2_ROUTES, COMMON_FIELDS | {"images"}),
 }
 REQUIRED = {
     "openai/gpt-image-1/edit": ("prompt", "image"),
     "openai/gpt-image-1-mini/edit": ("prompt", "images"),
+    **dict.fromkeys(GPT_IMAGE_2_ROUTES, ("prompt", "images")),
 }
+MODEL_SIZES = {route: GPT_IMAGE_2_SIZES for route in GPT_IMAGE_2_ROUTES}  # the rest: SIZES
 MAX_MINI_IMAGES = 4  # OPEN at Atlas; the same model's limit at WaveSpeed
+MAX_IMAGES = {route: 16 for route in GPT_IMAGE_2_ROUTES}  # the rest: MAX_MINI_IMAGES
 
 
 class Fault(StrEnum):
@@ -144,6 +167,7 @@ class FakeAtlas(FakeServer):
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
         self.envelope = True  # {code, message, data} (True) or bare objects (False)
+        self.gone_in_envelope = False  # a retired route's answer as HTTP 200 + envelope `code`
         # While True, predictions stay "processing" however often they are polled (`hold_results`).
         self.holding = False
         self.requests: list[RecordedRequest] = []
@@ -323,6 +347,8 @@ class FakeAtlas(FakeServer):
         allowed = MODEL_FIELDS.get(model) if isinstance(model, str) else None
         if allowed is None:
             raise _ApiError(404, f"model {model!r} not found")
+        if (gone := self.gone_answer(model)) is not None:
+            raise (_EnvelopeError if self.gone_in_envelope else _ApiError)(*gone)
 
         rule = self._take("submit")
         if rule is not None:
@@ -341,16 +367,18 @@ class FakeAtlas(FakeServer):
         if quality not in QUALITIES:
             raise _ApiError(400, f"quality must be one of {', '.join(QUALITIES)}")
         size = fields.get("size", "1024x1024")
-        if size not in SIZES:
-            raise _ApiError(400, f"size must be one of {', '.join(SIZES)}")
+        sizes = MODEL_SIZES.get(model, SIZES)
+        if size not in sizes:
+            raise _ApiError(400, f"size must be one of {', '.join(sizes)}")
         for flag in ("enable_sync_mode", "enable_base64_output"):
             if flag in fields and not isinstance(fields[flag], bool):
                 raise _ApiError(400, f"{flag} must be a boolean")
 
         if "images" in allowed:
             urls = fields["images"]
-            if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_MINI_IMAGES:
-                raise _ApiError(400, f"images must be a list of 1 to {MAX_MINI_IMAGES} URLs")
+            most = MAX_IMAGES.get(model, MAX_MINI_IMAGES)
+            if not isinstance(urls, list) or not 1 <= len(urls) <= most:
+                raise _ApiError(400, f"images must be a list of 1 to {most} URLs")
             sources = [self._image_at(u, "images") for u in urls]
         else:
             sources = [self._image_at(fields["image"], "image")]

@@ -17,6 +17,11 @@ the requested size. With `n > 1`, `resultObject` lists every path but only the f
 
 Errors are undocumented (OPEN): the fault switches model the spec's assumptions (401, a low-credit
 4xx with a JSON `message`, 429, 5xx) plus a record whose status is not SUCCESS.
+
+`model: gpt-image-2` (models-2026-12.md §4) is served by `IMAGE_EDITOR` only: `promptObject.size` is
+REQUIRED and a free `WxH` within OpenAI's 2.x rules (no `auto`), `quality` is REQUIRED (low/medium/
+high). `fake.retire_route(model, how)` makes feature calls for that model answer "model gone" (`Gone`:
+404, 410 or 503 "no available channels").
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from tests.fakes._base import FakeServer, HttpError, decode_image, edited, encode, read_file_parts
+from tests.fakes._base import (
+    FakeServer,
+    HttpError,
+    decode_image,
+    edited,
+    encode,
+    free_size_problem,
+    read_file_parts,
+)
 
 DEFAULT_API_KEY = "1min-test-key-0123456789"
-MODELS = ("gpt-image-1", "gpt-image-1-mini")
+MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-2")
+FREE_SIZE_MODELS = ("gpt-image-2",)  # editor only; `size` and `quality` required
 SIZES = ("1024x1024", "1024x1536", "1536x1024")
 QUALITIES = ("low", "medium", "high")
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -215,7 +229,10 @@ class FakeOneMin(FakeServer):
         feature, model, obj = payload.get("type"), payload.get("model"), payload.get("promptObject")
         if feature not in FEATURE_FIELDS:
             raise _ApiError(400, f"unknown feature type {feature!r}")
-        if model not in MODELS:
+        if (gone := self.gone_answer(str(model))) is not None:
+            raise _ApiError(*gone)
+        free_size = model in FREE_SIZE_MODELS
+        if model not in MODELS or (free_size and feature != "IMAGE_EDITOR"):
             raise _ApiError(400, f"model {model!r} is not available for {feature}")
         if not isinstance(obj, dict):
             raise _ApiError(400, "promptObject is required")
@@ -245,9 +262,18 @@ class FakeOneMin(FakeServer):
             raise _ApiError(400, "promptObject.prompt is required")
         if len(prompt) > MAX_PROMPT:
             raise _ApiError(400, f"promptObject.prompt must be at most {MAX_PROMPT} characters")
-        size = obj.get("size", "1024x1024")
-        if size not in SIZES:
-            raise _ApiError(400, f"promptObject.size must be one of {', '.join(SIZES)}")
+        if free_size:
+            for name in ("size", "quality"):
+                if name not in obj:
+                    raise _ApiError(400, f"promptObject.{name} is required for {model}")
+            size = obj["size"]
+            problem = free_size_problem(size) if isinstance(size, str) and size != "auto" else "is not WxH"
+            if problem is not None:
+                raise _ApiError(400, f"promptObject.size: {problem}")
+        else:
+            size = obj.get("size", "1024x1024")
+            if size not in SIZES:
+                raise _ApiError(400, f"promptObject.size must be one of {', '.join(SIZES)}")
         n = obj.get("n", 1)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 10:
             raise _ApiError(400, "promptObject.n must be 1-10")

@@ -15,12 +15,31 @@ Usage::
         ...
         fake.requests[-1].fields["model"], fake.post_count
 
+The GPT Image 2 line (models-2026-12.md §3) is validated per model: `gpt-image-2`, `-2.5-flare`,
+`-2.5-sunburst`, `-2.6-flare`, `-2.6-sunburst` and the dated snapshots take `auto` or a free `WxH`
+size (edges multiples of 16, ratio 1:3 to 3:1, 655,360 to 8,294,400 pixels, no edge over 3840);
+2.5 and 2.6 also take quality `xhigh` and `max`; none of them takes `input_fidelity` (sources
+disagree, so the fake is strict). The 1.x models keep the three fixed sizes.
+
+Lifecycle, only ever as a test sets it (the fake never reads the date)::
+
+    fake.shutdown_dates = {"gpt-image-2": "2027-02-10"}   # what GET /v1/models reports (raw)
+    fake.retire("gpt-image-2")                  # edits answer 404 model_not_found; unlisted
+    fake.retire("gpt-image-2", listed=True)     # ... but still listed
+    fake.fail_next(Fault.MODELS_ERROR)          # the next GET /v1/models answers 500
+
 Deliberate limits (documented, not accidents): only the multipart form is implemented (a JSON body
 gets a 400 saying so); `stream=true` is refused; `dall-e-2` and other non-GPT-image models are not
-served (404 `model_not_found`); `gpt-image-2`'s free-form `WxH` sizes are not modelled. Where the
-real behaviour is OPEN in the spec, the fake takes the strict side: `input_fidelity` for
-`gpt-image-1-mini` is a 400, and `moderation` on multipart is an unknown parameter (switch
-`accept_moderation=True` to model the 2026 reports).
+served (404 `model_not_found`). Where the real behaviour is OPEN in the spec, the fake takes the
+strict side: `input_fidelity` for `gpt-image-1-mini` and the 2.x models is a 400, and `moderation`
+on multipart is an unknown parameter (switch `accept_moderation=True` to model the 2026 reports).
+A request without `model` gets `DEFAULT_MODEL`: the documented default (`gpt-image-1.5`) is shut
+down and its successor is not documented, so the fake assumes the current line's first model (the
+adapter always sends `model`).
+
+One module (over 800 lines) because it is OpenAI's whole edit surface (multipart parsing,
+per-model validation, error bodies, rendering, the model listing) in the order a reader checks it
+against the spec; each part is small and only this fake uses it.
 """
 
 from __future__ import annotations
@@ -42,21 +61,27 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-from tests.fakes._base import FakeServer, FaultRule
+from tests.fakes._base import FakeServer, FaultRule, free_size_problem
 
 DEFAULT_API_KEY = "sk-test-fake-0123456789abcdef"
-MODELS = frozenset(
-    {
-        "gpt-image-1",
-        "gpt-image-1-mini",
-        "gpt-image-1.5",
-        "gpt-image-2",
-        "gpt-image-2-2026-04-21",
-        "chatgpt-image-latest",
-    }
+# The current line (models-2026-12.md §1) and its dated snapshots.
+CURRENT_MODELS = (
+    "gpt-image-2",
+    "gpt-image-2-2026-04-21",
+    "gpt-image-2.5-flare",
+    "gpt-image-2.5-flare-2026-09-08",
+    "gpt-image-2.5-sunburst",
+    "gpt-image-2.5-sunburst-2026-09-08",
+    "gpt-image-2.6-flare",
+    "gpt-image-2.6-sunburst",
 )
-DEFAULT_MODEL = "gpt-image-1.5"  # what the current spec says the API uses when `model` is absent
-NO_INPUT_FIDELITY = frozenset({"gpt-image-1-mini"})
+# Still served here so that tests written for them keep working: shutdowns are what a test configures.
+OLDER_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "chatgpt-image-latest")
+MODELS = frozenset({*CURRENT_MODELS, *OLDER_MODELS})
+DEFAULT_MODEL = "gpt-image-2"  # used when `model` is absent (see the module docstring)
+FREE_SIZE_MODELS = frozenset(CURRENT_MODELS)  # `auto` or any WxH within the 2.x rules
+XHIGH_MODELS = frozenset(m for m in CURRENT_MODELS if m.startswith(("gpt-image-2.5", "gpt-image-2.6")))
+NO_INPUT_FIDELITY = frozenset({"gpt-image-1-mini", *CURRENT_MODELS})
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # "< 50 MB each"
 MAX_MASK_BYTES = 4 * 1024 * 1024  # "< 4 MB"
@@ -65,6 +90,7 @@ MAX_PROMPT = 32_000
 
 SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 QUALITIES = ("low", "medium", "high", "auto")
+XHIGH_QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto")
 BACKGROUNDS = ("transparent", "opaque", "auto")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 INPUT_FIDELITIES = ("high", "low")
@@ -93,15 +119,9 @@ KNOWN_FIELDS = frozenset(
 )
 FILE_FIELDS = frozenset({"image", "image[]", "mask"})
 
-# Output tokens per image for GPT image models (OpenAI's published figures for gpt-image-1).
-OUTPUT_TOKENS = {
-    ("low", True): 272,
-    ("low", False): 408,
-    ("medium", True): 1056,
-    ("medium", False): 1584,
-    ("high", True): 4160,
-    ("high", False): 6240,
-}
+# Output tokens per 1024x1024 image (OpenAI's published figures for gpt-image-1; xhigh and max are
+# stand-ins), scaled by area for other sizes (which reproduces the published 1536x1024 figures).
+OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}
 
 
 class Fault(StrEnum):
@@ -119,8 +139,10 @@ class Fault(StrEnum):
     HANG = "hang"  # never answers (until the fake is closed)
     RESET_AFTER_BODY = "reset_after_body"  # reads the whole body, then aborts the TCP connection
     EMPTY_RESULT = "empty_result"  # 200 whose `data` holds no image (every field but `created` is optional)
+    MODELS_ERROR = "models_error"  # 500 on GET /v1/models (the listing, not the edits)
 
 
+_TARGETS = {Fault.MODELS_ERROR: "models"}  # every other fault spoils an edit
 _POST_VALIDATION_FAULTS = frozenset({Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT})
 
 
@@ -295,6 +317,7 @@ class FakeOpenAI(FakeServer):
     """
 
     fault_type = Fault
+    fault_targets = _TARGETS
     default_target = "edit"
     client_max_size = 1024**2
 
@@ -312,7 +335,10 @@ class FakeOpenAI(FakeServer):
     ) -> None:
         super().__init__(api_key=api_key)
         self.models = set(models)
-        self.retired = set(retired)
+        self.retired = set(retired)  # answer 404 model_not_found on edits (see `retire`)
+        self.listed_retired: set[str] = set()  # retired models GET /v1/models still lists
+        # What GET /v1/models reports as each model's `shutdown_date` (sent as given; null when absent).
+        self.shutdown_dates: dict[str, object] = {}
         self.delay = delay  # seconds to wait before answering (benchmarks); 0 by default
         self.accept_moderation = accept_moderation
         self.max_image_bytes = max_image_bytes
@@ -324,6 +350,15 @@ class FakeOpenAI(FakeServer):
     @property
     def base_url(self) -> str:
         return f"{self.origin}/v1"
+
+    def retire(self, model: str, *, listed: bool = False) -> None:
+        """Shut `model` down: edits answer 404 `model_not_found`; `GET /v1/models` drops it unless
+        `listed` (the listing may lag behind the shutdown)."""
+        self.retired.add(model)
+        if listed:
+            self.listed_retired.add(model)
+        else:
+            self.listed_retired.discard(model)
 
     # ------------------------------------------------------------------ request handling
 
@@ -405,10 +440,23 @@ class FakeOpenAI(FakeServer):
             raise ApiError(401, "You didn't provide an API key.")
         if not record.authorized:
             raise ApiError(401, "Incorrect API key provided: sk-****.", code="invalid_api_key")
-        served = sorted(self.models - self.retired)
+        if self._take("models") is not None:
+            raise ApiError(
+                500, "The server had an error while processing your request.", type_="server_error"
+            )
+        served = sorted(self.models - (self.retired - self.listed_retired))
         if model and model not in served:
             raise ApiError(404, f"The model '{model}' does not exist", code="model_not_found")
-        entries = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in served]
+        entries = [
+            {
+                "id": m,
+                "object": "model",
+                "created": 1700000000,
+                "owned_by": "system",
+                "shutdown_date": self.shutdown_dates.get(m),
+            }
+            for m in served
+        ]
         if model:
             return web.json_response(next(e for e in entries if e["id"] == model))
         return web.json_response({"object": "list", "data": entries})
@@ -626,8 +674,21 @@ class FakeOpenAI(FakeServer):
                 param="prompt",
             )
         n = self._int_field(fields, "n", 1, 1, 10)
-        size = self._enum(fields, "size", SIZES, "auto")
-        quality = self._enum(fields, "quality", QUALITIES, "auto")
+        if model in FREE_SIZE_MODELS:
+            size = fields.get("size", "auto")
+            problem = free_size_problem(size)
+            if problem is not None:
+                raise ApiError(
+                    400,
+                    f"Invalid value: '{size}'. The size {problem} (or be 'auto').",
+                    code="invalid_value",
+                    param="size",
+                )
+        else:
+            size = self._enum(fields, "size", SIZES, "auto")
+        quality = self._enum(
+            fields, "quality", XHIGH_QUALITIES if model in XHIGH_MODELS else QUALITIES, "auto"
+        )
         background = self._enum(fields, "background", BACKGROUNDS, "auto")
         output_format = self._enum(fields, "output_format", OUTPUT_FORMATS, "png")
         self._int_field(fields, "output_compression", 100, 0, 100)
@@ -780,7 +841,7 @@ class FakeOpenAI(FakeServer):
         )
         text_tokens = max(1, math.ceil(len(params.prompt) / 4))
         image_tokens = sum(_image_tokens(w, h, params.input_fidelity) for w, h in params.inputs)
-        output_tokens = OUTPUT_TOKENS[(quality, width == height)] * params.n
+        output_tokens = math.ceil(OUTPUT_TOKENS[quality] * width * height / 1024**2) * params.n
         body = {
             "created": int(time.time()),
             "background": "transparent" if transparent else "opaque",

@@ -16,6 +16,12 @@ requested size (1024x1024 for `auto`), in the requested format, with `x-cost`,
 `x-remaining-credits`, `x-generation-time`, `x-seed-value` and `x-request-id` headers.
 `response_mode` switches the 200 answer to JSON (`{"image": base64}` or `{"output": [url]}`), since
 whether v1 may answer JSON is OPEN.
+
+`POST /v1/gpt-image-2` (models-2026-12.md §4): one `image` URL makes it an edit (a list, or
+`image_urls`, is a 400; without `image` it draws from the prompt alone); `size` is `auto` or a free
+`WxH` within OpenAI's 2.x rules; `quality` low/medium/high (strict: "auto" is not documented for
+it); no mask. `fake.retire_route(model, how)` makes that model's calls answer "model gone" (`Gone`:
+404, 410 or 503 "no available channels"); `Fault.RETIRED` is the one-off 410.
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from tests.fakes._base import (
     decode_image,
     edited,
     encode,
+    free_size_problem,
     mask_region,
     read_file_parts,
 )
 
 DEFAULT_API_KEY = "SG_0123456789abcdef"
-MODELS = ("gpt-image-1-edit-mini", "gpt-image-1-edit")
+MODELS = ("gpt-image-1-edit-mini", "gpt-image-1-edit", "gpt-image-2")
+GPT2 = "gpt-image-2"
 FIELDS = frozenset(
     {
         "prompt",
@@ -59,13 +67,19 @@ FIELDS = frozenset(
         "moderation",
     }
 )
+GPT2_FIELDS = (FIELDS - {"image_urls", "mask"}) | {"image"}
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 QUALITIES = ("auto", "low", "medium", "high")
+GPT2_QUALITIES = ("low", "medium", "high")
 BACKGROUNDS = ("transparent", "opaque")
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MODERATIONS = ("low", "auto")
 # What one call costs here (USD): a stand-in for Segmind's undocumented price table.
-PRICE = {"gpt-image-1-edit-mini": Decimal("0.0280"), "gpt-image-1-edit": Decimal("0.1400")}
+PRICE = {
+    "gpt-image-1-edit-mini": Decimal("0.0280"),
+    "gpt-image-1-edit": Decimal("0.1400"),
+    "gpt-image-2": Decimal("0.0530"),
+}
 
 
 class Fault(StrEnum):
@@ -291,6 +305,8 @@ class FakeSegmind(FakeServer):
         self, request: web.Request, body: bytes, record: RecordedRequest, rule: FaultRule | None
     ) -> web.StreamResponse:
         model = request.path.removeprefix("/v1/")
+        if (gone := self.gone_answer(model)) is not None:
+            raise _ApiError(gone[0], {"error": gone[1]})
         try:
             fields = json.loads(body)
         except ValueError:
@@ -300,21 +316,32 @@ class FakeSegmind(FakeServer):
             raise _ApiError(400, {"error": "the body must be a JSON object"})
         if rule is not None:
             await self._fault(rule, model)
-        unknown = sorted(set(fields) - FIELDS)
+        gpt2 = model == GPT2
+        unknown = sorted(set(fields) - (GPT2_FIELDS if gpt2 else FIELDS))
         if unknown:
             raise _ApiError(400, {"error": f"Unknown parameter(s): {', '.join(unknown)}"})
         prompt = fields.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise _ApiError(400, {"error": "prompt is required"})
-        urls = fields.get("image_urls")
-        if isinstance(urls, str):  # an old JS example sends a bare string
-            urls = [urls]
-        if not isinstance(urls, list) or not urls:
-            raise _ApiError(400, {"error": "image_urls is required"})
-        sources = [self._image_at(u, "image_urls") for u in urls]
+        if gpt2:
+            image = fields.get("image")
+            if image is not None and not isinstance(image, str):
+                raise _ApiError(400, {"error": "image must be one image URL"})
+            sources = [self._image_at(image, "image")] if image is not None else []
+            problem = free_size_problem(str(fields.get("size", "auto")))
+            if problem is not None:
+                raise _ApiError(400, {"error": f"size: {problem}"})
+            enums = [("quality", GPT2_QUALITIES, "medium")]
+        else:
+            urls = fields.get("image_urls")
+            if isinstance(urls, str):  # an old JS example sends a bare string
+                urls = [urls]
+            if not isinstance(urls, list) or not urls:
+                raise _ApiError(400, {"error": "image_urls is required"})
+            sources = [self._image_at(u, "image_urls") for u in urls]
+            enums = [("size", SIZES, "auto"), ("quality", QUALITIES, "auto")]
         for name, allowed, default in (
-            ("size", SIZES, "auto"),
-            ("quality", QUALITIES, "auto"),
+            *enums,
             ("background", BACKGROUNDS, "opaque"),
             ("output_format", tuple(FORMATS), "png"),
             ("moderation", MODERATIONS, "auto"),
@@ -340,7 +367,8 @@ class FakeSegmind(FakeServer):
         width, height = (1024, 1024) if size == "auto" else (int(v) for v in size.split("x"))
         fmt = fields.get("output_format", "png")
         transparent = fields.get("background") == "transparent"
-        data = await asyncio.to_thread(render, sources[0], region, (width, height), FORMATS[fmt], transparent)
+        source = sources[0] if sources else Image.new("RGB", (width, height), (90, 140, 200))  # text-to-image
+        data = await asyncio.to_thread(render, source, region, (width, height), FORMATS[fmt], transparent)
         if rule is not None and rule.fault == Fault.NOT_AN_IMAGE:
             data = b"<html>not an image</html>"
         self.credits -= cost

@@ -16,6 +16,18 @@ Tasks go `created` → `processing` → `completed` over `polls_to_finish` polls
 first input mirrored left-right (only inside the mask, when there is one) at the requested size
 (1024x1024 for `auto` and for the mini edit). Sync mode answers with the finished task, or with
 `data.code` 5004 "Sync mode timed out" while the task keeps running (`Fault.SYNC_TIMEOUT`).
+
+The GPT Image 2 edit routes (models-2026-12.md §4): `openai/gpt-image-2/edit` takes `images` (required,
+1 to 16), `prompt`, `aspect_ratio` (10 ratios), `resolution` 1k/2k/4k and `quality` low/medium/high,
+and no `size`; the 2.5 and 2.6 flare/sunburst edit routes add `xhigh`/`max`, 15 ratios from 1:3 to
+3:1, `output_format` and `mask_image`. The image is rendered at the pixels `PIXELS` gives for the
+ratio and resolution (a pair without an entry, e.g. 1:1 at 4k, is a 400); without `aspect_ratio`
+the ratio nearest the first input's is used, without `resolution` 1k. `fake.retire_route(route, how)`
+makes every submit for that route answer "model gone" (`Gone`: 404, 410 or 503 "no available
+channels") without creating a task; tasks already running still finish.
+
+One module (over 400 lines) because it is one vendor's whole API surface: splitting routes from
+validation would scatter what a reader compares against the spec.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from PIL import Image, ImageOps
 from tests.fakes._base import (
     WEB_FORMATS,
     FakeServer,
+    FaultRule,
     HttpError,
     decode_image,
     edited,
@@ -53,6 +66,64 @@ QUALITIES = ("low", "medium", "high")
 SIZES = {"auto", "1024*1024", "1024*1536", "1536*1024", "1024x1024", "1024x1536", "1536x1024"}
 MAX_IMAGES = 4
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+GPT2 = "openai/gpt-image-2/edit"
+GPT2X = (
+    "openai/gpt-image-2.5-flare/edit",
+    "openai/gpt-image-2.5-sunburst/edit",
+    "openai/gpt-image-2.6-flare/edit",
+    "openai/gpt-image-2.6-sunburst/edit",
+)
+GPT2_FIELDS = FLAGS | {"prompt", "images", "aspect_ratio", "resolution", "quality"}
+GPT2X_FIELDS = GPT2_FIELDS | {"output_format", "mask_image"}
+GPT2_RATIOS = ("1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+GPT2X_RATIOS = (*GPT2_RATIOS, "2:1", "1:2", "9:21", "1:3", "3:1")
+GPT2X_QUALITIES = (*QUALITIES, "xhigh", "max")
+RESOLUTIONS = ("1k", "2k", "4k")
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MAX_GPT2_IMAGES = 16
+# What each (aspect_ratio, resolution) renders here: OpenAI's sizes per ratio and tier as a gateway
+# documents them (WaveSpeed publishes none), plus stand-ins for 1:3 and 3:1. Missing pairs are a 400.
+PIXELS = {
+    ("1:1", "1k"): (1024, 1024),
+    ("1:1", "2k"): (2048, 2048),
+    ("3:2", "1k"): (1536, 1024),
+    ("3:2", "2k"): (2048, 1360),
+    ("2:3", "1k"): (1024, 1536),
+    ("2:3", "2k"): (1360, 2048),
+    ("4:3", "1k"): (1024, 768),
+    ("4:3", "2k"): (2048, 1536),
+    ("3:4", "1k"): (768, 1024),
+    ("3:4", "2k"): (1536, 2048),
+    ("5:4", "1k"): (1280, 1024),
+    ("5:4", "2k"): (2560, 2048),
+    ("4:5", "1k"): (1024, 1280),
+    ("4:5", "2k"): (2048, 2560),
+    ("16:9", "1k"): (1536, 864),
+    ("16:9", "2k"): (2048, 1152),
+    ("16:9", "4k"): (3840, 2160),
+    ("9:16", "1k"): (864, 1536),
+    ("9:16", "2k"): (1152, 2048),
+    ("9:16", "4k"): (2160, 3840),
+    ("2:1", "1k"): (2048, 1024),
+    ("2:1", "2k"): (2688, 1344),
+    ("2:1", "4k"): (3840, 1920),
+    ("1:2", "1k"): (1024, 2048),
+    ("1:2", "2k"): (1344, 2688),
+    ("1:2", "4k"): (1920, 3840),
+    ("21:9", "1k"): (2016, 864),
+    ("21:9", "2k"): (2688, 1152),
+    ("21:9", "4k"): (3840, 1648),
+    ("9:21", "1k"): (864, 2016),
+    ("9:21", "2k"): (1152, 2688),
+    ("9:21", "4k"): (1648, 3840),
+    ("3:1", "1k"): (1536, 512),
+    ("3:1", "2k"): (2304, 768),
+    ("3:1", "4k"): (3840, 1280),
+    ("1:3", "1k"): (512, 1536),
+    ("1:3", "2k"): (768, 2304),
+    ("1:3", "4k"): (1280, 3840),
+}
 
 
 class Fault(StrEnum):
@@ -126,9 +197,20 @@ class _EnvelopeError(_ApiError):
 IMAGE_FORMATS = (*WEB_FORMATS, "GIF", "BMP", "TIFF")  # what the upload documents for images
 
 
-def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int]) -> bytes:
-    """WaveSpeed's "edit" (blocking): the source mirrored (inside `region` only), resized, as PNG."""
-    return encode(edited(source, region, ImageOps.mirror).resize(size, Image.Resampling.BILINEAR))
+def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    """WaveSpeed's "edit" (blocking): the source mirrored (inside `region` only), resized, as `fmt`."""
+    return encode(edited(source, region, ImageOps.mirror).resize(size, Image.Resampling.BILINEAR), fmt)
+
+
+def nearest_ratio(size: tuple[int, int], ratios: tuple[str, ...]) -> str:
+    """The ratio in `ratios` closest to `size`'s (what "detected from the input" means here)."""
+    aspect = size[0] / size[1]
+
+    def distance(ratio: str) -> float:
+        w, h = (int(v) for v in ratio.split(":"))
+        return abs(w / h - aspect)
+
+    return min(ratios, key=distance)
 
 
 class FakeWaveSpeed(FakeServer):
@@ -215,7 +297,7 @@ class FakeWaveSpeed(FakeServer):
         sub = path.removeprefix("/api/v3/")
         if path in ("/api/v3/media/upload/binary", "/api/v3/upload", "/api/v3/media/uploads"):
             endpoint = "upload"
-        elif sub in (MINI, *FULL_PATHS):
+        elif sub in (MINI, *FULL_PATHS, GPT2, *GPT2X):
             endpoint = "submit"
         elif sub.startswith("predictions/"):
             endpoint = "poll"
@@ -339,6 +421,8 @@ class FakeWaveSpeed(FakeServer):
     async def _submit(self, request: web.Request, body: bytes, record: RecordedRequest) -> web.StreamResponse:
         fields = json_object(request, body, record)
         model = request.path.removeprefix("/api/v3/")
+        if (gone := self.gone_answer(model)) is not None:
+            raise _ApiError(*gone)
 
         rule = self._take("submit")
         if rule is not None:
@@ -355,6 +439,8 @@ class FakeWaveSpeed(FakeServer):
                     await self._release.wait()
                     raise _ApiError(503, "the fake was closed while hanging")
 
+        if model == GPT2 or model in GPT2X:
+            return await self._submit_gpt2(model, fields, rule)
         allowed = set(MINI_FIELDS if model == MINI else FULL_FIELDS)
         if model == MINI and self.mini_accepts_quality_size:
             allowed |= {"quality", "size"}
@@ -394,11 +480,69 @@ class FakeWaveSpeed(FakeServer):
         width, height = (
             (1024, 1024) if size == "auto" else (int(v) for v in size.replace("*", "x").split("x"))
         )
+        return await self._create_task(model, fields, rule, sources[0], region, (width, height), "PNG")
+
+    async def _submit_gpt2(
+        self, model: str, fields: dict[str, Any], rule: FaultRule | None
+    ) -> web.StreamResponse:
+        """A submit to a GPT Image 2 route: `aspect_ratio` + `resolution` instead of `size`."""
+        full = model in GPT2X
+        unknown = sorted(set(fields) - (GPT2X_FIELDS if full else GPT2_FIELDS))
+        if unknown:
+            raise _ApiError(400, f"unknown parameter(s) for {model}: {', '.join(unknown)}")
+        prompt = fields.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _ApiError(400, "prompt is required")
+        for flag in FLAGS:
+            if flag in fields and not isinstance(fields[flag], bool):
+                raise _ApiError(400, f"{flag} must be a boolean")
+        qualities = GPT2X_QUALITIES if full else QUALITIES
+        if fields.get("quality", "medium") not in qualities:
+            raise _ApiError(400, f"quality must be one of {', '.join(qualities)}")
+        ratios = GPT2X_RATIOS if full else GPT2_RATIOS
+        ratio = fields.get("aspect_ratio")
+        if ratio is not None and ratio not in ratios:
+            raise _ApiError(400, f"aspect_ratio must be one of {', '.join(ratios)}")
+        resolution = fields.get("resolution", "1k")
+        if resolution not in RESOLUTIONS:
+            raise _ApiError(400, "resolution must be one of 1k, 2k, 4k")
+        fmt = fields.get("output_format", "png")
+        if fmt not in OUTPUT_FORMATS:
+            raise _ApiError(400, "output_format must be one of png, jpeg, webp")
+        urls = fields.get("images")
+        if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_GPT2_IMAGES:
+            raise _ApiError(400, f"images is required: 1 to {MAX_GPT2_IMAGES} URLs")
+        sources = [self._image_at(u, "images") for u in urls]
+        ratio = ratio or nearest_ratio(sources[0].size, ratios)
+        size = PIXELS.get((ratio, resolution))
+        if size is None:
+            raise _ApiError(400, f"resolution {resolution} is not available for aspect_ratio {ratio}")
+        region = None
+        if fields.get("mask_image") is not None:
+            mask = self._image_at(fields["mask_image"], "mask_image")
+            if mask.format != "PNG" or mask.size != sources[0].size:
+                raise _ApiError(400, "mask_image must be a PNG the size of the first image")
+            region = mask_region(mask)
+            if region is None:
+                raise _ApiError(400, "mask_image marks nothing to edit")
+        return await self._create_task(model, fields, rule, sources[0], region, size, OUTPUT_FORMATS[fmt])
+
+    async def _create_task(
+        self,
+        model: str,
+        fields: dict[str, Any],
+        rule: FaultRule | None,
+        source: Image.Image,
+        region: Image.Image | None,
+        size: tuple[int, int],
+        fmt: str,
+    ) -> web.StreamResponse:
+        """Render the edit, store the task, and answer the submit (sync or not)."""
         job_rule = self._take("job")
         end = "completed"
         if job_rule is not None:
             end = "never" if job_rule.fault == Fault.NEVER_FINISHES else _JOB_END[job_rule.fault]
-        output = await asyncio.to_thread(render, sources[0], region, (width, height))
+        output = await asyncio.to_thread(render, source, region, size, fmt)
         task = _Task(
             id=secrets.token_hex(12),
             model=model,

@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
-from bot.providers.atlascloud import AtlasCloudProvider, classify_atlas_error
+from bot.providers.atlascloud import GPT_IMAGE_2_SIZES, AtlasCloudProvider, classify_atlas_error
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -25,6 +26,8 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.http import fetch_output, safe_message
+from tests.fakes._base import Gone
+from tests.fakes.atlascloud_server import GPT_IMAGE_2_SIZES as FAKE_GPT_IMAGE_2_SIZES
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
 from tests.providers.helpers import (
     DATA,
@@ -458,7 +461,7 @@ async def test_fake_serves_the_catalog_without_a_key_and_only_to_get(
     async with session.post(f"{fake.base_url}/models", json={}) as resp:
         assert resp.status == 405
 
-    assert models == [FULL, MINI]
+    assert models == [FULL, MINI, "openai/gpt-image-2/edit", "openai/gpt-image-2-developer/edit"]
 
 
 async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
@@ -583,3 +586,140 @@ def test_safe_message_strips_signed_queries_masks_the_key_and_is_short() -> None
     assert "X-Amz" not in cleaned and "token=" not in cleaned and "sk-SECRET" not in cleaned
     assert "https://cdn.example/out.png" in cleaned
     assert len(cleaned) <= 200
+
+
+# ----------------------------------------------------------------------------- GPT Image 2 routes
+
+GPT2_ROUTES = ("openai/gpt-image-2/edit", "openai/gpt-image-2-developer/edit")
+
+
+@pytest.mark.parametrize("route", GPT2_ROUTES)
+@pytest.mark.parametrize(("size", "quality"), [("2048x1152", "high"), ("1024x1536", "auto")])
+async def test_gpt_image_2_routes_send_images_quality_and_a_listed_size(
+    fake: FakeAtlas, provider: AtlasCloudProvider, route: str, size: str, quality: str
+) -> None:
+    result = await provider.edit(
+        edit_request((photo(), photo("coffee.png")), model=route, size=size, quality=quality)
+    )
+
+    submit = next(r for r in fake.requests if r.endpoint == "submit").json
+    expected = {"model", "prompt", "images", "size"} | ({"quality"} if quality != "auto" else set())
+    assert set(submit) == expected
+    assert (submit["model"], submit["size"], len(submit["images"])) == (route, size, 2)
+    assert submit.get("quality", "auto") == quality
+    assert decoded(result.images[0].data).size == tuple(int(v) for v in size.split("x"))
+
+
+def test_the_gpt_image_2_size_list_is_what_the_fake_accepts() -> None:
+    assert set(GPT_IMAGE_2_SIZES) == set(FAKE_GPT_IMAGE_2_SIZES)
+    assert "auto" not in GPT_IMAGE_2_SIZES
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": "auto"},  # no auto at Atlas: the catalog gives this route none
+        {"size": "1536x864"},  # a valid 2.x size, but not one of Atlas's eight
+        {"quality": "xhigh"},
+        {"mask": hole_mask(HOLE, (0, 0, 0))},
+        {"output_format": "webp"},
+    ],
+    ids=["auto-size", "unlisted-size", "xhigh", "mask", "webp"],
+)
+async def test_gpt_image_2_requests_the_route_cannot_take_are_refused_before_anything_is_sent(
+    fake: FakeAtlas, provider: AtlasCloudProvider, change: dict
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(model="openai/gpt-image-2/edit", **change))
+
+    assert info.value.status is None and info.value.accepted is False
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("make_body", "text"),
+    [
+        (
+            lambda url: {"model": GPT2_ROUTES[0], "prompt": "p", "images": [url], "size": "auto"},
+            "size must be",
+        ),
+        (
+            lambda url: {"model": GPT2_ROUTES[1], "prompt": "p", "images": [url], "size": "1536x864"},
+            "size must",
+        ),
+        (lambda url: {"model": GPT2_ROUTES[0], "prompt": "p", "image": url}, "unknown field"),
+        (
+            lambda url: {"model": GPT2_ROUTES[0], "prompt": "p", "images": [url], "mask_image": url},
+            "unknown field",
+        ),
+        (lambda url: {"model": GPT2_ROUTES[0], "prompt": "p", "images": [url] * 17}, "1 to 16"),
+        (
+            lambda url: {"model": GPT2_ROUTES[1], "prompt": "p", "images": [url], "quality": "max"},
+            "quality must",
+        ),
+    ],
+    ids=["auto-size", "unlisted-size", "single-image-field", "mask", "seventeen-images", "max-quality"],
+)
+async def test_fake_validates_the_gpt_image_2_routes(
+    fake: FakeAtlas, session: aiohttp.ClientSession, make_body: Callable[[str], dict], text: str
+) -> None:
+    status, payload = await post(session, fake, make_body(await uploaded_url(session, fake)))
+
+    assert status == 400
+    assert text in payload["msg"]
+    assert fake.predictions == {}
+
+
+@pytest.mark.parametrize(
+    ("how", "status"), [(Gone.NOT_FOUND, 404), (Gone.GONE, 410), (Gone.NO_CHANNELS, 503)]
+)
+@pytest.mark.parametrize("route", [GPT2_ROUTES[0], MINI])
+async def test_a_route_gone_at_submit_is_model_gone_and_nothing_was_created(
+    fake: FakeAtlas, provider: AtlasCloudProvider, route: str, how: Gone, status: int
+) -> None:
+    fake.retire_route(route, how)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=route))
+
+    assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
+    assert fake.submit_count == 1
+    assert fake.predictions == {}
+
+
+async def test_a_route_retired_after_the_submit_does_not_touch_the_accepted_prediction(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    async def retire_now(prediction_id: str) -> None:
+        fake.retire_route(GPT2_ROUTES[0], Gone.NOT_FOUND)
+
+    result = await provider.edit(edit_request(model=GPT2_ROUTES[0]), on_submitted=retire_now)
+
+    assert result.images and fake.submit_count == 1
+
+
+async def test_a_404_on_a_poll_is_a_vanished_prediction_not_a_gone_model(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    async def forget(prediction_id: str) -> None:
+        fake.predictions.clear()  # the prediction vanishes; polls answer 404
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request(model=GPT2_ROUTES[0]), on_submitted=forget)
+
+    assert not isinstance(info.value, ModelUnavailable)
+    assert info.value.accepted is True
+    assert fake.submit_count == 1
+
+
+async def test_a_gone_route_reported_inside_a_200_envelope_is_model_gone_too(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.gone_in_envelope = True
+    fake.retire_route(GPT2_ROUTES[1], Gone.NO_CHANNELS)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=GPT2_ROUTES[1]))
+
+    assert fake.requests[-1].status == 200
+    assert (info.value.status, info.value.accepted) == (503, False)

@@ -14,6 +14,7 @@ from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -23,6 +24,7 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
+from tests.fakes._base import Gone
 from tests.fakes.oneminai_server import FakeOneMin, Fault
 from tests.providers.helpers import DATA, adapter_builder, body, decoded, hole_mask, photo, request_builder
 
@@ -361,3 +363,94 @@ def test_classify_oneminai_error_table(
     assert err.retryable_elsewhere is (
         not accepted and exc_type in (ServiceUnavailable, ModelUnavailable, RateLimited)
     )
+
+
+# ----------------------------------------------------------------------------- GPT Image 2
+
+GPT2 = "gpt-image-2"
+
+
+@pytest.mark.parametrize(("size", "quality"), [("2048x1152", "high"), ("1280x768", "low")])
+async def test_gpt_image_2_always_sends_its_required_size_and_quality(
+    fake: FakeOneMin, provider: OneMinAIProvider, size: str, quality: str
+) -> None:
+    result = await provider.edit(edit_request(model=GPT2, size=size, quality=quality))
+
+    call = feature_call(fake)
+    assert (call["type"], call["model"]) == ("IMAGE_EDITOR", GPT2)
+    prompt_object = call["promptObject"]
+    assert (prompt_object["size"], prompt_object["quality"]) == (size, quality)
+    assert decoded(result.images[0].data).size == tuple(int(v) for v in size.split("x"))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"size": "auto"}, "size=auto"),  # required: "auto" cannot be sent by leaving it out
+        ({"quality": "auto"}, "quality=auto"),
+        ({"quality": "xhigh"}, "quality=xhigh"),
+        ({"mask": hole_mask(HOLE, (0, 0, 0))}, "a mask"),  # no inpainter for gpt-image-2
+    ],
+    ids=["auto-size", "auto-quality", "xhigh", "mask"],
+)
+async def test_gpt_image_2_refuses_auto_and_masks_before_anything_is_sent(
+    fake: FakeOneMin, provider: OneMinAIProvider, change: dict, why: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(model=GPT2, **{"quality": "medium", **change}))
+
+    assert info.value.status is None and info.value.accepted is False
+    assert why in str(info.value)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("feature", "change", "text"),
+    [
+        ("IMAGE_EDITOR", {"size": None}, "size is required"),
+        ("IMAGE_EDITOR", {"quality": None}, "quality is required"),
+        ("IMAGE_EDITOR", {"size": "auto"}, "not WxH"),
+        ("IMAGE_EDITOR", {"size": "1000x1000"}, "multiples of 16"),
+        ("IMAGE_EDITOR", {"size": "4096x1536"}, "at most 3840"),
+        ("IMAGE_EDITOR", {"quality": "max"}, "quality must be"),
+        ("IMAGE_INPAINTER", {}, "not available for IMAGE_INPAINTER"),
+    ],
+    ids=["no-size", "no-quality", "auto-size", "not-16", "edge", "max", "inpainter"],
+)
+async def test_fake_validates_gpt_image_2_like_a_strict_1min(
+    fake: FakeOneMin, session: aiohttp.ClientSession, feature: str, change: dict, text: str
+) -> None:
+    path = (await upload(session, fake, (DATA / "astronaut.png").read_bytes()))["fileContent"]["path"]
+    prompt_object = {"imageUrl": path, "prompt": "p", "size": "1024x1024", "quality": "medium", **change}
+    prompt_object = {k: v for k, v in prompt_object.items() if v is not None}
+
+    status, payload = await post_feature(
+        session, fake, {"type": feature, "model": GPT2, "promptObject": prompt_object}
+    )
+
+    assert status == 400 and text in payload["message"]
+
+
+@pytest.mark.parametrize(
+    ("how", "status"), [(Gone.NOT_FOUND, 404), (Gone.GONE, 410), (Gone.NO_CHANNELS, 503)]
+)
+@pytest.mark.parametrize("model", [GPT2, "gpt-image-1-mini"])
+async def test_a_model_gone_at_1min_is_model_gone_and_not_accepted_even_as_a_5xx(
+    fake: FakeOneMin, provider: OneMinAIProvider, model: str, how: Gone, status: int
+) -> None:
+    fake.retire_route(model, how)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=model, quality="medium"))
+
+    assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
+    assert fake.feature_count == 1
+
+
+async def test_a_plain_500_stays_accepted(fake: FakeOneMin, provider: OneMinAIProvider) -> None:
+    fake.fail_next(Fault.SERVER_ERROR)
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request(model=GPT2, quality="medium"))
+
+    assert info.value.accepted is True and not isinstance(info.value, ModelUnavailable)

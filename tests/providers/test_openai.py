@@ -7,15 +7,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import date
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from bot.providers.base import InputImage, Usage
+from bot.providers.base import InputImage, ListedModel, Usage
 from bot.providers.errors import (
     ConnectionFailed,
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -24,7 +26,13 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.openai import OpenAIProvider, _health_from_error, classify_openai_error, parse_usage
+from bot.providers.openai import (
+    OpenAIProvider,
+    _health_from_error,
+    classify_openai_error,
+    parse_model_list,
+    parse_usage,
+)
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.providers.helpers import (
     DATA,
@@ -423,7 +431,7 @@ async def test_fake_rejects_a_json_body_and_a_missing_key(
         (Fault.INVALID_IMAGE, InvalidInput, 400, False),
         (Fault.UNAUTHORIZED, ServiceUnavailable, 401, False),
         (Fault.ORG_VERIFICATION, ServiceUnavailable, 403, False),
-        (Fault.MODEL_NOT_FOUND, ModelUnavailable, 404, False),
+        (Fault.MODEL_NOT_FOUND, ModelGone, 404, False),
         (Fault.INSUFFICIENT_QUOTA, ServiceUnavailable, 429, False),
         (Fault.SERVER_ERROR, ServerError, 500, True),
         (Fault.EMPTY_RESULT, ServerError, None, True),
@@ -574,7 +582,8 @@ def body(type_: str | None, code: str | None, message: str = "m", **extra: objec
         (400, b"<html>Bad Request</html>", {}, InvalidInput, False),
         (401, body("invalid_request_error", "invalid_api_key"), {}, ServiceUnavailable, False),
         (403, body("invalid_request_error", None), {}, ServiceUnavailable, False),
-        (404, body("invalid_request_error", "model_not_found"), {}, ModelUnavailable, False),
+        (404, body("invalid_request_error", "model_not_found"), {}, ModelGone, False),
+        (404, body("invalid_request_error", None), {}, ModelUnavailable, False),
         (429, body("insufficient_quota", "insufficient_quota"), {}, ServiceUnavailable, False),
         (429, body("insufficient_quota", None), {"retry-after": "5"}, ServiceUnavailable, False),
         (429, body("requests", "rate_limit_exceeded"), {"retry-after": "7"}, RateLimited, False),
@@ -665,3 +674,234 @@ def test_parse_usage(raw: object, expected: Usage | None) -> None:
 def test_a_failed_check_reads_quota_before_the_shared_rules(error, detail, authenticated) -> None:
     health = _health_from_error(error)
     assert (health.detail, health.authenticated) == (detail, authenticated)
+
+
+# ----------------------------------------------------------------------------- the GPT Image 2 line
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "quality", "expected_size"),
+    [
+        ("gpt-image-2", "2048x1152", "high", (2048, 1152)),
+        ("gpt-image-2-2026-04-21", "auto", "low", (1024, 1024)),
+        ("gpt-image-2.5-flare", "1024x1024", "xhigh", (1024, 1024)),
+        ("gpt-image-2.5-sunburst-2026-09-08", "1536x1024", "max", (1536, 1024)),
+        ("gpt-image-2.6-flare", "1280x768", "max", (1280, 768)),
+        ("gpt-image-2.6-sunburst", "768x2304", "xhigh", (768, 2304)),
+    ],
+)
+async def test_2x_models_get_free_sizes_and_their_qualities_sent_as_given(
+    fake: FakeOpenAI,
+    provider: OpenAIProvider,
+    model: str,
+    size: str,
+    quality: str,
+    expected_size: tuple[int, int],
+) -> None:
+    result = await provider.edit(edit_request(model=model, size=size, quality=quality))
+
+    rec = fake.requests[-1]
+    assert (rec.fields["model"], rec.fields["size"], rec.fields["quality"]) == (model, size, quality)
+    assert "input_fidelity" not in rec.part_names
+    with Image.open(io.BytesIO(result.images[0].data)) as img:
+        assert img.size == expected_size
+    assert result.size == f"{expected_size[0]}x{expected_size[1]}"
+    assert result.quality == quality
+    assert result.usage is not None and result.usage.output_image_tokens > 0
+
+
+async def test_xhigh_and_max_cost_more_output_tokens_than_high(provider: OpenAIProvider) -> None:
+    tokens = {}
+    for quality in ("high", "xhigh", "max"):
+        result = await provider.edit(edit_request(model="gpt-image-2.6-flare", quality=quality))
+        assert result.usage is not None
+        tokens[quality] = result.usage.output_image_tokens
+
+    assert tokens["high"] < tokens["xhigh"] < tokens["max"]
+
+
+async def test_sixteen_input_images_are_accepted_for_gpt_image_2(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    small = input_image(png((64, 64), mode="RGB"))
+
+    await provider.edit(edit_request((small,) * 16, model="gpt-image-2"))
+
+    assert len(fake.requests[-1].images) == 16
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "param", "code"),
+    [
+        ("gpt-image-2", {"quality": "xhigh"}, "quality", "invalid_value"),  # only 2.5 and 2.6
+        ("gpt-image-2-2026-04-21", {"quality": "max"}, "quality", "invalid_value"),
+        ("gpt-image-1.5", {"quality": "max"}, "quality", "invalid_value"),
+        ("gpt-image-1", {"size": "2048x2048"}, "size", "invalid_value"),  # 1.x: the fixed three
+        ("gpt-image-2", {"size": "1000x1000"}, "size", "invalid_value"),  # not multiples of 16
+        ("gpt-image-2.5-flare", {"size": "3072x960"}, "size", "invalid_value"),  # wider than 3:1
+        ("gpt-image-2.5-sunburst", {"size": "512x512"}, "size", "invalid_value"),  # too few pixels
+        ("gpt-image-2.6-flare", {"size": "3840x2176"}, "size", "invalid_value"),  # too many pixels
+        ("gpt-image-2.6-sunburst", {"size": "3856x1296"}, "size", "invalid_value"),  # edge over 3840
+        ("gpt-image-2.6-sunburst", {"size": "wide"}, "size", "invalid_value"),
+        ("gpt-image-2", {"input_fidelity": "high"}, "input_fidelity", "unsupported_parameter"),
+        ("gpt-image-2.6-flare", {"input_fidelity": "low"}, "input_fidelity", "unsupported_parameter"),
+    ],
+)
+async def test_fake_validates_2x_sizes_qualities_and_fidelity_per_model_like_the_api(
+    fake: FakeOpenAI,
+    provider: OpenAIProvider,
+    session: aiohttp.ClientSession,
+    model: str,
+    change: dict[str, str],
+    param: str,
+    code: str,
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(model=model, **change))
+    assert (info.value.status, info.value.code, info.value.accepted) == (400, code, False)
+
+    status, payload = await post_raw(
+        session, fake, [("model", model), ("prompt", "p"), ("image", ASTRONAUT), *change.items()]
+    )
+    assert (status, payload["error"]["param"], payload["error"]["code"]) == (400, param, code)
+
+
+@pytest.mark.parametrize("size", ["3840x2160", "2160x3840", "1024x3072", "816x816"])
+async def test_fake_accepts_2x_sizes_at_the_edges_of_the_rules(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, size: str
+) -> None:
+    parts = [("model", "gpt-image-2"), ("prompt", "p"), ("image", ASTRONAUT), ("size", size)]
+    if size != "816x816":  # the big ones: check the validation only, not the rendering
+        parts.append(("quality", "extreme"))  # an invalid quality is reported after a valid size
+        status, payload = await post_raw(session, fake, parts)
+        assert (status, payload["error"]["param"]) == (400, "quality")
+        return
+    status, payload = await post_raw(session, fake, parts)  # 665,856 pixels: just above the minimum
+    assert (status, payload["size"]) == (200, "816x816")
+
+
+async def test_fake_without_a_model_uses_the_current_line_not_a_shut_down_default(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+) -> None:
+    status, payload = await post_raw(
+        session, fake, [("prompt", "p"), ("image", ASTRONAUT), ("size", "1280x768")]
+    )
+
+    assert (status, payload["size"]) == (200, "1280x768")  # a 2.x size: the default is gpt-image-2
+
+
+@pytest.mark.parametrize("listed", [False, True])
+async def test_a_retired_model_is_model_gone_on_edit_and_not_accepted(
+    fake: FakeOpenAI, provider: OpenAIProvider, listed: bool
+) -> None:
+    fake.retire("gpt-image-2", listed=listed)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model="gpt-image-2"))
+
+    assert (info.value.status, info.value.code, info.value.accepted) == (404, "model_not_found", False)
+    assert info.value.retryable_elsewhere
+    assert fake.post_count == 1
+    ids = [m.id for m in await provider.list_models()]
+    assert ("gpt-image-2" in ids) is listed
+    await provider.edit(edit_request(model="gpt-image-2.6-sunburst"))  # its replacement still works
+
+
+async def test_org_verification_403_is_not_model_gone(fake: FakeOpenAI, provider: OpenAIProvider) -> None:
+    fake.fail_next(Fault.ORG_VERIFICATION)
+
+    with pytest.raises(ServiceUnavailable) as info:
+        await provider.edit(edit_request(model="gpt-image-2"))
+
+    assert not isinstance(info.value, ModelUnavailable)
+
+
+# ----------------------------------------------------------------------------- discovery: GET /v1/models
+
+
+async def test_list_models_reads_every_served_model_with_its_shutdown_date(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.shutdown_dates = {"gpt-image-2": "2027-02-10", "gpt-image-2-2026-04-21": "2027-02-10"}
+
+    models = {m.id: m for m in await provider.list_models()}
+
+    assert set(models) == fake.models
+    assert models["gpt-image-2"] == ListedModel("gpt-image-2", date(2027, 2, 10))
+    assert models["gpt-image-2-2026-04-21"].shutdown_date == date(2027, 2, 10)
+    assert models["gpt-image-2.6-sunburst"].shutdown_date is None  # null in the listing
+    rec = fake.requests[-1]
+    assert (rec.method, rec.path, rec.authorized) == ("GET", "/v1/models", True)
+
+
+async def test_a_garbled_shutdown_date_is_read_as_none_and_logged(
+    fake: FakeOpenAI, provider: OpenAIProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.shutdown_dates = {
+        "gpt-image-2": "soon",
+        "gpt-image-2.5-flare": 20270210,
+        "gpt-image-2.5-sunburst": "2027-13-01",
+        "gpt-image-2.6-flare": "2027-02-10T00:00:00Z",
+        "gpt-image-2.6-sunburst": "2027-03-01",
+    }
+    caplog.set_level(logging.WARNING)
+
+    models = {m.id: m.shutdown_date for m in await provider.list_models()}
+
+    for model in ("gpt-image-2", "gpt-image-2.5-flare", "gpt-image-2.5-sunburst", "gpt-image-2.6-flare"):
+        assert models[model] is None
+        assert model in caplog.text
+    assert models["gpt-image-2.6-sunburst"] == date(2027, 3, 1)
+
+
+async def test_a_listing_500_is_retried_and_a_lasting_one_raises_a_provider_error(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    fake.fail_next(Fault.MODELS_ERROR)
+    assert await provider.list_models()  # the GET is retried
+
+    fake.fail_always(Fault.MODELS_ERROR)
+    with pytest.raises(ServerError) as info:
+        await provider.list_models()
+
+    assert info.value.status == 500
+    assert sum(1 for r in fake.requests if r.path == "/v1/models" and r.status == 500) == 1 + FAST.attempts
+    assert fake.post_count == 0  # the edits are untouched
+
+
+async def test_a_listing_with_a_wrong_key_is_a_service_error(
+    make_provider: Callable[..., OpenAIProvider],
+) -> None:
+    with pytest.raises(ServiceUnavailable) as info:
+        await make_provider(api_key="sk-wrong").list_models()
+
+    assert info.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"object": "list", "data": []}, []),
+        (
+            {
+                "data": [
+                    {"id": "a", "shutdown_date": None},
+                    {"id": "b"},
+                    {"id": 3},
+                    "junk",
+                    {"object": "model"},
+                ]
+            },
+            [ListedModel("a"), ListedModel("b")],
+        ),
+        ({"data": [{"id": "a", "shutdown_date": "2027-02-10"}]}, [ListedModel("a", date(2027, 2, 10))]),
+    ],
+)
+def test_parse_model_list_tolerates_odd_entries(payload: object, expected: list[ListedModel]) -> None:
+    assert parse_model_list(payload) == expected
+
+
+@pytest.mark.parametrize("payload", [None, [], {"object": "list"}, {"data": {"id": "a"}}])
+def test_parse_model_list_refuses_an_answer_that_is_not_a_list(payload: object) -> None:
+    with pytest.raises(ServerError):
+        parse_model_list(payload)

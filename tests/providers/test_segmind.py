@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from PIL import Image, ImageChops, ImageOps
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -24,8 +26,10 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.segmind import SegmindProvider, classify_segmind_error, parse_reset_at
+from tests.fakes._base import Gone
 from tests.fakes.segmind_server import PRICE, FakeSegmind, Fault, RecordedRequest
 from tests.providers.helpers import (
+    DATA,
     adapter_builder,
     body,
     closed_port,
@@ -192,7 +196,7 @@ async def test_options_the_route_cannot_honour_are_refused_before_any_request(
         (Fault.CONTENT_TYPE, InvalidInput, "invalid_content_type", False, False),
         (Fault.FORBIDDEN, ModelUnavailable, "forbidden", False, True),
         (Fault.METHOD_NOT_ALLOWED, ServiceUnavailable, "method_not_allowed", False, True),
-        (Fault.RETIRED, ModelUnavailable, "retired", False, True),
+        (Fault.RETIRED, ModelGone, "retired", False, True),
         (Fault.SERVER_ERROR, ServerError, None, False, True),
         (Fault.GATEWAY_TIMEOUT, ServerError, None, True, False),
         (Fault.NOT_AN_IMAGE, ServerError, None, True, False),
@@ -430,3 +434,127 @@ def test_classify_segmind_error_table(
     assert err.request_id == "r1"
     if isinstance(err, RateLimited):
         assert err.retry_after is None  # no reset header, no Retry-After
+
+
+# ----------------------------------------------------------------------------- GPT Image 2
+
+GPT2 = "gpt-image-2"
+
+
+async def post_edit(
+    session: aiohttp.ClientSession, fake: FakeSegmind, model: str, body: dict
+) -> tuple[int, dict]:
+    async with session.post(
+        f"{fake.base_url}/{model}", json=body, headers={"x-api-key": fake.api_key}
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def asset_url(session: aiohttp.ClientSession, fake: FakeSegmind) -> str:
+    data_url = "data:image/png;base64," + base64.b64encode((DATA / "astronaut.png").read_bytes()).decode()
+    async with session.post(
+        fake.upload_url, json={"data_urls": [data_url]}, headers={"x-api-key": fake.api_key}
+    ) as r:
+        return (await r.json())["file_urls"][0]
+
+
+@pytest.mark.parametrize(
+    ("size", "quality", "background", "expected_size"),
+    [
+        ("2048x1152", "high", "auto", (2048, 1152)),
+        ("auto", "auto", "transparent", (1024, 1024)),
+        ("1280x768", "low", "opaque", (1280, 768)),
+    ],
+)
+async def test_gpt_image_2_sends_one_image_url_and_a_free_size_and_is_charged_from_x_cost(
+    fake: FakeSegmind,
+    provider: SegmindProvider,
+    size: str,
+    quality: str,
+    background: str,
+    expected_size: tuple[int, int],
+) -> None:
+    result = await provider.edit(edit_request(model=GPT2, size=size, quality=quality, background=background))
+
+    body = edit_call(fake).json
+    assert edit_call(fake).path == "/v1/gpt-image-2"
+    expected = {"prompt", "image", "size", "output_format"}
+    expected |= {"quality"} if quality != "auto" else set()
+    expected |= {"background"} if background != "auto" else set()
+    assert set(body) == expected
+    assert isinstance(body["image"], str) and body["image"].startswith(f"{fake.origin}/assets/")
+    assert body["size"] == size and body.get("quality", "auto") == quality
+    assert decoded(result.images[0].data).size == expected_size
+    assert result.cost_usd == str(PRICE[GPT2])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"images": (photo(), photo("coffee.png"))},  # one `image` only
+        {"mask": hole_mask((0, 0, 256, 512), (0, 0, 0))},
+        {"size": "wide"},
+        {"quality": "xhigh"},
+    ],
+    ids=["two-images", "mask", "bad-size", "xhigh"],
+)
+async def test_gpt_image_2_requests_the_route_cannot_take_are_refused_before_anything_is_sent(
+    fake: FakeSegmind, provider: SegmindProvider, change: dict
+) -> None:
+    images = change.pop("images", None)
+
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(images, model=GPT2, **change))
+
+    assert info.value.status is None and info.value.accepted is False
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("make_body", "text"),
+    [
+        (lambda url: {"prompt": "p", "image": [url]}, "one image URL"),
+        (lambda url: {"prompt": "p", "image_urls": [url]}, "Unknown parameter"),
+        (lambda url: {"prompt": "p", "image": url, "mask": url}, "Unknown parameter"),
+        (lambda url: {"prompt": "p", "image": url, "quality": "auto"}, "quality must be"),
+        (lambda url: {"prompt": "p", "image": url, "size": "1000x1000"}, "multiples of 16"),
+        (lambda url: {"prompt": "p", "image": url, "size": "3072x960"}, "aspect ratio"),
+        (lambda url: {"prompt": "p", "image": url, "size": "512x512"}, "pixels"),
+    ],
+    ids=["image-list", "image-urls", "mask", "auto-quality", "not-16", "too-wide", "too-small"],
+)
+async def test_fake_validates_the_gpt_image_2_route(
+    fake: FakeSegmind, session: aiohttp.ClientSession, make_body: Callable[[str], dict], text: str
+) -> None:
+    credits = fake.credits
+
+    status, payload = await post_edit(session, fake, GPT2, make_body(await asset_url(session, fake)))
+
+    assert status == 400 and text in payload["error"]
+    assert fake.credits == credits
+
+
+async def test_fake_gpt_image_2_without_an_image_draws_from_text_alone(
+    fake: FakeSegmind, session: aiohttp.ClientSession
+) -> None:
+    async with session.post(
+        f"{fake.base_url}/{GPT2}", json={"prompt": "p"}, headers={"x-api-key": fake.api_key}
+    ) as resp:
+        assert resp.status == 200 and resp.content_type == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("how", "status"), [(Gone.NOT_FOUND, 404), (Gone.GONE, 410), (Gone.NO_CHANNELS, 503)]
+)
+@pytest.mark.parametrize("model", [GPT2, MINI])
+async def test_a_model_gone_at_segmind_is_model_gone_and_not_charged(
+    fake: FakeSegmind, provider: SegmindProvider, model: str, how: Gone, status: int
+) -> None:
+    credits = fake.credits
+    fake.retire_route(model, how)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=model))
+
+    assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
+    assert fake.post_count == 1 and fake.credits == credits

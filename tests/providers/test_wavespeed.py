@@ -14,6 +14,7 @@ from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
     JobFailed,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
@@ -22,7 +23,17 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.wavespeed import WaveSpeedProvider, classify_wavespeed_error
+from bot.providers.wavespeed import (
+    GPT_IMAGE_2_RATIOS,
+    GPT_IMAGE_2X_RATIOS,
+    GPT_IMAGE_2X_ROUTES,
+    ROUTE_SIZES,
+    WaveSpeedProvider,
+    aspect_and_resolution,
+    classify_wavespeed_error,
+)
+from tests.fakes._base import Gone
+from tests.fakes.wavespeed_server import PIXELS as FAKE_PIXELS
 from tests.fakes.wavespeed_server import FakeWaveSpeed, Fault
 from tests.providers.helpers import (
     DATA,
@@ -444,3 +455,207 @@ def test_classify_wavespeed_error_table(
 
     assert type(err) is exc_type
     assert (err.accepted, err.retryable_elsewhere) == (accepted, elsewhere)
+
+
+# ----------------------------------------------------------------------------- GPT Image 2 routes
+
+GPT2 = "openai/gpt-image-2/edit"
+FLARE_26 = "openai/gpt-image-2.6-flare/edit"
+SUNBURST_25 = "openai/gpt-image-2.5-sunburst/edit"
+
+
+@pytest.mark.parametrize(
+    ("route", "size", "ratio", "resolution"),
+    [
+        (GPT2, "1024x1024", "1:1", "1k"),
+        (GPT2, "1536x1024", "3:2", "1k"),
+        (GPT2, "1024x1536", "2:3", "1k"),
+        (GPT2, "2048x2048", "1:1", "2k"),
+        (GPT2, "2048x1152", "16:9", "2k"),
+        (FLARE_26, "768x1024", "3:4", "1k"),
+        (SUNBURST_25, "2048x1024", "2:1", "1k"),
+        ("openai/gpt-image-2.6-sunburst/edit", "864x2016", "9:21", "1k"),
+    ],
+)
+async def test_an_exact_size_becomes_aspect_ratio_and_resolution_and_no_size_is_sent(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, route: str, size: str, ratio: str, resolution: str
+) -> None:
+    result = await provider.edit(edit_request(model=route, size=size, quality="high"))
+
+    body = submit_of(fake)
+    assert "size" not in body
+    assert (body["aspect_ratio"], body["resolution"], body["quality"]) == (ratio, resolution, "high")
+    assert fake.requests[[r.endpoint for r in fake.requests].index("submit")].path == f"/api/v3/{route}"
+    assert decoded(result.images[0].data).size == tuple(int(v) for v in size.split("x"))
+
+
+async def test_the_4k_tier_is_reached_through_its_exact_size(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    result = await provider.edit(edit_request(model=GPT2, size="3840x2160"))
+
+    assert (submit_of(fake)["aspect_ratio"], submit_of(fake)["resolution"]) == ("16:9", "4k")
+    assert decoded(result.images[0].data).size == (3840, 2160)
+
+
+async def test_auto_size_sends_neither_field_and_follows_the_input(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    result = await provider.edit(edit_request(model=GPT2, size="auto", quality="auto"))
+
+    body = submit_of(fake)
+    assert set(body) == {"prompt", "images", "enable_base64_output", "enable_sync_mode"}
+    assert decoded(result.images[0].data).size == (1024, 1024)  # the square astronaut: 1:1 at 1k
+
+
+@pytest.mark.parametrize(
+    ("route", "size"),
+    [
+        (GPT2, "2048x1024"),  # 2:1 is only on the 2.5/2.6 routes
+        (GPT2, "1280x768"),  # a valid OpenAI size with no exact aspect/resolution pair
+        (FLARE_26, "1600x896"),
+        (FLARE_26, "4096x4096"),
+        (SUNBURST_25, "1536x512"),  # 3:1 exists, but its pixels are not published: never guessed
+    ],
+)
+async def test_a_size_that_maps_to_no_ratio_and_resolution_is_refused_before_anything_is_sent(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, route: str, size: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        await provider.edit(edit_request(model=route, size=size))
+
+    assert info.value.status is None and info.value.accepted is False
+    assert f"size={size}" in str(info.value)
+    assert fake.requests == []
+
+
+def test_route_sizes_lists_exactly_what_each_route_can_map_and_the_fake_renders_them() -> None:
+    for route, sizes in ROUTE_SIZES.items():
+        assert sizes[0] == "auto"
+        for size in sizes[1:]:
+            pair = aspect_and_resolution(size)
+            assert pair is not None
+            ratios = GPT_IMAGE_2_RATIOS if route == GPT2 else GPT_IMAGE_2X_RATIOS
+            if route in (GPT2, *GPT_IMAGE_2X_ROUTES):
+                assert pair[0] in ratios
+                assert FAKE_PIXELS[pair] == tuple(int(v) for v in size.split("x"))
+    assert len(ROUTE_SIZES[GPT2]) == 1 + 10 * 2 + 3  # auto; ten ratios at 1k/2k; 4k for 16:9, 9:16, 21:9
+    assert "2048x1024" in ROUTE_SIZES[FLARE_26] and "2048x1024" not in ROUTE_SIZES[GPT2]
+    assert ROUTE_SIZES["openai/gpt-image-1-mini/edit"] == ("auto",)
+
+
+@pytest.mark.parametrize("quality", ["xhigh", "max"])
+async def test_25_and_26_routes_take_xhigh_max_output_format_and_a_mask(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, quality: str
+) -> None:
+    result = await provider.edit(
+        edit_request(model=FLARE_26, quality=quality, output_format="jpeg", mask=openai_mask())
+    )
+
+    body = submit_of(fake)
+    assert (body["quality"], body["output_format"]) == (quality, "jpeg")
+    assert isinstance(body["images"], list) and body["mask_image"].startswith(fake.origin)
+    assert result.images[0].format == "jpeg"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"quality": "xhigh"}, {"output_format": "webp"}, {"mask": hole_mask(HOLE, (0, 0, 0))}],
+    ids=["xhigh", "webp", "mask"],
+)
+async def test_gpt_image_2_route_refuses_what_only_25_and_26_take(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, change: dict
+) -> None:
+    with pytest.raises(InvalidInput):
+        await provider.edit(edit_request(model=GPT2, **change))
+
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("model", "make_body", "text"),
+    [
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "size": "1024*1024"}, "unknown parameter"),
+        (GPT2, lambda url: {"prompt": "p", "image": url}, "unknown parameter"),
+        (GPT2, lambda url: {"prompt": "p"}, "images is required"),
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "quality": "xhigh"}, "quality must"),
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "aspect_ratio": "2:1"}, "aspect_ratio must"),
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "output_format": "png"}, "unknown parameter"),
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "mask_image": url}, "unknown parameter"),
+        (FLARE_26, lambda url: {"prompt": "p", "images": [url], "resolution": "8k"}, "resolution must"),
+        (
+            FLARE_26,
+            lambda url: {"prompt": "p", "images": [url], "aspect_ratio": "1:1", "resolution": "4k"},
+            "not available",
+        ),
+        (FLARE_26, lambda url: {"prompt": "p", "images": [url], "output_format": "gif"}, "output_format"),
+        (FLARE_26, lambda url: {"prompt": "p", "images": [url], "quality": "ultra"}, "quality must"),
+    ],
+    ids=[
+        "size",
+        "single-image",
+        "no-images",
+        "xhigh-on-2",
+        "2-1-on-2",
+        "format-on-2",
+        "mask-on-2",
+        "8k",
+        "square-4k",
+        "gif",
+        "ultra",
+    ],
+)
+async def test_fake_validates_the_gpt_image_2_routes(
+    fake: FakeWaveSpeed,
+    session: aiohttp.ClientSession,
+    model: str,
+    make_body: Callable[[str], dict],
+    text: str,
+) -> None:
+    url = (await upload(session, fake))["data"]["download_url"]
+
+    status, payload = await submit(session, fake, model, make_body(url))
+
+    assert status == 400
+    assert text in payload["message"]
+    assert fake.tasks == {}
+
+
+@pytest.mark.parametrize(
+    ("how", "status"), [(Gone.NOT_FOUND, 404), (Gone.GONE, 410), (Gone.NO_CHANNELS, 503)]
+)
+@pytest.mark.parametrize("route", [GPT2, FLARE_26, MINI])
+async def test_a_route_gone_at_submit_is_model_gone_and_no_task_was_created(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, route: str, how: Gone, status: int
+) -> None:
+    fake.retire_route(route, how)
+
+    with pytest.raises(ModelGone) as info:
+        await provider.edit(edit_request(model=route))
+
+    assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
+    assert fake.submit_count == 1 and fake.tasks == {}
+
+
+async def test_a_route_retired_after_the_submit_still_delivers_the_accepted_task(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    async def retire_now(task_id: str) -> None:
+        fake.retire_route(GPT2, Gone.NO_CHANNELS)
+
+    result = await provider.edit(edit_request(model=GPT2), on_submitted=retire_now)
+
+    assert result.images and fake.submit_count == 1
+
+
+async def test_a_404_on_a_poll_is_a_vanished_task_not_a_gone_model(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    async def forget(task_id: str) -> None:
+        fake.tasks.clear()
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request(model=FLARE_26), on_submitted=forget)
+
+    assert not isinstance(info.value, ModelUnavailable)
+    assert info.value.accepted is True

@@ -1,0 +1,103 @@
+"""The shared "model gone" rule (`bot.providers.http.gone_on_submit`) for the resellers' submits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.providers.atlascloud import classify_atlas_error
+from bot.providers.errors import (
+    InvalidInput,
+    ModelGone,
+    ModelUnavailable,
+    ProviderError,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
+from bot.providers.http import says_model_gone, submit_classifier
+from bot.providers.oneminai import classify_oneminai_error
+from bot.providers.segmind import classify_segmind_error
+from bot.providers.wavespeed import classify_wavespeed_error
+
+
+def atlas_body(code: int, msg: str) -> bytes:
+    return json.dumps({"code": code, "msg": msg, "data": None}).encode()
+
+
+def atlas_message(body: bytes) -> str:
+    return json.loads(body)["msg"]
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected", "accepted"),
+    [
+        (404, "model openai/gpt-image-2/edit not found", ModelGone, False),
+        (404, "route not found", ModelGone, False),  # the model's route itself is gone
+        (410, "gone", ModelGone, False),
+        (503, "no available channels for model gpt-image-1", ModelGone, False),
+        (500, "model gpt-image-1 has been retired", ModelGone, False),
+        (400, "The model `gpt-image-1` has been deprecated", ModelGone, False),
+        (400, "this model is no longer available", ModelGone, False),
+        (400, "images: media not found", InvalidInput, False),  # a file, not the model
+        (400, "quality must be one of low, medium, high", InvalidInput, False),
+        (403, "model not found for your team", ServiceUnavailable, False),  # access, not gone
+        (402, "model retired? insufficient balance", ServiceUnavailable, False),
+        (429, "no available channels for model x", RateLimited, False),
+        (500, "internal server error", ServerError, False),
+        (504, "model not found upstream", ServerError, True),  # a gateway may have passed it on
+    ],
+)
+def test_a_submit_answer_is_model_gone_only_for_404_410_or_gone_wording(
+    status: int, message: str, expected: type[ProviderError], accepted: bool
+) -> None:
+    classify = submit_classifier(classify_atlas_error, atlas_message, model="openai/gpt-image-2/edit")
+
+    err = classify(status, atlas_body(status, message), {}, provider="atlascloud")
+
+    assert type(err) is expected
+    assert err.accepted is accepted
+    assert err.status == status
+    if expected is ModelGone:
+        assert err.retryable_elsewhere
+
+
+def test_an_error_inside_a_200_envelope_is_judged_by_its_code() -> None:
+    classify = submit_classifier(classify_atlas_error, atlas_message, model="m")
+
+    err = classify(200, atlas_body(404, "model m not found"), {}, provider="atlascloud")
+
+    assert type(err) is ModelGone and err.status == 404 and not err.accepted
+
+
+@pytest.mark.parametrize(
+    ("classify", "body"),
+    [
+        (classify_wavespeed_error, {"code": 503, "message": "no available channels for model x"}),
+        (classify_segmind_error, {"error": "no available channels for model x"}),
+        (classify_oneminai_error, {"message": "no available channels for model x"}),
+    ],
+    ids=["wavespeed", "segmind", "oneminai"],
+)
+def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, body: dict) -> None:
+    raw = json.dumps(body).encode()
+
+    for status in (404, 410, 503):
+        err = classify(status, raw, {}, provider="p")
+        assert not isinstance(err, ModelGone)
+    assert isinstance(classify(404, raw, {}, provider="p"), ModelUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("message", "model", "gone"),
+    [
+        ("No available channel for gpt-image-1-mini", "gpt-image-1-mini", True),
+        ("gpt-image-1 is retired", "gpt-image-1", True),
+        ("gpt-image-1 is retired", "", False),  # names neither the model nor a channel
+        ("prediction not found", "m", False),
+        ("model is busy", "m", False),
+    ],
+)
+def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:
+    assert says_model_gone(message, model) is gone
