@@ -135,11 +135,12 @@ class JobSuspended(RetouchError):
         super().__init__(text, code="suspended")
 
 
-class ModelRetired(RetouchError):
-    """The job's model was shut down at every configured provider and the job cannot move."""
+class ModelRetired(JobFailed):
+    """The job's model was shut down at every configured provider and the job cannot move. The hold
+    is released; the reference ties the member's message to the provider's answers in the log."""
 
     def __init__(self, user_message: str) -> None:
-        super().__init__(user_message, code="model_retired")
+        super().__init__(user_message, ref=new_reference(), code="model_retired")
 
 
 class NotAllowed(RetouchError):
@@ -798,11 +799,9 @@ class JobEngine:
         """
         lifecycle = self.lifecycle
         if lifecycle is None:
-            raise ModelRetired(
-                f"{dead.name} is no longer available. Pick another model. You were not charged."
-            )
+            raise self._retired(job, dead, f"{dead.name} is no longer available. You were not charged.")
         if spec.model_picked:
-            raise ModelRetired(lifecycle.dead_message(dead, mid_run=True))
+            raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
         for candidate in lifecycle.fallbacks(dead):
             worst = self._worst_credits(candidate, spec)
             if worst is None or worst > spec.reserve:
@@ -814,7 +813,14 @@ class JobEngine:
             await self.storage.update_job(job.id, model=candidate.id, spec=moved.to_json())
             log.warning("job %s: %s is gone at every provider; moving to %s", job.id, dead.id, candidate.id)
             return candidate, moved
-        raise ModelRetired(lifecycle.dead_message(dead, mid_run=True))
+        raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
+
+    def _retired(self, job: _Job, dead: ModelEntry, text: str) -> ModelRetired:
+        error = ModelRetired(text)
+        log.warning(
+            "job %s: %s is gone at every configured provider, not moved (ref %s)", job.id, dead.id, error.ref
+        )
+        return error
 
     def _worst_credits(self, model: ModelEntry, spec: JobSpec) -> int | None:
         """What `spec` would hold on `model`, or None when the model cannot take its options."""

@@ -341,9 +341,11 @@ class ModelLifecycle:
                     )
         unknown = sorted(i for i in listed if i.startswith(IMAGE_MODEL_PREFIX) and i not in known)
         report = DiscoveryReport(provider, True, tuple(soon), tuple(unknown), tuple(sorted(set(missing))))
-        previous = self._discovery.get(provider)
         self._discovery[provider] = report
-        new_unknown = [i for i in unknown if previous is None or i not in previous.unknown]
+        # Each new model is announced once, ever: it is remembered like a route (listed, no date).
+        new_unknown = [i for i in unknown if (provider, i) not in self._facts]
+        for model_id in new_unknown:
+            await self._learn_key((provider, model_id), RouteFacts(listed=True))
         for line in (*changes, *soon, *(f"{provider} lists a new image model: {i}" for i in new_unknown)):
             await self._announce(f"🗓️ {line}")
         await self.move_stored_defaults()
@@ -389,14 +391,16 @@ class ModelLifecycle:
         return moved
 
     async def _learn(self, route: Route, **changes: object) -> None:
-        facts = replace(self.facts(route), **changes)  # type: ignore[arg-type]
-        if facts == self.facts(route):
+        await self._learn_key(route.key, replace(self.facts(route), **changes))  # type: ignore[arg-type]
+
+    async def _learn_key(self, key: tuple[str, str], facts: RouteFacts) -> None:
+        if self._facts.get(key, RouteFacts()) == facts:
             return
-        self._facts[route.key] = facts
+        self._facts[key] = facts
         if self.store is not None:
             await self.store.put_route_status(
-                route.provider,
-                route.model,
+                key[0],
+                key[1],
                 {
                     "shutdown": facts.shutdown.isoformat() if facts.shutdown else None,
                     "listed": None if facts.listed is None else int(facts.listed),

@@ -101,6 +101,9 @@ async def running_bot(
     `audit` sets AUDIT_CHANNEL_ID to the guild's #audit channel; `today` is the calendar shutdown
     dates are compared with (the real one when None).
     """
+    # The fake OpenAI serves and lists exactly the catalog's OpenAI models, like an organisation whose
+    # catalog is current (tests of unknown or vanished models change `openai.models` themselves).
+    openai.models = {r.model for m in catalog.models.values() for r in m.routes if r.provider == "openai"}
     owner = fake.owner
     guild = await fake.create_guild(name="Art Club", owner=owner)
     channel = await guild.create_text_channel("art", bot_permissions=bot_permissions)

@@ -244,6 +244,12 @@ async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_mo
     async def broken() -> list[Listed]:
         raise ConnectionError("no route to host")
 
+    # The restarted bot still shows the new model but does not announce it a second time.
+    again_events = Events()
+    again.on_event = again_events
+    await discover_once(again, "openai", listing)
+    assert any("gpt-image-9" in w for w in again.warnings())
+    assert not any("gpt-image-9" in line for line in again_events)
     failed = await discover_once(again, "openai", broken)
     assert not failed.ok and failed.error == "ConnectionError"
     assert not again.usable(old) and not again.usable(new) and again.usable(catalog.get("spare"))

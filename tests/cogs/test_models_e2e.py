@@ -1,0 +1,226 @@
+"""Live models end to end: one bot walked across a shutdown date, a model that vanishes mid-run, the
+options that follow the model and OpenAI's model list — through the real discord.py stack against the
+fake Discord and the fake OpenAI, with a calendar the test moves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.catalog import Catalog, parse_catalog
+from tests.fakes.discord import FakeDiscord, FakeInteraction
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.harness import World, running_bot
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+PHOTO = (DATA / "chelsea.png").read_bytes()
+SHUTDOWN = dt.date(2027, 2, 10)
+PRICE = {q: {"square": 0.01, "other": 0.01} for q in ("low", "medium", "high")}
+RICH_PRICE = {q: {"square": 0.01, "other": 0.01} for q in ("low", "medium", "high", "xhigh", "max")}
+
+
+def catalog() -> Catalog:
+    """GPT Image 2 (shut down at OpenAI on SHUTDOWN, replaced by 2.6 Sunburst) before 2.6 Sunburst,
+    so the bot's default is GPT Image 2 until it dies. Flat list prices: charges are exact."""
+    return parse_catalog(
+        {
+            "models": {
+                "gpt-image-2": {
+                    "name": "GPT Image 2",
+                    "qualities": ["low", "medium", "high", "auto"],
+                    "free_sizes": True,
+                    "max_input_images": 16,
+                    "price": PRICE,
+                    "replacement": "gpt-image-2.6-sunburst",
+                    "routes": [{"provider": "openai", "shutdown": SHUTDOWN, "free_sizes": True}],
+                },
+                "gpt-image-2.6-sunburst": {
+                    "name": "GPT Image 2.6 Sunburst",
+                    "qualities": ["low", "medium", "high", "xhigh", "max", "auto"],
+                    "free_sizes": True,
+                    "max_input_images": 16,
+                    "price": RICH_PRICE,
+                    "routes": [{"provider": "openai", "free_sizes": True}],
+                },
+            }
+        }
+    )
+
+
+class Calendar:
+    def __init__(self, day: dt.date) -> None:
+        self.day = day
+
+    def __call__(self) -> dt.date:
+        return self.day
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def calendar() -> Calendar:
+    return Calendar(dt.date(2027, 1, 5))
+
+
+@pytest.fixture
+async def world(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, calendar: Calendar
+) -> AsyncIterator[World]:
+    async with running_bot(
+        fake_discord, openai, tmp_path, catalog=catalog(), today=calendar, audit=True
+    ) as w:
+        yield w
+
+
+def result_of(it: FakeInteraction) -> dict[str, list[str]]:
+    """The public result's embed fields (a name may repeat: notes)."""
+    [result] = [m for m in it.followups if not m.ephemeral]
+    fields: dict[str, list[str]] = {}
+    for f in result.embeds[0]["fields"]:
+        fields.setdefault(f["name"], []).append(f["value"])
+    return fields
+
+
+def models_sent(openai: FakeOpenAI) -> list[str]:
+    return [r.fields["model"] for r in openai.requests if r.path.endswith("/images/edits")]
+
+
+async def audit_lines(world: World) -> list[str]:
+    return [m.content or "" for m in world.fake.channel_messages(world.audit_channel)]
+
+
+async def test_one_bot_walks_across_a_shutdown_date_and_moves_its_members(world: World, calendar: Calendar):
+    settings = await world.fake.slash(
+        world.user, "settings", channel=world.channel, options={"model": "gpt-image-2"}
+    )
+    await world.fake.wait_until(lambda: settings.followups)
+    before = await world.edit(PHOTO, quality="low", size="1024x1024")
+    assert (await world.finished(before)).startswith("Done")
+    assert result_of(before)["Model"] == ["GPT Image 2"]
+
+    calendar.day = SHUTDOWN  # OpenAI's shutdown day for GPT Image 2
+    after = await world.edit(PHOTO, quality="low", size="1024x1024")
+    assert (await world.finished(after)).startswith("Done")
+    fields = result_of(after)
+    assert fields["Model"] == ["GPT Image 2.6 Sunburst"]
+    assert any("GPT Image 2 is no longer available" in n and "2.6 Sunburst" in n for n in fields["Note"])
+    assert models_sent(world.openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
+    # The stored default moved once: the next edit carries no notice.
+    row = await world.services.storage.user_settings_row(world.user.id)
+    assert row is not None and row["model"] == "gpt-image-2.6-sunburst"
+    again = await world.edit(PHOTO, quality="low", size="1024x1024")
+    await world.finished(again)
+    assert "Note" not in result_of(again)
+    lines = await world.fake.wait_until(
+        lambda: [
+            m.content
+            for m in world.fake.channel_messages(world.audit_channel)
+            if "retired" in (m.content or "")
+        ]
+    )
+    assert "gpt-image-2" in lines[0]
+
+
+async def test_a_model_gone_mid_run_costs_the_default_user_one_extra_call_and_nothing_more(world: World):
+    world.openai.retire("gpt-image-2")  # shut down at OpenAI without notice: 404 model_not_found
+    it = await world.edit(PHOTO, quality="low", size="1024x1024")
+    final = await world.finished(it)
+    assert final.startswith("Done — 10 credits charged")
+    fields = result_of(it)
+    assert fields["Model"] == ["GPT Image 2.6 Sunburst"]
+    assert any("GPT Image 2 was shut down" in n for n in fields["Note"])
+    assert models_sent(world.openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
+    account = await world.services.storage.get_account(world.guild.id, world.user.id)
+    assert account is not None and (account.balance, account.held) == (100000 - 10, 0)
+    # Persisted and announced; the next job never asks the dead route again.
+    rows = await world.services.storage.route_status_rows()
+    assert [(r["provider"], r["model"]) for r in rows if r["gone_at"]] == [("openai", "gpt-image-2")]
+    await world.finished(await world.edit(PHOTO, quality="low", size="1024x1024"))
+    assert models_sent(world.openai).count("gpt-image-2") == 1
+    await world.fake.wait_until(
+        lambda: any(
+            "model gone" in line
+            for line in [m.content or "" for m in world.fake.channel_messages(world.audit_channel)]
+        )
+    )
+
+
+async def test_a_member_who_picked_the_vanished_model_is_told_and_offered_the_replacement(world: World):
+    world.openai.retire("gpt-image-2")
+    it = await world.edit(PHOTO, quality="low", size="1024x1024", model="gpt-image-2")
+    final = await world.finished(it)
+    assert "GPT Image 2 was shut down" in final and "gpt-image-2.6-sunburst" in final
+    assert "not charged" in final
+    assert not [m for m in it.followups if not m.ephemeral]
+    assert models_sent(world.openai) == ["gpt-image-2"]
+    account = await world.services.storage.get_account(world.guild.id, world.user.id)
+    assert account is not None and (account.balance, account.held) == (100000, 0)
+
+
+async def test_quality_and_size_options_follow_the_chosen_model(world: World):
+    qualities = await world.fake.autocomplete(
+        world.user,
+        "edit",
+        channel=world.channel,
+        focused="quality",
+        value="",
+        options={"model": "gpt-image-2.6-sunburst"},
+    )
+    assert [c["value"] for c in qualities] == ["low", "medium", "high", "xhigh", "max", "auto"]
+    assert "credits" in qualities[0]["name"]
+    default_qualities = await world.fake.autocomplete(
+        world.user, "edit", channel=world.channel, focused="quality", value=""
+    )
+    assert [c["value"] for c in default_qualities] == ["low", "medium", "high", "auto"]
+    custom = await world.fake.autocomplete(
+        world.user, "edit", channel=world.channel, focused="size", value="2048x1152"
+    )
+    assert custom[0]["value"] == "2048x1152"
+    # A value the model cannot take is refused, naming what it can; nothing is spent.
+    it = await world.edit(PHOTO, quality="xhigh")
+    text = await world.fake.wait_until(lambda: it.original_edits and it.original_edits[-1])
+    assert "does not offer quality `xhigh`" in text and "low, medium, high, auto" in text
+    it = await world.edit(PHOTO, size="2050x1152")
+    text = await world.fake.wait_until(lambda: it.original_edits and it.original_edits[-1])
+    assert "multiples of 16" in text
+    assert world.openai.post_count == 0
+
+
+async def test_openai_model_list_dates_show_in_diagnose_and_the_audit_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    openai.shutdown_dates = {"gpt-image-2": "2027-01-20"}
+    async with running_bot(
+        fake_discord, openai, tmp_path, catalog=catalog(), today=Calendar(dt.date(2027, 1, 5)), audit=True
+    ) as world:
+        lifecycle = world.services.edits.lifecycle
+        model = lifecycle.catalog.get("gpt-image-2")
+        assert lifecycle.route_end(model, model.routes[0]) == dt.date(2027, 1, 20)
+        await world.fake.wait_until(
+            lambda: any(
+                "2027-01-20" in (m.content or "") for m in world.fake.channel_messages(world.audit_channel)
+            )
+        )
+        it = await world.fake.slash(world.owner, "diagnose", channel=world.channel)
+        message = await world.fake.wait_until(lambda: it.followups and it.followups[-1])
+        assert "retires in 15 days (2027-01-20)" in str(message.embeds)
+
+
+async def test_a_failed_model_list_changes_nothing(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    openai.fail_always(Fault.MODELS_ERROR)
+    async with running_bot(
+        fake_discord, openai, tmp_path, catalog=catalog(), today=Calendar(dt.date(2027, 1, 5))
+    ) as world:
+        it = await world.edit(PHOTO, quality="low", size="1024x1024")
+        assert (await world.finished(it)).startswith("Done")
+        assert models_sent(openai) == ["gpt-image-2"]
+        assert "could not read openai's model list" in " ".join(world.services.diagnostics.model_warnings())
