@@ -16,12 +16,11 @@ import discord
 from discord import app_commands
 
 from bot.catalog import Catalog
-from bot.client import reply_privately
+from bot.client import RetouchBot, reply_privately
 from bot.errors import RetouchError, new_reference
 from bot.jobs import EditOutcome, Upload
 
 if TYPE_CHECKING:
-    from bot.client import RetouchBot
     from bot.policy import PolicyService
 
 log = logging.getLogger(__name__)
@@ -216,6 +215,13 @@ def model_choices(
         for m in catalog.available(today)
         if (m.mask or not mask_only) and (current in m.id.lower() or current in m.name.lower())
     ][:25]
+
+
+async def admitted(interaction: discord.Interaction, *, counts: bool = False) -> bool:
+    """The bot's gate (`RetouchBot.admit`) for buttons, menus and forms, which discord.py does not
+    route through the command tree: an unapproved place is answered privately and goes no further."""
+    bot = interaction.client
+    return isinstance(bot, RetouchBot) and await bot.admit(interaction, counts=counts)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException, *, where: str) -> None:
