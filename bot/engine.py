@@ -1053,7 +1053,8 @@ class JobEngine:
     async def _undeliverable(self, job: _Job, outcome: EditOutcome) -> None:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""
         ref = new_reference()
-        await self.storage.settle_released(job.id, "failed", error_code="undeliverable", error_ref=ref)
+        # Free to the member, but the provider was paid: it still counts against the budgets.
+        await self.storage.settle_undeliverable(job.id, outcome.charged, error_ref=ref)
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)
         await self.storage.update_job(job.id, files_expire_at=_iso(keep))
         log.error(

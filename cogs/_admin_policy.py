@@ -56,7 +56,7 @@ def budget_text(budget: Budget, credits_per_usd: int) -> str:
     def usd(credits: int) -> str:
         return f"${Decimal(credits) / credits_per_usd:.2f}"
 
-    server = f"This server: {usd(budget.used)} ({budget.captured} charged + {budget.held} held)"
+    server = f"This server: {usd(budget.used)} ({budget.captured} spent + {budget.held} held)"
     server += " of " + (
         f"its allotment {usd(budget.allotment)}" if budget.allotment is not None else "the bot-wide budget"
     )

@@ -369,18 +369,20 @@ def _guard_refusal(
 
 
 def _spent(db: sqlite3.Connection, since: str, guild_id: int | None) -> int:
-    """Credits captured since `since` plus every open hold, for one guild (None: all of them)."""
+    """Credits captured since `since`, provider spend nobody was charged for since then, and every
+    open hold, for one guild (None: all of them)."""
     where = "" if guild_id is None else "AND guild_id = ?"
     held_where = "" if guild_id is None else "WHERE guild_id = ?"
-    params = (since,) if guild_id is None else (since, guild_id, guild_id)
+    params = (since, since) if guild_id is None else (since, guild_id, since, guild_id, guild_id)
     row = _fetch_one(
         db,
         "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
         f"        WHERE kind = 'capture' AND created_at >= ? {where}), "
+        f"       (SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend WHERE created_at >= ? {where}), "
         f"       (SELECT COALESCE(SUM(held), 0) FROM accounts {held_where})",
         params,
     )
-    return int(row[0]) + int(row[1]) if row else 0
+    return int(row[0]) + int(row[1]) + int(row[2]) if row else 0
 
 
 def _settlement(db: sqlite3.Connection, job_id: str) -> tuple[sqlite3.Row | None, dict[str, int]]:
@@ -718,6 +720,29 @@ class Storage:
                 (error_code[:64], error_ref, now, now, job_id),
             )
             return settled
+
+        return await self._transaction(body)
+
+    async def settle_undeliverable(self, job_id: str, spent: int, *, error_ref: str) -> Account | None:
+        """Release a job whose result could not be delivered (the member pays nothing) and record
+        the `spent` credits the provider charged as absorbed spend, which still counts against the
+        server's and the bot's budgets. One transaction; idempotent."""
+
+        def body(db: sqlite3.Connection) -> Account | None:
+            now = self._now()
+            account = _release(db, now, job_id, "undeliverable")
+            db.execute(
+                "UPDATE jobs SET state = 'failed', error_code = 'undeliverable', error_ref = COALESCE(?, "
+                "error_ref), updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (error_ref, now, now, job_id),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO absorbed_spend "
+                "(job_id, guild_id, user_id, credits, reason, created_at) "
+                "SELECT id, guild_id, user_id, ?, 'undeliverable', ? FROM jobs WHERE id = ?",
+                (max(0, spent), now, job_id),
+            )
+            return account
 
         return await self._transaction(body)
 
@@ -1100,13 +1125,16 @@ class Storage:
         )
 
     async def spend_by_guild(self, since: dt.datetime) -> dict[int, tuple[int, int]]:
-        """{guild_id: (credits captured since `since`, credits held now)} for every guild with either."""
+        """{guild_id: (credits spent since `since`, credits held now)} for every guild with either.
+
+        Spent = captured from members plus provider spend nobody was charged for (`absorbed_spend`)."""
         rows = await self._all(
             "SELECT guild_id, SUM(captured), SUM(held) FROM ("
             "  SELECT guild_id, amount AS captured, 0 AS held FROM ledger "
             "  WHERE kind = 'capture' AND created_at >= ? "
+            "  UNION ALL SELECT guild_id, credits, 0 FROM absorbed_spend WHERE created_at >= ? "
             "  UNION ALL SELECT guild_id, 0, held FROM accounts WHERE held > 0"
             ") GROUP BY guild_id",
-            (_iso(since),),
+            (_iso(since), _iso(since)),
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}

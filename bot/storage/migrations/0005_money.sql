@@ -11,3 +11,15 @@ CREATE TABLE operator_guilds (
 
 -- The bot-wide budget sums every server's captures this month inside each reservation's transaction.
 CREATE INDEX ledger_kind_time ON ledger (kind, created_at);
+
+-- Provider spend nobody was charged for: a result the bot made but could not deliver (Discord or the
+-- bot failed). The member is refunded, but the operator paid, so it counts against the budgets.
+CREATE TABLE absorbed_spend (
+    job_id     TEXT PRIMARY KEY,
+    guild_id   INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    credits    INTEGER NOT NULL CHECK (credits >= 0),
+    reason     TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX absorbed_spend_time ON absorbed_spend (created_at, guild_id);
