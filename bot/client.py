@@ -160,7 +160,8 @@ class RetouchBot(commands.AutoShardedBot):
         owners: list[int] = []
         if not settings.owner_ids:
             try:
-                info = await self.application_info()
+                # discord.py read the application at login; ask again only if it did not.
+                info = self.application or await self.application_info()
             except (discord.HTTPException, aiohttp.ClientError) as exc:
                 log.warning("could not read the application's owner (%s); set OWNER_IDS", type(exc).__name__)
             else:

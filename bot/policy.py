@@ -309,7 +309,7 @@ class AllotmentChange:
 class Budget:
     """This month's spend in credits against every cap above it (None = no such cap)."""
 
-    captured: int
+    captured: int  # spent: charged to members, plus results the bot paid for but could not deliver
     held: int
     server_cap: int | None  # the server admins' own /admin policy budget
     allotment: int | None  # the operator's allotment for the server
