@@ -39,8 +39,13 @@ OPERATOR_COMMAND = "owner"
 APPROVE_CUSTOM_ID = "retouch:approve:{guild_id}"
 
 
+# The click is handled by cogs.owner's dynamic item; this view only renders the button, and a timeout
+# keeps discord.py from holding every such reply's view in memory for good.
+APPROVE_VIEW_SECONDS = 60.0
+
+
 def approve_view(guild_id: int) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
+    view = discord.ui.View(timeout=APPROVE_VIEW_SECONDS)
     custom_id = APPROVE_CUSTOM_ID.format(guild_id=guild_id)
     view.add_item(
         discord.ui.Button(label="Approve this server", style=discord.ButtonStyle.success, custom_id=custom_id)
