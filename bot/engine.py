@@ -1054,7 +1054,9 @@ class JobEngine:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""
         ref = new_reference()
         # Free to the member, but the provider was paid: it still counts against the budgets.
-        await self.storage.settle_undeliverable(job.id, outcome.charged, error_ref=ref)
+        await self.storage.settle_released(
+            job.id, "failed", error_code="undeliverable", error_ref=ref, absorbed=outcome.charged
+        )
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)
         await self.storage.update_job(job.id, files_expire_at=_iso(keep))
         log.error(
@@ -1087,7 +1089,10 @@ class JobEngine:
         is_provider = isinstance(exc, perr.ProviderError)
         code = str(type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__)
         try:
-            await self.storage.settle_released(job.id, state, error_code=code, error_ref=ref)
+            absorbed = await self._maybe_billed(job, exc)
+            await self.storage.settle_released(
+                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed
+            )
         except LedgerConflict:
             log.error("job %s: already charged, not released (ref %s)", job.id, ref)
         except Exception:
@@ -1103,15 +1108,24 @@ class JobEngine:
                 await job.live.finish(None)
         self._resolve(job, exc if isinstance(exc, asyncio.CancelledError) else error)
 
-    async def _charge_cancelled(self, job: _Job, ref: str) -> bool:
-        """A member cancelled a job a provider already had: charge what that provider charges for it
-        (its price for the job's options, at most the hold). False when it cannot be priced."""
+    async def _maybe_billed(self, job: _Job, exc: BaseException) -> int:
+        """Credits a provider may bill for a job that ends unpaid: a call that was sent and then cut
+        off (cancel, deadline, shutdown) or that the provider may have accepted before failing. The
+        member is not charged, but the budgets count it, so cut-off calls cannot outspend them."""
+        cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
+        if job.provider is None or not (cut_off or getattr(exc, "accepted", False)):
+            return 0
+        return await self._provider_price(job) or 0
+
+    async def _provider_price(self, job: _Job) -> int | None:
+        """What the job's provider charges for it: its price for the job's options in credits, at most
+        the hold. None when it cannot be priced."""
         row = await self.storage.get_job(job.id)
         spec = JobSpec.from_json(row.spec) if row is not None and row.spec else None
         model = self.catalog.models.get(spec.model) if spec is not None else None
         route = next((r for r in model.routes if r.provider == job.provider), None) if model else None
         if spec is None or model is None or route is None:
-            return False
+            return None
         needs = Needs(
             images=len(spec.inputs),
             size=spec.size,
@@ -1123,7 +1137,14 @@ class JobEngine:
             prompt_chars=len(spec.prompt),
         )
         usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
-        charged = min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
+        return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
+
+    async def _charge_cancelled(self, job: _Job, ref: str) -> bool:
+        """A member cancelled a job a provider already accepted: charge what that provider charges for
+        it. False when it cannot be priced (it is then released like any other cancel)."""
+        charged = await self._provider_price(job)
+        if charged is None:
+            return False
         try:
             settled = await self.storage.settle_cancelled_at_provider(
                 job.id, charged, error_code="cancelled_at_provider", error_ref=ref

@@ -358,6 +358,21 @@ async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported
     assert spend[GUILD] == (10, 0)
 
 
+async def test_a_call_cut_off_by_a_cancel_is_free_to_the_member_but_counts_against_the_budgets(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    await until(lambda: openai.post_count == 1)  # the request reached the provider, which may bill it
+    assert (
+        await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
+    )
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    spend = await service.storage.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
+
+
 async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_ones(make: Factory):
     service, _ = await make()
     first = await submit(service)

@@ -685,16 +685,32 @@ class Storage:
         return await self._transaction(body)
 
     async def settle_released(
-        self, job_id: str, state: str, *, error_code: str, error_ref: str | None = None
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error_code: str,
+        error_ref: str | None = None,
+        absorbed: int = 0,
     ) -> Account | None:
         """Release a job's hold and move it to `state` (failed or cancelled), in one transaction.
 
-        Idempotent. Raises LedgerConflict (and changes nothing) if the job was already captured.
+        `absorbed`: credits the provider may have charged for it although the member pays nothing (a
+        result that could not be delivered, a call cut off after it was sent); they still count
+        against the server's and the bot's budgets. Idempotent. Raises LedgerConflict (and changes
+        nothing) if the job was already captured.
         """
 
         def body(db: sqlite3.Connection) -> Account | None:
             now = self._now()
             account = _release(db, now, job_id, error_code[:64])
+            if absorbed > 0:
+                db.execute(
+                    "INSERT OR IGNORE INTO absorbed_spend "
+                    "(job_id, guild_id, user_id, credits, reason, created_at) "
+                    "SELECT id, guild_id, user_id, ?, ?, ? FROM jobs WHERE id = ?",
+                    (absorbed, error_code[:64], now, job_id),
+                )
             db.execute(
                 "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
@@ -720,29 +736,6 @@ class Storage:
                 (error_code[:64], error_ref, now, now, job_id),
             )
             return settled
-
-        return await self._transaction(body)
-
-    async def settle_undeliverable(self, job_id: str, spent: int, *, error_ref: str) -> Account | None:
-        """Release a job whose result could not be delivered (the member pays nothing) and record
-        the `spent` credits the provider charged as absorbed spend, which still counts against the
-        server's and the bot's budgets. One transaction; idempotent."""
-
-        def body(db: sqlite3.Connection) -> Account | None:
-            now = self._now()
-            account = _release(db, now, job_id, "undeliverable")
-            db.execute(
-                "UPDATE jobs SET state = 'failed', error_code = 'undeliverable', error_ref = COALESCE(?, "
-                "error_ref), updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
-                (error_ref, now, now, job_id),
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO absorbed_spend "
-                "(job_id, guild_id, user_id, credits, reason, created_at) "
-                "SELECT id, guild_id, user_id, ?, 'undeliverable', ? FROM jobs WHERE id = ?",
-                (max(0, spent), now, job_id),
-            )
-            return account
 
         return await self._transaction(body)
 
