@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bot.catalog import Catalog
-from tests.cogs.test_mask_e2e import MASK_CATALOG
+from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -272,6 +272,59 @@ async def test_a_double_click_on_retry_starts_one_job(
         )
         texts = await world.fake.wait_until(
             lambda: all(c.original_edits for c in clicks) and [c.original_edits[-1] for c in clicks]
+        )
+        assert any("already being started" in t for t in texts)
+        await world.fake.wait_until(lambda: openai.post_count >= 2)
+        assert len(jobs(world.services.settings.data_dir)) == 2
+        openai.clear_faults()
+
+
+async def test_run_edit_on_a_mask_preview_uses_the_members_roles_at_the_click(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, MASK_CATALOG) as world:
+        vip = await world.guild.create_role("vip")
+        bob = await member(world, "bob", roles=[vip])
+        await command(world, world.owner, "admin policy limits", max_quality="low")
+        await command(world, world.owner, "admin tier set", role=vip, max_quality="high")
+        it = await world.fake.slash(
+            bob,
+            "mask",
+            channel=world.channel,
+            options={"prompt": "a red scarf", "quality": "high", "size": "1024x1024"},
+            attachments={"image": ("cat.png", PHOTO), "mask": ("mask.png", box_mask())},
+        )
+        preview = await world.fake.wait_until(
+            lambda: it.original_message and mask_control(it.original_message)
+        )
+        assert "high" in str(it.original_message.embeds)  # previewed at the tier's quality
+        world.guild.members[bob.id].role_ids.remove(vip.id)  # bob lost the tier role meanwhile
+        await world.fake.click(bob, it.original_message, preview)
+        await world.fake.wait_until(lambda: openai.post_count == 1)
+        assert openai.requests[-1].fields["quality"] == "low"
+
+
+def mask_control(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).endswith(":run"):
+                return str(component["custom_id"])
+    return None
+
+
+async def test_edit_again_sent_twice_for_the_same_result_starts_one_job(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        result = await published(world, await world.edit(PHOTO))
+        forms = [await world.fake.click(world.user, result, control(result, "again")) for _ in range(2)]
+        await world.fake.wait_until(lambda: all(f.modal is not None for f in forms))
+        openai.fail_always(Fault.HANG)
+        sent = await asyncio.gather(
+            *(world.fake.submit_modal(world.user, f, fields={"prompt": "now at night"}) for f in forms)
+        )
+        texts = await world.fake.wait_until(
+            lambda: all(s.original_edits for s in sent) and [s.original_edits[-1] for s in sent]
         )
         assert any("already being started" in t for t in texts)
         await world.fake.wait_until(lambda: openai.post_count >= 2)
