@@ -10,7 +10,7 @@ CREATE TABLE operator_guilds (
 );
 
 -- The bot-wide budget sums every server's captures this month inside each reservation's transaction.
-CREATE INDEX ledger_kind_time ON ledger (kind, created_at);
+CREATE INDEX ledger_kind_time ON ledger (kind, created_at, guild_id, amount);
 
 -- Provider spend nobody was charged for: a result the bot made but could not deliver (Discord or the
 -- bot failed). The member is refunded, but the operator paid, so it counts against the budgets.
