@@ -115,6 +115,10 @@ async def rig(
                     # Measure the bot's capacity, not its admission limits (defaults: 4 jobs, 2 per user).
                     "MAX_CONCURRENT_JOBS": "1000",
                     "MAX_JOBS_PER_USER": "1000",
+                    # ...nor the operator's limits: the server is approved, no budget or rate cap.
+                    "ALLOWED_GUILD_IDS": str(guild.id),
+                    "MONTHLY_BUDGET_USD": "0",
+                    "COMMANDS_PER_MINUTE": "0",
                     **(bot_env or {}),
                 },
                 metrics_port=free_port(),

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.access import AccessService
 from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
@@ -18,7 +19,7 @@ from bot.diagnostics import DiagnosticsService
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
-from bot.policy import CreditChange, PolicyService
+from bot.policy import AllotmentChange, CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
@@ -55,10 +56,13 @@ class Services:
     audit: AuditLog = field(default_factory=AuditLog)
     diagnostics: DiagnosticsService = field(init=False)
     policy: PolicyService | None = None  # build_services always sets it; see __post_init__
+    access: AccessService | None = None  # the policy service's (approved servers, the operator)
 
     def __post_init__(self) -> None:
         if self.policy is None:
             self.policy = PolicyService(settings=self.settings, catalog=self.catalog, storage=self.storage)
+        if self.access is None:
+            self.access = self.policy.access
         self.diagnostics = DiagnosticsService(
             storage=self.storage,
             providers=self.providers,
@@ -176,12 +180,15 @@ def build_services(
         store=storage,
         on_event=audit.model_event,
     )
+    access = AccessService(settings=settings, storage=storage)
     policy = PolicyService(
         settings=settings,
         catalog=catalog,
         storage=storage,
         on_credit_change=_audit_credit_changes(audit),
         lifecycle=lifecycle,
+        access=access,
+        on_allotment_change=_audit_allotment_changes(audit),
     )
     edits = EditService(
         settings=settings,
@@ -200,7 +207,17 @@ def build_services(
         in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
     )
     audit.watch_circuits(edits.router.circuits)
-    return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)
+    return Services(
+        settings,
+        catalog,
+        storage,
+        providers,
+        edits,
+        metrics=metrics,
+        audit=audit,
+        policy=policy,
+        access=access,
+    )
 
 
 def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable[None]]:
@@ -214,6 +231,17 @@ def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable
             amount=change.moved,
             balance_after=change.balance,
             reason=f"{change.action}: {change.reason}",
+        )
+
+    return post
+
+
+def _audit_allotment_changes(audit: AuditLog) -> Callable[[AllotmentChange], Awaitable[None]]:
+    """Every change of a server's allotment goes to the audit channel with the operator's name."""
+
+    async def post(change: AllotmentChange) -> None:
+        await audit.allotment_change(
+            guild_id=change.guild_id, actor_id=change.actor_id, before=change.before, after=change.after
         )
 
     return post

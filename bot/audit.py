@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from decimal import Decimal
 
 from bot.jobs import JobObserver
 from bot.storage import JobRow, Storage
@@ -95,6 +96,17 @@ class AuditLog(JobObserver):
         if reason:
             line += f" — “{_clip(reason, REASON_CHARS)}”"
         await self._send(line, link)
+
+    async def allotment_change(
+        self, *, guild_id: int, actor_id: int, before: Decimal | None, after: Decimal | None
+    ) -> None:
+        """The operator changed how much of the bot's monthly budget a server may spend."""
+
+        def text(usd: Decimal | None) -> str:
+            return "the bot-wide budget" if usd is None else f"${usd:.2f} a month"
+
+        line = f"🏦 Allotment: <@{actor_id}> changed server `{guild_id}` from {text(before)} to {text(after)}"
+        await self._send(line, None)
 
     async def circuit_opened(self, provider: str, *, reason: str, retry_in: float | None = None) -> None:
         """The routing layer stopped sending jobs to `provider` after repeated failures."""

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.access import RateLimited, operator_ids
 from bot.app import Services
 from bot.errors import RetouchError, ShuttingDown, new_reference
 
@@ -27,10 +28,29 @@ EXTENSIONS = (
     "cogs.settings",
     "cogs.admin",
     "cogs.diagnose",
+    "cogs.owner",
 )
 HEARTBEAT_SECONDS = 15.0
 # After the job drain, how long command handlers get to send their last message.
 REPLY_GRACE_SECONDS = 10.0
+# The operator's commands work anywhere (approving the first server needs them); they check the user.
+OPERATOR_COMMAND = "owner"
+# The Approve button offered to the operator in an unapproved server; cogs.owner handles the click.
+APPROVE_CUSTOM_ID = "retouch:approve:{guild_id}"
+
+
+# The click is handled by cogs.owner's dynamic item; this view only renders the button, and a timeout
+# keeps discord.py from holding every such reply's view in memory for good.
+APPROVE_VIEW_SECONDS = 60.0
+
+
+def approve_view(guild_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=APPROVE_VIEW_SECONDS)
+    custom_id = APPROVE_CUSTOM_ID.format(guild_id=guild_id)
+    view.add_item(
+        discord.ui.Button(label="Approve this server", style=discord.ButtonStyle.success, custom_id=custom_id)
+    )
+    return view
 
 
 def point_discord_at(api_base: str) -> None:
@@ -38,7 +58,9 @@ def point_discord_at(api_base: str) -> None:
     discord.http.Route.BASE = api_base.rstrip("/")
 
 
-async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+async def reply_privately(
+    interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
+) -> None:
     """Tell only the invoking user, whatever state the interaction is in. Never raises."""
     if interaction.extras.get("token_dead"):
         # Discord already refused this token once; another try only adds to the invalid-request count.
@@ -46,7 +68,8 @@ async def reply_privately(interaction: discord.Interaction, text: str) -> None:
         return
     try:
         if not interaction.response.is_done():
-            await interaction.response.send_message(text, ephemeral=True)
+            extra = {"view": view} if view is not None else {}
+            await interaction.response.send_message(text, ephemeral=True, **extra)
         elif interaction.extras.get("ephemeral_original"):
             # Our deferred progress message is already private: turn it into the error.
             await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
@@ -64,7 +87,11 @@ class RetouchTree(app_commands.CommandTree):
         if isinstance(bot, RetouchBot) and not bot.services.edits.accepting:
             await reply_privately(interaction, ShuttingDown().user_message)
             return False
-        return True
+        if not isinstance(bot, RetouchBot) or interaction.type is discord.InteractionType.autocomplete:
+            return True  # autocomplete costs nothing and cannot show a message
+        if (interaction.data or {}).get("name") == OPERATOR_COMMAND:
+            return True
+        return await bot.admit(interaction, counts=True)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", None) or error
@@ -109,10 +136,50 @@ class RetouchBot(commands.AutoShardedBot):
             text, allowed_mentions=discord.AllowedMentions.none()
         )
 
+    async def admit(self, interaction: discord.Interaction, *, counts: bool) -> bool:
+        """The gate in front of every command, button and form: an unapproved server (or DMs while
+        they are off) and a member over their commands per minute get a short private answer, before
+        any download, provider call or credit. `counts`: this interaction counts as a command."""
+        access = self.services.access
+        assert access is not None
+        verdict = await access.admit(interaction.guild_id, interaction.user.id)
+        if not verdict.allowed:
+            log.info("refused user %s in unapproved place %s", interaction.user.id, interaction.guild_id)
+            view = (
+                approve_view(interaction.guild_id) if verdict.offer_approve and interaction.guild_id else None
+            )
+            await reply_privately(interaction, verdict.text, view=view)
+            return False
+        if counts:
+            try:
+                access.take_command(interaction.user.id)
+            except RateLimited as exc:
+                log.info("user %s rate limited", interaction.user.id)
+                await reply_privately(interaction, exc.user_message)
+                return False
+        return True
+
+    async def _find_operator(self) -> None:
+        """Who the operator is, decided once: OWNER_IDS, else the application's owner (or team)."""
+        settings = self.services.settings
+        owners: list[int] = []
+        if not settings.owner_ids:
+            try:
+                # discord.py read the application at login; ask again only if it did not.
+                info = self.application or await self.application_info()
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                log.warning("could not read the application's owner (%s); set OWNER_IDS", type(exc).__name__)
+            else:
+                owners = [m.id for m in info.team.members] if info.team else [info.owner.id]
+        access = self.services.access
+        assert access is not None
+        access.set_operators(operator_ids(settings.owner_ids, owners))
+
     async def setup_hook(self) -> None:
         # Fixed order: database, services, extensions, then command sync only when asked.
         version = await self.services.storage.migrate()
         log.info("database ready (schema %d)", version)
+        await self._find_operator()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if not self.sync_commands:  # `--sync` publishes the commands and exits: no jobs run then

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
 # entry tier (every new account) runs 3 tasks at once and queues the rest on its side.
 DEFAULT_PROVIDER_CONCURRENCY = {"wavespeed": 3}
 MAX_PORT = 65535
+# The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
+# a bot started with its defaults cannot run up an open-ended bill.
+DEFAULT_MONTHLY_BUDGET_USD = Decimal("20")
 
 
 class ConfigError(Exception):
@@ -98,6 +102,12 @@ class Settings:
     queue_timeout_seconds: float = 900.0
     input_retention_hours: float = 24.0
     result_retention_hours: float = 72.0
+    # The operator's money (bot/access.py, bot/policy.py): where the bot serves and what it may spend.
+    allowed_guild_ids: frozenset[int] = field(default_factory=frozenset)
+    allow_dms: bool = False
+    monthly_budget_usd: Decimal = DEFAULT_MONTHLY_BUDGET_USD  # 0 = no cap
+    commands_per_minute: int = 10  # per member; 0 = no limit
+    max_mask_previews: int = 3  # open /mask pickers and previews per member
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -185,15 +195,29 @@ class _Reader:
             return default
         return value.rstrip("/") if value else value
 
-    def id_list(self, key: str) -> frozenset[int]:
+    def id_list(self, key: str, what: str = "user ids") -> frozenset[int]:
         value = self.raw(key)
         if value is None:
             return frozenset()
         try:
             return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
         except ValueError:
-            self.problems.append(f"{key} must be a comma-separated list of Discord user ids")
+            self.problems.append(f"{key} must be a comma-separated list of Discord {what}")
             return frozenset()
+
+    def usd(self, key: str, default: Decimal) -> Decimal:
+        """A non-negative dollar amount, kept exact (a Decimal, never a float)."""
+        value = self.raw(key)
+        if value is None:
+            return default
+        try:
+            parsed = Decimal(value)
+        except InvalidOperation:
+            parsed = Decimal(-1)
+        if not parsed.is_finite() or parsed < 0:
+            self.problems.append(f"{key} must be an amount in US dollars, 0 or more (got {value!r})")
+            return default
+        return parsed
 
 
 def _read_providers(r: _Reader) -> tuple[ProviderSettings, ...]:
@@ -285,6 +309,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
         input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),
         result_retention_hours=r.number("RESULT_RETENTION_HOURS", 72.0, float, 1),
+        allowed_guild_ids=r.id_list("ALLOWED_GUILD_IDS", "server ids"),
+        allow_dms=r.flag("ALLOW_DMS", False),
+        monthly_budget_usd=r.usd("MONTHLY_BUDGET_USD", DEFAULT_MONTHLY_BUDGET_USD),
+        commands_per_minute=r.number("COMMANDS_PER_MINUTE", 10, int, 0),
+        max_mask_previews=r.number("MAX_MASK_PREVIEWS", 3, int, 1),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

@@ -17,9 +17,11 @@ action it guards:
 * `delivered` (hold captured) / `failed` / `cancelled` (hold released): terminal, each settled
   exactly once in the same transaction as the state change.
 
-Money rule: the user is charged only for a result they received. A job that ends any other way —
-cancelled before or after submit, timed out, interrupted by a restart while its outcome is unknown,
-or undeliverable — is released in full, even when the provider may have billed us.
+Money rule: the user is charged for a result they received, and for a job they cancelled after a
+provider accepted it and gave it an id (the provider bills for that one; the Cancel button says so).
+A job that ends any other way — cancelled before that, timed out, interrupted by a restart while
+its outcome is unknown, or undeliverable — is released in full, even when the provider may have
+billed us.
 
 Nothing here knows about Discord: results and notices go through a `Delivery` (how to reach a user
 from any process) and, while the job's own process is alive, a `LiveJob` (the command's progress
@@ -57,7 +59,7 @@ from bot.jobfiles import JobFiles
 from bot.lifecycle import ModelLifecycle
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage
-from bot.routing import Needs, Router, Served
+from bot.routing import Needs, Router, Served, route_reserve_usd
 from bot.storage import LIVE_STATES, TERMINAL_STATES, JobRow, LedgerConflict, NotEnoughCredits, Storage
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,10 @@ SUSPENDED_AT_PROVIDER = (
 )
 SUSPENDED_IN_QUEUE = (
     "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
+)
+CANCELLED_AT_PROVIDER = (
+    "Cancelled. The image service had already started this edit and charges for it, so "
+    "{charged} credits were charged."
 )
 UNDELIVERABLE = "Your edit was made but could not be posted here or sent to you by DM. You were not charged"
 
@@ -308,6 +314,7 @@ class JobStatus:
     cancellable: bool
     position: int = 0  # place in the queue (1 = next), 0 when running
     eta_seconds: float | None = None
+    accepted: bool = False  # a provider accepted the job: cancelling it now is charged
 
 
 @dataclass(frozen=True)
@@ -566,9 +573,11 @@ class JobEngine:
     async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True) -> str:
         """Cancel a job for its requester or a member who can manage messages; returns what to say.
 
-        Before submit the hold is released in full. After submit the provider's cancel call is
-        made when it has one, and the hold is still released: the user is never charged for a
-        result they did not get. A job whose result exists is not cancelled (it is being posted).
+        Before a provider accepted the job (gave it an id) the hold is released in full. After that
+        its cancel call is made when it has one, and the job is charged what that provider charges
+        for it (it bills us whether or not the result is wanted), so it also counts toward cooldowns
+        and budgets. A synchronous call still in flight has no acceptance to go by and stays free. A job
+        whose result exists is not cancelled (it is being posted).
         With `quiet`, the caller shows the returned text instead of the job's progress message.
         """
         row = await self.storage.get_job(job_id)
@@ -598,6 +607,8 @@ class JobEngine:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(job.task), CANCEL_WAIT_SECONDS)
         after = await self.storage.get_job(job_id)
+        if after is not None and after.state == "cancelled" and after.captured:
+            return CANCELLED_AT_PROVIDER.format(charged=after.captured)
         if after is not None and after.state == "cancelled":
             return JobCancelled().user_message
         return _too_late(after.state if after else "delivered")
@@ -900,7 +911,9 @@ class JobEngine:
             while True:
                 elapsed = max(0, int((self.storage.now() - begun).total_seconds()))
                 text = f"Editing with {model.name}… ({elapsed} s)"
-                await self._update(job, JobStatus(job.id, "running", text, True))
+                await self._update(
+                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted))
+                )
                 done, _ = await asyncio.wait(
                     {task, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -1120,7 +1133,10 @@ class JobEngine:
     async def _undeliverable(self, job: _Job, outcome: EditOutcome) -> None:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""
         ref = new_reference()
-        await self.storage.settle_released(job.id, "failed", error_code="undeliverable", error_ref=ref)
+        # Free to the member, but the provider was paid: it still counts against the budgets.
+        await self.storage.settle_released(
+            job.id, "failed", error_code="undeliverable", error_ref=ref, absorbed=outcome.charged
+        )
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)
         await self.storage.update_job(job.id, files_expire_at=_iso(keep))
         log.error(
@@ -1143,13 +1159,20 @@ class JobEngine:
         """Settle a job that will not be delivered: release its hold exactly once, record why, tell the
         user (unless whoever cancelled it does), and hand the waiter a user-safe error."""
         ref = new_reference()
+        # Accepted = the provider gave the job an id (a submit-then-poll provider): it bills for it now.
+        at_provider = isinstance(exc, JobCancelled) and job.abort_reason == "cancelled" and job.submitted
+        if at_provider and await self._charge_cancelled(job, ref):
+            return
         cancelled = isinstance(exc, JobInterrupted | JobCancelled | JobTimedOut | asyncio.CancelledError)
         state = "cancelled" if cancelled else "failed"
         # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
         is_provider = isinstance(exc, perr.ProviderError)
         code = str(type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__)
         try:
-            await self.storage.settle_released(job.id, state, error_code=code, error_ref=ref)
+            absorbed = await self._maybe_billed(job, exc)
+            await self.storage.settle_released(
+                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed
+            )
         except LedgerConflict:
             log.error("job %s: already charged, not released (ref %s)", job.id, ref)
         except Exception:
@@ -1164,6 +1187,63 @@ class JobEngine:
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
         self._resolve(job, exc if isinstance(exc, asyncio.CancelledError) else error)
+
+    async def _maybe_billed(self, job: _Job, exc: BaseException) -> int:
+        """Credits a provider may bill for a job that ends unpaid: a call that was sent and then cut
+        off (cancel, deadline, shutdown) or that the provider may have accepted before failing. The
+        member is not charged, but the budgets count it, so cut-off calls cannot outspend them."""
+        cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
+        if job.provider is None or not (cut_off or getattr(exc, "accepted", False)):
+            return 0
+        return await self._provider_price(job) or 0
+
+    async def _provider_price(self, job: _Job) -> int | None:
+        """What the job's provider charges for it: its price for the job's options in credits, at most
+        the hold. None when it cannot be priced."""
+        row = await self.storage.get_job(job.id)
+        spec = JobSpec.from_json(row.spec) if row is not None and row.spec else None
+        model = self.catalog.models.get(spec.model) if spec is not None else None
+        route = next((r for r in model.routes if r.provider == job.provider), None) if model else None
+        if spec is None or model is None or route is None:
+            return None
+        needs = Needs(
+            images=len(spec.inputs),
+            size=spec.size,
+            quality=spec.quality,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+            mask=spec.mask is not None,
+            prompt_chars=len(spec.prompt),
+        )
+        usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
+        return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
+
+    async def _charge_cancelled(self, job: _Job, ref: str) -> bool:
+        """A member cancelled a job a provider already accepted: charge what that provider charges for
+        it. False when it cannot be priced (it is then released like any other cancel)."""
+        charged = await self._provider_price(job)
+        if charged is None:
+            return False
+        try:
+            settled = await self.storage.settle_cancelled_at_provider(
+                job.id, charged, error_code="cancelled_at_provider", error_ref=ref
+            )
+        except LedgerConflict:
+            return False
+        charged = settled[1] if settled is not None else 0
+        log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.files.remove, job.id)
+        self._finished(job, "cancelled", job.provider, charged, "cancelled_at_provider")
+        text = CANCELLED_AT_PROVIDER.format(charged=charged)
+        if not job.quiet:
+            await self._say(job, text)
+        elif job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(None)
+        self._resolve(job, JobCancelled())
+        return True
 
     def _user_error(self, job: _Job, exc: BaseException, ref: str) -> RetouchError:
         """What the user is told: provider and unexpected errors get text and a log reference."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -113,6 +114,10 @@ class JobPolicy(Protocol):
 
         Raises RetouchError subclasses, or NotEnoughCredits like Storage.reserve.
         """
+        ...
+
+    async def precheck(self, job: EditJob) -> None:
+        """Refuse, before any image is downloaded, a job the reservation would certainly refuse."""
         ...
 
 
@@ -257,6 +262,9 @@ class EditService:
         model = resolution.model
         notices += tuple(await self.storage.take_model_notices(job.user_id))
         self._check_options(model, chosen, job)
+        if self.policy is not None:
+            # No credits and no allowance due, or no budget left: say so before downloading anything.
+            await self.policy.precheck(job)
         if progress is not None:
             await progress("Checking your images…")
         images = await self._load_images(job.uploads)
@@ -292,15 +300,30 @@ class EditService:
         return await self.engine.cancel(job_id, actor_id=actor_id, can_manage=can_manage)
 
     async def retry_job(
-        self, job_id: str, *, user_id: int, channel_id: int | None, upload_limit: int
+        self,
+        job_id: str,
+        *,
+        user_id: int,
+        guild_id: int,
+        role_ids: tuple[int, ...],
+        channel_id: int | None,
+        upload_limit: int,
     ) -> EditJob:
         """The job to run for a result's Retry: its stored inputs and options, for its requester.
 
-        Raises RetouchError when someone else asks or the inputs are no longer kept.
+        The member's roles and the server are the ones of the click, never the stored ones: a member
+        who lost a tier role (or left the server) does not keep its privileges through retries.
+        Raises RetouchError when someone else asks, from another place, or the inputs are no longer kept.
         """
         row = await self.storage.get_job(job_id)
         if row is None:
             raise InvalidOptions("This edit is not known any more. Run /edit again.", code="unknown_job")
+        if row.guild_id != guild_id:
+            raise InvalidOptions(
+                "This edit was made in a server: retry it there (Retouch checks your roles in that "
+                "server), or run /edit here.",
+                code="retry_elsewhere",
+            )
         if row.user_id != user_id:
             raise InvalidOptions(
                 "Only the person who asked for this edit can retry it (it reuses their images). "
@@ -322,9 +345,8 @@ class EditService:
                 "hours). Use **Edit again** on the result, or run /edit with the images.",
                 code="inputs_expired",
             )
-        return _job_from_spec(
-            row.id, row.guild_id, spec, self.engine.files, user_id, channel_id, upload_limit
-        )
+        job = _job_from_spec(row.id, guild_id, spec, self.engine.files, user_id, channel_id, upload_limit)
+        return dataclasses.replace(job, role_ids=role_ids)
 
     async def job_model(self, job_id: str) -> str | None:
         """The model a stored job asked for (Edit again keeps it), or None if the job is unknown."""

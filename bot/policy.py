@@ -12,8 +12,13 @@ about Discord. Three rules shape it:
   (midnight UTC; Monday for weekly; the 1st for monthly) the available balance is raised to the
   allowance if it is below it. Unused allowance does not pile up, and credits an admin granted on top
   are never taken away. Refills are lazy (no timer) and exactly once per period (see
-  `Storage.refill_allowance`). Credits held by a running job are not counted: they belong to the
-  job that was started in the previous period.
+  `Storage.refill_allowance`). Credits held by a running job count as the member's: the top-up only
+  fills what is free of holds, so a hold released after the boundary cannot double the allowance.
+
+Above every server's rules sits the operator's money: a bot-wide MONTHLY_BUDGET_USD and an optional
+monthly allotment per server that only the operator sets. Both are checked in the reservation's own
+transaction, like the server's budget, so credits an admin hands out can never buy more provider
+spend than the operator granted.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from bot.access import AccessService
 from bot.catalog import Catalog, ModelEntry, SizeRules, usd_to_credits
 from bot.config import Settings
 from bot.errors import InvalidOptions, RetouchError
@@ -291,6 +297,63 @@ class CreditChange:
 
 
 @dataclass(frozen=True)
+class AllotmentChange:
+    """The operator changed a server's monthly allotment (None = no allotment of its own)."""
+
+    guild_id: int
+    actor_id: int
+    before: Decimal | None
+    after: Decimal | None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """This month's spend in credits against every cap above it (None = no such cap)."""
+
+    captured: int  # spent: charged to members, plus results the bot paid for but could not deliver
+    held: int
+    server_cap: int | None  # the server admins' own /admin policy budget
+    allotment: int | None  # the operator's allotment for the server
+    bot_captured: int
+    bot_held: int
+    bot_cap: int | None  # MONTHLY_BUDGET_USD
+
+    @property
+    def used(self) -> int:
+        return self.captured + self.held
+
+    @property
+    def bot_used(self) -> int:
+        return self.bot_captured + self.bot_held
+
+
+@dataclass(frozen=True)
+class ServerSpend:
+    guild_id: int
+    approved: bool
+    captured: int
+    held: int
+    allotment: int | None
+
+
+@dataclass(frozen=True)
+class OperatorReport:
+    """Every server's spend this month against its allotment, and the bot's against its budget."""
+
+    since: dt.datetime
+    servers: tuple[ServerSpend, ...]
+    bot_cap: int | None
+    credits_per_usd: int
+
+    @property
+    def used(self) -> int:
+        return sum(s.captured + s.held for s in self.servers)
+
+    def usd(self, credits: int) -> Decimal:
+        return Decimal(credits) / self.credits_per_usd
+
+
+@dataclass(frozen=True)
 class SpendReport:
     """A guild's ledger over a period and the spend in it (captured credits)."""
 
@@ -487,6 +550,7 @@ def _policy_from_rows(
 # -- the service ------------------------------------------------------------------------------------
 
 CreditAudit = Callable[[CreditChange], Awaitable[None]]
+AllotmentAudit = Callable[[AllotmentChange], Awaitable[None]]
 
 
 class PolicyService:
@@ -500,6 +564,8 @@ class PolicyService:
         storage: Storage,
         on_credit_change: CreditAudit | None = None,
         lifecycle: ModelLifecycle | None = None,
+        access: AccessService | None = None,
+        on_allotment_change: AllotmentAudit | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -508,6 +574,9 @@ class PolicyService:
         self.lifecycle = lifecycle
         # Called after every admin grant/take/set (the audit log). Failures are logged, never raised.
         self.on_credit_change = on_credit_change
+        # Who the operator is (only they set allotments) and which servers are approved.
+        self.access = access or AccessService(settings=settings, storage=storage)
+        self.on_allotment_change = on_allotment_change
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -609,6 +678,10 @@ class PolicyService:
         Cooldown, running jobs and the monthly budget are checked in the reservation's own
         transaction. Raises PolicyRefused, or NotEnoughCredits like `Storage.reserve`.
         """
+        if not await self.access.approved(job.guild_id):  # a server unapproved since the command began
+            raise PolicyRefused(
+                "Retouch is not enabled on this server. Nothing was charged.", code="unapproved"
+            )
         policy = await self.guild_policy(job.guild_id)
         await self._refill(policy, policy.limits_for(job.role_ids), job.user_id)
         try:
@@ -618,10 +691,41 @@ class PolicyService:
                 job.user_id,
                 credits,
                 starting_credits=self._starting(policy),
-                guard=self._guard(policy),
+                guard=await self._guard(policy),
             )
         except ReserveRefused as exc:
             raise self._refusal(exc, policy, credits) from None
+
+    async def precheck(self, job: EditJob) -> None:
+        """Refuse before any download what the reservation would refuse anyway: a member with no
+        credits left (after any allowance that is due) or a server or bot with no budget left."""
+        policy = await self.guild_policy(job.guild_id)
+        limits = policy.limits_for(job.role_ids)
+        # Read only: a refused command must not even create the member's account.
+        account = await self.storage.get_account(job.guild_id, job.user_id)
+        balance = account.balance if account else self._starting(policy)
+        held = account.held if account else 0
+        if balance <= 0:
+            period = period_key(policy.period, self.now())
+            due = (
+                period is not None
+                and limits.allowance > held
+                and not await self.storage.refilled(job.guild_id, job.user_id, period)
+            )
+            if not due:
+                raise RetouchError(
+                    "You have no credits left on this server, so nothing was done. Ask a server admin "
+                    "for credits, or wait for your allowance to refill (see /credits).",
+                    code="insufficient_credits",
+                )
+        budget = await self.budget(job.guild_id)
+        for reason, used, cap in (
+            ("allotment", budget.used, budget.allotment),
+            ("guild_cap", budget.used, budget.server_cap),
+            ("bot_budget", budget.bot_used, budget.bot_cap),
+        ):
+            if cap is not None and used >= cap:
+                raise self._refusal(ReserveRefused(reason, used=used, limit=cap), policy, 1)
 
     def _starting(self, policy: GuildPolicy) -> int:
         if policy.starting_credits is None:
@@ -634,12 +738,30 @@ class PolicyService:
             return None
         return math.floor(policy.monthly_cap_usd * self.settings.credits_per_usd)
 
-    def _guard(self, policy: GuildPolicy) -> ReserveGuard:
+    def bot_cap_credits(self) -> int | None:
+        """MONTHLY_BUDGET_USD in credits (rounded down), None when it is 0 (no cap)."""
+        usd = self.settings.monthly_budget_usd
+        return math.floor(usd * self.settings.credits_per_usd) if usd > 0 else None
+
+    async def allotment(self, guild_id: int) -> Decimal | None:
+        """The operator's monthly allotment for a server in USD (None: up to the bot-wide budget)."""
+        if guild_id == 0:
+            return None
+        _, usd = await self.storage.operator_guild(guild_id)
+        return Decimal(usd) if usd else None
+
+    async def allotment_credits(self, guild_id: int) -> int | None:
+        usd = await self.allotment(guild_id)
+        return None if usd is None else math.floor(usd * self.settings.credits_per_usd)
+
+    async def _guard(self, policy: GuildPolicy) -> ReserveGuard:
         return ReserveGuard(
             cooldown_seconds=policy.cooldown_seconds,
             max_concurrent=policy.max_concurrent,
             guild_cap=self.cap_credits(policy),
             cap_since=period_start("monthly", self.now()),
+            allotment=await self.allotment_credits(policy.guild_id),
+            bot_cap=self.bot_cap_credits(),
         )
 
     def _refusal(self, exc: ReserveRefused, policy: GuildPolicy, credits: int) -> PolicyRefused:
@@ -657,6 +779,20 @@ class PolicyService:
             )
         left = max(0, exc.limit - exc.used)
         resume = discord_timestamp(next_period_start("monthly", self.now()))
+        if exc.reason in ("allotment", "bot_budget"):
+            whose = "this server's share of" if exc.reason == "allotment" else "all of"
+            if left == 0:
+                return PolicyRefused(
+                    f"Retouch has used {whose} the image budget its operator set for this month. "
+                    f"Edits resume {resume}, or the bot's operator can raise it. Nothing was charged.",
+                    code=exc.reason,
+                )
+            return PolicyRefused(
+                f"This edit can cost up to {credits} credits, but only {left} are left in {whose} the "
+                "image budget the bot's operator set for this month. Try a lower quality or fewer "
+                "images. Nothing was charged.",
+                code=exc.reason,
+            )
         if left == 0:
             return PolicyRefused(
                 f"This server has used its image budget for this month. Edits resume {resume}, "
@@ -887,8 +1023,52 @@ class PolicyService:
         report = SpendReport(guild_id, period, since, until, tuple(entries), self.settings.credits_per_usd)
         return summarize(report)
 
-    async def budget(self, guild_id: int) -> tuple[int, int, int | None]:
-        """This month's (captured, currently held, cap) credits for the server, as the cap counts them."""
-        report = await self.report(guild_id, "this month")
-        held = sum(a.held for a in await self.storage.all_accounts() if a.guild_id == guild_id)
-        return report.spent, held, self.cap_credits(await self.guild_policy(guild_id))
+    async def budget(self, guild_id: int) -> Budget:
+        """This month's spend for the server and the bot, as the reservation's caps count it."""
+        spend = await self.storage.spend_by_guild(period_start("monthly", self.now()))
+        captured, held = spend.get(guild_id, (0, 0))
+        return Budget(
+            captured=captured,
+            held=held,
+            server_cap=self.cap_credits(await self.guild_policy(guild_id)),
+            allotment=await self.allotment_credits(guild_id),
+            bot_captured=sum(c for c, _ in spend.values()),
+            bot_held=sum(h for _, h in spend.values()),
+            bot_cap=self.bot_cap_credits(),
+        )
+
+    # -- the operator ----------------------------------------------------------------------------
+
+    async def set_allotment(self, guild_id: int, actor_id: int, usd: Decimal | None) -> AllotmentChange:
+        """The operator gives a server a monthly USD allotment (None removes it); audited."""
+        self.access.require_operator(actor_id)
+        if usd is not None and (not usd.is_finite() or usd < 0):
+            raise InvalidOptions("The allotment must be 0 or more US dollars.", code="bad_allotment")
+        before = await self.allotment(guild_id)
+        await self.storage.set_guild_allotment(guild_id, None if usd is None else str(usd), actor_id=actor_id)
+        change = AllotmentChange(guild_id, actor_id, before, usd)
+        log.info("guild %s allotment changed by the operator %s: %s -> %s", guild_id, actor_id, before, usd)
+        if self.on_allotment_change is not None:
+            try:
+                await self.on_allotment_change(change)
+            except Exception:
+                log.exception("audit hook failed for an allotment change in guild %s", guild_id)
+        return change
+
+    async def operator_report(self, actor_id: int) -> OperatorReport:
+        """Every server with spend, an approval or an allotment, this month (the operator only)."""
+        self.access.require_operator(actor_id)
+        since = period_start("monthly", self.now())
+        spend = await self.storage.spend_by_guild(since)
+        known = await self.storage.operator_guilds()
+        ids = set(spend) | set(known) | set(self.settings.allowed_guild_ids)
+        rate = self.settings.credits_per_usd
+        servers = []
+        for guild_id in sorted(ids):
+            approved, usd = known.get(guild_id, (False, None))
+            captured, held = spend.get(guild_id, (0, 0))
+            allotment = math.floor(Decimal(usd) * rate) if usd else None
+            approved = approved or guild_id in self.settings.allowed_guild_ids
+            servers.append(ServerSpend(guild_id, approved, captured, held, allotment))
+        servers.sort(key=lambda s: -(s.captured + s.held))
+        return OperatorReport(since, tuple(servers), self.bot_cap_credits(), rate)

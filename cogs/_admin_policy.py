@@ -18,7 +18,7 @@ from discord import app_commands
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.jobs import MAX_IMAGES_PER_EDIT
-from bot.policy import GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
+from bot.policy import Budget, GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
 from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, size_choices, truncate
 
 MAX_CREDITS_PER_CHANGE = 10_000_000
@@ -50,8 +50,24 @@ def _tier_line(tier: RoleTier) -> str:
     return f"<@&{tier.role_id}>: " + (", ".join(parts) or "nothing beyond everyone's rules")
 
 
+def budget_text(budget: Budget, credits_per_usd: int) -> str:
+    """This month's spend against the operator's allotment for the server and the bot-wide budget."""
+
+    def usd(credits: int) -> str:
+        return f"${Decimal(credits) / credits_per_usd:.2f}"
+
+    server = f"This server: {usd(budget.used)} ({budget.captured} spent + {budget.held} held)"
+    server += " of " + (
+        f"its allotment {usd(budget.allotment)}" if budget.allotment is not None else "the bot-wide budget"
+    )
+    bot = f"All servers: {usd(budget.bot_used)} of " + (
+        f"the bot-wide budget {usd(budget.bot_cap)}" if budget.bot_cap is not None else "no bot-wide cap"
+    )
+    return f"{server}\n{bot}\nSet by the bot's operator; credits given here cannot buy more than this."
+
+
 def policy_embed(
-    policy: GuildPolicy, budget: tuple[int, int, int | None], settings_starting: int
+    policy: GuildPolicy, budget: Budget, settings_starting: int, credits_per_usd: int
 ) -> discord.Embed:
     """Everything an admin controls, as it stands."""
     embed = discord.Embed(title="Retouch rules on this server", colour=EMBED_COLOUR)
@@ -71,12 +87,13 @@ def policy_embed(
         ),
         inline=False,
     )
-    spent, held, cap = budget
+    spent, held, cap = budget.captured, budget.held, budget.server_cap
     if cap is None:
         cap_text = f"No cap · this month {spent} credits captured, {held} held"
     else:
         cap_text = f"${policy.monthly_cap_usd:.2f} = {cap} credits · used {spent} captured + {held} held"
     embed.add_field(name="Monthly budget", value=cap_text, inline=False)
+    embed.add_field(name="Operator's budget", value=budget_text(budget, credits_per_usd), inline=False)
     defaults = " · ".join(
         f"{name} {value or 'bot default'}"
         for name, value in (
@@ -103,7 +120,7 @@ def _spend_lines(rows: tuple[tuple[object, int], ...], report: SpendReport, labe
     return truncate("\n".join(lines) or "Nothing spent.", FIELD_CHARS)
 
 
-def report_embed(report: SpendReport) -> discord.Embed:
+def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.Embed:
     """Spend per user, model and provider; the attached CSV holds every ledger row behind it."""
     since = discord.utils.format_dt(report.since, "D") if report.since else "the start"
     until = discord.utils.format_dt(report.until, "D") if report.until else "now"
@@ -127,6 +144,12 @@ def report_embed(report: SpendReport) -> discord.Embed:
         ),
         inline=False,
     )
+    if budget is not None:
+        embed.add_field(
+            name="This month's spend (operator's budget)",
+            value=budget_text(budget, report.credits_per_usd),
+            inline=False,
+        )
     return embed
 
 
@@ -160,7 +183,8 @@ class _AdminSubgroup(app_commands.Group):
 
     async def show(self, interaction: discord.Interaction, policy: GuildPolicy, note: str = "") -> None:
         budget = await self.policy.budget(policy.guild_id)
-        embed = policy_embed(policy, budget, self.bot.services.settings.starting_credits)
+        settings = self.bot.services.settings
+        embed = policy_embed(policy, budget, settings.starting_credits, settings.credits_per_usd)
         await interaction.followup.send(note or None, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
 
 
@@ -229,8 +253,9 @@ class CreditsAdmin(
     async def report(self, interaction: discord.Interaction, period: ReportPeriod = "this month") -> None:
         await self.begin(interaction)
         report = await self.policy.report(_guild(interaction), period)
+        budget = await self.policy.budget(_guild(interaction))
         await interaction.followup.send(
-            embed=report_embed(report),
+            embed=report_embed(report, budget),
             file=_report_file(report, _guild(interaction)),
             ephemeral=True,
             allowed_mentions=NO_PINGS,

@@ -26,7 +26,15 @@ import discord
 from bot.audit import jump_url
 from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, Origin, Ticket
 from bot.jobs import PreparedJob, Progress
-from cogs._ui import ProgressMessage, note_token_error, result_embed, result_files, token_dead, truncate
+from cogs._ui import (
+    ProgressMessage,
+    admitted,
+    note_token_error,
+    result_embed,
+    result_files,
+    token_dead,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -63,6 +71,10 @@ class JobControl(
     ) -> JobControl:
         return cls(item, match["job"], match["action"])
 
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # Retry downloads and pays like a command, so it counts toward the member's rate limit.
+        return await admitted(interaction, counts=self.action == "retry")
+
     async def callback(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog("JobsCog")  # type: ignore[attr-defined]
         handler = getattr(cog, "on_control", None)
@@ -76,9 +88,11 @@ def _button(job_id: str, action: Action, label: str, style: discord.ButtonStyle)
     )
 
 
-def progress_view(job_id: str) -> discord.ui.View:
+def progress_view(job_id: str, *, at_provider: bool = False) -> discord.ui.View:
+    """The Cancel button; once a provider has the job it says that cancelling no longer saves credits."""
+    label = "Cancel (still charged: already started)" if at_provider else "Cancel"
     view = discord.ui.View(timeout=None)
-    view.add_item(_button(job_id, "cancel", "Cancel", discord.ButtonStyle.secondary))
+    view.add_item(_button(job_id, "cancel", label, discord.ButtonStyle.secondary))
     return view
 
 
@@ -126,7 +140,8 @@ class InteractionLive:
         self.progress = progress
 
     async def update(self, status: JobStatus) -> None:
-        self.progress.set_controls(progress_view(status.job_id) if status.cancellable else None)
+        view = progress_view(status.job_id, at_provider=status.accepted)
+        self.progress.set_controls(view if status.cancellable else None)
         await self.progress(status.text)
 
     async def deliver(self, outcome: EditOutcome) -> Delivered:

@@ -17,12 +17,11 @@ from discord import app_commands
 
 from bot import choices
 from bot.catalog import ModelEntry
-from bot.client import reply_privately
+from bot.client import RetouchBot, reply_privately
 from bot.errors import RetouchError, new_reference
 from bot.jobs import EditOutcome, Upload
 
 if TYPE_CHECKING:
-    from bot.client import RetouchBot
     from bot.lifecycle import ModelLifecycle
     from bot.policy import PolicyService
 
@@ -247,6 +246,13 @@ async def size_choices(
 
 def _choices(pairs: list[tuple[str, str]]) -> list[app_commands.Choice[str]]:
     return [app_commands.Choice(name=name, value=value) for name, value in pairs]
+
+
+async def admitted(interaction: discord.Interaction, *, counts: bool = False) -> bool:
+    """The bot's gate (`RetouchBot.admit`) for buttons, menus and forms, which discord.py does not
+    route through the command tree: an unapproved place is answered privately and goes no further."""
+    bot = interaction.client
+    return isinstance(bot, RetouchBot) and await bot.admit(interaction, counts=counts)
 
 
 async def report_error(interaction: discord.Interaction, error: BaseException, *, where: str) -> None:

@@ -17,7 +17,7 @@ from discord.ext import commands
 from bot.client import RetouchBot
 from bot.policy import CreditsSummary, HistoryPage
 from bot.storage import ALLOWANCE_REASON, LedgerEntry
-from cogs._ui import EMBED_COLOUR, policy_of, role_ids_of, truncate
+from cogs._ui import EMBED_COLOUR, admitted, policy_of, role_ids_of, truncate
 
 HISTORY_CUSTOM_ID = r"retouch:credits:(?P<page>\d+):(?P<side>newer|older)"
 REASON_CHARS = 80
@@ -81,6 +81,9 @@ class HistoryButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], 
         cls, interaction: discord.Interaction, item: discord.ui.Item[discord.ui.View], match: re.Match[str]
     ) -> HistoryButton:
         return cls(int(match["page"]), match["side"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await admitted(interaction)
 
     async def callback(self, interaction: discord.Interaction) -> None:
         bot = interaction.client

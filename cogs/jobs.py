@@ -7,7 +7,9 @@ delivery to the engine, so results and notices can reach users outside a live co
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import discord
 from discord.ext import commands
@@ -15,7 +17,7 @@ from discord.ext import commands
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions
 from cogs._results import DiscordDelivery, JobControl, run_and_publish
-from cogs._ui import first_image, report_error, role_ids_of, upload_of
+from cogs._ui import admitted, first_image, report_error, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class EditAgainForm(discord.ui.Modal, title="Edit again"):
         super().__init__(timeout=MODAL_TIMEOUT_SECONDS)
         self.cog = cog
         self.job_id = job_id
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await admitted(interaction, counts=True)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.cog.edit_again(interaction, self.job_id, self.prompt.value)
@@ -89,19 +94,36 @@ class JobsCog(commands.Cog):
     async def _retry(self, interaction: discord.Interaction, job_id: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         interaction.extras["ephemeral_original"] = True
-        job = await self.edits.retry_job(
-            job_id,
-            user_id=interaction.user.id,
-            channel_id=interaction.channel_id,
-            upload_limit=interaction.filesize_limit,
-        )
-        message_id = interaction.message.id if interaction.message else None
-        await run_and_publish(
-            self.bot,
-            interaction,
-            lambda progress: self.edits.prepare(job, progress=progress),
-            origin_message_id=message_id,
-        )
+        async with self._once(("retry", job_id, interaction.user.id)):
+            # The server and roles of this click, never the ones stored with the original job.
+            job = await self.edits.retry_job(
+                job_id,
+                user_id=interaction.user.id,
+                guild_id=interaction.guild_id or 0,
+                role_ids=role_ids_of(interaction.user),
+                channel_id=interaction.channel_id,
+                upload_limit=interaction.filesize_limit,
+            )
+            message_id = interaction.message.id if interaction.message else None
+            await run_and_publish(
+                self.bot,
+                interaction,
+                lambda progress: self.edits.prepare(job, progress=progress),
+                origin_message_id=message_id,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _once(self, key: tuple[object, ...]) -> AsyncIterator[None]:
+        """One start per double click: a second click on the same result's button within a few
+        seconds is refused (AlreadyStarted); a start that was refused frees the button at once."""
+        access = self.bot.services.access
+        assert access is not None
+        access.claim(key)
+        try:
+            yield
+        except BaseException:
+            access.release(key)
+            raise
 
     async def edit_again(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
         """The Edit again form was sent: edit the result image (this message's) with the new prompt."""
@@ -123,12 +145,13 @@ class JobsCog(commands.Cog):
             upload_limit=interaction.filesize_limit,
             role_ids=role_ids_of(interaction.user),
         )
-        await run_and_publish(
-            self.bot,
-            interaction,
-            lambda progress: self.edits.prepare(job, progress=progress),
-            origin_message_id=message.id,
-        )
+        async with self._once(("again", job_id, interaction.user.id)):
+            await run_and_publish(
+                self.bot,
+                interaction,
+                lambda progress: self.edits.prepare(job, progress=progress),
+                origin_message_id=message.id,
+            )
 
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
         row = await self.bot.services.storage.get_job(job_id)

@@ -19,11 +19,13 @@ stale message still reaches the bot and is answered ("this preview expired") ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import logging
 import secrets
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,12 +36,14 @@ from discord.ext import commands
 from bot import imaging, masking
 from bot.choices import normalize_size
 from bot.client import RetouchBot
+from bot.errors import RetouchError
 from bot.jobs import EditJob, EditOptions, MaskSpec, PreparedJob
 from cogs._results import run_and_publish
 from cogs._ui import (
     EMBED_COLOUR,
     PROMPT_PREVIEW_CHARS,
     ProgressMessage,
+    admitted,
     first_image,
     model_choices,
     policy_of,
@@ -84,6 +88,15 @@ def expired_text(timeout: float) -> str:
     )
 
 
+class TooManyPreviews(RetouchError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"You already have {limit} /mask preview(s) open. Run or cancel one of them first "
+            "(they also expire after a few minutes). Nothing was charged.",
+            code="too_many_previews",
+        )
+
+
 @dataclass
 class MaskSession:
     """One user's picker or preview, alive until it runs, is cancelled or expires."""
@@ -119,11 +132,30 @@ class MaskSessions:
         self.timeout = timeout
         self._on_expire = on_expire
         self._sessions: dict[str, MaskSession] = {}
+        self._starting: Counter[int] = Counter()  # per member: pickers/previews being prepared
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, sid: str) -> MaskSession | None:
         return self._sessions.get(sid)
+
+    def count(self, user_id: int) -> int:
+        """A member's open pickers and previews, and those being prepared (each holds images)."""
+        return self._starting[user_id] + sum(1 for s in self._sessions.values() if s.user_id == user_id)
+
+    @contextlib.contextmanager
+    def starting(self, user_id: int, limit: int) -> Iterator[None]:
+        """Hold one of the member's `limit` places while a picker or preview is prepared; raise
+        TooManyPreviews, before anything is downloaded, when they are all taken."""
+        if self.count(user_id) >= limit:
+            raise TooManyPreviews(limit)
+        self._starting[user_id] += 1
+        try:
+            yield
+        finally:
+            self._starting[user_id] -= 1
+            if self._starting[user_id] <= 0:
+                del self._starting[user_id]
 
     def open(self, session: MaskSession) -> None:
         """Register before the first render, so a click that comes at once finds the session."""
@@ -188,6 +220,9 @@ class MaskControl(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any, /
     ) -> MaskControl:
         return cls(item, match["sid"], match["action"])
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await admitted(interaction)
 
     async def callback(self, interaction: discord.Interaction) -> None:
         cog = interaction.client.get_cog(MaskCog.__cog_name__)  # type: ignore[attr-defined]
@@ -344,6 +379,9 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         self.cog = cog
         self.image = image
         self.message_id = message_id  # the message the menu was used on (linked from late results)
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await admitted(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         text = self.prompt.component
@@ -509,6 +547,11 @@ class MaskCog(commands.Cog):
     async def _begin(self, interaction: discord.Interaction, job: EditJob) -> None:
         """After a private defer: show the picker (no mask file) or the preview, or run at once."""
         assert job.mask is not None
+        with self.sessions.starting(job.user_id, self.bot.services.settings.max_mask_previews):
+            await self._begin_session(interaction, job)
+
+    async def _begin_session(self, interaction: discord.Interaction, job: EditJob) -> None:
+        assert job.mask is not None
         skip = await self._skips_preview(interaction.user.id)
         progress = ProgressMessage(interaction)
         session = MaskSession(secrets.token_hex(6), interaction.user.id, job, interaction, skip_preview=skip)
@@ -591,8 +634,9 @@ class MaskCog(commands.Cog):
         if session.skip_preview:
             self.sessions.finish(session.sid)
             await self._acknowledge_run(interaction)
+            job = _as_now(session.job, interaction)
             await run_and_publish(
-                self.bot, interaction, lambda progress: self.edits.prepare(session.job, progress=progress)
+                self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
             )
             return
         await interaction.response.defer()
@@ -612,7 +656,12 @@ class MaskCog(commands.Cog):
         prepared = session.prepared
         assert prepared is not None
         await self._acknowledge_run(interaction)
-        await self._execute(interaction, prepared)
+        # Prepared again with the member's roles and the server's rules as they are now, not as they
+        # were when the preview was made (the images are not downloaded again).
+        job = _as_now(prepared.job, interaction)
+        await run_and_publish(
+            self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
+        )
 
     async def _cancel(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
         self.sessions.finish(session.sid)
@@ -679,6 +728,11 @@ class MaskCog(commands.Cog):
         """The user's own "skip the mask preview" setting (`/settings`)."""
         settings = await policy_of(self.bot).user_settings(user_id)
         return bool(settings.skip_mask_preview)
+
+
+def _as_now(job: EditJob, interaction: discord.Interaction) -> EditJob:
+    """`job` for the member who clicks, with their roles as they are now."""
+    return dataclasses.replace(job, role_ids=role_ids_of(interaction.user))
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -118,6 +118,8 @@ async def running_bot(
             "OPENAI_BASE_URL": openai.base_url,
             "DATA_DIR": str(data_dir),
             "DEV_GUILD_ID": str(guild.id),
+            # The operator approved this server (the bot serves only approved servers).
+            "ALLOWED_GUILD_IDS": str(guild.id),
             "STARTING_CREDITS": "100000",
             "METRICS_PORT": "0",
             **({"AUDIT_CHANNEL_ID": str(audit_channel.id)} if audit else {}),

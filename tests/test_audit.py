@@ -61,6 +61,7 @@ async def services(fake: FakeOpenAI, storage: Storage, tmp_path: Path) -> AsyncI
             "OPENAI_BASE_URL": fake.base_url,
             "DATA_DIR": str(tmp_path),
             "STARTING_CREDITS": "50",
+            "ALLOWED_GUILD_IDS": str(GUILD),  # the operator approved the test server
         }
     )
     async with aiohttp.ClientSession() as session:

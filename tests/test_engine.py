@@ -19,6 +19,7 @@ import pytest
 
 from bot.config import load_settings
 from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, NotAllowed
+from bot.errors import InvalidOptions
 from bot.jobs import EditJob, EditOptions, EditService, JobFailed, JobSuspended, Upload
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -352,6 +353,36 @@ async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported
     assert await kinds(service, row.id) == ["reserve", "release"]
     assert (service.engine.files.folder(row.id) / "result-1.png").is_file()
     assert row.files_expire_at is not None and row.files_expire_at > make.clock().isoformat()
+    # Free to the member, but the provider was paid: it counts against the server's and bot's budgets.
+    spend = await service.storage.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (10, 0)
+
+
+async def test_a_call_cut_off_by_a_cancel_is_free_to_the_member_but_counts_against_the_budgets(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    await until(lambda: openai.post_count == 1)  # the request reached the provider, which may bill it
+    assert (
+        await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
+    )
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    spend = await service.storage.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
+
+
+async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_ones(make: Factory):
+    service, _ = await make()
+    first = await submit(service)
+    await wait_state(service, first, "delivered")
+    where = {"user_id": ALICE, "channel_id": 7, "upload_limit": 10 * 1024 * 1024}
+    with pytest.raises(InvalidOptions) as elsewhere:
+        await service.retry_job(first, guild_id=0, role_ids=(), **where)  # from DMs
+    assert elsewhere.value.code == "retry_elsewhere"
+    again = await service.retry_job(first, guild_id=GUILD, role_ids=(55,), **where)
+    assert (again.guild_id, again.role_ids) == (GUILD, (55,))
 
 
 async def _failing(outcome: EditOutcome) -> None:

@@ -57,6 +57,7 @@ async def test_one_key_and_no_catalog_edit_is_enough_to_edit(
                 "DISCORD_TOKEN": "t" * 30,
                 "DATA_DIR": str(tmp_path),
                 "METRICS_PORT": "0",
+                "ALLOWED_GUILD_IDS": "1",  # the operator approved this server
                 **env_for(name, fake),
             }
         )

@@ -61,6 +61,7 @@ async def services(fake: FakeOpenAI, storage: Storage, tmp_path: Path) -> AsyncI
             "OPENAI_API_KEY": fake.api_key,
             "OPENAI_BASE_URL": fake.base_url,
             "DATA_DIR": str(tmp_path),
+            "ALLOWED_GUILD_IDS": "1",  # the operator approved the test server
         }
     )
     async with aiohttp.ClientSession() as session:

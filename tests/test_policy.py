@@ -106,6 +106,8 @@ def make_policy(storage: Storage, tmp_path: Path) -> MakePolicy:
                 "OPENAI_API_KEY": "sk-test",
                 "DATA_DIR": str(tmp_path),
                 "STARTING_CREDITS": "0",
+                # The operator approved both test servers (the bot serves only approved servers).
+                "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
                 **env,
             }
         )
@@ -234,15 +236,19 @@ async def test_allowance_tops_up_to_its_amount_and_never_takes_credits_away(
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 
-async def test_credits_held_by_a_running_job_do_not_reduce_the_top_up(
+async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_double_the_allowance(
     policy: PolicyService, storage: Storage, clock: Clock
 ):
+    # Issue 11: this used to top up to 100 beside the 70 held, and the release then left 170.
     await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
     clock.set("2026-11-30T23:59:00")
     await policy.reserve(await new_job(storage, "j1"), job(), 70)
     clock.set("2026-12-01T00:00:00")
     account = (await policy.credits(GUILD, ALICE, ())).account
-    assert (account.balance, account.held) == (100, 70)
+    assert (account.balance, account.held) == (30, 70)
+    await storage.release("j1")
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (100, 0)
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 

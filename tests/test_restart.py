@@ -150,6 +150,7 @@ async def scene_for(
             "CATALOG_PATH": str(catalog),
             "DATA_DIR": str(tmp_path),
             "DEV_GUILD_ID": str(guild.id),
+            "ALLOWED_GUILD_IDS": str(guild.id),  # the operator approved the test server
             "METRICS_PORT": "0",
             "LOG_LEVEL": "info",
             **extra,

@@ -28,6 +28,7 @@ async def start_bot(
         "OPENAI_BASE_URL": openai.base_url,
         "DATA_DIR": str(data_dir),
         "DEV_GUILD_ID": str(guild_id),
+        "ALLOWED_GUILD_IDS": str(guild_id),  # the operator approved the test server
         "SHUTDOWN_GRACE_SECONDS": "0.5",
         "METRICS_PORT": "0",
         "LOG_LEVEL": "info",

@@ -143,13 +143,17 @@ class ReserveGuard:
     max_concurrent: int = 0  # open reservations per user; 0 = no limit
     guild_cap: int | None = None  # credits captured since `cap_since` + all holds + this job
     cap_since: dt.datetime | None = None
+    # The operator's limits, counted like `guild_cap`: this server's monthly allotment, and every
+    # server's captures and holds together against the bot-wide budget.
+    allotment: int | None = None
+    bot_cap: int | None = None
 
 
 class ReserveRefused(Exception):
     """A ReserveGuard limit refused the job; nothing was held.
 
-    `reason` is "cooldown", "concurrency" or "guild_cap". `retry_at` is when a cooldown ends; `used`
-    and `limit` are running jobs or credits, as the reason reads.
+    `reason` is "cooldown", "concurrency", "guild_cap", "allotment" or "bot_budget". `retry_at` is
+    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads.
     """
 
     def __init__(
@@ -355,19 +359,34 @@ def _guard_refusal(
         running = int(row[0]) if row else 0
         if running >= guard.max_concurrent:
             return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
-    if guard.guild_cap is not None:
-        since = _iso(guard.cap_since) if guard.cap_since else ""
-        row = _fetch_one(
-            db,
-            "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
-            "        WHERE guild_id = ? AND kind = 'capture' AND created_at >= ?), "
-            "       (SELECT COALESCE(SUM(held), 0) FROM accounts WHERE guild_id = ?)",
-            (guild_id, since, guild_id),
-        )
-        used = int(row[0]) + int(row[1]) if row else 0
-        if used + amount > guard.guild_cap:
-            return ReserveRefused("guild_cap", used=used, limit=guard.guild_cap)
+    since = _iso(guard.cap_since) if guard.cap_since else ""
+    if guard.guild_cap is not None or guard.allotment is not None:
+        used = _spent(db, since, guild_id)
+        for reason, limit in (("allotment", guard.allotment), ("guild_cap", guard.guild_cap)):
+            if limit is not None and used + amount > limit:
+                return ReserveRefused(reason, used=used, limit=limit)
+    if guard.bot_cap is not None:
+        used = _spent(db, since, None)
+        if used + amount > guard.bot_cap:
+            return ReserveRefused("bot_budget", used=used, limit=guard.bot_cap)
     return None
+
+
+def _spent(db: sqlite3.Connection, since: str, guild_id: int | None) -> int:
+    """Credits captured since `since`, provider spend nobody was charged for since then, and every
+    open hold, for one guild (None: all of them)."""
+    where = "" if guild_id is None else "AND guild_id = ?"
+    held_where = "" if guild_id is None else "WHERE guild_id = ?"
+    params = (since, since) if guild_id is None else (since, guild_id, since, guild_id, guild_id)
+    row = _fetch_one(
+        db,
+        "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
+        f"        WHERE kind = 'capture' AND created_at >= ? {where}), "
+        f"       (SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend WHERE created_at >= ? {where}), "
+        f"       (SELECT COALESCE(SUM(held), 0) FROM accounts {held_where})",
+        params,
+    )
+    return int(row[0]) + int(row[1]) + int(row[2]) if row else 0
 
 
 def _settlement(db: sqlite3.Connection, job_id: str) -> tuple[sqlite3.Row | None, dict[str, int]]:
@@ -423,7 +442,9 @@ def _release(db: sqlite3.Connection, now: str, job_id: str, reason: str | None) 
 
 def _top_up(db: sqlite3.Connection, now: str, guild_id: int, user_id: int, amount: int, period: str) -> None:
     current = _account(db, guild_id, user_id)
-    added = max(0, amount - current.balance)
+    # Held credits count as the member's: a hold from the last period that is released after the
+    # boundary must not leave them with the allowance on top of it.
+    added = max(0, amount - current.balance - current.held)
     if added == 0:
         return
     db.execute(
@@ -668,22 +689,57 @@ class Storage:
         return await self._transaction(body)
 
     async def settle_released(
-        self, job_id: str, state: str, *, error_code: str, error_ref: str | None = None
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error_code: str,
+        error_ref: str | None = None,
+        absorbed: int = 0,
     ) -> Account | None:
         """Release a job's hold and move it to `state` (failed or cancelled), in one transaction.
 
-        Idempotent. Raises LedgerConflict (and changes nothing) if the job was already captured.
+        `absorbed`: credits the provider may have charged for it although the member pays nothing (a
+        result that could not be delivered, a call cut off after it was sent); they still count
+        against the server's and the bot's budgets. Idempotent. Raises LedgerConflict (and changes
+        nothing) if the job was already captured.
         """
 
         def body(db: sqlite3.Connection) -> Account | None:
             now = self._now()
             account = _release(db, now, job_id, error_code[:64])
+            if absorbed > 0:
+                db.execute(
+                    "INSERT OR IGNORE INTO absorbed_spend "
+                    "(job_id, guild_id, user_id, credits, reason, created_at) "
+                    "SELECT id, guild_id, user_id, ?, ?, ? FROM jobs WHERE id = ?",
+                    (absorbed, error_code[:64], now, job_id),
+                )
             db.execute(
                 "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (state, error_code[:64], error_ref, now, now, job_id),
             )
             return account
+
+        return await self._transaction(body)
+
+    async def settle_cancelled_at_provider(
+        self, job_id: str, charged: int, *, error_code: str, error_ref: str | None = None
+    ) -> tuple[Account, int] | None:
+        """Charge a job cancelled after a provider accepted it and move it to `cancelled`, in one
+        transaction. The provider bills for it, so it is captured (and counts toward cooldowns and
+        budgets) like a delivered job. Idempotent; raises LedgerConflict if it was already released."""
+
+        def body(db: sqlite3.Connection) -> tuple[Account, int] | None:
+            now = self._now()
+            settled = _capture(db, now, job_id, charged)
+            db.execute(
+                "UPDATE jobs SET state = 'cancelled', error_code = ?, error_ref = COALESCE(?, error_ref), "
+                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (error_code[:64], error_ref, now, now, job_id),
+            )
+            return settled
 
         return await self._transaction(body)
 
@@ -1042,6 +1098,14 @@ class Storage:
 
         return await self._transaction(body)
 
+    async def refilled(self, guild_id: int, user_id: int, period: str) -> bool:
+        """Whether the account's allowance was already refilled for `period`."""
+        row = await self._one(
+            "SELECT 1 FROM allowance_refills WHERE guild_id = ? AND user_id = ? AND period = ?",
+            (guild_id, user_id, period),
+        )
+        return row is not None
+
     async def change_balance(
         self,
         guild_id: int,
@@ -1100,3 +1164,48 @@ class Storage:
             (guild_id, _iso(since) if since else "", _iso(until) if until else "~"),
         )
         return [LedgerEntry(**dict(r)) for r in rows]
+
+    # -- the operator's servers ---------------------------------------------------------------------
+
+    async def operator_guild(self, guild_id: int) -> tuple[bool, str | None]:
+        """(approved by the operator's command, monthly allotment in USD as text or None)."""
+        row = await self._one(
+            "SELECT approved, allotment_usd FROM operator_guilds WHERE guild_id = ?", (guild_id,)
+        )
+        return (False, None) if row is None else (bool(row[0]), row[1])
+
+    async def operator_guilds(self) -> dict[int, tuple[bool, str | None]]:
+        rows = await self._all("SELECT guild_id, approved, allotment_usd FROM operator_guilds")
+        return {r[0]: (bool(r[1]), r[2]) for r in rows}
+
+    async def set_guild_approved(self, guild_id: int, approved: bool, *, actor_id: int) -> None:
+        await self._write_one(
+            "INSERT INTO operator_guilds (guild_id, approved, updated_by, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET approved = excluded.approved, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            (guild_id, int(approved), actor_id, self._now()),
+        )
+
+    async def set_guild_allotment(self, guild_id: int, usd: str | None, *, actor_id: int) -> None:
+        await self._write_one(
+            "INSERT INTO operator_guilds (guild_id, allotment_usd, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET allotment_usd = excluded.allotment_usd, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            (guild_id, usd, actor_id, self._now()),
+        )
+
+    async def spend_by_guild(self, since: dt.datetime) -> dict[int, tuple[int, int]]:
+        """{guild_id: (credits spent since `since`, credits held now)} for every guild with either.
+
+        Spent = captured from members plus provider spend nobody was charged for (`absorbed_spend`)."""
+        rows = await self._all(
+            "SELECT guild_id, SUM(captured), SUM(held) FROM ("
+            "  SELECT guild_id, amount AS captured, 0 AS held FROM ledger "
+            "  WHERE kind = 'capture' AND created_at >= ? "
+            "  UNION ALL SELECT guild_id, credits, 0 FROM absorbed_spend WHERE created_at >= ? "
+            "  UNION ALL SELECT guild_id, 0, held FROM accounts WHERE held > 0"
+            ") GROUP BY guild_id",
+            (_iso(since), _iso(since)),
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}

@@ -42,6 +42,10 @@ async def world(
         yield w
 
 
+def button_labels(message: FakeMessage) -> str:
+    return " ".join(str(c.get("label")) for row in message.components for c in row.get("components", []))
+
+
 async def published(world: World, it: FakeInteraction) -> FakeMessage:
     """The public result of `it`'s job, posted as a followup."""
     await world.finished(it)
@@ -144,18 +148,27 @@ async def test_queued_job_shows_position_and_eta_and_cancel_releases_it_in_full(
         openai.clear_faults()
 
 
-async def test_cancel_after_submit_releases_and_never_charges(world: World, wavespeed: FakeWaveSpeed):
+async def test_cancel_after_the_provider_accepted_is_charged_its_price_and_the_button_says_so(
+    world: World, wavespeed: FakeWaveSpeed
+):
+    # Issue 11: this cancel used to be released in full, so a member could burn provider spend for free.
     wavespeed.hold_results()
     it = await world.edit(PHOTO, model="ws-mini")
     data_dir = world.services.settings.data_dir
     await world.fake.wait_until(lambda: jobs(data_dir) and jobs(data_dir)[0]["state"] == "submitted")
     job = jobs(data_dir)[0]
     assert job["provider"] == "wavespeed" and job["provider_request_id"] in wavespeed.tasks
-    cancel = await world.fake.wait_until(lambda: control(it.original_message, "cancel"))
+    cancel = await world.fake.wait_until(
+        lambda: (
+            "still charged" in button_labels(it.original_message) and control(it.original_message, "cancel")
+        )
+    )
     await world.fake.click(world.user, it.original_message, cancel)
     await world.fake.wait_until(lambda: "Cancelled" in it.original_message.content)
-    assert ledger_kinds(data_dir, job["id"]) == ["reserve", "release"]
+    assert "credits were charged" in it.original_message.content
+    assert ledger_kinds(data_dir, job["id"]) == ["reserve", "capture"]
     assert jobs(data_dir)[0]["state"] == "cancelled"
+    assert jobs(data_dir)[0]["captured"] == 20  # ws-mini's flat $0.02 at WaveSpeed
     assert wavespeed.submit_count == 1
     assert_books_balance(data_dir)
 

@@ -1,0 +1,177 @@
+"""`/owner …`: the operator's commands (approve or remove a server, its monthly allotment, the spend
+report) and the Approve button the bot offers the operator in a server it does not serve yet.
+
+These work anywhere, also in unapproved servers and DMs (approving the first server needs them); the
+services refuse everyone but the operator (`OWNER_IDS`, or the application's owner).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from decimal import Decimal
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.access import AccessService
+from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
+from bot.errors import InvalidOptions
+from bot.policy import OperatorReport
+from cogs._ui import EMBED_COLOUR, policy_of, report_error, truncate
+
+log = logging.getLogger(__name__)
+
+MAX_ALLOTMENT_USD = 1_000_000
+REPORT_ROWS = 20
+FIELD_CHARS = 1024
+NO_PINGS = discord.AllowedMentions.none()
+
+
+def _server_id(interaction: discord.Interaction, text: str | None) -> int:
+    """The server an operator command is about: the one given, else the one it runs in."""
+    if text is None:
+        if interaction.guild_id is None:
+            raise InvalidOptions(
+                "Give the server's id (right-click the server → Copy Server ID).", code="no_server"
+            )
+        return interaction.guild_id
+    if not text.strip().isdigit():
+        raise InvalidOptions(
+            "A server id is a number (right-click the server → Copy Server ID).", code="bad_server"
+        )
+    return int(text.strip())
+
+
+def _cap_text(credits: int | None, report: OperatorReport) -> str:
+    return "no cap" if credits is None else f"${report.usd(credits):.2f}"
+
+
+def operator_embed(report: OperatorReport) -> discord.Embed:
+    """Spend this month per server against its allotment, and in total against the bot's budget."""
+    used = report.used
+    embed = discord.Embed(
+        title="Retouch spend this month (all servers)",
+        description=(
+            f"Since {discord.utils.format_dt(report.since, 'D')}: **${report.usd(used):.2f}** "
+            f"({used} credits, charged + held) of the bot-wide budget: {_cap_text(report.bot_cap, report)}."
+        ),
+        colour=EMBED_COLOUR,
+    )
+    lines = []
+    for server in report.servers[:REPORT_ROWS]:
+        spent = server.captured + server.held
+        state = "approved" if server.approved else "not approved"
+        allotment = "bot budget" if server.allotment is None else _cap_text(server.allotment, report)
+        lines.append(f"`{server.guild_id}` ({state}) — ${report.usd(spent):.2f} of {allotment}")
+    if len(report.servers) > REPORT_ROWS:
+        lines.append(f"…and {len(report.servers) - REPORT_ROWS} more")
+    embed.add_field(
+        name="Servers", value=truncate("\n".join(lines) or "None yet.", FIELD_CHARS), inline=False
+    )
+    return embed
+
+
+@app_commands.default_permissions(administrator=True)
+class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the bot's operator only"):
+    def __init__(self, bot: RetouchBot) -> None:
+        super().__init__()
+        self.bot = bot
+
+    @property
+    def _access(self) -> AccessService:
+        access = self.bot.services.access
+        assert access is not None
+        return access
+
+    @app_commands.command(name="approve", description="Let Retouch serve a server")
+    @app_commands.describe(server="Server id (empty: this server)")
+    async def approve(self, interaction: discord.Interaction, server: str | None = None) -> None:
+        guild_id = _server_id(interaction, server)
+        await self._access.approve(guild_id, interaction.user.id)
+        await interaction.response.send_message(f"Server `{guild_id}` is approved.", ephemeral=True)
+
+    @app_commands.command(name="remove", description="Stop serving a server")
+    @app_commands.describe(server="Server id (empty: this server)")
+    async def remove(self, interaction: discord.Interaction, server: str | None = None) -> None:
+        guild_id = _server_id(interaction, server)
+        removed = await self._access.remove(guild_id, interaction.user.id)
+        text = f"Server `{guild_id}` is no longer approved."
+        if not removed:
+            text = f"Server `{guild_id}` is listed in ALLOWED_GUILD_IDS; remove it there and restart."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="allotment", description="Most a server may spend per month, in US dollars")
+    @app_commands.describe(
+        usd="Monthly USD for the server; leave empty to let it spend up to the bot-wide budget",
+        server="Server id (empty: this server)",
+    )
+    async def allotment(
+        self,
+        interaction: discord.Interaction,
+        usd: app_commands.Range[float, 0, MAX_ALLOTMENT_USD] | None = None,
+        server: str | None = None,
+    ) -> None:
+        guild_id = _server_id(interaction, server)
+        amount = None if usd is None else Decimal(repr(usd))
+        change = await policy_of(self.bot).set_allotment(guild_id, interaction.user.id, amount)
+        after = "the bot-wide budget" if change.after is None else f"${change.after:.2f} a month"
+        await interaction.response.send_message(
+            f"Server `{guild_id}` may now spend {after}. Recorded in the audit channel.", ephemeral=True
+        )
+
+    @app_commands.command(name="report", description="Spend per server against allotments and the budget")
+    async def report(self, interaction: discord.Interaction) -> None:
+        report = await policy_of(self.bot).operator_report(interaction.user.id)
+        await interaction.response.send_message(
+            embed=operator_embed(report), ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+
+class ApproveButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=re.escape(APPROVE_CUSTOM_ID.split("{")[0]) + r"(?P<guild>[0-9]{1,20})",
+):
+    """The button on the bot's answer to the operator in an unapproved server."""
+
+    def __init__(self, item: discord.ui.Button[Any], guild_id: int) -> None:
+        super().__init__(item)
+        self.guild_id = guild_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> ApproveButton:
+        return cls(item, int(match["guild"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot = interaction.client
+        try:
+            assert isinstance(bot, RetouchBot)
+            assert bot.services.access is not None
+            await bot.services.access.approve(self.guild_id, interaction.user.id)
+            await interaction.response.edit_message(
+                content="Approved. Retouch now serves this server: run your command again.", view=None
+            )
+        except Exception as error:
+            await report_error(interaction, error, where="the Approve button")
+
+
+class OwnerCog(commands.Cog):
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self.group = OwnerGroup(bot)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+        self.bot.add_dynamic_items(ApproveButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ApproveButton)
+        self.bot.tree.remove_command(self.group.name)
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(OwnerCog(bot))

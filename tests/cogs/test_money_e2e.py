@@ -1,0 +1,332 @@
+"""The operator's money end to end (issue 11): approved servers only, the bot-wide budget and per-server
+allotments, limits checked before any download, and buttons that re-check the present. The real bot
+against the fake Discord and fake OpenAI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.catalog import Catalog
+from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
+from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, results
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.harness import World, running_bot
+
+# An unapproved server: the harness's guild with ALLOWED_GUILD_IDS emptied.
+UNAPPROVED = {"ALLOWED_GUILD_IDS": ""}
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@asynccontextmanager
+async def bot(
+    fake: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, catalog: Catalog = CATALOG, **env: str
+) -> AsyncIterator[World]:
+    async with running_bot(fake, openai, tmp_path, env=env, catalog=catalog, audit=True) as world:
+        yield world
+
+
+def downloads(world: World) -> int:
+    """Attachment downloads from the fake CDN."""
+    return sum(1 for r in world.fake.requests if r.path.startswith("/cdn/"))
+
+
+async def answer(world: World, it: FakeInteraction) -> str:
+    """The private text the interaction was answered with (a direct reply or the edited defer)."""
+
+    def said() -> str | None:
+        for message in it.messages:
+            if not message.loading and message.content:
+                return message.content
+        return it.original_edits[-1] if it.original_edits else None
+
+    return await world.fake.wait_until(said)
+
+
+async def command(world: World, user: FakeUser, name: str, /, **options: Any) -> FakeInteraction:
+    return await world.fake.slash(user, name, channel=world.channel, options=options)
+
+
+async def published(world: World, it: FakeInteraction) -> FakeMessage:
+    await world.finished(it)
+    [message] = await world.fake.wait_until(lambda: results(it.followups))
+    return message
+
+
+async def member(world: World, name: str, **kw: Any) -> FakeUser:
+    user = world.fake.create_user(name)
+    await world.guild.add_member(user, **kw)
+    return user
+
+
+# -- approved servers only --------------------------------------------------------------------------
+
+
+async def test_an_unapproved_server_gets_a_private_refusal_and_no_download_call_or_account(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, **UNAPPROVED) as world:
+        it = await world.edit(PHOTO)
+        text = await answer(world, it)
+        assert "not enabled on this server" in text
+        assert it.messages[0].ephemeral and not it.messages[0].components  # no Approve for members
+        credits = await command(world, world.user, "credits")
+        assert "not enabled on this server" in await answer(world, credits)
+        assert openai.post_count == 0 and downloads(world) == 0
+        assert await world.services.storage.get_account(world.guild.id, world.user.id) is None
+
+
+async def test_the_operator_is_offered_an_approve_button_that_approves_the_server(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, **UNAPPROVED) as world:
+        # Not even the operator's own command is run before the server is approved.
+        it = await world.edit(PHOTO, user=world.owner)
+        assert "approve the server with the button below" in await answer(world, it)
+        [message] = it.messages
+        [button] = [c for row in message.components for c in row["components"]]
+        assert openai.post_count == 0 and downloads(world) == 0
+        assert not await world.services.access.approved(world.guild.id)
+        clicked = await world.fake.click(world.owner, message, button["custom_id"])
+        await world.fake.wait_until(lambda: clicked.callbacks)
+        assert await world.services.access.approved(world.guild.id)
+        done = await world.finished(await world.edit(PHOTO))
+        assert done.startswith("Done") and openai.post_count == 1
+
+
+async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_else(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, **UNAPPROVED) as world:
+        admin = await member(world, "admin", permissions=int(Permission.ADMINISTRATOR))
+        refused = await command(world, admin, "owner approve")
+        assert "Only the operator" in await answer(world, refused)
+        assert not await world.services.access.approved(world.guild.id)
+        approved = await command(world, world.owner, "owner approve")
+        assert "is approved" in await answer(world, approved)
+        result = await published(world, await world.edit(PHOTO))
+        removed = await command(world, world.owner, "owner remove")
+        assert "no longer approved" in await answer(world, removed)
+        # A result's buttons stop working too: Retry costs nothing in a server that is not approved.
+        retry = await world.fake.click(world.user, result, control(result, "retry"))
+        assert "not enabled on this server" in await answer(world, retry)
+        assert openai.post_count == 1
+
+
+# -- the budget that ends at the operator -----------------------------------------------------------
+
+
+async def test_an_admin_who_grants_a_million_credits_and_fires_30_edits_cannot_pass_the_budget(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    # $0.10 a month, bot-wide; each edit holds up to $0.02 (20 credits) and costs $0.02 (auto size).
+    env = {"MONTHLY_BUDGET_USD": "0.10", "COMMANDS_PER_MINUTE": "0", "MAX_JOBS_PER_USER": "30"}
+    async with bot(fake_discord, openai, tmp_path, **env) as world:
+        openai.delay = 0.3
+        granted = await command(
+            world, world.owner, "admin credits grant", user=world.owner, amount=1_000_000, reason="mine"
+        )
+        assert "Gave 1000000 credits" in await answer(world, granted)
+        fired = await asyncio.gather(*(world.edit(PHOTO, user=world.owner) for _ in range(30)))
+        texts = [await world.fake.wait_until(lambda it=it: _ended(it), timeout=60) for it in fired]
+        done = [t for t in texts if t.startswith("Done")]
+        refused = [t for t in texts if "image budget its operator set" in t or "left in all of" in t]
+        assert len(done) + len(refused) == 30  # every command is answered
+        assert 1 <= len(done) <= 5 and openai.post_count == len(done)
+        data_dir = world.services.settings.data_dir
+        charged = sum(int(r["captured"] or 0) for r in jobs(data_dir))
+        assert charged <= 100  # credits = $0.10 at 1,000 per dollar; the provider got no more
+        assert_books_balance(data_dir)
+
+
+def _ended(it: FakeInteraction) -> str | None:
+    last = it.original_edits[-1] if it.original_edits else ""
+    return last if last.startswith("Done") or "budget" in last or "ref `" in last else None
+
+
+async def test_the_operators_allotment_caps_a_server_audits_changes_and_shows_in_reports(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        admin = await member(world, "admin", permissions=int(Permission.ADMINISTRATOR))
+        refused = await command(world, admin, "owner allotment", usd=0.02)
+        assert "Only the operator" in await answer(world, refused)
+        set_ = await command(world, world.owner, "owner allotment", usd=0.02)
+        assert "may now spend $0.02 a month" in await answer(world, set_)
+        await world.fake.wait_until(
+            lambda: [m for m in world.fake.channel_messages(world.audit_channel) if "Allotment" in m.content]
+        )
+        assert (await world.finished(await world.edit(PHOTO))).startswith("Done")  # charged 10 of 20 held
+        # The server's own budget and an admin's grants cannot lift the operator's allotment.
+        await command(world, admin, "admin policy budget", usd=1000)
+        await command(world, admin, "admin credits grant", user=world.user, amount=10_000, reason="more")
+        it = await world.edit(PHOTO)
+        assert "this server's share of the image budget" in await world.fake.wait_until(lambda: _ended(it))
+        assert openai.post_count == 1
+        report = await command(world, admin, "admin credits report")
+        message = await world.fake.wait_until(lambda: [m for m in report.messages if m.embeds])
+        fields = {f["name"]: f["value"] for f in message[-1].embeds[0]["fields"]}
+        assert "This server: $0.01 (10 spent + 0 held) of its allotment $0.02" in " ".join(fields.values())
+        owner = await command(world, world.owner, "owner report")
+        shown = await world.fake.wait_until(lambda: [m for m in owner.messages if m.embeds])
+        embed = shown[-1].embeds[0]
+        assert "**$0.01** (10 credits" in embed["description"]
+        assert "of the bot-wide budget: $20.00" in embed["description"]
+        assert f"`{world.guild.id}` (approved) — $0.01 of $0.02" in embed["fields"][0]["value"]
+
+
+# -- limits before work ------------------------------------------------------------------------------
+
+
+async def test_the_commands_per_minute_limit_refuses_before_any_download(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, COMMANDS_PER_MINUTE="2") as world:
+        for _ in range(2):
+            assert (await world.finished(await world.edit(PHOTO))).startswith("Done")
+        before = downloads(world)
+        it = await world.edit(PHOTO)
+        assert "Slow down" in await answer(world, it)
+        assert downloads(world) == before and openai.post_count == 2
+        other = await member(world, "bob")  # the limit is per member
+        assert (await world.finished(await world.edit(PHOTO, user=other))).startswith("Done")
+
+
+async def test_a_member_with_no_credits_and_no_allowance_due_is_refused_before_the_download(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, STARTING_CREDITS="0") as world:
+        it = await world.edit(PHOTO)
+        assert "no credits left" in await world.fake.wait_until(
+            lambda: it.original_edits and it.original_edits[-1]
+        )
+        assert downloads(world) == 0 and openai.post_count == 0
+        # With an allowance due, the same member gets through (the top-up happens at the reservation).
+        await command(world, world.owner, "admin policy allowance", amount=100, period="daily")
+        assert (await world.finished(await world.edit(PHOTO))).startswith("Done")
+
+
+async def test_open_mask_previews_per_member_are_capped_before_any_download(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, MASK_CATALOG, MAX_MASK_PREVIEWS="1") as world:
+        first = await world.fake.slash(
+            world.user,
+            "mask",
+            channel=world.channel,
+            options={"prompt": "a hat"},
+            attachments={"image": ("photo.png", PHOTO)},
+        )
+        await world.fake.wait_until(lambda: first.original_message and first.original_message.components)
+        before = downloads(world)
+        second = await world.fake.slash(
+            world.user,
+            "mask",
+            channel=world.channel,
+            options={"prompt": "a scarf"},
+            attachments={"image": ("photo.png", PHOTO)},
+        )
+        text = await world.fake.wait_until(lambda: second.original_edits and second.original_edits[-1])
+        assert "already have 1 /mask preview" in text
+        assert downloads(world) == before and openai.post_count == 0
+
+
+# -- buttons re-check the present -----------------------------------------------------------------------
+
+
+async def test_retry_uses_the_members_roles_now_not_the_ones_stored_with_the_job(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        vip = await world.guild.create_role("vip")
+        bob = await member(world, "bob", roles=[vip])
+        await command(world, world.owner, "admin policy limits", max_quality="low")
+        await command(world, world.owner, "admin tier set", role=vip, max_quality="high")
+        result = await published(world, await world.edit(PHOTO, user=bob, quality="high"))
+        assert openai.requests[-1].fields["quality"] == "high"
+        world.guild.members[bob.id].role_ids.remove(vip.id)  # bob lost the tier role
+        retry = await world.fake.click(bob, result, control(result, "retry"))
+        await published(world, retry)
+        assert openai.requests[-1].fields["quality"] == "low"
+
+
+async def test_a_double_click_on_retry_starts_one_job(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        result = await published(world, await world.edit(PHOTO))
+        openai.fail_always(Fault.HANG)
+        clicks = await asyncio.gather(
+            *(world.fake.click(world.user, result, control(result, "retry")) for _ in range(2))
+        )
+        texts = await world.fake.wait_until(
+            lambda: all(c.original_edits for c in clicks) and [c.original_edits[-1] for c in clicks]
+        )
+        assert any("already being started" in t for t in texts)
+        await world.fake.wait_until(lambda: openai.post_count >= 2)
+        assert len(jobs(world.services.settings.data_dir)) == 2
+        openai.clear_faults()
+
+
+async def test_run_edit_on_a_mask_preview_uses_the_members_roles_at_the_click(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, MASK_CATALOG) as world:
+        vip = await world.guild.create_role("vip")
+        bob = await member(world, "bob", roles=[vip])
+        await command(world, world.owner, "admin policy limits", max_quality="low")
+        await command(world, world.owner, "admin tier set", role=vip, max_quality="high")
+        it = await world.fake.slash(
+            bob,
+            "mask",
+            channel=world.channel,
+            options={"prompt": "a red scarf", "quality": "high", "size": "1024x1024"},
+            attachments={"image": ("cat.png", PHOTO), "mask": ("mask.png", box_mask())},
+        )
+        preview = await world.fake.wait_until(
+            lambda: it.original_message and mask_control(it.original_message)
+        )
+        assert "high" in str(it.original_message.embeds)  # previewed at the tier's quality
+        world.guild.members[bob.id].role_ids.remove(vip.id)  # bob lost the tier role meanwhile
+        await world.fake.click(bob, it.original_message, preview)
+        await world.fake.wait_until(lambda: openai.post_count == 1)
+        assert openai.requests[-1].fields["quality"] == "low"
+
+
+def mask_control(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).endswith(":run"):
+                return str(component["custom_id"])
+    return None
+
+
+async def test_edit_again_sent_twice_for_the_same_result_starts_one_job(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        result = await published(world, await world.edit(PHOTO))
+        forms = [await world.fake.click(world.user, result, control(result, "again")) for _ in range(2)]
+        await world.fake.wait_until(lambda: all(f.modal is not None for f in forms))
+        openai.fail_always(Fault.HANG)
+        sent = await asyncio.gather(
+            *(world.fake.submit_modal(world.user, f, fields={"prompt": "now at night"}) for f in forms)
+        )
+        texts = await world.fake.wait_until(
+            lambda: all(s.original_edits for s in sent) and [s.original_edits[-1] for s in sent]
+        )
+        assert any("already being started" in t for t in texts)
+        await world.fake.wait_until(lambda: openai.post_count >= 2)
+        assert len(jobs(world.services.settings.data_dir)) == 2
+        openai.clear_faults()

@@ -1,0 +1,289 @@
+"""The operator's money at the service level (issue 11), against a real SQLite file: the bot-wide
+budget and per-server allotments inside the reservation's transaction, the checks made before any
+download, the operator's commands, and the access gate (approved servers, rate limit, double clicks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.access import (
+    DMS_OFF,
+    NOT_APPROVED,
+    AccessService,
+    AlreadyStarted,
+    NotOperator,
+    RateLimited,
+    operator_ids,
+)
+from bot.config import ConfigError, load_settings
+from bot.errors import RetouchError
+from bot.policy import AllotmentChange, PolicyRefused, PolicyService
+from bot.storage import NotEnoughCredits, Storage
+from tests.test_policy import ADMIN, ALICE, BOB, CATALOG, GUILD, OTHER_GUILD, Clock, job, new_job
+
+OPERATOR = 77
+BASE_ENV = {"DISCORD_TOKEN": "t" * 20, "OPENAI_API_KEY": "sk-test", "STARTING_CREDITS": "0"}
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=Clock())
+    yield s
+    await s.close()
+
+
+def make(storage: Storage, tmp_path: Path, audit: Any = None, **env: str) -> PolicyService:
+    settings = load_settings(
+        {
+            **BASE_ENV,
+            "DATA_DIR": str(tmp_path),
+            "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
+            "OWNER_IDS": str(OPERATOR),
+            **env,
+        }
+    )
+    return PolicyService(
+        settings=settings,
+        catalog=CATALOG,
+        storage=storage,
+        access=AccessService(settings=settings, storage=storage),
+        on_allotment_change=audit,
+    )
+
+
+async def fire(
+    policy: PolicyService, storage: Storage, jobs: list[tuple[str, int, int]], credits: int
+) -> int:
+    """Reserve `credits` for every (job id, guild, user) at once; how many were held."""
+
+    async def one(job_id: str, guild: int, user: int) -> bool:
+        await new_job(storage, job_id, user=user, guild=guild)
+        try:
+            await policy.reserve(job_id, job(user=user, guild=guild), credits)
+        except (PolicyRefused, NotEnoughCredits):
+            return False
+        return True
+
+    held = await asyncio.gather(*(one(*j) for j in jobs))
+    return sum(held)
+
+
+# -- the budget hierarchy ---------------------------------------------------------------------------
+
+
+async def test_concurrent_reservations_in_two_servers_never_pass_the_bot_wide_budget(
+    storage: Storage, tmp_path: Path
+):
+    policy = make(storage, tmp_path, MONTHLY_BUDGET_USD="0.10")  # 100 credits
+    for guild in (GUILD, OTHER_GUILD):  # each server's admin hands out far more than the budget
+        await storage.change_balance(
+            guild, ALICE, add=1_000_000, actor_id=ADMIN, reason="mine", starting_credits=0
+        )
+    jobs = [(f"j{i}", GUILD if i % 2 else OTHER_GUILD, ALICE) for i in range(30)]
+    assert await fire(policy, storage, jobs, 15) == 6  # 6 × 15 = 90 ≤ 100 < 7 × 15
+    for job_id, _, _ in jobs:  # captured spend keeps counting after the holds are settled
+        row = await storage.get_job(job_id)
+        if row is not None and row.state == "reserved":
+            await storage.capture(job_id, 15)
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "late"), job(), 15)
+    assert refused.value.code == "bot_budget"
+    assert "Nothing was charged" in refused.value.user_message
+
+
+async def test_an_allotment_caps_a_server_below_the_budget_and_its_own_admins_cannot_lift_it(
+    storage: Storage, tmp_path: Path
+):
+    policy = make(storage, tmp_path, MONTHLY_BUDGET_USD="0")  # 0 = no bot-wide cap
+    assert policy.bot_cap_credits() is None
+    await policy.set_allotment(GUILD, OPERATOR, Decimal("0.05"))
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("1000")})
+    await storage.change_balance(GUILD, ALICE, add=1_000_000, actor_id=ADMIN, reason="x", starting_credits=0)
+    jobs = [(f"a{i}", GUILD, ALICE) for i in range(10)]
+    assert await fire(policy, storage, jobs, 20) == 2  # 50 credits: two holds of 20
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "a-late"), job(), 20)
+    assert refused.value.code == "allotment"
+    # Another server is not limited by this one's allotment.
+    await storage.change_balance(OTHER_GUILD, BOB, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await policy.reserve(await new_job(storage, "b", user=BOB, guild=OTHER_GUILD), job(BOB, OTHER_GUILD), 20)
+    budget = await policy.budget(GUILD)
+    assert (budget.used, budget.allotment, budget.bot_used) == (40, 50, 60)
+
+
+async def test_only_the_operator_sets_allotments_and_every_change_is_audited(
+    storage: Storage, tmp_path: Path
+):
+    seen: list[AllotmentChange] = []
+
+    async def audit(change: AllotmentChange) -> None:
+        seen.append(change)
+
+    policy = make(storage, tmp_path, audit)
+    with pytest.raises(NotOperator):
+        await policy.set_allotment(GUILD, ADMIN, Decimal("5"))
+    await policy.set_allotment(GUILD, OPERATOR, Decimal("5"))
+    await policy.set_allotment(GUILD, OPERATOR, None)
+    assert seen == [
+        AllotmentChange(GUILD, OPERATOR, None, Decimal("5")),
+        AllotmentChange(GUILD, OPERATOR, Decimal("5"), None),
+    ]
+    with pytest.raises(NotOperator):
+        await policy.operator_report(ADMIN)
+
+
+async def test_the_operator_report_shows_each_servers_spend_against_its_allotment(
+    storage: Storage, tmp_path: Path
+):
+    policy = make(storage, tmp_path)
+    await policy.set_allotment(OTHER_GUILD, OPERATOR, Decimal("2"))
+    await storage.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await policy.reserve(await new_job(storage, "r1"), job(), 30)
+    await storage.capture("r1", 25)
+    await policy.reserve(await new_job(storage, "r2"), job(), 10)
+    report = await policy.operator_report(OPERATOR)
+    by_id = {s.guild_id: s for s in report.servers}
+    assert (by_id[GUILD].captured, by_id[GUILD].held, by_id[GUILD].allotment) == (25, 10, None)
+    assert (by_id[OTHER_GUILD].captured, by_id[OTHER_GUILD].allotment) == (0, 2000)
+    assert report.used == 35 and report.bot_cap == 20_000  # the documented $20 default
+
+
+async def test_an_unapproved_server_is_refused_at_the_reservation_too(storage: Storage, tmp_path: Path):
+    policy = make(storage, tmp_path, ALLOWED_GUILD_IDS=str(OTHER_GUILD), STARTING_CREDITS="100")
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "u"), job(), 10)
+    assert refused.value.code == "unapproved"
+    assert await storage.get_account(GUILD, ALICE) is None
+
+
+# -- before any download ------------------------------------------------------------------------------
+
+
+async def test_precheck_refuses_no_credits_and_no_allowance_without_creating_an_account(
+    storage: Storage, tmp_path: Path
+):
+    policy = make(storage, tmp_path)
+    with pytest.raises(RetouchError) as refused:
+        await policy.precheck(job())
+    assert refused.value.code == "insufficient_credits"
+    assert await storage.get_account(GUILD, ALICE) is None
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 50, "period": "daily"})
+    await policy.precheck(job())  # an allowance is due: let it through to the reservation
+    await policy.credits(GUILD, ALICE, ())  # refilled now; spend it all
+    await storage.change_balance(GUILD, ALICE, set_to=0, actor_id=ADMIN, reason="x", starting_credits=0)
+    with pytest.raises(RetouchError):
+        await policy.precheck(job())  # this period's allowance was already paid out
+
+
+async def test_precheck_refuses_when_the_servers_allotment_is_used_up(storage: Storage, tmp_path: Path):
+    policy = make(storage, tmp_path)
+    await policy.set_allotment(GUILD, OPERATOR, Decimal("0.01"))
+    await storage.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await policy.reserve(await new_job(storage, "p"), job(), 10)
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.precheck(job())
+    assert refused.value.code == "allotment"
+
+
+# -- the gate -----------------------------------------------------------------------------------------
+
+
+def access(storage: Storage, tmp_path: Path, now: list[float] | None = None, **env: str) -> AccessService:
+    settings = load_settings({**BASE_ENV, "DATA_DIR": str(tmp_path), **env})
+    clock = now if now is not None else [0.0]
+    return AccessService(settings=settings, storage=storage, monotonic=lambda: clock[0])
+
+
+@pytest.mark.parametrize(
+    ("owner_ids", "app_owners", "expected"),
+    [((), (5,), {5}), ((1, 2), (5,), {1, 2}), ((), (5, 6), {5, 6}), ((), (), set())],
+)
+def test_the_operator_is_owner_ids_else_the_applications_owners(
+    owner_ids: tuple[int, ...], app_owners: tuple[int, ...], expected: set[int]
+):
+    assert operator_ids(owner_ids, app_owners) == frozenset(expected)
+
+
+async def test_only_listed_or_operator_approved_servers_are_served_and_dms_only_when_turned_on(
+    storage: Storage, tmp_path: Path
+):
+    gate = access(storage, tmp_path, ALLOWED_GUILD_IDS=str(GUILD))
+    gate.set_operators({OPERATOR})
+    assert (await gate.admit(GUILD, ALICE)).allowed
+    member = await gate.admit(OTHER_GUILD, ALICE)
+    assert (member.allowed, member.text, member.offer_approve) == (False, NOT_APPROVED, False)
+    assert (await gate.admit(OTHER_GUILD, OPERATOR)).offer_approve
+    with pytest.raises(NotOperator):
+        await gate.approve(OTHER_GUILD, ALICE)
+    await gate.approve(OTHER_GUILD, OPERATOR)
+    assert (await gate.admit(OTHER_GUILD, ALICE)).allowed
+    assert await gate.remove(OTHER_GUILD, OPERATOR) is True
+    assert not await gate.approved(OTHER_GUILD)
+    assert await gate.remove(GUILD, OPERATOR) is False  # the setting still lists it
+    assert (await gate.admit(None, ALICE)).text == DMS_OFF
+    dms = access(storage, tmp_path, ALLOW_DMS="on")
+    assert (await dms.admit(None, ALICE)).allowed
+
+
+async def test_commands_per_minute_are_limited_per_member_in_a_sliding_window(
+    storage: Storage, tmp_path: Path
+):
+    now = [100.0]
+    gate = access(storage, tmp_path, now, COMMANDS_PER_MINUTE="2")
+    gate.take_command(ALICE)
+    now[0] += 30
+    gate.take_command(ALICE)
+    with pytest.raises(RateLimited) as limited:
+        gate.take_command(ALICE)
+    assert limited.value.retry_after == pytest.approx(30)
+    gate.take_command(BOB)  # another member is not held up
+    now[0] += 30.5
+    gate.take_command(ALICE)  # the first command left the window
+    unlimited = access(storage, tmp_path, now, COMMANDS_PER_MINUTE="0")
+    for _ in range(100):
+        unlimited.take_command(ALICE)
+
+
+async def test_a_double_click_is_claimed_once_and_a_refused_start_frees_it(storage: Storage, tmp_path: Path):
+    now = [0.0]
+    gate = access(storage, tmp_path, now)
+    gate.claim(("retry", "job1", ALICE))
+    with pytest.raises(AlreadyStarted):
+        gate.claim(("retry", "job1", ALICE))
+    gate.claim(("retry", "job1", BOB))
+    now[0] += 11
+    gate.claim(("retry", "job1", ALICE))  # a deliberate second retry later is a new one
+    gate.release(("retry", "job1", ALICE))
+    gate.claim(("retry", "job1", ALICE))
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"MONTHLY_BUDGET_USD": "-1"}, "MONTHLY_BUDGET_USD"),
+        ({"MONTHLY_BUDGET_USD": "lots"}, "MONTHLY_BUDGET_USD"),
+        (
+            {"ALLOWED_GUILD_IDS": "12,abc"},
+            "ALLOWED_GUILD_IDS must be a comma-separated list of Discord server ids",
+        ),
+        ({"COMMANDS_PER_MINUTE": "-3"}, "COMMANDS_PER_MINUTE"),
+        ({"ALLOW_DMS": "maybe"}, "ALLOW_DMS"),
+    ],
+)
+def test_money_settings_are_validated(env: dict[str, str], problem: str):
+    with pytest.raises(ConfigError) as error:
+        load_settings({**BASE_ENV, **env})
+    assert any(problem in p for p in error.value.problems)
+
+
+def test_money_settings_defaults():
+    settings = load_settings(BASE_ENV)
+    assert settings.monthly_budget_usd == Decimal("20") and settings.allowed_guild_ids == frozenset()
+    assert (settings.allow_dms, settings.commands_per_minute, settings.max_mask_previews) == (False, 10, 3)
+    assert load_settings({**BASE_ENV, "MONTHLY_BUDGET_USD": "12.34"}).monthly_budget_usd == Decimal("12.34")
