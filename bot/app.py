@@ -20,6 +20,7 @@ from bot.policy import CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
+from bot.providers.netguard import GuardedConnector
 from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
@@ -78,8 +79,11 @@ def provider_connection_limit(settings: Settings) -> int:
 
 
 def provider_session(settings: Settings, **kwargs: Any) -> aiohttp.ClientSession:
-    """The HTTP session every provider adapter shares (create it inside the running event loop)."""
-    connector = aiohttp.TCPConnector(limit=provider_connection_limit(settings), limit_per_host=0)
+    """The HTTP session every provider adapter shares (create it inside the running event loop).
+
+    Its connector checks peer addresses, so result URLs from provider answers can be fetched safely.
+    """
+    connector = GuardedConnector(limit=provider_connection_limit(settings), limit_per_host=0)
     return aiohttp.ClientSession(connector=connector, **kwargs)
 
 
