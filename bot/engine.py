@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import logging
 import math
+import random
 import secrets
 import statistics
 import time
@@ -42,6 +43,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import aiohttp
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
@@ -74,6 +77,11 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for a running job to stop
 SHUTDOWN_ABORT_WAIT_SECONDS = 10.0
+# A paid result Discord could not take because of a passing failure (a 5xx, a timeout, a dropped
+# connection) is posted again from the stored result after this long, doubling up to the cap, until
+# RESULT_RETENTION_HOURS after it was made; only then is it given up (and not charged).
+DELIVERY_RETRY_FIRST_SECONDS = 5.0
+DELIVERY_RETRY_MAX_SECONDS = 600.0
 
 RESTARTED_BEFORE_START = (
     "Retouch restarted before your edit could start. You were not charged; please run it again."
@@ -90,6 +98,10 @@ SUSPENDED_IN_QUEUE = (
     "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
 )
 UNDELIVERABLE = "Your edit was made but could not be posted here or sent to you by DM. You were not charged"
+DELIVERY_DELAYED = (
+    "Your edit is ready, but Discord is not taking it right now. It will be posted as soon as Discord "
+    "answers again; nothing is charged until it is."
+)
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -143,11 +155,21 @@ class DeliveryFailed(Exception):
 
     `uncertain`: the request may have reached Discord (a timeout, a dropped connection, a 5xx), so
     the message may exist; the engine looks for it before posting anywhere else.
+    `transient`: the failure may pass (Discord or the network, not a refusal): the engine posts the
+    stored result again later instead of giving it up.
     """
 
-    def __init__(self, reason: str, *, uncertain: bool = False) -> None:
+    def __init__(self, reason: str, *, uncertain: bool = False, transient: bool = False) -> None:
         super().__init__(reason)
         self.uncertain = uncertain
+        self.transient = transient
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a delivery failure may pass by itself (worth posting the stored result again later)."""
+    if isinstance(exc, DeliveryFailed):
+        return exc.transient
+    return isinstance(exc, aiohttp.ClientError | TimeoutError | OSError)
 
 
 class _Suspend(Exception):
@@ -399,6 +421,7 @@ class _Job:
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result
     position: int = 0
+    delivery_retries: int = 0  # stored-result deliveries put off after a transient failure
 
     @property
     def id(self) -> str:
@@ -464,6 +487,9 @@ class JobEngine:
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._redeliveries: dict[str, asyncio.TimerHandle] = {}  # job id -> the next delivery try
+        self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
+        self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -612,6 +638,9 @@ class JobEngine:
         """
         self.accepting = False
         await self._stop_watchdog()
+        for handle in self._redeliveries.values():  # their rows stay `completed`: the next start posts them
+            handle.cancel()
+        self._redeliveries.clear()
         for job_id in list(self._waiting):
             job = self._jobs.pop(job_id)
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
@@ -978,8 +1007,15 @@ class JobEngine:
     async def _deliver(self, job: _Job, row: JobRow, spec: JobSpec, outcome: EditOutcome) -> None:
         """Post the result (live route, then the Delivery), capture only once it is posted."""
         if row.delivery_attempted_at:
-            # A delivery was under way when the last process died: it may have landed.
-            found = await self._find(job)
+            # A delivery was under way when the last process died (or failed on a passing error): it
+            # may have landed. When Discord cannot even be asked, posting again could post it twice.
+            try:
+                found = await self.delivery.find(job.info)
+            except Exception as exc:
+                log.warning("job %s: could not check for an earlier delivery: %s", job.id, type(exc).__name__)
+                if is_transient(exc) and await self._deliver_later(job, row):
+                    return
+                found = None
             if found is not None:
                 log.info("job %s: its result was already posted (%s) before the restart", job.id, found.via)
                 await self._delivered(job, outcome, found)
@@ -998,10 +1034,48 @@ class JobEngine:
                 delivered = await self.delivery.deliver(job.info, outcome)
             except Exception as exc:
                 log.warning("job %s: delivery failed: %s", job.id, type(exc).__name__)
+                if is_transient(exc) and await self._deliver_later(job, row):
+                    return
         if delivered is None:
             await self._undeliverable(job, outcome)
             return
         await self._delivered(job, outcome, delivered)
+
+    async def _deliver_later(self, job: _Job, row: JobRow) -> bool:
+        """Put off the delivery of a stored result after a transient failure; False once it is too late.
+
+        The row stays `completed` (the hold stays held), so a restart meanwhile delivers it too. The
+        next try looks for an earlier post first (`delivery_attempted_at` is set), and channel posts
+        carry a nonce, so the result is not posted twice.
+        """
+        made = _parse(row.completed_at) or self.storage.now()
+        give_up_at = made + dt.timedelta(hours=self.settings.result_retention_hours)
+        if not self.accepting:
+            log.info("job %s: delivery left for the next start", job.id)
+            return True
+        job.delivery_retries += 1
+        delay = min(
+            self.delivery_retry_max, self.delivery_retry_first * 2.0 ** min(job.delivery_retries - 1, 30)
+        )
+        delay *= 1.0 - random.uniform(0.0, 0.25)
+        if self.storage.now() + dt.timedelta(seconds=delay) >= give_up_at:
+            return False
+        log.warning(
+            "job %s: delivery try %d failed; trying again in %.0f s", job.id, job.delivery_retries, delay
+        )
+        if job.delivery_retries == 1:
+            await self._tell_live(job, DELIVERY_DELAYED)
+        self._redeliveries[job.id] = asyncio.get_running_loop().call_later(delay, self._redeliver, job)
+        return True
+
+    def _redeliver(self, job: _Job) -> None:
+        self._redeliveries.pop(job.id, None)
+        if not self.accepting or job.id in self._jobs:
+            return
+        job.live = None  # its progress message already said what happened
+        job.finishing = True
+        self._jobs[job.id] = job
+        self._launch(job)
 
     async def _find(self, job: _Job) -> Delivered | None:
         try:

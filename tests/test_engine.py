@@ -511,3 +511,112 @@ async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_ima
     [(_, outcome)] = recorder.delivered
     assert len(outcome.files) == 2 and outcome.charged == 40  # $0.02 per image delivered
     assert wavespeed.submit_count == 2
+
+
+class Flaky(Recorder):
+    """A Delivery that fails `failures` times with a passing error (Discord 5xx, network), then works."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        super().__init__()
+        self.failures = failures
+        self.tries = 0
+        self.error = error or DeliveryFailed("503 from Discord", uncertain=True, transient=True)
+
+    async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise self.error
+        return await super().deliver(job, outcome)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DeliveryFailed("503", uncertain=True, transient=True),
+        aiohttp.ServerDisconnectedError(),
+        TimeoutError(),
+    ],
+    ids=["5xx", "disconnect", "timeout"],
+)
+async def test_a_passing_delivery_failure_is_retried_from_the_stored_result_and_charged_once(
+    make: Factory, error: Exception
+):
+    service, _ = await make()
+    flaky = Flaky(2, error)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 0.01
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "delivered")
+    assert flaky.tries == 3 and [j for j, _ in flaky.delivered] == [job_id]
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    assert any(text and "Discord is not taking it right now" in text for text in live.final)
+    assert not any(text and "not charged" in text for text in live.final)
+
+
+async def test_a_retried_delivery_that_had_landed_is_not_posted_again(make: Factory):
+    service, _ = await make()
+
+    class LandedLate(Flaky):
+        async def find(self, job: JobInfo) -> Delivered | None:
+            return Delivered("channel", 10, 99)  # the 503'd post had reached the channel after all
+
+    landed = LandedLate(1)
+    service.engine.attach_delivery(landed)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "delivered")
+    assert landed.tries == 1 and landed.delivered == []
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.result_message_id == 99
+
+
+async def test_delivery_is_not_retried_while_discord_cannot_say_whether_it_landed(make: Factory):
+    service, _ = await make()
+
+    class Blind(Flaky):
+        looks = 0
+
+        async def find(self, job: JobInfo) -> Delivered | None:
+            self.looks += 1
+            if self.looks == 1:
+                raise aiohttp.ClientConnectionError()
+            return None
+
+    blind = Blind(1)
+    service.engine.attach_delivery(blind)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "delivered")
+    # try 1 failed; try 2 could not look, so it posted nothing; try 3 looked, then posted.
+    assert (blind.looks, blind.tries, len(blind.delivered)) == (2, 2, 1)
+
+
+async def test_a_result_still_undeliverable_after_the_retention_window_is_released(make: Factory):
+    service, _ = await make(RESULT_RETENTION_HOURS="1")
+    flaky = Flaky(10**6)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await until(lambda: flaky.tries >= 2)
+    make.clock.advance(3600)
+    await wait_state(service, job_id, "failed")
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.error_code == "undeliverable"
+    assert await kinds(service, job_id) == ["reserve", "release"]
+
+
+async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: Factory):
+    service, _ = await make()
+    flaky = Flaky(10**6)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 60.0
+    job_id = await submit(service, Live())
+    await until(lambda: flaky.tries == 1)
+    await service.drain(0)
+    assert await state(service, job_id) == "completed"
+    later, recorder = await make()
+    await later.engine.start()
+    await wait_state(later, job_id, "delivered")
+    assert [j for j, _ in recorder.delivered] == [job_id]
+    assert await kinds(later, job_id) == ["reserve", "capture"]

@@ -102,6 +102,29 @@ async def test_result_goes_to_dms_when_the_channel_was_deleted(world: World):
     assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
 
 
+async def test_a_result_discord_failed_to_take_is_posted_once_when_discord_is_back(world: World):
+    """The channel post and then the DM fail with a 503 (no effect): the paid result is neither
+    refunded nor lost; it is posted again from the stored result, exactly once."""
+    world.services.edits.engine.delivery_retry_first = 0.05
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    in_channel = world.fake.hold("POST", r"/channels/\d+/messages")
+    by_dm = world.fake.hold("POST", r"/channels/\d+/messages")
+    await world.fake.wait_until(lambda: in_channel.held)
+    in_channel.drop()
+    await world.fake.wait_until(lambda: by_dm.held)
+    by_dm.drop()
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(world.channel)))
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "channel")
+    assert job["result_message_id"] == message.id
+    assert not results(world.fake.channel_messages(world.fake.dm_channel(world.user)))
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(world.services.settings.data_dir)
+
+
 # -- the queue and Cancel ---------------------------------------------------------------------------
 
 
