@@ -1092,8 +1092,13 @@ class JobEngine:
         )
         if settled is not None:
             outcome = replace(outcome, charged=settled[1])
+        # From here on the job is posted and charged: nothing below may turn it into a "failed,
+        # not charged" job (the sweep deletes files left behind).
         names = [f"result-{i}.{f.filename.rsplit('.', 1)[-1]}" for i, f in enumerate(outcome.files, start=1)]
-        await asyncio.to_thread(self.files.delete, job.id, names)
+        try:
+            await asyncio.to_thread(self.files.delete, job.id, names)
+        except Exception as exc:
+            log.warning("job %s: delivered, but its result files stay until the sweep: %s", job.id, exc)
         self._finished(job, "delivered", outcome.provider, outcome.charged, None)
         log.info(
             "job %s delivered via %s: model=%s provider=%s images=%d charged=%d",
@@ -1145,7 +1150,10 @@ class JobEngine:
         try:
             await self.storage.settle_released(job.id, state, error_code=code, error_ref=ref)
         except LedgerConflict:
-            log.error("job %s: already charged, not released (ref %s)", job.id, ref)
+            # Captured means posted: the member has the result and was charged for it. Say so.
+            log.error("job %s: failed after it was delivered and charged (ref %s)", job.id, ref, exc_info=exc)
+            await self._end_charged(job, ref)
+            return
         except Exception:
             log.exception("job %s: could not release credits (ref %s)", job.id, ref)
         with contextlib.suppress(OSError):
@@ -1158,6 +1166,22 @@ class JobEngine:
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
         self._resolve(job, exc if isinstance(exc, asyncio.CancelledError) else error)
+
+    async def _end_charged(self, job: _Job, ref: str) -> None:
+        """An error after the charge was recorded: the job counts as delivered, and the member is not
+        told they were not charged."""
+        row = await self.storage.get_job(job.id)
+        charged = int(row.captured or 0) if row is not None else 0
+        self._finished(job, "delivered", job.provider, charged, None)
+        error = JobFailed(
+            f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards.",
+            ref=ref,
+            code="after_delivery",
+        )
+        if job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(error.user_message)
+        self._resolve(job, error)
 
     def _user_error(self, job: _Job, exc: BaseException, ref: str) -> RetouchError:
         """What the user is told: provider and unexpected errors get text and a log reference."""

@@ -620,3 +620,56 @@ async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: 
     await wait_state(later, job_id, "delivered")
     assert [j for j, _ in recorder.delivered] == [job_id]
     assert await kinds(later, job_id) == ["reserve", "capture"]
+
+
+class Outcomes:
+    """A JobObserver that keeps how each job ended."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, tuple[str, int]] = {}
+
+    def job_finished(self, job_id: str, state: str, *, charged: int, **_: object) -> None:
+        self.ended[job_id] = (state, charged)
+
+
+async def test_a_cleanup_error_after_the_charge_does_not_turn_a_delivered_job_into_a_failed_one(
+    make: Factory,
+):
+    service, recorder = await make()
+    outcomes = Outcomes()
+    service.engine.observers.append(outcomes)
+
+    def broken_delete(job_id: str, names: list[str]) -> None:
+        raise PermissionError(13, "read-only file system")
+
+    service.engine.files.delete = broken_delete  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "delivered")
+    await until(lambda: job_id in outcomes.ended)
+    [(_, outcome)] = recorder.delivered
+    assert outcomes.ended[job_id] == ("delivered", outcome.charged)
+    assert live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
+async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make: Factory):
+    service, _ = await make()
+    outcomes = Outcomes()
+    service.engine.observers.append(outcomes)
+    storage = service.storage
+    real = storage.settle_delivered
+
+    async def settle_then_lose_the_reply(*args: Any, **kw: Any) -> Any:
+        await real(*args, **kw)  # the capture is committed ...
+        raise ConnectionResetError("... and then the reply is lost")
+
+    storage.settle_delivered = settle_then_lose_the_reply  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    await until(lambda: job_id in outcomes.ended)
+    state_, charged = outcomes.ended[job_id]
+    assert state_ == "delivered" and charged > 0
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    said = " ".join(text or "" for text in live.final)
+    assert "not charged" not in said and f"charged ({charged} credits)" in said
