@@ -97,6 +97,7 @@ class Settings:
     queue_timeout_seconds: float = 900.0
     input_retention_hours: float = 24.0
     result_retention_hours: float = 72.0
+    job_history_days: float = 90.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -284,6 +285,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
         input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),
         result_retention_hours=r.number("RESULT_RETENTION_HOURS", 72.0, float, 1),
+        job_history_days=r.number("JOB_HISTORY_DAYS", 90.0, float, 1),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

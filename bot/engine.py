@@ -688,6 +688,7 @@ class JobEngine:
     async def _refused(self, job: _Job, code: str) -> None:
         await self.storage.settle_released(job.id, "failed", error_code=code)
         await asyncio.to_thread(self.files.remove, job.id)
+        await self.storage.forget_job_details(job.id)  # the prompt goes with the images
         self._finished(job, "failed", None, 0, code)
 
     def _position(self, job_id: str) -> int:
@@ -1158,6 +1159,8 @@ class JobEngine:
             log.exception("job %s: could not release credits (ref %s)", job.id, ref)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job.id)
+        with contextlib.suppress(Exception):  # the sweep clears it otherwise
+            await self.storage.forget_job_details(job.id)  # the prompt goes with the images
         error = self._user_error(job, exc, ref)
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
         if not job.quiet:
@@ -1300,6 +1303,7 @@ class JobEngine:
         code = "restart_before_start" if row.state in ("queued", "reserved") else "restart_outcome_unknown"
         await self.storage.settle_released(row.id, "cancelled", error_code=code, error_ref=new_reference())
         await asyncio.to_thread(self.files.remove, row.id)
+        await self.storage.forget_job_details(row.id)  # the prompt goes with the images
         self._finished(job, "cancelled", row.provider, 0, code)
         log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
         self._spawn(self._say(job, text))
@@ -1323,7 +1327,8 @@ class JobEngine:
         return released
 
     async def sweep(self) -> int:
-        """Delete job folders whose job is gone, or ended and past its retention. Returns how many."""
+        """Delete job folders whose job is gone, or ended and past its retention (with the job's prompt
+        and options), then prune history older than JOB_HISTORY_DAYS. Returns how many folders went."""
         now = _iso(self.storage.now())
         removed = 0
         for job_id in await asyncio.to_thread(self.files.job_ids):
@@ -1338,6 +1343,12 @@ class JobEngine:
                 if row is not None:  # the prompt goes with the images
                     await self.storage.forget_job_details(job_id)
                 removed += 1
+        # Rows whose folder is already gone (failed, cancelled, refused) or was never written.
+        await self.storage.forget_expired_details()
+        history = self.storage.now() - dt.timedelta(days=self.settings.job_history_days)
+        jobs, ledger = await self.storage.prune_history(history)
+        if jobs or ledger:
+            log.info("retention: %d old job row(s) deleted, %d ledger row(s) lost their detail", jobs, ledger)
         return removed
 
     # -- the watchdog --------------------------------------------------------------------------------

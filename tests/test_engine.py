@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -673,3 +674,57 @@ async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make
     assert await kinds(service, job_id) == ["reserve", "capture"]
     said = " ".join(text or "" for text in live.final)
     assert "not charged" not in said and f"charged ({charged} credits)" in said
+
+
+# -- retention ----------------------------------------------------------------------------------------
+
+
+async def test_a_failed_jobs_prompt_and_options_go_with_its_images(make: Factory, openai: FakeOpenAI):
+    service, _ = await make()
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "failed")
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.spec is None and row.result is None
+    assert not service.engine.files.folder(job_id).exists()
+
+
+async def test_the_sweep_clears_prompts_an_older_release_left_on_ended_jobs(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "failed")
+    with sqlite3.connect(service.settings.database_path) as db:  # as the previous release left it
+        db.execute("UPDATE jobs SET spec = '{\"prompt\": \"my address is\"}' WHERE id = ?", (job_id,))
+    make.clock.advance(25 * 3600)  # past INPUT_RETENTION_HOURS
+    await service.engine.sweep()
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.spec is None
+
+
+async def test_history_older_than_job_history_days_is_pruned_and_the_books_still_add_up(
+    make: Factory, tmp_path: Path
+):
+    service, _ = await make(JOB_HISTORY_DAYS="30")
+    old = await submit(service)
+    await wait_state(service, old, "delivered")
+    await service.storage.grant(
+        GUILD, ALICE, 50, actor_id=BOB, reason="for my friend Alice", starting_credits=0
+    )
+    make.clock.advance(31 * 86400)
+    recent = await submit(service)
+    await wait_state(service, recent, "delivered")
+    await service.engine.sweep()
+    assert await service.storage.get_job(old) is None
+    assert await service.storage.get_job(recent) is not None
+    assert await kinds(service, old) == ["reserve", "capture"]  # the books keep every amount
+    assert_books_balance(tmp_path)
+    with sqlite3.connect(service.settings.database_path) as db:
+        details = db.execute(
+            "SELECT reason, actor_id FROM ledger WHERE kind = 'grant' AND amount = 50"
+        ).fetchall()
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE ledger SET amount = amount + 1 WHERE kind = 'grant'")
+    assert details == [(None, None)]

@@ -703,6 +703,41 @@ class Storage:
             (job_id,),
         )
 
+    async def forget_expired_details(self) -> int:
+        """Drop the prompt and options of every ended job whose files expired (also failed, cancelled and
+        refused jobs, whose files went at once). Returns how many rows were cleared."""
+        return await self._write_one(
+            "UPDATE jobs SET spec = NULL, result = NULL "
+            "WHERE state IN ('delivered', 'failed', 'cancelled') "
+            "AND (spec IS NOT NULL OR result IS NOT NULL) "
+            "AND files_expire_at IS NOT NULL AND files_expire_at < ?",
+            (self._now(),),
+        )
+
+    async def prune_history(self, before: dt.datetime) -> tuple[int, int]:
+        """Delete ended jobs that finished before `before`, and erase the reason and acting admin of
+        ledger rows written before it (their amounts stay, so the books still add up).
+
+        Returns (job rows deleted, ledger rows cleared). Live jobs and their holds are never touched.
+        """
+        cutoff = _stamp(before)
+
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
+            jobs = _rowcount(
+                db,
+                "DELETE FROM jobs WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ?",
+                (cutoff,),
+            )
+            ledger = _rowcount(
+                db,
+                "UPDATE ledger SET reason = NULL, actor_id = NULL "
+                "WHERE created_at < ? AND actor_id IS NOT NULL",
+                (cutoff,),
+            )
+            return jobs, ledger
+
+        return await self._transaction(body)
+
     async def open_holds(self) -> list[OpenHold]:
         """Reservations never captured or released, with their job's state (for start-up reconciling)."""
         rows = await self._all(
