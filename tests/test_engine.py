@@ -697,7 +697,7 @@ async def test_the_sweep_clears_prompts_an_older_release_left_on_ended_jobs(
     job_id = await submit(service, Live())
     await wait_state(service, job_id, "failed")
     with sqlite3.connect(service.settings.database_path) as db:  # as the previous release left it
-        db.execute("UPDATE jobs SET spec = '{\"prompt\": \"my address is\"}' WHERE id = ?", (job_id,))
+        db.execute('UPDATE jobs SET spec = \'{"prompt": "my address is"}\' WHERE id = ?', (job_id,))
     make.clock.advance(25 * 3600)  # past INPUT_RETENTION_HOURS
     await service.engine.sweep()
     row = await service.storage.get_job(job_id)
