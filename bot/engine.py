@@ -1260,12 +1260,19 @@ class JobEngine:
           the crash interrupted had landed). Then holds without a live job are released, and job
           folders past their retention are deleted.
         """
-        counts = dict.fromkeys(("requeued", "resumed", "delivering", "released", "orphan_holds", "swept"), 0)
+        counts = dict.fromkeys(
+            ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
+        )
         self._durations.extend(await self.storage.recent_run_seconds(ETA_WINDOW))
         for row in await self.storage.jobs_in_states(LIVE_STATES):
             if row.id in self._jobs:
                 continue
-            outcome = await self._recover_one(row)
+            try:
+                outcome = await self._recover_one(row)
+            except Exception as exc:
+                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
+                # keep every other job and the bot itself from starting.
+                outcome = await self._quarantine(row, exc)
             counts[outcome] += 1
         counts["orphan_holds"] = await self._release_orphan_holds()
         for guild_id, user_id, held, open_ in await self.storage.held_mismatches():
@@ -1276,7 +1283,10 @@ class JobEngine:
                 held,
                 open_,
             )
-        counts["swept"] = await self.sweep()
+        try:
+            counts["swept"] = await self.sweep()
+        except Exception:
+            log.exception("recovery: the sweep failed; the watchdog runs it again within the hour")
         if any(counts.values()):
             log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         self._pump()
@@ -1296,6 +1306,7 @@ class JobEngine:
             self._launch(job)  # it already holds a slot at the provider: no queueing behind new jobs
             return "resumed"
         if row.state == "completed" and row.result:
+            _check_record(json.loads(row.result))
             self._jobs[row.id] = job
             self._launch(job)
             return "delivering"
@@ -1308,6 +1319,30 @@ class JobEngine:
         log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
         self._spawn(self._say(job, text))
         return "released"
+
+    async def _quarantine(self, row: JobRow, exc: Exception) -> str:
+        """Set aside a job whose row cannot be recovered: release its hold, mark it failed with the
+        code `quarantined`, keep its row and files for the admin, and say so in the log."""
+        ref = new_reference()
+        self._jobs.pop(row.id, None)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(row.id)
+        log.error(
+            "recovery: job %s (state %s) is unreadable and was quarantined (ref %s): %s",
+            row.id,
+            row.state,
+            ref,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        try:
+            await self.storage.settle_released(row.id, "failed", error_code="quarantined", error_ref=ref)
+        except Exception as settle_exc:
+            log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)
+        with contextlib.suppress(Exception):
+            job = _Job(JobInfo.of(row), str(row.model))
+            self._spawn(self._say(job, f"{RESTARTED_MID_SUBMIT} (ref `{ref}`)"))
+        return "quarantined"
 
     async def _release_orphan_holds(self) -> int:
         """Release holds whose job is gone or already ended, so every account's `held` is exactly
@@ -1433,6 +1468,21 @@ class JobEngine:
             seconds=time.monotonic() - job.clock_start,
             error=error,
         )
+
+
+def _check_record(record: Any) -> None:
+    """Raise ValueError unless `record` is a stored result the engine can deliver (see `_complete`)."""
+    files = record.get("files") if isinstance(record, dict) else None
+    usable = isinstance(files, list) and all(
+        isinstance(f, dict) and isinstance(f.get("disk"), str) and isinstance(f.get("filename"), str)
+        for f in files
+    )
+    if (
+        not usable
+        or not isinstance(record.get("charged"), int)
+        or not isinstance(record.get("provider"), str)
+    ):
+        raise ValueError("the stored result is not readable")
 
 
 def _too_late(state: str) -> str:

@@ -438,6 +438,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
         "resumed": 0,
         "delivering": 1,
         "released": 2,
+        "quarantined": 0,
         "orphan_holds": 2,
         "swept": 1,
     }
@@ -452,6 +453,45 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     assert "before your edit could start" in told[ids["queued"]]
     assert "result was lost" in told[ids["submitting"]]
     assert (await storage_account(later)).held == 0
+    assert_books_balance(later.settings.data_dir)
+
+
+async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(make: Factory):
+    service, _ = await make()
+    storage, files = service.storage, service.engine.files
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    ids = {}
+    for name, text in (("bad spec", "{not json"), ("bad result", spec.to_json()), ("good", spec.to_json())):
+        job_id = f"{len(ids) + 1:016x}"
+        ids[name] = job_id
+        files.write(job_id, blobs)
+        await storage.create_job(
+            job_id,
+            guild_id=GUILD,
+            user_id=ALICE,
+            channel_id=7,
+            model=spec.model,
+            quality="auto",
+            size="auto",
+            count=1,
+            spec=text,
+            files_expire_at="2026-11-22T12:00:00.000+00:00",
+        )
+        await storage.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await storage.set_job_state(ids["bad result"], "completed", result='{"files": 3}')
+    await service.drain(0)
+
+    later, recorder = await make()
+    counts = await later.engine.recover()
+    assert (counts["quarantined"], counts["requeued"]) == (2, 1)
+    await wait_state(later, ids["good"], "delivered")
+    for name in ("bad spec", "bad result"):
+        row = await later.storage.get_job(ids[name])
+        assert row is not None and (row.state, row.error_code) == ("failed", "quarantined")
+        assert await kinds(later, ids[name]) == ["reserve", "release"]
+    told = dict(await until(lambda: len(recorder.notices) == 2 and recorder.notices))
+    assert all("not charged" in text for text in told.values())
     assert_books_balance(later.settings.data_dir)
 
 

@@ -62,6 +62,15 @@ class NotEnoughCredits(Exception):
         self.available = available
 
 
+class SchemaTooNew(Exception):
+    """The database was written by a newer release: this one must not touch it."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"database schema version {found} is newer than this release knows ({known})")
+        self.found = found
+        self.known = known
+
+
 @dataclass(frozen=True)
 class Account:
     guild_id: int
@@ -458,7 +467,11 @@ class Storage:
         await conn.execute("PRAGMA synchronous = FULL")
         await conn.execute("PRAGMA foreign_keys = ON")
         storage = cls(conn, clock)
-        await storage.migrate()
+        try:
+            await storage.migrate()
+        except BaseException:
+            await conn.close()
+            raise
         return storage
 
     async def close(self) -> None:
@@ -504,9 +517,16 @@ class Storage:
     # -- schema -------------------------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply numbered migrations newer than `PRAGMA user_version`. Returns the new version."""
+        """Apply numbered migrations newer than `PRAGMA user_version`. Returns the new version.
+
+        Raises `SchemaTooNew` (touching nothing) for a database a newer release has migrated: an older
+        release cannot know what its columns and rules mean, and would write rows it cannot keep.
+        """
         row = await self._one("PRAGMA user_version")
         version = int(row[0]) if row else 0
+        known = latest_schema_version()
+        if version > known:
+            raise SchemaTooNew(version, known)
         for number, sql in _migrations():
             if number <= version:
                 continue
