@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -138,13 +139,30 @@ def build_providers(
 
 
 def load_or_create_salt(data_dir: Path) -> bytes:
-    """A per-install random salt so provider-side user ids cannot be mapped back to Discord ids."""
+    """A per-install random salt so provider-side user ids cannot be mapped back to Discord ids.
+
+    Created readable by the bot's user only, and atomically: written to a private temporary file,
+    synced, then linked into place, so a crash never leaves a short salt and two processes starting
+    together end up with the same one (the second link fails and it reads the first's).
+    """
     path = data_dir / SALT_FILE
     if path.exists():
         return path.read_bytes()
     data_dir.mkdir(parents=True, exist_ok=True)
     salt = secrets.token_bytes(32)
-    path.write_bytes(salt)
+    tmp = data_dir / f".{SALT_FILE}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(salt)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
     return salt
 
 
