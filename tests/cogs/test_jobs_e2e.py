@@ -251,3 +251,34 @@ async def test_edit_again_opens_a_form_and_edits_the_result_image(world: World):
     rows = jobs(world.services.settings.data_dir)
     assert rows[-1]["user_id"] == bob.id and rows[-1]["origin_message_id"] == result.id
     assert again.content == f"<@{bob.id}>"
+
+
+async def test_job_buttons_count_only_in_the_jobs_own_server_and_on_its_own_message(world: World):
+    """A copy of a job's buttons on a message in another server (a forged or misrouted component) gives
+    that server's moderators no power over the job, and its requester no power over that message."""
+    other = await world.fake.create_guild(name="Elsewhere")
+    hall = await other.create_text_channel("hall")
+    mallory = world.fake.create_user("mallory")
+    await other.add_member(mallory, permissions=int(Permission.MANAGE_MESSAGES))
+    await other.add_member(world.user)
+
+    world.openai.delay = 2.0  # the job is still running while the copies are clicked
+    it = await world.edit(PHOTO)
+    cancel = await world.fake.wait_until(
+        lambda: it.original_message and control(it.original_message, "cancel")
+    )
+    copy = await world.fake.post_message(world.fake.bot_user, hall, "copied controls")
+    copy.components = it.original_message.components
+    refused = await world.fake.click(mallory, copy, cancel)
+    await world.fake.wait_until(lambda: refused.callbacks)
+    result = await published(world, it)
+    [job] = await settled(world)
+    assert job["state"] == "delivered"  # mallory's click did not cancel it
+
+    copy.components = result.components
+    delete = control(result, "delete")
+    assert delete is not None
+    for who in (world.user, mallory):
+        click = await world.fake.click(who, copy, delete)
+        await world.fake.wait_until(lambda click=click: click.callbacks)
+    assert not copy.deleted and not result.deleted
