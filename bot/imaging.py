@@ -185,7 +185,11 @@ def encode(
     """
     fmt = _normalize_format(fmt)
     icc = image.info.get("icc_profile")
-    extra = {"icc_profile": icc} if icc else {}
+    # Pillow copies some metadata from `image.info` unless told otherwise (a JPEG's comment, XMP):
+    # say "none" explicitly, so nothing private survives a re-encode.
+    extra: dict[str, object] = {"exif": b"", "xmp": b"", "comment": b""}
+    if icc:
+        extra["icc_profile"] = icc
     buffer = io.BytesIO()
     if fmt == "jpeg":
         jpeg_image = _flatten(image, JPEG_FLATTEN_BACKGROUND) if _has_alpha(image) else image
@@ -201,8 +205,12 @@ def encode(
         png_image = image
         if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             png_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
-        png_image.save(buffer, "PNG", compress_level=compress_level, **extra)
+        png_image.save(buffer, "PNG", compress_level=compress_level, exif=b"", **_only_icc(extra))
     return buffer.getvalue()
+
+
+def _only_icc(extra: dict[str, object]) -> dict[str, object]:
+    return {"icc_profile": extra["icc_profile"]} if "icc_profile" in extra else {}
 
 
 def _normalize_format(fmt: str) -> str:

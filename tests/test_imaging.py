@@ -369,6 +369,17 @@ def test_metadata_never_leaves_the_bot_but_the_picture_and_its_profile_do(make: 
     assert result.mime == sniff_mime(data)
 
 
+def test_a_re_encoded_upload_carries_no_comment_or_xmp() -> None:
+    """Turning a photo upright re-encodes it; Pillow would copy its comment and XMP unless told not to."""
+    exif = gps_exif()
+    exif[ExifTags.Base.Orientation] = 6
+    data = save(photo("rocket.jpg"), "JPEG", exif=exif, comment=b"taken at home", xmp=XMP)
+    result = validate_image(data, **LIMITS)
+    assert result.data != data
+    assert not [b for b in blocks(result.data) if b.startswith(PRIVATE_BLOCKS)]
+    assert b"taken at home" not in result.data and b"xmpmeta" not in result.data
+
+
 def test_a_cmyk_jpeg_is_sent_as_rgb() -> None:
     cmyk = photo("rocket.jpg").convert("CMYK")
     data = save(cmyk, "JPEG", quality=95, exif=gps_exif())
