@@ -487,7 +487,8 @@ class JobEngine:
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
-        self._redeliveries: dict[str, asyncio.TimerHandle] = {}  # job id -> the next delivery try
+        # job id -> the next delivery try of a result Discord could not take, and the job
+        self._redeliveries: dict[str, tuple[asyncio.TimerHandle, _Job]] = {}
         self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
         self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
 
@@ -638,8 +639,9 @@ class JobEngine:
         """
         self.accepting = False
         await self._stop_watchdog()
-        for handle in self._redeliveries.values():  # their rows stay `completed`: the next start posts them
+        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
             handle.cancel()
+            self._resolve(job, JobSuspended())
         self._redeliveries.clear()
         for job_id in list(self._waiting):
             job = self._jobs.pop(job_id)
@@ -1053,6 +1055,7 @@ class JobEngine:
         give_up_at = made + dt.timedelta(hours=self.settings.result_retention_hours)
         if not self.accepting:
             log.info("job %s: delivery left for the next start", job.id)
+            self._resolve(job, JobSuspended())
             return True
         job.delivery_retries += 1
         delay = min(
@@ -1066,7 +1069,8 @@ class JobEngine:
         )
         if job.delivery_retries == 1:
             await self._tell_live(job, DELIVERY_DELAYED)
-        self._redeliveries[job.id] = asyncio.get_running_loop().call_later(delay, self._redeliver, job)
+        handle = asyncio.get_running_loop().call_later(delay, self._redeliver, job)
+        self._redeliveries[job.id] = (handle, job)
         return True
 
     def _redeliver(self, job: _Job) -> None:

@@ -652,10 +652,22 @@ async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: 
     flaky = Flaky(10**6)
     service.engine.attach_delivery(flaky)
     service.engine.delivery_retry_first = 60.0
-    job_id = await submit(service, Live())
+    prepared = await service.prepare(job())
+
+    async def quiet(_: object) -> None:
+        return None
+
+    async def token_spent(_: object) -> None:
+        raise DeliveryFailed("token spent")
+
+    waiter = asyncio.ensure_future(service.execute(prepared, progress=quiet, deliver=token_spent))
     await until(lambda: flaky.tries == 1)
+    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    job_id = row.id
     await service.drain(0)
     assert await state(service, job_id) == "completed"
+    with pytest.raises(JobSuspended):  # an in-process waiter is not left hanging
+        await asyncio.wait_for(waiter, 5)
     later, recorder = await make()
     await later.engine.start()
     await wait_state(later, job_id, "delivered")
