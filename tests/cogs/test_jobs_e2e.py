@@ -125,6 +125,23 @@ async def test_a_result_discord_failed_to_take_is_posted_once_when_discord_is_ba
     assert_books_balance(world.services.settings.data_dir)
 
 
+async def test_a_channel_post_lost_to_a_dropped_connection_falls_back_to_a_dm(world: World):
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    in_channel = world.fake.hold("POST", rf"/channels/{world.channel.id}/messages")
+    await world.fake.wait_until(lambda: in_channel.held)
+    in_channel.cut()
+    dm = world.fake.dm_channel(world.user)
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(dm)))
+    assert "could not be posted there" in message.content
+    assert not results(world.fake.channel_messages(world.channel))
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "dm")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
 # -- the queue and Cancel ---------------------------------------------------------------------------
 
 
