@@ -13,6 +13,11 @@ Every call gets an `aiohttp.ClientTimeout` no longer than the time left before t
 Nothing here knows about Discord or about one vendor: each vendor passes its own `classify`
 function that turns an error response into a `ProviderError`.
 
+Redirects are followed here, not by aiohttp (at most `MAX_REDIRECTS`): the caller's headers, which
+carry the API key, never go to another origin, and every hop outside the trusted origins must be a
+public http(s) address, checked on the connected socket (`bot.providers.netguard`). A URL taken from a
+provider's answer (`download`, `fetch_output`) is never trusted itself.
+
 Logging never includes API keys, headers or URL query strings (signed URLs): URLs are logged
 through `redact_url`, and exception messages are built here rather than copied from aiohttp
 (whose messages can contain the full URL).
@@ -371,7 +376,10 @@ async def _request_once(
                     hops += 1
                     if hops > MAX_REDIRECTS:
                         raise UnsafeDestination(f"more than {MAX_REDIRECTS} redirects")
-                    current = resp.url.join(URL(location))
+                    try:
+                        current = resp.url.join(URL(location))
+                    except (ValueError, TypeError):
+                        raise UnsafeDestination("a redirect to an unusable location") from None
                     # As browsers and aiohttp do: 303, and 301/302 after a POST, continue as a bodiless GET.
                     if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                         method, data_factory, json_body = "GET", None, None

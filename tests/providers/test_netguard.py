@@ -340,3 +340,13 @@ async def test_a_redirected_upload_keeps_its_key_at_home(
 
     assert api.headers and api.headers[0]["API-KEY"] == "K-SECRET"
     assert all("K-SECRET" not in v for hit in internal.hits for v in hit.values())
+
+
+async def test_a_redirect_to_an_unusable_location_is_an_unusable_answer(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Redirector("http://[::1") as api:
+        with pytest.raises(ServerError):
+            await download(
+                session, f"{api.origin}/out.png", max_bytes=10**6, deadline=soon(), trusted=(api.origin,)
+            )
