@@ -1345,6 +1345,7 @@ class JobEngine:
             log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)
         with contextlib.suppress(Exception):
             job = _Job(JobInfo.of(row), str(row.model))
+            self._finished(job, "failed", row.provider, 0, "quarantined")  # metrics and the audit channel
             self._spawn(self._say(job, f"{RESTARTED_MID_SUBMIT} (ref `{ref}`)"))
         return "quarantined"
 

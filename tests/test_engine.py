@@ -483,8 +483,11 @@ async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(m
     await service.drain(0)
 
     later, recorder = await make()
+    outcomes = Outcomes()
+    later.engine.observers.append(outcomes)
     counts = await later.engine.recover()
     assert (counts["quarantined"], counts["requeued"]) == (2, 1)
+    assert outcomes.ended[ids["bad spec"]] == ("failed", 0)  # reported to metrics and the audit channel
     await wait_state(later, ids["good"], "delivered")
     for name in ("bad spec", "bad result"):
         row = await later.storage.get_job(ids[name])
