@@ -1,5 +1,9 @@
 # Retouch — self-hosted Discord image-editing bot.
-FROM python:3.11-slim
+# The base is pinned by digest (the multi-arch index of python:3.11.10-slim-bookworm), so a rebuild
+# gets exactly the image that was tested, not whatever the tag points to that day. To update, let
+# Renovate/Dependabot bump it, or take the new digest from
+# `docker buildx imagetools inspect python:3.11-slim-bookworm` and change tag and digest together.
+FROM python:3.11.10-slim-bookworm@sha256:840e180ebcc6e5c8efab209c43f5e40fd2af98cb49db5c7103c90539c56bb30e
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -1,6 +1,8 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
-Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems, 1 for anything else.
+Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
+included), 1 for anything else (Discord unreachable, a database from a newer release): each of those
+is said in one log line, without a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from bot.logs import configure_logging
 log = logging.getLogger("bot")
 
 EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """What went wrong on the way to a host, in a few words (aiohttp's own text can hold a URL)."""
+    os_error = getattr(exc, "os_error", None) or (exc if isinstance(exc, OSError) else None)
+    reason = getattr(os_error, "strerror", None)
+    host = getattr(exc, "host", None)
+    what = type(exc).__name__ + (f": {reason}" if reason else "")
+    return f"{host}: {what}" if isinstance(host, str) and host else what
 
 
 def _fail_config(problems: list[str]) -> int:
@@ -40,16 +52,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     """Own every resource for the process's lifetime: one HTTP session, one database."""
     # Imported here so `--check-config` and config errors never pay for importing discord.py.
+    import aiohttp
     import discord
 
     from bot.app import build_providers, build_services, provider_session
     from bot.client import RetouchBot, point_discord_at
     from bot.ops import serve_ops
-    from bot.storage import Storage
+    from bot.storage import SchemaTooNew, Storage
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
-    storage = await Storage.open(settings.database_path)
+    try:
+        storage = await Storage.open(settings.database_path)
+    except SchemaTooNew as exc:
+        log.error(
+            "Retouch cannot start: %s was written by a newer Retouch (schema %d; this release knows up to "
+            "%d). Run that newer release, or restore a backup made with this one.",
+            settings.database_path,
+            exc.found,
+            exc.known,
+        )
+        return EXIT_FAILURE
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`).
         async with provider_session(settings, headers={"User-Agent": "Retouch (+discord bot)"}) as session:
@@ -75,6 +98,16 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             except discord.LoginFailure:
                 log.error("Discord refused DISCORD_TOKEN; check the bot token in your .env")
                 return EXIT_CONFIG
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                # Said once, without a traceback: the cause is the network, not the code.
+                log.error(
+                    "Retouch cannot reach Discord (%s); check the network, DNS and any firewall or proxy",
+                    describe_connection_error(exc),
+                )
+                return EXIT_FAILURE
+            except discord.DiscordServerError as exc:
+                log.error("Discord is failing (HTTP %s); try again later", exc.status)
+                return EXIT_FAILURE
     finally:
         await storage.close()
     log.info("stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bot.policy import AllotmentChange, CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
+from bot.providers.netguard import GuardedConnector
 from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
@@ -94,8 +96,11 @@ def provider_connection_limit(settings: Settings) -> int:
 
 
 def provider_session(settings: Settings, **kwargs: Any) -> aiohttp.ClientSession:
-    """The HTTP session every provider adapter shares (create it inside the running event loop)."""
-    connector = aiohttp.TCPConnector(limit=provider_connection_limit(settings), limit_per_host=0)
+    """The HTTP session every provider adapter shares (create it inside the running event loop).
+
+    Its connector checks peer addresses, so result URLs from provider answers can be fetched safely.
+    """
+    connector = GuardedConnector(limit=provider_connection_limit(settings), limit_per_host=0)
     return aiohttp.ClientSession(connector=connector, **kwargs)
 
 
@@ -150,13 +155,30 @@ def build_providers(
 
 
 def load_or_create_salt(data_dir: Path) -> bytes:
-    """A per-install random salt so provider-side user ids cannot be mapped back to Discord ids."""
+    """A per-install random salt so provider-side user ids cannot be mapped back to Discord ids.
+
+    Created readable by the bot's user only, and atomically: written to a private temporary file,
+    synced, then linked into place, so a crash never leaves a short salt and two processes starting
+    together end up with the same one (the second link fails and it reads the first's).
+    """
     path = data_dir / SALT_FILE
     if path.exists():
         return path.read_bytes()
     data_dir.mkdir(parents=True, exist_ok=True)
     salt = secrets.token_bytes(32)
-    path.write_bytes(salt)
+    tmp = data_dir / f".{SALT_FILE}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(salt)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
     return salt
 
 

@@ -6,12 +6,14 @@ restart. Secrets are wrapped in `Secret` so they never appear in reprs, logs or 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.logs import LOG_FORMATS
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
@@ -108,6 +110,7 @@ class Settings:
     monthly_budget_usd: Decimal = DEFAULT_MONTHLY_BUDGET_USD  # 0 = no cap
     commands_per_minute: int = 10  # per member; 0 = no limit
     max_mask_previews: int = 3  # open /mask pickers and previews per member
+    job_history_days: float = 90.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -129,15 +132,28 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, Secret):
                 value = "***" if value else ""
+            elif isinstance(value, str) and "://" in value:
+                value = mask_userinfo(value)
             elif f.name == "providers":
                 value = [
-                    {"name": p.name, "base_url": p.base_url, "api_key": "***"}
-                    | ({"upload_url": p.upload_url} if p.upload_url else {})
+                    {"name": p.name, "base_url": mask_userinfo(p.base_url), "api_key": "***"}
+                    | ({"upload_url": mask_userinfo(p.upload_url)} if p.upload_url else {})
                     | ({"sync_mode": True} if p.sync_mode else {})
                     for p in value
                 ]
             out[f.name] = value
         return out
+
+
+def mask_userinfo(url: str) -> str:
+    """`url` with any `user:password@` replaced by `***@` (a proxy or gateway URL can carry one)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 class _Reader:
@@ -171,6 +187,9 @@ class _Reader:
             parsed = kind(value)
         except ValueError:
             self.problems.append(f"{key} must be a number (got {value!r})")
+            return default
+        if not math.isfinite(parsed):  # NaN passes every comparison below, and inf never ends a wait
+            self.problems.append(f"{key} must be a finite number (got {value!r})")
             return default
         if parsed < minimum:
             self.problems.append(f"{key} must be at least {minimum} (got {value!r})")
@@ -314,6 +333,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         monthly_budget_usd=r.usd("MONTHLY_BUDGET_USD", DEFAULT_MONTHLY_BUDGET_USD),
         commands_per_minute=r.number("COMMANDS_PER_MINUTE", 10, int, 0),
         max_mask_previews=r.number("MAX_MASK_PREVIEWS", 3, int, 1),
+        job_history_days=r.number("JOB_HISTORY_DAYS", 90.0, float, 1),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

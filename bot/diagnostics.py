@@ -21,6 +21,9 @@ from bot.storage import Storage, latest_schema_version
 log = logging.getLogger(__name__)
 
 PROVIDER_CHECK_TIMEOUT = 10.0  # the command has 15 minutes, but an admin waiting on it does not
+# Provider checks call the vendors with the operator's keys: however often /diagnose is run (by any
+# number of servers), they run at most once per this many seconds; later runs reuse the result.
+PROVIDER_CHECK_INTERVAL = 60.0
 DATABASE_CHECK_TIMEOUT = 5.0
 ADMINISTRATOR = 1 << 3
 # What Retouch needs in a channel, in the order Discord's settings list them (bit, name).
@@ -95,10 +98,11 @@ class DatabaseStatus:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Everything `/diagnose` shows. `missing_permissions` is None outside a server channel."""
+    """Everything `/diagnose` shows. `missing_permissions` is None outside a server channel;
+    `providers` is None when the asker may not see them (only the operator may)."""
 
     missing_permissions: tuple[str, ...] | None
-    providers: tuple[ProviderStatus, ...]
+    providers: tuple[ProviderStatus, ...] | None
     database: DatabaseStatus
     catalog_warnings: tuple[str, ...]
 
@@ -115,6 +119,8 @@ class DiagnosticsService:
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
         provider_timeout: float = PROVIDER_CHECK_TIMEOUT,
         lifecycle: ModelLifecycle | None = None,
+        check_interval: float = PROVIDER_CHECK_INTERVAL,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.providers = providers
@@ -124,10 +130,18 @@ class DiagnosticsService:
         self.lifecycle = lifecycle
         self._provider_timeout = provider_timeout
         self._probe = WriteProbe(storage)
+        self._check_interval = check_interval
+        self._monotonic = monotonic
+        self._last: tuple[float, tuple[ProviderStatus, ...]] | None = None
+        self._checking: asyncio.Task[tuple[ProviderStatus, ...]] | None = None
 
-    async def diagnose(self, app_permissions: int | None) -> Diagnosis:
-        """All checks; provider and database checks run concurrently."""
-        providers, database = await asyncio.gather(self.check_providers(), self.check_database())
+    async def diagnose(self, app_permissions: int | None, *, show_providers: bool = True) -> Diagnosis:
+        """All checks; provider and database checks run concurrently. With `show_providers=False` the
+        providers are not checked at all (the asker is not the operator)."""
+        if show_providers:
+            providers, database = await asyncio.gather(self.recent_provider_checks(), self.check_database())
+        else:
+            providers, database = None, await self.check_database()
         return Diagnosis(
             missing_permissions=None if app_permissions is None else missing_permissions(app_permissions),
             providers=providers,
@@ -145,6 +159,16 @@ class DiagnosticsService:
             if not r.ok
         )
         return (*self.lifecycle.warnings(), *failed)
+
+    async def recent_provider_checks(self) -> tuple[ProviderStatus, ...]:
+        """The provider checks, run at most once per `check_interval` (concurrent askers share a run)."""
+        if self._last is not None and self._monotonic() - self._last[0] < self._check_interval:
+            return self._last[1]
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self.check_providers())
+        results = await asyncio.shield(self._checking)
+        self._last = (self._monotonic(), results)
+        return results
 
     async def check_providers(self) -> tuple[ProviderStatus, ...]:
         checks = [self._check_one(name, p) for name, p in sorted(self.providers.items())]

@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import logging
 import math
+import random
 import secrets
 import statistics
 import time
@@ -44,6 +45,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+
+import aiohttp
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
@@ -77,6 +80,11 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for a running job to stop
 SHUTDOWN_ABORT_WAIT_SECONDS = 10.0
+# A paid result Discord could not take because of a passing failure (a 5xx, a timeout, a dropped
+# connection) is posted again from the stored result after this long, doubling up to the cap, until
+# RESULT_RETENTION_HOURS after it was made; only then is it given up (and not charged).
+DELIVERY_RETRY_FIRST_SECONDS = 5.0
+DELIVERY_RETRY_MAX_SECONDS = 600.0
 
 RESTARTED_BEFORE_START = (
     "Retouch restarted before your edit could start. You were not charged; please run it again."
@@ -97,6 +105,10 @@ CANCELLED_AT_PROVIDER = (
     "{charged} credits were charged."
 )
 UNDELIVERABLE = "Your edit was made but could not be posted here or sent to you by DM. You were not charged"
+DELIVERY_DELAYED = (
+    "Your edit is ready, but Discord is not taking it right now. It will be posted as soon as Discord "
+    "answers again; nothing is charged until it is."
+)
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -158,11 +170,21 @@ class DeliveryFailed(Exception):
 
     `uncertain`: the request may have reached Discord (a timeout, a dropped connection, a 5xx), so
     the message may exist; the engine looks for it before posting anywhere else.
+    `transient`: the failure may pass (Discord or the network, not a refusal): the engine posts the
+    stored result again later instead of giving it up.
     """
 
-    def __init__(self, reason: str, *, uncertain: bool = False) -> None:
+    def __init__(self, reason: str, *, uncertain: bool = False, transient: bool = False) -> None:
         super().__init__(reason)
         self.uncertain = uncertain
+        self.transient = transient
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a delivery failure may pass by itself (worth posting the stored result again later)."""
+    if isinstance(exc, DeliveryFailed):
+        return exc.transient
+    return isinstance(exc, aiohttp.ClientError | TimeoutError | OSError)
 
 
 class _Suspend(Exception):
@@ -418,6 +440,7 @@ class _Job:
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result
     position: int = 0
+    delivery_retries: int = 0  # stored-result deliveries put off after a transient failure
 
     @property
     def id(self) -> str:
@@ -485,6 +508,10 @@ class JobEngine:
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # job id -> the next delivery try of a result Discord could not take, and the job
+        self._redeliveries: dict[str, tuple[asyncio.TimerHandle, _Job]] = {}
+        self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
+        self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -637,6 +664,10 @@ class JobEngine:
         """
         self.accepting = False
         await self._stop_watchdog()
+        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
+            handle.cancel()
+            self._resolve(job, JobSuspended())
+        self._redeliveries.clear()
         for job_id in list(self._waiting):
             job = self._jobs.pop(job_id)
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
@@ -684,6 +715,7 @@ class JobEngine:
     async def _refused(self, job: _Job, code: str) -> None:
         await self.storage.settle_released(job.id, "failed", error_code=code)
         await asyncio.to_thread(self.files.remove, job.id)
+        await self.storage.forget_job_details(job.id)  # the prompt goes with the images
         self._finished(job, "failed", None, 0, code)
 
     def _position(self, job_id: str) -> int:
@@ -1071,8 +1103,15 @@ class JobEngine:
     async def _deliver(self, job: _Job, row: JobRow, spec: JobSpec, outcome: EditOutcome) -> None:
         """Post the result (live route, then the Delivery), capture only once it is posted."""
         if row.delivery_attempted_at:
-            # A delivery was under way when the last process died: it may have landed.
-            found = await self._find(job)
+            # A delivery was under way when the last process died (or failed on a passing error): it
+            # may have landed. When Discord cannot even be asked, posting again could post it twice.
+            try:
+                found = await self.delivery.find(job.info)
+            except Exception as exc:
+                log.warning("job %s: could not check for an earlier delivery: %s", job.id, type(exc).__name__)
+                if is_transient(exc) and await self._deliver_later(job, row):
+                    return
+                found = None
             if found is not None:
                 log.info("job %s: its result was already posted (%s) before the restart", job.id, found.via)
                 await self._delivered(job, outcome, found)
@@ -1091,10 +1130,50 @@ class JobEngine:
                 delivered = await self.delivery.deliver(job.info, outcome)
             except Exception as exc:
                 log.warning("job %s: delivery failed: %s", job.id, type(exc).__name__)
+                if is_transient(exc) and await self._deliver_later(job, row):
+                    return
         if delivered is None:
             await self._undeliverable(job, outcome)
             return
         await self._delivered(job, outcome, delivered)
+
+    async def _deliver_later(self, job: _Job, row: JobRow) -> bool:
+        """Put off the delivery of a stored result after a transient failure; False once it is too late.
+
+        The row stays `completed` (the hold stays held), so a restart meanwhile delivers it too. The
+        next try looks for an earlier post first (`delivery_attempted_at` is set), and channel posts
+        carry a nonce, so the result is not posted twice.
+        """
+        made = _parse(row.completed_at) or self.storage.now()
+        give_up_at = made + dt.timedelta(hours=self.settings.result_retention_hours)
+        if not self.accepting:
+            log.info("job %s: delivery left for the next start", job.id)
+            self._resolve(job, JobSuspended())
+            return True
+        job.delivery_retries += 1
+        delay = min(
+            self.delivery_retry_max, self.delivery_retry_first * 2.0 ** min(job.delivery_retries - 1, 30)
+        )
+        delay *= 1.0 - random.uniform(0.0, 0.25)
+        if self.storage.now() + dt.timedelta(seconds=delay) >= give_up_at:
+            return False
+        log.warning(
+            "job %s: delivery try %d failed; trying again in %.0f s", job.id, job.delivery_retries, delay
+        )
+        if job.delivery_retries == 1:
+            await self._tell_live(job, DELIVERY_DELAYED)
+        handle = asyncio.get_running_loop().call_later(delay, self._redeliver, job)
+        self._redeliveries[job.id] = (handle, job)
+        return True
+
+    def _redeliver(self, job: _Job) -> None:
+        self._redeliveries.pop(job.id, None)
+        if not self.accepting or job.id in self._jobs:
+            return
+        job.live = None  # its progress message already said what happened
+        job.finishing = True
+        self._jobs[job.id] = job
+        self._launch(job)
 
     async def _find(self, job: _Job) -> Delivered | None:
         try:
@@ -1111,8 +1190,13 @@ class JobEngine:
         )
         if settled is not None:
             outcome = replace(outcome, charged=settled[1])
+        # From here on the job is posted and charged: nothing below may turn it into a "failed,
+        # not charged" job (the sweep deletes files left behind).
         names = [f"result-{i}.{f.filename.rsplit('.', 1)[-1]}" for i, f in enumerate(outcome.files, start=1)]
-        await asyncio.to_thread(self.files.delete, job.id, names)
+        try:
+            await asyncio.to_thread(self.files.delete, job.id, names)
+        except Exception as exc:
+            log.warning("job %s: delivered, but its result files stay until the sweep: %s", job.id, exc)
         self._finished(job, "delivered", outcome.provider, outcome.charged, None)
         log.info(
             "job %s delivered via %s: model=%s provider=%s images=%d charged=%d",
@@ -1174,11 +1258,16 @@ class JobEngine:
                 job.id, state, error_code=code, error_ref=ref, absorbed=absorbed
             )
         except LedgerConflict:
-            log.error("job %s: already charged, not released (ref %s)", job.id, ref)
+            # Captured means posted: the member has the result and was charged for it. Say so.
+            log.error("job %s: failed after it was delivered and charged (ref %s)", job.id, ref, exc_info=exc)
+            await self._end_charged(job, ref)
+            return
         except Exception:
             log.exception("job %s: could not release credits (ref %s)", job.id, ref)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job.id)
+        with contextlib.suppress(Exception):  # the sweep clears it otherwise
+            await self.storage.forget_job_details(job.id)  # the prompt goes with the images
         error = self._user_error(job, exc, ref)
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
         if not job.quiet:
@@ -1203,7 +1292,16 @@ class JobEngine:
         row = await self.storage.get_job(job.id)
         spec = JobSpec.from_json(row.spec) if row is not None and row.spec else None
         model = self.catalog.models.get(spec.model) if spec is not None else None
-        route = next((r for r in model.routes if r.provider == job.provider), None) if model else None
+        # The route that had the job (a provider may sell the model on several, at different prices).
+        taken = row.provider_model if row is not None else None
+        route = (
+            next(
+                (r for r in model.routes if r.provider == job.provider and taken in (None, r.model)),
+                None,
+            )
+            if model
+            else None
+        )
         if spec is None or model is None or route is None:
             return None
         needs = Needs(
@@ -1244,6 +1342,22 @@ class JobEngine:
                 await job.live.finish(None)
         self._resolve(job, JobCancelled())
         return True
+
+    async def _end_charged(self, job: _Job, ref: str) -> None:
+        """An error after the charge was recorded: the job counts as delivered, and the member is not
+        told they were not charged."""
+        row = await self.storage.get_job(job.id)
+        charged = int(row.captured or 0) if row is not None else 0
+        self._finished(job, "delivered", job.provider, charged, None)
+        error = JobFailed(
+            f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards.",
+            ref=ref,
+            code="after_delivery",
+        )
+        if job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(error.user_message)
+        self._resolve(job, error)
 
     def _user_error(self, job: _Job, exc: BaseException, ref: str) -> RetouchError:
         """What the user is told: provider and unexpected errors get text and a log reference."""
@@ -1319,12 +1433,19 @@ class JobEngine:
           the crash interrupted had landed). Then holds without a live job are released, and job
           folders past their retention are deleted.
         """
-        counts = dict.fromkeys(("requeued", "resumed", "delivering", "released", "orphan_holds", "swept"), 0)
+        counts = dict.fromkeys(
+            ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
+        )
         self._durations.extend(await self.storage.recent_run_seconds(ETA_WINDOW))
         for row in await self.storage.jobs_in_states(LIVE_STATES):
             if row.id in self._jobs:
                 continue
-            outcome = await self._recover_one(row)
+            try:
+                outcome = await self._recover_one(row)
+            except Exception as exc:
+                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
+                # keep every other job and the bot itself from starting.
+                outcome = await self._quarantine(row, exc)
             counts[outcome] += 1
         counts["orphan_holds"] = await self._release_orphan_holds()
         for guild_id, user_id, held, open_ in await self.storage.held_mismatches():
@@ -1335,7 +1456,10 @@ class JobEngine:
                 held,
                 open_,
             )
-        counts["swept"] = await self.sweep()
+        try:
+            counts["swept"] = await self.sweep()
+        except Exception:
+            log.exception("recovery: the sweep failed; the watchdog runs it again within the hour")
         if any(counts.values()):
             log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         self._pump()
@@ -1355,6 +1479,7 @@ class JobEngine:
             self._launch(job)  # it already holds a slot at the provider: no queueing behind new jobs
             return "resumed"
         if row.state == "completed" and row.result:
+            _check_record(json.loads(row.result))
             self._jobs[row.id] = job
             self._launch(job)
             return "delivering"
@@ -1362,10 +1487,36 @@ class JobEngine:
         code = "restart_before_start" if row.state in ("queued", "reserved") else "restart_outcome_unknown"
         await self.storage.settle_released(row.id, "cancelled", error_code=code, error_ref=new_reference())
         await asyncio.to_thread(self.files.remove, row.id)
+        await self.storage.forget_job_details(row.id)  # the prompt goes with the images
         self._finished(job, "cancelled", row.provider, 0, code)
         log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
         self._spawn(self._say(job, text))
         return "released"
+
+    async def _quarantine(self, row: JobRow, exc: Exception) -> str:
+        """Set aside a job whose row cannot be recovered: release its hold, mark it failed with the
+        code `quarantined`, keep its row and files for the admin, and say so in the log."""
+        ref = new_reference()
+        self._jobs.pop(row.id, None)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(row.id)
+        log.error(
+            "recovery: job %s (state %s) is unreadable and was quarantined (ref %s): %s",
+            row.id,
+            row.state,
+            ref,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        try:
+            await self.storage.settle_released(row.id, "failed", error_code="quarantined", error_ref=ref)
+        except Exception as settle_exc:
+            log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)
+        with contextlib.suppress(Exception):
+            job = _Job(JobInfo.of(row), str(row.model))
+            self._finished(job, "failed", row.provider, 0, "quarantined")  # metrics and the audit channel
+            self._spawn(self._say(job, f"{RESTARTED_MID_SUBMIT} (ref `{ref}`)"))
+        return "quarantined"
 
     async def _release_orphan_holds(self) -> int:
         """Release holds whose job is gone or already ended, so every account's `held` is exactly
@@ -1385,7 +1536,8 @@ class JobEngine:
         return released
 
     async def sweep(self) -> int:
-        """Delete job folders whose job is gone, or ended and past its retention. Returns how many."""
+        """Delete job folders whose job is gone, or ended and past its retention (with the job's prompt
+        and options), then prune history older than JOB_HISTORY_DAYS. Returns how many folders went."""
         now = _iso(self.storage.now())
         removed = 0
         for job_id in await asyncio.to_thread(self.files.job_ids):
@@ -1400,6 +1552,12 @@ class JobEngine:
                 if row is not None:  # the prompt goes with the images
                     await self.storage.forget_job_details(job_id)
                 removed += 1
+        # Rows whose folder is already gone (failed, cancelled, refused) or was never written.
+        await self.storage.forget_expired_details()
+        history = self.storage.now() - dt.timedelta(days=self.settings.job_history_days)
+        jobs, ledger = await self.storage.prune_history(history)
+        if jobs or ledger:
+            log.info("retention: %d old job row(s) deleted, %d ledger row(s) lost their detail", jobs, ledger)
         return removed
 
     # -- the watchdog --------------------------------------------------------------------------------
@@ -1484,6 +1642,21 @@ class JobEngine:
             seconds=time.monotonic() - job.clock_start,
             error=error,
         )
+
+
+def _check_record(record: Any) -> None:
+    """Raise ValueError unless `record` is a stored result the engine can deliver (see `_complete`)."""
+    files = record.get("files") if isinstance(record, dict) else None
+    usable = isinstance(files, list) and all(
+        isinstance(f, dict) and isinstance(f.get("disk"), str) and isinstance(f.get("filename"), str)
+        for f in files
+    )
+    if (
+        not usable
+        or not isinstance(record.get("charged"), int)
+        or not isinstance(record.get("provider"), str)
+    ):
+        raise ValueError("the stored result is not readable")
 
 
 def _too_late(state: str) -> str:

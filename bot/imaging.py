@@ -16,9 +16,20 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageMath, ImageOps
+from PIL import (
+    ExifTags,
+    Image,
+    ImageChops,
+    ImageCms,
+    ImageDraw,
+    ImageFilter,
+    ImageFont,
+    ImageMath,
+    ImageOps,
+)
 
 from bot.errors import InvalidImage, InvalidMask, RetouchError
+from bot.imagemeta import strip_metadata
 from bot.providers.base import InputImage
 
 log = logging.getLogger(__name__)
@@ -174,7 +185,11 @@ def encode(
     """
     fmt = _normalize_format(fmt)
     icc = image.info.get("icc_profile")
-    extra = {"icc_profile": icc} if icc else {}
+    # Pillow copies some metadata from `image.info` unless told otherwise (a JPEG's comment, XMP):
+    # say "none" explicitly, so nothing private survives a re-encode.
+    extra: dict[str, object] = {"exif": b"", "xmp": b"", "comment": b""}
+    if icc:
+        extra["icc_profile"] = icc
     buffer = io.BytesIO()
     if fmt == "jpeg":
         jpeg_image = _flatten(image, JPEG_FLATTEN_BACKGROUND) if _has_alpha(image) else image
@@ -190,8 +205,12 @@ def encode(
         png_image = image
         if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             png_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
-        png_image.save(buffer, "PNG", compress_level=compress_level, **extra)
+        png_image.save(buffer, "PNG", compress_level=compress_level, exif=b"", **_only_icc(extra))
     return buffer.getvalue()
+
+
+def _only_icc(extra: dict[str, object]) -> dict[str, object]:
+    return {"icc_profile": extra["icc_profile"]} if "icc_profile" in extra else {}
 
 
 def _normalize_format(fmt: str) -> str:
@@ -238,23 +257,62 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str =
     `Image.MAX_IMAGE_PIXELS`, also applies), has a side under `MIN_SIDE`, is animated, or is
     truncated/corrupt.
 
-    Returns the ORIGINAL bytes untouched, except when a JPEG/WebP carries an EXIF orientation
-    other than 1: then the picture is turned upright so the model sees what the user sees, and
-    re-encoded as JPEG q95 if it has no transparency (a photo: PNG would be 5-10x larger) or PNG
-    if it has (lossless, keeps alpha), shrunk with `fit_to_limit` if that went over `max_bytes`.
-    PNG orientation tags (rare, and honoured inconsistently by viewers) are left alone.
+    Returns the original bytes with their metadata removed (EXIF with its GPS position, XMP, IPTC,
+    comments, text chunks: `bot.imagemeta`, lossless, the ICC profile kept), or the original object
+    itself when there was none, so nothing private reaches a provider. Re-encoded instead:
+      * a JPEG/WebP with an EXIF orientation other than 1 is turned upright so the model sees what
+        the user sees: JPEG q95 without transparency (a photo: PNG would be 5-10x larger), else PNG;
+      * a CMYK JPEG becomes RGB (through its ICC profile when it has one) as JPEG q95, since the
+        providers expect RGB;
+      * a file whose container cannot be walked for metadata is re-encoded from its pixels.
+    Each is shrunk with `fit_to_limit` if that went over `max_bytes`. PNG orientation tags (rare,
+    honoured inconsistently by viewers) are not applied.
     """
     image, mime = _open_checked(
         data, max_bytes=max_bytes, max_pixels=max_pixels, label=label, error=InvalidImage, min_side=MIN_SIDE
     )
-    if _orientation(image) in (None, 1):
-        return InputImage(data=data, mime=mime, width=image.width, height=image.height)
+    orientation = _orientation(image)
+    if image.mode == "CMYK":
+        upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+        return _reencoded(_cmyk_to_rgb(upright), "jpeg", max_bytes)
+    if orientation in (None, 1):
+        try:
+            clean = strip_metadata(data, mime)
+        except ValueError:
+            log.debug("re-encoding %s: its container could not be walked", label, exc_info=True)
+            fmt = "png" if mime == "image/png" or _is_transparent(image) else "jpeg"
+            return _reencoded(image, fmt, max_bytes)
+        return InputImage(data=clean, mime=mime, width=image.width, height=image.height)
     upright = ImageOps.exif_transpose(image)
-    fmt = "png" if _is_transparent(upright) else "jpeg"
-    out, fmt = fit_to_limit(encode(upright, fmt, REORIENTED_JPEG_QUALITY), fmt, max_bytes)
+    return _reencoded(upright, "png" if _is_transparent(upright) else "jpeg", max_bytes)
+
+
+def _reencoded(image: Image.Image, fmt: str, max_bytes: int) -> InputImage:
+    """`image` encoded as `fmt` (JPEG at q95; EXIF dropped, ICC kept) and fitted under `max_bytes`."""
+    out, fmt = fit_to_limit(encode(image, fmt, REORIENTED_JPEG_QUALITY), fmt, max_bytes)
     with Image.open(io.BytesIO(out)) as header:  # reads the header only
         width, height = header.size
     return InputImage(data=out, mime=_FORMAT_MIMES[fmt], width=width, height=height)
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """A CMYK picture as RGB: through its own ICC profile to sRGB when it has a usable one."""
+    icc = image.info.get("icc_profile")
+    rgb: Image.Image | None = None
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+            rgb = converted if isinstance(converted, Image.Image) else None
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            log.debug("CMYK profile unusable; converting without it", exc_info=True)
+    if rgb is None:
+        rgb = image.convert("RGB")
+    rgb.info.pop("icc_profile", None)  # a CMYK profile would misdescribe RGB pixels; sRGB is assumed
+    rgb.info.pop("exif", None)
+    return rgb
 
 
 def _orientation(image: Image.Image) -> int | None:

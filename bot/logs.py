@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterable
 from typing import IO
 
+import aiohttp
+
 _PATH_TOKENS = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_\-.]+")
 _URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]+")
 _BEARER = re.compile(r"(?i)(bearer\s+|bot\s+|api-key:\s*|x-api-key:\s*)[A-Za-z0-9_\-.]{8,}")
@@ -54,6 +56,25 @@ class RedactingFilter(logging.Filter):
             record.exc_text = self.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+class QuietNetworkErrors(logging.Filter):
+    """discord.py logs a full traceback each time it retries a gateway it cannot reach; while the
+    network or Discord is down that is a page of noise per attempt. A network error becomes one line
+    naming it; anything else keeps its traceback."""
+
+    NETWORK_ERRORS = (OSError, TimeoutError, aiohttp.ClientError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, self.NETWORK_ERRORS):
+            reason = getattr(getattr(exc, "os_error", None) or exc, "strerror", None)
+            what = type(exc).__name__ + (f": {reason}" if reason else "")
+            record.msg = f"{record.getMessage()} (Discord unreachable: {what})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 
@@ -119,4 +140,7 @@ def configure_logging(
     install_redaction(redactor)
     # discord.py's gateway chatter is noise at INFO.
     logging.getLogger("discord.gateway").setLevel(max(logging.getLevelName(level), logging.INFO))
+    client_log = logging.getLogger("discord.client")
+    if not any(isinstance(f, QuietNetworkErrors) for f in client_log.filters):
+        client_log.addFilter(QuietNetworkErrors())
     return redactor

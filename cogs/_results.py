@@ -14,17 +14,29 @@ click reaches the bot after any restart (`cogs.jobs` handles them).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import discord
 
+from bot import imaging
 from bot.audit import jump_url
-from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, Origin, Ticket
+from bot.engine import (
+    Delivered,
+    DeliveryFailed,
+    EditOutcome,
+    JobInfo,
+    JobStatus,
+    Origin,
+    ResultFile,
+    Ticket,
+)
 from bot.jobs import PreparedJob, Progress
 from cogs._ui import (
     ProgressMessage,
@@ -45,6 +57,8 @@ CUSTOM_ID_PREFIX = "retouch:job"
 Action = Literal["cancel", "again", "retry", "delete"]
 THREAD_NAME_CHARS = 90
 THREAD_ARCHIVE_MINUTES = 1440
+# A DM gets Discord's default upload limit, whatever the server's boost level gave the channel.
+DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 # How many messages after the job was created to search for a result a crash interrupted; results are
 # posted within minutes of that, so only a very busy channel could push one further.
 FIND_HISTORY_LIMIT = 100
@@ -192,11 +206,15 @@ class DiscordDelivery:
         self.bot = bot
 
     async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
+        """The channel, else a DM. A failure that may pass (5xx, timeout, dropped connection) on either
+        raises `DeliveryFailed(transient=True)` so the engine posts the stored result again later."""
         name = await self._name(job.user_id)
+        channel_passing = False  # the channel failed in a way that may pass
         if job.channel_id is not None:
             try:
                 message = await self._send(job.channel_id, job, outcome, name, _channel_text(job), where="c")
             except discord.HTTPException as exc:
+                channel_passing = exc.status >= 500
                 log.info(
                     "job %s: cannot post in channel %s (%s %s); trying a DM",
                     job.job_id,
@@ -204,14 +222,34 @@ class DiscordDelivery:
                     exc.status,
                     exc.code,
                 )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                channel_passing = True
+                log.info("job %s: channel post failed (%s); trying a DM", job.job_id, type(exc).__name__)
             else:
                 await _maybe_thread(self.bot, job.guild_id or None, message, outcome)
                 return Delivered("channel", message.channel.id, message.id)
+            if channel_passing:
+                # Discord may have posted it before failing: a DM now would be a second copy.
+                try:
+                    found = await self._find_in(job, "channel", job.channel_id)
+                except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    raise DeliveryFailed(
+                        f"channel unreachable: {type(exc).__name__}", uncertain=True, transient=True
+                    ) from exc
+                if found is not None:
+                    return found
         try:
             dm = await self.bot.create_dm(discord.Object(job.user_id))
-            message = await self._send(dm.id, job, outcome, name, _dm_text(job), where="d")
+            message = await self._send(dm.id, job, await fit_for_dm(outcome), name, _dm_text(job), where="d")
         except discord.HTTPException as exc:
-            raise DeliveryFailed(f"DM refused: {exc.status} {exc.code}") from exc
+            passing = exc.status >= 500
+            raise DeliveryFailed(
+                f"DM refused: {exc.status} {exc.code}",
+                uncertain=passing,
+                transient=passing or channel_passing,
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DeliveryFailed(f"DM failed: {type(exc).__name__}", uncertain=True, transient=True) from exc
         return Delivered("dm", message.channel.id, message.id)
 
     async def notify(self, job: JobInfo, text: str) -> bool:
@@ -238,25 +276,32 @@ class DiscordDelivery:
     async def find(self, job: JobInfo) -> Delivered | None:
         """A message this bot posted for `job` (its embed footer names the job), in the job's channel
         or the requester's DMs. Raises when it cannot look (the engine then delivers again)."""
-        footer = f"job {job.job_id}"
-        after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
         places: list[tuple[str, int]] = []
         if job.channel_id is not None:
             places.append(("channel", job.channel_id))
         dm = await self.bot.create_dm(discord.Object(job.user_id))
         places.append(("dm", dm.id))
-        me = self.bot.user.id if self.bot.user else None
         for via, channel_id in places:
-            try:
-                history = self.bot.get_partial_messageable(channel_id).history(
-                    limit=FIND_HISTORY_LIMIT, after=after
-                )
-                async for message in history:
-                    if message.author.id == me and any(e.footer.text == footer for e in message.embeds):
-                        # Followups carry the app's webhook id: they went out through the interaction.
-                        return Delivered("interaction" if message.webhook_id else via, channel_id, message.id)
-            except discord.NotFound:
-                continue
+            found = await self._find_in(job, via, channel_id)
+            if found is not None:
+                return found
+        return None
+
+    async def _find_in(self, job: JobInfo, via: str, channel_id: int) -> Delivered | None:
+        """This bot's result message for `job` in one channel (its embed footer names the job)."""
+        footer = f"job {job.job_id}"
+        after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
+        me = self.bot.user.id if self.bot.user else None
+        try:
+            history = self.bot.get_partial_messageable(channel_id).history(
+                limit=FIND_HISTORY_LIMIT, after=after
+            )
+            async for message in history:
+                if message.author.id == me and any(e.footer.text == footer for e in message.embeds):
+                    # Followups carry the app's webhook id: they went out through the interaction.
+                    return Delivered("interaction" if message.webhook_id else via, channel_id, message.id)
+        except discord.NotFound:
+            return None
         return None
 
     async def _send(
@@ -281,6 +326,20 @@ class DiscordDelivery:
             except discord.HTTPException:
                 return "you"
         return user.display_name
+
+
+async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> EditOutcome:
+    """`outcome` with every file under the DM upload limit (results were fitted to the server's,
+    which a boosted server raises well above a DM's). Pillow runs in a thread."""
+    files = []
+    for f in outcome.files:
+        if len(f.data) <= limit:
+            files.append(f)
+            continue
+        data, fmt = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, limit)
+        stem = f.filename.rsplit(".", 1)[0]
+        files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
+    return replace(outcome, files=tuple(files))
 
 
 def _only(user_id: int) -> discord.AllowedMentions:

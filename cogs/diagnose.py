@@ -50,7 +50,7 @@ def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Emb
     """Render a diagnosis; orange when anything needs the admin's attention."""
     healthy = (
         not diagnosis.missing_permissions
-        and all(p.ok is not False for p in diagnosis.providers)
+        and all(p.ok is not False for p in diagnosis.providers or ())
         and diagnosis.database.ok
         and not diagnosis.catalog_warnings
     )
@@ -59,7 +59,12 @@ def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Emb
         name="Bot permissions here",
         value=truncate(_permissions_text(diagnosis.missing_permissions), FIELD_CHARS),
     )
-    providers = "\n".join(_provider_line(p) for p in diagnosis.providers) or "❌ No provider is configured."
+    if diagnosis.providers is None:
+        providers = "➖ Shown to the bot's operator only (`OWNER_IDS`)."
+    else:
+        providers = (
+            "\n".join(_provider_line(p) for p in diagnosis.providers) or "❌ No provider is configured."
+        )
     embed.add_field(name="Image services", value=truncate(providers, FIELD_CHARS), inline=False)
     embed.add_field(name="Database", value=_database_text(diagnosis.database), inline=False)
     embed.add_field(
@@ -84,7 +89,13 @@ class DiagnoseCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         services = self.bot.services
         services.metrics.observe_ack(interaction.created_at)
-        diagnosis = await services.diagnostics.diagnose(interaction.app_permissions.value)
+        # The image services run on the operator's keys and accounts: their state is the operator's
+        # business, not every server admin's.
+        # The operator is OWNER_IDS, else the application's owner (bot.access decides, in one place).
+        operator = services.access is not None and services.access.is_operator(interaction.user.id)
+        diagnosis = await services.diagnostics.diagnose(
+            interaction.app_permissions.value, show_providers=operator
+        )
         await interaction.followup.send(embed=diagnosis_embed(diagnosis, self.bot.latency), ephemeral=True)
 
 

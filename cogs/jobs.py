@@ -86,8 +86,12 @@ class JobsCog(commands.Cog):
     async def _cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         # The button sits on the private progress message: answer by updating that message.
         await interaction.response.defer()
+        row = await self.bot.services.storage.get_job(job_id)
+        # A moderator's right counts only in the job's own server and channel, never in another one.
+        here = row is not None and row.guild_id == (interaction.guild_id or 0)
+        here = here and row is not None and row.channel_id == interaction.channel_id
         text = await self.edits.cancel(
-            job_id, actor_id=interaction.user.id, can_manage=_can_manage(interaction)
+            job_id, actor_id=interaction.user.id, can_manage=here and _can_manage(interaction)
         )
         await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)
 
@@ -155,8 +159,16 @@ class JobsCog(commands.Cog):
 
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
         row = await self.bot.services.storage.get_job(job_id)
+        message = interaction.message
+        # Delete removes the clicked message: it must be this job's own result, in the job's server.
+        # (A job whose row was pruned after JOB_HISTORY_DAYS leaves it to the channel's moderators.)
+        its_result = row is None or (
+            message is not None
+            and row.guild_id == (interaction.guild_id or 0)
+            and row.result_message_id in (None, message.id)
+        )
         requester = row is not None and row.user_id == interaction.user.id
-        if not requester and not _can_manage(interaction):
+        if not its_result or (not requester and not _can_manage(interaction)):
             await interaction.response.send_message(
                 "Only the person who asked for this edit, or a member who can manage messages, can "
                 "delete it.",

@@ -108,3 +108,35 @@ async def test_the_provider_pool_has_a_connection_for_every_call_running_jobs_ca
         assert isinstance(session.connector, aiohttp.TCPConnector)
         assert session.connector.limit >= jobs * MAX_IMAGES_PER_EDIT
         assert session.connector.limit_per_host == 0
+
+
+def test_check_config_masks_passwords_in_base_urls(tmp_path: Path):
+    (tmp_path / ".env").write_text(
+        "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\n"
+        "OPENAI_BASE_URL=https://proxyuser:hunter2pass@gateway.example.com/v1\n"
+        "DISCORD_API_BASE=https://bob:swordfish@discord-proxy.example.com/api/v10\n"
+    )
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "hunter2pass" not in proc.stderr and "proxyuser" not in proc.stderr
+    assert "swordfish" not in proc.stderr
+    assert "https://***@gateway.example.com/v1" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
+@pytest.mark.parametrize("key", ["JOB_TIMEOUT_SECONDS", "SHUTDOWN_GRACE_SECONDS", "MAX_INPUT_MB"])
+def test_numeric_settings_refuse_nan_and_infinity(key: str, value: str):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: value})
+    assert any(key in problem and "finite" in problem for problem in info.value.problems)
+
+
+def test_the_install_salt_is_private_and_stable(tmp_path: Path):
+    from bot.app import SALT_FILE, load_or_create_salt
+
+    first = load_or_create_salt(tmp_path / "data")
+    path = tmp_path / "data" / SALT_FILE
+    assert len(first) == 32 and path.read_bytes() == first
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_salt(tmp_path / "data") == first
+    assert [p.name for p in path.parent.iterdir()] == [SALT_FILE]  # no temporary file left behind

@@ -233,6 +233,37 @@ async def test_diagnosis_combines_every_check(storage: Storage) -> None:
     assert (await service(storage, {}).diagnose(None)).missing_permissions is None
 
 
+class CountingProvider:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def check(self) -> ProviderHealth:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
+
+
+async def test_provider_checks_are_throttled_however_often_diagnose_runs(storage: Storage) -> None:
+    now = [1000.0]
+    provider = CountingProvider()
+    diagnostics = service(storage, {"counting": provider}, check_interval=60.0, monotonic=lambda: now[0])
+    runs = await asyncio.gather(*(diagnostics.diagnose(0) for _ in range(5)))  # five servers at once
+    again = await diagnostics.diagnose(0)
+    assert provider.calls == 1
+    assert all(d.providers == runs[0].providers for d in [*runs, again])
+    now[0] += 61
+    await diagnostics.diagnose(0)
+    assert provider.calls == 2
+
+
+async def test_provider_status_is_not_checked_for_someone_who_may_not_see_it(storage: Storage) -> None:
+    provider = CountingProvider()
+    diagnosis = await service(storage, {"counting": provider}).diagnose(0, show_providers=False)
+    assert diagnosis.providers is None and provider.calls == 0
+
+
 # -- the command, end to end --------------------------------------------------------------------------
 
 
@@ -240,9 +271,10 @@ async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
     fake_discord: FakeDiscord, tmp_path: Path
 ) -> None:
     without = DEFAULT_BOT_PERMISSIONS & ~Permission.ATTACH_FILES & ~Permission.EMBED_LINKS
+    operator = {"OWNER_IDS": str(fake_discord.owner.id)}
     async with (
         FakeOpenAI() as openai,
-        running_bot(fake_discord, openai, tmp_path, bot_permissions=without) as world,
+        running_bot(fake_discord, openai, tmp_path, bot_permissions=without, env=operator) as world,
     ):
         [schema] = [c for c in fake_discord.synced_commands(world.guild) if c["name"] == "diagnose"]
         assert int(schema["default_member_permissions"]) == Permission.MANAGE_GUILD
@@ -257,3 +289,18 @@ async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
     assert fields["Image services"].startswith("✅ **openai**: API key accepted")
     assert fields["Database"] == f"✅ schema {latest_schema_version()} of {latest_schema_version()}, writable"
     assert fields["Models"] == "✅ No model retires within 30 days."
+
+
+async def test_diagnose_shows_provider_status_to_the_operator_only(
+    fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    """The server's owner manages the server, not the bot: the operator (OWNER_IDS) is someone else."""
+    env = {"OWNER_IDS": "4242"}
+    async with FakeOpenAI() as openai, running_bot(fake_discord, openai, tmp_path, env=env) as world:
+        before = len(openai.requests)  # start-up reads the model list; /diagnose must add nothing
+        interaction = await fake_discord.slash(world.owner, "diagnose", channel=world.channel)
+        [reply] = await fake_discord.wait_until(lambda: [m for m in interaction.followups if m.embeds])
+        asked = list(openai.requests[before:])
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert "operator only" in fields["Image services"] and "openai" not in fields["Image services"]
+    assert asked == []  # nobody's keys were used for it

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -468,6 +469,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
         "resumed": 0,
         "delivering": 1,
         "released": 2,
+        "quarantined": 0,
         "orphan_holds": 2,
         "swept": 1,
     }
@@ -482,6 +484,48 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     assert "before your edit could start" in told[ids["queued"]]
     assert "result was lost" in told[ids["submitting"]]
     assert (await storage_account(later)).held == 0
+    assert_books_balance(later.settings.data_dir)
+
+
+async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(make: Factory):
+    service, _ = await make()
+    storage, files = service.storage, service.engine.files
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    ids = {}
+    for name, text in (("bad spec", "{not json"), ("bad result", spec.to_json()), ("good", spec.to_json())):
+        job_id = f"{len(ids) + 1:016x}"
+        ids[name] = job_id
+        files.write(job_id, blobs)
+        await storage.create_job(
+            job_id,
+            guild_id=GUILD,
+            user_id=ALICE,
+            channel_id=7,
+            model=spec.model,
+            quality="auto",
+            size="auto",
+            count=1,
+            spec=text,
+            files_expire_at="2026-11-22T12:00:00.000+00:00",
+        )
+        await storage.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await storage.set_job_state(ids["bad result"], "completed", result='{"files": 3}')
+    await service.drain(0)
+
+    later, recorder = await make()
+    outcomes = Outcomes()
+    later.engine.observers.append(outcomes)
+    counts = await later.engine.recover()
+    assert (counts["quarantined"], counts["requeued"]) == (2, 1)
+    assert outcomes.ended[ids["bad spec"]] == ("failed", 0)  # reported to metrics and the audit channel
+    await wait_state(later, ids["good"], "delivered")
+    for name in ("bad spec", "bad result"):
+        row = await later.storage.get_job(ids[name])
+        assert row is not None and (row.state, row.error_code) == ("failed", "quarantined")
+        assert await kinds(later, ids[name]) == ["reserve", "release"]
+    told = dict(await until(lambda: len(recorder.notices) == 2 and recorder.notices))
+    assert all("not charged" in text for text in told.values())
     assert_books_balance(later.settings.data_dir)
 
 
@@ -542,3 +586,231 @@ async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_ima
     [(_, outcome)] = recorder.delivered
     assert len(outcome.files) == 2 and outcome.charged == 40  # $0.02 per image delivered
     assert wavespeed.submit_count == 2
+
+
+class Flaky(Recorder):
+    """A Delivery that fails `failures` times with a passing error (Discord 5xx, network), then works."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        super().__init__()
+        self.failures = failures
+        self.tries = 0
+        self.error = error or DeliveryFailed("503 from Discord", uncertain=True, transient=True)
+
+    async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise self.error
+        return await super().deliver(job, outcome)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        DeliveryFailed("503", uncertain=True, transient=True),
+        aiohttp.ServerDisconnectedError(),
+        TimeoutError(),
+    ],
+    ids=["5xx", "disconnect", "timeout"],
+)
+async def test_a_passing_delivery_failure_is_retried_from_the_stored_result_and_charged_once(
+    make: Factory, error: Exception
+):
+    service, _ = await make()
+    flaky = Flaky(2, error)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 0.01
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "delivered")
+    assert flaky.tries == 3 and [j for j, _ in flaky.delivered] == [job_id]
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    assert any(text and "Discord is not taking it right now" in text for text in live.final)
+    assert not any(text and "not charged" in text for text in live.final)
+
+
+async def test_a_retried_delivery_that_had_landed_is_not_posted_again(make: Factory):
+    service, _ = await make()
+
+    class LandedLate(Flaky):
+        async def find(self, job: JobInfo) -> Delivered | None:
+            return Delivered("channel", 10, 99)  # the 503'd post had reached the channel after all
+
+    landed = LandedLate(1)
+    service.engine.attach_delivery(landed)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "delivered")
+    assert landed.tries == 1 and landed.delivered == []
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.result_message_id == 99
+
+
+async def test_delivery_is_not_retried_while_discord_cannot_say_whether_it_landed(make: Factory):
+    service, _ = await make()
+
+    class Blind(Flaky):
+        looks = 0
+
+        async def find(self, job: JobInfo) -> Delivered | None:
+            self.looks += 1
+            if self.looks == 1:
+                raise aiohttp.ClientConnectionError()
+            return None
+
+    blind = Blind(1)
+    service.engine.attach_delivery(blind)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "delivered")
+    # try 1 failed; try 2 could not look, so it posted nothing; try 3 looked, then posted.
+    assert (blind.looks, blind.tries, len(blind.delivered)) == (2, 2, 1)
+
+
+async def test_a_result_still_undeliverable_after_the_retention_window_is_released(make: Factory):
+    service, _ = await make(RESULT_RETENTION_HOURS="1")
+    flaky = Flaky(10**6)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 0.01
+    job_id = await submit(service, Live())
+    await until(lambda: flaky.tries >= 2)
+    make.clock.advance(3600)
+    await wait_state(service, job_id, "failed")
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.error_code == "undeliverable"
+    assert await kinds(service, job_id) == ["reserve", "release"]
+
+
+async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: Factory):
+    service, _ = await make()
+    flaky = Flaky(10**6)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 60.0
+    prepared = await service.prepare(job())
+
+    async def quiet(_: object) -> None:
+        return None
+
+    async def token_spent(_: object) -> None:
+        raise DeliveryFailed("token spent")
+
+    waiter = asyncio.ensure_future(service.execute(prepared, progress=quiet, deliver=token_spent))
+    await until(lambda: flaky.tries == 1)
+    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    job_id = row.id
+    await service.drain(0)
+    assert await state(service, job_id) == "completed"
+    with pytest.raises(JobSuspended):  # an in-process waiter is not left hanging
+        await asyncio.wait_for(waiter, 5)
+    later, recorder = await make()
+    await later.engine.start()
+    await wait_state(later, job_id, "delivered")
+    assert [j for j, _ in recorder.delivered] == [job_id]
+    assert await kinds(later, job_id) == ["reserve", "capture"]
+
+
+class Outcomes:
+    """A JobObserver that keeps how each job ended."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, tuple[str, int]] = {}
+
+    def job_finished(self, job_id: str, state: str, *, charged: int, **_: object) -> None:
+        self.ended[job_id] = (state, charged)
+
+
+async def test_a_cleanup_error_after_the_charge_does_not_turn_a_delivered_job_into_a_failed_one(
+    make: Factory,
+):
+    service, recorder = await make()
+    outcomes = Outcomes()
+    service.engine.observers.append(outcomes)
+
+    def broken_delete(job_id: str, names: list[str]) -> None:
+        raise PermissionError(13, "read-only file system")
+
+    service.engine.files.delete = broken_delete  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "delivered")
+    await until(lambda: job_id in outcomes.ended)
+    [(_, outcome)] = recorder.delivered
+    assert outcomes.ended[job_id] == ("delivered", outcome.charged)
+    assert live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
+async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make: Factory):
+    service, _ = await make()
+    outcomes = Outcomes()
+    service.engine.observers.append(outcomes)
+    storage = service.storage
+    real = storage.settle_delivered
+
+    async def settle_then_lose_the_reply(*args: Any, **kw: Any) -> Any:
+        await real(*args, **kw)  # the capture is committed ...
+        raise ConnectionResetError("... and then the reply is lost")
+
+    storage.settle_delivered = settle_then_lose_the_reply  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    await until(lambda: job_id in outcomes.ended)
+    state_, charged = outcomes.ended[job_id]
+    assert state_ == "delivered" and charged > 0
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    said = " ".join(text or "" for text in live.final)
+    assert "not charged" not in said and f"charged ({charged} credits)" in said
+
+
+# -- retention ----------------------------------------------------------------------------------------
+
+
+async def test_a_failed_jobs_prompt_and_options_go_with_its_images(make: Factory, openai: FakeOpenAI):
+    service, _ = await make()
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "failed")
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.spec is None and row.result is None
+    assert not service.engine.files.folder(job_id).exists()
+
+
+async def test_the_sweep_clears_prompts_an_older_release_left_on_ended_jobs(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(service, Live())
+    await wait_state(service, job_id, "failed")
+    with sqlite3.connect(service.settings.database_path) as db:  # as the previous release left it
+        db.execute('UPDATE jobs SET spec = \'{"prompt": "my address is"}\' WHERE id = ?', (job_id,))
+    make.clock.advance(25 * 3600)  # past INPUT_RETENTION_HOURS
+    await service.engine.sweep()
+    row = await service.storage.get_job(job_id)
+    assert row is not None and row.spec is None
+
+
+async def test_history_older_than_job_history_days_is_pruned_and_the_books_still_add_up(
+    make: Factory, tmp_path: Path
+):
+    service, _ = await make(JOB_HISTORY_DAYS="30")
+    old = await submit(service)
+    await wait_state(service, old, "delivered")
+    await service.storage.grant(
+        GUILD, ALICE, 50, actor_id=BOB, reason="for my friend Alice", starting_credits=0
+    )
+    make.clock.advance(31 * 86400)
+    recent = await submit(service)
+    await wait_state(service, recent, "delivered")
+    await service.engine.sweep()
+    assert await service.storage.get_job(old) is None
+    assert await service.storage.get_job(recent) is not None
+    assert await kinds(service, old) == ["reserve", "capture"]  # the books keep every amount
+    assert_books_balance(tmp_path)
+    with sqlite3.connect(service.settings.database_path) as db:
+        details = db.execute(
+            "SELECT reason, actor_id FROM ledger WHERE kind = 'grant' AND amount = 50"
+        ).fetchall()
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            db.execute("UPDATE ledger SET amount = amount + 1 WHERE kind = 'grant'")
+    assert details == [(None, None)]

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, ImageStat
 
 from bot import imaging
 from bot.errors import InvalidImage, InvalidMask
@@ -245,11 +245,52 @@ def test_real_decompression_bomb_is_refused_before_decoding() -> None:
 # --- validate_image: acceptance --------------------------------------------------------------------
 
 
+def blocks(data: bytes) -> list[bytes]:
+    """The container's block names, in order: PNG chunk types, JPEG markers before the first scan
+    (as b"APP1", b"COM", ...), WebP chunk ids. Written independently of `bot.imagemeta`."""
+    names: list[bytes] = []
+    if data.startswith(b"\x89PNG"):
+        pos = 8
+        while pos < len(data):
+            (length,) = struct.unpack(">I", data[pos : pos + 4])
+            names.append(data[pos + 4 : pos + 8])
+            pos += 12 + length
+    elif data.startswith(b"\xff\xd8"):
+        pos = 2
+        while data[pos + 1] != 0xDA:
+            marker = data[pos + 1]
+            label = (
+                f"APP{marker - 0xE0}" if 0xE0 <= marker <= 0xEF else "COM" if marker == 0xFE else hex(marker)
+            )
+            names.append(label.encode() + b":" + data[pos + 4 : pos + 8])
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    else:
+        pos = 12
+        while pos < len(data):
+            length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+            names.append(data[pos : pos + 4])
+            pos += 8 + length + (length & 1)
+    return names
+
+
+PRIVATE_BLOCKS = (b"tEXt", b"iTXt", b"zTXt", b"tIME", b"eXIf", b"EXIF", b"XMP ", b"APP1:", b"APP13:", b"COM:")
+
+
+def assert_same_picture_without_metadata(result_data: bytes, original: bytes) -> None:
+    """Lossless removal: the same decoded pixels and ICC profile, and no metadata block left."""
+    with Image.open(io.BytesIO(original)) as before, Image.open(io.BytesIO(result_data)) as after:
+        assert same_pixels(before.convert("RGBA"), after.convert("RGBA"))
+        assert after.info.get("icc_profile") == before.info.get("icc_profile")
+        assert not after.getexif()
+    assert not [b for b in blocks(result_data) if b.startswith(PRIVATE_BLOCKS)]
+
+
 @pytest.mark.parametrize("name", PHOTOS)
-def test_valid_photo_is_returned_byte_for_byte(name: str) -> None:
-    data = photo_bytes(name)
+def test_valid_photo_keeps_its_pixels_and_colour_profile_but_not_its_metadata(name: str) -> None:
+    data = photo_bytes(name)  # each carries text chunks, a timestamp or a comment
     result = validate_image(data, **LIMITS)
-    assert result.data is data
+    assert result.data != data
+    assert_same_picture_without_metadata(result.data, data)
     assert (result.width, result.height) == photo(name).size
     assert result.mime == sniff_mime(data)
 
@@ -262,36 +303,94 @@ def test_valid_photo_is_returned_byte_for_byte(name: str) -> None:
         (lambda: save(photo("chelsea.png").convert("L"), "JPEG"), "image/jpeg"),
         (lambda: save(photo("chelsea.png").convert("P"), "PNG"), "image/png"),
         (lambda: save(Image.new("RGB", (16, 16), "blue"), "PNG"), "image/png"),  # exactly MIN_SIDE
-        (lambda: with_orientation(photo("rocket.jpg"), "JPEG", 1), "image/jpeg"),
-        (lambda: with_orientation(photo("chelsea.png"), "PNG", 6), "image/png"),  # PNG tags left alone
-        (
-            lambda: save(
-                photo("rocket.jpg"),
-                "MPO",
-                save_all=True,
-                append_images=[ImageOps.mirror(photo("rocket.jpg"))],
-            ),
-            "image/jpeg",
-        ),  # a JPEG with a second picture (gain map, depth map) is a still photo, not an animation
     ],
-    ids=[
-        "webp",
-        "webp lossless alpha",
-        "grey jpeg",
-        "palette png",
-        "min side",
-        "orientation 1",
-        "png exif",
-        "mpo",
-    ],
+    ids=["webp", "webp lossless alpha", "grey jpeg", "palette png", "min side"],
 )
-def test_valid_upload_is_returned_untouched(make: Callable[[], bytes], mime: str) -> None:
+def test_valid_upload_without_metadata_is_returned_untouched(make: Callable[[], bytes], mime: str) -> None:
     data = make()
     result = validate_image(data, **LIMITS)
     assert result.data is data
     assert result.mime == mime
     with Image.open(io.BytesIO(data)) as image:
         assert (result.width, result.height) == image.size
+
+
+def gps_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "PhoneCo"
+    exif[ExifTags.Base.Orientation] = 1
+    exif[ExifTags.Base.BodySerialNumber] = "SN-123456"
+    exif[ExifTags.IFD.GPSInfo] = {
+        ExifTags.GPS.GPSLatitudeRef: "N",
+        ExifTags.GPS.GPSLatitude: (48.0, 51.0, 29.0),
+        ExifTags.GPS.GPSLongitudeRef: "E",
+        ExifTags.GPS.GPSLongitude: (2.0, 17.0, 40.0),
+    }
+    return exif
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://ns.adobe.com/xap/1.0/"/></x:xmpmeta>'
+
+
+def with_private_metadata(fmt: str) -> bytes:
+    """A photo with GPS EXIF, XMP, a comment or text chunk, and an ICC profile, as `fmt`."""
+    source = Image.open(io.BytesIO(photo_bytes("chelsea.png")))
+    icc = source.info["icc_profile"]
+    image = source.convert("RGB")
+    if fmt == "PNG":
+        from PIL import PngImagePlugin
+
+        text = PngImagePlugin.PngInfo()
+        text.add_text("Author", "Alice Example")
+        return save(image, "PNG", exif=gps_exif(), pnginfo=text, icc_profile=icc)
+    if fmt == "JPEG":
+        return save(image, "JPEG", exif=gps_exif(), xmp=XMP, comment=b"taken at home", icc_profile=icc)
+    return save(image, "WEBP", exif=gps_exif(), xmp=XMP, icc_profile=icc, lossless=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: with_private_metadata("JPEG"),
+        lambda: with_private_metadata("PNG"),
+        lambda: with_private_metadata("WEBP"),
+        lambda: with_orientation(photo("chelsea.png"), "PNG", 6),  # PNG orientation tags are not applied
+        lambda: save(
+            photo("rocket.jpg"), "MPO", save_all=True, append_images=[ImageOps.mirror(photo("rocket.jpg"))]
+        ),
+    ],
+    ids=["jpeg gps", "png gps", "webp gps", "png exif", "mpo"],
+)
+def test_metadata_never_leaves_the_bot_but_the_picture_and_its_profile_do(make: Callable[[], bytes]) -> None:
+    data = make()
+    result = validate_image(data, **LIMITS)
+    assert b"PhoneCo" not in result.data and b"SN-123456" not in result.data
+    assert_same_picture_without_metadata(result.data, data)
+    assert result.mime == sniff_mime(data)
+
+
+def test_a_re_encoded_upload_carries_no_comment_or_xmp() -> None:
+    """Turning a photo upright re-encodes it; Pillow would copy its comment and XMP unless told not to."""
+    exif = gps_exif()
+    exif[ExifTags.Base.Orientation] = 6
+    data = save(photo("rocket.jpg"), "JPEG", exif=exif, comment=b"taken at home", xmp=XMP)
+    result = validate_image(data, **LIMITS)
+    assert result.data != data
+    assert not [b for b in blocks(result.data) if b.startswith(PRIVATE_BLOCKS)]
+    assert b"taken at home" not in result.data and b"xmpmeta" not in result.data
+
+
+def test_a_cmyk_jpeg_is_sent_as_rgb() -> None:
+    cmyk = photo("rocket.jpg").convert("CMYK")
+    data = save(cmyk, "JPEG", quality=95, exif=gps_exif())
+    result = validate_image(data, **LIMITS)
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert image.mode == "RGB" and image.format == "JPEG" and not image.getexif()
+        assert image.size == cmyk.size
+        # Colours survive the conversion (JPEG noise aside).
+        diff = ImageChops.difference(image.convert("RGB"), cmyk.convert("RGB"))
+        assert max(ImageStat.Stat(diff).mean) < 4
+    assert result.mime == "image/jpeg"
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])

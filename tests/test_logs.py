@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from bot.logs import REDACTED, RedactingFilter, configure_logging, install_redaction
@@ -129,3 +130,30 @@ async def test_a_whole_edit_at_debug_logs_no_token_key_or_signed_url(
     assert f"/interactions/{interaction.id}/{REDACTED}/callback" in text
     assert f"'token': '{REDACTED}'" in text
     assert f".png?{REDACTED}" in text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(101, "Network is unreachable"), aiohttp.ServerDisconnectedError(), TimeoutError()],
+    ids=["oserror", "disconnected", "timeout"],
+)
+def test_discord_reconnect_attempts_after_a_network_error_are_one_line(error: Exception) -> None:
+    out = io.StringIO()
+    configure_logging("INFO", stream=out)
+    try:
+        raise error
+    except Exception:
+        logging.getLogger("discord.client").exception("Attempting a reconnect in %.2fs", 1.5)
+    [line] = out.getvalue().strip().splitlines()
+    assert "Attempting a reconnect in 1.50s" in line and type(error).__name__ in line
+    assert "Traceback" not in out.getvalue()
+
+
+def test_other_errors_keep_their_traceback() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", stream=out)
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        logging.getLogger("discord.client").exception("Attempting a reconnect in %.2fs", 1.5)
+    assert "Traceback" in out.getvalue()

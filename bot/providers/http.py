@@ -13,6 +13,11 @@ Every call gets an `aiohttp.ClientTimeout` no longer than the time left before t
 Nothing here knows about Discord or about one vendor: each vendor passes its own `classify`
 function that turns an error response into a `ProviderError`.
 
+Redirects are followed here, not by aiohttp (at most `MAX_REDIRECTS`): the caller's headers, which
+carry the API key, never go to another origin, and every hop outside the trusted origins must be a
+public http(s) address, checked on the connected socket (`bot.providers.netguard`). A URL taken from a
+provider's answer (`download`, `fetch_output`) is never trusted itself.
+
 Logging never includes API keys, headers or URL query strings (signed URLs): URLs are logged
 through `redact_url`, and exception messages are built here rather than copied from aiohttp
 (whose messages can contain the full URL).
@@ -31,13 +36,14 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from bot.providers.base import ProviderHealth
 from bot.providers.errors import (
@@ -52,6 +58,14 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.masks import to_convention
+from bot.providers.netguard import (
+    MAX_REDIRECTS,
+    UnsafeDestination,
+    can_check_peers,
+    check_untrusted_url,
+    origin_of,
+    peer_checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,7 @@ MAX_RESPONSE_BYTES = 128 * 1024 * 1024  # 10 base64 PNGs at 1536x1024 fit with r
 DEFAULT_MIN_RETRY_WINDOW = 1.0  # a paid retry needs at least this long left after its wait
 CANCEL_TIMEOUT = 10.0  # a poll's cancel call runs after the deadline, so it gets its own budget
 _READ_CHUNK = 64 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 T = TypeVar("T")
 
@@ -311,33 +326,72 @@ async def _request_once(
     client_timeout: aiohttp.ClientTimeout,
     headers: Mapping[str, str] | None,
     params: Mapping[str, str] | None,
-    data: Any,
+    data_factory: Callable[[], Any] | None,
     json_body: Any,
     max_body: int,
     allow_redirects: bool,
     request_id_header: str,
+    trusted: Collection[str] | None = None,
 ) -> HttpResponse:
-    kwargs: dict[str, Any] = {}
-    if data is not None:
-        kwargs["data"] = data
-    if json_body is not None:
-        kwargs["json"] = json_body
-    async with session.request(
-        method,
-        url,
-        headers=dict(headers) if headers else None,
-        params=params,
-        timeout=client_timeout,
-        allow_redirects=allow_redirects,
-        **kwargs,
-    ) as resp:
-        body = await _read_capped(resp, max_body)
-        return HttpResponse(
-            status=resp.status,
-            headers=resp.headers,
-            body=body,
-            request_id=resp.headers.get(request_id_header),
-        )
+    """One request, following at most `MAX_REDIRECTS` redirects itself (aiohttp's own would re-send
+    custom key headers such as `x-api-key` to any host).
+
+    `trusted=None` means the bot built `url` from a configured base URL, so its origin is trusted;
+    otherwise `url` came from a provider and only the origins of the `trusted` base URLs are. Every
+    hop to an untrusted origin must pass the public-address rule (`bot.providers.netguard`), and
+    `headers` (the API key) are sent only to `url`'s own origin, never across a redirect.
+    Raises `UnsafeDestination` for a refused hop.
+    """
+    first = origin_of(url)
+    allowed = {first} if trusted is None else {origin_of(u) for u in trusted}
+    allowed.discard(None)
+    current: str | URL = url
+    hops = 0
+    while True:
+        try:
+            target = current if isinstance(current, URL) else URL(current)
+        except (ValueError, TypeError):
+            raise aiohttp.InvalidURL(redact_url(current)) from None
+        hop_trusted = origin_of(target) in allowed and target.scheme.lower() in ("http", "https")
+        if not hop_trusted:
+            check_untrusted_url(target)
+            if not can_check_peers(session):
+                raise UnsafeDestination("this HTTP session cannot check peer addresses")
+        kwargs: dict[str, Any] = {}
+        if data_factory is not None:
+            kwargs["data"] = data_factory()
+        if json_body is not None:
+            kwargs["json"] = json_body
+        with peer_checked(not hop_trusted):
+            async with session.request(
+                method,
+                current,
+                headers=dict(headers) if headers and origin_of(target) == first else None,
+                params=params if hops == 0 else None,
+                timeout=client_timeout,
+                allow_redirects=False,
+                **kwargs,
+            ) as resp:
+                location = resp.headers.get("Location")
+                if allow_redirects and resp.status in _REDIRECT_STATUSES and location:
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise UnsafeDestination(f"more than {MAX_REDIRECTS} redirects")
+                    try:
+                        current = resp.url.join(URL(location))
+                    except (ValueError, TypeError):
+                        raise UnsafeDestination("a redirect to an unusable location") from None
+                    # As browsers and aiohttp do: 303, and 301/302 after a POST, continue as a bodiless GET.
+                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                        method, data_factory, json_body = "GET", None, None
+                    continue
+                body = await _read_capped(resp, max_body)
+                return HttpResponse(
+                    status=resp.status,
+                    headers=resp.headers,
+                    body=body,
+                    request_id=resp.headers.get(request_id_header),
+                )
 
 
 def _classified(
@@ -420,7 +474,7 @@ async def send_paid(
                 client_timeout=timeout,
                 headers=headers,
                 params=None,
-                data=data_factory() if data_factory is not None else None,
+                data_factory=data_factory,
                 json_body=json,
                 max_body=max_body,
                 allow_redirects=False,
@@ -462,6 +516,10 @@ async def send_paid(
         except aiohttp.InvalidURL:
             raise ConnectionFailed(
                 f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=False
+            ) from None
+        except UnsafeDestination as exc:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: {exc}", provider=provider, accepted=False
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionFailed(
@@ -519,6 +577,7 @@ async def send_idempotent(
     request_id_header: str = "x-request-id",
     accepted: bool = False,
     allow_redirects: bool = True,
+    trusted: Collection[str] | None = None,
 ) -> HttpResponse:
     """Send a request that is safe to repeat (GET, poll, download, upload) and return the 2xx response.
 
@@ -531,6 +590,11 @@ async def send_idempotent(
     Errors raised here carry `accepted=accepted`: the call itself creates nothing, so whether
     money is at stake depends on what it belongs to (pass True when polling or downloading for a
     job that was already submitted).
+
+    Redirects (at most `MAX_REDIRECTS`) never carry `headers` to another origin. Pass `trusted` (the
+    adapter's configured base URLs) when `url` came from a provider's answer: then `url` itself, and
+    every hop outside those origins, must be a public http(s) address (`bot.providers.netguard`);
+    a refused one raises `ServerError` without a retry.
     """
     if data_factory is not None and json is not None:
         raise ValueError("pass data_factory or json, not both")
@@ -551,11 +615,12 @@ async def send_idempotent(
                 client_timeout=timeout,
                 headers=headers,
                 params=params,
-                data=data_factory() if data_factory is not None else None,
+                data_factory=data_factory,
                 json_body=json,
                 max_body=max_body,
                 allow_redirects=allow_redirects,
                 request_id_header=request_id_header,
+                trusted=trusted,
             )
         except _BodyTooLarge:
             raise ServerError(
@@ -566,6 +631,11 @@ async def send_idempotent(
         except aiohttp.InvalidURL:
             raise ConnectionFailed(
                 f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=accepted
+            ) from None
+        except UnsafeDestination as exc:
+            # The provider pointed us at a place the bot must not go: an unusable answer, not retried.
+            raise ServerError(
+                f"{method} {redact_url(url)}: {exc}", provider=provider, accepted=accepted
             ) from None
         except TimeoutError as exc:
             err: ProviderError = ProviderTimeout(
@@ -678,8 +748,12 @@ async def download(
     provider: str = "",
     allow_data_url: bool = False,
     accepted: bool = True,
+    trusted: Collection[str] = (),
 ) -> bytes:
     """Fetch a result file (http/https only) with a size cap, retrying like an idempotent GET.
+
+    `url` came from a provider, so it (and every redirect hop) must be a public address unless its
+    origin is one of the `trusted` base URLs (`bot.providers.netguard`).
 
     Any other scheme, and `data:` URLs unless `allow_data_url`, are refused with `ServerError`
     (the URL came from a provider response, so it is an unusable response). A body larger than
@@ -714,6 +788,7 @@ async def download(
         headers=headers,
         max_body=max_bytes,
         accepted=accepted,
+        trusted=trusted,
     )
     return resp.body
 
@@ -764,14 +839,16 @@ async def fetch_output(
     policy: RetryPolicy,
     call_timeout: float,
     provider: str,
+    trusted: Collection[str] = (),
 ) -> bytes:
     """The bytes of one result an async provider listed in its `outputs`: a URL or base64 text.
 
     An http(s) URL is downloaded (no provider headers: result URLs are public or presigned, and
     the API key must never reach a CDN); a `data:image/...;base64,` URL or bare base64 (the
     vendors' "base64 output" modes, whose exact form is not documented) is decoded. Any other
-    scheme is refused. The bytes are capped at `max_bytes` and must be a png/jpeg/webp image.
-    Errors are `ServerError(accepted=True)`: the job already ran.
+    scheme is refused, and so is a URL that is not public unless its origin is one of the `trusted`
+    base URLs (the adapter's configured ones). The bytes are capped at `max_bytes` and must be a
+    png/jpeg/webp image. Errors are `ServerError(accepted=True)`: the job already ran.
     """
     text = value.strip()
     # Base64 has no colon, so anything with a `scheme:` prefix is a URL (download() vets the scheme).
@@ -785,6 +862,7 @@ async def fetch_output(
             call_timeout=call_timeout,
             provider=provider,
             allow_data_url=True,
+            trusted=trusted,
         )
     else:
         try:

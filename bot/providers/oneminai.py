@@ -290,6 +290,7 @@ class OneMinAIProvider:
             policy=self._policy,
             call_timeout=self._io_timeout,
             provider=self.name,
+            trusted=(self._base,),  # the result may be on the API's own origin; others must be public
         )
         log.debug("%s: %s %s done (record %s)", self.name, request.model, feature, record_id)
         return EditResult(

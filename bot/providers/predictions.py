@@ -297,6 +297,7 @@ class Predictions:
                     policy=self._policy,
                     call_timeout=self._io_timeout,
                     provider=self._provider,
+                    trusted=(self._base,),  # the result may be on the API's own origin; others must be public
                 )
                 for value in values
             )

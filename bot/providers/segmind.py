@@ -423,5 +423,6 @@ class SegmindProvider:
                 policy=self._policy,
                 call_timeout=self._io_timeout,
                 provider=self.name,
+                trusted=(self._base,),  # the result may be on the API's own origin; others must be public
             )
         raise unusable(f"the content type is {content_type or 'missing'}")

@@ -64,6 +64,15 @@ class NotEnoughCredits(Exception):
         self.available = available
 
 
+class SchemaTooNew(Exception):
+    """The database was written by a newer release: this one must not touch it."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"database schema version {found} is newer than this release knows ({known})")
+        self.found = found
+        self.known = known
+
+
 @dataclass(frozen=True)
 class Account:
     guild_id: int
@@ -483,7 +492,11 @@ class Storage:
         await conn.execute("PRAGMA synchronous = FULL")
         await conn.execute("PRAGMA foreign_keys = ON")
         storage = cls(conn, clock)
-        await storage.migrate()
+        try:
+            await storage.migrate()
+        except BaseException:
+            await conn.close()
+            raise
         return storage
 
     async def close(self) -> None:
@@ -529,9 +542,16 @@ class Storage:
     # -- schema -------------------------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply numbered migrations newer than `PRAGMA user_version`. Returns the new version."""
+        """Apply numbered migrations newer than `PRAGMA user_version`. Returns the new version.
+
+        Raises `SchemaTooNew` (touching nothing) for a database a newer release has migrated: an older
+        release cannot know what its columns and rules mean, and would write rows it cannot keep.
+        """
         row = await self._one("PRAGMA user_version")
         version = int(row[0]) if row else 0
+        known = latest_schema_version()
+        if version > known:
+            raise SchemaTooNew(version, known)
         for number, sql in _migrations():
             if number <= version:
                 continue
@@ -762,6 +782,41 @@ class Storage:
             "WHERE id = ? AND state IN ('delivered', 'failed', 'cancelled')",
             (job_id,),
         )
+
+    async def forget_expired_details(self) -> int:
+        """Drop the prompt and options of every ended job whose files expired (also failed, cancelled and
+        refused jobs, whose files went at once). Returns how many rows were cleared."""
+        return await self._write_one(
+            "UPDATE jobs SET spec = NULL, result = NULL "
+            "WHERE state IN ('delivered', 'failed', 'cancelled') "
+            "AND (spec IS NOT NULL OR result IS NOT NULL) "
+            "AND files_expire_at IS NOT NULL AND files_expire_at < ?",
+            (self._now(),),
+        )
+
+    async def prune_history(self, before: dt.datetime) -> tuple[int, int]:
+        """Delete ended jobs that finished before `before`, and erase the reason and acting admin of
+        ledger rows written before it (their amounts stay, so the books still add up).
+
+        Returns (job rows deleted, ledger rows cleared). Live jobs and their holds are never touched.
+        """
+        cutoff = _stamp(before)
+
+        def body(db: sqlite3.Connection) -> tuple[int, int]:
+            jobs = _rowcount(
+                db,
+                "DELETE FROM jobs WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ?",
+                (cutoff,),
+            )
+            ledger = _rowcount(
+                db,
+                "UPDATE ledger SET reason = NULL, actor_id = NULL "
+                "WHERE created_at < ? AND actor_id IS NOT NULL",
+                (cutoff,),
+            )
+            return jobs, ledger
+
+        return await self._transaction(body)
 
     async def open_holds(self) -> list[OpenHold]:
         """Reservations never captured or released, with their job's state (for start-up reconciling)."""

@@ -106,6 +106,46 @@ async def test_result_goes_to_dms_when_the_channel_was_deleted(world: World):
     assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
 
 
+async def test_a_result_discord_failed_to_take_is_posted_once_when_discord_is_back(world: World):
+    """The channel post and then the DM fail with a 503 (no effect): the paid result is neither
+    refunded nor lost; it is posted again from the stored result, exactly once."""
+    world.services.edits.engine.delivery_retry_first = 0.05
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    in_channel = world.fake.hold("POST", r"/channels/\d+/messages")
+    by_dm = world.fake.hold("POST", r"/channels/\d+/messages")
+    await world.fake.wait_until(lambda: in_channel.held)
+    in_channel.drop()
+    await world.fake.wait_until(lambda: by_dm.held)
+    by_dm.drop()
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(world.channel)))
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "channel")
+    assert job["result_message_id"] == message.id
+    assert not results(world.fake.channel_messages(world.fake.dm_channel(world.user)))
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(world.services.settings.data_dir)
+
+
+async def test_a_channel_post_lost_to_a_dropped_connection_falls_back_to_a_dm(world: World):
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    in_channel = world.fake.hold("POST", rf"/channels/{world.channel.id}/messages")
+    await world.fake.wait_until(lambda: in_channel.held)
+    in_channel.cut()
+    dm = world.fake.dm_channel(world.user)
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(dm)))
+    assert "could not be posted there" in message.content
+    assert not results(world.fake.channel_messages(world.channel))
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "dm")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
 # -- the queue and Cancel ---------------------------------------------------------------------------
 
 
@@ -241,3 +281,34 @@ async def test_edit_again_opens_a_form_and_edits_the_result_image(world: World):
     rows = jobs(world.services.settings.data_dir)
     assert rows[-1]["user_id"] == bob.id and rows[-1]["origin_message_id"] == result.id
     assert again.content == f"<@{bob.id}>"
+
+
+async def test_job_buttons_count_only_in_the_jobs_own_server_and_on_its_own_message(world: World):
+    """A copy of a job's buttons on a message in another server (a forged or misrouted component) gives
+    that server's moderators no power over the job, and its requester no power over that message."""
+    other = await world.fake.create_guild(name="Elsewhere")
+    hall = await other.create_text_channel("hall")
+    mallory = world.fake.create_user("mallory")
+    await other.add_member(mallory, permissions=int(Permission.MANAGE_MESSAGES))
+    await other.add_member(world.user)
+
+    world.openai.delay = 2.0  # the job is still running while the copies are clicked
+    it = await world.edit(PHOTO)
+    cancel = await world.fake.wait_until(
+        lambda: it.original_message and control(it.original_message, "cancel")
+    )
+    copy = await world.fake.post_message(world.fake.bot_user, hall, "copied controls")
+    copy.components = it.original_message.components
+    refused = await world.fake.click(mallory, copy, cancel)
+    await world.fake.wait_until(lambda: refused.callbacks)
+    result = await published(world, it)
+    [job] = await settled(world)
+    assert job["state"] == "delivered"  # mallory's click did not cancel it
+
+    copy.components = result.components
+    delete = control(result, "delete")
+    assert delete is not None
+    for who in (world.user, mallory):
+        click = await world.fake.click(who, copy, delete)
+        await world.fake.wait_until(lambda click=click: click.callbacks)
+    assert not copy.deleted and not result.deleted

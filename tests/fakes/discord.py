@@ -911,8 +911,9 @@ class HeldRequests:
     """Requests the fake holds before handling them, until the test lets them go (:meth:`FakeDiscord.hold`).
 
     ``held`` lists the requests waiting (in arrival order). :meth:`release` lets them through as if
-    Discord had been slow; :meth:`drop` fails them with a 503 and no effect, as if they never arrived.
-    Either way the rule is spent: later matching requests are handled normally.
+    Discord had been slow; :meth:`drop` fails them with a 503 and no effect, as if they never arrived;
+    :meth:`cut` closes their connections without an answer (and without effect), as a network
+    failure would. Either way the rule is spent: later matching requests are handled normally.
     """
 
     method: str
@@ -920,6 +921,7 @@ class HeldRequests:
     times: int
     held: list[RecordedRequest] = field(default_factory=list)
     dropped: bool = False
+    cut_off: bool = False
     _gate: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, method: str, path: str) -> bool:
@@ -930,6 +932,10 @@ class HeldRequests:
 
     def drop(self) -> None:
         self.dropped = True
+        self._gate.set()
+
+    def cut(self) -> None:
+        self.cut_off = True
         self._gate.set()
 
 
@@ -3200,6 +3206,9 @@ class FakeDiscord:
             await hold._gate.wait()
             if hold.dropped:
                 raise _error(503, 0, "The fake Discord dropped this held request.")
+            if hold.cut_off and request.transport is not None:
+                request.transport.abort()  # the client sees the connection close with no answer
+                return web.Response(status=503)
         call = _Call(
             request=request, params=params, query=request.query, body=body, uploads=uploads, record=record
         )

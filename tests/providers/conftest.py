@@ -8,10 +8,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.providers.netguard import GuardedConnector
+
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+    # The production connector: result URLs from provider answers are fetched only through it.
+    async with aiohttp.ClientSession(connector=GuardedConnector()) as s:
         yield s
 
 

@@ -506,7 +506,9 @@ async def test_download_returns_the_bytes(server: tuple[str, Script], session: a
     base, script = server
     script.on("/out.png", status(503), status(200, PNG))
 
-    data = await download(session, f"{base}/out.png?sig=abc", max_bytes=1000, deadline=soon(), policy=FAST)
+    data = await download(
+        session, f"{base}/out.png?sig=abc", max_bytes=1000, deadline=soon(), policy=FAST, trusted=(base,)
+    )
 
     assert data == PNG
     assert script.hits["/out.png"] == 2
@@ -520,7 +522,9 @@ async def test_download_size_cap(
     script.on("/big", status(200, b"x" * 300_000) if declared_length else chunked(300_000))
 
     with pytest.raises(ServerError) as info:
-        await download(session, f"{base}/big", max_bytes=100_000, deadline=soon(), policy=FAST)
+        await download(
+            session, f"{base}/big", max_bytes=100_000, deadline=soon(), policy=FAST, trusted=(base,)
+        )
 
     assert info.value.accepted is True
     assert script.hits["/big"] == 1  # a size violation is not retried
@@ -563,6 +567,7 @@ async def test_signed_url_queries_never_reach_the_log(
             deadline=soon(),
             policy=FAST,
             provider="t",
+            trusted=(base,),
         )
 
     assert "/out.png" in caplog.text

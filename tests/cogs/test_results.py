@@ -1,0 +1,48 @@
+"""The DM fallback keeps to a DM's upload limit, whatever the server's boost level allowed."""
+
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image
+
+from bot.engine import EditOutcome, ResultFile
+from cogs._results import DM_UPLOAD_LIMIT, fit_for_dm
+
+
+def noisy_png(side: int) -> bytes:
+    rng = random.Random(7)
+    image = Image.frombytes("RGB", (side, side), bytes(rng.getrandbits(8) for _ in range(side * side * 3)))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def outcome(*files: ResultFile) -> EditOutcome:
+    return EditOutcome(
+        job_id="0" * 16,
+        prompt="p",
+        model_id="m",
+        model_name="M",
+        provider="openai",
+        quality="low",
+        size="1024x1024",
+        files=files,
+        charged=1,
+        balance_after=1,
+    )
+
+
+async def test_a_result_too_big_for_a_dm_is_re_encoded_to_fit_and_small_ones_are_left_alone():
+    big = ResultFile("retouch_0_1.png", noisy_png(256), "png")
+    small = ResultFile("retouch_0_2.png", noisy_png(16), "png")
+    limit = len(big.data) // 2
+
+    fitted = await fit_for_dm(outcome(big, small), limit)
+
+    first, second = fitted.files
+    assert len(first.data) <= limit and first.filename.startswith("retouch_0_1.")
+    assert first.filename.rsplit(".", 1)[1] == {"jpeg": "jpg"}.get(first.format, first.format)
+    assert second is small
+    assert DM_UPLOAD_LIMIT == 10 * 1024 * 1024  # Discord's default, which DMs get

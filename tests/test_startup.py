@@ -1,0 +1,89 @@
+"""Start-up that cannot be bricked, tried through the real `python -m bot` as an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.discord import FakeDiscord
+from tests.providers.helpers import closed_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_bot(data_dir: Path, **env: str) -> tuple[int, str]:
+    """`python -m bot` until it exits by itself; its exit code and everything it printed."""
+    base = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": "x" * 59,
+        "OPENAI_API_KEY": "sk-test",
+        "DATA_DIR": str(data_dir),
+        "METRICS_PORT": "0",
+        "LOG_LEVEL": "info",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=data_dir,
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, output.decode()
+
+
+def problems(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR " in line or " CRITICAL " in line]
+
+
+async def test_a_database_from_a_newer_release_is_refused_with_one_clear_line(tmp_path: Path):
+    with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:
+        db.execute("CREATE TABLE future (x)")
+        db.execute("PRAGMA user_version = 99")
+
+    code, log = await run_bot(tmp_path)
+
+    assert code == 1, log
+    assert "Traceback" not in log
+    [line] = log.strip().splitlines()
+    assert "newer" in line and "schema 99" in line
+    with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:  # untouched
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 99
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("future",)]
+
+
+@pytest.mark.parametrize(
+    "api_base",
+    [f"http://127.0.0.1:{closed_port()}/api/v10", "http://discord.invalid/api/v10"],
+    ids=["refused", "dns"],
+)
+async def test_an_unreachable_discord_gives_one_clear_line(tmp_path: Path, api_base: str):
+    code, log = await run_bot(tmp_path, DISCORD_API_BASE=api_base)
+
+    assert code == 1, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "cannot reach Discord" in line
+
+
+async def test_a_wrong_token_gives_one_clear_line(fake_discord: FakeDiscord, tmp_path: Path):
+    code, log = await run_bot(tmp_path, DISCORD_API_BASE=fake_discord.api_base, DISCORD_TOKEN="y" * 59)
+
+    assert code == 2, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "DISCORD_TOKEN" in line
