@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
+from bot.concurrency import FeedbackThrottle, fair_order
 from bot.config import Settings
 from bot.errors import (
     InsufficientCredits,
@@ -464,6 +465,9 @@ class JobEngine:
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
+        self.queue_feedback: FeedbackThrottle[str, JobStatus] = FeedbackThrottle()
+        self._feedback_task: asyncio.Task[None] | None = None
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -593,7 +597,7 @@ class JobEngine:
         if not self._durations or position <= 0:
             return None
         median = statistics.median(self._durations)
-        rounds = math.ceil(position / max(1, self.max_concurrent))
+        rounds = math.ceil(position / self._capacity())
         return median * (rounds + 1)
 
     async def start(self) -> None:
@@ -617,6 +621,8 @@ class JobEngine:
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
             self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
         self._waiting.clear()
+        if self._feedback_task is not None:
+            self._feedback_task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         # A job past its provider is left to post its result (or to be delivered after the restart).
@@ -662,13 +668,24 @@ class JobEngine:
         self._finished(job, "failed", None, 0, code)
 
     def _position(self, job_id: str) -> int:
-        return self._waiting.index(job_id) + 1 if job_id in self._waiting else 0
+        order = self._queue_order()
+        return order.index(job_id) + 1 if job_id in order else 0
+
+    def _queue_order(self) -> list[str]:
+        """Waiting jobs in the order they start: servers, and members within a server, take turns."""
+        return fair_order((j, self._jobs[j].info.guild_id, self._jobs[j].info.user_id) for j in self._waiting)
+
+    def _capacity(self) -> int:
+        """Jobs that may run at once: MAX_CONCURRENT_JOBS, or fewer while the providers' adaptive limits
+        together allow fewer calls (the rest wait here, in fair order, rather than at a provider)."""
+        return max(1, min(self.max_concurrent, self.router.capacity()))
 
     def _pump(self) -> None:
         """Start waiting jobs while slots are free (global, then per user), then show new positions."""
         if self.accepting:
-            for job_id in list(self._waiting):
-                if len(self._running) >= self.max_concurrent:
+            capacity = self._capacity()
+            for job_id in self._queue_order():
+                if len(self._running) >= capacity:
                     break
                 job = self._jobs[job_id]
                 mine = sum(1 for r in self._running if self._jobs[r].info.user_id == job.info.user_id)
@@ -676,7 +693,9 @@ class JobEngine:
                     continue
                 self._waiting.remove(job_id)
                 self._launch(job)
-        for index, job_id in enumerate(self._waiting, start=1):
+        order = self._queue_order()
+        self.queue_feedback.retain(set(order))
+        for index, job_id in enumerate(order, start=1):
             job = self._jobs[job_id]
             if job.position != index:
                 job.position = index
@@ -684,7 +703,24 @@ class JobEngine:
                 text = f"Queued — position {index} in line."
                 if eta is not None:
                     text += f" Your result should be ready in {describe_wait(eta)}."
-                self._spawn(self._update(job, JobStatus(job_id, "queued", text, True, index, eta)))
+                status = JobStatus(job_id, "queued", text, True, index, eta)
+                self.queue_feedback.offer(job_id, text, status, priority=index)
+        if self.queue_feedback.pending and (self._feedback_task is None or self._feedback_task.done()):
+            self._feedback_task = asyncio.ensure_future(self._send_queue_feedback())
+
+    async def _send_queue_feedback(self) -> None:
+        """Send waiting jobs' new lines as the throttle allows, until none is pending."""
+        while True:
+            self.queue_feedback.retain(set(self._waiting))
+            wait = self.queue_feedback.next_in()
+            if wait is None:
+                return
+            if wait > 0:
+                await asyncio.sleep(wait)
+            for status in self.queue_feedback.due():
+                job = self._jobs.get(status.job_id)
+                if job is not None and status.job_id in self._waiting:
+                    self._spawn(self._update(job, status))
 
     def _launch(self, job: _Job) -> None:
         self._running.add(job.id)
