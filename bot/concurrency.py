@@ -12,7 +12,7 @@ waiting job's place in line is shown again.
   deadline: a 429 means the provider did not take the job, so nothing paid is sent twice. Otherwise
   the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
   `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes.
-* `fair_order` is the engine's queue order: servers take turns, and inside a server its members do,
+* `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
   so one member's burst cannot starve anyone.
 * `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
   most every `QUEUE_FEEDBACK_MIN_SECONDS`, all jobs together at most `QUEUE_FEEDBACK_PER_SECOND`, new
@@ -290,25 +290,76 @@ class ProviderLimiter:
 # --------------------------------------------------------------------------- fair turns
 
 
-def fair_order(entries: Iterable[tuple[K, int, int]]) -> list[K]:
-    """Keys of `(key, guild_id, user_id)` entries (given in admission order) in the order they start.
+Member = tuple[int, int]  # (guild_id, user_id)
 
-    Servers take turns (round r: each server's r-th job, earliest admitted first) and inside a server
-    so do its members (each member's first job, then each one's second, …); a member's own jobs keep
-    their order. A member with 10 waiting jobs and another with 1: the other's is second.
+
+class FairTurns:
+    """The engine's queue order: servers take turns, and inside a server its members do.
+
+    Each member and server counts the jobs it started while it had work in the queue or running; a
+    waiting job's turn is its member's count plus its place among that member's waiting jobs, and
+    jobs go by turn, then by who started a job longest ago (never first), then by admission. A
+    member or server that arrives starts level with the least-served one present, so having been
+    idle earns no credit to jump the line later. With one member's 10 jobs waiting and another's
+    single job, the single one goes next (or second, when the busy member has not had a turn yet).
     """
-    member_turns: dict[tuple[int, int], int] = {}
-    per_guild: dict[int, list[tuple[int, int, K]]] = {}
-    for index, (key, guild_id, user_id) in enumerate(entries):
-        turn = member_turns.get((guild_id, user_id), 0)
-        member_turns[(guild_id, user_id)] = turn + 1
-        per_guild.setdefault(guild_id, []).append((turn, index, key))
-    ranked: list[tuple[int, int, K]] = []
-    for jobs in per_guild.values():
-        jobs.sort(key=lambda job: (job[0], job[1]))
-        ranked.extend((guild_turn, index, key) for guild_turn, (_, index, key) in enumerate(jobs))
-    ranked.sort(key=lambda job: (job[0], job[1]))
-    return [key for _, _, key in ranked]
+
+    def __init__(self) -> None:
+        self._members: dict[Member, int] = {}
+        self._guilds: dict[int, int] = {}
+        self._last: dict[Member | int, int] = {}  # member or guild -> sequence number of its last start
+        self._sequence = 0
+
+    def started(self, guild_id: int, user_id: int) -> None:
+        """A job of this member left the queue."""
+        member = (guild_id, user_id)
+        self._members[member] = self._members.get(member, 0) + 1
+        self._guilds[guild_id] = self._guilds.get(guild_id, 0) + 1
+        self._sequence += 1
+        self._last[member] = self._last[guild_id] = self._sequence
+
+    def order(self, entries: Iterable[tuple[K, int, int]], running: Iterable[Member] = ()) -> list[K]:
+        """Keys of `(key, guild_id, user_id)` entries (in admission order) in the order they start;
+        `running` names the member of each running job (they keep their counts)."""
+        entries = list(entries)
+        members = {(guild_id, user_id) for _, guild_id, user_id in entries} | set(running)
+        self._forget_all_but(members)
+        per_guild: dict[int, list[tuple[int, int, int, K]]] = {}
+        seen: dict[Member, int] = {}
+        for index, (key, guild_id, user_id) in enumerate(entries):
+            member = (guild_id, user_id)
+            turn = self._members[member] + seen.get(member, 0)
+            seen[member] = seen.get(member, 0) + 1
+            per_guild.setdefault(guild_id, []).append((turn, self._last.get(member, 0), index, key))
+        ranked: list[tuple[int, int, int, K]] = []
+        for guild_id, jobs in per_guild.items():
+            jobs.sort(key=lambda job: job[:3])
+            base, last = self._guilds[guild_id], self._last.get(guild_id, 0)
+            ranked.extend((base + turn, last, index, key) for turn, (_, _, index, key) in enumerate(jobs))
+        ranked.sort(key=lambda job: job[:3])
+        return [key for *_, key in ranked]
+
+    def _forget_all_but(self, members: set[Member]) -> None:
+        """Drop members and servers with nothing waiting or running; newcomers start level with the
+        least-served one present."""
+        guilds = {guild_id for guild_id, _ in members}
+        for member in [m for m in self._members if m not in members]:
+            del self._members[member]
+            self._last.pop(member, None)
+        for guild_id in [g for g in self._guilds if g not in guilds]:
+            del self._guilds[guild_id]
+            self._last.pop(guild_id, None)
+        member_floor = min(self._members.values(), default=0)
+        guild_floor = min(self._guilds.values(), default=0)
+        for member in members:
+            self._members.setdefault(member, member_floor)
+        for guild_id in guilds:
+            self._guilds.setdefault(guild_id, guild_floor)
+
+
+def fair_order(entries: Iterable[tuple[K, int, int]]) -> list[K]:
+    """`FairTurns.order` with no history: the order a fresh queue would start `entries` in."""
+    return FairTurns().order(entries)
 
 
 # --------------------------------------------------------------------------- cheap queue feedback

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
-from bot.concurrency import FeedbackThrottle, fair_order
+from bot.concurrency import FairTurns, FeedbackThrottle
 from bot.config import Settings
 from bot.errors import (
     InsufficientCredits,
@@ -467,6 +467,7 @@ class JobEngine:
         self._watchdog: asyncio.Task[None] | None = None
         # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
         self.queue_feedback: FeedbackThrottle[str, JobStatus] = FeedbackThrottle()
+        self._turns = FairTurns()  # the queue's order (members and servers take turns)
         self._feedback_task: asyncio.Task[None] | None = None
 
     # -- public API -------------------------------------------------------------------------------
@@ -673,7 +674,9 @@ class JobEngine:
 
     def _queue_order(self) -> list[str]:
         """Waiting jobs in the order they start: servers, and members within a server, take turns."""
-        return fair_order((j, self._jobs[j].info.guild_id, self._jobs[j].info.user_id) for j in self._waiting)
+        waiting = ((j, self._jobs[j].info.guild_id, self._jobs[j].info.user_id) for j in self._waiting)
+        running = [(job.info.guild_id, job.info.user_id) for j in self._running if (job := self._jobs.get(j))]
+        return self._turns.order(waiting, running)
 
     def _capacity(self) -> int:
         """Jobs that may run at once: MAX_CONCURRENT_JOBS, or fewer while the providers' adaptive limits
@@ -692,6 +695,7 @@ class JobEngine:
                 if mine >= self.max_per_user:
                     continue
                 self._waiting.remove(job_id)
+                self._turns.started(job.info.guild_id, job.info.user_id)
                 self._launch(job)
         order = self._queue_order()
         self.queue_feedback.retain(set(order))

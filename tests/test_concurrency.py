@@ -14,6 +14,7 @@ import pytest
 from bot.concurrency import (
     BACKOFF_SECONDS,
     START_CONCURRENCY,
+    FairTurns,
     FeedbackThrottle,
     ProviderLimiter,
     fair_order,
@@ -353,6 +354,28 @@ def test_fair_order_interleaves_members_and_servers(
     entries: list[tuple[str, int, int]], expected: list[str]
 ) -> None:
     assert fair_order(entries) == expected
+
+
+def test_a_member_who_already_had_a_turn_waits_behind_one_who_has_not() -> None:
+    turns = FairTurns()
+    turns.order([("a0", 1, 1)])
+    turns.started(1, 1)  # Alice's first job runs
+    waiting = [("a1", 1, 1), ("a2", 1, 1), ("b0", 1, 2), ("y0", 2, 9), ("x0", 1, 3)]
+
+    assert turns.order(waiting, running=[(1, 1)]) == ["y0", "b0", "x0", "a1", "a2"]
+    # Her running job ended: she still had her turn, so Bob is still ahead of her next one.
+    assert turns.order(waiting)[:3] == ["y0", "b0", "x0"]
+
+
+def test_a_member_back_after_being_idle_starts_level_with_the_others() -> None:
+    turns = FairTurns()
+    for _ in range(5):
+        turns.order([("a", 1, 1), ("b", 1, 2)])
+        turns.started(1, 1)
+        turns.started(1, 2)
+    turns.order([], running=[(1, 1)])  # Bob left; Alice has a job running
+
+    assert turns.order([("a5", 1, 1), ("a6", 1, 1), ("c0", 1, 3)]) == ["c0", "a5", "a6"]
 
 
 # -- queue feedback ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.app import build_providers
 from bot.catalog import Catalog, Route, load_catalog, parse_catalog
+from bot.concurrency import ProviderLimiter
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
 from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
@@ -249,6 +250,24 @@ async def test_failures_that_provably_created_nothing_fall_back(error: perr.Prov
     served = await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
 
     assert served.route.provider == "wavespeed"
+
+
+async def test_a_429_with_a_wait_inside_the_deadline_is_sent_again_to_the_same_provider() -> None:
+    now = [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    busy = perr.RateLimited("429", status=429, retry_after=2.0, accepted=False)
+    first, second = StubProvider("atlascloud", busy, "ok"), StubProvider("wavespeed")
+    limiter = ProviderLimiter(clock=lambda: now[0], sleep=sleep)
+    router = Router(stubs(first, second), order=("atlascloud",), limiter=limiter)
+
+    served = await router.run(MINI, request(deadline=now[0] + 300))
+
+    assert served.route.provider == "atlascloud" and served.refused_by == ()
+    assert len(first.calls) == 2 and second.calls == []
+    assert now[0] >= 1002.0  # after the provider's Retry-After
 
 
 async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_have_run_does_not() -> None:
