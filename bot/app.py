@@ -51,7 +51,10 @@ class Services:
         if self.policy is None:
             self.policy = PolicyService(settings=self.settings, catalog=self.catalog, storage=self.storage)
         self.diagnostics = DiagnosticsService(
-            storage=self.storage, providers=self.providers, catalog=self.catalog
+            storage=self.storage,
+            providers=self.providers,
+            catalog=self.catalog,
+            concurrency=self.edits.router.concurrency,
         )
 
 
@@ -165,7 +168,10 @@ def build_services(
         policy=policy,
     )
     metrics.watch(
-        in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
+        in_flight=lambda: edits.in_flight,
+        queued=lambda: edits.engine.queued,
+        circuits=edits.router.circuits,
+        concurrency=edits.router.concurrency,
     )
     audit.watch_circuits(edits.router.circuits)
     return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)

@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.catalog import Catalog
+from bot.concurrency import LimitState
 from bot.providers.base import CheckableProvider, Provider, ProviderHealth
 from bot.storage import Storage, latest_schema_version
 
@@ -78,6 +79,7 @@ class ProviderStatus:
     authenticated: bool | None
     detail: str
     seconds: float | None = None
+    concurrency: LimitState | None = None  # the adaptive limit in force (None: not known here)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class DiagnosticsService:
         catalog: Catalog,
         today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
         provider_timeout: float = PROVIDER_CHECK_TIMEOUT,
+        concurrency: Callable[[], Mapping[str, LimitState]] | None = None,
     ) -> None:
         self.storage = storage
         self.providers = providers
@@ -120,6 +123,7 @@ class DiagnosticsService:
         self._today = today
         self._provider_timeout = provider_timeout
         self._probe = WriteProbe(storage)
+        self._concurrency = concurrency
 
     async def diagnose(self, app_permissions: int | None) -> Diagnosis:
         """All checks; provider and database checks run concurrently."""
@@ -133,7 +137,9 @@ class DiagnosticsService:
 
     async def check_providers(self) -> tuple[ProviderStatus, ...]:
         checks = [self._check_one(name, p) for name, p in sorted(self.providers.items())]
-        return tuple(await asyncio.gather(*checks))
+        statuses = await asyncio.gather(*checks)
+        limits = self._concurrency() if self._concurrency is not None else {}
+        return tuple(replace(s, concurrency=limits.get(s.name)) for s in statuses)
 
     async def _check_one(self, name: str, provider: Provider) -> ProviderStatus:
         if not isinstance(provider, CheckableProvider):
