@@ -33,6 +33,7 @@ from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Usage
 from bot.providers.http import RetryPolicy
+from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.routing import (
@@ -576,6 +577,24 @@ def real_router(
         return Router(providers, order=("atlascloud", "wavespeed"), **kw)  # type: ignore[arg-type]
 
     return make
+
+
+async def test_over_the_wire_a_provider_that_refuses_over_two_at_once_serves_every_edit_exactly_once(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(max_in_flight=2, busy_retry_after=0.05, delay=0.05) as openai:
+        adapter = OpenAIProvider(session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5.0)
+        router = Router({"openai": adapter}, limiter=ProviderLimiter({"openai": (6, 10)}))
+        model = CATALOG.get("gpt-image-1.5")
+
+        served = await asyncio.gather(
+            *(router.run(model, request(deadline=time.monotonic() + 120)) for _ in range(6))
+        )
+
+        assert [s.route.provider for s in served] == ["openai"] * 6
+        assert openai.edits_served == 6  # no image made (and paid) twice
+        assert openai.busy_refusals > 0 and openai.peak_in_flight == 2
+        assert router.limiter.limit("openai") == 2
 
 
 @pytest.mark.parametrize("fault", [atlas_fake.Fault.UNAUTHORIZED, atlas_fake.Fault.INSUFFICIENT_BALANCE])
