@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from bot.catalog import Catalog, CatalogError, load_catalog
 from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
@@ -44,6 +45,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
 
     from bot.app import build_providers, build_services, provider_session
     from bot.client import RetouchBot, point_discord_at
+    from bot.concurrency import RateLimitWatch
     from bot.ops import serve_ops
     from bot.storage import Storage
 
@@ -51,9 +53,16 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         point_discord_at(settings.discord_api_base)
     storage = await Storage.open(settings.database_path)
     try:
-        # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`).
-        async with provider_session(settings, headers={"User-Agent": "Retouch (+discord bot)"}) as session:
+        # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every
+        # 429 a provider answers on it reaches the adaptive limits (`RateLimitWatch`).
+        watch = RateLimitWatch.for_settings(settings)
+        session_options: dict[str, Any] = {
+            "headers": {"User-Agent": "Retouch (+discord bot)"},
+            "trace_configs": [watch.trace_config()],
+        }
+        async with provider_session(settings, **session_options) as session:
             services = build_services(settings, catalog, storage, build_providers(settings, session))
+            watch.attach(services.edits.router.limiter)
             bot = RetouchBot(services, sync_commands=sync)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

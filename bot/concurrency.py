@@ -32,7 +32,11 @@ from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable,
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import aiohttp
+from yarl import URL
+
 from bot.providers import errors as perr
+from bot.providers.http import parse_retry_after
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -93,6 +97,7 @@ class _Provider:
         self.limit = float(max(1, min(start, ceiling or start)))
         self.in_flight = 0
         self.epoch = 0  # bumped by every cut: a 429 from a call sent before it does not cut again
+        self.sent_since_cut = 0  # ... nor does a 429 seen on the wire when no call was sent since
         self.backoff_level = 0  # cuts since the last success (doubles the pause without Retry-After)
         self.paused_until = 0.0
         self.refused_at: int | None = None
@@ -183,7 +188,7 @@ class ProviderLimiter:
             except perr.RateLimited as exc:
                 if exc.accepted:
                     raise
-                self._refused(provider, state, epoch, exc.retry_after)
+                self._refused(provider, state, epoch == state.epoch, exc.retry_after)
                 resume_at = state.paused_until
                 if deadline is not None and resume_at + RETRY_MIN_WINDOW > deadline:
                     raise
@@ -211,6 +216,7 @@ class ProviderLimiter:
                 continue
             if state.in_flight < state.allowed:
                 state.in_flight += 1
+                state.sent_since_cut += 1
                 return state.epoch, state.in_flight >= state.allowed
             waiter = asyncio.get_running_loop().create_future()
             state.waiters.append(waiter)
@@ -247,16 +253,23 @@ class ProviderLimiter:
             return
         state.limit = min(float(top), state.limit + 1 / state.limit)
 
-    def _refused(self, provider: str, state: _Provider, epoch: int, retry_after: float | None) -> None:
+    def observe_refusal(self, provider: str, retry_after: float | None) -> None:
+        """A 429 from `provider` seen on the wire (`RateLimitWatch`), e.g. one its adapter retries by
+        itself: learn from it as from a refused call."""
+        state = self._state(provider)
+        self._refused(provider, state, state.sent_since_cut > 0, retry_after)
+
+    def _refused(self, provider: str, state: _Provider, cut: bool, retry_after: float | None) -> None:
         now = self._clock()
         self._forget_old_refusal(state, now)
-        level = state.in_flight  # calls out at the provider when it refused, this one included
+        level = max(1, state.in_flight)  # calls out at the provider when it refused, this one included
         state.refused_at = level if state.refused_at is None else min(state.refused_at, level)
         state.refused_time = now
         below = float(max(1, state.refused_at - 1))
         before = state.allowed
-        if epoch == state.epoch:  # the first 429 of calls sent under the current limit: one cut
+        if cut:  # the first 429 of calls sent under the current limit: one cut
             state.epoch += 1
+            state.sent_since_cut = 0
             state.backoff_level += 1
             state.limit = max(1.0, min(state.limit * DECREASE_FACTOR, below))
         else:
@@ -285,6 +298,57 @@ class ProviderLimiter:
         if state is None:
             state = self._providers[provider] = _Provider(UNLIMITED, None)
         return state
+
+
+class RateLimitWatch:
+    """Every 429 a provider answers on the shared HTTP session, seen as it arrives (an aiohttp trace).
+
+    An adapter retries a paid call's 429 by itself when the wait is short (`http.send_paid`), so the
+    limiter would otherwise learn of a refusal only when every retry failed, and keep a limit one
+    above the provider's level. The watch is built with the session (before the limiter exists) and
+    `attach`ed to the limiter once the services are built. Requests are matched to a provider by the
+    origin of its configured URLs.
+    """
+
+    def __init__(self, origins: Mapping[str, str]) -> None:
+        self._origins = {_origin(url): provider for url, provider in origins.items()}
+        self._limiter: ProviderLimiter | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RateLimitWatch:
+        """Every configured provider's base URL (and Segmind's upload host)."""
+        origins = {}
+        for p in settings.providers:
+            for url in (p.base_url, p.upload_url):
+                if url:
+                    origins[url] = p.name
+        return cls(origins)
+
+    def attach(self, limiter: ProviderLimiter) -> None:
+        self._limiter = limiter
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """The trace to pass to the providers' `aiohttp.ClientSession` (`trace_configs=[...]`)."""
+        config = aiohttp.TraceConfig()
+        config.on_request_end.append(self._on_request_end)
+        return config
+
+    def seen(self, url: str, status: int, headers: Mapping[str, str]) -> None:
+        """One answer from `url`: a 429 from a provider's host goes to the limiter."""
+        if status != 429 or self._limiter is None:
+            return
+        provider = self._origins.get(_origin(url))
+        if provider is not None:
+            self._limiter.observe_refusal(provider, parse_retry_after(headers))
+
+    async def _on_request_end(
+        self, session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        self.seen(str(params.url), params.response.status, params.response.headers)
+
+
+def _origin(url: str) -> str:
+    return str(URL(url).origin())
 
 
 # --------------------------------------------------------------------------- fair turns

@@ -17,6 +17,7 @@ from bot.concurrency import (
     FairTurns,
     FeedbackThrottle,
     ProviderLimiter,
+    RateLimitWatch,
     fair_order,
 )
 from bot.config import load_settings
@@ -300,6 +301,30 @@ async def test_after_the_refusal_is_forgotten_the_limit_probes_above_it_again() 
     for _ in range(12):
         await full_round(lim)
     assert lim.limit("p") > 5
+
+
+def test_the_watch_hands_429s_from_a_providers_hosts_to_the_limiter() -> None:
+    time = FakeTime()
+    lim = ProviderLimiter({"openai": (8, 8), "segmind": (8, 8)}, clock=time, sleep=time.sleep)
+    watch = RateLimitWatch(
+        {
+            "https://api.openai.com/v1": "openai",
+            "https://api.segmind.com/v1": "segmind",
+            "https://workflows-api.segmind.com/upload-asset": "segmind",
+        }
+    )
+    watch.seen("https://api.openai.com/v1/images/edits", 429, {"retry-after": "3"})  # before attach: ignored
+    watch.attach(lim)
+
+    watch.seen("https://api.openai.com/v1/images/edits", 200, {})
+    watch.seen("https://discord.com/api/v10/interactions", 429, {"retry-after": "9"})
+    assert lim.snapshot()["openai"].refused_at is None
+    watch.seen("https://api.openai.com/v1/images/edits", 429, {"retry-after-ms": "2500"})
+    watch.seen("https://workflows-api.segmind.com/upload-asset", 429, {})
+
+    openai, segmind = lim.snapshot()["openai"], lim.snapshot()["segmind"]
+    assert openai.paused_for == pytest.approx(2.5) and openai.refused_at == 1 and openai.limit == 1
+    assert segmind.paused_for == pytest.approx(BACKOFF_SECONDS)
 
 
 # -- wiring ---------------------------------------------------------------------------------------------

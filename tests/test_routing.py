@@ -24,7 +24,7 @@ from PIL import Image
 
 from bot.app import build_providers
 from bot.catalog import Catalog, Route, load_catalog, parse_catalog
-from bot.concurrency import ProviderLimiter
+from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
 from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
@@ -55,7 +55,7 @@ from tests.fakes import atlascloud_server as atlas_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.oneminai_server import FakeOneMin
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.harness import running_bot
@@ -595,6 +595,23 @@ async def test_over_the_wire_a_provider_that_refuses_over_two_at_once_serves_eve
         assert openai.edits_served == 6  # no image made (and paid) twice
         assert openai.busy_refusals > 0 and openai.peak_in_flight == 2
         assert router.limiter.limit("openai") == 2
+
+
+async def test_over_the_wire_a_429_the_adapter_retries_by_itself_still_reaches_the_limiter() -> None:
+    limiter = ProviderLimiter({"openai": (8, 8)})
+    async with FakeOpenAI() as openai:
+        watch = RateLimitWatch({openai.base_url: "openai"})
+        watch.attach(limiter)
+        async with aiohttp.ClientSession(trace_configs=[watch.trace_config()]) as session:
+            adapter = OpenAIProvider(session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5.0)
+            openai.fail_next(Fault.RATE_LIMITED_MS, retry_after=0.05)
+
+            router = Router({"openai": adapter}, limiter=limiter)
+            served = await router.run(CATALOG.get("gpt-image-1.5"), request(deadline=time.monotonic() + 120))
+
+    assert served.route.provider == "openai" and openai.post_count == 2  # the adapter's own retry
+    state = limiter.snapshot()["openai"]
+    assert state.refused_at == 1 and state.limit == 1  # one call in flight drew the 429
 
 
 @pytest.mark.parametrize("fault", [atlas_fake.Fault.UNAUTHORIZED, atlas_fake.Fault.INSUFFICIENT_BALANCE])

@@ -422,7 +422,8 @@ class FakeOpenAI(FakeServer):
 
     async def _busy(self, request: web.Request, record: RecordedRequest) -> web.Response:
         """Over `max_in_flight`: the body is read (like the real edge), then an immediate 429."""
-        await request.read()
+        async for _ in request.content.iter_chunked(64 * 1024):  # not read(): it caps at 1 MiB
+            pass
         self.busy_refusals += 1
         err = ApiError(
             429,
