@@ -45,6 +45,7 @@ async def scenario(
                 await world.wait_all([it], timeout=120)
                 done = world.result_time(it)
                 singles.append(done - it.created_at if done is not None else float("nan"))
+            before = await world.bot.metrics()
             burst = [await world.edit(image, index) for index in range(count)]
             await world.wait_all(burst, timeout=600)
             page = await world.bot.metrics()
@@ -54,12 +55,19 @@ async def scenario(
     one = statistics.median(singles)
     total = max(delivered) - min(it.created_at for it in burst) if delivered else float("nan")
     limit = metric_sum(page, "retouch_provider_concurrency_limit")
+    calls = {
+        name: metric_sum(page, f"retouch_provider_latency_seconds_{name}")
+        - metric_sum(before, f"retouch_provider_latency_seconds_{name}")
+        for name in ("sum", "count")
+    }
+    provider_mean = calls["sum"] / max(1.0, calls["count"])
     return (
         name,
         count,
         f"{one:.2f}",
         f"{total:.2f}",
         f"{total / one:.2f}",
+        f"{provider_mean:.2f}",
         f"{len(delivered)}/{count}",
         f"{stats.get('edits_served', '?')}/{count + SINGLES}",
         stats.get("busy_refusals", "?"),
@@ -101,6 +109,7 @@ async def main(count: int, delay: float, cap: int, fmt: str, only_uncapped: bool
                 "one edit s",
                 "burst total s",
                 "total ÷ one",
+                "bot-side provider mean s",
                 "delivered",
                 "served at fake",
                 "429s",

@@ -19,7 +19,9 @@ waiting job's place in line is shown again.
   jobs and the front of the queue first. Without it every job that starts would re-edit every waiting
   job's message (500 waiting jobs: 500 edits per start).
 
-Nothing here knows about Discord. Clocks (and the limiter's sleep) are injectable for tests.
+Nothing here knows about Discord. Clocks (and the limiter's sleep) are injectable for tests. The
+module is over 400 lines on purpose: its parts answer one question together — how many edits run at
+once, which ones, and what the waiting ones are shown — and each part is a small class of its own.
 """
 
 from __future__ import annotations
