@@ -1,4 +1,5 @@
-"""The end-to-end rig for benchmarks 1–3 and 7: fake Discord here, fake OpenAI and the bot in their own processes.
+"""The end-to-end rig for benchmarks 1–3 and 7: fake Discord here, fake OpenAI and the bot in their own
+processes.
 
 `python -m bot` runs unmodified in a child process with its settings pointed at the fakes on 127.0.0.1,
 so what is measured is the real entry point (its HTTP session, database, ops server and all). The fake
