@@ -32,12 +32,21 @@ SINGLES = 3
 
 
 async def scenario(
-    name: str, count: int, delay: float, image: bytes, openai_options: dict[str, Any]
+    name: str,
+    count: int,
+    delay: float,
+    image: bytes,
+    openai_options: dict[str, Any],
+    bot_env: dict[str, str] | None = None,
 ) -> tuple[object, ...]:
     """One fresh bot: SINGLES edits one after another, then `count` at once; one table row."""
     with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
         async with rig(
-            provider_delay=delay, scratch=Path(scratch), defaults=True, openai_options=openai_options
+            provider_delay=delay,
+            scratch=Path(scratch),
+            defaults=True,
+            openai_options=openai_options,
+            bot_env=bot_env,
         ) as world:
             singles = []
             for index in range(SINGLES):
@@ -76,11 +85,14 @@ async def scenario(
     )
 
 
-async def main(count: int, delay: float, cap: int, fmt: str, only_uncapped: bool) -> None:
+async def main(
+    count: int, delay: float, cap: int, fmt: str, only_uncapped: bool, bot_env: dict[str, str]
+) -> None:
     image = photo(1024, fmt)
-    rows = [await scenario(f"{delay:g} s provider, never 429", count, delay, image, {})]
+    settings = "".join(f", {k}={v}" for k, v in bot_env.items())
+    rows = [await scenario(f"{delay:g} s provider, never 429{settings}", count, delay, image, {}, bot_env)]
     if only_uncapped:
-        rows += [await scenario(f"{delay:g} s provider, never 429 (again)", count, delay, image, {})]
+        rows += [await scenario(f"{delay:g} s provider, never 429 (again)", count, delay, image, {}, bot_env)]
     else:
         rows += [
             await scenario(
@@ -128,5 +140,9 @@ if __name__ == "__main__":
     parser.add_argument("--cap", type=int, default=5, help="edits the capped fake serves at once")
     parser.add_argument("--format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--uncapped-only", action="store_true", help="only the never-429 burst, twice")
+    parser.add_argument(
+        "--bot-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for the uncapped bot"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.count, args.delay, args.cap, args.format, args.uncapped_only))
+    extra = dict(item.split("=", 1) for item in args.bot_env)
+    asyncio.run(main(args.count, args.delay, args.cap, args.format, args.uncapped_only, extra))
