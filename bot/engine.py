@@ -469,6 +469,7 @@ class JobEngine:
         self.queue_feedback: FeedbackThrottle[str, JobStatus] = FeedbackThrottle()
         self._turns = FairTurns()  # the queue's order (members and servers take turns)
         self._feedback_task: asyncio.Task[None] | None = None
+        self._feedback_offered = asyncio.Event()  # wakes the sender early: a new job's line is due now
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -709,8 +710,10 @@ class JobEngine:
                     text += f" Your result should be ready in {describe_wait(eta)}."
                 status = JobStatus(job_id, "queued", text, True, index, eta)
                 self.queue_feedback.offer(job_id, text, status, priority=index)
-        if self.queue_feedback.pending and (self._feedback_task is None or self._feedback_task.done()):
-            self._feedback_task = asyncio.ensure_future(self._send_queue_feedback())
+        if self.queue_feedback.pending:
+            self._feedback_offered.set()
+            if self._feedback_task is None or self._feedback_task.done():
+                self._feedback_task = asyncio.ensure_future(self._send_queue_feedback())
 
     async def _send_queue_feedback(self) -> None:
         """Send waiting jobs' new lines as the throttle allows, until none is pending."""
@@ -720,7 +723,10 @@ class JobEngine:
             if wait is None:
                 return
             if wait > 0:
-                await asyncio.sleep(wait)
+                self._feedback_offered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._feedback_offered.wait(), wait)
+                continue
             for status in self.queue_feedback.due():
                 job = self._jobs.get(status.job_id)
                 if job is not None and status.job_id in self._waiting:

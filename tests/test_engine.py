@@ -279,6 +279,11 @@ async def test_queue_moves_do_not_re_edit_every_waiting_jobs_message_each_time(
 
     assert [len(live.lines) for live in lives[4:]] == [1, 1, 1, 1]  # only the first line, within 5 s
     assert [service.engine._position(j) for j in waiting[4:]] == [1, 2, 3, 4]
+    # A job queued now still sees its place at once (the others' moves wait their turn).
+    late = Live()
+    await submit(service, live=late)
+    await until(lambda: late.lines, timeout=2)
+    assert late.lines[0].text.startswith("Queued — position 5 in line.")
     await service.cancel(running, actor_id=ALICE, can_manage=False)
 
 
