@@ -264,18 +264,19 @@ class ProviderLimiter:
     def _refused(self, provider: str, state: _Provider, cut: bool, retry_after: float | None) -> None:
         now = self._clock()
         self._forget_old_refusal(state, now)
-        level = max(1, state.in_flight)  # calls out at the provider when it refused, this one included
-        state.refused_at = level if state.refused_at is None else min(state.refused_at, level)
-        state.refused_time = now
-        below = float(max(1, state.refused_at - 1))
+        level = state.in_flight  # calls out at the provider when it refused, this one included
         before = state.allowed
-        if cut:  # the first 429 of calls sent under the current limit: one cut
-            state.epoch += 1
-            state.sent_since_cut = 0
-            state.backoff_level += 1
-            state.limit = max(1.0, min(state.limit * DECREASE_FACTOR, below))
-        else:
-            state.limit = max(1.0, min(state.limit, below))
+        if level > 0:  # (none: a request outside any call, e.g. a cancel, says nothing about calls at once)
+            state.refused_at = level if state.refused_at is None else min(state.refused_at, level)
+            state.refused_time = now
+            below = float(max(1, state.refused_at - 1))
+            if cut:  # the first 429 of calls sent under the current limit: one cut
+                state.epoch += 1
+                state.sent_since_cut = 0
+                state.backoff_level += 1
+                state.limit = max(1.0, min(state.limit * DECREASE_FACTOR, below))
+            else:
+                state.limit = max(1.0, min(state.limit, below))
         if retry_after is not None and retry_after >= 0:
             wait = retry_after
         else:
@@ -335,9 +336,11 @@ class RateLimitWatch:
         config.on_request_end.append(self._on_request_end)
         return config
 
-    def seen(self, url: str, status: int, headers: Mapping[str, str]) -> None:
-        """One answer from `url`: a 429 from a provider's host goes to the limiter."""
-        if status != 429 or self._limiter is None:
+    def seen(self, method: str, url: str, status: int, headers: Mapping[str, str]) -> None:
+        """One answer from `url`: a 429 to a POST (a submit or an upload) from a provider's host goes to
+        the limiter. A GET's 429 (a poll, a download, a `/diagnose` check) is about request rates, which
+        the HTTP helper's own retries handle, not about calls at once."""
+        if status != 429 or method.upper() != "POST" or self._limiter is None:
             return
         provider = self._origins.get(_origin(url))
         if provider is not None:
@@ -346,7 +349,7 @@ class RateLimitWatch:
     async def _on_request_end(
         self, session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
     ) -> None:
-        self.seen(str(params.url), params.response.status, params.response.headers)
+        self.seen(params.method, str(params.url), params.response.status, params.response.headers)
 
 
 def _origin(url: str) -> str:

@@ -303,7 +303,7 @@ async def test_after_the_refusal_is_forgotten_the_limit_probes_above_it_again() 
     assert lim.limit("p") > 5
 
 
-def test_the_watch_hands_429s_from_a_providers_hosts_to_the_limiter() -> None:
+def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> None:
     time = FakeTime()
     lim = ProviderLimiter({"openai": (8, 8), "segmind": (8, 8)}, clock=time, sleep=time.sleep)
     watch = RateLimitWatch(
@@ -313,17 +313,20 @@ def test_the_watch_hands_429s_from_a_providers_hosts_to_the_limiter() -> None:
             "https://workflows-api.segmind.com/upload-asset": "segmind",
         }
     )
-    watch.seen("https://api.openai.com/v1/images/edits", 429, {"retry-after": "3"})  # before attach: ignored
+    edits = "https://api.openai.com/v1/images/edits"
+    watch.seen("POST", edits, 429, {"retry-after": "3"})  # before attach: ignored
     watch.attach(lim)
 
-    watch.seen("https://api.openai.com/v1/images/edits", 200, {})
-    watch.seen("https://discord.com/api/v10/interactions", 429, {"retry-after": "9"})
-    assert lim.snapshot()["openai"].refused_at is None
-    watch.seen("https://api.openai.com/v1/images/edits", 429, {"retry-after-ms": "2500"})
-    watch.seen("https://workflows-api.segmind.com/upload-asset", 429, {})
+    watch.seen("POST", edits, 200, {})
+    watch.seen("GET", "https://api.openai.com/v1/models", 429, {"retry-after": "9"})  # a check, not a call
+    watch.seen("POST", "https://discord.com/api/v10/interactions", 429, {"retry-after": "9"})
+    assert lim.snapshot()["openai"].paused_for == 0
+    watch.seen("POST", edits, 429, {"retry-after-ms": "2500"})
+    watch.seen("POST", "https://workflows-api.segmind.com/upload-asset", 429, {})
 
     openai, segmind = lim.snapshot()["openai"], lim.snapshot()["segmind"]
-    assert openai.paused_for == pytest.approx(2.5) and openai.refused_at == 1 and openai.limit == 1
+    assert openai.paused_for == pytest.approx(2.5)
+    assert (openai.limit, openai.refused_at) == (8, None)  # nothing was in flight: no level to learn
     assert segmind.paused_for == pytest.approx(BACKOFF_SECONDS)
 
 
