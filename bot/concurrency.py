@@ -33,9 +33,9 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
-from yarl import URL
 
 from bot.providers import errors as perr
 from bot.providers.http import parse_retry_after
@@ -353,7 +353,10 @@ class RateLimitWatch:
 
 
 def _origin(url: str) -> str:
-    return str(URL(url).origin())
+    """`scheme://host:port` of `url` (default ports spelled out, so both spellings match)."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 # --------------------------------------------------------------------------- fair turns

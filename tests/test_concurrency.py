@@ -313,7 +313,7 @@ def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> 
             "https://workflows-api.segmind.com/upload-asset": "segmind",
         }
     )
-    edits = "https://api.openai.com/v1/images/edits"
+    edits = "https://API.openai.com:443/v1/images/edits"  # the same origin, spelled out
     watch.seen("POST", edits, 429, {"retry-after": "3"})  # before attach: ignored
     watch.attach(lim)
 
