@@ -8,10 +8,12 @@ process (so its peak RSS is its own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import multiprocessing as mp
 import os
+import queue
 import socket
 import statistics
 import subprocess
@@ -87,11 +89,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_fake_openai(delay: float, cache: bool, ready: Any, stop: Any) -> None:
-    """Child process body: run the fake OpenAI until `stop` is set.
+def _serve_fake_openai(
+    delay: float, cache: bool, ready: Any, stop: Any, options: Mapping[str, Any], stats: Any
+) -> None:
+    """Child process body: run the fake OpenAI until `stop` is set, then report its counters.
 
     With `cache`, each distinct output is rendered once: the benchmarks measure the bot, not Pillow
-    inside the fake (which still validates every upload like the real API).
+    inside the fake (which still validates every upload like the real API). `options` go to
+    `FakeOpenAI` (e.g. `max_in_flight`).
     """
     sys.path.insert(0, str(ROOT))
     from tests.fakes import openai_server
@@ -100,25 +105,43 @@ def _serve_fake_openai(delay: float, cache: bool, ready: Any, stop: Any) -> None
         openai_server._render = functools.lru_cache(maxsize=16)(openai_server._render)
 
     async def main() -> None:
-        async with openai_server.FakeOpenAI(delay=delay) as fake:
+        async with openai_server.FakeOpenAI(delay=delay, **options) as fake:
             ready.put((fake.base_url, fake.api_key))
             await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+            stats.put(
+                {
+                    "posts": fake.post_count,
+                    "edits_served": fake.edits_served,
+                    "busy_refusals": fake.busy_refusals,
+                    "peak_in_flight": fake.peak_in_flight,
+                }
+            )
 
     asyncio.run(main())
 
 
 class FakeOpenAIProcess:
-    """The fake OpenAI server in a separate process (its CPU and RSS are not the bot's)."""
+    """The fake OpenAI server in a separate process (its CPU and RSS are not the bot's).
 
-    def __init__(self, *, delay: float = 0.0, cache: bool = False) -> None:
+    After the `with` block, `stats` holds the fake's counters (posts, edits_served, busy_refusals,
+    peak_in_flight).
+    """
+
+    def __init__(
+        self, *, delay: float = 0.0, cache: bool = False, options: Mapping[str, Any] | None = None
+    ) -> None:
         ctx = mp.get_context("spawn")
         self._ready = ctx.Queue()
+        self._stats = ctx.Queue()
         self._stop = ctx.Event()
         self._process = ctx.Process(
-            target=_serve_fake_openai, args=(delay, cache, self._ready, self._stop), daemon=True
+            target=_serve_fake_openai,
+            args=(delay, cache, self._ready, self._stop, dict(options or {}), self._stats),
+            daemon=True,
         )
         self.base_url = ""
         self.api_key = ""
+        self.stats: dict[str, int] = {}
 
     def __enter__(self) -> FakeOpenAIProcess:
         self._process.start()
@@ -127,6 +150,8 @@ class FakeOpenAIProcess:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        with contextlib.suppress(queue.Empty):
+            self.stats = self._stats.get(timeout=10)
         self._process.join(10)
         if self._process.is_alive():
             self._process.kill()

@@ -1,4 +1,5 @@
-"""The end-to-end rig for benchmarks 1–3: fake Discord here, fake OpenAI and the bot in their own processes.
+"""The end-to-end rig for benchmarks 1–3 and 7: fake Discord here, fake OpenAI and the bot in their own
+processes.
 
 `python -m bot` runs unmodified in a child process with its settings pointed at the fakes on 127.0.0.1,
 so what is measured is the real entry point (its HTTP session, database, ops server and all). The fake
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench._common import ROOT, BotProcess, FakeOpenAIProcess, free_port
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeInteraction, FakeUser
@@ -39,6 +41,7 @@ class Rig:
     channel: FakeChannel
     users: list[FakeUser]
     interactions: list[FakeInteraction] = field(default_factory=list)
+    openai: FakeOpenAIProcess | None = None  # its `stats` are filled in once the rig has stopped
 
     async def edit(self, image: bytes, index: int = 0) -> FakeInteraction:
         """One /edit (1024x1024, low quality) from user `index % USERS`."""
@@ -90,9 +93,19 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    *, provider_delay: float, scratch: Path, bot_env: Mapping[str, str] | None = None
+    *,
+    provider_delay: float,
+    scratch: Path,
+    bot_env: Mapping[str, str] | None = None,
+    defaults: bool = False,
+    openai_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
-    """Start the fakes and the bot; stop everything afterwards (the bot first)."""
+    """Start the fakes and the bot; stop everything afterwards (the bot first).
+
+    With `defaults` the bot keeps its shipped admission limits (MAX_CONCURRENT_JOBS, MAX_JOBS_PER_USER);
+    otherwise they are raised so its capacity is measured. `openai_options` go to the fake OpenAI.
+    """
+    limits = {} if defaults else {"MAX_CONCURRENT_JOBS": "1000", "MAX_JOBS_PER_USER": "1000"}
     fake = FakeDiscord()
     await fake.start()
     try:
@@ -101,7 +114,7 @@ async def rig(
         users = [fake.create_user(f"user{i}") for i in range(USERS)]
         for user in users:
             await guild.add_member(user)
-        with FakeOpenAIProcess(delay=provider_delay, cache=True) as openai:
+        with FakeOpenAIProcess(delay=provider_delay, cache=True, options=openai_options) as openai:
             bot = BotProcess(
                 env={
                     "DISCORD_TOKEN": fake.token,
@@ -112,9 +125,8 @@ async def rig(
                     "STARTING_CREDITS": str(10**9),
                     "CATALOG_PATH": str(undated_catalog(scratch)),
                     "DEFAULT_MODEL": "gpt-image-1.5",
-                    # Measure the bot's capacity, not its admission limits (defaults: 4 jobs, 2 per user).
-                    "MAX_CONCURRENT_JOBS": "1000",
-                    "MAX_JOBS_PER_USER": "1000",
+                    # Measure the bot's capacity, not its admission limits, unless `defaults`.
+                    **limits,
                     # ...nor the operator's limits: the server is approved, no budget or rate cap.
                     "ALLOWED_GUILD_IDS": str(guild.id),
                     "MONTHLY_BUDGET_USD": "0",
@@ -126,7 +138,7 @@ async def rig(
             try:
                 bot.start()
                 await bot.wait_healthy()
-                yield Rig(fake, bot, channel, users)
+                yield Rig(fake, bot, channel, users, openai=openai)
             finally:
                 bot.stop()
     finally:

@@ -23,6 +23,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench.ack_latency", [], ["--count", "30"]),
     ("bench.concurrency", [], ["--levels", "1", "10"]),
     ("bench.concurrency", ["--format", "jpeg"], ["--levels", "10", "--format", "jpeg"]),
+    ("bench.bursts", [], ["--count", "10"]),
 )
 
 

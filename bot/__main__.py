@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any
 
 from bot.catalog import Catalog, CatalogError, load_catalog
 from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
@@ -57,6 +58,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
 
     from bot.app import build_providers, build_services, provider_session
     from bot.client import RetouchBot, point_discord_at
+    from bot.concurrency import RateLimitWatch
     from bot.ops import serve_ops
     from bot.storage import SchemaTooNew, Storage
 
@@ -74,9 +76,16 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         )
         return EXIT_FAILURE
     try:
-        # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`).
-        async with provider_session(settings, headers={"User-Agent": "Retouch (+discord bot)"}) as session:
+        # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every
+        # 429 a provider answers on it reaches the adaptive limits (`RateLimitWatch`).
+        watch = RateLimitWatch.for_settings(settings)
+        session_options: dict[str, Any] = {
+            "headers": {"User-Agent": "Retouch (+discord bot)"},
+            "trace_configs": [watch.trace_config()],
+        }
+        async with provider_session(settings, **session_options) as session:
             services = build_services(settings, catalog, storage, build_providers(settings, session))
+            watch.attach(services.edits.router.limiter)
             bot = RetouchBot(services, sync_commands=sync)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -70,6 +70,7 @@ class Services:
             providers=self.providers,
             catalog=self.catalog,
             lifecycle=self.edits.lifecycle,
+            concurrency=self.edits.router.concurrency,
         )
 
 
@@ -226,7 +227,10 @@ def build_services(
         lifecycle=lifecycle,
     )
     metrics.watch(
-        in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
+        in_flight=lambda: edits.in_flight,
+        queued=lambda: edits.engine.queued,
+        circuits=edits.router.circuits,
+        concurrency=edits.router.concurrency,
     )
     audit.watch_circuits(edits.router.circuits)
     return Services(

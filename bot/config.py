@@ -30,8 +30,10 @@ PROVIDER_ENV = {
 }
 KNOWN_PROVIDERS = tuple(PROVIDER_ENV)
 SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
-# Calls a provider may have in flight unless `<PREFIX>_MAX_CONCURRENT` says otherwise. WaveSpeed's
-# entry tier (every new account) runs 3 tasks at once and queues the rest on its side.
+# The hard ceiling on a provider's calls in flight unless `<PREFIX>_MAX_CONCURRENT` says otherwise (0 =
+# MAX_CONCURRENT_JOBS); the limit in force adapts below it (bot/concurrency.py). WaveSpeed's entry tier
+# (every new account) runs 3 tasks at once and queues a 4th on its side instead of answering 429, so
+# no refusal would ever tell the adaptive limit to stay at 3.
 DEFAULT_PROVIDER_CONCURRENCY = {"wavespeed": 3}
 MAX_PORT = 65535
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
@@ -64,7 +66,7 @@ class ProviderSettings:
     base_url: str
     upload_url: str | None = None  # Segmind: its asset upload lives on another host
     sync_mode: bool = False  # WaveSpeed: wait for the result in the submit call
-    max_concurrent: int = 0  # calls in flight at once (0 = no limit of its own)
+    max_concurrent: int = 0  # hard ceiling on calls in flight (0 = MAX_CONCURRENT_JOBS)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Settings:
     log_format: str = "plain"
     audit_channel_id: int | None = None
     # Durable jobs (bot/engine.py): the queue's limits, its patience, and how long files are kept.
-    max_concurrent_jobs: int = 4
+    max_concurrent_jobs: int = 64
     max_jobs_per_user: int = 2
     queue_timeout_seconds: float = 900.0
     input_retention_hours: float = 24.0
@@ -323,7 +325,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
         log_format=r.choice("LOG_FORMAT", "plain", LOG_FORMATS),
         audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
-        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", 4, int, 1),
+        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", 64, int, 1),
         max_jobs_per_user=r.number("MAX_JOBS_PER_USER", 2, int, 1),
         queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
         input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),

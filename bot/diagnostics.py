@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.catalog import Catalog
+from bot.concurrency import LimitState
 from bot.lifecycle import ModelLifecycle
 from bot.providers.base import CheckableProvider, Provider, ProviderHealth
 from bot.storage import Storage, latest_schema_version
@@ -82,6 +83,7 @@ class ProviderStatus:
     authenticated: bool | None
     detail: str
     seconds: float | None = None
+    concurrency: LimitState | None = None  # the adaptive limit in force (None: not known here)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class DiagnosticsService:
         lifecycle: ModelLifecycle | None = None,
         check_interval: float = PROVIDER_CHECK_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
+        concurrency: Callable[[], Mapping[str, LimitState]] | None = None,
     ) -> None:
         self.storage = storage
         self.providers = providers
@@ -134,6 +137,7 @@ class DiagnosticsService:
         self._monotonic = monotonic
         self._last: tuple[float, tuple[ProviderStatus, ...]] | None = None
         self._checking: asyncio.Task[tuple[ProviderStatus, ...]] | None = None
+        self._concurrency = concurrency
 
     async def diagnose(self, app_permissions: int | None, *, show_providers: bool = True) -> Diagnosis:
         """All checks; provider and database checks run concurrently. With `show_providers=False` the
@@ -172,7 +176,9 @@ class DiagnosticsService:
 
     async def check_providers(self) -> tuple[ProviderStatus, ...]:
         checks = [self._check_one(name, p) for name, p in sorted(self.providers.items())]
-        return tuple(await asyncio.gather(*checks))
+        statuses = await asyncio.gather(*checks)
+        limits = self._concurrency() if self._concurrency is not None else {}
+        return tuple(replace(s, concurrency=limits.get(s.name)) for s in statuses)
 
     async def _check_one(self, name: str, provider: Provider) -> ProviderStatus:
         if not isinstance(provider, CheckableProvider):

@@ -50,6 +50,7 @@ import aiohttp
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
+from bot.concurrency import FairTurns, FeedbackThrottle
 from bot.config import Settings
 from bot.errors import (
     InsufficientCredits,
@@ -512,6 +513,11 @@ class JobEngine:
         self._redeliveries: dict[str, tuple[asyncio.TimerHandle, _Job]] = {}
         self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
         self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
+        # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
+        self.queue_feedback: FeedbackThrottle[str, JobStatus] = FeedbackThrottle()
+        self._turns = FairTurns()  # the queue's order (members and servers take turns)
+        self._feedback_task: asyncio.Task[None] | None = None
+        self._feedback_offered = asyncio.Event()  # wakes the sender early: a new job's line is due now
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -645,7 +651,7 @@ class JobEngine:
         if not self._durations or position <= 0:
             return None
         median = statistics.median(self._durations)
-        rounds = math.ceil(position / max(1, self.max_concurrent))
+        rounds = math.ceil(position / self._capacity())
         return median * (rounds + 1)
 
     async def start(self) -> None:
@@ -673,6 +679,8 @@ class JobEngine:
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
             self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
         self._waiting.clear()
+        if self._feedback_task is not None:
+            self._feedback_task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         # A job past its provider is left to post its result (or to be delivered after the restart).
@@ -719,21 +727,37 @@ class JobEngine:
         self._finished(job, "failed", None, 0, code)
 
     def _position(self, job_id: str) -> int:
-        return self._waiting.index(job_id) + 1 if job_id in self._waiting else 0
+        order = self._queue_order()
+        return order.index(job_id) + 1 if job_id in order else 0
+
+    def _queue_order(self) -> list[str]:
+        """Waiting jobs in the order they start: servers, and members within a server, take turns."""
+        waiting = ((j, self._jobs[j].info.guild_id, self._jobs[j].info.user_id) for j in self._waiting)
+        running = [(job.info.guild_id, job.info.user_id) for j in self._running if (job := self._jobs.get(j))]
+        return self._turns.order(waiting, running)
+
+    def _capacity(self) -> int:
+        """Jobs that may run at once: MAX_CONCURRENT_JOBS, or fewer while the providers' adaptive limits
+        together allow fewer calls (the rest wait here, in fair order, rather than at a provider)."""
+        return max(1, min(self.max_concurrent, self.router.capacity()))
 
     def _pump(self) -> None:
         """Start waiting jobs while slots are free (global, then per user), then show new positions."""
         if self.accepting:
-            for job_id in list(self._waiting):
-                if len(self._running) >= self.max_concurrent:
+            capacity = self._capacity()
+            for job_id in self._queue_order():
+                if len(self._running) >= capacity:
                     break
                 job = self._jobs[job_id]
                 mine = sum(1 for r in self._running if self._jobs[r].info.user_id == job.info.user_id)
                 if mine >= self.max_per_user:
                     continue
                 self._waiting.remove(job_id)
+                self._turns.started(job.info.guild_id, job.info.user_id)
                 self._launch(job)
-        for index, job_id in enumerate(self._waiting, start=1):
+        order = self._queue_order()
+        self.queue_feedback.retain(set(order))
+        for index, job_id in enumerate(order, start=1):
             job = self._jobs[job_id]
             if job.position != index:
                 job.position = index
@@ -741,7 +765,29 @@ class JobEngine:
                 text = f"Queued — position {index} in line."
                 if eta is not None:
                     text += f" Your result should be ready in {describe_wait(eta)}."
-                self._spawn(self._update(job, JobStatus(job_id, "queued", text, True, index, eta)))
+                status = JobStatus(job_id, "queued", text, True, index, eta)
+                self.queue_feedback.offer(job_id, text, status, priority=index)
+        if self.queue_feedback.pending:
+            self._feedback_offered.set()
+            if self._feedback_task is None or self._feedback_task.done():
+                self._feedback_task = asyncio.ensure_future(self._send_queue_feedback())
+
+    async def _send_queue_feedback(self) -> None:
+        """Send waiting jobs' new lines as the throttle allows, until none is pending."""
+        while True:
+            self.queue_feedback.retain(set(self._waiting))
+            wait = self.queue_feedback.next_in()
+            if wait is None:
+                return
+            if wait > 0:
+                self._feedback_offered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._feedback_offered.wait(), wait)
+                continue
+            for status in self.queue_feedback.due():
+                job = self._jobs.get(status.job_id)
+                if job is not None and status.job_id in self._waiting:
+                    self._spawn(self._update(job, status))
 
     def _launch(self, job: _Job) -> None:
         self._running.add(job.id)

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
+from bot.concurrency import ProviderLimiter
 from bot.config import Settings
 from bot.engine import (  # noqa: F401 - re-exported: the job types callers know from here
     Delivered,
@@ -190,11 +191,11 @@ class EditService:
             catalog, frozenset(providers), today, default_model_id=settings.default_model, store=storage
         )
         # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did not
-        # take the job, keeps one circuit breaker per provider and caps each provider's calls in flight.
+        # take the job, keeps one circuit breaker per provider and adapts each provider's calls in flight.
         self.router = router or Router(
             providers,
             order=settings.provider_order,
-            limits=settings.provider_limits,
+            limiter=ProviderLimiter.from_settings(settings),
             live=self.lifecycle.route_live,
             on_gone=self.lifecycle.retire,
         )

@@ -11,8 +11,11 @@ Series (prometheus-client adds `_total` to counters):
 * `retouch_ack_latency_seconds` (INTERACTION_CREATE → defer), `retouch_provider_latency_seconds
   {provider,model,outcome}`, `retouch_job_duration_seconds{state}` (job start → finished)
 * `retouch_credits_spent_total{provider,model}`, `retouch_provider_errors_total{provider,error}`
-* `retouch_jobs_in_flight`, `retouch_jobs_queued` and `retouch_circuit_state{provider}` (0 closed,
-  1 half-open, 2 open), read at scrape time from whatever `watch` was given; absent when nothing was.
+* `retouch_jobs_in_flight`, `retouch_jobs_queued`, `retouch_circuit_state{provider}` (0 closed,
+  1 half-open, 2 open), and each provider's adaptive concurrency (`bot.concurrency`):
+  `retouch_provider_concurrency_limit{provider}` (calls allowed in flight now) and
+  `retouch_provider_calls_in_flight{provider}`, read at scrape time from whatever `watch` was given;
+  absent when nothing was.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.concurrency import LimitState
 from bot.jobs import JobObserver
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ NO_PROVIDER = "none"  # label for jobs that failed before any provider was chose
 
 Count = Callable[[], int]
 CircuitStates = Callable[[], Mapping[str, str]]
+Concurrency = Callable[[], Mapping[str, LimitState]]
 T = TypeVar("T")
 
 
@@ -61,6 +66,7 @@ class _LiveCollector(Collector):
         self.in_flight: Count | None = None
         self.queued: Count | None = None
         self.circuits: CircuitStates | None = None
+        self.concurrency: Concurrency | None = None
 
     def collect(self) -> Iterator[Metric]:
         for name, doc, source in (
@@ -91,6 +97,27 @@ class _LiveCollector(Collector):
                     continue
                 states.add_metric([provider], value)
             yield states
+        if (
+            self.concurrency is not None
+            and (limits := _read("retouch_provider_concurrency_limit", self.concurrency)) is not None
+        ):
+            yield from _concurrency_gauges(limits)
+
+
+def _concurrency_gauges(limits: Mapping[str, LimitState]) -> Iterator[Metric]:
+    limit = GaugeMetricFamily(
+        "retouch_provider_concurrency_limit",
+        "Calls a provider may have in flight now (its adaptive limit)",
+        labels=["provider"],
+    )
+    in_flight = GaugeMetricFamily(
+        "retouch_provider_calls_in_flight", "Calls at a provider now", labels=["provider"]
+    )
+    for provider, state in sorted(limits.items()):
+        limit.add_metric([provider], float(state.limit))
+        in_flight.add_metric([provider], float(state.in_flight))
+    yield limit
+    yield in_flight
 
 
 class Metrics(JobObserver):
@@ -147,15 +174,18 @@ class Metrics(JobObserver):
         in_flight: Count | None = None,
         queued: Count | None = None,
         circuits: CircuitStates | None = None,
+        concurrency: Concurrency | None = None,
     ) -> None:
-        """Read `in_flight()`, `queued()` and `circuits()` ({provider: closed|half_open|open}) at
-        every scrape."""
+        """Read `in_flight()`, `queued()`, `circuits()` ({provider: closed|half_open|open}) and
+        `concurrency()` ({provider: LimitState}) at every scrape."""
         if in_flight is not None:
             self._live.in_flight = in_flight
         if queued is not None:
             self._live.queued = queued
         if circuits is not None:
             self._live.circuits = circuits
+        if concurrency is not None:
+            self._live.concurrency = concurrency
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

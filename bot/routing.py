@@ -27,7 +27,6 @@ Nothing here knows about Discord.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
+from bot.concurrency import LimitState, ProviderLimiter
 from bot.errors import InvalidOptions
 from bot.providers import errors as perr
 from bot.providers.base import (
@@ -407,8 +407,11 @@ CANCEL_TIMEOUT = 10.0  # seconds a best-effort remote cancel may take
 class Router:
     """Picks routes for a model, runs the job on the first healthy one, falls back when allowed.
 
-    `limits` caps the calls in flight per provider (e.g. WaveSpeed's entry tier runs 3 tasks at
-    once); a call over the limit waits for a slot before it is sent.
+    `limiter` keeps each provider's calls in flight within its adaptive limit (`bot.concurrency`):
+    a call over the limit waits for a slot before it is sent, and a 429 the provider did not accept is
+    sent again to the same provider once its Retry-After has passed, unless that outlasts the job's
+    deadline (then the next route is tried, as for any call not taken). `limits` is the older form:
+    fixed caps per provider.
     """
 
     def __init__(
@@ -420,6 +423,7 @@ class Router:
         limits: Mapping[str, int] | None = None,
         live: RouteCheck | None = None,
         on_gone: OnGone | None = None,
+        limiter: ProviderLimiter | None = None,
     ) -> None:
         self.providers = providers
         self.order = tuple(order)
@@ -428,7 +432,7 @@ class Router:
         self._live = live
         # Awaited when a provider answers "model gone" before the job moves to the next route.
         self._on_gone = on_gone
-        self._slots = {name: asyncio.Semaphore(n) for name, n in (limits or {}).items() if n > 0}
+        self.limiter = limiter or ProviderLimiter.fixed(limits or {})
 
     def resumable(self, provider: str) -> bool:
         """Whether `provider` is configured and can follow its jobs again after a restart."""
@@ -476,6 +480,14 @@ class Router:
     def circuits(self) -> dict[str, str]:
         """{provider: closed | half_open | open} for every configured provider (for metrics)."""
         return {name: self.breaker.state(name) for name in self.providers}
+
+    def concurrency(self) -> dict[str, LimitState]:
+        """Every configured provider's limit in force (for /diagnose and metrics)."""
+        return self.limiter.snapshot(self.providers)
+
+    def capacity(self) -> int:
+        """Calls the configured providers together may have in flight now (what the engine admits)."""
+        return self.limiter.capacity(self.providers)
 
     async def run(
         self,
@@ -578,8 +590,9 @@ class Router:
         adapted = replace(adapt(request, route), count=1)
 
         async def one(job_id: str) -> EditResult:
-            async with self._slot(provider):
-                return await adapter.resume(job_id, adapted)
+            return await self.limiter.call(
+                provider, lambda: adapter.resume(job_id, adapted), deadline=adapted.deadline
+            )
 
         results = await self._gather(route, [one(job_id) for job_id in job_ids])
         cost = sum((charge_usd(model, route, r, adapted) for r in results), Decimal(0))
@@ -598,9 +611,6 @@ class Router:
                 log.warning("%s: cancelling job %s failed: %s", provider, job_id, type(exc).__name__)
         return True
 
-    def _slot(self, provider: str) -> asyncio.Semaphore | contextlib.nullcontext[None]:
-        return self._slots.get(provider) or contextlib.nullcontext()
-
     async def _call(
         self,
         provider: Provider,
@@ -615,7 +625,7 @@ class Router:
         """
 
         async def one(req: EditRequest) -> EditResult:
-            async with self._slot(route.provider):
+            async def send() -> EditResult:
                 if on_submitted is None or not isinstance(provider, ResumableProvider):
                     return await provider.edit(req)
 
@@ -623,6 +633,8 @@ class Router:
                     await on_submitted(route, job_id)
 
                 return await provider.edit(req, on_submitted=submitted)
+
+            return await self.limiter.call(route.provider, send, deadline=req.deadline)
 
         if request.count == 1 or route.n:
             return [await one(request)]

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.catalog import RETIREMENT_WARNING_DAYS
 from bot.client import RetouchBot
+from bot.concurrency import LimitState
 from bot.diagnostics import DatabaseStatus, Diagnosis, ProviderStatus
 from cogs._ui import truncate
 
@@ -29,7 +30,20 @@ def _permissions_text(missing: tuple[str, ...] | None) -> str:
 def _provider_line(status: ProviderStatus) -> str:
     mark = "➖" if status.ok is None else "✅" if status.ok else "❌"
     took = f" ({status.seconds:.2f} s)" if status.seconds is not None else ""
-    return f"{mark} **{status.name}**: {status.detail}{took}"
+    return f"{mark} **{status.name}**: {status.detail}{took}{_concurrency_text(status.concurrency)}"
+
+
+def _concurrency_text(state: LimitState | None) -> str:
+    """The adaptive limit in force, e.g. ` · 5 at once (ceiling 64; 429 at 6; paused 3 s)`."""
+    if state is None:
+        return ""
+    text = f" · {state.limit} at once"
+    notes = [f"ceiling {state.ceiling}"] if state.ceiling is not None else []
+    if state.refused_at is not None:
+        notes.append(f"429 at {state.refused_at}")
+    if state.paused_for > 0:
+        notes.append(f"paused {math.ceil(state.paused_for)} s")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _database_text(db: DatabaseStatus) -> str:

@@ -90,7 +90,7 @@ def test_check_config_accepts_a_dotenv_file_and_never_logs_secrets(tmp_path: Pat
 
 def test_queue_settings_have_defaults_and_wavespeed_gets_its_entry_tier_limit():
     s = load_settings({**BASE, "WAVESPEED_API_KEY": "ws-key-123456", "ATLASCLOUD_API_KEY": "atlas-key-1234"})
-    assert (s.max_concurrent_jobs, s.max_jobs_per_user, s.queue_timeout_seconds) == (4, 2, 900.0)
+    assert (s.max_concurrent_jobs, s.max_jobs_per_user, s.queue_timeout_seconds) == (64, 2, 900.0)
     assert (s.input_retention_hours, s.result_retention_hours) == (24.0, 72.0)
     assert s.provider_limits == {"wavespeed": 3}
     raised = load_settings({**BASE, "WAVESPEED_API_KEY": "k" * 12, "WAVESPEED_MAX_CONCURRENT": "100"})

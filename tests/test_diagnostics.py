@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from bot.catalog import parse_catalog
+from bot.concurrency import LimitState
 from bot.diagnostics import DiagnosticsService, missing_permissions
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
@@ -20,6 +21,7 @@ from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.storage import Storage, latest_schema_version
+from cogs.diagnose import _provider_line
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
 from tests.fakes.openai_server import FakeOpenAI
@@ -224,6 +226,16 @@ def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage
     ]
 
 
+async def test_each_provider_shows_the_concurrency_limit_in_force(storage: Storage) -> None:
+    limits = {"plain": LimitState("plain", limit=5, ceiling=64, in_flight=5, paused_for=2.5, refused_at=6)}
+
+    diagnosis = await service(storage, {"plain": PlainProvider()}, concurrency=lambda: limits).diagnose(None)
+
+    [status] = diagnosis.providers
+    assert status.concurrency == limits["plain"]
+    assert _provider_line(status).endswith(" · 5 at once (ceiling 64; 429 at 6; paused 3 s)")
+
+
 async def test_diagnosis_combines_every_check(storage: Storage) -> None:
     diagnosis = await service(storage, {"plain": PlainProvider()}).diagnose(int(Permission.VIEW_CHANNEL))
     assert diagnosis.missing_permissions == ALL_NEEDED[1:]
@@ -287,6 +299,8 @@ async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
     fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
     assert fields["Bot permissions here"] == "❌ Attach Files\n❌ Embed Links"
     assert fields["Image services"].startswith("✅ **openai**: API key accepted")
+    # OpenAI's starting limit under MAX_CONCURRENT_JOBS, the default ceiling.
+    assert fields["Image services"].endswith(" · 32 at once (ceiling 64)")
     assert fields["Database"] == f"✅ schema {latest_schema_version()} of {latest_schema_version()}, writable"
     assert fields["Models"] == "✅ No model retires within 30 days."
 

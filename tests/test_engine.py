@@ -245,6 +245,50 @@ async def test_a_user_runs_at_most_max_jobs_per_user_while_others_are_not_held_u
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_members_burst_does_not_hold_up_another_members_single_job(make: Factory, openai: FakeOpenAI):
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", MAX_JOBS_PER_USER="10")
+    openai.fail_always(Fault.HANG)
+    burst = [await submit(service) for _ in range(5)]  # one runs, four wait
+    await until(lambda: openai.post_count == 1)
+    ticket = await service.submit(await service.prepare(job(user=BOB)))
+    assert ticket.position == 1  # ahead of the four Alice queued before it
+
+    openai.clear_faults()
+    await service.cancel(burst[0], actor_id=ALICE, can_manage=False)
+    for job_id in (ticket.job_id, *burst[1:]):
+        await wait_state(service, job_id, "delivered")
+    users = [r.fields["user"] for r in openai.requests if r.method == "POST"]
+    alice = users[0]
+    assert users[1] != alice  # Bob's job was the next to reach the provider
+    assert users[2:] == [alice] * 4
+
+
+async def test_queue_moves_do_not_re_edit_every_waiting_jobs_message_each_time(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", MAX_JOBS_PER_USER="20")
+    openai.fail_always(Fault.HANG)
+    running = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    lives = [Live() for _ in range(8)]
+    waiting = [await submit(service, live=live) for live in lives]
+    await until(lambda: all(live.lines for live in lives))
+
+    for job_id in waiting[:4]:  # each cancel moves every job behind it up one place
+        await service.cancel(job_id, actor_id=ALICE, can_manage=False)
+    for _ in range(50):  # let any update the moves started reach the progress messages
+        await asyncio.sleep(0)
+
+    assert [len(live.lines) for live in lives[4:]] == [1, 1, 1, 1]  # only the first line, within 5 s
+    assert [service.engine._position(j) for j in waiting[4:]] == [1, 2, 3, 4]
+    # A job queued now still sees its place at once (the others' moves wait their turn).
+    late = Live()
+    await submit(service, live=late)
+    await until(lambda: late.lines, timeout=2)
+    assert late.lines[0].text.startswith("Queued — position 5 in line.")
+    await service.cancel(running, actor_id=ALICE, can_manage=False)
+
+
 async def test_a_provider_concurrency_limit_holds_calls_back_until_a_slot_frees(
     make: Factory, wavespeed: FakeWaveSpeed
 ):

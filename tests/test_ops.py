@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import healthcheck, ops
 from bot.app import Services, build_services
+from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
 from bot.jobs import EditJob, EditOptions, EditOutcome, JobFailed, Upload
 from bot.metrics import Metrics
@@ -315,6 +316,25 @@ def test_circuit_state_follows_whatever_the_routing_layer_reports() -> None:
     assert value(page, "retouch_circuit_state", provider="atlascloud") == 2
     states["openai"] = "half_open"
     assert value(samples(metrics.render().decode()), "retouch_circuit_state", provider="openai") == 1
+
+
+def test_each_providers_concurrency_limit_and_calls_in_flight_are_gauges() -> None:
+    metrics = Metrics()
+    limits = {"openai": LimitState("openai", limit=32, ceiling=64, in_flight=3)}
+    metrics.watch(concurrency=lambda: limits)
+    page = samples(metrics.render().decode())
+    assert value(page, "retouch_provider_concurrency_limit", provider="openai") == 32
+    assert value(page, "retouch_provider_calls_in_flight", provider="openai") == 3
+    limits["openai"] = LimitState("openai", limit=5, ceiling=64, in_flight=5, refused_at=6)
+    page = samples(metrics.render().decode())
+    assert value(page, "retouch_provider_concurrency_limit", provider="openai") == 5
+
+
+async def test_the_apps_metrics_show_the_routers_limits(services: Services) -> None:
+    page = samples(services.metrics.render().decode())
+    assert value(page, "retouch_provider_concurrency_limit", provider="openai") == (
+        services.edits.router.limiter.limit("openai")
+    )
 
 
 def test_a_broken_live_source_is_left_out_instead_of_failing_the_scrape() -> None:

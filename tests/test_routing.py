@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.app import build_providers
 from bot.catalog import Catalog, Route, load_catalog, parse_catalog
+from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
 from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
@@ -32,6 +33,7 @@ from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Usage
 from bot.providers.http import RetryPolicy
+from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.routing import (
@@ -54,7 +56,7 @@ from tests.fakes import atlascloud_server as atlas_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.oneminai_server import FakeOneMin
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.harness import running_bot
@@ -250,6 +252,24 @@ async def test_failures_that_provably_created_nothing_fall_back(error: perr.Prov
     served = await Router(stubs(first, second), order=("atlascloud",)).run(MINI, request())
 
     assert served.route.provider == "wavespeed"
+
+
+async def test_a_429_with_a_wait_inside_the_deadline_is_sent_again_to_the_same_provider() -> None:
+    now = [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    busy = perr.RateLimited("429", status=429, retry_after=2.0, accepted=False)
+    first, second = StubProvider("atlascloud", busy, "ok"), StubProvider("wavespeed")
+    limiter = ProviderLimiter(clock=lambda: now[0], sleep=sleep)
+    router = Router(stubs(first, second), order=("atlascloud",), limiter=limiter)
+
+    served = await router.run(MINI, request(deadline=now[0] + 300))
+
+    assert served.route.provider == "atlascloud" and served.refused_by == ()
+    assert len(first.calls) == 2 and second.calls == []
+    assert now[0] >= 1002.0  # after the provider's Retry-After
 
 
 async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_have_run_does_not() -> None:
@@ -558,6 +578,41 @@ def real_router(
         return Router(providers, order=("atlascloud", "wavespeed"), **kw)  # type: ignore[arg-type]
 
     return make
+
+
+async def test_over_the_wire_a_provider_that_refuses_over_two_at_once_serves_every_edit_exactly_once(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOpenAI(max_in_flight=2, busy_retry_after=0.05, delay=0.05) as openai:
+        adapter = OpenAIProvider(session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5.0)
+        router = Router({"openai": adapter}, limiter=ProviderLimiter({"openai": (6, 10)}))
+        model = CATALOG.get("gpt-image-1.5")
+
+        served = await asyncio.gather(
+            *(router.run(model, request(deadline=time.monotonic() + 120)) for _ in range(6))
+        )
+
+        assert [s.route.provider for s in served] == ["openai"] * 6
+        assert openai.edits_served == 6  # no image made (and paid) twice
+        assert openai.busy_refusals > 0 and openai.peak_in_flight == 2
+        assert router.limiter.limit("openai") == 2
+
+
+async def test_over_the_wire_a_429_the_adapter_retries_by_itself_still_reaches_the_limiter() -> None:
+    limiter = ProviderLimiter({"openai": (8, 8)})
+    async with FakeOpenAI() as openai:
+        watch = RateLimitWatch({openai.base_url: "openai"})
+        watch.attach(limiter)
+        async with aiohttp.ClientSession(trace_configs=[watch.trace_config()]) as session:
+            adapter = OpenAIProvider(session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5.0)
+            openai.fail_next(Fault.RATE_LIMITED_MS, retry_after=0.05)
+
+            router = Router({"openai": adapter}, limiter=limiter)
+            served = await router.run(CATALOG.get("gpt-image-1.5"), request(deadline=time.monotonic() + 120))
+
+    assert served.route.provider == "openai" and openai.post_count == 2  # the adapter's own retry
+    state = limiter.snapshot()["openai"]
+    assert state.refused_at == 1 and state.limit == 1  # one call in flight drew the 429
 
 
 @pytest.mark.parametrize("fault", [atlas_fake.Fault.UNAUTHORIZED, atlas_fake.Fault.INSUFFICIENT_BALANCE])

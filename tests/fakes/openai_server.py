@@ -12,6 +12,7 @@ Usage::
         fake.fail_next(Fault.SERVER_ERROR)          # next request only
         fake.fail_next(Fault.RATE_LIMITED_MS, times=2, retry_after=0.05)
         fake.fail_always(Fault.HANG)                # until clear_faults()
+        FakeOpenAI(max_in_flight=5)                 # a 6th edit at once gets an immediate 429
         ...
         fake.requests[-1].fields["model"], fake.post_count
 
@@ -332,6 +333,8 @@ class FakeOpenAI(FakeServer):
         max_image_bytes: int = MAX_IMAGE_BYTES,
         max_mask_bytes: int = MAX_MASK_BYTES,
         max_images: int = MAX_IMAGES,
+        max_in_flight: int | None = None,
+        busy_retry_after: float | None = 1.0,
     ) -> None:
         super().__init__(api_key=api_key)
         self.models = set(models)
@@ -346,6 +349,14 @@ class FakeOpenAI(FakeServer):
         self.max_images = max_images
         self.requests: list[RecordedRequest] = []
         self.post_count = 0
+        # Edits worked on at once; one more is refused at once with 429 rate_limit_exceeded (with
+        # `retry-after: busy_retry_after` unless None), the way a provider's concurrency cap answers.
+        self.max_in_flight = max_in_flight
+        self.busy_retry_after = busy_retry_after
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.busy_refusals = 0
+        self.edits_served = 0  # edit POSTs answered 200 (each one a paid image)
 
     @property
     def base_url(self) -> str:
@@ -374,18 +385,28 @@ class FakeOpenAI(FakeServer):
             request_id=f"req_{uuid.uuid4().hex}",
         )
         self.requests.append(record)
+        edit = request.method == "POST" and request.path.rstrip("/") == "/v1/images/edits"
+        if edit and self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+            return await self._busy(request, record)
+        self.in_flight += edit
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         started = time.monotonic()
         try:
-            response = await self._handle(request, record)
-        except ApiError as err:
-            record.error_code = err.code or err.type
-            response = web.json_response(err.body(), status=err.status, headers=err.headers)
-        except _Aborted:
-            record.status = None
-            return web.Response(status=500)  # never delivered: the transport is gone
-        if self.delay:  # cut short by close() so a test's teardown never waits for it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._release.wait(), self.delay)
+            try:
+                response = await self._handle(request, record)
+            except ApiError as err:
+                record.error_code = err.code or err.type
+                response = web.json_response(err.body(), status=err.status, headers=err.headers)
+            except _Aborted:
+                record.status = None
+                return web.Response(status=500)  # never delivered: the transport is gone
+            if self.delay:  # cut short by close() so a test's teardown never waits for it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._release.wait(), self.delay)
+        finally:
+            self.in_flight -= edit
+        if edit and response.status == 200:
+            self.edits_served += 1
         response.headers["x-request-id"] = record.request_id
         response.headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         response.headers["openai-version"] = "2020-10-01"
@@ -433,6 +454,23 @@ class FakeOpenAI(FakeServer):
         if rule is not None:
             return await self._raise_fault(rule, request, fields, record)
         return await self._respond(params)
+
+    async def _busy(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        """Over `max_in_flight`: the body is read (like the real edge), then an immediate 429."""
+        async for _ in request.content.iter_chunked(64 * 1024):  # not read(): it caps at 1 MiB
+            pass
+        self.busy_refusals += 1
+        err = ApiError(
+            429,
+            "Rate limit reached for requests in organization org-fake. Please try again later.",
+            type_="requests",
+            code="rate_limit_exceeded",
+            headers={} if self.busy_retry_after is None else {"retry-after": f"{self.busy_retry_after:g}"},
+        )
+        record.status, record.error_code = 429, err.code
+        response = web.json_response(err.body(), status=429, headers=err.headers)
+        response.headers["x-request-id"] = record.request_id
+        return response
 
     def _models(self, request: web.Request, record: RecordedRequest, model: str) -> web.Response:
         """`GET /v1/models[/{model}]` (what `/diagnose` calls): auth checked like the edit route."""

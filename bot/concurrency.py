@@ -1,0 +1,518 @@
+"""Concurrency: how many calls each provider gets at once, whose queued job starts next, and how often a
+waiting job's place in line is shown again.
+
+* `ProviderLimiter` keeps one adaptive limit per provider (AIMD, like TCP's congestion window): it
+  starts from `START_CONCURRENCY`, grows by about one call per full round of calls that succeed while
+  the limit is in use, and is cut (×`DECREASE_FACTOR`, once per round) when the provider answers 429.
+  The number of calls in flight when the 429 came is remembered for `REMEMBER_REFUSAL_SECONDS` and
+  caps growth just below it, so the limit settles where the provider stops refusing instead of
+  see-sawing; after that it probes again (an account may have moved up a tier). New calls to a
+  provider that answered 429 wait until its `Retry-After` (or a doubling back-off when it gave none),
+  and a refused call is sent again to the same provider when that wait leaves time before the job's
+  deadline: a 429 means the provider did not take the job, so nothing paid is sent twice. Otherwise
+  the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
+  `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes.
+* `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
+  so one member's burst cannot starve anyone.
+* `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
+  most every `QUEUE_FEEDBACK_MIN_SECONDS`, all jobs together at most `QUEUE_FEEDBACK_PER_SECOND`, new
+  jobs and the front of the queue first. Without it every job that starts would re-edit every waiting
+  job's message (500 waiting jobs: 500 edits per start).
+
+Nothing here knows about Discord. Clocks (and the limiter's sleep) are injectable for tests. The
+module is over 400 lines on purpose: its parts answer one question together — how many edits run at
+once, which ones, and what the waiting ones are shown — and each part is a small class of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bot.providers import errors as perr
+from bot.providers.http import parse_retry_after
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Calls in flight a provider starts with (before any 429 taught us better); capped by its ceiling.
+START_CONCURRENCY = {
+    # OpenAI limits images per minute by usage tier (about 5 on tier 1 to 250 on tier 5, third-party
+    # reports), not calls at once: start generous and let its 429s say where the account's level is.
+    "openai": 32,
+    # WaveSpeed's entry tier (Bronze, every new account) runs 3 tasks at once; Silver runs 100.
+    "wavespeed": 3,
+    # Atlas Cloud, Segmind and 1min.ai publish no limits (providers.md: OPEN): a cautious middle.
+    "atlascloud": 8,
+    "segmind": 8,
+    "oneminai": 4,
+}
+DEFAULT_START = 8  # a provider the table does not name
+UNLIMITED = 1_000_000  # a provider nobody configured a limit for (a Router built without settings)
+DECREASE_FACTOR = 0.5  # the cut on a 429, once per round of calls
+REMEMBER_REFUSAL_SECONDS = 300.0  # how long the level that drew a 429 caps growth before probing again
+BACKOFF_SECONDS = 1.0  # pause after a 429 without Retry-After; doubles per cut without a success between
+BACKOFF_CAP_SECONDS = 30.0
+RETRY_MIN_WINDOW = 30.0  # a call sent again after a 429 needs this long before its deadline
+
+QUEUE_FEEDBACK_MIN_SECONDS = 5.0  # one waiting job's line is edited at most this often
+QUEUE_FEEDBACK_PER_SECOND = 20.0  # queue edits per second, all waiting jobs together
+QUEUE_FEEDBACK_BURST = 40  # ... and at most this many at once (a burst of new jobs)
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- adaptive limits
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """One provider's limit as `/diagnose` and `/metrics` show it."""
+
+    provider: str
+    limit: int  # calls allowed in flight now
+    ceiling: int | None  # the hard ceiling (None: none configured)
+    in_flight: int
+    paused_for: float = 0.0  # seconds until new calls may go (a 429's Retry-After), 0 when not paused
+    refused_at: int | None = None  # calls in flight when the provider last answered 429 (remembered)
+
+
+class _Provider:
+    """The mutable state behind one provider's limit."""
+
+    def __init__(self, start: int, ceiling: int | None) -> None:
+        self.ceiling = ceiling
+        self.limit = float(max(1, min(start, ceiling or start)))
+        self.in_flight = 0
+        self.epoch = 0  # bumped by every cut: a 429 from a call sent before it does not cut again
+        self.sent_since_cut = 0  # ... nor does a 429 seen on the wire when no call was sent since
+        self.backoff_level = 0  # cuts since the last success (doubles the pause without Retry-After)
+        self.paused_until = 0.0
+        self.refused_at: int | None = None
+        self.refused_time = 0.0
+        self.waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def allowed(self) -> int:
+        return max(1, math.floor(self.limit + 1e-9))
+
+
+class ProviderLimiter:
+    """Adaptive per-provider limits on calls in flight (see the module docstring).
+
+    `limits` maps provider → (start, ceiling); a provider it does not name is unlimited until it
+    answers 429. `clock`/`sleep` are injectable; a `deadline` passed to `call` is on `clock`'s scale
+    (`time.monotonic`, like `EditRequest.deadline`).
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, tuple[int, int | None]] | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._providers = {
+            name: _Provider(start, ceiling) for name, (start, ceiling) in (limits or {}).items()
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: object) -> ProviderLimiter:
+        """Every configured provider: its `START_CONCURRENCY`, under `<PREFIX>_MAX_CONCURRENT` (or,
+        when that is 0, `MAX_CONCURRENT_JOBS`) as its ceiling."""
+        limits = {}
+        for p in settings.providers:
+            ceiling = p.max_concurrent or settings.max_concurrent_jobs
+            limits[p.name] = (min(START_CONCURRENCY.get(p.name, DEFAULT_START), ceiling), ceiling)
+        return cls(limits, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def fixed(cls, limits: Mapping[str, int], **kwargs: object) -> ProviderLimiter:
+        """Limits that start at their ceiling (the old fixed caps); 429s can still lower them."""
+        return cls({name: (n, n) for name, n in limits.items() if n > 0}, **kwargs)  # type: ignore[arg-type]
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def limit(self, provider: str) -> int:
+        """Calls `provider` may have in flight now."""
+        return self._state(provider).allowed
+
+    def snapshot(self, providers: Iterable[str] | None = None) -> dict[str, LimitState]:
+        """{provider: LimitState} for `providers` (default: every provider with state)."""
+        now = self._clock()
+        names = list(self._providers) if providers is None else list(providers)
+        out = {}
+        for name in names:
+            s = self._state(name)
+            self._forget_old_refusal(s, now)
+            out[name] = LimitState(
+                provider=name,
+                limit=s.allowed,
+                ceiling=s.ceiling,
+                in_flight=s.in_flight,
+                paused_for=max(0.0, s.paused_until - now),
+                refused_at=s.refused_at,
+            )
+        return out
+
+    def capacity(self, providers: Iterable[str]) -> int:
+        """Calls all of `providers` together may have in flight now (what the engine admits)."""
+        return sum(self._state(name).allowed for name in providers)
+
+    # -- calling -------------------------------------------------------------------------------------
+
+    async def call(
+        self, provider: str, send: Callable[[], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run `send()` within `provider`'s limit; after a 429 the provider did not accept, wait and send
+        again while the wait leaves `RETRY_MIN_WINDOW` before `deadline`, else raise the 429."""
+        state = self._state(provider)
+        while True:
+            epoch, full = await self._acquire(state)
+            try:
+                result = await send()
+            except perr.RateLimited as exc:
+                if exc.accepted:
+                    raise
+                self._refused(provider, state, epoch == state.epoch, exc.retry_after)
+                resume_at = state.paused_until
+                if deadline is not None and resume_at + RETRY_MIN_WINDOW > deadline:
+                    raise
+                log.info(
+                    "%s answered 429 (%d in flight); sending again in %.1f s",
+                    provider,
+                    state.in_flight,
+                    resume_at - self._clock(),
+                )
+                continue
+            else:
+                self._succeeded(state, full)
+                return result
+            finally:
+                state.in_flight -= 1
+                self._wake(state)
+
+    async def _acquire(self, state: _Provider) -> tuple[int, bool]:
+        """Wait for the pause to end and a free slot; take it. Returns the epoch it was taken in and
+        whether it took the last free slot (the limit was in use)."""
+        while True:
+            now = self._clock()
+            if state.paused_until > now:
+                await self._sleep(state.paused_until - now)
+                continue
+            if state.in_flight < state.allowed:
+                state.in_flight += 1
+                state.sent_since_cut += 1
+                return state.epoch, state.in_flight >= state.allowed
+            waiter = asyncio.get_running_loop().create_future()
+            state.waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in state.waiters:
+                    state.waiters.remove(waiter)
+                else:  # woken, then cancelled: pass the free slot on
+                    self._wake(state)
+                raise
+
+    def _wake(self, state: _Provider) -> None:
+        """Let waiters re-check (oldest first) for as many slots as are free."""
+        free = state.allowed - state.in_flight
+        for waiter in list(state.waiters[: max(0, free)]):
+            state.waiters.remove(waiter)
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- adapting ------------------------------------------------------------------------------------
+
+    def _succeeded(self, state: _Provider, took_last_slot: bool) -> None:
+        state.backoff_level = 0
+        if not (took_last_slot or state.waiters or state.in_flight >= state.allowed):
+            return  # the limit was not in use: a success says nothing about a higher one
+        self._forget_old_refusal(state, self._clock())
+        top = state.ceiling or UNLIMITED
+        if state.refused_at is not None:
+            # Back up to just below the level that drew the 429, quickly; no further until it is forgotten.
+            top = min(top, max(1, state.refused_at - 1))
+            if state.limit < top:
+                state.limit = min(float(top), state.limit + 1)
+            return
+        state.limit = min(float(top), state.limit + 1 / state.limit)
+
+    def observe_refusal(self, provider: str, retry_after: float | None) -> None:
+        """A 429 from `provider` seen on the wire (`RateLimitWatch`), e.g. one its adapter retries by
+        itself: learn from it as from a refused call."""
+        state = self._state(provider)
+        self._refused(provider, state, state.sent_since_cut > 0, retry_after)
+
+    def _refused(self, provider: str, state: _Provider, cut: bool, retry_after: float | None) -> None:
+        now = self._clock()
+        self._forget_old_refusal(state, now)
+        level = state.in_flight  # calls out at the provider when it refused, this one included
+        before = state.allowed
+        if level > 0:  # (none: a request outside any call, e.g. a cancel, says nothing about calls at once)
+            state.refused_at = level if state.refused_at is None else min(state.refused_at, level)
+            state.refused_time = now
+            below = float(max(1, state.refused_at - 1))
+            if cut:  # the first 429 of calls sent under the current limit: one cut
+                state.epoch += 1
+                state.sent_since_cut = 0
+                state.backoff_level += 1
+                state.limit = max(1.0, min(state.limit * DECREASE_FACTOR, below))
+            else:
+                state.limit = max(1.0, min(state.limit, below))
+        if retry_after is not None and retry_after >= 0:
+            wait = retry_after
+        else:
+            wait = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** max(0, state.backoff_level - 1))
+        state.paused_until = max(state.paused_until, now + wait)
+        if state.allowed != before:
+            log.warning(
+                "%s answered 429 with %d calls in flight: limit %d -> %d, new calls paused %.1f s",
+                provider,
+                level,
+                before,
+                state.allowed,
+                wait,
+            )
+
+    def _forget_old_refusal(self, state: _Provider, now: float) -> None:
+        if state.refused_at is not None and now - state.refused_time >= REMEMBER_REFUSAL_SECONDS:
+            state.refused_at = None
+
+    def _state(self, provider: str) -> _Provider:
+        state = self._providers.get(provider)
+        if state is None:
+            state = self._providers[provider] = _Provider(UNLIMITED, None)
+        return state
+
+
+class RateLimitWatch:
+    """Every 429 a provider answers on the shared HTTP session, seen as it arrives (an aiohttp trace).
+
+    An adapter retries a paid call's 429 by itself when the wait is short (`http.send_paid`), so the
+    limiter would otherwise learn of a refusal only when every retry failed, and keep a limit one
+    above the provider's level. The watch is built with the session (before the limiter exists) and
+    `attach`ed to the limiter once the services are built. Requests are matched to a provider by the
+    origin of its configured URLs.
+    """
+
+    def __init__(self, origins: Mapping[str, str]) -> None:
+        self._origins = {_origin(url): provider for url, provider in origins.items()}
+        self._limiter: ProviderLimiter | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RateLimitWatch:
+        """Every configured provider's base URL (and Segmind's upload host)."""
+        origins = {}
+        for p in settings.providers:
+            for url in (p.base_url, p.upload_url):
+                if url:
+                    origins[url] = p.name
+        return cls(origins)
+
+    def attach(self, limiter: ProviderLimiter) -> None:
+        self._limiter = limiter
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """The trace to pass to the providers' `aiohttp.ClientSession` (`trace_configs=[...]`)."""
+        config = aiohttp.TraceConfig()
+        config.on_request_end.append(self._on_request_end)
+        return config
+
+    def seen(self, method: str, url: str, status: int, headers: Mapping[str, str]) -> None:
+        """One answer from `url`: a 429 to a POST (a submit or an upload) from a provider's host goes to
+        the limiter. A GET's 429 (a poll, a download, a `/diagnose` check) is about request rates, which
+        the HTTP helper's own retries handle, not about calls at once."""
+        if status != 429 or method.upper() != "POST" or self._limiter is None:
+            return
+        provider = self._origins.get(_origin(url))
+        if provider is not None:
+            self._limiter.observe_refusal(provider, parse_retry_after(headers))
+
+    async def _on_request_end(
+        self, session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+    ) -> None:
+        self.seen(params.method, str(params.url), params.response.status, params.response.headers)
+
+
+def _origin(url: str) -> str:
+    """`scheme://host:port` of `url` (default ports spelled out, so both spellings match)."""
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+# --------------------------------------------------------------------------- fair turns
+
+
+Member = tuple[int, int]  # (guild_id, user_id)
+
+
+class FairTurns:
+    """The engine's queue order: servers take turns, and inside a server its members do.
+
+    Each member and server counts the jobs it started while it had work in the queue or running; a
+    waiting job's turn is its member's count plus its place among that member's waiting jobs, and
+    jobs go by turn, then by who started a job longest ago (never first), then by admission. A
+    member or server that arrives starts level with the least-served one present, so having been
+    idle earns no credit to jump the line later. With one member's 10 jobs waiting and another's
+    single job, the single one goes next (or second, when the busy member has not had a turn yet).
+    """
+
+    def __init__(self) -> None:
+        self._members: dict[Member, int] = {}
+        self._guilds: dict[int, int] = {}
+        self._last: dict[Member | int, int] = {}  # member or guild -> sequence number of its last start
+        self._sequence = 0
+
+    def started(self, guild_id: int, user_id: int) -> None:
+        """A job of this member left the queue."""
+        member = (guild_id, user_id)
+        self._members[member] = self._members.get(member, 0) + 1
+        self._guilds[guild_id] = self._guilds.get(guild_id, 0) + 1
+        self._sequence += 1
+        self._last[member] = self._last[guild_id] = self._sequence
+
+    def order(self, entries: Iterable[tuple[K, int, int]], running: Iterable[Member] = ()) -> list[K]:
+        """Keys of `(key, guild_id, user_id)` entries (in admission order) in the order they start;
+        `running` names the member of each running job (they keep their counts)."""
+        entries = list(entries)
+        members = {(guild_id, user_id) for _, guild_id, user_id in entries} | set(running)
+        self._forget_all_but(members)
+        per_guild: dict[int, list[tuple[int, int, int, K]]] = {}
+        seen: dict[Member, int] = {}
+        for index, (key, guild_id, user_id) in enumerate(entries):
+            member = (guild_id, user_id)
+            turn = self._members[member] + seen.get(member, 0)
+            seen[member] = seen.get(member, 0) + 1
+            per_guild.setdefault(guild_id, []).append((turn, self._last.get(member, 0), index, key))
+        ranked: list[tuple[int, int, int, K]] = []
+        for guild_id, jobs in per_guild.items():
+            jobs.sort(key=lambda job: job[:3])
+            base, last = self._guilds[guild_id], self._last.get(guild_id, 0)
+            ranked.extend((base + turn, last, index, key) for turn, (_, _, index, key) in enumerate(jobs))
+        ranked.sort(key=lambda job: job[:3])
+        return [key for *_, key in ranked]
+
+    def _forget_all_but(self, members: set[Member]) -> None:
+        """Drop members and servers with nothing waiting or running; newcomers start level with the
+        least-served one present."""
+        guilds = {guild_id for guild_id, _ in members}
+        for member in [m for m in self._members if m not in members]:
+            del self._members[member]
+            self._last.pop(member, None)
+        for guild_id in [g for g in self._guilds if g not in guilds]:
+            del self._guilds[guild_id]
+            self._last.pop(guild_id, None)
+        member_floor = min(self._members.values(), default=0)
+        guild_floor = min(self._guilds.values(), default=0)
+        for member in members:
+            self._members.setdefault(member, member_floor)
+        for guild_id in guilds:
+            self._guilds.setdefault(guild_id, guild_floor)
+
+
+def fair_order(entries: Iterable[tuple[K, int, int]]) -> list[K]:
+    """`FairTurns.order` with no history: the order a fresh queue would start `entries` in."""
+    return FairTurns().order(entries)
+
+
+# --------------------------------------------------------------------------- cheap queue feedback
+
+
+class FeedbackThrottle(Generic[K, V]):
+    """Which queued-job updates to send now (see the module docstring).
+
+    `offer` the newest text per key; `due()` returns the values to send now (and counts them as
+    sent); `next_in()` says how long until something more is due (None: nothing pending).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_interval: float = QUEUE_FEEDBACK_MIN_SECONDS,
+        per_second: float = QUEUE_FEEDBACK_PER_SECOND,
+        burst: int = QUEUE_FEEDBACK_BURST,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if per_second <= 0 or burst < 1 or min_interval < 0:
+            raise ValueError("per_second and burst must be positive, min_interval not negative")
+        self.min_interval = min_interval
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._refilled = clock()
+        self._sent: dict[K, tuple[str, float]] = {}  # key -> (text, when)
+        self._pending: dict[K, tuple[float, str, V]] = {}  # key -> (priority, text, value)
+
+    def offer(self, key: K, text: str, value: V, *, priority: float = 0.0) -> None:
+        """The newest update for `key` (replaces an unsent one); dropped when `text` is what was sent."""
+        sent = self._sent.get(key)
+        if sent is not None and sent[0] == text:
+            self._pending.pop(key, None)
+            return
+        self._pending[key] = (priority, text, value)
+
+    def retain(self, keys: Collection[K]) -> None:
+        """Forget every key not in `keys` (jobs that left the queue)."""
+        for store in (self._sent, self._pending):
+            for key in [k for k in store if k not in keys]:
+                del store[key]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def due(self) -> list[V]:
+        """The updates to send now: never-shown keys first, then by priority (lower first)."""
+        now = self._refill()
+        ready = [
+            (key in self._sent, priority, seq, key)
+            for seq, (key, (priority, _, _)) in enumerate(self._pending.items())
+            if self._ready_at(key) <= now
+        ]
+        ready.sort(key=lambda item: item[:3])
+        out = []
+        for _, _, _, key in ready[: int(self._tokens)]:
+            _, text, value = self._pending.pop(key)
+            self._sent[key] = (text, now)
+            self._tokens -= 1
+            out.append(value)
+        return out
+
+    def next_in(self) -> float | None:
+        """Seconds until `due()` would return something (0: now), None when nothing is pending."""
+        if not self._pending:
+            return None
+        now = self._refill()
+        earliest = min(self._ready_at(key) for key in self._pending)
+        token_wait = 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.per_second
+        return max(0.0, earliest - now, token_wait)
+
+    def _ready_at(self, key: K) -> float:
+        sent = self._sent.get(key)
+        return float("-inf") if sent is None else sent[1] + self.min_interval
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.per_second)
+        self._refilled = now
+        return now

@@ -1,0 +1,467 @@
+"""Adaptive provider limits, fair queue turns and cheap queue feedback (bot/concurrency.py).
+
+The limiter runs on an injected clock and sleep: a pause (Retry-After) advances the fake clock instead
+of waiting, so nothing here sleeps to wait. Calls that must be in flight together are held on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from bot.concurrency import (
+    BACKOFF_SECONDS,
+    START_CONCURRENCY,
+    FairTurns,
+    FeedbackThrottle,
+    ProviderLimiter,
+    RateLimitWatch,
+    fair_order,
+)
+from bot.config import load_settings
+from bot.providers import errors as perr
+
+BASE_ENV = {"DISCORD_TOKEN": "tok-abcdef123456"}
+
+
+class FakeTime:
+    """A monotonic clock and a sleep that only moves it (and yields, so other tasks run)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def limiter(start: int, ceiling: int | None, time: FakeTime) -> ProviderLimiter:
+    return ProviderLimiter({"p": (start, ceiling)}, clock=time, sleep=time.sleep)
+
+
+async def settle(condition: Callable[[], bool], rounds: int = 1000) -> None:
+    """Let the event loop run until `condition` holds (no wall-clock wait)."""
+    for _ in range(rounds):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def full_round(lim: ProviderLimiter) -> None:
+    """Fill every slot of provider p with calls held in flight together, then let them all succeed."""
+    n = lim.limit("p")
+    gate = asyncio.Event()
+
+    async def held() -> str:
+        await gate.wait()
+        return "ok"
+
+    tasks = [asyncio.ensure_future(lim.call("p", held)) for _ in range(n)]
+    await settle(lambda: lim.snapshot()["p"].in_flight == n)
+    gate.set()
+    await asyncio.gather(*tasks)
+
+
+def rate_limited(retry_after: float | None = None) -> perr.RateLimited:
+    return perr.RateLimited("429", provider="p", status=429, retry_after=retry_after, accepted=False)
+
+
+# -- increase -----------------------------------------------------------------------------------------
+
+
+async def test_the_limit_grows_by_about_one_per_full_round_of_successes() -> None:
+    time = FakeTime()
+    lim = limiter(2, 10, time)
+
+    await full_round(lim)
+    await full_round(lim)
+
+    assert lim.limit("p") == 3
+    for _ in range(3):
+        await full_round(lim)
+    assert lim.limit("p") == 4
+
+
+async def test_successes_while_the_limit_is_not_in_use_do_not_raise_it() -> None:
+    time = FakeTime()
+    lim = limiter(4, 10, time)
+
+    async def ok() -> str:
+        return "ok"
+
+    for _ in range(50):
+        assert await lim.call("p", ok) == "ok"
+
+    assert lim.limit("p") == 4
+
+
+async def test_the_limit_never_passes_its_ceiling() -> None:
+    time = FakeTime()
+    lim = limiter(2, 3, time)
+
+    for _ in range(20):
+        await full_round(lim)
+
+    assert lim.limit("p") == 3
+    assert lim.snapshot()["p"].ceiling == 3
+
+
+async def test_calls_over_the_limit_wait_for_a_slot() -> None:
+    time = FakeTime()
+    lim = limiter(2, 2, time)
+    gate = asyncio.Event()
+    started = 0
+
+    async def held() -> str:
+        nonlocal started
+        started += 1
+        await gate.wait()
+        return "ok"
+
+    tasks = [asyncio.ensure_future(lim.call("p", held)) for _ in range(5)]
+    await settle(lambda: started == 2)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == 2 and lim.snapshot()["p"].in_flight == 2
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["ok"] * 5
+
+
+# -- decrease, Retry-After, deadline ------------------------------------------------------------------
+
+
+async def test_a_429_cuts_the_limit_pauses_for_retry_after_and_sends_the_call_again() -> None:
+    time = FakeTime()
+    lim = limiter(8, 16, time)
+    gate = asyncio.Event()
+    sent_at: list[float] = []
+    refused_once = False
+
+    async def held() -> str:
+        await gate.wait()
+        return "ok"
+
+    async def refused_then_ok() -> str:
+        nonlocal refused_once
+        sent_at.append(time.now)
+        if not refused_once:
+            refused_once = True
+            raise rate_limited(retry_after=7.0)
+        return "ok"
+
+    others = [asyncio.ensure_future(lim.call("p", held)) for _ in range(7)]
+    await settle(lambda: lim.snapshot()["p"].in_flight == 7)
+    started = time.now
+    late = asyncio.ensure_future(lim.call("p", refused_then_ok, deadline=started + 300))
+    await settle(lambda: len(sent_at) == 1 and time.slept)
+
+    state = lim.snapshot()["p"]
+    assert state.limit == 4  # halved: 8 in flight drew the 429
+    assert state.refused_at == 8
+    assert time.slept == [7.0]  # the pause is the provider's Retry-After
+    assert len(sent_at) == 1  # paused, then waiting for one of the 4 slots the 7 others still hold
+    gate.set()
+    assert await late == "ok"
+    assert await asyncio.gather(*others) == ["ok"] * 7
+    assert len(sent_at) == 2
+    assert sent_at[1] - sent_at[0] >= 7.0  # not sent again before the provider's Retry-After
+
+
+async def test_new_calls_wait_out_the_pause_of_a_429() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    sent_at: list[float] = []
+
+    async def refused() -> str:
+        raise rate_limited(retry_after=12.0)
+
+    async def ok() -> str:
+        sent_at.append(time.now)
+        return "ok"
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now + 20)  # 12 s + the retry window outlast it
+    paused_at = time.now
+    assert await lim.call("p", ok) == "ok"
+
+    assert sent_at[0] >= paused_at + 12.0
+
+
+async def test_a_429_without_retry_after_backs_off_and_doubles_per_cut_without_a_success() -> None:
+    time = FakeTime()
+    lim = limiter(8, 8, time)
+    refusals = 3
+
+    async def busy() -> str:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise rate_limited(None)
+        return "ok"
+
+    assert await lim.call("p", busy, deadline=time.now + 600) == "ok"
+
+    assert time.slept == [BACKOFF_SECONDS, 2 * BACKOFF_SECONDS, 4 * BACKOFF_SECONDS]
+    assert lim.limit("p") == 1  # 8 -> 4 -> 2 -> 1, then below the level that drew the 429
+
+
+async def test_a_429_whose_wait_outlasts_the_deadline_is_raised_for_routing_to_go_elsewhere() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    sends = 0
+
+    async def refused() -> str:
+        nonlocal sends
+        sends += 1
+        raise rate_limited(retry_after=600.0)
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now + 300)
+
+    assert sends == 1 and time.slept == []
+
+
+async def test_a_429_the_provider_may_have_accepted_is_never_sent_again() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    sends = 0
+
+    async def accepted() -> str:
+        nonlocal sends
+        sends += 1
+        raise perr.RateLimited("429 after accepting", retry_after=1.0, accepted=True)
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", accepted, deadline=time.now + 600)
+    assert sends == 1
+
+
+async def test_the_limit_settles_just_below_the_level_where_the_provider_refuses() -> None:
+    """A provider that answers 429 above 5 calls in flight: every call succeeds, none is accepted
+    twice, and the limit ends at 5."""
+    time = FakeTime()
+    lim = limiter(16, 64, time)
+    at_provider = 0
+    accepted = 0
+    peak = 0
+
+    async def provider() -> str:
+        nonlocal at_provider, accepted, peak
+        if at_provider >= 5:
+            raise rate_limited(None)
+        at_provider += 1
+        accepted += 1
+        peak = max(peak, at_provider)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+        finally:
+            at_provider -= 1
+        return "ok"
+
+    results = await asyncio.gather(*(lim.call("p", provider, deadline=time.now + 10**6) for _ in range(60)))
+
+    assert results == ["ok"] * 60 and accepted == 60 and peak == 5
+    assert lim.limit("p") == 5
+    assert lim.snapshot()["p"].refused_at == 6
+
+
+async def test_after_the_refusal_is_forgotten_the_limit_probes_above_it_again() -> None:
+    time = FakeTime()
+    lim = limiter(8, 20, time)
+    gate = asyncio.Event()
+
+    async def held() -> str:
+        await gate.wait()
+        return "ok"
+
+    async def refused() -> str:
+        raise rate_limited(1.0)
+
+    others = [asyncio.ensure_future(lim.call("p", held)) for _ in range(5)]
+    await settle(lambda: lim.snapshot()["p"].in_flight == 5)
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now)  # the 6th call in flight is refused
+    assert lim.limit("p") == 4  # halved
+    gate.set()
+    await asyncio.gather(*others)
+    for _ in range(10):
+        await full_round(lim)
+    assert lim.limit("p") == 5  # back up quickly, then held just below the level that was refused
+
+    time.now += 301  # the refusal is forgotten: the account may have moved up a tier
+    for _ in range(12):
+        await full_round(lim)
+    assert lim.limit("p") > 5
+
+
+def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> None:
+    time = FakeTime()
+    lim = ProviderLimiter({"openai": (8, 8), "segmind": (8, 8)}, clock=time, sleep=time.sleep)
+    watch = RateLimitWatch(
+        {
+            "https://api.openai.com/v1": "openai",
+            "https://api.segmind.com/v1": "segmind",
+            "https://workflows-api.segmind.com/upload-asset": "segmind",
+        }
+    )
+    edits = "https://API.openai.com:443/v1/images/edits"  # the same origin, spelled out
+    watch.seen("POST", edits, 429, {"retry-after": "3"})  # before attach: ignored
+    watch.attach(lim)
+
+    watch.seen("POST", edits, 200, {})
+    watch.seen("GET", "https://api.openai.com/v1/models", 429, {"retry-after": "9"})  # a check, not a call
+    watch.seen("POST", "https://discord.com/api/v10/interactions", 429, {"retry-after": "9"})
+    assert lim.snapshot()["openai"].paused_for == 0
+    watch.seen("POST", edits, 429, {"retry-after-ms": "2500"})
+    watch.seen("POST", "https://workflows-api.segmind.com/upload-asset", 429, {})
+
+    openai, segmind = lim.snapshot()["openai"], lim.snapshot()["segmind"]
+    assert openai.paused_for == pytest.approx(2.5)
+    assert (openai.limit, openai.refused_at) == (8, None)  # nothing was in flight: no level to learn
+    assert segmind.paused_for == pytest.approx(BACKOFF_SECONDS)
+
+
+# -- wiring ---------------------------------------------------------------------------------------------
+
+
+def test_from_settings_starts_each_provider_at_its_table_value_under_its_ceiling() -> None:
+    settings = load_settings(
+        {
+            **BASE_ENV,
+            "OPENAI_API_KEY": "sk-" + "a" * 20,
+            "WAVESPEED_API_KEY": "ws-key-123456",
+            "ATLASCLOUD_API_KEY": "atlas-key-1234",
+            "ATLASCLOUD_MAX_CONCURRENT": "2",
+            "MAX_CONCURRENT_JOBS": "20",
+        }
+    )
+    lim = ProviderLimiter.from_settings(settings)
+    state = lim.snapshot(["openai", "wavespeed", "atlascloud"])
+
+    assert (state["openai"].limit, state["openai"].ceiling) == (min(START_CONCURRENCY["openai"], 20), 20)
+    assert (state["wavespeed"].limit, state["wavespeed"].ceiling) == (3, 3)  # its entry tier, by default
+    assert (state["atlascloud"].limit, state["atlascloud"].ceiling) == (2, 2)
+    assert lim.capacity(["openai", "wavespeed", "atlascloud"]) == 25
+
+
+# -- fairness ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        # One member's burst of 10, then another member's single job: the single job is second.
+        (
+            [(f"a{i}", 1, 1) for i in range(10)] + [("b0", 1, 2)],
+            ["a0", "b0", *[f"a{i}" for i in range(1, 10)]],
+        ),
+        # Members take turns inside a server, each member's jobs in their own order.
+        (
+            [("a0", 1, 1), ("a1", 1, 1), ("b0", 1, 2), ("b1", 1, 2), ("c0", 1, 3)],
+            ["a0", "b0", "c0", "a1", "b1"],
+        ),
+        # Servers take turns: a busy server does not hold up a quiet one.
+        (
+            [("x0", 1, 1), ("x1", 1, 2), ("x2", 1, 3), ("y0", 2, 9)],
+            ["x0", "y0", "x1", "x2"],
+        ),
+        ([], []),
+    ],
+    ids=["burst-vs-single", "members", "servers", "empty"],
+)
+def test_fair_order_interleaves_members_and_servers(
+    entries: list[tuple[str, int, int]], expected: list[str]
+) -> None:
+    assert fair_order(entries) == expected
+
+
+def test_a_member_who_already_had_a_turn_waits_behind_one_who_has_not() -> None:
+    turns = FairTurns()
+    turns.order([("a0", 1, 1)])
+    turns.started(1, 1)  # Alice's first job runs
+    waiting = [("a1", 1, 1), ("a2", 1, 1), ("b0", 1, 2), ("y0", 2, 9), ("x0", 1, 3)]
+
+    assert turns.order(waiting, running=[(1, 1)]) == ["y0", "b0", "x0", "a1", "a2"]
+    # Her running job ended: she still had her turn, so Bob is still ahead of her next one.
+    assert turns.order(waiting)[:3] == ["y0", "b0", "x0"]
+
+
+def test_a_member_back_after_being_idle_starts_level_with_the_others() -> None:
+    turns = FairTurns()
+    for _ in range(5):
+        turns.order([("a", 1, 1), ("b", 1, 2)])
+        turns.started(1, 1)
+        turns.started(1, 2)
+    turns.order([], running=[(1, 1)])  # Bob left; Alice has a job running
+
+    assert turns.order([("a5", 1, 1), ("a6", 1, 1), ("c0", 1, 3)]) == ["c0", "a5", "a6"]
+
+
+# -- queue feedback ------------------------------------------------------------------------------------
+
+
+class Tick:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_feedback_skips_unchanged_text_and_sends_only_the_newest_per_job() -> None:
+    tick = Tick()
+    throttle: FeedbackThrottle[str, str] = FeedbackThrottle(
+        min_interval=5, per_second=100, burst=100, clock=tick
+    )
+
+    throttle.offer("job", "position 3", "v3", priority=3)
+    assert throttle.due() == ["v3"]
+    throttle.offer("job", "position 3", "v3 again", priority=3)
+    assert throttle.pending == 0 and throttle.next_in() is None
+    throttle.offer("job", "position 2", "v2", priority=2)
+    throttle.offer("job", "position 1", "v1", priority=1)
+    assert throttle.due() == []  # too soon after the last edit of this job
+    assert throttle.next_in() == pytest.approx(5)
+    tick.now = 5
+    assert throttle.due() == ["v1"]  # coalesced: only the newest text
+
+
+def test_feedback_for_500_waiting_jobs_stays_within_the_rate_budget() -> None:
+    tick = Tick()
+    throttle: FeedbackThrottle[int, int] = FeedbackThrottle(
+        min_interval=5, per_second=20, burst=40, clock=tick
+    )
+    sent = 0
+    # 500 jobs queued; every 0.1 s one starts and all the others move up one place.
+    for step in range(100):
+        for job in range(step, 500):
+            throttle.offer(job, f"position {job - step + 1}", job, priority=job - step + 1)
+        throttle.retain(set(range(step, 500)))
+        sent += len(throttle.due())
+        tick.now += 0.1
+
+    # Without the throttle: 500 + 499 + ... edits (~45,000); with it: the burst plus 20 a second.
+    assert sent <= 40 + 20 * 10
+
+
+def test_feedback_sends_new_jobs_first_then_the_front_of_the_queue() -> None:
+    tick = Tick()
+    throttle: FeedbackThrottle[str, str] = FeedbackThrottle(min_interval=0, per_second=1, burst=2, clock=tick)
+    throttle.offer("old", "a", "old-a", priority=1)
+    throttle.offer("back", "a", "back-a", priority=9)
+    assert throttle.due() == ["old-a", "back-a"]
+    tick.now = 10
+    throttle.offer("back", "b", "back", priority=9)
+    throttle.offer("old", "b", "old-b", priority=1)
+    throttle.offer("new", "b", "new", priority=50)
+    assert throttle.due() == ["new", "old-b"]  # the budget is 2: the back of the queue waits
+    assert throttle.next_in() == pytest.approx(1.0)
