@@ -49,6 +49,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -258,6 +259,13 @@ class _Decoded:
     has_alpha: bool
 
 
+# The fake stands in for a service whose image work runs on its own machines: the same input decoded or
+# rendered twice costs this process nothing the second time, so a benchmark's burst of identical
+# uploads measures the bot, not the fake's Pillow work on the same two CPUs. Results are identical.
+RENDER_CACHE = 32
+
+
+@functools.lru_cache(maxsize=RENDER_CACHE)
 def _decode(data: bytes) -> _Decoded | None:
     """Decode image bytes fully (blocking). None when they are not a png/jpeg/webp image."""
     try:
@@ -275,9 +283,10 @@ def _decode(data: bytes) -> _Decoded | None:
 _TINTS = ((0, 0, 0), (255, 64, 64), (64, 255, 64), (64, 64, 255), (255, 255, 64))
 
 
+@functools.lru_cache(maxsize=RENDER_CACHE)
 def _render(
     source: bytes, n: int, size: tuple[int, int], output_format: str, transparent: bool
-) -> list[bytes]:
+) -> tuple[bytes, ...]:
     """The edited images (blocking): the source inverted, tinted per output, resized, encoded."""
     with Image.open(io.BytesIO(source)) as img:
         base = ImageOps.invert(img.convert("RGB")).resize(size, Image.Resampling.BILINEAR)
@@ -298,7 +307,7 @@ def _render(
         else:
             out.save(buf, "WEBP", quality=80, method=0)
         outputs.append(buf.getvalue())
-    return outputs
+    return tuple(outputs)
 
 
 def _image_tokens(width: int, height: int, fidelity: str) -> int:
