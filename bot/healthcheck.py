@@ -46,8 +46,13 @@ def check_http(url: str) -> int:
 
 
 def check_heartbeat(data_dir: Path) -> int:
+    """0 while the bot's last heartbeat is recent. The file holds the bot's own `time.time()` when it
+    wrote it, so both ends read one clock (the file's mtime, the fallback, is the filesystem's)."""
+    path = data_dir / "heartbeat"
     try:
-        age = time.time() - (data_dir / "heartbeat").stat().st_mtime
+        text = path.read_text().strip()
+        written = float(text) if text.replace(".", "", 1).isdigit() else path.stat().st_mtime
+        age = time.time() - written
     except OSError:
         sys.stderr.write("unhealthy: no heartbeat (not connected to Discord yet)\n")
         return 1

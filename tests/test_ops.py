@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -223,8 +224,10 @@ def test_container_healthcheck_falls_back_to_the_heartbeat_when_metrics_are_off(
     assert healthcheck.healthz_url({"METRICS_PORT": "0"}) is None
     assert healthcheck.healthz_url({}) == "http://127.0.0.1:8080/healthz"
     assert healthcheck.check_heartbeat(tmp_path) == 1
-    (tmp_path / "heartbeat").write_text("1")
+    (tmp_path / "heartbeat").write_text(str(int(time.time())))  # what the bot writes
     assert healthcheck.check_heartbeat(tmp_path) == 0
+    (tmp_path / "heartbeat").write_text(str(int(time.time()) - 3600))  # an hour-old heartbeat
+    assert healthcheck.check_heartbeat(tmp_path) == 1
 
 
 # -- /metrics -----------------------------------------------------------------------------------------
