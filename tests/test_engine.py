@@ -812,8 +812,10 @@ async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make
 async def test_a_failed_jobs_prompt_and_options_go_with_its_images(make: Factory, openai: FakeOpenAI):
     service, _ = await make()
     openai.fail_next(Fault.MODERATION_BLOCKED)
-    job_id = await submit(service, Live())
+    live = Live()
+    job_id = await submit(service, live)
     await wait_state(service, job_id, "failed")
+    await until(lambda: live.final)  # the member has been told: the job has ended
     row = await service.storage.get_job(job_id)
     assert row is not None and row.spec is None and row.result is None
     assert not service.engine.files.folder(job_id).exists()

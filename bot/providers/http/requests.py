@@ -1,0 +1,316 @@
+"""Paid and idempotent requests: the two retry rules (see STYLE.md, "Calls that cost money").
+
+* `send_paid` is for a request that CREATES a paid job. It is never sent again once it may have
+  reached the server. It is retried only when it provably did not (the TCP/TLS connection could not
+  be opened: refused, DNS, connect timeout) or when the server explicitly refused it with a 429 and
+  told us how long to wait (a refusal did not start any work).
+* `send_idempotent` is for GETs, polls, downloads and uploads: they retry 408/429/5xx and
+  connection failures freely, with capped, jittered backoff, inside the job's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import aiohttp
+
+from bot.providers.errors import (
+    ConnectionFailed,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+)
+from bot.providers.http.transport import (
+    DEFAULT_MIN_RETRY_WINDOW,
+    MAX_RESPONSE_BYTES,
+    Classifier,
+    HttpResponse,
+    RetryPolicy,
+    _BodyTooLarge,
+    _call_timeout,
+    _classified,
+    _describe,
+    _remaining,
+    _request_once,
+    classify_http_status,
+    redact_url,
+)
+from bot.providers.netguard import (
+    UnsafeDestination,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def send_paid(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    call_timeout: float,
+    data_factory: Callable[[], Any] | None = None,
+    json: Any = None,
+    headers: Mapping[str, str] | None = None,
+    provider: str,
+    classify: Classifier = classify_http_status,
+    max_body: int = MAX_RESPONSE_BYTES,
+    request_id_header: str = "x-request-id",
+    min_retry_window: float = DEFAULT_MIN_RETRY_WINDOW,
+) -> HttpResponse:
+    """Send a request that creates a paid job; never resend it once it may have reached the server.
+
+    Returns the 2xx response (body fully read, at most `max_body` bytes). Any other status is
+    turned into an exception by `classify` and raised.
+
+    Retried (at most `policy.attempts` calls in all, never past `deadline`):
+      * connect failures before any byte was sent (refused, DNS, TLS, connect timeout);
+      * a 429 that `classify` maps to `RateLimited` (so not a quota error) carrying a retry-after
+        that is at most `policy.max_retry_after` and leaves `min_retry_window` seconds before the
+        deadline. A longer hint is raised at once, without waiting, so routing can go elsewhere.
+
+    Never retried, and raised with `accepted=True` because the provider may be working (and
+    billing) already: a read timeout (`ProviderTimeout`), a reset or disconnect after sending
+    (`ConnectionFailed`), an oversized body (`ServerError`), and whatever `classify` says of a
+    5xx (the vendor classifiers return `ServerError(accepted=True)`: a synchronous provider that
+    answers 5xx may still have generated, and billed, the image).
+
+    `data_factory` builds a fresh body for every attempt (a multipart `FormData` cannot be sent
+    twice); `json` is an alternative for JSON bodies. Redirects are not followed: a redirected
+    POST would be a second submission. Each call's timeout is `min(call_timeout, time left)`;
+    `ProviderTimeout(accepted=False)` is raised if the deadline is gone before a call.
+
+    Caveat: aiohttp may reuse a pooled keep-alive connection that the server has just closed; the
+    POST then fails with a disconnect that is indistinguishable from one after the server read it,
+    so it is reported as `accepted=True` (the safe side: a possible double charge is worse than a
+    refunded failure).
+    """
+    if data_factory is not None and json is not None:
+        raise ValueError("pass data_factory or json, not both")
+    attempt = 0
+    while True:
+        attempt += 1
+        timeout = _call_timeout(deadline, call_timeout)
+        if timeout is None:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: deadline passed before the request was sent",
+                provider=provider,
+                accepted=False,
+            )
+        try:
+            resp = await _request_once(
+                session,
+                method,
+                url,
+                client_timeout=timeout,
+                headers=headers,
+                params=None,
+                data_factory=data_factory,
+                json_body=json,
+                max_body=max_body,
+                allow_redirects=False,
+                request_id_header=request_id_header,
+            )
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
+            # Raised while opening the connection: no byte of the request left this machine.
+            err = ConnectionFailed(
+                f"{method} {redact_url(url)}: could not connect: {_describe(exc)}",
+                provider=provider,
+                accepted=False,
+            )
+            wait = policy.delay(attempt)
+            if attempt >= policy.attempts or wait >= _remaining(deadline):
+                raise err from None
+            log.warning(
+                "%s: connect to %s failed (%s), retry %s/%s in %.2fs",
+                provider,
+                redact_url(url),
+                _describe(exc),
+                attempt,
+                policy.attempts - 1,
+                wait,
+            )
+            await asyncio.sleep(wait)
+            continue
+        except _BodyTooLarge:
+            raise ServerError(
+                f"{method} {redact_url(url)}: response larger than {max_body} bytes",
+                provider=provider,
+                accepted=True,
+            ) from None
+        except TimeoutError as exc:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: no complete response in time: {_describe(exc)}",
+                provider=provider,
+                accepted=True,
+            ) from None
+        except aiohttp.InvalidURL:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=False
+            ) from None
+        except UnsafeDestination as exc:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: {exc}", provider=provider, accepted=False
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: connection failed after sending: {_describe(exc)}",
+                provider=provider,
+                accepted=True,
+            ) from None
+
+        if resp.ok:
+            return resp
+        err = _classified(classify, resp, provider)
+        if isinstance(err, RateLimited) and not err.accepted and attempt < policy.attempts:
+            wait = err.retry_after
+            if (
+                wait is not None
+                and wait <= policy.max_retry_after
+                and wait + min_retry_window <= _remaining(deadline)
+            ):
+                log.warning(
+                    "%s: %s answered 429, retry %s/%s in %.2fs (request id %s)",
+                    provider,
+                    redact_url(url),
+                    attempt,
+                    policy.attempts - 1,
+                    wait,
+                    err.request_id,
+                )
+                await asyncio.sleep(wait)
+                continue
+        raise err
+
+
+# --------------------------------------------------------------------------- idempotent requests
+
+
+def _is_retryable(err: ProviderError) -> bool:
+    return isinstance(err, (RateLimited, ServerError, ProviderTimeout))
+
+
+async def send_idempotent(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    deadline: float,
+    call_timeout: float,
+    provider: str,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    json: Any = None,
+    data_factory: Callable[[], Any] | None = None,
+    classify: Classifier = classify_http_status,
+    max_body: int = MAX_RESPONSE_BYTES,
+    request_id_header: str = "x-request-id",
+    accepted: bool = False,
+    allow_redirects: bool = True,
+    trusted: Collection[str] | None = None,
+) -> HttpResponse:
+    """Send a request that is safe to repeat (GET, poll, download, upload) and return the 2xx response.
+
+    Retries connection failures, timeouts and any status that `classify` maps to `RateLimited`,
+    `ServerError` or `ProviderTimeout` (so 408, 429 and 5xx with the default classifier, but not
+    an OpenAI quota 429). It waits the server's retry-after when given (up to
+    `policy.max_retry_after`), else `policy.delay(attempt)`, and stops when the wait would cross
+    `deadline` or after `policy.attempts` calls; then the last error is raised.
+
+    Errors raised here carry `accepted=accepted`: the call itself creates nothing, so whether
+    money is at stake depends on what it belongs to (pass True when polling or downloading for a
+    job that was already submitted).
+
+    Redirects (at most `MAX_REDIRECTS`) never carry `headers` to another origin. Pass `trusted` (the
+    adapter's configured base URLs) when `url` came from a provider's answer: then `url` itself, and
+    every hop outside those origins, must be a public http(s) address (`bot.providers.netguard`);
+    a refused one raises `ServerError` without a retry.
+    """
+    if data_factory is not None and json is not None:
+        raise ValueError("pass data_factory or json, not both")
+    attempt = 0
+    while True:
+        attempt += 1
+        timeout = _call_timeout(deadline, call_timeout)
+        if timeout is None:
+            raise ProviderTimeout(
+                f"{method} {redact_url(url)}: deadline passed", provider=provider, accepted=accepted
+            )
+        retry_after: float | None = None
+        try:
+            resp = await _request_once(
+                session,
+                method,
+                url,
+                client_timeout=timeout,
+                headers=headers,
+                params=params,
+                data_factory=data_factory,
+                json_body=json,
+                max_body=max_body,
+                allow_redirects=allow_redirects,
+                request_id_header=request_id_header,
+                trusted=trusted,
+            )
+        except _BodyTooLarge:
+            raise ServerError(
+                f"{method} {redact_url(url)}: response larger than {max_body} bytes",
+                provider=provider,
+                accepted=accepted,
+            ) from None
+        except aiohttp.InvalidURL:
+            raise ConnectionFailed(
+                f"{method} {redact_url(url)}: invalid URL", provider=provider, accepted=accepted
+            ) from None
+        except UnsafeDestination as exc:
+            # The provider pointed us at a place the bot must not go: an unusable answer, not retried.
+            raise ServerError(
+                f"{method} {redact_url(url)}: {exc}", provider=provider, accepted=accepted
+            ) from None
+        except TimeoutError as exc:
+            err: ProviderError = ProviderTimeout(
+                f"{method} {redact_url(url)}: timed out: {_describe(exc)}",
+                provider=provider,
+                accepted=accepted,
+            )
+            reason = _describe(exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            err = ConnectionFailed(
+                f"{method} {redact_url(url)}: connection failed: {_describe(exc)}",
+                provider=provider,
+                accepted=accepted,
+            )
+            reason = _describe(exc)
+        else:
+            if resp.ok:
+                return resp
+            err = _classified(classify, resp, provider, accepted=accepted)
+            if not _is_retryable(err):
+                raise err
+            reason = f"HTTP {resp.status}"
+            if isinstance(err, RateLimited):
+                retry_after = err.retry_after
+
+        if retry_after is not None and retry_after <= policy.max_retry_after:
+            wait = retry_after
+        else:
+            wait = policy.delay(attempt)
+        if attempt >= policy.attempts or wait >= _remaining(deadline):
+            raise err from None
+        log.info(
+            "%s: %s %s failed (%s), retry %s/%s in %.2fs",
+            provider,
+            method,
+            redact_url(url),
+            reason,
+            attempt,
+            policy.attempts - 1,
+            wait,
+        )
+        await asyncio.sleep(wait)

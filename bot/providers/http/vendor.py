@@ -1,0 +1,177 @@
+"""Helpers the vendor adapters share for reading answers: safe messages, JSON, error summaries, and
+the "model gone" rule (an answer that says the model no longer exists, on a submit only)."""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bot.providers.errors import (
+    InvalidInput,
+    ModelGone,
+    ProviderError,
+    ProviderTimeout,
+    ServerError,
+)
+from bot.providers.http.transport import Classifier, redact_url
+
+log = logging.getLogger(__name__)
+
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+_SCHEME_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+MAX_MESSAGE = 200  # provider messages kept in exception text (for logs) are cut to this length
+
+
+def safe_message(text: object, *, secrets: tuple[str, ...] = (), limit: int = MAX_MESSAGE) -> str:
+    """A provider-supplied message made fit for exception text and logs.
+
+    Whitespace is collapsed, URLs lose their query strings (signed URLs) through `redact_url`,
+    every string in `secrets` (the API key) is masked, and the result is cut to `limit` characters.
+    """
+    message = " ".join(str(text).split())
+    message = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), message)
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    if len(message) > limit:
+        message = message[: limit - 1] + "…"
+    return message
+
+
+def mark_unsubmitted(err: ProviderError) -> ProviderError:
+    """Mark `err` as raised before the paid request was sent (an upload or a local check failed).
+
+    Nothing was created or billed, so routing may try another provider: `accepted` becomes False
+    and, for the server-side kinds (`ServerError`, `ProviderTimeout`) whose class default says
+    otherwise, `retryable_elsewhere` becomes True. Refusals (bad input, safety) keep their class's
+    rule: another provider would refuse them too.
+    """
+    err.accepted = False
+    if isinstance(err, (ServerError, ProviderTimeout)):
+        err.retryable_elsewhere = True
+    return err
+
+
+def parse_json(body: bytes) -> Any:
+    """The body decoded as JSON, or None when it is not JSON (an HTML error page, an empty body)."""
+    try:
+        return _json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def is_http_url(value: object) -> bool:
+    """Whether `value` is an http(s) URL string: what an upload must hand back to be usable."""
+    return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
+
+
+def error_summary(status: int, message: str, *, code: int | None = None) -> str:
+    """`HTTP 200 (code 402): <message>`: an error's status for exception text and logs.
+
+    `code` is an error status a vendor put inside the body (shown when it differs from `status`);
+    the message is made safe by `safe_message` and left out when empty.
+    """
+    summary = f"HTTP {status}" + (f" (code {code})" if code not in (None, status) else "")
+    return summary + (f": {safe_message(message)}" if message else "")
+
+
+def submit_server_error(summary: str, *, status: int, **kw: Any) -> ServerError:
+    """A 5xx answer to a paid submit that returned no job, for vendors where nothing was created.
+
+    Routing may then try another provider (`accepted=False`, retryable elsewhere), except after a
+    504: a gateway that gave up waiting may already have passed the job on, so it stays accepted.
+    """
+    if status == 504:
+        return ServerError(summary, status=status, accepted=True, **kw)
+    err = ServerError(summary, status=status, accepted=False, **kw)
+    err.retryable_elsewhere = True
+    return err
+
+
+def unsupported_options(model: str, service: str, problems: list[str], *, provider: str) -> InvalidInput:
+    """The error for a request that a route cannot carry, found before anything was sent.
+
+    The limit is the route's, not the user's, so another route may do the job: it is marked
+    retryable elsewhere (and, as nothing was sent, not accepted).
+    """
+    err = InvalidInput(
+        f"{model} on {service} cannot take: {', '.join(problems)}",
+        provider=provider,
+        code="unsupported_option",
+    )
+    err.retryable_elsewhere = True
+    return err
+
+
+# What resellers and gateways say when a model (or the upstream channel behind it) is gone for good
+# (models-2026-12.md §1): a 404/410 for the model, or any error whose message says so.
+_GONE_WORDS = (
+    "not found",
+    "no longer available",
+    "retired",
+    "deprecated",
+    "no available channel",
+    "does not exist",
+    "discontinued",
+    "decommissioned",
+    "shut down",
+)
+# Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
+_NEVER_GONE = frozenset({401, 402, 403, 429, 504})
+
+
+def says_model_gone(message: str, model: str = "") -> bool:
+    """Whether an error message says the model (or its channel) is gone: it must name the model
+    (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
+    "media not found" about an uploaded file is not mistaken for a retired model."""
+    lowered = message.lower()
+    names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
+    return names_it and any(word in lowered for word in _GONE_WORDS)
+
+
+def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
+    """A submit's error as `ModelGone` when the provider says this route's model is gone.
+
+    For the answer to a paid submit that created nothing (no job id came back): a 404 or 410, or
+    any other 4xx/5xx (e.g. 503 "no available channels") whose `message` says the model is gone
+    (`says_model_gone`). Auth, billing, access and rate-limit answers (401/402/403/429) and 504 (a
+    gateway that may have passed the job on) never are. The provider did not take the job, so the
+    result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an answer
+    that the model does not exist is proof that nothing ran. Call it only for submits: a 404 on a
+    poll means the job vanished, not the model.
+    """
+    status = err.status
+    if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
+        return err
+    if status not in (404, 410) and not says_model_gone(message, model):
+        return err
+    return ModelGone(
+        str(err),
+        provider=err.provider,
+        status=status,
+        code=err.code if err.code and err.code != "not_found" else "model_gone",
+        request_id=err.request_id,
+        accepted=False,
+    )
+
+
+def submit_classifier(
+    classify: Classifier, message_of: Callable[[bytes], str], *, model: str = ""
+) -> Classifier:
+    """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`.
+
+    `message_of` reads the vendor's error text from a body (each vendor's envelope differs).
+    """
+
+    def classify_submit(
+        status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> ProviderError:
+        err = classify(status, body, headers, provider=provider)
+        if err.status is None:
+            err.status = status
+        return gone_on_submit(err, message_of(body), model=model)
+
+    return classify_submit
