@@ -409,7 +409,7 @@ def _size_rules(value: Any) -> SizeRules | None:
         return None
     if not isinstance(value, dict):
         raise ValueError("free_sizes must be true, false or a table of rules")
-    fields = {k: (_decimal(v) if k == "max_ratio" else int(v)) for k, v in value.items()}
+    fields: dict[str, Any] = {k: (_decimal(v) if k == "max_ratio" else int(v)) for k, v in value.items()}
     return SizeRules(**fields)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 import aiohttp
 import discord
@@ -68,8 +69,10 @@ async def reply_privately(
         return
     try:
         if not interaction.response.is_done():
-            extra = {"view": view} if view is not None else {}
-            await interaction.response.send_message(text, ephemeral=True, **extra)
+            if view is not None:
+                await interaction.response.send_message(text, ephemeral=True, view=view)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
         elif interaction.extras.get("ephemeral_original"):
             # Our deferred progress message is already private: turn it into the error.
             await interaction.edit_original_response(content=text, embed=None, attachments=[], view=None)
@@ -89,7 +92,8 @@ class RetouchTree(app_commands.CommandTree):
             return False
         if not isinstance(bot, RetouchBot) or interaction.type is discord.InteractionType.autocomplete:
             return True  # autocomplete costs nothing and cannot show a message
-        if (interaction.data or {}).get("name") == OPERATOR_COMMAND:
+        data: Mapping[str, object] = interaction.data or {}  # type: ignore[assignment]
+        if data.get("name") == OPERATOR_COMMAND:
             return True
         return await bot.admit(interaction, counts=True)
 

@@ -226,9 +226,15 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in _ALPHA_MODES or image.has_transparency_data
 
 
+def _lowest(band: Image.Image) -> float:
+    """The smallest value of a single-band image (Pillow types `getextrema` for every mode)."""
+    lowest = band.getextrema()[0]
+    return float(lowest) if isinstance(lowest, int | float) else float(min(lowest))
+
+
 def _is_transparent(image: Image.Image) -> bool:
     """Whether any pixel is actually less than opaque (an all-255 alpha channel does not count)."""
-    return _has_alpha(image) and _alpha(image).getextrema()[0] < 255
+    return _has_alpha(image) and _lowest(_alpha(image)) < 255
 
 
 def _alpha(image: Image.Image) -> Image.Image:
@@ -627,7 +633,7 @@ def _edit_region(image: Image.Image) -> Image.Image:
     """Threshold any mask mode into an L image: 255 = edit, 0 = keep (before `invert`)."""
     if _has_alpha(image) and image.mode not in _I_MODES:
         alpha = _alpha(image)
-        if alpha.getextrema()[0] < MASK_THRESHOLD:
+        if _lowest(alpha) < MASK_THRESHOLD:
             return alpha.point(_LUT_EDIT_WHEN_LOW)
     if image.mode in _I_MODES:
         # Pillow clips 16-bit greys to 255 when converting to L, so threshold at half the 16-bit range.

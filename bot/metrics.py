@@ -91,11 +91,11 @@ class _LiveCollector(Collector):
                 labels=["provider"],
             )
             for provider, state in sorted(circuits.items()):
-                value = CIRCUIT_VALUES.get(str(state).lower())
-                if value is None:
+                level = CIRCUIT_VALUES.get(str(state).lower())
+                if level is None:
                     log.debug("unknown circuit state %r for %s", state, provider)
                     continue
-                states.add_metric([provider], value)
+                states.add_metric([provider], level)
             yield states
         if (
             self.concurrency is not None

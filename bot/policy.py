@@ -629,7 +629,7 @@ class PolicyService:
             "background": (user.background, None, s.default_background),
             "output_format": (user.output_format, None, s.default_format),
         }
-        values: dict[str, str] = {}
+        values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name, (mine, server, bot) in layers.items():
             for source, value in (("you", mine), ("server", server), ("bot", bot)):

@@ -372,6 +372,7 @@ def _merge(results: Sequence[EditResult]) -> EditResult:
             output_text_tokens=sum(u.output_text_tokens for u in usages),
         )
     costs = [_reported_cost(r) for r in results]
+    known = [c for c in costs if c is not None]  # a total only when every call reported its cost
     return EditResult(
         images=tuple(image for r in results for image in r.images),
         provider=results[0].provider,
@@ -379,7 +380,7 @@ def _merge(results: Sequence[EditResult]) -> EditResult:
         size=next((r.size for r in results if r.size), None),
         usage=usage,
         request_id=",".join(r.request_id for r in results if r.request_id) or None,
-        cost_usd=str(sum(costs, Decimal(0))) if all(c is not None for c in costs) else None,
+        cost_usd=str(sum(known, Decimal(0))) if len(known) == len(costs) else None,
     )
 
 
@@ -398,7 +399,7 @@ def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
 
 OnAttempt = Callable[[Route], Awaitable[None]]
 RouteCheck = Callable[[ModelEntry, Route], bool]
-OnGone = Callable[[ModelEntry, Route, perr.ModelGone], Awaitable[None]]
+OnGone = Callable[[ModelEntry, Route, perr.ModelGone], Awaitable[object]]
 # Awaited with the route and the provider's job id when a submit-then-poll provider accepts a call.
 OnRouteSubmitted = Callable[[Route, str], Awaitable[None]]
 CANCEL_TIMEOUT = 10.0  # seconds a best-effort remote cancel may take

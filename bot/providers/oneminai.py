@@ -272,10 +272,10 @@ class OneMinAIProvider:
         status = record.get("status")
         url = record.get("temporaryUrl")
         if (status is not None and status != "SUCCESS") or (status is None and not url):
-            err = classify_oneminai_error(resp.status, resp.body, resp.headers, provider=self.name)
-            err.request_id = record_id
-            raise err
-        if not is_http_url(url):
+            failure = classify_oneminai_error(resp.status, resp.body, resp.headers, provider=self.name)
+            failure.request_id = record_id
+            raise failure
+        if not is_http_url(url) or not isinstance(url, str):
             raise ServerError(
                 "the record has no http(s) temporaryUrl",
                 provider=self.name,

@@ -178,7 +178,7 @@ class Predictions:
         if (err := self._error_in(resp, payload)) is not None:
             raise err
         url = self._api.job_of(payload).get("download_url")
-        if not is_http_url(url):
+        if not is_http_url(url) or not isinstance(url, str):
             raise ServerError(
                 f"{self._api.upload_name} returned no usable download_url", provider=self._provider
             )

@@ -166,13 +166,13 @@ async def send_paid(
 
         if resp.ok:
             return resp
-        err = _classified(classify, resp, provider)
-        if isinstance(err, RateLimited) and not err.accepted and attempt < policy.attempts:
-            wait = err.retry_after
+        refused = _classified(classify, resp, provider)
+        if isinstance(refused, RateLimited) and not refused.accepted and attempt < policy.attempts:
+            told = refused.retry_after
             if (
-                wait is not None
-                and wait <= policy.max_retry_after
-                and wait + min_retry_window <= _remaining(deadline)
+                told is not None
+                and told <= policy.max_retry_after
+                and told + min_retry_window <= _remaining(deadline)
             ):
                 log.warning(
                     "%s: %s answered 429, retry %s/%s in %.2fs (request id %s)",
@@ -180,12 +180,12 @@ async def send_paid(
                     redact_url(url),
                     attempt,
                     policy.attempts - 1,
-                    wait,
-                    err.request_id,
+                    told,
+                    refused.request_id,
                 )
-                await asyncio.sleep(wait)
+                await asyncio.sleep(told)
                 continue
-        raise err
+        raise refused
 
 
 # --------------------------------------------------------------------------- idempotent requests
