@@ -2,7 +2,9 @@
 
 Every movement is one write transaction (see `connection.Database.transaction`) that changes
 `accounts` and appends to the append-only `ledger`, keyed by job: a job's credits are reserved, then
-captured or released exactly once. Read-only reports over the same tables are in `reports.py`.
+captured or released exactly once. Read-only reports over the same tables are in `reports.py`, the
+admission limits a reservation checks in `limits.py`. (A little over 400 lines: each movement's
+on-thread steps stay next to the method that runs them, so the money rules read in one file.)
 """
 
 from __future__ import annotations
