@@ -33,7 +33,7 @@ async def _pairs(storage: Storage, prefix: str, count: int, concurrency: int, fu
             job_id = f"{prefix}-{i}"
             user = i % USERS
             if full_job:
-                await storage.create_job(
+                await storage.jobs.create_job(
                     job_id,
                     guild_id=GUILD,
                     user_id=user,
@@ -43,10 +43,10 @@ async def _pairs(storage: Storage, prefix: str, count: int, concurrency: int, fu
                     size="1024x1024",
                     count=1,
                 )
-            await storage.reserve(job_id, GUILD, user, 10, starting_credits=10**9)
-            await storage.capture(job_id, 7)
+            await storage.ledger.reserve(job_id, GUILD, user, 10, starting_credits=10**9)
+            await storage.ledger.capture(job_id, 7)
             if full_job:
-                await storage.set_job_state(job_id, "delivered")
+                await storage.jobs.set_job_state(job_id, "delivered")
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -59,7 +59,7 @@ async def main(count: int) -> None:
         storage = await Storage.open(Path(folder) / "bench.sqlite3")
         try:
             for user in range(USERS):  # accounts exist up front: measure the steady state
-                await storage.ensure_account(GUILD, user, 10**9)
+                await storage.ledger.ensure_account(GUILD, user, 10**9)
             await _pairs(storage, "warmup", 200, 1, False)
             for concurrency in (1, 16):
                 for full_job in (False, True):

@@ -60,7 +60,8 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.client import RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
     from bot.ops import serve_ops
-    from bot.storage import SchemaTooNew, Storage
+    from bot.storage import Storage
+    from bot.storage.connection import SchemaTooNew
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)

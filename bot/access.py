@@ -121,7 +121,7 @@ class AccessService:
             return self.settings.allow_dms
         if guild_id in self.settings.allowed_guild_ids:
             return True
-        approved, _ = await self.storage.operator_guild(guild_id)
+        approved, _ = await self.storage.settings.operator_guild(guild_id)
         return approved
 
     async def admit(self, guild_id: int | None, user_id: int) -> Admission:
@@ -137,13 +137,13 @@ class AccessService:
 
     async def approve(self, guild_id: int, actor_id: int) -> None:
         self.require_operator(actor_id)
-        await self.storage.set_guild_approved(guild_id, True, actor_id=actor_id)
+        await self.storage.settings.set_guild_approved(guild_id, True, actor_id=actor_id)
         log.info("guild %s approved by the operator %s", guild_id, actor_id)
 
     async def remove(self, guild_id: int, actor_id: int) -> bool:
         """Withdraw an approval. False when ALLOWED_GUILD_IDS still lists the server (the setting wins)."""
         self.require_operator(actor_id)
-        await self.storage.set_guild_approved(guild_id, False, actor_id=actor_id)
+        await self.storage.settings.set_guild_approved(guild_id, False, actor_id=actor_id)
         log.info("guild %s approval removed by the operator %s", guild_id, actor_id)
         return guild_id not in self.settings.allowed_guild_ids
 

@@ -200,7 +200,7 @@ def build_services(
         frozenset(providers),
         today,
         default_model_id=settings.default_model,
-        store=storage,
+        store=storage.settings,
         on_event=audit.model_event,
     )
     access = AccessService(settings=settings, storage=storage)

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 
 from bot.jobs import JobObserver
-from bot.storage import JobRow, Storage
+from bot.storage import Storage
+from bot.storage.jobs import JobRow
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class AuditLog(JobObserver):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REF_WAIT_SECONDS
         while True:
-            job = await self._storage.get_job(job_id)
+            job = await self._storage.jobs.get_job(job_id)
             if job is None or job.error_ref is not None or loop.time() >= deadline:
                 return job
             await asyncio.sleep(REF_POLL_SECONDS)

@@ -17,7 +17,8 @@ from bot.catalog import Catalog
 from bot.concurrency import LimitState
 from bot.lifecycle import ModelLifecycle
 from bot.providers.base import CheckableProvider, Provider, ProviderHealth
-from bot.storage import Storage, latest_schema_version
+from bot.storage import Storage
+from bot.storage.connection import latest_schema_version
 
 log = logging.getLogger(__name__)
 

@@ -188,7 +188,11 @@ class EditService:
         self.providers = providers
         # What is live today: catalog dates, OpenAI's model list and "model gone" answers.
         self.lifecycle = lifecycle or ModelLifecycle(
-            catalog, frozenset(providers), today, default_model_id=settings.default_model, store=storage
+            catalog,
+            frozenset(providers),
+            today,
+            default_model_id=settings.default_model,
+            store=storage.settings,
         )
         # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did not
         # take the job, keeps one circuit breaker per provider and adapts each provider's calls in flight.
@@ -261,7 +265,7 @@ class EditService:
             chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
         model = resolution.model
-        notices += tuple(await self.storage.take_model_notices(job.user_id))
+        notices += tuple(await self.storage.settings.take_model_notices(job.user_id))
         self._check_options(model, chosen, job)
         if self.policy is not None:
             # No credits and no allowance due, or no budget left: say so before downloading anything.
@@ -316,7 +320,7 @@ class EditService:
         who lost a tier role (or left the server) does not keep its privileges through retries.
         Raises RetouchError when someone else asks, from another place, or the inputs are no longer kept.
         """
-        row = await self.storage.get_job(job_id)
+        row = await self.storage.jobs.get_job(job_id)
         if row is None:
             raise InvalidOptions("This edit is not known any more. Run /edit again.", code="unknown_job")
         if row.guild_id != guild_id:
@@ -351,7 +355,7 @@ class EditService:
 
     async def job_model(self, job_id: str) -> str | None:
         """The model a stored job asked for (Edit again keeps it), or None if the job is unknown."""
-        row = await self.storage.get_job(job_id)
+        row = await self.storage.jobs.get_job(job_id)
         if row is None:
             return None
         return JobSpec.from_json(row.spec).requested_model if row.spec else row.model
@@ -366,7 +370,7 @@ class EditService:
 
         async def reserve(job_id: str) -> object:
             if self.policy is None:
-                return await self.storage.reserve(
+                return await self.storage.ledger.reserve(
                     job_id,
                     job.guild_id,
                     job.user_id,
@@ -428,7 +432,7 @@ class EditService:
 
     async def available_credits(self, guild_id: int, user_id: int) -> int:
         """The user's spendable balance (creating the account with its starting grant if new)."""
-        account = await self.storage.ensure_account(guild_id, user_id, self.settings.starting_credits)
+        account = await self.storage.ledger.ensure_account(guild_id, user_id, self.settings.starting_credits)
         return account.balance
 
     async def drain(self, grace: float) -> int:

@@ -76,7 +76,7 @@ class DiscoveryReport:
 
 
 class RouteStore(Protocol):
-    """The persistence this module needs (implemented by `bot.storage.Storage`)."""
+    """The persistence this module needs (implemented by `bot.storage.settings.Settings`)."""
 
     async def route_status_rows(self) -> list[dict[str, object]]: ...
 

@@ -42,14 +42,10 @@ from bot.errors import InvalidOptions, RetouchError
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditJob, JobDefaults
 from bot.lifecycle import ModelLifecycle
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
-from bot.storage import (
-    ALLOWANCE_REASON,
-    Account,
-    LedgerEntry,
-    ReserveGuard,
-    ReserveRefused,
-    Storage,
-)
+from bot.storage import Storage
+from bot.storage.ledger import ALLOWANCE_REASON, Account
+from bot.storage.limits import ReserveGuard, ReserveRefused
+from bot.storage.reports import LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -586,11 +582,11 @@ class PolicyService:
     async def guild_policy(self, guild_id: int) -> GuildPolicy:
         if guild_id == 0:  # direct messages: no server, no server rules
             return GuildPolicy(0)
-        row = await self.storage.guild_policy_row(guild_id)
-        return _policy_from_rows(guild_id, row, await self.storage.role_tier_rows(guild_id))
+        row = await self.storage.settings.guild_policy_row(guild_id)
+        return _policy_from_rows(guild_id, row, await self.storage.settings.role_tier_rows(guild_id))
 
     async def user_settings(self, user_id: int) -> UserSettings:
-        row = await self.storage.user_settings_row(user_id)
+        row = await self.storage.settings.user_settings_row(user_id)
         if row is None:
             return UserSettings(user_id)
         skip = row["skip_mask_preview"]
@@ -685,7 +681,7 @@ class PolicyService:
         policy = await self.guild_policy(job.guild_id)
         await self._refill(policy, policy.limits_for(job.role_ids), job.user_id)
         try:
-            return await self.storage.reserve(
+            return await self.storage.ledger.reserve(
                 job_id,
                 job.guild_id,
                 job.user_id,
@@ -702,7 +698,7 @@ class PolicyService:
         policy = await self.guild_policy(job.guild_id)
         limits = policy.limits_for(job.role_ids)
         # Read only: a refused command must not even create the member's account.
-        account = await self.storage.get_account(job.guild_id, job.user_id)
+        account = await self.storage.ledger.get_account(job.guild_id, job.user_id)
         balance = account.balance if account else self._starting(policy)
         held = account.held if account else 0
         if balance <= 0:
@@ -710,7 +706,7 @@ class PolicyService:
             due = (
                 period is not None
                 and limits.allowance > held
-                and not await self.storage.refilled(job.guild_id, job.user_id, period)
+                and not await self.storage.ledger.refilled(job.guild_id, job.user_id, period)
             )
             if not due:
                 raise RetouchError(
@@ -747,7 +743,7 @@ class PolicyService:
         """The operator's monthly allotment for a server in USD (None: up to the bot-wide budget)."""
         if guild_id == 0:
             return None
-        _, usd = await self.storage.operator_guild(guild_id)
+        _, usd = await self.storage.settings.operator_guild(guild_id)
         return Decimal(usd) if usd else None
 
     async def allotment_credits(self, guild_id: int) -> int | None:
@@ -808,7 +804,7 @@ class PolicyService:
     # -- accounts --------------------------------------------------------------------------------
 
     async def _refill(self, policy: GuildPolicy, limits: Limits, user_id: int) -> Account:
-        return await self.storage.refill_allowance(
+        return await self.storage.ledger.refill_allowance(
             policy.guild_id,
             user_id,
             amount=limits.allowance,
@@ -831,7 +827,7 @@ class PolicyService:
     async def history(self, guild_id: int, user_id: int, page: int) -> HistoryPage:
         """A page of the user's grants, adjustments and charges, newest first."""
         page = max(0, page)
-        entries, total = await self.storage.account_history(
+        entries, total = await self.storage.reports.account_history(
             guild_id, user_id, kinds=HISTORY_KINDS, offset=page * HISTORY_PAGE_SIZE, limit=HISTORY_PAGE_SIZE
         )
         pages = max(1, math.ceil(total / HISTORY_PAGE_SIZE))
@@ -862,7 +858,7 @@ class PolicyService:
     async def set_quality(self, user_id: int, quality: str) -> None:
         if quality not in QUALITIES:
             raise InvalidOptions(f"Quality must be one of {', '.join(QUALITIES)}.", code="bad_quality")
-        await self.storage.update_user_settings(user_id, {"quality": quality})
+        await self.storage.settings.update_user_settings(user_id, {"quality": quality})
 
     async def update_settings(
         self, guild_id: int, user_id: int, changes: Mapping[str, Any], reset: Iterable[str] = ()
@@ -898,7 +894,7 @@ class PolicyService:
                 code="transparent_jpeg",
             )
         if fields:
-            await self.storage.update_user_settings(user_id, fields)
+            await self.storage.settings.update_user_settings(user_id, fields)
 
     # -- admin -----------------------------------------------------------------------------------
 
@@ -922,7 +918,7 @@ class PolicyService:
         for name, value in changes.items():
             columns.update(self._guild_column(name, value))
         if columns:
-            await self.storage.update_guild_policy(guild_id, columns, actor_id=actor_id)
+            await self.storage.settings.update_guild_policy(guild_id, columns, actor_id=actor_id)
             log.info("guild %s policy changed by %s: %s", guild_id, actor_id, sorted(columns))
         return await self.guild_policy(guild_id)
 
@@ -975,12 +971,12 @@ class PolicyService:
             "models": _models_column(models),
             "max_images": max_images,
         }
-        await self.storage.put_role_tier(guild_id, role_id, fields, actor_id=actor_id)
+        await self.storage.settings.put_role_tier(guild_id, role_id, fields, actor_id=actor_id)
         log.info("guild %s tier for role %s set by %s", guild_id, role_id, actor_id)
         return RoleTier(role_id, allowance, max_quality, models, max_images)
 
     async def remove_tier(self, guild_id: int, role_id: int) -> bool:
-        return await self.storage.delete_role_tier(guild_id, role_id)
+        return await self.storage.settings.delete_role_tier(guild_id, role_id)
 
     async def change_credits(
         self, guild_id: int, actor_id: int, user_id: int, action: str, amount: int, reason: str
@@ -992,7 +988,7 @@ class PolicyService:
         if not reason:
             raise InvalidOptions("Give a reason; it is kept in the ledger.", code="no_reason")
         policy = await self.guild_policy(guild_id)
-        account, moved = await self.storage.change_balance(
+        account, moved = await self.storage.ledger.change_balance(
             guild_id,
             user_id,
             add={"grant": amount, "take": -amount}.get(action, 0),
@@ -1019,13 +1015,13 @@ class PolicyService:
     async def report(self, guild_id: int, period: str) -> SpendReport:
         """The guild's ledger over `period` with spend per user, model and provider."""
         since, until = report_range(period, self.now())
-        entries = await self.storage.guild_ledger(guild_id, since=since, until=until)
+        entries = await self.storage.reports.guild_ledger(guild_id, since=since, until=until)
         report = SpendReport(guild_id, period, since, until, tuple(entries), self.settings.credits_per_usd)
         return summarize(report)
 
     async def budget(self, guild_id: int) -> Budget:
         """This month's spend for the server and the bot, as the reservation's caps count it."""
-        spend = await self.storage.spend_by_guild(period_start("monthly", self.now()))
+        spend = await self.storage.reports.spend_by_guild(period_start("monthly", self.now()))
         captured, held = spend.get(guild_id, (0, 0))
         return Budget(
             captured=captured,
@@ -1045,7 +1041,9 @@ class PolicyService:
         if usd is not None and (not usd.is_finite() or usd < 0):
             raise InvalidOptions("The allotment must be 0 or more US dollars.", code="bad_allotment")
         before = await self.allotment(guild_id)
-        await self.storage.set_guild_allotment(guild_id, None if usd is None else str(usd), actor_id=actor_id)
+        await self.storage.settings.set_guild_allotment(
+            guild_id, None if usd is None else str(usd), actor_id=actor_id
+        )
         change = AllotmentChange(guild_id, actor_id, before, usd)
         log.info("guild %s allotment changed by the operator %s: %s -> %s", guild_id, actor_id, before, usd)
         if self.on_allotment_change is not None:
@@ -1059,8 +1057,8 @@ class PolicyService:
         """Every server with spend, an approval or an allotment, this month (the operator only)."""
         self.access.require_operator(actor_id)
         since = period_start("monthly", self.now())
-        spend = await self.storage.spend_by_guild(since)
-        known = await self.storage.operator_guilds()
+        spend = await self.storage.reports.spend_by_guild(since)
+        known = await self.storage.settings.operator_guilds()
         ids = set(spend) | set(known) | set(self.settings.allowed_guild_ids)
         rate = self.settings.credits_per_usd
         servers = []

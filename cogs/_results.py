@@ -378,7 +378,7 @@ async def _maybe_thread(
     if guild_id is None or not isinstance(bot.get_channel(message.channel.id), discord.TextChannel):
         return
     try:
-        wanted = await bot.services.storage.guild_thread_results(guild_id)
+        wanted = await bot.services.storage.settings.guild_thread_results(guild_id)
         if not (bot.services.settings.thread_results if wanted is None else wanted):
             return
         name = truncate(outcome.prompt.replace("\n", " "), THREAD_NAME_CHARS) or "Edit"

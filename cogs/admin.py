@@ -30,7 +30,7 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
     async def threads(self, interaction: discord.Interaction, value: Literal["on", "off", "default"]) -> None:
         assert interaction.guild_id is not None  # guild_only
         setting = None if value == "default" else value == "on"
-        await self.bot.services.storage.set_guild_thread_results(interaction.guild_id, setting)
+        await self.bot.services.storage.settings.set_guild_thread_results(interaction.guild_id, setting)
         await interaction.response.send_message(f"Result threads: **{value}**.", ephemeral=True)
 
 

@@ -16,7 +16,8 @@ from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.policy import CreditsSummary, HistoryPage
-from bot.storage import ALLOWANCE_REASON, LedgerEntry
+from bot.storage.ledger import ALLOWANCE_REASON
+from bot.storage.reports import LedgerEntry
 from cogs._ui import EMBED_COLOUR, admitted, policy_of, role_ids_of, truncate
 
 HISTORY_CUSTOM_ID = r"retouch:credits:(?P<page>\d+):(?P<side>newer|older)"

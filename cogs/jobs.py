@@ -86,7 +86,7 @@ class JobsCog(commands.Cog):
     async def _cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         # The button sits on the private progress message: answer by updating that message.
         await interaction.response.defer()
-        row = await self.bot.services.storage.get_job(job_id)
+        row = await self.bot.services.storage.jobs.get_job(job_id)
         # A moderator's right counts only in the job's own server and channel, never in another one.
         here = row is not None and row.guild_id == (interaction.guild_id or 0)
         here = here and row is not None and row.channel_id == interaction.channel_id
@@ -158,7 +158,7 @@ class JobsCog(commands.Cog):
             )
 
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
-        row = await self.bot.services.storage.get_job(job_id)
+        row = await self.bot.services.storage.jobs.get_job(job_id)
         message = interaction.message
         # Delete removes the clicked message: it must be this job's own result, in the job's server.
         # (A job whose row was pruned after JOB_HISTORY_DAYS leaves it to the channel's moderators.)

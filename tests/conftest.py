@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
+from bot.storage import Storage
+from bot.storage.connection import utcnow
 from tests.fakes.discord import FakeDiscord
 
 
@@ -26,3 +30,17 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
         await fake.stop()
     assert not fake.unknown, f"the bot called routes the fake Discord does not implement: {fake.unknown}"
     assert not fake.server_errors, f"the fake Discord failed while handling requests: {fake.server_errors}"
+
+
+@pytest.fixture
+def storage_clock() -> Callable[[], dt.datetime]:
+    """The clock the `storage` fixture reads; a test module overrides this fixture to inject its own."""
+    return utcnow
+
+
+@pytest.fixture
+async def storage(tmp_path: Path, storage_clock: Callable[[], dt.datetime]) -> AsyncIterator[Storage]:
+    """A migrated database in a real SQLite file under the test's temporary folder."""
+    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=storage_clock)
+    yield s
+    await s.close()

@@ -40,13 +40,6 @@ class Channel:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 async def fake() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as server:
         yield server
@@ -115,7 +108,7 @@ async def test_safety_refusal_is_posted_with_its_reference_and_channel_link(
         await run_job(services)
     await services.audit.flush()
     [line] = channel.lines
-    job = (await storage.recent_jobs(GUILD, USER))[0]
+    job = (await storage.jobs.recent_jobs(GUILD, USER))[0]
     assert job.error_ref == caught.value.ref
     assert line == (
         f"🛑 Safety refusal: job `{job.id}` for <@{USER}> in <#{CHANNEL}>, gpt-image-1.5 via openai, "

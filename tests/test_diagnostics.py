@@ -20,7 +20,8 @@ from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
-from bot.storage import Storage, latest_schema_version
+from bot.storage import Storage
+from bot.storage.connection import latest_schema_version
 from cogs.diagnose import _provider_line
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
@@ -67,13 +68,6 @@ class SilentProvider(PlainProvider):
     async def check(self) -> ProviderHealth:
         await self.never.wait()
         raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    yield s
-    await s.close()
 
 
 @pytest.fixture

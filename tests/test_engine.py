@@ -180,7 +180,7 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:  # 
 
 
 async def state(service: EditService, job_id: str) -> str:
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None
     return row.state
 
@@ -194,7 +194,7 @@ async def wait_state(service: EditService, job_id: str, wanted: str) -> None:
 
 
 async def kinds(service: EditService, job_id: str) -> list[str]:
-    return [r["kind"] for r in await service.storage.ledger_rows(job_id)]
+    return [r["kind"] for r in await service.storage.reports.ledger_rows(job_id)]
 
 
 async def submit(service: EditService, live: Live | None = None, **kw: Any) -> str:
@@ -329,7 +329,7 @@ async def test_watchdog_cancels_a_job_past_its_deadline_releases_it_and_tells_th
     make.clock.advance(service.settings.job_timeout_seconds + 31)
     assert await service.engine.watchdog_tick() == 1
     await wait_state(service, job_id, "cancelled")
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.error_code == "timeout"
     assert await kinds(service, job_id) == ["reserve", "release"]
     [(told, text)] = recorder.notices
@@ -358,7 +358,7 @@ async def test_a_spent_token_falls_back_to_the_delivery_and_captures_once(make: 
     await wait_state(service, job_id, "delivered")
     [(delivered, outcome)] = recorder.delivered
     assert delivered == job_id and live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and (row.delivered_via, row.result_channel_id, row.result_message_id) == (
         "channel",
         10,
@@ -382,7 +382,7 @@ async def test_a_live_delivery_that_may_have_landed_is_looked_for_before_posting
     job_id = await submit(service, Live(uncertain=True))
     await wait_state(service, job_id, "delivered")
     assert landed.delivered == []  # nothing posted a second time
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and (row.delivered_via, row.result_message_id) == ("interaction", 42)
 
 
@@ -393,13 +393,13 @@ async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported
     with pytest.raises(JobFailed) as info:
         await service.execute(prepared, progress=Live().update, deliver=_failing)  # type: ignore[arg-type]
     assert info.value.code == "undeliverable" and "not charged" in info.value.user_message
-    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
     assert (row.state, row.error_code) == ("failed", "undeliverable")
     assert await kinds(service, row.id) == ["reserve", "release"]
     assert (service.engine.files.folder(row.id) / "result-1.png").is_file()
     assert row.files_expire_at is not None and row.files_expire_at > make.clock().isoformat()
     # Free to the member, but the provider was paid: it counts against the server's and bot's budgets.
-    spend = await service.storage.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (10, 0)
 
 
@@ -414,7 +414,7 @@ async def test_a_call_cut_off_by_a_cancel_is_free_to_the_member_but_counts_again
         await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
     )
     assert await kinds(service, job_id) == ["reserve", "release"]
-    spend = await service.storage.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
 
 
@@ -480,7 +480,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
         job_id = f"{len(ids):016x}"
         ids[name] = job_id
         files.write(job_id, blobs)
-        await storage.create_job(
+        await storage.jobs.create_job(
             job_id,
             guild_id=GUILD,
             user_id=ALICE,
@@ -493,16 +493,16 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
             files_expire_at="2026-11-22T12:00:00.000+00:00",
         )
         if name != "queued":
-            await storage.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
-    await storage.set_job_state(ids["submitting"], "submitting", provider="openai")
+            await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await storage.jobs.set_job_state(ids["submitting"], "submitting", provider="openai")
     files.write(ids["completed"], {"result-1.png": PHOTO})
     result = {"disk": "result-1.png", "filename": "r.png", "format": "png"}
     record = {"files": [result], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": 7}
-    await storage.set_job_state(ids["completed"], "completed", result=json.dumps(record))
-    await storage.update_job(ids["completed"], delivery_attempted_at="2026-11-21T12:00:00.000+00:00")
+    await storage.jobs.set_job_state(ids["completed"], "completed", result=json.dumps(record))
+    await storage.jobs.update_job(ids["completed"], delivery_attempted_at="2026-11-21T12:00:00.000+00:00")
     # A job that ended without settling (an older version's crash window), and a hold with no job.
-    await storage.set_job_state(ids["ended"], "failed", error_code="x")
-    await storage._conn.execute("DELETE FROM jobs WHERE id = ?", (ids["gone"],))
+    await storage.jobs.set_job_state(ids["ended"], "failed", error_code="x")
+    await storage.db.write_one("DELETE FROM jobs WHERE id = ?", (ids["gone"],))
     await service.drain(0)
 
     later, recorder = await make()
@@ -541,7 +541,7 @@ async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(m
         job_id = f"{len(ids) + 1:016x}"
         ids[name] = job_id
         files.write(job_id, blobs)
-        await storage.create_job(
+        await storage.jobs.create_job(
             job_id,
             guild_id=GUILD,
             user_id=ALICE,
@@ -553,8 +553,8 @@ async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(m
             spec=text,
             files_expire_at="2026-11-22T12:00:00.000+00:00",
         )
-        await storage.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
-    await storage.set_job_state(ids["bad result"], "completed", result='{"files": 3}')
+        await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await storage.jobs.set_job_state(ids["bad result"], "completed", result='{"files": 3}')
     await service.drain(0)
 
     later, recorder = await make()
@@ -565,7 +565,7 @@ async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(m
     assert outcomes.ended[ids["bad spec"]] == ("failed", 0)  # reported to metrics and the audit channel
     await wait_state(later, ids["good"], "delivered")
     for name in ("bad spec", "bad result"):
-        row = await later.storage.get_job(ids[name])
+        row = await later.storage.jobs.get_job(ids[name])
         assert row is not None and (row.state, row.error_code) == ("failed", "quarantined")
         assert await kinds(later, ids[name]) == ["reserve", "release"]
     told = dict(await until(lambda: len(recorder.notices) == 2 and recorder.notices))
@@ -574,7 +574,7 @@ async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(m
 
 
 async def storage_account(service: EditService) -> Any:
-    account = await service.storage.get_account(GUILD, ALICE)
+    account = await service.storage.ledger.get_account(GUILD, ALICE)
     assert account is not None
     return account
 
@@ -589,7 +589,7 @@ async def test_the_sweep_deletes_expired_and_orphaned_folders_only(make: Factory
     make.clock.advance(3601)
     assert await service.engine.sweep() == 1
     assert service.engine.files.job_ids() == []
-    row = await service.storage.get_job(done)
+    row = await service.storage.jobs.get_job(done)
     assert row is not None and row.spec is None  # the prompt goes with the images
 
 
@@ -599,7 +599,7 @@ async def test_suspended_jobs_raise_for_in_process_waiters(make: Factory, wavesp
     prepared = await service.prepare(job(model="ws-mini"))
     waiter = asyncio.create_task(service.execute(prepared, progress=Live().update, deliver=_failing))  # type: ignore[arg-type]
     await until(lambda: service.engine.in_flight == 1)
-    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
     await wait_state(service, row.id, "submitted")
     await service.drain(0)
     with pytest.raises(JobSuspended):
@@ -617,7 +617,7 @@ async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_ima
     await until(lambda: wavespeed.submit_count == 2)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while len((row := await service.storage.get_job(job_id)).provider_job_ids) < 2:  # type: ignore[union-attr]
+    while len((row := await service.storage.jobs.get_job(job_id)).provider_job_ids) < 2:  # type: ignore[union-attr]
         assert loop.time() < deadline
         await asyncio.sleep(0.01)
     assert set(row.provider_job_ids) == set(wavespeed.tasks)  # type: ignore[union-attr]
@@ -686,7 +686,7 @@ async def test_a_retried_delivery_that_had_landed_is_not_posted_again(make: Fact
     job_id = await submit(service, Live())
     await wait_state(service, job_id, "delivered")
     assert landed.tries == 1 and landed.delivered == []
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.result_message_id == 99
 
 
@@ -720,7 +720,7 @@ async def test_a_result_still_undeliverable_after_the_retention_window_is_releas
     await until(lambda: flaky.tries >= 2)
     make.clock.advance(3600)
     await wait_state(service, job_id, "failed")
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.error_code == "undeliverable"
     assert await kinds(service, job_id) == ["reserve", "release"]
 
@@ -740,7 +740,7 @@ async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: 
 
     waiter = asyncio.ensure_future(service.execute(prepared, progress=quiet, deliver=token_spent))
     await until(lambda: flaky.tries == 1)
-    [row] = await service.storage.recent_jobs(GUILD, ALICE)
+    [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
     job_id = row.id
     await service.drain(0)
     assert await state(service, job_id) == "completed"
@@ -789,13 +789,13 @@ async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make
     outcomes = Outcomes()
     service.engine.observers.append(outcomes)
     storage = service.storage
-    real = storage.settle_delivered
+    real = storage.ledger.settle_delivered
 
     async def settle_then_lose_the_reply(*args: Any, **kw: Any) -> Any:
         await real(*args, **kw)  # the capture is committed ...
         raise ConnectionResetError("... and then the reply is lost")
 
-    storage.settle_delivered = settle_then_lose_the_reply  # type: ignore[method-assign]
+    storage.ledger.settle_delivered = settle_then_lose_the_reply  # type: ignore[method-assign]
     live = Live()
     job_id = await submit(service, live)
     await until(lambda: job_id in outcomes.ended)
@@ -816,7 +816,7 @@ async def test_a_failed_jobs_prompt_and_options_go_with_its_images(make: Factory
     job_id = await submit(service, live)
     await wait_state(service, job_id, "failed")
     await until(lambda: live.final)  # the member has been told: the job has ended
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.spec is None and row.result is None
     assert not service.engine.files.folder(job_id).exists()
 
@@ -832,7 +832,7 @@ async def test_the_sweep_clears_prompts_an_older_release_left_on_ended_jobs(
         db.execute('UPDATE jobs SET spec = \'{"prompt": "my address is"}\' WHERE id = ?', (job_id,))
     make.clock.advance(25 * 3600)  # past INPUT_RETENTION_HOURS
     await service.engine.sweep()
-    row = await service.storage.get_job(job_id)
+    row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.spec is None
 
 
@@ -842,15 +842,15 @@ async def test_history_older_than_job_history_days_is_pruned_and_the_books_still
     service, _ = await make(JOB_HISTORY_DAYS="30")
     old = await submit(service)
     await wait_state(service, old, "delivered")
-    await service.storage.grant(
+    await service.storage.ledger.grant(
         GUILD, ALICE, 50, actor_id=BOB, reason="for my friend Alice", starting_credits=0
     )
     make.clock.advance(31 * 86400)
     recent = await submit(service)
     await wait_state(service, recent, "delivered")
     await service.engine.sweep()
-    assert await service.storage.get_job(old) is None
-    assert await service.storage.get_job(recent) is not None
+    assert await service.storage.jobs.get_job(old) is None
+    assert await service.storage.jobs.get_job(recent) is not None
     assert await kinds(service, old) == ["reserve", "capture"]  # the books keep every amount
     assert_books_balance(tmp_path)
     with sqlite3.connect(service.settings.database_path) as db:

@@ -189,13 +189,13 @@ class Intake:
         [call] = self.openai.requests[sent_before:]
         [image] = call.images
         assert image.mode in ("RGB", "RGBA", "L", "LA", "P") and image.format in ("png", "jpeg", "webp")
-        spec = json.loads((await self.storage.get_job(outcome.job_id)).spec)  # type: ignore[union-attr]
+        spec = json.loads((await self.storage.jobs.get_job(outcome.job_id)).spec)  # type: ignore[union-attr]
         sent = self.service.engine.files.read(outcome.job_id, spec["inputs"][0]["name"])
         assert_clean(sent, image.width, image.height)  # exactly these bytes went out
         await self.nothing_held()
 
     async def nothing_held(self) -> None:
-        account = await self.storage.get_account(1, 2)
+        account = await self.storage.ledger.get_account(1, 2)
         assert account is None or account.held == 0
 
 

@@ -103,14 +103,6 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    await s.migrate()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
     async with aiohttp.ClientSession() as session:
 
@@ -141,12 +133,12 @@ async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
 
 
 async def job_kinds(storage: Storage, job_id: str) -> list[str]:
-    return [row["kind"] for row in await storage.ledger_rows(job_id)]
+    return [row["kind"] for row in await storage.reports.ledger_rows(job_id)]
 
 
 async def assert_books_balance(storage: Storage) -> None:
-    for account in await storage.all_accounts():
-        totals = await storage.ledger_totals(account.guild_id, account.user_id)
+    for account in await storage.reports.all_accounts():
+        totals = await storage.reports.ledger_totals(account.guild_id, account.user_id)
         assert (account.balance, account.held) == (totals.balance, totals.held)
         assert account.balance + account.held == totals.granted - totals.captured
 
@@ -165,12 +157,12 @@ async def test_edit_delivers_a_real_image_and_charges_its_usage_cost(make_servic
     assert image.size == (1024, 1024)
     assert delivered.model_id == "gpt-image-1-mini" and delivered.quality == "low"
     # Charged from the usage tokens the fake reported, within the worst-case reservation.
-    account = await storage.get_account(GUILD, USER)
+    account = await storage.ledger.get_account(GUILD, USER)
     assert account.held == 0
     assert account.balance == 1000 - outcome.charged == delivered.balance_after
     assert outcome.charged > 0
     assert await job_kinds(storage, outcome.job_id) == ["reserve", "capture"]
-    assert (await storage.get_job(outcome.job_id)).state == "delivered"
+    assert (await storage.jobs.get_job(outcome.job_id)).state == "delivered"
     assert rec.stages[0].startswith("Checking") and any("Editing with" in s for s in rec.stages)
     await assert_books_balance(storage)
 
@@ -207,7 +199,7 @@ async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
         ),
         1000,
     )
-    await storage.grant(GUILD, USER, per_job * k, actor_id=None, reason="test", starting_credits=0)
+    await storage.ledger.grant(GUILD, USER, per_job * k, actor_id=None, reason="test", starting_credits=0)
     small = io.BytesIO()
     Image.open(DATA / "chelsea.png").resize((64, 64)).save(small, "PNG")
     job = make_job(upload(small.getvalue()), quality="high", size="1024x1024", prompt="p")
@@ -223,9 +215,9 @@ async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
     results = await asyncio.gather(*(attempt() for _ in range(200)))
     assert results.count("ok") == k
     assert fake.post_count == k
-    account = await storage.get_account(GUILD, USER)
+    account = await storage.ledger.get_account(GUILD, USER)
     assert (account.balance, account.held) == (0, 0)
-    totals = await storage.ledger_totals(GUILD, USER)
+    totals = await storage.reports.ledger_totals(GUILD, USER)
     assert totals.captured == per_job * k
     await assert_books_balance(storage)
 
@@ -278,7 +270,7 @@ async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
         await make_service().run_edit(make_job(bad), progress=Recorder().progress, deliver=Recorder().deliver)
     assert "Traceback" not in info.value.user_message
     assert fake.post_count == 0
-    assert await storage.get_account(GUILD, USER) is None  # not even an account was touched
+    assert await storage.ledger.get_account(GUILD, USER) is None  # not even an account was touched
 
 
 @pytest.mark.parametrize(
@@ -305,7 +297,7 @@ async def test_not_enough_credits_is_refused_without_a_provider_call(make_servic
         )
     assert info.value.available == 1
     assert fake.post_count == 0
-    assert (await storage.get_account(GUILD, USER)).balance == 1
+    assert (await storage.ledger.get_account(GUILD, USER)).balance == 1
 
 
 @pytest.mark.parametrize(
@@ -333,10 +325,10 @@ async def test_provider_failures_release_credits_exactly_once(
     assert words in info.value.user_message
     assert "not charged" in info.value.user_message and "ref `" in info.value.user_message
     assert fake.post_count == posts
-    jobs = await storage.recent_jobs(GUILD, USER)
+    jobs = await storage.jobs.recent_jobs(GUILD, USER)
     assert [j.state for j in jobs] == ["failed"]
     assert await job_kinds(storage, jobs[0].id) == ["reserve", "release"]
-    account = await storage.get_account(GUILD, USER)
+    account = await storage.ledger.get_account(GUILD, USER)
     assert (account.balance, account.held) == (1000, 0)
 
 
@@ -346,7 +338,7 @@ async def test_rate_limit_with_short_retry_after_is_retried_once(make_service, f
     outcome = await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
     assert fake.post_count == 2
     assert outcome.charged > 0
-    assert (await storage.get_account(GUILD, USER)).held == 0
+    assert (await storage.ledger.get_account(GUILD, USER)).held == 0
 
 
 async def test_provider_that_never_answers_times_out_and_refunds(make_service, fake, storage):
@@ -354,14 +346,14 @@ async def test_provider_that_never_answers_times_out_and_refunds(make_service, f
     with pytest.raises(JobFailed, match="too long"):
         await make_service().run_edit(make_job(), progress=Recorder().progress, deliver=Recorder().deliver)
     assert fake.post_count == 1
-    assert (await storage.get_account(GUILD, USER)).held == 0
+    assert (await storage.ledger.get_account(GUILD, USER)).held == 0
 
 
 async def test_failed_delivery_is_refunded(make_service, fake, storage):
     rec = Recorder(fail_delivery=True)
     with pytest.raises(JobFailed):
         await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
-    account = await storage.get_account(GUILD, USER)
+    account = await storage.ledger.get_account(GUILD, USER)
     assert (account.balance, account.held) == (1000, 0)
 
 
@@ -375,8 +367,8 @@ async def test_shutdown_drain_aborts_unfinished_jobs_and_refunds_them(make_servi
     assert aborted == 1
     with pytest.raises(JobInterrupted):
         await task
-    assert (await storage.get_account(GUILD, USER)).held == 0
-    assert [j.state for j in await storage.recent_jobs(GUILD, USER)] == ["cancelled"]
+    assert (await storage.ledger.get_account(GUILD, USER)).held == 0
+    assert [j.state for j in await storage.jobs.recent_jobs(GUILD, USER)] == ["cancelled"]
     assert not service.accepting
 
 
@@ -483,4 +475,4 @@ async def test_prepare_prices_without_moving_credits(make_service, fake, storage
     prepared = await make_service().prepare(make_job(quality="high", size="1024x1024"))
     assert prepared.reserve == 133  # gpt-image-1.5 high square: $0.133
     assert fake.post_count == 0
-    assert await storage.get_account(GUILD, USER) is None
+    assert await storage.ledger.get_account(GUILD, USER) is None

@@ -4,9 +4,7 @@ answers and stored defaults that move off a dead model. Every test sets its own 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -54,13 +52,6 @@ def two_route_catalog() -> Catalog:
             }
         }
     )
-
-
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    yield s
-    await s.close()
 
 
 class Events(list[str]):
@@ -197,7 +188,9 @@ def test_no_live_model_at_all_is_a_clear_refusal():
 async def test_model_gone_retires_one_route_persistently_and_is_announced(storage: Storage):
     catalog, events = two_route_catalog(), Events()
     calendar = Calendar(dt.date(2026, 12, 6))
-    lifecycle = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar, store=storage, on_event=events)
+    lifecycle = ModelLifecycle(
+        catalog, {"openai", "atlascloud"}, calendar, store=storage.settings, on_event=events
+    )
     old = catalog.get("old")
     atlas = next(r for r in old.routes if r.provider == "atlascloud")
     gone = ModelGone("404 model_not_found", provider="atlascloud", status=404, code="model_not_found")
@@ -206,7 +199,7 @@ async def test_model_gone_retires_one_route_persistently_and_is_announced(storag
     assert [r.provider for r in lifecycle.live_routes(old)] == ["openai"]
     assert len(events) == 1 and "old on atlascloud" in events[0]
     # A new process reads what this one learned: the dead route is never asked again.
-    again = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar, store=storage)
+    again = ModelLifecycle(catalog, {"openai", "atlascloud"}, calendar, store=storage.settings)
     assert again.usable(old)
     await again.load()
     assert [r.provider for r in again.live_routes(old)] == ["openai"]
@@ -216,7 +209,7 @@ async def test_model_gone_retires_one_route_persistently_and_is_announced(storag
 async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_models(storage: Storage):
     catalog, events = two_route_catalog(), Events()
     calendar = Calendar(dt.date(2026, 12, 1))
-    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage, on_event=events)
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage.settings, on_event=events)
 
     async def listing() -> list[Listed]:
         return [
@@ -238,7 +231,7 @@ async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_mo
     calendar.day = dt.date(2026, 12, 20)
     assert not lifecycle.usable(old)
     # Persisted: a restart that cannot read the list keeps what the last read said.
-    again = ModelLifecycle(catalog, {"openai"}, calendar, store=storage)
+    again = ModelLifecycle(catalog, {"openai"}, calendar, store=storage.settings)
     await again.load()
 
     async def broken() -> list[Listed]:
@@ -270,20 +263,20 @@ async def test_a_failed_first_listing_keeps_the_catalogs_view():
 async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: Storage):
     catalog, events = two_route_catalog(), Events()
     calendar = Calendar(SHUTDOWN - dt.timedelta(days=1))
-    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage, on_event=events)
-    await storage.update_user_settings(7, {"model": "old"})
-    await storage.update_user_settings(8, {"model": "spare"})
-    await storage.update_guild_policy(5, {"default_model": "old"}, actor_id=1)
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar, store=storage.settings, on_event=events)
+    await storage.settings.update_user_settings(7, {"model": "old"})
+    await storage.settings.update_user_settings(8, {"model": "spare"})
+    await storage.settings.update_guild_policy(5, {"default_model": "old"}, actor_id=1)
     await lifecycle.tick()
-    assert (await storage.user_settings_row(7))["model"] == "old"  # still live
+    assert (await storage.settings.user_settings_row(7))["model"] == "old"  # still live
     calendar.day = SHUTDOWN
     await lifecycle.tick()
-    assert (await storage.user_settings_row(7))["model"] == "new"
-    assert (await storage.user_settings_row(8))["model"] == "spare"
-    assert (await storage.guild_policy_row(5))["default_model"] == "new"
-    [notice] = await storage.take_model_notices(7)
+    assert (await storage.settings.user_settings_row(7))["model"] == "new"
+    assert (await storage.settings.user_settings_row(8))["model"] == "spare"
+    assert (await storage.settings.guild_policy_row(5))["default_model"] == "new"
+    [notice] = await storage.settings.take_model_notices(7)
     assert notice == "old is no longer available, so your default is now new (change it with /settings)."
-    assert await storage.take_model_notices(7) == []  # one time only
-    assert await storage.take_model_notices(8) == []
+    assert await storage.settings.take_model_notices(7) == []  # one time only
+    assert await storage.settings.take_model_notices(8) == []
     assert any("retired on every configured service" in e for e in events)
     assert any("1 member(s), 1 server(s)" in e for e in events)

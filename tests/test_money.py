@@ -5,7 +5,6 @@ download, the operator's commands, and the access gate (approved servers, rate l
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from bot.access import (
 from bot.config import ConfigError, load_settings
 from bot.errors import RetouchError
 from bot.policy import AllotmentChange, PolicyRefused, PolicyService
-from bot.storage import NotEnoughCredits, Storage
+from bot.storage import Storage
+from bot.storage.ledger import NotEnoughCredits
 from tests.test_policy import ADMIN, ALICE, BOB, CATALOG, GUILD, OTHER_GUILD, Clock, job, new_job
 
 OPERATOR = 77
@@ -32,10 +32,9 @@ BASE_ENV = {"DISCORD_TOKEN": "t" * 20, "OPENAI_API_KEY": "sk-test", "STARTING_CR
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=Clock())
-    yield s
-    await s.close()
+def storage_clock() -> Clock:
+    """The `storage` fixture (tests/conftest.py) reads a clock this test controls."""
+    return Clock()
 
 
 def make(storage: Storage, tmp_path: Path, audit: Any = None, **env: str) -> PolicyService:
@@ -82,15 +81,15 @@ async def test_concurrent_reservations_in_two_servers_never_pass_the_bot_wide_bu
 ):
     policy = make(storage, tmp_path, MONTHLY_BUDGET_USD="0.10")  # 100 credits
     for guild in (GUILD, OTHER_GUILD):  # each server's admin hands out far more than the budget
-        await storage.change_balance(
+        await storage.ledger.change_balance(
             guild, ALICE, add=1_000_000, actor_id=ADMIN, reason="mine", starting_credits=0
         )
     jobs = [(f"j{i}", GUILD if i % 2 else OTHER_GUILD, ALICE) for i in range(30)]
     assert await fire(policy, storage, jobs, 15) == 6  # 6 × 15 = 90 ≤ 100 < 7 × 15
     for job_id, _, _ in jobs:  # captured spend keeps counting after the holds are settled
-        row = await storage.get_job(job_id)
+        row = await storage.jobs.get_job(job_id)
         if row is not None and row.state == "reserved":
-            await storage.capture(job_id, 15)
+            await storage.ledger.capture(job_id, 15)
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "late"), job(), 15)
     assert refused.value.code == "bot_budget"
@@ -104,14 +103,18 @@ async def test_an_allotment_caps_a_server_below_the_budget_and_its_own_admins_ca
     assert policy.bot_cap_credits() is None
     await policy.set_allotment(GUILD, OPERATOR, Decimal("0.05"))
     await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("1000")})
-    await storage.change_balance(GUILD, ALICE, add=1_000_000, actor_id=ADMIN, reason="x", starting_credits=0)
+    await storage.ledger.change_balance(
+        GUILD, ALICE, add=1_000_000, actor_id=ADMIN, reason="x", starting_credits=0
+    )
     jobs = [(f"a{i}", GUILD, ALICE) for i in range(10)]
     assert await fire(policy, storage, jobs, 20) == 2  # 50 credits: two holds of 20
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "a-late"), job(), 20)
     assert refused.value.code == "allotment"
     # Another server is not limited by this one's allotment.
-    await storage.change_balance(OTHER_GUILD, BOB, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await storage.ledger.change_balance(
+        OTHER_GUILD, BOB, add=100, actor_id=ADMIN, reason="x", starting_credits=0
+    )
     await policy.reserve(await new_job(storage, "b", user=BOB, guild=OTHER_GUILD), job(BOB, OTHER_GUILD), 20)
     budget = await policy.budget(GUILD)
     assert (budget.used, budget.allotment, budget.bot_used) == (40, 50, 60)
@@ -143,9 +146,9 @@ async def test_the_operator_report_shows_each_servers_spend_against_its_allotmen
 ):
     policy = make(storage, tmp_path)
     await policy.set_allotment(OTHER_GUILD, OPERATOR, Decimal("2"))
-    await storage.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await storage.ledger.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
     await policy.reserve(await new_job(storage, "r1"), job(), 30)
-    await storage.capture("r1", 25)
+    await storage.ledger.capture("r1", 25)
     await policy.reserve(await new_job(storage, "r2"), job(), 10)
     report = await policy.operator_report(OPERATOR)
     by_id = {s.guild_id: s for s in report.servers}
@@ -159,7 +162,7 @@ async def test_an_unapproved_server_is_refused_at_the_reservation_too(storage: S
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "u"), job(), 10)
     assert refused.value.code == "unapproved"
-    assert await storage.get_account(GUILD, ALICE) is None
+    assert await storage.ledger.get_account(GUILD, ALICE) is None
 
 
 # -- before any download ------------------------------------------------------------------------------
@@ -172,11 +175,13 @@ async def test_precheck_refuses_no_credits_and_no_allowance_without_creating_an_
     with pytest.raises(RetouchError) as refused:
         await policy.precheck(job())
     assert refused.value.code == "insufficient_credits"
-    assert await storage.get_account(GUILD, ALICE) is None
+    assert await storage.ledger.get_account(GUILD, ALICE) is None
     await policy.update_guild(GUILD, ADMIN, {"allowance": 50, "period": "daily"})
     await policy.precheck(job())  # an allowance is due: let it through to the reservation
     await policy.credits(GUILD, ALICE, ())  # refilled now; spend it all
-    await storage.change_balance(GUILD, ALICE, set_to=0, actor_id=ADMIN, reason="x", starting_credits=0)
+    await storage.ledger.change_balance(
+        GUILD, ALICE, set_to=0, actor_id=ADMIN, reason="x", starting_credits=0
+    )
     with pytest.raises(RetouchError):
         await policy.precheck(job())  # this period's allowance was already paid out
 
@@ -184,7 +189,7 @@ async def test_precheck_refuses_no_credits_and_no_allowance_without_creating_an_
 async def test_precheck_refuses_when_the_servers_allotment_is_used_up(storage: Storage, tmp_path: Path):
     policy = make(storage, tmp_path)
     await policy.set_allotment(GUILD, OPERATOR, Decimal("0.01"))
-    await storage.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await storage.ledger.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
     await policy.reserve(await new_job(storage, "p"), job(), 10)
     with pytest.raises(PolicyRefused) as refused:
         await policy.precheck(job())

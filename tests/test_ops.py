@@ -42,13 +42,6 @@ class Gateway:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 async def fake() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as server:
         yield server
@@ -172,7 +165,7 @@ async def test_healthz_reports_a_locked_database_as_busy_without_breaking_storag
     while (await client.get("/healthz")).status != 200:
         assert loop.time() < deadline, "healthz did not recover after the lock was released"
     # The abandoned probe finished its transaction: storage still takes writes.
-    await storage.ensure_account(1, 2, starting_credits=5)
+    await storage.ledger.ensure_account(1, 2, starting_credits=5)
 
 
 async def test_healthz_names_every_problem_at_once(ops_client, storage: Storage) -> None:

@@ -8,7 +8,7 @@ import csv
 import datetime as dt
 import io
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +35,9 @@ from bot.policy import (
     next_period_start,
     parse_models,
 )
-from bot.storage import LedgerEntry, NotEnoughCredits, Storage
+from bot.storage import Storage
+from bot.storage.ledger import NotEnoughCredits
+from bot.storage.reports import LedgerEntry
 
 GUILD, OTHER_GUILD = 100, 200
 ALICE, BOB, ADMIN = 1, 2, 9
@@ -88,10 +90,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path, clock: Clock) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
-    yield s
-    await s.close()
+def storage_clock(clock: Clock) -> Clock:
+    """The `storage` fixture (tests/conftest.py) reads this test's clock."""
+    return clock
 
 
 MakePolicy = Callable[..., PolicyService]
@@ -126,7 +127,7 @@ def job(user: int = ALICE, guild: int = GUILD, roles: tuple[int, ...] = ()) -> E
 
 
 async def new_job(storage: Storage, job_id: str, user: int = ALICE, guild: int = GUILD) -> str:
-    await storage.create_job(
+    await storage.jobs.create_job(
         job_id,
         guild_id=guild,
         user_id=user,
@@ -141,21 +142,21 @@ async def new_job(storage: Storage, job_id: str, user: int = ALICE, guild: int =
 
 async def fund(storage: Storage, *users: int) -> None:
     for user in users:
-        await storage.change_balance(
+        await storage.ledger.change_balance(
             GUILD, user, add=1000, actor_id=ADMIN, reason="setup", starting_credits=0
         )
 
 
 async def assert_ledger_matches(storage: Storage, guild: int, user: int) -> None:
     """The ledger invariant: balance and held are exactly the sums of the account's ledger rows."""
-    account = await storage.get_account(guild, user)
-    totals = await storage.ledger_totals(guild, user)
+    account = await storage.ledger.get_account(guild, user)
+    totals = await storage.reports.ledger_totals(guild, user)
     assert account is not None
     assert (account.balance, account.held) == (totals.balance, totals.held)
 
 
 async def allowance_rows(storage: Storage, user: int = ALICE, guild: int = GUILD) -> int:
-    entries, _ = await storage.account_history(guild, user, kinds=("grant",), offset=0, limit=1000)
+    entries, _ = await storage.reports.account_history(guild, user, kinds=("grant",), offset=0, limit=1000)
     return sum(1 for e in entries if (e.reason or "").startswith("allowance"))
 
 
@@ -190,7 +191,9 @@ async def test_allowance_tops_up_on_the_first_use_after_a_period_boundary(
     await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": period})
     clock.set(first_use)
     assert (await policy.credits(GUILD, ALICE, ())).account.balance == 100
-    await storage.change_balance(GUILD, ALICE, set_to=40, actor_id=ADMIN, reason="spent", starting_credits=0)
+    await storage.ledger.change_balance(
+        GUILD, ALICE, set_to=40, actor_id=ADMIN, reason="spent", starting_credits=0
+    )
 
     clock.set(next_use)
     summary = await policy.credits(GUILD, ALICE, ())
@@ -226,7 +229,7 @@ async def test_credits_show_when_the_monthly_allowance_next_refills(
 async def test_allowance_tops_up_to_its_amount_and_never_takes_credits_away(
     policy: PolicyService, storage: Storage, clock: Clock, balance: int, allowance: int, after: int
 ):
-    await storage.change_balance(
+    await storage.ledger.change_balance(
         GUILD, ALICE, set_to=balance, actor_id=ADMIN, reason="setup", starting_credits=0
     )
     await policy.update_guild(GUILD, ADMIN, {"allowance": allowance, "period": "monthly"})
@@ -246,7 +249,7 @@ async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_doubl
     clock.set("2026-12-01T00:00:00")
     account = (await policy.credits(GUILD, ALICE, ())).account
     assert (account.balance, account.held) == (30, 70)
-    await storage.release("j1")
+    await storage.ledger.release("j1")
     account = (await policy.credits(GUILD, ALICE, ())).account
     assert (account.balance, account.held) == (100, 0)
     await assert_ledger_matches(storage, GUILD, ALICE)
@@ -258,7 +261,9 @@ async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
     await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
     clock.set("2026-11-30T23:59:59.999")
     await policy.credits(GUILD, ALICE, ())
-    await storage.change_balance(GUILD, ALICE, set_to=10, actor_id=ADMIN, reason="spent", starting_credits=0)
+    await storage.ledger.change_balance(
+        GUILD, ALICE, set_to=10, actor_id=ADMIN, reason="spent", starting_credits=0
+    )
     clock.set("2026-12-01T00:00:00")
     # A second connection to the same file stands in for another process using the database.
     other = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
@@ -279,7 +284,7 @@ async def test_a_new_member_gets_the_servers_starting_credits_then_the_allowance
     await policy.update_guild(GUILD, ADMIN, {"allowance": 300, "period": "weekly", "starting_credits": 50})
     account = (await policy.credits(GUILD, ALICE, ())).account
     assert account.balance == 300
-    entries, _ = await storage.account_history(GUILD, ALICE, kinds=("grant",), offset=0, limit=10)
+    entries, _ = await storage.reports.account_history(GUILD, ALICE, kinds=("grant",), offset=0, limit=10)
     assert sorted((e.amount, e.reason) for e in entries) == [
         (50, "starting credits"),
         (250, "allowance weekly:2026-11-09"),
@@ -440,7 +445,7 @@ async def test_user_defaults_win_over_server_defaults_which_win_over_bot_setting
     expected_source: str,
 ):
     if user:
-        await storage.update_user_settings(ALICE, user)
+        await storage.settings.update_user_settings(ALICE, user)
     if server:
         await policy.update_guild(GUILD, ADMIN, server)
     defaults = await policy.effective_defaults(GUILD, ALICE, ())
@@ -520,10 +525,10 @@ async def test_the_guild_cap_counts_this_months_captures_and_current_holds(
     await fund(storage, ALICE)
     clock.set("2026-10-31T23:00:00")
     await policy.reserve(await new_job(storage, "october"), job(), 50)
-    await storage.capture("october", 50)  # last month's spend does not count in November
+    await storage.ledger.capture("october", 50)  # last month's spend does not count in November
     clock.set("2026-11-01T00:00:00")
     await policy.reserve(await new_job(storage, "a"), job(), 30)
-    await storage.capture("a", 10)  # 10 captured; the 20 not charged goes back
+    await storage.ledger.capture("a", 10)  # 10 captured; the 20 not charged goes back
     await policy.reserve(await new_job(storage, "b"), job(), 30)  # 10 + 30 held = 40
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "c"), job(), 11)  # 51 > 50
@@ -532,7 +537,7 @@ async def test_the_guild_cap_counts_this_months_captures_and_current_holds(
     with pytest.raises(PolicyRefused) as exhausted:
         await policy.reserve(await new_job(storage, "e"), job(), 1)
     assert "used its image budget" in exhausted.value.user_message
-    assert await storage.ledger_rows("c") == [] and await storage.ledger_rows("e") == []
+    assert await storage.reports.ledger_rows("c") == [] and await storage.reports.ledger_rows("e") == []
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 
@@ -560,7 +565,7 @@ async def test_cooldown_refuses_until_it_has_passed_and_ignores_refunded_jobs(
     await policy.reserve(await new_job(storage, "bob"), job(BOB), 10)  # per member
     clock.advance(20)
     await policy.reserve(await new_job(storage, "c"), job(), 10)
-    await storage.release("c", "provider failed")  # a failed edit does not make the user wait
+    await storage.ledger.release("c", "provider failed")  # a failed edit does not make the user wait
     await policy.reserve(await new_job(storage, "d"), job(), 10)
 
 
@@ -574,7 +579,7 @@ async def test_running_jobs_limit_refuses_the_extra_job_until_one_settles(
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "c"), job(), 10)
     assert refused.value.code == "too_many_running" and "2 edit(s) running" in refused.value.user_message
-    await storage.capture("a", 10)
+    await storage.ledger.capture("a", 10)
     await policy.reserve(await new_job(storage, "d"), job(), 10)
 
 
@@ -648,7 +653,7 @@ async def test_each_admin_credit_change_is_one_ledger_row_with_the_admin_and_is_
 
     policy = make_policy(audit=audit, STARTING_CREDITS=str(start))
     change = await policy.change_credits(GUILD, ADMIN, ALICE, action, amount, "  for the contest  ")
-    entries, total = await storage.account_history(
+    entries, total = await storage.reports.account_history(
         GUILD, ALICE, kinds=("grant", "adjust"), offset=0, limit=10
     )
     assert (change.moved, change.balance) == (moved, balance)
@@ -666,7 +671,7 @@ async def test_a_failing_audit_hook_never_undoes_or_blocks_a_credit_change(
         raise RuntimeError("audit channel gone")
 
     change = await make_policy(audit=broken).change_credits(GUILD, ADMIN, ALICE, "grant", 5, "thanks")
-    assert change.balance == 5 and (await storage.get_account(GUILD, ALICE)).balance == 5  # type: ignore[union-attr]
+    assert change.balance == 5 and (await storage.ledger.get_account(GUILD, ALICE)).balance == 5  # type: ignore[union-attr]
 
 
 # -- the spend report -------------------------------------------------------------------------------
@@ -678,16 +683,16 @@ async def make_activity(policy: PolicyService, storage: Storage, clock: Clock) -
     clock.set("2026-10-20T10:00:00")
     await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 500, '=HYPERLINK("http://x")')
     await policy.reserve(await new_job(storage, "oct"), job(), 40)
-    await storage.capture("oct", 33)
+    await storage.ledger.capture("oct", 33)
     clock.set("2026-11-02T09:00:00")
     for index, (user, reserve, charge) in enumerate([(ALICE, 40, 25), (BOB, 60, 60), (ALICE, 20, None)]):
         job_id = await new_job(storage, f"nov{index}", user)
         await policy.reserve(job_id, job(user), reserve)
-        await storage.set_job_state(job_id, "completed", provider="openai")
+        await storage.jobs.set_job_state(job_id, "completed", provider="openai")
         if charge is None:
-            await storage.release(job_id, "failed")
+            await storage.ledger.release(job_id, "failed")
         else:
-            await storage.capture(job_id, charge)
+            await storage.ledger.capture(job_id, charge)
         clock.advance(3600)
     await policy.change_credits(GUILD, ADMIN, BOB, "take", 15, "refund abuse")
     await policy.reserve(await new_job(storage, "running", BOB), job(BOB), 12)  # still held
@@ -732,7 +737,7 @@ async def test_an_all_time_report_adds_up_to_every_balance_and_hold(
     rows = list(csv.DictReader(io.StringIO((await policy.report(GUILD, "all time")).csv())))
     for user in (ALICE, BOB):
         mine = [r for r in rows if int(r["user_id"]) == user]
-        account = await storage.get_account(GUILD, user)
+        account = await storage.ledger.get_account(GUILD, user)
         assert account is not None
         assert sum(int(r["delta_balance"]) for r in mine) == account.balance
         assert sum(int(r["delta_held"]) for r in mine) == account.held

@@ -815,14 +815,6 @@ def test_needs_of_a_request_reads_every_option() -> None:
 # ----------------------------------------------------------------------------- the job service (real ledger)
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await Storage.open(tmp_path / "retouch.sqlite3")
-    await s.migrate()
-    yield s
-    await s.close()
-
-
 class Delivered:
     def __init__(self) -> None:
         self.outcomes: list[EditOutcome] = []
@@ -881,9 +873,12 @@ async def test_service_charges_the_route_that_served_after_the_first_refused(
 
     assert outcome.provider == "wavespeed"
     assert outcome.charged == 20  # $0.02 at 1000 credits per USD: WaveSpeed's price, not Atlas's
-    assert (await storage.get_account(1, 2)).balance == 980
-    assert [row["kind"] for row in await storage.ledger_rows(outcome.job_id)] == ["reserve", "capture"]
-    assert (await storage.get_job(outcome.job_id)).provider == "wavespeed"
+    assert (await storage.ledger.get_account(1, 2)).balance == 980
+    assert [row["kind"] for row in await storage.reports.ledger_rows(outcome.job_id)] == [
+        "reserve",
+        "capture",
+    ]
+    assert (await storage.jobs.get_job(outcome.job_id)).provider == "wavespeed"
 
 
 async def test_a_servers_provider_order_overrides_the_bot_wide_order(
@@ -924,9 +919,9 @@ async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_i
         )
 
     assert atlas.submit_count == 1 and wavespeed.requests == []
-    [job] = await storage.recent_jobs(1, 2)
-    assert [row["kind"] for row in await storage.ledger_rows(job.id)] == ["reserve", "release"]
-    account = await storage.get_account(1, 2)
+    [job] = await storage.jobs.recent_jobs(1, 2)
+    assert [row["kind"] for row in await storage.reports.ledger_rows(job.id)] == ["reserve", "release"]
+    account = await storage.ledger.get_account(1, 2)
     assert (account.balance, account.held) == (1000, 0)
 
 
@@ -956,7 +951,7 @@ async def test_service_refuses_options_no_configured_route_honours_for_free(
         )
 
     assert atlas.requests == []
-    assert await storage.get_account(1, 2) is None
+    assert await storage.ledger.get_account(1, 2) is None
 
 
 # ----------------------------------------------------------------------------- /edit end to end, one provider

@@ -30,7 +30,7 @@ async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -
 
 
 async def balance(world: World) -> tuple[int, int]:
-    account = await world.services.storage.get_account(world.guild.id, world.user.id)
+    account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
     assert account is not None
     return account.balance, account.held
 
@@ -72,7 +72,7 @@ async def test_bad_input_gets_a_private_message_and_costs_nothing(world: World):
     assert "PDF" in it.original_edits[-1]
     assert it.ephemeral and not [m for m in it.followups if not m.ephemeral]
     assert world.openai.post_count == 0
-    assert await world.services.storage.get_account(world.guild.id, world.user.id) is None
+    assert await world.services.storage.ledger.get_account(world.guild.id, world.user.id) is None
 
 
 async def test_provider_refusal_is_private_refunded_and_referenced(world: World):
@@ -100,7 +100,7 @@ async def test_thread_results_open_a_thread_under_the_result(
 async def test_admin_can_switch_result_threads_per_server(world: World):
     it = await world.fake.slash(world.owner, "admin threads", channel=world.channel, options={"value": "on"})
     await world.fake.wait_until(lambda: it.original is not None)
-    assert await world.services.storage.guild_thread_results(world.guild.id) is True
+    assert await world.services.storage.settings.guild_thread_results(world.guild.id) is True
     edit = await world.edit(PHOTO)
     await world.finished(edit)
     [result] = [m for m in edit.followups if not m.ephemeral]

@@ -149,7 +149,7 @@ async def click(world: World, message: FakeMessage, action: str) -> FakeInteract
 
 
 async def account(world: World) -> tuple[int, int] | None:
-    found = await world.services.storage.get_account(world.guild.id, world.user.id)
+    found = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
     return None if found is None else (found.balance, found.held)
 
 
@@ -242,7 +242,7 @@ async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
     assert "nothing was charged" in preview.content
     assert world.openai.post_count == 0
     assert await account(world) == (STARTING, 0)
-    assert await world.services.storage.recent_jobs(world.guild.id, world.user.id) == []
+    assert await world.services.storage.jobs.recent_jobs(world.guild.id, world.user.id) == []
 
 
 async def test_preview_expires_and_says_so(world: World):
@@ -289,7 +289,7 @@ async def test_mask_that_marks_nothing_is_refused_privately_without_cost(world: 
     assert "white" in text and it.ephemeral
     assert not [m for m in it.messages if not m.ephemeral]
     assert world.openai.post_count == 0
-    assert await world.services.storage.recent_jobs(world.guild.id, world.user.id) == []
+    assert await world.services.storage.jobs.recent_jobs(world.guild.id, world.user.id) == []
 
 
 async def test_model_without_mask_support_is_refused_before_any_picker(world: World):
@@ -301,7 +301,7 @@ async def test_model_without_mask_support_is_refused_before_any_picker(world: Wo
 
 
 async def test_users_who_skip_the_preview_get_the_edit_at_once(world: World):
-    await world.services.storage.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    await world.services.storage.settings.update_user_settings(world.user.id, {"skip_mask_preview": 1})
     it = await mask_command(world, box_mask())
     final = await world.finished(it)
     assert final.startswith("Done")
@@ -389,7 +389,7 @@ async def test_change_area_goes_back_to_the_picker_with_the_cells_kept(world: Wo
 
 
 async def test_picker_runs_at_once_for_users_who_skip_the_preview(world: World):
-    await world.services.storage.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    await world.services.storage.settings.update_user_settings(world.user.id, {"skip_mask_preview": 1})
     it = await mask_command(world)
     picker = await shown(world, it, "cells")
     assert picker.find_component(control(picker, "next"))["label"] == "Run edit"

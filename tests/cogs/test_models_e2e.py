@@ -113,7 +113,7 @@ async def test_one_bot_walks_across_a_shutdown_date_and_moves_its_members(world:
     assert any("GPT Image 2 is no longer available" in n and "2.6 Sunburst" in n for n in fields["Note"])
     assert models_sent(world.openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
     # The stored default moved once: the next edit carries no notice.
-    row = await world.services.storage.user_settings_row(world.user.id)
+    row = await world.services.storage.settings.user_settings_row(world.user.id)
     assert row is not None and row["model"] == "gpt-image-2.6-sunburst"
     again = await world.edit(PHOTO, quality="low", size="1024x1024")
     await world.finished(again)
@@ -137,10 +137,10 @@ async def test_a_model_gone_mid_run_costs_the_default_user_one_extra_call_and_no
     assert fields["Model"] == ["GPT Image 2.6 Sunburst"]
     assert any("GPT Image 2 was shut down" in n for n in fields["Note"])
     assert models_sent(world.openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
-    account = await world.services.storage.get_account(world.guild.id, world.user.id)
+    account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
     assert account is not None and (account.balance, account.held) == (100000 - 10, 0)
     # Persisted and announced; the next job never asks the dead route again.
-    rows = await world.services.storage.route_status_rows()
+    rows = await world.services.storage.settings.route_status_rows()
     assert [(r["provider"], r["model"]) for r in rows if r["gone_at"]] == [("openai", "gpt-image-2")]
     await world.finished(await world.edit(PHOTO, quality="low", size="1024x1024"))
     assert models_sent(world.openai).count("gpt-image-2") == 1
@@ -160,7 +160,7 @@ async def test_a_member_who_picked_the_vanished_model_is_told_and_offered_the_re
     assert "not charged" in final
     assert not [m for m in it.followups if not m.ephemeral]
     assert models_sent(world.openai) == ["gpt-image-2"]
-    account = await world.services.storage.get_account(world.guild.id, world.user.id)
+    account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
     assert account is not None and (account.balance, account.held) == (100000, 0)
 
 

@@ -84,7 +84,7 @@ async def test_an_unapproved_server_gets_a_private_refusal_and_no_download_call_
         credits = await command(world, world.user, "credits")
         assert "not enabled on this server" in await answer(world, credits)
         assert openai.post_count == 0 and downloads(world) == 0
-        assert await world.services.storage.get_account(world.guild.id, world.user.id) is None
+        assert await world.services.storage.ledger.get_account(world.guild.id, world.user.id) is None
 
 
 async def test_the_operator_is_offered_an_approve_button_that_approves_the_server(

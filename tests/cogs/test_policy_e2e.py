@@ -183,11 +183,11 @@ async def test_only_admins_allowed_by_the_settings_can_grant_credits(
                 await world.fake.slash(actor, "admin credits grant", channel=world.channel, options=options)
             return
         answer = await reply(world, actor, "admin credits grant", **options)
-        account = await world.services.storage.get_account(world.guild.id, world.user.id)
+        account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
         if outcome == "granted":
             assert "Gave 250 credits" in answer.content and answer.allowed_mentions == {"parse": []}
             assert account is not None and account.balance == 100250
-            entries, _ = await world.services.storage.account_history(
+            entries, _ = await world.services.storage.reports.account_history(
                 world.guild.id, world.user.id, kinds=("grant",), offset=0, limit=1
             )
             assert (entries[0].actor_id, entries[0].reason) == (actor.id, "grant: contest winner")
@@ -226,7 +226,7 @@ async def test_the_report_is_an_embed_plus_a_csv_equal_to_the_ledger(world: Worl
     answer = await reply(world, world.owner, "admin credits report")
     [(filename, data)] = answer.files
     rows = list(csv.DictReader(io.StringIO(data.decode())))
-    ledger = await world.services.storage.guild_ledger(world.guild.id, since=None, until=None)
+    ledger = await world.services.storage.reports.guild_ledger(world.guild.id, since=None, until=None)
 
     assert filename.startswith(f"retouch-ledger-{world.guild.id}-this-month")
     assert [(int(r["id"]), int(r["amount"]), r["kind"]) for r in rows] == [

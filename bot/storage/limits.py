@@ -1,0 +1,113 @@
+"""The admission limits a reservation checks inside its own transaction.
+
+Cooldown, running jobs per member, the server's monthly cap and allotment, and the bot-wide budget.
+They are read by `Ledger.reserve` in the same BEGIN IMMEDIATE transaction that holds the credits:
+checking them in a separate read first would let two concurrent jobs both pass a limit that only one
+of them fits under.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass
+
+from bot.storage.connection import fetch_one, iso
+
+# The ledger's unique index on (job_id, kind) is partial, for exactly these kinds. SQLite only uses a
+# partial index when the query repeats the index's own `IN` term, so every lookup of a job's ledger
+# rows carries it (without it, each one scans the whole append-only ledger).
+JOB_KINDS = "kind IN ('reserve', 'capture', 'release')"
+
+
+@dataclass(frozen=True)
+class ReserveGuard:
+    """Admission limits checked inside the reservation's own transaction.
+
+    Checking them in a separate read before reserving would let two concurrent jobs both pass a limit
+    that only one of them fits under.
+    """
+
+    cooldown_seconds: float = 0.0  # since the user's last admitted (and not refunded) job
+    max_concurrent: int = 0  # open reservations per user; 0 = no limit
+    guild_cap: int | None = None  # credits captured since `cap_since` + all holds + this job
+    cap_since: dt.datetime | None = None
+    # The operator's limits, counted like `guild_cap`: this server's monthly allotment, and every
+    # server's captures and holds together against the bot-wide budget.
+    allotment: int | None = None
+    bot_cap: int | None = None
+
+
+class ReserveRefused(Exception):
+    """A ReserveGuard limit refused the job; nothing was held.
+
+    `reason` is "cooldown", "concurrency", "guild_cap", "allotment" or "bot_budget". `retry_at` is
+    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads.
+    """
+
+    def __init__(
+        self, reason: str, *, retry_at: dt.datetime | None = None, used: int = 0, limit: int = 0
+    ) -> None:
+        super().__init__(f"{reason}: used {used} of {limit}")
+        self.reason = reason
+        self.retry_at = retry_at
+        self.used = used
+        self.limit = limit
+
+
+def guard_refusal(
+    db: sqlite3.Connection, moment: dt.datetime, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
+) -> ReserveRefused | None:
+    """The first guard limit this reservation would break, read inside its transaction."""
+    if guard.cooldown_seconds > 0:
+        # Refunded jobs do not count: a provider failure should not make the user wait.
+        row = fetch_one(
+            db,
+            "SELECT MAX(r.created_at) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+            "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+            f"WHERE x.job_id = r.job_id AND x.{JOB_KINDS} AND x.kind = 'release')",
+            (guild_id, user_id),
+        )
+        if row is not None and row[0] is not None:
+            ready = dt.datetime.fromisoformat(row[0]) + dt.timedelta(seconds=guard.cooldown_seconds)
+            if moment < ready:
+                return ReserveRefused("cooldown", retry_at=ready)
+    if guard.max_concurrent > 0:
+        row = fetch_one(
+            db,
+            "SELECT COUNT(*) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
+            "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
+            f"WHERE x.job_id = r.job_id AND x.{JOB_KINDS} AND x.kind IN ('capture', 'release'))",
+            (guild_id, user_id),
+        )
+        running = int(row[0]) if row else 0
+        if running >= guard.max_concurrent:
+            return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
+    since = iso(guard.cap_since) if guard.cap_since else ""
+    if guard.guild_cap is not None or guard.allotment is not None:
+        used = _spent(db, since, guild_id)
+        for reason, limit in (("allotment", guard.allotment), ("guild_cap", guard.guild_cap)):
+            if limit is not None and used + amount > limit:
+                return ReserveRefused(reason, used=used, limit=limit)
+    if guard.bot_cap is not None:
+        used = _spent(db, since, None)
+        if used + amount > guard.bot_cap:
+            return ReserveRefused("bot_budget", used=used, limit=guard.bot_cap)
+    return None
+
+
+def _spent(db: sqlite3.Connection, since: str, guild_id: int | None) -> int:
+    """Credits captured since `since`, provider spend nobody was charged for since then, and every
+    open hold, for one guild (None: all of them)."""
+    where = "" if guild_id is None else "AND guild_id = ?"
+    held_where = "" if guild_id is None else "WHERE guild_id = ?"
+    params = (since, since) if guild_id is None else (since, guild_id, since, guild_id, guild_id)
+    row = fetch_one(
+        db,
+        "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
+        f"        WHERE kind = 'capture' AND created_at >= ? {where}), "
+        f"       (SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend WHERE created_at >= ? {where}), "
+        f"       (SELECT COALESCE(SUM(held), 0) FROM accounts {held_where})",
+        params,
+    )
+    return int(row[0]) + int(row[1]) + int(row[2]) if row else 0

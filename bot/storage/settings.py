@@ -1,0 +1,215 @@
+"""Settings the bot keeps: member defaults, guild policy and role tiers, the operator's servers, and
+what run time learned about model routes (status and the notices owed to members it moved)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from bot.storage.connection import Database, checked, fetch_all
+
+_GUILD_POLICY_FIELDS = frozenset(
+    {
+        "allowance",
+        "allowance_period",
+        "starting_credits",
+        "max_quality",
+        "models",
+        "max_images",
+        "monthly_cap_usd",
+        "cooldown_seconds",
+        "max_concurrent",
+        "default_model",
+        "default_quality",
+        "default_size",
+        "provider_order",
+    }
+)
+_ROLE_TIER_FIELDS = frozenset({"allowance", "max_quality", "models", "max_images"})
+_USER_SETTING_FIELDS = frozenset(
+    {"quality", "model", "size", "output_format", "background", "skip_mask_preview"}
+)
+_ROUTE_STATUS_FIELDS = frozenset({"shutdown", "listed", "gone_at", "gone_reason"})
+
+
+class Settings:
+    """Per-member, per-server and per-route settings rows."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def guild_thread_results(self, guild_id: int) -> bool | None:
+        row = await self._db.one("SELECT thread_results FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return None if row is None or row[0] is None else bool(row[0])
+
+    async def set_guild_thread_results(self, guild_id: int, value: bool | None) -> None:
+        await self._db.write_one(
+            "INSERT INTO guild_settings (guild_id, thread_results) VALUES (?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET thread_results = excluded.thread_results",
+            (guild_id, None if value is None else int(value)),
+        )
+
+    # -- credit policy ------------------------------------------------------------------------------
+
+    async def guild_policy_row(self, guild_id: int) -> dict[str, Any] | None:
+        row = await self._db.one("SELECT * FROM guild_policy WHERE guild_id = ?", (guild_id,))
+        return None if row is None else dict(row)
+
+    async def update_guild_policy(
+        self, guild_id: int, fields: dict[str, Any], *, actor_id: int | None
+    ) -> None:
+        """Set some guild policy columns (None clears one back to its default); creates the row."""
+        fields = {
+            **checked(fields, _GUILD_POLICY_FIELDS),
+            "updated_by": actor_id,
+            "updated_at": self._db.timestamp(),
+        }
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._db.write_one(
+            f"INSERT INTO guild_policy (guild_id, {names}) VALUES (?, {marks}) "
+            f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
+            (guild_id, *fields.values()),
+        )
+
+    async def role_tier_rows(self, guild_id: int) -> list[dict[str, Any]]:
+        rows = await self._db.all("SELECT * FROM role_tiers WHERE guild_id = ? ORDER BY role_id", (guild_id,))
+        return [dict(r) for r in rows]
+
+    async def put_role_tier(
+        self, guild_id: int, role_id: int, fields: dict[str, Any], *, actor_id: int | None
+    ) -> None:
+        """Create or replace a role's whole tier (fields not given go back to "inherit")."""
+        fields = checked(fields, _ROLE_TIER_FIELDS)
+        values = [fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)]
+        columns = ", ".join(sorted(_ROLE_TIER_FIELDS))
+        await self._db.write_one(
+            f"INSERT OR REPLACE INTO role_tiers (guild_id, role_id, {columns}, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (guild_id, role_id, *values, actor_id, self._db.timestamp()),
+        )
+
+    async def delete_role_tier(self, guild_id: int, role_id: int) -> bool:
+        deleted = await self._db.write_one(
+            "DELETE FROM role_tiers WHERE guild_id = ? AND role_id = ?", (guild_id, role_id)
+        )
+        return deleted == 1
+
+    # -- model routes (bot.lifecycle) ---------------------------------------------------------------
+
+    async def route_status_rows(self) -> list[dict[str, Any]]:
+        """Everything run time learned about model routes (see migration 0004)."""
+        rows = await self._db.all(
+            "SELECT provider, model, shutdown, listed, gone_at, gone_reason FROM route_status"
+        )
+        return [dict(r) for r in rows]
+
+    async def put_route_status(self, provider: str, model: str, fields: dict[str, Any]) -> None:
+        """Record some of a route's facts (shutdown, listed, gone_at, gone_reason); creates the row."""
+        fields = {**checked(fields, _ROUTE_STATUS_FIELDS), "updated_at": self._db.timestamp()}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._db.write_one(
+            f"INSERT INTO route_status (provider, model, {names}) VALUES (?, ?, {marks}) "
+            f"ON CONFLICT (provider, model) DO UPDATE SET {updates}",
+            (provider, model, *fields.values()),
+        )
+
+    async def stored_models(self) -> set[str]:
+        """Every model id a member's or a server's stored default points at."""
+        rows = await self._db.all(
+            "SELECT model FROM user_settings WHERE model IS NOT NULL "
+            "UNION SELECT default_model FROM guild_policy WHERE default_model IS NOT NULL"
+        )
+        return {str(r[0]) for r in rows}
+
+    async def move_stored_model(
+        self, dead: str, replacement: str | None, notice: str
+    ) -> tuple[list[int], list[int]]:
+        """Point every stored default at `dead` to `replacement` (None: back to the default) and queue
+        `notice` for each member moved, in one transaction. Returns (user ids, guild ids) moved."""
+        now = self._db.timestamp()
+
+        def body(db: sqlite3.Connection) -> tuple[list[int], list[int]]:
+            users = [
+                r[0] for r in fetch_all(db, "SELECT user_id FROM user_settings WHERE model = ?", (dead,))
+            ]
+            guilds = [
+                r[0]
+                for r in fetch_all(db, "SELECT guild_id FROM guild_policy WHERE default_model = ?", (dead,))
+            ]
+            db.execute(
+                "UPDATE user_settings SET model = ?, updated_at = ? WHERE model = ?", (replacement, now, dead)
+            )
+            db.execute(
+                "UPDATE guild_policy SET default_model = ?, updated_at = ? WHERE default_model = ?",
+                (replacement, now, dead),
+            )
+            db.executemany(
+                "INSERT INTO model_notices (user_id, notice, created_at) VALUES (?, ?, ?)",
+                [(user_id, notice, now) for user_id in users],
+            )
+            return users, guilds
+
+        return await self._db.transaction(body)
+
+    async def take_model_notices(self, user_id: int) -> list[str]:
+        """The member's pending model notices, oldest first; each is returned once."""
+        if await self._db.one("SELECT 1 FROM model_notices WHERE user_id = ? LIMIT 1", (user_id,)) is None:
+            return []  # the common case reads only, without taking the write lock
+
+        def body(db: sqlite3.Connection) -> list[str]:
+            rows = fetch_all(
+                db, "SELECT notice FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
+            )
+            if rows:
+                db.execute("DELETE FROM model_notices WHERE user_id = ?", (user_id,))
+            return [str(r[0]) for r in rows]
+
+        return await self._db.transaction(body)
+
+    async def user_settings_row(self, user_id: int) -> dict[str, Any] | None:
+        row = await self._db.one("SELECT * FROM user_settings WHERE user_id = ?", (user_id,))
+        return None if row is None else dict(row)
+
+    async def update_user_settings(self, user_id: int, fields: dict[str, Any]) -> None:
+        """Set some of a user's defaults (None clears one); creates the row."""
+        fields = {**checked(fields, _USER_SETTING_FIELDS), "updated_at": self._db.timestamp()}
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._db.write_one(
+            f"INSERT INTO user_settings (user_id, {names}) VALUES (?, {marks}) "
+            f"ON CONFLICT (user_id) DO UPDATE SET {updates}",
+            (user_id, *fields.values()),
+        )
+
+    async def operator_guild(self, guild_id: int) -> tuple[bool, str | None]:
+        """(approved by the operator's command, monthly allotment in USD as text or None)."""
+        row = await self._db.one(
+            "SELECT approved, allotment_usd FROM operator_guilds WHERE guild_id = ?", (guild_id,)
+        )
+        return (False, None) if row is None else (bool(row[0]), row[1])
+
+    async def operator_guilds(self) -> dict[int, tuple[bool, str | None]]:
+        rows = await self._db.all("SELECT guild_id, approved, allotment_usd FROM operator_guilds")
+        return {r[0]: (bool(r[1]), r[2]) for r in rows}
+
+    async def set_guild_approved(self, guild_id: int, approved: bool, *, actor_id: int) -> None:
+        await self._db.write_one(
+            "INSERT INTO operator_guilds (guild_id, approved, updated_by, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET approved = excluded.approved, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            (guild_id, int(approved), actor_id, self._db.timestamp()),
+        )
+
+    async def set_guild_allotment(self, guild_id: int, usd: str | None, *, actor_id: int) -> None:
+        await self._db.write_one(
+            "INSERT INTO operator_guilds (guild_id, allotment_usd, updated_by, updated_at) "
+            "VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET allotment_usd = excluded.allotment_usd, "
+            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+            (guild_id, usd, actor_id, self._db.timestamp()),
+        )
