@@ -27,6 +27,7 @@ EXTENSIONS = (
     "cogs.settings",
     "cogs.admin",
     "cogs.diagnose",
+    "cogs.members",
 )
 HEARTBEAT_SECONDS = 15.0
 # After the job drain, how long command handlers get to send their last message.

@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot import imaging
@@ -271,6 +271,18 @@ class EditService:
             self.settings.credits_per_usd,
         )
         return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
+
+    def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
+        """The same prepared job at another quality, held at that quality's true worst case.
+
+        Raises InvalidOptions when no configured route can make it (bot.affordable skips those).
+        """
+        chosen = replace(prepared.chosen, quality=quality)
+        needs = _needs(chosen, prepared.job, len(prepared.images))
+        usd = self.router.reserve_usd(
+            prepared.model, needs, prompt=prepared.job.options.prompt, order=_order(chosen)
+        )
+        return replace(prepared, chosen=chosen, reserve=usd_to_credits(usd, self.settings.credits_per_usd))
 
     async def submit(
         self, prepared: PreparedJob, *, live: LiveJob | None = None, origin: Origin | None = None

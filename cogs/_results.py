@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 import discord
 
+from bot.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.audit import jump_url
 from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, Origin, Ticket
+from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs import PreparedJob, Progress
+from bot.policy import PolicyRefused
+from cogs._affordable import offer_cheaper
 from cogs._ui import ProgressMessage, note_token_error, result_embed, result_files, token_dead, truncate
 
 if TYPE_CHECKING:
@@ -99,22 +103,63 @@ async def run_and_publish(
     prepare: Callable[[Progress], Awaitable[PreparedJob]],
     *,
     origin_message_id: int | None = None,
-) -> Ticket:
+) -> Ticket | None:
     """Prepare a job with a private progress message on `interaction`, then queue it.
 
     Returns once the job is queued (its credits held); the engine shows its queue position, runs it
     and posts the result. The interaction's private message must already exist (a private defer, or
-    a component's message update). Refusals raise, for the caller's error handling.
+    a component's message update). Refusals raise, for the caller's error handling — except a
+    refusal for credits that a lower quality fits: `auto` then runs at the best quality that fits,
+    and a named quality becomes a private one-click offer (None is returned; bot.affordable).
     """
     progress = ProgressMessage(interaction)
     try:
         prepared = await prepare(progress)
-        live = InteractionLive(bot, interaction, progress)
-        origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
-        return await bot.services.edits.submit(prepared, live=live, origin=origin)
+        try:
+            return await _submit(bot, interaction, progress, prepared, origin_message_id)
+        except (InsufficientCredits, PolicyRefused) as refusal:
+            offer = _cheaper_offer(bot, prepared, refusal)
+            if offer is None:
+                raise
+            if prepared.chosen.quality == AUTO:  # `auto` means "the best I can have": no question
+                return await _submit(bot, interaction, progress, auto_resolved(offer), origin_message_id)
+            await progress.close()
+
+            async def run(click: discord.Interaction, cheaper: PreparedJob) -> object:
+                return await run_and_publish(bot, click, _ready(cheaper), origin_message_id=origin_message_id)
+
+            await offer_cheaper(interaction, offer, budget=isinstance(refusal, PolicyRefused), run=run)
+            return None
     except BaseException:
         await progress.close()
         raise
+
+
+async def _submit(
+    bot: RetouchBot,
+    interaction: discord.Interaction,
+    progress: ProgressMessage,
+    prepared: PreparedJob,
+    origin_message_id: int | None,
+) -> Ticket:
+    live = InteractionLive(bot, interaction, progress)
+    origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
+    return await bot.services.edits.submit(prepared, live=live, origin=origin)
+
+
+def _cheaper_offer(bot: RetouchBot, prepared: PreparedJob, refusal: RetouchError) -> Offer | None:
+    """The same edit at a quality the refused payer can afford, if the refusal was about credits."""
+    available = getattr(refusal, "available", None)
+    if available is None:
+        return None
+    return best_affordable(bot.services.edits, prepared, available)
+
+
+def _ready(prepared: PreparedJob) -> Callable[[Progress], Awaitable[PreparedJob]]:
+    async def ready(_: Progress) -> PreparedJob:
+        return prepared
+
+    return ready
 
 
 class InteractionLive:
