@@ -18,6 +18,7 @@ from bot.diagnostics import DiagnosticsService
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
+from bot.moderation import SafetyCheck
 from bot.policy import CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
@@ -196,11 +197,26 @@ def build_services(
         today=today,
         lifecycle=lifecycle,
     )
+    edits.safety = _safety_check(settings, storage, providers, audit)
     metrics.watch(
         in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
     )
     audit.watch_circuits(edits.router.circuits)
     return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)
+
+
+def _safety_check(
+    settings: Settings, storage: Storage, providers: dict[str, Provider], audit: AuditLog
+) -> SafetyCheck:
+    """The free moderation check before paid calls; without an OpenAI key it has nothing to ask."""
+    openai = providers.get("openai")
+    return SafetyCheck(
+        openai.moderate if isinstance(openai, OpenAIProvider) else None,
+        level_of=storage.guild_moderation,
+        default_level=settings.moderation,
+        timeout=settings.moderation_timeout_seconds,
+        report=audit.safety_event,
+    )
 
 
 def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable[None]]:

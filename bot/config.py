@@ -98,6 +98,9 @@ class Settings:
     queue_timeout_seconds: float = 900.0
     input_retention_hours: float = 24.0
     result_retention_hours: float = 72.0
+    # The free safety check before paid calls (bot/moderation.py): servers may override the level.
+    moderation: str = "standard"
+    moderation_timeout_seconds: float = 5.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -285,6 +288,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
         input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),
         result_retention_hours=r.number("RESULT_RETENTION_HOURS", 72.0, float, 1),
+        moderation=r.choice("MODERATION", "standard", ("off", "standard", "strict")),
+        moderation_timeout_seconds=r.number("MODERATION_TIMEOUT_SECONDS", 5.0, float, 0.5),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

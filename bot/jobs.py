@@ -16,7 +16,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
@@ -45,6 +45,9 @@ from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router
 from bot.storage import Storage
+
+if TYPE_CHECKING:
+    from bot.moderation import SafetyCheck
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,8 @@ class EditService:
             lifecycle=self.lifecycle,
         )
         self._discovery: asyncio.Task[None] | None = None
+        # The free safety check before anything is held or sent (bot.moderation; wired by bot.app).
+        self.safety: SafetyCheck | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -351,6 +356,14 @@ class EditService:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
+        if self.safety is not None:  # raises Flagged: nothing held, no job stored, nothing sent
+            await self.safety.screen(
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                channel_id=job.channel_id,
+                prompt=job.options.prompt,
+                images=prepared.images,
+            )
         spec, files = await self._spec(prepared)
 
         async def reserve(job_id: str) -> object:

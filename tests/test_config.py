@@ -108,3 +108,14 @@ async def test_the_provider_pool_has_a_connection_for_every_call_running_jobs_ca
         assert isinstance(session.connector, aiohttp.TCPConnector)
         assert session.connector.limit >= jobs * MAX_IMAGES_PER_EDIT
         assert session.connector.limit_per_host == 0
+
+
+def test_the_safety_check_settings_default_to_standard_and_are_validated():
+    s = load_settings(BASE)
+    assert (s.moderation, s.moderation_timeout_seconds) == ("standard", 5.0)
+    s = load_settings({**BASE, "MODERATION": "Strict", "MODERATION_TIMEOUT_SECONDS": "2.5"})
+    assert (s.moderation, s.moderation_timeout_seconds) == ("strict", 2.5)
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "MODERATION": "paranoid", "MODERATION_TIMEOUT_SECONDS": "0"})
+    assert "MODERATION must be one of off, standard, strict" in str(info.value)
+    assert "MODERATION_TIMEOUT_SECONDS must be at least 0.5" in str(info.value)

@@ -1,5 +1,6 @@
 """What members notice (issue 13), end to end through the real bot against the fake Discord and OpenAI:
-edits a member can afford (a one-click cheaper run; `auto` resolving to what fits)."""
+edits a member can afford (a one-click cheaper run; `auto` resolving to what fits) and the free
+safety check before any paid call (levels, fail-open on outages, the audit channel)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from bot.catalog import parse_catalog
 from tests.durable import PHOTO, assert_books_balance, jobs, ledger_kinds, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
 # Square prices 10 / 60 / 200 credits: 150 credits cover medium but not high (nor auto, priced as high).
@@ -22,6 +23,7 @@ CATALOG = parse_catalog(
         "models": {
             "gpt-image-1.5": {
                 "name": "GPT Image 1.5",
+                "max_input_images": 4,
                 "price": {
                     "low": {"square": 0.01, "other": 0.02},
                     "medium": {"square": 0.06, "other": 0.08},
@@ -205,3 +207,107 @@ async def admin(world: World, actor: FakeUser, command: str, /, **options: Any) 
         return done[-1] if done else None
 
     return await world.fake.wait_until(answered)
+
+
+# -- 2. a free safety check first -------------------------------------------------------------------
+
+
+def audit_lines(world: World) -> list[str]:
+    return [m.content for m in world.fake.channel_messages(world.audit_channel)]
+
+
+async def refusal(world: World, it: FakeInteraction, marker: str = "safety check") -> str:
+    [text] = await world.fake.wait_until(lambda: [e for e in it.original_edits if marker in e])
+    return text
+
+
+async def test_a_flagged_prompt_is_refused_privately_before_any_hold_or_edit_call(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_text("knife", "violence")
+        it = await world.edit(PHOTO, prompt="add a bloody knife", size=SQUARE)
+        text = await refusal(world, it)
+        assert text == (
+            "Retouch's safety check flagged your prompt for **violence**, so nothing was sent to the "
+            "image service. Change it and try again. You were not charged."
+        )
+        assert it.original_message is not None and it.original_message.ephemeral
+        assert openai.post_count == 0 and jobs(tmp_path) == []  # no edit call, no job, no hold
+        account = await world.services.storage.get_account(world.guild.id, world.user.id)
+        assert account is None or (account.balance, account.held) == (1000, 0)
+        [line] = await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "flagged" in a])
+        assert line == (
+            f"🛡️ Safety check (standard) flagged your prompt of <@{world.user.id}> in "
+            f"<#{world.channel.id}> for `violence`; nothing was sent or charged"
+        )
+
+
+async def test_the_safety_check_sends_the_prompt_and_each_image_as_the_api_expects(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        it = await world.fake.slash(
+            world.user,
+            "edit",
+            channel=world.channel,
+            options={"prompt": "make it a watercolour", "size": SQUARE},
+            attachments={"image": ("photo.png", PHOTO), "image2": ("two.png", PHOTO)},
+        )
+        await published(world, it)
+        bodies = openai.moderation_requests
+        assert all(b["model"] == "omni-moderation-latest" for b in bodies)
+        inputs = sorted((b["input"] for b in bodies), key=lambda parts: parts[0]["type"])
+        assert inputs[0] == [{"type": "image_url", "image_url": {"url": inputs[0][0]["image_url"]["url"]}}]
+        assert inputs[0][0]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert len(inputs) == 3 and inputs[2] == [{"type": "text", "text": "make it a watercolour"}]
+        assert openai.moderation_statuses == [200, 200, 200]
+        assert openai.post_count == 1
+
+
+async def test_a_flagged_image_names_the_category_and_which_image(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_images("sexual")
+        it = await world.edit(PHOTO, size=SQUARE)
+        assert "flagged your image for **sexual content**" in await refusal(world, it)
+        assert openai.post_count == 0
+
+
+@pytest.mark.parametrize(
+    ("level", "refused"), [("off", False), ("standard", False), ("strict", True), ("default", False)]
+)
+async def test_servers_choose_how_strict_the_check_is(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, level: str, refused: bool
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_text("spooky", "violence", score=0.35)  # under the API's flag, over strict's bar
+        answer = await admin(world, world.owner, "admin policy moderation", level=level)
+        assert answer.content.startswith(f"Safety check: **{'standard' if level == 'default' else level}**")
+        it = await world.edit(PHOTO, prompt="a spooky castle", size=SQUARE)
+        if refused:
+            assert "flagged your prompt for **violence**" in await refusal(world, it)
+            assert openai.post_count == 0
+        else:
+            await published(world, it)
+            assert openai.post_count == 1
+        assert bool(openai.moderation_requests) == (level != "off")
+
+
+@pytest.mark.parametrize("fault", [Fault.MODERATION_ERROR, Fault.MODERATION_HANG])
+async def test_a_moderation_outage_never_blocks_edits_and_is_audited_once(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, fault: Fault
+):
+    env = {"MODERATION_TIMEOUT_SECONDS": "0.5"}
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, **env) as world:
+        openai.flag_text("knife", "violence")  # would be refused if the check answered
+        openai.fail_always(fault)
+        for _ in range(2):
+            it = await world.edit(PHOTO, prompt="a knife", size=SQUARE)
+            await published(world, it)
+        assert openai.post_count == 2
+        outages = [a for a in audit_lines(world) if "Safety check unavailable" in a]
+        assert len(outages) == 1
+        why = "ServerError" if fault == Fault.MODERATION_ERROR else "no answer in 0.5 s"
+        assert outages[0].startswith(f"⚠️ Safety check unavailable ({why}): edits go ahead unchecked")
