@@ -144,7 +144,14 @@ async def _submit(
 ) -> Ticket:
     live = InteractionLive(bot, interaction, progress)
     origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
-    return await bot.services.edits.submit(prepared, live=live, origin=origin)
+    ticket = await bot.services.edits.submit(prepared, live=live, origin=origin)
+    # Moderators see (and can stop) a running edit through a public notice (cogs._moderation).
+    controls = getattr(bot.get_cog("MembersCog"), "controls", None)
+    if controls is not None and interaction.guild_id and interaction.channel_id:
+        controls.announce(
+            ticket.job_id, interaction.channel_id, interaction.user.display_name, prepared.job.options.prompt
+        )
+    return ticket
 
 
 def _cheaper_offer(bot: RetouchBot, prepared: PreparedJob, refusal: RetouchError) -> Offer | None:

@@ -145,6 +145,11 @@ class JobsCog(commands.Cog):
         if interaction.message is not None:
             await interaction.message.delete()
             log.info("job %s: result deleted by %s", job_id, interaction.user.id)
+            if not requester and row is not None:  # a moderator: the audit channel records who
+                await self.bot.services.audit.moderator_action(
+                    f"🗑️ <@{interaction.user.id}> deleted the result of job `{job_id}` of <@{row.user_id}> "
+                    f"in <#{interaction.message.channel.id}>"
+                )
 
 
 def _can_manage(interaction: discord.Interaction) -> bool:

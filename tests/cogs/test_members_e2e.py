@@ -1,6 +1,7 @@
 """What members notice (issue 13), end to end through the real bot against the fake Discord and OpenAI:
 edits a member can afford (a one-click cheaper run; `auto` resolving to what fits) and the free
-safety check before any paid call (levels, fail-open on outages, the audit channel)."""
+safety check before any paid call (levels, fail-open on outages, the audit channel); moderator
+controls (a public Stop on running edits, audited deletes)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 
 from bot.catalog import parse_catalog
-from tests.durable import PHOTO, assert_books_balance, jobs, ledger_kinds, results
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser
+from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
@@ -311,3 +312,99 @@ async def test_a_moderation_outage_never_blocks_edits_and_is_audited_once(
         assert len(outages) == 1
         why = "ServerError" if fault == Fault.MODERATION_ERROR else "no answer in 0.5 s"
         assert outages[0].startswith(f"⚠️ Safety check unavailable ({why}): edits go ahead unchecked")
+
+
+# -- 3. moderator controls --------------------------------------------------------------------------
+
+STOP_PREFIX = "retouch:stop:"
+
+
+def stop_button(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith(STOP_PREFIX):
+                return str(component["custom_id"])
+    return None
+
+
+async def public_notice(world: World) -> FakeMessage:
+    """The channel's public notice of a running edit (the one with **Stop edit**)."""
+    return (
+        await world.fake.wait_until(
+            lambda: [m for m in world.fake.channel_messages(world.channel) if stop_button(m)]
+        )
+    )[0]
+
+
+async def member(world: World, name: str, permissions: int | None = None) -> FakeUser:
+    user = world.fake.create_user(name)
+    await world.guild.add_member(user, permissions=permissions)
+    return user
+
+
+async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is_audited(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)  # the edit is still running at the provider
+        it = await world.edit(PHOTO, prompt="turn the cat *blue*", size=SQUARE)
+        notice = await public_notice(world)
+        assert not notice.ephemeral
+        assert notice.content == "🖌️ **alice** is editing an image: “turn the cat \\*blue\\*”"
+        assert notice.allowed_mentions == {"parse": []}
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+
+        bob = await member(world, "bob")
+        refused = await fake_discord.click(bob, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: refused.callbacks)
+        assert refused.callbacks[0]["data"]["flags"] & 64  # private
+        assert "Only the person who asked" in refused.callbacks[0]["data"]["content"]
+        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
+
+        mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mod, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: "stopped" in (notice.content or ""))
+        assert notice.content == (
+            f"🛑 <@{world.user.id}>'s edit was stopped by a moderator (<@{mod.id}>). Nothing was charged."
+        )
+        assert notice.components == []
+        assert await fake_discord.wait_until(
+            lambda: "Cancelled" in private_text(it) and private_text(it)
+        ) == ("Cancelled — you were not charged.")
+        [job] = jobs(tmp_path)
+        assert job["state"] == "cancelled"
+        assert ledger_kinds(tmp_path, job["id"]) == ["reserve", "release"]
+        assert_books_balance(tmp_path)
+        [line] = await fake_discord.wait_until(lambda: [a for a in audit_lines(world) if "stopped" in a])
+        assert line.startswith(
+            f"🛑 <@{mod.id}> stopped job `{job['id']}` of <@{world.user.id}> in <#{world.channel.id}> "
+            "(released in full) · https://discord.com/channels/"
+        )
+
+
+async def test_the_public_notice_goes_away_when_the_edit_is_done(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.delay = 0.5  # long enough for the notice to be posted first
+        it = await world.edit(PHOTO, size=SQUARE)
+        notice = await public_notice(world)
+        await published(world, it)
+        await fake_discord.wait_until(lambda: notice.deleted)
+        assert [m for m in fake_discord.channel_messages(world.channel) if stop_button(m)] == []
+
+
+async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        result = await published(world, await world.edit(PHOTO, size=SQUARE))
+        mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mod, result, control(result, "delete"))
+        await fake_discord.wait_until(lambda: result.deleted)
+        [job] = jobs(tmp_path)
+        [line] = await fake_discord.wait_until(lambda: [a for a in audit_lines(world) if "deleted" in a])
+        assert line == (
+            f"🗑️ <@{mod.id}> deleted the result of job `{job['id']}` of <@{world.user.id}> "
+            f"in <#{world.channel.id}>"
+        )
