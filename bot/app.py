@@ -15,6 +15,7 @@ from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
+from bot.history import EditHistory
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
@@ -56,6 +57,7 @@ class Services:
     audit: AuditLog = field(default_factory=AuditLog)
     diagnostics: DiagnosticsService = field(init=False)
     policy: PolicyService | None = None  # build_services always sets it; see __post_init__
+    history: EditHistory | None = None  # edit chains for Edit again, Undo and /history
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -169,6 +171,7 @@ def build_services(
     metrics = Metrics()
     # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
     audit = AuditLog(storage)
+    history = EditHistory(storage, retention_hours=settings.result_retention_hours)
     lifecycle = ModelLifecycle(
         catalog,
         frozenset(providers),
@@ -190,7 +193,7 @@ def build_services(
         storage=storage,
         providers=providers,
         user_salt=load_or_create_salt(settings.data_dir),
-        observers=[metrics, audit],
+        observers=[metrics, audit, history],
         # Command options > the user's /quality and /settings > server defaults > bot settings.
         defaults=policy.defaults_for,
         policy=policy,
@@ -202,7 +205,17 @@ def build_services(
         in_flight=lambda: edits.in_flight, queued=lambda: edits.engine.queued, circuits=edits.router.circuits
     )
     audit.watch_circuits(edits.router.circuits)
-    return Services(settings, catalog, storage, providers, edits, metrics=metrics, audit=audit, policy=policy)
+    return Services(
+        settings,
+        catalog,
+        storage,
+        providers,
+        edits,
+        metrics=metrics,
+        audit=audit,
+        policy=policy,
+        history=history,
+    )
 
 
 def _safety_check(

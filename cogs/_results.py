@@ -30,6 +30,7 @@ from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs import PreparedJob, Progress
 from bot.policy import PolicyRefused
 from cogs._affordable import offer_cheaper
+from cogs._history import undo_button
 from cogs._ui import ProgressMessage, note_token_error, result_embed, result_files, token_dead, truncate
 
 if TYPE_CHECKING:
@@ -86,10 +87,13 @@ def progress_view(job_id: str) -> discord.ui.View:
     return view
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def result_view(job_id: str, *, undo: bool = False) -> discord.ui.View:
+    """A result's buttons; `undo` for a result that continues an earlier one (bot.history)."""
     view = discord.ui.View(timeout=None)
     view.add_item(_button(job_id, "again", "Edit again", discord.ButtonStyle.primary))
     view.add_item(_button(job_id, "retry", "Retry", discord.ButtonStyle.secondary))
+    if undo:
+        view.add_item(undo_button(job_id))
     view.add_item(_button(job_id, "delete", "Delete", discord.ButtonStyle.danger))
     return view
 
@@ -103,6 +107,7 @@ async def run_and_publish(
     prepare: Callable[[Progress], Awaitable[PreparedJob]],
     *,
     origin_message_id: int | None = None,
+    post_in: int | None = None,
 ) -> Ticket | None:
     """Prepare a job with a private progress message on `interaction`, then queue it.
 
@@ -116,17 +121,21 @@ async def run_and_publish(
     try:
         prepared = await prepare(progress)
         try:
-            return await _submit(bot, interaction, progress, prepared, origin_message_id)
+            return await _submit(bot, interaction, progress, prepared, origin_message_id, post_in)
         except (InsufficientCredits, PolicyRefused) as refusal:
             offer = _cheaper_offer(bot, prepared, refusal)
             if offer is None:
                 raise
             if prepared.chosen.quality == AUTO:  # `auto` means "the best I can have": no question
-                return await _submit(bot, interaction, progress, auto_resolved(offer), origin_message_id)
+                return await _submit(
+                    bot, interaction, progress, auto_resolved(offer), origin_message_id, post_in
+                )
             await progress.close()
 
             async def run(click: discord.Interaction, cheaper: PreparedJob) -> object:
-                return await run_and_publish(bot, click, _ready(cheaper), origin_message_id=origin_message_id)
+                return await run_and_publish(
+                    bot, click, _ready(cheaper), origin_message_id=origin_message_id, post_in=post_in
+                )
 
             await offer_cheaper(interaction, offer, budget=isinstance(refusal, PolicyRefused), run=run)
             return None
@@ -141,8 +150,11 @@ async def _submit(
     progress: ProgressMessage,
     prepared: PreparedJob,
     origin_message_id: int | None,
+    post_in: int | None = None,
 ) -> Ticket:
-    live = InteractionLive(bot, interaction, progress)
+    live = InteractionLive(
+        bot, interaction, progress, continues=origin_message_id is not None, post_in=post_in
+    )
     origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
     ticket = await bot.services.edits.submit(prepared, live=live, origin=origin)
     # Moderators see (and can stop) a running edit through a public notice (cogs._moderation).
@@ -172,10 +184,20 @@ def _ready(prepared: PreparedJob) -> Callable[[Progress], Awaitable[PreparedJob]
 class InteractionLive:
     """A job's live route: the command's progress message and, while its token lasts, its followups."""
 
-    def __init__(self, bot: RetouchBot, interaction: discord.Interaction, progress: ProgressMessage) -> None:
+    def __init__(
+        self,
+        bot: RetouchBot,
+        interaction: discord.Interaction,
+        progress: ProgressMessage,
+        *,
+        continues: bool = False,
+        post_in: int | None = None,
+    ) -> None:
         self.bot = bot
         self.interaction = interaction
         self.progress = progress
+        self.continues = continues  # started from an earlier result: its result gets Undo
+        self.post_in = post_in  # the result belongs in this channel (a chain's thread; bot.history)
 
     async def update(self, status: JobStatus) -> None:
         self.progress.set_controls(progress_view(status.job_id) if status.cancellable else None)
@@ -186,6 +208,10 @@ class InteractionLive:
         interaction = self.interaction
         if token_dead(interaction):
             raise DeliveryFailed("the interaction token is spent")
+        if self.post_in is not None and self.post_in != interaction.channel_id:
+            # A followup can only go to the interaction's channel: the engine's channel delivery
+            # posts it in the job's channel (the chain's thread) instead.
+            raise DeliveryFailed("the result belongs in another channel")
         await self.progress.close()
         if self.progress.edits == 0:
             # Discord turns the first followup after a defer into the private "thinking" message; an
@@ -196,7 +222,7 @@ class InteractionLive:
                 content=interaction.user.mention,
                 embed=result_embed(outcome, interaction.user.display_name),
                 files=result_files(outcome),
-                view=result_view(outcome.job_id),
+                view=result_view(outcome.job_id, undo=self.continues),
                 allowed_mentions=discord.AllowedMentions.none(),
                 wait=True,
             )
@@ -305,7 +331,7 @@ class DiscordDelivery:
             truncate(text, 2000),
             embed=result_embed(outcome, name),
             files=result_files(outcome),
-            view=result_view(job.job_id),
+            view=result_view(job.job_id, undo=job.origin_message_id is not None),
             allowed_mentions=_only(job.user_id),
             nonce=f"rt{job.job_id}{where}",
         )

@@ -408,3 +408,118 @@ async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
             f"🗑️ <@{mod.id}> deleted the result of job `{job['id']}` of <@{world.user.id}> "
             f"in <#{world.channel.id}>"
         )
+
+
+# -- 4. edit history --------------------------------------------------------------------------------
+
+
+def undo_button(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith("retouch:undo:"):
+                return str(component["custom_id"])
+    return None
+
+
+def downloads(world: World, message: FakeMessage) -> int:
+    """How often the bot downloaded `message`'s image (the input of an edit, or an Undo's repost)."""
+    [attachment] = message.attachments
+    return sum(1 for r in world.fake.requests if r.method == "GET" and f"/{attachment.id}/" in r.path)
+
+
+async def edit_again(world: World, result: FakeMessage, prompt: str) -> FakeInteraction:
+    click = await world.fake.click(world.user, result, control(result, "again"))
+    await world.fake.wait_until(lambda: click.modal is not None)
+    return await world.fake.submit_modal(world.user, click, fields={"prompt": prompt})
+
+
+async def posted_in(world: World, channel_id: int, count: int) -> list[FakeMessage]:
+    """The first `count` result-like messages (image + job buttons) in a channel or thread."""
+
+    def found() -> list[FakeMessage] | None:
+        messages = [m for m in world.fake.channel_messages(channel_id) if m.files and control(m, "again")]
+        return messages if len(messages) >= count else None
+
+    return await world.fake.wait_until(found)
+
+
+async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_previous_one(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        assert undo_button(first) is None  # the first version has nothing to undo
+        second = await published(world, await edit_again(world, first, "now at night"))
+        assert undo_button(second) is not None
+        # Edit again on the *first* result continues from the latest version (the second).
+        third = await published(world, await edit_again(world, first, "add snow"))
+        assert (downloads(world, first), downloads(world, second)) == (1, 1)  # 1: for the second version
+        rows = jobs(tmp_path)
+        assert [r["origin_message_id"] for r in rows] == [None, first.id, second.id]
+
+        # Undo on the newest posts the version before it again, from Discord's copy.
+        await fake_discord.click(world.user, third, undo_button(third))
+        [*_, restored] = await posted_in(world, world.channel.id, 4)
+        assert restored.files[0][1] == second.files[0][1]
+        assert restored.embeds[0]["footer"]["text"] == f"job {rows[1]['id']} · restored"
+        assert restored.embeds[0]["author"]["name"] == "Undo: the previous version, restored for alice"
+        assert openai.post_count == 3  # Undo costs nothing: no provider call
+        # A second Undo steps back once more; a third has nothing left.
+        await fake_discord.click(world.user, restored, undo_button(restored))
+        [*_, oldest] = await posted_in(world, world.channel.id, 5)
+        assert oldest.files[0][1] == first.files[0][1]
+        late = await fake_discord.click(world.user, oldest, undo_button(oldest))
+        await fake_discord.wait_until(lambda: late.callbacks)
+        assert late.callbacks[0]["data"]["content"] == (
+            "This is the first version of this edit: there is nothing to undo."
+        )
+        # Someone else cannot undo alice's edit.
+        bob = await member(world, "bob")
+        refused = await fake_discord.click(bob, third, undo_button(third))
+        await fake_discord.wait_until(lambda: refused.callbacks)
+        assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
+
+
+async def test_a_chain_with_a_thread_continues_in_the_thread(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        thread = await fake_discord.wait_until(lambda: first.thread)
+        # Clicked on the first result (in the channel): the new version goes into its thread.
+        await edit_again(world, first, "now at night")
+        [second] = await posted_in(world, thread.id, 1)
+        assert second.content.startswith(f"<@{world.user.id}> here is the edit you asked for")
+        assert undo_button(second) is not None
+        # Clicked inside the thread: the chain goes on there, from the newest version.
+        await edit_again(world, second, "add snow")
+        [_, third] = await posted_in(world, thread.id, 2)
+        assert downloads(world, second) == 1
+        await fake_discord.click(world.user, third, undo_button(third))  # at once: recorded on demand
+        [*_, restored] = await posted_in(world, thread.id, 3)
+        assert restored.files[0][1] == second.files[0][1]
+        assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
+
+
+async def test_history_lists_the_members_last_edits_with_links(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        empty = await admin(world, world.user, "history")
+        assert empty.ephemeral and empty.content.startswith("You have no edits here from the last 72 hours")
+        first = await published(world, await world.edit(PHOTO, prompt="a *watercolour* cat", size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        await world.services.history.flush()
+        answer = await admin(world, world.user, "history")
+        assert answer.ephemeral
+        lines = answer.embeds[0]["description"].split("\n")
+        base = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}"
+        assert lines[0].startswith("1. <t:") and lines[0].endswith(
+            f"“now at night” (continues an edit) — {base}/{second.id}"
+        )
+        assert lines[1].endswith(f"“a \\*watercolour\\* cat” — {base}/{first.id}")
+        assert answer.embeds[0]["footer"]["text"] == (
+            "Links are kept 72 hours; Retouch keeps no copies of your images."
+        )
+        bob = await member(world, "bob")
+        assert (await admin(world, bob, "history")).content.startswith("You have no edits here")
