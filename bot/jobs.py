@@ -155,6 +155,7 @@ class PreparedJob:
     mask: imaging.NormalizedMask | None = None
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
     notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
+    screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.affordable)
 
     @property
     def model(self) -> ModelEntry:
@@ -356,7 +357,7 @@ class EditService:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
-        if self.safety is not None:  # raises Flagged: nothing held, no job stored, nothing sent
+        if self.safety is not None and not prepared.screened:  # raises Flagged: nothing held or sent
             await self.safety.screen(
                 guild_id=job.guild_id,
                 user_id=job.user_id,

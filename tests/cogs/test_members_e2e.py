@@ -113,6 +113,7 @@ async def test_a_quality_the_member_cannot_afford_offers_one_click_at_a_lower_on
 
         click = await fake_discord.click(world.user, message, button)
         result = await published(world, click)
+        assert len(openai.moderation_requests) == 2  # the offer's run is not checked a second time
         assert openai.requests[-1].fields["quality"] == "medium"
         assert result_fields(result)["Quality"] == ["medium"]
         done = jobs(tmp_path)[-1]
@@ -158,6 +159,7 @@ async def test_auto_quality_runs_at_the_best_quality_the_member_can_afford_and_s
             "`auto` quality could cost up to 200 credits, more than the 150 available, so Retouch used "
             "**medium** (at most 60 credits)."
         ]
+        assert len(openai.moderation_requests) == 2  # prompt + image, checked once, not again at medium
         # Refused at auto (nothing held), then held at medium's true worst case.
         assert [(j["state"], j["reserved"]) for j in jobs(tmp_path)] == [("failed", 0), ("delivered", 60)]
         assert_books_balance(tmp_path)
