@@ -178,9 +178,19 @@ class _AdminSubgroup(app_commands.Group):
         self.policy.authorize_admin(interaction.user.id, manage_guild=interaction.permissions.manage_guild)
         await interaction.response.defer(ephemeral=True, thinking=True)
 
+    async def _safety_level(self, guild_id: int) -> str:
+        safety = self.bot.services.edits.safety
+        return await safety.level(guild_id) if safety is not None else "off"
+
     async def show(self, interaction: discord.Interaction, policy: GuildPolicy, note: str = "") -> None:
         budget = await self.policy.budget(policy.guild_id)
         embed = policy_embed(policy, budget, self.bot.services.settings.starting_credits)
+        level = await self._safety_level(policy.guild_id)
+        embed.add_field(
+            name="Safety check",
+            value=moderation_text(self.bot, level).removeprefix("Safety check: "),
+            inline=False,
+        )
         await interaction.followup.send(note or None, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
 
 
@@ -343,12 +353,8 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
             _guild(interaction), None if level == "default" else level
         )
         await interaction.followup.send(
-            moderation_text(self.bot, await self._safety_level(interaction)), ephemeral=True
+            moderation_text(self.bot, await self._safety_level(_guild(interaction))), ephemeral=True
         )
-
-    async def _safety_level(self, interaction: discord.Interaction) -> str:
-        safety = self.bot.services.edits.safety
-        return await safety.level(_guild(interaction)) if safety is not None else "off"
 
     @app_commands.command(
         name="defaults", description="Model, quality and size members get unless they choose"

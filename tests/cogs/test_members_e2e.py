@@ -287,7 +287,11 @@ async def test_servers_choose_how_strict_the_check_is(
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
         openai.flag_text("spooky", "violence", score=0.35)  # under the API's flag, over strict's bar
         answer = await admin(world, world.owner, "admin policy moderation", level=level)
-        assert answer.content.startswith(f"Safety check: **{'standard' if level == 'default' else level}**")
+        shown = "standard" if level == "default" else level
+        assert answer.content.startswith(f"Safety check: **{shown}**")
+        rules = await admin(world, world.owner, "admin policy show")
+        [field] = [f for f in rules.embeds[0]["fields"] if f["name"] == "Safety check"]
+        assert field["value"].startswith(f"**{shown}** — ")
         it = await world.edit(PHOTO, prompt="a spooky castle", size=SQUARE)
         if refused:
             assert "flagged your prompt for **violence**" in await refusal(world, it)
