@@ -164,7 +164,7 @@ class SafetyCheck:
             if category is not None:
                 where = "your prompt" if index == 0 else _image_name(index, len(images))
                 await self._tell(
-                    f"🛡️ Safety check ({level}) flagged {where} of <@{user_id}>"
+                    f"🛡️ Safety check ({level}) flagged {where.replace('your', 'the', 1)} of <@{user_id}>"
                     f"{_in(channel_id)} for `{category}`; nothing was sent or charged"
                 )
                 raise Flagged(category, where)

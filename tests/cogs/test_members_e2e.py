@@ -241,7 +241,7 @@ async def test_a_flagged_prompt_is_refused_privately_before_any_hold_or_edit_cal
         assert account is None or (account.balance, account.held) == (1000, 0)
         [line] = await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "flagged" in a])
         assert line == (
-            f"🛡️ Safety check (standard) flagged your prompt of <@{world.user.id}> in "
+            f"🛡️ Safety check (standard) flagged the prompt of <@{world.user.id}> in "
             f"<#{world.channel.id}> for `violence`; nothing was sent or charged"
         )
 
