@@ -17,9 +17,11 @@ from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
+from bot.history import EditHistory
 from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
+from bot.moderation import SafetyCheck
 from bot.policy import AllotmentChange, CreditChange, PolicyService
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
@@ -59,6 +61,7 @@ class Services:
     diagnostics: DiagnosticsService = field(init=False)
     policy: PolicyService | None = None  # build_services always sets it; see __post_init__
     access: AccessService | None = None  # the policy service's (approved servers, the operator)
+    history: EditHistory | None = None  # edit chains for Edit again, Undo and /history
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -195,6 +198,7 @@ def build_services(
     metrics = Metrics()
     # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
     audit = AuditLog(storage)
+    history = EditHistory(storage, retention_hours=settings.result_retention_hours)
     lifecycle = ModelLifecycle(
         catalog,
         frozenset(providers),
@@ -219,13 +223,14 @@ def build_services(
         storage=storage,
         providers=providers,
         user_salt=load_or_create_salt(settings.data_dir),
-        observers=[metrics, audit],
+        observers=[metrics, audit, history],
         # Command options > the user's /quality and /settings > server defaults > bot settings.
         defaults=policy.defaults_for,
         policy=policy,
         today=today,
         lifecycle=lifecycle,
     )
+    edits.safety = _safety_check(settings, storage, providers, audit)
     metrics.watch(
         in_flight=lambda: edits.in_flight,
         queued=lambda: edits.engine.queued,
@@ -243,6 +248,21 @@ def build_services(
         audit=audit,
         policy=policy,
         access=access,
+        history=history,
+    )
+
+
+def _safety_check(
+    settings: Settings, storage: Storage, providers: dict[str, Provider], audit: AuditLog
+) -> SafetyCheck:
+    """The free moderation check before paid calls; without an OpenAI key it has nothing to ask."""
+    openai = providers.get("openai")
+    return SafetyCheck(
+        openai.moderate if isinstance(openai, OpenAIProvider) else None,
+        level_of=storage.settings.guild_moderation,
+        default_level=settings.moderation,
+        timeout=settings.moderation_timeout_seconds,
+        report=audit.safety_event,
     )
 
 

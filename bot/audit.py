@@ -120,6 +120,14 @@ class AuditLog(JobObserver):
         """A model or route changed: shut down, retired after "model gone", a new date or model."""
         await self._send(_clip(line, REASON_CHARS), None)
 
+    async def safety_event(self, line: str) -> None:
+        """The safety check flagged a request, or could not be reached (bot.moderation)."""
+        await self._send(_clip(line, REASON_CHARS), None)
+
+    async def moderator_action(self, line: str, link: str | None = None) -> None:
+        """A member stopped or deleted someone else's edit (who did it, whose, where)."""
+        await self._send(_clip(line, REASON_CHARS), link)
+
     async def job_failed(self, job: JobRow, error: str | None) -> None:
         """A job ended failed: a safety refusal or a failure, with its reference id and channel link."""
         who = f"<@{job.user_id}>" + (f" in <#{job.channel_id}>" if job.channel_id else "")

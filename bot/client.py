@@ -30,6 +30,7 @@ EXTENSIONS = (
     "cogs.admin",
     "cogs.diagnose",
     "cogs.owner",
+    "cogs.members",
 )
 HEARTBEAT_SECONDS = 15.0
 # After the job drain, how long command handlers get to send their last message.

@@ -113,6 +113,9 @@ class Settings:
     commands_per_minute: int = 10  # per member; 0 = no limit
     max_mask_previews: int = 3  # open /mask pickers and previews per member
     job_history_days: float = 90.0
+    # The free safety check before paid calls (bot/moderation.py): servers may override the level.
+    moderation: str = "standard"
+    moderation_timeout_seconds: float = 5.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -336,6 +339,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         commands_per_minute=r.number("COMMANDS_PER_MINUTE", 10, int, 0),
         max_mask_previews=r.number("MAX_MASK_PREVIEWS", 3, int, 1),
         job_history_days=r.number("JOB_HISTORY_DAYS", 90.0, float, 1),
+        moderation=r.choice("MODERATION", "standard", ("off", "standard", "strict")),
+        moderation_timeout_seconds=r.number("MODERATION_TIMEOUT_SECONDS", 5.0, float, 0.5),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

@@ -16,8 +16,8 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
@@ -47,6 +47,9 @@ from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router
 from bot.storage import Storage
+
+if TYPE_CHECKING:
+    from bot.moderation import SafetyCheck
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,7 @@ class PreparedJob:
     mask: imaging.NormalizedMask | None = None
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
     notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
+    screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.affordable)
 
     @property
     def model(self) -> ModelEntry:
@@ -218,6 +222,8 @@ class EditService:
             lifecycle=self.lifecycle,
         )
         self._discovery: asyncio.Task[None] | None = None
+        # The free safety check before anything is held or sent (bot.moderation; wired by bot.app).
+        self.safety: SafetyCheck | None = None
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -284,6 +290,18 @@ class EditService:
             self.settings.credits_per_usd,
         )
         return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
+
+    def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
+        """The same prepared job at another quality, held at that quality's true worst case.
+
+        Raises InvalidOptions when no configured route can make it (bot.affordable skips those).
+        """
+        chosen = replace(prepared.chosen, quality=quality)
+        needs = _needs(chosen, prepared.job, len(prepared.images))
+        usd = self.router.reserve_usd(
+            prepared.model, needs, prompt=prepared.job.options.prompt, order=_order(chosen)
+        )
+        return replace(prepared, chosen=chosen, reserve=usd_to_credits(usd, self.settings.credits_per_usd))
 
     async def submit(
         self, prepared: PreparedJob, *, live: LiveJob | None = None, origin: Origin | None = None
@@ -366,6 +384,14 @@ class EditService:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
+        if self.safety is not None and not prepared.screened:  # raises Flagged: nothing held or sent
+            await self.safety.screen(
+                guild_id=job.guild_id,
+                user_id=job.user_id,
+                channel_id=job.channel_id,
+                prompt=job.options.prompt,
+                images=prepared.images,
+            )
         spec, files = await self._spec(prepared)
 
         async def reserve(job_id: str) -> object:

@@ -83,6 +83,11 @@ CSV_COLUMNS = (
 class PolicyRefused(RetouchError):
     """A server rule (cooldown, running jobs, monthly budget, allowed models) refused the job."""
 
+    def __init__(self, user_message: str, *, code: str = "error", available: int | None = None) -> None:
+        super().__init__(user_message, code=code)
+        # What the rule still allows (credits left in the budget): a cheaper edit can be offered.
+        self.available = available
+
 
 class NotPermitted(RetouchError):
     """The user may not run this admin command here."""
@@ -799,6 +804,7 @@ class PolicyService:
             f"This edit can cost up to {credits} credits, but only {left} are left in this server's "
             f"budget for this month. Try a lower quality or fewer images, or ask a server admin.",
             code="guild_cap",
+            available=left,
         )
 
     # -- accounts --------------------------------------------------------------------------------

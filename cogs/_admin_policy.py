@@ -18,6 +18,7 @@ from discord import app_commands
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.jobs import MAX_IMAGES_PER_EDIT
+from bot.moderation import STRICT_SCORE
 from bot.policy import Budget, GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
 from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, size_choices, truncate
 
@@ -159,6 +160,25 @@ def _report_file(report: SpendReport, guild_id: int) -> discord.File:
     return discord.File(io.BytesIO(report.csv().encode("utf-8")), filename=name)
 
 
+def moderation_text(bot: RetouchBot, level: str) -> str:
+    """What `/admin policy moderation` answers: the level in force and what it means."""
+    safety = bot.services.edits.safety
+    if safety is None or not safety.available:
+        return (
+            f"Safety check: **{level}** — but it needs an OpenAI API key (`OPENAI_API_KEY`), so no check "
+            "runs on this bot; the image services' own safety systems still apply."
+        )
+    meaning = {
+        "off": "prompts and images go to the image service unchecked (its own safety system still applies)",
+        "standard": "a prompt or image OpenAI's moderation flags is refused before anything is charged",
+        "strict": (
+            f"also refused when any category scores {STRICT_SCORE:g} or more (flags more, including "
+            "some harmless requests)"
+        ),
+    }[level]
+    return f"Safety check: **{level}** — {meaning}."
+
+
 def _guild(interaction: discord.Interaction) -> int:
     assert interaction.guild_id is not None  # /admin is guild-only
     return interaction.guild_id
@@ -181,10 +201,20 @@ class _AdminSubgroup(app_commands.Group):
         self.policy.authorize_admin(interaction.user.id, manage_guild=interaction.permissions.manage_guild)
         await interaction.response.defer(ephemeral=True, thinking=True)
 
+    async def _safety_level(self, guild_id: int) -> str:
+        safety = self.bot.services.edits.safety
+        return await safety.level(guild_id) if safety is not None else "off"
+
     async def show(self, interaction: discord.Interaction, policy: GuildPolicy, note: str = "") -> None:
         budget = await self.policy.budget(policy.guild_id)
         settings = self.bot.services.settings
         embed = policy_embed(policy, budget, settings.starting_credits, settings.credits_per_usd)
+        level = await self._safety_level(policy.guild_id)
+        embed.add_field(
+            name="Safety check",
+            value=moderation_text(self.bot, level).removeprefix("Safety check: "),
+            inline=False,
+        )
         await interaction.followup.send(note or None, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
 
 
@@ -333,6 +363,23 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
             _guild(interaction), interaction.user.id, {"monthly_cap_usd": cap}
         )
         await self.show(interaction, policy, "Saved.")
+
+    @app_commands.command(
+        name="moderation", description="How strict the free safety check before each edit is"
+    )
+    @app_commands.describe(
+        level="off, standard (OpenAI's own flags), strict, or default (the bot-wide setting)"
+    )
+    async def moderation(
+        self, interaction: discord.Interaction, level: Literal["off", "standard", "strict", "default"]
+    ) -> None:
+        await self.begin(interaction)
+        await self.bot.services.storage.settings.set_guild_moderation(
+            _guild(interaction), None if level == "default" else level
+        )
+        await interaction.followup.send(
+            moderation_text(self.bot, await self._safety_level(_guild(interaction))), ephemeral=True
+        )
 
     @app_commands.command(
         name="defaults", description="Model, quality and size members get unless they choose"

@@ -26,6 +26,7 @@ import aiohttp
 import discord
 
 from bot import imaging
+from bot.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.audit import jump_url
 from bot.engine import (
     Delivered,
@@ -37,7 +38,11 @@ from bot.engine import (
     ResultFile,
     Ticket,
 )
+from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs import PreparedJob, Progress
+from bot.policy import PolicyRefused
+from cogs._affordable import offer_cheaper
+from cogs._history import undo_button
 from cogs._ui import (
     ProgressMessage,
     admitted,
@@ -110,10 +115,13 @@ def progress_view(job_id: str, *, at_provider: bool = False) -> discord.ui.View:
     return view
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def result_view(job_id: str, *, undo: bool = False) -> discord.ui.View:
+    """A result's buttons; `undo` for a result that continues an earlier one (bot.history)."""
     view = discord.ui.View(timeout=None)
     view.add_item(_button(job_id, "again", "Edit again", discord.ButtonStyle.primary))
     view.add_item(_button(job_id, "retry", "Retry", discord.ButtonStyle.secondary))
+    if undo:
+        view.add_item(undo_button(job_id))
     view.add_item(_button(job_id, "delete", "Delete", discord.ButtonStyle.danger))
     return view
 
@@ -127,31 +135,97 @@ async def run_and_publish(
     prepare: Callable[[Progress], Awaitable[PreparedJob]],
     *,
     origin_message_id: int | None = None,
-) -> Ticket:
+    post_in: int | None = None,
+) -> Ticket | None:
     """Prepare a job with a private progress message on `interaction`, then queue it.
 
     Returns once the job is queued (its credits held); the engine shows its queue position, runs it
     and posts the result. The interaction's private message must already exist (a private defer, or
-    a component's message update). Refusals raise, for the caller's error handling.
+    a component's message update). Refusals raise, for the caller's error handling — except a
+    refusal for credits that a lower quality fits: `auto` then runs at the best quality that fits,
+    and a named quality becomes a private one-click offer (None is returned; bot.affordable).
     """
     progress = ProgressMessage(interaction)
     try:
         prepared = await prepare(progress)
-        live = InteractionLive(bot, interaction, progress)
-        origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
-        return await bot.services.edits.submit(prepared, live=live, origin=origin)
+        try:
+            return await _submit(bot, interaction, progress, prepared, origin_message_id, post_in)
+        except (InsufficientCredits, PolicyRefused) as refusal:
+            offer = _cheaper_offer(bot, prepared, refusal)
+            if offer is None:
+                raise
+            if prepared.chosen.quality == AUTO:  # `auto` means "the best I can have": no question
+                return await _submit(
+                    bot, interaction, progress, auto_resolved(offer), origin_message_id, post_in
+                )
+            await progress.close()
+
+            async def run(click: discord.Interaction, cheaper: PreparedJob) -> object:
+                return await run_and_publish(
+                    bot, click, _ready(cheaper), origin_message_id=origin_message_id, post_in=post_in
+                )
+
+            await offer_cheaper(interaction, offer, budget=isinstance(refusal, PolicyRefused), run=run)
+            return None
     except BaseException:
         await progress.close()
         raise
 
 
+async def _submit(
+    bot: RetouchBot,
+    interaction: discord.Interaction,
+    progress: ProgressMessage,
+    prepared: PreparedJob,
+    origin_message_id: int | None,
+    post_in: int | None = None,
+) -> Ticket:
+    live = InteractionLive(
+        bot, interaction, progress, continues=origin_message_id is not None, post_in=post_in
+    )
+    origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
+    ticket = await bot.services.edits.submit(prepared, live=live, origin=origin)
+    # Moderators see (and can stop) a running edit through a public notice (cogs._moderation).
+    controls = getattr(bot.get_cog("MembersCog"), "controls", None)
+    if controls is not None and interaction.guild_id and interaction.channel_id:
+        controls.announce(
+            ticket.job_id, interaction.channel_id, interaction.user.display_name, prepared.job.options.prompt
+        )
+    return ticket
+
+
+def _cheaper_offer(bot: RetouchBot, prepared: PreparedJob, refusal: RetouchError) -> Offer | None:
+    """The same edit at a quality the refused payer can afford, if the refusal was about credits."""
+    available = getattr(refusal, "available", None)
+    if available is None:
+        return None
+    return best_affordable(bot.services.edits, prepared, available)
+
+
+def _ready(prepared: PreparedJob) -> Callable[[Progress], Awaitable[PreparedJob]]:
+    async def ready(_: Progress) -> PreparedJob:
+        return prepared
+
+    return ready
+
+
 class InteractionLive:
     """A job's live route: the command's progress message and, while its token lasts, its followups."""
 
-    def __init__(self, bot: RetouchBot, interaction: discord.Interaction, progress: ProgressMessage) -> None:
+    def __init__(
+        self,
+        bot: RetouchBot,
+        interaction: discord.Interaction,
+        progress: ProgressMessage,
+        *,
+        continues: bool = False,
+        post_in: int | None = None,
+    ) -> None:
         self.bot = bot
         self.interaction = interaction
         self.progress = progress
+        self.continues = continues  # started from an earlier result: its result gets Undo
+        self.post_in = post_in  # the result belongs in this channel (a chain's thread; bot.history)
 
     async def update(self, status: JobStatus) -> None:
         view = progress_view(status.job_id, at_provider=status.accepted)
@@ -163,6 +237,10 @@ class InteractionLive:
         interaction = self.interaction
         if token_dead(interaction):
             raise DeliveryFailed("the interaction token is spent")
+        if self.post_in is not None and self.post_in != interaction.channel_id:
+            # A followup can only go to the interaction's channel: the engine's channel delivery
+            # posts it in the job's channel (the chain's thread) instead.
+            raise DeliveryFailed("the result belongs in another channel")
         await self.progress.close()
         if self.progress.edits == 0:
             # Discord turns the first followup after a defer into the private "thinking" message; an
@@ -173,7 +251,7 @@ class InteractionLive:
                 content=interaction.user.mention,
                 embed=result_embed(outcome, interaction.user.display_name),
                 files=result_files(outcome),
-                view=result_view(outcome.job_id),
+                view=result_view(outcome.job_id, undo=self.continues),
                 allowed_mentions=discord.AllowedMentions.none(),
                 wait=True,
             )
@@ -313,7 +391,7 @@ class DiscordDelivery:
             truncate(text, 2000),
             embed=result_embed(outcome, name),
             files=result_files(outcome),
-            view=result_view(job.job_id),
+            view=result_view(job.job_id, undo=job.origin_message_id is not None),
             allowed_mentions=_only(job.user_id),
             nonce=f"rt{job.job_id}{where}",
         )

@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.jobs import EditJob, EditOptions
+from cogs._history import chain_source
 from cogs._results import DiscordDelivery, JobControl, run_and_publish
 from cogs._ui import admitted, first_image, report_error, role_ids_of, upload_of
 
@@ -133,7 +134,9 @@ class JobsCog(commands.Cog):
         """The Edit again form was sent: edit the result image (this message's) with the new prompt."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         interaction.extras["ephemeral_original"] = True
-        message = interaction.message
+        message, thread_id = interaction.message, None
+        if message is not None:  # a chain continues from its latest version, in its thread (bot.history)
+            message, thread_id = await chain_source(self.bot, message, job_id)
         image = first_image(message) if message is not None else None
         if message is None or image is None:
             await interaction.edit_original_response(
@@ -143,18 +146,21 @@ class JobsCog(commands.Cog):
         job = EditJob(
             guild_id=interaction.guild_id or 0,
             user_id=interaction.user.id,
-            channel_id=interaction.channel_id,
+            channel_id=thread_id or interaction.channel_id,
             uploads=[upload_of("image", image)],
             options=EditOptions(prompt, model=await self.edits.job_model(job_id)),
             upload_limit=interaction.filesize_limit,
             role_ids=role_ids_of(interaction.user),
         )
-        async with self._once(("again", job_id, interaction.user.id)):
+        # The prompt is part of the key: the same form sent twice is a double click, a new prompt on
+        # the same result (a chain continuing) is a new edit.
+        async with self._once(("again", job_id, interaction.user.id, prompt)):
             await run_and_publish(
                 self.bot,
                 interaction,
                 lambda progress: self.edits.prepare(job, progress=progress),
                 origin_message_id=message.id,
+                post_in=thread_id,
             )
 
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -180,6 +186,11 @@ class JobsCog(commands.Cog):
         if interaction.message is not None:
             await interaction.message.delete()
             log.info("job %s: result deleted by %s", job_id, interaction.user.id)
+            if not requester and row is not None:  # a moderator: the audit channel records who
+                await self.bot.services.audit.moderator_action(
+                    f"🗑️ <@{interaction.user.id}> deleted the result of job `{job_id}` of <@{row.user_id}> "
+                    f"in <#{interaction.message.channel.id}>"
+                )
 
 
 def _can_manage(interaction: discord.Interaction) -> bool:

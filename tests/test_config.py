@@ -140,3 +140,14 @@ def test_the_install_salt_is_private_and_stable(tmp_path: Path):
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_or_create_salt(tmp_path / "data") == first
     assert [p.name for p in path.parent.iterdir()] == [SALT_FILE]  # no temporary file left behind
+
+
+def test_the_safety_check_settings_default_to_standard_and_are_validated():
+    s = load_settings(BASE)
+    assert (s.moderation, s.moderation_timeout_seconds) == ("standard", 5.0)
+    s = load_settings({**BASE, "MODERATION": "Strict", "MODERATION_TIMEOUT_SECONDS": "2.5"})
+    assert (s.moderation, s.moderation_timeout_seconds) == ("strict", 2.5)
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "MODERATION": "paranoid", "MODERATION_TIMEOUT_SECONDS": "0"})
+    assert "MODERATION must be one of off, standard, strict" in str(info.value)
+    assert "MODERATION_TIMEOUT_SECONDS must be at least 0.5" in str(info.value)

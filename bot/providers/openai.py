@@ -19,18 +19,22 @@ Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN poi
 * A 404 `model_not_found` on an edit is `ModelGone` (`accepted=False`): OpenAI answers it for a
   shut-down model, and nothing ran. A 403 (organisation not verified) stays `ServiceUnavailable`.
 * Discovery: `list_models()` reads `GET /models` and each entry's `shutdown_date`.
+* Safety check: `moderate()` posts one text and/or one image (as a data URL) to the free
+  `POST /moderations` with `omni-moderation-latest`; it creates nothing, so it is retried like a GET.
 
-One module (about 400 lines) because everything here reads or writes OpenAI's wire format; the
+One module (about 470 lines) because everything here reads or writes OpenAI's wire format; the
 shared HTTP rules already live in `bot.providers.http`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -68,6 +72,7 @@ MAX_LOG_MESSAGE = 200  # provider messages kept in exception text (for logs) are
 # A retried submit needs time to run: an edit takes tens of seconds, so a 429 is only retried when
 # this much time is left after waiting (otherwise it would be billed and then time out).
 MIN_RETRY_WINDOW = 30.0
+MODERATION_MODEL = "omni-moderation-latest"  # free; classifies text and images
 LIST_TIMEOUT = 30.0  # the whole model listing, retries included: discovery must not hang start-up
 
 _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
@@ -204,6 +209,28 @@ def parse_model_list(payload: object, *, provider: str = "openai") -> list[Liste
     return models
 
 
+@dataclass(frozen=True)
+class ModerationVerdict:
+    """One moderation answer: the API's own `flagged`, the categories it flagged, and every score."""
+
+    flagged: bool
+    categories: tuple[str, ...]
+    scores: Mapping[str, float]
+
+
+def parse_moderation(payload: object, *, provider: str = "openai") -> ModerationVerdict:
+    """`results[0]` of a moderation answer; anything else is a `ServerError` (nothing was created)."""
+    results = payload.get("results") if isinstance(payload, dict) else None
+    first = results[0] if isinstance(results, list) and results else None
+    if not isinstance(first, dict) or not isinstance(first.get("flagged"), bool):
+        raise ServerError("moderation answer without results[0].flagged", provider=provider, accepted=False)
+    categories = first.get("categories") if isinstance(first.get("categories"), dict) else {}
+    raw_scores = first.get("category_scores") if isinstance(first.get("category_scores"), dict) else {}
+    scores = {str(k): float(v) for k, v in raw_scores.items() if isinstance(v, int | float)}
+    flagged = tuple(sorted(str(k) for k, v in categories.items() if v is True))
+    return ModerationVerdict(first["flagged"], flagged, scores)
+
+
 def _health_from_error(exc: ProviderError) -> ProviderHealth:
     """What a failed `GET /models` says: the shared reading, plus OpenAI's `insufficient_quota`."""
     if exc.code == _QUOTA and exc.status not in (401, 403):
@@ -263,6 +290,7 @@ class OpenAIProvider:
         self._api_key = api_key
         self._url = f"{base_url.rstrip('/')}/images/edits"
         self._models_url = f"{base_url.rstrip('/')}/models"
+        self._moderations_url = f"{base_url.rstrip('/')}/moderations"
         self._policy = policy
         self._call_timeout = call_timeout
 
@@ -307,6 +335,39 @@ class OpenAIProvider:
         except ValueError:
             payload = None
         return parse_model_list(payload, provider=self.name)
+
+    async def moderate(
+        self, text: str | None, image: tuple[str, bytes] | None, *, within: float
+    ) -> ModerationVerdict:
+        """Classify a prompt and/or one image (mime, bytes) with the free moderation model.
+
+        Retried like any idempotent call for up to `within` seconds, then a `ProviderError` is raised.
+        """
+        parts: list[dict[str, Any]] = []
+        if text:
+            parts.append({"type": "text", "text": text})
+        if image is not None:
+            mime, data = image
+            url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        resp = await send_idempotent(
+            self._session,
+            "POST",
+            self._moderations_url,
+            policy=self._policy,
+            deadline=time.monotonic() + within,
+            call_timeout=within,
+            provider=self.name,
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            json={"model": MODERATION_MODEL, "input": parts},
+            classify=classify_openai_error,
+            request_id_header=REQUEST_ID_HEADER,
+        )
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        return parse_moderation(payload, provider=self.name)
 
     def _form(self, request: EditRequest) -> aiohttp.FormData:
         form = aiohttp.FormData()

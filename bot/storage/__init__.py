@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.storage.connection import Database, utcnow
+from bot.storage.history import Versions
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow, Jobs
 from bot.storage.ledger import Ledger, LedgerConflict, NotEnoughCredits
 from bot.storage.reports import LedgerReports
@@ -116,6 +117,7 @@ class Storage:
         self.reports = LedgerReports(db)
         self.jobs = Jobs(db)
         self.settings = Settings(db)
+        self.history = Versions(db)
 
     @classmethod
     async def open(cls, path: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Storage:

@@ -49,6 +49,18 @@ class Settings:
             (guild_id, None if value is None else int(value)),
         )
 
+    async def guild_moderation(self, guild_id: int) -> str | None:
+        """The server's safety-check level (off / standard / strict), None when it set none."""
+        row = await self._db.one("SELECT moderation FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return None if row is None else row[0]
+
+    async def set_guild_moderation(self, guild_id: int, level: str | None) -> None:
+        await self._db.write_one(
+            "INSERT INTO guild_settings (guild_id, moderation) VALUES (?, ?) "
+            "ON CONFLICT (guild_id) DO UPDATE SET moderation = excluded.moderation",
+            (guild_id, level),
+        )
+
     # -- credit policy ------------------------------------------------------------------------------
 
     async def guild_policy_row(self, guild_id: int) -> dict[str, Any] | None:

@@ -251,6 +251,7 @@ async def test_policy_commands_are_registered_with_their_shapes(world: World):
         "limits",
         "budget",
         "defaults",
+        "moderation",
     }
     assert {o["name"] for o in admin["tier"]["options"]} == {"set", "remove"}
 

@@ -1,4 +1,5 @@
-"""A fake OpenAI Images API (`POST /v1/images/edits`, plus `GET /v1/models`) on 127.0.0.1 for tests.
+"""A fake OpenAI Images API (`POST /v1/images/edits`, plus `GET /v1/models` and the free
+`POST /v1/moderations`) on 127.0.0.1 for tests.
 
 It behaves like the real service as described in `providers.md` §1 (§1.9 and §7): it parses the
 multipart body, validates what it receives the way the API does and fails with the API's error
@@ -28,6 +29,11 @@ Lifecycle, only ever as a test sets it (the fake never reads the date)::
     fake.retire("gpt-image-2")                  # edits answer 404 model_not_found; unlisted
     fake.retire("gpt-image-2", listed=True)     # ... but still listed
     fake.fail_next(Fault.MODELS_ERROR)          # the next GET /v1/models answers 500
+
+Moderation (the free safety check): `fake.flag_text("knife", "violence")`,
+`fake.flag_images("sexual", score=0.4)`, `fake.fail_next(Fault.MODERATION_ERROR)` / `MODERATION_HANG`;
+bodies land in `fake.moderation_requests`, never in `requests`, and are not counted in `post_count`.
+More than one image per request is refused (the strict side; the adapter sends one per call).
 
 Deliberate limits (documented, not accidents): only the multipart form is implemented (a JSON body
 gets a 400 saying so); `stream=true` is refused; `dall-e-2` and other non-GPT-image models are not
@@ -121,6 +127,26 @@ KNOWN_FIELDS = frozenset(
 )
 FILE_FIELDS = frozenset({"image", "image[]", "mask"})
 
+# POST /v1/moderations (free): models, the snapshot `-latest` answers as, the categories it scores.
+MODERATION_MODELS = ("omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest")
+MODERATION_SNAPSHOT = "omni-moderation-2024-09-26"
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+MODERATION_FLAG_SCORE = 0.5  # the fake's own `flagged` threshold (the real ones are unpublished)
+MODERATION_MAX_BODY = 32 * 1024 * 1024
 # Output tokens per 1024x1024 image (OpenAI's published figures for gpt-image-1; xhigh and max are
 # stand-ins), scaled by area for other sizes (which reproduces the published 1536x1024 figures).
 OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}
@@ -142,9 +168,16 @@ class Fault(StrEnum):
     RESET_AFTER_BODY = "reset_after_body"  # reads the whole body, then aborts the TCP connection
     EMPTY_RESULT = "empty_result"  # 200 whose `data` holds no image (every field but `created` is optional)
     MODELS_ERROR = "models_error"  # 500 on GET /v1/models (the listing, not the edits)
+    MODERATION_ERROR = "moderation_error"  # 500 on POST /v1/moderations
+    MODERATION_HANG = "moderation_hang"  # POST /v1/moderations never answers (until closed)
 
 
-_TARGETS = {Fault.MODELS_ERROR: "models"}  # every other fault spoils an edit
+# Every other fault spoils an edit.
+_TARGETS = {
+    Fault.MODELS_ERROR: "models",
+    Fault.MODERATION_ERROR: "moderation",
+    Fault.MODERATION_HANG: "moderation",
+}
 _POST_VALIDATION_FAULTS = frozenset({Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT})
 
 
@@ -280,6 +313,52 @@ def _decode(data: bytes) -> _Decoded | None:
         return None
 
 
+def _moderation_inputs(raw: object, model: str) -> list[list[tuple[str, str]]]:
+    """The input as groups of (kind, value): a string, a list of strings (one result each), or one
+    multimodal list of `text` / `image_url` parts (one result). Raises ApiError like the API."""
+    if isinstance(raw, str):
+        return [[("text", raw)]]
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "'input' is a required property.", param="input")
+    if all(isinstance(item, str) for item in raw):
+        return [[("text", item)] for item in raw]
+    group: list[tuple[str, str]] = []
+    for index, part in enumerate(raw):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            group.append(("text", part["text"]))
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict):
+            group.append(("image", _moderation_image(part["image_url"].get("url"), index)))
+        else:
+            raise ApiError(400, f"Invalid value for 'input[{index}]'.", param=f"input[{index}]")
+    images = sum(kind == "image" for kind, _ in group)
+    if images and not model.startswith("omni-moderation"):
+        raise ApiError(400, f"Model {model} does not support image inputs.", param="input")
+    if images > 1:  # the strict side: the adapter sends one image per call
+        raise ApiError(400, "Only one image input is supported per request.", param="input")
+    return [group]
+
+
+def _moderation_image(url: object, index: int) -> str:
+    """A data URL's image, checked like the API (decodable png/jpeg/webp/gif); http(s) URLs pass."""
+    if not isinstance(url, str):
+        raise ApiError(400, f"Invalid value for 'input[{index}].image_url.url'.", param=f"input[{index}]")
+    if url.startswith(("http://", "https://")):
+        return url
+    head, _, data = url.partition(",")
+    if not (head.startswith("data:image/") and head.endswith(";base64")):
+        raise ApiError(
+            400, "Invalid image URL: expected a data URL or an http(s) URL.", code="invalid_image_url"
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise ApiError(400, "Invalid base64 image data.", code="invalid_image_format") from None
+    if _decode(raw) is None:
+        raise ApiError(400, "The image data is not a supported image.", code="invalid_image_format")
+    return head
+
+
 _TINTS = ((0, 0, 0), (255, 64, 64), (64, 255, 64), (64, 64, 255), (255, 255, 64))
 
 
@@ -357,7 +436,7 @@ class FakeOpenAI(FakeServer):
         self.max_mask_bytes = max_mask_bytes
         self.max_images = max_images
         self.requests: list[RecordedRequest] = []
-        self.post_count = 0
+        self.post_count = 0  # edit calls (the paid ones); moderation calls are counted apart
         # Edits worked on at once; one more is refused at once with 429 rate_limit_exceeded (with
         # `retry-after: busy_retry_after` unless None), the way a provider's concurrency cap answers.
         self.max_in_flight = max_in_flight
@@ -366,6 +445,11 @@ class FakeOpenAI(FakeServer):
         self.peak_in_flight = 0
         self.busy_refusals = 0
         self.edits_served = 0  # edit POSTs answered 200 (each one a paid image)
+        # POST /v1/moderations: every body received (auth header never kept), and what to flag.
+        self.moderation_requests: list[dict[str, Any]] = []
+        self.moderation_statuses: list[int] = []
+        self._text_flags: dict[str, tuple[str, float]] = {}
+        self._image_flag: tuple[str, float] | None = None
 
     @property
     def base_url(self) -> str:
@@ -380,9 +464,20 @@ class FakeOpenAI(FakeServer):
         else:
             self.listed_retired.discard(model)
 
+    def flag_text(self, word: str, category: str, score: float = 0.95) -> None:
+        """Moderation scores text containing `word` (any case) at `score` for `category`; it is
+        `flagged` from `MODERATION_FLAG_SCORE` on (the real thresholds are per category, unpublished)."""
+        self._text_flags[word.lower()] = (category, score)
+
+    def flag_images(self, category: str, score: float = 0.95) -> None:
+        """Moderation scores every image at `score` for `category` (see `flag_text`)."""
+        self._image_flag = (category, score)
+
     # ------------------------------------------------------------------ request handling
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.path.rstrip("/") == "/v1/moderations":
+            return await self._moderation_dispatch(request)
         if request.method == "POST":
             self.post_count += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
@@ -507,6 +602,85 @@ class FakeOpenAI(FakeServer):
         if model:
             return web.json_response(next(e for e in entries if e["id"] == model))
         return web.json_response({"object": "list", "data": entries})
+
+    async def _moderation_dispatch(self, request: web.Request) -> web.StreamResponse:
+        """`POST /v1/moderations` (free): validated like the API, scored by `flag_text`/`flag_images`."""
+        request_id = f"modr_req_{uuid.uuid4().hex}"
+        try:
+            response = await self._moderate(request)
+        except ApiError as err:
+            response = web.json_response(err.body(), status=err.status, headers=err.headers)
+        response.headers["x-request-id"] = request_id
+        self.moderation_statuses.append(response.status)
+        return response
+
+    async def _moderate(self, request: web.Request) -> web.Response:
+        body, size = await self._read_part_stream(request, MODERATION_MAX_BODY)
+        if request.method != "POST":
+            raise ApiError(405, f"Invalid method for URL ({request.method} {request.path})")
+        if request.headers.get("Authorization") is None:
+            raise ApiError(401, "You didn't provide an API key.")
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            raise ApiError(401, "Incorrect API key provided: sk-****.", code="invalid_api_key")
+        if size > MODERATION_MAX_BODY:
+            raise ApiError(413, "Request body too large.", type_="invalid_request_error")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "We could not parse the JSON body of your request.") from None
+        if not isinstance(payload, dict):
+            raise ApiError(400, "We could not parse the JSON body of your request.")
+        self.moderation_requests.append(payload)
+        rule = self._take("moderation")
+        if rule is not None and rule.fault == Fault.MODERATION_HANG:
+            await self._release.wait()
+            raise ApiError(503, "The fake was closed while hanging.", type_="server_error")
+        if rule is not None:
+            raise ApiError(
+                500, "The server had an error while processing your request.", type_="server_error"
+            )
+        model = payload.get("model", MODERATION_MODELS[0])
+        if model not in MODERATION_MODELS:
+            raise ApiError(400, f"Invalid value for 'model': '{model}'.", param="model", code="invalid_value")
+        inputs = _moderation_inputs(payload.get("input"), model)
+        unknown = sorted(set(payload) - {"model", "input"})
+        if unknown:
+            raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}")
+        results = [self._score(group) for group in inputs]
+        return web.json_response(
+            {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": MODERATION_SNAPSHOT, "results": results}
+        )
+
+    @staticmethod
+    async def _read_part_stream(request: web.Request, limit: int) -> tuple[bytes, int]:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+        return b"".join(chunks), size
+
+    def _score(self, group: list[tuple[str, str]]) -> dict[str, Any]:
+        """One result for a group of inputs (a multimodal array is one group)."""
+        scores = dict.fromkeys(MODERATION_CATEGORIES, 0.0001)
+        applied: dict[str, list[str]] = {c: [] for c in MODERATION_CATEGORIES}
+        for kind, value in group:
+            hits: list[tuple[str, float]] = []
+            if kind == "text":
+                hits = [hit for word, hit in self._text_flags.items() if word in value.lower()]
+            elif self._image_flag is not None:
+                hits = [self._image_flag]
+            for category, score in hits:
+                scores[category] = max(scores[category], score)
+                applied[category].append(kind)
+        categories = {c: scores[c] >= MODERATION_FLAG_SCORE for c in MODERATION_CATEGORIES}
+        return {
+            "flagged": any(categories.values()),
+            "categories": categories,
+            "category_scores": scores,
+            "category_applied_input_types": applied,
+        }
 
     async def _read_form(
         self, request: web.Request, record: RecordedRequest

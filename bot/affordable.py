@@ -1,0 +1,94 @@
+"""Edits a member can afford: when the worst case of the asked quality does not fit, the best one that does.
+
+A refused hold (the member's balance, or what is left of the server's monthly budget) is not a dead
+end when a lower quality of the same edit fits: `auto` then runs at the highest quality that fits
+(and says so), and a named quality is offered one step down with its price (`Offer`). The hold is
+always the true worst case of what is sent: each candidate is priced by the router like any job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from bot.errors import InvalidOptions
+from bot.jobs import PreparedJob
+
+AUTO = "auto"
+# Dearest last; `auto` is priced as the model's dearest quality, so every listed one is a step down.
+QUALITY_ORDER = ("low", "medium", "high", "xhigh", "max")
+
+
+class Repricer(Protocol):
+    def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
+        """The job at `quality`, held at that quality's worst case (bot.jobs.EditService)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A refused job and the same job at a quality its payer can afford."""
+
+    asked: PreparedJob
+    cheaper: PreparedJob
+    available: int
+
+    @property
+    def quality(self) -> str:
+        return self.cheaper.chosen.quality
+
+    @property
+    def credits(self) -> int:
+        return self.cheaper.reserve
+
+
+def lower_qualities(prepared: PreparedJob) -> list[str]:
+    """The model's qualities below the asked one, dearest first (all of them for `auto`)."""
+    asked = prepared.chosen.quality
+    listed = [q for q in QUALITY_ORDER if q in prepared.model.qualities]
+    if asked != AUTO:
+        listed = listed[: listed.index(asked)] if asked in listed else []
+    return list(reversed(listed))
+
+
+def best_affordable(edits: Repricer, prepared: PreparedJob, available: int) -> Offer | None:
+    """The highest quality below the asked one whose worst case fits `available` credits, or None.
+
+    Qualities no configured route can make are skipped (never offered, never held).
+    """
+    for quality in lower_qualities(prepared):
+        try:
+            cheaper = edits.at_quality(prepared, quality)
+        except InvalidOptions:
+            continue
+        if cheaper.reserve <= available:
+            # Only a hold was refused, and the safety check runs before the hold: it passed already.
+            return Offer(prepared, replace(cheaper, screened=True), available)
+    return None
+
+
+def auto_resolved(offer: Offer) -> PreparedJob:
+    """The cheaper job for an `auto` request, with a note (shown on the result) of what it ran at."""
+    note = (
+        f"`auto` quality could cost up to {offer.asked.reserve} credits, more than the {offer.available} "
+        f"available, so Retouch used **{offer.quality}** (at most {offer.credits} credits)."
+    )
+    return replace(offer.cheaper, notices=(*offer.cheaper.notices, note))
+
+
+def offer_text(offer: Offer, *, budget: bool) -> str:
+    """The private message that offers the cheaper run (`budget`: the server's monthly budget is short)."""
+    asked = offer.asked
+    short = (
+        f"only **{offer.available}** are left in this server's budget for this month"
+        if budget
+        else f"you have **{offer.available}** available"
+    )
+    return (
+        f"At **{asked.chosen.quality}** quality this edit can cost up to **{asked.reserve}** credits, but "
+        f"{short}. At **{offer.quality}** it costs at most **{offer.credits}** credits."
+    )
+
+
+def button_label(offer: Offer) -> str:
+    return f"Run at {offer.quality} for at most {offer.credits} credits"

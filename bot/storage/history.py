@@ -1,0 +1,90 @@
+"""Edit chains (bot.history): which posted result came from which, kept for RESULT_RETENTION_HOURS.
+
+Only Discord message ids and the job id are stored, never images: Undo and Edit again read the
+picture back from Discord's copy of the message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from bot.storage.connection import Database
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One version of an edit chain (bot.history): where it is posted and what it came from."""
+
+    message_id: int
+    channel_id: int
+    guild_id: int
+    user_id: int
+    job_id: str
+    chain_id: int
+    parent_message_id: int | None
+    created_at: str
+    expires_at: str
+
+
+class Versions:
+    """The `edit_versions` table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_version(self, version: VersionRow) -> None:
+        """Record a posted version; drop every expired one in the same transaction (retention)."""
+        now = self._db.timestamp()
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM edit_versions WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT OR REPLACE INTO edit_versions (message_id, channel_id, guild_id, user_id, job_id, "
+                "chain_id, parent_message_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    version.message_id,
+                    version.channel_id,
+                    version.guild_id,
+                    version.user_id,
+                    version.job_id,
+                    version.chain_id,
+                    version.parent_message_id,
+                    version.created_at or now,
+                    version.expires_at,
+                ),
+            )
+
+        await self._db.transaction(body)
+
+    async def get_version(self, message_id: int) -> VersionRow | None:
+        row = await self._db.one(
+            "SELECT * FROM edit_versions WHERE message_id = ? AND expires_at > ?",
+            (message_id, self._db.timestamp()),
+        )
+        return None if row is None else VersionRow(**dict(row))
+
+    async def latest_version(self, chain_id: int) -> VersionRow | None:
+        row = await self._db.one(
+            "SELECT * FROM edit_versions WHERE chain_id = ? AND expires_at > ? "
+            "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (chain_id, self._db.timestamp()),
+        )
+        return None if row is None else VersionRow(**dict(row))
+
+    async def recent_versions(
+        self, guild_id: int, user_id: int, limit: int
+    ) -> list[tuple[VersionRow, str | None]]:
+        """A member's newest versions in a server, each with its job's spec (JSON; the prompt)."""
+        rows = await self._db.all(
+            "SELECT v.*, j.spec AS job_spec FROM edit_versions v LEFT JOIN jobs j ON j.id = v.job_id "
+            "WHERE v.guild_id = ? AND v.user_id = ? AND v.expires_at > ? "
+            "ORDER BY v.created_at DESC, v.rowid DESC LIMIT ?",
+            (guild_id, user_id, self._db.timestamp(), limit),
+        )
+        found = []
+        for row in rows:
+            data = dict(row)
+            spec = data.pop("job_spec")
+            found.append((VersionRow(**data), spec))
+        return found

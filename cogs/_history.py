@@ -1,0 +1,114 @@
+"""Edit history on Discord: the **Undo** button, Edit again's "latest version" and thread, `/history`.
+
+Versions and chains are `bot.history`; this module only reads and posts messages. Undo is a dynamic
+item (it keys on the clicked message, so it works after a restart while the chain is kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.audit import jump_url
+from bot.history import HistoryEntry
+from cogs._ui import EMBED_COLOUR, truncate
+
+if TYPE_CHECKING:
+    from bot.client import RetouchBot
+
+log = logging.getLogger(__name__)
+
+CUSTOM_ID_PREFIX = "retouch:undo"
+HISTORY_PROMPT_CHARS = 80
+
+
+class UndoControl(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16})"
+):
+    """**Undo** on a result that continues a chain; routes the click to the members cog."""
+
+    def __init__(self, item: discord.ui.Button[Any], job_id: str) -> None:
+        super().__init__(item)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> UndoControl:
+        return cls(item, match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        handler = getattr(interaction.client.get_cog("MembersCog"), "undo", None)  # type: ignore[attr-defined]
+        if handler is not None:
+            await handler(interaction, self.job_id)
+
+
+def undo_button(job_id: str) -> UndoControl:
+    button: discord.ui.Button[Any] = discord.ui.Button(
+        label="Undo", style=discord.ButtonStyle.secondary, custom_id=f"{CUSTOM_ID_PREFIX}:{job_id}"
+    )
+    return UndoControl(button, job_id)
+
+
+async def chain_source(
+    bot: RetouchBot, message: discord.Message, job_id: str | None = None
+) -> tuple[discord.Message, int | None]:
+    """What Edit again continues from: the newest version of the chain `message` belongs to (else
+    `message` itself: not a version, or the newest one cannot be read any more), and the chain's
+    thread when its first result has one (new versions are posted there)."""
+    history = bot.services.history
+    latest = await history.latest(message.id, job_id) if history is not None else None
+    if latest is None:
+        return message, None
+    thread_id = await chain_thread(bot, latest.chain_id)
+    if latest.message_id == message.id:
+        return message, thread_id
+    try:
+        source = await bot.get_partial_messageable(latest.channel_id).fetch_message(latest.message_id)
+    except discord.HTTPException as exc:
+        log.info("latest version %s unreadable (%s %s)", latest.message_id, exc.status, exc.code)
+        return message, thread_id
+    return source, thread_id
+
+
+async def chain_thread(bot: RetouchBot, chain_id: int) -> int | None:
+    """The thread under a chain's first result (Discord gives it the message's id), if there is one."""
+    channel = bot.get_channel(chain_id)
+    if channel is None:
+        try:
+            channel = await bot.fetch_channel(chain_id)
+        except discord.HTTPException:
+            return None
+    return channel.id if isinstance(channel, discord.Thread) else None
+
+
+def restored_embed(old: discord.Embed | None, requester: str, filename: str, job_id: str) -> discord.Embed:
+    """The Undo repost's embed: the earlier version's prompt, marked as restored."""
+    embed = discord.Embed(description=old.description if old else None, colour=EMBED_COLOUR)
+    embed.set_author(name=f"Undo: the previous version, restored for {requester}")
+    embed.set_image(url=f"attachment://{filename}")
+    # Not "job <id>" alone: crash recovery looks for that exact footer to find a job's own result.
+    embed.set_footer(text=f"job {job_id} · restored")
+    return embed
+
+
+def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:
+    lines = []
+    for number, entry in enumerate(entries, start=1):
+        v = entry.version
+        prompt = discord.utils.escape_markdown(
+            truncate(" ".join((entry.prompt or "").split()), HISTORY_PROMPT_CHARS)
+        )
+        when = discord.utils.format_dt(discord.utils.snowflake_time(v.message_id), "R")
+        step = "" if v.parent_message_id is None else " (continues an edit)"
+        lines.append(f"{number}. {when} “{prompt}”{step} — {jump_url(guild_id, v.channel_id, v.message_id)}")
+    embed = discord.Embed(
+        title="Your last edits here",
+        description=truncate("\n".join(lines), 4000) or None,
+        colour=EMBED_COLOUR,
+    )
+    embed.set_footer(text=f"Links are kept {hours:g} hours; Retouch keeps no copies of your images.")
+    return embed

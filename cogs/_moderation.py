@@ -1,0 +1,132 @@
+"""Moderator controls: a public notice with a **Stop** button for each running edit in a server channel.
+
+The requester's progress message is private, so moderators could not see (or cancel) a running edit.
+While an edit started from a command runs, the channel shows "alice is editing an image: “…”" with
+**Stop edit**; members with Manage Messages there (and the requester) can stop it — the hold is
+released in full and the requester is told — and the audit channel records who did. The notice is
+removed when the job ends (a `JobObserver`). It is process memory: after a restart the notice of a
+resumed job stays, and its button answers that the edit has ended once it has. The result's own
+**Delete** button (requester or Manage Messages) is the control for results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.audit import jump_url
+from bot.engine import JobObserver
+from cogs._ui import truncate
+
+if TYPE_CHECKING:
+    from bot.client import RetouchBot
+
+log = logging.getLogger(__name__)
+
+CUSTOM_ID_PREFIX = "retouch:stop"
+NOTICE_PROMPT_CHARS = 200
+ENDED_MEMORY = 512  # jobs that ended before their notice was posted (a fast edit), remembered briefly
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class StopControl(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16})"
+):
+    """The public **Stop edit** button; routes the click to the members cog, also after a restart."""
+
+    def __init__(self, item: discord.ui.Button[Any], job_id: str) -> None:
+        super().__init__(item)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+    ) -> StopControl:
+        return cls(item, match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = interaction.client.get_cog("MembersCog")  # type: ignore[attr-defined]
+        handler = getattr(cog, "stop", None)
+        if handler is not None:
+            await handler(interaction, self.job_id)
+
+
+def stop_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    button: discord.ui.Button[Any] = discord.ui.Button(
+        label="Stop edit", style=discord.ButtonStyle.danger, custom_id=f"{CUSTOM_ID_PREFIX}:{job_id}"
+    )
+    view.add_item(StopControl(button, job_id))
+    return view
+
+
+def notice_text(requester: str, prompt: str) -> str:
+    shown = discord.utils.escape_markdown(truncate(" ".join(prompt.split()), NOTICE_PROMPT_CHARS))
+    return f"🖌️ **{discord.utils.escape_markdown(requester)}** is editing an image: “{shown}”"
+
+
+class PublicControls(JobObserver):
+    """The notices of running jobs by job id: posted after the hold, removed when the job ends."""
+
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self._posted: dict[str, tuple[int, int]] = {}  # job id -> (channel id, message id)
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def announce(self, job_id: str, channel_id: int, requester: str, prompt: str) -> None:
+        """Post the notice in the background: the command's own answer must not wait for it."""
+        self._spawn(self._post(job_id, channel_id, requester, prompt))
+
+    def forget(self, job_id: str) -> tuple[int, int] | None:
+        """Stop tracking a notice (the caller edits it); returns where it is."""
+        return self._posted.pop(job_id, None)
+
+    def job_finished(self, job_id: str, state: str, **_: Any) -> None:
+        where = self._posted.pop(job_id, None)
+        if where is None:
+            self._ended[job_id] = None
+            while len(self._ended) > ENDED_MEMORY:
+                self._ended.popitem(last=False)
+            return
+        self._spawn(self._remove(*where))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _post(self, job_id: str, channel_id: int, requester: str, prompt: str) -> None:
+        if job_id in self._ended:
+            return
+        try:
+            message = await self.bot.get_partial_messageable(channel_id).send(
+                notice_text(requester, prompt), view=stop_view(job_id), allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException as exc:
+            log.info("job %s: no public notice in %s (%s %s)", job_id, channel_id, exc.status, exc.code)
+            return
+        if job_id in self._ended:  # it finished while the notice was on its way
+            await self._remove(channel_id, message.id)
+        else:
+            self._posted[job_id] = (channel_id, message.id)
+
+    async def _remove(self, channel_id: int, message_id: int) -> None:
+        try:
+            await self.bot.get_partial_messageable(channel_id).get_partial_message(message_id).delete()
+        except discord.HTTPException as exc:
+            log.info("could not remove a public notice (%s %s)", exc.status, exc.code)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def action_link(guild_id: int | None, channel_id: int | None, message_id: int | None) -> str | None:
+    return jump_url(guild_id, channel_id, message_id) if channel_id else None

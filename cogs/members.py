@@ -1,0 +1,194 @@
+"""What members notice: the one-click cheaper run (bot.affordable), moderator controls and history.
+
+* The cheaper-run offers are this process's memory (see `cogs._affordable`); their button is a
+  dynamic item so a click that arrives before discord.py stored a view still reaches its offer.
+* Each running edit has a public notice with **Stop edit** (`cogs._moderation`): the requester or a
+  member with Manage Messages in the channel can stop it; stops by others go to the audit channel.
+* Results form chains (`bot.history`): **Undo** posts the previous version again (downloaded from
+  its Discord message: no image is stored), and `/history` lists a member's last edits with links.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.client import RetouchBot
+from bot.history import NothingToUndo
+from cogs._affordable import CheaperRun, OfferBook
+from cogs._history import UndoControl, chain_thread, history_embed, restored_embed
+from cogs._moderation import PublicControls, StopControl, action_link
+from cogs._results import result_view
+from cogs._ui import first_image, report_error
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def can_manage_messages(interaction: discord.Interaction) -> bool:
+    """Manage Messages in the channel of the click (a moderator there)."""
+    return interaction.guild_id is not None and interaction.permissions.manage_messages
+
+
+class MembersCog(commands.Cog):
+    def __init__(self, bot: RetouchBot) -> None:
+        self.bot = bot
+        self.offers = OfferBook()
+        self.controls = PublicControls(bot)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(CheaperRun, StopControl, UndoControl)
+        self.bot.services.edits.observers.append(self.controls)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(CheaperRun, StopControl, UndoControl)
+        observers = self.bot.services.edits.observers
+        if self.controls in observers:
+            observers.remove(self.controls)
+        await self.controls.close()
+
+    async def stop(self, interaction: discord.Interaction, job_id: str) -> None:
+        """A click on a public **Stop edit**. Never raises: errors become private messages."""
+        try:
+            await self._stop(interaction, job_id)
+        except Exception as error:
+            await report_error(interaction, error, where="Stop edit")
+
+    async def _stop(self, interaction: discord.Interaction, job_id: str) -> None:
+        storage = self.bot.services.storage
+        row = await storage.jobs.get_job(job_id)
+        manage = can_manage_messages(interaction)
+        if row is None or (row.user_id != interaction.user.id and not manage):
+            await interaction.response.send_message(
+                "Only the person who asked for this edit, or a member who can manage messages here, can "
+                "stop it.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        await interaction.response.defer()  # the answer is the public notice itself
+        self.controls.forget(job_id)  # this handler edits the notice; the job's end must not delete it
+        # Not quiet: the requester's own progress message says it was cancelled and not charged.
+        text = await self.bot.services.edits.engine.cancel(
+            job_id, actor_id=interaction.user.id, can_manage=manage, quiet=False
+        )
+        after = await storage.jobs.get_job(job_id)
+        if after is None or after.state != "cancelled":
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            if interaction.message is not None:
+                await interaction.message.delete()
+            return
+        by_other = interaction.user.id != row.user_id
+        who = f"a moderator (<@{interaction.user.id}>)" if by_other else "the requester"
+        await interaction.edit_original_response(
+            content=f"🛑 <@{row.user_id}>'s edit was stopped by {who}. Nothing was charged.",
+            view=None,
+            allowed_mentions=NO_MENTIONS,
+        )
+        log.info("job %s: stopped by %s (requester %s)", job_id, interaction.user.id, row.user_id)
+        if by_other:
+            await self.bot.services.audit.moderator_action(
+                f"🛑 <@{interaction.user.id}> stopped job `{job_id}` of <@{row.user_id}> "
+                f"in <#{row.channel_id}> (released in full)",
+                action_link(
+                    row.guild_id, row.channel_id, interaction.message.id if interaction.message else None
+                ),
+            )
+
+    # -- edit history ------------------------------------------------------------------------------
+
+    @app_commands.command(name="history", description="Your last edits here, with links to each result")
+    async def history(self, interaction: discord.Interaction) -> None:
+        history = self.bot.services.history
+        assert history is not None  # build_services always sets it
+        entries = await history.recent(interaction.guild_id or 0, interaction.user.id)
+        hours = self.bot.services.settings.result_retention_hours
+        if not entries:
+            await interaction.response.send_message(
+                f"You have no edits here from the last {hours:g} hours (Retouch keeps the links that long). "
+                "Start one with /edit.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.send_message(
+            embed=history_embed(entries, interaction.guild_id, hours),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def undo(self, interaction: discord.Interaction, job_id: str) -> None:
+        """A click on **Undo**. Never raises: errors become private messages."""
+        try:
+            await self._undo(interaction, job_id)
+        except Exception as error:
+            await report_error(interaction, error, where="Undo")
+
+    async def _undo(self, interaction: discord.Interaction, job_id: str) -> None:
+        history = self.bot.services.history
+        message = interaction.message
+        assert history is not None and message is not None
+        hours = self.bot.services.settings.result_retention_hours
+        latest = await history.latest(message.id, job_id)
+        if latest is None:
+            await _private(
+                interaction,
+                f"Retouch keeps an edit's history for {hours:g} hours; this one is older. "
+                "Use **Edit again** or /edit.",
+            )
+            return
+        if latest.user_id != interaction.user.id and not can_manage_messages(interaction):
+            await _private(interaction, "Only the person who made this edit can undo it.")
+            return
+        try:
+            step = await history.undo_step(message.id, job_id)
+        except NothingToUndo:
+            await _private(interaction, "This is the first version of this edit: there is nothing to undo.")
+            return
+        await interaction.response.defer()
+        try:
+            earlier = await self.bot.get_partial_messageable(step.previous.channel_id).fetch_message(
+                step.previous.message_id
+            )
+        except discord.NotFound:
+            earlier = None
+        attachment = first_image(earlier) if earlier is not None else None
+        if earlier is None or attachment is None:
+            await interaction.followup.send(
+                "The previous version was deleted from Discord, so it cannot be posted again.", ephemeral=True
+            )
+            return
+        data = await attachment.read()
+        name = interaction.user.display_name
+        embed = restored_embed(
+            earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id
+        )
+        where = await chain_thread(self.bot, step.latest.chain_id) or interaction.channel_id
+        post = {
+            "content": interaction.user.mention,
+            "embed": embed,
+            "file": discord.File(io.BytesIO(data), filename=attachment.filename),
+            "view": result_view(step.previous.job_id, undo=True),
+            "allowed_mentions": NO_MENTIONS,
+        }
+        if where == interaction.channel_id:
+            posted = await interaction.followup.send(**post, wait=True)
+        else:  # the chain lives in its thread (clicked on its first result, in the channel)
+            assert where is not None
+            posted = await self.bot.get_partial_messageable(where).send(**post)
+        await history.record_repost(
+            step, message_id=posted.id, channel_id=posted.channel.id, user_id=interaction.user.id
+        )
+        log.info("undo: version %s posted again as %s", step.previous.message_id, posted.id)
+
+
+async def _private(interaction: discord.Interaction, text: str) -> None:
+    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(MembersCog(bot))

@@ -1,0 +1,531 @@
+"""What members notice (issue 13), end to end through the real bot against the fake Discord and OpenAI:
+edits a member can afford (a one-click cheaper run; `auto` resolving to what fits) and the free
+safety check before any paid call (levels, fail-open on outages, the audit channel); moderator
+controls (a public Stop on running edits, audited deletes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.catalog import parse_catalog
+from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.harness import World, running_bot
+
+# Square prices 10 / 60 / 200 credits: 150 credits cover medium but not high (nor auto, priced as high).
+CATALOG = parse_catalog(
+    {
+        "models": {
+            "gpt-image-1.5": {
+                "name": "GPT Image 1.5",
+                "max_input_images": 4,
+                "price": {
+                    "low": {"square": 0.01, "other": 0.02},
+                    "medium": {"square": 0.06, "other": 0.08},
+                    "high": {"square": 0.2, "other": 0.25},
+                },
+                "routes": [{"provider": "openai"}],
+            }
+        }
+    }
+)
+SQUARE = "1024x1024"
+CHEAPER_PREFIX = "retouch:cheaper:"
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def member_world(
+    fake: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, *, credits: int = 150, **env: str
+) -> Any:
+    settings: Mapping[str, str] = {"STARTING_CREDITS": str(credits), **env}
+    return running_bot(fake, openai, tmp_path, env=settings, catalog=CATALOG, audit=True)
+
+
+def private_text(it: FakeInteraction) -> str:
+    return it.original_message.content if it.original_message is not None else ""
+
+
+def cheaper_button(message: FakeMessage) -> dict[str, Any] | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith(CHEAPER_PREFIX):
+                return component
+    return None
+
+
+async def offered(world: World, it: FakeInteraction) -> tuple[FakeMessage, str]:
+    """The private message of `it` once it carries the cheaper-run button, and the button's id."""
+
+    def ready() -> FakeMessage | None:
+        message = it.original_message
+        return message if message is not None and cheaper_button(message) else None
+
+    message = await world.fake.wait_until(ready)
+    button = cheaper_button(message)
+    assert button is not None
+    return message, button["custom_id"]
+
+
+def result_fields(message: FakeMessage) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for f in message.embeds[0].get("fields", []):
+        found.setdefault(f["name"], []).append(f["value"])
+    return found
+
+
+async def published(world: World, it: FakeInteraction) -> FakeMessage:
+    """The public result of `it`'s job, once its job is settled (delivered and charged)."""
+    [message] = await world.fake.wait_until(lambda: results(it.followups))
+    data_dir = world.services.settings.data_dir
+    await world.fake.wait_until(lambda: all(j["state"] in ("delivered", "failed") for j in jobs(data_dir)))
+    return message
+
+
+# -- 1. edits a member can afford -------------------------------------------------------------------
+
+
+async def test_a_quality_the_member_cannot_afford_offers_one_click_at_a_lower_one(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path) as world:
+        it = await world.edit(PHOTO, quality="high", size=SQUARE)
+        message, button = await offered(world, it)
+        assert message.ephemeral
+        assert message.content == (
+            "At **high** quality this edit can cost up to **200** credits, but you have **150** "
+            "available. At **medium** it costs at most **60** credits."
+        )
+        assert cheaper_button(message)["label"] == "Run at medium for at most 60 credits"
+        assert openai.post_count == 0  # nothing was sent, nothing is held
+        assert [j["state"] for j in jobs(tmp_path)] == ["failed"]
+        assert_books_balance(tmp_path)
+
+        click = await fake_discord.click(world.user, message, button)
+        result = await published(world, click)
+        assert len(openai.moderation_requests) == 2  # the offer's run is not checked a second time
+        assert openai.requests[-1].fields["quality"] == "medium"
+        assert result_fields(result)["Quality"] == ["medium"]
+        done = jobs(tmp_path)[-1]
+        assert (done["state"], done["reserved"]) == ("delivered", 60)  # held medium's true worst case
+        assert ledger_kinds(tmp_path, done["id"]) == ["reserve", "capture"]
+        assert_books_balance(tmp_path)
+
+
+async def test_a_double_click_on_the_offer_starts_one_edit(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path) as world:
+        it = await world.edit(PHOTO, quality="high", size=SQUARE)
+        message, button = await offered(world, it)
+        first, second = await asyncio.gather(
+            fake_discord.click(world.user, message, button),
+            fake_discord.click(world.user, message, button),
+        )
+        await world.fake.wait_until(lambda: results(first.followups + second.followups))
+        await world.fake.wait_until(lambda: jobs(tmp_path)[-1]["state"] == "delivered")
+        late = [
+            it
+            for it in (first, second)
+            if it.original_message and "already used" in it.original_message.content
+        ]
+        assert len(late) == 1 and late[0].original_message.ephemeral
+        assert openai.post_count == 1
+        assert [j["state"] for j in jobs(tmp_path)] == ["failed", "delivered"]
+        assert cheaper_button(message) is None  # the button went with the first click
+
+
+async def test_auto_quality_runs_at_the_best_quality_the_member_can_afford_and_says_so(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path) as world:
+        it = await world.edit(PHOTO, quality="auto", size=SQUARE)
+        await world.finished(it)
+        result = await published(world, it)
+        assert openai.requests[-1].fields["quality"] == "medium"
+        fields = result_fields(result)
+        assert fields["Quality"] == ["medium"]
+        assert fields["Note"] == [
+            "`auto` quality could cost up to 200 credits, more than the 150 available, so Retouch used "
+            "**medium** (at most 60 credits)."
+        ]
+        assert len(openai.moderation_requests) == 2  # prompt + image, checked once, not again at medium
+        # Refused at auto (nothing held), then held at medium's true worst case.
+        assert [(j["state"], j["reserved"]) for j in jobs(tmp_path)] == [("failed", 0), ("delivered", 60)]
+        assert_books_balance(tmp_path)
+
+
+async def test_auto_that_the_member_can_afford_stays_auto(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        it = await world.edit(PHOTO, quality="auto", size=SQUARE)
+        result = await published(world, it)
+        assert openai.requests[-1].fields["quality"] == "auto"
+        assert "Note" not in result_fields(result)
+
+
+async def test_nothing_affordable_is_still_a_plain_refusal(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=5) as world:
+        it = await world.edit(PHOTO, quality="high", size=SQUARE)
+        [text] = await world.fake.wait_until(lambda: [e for e in it.original_edits if "credits but" in e])
+        assert text.startswith("This edit needs up to **200** credits but you have **5** available.")
+        assert it.original_message is not None and not it.original_message.components
+        assert openai.post_count == 0
+
+
+async def test_the_servers_budget_offers_what_is_left_of_it(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=100000) as world:
+        await admin(world, world.owner, "admin policy budget", usd=0.1)  # 100 credits a month
+        it = await world.edit(PHOTO, quality="high", size=SQUARE)
+        message, button = await offered(world, it)
+        assert message.content == (
+            "At **high** quality this edit can cost up to **200** credits, but only **100** are left in "
+            "this server's budget for this month. At **medium** it costs at most **60** credits."
+        )
+        click = await fake_discord.click(world.user, message, button)
+        await published(world, click)
+        assert openai.requests[-1].fields["quality"] == "medium"
+
+
+async def admin(world: World, actor: FakeUser, command: str, /, **options: Any) -> FakeMessage:
+    it = await world.fake.slash(actor, command, channel=world.channel, options=options)
+
+    def answered() -> FakeMessage | None:
+        done = [m for m in it.messages if not m.loading]
+        return done[-1] if done else None
+
+    return await world.fake.wait_until(answered)
+
+
+# -- 2. a free safety check first -------------------------------------------------------------------
+
+
+def audit_lines(world: World) -> list[str]:
+    return [m.content for m in world.fake.channel_messages(world.audit_channel)]
+
+
+async def refusal(world: World, it: FakeInteraction, marker: str = "safety check") -> str:
+    [text] = await world.fake.wait_until(lambda: [e for e in it.original_edits if marker in e])
+    return text
+
+
+async def test_a_flagged_prompt_is_refused_privately_before_any_hold_or_edit_call(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_text("knife", "violence")
+        it = await world.edit(PHOTO, prompt="add a bloody knife", size=SQUARE)
+        text = await refusal(world, it)
+        assert text == (
+            "Retouch's safety check flagged your prompt for **violence**, so nothing was sent to the "
+            "image service. Change it and try again. You were not charged."
+        )
+        assert it.original_message is not None and it.original_message.ephemeral
+        assert openai.post_count == 0 and jobs(tmp_path) == []  # no edit call, no job, no hold
+        account = await world.services.storage.get_account(world.guild.id, world.user.id)
+        assert account is None or (account.balance, account.held) == (1000, 0)
+        [line] = await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "flagged" in a])
+        assert line == (
+            f"🛡️ Safety check (standard) flagged the prompt of <@{world.user.id}> in "
+            f"<#{world.channel.id}> for `violence`; nothing was sent or charged"
+        )
+
+
+async def test_the_safety_check_sends_the_prompt_and_each_image_as_the_api_expects(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        it = await world.fake.slash(
+            world.user,
+            "edit",
+            channel=world.channel,
+            options={"prompt": "make it a watercolour", "size": SQUARE},
+            attachments={"image": ("photo.png", PHOTO), "image2": ("two.png", PHOTO)},
+        )
+        await published(world, it)
+        bodies = openai.moderation_requests
+        assert all(b["model"] == "omni-moderation-latest" for b in bodies)
+        inputs = sorted((b["input"] for b in bodies), key=lambda parts: parts[0]["type"])
+        assert inputs[0] == [{"type": "image_url", "image_url": {"url": inputs[0][0]["image_url"]["url"]}}]
+        assert inputs[0][0]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert len(inputs) == 3 and inputs[2] == [{"type": "text", "text": "make it a watercolour"}]
+        assert openai.moderation_statuses == [200, 200, 200]
+        assert openai.post_count == 1
+
+
+async def test_a_flagged_image_names_the_category_and_which_image(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_images("sexual")
+        it = await world.edit(PHOTO, size=SQUARE)
+        assert "flagged your image for **sexual content**" in await refusal(world, it)
+        assert openai.post_count == 0
+
+
+@pytest.mark.parametrize(
+    ("level", "refused"), [("off", False), ("standard", False), ("strict", True), ("default", False)]
+)
+async def test_servers_choose_how_strict_the_check_is(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, level: str, refused: bool
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.flag_text("spooky", "violence", score=0.35)  # under the API's flag, over strict's bar
+        answer = await admin(world, world.owner, "admin policy moderation", level=level)
+        shown = "standard" if level == "default" else level
+        assert answer.content.startswith(f"Safety check: **{shown}**")
+        rules = await admin(world, world.owner, "admin policy show")
+        [field] = [f for f in rules.embeds[0]["fields"] if f["name"] == "Safety check"]
+        assert field["value"].startswith(f"**{shown}** — ")
+        it = await world.edit(PHOTO, prompt="a spooky castle", size=SQUARE)
+        if refused:
+            assert "flagged your prompt for **violence**" in await refusal(world, it)
+            assert openai.post_count == 0
+        else:
+            await published(world, it)
+            assert openai.post_count == 1
+        assert bool(openai.moderation_requests) == (level != "off")
+
+
+@pytest.mark.parametrize("fault", [Fault.MODERATION_ERROR, Fault.MODERATION_HANG])
+async def test_a_moderation_outage_never_blocks_edits_and_is_audited_once(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, fault: Fault
+):
+    env = {"MODERATION_TIMEOUT_SECONDS": "0.5"}
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, **env) as world:
+        openai.flag_text("knife", "violence")  # would be refused if the check answered
+        openai.fail_always(fault)
+        for _ in range(2):
+            it = await world.edit(PHOTO, prompt="a knife", size=SQUARE)
+            await published(world, it)
+        assert openai.post_count == 2
+        outages = [a for a in audit_lines(world) if "Safety check unavailable" in a]
+        assert len(outages) == 1
+        why = "ServerError" if fault == Fault.MODERATION_ERROR else "no answer in 0.5 s"
+        assert outages[0].startswith(f"⚠️ Safety check unavailable ({why}): edits go ahead unchecked")
+
+
+# -- 3. moderator controls --------------------------------------------------------------------------
+
+STOP_PREFIX = "retouch:stop:"
+
+
+def stop_button(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith(STOP_PREFIX):
+                return str(component["custom_id"])
+    return None
+
+
+async def public_notice(world: World) -> FakeMessage:
+    """The channel's public notice of a running edit (the one with **Stop edit**)."""
+    return (
+        await world.fake.wait_until(
+            lambda: [m for m in world.fake.channel_messages(world.channel) if stop_button(m)]
+        )
+    )[0]
+
+
+async def member(world: World, name: str, permissions: int | None = None) -> FakeUser:
+    user = world.fake.create_user(name)
+    await world.guild.add_member(user, permissions=permissions)
+    return user
+
+
+async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is_audited(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)  # the edit is still running at the provider
+        it = await world.edit(PHOTO, prompt="turn the cat *blue*", size=SQUARE)
+        notice = await public_notice(world)
+        assert not notice.ephemeral
+        assert notice.content == "🖌️ **alice** is editing an image: “turn the cat \\*blue\\*”"
+        assert notice.allowed_mentions == {"parse": []}
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+
+        bob = await member(world, "bob")
+        refused = await fake_discord.click(bob, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: refused.callbacks)
+        assert refused.callbacks[0]["data"]["flags"] & 64  # private
+        assert "Only the person who asked" in refused.callbacks[0]["data"]["content"]
+        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
+
+        mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mod, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: "stopped" in (notice.content or ""))
+        assert notice.content == (
+            f"🛑 <@{world.user.id}>'s edit was stopped by a moderator (<@{mod.id}>). Nothing was charged."
+        )
+        assert notice.components == []
+        assert await fake_discord.wait_until(
+            lambda: "Cancelled" in private_text(it) and private_text(it)
+        ) == ("Cancelled — you were not charged.")
+        [job] = jobs(tmp_path)
+        assert job["state"] == "cancelled"
+        assert ledger_kinds(tmp_path, job["id"]) == ["reserve", "release"]
+        assert_books_balance(tmp_path)
+        [line] = await fake_discord.wait_until(lambda: [a for a in audit_lines(world) if "stopped" in a])
+        assert line.startswith(
+            f"🛑 <@{mod.id}> stopped job `{job['id']}` of <@{world.user.id}> in <#{world.channel.id}> "
+            "(released in full) · https://discord.com/channels/"
+        )
+
+
+async def test_the_public_notice_goes_away_when_the_edit_is_done(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.delay = 0.5  # long enough for the notice to be posted first
+        it = await world.edit(PHOTO, size=SQUARE)
+        notice = await public_notice(world)
+        await published(world, it)
+        await fake_discord.wait_until(lambda: notice.deleted)
+        assert [m for m in fake_discord.channel_messages(world.channel) if stop_button(m)] == []
+
+
+async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        result = await published(world, await world.edit(PHOTO, size=SQUARE))
+        mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mod, result, control(result, "delete"))
+        await fake_discord.wait_until(lambda: result.deleted)
+        [job] = jobs(tmp_path)
+        [line] = await fake_discord.wait_until(lambda: [a for a in audit_lines(world) if "deleted" in a])
+        assert line == (
+            f"🗑️ <@{mod.id}> deleted the result of job `{job['id']}` of <@{world.user.id}> "
+            f"in <#{world.channel.id}>"
+        )
+
+
+# -- 4. edit history --------------------------------------------------------------------------------
+
+
+def undo_button(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith("retouch:undo:"):
+                return str(component["custom_id"])
+    return None
+
+
+def downloads(world: World, message: FakeMessage) -> int:
+    """How often the bot downloaded `message`'s image (the input of an edit, or an Undo's repost)."""
+    [attachment] = message.attachments
+    return sum(1 for r in world.fake.requests if r.method == "GET" and f"/{attachment.id}/" in r.path)
+
+
+async def edit_again(world: World, result: FakeMessage, prompt: str) -> FakeInteraction:
+    click = await world.fake.click(world.user, result, control(result, "again"))
+    await world.fake.wait_until(lambda: click.modal is not None)
+    return await world.fake.submit_modal(world.user, click, fields={"prompt": prompt})
+
+
+async def posted_in(world: World, channel_id: int, count: int) -> list[FakeMessage]:
+    """The first `count` result-like messages (image + job buttons) in a channel or thread."""
+
+    def found() -> list[FakeMessage] | None:
+        messages = [m for m in world.fake.channel_messages(channel_id) if m.files and control(m, "again")]
+        return messages if len(messages) >= count else None
+
+    return await world.fake.wait_until(found)
+
+
+async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_previous_one(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        assert undo_button(first) is None  # the first version has nothing to undo
+        second = await published(world, await edit_again(world, first, "now at night"))
+        assert undo_button(second) is not None
+        # Edit again on the *first* result continues from the latest version (the second).
+        third = await published(world, await edit_again(world, first, "add snow"))
+        assert (downloads(world, first), downloads(world, second)) == (1, 1)  # 1: for the second version
+        rows = jobs(tmp_path)
+        assert [r["origin_message_id"] for r in rows] == [None, first.id, second.id]
+
+        # Undo on the newest posts the version before it again, from Discord's copy.
+        await fake_discord.click(world.user, third, undo_button(third))
+        [*_, restored] = await posted_in(world, world.channel.id, 4)
+        assert restored.files[0][1] == second.files[0][1]
+        assert restored.embeds[0]["footer"]["text"] == f"job {rows[1]['id']} · restored"
+        assert restored.embeds[0]["author"]["name"] == "Undo: the previous version, restored for alice"
+        assert openai.post_count == 3  # Undo costs nothing: no provider call
+        # A second Undo steps back once more; a third has nothing left.
+        await fake_discord.click(world.user, restored, undo_button(restored))
+        [*_, oldest] = await posted_in(world, world.channel.id, 5)
+        assert oldest.files[0][1] == first.files[0][1]
+        late = await fake_discord.click(world.user, oldest, undo_button(oldest))
+        await fake_discord.wait_until(lambda: late.callbacks)
+        assert late.callbacks[0]["data"]["content"] == (
+            "This is the first version of this edit: there is nothing to undo."
+        )
+        # Someone else cannot undo alice's edit.
+        bob = await member(world, "bob")
+        refused = await fake_discord.click(bob, third, undo_button(third))
+        await fake_discord.wait_until(lambda: refused.callbacks)
+        assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
+
+
+async def test_a_chain_with_a_thread_continues_in_the_thread(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        thread = await fake_discord.wait_until(lambda: first.thread)
+        # Clicked on the first result (in the channel): the new version goes into its thread.
+        await edit_again(world, first, "now at night")
+        [second] = await posted_in(world, thread.id, 1)
+        assert second.content.startswith(f"<@{world.user.id}> here is the edit you asked for")
+        assert undo_button(second) is not None
+        # Clicked inside the thread: the chain goes on there, from the newest version.
+        await edit_again(world, second, "add snow")
+        [_, third] = await posted_in(world, thread.id, 2)
+        assert downloads(world, second) == 1
+        await fake_discord.click(world.user, third, undo_button(third))  # at once: recorded on demand
+        [*_, restored] = await posted_in(world, thread.id, 3)
+        assert restored.files[0][1] == second.files[0][1]
+        assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
+
+
+async def test_history_lists_the_members_last_edits_with_links(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        empty = await admin(world, world.user, "history")
+        assert empty.ephemeral and empty.content.startswith("You have no edits here from the last 72 hours")
+        first = await published(world, await world.edit(PHOTO, prompt="a *watercolour* cat", size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        await world.services.history.flush()
+        answer = await admin(world, world.user, "history")
+        assert answer.ephemeral
+        lines = answer.embeds[0]["description"].split("\n")
+        base = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}"
+        assert lines[0].startswith("1. <t:") and lines[0].endswith(
+            f"“now at night” (continues an edit) — {base}/{second.id}"
+        )
+        assert lines[1].endswith(f"“a \\*watercolour\\* cat” — {base}/{first.id}")
+        assert answer.embeds[0]["footer"]["text"] == (
+            "Links are kept 72 hours; Retouch keeps no copies of your images."
+        )
+        bob = await member(world, "bob")
+        assert (await admin(world, bob, "history")).content.startswith("You have no edits here")

@@ -1,0 +1,125 @@
+"""Contract tests: `OpenAIProvider.moderate` (the free safety check) against the fake OpenAI's
+`POST /v1/moderations` over real sockets, and the fake's validation of what it receives."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.providers.errors import ProviderTimeout, ServerError
+from bot.providers.openai import OpenAIProvider, parse_moderation
+from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.providers.helpers import FAST, photo
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def adapter(fake: FakeOpenAI, session: aiohttp.ClientSession) -> OpenAIProvider:
+    return OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=5.0)
+
+
+async def test_a_clean_prompt_and_image_pass_and_a_listed_word_is_flagged(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+):
+    provider = adapter(fake, session)
+    image = photo()
+    clean = await provider.moderate("a watercolour cat", (image.mime, image.data), within=5.0)
+    assert (clean.flagged, clean.categories) == (False, ())
+    fake.flag_text("axe", "violence", score=0.8)
+    hit = await provider.moderate("an AXE murderer", None, within=5.0)
+    assert (hit.flagged, hit.categories, hit.scores["violence"]) == (True, ("violence",), 0.8)
+    assert fake.moderation_requests[-1] == {
+        "model": "omni-moderation-latest",
+        "input": [{"type": "text", "text": "an AXE murderer"}],
+    }
+    assert fake.post_count == 0  # moderation is not an edit call
+
+
+async def test_a_server_error_is_retried_and_a_hang_ends_at_the_deadline(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+):
+    provider = adapter(fake, session)
+    fake.fail_next(Fault.MODERATION_ERROR)
+    assert not (await provider.moderate("hello", None, within=5.0)).flagged
+    assert fake.moderation_statuses == [500, 200]
+    fake.fail_always(Fault.MODERATION_ERROR)
+    with pytest.raises(ServerError):
+        await provider.moderate("hello", None, within=5.0)
+    fake.clear_faults()
+    fake.fail_always(Fault.MODERATION_HANG)
+    with pytest.raises(ProviderTimeout):
+        await provider.moderate("hello", None, within=0.3)
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def splice(value: Any, image: str) -> Any:
+    """`value` with every "PHOTO" replaced by `image` (the table stays readable)."""
+    if isinstance(value, dict):
+        return {k: splice(v, image) for k, v in value.items()}
+    if isinstance(value, list):
+        return [splice(v, image) for v in value]
+    return image if value == "PHOTO" else value
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"model": "gpt-4o", "input": "hi"}, 400, "Invalid value for 'model'"),
+        ({"model": "omni-moderation-latest"}, 400, "'input' is a required property"),
+        ({"input": [{"type": "audio", "audio": "x"}]}, 400, "Invalid value for 'input[0]'"),
+        (
+            {
+                "input": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}
+                ]
+            },
+            400,
+            "not a supported image",
+        ),
+        ({"input": [{"type": "image_url", "image_url": {"url": "PHOTO"}}] * 2}, 400, "Only one image"),
+        (
+            {
+                "model": "text-moderation-latest",
+                "input": [{"type": "image_url", "image_url": {"url": "PHOTO"}}],
+            },
+            400,
+            "does not support image inputs",
+        ),
+        ({"input": "hi", "stream": True}, 400, "Unrecognized request argument"),
+        ({"input": ["one", "two"]}, 200, None),
+    ],
+)
+async def test_the_fake_validates_requests_like_the_api(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, body: dict[str, Any], status: int, says: str | None
+):
+    payload = splice(body, data_url(photo().data))
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}/moderations", json=payload, headers=headers) as resp:
+        answer = await resp.json()
+    assert resp.status == status
+    if says is not None:
+        assert says in answer["error"]["message"]
+    else:
+        assert [r["flagged"] for r in answer["results"]] == [False, False]  # one result per string
+
+
+async def test_the_fake_refuses_a_missing_key_and_the_adapter_refuses_a_malformed_answer(
+    fake: FakeOpenAI, session: aiohttp.ClientSession
+):
+    async with session.post(f"{fake.base_url}/moderations", json={"input": "hi"}) as resp:
+        assert resp.status == 401
+    with pytest.raises(ServerError):
+        parse_moderation({"results": []})
+    with pytest.raises(ServerError):
+        parse_moderation({"results": [{"categories": {}}]})

@@ -1,0 +1,95 @@
+"""Edit history as a service against a real SQLite file: chains of versions, Undo steps, and the
+retention promise (rows go RESULT_RETENTION_HOURS after they were posted), with an injected clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.history import EditHistory, NothingToUndo
+from bot.storage import Storage
+
+GUILD, ALICE, CHANNEL = 10, 20, 30
+START = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[EditHistory, Storage, Clock]]:
+    clock = Clock()
+    storage = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
+    try:
+        yield EditHistory(storage, retention_hours=72), storage, clock
+    finally:
+        await storage.close()
+
+
+async def delivered(storage: Storage, job_id: str, message_id: int, origin: int | None = None) -> None:
+    """A job that was delivered as `message_id` (started from the message `origin`)."""
+    path = Path((await storage.db.one("PRAGMA database_list"))["file"])  # the file this storage writes
+    await storage.jobs.create_job(
+        job_id,
+        guild_id=GUILD,
+        user_id=ALICE,
+        channel_id=CHANNEL,
+        model="m",
+        quality="low",
+        size="auto",
+        count=1,
+        spec=None,
+        origin_message_id=origin,
+    )
+    # Where the engine's settle_delivered puts a result (written directly: no hold or capture needed here).
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE jobs SET state = 'delivered', result_channel_id = ?, result_message_id = ? WHERE id = ?",
+            (CHANNEL, message_id, job_id),
+        )
+
+
+async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
+    history, storage, _ = world
+    await delivered(storage, "a" * 16, 101)
+    await delivered(storage, "b" * 16, 102, origin=101)
+    await delivered(storage, "c" * 16, 103, origin=101)  # Edit again on the first: continues the chain
+    for job in ("a", "b", "c"):
+        await history.record_result(job * 16)
+    latest = await history.latest(101)
+    assert latest is not None and (latest.message_id, latest.chain_id, latest.parent_message_id) == (
+        103,
+        101,
+        101,
+    )
+    step = await history.undo_step(103)
+    assert step.previous.message_id == 101
+    repost = await history.record_repost(step, message_id=104, channel_id=CHANNEL, user_id=ALICE)
+    assert (repost.job_id, repost.parent_message_id, repost.chain_id) == ("a" * 16, None, 101)
+    with pytest.raises(NothingToUndo):
+        await history.undo_step(104)
+    assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [104, 103, 102, 101]
+
+
+async def test_nothing_is_kept_past_the_retention(world, tmp_path: Path):
+    history, storage, clock = world
+    await delivered(storage, "a" * 16, 101)
+    await history.record_result("a" * 16)
+    clock.now = START + dt.timedelta(hours=71, minutes=59)
+    assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [101]
+    clock.now = START + dt.timedelta(hours=72)
+    assert await history.recent(GUILD, ALICE) == []
+    assert await history.latest(101) is None
+    await delivered(storage, "b" * 16, 102)
+    await history.record_result("b" * 16)  # each write also deletes what has expired
+    with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:
+        assert [r[0] for r in db.execute("SELECT message_id FROM edit_versions")] == [102]
