@@ -17,7 +17,6 @@ from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
-from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
 from bot.policy import AllotmentChange, CreditChange, PolicyService
@@ -29,6 +28,7 @@ from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
+from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
 from bot.storage import Storage
 
 SALT_FILE = "install_salt"

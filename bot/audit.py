@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 
-from bot.jobs import JobObserver
+from bot.jobs.model import JobObserver
 from bot.storage import JobRow, Storage
 
 log = logging.getLogger(__name__)

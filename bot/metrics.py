@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.concurrency import LimitState
-from bot.jobs import JobObserver
+from bot.jobs.model import JobObserver
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import discord
 
 from bot import imaging
 from bot.audit import jump_url
-from bot.engine import (
+from bot.jobs.model import (
     Delivered,
     DeliveryFailed,
     EditOutcome,
@@ -37,7 +37,7 @@ from bot.engine import (
     ResultFile,
     Ticket,
 )
-from bot.jobs import PreparedJob, Progress
+from bot.services.edits import PreparedJob, Progress
 from cogs._ui import (
     ProgressMessage,
     admitted,

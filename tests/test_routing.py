@@ -27,7 +27,7 @@ from bot.catalog import Catalog, Route, load_catalog, parse_catalog
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
-from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
+from bot.jobs.model import EditOutcome, JobFailed
 from bot.policy import PolicyService
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -50,6 +50,7 @@ from bot.routing import (
     nearest_size,
     route_reserve_usd,
 )
+from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes import atlascloud_server as atlas_fake

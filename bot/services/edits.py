@@ -2,7 +2,7 @@
 
 The service takes plain values (ids, bytes, callables) and never a Discord object. `prepare` checks
 options, images and the mask and prices the job without touching credits (what a preview shows);
-`submit` stores the job and holds its credits, and `bot.engine.JobEngine` runs it from there — queue,
+`submit` stores the job and holds its credits, and `bot.jobs.engine.JobEngine` runs it from there — queue,
 provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
 the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
 """
@@ -23,26 +23,21 @@ from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
-from bot.engine import (  # noqa: F401 - re-exported: the job types callers know from here
+from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
+from bot.jobs.engine import JobEngine
+from bot.jobs.files import JobFiles
+from bot.jobs.model import (
     Delivered,
     EditOutcome,
     InputFile,
-    JobCancelled,
-    JobEngine,
-    JobFailed,
-    JobInterrupted,
     JobObserver,
     JobSpec,
     JobStatus,
-    JobSuspended,
     LiveJob,
     MaskFiles,
     Origin,
-    ResultFile,
     Ticket,
 )
-from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
-from bot.jobfiles import JobFiles
 from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router

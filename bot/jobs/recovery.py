@@ -1,0 +1,247 @@
+"""Start-up recovery, quarantine of unreadable rows, the sweep of old files, and the watchdog.
+
+Part of `JobEngine` (a mixin over `EngineCore`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+from bot.errors import new_reference
+from bot.jobs.core import ETA_WINDOW, ActiveJob, EngineCore
+from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
+from bot.storage import LIVE_STATES, TERMINAL_STATES, JobRow, LedgerConflict
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_SECONDS = 5.0
+SWEEP_INTERVAL_SECONDS = 3600.0
+
+RESTARTED_BEFORE_START = (
+    "Retouch restarted before your edit could start. You were not charged; please run it again."
+)
+RESTARTED_MID_SUBMIT = (
+    "Retouch restarted while your edit was being made, so the result was lost. "
+    "You were not charged; please run it again."
+)
+
+
+class JobRecovery(EngineCore):
+    """JobEngine's recovery: pick up what the last process left; stop overdue jobs; sweep old files."""
+
+    async def recover(self) -> dict[str, int]:
+        """Pick up every live job the last process left, before new commands are taken.
+
+        * `queued` (no hold yet) and `submitting` (a call whose outcome is unknown) are released and
+          the user is told; * `reserved` jobs are queued again in their old order; * `submitted`
+          jobs resume polling (released like `submitting` if the provider cannot resume);
+          * `completed` jobs are delivered from the stored result (after checking whether a delivery
+          the crash interrupted had landed). Then holds without a live job are released, and job
+          folders past their retention are deleted.
+        """
+        counts = dict.fromkeys(
+            ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
+        )
+        self._durations.extend(await self.storage.recent_run_seconds(ETA_WINDOW))
+        for row in await self.storage.jobs_in_states(LIVE_STATES):
+            if row.id in self._jobs:
+                continue
+            try:
+                outcome = await self._recover_one(row)
+            except Exception as exc:
+                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
+                # keep every other job and the bot itself from starting.
+                outcome = await self._quarantine(row, exc)
+            counts[outcome] += 1
+        counts["orphan_holds"] = await self._release_orphan_holds()
+        for guild_id, user_id, held, open_ in await self.storage.held_mismatches():
+            log.error(
+                "recovery: account %s/%s holds %d credits but its open jobs hold %d",
+                guild_id,
+                user_id,
+                held,
+                open_,
+            )
+        try:
+            counts["swept"] = await self.sweep()
+        except Exception:
+            log.exception("recovery: the sweep failed; the watchdog runs it again within the hour")
+        if any(counts.values()):
+            log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        self._pump()
+        return counts
+
+    async def _recover_one(self, row: JobRow) -> str:
+        job = ActiveJob(JobInfo.of(row), row.model, provider=row.provider)
+        spec = JobSpec.from_json(row.spec) if row.spec else None
+        usable = spec is not None and await asyncio.to_thread(self.files.exists, row.id, spec.input_names)
+        if row.state == JobState.RESERVED and usable:
+            self._jobs[row.id] = job
+            self._waiting.append(row.id)
+            return "requeued"
+        resumable = row.provider is not None and self.router.resumable(row.provider)
+        if row.state == JobState.SUBMITTED and usable and row.provider_job_ids and resumable:
+            self._jobs[row.id] = job
+            self._launch(job)  # it already holds a slot at the provider: no queueing behind new jobs
+            return "resumed"
+        if row.state == JobState.COMPLETED and row.result:
+            _check_record(json.loads(row.result))
+            self._jobs[row.id] = job
+            self._launch(job)
+            return "delivering"
+        text = (
+            RESTARTED_BEFORE_START
+            if row.state in (JobState.QUEUED, JobState.RESERVED)
+            else RESTARTED_MID_SUBMIT
+        )
+        code = (
+            "restart_before_start"
+            if row.state in (JobState.QUEUED, JobState.RESERVED)
+            else "restart_outcome_unknown"
+        )
+        await self.storage.settle_released(
+            row.id, JobState.CANCELLED, error_code=code, error_ref=new_reference()
+        )
+        await asyncio.to_thread(self.files.remove, row.id)
+        await self.storage.forget_job_details(row.id)  # the prompt goes with the images
+        self._finished(job, JobState.CANCELLED, row.provider, 0, code)
+        log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
+        self._spawn(self._say(job, text))
+        return "released"
+
+    async def _quarantine(self, row: JobRow, exc: Exception) -> str:
+        """Set aside a job whose row cannot be recovered: release its hold, mark it failed with the
+        code `quarantined`, keep its row and files for the admin, and say so in the log."""
+        ref = new_reference()
+        self._jobs.pop(row.id, None)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(row.id)
+        log.error(
+            "recovery: job %s (state %s) is unreadable and was quarantined (ref %s): %s",
+            row.id,
+            row.state,
+            ref,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        try:
+            await self.storage.settle_released(
+                row.id, JobState.FAILED, error_code="quarantined", error_ref=ref
+            )
+        except Exception as settle_exc:
+            log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)
+        with contextlib.suppress(Exception):
+            job = ActiveJob(JobInfo.of(row), str(row.model))
+            self._finished(
+                job, JobState.FAILED, row.provider, 0, "quarantined"
+            )  # metrics and the audit channel
+            self._spawn(self._say(job, f"{RESTARTED_MID_SUBMIT} (ref `{ref}`)"))
+        return "quarantined"
+
+    async def _release_orphan_holds(self) -> int:
+        """Release holds whose job is gone or already ended, so every account's `held` is exactly
+        the sum of its live jobs' reservations."""
+        released = 0
+        for hold in await self.storage.open_holds():
+            if hold.job_state in LIVE_STATES:
+                continue
+            try:
+                await self.storage.release(hold.job_id, reason="orphan_hold")
+            except LedgerConflict:
+                continue
+            released += 1
+            log.warning(
+                "recovery: released an orphaned hold of %d credits (job %s)", hold.amount, hold.job_id
+            )
+        return released
+
+    async def sweep(self) -> int:
+        """Delete job folders whose job is gone, or ended and past its retention (with the job's prompt
+        and options), then prune history older than JOB_HISTORY_DAYS. Returns how many folders went."""
+        now = db_time(self.storage.now())
+        removed = 0
+        for job_id in await asyncio.to_thread(self.files.job_ids):
+            if job_id in self._jobs or job_id in self._creating:
+                continue
+            row = await self.storage.get_job(job_id)
+            expired = row is None or (
+                row.state in TERMINAL_STATES and (row.files_expire_at is None or row.files_expire_at < now)
+            )
+            if expired:
+                await asyncio.to_thread(self.files.remove, job_id)
+                if row is not None:  # the prompt goes with the images
+                    await self.storage.forget_job_details(job_id)
+                removed += 1
+        # Rows whose folder is already gone (failed, cancelled, refused) or was never written.
+        await self.storage.forget_expired_details()
+        history = self.storage.now() - dt.timedelta(days=self.settings.job_history_days)
+        jobs, ledger = await self.storage.prune_history(history)
+        if jobs or ledger:
+            log.info("retention: %d old job row(s) deleted, %d ledger row(s) lost their detail", jobs, ledger)
+        return removed
+
+    # -- the watchdog --------------------------------------------------------------------------------
+
+    async def watchdog_tick(self) -> int:
+        """Cancel (and release) every live job past its deadline; returns how many were stopped."""
+        stopped = 0
+        for row in await self.storage.overdue_jobs(self.storage.now()):
+            job = self._jobs.get(row.id)
+            if job is None:
+                continue
+            if row.id in self._waiting:
+                self._waiting.remove(row.id)
+                await self._end(job, JobTimedOut(queued=True))
+                self._jobs.pop(row.id, None)
+            elif not job.abort.is_set():
+                log.warning(
+                    "watchdog: job %s is past its deadline at %s; cancelling it", row.id, row.provider
+                )
+                job.abort_reason = "timeout"
+                job.abort.set()
+            else:
+                continue
+            stopped += 1
+        if stopped:
+            self._pump()
+        return stopped
+
+    async def _watch(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+            try:
+                await self.watchdog_tick()
+                if time.monotonic() - last_sweep >= SWEEP_INTERVAL_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.sweep()
+            except Exception:
+                log.exception("watchdog round failed")
+
+    async def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+
+def _check_record(record: Any) -> None:
+    """Raise ValueError unless `record` is a stored result the engine can deliver (see `_complete`)."""
+    files = record.get("files") if isinstance(record, dict) else None
+    usable = isinstance(files, list) and all(
+        isinstance(f, dict) and isinstance(f.get("disk"), str) and isinstance(f.get("filename"), str)
+        for f in files
+    )
+    if (
+        not usable
+        or not isinstance(record.get("charged"), int)
+        or not isinstance(record.get("provider"), str)
+    ):
+        raise ValueError("the stored result is not readable")
