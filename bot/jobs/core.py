@@ -26,6 +26,7 @@ from bot.jobs.model import (
     EditOutcome,
     JobInfo,
     JobObserver,
+    JobState,
     JobStatus,
     LiveJob,
     NoDelivery,
@@ -185,7 +186,7 @@ class EngineCore:
                 log.exception("job observer %r failed on %s", observer, event)
 
     def _finished(
-        self, job: ActiveJob, state: str, provider: str | None, charged: int, error: str | None
+        self, job: ActiveJob, state: JobState, provider: str | None, charged: int, error: str | None
     ) -> None:
         self._notify(
             "job_finished",

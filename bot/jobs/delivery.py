@@ -170,7 +170,7 @@ class JobDelivery(EngineCore):
         ref = new_reference()
         # Free to the member, but the provider was paid: it still counts against the budgets.
         await self.storage.settle_released(
-            job.id, "failed", error_code="undeliverable", error_ref=ref, absorbed=outcome.charged
+            job.id, JobState.FAILED, error_code="undeliverable", error_ref=ref, absorbed=outcome.charged
         )
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)
         await self.storage.update_job(job.id, files_expire_at=db_time(keep))

@@ -335,7 +335,7 @@ class JobObserver:
     def job_finished(
         self,
         job_id: str,
-        state: str,
+        state: JobState,
         *,
         model: str,
         provider: str | None,
