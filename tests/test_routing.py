@@ -293,7 +293,7 @@ async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_ha
 @pytest.mark.parametrize(
     "error",
     [
-        perr.JobFailed("prediction failed", accepted=True),
+        perr.ProviderJobFailed("prediction failed", accepted=True),
         perr.ProviderTimeout("deadline while polling", accepted=True),
         perr.ConnectionFailed("reset after sending", accepted=True),
         perr.ProviderRejected("safety", accepted=False),
@@ -360,7 +360,7 @@ async def test_count_with_n_is_one_call() -> None:
 
 
 async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back() -> None:
-    atlas = StubProvider("atlascloud", "ok", perr.JobFailed("failed", accepted=True), "ok")
+    atlas = StubProvider("atlascloud", "ok", perr.ProviderJobFailed("failed", accepted=True), "ok")
 
     served = await Router(stubs(atlas)).run(MINI, request(count=3, size="1024x1024"))
 
@@ -370,10 +370,10 @@ async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back(
 
 
 async def test_an_emulated_count_that_failed_after_acceptance_is_not_resent_elsewhere() -> None:
-    atlas = StubProvider("atlascloud", refused(), perr.JobFailed("failed", accepted=True))
+    atlas = StubProvider("atlascloud", refused(), perr.ProviderJobFailed("failed", accepted=True))
     wavespeed = StubProvider("wavespeed")
 
-    with pytest.raises(perr.JobFailed):
+    with pytest.raises(perr.ProviderJobFailed):
         await Router(stubs(atlas, wavespeed), order=("atlascloud",)).run(
             MINI, request(count=2, size="1024x1024")
         )
@@ -635,7 +635,7 @@ async def test_over_the_wire_an_accepted_atlas_job_that_fails_is_not_resubmitted
 ) -> None:
     atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
 
-    with pytest.raises(perr.JobFailed) as info:
+    with pytest.raises(perr.ProviderJobFailed) as info:
         await real_router().run(MINI, request(size="1024x1024"))
 
     assert info.value.accepted
