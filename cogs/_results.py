@@ -9,7 +9,7 @@
 
 Every result carries persistent buttons (**Edit again**, **Retry**, **Delete**) and every progress
 message a **Cancel** button, all `JobControl` dynamic items whose custom id holds the job id, so a
-click reaches the bot after any restart (`cogs.jobs` handles them).
+click reaches the bot after any restart (`cogs.job_controls` handles them).
 """
 
 from __future__ import annotations
