@@ -28,10 +28,10 @@ from any process) and, while the job's own process is alive, a `LiveJob` (the co
 message and interaction). Interaction tokens are never stored.
 
 Where things are: `model` (JobState, JobSpec, outcomes, errors, the Delivery/LiveJob protocols),
-`engine` (JobEngine: submit, queue and admission, cancel, drain), `running` (the provider call and
-the stored result), `delivery` (posting, redelivery retries), `endings` (release or charge, and what
-the member is told), `recovery` (start-up recovery, quarantine, sweep, watchdog), `core` (shared
-state of JobEngine's parts), `files` (a job's files on disk).
+`engine` (JobEngine: submit, the queue and admission, cancel), `running` (the provider call),
+`results` (the stored result), `delivery` (posting, redelivery retries), `endings` (release or
+charge, and what the member is told), `recovery` (start-up recovery, quarantine, sweep, watchdog,
+drain at shutdown), `core` (the state JobEngine's parts share), `files` (a job's files on disk).
 
 This package imports none of its modules here, so `bot.storage` can import `bot.jobs.model` (its
 job states) without a cycle.

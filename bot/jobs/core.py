@@ -1,9 +1,12 @@
 """The state every part of `JobEngine` shares, one live job's process-local record, and the small
 helpers (telling the user, observers, background tasks) the parts have in common.
 
-`JobEngine` (bot.jobs.engine) is assembled from mixins that each own one concern and all derive
-from `EngineCore`: the provider call (bot.jobs.running), delivery (bot.jobs.delivery), endings and
-settlement (bot.jobs.endings), and recovery and the watchdog (bot.jobs.recovery).
+`JobEngine` (bot.jobs.engine: the queue and the public API) is assembled from mixins that each own
+one concern and all derive from `EngineCore`: the provider call (bot.jobs.running), the stored
+result (bot.jobs.results), delivery (bot.jobs.delivery), endings and settlement (bot.jobs.endings),
+and start-up, shutdown, recovery and the watchdog (bot.jobs.recovery). Mixins rather than
+collaborator objects keep every method and attribute name of the former single class, so code
+that reaches into the engine (tests, hooks) did not change.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The job engine's queue and public API: submit, wait, cancel, start and drain.
+"""The job engine's queue and public API: submit, wait, cancel, and the queue's admission and order.
 
 `JobEngine` is one object assembled from mixins, one per concern (see bot.jobs.core): the queue,
-admission and the public API live here; the provider call in bot.jobs.running, delivery in
-bot.jobs.delivery, endings in bot.jobs.endings, recovery and the watchdog in bot.jobs.recovery.
+admission and the public API live here; the provider call in bot.jobs.running, the stored result
+in bot.jobs.results, delivery in bot.jobs.delivery, endings in bot.jobs.endings, and start-up,
+shutdown, recovery and the watchdog in bot.jobs.recovery.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 
 from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
-from bot.jobs.core import SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
+from bot.jobs.core import ActiveJob
 from bot.jobs.delivery import JobDelivery
 from bot.jobs.endings import CANCELLED_AT_PROVIDER, JobEndings
 from bot.jobs.model import (
@@ -39,20 +40,18 @@ from bot.jobs.model import (
     describe_wait,
 )
 from bot.jobs.recovery import JobRecovery
+from bot.jobs.results import JobResults
 from bot.jobs.running import ProviderRun
 from bot.storage import TERMINAL_STATES, NotEnoughCredits
 
 log = logging.getLogger(__name__)
 
 CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for a running job to stop
-SUSPENDED_IN_QUEUE = (
-    "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
-)
 
 Reserve = Callable[[str], Awaitable[object]]
 
 
-class JobEngine(JobRecovery, JobDelivery, JobEndings, ProviderRun):
+class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     """Runs edit jobs from the database: queue, limits, provider calls, delivery, recovery, watchdog.
 
     One instance per process. `submit` admits a job (its credits are held at once) and returns;
@@ -194,56 +193,6 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, ProviderRun):
         median = statistics.median(self._durations)
         rounds = math.ceil(position / self._capacity())
         return median * (rounds + 1)
-
-    async def start(self) -> None:
-        """Recover what the last process left, then run the watchdog. Call once, before commands."""
-        await self.recover()
-        if self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._watch(), name="retouch-watchdog")
-
-    async def drain(self, grace: float) -> int:
-        """Stop taking jobs; let running ones finish for up to `grace` seconds; returns how many were
-        aborted and refunded.
-
-        Nothing durable is lost: queued jobs keep their place (and their hold) for the next start;
-        jobs a resumable provider accepted are left `submitted` and resumed after the restart; only
-        a synchronous provider call still running is aborted and released.
-        """
-        self.accepting = False
-        await self._stop_watchdog()
-        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
-            handle.cancel()
-            self._resolve(job, JobSuspended())
-        self._redeliveries.clear()
-        for job_id in list(self._waiting):
-            job = self._jobs.pop(job_id)
-            await self._tell_live(job, SUSPENDED_IN_QUEUE)
-            self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
-        self._waiting.clear()
-        if self._feedback_task is not None:
-            self._feedback_task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        # A job past its provider is left to post its result (or to be delivered after the restart).
-        left = [self._jobs[j] for j in self._running if j in self._jobs and not self._jobs[j].finishing]
-        aborted = 0
-        for job in left:
-            resumable = (
-                bool(job.submitted) and job.provider is not None and self.router.resumable(job.provider)
-            )
-            job.abort_reason = "suspend" if resumable else "shutdown"
-            aborted += not resumable
-            job.abort.set()
-        if left:
-            log.warning(
-                "shutdown: stopping %d unfinished job(s); %d refunded, the rest resume after the restart",
-                len(left),
-                aborted,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
-        await self._flush_background()
-        return aborted
 
     # -- admission and the queue -----------------------------------------------------------------
 

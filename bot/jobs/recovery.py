@@ -1,4 +1,5 @@
-"""Start-up recovery, quarantine of unreadable rows, the sweep of old files, and the watchdog.
+"""Start-up and shutdown: recovery, quarantine of unreadable rows, the sweep of old files, the watchdog,
+and the drain that stops taking work without losing any.
 
 Part of `JobEngine` (a mixin over `EngineCore`).
 """
@@ -14,8 +15,8 @@ import time
 from typing import Any
 
 from bot.errors import new_reference
-from bot.jobs.core import ETA_WINDOW, ActiveJob, EngineCore
-from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
+from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob, EngineCore
+from bot.jobs.model import JobInfo, JobSpec, JobState, JobSuspended, JobTimedOut, db_time
 from bot.storage import LIVE_STATES, TERMINAL_STATES, JobRow, LedgerConflict
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 RESTARTED_BEFORE_START = (
     "Retouch restarted before your edit could start. You were not charged; please run it again."
 )
+SUSPENDED_IN_QUEUE = (
+    "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
+)
 RESTARTED_MID_SUBMIT = (
     "Retouch restarted while your edit was being made, so the result was lost. "
     "You were not charged; please run it again."
@@ -33,7 +37,58 @@ RESTARTED_MID_SUBMIT = (
 
 
 class JobRecovery(EngineCore):
-    """JobEngine's recovery: pick up what the last process left; stop overdue jobs; sweep old files."""
+    """JobEngine's start and stop: pick up what the last process left; stop overdue jobs; sweep old
+    files; drain at shutdown."""
+
+    async def start(self) -> None:
+        """Recover what the last process left, then run the watchdog. Call once, before commands."""
+        await self.recover()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="retouch-watchdog")
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking jobs; let running ones finish for up to `grace` seconds; returns how many were
+        aborted and refunded.
+
+        Nothing durable is lost: queued jobs keep their place (and their hold) for the next start;
+        jobs a resumable provider accepted are left `submitted` and resumed after the restart; only
+        a synchronous provider call still running is aborted and released.
+        """
+        self.accepting = False
+        await self._stop_watchdog()
+        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
+            handle.cancel()
+            self._resolve(job, JobSuspended())
+        self._redeliveries.clear()
+        for job_id in list(self._waiting):
+            job = self._jobs.pop(job_id)
+            await self._tell_live(job, SUSPENDED_IN_QUEUE)
+            self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
+        self._waiting.clear()
+        if self._feedback_task is not None:
+            self._feedback_task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        # A job past its provider is left to post its result (or to be delivered after the restart).
+        left = [self._jobs[j] for j in self._running if j in self._jobs and not self._jobs[j].finishing]
+        aborted = 0
+        for job in left:
+            resumable = (
+                bool(job.submitted) and job.provider is not None and self.router.resumable(job.provider)
+            )
+            job.abort_reason = "suspend" if resumable else "shutdown"
+            aborted += not resumable
+            job.abort.set()
+        if left:
+            log.warning(
+                "shutdown: stopping %d unfinished job(s); %d refunded, the rest resume after the restart",
+                len(left),
+                aborted,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
+        await self._flush_background()
+        return aborted
 
     async def recover(self) -> dict[str, int]:
         """Pick up every live job the last process left, before new commands are taken.
