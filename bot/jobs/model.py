@@ -250,6 +250,9 @@ class Ticket:
     eta_seconds: float | None
 
 
+# -- how results reach a member (the Discord layer implements these) ------------------------------
+
+
 class DeliveryFailed(Exception):
     """A delivery route could not post the result (the next route, if any, is tried).
 
@@ -319,6 +322,9 @@ class NoDelivery:
 
     async def find(self, job: JobInfo) -> Delivered | None:
         return None
+
+
+# -- who watches jobs, and small helpers -----------------------------------------------------------
 
 
 class JobObserver:

@@ -5,6 +5,10 @@ options, images and the mask and prices the job without touching credits (what a
 `submit` stores the job and holds its credits, and `bot.jobs.engine.JobEngine` runs it from there — queue,
 provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
 the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
+
+Over 400 lines, `EditService` over 300: this is the former bot/jobs.py moved whole (issue 14 moves
+code without rewriting it). The next cut is intake (options, images, mask: `options_for`,
+`_check_options`, `_load_images`, `_load_mask`) into its own module.
 """
 
 from __future__ import annotations
