@@ -119,7 +119,7 @@ class EngineCore:
         self._feedback_task: asyncio.Task[None] | None = None
         self._feedback_offered = asyncio.Event()  # wakes the sender early: a new job's line is due now
 
-    # -- implemented by JobEngine (bot.jobs.engine); declared here for the mixins that call them --
+    # -- implemented by JobEngine (`_end` by its endings part); declared here for the other parts --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
