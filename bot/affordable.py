@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.errors import InvalidOptions
-from bot.jobs import PreparedJob
+from bot.services.edits import PreparedJob
 
 AUTO = "auto"
 # Dearest last; `auto` is priced as the model's dearest quality, so every listed one is a step down.

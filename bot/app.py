@@ -18,7 +18,6 @@ from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
 from bot.history import EditHistory
-from bot.jobs import MAX_IMAGES_PER_EDIT, EditService
 from bot.lifecycle import ModelLifecycle
 from bot.metrics import Metrics
 from bot.moderation import SafetyCheck
@@ -31,6 +30,7 @@ from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
+from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
 from bot.storage import Storage
 
 SALT_FILE = "install_salt"

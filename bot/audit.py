@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 
-from bot.jobs import JobObserver
+from bot.jobs.model import JobObserver, JobState
 from bot.storage import Storage
 from bot.storage.jobs import JobRow
 
@@ -158,7 +158,7 @@ class AuditLog(JobObserver):
     def job_finished(
         self,
         job_id: str,
-        state: str,
+        state: JobState,
         *,
         model: str,
         provider: str | None,
@@ -166,7 +166,7 @@ class AuditLog(JobObserver):
         seconds: float,
         error: str | None,
     ) -> None:
-        if state != "failed" or error in NOT_AUDITED or not self.enabled or self._storage is None:
+        if state != JobState.FAILED or error in NOT_AUDITED or not self.enabled or self._storage is None:
             return
         self._spawn(self._report_failure(job_id, error))
 

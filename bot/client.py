@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 EXTENSIONS = (
     "cogs.edit",
     "cogs.mask",
-    "cogs.jobs",
+    "cogs.job_controls",
     "cogs.credits",
     "cogs.settings",
     "cogs.admin",

@@ -100,7 +100,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     log_format: str = "plain"
     audit_channel_id: int | None = None
-    # Durable jobs (bot/engine.py): the queue's limits, its patience, and how long files are kept.
+    # Durable jobs (bot/jobs/): the queue's limits, its patience, and how long files are kept.
     max_concurrent_jobs: int = 64
     max_jobs_per_user: int = 2
     queue_timeout_seconds: float = 900.0

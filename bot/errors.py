@@ -82,7 +82,7 @@ def message_for_provider_error(exc: perr.ProviderError) -> str:
         )
     if isinstance(exc, perr.ProviderTimeout):
         return "The image service took too long to answer. Please try again later. You were not charged."
-    if isinstance(exc, perr.JobFailed):
+    if isinstance(exc, perr.ProviderJobFailed):
         return "The image service could not finish this edit. Please try again. You were not charged."
     # ServerError, ConnectionFailed and anything else from the provider layer.
     return "The image service failed to answer. Please try again in a few minutes. You were not charged."

@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bot.engine import JobObserver, JobSpec
+from bot.jobs.model import JobObserver, JobSpec
 from bot.storage import Storage
 from bot.storage.history import VersionRow
 

@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.concurrency import LimitState
-from bot.jobs import JobObserver
+from bot.jobs.model import JobObserver, JobState
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class Metrics(JobObserver):
     def job_finished(
         self,
         job_id: str,
-        state: str,
+        state: JobState,
         *,
         model: str,
         provider: str | None,

@@ -39,9 +39,9 @@ from bot.access import AccessService
 from bot.catalog import Catalog, ModelEntry, SizeRules, usd_to_credits
 from bot.config import Settings
 from bot.errors import InvalidOptions, RetouchError
-from bot.jobs import MAX_IMAGES_PER_EDIT, EditJob, JobDefaults
 from bot.lifecycle import ModelLifecycle
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+from bot.services.edits import MAX_IMAGES_PER_EDIT, EditJob, JobDefaults
 from bot.storage import Storage
 from bot.storage.ledger import ALLOWANCE_REASON, Account
 from bot.storage.limits import ReserveGuard, ReserveRefused

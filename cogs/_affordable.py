@@ -20,7 +20,7 @@ from typing import Any
 import discord
 
 from bot.affordable import Offer, button_label, offer_text
-from bot.jobs import PreparedJob
+from bot.services.edits import PreparedJob
 from cogs._ui import report_error
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.audit import jump_url
-from bot.engine import JobObserver
+from bot.jobs.model import JobObserver
 from cogs._ui import truncate
 
 if TYPE_CHECKING:

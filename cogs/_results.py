@@ -9,7 +9,7 @@
 
 Every result carries persistent buttons (**Edit again**, **Retry**, **Delete**) and every progress
 message a **Cancel** button, all `JobControl` dynamic items whose custom id holds the job id, so a
-click reaches the bot after any restart (`cogs.jobs` handles them).
+click reaches the bot after any restart (`cogs.job_controls` handles them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import discord
 from bot import imaging
 from bot.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.audit import jump_url
-from bot.engine import (
+from bot.errors import InsufficientCredits, RetouchError
+from bot.jobs.model import (
     Delivered,
     DeliveryFailed,
     EditOutcome,
@@ -38,9 +39,8 @@ from bot.engine import (
     ResultFile,
     Ticket,
 )
-from bot.errors import InsufficientCredits, RetouchError
-from bot.jobs import PreparedJob, Progress
 from bot.policy import PolicyRefused
+from bot.services.edits import PreparedJob, Progress
 from cogs._affordable import offer_cheaper
 from cogs._history import undo_button
 from cogs._ui import (

@@ -19,7 +19,8 @@ from bot import choices
 from bot.catalog import ModelEntry
 from bot.client import RetouchBot, reply_privately
 from bot.errors import RetouchError, new_reference
-from bot.jobs import EditOutcome, Upload
+from bot.jobs.model import EditOutcome
+from bot.services.edits import Upload
 
 if TYPE_CHECKING:
     from bot.lifecycle import ModelLifecycle

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.jobs import EditJob, EditOptions
+from bot.services.edits import EditJob, EditOptions
 from cogs._results import run_and_publish
 from cogs._ui import model_choices, quality_choices, role_ids_of, size_choices, upload_of
 

@@ -37,7 +37,7 @@ from bot import imaging, masking
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.errors import RetouchError
-from bot.jobs import EditJob, EditOptions, MaskSpec, PreparedJob
+from bot.services.edits import EditJob, EditOptions, MaskSpec, PreparedJob
 from cogs._results import run_and_publish
 from cogs._ui import (
     EMBED_COLOUR,

@@ -13,9 +13,10 @@ from bot.app import Services, build_services
 from bot.audit import AuditLog, jump_url
 from bot.config import load_settings
 from bot.errors import InsufficientCredits
-from bot.jobs import EditJob, EditOptions, EditOutcome, JobFailed, Upload
+from bot.jobs.model import EditOutcome, JobFailed
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
+from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault

@@ -12,7 +12,7 @@ import pytest
 
 from bot.app import provider_session
 from bot.config import ConfigError, Secret, load_settings
-from bot.jobs import MAX_IMAGES_PER_EDIT
+from bot.services.edits import MAX_IMAGES_PER_EDIT
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"DISCORD_TOKEN": "tok-abcdef123456", "OPENAI_API_KEY": "sk-test-123456789"}

@@ -7,9 +7,10 @@ import re
 import tomllib
 from pathlib import Path
 
-from bot import client, engine
+from bot import client
 from bot.audit import AuditLog
 from bot.config import Settings
+from bot.jobs import core
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_SECONDS = 5.0  # closing the gateway, the HTTP sessions and the database after the drain
@@ -28,8 +29,8 @@ def test_the_stop_grace_period_outlasts_the_worst_case_drain():
     flush_timeout = inspect.signature(AuditLog.flush).parameters["timeout"].default
     worst = (
         Settings.__dataclass_fields__["shutdown_grace_seconds"].default
-        + engine.SHUTDOWN_ABORT_WAIT_SECONDS  # aborted jobs stop
-        + engine.SHUTDOWN_ABORT_WAIT_SECONDS  # background notices are flushed
+        + core.SHUTDOWN_ABORT_WAIT_SECONDS  # aborted jobs stop
+        + core.SHUTDOWN_ABORT_WAIT_SECONDS  # background notices are flushed
         + client.REPLY_GRACE_SECONDS
         + flush_timeout
         + CLOSE_SECONDS

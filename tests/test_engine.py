@@ -19,12 +19,21 @@ import aiohttp
 import pytest
 
 from bot.config import load_settings
-from bot.engine import Delivered, DeliveryFailed, EditOutcome, JobInfo, JobStatus, NotAllowed
 from bot.errors import InvalidOptions
-from bot.jobs import EditJob, EditOptions, EditService, JobFailed, JobSuspended, Upload
+from bot.jobs.model import (
+    Delivered,
+    DeliveryFailed,
+    EditOutcome,
+    JobFailed,
+    JobInfo,
+    JobStatus,
+    JobSuspended,
+    NotAllowed,
+)
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
+from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault

@@ -21,9 +21,9 @@ from PIL import ExifTags, Image, PngImagePlugin
 from bot.config import load_settings
 from bot.errors import InvalidImage
 from bot.imaging import validate_image
-from bot.jobs import EditJob, EditOptions, EditService, Upload
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
+from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.durable import CATALOG, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI

@@ -17,7 +17,8 @@ import pytest
 from bot.app import build_providers, build_services, provider_session
 from bot.catalog import load_catalog
 from bot.config import load_settings
-from bot.jobs import EditJob, EditOptions, EditOutcome, Upload
+from bot.jobs.model import EditOutcome
+from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.oneminai_server import FakeOneMin

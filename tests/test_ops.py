@@ -18,10 +18,11 @@ from bot import healthcheck, ops
 from bot.app import Services, build_services
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
-from bot.jobs import EditJob, EditOptions, EditOutcome, JobFailed, Upload
+from bot.jobs.model import EditOutcome, JobFailed
 from bot.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
+from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import TEST_CATALOG

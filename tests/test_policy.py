@@ -19,7 +19,6 @@ import pytest
 from bot.catalog import parse_catalog
 from bot.config import load_settings
 from bot.errors import InvalidOptions
-from bot.jobs import EditJob, EditOptions, JobDefaults
 from bot.policy import (
     ALL_MODELS,
     CreditChange,
@@ -35,6 +34,7 @@ from bot.policy import (
     next_period_start,
     parse_models,
 )
+from bot.services.edits import EditJob, EditOptions, JobDefaults
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry

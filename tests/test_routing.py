@@ -27,7 +27,7 @@ from bot.catalog import Catalog, Route, load_catalog, parse_catalog
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
-from bot.jobs import EditJob, EditOptions, EditOutcome, EditService, JobFailed, Upload
+from bot.jobs.model import EditOutcome, JobFailed
 from bot.policy import PolicyService
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -50,6 +50,7 @@ from bot.routing import (
     nearest_size,
     route_reserve_usd,
 )
+from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes import atlascloud_server as atlas_fake
@@ -292,7 +293,7 @@ async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_ha
 @pytest.mark.parametrize(
     "error",
     [
-        perr.JobFailed("prediction failed", accepted=True),
+        perr.ProviderJobFailed("prediction failed", accepted=True),
         perr.ProviderTimeout("deadline while polling", accepted=True),
         perr.ConnectionFailed("reset after sending", accepted=True),
         perr.ProviderRejected("safety", accepted=False),
@@ -359,7 +360,7 @@ async def test_count_with_n_is_one_call() -> None:
 
 
 async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back() -> None:
-    atlas = StubProvider("atlascloud", "ok", perr.JobFailed("failed", accepted=True), "ok")
+    atlas = StubProvider("atlascloud", "ok", perr.ProviderJobFailed("failed", accepted=True), "ok")
 
     served = await Router(stubs(atlas)).run(MINI, request(count=3, size="1024x1024"))
 
@@ -369,10 +370,10 @@ async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back(
 
 
 async def test_an_emulated_count_that_failed_after_acceptance_is_not_resent_elsewhere() -> None:
-    atlas = StubProvider("atlascloud", refused(), perr.JobFailed("failed", accepted=True))
+    atlas = StubProvider("atlascloud", refused(), perr.ProviderJobFailed("failed", accepted=True))
     wavespeed = StubProvider("wavespeed")
 
-    with pytest.raises(perr.JobFailed):
+    with pytest.raises(perr.ProviderJobFailed):
         await Router(stubs(atlas, wavespeed), order=("atlascloud",)).run(
             MINI, request(count=2, size="1024x1024")
         )
@@ -634,7 +635,7 @@ async def test_over_the_wire_an_accepted_atlas_job_that_fails_is_not_resubmitted
 ) -> None:
     atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
 
-    with pytest.raises(perr.JobFailed) as info:
+    with pytest.raises(perr.ProviderJobFailed) as info:
         await real_router().run(MINI, request(size="1024x1024"))
 
     assert info.value.accepted

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import _MOVED, Storage
+from bot.storage import Storage
 from bot.storage.connection import BUSY_TIMEOUT_MS, Database, _apply_migration
 
 
@@ -83,12 +83,14 @@ async def test_closing_twice_is_harmless_and_a_closed_database_refuses_work(tmp_
         await database.one("SELECT 1")
 
 
-async def test_the_old_storage_methods_reach_the_repository_they_moved_to(storage: Storage):
-    """Transition (issue 14): code not yet ported still calls `storage.<old name>`; each old name must
-    land on its repository's method of the same name, and nothing else may pass through."""
-    for name, repository in _MOVED.items():
-        assert getattr(storage, name) == getattr(getattr(storage, repository), name), name
-    await storage.ensure_account(1, 2, 7)
+async def test_storage_is_its_repositories_and_nothing_passes_through(storage: Storage):
+    """Every caller was ported to `storage.<repository>.<method>` (issue 14): the old flat names are
+    gone, so a call site that was missed fails loudly instead of reaching SQL through a shim."""
+    for name in ("reserve", "capture", "get_job", "set_job_state", "guild_policy_row", "ledger_rows"):
+        assert not hasattr(storage, name), name
+    await storage.ledger.ensure_account(1, 2, 7)
     assert (await storage.ledger.get_account(1, 2)).balance == 7
-    with pytest.raises(AttributeError):
-        _ = storage.no_such_method
+    assert await storage.jobs.get_job("nope") is None
+    assert await storage.settings.user_settings_row(2) is None
+    assert await storage.reports.all_accounts()
+    assert await storage.history.get_version(1) is None

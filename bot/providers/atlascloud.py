@@ -31,7 +31,7 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   `background` and `output_format` have no field at all: only "auto" and "png" are accepted.
 * Status: `completed`/`succeeded` are success; `failed`, `error`, `cancelled`/`canceled` and
   `timeout` are failures (message in `data.error`); anything else is still running. A failure is
-  `JobFailed(accepted=True)` (or `ProviderRejected` when the message names a safety filter).
+  `ProviderJobFailed(accepted=True)` (or `ProviderRejected` when the message names a safety filter).
 * Atlas documents no cancel call, so at the deadline polling simply stops and the job is reported
   as `ProviderTimeout(accepted=True)`. The adapter is a `ResumableProvider`: the prediction id is
   reported (`on_submitted`) before polling starts, and `resume(id, request)` polls it again after a
@@ -61,9 +61,9 @@ import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OnSubmitted, ProviderHealth
 from bot.providers.errors import (
-    JobFailed,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
 )
 from bot.providers.http import (
@@ -153,7 +153,7 @@ def classify_atlas_error(
     → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited; 400/422 → InvalidInput, or
     ProviderRejected when the text names a safety filter; 504 → ServerError(accepted=True); other
     5xx → ServerError that routing may retry elsewhere (no prediction id came back); a failed
-    prediction → JobFailed(accepted=True) or ProviderRejected(accepted=True).
+    prediction → ProviderJobFailed(accepted=True) or ProviderRejected(accepted=True).
     """
     payload = parse_json(body)
     raw = _message(payload)
@@ -168,7 +168,7 @@ def classify_atlas_error(
         kw["code"] = prediction_status
         if safety:
             return ProviderRejected(summary, accepted=True, **kw)
-        return JobFailed(summary, accepted=True, **kw)
+        return ProviderJobFailed(summary, accepted=True, **kw)
     balance = any(word in lowered for word in _BALANCE_WORDS)
     return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
 

@@ -86,5 +86,5 @@ class ConnectionFailed(ProviderError):
         return not self.accepted
 
 
-class JobFailed(ProviderError):
+class ProviderJobFailed(ProviderError):
     """An accepted asynchronous job ended in a failed state on the provider's side."""

@@ -51,9 +51,9 @@ import aiohttp
 from bot.providers.base import EditRequest, EditResult, OutputImage, parse_size
 from bot.providers.errors import (
     InvalidInput,
-    JobFailed,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
     RateLimited,
     ServerError,
@@ -118,7 +118,7 @@ def classify_oneminai_error(
     """Map one 1min.ai failure to a `ProviderError`: the only place that reads 1min.ai errors.
 
     The error format is undocumented, so the status decides and the message refines: a 2xx whose
-    `aiRecord.status` is not SUCCESS → JobFailed (ProviderRejected for safety wording), accepted;
+    `aiRecord.status` is not SUCCESS → ProviderJobFailed (ProviderRejected for safety wording), accepted;
     401/403, 402 or credit wording → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited;
     other 4xx → InvalidInput (ProviderRejected for safety wording); 5xx → ServerError(accepted=True).
     """
@@ -135,7 +135,7 @@ def classify_oneminai_error(
         kw["code"] = str(record_status).lower() if isinstance(record_status, str) else None
         if safety:
             return ProviderRejected(summary, accepted=True, **kw)
-        return JobFailed(summary, accepted=True, **kw)
+        return ProviderJobFailed(summary, accepted=True, **kw)
     if status == 402 or any(word in lowered for word in _CREDIT_WORDS):
         return ServiceUnavailable(summary, code="insufficient_credits", **kw)
     if status in (401, 403):

@@ -67,9 +67,9 @@ import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OnSubmitted
 from bot.providers.errors import (
-    JobFailed,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
     ProviderTimeout,
 )
@@ -237,8 +237,8 @@ def classify_wavespeed_error(
     """Map one WaveSpeed failure to a `ProviderError`: the only place that reads WaveSpeed errors.
 
     Handles HTTP errors, an HTTP 200 whose envelope `code` is an error, and (status 2xx) a task
-    whose `data.status` is a failure: "failed" → JobFailed (ProviderRejected when the text names a
-    safety filter), "cancelled" → JobFailed, "timeout" → ProviderTimeout, all `accepted=True`.
+    whose `data.status` is a failure: "failed" → ProviderJobFailed (ProviderRejected when the text names a
+    safety filter), "cancelled" → ProviderJobFailed, "timeout" → ProviderTimeout, all `accepted=True`.
     401/403 and "insufficient balance" (or 402) → ServiceUnavailable; 404 → ModelUnavailable;
     429 → RateLimited; other 4xx → InvalidInput; 504 → ServerError(accepted=True); other 5xx →
     ServerError that routing may retry elsewhere (the submit returned no task id).
@@ -258,7 +258,7 @@ def classify_wavespeed_error(
             return ProviderTimeout(summary, accepted=True, **kw)
         if safety:
             return ProviderRejected(summary, accepted=True, **kw)
-        return JobFailed(summary, accepted=True, **kw)
+        return ProviderJobFailed(summary, accepted=True, **kw)
     balance = any(word in lowered for word in _BALANCE_WORDS)
     return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
 

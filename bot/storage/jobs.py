@@ -12,12 +12,19 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from bot.jobs.model import JobState
 from bot.storage.connection import Database, rowcount, stamp
 
-TERMINAL_STATES = ("delivered", "failed", "cancelled")
+TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
 # undelivered result. Every one of them is looked at again when the bot starts.
-LIVE_STATES = ("queued", "reserved", "submitting", "submitted", "completed")
+LIVE_STATES = (
+    JobState.QUEUED,
+    JobState.RESERVED,
+    JobState.SUBMITTING,
+    JobState.SUBMITTED,
+    JobState.COMPLETED,
+)
 # Job columns `set_job_state` may change besides the state.
 _JOB_FIELDS = frozenset(
     {

@@ -237,7 +237,7 @@ async def test_a_flagged_prompt_is_refused_privately_before_any_hold_or_edit_cal
         )
         assert it.original_message is not None and it.original_message.ephemeral
         assert openai.post_count == 0 and jobs(tmp_path) == []  # no edit call, no job, no hold
-        account = await world.services.storage.get_account(world.guild.id, world.user.id)
+        account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
         assert account is None or (account.balance, account.held) == (1000, 0)
         [line] = await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "flagged" in a])
         assert line == (

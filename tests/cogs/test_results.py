@@ -7,7 +7,7 @@ import random
 
 from PIL import Image
 
-from bot.engine import EditOutcome, ResultFile
+from bot.jobs.model import EditOutcome, ResultFile
 from cogs._results import DM_UPLOAD_LIMIT, fit_for_dm
 
 

@@ -15,10 +15,10 @@ from bot.providers.atlascloud import GPT_IMAGE_2_SIZES, AtlasCloudProvider, clas
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
-    JobFailed,
     ModelGone,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
     ProviderTimeout,
     RateLimited,
@@ -225,7 +225,7 @@ async def test_a_mask_without_transparency_is_the_users_problem_and_goes_nowhere
         (Fault.SERVER_ERROR, ServerError, False, True, 1),
         (Fault.GATEWAY_TIMEOUT, ServerError, True, False, 1),
         (Fault.SUBMIT_WITHOUT_ID, ServerError, True, False, 1),
-        (Fault.JOB_FAILED, JobFailed, True, False, 1),
+        (Fault.JOB_FAILED, ProviderJobFailed, True, False, 1),
         (Fault.JOB_NSFW, ProviderRejected, True, False, 1),
         (Fault.NO_OUTPUTS, ServerError, True, False, 1),
     ],
@@ -255,7 +255,7 @@ async def test_a_failed_prediction_carries_its_id_and_message(
 ) -> None:
     fake.fail_next(Fault.JOB_FAILED)
 
-    with pytest.raises(JobFailed) as info:
+    with pytest.raises(ProviderJobFailed) as info:
         await provider.edit(edit_request())
 
     assert info.value.request_id in fake.predictions
@@ -349,7 +349,7 @@ async def test_the_key_and_signed_url_queries_never_reach_logs_or_errors(
     provider = make_provider()
     await provider.edit(edit_request())
     fake.fail_next(Fault.JOB_FAILED)
-    with pytest.raises(JobFailed) as info:
+    with pytest.raises(ProviderJobFailed) as info:
         await provider.edit(edit_request())
 
     for text in (caplog.text, repr(provider), str(info.value)):
@@ -514,7 +514,7 @@ async def test_fake_accepts_the_input_wrapper_and_sync_and_base64_modes(
             200,
             body(code=200, data={"id": "p", "status": "failed", "error": "boom"}),
             {},
-            JobFailed,
+            ProviderJobFailed,
             True,
             False,
         ),

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from bot.providers.errors import (
     ConnectionFailed,
-    JobFailed,
     ModelUnavailable,
+    ProviderJobFailed,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -485,13 +485,13 @@ async def test_poll_propagates_job_failures_without_cancelling() -> None:
     cancelled = False
 
     async def fetch() -> str:
-        raise JobFailed("failed on the provider", accepted=True)
+        raise ProviderJobFailed("failed on the provider", accepted=True)
 
     async def cancel() -> None:
         nonlocal cancelled
         cancelled = True
 
-    with pytest.raises(JobFailed):
+    with pytest.raises(ProviderJobFailed):
         await poll(
             fetch, is_done=lambda s: False, deadline=soon(), interval=0.01, max_interval=0.01, cancel=cancel
         )

@@ -13,10 +13,10 @@ from PIL import Image, ImageChops
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
-    JobFailed,
     ModelGone,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
     ProviderTimeout,
     RateLimited,
@@ -176,7 +176,7 @@ async def test_a_4000_character_prompt_is_accepted(fake: FakeOneMin, provider: O
         (Fault.UPLOAD_ERROR, ServerError, False, True, 0),
         (Fault.NO_CREDITS, ServiceUnavailable, False, True, 1),
         (Fault.SERVER_ERROR, ServerError, True, False, 1),
-        (Fault.RECORD_FAILED, JobFailed, True, False, 1),
+        (Fault.RECORD_FAILED, ProviderJobFailed, True, False, 1),
         (Fault.NO_URL, ServerError, True, False, 1),
     ],
 )
@@ -350,7 +350,7 @@ async def test_fake_with_n_above_one_lists_every_result_but_links_only_the_first
         (400, body(message="Prompt flagged by the safety system"), ProviderRejected, False),
         (400, body(message="size is invalid"), InvalidInput, False),
         (500, b"<html>oops</html>", ServerError, True),
-        (200, body(aiRecord={"status": "FAILED"}), JobFailed, True),
+        (200, body(aiRecord={"status": "FAILED"}), ProviderJobFailed, True),
     ],
 )
 def test_classify_oneminai_error_table(

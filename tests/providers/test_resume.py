@@ -18,7 +18,7 @@ from PIL import Image
 
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, ResumableProvider
-from bot.providers.errors import JobFailed, ProviderTimeout
+from bot.providers.errors import ProviderJobFailed, ProviderTimeout
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from tests.fakes.atlascloud_server import FakeAtlas
@@ -126,7 +126,7 @@ async def test_a_resumed_job_that_failed_reports_an_accepted_failure(
     server.hold_results()
     job_id = await die_after_submit(server, session)
     server.release_results()
-    with pytest.raises(JobFailed) as info:
+    with pytest.raises(ProviderJobFailed) as info:
         await adapter(server, session).resume(job_id, edit_request(server))
     assert info.value.accepted and info.value.request_id == job_id
 

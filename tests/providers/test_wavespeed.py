@@ -13,10 +13,10 @@ from PIL import Image, ImageChops, ImageOps
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
-    JobFailed,
     ModelGone,
     ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
     ProviderRejected,
     ProviderTimeout,
     RateLimited,
@@ -252,8 +252,8 @@ async def test_an_image_over_the_upload_limit_is_refused_before_uploading(
         (Fault.UPLOAD_ERROR, ServerError, False, True, 0),
         (Fault.INSUFFICIENT_BALANCE, ServiceUnavailable, False, True, 1),
         (Fault.SERVER_ERROR, ServerError, False, True, 1),
-        (Fault.JOB_FAILED, JobFailed, True, False, 1),
-        (Fault.JOB_CANCELLED, JobFailed, True, False, 1),
+        (Fault.JOB_FAILED, ProviderJobFailed, True, False, 1),
+        (Fault.JOB_CANCELLED, ProviderJobFailed, True, False, 1),
         (Fault.JOB_TIMEOUT, ProviderTimeout, True, False, 1),
     ],
 )
@@ -282,7 +282,7 @@ async def test_an_http_200_failure_is_a_failed_job_with_the_task_id(
 ) -> None:
     fake.fail_next(Fault.JOB_FAILED)
 
-    with pytest.raises(JobFailed) as info:
+    with pytest.raises(ProviderJobFailed) as info:
         await provider.edit(edit_request())
 
     last_poll = [r for r in fake.requests if r.endpoint == "poll"][-1]
@@ -436,8 +436,14 @@ async def test_fake_switch_lets_the_mini_edit_take_quality_and_size(session: aio
         (400, body(code=400, message="bad size"), InvalidInput, False, False),
         (503, b"", ServerError, False, True),
         (504, b"", ServerError, True, False),
-        (200, body(code=200, data={"id": "t", "status": "failed", "error": "boom"}), JobFailed, True, False),
-        (200, body(code=200, data={"id": "t", "status": "cancelled"}), JobFailed, True, False),
+        (
+            200,
+            body(code=200, data={"id": "t", "status": "failed", "error": "boom"}),
+            ProviderJobFailed,
+            True,
+            False,
+        ),
+        (200, body(code=200, data={"id": "t", "status": "cancelled"}), ProviderJobFailed, True, False),
         (200, body(code=200, data={"id": "t", "status": "timeout"}), ProviderTimeout, True, False),
         (
             200,

@@ -2,9 +2,13 @@
 
 The service takes plain values (ids, bytes, callables) and never a Discord object. `prepare` checks
 options, images and the mask and prices the job without touching credits (what a preview shows);
-`submit` stores the job and holds its credits, and `bot.engine.JobEngine` runs it from there — queue,
+`submit` stores the job and holds its credits, and `bot.jobs.engine.JobEngine` runs it from there — queue,
 provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
 the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
+
+Over 400 lines, `EditService` over 300: this is the former bot/jobs.py moved whole (issue 14 moves
+code without rewriting it). The next cut is intake (options, images, mask: `options_for`,
+`_check_options`, `_load_images`, `_load_mask`) into its own module.
 """
 
 from __future__ import annotations
@@ -23,26 +27,21 @@ from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
-from bot.engine import (  # noqa: F401 - re-exported: the job types callers know from here
+from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
+from bot.jobs.engine import JobEngine
+from bot.jobs.files import JobFiles
+from bot.jobs.model import (
     Delivered,
     EditOutcome,
     InputFile,
-    JobCancelled,
-    JobEngine,
-    JobFailed,
-    JobInterrupted,
     JobObserver,
     JobSpec,
     JobStatus,
-    JobSuspended,
     LiveJob,
     MaskFiles,
     Origin,
-    ResultFile,
     Ticket,
 )
-from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
-from bot.jobfiles import JobFiles
 from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router

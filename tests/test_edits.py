@@ -16,19 +16,10 @@ from PIL import Image
 from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
 from bot.config import load_settings
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
-from bot.jobs import (
-    EditJob,
-    EditOptions,
-    EditOutcome,
-    EditService,
-    JobFailed,
-    JobInterrupted,
-    JobObserver,
-    MaskSpec,
-    Upload,
-)
+from bot.jobs.model import EditOutcome, JobFailed, JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
+from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault

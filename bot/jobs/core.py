@@ -1,0 +1,203 @@
+"""The state every part of `JobEngine` shares, one live job's process-local record, and the small
+helpers (telling the user, observers, background tasks) the parts have in common.
+
+`JobEngine` (bot.jobs.engine: the queue and the public API) is assembled from mixins that each own
+one concern and all derive from `EngineCore`: the provider call (bot.jobs.running), the stored
+result (bot.jobs.results), delivery (bot.jobs.delivery), endings and settlement (bot.jobs.endings),
+and start-up, shutdown, recovery and the watchdog (bot.jobs.recovery). Mixins rather than
+collaborator objects keep every method and attribute name of the former single class, so code
+that reaches into the engine (tests, hooks) did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.catalog import Catalog
+from bot.concurrency import FairTurns, FeedbackThrottle
+from bot.config import Settings
+from bot.jobs.files import JobFiles
+from bot.jobs.model import (
+    Delivery,
+    EditOutcome,
+    JobInfo,
+    JobObserver,
+    JobState,
+    JobStatus,
+    LiveJob,
+    NoDelivery,
+)
+from bot.lifecycle import ModelLifecycle
+from bot.routing import Router
+from bot.storage import Storage
+
+log = logging.getLogger(__name__)
+
+ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
+SHUTDOWN_ABORT_WAIT_SECONDS = 10.0
+# A paid result Discord could not take because of a passing failure (a 5xx, a timeout, a dropped
+# connection) is posted again from the stored result after this long, doubling up to the cap, until
+# RESULT_RETENTION_HOURS after it was made; only then is it given up (and not charged).
+DELIVERY_RETRY_FIRST_SECONDS = 5.0
+DELIVERY_RETRY_MAX_SECONDS = 600.0
+
+
+@dataclass(eq=False)
+class ActiveJob:
+    """What this process knows about a live job besides its row."""
+
+    info: JobInfo
+    model: str
+    live: LiveJob | None = None
+    waiter: asyncio.Future[EditOutcome] | None = None
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_reason: str = ""
+    quiet: bool = False  # whoever cancelled it tells the user
+    task: asyncio.Task[None] | None = None
+    provider: str | None = None
+    submitted: list[str] = field(default_factory=list)
+    clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
+    run_start: float | None = None  # left the queue in this process (the ETA's run times)
+    finishing: bool = False  # past the provider: storing and posting the result
+    position: int = 0
+    delivery_retries: int = 0  # stored-result deliveries put off after a transient failure
+
+    @property
+    def id(self) -> str:
+        return self.info.job_id
+
+
+class EngineCore:
+    """The engine's shared state and helpers; `JobEngine` adds the queue and the public API."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        storage: Storage,
+        router: Router,
+        files: JobFiles,
+        observers: list[JobObserver],
+        lifecycle: ModelLifecycle | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.storage = storage
+        self.router = router
+        self.lifecycle = lifecycle  # where a job goes when its model is shut down mid-run
+        self.files = files
+        self.observers = observers  # shared with EditService, which tests extend in place
+        self.delivery: Delivery = NoDelivery()
+        self.max_concurrent = settings.max_concurrent_jobs
+        self.max_per_user = settings.max_jobs_per_user
+        self.accepting = True
+        self._jobs: dict[str, ActiveJob] = {}
+        self._waiting: list[str] = []  # job ids in the order they were admitted
+        self._running: set[str] = set()
+        self._creating: set[str] = set()  # folders written whose row may not exist yet
+        self._waiters: dict[str, asyncio.Future[EditOutcome]] = {}  # for `wait`, until it is called
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        # job id -> the next delivery try of a result Discord could not take, and the job
+        self._redeliveries: dict[str, tuple[asyncio.TimerHandle, ActiveJob]] = {}
+        self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
+        self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
+        # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
+        self.queue_feedback: FeedbackThrottle[str, JobStatus] = FeedbackThrottle()
+        self._turns = FairTurns()  # the queue's order (members and servers take turns)
+        self._feedback_task: asyncio.Task[None] | None = None
+        self._feedback_offered = asyncio.Event()  # wakes the sender early: a new job's line is due now
+
+    # -- implemented by JobEngine (`_end` by its endings part); declared here for the other parts --
+
+    def _launch(self, job: ActiveJob) -> None:
+        raise NotImplementedError
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    async def _end(self, job: ActiveJob, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    # -- small helpers -----------------------------------------------------------------------------
+
+    async def _say(self, job: ActiveJob, text: str) -> None:
+        """Tell the user: on the live progress message if there is one, else through the Delivery."""
+        shown = False
+        if job.live is not None:
+            try:
+                shown = await job.live.finish(text)
+            except Exception as exc:
+                log.info("job %s: progress message unavailable: %s", job.id, type(exc).__name__)
+        if not shown:
+            try:
+                await self.delivery.notify(job.info, text)
+            except Exception as exc:
+                log.warning("job %s: could not tell the user: %s", job.id, type(exc).__name__)
+
+    async def _tell_live(self, job: ActiveJob, text: str) -> None:
+        """Tell the user only if their command is still in this process; a job that was already
+        recovered once needs no channel message each time the bot restarts."""
+        if job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(text)
+
+    def _resolve(self, job: ActiveJob, result: EditOutcome | BaseException) -> None:
+        waiter = job.waiter
+        if waiter is None or waiter.done():
+            return
+        if isinstance(result, asyncio.CancelledError):
+            waiter.cancel()
+        elif isinstance(result, BaseException):
+            waiter.set_exception(result)
+        else:
+            waiter.set_result(result)
+
+    async def _update(self, job: ActiveJob, status: JobStatus) -> None:
+        if job.live is None:
+            return
+        try:
+            await job.live.update(status)
+        except Exception as exc:
+            log.debug("job %s: progress update failed: %s", job.id, type(exc).__name__)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_background(self) -> None:
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=SHUTDOWN_ABORT_WAIT_SECONDS)
+
+    def _notify(self, event: str, *args: object, **kwargs: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(*args, **kwargs)
+            except Exception:
+                log.exception("job observer %r failed on %s", observer, event)
+
+    def _finished(
+        self, job: ActiveJob, state: JobState, provider: str | None, charged: int, error: str | None
+    ) -> None:
+        self._notify(
+            "job_finished",
+            job.id,
+            state,
+            model=job.model,
+            provider=provider or None,
+            charged=charged,
+            seconds=time.monotonic() - job.clock_start,
+            error=error,
+        )

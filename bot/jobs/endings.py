@@ -1,0 +1,180 @@
+"""How a job that will not be delivered ends: released exactly once (or charged, when a member
+cancelled it after a provider accepted it), recorded, and explained to the member.
+
+Part of `JobEngine` (a mixin over `EngineCore`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.catalog import usd_to_credits
+from bot.errors import RetouchError, message_for_provider_error, new_reference
+from bot.jobs.core import ActiveJob, EngineCore
+from bot.jobs.model import JobCancelled, JobFailed, JobInterrupted, JobSpec, JobState, JobTimedOut
+from bot.providers import errors as perr
+from bot.routing import Needs, route_reserve_usd
+from bot.storage.ledger import LedgerConflict
+
+log = logging.getLogger(__name__)
+
+CANCELLED_AT_PROVIDER = (
+    "Cancelled. The image service had already started this edit and charges for it, so "
+    "{charged} credits were charged."
+)
+
+
+class JobEndings(EngineCore):
+    """JobEngine's endings: settle, record and explain a job that ends without a delivery."""
+
+    async def _end(self, job: ActiveJob, exc: BaseException) -> None:
+        """Settle a job that will not be delivered: release its hold exactly once, record why, tell the
+        user (unless whoever cancelled it does), and hand the waiter a user-safe error."""
+        ref = new_reference()
+        # Accepted = the provider gave the job an id (a submit-then-poll provider): it bills for it now.
+        at_provider = isinstance(exc, JobCancelled) and job.abort_reason == "cancelled" and job.submitted
+        if at_provider and await self._charge_cancelled(job, ref):
+            return
+        cancelled = isinstance(exc, JobInterrupted | JobCancelled | JobTimedOut | asyncio.CancelledError)
+        state = JobState.CANCELLED if cancelled else JobState.FAILED
+        # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
+        is_provider = isinstance(exc, perr.ProviderError)
+        code = str(type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__)
+        try:
+            absorbed = await self._maybe_billed(job, exc)
+            await self.storage.ledger.settle_released(
+                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed
+            )
+        except LedgerConflict:
+            # Captured means posted: the member has the result and was charged for it. Say so.
+            log.error("job %s: failed after it was delivered and charged (ref %s)", job.id, ref, exc_info=exc)
+            await self._end_charged(job, ref)
+            return
+        except Exception:
+            log.exception("job %s: could not release credits (ref %s)", job.id, ref)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.files.remove, job.id)
+        with contextlib.suppress(Exception):  # the sweep clears it otherwise
+            await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
+        error = self._user_error(job, exc, ref)
+        self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
+        if not job.quiet:
+            await self._say(job, error.user_message)
+        elif job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(None)
+        self._resolve(job, exc if isinstance(exc, asyncio.CancelledError) else error)
+
+    async def _maybe_billed(self, job: ActiveJob, exc: BaseException) -> int:
+        """Credits a provider may bill for a job that ends unpaid: a call that was sent and then cut
+        off (cancel, deadline, shutdown) or that the provider may have accepted before failing. The
+        member is not charged, but the budgets count it, so cut-off calls cannot outspend them."""
+        cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
+        if job.provider is None or not (cut_off or getattr(exc, "accepted", False)):
+            return 0
+        return await self._provider_price(job) or 0
+
+    async def _provider_price(self, job: ActiveJob) -> int | None:
+        """What the job's provider charges for it: its price for the job's options in credits, at most
+        the hold. None when it cannot be priced."""
+        row = await self.storage.jobs.get_job(job.id)
+        spec = JobSpec.from_json(row.spec) if row is not None and row.spec else None
+        model = self.catalog.models.get(spec.model) if spec is not None else None
+        # The route that had the job (a provider may sell the model on several, at different prices).
+        taken = row.provider_model if row is not None else None
+        route = (
+            next(
+                (r for r in model.routes if r.provider == job.provider and taken in (None, r.model)),
+                None,
+            )
+            if model
+            else None
+        )
+        if spec is None or model is None or route is None:
+            return None
+        needs = Needs(
+            images=len(spec.inputs),
+            size=spec.size,
+            quality=spec.quality,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+            mask=spec.mask is not None,
+            prompt_chars=len(spec.prompt),
+        )
+        usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
+        return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
+
+    async def _charge_cancelled(self, job: ActiveJob, ref: str) -> bool:
+        """A member cancelled a job a provider already accepted: charge what that provider charges for
+        it. False when it cannot be priced (it is then released like any other cancel)."""
+        charged = await self._provider_price(job)
+        if charged is None:
+            return False
+        try:
+            settled = await self.storage.ledger.settle_cancelled_at_provider(
+                job.id, charged, error_code="cancelled_at_provider", error_ref=ref
+            )
+        except LedgerConflict:
+            return False
+        charged = settled[1] if settled is not None else 0
+        log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.files.remove, job.id)
+        self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
+        text = CANCELLED_AT_PROVIDER.format(charged=charged)
+        if not job.quiet:
+            await self._say(job, text)
+        elif job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(None)
+        self._resolve(job, JobCancelled())
+        return True
+
+    async def _end_charged(self, job: ActiveJob, ref: str) -> None:
+        """An error after the charge was recorded: the job counts as delivered, and the member is not
+        told they were not charged."""
+        row = await self.storage.jobs.get_job(job.id)
+        charged = int(row.captured or 0) if row is not None else 0
+        self._finished(job, JobState.DELIVERED, job.provider, charged, None)
+        error = JobFailed(
+            f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards.",
+            ref=ref,
+            code="after_delivery",
+        )
+        if job.live is not None:
+            with contextlib.suppress(Exception):
+                await job.live.finish(error.user_message)
+        self._resolve(job, error)
+
+    def _user_error(self, job: ActiveJob, exc: BaseException, ref: str) -> RetouchError:
+        """What the user is told: provider and unexpected errors get text and a log reference."""
+        if isinstance(exc, perr.ProviderError):
+            log.warning(
+                "job %s failed (ref %s): %s from %s status=%s code=%s request_id=%s: %s",
+                job.id,
+                ref,
+                type(exc).__name__,
+                exc.provider,
+                exc.status,
+                exc.code,
+                exc.request_id,
+                exc,
+            )
+            if isinstance(exc, perr.ServiceUnavailable):
+                log.error(
+                    "provider %s needs the admin's attention (auth, billing or access) ref %s",
+                    exc.provider,
+                    ref,
+                )
+            return JobFailed(message_for_provider_error(exc), ref=ref, code=type(exc).__name__)
+        if isinstance(exc, RetouchError):
+            return exc
+        if isinstance(exc, asyncio.CancelledError):
+            return JobInterrupted()
+        log.error("job %s failed unexpectedly (ref %s)", job.id, ref, exc_info=exc)
+        return JobFailed(
+            "Something went wrong with this edit. You were not charged.", ref=ref, code="internal"
+        )

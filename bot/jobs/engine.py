@@ -1,0 +1,330 @@
+"""The job engine's queue and public API: submit, wait, cancel, and the queue's admission and order.
+
+`JobEngine` is one object assembled from mixins, one per concern (see bot.jobs.core): the queue,
+admission and the public API live here; the provider call in bot.jobs.running, the stored result
+in bot.jobs.results, delivery in bot.jobs.delivery, endings in bot.jobs.endings, and start-up,
+shutdown, recovery and the watchdog in bot.jobs.recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import math
+import secrets
+import statistics
+from collections.abc import Awaitable, Callable
+
+from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
+from bot.jobs.core import ActiveJob
+from bot.jobs.delivery import JobDelivery
+from bot.jobs.endings import CANCELLED_AT_PROVIDER, JobEndings
+from bot.jobs.model import (
+    SUSPENDED_AT_PROVIDER,
+    Delivery,
+    EditOutcome,
+    JobCancelled,
+    JobInfo,
+    JobSpec,
+    JobState,
+    JobStatus,
+    JobSuspended,
+    LiveJob,
+    NotAllowed,
+    Origin,
+    SuspendJob,
+    Ticket,
+    db_time,
+    describe_wait,
+)
+from bot.jobs.recovery import JobRecovery
+from bot.jobs.results import JobResults
+from bot.jobs.running import ProviderRun
+from bot.storage.jobs import TERMINAL_STATES
+from bot.storage.ledger import NotEnoughCredits
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_SECONDS = 15.0  # how long a cancel waits for a running job to stop
+
+Reserve = Callable[[str], Awaitable[object]]
+
+
+class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
+    """Runs edit jobs from the database: queue, limits, provider calls, delivery, recovery, watchdog.
+
+    One instance per process. `submit` admits a job (its credits are held at once) and returns;
+    `wait` awaits its end in this process. `recover` (start-up) picks up every live job the last
+    process left behind, `drain` (shutdown) stops taking work without losing any.
+    """
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running now (at a provider or being delivered)."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a slot."""
+        return len(self._waiting)
+
+    def attach_delivery(self, delivery: Delivery) -> None:
+        """Set how results and notices reach users outside a live command (the Discord layer)."""
+        self.delivery = delivery
+
+    async def submit(
+        self,
+        spec: JobSpec,
+        files: dict[str, bytes],
+        *,
+        guild_id: int,
+        user_id: int,
+        channel_id: int | None,
+        reserve: Reserve,
+        live: LiveJob | None = None,
+        origin: Origin | None = None,
+        wait: bool = False,
+    ) -> Ticket:
+        """Store the job and its files, hold its credits (`reserve(job_id)`), and queue it.
+
+        Raises InsufficientCredits or the RetouchError `reserve` raised (nothing is held then).
+        With `wait`, `wait(job_id)` can be awaited afterwards.
+        """
+        if not self.accepting:
+            raise ShuttingDown()
+        origin = origin or Origin()
+        job_id = secrets.token_hex(8)
+        now = self.storage.now()
+        self._creating.add(job_id)
+        try:
+            await asyncio.to_thread(self.files.write, job_id, files)
+            await self.storage.jobs.create_job(
+                job_id,
+                guild_id=guild_id,
+                user_id=user_id,
+                channel_id=channel_id,
+                model=spec.model,
+                quality=spec.quality,
+                size=spec.size,
+                count=spec.count,
+                spec=spec.to_json(),
+                interaction_at=db_time(origin.interaction_at) if origin.interaction_at else None,
+                origin_message_id=origin.message_id,
+                deadline_at=db_time(now + dt.timedelta(seconds=self.settings.queue_timeout_seconds)),
+                files_expire_at=db_time(now + dt.timedelta(hours=self.settings.input_retention_hours)),
+            )
+        except BaseException:
+            await asyncio.to_thread(self.files.remove, job_id)
+            raise
+        finally:
+            self._creating.discard(job_id)
+        info = JobInfo(job_id, guild_id, user_id, channel_id, now, origin.interaction_at, origin.message_id)
+        job = ActiveJob(info, spec.model, live=live)
+        self._notify("job_started", job_id, spec.model)
+        await self._admit(job, reserve)
+        if wait:
+            job.waiter = self._waiters[job_id] = asyncio.get_running_loop().create_future()
+        self._jobs[job_id] = job
+        self._waiting.append(job_id)
+        self._pump()
+        position = self._position(job_id)
+        return Ticket(job_id, position, self.eta(position) if position else None)
+
+    async def wait(self, job_id: str) -> EditOutcome:
+        """The outcome of a job submitted with `wait=True`; raises what ended it otherwise.
+
+        Once per job: the outcome is handed over and forgotten.
+        """
+        waiter = self._waiters.pop(job_id, None)
+        if waiter is None:
+            raise KeyError(f"job {job_id} is not awaitable")
+        return await waiter
+
+    async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True) -> str:
+        """Cancel a job for its requester or a member who can manage messages; returns what to say.
+
+        Before a provider accepted the job (gave it an id) the hold is released in full. After that
+        its cancel call is made when it has one, and the job is charged what that provider charges
+        for it (it bills us whether or not the result is wanted), so it also counts toward cooldowns
+        and budgets. A synchronous call still in flight has no acceptance to go by and stays free. A job
+        whose result exists is not cancelled (it is being posted).
+        With `quiet`, the caller shows the returned text instead of the job's progress message.
+        """
+        row = await self.storage.jobs.get_job(job_id)
+        if row is None:
+            raise RetouchError("This edit is not known any more.", code="unknown_job")
+        if actor_id != row.user_id and not can_manage:
+            raise NotAllowed(
+                "Only the person who asked for this edit, or a member who can manage messages, can "
+                "cancel it.",
+                code="not_allowed",
+            )
+        if row.state in TERMINAL_STATES or row.state == JobState.COMPLETED:
+            return _too_late(row.state)
+        job = self._jobs.get(job_id)
+        if job is None:
+            return _too_late(row.state)
+        job.quiet = quiet
+        if job_id in self._waiting:
+            self._waiting.remove(job_id)
+            await self._end(job, JobCancelled())
+            self._jobs.pop(job_id, None)
+            self._pump()
+            return JobCancelled().user_message
+        job.abort_reason = job.abort_reason or "cancelled"
+        job.abort.set()
+        if job.task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(job.task), CANCEL_WAIT_SECONDS)
+        after = await self.storage.jobs.get_job(job_id)
+        if after is not None and after.state == JobState.CANCELLED and after.captured:
+            return CANCELLED_AT_PROVIDER.format(charged=after.captured)
+        if after is not None and after.state == JobState.CANCELLED:
+            return JobCancelled().user_message
+        return _too_late(after.state if after else JobState.DELIVERED)
+
+    def eta(self, position: int) -> float | None:
+        """Seconds until a job at `position` in the queue has its result (median of recent runs)."""
+        if not self._durations or position <= 0:
+            return None
+        median = statistics.median(self._durations)
+        rounds = math.ceil(position / self._capacity())
+        return median * (rounds + 1)
+
+    # -- admission and the queue -----------------------------------------------------------------
+
+    async def _admit(self, job: ActiveJob, reserve: Reserve) -> None:
+        """Hold the job's credits; on refusal end it as failed (nothing held) and raise."""
+        try:
+            await reserve(job.id)
+        except NotEnoughCredits as exc:
+            await self._refused(job, "insufficient_credits")
+            raise InsufficientCredits(exc.needed, exc.available) from None
+        except RetouchError as exc:
+            await self._refused(job, exc.code)
+            raise
+        except BaseException:
+            await self._refused(job, "internal")
+            raise
+
+    async def _refused(self, job: ActiveJob, code: str) -> None:
+        await self.storage.ledger.settle_released(job.id, JobState.FAILED, error_code=code)
+        await asyncio.to_thread(self.files.remove, job.id)
+        await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
+        self._finished(job, JobState.FAILED, None, 0, code)
+
+    def _position(self, job_id: str) -> int:
+        order = self._queue_order()
+        return order.index(job_id) + 1 if job_id in order else 0
+
+    def _queue_order(self) -> list[str]:
+        """Waiting jobs in the order they start: servers, and members within a server, take turns."""
+        waiting = ((j, self._jobs[j].info.guild_id, self._jobs[j].info.user_id) for j in self._waiting)
+        running = [(job.info.guild_id, job.info.user_id) for j in self._running if (job := self._jobs.get(j))]
+        return self._turns.order(waiting, running)
+
+    def _capacity(self) -> int:
+        """Jobs that may run at once: MAX_CONCURRENT_JOBS, or fewer while the providers' adaptive limits
+        together allow fewer calls (the rest wait here, in fair order, rather than at a provider)."""
+        return max(1, min(self.max_concurrent, self.router.capacity()))
+
+    def _pump(self) -> None:
+        """Start waiting jobs while slots are free (global, then per user), then show new positions."""
+        if self.accepting:
+            capacity = self._capacity()
+            for job_id in self._queue_order():
+                if len(self._running) >= capacity:
+                    break
+                job = self._jobs[job_id]
+                mine = sum(1 for r in self._running if self._jobs[r].info.user_id == job.info.user_id)
+                if mine >= self.max_per_user:
+                    continue
+                self._waiting.remove(job_id)
+                self._turns.started(job.info.guild_id, job.info.user_id)
+                self._launch(job)
+        order = self._queue_order()
+        self.queue_feedback.retain(set(order))
+        for index, job_id in enumerate(order, start=1):
+            job = self._jobs[job_id]
+            if job.position != index:
+                job.position = index
+                eta = self.eta(index)
+                text = f"Queued — position {index} in line."
+                if eta is not None:
+                    text += f" Your result should be ready in {describe_wait(eta)}."
+                status = JobStatus(job_id, "queued", text, True, index, eta)
+                self.queue_feedback.offer(job_id, text, status, priority=index)
+        if self.queue_feedback.pending:
+            self._feedback_offered.set()
+            if self._feedback_task is None or self._feedback_task.done():
+                self._feedback_task = asyncio.ensure_future(self._send_queue_feedback())
+
+    async def _send_queue_feedback(self) -> None:
+        """Send waiting jobs' new lines as the throttle allows, until none is pending."""
+        while True:
+            self.queue_feedback.retain(set(self._waiting))
+            wait = self.queue_feedback.next_in()
+            if wait is None:
+                return
+            if wait > 0:
+                self._feedback_offered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._feedback_offered.wait(), wait)
+                continue
+            for status in self.queue_feedback.due():
+                job = self._jobs.get(status.job_id)
+                if job is not None and status.job_id in self._waiting:
+                    self._spawn(self._update(job, status))
+
+    def _launch(self, job: ActiveJob) -> None:
+        self._running.add(job.id)
+        self._idle.clear()
+        job.position = 0
+        job.task = asyncio.create_task(self._work(job), name=f"retouch-job-{job.id}")
+
+    async def _work(self, job: ActiveJob) -> None:
+        try:
+            await self._run(job)
+        finally:
+            self._running.discard(job.id)
+            self._jobs.pop(job.id, None)
+            if not self._running:
+                self._idle.set()
+            self._pump()
+
+    async def _run(self, job: ActiveJob) -> None:
+        """One job from wherever it stands to a terminal state (or a suspension at shutdown)."""
+        try:
+            row = await self.storage.jobs.get_job(job.id)
+            if row is None or not row.spec:
+                raise RuntimeError(f"job {job.id} has no stored spec")
+            spec = JobSpec.from_json(row.spec)
+            if row.state == JobState.COMPLETED:
+                job.finishing = True
+                outcome = await self._stored_outcome(row, spec)
+            else:
+                served, spec = await self._produce(job, row, spec)
+                outcome = await self._complete(job, spec, served)
+            await self._deliver(job, row, spec, outcome)
+        except SuspendJob:
+            log.info(
+                "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)
+            )
+            await self._tell_live(job, SUSPENDED_AT_PROVIDER)
+            self._resolve(job, JobSuspended())
+        except BaseException as exc:
+            await self._end(job, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+
+def _too_late(state: str) -> str:
+    if state == JobState.COMPLETED:
+        return "Too late to cancel: your edit is finished and being posted."
+    if state == JobState.DELIVERED:
+        return "Too late to cancel: your edit was already posted."
+    return "This edit has already ended."

@@ -1,0 +1,303 @@
+"""Start-up and shutdown: recovery, quarantine of unreadable rows, the sweep of old files, the watchdog,
+and the drain that stops taking work without losing any.
+
+Part of `JobEngine` (a mixin over `EngineCore`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from typing import Any
+
+from bot.errors import new_reference
+from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob, EngineCore
+from bot.jobs.model import JobInfo, JobSpec, JobState, JobSuspended, JobTimedOut, db_time
+from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
+from bot.storage.ledger import LedgerConflict
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_SECONDS = 5.0
+SWEEP_INTERVAL_SECONDS = 3600.0
+
+RESTARTED_BEFORE_START = (
+    "Retouch restarted before your edit could start. You were not charged; please run it again."
+)
+SUSPENDED_IN_QUEUE = (
+    "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
+)
+RESTARTED_MID_SUBMIT = (
+    "Retouch restarted while your edit was being made, so the result was lost. "
+    "You were not charged; please run it again."
+)
+
+
+class JobRecovery(EngineCore):
+    """JobEngine's start and stop: pick up what the last process left; stop overdue jobs; sweep old
+    files; drain at shutdown."""
+
+    async def start(self) -> None:
+        """Recover what the last process left, then run the watchdog. Call once, before commands."""
+        await self.recover()
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="retouch-watchdog")
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking jobs; let running ones finish for up to `grace` seconds; returns how many were
+        aborted and refunded.
+
+        Nothing durable is lost: queued jobs keep their place (and their hold) for the next start;
+        jobs a resumable provider accepted are left `submitted` and resumed after the restart; only
+        a synchronous provider call still running is aborted and released.
+        """
+        self.accepting = False
+        await self._stop_watchdog()
+        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
+            handle.cancel()
+            self._resolve(job, JobSuspended())
+        self._redeliveries.clear()
+        for job_id in list(self._waiting):
+            job = self._jobs.pop(job_id)
+            await self._tell_live(job, SUSPENDED_IN_QUEUE)
+            self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
+        self._waiting.clear()
+        if self._feedback_task is not None:
+            self._feedback_task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        # A job past its provider is left to post its result (or to be delivered after the restart).
+        left = [self._jobs[j] for j in self._running if j in self._jobs and not self._jobs[j].finishing]
+        aborted = 0
+        for job in left:
+            resumable = (
+                bool(job.submitted) and job.provider is not None and self.router.resumable(job.provider)
+            )
+            job.abort_reason = "suspend" if resumable else "shutdown"
+            aborted += not resumable
+            job.abort.set()
+        if left:
+            log.warning(
+                "shutdown: stopping %d unfinished job(s); %d refunded, the rest resume after the restart",
+                len(left),
+                aborted,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
+        await self._flush_background()
+        return aborted
+
+    async def recover(self) -> dict[str, int]:
+        """Pick up every live job the last process left, before new commands are taken.
+
+        * `queued` (no hold yet) and `submitting` (a call whose outcome is unknown) are released and
+          the user is told; * `reserved` jobs are queued again in their old order; * `submitted`
+          jobs resume polling (released like `submitting` if the provider cannot resume);
+          * `completed` jobs are delivered from the stored result (after checking whether a delivery
+          the crash interrupted had landed). Then holds without a live job are released, and job
+          folders past their retention are deleted.
+        """
+        counts = dict.fromkeys(
+            ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
+        )
+        self._durations.extend(await self.storage.jobs.recent_run_seconds(ETA_WINDOW))
+        for row in await self.storage.jobs.jobs_in_states(LIVE_STATES):
+            if row.id in self._jobs:
+                continue
+            try:
+                outcome = await self._recover_one(row)
+            except Exception as exc:
+                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
+                # keep every other job and the bot itself from starting.
+                outcome = await self._quarantine(row, exc)
+            counts[outcome] += 1
+        counts["orphan_holds"] = await self._release_orphan_holds()
+        for guild_id, user_id, held, open_ in await self.storage.reports.held_mismatches():
+            log.error(
+                "recovery: account %s/%s holds %d credits but its open jobs hold %d",
+                guild_id,
+                user_id,
+                held,
+                open_,
+            )
+        try:
+            counts["swept"] = await self.sweep()
+        except Exception:
+            log.exception("recovery: the sweep failed; the watchdog runs it again within the hour")
+        if any(counts.values()):
+            log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        self._pump()
+        return counts
+
+    async def _recover_one(self, row: JobRow) -> str:
+        job = ActiveJob(JobInfo.of(row), row.model, provider=row.provider)
+        spec = JobSpec.from_json(row.spec) if row.spec else None
+        usable = spec is not None and await asyncio.to_thread(self.files.exists, row.id, spec.input_names)
+        if row.state == JobState.RESERVED and usable:
+            self._jobs[row.id] = job
+            self._waiting.append(row.id)
+            return "requeued"
+        resumable = row.provider is not None and self.router.resumable(row.provider)
+        if row.state == JobState.SUBMITTED and usable and row.provider_job_ids and resumable:
+            self._jobs[row.id] = job
+            self._launch(job)  # it already holds a slot at the provider: no queueing behind new jobs
+            return "resumed"
+        if row.state == JobState.COMPLETED and row.result:
+            _check_record(json.loads(row.result))
+            self._jobs[row.id] = job
+            self._launch(job)
+            return "delivering"
+        text = (
+            RESTARTED_BEFORE_START
+            if row.state in (JobState.QUEUED, JobState.RESERVED)
+            else RESTARTED_MID_SUBMIT
+        )
+        code = (
+            "restart_before_start"
+            if row.state in (JobState.QUEUED, JobState.RESERVED)
+            else "restart_outcome_unknown"
+        )
+        await self.storage.ledger.settle_released(
+            row.id, JobState.CANCELLED, error_code=code, error_ref=new_reference()
+        )
+        await asyncio.to_thread(self.files.remove, row.id)
+        await self.storage.jobs.forget_job_details(row.id)  # the prompt goes with the images
+        self._finished(job, JobState.CANCELLED, row.provider, 0, code)
+        log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
+        self._spawn(self._say(job, text))
+        return "released"
+
+    async def _quarantine(self, row: JobRow, exc: Exception) -> str:
+        """Set aside a job whose row cannot be recovered: release its hold, mark it failed with the
+        code `quarantined`, keep its row and files for the admin, and say so in the log."""
+        ref = new_reference()
+        self._jobs.pop(row.id, None)
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(row.id)
+        log.error(
+            "recovery: job %s (state %s) is unreadable and was quarantined (ref %s): %s",
+            row.id,
+            row.state,
+            ref,
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        try:
+            await self.storage.ledger.settle_released(
+                row.id, JobState.FAILED, error_code="quarantined", error_ref=ref
+            )
+        except Exception as settle_exc:
+            log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)
+        with contextlib.suppress(Exception):
+            job = ActiveJob(JobInfo.of(row), str(row.model))
+            self._finished(
+                job, JobState.FAILED, row.provider, 0, "quarantined"
+            )  # metrics and the audit channel
+            self._spawn(self._say(job, f"{RESTARTED_MID_SUBMIT} (ref `{ref}`)"))
+        return "quarantined"
+
+    async def _release_orphan_holds(self) -> int:
+        """Release holds whose job is gone or already ended, so every account's `held` is exactly
+        the sum of its live jobs' reservations."""
+        released = 0
+        for hold in await self.storage.reports.open_holds():
+            if hold.job_state in LIVE_STATES:
+                continue
+            try:
+                await self.storage.ledger.release(hold.job_id, reason="orphan_hold")
+            except LedgerConflict:
+                continue
+            released += 1
+            log.warning(
+                "recovery: released an orphaned hold of %d credits (job %s)", hold.amount, hold.job_id
+            )
+        return released
+
+    async def sweep(self) -> int:
+        """Delete job folders whose job is gone, or ended and past its retention (with the job's prompt
+        and options), then prune history older than JOB_HISTORY_DAYS. Returns how many folders went."""
+        now = db_time(self.storage.now())
+        removed = 0
+        for job_id in await asyncio.to_thread(self.files.job_ids):
+            if job_id in self._jobs or job_id in self._creating:
+                continue
+            row = await self.storage.jobs.get_job(job_id)
+            expired = row is None or (
+                row.state in TERMINAL_STATES and (row.files_expire_at is None or row.files_expire_at < now)
+            )
+            if expired:
+                await asyncio.to_thread(self.files.remove, job_id)
+                if row is not None:  # the prompt goes with the images
+                    await self.storage.jobs.forget_job_details(job_id)
+                removed += 1
+        # Rows whose folder is already gone (failed, cancelled, refused) or was never written.
+        await self.storage.jobs.forget_expired_details()
+        history = self.storage.now() - dt.timedelta(days=self.settings.job_history_days)
+        jobs, ledger = await self.storage.jobs.prune_history(history)
+        if jobs or ledger:
+            log.info("retention: %d old job row(s) deleted, %d ledger row(s) lost their detail", jobs, ledger)
+        return removed
+
+    # -- the watchdog --------------------------------------------------------------------------------
+
+    async def watchdog_tick(self) -> int:
+        """Cancel (and release) every live job past its deadline; returns how many were stopped."""
+        stopped = 0
+        for row in await self.storage.jobs.overdue_jobs(self.storage.now()):
+            job = self._jobs.get(row.id)
+            if job is None:
+                continue
+            if row.id in self._waiting:
+                self._waiting.remove(row.id)
+                await self._end(job, JobTimedOut(queued=True))
+                self._jobs.pop(row.id, None)
+            elif not job.abort.is_set():
+                log.warning(
+                    "watchdog: job %s is past its deadline at %s; cancelling it", row.id, row.provider
+                )
+                job.abort_reason = "timeout"
+                job.abort.set()
+            else:
+                continue
+            stopped += 1
+        if stopped:
+            self._pump()
+        return stopped
+
+    async def _watch(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+            try:
+                await self.watchdog_tick()
+                if time.monotonic() - last_sweep >= SWEEP_INTERVAL_SECONDS:
+                    last_sweep = time.monotonic()
+                    await self.sweep()
+            except Exception:
+                log.exception("watchdog round failed")
+
+    async def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+
+def _check_record(record: Any) -> None:
+    """Raise ValueError unless `record` is a stored result the engine can deliver (see `_complete`)."""
+    files = record.get("files") if isinstance(record, dict) else None
+    usable = isinstance(files, list) and all(
+        isinstance(f, dict) and isinstance(f.get("disk"), str) and isinstance(f.get("filename"), str)
+        for f in files
+    )
+    if (
+        not usable
+        or not isinstance(record.get("charged"), int)
+        or not isinstance(record.get("provider"), str)
+    ):
+        raise ValueError("the stored result is not readable")

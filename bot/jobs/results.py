@@ -1,0 +1,120 @@
+"""A job's result: stored (files, then the row) before anything is posted, and read back after a restart.
+
+Part of `JobEngine` (a mixin over `EngineCore`). For a masked job, pixels outside the mask are put
+back exactly as they were (the locality guarantee) before the result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from bot import imaging
+from bot.catalog import usd_to_credits
+from bot.jobs.core import ActiveJob, EngineCore
+from bot.jobs.model import EditOutcome, JobSpec, JobState, JobStatus, ResultFile, db_time
+from bot.providers.base import EditResult, OutputImage
+from bot.routing import Served
+from bot.storage.jobs import JobRow
+
+
+class JobResults(EngineCore):
+    """JobEngine's results: store what a provider made, and build the outcome a delivery posts."""
+
+    async def _complete(self, job: ActiveJob, spec: JobSpec, served: Served) -> EditOutcome:
+        """Store the result (files, then the row) before anything is posted."""
+        job.finishing = True
+        await self._update(job, JobStatus(job.id, "finishing", "Uploading the result…", False))
+        result = served.result
+        charged = min(usd_to_credits(served.cost_usd, self.settings.credits_per_usd), spec.reserve)
+        if spec.mask is not None and spec.mask.keep_outside:
+            result = await self._restore_outside(job.id, spec, result)
+        files = await self._fit(job.id, result, spec.upload_limit)
+        await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
+        notices = (served.notice,) if served.notice else ()
+        record = {
+            "files": [{"disk": disk, "filename": f.filename, "format": f.format} for disk, f in files],
+            "provider": result.provider,
+            "quality": result.quality or spec.quality,
+            "size": result.size or spec.size,
+            "charged": charged,
+            "notices": list(notices),
+        }
+        now = self.storage.now()
+        await self.storage.jobs.set_job_state(
+            job.id,
+            JobState.COMPLETED,
+            provider=result.provider,
+            provider_request_id=result.request_id or (",".join(job.submitted) or None),
+            result=json.dumps(record),
+            completed_at=db_time(now),
+        )
+        if job.run_start is not None:  # a job resumed after a restart says nothing about run times
+            self._durations.appendleft(time.monotonic() - job.run_start)
+        return await self._outcome(job.id, spec, record, tuple(f for _, f in files))
+
+    async def _stored_outcome(self, row: JobRow, spec: JobSpec) -> EditOutcome:
+        """The outcome of a job completed before a restart, read back from the row and its files."""
+        record = json.loads(row.result or "{}")
+        entries = record.get("files") or []
+        blobs = await asyncio.to_thread(lambda: [self.files.read(row.id, e["disk"]) for e in entries])
+        files = tuple(
+            ResultFile(e["filename"], data, e["format"]) for e, data in zip(entries, blobs, strict=True)
+        )
+        return await self._outcome(row.id, spec, record, files)
+
+    async def _outcome(
+        self, job_id: str, spec: JobSpec, record: dict[str, Any], files: tuple[ResultFile, ...]
+    ) -> EditOutcome:
+        charged = int(record["charged"])
+        row = await self.storage.jobs.get_job(job_id)
+        account = await self.storage.ledger.get_account(row.guild_id, row.user_id) if row else None
+        return EditOutcome(
+            job_id=job_id,
+            prompt=spec.prompt,
+            model_id=spec.model,
+            model_name=spec.model_name,
+            provider=str(record["provider"]),
+            quality=str(record["quality"]),
+            size=str(record["size"]),
+            files=files,
+            charged=charged,
+            # What the balance will be once this job's hold is settled.
+            balance_after=(account.balance if account else 0) + spec.reserve - charged,
+            notices=spec.notices + tuple(record.get("notices") or ()),
+        )
+
+    async def _restore_outside(self, job_id: str, spec: JobSpec, result: EditResult) -> EditResult:
+        """The locality guarantee: pixels outside the mask come back exactly as they were."""
+        assert spec.mask is not None
+        original = await asyncio.to_thread(self.files.read, job_id, spec.inputs[0].name)
+        region_png = await asyncio.to_thread(self.files.read, job_id, spec.mask.region)
+        first = spec.inputs[0]
+        mask = await asyncio.to_thread(
+            imaging.normalize_mask,
+            region_png,
+            (first.width, first.height),
+            max_bytes=self.settings.max_input_bytes,
+            max_pixels=self.settings.max_input_pixels,
+        )
+        restored = []
+        for image in result.images:
+            data, fmt = await asyncio.to_thread(
+                imaging.restore_outside, original, image.data, mask.region, feather=spec.mask.feather
+            )
+            restored.append(OutputImage(data, fmt))
+        return replace(result, images=tuple(restored))
+
+    async def _fit(self, job_id: str, result: EditResult, limit: int) -> list[tuple[str, ResultFile]]:
+        """Each image under the upload limit, named for users and for the job's folder."""
+        files = []
+        for index, image in enumerate(result.images, start=1):
+            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, limit)
+            ext = "jpg" if fmt == "jpeg" else fmt
+            files.append(
+                (f"result-{index}.{ext}", ResultFile(f"retouch_{job_id[:8]}_{index}.{ext}", data, fmt))
+            )
+        return files

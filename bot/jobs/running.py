@@ -1,0 +1,268 @@
+"""A job at its provider: the call (or the resumed poll), progress, abort, and the result stored.
+
+Part of `JobEngine` (a mixin over `EngineCore`). A job whose model is shut down at every provider
+mid-run moves to another live model within its hold, unless the member picked the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import replace
+
+from bot.catalog import ModelEntry, Route, usd_to_credits
+from bot.jobs.core import ActiveJob, EngineCore
+from bot.jobs.model import (
+    JobCancelled,
+    JobInterrupted,
+    JobSpec,
+    JobState,
+    JobStatus,
+    JobTimedOut,
+    ModelRetired,
+    SuspendJob,
+    db_time,
+    parse_time,
+)
+from bot.providers import errors as perr
+from bot.providers.base import EditRequest, InputImage
+from bot.routing import Needs, Served
+from bot.storage.jobs import JobRow
+
+log = logging.getLogger(__name__)
+
+# How often the "editing with <model> (N s)" stage is refreshed while the provider works.
+PROGRESS_TICK_SECONDS = 5.0
+# The watchdog steps in this long after a job's provider deadline, so the adapter's own timeout
+# (with its better error) normally fires first.
+DEADLINE_GRACE_SECONDS = 30.0
+# A job resumed after a restart gets at least this long to fetch a result the provider may have
+# finished meanwhile, even if its own deadline passed while the bot was down.
+RESUME_MIN_SECONDS = 60.0
+
+
+class ProviderRun(EngineCore):
+    """JobEngine's provider call: run or resume a job at a provider, then store its result."""
+
+    async def _produce(self, job: ActiveJob, row: JobRow, spec: JobSpec) -> tuple[Served, JobSpec]:
+        """Run the job at a provider (or follow what one accepted before a restart). Returns the
+        result and the job's spec, which names another model if its own was shut down mid-run."""
+        model = self.catalog.models.get(spec.model)
+        if model is None:
+            raise RuntimeError(f"model {spec.model} is no longer in the catalog")
+        if row.state == JobState.SUBMITTED and row.provider and row.provider_job_ids:
+            job.provider, job.submitted = row.provider, list(row.provider_job_ids)
+            remaining = await self._resume_window(job, row)
+            request = await self._request(job.id, spec, remaining)
+            call = self.router.resume(
+                model, row.provider, job.submitted, request, route_model=row.provider_model
+            )
+            return await self._follow(job, model, request, call, row.started_at), spec
+        started = self.storage.now()
+        job.run_start = time.monotonic()
+        timeout = self.settings.job_timeout_seconds
+        await self.storage.jobs.update_job(
+            job.id,
+            started_at=db_time(started),
+            deadline_at=db_time(started + dt.timedelta(seconds=timeout + DEADLINE_GRACE_SECONDS)),
+        )
+        request = await self._request(job.id, spec, timeout)
+
+        async def attempt(route: Route) -> None:
+            job.provider = route.provider
+            await self.storage.jobs.set_job_state(
+                job.id, JobState.SUBMITTING, provider=route.provider, provider_model=route.model
+            )
+
+        async def submitted(route: Route, provider_job_id: str) -> None:
+            job.submitted.append(provider_job_id)
+            await self.storage.jobs.mark_submitted(job.id, route.provider, provider_job_id)
+
+        while True:
+            call = self.router.run(
+                model, request, order=spec.provider_order or None, on_attempt=attempt, on_submitted=submitted
+            )
+            try:
+                return await self._follow(job, model, request, call, db_time(started)), spec
+            except perr.ModelGone as exc:
+                if exc.accepted or self.lifecycle is None or self.lifecycle.usable(model):
+                    raise  # taken, or other routes of the model only failed for other reasons
+                # No provider took the job, so it may run elsewhere: the router already retired the
+                # dead routes; every route of this model is gone.
+                model, spec = await self._next_model(job, spec, model)
+
+    async def _next_model(
+        self, job: ActiveJob, spec: JobSpec, dead: ModelEntry
+    ) -> tuple[ModelEntry, JobSpec]:
+        """The live model a job moves to when `dead` is shut down everywhere, within its hold.
+
+        Only for a job whose member did not pick the model; the first candidate (replacement chain,
+        default, catalog order) that can honour the job's options for at most what is held wins.
+        Raises ModelRetired (the hold is released, the member is offered the replacement) otherwise.
+        """
+        lifecycle = self.lifecycle
+        if lifecycle is None:
+            raise self._retired(job, dead, f"{dead.name} is no longer available. You were not charged.")
+        if spec.model_picked:
+            raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
+        for candidate in lifecycle.fallbacks(dead):
+            worst = self._worst_credits(candidate, spec)
+            if worst is None or worst > spec.reserve:
+                continue
+            notice = f"{dead.name} was shut down by the image service, so this edit used {candidate.name}."
+            moved = replace(
+                spec, model=candidate.id, model_name=candidate.name, notices=(*spec.notices, notice)
+            )
+            await self.storage.jobs.update_job(job.id, model=candidate.id, spec=moved.to_json())
+            log.warning("job %s: %s is gone at every provider; moving to %s", job.id, dead.id, candidate.id)
+            return candidate, moved
+        raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
+
+    def _retired(self, job: ActiveJob, dead: ModelEntry, text: str) -> ModelRetired:
+        error = ModelRetired(text)
+        log.warning(
+            "job %s: %s is gone at every configured provider, not moved (ref %s)", job.id, dead.id, error.ref
+        )
+        return error
+
+    def _worst_credits(self, model: ModelEntry, spec: JobSpec) -> int | None:
+        """What `spec` would hold on `model`, or None when the model cannot take its options."""
+        if spec.quality not in model.qualities or not model.accepts_size(spec.size):
+            return None
+        needs = Needs(
+            images=len(spec.inputs),
+            size=spec.size,
+            quality=spec.quality,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+            mask=spec.mask is not None,
+            prompt_chars=len(spec.prompt),
+        )
+        order = spec.provider_order or None
+        if not self.router.eligible(model, needs, order=order):
+            return None
+        usd = self.router.reserve_usd(model, needs, prompt=spec.prompt, order=order)
+        return usd_to_credits(usd, self.settings.credits_per_usd)
+
+    async def _resume_window(self, job: ActiveJob, row: JobRow) -> float:
+        """Seconds a resumed job may still poll; pushes the watchdog deadline out to match."""
+        started = parse_time(row.started_at) or self.storage.now()
+        left = (started - self.storage.now()).total_seconds() + self.settings.job_timeout_seconds
+        window = max(left, RESUME_MIN_SECONDS)
+        deadline = self.storage.now() + dt.timedelta(seconds=window + DEADLINE_GRACE_SECONDS)
+        await self.storage.jobs.update_job(job.id, deadline_at=db_time(deadline))
+        log.info(
+            "job %s: resuming %s at %s (%.0f s left)", job.id, ",".join(job.submitted), job.provider, window
+        )
+        return window
+
+    async def _request(self, job_id: str, spec: JobSpec, seconds: float) -> EditRequest:
+        """The provider request, rebuilt from the stored spec and files."""
+
+        def load() -> tuple[tuple[InputImage, ...], InputImage | None]:
+            images = tuple(
+                InputImage(self.files.read(job_id, f.name), f.mime, f.width, f.height) for f in spec.inputs
+            )
+            mask = None
+            if spec.mask is not None:
+                first = images[0]
+                data = self.files.read(job_id, spec.mask.provider)
+                mask = InputImage(data, "image/png", first.width, first.height)
+            return images, mask
+
+        images, mask = await asyncio.to_thread(load)
+        return EditRequest(
+            images=images,
+            prompt=spec.prompt,
+            model=spec.model,
+            quality=spec.quality,
+            size=spec.size,
+            background=spec.background,
+            output_format=spec.output_format,
+            count=spec.count,
+            user_hash=spec.user_hash,
+            mask=mask,
+            deadline=time.monotonic() + seconds,
+        )
+
+    async def _follow(
+        self,
+        job: ActiveJob,
+        model: ModelEntry,
+        request: EditRequest,
+        call: Awaitable[Served],
+        started_at: str | None,
+    ) -> Served:
+        """Await the provider while showing progress; stop on cancel, watchdog, shutdown or deadline."""
+        task = asyncio.ensure_future(call)
+        aborted = asyncio.create_task(job.abort.wait())
+        begun = parse_time(started_at) or self.storage.now()
+        clock = time.monotonic()
+        try:
+            while True:
+                elapsed = max(0, int((self.storage.now() - begun).total_seconds()))
+                text = f"Editing with {model.name}… ({elapsed} s)"
+                await self._update(
+                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted))
+                )
+                done, _ = await asyncio.wait(
+                    {task, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if task in done:
+                    served = self._served(job, model, task, clock)
+                    break
+                if aborted in done:
+                    await self._stop_remote(job)
+                    raise self._abort_error(job)
+                if request.remaining() <= 0:
+                    raise perr.ProviderTimeout("job deadline passed", provider=job.provider, accepted=True)
+        finally:
+            for pending in (task, aborted):
+                if not pending.done():
+                    pending.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(task, aborted, return_exceptions=True)
+        if not served.result.images:
+            raise perr.ServerError(
+                "provider returned no images", provider=served.route.provider, accepted=True
+            )
+        return served
+
+    def _served(
+        self, job: ActiveJob, model: ModelEntry, task: asyncio.Future[Served], clock: float
+    ) -> Served:
+        seconds = time.monotonic() - clock
+        try:
+            served = task.result()
+        except perr.ProviderError as exc:
+            self._notify(
+                "provider_finished", exc.provider or job.provider or "", model.id, seconds, type(exc).__name__
+            )
+            raise
+        self._notify("provider_finished", served.route.provider, model.id, seconds, None)
+        return served
+
+    def _abort_error(self, job: ActiveJob) -> BaseException:
+        match job.abort_reason:
+            case "suspend":
+                return SuspendJob()
+            case "shutdown":
+                return JobInterrupted()
+            case "timeout":
+                return JobTimedOut(queued=False)
+            case _:
+                return JobCancelled()
+
+    async def _stop_remote(self, job: ActiveJob) -> None:
+        """After a cancel or timeout, ask the provider to stop what it accepted (if it can)."""
+        if job.abort_reason not in ("cancelled", "timeout") or not job.submitted or not job.provider:
+            return
+        if not await self.router.cancel(job.provider, job.submitted):
+            log.info(
+                "job %s: %s has no cancel call; the provider may still bill us for it", job.id, job.provider
+            )

@@ -1,0 +1,1 @@
+"""Application services: what a command asks for, in plain values (no Discord objects)."""

@@ -1,0 +1,106 @@
+"""Job states are one enum, mirrored by the database (migration 0008), and storage's state sets use it."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.jobs.model import JobState
+from bot.storage import Storage
+from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES
+
+MIGRATIONS = Path(__file__).parent.parent / "bot" / "storage" / "migrations"
+STATE_MIGRATION = 8
+
+
+def _database_before_states(path: Path) -> None:
+    """A database as the release before migration 0008 left it, with a job in every state."""
+    db = sqlite3.connect(path)
+    for file in sorted(MIGRATIONS.glob("*.sql")):
+        number = int(file.name[:4])
+        if number >= STATE_MIGRATION:
+            continue
+        db.executescript(f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {number};\nCOMMIT;")
+    for index, state in enumerate(JobState):
+        db.execute(
+            "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
+            "created_at, updated_at) VALUES (?, 1, 2, 3, ?, 'm', 'low', 'auto', 1, ?, ?)",
+            (f"job{index}", state.value, "2026-12-01T00:00:00.000+00:00", "2026-12-01T00:00:00.000+00:00"),
+        )
+    db.commit()
+    db.close()
+
+
+async def test_state_migration_keeps_the_rows_and_indexes_of_an_existing_database(tmp_path: Path):
+    path = tmp_path / "db.sqlite3"
+    _database_before_states(path)
+    storage = await Storage.open(path)
+    try:
+        assert await storage.migrate() >= STATE_MIGRATION
+        rows = await storage.jobs.jobs_in_states(tuple(JobState))
+        assert sorted((r.id, r.state) for r in rows) == [(f"job{i}", s.value) for i, s in enumerate(JobState)]
+        live = await storage.jobs.jobs_in_states(LIVE_STATES)
+        assert {r.state for r in live} == set(LIVE_STATES)
+    finally:
+        await storage.close()
+    db = sqlite3.connect(path)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"jobs_user", "jobs_state"} <= indexes
+    with pytest.raises(sqlite3.IntegrityError, match="JobState"):
+        db.execute("UPDATE jobs SET state = 'finished' WHERE id = 'job0'")
+    db.close()
+
+
+@pytest.fixture
+async def storage(tmp_path: Path):
+    s = await Storage.open(tmp_path / "db.sqlite3")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def _new_job(storage: Storage, job_id: str) -> None:
+    await storage.jobs.create_job(
+        job_id, guild_id=1, user_id=2, channel_id=3, model="m", quality="low", size="auto", count=1
+    )
+
+
+@pytest.mark.parametrize("state", list(JobState))
+async def test_the_database_takes_every_job_state(storage: Storage, state: JobState):
+    await _new_job(storage, "j1")
+    await storage.jobs.set_job_state("j1", state)
+    row = await storage.jobs.get_job("j1")
+    assert row is not None and row.state == state
+
+
+async def test_the_database_refuses_a_state_that_is_not_a_job_state(storage: Storage, tmp_path: Path):
+    await _new_job(storage, "j1")
+    with pytest.raises(sqlite3.IntegrityError, match="JobState"):
+        await storage.jobs.set_job_state("j1", "done")
+    row = await storage.jobs.get_job("j1")
+    assert row is not None and row.state == JobState.QUEUED
+    db = sqlite3.connect(tmp_path / "db.sqlite3")
+    with pytest.raises(sqlite3.IntegrityError, match="JobState"):
+        db.execute(
+            "INSERT INTO jobs (id, guild_id, user_id, state, model, quality, size, count, created_at, "
+            "updated_at) VALUES ('j2', 1, 2, 'Queued', 'm', 'low', 'auto', 1, 'x', 'x')"
+        )
+    db.close()
+
+
+def test_the_database_constraint_lists_exactly_the_job_states():
+    sql = next(MIGRATIONS.glob(f"{STATE_MIGRATION:04d}_*.sql")).read_text("utf-8")
+    lists = re.findall(r"NOT IN \(([^)]*)\)", sql)
+    assert len(lists) == 2  # inserts and updates
+    for listed in lists:
+        assert re.findall(r"'([a-z_]+)'", listed) == [s.value for s in JobState]
+
+
+def test_live_and_terminal_states_split_the_job_states():
+    assert all(isinstance(s, JobState) for s in (*LIVE_STATES, *TERMINAL_STATES))
+    assert set(LIVE_STATES).isdisjoint(TERMINAL_STATES)
+    assert set(LIVE_STATES) | set(TERMINAL_STATES) == set(JobState)
+    assert JobState.FAILED == "failed"  # stored strings are unchanged
