@@ -399,6 +399,8 @@ def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
 
 OnAttempt = Callable[[Route], Awaitable[None]]
 RouteCheck = Callable[[ModelEntry, Route], bool]
+# Called (not awaited) with True when a paid call is sent to `route`, False when it was refused untaken.
+OnCall = Callable[[Route, bool], None]
 OnGone = Callable[[ModelEntry, Route, perr.ModelGone], Awaitable[object]]
 # Awaited with the route and the provider's job id when a submit-then-poll provider accepts a call.
 OnRouteSubmitted = Callable[[Route, str], Awaitable[None]]
@@ -498,12 +500,15 @@ class Router:
         order: Sequence[str] | None = None,
         on_attempt: OnAttempt | None = None,
         on_submitted: OnRouteSubmitted | None = None,
+        on_call: OnCall | None = None,
     ) -> Served:
         """Run `request` (whose `model` is ignored: each route has its own id) on the first route that
         takes it. Raises `InvalidOptions` when no route can honour it, else the provider's error.
 
         `on_attempt(route)` is awaited before each route is tried; `on_submitted(route, job_id)` when
-        a resumable provider accepted a call (once per call of an emulated `count`).
+        a resumable provider accepted a call (once per call of an emulated `count`); `on_call(route,
+        sent)` when a paid call leaves (after any wait for the provider's limit) and, with False, when
+        the provider refused it without taking it.
         """
         routes = self.require(model, Needs.of(request), order=order)
         refused: list[tuple[Route, perr.ProviderError]] = []
@@ -519,7 +524,9 @@ class Router:
             try:
                 if on_attempt is not None:
                     await on_attempt(route)
-                results = await self._call(self.providers[route.provider], route, adapted, on_submitted)
+                results = await self._call(
+                    self.providers[route.provider], route, adapted, on_submitted, on_call
+                )
                 verdict = True
             except perr.ProviderError as exc:
                 verdict = _verdict(exc)
@@ -618,6 +625,7 @@ class Router:
         route: Route,
         request: EditRequest,
         on_submitted: OnRouteSubmitted | None = None,
+        on_call: OnCall | None = None,
     ) -> list[EditResult]:
         """One call, or (no `n`) one single-image call per wanted image, in parallel.
 
@@ -627,13 +635,20 @@ class Router:
 
         async def one(req: EditRequest) -> EditResult:
             async def send() -> EditResult:
-                if on_submitted is None or not isinstance(provider, ResumableProvider):
-                    return await provider.edit(req)
+                if on_call is not None:
+                    on_call(route, True)
+                try:
+                    if on_submitted is None or not isinstance(provider, ResumableProvider):
+                        return await provider.edit(req)
 
-                async def submitted(job_id: str) -> None:
-                    await on_submitted(route, job_id)
+                    async def submitted(job_id: str) -> None:
+                        await on_submitted(route, job_id)
 
-                return await provider.edit(req, on_submitted=submitted)
+                    return await provider.edit(req, on_submitted=submitted)
+                except perr.ProviderError as exc:
+                    if not exc.accepted and on_call is not None:
+                        on_call(route, False)  # refused before any work: nothing is owed for it
+                    raise
 
             return await self.limiter.call(route.provider, send, deadline=req.deadline)
 

@@ -230,9 +230,9 @@ async def test_queue_position_and_eta_come_from_recent_run_times(make: Factory, 
     assert live.lines[0].text.startswith("Queued — position 1 in line. Your result should be ready in")
     assert live.lines[0].cancellable
     assert await state(service, ticket.job_id) == "reserved"
-    assert (
-        await service.cancel(running, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
-    )
+    # The running edit's call is out at the provider: its requester's cancel is charged (issue 11).
+    said = await service.cancel(running, actor_id=ALICE, can_manage=False)
+    assert said.startswith("Cancelled. The image service had already started this edit")
     openai.clear_faults()
     await wait_state(service, ticket.job_id, "delivered")
 
@@ -412,19 +412,49 @@ async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported
     assert spend[GUILD] == (10, 0)
 
 
-async def test_a_call_cut_off_by_a_cancel_is_free_to_the_member_but_counts_against_the_budgets(
+async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_against_the_budgets(
     make: Factory, openai: FakeOpenAI
 ):
     service, _ = await make()
     openai.fail_always(Fault.HANG)
     job_id = await submit(service)
-    await until(lambda: openai.post_count == 1)  # the request reached the provider, which may bill it
-    assert (
-        await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "Cancelled — you were not charged."
+    await until(lambda: openai.post_count == 1)  # the request reached the provider, which bills it
+    said = await service.cancel(job_id, actor_id=ALICE, can_manage=False)
+    assert said == (
+        "Cancelled. The image service had already started this edit and charges for it, "
+        "so 20 credits were charged."
     )
-    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert await kinds(service, job_id) == ["reserve", "capture"]
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
+
+
+async def test_a_moderators_stop_of_a_sent_call_is_free_to_the_member_but_counts_against_the_budgets(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    said = await service.cancel(job_id, actor_id=BOB, can_manage=True)
+    assert said == "Cancelled — you were not charged."
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (20, 0)  # not the member's: absorbed by the server's and the bot's budgets
+
+
+async def test_a_cancel_while_waiting_for_the_providers_limit_is_free(make: Factory, openai: FakeOpenAI):
+    service, _ = await make(OPENAI_MAX_CONCURRENT="1")
+    openai.fail_always(Fault.HANG)
+    first = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    second = await submit(service, user=BOB)
+    await until(lambda: service.engine.in_flight == 2)  # admitted, waiting for the provider's slot
+    said = await service.cancel(second, actor_id=BOB, can_manage=False)
+    assert said == "Cancelled — you were not charged."
+    assert await kinds(service, second) == ["reserve", "release"]
+    assert openai.post_count == 1  # the second call never left
+    await service.cancel(first, actor_id=ALICE, can_manage=False)
 
 
 async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_ones(make: Factory):

@@ -33,8 +33,13 @@ class JobEndings(EngineCore):
         """Settle a job that will not be delivered: release its hold exactly once, record why, tell the
         user (unless whoever cancelled it does), and hand the waiter a user-safe error."""
         ref = new_reference()
-        # Accepted = the provider gave the job an id (a submit-then-poll provider): it bills for it now.
-        at_provider = isinstance(exc, JobCancelled) and job.abort_reason == "cancelled" and job.submitted
+        # Accepted = the provider gave the job an id (a submit-then-poll provider), or a paid call is out
+        # (a synchronous provider works on it until it answers): either way it bills for it now.
+        at_provider = (
+            isinstance(exc, JobCancelled)
+            and job.abort_reason == "cancelled"
+            and bool(job.submitted or job.calling)
+        )
         if at_provider and await self._charge_cancelled(job, ref):
             return
         cancelled = isinstance(exc, JobInterrupted | JobCancelled | JobTimedOut | asyncio.CancelledError)

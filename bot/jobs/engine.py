@@ -150,8 +150,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         Before a provider accepted the job (gave it an id) the hold is released in full. After that
         its cancel call is made when it has one, and the job is charged what that provider charges
         for it (it bills us whether or not the result is wanted), so it also counts toward cooldowns
-        and budgets. A synchronous call still in flight has no acceptance to go by and stays free. A job
-        whose result exists is not cancelled (it is being posted).
+        and budgets; a synchronous call counts as accepted once it has been sent. A moderator's stop
+        (someone other than the requester) is never charged to the member. A job whose result exists
+        is not cancelled (it is being posted).
         With `quiet`, the caller shows the returned text instead of the job's progress message.
         """
         row = await self.storage.jobs.get_job(job_id)
@@ -175,7 +176,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             self._jobs.pop(job_id, None)
             self._pump()
             return JobCancelled().user_message
-        job.abort_reason = job.abort_reason or "cancelled"
+        # The requester's own cancel is charged once a provider has the job; a moderator's stop is
+        # not the member's doing, so it stays free to them (the budgets still count what it cost).
+        job.abort_reason = job.abort_reason or ("cancelled" if actor_id == row.user_id else "stopped")
         job.abort.set()
         if job.task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):

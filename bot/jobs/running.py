@@ -82,9 +82,18 @@ class ProviderRun(EngineCore):
             job.submitted.append(provider_job_id)
             await self.storage.jobs.mark_submitted(job.id, route.provider, provider_job_id)
 
+        def calling(route: Route, sent: bool) -> None:
+            # A paid call is out: from here a cancel is charged (the provider bills what it started).
+            job.calling = sent
+
         while True:
             call = self.router.run(
-                model, request, order=spec.provider_order or None, on_attempt=attempt, on_submitted=submitted
+                model,
+                request,
+                order=spec.provider_order or None,
+                on_attempt=attempt,
+                on_submitted=submitted,
+                on_call=calling,
             )
             try:
                 return await self._follow(job, model, request, call, db_time(started)), spec
@@ -208,7 +217,7 @@ class ProviderRun(EngineCore):
                 elapsed = max(0, int((self.storage.now() - begun).total_seconds()))
                 text = f"Editing with {model.name}… ({elapsed} s)"
                 await self._update(
-                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted))
+                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted) or job.calling)
                 )
                 done, _ = await asyncio.wait(
                     {task, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
@@ -260,7 +269,11 @@ class ProviderRun(EngineCore):
 
     async def _stop_remote(self, job: ActiveJob) -> None:
         """After a cancel or timeout, ask the provider to stop what it accepted (if it can)."""
-        if job.abort_reason not in ("cancelled", "timeout") or not job.submitted or not job.provider:
+        if (
+            job.abort_reason not in ("cancelled", "stopped", "timeout")
+            or not job.submitted
+            or not job.provider
+        ):
             return
         if not await self.router.cancel(job.provider, job.submitted):
             log.info(

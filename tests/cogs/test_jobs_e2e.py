@@ -178,12 +178,13 @@ async def test_queued_job_shows_position_and_eta_and_cancel_releases_it_in_full(
         assert ledger_kinds(data_dir, rows[-1]["id"]) == ["reserve", "release"]
         assert openai.post_count == 2  # the queued job never reached the provider
 
-        # The running (synchronous) job: cancelling it aborts the call and releases it too.
+        # The running (synchronous) job: cancelling it aborts the call, which the provider still bills.
         stop = control(first.original_message, "cancel")
         assert stop is not None
         await fake_discord.click(world.user, first.original_message, stop)
         await fake_discord.wait_until(lambda: "Cancelled" in first.original_message.content)
-        assert ledger_kinds(data_dir, jobs(data_dir)[1]["id"]) == ["reserve", "release"]
+        # Its call was out at the provider: the requester's cancel is charged what it costs (issue 11).
+        assert ledger_kinds(data_dir, jobs(data_dir)[1]["id"]) == ["reserve", "capture"]
         assert_books_balance(data_dir)
         openai.clear_faults()
 
