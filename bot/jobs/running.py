@@ -229,7 +229,9 @@ class ProviderRun(EngineCore):
                     await self._stop_remote(job)
                     raise self._abort_error(job)
                 if request.remaining() <= 0:
-                    raise perr.ProviderTimeout("job deadline passed", provider=job.provider, accepted=True)
+                    raise perr.ProviderTimeout(
+                        "job deadline passed", provider=job.provider or "", accepted=True
+                    )
         finally:
             for pending in (task, aborted):
                 if not pending.done():

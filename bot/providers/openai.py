@@ -224,8 +224,9 @@ def parse_moderation(payload: object, *, provider: str = "openai") -> Moderation
     first = results[0] if isinstance(results, list) and results else None
     if not isinstance(first, dict) or not isinstance(first.get("flagged"), bool):
         raise ServerError("moderation answer without results[0].flagged", provider=provider, accepted=False)
-    categories = first.get("categories") if isinstance(first.get("categories"), dict) else {}
-    raw_scores = first.get("category_scores") if isinstance(first.get("category_scores"), dict) else {}
+    found_categories, found_scores = first.get("categories"), first.get("category_scores")
+    categories: dict[Any, Any] = found_categories if isinstance(found_categories, dict) else {}
+    raw_scores: dict[Any, Any] = found_scores if isinstance(found_scores, dict) else {}
     scores = {str(k): float(v) for k, v in raw_scores.items() if isinstance(v, int | float)}
     flagged = tuple(sorted(str(k) for k, v in categories.items() if v is True))
     return ModerationVerdict(first["flagged"], flagged, scores)
