@@ -15,7 +15,7 @@ from bot.errors import RetouchError, message_for_provider_error, new_reference
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import JobCancelled, JobFailed, JobInterrupted, JobSpec, JobState, JobTimedOut
 from bot.providers import errors as perr
-from bot.routing import Needs, route_reserve_usd
+from bot.routing import route_reserve_usd
 from bot.storage.ledger import LedgerConflict
 
 log = logging.getLogger(__name__)
@@ -99,16 +99,7 @@ class JobEndings(EngineCore):
         )
         if spec is None or model is None or route is None:
             return None
-        needs = Needs(
-            images=len(spec.inputs),
-            size=spec.size,
-            quality=spec.quality,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
-            mask=spec.mask is not None,
-            prompt_chars=len(spec.prompt),
-        )
+        needs = spec.needs()
         usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
         return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
 

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from bot.errors import RetouchError, new_reference
+from bot.routing import Needs
 
 if TYPE_CHECKING:
     from bot.storage.jobs import JobRow
@@ -163,6 +164,19 @@ class JobSpec:
         data["role_ids"] = tuple(data.get("role_ids") or ())
         data["provider_order"] = tuple(data.get("provider_order") or ())
         return cls(**data)
+
+    def needs(self) -> Needs:
+        """What this job asks of a route (routing and pricing read it from the stored spec)."""
+        return Needs(
+            images=len(self.inputs),
+            size=self.size,
+            quality=self.quality,
+            background=self.background,
+            output_format=self.output_format,
+            count=self.count,
+            mask=self.mask is not None,
+            prompt_chars=len(self.prompt),
+        )
 
     @property
     def input_names(self) -> list[str]:

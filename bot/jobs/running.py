@@ -30,7 +30,7 @@ from bot.jobs.model import (
 )
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, InputImage
-from bot.routing import Needs, Served
+from bot.routing import Served
 from bot.storage.jobs import JobRow
 
 log = logging.getLogger(__name__)
@@ -142,16 +142,7 @@ class ProviderRun(EngineCore):
         """What `spec` would hold on `model`, or None when the model cannot take its options."""
         if spec.quality not in model.qualities or not model.accepts_size(spec.size):
             return None
-        needs = Needs(
-            images=len(spec.inputs),
-            size=spec.size,
-            quality=spec.quality,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
-            mask=spec.mask is not None,
-            prompt_chars=len(spec.prompt),
-        )
+        needs = spec.needs()
         order = spec.provider_order or None
         if not self.router.eligible(model, needs, order=order):
             return None
