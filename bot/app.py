@@ -14,6 +14,7 @@ import aiohttp
 
 from bot.access import AccessService
 from bot.audit import AuditLog
+from bot.capabilities import disabled_routes
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.diagnostics import DiagnosticsService
@@ -203,6 +204,8 @@ def build_services(
         catalog,
         frozenset(providers),
         today,
+        # Every route's declared capabilities, checked against its adapter once, here.
+        disabled=disabled_routes(catalog, providers),
         default_model_id=settings.default_model,
         store=storage.settings,
         on_event=audit.model_event,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -103,6 +103,8 @@ class ModelLifecycle:
     default_model_id: str | None = None
     store: RouteStore | None = None
     on_event: Event | None = None
+    # Routes whose adapter refuses what the catalog declares (bot.capabilities, at start-up): why.
+    disabled: Mapping[tuple[str, str], str] = field(default_factory=dict)
     _facts: dict[tuple[str, str], RouteFacts] = field(default_factory=dict)
     _discovery: dict[str, DiscoveryReport] = field(default_factory=dict)
     _last_tick: dt.date | None = None
@@ -134,7 +136,7 @@ class ModelLifecycle:
 
     def route_live(self, model: ModelEntry, route: Route) -> bool:
         """Configured, not past its shutdown, still listed by its provider, never answered "gone"."""
-        if route.provider not in self.configured:
+        if route.provider not in self.configured or route.key in self.disabled:
             return False
         facts = self.facts(route)
         if facts.gone or facts.listed is False:
@@ -256,7 +258,9 @@ class ModelLifecycle:
             for route in configured:
                 facts, end = self.facts(route), self.route_end(model, route)
                 where = f"{model.id} on {route.provider}"
-                if facts.gone:
+                if route.key in self.disabled:
+                    out.append(f"{where} is disabled: {self.disabled[route.key]}")
+                elif facts.gone:
                     out.append(f'{where} answered "model gone" and is retired ({facts.gone_reason})')
                 elif facts.listed is False:
                     out.append(f"{where} is missing from {route.provider}'s model list")

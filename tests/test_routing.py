@@ -988,6 +988,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             env = {"ATLASCLOUD_API_KEY": fake.api_key, "ATLASCLOUD_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.004, "mask": False}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "backgrounds": ["auto"]}
+            route |= {"max_input_images": 4}  # what the adapter sends (checked at start-up)
             route |= {"output_formats": ["png"]}
             charged, paid = 4, lambda: fake.submit_count
         elif name == "wavespeed":
@@ -995,6 +996,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             env = {"WAVESPEED_API_KEY": fake.api_key, "WAVESPEED_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.02, "mask": False}
             route |= {
+                "max_input_images": 4,
                 "sizes": ["auto"],
                 "qualities": ["auto"],
                 "backgrounds": ["auto"],
@@ -1008,13 +1010,14 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
                 "SEGMIND_BASE_URL": fake.base_url,
                 "SEGMIND_UPLOAD_URL": fake.upload_url,
             }
-            route = {"provider": name, "model": "gpt-image-1-edit-mini", "price": 0.06}
+            route = {"provider": name, "model": "gpt-image-1-edit-mini", "price": 0.06, "max_input_images": 4}
             charged, paid = 28, lambda: fake.post_count  # its x-cost, $0.028
         else:
             fake = await stack.enter_async_context(FakeOneMin())
             env = {"ONEMINAI_API_KEY": fake.api_key, "ONEMINAI_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
+            route |= {"backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
             charged, paid = 20, lambda: fake.feature_count  # list price, "other" size: chelsea is landscape
         world = await stack.enter_async_context(
             running_bot(

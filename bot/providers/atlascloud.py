@@ -246,6 +246,11 @@ class AtlasCloudProvider:
 
     # ------------------------------------------------------------------ request checks
 
+    def validate(self, request: EditRequest) -> None:
+        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
+        checks every catalog route's declared capabilities against this)."""
+        self._fields_for(request)
+
     def _fields_for(self, request: EditRequest) -> ModelFields:
         """The model's field layout, after checking the request asks nothing it cannot send."""
         fields = MODELS.get(request.model)

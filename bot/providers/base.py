@@ -145,6 +145,16 @@ class CheckableProvider(Protocol):
         ...
 
 
+@runtime_checkable
+class ValidatingProvider(Protocol):
+    """Optional: an adapter that knows, locally, which requests it can send (the resellers' field
+    tables). The catalog's routes are checked against it at start-up."""
+
+    def validate(self, request: EditRequest) -> None:
+        """Raise a `ProviderError` (InvalidInput, ModelUnavailable) for a request it cannot send."""
+        ...
+
+
 # Awaited with the provider's job id as soon as a submit-then-poll provider has accepted a job.
 OnSubmitted = Callable[[str], Awaitable[None]]
 

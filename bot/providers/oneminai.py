@@ -184,6 +184,11 @@ class OneMinAIProvider:
     def _auth(self) -> dict[str, str]:
         return {"API-KEY": self._api_key}
 
+    def validate(self, request: EditRequest) -> None:
+        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
+        checks every catalog route's declared capabilities against this)."""
+        self._check_request(request)
+
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
             raise ModelUnavailable(

@@ -280,6 +280,11 @@ class SegmindProvider:
                 return health_from_error(exc)
         return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
 
+    def validate(self, request: EditRequest) -> None:
+        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
+        checks every catalog route's declared capabilities against this)."""
+        self._check_request(request)
+
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
             raise ModelUnavailable(

@@ -1,0 +1,82 @@
+"""The catalog is checked against the adapters at start-up: a route that declares what its adapter
+cannot send is disabled (and shown), the others keep editing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bot.app import build_providers
+from bot.capabilities import disabled_routes, route_problems
+from bot.catalog import Catalog, load_catalog, parse_catalog
+from bot.config import load_settings
+from bot.lifecycle import ModelLifecycle
+from bot.providers.base import Provider
+from tests.catalogs import NOVEMBER_CATALOG
+
+KEYS = {
+    "DISCORD_TOKEN": "t" * 30,
+    "OPENAI_API_KEY": "sk-test-0123456789",
+    "ATLASCLOUD_API_KEY": "atlas-0123456789",
+    "WAVESPEED_API_KEY": "ws-0123456789",
+    "SEGMIND_API_KEY": "SG_0123456789",
+    "ONEMINAI_API_KEY": "1min-0123456789",
+}
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def providers(catalog: Catalog, session: aiohttp.ClientSession, tmp_path) -> dict[str, Provider]:
+    return build_providers(load_settings({**KEYS, "DATA_DIR": str(tmp_path)}), session, catalog)
+
+
+@pytest.mark.parametrize("path", [None, NOVEMBER_CATALOG], ids=["packaged", "november-2026"])
+async def test_the_shipped_catalogs_promise_only_what_the_adapters_send(path, session, tmp_path):
+    catalog = load_catalog(path)
+    assert disabled_routes(catalog, providers(catalog, session, tmp_path)) == {}
+
+
+async def test_a_route_that_promises_more_than_its_adapter_is_disabled_and_the_rest_edit(session, tmp_path):
+    price = {"low": {"square": 0.01, "other": 0.01}}
+    catalog = parse_catalog(
+        {
+            "models": {
+                "gpt-image-2": {
+                    "qualities": ["low"],
+                    "price": price,
+                    "mask": True,
+                    "free_sizes": True,
+                    "routes": [
+                        # Atlas's GPT Image 2 edit has no mask field, and no 1536x1536 size.
+                        {"provider": "atlascloud", "model": "openai/gpt-image-2/edit", "mask": True},
+                        {
+                            "provider": "wavespeed",
+                            "model": "openai/gpt-image-2/edit",
+                            "sizes": ["1536x1536"],
+                            "mask": False,
+                            "backgrounds": ["auto"],
+                            "output_formats": ["png"],
+                        },
+                        {"provider": "openai"},
+                    ],
+                }
+            }
+        }
+    )
+    built = providers(catalog, session, tmp_path)
+    atlas, wavespeed, _ = catalog.get("gpt-image-2").routes
+    assert any(p.startswith("a mask") for p in route_problems(atlas, built["atlascloud"]))  # type: ignore[arg-type]
+    assert "size 1536x1536 (InvalidInput)" in route_problems(wavespeed, built["wavespeed"])  # type: ignore[arg-type]
+    disabled = disabled_routes(catalog, built)
+    assert set(disabled) == {atlas.key, wavespeed.key}
+    lifecycle = ModelLifecycle(catalog, set(built), lambda: dt.date(2026, 12, 6), disabled=disabled)
+    model = catalog.get("gpt-image-2")
+    assert [r.provider for r in lifecycle.live_routes(model)] == ["openai"]
+    assert any("gpt-image-2 on atlascloud is disabled" in w for w in lifecycle.warnings())
