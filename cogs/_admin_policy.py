@@ -215,7 +215,9 @@ class _AdminSubgroup(app_commands.Group):
             value=moderation_text(self.bot, level).removeprefix("Safety check: "),
             inline=False,
         )
-        await interaction.followup.send(note or None, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
+        await interaction.followup.send(
+            note or discord.utils.MISSING, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS
+        )
 
 
 class CreditsAdmin(

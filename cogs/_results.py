@@ -54,6 +54,9 @@ from cogs._ui import (
 )
 
 if TYPE_CHECKING:
+    # Types only: discord.types cannot be imported first at run time (it is circular on its own).
+    from discord.types.threads import ThreadArchiveDuration
+
     from bot.client import RetouchBot
 
 log = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ log = logging.getLogger(__name__)
 CUSTOM_ID_PREFIX = "retouch:job"
 Action = Literal["cancel", "again", "retry", "delete"]
 THREAD_NAME_CHARS = 90
-THREAD_ARCHIVE_MINUTES = 1440
+THREAD_ARCHIVE_MINUTES: ThreadArchiveDuration = 1440
 # A DM gets Discord's default upload limit, whatever the server's boost level gave the channel.
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 # How many messages after the job was created to search for a result a crash interrupted; results are
@@ -86,8 +89,9 @@ class JobControl(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobControl:
+        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
         return cls(item, match["job"], match["action"])
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:

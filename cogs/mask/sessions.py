@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import discord
 
@@ -71,7 +72,7 @@ class MaskSessions:
     """Sessions by id. The clock is armed after each render and stopped while a click is handled,
     so a session is dropped (and `on_expire` runs) only `timeout` seconds after the user last saw it."""
 
-    def __init__(self, timeout: float, on_expire: Callable[[MaskSession], Awaitable[None]]) -> None:
+    def __init__(self, timeout: float, on_expire: Callable[[MaskSession], Coroutine[Any, Any, None]]) -> None:
         self.timeout = timeout
         self._on_expire = on_expire
         self._sessions: dict[str, MaskSession] = {}
@@ -142,7 +143,9 @@ class MaskSessions:
     def _expire(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
         if session is not None:
-            task = asyncio.create_task(self._on_expire(session), name=f"mask-expire-{sid}")
+            task: asyncio.Task[None] = asyncio.create_task(
+                self._on_expire(session), name=f"mask-expire-{sid}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
