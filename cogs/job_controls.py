@@ -16,8 +16,9 @@ from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.services.edits import EditJob, EditOptions
+from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
-from cogs._results import DiscordDelivery, JobControl, run_and_publish
+from cogs._results import JobControl, run_and_publish
 from cogs._ui import admitted, first_image, report_error, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
