@@ -7,8 +7,6 @@ optional ADMIN_USER_IDS allow-list. Replies are private to the admin; mentions n
 
 from __future__ import annotations
 
-import datetime as dt
-import io
 from decimal import Decimal
 from typing import Literal
 
@@ -17,166 +15,17 @@ from discord import app_commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.moderation import STRICT_SCORE
-from bot.policy import Budget, GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
+from bot.policy import GuildPolicy, PolicyService, parse_models
 from bot.services.edits import MAX_IMAGES_PER_EDIT
-from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, size_choices, truncate
+from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
+from cogs._ui import model_choices, policy_of, quality_choices, size_choices
 
 MAX_CREDITS_PER_CHANGE = 10_000_000
 MAX_COOLDOWN_SECONDS = 24 * 3600
 MAX_RUNNING_LIMIT = 20
 MAX_CAP_USD = 1_000_000
-REPORT_TOP = 10
-FIELD_CHARS = 1024  # Discord's limit for one embed field value
 NO_PINGS = discord.AllowedMentions.none()
 ReportPeriod = Literal["this month", "last month", "this week", "today", "all time"]
-
-
-def _models_text(models: frozenset[str] | None) -> str:
-    if models is None or "*" in models:
-        return "all"
-    return ", ".join(sorted(models))
-
-
-def _tier_line(tier: RoleTier) -> str:
-    parts = []
-    if tier.allowance is not None:
-        parts.append(f"allowance {tier.allowance}")
-    if tier.max_quality:
-        parts.append(f"quality up to {tier.max_quality}")
-    if tier.models is not None:
-        parts.append(f"models {_models_text(tier.models)}")
-    if tier.max_images:
-        parts.append(f"{tier.max_images} images per edit")
-    return f"<@&{tier.role_id}>: " + (", ".join(parts) or "nothing beyond everyone's rules")
-
-
-def budget_text(budget: Budget, credits_per_usd: int) -> str:
-    """This month's spend against the operator's allotment for the server and the bot-wide budget."""
-
-    def usd(credits: int) -> str:
-        return f"${Decimal(credits) / credits_per_usd:.2f}"
-
-    server = f"This server: {usd(budget.used)} ({budget.captured} spent + {budget.held} held)"
-    server += " of " + (
-        f"its allotment {usd(budget.allotment)}" if budget.allotment is not None else "the bot-wide budget"
-    )
-    bot = f"All servers: {usd(budget.bot_used)} of " + (
-        f"the bot-wide budget {usd(budget.bot_cap)}" if budget.bot_cap is not None else "no bot-wide cap"
-    )
-    return f"{server}\n{bot}\nSet by the bot's operator; credits given here cannot buy more than this."
-
-
-def policy_embed(
-    policy: GuildPolicy, budget: Budget, settings_starting: int, credits_per_usd: int
-) -> discord.Embed:
-    """Everything an admin controls, as it stands."""
-    embed = discord.Embed(title="Retouch rules on this server", colour=EMBED_COLOUR)
-    if policy.period != "none" and policy.allowance:
-        allowance = f"Topped up to {policy.allowance} credits {policy.period}"
-    else:
-        allowance = "None"
-    starting = policy.starting_credits if policy.starting_credits is not None else settings_starting
-    embed.add_field(name="Allowance", value=f"{allowance}\nNew members start with {starting}", inline=False)
-    running = policy.max_concurrent or "no limit"
-    embed.add_field(
-        name="Everyone",
-        value=(
-            f"Quality up to {policy.max_quality or 'high'} · models {_models_text(policy.models)} · "
-            f"{policy.max_images or MAX_IMAGES_PER_EDIT} images per edit\n"
-            f"Cooldown {policy.cooldown_seconds} s · running edits per member: {running}"
-        ),
-        inline=False,
-    )
-    spent, held, cap = budget.captured, budget.held, budget.server_cap
-    if cap is None:
-        cap_text = f"No cap · this month {spent} credits captured, {held} held"
-    else:
-        cap_text = f"${policy.monthly_cap_usd:.2f} = {cap} credits · used {spent} captured + {held} held"
-    embed.add_field(name="Monthly budget", value=cap_text, inline=False)
-    embed.add_field(name="Operator's budget", value=budget_text(budget, credits_per_usd), inline=False)
-    defaults = " · ".join(
-        f"{name} {value or 'bot default'}"
-        for name, value in (
-            ("model", policy.default_model),
-            ("quality", policy.default_quality),
-            ("size", policy.default_size),
-        )
-    )
-    providers = " → ".join(policy.provider_order) or "catalog order"
-    embed.add_field(name="Defaults", value=f"{defaults}\nProviders: {providers}", inline=False)
-    tiers = "\n".join(_tier_line(t) for t in policy.tiers) or "None"
-    embed.add_field(
-        name="Role tiers (the most generous applies)", value=truncate(tiers, FIELD_CHARS), inline=False
-    )
-    return embed
-
-
-def _spend_lines(rows: tuple[tuple[object, int], ...], report: SpendReport, label: str) -> str:
-    lines = [
-        f"{label.format(key)} — {credits} (${report.usd(credits):.2f})" for key, credits in rows[:REPORT_TOP]
-    ]
-    if len(rows) > REPORT_TOP:
-        lines.append(f"…and {len(rows) - REPORT_TOP} more (see the CSV)")
-    return truncate("\n".join(lines) or "Nothing spent.", FIELD_CHARS)
-
-
-def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.Embed:
-    """Spend per user, model and provider; the attached CSV holds every ledger row behind it."""
-    since = discord.utils.format_dt(report.since, "D") if report.since else "the start"
-    until = discord.utils.format_dt(report.until, "D") if report.until else "now"
-    embed = discord.Embed(
-        title=f"Spend report — {report.period}",
-        description=(
-            f"From {since} until {until} (UTC periods). "
-            f"**{report.spent} credits spent (${report.usd(report.spent):.2f})** in "
-            f"{len(report.entries)} ledger rows."
-        ),
-        colour=EMBED_COLOUR,
-    )
-    embed.add_field(name="By member", value=_spend_lines(report.by_user, report, "<@{}>"), inline=False)
-    embed.add_field(name="By model", value=_spend_lines(report.by_model, report, "{}"))
-    embed.add_field(name="By provider", value=_spend_lines(report.by_provider, report, "{}"))
-    embed.add_field(
-        name="Credits given",
-        value=(
-            f"By admins (net): {report.admin_granted}\nAllowances: {report.allowances}\n"
-            f"Starting credits: {report.starting}"
-        ),
-        inline=False,
-    )
-    if budget is not None:
-        embed.add_field(
-            name="This month's spend (operator's budget)",
-            value=budget_text(budget, report.credits_per_usd),
-            inline=False,
-        )
-    return embed
-
-
-def _report_file(report: SpendReport, guild_id: int) -> discord.File:
-    stamp = (report.since or report.until or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
-    name = f"retouch-ledger-{guild_id}-{report.period.replace(' ', '-')}-{stamp}.csv"
-    return discord.File(io.BytesIO(report.csv().encode("utf-8")), filename=name)
-
-
-def moderation_text(bot: RetouchBot, level: str) -> str:
-    """What `/admin policy moderation` answers: the level in force and what it means."""
-    safety = bot.services.edits.safety
-    if safety is None or not safety.available:
-        return (
-            f"Safety check: **{level}** — but it needs an OpenAI API key (`OPENAI_API_KEY`), so no check "
-            "runs on this bot; the image services' own safety systems still apply."
-        )
-    meaning = {
-        "off": "prompts and images go to the image service unchecked (its own safety system still applies)",
-        "standard": "a prompt or image OpenAI's moderation flags is refused before anything is charged",
-        "strict": (
-            f"also refused when any category scores {STRICT_SCORE:g} or more (flags more, including "
-            "some harmless requests)"
-        ),
-    }[level]
-    return f"Safety check: **{level}** — {meaning}."
 
 
 def _guild(interaction: discord.Interaction) -> int:
@@ -215,7 +64,9 @@ class _AdminSubgroup(app_commands.Group):
             value=moderation_text(self.bot, level).removeprefix("Safety check: "),
             inline=False,
         )
-        await interaction.followup.send(note or None, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
+        await interaction.followup.send(
+            note or discord.utils.MISSING, embed=embed, ephemeral=True, allowed_mentions=NO_PINGS
+        )
 
 
 class CreditsAdmin(
@@ -286,7 +137,7 @@ class CreditsAdmin(
         budget = await self.policy.budget(_guild(interaction))
         await interaction.followup.send(
             embed=report_embed(report, budget),
-            file=_report_file(report, _guild(interaction)),
+            file=report_file(report, _guild(interaction)),
             ephemeral=True,
             allowed_mentions=NO_PINGS,
         )

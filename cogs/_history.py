@@ -36,8 +36,9 @@ class UndoControl(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> UndoControl:
+        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
         return cls(item, match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:

@@ -4,8 +4,8 @@
   then submit to the engine and return. The engine does the rest through
 * `InteractionLive` — the command's own interaction while its token is usable: the progress message
   (queue position, ETA, a **Cancel** button) and the result as a public followup, and
-* `DiscordDelivery` — any process, any time: a channel message that mentions the requester (and
-  pings only them), else a DM; notices ("you were not charged") go the same way.
+* `DiscordDelivery` (`cogs._delivery`) — any process, any time: a channel message that mentions the
+  requester (and pings only them), else a DM; notices ("you were not charged") go the same way.
 
 Every result carries persistent buttons (**Edit again**, **Retry**, **Delete**) and every progress
 message a **Cancel** button, all `JobControl` dynamic items whose custom id holds the job id, so a
@@ -14,29 +14,22 @@ click reaches the bot after any restart (`cogs.job_controls` handles them).
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import discord
 
-from bot import imaging
 from bot.affordable import AUTO, Offer, auto_resolved, best_affordable
-from bot.audit import jump_url
 from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs.model import (
     Delivered,
     DeliveryFailed,
     EditOutcome,
-    JobInfo,
     JobStatus,
     Origin,
-    ResultFile,
     Ticket,
 )
 from bot.policy import PolicyRefused
@@ -54,6 +47,9 @@ from cogs._ui import (
 )
 
 if TYPE_CHECKING:
+    # Types only: discord.types cannot be imported first at run time (it is circular on its own).
+    from discord.types.threads import ThreadArchiveDuration
+
     from bot.client import RetouchBot
 
 log = logging.getLogger(__name__)
@@ -61,12 +57,7 @@ log = logging.getLogger(__name__)
 CUSTOM_ID_PREFIX = "retouch:job"
 Action = Literal["cancel", "again", "retry", "delete"]
 THREAD_NAME_CHARS = 90
-THREAD_ARCHIVE_MINUTES = 1440
-# A DM gets Discord's default upload limit, whatever the server's boost level gave the channel.
-DM_UPLOAD_LIMIT = 10 * 1024 * 1024
-# How many messages after the job was created to search for a result a crash interrupted; results are
-# posted within minutes of that, so only a very busy channel could push one further.
-FIND_HISTORY_LIMIT = 100
+THREAD_ARCHIVE_MINUTES: ThreadArchiveDuration = 1440
 
 
 def control_id(job_id: str, action: Action) -> str:
@@ -86,8 +77,9 @@ class JobControl(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> JobControl:
+        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
         return cls(item, match["job"], match["action"])
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
@@ -263,191 +255,14 @@ class InteractionLive:
             ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DeliveryFailed(type(exc).__name__, uncertain=True) from exc
-        await _maybe_thread(self.bot, interaction.guild_id, message, outcome)
+        await maybe_thread(self.bot, interaction.guild_id, message, outcome)
         return Delivered("interaction", message.channel.id, message.id)
 
     async def finish(self, text: str | None) -> bool:
         return await self.progress.close(text)
 
 
-# -- delivery from any process -----------------------------------------------------------------------
-
-
-class DiscordDelivery:
-    """The engine's `Delivery`: a channel message mentioning the requester, else a DM (bot token).
-
-    Used for results whose interaction token is spent (or was never known to this process, e.g.
-    after a restart) and for notices about jobs with no live progress message.
-    """
-
-    def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
-
-    async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
-        """The channel, else a DM. A failure that may pass (5xx, timeout, dropped connection) on either
-        raises `DeliveryFailed(transient=True)` so the engine posts the stored result again later."""
-        name = await self._name(job.user_id)
-        channel_passing = False  # the channel failed in a way that may pass
-        if job.channel_id is not None:
-            try:
-                message = await self._send(job.channel_id, job, outcome, name, _channel_text(job), where="c")
-            except discord.HTTPException as exc:
-                channel_passing = exc.status >= 500
-                log.info(
-                    "job %s: cannot post in channel %s (%s %s); trying a DM",
-                    job.job_id,
-                    job.channel_id,
-                    exc.status,
-                    exc.code,
-                )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                channel_passing = True
-                log.info("job %s: channel post failed (%s); trying a DM", job.job_id, type(exc).__name__)
-            else:
-                await _maybe_thread(self.bot, job.guild_id or None, message, outcome)
-                return Delivered("channel", message.channel.id, message.id)
-            if channel_passing:
-                # Discord may have posted it before failing: a DM now would be a second copy.
-                try:
-                    found = await self._find_in(job, "channel", job.channel_id)
-                except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    raise DeliveryFailed(
-                        f"channel unreachable: {type(exc).__name__}", uncertain=True, transient=True
-                    ) from exc
-                if found is not None:
-                    return found
-        try:
-            dm = await self.bot.create_dm(discord.Object(job.user_id))
-            message = await self._send(dm.id, job, await fit_for_dm(outcome), name, _dm_text(job), where="d")
-        except discord.HTTPException as exc:
-            passing = exc.status >= 500
-            raise DeliveryFailed(
-                f"DM refused: {exc.status} {exc.code}",
-                uncertain=passing,
-                transient=passing or channel_passing,
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DeliveryFailed(f"DM failed: {type(exc).__name__}", uncertain=True, transient=True) from exc
-        return Delivered("dm", message.channel.id, message.id)
-
-    async def notify(self, job: JobInfo, text: str) -> bool:
-        if job.channel_id is not None:
-            try:
-                await self.bot.get_partial_messageable(job.channel_id).send(
-                    f"<@{job.user_id}> {text}", allowed_mentions=_only(job.user_id)
-                )
-                return True
-            except discord.HTTPException as exc:
-                log.info(
-                    "job %s: cannot notify in channel (%s %s); trying a DM", job.job_id, exc.status, exc.code
-                )
-        try:
-            dm = await self.bot.create_dm(discord.Object(job.user_id))
-            await dm.send(text, allowed_mentions=discord.AllowedMentions.none())
-            return True
-        except discord.HTTPException as exc:
-            log.warning(
-                "job %s: could not reach user %s (%s %s)", job.job_id, job.user_id, exc.status, exc.code
-            )
-            return False
-
-    async def find(self, job: JobInfo) -> Delivered | None:
-        """A message this bot posted for `job` (its embed footer names the job), in the job's channel
-        or the requester's DMs. Raises when it cannot look (the engine then delivers again)."""
-        places: list[tuple[str, int]] = []
-        if job.channel_id is not None:
-            places.append(("channel", job.channel_id))
-        dm = await self.bot.create_dm(discord.Object(job.user_id))
-        places.append(("dm", dm.id))
-        for via, channel_id in places:
-            found = await self._find_in(job, via, channel_id)
-            if found is not None:
-                return found
-        return None
-
-    async def _find_in(self, job: JobInfo, via: str, channel_id: int) -> Delivered | None:
-        """This bot's result message for `job` in one channel (its embed footer names the job)."""
-        footer = f"job {job.job_id}"
-        after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
-        me = self.bot.user.id if self.bot.user else None
-        try:
-            history = self.bot.get_partial_messageable(channel_id).history(
-                limit=FIND_HISTORY_LIMIT, after=after
-            )
-            async for message in history:
-                if message.author.id == me and any(e.footer.text == footer for e in message.embeds):
-                    # Followups carry the app's webhook id: they went out through the interaction.
-                    return Delivered("interaction" if message.webhook_id else via, channel_id, message.id)
-        except discord.NotFound:
-            return None
-        return None
-
-    async def _send(
-        self, channel_id: int, job: JobInfo, outcome: EditOutcome, name: str, text: str, *, where: str
-    ) -> discord.Message:
-        # The nonce makes Discord return the first message instead of posting a second one when a
-        # send is retried after a crash (enforce_nonce, a few minutes' window); one per destination.
-        return await self.bot.get_partial_messageable(channel_id).send(
-            truncate(text, 2000),
-            embed=result_embed(outcome, name),
-            files=result_files(outcome),
-            view=result_view(job.job_id, undo=job.origin_message_id is not None),
-            allowed_mentions=_only(job.user_id),
-            nonce=f"rt{job.job_id}{where}",
-        )
-
-    async def _name(self, user_id: int) -> str:
-        user = self.bot.get_user(user_id)
-        if user is None:
-            try:
-                user = await self.bot.fetch_user(user_id)
-            except discord.HTTPException:
-                return "you"
-        return user.display_name
-
-
-async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> EditOutcome:
-    """`outcome` with every file under the DM upload limit (results were fitted to the server's,
-    which a boosted server raises well above a DM's). Pillow runs in a thread."""
-    files = []
-    for f in outcome.files:
-        if len(f.data) <= limit:
-            files.append(f)
-            continue
-        data, fmt = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, limit)
-        stem = f.filename.rsplit(".", 1)[0]
-        files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
-    return replace(outcome, files=tuple(files))
-
-
-def _only(user_id: int) -> discord.AllowedMentions:
-    """Ping the requester and nobody else (the prompt in the embed can contain anything)."""
-    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)])
-
-
-def _asked(job: JobInfo) -> str:
-    return discord.utils.format_dt(job.interaction_at or job.created_at, "R")
-
-
-def _origin_link(job: JobInfo) -> str:
-    if job.origin_message_id and job.channel_id:
-        return f" (from {jump_url(job.guild_id or None, job.channel_id, job.origin_message_id)})"
-    return ""
-
-
-def _channel_text(job: JobInfo) -> str:
-    return f"<@{job.user_id}> here is the edit you asked for {_asked(job)}{_origin_link(job)}."
-
-
-def _dm_text(job: JobInfo) -> str:
-    where = f" in {jump_url(job.guild_id or None, job.channel_id)}" if job.channel_id else ""
-    return (
-        f"Here is the edit you asked for {_asked(job)}{where}; it could not be posted there."
-        f"{_origin_link(job)}"
-    )
-
-
-async def _maybe_thread(
+async def maybe_thread(
     bot: RetouchBot, guild_id: int | None, message: discord.Message, outcome: EditOutcome
 ) -> None:
     """Open a thread under a posted result when the server (or the bot's default) wants one. Never

@@ -112,9 +112,11 @@ class ProgressMessage:
     async def _edit(self, text: str, view: discord.ui.View | None) -> bool:
         if token_dead(self._interaction):
             return False
-        extra = {"view": view} if self._with_controls else {}
         try:
-            await self._interaction.edit_original_response(content=text, **extra)
+            # MISSING leaves the message's buttons as they are; None would remove them.
+            await self._interaction.edit_original_response(
+                content=text, view=view if self._with_controls else discord.utils.MISSING
+            )
         except discord.HTTPException as exc:
             note_token_error(self._interaction, exc)
             log.debug("progress edit failed: %s", exc)

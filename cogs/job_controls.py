@@ -16,8 +16,9 @@ from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.services.edits import EditJob, EditOptions
+from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
-from cogs._results import DiscordDelivery, JobControl, run_and_publish
+from cogs._results import JobControl, run_and_publish
 from cogs._ui import admitted, first_image, report_error, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 class EditAgainForm(discord.ui.Modal, title="Edit again"):
     """A new prompt for a result: the result image becomes the input of a new edit."""
 
-    prompt = discord.ui.TextInput(
+    prompt: discord.ui.TextInput[EditAgainForm] = discord.ui.TextInput(
         label="What should change?",
         custom_id="prompt",
         style=discord.TextStyle.paragraph,
@@ -49,7 +50,9 @@ class EditAgainForm(discord.ui.Modal, title="Edit again"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.cog.edit_again(interaction, self.job_id, self.prompt.value)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+    # Modal.on_error is called with (interaction, error): a modal has no failing item. discord.py's own
+    # Modal narrows BaseView.on_error(interaction, error, item) this way, so the checker sees an override.
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report_error(interaction, error, where="the Edit again form")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -168,7 +169,7 @@ class MembersCog(commands.Cog):
             earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id
         )
         where = await chain_thread(self.bot, step.latest.chain_id) or interaction.channel_id
-        post = {
+        post: dict[str, Any] = {  # the same message, through a followup or into the chain's thread
             "content": interaction.user.mention,
             "embed": embed,
             "file": discord.File(io.BytesIO(data), filename=attachment.filename),
@@ -176,7 +177,7 @@ class MembersCog(commands.Cog):
             "allowed_mentions": NO_MENTIONS,
         }
         if where == interaction.channel_id:
-            posted = await interaction.followup.send(**post, wait=True)
+            posted: discord.Message = await interaction.followup.send(**post, wait=True)
         else:  # the chain lives in its thread (clicked on its first result, in the channel)
             assert where is not None
             posted = await self.bot.get_partial_messageable(where).send(**post)

@@ -142,8 +142,9 @@ class ApproveButton(
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> ApproveButton:
+        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
         return cls(item, int(match["guild"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:

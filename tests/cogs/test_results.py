@@ -8,7 +8,7 @@ import random
 from PIL import Image
 
 from bot.jobs.model import EditOutcome, ResultFile
-from cogs._results import DM_UPLOAD_LIMIT, fit_for_dm
+from cogs._delivery import DM_UPLOAD_LIMIT, fit_for_dm
 
 
 def noisy_png(side: int) -> bytes:

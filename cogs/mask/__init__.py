@@ -1,0 +1,299 @@
+"""`/mask` and the "Edit image" message menu: edits that change only the part of an image the user marked.
+
+The flow stays private until the result:
+
+1. `/mask` defers privately. With a mask file the job is prepared at once; without one the user picks
+   cells of a grid on a private picker whose picture updates as cells are chosen.
+2. A private preview shows the area to change tinted, the worst-case cost and the balance, with
+   **Run edit** / **Cancel**. No credits move before **Run edit** (users who turned the preview off in
+   their settings go straight to the edit).
+3. **Run edit** reserves, edits, restores everything outside the area and posts the result publicly,
+   exactly like `/edit`.
+
+Picker and preview state (the prepared job and the image bytes) is kept in memory only, for
+`PREVIEW_TIMEOUT_SECONDS` after the user's last click; a restart or the timeout drops it. Every control
+carries just a random session id in its custom id and is handled by one dynamic item, so a click on a
+stale message still reaches the bot and is answered ("this preview expired") instead of failing.
+
+The code is split by what the member sees: `grid.py` (the picker), `preview.py` (the priced preview,
+Run edit and Cancel), `menu.py` (the "Edit image" form), `controls.py` (custom ids and the dynamic item),
+`sessions.py` (the in-memory state). This module holds the cog: the command, the menu's entry points
+and the flow between those parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable
+from typing import Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import imaging, masking
+from bot.choices import normalize_size
+from bot.client import RetouchBot
+from bot.services.edits import EditJob, EditOptions, MaskSpec
+from cogs._results import run_and_publish
+from cogs._ui import (
+    ProgressMessage,
+    first_image,
+    model_choices,
+    policy_of,
+    quality_choices,
+    report_error,
+    role_ids_of,
+    size_choices,
+    upload_of,
+)
+from cogs.mask.controls import NO_MENTIONS, Handler, MaskControl
+from cogs.mask.grid import GridPicker
+from cogs.mask.menu import EditImageForm
+from cogs.mask.sessions import PREVIEW_TIMEOUT_SECONDS, MaskSession, MaskSessions, expired_text
+
+log = logging.getLogger(__name__)
+
+PROMPT_MAX_CHARS = 6000  # Discord's cap for a string option
+MAX_FEATHER_PX = 64
+
+
+class MaskCog(GridPicker, commands.Cog):
+    """Discord plumbing for masked edits; validation, pricing and image work live in `bot/`."""
+
+    def __init__(self, bot: RetouchBot, *, preview_timeout: float = PREVIEW_TIMEOUT_SECONDS) -> None:
+        self.bot = bot
+        self.edits = bot.services.edits
+        self.sessions = MaskSessions(preview_timeout, self._expired)
+        self.menu = app_commands.ContextMenu(name="Edit image", callback=self.edit_image_menu)
+        self._handlers: dict[str, Handler] = {
+            "cells": self._pick_cells,
+            "grid": self._switch_grid,
+            "next": self._next,
+            "back": self._back,
+            "run": self._run,
+            "cancel": self._cancel,
+        }
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(MaskControl)
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+        self.bot.remove_dynamic_items(MaskControl)
+        self.sessions.close_all()
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    @app_commands.command(
+        name="mask", description="Edit only part of an image: upload a mask or pick the area"
+    )
+    @app_commands.describe(
+        prompt="What should the marked area become? e.g. 'a red knitted scarf'",
+        image="The image to edit (PNG, JPEG or WebP)",
+        mask="White (or transparent) = change, black = keep. Leave empty to pick the area on a grid",
+        invert="Swap the mask: change what it marks as kept, keep what it marks",
+        quality="Higher quality costs more credits; the list shows your model's levels and prices",
+        size="Output size: pick one, or type WIDTHxHEIGHT where the model allows it (auto = model's choice)",
+        format="File format of the result",
+        feather=f"Soften the seam by this many pixels (0 = hard edge, default {imaging.FEATHER_PX})",
+        keep_outside="Keep everything outside the area exactly as it was (default on)",
+        model="Which image model to use (only models that can do masked edits)",
+    )
+    async def mask(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
+        image: discord.Attachment,
+        mask: discord.Attachment | None = None,
+        invert: bool = False,
+        quality: str | None = None,
+        size: str | None = None,
+        format: Literal["png", "jpeg", "webp"] | None = None,
+        feather: app_commands.Range[int, 0, MAX_FEATHER_PX] | None = None,
+        keep_outside: bool = True,
+        model: str | None = None,
+    ) -> None:
+        # Private "thinking" first: the picker, the preview and any error are for this user only.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        self.bot.services.metrics.observe_ack(interaction.created_at)
+        interaction.extras["ephemeral_original"] = True
+        spec = MaskSpec(
+            upload=upload_of("mask", mask) if mask is not None else None,
+            invert=invert,
+            feather=imaging.FEATHER_PX if feather is None else feather,
+            keep_outside=keep_outside,
+        )
+        options = EditOptions(
+            prompt, model=model, quality=quality, size=normalize_size(size), output_format=format
+        )
+        await self._begin(interaction, self._job(interaction, image, options, spec))
+
+    @mask.autocomplete("model")
+    async def model_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return model_choices(self.edits.lifecycle, current, mask_only=True)
+
+    @mask.autocomplete("quality")
+    async def quality_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await quality_choices(self.bot, interaction, current)
+
+    @mask.autocomplete("size")
+    async def size_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return await size_choices(self.bot, interaction, current)
+
+    async def edit_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """Message menu: open the form for the message's image (a modal must be the first response)."""
+        image = first_image(message)
+        if image is None:
+            await interaction.response.send_message(
+                "That message has no image attached. Use **Edit image** on a message with a PNG, JPEG or "
+                "WebP file.",
+                ephemeral=True,
+                allowed_mentions=NO_MENTIONS,
+            )
+            return
+        await interaction.response.send_modal(EditImageForm(self, image, message.id))
+
+    async def run_from_form(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        prompt: str,
+        mask: discord.Attachment | None,
+        message_id: int | None = None,
+    ) -> None:
+        """The form was sent: a mask makes it a `/mask` job (preview first), otherwise an `/edit` job."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        self.bot.services.metrics.observe_ack(interaction.created_at)
+        interaction.extras["ephemeral_original"] = True
+        spec = MaskSpec(upload=upload_of("mask", mask)) if mask is not None else None
+        job = self._job(interaction, image, EditOptions(prompt), spec)
+        if spec is not None:
+            await self._begin(interaction, job)
+            return
+        await run_and_publish(
+            self.bot,
+            interaction,
+            lambda progress: self.edits.prepare(job, progress=progress),
+            origin_message_id=message_id,
+        )
+
+    # -- the flow -------------------------------------------------------------------------------
+
+    def _job(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        options: EditOptions,
+        spec: MaskSpec | None,
+    ) -> EditJob:
+        return EditJob(
+            guild_id=interaction.guild_id or 0,
+            user_id=interaction.user.id,
+            channel_id=interaction.channel_id,
+            uploads=[upload_of("image", image)],
+            options=options,
+            upload_limit=interaction.filesize_limit,
+            mask=spec,
+            role_ids=role_ids_of(interaction.user),
+        )
+
+    async def _begin(self, interaction: discord.Interaction, job: EditJob) -> None:
+        """After a private defer: show the picker (no mask file) or the preview, or run at once."""
+        assert job.mask is not None
+        with self.sessions.starting(job.user_id, self.bot.services.settings.max_mask_previews):
+            await self._begin_session(interaction, job)
+
+    async def _begin_session(self, interaction: discord.Interaction, job: EditJob) -> None:
+        assert job.mask is not None
+        skip = await self._skips_preview(interaction.user.id)
+        progress = ProgressMessage(interaction)
+        session = MaskSession(secrets.token_hex(6), interaction.user.id, job, interaction, skip_preview=skip)
+        if job.mask.upload is None:
+            provisional = await masking.prepare_picker(self.edits, job, progress=progress)
+            await progress.close()
+            session.job = masking.with_cells(job, masking.DEFAULT_GRID, ())
+            session.picture = provisional.images[0].data
+            await self._open(session, self._show_picker(interaction, session))
+            return
+        prepared = await self.edits.prepare(job, progress=progress)
+        await progress.close()
+        if skip:
+            await self._execute(interaction, prepared)
+            return
+        session.prepared = prepared
+        await self._open(session, self._show_preview(interaction, session))
+
+    async def _open(self, session: MaskSession, render: Awaitable[None]) -> None:
+        """Register a new session and show it; a session whose first render failed is dropped."""
+        self.sessions.open(session)
+        try:
+            await render
+        except BaseException:
+            self.sessions.close(session.sid)
+            raise
+
+    async def on_control(
+        self, interaction: discord.Interaction, sid: str, action: str, values: list[str]
+    ) -> None:
+        """A click on the picker or the preview. Never raises: errors become private messages."""
+        session = self.sessions.get(sid)
+        try:
+            if session is None and self.sessions.finished(sid):
+                await interaction.response.defer()  # a second click on Run or Cancel: already handled
+                return
+            if session is None:
+                await interaction.response.edit_message(
+                    content=expired_text(self.sessions.timeout),
+                    embed=None,
+                    attachments=[],
+                    view=None,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return
+            if session.user_id != interaction.user.id:
+                # Pickers and previews are private, so only a forged click gets here; leave it alone.
+                await interaction.response.send_message(
+                    "This preview belongs to someone else.", ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            # Errors replace the private message (which holds the controls) with their text.
+            interaction.extras["ephemeral_original"] = True
+            handler = self._handlers.get(action)
+            if handler is None:
+                raise ValueError(f"unknown mask control {action!r}")
+            await handler(interaction, session, values)
+        except Exception as error:
+            self.sessions.close(sid)
+            await report_error(interaction, error, where=f"/mask {action}")
+
+    async def _expired(self, session: MaskSession) -> None:
+        """Replace the expired picker/preview with a notice, so its buttons are gone."""
+        try:
+            await session.handle.edit_original_response(
+                content=expired_text(self.sessions.timeout),
+                embed=None,
+                attachments=[],
+                view=None,
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            # The message may be gone or its token dead; a later click is still answered as expired.
+            log.debug("could not mark mask preview %s as expired: %s", session.sid, exc)
+
+    async def _skips_preview(self, user_id: int) -> bool:
+        """The user's own "skip the mask preview" setting (`/settings`)."""
+        settings = await policy_of(self.bot).user_settings(user_id)
+        return bool(settings.skip_mask_preview)
+
+
+async def setup(bot: RetouchBot) -> None:
+    await bot.add_cog(MaskCog(bot))

@@ -1,0 +1,120 @@
+"""The priced preview of a `/mask` edit (the area tinted, the worst-case cost, the balance) and its
+**Run edit** / **Cancel** buttons."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import discord
+
+from bot import masking
+from bot.services.edits import EditJob, PreparedJob
+from cogs._results import run_and_publish
+from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, policy_of, role_ids_of, truncate
+from cogs.mask.controls import NO_MENTIONS, attachment, button
+from cogs.mask.sessions import MaskParts, MaskSession, minutes
+
+PREVIEW_FILE = "mask_preview.jpg"
+
+
+def preview_view(session: MaskSession) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(button(session.sid, "run", "Run edit", discord.ButtonStyle.success))
+    if session.picking:
+        view.add_item(button(session.sid, "back", "Change area", discord.ButtonStyle.secondary))
+    view.add_item(button(session.sid, "cancel", "Cancel", discord.ButtonStyle.secondary))
+    return view
+
+
+def preview_embed(prepared: PreparedJob, shown: masking.MaskPreview, timeout: float) -> discord.Embed:
+    spec = prepared.job.mask
+    assert spec is not None
+    if spec.keep_outside:
+        title = "Preview: only the tinted area will change"
+    else:
+        title = "Preview: the model is asked to change the tinted area (`keep_outside` is off)"
+    embed = discord.Embed(
+        title=title,
+        description=discord.utils.escape_markdown(
+            truncate(prepared.job.options.prompt, PROMPT_PREVIEW_CHARS)
+        ),
+        colour=EMBED_COLOUR,
+    )
+    embed.add_field(name="Cost", value=f"up to {shown.cost} credits")
+    embed.add_field(name="Your balance", value=f"{shown.balance} credits")
+    embed.add_field(name="Area", value=f"{shown.coverage:.0%} of the image")
+    embed.add_field(name="Model", value=prepared.model.name)
+    embed.add_field(name="Quality", value=prepared.chosen.quality)
+    embed.add_field(name="Size", value=prepared.chosen.size)
+    if not shown.affordable:
+        embed.add_field(
+            name="Not enough credits",
+            value=f"This edit can cost up to {shown.cost} credits and you have {shown.balance}. "
+            "Try a lower quality, or ask an admin for credits.",
+            inline=False,
+        )
+    for notice in prepared.notices:
+        embed.add_field(name="Note", value=truncate(notice, 1000), inline=False)
+    embed.set_image(url=f"attachment://{PREVIEW_FILE}")
+    embed.set_footer(
+        text=f"Nothing is charged until you press Run edit. The preview expires after {minutes(timeout)} "
+        "without a click."
+    )
+    return embed
+
+
+class PricedPreview(MaskParts):
+    """The preview's clicks, and how a masked edit starts once the member agrees to its price."""
+
+    async def _run(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
+        # Taken out first, so a second click (or the expiry) cannot start or touch it again.
+        self.sessions.finish(session.sid)
+        prepared = session.prepared
+        assert prepared is not None
+        await self._acknowledge_run(interaction)
+        # Prepared again with the member's roles and the server's rules as they are now, not as they
+        # were when the preview was made (the images are not downloaded again).
+        job = as_now(prepared.job, interaction)
+        await run_and_publish(
+            self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
+        )
+
+    async def _cancel(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
+        self.sessions.finish(session.sid)
+        await interaction.response.edit_message(
+            content="Cancelled — nothing was charged.",
+            embed=None,
+            attachments=[],
+            view=None,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def _execute(self, interaction: discord.Interaction, prepared: PreparedJob) -> None:
+        async def ready(_: object) -> PreparedJob:
+            return prepared
+
+        await run_and_publish(self.bot, interaction, ready)
+
+    async def _acknowledge_run(self, interaction: discord.Interaction) -> None:
+        """Answer the click by turning the picker/preview into the progress message."""
+        await interaction.response.edit_message(
+            content="Starting your edit…", embed=None, attachments=[], view=None, allowed_mentions=NO_MENTIONS
+        )
+
+    async def _show_preview(self, interaction: discord.Interaction, session: MaskSession) -> None:
+        prepared = session.prepared
+        assert prepared is not None
+        shown = await masking.preview(self.edits, prepared, policy_of(self.bot))
+        await interaction.edit_original_response(
+            content=None,
+            embed=preview_embed(prepared, shown, self.sessions.timeout),
+            attachments=[attachment(shown.image, PREVIEW_FILE)],
+            view=preview_view(session),
+            allowed_mentions=NO_MENTIONS,
+        )
+        self.sessions.arm(session)
+
+
+def as_now(job: EditJob, interaction: discord.Interaction) -> EditJob:
+    """`job` for the member who clicks, with their roles as they are now."""
+    return dataclasses.replace(job, role_ids=role_ids_of(interaction.user))
