@@ -93,7 +93,7 @@ class RetouchTree(app_commands.CommandTree):
             return False
         if not isinstance(bot, RetouchBot) or interaction.type is discord.InteractionType.autocomplete:
             return True  # autocomplete costs nothing and cannot show a message
-        data: Mapping[str, object] = interaction.data or {}  # type: ignore[assignment]
+        data: Mapping[str, object] = interaction.data or {}
         if data.get("name") == OPERATOR_COMMAND:
             return True
         return await bot.admit(interaction, counts=True)
