@@ -17,9 +17,10 @@ from discord import app_commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.moderation import STRICT_SCORE
-from bot.policy import Budget, GuildPolicy, PolicyService, RoleTier, SpendReport, parse_models
+from bot.services.admin import GuildPolicy, RoleTier, SpendReport, parse_models
 from bot.services.edits import MAX_IMAGES_PER_EDIT
+from bot.services.moderation import STRICT_SCORE
+from bot.services.policy import Budget, PolicyService
 from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, size_choices, truncate
 
 MAX_CREDITS_PER_CHANGE = 10_000_000

@@ -10,8 +10,8 @@ import asyncio
 from dataclasses import dataclass, replace
 
 from bot import imaging
-from bot.policy import PolicyService
 from bot.services.edits import EditJob, EditService, MaskSpec, PreparedJob, Progress
+from bot.services.policy import PolicyService
 
 # The grids the picker offers: coarse by default, finer on request. 16 cells still fit one select
 # menu (Discord allows 25 options).
