@@ -12,11 +12,11 @@ from typing import Any
 
 import aiohttp
 
-from bot.audit import AuditLog
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.lifecycle import ModelLifecycle
-from bot.metrics import Metrics
+from bot.observability.audit import AuditLog
+from bot.observability.metrics import Metrics
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bot.logs import LOG_FORMATS
+from bot.observability.logs import LOG_FORMATS
 from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.audit import jump_url
+from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._ui import EMBED_COLOUR, truncate
 

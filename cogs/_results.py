@@ -26,7 +26,6 @@ import aiohttp
 import discord
 
 from bot import imaging
-from bot.audit import jump_url
 from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs.model import (
     Delivered,
@@ -38,6 +37,7 @@ from bot.jobs.model import (
     ResultFile,
     Ticket,
 )
+from bot.observability.audit import jump_url
 from bot.services.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.services.edits import PreparedJob, Progress
 from bot.services.policy import PolicyRefused

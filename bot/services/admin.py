@@ -483,7 +483,7 @@ class PolicyAdmin:
 
     async def _audit(self, change: CreditChange) -> None:
         # AUDIT HOOK — the one call site for credit changes. bot/app.py wires `on_credit_change` to the
-        # audit log (bot/audit.py's credit_change) when that module exists.
+        # audit log (bot/observability/audit.py's credit_change) when that module exists.
         if self.on_credit_change is None:
             return
         try:
