@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 from bot.observability.logs import LOG_FORMATS
-from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
 # Provider name -> (environment prefix, default base URL). Order = the default routing order's

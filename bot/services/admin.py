@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from bot.catalog import Catalog, SizeRules
 from bot.config import Settings
+from bot.domain.options import QUALITIES, SIZES
 from bot.errors import InvalidOptions, RetouchError
-from bot.providers.base import QUALITIES, SIZES
 from bot.services.access import AccessService
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.storage import Storage

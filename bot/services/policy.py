@@ -31,9 +31,9 @@ from typing import Any
 
 from bot.catalog import Catalog, ModelEntry, usd_to_credits
 from bot.config import Settings
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
-from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES
 from bot.services.access import AccessService
 from bot.services.admin import (
     NO_PERIOD,
