@@ -14,6 +14,9 @@ side:
   `Storage.refill_allowance`). Credits held by a running job count as the member's: the top-up only
   fills what is free of holds, so a hold released after the boundary cannot double the allowance.
 
+`reserve` also checks the money above the server's rules (MONTHLY_BUDGET_USD and the operator's
+allotment, both described in `bot.services.admin`), in the reservation's own transaction.
+
 Over ~400 lines (and `PolicyService` over ~300) because it was moved, not rewritten, out of one
 1,000-line module: the reservation with its refusals and the reads it shares with the views stay
 together.
