@@ -30,7 +30,7 @@ VOLUME ["/data"]
 # Healthy only while the gateway is connected and the database takes writes: asks
 # http://127.0.0.1:$METRICS_PORT/healthz (falls back to the heartbeat file when METRICS_PORT=0).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "bot.healthcheck"]
+    CMD ["python", "-m", "bot.observability.healthcheck"]
 
 # Exec form: python runs as PID 1 and gets SIGTERM directly, so in-flight edits drain gracefully.
 STOPSIGNAL SIGTERM

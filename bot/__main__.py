@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.catalog import Catalog, CatalogError, load_catalog
 from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
-from bot.logs import configure_logging
+from bot.observability.logs import configure_logging
 
 log = logging.getLogger("bot")
 
@@ -59,7 +59,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.app import build_providers, build_services, provider_session
     from bot.client import RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
-    from bot.ops import serve_ops
+    from bot.observability.ops import serve_ops
     from bot.storage import Storage
     from bot.storage.connection import SchemaTooNew
 

@@ -12,17 +12,12 @@ from typing import Any
 
 import aiohttp
 
-from bot.access import AccessService
-from bot.audit import AuditLog
 from bot.capabilities import disabled_routes
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
-from bot.diagnostics import DiagnosticsService
-from bot.history import EditHistory
 from bot.lifecycle import ModelLifecycle
-from bot.metrics import Metrics
-from bot.moderation import SafetyCheck
-from bot.policy import AllotmentChange, CreditChange, PolicyService
+from bot.observability.audit import AuditLog
+from bot.observability.metrics import Metrics
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.http import RetryPolicy
@@ -31,7 +26,13 @@ from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
+from bot.services.access import AccessService
+from bot.services.admin import AllotmentChange, CreditChange
+from bot.services.diagnostics import DiagnosticsService
 from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
+from bot.services.history import EditHistory
+from bot.services.moderation import SafetyCheck
+from bot.services.policy import PolicyService
 from bot.storage import Storage
 
 SALT_FILE = "install_salt"

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage, parse_size
 from bot.errors import InvalidOptions
-from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage, parse_size
 
 PACKAGED_CATALOG = "catalog.toml"
 PRICED_QUALITIES = ("low", "medium", "high", "xhigh", "max")

@@ -14,9 +14,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import RateLimited, operator_ids
 from bot.app import Services
 from bot.errors import RetouchError, ShuttingDown, new_reference
+from bot.services.access import RateLimited, operator_ids
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bot.logs import LOG_FORMATS
-from bot.providers.base import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+from bot.observability.logs import LOG_FORMATS
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
 # Provider name -> (environment prefix, default base URL). Order = the default routing order's
@@ -106,14 +106,15 @@ class Settings:
     queue_timeout_seconds: float = 900.0
     input_retention_hours: float = 24.0
     result_retention_hours: float = 72.0
-    # The operator's money (bot/access.py, bot/policy.py): where the bot serves and what it may spend.
+    # The operator's money (bot/services/access.py, bot/services/policy.py): where the bot serves and
+    # what it may spend.
     allowed_guild_ids: frozenset[int] = field(default_factory=frozenset)
     allow_dms: bool = False
     monthly_budget_usd: Decimal = DEFAULT_MONTHLY_BUDGET_USD  # 0 = no cap
     commands_per_minute: int = 10  # per member; 0 = no limit
     max_mask_previews: int = 3  # open /mask pickers and previews per member
     job_history_days: float = 90.0
-    # The free safety check before paid calls (bot/moderation.py): servers may override the level.
+    # The free safety check before paid calls (bot/services/moderation.py): servers may override the level.
     moderation: str = "standard"
     moderation_timeout_seconds: float = 5.0
 

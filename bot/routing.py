@@ -36,17 +36,10 @@ from decimal import Decimal, InvalidOperation
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
 from bot.concurrency import LimitState, ProviderLimiter
+from bot.domain.options import Usage, parse_size
 from bot.errors import InvalidOptions
 from bot.providers import errors as perr
-from bot.providers.base import (
-    CancellableProvider,
-    EditRequest,
-    EditResult,
-    Provider,
-    ResumableProvider,
-    Usage,
-    parse_size,
-)
+from bot.providers.base import CancellableProvider, EditRequest, EditResult, Provider, ResumableProvider
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from discord import app_commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.policy import GuildPolicy, PolicyService, parse_models
+from bot.services.admin import GuildPolicy, parse_models
 from bot.services.edits import MAX_IMAGES_PER_EDIT
+from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
 from cogs._ui import model_choices, policy_of, quality_choices, size_choices
 

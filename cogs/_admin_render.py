@@ -10,9 +10,10 @@ from decimal import Decimal
 import discord
 
 from bot.client import RetouchBot
-from bot.moderation import STRICT_SCORE
-from bot.policy import Budget, GuildPolicy, RoleTier, SpendReport
+from bot.services.admin import GuildPolicy, RoleTier, SpendReport
 from bot.services.edits import MAX_IMAGES_PER_EDIT
+from bot.services.moderation import STRICT_SCORE
+from bot.services.policy import Budget
 from cogs._ui import EMBED_COLOUR, truncate
 
 REPORT_TOP = 10

@@ -19,7 +19,7 @@ from typing import Any
 
 import discord
 
-from bot.affordable import Offer, button_label, offer_text
+from bot.services.affordable import Offer, button_label, offer_text
 from bot.services.edits import PreparedJob
 from cogs._ui import report_error
 

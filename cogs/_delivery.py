@@ -16,8 +16,8 @@ import aiohttp
 import discord
 
 from bot import imaging
-from bot.audit import jump_url
 from bot.jobs.model import Delivered, DeliveryFailed, EditOutcome, JobInfo, ResultFile
+from bot.observability.audit import jump_url
 from cogs._results import maybe_thread, result_view
 from cogs._ui import result_embed, result_files, truncate
 

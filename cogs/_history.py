@@ -1,6 +1,6 @@
 """Edit history on Discord: the **Undo** button, Edit again's "latest version" and thread, `/history`.
 
-Versions and chains are `bot.history`; this module only reads and posts messages. Undo is a dynamic
+Versions and chains are `bot.services.history`; this module only reads and posts messages. Undo is a dynamic
 item (it keys on the clicked message, so it works after a restart while the chain is kept).
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.audit import jump_url
-from bot.history import HistoryEntry
+from bot.observability.audit import jump_url
+from bot.services.history import HistoryEntry
 from cogs._ui import EMBED_COLOUR, truncate
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.audit import jump_url
 from bot.jobs.model import JobObserver
+from bot.observability.audit import jump_url
 from cogs._ui import truncate
 
 if TYPE_CHECKING:

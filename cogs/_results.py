@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiohttp
 import discord
 
-from bot.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs.model import (
     Delivered,
@@ -32,8 +31,9 @@ from bot.jobs.model import (
     Origin,
     Ticket,
 )
-from bot.policy import PolicyRefused
+from bot.services.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.services.edits import PreparedJob, Progress
+from bot.services.policy import PolicyRefused
 from cogs._affordable import offer_cheaper
 from cogs._history import undo_button
 from cogs._ui import (
@@ -108,7 +108,7 @@ def progress_view(job_id: str, *, at_provider: bool = False) -> discord.ui.View:
 
 
 def result_view(job_id: str, *, undo: bool = False) -> discord.ui.View:
-    """A result's buttons; `undo` for a result that continues an earlier one (bot.history)."""
+    """A result's buttons; `undo` for a result that continues an earlier one (bot.services.history)."""
     view = discord.ui.View(timeout=None)
     view.add_item(_button(job_id, "again", "Edit again", discord.ButtonStyle.primary))
     view.add_item(_button(job_id, "retry", "Retry", discord.ButtonStyle.secondary))
@@ -135,7 +135,7 @@ async def run_and_publish(
     and posts the result. The interaction's private message must already exist (a private defer, or
     a component's message update). Refusals raise, for the caller's error handling — except a
     refusal for credits that a lower quality fits: `auto` then runs at the best quality that fits,
-    and a named quality becomes a private one-click offer (None is returned; bot.affordable).
+    and a named quality becomes a private one-click offer (None is returned; bot.services.affordable).
     """
     progress = ProgressMessage(interaction)
     try:
@@ -217,7 +217,7 @@ class InteractionLive:
         self.interaction = interaction
         self.progress = progress
         self.continues = continues  # started from an earlier result: its result gets Undo
-        self.post_in = post_in  # the result belongs in this channel (a chain's thread; bot.history)
+        self.post_in = post_in  # the result belongs in this channel (a chain's thread; bot.services.history)
 
     async def update(self, status: JobStatus) -> None:
         view = progress_view(status.job_id, at_provider=status.accepted)

@@ -24,7 +24,7 @@ from bot.services.edits import Upload
 
 if TYPE_CHECKING:
     from bot.lifecycle import ModelLifecycle
-    from bot.policy import PolicyService
+    from bot.services.policy import PolicyService
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import RetouchBot
-from bot.policy import CreditsSummary, HistoryPage
+from bot.services.policy import CreditsSummary, HistoryPage
 from bot.storage.ledger import ALLOWANCE_REASON
 from bot.storage.reports import LedgerEntry
 from cogs._ui import EMBED_COLOUR, admitted, policy_of, role_ids_of, truncate

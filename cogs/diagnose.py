@@ -11,7 +11,7 @@ from discord.ext import commands
 from bot.catalog import RETIREMENT_WARNING_DAYS
 from bot.client import RetouchBot
 from bot.concurrency import LimitState
-from bot.diagnostics import DatabaseStatus, Diagnosis, ProviderStatus
+from bot.services.diagnostics import DatabaseStatus, Diagnosis, ProviderStatus
 from cogs._ui import truncate
 
 FIELD_CHARS = 1024  # Discord's limit for one embed field value
@@ -105,7 +105,7 @@ class DiagnoseCog(commands.Cog):
         services.metrics.observe_ack(interaction.created_at)
         # The image services run on the operator's keys and accounts: their state is the operator's
         # business, not every server admin's.
-        # The operator is OWNER_IDS, else the application's owner (bot.access decides, in one place).
+        # The operator is OWNER_IDS, else the application's owner (bot.services.access decides, in one place).
         operator = services.access is not None and services.access.is_operator(interaction.user.id)
         diagnosis = await services.diagnostics.diagnose(
             interaction.app_permissions.value, show_providers=operator

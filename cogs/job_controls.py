@@ -138,7 +138,8 @@ class JobsCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         interaction.extras["ephemeral_original"] = True
         message, thread_id = interaction.message, None
-        if message is not None:  # a chain continues from its latest version, in its thread (bot.history)
+        # A chain continues from its latest version, in its thread (bot.services.history).
+        if message is not None:
             message, thread_id = await chain_source(self.bot, message, job_id)
         image = first_image(message) if message is not None else None
         if message is None or image is None:

@@ -1,10 +1,10 @@
-"""What members notice: the one-click cheaper run (bot.affordable), moderator controls and history.
+"""What members notice: the one-click cheaper run (bot.services.affordable), moderator controls and history.
 
 * The cheaper-run offers are this process's memory (see `cogs._affordable`); their button is a
   dynamic item so a click that arrives before discord.py stored a view still reaches its offer.
 * Each running edit has a public notice with **Stop edit** (`cogs._moderation`): the requester or a
   member with Manage Messages in the channel can stop it; stops by others go to the audit channel.
-* Results form chains (`bot.history`): **Undo** posts the previous version again (downloaded from
+* Results form chains (`bot.services.history`): **Undo** posts the previous version again (downloaded from
   its Discord message: no image is stored), and `/history` lists a member's last edits with links.
 """
 
@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import RetouchBot
-from bot.history import NothingToUndo
+from bot.services.history import NothingToUndo
 from cogs._affordable import CheaperRun, OfferBook
 from cogs._history import UndoControl, chain_thread, history_embed, restored_embed
 from cogs._moderation import PublicControls, StopControl, action_link

@@ -16,10 +16,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.access import AccessService
 from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
-from bot.policy import OperatorReport
+from bot.services.access import AccessService
+from bot.services.admin import OperatorReport
 from cogs._ui import EMBED_COLOUR, policy_of, report_error, truncate
 
 log = logging.getLogger(__name__)

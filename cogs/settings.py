@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.policy import EffectiveDefaults, QualityView
+from bot.services.policy import EffectiveDefaults, QualityView
 from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, role_ids_of, size_choices
 
 SOURCES = {"you": "set by you", "server": "this server's default", "bot": "the bot's default"}

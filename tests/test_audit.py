@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 
 from bot.app import Services, build_services
-from bot.audit import AuditLog, jump_url
 from bot.config import load_settings
 from bot.errors import InsufficientCredits
 from bot.jobs.model import EditOutcome, JobFailed
+from bot.observability.audit import AuditLog, jump_url
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
@@ -153,7 +153,7 @@ async def test_without_an_audit_channel_nothing_is_posted(services: Services, fa
 async def test_a_failing_audit_channel_never_breaks_the_caller(caplog: pytest.LogCaptureFixture) -> None:
     audit = AuditLog()
     audit.attach(Channel(fail=True).post)
-    with caplog.at_level(logging.WARNING, logger="bot.audit"):
+    with caplog.at_level(logging.WARNING, logger="bot.observability.audit"):
         await audit.circuit_opened("openai", reason="5 server errors in 60 s", retry_in=30)
     assert "could not post to the audit channel: RuntimeError" in caplog.text
 

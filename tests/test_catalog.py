@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bot.catalog import CatalogError, actual_usd, load_catalog, parse_catalog, reserve_usd, usd_to_credits
+from bot.domain.options import Usage
 from bot.errors import InvalidOptions
-from bot.providers.base import Usage
 from tests.catalogs import NOVEMBER_CATALOG
 
 TODAY = dt.date(2026, 11, 21)

@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 
 from bot import client
-from bot.audit import AuditLog
 from bot.config import Settings
 from bot.jobs import core
+from bot.observability.audit import AuditLog
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSE_SECONDS = 5.0  # closing the gateway, the HTTP sessions and the database after the drain

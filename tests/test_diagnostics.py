@@ -13,13 +13,13 @@ import pytest
 
 from bot.catalog import parse_catalog
 from bot.concurrency import LimitState
-from bot.diagnostics import DiagnosticsService, missing_permissions
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
 from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
+from bot.services.diagnostics import DiagnosticsService, missing_permissions
 from bot.storage import Storage
 from bot.storage.connection import latest_schema_version
 from cogs.diagnose import _provider_line

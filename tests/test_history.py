@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import EditHistory, NothingToUndo
+from bot.services.history import EditHistory, NothingToUndo
 from bot.storage import Storage
 
 GUILD, ALICE, CHANNEL = 10, 20, 30

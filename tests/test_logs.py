@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from bot.logs import REDACTED, RedactingFilter, configure_logging, install_redaction
+from bot.observability.logs import REDACTED, RedactingFilter, configure_logging, install_redaction
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import running_bot

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from bot.access import (
+from bot.config import ConfigError, load_settings
+from bot.errors import RetouchError
+from bot.services.access import (
     DMS_OFF,
     NOT_APPROVED,
     AccessService,
@@ -20,9 +22,8 @@ from bot.access import (
     RateLimited,
     operator_ids,
 )
-from bot.config import ConfigError, load_settings
-from bot.errors import RetouchError
-from bot.policy import AllotmentChange, PolicyRefused, PolicyService
+from bot.services.admin import AllotmentChange
+from bot.services.policy import PolicyRefused, PolicyService
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from tests.test_policy import ADMIN, ALICE, BOB, CATALOG, GUILD, OTHER_GUILD, Clock, job, new_job

@@ -14,12 +14,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import healthcheck, ops
 from bot.app import Services, build_services
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
 from bot.jobs.model import EditOutcome, JobFailed
-from bot.metrics import Metrics
+from bot.observability import healthcheck, ops
+from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload

@@ -19,22 +19,20 @@ import pytest
 from bot.catalog import parse_catalog
 from bot.config import load_settings
 from bot.errors import InvalidOptions
-from bot.policy import (
+from bot.services.admin import (
     ALL_MODELS,
     CreditChange,
     GuildPolicy,
     Limits,
     NotPermitted,
-    PolicyRefused,
-    PolicyService,
     RoleTier,
     SpendReport,
-    clamp,
     may_administer,
     next_period_start,
     parse_models,
 )
 from bot.services.edits import EditJob, EditOptions, JobDefaults
+from bot.services.policy import PolicyRefused, PolicyService, clamp
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry

@@ -26,12 +26,12 @@ from bot.app import build_providers
 from bot.catalog import Catalog, Route, load_catalog, parse_catalog
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
+from bot.domain.options import Usage
 from bot.errors import InvalidOptions
 from bot.jobs.model import EditOutcome, JobFailed
-from bot.policy import PolicyService
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
-from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Usage
+from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
@@ -51,6 +51,7 @@ from bot.routing import (
     route_reserve_usd,
 )
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
+from bot.services.policy import PolicyService
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes import atlascloud_server as atlas_fake

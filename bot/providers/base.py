@@ -12,22 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol, runtime_checkable
 
-# Every quality any model takes, cheapest first ("auto" lets the model choose). A model's own list is
-# in the catalog: GPT Image 2 stops at high, 2.5 and 2.6 add xhigh and max.
-QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto")
-# The sizes every GPT Image model offers. Newer models also take free `WxH` sizes (see `parse_size`).
-SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
-BACKGROUNDS = ("auto", "opaque", "transparent")
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-
-
-def parse_size(size: str) -> tuple[int, int] | None:
-    """`(width, height)` of a `WxH` size such as `2048x1152`, or None for `auto` or malformed text."""
-    width, sep, height = size.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        return None
-    w, h = int(width), int(height)
-    return (w, h) if w > 0 and h > 0 else None
+from bot.domain.options import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +61,6 @@ class EditRequest:
 class OutputImage:
     data: bytes
     format: str  # png | jpeg | webp
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token usage as reported by the provider (OpenAI `usage`); zeros when a field was absent."""
-
-    input_text_tokens: int = 0
-    input_image_tokens: int = 0
-    output_image_tokens: int = 0
-    output_text_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,8 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage, parse_size
+from bot.domain.options import parse_size
+from bot.providers.base import EditRequest, EditResult, OutputImage
 from bot.providers.errors import (
     InvalidInput,
     ModelUnavailable,

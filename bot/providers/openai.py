@@ -41,7 +41,8 @@ from typing import Any
 import aiohttp
 import aiohttp.payload
 
-from bot.providers.base import EditRequest, EditResult, ListedModel, OutputImage, ProviderHealth, Usage
+from bot.domain.options import Usage
+from bot.providers.base import EditRequest, EditResult, ListedModel, OutputImage, ProviderHealth
 from bot.providers.errors import (
     InvalidInput,
     ModelGone,

@@ -62,7 +62,8 @@ from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth, parse_size
+from bot.domain.options import parse_size
+from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth
 from bot.providers.errors import (
     InvalidInput,
     ModelUnavailable,

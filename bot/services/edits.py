@@ -48,7 +48,7 @@ from bot.routing import Needs, Router
 from bot.storage import Storage
 
 if TYPE_CHECKING:
-    from bot.moderation import SafetyCheck
+    from bot.services.moderation import SafetyCheck
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ DefaultsLookup = Callable[[int, int], Awaitable[JobDefaults]]
 
 
 class JobPolicy(Protocol):
-    """Server rules as the job service sees them (implemented by bot.policy.PolicyService)."""
+    """Server rules as the job service sees them (implemented by bot.services.policy.PolicyService)."""
 
     async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
         """Bring model, quality and count within the member's limits; return what changed."""
@@ -160,7 +160,7 @@ class PreparedJob:
     mask: imaging.NormalizedMask | None = None
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
     notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
-    screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.affordable)
+    screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.services.affordable)
 
     @property
     def model(self) -> ModelEntry:
@@ -221,7 +221,7 @@ class EditService:
             lifecycle=self.lifecycle,
         )
         self._discovery: asyncio.Task[None] | None = None
-        # The free safety check before anything is held or sent (bot.moderation; wired by bot.app).
+        # The free safety check before anything is held or sent (bot.services.moderation; wired by bot.app).
         self.safety: SafetyCheck | None = None
 
     # -- public API ---------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class EditService:
     def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
         """The same prepared job at another quality, held at that quality's true worst case.
 
-        Raises InvalidOptions when no configured route can make it (bot.affordable skips those).
+        Raises InvalidOptions when no configured route can make it (bot.services.affordable skips those).
         """
         chosen = replace(prepared.chosen, quality=quality)
         needs = _needs(chosen, prepared.job, len(prepared.images))

@@ -1,4 +1,4 @@
-"""Edit chains (bot.history): which posted result came from which, kept for RESULT_RETENTION_HOURS.
+"""Edit chains (bot.services.history): which posted result came from which, kept for RESULT_RETENTION_HOURS.
 
 Only Discord message ids and the job id are stored, never images: Undo and Edit again read the
 picture back from Discord's copy of the message.
@@ -14,7 +14,7 @@ from bot.storage.connection import Database
 
 @dataclass(frozen=True)
 class VersionRow:
-    """One version of an edit chain (bot.history): where it is posted and what it came from."""
+    """One version of an edit chain (bot.services.history): where it is posted and what it came from."""
 
     message_id: int
     channel_id: int

@@ -32,9 +32,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import imaging, masking
+from bot import imaging
 from bot.choices import normalize_size
 from bot.client import RetouchBot
+from bot.services import masking
 from bot.services.edits import EditJob, EditOptions, MaskSpec
 from cogs._results import run_and_publish
 from cogs._ui import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import discord
 
-from bot import masking
+from bot.services import masking
 from cogs._results import run_and_publish
 from cogs._ui import EMBED_COLOUR
 from cogs.mask.controls import NO_MENTIONS, MaskControl, attachment, button, control_id

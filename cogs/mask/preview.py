@@ -7,7 +7,7 @@ import dataclasses
 
 import discord
 
-from bot import masking
+from bot.services import masking
 from bot.services.edits import EditJob, PreparedJob
 from cogs._results import run_and_publish
 from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, policy_of, role_ids_of, truncate

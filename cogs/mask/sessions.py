@@ -12,9 +12,9 @@ from typing import Any
 
 import discord
 
-from bot import masking
 from bot.client import RetouchBot
 from bot.errors import RetouchError
+from bot.services import masking
 from bot.services.edits import EditJob, EditService, MaskSpec, PreparedJob
 
 # How long a picker or preview waits for the next click before it is dropped. Well inside the

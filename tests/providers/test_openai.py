@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.providers.base import InputImage, ListedModel, Usage
+from bot.domain.options import Usage
+from bot.providers.base import InputImage, ListedModel
 from bot.providers.errors import (
     ConnectionFailed,
     InvalidInput,

@@ -1,6 +1,6 @@
 """What `/mask` shows before any credits move: the grid picker's picture and the priced preview.
 
-Plain values in and out (jobs, bytes, numbers); the Discord side lives in `cogs/mask.py`. Nothing here
+Plain values in and out (jobs, bytes, numbers); the Discord side lives in `cogs/mask/`. Nothing here
 reserves or charges credits: that happens only in `EditService.execute`, after the user confirmed.
 """
 
@@ -10,8 +10,8 @@ import asyncio
 from dataclasses import dataclass, replace
 
 from bot import imaging
-from bot.policy import PolicyService
 from bot.services.edits import EditJob, EditService, MaskSpec, PreparedJob, Progress
+from bot.services.policy import PolicyService
 
 # The grids the picker offers: coarse by default, finer on request. 16 cells still fit one select
 # menu (Discord allows 25 options).

@@ -1,4 +1,4 @@
-"""`python -m bot.healthcheck`: exit 0 only while the bot reports itself healthy.
+"""`python -m bot.observability.healthcheck`: exit 0 only while the bot reports itself healthy.
 
 With the ops server on (`METRICS_PORT`, default 8080) this asks `/healthz`, which is healthy only
 while the gateway is connected and the database takes writes. With `METRICS_PORT=0` it falls back to

@@ -121,7 +121,7 @@ class AuditLog(JobObserver):
         await self._send(_clip(line, REASON_CHARS), None)
 
     async def safety_event(self, line: str) -> None:
-        """The safety check flagged a request, or could not be reached (bot.moderation)."""
+        """The safety check flagged a request, or could not be reached (bot.services.moderation)."""
         await self._send(_clip(line, REASON_CHARS), None)
 
     async def moderator_action(self, line: str, link: str | None = None) -> None:

@@ -1,0 +1,1 @@
+"""The domain vocabulary: a leaf that everything may import and that imports nothing of ours."""
