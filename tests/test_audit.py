@@ -20,6 +20,7 @@ from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving
 from tests.harness import TEST_CATALOG, running_bot
 
 DATA = Path(__file__).parent / "data"
@@ -40,10 +41,7 @@ class Channel:
         self.lines.append(text)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Uplo
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
@@ -87,10 +87,7 @@ class Recorder:
         self.delivered.append(outcome)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture

@@ -113,18 +113,6 @@ def job(user: int = ALICE, model: str = "gpt-image-1.5") -> EditJob:
     )
 
 
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
 Factory = Callable[..., Any]
 
 

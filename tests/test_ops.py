@@ -25,6 +25,7 @@ from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving
 from tests.harness import TEST_CATALOG
 
 DATA = Path(__file__).parent / "data"
@@ -42,10 +43,7 @@ class Gateway:
         return self.up
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture

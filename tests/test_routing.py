@@ -555,18 +555,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def atlas() -> AsyncIterator[FakeAtlas]:
-    async with FakeAtlas(polls_to_finish=1) as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
-@pytest.fixture
 def real_router(
     session: aiohttp.ClientSession, atlas: FakeAtlas, wavespeed: FakeWaveSpeed
 ) -> Callable[..., Router]:

@@ -91,12 +91,6 @@ def assert_only_box_changed(result: Image.Image, box: tuple[int, int, int, int],
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[World]:
     async with running_bot(fake_discord, openai, tmp_path, catalog=MASK_CATALOG) as w:
         yield w

@@ -6,7 +6,7 @@ controls (a public Stop on running edits, audited deletes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,6 @@ CATALOG = parse_catalog(
 )
 SQUARE = "1024x1024"
 CHEAPER_PREFIX = "retouch:cheaper:"
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 def member_world(

@@ -59,12 +59,6 @@ class Calendar:
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 def calendar() -> Calendar:
     return Calendar(dt.date(2027, 1, 5))
 

@@ -45,12 +45,6 @@ MOD_ID, BOSS_ID = 700_000_000_000_001, 700_000_000_000_002
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[World]:
     async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as w:
         yield w
