@@ -11,7 +11,6 @@ import pytest
 
 from bot.app import Services, build_services
 from bot.audit import AuditLog, jump_url
-from bot.config import load_settings
 from bot.errors import InsufficientCredits
 from bot.jobs.model import EditOutcome, JobFailed
 from bot.providers.http import RetryPolicy
@@ -20,7 +19,7 @@ from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
-from tests.fixtures import serving
+from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG, running_bot
 
 DATA = Path(__file__).parent / "data"
@@ -46,16 +45,8 @@ fake = serving(FakeOpenAI)
 
 @pytest.fixture
 async def services(fake: FakeOpenAI, storage: Storage, tmp_path: Path) -> AsyncIterator[Services]:
-    settings = load_settings(
-        {
-            "DISCORD_TOKEN": "t" * 20,
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": fake.base_url,
-            "DATA_DIR": str(tmp_path),
-            "STARTING_CREDITS": "50",
-            "ALLOWED_GUILD_IDS": str(GUILD),  # the operator approved the test server
-        }
-    )
+    # The operator approved the test server.
+    settings = settings_for(tmp_path, fake, STARTING_CREDITS="50", ALLOWED_GUILD_IDS=str(GUILD))
     async with aiohttp.ClientSession() as session:
         provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=5)
         yield build_services(settings, TEST_CATALOG, storage, {"openai": provider})

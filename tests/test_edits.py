@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
-from bot.config import load_settings
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
 from bot.jobs.model import EditOutcome, JobFailed, JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
@@ -22,7 +21,7 @@ from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Uplo
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
-from tests.fixtures import serving
+from tests.fixtures import serving, settings_for
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
@@ -95,18 +94,9 @@ async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
     async with aiohttp.ClientSession() as session:
 
         def make(catalog: Catalog | None = None, **env: str) -> EditService:
-            settings = load_settings(
-                {
-                    "DISCORD_TOKEN": "t" * 20,
-                    "OPENAI_API_KEY": fake.api_key,
-                    "OPENAI_BASE_URL": fake.base_url,
-                    "DATA_DIR": str(tmp_path),
-                    "STARTING_CREDITS": "1000",
-                    # The November 2026 default, which these tests were written against.
-                    "DEFAULT_MODEL": "gpt-image-1.5",
-                    **env,
-                }
-            )
+            # The November 2026 default model, which these tests were written against.
+            env = {"STARTING_CREDITS": "1000", "DEFAULT_MODEL": "gpt-image-1.5", **env}
+            settings = settings_for(tmp_path, fake, **env)
             provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=1.5)
             return EditService(
                 settings=settings,

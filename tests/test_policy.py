@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from bot.catalog import parse_catalog
-from bot.config import load_settings
 from bot.errors import InvalidOptions
 from bot.policy import (
     ALL_MODELS,
@@ -38,6 +37,7 @@ from bot.services.edits import EditJob, EditOptions, JobDefaults
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry
+from tests.fixtures import settings_for
 
 GUILD, OTHER_GUILD = 100, 200
 ALICE, BOB, ADMIN = 1, 2, 9
@@ -101,17 +101,14 @@ MakePolicy = Callable[..., PolicyService]
 @pytest.fixture
 def make_policy(storage: Storage, tmp_path: Path) -> MakePolicy:
     def make(audit: Any = None, **env: str) -> PolicyService:
-        settings = load_settings(
-            {
-                "DISCORD_TOKEN": "t" * 20,
-                "OPENAI_API_KEY": "sk-test",
-                "DATA_DIR": str(tmp_path),
-                "STARTING_CREDITS": "0",
-                # The operator approved both test servers (the bot serves only approved servers).
-                "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
-                **env,
-            }
-        )
+        # The operator approved both test servers (the bot serves only approved servers).
+        env = {
+            "OPENAI_API_KEY": "sk-test",
+            "STARTING_CREDITS": "0",
+            "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
+            **env,
+        }
+        settings = settings_for(tmp_path, **env)
         return PolicyService(settings=settings, catalog=CATALOG, storage=storage, on_credit_change=audit)
 
     return make
