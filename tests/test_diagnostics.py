@@ -11,7 +11,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.catalog import parse_catalog
 from bot.concurrency import LimitState
 from bot.diagnostics import DiagnosticsService, missing_permissions
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -23,6 +22,8 @@ from bot.providers.wavespeed import WaveSpeedProvider
 from bot.storage import Storage
 from bot.storage.connection import latest_schema_version
 from cogs.diagnose import _provider_line
+from tests.catalogs import ModelSpec, model
+from tests.catalogs import catalog as build_catalog
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
 from tests.fakes.openai_server import FakeOpenAI
@@ -195,23 +196,13 @@ async def test_database_status_shows_schema_version_and_writability(storage: Sto
 
 
 def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage) -> None:
-    def model(shutdown: str, replacement: str | None = None) -> dict:
-        entry = {
-            "qualities": ["high"],
-            "price": {"high": {"square": 0.1, "other": 0.1}},
-            "routes": [{"provider": "openai"}],
-            "shutdown": shutdown,
-        }
-        return entry | ({"replacement": replacement} if replacement else {})
+    def retiring(model_id: str, shutdown: str, **fields: str) -> ModelSpec:
+        return model(model_id, qualities=["high"], price=0.1, shutdown=shutdown, **fields)
 
-    catalog = parse_catalog(
-        {
-            "models": {
-                "soon": model("2026-12-01"),
-                "gone": model("2026-11-01", replacement="later"),
-                "later": model("2027-06-01"),
-            }
-        }
+    catalog = build_catalog(
+        retiring("soon", "2026-12-01"),
+        retiring("gone", "2026-11-01", replacement="later"),
+        retiring("later", "2027-06-01"),
     )
     warnings = service(storage, {}, catalog=catalog).catalog.warnings(TODAY)
     assert warnings == [

@@ -12,14 +12,14 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
+from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
 from bot.jobs.model import EditOutcome, JobFailed, JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.storage import Storage
-from tests.catalogs import NOVEMBER_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
 
@@ -28,19 +28,6 @@ GUILD, USER = 1, 2
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
 TODAY = dt.date(2026, 11, 21)
 # A model priced only by list price (no token rates), so a job's charge equals its reservation.
-FLAT_CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "qualities": ["low", "medium", "high", "auto"],
-                "max_input_images": 16,
-                "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
-                "routes": [{"provider": "openai"}],
-            }
-        }
-    }
-)
 
 
 def photo(name: str = "chelsea.png") -> bytes:
@@ -164,11 +151,11 @@ async def test_up_to_four_images_are_sent_in_one_request(make_service, fake):
 
 async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
     """200 jobs at once for a balance that covers exactly k: k provider calls, k captures, balance 0."""
-    service = make_service(catalog=FLAT_CATALOG, STARTING_CREDITS="0")
+    service = make_service(catalog=TEST_CATALOG, STARTING_CREDITS="0")
     k = 7
     per_job = usd_to_credits(
         reserve_usd(
-            FLAT_CATALOG.get("gpt-image-1.5"),
+            TEST_CATALOG.get("gpt-image-1.5"),
             quality="high",
             size="1024x1024",
             count=1,

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import parse_catalog
 from bot.errors import InvalidOptions
 from bot.policy import (
     ALL_MODELS,
@@ -37,30 +36,19 @@ from bot.services.edits import EditJob, EditOptions, JobDefaults
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry
+from tests.catalogs import catalog, flat, model, tiered
 from tests.fixtures import settings_for
 
 GUILD, OTHER_GUILD = 100, 200
 ALICE, BOB, ADMIN = 1, 2, 9
 VIP, PRO = 501, 502
-CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "price": {
-                    "low": {"square": 0.01, "other": 0.02},
-                    "medium": {"square": 0.04, "other": 0.06},
-                    "high": {"square": 0.16, "other": 0.25},
-                },
-                "routes": [{"provider": "openai"}],
-            },
-            "gpt-image-1-mini": {
-                "name": "GPT Image 1 Mini",
-                "price": {q: {"square": 0.005, "other": 0.006} for q in ("low", "medium", "high")},
-                "routes": [{"provider": "openai"}],
-            },
-        }
-    }
+CATALOG = catalog(
+    model(
+        "gpt-image-1.5",
+        name="GPT Image 1.5",
+        price=tiered(low=(0.01, 0.02), medium=(0.04, 0.06), high=(0.16, 0.25)),
+    ),
+    model("gpt-image-1-mini", name="GPT Image 1 Mini", price=flat(0.005, 0.006)),
 )
 
 

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bot.app import build_providers
-from bot.catalog import Catalog, Route, load_catalog, parse_catalog
+from bot.catalog import Catalog, Route, load_catalog
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidOptions
@@ -52,7 +52,8 @@ from bot.routing import (
 )
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
-from tests.catalogs import NOVEMBER_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
+from tests.catalogs import route as catalog_route
 from tests.fakes import atlascloud_server as atlas_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
@@ -757,22 +758,13 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
             "ONEMINAI_API_KEY": "o",
         }
     )
-    flipped = parse_catalog(
-        {
-            "models": {
-                "m": {
-                    "qualities": ["low"],
-                    "price": {"low": {"square": 0.01, "other": 0.01}},
-                    "routes": [
-                        {
-                            "provider": "atlascloud",
-                            "model": "openai/gpt-image-1/edit",
-                            "mask_convention": "white",
-                        }
-                    ],
-                }
-            }
-        }
+    flipped = catalog(
+        model(
+            "m",
+            qualities=["low"],
+            price=0.01,
+            routes=[catalog_route("atlascloud", model="openai/gpt-image-1/edit", mask_convention="white")],
+        )
     )
 
     providers = build_providers(settings, session, flipped)
@@ -946,21 +938,17 @@ async def test_service_refuses_options_no_configured_route_honours_for_free(
 # ----------------------------------------------------------------------------- /edit end to end, one provider
 
 
-def single_route_catalog(route: dict[str, object]) -> Catalog:
-    """The harness's one test model, sold only by `route`."""
-    return parse_catalog(
-        {
-            "models": {
-                "gpt-image-1.5": {
-                    "name": "GPT Image 1.5",
-                    "qualities": ["low", "medium", "high", "auto"],
-                    "max_input_images": 16,
-                    "mask": True,
-                    "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
-                    "routes": [route],
-                }
-            }
-        }
+def single_route_catalog(only: dict[str, object]) -> Catalog:
+    """The harness's one test model, sold only by route `only`."""
+    return catalog(
+        model(
+            "gpt-image-1.5",
+            name="GPT Image 1.5",
+            qualities=WITH_AUTO,
+            max_input_images=16,
+            mask=True,
+            routes=[only],
+        )
     )
 
 
