@@ -25,6 +25,7 @@ from bot.storage import Storage
 from tests.catalogs import TEST_CATALOG
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fixtures import provider_env
 
 
 @dataclass
@@ -100,8 +101,7 @@ async def running_bot(
         {
             "DISCORD_TOKEN": fake.token,
             "DISCORD_API_BASE": fake.api_base,
-            "OPENAI_API_KEY": openai.api_key,
-            "OPENAI_BASE_URL": openai.base_url,
+            **provider_env("openai", openai),
             "DATA_DIR": str(data_dir),
             "DEV_GUILD_ID": str(guild.id),
             # The operator approved this server (the bot serves only approved servers).

@@ -61,6 +61,7 @@ from tests.fakes.oneminai_server import FakeOneMin
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 from tests.harness import running_bot
 
 DATA = Path(__file__).parent / "data"
@@ -961,14 +962,12 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
         openai = await stack.enter_async_context(FakeOpenAI())  # the harness wants one; it is not configured
         if name == "atlascloud":
             fake: Any = await stack.enter_async_context(FakeAtlas(polls_to_finish=1))
-            env = {"ATLASCLOUD_API_KEY": fake.api_key, "ATLASCLOUD_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.004, "mask": False}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "backgrounds": ["auto"]}
             route |= {"output_formats": ["png"]}
             charged, paid = 4, lambda: fake.submit_count
         elif name == "wavespeed":
             fake = await stack.enter_async_context(FakeWaveSpeed(polls_to_finish=1))
-            env = {"WAVESPEED_API_KEY": fake.api_key, "WAVESPEED_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.02, "mask": False}
             route |= {
                 "sizes": ["auto"],
@@ -979,16 +978,10 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             charged, paid = 20, lambda: fake.submit_count
         elif name == "segmind":
             fake = await stack.enter_async_context(FakeSegmind())
-            env = {
-                "SEGMIND_API_KEY": fake.api_key,
-                "SEGMIND_BASE_URL": fake.base_url,
-                "SEGMIND_UPLOAD_URL": fake.upload_url,
-            }
             route = {"provider": name, "model": "gpt-image-1-edit-mini", "price": 0.06}
             charged, paid = 28, lambda: fake.post_count  # its x-cost, $0.028
         else:
             fake = await stack.enter_async_context(FakeOneMin())
-            env = {"ONEMINAI_API_KEY": fake.api_key, "ONEMINAI_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
             charged, paid = 20, lambda: fake.feature_count  # list price, "other" size: chelsea is landscape
@@ -997,7 +990,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
                 fake_discord,
                 openai,
                 tmp_path,
-                env={"OPENAI_API_KEY": "", **env},
+                env={"OPENAI_API_KEY": "", **provider_env(name, fake)},
                 catalog=single_route_catalog(route),
             )
         )

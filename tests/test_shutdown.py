@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import provider_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = (ROOT / "tests" / "data" / "chelsea.png").read_bytes()
@@ -24,8 +25,7 @@ async def start_bot(
         "PYTHONPATH": str(ROOT),
         "DISCORD_TOKEN": fake.token,
         "DISCORD_API_BASE": fake.api_base,
-        "OPENAI_API_KEY": openai.api_key,
-        "OPENAI_BASE_URL": openai.base_url,
+        **provider_env("openai", openai),
         "DATA_DIR": str(data_dir),
         "DEV_GUILD_ID": str(guild_id),
         "ALLOWED_GUILD_IDS": str(guild_id),  # the operator approved the test server
