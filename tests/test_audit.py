@@ -178,9 +178,9 @@ async def test_long_reasons_are_clipped_to_one_discord_message() -> None:
 
 
 async def test_bot_posts_a_refused_edit_to_the_audit_channel_without_pinging(
-    fake_discord: FakeDiscord, tmp_path: Path
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
-    async with FakeOpenAI() as openai, running_bot(fake_discord, openai, tmp_path, audit=True) as world:
+    async with running_bot(fake_discord, openai, tmp_path, audit=True) as world:
         openai.fail_next(Fault.MODERATION_BLOCKED)
         interaction = await world.edit((DATA / "chelsea.png").read_bytes())
         text = await world.finished(interaction)
