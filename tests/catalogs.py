@@ -1,8 +1,9 @@
 """Catalogs for tests: one builder for the small catalogs tests write, and the frozen November file.
 
-`catalog(model("m", price=flat(0.01), routes=["openai", route("atlascloud", model="x")]))` builds
-the same `Catalog` that `parse_catalog` reads from a TOML file with those entries; only what a test
-is about needs writing out (see `model` for the defaults).
+`catalog(model("m", price=0.01, routes=["openai", route("atlascloud", model="x")]))` builds the same
+`Catalog` that `load_catalog` reads from a TOML file with those entries; only what a test is about
+needs writing out (see `model` for the defaults). Catalogs a bot process reads from a file stay TOML
+(tests/durable.py), and the November snapshot stays a file.
 """
 
 from __future__ import annotations
