@@ -1,4 +1,4 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures (helpers to build more of them: tests/fixtures.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.connection import utcnow
+from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import serving
 
 
 @pytest.fixture
@@ -30,6 +34,13 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
         await fake.stop()
     assert not fake.unknown, f"the bot called routes the fake Discord does not implement: {fake.unknown}"
     assert not fake.server_errors, f"the fake Discord failed while handling requests: {fake.server_errors}"
+
+
+# The fake provider servers on 127.0.0.1. The resellers finish a job on its first poll, so end-to-end
+# tests do not wait; the provider contract tests declare their own `fake` with the vendor's defaults.
+openai = serving(FakeOpenAI)
+wavespeed = serving(FakeWaveSpeed, polls_to_finish=1)
+atlas = serving(FakeAtlas, polls_to_finish=1)
 
 
 @pytest.fixture

@@ -17,28 +17,15 @@ from typing import Any
 import discord
 
 from bot.app import Services, build_providers, build_services, provider_session
-from bot.catalog import Catalog, parse_catalog
+from bot.catalog import Catalog
 from bot.client import RetouchBot, point_discord_at
 from bot.config import load_settings
 from bot.errors import RetouchError
 from bot.storage import Storage
+from tests.catalogs import TEST_CATALOG
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 from tests.fakes.openai_server import FakeOpenAI
-
-# One model, list-priced, no shutdown date: end-to-end results must not depend on today's date.
-TEST_CATALOG: Catalog = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "qualities": ["low", "medium", "high", "auto"],
-                "max_input_images": 16,
-                "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
-                "routes": [{"provider": "openai"}],
-            }
-        }
-    }
-)
+from tests.fixtures import provider_env
 
 
 @dataclass
@@ -114,8 +101,7 @@ async def running_bot(
         {
             "DISCORD_TOKEN": fake.token,
             "DISCORD_API_BASE": fake.api_base,
-            "OPENAI_API_KEY": openai.api_key,
-            "OPENAI_BASE_URL": openai.base_url,
+            **provider_env("openai", openai),
             "DATA_DIR": str(data_dir),
             "DEV_GUILD_ID": str(guild.id),
             # The operator approved this server (the bot serves only approved servers).

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 
 from bot.app import Services, build_services
-from bot.config import load_settings
 from bot.errors import InsufficientCredits
 from bot.jobs.model import EditOutcome, JobFailed
 from bot.observability.audit import AuditLog, jump_url
@@ -20,6 +19,7 @@ from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG, running_bot
 
 DATA = Path(__file__).parent / "data"
@@ -40,24 +40,13 @@ class Channel:
         self.lines.append(text)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture
 async def services(fake: FakeOpenAI, storage: Storage, tmp_path: Path) -> AsyncIterator[Services]:
-    settings = load_settings(
-        {
-            "DISCORD_TOKEN": "t" * 20,
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": fake.base_url,
-            "DATA_DIR": str(tmp_path),
-            "STARTING_CREDITS": "50",
-            "ALLOWED_GUILD_IDS": str(GUILD),  # the operator approved the test server
-        }
-    )
+    # The operator approved the test server.
+    settings = settings_for(tmp_path, fake, STARTING_CREDITS="50", ALLOWED_GUILD_IDS=str(GUILD))
     async with aiohttp.ClientSession() as session:
         provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=5)
         yield build_services(settings, TEST_CATALOG, storage, {"openai": provider})
@@ -189,9 +178,9 @@ async def test_long_reasons_are_clipped_to_one_discord_message() -> None:
 
 
 async def test_bot_posts_a_refused_edit_to_the_audit_channel_without_pinging(
-    fake_discord: FakeDiscord, tmp_path: Path
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
-    async with FakeOpenAI() as openai, running_bot(fake_discord, openai, tmp_path, audit=True) as world:
+    async with running_bot(fake_discord, openai, tmp_path, audit=True) as world:
         openai.fail_next(Fault.MODERATION_BLOCKED)
         interaction = await world.edit((DATA / "chelsea.png").read_bytes())
         text = await world.finished(interaction)

@@ -11,7 +11,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.catalog import parse_catalog
 from bot.concurrency import LimitState
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
@@ -23,6 +22,8 @@ from bot.services.diagnostics import DiagnosticsService, missing_permissions
 from bot.storage import Storage
 from bot.storage.connection import latest_schema_version
 from cogs.diagnose import _provider_line
+from tests.catalogs import ModelSpec, model
+from tests.catalogs import catalog as build_catalog
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
 from tests.fakes.openai_server import FakeOpenAI
@@ -117,24 +118,22 @@ def test_missing_permissions_are_named_one_by_one(bits: int, missing: tuple[str,
 
 
 async def test_openai_check_reports_reachable_and_key_accepted(
-    storage: Storage, session: aiohttp.ClientSession
+    storage: Storage, openai: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
-    async with FakeOpenAI() as fake:
-        provider = OpenAIProvider(session, fake.api_key, fake.base_url)
-        [status] = await service(storage, {"openai": provider}).check_providers()
-        assert [(r.method, r.path) for r in fake.requests] == [("GET", "/v1/models")]
-        assert fake.post_count == 0  # nothing billable
+    provider = OpenAIProvider(session, openai.api_key, openai.base_url)
+    [status] = await service(storage, {"openai": provider}).check_providers()
+    assert [(r.method, r.path) for r in openai.requests] == [("GET", "/v1/models")]
+    assert openai.post_count == 0  # nothing billable
     assert (status.name, status.ok, status.reachable, status.authenticated) == ("openai", True, True, True)
     assert status.detail == "API key accepted"
     assert status.seconds is not None
 
 
 async def test_openai_check_reports_a_refused_key_without_echoing_it(
-    storage: Storage, session: aiohttp.ClientSession
+    storage: Storage, openai: FakeOpenAI, session: aiohttp.ClientSession
 ) -> None:
-    async with FakeOpenAI() as fake:
-        provider = OpenAIProvider(session, "sk-wrong-key-123456", fake.base_url)
-        [status] = await service(storage, {"openai": provider}).check_providers()
+    provider = OpenAIProvider(session, "sk-wrong-key-123456", openai.base_url)
+    [status] = await service(storage, {"openai": provider}).check_providers()
     assert (status.ok, status.reachable, status.authenticated) == (False, True, False)
     assert status.detail == "API key refused (HTTP 401 invalid_api_key)"
 
@@ -195,23 +194,13 @@ async def test_database_status_shows_schema_version_and_writability(storage: Sto
 
 
 def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage) -> None:
-    def model(shutdown: str, replacement: str | None = None) -> dict:
-        entry = {
-            "qualities": ["high"],
-            "price": {"high": {"square": 0.1, "other": 0.1}},
-            "routes": [{"provider": "openai"}],
-            "shutdown": shutdown,
-        }
-        return entry | ({"replacement": replacement} if replacement else {})
+    def retiring(model_id: str, shutdown: str, **fields: str) -> ModelSpec:
+        return model(model_id, qualities=["high"], price=0.1, shutdown=shutdown, **fields)
 
-    catalog = parse_catalog(
-        {
-            "models": {
-                "soon": model("2026-12-01"),
-                "gone": model("2026-11-01", replacement="later"),
-                "later": model("2027-06-01"),
-            }
-        }
+    catalog = build_catalog(
+        retiring("soon", "2026-12-01"),
+        retiring("gone", "2026-11-01", replacement="later"),
+        retiring("later", "2027-06-01"),
     )
     warnings = service(storage, {}, catalog=catalog).catalog.warnings(TODAY)
     assert warnings == [
@@ -274,14 +263,11 @@ async def test_provider_status_is_not_checked_for_someone_who_may_not_see_it(sto
 
 
 async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
-    fake_discord: FakeDiscord, tmp_path: Path
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     without = DEFAULT_BOT_PERMISSIONS & ~Permission.ATTACH_FILES & ~Permission.EMBED_LINKS
     operator = {"OWNER_IDS": str(fake_discord.owner.id)}
-    async with (
-        FakeOpenAI() as openai,
-        running_bot(fake_discord, openai, tmp_path, bot_permissions=without, env=operator) as world,
-    ):
+    async with running_bot(fake_discord, openai, tmp_path, bot_permissions=without, env=operator) as world:
         [schema] = [c for c in fake_discord.synced_commands(world.guild) if c["name"] == "diagnose"]
         assert int(schema["default_member_permissions"]) == Permission.MANAGE_GUILD
         with pytest.raises(FakeDiscordUsageError):
@@ -300,11 +286,11 @@ async def test_diagnose_shows_an_admin_what_is_missing_in_the_channel(
 
 
 async def test_diagnose_shows_provider_status_to_the_operator_only(
-    fake_discord: FakeDiscord, tmp_path: Path
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     """The server's owner manages the server, not the bot: the operator (OWNER_IDS) is someone else."""
     env = {"OWNER_IDS": "4242"}
-    async with FakeOpenAI() as openai, running_bot(fake_discord, openai, tmp_path, env=env) as world:
+    async with running_bot(fake_discord, openai, tmp_path, env=env) as world:
         before = len(openai.requests)  # start-up reads the model list; /diagnose must add nothing
         interaction = await fake_discord.slash(world.owner, "diagnose", channel=world.channel)
         [reply] = await fake_discord.wait_until(lambda: [m for m in interaction.followups if m.embeds])

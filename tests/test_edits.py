@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,35 +12,22 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.catalog import Catalog, load_catalog, parse_catalog, reserve_usd, usd_to_credits
-from bot.config import load_settings
+from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
 from bot.jobs.model import EditOutcome, JobFailed, JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.storage import Storage
-from tests.catalogs import NOVEMBER_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving, settings_for
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
 TODAY = dt.date(2026, 11, 21)
 # A model priced only by list price (no token rates), so a job's charge equals its reservation.
-FLAT_CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "qualities": ["low", "medium", "high", "auto"],
-                "max_input_images": 16,
-                "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
-                "routes": [{"provider": "openai"}],
-            }
-        }
-    }
-)
 
 
 def photo(name: str = "chelsea.png") -> bytes:
@@ -87,10 +73,7 @@ class Recorder:
         self.delivered.append(outcome)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture
@@ -98,18 +81,9 @@ async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
     async with aiohttp.ClientSession() as session:
 
         def make(catalog: Catalog | None = None, **env: str) -> EditService:
-            settings = load_settings(
-                {
-                    "DISCORD_TOKEN": "t" * 20,
-                    "OPENAI_API_KEY": fake.api_key,
-                    "OPENAI_BASE_URL": fake.base_url,
-                    "DATA_DIR": str(tmp_path),
-                    "STARTING_CREDITS": "1000",
-                    # The November 2026 default, which these tests were written against.
-                    "DEFAULT_MODEL": "gpt-image-1.5",
-                    **env,
-                }
-            )
+            # The November 2026 default model, which these tests were written against.
+            env = {"STARTING_CREDITS": "1000", "DEFAULT_MODEL": "gpt-image-1.5", **env}
+            settings = settings_for(tmp_path, fake, **env)
             provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=1.5)
             return EditService(
                 settings=settings,
@@ -177,11 +151,11 @@ async def test_up_to_four_images_are_sent_in_one_request(make_service, fake):
 
 async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
     """200 jobs at once for a balance that covers exactly k: k provider calls, k captures, balance 0."""
-    service = make_service(catalog=FLAT_CATALOG, STARTING_CREDITS="0")
+    service = make_service(catalog=TEST_CATALOG, STARTING_CREDITS="0")
     k = 7
     per_job = usd_to_credits(
         reserve_usd(
-            FLAT_CATALOG.get("gpt-image-1.5"),
+            TEST_CATALOG.get("gpt-image-1.5"),
             quality="high",
             size="1024x1024",
             count=1,

@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.config import load_settings
 from bot.errors import InvalidOptions
 from bot.jobs.model import (
     Delivered,
@@ -38,6 +37,7 @@ from bot.storage import Storage
 from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env, settings_for
 
 GUILD, ALICE, BOB = 1, 2, 3
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
@@ -113,18 +113,6 @@ def job(user: int = ALICE, model: str = "gpt-image-1.5") -> EditJob:
     )
 
 
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
 Factory = Callable[..., Any]
 
 
@@ -136,18 +124,8 @@ async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> 
     async with aiohttp.ClientSession() as session:
 
         async def build(**env: str) -> tuple[EditService, Recorder]:
-            settings = load_settings(
-                {
-                    "DISCORD_TOKEN": "t" * 20,
-                    "OPENAI_API_KEY": openai.api_key,
-                    "OPENAI_BASE_URL": openai.base_url,
-                    "WAVESPEED_API_KEY": wavespeed.api_key,
-                    "WAVESPEED_BASE_URL": wavespeed.base_url,
-                    "DATA_DIR": str(tmp_path),
-                    "STARTING_CREDITS": "1000",
-                    **env,
-                }
-            )
+            env = {**provider_env("wavespeed", wavespeed), "STARTING_CREDITS": "1000", **env}
+            settings = settings_for(tmp_path, openai, **env)
             storage = await Storage.open(settings.database_path, clock=clock)
             providers = {
                 "openai": OpenAIProvider(

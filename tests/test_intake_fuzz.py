@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image, PngImagePlugin
 
-from bot.config import load_settings
 from bot.errors import InvalidImage
 from bot.imaging import validate_image
 from bot.providers.http import RetryPolicy
@@ -27,6 +26,7 @@ from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.durable import CATALOG, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fixtures import settings_for
 from tests.test_imaging import blocks
 
 # Pillow warns about the damaged EXIF blocks the hostile files carry; that is the point of them.
@@ -136,16 +136,7 @@ class Intake:
     async def open(self, data_dir: Path) -> Intake:
         self.openai = await FakeOpenAI().start()
         self.http = aiohttp.ClientSession()
-        settings = load_settings(
-            {
-                "DISCORD_TOKEN": "t" * 20,
-                "OPENAI_API_KEY": self.openai.api_key,
-                "OPENAI_BASE_URL": self.openai.base_url,
-                "DATA_DIR": str(data_dir),
-                "STARTING_CREDITS": "1000000",
-                "MAX_INPUT_MB": "2",
-            }
-        )
+        settings = settings_for(data_dir, self.openai, STARTING_CREDITS="1000000", MAX_INPUT_MB="2")
         self.storage = await Storage.open(settings.database_path)
         policy = RetryPolicy(attempts=1)
         providers = {

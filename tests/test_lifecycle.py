@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.catalog import Catalog, load_catalog, parse_catalog
+from bot.catalog import Catalog, load_catalog
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.errors import ModelGone
 from bot.storage import Storage
+from tests.catalogs import catalog, model, route
 
 PROVIDERS = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
 SHUTDOWN = dt.date(2027, 1, 10)
@@ -36,21 +37,17 @@ class Calendar:
 
 def two_route_catalog() -> Catalog:
     """`old` is sold by OpenAI (shut down there on SHUTDOWN) and by Atlas (no date); `new` replaces it."""
-    price = {"low": {"square": 0.01, "other": 0.01}}
-    return parse_catalog(
-        {
-            "models": {
-                "old": {
-                    "qualities": ["low"],
-                    "price": price,
-                    "replacement": "new",
-                    "snapshots": ["old-2026-01-01"],
-                    "routes": [{"provider": "openai", "shutdown": SHUTDOWN}, {"provider": "atlascloud"}],
-                },
-                "new": {"qualities": ["low"], "price": price, "routes": [{"provider": "openai"}]},
-                "spare": {"qualities": ["low"], "price": price, "routes": [{"provider": "openai"}]},
-            }
-        }
+    return catalog(
+        model(
+            "old",
+            qualities=["low"],
+            price=0.01,
+            replacement="new",
+            snapshots=["old-2026-01-01"],
+            routes=[route("openai", shutdown=SHUTDOWN), "atlascloud"],
+        ),
+        model("new", qualities=["low"], price=0.01),
+        model("spare", qualities=["low"], price=0.01),
     )
 
 
@@ -150,24 +147,11 @@ def test_walking_across_the_shutdown_date_warns_then_moves_to_the_replacement():
 
 
 def test_a_dead_model_without_replacement_is_refused_to_who_picked_it_and_replaced_for_others():
-    catalog = parse_catalog(
-        {
-            "models": {
-                "gone": {
-                    "qualities": ["low"],
-                    "price": {"low": {"square": 1, "other": 1}},
-                    "shutdown": "2026-01-01",
-                    "routes": [{"provider": "openai"}],
-                },
-                "live": {
-                    "qualities": ["low"],
-                    "price": {"low": {"square": 1, "other": 1}},
-                    "routes": [{"provider": "openai"}],
-                },
-            }
-        }
+    models = catalog(
+        model("gone", qualities=["low"], price=1, shutdown="2026-01-01"),
+        model("live", qualities=["low"], price=1),
     )
-    lifecycle = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 6, 1))
+    lifecycle = ModelLifecycle(models, {"openai"}, lambda: dt.date(2026, 6, 1))
     with pytest.raises(InvalidOptions) as refused:
         lifecycle.resolve("gone", picked=True)
     assert refused.value.code == "model_retired" and "not charged" in refused.value.user_message

@@ -16,7 +16,6 @@ import pytest
 
 from bot.app import build_providers, build_services, provider_session
 from bot.catalog import load_catalog
-from bot.config import load_settings
 from bot.jobs.model import EditOutcome
 from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
@@ -25,17 +24,9 @@ from tests.fakes.oneminai_server import FakeOneMin
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env, settings_for
 
 PHOTO = (Path(__file__).parent / "data" / "chelsea.png").read_bytes()
-
-
-def env_for(name: str, fake: Any) -> dict[str, str]:
-    prefix = {"openai": "OPENAI", "atlascloud": "ATLASCLOUD", "wavespeed": "WAVESPEED"}.get(name)
-    prefix = prefix or {"segmind": "SEGMIND", "oneminai": "ONEMINAI"}[name]
-    env = {f"{prefix}_API_KEY": fake.api_key, f"{prefix}_BASE_URL": fake.base_url}
-    if name == "segmind":
-        env["SEGMIND_UPLOAD_URL"] = fake.upload_url
-    return env
 
 
 PROVIDERS: list[tuple[str, Callable[[], Any], str]] = [
@@ -53,15 +44,8 @@ async def test_one_key_and_no_catalog_edit_is_enough_to_edit(
     name: str, make_fake: Callable[[], Any], expected: str, today: dt.date, tmp_path: Path
 ):
     async with make_fake() as fake:
-        settings = load_settings(
-            {
-                "DISCORD_TOKEN": "t" * 30,
-                "DATA_DIR": str(tmp_path),
-                "METRICS_PORT": "0",
-                "ALLOWED_GUILD_IDS": "1",  # the operator approved this server
-                **env_for(name, fake),
-            }
-        )
+        # The operator approved this server.
+        settings = settings_for(tmp_path, METRICS_PORT="0", ALLOWED_GUILD_IDS="1", **provider_env(name, fake))
         catalog = load_catalog()  # the packaged one, unedited
         storage = await Storage.open(settings.database_path)
         try:

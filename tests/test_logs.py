@@ -104,16 +104,15 @@ def test_redaction_is_installed_on_handlers_other_libraries_added(restore_loggin
 
 
 async def test_a_whole_edit_at_debug_logs_no_token_key_or_signed_url(
-    fake_discord: FakeDiscord, tmp_path: Path, restore_logging: None
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, restore_logging: None
 ) -> None:
     stream = io.StringIO()
-    async with FakeOpenAI() as openai:
-        configure_logging("DEBUG", [fake_discord.token, openai.api_key], stream=stream)
-        # configure_logging quietens the gateway; open it up so its raw event dumps are tested too.
-        logging.getLogger("discord.gateway").setLevel(logging.DEBUG)
-        async with running_bot(fake_discord, openai, tmp_path) as world:
-            interaction = await world.edit((DATA / "chelsea.png").read_bytes())
-            assert (await world.finished(interaction)).startswith("Done")
+    configure_logging("DEBUG", [fake_discord.token, openai.api_key], stream=stream)
+    # configure_logging quietens the gateway; open it up so its raw event dumps are tested too.
+    logging.getLogger("discord.gateway").setLevel(logging.DEBUG)
+    async with running_bot(fake_discord, openai, tmp_path) as world:
+        interaction = await world.edit((DATA / "chelsea.png").read_bytes())
+        assert (await world.finished(interaction)).startswith("Done")
     text = stream.getvalue()
 
     secrets = {"bot token": fake_discord.token, "provider key": openai.api_key}

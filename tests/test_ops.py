@@ -25,6 +25,7 @@ from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG
 
 DATA = Path(__file__).parent / "data"
@@ -42,24 +43,13 @@ class Gateway:
         return self.up
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture
 async def services(fake: FakeOpenAI, storage: Storage, tmp_path: Path) -> AsyncIterator[Services]:
     """The real service graph (as build_services wires it) on the fake OpenAI."""
-    settings = load_settings(
-        {
-            "DISCORD_TOKEN": "t" * 20,
-            "OPENAI_API_KEY": fake.api_key,
-            "OPENAI_BASE_URL": fake.base_url,
-            "DATA_DIR": str(tmp_path),
-            "ALLOWED_GUILD_IDS": "1",  # the operator approved the test server
-        }
-    )
+    settings = settings_for(tmp_path, fake, ALLOWED_GUILD_IDS="1")  # the operator approved the test server
     async with aiohttp.ClientSession() as session:
         provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=5)
         yield build_services(settings, TEST_CATALOG, storage, {"openai": provider})

@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import parse_catalog
-from bot.config import load_settings
 from bot.errors import InvalidOptions
 from bot.services.admin import (
     ALL_MODELS,
@@ -36,29 +34,19 @@ from bot.services.policy import PolicyRefused, PolicyService, clamp
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry
+from tests.catalogs import catalog, flat, model, tiered
+from tests.fixtures import settings_for
 
 GUILD, OTHER_GUILD = 100, 200
 ALICE, BOB, ADMIN = 1, 2, 9
 VIP, PRO = 501, 502
-CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "price": {
-                    "low": {"square": 0.01, "other": 0.02},
-                    "medium": {"square": 0.04, "other": 0.06},
-                    "high": {"square": 0.16, "other": 0.25},
-                },
-                "routes": [{"provider": "openai"}],
-            },
-            "gpt-image-1-mini": {
-                "name": "GPT Image 1 Mini",
-                "price": {q: {"square": 0.005, "other": 0.006} for q in ("low", "medium", "high")},
-                "routes": [{"provider": "openai"}],
-            },
-        }
-    }
+CATALOG = catalog(
+    model(
+        "gpt-image-1.5",
+        name="GPT Image 1.5",
+        price=tiered(low=(0.01, 0.02), medium=(0.04, 0.06), high=(0.16, 0.25)),
+    ),
+    model("gpt-image-1-mini", name="GPT Image 1 Mini", price=flat(0.005, 0.006)),
 )
 
 
@@ -99,17 +87,14 @@ MakePolicy = Callable[..., PolicyService]
 @pytest.fixture
 def make_policy(storage: Storage, tmp_path: Path) -> MakePolicy:
     def make(audit: Any = None, **env: str) -> PolicyService:
-        settings = load_settings(
-            {
-                "DISCORD_TOKEN": "t" * 20,
-                "OPENAI_API_KEY": "sk-test",
-                "DATA_DIR": str(tmp_path),
-                "STARTING_CREDITS": "0",
-                # The operator approved both test servers (the bot serves only approved servers).
-                "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
-                **env,
-            }
-        )
+        # The operator approved both test servers (the bot serves only approved servers).
+        env = {
+            "OPENAI_API_KEY": "sk-test",
+            "STARTING_CREDITS": "0",
+            "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
+            **env,
+        }
+        settings = settings_for(tmp_path, **env)
         return PolicyService(settings=settings, catalog=CATALOG, storage=storage, on_credit_change=audit)
 
     return make

@@ -34,6 +34,7 @@ from tests.durable import (
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 30.0  # generous: two child processes start per test on a loaded CI machine
@@ -114,18 +115,6 @@ class Scene:
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
-@pytest.fixture
 async def scene_for(
     fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
 ) -> AsyncIterator[Callable[..., Any]]:
@@ -143,10 +132,8 @@ async def scene_for(
             "PYTHONPATH": str(ROOT),
             "DISCORD_TOKEN": fake_discord.token,
             "DISCORD_API_BASE": fake_discord.api_base,
-            "OPENAI_API_KEY": openai.api_key,
-            "OPENAI_BASE_URL": openai.base_url,
-            "WAVESPEED_API_KEY": wavespeed.api_key,
-            "WAVESPEED_BASE_URL": wavespeed.base_url,
+            **provider_env("openai", openai),
+            **provider_env("wavespeed", wavespeed),
             "CATALOG_PATH": str(catalog),
             "DATA_DIR": str(tmp_path),
             "DEV_GUILD_ID": str(guild.id),

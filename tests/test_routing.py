@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from bot.app import build_providers
-from bot.catalog import Catalog, Route, load_catalog, parse_catalog
+from bot.catalog import Catalog, Route, load_catalog
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.domain.options import Usage
@@ -53,7 +53,8 @@ from bot.routing import (
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.services.policy import PolicyService
 from bot.storage import Storage
-from tests.catalogs import NOVEMBER_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
+from tests.catalogs import route as catalog_route
 from tests.fakes import atlascloud_server as atlas_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
@@ -61,6 +62,7 @@ from tests.fakes.oneminai_server import FakeOneMin
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 from tests.harness import running_bot
 
 DATA = Path(__file__).parent / "data"
@@ -556,18 +558,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def atlas() -> AsyncIterator[FakeAtlas]:
-    async with FakeAtlas(polls_to_finish=1) as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
-@pytest.fixture
 def real_router(
     session: aiohttp.ClientSession, atlas: FakeAtlas, wavespeed: FakeWaveSpeed
 ) -> Callable[..., Router]:
@@ -770,22 +760,13 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
             "ONEMINAI_API_KEY": "o",
         }
     )
-    flipped = parse_catalog(
-        {
-            "models": {
-                "m": {
-                    "qualities": ["low"],
-                    "price": {"low": {"square": 0.01, "other": 0.01}},
-                    "routes": [
-                        {
-                            "provider": "atlascloud",
-                            "model": "openai/gpt-image-1/edit",
-                            "mask_convention": "white",
-                        }
-                    ],
-                }
-            }
-        }
+    flipped = catalog(
+        model(
+            "m",
+            qualities=["low"],
+            price=0.01,
+            routes=[catalog_route("atlascloud", model="openai/gpt-image-1/edit", mask_convention="white")],
+        )
     )
 
     providers = build_providers(settings, session, flipped)
@@ -959,21 +940,17 @@ async def test_service_refuses_options_no_configured_route_honours_for_free(
 # ----------------------------------------------------------------------------- /edit end to end, one provider
 
 
-def single_route_catalog(route: dict[str, object]) -> Catalog:
-    """The harness's one test model, sold only by `route`."""
-    return parse_catalog(
-        {
-            "models": {
-                "gpt-image-1.5": {
-                    "name": "GPT Image 1.5",
-                    "qualities": ["low", "medium", "high", "auto"],
-                    "max_input_images": 16,
-                    "mask": True,
-                    "price": {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")},
-                    "routes": [route],
-                }
-            }
-        }
+def single_route_catalog(only: dict[str, object]) -> Catalog:
+    """The harness's one test model, sold only by route `only`."""
+    return catalog(
+        model(
+            "gpt-image-1.5",
+            name="GPT Image 1.5",
+            qualities=WITH_AUTO,
+            max_input_images=16,
+            mask=True,
+            routes=[only],
+        )
     )
 
 
@@ -986,7 +963,6 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
         openai = await stack.enter_async_context(FakeOpenAI())  # the harness wants one; it is not configured
         if name == "atlascloud":
             fake: Any = await stack.enter_async_context(FakeAtlas(polls_to_finish=1))
-            env = {"ATLASCLOUD_API_KEY": fake.api_key, "ATLASCLOUD_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.004, "mask": False}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "backgrounds": ["auto"]}
             route |= {"max_input_images": 4}  # what the adapter sends (checked at start-up)
@@ -994,7 +970,6 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             charged, paid = 4, lambda: fake.submit_count
         elif name == "wavespeed":
             fake = await stack.enter_async_context(FakeWaveSpeed(polls_to_finish=1))
-            env = {"WAVESPEED_API_KEY": fake.api_key, "WAVESPEED_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "openai/gpt-image-1-mini/edit", "price": 0.02, "mask": False}
             route |= {
                 "max_input_images": 4,
@@ -1006,16 +981,10 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             charged, paid = 20, lambda: fake.submit_count
         elif name == "segmind":
             fake = await stack.enter_async_context(FakeSegmind())
-            env = {
-                "SEGMIND_API_KEY": fake.api_key,
-                "SEGMIND_BASE_URL": fake.base_url,
-                "SEGMIND_UPLOAD_URL": fake.upload_url,
-            }
             route = {"provider": name, "model": "gpt-image-1-edit-mini", "price": 0.06, "max_input_images": 4}
             charged, paid = 28, lambda: fake.post_count  # its x-cost, $0.028
         else:
             fake = await stack.enter_async_context(FakeOneMin())
-            env = {"ONEMINAI_API_KEY": fake.api_key, "ONEMINAI_BASE_URL": fake.base_url}
             route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
             route |= {"backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
@@ -1025,7 +994,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
                 fake_discord,
                 openai,
                 tmp_path,
-                env={"OPENAI_API_KEY": "", **env},
+                env={"OPENAI_API_KEY": "", **provider_env(name, fake)},
                 catalog=single_route_catalog(route),
             )
         )

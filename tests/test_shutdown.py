@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import provider_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = (ROOT / "tests" / "data" / "chelsea.png").read_bytes()
@@ -24,8 +25,7 @@ async def start_bot(
         "PYTHONPATH": str(ROOT),
         "DISCORD_TOKEN": fake.token,
         "DISCORD_API_BASE": fake.api_base,
-        "OPENAI_API_KEY": openai.api_key,
-        "OPENAI_BASE_URL": openai.base_url,
+        **provider_env("openai", openai),
         "DATA_DIR": str(data_dir),
         "DEV_GUILD_ID": str(guild_id),
         "ALLOWED_GUILD_IDS": str(guild_id),  # the operator approved the test server
@@ -45,40 +45,39 @@ async def start_bot(
 
 
 async def test_sigterm_refunds_unfinished_jobs_tells_the_user_and_exits_0(
-    fake_discord: FakeDiscord, tmp_path: Path
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
-    async with FakeOpenAI() as openai:
-        openai.fail_always(Fault.HANG)
-        guild = await fake_discord.create_guild(name="Art Club")
-        channel = await guild.create_text_channel("art")
-        alice = fake_discord.create_user("alice")
-        await guild.add_member(alice)
-        proc = await start_bot(fake_discord, openai, tmp_path, guild.id)
-        try:
-            await fake_discord.wait_until(lambda: fake_discord.synced_commands(guild.id), timeout=30)
-            await fake_discord.wait_until(lambda: fake_discord.connected, timeout=30)
-            it = await fake_discord.slash(
-                alice,
-                "edit",
-                channel=channel,
-                options={"prompt": "hat"},
-                attachments={"image": ("c.png", PHOTO)},
-            )
-            await fake_discord.wait_until(lambda: openai.post_count == 1, timeout=30)
-            proc.send_signal(signal.SIGTERM)
-            output, _ = await asyncio.wait_for(proc.communicate(), 30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        log = output.decode()
-        assert proc.returncode == 0, log
-        assert "Traceback" not in log
-        final = it.original_edits[-1]
-        assert "restart" in final and "not charged" in final
-        db = sqlite3.connect(tmp_path / "retouch.sqlite3")
-        balance, held = db.execute("SELECT balance, held FROM accounts").fetchone()
-        assert held == 0 and balance == 500
-        kinds = [row[0] for row in db.execute("SELECT kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id")]
-        assert kinds == ["reserve", "release"]
-        assert db.execute("SELECT state FROM jobs").fetchone()[0] == "cancelled"
+    openai.fail_always(Fault.HANG)
+    guild = await fake_discord.create_guild(name="Art Club")
+    channel = await guild.create_text_channel("art")
+    alice = fake_discord.create_user("alice")
+    await guild.add_member(alice)
+    proc = await start_bot(fake_discord, openai, tmp_path, guild.id)
+    try:
+        await fake_discord.wait_until(lambda: fake_discord.synced_commands(guild.id), timeout=30)
+        await fake_discord.wait_until(lambda: fake_discord.connected, timeout=30)
+        it = await fake_discord.slash(
+            alice,
+            "edit",
+            channel=channel,
+            options={"prompt": "hat"},
+            attachments={"image": ("c.png", PHOTO)},
+        )
+        await fake_discord.wait_until(lambda: openai.post_count == 1, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    log = output.decode()
+    assert proc.returncode == 0, log
+    assert "Traceback" not in log
+    final = it.original_edits[-1]
+    assert "restart" in final and "not charged" in final
+    db = sqlite3.connect(tmp_path / "retouch.sqlite3")
+    balance, held = db.execute("SELECT balance, held FROM accounts").fetchone()
+    assert held == 0 and balance == 500
+    kinds = [row[0] for row in db.execute("SELECT kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id")]
+    assert kinds == ["reserve", "release"]
+    assert db.execute("SELECT state FROM jobs").fetchone()[0] == "cancelled"

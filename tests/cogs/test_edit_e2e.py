@@ -18,12 +18,6 @@ PHOTO = (DATA / "chelsea.png").read_bytes()
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 async def world(fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[World]:
     async with running_bot(fake_discord, openai, tmp_path) as w:
         yield w

@@ -15,23 +15,12 @@ from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, l
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 from tests.harness import World, running_bot
 
 
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def wavespeed() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed(polls_to_finish=1) as server:
-        yield server
-
-
 def env_for(wavespeed: FakeWaveSpeed, **extra: str) -> dict[str, str]:
-    return {"WAVESPEED_API_KEY": wavespeed.api_key, "WAVESPEED_BASE_URL": wavespeed.base_url, **extra}
+    return {**provider_env("wavespeed", wavespeed), **extra}
 
 
 @pytest.fixture

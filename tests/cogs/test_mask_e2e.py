@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from bot.catalog import Catalog, parse_catalog
+from bot.catalog import Catalog
 from cogs.mask import MaskCog
+from tests.catalogs import WITH_AUTO, catalog, model
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
@@ -27,27 +28,9 @@ PHOTO_SIZE = (451, 300)
 BOX = (120, 60, 330, 240)  # the area a mask file marks for editing
 STARTING = 100000
 
-PRICE = {q: {"square": 0.01, "other": 0.02} for q in ("low", "medium", "high")}
-MASK_CATALOG: Catalog = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "qualities": ["low", "medium", "high", "auto"],
-                "max_input_images": 16,
-                "mask": True,
-                "price": PRICE,
-                "routes": [{"provider": "openai"}],
-            },
-            "gpt-image-1-mini": {
-                "name": "GPT Image 1 Mini",
-                "qualities": ["low", "medium", "high", "auto"],
-                "max_input_images": 16,
-                "price": PRICE,
-                "routes": [{"provider": "openai"}],
-            },
-        }
-    }
+MASK_CATALOG: Catalog = catalog(
+    model("gpt-image-1.5", name="GPT Image 1.5", qualities=WITH_AUTO, max_input_images=16, mask=True),
+    model("gpt-image-1-mini", name="GPT Image 1 Mini", qualities=WITH_AUTO, max_input_images=16),
 )
 
 
@@ -88,12 +71,6 @@ def assert_only_box_changed(result: Image.Image, box: tuple[int, int, int, int],
         elif left + feather < x < right - feather - 1 and top + feather < y < bottom - feather - 1:
             inside += result.getpixel((x, y)) != ORIGINAL.getpixel((x, y))
     assert outside > 500 and inside > 100
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 @pytest.fixture

@@ -6,43 +6,29 @@ controls (a public Stop on running edits, audited deletes)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.catalog import parse_catalog
+from tests.catalogs import catalog, model, tiered
 from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
 # Square prices 10 / 60 / 200 credits: 150 credits cover medium but not high (nor auto, priced as high).
-CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "max_input_images": 4,
-                "price": {
-                    "low": {"square": 0.01, "other": 0.02},
-                    "medium": {"square": 0.06, "other": 0.08},
-                    "high": {"square": 0.2, "other": 0.25},
-                },
-                "routes": [{"provider": "openai"}],
-            }
-        }
-    }
+CATALOG = catalog(
+    model(
+        "gpt-image-1.5",
+        name="GPT Image 1.5",
+        max_input_images=4,
+        price=tiered(low=(0.01, 0.02), medium=(0.06, 0.08), high=(0.2, 0.25)),
+    )
 )
 SQUARE = "1024x1024"
 CHEAPER_PREFIX = "retouch:cheaper:"
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 def member_world(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import Catalog, parse_catalog
+from bot.catalog import Catalog
+from tests.catalogs import WITH_AUTO, catalog, model, route
 from tests.fakes.discord import FakeDiscord, FakeInteraction
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -18,35 +19,31 @@ from tests.harness import World, running_bot
 DATA = Path(__file__).resolve().parents[1] / "data"
 PHOTO = (DATA / "chelsea.png").read_bytes()
 SHUTDOWN = dt.date(2027, 2, 10)
-PRICE = {q: {"square": 0.01, "other": 0.01} for q in ("low", "medium", "high")}
-RICH_PRICE = {q: {"square": 0.01, "other": 0.01} for q in ("low", "medium", "high", "xhigh", "max")}
 
 
-def catalog() -> Catalog:
+def sunset_catalog() -> Catalog:
     """GPT Image 2 (shut down at OpenAI on SHUTDOWN, replaced by 2.6 Sunburst) before 2.6 Sunburst,
     so the bot's default is GPT Image 2 until it dies. Flat list prices: charges are exact."""
-    return parse_catalog(
-        {
-            "models": {
-                "gpt-image-2": {
-                    "name": "GPT Image 2",
-                    "qualities": ["low", "medium", "high", "auto"],
-                    "free_sizes": True,
-                    "max_input_images": 16,
-                    "price": PRICE,
-                    "replacement": "gpt-image-2.6-sunburst",
-                    "routes": [{"provider": "openai", "shutdown": SHUTDOWN, "free_sizes": True}],
-                },
-                "gpt-image-2.6-sunburst": {
-                    "name": "GPT Image 2.6 Sunburst",
-                    "qualities": ["low", "medium", "high", "xhigh", "max", "auto"],
-                    "free_sizes": True,
-                    "max_input_images": 16,
-                    "price": RICH_PRICE,
-                    "routes": [{"provider": "openai", "free_sizes": True}],
-                },
-            }
-        }
+    return catalog(
+        model(
+            "gpt-image-2",
+            name="GPT Image 2",
+            qualities=WITH_AUTO,
+            free_sizes=True,
+            max_input_images=16,
+            price=0.01,
+            replacement="gpt-image-2.6-sunburst",
+            routes=[route("openai", shutdown=SHUTDOWN, free_sizes=True)],
+        ),
+        model(
+            "gpt-image-2.6-sunburst",
+            name="GPT Image 2.6 Sunburst",
+            qualities=["low", "medium", "high", "xhigh", "max", "auto"],
+            free_sizes=True,
+            max_input_images=16,
+            price=0.01,
+            routes=[route("openai", free_sizes=True)],
+        ),
     )
 
 
@@ -59,12 +56,6 @@ class Calendar:
 
 
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 def calendar() -> Calendar:
     return Calendar(dt.date(2027, 1, 5))
 
@@ -74,7 +65,7 @@ async def world(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, calendar: Calendar
 ) -> AsyncIterator[World]:
     async with running_bot(
-        fake_discord, openai, tmp_path, catalog=catalog(), today=calendar, audit=True
+        fake_discord, openai, tmp_path, catalog=sunset_catalog(), today=calendar, audit=True
     ) as w:
         yield w
 
@@ -198,7 +189,12 @@ async def test_openai_model_list_dates_show_in_diagnose_and_the_audit_channel(
 ):
     openai.shutdown_dates = {"gpt-image-2": "2027-01-20"}
     async with running_bot(
-        fake_discord, openai, tmp_path, catalog=catalog(), today=Calendar(dt.date(2027, 1, 5)), audit=True
+        fake_discord,
+        openai,
+        tmp_path,
+        catalog=sunset_catalog(),
+        today=Calendar(dt.date(2027, 1, 5)),
+        audit=True,
     ) as world:
         lifecycle = world.services.edits.lifecycle
         model = lifecycle.catalog.get("gpt-image-2")
@@ -218,7 +214,7 @@ async def test_a_failed_model_list_changes_nothing(
 ):
     openai.fail_always(Fault.MODELS_ERROR)
     async with running_bot(
-        fake_discord, openai, tmp_path, catalog=catalog(), today=Calendar(dt.date(2027, 1, 5))
+        fake_discord, openai, tmp_path, catalog=sunset_catalog(), today=Calendar(dt.date(2027, 1, 5))
     ) as world:
         it = await world.edit(PHOTO, quality="low", size="1024x1024")
         assert (await world.finished(it)).startswith("Done")

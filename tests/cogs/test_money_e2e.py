@@ -10,8 +10,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.catalog import Catalog
 from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, results
@@ -21,12 +19,6 @@ from tests.harness import World, running_bot
 
 # An unapproved server: the harness's guild with ALLOWED_GUILD_IDS emptied.
 UNAPPROVED = {"ALLOWED_GUILD_IDS": ""}
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import parse_catalog
+from tests.catalogs import catalog, model, tiered
 from tests.fakes.discord import (
     FakeDiscord,
     FakeDiscordUsageError,
@@ -26,28 +26,14 @@ from tests.harness import World, running_bot
 DATA = Path(__file__).resolve().parents[1] / "data"
 PHOTO = (DATA / "chelsea.png").read_bytes()
 # Distinct prices per quality, so the prices /quality shows can be told apart.
-CATALOG = parse_catalog(
-    {
-        "models": {
-            "gpt-image-1.5": {
-                "name": "GPT Image 1.5",
-                "price": {
-                    "low": {"square": 0.01, "other": 0.02},
-                    "medium": {"square": 0.04, "other": 0.06},
-                    "high": {"square": 0.16, "other": 0.25},
-                },
-                "routes": [{"provider": "openai"}],
-            }
-        }
-    }
+CATALOG = catalog(
+    model(
+        "gpt-image-1.5",
+        name="GPT Image 1.5",
+        price=tiered(low=(0.01, 0.02), medium=(0.04, 0.06), high=(0.16, 0.25)),
+    )
 )
 MOD_ID, BOSS_ID = 700_000_000_000_001, 700_000_000_000_002
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -29,6 +29,7 @@ from bot.providers.http import fetch_output, safe_message
 from tests.fakes._base import Gone
 from tests.fakes.atlascloud_server import GPT_IMAGE_2_SIZES as FAKE_GPT_IMAGE_2_SIZES
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
+from tests.fixtures import serving
 from tests.providers.helpers import (
     DATA,
     FAST,
@@ -54,10 +55,7 @@ def openai_mask() -> InputImage:
     return hole_mask(HOLE, (30, 60, 90))
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAtlas]:
-    async with FakeAtlas() as server:
-        yield server
+fake = serving(FakeAtlas)
 
 
 @pytest.fixture

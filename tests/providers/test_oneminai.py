@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -26,6 +26,7 @@ from bot.providers.errors import (
 from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
 from tests.fakes._base import Gone
 from tests.fakes.oneminai_server import FakeOneMin, Fault
+from tests.fixtures import serving
 from tests.providers.helpers import DATA, adapter_builder, body, decoded, hole_mask, photo, request_builder
 
 HOLE = (0, 256, 512, 512)  # the bottom half of the 512x512 astronaut
@@ -39,10 +40,7 @@ def openai_mask() -> InputImage:
     return hole_mask(HOLE, (0, 0, 0))
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOneMin]:
-    async with FakeOneMin() as server:
-        yield server
+fake = serving(FakeOneMin)
 
 
 @pytest.fixture

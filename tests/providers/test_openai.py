@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import date
 
 import aiohttp
@@ -35,6 +35,7 @@ from bot.providers.openai import (
     parse_usage,
 )
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving
 from tests.providers.helpers import (
     DATA,
     FAST,
@@ -62,10 +63,7 @@ edit_request = request_builder(
 )
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 @pytest.fixture

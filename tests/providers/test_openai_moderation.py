@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,13 +12,10 @@ import pytest
 from bot.providers.errors import ProviderTimeout, ServerError
 from bot.providers.openai import OpenAIProvider, parse_moderation
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as server:
-        yield server
+fake = serving(FakeOpenAI)
 
 
 def adapter(fake: FakeOpenAI, session: aiohttp.ClientSession) -> OpenAIProvider:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -28,6 +28,7 @@ from bot.providers.errors import (
 from bot.providers.segmind import SegmindProvider, classify_segmind_error, parse_reset_at
 from tests.fakes._base import Gone
 from tests.fakes.segmind_server import PRICE, FakeSegmind, Fault, RecordedRequest
+from tests.fixtures import serving
 from tests.providers.helpers import (
     DATA,
     adapter_builder,
@@ -49,10 +50,7 @@ def openai_mask() -> InputImage:
     return hole_mask(HOLE, (255, 255, 255))  # white but opaque: keep (alpha decides)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeSegmind]:
-    async with FakeSegmind() as server:
-        yield server
+fake = serving(FakeSegmind)
 
 
 @pytest.fixture

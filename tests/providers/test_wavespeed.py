@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -35,6 +35,7 @@ from bot.providers.wavespeed import (
 from tests.fakes._base import Gone
 from tests.fakes.wavespeed_server import PIXELS as FAKE_PIXELS
 from tests.fakes.wavespeed_server import FakeWaveSpeed, Fault
+from tests.fixtures import serving
 from tests.providers.helpers import (
     DATA,
     FAST,
@@ -58,10 +59,7 @@ def openai_mask() -> InputImage:
     return hole_mask(HOLE, (200, 10, 10))
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeWaveSpeed]:
-    async with FakeWaveSpeed() as server:
-        yield server
+fake = serving(FakeWaveSpeed)
 
 
 @pytest.fixture

@@ -1,0 +1,48 @@
+"""Helpers the tests share: fixtures for the fake provider servers, and settings as an operator writes them.
+
+tests/conftest.py declares the fixtures most tests use (`openai`, `wavespeed`, `atlas`); a module that
+needs a fake under another name or with other options declares it in one line with `serving`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import PROVIDER_ENV, Settings, load_settings
+
+TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
+
+
+def serving(factory: Callable[..., Any], **options: Any) -> Any:
+    """A fixture yielding a started `factory(**options)` fake server, closed when the test ends.
+
+    Assign it to the fixture's name at module level: `fake = serving(FakeSegmind)`.
+    """
+
+    async def server() -> AsyncIterator[Any]:
+        async with factory(**options) as fake:
+            yield fake
+
+    server.__doc__ = f"A started {getattr(factory, '__name__', 'fake server')} on 127.0.0.1."
+    return pytest.fixture(server)
+
+
+def provider_env(name: str, fake: Any) -> dict[str, str]:
+    """The environment that points provider `name` (openai, atlascloud, ...) at `fake`."""
+    prefix, _ = PROVIDER_ENV[name]
+    env = {f"{prefix}_API_KEY": fake.api_key, f"{prefix}_BASE_URL": fake.base_url}
+    if name == "segmind":
+        env["SEGMIND_UPLOAD_URL"] = fake.upload_url
+    return env
+
+
+def settings_for(data_dir: Path, openai: Any = None, **env: str) -> Settings:
+    """Settings for a test: a Discord token, `data_dir`, the fake `openai` if given, then `env`."""
+    base = {"DISCORD_TOKEN": TOKEN, "DATA_DIR": str(data_dir)}
+    if openai is not None:
+        base.update(provider_env("openai", openai))
+    return load_settings({**base, **env})
