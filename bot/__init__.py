@@ -1,0 +1,1 @@
+"""Retouch: a self-hosted Discord bot that edits images with GPT Image models (see ARCHITECTURE.md)."""

@@ -53,6 +53,8 @@ SPARE_PROVIDER_CONNECTIONS = 8
 
 @dataclass
 class Services:
+    """Every service of one process, built once by `build_services` (the composition root)."""
+
     settings: Settings
     catalog: Catalog
     storage: Storage

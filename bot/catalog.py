@@ -147,6 +147,8 @@ class TokenRates:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """One model: what members may ask of it, its prices and dates, and the routes that sell it."""
+
     id: str
     name: str
     qualities: tuple[str, ...]
@@ -230,6 +232,8 @@ class Resolution:
 
 @dataclass(frozen=True)
 class Catalog:
+    """Every model the bot knows, in preference order (the catalog file's order)."""
+
     models: dict[str, ModelEntry] = field(default_factory=dict)
 
     def get(self, model_id: str) -> ModelEntry:

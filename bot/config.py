@@ -61,6 +61,8 @@ class Secret(str):
 
 @dataclass(frozen=True)
 class ProviderSettings:
+    """One configured provider: its key (masked in every repr), base URL and call limits."""
+
     name: str
     api_key: Secret
     base_url: str
@@ -71,6 +73,8 @@ class ProviderSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, read once from the environment or `.env` by `load_settings`."""
+
     discord_token: Secret
     discord_api_base: str | None = None
     data_dir: Path = Path("data")

@@ -33,6 +33,8 @@ class InvalidOptions(RetouchError):
 
 
 class InsufficientCredits(RetouchError):
+    """The member's balance cannot hold the edit's worst case; nothing was held."""
+
     def __init__(self, needed: int, available: int) -> None:
         super().__init__(
             f"This edit needs up to **{needed}** credits but you have **{available}** available. "
@@ -44,6 +46,8 @@ class InsufficientCredits(RetouchError):
 
 
 class ShuttingDown(RetouchError):
+    """The bot is draining for a restart and takes no new edits."""
+
     def __init__(self) -> None:
         super().__init__(
             "Retouch is restarting and not taking new edits right now. Please try again in a minute.",

@@ -1,0 +1,1 @@
+"""The Discord layer: thin command and button handlers that call the services and render."""

@@ -15,6 +15,8 @@ from cogs._admin_policy import policy_groups
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class AdminGroup(app_commands.Group, name="admin", description="Retouch settings for this server"):
+    """`/admin`: the server's rules, credits and tiers (Manage Server)."""
+
     def __init__(self, bot: RetouchBot) -> None:
         super().__init__()
         self.bot = bot
@@ -35,6 +37,8 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
 
 
 class AdminCog(commands.Cog):
+    """Mounts `/admin` and its subgroups."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
         self.group = AdminGroup(bot)

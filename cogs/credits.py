@@ -114,6 +114,8 @@ async def render(
 
 
 class CreditsCog(commands.Cog):
+    """`/credits`: balance, holds, allowance and history."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
 

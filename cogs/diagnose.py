@@ -90,6 +90,8 @@ def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Emb
 
 
 class DiagnoseCog(commands.Cog):
+    """`/diagnose`: permissions here, image services (operator only), database and models."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
 

@@ -21,6 +21,8 @@ DISCORD_MAX_STRING = 6000
 
 
 class EditCog(commands.Cog):
+    """`/edit`: options → defer → the edit service → the published result."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
         self.edits = bot.services.edits

@@ -37,6 +37,8 @@ def can_manage_messages(interaction: discord.Interaction) -> bool:
 
 
 class MembersCog(commands.Cog):
+    """What members notice: the cheaper-run offer, Stop edit, Undo and `/history`."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
         self.offers = OfferBook()

@@ -76,6 +76,8 @@ def operator_embed(report: OperatorReport) -> discord.Embed:
 
 @app_commands.default_permissions(administrator=True)
 class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the bot's operator only"):
+    """`/owner`: approve servers, set allotments and read the spend report (the operator only)."""
+
     def __init__(self, bot: RetouchBot) -> None:
         super().__init__()
         self.bot = bot
@@ -161,6 +163,8 @@ class ApproveButton(
 
 
 class OwnerCog(commands.Cog):
+    """Mounts `/owner` and the Approve button."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
         self.group = OwnerGroup(bot)

@@ -72,6 +72,8 @@ def settings_embed(d: EffectiveDefaults, model_name: str) -> discord.Embed:
 
 
 class SettingsCog(commands.Cog):
+    """`/quality` and `/settings`: a member's own defaults."""
+
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
         self.policy = policy_of(bot)

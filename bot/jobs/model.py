@@ -57,6 +57,8 @@ class JobFailed(RetouchError):
 
 
 class JobInterrupted(RetouchError):
+    """A restart or shutdown ended the job before its result; the hold was released."""
+
     def __init__(self) -> None:
         super().__init__(
             "Retouch had to restart before your edit finished. You were not charged; please run it again.",
@@ -65,6 +67,8 @@ class JobInterrupted(RetouchError):
 
 
 class JobCancelled(RetouchError):
+    """The job was cancelled (by its requester, a moderator or the queue's watchdog)."""
+
     def __init__(self) -> None:
         super().__init__("Cancelled — you were not charged.", code="cancelled")
 
@@ -188,6 +192,8 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class ResultFile:
+    """One stored result image, as it will be posted."""
+
     filename: str
     data: bytes
     format: str
@@ -195,6 +201,8 @@ class ResultFile:
 
 @dataclass(frozen=True)
 class EditOutcome:
+    """A finished edit as the member sees it: the files, the model used, the charge and notes."""
+
     job_id: str
     prompt: str
     model_id: str

@@ -59,12 +59,16 @@ class EditRequest:
 
 @dataclass(frozen=True, slots=True)
 class OutputImage:
+    """One image a provider made, in the format it says."""
+
     data: bytes
     format: str  # png | jpeg | webp
 
 
 @dataclass(frozen=True, slots=True)
 class EditResult:
+    """What one provider call returned: images, what it resolved `auto` to, usage and cost."""
+
     images: tuple[OutputImage, ...]
     provider: str
     quality: str | None = None  # resolved quality (never "auto" when the provider reports it)

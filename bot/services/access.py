@@ -50,6 +50,8 @@ class NotOperator(RetouchError):
 
 
 class RateLimited(RetouchError):
+    """The member ran more commands in a minute than `COMMANDS_PER_MINUTE` allows."""
+
     def __init__(self, per_minute: int, retry_after: float) -> None:
         super().__init__(
             f"Slow down: Retouch takes {per_minute} commands a minute from one member. "
@@ -60,6 +62,8 @@ class RateLimited(RetouchError):
 
 
 class AlreadyStarted(RetouchError):
+    """A second click on the same button within the double-click window."""
+
     def __init__(self) -> None:
         super().__init__(
             "That edit is already being started from your first click; this one was ignored.",

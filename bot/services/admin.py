@@ -210,6 +210,8 @@ class AllotmentChange:
 
 @dataclass(frozen=True)
 class ServerSpend:
+    """One server's spend this month against its allotment (the operator's report)."""
+
     guild_id: int
     approved: bool
     captured: int

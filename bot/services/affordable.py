@@ -20,6 +20,8 @@ QUALITY_ORDER = ("low", "medium", "high", "xhigh", "max")
 
 
 class Repricer(Protocol):
+    """Prices a prepared job at another quality (the edit service implements it)."""
+
     def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
         """The job at `quality`, held at that quality's worst case (bot.jobs.EditService)."""
         ...

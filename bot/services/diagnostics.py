@@ -89,6 +89,8 @@ class ProviderStatus:
 
 @dataclass(frozen=True)
 class DatabaseStatus:
+    """The database's schema version against the packaged migrations, and whether it takes writes."""
+
     schema_version: int
     latest_version: int
     writable: bool

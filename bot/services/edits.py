@@ -92,6 +92,8 @@ class EditOptions:
 
 @dataclass(frozen=True)
 class JobDefaults:
+    """The options a job runs with after the member's, server's and bot's defaults are merged."""
+
     model: str
     quality: str
     size: str
@@ -138,6 +140,8 @@ class MaskSpec:
 
 @dataclass(frozen=True)
 class EditJob:
+    """One edit request as the services see it: plain ids, uploads and options, no Discord objects."""
+
     guild_id: int
     user_id: int
     channel_id: int | None

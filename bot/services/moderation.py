@@ -52,6 +52,8 @@ CATEGORY_NAMES = {
 
 
 class Moderate(Protocol):
+    """The moderation call (OpenAI's adapter implements it): a prompt and images in, a verdict out."""
+
     async def __call__(
         self, text: str | None, image: tuple[str, bytes] | None, *, within: float
     ) -> ModerationVerdict:

@@ -117,12 +117,16 @@ class Allowance:
 
 @dataclass(frozen=True)
 class CreditsSummary:
+    """What `/credits` shows: balance, holds, allowance and its next refill."""
+
     account: Account
     allowance: Allowance
 
 
 @dataclass(frozen=True)
 class HistoryPage:
+    """One page of a member's credit history."""
+
     entries: tuple[LedgerEntry, ...]
     page: int  # 0-based
     pages: int
@@ -143,6 +147,8 @@ class EffectiveDefaults:
 
 @dataclass(frozen=True)
 class LevelPrice:
+    """One quality's price in credits for `/quality`, and whether the member's roles allow it."""
+
     quality: str
     credits: int
     allowed: bool

@@ -49,6 +49,8 @@ _JOB_FIELDS = frozenset(
 
 @dataclass(frozen=True)
 class JobRow:
+    """One row of the `jobs` table, as stored."""
+
     id: str
     guild_id: int
     user_id: int

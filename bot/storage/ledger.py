@@ -26,6 +26,8 @@ class LedgerConflict(Exception):
 
 
 class NotEnoughCredits(Exception):
+    """A hold larger than the available balance was refused (nothing changed)."""
+
     def __init__(self, needed: int, available: int) -> None:
         super().__init__(f"needed {needed}, available {available}")
         self.needed = needed
@@ -34,6 +36,8 @@ class NotEnoughCredits(Exception):
 
 @dataclass(frozen=True)
 class Account:
+    """A member's credits in one server: available balance and what running jobs hold."""
+
     guild_id: int
     user_id: int
     balance: int

@@ -27,6 +27,8 @@ class OpenHold:
 
 @dataclass(frozen=True)
 class LedgerTotals:
+    """An account's ledger summed by kind (what reconciliation compares with the balance)."""
+
     balance: int
     held: int
     granted: int

@@ -33,6 +33,8 @@ def expired_text(timeout: float) -> str:
 
 
 class TooManyPreviews(RetouchError):
+    """The member already has `MAX_MASK_PREVIEWS` mask pickers or previews open."""
+
     def __init__(self, limit: int) -> None:
         super().__init__(
             f"You already have {limit} /mask preview(s) open. Run or cancel one of them first "
