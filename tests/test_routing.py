@@ -43,13 +43,13 @@ from bot.routing import (
     CircuitBreaker,
     Needs,
     Router,
-    _verdict,
     adapt,
     blockers,
     charge_usd,
     nearest_size,
     route_reserve_usd,
 )
+from bot.routing.breaker import _verdict
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.services.policy import PolicyService
 from bot.storage import Storage

@@ -1,0 +1,223 @@
+"""What a job asks of a route (`Needs`), which routes can honour it (`blockers`), the request as
+a route gets it (`adapt`), and what the job costs there (`route_reserve_usd`, `charge_usd`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+
+from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
+from bot.domain.options import parse_size
+from bot.providers.base import EditRequest, EditResult
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+# How each blocking option is named to the user (the /edit option names).
+_OPTION_NAMES = {
+    "mask": "mask",
+    "images": "images",
+    "size": "size",
+    "quality": "quality",
+    "background": "background",
+    "format": "format",
+    "prompt": "prompt",
+    "input_fidelity": "input fidelity",
+}
+
+
+# --------------------------------------------------------------------------- what a job needs
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What one job asks of a route (plain values, so it can be checked before images are read)."""
+
+    images: int
+    size: str
+    quality: str
+    background: str
+    output_format: str
+    count: int = 1
+    mask: bool = False
+    prompt_chars: int = 0
+    input_fidelity: bool = False
+
+    @classmethod
+    def of(cls, request: EditRequest) -> Needs:
+        return cls(
+            images=len(request.images),
+            size=request.size,
+            quality=request.quality,
+            background=request.background,
+            output_format=request.output_format,
+            count=request.count,
+            mask=request.mask is not None,
+            prompt_chars=len(request.prompt),
+            input_fidelity=request.input_fidelity is not None,
+        )
+
+
+def _concrete_sizes(route: Route) -> tuple[str, ...]:
+    return tuple(s for s in route.sizes if s != AUTO)
+
+
+def _concrete_qualities(route: Route) -> tuple[str, ...]:
+    return tuple(q for q in route.qualities if q != AUTO)
+
+
+def _takes_size(route: Route, size: str) -> bool:
+    """A listed size, `auto` where a concrete size can stand in, or a free WxH on a free-size route.
+
+    Free sizes were checked against the model's rules before routing (`ModelEntry.accepts_size`).
+    """
+    if size in route.sizes:
+        return True
+    if size == AUTO:
+        return bool(_concrete_sizes(route))
+    return route.free_sizes and parse_size(size) is not None
+
+
+def blockers(route: Route, needs: Needs) -> tuple[str, ...]:
+    """The options `route` cannot honour for `needs`; empty when the route is eligible.
+
+    `count` never blocks (it is emulated without `n`), nor does `size=auto` on a route with
+    concrete sizes (the nearest shape is picked) or `quality=auto` on a route that needs a concrete
+    quality (see `adapt`).
+    """
+    out = []
+    if needs.mask and not route.mask:
+        out.append("mask")
+    if needs.images > route.max_input_images:
+        out.append("images")
+    if not _takes_size(route, needs.size):
+        out.append("size")
+    if needs.quality not in route.qualities and not (needs.quality == AUTO and _concrete_qualities(route)):
+        out.append("quality")
+    if needs.background not in route.backgrounds:
+        out.append("background")
+    if needs.output_format not in route.output_formats:
+        out.append("format")
+    if needs.prompt_chars > route.max_prompt_chars:
+        out.append("prompt")
+    if needs.input_fidelity and not route.input_fidelity:
+        out.append("input_fidelity")
+    return tuple(out)
+
+
+def nearest_size(sizes: Sequence[str], width: int, height: int) -> str:
+    """The `WxH` size in `sizes` whose shape is closest to `width`×`height` (first one on a tie)."""
+    concrete = [s for s in sizes if s != AUTO]
+    if not concrete:
+        raise ValueError("no concrete size to choose from")
+    target = math.log(max(width, 1) / max(height, 1))
+
+    def distance(size: str) -> float:
+        w, h = (int(v) for v in size.split("x"))
+        return abs(math.log(w / h) - target)
+
+    return min(concrete, key=distance)
+
+
+def auto_quality(route: Route) -> str:
+    """What `auto` quality becomes on a route that needs a concrete one (1min.ai, WaveSpeed's 2.x).
+
+    "high" where the route has it (what OpenAI's `auto` usually picks), else its best listed one.
+    The hold for `auto` is the model's dearest quality, so this never costs more than was held.
+    """
+    concrete = _concrete_qualities(route)
+    return "high" if "high" in concrete else concrete[-1]
+
+
+def adapt(request: EditRequest, route: Route) -> EditRequest:
+    """The request as `route`'s provider gets it: its model id, and `auto` size/quality resolved
+    where the route needs a concrete value."""
+    changes: dict[str, object] = {"model": route.model}
+    if request.size == AUTO and AUTO not in route.sizes and request.images:
+        first = request.images[0]
+        changes["size"] = nearest_size(route.sizes, first.width, first.height)
+    if request.quality == AUTO and AUTO not in route.qualities:
+        changes["quality"] = auto_quality(route)
+    return replace(request, **changes)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- prices
+
+
+def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: str) -> Decimal:
+    """The most a job can cost on `route`: flat price × count, or the model's worst-case list price.
+
+    On a list-priced route without `n`, every image is its own call and pays its own input tokens.
+    """
+    if route.price is not None:
+        return route.price * needs.count
+    per_call = needs.count if route.n else 1
+    one = reserve_usd(
+        model, quality=needs.quality, size=needs.size, count=per_call, n_inputs=needs.images, prompt=prompt
+    )
+    return one if route.n else one * needs.count
+
+
+def _reported_cost(result: EditResult) -> Decimal | None:
+    if result.cost_usd is None:
+        return None
+    try:
+        value = Decimal(result.cost_usd)
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def charge_usd(model: ModelEntry, route: Route, result: EditResult, request: EditRequest) -> Decimal:
+    """What `result` (one provider call) costs on `route`.
+
+    The provider's own reported charge first (Segmind's `x-cost`), then the route's flat price per
+    delivered image, then the model's list price (token usage, else the per-image table for the
+    quality and size the provider says it made, falling back to what was asked).
+    """
+    reported = _reported_cost(result)
+    if reported is not None:
+        return reported
+    if route.price is not None:
+        return route.price * len(result.images)
+    return actual_usd(
+        model,
+        usage=result.usage,
+        images=len(result.images),
+        quality=result.quality,
+        size=result.size,
+        requested_quality=request.quality,
+        requested_size=request.size,
+    )
+
+
+def _unservable_message(model: ModelEntry, route: Route, needs: Needs, problems: tuple[str, ...]) -> str:
+    """User text naming the options to change (with what the closest route offers)."""
+    hints = []
+    for problem in problems:
+        match problem:
+            case "mask":
+                hints.append("remove the `mask`")
+            case "images":
+                hints.append(f"attach at most {route.max_input_images} image(s)")
+            case "size":
+                hints.append(f"set `size` to one of {', '.join(route.sizes)}")
+            case "quality":
+                hints.append(f"set `quality` to one of {', '.join(route.qualities)}")
+            case "background":
+                hints.append(f"set `background` to one of {', '.join(route.backgrounds)}")
+            case "format":
+                hints.append(f"set `format` to one of {', '.join(route.output_formats)}")
+            case "prompt":
+                hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
+            case _:
+                hints.append(f"drop `{_OPTION_NAMES.get(problem, problem)}`")
+    return (
+        f"The image services configured for {model.name} cannot do this as asked: "
+        f"{'; '.join(hints)}, or pick another model."
+    )
