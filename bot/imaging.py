@@ -5,6 +5,10 @@ app calls them through `asyncio.to_thread`. Nothing here knows about Discord or 
 Pillow images in, bytes, Pillow images and small dataclasses out. User-facing failures are raised
 as `InvalidImage` / `InvalidMask` with text that says what to do; Pillow's exception text is never
 shown (it is logged at debug level).
+
+Why one module of ~850 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
+masks, fitting and compositing share its decoders, bomb guards and mode tables. The seams for a later
+split are the section headers (validate, masks, fit, restore), each with its own tests file section.
 """
 
 from __future__ import annotations

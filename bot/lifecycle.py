@@ -10,6 +10,10 @@ route again, and every change is announced through `on_event` (the audit channel
 Without `DEFAULT_MODEL`, the default is the first catalog model that is usable here: catalog order
 is preference, so a bot with only an Atlas Cloud key edits with what Atlas sells, and a shutdown
 moves everyone who did not pick a model to the next live one. Nothing here knows about Discord.
+
+Why `ModelLifecycle` is one class of ~330 lines: reading ("is this route live?") and learning ("this
+route is gone") work on the same facts and must stay consistent in memory and in storage; splitting
+them would put that invariant in two places.
 """
 
 from __future__ import annotations
