@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,19 @@ def _read_provider_order(r: _Reader) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n in KNOWN_PROVIDERS))
 
 
+MIB = 1024 * 1024
+MEGA = 1_000_000
+
+
+def _default(name: str) -> Any:
+    """A setting's default, declared once: on the `Settings` field (the reader falls back to it)."""
+    spec = Settings.__dataclass_fields__[name]
+    if spec.default is not MISSING:
+        return spec.default
+    factory: Callable[[], Any] = spec.default_factory  # type: ignore[assignment]
+    return factory()
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
@@ -308,44 +321,56 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     settings = Settings(
         discord_token=Secret(token or ""),
         discord_api_base=r.url("DISCORD_API_BASE", None),
-        data_dir=Path(r.text("DATA_DIR", "./data")),
+        data_dir=Path(r.text("DATA_DIR", str(_default("data_dir")))),
         providers=providers,
         provider_order=_read_provider_order(r),
         default_model=r.raw("DEFAULT_MODEL") or None,
-        default_quality=r.choice("DEFAULT_QUALITY", "auto", QUALITIES),
-        default_size=r.choice("DEFAULT_SIZE", "auto", SIZES),
-        default_background=r.choice("DEFAULT_BACKGROUND", "auto", BACKGROUNDS),
-        default_format=r.choice("DEFAULT_FORMAT", "png", OUTPUT_FORMATS),
-        starting_credits=r.number("STARTING_CREDITS", 500, int, 0),
-        credits_per_usd=r.number("CREDITS_PER_USD", 1000, int, 1),
+        default_quality=r.choice("DEFAULT_QUALITY", _default("default_quality"), QUALITIES),
+        default_size=r.choice("DEFAULT_SIZE", _default("default_size"), SIZES),
+        default_background=r.choice("DEFAULT_BACKGROUND", _default("default_background"), BACKGROUNDS),
+        default_format=r.choice("DEFAULT_FORMAT", _default("default_format"), OUTPUT_FORMATS),
+        starting_credits=r.number("STARTING_CREDITS", _default("starting_credits"), int, 0),
+        credits_per_usd=r.number("CREDITS_PER_USD", _default("credits_per_usd"), int, 1),
         dev_guild_id=dev_guild,
-        log_level=r.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
-        shutdown_grace_seconds=r.number("SHUTDOWN_GRACE_SECONDS", 60.0, float, 0),
+        log_level=r.choice(
+            "LOG_LEVEL", _default("log_level").lower(), ("debug", "info", "warning", "error")
+        ).upper(),
+        shutdown_grace_seconds=r.number(
+            "SHUTDOWN_GRACE_SECONDS", _default("shutdown_grace_seconds"), float, 0
+        ),
         catalog_path=Path(catalog) if catalog else None,
-        thread_results=r.flag("THREAD_RESULTS", False),
-        max_input_bytes=int(r.number("MAX_INPUT_MB", 20, float, 0.1) * 1024 * 1024),
-        max_input_pixels=int(r.number("MAX_INPUT_MEGAPIXELS", 40, float, 0.01) * 1_000_000),
-        job_timeout_seconds=r.number("JOB_TIMEOUT_SECONDS", 300.0, float, 10),
-        provider_call_timeout_seconds=r.number("PROVIDER_CALL_TIMEOUT_SECONDS", 240.0, float, 1),
+        thread_results=r.flag("THREAD_RESULTS", _default("thread_results")),
+        max_input_bytes=int(r.number("MAX_INPUT_MB", _default("max_input_bytes") / MIB, float, 0.1) * MIB),
+        max_input_pixels=int(
+            r.number("MAX_INPUT_MEGAPIXELS", _default("max_input_pixels") / MEGA, float, 0.01) * MEGA
+        ),
+        job_timeout_seconds=r.number("JOB_TIMEOUT_SECONDS", _default("job_timeout_seconds"), float, 10),
+        provider_call_timeout_seconds=r.number(
+            "PROVIDER_CALL_TIMEOUT_SECONDS", _default("provider_call_timeout_seconds"), float, 1
+        ),
         owner_ids=r.id_list("OWNER_IDS"),
         admin_user_ids=r.id_list("ADMIN_USER_IDS"),
-        metrics_port=r.number("METRICS_PORT", 8080, int, 0),
-        metrics_host=r.text("METRICS_HOST", "127.0.0.1"),
-        log_format=r.choice("LOG_FORMAT", "plain", LOG_FORMATS),
+        metrics_port=r.number("METRICS_PORT", _default("metrics_port"), int, 0),
+        metrics_host=r.text("METRICS_HOST", _default("metrics_host")),
+        log_format=r.choice("LOG_FORMAT", _default("log_format"), LOG_FORMATS),
         audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
-        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", 64, int, 1),
-        max_jobs_per_user=r.number("MAX_JOBS_PER_USER", 2, int, 1),
-        queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", 900.0, float, 10),
-        input_retention_hours=r.number("INPUT_RETENTION_HOURS", 24.0, float, 0),
-        result_retention_hours=r.number("RESULT_RETENTION_HOURS", 72.0, float, 1),
+        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", _default("max_concurrent_jobs"), int, 1),
+        max_jobs_per_user=r.number("MAX_JOBS_PER_USER", _default("max_jobs_per_user"), int, 1),
+        queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", _default("queue_timeout_seconds"), float, 10),
+        input_retention_hours=r.number("INPUT_RETENTION_HOURS", _default("input_retention_hours"), float, 0),
+        result_retention_hours=r.number(
+            "RESULT_RETENTION_HOURS", _default("result_retention_hours"), float, 1
+        ),
         allowed_guild_ids=r.id_list("ALLOWED_GUILD_IDS", "server ids"),
-        allow_dms=r.flag("ALLOW_DMS", False),
-        monthly_budget_usd=r.usd("MONTHLY_BUDGET_USD", DEFAULT_MONTHLY_BUDGET_USD),
-        commands_per_minute=r.number("COMMANDS_PER_MINUTE", 10, int, 0),
-        max_mask_previews=r.number("MAX_MASK_PREVIEWS", 3, int, 1),
-        job_history_days=r.number("JOB_HISTORY_DAYS", 90.0, float, 1),
-        moderation=r.choice("MODERATION", "standard", ("off", "standard", "strict")),
-        moderation_timeout_seconds=r.number("MODERATION_TIMEOUT_SECONDS", 5.0, float, 0.5),
+        allow_dms=r.flag("ALLOW_DMS", _default("allow_dms")),
+        monthly_budget_usd=r.usd("MONTHLY_BUDGET_USD", _default("monthly_budget_usd")),
+        commands_per_minute=r.number("COMMANDS_PER_MINUTE", _default("commands_per_minute"), int, 0),
+        max_mask_previews=r.number("MAX_MASK_PREVIEWS", _default("max_mask_previews"), int, 1),
+        job_history_days=r.number("JOB_HISTORY_DAYS", _default("job_history_days"), float, 1),
+        moderation=r.choice("MODERATION", _default("moderation"), ("off", "standard", "strict")),
+        moderation_timeout_seconds=r.number(
+            "MODERATION_TIMEOUT_SECONDS", _default("moderation_timeout_seconds"), float, 0.5
+        ),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
