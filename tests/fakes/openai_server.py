@@ -350,16 +350,29 @@ def _moderation_image(url: object, index: int) -> str:
         raise ApiError(
             400, "Invalid image URL: expected a data URL or an http(s) URL.", code="invalid_image_url"
         )
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError:
-        raise ApiError(400, "Invalid base64 image data.", code="invalid_image_format") from None
-    if _decode(raw) is None:
-        raise ApiError(400, "The image data is not a supported image.", code="invalid_image_format")
+    problem = _data_url_problem(data)
+    if problem is not None:
+        raise ApiError(400, problem, code="invalid_image_format")
     return head
 
 
+@functools.lru_cache(maxsize=RENDER_CACHE)
+def _data_url_problem(data: str) -> str | None:
+    """Why a data URL's base64 is not a usable image, or None (cached like `_decode`)."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return "Invalid base64 image data."
+    return None if _decode(raw) is not None else "The image data is not a supported image."
+
+
 _TINTS = ((0, 0, 0), (255, 64, 64), (64, 255, 64), (64, 64, 255), (255, 255, 64))
+
+
+@functools.lru_cache(maxsize=RENDER_CACHE)
+def _b64(data: bytes) -> str:
+    """A rendered output as base64 (cached with the render itself)."""
+    return base64.b64encode(data).decode("ascii")
 
 
 @functools.lru_cache(maxsize=RENDER_CACHE)
@@ -1066,7 +1079,7 @@ class FakeOpenAI(FakeServer):
         body = {
             "created": int(time.time()),
             "background": "transparent" if transparent else "opaque",
-            "data": [{"b64_json": base64.b64encode(data).decode("ascii")} for data in outputs],
+            "data": [{"b64_json": _b64(data)} for data in outputs],
             "output_format": params.output_format,
             "quality": quality,
             "size": size,

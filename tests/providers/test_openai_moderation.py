@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import aiohttp
 import pytest
 
 from bot.providers.errors import ProviderTimeout, ServerError
-from bot.providers.openai import OpenAIProvider, parse_moderation
+from bot.providers.openai import OpenAIProvider, moderation_body, parse_moderation
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
@@ -119,3 +120,24 @@ async def test_the_fake_refuses_a_missing_key_and_the_adapter_refuses_a_malforme
         parse_moderation({"results": []})
     with pytest.raises(ServerError):
         parse_moderation({"results": [{"categories": {}}]})
+
+
+@pytest.mark.parametrize(
+    ("text", "image"),
+    [
+        ("a cat", None),
+        (None, ("image/png", b"\x89PNG fake bytes")),
+        ('say "retouch-image-slot" \\ \u00e9', ("image/jpeg", bytes(range(256)) * 40)),
+    ],
+)
+def test_the_moderation_body_is_the_json_the_api_expects(text, image):
+    """The image's base64 is spliced into the body as bytes; the result must be exactly the JSON a
+    plain encoder would write (a prompt naming the slot cannot break it)."""
+    parts = []
+    if text:
+        parts.append({"type": "text", "text": text})
+    if image is not None:
+        url = f"data:{image[0]};base64,{base64.b64encode(image[1]).decode()}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    expected = {"model": "omni-moderation-latest", "input": parts}
+    assert json.loads(moderation_body(text, image)) == expected
