@@ -14,8 +14,11 @@ import signal
 import sys
 from typing import Any
 
+from bot.app import utc_today
 from bot.catalog import Catalog, CatalogError, load_catalog
 from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
+from bot.errors import InvalidOptions
+from bot.lifecycle import ModelLifecycle
 from bot.observability.logs import configure_logging
 
 log = logging.getLogger("bot")
@@ -139,8 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         log.info("settings OK: %s", settings.describe())
         log.info("catalog OK: %s", ", ".join(catalog.models))
+        log.info("default model: %s", _default_model_line(settings, catalog))
         return 0
     return asyncio.run(run(settings, catalog, sync=args.sync))
+
+
+def _default_model_line(settings: Settings, catalog: Catalog) -> str:
+    """Which model members get without choosing, by the catalog's dates alone (the running bot also
+    reads OpenAI's model list and any "model gone" answers)."""
+    configured = frozenset(p.name for p in settings.providers)
+    lifecycle = ModelLifecycle(catalog, configured, utc_today, default_model_id=settings.default_model)
+    try:
+        model = lifecycle.default_model()
+    except InvalidOptions:
+        return f"none: no live catalog model is sold by {', '.join(sorted(configured))}"
+    sellers = sorted({r.provider for r in lifecycle.live_routes(model)})
+    return f"{model.id} (sold here by {', '.join(sellers)})"
 
 
 if __name__ == "__main__":

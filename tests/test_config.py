@@ -151,3 +151,21 @@ def test_the_safety_check_settings_default_to_standard_and_are_validated():
         load_settings({**BASE, "MODERATION": "paranoid", "MODERATION_TIMEOUT_SECONDS": "0"})
     assert "MODERATION must be one of off, standard, strict" in str(info.value)
     assert "MODERATION_TIMEOUT_SECONDS must be at least 0.5" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "line"),
+    [
+        ({"ATLASCLOUD_API_KEY": "atlas-0123456789"}, "default model: gpt-image-2 (sold here by atlascloud)"),
+        (
+            {"OPENAI_API_KEY": "sk-test-0123456789"},
+            "default model: gpt-image-2.6-flare (sold here by openai)",
+        ),
+    ],
+)
+def test_check_config_names_the_default_model_the_keys_can_buy(
+    tmp_path: Path, keys: dict[str, str], line: str
+):
+    proc = run_bot(["--check-config"], {"DISCORD_TOKEN": "tok-abcdef123456", **keys}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert line in proc.stderr
