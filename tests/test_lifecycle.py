@@ -264,3 +264,47 @@ async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: 
     assert await storage.settings.take_model_notices(8) == []
     assert any("retired on every configured service" in e for e in events)
     assert any("1 member(s), 1 server(s)" in e for e in events)
+
+
+async def test_a_slow_model_list_does_not_hold_up_start_up_and_is_applied_when_it_answers(
+    storage: Storage, tmp_path, monkeypatch
+):
+    import asyncio
+
+    from bot.services import edits
+    from tests.fixtures import settings_for
+
+    answer = asyncio.Event()
+
+    class SlowOpenAI:
+        """Only what start-up asks of the OpenAI adapter: its model list, which takes its time."""
+
+        name = "openai"
+
+        async def edit(self, request):  # never called here
+            raise AssertionError("no edit in this test")
+
+        async def list_models(self) -> list[Listed]:
+            await answer.wait()
+            return [Listed("old", dt.date(2027, 1, 2)), Listed("new"), Listed("spare")]
+
+    monkeypatch.setattr(edits, "FIRST_DISCOVERY_WAIT_SECONDS", 0.05)
+    cat = two_route_catalog()
+    service = edits.EditService(
+        settings=settings_for(tmp_path, OPENAI_API_KEY="sk-test-0123456789"),
+        catalog=cat,
+        storage=storage,
+        providers={"openai": SlowOpenAI()},  # type: ignore[dict-item]
+        user_salt=b"salt",
+        today=lambda: dt.date(2027, 1, 1),
+    )
+    old = cat.get("old")
+    await asyncio.wait_for(service.start(), 5)  # returns while the list is still being read
+    assert service.lifecycle.route_end(old, old.routes[0]) == SHUTDOWN  # the catalog's date, for now
+    answer.set()
+    for _ in range(200):
+        if service.lifecycle.route_end(old, old.routes[0]) == dt.date(2027, 1, 2):
+            break
+        await asyncio.sleep(0.01)
+    assert service.lifecycle.route_end(old, old.routes[0]) == dt.date(2027, 1, 2)
+    await service.drain(0.1)

@@ -42,7 +42,7 @@ from bot.jobs.model import (
     Origin,
     Ticket,
 )
-from bot.lifecycle import ModelLifecycle, discover_forever, discover_once
+from bot.lifecycle import Lister, ModelLifecycle, discover_forever, discover_once
 from bot.providers.base import InputImage, Provider
 from bot.routing import Needs, Router
 from bot.storage import Storage
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_EDIT = 4
 OPENAI = "openai"  # the provider whose model list (GET /v1/models) carries shutdown dates
+FIRST_DISCOVERY_WAIT_SECONDS = 5.0  # how long start-up waits for OpenAI's model list
 DM_GUILD_ID = 0
 
 Progress = Callable[[str], Awaitable[None]]
@@ -244,11 +245,19 @@ class EditService:
         await self.lifecycle.load()
         lister = getattr(self.providers.get(OPENAI), "list_models", None)
         if lister is not None:
-            await discover_once(self.lifecycle, OPENAI, lister)
-            self._discovery = asyncio.create_task(discover_forever(self.lifecycle, OPENAI, lister))
+            # The first read runs now and then daily; start-up waits for it only briefly (a slow
+            # listing must not hold up the bot: until it answers, the catalog's and stored view rule).
+            first = asyncio.create_task(discover_once(self.lifecycle, OPENAI, lister))
+            self._discovery = asyncio.create_task(self._keep_discovering(first, lister))
+            await asyncio.wait({first}, timeout=FIRST_DISCOVERY_WAIT_SECONDS)
         else:
             await self.lifecycle.move_stored_defaults()
         await self.engine.start()
+
+    async def _keep_discovering(self, first: asyncio.Task[object], lister: Lister) -> None:
+        """The first model-list read (however long it takes), then one a day."""
+        await first
+        await discover_forever(self.lifecycle, OPENAI, lister)
 
     async def stop_discovery(self) -> None:
         """Stop the daily model-list reads (shutdown)."""
