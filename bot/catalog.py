@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bot import messages
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage, parse_size
 from bot.errors import InvalidOptions
 
@@ -244,10 +245,7 @@ class Catalog:
         try:
             return self.models[model_id]
         except KeyError:
-            raise InvalidOptions(
-                f"Unknown model `{model_id}`. Pick one from the list the `model` option suggests.",
-                code="unknown_model",
-            ) from None
+            raise InvalidOptions(messages.unknown_model(model_id), code="unknown_model") from None
 
     def available(self, today: dt.date) -> list[ModelEntry]:
         """Models a user can pick today (retired ones are hidden from autocomplete)."""
@@ -259,21 +257,18 @@ class Catalog:
         current, seen = asked, {asked.id}
         while current.retired(today):
             if not current.replacement or current.replacement in seen:
+                day = f"{current.shutdown:%Y-%m-%d}"
                 raise InvalidOptions(
-                    f"{asked.name} was retired on {current.shutdown:%Y-%m-%d} and no replacement is "
-                    "configured. Pick another model, or ask an admin to update the model catalog.",
-                    code="model_retired",
+                    messages.retired_without_replacement(asked.name, day), code="model_retired"
                 )
             current = self.get(current.replacement)
             seen.add(current.id)
         if current is asked:
             notice = None
             if asked.shutdown and (asked.shutdown - today).days <= RETIREMENT_WARNING_DAYS:
-                notice = f"{asked.name} will be retired on {asked.shutdown:%Y-%m-%d}."
+                notice = messages.retiring_on(asked.name, f"{asked.shutdown:%Y-%m-%d}")
             return Resolution(asked, notice)
-        return Resolution(
-            current, f"{asked.name} has been retired, so this edit used {current.name} instead."
-        )
+        return Resolution(current, messages.replaced(asked.name, current.name))
 
     def warnings(self, today: dt.date) -> list[str]:
         """Admin-facing: models retired or within the warning window."""

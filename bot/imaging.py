@@ -3,8 +3,8 @@
 Every function here is pure and BLOCKING (Pillow decodes and encodes on the calling thread), so the
 app calls them through `asyncio.to_thread`. Nothing here knows about Discord or providers: bytes and
 Pillow images in, bytes, Pillow images and small dataclasses out. User-facing failures are raised
-as `InvalidImage` / `InvalidMask` with text that says what to do; Pillow's exception text is never
-shown (it is logged at debug level).
+as `InvalidImage` / `InvalidMask` with a code; their text comes from `bot.messages`. Pillow's
+exception text is never shown (it is logged at debug level).
 
 Why one module of ~850 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
 masks, fitting and compositing share its decoders, bomb guards and mode tables. The seams for a later
@@ -32,6 +32,7 @@ from PIL import (
     ImageOps,
 )
 
+from bot import messages
 from bot.errors import InvalidImage, InvalidMask, RetouchError
 from bot.imagemeta import strip_metadata
 from bot.providers.base import InputImage
@@ -93,27 +94,11 @@ LABEL_MAX_PX = 96
 
 _PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 _FORMAT_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_KIND_NAMES = {
-    "image/gif": "a GIF",
-    "image/tiff": "a TIFF",
-    "image/bmp": "a BMP",
-    "image/heic": "a HEIC photo",
-    "image/heif": "a HEIF photo",
-    "image/avif": "an AVIF",
-    "application/pdf": "a PDF",
-}
-_KIND_TIPS = {
-    "image/gif": " (save the frame you want as PNG)",
-    "image/heic": " (on iPhone, export or share it as JPEG)",
-    "image/heif": " (export it as JPEG)",
-    "application/pdf": " (export the page as PNG)",
-}
 _HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
 _HEIF_BRANDS = {b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _I_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_ACCEPTED_TEXT = "Upload a PNG, JPEG or WebP"
 
 
 # === Sniffing and decoding =========================================================================
@@ -347,25 +332,14 @@ def _open_checked(
     """Run every upload check and return the fully decoded image with its sniffed MIME type."""
     name = f"`{label}`"
     if not data:
-        raise error(f"{name} is an empty file. Upload the image again.", code="empty")
+        raise error(messages.empty_file(name), code="empty")
     if len(data) > max_bytes:
-        raise error(
-            f"{name} is {_megabytes(len(data))}, over the {_megabytes(max_bytes)} limit. "
-            "Upload a smaller file (a JPEG or WebP export is usually much smaller).",
-            code="too_large",
-        )
+        raise error(messages.too_large(name, len(data), max_bytes), code="too_large")
     mime = sniff_mime(data)
     if mime not in ACCEPTED_MIMES:
-        raise error(_wrong_type_message(name, mime), code="unsupported_type")
-    too_many_pixels = error(
-        f"{name} has too many pixels (the limit is {_megapixels(max_pixels)}). "
-        "Downscale it and upload it again.",
-        code="too_many_pixels",
-    )
-    corrupt = error(
-        f"{name} could not be read: the file looks damaged or incomplete. Re-export it and upload it again.",
-        code="corrupt",
-    )
+        raise error(messages.wrong_type(name, mime), code="unsupported_type")
+    too_many_pixels = error(messages.too_many_pixels(name, max_pixels), code="too_many_pixels")
+    corrupt = error(messages.corrupt(name), code="corrupt")
     # Thread-safety note: catch_warnings swaps a process-wide filter list, so concurrent threads
     # can briefly see each other's filters. That is acceptable: our own max_pixels check below runs
     # on the header first, and Pillow raises DecompressionBombError at 2x its limit regardless.
@@ -383,11 +357,7 @@ def _open_checked(
         if width * height > max_pixels:
             raise too_many_pixels
         if min(width, height) < min_side:
-            raise error(
-                f"{name} is only {width}×{height} pixels. Upload an image at least "
-                f"{min_side} pixels on each side.",
-                code="too_small",
-            )
+            raise error(messages.too_small(name, width, height, min_side), code="too_small")
         try:
             frames = getattr(image, "n_frames", 1) if image.format in ANIMATED_FORMATS else 1
             if frames <= 1:
@@ -398,32 +368,8 @@ def _open_checked(
             log.debug("could not decode %s", label, exc_info=True)
             raise corrupt from None
     if frames > 1:
-        raise error(
-            f"{name} is animated ({frames} frames). Upload a still image: a PNG, JPEG or WebP "
-            "of the frame you want.",
-            code="animated",
-        )
+        raise error(messages.animated(name, frames), code="animated")
     return image, mime
-
-
-def _wrong_type_message(name: str, mime: str | None) -> str:
-    if mime is None:
-        return f"{name} is not an image Retouch can read. {_ACCEPTED_TEXT}."
-    kind = _KIND_NAMES.get(mime, "that type of file")
-    return f"{name} is {kind}, which Retouch can't edit. {_ACCEPTED_TEXT}{_KIND_TIPS.get(mime, '')}."
-
-
-def _megabytes(size: int) -> str:
-    # Binary megabytes labelled "MB", as Discord's own upload limits are.
-    return f"{_short_number(size / (1024 * 1024))} MB"
-
-
-def _megapixels(pixels: int) -> str:
-    return f"{_short_number(pixels / 1_000_000)} megapixels"
-
-
-def _short_number(value: float) -> str:
-    return f"{value:.1f}".removesuffix(".0")
 
 
 # === Fitting under an upload limit =================================================================
@@ -546,10 +492,7 @@ class NormalizedMask:
         rgba = Image.merge("RGBA", (black, black, black, ImageOps.invert(self.region)))
         out = encode(rgba, "png")
         if len(out) >= OPENAI_MASK_MAX_BYTES:
-            raise InvalidMask(
-                "The mask is too detailed for the image service. Use simpler, solid shapes and try again.",
-                code="mask_too_detailed",
-            )
+            raise InvalidMask(messages.MASK_TOO_DETAILED, code="mask_too_detailed")
         return out
 
     def white_edit_png(self) -> bytes:
@@ -591,11 +534,7 @@ def normalize_mask(
     if image.format in ORIENTED_FORMATS:
         ImageOps.exif_transpose(image, in_place=True)
     if not _same_shape(image.size, image_size):
-        raise InvalidMask(
-            f"The mask is {image.width}×{image.height} but the image is {image_size[0]}×{image_size[1]}, "
-            "a different shape. Draw the mask over a copy of the image so both match.",
-            code="mask_shape",
-        )
+        raise InvalidMask(messages.mask_shape(image.size, image_size), code="mask_shape")
     region = _edit_region(image)
     if region.size != image_size:
         region = region.resize(image_size, Image.Resampling.NEAREST)
@@ -609,17 +548,9 @@ def mask_from_region(region: Image.Image, *, invert: bool = False) -> Normalized
         region = ImageOps.invert(region)
     coverage = region.histogram()[255] / (region.width * region.height)
     if coverage < MASK_MIN_COVERAGE:
-        raise InvalidMask(
-            "The mask doesn't mark anything to edit. Paint the area to change white (or erase it to "
-            "transparent) and leave the rest black, or turn `invert` off.",
-            code="mask_empty",
-        )
+        raise InvalidMask(messages.MASK_EMPTY, code="mask_empty")
     if coverage > MASK_MAX_COVERAGE:
-        raise InvalidMask(
-            "The mask marks the whole image. Mark only the part to change, or use the edit command "
-            "without a mask to change everything.",
-            code="mask_full",
-        )
+        raise InvalidMask(messages.MASK_FULL, code="mask_full")
     return NormalizedMask(region=region, coverage=coverage)
 
 
@@ -775,9 +706,7 @@ def grid_region(image_size: tuple[int, int], rows: int, cols: int, cells: Iterab
     region = Image.new("L", image_size, 0)
     for cell in cells:
         if not 1 <= cell <= len(boxes):
-            raise InvalidMask(
-                f"There is no cell {cell}. Pick cell numbers from 1 to {len(boxes)}.", code="mask_cell"
-            )
+            raise InvalidMask(messages.no_such_cell(cell, len(boxes)), code="mask_cell")
         region.paste(255, boxes[cell - 1])
     return region
 

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, 
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from bot import messages
 from bot.catalog import RETIREMENT_WARNING_DAYS, Catalog, ModelEntry, Resolution, Route
 from bot.errors import InvalidOptions
 from bot.providers.errors import ModelGone
@@ -171,11 +172,7 @@ class ModelLifecycle:
         for model in self.catalog.models.values():
             if self.usable(model):
                 return model
-        raise InvalidOptions(
-            "No image model is available from the image services this bot is set up with. "
-            "Ask the bot's operator to check `/diagnose`.",
-            code="no_live_model",
-        )
+        raise InvalidOptions(messages.NO_LIVE_MODEL, code="no_live_model")
 
     def successor(self, model: ModelEntry) -> ModelEntry | None:
         """The first usable model along `model`'s replacement chain (None when the chain ends)."""
@@ -212,29 +209,17 @@ class ModelLifecycle:
             return Resolution(asked, self._warning(asked))
         successor = self.successor(asked)
         if successor is not None:
-            return Resolution(
-                successor, f"{asked.name} has been retired, so this edit used {successor.name} instead."
-            )
+            return Resolution(successor, messages.replaced(asked.name, successor.name))
         if picked:
             raise InvalidOptions(self.dead_message(asked), code="model_retired")
         default = self.default_model()
-        return Resolution(default, f"{asked.name} is no longer available, so this edit used {default.name}.")
+        return Resolution(default, messages.defaulted(asked.name, default.name))
 
     def dead_message(self, model: ModelEntry, *, mid_run: bool = False) -> str:
         """User text for a picked model that no configured service sells any more."""
         successor = self.successor(model)
-        head = (
-            f"{model.name} was shut down by the image service while your edit was waiting."
-            if mid_run
-            else f"{model.name} is no longer available from the image services this bot uses."
-        )
-        if successor is not None:
-            offer = (
-                f"Its replacement is **{successor.name}**: run the edit again with `model: {successor.id}`"
-            )
-        else:
-            offer = "Run the edit again with another model"
-        return f"{head} {offer}, or leave `model` empty for the default. You were not charged."
+        replacement = (successor.name, successor.id) if successor is not None else None
+        return messages.model_gone(model.name, mid_run=mid_run, replacement=replacement)
 
     def _warning(self, model: ModelEntry) -> str | None:
         """Users who pick a model hear of its last live day from 30 days before it."""
@@ -243,7 +228,7 @@ class ModelLifecycle:
             return None
         last = max(end for end in ends if end is not None)
         if (last - self.today()).days <= RETIREMENT_WARNING_DAYS:
-            return f"{model.name} will be retired on {last:%Y-%m-%d}."
+            return messages.retiring_on(model.name, f"{last:%Y-%m-%d}")
         return None
 
     def warnings(self) -> list[str]:
@@ -381,12 +366,7 @@ class ModelLifecycle:
             if model is None or self.usable(model):
                 continue
             target = self.successor(model)
-            then = (
-                f"your default is now {target.name}"
-                if target
-                else "your edits now use the bot's default model"
-            )
-            notice = f"{model.name} is no longer available, so {then} (change it with /settings)."
+            notice = messages.default_moved(model.name, target.name if target else None)
             users, guilds = await self.store.move_stored_model(
                 model.id, target.id if target else None, notice
             )

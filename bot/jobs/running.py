@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import replace
 
+from bot import messages
 from bot.catalog import ModelEntry, Route, usd_to_credits
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import (
@@ -122,7 +123,7 @@ class ProviderRun(EngineCore):
             worst = self._worst_credits(candidate, spec)
             if worst is None or worst > spec.reserve:
                 continue
-            notice = f"{dead.name} was shut down by the image service, so this edit used {candidate.name}."
+            notice = messages.moved_mid_run(dead.name, candidate.name)
             moved = replace(
                 spec, model=candidate.id, model_name=candidate.name, notices=(*spec.notices, notice)
             )
