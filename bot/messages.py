@@ -7,6 +7,11 @@ domain modules hold no user text. Every sentence says what happened and what to 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.catalog import Route
+
 ACCEPTED = "Upload a PNG, JPEG or WebP"
 _KIND_NAMES = {
     "image/gif": "a GIF",
@@ -159,3 +164,49 @@ def default_moved(dead: str, target: str | None) -> str:
 
 def moved_mid_run(dead: str, used: str) -> str:
     return f"{dead} was shut down by the image service, so this edit used {used}."
+
+
+# -- routes (bot.routing) -------------------------------------------------------------------------
+
+# How each blocking option is named to the user (the /edit option names).
+_OPTION_NAMES = {
+    "mask": "mask",
+    "images": "images",
+    "size": "size",
+    "quality": "quality",
+    "background": "background",
+    "format": "format",
+    "prompt": "prompt",
+    "input_fidelity": "input fidelity",
+}
+
+
+def no_route(model: str) -> str:
+    return f"No configured image service sells {model}. Pick another model."
+
+
+def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
+    """The options to change so `route` (the closest one) can serve the job, with what it offers."""
+    hints = []
+    for problem in problems:
+        match problem:
+            case "mask":
+                hints.append("remove the `mask`")
+            case "images":
+                hints.append(f"attach at most {route.max_input_images} image(s)")
+            case "size":
+                hints.append(f"set `size` to one of {', '.join(route.sizes)}")
+            case "quality":
+                hints.append(f"set `quality` to one of {', '.join(route.qualities)}")
+            case "background":
+                hints.append(f"set `background` to one of {', '.join(route.backgrounds)}")
+            case "format":
+                hints.append(f"set `format` to one of {', '.join(route.output_formats)}")
+            case "prompt":
+                hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
+            case _:
+                hints.append(f"drop `{_OPTION_NAMES.get(problem, problem)}`")
+    return (
+        f"The image services configured for {model} cannot do this as asked: "
+        f"{'; '.join(hints)}, or pick another model."
+    )

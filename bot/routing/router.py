@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+from bot import messages
 from bot.catalog import ModelEntry, Route
 from bot.concurrency import LimitState, ProviderLimiter
 from bot.domain.options import Usage
@@ -19,7 +20,6 @@ from bot.routing.breaker import CircuitBreaker, _verdict
 from bot.routing.rules import (
     Needs,
     _reported_cost,
-    _unservable_message,
     adapt,
     blockers,
     charge_usd,
@@ -155,18 +155,14 @@ class Router:
         """Like `eligible`, but raises `InvalidOptions` naming the option(s) to change when none is."""
         configured = self.configured(model, order=order)
         if not configured:
-            raise InvalidOptions(
-                f"No configured image service sells {model.name}. Pick another model.", code="no_route"
-            )
+            raise InvalidOptions(messages.no_route(model.name), code="no_route")
         eligible = [r for r in configured if not blockers(r, needs)]
         if eligible:
             return eligible
         # Name what to change for the route that needs the fewest changes (ties: routing order).
         closest = min(configured, key=lambda r: len(blockers(r, needs)))
         problems = blockers(closest, needs)
-        raise InvalidOptions(
-            _unservable_message(model, closest, needs, problems), code=f"route_{problems[0]}"
-        )
+        raise InvalidOptions(messages.unservable(model.name, closest, problems), code=f"route_{problems[0]}")
 
     def reserve_usd(
         self, model: ModelEntry, needs: Needs, *, prompt: str, order: Sequence[str] | None = None

@@ -18,19 +18,6 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-# How each blocking option is named to the user (the /edit option names).
-_OPTION_NAMES = {
-    "mask": "mask",
-    "images": "images",
-    "size": "size",
-    "quality": "quality",
-    "background": "background",
-    "format": "format",
-    "prompt": "prompt",
-    "input_fidelity": "input fidelity",
-}
-
-
 # --------------------------------------------------------------------------- what a job needs
 
 
@@ -193,31 +180,4 @@ def charge_usd(model: ModelEntry, route: Route, result: EditResult, request: Edi
         size=result.size,
         requested_quality=request.quality,
         requested_size=request.size,
-    )
-
-
-def _unservable_message(model: ModelEntry, route: Route, needs: Needs, problems: tuple[str, ...]) -> str:
-    """User text naming the options to change (with what the closest route offers)."""
-    hints = []
-    for problem in problems:
-        match problem:
-            case "mask":
-                hints.append("remove the `mask`")
-            case "images":
-                hints.append(f"attach at most {route.max_input_images} image(s)")
-            case "size":
-                hints.append(f"set `size` to one of {', '.join(route.sizes)}")
-            case "quality":
-                hints.append(f"set `quality` to one of {', '.join(route.qualities)}")
-            case "background":
-                hints.append(f"set `background` to one of {', '.join(route.backgrounds)}")
-            case "format":
-                hints.append(f"set `format` to one of {', '.join(route.output_formats)}")
-            case "prompt":
-                hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
-            case _:
-                hints.append(f"drop `{_OPTION_NAMES.get(problem, problem)}`")
-    return (
-        f"The image services configured for {model.name} cannot do this as asked: "
-        f"{'; '.join(hints)}, or pick another model."
     )
