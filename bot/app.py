@@ -122,7 +122,8 @@ def build_providers(
     """
     if catalog is None:
         catalog = load_catalog(settings.catalog_path)
-    policy = RetryPolicy()
+    # A refused paid call is sent again by the router's adaptive limiter, not inside the adapter.
+    policy = RetryPolicy(retry_paid_429=False)
     sync_timeout = settings.provider_call_timeout_seconds  # a call that waits for the image
     submit_timeout = min(ASYNC_SUBMIT_TIMEOUT, sync_timeout)  # a call that only queues the job
     built: dict[str, Provider] = {}

@@ -257,6 +257,20 @@ async def test_send_paid_does_not_retry_5xx_and_marks_it_accepted(
     assert script.hits["/submit"] == 1
 
 
+@pytest.mark.parametrize(("retry", "hits"), [(True, 2), (False, 1)])
+async def test_a_paid_429_is_retried_inside_send_paid_only_when_the_policy_says_so(
+    server: tuple[str, Script], session: aiohttp.ClientSession, retry: bool, hits: int
+) -> None:
+    """The bot turns the adapter-internal retry off: its adaptive limiter sends the call again."""
+    base, script = server
+    script.on("/submit", status(429, b'{"error": {}}', {"retry-after": "0.01"}))
+    policy = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, retry_paid_429=retry)
+    with pytest.raises(RateLimited) as info:
+        await post_paid(session, f"{base}/submit", json={"a": 1}, policy=policy)
+    assert info.value.accepted is False
+    assert script.hits["/submit"] == hits
+
+
 async def test_send_paid_returns_the_2xx_response_with_body_and_request_id(
     server: tuple[str, Script], session: aiohttp.ClientSession
 ) -> None:

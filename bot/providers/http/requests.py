@@ -167,7 +167,12 @@ async def send_paid(
         if resp.ok:
             return resp
         refused = _classified(classify, resp, provider)
-        if isinstance(refused, RateLimited) and not refused.accepted and attempt < policy.attempts:
+        if (
+            isinstance(refused, RateLimited)
+            and not refused.accepted
+            and policy.retry_paid_429
+            and attempt < policy.attempts
+        ):
             told = refused.retry_after
             if (
                 told is not None

@@ -76,6 +76,10 @@ class RetryPolicy:
     max_delay: float = 8.0
     jitter: float = 0.25
     max_retry_after: float = 60.0
+    # Whether `send_paid` waits out a 429's retry-after and sends again by itself. The bot turns it
+    # off: its adaptive limiter (bot.concurrency) sends a refused paid call again, counting the wait
+    # and the call against the provider's limit, which an adapter-internal retry would hide.
+    retry_paid_429: bool = True
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
