@@ -69,7 +69,12 @@ class Services:
 
     def __post_init__(self) -> None:
         if self.policy is None:
-            self.policy = PolicyService(settings=self.settings, catalog=self.catalog, storage=self.storage)
+            self.policy = PolicyService(
+                settings=self.settings,
+                catalog=self.catalog,
+                storage=self.storage,
+                lifecycle=self.edits.lifecycle,
+            )
         if self.access is None:
             self.access = self.policy.access
         self.diagnostics = DiagnosticsService(

@@ -3,6 +3,7 @@ answers and stored defaults that move off a dead model. Every test sets its own 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -12,8 +13,10 @@ from bot.catalog import Catalog, load_catalog
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.errors import ModelGone
+from bot.services import edits
 from bot.storage import Storage
 from tests.catalogs import catalog, model, route
+from tests.fixtures import settings_for
 
 PROVIDERS = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
 SHUTDOWN = dt.date(2027, 1, 10)
@@ -269,11 +272,6 @@ async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: 
 async def test_a_slow_model_list_does_not_hold_up_start_up_and_is_applied_when_it_answers(
     storage: Storage, tmp_path, monkeypatch
 ):
-    import asyncio
-
-    from bot.services import edits
-    from tests.fixtures import settings_for
-
     answer = asyncio.Event()
 
     class SlowOpenAI:
