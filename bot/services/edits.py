@@ -3,8 +3,7 @@
 The service takes plain values (ids, bytes, callables) and never a Discord object. `prepare` checks
 options, images and the mask and prices the job without touching credits (what a preview shows);
 `submit` stores the job and holds its credits, and `bot.jobs.engine.JobEngine` runs it from there — queue,
-provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
-the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
+provider, delivery, capture or release — durably, across restarts, telling the caller's `LiveJob`.
 
 Over 400 lines, `EditService` over 300: this is the former bot/jobs.py moved whole (issue 14 moves
 code without rewriting it). The next cut is intake (options, images, mask: `options_for`,
@@ -31,12 +30,9 @@ from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
-    Delivered,
-    EditOutcome,
     InputFile,
     JobObserver,
     JobSpec,
-    JobStatus,
     LiveJob,
     MaskFiles,
     Origin,
@@ -58,7 +54,6 @@ FIRST_DISCOVERY_WAIT_SECONDS = 5.0  # how long start-up waits for OpenAI's model
 DM_GUILD_ID = 0
 
 Progress = Callable[[str], Awaitable[None]]
-Deliver = Callable[[EditOutcome], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -267,13 +262,6 @@ class EditService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run_edit(self, job: EditJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
-        """Prepare and execute one edit. Raises RetouchError subclasses with user-safe messages."""
-        if not self.accepting:
-            raise ShuttingDown()
-        prepared = await self.prepare(job, progress=progress)
-        return await self.execute(prepared, progress=progress, deliver=deliver)
-
     async def prepare(self, job: EditJob, *, progress: Progress | None = None) -> PreparedJob:
         """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
         await self.lifecycle.tick()  # a shutdown date passed: stored defaults move before they are read
@@ -323,12 +311,7 @@ class EditService:
         Raises InsufficientCredits or a server rule's refusal (nothing held). Progress, the result
         and any failure go to `live` (and, after a restart, through the engine's Delivery).
         """
-        return await self._submit(prepared, live, origin, wait=False)
-
-    async def execute(self, prepared: PreparedJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
-        """Submit and wait: reserve, call the provider, deliver, capture — or release on any failure."""
-        ticket = await self._submit(prepared, _CallbackLive(progress, deliver), None, wait=True)
-        return await self.engine.wait(ticket.job_id)
+        return await self._submit(prepared, live, origin)
 
     async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> str:
         """Cancel a job (see `JobEngine.cancel`); returns the text to show the person who asked."""
@@ -390,9 +373,7 @@ class EditService:
             return None
         return JobSpec.from_json(row.spec).requested_model if row.spec else row.model
 
-    async def _submit(
-        self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None, *, wait: bool
-    ) -> Ticket:
+    async def _submit(self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None) -> Ticket:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
@@ -428,7 +409,6 @@ class EditService:
             reserve=reserve,
             live=live,
             origin=origin,
-            wait=wait,
         )
 
     async def _spec(self, prepared: PreparedJob) -> tuple[JobSpec, dict[str, bytes]]:
@@ -617,24 +597,6 @@ def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
         mask=job.mask is not None,
         prompt_chars=len(job.options.prompt),
     )
-
-
-class _CallbackLive:
-    """A LiveJob made of the two callbacks `execute` takes (tests, benchmarks, scripts)."""
-
-    def __init__(self, progress: Progress, deliver: Deliver) -> None:
-        self._progress = progress
-        self._deliver = deliver
-
-    async def update(self, status: JobStatus) -> None:
-        await self._progress(status.text)
-
-    async def deliver(self, outcome: EditOutcome) -> Delivered:
-        await self._deliver(outcome)
-        return Delivered("callback")
-
-    async def finish(self, text: str | None) -> bool:
-        return True  # the caller hears the outcome from `execute` itself
 
 
 def _stored_upload(files: JobFiles, job_id: str, name: str, label: str) -> Upload:

@@ -1,7 +1,7 @@
 """What `/mask` shows before any credits move: the grid picker's picture and the priced preview.
 
 Plain values in and out (jobs, bytes, numbers); the Discord side lives in `cogs/mask/`. Nothing here
-reserves or charges credits: that happens only in `EditService.execute`, after the user confirmed.
+reserves or charges credits: that happens only in `EditService.submit`, after the user confirmed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class MaskPreview:
     """The confirmation step: the picture with the area to change tinted, and what it may cost."""
 
     image: bytes  # JPEG
-    cost: int  # worst-case credits, exactly what `execute` will hold
+    cost: int  # worst-case credits, exactly what `submit` will hold
     balance: int  # the user's spendable credits now
     coverage: float  # fraction of the image that may change
 
