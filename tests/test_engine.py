@@ -21,11 +21,11 @@ import pytest
 from bot.errors import InvalidOptions
 from bot.jobs.delivery import DELIVERY_DELAYED
 from bot.jobs.model import (
+    SUSPENDED_AT_PROVIDER,
     Delivered,
     DeliveryFailed,
     EditOutcome,
     JobInfo,
-    JobSuspended,
     NotAllowed,
 )
 from bot.providers.http import RetryPolicy
@@ -607,7 +607,7 @@ async def test_a_job_suspended_at_shutdown_tells_its_progress_message(
     await service.drain(0)
     with pytest.raises(NoResult) as info:
         await waiter
-    assert info.value.text == JobSuspended().user_message
+    assert info.value.text == SUSPENDED_AT_PROVIDER
 
 
 async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_image(

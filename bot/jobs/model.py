@@ -84,13 +84,6 @@ class JobTimedOut(RetouchError):
         )
 
 
-class JobSuspended(RetouchError):
-    """The bot is shutting down; the job stays in the database and continues after the restart."""
-
-    def __init__(self, text: str = SUSPENDED_AT_PROVIDER) -> None:
-        super().__init__(text, code="suspended")
-
-
 class ModelRetired(JobFailed):
     """The job's model was shut down at every configured provider and the job cannot move. The hold
     is released; the reference ties the member's message to the provider's answers in the log."""
