@@ -93,7 +93,7 @@ class EngineCore:
         self.router = router
         self.lifecycle = lifecycle  # where a job goes when its model is shut down mid-run
         self.files = files
-        self.observers = observers  # shared with EditService, which tests extend in place
+        self.observers = observers  # shared with EditService, which the members cog extends in place
         self.delivery: Delivery = NoDelivery()
         self.max_concurrent = settings.max_concurrent_jobs
         self.max_per_user = settings.max_jobs_per_user

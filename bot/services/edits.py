@@ -448,11 +448,6 @@ class EditService:
         )
         return spec, files
 
-    async def available_credits(self, guild_id: int, user_id: int) -> int:
-        """The user's spendable balance (creating the account with its starting grant if new)."""
-        account = await self.storage.ledger.ensure_account(guild_id, user_id, self.settings.starting_credits)
-        return account.balance
-
     async def drain(self, grace: float) -> int:
         """Stop taking jobs and let running ones finish for up to `grace` seconds (see
         `JobEngine.drain`: nothing durable is lost). Returns how many were aborted and refunded."""

@@ -66,20 +66,15 @@ async def grid_picture(image: bytes, grid: tuple[int, int], cells: tuple[int, ..
     return await asyncio.to_thread(imaging.grid_overlay, image, rows, cols, cells, max_side=PICKER_MAX_SIDE)
 
 
-async def preview(
-    edits: EditService, prepared: PreparedJob, policy: PolicyService | None = None
-) -> MaskPreview:
+async def preview(prepared: PreparedJob, policy: PolicyService) -> MaskPreview:
     """The tinted picture, the worst-case cost and the balance for a prepared masked job.
 
-    With the server's `policy`, the balance is the one `/credits` shows (allowance top-up included,
-    the same refill the reservation would do anyway); without it, the plain account balance.
+    The balance is the one `/credits` shows (allowance top-up included, the same refill the
+    reservation would do anyway).
     """
     if prepared.mask is None:
         raise ValueError("preview needs a masked job")
     picture = await asyncio.to_thread(imaging.tint_preview, prepared.images[0].data, prepared.mask.region)
     job = prepared.job
-    if policy is not None:
-        balance = (await policy.credits(job.guild_id, job.user_id, job.role_ids)).account.balance
-    else:
-        balance = await edits.available_credits(job.guild_id, job.user_id)
+    balance = (await policy.credits(job.guild_id, job.user_id, job.role_ids)).account.balance
     return MaskPreview(picture, prepared.reserve, balance, prepared.mask.coverage)
