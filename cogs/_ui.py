@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import choices
+from bot import choices, messages
 from bot.catalog import ModelEntry
 from bot.client import RetouchBot, reply_privately
 from bot.errors import RetouchError, new_reference
@@ -298,7 +298,7 @@ async def report_error(interaction: discord.Interaction, error: BaseException, *
     else:
         ref = new_reference()
         log.error("unexpected error in %s (ref %s)", where, ref, exc_info=error)
-        text = f"Something went wrong (ref `{ref}`). You were not charged; please try again."
+        text = messages.unexpected(ref)
     await reply_privately(interaction, text)
 
 
