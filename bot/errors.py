@@ -55,21 +55,22 @@ def new_reference() -> str:
     return secrets.token_hex(3)
 
 
+# The first kind `exc` is an instance of decides (a subclass must come before its base).
+_PROVIDER_TEXTS: tuple[tuple[type[perr.ProviderError], str], ...] = (
+    (perr.ProviderRejected, messages.PROVIDER_REFUSED),
+    (perr.InvalidInput, messages.PROVIDER_INVALID_INPUT),
+    (perr.ModelUnavailable, messages.PROVIDER_MODEL_UNAVAILABLE),
+    (perr.RateLimited, messages.PROVIDER_BUSY),
+    (perr.ServiceUnavailable, messages.PROVIDER_UNAVAILABLE),
+    (perr.ProviderTimeout, messages.PROVIDER_TIMEOUT),
+    (perr.ProviderJobFailed, messages.PROVIDER_JOB_FAILED),
+)
+
+
 def message_for_provider_error(exc: perr.ProviderError) -> str:
     """User text for a provider failure. Credits are always released before this is shown."""
-    if isinstance(exc, perr.ProviderRejected):
-        return messages.PROVIDER_REFUSED
-    if isinstance(exc, perr.InvalidInput):
-        return messages.PROVIDER_INVALID_INPUT
-    if isinstance(exc, perr.ModelUnavailable):
-        return messages.PROVIDER_MODEL_UNAVAILABLE
-    if isinstance(exc, perr.RateLimited):
-        return messages.PROVIDER_BUSY
-    if isinstance(exc, perr.ServiceUnavailable):
-        return messages.PROVIDER_UNAVAILABLE
-    if isinstance(exc, perr.ProviderTimeout):
-        return messages.PROVIDER_TIMEOUT
-    if isinstance(exc, perr.ProviderJobFailed):
-        return messages.PROVIDER_JOB_FAILED
+    for kind, text in _PROVIDER_TEXTS:
+        if isinstance(exc, kind):
+            return text
     # ServerError, ConnectionFailed and anything else from the provider layer.
     return messages.PROVIDER_FAILED

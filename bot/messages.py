@@ -173,18 +173,6 @@ def moved_mid_run(dead: str, used: str) -> str:
 
 # -- routes (bot.routing) -------------------------------------------------------------------------
 
-# How each blocking option is named to the user (the /edit option names).
-_OPTION_NAMES = {
-    "mask": "mask",
-    "images": "images",
-    "size": "size",
-    "quality": "quality",
-    "background": "background",
-    "format": "format",
-    "prompt": "prompt",
-    "input_fidelity": "input fidelity",
-}
-
 
 def no_route(model: str) -> str:
     return f"No configured image service sells {model}. Pick another model."
@@ -210,7 +198,7 @@ def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
             case "prompt":
                 hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
             case _:
-                hints.append(f"drop `{_OPTION_NAMES.get(problem, problem)}`")
+                hints.append(f"drop `{problem.replace('_', ' ')}`")  # input_fidelity: no /edit option
     return (
         f"The image services configured for {model} cannot do this as asked: "
         f"{'; '.join(hints)}, or pick another model."
