@@ -305,6 +305,7 @@ async def report_error(interaction: discord.Interaction, error: BaseException, *
 # -- persistent controls -------------------------------------------------------------------------------
 
 
+# The base's own template never matches: only its subclasses are registered.
 class PersistentControl(discord.ui.DynamicItem[discord.ui.Item[Any]], template=r"(?!)"):
     """A button or menu whose state is its custom id, `PREFIX:value:value…`, so a click reaches the bot
     after any restart: discord.py matches the id of a clicked component against each registered
@@ -320,7 +321,6 @@ class PersistentControl(discord.ui.DynamicItem[discord.ui.Item[Any]], template=r
     item errors through it).
     """
 
-    # The base's own template never matches: only subclasses are registered.
     prefix: ClassVar[str]
     fields: ClassVar[tuple[str, ...]]
     cog: ClassVar[str] = ""
