@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.catalog import Route
+    from bot.catalog import ModelEntry, Route
 
 ACCEPTED = "Upload a PNG, JPEG or WebP"
 _KIND_NAMES = {
@@ -205,6 +205,125 @@ def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
     )
 
 
+# -- an edit's options, uploads and mask (bot.services.edits) -------------------------------------
+
+EMPTY_PROMPT = "The prompt is empty. Describe the change you want."
+TRANSPARENT_NEEDS_FORMAT_OPTION = (
+    "A transparent background needs PNG or WebP output. Set `format` to png or webp."
+)
+MASK_FILE_TOO_LARGE = "The mask file is too large. Upload a smaller PNG (black and white, white = edit)."
+NO_AREA_PICKED = "Pick at least one area of the image to change."
+
+
+def prompt_too_long(chars: int, model: str, max_chars: int) -> str:
+    return f"The prompt is {chars} characters; {model} accepts at most {max_chars}. Shorten it and try again."
+
+
+def quality_not_offered(model: ModelEntry, quality: str) -> str:
+    return f"{model.name} does not offer quality `{quality}`. Pick one of: {', '.join(model.qualities)}."
+
+
+def size_not_offered(model: ModelEntry, size: str) -> str:
+    """A size `model` cannot make, naming what it can."""
+    listed = ", ".join(model.sizes)
+    if model.size_rules is None:
+        return f"{model.name} does not offer size `{size}`. Pick one of: {listed}."
+    why = model.size_rules.problem(size)
+    return (
+        f"{model.name} cannot make size `{size}` ({why}). Pick one of {listed}, or "
+        f"{model.size_rules.describe()}."
+    )
+
+
+def count_range(max_images: int) -> str:
+    return f"`count` must be between 1 and {max_images}."
+
+
+def too_many_inputs(model: str, max_images: int) -> str:
+    return f"{model} accepts at most {max_images} input image(s)."
+
+
+def no_mask_support(model: str) -> str:
+    return f"{model} cannot do masked edits. Pick another model for /mask."
+
+
+def upload_too_large(label: str, size: int, limit: int) -> str:
+    """Refused from the size Discord declares, before any download (bot.imaging's `too_large` reads
+    the bytes)."""
+    return (
+        f"`{label}` is {size / 1048576:.1f} MB; the limit is "
+        f"{limit / 1048576:.0f} MB. Upload a smaller PNG, JPEG or WebP."
+    )
+
+
+# -- Retry, Undo, Stop and Delete on a posted result (bot.services.edits, cogs) -------------------
+
+UNKNOWN_EDIT = "This edit is not known any more. Run /edit again."
+RETRY_ELSEWHERE = (
+    "This edit was made in a server: retry it there (Retouch checks your roles in that "
+    "server), or run /edit here."
+)
+RETRY_NOT_REQUESTER = (
+    "Only the person who asked for this edit can retry it (it reuses their images). "
+    "Use **Edit again** to edit the result yourself."
+)
+STOP_NOT_ALLOWED = (
+    "Only the person who asked for this edit, or a member who can manage messages here, can stop it."
+)
+DELETE_NOT_ALLOWED = (
+    "Only the person who asked for this edit, or a member who can manage messages, can delete it."
+)
+UNDO_NOT_REQUESTER = "Only the person who made this edit can undo it."
+NOTHING_TO_UNDO = "This is the first version of this edit: there is nothing to undo."
+PREVIOUS_VERSION_DELETED = "The previous version was deleted from Discord, so it cannot be posted again."
+RESULT_IMAGE_GONE = "That result no longer has its image. Use /edit with a file instead."
+
+
+def inputs_expired(hours: float) -> str:
+    return (
+        f"The original images of this edit are no longer kept (Retouch keeps them for {hours:g} "
+        "hours). Use **Edit again** on the result, or run /edit with the images."
+    )
+
+
+def history_expired(hours: float) -> str:
+    return (
+        f"Retouch keeps an edit's history for {hours:g} hours; this one is older. "
+        "Use **Edit again** or /edit."
+    )
+
+
+# -- /mask previews, the Edit image menu and cheaper-run offers (cogs) ----------------------------
+
+NO_IMAGE_ATTACHED = (
+    "That message has no image attached. Use **Edit image** on a message with a PNG, JPEG or WebP file."
+)
+NOT_YOUR_PREVIEW = "This preview belongs to someone else."
+OFFER_GONE = "This offer was already used or has expired. Run the command again."
+
+
+def preview_expired(lasts: str) -> str:
+    """`lasts`: how long a preview waits for a click, in words ("5 minutes")."""
+    return (
+        f"This preview has expired (previews last {lasts} without a click, and do not "
+        "survive a restart). Nothing was charged — run `/mask` again."
+    )
+
+
+def too_many_previews(limit: int) -> str:
+    return (
+        f"You already have {limit} /mask preview(s) open. Run or cancel one of them first "
+        "(they also expire after a few minutes). Nothing was charged."
+    )
+
+
+def preview_unaffordable(cost: int, balance: int) -> str:
+    return (
+        f"This edit can cost up to {cost} credits and you have {balance}. "
+        "Try a lower quality, or ask an admin for credits."
+    )
+
+
 # -- which servers are served, the operator, rate limits (bot.services.access) --------------------
 
 NOT_APPROVED = (
@@ -352,6 +471,15 @@ NEEDS_MANAGE_SERVER = "You need the Manage Server permission to do that."
 NOT_ON_ADMIN_LIST = (
     "Only the admins listed in this bot's ADMIN_USER_IDS setting can change credits and policy."
 )
+
+
+NO_SERVER_GIVEN = "Give the server's id (right-click the server → Copy Server ID)."
+SERVER_ID_NOT_A_NUMBER = "A server id is a number (right-click the server → Copy Server ID)."
+
+
+def listed_in_settings(guild_id: int) -> str:
+    """/owner remove for a server ALLOWED_GUILD_IDS lists: the setting wins."""
+    return f"Server `{guild_id}` is listed in ALLOWED_GUILD_IDS; remove it there and restart."
 
 
 def not_one_of(option: str, allowed: Iterable[str]) -> str:

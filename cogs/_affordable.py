@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import discord
 
+from bot import messages
 from bot.services.affordable import Offer, button_label, offer_text
 from bot.services.edits import PreparedJob
 from cogs._ui import PersistentControl
@@ -67,9 +68,7 @@ class CheaperRun(PersistentControl, prefix="retouch:cheaper", fields={"sid": "[0
         book: OfferBook | None = getattr(interaction.client.get_cog("MembersCog"), "offers", None)  # type: ignore[attr-defined]
         entry = book.take(self.state[0], interaction.user.id) if book is not None else None
         if entry is None:
-            await interaction.response.send_message(
-                "This offer was already used or has expired. Run the command again.", ephemeral=True
-            )
+            await interaction.response.send_message(messages.OFFER_GONE, ephemeral=True)
             return
         interaction.extras["ephemeral_original"] = True
         await interaction.response.edit_message(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import discord
 
+from bot import messages
 from bot.client import RetouchBot
 from bot.services.edits import EditJob, EditOptions
 from cogs._delivery import DiscordDelivery
@@ -138,9 +139,7 @@ class JobsCog(RetouchCog):
             message, thread_id = await chain_source(self.bot, message, job_id)
         image = first_image(message) if message is not None else None
         if message is None or image is None:
-            await interaction.edit_original_response(
-                content="That result no longer has its image. Use /edit with a file instead."
-            )
+            await interaction.edit_original_response(content=messages.RESULT_IMAGE_GONE)
             return
         job = EditJob(
             guild_id=interaction.guild_id or 0,
@@ -175,10 +174,7 @@ class JobsCog(RetouchCog):
         requester = row is not None and row.user_id == interaction.user.id
         if not its_result or (not requester and not _can_manage(interaction)):
             await interaction.response.send_message(
-                "Only the person who asked for this edit, or a member who can manage messages, can "
-                "delete it.",
-                ephemeral=True,
-                allowed_mentions=NO_MENTIONS,
+                messages.DELETE_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         await interaction.response.defer()

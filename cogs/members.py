@@ -17,6 +17,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot import messages
 from bot.client import RetouchBot
 from bot.services.history import NothingToUndo
 from cogs._affordable import CheaperRun, OfferBook
@@ -63,10 +64,7 @@ class MembersCog(RetouchCog):
         manage = can_manage_messages(interaction)
         if row is None or (row.user_id != interaction.user.id and not manage):
             await interaction.response.send_message(
-                "Only the person who asked for this edit, or a member who can manage messages here, can "
-                "stop it.",
-                ephemeral=True,
-                allowed_mentions=NO_MENTIONS,
+                messages.STOP_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         await interaction.response.defer()  # the answer is the public notice itself
@@ -127,19 +125,15 @@ class MembersCog(RetouchCog):
         hours = self.bot.services.settings.result_retention_hours
         latest = await history.latest(message.id, job_id)
         if latest is None:
-            await _private(
-                interaction,
-                f"Retouch keeps an edit's history for {hours:g} hours; this one is older. "
-                "Use **Edit again** or /edit.",
-            )
+            await _private(interaction, messages.history_expired(hours))
             return
         if latest.user_id != interaction.user.id and not can_manage_messages(interaction):
-            await _private(interaction, "Only the person who made this edit can undo it.")
+            await _private(interaction, messages.UNDO_NOT_REQUESTER)
             return
         try:
             step = await history.undo_step(message.id, job_id)
         except NothingToUndo:
-            await _private(interaction, "This is the first version of this edit: there is nothing to undo.")
+            await _private(interaction, messages.NOTHING_TO_UNDO)
             return
         await interaction.response.defer()
         try:
@@ -150,9 +144,7 @@ class MembersCog(RetouchCog):
             earlier = None
         attachment = first_image(earlier) if earlier is not None else None
         if earlier is None or attachment is None:
-            await interaction.followup.send(
-                "The previous version was deleted from Discord, so it cannot be posted again.", ephemeral=True
-            )
+            await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
             return
         data = await attachment.read()
         name = interaction.user.display_name

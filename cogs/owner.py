@@ -13,6 +13,7 @@ from decimal import Decimal
 import discord
 from discord import app_commands
 
+from bot import messages
 from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.services.access import AccessService
@@ -31,14 +32,10 @@ def _server_id(interaction: discord.Interaction, text: str | None) -> int:
     """The server an operator command is about: the one given, else the one it runs in."""
     if text is None:
         if interaction.guild_id is None:
-            raise InvalidOptions(
-                "Give the server's id (right-click the server → Copy Server ID).", code="no_server"
-            )
+            raise InvalidOptions(messages.NO_SERVER_GIVEN, code="no_server")
         return interaction.guild_id
     if not text.strip().isdigit():
-        raise InvalidOptions(
-            "A server id is a number (right-click the server → Copy Server ID).", code="bad_server"
-        )
+        raise InvalidOptions(messages.SERVER_ID_NOT_A_NUMBER, code="bad_server")
     return int(text.strip())
 
 
@@ -99,7 +96,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         removed = await self._access.remove(guild_id, interaction.user.id)
         text = f"Server `{guild_id}` is no longer approved."
         if not removed:
-            text = f"Server `{guild_id}` is listed in ALLOWED_GUILD_IDS; remove it there and restart."
+            text = messages.listed_in_settings(guild_id)
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="allotment", description="Most a server may spend per month, in US dollars")

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
-from bot import imaging
+from bot import imaging, messages
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
@@ -335,19 +335,11 @@ class EditService:
         """
         row = await self.storage.jobs.get_job(job_id)
         if row is None:
-            raise InvalidOptions("This edit is not known any more. Run /edit again.", code="unknown_job")
+            raise InvalidOptions(messages.UNKNOWN_EDIT, code="unknown_job")
         if row.guild_id != guild_id:
-            raise InvalidOptions(
-                "This edit was made in a server: retry it there (Retouch checks your roles in that "
-                "server), or run /edit here.",
-                code="retry_elsewhere",
-            )
+            raise InvalidOptions(messages.RETRY_ELSEWHERE, code="retry_elsewhere")
         if row.user_id != user_id:
-            raise InvalidOptions(
-                "Only the person who asked for this edit can retry it (it reuses their images). "
-                "Use **Edit again** to edit the result yourself.",
-                code="not_requester",
-            )
+            raise InvalidOptions(messages.RETRY_NOT_REQUESTER, code="not_requester")
         spec = JobSpec.from_json(row.spec) if row.spec else None
         expires = row.files_expire_at or ""
         now = self.storage.now().astimezone(dt.UTC).isoformat(timespec="milliseconds")
@@ -358,11 +350,7 @@ class EditService:
         )
         if spec is None or not kept:
             hours = self.settings.input_retention_hours
-            raise InvalidOptions(
-                f"The original images of this edit are no longer kept (Retouch keeps them for {hours:g} "
-                "hours). Use **Edit again** on the result, or run /edit with the images.",
-                code="inputs_expired",
-            )
+            raise InvalidOptions(messages.inputs_expired(hours), code="inputs_expired")
         job = _job_from_spec(row.id, guild_id, spec, self.engine.files, user_id, channel_id, upload_limit)
         return dataclasses.replace(job, role_ids=role_ids)
 
@@ -481,37 +469,26 @@ class EditService:
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
         if not prompt.strip():
-            raise InvalidOptions("The prompt is empty. Describe the change you want.", code="empty_prompt")
+            raise InvalidOptions(messages.EMPTY_PROMPT, code="empty_prompt")
         if len(prompt) > model.max_prompt_chars:
             raise InvalidOptions(
-                f"The prompt is {len(prompt)} characters; {model.name} accepts at most "
-                f"{model.max_prompt_chars}. Shorten it and try again.",
+                messages.prompt_too_long(len(prompt), model.name, model.max_prompt_chars),
                 code="prompt_too_long",
             )
         if chosen.quality not in model.qualities:
-            raise InvalidOptions(
-                f"{model.name} does not offer quality `{chosen.quality}`. Pick one of: "
-                f"{', '.join(model.qualities)}.",
-                code="bad_quality",
-            )
+            raise InvalidOptions(messages.quality_not_offered(model, chosen.quality), code="bad_quality")
         if not model.accepts_size(chosen.size):
-            raise InvalidOptions(size_refusal(model, chosen.size), code="bad_size")
+            raise InvalidOptions(messages.size_not_offered(model, chosen.size), code="bad_size")
         if not 1 <= chosen.count <= MAX_IMAGES_PER_EDIT:
-            raise InvalidOptions(f"`count` must be between 1 and {MAX_IMAGES_PER_EDIT}.", code="bad_count")
+            raise InvalidOptions(messages.count_range(MAX_IMAGES_PER_EDIT), code="bad_count")
         if chosen.background == "transparent" and chosen.output_format == "jpeg":
-            raise InvalidOptions(
-                "A transparent background needs PNG or WebP output. Set `format` to png or webp.",
-                code="transparent_jpeg",
-            )
+            raise InvalidOptions(messages.TRANSPARENT_NEEDS_FORMAT_OPTION, code="transparent_jpeg")
         if len(job.uploads) > min(model.max_input_images, MAX_IMAGES_PER_EDIT):
             raise InvalidOptions(
-                f"{model.name} accepts at most {model.max_input_images} input image(s).",
-                code="too_many_images",
+                messages.too_many_inputs(model.name, model.max_input_images), code="too_many_images"
             )
         if job.mask is not None and not model.mask:
-            raise InvalidOptions(
-                f"{model.name} cannot do masked edits. Pick another model for /mask.", code="no_mask_support"
-            )
+            raise InvalidOptions(messages.no_mask_support(model.name), code="no_mask_support")
         # Raises InvalidOptions naming the option to change when no configured route can honour it.
         self.router.require(model, _needs(chosen, job, len(job.uploads)), order=_order(chosen))
 
@@ -521,9 +498,7 @@ class EditService:
             # Refuse from the declared size before downloading a single byte.
             if upload.size > cap:
                 raise InvalidImage(
-                    f"`{upload.label}` is {upload.size / 1048576:.1f} MB; the limit is "
-                    f"{cap / 1048576:.0f} MB. Upload a smaller PNG, JPEG or WebP.",
-                    code="too_large",
+                    messages.upload_too_large(upload.label, upload.size, cap), code="too_large"
                 )
         images = []
         for upload in uploads:
@@ -543,10 +518,7 @@ class EditService:
         size = (image.width, image.height)
         if spec.upload is not None:
             if spec.upload.size > self.settings.max_input_bytes:
-                raise InvalidMask(
-                    "The mask file is too large. Upload a smaller PNG (black and white, white = edit).",
-                    code="too_large",
-                )
+                raise InvalidMask(messages.MASK_FILE_TOO_LARGE, code="too_large")
             data = await spec.upload.read()
             return await asyncio.to_thread(
                 imaging.normalize_mask,
@@ -557,22 +529,10 @@ class EditService:
                 max_pixels=self.settings.max_input_pixels,
             )
         if spec.grid is None or not spec.cells:
-            raise InvalidMask("Pick at least one area of the image to change.", code="mask_empty")
+            raise InvalidMask(messages.NO_AREA_PICKED, code="mask_empty")
         rows, cols = spec.grid
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
-
-
-def size_refusal(model: ModelEntry, size: str) -> str:
-    """User text for a size `model` cannot make, naming what it can."""
-    listed = ", ".join(model.sizes)
-    if model.size_rules is None:
-        return f"{model.name} does not offer size `{size}`. Pick one of: {listed}."
-    why = model.size_rules.problem(size)
-    return (
-        f"{model.name} cannot make size `{size}` ({why}). Pick one of {listed}, or "
-        f"{model.size_rules.describe()}."
-    )
 
 
 def _order(chosen: JobDefaults) -> tuple[str, ...] | None:

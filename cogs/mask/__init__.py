@@ -31,7 +31,7 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot import imaging
+from bot import imaging, messages
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.services import masking
@@ -132,10 +132,7 @@ class MaskCog(GridPicker, RetouchCog):
         image = first_image(message)
         if image is None:
             await interaction.response.send_message(
-                "That message has no image attached. Use **Edit image** on a message with a PNG, JPEG or "
-                "WebP file.",
-                ephemeral=True,
-                allowed_mentions=NO_MENTIONS,
+                messages.NO_IMAGE_ATTACHED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
         await interaction.response.send_modal(EditImageForm(self, image, message.id))
@@ -234,7 +231,7 @@ class MaskCog(GridPicker, RetouchCog):
             if session.user_id != interaction.user.id:
                 # Pickers and previews are private, so only a forged click gets here; leave it alone.
                 await interaction.response.send_message(
-                    "This preview belongs to someone else.", ephemeral=True, allowed_mentions=NO_MENTIONS
+                    messages.NOT_YOUR_PREVIEW, ephemeral=True, allowed_mentions=NO_MENTIONS
                 )
                 return
             # Errors replace the private message (which holds the controls) with their text.

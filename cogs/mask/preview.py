@@ -7,6 +7,7 @@ import dataclasses
 
 import discord
 
+from bot import messages
 from bot.services import masking
 from bot.services.edits import EditJob, PreparedJob
 from cogs._results import run_and_publish
@@ -49,8 +50,7 @@ def preview_embed(prepared: PreparedJob, shown: masking.MaskPreview, timeout: fl
     if not shown.affordable:
         embed.add_field(
             name="Not enough credits",
-            value=f"This edit can cost up to {shown.cost} credits and you have {shown.balance}. "
-            "Try a lower quality, or ask an admin for credits.",
+            value=messages.preview_unaffordable(shown.cost, shown.balance),
             inline=False,
         )
     for notice in prepared.notices:

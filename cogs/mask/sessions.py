@@ -12,6 +12,7 @@ from typing import Any
 
 import discord
 
+from bot import messages
 from bot.client import RetouchBot
 from bot.errors import RetouchError
 from bot.services import masking
@@ -26,21 +27,14 @@ FINISHED_REMEMBERED = 1000
 
 
 def expired_text(timeout: float) -> str:
-    return (
-        f"This preview has expired (previews last {minutes(timeout)} without a click, and do not "
-        "survive a restart). Nothing was charged — run `/mask` again."
-    )
+    return messages.preview_expired(minutes(timeout))
 
 
 class TooManyPreviews(RetouchError):
     """The member already has `MAX_MASK_PREVIEWS` mask pickers or previews open."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"You already have {limit} /mask preview(s) open. Run or cancel one of them first "
-            "(they also expire after a few minutes). Nothing was charged.",
-            code="too_many_previews",
-        )
+        super().__init__(messages.too_many_previews(limit), code="too_many_previews")
 
 
 @dataclass
