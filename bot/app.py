@@ -239,7 +239,6 @@ def build_services(
         # Command options > the user's /quality and /settings > server defaults > bot settings.
         defaults=policy.defaults_for,
         policy=policy,
-        today=today,
         lifecycle=lifecycle,
     )
     edits.safety = _safety_check(settings, storage, providers, audit)

@@ -6,13 +6,20 @@ needs a fake under another name or with other options declares it in one line wi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.app import build_services
+from bot.catalog import Catalog
 from bot.config import PROVIDER_ENV, Settings, load_settings
+from bot.providers.base import Provider
+from bot.services.edits import EditService
+from bot.storage import Storage
 
 TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
 
@@ -46,3 +53,27 @@ def settings_for(data_dir: Path, openai: Any = None, **env: str) -> Settings:
     if openai is not None:
         base.update(provider_env("openai", openai))
     return load_settings({**base, **env})
+
+
+def edit_service(
+    settings: Settings,
+    catalog: Catalog,
+    storage: Storage,
+    providers: dict[str, Provider],
+    *,
+    approve: Iterable[int],
+    moderation: str = "off",
+    today: Callable[[], dt.date] | None = None,
+) -> EditService:
+    """The job service as production wires it (`bot.app.build_services`: lifecycle, server rules,
+    access, observers, the safety check), for tests that drive it without Discord.
+
+    `approve`: the servers the operator approved (as ALLOWED_GUILD_IDS would). `moderation`: the
+    safety check's level, off unless a test is about it (when on, the fake OpenAI is asked too).
+    `today`: the calendar shutdown dates are compared with (the real one when None).
+    """
+    settings = dataclasses.replace(
+        settings, allowed_guild_ids=settings.allowed_guild_ids | frozenset(approve), moderation=moderation
+    )
+    calendar = {} if today is None else {"today": today}
+    return build_services(settings, catalog, storage, providers, **calendar).edits

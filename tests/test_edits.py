@@ -21,7 +21,7 @@ from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Uplo
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
-from tests.fixtures import serving, settings_for
+from tests.fixtures import edit_service, serving, settings_for
 from tests.live import NoResult, RecordingLive, run_to_end
 
 DATA = Path(__file__).parent / "data"
@@ -66,12 +66,12 @@ async def make_service(fake: FakeOpenAI, storage: Storage, tmp_path: Path):
             env = {"STARTING_CREDITS": "1000", "DEFAULT_MODEL": "gpt-image-1.5", **env}
             settings = settings_for(tmp_path, fake, **env)
             provider = OpenAIProvider(session, fake.api_key, fake.base_url, policy=FAST, call_timeout=1.5)
-            return EditService(
-                settings=settings,
-                catalog=catalog or load_catalog(NOVEMBER_CATALOG),
-                storage=storage,
-                providers={"openai": provider},
-                user_salt=b"salt",
+            return edit_service(
+                settings,
+                catalog or load_catalog(NOVEMBER_CATALOG),
+                storage,
+                {"openai": provider},
+                approve=[GUILD],
                 today=lambda: TODAY,
             )
 

@@ -36,7 +36,7 @@ from bot.storage import Storage
 from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import provider_env, settings_for
+from tests.fixtures import edit_service, provider_env, settings_for
 from tests.live import NoResult, RecordingLive, run_to_end
 
 GUILD, ALICE, BOB = 1, 2, 3
@@ -130,9 +130,7 @@ async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> 
                     max_poll_interval=0.02,
                 ),
             }
-            service = EditService(
-                settings=settings, catalog=CATALOG, storage=storage, providers=providers, user_salt=b"salt"
-            )
+            service = edit_service(settings, CATALOG, storage, providers, approve=[GUILD])
             recorder = Recorder()
             service.engine.attach_delivery(recorder)
             opened.append((storage, service))

@@ -22,17 +22,18 @@ from bot.errors import InvalidImage
 from bot.imaging import validate_image
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
-from bot.services.edits import EditJob, EditOptions, EditService, Upload
+from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.durable import CATALOG, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI
-from tests.fixtures import settings_for
+from tests.fixtures import edit_service, settings_for
 from tests.live import run_to_end
 from tests.test_imaging import blocks
 
 # Pillow warns about the damaged EXIF blocks the hostile files carry; that is the point of them.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
 
+GUILD = 1
 PRIVATE = (b"tEXt", b"iTXt", b"zTXt", b"tIME", b"eXIf", b"EXIF", b"XMP ", b"APP1:", b"APP13:", b"COM:")
 LIMITS = {"max_bytes": 2_000_000, "max_pixels": 4_000_000}
 ICC = Image.open(Path(__file__).parent / "data" / "chelsea.png").info["icc_profile"]
@@ -143,9 +144,7 @@ class Intake:
         providers = {
             "openai": OpenAIProvider(self.http, self.openai.api_key, self.openai.base_url, policy=policy)
         }
-        self.service = EditService(
-            settings=settings, catalog=CATALOG, storage=self.storage, providers=providers, user_salt=b"s"
-        )
+        self.service = edit_service(settings, CATALOG, self.storage, providers, approve=[GUILD])
         return self
 
     async def close(self) -> None:
@@ -159,7 +158,7 @@ class Intake:
             return data
 
         job = EditJob(
-            guild_id=1,
+            guild_id=GUILD,
             user_id=2,
             channel_id=3,
             uploads=[Upload("image", "upload.bin", len(data), read)],
@@ -182,7 +181,7 @@ class Intake:
         await self.nothing_held()
 
     async def nothing_held(self) -> None:
-        account = await self.storage.ledger.get_account(1, 2)
+        account = await self.storage.ledger.get_account(GUILD, 2)
         assert account is None or account.held == 0
 
 

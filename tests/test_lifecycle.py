@@ -16,7 +16,7 @@ from bot.providers.errors import ModelGone
 from bot.services import edits
 from bot.storage import Storage
 from tests.catalogs import catalog, model, route
-from tests.fixtures import settings_for
+from tests.fixtures import edit_service, settings_for
 
 PROVIDERS = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
 SHUTDOWN = dt.date(2027, 1, 10)
@@ -288,12 +288,12 @@ async def test_a_slow_model_list_does_not_hold_up_start_up_and_is_applied_when_i
 
     monkeypatch.setattr(edits, "FIRST_DISCOVERY_WAIT_SECONDS", 0.05)
     cat = two_route_catalog()
-    service = edits.EditService(
-        settings=settings_for(tmp_path, OPENAI_API_KEY="sk-test-0123456789"),
-        catalog=cat,
-        storage=storage,
-        providers={"openai": SlowOpenAI()},  # type: ignore[dict-item]
-        user_salt=b"salt",
+    service = edit_service(
+        settings_for(tmp_path, OPENAI_API_KEY="sk-test-0123456789"),
+        cat,
+        storage,
+        {"openai": SlowOpenAI()},  # type: ignore[dict-item]
+        approve=[],
         today=lambda: dt.date(2027, 1, 1),
     )
     old = cat.get("old")

@@ -30,7 +30,7 @@ from bot.domain.options import Usage
 from bot.errors import InvalidOptions
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
-from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage
+from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Provider
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
@@ -61,7 +61,7 @@ from tests.fakes.oneminai_server import FakeOneMin
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import provider_env
+from tests.fixtures import edit_service, provider_env
 from tests.harness import running_bot
 from tests.live import NoResult, run_to_end
 
@@ -558,16 +558,21 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def real_router(
+def adapters(
     session: aiohttp.ClientSession, atlas: FakeAtlas, wavespeed: FakeWaveSpeed
-) -> Callable[..., Router]:
+) -> dict[str, Provider]:
+    """The Atlas and WaveSpeed adapters on their fakes, polling fast."""
+    fast = {"policy": FAST, "poll_interval": 0.01, "max_poll_interval": 0.02, "call_timeout": 5.0}
+    return {
+        "atlascloud": AtlasCloudProvider(session, atlas.api_key, atlas.base_url, **fast),  # type: ignore[arg-type]
+        "wavespeed": WaveSpeedProvider(session, wavespeed.api_key, wavespeed.base_url, **fast),  # type: ignore[arg-type]
+    }
+
+
+@pytest.fixture
+def real_router(adapters: dict[str, Provider]) -> Callable[..., Router]:
     def make(**kw: object) -> Router:
-        fast = {"policy": FAST, "poll_interval": 0.01, "max_poll_interval": 0.02, "call_timeout": 5.0}
-        providers = {
-            "atlascloud": AtlasCloudProvider(session, atlas.api_key, atlas.base_url, **fast),  # type: ignore[arg-type]
-            "wavespeed": WaveSpeedProvider(session, wavespeed.api_key, wavespeed.base_url, **fast),  # type: ignore[arg-type]
-        }
-        return Router(providers, order=("atlascloud", "wavespeed"), **kw)  # type: ignore[arg-type]
+        return Router(adapters, order=("atlascloud", "wavespeed"), **kw)  # type: ignore[arg-type]
 
     return make
 
@@ -814,23 +819,22 @@ def edit_job(**options: object) -> EditJob:
     )
 
 
-def service_for(storage: Storage, tmp_path: Path, router: Router) -> EditService:
-    settings = load_settings(
-        {**BASE_ENV, "ATLASCLOUD_API_KEY": "a", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
-    )
-    return EditService(
-        settings=settings,
-        catalog=CATALOG,
-        storage=storage,
-        providers=dict(router.providers),
-        user_salt=b"salt",
-        router=router,
-        today=lambda: dt.date(2026, 11, 1),
-    )
+def service_for(
+    storage: Storage,
+    tmp_path: Path,
+    adapters: dict[str, Provider],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+) -> EditService:
+    """The job service as build_services wires it, with Atlas first and WaveSpeed second bot-wide."""
+    env = {**provider_env("atlascloud", atlas), **provider_env("wavespeed", wavespeed)}
+    env |= {"PROVIDER_ORDER": "atlascloud,wavespeed", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+    settings = load_settings({**BASE_ENV, **env})
+    return edit_service(settings, CATALOG, storage, adapters, approve=[1], today=lambda: dt.date(2026, 11, 1))
 
 
 async def test_service_charges_the_route_that_served_after_the_first_refused(
-    real_router: Callable[..., Router],
+    adapters: dict[str, Provider],
     atlas: FakeAtlas,
     wavespeed: FakeWaveSpeed,
     storage: Storage,
@@ -838,7 +842,7 @@ async def test_service_charges_the_route_that_served_after_the_first_refused(
 ) -> None:
     atlas.fail_always(atlas_fake.Fault.INSUFFICIENT_BALANCE)
     outcome = await run_to_end(
-        service_for(storage, tmp_path, real_router()), edit_job(model="gpt-image-1-mini")
+        service_for(storage, tmp_path, adapters, atlas, wavespeed), edit_job(model="gpt-image-1-mini")
     )
 
     assert outcome.provider == "wavespeed"
@@ -852,15 +856,14 @@ async def test_service_charges_the_route_that_served_after_the_first_refused(
 
 
 async def test_a_servers_provider_order_overrides_the_bot_wide_order(
-    real_router: Callable[..., Router],
+    adapters: dict[str, Provider],
     atlas: FakeAtlas,
     wavespeed: FakeWaveSpeed,
     storage: Storage,
     tmp_path: Path,
 ) -> None:
-    service = service_for(storage, tmp_path, real_router())  # bot-wide: atlascloud first
+    service = service_for(storage, tmp_path, adapters, atlas, wavespeed)  # bot-wide: atlascloud first
     policy = PolicyService(settings=service.settings, catalog=CATALOG, storage=storage)
-    service._defaults = policy.defaults_for  # how build_services wires it
     await policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
     outcome = await run_to_end(service, edit_job(model="gpt-image-1-mini"))
 
@@ -870,7 +873,7 @@ async def test_a_servers_provider_order_overrides_the_bot_wide_order(
 
 
 async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_it(
-    real_router: Callable[..., Router],
+    adapters: dict[str, Provider],
     atlas: FakeAtlas,
     wavespeed: FakeWaveSpeed,
     storage: Storage,
@@ -878,7 +881,9 @@ async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_i
 ) -> None:
     atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
     with pytest.raises(NoResult, match="not charged") as info:
-        await run_to_end(service_for(storage, tmp_path, real_router()), edit_job(model="gpt-image-1-mini"))
+        await run_to_end(
+            service_for(storage, tmp_path, adapters, atlas, wavespeed), edit_job(model="gpt-image-1-mini")
+        )
     assert info.value.ref is not None  # a failure, with its log reference
 
     assert atlas.submit_count == 1 and wavespeed.requests == []
@@ -889,10 +894,14 @@ async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_i
 
 
 async def test_service_emulated_count_charges_per_delivered_image(
-    real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
+    adapters: dict[str, Provider],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
 ) -> None:
     outcome = await run_to_end(
-        service_for(storage, tmp_path, real_router()),
+        service_for(storage, tmp_path, adapters, atlas, wavespeed),
         edit_job(model="gpt-image-1-mini", count=2, size="1024x1024"),
     )
 
@@ -901,11 +910,15 @@ async def test_service_emulated_count_charges_per_delivered_image(
 
 
 async def test_service_refuses_options_no_configured_route_honours_for_free(
-    real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
+    adapters: dict[str, Provider],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
 ) -> None:
     with pytest.raises(InvalidOptions, match="`format`"):
         await run_to_end(
-            service_for(storage, tmp_path, real_router()),
+            service_for(storage, tmp_path, adapters, atlas, wavespeed),
             edit_job(model="gpt-image-1-mini", output_format="jpeg"),
         )
 

@@ -178,28 +178,20 @@ class EditService:
         storage: Storage,
         providers: dict[str, Provider],
         user_salt: bytes,
-        defaults: DefaultsLookup | None = None,
-        policy: JobPolicy | None = None,
-        router: Router | None = None,
+        defaults: DefaultsLookup,
+        policy: JobPolicy,
+        lifecycle: ModelLifecycle,
         observers: Sequence[JobObserver] = (),
-        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
-        lifecycle: ModelLifecycle | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.storage = storage
         self.providers = providers
         # What is live today: catalog dates, OpenAI's model list and "model gone" answers.
-        self.lifecycle = lifecycle or ModelLifecycle(
-            catalog,
-            frozenset(providers),
-            today,
-            default_model_id=settings.default_model,
-            store=storage.settings,
-        )
+        self.lifecycle = lifecycle
         # Picks the route per job (PROVIDER_ORDER), falls back only when a provider provably did not
         # take the job, keeps one circuit breaker per provider and adapts each provider's calls in flight.
-        self.router = router or Router(
+        self.router = Router(
             providers,
             order=settings.provider_order,
             limiter=ProviderLimiter.from_settings(settings),
@@ -207,10 +199,9 @@ class EditService:
             on_gone=self.lifecycle.retire,
         )
         self._salt = user_salt
-        self._defaults = defaults or self._settings_defaults
+        self._defaults = defaults
         self.policy = policy
         self.observers = list(observers)
-        self._today = today
         self.engine = JobEngine(
             settings=settings,
             catalog=catalog,
@@ -266,16 +257,13 @@ class EditService:
         """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
         await self.lifecycle.tick()  # a shutdown date passed: stored defaults move before they are read
         chosen = await self.options_for(job.guild_id, job.user_id, job.options)
-        notices: tuple[str, ...] = ()
-        if self.policy is not None:
-            chosen, notices = await self.policy.clamp(job, chosen)
+        chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
         model = resolution.model
         notices += tuple(await self.storage.settings.take_model_notices(job.user_id))
         self._check_options(model, chosen, job)
-        if self.policy is not None:
-            # No credits and no allowance due, or no budget left: say so before downloading anything.
-            await self.policy.precheck(job)
+        # No credits and no allowance due, or no budget left: say so before downloading anything.
+        await self.policy.precheck(job)
         if progress is not None:
             await progress("Checking your images…")
         images = await self._load_images(job.uploads)
@@ -376,14 +364,6 @@ class EditService:
         spec, files = await self._spec(prepared)
 
         async def reserve(job_id: str) -> object:
-            if self.policy is None:
-                return await self.storage.ledger.reserve(
-                    job_id,
-                    job.guild_id,
-                    job.user_id,
-                    prepared.reserve,
-                    starting_credits=self.settings.starting_credits,
-                )
             # Refills a due allowance, then checks cooldown, running jobs and the server's monthly
             # budget inside the reservation's own transaction.
             return await self.policy.reserve(job_id, job, prepared.reserve)
@@ -460,11 +440,6 @@ class EditService:
         return hashlib.sha256(self._salt + str(user_id).encode()).hexdigest()[:32]
 
     # -- the pipeline -------------------------------------------------------------------------------
-
-    async def _settings_defaults(self, guild_id: int, user_id: int) -> JobDefaults:
-        s = self.settings
-        model = self.lifecycle.default_model().id
-        return JobDefaults(model, s.default_quality, s.default_size, s.default_background, s.default_format)
 
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
