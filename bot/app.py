@@ -60,23 +60,14 @@ class Services:
     storage: Storage
     providers: dict[str, Provider]
     edits: EditService
+    policy: PolicyService
+    access: AccessService  # the policy service's (approved servers, the operator)
+    history: EditHistory  # edit chains for Edit again, Undo and /history
     metrics: Metrics = field(default_factory=Metrics)
     audit: AuditLog = field(default_factory=AuditLog)
     diagnostics: DiagnosticsService = field(init=False)
-    policy: PolicyService | None = None  # build_services always sets it; see __post_init__
-    access: AccessService | None = None  # the policy service's (approved servers, the operator)
-    history: EditHistory | None = None  # edit chains for Edit again, Undo and /history
 
     def __post_init__(self) -> None:
-        if self.policy is None:
-            self.policy = PolicyService(
-                settings=self.settings,
-                catalog=self.catalog,
-                storage=self.storage,
-                lifecycle=self.edits.lifecycle,
-            )
-        if self.access is None:
-            self.access = self.policy.access
         self.diagnostics = DiagnosticsService(
             storage=self.storage,
             providers=self.providers,

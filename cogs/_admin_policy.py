@@ -19,7 +19,7 @@ from bot.services.admin import GuildPolicy, parse_models
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
-from cogs._ui import option_autocomplete, policy_of
+from cogs._ui import option_autocomplete
 
 MAX_CREDITS_PER_CHANGE = 10_000_000
 MAX_COOLDOWN_SECONDS = 24 * 3600
@@ -40,7 +40,7 @@ class _AdminSubgroup(app_commands.Group):
     def __init__(self, bot: RetouchBot) -> None:
         super().__init__()
         self.bot = bot
-        self.policy: PolicyService = policy_of(bot)
+        self.policy: PolicyService = bot.services.policy
 
     async def begin(self, interaction: discord.Interaction) -> None:
         """Every admin command's start: check the user, then acknowledge privately.

@@ -40,7 +40,7 @@ async def chain_source(
     `message` itself: not a version, or the newest one cannot be read any more), and the chain's
     thread when its first result has one (new versions are posted there)."""
     history = bot.services.history
-    latest = await history.latest(message.id, job_id) if history is not None else None
+    latest = await history.latest(message.id, job_id)
     if latest is None:
         return message, None
     thread_id = await chain_thread(bot, latest.chain_id)

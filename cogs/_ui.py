@@ -27,7 +27,6 @@ from bot.services.edits import Upload
 
 if TYPE_CHECKING:
     from bot.lifecycle import ModelLifecycle
-    from bot.services.policy import PolicyService
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +177,6 @@ def role_ids_of(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in roles) if roles else ()
 
 
-def policy_of(bot: RetouchBot) -> PolicyService:
-    """The bot's policy service (Services always builds one)."""
-    policy = bot.services.policy
-    assert policy is not None
-    return policy
-
-
 # -- shared by /edit, /mask, the "Edit image" menu and the result buttons ----------------------------
 
 # Discord sometimes omits content_type; the service checks the bytes either way.
@@ -245,12 +237,11 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     typed = getattr(interaction.namespace, "model", None)
     model_id = typed if isinstance(typed, str) and typed in lifecycle.catalog.models else None
     if model_id is None:
-        policy = policy_of(bot)
-        defaults = await policy.effective_defaults(
+        defaults = await bot.services.policy.effective_defaults(
             interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
         )
         model_id = defaults.effective.model
-    return policy_of(bot).model_for_view(model_id)
+    return bot.services.policy.model_for_view(model_id)
 
 
 async def quality_autocomplete(

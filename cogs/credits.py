@@ -16,7 +16,7 @@ from bot.client import RetouchBot
 from bot.services.policy import CreditsSummary, HistoryPage
 from bot.storage.ledger import ALLOWANCE_REASON
 from bot.storage.reports import LedgerEntry
-from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, admitted, policy_of, role_ids_of, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, admitted, role_ids_of, truncate
 
 REASON_CHARS = 80
 
@@ -95,7 +95,7 @@ async def render(
     bot: RetouchBot, interaction: discord.Interaction, page: int
 ) -> tuple[discord.Embed, discord.ui.View | None]:
     """The /credits message for the interaction's user (refilling a due allowance first)."""
-    policy = policy_of(bot)
+    policy = bot.services.policy
     guild_id, user = interaction.guild_id or 0, interaction.user
     summary = await policy.credits(guild_id, user.id, role_ids_of(user))
     history = await policy.history(guild_id, user.id, page)

@@ -108,7 +108,7 @@ class DiagnoseCog(commands.Cog):
         # The image services run on the operator's keys and accounts: their state is the operator's
         # business, not every server admin's.
         # The operator is OWNER_IDS, else the application's owner (bot.services.access decides, in one place).
-        operator = services.access is not None and services.access.is_operator(interaction.user.id)
+        operator = services.access.is_operator(interaction.user.id)
         diagnosis = await services.diagnostics.diagnose(
             interaction.app_permissions.value, show_providers=operator
         )

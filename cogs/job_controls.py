@@ -121,7 +121,6 @@ class JobsCog(RetouchCog):
         """One start per double click: a second click on the same result's button within a few
         seconds is refused (AlreadyStarted); a start that was refused frees the button at once."""
         access = self.bot.services.access
-        assert access is not None
         access.claim(key)
         try:
             yield

@@ -101,7 +101,6 @@ class MembersCog(RetouchCog):
     @app_commands.command(name="history", description="Your last edits here, with links to each result")
     async def history(self, interaction: discord.Interaction) -> None:
         history = self.bot.services.history
-        assert history is not None  # build_services always sets it
         entries = await history.recent(interaction.guild_id or 0, interaction.user.id)
         hours = self.bot.services.settings.result_retention_hours
         if not entries:
@@ -121,7 +120,7 @@ class MembersCog(RetouchCog):
         """A click on **Undo** (its errors are answered by the control)."""
         history = self.bot.services.history
         message = interaction.message
-        assert history is not None and message is not None
+        assert message is not None
         hours = self.bot.services.settings.result_retention_hours
         latest = await history.latest(message.id, job_id)
         if latest is None:

@@ -18,7 +18,7 @@ from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.services.access import AccessService
 from bot.services.admin import OperatorReport
-from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, policy_of, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, truncate
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
 
     @property
     def _access(self) -> AccessService:
-        access = self.bot.services.access
-        assert access is not None
-        return access
+        return self.bot.services.access
 
     @app_commands.command(name="approve", description="Let Retouch serve a server")
     @app_commands.describe(server="Server id (empty: this server)")
@@ -112,7 +110,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
     ) -> None:
         guild_id = _server_id(interaction, server)
         amount = None if usd is None else Decimal(repr(usd))
-        change = await policy_of(self.bot).set_allotment(guild_id, interaction.user.id, amount)
+        change = await self.bot.services.policy.set_allotment(guild_id, interaction.user.id, amount)
         after = "the bot-wide budget" if change.after is None else f"${change.after:.2f} a month"
         await interaction.response.send_message(
             f"Server `{guild_id}` may now spend {after}. Recorded in the audit channel.", ephemeral=True
@@ -120,7 +118,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
 
     @app_commands.command(name="report", description="Spend per server against allotments and the budget")
     async def report(self, interaction: discord.Interaction) -> None:
-        report = await policy_of(self.bot).operator_report(interaction.user.id)
+        report = await self.bot.services.policy.operator_report(interaction.user.id)
         await interaction.response.send_message(
             embed=operator_embed(report), ephemeral=True, allowed_mentions=NO_PINGS
         )
@@ -134,7 +132,6 @@ class ApproveButton(
     async def clicked(self, interaction: discord.Interaction) -> None:
         bot = interaction.client
         assert isinstance(bot, RetouchBot)
-        assert bot.services.access is not None
         await bot.services.access.approve(int(self.state[0]), interaction.user.id)
         await interaction.response.edit_message(
             content="Approved. Retouch now serves this server: run your command again.", view=None

@@ -14,7 +14,6 @@ from bot.services.policy import EffectiveDefaults, QualityView
 from cogs._ui import (
     EMBED_COLOUR,
     model_autocomplete,
-    policy_of,
     quality_autocomplete,
     role_ids_of,
     size_autocomplete,
@@ -83,7 +82,7 @@ class SettingsCog(commands.Cog):
 
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
-        self.policy = policy_of(bot)
+        self.policy = bot.services.policy
 
     @app_commands.command(name="quality", description="See or set your default image quality and its price")
     @app_commands.describe(

@@ -42,7 +42,6 @@ from cogs._ui import (
     RetouchCog,
     first_image,
     option_autocomplete,
-    policy_of,
     report_error,
     role_ids_of,
     upload_of,
@@ -264,7 +263,7 @@ class MaskCog(GridPicker, RetouchCog):
 
     async def _skips_preview(self, user_id: int) -> bool:
         """The user's own "skip the mask preview" setting (`/settings`)."""
-        settings = await policy_of(self.bot).user_settings(user_id)
+        settings = await self.bot.services.policy.user_settings(user_id)
         return bool(settings.skip_mask_preview)
 
 

@@ -11,7 +11,7 @@ from bot import messages
 from bot.services import masking
 from bot.services.edits import EditJob, PreparedJob
 from cogs._results import run_and_publish
-from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, policy_of, role_ids_of, truncate
+from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, role_ids_of, truncate
 from cogs.mask.controls import NO_MENTIONS, attachment, button
 from cogs.mask.sessions import MaskParts, MaskSession, minutes
 
@@ -104,7 +104,7 @@ class PricedPreview(MaskParts):
     async def _show_preview(self, interaction: discord.Interaction, session: MaskSession) -> None:
         prepared = session.prepared
         assert prepared is not None
-        shown = await masking.preview(prepared, policy_of(self.bot))
+        shown = await masking.preview(prepared, self.bot.services.policy)
         await interaction.edit_original_response(
             content=None,
             embed=preview_embed(prepared, shown, self.sessions.timeout),
