@@ -12,8 +12,10 @@ Wire reference: shared spec `providers.md` §3. Flow for one job:
    out") the same task is polled, never re-submitted;
 3. `GET {base}/predictions/{id}/result` until `completed` or a failure status. A failed task comes
    back as HTTP 200 with `data.status` "failed" (or "cancelled"/"timeout") and `data.error`;
-4. `outputs` are base64 (`enable_base64_output`, which saves one download per image) or URLs;
-   both are accepted, URLs downloaded from http(s) only with a size cap and without our key.
+4. `outputs` are base64 (`enable_base64_output` is always asked for: it saves one download per
+   image) or URLs, the API's default, which a route that does not honour the flag answers with (the
+   flag is published for the 1.x routes only); URLs are downloaded from http(s) only, with a size cap
+   and without our key.
 
 Decisions on the spec's OPEN points (providers.md §8.7):
 
@@ -291,7 +293,6 @@ class WaveSpeedProvider:
         base_url: str = DEFAULT_BASE_URL,
         *,
         sync_mode: bool = False,
-        base64_output: bool = True,
         policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
         call_timeout: float | None = None,
         io_timeout: float = IO_TIMEOUT,
@@ -305,7 +306,6 @@ class WaveSpeedProvider:
         self.name = name
         self._base = base_url.rstrip("/")
         self._sync_mode = sync_mode
-        self._base64_output = base64_output
         if call_timeout is None:
             call_timeout = SYNC_SUBMIT_TIMEOUT if sync_mode else SUBMIT_TIMEOUT
         self._max_upload_bytes = max_upload_bytes
@@ -389,7 +389,7 @@ class WaveSpeedProvider:
             body["size"] = request.size.replace("x", "*")  # the API's enum writes 1024*1024
         if fields.output_format:
             body["output_format"] = request.output_format
-        body["enable_base64_output"] = self._base64_output
+        body["enable_base64_output"] = True
         body["enable_sync_mode"] = self._sync_mode
 
         task_id, task = await self._jobs.submit(

@@ -226,11 +226,14 @@ class FakeWaveSpeed(FakeServer):
         api_key: str = DEFAULT_API_KEY,
         polls_to_finish: int = 2,
         base64_prefix: bool = False,
+        url_outputs: bool = False,
         mini_accepts_quality_size: bool = False,
     ) -> None:
         super().__init__(api_key=api_key)
         self.polls_to_finish = polls_to_finish
         self.base64_prefix = base64_prefix  # base64 outputs as data: URLs (True) or bare (False)
+        # Answer with URLs even when base64 was asked for: a route that does not honour the flag.
+        self.url_outputs = url_outputs
         self.mini_accepts_quality_size = mini_accepts_quality_size
         # While True, tasks stay "processing" however often they are polled (`hold_results`).
         self.holding = False
@@ -269,7 +272,7 @@ class FakeWaveSpeed(FakeServer):
     def _task_json(self, task: _Task, *, sync_timeout: bool = False) -> dict[str, Any]:
         outputs: list[str] = []
         if task.status == "completed":
-            if task.base64_output:
+            if task.base64_output and not self.url_outputs:
                 b64 = base64.b64encode(task.output).decode()
                 outputs.append(f"data:image/png;base64,{b64}" if self.base64_prefix else b64)
             else:

@@ -274,12 +274,7 @@ def hostile(fake_cls: type, output_prefix: str) -> type:
 
 VENDORS: dict[str, tuple[type, str, Callable[..., Any], dict[str, Any]]] = {
     "atlascloud": (hostile(FakeAtlas, "/storage/outputs/"), "atlas", atlas_request, FAST_POLLING),
-    "wavespeed": (
-        hostile(FakeWaveSpeed, "/media/outputs/"),
-        "wavespeed",
-        wavespeed_request,
-        {**FAST_POLLING, "base64_output": False},
-    ),
+    "wavespeed": (hostile(FakeWaveSpeed, "/media/outputs/"), "wavespeed", wavespeed_request, FAST_POLLING),
     "segmind": (hostile(FakeSegmind, "/assets/out-"), "segmind", segmind_request, {}),
     "oneminai": (hostile(FakeOneMin, "/s3/"), "oneminai", oneminai_request, {}),
 }
@@ -308,6 +303,8 @@ async def test_adapters_never_fetch_result_urls_that_point_inside(
         if vendor == "segmind":
             fake.response_mode = "json-url"
             extra = {"upload_url": fake.upload_url}
+        if vendor == "wavespeed":
+            fake.url_outputs = True  # a route that answers with URLs although base64 was asked for
         provider = adapter_builder(ADAPTERS[vendor], fake, session, io_timeout=5.0, **extra)()
 
         with pytest.raises(ServerError) as info:

@@ -146,8 +146,9 @@ async def test_url_outputs_are_downloaded_without_the_key_and_the_signature_is_n
     fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    fake.url_outputs = True  # a route that answers with URLs although base64 was asked for
 
-    result = await make_provider(base64_output=False).edit(edit_request())
+    result = await make_provider().edit(edit_request())
 
     downloads = [r for r in fake.requests if r.endpoint == "file"]
     assert len(downloads) == 1 and not downloads[0].has_auth_header
