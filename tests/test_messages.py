@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 from bot import messages
@@ -40,3 +43,67 @@ def test_an_option_without_its_own_hint_is_named_as_a_member_would_write_it():
         "The image services configured for Model cannot do this as asked: drop `input fidelity`; "
         "remove the `mask`, or pick another model."
     )
+
+
+ROOT = Path(__file__).parent.parent
+# Still inline, not yet moved: the job engine's answers (cancel, restart and interruption notices).
+# bot/providers raises ProviderErrors, whose text is logged and never shown (bot.errors maps them).
+NOT_CHECKED = ("bot/jobs/", "bot/providers/")
+
+
+def _refusal_classes(classes: list[ast.ClassDef]) -> set[str]:
+    """RetouchError and every class that derives from it, by name."""
+    names = {"RetouchError"}
+    grown = True
+    while grown:
+        found = {c.name for c in classes if any(isinstance(b, ast.Name) and b.id in names for b in c.bases)}
+        grown = not found <= names
+        names |= found
+    return names
+
+
+def _written_in_place(node: ast.expr) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _texts_written_in_place(node: ast.AST, refusals: set[str], *, inside_refusal: bool) -> list[int]:
+    """Lines where a refusal is built, or (inside a refusal class) its text passed up, from a literal."""
+    lines = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.ClassDef):
+            lines += _texts_written_in_place(child, refusals, inside_refusal=child.name in refusals)
+            continue
+        if isinstance(child, ast.Call):
+            func = child.func
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else ""
+            )
+            passed_up = (
+                inside_refusal and name == "__init__" and isinstance(getattr(func, "value", None), ast.Call)
+            )
+            if name in refusals or passed_up:
+                texts = child.args[:1] + [k.value for k in child.keywords if k.arg == "user_message"]
+                lines += [child.lineno for t in texts if _written_in_place(t)]
+        lines += _texts_written_in_place(child, refusals, inside_refusal=inside_refusal)
+    return lines
+
+
+def test_refusals_take_their_sentence_from_bot_messages():
+    """A refusal raised in bot/ or cogs/ (a RetouchError, or a subclass passing its text up) names a
+    text of bot.messages instead of writing the sentence where it is raised."""
+    files = [p for d in ("bot", "cogs") for p in sorted((ROOT / d).rglob("*.py"))]
+    trees = {p.relative_to(ROOT).as_posix(): ast.parse(p.read_text()) for p in files}
+    refusals = _refusal_classes(
+        [n for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ClassDef)]
+    )
+    inline = [
+        f"{path}:{line}"
+        for path, tree in trees.items()
+        if not path.startswith(NOT_CHECKED)
+        for line in _texts_written_in_place(tree, refusals, inside_refusal=False)
+    ]
+    assert inline == []
