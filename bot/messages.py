@@ -6,7 +6,9 @@ code and its facts); the sentences live here, so wording changes in one file and
 modules hold no user text. Every sentence says what happened and what to do next.
 
 One module on purpose, although it is long: a reader (or a translator) finds every such sentence
-here, and none of them depends on another. It imports nothing at run time, so every layer may use it.
+here, and none of them depends on another. It imports nothing at run time, so every layer may use it:
+the cogs' own refusals (who may stop, delete or undo an edit, /mask previews, offers, /owner) are here
+too rather than in a Discord-side module, since the wording names commands and buttons either way.
 """
 
 from __future__ import annotations
