@@ -14,58 +14,43 @@ words, and the vendor's one error classifier.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
-    InvalidInput,
     ModelUnavailable,
     ProviderError,
-    ProviderRejected,
-    RateLimited,
+    ProviderTimeout,
     ServerError,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
-    Classifier,
     HttpResponse,
     RetryPolicy,
+    VendorClient,
     convert_mask,
-    fetch_output,
+    error_summary,
+    failed_job_error,
     gather_or_cancel,
     is_http_url,
     mark_unsubmitted,
+    mentions,
     parse_json,
-    parse_retry_after,
     poll,
-    send_idempotent,
-    send_paid,
+    reseller_status_error,
     sniff_image_format,
-    submit_classifier,
-    submit_server_error,
-    upload_file,
+    unsupported_options,
 )
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class PredictionApi:
-    """One vendor's prediction API: everything the shared flow must not guess."""
-
-    noun: str  # the vendor's word for a job ("prediction", "task"), used in messages
-    upload_path: str  # multipart `file` upload that answers with a `download_url`
-    upload_name: str  # how messages name that call
-    job_path: str  # GET of one job, with an `{id}` placeholder
-    success: frozenset[str]
-    failure: frozenset[str]
-    output_fields: tuple[str, ...]  # where a finished job lists its results (the first one present)
-    job_of: Callable[[Any], dict[str, Any]]  # the job object of a decoded answer ({} when none)
-    error_in_answer: Callable[[Any], int | None]  # an error status reported inside a 2xx answer
-    classify: Classifier
-    message_of: Callable[[bytes], str]  # the error text of a body (to tell "model gone" answers)
+SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
+# What a route with an `output_format` field may be asked for (without one only "png" is honoured).
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +68,11 @@ class ModelFields:
     # then lists the `WxH` sizes the adapter can map exactly.
     aspect_ratio: bool = False
 
+    @property
+    def offered_sizes(self) -> tuple[str, ...]:
+        """The sizes a request may ask for: `sizes`, or only "auto" on a route with no size field."""
+        return self.sizes or ("auto",)
+
     def image_body(self, image_urls: list[str], mask_url: str | None) -> dict[str, Any]:
         """The body fields that carry the uploaded inputs."""
         body: dict[str, Any] = {
@@ -92,14 +82,107 @@ class ModelFields:
             body[self.mask_field] = mask_url
         return body
 
+    def problems(self, request: EditRequest, *, noun: str) -> list[str]:
+        """What in `request` this model's fields cannot carry (one `noun`, a job, makes one image)."""
+        problems = []
+        if request.mask is not None and self.mask_field is None:
+            problems.append("a mask")
+        if request.input_fidelity is not None:
+            problems.append("input_fidelity (no such field)")
+        if request.count != 1:
+            problems.append(f"count={request.count} (no `n`; one image per {noun})")
+        if request.quality != "auto" and request.quality not in self.qualities:
+            problems.append(f"quality={request.quality}")
+        if request.size not in self.offered_sizes:
+            problems.append(f"size={request.size}")
+        if request.background != "auto":
+            problems.append(f"background={request.background}")
+        if request.output_format not in (OUTPUT_FORMATS if self.output_format else ("png",)):
+            problems.append(f"output_format={request.output_format}")
+        return problems
+
 
 def job_status(job: dict[str, Any]) -> str:
     """A job's status word, lower-cased ("" when absent)."""
     return str(job.get("status") or "").lower()
 
 
+def job_of(payload: Any) -> dict[str, Any]:
+    """The job object of an enveloped (`{code, message, data}`) or bare answer ({} if neither)."""
+    if not isinstance(payload, dict):
+        return {}
+    inner = payload.get("data")
+    return inner if isinstance(inner, dict) else payload
+
+
+def envelope_status(payload: Any) -> int | None:
+    """The envelope's `code` when it is an HTTP-like error status: some gateways answer 200 + code
+    (WaveSpeed's uploads report `code: 500` that way)."""
+    code = payload.get("code") if isinstance(payload, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+        return code
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionApi:
+    """One vendor's prediction API: everything the shared flow must not guess."""
+
+    service: str  # how messages name the vendor
+    noun: str  # the vendor's word for a job ("prediction", "task"), used in messages
+    upload_path: str  # multipart `file` upload that answers with a `download_url`
+    upload_name: str  # how messages name that call
+    job_path: str  # GET of one job, with an `{id}` placeholder
+    success: frozenset[str]
+    failure: frozenset[str]
+    output_fields: tuple[str, ...]  # where a finished job lists its results (the first one present)
+    models: Mapping[str, ModelFields]  # the field layout of every model the adapter can send
+    # Where an error's text is: the first of these keys with text, at the top level and in the job
+    # object (`job_message_first`: the job object is read first).
+    message_keys: tuple[str, ...]
+    job_message_first: bool
+    balance_words: tuple[str, ...]  # wording that means the account must be topped up
+    timeout_statuses: frozenset[str] = frozenset()  # failure statuses reported as a timeout
+
+    def message(self, payload: Any) -> str:
+        """The error text of a decoded answer ("" when none; "success" is not an error)."""
+        sources = (job_of(payload), payload) if self.job_message_first else (payload, job_of(payload))
+        for source in sources:
+            if not isinstance(source, dict):
+                continue
+            for key in self.message_keys:
+                value = source.get(key)
+                if isinstance(value, str) and value.strip() and value.strip().lower() != "success":
+                    return value
+        return ""
+
+    def message_of(self, body: bytes) -> str:
+        return self.message(parse_json(body))
+
+    def classify(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> ProviderError:
+        """Map one failure to a `ProviderError`: HTTP errors, an HTTP 200 whose envelope `code` is an
+        error, and (status 2xx) a job in a failure state (it ran, and may have been billed)."""
+        payload = parse_json(body)
+        raw = self.message(payload)
+        lowered = raw.lower()
+        effective = envelope_status(payload) if 200 <= status < 300 else status
+        summary = error_summary(status, raw, code=effective)
+        safety = mentions(lowered, SAFETY_WORDS)
+        if effective is None:
+            state = job_status(job_of(payload)) or None
+            if state in self.timeout_statuses:
+                return ProviderTimeout(summary, accepted=True, provider=provider, status=status, code=state)
+            return failed_job_error(summary, safety=safety, provider=provider, status=status, code=state)
+        billing = mentions(lowered, self.balance_words)
+        return reseller_status_error(
+            effective, summary, headers, provider=provider, billing=billing, safety=safety
+        )
+
+
 class Predictions:
-    """The shared flow for one adapter: its session, key header, policy and timeouts."""
+    """The shared flow for one adapter: its vendor client, poll intervals and mask conventions."""
 
     def __init__(
         self,
@@ -116,28 +199,63 @@ class Predictions:
         max_poll_interval: float,
         max_output_bytes: int,
     ) -> None:
-        self._session = session
         self._api = api
-        self._base = base_url
-        self._provider = provider
-        self._headers = headers
-        self._policy = policy
-        self._submit_timeout = submit_timeout
-        self._io_timeout = io_timeout
+        self.client = VendorClient(
+            session,
+            base_url,
+            provider,
+            headers,
+            policy,
+            classify=api.classify,
+            message_of=api.message_of,
+            call_timeout=submit_timeout,
+            io_timeout=io_timeout,
+            max_output_bytes=max_output_bytes,
+        )
         self._poll_interval = poll_interval
         self._max_poll_interval = max_poll_interval
-        self._max_output_bytes = max_output_bytes
+
+    @property
+    def _provider(self) -> str:
+        return self.client.provider
 
     def is_done(self, job: dict[str, Any]) -> bool:
         return job_status(job) in self._api.success | self._api.failure
 
     def _error_in(self, resp: HttpResponse, payload: Any) -> ProviderError | None:
         """The vendor's error when a 2xx answer reports one in its body (`payload` is the decoded body)."""
-        if self._api.error_in_answer(payload) is None:
+        if envelope_status(payload) is None:
             return None
         return self._api.classify(resp.status, resp.body, resp.headers, provider=self._provider)
 
     # ------------------------------------------------------------------ before the submit
+
+    def fields_for(self, request: EditRequest, *, max_upload_bytes: int | None = None) -> ModelFields:
+        """The model's field layout, after checking the request asks nothing it cannot send.
+
+        Nothing is sent: start-up checks every catalog route's declared capabilities against this.
+        `max_upload_bytes` is the vendor's limit on one uploaded image, where it has one.
+        """
+        fields = self._api.models.get(request.model)
+        if fields is None:
+            raise ModelUnavailable(
+                f"no known request fields for model {request.model!r}",
+                provider=self._provider,
+                code="unknown_model",
+            )
+        problems = []
+        if not request.images:
+            problems.append("no input image")
+        if len(request.images) > fields.max_images:
+            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
+        if max_upload_bytes is not None:
+            too_big = [i for i, image in enumerate(request.images, 1) if len(image.data) > max_upload_bytes]
+            if too_big:
+                problems.append(f"image(s) {too_big} over the {max_upload_bytes // 2**20} MB upload limit")
+        problems += fields.problems(request, noun=self._api.noun)
+        if problems:
+            raise unsupported_options(request.model, self._api.service, problems, provider=self._provider)
+        return fields
 
     async def upload_inputs(self, request: EditRequest, mask_convention: str) -> tuple[list[str], str | None]:
         """Upload every input image and the mask (converted), all at once; return their URLs.
@@ -160,24 +278,18 @@ class Predictions:
         return urls[: len(request.images)], urls[-1] if request.mask is not None else None
 
     async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
-        resp = await upload_file(
-            self._session,
-            f"{self._base}{self._api.upload_path}",
+        resp = await self.client.upload(
+            self.client.url(self._api.upload_path),
             field="file",
             data=data,
             filename=filename,
             mime=mime,
             deadline=deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self._provider,
-            headers=self._headers,
-            classify=self._api.classify,
         )
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             raise err
-        url = self._api.job_of(payload).get("download_url")
+        url = job_of(payload).get("download_url")
         if not is_http_url(url) or not isinstance(url, str):
             raise ServerError(
                 f"{self._api.upload_name} returned no usable download_url", provider=self._provider
@@ -185,6 +297,24 @@ class Predictions:
         return url
 
     # ------------------------------------------------------------------ the paid submit
+
+    async def start(
+        self,
+        request: EditRequest,
+        path: str,
+        body: dict[str, Any],
+        *,
+        on_submitted: OnSubmitted | None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Send the one paid submit of `body` to `path`, report the job id; return the id and the job.
+
+        `on_submitted(job_id)` is awaited once the vendor has accepted the job, before any polling.
+        """
+        job_id, job = await self.submit(path, body, request.deadline, model=request.model)
+        log.debug("%s: %s %s %s submitted", self._provider, request.model, self._api.noun, job_id)
+        if on_submitted is not None:
+            await on_submitted(job_id)
+        return job_id, job
 
     async def submit(
         self, path: str, body: dict[str, Any], deadline: float, *, model: str = ""
@@ -194,29 +324,18 @@ class Predictions:
         An answer that says `model`'s route is gone, with no job id, raises `ModelGone`
         (see `bot.providers.http.gone_on_submit`).
         """
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}{path}",
-            policy=self._policy,
-            deadline=deadline,
-            call_timeout=self._submit_timeout,
-            json=body,
-            headers=self._headers,
-            provider=self._provider,
-            classify=submit_classifier(self._api.classify, self._api.message_of, model=model),
-        )
+        resp = await self.client.submit(self.client.url(path), body, deadline=deadline, model=model)
         return self._accepted(resp, model)
 
     def _accepted(self, resp: HttpResponse, model: str = "") -> tuple[str, dict[str, Any]]:
         """The job from the submit's 2xx answer; its id is required to follow the job."""
         payload = parse_json(resp.body)
-        job = self._api.job_of(payload)
+        job = job_of(payload)
         job_id = job.get("id")
         has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
         if (err := self._error_in(resp, payload)) is not None:
             if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
-                classify = submit_classifier(self._api.classify, self._api.message_of, model=model)
+                classify = self.client.submit_classifier(model)
                 err = classify(resp.status, resp.body, resp.headers, provider=self._provider)
             err.accepted = has_id or err.accepted
             raise err
@@ -247,19 +366,9 @@ class Predictions:
         return await self._result(job, job_id, request)
 
     async def _fetch(self, job_id: str, deadline: float) -> dict[str, Any]:
+        url = self.client.url(self._api.job_path.format(id=job_id))
         try:
-            resp = await send_idempotent(
-                self._session,
-                "GET",
-                f"{self._base}{self._api.job_path.format(id=job_id)}",
-                policy=self._policy,
-                deadline=deadline,
-                call_timeout=self._io_timeout,
-                provider=self._provider,
-                headers=self._headers,
-                classify=self._api.classify,
-                accepted=True,
-            )
+            resp = await self.client.call("GET", url, deadline=deadline, accepted=True)
         except ModelUnavailable as exc:  # a 404 here means the job vanished, not the model
             raise ServerError(
                 f"{self._api.noun} {job_id} not found", provider=self._provider, accepted=True
@@ -268,7 +377,7 @@ class Predictions:
         if (err := self._error_in(resp, payload)) is not None:
             err.accepted = True
             raise err
-        return self._api.job_of(payload)
+        return job_of(payload)
 
     async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
         if job_status(job) in self._api.failure:
@@ -287,21 +396,7 @@ class Predictions:
                 request_id=job_id,
                 accepted=True,
             )
-        blobs = await gather_or_cancel(
-            *(
-                fetch_output(
-                    self._session,
-                    value,
-                    max_bytes=self._max_output_bytes,
-                    deadline=request.deadline,
-                    policy=self._policy,
-                    call_timeout=self._io_timeout,
-                    provider=self._provider,
-                    trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-                )
-                for value in values
-            )
-        )
+        blobs = await self.client.outputs(values, deadline=request.deadline)
         images = tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs)
         return EditResult(
             images=images,
@@ -310,27 +405,3 @@ class Predictions:
             size=request.size if request.size != "auto" else None,
             request_id=job_id,
         )
-
-
-def classify_status(
-    status: int, summary: str, headers: Mapping[str, str], *, balance: bool, safety: bool, provider: str
-) -> ProviderError:
-    """The HTTP-status half of Atlas's and WaveSpeed's error mapping (their tables are the same).
-
-    Each vendor's classifier reads its own envelope and words first and passes what it found:
-    `balance` (402 or balance wording) and `safety` (a safety filter named in the text).
-    """
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    if status == 402 or balance:
-        return ServiceUnavailable(summary, code="insufficient_balance", **kw)
-    if status in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
-    if status == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if status == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if status >= 500:
-        return submit_server_error(summary, **kw)  # no job id came back: nothing was queued
-    if safety:
-        return ProviderRejected(summary, **kw)
-    return InvalidInput(summary, **kw)

@@ -9,6 +9,8 @@
 * `outputs` — result downloads (a provider's URL is never trusted), base64, uploads, masks.
 * `vendor` — reading vendors' answers: safe messages, JSON, error summaries, the "model gone" rule.
 * `health` — the cheap authenticated call behind `/diagnose`.
+* `client` — `VendorClient`: one adapter's session, base URL, key, policy and timeouts, bound once
+  for its paid submit, its idempotent calls and its result downloads.
 
 Nothing here knows about Discord or about one vendor: each vendor passes its own `classify`
 function that turns an error response into a `ProviderError`. The names below are the package's
@@ -17,6 +19,9 @@ public API (what the adapters import).
 
 from __future__ import annotations
 
+from bot.providers.http.client import (
+    VendorClient,
+)
 from bot.providers.http.health import (
     CHECK_POLICY,
     CHECK_TIMEOUT,
@@ -54,10 +59,13 @@ from bot.providers.http.transport import (
 from bot.providers.http.vendor import (
     MAX_MESSAGE,
     error_summary,
+    failed_job_error,
     gone_on_submit,
     is_http_url,
     mark_unsubmitted,
+    mentions,
     parse_json,
+    reseller_status_error,
     safe_message,
     says_model_gone,
     submit_classifier,
@@ -76,21 +84,25 @@ __all__ = [
     "Classifier",
     "HttpResponse",
     "RetryPolicy",
+    "VendorClient",
     "classify_http_status",
     "convert_mask",
     "decode_base64_image",
     "download",
     "error_summary",
+    "failed_job_error",
     "fetch_output",
     "gather_or_cancel",
     "gone_on_submit",
     "health_from_error",
     "is_http_url",
     "mark_unsubmitted",
+    "mentions",
     "parse_json",
     "parse_retry_after",
     "poll",
     "redact_url",
+    "reseller_status_error",
     "safe_message",
     "says_model_gone",
     "send_check",

@@ -12,11 +12,16 @@ from typing import Any
 from bot.providers.errors import (
     InvalidInput,
     ModelGone,
+    ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
+    ProviderRejected,
     ProviderTimeout,
+    RateLimited,
     ServerError,
+    ServiceUnavailable,
 )
-from bot.providers.http.transport import Classifier, redact_url
+from bot.providers.http.transport import Classifier, parse_retry_after, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,58 @@ def submit_server_error(summary: str, *, status: int, **kw: Any) -> ServerError:
     err = ServerError(summary, status=status, accepted=False, **kw)
     err.retryable_elsewhere = True
     return err
+
+
+def mentions(text: str, words: tuple[str, ...]) -> bool:
+    """Whether lower-cased `text` contains one of `words` (how resellers' wording is told apart)."""
+    return any(word in text for word in words)
+
+
+def reseller_status_error(
+    status: int,
+    summary: str,
+    headers: Mapping[str, str],
+    *,
+    provider: str,
+    billing: bool,
+    safety: bool,
+    billing_code: str = "insufficient_balance",
+    safety_code: str | None = None,
+    synchronous: bool = False,
+) -> ProviderError:
+    """The HTTP-status table of the resellers whose error bodies are undocumented (Atlas Cloud,
+    WaveSpeed, 1min.ai): the status decides, the vendor's wording (read by its own classifier) refines.
+
+    402 or `billing` wording → ServiceUnavailable(`billing_code`); 401/403 → ServiceUnavailable;
+    404 → ModelUnavailable; 429 → RateLimited with the retry-after hint; 5xx → a `synchronous`
+    call's ServerError(accepted=True) (the image may have been made, and billed, before the error),
+    else `submit_server_error` (no job id came back: nothing was queued); other 4xx →
+    ProviderRejected(`safety_code`) for `safety` wording, else InvalidInput.
+    """
+    kw: dict[str, Any] = {"provider": provider, "status": status}
+    if status == 402 or billing:
+        return ServiceUnavailable(summary, code=billing_code, **kw)
+    if status in (401, 403):
+        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
+    if status == 404:
+        return ModelUnavailable(summary, code="not_found", **kw)
+    if status == 429:
+        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
+    if status >= 500:
+        if synchronous:
+            return ServerError(summary, accepted=True, **kw)
+        return submit_server_error(summary, **kw)
+    if safety:
+        return ProviderRejected(summary, code=safety_code, **kw)
+    return InvalidInput(summary, **kw)
+
+
+def failed_job_error(summary: str, *, safety: bool, **kw: Any) -> ProviderError:
+    """A job the vendor took and then reported as failed (in a 2xx answer): it ran, and may have been
+    billed, so the error is accepted; a failure that names a safety filter is a refusal."""
+    if safety:
+        return ProviderRejected(summary, accepted=True, **kw)
+    return ProviderJobFailed(summary, accepted=True, **kw)
 
 
 def unsupported_options(model: str, service: str, problems: list[str], *, provider: str) -> InvalidInput:

@@ -1,0 +1,125 @@
+"""One adapter's calls to its vendor, bound once: the shared session, the configured base URL, the key
+header, the retry policy, the timeouts and the vendor's error mapping.
+
+Every reseller adapter makes the same kinds of call: one paid submit (`send_paid`, classified with
+the "model gone" rule), idempotent uploads and polls with its key (`send_idempotent`), and result
+downloads without its key (`fetch_output`, trusting only its own base URL). `VendorClient` makes them
+with the adapter's settings so each adapter says only what differs: paths, bodies and answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bot.providers.http.outputs import fetch_output, upload_file
+from bot.providers.http.polling import gather_or_cancel
+from bot.providers.http.requests import send_idempotent, send_paid
+from bot.providers.http.transport import MAX_RESPONSE_BYTES, Classifier, HttpResponse, RetryPolicy
+from bot.providers.http.vendor import submit_classifier
+
+
+@dataclass(frozen=True, slots=True)
+class VendorClient:
+    """The HTTP side of one adapter (see the module docstring)."""
+
+    session: aiohttp.ClientSession
+    base_url: str  # configured, without a trailing slash; results on its origin are trusted
+    provider: str
+    headers: Mapping[str, str]  # the key; never sent to another origin (nor to result URLs)
+    policy: RetryPolicy
+    classify: Classifier  # the vendor's one error mapping
+    message_of: Callable[[bytes], str]  # the vendor's error text of a body (to tell "model gone")
+    call_timeout: float  # the paid call
+    io_timeout: float  # one upload, poll or download
+    max_output_bytes: int  # one result image
+
+    def url(self, path: str) -> str:
+        """`path` under the configured base URL."""
+        return f"{self.base_url}{path}"
+
+    def submit_classifier(self, model: str) -> Classifier:
+        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule."""
+        return submit_classifier(self.classify, self.message_of, model=model)
+
+    async def submit(
+        self, url: str, body: Any, *, deadline: float, model: str, max_body: int = MAX_RESPONSE_BYTES
+    ) -> HttpResponse:
+        """POST the one paid JSON request of a job: never re-sent once it may have arrived."""
+        return await send_paid(
+            self.session,
+            "POST",
+            url,
+            policy=self.policy,
+            deadline=deadline,
+            call_timeout=self.call_timeout,
+            json=body,
+            headers=self.headers,
+            provider=self.provider,
+            classify=self.submit_classifier(model),
+            max_body=max_body,
+        )
+
+    async def call(
+        self, method: str, url: str, *, deadline: float, json: Any = None, accepted: bool = False
+    ) -> HttpResponse:
+        """An idempotent call with the key (an upload, a poll), retried within `deadline`.
+
+        Pass `accepted=True` for a call that follows a submitted job (its failures may be billed).
+        """
+        return await send_idempotent(
+            self.session,
+            method,
+            url,
+            policy=self.policy,
+            deadline=deadline,
+            call_timeout=self.io_timeout,
+            provider=self.provider,
+            headers=self.headers,
+            json=json,
+            classify=self.classify,
+            accepted=accepted,
+        )
+
+    async def upload(
+        self, url: str, *, field: str, data: bytes, filename: str, mime: str, deadline: float
+    ) -> HttpResponse:
+        """POST one file as a multipart form whose only part is `field` (see `upload_file`)."""
+        return await upload_file(
+            self.session,
+            url,
+            field=field,
+            data=data,
+            filename=filename,
+            mime=mime,
+            deadline=deadline,
+            policy=self.policy,
+            call_timeout=self.io_timeout,
+            provider=self.provider,
+            headers=self.headers,
+            classify=self.classify,
+        )
+
+    async def outputs(self, values: Iterable[str], *, deadline: float) -> list[bytes]:
+        """The bytes of a finished job's results (URLs or base64), fetched in parallel, without the key.
+
+        A result may be on the API's own origin; any other must be a public address (`fetch_output`).
+        """
+        return await gather_or_cancel(
+            *(
+                fetch_output(
+                    self.session,
+                    value,
+                    max_bytes=self.max_output_bytes,
+                    deadline=deadline,
+                    policy=self.policy,
+                    call_timeout=self.io_timeout,
+                    provider=self.provider,
+                    trusted=(self.base_url,),
+                )
+                for value in values
+            )
+        )
