@@ -51,31 +51,25 @@ import aiohttp
 from bot.domain.options import parse_size
 from bot.providers.base import EditRequest, EditResult, OutputImage
 from bot.providers.errors import (
-    InvalidInput,
     ModelUnavailable,
     ProviderError,
-    ProviderJobFailed,
-    ProviderRejected,
-    RateLimited,
     ServerError,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
     RetryPolicy,
+    VendorClient,
+    before_submit,
     convert_mask,
     error_summary,
-    fetch_output,
+    failed_job_error,
     gather_or_cancel,
     is_http_url,
-    mark_unsubmitted,
+    mentions,
     parse_json,
-    parse_retry_after,
     redact_url,
-    send_paid,
+    reseller_status_error,
     sniff_image_format,
-    submit_classifier,
     unsupported_options,
-    upload_file,
 )
 
 log = logging.getLogger(__name__)
@@ -127,29 +121,24 @@ def classify_oneminai_error(
     raw = _message(payload)
     lowered = raw.lower()
     summary = error_summary(status, raw)
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    safety = any(word in lowered for word in _SAFETY_WORDS)
+    safety = mentions(lowered, _SAFETY_WORDS)
 
     if 200 <= status < 300:  # the call ran; its record says it did not succeed
         record = payload.get("aiRecord") if isinstance(payload, dict) else None
         record_status = record.get("status") if isinstance(record, dict) else None
-        kw["code"] = str(record_status).lower() if isinstance(record_status, str) else None
-        if safety:
-            return ProviderRejected(summary, accepted=True, **kw)
-        return ProviderJobFailed(summary, accepted=True, **kw)
-    if status == 402 or any(word in lowered for word in _CREDIT_WORDS):
-        return ServiceUnavailable(summary, code="insufficient_credits", **kw)
-    if status in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
-    if status == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if status == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if status >= 500:
-        return ServerError(summary, accepted=True, **kw)
-    if safety:
-        return ProviderRejected(summary, code="moderation", **kw)
-    return InvalidInput(summary, **kw)
+        code = str(record_status).lower() if isinstance(record_status, str) else None
+        return failed_job_error(summary, safety=safety, provider=provider, status=status, code=code)
+    return reseller_status_error(
+        status,
+        summary,
+        headers,
+        provider=provider,
+        billing=mentions(lowered, _CREDIT_WORDS),
+        safety=safety,
+        billing_code="insufficient_credits",
+        safety_code="moderation",
+        synchronous=True,
+    )
 
 
 class OneMinAIProvider:
@@ -169,21 +158,23 @@ class OneMinAIProvider:
         name: str = "oneminai",
     ) -> None:
         self.name = name
-        self._session = session
-        self._api_key = api_key
         self._base = base_url.rstrip("/")
-        self._policy = policy
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._max_output_bytes = max_output_bytes
         self._mask_conventions = dict(mask_conventions or {})
+        self._client = VendorClient(
+            session,
+            self._base,
+            name,
+            {"API-KEY": api_key},
+            policy,
+            classify=classify_oneminai_error,
+            message_of=lambda body: _message(parse_json(body)),
+            call_timeout=call_timeout,
+            io_timeout=io_timeout,
+            max_output_bytes=max_output_bytes,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"OneMinAIProvider(name={self.name!r}, url={redact_url(self._base)!r})"
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"API-KEY": self._api_key}
 
     def validate(self, request: EditRequest) -> None:
         """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
@@ -234,10 +225,7 @@ class OneMinAIProvider:
             convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
             mask = await convert_mask(request.mask.data, convention, provider=self.name)
             files.append((mask, "mask.png", "image/png"))
-        try:
-            paths = await gather_or_cancel(*(self._upload(*f, request.deadline) for f in files))
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
+        paths = await before_submit(gather_or_cancel(*(self._upload(*f, request.deadline) for f in files)))
 
         prompt_object: dict[str, Any] = {
             "imageUrl": paths[0],
@@ -256,19 +244,11 @@ class OneMinAIProvider:
         else:
             feature = "IMAGE_EDITOR"
             prompt_object["background"] = request.background
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/features",
-            policy=self._policy,
+        resp = await self._client.submit(
+            self._client.url("/features"),
+            {"type": feature, "model": request.model, "promptObject": prompt_object},
             deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json={"type": feature, "model": request.model, "promptObject": prompt_object},
-            headers=self._auth,
-            provider=self.name,
-            classify=submit_classifier(
-                classify_oneminai_error, lambda body: _message(parse_json(body)), model=request.model
-            ),
+            model=request.model,
         )
         payload = parse_json(resp.body)
         record = payload.get("aiRecord") if isinstance(payload, dict) else None
@@ -288,16 +268,7 @@ class OneMinAIProvider:
                 request_id=record_id,
                 accepted=True,
             )
-        data = await fetch_output(
-            self._session,
-            url,
-            max_bytes=self._max_output_bytes,
-            deadline=request.deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-        )
+        data = await self._client.output(url, deadline=request.deadline)
         log.debug("%s: %s %s done (record %s)", self.name, request.model, feature, record_id)
         return EditResult(
             images=(OutputImage(data=data, format=sniff_image_format(data) or request.output_format),),
@@ -309,19 +280,13 @@ class OneMinAIProvider:
 
     async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
         """Upload one asset; returns its bucket path (`fileContent.path`, else `asset.key`)."""
-        resp = await upload_file(
-            self._session,
-            f"{self._base}/assets",
+        resp = await self._client.upload(
+            self._client.url("/assets"),
             field="asset",  # not `file`
             data=data,
             filename=filename,
             mime=mime,
             deadline=deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            classify=classify_oneminai_error,
         )
         payload = parse_json(resp.body)
         file_content = payload.get("fileContent") if isinstance(payload, dict) else None

@@ -32,12 +32,12 @@ from bot.providers.http import (
     HttpResponse,
     RetryPolicy,
     VendorClient,
+    before_submit,
     convert_mask,
     error_summary,
     failed_job_error,
     gather_or_cancel,
     is_http_url,
-    mark_unsubmitted,
     mentions,
     parse_json,
     poll,
@@ -269,12 +269,11 @@ class Predictions:
         if request.mask is not None:
             mask = await convert_mask(request.mask.data, mask_convention, provider=self._provider)
             files.append((mask, "mask.png", "image/png"))
-        try:
-            urls = await gather_or_cancel(
+        urls = await before_submit(
+            gather_or_cancel(
                 *(self._upload(data, name, mime, request.deadline) for data, name, mime in files)
             )
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
+        )
         return urls[: len(request.images)], urls[-1] if request.mask is not None else None
 
     async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:

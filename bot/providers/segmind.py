@@ -75,20 +75,18 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     RetryPolicy,
+    VendorClient,
+    before_submit,
     convert_mask,
     error_summary,
-    fetch_output,
     health_from_error,
     is_http_url,
-    mark_unsubmitted,
+    mentions,
     parse_json,
     parse_retry_after,
     redact_url,
     send_check,
-    send_idempotent,
-    send_paid,
     sniff_image_format,
-    submit_classifier,
     submit_server_error,
     unsupported_options,
 )
@@ -176,9 +174,9 @@ def classify_segmind_error(
     if status == 401:
         return ServiceUnavailable(summary, code="unauthorized", **kw)
     if status == 406:
-        if any(word in lowered for word in _CONTENT_TYPE_WORDS):
+        if mentions(lowered, _CONTENT_TYPE_WORDS):
             return InvalidInput(summary, code="invalid_content_type", **kw)
-        code = "insufficient_credits" if any(w in lowered for w in _CREDIT_WORDS) else "not_acceptable"
+        code = "insufficient_credits" if mentions(lowered, _CREDIT_WORDS) else "not_acceptable"
         return ServiceUnavailable(summary, code=code, **kw)
     if status in (403, 404, 410):
         code = {403: "forbidden", 404: "not_found", 410: "retired"}[status]
@@ -192,7 +190,7 @@ def classify_segmind_error(
         return RateLimited(summary, retry_after=retry_after, code="rate_limited", **kw)
     if status >= 500:
         return submit_server_error(summary, **kw)  # only HTTP 200 is billed: nothing was charged
-    if any(word in lowered for word in _SAFETY_WORDS):
+    if mentions(lowered, _SAFETY_WORDS):
         return ProviderRejected(summary, code="moderation", **kw)
     return InvalidInput(summary, **kw)
 
@@ -247,23 +245,25 @@ class SegmindProvider:
         name: str = "segmind",
     ) -> None:
         self.name = name
-        self._session = session
-        self._api_key = api_key
         self._base = base_url.rstrip("/")
         self._upload_url = upload_url
-        self._policy = policy
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._max_output_bytes = max_output_bytes
         self._mask_conventions = dict(mask_conventions or {})
+        self._client = VendorClient(
+            session,
+            self._base,
+            name,
+            # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
+            {"x-api-key": api_key},
+            policy,
+            classify=classify_segmind_error,
+            message_of=_error_text,
+            call_timeout=call_timeout,
+            io_timeout=io_timeout,
+            max_output_bytes=max_output_bytes,
+        )
 
     def __repr__(self) -> str:  # never show the key
         return f"SegmindProvider(name={self.name!r}, url={redact_url(self._base)!r})"
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
-        return {"x-api-key": self._api_key}
 
     async def check(self) -> ProviderHealth:
         """Reachability and the key via the status of a request that does not exist (free).
@@ -274,7 +274,11 @@ class SegmindProvider:
         url = f"{self._base.removesuffix('/v1')}/v2/requests/{CHECK_REQUEST_ID}/status"
         try:
             await send_check(
-                self._session, url, provider=self.name, classify=classify_segmind_error, headers=self._auth
+                self._client.session,
+                url,
+                provider=self.name,
+                classify=classify_segmind_error,
+                headers=self._client.headers,
             )
         except ProviderError as exc:
             if exc.status != 404:
@@ -325,10 +329,7 @@ class SegmindProvider:
             convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
             mask = await convert_mask(request.mask.data, convention, provider=self.name)
             files.append((mask, "image/png"))
-        try:
-            urls = await self._upload(files, request.deadline)
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
+        urls = await before_submit(self._upload(files, request.deadline))
 
         body: dict[str, Any] = {"prompt": request.prompt}
         if request.model in SINGLE_IMAGE_MODELS:
@@ -345,18 +346,12 @@ class SegmindProvider:
         if request.background != "auto":
             body["background"] = request.background
 
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/{request.model}",
-            policy=self._policy,
+        resp = await self._client.submit(
+            self._client.url(f"/{request.model}"),
+            body,  # as JSON: aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
             deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json=body,  # aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
-            headers=self._auth,
-            provider=self.name,
-            classify=submit_classifier(classify_segmind_error, _error_text, model=request.model),
-            max_body=self._max_output_bytes,
+            model=request.model,
+            max_body=self._client.max_output_bytes,  # the answer is the image itself
         )
         request_id = resp.request_id
         remaining = resp.headers.get("x-remaining-credits")
@@ -381,17 +376,8 @@ class SegmindProvider:
     async def _upload(self, files: list[tuple[bytes, str]], deadline: float) -> list[str]:
         """All files in one call (the SDK's batch JSON form); returns their public URLs in order."""
         data_urls = [f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" for data, mime in files]
-        resp = await send_idempotent(
-            self._session,
-            "POST",
-            self._upload_url,
-            policy=self._policy,
-            deadline=deadline,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            json={"data_urls": data_urls},
-            classify=classify_segmind_error,
+        resp = await self._client.call(
+            "POST", self._upload_url, deadline=deadline, json={"data_urls": data_urls}
         )
         payload = parse_json(resp.body)
         urls = payload.get("file_urls") if isinstance(payload, dict) else None
@@ -421,14 +407,5 @@ class SegmindProvider:
             values = _json_outputs(payload)
             if not values:
                 raise unusable("the JSON body holds no image")
-            return await fetch_output(
-                self._session,
-                values[0],
-                max_bytes=self._max_output_bytes,
-                deadline=request.deadline,
-                policy=self._policy,
-                call_timeout=self._io_timeout,
-                provider=self.name,
-                trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-            )
+            return await self._client.output(values[0], deadline=request.deadline)
         raise unusable(f"the content type is {content_type or 'missing'}")

@@ -58,6 +58,7 @@ from bot.providers.http.transport import (
 )
 from bot.providers.http.vendor import (
     MAX_MESSAGE,
+    before_submit,
     error_summary,
     failed_job_error,
     gone_on_submit,
@@ -85,6 +86,7 @@ __all__ = [
     "HttpResponse",
     "RetryPolicy",
     "VendorClient",
+    "before_submit",
     "classify_http_status",
     "convert_mask",
     "decode_base64_image",

@@ -103,23 +103,22 @@ class VendorClient:
             classify=self.classify,
         )
 
-    async def outputs(self, values: Iterable[str], *, deadline: float) -> list[bytes]:
-        """The bytes of a finished job's results (URLs or base64), fetched in parallel, without the key.
+    async def output(self, value: str, *, deadline: float) -> bytes:
+        """The bytes of one result a job listed (a URL or base64), fetched without the key.
 
         A result may be on the API's own origin; any other must be a public address (`fetch_output`).
         """
-        return await gather_or_cancel(
-            *(
-                fetch_output(
-                    self.session,
-                    value,
-                    max_bytes=self.max_output_bytes,
-                    deadline=deadline,
-                    policy=self.policy,
-                    call_timeout=self.io_timeout,
-                    provider=self.provider,
-                    trusted=(self.base_url,),
-                )
-                for value in values
-            )
+        return await fetch_output(
+            self.session,
+            value,
+            max_bytes=self.max_output_bytes,
+            deadline=deadline,
+            policy=self.policy,
+            call_timeout=self.io_timeout,
+            provider=self.provider,
+            trusted=(self.base_url,),
         )
+
+    async def outputs(self, values: Iterable[str], *, deadline: float) -> list[bytes]:
+        """Every result of a finished job (see `output`), fetched in parallel."""
+        return await gather_or_cancel(*(self.output(value, deadline=deadline) for value in values))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json as _json
 import logging
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from bot.providers.errors import (
     InvalidInput,
@@ -24,6 +24,8 @@ from bot.providers.errors import (
 from bot.providers.http.transport import Classifier, parse_retry_after, redact_url
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 _SCHEME_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -58,6 +60,15 @@ def mark_unsubmitted(err: ProviderError) -> ProviderError:
     if isinstance(err, (ServerError, ProviderTimeout)):
         err.retryable_elsewhere = True
     return err
+
+
+async def before_submit(step: Awaitable[T]) -> T:
+    """Await a step that runs before the paid submit (the uploads); a `ProviderError` from it is
+    raised `mark_unsubmitted`, as nothing was created or billed yet."""
+    try:
+        return await step
+    except ProviderError as err:
+        raise mark_unsubmitted(err) from None
 
 
 def parse_json(body: bytes) -> Any:
