@@ -225,7 +225,9 @@ class OneMinAIProvider:
             convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
             mask = await convert_mask(request.mask.data, convention, provider=self.name)
             files.append((mask, "mask.png", "image/png"))
-        paths = await before_submit(gather_or_cancel(*(self._upload(*f, request.deadline) for f in files)))
+        paths = await before_submit(
+            gather_or_cancel(*(self._upload(file, request.deadline) for file in files))
+        )
 
         prompt_object: dict[str, Any] = {
             "imageUrl": paths[0],
@@ -278,16 +280,10 @@ class OneMinAIProvider:
             request_id=record_id,
         )
 
-    async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
+    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
         """Upload one asset; returns its bucket path (`fileContent.path`, else `asset.key`)."""
-        resp = await self._client.upload(
-            self._client.url("/assets"),
-            field="asset",  # not `file`
-            data=data,
-            filename=filename,
-            mime=mime,
-            deadline=deadline,
-        )
+        # The multipart field is `asset`, not `file`.
+        resp = await self._client.upload(self._client.url("/assets"), "asset", file, deadline=deadline)
         payload = parse_json(resp.body)
         file_content = payload.get("fileContent") if isinstance(payload, dict) else None
         asset = payload.get("asset") if isinstance(payload, dict) else None

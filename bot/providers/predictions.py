@@ -269,21 +269,13 @@ class Predictions:
         if request.mask is not None:
             mask = await convert_mask(request.mask.data, mask_convention, provider=self._provider)
             files.append((mask, "mask.png", "image/png"))
-        urls = await before_submit(
-            gather_or_cancel(
-                *(self._upload(data, name, mime, request.deadline) for data, name, mime in files)
-            )
-        )
+        uploads = (self._upload(file, request.deadline) for file in files)
+        urls = await before_submit(gather_or_cancel(*uploads))
         return urls[: len(request.images)], urls[-1] if request.mask is not None else None
 
-    async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
+    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
         resp = await self.client.upload(
-            self.client.url(self._api.upload_path),
-            field="file",
-            data=data,
-            filename=filename,
-            mime=mime,
-            deadline=deadline,
+            self.client.url(self._api.upload_path), "file", file, deadline=deadline
         )
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:

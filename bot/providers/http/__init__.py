@@ -6,7 +6,7 @@
 * `requests` — `send_paid` (never re-sent once it may have reached the server) and
   `send_idempotent` (retried freely within the job's deadline).
 * `polling` — following a submitted job to its end; parallel calls that fail together.
-* `outputs` — result downloads (a provider's URL is never trusted), base64, uploads, masks.
+* `outputs` — result downloads (a provider's URL is never trusted), base64, masks.
 * `vendor` — reading vendors' answers: safe messages, JSON, error summaries, the "model gone" rule.
 * `health` — the cheap authenticated call behind `/diagnose`.
 * `client` — `VendorClient`: one adapter's session, base URL, key, policy and timeouts, bound once
@@ -34,7 +34,6 @@ from bot.providers.http.outputs import (
     download,
     fetch_output,
     sniff_image_format,
-    upload_file,
 )
 from bot.providers.http.polling import (
     gather_or_cancel,
@@ -114,5 +113,4 @@ __all__ = [
     "submit_classifier",
     "submit_server_error",
     "unsupported_options",
-    "upload_file",
 ]

@@ -9,13 +9,14 @@ with the adapter's settings so each adapter says only what differs: paths, bodie
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from bot.providers.http.outputs import fetch_output, upload_file
+from bot.providers.http.outputs import fetch_output
 from bot.providers.http.polling import gather_or_cancel
 from bot.providers.http.requests import send_idempotent, send_paid
 from bot.providers.http.transport import MAX_RESPONSE_BYTES, Classifier, HttpResponse, RetryPolicy
@@ -64,7 +65,14 @@ class VendorClient:
         )
 
     async def call(
-        self, method: str, url: str, *, deadline: float, json: Any = None, accepted: bool = False
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: float,
+        json: Any = None,
+        data_factory: Callable[[], Any] | None = None,
+        accepted: bool = False,
     ) -> HttpResponse:
         """An idempotent call with the key (an upload, a poll), retried within `deadline`.
 
@@ -80,28 +88,28 @@ class VendorClient:
             provider=self.provider,
             headers=self.headers,
             json=json,
+            data_factory=data_factory,
             classify=self.classify,
             accepted=accepted,
         )
 
     async def upload(
-        self, url: str, *, field: str, data: bytes, filename: str, mime: str, deadline: float
+        self, url: str, field: str, file: tuple[bytes, str, str], *, deadline: float
     ) -> HttpResponse:
-        """POST one file as a multipart form whose only part is `field` (see `upload_file`)."""
-        return await upload_file(
-            self.session,
-            url,
-            field=field,
-            data=data,
-            filename=filename,
-            mime=mime,
-            deadline=deadline,
-            policy=self.policy,
-            call_timeout=self.io_timeout,
-            provider=self.provider,
-            headers=self.headers,
-            classify=self.classify,
-        )
+        """POST one `(data, filename, mime)` file as a multipart form whose only part is `field`.
+
+        An upload creates nothing billable, so it is retried like any idempotent call (with a fresh
+        form for every try). The answer is the vendor's to read.
+        """
+        data, filename, mime = file
+
+        def form() -> aiohttp.FormData:
+            fd = aiohttp.FormData()
+            # BytesIO: aiohttp writes a large raw-bytes part in one blocking call.
+            fd.add_field(field, io.BytesIO(data), filename=filename, content_type=mime)
+            return fd
+
+        return await self.call("POST", url, deadline=deadline, data_factory=form)
 
     async def output(self, value: str, *, deadline: float) -> bytes:
         """The bytes of one result a job listed (a URL or base64), fetched without the key.
