@@ -51,7 +51,6 @@ splitting the error mapping from the calls would separate what must change toget
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import logging
 import math
@@ -80,11 +79,13 @@ from bot.providers.http import (
     convert_mask,
     error_summary,
     health_from_error,
+    http_date,
     is_http_url,
     mentions,
     parse_json,
     parse_retry_after,
     redact_url,
+    seconds_until,
     send_check,
     sniff_image_format,
     submit_server_error,
@@ -133,25 +134,17 @@ def parse_reset_at(value: str | None, *, now: datetime | None = None) -> float |
     if value is None or not value.strip():
         return None
     text = value.strip()
-    now = now or datetime.now(UTC)
-    when: datetime | None = None
     try:
         number = float(text)
     except ValueError:
         number = math.nan
     if math.isfinite(number) and number > 0:
-        when = datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC)
-    else:
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+        return seconds_until(datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC), now)
+    try:
+        when: datetime | None = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        when = http_date(text)
+    return None if when is None else seconds_until(when, now)
 
 
 def classify_segmind_error(

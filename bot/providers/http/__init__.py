@@ -52,8 +52,10 @@ from bot.providers.http.transport import (
     HttpResponse,
     RetryPolicy,
     classify_http_status,
+    http_date,
     parse_retry_after,
     redact_url,
+    seconds_until,
 )
 from bot.providers.http.vendor import (
     MAX_MESSAGE,
@@ -96,6 +98,7 @@ __all__ = [
     "gather_or_cancel",
     "gone_on_submit",
     "health_from_error",
+    "http_date",
     "is_http_url",
     "mark_unsubmitted",
     "mentions",
@@ -106,6 +109,7 @@ __all__ = [
     "reseller_status_error",
     "safe_message",
     "says_model_gone",
+    "seconds_until",
     "send_check",
     "send_idempotent",
     "send_paid",
