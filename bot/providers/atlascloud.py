@@ -53,29 +53,16 @@ this module supplies Atlas's paths, envelope, status words and error mapping.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
-from bot.providers.base import EditRequest, EditResult, OnSubmitted, ProviderHealth
+from bot.providers.base import EditRequest, ProviderHealth
 from bot.providers.errors import ProviderError
-from bot.providers.http import (
-    RetryPolicy,
-    health_from_error,
-    redact_url,
-    send_check,
-)
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions
-
-log = logging.getLogger(__name__)
+from bot.providers.http import health_from_error, send_check
+from bot.providers.predictions import ModelFields, PredictionAdapter, PredictionApi
+from bot.providers.reseller import Vendor
 
 DEFAULT_BASE_URL = "https://api.atlascloud.ai/api/v1"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024  # one result image; real ones are a few MB
-POLL_INTERVAL = 2.0  # Atlas's own tools poll every 2-3 s
-MAX_POLL_INTERVAL = 8.0
-IO_TIMEOUT = 60.0  # one upload, poll or download call
 SUBMIT_TIMEOUT = 60.0  # the submit only queues the job
 
 SUCCESS = frozenset({"completed", "succeeded"})
@@ -120,6 +107,8 @@ ATLAS_API = PredictionApi(
     message_keys=("error", "msg", "message"),
     job_message_first=False,
     balance_words=_BALANCE_WORDS,
+    poll_interval=2.0,  # Atlas's own tools poll every 2-3 s
+    max_poll_interval=8.0,
 )
 
 
@@ -138,51 +127,30 @@ def classify_atlas_error(
     return ATLAS_API.classify(status, body, headers, provider=provider)
 
 
-class AtlasCloudProvider:
+class AtlasCloudProvider(PredictionAdapter):
     """Edits images through Atlas Cloud's prediction API (one paid submit per job, then polling)."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = SUBMIT_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        poll_interval: float = POLL_INTERVAL,
-        max_poll_interval: float = MAX_POLL_INTERVAL,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "atlascloud",
-    ) -> None:
-        self.name = name
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
-        self._jobs = Predictions(
-            session,
-            ATLAS_API,
-            base_url=self._base,
-            provider=name,
-            headers={"Authorization": f"Bearer {api_key}"},
-            policy=policy,
-            submit_timeout=call_timeout,
-            io_timeout=io_timeout,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_output_bytes=max_output_bytes,
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"AtlasCloudProvider(name={self.name!r}, url={redact_url(self._base)!r})"
+    vendor = Vendor(
+        name="atlascloud",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=SUBMIT_TIMEOUT,
+        key_header="Authorization",
+        classify=classify_atlas_error,
+        message_of=ATLAS_API.message_of,
+        mask_convention="alpha",
+        mask_conventions=DEFAULT_MASK_CONVENTIONS,
+    )
+    api = ATLAS_API
 
     async def check(self) -> ProviderHealth:
         """Reachability through the catalog, `GET /models`: free, but it takes no key, so the key
         itself is not checked (the result says so). Never raises for HTTP failures."""
         try:
             await send_check(
-                self._session, f"{self._base}/models", provider=self.name, classify=classify_atlas_error
+                self._client.session,
+                self._client.url("/models"),
+                provider=self.name,
+                classify=classify_atlas_error,
             )
         except ProviderError as exc:
             return health_from_error(exc, key_sent=False)
@@ -193,19 +161,9 @@ class AtlasCloudProvider:
             ok=True,
         )
 
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._jobs.fields_for(request)
-
-    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_atlas_error`).
-
-        `on_submitted(prediction_id)` is awaited once Atlas has accepted the job, before polling.
-        """
-        fields = self._jobs.fields_for(request)
-        convention = self._mask_conventions.get(request.model, "alpha")
-        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": request.model,
             "prompt": request.prompt,
@@ -214,13 +172,4 @@ class AtlasCloudProvider:
         if request.quality != "auto":
             body["quality"] = request.quality
         body["size"] = request.size
-
-        job_id, prediction = await self._jobs.start(
-            request, "/model/generateImage", body, on_submitted=on_submitted
-        )
-        return await self._jobs.finish(job_id, request, prediction)
-
-    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
-        """Follow a prediction submitted earlier (e.g. before a restart) to its result. Never submits."""
-        log.info("%s: resuming prediction %s", self.name, provider_job_id)
-        return await self._jobs.finish(provider_job_id, request)
+        return "/model/generateImage", body

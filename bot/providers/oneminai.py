@@ -46,8 +46,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from bot.domain.options import parse_size
 from bot.providers.base import EditRequest, EditResult, OutputImage
 from bot.providers.errors import (
@@ -56,28 +54,23 @@ from bot.providers.errors import (
     ServerError,
 )
 from bot.providers.http import (
-    RetryPolicy,
-    VendorClient,
     before_submit,
-    convert_mask,
     error_summary,
     failed_job_error,
     gather_or_cancel,
     is_http_url,
     mentions,
     parse_json,
-    redact_url,
     reseller_status_error,
     sniff_image_format,
     unsupported_options,
 )
+from bot.providers.reseller import ResellerAdapter, Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.1min.ai/api"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 240.0  # the feature call blocks while the image is made
-IO_TIMEOUT = 60.0  # one upload or the result download
 MAX_PROMPT_CHARS = 4000
 MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-2"})
 # Models whose editor takes any `WxH` size and requires both `size` and `quality` (no inpainter).
@@ -86,7 +79,6 @@ SIZES = ("1024x1024", "1024x1536", "1536x1024")
 QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 EDITOR_BACKGROUNDS = ("auto", "transparent")
-DEFAULT_MASK_CONVENTION = "white"  # the inpainter: white = edit, black = keep
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
 _CREDIT_WORDS = ("credit", "balance", "quota", "insufficient")
@@ -141,45 +133,18 @@ def classify_oneminai_error(
     )
 
 
-class OneMinAIProvider:
+class OneMinAIProvider(ResellerAdapter):
     """Edits images through 1min.ai's feature API (IMAGE_EDITOR / IMAGE_INPAINTER), one call per job."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = CALL_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "oneminai",
-    ) -> None:
-        self.name = name
-        self._base = base_url.rstrip("/")
-        self._mask_conventions = dict(mask_conventions or {})
-        self._client = VendorClient(
-            session,
-            self._base,
-            name,
-            {"API-KEY": api_key},
-            policy,
-            classify=classify_oneminai_error,
-            message_of=lambda body: _message(parse_json(body)),
-            call_timeout=call_timeout,
-            io_timeout=io_timeout,
-            max_output_bytes=max_output_bytes,
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"OneMinAIProvider(name={self.name!r}, url={redact_url(self._base)!r})"
-
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._check_request(request)
+    vendor = Vendor(
+        name="oneminai",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=CALL_TIMEOUT,
+        key_header="API-KEY",
+        classify=classify_oneminai_error,
+        message_of=lambda body: _message(parse_json(body)),
+        mask_convention="white",  # the inpainter: white = edit, black = keep
+    )
 
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
@@ -221,9 +186,7 @@ class OneMinAIProvider:
         self._check_request(request)
         image = request.images[0]
         files = [(image.data, f"image.{image.extension}", image.mime)]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            mask = await convert_mask(request.mask.data, convention, provider=self.name)
+        if (mask := await self._vendor_mask(request)) is not None:
             files.append((mask, "mask.png", "image/png"))
         paths = await before_submit(
             gather_or_cancel(*(self._upload(file, request.deadline) for file in files))

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Unpack
 
 import aiohttp
 
@@ -30,10 +30,8 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     HttpResponse,
-    RetryPolicy,
     VendorClient,
     before_submit,
-    convert_mask,
     error_summary,
     failed_job_error,
     gather_or_cancel,
@@ -45,6 +43,7 @@ from bot.providers.http import (
     sniff_image_format,
     unsupported_options,
 )
+from bot.providers.reseller import AdapterOptions, ResellerAdapter
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +141,8 @@ class PredictionApi:
     message_keys: tuple[str, ...]
     job_message_first: bool
     balance_words: tuple[str, ...]  # wording that means the account must be topped up
+    poll_interval: float  # the first wait between polls (then growing up to `max_poll_interval`)
+    max_poll_interval: float
     timeout_statuses: frozenset[str] = frozenset()  # failure statuses reported as a timeout
 
     def message(self, payload: Any) -> str:
@@ -182,36 +183,13 @@ class PredictionApi:
 
 
 class Predictions:
-    """The shared flow for one adapter: its vendor client, poll intervals and mask conventions."""
+    """The shared flow for one adapter: its vendor client and how often to poll."""
 
     def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api: PredictionApi,
-        *,
-        base_url: str,
-        provider: str,
-        headers: dict[str, str],
-        policy: RetryPolicy,
-        submit_timeout: float,
-        io_timeout: float,
-        poll_interval: float,
-        max_poll_interval: float,
-        max_output_bytes: int,
+        self, client: VendorClient, api: PredictionApi, *, poll_interval: float, max_poll_interval: float
     ) -> None:
+        self.client = client
         self._api = api
-        self.client = VendorClient(
-            session,
-            base_url,
-            provider,
-            headers,
-            policy,
-            classify=api.classify,
-            message_of=api.message_of,
-            call_timeout=submit_timeout,
-            io_timeout=io_timeout,
-            max_output_bytes=max_output_bytes,
-        )
         self._poll_interval = poll_interval
         self._max_poll_interval = max_poll_interval
 
@@ -257,8 +235,9 @@ class Predictions:
             raise unsupported_options(request.model, self._api.service, problems, provider=self._provider)
         return fields
 
-    async def upload_inputs(self, request: EditRequest, mask_convention: str) -> tuple[list[str], str | None]:
-        """Upload every input image and the mask (converted), all at once; return their URLs.
+    async def upload_inputs(self, request: EditRequest, mask: bytes | None) -> tuple[list[str], str | None]:
+        """Upload every input image and `mask` (the request's, in the vendor's convention), all at
+        once; return their URLs.
 
         Nothing paid has been sent yet, so a failure here is marked as not submitted.
         """
@@ -266,12 +245,11 @@ class Predictions:
             (image.data, f"image-{i}.{image.extension}", image.mime)
             for i, image in enumerate(request.images, start=1)
         ]
-        if request.mask is not None:
-            mask = await convert_mask(request.mask.data, mask_convention, provider=self._provider)
+        if mask is not None:
             files.append((mask, "mask.png", "image/png"))
         uploads = (self._upload(file, request.deadline) for file in files)
         urls = await before_submit(gather_or_cancel(*uploads))
-        return urls[: len(request.images)], urls[-1] if request.mask is not None else None
+        return urls[: len(request.images)], urls[-1] if mask is not None else None
 
     async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
         resp = await self.client.upload(
@@ -396,3 +374,70 @@ class Predictions:
             size=request.size if request.size != "auto" else None,
             request_id=job_id,
         )
+
+
+class PredictionOptions(AdapterOptions, total=False):
+    """The keyword settings of `PredictionAdapter` (see `AdapterOptions`)."""
+
+    poll_interval: float | None
+    max_poll_interval: float | None
+
+
+class PredictionAdapter(ResellerAdapter):
+    """An adapter for a prediction API (`api`): upload the inputs, submit, poll, fetch the outputs.
+
+    A `ResumableProvider`: the job id is reported (`on_submitted`) before polling starts, and
+    `resume(id, request)` polls it again after a restart without submitting anything. The vendor's
+    module supplies the paid request (`_submission`): its path and JSON body.
+    """
+
+    api: ClassVar[PredictionApi]
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str,
+        base_url: str | None = None,
+        *,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        **options: Unpack[AdapterOptions],
+    ) -> None:
+        super().__init__(session, api_key, base_url, **options)
+        self._jobs = Predictions(
+            self._client,
+            self.api,
+            poll_interval=self.api.poll_interval if poll_interval is None else poll_interval,
+            max_poll_interval=self.api.max_poll_interval if max_poll_interval is None else max_poll_interval,
+        )
+
+    def _check_request(self, request: EditRequest) -> ModelFields:
+        return self._jobs.fields_for(request)
+
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        """The paid request for these uploaded inputs: its path (under the base URL) and JSON body."""
+        raise NotImplementedError
+
+    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see the vendor's classifier).
+
+        `on_submitted(job_id)` is awaited once the vendor has accepted the job, before polling.
+        """
+        job_id, job = await self._submit(request, on_submitted)
+        return await self._jobs.finish(job_id, request, job)
+
+    async def _submit(
+        self, request: EditRequest, on_submitted: OnSubmitted | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Check and upload the inputs, send the paid submit, report the job id; return it and the job."""
+        fields = self._check_request(request)
+        image_urls, mask_url = await self._jobs.upload_inputs(request, await self._vendor_mask(request))
+        path, body = self._submission(request, fields, image_urls, mask_url)
+        return await self._jobs.start(request, path, body, on_submitted=on_submitted)
+
+    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
+        """Follow a job submitted earlier (e.g. before a restart) to its result. Never submits."""
+        log.info("%s: resuming %s %s", self.name, self.api.noun, provider_job_id)
+        return await self._jobs.finish(provider_job_id, request)

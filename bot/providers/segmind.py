@@ -57,7 +57,7 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
@@ -73,10 +73,7 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.http import (
-    RetryPolicy,
-    VendorClient,
     before_submit,
-    convert_mask,
     error_summary,
     health_from_error,
     http_date,
@@ -84,21 +81,19 @@ from bot.providers.http import (
     mentions,
     parse_json,
     parse_retry_after,
-    redact_url,
     seconds_until,
     send_check,
     sniff_image_format,
     submit_server_error,
     unsupported_options,
 )
+from bot.providers.reseller import AdapterOptions, ResellerAdapter, Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.segmind.com/v1"
 DEFAULT_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 240.0  # the v1 call blocks while the image is made (about 42-57 s on the model pages)
-IO_TIMEOUT = 60.0  # the upload, and a download when the answer is a URL
 MAX_IMAGES = 4
 QUALITIES = ("auto", "low", "medium", "high")
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
@@ -108,7 +103,6 @@ MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit", "gpt-image-2"})
 # Models whose route takes one `image` URL (edit mode) instead of `image_urls`, and no mask.
 SINGLE_IMAGE_MODELS = frozenset({"gpt-image-2"})
 SINGLE_IMAGE_QUALITIES = ("auto", "low", "medium", "high")  # "auto" is sent by omitting the field
-DEFAULT_MASK_CONVENTION = "alpha"
 CHECK_REQUEST_ID = "retouch-diagnose-no-such-request"  # `check()` asks for it; Segmind answers 404
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
@@ -220,43 +214,30 @@ def _json_outputs(payload: Any) -> list[str]:
     return found
 
 
-class SegmindProvider:
+class SegmindProvider(ResellerAdapter):
     """Edits images through Segmind's synchronous v1 API (one paid POST per job)."""
+
+    vendor = Vendor(
+        name="segmind",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=CALL_TIMEOUT,
+        key_header="x-api-key",  # Segmind rejects the key as a Bearer token
+        classify=classify_segmind_error,
+        message_of=_error_text,
+        mask_convention="alpha",
+    )
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         *,
         upload_url: str = DEFAULT_UPLOAD_URL,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = CALL_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "segmind",
+        **options: Unpack[AdapterOptions],
     ) -> None:
-        self.name = name
-        self._base = base_url.rstrip("/")
+        super().__init__(session, api_key, base_url, **options)
         self._upload_url = upload_url
-        self._mask_conventions = dict(mask_conventions or {})
-        self._client = VendorClient(
-            session,
-            self._base,
-            name,
-            # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
-            {"x-api-key": api_key},
-            policy,
-            classify=classify_segmind_error,
-            message_of=_error_text,
-            call_timeout=call_timeout,
-            io_timeout=io_timeout,
-            max_output_bytes=max_output_bytes,
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"SegmindProvider(name={self.name!r}, url={redact_url(self._base)!r})"
 
     async def check(self) -> ProviderHealth:
         """Reachability and the key via the status of a request that does not exist (free).
@@ -277,11 +258,6 @@ class SegmindProvider:
             if exc.status != 404:
                 return health_from_error(exc)
         return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
-
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._check_request(request)
 
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
@@ -318,9 +294,7 @@ class SegmindProvider:
         """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_segmind_error`)."""
         self._check_request(request)
         files = [(image.data, image.mime) for image in request.images]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            mask = await convert_mask(request.mask.data, convention, provider=self.name)
+        if (mask := await self._vendor_mask(request)) is not None:
             files.append((mask, "image/png"))
         urls = await before_submit(self._upload(files, request.deadline))
 

@@ -64,26 +64,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OnSubmitted
+from bot.providers.base import EditRequest, OnSubmitted
 from bot.providers.errors import ProviderError
-from bot.providers.http import (
-    RetryPolicy,
-    redact_url,
+from bot.providers.http import redact_url
+from bot.providers.predictions import (
+    ModelFields,
+    PredictionAdapter,
+    PredictionApi,
+    PredictionOptions,
+    job_status,
 )
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions, job_status
+from bot.providers.reseller import Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai/api/v3"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # "Images 20 MB" (the smallest of the documented limits)
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
-POLL_INTERVAL = 1.0  # the SDK polls every second
-MAX_POLL_INTERVAL = 5.0
-IO_TIMEOUT = 60.0  # one upload, poll or download call
 SUBMIT_TIMEOUT = 60.0  # an async submit only queues the task
 SYNC_SUBMIT_TIMEOUT = 240.0  # must outlast WaveSpeed's own sync wait (about 90 s), or the id is lost
 SYNC_TIMEOUT_CODE = 5004
@@ -209,6 +209,8 @@ WAVESPEED_API = PredictionApi(
     message_keys=("error", "message", "msg", "detail"),
     job_message_first=True,
     balance_words=_BALANCE_WORDS,
+    poll_interval=1.0,  # the SDK polls every second
+    max_poll_interval=5.0,
     timeout_statuses=frozenset({"timeout"}),
 )
 
@@ -228,72 +230,55 @@ def classify_wavespeed_error(
     return WAVESPEED_API.classify(status, body, headers, provider=provider)
 
 
-class WaveSpeedProvider:
+class WaveSpeedProvider(PredictionAdapter):
     """Edits images through WaveSpeed's v3 task API (one paid submit per job, then polling)."""
+
+    vendor = Vendor(
+        name="wavespeed",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=SUBMIT_TIMEOUT,
+        key_header="Authorization",
+        classify=classify_wavespeed_error,
+        message_of=WAVESPEED_API.message_of,
+        mask_convention="alpha",
+        mask_conventions=DEFAULT_MASK_CONVENTIONS,
+    )
+    api = WAVESPEED_API
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         *,
         sync_mode: bool = False,
         base64_output: bool = True,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float | None = None,
-        io_timeout: float = IO_TIMEOUT,
-        poll_interval: float = POLL_INTERVAL,
-        max_poll_interval: float = MAX_POLL_INTERVAL,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "wavespeed",
+        **options: Unpack[PredictionOptions],
     ) -> None:
-        self.name = name
-        self._base = base_url.rstrip("/")
+        if options.get("call_timeout") is None and sync_mode:
+            options["call_timeout"] = SYNC_SUBMIT_TIMEOUT
+        super().__init__(session, api_key, base_url, **options)
         self._sync_mode = sync_mode
         self._base64_output = base64_output
-        if call_timeout is None:
-            call_timeout = SYNC_SUBMIT_TIMEOUT if sync_mode else SUBMIT_TIMEOUT
         self._max_upload_bytes = max_upload_bytes
-        self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
-        self._jobs = Predictions(
-            session,
-            WAVESPEED_API,
-            base_url=self._base,
-            provider=name,
-            headers={"Authorization": f"Bearer {api_key}"},
-            policy=policy,
-            submit_timeout=call_timeout,
-            io_timeout=io_timeout,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_output_bytes=max_output_bytes,
-        )
 
     def __repr__(self) -> str:  # never show the key
         return (
             f"WaveSpeedProvider(name={self.name!r}, url={redact_url(self._base)!r}, sync={self._sync_mode})"
         )
 
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._jobs.fields_for(request, max_upload_bytes=self._max_upload_bytes)
+    def _check_request(self, request: EditRequest) -> ModelFields:
+        return self._jobs.fields_for(request, max_upload_bytes=self._max_upload_bytes)
 
-    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_wavespeed_error`).
-
-        `on_submitted(task_id)` is awaited once WaveSpeed has accepted the task, before polling.
-        """
-        fields = self._jobs.fields_for(request, max_upload_bytes=self._max_upload_bytes)
-        convention = self._mask_conventions.get(request.model, "alpha")
-        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"prompt": request.prompt, **fields.image_body(image_urls, mask_url)}
         if fields.qualities and request.quality != "auto":
             body["quality"] = request.quality
         if fields.aspect_ratio:
-            pair = aspect_and_resolution(request.size)  # `fields_for` checked the route can take it
+            pair = aspect_and_resolution(request.size)  # `_check_request` checked the route can take it
             if pair is not None:  # "auto": neither is sent, and WaveSpeed follows the input image
                 body["aspect_ratio"], body["resolution"] = pair
         elif fields.sizes:
@@ -302,14 +287,12 @@ class WaveSpeedProvider:
             body["output_format"] = request.output_format
         body["enable_base64_output"] = self._base64_output
         body["enable_sync_mode"] = self._sync_mode
+        return f"/{request.model.strip('/')}", body  # the model id is the path
 
-        path = f"/{request.model.strip('/')}"
-        task_id, task = await self._jobs.start(request, path, body, on_submitted=on_submitted)
+    async def _submit(
+        self, request: EditRequest, on_submitted: OnSubmitted | None
+    ) -> tuple[str, dict[str, Any]]:
+        task_id, task = await super()._submit(request, on_submitted)
         if self._sync_mode and _is_sync_timeout(task):
             log.info("%s: sync wait ran out for task %s; polling it instead", self.name, task_id)
-        return await self._jobs.finish(task_id, request, task)
-
-    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
-        """Follow a task submitted earlier (e.g. before a restart) to its result. Never submits."""
-        log.info("%s: resuming task %s", self.name, provider_job_id)
-        return await self._jobs.finish(provider_job_id, request)
+        return task_id, task
