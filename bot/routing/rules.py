@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
 from bot.domain.options import parse_size
@@ -37,17 +38,47 @@ class Needs:
 
     @classmethod
     def of(cls, request: EditRequest) -> Needs:
-        return cls(
+        """What a provider request asks for (the route is chosen again for it)."""
+        return cls.with_options(
+            request,
             images=len(request.images),
-            size=request.size,
-            quality=request.quality,
-            background=request.background,
-            output_format=request.output_format,
-            count=request.count,
             mask=request.mask is not None,
             prompt_chars=len(request.prompt),
             input_fidelity=request.input_fidelity is not None,
         )
+
+    @classmethod
+    def with_options(
+        cls, options: EditOptions, *, images: int, mask: bool, prompt_chars: int, input_fidelity: bool = False
+    ) -> Needs:
+        """A job's needs from its options (a request, a stored job, the merged defaults) and inputs."""
+        return cls(
+            images=images,
+            size=options.size,
+            quality=options.quality,
+            background=options.background,
+            output_format=options.output_format,
+            count=options.count,
+            mask=mask,
+            prompt_chars=prompt_chars,
+            input_fidelity=input_fidelity,
+        )
+
+
+class EditOptions(Protocol):
+    """The options every form of a job carries under the same names (`EditRequest`, the stored
+    `JobSpec`, the merged `JobDefaults`)."""
+
+    @property
+    def size(self) -> str: ...
+    @property
+    def quality(self) -> str: ...
+    @property
+    def background(self) -> str: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def count(self) -> int: ...
 
 
 def _concrete_sizes(route: Route) -> tuple[str, ...]:

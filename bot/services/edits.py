@@ -607,15 +607,8 @@ def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
     """What the job asks of a route (before the images are read, `images` is the upload count)."""
-    return Needs(
-        images=images,
-        size=chosen.size,
-        quality=chosen.quality,
-        background=chosen.background,
-        output_format=chosen.output_format,
-        count=chosen.count,
-        mask=job.mask is not None,
-        prompt_chars=len(job.options.prompt),
+    return Needs.with_options(
+        chosen, images=images, mask=job.mask is not None, prompt_chars=len(job.options.prompt)
     )
 
 
