@@ -60,33 +60,47 @@ def new_reference() -> str:
     return secrets.token_hex(3)
 
 
+# What a member reads for each kind of provider failure, most specific first (the first match wins).
+_PROVIDER_ERROR_TEXTS: tuple[tuple[type[perr.ProviderError], str], ...] = (
+    (
+        perr.ProviderRejected,
+        "The image service's safety system refused this request. Try rephrasing the prompt "
+        "or using a different image. You were not charged.",
+    ),
+    (
+        perr.InvalidInput,
+        "The image service could not use this image or option. Try a different image (PNG or JPEG) "
+        "or other options. You were not charged.",
+    ),
+    (
+        perr.ModelUnavailable,
+        "That model is not available from the image service right now. Pick another model. "
+        "You were not charged.",
+    ),
+    (
+        perr.RateLimited,
+        "The image service is busy right now. Please try again in a minute. You were not charged.",
+    ),
+    (
+        perr.ServiceUnavailable,
+        "The image service is not available for this bot right now (the admin has been told). "
+        "Please try again later. You were not charged.",
+    ),
+    (
+        perr.ProviderTimeout,
+        "The image service took too long to answer. Please try again later. You were not charged.",
+    ),
+    (
+        perr.ProviderJobFailed,
+        "The image service could not finish this edit. Please try again. You were not charged.",
+    ),
+)
+# ServerError, ConnectionFailed and anything else from the provider layer.
+_PROVIDER_FAILED = (
+    "The image service failed to answer. Please try again in a few minutes. You were not charged."
+)
+
+
 def message_for_provider_error(exc: perr.ProviderError) -> str:
     """User text for a provider failure. Credits are always released before this is shown."""
-    if isinstance(exc, perr.ProviderRejected):
-        return (
-            "The image service's safety system refused this request. Try rephrasing the prompt "
-            "or using a different image. You were not charged."
-        )
-    if isinstance(exc, perr.InvalidInput):
-        return (
-            "The image service could not use this image or option. Try a different image (PNG or JPEG) "
-            "or other options. You were not charged."
-        )
-    if isinstance(exc, perr.ModelUnavailable):
-        return (
-            "That model is not available from the image service right now. Pick another model. "
-            "You were not charged."
-        )
-    if isinstance(exc, perr.RateLimited):
-        return "The image service is busy right now. Please try again in a minute. You were not charged."
-    if isinstance(exc, perr.ServiceUnavailable):
-        return (
-            "The image service is not available for this bot right now (the admin has been told). "
-            "Please try again later. You were not charged."
-        )
-    if isinstance(exc, perr.ProviderTimeout):
-        return "The image service took too long to answer. Please try again later. You were not charged."
-    if isinstance(exc, perr.ProviderJobFailed):
-        return "The image service could not finish this edit. Please try again. You were not charged."
-    # ServerError, ConnectionFailed and anything else from the provider layer.
-    return "The image service failed to answer. Please try again in a few minutes. You were not charged."
+    return next((text for kind, text in _PROVIDER_ERROR_TEXTS if isinstance(exc, kind)), _PROVIDER_FAILED)

@@ -49,7 +49,13 @@ class Needs:
 
     @classmethod
     def with_options(
-        cls, options: EditOptions, *, images: int, mask: bool, prompt_chars: int, input_fidelity: bool = False
+        cls,
+        options: RouteOptions,
+        *,
+        images: int,
+        mask: bool,
+        prompt_chars: int,
+        input_fidelity: bool = False,
     ) -> Needs:
         """A job's needs from its options (a request, a stored job, the merged defaults) and inputs."""
         return cls(
@@ -65,7 +71,7 @@ class Needs:
         )
 
 
-class EditOptions(Protocol):
+class RouteOptions(Protocol):
     """The options every form of a job carries under the same names (`EditRequest`, the stored
     `JobSpec`, the merged `JobDefaults`)."""
 
