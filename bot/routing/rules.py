@@ -8,10 +8,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
-from bot.domain.options import parse_size
+from bot.domain.options import HasOutputOptions, output_options, parse_size
 from bot.providers.base import EditRequest, EditResult
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class Needs:
     @classmethod
     def with_options(
         cls,
-        options: RouteOptions,
+        options: HasOutputOptions,
         *,
         images: int,
         mask: bool,
@@ -60,31 +59,11 @@ class Needs:
         """A job's needs from its options (a request, a stored job, the merged defaults) and inputs."""
         return cls(
             images=images,
-            size=options.size,
-            quality=options.quality,
-            background=options.background,
-            output_format=options.output_format,
-            count=options.count,
+            **output_options(options),
             mask=mask,
             prompt_chars=prompt_chars,
             input_fidelity=input_fidelity,
         )
-
-
-class RouteOptions(Protocol):
-    """The options every form of a job carries under the same names (`EditRequest`, the stored
-    `JobSpec`, the merged `JobDefaults`)."""
-
-    @property
-    def size(self) -> str: ...
-    @property
-    def quality(self) -> str: ...
-    @property
-    def background(self) -> str: ...
-    @property
-    def output_format(self) -> str: ...
-    @property
-    def count(self) -> int: ...
 
 
 def _concrete_sizes(route: Route) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
+from bot.domain.options import output_options
 from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
@@ -451,11 +452,7 @@ class EditService:
             model=resolution.model.id,
             requested_model=chosen.model,
             model_name=resolution.model.name,
-            quality=chosen.quality,
-            size=chosen.size,
-            background=chosen.background,
-            output_format=chosen.output_format,
-            count=chosen.count,
+            **output_options(chosen),
             reserve=prepared.reserve,
             upload_limit=job.upload_limit,
             user_hash=self.user_hash(job.user_id),
@@ -666,11 +663,7 @@ def _job_from_spec(
             spec.prompt,
             model=spec.requested_model,
             model_is_default=not spec.model_picked,
-            quality=spec.quality,
-            size=spec.size,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
+            **output_options(spec),
         ),
         upload_limit=upload_limit,
         mask=mask,
