@@ -55,13 +55,10 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     before_submit,
-    error_summary,
-    failed_job_error,
+    classify_reseller,
     gather_or_cancel,
     is_http_url,
-    mentions,
     parse_json,
-    reseller_status_error,
     sniff_image_format,
     unsupported_options,
 )
@@ -99,6 +96,13 @@ def _message(payload: Any) -> str:
     return ""
 
 
+def _record_status(payload: Any) -> str | None:
+    """`aiRecord.status`, lower-cased (None when absent)."""
+    record = payload.get("aiRecord") if isinstance(payload, dict) else None
+    record_status = record.get("status") if isinstance(record, dict) else None
+    return record_status.lower() if isinstance(record_status, str) else None
+
+
 def classify_oneminai_error(
     status: int, body: bytes, headers: Mapping[str, str], *, provider: str
 ) -> ProviderError:
@@ -109,24 +113,15 @@ def classify_oneminai_error(
     401/403, 402 or credit wording → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited;
     other 4xx → InvalidInput (ProviderRejected for safety wording); 5xx → ServerError(accepted=True).
     """
-    payload = parse_json(body)
-    raw = _message(payload)
-    lowered = raw.lower()
-    summary = error_summary(status, raw)
-    safety = mentions(lowered, _SAFETY_WORDS)
-
-    if 200 <= status < 300:  # the call ran; its record says it did not succeed
-        record = payload.get("aiRecord") if isinstance(payload, dict) else None
-        record_status = record.get("status") if isinstance(record, dict) else None
-        code = str(record_status).lower() if isinstance(record_status, str) else None
-        return failed_job_error(summary, safety=safety, provider=provider, status=status, code=code)
-    return reseller_status_error(
+    return classify_reseller(
         status,
-        summary,
+        body,
         headers,
         provider=provider,
-        billing=mentions(lowered, _CREDIT_WORDS),
-        safety=safety,
+        message=_message,
+        job_state=_record_status,
+        safety_words=_SAFETY_WORDS,
+        billing_words=_CREDIT_WORDS,
         billing_code="insufficient_credits",
         safety_code="moderation",
         synchronous=True,

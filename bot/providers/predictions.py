@@ -25,21 +25,17 @@ from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
     ModelUnavailable,
     ProviderError,
-    ProviderTimeout,
     ServerError,
 )
 from bot.providers.http import (
     HttpResponse,
     VendorClient,
     before_submit,
-    error_summary,
-    failed_job_error,
+    classify_reseller,
     gather_or_cancel,
     is_http_url,
-    mentions,
     parse_json,
     poll,
-    reseller_status_error,
     sniff_image_format,
     unsupported_options,
 )
@@ -163,22 +159,19 @@ class PredictionApi:
     def classify(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
     ) -> ProviderError:
-        """Map one failure to a `ProviderError`: HTTP errors, an HTTP 200 whose envelope `code` is an
-        error, and (status 2xx) a job in a failure state (it ran, and may have been billed)."""
-        payload = parse_json(body)
-        raw = self.message(payload)
-        lowered = raw.lower()
-        effective = envelope_status(payload) if 200 <= status < 300 else status
-        summary = error_summary(status, raw, code=effective)
-        safety = mentions(lowered, SAFETY_WORDS)
-        if effective is None:
-            state = job_status(job_of(payload)) or None
-            if state in self.timeout_statuses:
-                return ProviderTimeout(summary, accepted=True, provider=provider, status=status, code=state)
-            return failed_job_error(summary, safety=safety, provider=provider, status=status, code=state)
-        billing = mentions(lowered, self.balance_words)
-        return reseller_status_error(
-            effective, summary, headers, provider=provider, billing=billing, safety=safety
+        """Map one failure to a `ProviderError` (`classify_reseller`): HTTP errors, an HTTP 200 whose
+        envelope `code` is an error, and (status 2xx) a job in a failure state."""
+        return classify_reseller(
+            status,
+            body,
+            headers,
+            provider=provider,
+            message=self.message,
+            job_state=lambda payload: job_status(job_of(payload)) or None,
+            safety_words=SAFETY_WORDS,
+            billing_words=self.balance_words,
+            error_in_answer=envelope_status,
+            timeout_states=self.timeout_statuses,
         )
 
 
