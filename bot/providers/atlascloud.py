@@ -90,7 +90,6 @@ MODELS: dict[str, ModelFields] = {
     "openai/gpt-image-2/edit": _GPT_IMAGE_2,
     "openai/gpt-image-2-developer/edit": _GPT_IMAGE_2,
 }
-DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha"}
 
 ATLAS_API = PredictionApi(
     service="Atlas",
@@ -134,11 +133,8 @@ class AtlasCloudProvider(PredictionAdapter):
         name="atlascloud",
         base_url=DEFAULT_BASE_URL,
         call_timeout=SUBMIT_TIMEOUT,
-        key_header="Authorization",
         classify=classify_atlas_error,
         message_of=ATLAS_API.message_of,
-        mask_convention="alpha",
-        mask_conventions=DEFAULT_MASK_CONVENTIONS,
     )
     api = ATLAS_API
 

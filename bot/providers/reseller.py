@@ -10,7 +10,7 @@ and passes the rest on (`AdapterOptions`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, TypedDict
 
 import aiohttp
@@ -29,11 +29,13 @@ class Vendor:
     name: str  # the adapter's default name: the provider id in settings, the catalog and logs
     base_url: str  # the documented API base
     call_timeout: float  # the paid call: a submit that queues a job, or a call that makes the image
-    key_header: str  # where the API key goes; "Authorization" carries it as a Bearer token
     classify: Classifier  # the vendor's one error mapping
     message_of: Callable[[bytes], str]  # the vendor's error text of a body (to tell "model gone")
-    mask_convention: str  # how the vendor reads a mask (`bot.providers.masks`), unless a model says
-    mask_conventions: Mapping[str, str] = field(default_factory=dict)  # model -> convention
+    key_header: str = "Authorization"  # where the API key goes; "Authorization" carries a Bearer token
+    # How the vendor reads a mask (`bot.providers.masks`) unless the catalog says otherwise for a model:
+    # "alpha" is transparent *and* white where to edit, so it reads the same under both documented
+    # conventions (alpha = edit, white = edit).
+    mask_convention: str = "alpha"
 
     def key_headers(self, api_key: str) -> dict[str, str]:
         if self.key_header.lower() == "authorization":
@@ -56,7 +58,7 @@ class ResellerAdapter:
     """The construction every reseller adapter shares; `vendor` is the subclass's `Vendor`.
 
     Unset settings take the vendor's defaults. `mask_conventions` (model -> convention, from the
-    catalog) override the vendor's own.
+    catalog's routes) override the vendor's own.
     """
 
     vendor: ClassVar[Vendor]
@@ -77,7 +79,7 @@ class ResellerAdapter:
         vendor = self.vendor
         self.name = vendor.name if name is None else name
         self._base = (vendor.base_url if base_url is None else base_url).rstrip("/")
-        self._mask_conventions = {**vendor.mask_conventions, **(mask_conventions or {})}
+        self._mask_conventions = dict(mask_conventions or {})
         self._client = VendorClient(
             session,
             self._base,

@@ -224,7 +224,6 @@ class SegmindProvider(ResellerAdapter):
         key_header="x-api-key",  # Segmind rejects the key as a Bearer token
         classify=classify_segmind_error,
         message_of=_error_text,
-        mask_convention="alpha",
     )
 
     def __init__(

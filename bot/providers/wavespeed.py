@@ -181,11 +181,6 @@ MODELS: dict[str, ModelFields] = {
 # Every size the adapter can send on each route ("auto" included where the route has it): the catalog
 # should offer exactly these for WaveSpeed routes. The mini edit takes no size, so only "auto".
 ROUTE_SIZES: dict[str, tuple[str, ...]] = {route: f.offered_sizes for route, f in MODELS.items()}
-DEFAULT_MASK_CONVENTIONS = {
-    "openai/gpt-image-1/edit": "alpha",
-    "openai/gpt-image-1": "alpha",
-    **dict.fromkeys(GPT_IMAGE_2X_ROUTES, "alpha"),
-}
 
 
 def _is_sync_timeout(task: dict[str, Any]) -> bool:
@@ -237,11 +232,8 @@ class WaveSpeedProvider(PredictionAdapter):
         name="wavespeed",
         base_url=DEFAULT_BASE_URL,
         call_timeout=SUBMIT_TIMEOUT,
-        key_header="Authorization",
         classify=classify_wavespeed_error,
         message_of=WAVESPEED_API.message_of,
-        mask_convention="alpha",
-        mask_conventions=DEFAULT_MASK_CONVENTIONS,
     )
     api = WAVESPEED_API
 
