@@ -6,9 +6,9 @@ Both APIs run a job the same way (providers.md §2.3, §3.3): every input file i
 its outputs are URLs or base64 text. Neither documents a cancel call, so at the deadline polling
 just stops with an accepted timeout.
 
-What differs stays in each vendor's module and is handed over in a `PredictionApi`: the paths, how
-an answer's job object and an error reported inside a 2xx answer are read (the envelope), the status
-words, and the vendor's one error classifier.
+What differs stays in each vendor's module: a `PredictionApi` (paths, status words, where error
+text is, the models' field layouts) and the adapter's paid request body (`_submission`). One module
+(about 400 lines) because the envelope reading, the field checks and the flow change together.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     HttpResponse,
-    VendorClient,
     before_submit,
     classify_reseller,
     gather_or_cancel,
@@ -175,200 +174,6 @@ class PredictionApi:
         )
 
 
-class Predictions:
-    """The shared flow for one adapter: its vendor client and how often to poll."""
-
-    def __init__(
-        self, client: VendorClient, api: PredictionApi, *, poll_interval: float, max_poll_interval: float
-    ) -> None:
-        self.client = client
-        self._api = api
-        self._poll_interval = poll_interval
-        self._max_poll_interval = max_poll_interval
-
-    @property
-    def _provider(self) -> str:
-        return self.client.provider
-
-    def is_done(self, job: dict[str, Any]) -> bool:
-        return job_status(job) in self._api.success | self._api.failure
-
-    def _error_in(self, resp: HttpResponse, payload: Any) -> ProviderError | None:
-        """The vendor's error when a 2xx answer reports one in its body (`payload` is the decoded body)."""
-        if envelope_status(payload) is None:
-            return None
-        return self._api.classify(resp.status, resp.body, resp.headers, provider=self._provider)
-
-    # ------------------------------------------------------------------ before the submit
-
-    def fields_for(self, request: EditRequest, *, max_upload_bytes: int | None = None) -> ModelFields:
-        """The model's field layout, after checking the request asks nothing it cannot send.
-
-        Nothing is sent: start-up checks every catalog route's declared capabilities against this.
-        `max_upload_bytes` is the vendor's limit on one uploaded image, where it has one.
-        """
-        fields = self._api.models.get(request.model)
-        if fields is None:
-            raise ModelUnavailable(
-                f"no known request fields for model {request.model!r}",
-                provider=self._provider,
-                code="unknown_model",
-            )
-        problems = []
-        if not request.images:
-            problems.append("no input image")
-        if len(request.images) > fields.max_images:
-            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
-        if max_upload_bytes is not None:
-            too_big = [i for i, image in enumerate(request.images, 1) if len(image.data) > max_upload_bytes]
-            if too_big:
-                problems.append(f"image(s) {too_big} over the {max_upload_bytes // 2**20} MB upload limit")
-        problems += fields.problems(request, noun=self._api.noun)
-        if problems:
-            raise unsupported_options(request.model, self._api.service, problems, provider=self._provider)
-        return fields
-
-    async def upload_inputs(self, request: EditRequest, mask: bytes | None) -> tuple[list[str], str | None]:
-        """Upload every input image and `mask` (the request's, in the vendor's convention), all at
-        once; return their URLs.
-
-        Nothing paid has been sent yet, so a failure here is marked as not submitted.
-        """
-        files: list[tuple[bytes, str, str]] = [
-            (image.data, f"image-{i}.{image.extension}", image.mime)
-            for i, image in enumerate(request.images, start=1)
-        ]
-        if mask is not None:
-            files.append((mask, "mask.png", "image/png"))
-        uploads = (self._upload(file, request.deadline) for file in files)
-        urls = await before_submit(gather_or_cancel(*uploads))
-        return urls[: len(request.images)], urls[-1] if mask is not None else None
-
-    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
-        resp = await self.client.upload(
-            self.client.url(self._api.upload_path), "file", file, deadline=deadline
-        )
-        payload = parse_json(resp.body)
-        if (err := self._error_in(resp, payload)) is not None:
-            raise err
-        url = job_of(payload).get("download_url")
-        if not is_http_url(url) or not isinstance(url, str):
-            raise ServerError(
-                f"{self._api.upload_name} returned no usable download_url", provider=self._provider
-            )
-        return url
-
-    # ------------------------------------------------------------------ the paid submit
-
-    async def start(
-        self,
-        request: EditRequest,
-        path: str,
-        body: dict[str, Any],
-        *,
-        on_submitted: OnSubmitted | None,
-    ) -> tuple[str, dict[str, Any]]:
-        """Send the one paid submit of `body` to `path`, report the job id; return the id and the job.
-
-        `on_submitted(job_id)` is awaited once the vendor has accepted the job, before any polling.
-        """
-        job_id, job = await self.submit(path, body, request.deadline, model=request.model)
-        log.debug("%s: %s %s %s submitted", self._provider, request.model, self._api.noun, job_id)
-        if on_submitted is not None:
-            await on_submitted(job_id)
-        return job_id, job
-
-    async def submit(
-        self, path: str, body: dict[str, Any], deadline: float, *, model: str = ""
-    ) -> tuple[str, dict[str, Any]]:
-        """Send the one paid submit (never re-sent once it may have arrived); return the job id and job.
-
-        An answer that says `model`'s route is gone, with no job id, raises `ModelGone`
-        (see `bot.providers.http.gone_on_submit`).
-        """
-        resp = await self.client.submit(self.client.url(path), body, deadline=deadline, model=model)
-        return self._accepted(resp, model)
-
-    def _accepted(self, resp: HttpResponse, model: str = "") -> tuple[str, dict[str, Any]]:
-        """The job from the submit's 2xx answer; its id is required to follow the job."""
-        payload = parse_json(resp.body)
-        job = job_of(payload)
-        job_id = job.get("id")
-        has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
-        if (err := self._error_in(resp, payload)) is not None:
-            if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
-                classify = self.client.submit_classifier(model)
-                err = classify(resp.status, resp.body, resp.headers, provider=self._provider)
-            err.accepted = has_id or err.accepted
-            raise err
-        if not has_id:
-            # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it.
-            raise ServerError(f"HTTP 2xx but no {self._api.noun} id", provider=self._provider, accepted=True)
-        return str(job_id), job
-
-    # ------------------------------------------------------------------ after the submit
-
-    async def finish(
-        self, job_id: str, request: EditRequest, job: dict[str, Any] | None = None
-    ) -> EditResult:
-        """Follow the job until it ends (unless `job` already has) and return its result.
-
-        Without `job` (resuming after a restart) polling starts at once; nothing is ever submitted.
-        """
-        if job is None or not self.is_done(job):
-            job = await poll(
-                lambda: self._fetch(job_id, request.deadline),
-                is_done=self.is_done,
-                deadline=request.deadline,
-                interval=self._poll_interval,
-                max_interval=self._max_poll_interval,
-                cancel=None,  # neither vendor documents a cancel call
-                provider=self._provider,
-            )
-        return await self._result(job, job_id, request)
-
-    async def _fetch(self, job_id: str, deadline: float) -> dict[str, Any]:
-        url = self.client.url(self._api.job_path.format(id=job_id))
-        try:
-            resp = await self.client.call("GET", url, deadline=deadline, accepted=True)
-        except ModelUnavailable as exc:  # a 404 here means the job vanished, not the model
-            raise ServerError(
-                f"{self._api.noun} {job_id} not found", provider=self._provider, accepted=True
-            ) from exc
-        payload = parse_json(resp.body)
-        if (err := self._error_in(resp, payload)) is not None:
-            err.accepted = True
-            raise err
-        return job_of(payload)
-
-    async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
-        if job_status(job) in self._api.failure:
-            # The classifier reads a failed job as it reads a poll's answer: inside the `data` envelope.
-            body = json.dumps({"data": job}).encode()
-            err = self._api.classify(200, body, {}, provider=self._provider)
-            err.request_id = job_id
-            raise err
-        outputs = next((job[f] for f in self._api.output_fields if job.get(f) is not None), None)
-        items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
-        values = [v for v in items if isinstance(v, str) and v.strip()]
-        if not values:
-            raise ServerError(
-                f"{self._api.noun} {job_id} completed without outputs",
-                provider=self._provider,
-                request_id=job_id,
-                accepted=True,
-            )
-        blobs = await self.client.outputs(values, deadline=request.deadline)
-        images = tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs)
-        return EditResult(
-            images=images,
-            provider=self._provider,
-            quality=request.quality if request.quality != "auto" else None,
-            size=request.size if request.size != "auto" else None,
-            request_id=job_id,
-        )
-
-
 class PredictionOptions(AdapterOptions, total=False):
     """The keyword settings of `PredictionAdapter` (see `AdapterOptions`)."""
 
@@ -385,6 +190,7 @@ class PredictionAdapter(ResellerAdapter):
     """
 
     api: ClassVar[PredictionApi]
+    _max_upload_bytes: int | None = None  # the vendor's limit on one uploaded image, where it has one
 
     def __init__(
         self,
@@ -397,15 +203,10 @@ class PredictionAdapter(ResellerAdapter):
         **options: Unpack[AdapterOptions],
     ) -> None:
         super().__init__(session, api_key, base_url, **options)
-        self._jobs = Predictions(
-            self._client,
-            self.api,
-            poll_interval=self.api.poll_interval if poll_interval is None else poll_interval,
-            max_poll_interval=self.api.max_poll_interval if max_poll_interval is None else max_poll_interval,
+        self._poll_interval = self.api.poll_interval if poll_interval is None else poll_interval
+        self._max_poll_interval = (
+            self.api.max_poll_interval if max_poll_interval is None else max_poll_interval
         )
-
-    def _check_request(self, request: EditRequest) -> ModelFields:
-        return self._jobs.fields_for(request)
 
     def _submission(
         self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
@@ -419,18 +220,169 @@ class PredictionAdapter(ResellerAdapter):
         `on_submitted(job_id)` is awaited once the vendor has accepted the job, before polling.
         """
         job_id, job = await self._submit(request, on_submitted)
-        return await self._jobs.finish(job_id, request, job)
-
-    async def _submit(
-        self, request: EditRequest, on_submitted: OnSubmitted | None
-    ) -> tuple[str, dict[str, Any]]:
-        """Check and upload the inputs, send the paid submit, report the job id; return it and the job."""
-        fields = self._check_request(request)
-        image_urls, mask_url = await self._jobs.upload_inputs(request, await self._vendor_mask(request))
-        path, body = self._submission(request, fields, image_urls, mask_url)
-        return await self._jobs.start(request, path, body, on_submitted=on_submitted)
+        return await self._finish(job_id, request, job)
 
     async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
         """Follow a job submitted earlier (e.g. before a restart) to its result. Never submits."""
         log.info("%s: resuming %s %s", self.name, self.api.noun, provider_job_id)
-        return await self._jobs.finish(provider_job_id, request)
+        return await self._finish(provider_job_id, request)
+
+    def _error_in(self, resp: HttpResponse, payload: Any) -> ProviderError | None:
+        """The vendor's error when a 2xx answer reports one in its body (`payload` is the decoded body)."""
+        if envelope_status(payload) is None:
+            return None
+        return self.api.classify(resp.status, resp.body, resp.headers, provider=self.name)
+
+    def _is_done(self, job: dict[str, Any]) -> bool:
+        return job_status(job) in self.api.success | self.api.failure
+
+    # ------------------------------------------------------------------ before the submit
+
+    def _check_request(self, request: EditRequest) -> ModelFields:
+        """The model's field layout, after checking the request asks nothing it cannot send."""
+        fields = self.api.models.get(request.model)
+        if fields is None:
+            raise ModelUnavailable(
+                f"no known request fields for model {request.model!r}",
+                provider=self.name,
+                code="unknown_model",
+            )
+        problems = []
+        if not request.images:
+            problems.append("no input image")
+        if len(request.images) > fields.max_images:
+            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
+        limit = self._max_upload_bytes
+        too_big = [i for i, im in enumerate(request.images, 1) if limit is not None and len(im.data) > limit]
+        if too_big and limit is not None:
+            problems.append(f"image(s) {too_big} over the {limit // 2**20} MB upload limit")
+        problems += fields.problems(request, noun=self.api.noun)
+        if problems:
+            raise unsupported_options(request.model, self.api.service, problems, provider=self.name)
+        return fields
+
+    async def _upload_inputs(self, request: EditRequest) -> tuple[list[str], str | None]:
+        """Upload every input image and the mask (in the vendor's convention), all at once; return
+        their URLs. Nothing paid has been sent yet, so a failure here is marked as not submitted."""
+        files: list[tuple[bytes, str, str]] = [
+            (image.data, f"image-{i}.{image.extension}", image.mime)
+            for i, image in enumerate(request.images, start=1)
+        ]
+        mask = await self._vendor_mask(request)
+        if mask is not None:
+            files.append((mask, "mask.png", "image/png"))
+        urls = await before_submit(
+            gather_or_cancel(*(self._upload(file, request.deadline) for file in files))
+        )
+        return urls[: len(request.images)], urls[-1] if mask is not None else None
+
+    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
+        url = self._client.url(self.api.upload_path)
+        resp = await self._client.upload(url, "file", file, deadline=deadline)
+        payload = parse_json(resp.body)
+        if (err := self._error_in(resp, payload)) is not None:
+            raise err
+        download_url = job_of(payload).get("download_url")
+        if not is_http_url(download_url) or not isinstance(download_url, str):
+            raise ServerError(f"{self.api.upload_name} returned no usable download_url", provider=self.name)
+        return download_url
+
+    # ------------------------------------------------------------------ the paid submit
+
+    async def _submit(
+        self, request: EditRequest, on_submitted: OnSubmitted | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Check and upload the inputs and send the one paid submit (never re-sent once it may have
+        arrived); report the job id (`on_submitted`) and return it with the job.
+
+        An answer that says the route's model is gone, with no job id, raises `ModelGone`
+        (see `bot.providers.http.gone_on_submit`).
+        """
+        fields = self._check_request(request)
+        image_urls, mask_url = await self._upload_inputs(request)
+        path, body = self._submission(request, fields, image_urls, mask_url)
+        resp = await self._client.submit(
+            self._client.url(path), body, deadline=request.deadline, model=request.model
+        )
+        job_id, job = self._accepted(resp, request.model)
+        log.debug("%s: %s %s %s submitted", self.name, request.model, self.api.noun, job_id)
+        if on_submitted is not None:
+            await on_submitted(job_id)
+        return job_id, job
+
+    def _accepted(self, resp: HttpResponse, model: str) -> tuple[str, dict[str, Any]]:
+        """The job from the submit's 2xx answer; its id is required to follow the job."""
+        payload = parse_json(resp.body)
+        job = job_of(payload)
+        job_id = job.get("id")
+        has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
+        if (err := self._error_in(resp, payload)) is not None:
+            if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
+                classify = self._client.submit_classifier(model)
+                err = classify(resp.status, resp.body, resp.headers, provider=self.name)
+            err.accepted = has_id or err.accepted
+            raise err
+        if not has_id:
+            # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it.
+            raise ServerError(f"HTTP 2xx but no {self.api.noun} id", provider=self.name, accepted=True)
+        return str(job_id), job
+
+    # ------------------------------------------------------------------ after the submit
+
+    async def _finish(
+        self, job_id: str, request: EditRequest, job: dict[str, Any] | None = None
+    ) -> EditResult:
+        """Follow the job until it ends (unless `job` already has) and return its result.
+
+        Without `job` (resuming after a restart) polling starts at once; nothing is ever submitted.
+        """
+        if job is None or not self._is_done(job):
+            job = await poll(
+                lambda: self._fetch(job_id, request.deadline),
+                is_done=self._is_done,
+                deadline=request.deadline,
+                interval=self._poll_interval,
+                max_interval=self._max_poll_interval,
+                cancel=None,  # neither vendor documents a cancel call
+                provider=self.name,
+            )
+        return await self._result(job, job_id, request)
+
+    async def _fetch(self, job_id: str, deadline: float) -> dict[str, Any]:
+        url = self._client.url(self.api.job_path.format(id=job_id))
+        try:
+            resp = await self._client.call("GET", url, deadline=deadline, accepted=True)
+        except ModelUnavailable as exc:  # a 404 here means the job vanished, not the model
+            raise ServerError(
+                f"{self.api.noun} {job_id} not found", provider=self.name, accepted=True
+            ) from exc
+        payload = parse_json(resp.body)
+        if (err := self._error_in(resp, payload)) is not None:
+            err.accepted = True
+            raise err
+        return job_of(payload)
+
+    async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
+        if job_status(job) in self.api.failure:
+            # The classifier reads a failed job as it reads a poll's answer: inside the `data` envelope.
+            err = self.api.classify(200, json.dumps({"data": job}).encode(), {}, provider=self.name)
+            err.request_id = job_id
+            raise err
+        outputs = next((job[f] for f in self.api.output_fields if job.get(f) is not None), None)
+        items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
+        values = [v for v in items if isinstance(v, str) and v.strip()]
+        if not values:
+            raise ServerError(
+                f"{self.api.noun} {job_id} completed without outputs",
+                provider=self.name,
+                request_id=job_id,
+                accepted=True,
+            )
+        blobs = await self._client.outputs(values, deadline=request.deadline)
+        return EditResult(
+            images=tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs),
+            provider=self.name,
+            quality=request.quality if request.quality != "auto" else None,
+            size=request.size if request.size != "auto" else None,
+            request_id=job_id,
+        )

@@ -260,9 +260,6 @@ class WaveSpeedProvider(PredictionAdapter):
             f"WaveSpeedProvider(name={self.name!r}, url={redact_url(self._base)!r}, sync={self._sync_mode})"
         )
 
-    def _check_request(self, request: EditRequest) -> ModelFields:
-        return self._jobs.fields_for(request, max_upload_bytes=self._max_upload_bytes)
-
     def _submission(
         self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
     ) -> tuple[str, dict[str, Any]]:
