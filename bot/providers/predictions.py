@@ -7,8 +7,7 @@ its outputs are URLs or base64 text. Neither documents a cancel call, so at the 
 just stops with an accepted timeout.
 
 What differs stays in each vendor's module: a `PredictionApi` (paths, status words, where error
-text is, the models' field layouts) and the adapter's paid request body (`_submission`). One module
-(about 400 lines) because the envelope reading, the field checks and the flow change together.
+text is, the models' field layouts) and the adapter's paid request body (`_submission`).
 """
 
 from __future__ import annotations

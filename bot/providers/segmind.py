@@ -43,9 +43,6 @@ Decisions on the spec's OPEN points (providers.md §8.8):
   (`GET /v2/requests/{id}/status`, documented, authenticated and free). Segmind's auth layer answers
   401 for a missing or bad key before anything else, and the endpoint 404 for an unknown id, so a
   404 means the key was accepted.
-
-One module (a little over 400 lines) because every part reads or writes Segmind's wire format;
-splitting the error mapping from the calls would separate what must change together.
 """
 
 from __future__ import annotations

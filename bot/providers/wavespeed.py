@@ -1,8 +1,5 @@
 """WaveSpeed (API v3) adapter: upload inputs → submit a task → poll it (or sync mode) → get outputs.
 
-(Slightly over 400 lines because of the GPT Image 2 size tables: the exact WxH each aspect ratio and
-resolution makes, which must sit next to the request builder that uses them.)
-
 Wire reference: shared spec `providers.md` §3. Flow for one job:
 
 1. every input image (and the mask) goes to `POST {base}/media/upload/binary` (multipart `file`),
