@@ -164,15 +164,8 @@ class JobSpec:
 
     def needs(self) -> Needs:
         """What this job asks of a route (routing and pricing read it from the stored spec)."""
-        return Needs(
-            images=len(self.inputs),
-            size=self.size,
-            quality=self.quality,
-            background=self.background,
-            output_format=self.output_format,
-            count=self.count,
-            mask=self.mask is not None,
-            prompt_chars=len(self.prompt),
+        return Needs.with_options(
+            self, images=len(self.inputs), mask=self.mask is not None, prompt_chars=len(self.prompt)
         )
 
     @property

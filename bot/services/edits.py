@@ -26,6 +26,7 @@ from bot import imaging, messages
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
+from bot.domain.options import output_options
 from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
@@ -399,11 +400,7 @@ class EditService:
             model=resolution.model.id,
             requested_model=chosen.model,
             model_name=resolution.model.name,
-            quality=chosen.quality,
-            size=chosen.size,
-            background=chosen.background,
-            output_format=chosen.output_format,
-            count=chosen.count,
+            **output_options(chosen),
             reserve=prepared.reserve,
             upload_limit=job.upload_limit,
             user_hash=self.user_hash(job.user_id),
@@ -517,15 +514,8 @@ def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
     """What the job asks of a route (before the images are read, `images` is the upload count)."""
-    return Needs(
-        images=images,
-        size=chosen.size,
-        quality=chosen.quality,
-        background=chosen.background,
-        output_format=chosen.output_format,
-        count=chosen.count,
-        mask=job.mask is not None,
-        prompt_chars=len(job.options.prompt),
+    return Needs.with_options(
+        chosen, images=images, mask=job.mask is not None, prompt_chars=len(job.options.prompt)
     )
 
 
@@ -565,11 +555,7 @@ def _job_from_spec(
             spec.prompt,
             model=spec.requested_model,
             model_is_default=not spec.model_picked,
-            quality=spec.quality,
-            size=spec.size,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
+            **output_options(spec),
         ),
         upload_limit=upload_limit,
         mask=mask,
