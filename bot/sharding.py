@@ -75,7 +75,10 @@ class LeaseStore(Protocol):
 
 
 class ShardSharing(Protocol):
-    """What the bot asks of a shard source: start it, ask whether it is healthy, stop it."""
+    """What the bot asks of a shard source: start it, ask whether it is healthy, stop it. `shared`:
+    other processes take the shards over when this one stops."""
+
+    shared: bool
 
     @property
     def healthy(self) -> bool: ...
@@ -104,6 +107,8 @@ def process_name() -> str:
 class StaticShards:
     """One process, every shard (SQLite, `SHARD_COUNT` > 0): no database, nothing to renew."""
 
+    shared = False
+
     def __init__(self, shard_count: int) -> None:
         self.shard_count = shard_count
         self._serve: Serve | None = None
@@ -128,6 +133,8 @@ class ShardCoordinator:
     `shard_count` None: the fleet's count, or Discord's recommended count for the first process.
     `monotonic` measures how long ago the leases were last renewed (injectable for tests).
     """
+
+    shared = True
 
     def __init__(
         self,
@@ -198,18 +205,24 @@ class ShardCoordinator:
         """One round: renew, rebalance, tell the bot. A database failure is logged, never raised; after
         enough of them the bot is told to serve nothing (see `_serve_until`)."""
         started = self._monotonic()
+        # A round that comes too late (the event loop was held up) first stops serving: the leases may be
+        # about to run out. The round itself then gives back whatever is still this process's own.
+        await self._stop_if_unsafe()
         try:
             await self._round(started)
         except Exception as exc:  # every failure of the database counts as a missed renewal
             log.warning("shard leases not renewed (%s)", type(exc).__name__)
-            if self.plan.shard_ids and not self.healthy:
-                log.error(
-                    "stopped serving shards %s: their leases could not be renewed for %.0f s, so another "
-                    "process may take them over",
-                    _ids(self.plan.shard_ids),
-                    self._monotonic() - self._renewed_at,
-                )
-                await self._apply(frozenset())
+            await self._stop_if_unsafe()
+
+    async def _stop_if_unsafe(self) -> None:
+        if self.plan.shard_ids and not self.healthy:
+            log.error(
+                "stopped serving shards %s: their leases were not renewed for %.0f s, so another process "
+                "may take them over",
+                _ids(self.plan.shard_ids),
+                self._monotonic() - self._renewed_at,
+            )
+            await self._apply(frozenset())
 
     async def _round(self, started: float) -> None:
         count = self.plan.shard_count

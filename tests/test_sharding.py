@@ -312,3 +312,13 @@ async def test_static_shards_serve_every_shard_until_stopped():
     assert bot.plans == [ShardPlan(4, frozenset({0, 1, 2, 3}))]
     await static.stop()
     assert bot.plans[-1] == ShardPlan(4, frozenset())
+
+
+async def test_a_round_that_comes_too_late_stops_serving_first_then_serves_what_is_still_its_own(
+    store, clock
+):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    clock.advance(LEASE * 2 / 3)  # the event loop was held up past the moment to stop serving
+    await fleet.processes["a"].tick()
+    assert [set(p.shard_ids) for p in fleet.bots["a"].plans] == [{0, 1, 2}, set(), {0, 1, 2}]
