@@ -1,16 +1,17 @@
 """Which Discord gateway shards this process serves: all of them, or its share among several processes.
 
-With PostgreSQL, every process runs a `ShardCoordinator` over the lease tables (bot/storage/shard_leases.py).
-Each round — one every third of the lease (`SHARD_LEASE_SECONDS`) — it says it is alive, renews the
-leases it holds, works out its quota, sheds or claims shards to reach it, and hands the bot the shard
-ids to serve (`ShardPlan`). The bot (bot/client.py) connects and disconnects shards to match.
+With PostgreSQL, every process runs a `ShardCoordinator` over the lease tables
+(bot/storage/shard_leases.py). Each round — one every third of the lease (`SHARD_LEASE_SECONDS`), and
+one as soon as another process's lease runs out — it says it is alive, renews the leases it holds,
+works out its quota, sheds or claims shards to reach it, and hands the bot the shard ids to serve
+(`ShardPlan`). The bot (bot/client.py) connects and disconnects shards to match.
 
 The quota, and why it does not flap: the live processes running the fleet's shard count, oldest first;
 with N shards and P of them, the first N mod P get ceil(N/P) shards and the others floor(N/P). Quotas add
 up to N and change only when a process joins or dies, and only a process above its quota gives shards
 up, so a steady set of processes never moves a shard. A newcomer is the youngest: the oldest processes
 shed their surplus on their next round and it claims them on its own next one. A dead process's
-shards are claimed by the others once its leases run out (one lease after its last renewal).
+shards are claimed by the others the moment its leases run out: one lease after its last renewal.
 
 Two processes never serve one shard: a shard changes hands only in the database, one statement at a
 time, and a process stops serving a shard *before* it releases it. A process that cannot reach the
@@ -36,13 +37,16 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from bot.storage.shard_leases import ShardOwner
+from bot.storage.shard_leases import Fleet, ShardOwner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Rounds per lease: a lease outlives two missed rounds, and the third third is the margin below.
 ROUNDS_PER_LEASE = 3
+# A round due because another process's lease runs out comes this long after it, so that the lease has
+# run out by the database's clock too; and never sooner than this after the previous round.
+EXPIRY_SLACK_SECONDS = 0.1
 # Processes started together (`docker compose up --scale retouch=3`) first all say they are alive, then
 # claim: without this pause the first one would claim every shard and hand most of them back a round
 # later, each hand-over costing a gateway reconnect.
@@ -67,7 +71,7 @@ class LeaseStore(Protocol):
 
     async def prepare(self) -> None: ...
     async def live_owners(self) -> list[ShardOwner]: ...
-    async def join(self, owner: str, shard_count: int) -> list[ShardOwner]: ...
+    async def join(self, owner: str, shard_count: int) -> Fleet: ...
     async def renew(self, owner: str) -> frozenset[int]: ...
     async def claim(self, owner: str, shard_count: int, limit: int) -> frozenset[int]: ...
     async def release(self, owner: str, shard_ids: Collection[int]) -> None: ...
@@ -156,6 +160,7 @@ class ShardCoordinator:
         self.plan = ShardPlan(shard_count or 0, frozenset())
         self._serve: Serve | None = None
         self._renewed_at = -math.inf
+        self.next_round = self.interval
         self._task: asyncio.Task[None] | None = None
         self._standby_logged = False
 
@@ -184,8 +189,8 @@ class ShardCoordinator:
         try:
             await self._within(self.store.prepare())
             if self.configured_count is None:
-                fleet = await self._within(self.store.live_owners())
-                count = fleet[0].shard_count if fleet else recommended
+                running = await self._within(self.store.live_owners())
+                count = running[0].shard_count if running else recommended
                 self.plan = ShardPlan(count, frozenset())
             await self._within(self.store.join(self.owner, self.plan.shard_count))
         except Exception as exc:  # the database is down: the background rounds keep trying
@@ -198,7 +203,7 @@ class ShardCoordinator:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.next_round)
             await self.tick()
 
     async def tick(self) -> None:
@@ -226,9 +231,14 @@ class ShardCoordinator:
 
     async def _round(self, started: float) -> None:
         count = self.plan.shard_count
-        owners = await self._within(self.store.join(self.owner, count), deadline=True)
+        fleet = await self._within(self.store.join(self.owner, count), deadline=True)
         held = await self._within(self.store.renew(self.owner), deadline=True)
         self._renewed_at = started
+        owners = fleet.owners
+        # Live processes renew long before their leases run out, so only a dead one's lease ends before
+        # the next regular round: its shards are claimed right then, one lease after its last renewal.
+        soon = self.interval if fleet.next_expiry is None else fleet.next_expiry + EXPIRY_SLACK_SECONDS
+        self.next_round = max(EXPIRY_SLACK_SECONDS, min(self.interval, soon))
         count = self._adopt_fleet_count(owners, held)
         want = quota(owners, self.owner, count)
         self._say_if_standby(owners, count)

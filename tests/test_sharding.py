@@ -322,3 +322,20 @@ async def test_a_round_that_comes_too_late_stops_serving_first_then_serves_what_
     clock.advance(LEASE * 2 / 3)  # the event loop was held up past the moment to stop serving
     await fleet.processes["a"].tick()
     assert [set(p.shard_ids) for p in fleet.bots["a"].plans] == [{0, 1, 2}, set(), {0, 1, 2}]
+
+
+async def test_the_next_round_comes_when_a_silent_process_lease_runs_out(store, clock):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    await fleet.start("b")
+    await fleet.rounds(1)
+    a = fleet.processes["a"]
+    assert a.next_round == LEASE / 3  # b renews: nothing runs out before the regular round
+    await fleet.rounds(2, "a")  # b is silent from here on: its lease runs out at 40 s
+    assert a.next_round == LEASE / 3
+    clock.advance(5)
+    await a.tick()
+    assert a.next_round == pytest.approx(5 + 0.1)  # 5 s from now, sooner than the regular round
+    clock.advance(a.next_round)
+    await a.tick()
+    assert fleet.serving()["a"] == {0, 1, 2}

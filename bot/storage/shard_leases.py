@@ -79,6 +79,12 @@ UPDATE shard_leases SET owner = NULL, expires_at = '-infinity'
 WHERE owner = $1 AND ($2::integer[] IS NULL OR shard_id = ANY($2::integer[]))
 """
 LEAVE = "DELETE FROM shard_owners WHERE owner = $1"
+# Seconds until the first lease of another process runs out: a process that stopped renewing is taken
+# over right then rather than at the next regular round.
+NEXT_EXPIRY = f"""
+SELECT EXTRACT(EPOCH FROM min(expires_at) - {NOW})::float8 FROM shard_leases
+WHERE owner IS NOT NULL AND owner <> $2 AND expires_at > {NOW}
+"""
 HOLDERS = f"""
 SELECT shard_id, owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at > {NOW} ORDER BY shard_id
 """
@@ -90,6 +96,15 @@ class ShardOwner:
 
     name: str
     shard_count: int
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a process sees when it says it is alive: the live processes, oldest first, and how many
+    seconds until the first lease another process holds runs out (None: no such lease)."""
+
+    owners: list[ShardOwner]
+    next_expiry: float | None = None
 
 
 class ShardLeases:
@@ -120,15 +135,16 @@ class ShardLeases:
         rows = await self._pool.fetch(LIVE, self._now())
         return [_owner(row) for row in rows]
 
-    async def join(self, owner: str, shard_count: int) -> list[ShardOwner]:
-        """Say `owner` is alive for one more lease (registering it on its first call); the live owners
-        after that, oldest first. Forgets processes that died long ago."""
+    async def join(self, owner: str, shard_count: int) -> Fleet:
+        """Say `owner` is alive for one more lease (registering it on its first call); the fleet after
+        that. Forgets processes that died long ago."""
         now = self._now()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(JOIN, now, owner, shard_count, self.lease)
             await conn.execute(FORGET, now, FORGET_OWNERS_AFTER)
             rows = await conn.fetch(LIVE, now)
-        return [_owner(row) for row in rows]
+            next_expiry = await conn.fetchval(NEXT_EXPIRY, now, owner)
+        return Fleet([_owner(row) for row in rows], next_expiry)
 
     async def renew(self, owner: str) -> frozenset[int]:
         """Extend every lease `owner` still holds by one lease; the shards it holds.
