@@ -189,10 +189,11 @@ class SwitchableShards(commands.AutoShardedBot):
             if shard_id not in self._wanted.shard_ids:
                 continue
             self._last_identify = loop.time()
+            plan = self._wanted
             await self.launch_shard(self._gateway, shard_id, initial=True)  # initial: no second wait
-            log.info("serving shard %d of %d", shard_id, self.shard_count)
-            if shard_id not in self._wanted.shard_ids:  # dropped from the plan while it connected
-                await self._retire(shard_id)
+            log.info("serving shard %d of %d", shard_id, plan.shard_count)
+            if shard_id not in self._wanted.shard_ids or self._wanted.shard_count != plan.shard_count:
+                await self._retire(shard_id)  # the plan changed while it connected
 
     async def _retire(self, shard_id: int) -> None:
         """Stop serving one shard: its reader stops at once, its socket closes, its servers leave the
