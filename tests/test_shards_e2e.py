@@ -125,6 +125,8 @@ async def test_the_bot_serves_the_shards_it_is_handed_and_switches_while_running
             await fake.slash(world.user, "credits", channel=world.channel)
         assert seen == [world.guild.id, other.guild.id]
         assert bot.connected()
+        handed.healthy = False  # the shards may no longer be this process's own: /healthz says so
+        assert not bot.connected()
     assert identifies(fake) == [[0, SHARDS], [1, SHARDS]]
 
 
@@ -180,6 +182,7 @@ async def test_two_bots_share_the_shards_and_one_takes_over_when_the_other_dies(
         bot_b = world_b.bot
         await fake.wait_until(lambda: b.healthy)  # it joined (its first round is done)
         assert b.plan == ShardPlan(SHARDS, frozenset())
+        assert bot_b.connected()  # healthy without a shard: it still runs jobs
         seen_a, seen_b = count_interactions(bot_a), count_interactions(bot_b)
         await next_round(a, b)
         assert (a.plan.shard_ids, b.plan.shard_ids) == ({0}, {1})
@@ -204,5 +207,7 @@ async def test_two_bots_share_the_shards_and_one_takes_over_when_the_other_dies(
         assert fake.identified_shards == [0, 1]
         await credits(fake, world_a.user, world_a.channel)
         assert seen_b == [guild_on(1), guild_on(0)]
-    # b stopped cleanly: nothing is left held.
-    assert await ShardLeases(await pool_on(), lease=lease, clock=clock).holders() == {}
+        # A graceful stop closes its shards and frees them for the others at once.
+        await bot_b.shutdown()
+        assert await ShardLeases(await pool_on(), lease=lease, clock=clock).holders() == {}
+        await fake.wait_until(lambda: fake.identified_shards == [])
