@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
-from bot.observability.logs import LOG_FORMATS
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
 # Provider name -> (environment prefix, default base URL). Order = the default routing order's
@@ -36,6 +35,7 @@ SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
 # no refusal would ever tell the adaptive limit to stay at 3.
 DEFAULT_PROVIDER_CONCURRENCY = {"wavespeed": 3}
 MAX_PORT = 65535
+LOG_FORMATS = ("plain", "json")  # LOG_FORMAT: lines for people, or one JSON object per line
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
 # a bot started with its defaults cannot run up an open-ended bill.
 DEFAULT_MONTHLY_BUDGET_USD = Decimal("20")

@@ -1,4 +1,5 @@
-"""Domain errors and the one place that turns any failure into the short text a user sees.
+"""Domain errors and the one place that turns any failure into the short text a user sees (the
+sentences themselves are in `bot.messages`).
 
 Every message says what happened and what to do next. None of them ever includes exception text,
 provider bodies, URLs or headers: those go to the log under a reference id.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 
+from bot import messages
 from bot.providers import errors as perr
 
 
@@ -36,11 +38,7 @@ class InsufficientCredits(RetouchError):
     """The member's balance cannot hold the edit's worst case; nothing was held."""
 
     def __init__(self, needed: int, available: int) -> None:
-        super().__init__(
-            f"This edit needs up to **{needed}** credits but you have **{available}** available. "
-            "Try a lower quality, fewer images, or ask an admin for credits.",
-            code="insufficient_credits",
-        )
+        super().__init__(messages.insufficient_credits(needed, available), code="insufficient_credits")
         self.needed = needed
         self.available = available
 
@@ -49,10 +47,7 @@ class ShuttingDown(RetouchError):
     """The bot is draining for a restart and takes no new edits."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "Retouch is restarting and not taking new edits right now. Please try again in a minute.",
-            code="shutting_down",
-        )
+        super().__init__(messages.SHUTTING_DOWN, code="shutting_down")
 
 
 def new_reference() -> str:
@@ -60,33 +55,22 @@ def new_reference() -> str:
     return secrets.token_hex(3)
 
 
+# The first kind `exc` is an instance of decides (a subclass must come before its base).
+_PROVIDER_TEXTS: tuple[tuple[type[perr.ProviderError], str], ...] = (
+    (perr.ProviderRejected, messages.PROVIDER_REFUSED),
+    (perr.InvalidInput, messages.PROVIDER_INVALID_INPUT),
+    (perr.ModelUnavailable, messages.PROVIDER_MODEL_UNAVAILABLE),
+    (perr.RateLimited, messages.PROVIDER_BUSY),
+    (perr.ServiceUnavailable, messages.PROVIDER_UNAVAILABLE),
+    (perr.ProviderTimeout, messages.PROVIDER_TIMEOUT),
+    (perr.ProviderJobFailed, messages.PROVIDER_JOB_FAILED),
+)
+
+
 def message_for_provider_error(exc: perr.ProviderError) -> str:
     """User text for a provider failure. Credits are always released before this is shown."""
-    if isinstance(exc, perr.ProviderRejected):
-        return (
-            "The image service's safety system refused this request. Try rephrasing the prompt "
-            "or using a different image. You were not charged."
-        )
-    if isinstance(exc, perr.InvalidInput):
-        return (
-            "The image service could not use this image or option. Try a different image (PNG or JPEG) "
-            "or other options. You were not charged."
-        )
-    if isinstance(exc, perr.ModelUnavailable):
-        return (
-            "That model is not available from the image service right now. Pick another model. "
-            "You were not charged."
-        )
-    if isinstance(exc, perr.RateLimited):
-        return "The image service is busy right now. Please try again in a minute. You were not charged."
-    if isinstance(exc, perr.ServiceUnavailable):
-        return (
-            "The image service is not available for this bot right now (the admin has been told). "
-            "Please try again later. You were not charged."
-        )
-    if isinstance(exc, perr.ProviderTimeout):
-        return "The image service took too long to answer. Please try again later. You were not charged."
-    if isinstance(exc, perr.ProviderJobFailed):
-        return "The image service could not finish this edit. Please try again. You were not charged."
+    for kind, text in _PROVIDER_TEXTS:
+        if isinstance(exc, kind):
+            return text
     # ServerError, ConnectionFailed and anything else from the provider layer.
-    return "The image service failed to answer. Please try again in a few minutes. You were not charged."
+    return messages.PROVIDER_FAILED

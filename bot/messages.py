@@ -1,12 +1,17 @@
-"""The words a member reads when an image, a mask or a model choice is refused — in one place.
+"""The words a member reads when something is refused — in one place.
 
-The pure modules (`bot.imaging`, `bot.catalog`, `bot.lifecycle`) decide *that* something is refused
-and why (a code and its facts); the sentences live here, so wording changes in one file and the
-domain modules hold no user text. Every sentence says what happened and what to do next.
+The modules that decide (`bot.imaging`, `bot.catalog`, `bot.lifecycle`, `bot.routing`, the services
+in `bot.services`, `bot.errors` for provider failures) decide *that* something is refused and why (a
+code and its facts); the sentences live here, so wording changes in one file and the deciding
+modules hold no user text. Every sentence says what happened and what to do next.
+
+One module on purpose, although it is long: a reader (or a translator) finds every such sentence
+here, and none of them depends on another. It imports nothing at run time, so every layer may use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -168,18 +173,6 @@ def moved_mid_run(dead: str, used: str) -> str:
 
 # -- routes (bot.routing) -------------------------------------------------------------------------
 
-# How each blocking option is named to the user (the /edit option names).
-_OPTION_NAMES = {
-    "mask": "mask",
-    "images": "images",
-    "size": "size",
-    "quality": "quality",
-    "background": "background",
-    "format": "format",
-    "prompt": "prompt",
-    "input_fidelity": "input fidelity",
-}
-
 
 def no_route(model: str) -> str:
     return f"No configured image service sells {model}. Pick another model."
@@ -205,8 +198,245 @@ def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
             case "prompt":
                 hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
             case _:
-                hints.append(f"drop `{_OPTION_NAMES.get(problem, problem)}`")
+                hints.append(f"drop `{problem.replace('_', ' ')}`")  # input_fidelity: no /edit option
     return (
         f"The image services configured for {model} cannot do this as asked: "
         f"{'; '.join(hints)}, or pick another model."
     )
+
+
+# -- which servers are served, the operator, rate limits (bot.services.access) --------------------
+
+NOT_APPROVED = (
+    "Retouch is not enabled on this server. The bot's operator has to approve it first; "
+    "nothing was done or charged."
+)
+NOT_APPROVED_OPERATOR = (
+    "Retouch is not enabled on this server yet, so nothing was done. You run this bot: approve the "
+    "server with the button below (or add its id to ALLOWED_GUILD_IDS)."
+)
+# A server unapproved between the command and its hold.
+NOT_APPROVED_ANY_MORE = "Retouch is not enabled on this server. Nothing was charged."
+DMS_OFF = "Retouch does not work in direct messages here. Use it in a server where it is enabled."
+DMS_OFF_OPERATOR = "Direct messages are off for Retouch. Set ALLOW_DMS=on to use it here."
+NOT_OPERATOR = "Only the operator of this bot (its owner) can do that."
+ALREADY_STARTED = "That edit is already being started from your first click; this one was ignored."
+
+
+def rate_limited(per_minute: int, retry_after: float) -> str:
+    return (
+        f"Slow down: Retouch takes {per_minute} commands a minute from one member. "
+        f"Try again in {max(1, round(retry_after))} s. Nothing was charged."
+    )
+
+
+# -- credits, budgets and the server's rules (bot.errors, bot.services.policy) ---------------------
+
+
+def insufficient_credits(needed: int, available: int) -> str:
+    return (
+        f"This edit needs up to **{needed}** credits but you have **{available}** available. "
+        "Try a lower quality, fewer images, or ask an admin for credits."
+    )
+
+
+NO_CREDITS_LEFT = (
+    "You have no credits left on this server, so nothing was done. Ask a server admin "
+    "for credits, or wait for your allowance to refill (see /credits)."
+)
+NO_ALLOWED_MODEL = "None of the image models is enabled for your roles on this server. Ask a server admin."
+
+
+def cooldown(seconds: int, next_at: str) -> str:
+    """`next_at`: Discord's timestamp markup, so every reader sees it in their own time zone."""
+    return f"This server allows one edit every {seconds} s. You can start the next one {next_at}."
+
+
+def too_many_running(running: int) -> str:
+    return (
+        f"You already have {running} edit(s) running, the most this server allows at once. "
+        "Start this one when one of them has finished."
+    )
+
+
+def _operator_budget(share: bool) -> str:
+    return "this server's share of" if share else "all of"
+
+
+def operator_budget_spent(*, share: bool, resume: str) -> str:
+    """The operator's budget is used up: this server's allotment (`share`) or the whole bot's."""
+    return (
+        f"Retouch has used {_operator_budget(share)} the image budget its operator set for this month. "
+        f"Edits resume {resume}, or the bot's operator can raise it. Nothing was charged."
+    )
+
+
+def operator_budget_short(*, share: bool, credits: int, left: int) -> str:
+    return (
+        f"This edit can cost up to {credits} credits, but only {left} are left in {_operator_budget(share)} "
+        "the image budget the bot's operator set for this month. Try a lower quality or fewer "
+        "images. Nothing was charged."
+    )
+
+
+def server_budget_spent(resume: str) -> str:
+    return (
+        f"This server has used its image budget for this month. Edits resume {resume}, "
+        "or a server admin can raise the budget."
+    )
+
+
+def server_budget_short(credits: int, left: int) -> str:
+    return (
+        f"This edit can cost up to {credits} credits, but only {left} are left in this server's "
+        "budget for this month. Try a lower quality or fewer images, or ask a server admin."
+    )
+
+
+def role_model(asked: str, used: str) -> str:
+    return f"Your roles on this server can't use {asked}, so Retouch uses {used}."
+
+
+def role_quality(cap: str, asked: str) -> str:
+    return (
+        f"Your roles on this server allow at most **{cap}** quality, so Retouch uses {cap} "
+        f"instead of {asked}."
+    )
+
+
+def role_images(max_images: int) -> str:
+    return (
+        f"Your roles on this server allow at most {max_images} image(s) per edit, "
+        f"so Retouch makes {max_images}."
+    )
+
+
+# -- a cheaper run when the asked quality does not fit (bot.services.affordable) -------------------
+
+
+def auto_quality_used(asked_credits: int, available: int, quality: str, credits: int) -> str:
+    return (
+        f"`auto` quality could cost up to {asked_credits} credits, more than the {available} "
+        f"available, so Retouch used **{quality}** (at most {credits} credits)."
+    )
+
+
+def cheaper_offer(
+    asked_quality: str, asked_credits: int, available: int, quality: str, credits: int, *, budget: bool
+) -> str:
+    """The offer of a cheaper run (`budget`: the server's monthly budget is short, not the balance)."""
+    short = (
+        f"only **{available}** are left in this server's budget for this month"
+        if budget
+        else f"you have **{available}** available"
+    )
+    return (
+        f"At **{asked_quality}** quality this edit can cost up to **{asked_credits}** credits, but "
+        f"{short}. At **{quality}** it costs at most **{credits}** credits."
+    )
+
+
+def cheaper_button(quality: str, credits: int) -> str:
+    return f"Run at {quality} for at most {credits} credits"
+
+
+# -- settings and admin commands (bot.services.policy, bot.services.admin) -------------------------
+
+TRANSPARENT_NEEDS_FORMAT = "A transparent background needs PNG or WebP output. Set the format to png or webp."
+QUALITY_CAP = "The quality cap must be low, medium or high."
+ALLOWANCE_PERIOD = "The period must be daily, weekly or monthly."
+CREDIT_ACTION = "Use grant, take or set with a positive amount."
+NO_REASON = "Give a reason; it is kept in the ledger."
+ALLOTMENT = "The allotment must be 0 or more US dollars."
+NEEDS_MANAGE_SERVER = "You need the Manage Server permission to do that."
+NOT_ON_ADMIN_LIST = (
+    "Only the admins listed in this bot's ADMIN_USER_IDS setting can change credits and policy."
+)
+
+
+def not_one_of(option: str, allowed: Iterable[str]) -> str:
+    return f"`{option}` must be one of {', '.join(allowed)}."
+
+
+def quality_one_of(qualities: Iterable[str]) -> str:
+    return f"Quality must be one of {', '.join(qualities)}."
+
+
+def size_help(sizes: Iterable[str], free_sizes: str) -> str:
+    """`free_sizes`: the rules for WIDTHxHEIGHT (`SizeRules.describe`)."""
+    return (
+        f"Size must be one of {', '.join(sizes)}, or WIDTHxHEIGHT for models that take free sizes "
+        f"({free_sizes})."
+    )
+
+
+def report_period(periods: Iterable[str]) -> str:
+    return f"Pick a report period: {', '.join(periods)}."
+
+
+def unknown_models(unknown: Iterable[str], known: Iterable[str]) -> str:
+    return f"Unknown model(s): {', '.join(unknown)}. Known: {', '.join(known)}."
+
+
+def unknown_providers(unknown: Iterable[str], known: Iterable[str]) -> str:
+    return f"Unknown provider(s): {', '.join(unknown)}. Known: {', '.join(known)}."
+
+
+# -- the safety check (bot.services.moderation) ---------------------------------------------------
+
+# What members read for each category the moderation API returns.
+CATEGORY_NAMES = {
+    "harassment": "harassment",
+    "harassment/threatening": "threats",
+    "hate": "hate",
+    "hate/threatening": "hateful threats",
+    "illicit": "illegal activity",
+    "illicit/violent": "violent illegal activity",
+    "self-harm": "self-harm",
+    "self-harm/intent": "self-harm",
+    "self-harm/instructions": "self-harm instructions",
+    "sexual": "sexual content",
+    "sexual/minors": "sexual content involving minors",
+    "violence": "violence",
+    "violence/graphic": "graphic violence",
+}
+
+
+def flagged(category: str, where: str) -> str:
+    """`where`: what was flagged ("your prompt", "image 2", …)."""
+    name = CATEGORY_NAMES.get(category, category.replace("/", " / "))
+    return (
+        f"Retouch's safety check flagged {where} for **{name}**, so nothing was sent to the image "
+        "service. Change it and try again. You were not charged."
+    )
+
+
+# -- provider failures (bot.errors.message_for_provider_error) and the bot itself ----------------
+
+PROVIDER_REFUSED = (
+    "The image service's safety system refused this request. Try rephrasing the prompt "
+    "or using a different image. You were not charged."
+)
+PROVIDER_INVALID_INPUT = (
+    "The image service could not use this image or option. Try a different image (PNG or JPEG) "
+    "or other options. You were not charged."
+)
+PROVIDER_MODEL_UNAVAILABLE = (
+    "That model is not available from the image service right now. Pick another model. You were not charged."
+)
+PROVIDER_BUSY = "The image service is busy right now. Please try again in a minute. You were not charged."
+PROVIDER_UNAVAILABLE = (
+    "The image service is not available for this bot right now (the admin has been told). "
+    "Please try again later. You were not charged."
+)
+PROVIDER_TIMEOUT = "The image service took too long to answer. Please try again later. You were not charged."
+PROVIDER_JOB_FAILED = "The image service could not finish this edit. Please try again. You were not charged."
+PROVIDER_FAILED = (
+    "The image service failed to answer. Please try again in a few minutes. You were not charged."
+)
+SHUTTING_DOWN = "Retouch is restarting and not taking new edits right now. Please try again in a minute."
+
+
+def unexpected(reference: str) -> str:
+    """Anything unexpected: the reference ties it to the logged traceback."""
+    return f"Something went wrong (ref `{reference}`). You were not charged; please try again."

@@ -19,7 +19,7 @@ from bot.services.admin import GuildPolicy, parse_models
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
-from cogs._ui import model_choices, policy_of, quality_choices, size_choices
+from cogs._ui import option_autocomplete, policy_of
 
 MAX_CREDITS_PER_CHANGE = 10_000_000
 MAX_COOLDOWN_SECONDS = 24 * 3600
@@ -243,6 +243,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         providers="Provider names in the order to try them, separated by spaces",
         clear="Go back to the bot-wide defaults first",
     )
+    @option_autocomplete()
     async def defaults(
         self,
         interaction: discord.Interaction,
@@ -267,24 +268,6 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
             changes["provider_order"] = tuple(providers.replace(",", " ").split())
         policy = await self.policy.update_guild(_guild(interaction), interaction.user.id, changes)
         await self.show(interaction, policy, "Saved." if changes else "")
-
-    @defaults.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.bot.services.edits.lifecycle, current)
-
-    @defaults.autocomplete("quality")
-    async def quality_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await quality_choices(self.bot, interaction, current)
-
-    @defaults.autocomplete("size")
-    async def size_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await size_choices(self.bot, interaction, current)
 
 
 class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than everyone gets"):

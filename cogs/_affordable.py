@@ -10,23 +10,20 @@ it is a choice about to be made, not a job. The button is a dynamic item (regist
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import discord
 
 from bot.services.affordable import Offer, button_label, offer_text
 from bot.services.edits import PreparedJob
-from cogs._ui import report_error
+from cogs._ui import PersistentControl
 
 log = logging.getLogger(__name__)
 
 OFFER_TIMEOUT_SECONDS = 300.0
-CUSTOM_ID_PREFIX = "retouch:cheaper"
 NO_MENTIONS = discord.AllowedMentions.none()
 
 # Runs the cheaper job on the click's interaction (cogs._results.run_and_publish, bound).
@@ -63,46 +60,27 @@ class OfferBook:
         return entry if entry.expires > time.monotonic() else None
 
 
-class CheaperRun(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_PREFIX + r":(?P<sid>[0-9a-f]{12})"
-):
+class CheaperRun(PersistentControl, prefix="retouch:cheaper", fields={"sid": "[0-9a-f]{12}"}):
     """The offer's button; routes the click to the book of the members cog."""
 
-    def __init__(self, item: discord.ui.Button[Any], sid: str) -> None:
-        super().__init__(item)
-        self.sid = sid
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> CheaperRun:
-        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
-        return cls(item, match["sid"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         book: OfferBook | None = getattr(interaction.client.get_cog("MembersCog"), "offers", None)  # type: ignore[attr-defined]
-        entry = book.take(self.sid, interaction.user.id) if book is not None else None
+        entry = book.take(self.state[0], interaction.user.id) if book is not None else None
         if entry is None:
             await interaction.response.send_message(
                 "This offer was already used or has expired. Run the command again.", ephemeral=True
             )
             return
         interaction.extras["ephemeral_original"] = True
-        try:
-            await interaction.response.edit_message(
-                content="Starting your edit…", view=None, allowed_mentions=NO_MENTIONS
-            )
-            await entry.run(interaction, entry.offer.cheaper)
-        except Exception as error:
-            await report_error(interaction, error, where="the cheaper-run button")
+        await interaction.response.edit_message(
+            content="Starting your edit…", view=None, allowed_mentions=NO_MENTIONS
+        )
+        await entry.run(interaction, entry.offer.cheaper)
 
 
 def cheaper_view(sid: str, offer: Offer) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    button: discord.ui.Button[Any] = discord.ui.Button(
-        label=button_label(offer), style=discord.ButtonStyle.primary, custom_id=f"{CUSTOM_ID_PREFIX}:{sid}"
-    )
-    view.add_item(CheaperRun(button, sid))
+    view.add_item(CheaperRun.button(sid, label=button_label(offer), style=discord.ButtonStyle.primary))
     return view
 
 

@@ -7,51 +7,30 @@ item (it keys on the clicked message, so it works after a restart while the chai
 from __future__ import annotations
 
 import logging
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
-from cogs._ui import EMBED_COLOUR, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, truncate
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
 
 log = logging.getLogger(__name__)
 
-CUSTOM_ID_PREFIX = "retouch:undo"
 HISTORY_PROMPT_CHARS = 80
 
 
 class UndoControl(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16})"
+    PersistentControl, prefix="retouch:undo", fields={"job": "[0-9a-f]{16}"}, cog="MembersCog", handler="undo"
 ):
     """**Undo** on a result that continues a chain; routes the click to the members cog."""
 
-    def __init__(self, item: discord.ui.Button[Any], job_id: str) -> None:
-        super().__init__(item)
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> UndoControl:
-        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
-        return cls(item, match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        handler = getattr(interaction.client.get_cog("MembersCog"), "undo", None)  # type: ignore[attr-defined]
-        if handler is not None:
-            await handler(interaction, self.job_id)
-
 
 def undo_button(job_id: str) -> UndoControl:
-    button: discord.ui.Button[Any] = discord.ui.Button(
-        label="Undo", style=discord.ButtonStyle.secondary, custom_id=f"{CUSTOM_ID_PREFIX}:{job_id}"
-    )
-    return UndoControl(button, job_id)
+    return UndoControl.button(job_id, label="Undo", style=discord.ButtonStyle.secondary)
 
 
 async def chain_source(

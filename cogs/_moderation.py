@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -21,48 +20,27 @@ import discord
 
 from bot.jobs.model import JobObserver
 from bot.observability.audit import jump_url
-from cogs._ui import truncate
+from cogs._ui import PersistentControl, truncate
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
 
 log = logging.getLogger(__name__)
 
-CUSTOM_ID_PREFIX = "retouch:stop"
 NOTICE_PROMPT_CHARS = 200
 ENDED_MEMORY = 512  # jobs that ended before their notice was posted (a fast edit), remembered briefly
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
 class StopControl(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16})"
+    PersistentControl, prefix="retouch:stop", fields={"job": "[0-9a-f]{16}"}, cog="MembersCog", handler="stop"
 ):
     """The public **Stop edit** button; routes the click to the members cog, also after a restart."""
-
-    def __init__(self, item: discord.ui.Button[Any], job_id: str) -> None:
-        super().__init__(item)
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> StopControl:
-        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
-        return cls(item, match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog = interaction.client.get_cog("MembersCog")  # type: ignore[attr-defined]
-        handler = getattr(cog, "stop", None)
-        if handler is not None:
-            await handler(interaction, self.job_id)
 
 
 def stop_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    button: discord.ui.Button[Any] = discord.ui.Button(
-        label="Stop edit", style=discord.ButtonStyle.danger, custom_id=f"{CUSTOM_ID_PREFIX}:{job_id}"
-    )
-    view.add_item(StopControl(button, job_id))
+    view.add_item(StopControl.button(job_id, label="Stop edit", style=discord.ButtonStyle.danger))
     return view
 
 

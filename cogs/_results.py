@@ -15,9 +15,8 @@ click reaches the bot after any restart (`cogs.job_controls` handles them).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import discord
@@ -37,6 +36,7 @@ from bot.services.policy import PolicyRefused
 from cogs._affordable import offer_cheaper
 from cogs._history import undo_button
 from cogs._ui import (
+    PersistentControl,
     ProgressMessage,
     admitted,
     note_token_error,
@@ -54,49 +54,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CUSTOM_ID_PREFIX = "retouch:job"
 Action = Literal["cancel", "again", "retry", "delete"]
 THREAD_NAME_CHARS = 90
 THREAD_ARCHIVE_MINUTES: ThreadArchiveDuration = 1440
 
 
-def control_id(job_id: str, action: Action) -> str:
-    return f"{CUSTOM_ID_PREFIX}:{job_id}:{action}"
-
-
 class JobControl(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=CUSTOM_ID_PREFIX + r":(?P<job>[0-9a-f]{16}):(?P<action>cancel|again|retry|delete)",
+    PersistentControl,
+    prefix="retouch:job",
+    fields={"job": "[0-9a-f]{16}", "action": "cancel|again|retry|delete"},
+    cog="JobsCog",
+    handler="on_control",
 ):
     """Every job button (progress and result); routes the click to the jobs cog, also after a restart."""
 
-    def __init__(self, item: discord.ui.Button[Any], job_id: str, action: str) -> None:
-        super().__init__(item)
-        self.job_id = job_id
-        self.action = action
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> JobControl:
-        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
-        return cls(item, match["job"], match["action"])
-
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         # Retry downloads and pays like a command, so it counts toward the member's rate limit.
-        return await admitted(interaction, counts=self.action == "retry")
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        cog = interaction.client.get_cog("JobsCog")  # type: ignore[attr-defined]
-        handler = getattr(cog, "on_control", None)
-        if handler is not None:
-            await handler(interaction, self.job_id, self.action)
+        return await admitted(interaction, counts=self.state[1] == "retry")
 
 
 def _button(job_id: str, action: Action, label: str, style: discord.ButtonStyle) -> JobControl:
-    return JobControl(
-        discord.ui.Button(label=label, style=style, custom_id=control_id(job_id, action)), job_id, action
-    )
+    return JobControl.button(job_id, action, label=label, style=style)
 
 
 def progress_view(job_id: str, *, at_provider: bool = False) -> discord.ui.View:

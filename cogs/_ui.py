@@ -1,6 +1,6 @@
 """Shared by the cogs: the throttled progress message (and when an interaction token is spent), the
-result embed, attachment uploads, model/quality/size autocomplete and private error replies for
-buttons and forms."""
+result embed, attachment uploads, model/quality/size autocomplete, persistent controls (buttons
+that outlive a restart), the cogs' common base and private error replies for buttons and forms."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import asyncio
 import contextlib
 import io
 import logging
+import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import aiohttp
 import discord
 from discord import app_commands
+from discord.ext import commands
 
-from bot import choices
+from bot import choices, messages
 from bot.catalog import ModelEntry
 from bot.client import RetouchBot, reply_privately
 from bot.errors import RetouchError, new_reference
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from bot.services.policy import PolicyService
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Discord rate-limits message edits; a stage line more often than this is noise anyway.
 PROGRESS_MIN_INTERVAL = 2.5
@@ -209,11 +214,28 @@ def first_image(message: discord.Message) -> discord.Attachment | None:
     return None
 
 
-def model_choices(
-    lifecycle: ModelLifecycle, current: str, *, mask_only: bool = False
+def _bot(interaction: discord.Interaction) -> RetouchBot:
+    bot = interaction.client
+    assert isinstance(bot, RetouchBot)  # every cog runs inside RetouchBot
+    return bot
+
+
+async def model_autocomplete(
+    interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     """Autocomplete for a `model` option: the models live today matching what was typed."""
-    return _choices(choices.model_options(lifecycle.available(), current, mask_only=mask_only))
+    return _choices(choices.model_options(_lifecycle(interaction).available(), current))
+
+
+async def mask_model_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """Autocomplete for the `model` of a masked edit: like `model_autocomplete`, masked-edit models only."""
+    return _choices(choices.model_options(_lifecycle(interaction).available(), current, mask_only=True))
+
+
+def _lifecycle(interaction: discord.Interaction) -> ModelLifecycle:
+    return _bot(interaction).services.edits.lifecycle
 
 
 async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> ModelEntry:
@@ -231,20 +253,29 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     return policy_of(bot).model_for_view(model_id)
 
 
-async def quality_choices(
-    bot: RetouchBot, interaction: discord.Interaction, current: str
+async def quality_autocomplete(
+    interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
-    """Autocomplete for `quality`: the chosen (or default) model's qualities with their prices."""
+    """Autocomplete for a `quality` option: the chosen (or default) model's qualities with their prices."""
+    bot = _bot(interaction)
     model = await option_model(bot, interaction)
     per_usd = bot.services.settings.credits_per_usd
     return _choices(choices.quality_options(model, current, credits_per_usd=per_usd))
 
 
-async def size_choices(
-    bot: RetouchBot, interaction: discord.Interaction, current: str
-) -> list[app_commands.Choice[str]]:
-    """Autocomplete for `size`: the chosen (or default) model's sizes, and a typed custom size."""
-    return _choices(choices.size_options(await option_model(bot, interaction), current))
+async def size_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete for a `size` option: the chosen (or default) model's sizes, and a typed custom size."""
+    return _choices(choices.size_options(await option_model(_bot(interaction), interaction), current))
+
+
+def option_autocomplete(*, mask_only: bool = False) -> Callable[[T], T]:
+    """`@app_commands.autocomplete` for an edit's `model`, `quality` and `size` options (a new one per
+    command: discord.py consumes the mapping it is given)."""
+    return app_commands.autocomplete(
+        model=mask_model_autocomplete if mask_only else model_autocomplete,
+        quality=quality_autocomplete,
+        size=size_autocomplete,
+    )
 
 
 def _choices(pairs: list[tuple[str, str]]) -> list[app_commands.Choice[str]]:
@@ -267,5 +298,101 @@ async def report_error(interaction: discord.Interaction, error: BaseException, *
     else:
         ref = new_reference()
         log.error("unexpected error in %s (ref %s)", where, ref, exc_info=error)
-        text = f"Something went wrong (ref `{ref}`). You were not charged; please try again."
+        text = messages.unexpected(ref)
     await reply_privately(interaction, text)
+
+
+# -- persistent controls -------------------------------------------------------------------------------
+
+
+# The base's own template never matches: only its subclasses are registered.
+class PersistentControl(discord.ui.DynamicItem[discord.ui.Item[Any]], template=r"(?!)"):
+    """A button or menu whose state is its custom id, `PREFIX:value:value…`, so a click reaches the bot
+    after any restart: discord.py matches the id of a clicked component against each registered
+    subclass's template and rebuilds the control from it (`from_custom_id`).
+
+    A subclass names its prefix and its fields (name → regular expression) once, as class keywords;
+    the same definition writes the custom id (`custom_id_of`, `button`) and reads it back, so the two
+    cannot disagree. The ids are on messages already posted: changing a prefix or a field pattern
+    orphans their buttons. A click goes to the method `handler` of the cog named `cog`, looked up per
+    click (a reloaded cog still answers; an unloaded one leaves the click unanswered), with the
+    fields in order (`arguments`); a subclass that answers the click itself (`clicked`) needs neither.
+    Errors become private messages, as the command tree does for commands (discord.py does not route
+    item errors through it).
+    """
+
+    prefix: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]]
+    cog: ClassVar[str] = ""
+    handler: ClassVar[str] = ""
+
+    def __init_subclass__(
+        cls, *, prefix: str, fields: dict[str, str], cog: str = "", handler: str = ""
+    ) -> None:
+        groups = "".join(f":(?P<{name}>{pattern})" for name, pattern in fields.items())
+        super().__init_subclass__(template=re.escape(prefix) + groups)
+        cls.prefix, cls.fields, cls.cog, cls.handler = prefix, tuple(fields), cog, handler
+
+    def __init__(self, item: discord.ui.Item[Any], *state: str) -> None:
+        super().__init__(item)
+        self.state = state
+
+    @classmethod
+    def custom_id_of(cls, *state: object) -> str:
+        return ":".join((cls.prefix, *map(str, state)))
+
+    @classmethod
+    def button(cls, *state: object, label: str, style: discord.ButtonStyle, **options: Any) -> Self:
+        """A button carrying `state` in its custom id (`options`: `row`, `disabled`, …)."""
+        item = discord.ui.Button[Any](label=label, style=style, custom_id=cls.custom_id_of(*state), **options)
+        return cls(item, *map(str, state))
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(item, *(match[name] for name in cls.fields))
+
+    def arguments(self) -> tuple[Any, ...]:
+        """What the cog's handler gets after the interaction: the fields of the custom id."""
+        return self.state
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.clicked(interaction)
+        except Exception as error:
+            await report_error(interaction, error, where=self.custom_id)
+
+    async def clicked(self, interaction: discord.Interaction) -> None:
+        """Answer the click (errors become private messages): by default through the cog's handler."""
+        handler = getattr(interaction.client.get_cog(self.cog), self.handler, None)  # type: ignore[attr-defined]
+        if handler is not None:
+            await handler(interaction, *self.arguments())
+
+
+class RetouchCog(commands.Cog):
+    """A cog with what discord.py does not register from a cog's class body by itself: persistent
+    controls (`dynamic_items`) and top-level commands built with the bot (`mounted`: a group, a message
+    menu). They are registered while the cog is loaded, so unloading or reloading the extension
+    takes them away or replaces them."""
+
+    dynamic_items: ClassVar[tuple[type[PersistentControl], ...]] = ()
+
+    def __init__(self, bot: RetouchBot, *mounted: app_commands.Group | app_commands.ContextMenu) -> None:
+        self.bot = bot
+        self.mounted = mounted
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*self.dynamic_items)
+        for command in self.mounted:
+            self.bot.tree.add_command(command)
+
+    async def cog_unload(self) -> None:
+        for command in self.mounted:
+            kind = (
+                command.type
+                if isinstance(command, app_commands.ContextMenu)
+                else discord.AppCommandType.chat_input
+            )
+            self.bot.tree.remove_command(command.name, type=kind)
+        self.bot.remove_dynamic_items(*self.dynamic_items)

@@ -6,10 +6,10 @@ from typing import Literal
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.client import RetouchBot
 from cogs._admin_policy import policy_groups
+from cogs._ui import RetouchCog
 
 
 @app_commands.guild_only()
@@ -36,18 +36,11 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
         await interaction.response.send_message(f"Result threads: **{value}**.", ephemeral=True)
 
 
-class AdminCog(commands.Cog):
+class AdminCog(RetouchCog):
     """Mounts `/admin` and its subgroups."""
 
     def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
-        self.group = AdminGroup(bot)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
+        super().__init__(bot, AdminGroup(bot))
 
 
 async def setup(bot: RetouchBot) -> None:

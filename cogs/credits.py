@@ -8,19 +8,16 @@ does not allow one command to be both runnable and a group).
 from __future__ import annotations
 
 import datetime as dt
-import re
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.services.policy import CreditsSummary, HistoryPage
 from bot.storage.ledger import ALLOWANCE_REASON
 from bot.storage.reports import LedgerEntry
-from cogs._ui import EMBED_COLOUR, admitted, policy_of, role_ids_of, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, admitted, policy_of, role_ids_of, truncate
 
-HISTORY_CUSTOM_ID = r"retouch:credits:(?P<page>\d+):(?P<side>newer|older)"
 REASON_CHARS = 80
 
 
@@ -63,33 +60,23 @@ def credits_embed(summary: CreditsSummary, history: HistoryPage, credits_per_usd
     return embed
 
 
-class HistoryButton(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=HISTORY_CUSTOM_ID):
+class HistoryButton(
+    PersistentControl, prefix="retouch:credits", fields={"page": r"\d+", "side": "newer|older"}
+):
     """Newer/older history page. Only the user who ran /credits sees (and can click) it."""
 
-    def __init__(self, page: int, side: str, *, disabled: bool = False) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="◀ Newer" if side == "newer" else "Older ▶",
-                custom_id=f"retouch:credits:{page}:{side}",
-                style=discord.ButtonStyle.secondary,
-                disabled=disabled,
-            )
-        )
-        self.page = page
-
     @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[discord.ui.View], match: re.Match[str]
-    ) -> HistoryButton:
-        return cls(int(match["page"]), match["side"])
+    def for_page(cls, page: int, side: str, *, disabled: bool) -> HistoryButton:
+        label = "◀ Newer" if side == "newer" else "Older ▶"
+        return cls.button(page, side, label=label, style=discord.ButtonStyle.secondary, disabled=disabled)
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         return await admitted(interaction)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         bot = interaction.client
         assert isinstance(bot, RetouchBot)
-        embed, view = await render(bot, interaction, self.page)
+        embed, view = await render(bot, interaction, int(self.state[0]))
         await interaction.response.edit_message(embed=embed, view=view)
 
 
@@ -97,8 +84,10 @@ def history_view(history: HistoryPage) -> discord.ui.View | None:
     if history.pages <= 1:
         return None
     view = discord.ui.View(timeout=None)
-    view.add_item(HistoryButton(max(0, history.page - 1), "newer", disabled=history.page == 0))
-    view.add_item(HistoryButton(history.page + 1, "older", disabled=history.page + 1 >= history.pages))
+    view.add_item(HistoryButton.for_page(max(0, history.page - 1), "newer", disabled=history.page == 0))
+    view.add_item(
+        HistoryButton.for_page(history.page + 1, "older", disabled=history.page + 1 >= history.pages)
+    )
     return view
 
 
@@ -113,17 +102,10 @@ async def render(
     return credits_embed(summary, history, bot.services.settings.credits_per_usd), history_view(history)
 
 
-class CreditsCog(commands.Cog):
+class CreditsCog(RetouchCog):
     """`/credits`: balance, holds, allowance and history."""
 
-    def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
-
-    async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(HistoryButton)
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(HistoryButton)
+    dynamic_items = (HistoryButton,)
 
     @app_commands.command(name="credits", description="Show your credits, your allowance and your history")
     async def credits(self, interaction: discord.Interaction) -> None:

@@ -13,7 +13,7 @@ from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.services.edits import EditJob, EditOptions
 from cogs._results import run_and_publish
-from cogs._ui import model_choices, quality_choices, role_ids_of, size_choices, upload_of
+from cogs._ui import option_autocomplete, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class EditCog(commands.Cog):
         count="How many variations to make (each one is charged)",
         model="Which image model to use",
     )
+    @option_autocomplete()
     async def edit(
         self,
         interaction: discord.Interaction,
@@ -73,24 +74,6 @@ class EditCog(commands.Cog):
         await run_and_publish(
             self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
         )
-
-    @edit.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.edits.lifecycle, current)
-
-    @edit.autocomplete("quality")
-    async def quality_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await quality_choices(self.bot, interaction, current)
-
-    @edit.autocomplete("size")
-    async def size_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await size_choices(self.bot, interaction, current)
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -12,14 +12,13 @@ import logging
 from collections.abc import AsyncIterator
 
 import discord
-from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.services.edits import EditJob, EditOptions
 from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
 from cogs._results import JobControl, run_and_publish
-from cogs._ui import admitted, first_image, report_error, role_ids_of, upload_of
+from cogs._ui import RetouchCog, admitted, first_image, report_error, role_ids_of, upload_of
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +55,32 @@ class EditAgainForm(discord.ui.Modal, title="Edit again"):
         await report_error(interaction, error, where="the Edit again form")
 
 
-class JobsCog(commands.Cog):
+class JobsCog(RetouchCog):
     """Discord plumbing for job controls; the rules (who may, what it costs) live in `bot/`."""
 
+    dynamic_items = (JobControl,)
+
     def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.edits = bot.services.edits
 
     async def cog_load(self) -> None:
         self.edits.engine.attach_delivery(DiscordDelivery(self.bot))
-        self.bot.add_dynamic_items(JobControl)
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(JobControl)
+        await super().cog_load()
 
     async def on_control(self, interaction: discord.Interaction, job_id: str, action: str) -> None:
-        """A click on a job button. Never raises: errors become private messages."""
-        try:
-            match action:
-                case "cancel":
-                    await self._cancel(interaction, job_id)
-                case "again":
-                    await interaction.response.send_modal(EditAgainForm(self, job_id))
-                case "retry":
-                    await self._retry(interaction, job_id)
-                case "delete":
-                    await self._delete(interaction, job_id)
-                case _:
-                    raise ValueError(f"unknown job control {action!r}")
-        except Exception as error:
-            await report_error(interaction, error, where=f"job {action}")
+        """A click on a job button (its errors are answered by the control)."""
+        match action:
+            case "cancel":
+                await self._cancel(interaction, job_id)
+            case "again":
+                await interaction.response.send_modal(EditAgainForm(self, job_id))
+            case "retry":
+                await self._retry(interaction, job_id)
+            case "delete":
+                await self._delete(interaction, job_id)
+            case _:
+                raise ValueError(f"unknown job control {action!r}")
 
     async def _cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         # The button sits on the private progress message: answer by updating that message.

@@ -16,7 +16,6 @@ from typing import Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.client import RetouchBot
 from bot.services.history import NothingToUndo
@@ -24,7 +23,7 @@ from cogs._affordable import CheaperRun, OfferBook
 from cogs._history import UndoControl, chain_thread, history_embed, restored_embed
 from cogs._moderation import PublicControls, StopControl, action_link
 from cogs._results import result_view
-from cogs._ui import first_image, report_error
+from cogs._ui import RetouchCog, first_image
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +35,29 @@ def can_manage_messages(interaction: discord.Interaction) -> bool:
     return interaction.guild_id is not None and interaction.permissions.manage_messages
 
 
-class MembersCog(commands.Cog):
+class MembersCog(RetouchCog):
     """What members notice: the cheaper-run offer, Stop edit, Undo and `/history`."""
 
+    dynamic_items = (CheaperRun, StopControl, UndoControl)
+
     def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
+        super().__init__(bot)
         self.offers = OfferBook()
         self.controls = PublicControls(bot)
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(CheaperRun, StopControl, UndoControl)
+        await super().cog_load()
         self.bot.services.edits.observers.append(self.controls)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(CheaperRun, StopControl, UndoControl)
+        await super().cog_unload()
         observers = self.bot.services.edits.observers
         if self.controls in observers:
             observers.remove(self.controls)
         await self.controls.close()
 
     async def stop(self, interaction: discord.Interaction, job_id: str) -> None:
-        """A click on a public **Stop edit**. Never raises: errors become private messages."""
-        try:
-            await self._stop(interaction, job_id)
-        except Exception as error:
-            await report_error(interaction, error, where="Stop edit")
-
-    async def _stop(self, interaction: discord.Interaction, job_id: str) -> None:
+        """A click on a public **Stop edit** (its errors are answered by the control)."""
         storage = self.bot.services.storage
         row = await storage.jobs.get_job(job_id)
         manage = can_manage_messages(interaction)
@@ -125,13 +120,7 @@ class MembersCog(commands.Cog):
         )
 
     async def undo(self, interaction: discord.Interaction, job_id: str) -> None:
-        """A click on **Undo**. Never raises: errors become private messages."""
-        try:
-            await self._undo(interaction, job_id)
-        except Exception as error:
-            await report_error(interaction, error, where="Undo")
-
-    async def _undo(self, interaction: discord.Interaction, job_id: str) -> None:
+        """A click on **Undo** (its errors are answered by the control)."""
         history = self.bot.services.history
         message = interaction.message
         assert history is not None and message is not None

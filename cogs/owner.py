@@ -8,19 +8,16 @@ services refuse everyone but the operator (`OWNER_IDS`, or the application's own
 from __future__ import annotations
 
 import logging
-import re
 from decimal import Decimal
-from typing import Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.services.access import AccessService
 from bot.services.admin import OperatorReport
-from cogs._ui import EMBED_COLOUR, policy_of, report_error, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, policy_of, truncate
 
 log = logging.getLogger(__name__)
 
@@ -133,49 +130,27 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
 
 
 class ApproveButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=re.escape(APPROVE_CUSTOM_ID.split("{")[0]) + r"(?P<guild>[0-9]{1,20})",
+    PersistentControl, prefix=APPROVE_CUSTOM_ID.split(":{")[0], fields={"guild": "[0-9]{1,20}"}
 ):
-    """The button on the bot's answer to the operator in an unapproved server."""
+    """The button on the bot's answer to the operator in an unapproved server (`bot.client.approve_view`)."""
 
-    def __init__(self, item: discord.ui.Button[Any], guild_id: int) -> None:
-        super().__init__(item)
-        self.guild_id = guild_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> ApproveButton:
-        assert isinstance(item, discord.ui.Button)  # the template is only ever put on buttons
-        return cls(item, int(match["guild"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         bot = interaction.client
-        try:
-            assert isinstance(bot, RetouchBot)
-            assert bot.services.access is not None
-            await bot.services.access.approve(self.guild_id, interaction.user.id)
-            await interaction.response.edit_message(
-                content="Approved. Retouch now serves this server: run your command again.", view=None
-            )
-        except Exception as error:
-            await report_error(interaction, error, where="the Approve button")
+        assert isinstance(bot, RetouchBot)
+        assert bot.services.access is not None
+        await bot.services.access.approve(int(self.state[0]), interaction.user.id)
+        await interaction.response.edit_message(
+            content="Approved. Retouch now serves this server: run your command again.", view=None
+        )
 
 
-class OwnerCog(commands.Cog):
+class OwnerCog(RetouchCog):
     """Mounts `/owner` and the Approve button."""
 
+    dynamic_items = (ApproveButton,)
+
     def __init__(self, bot: RetouchBot) -> None:
-        self.bot = bot
-        self.group = OwnerGroup(bot)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-        self.bot.add_dynamic_items(ApproveButton)
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(ApproveButton)
-        self.bot.tree.remove_command(self.group.name)
+        super().__init__(bot, OwnerGroup(bot))
 
 
 async def setup(bot: RetouchBot) -> None:

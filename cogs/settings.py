@@ -11,7 +11,14 @@ from discord.ext import commands
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.services.policy import EffectiveDefaults, QualityView
-from cogs._ui import EMBED_COLOUR, model_choices, policy_of, quality_choices, role_ids_of, size_choices
+from cogs._ui import (
+    EMBED_COLOUR,
+    model_autocomplete,
+    policy_of,
+    quality_autocomplete,
+    role_ids_of,
+    size_autocomplete,
+)
 
 SOURCES = {"you": "set by you", "server": "this server's default", "bot": "the bot's default"}
 # /settings option name -> UserSettings field
@@ -82,6 +89,7 @@ class SettingsCog(commands.Cog):
     @app_commands.describe(
         level="Your new default (leave empty to see prices). Higher quality costs more credits."
     )
+    @app_commands.autocomplete(level=quality_autocomplete)
     async def quality(self, interaction: discord.Interaction, level: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         if level is not None:
@@ -100,6 +108,7 @@ class SettingsCog(commands.Cog):
         skip_mask_preview="Start masked edits straight away instead of showing a preview first",
         reset="Go back to this server's default for one setting, or for everything",
     )
+    @app_commands.autocomplete(model=model_autocomplete, size=size_autocomplete)
     async def settings(
         self,
         interaction: discord.Interaction,
@@ -127,24 +136,6 @@ class SettingsCog(commands.Cog):
         entry = self.policy.catalog.models.get(defaults.effective.model)
         name = entry.name if entry else defaults.effective.model
         await interaction.followup.send(embed=settings_embed(defaults, name), ephemeral=True)
-
-    @settings.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.bot.services.edits.lifecycle, current)
-
-    @settings.autocomplete("size")
-    async def size_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await size_choices(self.bot, interaction, current)
-
-    @quality.autocomplete("level")
-    async def level_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await quality_choices(self.bot, interaction, current)
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bot.app import Services, build_services
 from bot.errors import InsufficientCredits
-from bot.jobs.model import EditOutcome, JobFailed
+from bot.jobs.model import EditOutcome
 from bot.observability.audit import AuditLog, jump_url
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -21,6 +21,7 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG, running_bot
+from tests.live import NoResult, run_to_end
 
 DATA = Path(__file__).parent / "data"
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
@@ -58,9 +59,6 @@ async def run_job(services: Services, **options: object) -> EditOutcome:
     async def read() -> bytes:
         return data
 
-    async def ignore(_: object) -> None:
-        pass
-
     job = EditJob(
         guild_id=GUILD,
         user_id=USER,
@@ -69,7 +67,7 @@ async def run_job(services: Services, **options: object) -> EditOutcome:
         options=EditOptions(prompt="make it a watercolour", **options),  # type: ignore[arg-type]
         upload_limit=10 * 1024 * 1024,
     )
-    return await services.edits.run_edit(job, progress=ignore, deliver=ignore)
+    return await run_to_end(services.edits, job)
 
 
 async def test_credit_change_names_actor_user_amount_and_links_the_command() -> None:
@@ -94,11 +92,12 @@ async def test_safety_refusal_is_posted_with_its_reference_and_channel_link(
     channel = Channel()
     services.audit.attach(channel.post)
     fake.fail_next(Fault.MODERATION_BLOCKED)
-    with pytest.raises(JobFailed) as caught:
+    with pytest.raises(NoResult) as caught:
         await run_job(services)
     await services.audit.flush()
     [line] = channel.lines
     job = (await storage.jobs.recent_jobs(GUILD, USER))[0]
+    assert caught.value.ref is not None  # the member was shown the reference too
     assert job.error_ref == caught.value.ref
     assert line == (
         f"🛑 Safety refusal: job `{job.id}` for <@{USER}> in <#{CHANNEL}>, gpt-image-1.5 via openai, "
@@ -112,10 +111,11 @@ async def test_provider_failure_is_posted_with_its_error_class_and_reference(
     channel = Channel()
     services.audit.attach(channel.post)
     fake.fail_next(Fault.SERVER_ERROR)
-    with pytest.raises(JobFailed) as caught:
+    with pytest.raises(NoResult) as caught:
         await run_job(services)
     await services.audit.flush()
     [line] = channel.lines
+    assert caught.value.ref is not None
     assert line.startswith("⚠️ Edit failed (ServerError): job `")
     assert f"ref `{caught.value.ref}`" in line
 
@@ -133,7 +133,7 @@ async def test_refusals_the_user_caused_and_successes_are_not_posted(services: S
 async def test_without_an_audit_channel_nothing_is_posted(services: Services, fake: FakeOpenAI) -> None:
     assert not services.audit.enabled
     fake.fail_next(Fault.SERVER_ERROR)
-    with pytest.raises(JobFailed):
+    with pytest.raises(NoResult, match="ref `"):
         await run_job(services)
     await services.audit.flush()
     await services.audit.circuit_opened("openai", reason="5 failures")  # dropped, no error
@@ -162,7 +162,7 @@ async def test_a_provider_circuit_opening_is_posted_once(services: Services, fak
     services.audit.attach(channel.post)
     fake.fail_always(Fault.SERVER_ERROR)
     for _ in range(services.edits.router.breaker.threshold + 1):  # the last one finds it open
-        with pytest.raises(JobFailed):
+        with pytest.raises(NoResult, match="ref `"):
             await run_job(services, size="1024x1024")
     await services.audit.flush()
     openings = [line for line in channel.lines if line.startswith("🔌")]

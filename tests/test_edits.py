@@ -14,7 +14,7 @@ from PIL import Image
 
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
-from bot.jobs.model import EditOutcome, JobFailed, JobInterrupted, JobObserver
+from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
@@ -22,6 +22,7 @@ from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
+from tests.live import NoResult, RecordingLive, run_to_end
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
@@ -51,26 +52,6 @@ def make_job(*uploads: Upload, **options: object) -> EditJob:
         options=opts,
         upload_limit=10 * 1024 * 1024,
     )
-
-
-class Recorder:
-    """Collects progress lines and delivered outcomes; can be told to fail delivery."""
-
-    def __init__(self, fail_delivery: bool = False) -> None:
-        self.stages: list[str] = []
-        self.delivered: list[EditOutcome] = []
-        self.fail_delivery = fail_delivery
-        self.editing = asyncio.Event()
-
-    async def progress(self, text: str) -> None:
-        self.stages.append(text)
-        if text.startswith("Editing"):
-            self.editing.set()
-
-    async def deliver(self, outcome: EditOutcome) -> None:
-        if self.fail_delivery:
-            raise ConnectionError("discord is down")
-        self.delivered.append(outcome)
 
 
 fake = serving(FakeOpenAI)
@@ -110,14 +91,12 @@ async def assert_books_balance(storage: Storage) -> None:
 
 async def test_edit_delivers_a_real_image_and_charges_its_usage_cost(make_service, fake, storage):
     service = make_service()
-    rec = Recorder()
-    outcome = await service.run_edit(
-        make_job(model="gpt-image-1-mini", quality="low", size="1024x1024"),
-        progress=rec.progress,
-        deliver=rec.deliver,
+    live = RecordingLive()
+    outcome = await run_to_end(
+        service, make_job(model="gpt-image-1-mini", quality="low", size="1024x1024"), live
     )
     assert fake.post_count == 1
-    [delivered] = rec.delivered
+    [delivered] = live.delivered
     image = Image.open(io.BytesIO(delivered.files[0].data))
     assert image.size == (1024, 1024)
     assert delivered.model_id == "gpt-image-1-mini" and delivered.quality == "low"
@@ -128,25 +107,23 @@ async def test_edit_delivers_a_real_image_and_charges_its_usage_cost(make_servic
     assert outcome.charged > 0
     assert await job_kinds(storage, outcome.job_id) == ["reserve", "capture"]
     assert (await storage.jobs.get_job(outcome.job_id)).state == "delivered"
-    assert rec.stages[0].startswith("Checking") and any("Editing with" in s for s in rec.stages)
+    assert live.lines[0].startswith("Checking") and any("Editing with" in s for s in live.lines)
     await assert_books_balance(storage)
 
 
 async def test_retired_model_runs_on_its_replacement_and_says_so(make_service, fake):
-    rec = Recorder()
-    await make_service().run_edit(make_job(model="gpt-image-1"), progress=rec.progress, deliver=rec.deliver)
+    outcome = await run_to_end(make_service(), make_job(model="gpt-image-1"))
     assert fake.requests[-1].fields["model"] == "gpt-image-1.5"
-    assert "retired" in rec.delivered[0].notices[0]
+    assert "retired" in outcome.notices[0]
 
 
 async def test_up_to_four_images_are_sent_in_one_request(make_service, fake):
     uploads = [
         upload(photo(n), f"image{i}") for i, n in enumerate(["chelsea.png", "coffee.png", "rocket.jpg"])
     ]
-    rec = Recorder()
-    await make_service().run_edit(make_job(*uploads, count=2), progress=rec.progress, deliver=rec.deliver)
+    outcome = await run_to_end(make_service(), make_job(*uploads, count=2))
     assert len(fake.requests[-1].images) == 3
-    assert len(rec.delivered[0].files) == 2
+    assert len(outcome.files) == 2
 
 
 async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
@@ -168,11 +145,10 @@ async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
     small = io.BytesIO()
     Image.open(DATA / "chelsea.png").resize((64, 64)).save(small, "PNG")
     job = make_job(upload(small.getvalue()), quality="high", size="1024x1024", prompt="p")
-    rec = Recorder()
 
     async def attempt() -> str:
         try:
-            await service.run_edit(job, progress=rec.progress, deliver=rec.deliver)
+            await run_to_end(service, job)
             return "ok"
         except InsufficientCredits:
             return "refused"
@@ -232,7 +208,7 @@ async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
     if declared_size is not None:
         bad = replace(bad, size=declared_size)
     with pytest.raises(InvalidImage) as info:
-        await make_service().run_edit(make_job(bad), progress=Recorder().progress, deliver=Recorder().deliver)
+        await run_to_end(make_service(), make_job(bad))
     assert "Traceback" not in info.value.user_message
     assert fake.post_count == 0
     assert await storage.ledger.get_account(GUILD, USER) is None  # not even an account was touched
@@ -248,18 +224,14 @@ async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
 )
 async def test_impossible_options_are_refused_for_free(make_service, fake, storage, options, message):
     with pytest.raises(InvalidOptions, match=message):
-        await make_service().run_edit(
-            make_job(**options), progress=Recorder().progress, deliver=Recorder().deliver
-        )
+        await run_to_end(make_service(), make_job(**options))
     assert fake.post_count == 0
 
 
 async def test_not_enough_credits_is_refused_without_a_provider_call(make_service, fake, storage):
     service = make_service(STARTING_CREDITS="1")
     with pytest.raises(InsufficientCredits) as info:
-        await service.run_edit(
-            make_job(quality="high"), progress=Recorder().progress, deliver=Recorder().deliver
-        )
+        await run_to_end(service, make_job(quality="high"))
     assert info.value.available == 1
     assert fake.post_count == 0
     assert (await storage.ledger.get_account(GUILD, USER)).balance == 1
@@ -285,10 +257,10 @@ async def test_provider_failures_release_credits_exactly_once(
     make_service, fake, storage, fault, words, posts
 ):
     fake.fail_always(fault)
-    with pytest.raises(JobFailed) as info:
-        await make_service().run_edit(make_job(), progress=Recorder().progress, deliver=Recorder().deliver)
-    assert words in info.value.user_message
-    assert "not charged" in info.value.user_message and "ref `" in info.value.user_message
+    with pytest.raises(NoResult) as info:  # the member's progress message ends with the failure
+        await run_to_end(make_service(), make_job())
+    assert words in info.value.text
+    assert "not charged" in info.value.text and "ref `" in info.value.text
     assert fake.post_count == posts
     jobs = await storage.jobs.recent_jobs(GUILD, USER)
     assert [j.state for j in jobs] == ["failed"]
@@ -299,8 +271,7 @@ async def test_provider_failures_release_credits_exactly_once(
 
 async def test_rate_limit_with_short_retry_after_is_retried_once(make_service, fake, storage):
     fake.fail_next(Fault.RATE_LIMITED, retry_after=0.05)
-    rec = Recorder()
-    outcome = await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    outcome = await run_to_end(make_service(), make_job())
     assert fake.post_count == 2
     assert outcome.charged > 0
     assert (await storage.ledger.get_account(GUILD, USER)).held == 0
@@ -308,16 +279,18 @@ async def test_rate_limit_with_short_retry_after_is_retried_once(make_service, f
 
 async def test_provider_that_never_answers_times_out_and_refunds(make_service, fake, storage):
     fake.fail_always(Fault.HANG)
-    with pytest.raises(JobFailed, match="too long"):
-        await make_service().run_edit(make_job(), progress=Recorder().progress, deliver=Recorder().deliver)
+    with pytest.raises(NoResult, match="too long") as info:
+        await run_to_end(make_service(), make_job())
+    assert info.value.ref is not None  # a failure, with its log reference
     assert fake.post_count == 1
     assert (await storage.ledger.get_account(GUILD, USER)).held == 0
 
 
 async def test_failed_delivery_is_refunded(make_service, fake, storage):
-    rec = Recorder(fail_delivery=True)
-    with pytest.raises(JobFailed):
-        await make_service().run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    live = RecordingLive(refuse=ConnectionError("discord is down"))
+    with pytest.raises(NoResult) as info:
+        await run_to_end(make_service(), make_job(), live)
+    assert info.value.ref is not None and live.delivered == []  # a failure, with its log reference
     account = await storage.ledger.get_account(GUILD, USER)
     assert (account.balance, account.held) == (1000, 0)
 
@@ -325,23 +298,22 @@ async def test_failed_delivery_is_refunded(make_service, fake, storage):
 async def test_shutdown_drain_aborts_unfinished_jobs_and_refunds_them(make_service, fake, storage):
     fake.fail_always(Fault.HANG)
     service = make_service()
-    rec = Recorder()
-    task = asyncio.create_task(service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver))
-    await asyncio.wait_for(rec.editing.wait(), 5)
+    live = RecordingLive()
+    task = asyncio.create_task(run_to_end(service, make_job(), live))
+    await live.shown("Editing", timeout=5)
     aborted = await service.drain(0.05)
     assert aborted == 1
-    with pytest.raises(JobInterrupted):
+    with pytest.raises(NoResult) as info:
         await task
+    assert info.value.text == JobInterrupted().user_message
     assert (await storage.ledger.get_account(GUILD, USER)).held == 0
     assert [j.state for j in await storage.jobs.recent_jobs(GUILD, USER)] == ["cancelled"]
     assert not service.accepting
 
 
 async def test_result_larger_than_the_upload_limit_is_reencoded_to_fit(make_service, fake):
-    rec = Recorder()
     job = replace(make_job(size="1536x1024"), upload_limit=200_000)
-    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
-    delivered = rec.delivered[0].files[0]
+    delivered = (await run_to_end(make_service(), job)).files[0]
     assert len(delivered.data) <= 200_000
     Image.open(io.BytesIO(delivered.data)).verify()
 
@@ -369,11 +341,11 @@ async def test_observers_see_each_job_and_cannot_break_it(make_service, fake):
     service = make_service()
     log = EventLog()
     service.observers += [BrokenObserver(), log]
-    rec = Recorder()
-    await service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    await run_to_end(service, make_job())
     fake.fail_next(Fault.MODERATION_BLOCKED)
-    with pytest.raises(JobFailed):
-        await service.run_edit(make_job(), progress=rec.progress, deliver=rec.deliver)
+    with pytest.raises(NoResult) as info:
+        await run_to_end(service, make_job())
+    assert info.value.ref is not None  # a failure, with its log reference
     assert log.events == [
         ("started", "gpt-image-1.5"),
         ("provider", "openai", "None"),
@@ -396,12 +368,11 @@ async def test_masked_edit_sends_an_alpha_mask_and_keeps_the_outside_exact(make_
     original = Image.open(DATA / "coffee.png").convert("RGB")
     box = (100, 100, 300, 250)
     mask = MaskSpec(upload=upload(white_box_mask((300, 200), (50, 50, 150, 125)), "mask"), feather=4)
-    rec = Recorder()
     job = replace(make_job(upload(photo("coffee.png"))), mask=mask)
-    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
+    outcome = await run_to_end(make_service(), job)
     sent = fake.requests[-1].mask
     assert sent is not None and sent.mode == "RGBA" and (sent.width, sent.height) == original.size
-    result = Image.open(io.BytesIO(rec.delivered[0].files[0].data)).convert("RGB")
+    result = Image.open(io.BytesIO(outcome.files[0].data)).convert("RGB")
     assert result.size == original.size
     inside = result.crop((box[0] + 6, box[1] + 6, box[2] - 6, box[3] - 6))
     outside_pixels = [
@@ -415,9 +386,8 @@ async def test_masked_edit_sends_an_alpha_mask_and_keeps_the_outside_exact(make_
 
 
 async def test_grid_cells_become_the_mask(make_service, fake):
-    rec = Recorder()
     job = replace(make_job(), mask=MaskSpec(grid=(3, 3), cells=(5,)))
-    await make_service().run_edit(job, progress=rec.progress, deliver=rec.deliver)
+    await run_to_end(make_service(), job)
     assert fake.requests[-1].mask is not None
 
 
@@ -430,9 +400,7 @@ async def test_grid_cells_become_the_mask(make_service, fake):
 )
 async def test_useless_masks_are_refused_for_free(make_service, fake, storage, mask, message):
     with pytest.raises(InvalidMask, match=message):
-        await make_service().run_edit(
-            replace(make_job(), mask=mask), progress=Recorder().progress, deliver=Recorder().deliver
-        )
+        await run_to_end(make_service(), replace(make_job(), mask=mask))
     assert fake.post_count == 0
 
 

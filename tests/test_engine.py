@@ -19,14 +19,13 @@ import aiohttp
 import pytest
 
 from bot.errors import InvalidOptions
+from bot.jobs.delivery import DELIVERY_DELAYED
 from bot.jobs.model import (
+    SUSPENDED_AT_PROVIDER,
     Delivered,
     DeliveryFailed,
     EditOutcome,
-    JobFailed,
     JobInfo,
-    JobStatus,
-    JobSuspended,
     NotAllowed,
 )
 from bot.providers.http import RetryPolicy
@@ -38,6 +37,7 @@ from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env, settings_for
+from tests.live import NoResult, RecordingLive, run_to_end
 
 GUILD, ALICE, BOB = 1, 2, 3
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
@@ -79,24 +79,14 @@ class Recorder:
         return self.found.get(job.job_id)
 
 
-class Live:
-    """A LiveJob: keeps the progress lines; delivery through it always fails (a spent token, or with
-    `uncertain` a timeout after which the message may exist)."""
+class Live(RecordingLive):
+    """A recording live route whose delivery always fails (a spent token, or with `uncertain` a timeout
+    after which the message may exist), so results go through the engine's Delivery."""
 
     def __init__(self, *, uncertain: bool = False) -> None:
-        self.lines: list[JobStatus] = []
-        self.final: list[str | None] = []
-        self.uncertain = uncertain
-
-    async def update(self, status: JobStatus) -> None:
-        self.lines.append(status)
-
-    async def deliver(self, outcome: EditOutcome) -> Delivered:
-        raise DeliveryFailed("timed out" if self.uncertain else "token spent", uncertain=self.uncertain)
-
-    async def finish(self, text: str | None) -> bool:
-        self.final.append(text)
-        return True
+        super().__init__(
+            refuse=DeliveryFailed("timed out" if uncertain else "token spent", uncertain=uncertain)
+        )
 
 
 def job(user: int = ALICE, model: str = "gpt-image-1.5") -> EditJob:
@@ -204,9 +194,9 @@ async def test_queue_position_and_eta_come_from_recent_run_times(make: Factory, 
     prepared = await service.prepare(job(user=BOB))
     ticket = await service.submit(prepared, live=live)
     assert ticket.position == 1 and ticket.eta_seconds is not None
-    await until(lambda: live.lines)
-    assert live.lines[0].text.startswith("Queued — position 1 in line. Your result should be ready in")
-    assert live.lines[0].cancellable
+    await until(lambda: live.statuses)
+    assert live.statuses[0].text.startswith("Queued — position 1 in line. Your result should be ready in")
+    assert live.statuses[0].cancellable
     assert await state(service, ticket.job_id) == "reserved"
     # The running edit's call is out at the provider: its requester's cancel is charged (issue 11).
     said = await service.cancel(running, actor_id=ALICE, can_manage=False)
@@ -259,20 +249,20 @@ async def test_queue_moves_do_not_re_edit_every_waiting_jobs_message_each_time(
     await until(lambda: openai.post_count == 1)
     lives = [Live() for _ in range(8)]
     waiting = [await submit(service, live=live) for live in lives]
-    await until(lambda: all(live.lines for live in lives))
+    await until(lambda: all(live.statuses for live in lives))
 
     for job_id in waiting[:4]:  # each cancel moves every job behind it up one place
         await service.cancel(job_id, actor_id=ALICE, can_manage=False)
     for _ in range(50):  # let any update the moves started reach the progress messages
         await asyncio.sleep(0)
 
-    assert [len(live.lines) for live in lives[4:]] == [1, 1, 1, 1]  # only the first line, within 5 s
+    assert [len(live.statuses) for live in lives[4:]] == [1, 1, 1, 1]  # only the first line, within 5 s
     assert [service.engine._position(j) for j in waiting[4:]] == [1, 2, 3, 4]
     # A job queued now still sees its place at once (the others' moves wait their turn).
     late = Live()
     await submit(service, live=late)
-    await until(lambda: late.lines, timeout=2)
-    assert late.lines[0].text.startswith("Queued — position 5 in line.")
+    await until(lambda: late.statuses, timeout=2)
+    assert late.statuses[0].text.startswith("Queued — position 5 in line.")
     await service.cancel(running, actor_id=ALICE, can_manage=False)
 
 
@@ -376,12 +366,11 @@ async def test_a_live_delivery_that_may_have_landed_is_looked_for_before_posting
 async def test_an_undeliverable_result_is_released_kept_for_a_while_and_reported(make: Factory):
     service, recorder = await make()
     recorder.fail = True
-    prepared = await service.prepare(job())
-    with pytest.raises(JobFailed) as info:
-        await service.execute(prepared, progress=Live().update, deliver=_failing)  # type: ignore[arg-type]
-    assert info.value.code == "undeliverable" and "not charged" in info.value.user_message
+    with pytest.raises(NoResult) as info:
+        await run_to_end(service, job(), RecordingLive(refuse=ConnectionError("discord is down")))
     [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
     assert (row.state, row.error_code) == ("failed", "undeliverable")
+    assert info.value.ref == row.error_ref and "not charged" in info.value.text
     assert await kinds(service, row.id) == ["reserve", "release"]
     assert (service.engine.files.folder(row.id) / "result-1.png").is_file()
     assert row.files_expire_at is not None and row.files_expire_at > make.clock().isoformat()
@@ -445,10 +434,6 @@ async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_on
     assert elsewhere.value.code == "retry_elsewhere"
     again = await service.retry_job(first, guild_id=GUILD, role_ids=(55,), **where)
     assert (again.guild_id, again.role_ids) == (GUILD, (55,))
-
-
-async def _failing(outcome: EditOutcome) -> None:
-    raise ConnectionError("discord is down")
 
 
 # -- shutdown and recovery --------------------------------------------------------------------------
@@ -610,17 +595,19 @@ async def test_the_sweep_deletes_expired_and_orphaned_folders_only(make: Factory
     assert row is not None and row.spec is None  # the prompt goes with the images
 
 
-async def test_suspended_jobs_raise_for_in_process_waiters(make: Factory, wavespeed: FakeWaveSpeed):
+async def test_a_job_suspended_at_shutdown_tells_its_progress_message(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
     service, _ = await make()
     wavespeed.hold_results()
-    prepared = await service.prepare(job(model="ws-mini"))
-    waiter = asyncio.create_task(service.execute(prepared, progress=Live().update, deliver=_failing))  # type: ignore[arg-type]
+    waiter = asyncio.create_task(run_to_end(service, job(model="ws-mini"), Live()))
     await until(lambda: service.engine.in_flight == 1)
     [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
     await wait_state(service, row.id, "submitted")
     await service.drain(0)
-    with pytest.raises(JobSuspended):
+    with pytest.raises(NoResult) as info:
         await waiter
+    assert info.value.text == SUSPENDED_AT_PROVIDER
 
 
 async def test_an_emulated_count_resumes_every_accepted_call_and_charges_per_image(
@@ -747,22 +734,13 @@ async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: 
     flaky = Flaky(10**6)
     service.engine.attach_delivery(flaky)
     service.engine.delivery_retry_first = 60.0
-    prepared = await service.prepare(job())
-
-    async def quiet(_: object) -> None:
-        return None
-
-    async def token_spent(_: object) -> None:
-        raise DeliveryFailed("token spent")
-
-    waiter = asyncio.ensure_future(service.execute(prepared, progress=quiet, deliver=token_spent))
+    live = Live()  # its token is spent
+    job_id = await submit(service, live)
     await until(lambda: flaky.tries == 1)
-    [row] = await service.storage.jobs.recent_jobs(GUILD, ALICE)
-    job_id = row.id
+    await until(lambda: live.final)
     await service.drain(0)
     assert await state(service, job_id) == "completed"
-    with pytest.raises(JobSuspended):  # an in-process waiter is not left hanging
-        await asyncio.wait_for(waiter, 5)
+    assert live.final == [DELIVERY_DELAYED]  # the member is told the result is coming, not left hanging
     later, recorder = await make()
     await later.engine.start()
     await wait_state(later, job_id, "delivered")

@@ -27,6 +27,7 @@ from bot.storage import Storage
 from tests.durable import CATALOG, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fixtures import settings_for
+from tests.live import run_to_end
 from tests.test_imaging import blocks
 
 # Pillow warns about the damaged EXIF blocks the hostile files carry; that is the point of them.
@@ -165,18 +166,13 @@ class Intake:
             options=EditOptions("make it a watercolour", model="gpt-image-1.5", quality="low"),
             upload_limit=10 * 1024 * 1024,
         )
+        sent_before = len(self.openai.requests)
         try:
-            prepared = await self.service.prepare(job)
+            outcome = await run_to_end(self.service, job)
         except InvalidImage:
             self.refused += 1
             return await self.nothing_held()
         self.edited += 1
-        sent_before = len(self.openai.requests)
-
-        async def ignore(_: object) -> None:
-            return None
-
-        outcome = await self.service.execute(prepared, progress=ignore, deliver=ignore)
         [call] = self.openai.requests[sent_before:]
         [image] = call.images
         assert image.mode in ("RGB", "RGBA", "L", "LA", "P") and image.format in ("png", "jpeg", "webp")

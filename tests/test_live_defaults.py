@@ -16,7 +16,6 @@ import pytest
 
 from bot.app import build_providers, build_services, provider_session
 from bot.catalog import load_catalog
-from bot.jobs.model import EditOutcome
 from bot.services.edits import EditJob, EditOptions, Upload
 from bot.storage import Storage
 from tests.fakes.atlascloud_server import FakeAtlas
@@ -25,6 +24,7 @@ from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env, settings_for
+from tests.live import RecordingLive, run_to_end
 
 PHOTO = (Path(__file__).parent / "data" / "chelsea.png").read_bytes()
 
@@ -54,13 +54,7 @@ async def test_one_key_and_no_catalog_edit_is_enough_to_edit(
                 assert list(providers) == [name]
                 services = build_services(settings, catalog, storage, providers, today=lambda: today)
                 await services.edits.start()
-                delivered: list[EditOutcome] = []
-
-                async def deliver(outcome: EditOutcome) -> None:
-                    delivered.append(outcome)
-
-                async def progress(text: str) -> None:
-                    pass
+                live = RecordingLive()
 
                 async def read() -> bytes:
                     return PHOTO
@@ -73,10 +67,11 @@ async def test_one_key_and_no_catalog_edit_is_enough_to_edit(
                     options=EditOptions("make it a watercolour"),
                     upload_limit=25 * 1024 * 1024,
                 )
-                outcome = await services.edits.run_edit(job, progress=progress, deliver=deliver)
+                outcome = await run_to_end(services.edits, job, live)
                 await services.edits.drain(1.0)
         finally:
             await storage.close()
     assert outcome.model_id == expected and outcome.provider == name
-    assert [d.job_id for d in delivered] == [outcome.job_id] and outcome.files
+    assert live.ticket is not None
+    assert [d.job_id for d in live.delivered] == [live.ticket.job_id] and outcome.files
     assert 0 < outcome.charged <= settings.starting_credits

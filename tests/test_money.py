@@ -13,9 +13,8 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 from bot.errors import RetouchError
+from bot.messages import DMS_OFF, NOT_APPROVED
 from bot.services.access import (
-    DMS_OFF,
-    NOT_APPROVED,
     AccessService,
     AlreadyStarted,
     NotOperator,

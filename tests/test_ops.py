@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.app import Services, build_services
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
-from bot.jobs.model import EditOutcome, JobFailed
+from bot.jobs.model import EditOutcome
 from bot.observability import healthcheck, ops
 from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
@@ -27,6 +27,7 @@ from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG
+from tests.live import NoResult, run_to_end
 
 DATA = Path(__file__).parent / "data"
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
@@ -78,12 +79,6 @@ async def run_job(services: Services) -> EditOutcome:
     async def read() -> bytes:
         return data
 
-    async def progress(text: str) -> None:
-        pass
-
-    async def deliver(outcome: EditOutcome) -> None:
-        pass
-
     job = EditJob(
         guild_id=1,
         user_id=2,
@@ -92,7 +87,7 @@ async def run_job(services: Services) -> EditOutcome:
         options=EditOptions(prompt="make it a watercolour"),
         upload_limit=10 * 1024 * 1024,
     )
-    return await services.edits.run_edit(job, progress=progress, deliver=deliver)
+    return await run_to_end(services.edits, job)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -222,10 +217,10 @@ async def test_metrics_show_jobs_latency_credits_and_errors_after_jobs_ran(
 ) -> None:
     delivered = await run_job(services)
     fake.fail_next(Fault.SERVER_ERROR)
-    with pytest.raises(JobFailed):
+    with pytest.raises(NoResult, match="ref `"):
         await run_job(services)
     fake.fail_next(Fault.MODERATION_BLOCKED)
-    with pytest.raises(JobFailed):
+    with pytest.raises(NoResult, match="ref `"):
         await run_job(services)
 
     client = await ops_client(Gateway(), services.metrics)
@@ -258,7 +253,7 @@ async def test_circuit_state_shows_a_provider_the_router_stopped_using(
 ) -> None:
     fake.fail_always(Fault.SERVER_ERROR)
     for _ in range(services.edits.router.breaker.threshold):
-        with pytest.raises(JobFailed):
+        with pytest.raises(NoResult, match="ref `"):
             await run_job(services)
     page = samples(services.metrics.render().decode())
     assert value(page, "retouch_circuit_state", provider="openai") == 2

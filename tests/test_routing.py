@@ -28,7 +28,6 @@ from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.domain.options import Usage
 from bot.errors import InvalidOptions
-from bot.jobs.model import EditOutcome, JobFailed
 from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage
@@ -64,6 +63,7 @@ from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env
 from tests.harness import running_bot
+from tests.live import NoResult, run_to_end
 
 DATA = Path(__file__).parent / "data"
 CATALOG = load_catalog(NOVEMBER_CATALOG)  # the 1.x routes, frozen: routing rules, not today's models
@@ -798,17 +798,6 @@ def test_needs_of_a_request_reads_every_option() -> None:
 # ----------------------------------------------------------------------------- the job service (real ledger)
 
 
-class Delivered:
-    def __init__(self) -> None:
-        self.outcomes: list[EditOutcome] = []
-
-    async def progress(self, text: str) -> None:
-        return None
-
-    async def deliver(self, outcome: EditOutcome) -> None:
-        self.outcomes.append(outcome)
-
-
 def edit_job(**options: object) -> EditJob:
     data = (DATA / "chelsea.png").read_bytes()
 
@@ -848,10 +837,8 @@ async def test_service_charges_the_route_that_served_after_the_first_refused(
     tmp_path: Path,
 ) -> None:
     atlas.fail_always(atlas_fake.Fault.INSUFFICIENT_BALANCE)
-    rec = Delivered()
-
-    outcome = await service_for(storage, tmp_path, real_router()).run_edit(
-        edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
+    outcome = await run_to_end(
+        service_for(storage, tmp_path, real_router()), edit_job(model="gpt-image-1-mini")
     )
 
     assert outcome.provider == "wavespeed"
@@ -875,11 +862,7 @@ async def test_a_servers_provider_order_overrides_the_bot_wide_order(
     policy = PolicyService(settings=service.settings, catalog=CATALOG, storage=storage)
     service._defaults = policy.defaults_for  # how build_services wires it
     await policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
-    rec = Delivered()
-
-    outcome = await service.run_edit(
-        edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
-    )
+    outcome = await run_to_end(service, edit_job(model="gpt-image-1-mini"))
 
     assert outcome.provider == "wavespeed"
     assert outcome.charged == 20
@@ -894,12 +877,9 @@ async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_i
     tmp_path: Path,
 ) -> None:
     atlas.fail_next(atlas_fake.Fault.JOB_FAILED)
-    rec = Delivered()
-
-    with pytest.raises(JobFailed, match="not charged"):
-        await service_for(storage, tmp_path, real_router()).run_edit(
-            edit_job(model="gpt-image-1-mini"), progress=rec.progress, deliver=rec.deliver
-        )
+    with pytest.raises(NoResult, match="not charged") as info:
+        await run_to_end(service_for(storage, tmp_path, real_router()), edit_job(model="gpt-image-1-mini"))
+    assert info.value.ref is not None  # a failure, with its log reference
 
     assert atlas.submit_count == 1 and wavespeed.requests == []
     [job] = await storage.jobs.recent_jobs(1, 2)
@@ -911,12 +891,9 @@ async def test_service_refunds_an_accepted_job_that_failed_and_never_resubmits_i
 async def test_service_emulated_count_charges_per_delivered_image(
     real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
 ) -> None:
-    rec = Delivered()
-
-    outcome = await service_for(storage, tmp_path, real_router()).run_edit(
+    outcome = await run_to_end(
+        service_for(storage, tmp_path, real_router()),
         edit_job(model="gpt-image-1-mini", count=2, size="1024x1024"),
-        progress=rec.progress,
-        deliver=rec.deliver,
     )
 
     assert atlas.submit_count == 2
@@ -927,10 +904,9 @@ async def test_service_refuses_options_no_configured_route_honours_for_free(
     real_router: Callable[..., Router], atlas: FakeAtlas, storage: Storage, tmp_path: Path
 ) -> None:
     with pytest.raises(InvalidOptions, match="`format`"):
-        await service_for(storage, tmp_path, real_router()).run_edit(
+        await run_to_end(
+            service_for(storage, tmp_path, real_router()),
             edit_job(model="gpt-image-1-mini", output_format="jpeg"),
-            progress=Delivered().progress,
-            deliver=Delivered().deliver,
         )
 
     assert atlas.requests == []

@@ -1,4 +1,5 @@
-"""The options vocabulary: qualities, sizes, backgrounds, output formats and token usage.
+"""The options vocabulary: qualities, sizes, backgrounds, output formats, the output options every
+form of a job carries, and token usage.
 
 A leaf: it imports nothing of ours, so the catalog, the services, the providers and the cogs all
 speak the same words without depending on each other.
@@ -7,6 +8,7 @@ speak the same words without depending on each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypedDict
 
 # Every quality any model takes, cheapest first ("auto" lets the model choose). A model's own list is
 # in the catalog: GPT Image 2 stops at high, 2.5 and 2.6 add xhigh and max.
@@ -24,6 +26,44 @@ def parse_size(size: str) -> tuple[int, int] | None:
         return None
     w, h = int(width), int(height)
     return (w, h) if w > 0 and h > 0 else None
+
+
+class HasOutputOptions(Protocol):
+    """Anything that carries a job's output options under these names: the merged defaults, the
+    stored job spec, the provider request."""
+
+    @property
+    def quality(self) -> str: ...
+    @property
+    def size(self) -> str: ...
+    @property
+    def background(self) -> str: ...
+    @property
+    def output_format(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+
+
+class OutputOptions(TypedDict):
+    """A job's output options as keyword arguments, for the next form of the job to take."""
+
+    quality: str
+    size: str
+    background: str
+    output_format: str
+    count: int
+
+
+def output_options(job: HasOutputOptions) -> OutputOptions:
+    """The output options `job` carries (`Form(**output_options(job), ...)`): each form of a job
+    passes on the same five."""
+    return OutputOptions(
+        quality=job.quality,
+        size=job.size,
+        background=job.background,
+        output_format=job.output_format,
+        count=job.count,
+    )
 
 
 @dataclass(frozen=True, slots=True)

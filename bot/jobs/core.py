@@ -26,7 +26,6 @@ from bot.config import Settings
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
     Delivery,
-    EditOutcome,
     JobInfo,
     JobObserver,
     JobState,
@@ -56,7 +55,6 @@ class ActiveJob:
     info: JobInfo
     model: str
     live: LiveJob | None = None
-    waiter: asyncio.Future[EditOutcome] | None = None
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     abort_reason: str = ""
     quiet: bool = False  # whoever cancelled it tells the user
@@ -95,7 +93,7 @@ class EngineCore:
         self.router = router
         self.lifecycle = lifecycle  # where a job goes when its model is shut down mid-run
         self.files = files
-        self.observers = observers  # shared with EditService, which tests extend in place
+        self.observers = observers  # shared with EditService, which the members cog extends in place
         self.delivery: Delivery = NoDelivery()
         self.max_concurrent = settings.max_concurrent_jobs
         self.max_per_user = settings.max_jobs_per_user
@@ -104,14 +102,13 @@ class EngineCore:
         self._waiting: list[str] = []  # job ids in the order they were admitted
         self._running: set[str] = set()
         self._creating: set[str] = set()  # folders written whose row may not exist yet
-        self._waiters: dict[str, asyncio.Future[EditOutcome]] = {}  # for `wait`, until it is called
         self._idle = asyncio.Event()
         self._idle.set()
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
-        # job id -> the next delivery try of a result Discord could not take, and the job
-        self._redeliveries: dict[str, tuple[asyncio.TimerHandle, ActiveJob]] = {}
+        # job id -> the next delivery try of a result Discord could not take
+        self._redeliveries: dict[str, asyncio.TimerHandle] = {}
         self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
         self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
         # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
@@ -153,17 +150,6 @@ class EngineCore:
         if job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(text)
-
-    def _resolve(self, job: ActiveJob, result: EditOutcome | BaseException) -> None:
-        waiter = job.waiter
-        if waiter is None or waiter.done():
-            return
-        if isinstance(result, asyncio.CancelledError):
-            waiter.cancel()
-        elif isinstance(result, BaseException):
-            waiter.set_exception(result)
-        else:
-            waiter.set_result(result)
 
     async def _update(self, job: ActiveJob, status: JobStatus) -> None:
         if job.live is None:

@@ -26,7 +26,6 @@ from bot.jobs.model import (
     JobFailed,
     JobSpec,
     JobState,
-    JobSuspended,
     db_time,
     parse_time,
 )
@@ -99,7 +98,6 @@ class JobDelivery(EngineCore):
         give_up_at = made + dt.timedelta(hours=self.settings.result_retention_hours)
         if not self.accepting:
             log.info("job %s: delivery left for the next start", job.id)
-            self._resolve(job, JobSuspended())
             return True
         job.delivery_retries += 1
         delay = min(
@@ -114,7 +112,7 @@ class JobDelivery(EngineCore):
         if job.delivery_retries == 1:
             await self._tell_live(job, DELIVERY_DELAYED)
         handle = asyncio.get_running_loop().call_later(delay, self._redeliver, job)
-        self._redeliveries[job.id] = (handle, job)
+        self._redeliveries[job.id] = handle
         return True
 
     def _redeliver(self, job: ActiveJob) -> None:
@@ -163,7 +161,6 @@ class JobDelivery(EngineCore):
                 await job.live.finish(
                     f"Done — {outcome.charged} credits charged, {outcome.balance_after} left."
                 )
-        self._resolve(job, outcome)
 
     async def _undeliverable(self, job: ActiveJob, outcome: EditOutcome) -> None:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""
@@ -186,4 +183,3 @@ class JobDelivery(EngineCore):
         if job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(error.user_message)
-        self._resolve(job, error)

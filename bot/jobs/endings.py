@@ -31,7 +31,7 @@ class JobEndings(EngineCore):
 
     async def _end(self, job: ActiveJob, exc: BaseException) -> None:
         """Settle a job that will not be delivered: release its hold exactly once, record why, tell the
-        user (unless whoever cancelled it does), and hand the waiter a user-safe error."""
+        user (unless whoever cancelled it does)."""
         ref = new_reference()
         # Accepted = the provider gave the job an id (a submit-then-poll provider), or a paid call is out
         # (a synchronous provider works on it until it answers): either way it bills for it now.
@@ -70,7 +70,6 @@ class JobEndings(EngineCore):
         elif job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
-        self._resolve(job, exc if isinstance(exc, asyncio.CancelledError) else error)
 
     async def _maybe_billed(self, job: ActiveJob, exc: BaseException) -> int:
         """Credits a provider may bill for a job that ends unpaid: a call that was sent and then cut
@@ -126,7 +125,6 @@ class JobEndings(EngineCore):
         elif job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
-        self._resolve(job, JobCancelled())
         return True
 
     async def _end_charged(self, job: ActiveJob, ref: str) -> None:
@@ -143,7 +141,6 @@ class JobEndings(EngineCore):
         if job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(error.user_message)
-        self._resolve(job, error)
 
     def _user_error(self, job: ActiveJob, exc: BaseException, ref: str) -> RetouchError:
         """What the user is told: provider and unexpected errors get text and a log reference."""

@@ -1,4 +1,4 @@
-"""The job engine's queue and public API: submit, wait, cancel, and the queue's admission and order.
+"""The job engine's queue and public API: submit, cancel, and the queue's admission and order.
 
 `JobEngine` is one object assembled from mixins, one per concern (see bot.jobs.core): the queue,
 admission and the public API live here; the provider call in bot.jobs.running, the stored result
@@ -24,13 +24,11 @@ from bot.jobs.endings import CANCELLED_AT_PROVIDER, JobEndings
 from bot.jobs.model import (
     SUSPENDED_AT_PROVIDER,
     Delivery,
-    EditOutcome,
     JobCancelled,
     JobInfo,
     JobSpec,
     JobState,
     JobStatus,
-    JobSuspended,
     LiveJob,
     NotAllowed,
     Origin,
@@ -55,9 +53,9 @@ Reserve = Callable[[str], Awaitable[object]]
 class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     """Runs edit jobs from the database: queue, limits, provider calls, delivery, recovery, watchdog.
 
-    One instance per process. `submit` admits a job (its credits are held at once) and returns;
-    `wait` awaits its end in this process. `recover` (start-up) picks up every live job the last
-    process left behind, `drain` (shutdown) stops taking work without losing any.
+    One instance per process. `submit` admits a job (its credits are held at once) and returns; the
+    job's `LiveJob` (or, without one, the `Delivery`) hears how it goes. `recover` (start-up) picks up
+    every live job the last process left behind, `drain` (shutdown) stops taking work without losing any.
     """
 
     # -- public API -------------------------------------------------------------------------------
@@ -87,12 +85,10 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         reserve: Reserve,
         live: LiveJob | None = None,
         origin: Origin | None = None,
-        wait: bool = False,
     ) -> Ticket:
         """Store the job and its files, hold its credits (`reserve(job_id)`), and queue it.
 
         Raises InsufficientCredits or the RetouchError `reserve` raised (nothing is held then).
-        With `wait`, `wait(job_id)` can be awaited afterwards.
         """
         if not self.accepting:
             raise ShuttingDown()
@@ -126,23 +122,11 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         job = ActiveJob(info, spec.model, live=live)
         self._notify("job_started", job_id, spec.model)
         await self._admit(job, reserve)
-        if wait:
-            job.waiter = self._waiters[job_id] = asyncio.get_running_loop().create_future()
         self._jobs[job_id] = job
         self._waiting.append(job_id)
         self._pump()
         position = self._position(job_id)
         return Ticket(job_id, position, self.eta(position) if position else None)
-
-    async def wait(self, job_id: str) -> EditOutcome:
-        """The outcome of a job submitted with `wait=True`; raises what ended it otherwise.
-
-        Once per job: the outcome is handed over and forgotten.
-        """
-        waiter = self._waiters.pop(job_id, None)
-        if waiter is None:
-            raise KeyError(f"job {job_id} is not awaitable")
-        return await waiter
 
     async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True) -> str:
         """Cancel a job for its requester or a member who can manage messages; returns what to say.
@@ -318,7 +302,6 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)
             )
             await self._tell_live(job, SUSPENDED_AT_PROVIDER)
-            self._resolve(job, JobSuspended())
         except BaseException as exc:
             await self._end(job, exc)
             if isinstance(exc, asyncio.CancelledError):

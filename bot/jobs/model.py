@@ -84,13 +84,6 @@ class JobTimedOut(RetouchError):
         )
 
 
-class JobSuspended(RetouchError):
-    """The bot is shutting down; the job stays in the database and continues after the restart."""
-
-    def __init__(self, text: str = SUSPENDED_AT_PROVIDER) -> None:
-        super().__init__(text, code="suspended")
-
-
 class ModelRetired(JobFailed):
     """The job's model was shut down at every configured provider and the job cannot move. The hold
     is released; the reference ties the member's message to the provider's answers in the log."""
@@ -171,15 +164,8 @@ class JobSpec:
 
     def needs(self) -> Needs:
         """What this job asks of a route (routing and pricing read it from the stored spec)."""
-        return Needs(
-            images=len(self.inputs),
-            size=self.size,
-            quality=self.quality,
-            background=self.background,
-            output_format=self.output_format,
-            count=self.count,
-            mask=self.mask is not None,
-            prompt_chars=len(self.prompt),
+        return Needs.with_options(
+            self, images=len(self.inputs), mask=self.mask is not None, prompt_chars=len(self.prompt)
         )
 
     @property

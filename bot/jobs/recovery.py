@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.errors import new_reference
 from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob, EngineCore
-from bot.jobs.model import JobInfo, JobSpec, JobState, JobSuspended, JobTimedOut, db_time
+from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
 from bot.storage.ledger import LedgerConflict
 
@@ -57,14 +57,12 @@ class JobRecovery(EngineCore):
         """
         self.accepting = False
         await self._stop_watchdog()
-        for handle, job in self._redeliveries.values():  # rows stay `completed`: the next start posts them
+        for handle in self._redeliveries.values():  # rows stay `completed`: the next start posts them
             handle.cancel()
-            self._resolve(job, JobSuspended())
         self._redeliveries.clear()
         for job_id in list(self._waiting):
             job = self._jobs.pop(job_id)
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
-            self._resolve(job, JobSuspended(SUSPENDED_IN_QUEUE))
         self._waiting.clear()
         if self._feedback_task is not None:
             self._feedback_task.cancel()

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from bot import messages
 from bot.catalog import ModelEntry, Route, usd_to_credits
+from bot.domain.options import output_options
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import (
     JobCancelled,
@@ -181,11 +182,7 @@ class ProviderRun(EngineCore):
             images=images,
             prompt=spec.prompt,
             model=spec.model,
-            quality=spec.quality,
-            size=spec.size,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
+            **output_options(spec),
             user_hash=spec.user_hash,
             mask=mask,
             deadline=time.monotonic() + seconds,

@@ -155,17 +155,8 @@ class AuditLog(JobObserver):
                 self._spawn(self.circuit_opened(name, reason=reason))
         self._last_circuits = now
 
-    def job_finished(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        model: str,
-        provider: str | None,
-        charged: int,
-        seconds: float,
-        error: str | None,
-    ) -> None:
+    def job_finished(self, job_id: str, state: JobState, *, error: str | None, **_: object) -> None:
+        # Only failures are audited: the job's model, provider, charge and duration are the metrics'.
         if state != JobState.FAILED or error in NOT_AUDITED or not self.enabled or self._storage is None:
             return
         self._spawn(self._report_failure(job_id, error))

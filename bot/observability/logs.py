@@ -26,7 +26,6 @@ _TOKEN_FIELD = re.compile(r"""(?i)(['"](?:token|access_token|api_key|authorizati
 # Discord interaction tokens are base64 of "interaction:…"; catch them wherever else they appear.
 _INTERACTION_TOKEN = re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_\-.]+")
 REDACTED = "***"
-LOG_FORMATS = ("plain", "json")
 PLAIN_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 

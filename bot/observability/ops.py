@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from bot.services.diagnostics import WriteProbe
+from bot.observability.probes import WriteProbe
 from bot.storage import Storage
 
 log = logging.getLogger(__name__)

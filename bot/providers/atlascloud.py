@@ -53,42 +53,20 @@ this module supplies Atlas's paths, envelope, status words and error mapping.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
-from bot.providers.base import EditRequest, EditResult, OnSubmitted, ProviderHealth
-from bot.providers.errors import (
-    ModelUnavailable,
-    ProviderError,
-    ProviderJobFailed,
-    ProviderRejected,
-)
-from bot.providers.http import (
-    RetryPolicy,
-    error_summary,
-    health_from_error,
-    parse_json,
-    redact_url,
-    send_check,
-    unsupported_options,
-)
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions, classify_status
-
-log = logging.getLogger(__name__)
+from bot.providers.base import EditRequest, ProviderHealth
+from bot.providers.errors import ProviderError
+from bot.providers.http import health_from_error, send_check
+from bot.providers.predictions import ModelFields, PredictionAdapter, PredictionApi
+from bot.providers.reseller import Vendor
 
 DEFAULT_BASE_URL = "https://api.atlascloud.ai/api/v1"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024  # one result image; real ones are a few MB
-POLL_INTERVAL = 2.0  # Atlas's own tools poll every 2-3 s
-MAX_POLL_INTERVAL = 8.0
-IO_TIMEOUT = 60.0  # one upload, poll or download call
 SUBMIT_TIMEOUT = 60.0  # the submit only queues the job
 
 SUCCESS = frozenset({"completed", "succeeded"})
 FAILURE = frozenset({"failed", "error", "cancelled", "canceled", "timeout"})
-_SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
 _BALANCE_WORDS = ("insufficient", "balance", "top up", "recharge")
 
 _QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
@@ -112,35 +90,25 @@ MODELS: dict[str, ModelFields] = {
     "openai/gpt-image-2/edit": _GPT_IMAGE_2,
     "openai/gpt-image-2-developer/edit": _GPT_IMAGE_2,
 }
-DEFAULT_MASK_CONVENTIONS = {"openai/gpt-image-1/edit": "alpha"}
 
-
-def _data(payload: Any) -> dict[str, Any]:
-    """The prediction object of an enveloped (`{code, data}`) or bare response ({} if neither)."""
-    if not isinstance(payload, dict):
-        return {}
-    inner = payload.get("data")
-    return inner if isinstance(inner, dict) else payload
-
-
-def _envelope_status(payload: Any) -> int | None:
-    """The envelope's `code` when it is an HTTP-like error status (some gateways answer 200 + code)."""
-    code = payload.get("code") if isinstance(payload, dict) else None
-    if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
-        return code
-    return None
-
-
-def _message(payload: Any) -> str:
-    """Atlas error text: `error`, `msg` or `message`, top level or in `data` (the MCP client reads all)."""
-    for source in (payload, _data(payload)):
-        if not isinstance(source, dict):
-            continue
-        for key in ("error", "msg", "message"):
-            value = source.get(key)
-            if isinstance(value, str) and value.strip() and value.strip().lower() != "success":
-                return value
-    return ""
+ATLAS_API = PredictionApi(
+    service="Atlas",
+    noun="prediction",
+    # Answers `download_url` and `filename` (MCP types) or `file_name` (vendor page): only the URL is read.
+    upload_path="/model/uploadMedia",
+    upload_name="uploadMedia",
+    job_path="/model/prediction/{id}",
+    success=SUCCESS,
+    failure=FAILURE,
+    output_fields=("outputs", "output"),  # some payloads carry `output` (a string) instead
+    models=MODELS,
+    # `error`, `msg` or `message`, top level or in `data` (the MCP client reads all).
+    message_keys=("error", "msg", "message"),
+    job_message_first=False,
+    balance_words=_BALANCE_WORDS,
+    poll_interval=2.0,  # Atlas's own tools poll every 2-3 s
+    max_poll_interval=8.0,
+)
 
 
 def classify_atlas_error(
@@ -155,85 +123,30 @@ def classify_atlas_error(
     5xx → ServerError that routing may retry elsewhere (no prediction id came back); a failed
     prediction → ProviderJobFailed(accepted=True) or ProviderRejected(accepted=True).
     """
-    payload = parse_json(body)
-    raw = _message(payload)
-    lowered = raw.lower()
-    effective = _envelope_status(payload) if 200 <= status < 300 else status
-    summary = error_summary(status, raw, code=effective)
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    safety = any(word in lowered for word in _SAFETY_WORDS)
-
-    if effective is None:  # a 2xx prediction in a failure state: the job ran (and may be billed)
-        prediction_status = str(_data(payload).get("status") or "").lower() or None
-        kw["code"] = prediction_status
-        if safety:
-            return ProviderRejected(summary, accepted=True, **kw)
-        return ProviderJobFailed(summary, accepted=True, **kw)
-    balance = any(word in lowered for word in _BALANCE_WORDS)
-    return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
+    return ATLAS_API.classify(status, body, headers, provider=provider)
 
 
-ATLAS_API = PredictionApi(
-    noun="prediction",
-    # Answers `download_url` and `filename` (MCP types) or `file_name` (vendor page): only the URL is read.
-    upload_path="/model/uploadMedia",
-    upload_name="uploadMedia",
-    job_path="/model/prediction/{id}",
-    success=SUCCESS,
-    failure=FAILURE,
-    output_fields=("outputs", "output"),  # some payloads carry `output` (a string) instead
-    job_of=_data,
-    error_in_answer=_envelope_status,
-    classify=classify_atlas_error,
-    message_of=lambda body: _message(parse_json(body)),
-)
-
-
-class AtlasCloudProvider:
+class AtlasCloudProvider(PredictionAdapter):
     """Edits images through Atlas Cloud's prediction API (one paid submit per job, then polling)."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = SUBMIT_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        poll_interval: float = POLL_INTERVAL,
-        max_poll_interval: float = MAX_POLL_INTERVAL,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "atlascloud",
-    ) -> None:
-        self.name = name
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
-        self._jobs = Predictions(
-            session,
-            ATLAS_API,
-            base_url=self._base,
-            provider=name,
-            headers={"Authorization": f"Bearer {api_key}"},
-            policy=policy,
-            submit_timeout=call_timeout,
-            io_timeout=io_timeout,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_output_bytes=max_output_bytes,
-        )
-
-    def __repr__(self) -> str:  # never show the key
-        return f"AtlasCloudProvider(name={self.name!r}, url={redact_url(self._base)!r})"
+    vendor = Vendor(
+        name="atlascloud",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=SUBMIT_TIMEOUT,
+        classify=classify_atlas_error,
+        message_of=ATLAS_API.message_of,
+    )
+    api = ATLAS_API
 
     async def check(self) -> ProviderHealth:
         """Reachability through the catalog, `GET /models`: free, but it takes no key, so the key
         itself is not checked (the result says so). Never raises for HTTP failures."""
         try:
             await send_check(
-                self._session, f"{self._base}/models", provider=self.name, classify=classify_atlas_error
+                self._client.session,
+                self._client.url("/models"),
+                provider=self.name,
+                classify=classify_atlas_error,
             )
         except ProviderError as exc:
             return health_from_error(exc, key_sent=False)
@@ -244,55 +157,9 @@ class AtlasCloudProvider:
             ok=True,
         )
 
-    # ------------------------------------------------------------------ request checks
-
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._fields_for(request)
-
-    def _fields_for(self, request: EditRequest) -> ModelFields:
-        """The model's field layout, after checking the request asks nothing it cannot send."""
-        fields = MODELS.get(request.model)
-        if fields is None:
-            raise ModelUnavailable(
-                f"no known request fields for model {request.model!r}",
-                provider=self.name,
-                code="unknown_model",
-            )
-        problems = []
-        if not request.images:
-            problems.append("no input image")
-        if len(request.images) > fields.max_images:
-            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
-        if request.mask is not None and fields.mask_field is None:
-            problems.append("a mask")
-        if request.input_fidelity is not None:
-            problems.append("input_fidelity (no such field)")
-        if request.count != 1:
-            problems.append(f"count={request.count} (no `n`; one image per prediction)")
-        if request.quality != "auto" and request.quality not in fields.qualities:
-            problems.append(f"quality={request.quality}")
-        if request.size not in fields.sizes:
-            problems.append(f"size={request.size}")
-        if request.background != "auto":
-            problems.append(f"background={request.background}")
-        if request.output_format != "png":
-            problems.append(f"output_format={request.output_format}")
-        if problems:
-            raise unsupported_options(request.model, "Atlas", problems, provider=self.name)
-        return fields
-
-    # ------------------------------------------------------------------ the job
-
-    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_atlas_error`).
-
-        `on_submitted(prediction_id)` is awaited once Atlas has accepted the job, before polling.
-        """
-        fields = self._fields_for(request)
-        convention = self._mask_conventions.get(request.model, "alpha")
-        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": request.model,
             "prompt": request.prompt,
@@ -301,16 +168,4 @@ class AtlasCloudProvider:
         if request.quality != "auto":
             body["quality"] = request.quality
         body["size"] = request.size
-
-        job_id, prediction = await self._jobs.submit(
-            "/model/generateImage", body, request.deadline, model=request.model
-        )
-        log.debug("%s: %s prediction %s submitted", self.name, request.model, job_id)
-        if on_submitted is not None:
-            await on_submitted(job_id)
-        return await self._jobs.finish(job_id, request, prediction)
-
-    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
-        """Follow a prediction submitted earlier (e.g. before a restart) to its result. Never submits."""
-        log.info("%s: resuming prediction %s", self.name, provider_job_id)
-        return await self._jobs.finish(provider_job_id, request)
+        return "/model/generateImage", body

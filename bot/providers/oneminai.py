@@ -46,44 +46,28 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from bot.domain.options import parse_size
 from bot.providers.base import EditRequest, EditResult, OutputImage
 from bot.providers.errors import (
-    InvalidInput,
     ModelUnavailable,
     ProviderError,
-    ProviderJobFailed,
-    ProviderRejected,
-    RateLimited,
     ServerError,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
-    RetryPolicy,
-    convert_mask,
-    error_summary,
-    fetch_output,
+    before_submit,
+    classify_reseller,
     gather_or_cancel,
     is_http_url,
-    mark_unsubmitted,
     parse_json,
-    parse_retry_after,
-    redact_url,
-    send_paid,
     sniff_image_format,
-    submit_classifier,
     unsupported_options,
-    upload_file,
 )
+from bot.providers.reseller import ResellerAdapter, Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.1min.ai/api"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 240.0  # the feature call blocks while the image is made
-IO_TIMEOUT = 60.0  # one upload or the result download
 MAX_PROMPT_CHARS = 4000
 MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "gpt-image-2"})
 # Models whose editor takes any `WxH` size and requires both `size` and `quality` (no inpainter).
@@ -92,7 +76,6 @@ SIZES = ("1024x1024", "1024x1536", "1536x1024")
 QUALITIES = ("low", "medium", "high")  # "auto" is sent by omitting the field
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 EDITOR_BACKGROUNDS = ("auto", "transparent")
-DEFAULT_MASK_CONVENTION = "white"  # the inpainter: white = edit, black = keep
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
 _CREDIT_WORDS = ("credit", "balance", "quota", "insufficient")
@@ -113,6 +96,13 @@ def _message(payload: Any) -> str:
     return ""
 
 
+def _record_status(payload: Any) -> str | None:
+    """`aiRecord.status`, lower-cased (None when absent)."""
+    record = payload.get("aiRecord") if isinstance(payload, dict) else None
+    record_status = record.get("status") if isinstance(record, dict) else None
+    return record_status.lower() if isinstance(record_status, str) else None
+
+
 def classify_oneminai_error(
     status: int, body: bytes, headers: Mapping[str, str], *, provider: str
 ) -> ProviderError:
@@ -123,72 +113,33 @@ def classify_oneminai_error(
     401/403, 402 or credit wording → ServiceUnavailable; 404 → ModelUnavailable; 429 → RateLimited;
     other 4xx → InvalidInput (ProviderRejected for safety wording); 5xx → ServerError(accepted=True).
     """
-    payload = parse_json(body)
-    raw = _message(payload)
-    lowered = raw.lower()
-    summary = error_summary(status, raw)
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    safety = any(word in lowered for word in _SAFETY_WORDS)
-
-    if 200 <= status < 300:  # the call ran; its record says it did not succeed
-        record = payload.get("aiRecord") if isinstance(payload, dict) else None
-        record_status = record.get("status") if isinstance(record, dict) else None
-        kw["code"] = str(record_status).lower() if isinstance(record_status, str) else None
-        if safety:
-            return ProviderRejected(summary, accepted=True, **kw)
-        return ProviderJobFailed(summary, accepted=True, **kw)
-    if status == 402 or any(word in lowered for word in _CREDIT_WORDS):
-        return ServiceUnavailable(summary, code="insufficient_credits", **kw)
-    if status in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
-    if status == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if status == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if status >= 500:
-        return ServerError(summary, accepted=True, **kw)
-    if safety:
-        return ProviderRejected(summary, code="moderation", **kw)
-    return InvalidInput(summary, **kw)
+    return classify_reseller(
+        status,
+        body,
+        headers,
+        provider=provider,
+        message=_message,
+        job_state=_record_status,
+        safety_words=_SAFETY_WORDS,
+        billing_words=_CREDIT_WORDS,
+        billing_code="insufficient_credits",
+        safety_code="moderation",
+        synchronous=True,
+    )
 
 
-class OneMinAIProvider:
+class OneMinAIProvider(ResellerAdapter):
     """Edits images through 1min.ai's feature API (IMAGE_EDITOR / IMAGE_INPAINTER), one call per job."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = CALL_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "oneminai",
-    ) -> None:
-        self.name = name
-        self._session = session
-        self._api_key = api_key
-        self._base = base_url.rstrip("/")
-        self._policy = policy
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._max_output_bytes = max_output_bytes
-        self._mask_conventions = dict(mask_conventions or {})
-
-    def __repr__(self) -> str:  # never show the key
-        return f"OneMinAIProvider(name={self.name!r}, url={redact_url(self._base)!r})"
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        return {"API-KEY": self._api_key}
-
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._check_request(request)
+    vendor = Vendor(
+        name="oneminai",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=CALL_TIMEOUT,
+        key_header="API-KEY",
+        classify=classify_oneminai_error,
+        message_of=lambda body: _message(parse_json(body)),
+        mask_convention="white",  # the inpainter: white = edit, black = keep
+    )
 
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
@@ -230,14 +181,11 @@ class OneMinAIProvider:
         self._check_request(request)
         image = request.images[0]
         files = [(image.data, f"image.{image.extension}", image.mime)]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            mask = await convert_mask(request.mask.data, convention, provider=self.name)
+        if (mask := await self._vendor_mask(request)) is not None:
             files.append((mask, "mask.png", "image/png"))
-        try:
-            paths = await gather_or_cancel(*(self._upload(*f, request.deadline) for f in files))
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
+        paths = await before_submit(
+            gather_or_cancel(*(self._upload(file, request.deadline) for file in files))
+        )
 
         prompt_object: dict[str, Any] = {
             "imageUrl": paths[0],
@@ -256,19 +204,11 @@ class OneMinAIProvider:
         else:
             feature = "IMAGE_EDITOR"
             prompt_object["background"] = request.background
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/features",
-            policy=self._policy,
+        resp = await self._client.submit(
+            self._client.url("/features"),
+            {"type": feature, "model": request.model, "promptObject": prompt_object},
             deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json={"type": feature, "model": request.model, "promptObject": prompt_object},
-            headers=self._auth,
-            provider=self.name,
-            classify=submit_classifier(
-                classify_oneminai_error, lambda body: _message(parse_json(body)), model=request.model
-            ),
+            model=request.model,
         )
         payload = parse_json(resp.body)
         record = payload.get("aiRecord") if isinstance(payload, dict) else None
@@ -288,16 +228,7 @@ class OneMinAIProvider:
                 request_id=record_id,
                 accepted=True,
             )
-        data = await fetch_output(
-            self._session,
-            url,
-            max_bytes=self._max_output_bytes,
-            deadline=request.deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-        )
+        data = await self._client.output(url, deadline=request.deadline)
         log.debug("%s: %s %s done (record %s)", self.name, request.model, feature, record_id)
         return EditResult(
             images=(OutputImage(data=data, format=sniff_image_format(data) or request.output_format),),
@@ -307,22 +238,10 @@ class OneMinAIProvider:
             request_id=record_id,
         )
 
-    async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
+    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
         """Upload one asset; returns its bucket path (`fileContent.path`, else `asset.key`)."""
-        resp = await upload_file(
-            self._session,
-            f"{self._base}/assets",
-            field="asset",  # not `file`
-            data=data,
-            filename=filename,
-            mime=mime,
-            deadline=deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            classify=classify_oneminai_error,
-        )
+        # The multipart field is `asset`, not `file`.
+        resp = await self._client.upload(self._client.url("/assets"), "asset", file, deadline=deadline)
         payload = parse_json(resp.body)
         file_content = payload.get("fileContent") if isinstance(payload, dict) else None
         asset = payload.get("asset") if isinstance(payload, dict) else None

@@ -58,6 +58,7 @@ from bot.providers.http import (
     RetryPolicy,
     decode_base64_image,
     health_from_error,
+    parse_json,
     parse_retry_after,
     redact_url,
     send_check,
@@ -118,10 +119,7 @@ def _short(message: str) -> str:
 
 def _error_object(body: bytes) -> dict[str, Any]:
     """The `error` object of an OpenAI error body, or {} when the body is not one (e.g. HTML)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return {}
+    payload = parse_json(body)
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         return payload["error"]
     return {}
@@ -323,6 +321,10 @@ class OpenAIProvider:
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIProvider(name={self.name!r}, url={redact_url(self._url)!r})"
 
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"}
+
     async def check(self) -> ProviderHealth:
         """Reachability and auth via `GET /models`: authenticated, free, and small."""
         try:
@@ -331,7 +333,7 @@ class OpenAIProvider:
                 self._models_url,
                 provider=self.name,
                 classify=classify_openai_error,
-                headers={"Authorization": f"Bearer {self._api_key}"},
+                headers=self._auth,
             )
         except ProviderError as exc:
             return _health_from_error(exc)
@@ -344,22 +346,7 @@ class OpenAIProvider:
         `ProviderError` subclass is raised (mapped by `classify_openai_error`; an answer that is not
         a model list is a `ServerError`).
         """
-        resp = await send_idempotent(
-            self._session,
-            "GET",
-            self._models_url,
-            policy=self._policy,
-            deadline=time.monotonic() + LIST_TIMEOUT,
-            call_timeout=LIST_TIMEOUT,
-            provider=self.name,
-            headers={"Authorization": f"Bearer {self._api_key}"},
-            classify=classify_openai_error,
-            request_id_header=REQUEST_ID_HEADER,
-        )
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = None
+        payload = await self._free_call("GET", self._models_url, within=LIST_TIMEOUT)
         return parse_model_list(payload, provider=self.name)
 
     async def moderate(
@@ -370,24 +357,26 @@ class OpenAIProvider:
         Retried like any idempotent call for up to `within` seconds, then a `ProviderError` is raised.
         """
         body = await asyncio.to_thread(moderation_body, text, image)
+        payload = await self._free_call("POST", self._moderations_url, within=within, body=body)
+        return parse_moderation(payload, provider=self.name)
+
+    async def _free_call(self, method: str, url: str, *, within: float, body: bytes | None = None) -> Any:
+        """A call that creates nothing (retried like a GET for up to `within` seconds); its decoded
+        JSON answer, or None when the answer is not JSON. `body` is sent as JSON."""
         resp = await send_idempotent(
             self._session,
-            "POST",
-            self._moderations_url,
+            method,
+            url,
             policy=self._policy,
             deadline=time.monotonic() + within,
             call_timeout=within,
             provider=self.name,
-            headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
-            data_factory=lambda: body,
+            headers=self._auth if body is None else {**self._auth, "Content-Type": "application/json"},
+            data_factory=None if body is None else lambda: body,
             classify=classify_openai_error,
             request_id_header=REQUEST_ID_HEADER,
         )
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = None
-        return parse_moderation(payload, provider=self.name)
+        return parse_json(resp.body)
 
     def _form(self, request: EditRequest) -> aiohttp.FormData:
         form = aiohttp.FormData()
@@ -425,17 +414,13 @@ class OpenAIProvider:
             deadline=request.deadline,
             call_timeout=self._call_timeout,
             data_factory=lambda: self._form(request),
-            headers={"Authorization": f"Bearer {self._api_key}"},
+            headers=self._auth,
             provider=self.name,
             classify=classify_openai_error,
             request_id_header=REQUEST_ID_HEADER,
             min_retry_window=MIN_RETRY_WINDOW,
         )
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = None
-        result = self._result(payload, resp.request_id)
+        result = self._result(parse_json(resp.body), resp.request_id)
         log.debug(
             "%s: %s edit returned %s image(s), request id %s",
             self.name,

@@ -6,66 +6,44 @@ Both APIs run a job the same way (providers.md §2.3, §3.3): every input file i
 its outputs are URLs or base64 text. Neither documents a cancel call, so at the deadline polling
 just stops with an accepted timeout.
 
-What differs stays in each vendor's module and is handed over in a `PredictionApi`: the paths, how
-an answer's job object and an error reported inside a 2xx answer are read (the envelope), the status
-words, and the vendor's one error classifier.
+What differs stays in each vendor's module: a `PredictionApi` (paths, status words, where error
+text is, the models' field layouts) and the adapter's paid request body (`_submission`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Unpack
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OutputImage
+from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
-    InvalidInput,
     ModelUnavailable,
     ProviderError,
-    ProviderRejected,
-    RateLimited,
     ServerError,
-    ServiceUnavailable,
 )
 from bot.providers.http import (
-    Classifier,
     HttpResponse,
-    RetryPolicy,
-    convert_mask,
-    fetch_output,
+    before_submit,
+    classify_reseller,
     gather_or_cancel,
     is_http_url,
-    mark_unsubmitted,
     parse_json,
-    parse_retry_after,
     poll,
-    send_idempotent,
-    send_paid,
     sniff_image_format,
-    submit_classifier,
-    submit_server_error,
-    upload_file,
+    unsupported_options,
 )
+from bot.providers.reseller import AdapterOptions, ResellerAdapter
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class PredictionApi:
-    """One vendor's prediction API: everything the shared flow must not guess."""
-
-    noun: str  # the vendor's word for a job ("prediction", "task"), used in messages
-    upload_path: str  # multipart `file` upload that answers with a `download_url`
-    upload_name: str  # how messages name that call
-    job_path: str  # GET of one job, with an `{id}` placeholder
-    success: frozenset[str]
-    failure: frozenset[str]
-    output_fields: tuple[str, ...]  # where a finished job lists its results (the first one present)
-    job_of: Callable[[Any], dict[str, Any]]  # the job object of a decoded answer ({} when none)
-    error_in_answer: Callable[[Any], int | None]  # an error status reported inside a 2xx answer
-    classify: Classifier
-    message_of: Callable[[bytes], str]  # the error text of a body (to tell "model gone" answers)
+SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
+# What a route with an `output_format` field may be asked for (without one only "png" is honoured).
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +61,11 @@ class ModelFields:
     # then lists the `WxH` sizes the adapter can map exactly.
     aspect_ratio: bool = False
 
+    @property
+    def offered_sizes(self) -> tuple[str, ...]:
+        """The sizes a request may ask for: `sizes`, or only "auto" on a route with no size field."""
+        return self.sizes or ("auto",)
+
     def image_body(self, image_urls: list[str], mask_url: str | None) -> dict[str, Any]:
         """The body fields that carry the uploaded inputs."""
         body: dict[str, Any] = {
@@ -92,245 +75,313 @@ class ModelFields:
             body[self.mask_field] = mask_url
         return body
 
+    def problems(self, request: EditRequest, *, noun: str) -> list[str]:
+        """What in `request` this model's fields cannot carry (one `noun`, a job, makes one image)."""
+        problems = []
+        if request.mask is not None and self.mask_field is None:
+            problems.append("a mask")
+        if request.input_fidelity is not None:
+            problems.append("input_fidelity (no such field)")
+        if request.count != 1:
+            problems.append(f"count={request.count} (no `n`; one image per {noun})")
+        if request.quality != "auto" and request.quality not in self.qualities:
+            problems.append(f"quality={request.quality}")
+        if request.size not in self.offered_sizes:
+            problems.append(f"size={request.size}")
+        if request.background != "auto":
+            problems.append(f"background={request.background}")
+        if request.output_format not in (OUTPUT_FORMATS if self.output_format else ("png",)):
+            problems.append(f"output_format={request.output_format}")
+        return problems
+
 
 def job_status(job: dict[str, Any]) -> str:
     """A job's status word, lower-cased ("" when absent)."""
     return str(job.get("status") or "").lower()
 
 
-class Predictions:
-    """The shared flow for one adapter: its session, key header, policy and timeouts."""
+def job_of(payload: Any) -> dict[str, Any]:
+    """The job object of an enveloped (`{code, message, data}`) or bare answer ({} if neither)."""
+    if not isinstance(payload, dict):
+        return {}
+    inner = payload.get("data")
+    return inner if isinstance(inner, dict) else payload
+
+
+def envelope_status(payload: Any) -> int | None:
+    """The envelope's `code` when it is an HTTP-like error status: some gateways answer 200 + code
+    (WaveSpeed's uploads report `code: 500` that way)."""
+    code = payload.get("code") if isinstance(payload, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
+        return code
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionApi:
+    """One vendor's prediction API: everything the shared flow must not guess."""
+
+    service: str  # how messages name the vendor
+    noun: str  # the vendor's word for a job ("prediction", "task"), used in messages
+    upload_path: str  # multipart `file` upload that answers with a `download_url`
+    upload_name: str  # how messages name that call
+    job_path: str  # GET of one job, with an `{id}` placeholder
+    success: frozenset[str]
+    failure: frozenset[str]
+    output_fields: tuple[str, ...]  # where a finished job lists its results (the first one present)
+    models: Mapping[str, ModelFields]  # the field layout of every model the adapter can send
+    # Where an error's text is: the first of these keys with text, at the top level and in the job
+    # object (`job_message_first`: the job object is read first).
+    message_keys: tuple[str, ...]
+    job_message_first: bool
+    balance_words: tuple[str, ...]  # wording that means the account must be topped up
+    poll_interval: float  # the first wait between polls (then growing up to `max_poll_interval`)
+    max_poll_interval: float
+    timeout_statuses: frozenset[str] = frozenset()  # failure statuses reported as a timeout
+
+    def message(self, payload: Any) -> str:
+        """The error text of a decoded answer ("" when none; "success" is not an error)."""
+        sources = (job_of(payload), payload) if self.job_message_first else (payload, job_of(payload))
+        for source in sources:
+            if not isinstance(source, dict):
+                continue
+            for key in self.message_keys:
+                value = source.get(key)
+                if isinstance(value, str) and value.strip() and value.strip().lower() != "success":
+                    return value
+        return ""
+
+    def message_of(self, body: bytes) -> str:
+        return self.message(parse_json(body))
+
+    def classify(
+        self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+    ) -> ProviderError:
+        """Map one failure to a `ProviderError` (`classify_reseller`): HTTP errors, an HTTP 200 whose
+        envelope `code` is an error, and (status 2xx) a job in a failure state."""
+        return classify_reseller(
+            status,
+            body,
+            headers,
+            provider=provider,
+            message=self.message,
+            job_state=lambda payload: job_status(job_of(payload)) or None,
+            safety_words=SAFETY_WORDS,
+            billing_words=self.balance_words,
+            error_in_answer=envelope_status,
+            timeout_states=self.timeout_statuses,
+        )
+
+
+class PredictionOptions(AdapterOptions, total=False):
+    """The keyword settings of `PredictionAdapter` (see `AdapterOptions`)."""
+
+    poll_interval: float | None
+    max_poll_interval: float | None
+
+
+class PredictionAdapter(ResellerAdapter):
+    """An adapter for a prediction API (`api`): upload the inputs, submit, poll, fetch the outputs.
+
+    A `ResumableProvider`: the job id is reported (`on_submitted`) before polling starts, and
+    `resume(id, request)` polls it again after a restart without submitting anything. The vendor's
+    module supplies the paid request (`_submission`): its path and JSON body.
+    """
+
+    api: ClassVar[PredictionApi]
+    _max_upload_bytes: int | None = None  # the vendor's limit on one uploaded image, where it has one
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        api: PredictionApi,
+        api_key: str,
+        base_url: str | None = None,
         *,
-        base_url: str,
-        provider: str,
-        headers: dict[str, str],
-        policy: RetryPolicy,
-        submit_timeout: float,
-        io_timeout: float,
-        poll_interval: float,
-        max_poll_interval: float,
-        max_output_bytes: int,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        **options: Unpack[AdapterOptions],
     ) -> None:
-        self._session = session
-        self._api = api
-        self._base = base_url
-        self._provider = provider
-        self._headers = headers
-        self._policy = policy
-        self._submit_timeout = submit_timeout
-        self._io_timeout = io_timeout
-        self._poll_interval = poll_interval
-        self._max_poll_interval = max_poll_interval
-        self._max_output_bytes = max_output_bytes
+        super().__init__(session, api_key, base_url, **options)
+        self._poll_interval = self.api.poll_interval if poll_interval is None else poll_interval
+        self._max_poll_interval = (
+            self.api.max_poll_interval if max_poll_interval is None else max_poll_interval
+        )
 
-    def is_done(self, job: dict[str, Any]) -> bool:
-        return job_status(job) in self._api.success | self._api.failure
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
+        """The paid request for these uploaded inputs: its path (under the base URL) and JSON body."""
+        raise NotImplementedError
+
+    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
+        """Run one edit. Raises a `ProviderError` subclass on failure (see the vendor's classifier).
+
+        `on_submitted(job_id)` is awaited once the vendor has accepted the job, before polling.
+        """
+        job_id, job = await self._submit(request, on_submitted)
+        return await self._finish(job_id, request, job)
+
+    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
+        """Follow a job submitted earlier (e.g. before a restart) to its result. Never submits."""
+        log.info("%s: resuming %s %s", self.name, self.api.noun, provider_job_id)
+        return await self._finish(provider_job_id, request)
 
     def _error_in(self, resp: HttpResponse, payload: Any) -> ProviderError | None:
         """The vendor's error when a 2xx answer reports one in its body (`payload` is the decoded body)."""
-        if self._api.error_in_answer(payload) is None:
+        if envelope_status(payload) is None:
             return None
-        return self._api.classify(resp.status, resp.body, resp.headers, provider=self._provider)
+        return self.api.classify(resp.status, resp.body, resp.headers, provider=self.name)
+
+    def _is_done(self, job: dict[str, Any]) -> bool:
+        return job_status(job) in self.api.success | self.api.failure
 
     # ------------------------------------------------------------------ before the submit
 
-    async def upload_inputs(self, request: EditRequest, mask_convention: str) -> tuple[list[str], str | None]:
-        """Upload every input image and the mask (converted), all at once; return their URLs.
+    def _check_request(self, request: EditRequest) -> ModelFields:
+        """The model's field layout, after checking the request asks nothing it cannot send."""
+        fields = self.api.models.get(request.model)
+        if fields is None:
+            raise ModelUnavailable(
+                f"no known request fields for model {request.model!r}",
+                provider=self.name,
+                code="unknown_model",
+            )
+        problems = []
+        if not request.images:
+            problems.append("no input image")
+        if len(request.images) > fields.max_images:
+            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
+        limit = self._max_upload_bytes
+        too_big = [i for i, im in enumerate(request.images, 1) if limit is not None and len(im.data) > limit]
+        if too_big and limit is not None:
+            problems.append(f"image(s) {too_big} over the {limit // 2**20} MB upload limit")
+        problems += fields.problems(request, noun=self.api.noun)
+        if problems:
+            raise unsupported_options(request.model, self.api.service, problems, provider=self.name)
+        return fields
 
-        Nothing paid has been sent yet, so a failure here is marked as not submitted.
-        """
+    async def _upload_inputs(self, request: EditRequest) -> tuple[list[str], str | None]:
+        """Upload every input image and the mask (in the vendor's convention), all at once; return
+        their URLs. Nothing paid has been sent yet, so a failure here is marked as not submitted."""
         files: list[tuple[bytes, str, str]] = [
             (image.data, f"image-{i}.{image.extension}", image.mime)
             for i, image in enumerate(request.images, start=1)
         ]
-        if request.mask is not None:
-            mask = await convert_mask(request.mask.data, mask_convention, provider=self._provider)
+        mask = await self._vendor_mask(request)
+        if mask is not None:
             files.append((mask, "mask.png", "image/png"))
-        try:
-            urls = await gather_or_cancel(
-                *(self._upload(data, name, mime, request.deadline) for data, name, mime in files)
-            )
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
-        return urls[: len(request.images)], urls[-1] if request.mask is not None else None
-
-    async def _upload(self, data: bytes, filename: str, mime: str, deadline: float) -> str:
-        resp = await upload_file(
-            self._session,
-            f"{self._base}{self._api.upload_path}",
-            field="file",
-            data=data,
-            filename=filename,
-            mime=mime,
-            deadline=deadline,
-            policy=self._policy,
-            call_timeout=self._io_timeout,
-            provider=self._provider,
-            headers=self._headers,
-            classify=self._api.classify,
+        urls = await before_submit(
+            gather_or_cancel(*(self._upload(file, request.deadline) for file in files))
         )
+        return urls[: len(request.images)], urls[-1] if mask is not None else None
+
+    async def _upload(self, file: tuple[bytes, str, str], deadline: float) -> str:
+        url = self._client.url(self.api.upload_path)
+        resp = await self._client.upload(url, "file", file, deadline=deadline)
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             raise err
-        url = self._api.job_of(payload).get("download_url")
-        if not is_http_url(url) or not isinstance(url, str):
-            raise ServerError(
-                f"{self._api.upload_name} returned no usable download_url", provider=self._provider
-            )
-        return url
+        download_url = job_of(payload).get("download_url")
+        if not is_http_url(download_url) or not isinstance(download_url, str):
+            raise ServerError(f"{self.api.upload_name} returned no usable download_url", provider=self.name)
+        return download_url
 
     # ------------------------------------------------------------------ the paid submit
 
-    async def submit(
-        self, path: str, body: dict[str, Any], deadline: float, *, model: str = ""
+    async def _submit(
+        self, request: EditRequest, on_submitted: OnSubmitted | None
     ) -> tuple[str, dict[str, Any]]:
-        """Send the one paid submit (never re-sent once it may have arrived); return the job id and job.
+        """Check and upload the inputs and send the one paid submit (never re-sent once it may have
+        arrived); report the job id (`on_submitted`) and return it with the job.
 
-        An answer that says `model`'s route is gone, with no job id, raises `ModelGone`
+        An answer that says the route's model is gone, with no job id, raises `ModelGone`
         (see `bot.providers.http.gone_on_submit`).
         """
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}{path}",
-            policy=self._policy,
-            deadline=deadline,
-            call_timeout=self._submit_timeout,
-            json=body,
-            headers=self._headers,
-            provider=self._provider,
-            classify=submit_classifier(self._api.classify, self._api.message_of, model=model),
+        fields = self._check_request(request)
+        image_urls, mask_url = await self._upload_inputs(request)
+        path, body = self._submission(request, fields, image_urls, mask_url)
+        resp = await self._client.submit(
+            self._client.url(path), body, deadline=request.deadline, model=request.model
         )
-        return self._accepted(resp, model)
+        job_id, job = self._accepted(resp, request.model)
+        log.debug("%s: %s %s %s submitted", self.name, request.model, self.api.noun, job_id)
+        if on_submitted is not None:
+            await on_submitted(job_id)
+        return job_id, job
 
-    def _accepted(self, resp: HttpResponse, model: str = "") -> tuple[str, dict[str, Any]]:
+    def _accepted(self, resp: HttpResponse, model: str) -> tuple[str, dict[str, Any]]:
         """The job from the submit's 2xx answer; its id is required to follow the job."""
         payload = parse_json(resp.body)
-        job = self._api.job_of(payload)
+        job = job_of(payload)
         job_id = job.get("id")
         has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
         if (err := self._error_in(resp, payload)) is not None:
             if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
-                classify = submit_classifier(self._api.classify, self._api.message_of, model=model)
-                err = classify(resp.status, resp.body, resp.headers, provider=self._provider)
+                classify = self._client.submit_classifier(model)
+                err = classify(resp.status, resp.body, resp.headers, provider=self.name)
             err.accepted = has_id or err.accepted
             raise err
         if not has_id:
             # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it.
-            raise ServerError(f"HTTP 2xx but no {self._api.noun} id", provider=self._provider, accepted=True)
+            raise ServerError(f"HTTP 2xx but no {self.api.noun} id", provider=self.name, accepted=True)
         return str(job_id), job
 
     # ------------------------------------------------------------------ after the submit
 
-    async def finish(
+    async def _finish(
         self, job_id: str, request: EditRequest, job: dict[str, Any] | None = None
     ) -> EditResult:
         """Follow the job until it ends (unless `job` already has) and return its result.
 
         Without `job` (resuming after a restart) polling starts at once; nothing is ever submitted.
         """
-        if job is None or not self.is_done(job):
+        if job is None or not self._is_done(job):
             job = await poll(
                 lambda: self._fetch(job_id, request.deadline),
-                is_done=self.is_done,
+                is_done=self._is_done,
                 deadline=request.deadline,
                 interval=self._poll_interval,
                 max_interval=self._max_poll_interval,
                 cancel=None,  # neither vendor documents a cancel call
-                provider=self._provider,
+                provider=self.name,
             )
         return await self._result(job, job_id, request)
 
     async def _fetch(self, job_id: str, deadline: float) -> dict[str, Any]:
+        url = self._client.url(self.api.job_path.format(id=job_id))
         try:
-            resp = await send_idempotent(
-                self._session,
-                "GET",
-                f"{self._base}{self._api.job_path.format(id=job_id)}",
-                policy=self._policy,
-                deadline=deadline,
-                call_timeout=self._io_timeout,
-                provider=self._provider,
-                headers=self._headers,
-                classify=self._api.classify,
-                accepted=True,
-            )
+            resp = await self._client.call("GET", url, deadline=deadline, accepted=True)
         except ModelUnavailable as exc:  # a 404 here means the job vanished, not the model
             raise ServerError(
-                f"{self._api.noun} {job_id} not found", provider=self._provider, accepted=True
+                f"{self.api.noun} {job_id} not found", provider=self.name, accepted=True
             ) from exc
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             err.accepted = True
             raise err
-        return self._api.job_of(payload)
+        return job_of(payload)
 
     async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
-        if job_status(job) in self._api.failure:
+        if job_status(job) in self.api.failure:
             # The classifier reads a failed job as it reads a poll's answer: inside the `data` envelope.
-            body = json.dumps({"data": job}).encode()
-            err = self._api.classify(200, body, {}, provider=self._provider)
+            err = self.api.classify(200, json.dumps({"data": job}).encode(), {}, provider=self.name)
             err.request_id = job_id
             raise err
-        outputs = next((job[f] for f in self._api.output_fields if job.get(f) is not None), None)
+        outputs = next((job[f] for f in self.api.output_fields if job.get(f) is not None), None)
         items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
         values = [v for v in items if isinstance(v, str) and v.strip()]
         if not values:
             raise ServerError(
-                f"{self._api.noun} {job_id} completed without outputs",
-                provider=self._provider,
+                f"{self.api.noun} {job_id} completed without outputs",
+                provider=self.name,
                 request_id=job_id,
                 accepted=True,
             )
-        blobs = await gather_or_cancel(
-            *(
-                fetch_output(
-                    self._session,
-                    value,
-                    max_bytes=self._max_output_bytes,
-                    deadline=request.deadline,
-                    policy=self._policy,
-                    call_timeout=self._io_timeout,
-                    provider=self._provider,
-                    trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-                )
-                for value in values
-            )
-        )
-        images = tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs)
+        blobs = await self._client.outputs(values, deadline=request.deadline)
         return EditResult(
-            images=images,
-            provider=self._provider,
+            images=tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs),
+            provider=self.name,
             quality=request.quality if request.quality != "auto" else None,
             size=request.size if request.size != "auto" else None,
             request_id=job_id,
         )
-
-
-def classify_status(
-    status: int, summary: str, headers: Mapping[str, str], *, balance: bool, safety: bool, provider: str
-) -> ProviderError:
-    """The HTTP-status half of Atlas's and WaveSpeed's error mapping (their tables are the same).
-
-    Each vendor's classifier reads its own envelope and words first and passes what it found:
-    `balance` (402 or balance wording) and `safety` (a safety filter named in the text).
-    """
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    if status == 402 or balance:
-        return ServiceUnavailable(summary, code="insufficient_balance", **kw)
-    if status in (401, 403):
-        return ServiceUnavailable(summary, code="unauthorized" if status == 401 else "forbidden", **kw)
-    if status == 404:
-        return ModelUnavailable(summary, code="not_found", **kw)
-    if status == 429:
-        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
-    if status >= 500:
-        return submit_server_error(summary, **kw)  # no job id came back: nothing was queued
-    if safety:
-        return ProviderRejected(summary, **kw)
-    return InvalidInput(summary, **kw)

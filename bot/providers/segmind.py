@@ -43,22 +43,18 @@ Decisions on the spec's OPEN points (providers.md §8.8):
   (`GET /v2/requests/{id}/status`, documented, authenticated and free). Segmind's auth layer answers
   401 for a missing or bad key before anything else, and the endpoint 404 for an unknown id, so a
   404 means the key was accepted.
-
-One module (a little over 400 lines) because every part reads or writes Segmind's wire format;
-splitting the error mapping from the calls would separate what must change together.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import logging
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
@@ -74,32 +70,27 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.http import (
-    RetryPolicy,
-    convert_mask,
+    before_submit,
     error_summary,
-    fetch_output,
     health_from_error,
+    http_date,
     is_http_url,
-    mark_unsubmitted,
+    mentions,
     parse_json,
     parse_retry_after,
-    redact_url,
+    seconds_until,
     send_check,
-    send_idempotent,
-    send_paid,
     sniff_image_format,
-    submit_classifier,
     submit_server_error,
     unsupported_options,
 )
+from bot.providers.reseller import AdapterOptions, ResellerAdapter, Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.segmind.com/v1"
 DEFAULT_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 240.0  # the v1 call blocks while the image is made (about 42-57 s on the model pages)
-IO_TIMEOUT = 60.0  # the upload, and a download when the answer is a URL
 MAX_IMAGES = 4
 QUALITIES = ("auto", "low", "medium", "high")
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
@@ -109,7 +100,6 @@ MODELS = frozenset({"gpt-image-1-edit-mini", "gpt-image-1-edit", "gpt-image-2"})
 # Models whose route takes one `image` URL (edit mode) instead of `image_urls`, and no mask.
 SINGLE_IMAGE_MODELS = frozenset({"gpt-image-2"})
 SINGLE_IMAGE_QUALITIES = ("auto", "low", "medium", "high")  # "auto" is sent by omitting the field
-DEFAULT_MASK_CONVENTION = "alpha"
 CHECK_REQUEST_ID = "retouch-diagnose-no-such-request"  # `check()` asks for it; Segmind answers 404
 
 _SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "flagged")
@@ -135,25 +125,17 @@ def parse_reset_at(value: str | None, *, now: datetime | None = None) -> float |
     if value is None or not value.strip():
         return None
     text = value.strip()
-    now = now or datetime.now(UTC)
-    when: datetime | None = None
     try:
         number = float(text)
     except ValueError:
         number = math.nan
     if math.isfinite(number) and number > 0:
-        when = datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC)
-    else:
-        try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+        return seconds_until(datetime.fromtimestamp(number / 1000 if number > 1e11 else number, UTC), now)
+    try:
+        when: datetime | None = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        when = http_date(text)
+    return None if when is None else seconds_until(when, now)
 
 
 def classify_segmind_error(
@@ -176,9 +158,9 @@ def classify_segmind_error(
     if status == 401:
         return ServiceUnavailable(summary, code="unauthorized", **kw)
     if status == 406:
-        if any(word in lowered for word in _CONTENT_TYPE_WORDS):
+        if mentions(lowered, _CONTENT_TYPE_WORDS):
             return InvalidInput(summary, code="invalid_content_type", **kw)
-        code = "insufficient_credits" if any(w in lowered for w in _CREDIT_WORDS) else "not_acceptable"
+        code = "insufficient_credits" if mentions(lowered, _CREDIT_WORDS) else "not_acceptable"
         return ServiceUnavailable(summary, code=code, **kw)
     if status in (403, 404, 410):
         code = {403: "forbidden", 404: "not_found", 410: "retired"}[status]
@@ -192,7 +174,7 @@ def classify_segmind_error(
         return RateLimited(summary, retry_after=retry_after, code="rate_limited", **kw)
     if status >= 500:
         return submit_server_error(summary, **kw)  # only HTTP 200 is billed: nothing was charged
-    if any(word in lowered for word in _SAFETY_WORDS):
+    if mentions(lowered, _SAFETY_WORDS):
         return ProviderRejected(summary, code="moderation", **kw)
     return InvalidInput(summary, **kw)
 
@@ -229,41 +211,29 @@ def _json_outputs(payload: Any) -> list[str]:
     return found
 
 
-class SegmindProvider:
+class SegmindProvider(ResellerAdapter):
     """Edits images through Segmind's synchronous v1 API (one paid POST per job)."""
+
+    vendor = Vendor(
+        name="segmind",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=CALL_TIMEOUT,
+        key_header="x-api-key",  # Segmind rejects the key as a Bearer token
+        classify=classify_segmind_error,
+        message_of=_error_text,
+    )
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         *,
         upload_url: str = DEFAULT_UPLOAD_URL,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float = CALL_TIMEOUT,
-        io_timeout: float = IO_TIMEOUT,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "segmind",
+        **options: Unpack[AdapterOptions],
     ) -> None:
-        self.name = name
-        self._session = session
-        self._api_key = api_key
-        self._base = base_url.rstrip("/")
+        super().__init__(session, api_key, base_url, **options)
         self._upload_url = upload_url
-        self._policy = policy
-        self._call_timeout = call_timeout
-        self._io_timeout = io_timeout
-        self._max_output_bytes = max_output_bytes
-        self._mask_conventions = dict(mask_conventions or {})
-
-    def __repr__(self) -> str:  # never show the key
-        return f"SegmindProvider(name={self.name!r}, url={redact_url(self._base)!r})"
-
-    @property
-    def _auth(self) -> dict[str, str]:
-        # Segmind rejects the key as a Bearer token: it must be `x-api-key`.
-        return {"x-api-key": self._api_key}
 
     async def check(self) -> ProviderHealth:
         """Reachability and the key via the status of a request that does not exist (free).
@@ -274,17 +244,16 @@ class SegmindProvider:
         url = f"{self._base.removesuffix('/v1')}/v2/requests/{CHECK_REQUEST_ID}/status"
         try:
             await send_check(
-                self._session, url, provider=self.name, classify=classify_segmind_error, headers=self._auth
+                self._client.session,
+                url,
+                provider=self.name,
+                classify=classify_segmind_error,
+                headers=self._client.headers,
             )
         except ProviderError as exc:
             if exc.status != 404:
                 return health_from_error(exc)
         return ProviderHealth(reachable=True, authenticated=True, detail="API key accepted", ok=True)
-
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._check_request(request)
 
     def _check_request(self, request: EditRequest) -> None:
         if request.model not in MODELS:
@@ -321,14 +290,9 @@ class SegmindProvider:
         """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_segmind_error`)."""
         self._check_request(request)
         files = [(image.data, image.mime) for image in request.images]
-        if request.mask is not None:
-            convention = self._mask_conventions.get(request.model, DEFAULT_MASK_CONVENTION)
-            mask = await convert_mask(request.mask.data, convention, provider=self.name)
+        if (mask := await self._vendor_mask(request)) is not None:
             files.append((mask, "image/png"))
-        try:
-            urls = await self._upload(files, request.deadline)
-        except ProviderError as err:
-            raise mark_unsubmitted(err) from None
+        urls = await before_submit(self._upload(files, request.deadline))
 
         body: dict[str, Any] = {"prompt": request.prompt}
         if request.model in SINGLE_IMAGE_MODELS:
@@ -345,18 +309,12 @@ class SegmindProvider:
         if request.background != "auto":
             body["background"] = request.background
 
-        resp = await send_paid(
-            self._session,
-            "POST",
-            f"{self._base}/{request.model}",
-            policy=self._policy,
+        resp = await self._client.submit(
+            self._client.url(f"/{request.model}"),
+            body,  # as JSON: aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
             deadline=request.deadline,
-            call_timeout=self._call_timeout,
-            json=body,  # aiohttp sets `Content-Type: application/json`; without it Segmind answers 406
-            headers=self._auth,
-            provider=self.name,
-            classify=submit_classifier(classify_segmind_error, _error_text, model=request.model),
-            max_body=self._max_output_bytes,
+            model=request.model,
+            max_body=self._client.max_output_bytes,  # the answer is the image itself
         )
         request_id = resp.request_id
         remaining = resp.headers.get("x-remaining-credits")
@@ -381,17 +339,8 @@ class SegmindProvider:
     async def _upload(self, files: list[tuple[bytes, str]], deadline: float) -> list[str]:
         """All files in one call (the SDK's batch JSON form); returns their public URLs in order."""
         data_urls = [f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" for data, mime in files]
-        resp = await send_idempotent(
-            self._session,
-            "POST",
-            self._upload_url,
-            policy=self._policy,
-            deadline=deadline,
-            call_timeout=self._io_timeout,
-            provider=self.name,
-            headers=self._auth,
-            json={"data_urls": data_urls},
-            classify=classify_segmind_error,
+        resp = await self._client.call(
+            "POST", self._upload_url, deadline=deadline, json={"data_urls": data_urls}
         )
         payload = parse_json(resp.body)
         urls = payload.get("file_urls") if isinstance(payload, dict) else None
@@ -421,14 +370,5 @@ class SegmindProvider:
             values = _json_outputs(payload)
             if not values:
                 raise unusable("the JSON body holds no image")
-            return await fetch_output(
-                self._session,
-                values[0],
-                max_bytes=self._max_output_bytes,
-                deadline=request.deadline,
-                policy=self._policy,
-                call_timeout=self._io_timeout,
-                provider=self.name,
-                trusted=(self._base,),  # the result may be on the API's own origin; others must be public
-            )
+            return await self._client.output(values[0], deadline=request.deadline)
         raise unusable(f"the content type is {content_type or 'missing'}")

@@ -1,8 +1,5 @@
 """WaveSpeed (API v3) adapter: upload inputs → submit a task → poll it (or sync mode) → get outputs.
 
-(Slightly over 400 lines because of the GPT Image 2 size tables: the exact WxH each aspect ratio and
-resolution makes, which must sit next to the request builder that uses them.)
-
 Wire reference: shared spec `providers.md` §3. Flow for one job:
 
 1. every input image (and the mask) goes to `POST {base}/media/upload/binary` (multipart `file`),
@@ -64,42 +61,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
-from bot.providers.base import EditRequest, EditResult, OnSubmitted
-from bot.providers.errors import (
-    ModelUnavailable,
-    ProviderError,
-    ProviderJobFailed,
-    ProviderRejected,
-    ProviderTimeout,
+from bot.providers.base import EditRequest, OnSubmitted
+from bot.providers.errors import ProviderError
+from bot.providers.http import redact_url
+from bot.providers.predictions import (
+    ModelFields,
+    PredictionAdapter,
+    PredictionApi,
+    PredictionOptions,
+    job_status,
 )
-from bot.providers.http import (
-    RetryPolicy,
-    error_summary,
-    parse_json,
-    redact_url,
-    unsupported_options,
-)
-from bot.providers.predictions import ModelFields, PredictionApi, Predictions, classify_status, job_status
+from bot.providers.reseller import Vendor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai/api/v3"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # "Images 20 MB" (the smallest of the documented limits)
-MAX_OUTPUT_BYTES = 50 * 1024 * 1024
-POLL_INTERVAL = 1.0  # the SDK polls every second
-MAX_POLL_INTERVAL = 5.0
-IO_TIMEOUT = 60.0  # one upload, poll or download call
 SUBMIT_TIMEOUT = 60.0  # an async submit only queues the task
 SYNC_SUBMIT_TIMEOUT = 240.0  # must outlast WaveSpeed's own sync wait (about 90 s), or the id is lost
 SYNC_TIMEOUT_CODE = 5004
 
 SUCCESS = frozenset({"completed"})
 FAILURE = frozenset({"failed", "cancelled", "canceled", "timeout"})
-_SAFETY_WORDS = ("nsfw", "safety", "moderation", "content policy", "sensitive")
 _BALANCE_WORDS = ("insufficient", "balance", "top up", "top-up", "recharge")
 
 _FULL = ModelFields(
@@ -152,7 +139,6 @@ GPT_IMAGE_2X_ROUTES = (
     "openai/gpt-image-2.6-sunburst/edit",
 )
 MAX_GPT_IMAGE_2_IMAGES = 16  # unpublished at WaveSpeed: the model's own limit at OpenAI
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
 
 
 def _mappable_sizes(ratios: tuple[str, ...]) -> tuple[str, ...]:
@@ -191,39 +177,7 @@ MODELS: dict[str, ModelFields] = {
 }
 # Every size the adapter can send on each route ("auto" included where the route has it): the catalog
 # should offer exactly these for WaveSpeed routes. The mini edit takes no size, so only "auto".
-ROUTE_SIZES: dict[str, tuple[str, ...]] = {route: f.sizes or ("auto",) for route, f in MODELS.items()}
-DEFAULT_MASK_CONVENTIONS = {
-    "openai/gpt-image-1/edit": "alpha",
-    "openai/gpt-image-1": "alpha",
-    **dict.fromkeys(GPT_IMAGE_2X_ROUTES, "alpha"),
-}
-
-
-def _data(payload: Any) -> dict[str, Any]:
-    """The task object of an enveloped (`{code, message, data}`) or bare response ({} if neither)."""
-    if not isinstance(payload, dict):
-        return {}
-    inner = payload.get("data")
-    return inner if isinstance(inner, dict) else payload
-
-
-def _envelope_status(payload: Any) -> int | None:
-    """The envelope's `code` when it is an error status (uploads report `code: 500` that way)."""
-    code = payload.get("code") if isinstance(payload, dict) else None
-    if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
-        return code
-    return None
-
-
-def _message(payload: Any) -> str:
-    for source in (_data(payload), payload):
-        if not isinstance(source, dict):
-            continue
-        for key in ("error", "message", "msg", "detail"):
-            value = source.get(key)
-            if isinstance(value, str) and value.strip() and value.strip().lower() != "success":
-                return value
-    return ""
+ROUTE_SIZES: dict[str, tuple[str, ...]] = {route: f.offered_sizes for route, f in MODELS.items()}
 
 
 def _is_sync_timeout(task: dict[str, Any]) -> bool:
@@ -232,6 +186,25 @@ def _is_sync_timeout(task: dict[str, Any]) -> bool:
     return task.get("code") == SYNC_TIMEOUT_CODE or (
         job_status(task) == "processing" and isinstance(error, str) and "sync mode timed out" in error.lower()
     )
+
+
+WAVESPEED_API = PredictionApi(
+    service="WaveSpeed",
+    noun="task",
+    upload_path="/media/upload/binary",
+    upload_name="media upload",
+    job_path="/predictions/{id}/result",
+    success=SUCCESS,
+    failure=FAILURE,
+    output_fields=("outputs",),
+    models=MODELS,
+    message_keys=("error", "message", "msg", "detail"),
+    job_message_first=True,
+    balance_words=_BALANCE_WORDS,
+    poll_interval=1.0,  # the SDK polls every second
+    max_poll_interval=5.0,
+    timeout_statuses=frozenset({"timeout"}),
+)
 
 
 def classify_wavespeed_error(
@@ -246,143 +219,52 @@ def classify_wavespeed_error(
     429 → RateLimited; other 4xx → InvalidInput; 504 → ServerError(accepted=True); other 5xx →
     ServerError that routing may retry elsewhere (the submit returned no task id).
     """
-    payload = parse_json(body)
-    raw = _message(payload)
-    lowered = raw.lower()
-    effective = _envelope_status(payload) if 200 <= status < 300 else status
-    summary = error_summary(status, raw, code=effective)
-    kw: dict[str, Any] = {"provider": provider, "status": status}
-    safety = any(word in lowered for word in _SAFETY_WORDS)
-
-    if effective is None:  # a task in a failure state: it ran, and may have been billed
-        task_status = str(_data(payload).get("status") or "").lower() or None
-        kw["code"] = task_status
-        if task_status == "timeout":
-            return ProviderTimeout(summary, accepted=True, **kw)
-        if safety:
-            return ProviderRejected(summary, accepted=True, **kw)
-        return ProviderJobFailed(summary, accepted=True, **kw)
-    balance = any(word in lowered for word in _BALANCE_WORDS)
-    return classify_status(effective, summary, headers, balance=balance, safety=safety, provider=provider)
+    return WAVESPEED_API.classify(status, body, headers, provider=provider)
 
 
-WAVESPEED_API = PredictionApi(
-    noun="task",
-    upload_path="/media/upload/binary",
-    upload_name="media upload",
-    job_path="/predictions/{id}/result",
-    success=SUCCESS,
-    failure=FAILURE,
-    output_fields=("outputs",),
-    job_of=_data,
-    error_in_answer=_envelope_status,
-    classify=classify_wavespeed_error,
-    message_of=lambda body: _message(parse_json(body)),
-)
-
-
-class WaveSpeedProvider:
+class WaveSpeedProvider(PredictionAdapter):
     """Edits images through WaveSpeed's v3 task API (one paid submit per job, then polling)."""
+
+    vendor = Vendor(
+        name="wavespeed",
+        base_url=DEFAULT_BASE_URL,
+        call_timeout=SUBMIT_TIMEOUT,
+        classify=classify_wavespeed_error,
+        message_of=WAVESPEED_API.message_of,
+    )
+    api = WAVESPEED_API
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
         api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         *,
         sync_mode: bool = False,
         base64_output: bool = True,
-        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, safe as a default
-        call_timeout: float | None = None,
-        io_timeout: float = IO_TIMEOUT,
-        poll_interval: float = POLL_INTERVAL,
-        max_poll_interval: float = MAX_POLL_INTERVAL,
-        max_output_bytes: int = MAX_OUTPUT_BYTES,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
-        mask_conventions: Mapping[str, str] | None = None,
-        name: str = "wavespeed",
+        **options: Unpack[PredictionOptions],
     ) -> None:
-        self.name = name
-        self._base = base_url.rstrip("/")
+        if options.get("call_timeout") is None and sync_mode:
+            options["call_timeout"] = SYNC_SUBMIT_TIMEOUT
+        super().__init__(session, api_key, base_url, **options)
         self._sync_mode = sync_mode
         self._base64_output = base64_output
-        if call_timeout is None:
-            call_timeout = SYNC_SUBMIT_TIMEOUT if sync_mode else SUBMIT_TIMEOUT
         self._max_upload_bytes = max_upload_bytes
-        self._mask_conventions = {**DEFAULT_MASK_CONVENTIONS, **(mask_conventions or {})}
-        self._jobs = Predictions(
-            session,
-            WAVESPEED_API,
-            base_url=self._base,
-            provider=name,
-            headers={"Authorization": f"Bearer {api_key}"},
-            policy=policy,
-            submit_timeout=call_timeout,
-            io_timeout=io_timeout,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            max_output_bytes=max_output_bytes,
-        )
 
     def __repr__(self) -> str:  # never show the key
         return (
             f"WaveSpeedProvider(name={self.name!r}, url={redact_url(self._base)!r}, sync={self._sync_mode})"
         )
 
-    def validate(self, request: EditRequest) -> None:
-        """Refuse, without sending anything, a request this adapter cannot send as asked (start-up
-        checks every catalog route's declared capabilities against this)."""
-        self._fields_for(request)
-
-    def _fields_for(self, request: EditRequest) -> ModelFields:
-        """The model's field layout, after checking the request asks nothing it cannot send."""
-        fields = MODELS.get(request.model)
-        if fields is None:
-            raise ModelUnavailable(
-                f"no known request fields for model {request.model!r}",
-                provider=self.name,
-                code="unknown_model",
-            )
-        problems = []
-        if not request.images:
-            problems.append("no input image")
-        if len(request.images) > fields.max_images:
-            problems.append(f"{len(request.images)} images (at most {fields.max_images})")
-        too_big = [i for i, image in enumerate(request.images, 1) if len(image.data) > self._max_upload_bytes]
-        if too_big:
-            problems.append(f"image(s) {too_big} over the {self._max_upload_bytes // 2**20} MB upload limit")
-        if request.mask is not None and fields.mask_field is None:
-            problems.append("a mask")
-        if request.input_fidelity is not None:
-            problems.append("input_fidelity (no such field)")
-        if request.count != 1:
-            problems.append(f"count={request.count} (no `n`; one image per task)")
-        if request.quality != "auto" and request.quality not in fields.qualities:
-            problems.append(f"quality={request.quality}")
-        if request.size != "auto" and request.size not in fields.sizes:
-            problems.append(f"size={request.size}")
-        if request.background != "auto":
-            problems.append(f"background={request.background}")
-        formats = OUTPUT_FORMATS if fields.output_format else ("png",)
-        if request.output_format not in formats:
-            problems.append(f"output_format={request.output_format}")
-        if problems:
-            raise unsupported_options(request.model, "WaveSpeed", problems, provider=self.name)
-        return fields
-
-    async def edit(self, request: EditRequest, *, on_submitted: OnSubmitted | None = None) -> EditResult:
-        """Run one edit. Raises a `ProviderError` subclass on failure (see `classify_wavespeed_error`).
-
-        `on_submitted(task_id)` is awaited once WaveSpeed has accepted the task, before polling.
-        """
-        fields = self._fields_for(request)
-        convention = self._mask_conventions.get(request.model, "alpha")
-        image_urls, mask_url = await self._jobs.upload_inputs(request, convention)
+    def _submission(
+        self, request: EditRequest, fields: ModelFields, image_urls: list[str], mask_url: str | None
+    ) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {"prompt": request.prompt, **fields.image_body(image_urls, mask_url)}
         if fields.qualities and request.quality != "auto":
             body["quality"] = request.quality
         if fields.aspect_ratio:
-            pair = aspect_and_resolution(request.size)  # `_fields_for` checked the route can take it
+            pair = aspect_and_resolution(request.size)  # `_check_request` checked the route can take it
             if pair is not None:  # "auto": neither is sent, and WaveSpeed follows the input image
                 body["aspect_ratio"], body["resolution"] = pair
         elif fields.sizes:
@@ -391,17 +273,12 @@ class WaveSpeedProvider:
             body["output_format"] = request.output_format
         body["enable_base64_output"] = self._base64_output
         body["enable_sync_mode"] = self._sync_mode
+        return f"/{request.model.strip('/')}", body  # the model id is the path
 
-        task_id, task = await self._jobs.submit(
-            f"/{request.model.strip('/')}", body, request.deadline, model=request.model
-        )
-        if on_submitted is not None:
-            await on_submitted(task_id)
+    async def _submit(
+        self, request: EditRequest, on_submitted: OnSubmitted | None
+    ) -> tuple[str, dict[str, Any]]:
+        task_id, task = await super()._submit(request, on_submitted)
         if self._sync_mode and _is_sync_timeout(task):
             log.info("%s: sync wait ran out for task %s; polling it instead", self.name, task_id)
-        return await self._jobs.finish(task_id, request, task)
-
-    async def resume(self, provider_job_id: str, request: EditRequest) -> EditResult:
-        """Follow a task submitted earlier (e.g. before a restart) to its result. Never submits."""
-        log.info("%s: resuming task %s", self.name, provider_job_id)
-        return await self._jobs.finish(provider_job_id, request)
+        return task_id, task

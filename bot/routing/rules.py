@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
-from bot.domain.options import parse_size
+from bot.domain.options import HasOutputOptions, output_options, parse_size
 from bot.providers.base import EditRequest, EditResult
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,32 @@ class Needs:
 
     @classmethod
     def of(cls, request: EditRequest) -> Needs:
-        return cls(
+        """What a provider request asks for (the route is chosen again for it)."""
+        return cls.with_options(
+            request,
             images=len(request.images),
-            size=request.size,
-            quality=request.quality,
-            background=request.background,
-            output_format=request.output_format,
-            count=request.count,
             mask=request.mask is not None,
             prompt_chars=len(request.prompt),
             input_fidelity=request.input_fidelity is not None,
+        )
+
+    @classmethod
+    def with_options(
+        cls,
+        options: HasOutputOptions,
+        *,
+        images: int,
+        mask: bool,
+        prompt_chars: int,
+        input_fidelity: bool = False,
+    ) -> Needs:
+        """A job's needs from its options (a request, a stored job, the merged defaults) and inputs."""
+        return cls(
+            images=images,
+            **output_options(options),
+            mask=mask,
+            prompt_chars=prompt_chars,
+            input_fidelity=input_fidelity,
         )
 
 

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
+from bot import messages
 from bot.config import Settings
 from bot.errors import RetouchError
 from bot.storage import Storage
@@ -30,34 +31,19 @@ RATE_WINDOW_SECONDS = 60.0
 DOUBLE_CLICK_SECONDS = 10.0
 DM_GUILD_ID = 0
 
-NOT_APPROVED = (
-    "Retouch is not enabled on this server. The bot's operator has to approve it first; "
-    "nothing was done or charged."
-)
-NOT_APPROVED_OPERATOR = (
-    "Retouch is not enabled on this server yet, so nothing was done. You run this bot: approve the "
-    "server with the button below (or add its id to ALLOWED_GUILD_IDS)."
-)
-DMS_OFF = "Retouch does not work in direct messages here. Use it in a server where it is enabled."
-DMS_OFF_OPERATOR = "Direct messages are off for Retouch. Set ALLOW_DMS=on to use it here."
-
 
 class NotOperator(RetouchError):
     """Only the bot's operator may do this."""
 
     def __init__(self) -> None:
-        super().__init__("Only the operator of this bot (its owner) can do that.", code="not_operator")
+        super().__init__(messages.NOT_OPERATOR, code="not_operator")
 
 
 class RateLimited(RetouchError):
     """The member ran more commands in a minute than `COMMANDS_PER_MINUTE` allows."""
 
     def __init__(self, per_minute: int, retry_after: float) -> None:
-        super().__init__(
-            f"Slow down: Retouch takes {per_minute} commands a minute from one member. "
-            f"Try again in {max(1, round(retry_after))} s. Nothing was charged.",
-            code="rate_limited",
-        )
+        super().__init__(messages.rate_limited(per_minute, retry_after), code="rate_limited")
         self.retry_after = retry_after
 
 
@@ -65,10 +51,7 @@ class AlreadyStarted(RetouchError):
     """A second click on the same button within the double-click window."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "That edit is already being started from your first click; this one was ignored.",
-            code="double_click",
-        )
+        super().__init__(messages.ALREADY_STARTED, code="double_click")
 
 
 @dataclass(frozen=True)
@@ -134,10 +117,10 @@ class AccessService:
             return Admission(True)
         operator = self.is_operator(user_id)
         if not guild_id:
-            return Admission(False, DMS_OFF_OPERATOR if operator else DMS_OFF)
+            return Admission(False, messages.DMS_OFF_OPERATOR if operator else messages.DMS_OFF)
         if operator:
-            return Admission(False, NOT_APPROVED_OPERATOR, offer_approve=True)
-        return Admission(False, NOT_APPROVED)
+            return Admission(False, messages.NOT_APPROVED_OPERATOR, offer_approve=True)
+        return Admission(False, messages.NOT_APPROVED)
 
     async def approve(self, guild_id: int, actor_id: int) -> None:
         self.require_operator(actor_id)

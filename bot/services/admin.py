@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from bot import messages
 from bot.catalog import Catalog, SizeRules
 from bot.config import Settings
 from bot.domain.options import QUALITIES, SIZES
@@ -111,7 +112,7 @@ def report_range(period: str, now: dt.datetime) -> tuple[dt.datetime | None, dt.
         return period_start("monthly", this_month - dt.timedelta(days=1)), this_month
     if period == "all time":
         return None, None
-    raise InvalidOptions(f"Pick a report period: {', '.join(REPORT_PERIODS)}.", code="bad_period")
+    raise InvalidOptions(messages.report_period(REPORT_PERIODS), code="bad_period")
 
 
 # -- plain data -------------------------------------------------------------------------------------
@@ -308,10 +309,7 @@ def summarize(report: SpendReport) -> SpendReport:
 
 # The broadest sizes any model takes: listed ones, or free WxH within GPT Image 2's rules. Whether the
 # member's model takes a stored size is checked (and explained) when a job uses it.
-SIZE_HELP = (
-    f"Size must be one of {', '.join(SIZES)}, or WIDTHxHEIGHT for models that take free sizes "
-    f"({SizeRules().describe()})."
-)
+SIZE_HELP = messages.size_help(SIZES, SizeRules().describe())
 
 
 def valid_size(size: str) -> bool:
@@ -334,10 +332,7 @@ def parse_models(text: str, catalog: Catalog, *, allow_all_marker: bool) -> froz
         return frozenset({ALL_MODELS}) if allow_all_marker else None
     unknown = sorted(ids - set(catalog.models))
     if unknown:
-        raise InvalidOptions(
-            f"Unknown model(s): {', '.join(unknown)}. Known: {', '.join(catalog.models)}.",
-            code="unknown_model",
-        )
+        raise InvalidOptions(messages.unknown_models(unknown, catalog.models), code="unknown_model")
     return frozenset(ids)
 
 
@@ -387,11 +382,8 @@ class PolicyAdmin:
         if may_administer(user_id, manage_guild=manage_guild, allow_list=allow_list):
             return
         if not manage_guild:
-            raise NotPermitted("You need the Manage Server permission to do that.", code="not_admin")
-        raise NotPermitted(
-            "Only the admins listed in this bot's ADMIN_USER_IDS setting can change credits and policy.",
-            code="not_on_admin_list",
-        )
+            raise NotPermitted(messages.NEEDS_MANAGE_SERVER, code="not_admin")
+        raise NotPermitted(messages.NOT_ON_ADMIN_LIST, code="not_on_admin_list")
 
     async def update_guild(self, guild_id: int, actor_id: int, changes: Mapping[str, Any]) -> GuildPolicy:
         """Change server rules. Keys are GuildPolicy fields; values in their Python form."""
@@ -406,12 +398,12 @@ class PolicyAdmin:
     def _guild_column(self, name: str, value: Any) -> dict[str, Any]:
         if name == "period":
             if value not in (*PERIODS, NO_PERIOD):
-                raise InvalidOptions("The period must be daily, weekly or monthly.", code="bad_period")
+                raise InvalidOptions(messages.ALLOWANCE_PERIOD, code="bad_period")
             return {"allowance_period": value}
         if name in ("max_quality",) and value not in (None, *CAPPABLE_QUALITIES):
-            raise InvalidOptions("The quality cap must be low, medium or high.", code="bad_quality")
+            raise InvalidOptions(messages.QUALITY_CAP, code="bad_quality")
         if name == "default_quality" and value not in (None, *QUALITIES):
-            raise InvalidOptions(f"Quality must be one of {', '.join(QUALITIES)}.", code="bad_quality")
+            raise InvalidOptions(messages.quality_one_of(QUALITIES), code="bad_quality")
         if name == "default_size" and value is not None and not valid_size(value):
             raise InvalidOptions(SIZE_HELP, code="bad_size")
         if name == "default_model" and value is not None:
@@ -426,8 +418,7 @@ class PolicyAdmin:
             unknown = [p for p in value if p not in known]
             if unknown:
                 raise InvalidOptions(
-                    f"Unknown provider(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.",
-                    code="unknown_provider",
+                    messages.unknown_providers(unknown, sorted(known)), code="unknown_provider"
                 )
             return {"provider_order": " ".join(value) or None}
         return {name: value}
@@ -445,7 +436,7 @@ class PolicyAdmin:
     ) -> RoleTier:
         """Create or replace a role's tier (what is not given inherits the server's base rule)."""
         if max_quality not in (None, *CAPPABLE_QUALITIES):
-            raise InvalidOptions("The quality cap must be low, medium or high.", code="bad_quality")
+            raise InvalidOptions(messages.QUALITY_CAP, code="bad_quality")
         fields = {
             "allowance": allowance,
             "max_quality": max_quality,
@@ -464,10 +455,10 @@ class PolicyAdmin:
     ) -> CreditChange:
         """An admin's `grant`, `take` or `set`: one ledger row with the acting admin, then the audit."""
         if action not in ("grant", "take", "set") or amount < 0:
-            raise InvalidOptions("Use grant, take or set with a positive amount.", code="bad_credit_action")
+            raise InvalidOptions(messages.CREDIT_ACTION, code="bad_credit_action")
         reason = reason.strip()[:MAX_REASON_CHARS]
         if not reason:
-            raise InvalidOptions("Give a reason; it is kept in the ledger.", code="no_reason")
+            raise InvalidOptions(messages.NO_REASON, code="no_reason")
         policy = await self.guild_policy(guild_id)
         account, moved = await self.storage.ledger.change_balance(
             guild_id,
@@ -506,7 +497,7 @@ class PolicyAdmin:
         """The operator gives a server a monthly USD allotment (None removes it); audited."""
         self.access.require_operator(actor_id)
         if usd is not None and (not usd.is_finite() or usd < 0):
-            raise InvalidOptions("The allotment must be 0 or more US dollars.", code="bad_allotment")
+            raise InvalidOptions(messages.ALLOTMENT, code="bad_allotment")
         before = await self.allotment(guild_id)
         await self.storage.settings.set_guild_allotment(
             guild_id, None if usd is None else str(usd), actor_id=actor_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from bot import messages
 from bot.errors import InvalidOptions
 from bot.services.edits import PreparedJob
 
@@ -71,26 +72,17 @@ def best_affordable(edits: Repricer, prepared: PreparedJob, available: int) -> O
 
 def auto_resolved(offer: Offer) -> PreparedJob:
     """The cheaper job for an `auto` request, with a note (shown on the result) of what it ran at."""
-    note = (
-        f"`auto` quality could cost up to {offer.asked.reserve} credits, more than the {offer.available} "
-        f"available, so Retouch used **{offer.quality}** (at most {offer.credits} credits)."
-    )
+    note = messages.auto_quality_used(offer.asked.reserve, offer.available, offer.quality, offer.credits)
     return replace(offer.cheaper, notices=(*offer.cheaper.notices, note))
 
 
 def offer_text(offer: Offer, *, budget: bool) -> str:
     """The private message that offers the cheaper run (`budget`: the server's monthly budget is short)."""
     asked = offer.asked
-    short = (
-        f"only **{offer.available}** are left in this server's budget for this month"
-        if budget
-        else f"you have **{offer.available}** available"
-    )
-    return (
-        f"At **{asked.chosen.quality}** quality this edit can cost up to **{asked.reserve}** credits, but "
-        f"{short}. At **{offer.quality}** it costs at most **{offer.credits}** credits."
+    return messages.cheaper_offer(
+        asked.chosen.quality, asked.reserve, offer.available, offer.quality, offer.credits, budget=budget
     )
 
 
 def button_label(offer: Offer) -> str:
-    return f"Run at {offer.quality} for at most {offer.credits} credits"
+    return messages.cheaper_button(offer.quality, offer.credits)

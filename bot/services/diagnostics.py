@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from bot.catalog import Catalog
 from bot.concurrency import LimitState
 from bot.lifecycle import ModelLifecycle
+from bot.observability.probes import WriteProbe
 from bot.providers.base import CheckableProvider, Provider, ProviderHealth
 from bot.storage import Storage
 from bot.storage.connection import latest_schema_version
@@ -38,33 +39,6 @@ REQUIRED_PERMISSIONS: tuple[tuple[int, str], ...] = (
     (1 << 14, "Embed Links"),
     (1 << 16, "Read Message History"),
 )
-
-
-class WriteProbe:
-    """Asks the database for its write lock without ever abandoning a half-started transaction.
-
-    Timing out must not cancel `check_writable`: a BEGIN IMMEDIATE still waiting in SQLite's busy
-    handler would complete later with nobody left to end it. The probe runs shielded, and while one
-    is still waiting no second one is started.
-    """
-
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._task: asyncio.Task[None] | None = None
-
-    async def problem(self, timeout: float) -> str | None:  # noqa: ASYNC109 - the caller's budget
-        """None when a write transaction could start within `timeout` seconds, else a short reason."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._storage.check_writable())
-            # Retrieve a late failure so it is not reported as "never retrieved".
-            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            return "database busy"
-        except Exception as exc:
-            return f"database not writable ({type(exc).__name__})"
-        return None
 
 
 def missing_permissions(bits: int) -> tuple[str, ...]:

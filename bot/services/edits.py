@@ -3,8 +3,7 @@
 The service takes plain values (ids, bytes, callables) and never a Discord object. `prepare` checks
 options, images and the mask and prices the job without touching credits (what a preview shows);
 `submit` stores the job and holds its credits, and `bot.jobs.engine.JobEngine` runs it from there — queue,
-provider, delivery, capture or release — durably, across restarts. `execute`/`run_edit` also wait for
-the outcome, with two callbacks: `progress(text)` to show a stage, and `deliver(outcome)` to post it.
+provider, delivery, capture or release — durably, across restarts, telling the caller's `LiveJob`.
 
 Over 400 lines, `EditService` over 300: this is the former bot/jobs.py moved whole (issue 14 moves
 code without rewriting it). The next cut is intake (options, images, mask: `options_for`,
@@ -27,16 +26,14 @@ from bot import imaging
 from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
+from bot.domain.options import output_options
 from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
-    Delivered,
-    EditOutcome,
     InputFile,
     JobObserver,
     JobSpec,
-    JobStatus,
     LiveJob,
     MaskFiles,
     Origin,
@@ -58,7 +55,6 @@ FIRST_DISCOVERY_WAIT_SECONDS = 5.0  # how long start-up waits for OpenAI's model
 DM_GUILD_ID = 0
 
 Progress = Callable[[str], Awaitable[None]]
-Deliver = Callable[[EditOutcome], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -267,13 +263,6 @@ class EditService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def run_edit(self, job: EditJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
-        """Prepare and execute one edit. Raises RetouchError subclasses with user-safe messages."""
-        if not self.accepting:
-            raise ShuttingDown()
-        prepared = await self.prepare(job, progress=progress)
-        return await self.execute(prepared, progress=progress, deliver=deliver)
-
     async def prepare(self, job: EditJob, *, progress: Progress | None = None) -> PreparedJob:
         """Validate options, images and mask, and price the job. Moves no credits, calls no provider."""
         await self.lifecycle.tick()  # a shutdown date passed: stored defaults move before they are read
@@ -323,12 +312,7 @@ class EditService:
         Raises InsufficientCredits or a server rule's refusal (nothing held). Progress, the result
         and any failure go to `live` (and, after a restart, through the engine's Delivery).
         """
-        return await self._submit(prepared, live, origin, wait=False)
-
-    async def execute(self, prepared: PreparedJob, *, progress: Progress, deliver: Deliver) -> EditOutcome:
-        """Submit and wait: reserve, call the provider, deliver, capture — or release on any failure."""
-        ticket = await self._submit(prepared, _CallbackLive(progress, deliver), None, wait=True)
-        return await self.engine.wait(ticket.job_id)
+        return await self._submit(prepared, live, origin)
 
     async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> str:
         """Cancel a job (see `JobEngine.cancel`); returns the text to show the person who asked."""
@@ -390,9 +374,7 @@ class EditService:
             return None
         return JobSpec.from_json(row.spec).requested_model if row.spec else row.model
 
-    async def _submit(
-        self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None, *, wait: bool
-    ) -> Ticket:
+    async def _submit(self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None) -> Ticket:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
@@ -428,7 +410,6 @@ class EditService:
             reserve=reserve,
             live=live,
             origin=origin,
-            wait=wait,
         )
 
     async def _spec(self, prepared: PreparedJob) -> tuple[JobSpec, dict[str, bytes]]:
@@ -451,11 +432,7 @@ class EditService:
             model=resolution.model.id,
             requested_model=chosen.model,
             model_name=resolution.model.name,
-            quality=chosen.quality,
-            size=chosen.size,
-            background=chosen.background,
-            output_format=chosen.output_format,
-            count=chosen.count,
+            **output_options(chosen),
             reserve=prepared.reserve,
             upload_limit=job.upload_limit,
             user_hash=self.user_hash(job.user_id),
@@ -467,11 +444,6 @@ class EditService:
             model_picked=job.options.model_picked and resolution.model.id == chosen.model,
         )
         return spec, files
-
-    async def available_credits(self, guild_id: int, user_id: int) -> int:
-        """The user's spendable balance (creating the account with its starting grant if new)."""
-        account = await self.storage.ledger.ensure_account(guild_id, user_id, self.settings.starting_credits)
-        return account.balance
 
     async def drain(self, grace: float) -> int:
         """Stop taking jobs and let running ones finish for up to `grace` seconds (see
@@ -607,34 +579,9 @@ def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
     """What the job asks of a route (before the images are read, `images` is the upload count)."""
-    return Needs(
-        images=images,
-        size=chosen.size,
-        quality=chosen.quality,
-        background=chosen.background,
-        output_format=chosen.output_format,
-        count=chosen.count,
-        mask=job.mask is not None,
-        prompt_chars=len(job.options.prompt),
+    return Needs.with_options(
+        chosen, images=images, mask=job.mask is not None, prompt_chars=len(job.options.prompt)
     )
-
-
-class _CallbackLive:
-    """A LiveJob made of the two callbacks `execute` takes (tests, benchmarks, scripts)."""
-
-    def __init__(self, progress: Progress, deliver: Deliver) -> None:
-        self._progress = progress
-        self._deliver = deliver
-
-    async def update(self, status: JobStatus) -> None:
-        await self._progress(status.text)
-
-    async def deliver(self, outcome: EditOutcome) -> Delivered:
-        await self._deliver(outcome)
-        return Delivered("callback")
-
-    async def finish(self, text: str | None) -> bool:
-        return True  # the caller hears the outcome from `execute` itself
 
 
 def _stored_upload(files: JobFiles, job_id: str, name: str, label: str) -> Upload:
@@ -673,11 +620,7 @@ def _job_from_spec(
             spec.prompt,
             model=spec.requested_model,
             model_is_default=not spec.model_picked,
-            quality=spec.quality,
-            size=spec.size,
-            background=spec.background,
-            output_format=spec.output_format,
-            count=spec.count,
+            **output_options(spec),
         ),
         upload_limit=upload_limit,
         mask=mask,

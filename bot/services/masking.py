@@ -1,7 +1,7 @@
 """What `/mask` shows before any credits move: the grid picker's picture and the priced preview.
 
 Plain values in and out (jobs, bytes, numbers); the Discord side lives in `cogs/mask/`. Nothing here
-reserves or charges credits: that happens only in `EditService.execute`, after the user confirmed.
+reserves or charges credits: that happens only in `EditService.submit`, after the user confirmed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class MaskPreview:
     """The confirmation step: the picture with the area to change tinted, and what it may cost."""
 
     image: bytes  # JPEG
-    cost: int  # worst-case credits, exactly what `execute` will hold
+    cost: int  # worst-case credits, exactly what `submit` will hold
     balance: int  # the user's spendable credits now
     coverage: float  # fraction of the image that may change
 
@@ -66,20 +66,15 @@ async def grid_picture(image: bytes, grid: tuple[int, int], cells: tuple[int, ..
     return await asyncio.to_thread(imaging.grid_overlay, image, rows, cols, cells, max_side=PICKER_MAX_SIDE)
 
 
-async def preview(
-    edits: EditService, prepared: PreparedJob, policy: PolicyService | None = None
-) -> MaskPreview:
+async def preview(prepared: PreparedJob, policy: PolicyService) -> MaskPreview:
     """The tinted picture, the worst-case cost and the balance for a prepared masked job.
 
-    With the server's `policy`, the balance is the one `/credits` shows (allowance top-up included,
-    the same refill the reservation would do anyway); without it, the plain account balance.
+    The balance is the one `/credits` shows (allowance top-up included, the same refill the
+    reservation would do anyway).
     """
     if prepared.mask is None:
         raise ValueError("preview needs a masked job")
     picture = await asyncio.to_thread(imaging.tint_preview, prepared.images[0].data, prepared.mask.region)
     job = prepared.job
-    if policy is not None:
-        balance = (await policy.credits(job.guild_id, job.user_id, job.role_ids)).account.balance
-    else:
-        balance = await edits.available_credits(job.guild_id, job.user_id)
+    balance = (await policy.credits(job.guild_id, job.user_id, job.role_ids)).account.balance
     return MaskPreview(picture, prepared.reserve, balance, prepared.mask.coverage)

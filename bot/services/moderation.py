@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from bot import imaging
+from bot import imaging, messages
 from bot.errors import RetouchError
 from bot.providers.base import InputImage
 from bot.providers.errors import ProviderError, ProviderTimeout
@@ -33,22 +33,6 @@ OUTAGE_AUDIT_SECONDS = 600.0  # a long outage is reported once per this, not onc
 # Images above this are re-encoded smaller (off the event loop) before they are sent: moderation does
 # not need every pixel, and the upload is part of the time an edit waits.
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
-# What members read for each category the API returns.
-CATEGORY_NAMES = {
-    "harassment": "harassment",
-    "harassment/threatening": "threats",
-    "hate": "hate",
-    "hate/threatening": "hateful threats",
-    "illicit": "illegal activity",
-    "illicit/violent": "violent illegal activity",
-    "self-harm": "self-harm",
-    "self-harm/intent": "self-harm",
-    "self-harm/instructions": "self-harm instructions",
-    "sexual": "sexual content",
-    "sexual/minors": "sexual content involving minors",
-    "violence": "violence",
-    "violence/graphic": "graphic violence",
-}
 
 
 class Moderate(Protocol):
@@ -69,12 +53,7 @@ class Flagged(RetouchError):
     """The safety check flagged the prompt or an image; nothing was held or sent."""
 
     def __init__(self, category: str, where: str) -> None:
-        name = CATEGORY_NAMES.get(category, category.replace("/", " / "))
-        super().__init__(
-            f"Retouch's safety check flagged {where} for **{name}**, so nothing was sent to the image "
-            "service. Change it and try again. You were not charged.",
-            code="moderation_flagged",
-        )
+        super().__init__(messages.flagged(category, where), code="moderation_flagged")
         self.category = category
         self.where = where
 

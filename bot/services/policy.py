@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
+from bot import messages
 from bot.catalog import Catalog, ModelEntry, usd_to_credits
 from bot.config import Settings
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES
@@ -214,27 +215,17 @@ def clamp(
             if m in limits.models and m in catalog.models and live(catalog.models[m])
         ]
         if not allowed:
-            raise PolicyRefused(
-                "None of the image models is enabled for your roles on this server. Ask a server admin.",
-                code="no_allowed_model",
-            )
+            raise PolicyRefused(messages.NO_ALLOWED_MODEL, code="no_allowed_model")
         notices.append(
-            f"Your roles on this server can't use {catalog.models[chosen.model].name}, "
-            f"so Retouch uses {catalog.models[allowed[0]].name}."
+            messages.role_model(catalog.models[chosen.model].name, catalog.models[allowed[0]].name)
         )
         chosen = replace(chosen, model=allowed[0])
     cap = limits.max_quality
     if cap is not None and QUALITY_RANK.get(chosen.quality, 0) > QUALITY_RANK[cap]:
-        notices.append(
-            f"Your roles on this server allow at most **{cap}** quality, so Retouch uses {cap} "
-            f"instead of {chosen.quality}."
-        )
+        notices.append(messages.role_quality(cap, chosen.quality))
         chosen = replace(chosen, quality=cap)
     if chosen.count > limits.max_images:
-        notices.append(
-            f"Your roles on this server allow at most {limits.max_images} image(s) per edit, "
-            f"so Retouch makes {limits.max_images}."
-        )
+        notices.append(messages.role_images(limits.max_images))
         chosen = replace(chosen, count=limits.max_images)
     return chosen, tuple(notices)
 
@@ -406,9 +397,7 @@ class PolicyService(PolicyAdmin):
         transaction. Raises PolicyRefused, or NotEnoughCredits like `Storage.reserve`.
         """
         if not await self.access.approved(job.guild_id):  # a server unapproved since the command began
-            raise PolicyRefused(
-                "Retouch is not enabled on this server. Nothing was charged.", code="unapproved"
-            )
+            raise PolicyRefused(messages.NOT_APPROVED_ANY_MORE, code="unapproved")
         policy = await self.guild_policy(job.guild_id)
         await self._refill(policy, policy.limits_for(job.role_ids), job.user_id)
         try:
@@ -440,11 +429,7 @@ class PolicyService(PolicyAdmin):
                 and not await self.storage.ledger.refilled(job.guild_id, job.user_id, period)
             )
             if not due:
-                raise RetouchError(
-                    "You have no credits left on this server, so nothing was done. Ask a server admin "
-                    "for credits, or wait for your allowance to refill (see /credits).",
-                    code="insufficient_credits",
-                )
+                raise RetouchError(messages.NO_CREDITS_LEFT, code="insufficient_credits")
         budget = await self.budget(job.guild_id)
         for reason, used, cap in (
             ("allotment", budget.used, budget.allotment),
@@ -494,44 +479,24 @@ class PolicyService(PolicyAdmin):
     def _refusal(self, exc: ReserveRefused, policy: GuildPolicy, credits: int) -> PolicyRefused:
         if exc.reason == "cooldown" and exc.retry_at is not None:
             return PolicyRefused(
-                f"This server allows one edit every {policy.cooldown_seconds} s. "
-                f"You can start the next one {discord_timestamp(exc.retry_at)}.",
-                code="cooldown",
+                messages.cooldown(policy.cooldown_seconds, discord_timestamp(exc.retry_at)), code="cooldown"
             )
         if exc.reason == "concurrency":
-            return PolicyRefused(
-                f"You already have {exc.used} edit(s) running, the most this server allows at once. "
-                "Start this one when one of them has finished.",
-                code="too_many_running",
-            )
+            return PolicyRefused(messages.too_many_running(exc.used), code="too_many_running")
         left = max(0, exc.limit - exc.used)
         resume = discord_timestamp(next_period_start("monthly", self.now()))
         if exc.reason in ("allotment", "bot_budget"):
-            whose = "this server's share of" if exc.reason == "allotment" else "all of"
+            share = exc.reason == "allotment"
             if left == 0:
                 return PolicyRefused(
-                    f"Retouch has used {whose} the image budget its operator set for this month. "
-                    f"Edits resume {resume}, or the bot's operator can raise it. Nothing was charged.",
-                    code=exc.reason,
+                    messages.operator_budget_spent(share=share, resume=resume), code=exc.reason
                 )
             return PolicyRefused(
-                f"This edit can cost up to {credits} credits, but only {left} are left in {whose} the "
-                "image budget the bot's operator set for this month. Try a lower quality or fewer "
-                "images. Nothing was charged.",
-                code=exc.reason,
+                messages.operator_budget_short(share=share, credits=credits, left=left), code=exc.reason
             )
         if left == 0:
-            return PolicyRefused(
-                f"This server has used its image budget for this month. Edits resume {resume}, "
-                "or a server admin can raise the budget.",
-                code="guild_cap",
-            )
-        return PolicyRefused(
-            f"This edit can cost up to {credits} credits, but only {left} are left in this server's "
-            f"budget for this month. Try a lower quality or fewer images, or ask a server admin.",
-            code="guild_cap",
-            available=left,
-        )
+            return PolicyRefused(messages.server_budget_spent(resume), code="guild_cap")
+        return PolicyRefused(messages.server_budget_short(credits, left), code="guild_cap", available=left)
 
     # -- accounts --------------------------------------------------------------------------------
 
@@ -589,7 +554,7 @@ class PolicyService(PolicyAdmin):
 
     async def set_quality(self, user_id: int, quality: str) -> None:
         if quality not in QUALITIES:
-            raise InvalidOptions(f"Quality must be one of {', '.join(QUALITIES)}.", code="bad_quality")
+            raise InvalidOptions(messages.quality_one_of(QUALITIES), code="bad_quality")
         await self.storage.settings.update_user_settings(user_id, {"quality": quality})
 
     async def update_settings(
@@ -613,18 +578,13 @@ class PolicyService(PolicyAdmin):
             if name == "model":
                 self.catalog.get(value)  # raises InvalidOptions for an unknown id
             elif name in allowed and value not in allowed[name]:
-                raise InvalidOptions(
-                    f"`{name}` must be one of {', '.join(allowed[name])}.", code="bad_option"
-                )
+                raise InvalidOptions(messages.not_one_of(name, allowed[name]), code="bad_option")
             fields[name] = int(value) if name == "skip_mask_preview" else value
         current, _ = self._merge(await self.guild_policy(guild_id), await self.user_settings(user_id))
         background = fields.get("background", current.background) or self.settings.default_background
         fmt = fields.get("output_format", current.output_format) or self.settings.default_format
         if background == "transparent" and fmt == "jpeg":
-            raise InvalidOptions(
-                "A transparent background needs PNG or WebP output. Set the format to png or webp.",
-                code="transparent_jpeg",
-            )
+            raise InvalidOptions(messages.TRANSPARENT_NEEDS_FORMAT, code="transparent_jpeg")
         if fields:
             await self.storage.settings.update_user_settings(user_id, fields)
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable
-from typing import Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from bot import imaging
 from bot.choices import normalize_size
@@ -40,13 +39,12 @@ from bot.services.edits import EditJob, EditOptions, MaskSpec
 from cogs._results import run_and_publish
 from cogs._ui import (
     ProgressMessage,
+    RetouchCog,
     first_image,
-    model_choices,
+    option_autocomplete,
     policy_of,
-    quality_choices,
     report_error,
     role_ids_of,
-    size_choices,
     upload_of,
 )
 from cogs.mask.controls import NO_MENTIONS, Handler, MaskControl
@@ -60,14 +58,15 @@ PROMPT_MAX_CHARS = 6000  # Discord's cap for a string option
 MAX_FEATHER_PX = 64
 
 
-class MaskCog(GridPicker, commands.Cog):
+class MaskCog(GridPicker, RetouchCog):
     """Discord plumbing for masked edits; validation, pricing and image work live in `bot/`."""
 
+    dynamic_items = (MaskControl,)
+
     def __init__(self, bot: RetouchBot, *, preview_timeout: float = PREVIEW_TIMEOUT_SECONDS) -> None:
-        self.bot = bot
+        super().__init__(bot, app_commands.ContextMenu(name="Edit image", callback=self.edit_image_menu))
         self.edits = bot.services.edits
         self.sessions = MaskSessions(preview_timeout, self._expired)
-        self.menu = app_commands.ContextMenu(name="Edit image", callback=self.edit_image_menu)
         self._handlers: dict[str, Handler] = {
             "cells": self._pick_cells,
             "grid": self._switch_grid,
@@ -77,13 +76,8 @@ class MaskCog(GridPicker, commands.Cog):
             "cancel": self._cancel,
         }
 
-    async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(MaskControl)
-        self.bot.tree.add_command(self.menu)
-
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
-        self.bot.remove_dynamic_items(MaskControl)
+        await super().cog_unload()
         self.sessions.close_all()
 
     # -- entry points ---------------------------------------------------------------------------
@@ -103,6 +97,7 @@ class MaskCog(GridPicker, commands.Cog):
         keep_outside="Keep everything outside the area exactly as it was (default on)",
         model="Which image model to use (only models that can do masked edits)",
     )
+    @option_autocomplete(mask_only=True)
     async def mask(
         self,
         interaction: discord.Interaction,
@@ -131,24 +126,6 @@ class MaskCog(GridPicker, commands.Cog):
             prompt, model=model, quality=quality, size=normalize_size(size), output_format=format
         )
         await self._begin(interaction, self._job(interaction, image, options, spec))
-
-    @mask.autocomplete("model")
-    async def model_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return model_choices(self.edits.lifecycle, current, mask_only=True)
-
-    @mask.autocomplete("quality")
-    async def quality_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await quality_choices(self.bot, interaction, current)
-
-    @mask.autocomplete("size")
-    async def size_autocomplete(
-        self, interaction: discord.Interaction, current: str
-    ) -> list[app_commands.Choice[str]]:
-        return await size_choices(self.bot, interaction, current)
 
     async def edit_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Message menu: open the form for the message's image (a modal must be the first response)."""
@@ -252,13 +229,7 @@ class MaskCog(GridPicker, commands.Cog):
                 await interaction.response.defer()  # a second click on Run or Cancel: already handled
                 return
             if session is None:
-                await interaction.response.edit_message(
-                    content=expired_text(self.sessions.timeout),
-                    embed=None,
-                    attachments=[],
-                    view=None,
-                    allowed_mentions=NO_MENTIONS,
-                )
+                await interaction.response.edit_message(**self._expired_message())
                 return
             if session.user_id != interaction.user.id:
                 # Pickers and previews are private, so only a forged click gets here; leave it alone.
@@ -279,16 +250,20 @@ class MaskCog(GridPicker, commands.Cog):
     async def _expired(self, session: MaskSession) -> None:
         """Replace the expired picker/preview with a notice, so its buttons are gone."""
         try:
-            await session.handle.edit_original_response(
-                content=expired_text(self.sessions.timeout),
-                embed=None,
-                attachments=[],
-                view=None,
-                allowed_mentions=NO_MENTIONS,
-            )
+            await session.handle.edit_original_response(**self._expired_message())
         except discord.HTTPException as exc:
             # The message may be gone or its token dead; a later click is still answered as expired.
             log.debug("could not mark mask preview %s as expired: %s", session.sid, exc)
+
+    def _expired_message(self) -> dict[str, Any]:
+        """What an expired picker or preview becomes: the notice alone, without picture or buttons."""
+        return {
+            "content": expired_text(self.sessions.timeout),
+            "embed": None,
+            "attachments": [],
+            "view": None,
+            "allowed_mentions": NO_MENTIONS,
+        }
 
     async def _skips_preview(self, user_id: int) -> bool:
         """The user's own "skip the mask preview" setting (`/settings`)."""

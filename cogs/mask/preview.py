@@ -104,7 +104,7 @@ class PricedPreview(MaskParts):
     async def _show_preview(self, interaction: discord.Interaction, session: MaskSession) -> None:
         prepared = session.prepared
         assert prepared is not None
-        shown = await masking.preview(self.edits, prepared, policy_of(self.bot))
+        shown = await masking.preview(prepared, policy_of(self.bot))
         await interaction.edit_original_response(
             content=None,
             embed=preview_embed(prepared, shown, self.sessions.timeout),

@@ -6,9 +6,11 @@
 * `requests` — `send_paid` (never re-sent once it may have reached the server) and
   `send_idempotent` (retried freely within the job's deadline).
 * `polling` — following a submitted job to its end; parallel calls that fail together.
-* `outputs` — result downloads (a provider's URL is never trusted), base64, uploads, masks.
+* `outputs` — result downloads (a provider's URL is never trusted), base64, masks.
 * `vendor` — reading vendors' answers: safe messages, JSON, error summaries, the "model gone" rule.
 * `health` — the cheap authenticated call behind `/diagnose`.
+* `client` — `VendorClient`: one adapter's session, base URL, key, policy and timeouts, bound once
+  for its paid submit, its idempotent calls and its result downloads.
 
 Nothing here knows about Discord or about one vendor: each vendor passes its own `classify`
 function that turns an error response into a `ProviderError`. The names below are the package's
@@ -17,6 +19,9 @@ public API (what the adapters import).
 
 from __future__ import annotations
 
+from bot.providers.http.client import (
+    VendorClient,
+)
 from bot.providers.http.health import (
     CHECK_POLICY,
     CHECK_TIMEOUT,
@@ -29,7 +34,6 @@ from bot.providers.http.outputs import (
     download,
     fetch_output,
     sniff_image_format,
-    upload_file,
 )
 from bot.providers.http.polling import (
     gather_or_cancel,
@@ -48,15 +52,20 @@ from bot.providers.http.transport import (
     HttpResponse,
     RetryPolicy,
     classify_http_status,
+    http_date,
     parse_retry_after,
     redact_url,
+    seconds_until,
 )
 from bot.providers.http.vendor import (
     MAX_MESSAGE,
+    before_submit,
+    classify_reseller,
     error_summary,
     gone_on_submit,
     is_http_url,
     mark_unsubmitted,
+    mentions,
     parse_json,
     safe_message,
     says_model_gone,
@@ -76,7 +85,10 @@ __all__ = [
     "Classifier",
     "HttpResponse",
     "RetryPolicy",
+    "VendorClient",
+    "before_submit",
     "classify_http_status",
+    "classify_reseller",
     "convert_mask",
     "decode_base64_image",
     "download",
@@ -85,14 +97,17 @@ __all__ = [
     "gather_or_cancel",
     "gone_on_submit",
     "health_from_error",
+    "http_date",
     "is_http_url",
     "mark_unsubmitted",
+    "mentions",
     "parse_json",
     "parse_retry_after",
     "poll",
     "redact_url",
     "safe_message",
     "says_model_gone",
+    "seconds_until",
     "send_check",
     "send_idempotent",
     "send_paid",
@@ -100,5 +115,4 @@ __all__ = [
     "submit_classifier",
     "submit_server_error",
     "unsupported_options",
-    "upload_file",
 ]

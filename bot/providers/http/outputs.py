@@ -1,12 +1,11 @@
 """Getting images in and out: result downloads (never trusting a provider's URL), base64 and
-format sniffing, uploads of inputs, and masks in a provider's convention."""
+format sniffing, and masks in a provider's convention (uploads are `VendorClient.upload`)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import io
 import logging
 from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
@@ -18,7 +17,7 @@ from bot.providers.errors import (
     ServerError,
 )
 from bot.providers.http.requests import send_idempotent
-from bot.providers.http.transport import Classifier, HttpResponse, RetryPolicy
+from bot.providers.http.transport import RetryPolicy
 from bot.providers.http.vendor import _SCHEME_PREFIX
 from bot.providers.masks import to_convention
 
@@ -186,44 +185,3 @@ async def convert_mask(mask_png: bytes, convention: str, *, provider: str) -> by
         return await asyncio.to_thread(to_convention, mask_png, convention)
     except ValueError as exc:
         raise InvalidInput(f"unusable mask: {exc}", provider=provider, code="invalid_mask") from None
-
-
-async def upload_file(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    field: str,
-    data: bytes,
-    filename: str,
-    mime: str,
-    deadline: float,
-    policy: RetryPolicy,
-    call_timeout: float,
-    provider: str,
-    headers: Mapping[str, str],
-    classify: Classifier,
-) -> HttpResponse:
-    """POST one file as a multipart form whose only part is named `field`; return the 2xx answer.
-
-    An upload creates nothing billable, so it follows the `send_idempotent` rules (a fresh form
-    for every try). The answer is the vendor's to read.
-    """
-
-    def form() -> aiohttp.FormData:
-        fd = aiohttp.FormData()
-        # BytesIO: aiohttp writes a large raw-bytes part in one blocking call.
-        fd.add_field(field, io.BytesIO(data), filename=filename, content_type=mime)
-        return fd
-
-    return await send_idempotent(
-        session,
-        "POST",
-        url,
-        policy=policy,
-        deadline=deadline,
-        call_timeout=call_timeout,
-        provider=provider,
-        headers=headers,
-        data_factory=form,
-        classify=classify,
-    )

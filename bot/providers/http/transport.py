@@ -156,6 +156,22 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def http_date(text: str) -> datetime | None:
+    """An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`), or None when `text` is not one."""
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def seconds_until(when: datetime, now: datetime | None = None) -> float:
+    """Seconds from `now` (default: the current time) until `when`, a naive time read as UTC; 0 for
+    a time in the past (a server's "wait until" hint)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait, or None when it gave no usable hint.
 
@@ -177,13 +193,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         seconds = float(raw)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        when = http_date(raw)
+        return None if when is None else seconds_until(when)
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds

@@ -6,19 +6,26 @@ from __future__ import annotations
 import json as _json
 import logging
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from bot.providers.errors import (
     InvalidInput,
     ModelGone,
+    ModelUnavailable,
     ProviderError,
+    ProviderJobFailed,
+    ProviderRejected,
     ProviderTimeout,
+    RateLimited,
     ServerError,
+    ServiceUnavailable,
 )
-from bot.providers.http.transport import Classifier, redact_url
+from bot.providers.http.transport import Classifier, parse_retry_after, redact_url
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 _SCHEME_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -55,6 +62,15 @@ def mark_unsubmitted(err: ProviderError) -> ProviderError:
     return err
 
 
+async def before_submit(step: Awaitable[T]) -> T:
+    """Await a step that runs before the paid submit (the uploads); a `ProviderError` from it is
+    raised `mark_unsubmitted`, as nothing was created or billed yet."""
+    try:
+        return await step
+    except ProviderError as err:
+        raise mark_unsubmitted(err) from None
+
+
 def parse_json(body: bytes) -> Any:
     """The body decoded as JSON, or None when it is not JSON (an HTML error page, an empty body)."""
     try:
@@ -89,6 +105,74 @@ def submit_server_error(summary: str, *, status: int, **kw: Any) -> ServerError:
     err = ServerError(summary, status=status, accepted=False, **kw)
     err.retryable_elsewhere = True
     return err
+
+
+def mentions(text: str, words: tuple[str, ...]) -> bool:
+    """Whether lower-cased `text` contains one of `words` (how resellers' wording is told apart)."""
+    return any(word in text for word in words)
+
+
+def classify_reseller(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    provider: str,
+    message: Callable[[Any], str],
+    job_state: Callable[[Any], str | None],
+    safety_words: tuple[str, ...],
+    billing_words: tuple[str, ...],
+    error_in_answer: Callable[[Any], int | None] | None = None,
+    timeout_states: frozenset[str] = frozenset(),
+    billing_code: str = "insufficient_balance",
+    safety_code: str | None = None,
+    synchronous: bool = False,
+) -> ProviderError:
+    """Map one failure of a reseller whose error bodies are undocumented (Atlas Cloud, WaveSpeed,
+    1min.ai) to a `ProviderError`: the status decides, the vendor's wording refines.
+
+    The vendor says how its answers read: `message` (the error text of the decoded body), `job_state`
+    (the state of a job a 2xx answer reports), `error_in_answer` (an error status some gateways put
+    inside a 2xx answer), and the words that name a safety filter or a billing problem.
+
+    A 2xx answer without such a status is a job that ran and failed (it may have been billed):
+    ProviderTimeout for a state in `timeout_states`, else ProviderJobFailed, or ProviderRejected for
+    safety wording, all `accepted=True`. Otherwise, by the (inner) status: 402 or billing wording →
+    ServiceUnavailable(`billing_code`); 401/403 → ServiceUnavailable; 404 → ModelUnavailable; 429 →
+    RateLimited with the retry-after hint; 5xx → a `synchronous` call's ServerError(accepted=True)
+    (the image may have been made, and billed, before the error), else `submit_server_error` (no job
+    id came back: nothing was queued); other 4xx → ProviderRejected(`safety_code`) for safety
+    wording, else InvalidInput.
+    """
+    payload = parse_json(body)
+    raw = message(payload)
+    lowered = raw.lower()
+    answered = 200 <= status < 300
+    effective = (error_in_answer(payload) if error_in_answer else None) if answered else status
+    summary = error_summary(status, raw, code=effective)
+    safety = mentions(lowered, safety_words)
+    if effective is None:  # a 2xx: the job ran, and its state says it did not succeed
+        state = job_state(payload)
+        kw: dict[str, Any] = {"provider": provider, "status": status, "code": state, "accepted": True}
+        if state in timeout_states:
+            return ProviderTimeout(summary, **kw)
+        return ProviderRejected(summary, **kw) if safety else ProviderJobFailed(summary, **kw)
+    kw = {"provider": provider, "status": effective}
+    if effective == 402 or mentions(lowered, billing_words):
+        return ServiceUnavailable(summary, code=billing_code, **kw)
+    if effective in (401, 403):
+        return ServiceUnavailable(summary, code="unauthorized" if effective == 401 else "forbidden", **kw)
+    if effective == 404:
+        return ModelUnavailable(summary, code="not_found", **kw)
+    if effective == 429:
+        return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
+    if effective >= 500:
+        if synchronous:
+            return ServerError(summary, accepted=True, **kw)
+        return submit_server_error(summary, **kw)
+    if safety:
+        return ProviderRejected(summary, code=safety_code, **kw)
+    return InvalidInput(summary, **kw)
 
 
 def unsupported_options(model: str, service: str, problems: list[str], *, provider: str) -> InvalidInput:

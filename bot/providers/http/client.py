@@ -1,0 +1,132 @@
+"""One adapter's calls to its vendor, bound once: the shared session, the configured base URL, the key
+header, the retry policy, the timeouts and the vendor's error mapping.
+
+Every reseller adapter makes the same kinds of call: one paid submit (`send_paid`, classified with
+the "model gone" rule), idempotent uploads and polls with its key (`send_idempotent`), and result
+downloads without its key (`fetch_output`, trusting only its own base URL). `VendorClient` makes them
+with the adapter's settings so each adapter says only what differs: paths, bodies and answers.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from bot.providers.http.outputs import fetch_output
+from bot.providers.http.polling import gather_or_cancel
+from bot.providers.http.requests import send_idempotent, send_paid
+from bot.providers.http.transport import MAX_RESPONSE_BYTES, Classifier, HttpResponse, RetryPolicy
+from bot.providers.http.vendor import submit_classifier
+
+
+@dataclass(frozen=True, slots=True)
+class VendorClient:
+    """The HTTP side of one adapter (see the module docstring)."""
+
+    session: aiohttp.ClientSession
+    base_url: str  # configured, without a trailing slash; results on its origin are trusted
+    provider: str
+    headers: Mapping[str, str]  # the key; never sent to another origin (nor to result URLs)
+    policy: RetryPolicy
+    classify: Classifier  # the vendor's one error mapping
+    message_of: Callable[[bytes], str]  # the vendor's error text of a body (to tell "model gone")
+    call_timeout: float  # the paid call
+    io_timeout: float  # one upload, poll or download
+    max_output_bytes: int  # one result image
+
+    def url(self, path: str) -> str:
+        """`path` under the configured base URL."""
+        return f"{self.base_url}{path}"
+
+    def submit_classifier(self, model: str) -> Classifier:
+        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule."""
+        return submit_classifier(self.classify, self.message_of, model=model)
+
+    async def submit(
+        self, url: str, body: Any, *, deadline: float, model: str, max_body: int = MAX_RESPONSE_BYTES
+    ) -> HttpResponse:
+        """POST the one paid JSON request of a job: never re-sent once it may have arrived."""
+        return await send_paid(
+            self.session,
+            "POST",
+            url,
+            policy=self.policy,
+            deadline=deadline,
+            call_timeout=self.call_timeout,
+            json=body,
+            headers=self.headers,
+            provider=self.provider,
+            classify=self.submit_classifier(model),
+            max_body=max_body,
+        )
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        deadline: float,
+        json: Any = None,
+        data_factory: Callable[[], Any] | None = None,
+        accepted: bool = False,
+    ) -> HttpResponse:
+        """An idempotent call with the key (an upload, a poll), retried within `deadline`.
+
+        Pass `accepted=True` for a call that follows a submitted job (its failures may be billed).
+        """
+        return await send_idempotent(
+            self.session,
+            method,
+            url,
+            policy=self.policy,
+            deadline=deadline,
+            call_timeout=self.io_timeout,
+            provider=self.provider,
+            headers=self.headers,
+            json=json,
+            data_factory=data_factory,
+            classify=self.classify,
+            accepted=accepted,
+        )
+
+    async def upload(
+        self, url: str, field: str, file: tuple[bytes, str, str], *, deadline: float
+    ) -> HttpResponse:
+        """POST one `(data, filename, mime)` file as a multipart form whose only part is `field`.
+
+        An upload creates nothing billable, so it is retried like any idempotent call (with a fresh
+        form for every try). The answer is the vendor's to read.
+        """
+        data, filename, mime = file
+
+        def form() -> aiohttp.FormData:
+            fd = aiohttp.FormData()
+            # BytesIO: aiohttp writes a large raw-bytes part in one blocking call.
+            fd.add_field(field, io.BytesIO(data), filename=filename, content_type=mime)
+            return fd
+
+        return await self.call("POST", url, deadline=deadline, data_factory=form)
+
+    async def output(self, value: str, *, deadline: float) -> bytes:
+        """The bytes of one result a job listed (a URL or base64), fetched without the key.
+
+        A result may be on the API's own origin; any other must be a public address (`fetch_output`).
+        """
+        return await fetch_output(
+            self.session,
+            value,
+            max_bytes=self.max_output_bytes,
+            deadline=deadline,
+            policy=self.policy,
+            call_timeout=self.io_timeout,
+            provider=self.provider,
+            trusted=(self.base_url,),
+        )
+
+    async def outputs(self, values: Iterable[str], *, deadline: float) -> list[bytes]:
+        """Every result of a finished job (see `output`), fetched in parallel."""
+        return await gather_or_cancel(*(self.output(value, deadline=deadline) for value in values))
