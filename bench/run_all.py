@@ -24,6 +24,8 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench.concurrency", [], ["--levels", "1", "10"]),
     ("bench.concurrency", ["--format", "jpeg"], ["--levels", "10", "--format", "jpeg"]),
     ("bench.bursts", [], ["--count", "10"]),
+    # Needs PostgreSQL (RETOUCH_TEST_DATABASE_URL); says so and passes without it.
+    ("bench.shard_takeover", [], ["--lease", "6", "--runs", "1"]),
 )
 
 

@@ -59,7 +59,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     import aiohttp
     import discord
 
-    from bot.app import build_providers, build_services, provider_session
+    from bot.app import build_providers, build_services, provider_session, shard_sharing
     from bot.client import RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import serve_ops
@@ -90,7 +90,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         async with provider_session(settings, **session_options) as session:
             services = build_services(settings, catalog, storage, build_providers(settings, session))
             watch.attach(services.edits.router.limiter)
-            bot = RetouchBot(services, sync_commands=sync)
+            # With SQLite this process serves every shard; a PostgreSQL backend passes its pool here so
+            # the shards are shared out among every process on that database.
+            shards = None if sync else shard_sharing(settings, pool=None)
+            bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.shutdown()))

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -33,7 +33,12 @@ from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
 from bot.services.history import EditHistory
 from bot.services.moderation import SafetyCheck
 from bot.services.policy import PolicyService
+from bot.sharding import ShardCoordinator, ShardSharing, StaticShards
 from bot.storage import Storage
+from bot.storage.shard_leases import ShardLeases
+
+if TYPE_CHECKING:
+    import asyncpg
 
 SALT_FILE = "install_salt"
 
@@ -157,6 +162,17 @@ def build_providers(
                 session, key, p.base_url, policy=policy, call_timeout=sync_timeout, mask_conventions=masks
             )
     return built
+
+
+def shard_sharing(settings: Settings, pool: asyncpg.Pool | None) -> ShardSharing | None:
+    """Which gateway shards this process serves. With PostgreSQL (`pool`), its share among every process
+    on that database; otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
+    recommended count, as discord.py picks it."""
+    if pool is not None:
+        lease = settings.shard_lease_seconds
+        store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
+        return ShardCoordinator(store, lease_seconds=lease, shard_count=settings.shard_count or None)
+    return StaticShards(settings.shard_count) if settings.shard_count else None
 
 
 def load_or_create_salt(data_dir: Path) -> bytes:

@@ -8,15 +8,18 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import discord
+import yarl
 from discord import app_commands
 from discord.ext import commands
 
 from bot.app import Services
 from bot.errors import RetouchError, ShuttingDown, new_reference
 from bot.services.access import RateLimited, operator_ids
+from bot.sharding import ShardPlan, ShardSharing
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ REPLY_GRACE_SECONDS = 10.0
 OPERATOR_COMMAND = "owner"
 # The Approve button offered to the operator in an unapproved server; cogs.owner handles the click.
 APPROVE_CUSTOM_ID = "retouch:approve:{guild_id}"
+# Discord takes one IDENTIFY per 5 s from a bot (`max_concurrency` 1, all but the largest bots);
+# discord.py waits as long before each shard it starts but the first.
+IDENTIFY_GAP_SECONDS = 5.0
 
 
 # The click is handled by cogs.owner's dynamic item; this view only renders the button, and a timeout
@@ -115,16 +121,125 @@ class RetouchTree(app_commands.CommandTree):
         await reply_privately(interaction, text)
 
 
-class RetouchBot(commands.AutoShardedBot):
+async def _stay_closed(*_args: object) -> None:
+    """Stands in for a retired shard's reconnect methods (see `SwitchableShards._retire`)."""
+
+
+class SwitchableShards(commands.AutoShardedBot):
+    """An AutoShardedBot whose shards can change while it runs. discord.py starts its shards once, at
+    connect; with `sharing` (bot/sharding.py) this bot instead serves the plans it is handed: shards
+    left out stop at once, new ones start in the background, one IDENTIFY at a time. Without it, this is
+    discord.py's own behaviour (Discord's recommended count, every shard in this process)."""
+
+    def __init__(self, *args: Any, sharing: ShardSharing | None = None, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.sharing = sharing
+        self.identify_gap = IDENTIFY_GAP_SECONDS
+        self._wanted = ShardPlan(0, frozenset())
+        self._gateway: yarl.URL | None = None
+        self._launcher: asyncio.Task[None] | None = None
+        self._last_identify = -math.inf
+        self._sharing_stopped = False
+
+    def _running_shards(self) -> dict[int, Any]:
+        # discord.py keeps its running shards in this private mapping: it has no public way to add or drop
+        # one while the client runs. (tests/test_shards_e2e.py exercises it with real gateway connections.)
+        shards: dict[int, Any] = self.__dict__["_AutoShardedClient__shards"]
+        return shards
+
+    async def launch_shards(self) -> None:
+        if self.sharing is None:
+            await super().launch_shards()
+            return
+        if self.is_closed():
+            return
+        # The gateway URL from GET /gateway/bot (through DISCORD_API_BASE, like discord.py when it picks the
+        # count itself), and Discord's recommended count for a fleet that has none yet.
+        recommended, url, _limits = await self.http.get_bot_gateway()
+        self._gateway = yarl.URL(url)
+        await self.sharing.start(self.serve_shards, recommended=recommended)
+
+    async def serve_shards(self, plan: ShardPlan) -> None:
+        """Serve exactly `plan`: returns once every shard left out of it is closed; the missing ones are
+        started in the background."""
+        self._wanted = plan
+        running = self._running_shards()
+        if plan.shard_count != self.shard_count:
+            for shard_id in list(running):  # another count maps every server to another shard
+                await self._retire(shard_id)
+            self.shard_count = self._connection.shard_count = plan.shard_count
+        for shard_id in [s for s in running if s not in plan.shard_ids]:
+            await self._retire(shard_id)
+        # discord.py dispatches `ready` once as many shards as these have sent READY.
+        self.shard_ids = self._connection.shard_ids = sorted(plan.shard_ids)
+        if plan.shard_ids - running.keys() and (self._launcher is None or self._launcher.done()):
+            self._launcher = asyncio.create_task(self._launch_missing(), name="retouch-shard-launcher")
+
+    async def _launch_missing(self) -> None:
+        assert self._gateway is not None
+        loop = asyncio.get_running_loop()
+        while not self.is_closed():
+            missing = sorted(self._wanted.shard_ids - self._running_shards().keys())
+            if not missing:
+                return
+            # Waiting here rather than in discord.py's identify hook (which waits with the socket already
+            # open) means a plan that drops this shard meanwhile costs no connection at all.
+            await asyncio.sleep(max(0.0, self._last_identify + self.identify_gap - loop.time()))
+            shard_id = missing[0]
+            if shard_id not in self._wanted.shard_ids:
+                continue
+            self._last_identify = loop.time()
+            plan = self._wanted
+            await self.launch_shard(self._gateway, shard_id, initial=True)  # initial: no second wait
+            log.info("serving shard %d of %d", shard_id, plan.shard_count)
+            if shard_id not in self._wanted.shard_ids or self._wanted.shard_count != plan.shard_count:
+                await self._retire(shard_id)  # the plan changed while it connected
+
+    async def _retire(self, shard_id: int) -> None:
+        """Stop serving one shard: its reader stops at once, its socket closes, its servers leave the
+        cache."""
+        shard = self._running_shards().pop(shard_id, None)
+        if shard is None:
+            return
+        # A reconnect discord.py queued for this shard before now must not bring it back.
+        shard.reconnect = shard.reidentify = _stay_closed
+        await shard.disconnect()
+        for guild in [g for g in self.guilds if g.shard_id == shard_id]:
+            self._connection._remove_guild(guild)
+        log.info("stopped serving shard %d", shard_id)
+
+    def shards_connected(self) -> bool:
+        """Every shard of the plan is connected (true with none: a process with no shard still runs
+        jobs), and the plan is still this process's own."""
+        if self.sharing is None:
+            return self.is_ready() and math.isfinite(self.latency)
+        running = self._running_shards()
+        return self.sharing.healthy and all(
+            s in running and math.isfinite(running[s].ws.latency) for s in self._wanted.shard_ids
+        )
+
+    async def stop_serving(self) -> None:
+        """Close every shard and free it for the other processes at once (idempotent)."""
+        if self._launcher is not None:
+            self._launcher.cancel()
+        if self.sharing is not None and not self._sharing_stopped:
+            self._sharing_stopped = True
+            await self.sharing.stop()
+
+
+class RetouchBot(SwitchableShards):
     """The bot. Receives its services from the entry point; owns only Discord-side state."""
 
-    def __init__(self, services: Services, *, sync_commands: bool = False) -> None:
+    def __init__(
+        self, services: Services, *, sync_commands: bool = False, shards: ShardSharing | None = None
+    ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.default(),
             tree_cls=RetouchTree,
             help_command=None,
             allowed_mentions=discord.AllowedMentions.none(),
+            sharing=shards,
         )
         self.services = services
         self.sync_commands = sync_commands
@@ -208,7 +323,7 @@ class RetouchBot(commands.AutoShardedBot):
         )
 
     def connected(self) -> bool:
-        return self.is_ready() and not self.is_closed() and math.isfinite(self.latency)
+        return not self.is_closed() and self.shards_connected()
 
     async def _beat(self) -> None:
         """Refresh the heartbeat file while the gateway is up; the container HEALTHCHECK reads it."""
@@ -224,6 +339,9 @@ class RetouchBot(commands.AutoShardedBot):
         if self._stopping:
             return
         self._stopping = True
+        if self.sharing is not None and self.sharing.shared:
+            # Other processes take this one's servers over now, instead of after the drain below.
+            await self.stop_serving()
         grace = self.services.settings.shutdown_grace_seconds
         log.info("shutting down: waiting up to %.1f s for %d job(s)", grace, self.services.edits.in_flight)
         aborted = await self.services.edits.drain(grace)
@@ -250,4 +368,5 @@ class RetouchBot(commands.AutoShardedBot):
             self._heartbeat.cancel()
         with contextlib.suppress(OSError):
             self.services.settings.heartbeat_path.unlink(missing_ok=True)
+        await self.stop_serving()
         await super().close()

@@ -121,6 +121,10 @@ class Settings:
     # The free safety check before paid calls (bot/services/moderation.py): servers may override the level.
     moderation: str = "standard"
     moderation_timeout_seconds: float = 5.0
+    # Discord gateway shards (bot/sharding.py): 0 = Discord's recommended count. With PostgreSQL they are
+    # shared out among the running processes by leases of this length; with SQLite one process runs all.
+    shard_count: int = 0
+    shard_lease_seconds: float = 30.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -371,6 +375,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         moderation_timeout_seconds=r.number(
             "MODERATION_TIMEOUT_SECONDS", _default("moderation_timeout_seconds"), float, 0.5
         ),
+        shard_count=r.number("SHARD_COUNT", _default("shard_count"), int, 0),
+        # A round every third of the lease: under 3 s, rounds would come faster than once a second.
+        shard_lease_seconds=r.number("SHARD_LEASE_SECONDS", _default("shard_lease_seconds"), float, 3),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

@@ -21,6 +21,7 @@ from bot.catalog import Catalog
 from bot.client import RetouchBot, point_discord_at
 from bot.config import load_settings
 from bot.errors import RetouchError
+from bot.sharding import ShardSharing
 from bot.storage import Storage
 from tests.catalogs import TEST_CATALOG
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
@@ -81,18 +82,23 @@ async def running_bot(
     bot_permissions: int | None = None,
     audit: bool = False,
     today: Callable[[], dt.date] | None = None,
+    shards: ShardSharing | None = None,
+    guild_id: int | None = None,
+    wait_ready: bool = True,
 ) -> AsyncIterator[World]:
     """Start the bot with its commands synced to a fresh guild; close everything afterwards.
 
     `bot_permissions` gives the bot exactly those permissions in #art (a channel overwrite);
     `audit` sets AUDIT_CHANNEL_ID to the guild's #audit channel; `today` is the calendar shutdown
-    dates are compared with (the real one when None).
+    dates are compared with (the real one when None). `shards`: which gateway shards it serves (as
+    `python -m bot` passes them), `guild_id` the fresh guild's id (which decides its shard), and
+    `wait_ready` False starts a bot that may serve no shard yet without waiting for it to be ready.
     """
     # The fake OpenAI serves and lists exactly the catalog's OpenAI models, like an organisation whose
     # catalog is current (tests of unknown or vanished models change `openai.models` themselves).
     openai.models = {r.model for m in catalog.models.values() for r in m.routes if r.provider == "openai"}
     owner = fake.owner
-    guild = await fake.create_guild(name="Art Club", owner=owner)
+    guild = await fake.create_guild(name="Art Club", owner=owner, id=guild_id)
     channel = await guild.create_text_channel("art", bot_permissions=bot_permissions)
     audit_channel = await guild.create_text_channel("audit")
     alice = fake.create_user("alice")
@@ -119,14 +125,15 @@ async def running_bot(
         async with provider_session(settings) as session:  # the pool the entry point uses
             extra = {"today": today} if today is not None else {}
             services = build_services(settings, catalog, storage, build_providers(settings, session), **extra)
-            bot = RetouchBot(services)
+            bot = RetouchBot(services, shards=shards)
             bot._connection.guild_ready_timeout = 0.05
             fake.attach_error_capture(bot, expected=(RetouchError,))
             task = asyncio.create_task(bot.start(settings.discord_token.reveal()))
             await asyncio.sleep(0)  # let start() reach its setup before anything waits on the bot
             fake.watch_task(task)
             try:
-                await fake.wait_for(bot.wait_until_ready())
+                if wait_ready:
+                    await fake.wait_for(bot.wait_until_ready())
                 yield World(fake, openai, bot, services, guild, channel, audit_channel, alice, owner)
             finally:
                 fake.unwatch_task(task)

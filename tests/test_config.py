@@ -169,3 +169,11 @@ def test_check_config_names_the_default_model_the_keys_can_buy(
     proc = run_bot(["--check-config"], {"DISCORD_TOKEN": "tok-abcdef123456", **keys}, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert line in proc.stderr
+
+
+def test_shard_settings_are_read_and_checked():
+    settings = load_settings({**BASE, "SHARD_COUNT": "16", "SHARD_LEASE_SECONDS": "12.5"})
+    assert (settings.shard_count, settings.shard_lease_seconds) == (16, 12.5)
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "SHARD_COUNT": "-1", "SHARD_LEASE_SECONDS": "1"})
+    assert [p.split()[0] for p in info.value.problems] == ["SHARD_COUNT", "SHARD_LEASE_SECONDS"]

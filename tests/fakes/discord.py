@@ -1080,6 +1080,11 @@ class FakeDiscord:
         counts = {s.shard_count for s in self._sessions if s.identified}
         return bool(shards) and len(counts) == 1 and shards == set(range(counts.pop()))
 
+    @property
+    def identified_shards(self) -> list[int]:
+        """The shard id of every identified gateway connection, sorted (from any number of bots)."""
+        return sorted(s.shard_id for s in self._sessions if s.identified)
+
     async def start(self) -> None:
         """Start the HTTP/websocket server on a free loopback port."""
         app = web.Application(client_max_size=MAX_REQUEST_BYTES)

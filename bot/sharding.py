@@ -1,0 +1,316 @@
+"""Which Discord gateway shards this process serves: all of them, or its share among several processes.
+
+With PostgreSQL, every process runs a `ShardCoordinator` over the lease tables
+(bot/storage/shard_leases.py). Each round — one every third of the lease (`SHARD_LEASE_SECONDS`), and
+one as soon as another process's lease runs out — it says it is alive, renews the leases it holds,
+works out its quota, sheds or claims shards to reach it, and hands the bot the shard ids to serve
+(`ShardPlan`). The bot (bot/client.py) connects and disconnects shards to match.
+
+The quota, and why it does not flap: the live processes running the fleet's shard count, oldest first;
+with N shards and P of them, the first N mod P get ceil(N/P) shards and the others floor(N/P). Quotas add
+up to N and change only when a process joins or dies, and only a process above its quota gives shards
+up, so a steady set of processes never moves a shard. A newcomer is the youngest: the oldest processes
+shed their surplus on their next round and it claims them on its own next one. A dead process's
+shards are claimed by the others the moment its leases run out: one lease after its last renewal.
+
+Two processes never serve one shard: a shard changes hands only in the database, one statement at a
+time, and a process stops serving a shard *before* it releases it. A process that cannot reach the
+database stops serving every shard `SAFETY_MARGIN` (a third of the lease) before its leases can have
+run out, and serves again what the database still says is its own once it can renew.
+
+The fleet's shard count is the oldest live process's: `SHARD_COUNT`, or when that is 0, Discord's
+recommended count as the first process read it (later processes adopt the fleet's). A process
+configured with another SHARD_COUNT serves nothing (and says so) until the last process with the old
+count has stopped, so a new count takes effect when every process has restarted with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from bot.storage.shard_leases import Fleet, ShardOwner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Rounds per lease: a lease outlives two missed rounds, and the third third is the margin below.
+ROUNDS_PER_LEASE = 3
+# A round due because another process's lease runs out comes this long after it, so that the lease has
+# run out by the database's clock too; and never sooner than this after the previous round.
+EXPIRY_SLACK_SECONDS = 0.1
+# Processes started together (`docker compose up --scale retouch=3`) first all say they are alive, then
+# claim: without this pause the first one would claim every shard and hand most of them back a round
+# later, each hand-over costing a gateway reconnect.
+JOIN_SETTLE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards one process serves, out of `shard_count`."""
+
+    shard_count: int
+    shard_ids: frozenset[int]
+
+
+# Awaited until every shard left out of the plan has stopped being served (it may then be given to
+# another process); shards new to the plan may keep connecting in the background.
+Serve = Callable[[ShardPlan], Awaitable[None]]
+
+
+class LeaseStore(Protocol):
+    """What the coordinator needs from the lease tables (bot.storage.shard_leases.ShardLeases)."""
+
+    async def prepare(self) -> None: ...
+    async def live_owners(self) -> list[ShardOwner]: ...
+    async def join(self, owner: str, shard_count: int) -> Fleet: ...
+    async def renew(self, owner: str) -> frozenset[int]: ...
+    async def claim(self, owner: str, shard_count: int, limit: int) -> frozenset[int]: ...
+    async def release(self, owner: str, shard_ids: Collection[int]) -> None: ...
+    async def leave(self, owner: str) -> None: ...
+
+
+class ShardSharing(Protocol):
+    """What the bot asks of a shard source: start it, ask whether it is healthy, stop it. `shared`:
+    other processes take the shards over when this one stops."""
+
+    shared: bool
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def start(self, serve: Serve, *, recommended: int) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def quota(owners: Sequence[ShardOwner], me: str, shard_count: int) -> int:
+    """How many shards `me` should hold among the live `owners` (oldest first); 0 while the fleet runs
+    another shard count than `shard_count`."""
+    if not owners or owners[0].shard_count != shard_count:
+        return 0
+    peers = [o.name for o in owners if o.shard_count == shard_count]
+    if me not in peers:
+        return 0
+    base, extra = divmod(shard_count, len(peers))
+    return base + (1 if peers.index(me) < extra else 0)
+
+
+def process_name() -> str:
+    """A name no other process has, and that says where it runs (the container id under Docker)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class StaticShards:
+    """One process, every shard (SQLite, `SHARD_COUNT` > 0): no database, nothing to renew."""
+
+    shared = False
+
+    def __init__(self, shard_count: int) -> None:
+        self.shard_count = shard_count
+        self._serve: Serve | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    async def start(self, serve: Serve, *, recommended: int) -> None:
+        self._serve = serve
+        await serve(ShardPlan(self.shard_count, frozenset(range(self.shard_count))))
+
+    async def stop(self) -> None:
+        if self._serve is not None:
+            serve, self._serve = self._serve, None
+            await serve(ShardPlan(self.shard_count, frozenset()))
+
+
+class ShardCoordinator:
+    """This process's share of the shards, kept by leases in PostgreSQL (see the module docstring).
+
+    `shard_count` None: the fleet's count, or Discord's recommended count for the first process.
+    `monotonic` measures how long ago the leases were last renewed (injectable for tests).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        lease_seconds: float,
+        shard_count: int | None = None,
+        owner: str | None = None,
+        settle_seconds: float = JOIN_SETTLE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.owner = owner or process_name()
+        self.lease_seconds = lease_seconds
+        self.interval = lease_seconds / ROUNDS_PER_LEASE
+        self.configured_count = shard_count
+        self.settle_seconds = settle_seconds
+        self._monotonic = monotonic
+        self.plan = ShardPlan(shard_count or 0, frozenset())
+        self._serve: Serve | None = None
+        self._renewed_at = -math.inf
+        self.next_round = self.interval
+        self._task: asyncio.Task[None] | None = None
+        self._standby_logged = False
+
+    @property
+    def healthy(self) -> bool:
+        """The leases were renewed recently enough that what this process serves is its own."""
+        return self._monotonic() < self._serve_until()
+
+    def _serve_until(self) -> float:
+        # Leases run out one lease after the round that renewed them started (the database dates them
+        # later than that); a third of a lease before, this process stops serving, which leaves it that
+        # long to close its shards before another process may claim them.
+        return self._renewed_at + self.lease_seconds - self.interval
+
+    async def start(self, serve: Serve, *, recommended: int) -> None:
+        """Join, claim a first share, and keep renewing in the background until `stop`.
+
+        `recommended`: Discord's recommended shard count, used when neither SHARD_COUNT nor a running
+        fleet sets one. Never raises for the database: a failed round is retried on the next one.
+        """
+        self._serve = serve
+        await self._first_rounds(recommended)
+        self._task = asyncio.create_task(self._run(), name="retouch-shard-leases")
+
+    async def _first_rounds(self, recommended: int) -> None:
+        try:
+            await self._within(self.store.prepare())
+            if self.configured_count is None:
+                running = await self._within(self.store.live_owners())
+                count = running[0].shard_count if running else recommended
+                self.plan = ShardPlan(count, frozenset())
+            await self._within(self.store.join(self.owner, self.plan.shard_count))
+        except Exception as exc:  # the database is down: the background rounds keep trying
+            log.warning("shard leases: could not join yet (%s); retrying", type(exc).__name__)
+            if not self.plan.shard_count:
+                self.plan = ShardPlan(recommended, frozenset())
+            return
+        await asyncio.sleep(self.settle_seconds)
+        await self.tick()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.next_round)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One round: renew, rebalance, tell the bot. A database failure is logged, never raised; after
+        enough of them the bot is told to serve nothing (see `_serve_until`)."""
+        started = self._monotonic()
+        # A round that comes too late (the event loop was held up) first stops serving: the leases may be
+        # about to run out. The round itself then gives back whatever is still this process's own.
+        await self._stop_if_unsafe()
+        try:
+            await self._round(started)
+        except Exception as exc:  # every failure of the database counts as a missed renewal
+            log.warning("shard leases not renewed (%s)", type(exc).__name__)
+            await self._stop_if_unsafe()
+
+    async def _stop_if_unsafe(self) -> None:
+        if self.plan.shard_ids and not self.healthy:
+            log.error(
+                "stopped serving shards %s: their leases were not renewed for %.0f s, so another process "
+                "may take them over",
+                _ids(self.plan.shard_ids),
+                self._monotonic() - self._renewed_at,
+            )
+            await self._apply(frozenset())
+
+    async def _round(self, started: float) -> None:
+        count = self.plan.shard_count
+        fleet = await self._within(self.store.join(self.owner, count), deadline=True)
+        held = await self._within(self.store.renew(self.owner), deadline=True)
+        self._renewed_at = started
+        owners = fleet.owners
+        # Live processes renew long before their leases run out, so only a dead one's lease ends before
+        # the next regular round: its shards are claimed right then, one lease after its last renewal.
+        soon = self.interval if fleet.next_expiry is None else fleet.next_expiry + EXPIRY_SLACK_SECONDS
+        self.next_round = max(EXPIRY_SLACK_SECONDS, min(self.interval, soon))
+        count = self._adopt_fleet_count(owners, held)
+        want = quota(owners, self.owner, count)
+        self._say_if_standby(owners, count)
+        surplus = frozenset(sorted(held)[want:])
+        held -= surplus
+        # Lost shards (claimed by another process while this one could not renew) and surplus ones stop
+        # being served here, before the surplus is released for anyone else to claim.
+        await self._apply(held)
+        if surplus:
+            await self._within(self.store.release(self.owner, surplus))
+            log.info("shard leases: gave up shards %s (quota %d of %d)", _ids(surplus), want, count)
+        elif len(held) < want:
+            got = await self._within(self.store.claim(self.owner, count, want - len(held)))
+            if got:
+                log.info("shard leases: claimed shards %s (quota %d of %d)", _ids(got), want, count)
+                await self._apply(held | got)
+
+    def _adopt_fleet_count(self, owners: Sequence[ShardOwner], held: frozenset[int]) -> int:
+        """Without SHARD_COUNT, a process holding nothing follows the fleet's count (two processes that
+        started together may have read different recommendations from Discord)."""
+        fleet = owners[0].shard_count if owners else self.plan.shard_count
+        if self.configured_count is None and not held and fleet != self.plan.shard_count:
+            log.info("shard leases: running %d shards, like the other processes", fleet)
+            self.plan = ShardPlan(fleet, frozenset())
+        return self.plan.shard_count
+
+    def _say_if_standby(self, owners: Sequence[ShardOwner], count: int) -> None:
+        fleet = owners[0].shard_count if owners else count
+        standby = fleet != count
+        if standby and not self._standby_logged:
+            log.warning(
+                "SHARD_COUNT=%d but the running processes use %d shards: this process serves none until "
+                "they have all stopped (restart every process to change the shard count)",
+                count,
+                fleet,
+            )
+        self._standby_logged = standby
+
+    async def _apply(self, shard_ids: frozenset[int]) -> None:
+        plan = ShardPlan(self.plan.shard_count, shard_ids)
+        if plan != self.plan:
+            self.plan = plan
+            if self._serve is not None:
+                await self._serve(plan)
+
+    async def _within(self, call: Awaitable[T], *, deadline: bool = False) -> T:
+        """`call`, given at most one round; with `deadline`, also no later than the moment this process
+        must stop serving, so a hung database cannot keep it serving past its leases."""
+        timeout = self.interval
+        if deadline and self.plan.shard_ids:
+            timeout = max(0.0, min(timeout, self._serve_until() - self._monotonic()))
+        return await asyncio.wait_for(call, timeout)
+
+    async def stop(self) -> None:
+        """A clean stop: stop serving, then free every shard at once for the other processes."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._apply(frozenset())
+        self._serve = None
+        try:
+            await self._within(self.store.leave(self.owner))
+        except Exception as exc:  # they run out by themselves within one lease
+            log.warning(
+                "shard leases not released (%s); they run out within %.0f s",
+                type(exc).__name__,
+                self.lease_seconds,
+            )
+        else:
+            log.info("shard leases released")
+
+
+def _ids(shard_ids: Collection[int]) -> str:
+    return ",".join(str(i) for i in sorted(shard_ids)) or "none"

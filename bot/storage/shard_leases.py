@@ -1,0 +1,185 @@
+"""Shard leases in PostgreSQL: which bot process serves which Discord gateway shard.
+
+`bot/sharding.py` decides what to ask for; this module is the shared state it asks, over an asyncpg pool.
+Two tables, created idempotently by `ShardLeases.prepare` (PostgreSQL only; SQLite runs one process):
+
+- `shard_owners`: every process taking part, the shard count it runs with, when it joined and until when
+  it counts as alive (each round of its coordinator pushes that forward by one lease);
+- `shard_leases`: one row per shard id, its holder (NULL = free) and until when the holder has it.
+
+A shard changes hands only through one conditional statement (`claim`: free or expired rows, locked
+with `FOR UPDATE SKIP LOCKED`), so two processes never hold the same shard at once. Every moment is
+the database's own clock (`statement_timestamp()`), so processes on hosts whose clocks disagree still
+agree on who holds what; tests pass `clock` to move time without waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncpg
+
+# Rows of processes dead this long are deleted (they no longer count as live long before that).
+FORGET_OWNERS_AFTER = dt.timedelta(hours=1)
+# Any constant shared by every Retouch process: `CREATE TABLE IF NOT EXISTS` run by several sessions at
+# once can still fail on PostgreSQL's catalog, so table creation is serialised by this advisory lock.
+SCHEMA_LOCK = 7_265_846_012
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS shard_owners (
+    owner       text PRIMARY KEY,
+    shard_count integer NOT NULL CHECK (shard_count > 0),
+    joined_at   timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shard_leases (
+    shard_id   integer PRIMARY KEY CHECK (shard_id >= 0),
+    owner      text,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity'
+);
+"""
+
+# `$1` is the injected clock, NULL in production: then the database's clock decides.
+NOW = "COALESCE($1::timestamptz, statement_timestamp())"
+
+JOIN = f"""
+INSERT INTO shard_owners (owner, shard_count, joined_at, expires_at)
+VALUES ($2, $3, {NOW}, {NOW} + $4::interval)
+ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at = EXCLUDED.expires_at
+"""
+FORGET = f"DELETE FROM shard_owners WHERE expires_at < {NOW} - $2::interval"
+LIVE = f"""
+SELECT owner, shard_count FROM shard_owners WHERE expires_at > {NOW} ORDER BY joined_at, owner
+"""
+RENEW = f"""
+UPDATE shard_leases SET expires_at = {NOW} + $3::interval WHERE owner = $2 RETURNING shard_id
+"""
+SEED = "INSERT INTO shard_leases (shard_id) SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING"
+# Lowest ids first, so a lone process and a crowd fill the same shards; SKIP LOCKED lets concurrent
+# claimers pass each other's rows instead of waiting for them, and the row lock taken here (re-checked
+# against the row's newest version) is what makes a shard change hands exactly once.
+CLAIM = f"""
+WITH free AS (
+    SELECT shard_id FROM shard_leases
+    WHERE shard_id < $3 AND (owner IS NULL OR expires_at <= {NOW})
+    ORDER BY shard_id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shard_leases AS lease SET owner = $2, expires_at = {NOW} + $5::interval
+FROM free WHERE lease.shard_id = free.shard_id
+RETURNING lease.shard_id
+"""
+RELEASE = """
+UPDATE shard_leases SET owner = NULL, expires_at = '-infinity'
+WHERE owner = $1 AND ($2::integer[] IS NULL OR shard_id = ANY($2::integer[]))
+"""
+LEAVE = "DELETE FROM shard_owners WHERE owner = $1"
+# Seconds until the first lease of another process runs out: a process that stopped renewing is taken
+# over right then rather than at the next regular round.
+NEXT_EXPIRY = f"""
+SELECT EXTRACT(EPOCH FROM min(expires_at) - {NOW})::float8 FROM shard_leases
+WHERE owner IS NOT NULL AND owner <> $2 AND expires_at > {NOW}
+"""
+HOLDERS = f"""
+SELECT shard_id, owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at > {NOW} ORDER BY shard_id
+"""
+
+
+@dataclass(frozen=True)
+class ShardOwner:
+    """A live process as the lease table sees it: its name and the shard count it runs with."""
+
+    name: str
+    shard_count: int
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a process sees when it says it is alive: the live processes, oldest first, and how many
+    seconds until the first lease another process holds runs out (None: no such lease)."""
+
+    owners: list[ShardOwner]
+    next_expiry: float | None = None
+
+
+class ShardLeases:
+    """The lease tables over an asyncpg pool; every method is one round trip or one transaction."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        lease: dt.timedelta,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self._pool = pool
+        self.lease = lease
+        self._clock = clock
+
+    def _now(self) -> dt.datetime | None:
+        return self._clock() if self._clock is not None else None
+
+    async def prepare(self) -> None:
+        """Create the tables if they are missing (safe to run from every process at once)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(SCHEMA)
+
+    async def live_owners(self) -> list[ShardOwner]:
+        """Processes alive now, oldest first (the order quotas are handed out in)."""
+        rows = await self._pool.fetch(LIVE, self._now())
+        return [_owner(row) for row in rows]
+
+    async def join(self, owner: str, shard_count: int) -> Fleet:
+        """Say `owner` is alive for one more lease (registering it on its first call); the fleet after
+        that. Forgets processes that died long ago."""
+        now = self._now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(JOIN, now, owner, shard_count, self.lease)
+            await conn.execute(FORGET, now, FORGET_OWNERS_AFTER)
+            rows = await conn.fetch(LIVE, now)
+            next_expiry = await conn.fetchval(NEXT_EXPIRY, now, owner)
+        return Fleet([_owner(row) for row in rows], next_expiry)
+
+    async def renew(self, owner: str) -> frozenset[int]:
+        """Extend every lease `owner` still holds by one lease; the shards it holds.
+
+        A lease that ran out but that nobody claimed yet is still the owner's, so it is renewed too:
+        only `claim` moves a shard, and it moves it in one statement.
+        """
+        rows = await self._pool.fetch(RENEW, self._now(), owner, self.lease)
+        return frozenset(row["shard_id"] for row in rows)
+
+    async def claim(self, owner: str, shard_count: int, limit: int) -> frozenset[int]:
+        """Take up to `limit` shards below `shard_count` that are free or whose lease ran out."""
+        if limit <= 0:
+            return frozenset()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(SEED, shard_count)
+            rows = await conn.fetch(CLAIM, self._now(), owner, shard_count, limit, self.lease)
+        return frozenset(row["shard_id"] for row in rows)
+
+    async def release(self, owner: str, shard_ids: Collection[int]) -> None:
+        """Give up these shards of `owner` at once (another process may claim them right away)."""
+        if shard_ids:
+            await self._pool.execute(RELEASE, owner, sorted(shard_ids))
+
+    async def leave(self, owner: str) -> None:
+        """A clean stop: every shard of `owner` is free and it no longer counts as alive."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(RELEASE, owner, None)
+            await conn.execute(LEAVE, owner)
+
+    async def holders(self) -> dict[int, str]:
+        """{shard id: owner} for every lease that has not run out."""
+        rows = await self._pool.fetch(HOLDERS, self._now())
+        return {row["shard_id"]: row["owner"] for row in rows}
+
+
+def _owner(row: Sequence[Any]) -> ShardOwner:
+    return ShardOwner(name=row[0], shard_count=row[1])

@@ -1,0 +1,341 @@
+"""Shards shared out among processes by leases in PostgreSQL (bot/sharding.py over
+bot/storage/shard_leases.py), against the real database: every test has a schema of its own, and one
+clock drives both the leases' expiry and the coordinators' sense of time, so nothing sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import pytest
+
+from bot.sharding import ShardCoordinator, ShardPlan, StaticShards, quota
+from bot.storage.shard_leases import ShardLeases, ShardOwner
+from tests import postgres
+from tests.postgres import PoolOn
+
+pg_schema, pool_on, pg_pool = postgres.pg_schema, postgres.pool_on, postgres.pg_pool  # the fixtures
+
+LEASE = 30.0
+
+
+class Clock:
+    """The test's time: the lease store reads it as the wall clock, the coordinators as `monotonic`."""
+
+    def __init__(self) -> None:
+        self.start = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+        self.elapsed = 0.0
+
+    def __call__(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.elapsed)
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.elapsed += seconds
+
+
+class Bot:
+    """Stands in for the Discord client: records the plans it was told to serve."""
+
+    def __init__(self) -> None:
+        self.plans: list[ShardPlan] = []
+
+    async def serve(self, plan: ShardPlan) -> None:
+        self.plans.append(plan)
+
+    @property
+    def serving(self) -> frozenset[int]:
+        return self.plans[-1].shard_ids if self.plans else frozenset()
+
+
+class Flaky:
+    """A lease store that fails every call while `down` is set, as when the database is unreachable."""
+
+    def __init__(self, store: ShardLeases) -> None:
+        self.store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        call = getattr(self.store, name)
+
+        async def maybe(*args: Any) -> Any:
+            if self.down:
+                raise ConnectionRefusedError("the database is down")
+            return await call(*args)
+
+        return maybe
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(pg_pool: Any, clock: Clock) -> ShardLeases:
+    return ShardLeases(pg_pool, lease=dt.timedelta(seconds=LEASE), clock=clock)
+
+
+class Fleet:
+    """Coordinators (processes) over one lease store, each with its recorded bot."""
+
+    def __init__(self, store: Any, clock: Clock, shard_count: int | None = 3) -> None:
+        self.store, self.clock, self.shard_count = store, clock, shard_count
+        self.bots: dict[str, Bot] = {}
+        self.processes: dict[str, ShardCoordinator] = {}
+
+    async def start(
+        self, name: str, *, shard_count: int | None = 0, recommended: int = 3
+    ) -> ShardCoordinator:
+        count = self.shard_count if shard_count == 0 else shard_count
+        process = ShardCoordinator(
+            self.store,
+            lease_seconds=LEASE,
+            shard_count=count,
+            owner=name,
+            settle_seconds=0,
+            monotonic=self.clock.monotonic,
+        )
+        self.processes[name] = process
+        self.bots[name] = Bot()
+        # What `start` does, less the background loop: the test runs the rounds (`rounds`).
+        process._serve = self.bots[name].serve
+        await process._first_rounds(recommended)
+        return process
+
+    async def rounds(self, n: int = 1, *names: str) -> None:
+        """`n` rounds of every named process (all by default), one renewal interval apart."""
+        for _ in range(n):
+            self.clock.advance(LEASE / 3)
+            for name in names or self.processes:
+                await self.processes[name].tick()
+
+    def serving(self) -> dict[str, set[int]]:
+        return {name: set(bot.serving) for name, bot in self.bots.items()}
+
+
+def disjoint(sets: Collection[Collection[int]]) -> bool:
+    return all(not set(a) & set(b) for a, b in itertools.combinations(sets, 2))
+
+
+@pytest.mark.parametrize(
+    ("owners", "count", "expected"),
+    [
+        (["a"], 3, [3]),
+        (["a", "b"], 3, [2, 1]),
+        (["a", "b", "c"], 3, [1, 1, 1]),
+        (["a", "b", "c"], 4, [2, 1, 1]),
+        (["a", "b", "c", "d"], 3, [1, 1, 1, 0]),
+        (["a", "b", "c"], 16, [6, 5, 5]),
+    ],
+)
+def test_quotas_add_up_to_the_shard_count_and_the_oldest_get_the_extra_shards(owners, count, expected):
+    live = [ShardOwner(name, count) for name in owners]
+    assert [quota(live, name, count) for name in owners] == expected
+    assert sum(expected) == count
+
+
+def test_a_process_with_another_shard_count_than_the_oldest_gets_no_quota():
+    live = [ShardOwner("old", 3), ShardOwner("new", 6), ShardOwner("old2", 3)]
+    assert quota(live, "new", 6) == 0
+    # The processes of the fleet's count share every shard among themselves.
+    assert [quota(live, "old", 3), quota(live, "old2", 3)] == [2, 1]
+
+
+async def test_three_processes_split_three_shards_one_each(store, clock):
+    fleet = Fleet(store, clock)
+    for name in ("a", "b", "c"):
+        await fleet.start(name)
+    await fleet.rounds(2)
+    # a claimed all three alone; one round later it kept the lowest and the others took one each.
+    assert fleet.serving() == {"a": {0}, "b": {1}, "c": {2}}
+    assert await store.holders() == {s: n for n, held in fleet.serving().items() for s in held}
+
+
+async def test_a_newcomer_gets_its_share_as_the_others_shed_their_surplus(store, clock):
+    fleet = Fleet(store, clock, shard_count=4)
+    await fleet.start("a")
+    assert fleet.serving() == {"a": {0, 1, 2, 3}}
+    await fleet.start("b")
+    assert fleet.serving()["b"] == set()  # nothing is free yet
+    await fleet.rounds(1)
+    assert fleet.serving() == {"a": {0, 1}, "b": {2, 3}}
+    await fleet.start("c")
+    await fleet.rounds(2)
+    # c is the youngest: the oldest keeps the extra shard; nobody serves a shard twice, none is left out.
+    assert [len(fleet.serving()[n]) for n in "abc"] == [2, 1, 1]
+    assert set().union(*fleet.serving().values()) == {0, 1, 2, 3}
+    assert disjoint(list(fleet.serving().values()))
+    # Steady state: more rounds move nothing (no flapping).
+    before = fleet.serving()
+    plans = {n: len(bot.plans) for n, bot in fleet.bots.items()}
+    await fleet.rounds(5)
+    assert fleet.serving() == before
+    assert {n: len(bot.plans) for n, bot in fleet.bots.items()} == plans
+
+
+async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(store, clock):
+    fleet = Fleet(store, clock)
+    for name in ("a", "b", "c"):
+        await fleet.start(name)
+    await fleet.rounds(2)
+    dead = fleet.serving()["c"]
+    assert len(dead) == 1
+    # c is killed: it neither renews nor releases. Until its lease runs out nobody takes its shard.
+    await fleet.rounds(2, "a", "b")
+    assert not (fleet.serving()["a"] | fleet.serving()["b"]) & dead
+    assert set((await store.holders()).values()) == {"a", "b", "c"}
+    # A third round is one lease after c's last renewal: its shard is taken over, within that round.
+    await fleet.rounds(1, "a", "b")
+    assert fleet.serving()["a"] | fleet.serving()["b"] == {0, 1, 2}
+    assert disjoint([fleet.serving()["a"], fleet.serving()["b"]])
+    assert set((await store.holders()).values()) == {"a", "b"}
+
+
+async def test_a_clean_stop_frees_the_shards_at_once(store, clock):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    await fleet.start("b")
+    await fleet.rounds(1)
+    leaving = fleet.serving()["b"]
+    assert leaving
+    await fleet.processes.pop("b").stop()
+    assert fleet.bots["b"].serving == frozenset()
+    assert [o.name for o in await store.live_owners()] == ["a"]
+    assert not set(await store.holders()) & leaving  # free, without waiting for the lease
+    await fleet.rounds(1, "a")
+    assert fleet.serving()["a"] == {0, 1, 2}
+
+
+async def test_concurrent_claims_never_give_one_shard_to_two_processes(pool_on: PoolOn, clock):
+    # Ten processes, each with its own connections, claiming all they can at the same moment, again and
+    # again, while leases keep running out under them.
+    count = 8
+    stores = [
+        ShardLeases(await pool_on(max_size=1), lease=dt.timedelta(seconds=LEASE), clock=clock)
+        for _ in range(10)
+    ]
+    await stores[0].prepare()
+    names = [f"p{i}" for i in range(len(stores))]
+    for _ in range(6):
+        claimed = await asyncio.gather(
+            *(s.claim(n, count, count) for s, n in zip(stores, names, strict=True))
+        )
+        assert disjoint(claimed)
+        holders = await stores[0].holders()
+        assert {s: n for n, got in zip(names, claimed, strict=True) for s in got}.items() <= holders.items()
+        renewed = await asyncio.gather(*(s.renew(n) for s, n in zip(stores, names, strict=True)))
+        assert disjoint(renewed)
+        clock.advance(LEASE)  # everything runs out: the next claims race for every shard again
+
+
+async def test_a_process_cut_off_from_the_database_stops_serving_before_its_leases_can_run_out(store, clock):
+    flaky = Flaky(store)
+    fleet = Fleet(flaky, clock)
+    process = await fleet.start("a")
+    assert fleet.serving() == {"a": {0, 1, 2}}
+    assert process.healthy
+    flaky.down = True
+    await fleet.rounds(1)  # one missed renewal: still within the lease, keeps serving
+    assert fleet.serving() == {"a": {0, 1, 2}}
+    await fleet.rounds(1)  # two: a third of the lease is left, the margin to close the shards
+    assert fleet.serving() == {"a": set()}
+    assert not process.healthy
+    # The leases have not run out in the database yet, so nobody has taken the shards ...
+    assert await store.holders() == {0: "a", 1: "a", 2: "a"}
+    # ... and once the database answers again the process serves what is still its own.
+    flaky.down = False
+    await fleet.rounds(1)
+    assert fleet.serving() == {"a": {0, 1, 2}}
+    assert process.healthy
+
+
+async def test_a_process_back_from_an_outage_serves_only_what_nobody_took_over(store, clock):
+    flaky = Flaky(store)
+    fleet = Fleet(flaky, clock)
+    await fleet.start("a")
+    other = Fleet(store, clock)
+    await other.start("b")
+    await fleet.rounds(1)
+    await other.rounds(0)
+    assert (fleet.serving()["a"], other.serving()["b"]) == ({0, 1}, set())
+    flaky.down = True
+    for _ in range(4):  # past a's leases: b takes everything
+        await fleet.rounds(1)
+        await other.processes["b"].tick()
+    assert other.serving()["b"] == {0, 1, 2}
+    assert fleet.serving()["a"] == set()
+    flaky.down = False
+    await fleet.rounds(1)
+    await other.processes["b"].tick()
+    # a is back and gets its quota again through the normal hand-over, never a shard b still serves.
+    await fleet.rounds(1)
+    await other.processes["b"].tick()
+    await fleet.rounds(1)
+    assert disjoint([fleet.serving()["a"], other.serving()["b"]])
+    assert fleet.serving()["a"] | other.serving()["b"] == {0, 1, 2}
+
+
+async def test_a_process_with_another_shard_count_waits_until_the_old_fleet_is_gone(store, clock):
+    fleet = Fleet(store, clock)
+    old = await fleet.start("old")
+    clock.advance(1)
+    new = await fleet.start("new", shard_count=6)
+    await fleet.rounds(2)
+    assert fleet.serving() == {"old": {0, 1, 2}, "new": set()}
+    await old.stop()
+    del fleet.processes["old"]
+    await fleet.rounds(1)
+    assert new.plan == ShardPlan(6, frozenset(range(6)))
+
+
+async def test_without_shard_count_a_process_follows_the_running_fleet(store, clock):
+    fleet = Fleet(store, clock, shard_count=None)
+    first = await fleet.start("a", recommended=2)
+    assert first.plan == ShardPlan(2, frozenset({0, 1}))
+    # Discord recommends 3 by the time the second process starts: it runs the fleet's 2 anyway.
+    second = await fleet.start("b", recommended=3)
+    await fleet.rounds(2)
+    assert second.plan.shard_count == 2
+    assert fleet.serving() == {"a": {0}, "b": {1}}
+
+
+async def test_static_shards_serve_every_shard_until_stopped():
+    bot = Bot()
+    static = StaticShards(4)
+    await static.start(bot.serve, recommended=1)
+    assert bot.plans == [ShardPlan(4, frozenset({0, 1, 2, 3}))]
+    await static.stop()
+    assert bot.plans[-1] == ShardPlan(4, frozenset())
+
+
+async def test_a_round_that_comes_too_late_stops_serving_first_then_serves_what_is_still_its_own(
+    store, clock
+):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    clock.advance(LEASE * 2 / 3)  # the event loop was held up past the moment to stop serving
+    await fleet.processes["a"].tick()
+    assert [set(p.shard_ids) for p in fleet.bots["a"].plans] == [{0, 1, 2}, set(), {0, 1, 2}]
+
+
+async def test_the_next_round_comes_when_a_silent_process_lease_runs_out(store, clock):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    await fleet.start("b")
+    await fleet.rounds(1)
+    a = fleet.processes["a"]
+    assert a.next_round == LEASE / 3  # b renews: nothing runs out before the regular round
+    await fleet.rounds(2, "a")  # b is silent from here on: its lease runs out at 40 s
+    assert a.next_round == LEASE / 3
+    clock.advance(5)
+    await a.tick()
+    assert a.next_round == pytest.approx(5 + 0.1)  # 5 s from now, sooner than the regular round
+    clock.advance(a.next_round)
+    await a.tick()
+    assert fleet.serving()["a"] == {0, 1, 2}
