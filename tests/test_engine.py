@@ -338,6 +338,7 @@ async def test_a_spent_token_falls_back_to_the_delivery_and_captures_once(make: 
     live = Live()
     job_id = await submit(service, live)
     await wait_state(service, job_id, "delivered")
+    await until(lambda: live.final)  # the member is told after the capture is recorded
     [(delivered, outcome)] = recorder.delivered
     assert delivered == job_id and live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
     row = await service.storage.jobs.get_job(job_id)
