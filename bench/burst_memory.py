@@ -8,6 +8,7 @@ Measured per row, on a fresh bot:
 * ack p99: INTERACTION_CREATE → the bot's first answer (the defer), on the fake Discord's clock;
 * last delivery: the first INTERACTION_CREATE of the burst → the last result at the fake Discord;
 * peak RSS: the bot process's VmHWM (`/proc/<pid>/status`), and its RSS when the burst was over;
+* the bot's CPU seconds for the burst (comparable on a busy host, unlike the times);
 * the most edits the bot reported queued and in flight at once (`/metrics`, sampled).
 
 `--before REF` runs the same burst first on the bot as it is at git revision REF (exported to a
@@ -72,6 +73,7 @@ async def burst(
             warm = await world.edit(image, 0)  # opens the bot's connections first
             await world.wait_all([warm], timeout=120)
             idle_mib = world.bot.rss_mib("VmRSS")
+            cpu_before = world.bot.cpu_seconds()
             peaks, stop = Peaks(), asyncio.Event()
             sampler = asyncio.create_task(sample(world, peaks, stop))
             sent = time.monotonic()
@@ -80,6 +82,7 @@ async def burst(
             wall = time.monotonic() - sent
             stop.set()
             await sampler
+            cpu = world.bot.cpu_seconds() - cpu_before
             peak_mib = world.bot.rss_mib("VmHWM")
             after_mib = world.bot.rss_mib("VmRSS")
             results = [world.result_time(it) for it in its]
@@ -93,6 +96,7 @@ async def burst(
         f"{len(delivered)}/{count}",
         f"{last:.1f}",
         f"{wall:.1f}",
+        f"{cpu:.1f}",
         f"{peaks.queued:.0f}",
         f"{peaks.in_flight:.0f}",
         f"{idle_mib:.0f}",
@@ -144,6 +148,7 @@ async def main(
                 "delivered",
                 "last delivery s",
                 "burst wall s",
+                "bot CPU s",
                 "most queued",
                 "most in flight",
                 "idle RSS MiB",

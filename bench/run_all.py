@@ -24,6 +24,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench.concurrency", [], ["--levels", "1", "10"]),
     ("bench.concurrency", ["--format", "jpeg"], ["--levels", "10", "--format", "jpeg"]),
     ("bench.bursts", [], ["--count", "10"]),
+    ("bench.burst_memory", [], ["--count", "50"]),
 )
 
 
