@@ -163,6 +163,7 @@ class BotProcess:
 
     env: Mapping[str, str]
     metrics_port: int
+    root: Path = ROOT  # the source tree the bot runs from (another checkout measures "before")
     process: subprocess.Popen[bytes] | None = None
     workdir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -170,7 +171,7 @@ class BotProcess:
         self.workdir = tempfile.TemporaryDirectory(prefix="retouch-bench-")
         env = {
             "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(self.root),
             "DATA_DIR": self.workdir.name,
             "METRICS_HOST": "127.0.0.1",
             "METRICS_PORT": str(self.metrics_port),

@@ -25,9 +25,9 @@ USERS = 10
 PROMPT = "make it a watercolour painting"
 
 
-def undated_catalog(folder: Path) -> Path:
+def undated_catalog(folder: Path, root: Path = ROOT) -> Path:
     """The packaged catalog without shutdown dates, so a benchmark never depends on today's date."""
-    text = (ROOT / "bot" / "data" / "catalog.toml").read_text("utf-8")
+    text = (root / "bot" / "data" / "catalog.toml").read_text("utf-8")
     lines = [line for line in text.splitlines() if not line.strip().startswith(("shutdown", "replacement"))]
     path = folder / "catalog.toml"
     path.write_text("\n".join(lines) + "\n", "utf-8")
@@ -44,7 +44,7 @@ class Rig:
     openai: FakeOpenAIProcess | None = None  # its `stats` are filled in once the rig has stopped
 
     async def edit(self, image: bytes, index: int = 0) -> FakeInteraction:
-        """One /edit (1024x1024, low quality) from user `index % USERS`."""
+        """One /edit (1024x1024, low quality) from user `index % len(users)`."""
         it = await self.fake.slash(
             self.users[index % len(self.users)],
             "edit",
@@ -99,11 +99,14 @@ async def rig(
     bot_env: Mapping[str, str] | None = None,
     defaults: bool = False,
     openai_options: Mapping[str, Any] | None = None,
+    users: int = USERS,
+    root: Path = ROOT,
 ) -> AsyncIterator[Rig]:
     """Start the fakes and the bot; stop everything afterwards (the bot first).
 
     With `defaults` the bot keeps its shipped admission limits (MAX_CONCURRENT_JOBS, MAX_JOBS_PER_USER);
     otherwise they are raised so its capacity is measured. `openai_options` go to the fake OpenAI.
+    `users` members take turns sending edits; `root` is the source tree the bot runs from.
     """
     limits = {} if defaults else {"MAX_CONCURRENT_JOBS": "1000", "MAX_JOBS_PER_USER": "1000"}
     fake = FakeDiscord()
@@ -111,7 +114,7 @@ async def rig(
     try:
         guild = await fake.create_guild(name="Bench")
         channel = await guild.create_text_channel("art")
-        users = [fake.create_user(f"user{i}") for i in range(USERS)]
+        users = [fake.create_user(f"user{i}") for i in range(users)]
         for user in users:
             await guild.add_member(user)
         with FakeOpenAIProcess(delay=provider_delay, cache=True, options=openai_options) as openai:
@@ -123,7 +126,7 @@ async def rig(
                     "OPENAI_BASE_URL": openai.base_url,
                     "DEV_GUILD_ID": str(guild.id),
                     "STARTING_CREDITS": str(10**9),
-                    "CATALOG_PATH": str(undated_catalog(scratch)),
+                    "CATALOG_PATH": str(undated_catalog(scratch, root)),
                     "DEFAULT_MODEL": "gpt-image-1.5",
                     # Measure the bot's capacity, not its admission limits, unless `defaults`.
                     **limits,
@@ -134,6 +137,7 @@ async def rig(
                     **(bot_env or {}),
                 },
                 metrics_port=free_port(),
+                root=root,
             )
             try:
                 bot.start()

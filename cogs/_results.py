@@ -117,26 +117,29 @@ async def run_and_publish(
     """
     progress = ProgressMessage(interaction)
     try:
-        prepared = await prepare(progress)
-        try:
-            return await _submit(bot, interaction, progress, prepared, origin_message_id, post_in)
-        except (InsufficientCredits, PolicyRefused) as refusal:
-            offer = _cheaper_offer(bot, prepared, refusal)
-            if offer is None:
-                raise
-            if prepared.chosen.quality == AUTO:  # `auto` means "the best I can have": no question
-                return await _submit(
-                    bot, interaction, progress, auto_resolved(offer), origin_message_id, post_in
-                )
-            await progress.close()
+        # Images are in memory from their download until the job's files are stored: a burst's
+        # other commands wait here with nothing downloaded (bot.jobs.engine.JobEngine.intake).
+        async with bot.services.edits.engine.intake():
+            prepared = await prepare(progress)
+            try:
+                return await _submit(bot, interaction, progress, prepared, origin_message_id, post_in)
+            except (InsufficientCredits, PolicyRefused) as refusal:
+                offer = _cheaper_offer(bot, prepared, refusal)
+                if offer is None:
+                    raise
+                if prepared.chosen.quality == AUTO:  # `auto` means "the best I can have": no question
+                    return await _submit(
+                        bot, interaction, progress, auto_resolved(offer), origin_message_id, post_in
+                    )
+                await progress.close()
 
-            async def run(click: discord.Interaction, cheaper: PreparedJob) -> object:
-                return await run_and_publish(
-                    bot, click, _ready(cheaper), origin_message_id=origin_message_id, post_in=post_in
-                )
+                async def run(click: discord.Interaction, cheaper: PreparedJob) -> object:
+                    return await run_and_publish(
+                        bot, click, _ready(cheaper), origin_message_id=origin_message_id, post_in=post_in
+                    )
 
-            await offer_cheaper(interaction, offer, budget=isinstance(refusal, PolicyRefused), run=run)
-            return None
+                await offer_cheaper(interaction, offer, budget=isinstance(refusal, PolicyRefused), run=run)
+                return None
     except BaseException:
         await progress.close()
         raise

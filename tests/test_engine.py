@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
+import io
 import json
 import sqlite3
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,8 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from PIL import Image
 
-from bot.errors import InvalidOptions
+from bot.errors import InvalidOptions, ShuttingDown
+from bot.jobs.core import IntakeTurns
 from bot.jobs.delivery import DELIVERY_DELAYED
 from bot.jobs.model import (
     SUSPENDED_AT_PROVIDER,
@@ -331,6 +336,7 @@ async def test_a_spent_token_falls_back_to_the_delivery_and_captures_once(make: 
     live = Live()
     job_id = await submit(service, live)
     await wait_state(service, job_id, "delivered")
+    await until(lambda: live.final)  # the member is told after the capture is recorded
     [(delivered, outcome)] = recorder.delivered
     assert delivered == job_id and live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
     row = await service.storage.jobs.get_job(job_id)
@@ -853,3 +859,87 @@ async def test_history_older_than_job_history_days_is_pruned_and_the_books_still
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             db.execute("UPDATE ledger SET amount = amount + 1 WHERE kind = 'grant'")
     assert details == [(None, None)]
+
+
+# -- memory: a queued job is file names, not bytes -------------------------------------------------------
+
+
+def large_bytes(root: object, at_least: int = 4096) -> list[int]:
+    """Sizes of the bytes objects of `at_least` bytes or more reachable from `root` (frames of running
+    coroutines included), not following classes, modules, functions or the event loop, through which
+    everything is reachable."""
+    skip = (type, types.ModuleType, types.FunctionType, types.CodeType, asyncio.AbstractEventLoop, str)
+    found, seen, stack = [], set(), [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, skip):
+            continue
+        seen.add(id(item))
+        if isinstance(item, bytes | bytearray | memoryview):
+            if len(item) >= at_least:
+                found.append(len(item))
+            continue
+        stack.extend(gc.get_referents(item))
+    return found
+
+
+async def test_a_queued_job_holds_its_file_names_and_reads_the_bytes_from_disk_when_it_starts(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", MAX_JOBS_PER_USER="10")
+    engine = service.engine
+    openai.fail_always(Fault.HANG)
+    running = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    queued = [await submit(service, Live(), user=BOB) for _ in range(3)]
+    assert engine.queued == 3
+    stored = len(engine.files.read(running, "input-1.png"))  # PHOTO without its metadata
+    # The running job has its input in memory (what the walk finds when there is something to find)...
+    assert stored in large_bytes(engine._jobs[running])
+    # ...a waiting one only the names of its files, whatever else it keeps (its progress message).
+    for job_id in queued:
+        assert large_bytes(engine._jobs[job_id]) == []
+    # What is on disk when it starts is what is sent: swap the next one's stored input for a smaller
+    # image of the same size and kind.
+    with Image.open(io.BytesIO(PHOTO)) as image:
+        swapped = io.BytesIO()
+        image.convert("L").save(swapped, "PNG")
+    engine.files.write(queued[0], {"input-1.png": swapped.getvalue()})
+    openai.clear_faults()
+    await service.cancel(running, actor_id=ALICE, can_manage=False)
+    for job_id in queued:
+        await wait_state(service, job_id, "delivered")
+    sent = [r.images[0] for r in openai.requests if r.method == "POST"][1:]
+    assert [(f.size, f.mode) for f in sent[:1]] == [(len(swapped.getvalue()), "L")]
+    assert [f.size for f in sent[1:]] == [stored, stored]
+    # Ended jobs leave nothing in the engine's memory (their inputs stay on disk for Retry).
+    await until(lambda: engine.in_flight == 0)
+    assert (engine._jobs, engine._waiting, engine._redeliveries) == ({}, [], {})
+    assert all(engine.files.exists(job_id, ["input-1.png"]) for job_id in queued)
+
+
+async def test_a_command_waiting_for_an_intake_turn_is_turned_away_once_the_engine_stops(make: Factory):
+    service, _ = await make()
+    engine = service.engine
+    engine.intake_turns = IntakeTurns(1)
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with engine.intake():
+            holding.set()
+            await done.wait()
+
+    async def second() -> None:
+        async with engine.intake():
+            raise AssertionError("a turn after the shutdown began")
+
+    held = asyncio.create_task(first())
+    await holding.wait()
+    waiting = asyncio.create_task(second())
+    await until(lambda: engine.intake_turns.waiting == 1)
+    await service.drain(0)
+    done.set()
+    await held
+    with pytest.raises(ShuttingDown):
+        await waiting  # before downloading anything
+    assert (engine.intake_turns.inside, engine.intake_turns.waiting) == (0, 0)

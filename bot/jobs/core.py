@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,12 @@ from bot.storage import Storage
 log = logging.getLogger(__name__)
 
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
+# Commands that may hold their images in memory at once: from the download, through the checks and
+# the safety check, until `submit` has stored them as the job's files (`JobEngine.intake`). A burst's
+# other commands wait for a turn with nothing downloaded, so a process's memory follows this and the
+# jobs running, not the size of the burst. 16 keeps two CPUs busy validating while others wait for
+# the safety check's answer; each turn holds a few MiB for a 1024² PNG (the bench.burst_memory numbers).
+INTAKE_AT_ONCE = 16
 SHUTDOWN_ABORT_WAIT_SECONDS = 10.0
 # A paid result Discord could not take because of a passing failure (a 5xx, a timeout, a dropped
 # connection) is posted again from the stored result after this long, doubling up to the cap, until
@@ -73,6 +79,35 @@ class ActiveJob:
         return self.info.job_id
 
 
+class IntakeTurns:
+    """Turns for commands between downloading their images and having them stored as a job's files.
+
+    At most `at_once` commands hold a turn; the others wait, in the order they came, with nothing
+    downloaded. `inside` and `waiting` say how many do each (for tests and diagnostics).
+    """
+
+    def __init__(self, at_once: int) -> None:
+        self.at_once = at_once
+        self._turns = asyncio.Semaphore(at_once)
+        self.inside = 0
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold one turn for the duration of the `async with` block."""
+        self.waiting += 1
+        try:
+            await self._turns.acquire()
+        finally:
+            self.waiting -= 1
+        self.inside += 1
+        try:
+            yield
+        finally:
+            self.inside -= 1
+            self._turns.release()
+
+
 class EngineCore:
     """The engine's shared state and helpers; `JobEngine` adds the queue and the public API."""
 
@@ -102,6 +137,7 @@ class EngineCore:
         self._waiting: list[str] = []  # job ids in the order they were admitted
         self._running: set[str] = set()
         self._creating: set[str] = set()  # folders written whose row may not exist yet
+        self.intake_turns = IntakeTurns(INTAKE_AT_ONCE)
         self._idle = asyncio.Event()
         self._idle.set()
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)

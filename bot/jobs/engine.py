@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
 from bot.jobs.core import ActiveJob
@@ -69,6 +69,21 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     def queued(self) -> int:
         """Jobs waiting for a slot."""
         return len(self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def intake(self) -> AsyncIterator[None]:
+        """A command's turn (`async with`) from downloading its images until `submit` has stored them.
+
+        At most INTAKE_AT_ONCE commands have images in memory before their job is queued; the rest of
+        a burst waits here with nothing downloaded. A queued job holds only the names of its files
+        (bot.jobs.files), read when it starts (`ProviderRun._request`), so a process's memory follows
+        the turns and the jobs running, not the queue. Raises ShuttingDown once the engine stops taking
+        jobs (a command that waited is not downloaded for nothing).
+        """
+        async with self.intake_turns.turn():
+            if not self.accepting:
+                raise ShuttingDown()
+            yield
 
     def attach_delivery(self, delivery: Delivery) -> None:
         """Set how results and notices reach users outside a live command (the Discord layer)."""
@@ -296,6 +311,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             else:
                 served, spec = await self._produce(job, row, spec)
                 outcome = await self._complete(job, spec, served)
+                del served  # the provider's images: while it is posted, only what is posted stays
             await self._deliver(job, row, spec, outcome)
         except SuspendJob:
             log.info(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import bot.jobs.core
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -201,6 +202,36 @@ async def test_cancel_after_the_provider_accepted_is_charged_its_price_and_the_b
     assert jobs(data_dir)[0]["captured"] == 20  # ws-mini's flat $0.02 at WaveSpeed
     assert wavespeed.submit_count == 1
     assert_books_balance(data_dir)
+
+
+async def test_a_bursts_commands_take_turns_holding_images_until_their_jobs_are_stored(
+    fake_discord: FakeDiscord,
+    openai: FakeOpenAI,
+    wavespeed: FakeWaveSpeed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(bot.jobs.core, "INTAKE_AT_ONCE", 2)
+    env = env_for(wavespeed, MODERATION_TIMEOUT_SECONDS="0.5")
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=CATALOG) as world:
+        turns = world.services.edits.engine.intake_turns
+        members = [await member(world, f"member{i}") for i in range(5)]
+
+        def downloads() -> int:
+            return sum("/cdn/attachments/" in r.path for r in fake_discord.requests)
+
+        openai.fail_always(Fault.MODERATION_HANG)  # the first two hold their turns at the safety check
+        burst = [await world.edit(PHOTO, user=m) for m in members]
+        await fake_discord.wait_until(lambda: len(openai.moderation_requests) == 4 and turns.waiting == 3)
+        # Two members' images are in memory, at the safety check (prompt and image); the other three
+        # wait for a turn with nothing downloaded.
+        assert (downloads(), turns.inside) == (2, 2)
+        assert jobs(tmp_path) == []
+        openai.clear_faults()  # the hanging checks time out, and fail open: those edits go ahead
+        for it in burst:
+            assert (await world.finished(it)).startswith("Done")
+        assert (downloads(), turns.inside, turns.waiting) == (5, 0, 0)
+        assert_books_balance(tmp_path)
 
 
 # -- result buttons ---------------------------------------------------------------------------------

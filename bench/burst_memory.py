@@ -1,0 +1,175 @@
+"""Benchmark 8 — memory under a burst: 500 members' `/edit` at once against one bot process.
+
+The bot (`python -m bot`, its own process) keeps its shipped admission limits (`MAX_CONCURRENT_JOBS`,
+`MAX_JOBS_PER_USER`), so most of the burst waits in its queue while at most `MAX_CONCURRENT_JOBS`
+edits run; the fake OpenAI holds each edit for `--delay` seconds (1 s). Each member sends one edit.
+Measured per row, on a fresh bot:
+
+* ack p99: INTERACTION_CREATE → the bot's first answer (the defer), on the fake Discord's clock;
+* last delivery: the first INTERACTION_CREATE of the burst → the last result at the fake Discord;
+* peak RSS: the bot process's VmHWM (`/proc/<pid>/status`), and its RSS when the burst was over;
+* the bot's CPU seconds for the burst (comparable on a busy host, unlike the times);
+* the most edits the bot reported queued and in flight at once (`/metrics`, sampled).
+
+`--before REF` runs the same burst first on the bot as it is at git revision REF (exported to a
+temporary folder), then on this checkout: before and after side by side in one run.
+Run from the repository root: `python -m bench.burst_memory --before main`.
+Target (issue 15): peak RSS under 400 MiB per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._common import MIB, ROOT, metric_sum, percentile, photo, table
+from bench._world import Rig, rig
+
+TARGET_MIB = 400
+SAMPLE_SECONDS = 0.25
+
+
+@dataclass
+class Peaks:
+    """What the sampler saw: the most jobs queued and in flight at once."""
+
+    queued: float = 0.0
+    in_flight: float = 0.0
+
+
+async def sample(world: Rig, peaks: Peaks, stop: asyncio.Event) -> None:
+    """Read the bot's queue and in-flight gauges until `stop` (a scrape error skips one sample)."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            page = await world.bot.metrics()
+            peaks.queued = max(peaks.queued, metric_sum(page, "retouch_jobs_queued"))
+            peaks.in_flight = max(peaks.in_flight, metric_sum(page, "retouch_jobs_in_flight"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
+
+
+async def burst(
+    label: str, root: Path, count: int, delay: float, image: bytes, bot_env: dict[str, str]
+) -> tuple[object, ...]:
+    """`count` members' edits at once on a fresh bot running from `root`; one table row."""
+    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
+        async with rig(
+            provider_delay=delay,
+            scratch=Path(scratch),
+            defaults=True,
+            users=count,
+            root=root,
+            bot_env=bot_env,
+        ) as world:
+            warm = await world.edit(image, 0)  # opens the bot's connections first
+            await world.wait_all([warm], timeout=120)
+            idle_mib = world.bot.rss_mib("VmRSS")
+            cpu_before = world.bot.cpu_seconds()
+            peaks, stop = Peaks(), asyncio.Event()
+            sampler = asyncio.create_task(sample(world, peaks, stop))
+            sent = time.monotonic()
+            its = [await world.edit(image, index) for index in range(count)]
+            await world.wait_all(its, timeout=1200)
+            wall = time.monotonic() - sent
+            stop.set()
+            await sampler
+            cpu = world.bot.cpu_seconds() - cpu_before
+            peak_mib = world.bot.rss_mib("VmHWM")
+            after_mib = world.bot.rss_mib("VmRSS")
+            results = [world.result_time(it) for it in its]
+            acks = [(ack - it.created_at) * 1000 for it in its if (ack := world.ack_time(it)) is not None]
+    delivered = [t for t in results if t is not None]
+    last = max(delivered) - min(it.created_at for it in its) if delivered else float("nan")
+    return (
+        label,
+        f"{len(acks)}/{count}",
+        f"{percentile(acks, 99):.0f}" if acks else "-",
+        f"{len(delivered)}/{count}",
+        f"{last:.1f}",
+        f"{wall:.1f}",
+        f"{cpu:.1f}",
+        f"{peaks.queued:.0f}",
+        f"{peaks.in_flight:.0f}",
+        f"{idle_mib:.0f}",
+        f"{peak_mib:.0f}",
+        f"{after_mib:.0f}",
+    )
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """The repository's files at `revision`, exported (not checked out) to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="retouch-before-") as folder:
+        archive = Path(folder) / "tree.tar"
+        with open(archive, "wb") as out:
+            subprocess.run(["git", "archive", revision], cwd=ROOT, stdout=out, check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(Path(folder) / "tree", filter="data")
+        yield Path(folder) / "tree"
+
+
+def revision_name(revision: str) -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return f"{revision} ({done.stdout.strip()})"
+
+
+async def main(
+    count: int, delay: float, fmt: str, before: str | None, runs: int, bot_env: dict[str, str]
+) -> None:
+    image = photo(1024, fmt)
+    settings = "".join(f", {k}={v}" for k, v in bot_env.items())
+    rows = []
+    for _ in range(runs):
+        if before is not None:
+            with checkout(before) as tree:
+                label = f"before: {revision_name(before)}{settings}"
+                rows.append(await burst(label, tree, count, delay, image, bot_env))
+        rows.append(await burst(f"this checkout{settings}", ROOT, count, delay, image, bot_env))
+    print(
+        table(
+            f"Memory under a burst: {count} members' /edit at once against one process, default limits, "
+            f"{delay:g} s provider, 1024² {fmt} ({len(image) / MIB:.2f} MiB), {os.cpu_count()} CPUs "
+            f"(target: peak RSS < {TARGET_MIB} MiB)",
+            (
+                "bot",
+                "acked",
+                "ack p99 ms",
+                "delivered",
+                "last delivery s",
+                "burst wall s",
+                "bot CPU s",
+                "most queued",
+                "most in flight",
+                "idle RSS MiB",
+                "peak RSS MiB",
+                "RSS after MiB",
+            ),
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=500, help="members, one edit each, all at once")
+    parser.add_argument("--delay", type=float, default=1.0, help="provider latency, seconds")
+    parser.add_argument("--format", choices=("png", "jpeg"), default="png")
+    parser.add_argument("--before", metavar="REF", help="also measure the bot at this git revision first")
+    parser.add_argument("--runs", type=int, default=1, help="rounds (before, then this checkout)")
+    parser.add_argument(
+        "--bot-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for every bot measured"
+    )
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.bot_env)
+    asyncio.run(main(args.count, args.delay, args.format, args.before, args.runs, extra))
