@@ -261,7 +261,6 @@ class RetouchBot(SwitchableShards):
         they are off) and a member over their commands per minute get a short private answer, before
         any download, provider call or credit. `counts`: this interaction counts as a command."""
         access = self.services.access
-        assert access is not None
         verdict = await access.admit(interaction.guild_id, interaction.user.id)
         if not verdict.allowed:
             log.info("refused user %s in unapproved place %s", interaction.user.id, interaction.guild_id)
@@ -291,9 +290,7 @@ class RetouchBot(SwitchableShards):
                 log.warning("could not read the application's owner (%s); set OWNER_IDS", type(exc).__name__)
             else:
                 owners = [m.id for m in info.team.members] if info.team else [info.owner.id]
-        access = self.services.access
-        assert access is not None
-        access.set_operators(operator_ids(settings.owner_ids, owners))
+        self.services.access.set_operators(operator_ids(settings.owner_ids, owners))
 
     async def setup_hook(self) -> None:
         # Fixed order: database, services, extensions, then command sync only when asked.
