@@ -76,7 +76,6 @@ class Services:
         self.diagnostics = DiagnosticsService(
             storage=self.storage,
             providers=self.providers,
-            catalog=self.catalog,
             lifecycle=self.edits.lifecycle,
             concurrency=self.edits.router.concurrency,
         )

@@ -3,7 +3,7 @@
 Loaded from a TOML file (the packaged `data/catalog.toml`, or `CATALOG_PATH`), so retirements and price
 changes need no release. All money is `Decimal` so 0.011 × 1000 is exactly 11 credits, never 12.
 
-Why ~500 lines: the types, the price arithmetic and the file parser describe the same fields and
+Why ~450 lines: the types, the price arithmetic and the file parser describe the same fields and
 change together when the catalog gains one (free sizes, route dates); the parser is the natural
 part to move out next (`parse_catalog` and its helpers).
 """
@@ -176,22 +176,6 @@ class ModelEntry:
         dates = [d for d in (route.shutdown, self.shutdown) if d is not None]
         return min(dates) if dates else None
 
-    def retired(self, today: dt.date) -> bool:
-        """Dead everywhere: past the model's own date, or past the date of every one of its routes."""
-        if self.shutdown is not None and today >= self.shutdown:
-            return True
-        ends = [self.route_shutdown(r) for r in self.routes]
-        return bool(ends) and all(end is not None and today >= end for end in ends)
-
-    def last_day(self) -> dt.date | None:
-        """The day the last route stops (None while some route has no date)."""
-        if self.shutdown is not None:
-            return self.shutdown
-        ends = [self.route_shutdown(r) for r in self.routes]
-        if not ends or any(end is None for end in ends):
-            return None
-        return max(end for end in ends if end is not None)
-
     def accepts_size(self, size: str) -> bool:
         """A listed size, or a free `WxH` within the model's rules."""
         if size in self.sizes:
@@ -246,43 +230,6 @@ class Catalog:
             return self.models[model_id]
         except KeyError:
             raise InvalidOptions(messages.unknown_model(model_id), code="unknown_model") from None
-
-    def available(self, today: dt.date) -> list[ModelEntry]:
-        """Models a user can pick today (retired ones are hidden from autocomplete)."""
-        return [m for m in self.models.values() if not m.retired(today)]
-
-    def resolve(self, model_id: str, today: dt.date) -> Resolution:
-        """Follow replacements past shutdown dates. Raises InvalidOptions when nothing is left."""
-        asked = self.get(model_id)
-        current, seen = asked, {asked.id}
-        while current.retired(today):
-            if not current.replacement or current.replacement in seen:
-                day = f"{current.shutdown:%Y-%m-%d}"
-                raise InvalidOptions(
-                    messages.retired_without_replacement(asked.name, day), code="model_retired"
-                )
-            current = self.get(current.replacement)
-            seen.add(current.id)
-        if current is asked:
-            notice = None
-            if asked.shutdown and (asked.shutdown - today).days <= RETIREMENT_WARNING_DAYS:
-                notice = messages.retiring_on(asked.name, f"{asked.shutdown:%Y-%m-%d}")
-            return Resolution(asked, notice)
-        return Resolution(current, messages.replaced(asked.name, current.name))
-
-    def warnings(self, today: dt.date) -> list[str]:
-        """Admin-facing: models retired or within the warning window."""
-        out = []
-        for m in self.models.values():
-            if m.shutdown is None:
-                continue
-            days = (m.shutdown - today).days
-            if days <= 0:
-                target = f"replaced by {m.replacement}" if m.replacement else "no replacement set"
-                out.append(f"{m.id} retired on {m.shutdown:%Y-%m-%d} ({target})")
-            elif days <= RETIREMENT_WARNING_DAYS:
-                out.append(f"{m.id} retires in {days} days ({m.shutdown:%Y-%m-%d})")
-        return out
 
 
 def usd_to_credits(usd: Decimal, credits_per_usd: int) -> int:

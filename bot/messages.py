@@ -124,13 +124,6 @@ def unknown_model(model_id: str) -> str:
     return f"Unknown model `{model_id}`. Pick one from the list the `model` option suggests."
 
 
-def retired_without_replacement(name: str, day: str) -> str:
-    return (
-        f"{name} was retired on {day} and no replacement is configured. Pick another model, or ask "
-        "an admin to update the model catalog."
-    )
-
-
 NO_LIVE_MODEL = (
     "No image model is available from the image services this bot is set up with. "
     "Ask the bot's operator to check `/diagnose`."

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from bot.app import build_services
+from bot.app import Services, build_providers, build_services
 from bot.catalog import Catalog
 from bot.config import PROVIDER_ENV, Settings, load_settings
 from bot.providers.base import Provider
 from bot.services.edits import EditService
+from bot.services.policy import PolicyService
 from bot.storage import Storage
 
 TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
@@ -55,6 +57,30 @@ def settings_for(data_dir: Path, openai: Any = None, **env: str) -> Settings:
     return load_settings({**base, **env})
 
 
+def wired_services(
+    settings: Settings,
+    catalog: Catalog,
+    storage: Storage,
+    providers: dict[str, Provider],
+    *,
+    approve: Iterable[int] = (),
+    moderation: str = "off",
+    today: Callable[[], dt.date] | None = None,
+) -> Services:
+    """Every service as production wires them (`bot.app.build_services`), for tests that drive a
+    service without Discord.
+
+    `approve`: the servers the operator approved (as ALLOWED_GUILD_IDS would). `moderation`: the
+    safety check's level, off unless a test is about it (when on, the fake OpenAI is asked too).
+    `today`: the calendar shutdown dates are compared with (the real one when None).
+    """
+    settings = dataclasses.replace(
+        settings, allowed_guild_ids=settings.allowed_guild_ids | frozenset(approve), moderation=moderation
+    )
+    calendar = {} if today is None else {"today": today}
+    return build_services(settings, catalog, storage, providers, **calendar)
+
+
 def edit_service(
     settings: Settings,
     catalog: Catalog,
@@ -65,15 +91,19 @@ def edit_service(
     moderation: str = "off",
     today: Callable[[], dt.date] | None = None,
 ) -> EditService:
-    """The job service as production wires it (`bot.app.build_services`: lifecycle, server rules,
-    access, observers, the safety check), for tests that drive it without Discord.
+    """The job service as production wires it (lifecycle, server rules, access, observers, the safety
+    check); the options are `wired_services`'s."""
+    return wired_services(
+        settings, catalog, storage, providers, approve=approve, moderation=moderation, today=today
+    ).edits
 
-    `approve`: the servers the operator approved (as ALLOWED_GUILD_IDS would). `moderation`: the
-    safety check's level, off unless a test is about it (when on, the fake OpenAI is asked too).
-    `today`: the calendar shutdown dates are compared with (the real one when None).
-    """
-    settings = dataclasses.replace(
-        settings, allowed_guild_ids=settings.allowed_guild_ids | frozenset(approve), moderation=moderation
-    )
-    calendar = {} if today is None else {"today": today}
-    return build_services(settings, catalog, storage, providers, **calendar).edits
+
+def policy_service(
+    settings: Settings, catalog: Catalog, storage: Storage, session: aiohttp.ClientSession
+) -> PolicyService:
+    """The policy service as production wires it: the lifecycle of the providers `settings` has keys
+    for (which models are live, the default), the access gate and the audit hooks. The providers are
+    built on `session` and never called; the calendar is `storage`'s clock; the servers approved are
+    `settings`'."""
+    providers = build_providers(settings, session, catalog)
+    return wired_services(settings, catalog, storage, providers, today=lambda: storage.now().date()).policy

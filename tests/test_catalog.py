@@ -8,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import CatalogError, actual_usd, load_catalog, parse_catalog, reserve_usd, usd_to_credits
+from bot.catalog import (
+    Catalog,
+    CatalogError,
+    actual_usd,
+    load_catalog,
+    parse_catalog,
+    reserve_usd,
+    usd_to_credits,
+)
+from bot.config import PROVIDER_ENV
 from bot.domain.options import Usage
 from bot.errors import InvalidOptions
+from bot.lifecycle import ModelLifecycle
 from tests.catalogs import NOVEMBER_CATALOG
 
 TODAY = dt.date(2026, 11, 21)
@@ -66,18 +76,26 @@ def test_actual_cost_prefers_provider_charge_then_usage_then_list_price(catalog)
     assert actual_usd(m, usage=None, **common) == Decimal("0.011")
 
 
+def lifecycle(catalog: Catalog, today: dt.date) -> ModelLifecycle:
+    """How the catalog's dates read on `today` to a bot with a key for every provider."""
+    return ModelLifecycle(catalog, frozenset(PROVIDER_ENV), lambda: today)
+
+
 def test_retired_model_resolves_to_its_replacement_with_a_notice(catalog):
-    resolution = catalog.resolve("gpt-image-1", TODAY)
+    resolution = lifecycle(catalog, TODAY).resolve("gpt-image-1", picked=True)
     assert resolution.model.id == "gpt-image-1.5"
-    assert "retired" in resolution.notice
+    assert "retired" in (resolution.notice or "")
 
 
 def test_model_near_shutdown_warns_and_past_shutdown_without_replacement_is_refused(catalog):
-    assert "will be retired on 2026-12-01" in catalog.resolve("gpt-image-1-mini", TODAY).notice
-    with pytest.raises(InvalidOptions, match="no replacement"):
-        catalog.resolve("gpt-image-1-mini", dt.date(2026, 12, 1))
-    assert "gpt-image-1-mini" not in [m.id for m in catalog.available(dt.date(2026, 12, 2))]
-    assert any("retired" in w for w in catalog.warnings(TODAY))
+    notice = lifecycle(catalog, TODAY).resolve("gpt-image-1-mini", picked=True).notice
+    assert "will be retired on 2026-12-01" in (notice or "")
+    with pytest.raises(InvalidOptions, match="no longer available") as refused:
+        lifecycle(catalog, dt.date(2026, 12, 1)).resolve("gpt-image-1-mini", picked=True)
+    assert refused.value.code == "model_retired"
+    assert "replacement" not in refused.value.user_message  # none is offered: the catalog sets none
+    assert "gpt-image-1-mini" not in [m.id for m in lifecycle(catalog, dt.date(2026, 12, 2)).available()]
+    assert any("retired" in w for w in lifecycle(catalog, TODAY).warnings())
 
 
 def test_unknown_model_is_a_user_error(catalog):

@@ -7,11 +7,14 @@ import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from bot.catalog import Catalog
 from bot.concurrency import LimitState
+from bot.lifecycle import ModelLifecycle
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
 from bot.providers.oneminai import OneMinAIProvider
@@ -77,14 +80,12 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def service(storage: Storage, providers: dict, **kw: object) -> DiagnosticsService:
-    return DiagnosticsService(
-        storage=storage,
-        providers=providers,
-        catalog=kw.pop("catalog", TEST_CATALOG),  # type: ignore[arg-type]
-        today=lambda: TODAY,
-        **kw,  # type: ignore[arg-type]
-    )
+def service(
+    storage: Storage, providers: dict, *, catalog: Catalog = TEST_CATALOG, **kw: Any
+) -> DiagnosticsService:
+    """The checks as production wires them: the lifecycle of a bot with `providers`, on TODAY."""
+    lifecycle = ModelLifecycle(catalog, frozenset(providers), lambda: TODAY)
+    return DiagnosticsService(storage=storage, providers=providers, lifecycle=lifecycle, **kw)
 
 
 def closed_port() -> int:
@@ -202,11 +203,13 @@ def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage
         retiring("gone", "2026-11-01", replacement="later"),
         retiring("later", "2027-06-01"),
     )
-    warnings = service(storage, {}, catalog=catalog).catalog.warnings(TODAY)
-    assert warnings == [
-        "soon retires in 10 days (2026-12-01)",
-        "gone retired on 2026-11-01 (replaced by later)",
-    ]
+    openai_only = DiagnosticsService(
+        storage=storage, providers={}, lifecycle=ModelLifecycle(catalog, frozenset({"openai"}), lambda: TODAY)
+    )
+    assert openai_only.model_warnings() == (
+        "soon on openai retires in 10 days (2026-12-01)",
+        "gone is retired on every configured service (replaced by later)",
+    )
 
 
 async def test_each_provider_shows_the_concurrency_limit_in_force(storage: Storage) -> None:

@@ -5,10 +5,11 @@ download, the operator's commands, and the access gate (approved servers, rate l
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.config import ConfigError, load_settings
@@ -21,10 +22,11 @@ from bot.services.access import (
     RateLimited,
     operator_ids,
 )
-from bot.services.admin import AllotmentChange
+from bot.services.admin import AllotmentAudit, AllotmentChange
 from bot.services.policy import PolicyRefused, PolicyService
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
+from tests.fixtures import policy_service
 from tests.test_policy import ADMIN, ALICE, BOB, CATALOG, GUILD, OTHER_GUILD, Clock, job, new_job
 
 OPERATOR = 77
@@ -37,23 +39,31 @@ def storage_clock() -> Clock:
     return Clock()
 
 
-def make(storage: Storage, tmp_path: Path, audit: Any = None, **env: str) -> PolicyService:
-    settings = load_settings(
-        {
-            **BASE_ENV,
-            "DATA_DIR": str(tmp_path),
-            "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
-            "OWNER_IDS": str(OPERATOR),
-            **env,
-        }
-    )
-    return PolicyService(
-        settings=settings,
-        catalog=CATALOG,
-        storage=storage,
-        access=AccessService(settings=settings, storage=storage),
-        on_allotment_change=audit,
-    )
+MakePolicy = Callable[..., PolicyService]
+
+
+@pytest.fixture
+async def make_policy(storage: Storage, tmp_path: Path) -> AsyncIterator[MakePolicy]:
+    """The policy service as production wires it over `storage`, with `env` on top of BASE_ENV;
+    `audit` stands in for the audit log's allotment hook. Its calendar is the storage's clock."""
+    async with aiohttp.ClientSession() as session:
+
+        def make(audit: AllotmentAudit | None = None, **env: str) -> PolicyService:
+            settings = load_settings(
+                {
+                    **BASE_ENV,
+                    "DATA_DIR": str(tmp_path),
+                    "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
+                    "OWNER_IDS": str(OPERATOR),
+                    **env,
+                }
+            )
+            policy = policy_service(settings, CATALOG, storage, session)
+            if audit is not None:
+                policy.on_allotment_change = audit
+            return policy
+
+        yield make
 
 
 async def fire(
@@ -77,9 +87,9 @@ async def fire(
 
 
 async def test_concurrent_reservations_in_two_servers_never_pass_the_bot_wide_budget(
-    storage: Storage, tmp_path: Path
+    storage: Storage, make_policy: MakePolicy
 ):
-    policy = make(storage, tmp_path, MONTHLY_BUDGET_USD="0.10")  # 100 credits
+    policy = make_policy(MONTHLY_BUDGET_USD="0.10")  # 100 credits
     for guild in (GUILD, OTHER_GUILD):  # each server's admin hands out far more than the budget
         await storage.ledger.change_balance(
             guild, ALICE, add=1_000_000, actor_id=ADMIN, reason="mine", starting_credits=0
@@ -97,9 +107,9 @@ async def test_concurrent_reservations_in_two_servers_never_pass_the_bot_wide_bu
 
 
 async def test_an_allotment_caps_a_server_below_the_budget_and_its_own_admins_cannot_lift_it(
-    storage: Storage, tmp_path: Path
+    storage: Storage, make_policy: MakePolicy
 ):
-    policy = make(storage, tmp_path, MONTHLY_BUDGET_USD="0")  # 0 = no bot-wide cap
+    policy = make_policy(MONTHLY_BUDGET_USD="0")  # 0 = no bot-wide cap
     assert policy.bot_cap_credits() is None
     await policy.set_allotment(GUILD, OPERATOR, Decimal("0.05"))
     await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("1000")})
@@ -121,14 +131,14 @@ async def test_an_allotment_caps_a_server_below_the_budget_and_its_own_admins_ca
 
 
 async def test_only_the_operator_sets_allotments_and_every_change_is_audited(
-    storage: Storage, tmp_path: Path
+    storage: Storage, make_policy: MakePolicy
 ):
     seen: list[AllotmentChange] = []
 
     async def audit(change: AllotmentChange) -> None:
         seen.append(change)
 
-    policy = make(storage, tmp_path, audit)
+    policy = make_policy(audit)
     with pytest.raises(NotOperator):
         await policy.set_allotment(GUILD, ADMIN, Decimal("5"))
     await policy.set_allotment(GUILD, OPERATOR, Decimal("5"))
@@ -142,9 +152,9 @@ async def test_only_the_operator_sets_allotments_and_every_change_is_audited(
 
 
 async def test_the_operator_report_shows_each_servers_spend_against_its_allotment(
-    storage: Storage, tmp_path: Path
+    storage: Storage, make_policy: MakePolicy
 ):
-    policy = make(storage, tmp_path)
+    policy = make_policy()
     await policy.set_allotment(OTHER_GUILD, OPERATOR, Decimal("2"))
     await storage.ledger.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
     await policy.reserve(await new_job(storage, "r1"), job(), 30)
@@ -157,8 +167,10 @@ async def test_the_operator_report_shows_each_servers_spend_against_its_allotmen
     assert report.used == 35 and report.bot_cap == 20_000  # the documented $20 default
 
 
-async def test_an_unapproved_server_is_refused_at_the_reservation_too(storage: Storage, tmp_path: Path):
-    policy = make(storage, tmp_path, ALLOWED_GUILD_IDS=str(OTHER_GUILD), STARTING_CREDITS="100")
+async def test_an_unapproved_server_is_refused_at_the_reservation_too(
+    storage: Storage, make_policy: MakePolicy
+):
+    policy = make_policy(ALLOWED_GUILD_IDS=str(OTHER_GUILD), STARTING_CREDITS="100")
     with pytest.raises(PolicyRefused) as refused:
         await policy.reserve(await new_job(storage, "u"), job(), 10)
     assert refused.value.code == "unapproved"
@@ -169,9 +181,9 @@ async def test_an_unapproved_server_is_refused_at_the_reservation_too(storage: S
 
 
 async def test_precheck_refuses_no_credits_and_no_allowance_without_creating_an_account(
-    storage: Storage, tmp_path: Path
+    storage: Storage, make_policy: MakePolicy
 ):
-    policy = make(storage, tmp_path)
+    policy = make_policy()
     with pytest.raises(RetouchError) as refused:
         await policy.precheck(job())
     assert refused.value.code == "insufficient_credits"
@@ -186,8 +198,10 @@ async def test_precheck_refuses_no_credits_and_no_allowance_without_creating_an_
         await policy.precheck(job())  # this period's allowance was already paid out
 
 
-async def test_precheck_refuses_when_the_servers_allotment_is_used_up(storage: Storage, tmp_path: Path):
-    policy = make(storage, tmp_path)
+async def test_precheck_refuses_when_the_servers_allotment_is_used_up(
+    storage: Storage, make_policy: MakePolicy
+):
+    policy = make_policy()
     await policy.set_allotment(GUILD, OPERATOR, Decimal("0.01"))
     await storage.ledger.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
     await policy.reserve(await new_job(storage, "p"), job(), 10)

@@ -8,17 +8,20 @@ import csv
 import datetime as dt
 import io
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.errors import InvalidOptions
+from bot.lifecycle import ModelLifecycle
 from bot.services.admin import (
     ALL_MODELS,
+    CreditAudit,
     CreditChange,
     GuildPolicy,
     Limits,
@@ -35,7 +38,7 @@ from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry
 from tests.catalogs import catalog, flat, model, tiered
-from tests.fixtures import settings_for
+from tests.fixtures import policy_service, settings_for
 
 GUILD, OTHER_GUILD = 100, 200
 ALICE, BOB, ADMIN = 1, 2, 9
@@ -85,19 +88,26 @@ MakePolicy = Callable[..., PolicyService]
 
 
 @pytest.fixture
-def make_policy(storage: Storage, tmp_path: Path) -> MakePolicy:
-    def make(audit: Any = None, **env: str) -> PolicyService:
-        # The operator approved both test servers (the bot serves only approved servers).
-        env = {
-            "OPENAI_API_KEY": "sk-test",
-            "STARTING_CREDITS": "0",
-            "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
-            **env,
-        }
-        settings = settings_for(tmp_path, **env)
-        return PolicyService(settings=settings, catalog=CATALOG, storage=storage, on_credit_change=audit)
+async def make_policy(storage: Storage, tmp_path: Path) -> AsyncIterator[MakePolicy]:
+    """The policy service as production wires it, over `storage` unless `store` is given; `audit`
+    stands in for the audit log's credit hook. Its calendar is the storage's clock."""
+    async with aiohttp.ClientSession() as session:
 
-    return make
+        def make(audit: CreditAudit | None = None, store: Storage | None = None, **env: str) -> PolicyService:
+            # The operator approved both test servers (the bot serves only approved servers).
+            env = {
+                "OPENAI_API_KEY": "sk-test",
+                "STARTING_CREDITS": "0",
+                "ALLOWED_GUILD_IDS": f"{GUILD},{OTHER_GUILD}",
+                **env,
+            }
+            settings = settings_for(tmp_path, **env)
+            policy = policy_service(settings, CATALOG, store or storage, session)
+            if audit is not None:
+                policy.on_credit_change = audit
+            return policy
+
+        yield make
 
 
 @pytest.fixture
@@ -239,7 +249,7 @@ async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_doubl
 
 
 async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
-    policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
+    make_policy: MakePolicy, policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
 ):
     await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
     clock.set("2026-11-30T23:59:59.999")
@@ -251,7 +261,7 @@ async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
     # A second connection to the same file stands in for another process using the database.
     other = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
     try:
-        other_policy = PolicyService(settings=policy.settings, catalog=CATALOG, storage=other)
+        other_policy = make_policy(store=other)
         uses = [p.credits(GUILD, ALICE, ()) for p in (policy, other_policy) for _ in range(10)]
         balances = {s.account.balance for s in await asyncio.gather(*uses)}
     finally:
@@ -343,6 +353,8 @@ def test_max_images_is_the_most_generous_tier_and_never_above_the_bots_maximum()
 
 ANY = Limits(0, None, None, 4)
 CHOSEN = JobDefaults("gpt-image-1.5", "high", "auto", "auto", "png", 1)
+# The models live for a bot with an OpenAI key on 10 November 2026 (what the policy service gives `clamp`).
+USABLE = ModelLifecycle(CATALOG, frozenset({"openai"}), lambda: dt.date(2026, 11, 10)).usable
 
 
 def with_(**changes: Any) -> JobDefaults:
@@ -374,7 +386,7 @@ def with_(**changes: Any) -> JobDefaults:
 def test_clamping_applies_the_cap_and_says_so(
     chosen: JobDefaults, limits: Limits, expected: JobDefaults, notice: str | None
 ):
-    result, notices = clamp(chosen, limits, catalog=CATALOG, today=dt.date(2026, 11, 10))
+    result, notices = clamp(chosen, limits, catalog=CATALOG, usable=USABLE)
     assert result == expected
     if notice is None:
         assert notices == ()
@@ -385,7 +397,7 @@ def test_clamping_applies_the_cap_and_says_so(
 
 def test_clamping_refuses_when_no_allowed_model_exists():
     with pytest.raises(PolicyRefused) as refused:
-        clamp(CHOSEN, Limits(0, None, frozenset({"gone"}), 4), catalog=CATALOG, today=dt.date(2026, 11, 10))
+        clamp(CHOSEN, Limits(0, None, frozenset({"gone"}), 4), catalog=CATALOG, usable=USABLE)
     assert refused.value.code == "no_allowed_model"
 
 

@@ -50,7 +50,6 @@ from bot.routing import (
 )
 from bot.routing.breaker import _verdict
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
-from bot.services.policy import PolicyService
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
 from tests.catalogs import route as catalog_route
@@ -863,8 +862,7 @@ async def test_a_servers_provider_order_overrides_the_bot_wide_order(
     tmp_path: Path,
 ) -> None:
     service = service_for(storage, tmp_path, adapters, atlas, wavespeed)  # bot-wide: atlascloud first
-    policy = PolicyService(settings=service.settings, catalog=CATALOG, storage=storage)
-    await policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
+    await service.policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
     outcome = await run_to_end(service, edit_job(model="gpt-image-1-mini"))
 
     assert outcome.provider == "wavespeed"

@@ -33,7 +33,7 @@ class InputImage:
 class EditRequest:
     """Everything a provider needs for one edit job.
 
-    `model` is the provider-facing model id (the catalog resolves user choices and retirements before
+    `model` is the provider-facing model id (bot.lifecycle resolves user choices and retirements before
     a request is built). `deadline` is a `time.monotonic()` instant after which the adapter must give up.
     `mask`, when present, follows the OpenAI convention (PNG, alpha 0 = edit, same size as the first
     image); adapters convert it to their own convention.

@@ -357,8 +357,8 @@ class PolicyAdmin:
     catalog: Catalog
     storage: Storage
     access: AccessService
-    on_credit_change: CreditAudit | None
-    on_allotment_change: AllotmentAudit | None
+    on_credit_change: CreditAudit
+    on_allotment_change: AllotmentAudit
 
     if TYPE_CHECKING:
 
@@ -475,10 +475,7 @@ class PolicyAdmin:
         return change
 
     async def _audit(self, change: CreditChange) -> None:
-        # AUDIT HOOK — the one call site for credit changes. bot/app.py wires `on_credit_change` to the
-        # audit log (bot/observability/audit.py's credit_change) when that module exists.
-        if self.on_credit_change is None:
-            return
+        # The one call site for credit changes; bot/app.py wires `on_credit_change` to the audit log.
         try:
             await self.on_credit_change(change)
         except Exception:
@@ -504,11 +501,10 @@ class PolicyAdmin:
         )
         change = AllotmentChange(guild_id, actor_id, before, usd)
         log.info("guild %s allotment changed by the operator %s: %s -> %s", guild_id, actor_id, before, usd)
-        if self.on_allotment_change is not None:
-            try:
-                await self.on_allotment_change(change)
-            except Exception:
-                log.exception("audit hook failed for an allotment change in guild %s", guild_id)
+        try:
+            await self.on_allotment_change(change)
+        except Exception:
+            log.exception("audit hook failed for an allotment change in guild %s", guild_id)
         return change
 
     async def operator_report(self, actor_id: int) -> OperatorReport:

@@ -7,13 +7,11 @@ returns. Provider checks use the optional `check()` an adapter may implement (`C
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from bot.catalog import Catalog
 from bot.concurrency import LimitState
 from bot.lifecycle import ModelLifecycle
 from bot.observability.probes import WriteProbe
@@ -94,19 +92,15 @@ class DiagnosticsService:
         *,
         storage: Storage,
         providers: Mapping[str, Provider],
-        catalog: Catalog,
-        today: Callable[[], dt.date] = lambda: dt.datetime.now(dt.UTC).date(),
+        lifecycle: ModelLifecycle,
         provider_timeout: float = PROVIDER_CHECK_TIMEOUT,
-        lifecycle: ModelLifecycle | None = None,
         check_interval: float = PROVIDER_CHECK_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
         concurrency: Callable[[], Mapping[str, LimitState]] | None = None,
     ) -> None:
         self.storage = storage
         self.providers = providers
-        self.catalog = catalog
-        self._today = today
-        # The live view: route dates, OpenAI's model list and retired routes (else the catalog's dates).
+        # The live view: route dates, OpenAI's model list and retired routes.
         self.lifecycle = lifecycle
         self._provider_timeout = provider_timeout
         self._probe = WriteProbe(storage)
@@ -132,8 +126,6 @@ class DiagnosticsService:
 
     def model_warnings(self) -> tuple[str, ...]:
         """Dead or soon-dead models and routes, unknown new models, and a failed model-list read."""
-        if self.lifecycle is None:
-            return tuple(self.catalog.warnings(self._today()))
         failed = tuple(
             f"could not read {r.provider}'s model list ({r.error}); using the catalog's dates"
             for r in self.lifecycle.discovery()

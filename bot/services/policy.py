@@ -198,21 +198,19 @@ def clamp(
     limits: Limits,
     *,
     catalog: Catalog,
-    today: dt.date,
+    usable: Callable[[ModelEntry], bool],
     fallbacks: Iterable[str] = (),
-    usable: Callable[[ModelEntry], bool] | None = None,
 ) -> tuple[JobDefaults, tuple[str, ...]]:
     """Bring model, quality and count within `limits`. Returns the job's values and what changed.
 
-    `usable` says which models are live here (bot.lifecycle); without it, the catalog's dates.
+    `usable` says which models are live here (`ModelLifecycle.usable`).
     """
-    live = usable or (lambda m: not m.retired(today))
     notices = []
     if limits.models is not None and chosen.model in catalog.models and chosen.model not in limits.models:
         allowed = [
             m
             for m in (*fallbacks, *sorted(limits.models))
-            if m in limits.models and m in catalog.models and live(catalog.models[m])
+            if m in limits.models and m in catalog.models and usable(catalog.models[m])
         ]
         if not allowed:
             raise PolicyRefused(messages.NO_ALLOWED_MODEL, code="no_allowed_model")
@@ -280,10 +278,10 @@ class PolicyService(PolicyAdmin):
         settings: Settings,
         catalog: Catalog,
         storage: Storage,
-        on_credit_change: CreditAudit | None = None,
-        lifecycle: ModelLifecycle | None = None,
-        access: AccessService | None = None,
-        on_allotment_change: AllotmentAudit | None = None,
+        lifecycle: ModelLifecycle,
+        access: AccessService,
+        on_credit_change: CreditAudit,
+        on_allotment_change: AllotmentAudit,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -293,7 +291,7 @@ class PolicyService(PolicyAdmin):
         # Called after every admin grant/take/set (the audit log). Failures are logged, never raised.
         self.on_credit_change = on_credit_change
         # Who the operator is (only they set allotments) and which servers are approved.
-        self.access = access or AccessService(settings=settings, storage=storage)
+        self.access = access
         self.on_allotment_change = on_allotment_change
 
     # -- reading ---------------------------------------------------------------------------------
@@ -358,8 +356,6 @@ class PolicyService(PolicyAdmin):
 
     def bot_default_model(self) -> str:
         """The bot-wide default model: DEFAULT_MODEL, else the first live catalog model here."""
-        if self.lifecycle is None:
-            return self.settings.default_model or next(iter(self.catalog.models))
         try:
             return self.lifecycle.default_model().id
         except InvalidOptions:  # nothing is live: the job itself will say so
@@ -367,8 +363,6 @@ class PolicyService(PolicyAdmin):
 
     def model_for_view(self, model_id: str) -> ModelEntry:
         """The model a member's defaults really use today (for prices shown before any job)."""
-        if self.lifecycle is None:
-            return self.catalog.resolve(model_id, self.now().date()).model
         try:
             return self.lifecycle.resolve(model_id, picked=False).model
         except InvalidOptions:
@@ -378,10 +372,7 @@ class PolicyService(PolicyAdmin):
         self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy
     ) -> tuple[JobDefaults, tuple[str, ...]]:
         fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
-        usable = self.lifecycle.usable if self.lifecycle is not None else None
-        return clamp(
-            chosen, limits, catalog=self.catalog, today=self.now().date(), fallbacks=fallbacks, usable=usable
-        )
+        return clamp(chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks)
 
     # -- the job service's hooks -----------------------------------------------------------------
 
