@@ -120,7 +120,7 @@ class EngineCore:
         router: Router,
         files: JobFiles,
         observers: list[JobObserver],
-        lifecycle: ModelLifecycle | None = None,
+        lifecycle: ModelLifecycle,
     ) -> None:
         self.settings = settings
         self.catalog = catalog

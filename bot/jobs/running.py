@@ -100,7 +100,7 @@ class ProviderRun(EngineCore):
             try:
                 return await self._follow(job, model, request, call, db_time(started)), spec
             except perr.ModelGone as exc:
-                if exc.accepted or self.lifecycle is None or self.lifecycle.usable(model):
+                if exc.accepted or self.lifecycle.usable(model):
                     raise  # taken, or other routes of the model only failed for other reasons
                 # No provider took the job, so it may run elsewhere: the router already retired the
                 # dead routes; every route of this model is gone.
@@ -116,8 +116,6 @@ class ProviderRun(EngineCore):
         Raises ModelRetired (the hold is released, the member is offered the replacement) otherwise.
         """
         lifecycle = self.lifecycle
-        if lifecycle is None:
-            raise self._retired(job, dead, f"{dead.name} is no longer available. You were not charged.")
         if spec.model_picked:
             raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
         for candidate in lifecycle.fallbacks(dead):
