@@ -3,7 +3,9 @@
 The modules that decide (`bot.imaging`, `bot.catalog`, `bot.lifecycle`, `bot.routing`, the services
 in `bot.services`, `bot.errors` for provider failures) decide *that* something is refused and why (a
 code and its facts); the sentences live here, so wording changes in one file and the deciding
-modules hold no user text. Every sentence says what happened and what to do next.
+modules hold no user text. Every sentence says what happened and what to do next. The job engine's
+words (`bot.jobs`: an edit's progress lines, cancel answers, restart notices, why it ended) are here
+for the same reason.
 
 One module on purpose, although it is long: a reader (or a translator) finds every such sentence
 here, and none of them depends on another. It imports nothing at run time, so every layer may use it:
@@ -286,6 +288,89 @@ def history_expired(hours: float) -> str:
         f"Retouch keeps an edit's history for {hours:g} hours; this one is older. "
         "Use **Edit again** or /edit."
     )
+
+
+# -- an edit in the job engine: progress, cancel, restarts, endings and delivery (bot.jobs) ----------
+
+
+def describe_wait(seconds: float) -> str:
+    """A short, honest duration for queue estimates."""
+    if seconds < 60:
+        return "less than a minute"
+    return f"about {max(1, round(seconds / 60))} min"
+
+
+def queue_position(position: int, eta: float | None) -> str:
+    """`eta`: seconds until the result should be ready (None while there is no estimate)."""
+    text = f"Queued — position {position} in line."
+    if eta is not None:
+        text += f" Your result should be ready in {describe_wait(eta)}."
+    return text
+
+
+def editing(model: str, elapsed: int) -> str:
+    return f"Editing with {model}… ({elapsed} s)"
+
+
+UPLOADING = "Uploading the result…"
+
+
+def done(charged: int, balance: int) -> str:
+    return f"Done — {charged} credits charged, {balance} left."
+
+
+JOB_UNKNOWN = "This edit is not known any more."
+CANCEL_NOT_ALLOWED = (
+    "Only the person who asked for this edit, or a member who can manage messages, can cancel it."
+)
+CANCELLED = "Cancelled — you were not charged."
+# A template: `.format(charged=credits)`.
+CANCELLED_AT_PROVIDER = (
+    "Cancelled. The image service had already started this edit and charges for it, so "
+    "{charged} credits were charged."
+)
+TOO_LATE_BEING_POSTED = "Too late to cancel: your edit is finished and being posted."
+TOO_LATE_POSTED = "Too late to cancel: your edit was already posted."
+ALREADY_ENDED = "This edit has already ended."
+
+
+def timed_out(*, queued: bool) -> str:
+    where = "waited too long in the queue" if queued else "took too long"
+    return f"Your edit {where} and was cancelled. You were not charged; please try again later."
+
+
+INTERRUPTED = "Retouch had to restart before your edit finished. You were not charged; please run it again."
+SUSPENDED_AT_PROVIDER = (
+    "Retouch is restarting. Your edit is still being made and will be posted in this channel when "
+    "it is ready."
+)
+RESTARTED_BEFORE_START = (
+    "Retouch restarted before your edit could start. You were not charged; please run it again."
+)
+SUSPENDED_IN_QUEUE = (
+    "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
+)
+RESTARTED_MID_SUBMIT = (
+    "Retouch restarted while your edit was being made, so the result was lost. "
+    "You were not charged; please run it again."
+)
+EDIT_WENT_WRONG = "Something went wrong with this edit. You were not charged."
+
+
+def charged_then_failed(charged: int) -> str:
+    return f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards."
+
+
+UNDELIVERABLE = "Your edit was made but could not be posted here or sent to you by DM. You were not charged"
+DELIVERY_DELAYED = (
+    "Your edit is ready, but Discord is not taking it right now. It will be posted as soon as Discord "
+    "answers again; nothing is charged until it is."
+)
+
+
+def with_reference(text: str, ref: str) -> str:
+    """A failure's text with the reference that ties it to the log."""
+    return f"{text} (ref `{ref}`)"
 
 
 # -- /mask previews, the Edit image menu and cheaper-run offers (cogs) ----------------------------

@@ -24,15 +24,14 @@ from PIL import Image
 
 from bot.errors import InvalidOptions, ShuttingDown
 from bot.jobs.core import IntakeTurns
-from bot.jobs.delivery import DELIVERY_DELAYED
 from bot.jobs.model import (
-    SUSPENDED_AT_PROVIDER,
     Delivered,
     DeliveryFailed,
     EditOutcome,
     JobInfo,
     NotAllowed,
 )
+from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import aiohttp
 
+from bot import messages
 from bot.errors import new_reference
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import (
@@ -29,15 +30,10 @@ from bot.jobs.model import (
     db_time,
     parse_time,
 )
+from bot.messages import DELIVERY_DELAYED, UNDELIVERABLE
 from bot.storage.jobs import JobRow
 
 log = logging.getLogger(__name__)
-
-UNDELIVERABLE = "Your edit was made but could not be posted here or sent to you by DM. You were not charged"
-DELIVERY_DELAYED = (
-    "Your edit is ready, but Discord is not taking it right now. It will be posted as soon as Discord "
-    "answers again; nothing is charged until it is."
-)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -158,9 +154,7 @@ class JobDelivery(EngineCore):
         )
         if job.live is not None:
             with contextlib.suppress(Exception):
-                await job.live.finish(
-                    f"Done — {outcome.charged} credits charged, {outcome.balance_after} left."
-                )
+                await job.live.finish(messages.done(outcome.charged, outcome.balance_after))
 
     async def _undeliverable(self, job: ActiveJob, outcome: EditOutcome) -> None:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""

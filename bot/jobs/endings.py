@@ -10,20 +10,17 @@ import asyncio
 import contextlib
 import logging
 
+from bot import messages
 from bot.catalog import usd_to_credits
 from bot.errors import RetouchError, message_for_provider_error, new_reference
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import JobCancelled, JobFailed, JobInterrupted, JobSpec, JobState, JobTimedOut
+from bot.messages import CANCELLED_AT_PROVIDER
 from bot.providers import errors as perr
 from bot.routing import route_reserve_usd
 from bot.storage.ledger import LedgerConflict
 
 log = logging.getLogger(__name__)
-
-CANCELLED_AT_PROVIDER = (
-    "Cancelled. The image service had already started this edit and charges for it, so "
-    "{charged} credits were charged."
-)
 
 
 class JobEndings(EngineCore):
@@ -133,11 +130,7 @@ class JobEndings(EngineCore):
         row = await self.storage.jobs.get_job(job.id)
         charged = int(row.captured or 0) if row is not None else 0
         self._finished(job, JobState.DELIVERED, job.provider, charged, None)
-        error = JobFailed(
-            f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards.",
-            ref=ref,
-            code="after_delivery",
-        )
+        error = JobFailed(messages.charged_then_failed(charged), ref=ref, code="after_delivery")
         if job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(error.user_message)
@@ -168,6 +161,4 @@ class JobEndings(EngineCore):
         if isinstance(exc, asyncio.CancelledError):
             return JobInterrupted()
         log.error("job %s failed unexpectedly (ref %s)", job.id, ref, exc_info=exc)
-        return JobFailed(
-            "Something went wrong with this edit. You were not charged.", ref=ref, code="internal"
-        )
+        return JobFailed(messages.EDIT_WENT_WRONG, ref=ref, code="internal")

@@ -17,12 +17,12 @@ import secrets
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from bot import messages
 from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
 from bot.jobs.core import ActiveJob
 from bot.jobs.delivery import JobDelivery
-from bot.jobs.endings import CANCELLED_AT_PROVIDER, JobEndings
+from bot.jobs.endings import JobEndings
 from bot.jobs.model import (
-    SUSPENDED_AT_PROVIDER,
     Delivery,
     JobCancelled,
     JobInfo,
@@ -35,11 +35,11 @@ from bot.jobs.model import (
     SuspendJob,
     Ticket,
     db_time,
-    describe_wait,
 )
 from bot.jobs.recovery import JobRecovery
 from bot.jobs.results import JobResults
 from bot.jobs.running import ProviderRun
+from bot.messages import CANCELLED_AT_PROVIDER, SUSPENDED_AT_PROVIDER
 from bot.storage.jobs import TERMINAL_STATES
 from bot.storage.ledger import NotEnoughCredits
 
@@ -156,13 +156,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         """
         row = await self.storage.jobs.get_job(job_id)
         if row is None:
-            raise RetouchError("This edit is not known any more.", code="unknown_job")
+            raise RetouchError(messages.JOB_UNKNOWN, code="unknown_job")
         if actor_id != row.user_id and not can_manage:
-            raise NotAllowed(
-                "Only the person who asked for this edit, or a member who can manage messages, can "
-                "cancel it.",
-                code="not_allowed",
-            )
+            raise NotAllowed(messages.CANCEL_NOT_ALLOWED, code="not_allowed")
         if row.state in TERMINAL_STATES or row.state == JobState.COMPLETED:
             return _too_late(row.state)
         job = self._jobs.get(job_id)
@@ -255,9 +251,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             if job.position != index:
                 job.position = index
                 eta = self.eta(index)
-                text = f"Queued — position {index} in line."
-                if eta is not None:
-                    text += f" Your result should be ready in {describe_wait(eta)}."
+                text = messages.queue_position(index, eta)
                 status = JobStatus(job_id, "queued", text, True, index, eta)
                 self.queue_feedback.offer(job_id, text, status, priority=index)
         if self.queue_feedback.pending:
@@ -326,7 +320,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
 
 def _too_late(state: str) -> str:
     if state == JobState.COMPLETED:
-        return "Too late to cancel: your edit is finished and being posted."
+        return messages.TOO_LATE_BEING_POSTED
     if state == JobState.DELIVERED:
-        return "Too late to cancel: your edit was already posted."
-    return "This edit has already ended."
+        return messages.TOO_LATE_POSTED
+    return messages.ALREADY_ENDED

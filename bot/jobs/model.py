@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from bot import messages
 from bot.errors import RetouchError, new_reference
 from bot.routing import Needs
 
@@ -39,12 +40,6 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"  # terminal: hold released (or charged when cancelled at a provider)
 
 
-SUSPENDED_AT_PROVIDER = (
-    "Retouch is restarting. Your edit is still being made and will be posted in this channel when "
-    "it is ready."
-)
-
-
 # -- errors ----------------------------------------------------------------------------------------
 
 
@@ -52,7 +47,7 @@ class JobFailed(RetouchError):
     """A job failed after it started; credits were released. Carries the log reference."""
 
     def __init__(self, user_message: str, *, ref: str, code: str) -> None:
-        super().__init__(f"{user_message} (ref `{ref}`)", code=code)
+        super().__init__(messages.with_reference(user_message, ref), code=code)
         self.ref = ref
 
 
@@ -60,28 +55,21 @@ class JobInterrupted(RetouchError):
     """A restart or shutdown ended the job before its result; the hold was released."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "Retouch had to restart before your edit finished. You were not charged; please run it again.",
-            code="interrupted",
-        )
+        super().__init__(messages.INTERRUPTED, code="interrupted")
 
 
 class JobCancelled(RetouchError):
     """The job was cancelled (by its requester, a moderator or the queue's watchdog)."""
 
     def __init__(self) -> None:
-        super().__init__("Cancelled — you were not charged.", code="cancelled")
+        super().__init__(messages.CANCELLED, code="cancelled")
 
 
 class JobTimedOut(RetouchError):
     """The watchdog cancelled a job past its deadline (in the queue or at the provider)."""
 
     def __init__(self, *, queued: bool) -> None:
-        where = "waited too long in the queue" if queued else "took too long"
-        super().__init__(
-            f"Your edit {where} and was cancelled. You were not charged; please try again later.",
-            code="queue_timeout" if queued else "timeout",
-        )
+        super().__init__(messages.timed_out(queued=queued), code="queue_timeout" if queued else "timeout")
 
 
 class ModelRetired(JobFailed):
@@ -371,10 +359,3 @@ def parse_time(text: str | None) -> dt.datetime | None:
         return dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-
-
-def describe_wait(seconds: float) -> str:
-    """A short, honest duration for queue estimates."""
-    if seconds < 60:
-        return "less than a minute"
-    return f"about {max(1, round(seconds / 60))} min"

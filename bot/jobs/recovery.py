@@ -17,6 +17,7 @@ from typing import Any
 from bot.errors import new_reference
 from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob, EngineCore
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
+from bot.messages import RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
 from bot.storage.ledger import LedgerConflict
 
@@ -24,17 +25,6 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 3600.0
-
-RESTARTED_BEFORE_START = (
-    "Retouch restarted before your edit could start. You were not charged; please run it again."
-)
-SUSPENDED_IN_QUEUE = (
-    "Retouch is restarting. Your edit keeps its place in the queue and starts when Retouch is back."
-)
-RESTARTED_MID_SUBMIT = (
-    "Retouch restarted while your edit was being made, so the result was lost. "
-    "You were not charged; please run it again."
-)
 
 
 class JobRecovery(EngineCore):

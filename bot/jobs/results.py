@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from bot import imaging
+from bot import imaging, messages
 from bot.catalog import usd_to_credits
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import EditOutcome, JobSpec, JobState, JobStatus, ResultFile, db_time
@@ -27,7 +27,7 @@ class JobResults(EngineCore):
     async def _complete(self, job: ActiveJob, spec: JobSpec, served: Served) -> EditOutcome:
         """Store the result (files, then the row) before anything is posted."""
         job.finishing = True
-        await self._update(job, JobStatus(job.id, "finishing", "Uploading the result…", False))
+        await self._update(job, JobStatus(job.id, "finishing", messages.UPLOADING, False))
         result = served.result
         charged = min(usd_to_credits(served.cost_usd, self.settings.credits_per_usd), spec.reserve)
         if spec.mask is not None and spec.mask.keep_outside:

@@ -202,7 +202,7 @@ class ProviderRun(EngineCore):
         try:
             while True:
                 elapsed = max(0, int((self.storage.now() - begun).total_seconds()))
-                text = f"Editing with {model.name}… ({elapsed} s)"
+                text = messages.editing(model.name, elapsed)
                 await self._update(
                     job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted) or job.calling)
                 )
