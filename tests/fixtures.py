@@ -1,20 +1,65 @@
-"""Helpers the tests share: fixtures for the fake provider servers, and settings as an operator writes them.
+"""Helpers the tests share: fixtures for the fake provider servers, settings as an operator writes them,
+and the database backends the storage tests run on.
 
-tests/conftest.py declares the fixtures most tests use (`openai`, `wavespeed`, `atlas`); a module that
-needs a fake under another name or with other options declares it in one line with `serving`.
+tests/conftest.py declares the fixtures most tests use (`openai`, `wavespeed`, `atlas`, `storage`); a
+module that needs a fake under another name or with other options declares it in one line with `serving`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from bot.config import PROVIDER_ENV, Settings, load_settings
 
 TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
+
+# A PostgreSQL server the tests may create and drop schemas in, e.g.
+# postgresql://postgres@127.0.0.1:5432/test (.ci/run sets it when a server answers there).
+TEST_DATABASE_URL = os.environ.get("RETOUCH_TEST_DATABASE_URL", "").strip()
+NO_POSTGRES = (
+    "PostgreSQL backend not tested: set RETOUCH_TEST_DATABASE_URL "
+    "(e.g. postgresql://postgres@127.0.0.1:5432/test) to run it"
+)
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgresql", id="postgresql", marks=pytest.mark.skipif(not TEST_DATABASE_URL, reason=NO_POSTGRES)
+    ),
+]
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """`url` with its connections' search_path set to `schema` (asyncpg passes unknown query
+    parameters to the server as settings)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"] + [("search_path", schema)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema(url: str = "") -> AsyncIterator[str]:
+    """A fresh, empty schema on the test server: yields a URL whose connections use it; dropped after."""
+    import asyncpg
+
+    base = url or TEST_DATABASE_URL
+    name = f"retouch_test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f"CREATE SCHEMA {name}")
+        try:
+            yield with_search_path(base, name)
+        finally:
+            await conn.execute(f"DROP SCHEMA {name} CASCADE")
+    finally:
+        await conn.close()
 
 
 def serving(factory: Callable[..., Any], **options: Any) -> Any:

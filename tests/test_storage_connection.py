@@ -1,5 +1,6 @@
-"""The database handle (bot.storage.connection) against a real SQLite file: one thread, one
-transaction at a time, never a transaction left open, and the connection settings durability needs."""
+"""The database handles (bot.storage.sqlite, bot.storage.postgres): transaction bodies commit whole or
+not at all, a cancelled caller never leaves a transaction open; SQLite's one thread, one transaction at a
+time and the connection settings durability needs."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
-from bot.storage.connection import BUSY_TIMEOUT_MS, Database, _apply_migration
+from bot.storage.connection import Body, execute, fetch_all
+from bot.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteDatabase, _apply_migration
 
 
+@pytest.mark.sqlite_only
 async def test_the_connection_is_opened_with_wal_full_sync_busy_timeout_and_foreign_keys(storage: Storage):
     async def pragma(name: str) -> object:
         row = await storage.db.one(f"PRAGMA {name}")
@@ -26,17 +29,18 @@ async def test_the_connection_is_opened_with_wal_full_sync_busy_timeout_and_fore
     assert await pragma("foreign_keys") == 1
 
 
+@pytest.mark.sqlite_only
 async def test_transactions_run_one_at_a_time_on_one_thread_off_the_event_loop(storage: Storage):
     threads: set[int] = set()
     inside = 0
     most_inside = 0
 
-    def body(db: sqlite3.Connection) -> None:
+    def body() -> Body[None]:
         nonlocal inside, most_inside
         inside += 1
         most_inside = max(most_inside, inside)
         threads.add(threading.get_ident())
-        db.execute("SELECT 1").fetchall()
+        yield fetch_all("SELECT 1")
         inside -= 1
 
     await asyncio.gather(*(storage.db.transaction(body) for _ in range(20)))
@@ -44,14 +48,15 @@ async def test_transactions_run_one_at_a_time_on_one_thread_off_the_event_loop(s
     assert len(threads) == 1 and threading.get_ident() not in threads
 
 
+@pytest.mark.sqlite_only
 async def test_a_caller_cancelled_mid_transaction_leaves_it_committed_whole_and_closed(storage: Storage):
     started, go_on = threading.Event(), threading.Event()
 
-    def body(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
+    def body() -> Body[None]:
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
         started.set()
         go_on.wait(5)
-        db.execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
 
     task = asyncio.create_task(storage.db.transaction(body))
     await asyncio.to_thread(started.wait, 5)
@@ -76,7 +81,7 @@ async def test_a_failing_migration_rolls_back_and_leaves_no_transaction_open(tmp
 
 
 async def test_closing_twice_is_harmless_and_a_closed_database_refuses_work(tmp_path: Path):
-    database = await Database.open(tmp_path / "retouch.sqlite3")
+    database = await SQLiteDatabase.open(tmp_path / "retouch.sqlite3")
     await database.close()
     await database.close()
     with pytest.raises(sqlite3.ProgrammingError):
