@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.app import utc_today
 from bot.catalog import Catalog, CatalogError, load_catalog
-from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
+from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings, mask_userinfo
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
 from bot.observability.logs import configure_logging
@@ -69,12 +69,12 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
     try:
-        storage = await Storage.open(settings.database_path)
+        storage = await Storage.open(settings.database)
     except SchemaTooNew as exc:
         log.error(
             "Retouch cannot start: %s was written by a newer Retouch (schema %d; this release knows up to "
             "%d). Run that newer release, or restore a backup made with this one.",
-            settings.database_path,
+            mask_userinfo(settings.database),
             exc.found,
             exc.known,
         )

@@ -99,3 +99,19 @@ async def test_storage_is_its_repositories_and_nothing_passes_through(storage: S
     assert await storage.settings.user_settings_row(2) is None
     assert await storage.reports.all_accounts()
     assert await storage.history.get_version(1) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "relative"), [("sqlite:///{}", True), ("sqlite:///{}", False), ("{}", False)]
+)
+async def test_a_sqlite_url_or_a_plain_path_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, relative: bool
+):
+    monkeypatch.chdir(tmp_path)
+    path = Path("sub") / "bot.sqlite3" if relative else tmp_path / "abs" / "bot.sqlite3"
+    storage = await Storage.open(url.format(path))
+    try:
+        await storage.ledger.ensure_account(1, 2, 3)
+    finally:
+        await storage.close()
+    assert (tmp_path / path).is_file()
