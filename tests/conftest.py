@@ -20,7 +20,7 @@ from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import BACKENDS, postgres_schema, serving
+from tests.fixtures import BACKENDS, TEST_DATABASE_URL, serving
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -69,7 +69,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield str(tmp_path / "retouch.sqlite3")
         return
-    async with postgres_schema() as url:
+    from bot.storage.postgres import scratch_schema
+
+    async with scratch_schema(TEST_DATABASE_URL) as url:
         yield url
 
 

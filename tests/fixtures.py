@@ -7,13 +7,10 @@ module that needs a fake under another name or with other options declares it in
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -34,32 +31,6 @@ BACKENDS = [
         "postgresql", id="postgresql", marks=pytest.mark.skipif(not TEST_DATABASE_URL, reason=NO_POSTGRES)
     ),
 ]
-
-
-def with_search_path(url: str, schema: str) -> str:
-    """`url` with its connections' search_path set to `schema` (asyncpg passes unknown query
-    parameters to the server as settings)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"] + [("search_path", schema)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-@contextlib.asynccontextmanager
-async def postgres_schema(url: str = "") -> AsyncIterator[str]:
-    """A fresh, empty schema on the test server: yields a URL whose connections use it; dropped after."""
-    import asyncpg
-
-    base = url or TEST_DATABASE_URL
-    name = f"retouch_test_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(base)
-    try:
-        await conn.execute(f"CREATE SCHEMA {name}")
-        try:
-            yield with_search_path(base, name)
-        finally:
-            await conn.execute(f"DROP SCHEMA {name} CASCADE")
-    finally:
-        await conn.close()
 
 
 def serving(factory: Callable[..., Any], **options: Any) -> Any:

@@ -26,13 +26,16 @@ table; two processes starting together migrate once (an advisory lock).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -77,6 +80,11 @@ def _lock_sql(count: int) -> str:
     return "SELECT " + ", ".join(f"pg_advisory_xact_lock(${n})" for n in range(1, count + 1))
 
 
+def _begin_and_lock(keys: Sequence[int]) -> str:
+    """BEGIN and the body's first locks in one round trip (the keys are our own integers)."""
+    return "BEGIN; SELECT " + ", ".join(f"pg_advisory_xact_lock({int(key)})" for key in keys)
+
+
 def postgres_ddl(sqlite_sql: str) -> str:
     """A SQLite migration in PostgreSQL's words; triggers are left to `migrations/postgres/`."""
     text = re.sub(r"--[^\n]*", "", sqlite_sql)
@@ -114,16 +122,35 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
     raise ValueError(f"unknown statement kind {kind!r}")
 
 
-async def drive(conn: asyncpg.Connection, body: Callable[[], Body[T]]) -> T:
-    """Run a transaction body's statements on `conn` (inside a transaction the caller opened)."""
+async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) -> T:
+    """Run a transaction body on `conn`: BEGIN, its statements, then COMMIT, or ROLLBACK if it fails.
+
+    Every statement is a round trip, the one cost that matters here, so a body that starts by taking
+    locks (most movements do) has them sent with its BEGIN.
+    """
     steps = body()
+    begun = False
     try:
         statement = next(steps)
+        if statement.kind == "lock" and statement.params:
+            await conn.execute(_begin_and_lock(statement.params))
+            begun, result = True, None
+        else:
+            await conn.execute("BEGIN")
+            begun = True
+            result = await _step(conn, statement)
         while True:
-            statement = steps.send(await _step(conn, statement))
+            result = await _step(conn, steps.send(result))
     except StopIteration as done:
-        result: T = done.value
-        return result
+        if begun:
+            await conn.execute("COMMIT")
+        value: T = done.value
+        return value
+    except BaseException:
+        if begun and not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):  # a broken connection: the pool drops it
+                await conn.execute("ROLLBACK")
+        raise
     finally:
         steps.close()
 
@@ -213,11 +240,7 @@ class PostgresDatabase:
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
         """Run `body()` as one transaction on a pooled connection; what it returns, once committed."""
 
-        async def once(conn: asyncpg.Connection) -> T:
-            async with conn.transaction():
-                return await drive(conn, body)
-
-        return await self._unstoppable(self._retrying(once))
+        return await self._unstoppable(self._retrying(lambda conn: in_transaction(conn, body)))
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
         return await self.pool.fetchrow(postgres_sql(sql), *params)
@@ -275,6 +298,30 @@ class PostgresDatabase:
             yield Statement("one", "SELECT 1", ())
 
         await self.transaction(body)
+
+
+def schema_url(url: str, schema: str) -> str:
+    """`url` with its connections' `search_path` set to `schema` (asyncpg passes query parameters it
+    does not know to the server as settings), e.g. to keep Retouch's tables in a schema of their own."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"] + [("search_path", schema)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@contextlib.asynccontextmanager
+async def scratch_schema(url: str) -> AsyncIterator[str]:
+    """A new, empty schema for tests and benchmarks: yields a URL whose connections use it, then drops
+    it with everything in it."""
+    name = f"retouch_scratch_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {name}")
+        try:
+            yield schema_url(url, name)
+        finally:
+            await conn.execute(f"DROP SCHEMA {name} CASCADE")
+    finally:
+        await conn.close()
 
 
 async def _version(conn: asyncpg.Connection) -> int:
