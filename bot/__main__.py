@@ -1,8 +1,8 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
 Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
-included), 1 for anything else (Discord unreachable, a database from a newer release): each of those
-is said in one log line, without a traceback.
+included), 1 for anything else (Discord or the database server unreachable, a database from a newer
+release): each of those is said in one log line, without a traceback.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import serve_ops
     from bot.storage import Storage
-    from bot.storage.connection import SchemaTooNew
+    from bot.storage.connection import DatabaseUnavailable, SchemaTooNew
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
@@ -78,6 +78,9 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             exc.found,
             exc.known,
         )
+        return EXIT_FAILURE
+    except DatabaseUnavailable as exc:
+        log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every

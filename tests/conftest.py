@@ -16,11 +16,12 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.connection import utcnow
+from bot.storage.postgres import scratch_schema
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import BACKENDS, TEST_DATABASE_URL, serving
+from tests.fixtures import BACKENDS, NO_POSTGRES, TEST_DATABASE_URL, serving
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -69,8 +70,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield str(tmp_path / "retouch.sqlite3")
         return
-    from bot.storage.postgres import scratch_schema
+    async with scratch_schema(TEST_DATABASE_URL) as url:
+        yield url
 
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema for a test of that backend's own machinery (skipped without a server)."""
+    if not TEST_DATABASE_URL:
+        pytest.skip(NO_POSTGRES)
     async with scratch_schema(TEST_DATABASE_URL) as url:
         yield url
 

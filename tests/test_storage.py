@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
-from bot.storage.connection import latest_schema_version
+from bot.storage.connection import SchemaTooNew, latest_schema_version
 from bot.storage.ledger import LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard
+from bot.storage.sqlite import SQLiteDatabase
 
 GUILD, USER = 10, 20
 
@@ -37,6 +38,18 @@ async def test_migrations_are_numbered_and_tracked(storage: Storage):
     assert await storage.migrate() == await storage.schema_version()  # second run applies nothing
     for table in ("accounts", "ledger", "jobs", "guild_settings", "edit_versions"):
         assert (await storage.db.one(f"SELECT COUNT(*) FROM {table}"))[0] == 0
+
+
+async def test_a_database_from_a_newer_release_is_refused_and_left_alone(storage: Storage, database_url: str):
+    newer = latest_schema_version() + 1
+    if isinstance(storage.db, SQLiteDatabase):
+        await storage.db.run(lambda db: db.execute(f"PRAGMA user_version = {newer}"))
+    else:
+        await storage.db.write_one("UPDATE schema_version SET version = ?", (newer,))
+    with pytest.raises(SchemaTooNew) as refused:
+        await Storage.open(database_url)
+    assert (refused.value.found, refused.value.known) == (newer, latest_schema_version())
+    assert await storage.schema_version() == newer
 
 
 @pytest.mark.sqlite_only

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
-from bot.storage.connection import Body, execute, fetch_all
+from bot.storage.connection import Body, DatabaseUnavailable, execute, fetch_all
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteDatabase, _apply_migration
 
 
@@ -115,3 +115,43 @@ async def test_a_sqlite_url_or_a_plain_path_names_the_file(
     finally:
         await storage.close()
     assert (tmp_path / path).is_file()
+
+
+async def test_a_read_only_postgresql_is_reported_not_writable(postgres_url: str):
+    """A standby (or a read-only default) opens, but the health check must not call it writable."""
+    await (await Storage.open(postgres_url)).close()  # migrated while writable
+    read_only = await Storage.open(postgres_url + "&default_transaction_read_only=on")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="read-only"):
+            await read_only.check_writable()
+        assert await read_only.ledger.get_account(1, 2) is None  # reads still work
+    finally:
+        await read_only.close()
+    writable = await Storage.open(postgres_url)
+    try:
+        await writable.check_writable()
+    finally:
+        await writable.close()
+
+
+async def test_a_postgresql_caller_cancelled_mid_transaction_leaves_it_committed_whole(postgres_url: str):
+    storage = await Storage.open(postgres_url)
+    marker = "SELECT pg_sleep(0.5) -- mid-transaction"
+
+    def body() -> Body[None]:
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
+        yield fetch_all(marker)
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
+
+    task = asyncio.create_task(storage.db.transaction(body))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await storage.db.one("SELECT 1 FROM pg_stat_activity WHERE query = ?", (marker,)):
+        assert asyncio.get_running_loop().time() < deadline, "the body never reached its middle"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await storage.close()  # waits for the transaction it is still running
+    reopened = await Storage.open(postgres_url)
+    try:
+        assert await reopened.settings.take_model_notices(1) == ["a", "b"]
+    finally:
+        await reopened.close()

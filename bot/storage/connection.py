@@ -59,6 +59,10 @@ class SchemaTooNew(Exception):
         self.known = known
 
 
+class DatabaseUnavailable(Exception):
+    """The database server could not be reached or refused the connection (the text names no secret)."""
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

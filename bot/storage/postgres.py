@@ -41,6 +41,7 @@ import asyncpg
 
 from bot.storage.connection import (
     Body,
+    DatabaseUnavailable,
     SchemaTooNew,
     Statement,
     latest_schema_version,
@@ -184,13 +185,18 @@ class PostgresDatabase:
     ) -> PostgresDatabase:
         """Connect (query parameters of `dsn` other than libpq's own are server settings, e.g.
         `?search_path=retouch`) and bring the schema up to date."""
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=1,
-            max_size=pool_size,
-            statement_cache_size=STATEMENT_CACHE,
-            reset=_keep_session,
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                statement_cache_size=STATEMENT_CACHE,
+                reset=_keep_session,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The exception's own text may quote the URL; the class and SQLSTATE say enough.
+            code = getattr(exc, "sqlstate", None)
+            raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
         database = cls(pool, clock)
         try:
             await database.migrate()
@@ -294,10 +300,12 @@ class PostgresDatabase:
     async def check_writable(self) -> None:
         """Raise if the database cannot take a write right now (used by health checks)."""
 
-        def body() -> Body[None]:
-            yield Statement("one", "SELECT 1", ())
+        def body() -> Body[str]:
+            row = yield Statement("one", "SELECT current_setting('transaction_read_only')", ())
+            return str(row[0])
 
-        await self.transaction(body)
+        if await self.transaction(body) == "on":  # a standby, or default_transaction_read_only
+            raise DatabaseUnavailable("the database is read-only")
 
 
 def schema_url(url: str, schema: str) -> str:
