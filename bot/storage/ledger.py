@@ -250,11 +250,16 @@ class Ledger:
             moment = self._db.now()
             now = stamp(moment)
             yield lock(("job", job_id))
-            yield from _ensure_account(now, guild_id, user_id, starting_credits)
-            already = yield fetch_one(
-                f"SELECT 1 FROM ledger WHERE job_id = ? AND {JOB_KINDS} AND kind = 'reserve'", (job_id,)
+            # Whether the account exists and the job already holds credits, in one round trip: the
+            # account is created only when it is missing (almost never, after a member's first edit).
+            found = yield fetch_one(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE guild_id = ? AND user_id = ?), "
+                f"EXISTS (SELECT 1 FROM ledger WHERE job_id = ? AND {JOB_KINDS} AND kind = 'reserve')",
+                (guild_id, user_id, job_id),
             )
-            if already is not None:
+            if not found[0]:
+                yield from _ensure_account(now, guild_id, user_id, starting_credits)
+            if found[1]:
                 return (yield from _account(guild_id, user_id)), True, None
             if guard is not None:
                 refused = yield from guard_refusal(moment, guild_id, user_id, amount, guard)
