@@ -184,6 +184,46 @@ class Database(Protocol):
     async def close(self) -> None: ...
 
 
+class Clocked:
+    """The injected storage clock, which both backends hold: every policy date is read from it."""
+
+    def __init__(self, clock: Callable[[], dt.datetime]) -> None:
+        self._clock = clock
+
+    def now(self) -> dt.datetime:
+        """The storage clock (injectable in tests)."""
+        return self._clock()
+
+    def timestamp(self) -> str:
+        """The clock as stored in `*_at` columns."""
+        return stamp(self._clock())
+
+
+DatabaseT = TypeVar("DatabaseT", bound="Database")
+
+
+async def migrated(database: DatabaseT) -> DatabaseT:
+    """`database` with its schema brought up to date; closed again if that fails."""
+    try:
+        await database.migrate()
+    except BaseException:
+        await database.close()
+        raise
+    return database
+
+
+def pending_migrations(version: int) -> list[tuple[int, str]]:
+    """The packaged migrations newer than `version`, in order.
+
+    Raises `SchemaTooNew` for a database a newer release has migrated: an older release cannot know
+    what its columns and rules mean, and would write rows it cannot keep.
+    """
+    known = latest_schema_version()
+    if version > known:
+        raise SchemaTooNew(version, known)
+    return [(number, sql) for number, sql in migrations() if number > version]
+
+
 def is_postgres(target: Path | str) -> bool:
     return str(target).startswith(POSTGRES_SCHEMES)
 

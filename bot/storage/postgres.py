@@ -41,13 +41,13 @@ import asyncpg
 
 from bot.storage.connection import (
     Body,
+    Clocked,
     DatabaseUnavailable,
-    SchemaTooNew,
     Statement,
-    latest_schema_version,
     lock_key,
+    migrated,
     migrations,
-    stamp,
+    pending_migrations,
     utcnow,
 )
 
@@ -164,7 +164,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-class PostgresDatabase:
+class PostgresDatabase(Clocked):
     """An asyncpg pool. Create with `await PostgresDatabase.open(dsn)`.
 
     `pool` is open to other stores sharing this database (leases, shards). Connections come back from
@@ -175,8 +175,8 @@ class PostgresDatabase:
     Error = asyncpg.PostgresError
 
     def __init__(self, pool: asyncpg.Pool, clock: Callable[[], dt.datetime] = utcnow) -> None:
+        super().__init__(clock)
         self.pool = pool
-        self._clock = clock
         self._running: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -197,27 +197,13 @@ class PostgresDatabase:
             # The exception's own text may quote the URL; the class and SQLSTATE say enough.
             code = getattr(exc, "sqlstate", None)
             raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
-        database = cls(pool, clock)
-        try:
-            await database.migrate()
-        except BaseException:
-            await database.close()
-            raise
-        return database
+        return await migrated(cls(pool, clock))
 
     async def close(self) -> None:
         """Let running transactions finish, then close every connection. Closing twice is harmless."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         await self.pool.close()
-
-    def now(self) -> dt.datetime:
-        """The storage clock (injectable in tests): every policy date is read from it."""
-        return self._clock()
-
-    def timestamp(self) -> str:
-        """The clock as stored in `*_at` columns."""
-        return stamp(self._clock())
 
     # -- running work ---------------------------------------------------------------------------------
 
@@ -269,17 +255,13 @@ class PostgresDatabase:
         """Apply numbered migrations newer than `schema_version`, each in its own transaction with its
         version bump. Raises `SchemaTooNew` (touching nothing) for a database a newer release migrated.
         """
-        known = latest_schema_version()
         own = dict(migrations(PG_MIGRATIONS))
         async with self.pool.acquire() as conn:
+            # Two processes starting together: the second waits, then finds nothing left to apply.
             await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
             try:
                 version = await _version(conn)
-                if version > known:
-                    raise SchemaTooNew(version, known)
-                for number, sql in migrations():
-                    if number <= version:
-                        continue
+                for number, sql in pending_migrations(version):
                     log.info("applying database migration %04d", number)
                     async with conn.transaction():
                         await conn.execute(postgres_ddl(sql) + own.get(number, ""))

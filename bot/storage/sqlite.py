@@ -30,15 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.storage.connection import (
-    Body,
-    SchemaTooNew,
-    Statement,
-    latest_schema_version,
-    migrations,
-    stamp,
-    utcnow,
-)
+from bot.storage.connection import Body, Clocked, Statement, migrated, pending_migrations, utcnow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -181,7 +173,7 @@ def _check_writable() -> Body[None]:
     yield Statement("one", "SELECT 1", ())
 
 
-class SQLiteDatabase:
+class SQLiteDatabase(Clocked):
     """One SQLite connection on its own thread. Create with `await SQLiteDatabase.open(path)`."""
 
     Error = sqlite3.Error
@@ -192,9 +184,9 @@ class SQLiteDatabase:
         worker: ThreadPoolExecutor,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
+        super().__init__(clock)
         self._conn = conn
         self._worker = worker
-        self._clock = clock
         self._closed = False
         self._queue: list[_Queued] = []
         self._committer: asyncio.Task[None] | None = None
@@ -210,13 +202,7 @@ class SQLiteDatabase:
         except BaseException:
             worker.shutdown(wait=False)
             raise
-        database = cls(conn, worker, clock)
-        try:
-            await database.migrate()
-        except BaseException:
-            await database.close()
-            raise
-        return database
+        return await migrated(cls(conn, worker, clock))
 
     async def close(self) -> None:
         """Close the connection on its thread, then let the thread end. Closing twice is harmless."""
@@ -229,14 +215,6 @@ class SQLiteDatabase:
         finally:
             self._closed = True
             self._worker.shutdown(wait=False)
-
-    def now(self) -> dt.datetime:
-        """The storage clock (injectable in tests): every policy date is read from it."""
-        return self._clock()
-
-    def timestamp(self) -> str:
-        """The clock as stored in `*_at` columns."""
-        return stamp(self._clock())
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(sqlite3_connection, *args)` on the database thread: one round trip, however many
@@ -301,18 +279,10 @@ class SQLiteDatabase:
     # -- schema -------------------------------------------------------------------------------------
 
     async def migrate(self) -> int:
-        """Apply numbered migrations newer than `PRAGMA user_version`. Returns the new version.
-
-        Raises `SchemaTooNew` (touching nothing) for a database a newer release has migrated: an older
-        release cannot know what its columns and rules mean, and would write rows it cannot keep.
-        """
+        """Apply numbered migrations newer than `PRAGMA user_version` (refusing, untouched, a database a
+        newer release migrated: `SchemaTooNew`). Returns the new version."""
         version = await self.schema_version()
-        known = latest_schema_version()
-        if version > known:
-            raise SchemaTooNew(version, known)
-        for number, sql in migrations():
-            if number <= version:
-                continue
+        for number, sql in pending_migrations(version):
             log.info("applying database migration %04d", number)
             await self.run(_apply_migration, number, sql)
             version = number
