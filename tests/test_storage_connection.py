@@ -5,8 +5,10 @@ time and the connection settings durability needs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,30 @@ async def test_a_postgresql_caller_cancelled_mid_transaction_leaves_it_committed
         assert await reopened.settings.take_model_notices(1) == ["a", "b"]
     finally:
         await reopened.close()
+
+
+async def test_a_postgresql_transaction_caught_in_a_deadlock_runs_again(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    storage = await Storage.open(postgres_url)
+    try:
+        for user in (1, 2):
+            await storage.ledger.ensure_account(1, user, 0)
+
+        def crossing(first: int, second: int) -> Callable[[], Body[int]]:
+            def body() -> Body[int]:
+                yield execute("UPDATE accounts SET updated_at = 'a' WHERE user_id = ?", (first,))
+                yield fetch_all("SELECT pg_sleep(0.5)")  # both now hold one row and want the other's
+                yield execute("UPDATE accounts SET updated_at = 'b' WHERE user_id = ?", (second,))
+                return first
+
+            return body
+
+        with caplog.at_level(logging.INFO, logger="bot.storage.postgres"):
+            done = await asyncio.gather(
+                storage.db.transaction(crossing(1, 2)), storage.db.transaction(crossing(2, 1))
+            )
+        assert sorted(done) == [1, 2]
+        assert "database 40P01" in caplog.text  # PostgreSQL chose a victim, and it ran again
+    finally:
+        await storage.close()

@@ -143,10 +143,7 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
         while True:
             result = await _step(conn, steps.send(result))
     except StopIteration as done:
-        if begun:
-            await conn.execute("COMMIT")
         value: T = done.value
-        return value
     except BaseException:
         if begun and not conn.is_closed() and conn.is_in_transaction():
             with contextlib.suppress(Exception):  # a broken connection: the pool drops it
@@ -154,6 +151,9 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
         raise
     finally:
         steps.close()
+    if begun:  # a failed COMMIT ends the transaction too
+        await conn.execute("COMMIT")
+    return value
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
