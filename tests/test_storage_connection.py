@@ -184,3 +184,46 @@ async def test_a_postgresql_transaction_caught_in_a_deadlock_runs_again(
         assert "database 40P01" in caplog.text  # PostgreSQL chose a victim, and it ran again
     finally:
         await storage.close()
+
+
+class Refused(Exception):
+    pass
+
+
+def noting(n: int) -> Callable[[], Body[int]]:
+    """A transaction that writes a notice, then fails if `n` is a multiple of 3 (one that the database
+    itself refuses when it is a multiple of 5 too): either way nothing it wrote may stay."""
+
+    def body() -> Body[int]:
+        yield execute(
+            "INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, ?, 'now')", (f"n{n}",)
+        )
+        if n % 15 == 0:
+            yield execute("DELETE FROM ledger", ())  # the append-only trigger refuses it
+        if n % 3 == 0:
+            raise Refused(n)
+        return n
+
+    return body
+
+
+async def test_a_failing_transaction_rolls_back_alone_while_the_others_commit(storage: Storage):
+    await storage.ledger.ensure_account(1, 1, 5)  # a ledger row for the refused DELETE to meet
+    outcomes = await asyncio.gather(
+        *(storage.db.transaction(noting(n)) for n in range(30)), return_exceptions=True
+    )
+    assert all(isinstance(o, storage.db.Error) for o in outcomes[::15])
+    assert [o.args[0] for o in outcomes if isinstance(o, Refused)] == [3, 6, 9, 12, 18, 21, 24, 27]
+    assert [o for o in outcomes if isinstance(o, int)] == [n for n in range(30) if n % 3]
+    kept = await storage.settings.take_model_notices(1)  # in commit order, which concurrency decides
+    assert sorted(kept, key=lambda notice: int(notice[1:])) == [f"n{n}" for n in range(30) if n % 3]
+
+
+@pytest.mark.sqlite_only
+async def test_sqlite_commits_transactions_that_wait_together(storage: Storage):
+    statements: list[str] = []
+    await storage.db.run(lambda db: db.set_trace_callback(statements.append))
+    await asyncio.gather(*(storage.db.transaction(noting(n)) for n in range(1, 30, 3)))  # none fails
+    await storage.db.run(lambda db: db.set_trace_callback(None))
+    assert 1 <= statements.count("COMMIT") < 10  # ten transactions, fewer commits (fsyncs)
+    assert len(await storage.settings.take_model_notices(1)) == 10
