@@ -93,7 +93,7 @@ class Statement(NamedTuple):
     """One step of a transaction body; the backend sends back its result.
 
     `kind`: "one" (the first row or None), "all" (every row), "run" (the row count), "many" (the same
-    statement for each parameter tuple; None) or "lock" (`params` are advisory lock keys; None).
+    statement for each parameter tuple; None) or "lock" (`params` are the scopes to lock; None).
     """
 
     kind: str
@@ -132,13 +132,19 @@ def lock(*scopes: tuple[Any, ...]) -> Statement:
     job's ledger rows before its capture): a second process taking the same lock waits until this
     transaction committed, then reads what it wrote. SQLite already runs one writer at a time.
     """
-    return Statement("lock", "", tuple(sorted({lock_key(scope) for scope in scopes})))
+    return Statement("lock", "", scopes)  # keys are made by the backend that needs them (lock_keys)
 
 
 def lock_key(scope: tuple[Any, ...]) -> int:
     """A signed 64-bit key for `scope`, the same in every process (unlike `hash`)."""
     digest = hashlib.blake2b(repr(scope).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_keys(scopes: Sequence[tuple[Any, ...]]) -> list[int]:
+    """The keys of a `lock` statement's scopes, sorted: taken in that order by every transaction, two
+    transactions can never each hold a lock the other waits for."""
+    return sorted({lock_key(scope) for scope in scopes})
 
 
 # -- the backend contract --------------------------------------------------------------------------------

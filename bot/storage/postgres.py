@@ -45,6 +45,7 @@ from bot.storage.connection import (
     DatabaseUnavailable,
     Statement,
     lock_key,
+    lock_keys,
     migrated,
     migrations,
     pending_migrations,
@@ -77,7 +78,6 @@ def postgres_sql(sql: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _lock_sql(count: int) -> str:
-    # Keys arrive sorted (connection.lock), so every transaction takes its locks in the same order.
     return "SELECT " + ", ".join(f"pg_advisory_xact_lock(${n})" for n in range(1, count + 1))
 
 
@@ -118,7 +118,8 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
         return None
     if kind == "lock":
         if params:
-            await conn.execute(_lock_sql(len(params)), *params)
+            keys = lock_keys(params)
+            await conn.execute(_lock_sql(len(keys)), *keys)
         return None
     raise ValueError(f"unknown statement kind {kind!r}")
 
@@ -134,7 +135,7 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
     try:
         statement = next(steps)
         if statement.kind == "lock" and statement.params:
-            await conn.execute(_begin_and_lock(statement.params))
+            await conn.execute(_begin_and_lock(lock_keys(statement.params)))
             begun, result = True, None
         else:
             await conn.execute("BEGIN")

@@ -189,6 +189,7 @@ class SQLiteDatabase(Clocked):
         self._worker = worker
         self._closed = False
         self._queue: list[_Queued] = []
+        self._writing = False  # a transaction (or a group of them) is with the worker
         self._committer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -230,36 +231,60 @@ class SQLiteDatabase(Clocked):
         bodies are waiting (see the module docstring). Returns what the body returns, once committed."""
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((body, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued())
-        return await done
+        loop = asyncio.get_running_loop()
+        if self._writing:  # a transaction is on the worker: wait for the next group
+            done: asyncio.Future[T] = loop.create_future()
+            self._queue.append((body, done))
+            return await done
+        # Alone: straight to the worker, as cheap as a hop gets.
+        self._writing = True
+        try:
+            [(ok, value)] = await loop.run_in_executor(self._worker, run_group, self._conn, [body])
+        finally:
+            # Those who queued meanwhile go next (after this body, even if its caller was cancelled:
+            # the worker runs calls in order).
+            if self._queue:
+                self._committer = asyncio.create_task(self._commit_queued())
+            else:
+                self._writing = False
+        if not ok:
+            raise value
+        result: T = value
+        return result
 
     async def _commit_queued(self) -> None:
         """Hand the waiting bodies to the worker, a group per hop, until none are left."""
         loop = asyncio.get_running_loop()
-        while self._queue:
-            waiting = [item for item in self._queue[:MAX_GROUP] if not item[1].cancelled()]
-            del self._queue[:MAX_GROUP]
-            if not waiting:
-                continue
-            try:
+        waiting: list[_Queued] = []
+        try:
+            while self._queue:
+                waiting = [item for item in self._queue[:MAX_GROUP] if not item[1].cancelled()]
+                del self._queue[:MAX_GROUP]
+                if not waiting:
+                    continue
                 outcomes = await loop.run_in_executor(
                     self._worker, run_group, self._conn, [body for body, _ in waiting]
                 )
-            except BaseException as exc:  # the worker is gone, or this task was cancelled
-                for _, done in waiting:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else sqlite3.InterfaceError())
-                raise
-            for (_, done), (ok, value) in zip(waiting, outcomes, strict=True):
-                if done.done():  # its caller was cancelled meanwhile; the body ran anyway
+                for (_, done), (ok, value) in zip(waiting, outcomes, strict=True):
+                    if done.done():  # its caller was cancelled meanwhile; the body ran anyway
+                        continue
+                    if ok:
+                        done.set_result(value)
+                    else:
+                        done.set_exception(value)
+                waiting = []
+        except BaseException as exc:  # the worker is gone, or this task was cancelled
+            for _, done in [*waiting, *self._queue]:
+                if done.done():
                     continue
-                if ok:
-                    done.set_result(value)
+                if isinstance(exc, Exception):
+                    done.set_exception(exc)
                 else:
-                    done.set_exception(value)
+                    done.cancel()
+            self._queue.clear()
+            raise
+        finally:
+            self._writing = False
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         return await self.run(_one, sql, params)
