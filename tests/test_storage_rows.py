@@ -9,17 +9,9 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.history import VersionRow
+from tests.test_history import START, Clock
 
 GUILD, USER, ADMIN = 10, 2**62 + 20, 2**62 + 99  # Discord ids need all 64 bits
-START = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture
