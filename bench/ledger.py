@@ -1,41 +1,64 @@
 """Benchmark 4 — ledger: reserve + capture pairs per second through `bot.storage.Storage`.
 
-A real SQLite file in a temporary folder with the app's own settings (WAL, synchronous=FULL, one
-BEGIN IMMEDIATE per movement). Run from the repository root: `python -m bench.ledger`.
-Target: ≥ 2,000 pairs/s.
+SQLite: a real file in a temporary folder with the app's own settings (WAL, synchronous=FULL, BEGIN
+IMMEDIATE, waiting transactions committed together). PostgreSQL, when a server is given
+(`--database-url` or RETOUCH_TEST_DATABASE_URL): a scratch schema dropped afterwards, one process, then
+three processes side by side, each with its own connection pool, as three bot processes would run.
+Run from the repository root: `python -m bench.ledger [--database-url postgresql://…]`.
+Targets: SQLite ≥ 2,000 pairs/s, PostgreSQL with 3 processes ≥ 5,000 pairs/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing as mp
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench._common import table
 from bot.storage import Storage
+from bot.storage.limits import ReserveGuard
 
 GUILD = 1
 USERS = 100  # spread over accounts, as real traffic is
-TARGET_PER_SECOND = 2000
+TASKS = 16
+PROCESSES = 3
+SQLITE_TARGET = 2000
+POSTGRES_TARGET = 5000  # with PROCESSES processes
+# What production reservations check: the bot-wide budget (here never reached), so each one sums the
+# month's spend and, on PostgreSQL, takes the budget lock.
+BUDGET = ReserveGuard(bot_cap=10**15, allotment=10**15)
+
+PLAIN, FULL_JOB, BUDGETED = (
+    "reserve + capture",
+    "+ create_job + set_job_state",
+    "reserve (budget checked) + capture",
+)
 
 
-async def _pairs(storage: Storage, prefix: str, count: int, concurrency: int, full_job: bool) -> float:
-    """Run `count` reserve+capture pairs with `concurrency` tasks; return pairs per second."""
+async def _pairs(
+    storage: Storage, prefix: str, count: int, concurrency: int, kind: str, guild: int = GUILD
+) -> tuple[float, float]:
+    """Run `count` reserve+capture pairs with `concurrency` tasks in `guild`; (started, finished) on
+    the system-wide monotonic clock, so processes' spans can be joined."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
+    guard = BUDGET if kind == BUDGETED else None
 
     async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
             job_id = f"{prefix}-{i}"
             user = i % USERS
-            if full_job:
+            if kind == FULL_JOB:
                 await storage.jobs.create_job(
                     job_id,
-                    guild_id=GUILD,
+                    guild_id=guild,
                     user_id=user,
                     channel_id=None,
                     model="gpt-image-1.5",
@@ -43,44 +66,145 @@ async def _pairs(storage: Storage, prefix: str, count: int, concurrency: int, fu
                     size="1024x1024",
                     count=1,
                 )
-            await storage.ledger.reserve(job_id, GUILD, user, 10, starting_credits=10**9)
+            await storage.ledger.reserve(job_id, guild, user, 10, starting_credits=10**9, guard=guard)
             await storage.ledger.capture(job_id, 7)
-            if full_job:
+            if kind == FULL_JOB:
                 await storage.jobs.set_job_state(job_id, "delivered")
 
-    started = time.perf_counter()
+    started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return count / (time.perf_counter() - started)
+    return started, time.monotonic()
 
 
-async def main(count: int) -> None:
+async def _open(target: str, guild: int = GUILD) -> Storage:
+    storage = await Storage.open(target)
+    for user in range(USERS):  # accounts exist up front: measure the steady state
+        await storage.ledger.ensure_account(guild, user, 10**9)
+    return storage
+
+
+def _rate(count: int, span: tuple[float, float]) -> float:
+    return count / (span[1] - span[0])
+
+
+def _row(backend: str, what: str, tasks: str, count: int, rate: float, target: int | None) -> tuple[Any, ...]:
+    verdict = "—" if target is None else f"{'meets' if rate >= target else 'below'} {target:,}/s"
+    return (backend, what, tasks, count, f"{rate:,.0f}", verdict)
+
+
+async def _sqlite_rows(count: int) -> list[tuple[Any, ...]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="retouch-ledger-") as folder:
-        storage = await Storage.open(Path(folder) / "bench.sqlite3")
+        storage = await _open(str(Path(folder) / "bench.sqlite3"))
         try:
-            for user in range(USERS):  # accounts exist up front: measure the steady state
-                await storage.ledger.ensure_account(GUILD, user, 10**9)
-            await _pairs(storage, "warmup", 200, 1, False)
-            for concurrency in (1, 16):
-                for full_job in (False, True):
-                    rate = await _pairs(storage, f"c{concurrency}-{full_job}", count, concurrency, full_job)
-                    what = "reserve + capture" if not full_job else "+ create_job + set_job_state"
-                    verdict = "meets" if rate >= TARGET_PER_SECOND else "below"
+            await _pairs(storage, "warmup", 200, 1, PLAIN)
+            for concurrency in (1, TASKS):
+                for kind in (PLAIN, FULL_JOB):
+                    span = await _pairs(storage, f"c{concurrency}-{kind}", count, concurrency, kind)
                     rows.append(
-                        (what, concurrency, count, f"{rate:,.0f}", f"{verdict} {TARGET_PER_SECOND:,}/s")
+                        _row("SQLite", kind, str(concurrency), count, _rate(count, span), SQLITE_TARGET)
                     )
+            span = await _pairs(storage, "budget", count, TASKS, BUDGETED)
+            rows.append(_row("SQLite", BUDGETED, str(TASKS), count, _rate(count, span), SQLITE_TARGET))
         finally:
             await storage.close()
+    return rows
+
+
+def _process(
+    target: str, guild: int, prefix: str, count: int, kind: str, ready: Any, go: Any, spans: Any
+) -> None:
+    """Child process body: its own pool and its own server's members (shards split servers between
+    processes); warm up, wait for the others, run, report its span."""
+
+    async def main() -> None:
+        storage = await _open(target, guild)
+        try:
+            await _pairs(storage, f"{prefix}-warmup", 100, TASKS, PLAIN, guild)
+            ready.put(prefix)
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            spans.put(await _pairs(storage, prefix, count, TASKS, kind, guild))
+        finally:
+            await storage.close()
+
+    asyncio.run(main())
+
+
+def _side_by_side(target: str, count: int, kind: str, run: str) -> float:
+    """`PROCESSES` processes run `count` pairs each at once; total pairs per second over their joint span."""
+    context = mp.get_context("spawn")
+    ready, spans, go = context.Queue(), context.Queue(), context.Event()
+    children = [
+        context.Process(
+            target=_process, args=(target, GUILD + 1 + n, f"{run}-p{n}", count, kind, ready, go, spans)
+        )
+        for n in range(PROCESSES)
+    ]
+    for child in children:
+        child.start()
+    for _ in children:
+        ready.get(timeout=120)
+    go.set()
+    measured = [spans.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    started, finished = min(s for s, _ in measured), max(f for _, f in measured)
+    return _rate(count * PROCESSES, (started, finished))
+
+
+async def _postgres_rows(url: str, count: int) -> list[tuple[Any, ...]]:
+    from bot.storage.postgres import scratch_schema
+
+    rows = []
+    async with scratch_schema(url) as target:
+        storage = await _open(target)
+        try:
+            await _pairs(storage, "warmup", 200, TASKS, PLAIN)
+            for concurrency in (1, TASKS):
+                span = await _pairs(storage, f"one-{concurrency}", count, concurrency, PLAIN)
+                rows.append(
+                    _row("PostgreSQL, 1 process", PLAIN, str(concurrency), count, _rate(count, span), None)
+                )
+        finally:
+            await storage.close()
+        for kind in (PLAIN, FULL_JOB, BUDGETED):
+            rate = await asyncio.to_thread(_side_by_side, target, count, kind, f"side-{len(rows)}")
+            tasks = f"{PROCESSES} × {TASKS}"
+            rows.append(
+                _row(
+                    f"PostgreSQL, {PROCESSES} processes",
+                    kind,
+                    tasks,
+                    count * PROCESSES,
+                    rate,
+                    POSTGRES_TARGET,
+                )
+            )
+    return rows
+
+
+async def main(count: int, database_url: str) -> None:
+    rows = await _sqlite_rows(count)
+    if database_url:
+        rows += await _postgres_rows(database_url, count)
     print(
         table(
-            "Ledger: pairs per second (Storage, WAL, synchronous=FULL)",
-            ("operations per pair", "tasks", "pairs", "pairs/s", "target"),
+            "Ledger: pairs per second (Storage; SQLite WAL + synchronous=FULL; PostgreSQL fsync on)",
+            ("database", "operations per pair", "tasks", "pairs", "pairs/s", "target"),
             rows,
         )
     )
+    if not database_url:
+        print("\n(PostgreSQL not measured: pass --database-url or set RETOUCH_TEST_DATABASE_URL)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().count))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("RETOUCH_TEST_DATABASE_URL", ""),
+        help="a PostgreSQL server to measure too (a scratch schema is created and dropped)",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.count, arguments.database_url))

@@ -1,8 +1,8 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
 Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
-included), 1 for anything else (Discord unreachable, a database from a newer release): each of those
-is said in one log line, without a traceback.
+included), 1 for anything else (Discord or the database server unreachable, a database from a newer
+release): each of those is said in one log line, without a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.app import utc_today
 from bot.catalog import Catalog, CatalogError, load_catalog
-from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings
+from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings, mask_userinfo
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
 from bot.observability.logs import configure_logging
@@ -64,20 +64,24 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import serve_ops
     from bot.storage import Storage
-    from bot.storage.connection import SchemaTooNew
+    from bot.storage.connection import DatabaseUnavailable, SchemaTooNew
+    from bot.storage.postgres import PostgresDatabase
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
     try:
-        storage = await Storage.open(settings.database_path)
+        storage = await Storage.open(settings.database)
     except SchemaTooNew as exc:
         log.error(
             "Retouch cannot start: %s was written by a newer Retouch (schema %d; this release knows up to "
             "%d). Run that newer release, or restore a backup made with this one.",
-            settings.database_path,
+            mask_userinfo(settings.database),
             exc.found,
             exc.known,
         )
+        return EXIT_FAILURE
+    except DatabaseUnavailable as exc:
+        log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every
@@ -90,9 +94,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         async with provider_session(settings, **session_options) as session:
             services = build_services(settings, catalog, storage, build_providers(settings, session))
             watch.attach(services.edits.router.limiter)
-            # With SQLite this process serves every shard; a PostgreSQL backend passes its pool here so
-            # the shards are shared out among every process on that database.
-            shards = None if sync else shard_sharing(settings, pool=None)
+            # With SQLite this process serves every shard; with PostgreSQL the shards are shared out
+            # among every process on that database, through leases in it.
+            pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
+            shards = None if sync else shard_sharing(settings, pool=pool)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,6 +39,8 @@ LOG_FORMATS = ("plain", "json")  # LOG_FORMAT: lines for people, or one JSON obj
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
 # a bot started with its defaults cannot run up an open-ended bill.
 DEFAULT_MONTHLY_BUDGET_USD = Decimal("20")
+# DATABASE_URL's accepted forms (bot/storage/connection.py opens them).
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 
 
 class ConfigError(Exception):
@@ -78,6 +80,8 @@ class Settings:
     discord_token: Secret
     discord_api_base: str | None = None
     data_dir: Path = Path("data")
+    # None: the SQLite file DATA_DIR/retouch.sqlite3. `sqlite:///path` or `postgresql://…` (bot/storage/).
+    database_url: str | None = None
     providers: tuple[ProviderSettings, ...] = ()
     provider_order: tuple[str, ...] = ()  # routing preference; unnamed providers follow
     # None: the first catalog model that is live and sold by a configured provider (bot.lifecycle).
@@ -133,7 +137,13 @@ class Settings:
 
     @property
     def database_path(self) -> Path:
+        """The SQLite file used when DATABASE_URL does not name another database."""
         return self.data_dir / "retouch.sqlite3"
+
+    @property
+    def database(self) -> str:
+        """What `Storage.open` opens: DATABASE_URL, else the SQLite file in DATA_DIR."""
+        return self.database_url or str(self.database_path)
 
     @property
     def heartbeat_path(self) -> Path:
@@ -238,6 +248,16 @@ class _Reader:
             self.problems.append(f"{key} must be a comma-separated list of Discord {what}")
             return frozenset()
 
+    def database_url(self, key: str) -> str | None:
+        """A SQLite (`sqlite:///path`) or PostgreSQL (`postgresql://…`) URL; None when unset."""
+        value = self.raw(key)
+        if value is not None and not value.startswith(DATABASE_SCHEMES):
+            self.problems.append(
+                f"{key} must start with sqlite:/// or postgresql:// (got {mask_userinfo(value)!r})"
+            )
+            return None
+        return value
+
     def usd(self, key: str, default: Decimal) -> Decimal:
         """A non-negative dollar amount, kept exact (a Decimal, never a float)."""
         value = self.raw(key)
@@ -326,6 +346,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         discord_token=Secret(token or ""),
         discord_api_base=r.url("DISCORD_API_BASE", None),
         data_dir=Path(r.text("DATA_DIR", str(_default("data_dir")))),
+        database_url=r.database_url("DATABASE_URL"),
         providers=providers,
         provider_order=_read_provider_order(r),
         default_model=r.raw("DEFAULT_MODEL") or None,

@@ -1,4 +1,10 @@
-"""Shared pytest fixtures (helpers to build more of them: tests/fixtures.py)."""
+"""Shared pytest fixtures (helpers to build more of them: tests/fixtures.py).
+
+Every test that takes `storage` (or `database_url`) runs once per database backend: SQLite, and
+PostgreSQL when `RETOUCH_TEST_DATABASE_URL` names a server (otherwise that run is skipped, with the
+reason). Those tests are the storage contract both backends keep. A test of one backend's own
+machinery is marked `@pytest.mark.sqlite_only` and runs on SQLite alone.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,18 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.connection import utcnow
+from bot.storage.postgres import scratch_schema
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import serving
+from tests.fixtures import BACKENDS, NO_POSTGRES, TEST_DATABASE_URL, serving
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("database_url", BACKENDS[:1] if only_sqlite else BACKENDS, indirect=True)
 
 
 @pytest.fixture
@@ -50,8 +63,29 @@ def storage_clock() -> Callable[[], dt.datetime]:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path, storage_clock: Callable[[], dt.datetime]) -> AsyncIterator[Storage]:
-    """A migrated database in a real SQLite file under the test's temporary folder."""
-    s = await Storage.open(tmp_path / "retouch.sqlite3", clock=storage_clock)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Where this test's database lives: a SQLite file under the test's temporary folder, or a fresh
+    PostgreSQL schema dropped after the test. A second `Storage.open(database_url)` stands in for
+    another process on the same database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "retouch.sqlite3")
+        return
+    async with scratch_schema(TEST_DATABASE_URL) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema for a test of that backend's own machinery (skipped without a server)."""
+    if not TEST_DATABASE_URL:
+        pytest.skip(NO_POSTGRES)
+    async with scratch_schema(TEST_DATABASE_URL) as url:
+        yield url
+
+
+@pytest.fixture
+async def storage(database_url: str, storage_clock: Callable[[], dt.datetime]) -> AsyncIterator[Storage]:
+    """A migrated database (see `database_url`)."""
+    s = await Storage.open(database_url, clock=storage_clock)
     yield s
     await s.close()

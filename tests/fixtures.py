@@ -1,13 +1,15 @@
-"""Helpers the tests share: fixtures for the fake provider servers, and settings as an operator writes them.
+"""Helpers the tests share: fixtures for the fake provider servers, settings as an operator writes them,
+and the database backends the storage tests run on.
 
-tests/conftest.py declares the fixtures most tests use (`openai`, `wavespeed`, `atlas`); a module that
-needs a fake under another name or with other options declares it in one line with `serving`.
+tests/conftest.py declares the fixtures most tests use (`openai`, `wavespeed`, `atlas`, `storage`); a
+module that needs a fake under another name or with other options declares it in one line with `serving`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,20 @@ from bot.services.policy import PolicyService
 from bot.storage import Storage
 
 TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
+
+# A PostgreSQL server the tests may create and drop schemas in, e.g.
+# postgresql://postgres@127.0.0.1:5432/test (.ci/run sets it when a server answers there).
+TEST_DATABASE_URL = os.environ.get("RETOUCH_TEST_DATABASE_URL", "").strip()
+NO_POSTGRES = (
+    "PostgreSQL backend not tested: set RETOUCH_TEST_DATABASE_URL "
+    "(e.g. postgresql://postgres@127.0.0.1:5432/test) to run it"
+)
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param(
+        "postgresql", id="postgresql", marks=pytest.mark.skipif(not TEST_DATABASE_URL, reason=NO_POSTGRES)
+    ),
+]
 
 
 def serving(factory: Callable[..., Any], **options: Any) -> Any:

@@ -27,6 +27,20 @@ def test_minimal_settings_take_documented_defaults():
     assert s.discord_api_base is None
 
 
+def test_the_database_is_the_sqlite_file_in_data_dir_unless_database_url_names_another():
+    assert load_settings(BASE).database == str(Path("data") / "retouch.sqlite3")
+    url = "postgresql://retouch:hunter2@db:5432/retouch"
+    postgres = load_settings({**BASE, "DATABASE_URL": url})
+    assert postgres.database == url
+    assert "hunter2" not in repr(postgres.describe())
+    other_file = "sqlite:////var/lib/retouch/bot.sqlite3"
+    assert load_settings({**BASE, "DATABASE_URL": other_file}).database == other_file
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "DATABASE_URL": "mysql://retouch:hunter2@db/retouch"})
+    assert "DATABASE_URL must start with sqlite:/// or postgresql://" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
 def test_every_problem_is_listed_together():
     with pytest.raises(ConfigError) as info:
         load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})

@@ -1,12 +1,10 @@
-"""Edit history as a service against a real SQLite file: chains of versions, Undo steps, and the
+"""Edit history as a service against a real database (each backend): chains of versions, Undo steps, and the
 retention promise (rows go RESULT_RETENTION_HOURS after they were posted), with an injected clock."""
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -26,9 +24,9 @@ class Clock:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[tuple[EditHistory, Storage, Clock]]:
+async def world(database_url: str) -> AsyncIterator[tuple[EditHistory, Storage, Clock]]:
     clock = Clock()
-    storage = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
+    storage = await Storage.open(database_url, clock=clock)
     try:
         yield EditHistory(storage, retention_hours=72), storage, clock
     finally:
@@ -37,7 +35,6 @@ async def world(tmp_path: Path) -> AsyncIterator[tuple[EditHistory, Storage, Clo
 
 async def delivered(storage: Storage, job_id: str, message_id: int, origin: int | None = None) -> None:
     """A job that was delivered as `message_id` (started from the message `origin`)."""
-    path = Path((await storage.db.one("PRAGMA database_list"))["file"])  # the file this storage writes
     await storage.jobs.create_job(
         job_id,
         guild_id=GUILD,
@@ -51,11 +48,10 @@ async def delivered(storage: Storage, job_id: str, message_id: int, origin: int 
         origin_message_id=origin,
     )
     # Where the engine's settle_delivered puts a result (written directly: no hold or capture needed here).
-    with sqlite3.connect(path) as db:
-        db.execute(
-            "UPDATE jobs SET state = 'delivered', result_channel_id = ?, result_message_id = ? WHERE id = ?",
-            (CHANNEL, message_id, job_id),
-        )
+    await storage.db.write_one(
+        "UPDATE jobs SET state = 'delivered', result_channel_id = ?, result_message_id = ? WHERE id = ?",
+        (CHANNEL, message_id, job_id),
+    )
 
 
 async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
@@ -80,7 +76,7 @@ async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
     assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [104, 103, 102, 101]
 
 
-async def test_nothing_is_kept_past_the_retention(world, tmp_path: Path):
+async def test_nothing_is_kept_past_the_retention(world):
     history, storage, clock = world
     await delivered(storage, "a" * 16, 101)
     await history.record_result("a" * 16)
@@ -91,5 +87,4 @@ async def test_nothing_is_kept_past_the_retention(world, tmp_path: Path):
     assert await history.latest(101) is None
     await delivered(storage, "b" * 16, 102)
     await history.record_result("b" * 16)  # each write also deletes what has expired
-    with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:
-        assert [r[0] for r in db.execute("SELECT message_id FROM edit_versions")] == [102]
+    assert [r[0] for r in await storage.db.all("SELECT message_id FROM edit_versions")] == [102]

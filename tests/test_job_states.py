@@ -1,4 +1,5 @@
-"""Job states are one enum, mirrored by the database (migration 0008), and storage's state sets use it."""
+"""Job states are one enum, mirrored by the database (migration 0008 and its PostgreSQL part), and
+storage's state sets use it."""
 
 from __future__ import annotations
 
@@ -54,14 +55,6 @@ async def test_state_migration_keeps_the_rows_and_indexes_of_an_existing_databas
     db.close()
 
 
-@pytest.fixture
-async def storage(tmp_path: Path):
-    s = await Storage.open(tmp_path / "db.sqlite3")
-    await s.migrate()
-    yield s
-    await s.close()
-
-
 async def _new_job(storage: Storage, job_id: str) -> None:
     await storage.jobs.create_job(
         job_id, guild_id=1, user_id=2, channel_id=3, model="m", quality="low", size="auto", count=1
@@ -76,13 +69,23 @@ async def test_the_database_takes_every_job_state(storage: Storage, state: JobSt
     assert row is not None and row.state == state
 
 
-async def test_the_database_refuses_a_state_that_is_not_a_job_state(storage: Storage, tmp_path: Path):
+async def test_the_database_refuses_a_state_that_is_not_a_job_state(storage: Storage):
     await _new_job(storage, "j1")
-    with pytest.raises(sqlite3.IntegrityError, match="JobState"):
+    with pytest.raises(storage.db.Error, match="JobState"):
         await storage.jobs.set_job_state("j1", "done")
     row = await storage.jobs.get_job("j1")
     assert row is not None and row.state == JobState.QUEUED
-    db = sqlite3.connect(tmp_path / "db.sqlite3")
+    with pytest.raises(storage.db.Error, match="JobState"):
+        await storage.db.write_one(
+            "INSERT INTO jobs (id, guild_id, user_id, state, model, quality, size, count, created_at, "
+            "updated_at) VALUES ('j2', 1, 2, 'Queued', 'm', 'low', 'auto', 1, 'x', 'x')",
+            (),
+        )
+
+
+@pytest.mark.sqlite_only
+async def test_the_sqlite_file_refuses_a_state_written_by_another_program(storage: Storage, tmp_path: Path):
+    db = sqlite3.connect(tmp_path / "retouch.sqlite3")
     with pytest.raises(sqlite3.IntegrityError, match="JobState"):
         db.execute(
             "INSERT INTO jobs (id, guild_id, user_id, state, model, quality, size, count, created_at, "
@@ -95,6 +98,9 @@ def test_the_database_constraint_lists_exactly_the_job_states():
     sql = next(MIGRATIONS.glob(f"{STATE_MIGRATION:04d}_*.sql")).read_text("utf-8")
     lists = re.findall(r"NOT IN \(([^)]*)\)", sql)
     assert len(lists) == 2  # inserts and updates
+    postgres = next((MIGRATIONS / "postgres").glob(f"{STATE_MIGRATION:04d}_*.sql")).read_text("utf-8")
+    lists += re.findall(r"CHECK \(state IN \(([^)]*)\)", postgres)
+    assert len(lists) == 3
     for listed in lists:
         assert re.findall(r"'([a-z_]+)'", listed) == [s.value for s in JobState]
 

@@ -132,6 +132,7 @@ async def test_healthz_is_503_when_the_database_cannot_be_written(ops_client, st
     assert (await resp.json())["reason"].startswith("database not writable")
 
 
+@pytest.mark.sqlite_only
 async def test_healthz_reports_a_locked_database_as_busy_without_breaking_storage(
     ops_client, storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import csv
 import datetime as dt
 import io
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -249,7 +248,7 @@ async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_doubl
 
 
 async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
-    make_policy: MakePolicy, policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
+    make_policy: MakePolicy, policy: PolicyService, storage: Storage, clock: Clock, database_url: str
 ):
     await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
     clock.set("2026-11-30T23:59:59.999")
@@ -258,8 +257,8 @@ async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
         GUILD, ALICE, set_to=10, actor_id=ADMIN, reason="spent", starting_credits=0
     )
     clock.set("2026-12-01T00:00:00")
-    # A second connection to the same file stands in for another process using the database.
-    other = await Storage.open(tmp_path / "retouch.sqlite3", clock=clock)
+    # A second connection to the same database stands in for another process using it.
+    other = await Storage.open(database_url, clock=clock)
     try:
         other_policy = make_policy(store=other)
         uses = [p.credits(GUILD, ALICE, ()) for p in (policy, other_policy) for _ in range(10)]
@@ -694,24 +693,21 @@ async def make_activity(policy: PolicyService, storage: Storage, clock: Clock) -
     await policy.change_credits(OTHER_GUILD, ADMIN, ALICE, "grant", 999, "other server")
 
 
-def ledger_rows(db_path: Path, guild: int, since: str, until: str) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    rows = conn.execute(
+async def ledger_rows(storage: Storage, guild: int, since: str, until: str) -> list[dict[str, Any]]:
+    rows = await storage.db.all(
         "SELECT * FROM ledger WHERE guild_id = ? AND created_at >= ? AND created_at < ? ORDER BY id",
         (guild, since, until),
-    ).fetchall()
-    conn.close()
+    )
     return [dict(r) for r in rows]
 
 
 async def test_the_report_csv_equals_the_ledger_to_the_credit(
-    policy: PolicyService, storage: Storage, clock: Clock, tmp_path: Path
+    policy: PolicyService, storage: Storage, clock: Clock
 ):
     await make_activity(policy, storage, clock)
     report = await policy.report(GUILD, "this month")
     rows = list(csv.DictReader(io.StringIO(report.csv())))
-    ledger = ledger_rows(tmp_path / "retouch.sqlite3", GUILD, "2026-11-01", "2026-12-01")
+    ledger = await ledger_rows(storage, GUILD, "2026-11-01", "2026-12-01")
 
     assert [int(r["id"]) for r in rows] == [r["id"] for r in ledger]
     for column in ("amount", "delta_balance", "delta_held", "user_id"):

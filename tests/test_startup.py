@@ -66,6 +66,16 @@ async def test_a_database_from_a_newer_release_is_refused_with_one_clear_line(tm
         assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("future",)]
 
 
+async def test_an_unreachable_database_server_gives_one_clear_line_without_its_password(tmp_path: Path):
+    url = f"postgresql://retouch:hunter2@127.0.0.1:{closed_port()}/retouch"
+    code, log = await run_bot(tmp_path, DATABASE_URL=url)
+
+    assert code == 1, log
+    assert "Traceback" not in log and "hunter2" not in log
+    [line] = problems(log)
+    assert "cannot open the database postgresql://***@127.0.0.1:" in line
+
+
 @pytest.mark.parametrize(
     "api_base",
     [f"http://127.0.0.1:{closed_port()}/api/v10", "http://discord.invalid/api/v10"],

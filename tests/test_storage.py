@@ -1,4 +1,5 @@
-"""The credit ledger against a real SQLite file: idempotency, refusals, races and the sum invariant."""
+"""The credit ledger against a real database (SQLite, and PostgreSQL when configured): idempotency,
+refusals, races and the sum invariant."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
+from bot.storage.connection import SchemaTooNew, latest_schema_version
 from bot.storage.ledger import LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard
+from bot.storage.sqlite import SQLiteDatabase
 
 GUILD, USER = 10, 20
 
@@ -30,9 +33,27 @@ async def assert_invariant(storage: Storage, guild: int = GUILD, user: int = USE
     assert account.balance + account.held == totals.granted - totals.captured
 
 
-async def test_migrations_are_numbered_and_tracked(storage: Storage, tmp_path: Path):
-    assert await storage.schema_version() >= 1
+async def test_migrations_are_numbered_and_tracked(storage: Storage):
+    assert await storage.schema_version() == latest_schema_version()
     assert await storage.migrate() == await storage.schema_version()  # second run applies nothing
+    for table in ("accounts", "ledger", "jobs", "guild_settings", "edit_versions"):
+        assert (await storage.db.one(f"SELECT COUNT(*) FROM {table}"))[0] == 0
+
+
+async def test_a_database_from_a_newer_release_is_refused_and_left_alone(storage: Storage, database_url: str):
+    newer = latest_schema_version() + 1
+    if isinstance(storage.db, SQLiteDatabase):
+        await storage.db.run(lambda db: db.execute(f"PRAGMA user_version = {newer}"))
+    else:
+        await storage.db.write_one("UPDATE schema_version SET version = ?", (newer,))
+    with pytest.raises(SchemaTooNew) as refused:
+        await Storage.open(database_url)
+    assert (refused.value.found, refused.value.known) == (newer, latest_schema_version())
+    assert await storage.schema_version() == newer
+
+
+@pytest.mark.sqlite_only
+async def test_the_sqlite_file_is_in_wal_mode_with_every_table(storage: Storage, tmp_path: Path):
     conn = sqlite3.connect(tmp_path / "retouch.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -109,9 +130,9 @@ async def test_reserve_refuses_more_than_the_balance(storage: Storage):
 
 async def test_ledger_rows_cannot_be_changed_or_deleted(storage: Storage):
     await storage.ledger.ensure_account(GUILD, USER, 100)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(storage.db.Error, match="append-only"):
         await storage.db.write_one("UPDATE ledger SET amount = 0", ())
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises(storage.db.Error, match="append-only"):
         await storage.db.write_one("DELETE FROM ledger", ())
 
 
@@ -140,13 +161,12 @@ async def test_grant_and_take_are_recorded_with_the_actor(storage: Storage):
     await assert_invariant(storage)
 
 
-async def test_data_survives_reopening_the_file(tmp_path: Path):
-    path = tmp_path / "retouch.sqlite3"
-    s = await Storage.open(path)
+async def test_data_survives_reopening_the_database(database_url: str):
+    s = await Storage.open(database_url)
     await s.migrate()
     await s.ledger.ensure_account(GUILD, USER, 42)
     await s.close()
-    s = await Storage.open(path)
+    s = await Storage.open(database_url)
     assert (await s.ledger.get_account(GUILD, USER)).balance == 42
     await s.close()
 
@@ -169,6 +189,7 @@ async def test_a_write_cancelled_at_any_point_leaves_no_open_transaction(storage
     assert account is not None and account.balance in (101, 106)
 
 
+@pytest.mark.sqlite_only
 async def test_credit_movements_find_a_jobs_ledger_rows_through_the_index(storage: Storage):
     """The ledger only grows: a statement that scanned it would make every reservation slower as the
     history gets longer. Every read the hot transactions run must be an index search."""
@@ -192,6 +213,7 @@ async def test_credit_movements_find_a_jobs_ledger_rows_through_the_index(storag
         assert not any(step.startswith("SCAN") and step != "SCAN CONSTANT ROW" for step in plan), (sql, plan)
 
 
+@pytest.mark.sqlite_only
 async def test_every_write_is_durable_at_commit(storage: Storage):
     """synchronous=FULL in WAL mode: a committed reservation survives a power cut."""
     row = await storage.db.one("PRAGMA synchronous")

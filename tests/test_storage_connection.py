@@ -1,19 +1,24 @@
-"""The database handle (bot.storage.connection) against a real SQLite file: one thread, one
-transaction at a time, never a transaction left open, and the connection settings durability needs."""
+"""The database handles (bot.storage.sqlite, bot.storage.postgres): transaction bodies commit whole or
+not at all, a cancelled caller never leaves a transaction open; SQLite's one thread, one transaction at a
+time and the connection settings durability needs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bot.storage import Storage
-from bot.storage.connection import BUSY_TIMEOUT_MS, Database, _apply_migration
+from bot.storage.connection import Body, DatabaseUnavailable, execute, fetch_all
+from bot.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteDatabase, _apply_migration
 
 
+@pytest.mark.sqlite_only
 async def test_the_connection_is_opened_with_wal_full_sync_busy_timeout_and_foreign_keys(storage: Storage):
     async def pragma(name: str) -> object:
         row = await storage.db.one(f"PRAGMA {name}")
@@ -26,17 +31,18 @@ async def test_the_connection_is_opened_with_wal_full_sync_busy_timeout_and_fore
     assert await pragma("foreign_keys") == 1
 
 
+@pytest.mark.sqlite_only
 async def test_transactions_run_one_at_a_time_on_one_thread_off_the_event_loop(storage: Storage):
     threads: set[int] = set()
     inside = 0
     most_inside = 0
 
-    def body(db: sqlite3.Connection) -> None:
+    def body() -> Body[None]:
         nonlocal inside, most_inside
         inside += 1
         most_inside = max(most_inside, inside)
         threads.add(threading.get_ident())
-        db.execute("SELECT 1").fetchall()
+        yield fetch_all("SELECT 1")
         inside -= 1
 
     await asyncio.gather(*(storage.db.transaction(body) for _ in range(20)))
@@ -44,14 +50,15 @@ async def test_transactions_run_one_at_a_time_on_one_thread_off_the_event_loop(s
     assert len(threads) == 1 and threading.get_ident() not in threads
 
 
+@pytest.mark.sqlite_only
 async def test_a_caller_cancelled_mid_transaction_leaves_it_committed_whole_and_closed(storage: Storage):
     started, go_on = threading.Event(), threading.Event()
 
-    def body(db: sqlite3.Connection) -> None:
-        db.execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
+    def body() -> Body[None]:
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
         started.set()
         go_on.wait(5)
-        db.execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
 
     task = asyncio.create_task(storage.db.transaction(body))
     await asyncio.to_thread(started.wait, 5)
@@ -76,7 +83,7 @@ async def test_a_failing_migration_rolls_back_and_leaves_no_transaction_open(tmp
 
 
 async def test_closing_twice_is_harmless_and_a_closed_database_refuses_work(tmp_path: Path):
-    database = await Database.open(tmp_path / "retouch.sqlite3")
+    database = await SQLiteDatabase.open(tmp_path / "retouch.sqlite3")
     await database.close()
     await database.close()
     with pytest.raises(sqlite3.ProgrammingError):
@@ -94,3 +101,129 @@ async def test_storage_is_its_repositories_and_nothing_passes_through(storage: S
     assert await storage.settings.user_settings_row(2) is None
     assert await storage.reports.all_accounts()
     assert await storage.history.get_version(1) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "relative"), [("sqlite:///{}", True), ("sqlite:///{}", False), ("{}", False)]
+)
+async def test_a_sqlite_url_or_a_plain_path_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, relative: bool
+):
+    monkeypatch.chdir(tmp_path)
+    path = Path("sub") / "bot.sqlite3" if relative else tmp_path / "abs" / "bot.sqlite3"
+    storage = await Storage.open(url.format(path))
+    try:
+        await storage.ledger.ensure_account(1, 2, 3)
+    finally:
+        await storage.close()
+    assert (tmp_path / path).is_file()
+
+
+async def test_a_read_only_postgresql_is_reported_not_writable(postgres_url: str):
+    """A standby (or a read-only default) opens, but the health check must not call it writable."""
+    await (await Storage.open(postgres_url)).close()  # migrated while writable
+    read_only = await Storage.open(postgres_url + "&default_transaction_read_only=on")
+    try:
+        with pytest.raises(DatabaseUnavailable, match="read-only"):
+            await read_only.check_writable()
+        assert await read_only.ledger.get_account(1, 2) is None  # reads still work
+    finally:
+        await read_only.close()
+    writable = await Storage.open(postgres_url)
+    try:
+        await writable.check_writable()
+    finally:
+        await writable.close()
+
+
+async def test_a_postgresql_caller_cancelled_mid_transaction_leaves_it_committed_whole(postgres_url: str):
+    storage = await Storage.open(postgres_url)
+    marker = "SELECT pg_sleep(0.5) -- mid-transaction"
+
+    def body() -> Body[None]:
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'a', 'now')")
+        yield fetch_all(marker)
+        yield execute("INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, 'b', 'now')")
+
+    task = asyncio.create_task(storage.db.transaction(body))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await storage.db.one("SELECT 1 FROM pg_stat_activity WHERE query = ?", (marker,)):
+        assert asyncio.get_running_loop().time() < deadline, "the body never reached its middle"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await storage.close()  # waits for the transaction it is still running
+    reopened = await Storage.open(postgres_url)
+    try:
+        assert await reopened.settings.take_model_notices(1) == ["a", "b"]
+    finally:
+        await reopened.close()
+
+
+async def test_a_postgresql_transaction_caught_in_a_deadlock_runs_again(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    storage = await Storage.open(postgres_url)
+    try:
+        for user in (1, 2):
+            await storage.ledger.ensure_account(1, user, 0)
+
+        def crossing(first: int, second: int) -> Callable[[], Body[int]]:
+            def body() -> Body[int]:
+                yield execute("UPDATE accounts SET updated_at = 'a' WHERE user_id = ?", (first,))
+                yield fetch_all("SELECT pg_sleep(0.5)")  # both now hold one row and want the other's
+                yield execute("UPDATE accounts SET updated_at = 'b' WHERE user_id = ?", (second,))
+                return first
+
+            return body
+
+        with caplog.at_level(logging.INFO, logger="bot.storage.postgres"):
+            done = await asyncio.gather(
+                storage.db.transaction(crossing(1, 2)), storage.db.transaction(crossing(2, 1))
+            )
+        assert sorted(done) == [1, 2]
+        assert "database 40P01" in caplog.text  # PostgreSQL chose a victim, and it ran again
+    finally:
+        await storage.close()
+
+
+class Refused(Exception):
+    pass
+
+
+def noting(n: int) -> Callable[[], Body[int]]:
+    """A transaction that writes a notice, then fails if `n` is a multiple of 3 (one that the database
+    itself refuses when it is a multiple of 5 too): either way nothing it wrote may stay."""
+
+    def body() -> Body[int]:
+        yield execute(
+            "INSERT INTO model_notices (user_id, notice, created_at) VALUES (1, ?, 'now')", (f"n{n}",)
+        )
+        if n % 15 == 0:
+            yield execute("DELETE FROM ledger", ())  # the append-only trigger refuses it
+        if n % 3 == 0:
+            raise Refused(n)
+        return n
+
+    return body
+
+
+async def test_a_failing_transaction_rolls_back_alone_while_the_others_commit(storage: Storage):
+    await storage.ledger.ensure_account(1, 1, 5)  # a ledger row for the refused DELETE to meet
+    outcomes = await asyncio.gather(
+        *(storage.db.transaction(noting(n)) for n in range(30)), return_exceptions=True
+    )
+    assert all(isinstance(o, storage.db.Error) for o in outcomes[::15])
+    assert [o.args[0] for o in outcomes if isinstance(o, Refused)] == [3, 6, 9, 12, 18, 21, 24, 27]
+    assert [o for o in outcomes if isinstance(o, int)] == [n for n in range(30) if n % 3]
+    kept = await storage.settings.take_model_notices(1)  # in commit order, which concurrency decides
+    assert sorted(kept, key=lambda notice: int(notice[1:])) == [f"n{n}" for n in range(30) if n % 3]
+
+
+@pytest.mark.sqlite_only
+async def test_sqlite_commits_transactions_that_wait_together(storage: Storage):
+    statements: list[str] = []
+    await storage.db.run(lambda db: db.set_trace_callback(statements.append))
+    await asyncio.gather(*(storage.db.transaction(noting(n)) for n in range(1, 30, 3)))  # none fails
+    await storage.db.run(lambda db: db.set_trace_callback(None))
+    assert 1 <= statements.count("COMMIT") < 10  # ten transactions, fewer commits (fsyncs)
+    assert len(await storage.settings.take_model_notices(1)) == 10

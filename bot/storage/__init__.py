@@ -1,13 +1,15 @@
-"""The only package that speaks SQL: repositories over one database connection.
+"""The only package that speaks SQL: repositories over one database, SQLite or PostgreSQL.
 
-- `connection.py`: the handle (open, migrations, the one-transaction-at-a-time write path, the clock)
+- `connection.py`: what a backend provides, and the statements transaction bodies are written with;
+  `sqlite.py` (the embedded default) and `postgres.py` (several processes on one server) are the two
 - `ledger.py`: accounts and money movements; `limits.py`: the admission limits a reservation checks;
   `reports.py`: read-only ledger reports and budget views
 - `jobs.py`: job rows and their states
 - `settings.py`: member defaults, guild policy, role tiers, the operator's servers, route status
 
-`Storage` opens the connection and hands out one of each repository: `storage.ledger`,
-`storage.reports`, `storage.jobs`, `storage.settings`.
+`Storage` opens the database and hands out one of each repository: `storage.ledger`,
+`storage.reports`, `storage.jobs`, `storage.settings`, `storage.history`. A new repository takes the
+`Database` and writes its transactions once, as bodies (see `connection.py`), for both backends.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.storage.connection import Database, utcnow
+from bot.storage.connection import Database, open_database, utcnow
 from bot.storage.history import Versions
 from bot.storage.jobs import Jobs
 from bot.storage.ledger import Ledger
@@ -27,9 +29,9 @@ __all__ = ["Storage"]
 
 
 class Storage:
-    """The bot's database: one connection and the repositories over it.
+    """The bot's database and the repositories over it.
 
-    Create with `await Storage.open(path)`; close with `await storage.close()`.
+    Create with `await Storage.open(target)`; close with `await storage.close()`.
     """
 
     def __init__(self, db: Database) -> None:
@@ -41,9 +43,10 @@ class Storage:
         self.history = Versions(db)
 
     @classmethod
-    async def open(cls, path: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Storage:
-        """Open the database file (created if missing) and apply pending migrations."""
-        return cls(await Database.open(path, clock=clock))
+    async def open(cls, target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Storage:
+        """Open the database (`DATABASE_URL`: a SQLite file path or `sqlite:///path`, created if
+        missing, or `postgresql://…`) and apply pending migrations."""
+        return cls(await open_database(target, clock=clock))
 
     async def close(self) -> None:
         await self.db.close()

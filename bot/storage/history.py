@@ -6,10 +6,9 @@ picture back from Discord's copy of the message.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-from bot.storage.connection import Database
+from bot.storage.connection import Body, Database, execute
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,16 @@ class VersionRow:
     expires_at: str
 
 
+# A version posted again under the same message id replaces the old row whole. (message_id is the
+# table's INTEGER PRIMARY KEY, SQLite's rowid itself: the queries order ties by it.)
+_COLUMNS = tuple(VersionRow.__dataclass_fields__)
+_PUT_VERSION = (
+    f"INSERT INTO edit_versions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (message_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "message_id")
+)
+
+
 class Versions:
     """The `edit_versions` table."""
 
@@ -37,11 +46,10 @@ class Versions:
         """Record a posted version; drop every expired one in the same transaction (retention)."""
         now = self._db.timestamp()
 
-        def body(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM edit_versions WHERE expires_at <= ?", (now,))
-            db.execute(
-                "INSERT OR REPLACE INTO edit_versions (message_id, channel_id, guild_id, user_id, job_id, "
-                "chain_id, parent_message_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        def body() -> Body[None]:
+            yield execute("DELETE FROM edit_versions WHERE expires_at <= ?", (now,))
+            yield execute(
+                _PUT_VERSION,
                 (
                     version.message_id,
                     version.channel_id,
@@ -67,7 +75,7 @@ class Versions:
     async def latest_version(self, chain_id: int) -> VersionRow | None:
         row = await self._db.one(
             "SELECT * FROM edit_versions WHERE chain_id = ? AND expires_at > ? "
-            "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            "ORDER BY created_at DESC, message_id DESC LIMIT 1",
             (chain_id, self._db.timestamp()),
         )
         return None if row is None else VersionRow(**dict(row))
@@ -79,7 +87,7 @@ class Versions:
         rows = await self._db.all(
             "SELECT v.*, j.spec AS job_spec FROM edit_versions v LEFT JOIN jobs j ON j.id = v.job_id "
             "WHERE v.guild_id = ? AND v.user_id = ? AND v.expires_at > ? "
-            "ORDER BY v.created_at DESC, v.rowid DESC LIMIT ?",
+            "ORDER BY v.created_at DESC, v.message_id DESC LIMIT ?",
             (guild_id, user_id, self._db.timestamp(), limit),
         )
         found = []

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.jobs.model import JobState
-from bot.storage.connection import Database, rowcount, stamp
+from bot.storage.connection import Body, Database, execute, stamp
 
 TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
@@ -89,6 +88,10 @@ class JobRow:
         return tuple(i for i in (self.provider_request_id or "").split(",") if i)
 
 
+# The columns a JobRow holds, named: `SELECT *` would also bring PostgreSQL's `rowid` (migrations/postgres).
+_SELECT_JOBS = f"SELECT {', '.join(f.name for f in fields(JobRow))} FROM jobs "
+
+
 class Jobs:
     """The `jobs` table: create, move between states, look up, and forget what ended jobs held."""
 
@@ -114,9 +117,9 @@ class Jobs:
     ) -> None:
         """Write a new job in state `queued` (nothing held yet), with what it needs to run."""
 
-        def body(db: sqlite3.Connection) -> None:
+        def body() -> Body[None]:
             now = self._db.timestamp()
-            db.execute(
+            yield execute(
                 "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
                 "created_at, updated_at, spec, interaction_at, origin_message_id, deadline_at, "
                 "files_expire_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -152,12 +155,9 @@ class Jobs:
             assignments.append("finished_at = ?")
         sql = f"UPDATE jobs SET {', '.join(assignments)} WHERE id = ?"
 
-        def body(db: sqlite3.Connection) -> None:
-            now = self._db.timestamp()
-            ended = (now,) if terminal else ()
-            db.execute(sql, (state, now, *fields.values(), *ended, job_id))
-
-        await self._db.transaction(body)
+        now = self._db.timestamp()
+        ended = (now,) if terminal else ()
+        await self._db.write_one(sql, (state, now, *fields.values(), *ended, job_id))
 
     async def update_job(self, job_id: str, **fields: Any) -> None:
         """Set job columns (see `_JOB_FIELDS`) without changing the state."""
@@ -166,9 +166,7 @@ class Jobs:
             raise ValueError(f"unknown or no job fields: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sql = f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?"
-        await self._db.transaction(
-            lambda db: rowcount(db, sql, (*fields.values(), self._db.timestamp(), job_id))
-        )
+        await self._db.write_one(sql, (*fields.values(), self._db.timestamp(), job_id))
 
     async def mark_submitted(self, job_id: str, provider: str, provider_job_id: str) -> None:
         """Record that `provider` accepted one call of the job (ids are appended: an emulated `count`
@@ -178,16 +176,14 @@ class Jobs:
             "CASE WHEN provider_request_id IS NULL OR provider_request_id = '' THEN ? "
             "ELSE provider_request_id || ',' || ? END, updated_at = ? WHERE id = ?"
         )
-        await self._db.transaction(
-            lambda db: rowcount(
-                db, sql, (provider, provider_job_id, provider_job_id, self._db.timestamp(), job_id)
-            )
+        await self._db.write_one(
+            sql, (provider, provider_job_id, provider_job_id, self._db.timestamp(), job_id)
         )
 
     async def overdue_jobs(self, now: dt.datetime) -> list[JobRow]:
         """Jobs still waiting or at a provider whose deadline has passed (the watchdog's work)."""
         rows = await self._db.all(
-            "SELECT * FROM jobs WHERE state IN ('reserved', 'submitting', 'submitted') "
+            _SELECT_JOBS + "WHERE state IN ('reserved', 'submitting', 'submitted') "
             "AND deadline_at IS NOT NULL AND deadline_at < ? ORDER BY created_at",
             (now.isoformat(timespec="milliseconds"),),
         )
@@ -208,20 +204,19 @@ class Jobs:
         return spans
 
     async def get_job(self, job_id: str) -> JobRow | None:
-        row = await self._db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = await self._db.one(_SELECT_JOBS + "WHERE id = ?", (job_id,))
         return None if row is None else JobRow(**dict(row))
 
     async def recent_jobs(self, guild_id: int, user_id: int, limit: int = 5) -> list[JobRow]:
         rows = await self._db.all(
-            "SELECT * FROM jobs WHERE guild_id = ? AND user_id = ? "
-            "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            _SELECT_JOBS + "WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (guild_id, user_id, limit),
         )
         return [JobRow(**dict(r)) for r in rows]
 
     async def jobs_in_states(self, states: tuple[str, ...]) -> list[JobRow]:
         marks = ", ".join("?" for _ in states)
-        rows = await self._db.all(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at", states)
+        rows = await self._db.all(_SELECT_JOBS + f"WHERE state IN ({marks}) ORDER BY created_at", states)
         return [JobRow(**dict(r)) for r in rows]
 
     # -- retention ----------------------------------------------------------------------------------
@@ -253,14 +248,12 @@ class Jobs:
         """
         cutoff = stamp(before)
 
-        def body(db: sqlite3.Connection) -> tuple[int, int]:
-            jobs = rowcount(
-                db,
+        def body() -> Body[tuple[int, int]]:
+            jobs = yield execute(
                 "DELETE FROM jobs WHERE state IN ('delivered', 'failed', 'cancelled') AND finished_at < ?",
                 (cutoff,),
             )
-            ledger = rowcount(
-                db,
+            ledger = yield execute(
                 "UPDATE ledger SET reason = NULL, actor_id = NULL "
                 "WHERE created_at < ? AND actor_id IS NOT NULL",
                 (cutoff,),

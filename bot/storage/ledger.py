@@ -2,19 +2,29 @@
 
 Every movement is one write transaction (see `connection.Database.transaction`) that changes
 `accounts` and appends to the append-only `ledger`, keyed by job: a job's credits are reserved, then
-captured or released exactly once. Read-only reports over the same tables are in `reports.py`, the
-admission limits a reservation checks in `limits.py`. (A little over 400 lines: each movement's
-on-thread steps stay next to the method that runs them, so the money rules read in one file.)
+captured or released exactly once. The bodies are written once for every backend. Read-only reports
+over the same tables are in `reports.py`, the admission limits a reservation checks in `limits.py`.
+(A little over 400 lines: each movement's steps stay next to the method that runs them, so the money
+rules read in one file.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.storage.connection import Database, fetch_all, fetch_one, stamp
+from bot.storage.connection import (
+    Body,
+    Database,
+    Row,
+    Statement,
+    execute,
+    fetch_all,
+    fetch_one,
+    lock,
+    stamp,
+)
 from bot.storage.limits import JOB_KINDS, ReserveGuard, ReserveRefused, guard_refusal
 
 # Ledger `reason` prefix of allowance top-ups (kind 'grant', no actor), so reports can tell them apart.
@@ -44,14 +54,13 @@ class Account:
     held: int
 
 
-# -- on the database thread ---------------------------------------------------------------------------
-# Plain sqlite3 functions, run inside `Database.transaction` on the database thread, so a whole
-# movement costs one hop from the event loop. `now` is the storage clock's timestamp, read once per
+# -- transaction bodies -------------------------------------------------------------------------------
+# Generators of statements (see `connection.py`), run whole inside `Database.transaction`, so a movement
+# costs one hop from the event loop on SQLite. `now` is the storage clock's timestamp, read once per
 # transaction.
 
 
 def _ledger(
-    db: sqlite3.Connection,
     now: str,
     guild_id: int,
     user_id: int,
@@ -62,40 +71,67 @@ def _ledger(
     delta_held: int,
     actor_id: int | None,
     reason: str | None,
-) -> None:
-    db.execute(
+) -> Statement:
+    return execute(
         "INSERT INTO ledger (guild_id, user_id, job_id, kind, amount, delta_balance, delta_held, "
         "actor_id, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (guild_id, user_id, job_id, kind, amount, delta_balance, delta_held, actor_id, reason, now),
     )
 
 
-def _ensure_account(db: sqlite3.Connection, now: str, guild_id: int, user_id: int, starting: int) -> None:
-    cur = db.execute(
-        "INSERT OR IGNORE INTO accounts (guild_id, user_id, balance, held, created_at, updated_at) "
-        "VALUES (?, ?, ?, 0, ?, ?)",
+def _ensure_account(now: str, guild_id: int, user_id: int, starting: int) -> Body[None]:
+    created = yield execute(
+        "INSERT INTO accounts (guild_id, user_id, balance, held, created_at, updated_at) "
+        "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT DO NOTHING",
         (guild_id, user_id, starting, now, now),
     )
-    if cur.rowcount == 1 and starting > 0:
-        _ledger(db, now, guild_id, user_id, None, "grant", starting, starting, 0, None, "starting credits")
+    if created == 1 and starting > 0:
+        yield _ledger(now, guild_id, user_id, None, "grant", starting, starting, 0, None, "starting credits")
 
 
-def _account(db: sqlite3.Connection, guild_id: int, user_id: int) -> Account:
-    row = fetch_one(
-        db, "SELECT balance, held FROM accounts WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+def _as_account(guild_id: int, user_id: int, row: Row | None) -> Account:
+    return Account(guild_id, user_id, 0, 0) if row is None else Account(guild_id, user_id, row[0], row[1])
+
+
+def _account(guild_id: int, user_id: int) -> Body[Account]:
+    row = yield fetch_one(
+        "SELECT balance, held FROM accounts WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
     )
-    if row is None:
-        return Account(guild_id, user_id, 0, 0)
-    return Account(guild_id, user_id, row["balance"], row["held"])
+    return _as_account(guild_id, user_id, row)
 
 
-def _settlement(db: sqlite3.Connection, job_id: str) -> tuple[sqlite3.Row | None, dict[str, int]]:
-    """A job's reserve row and the amount of its capture and release rows by kind (one statement)."""
+def _touch_account(now: str, guild_id: int, user_id: int) -> Body[Account]:
+    """The account, read for a change that depends on it: the write makes PostgreSQL hold its row until
+    commit, so a concurrent movement cannot slip in between this read and the change."""
+    row = yield fetch_one(
+        "UPDATE accounts SET updated_at = ? WHERE guild_id = ? AND user_id = ? RETURNING balance, held",
+        (now, guild_id, user_id),
+    )
+    return _as_account(guild_id, user_id, row)
+
+
+def _move(now: str, guild_id: int, user_id: int, balance: int, held: int) -> Body[Account]:
+    """Add `balance` and `held` (either may be negative) to the account; the account afterwards."""
+    row = yield fetch_one(
+        "UPDATE accounts SET balance = balance + ?, held = held + ?, updated_at = ? "
+        "WHERE guild_id = ? AND user_id = ? RETURNING balance, held",
+        (balance, held, now, guild_id, user_id),
+    )
+    return _as_account(guild_id, user_id, row)
+
+
+def _settlement(job_id: str) -> Body[tuple[Row | None, dict[str, int]]]:
+    """A job's reserve row and the amount of its capture and release rows by kind (one statement).
+
+    Takes the job's lock first: two processes settling the same job must not both find it unsettled.
+    """
+    yield lock(("job", job_id))
     reserve = None
     settled: dict[str, int] = {}
-    for row in fetch_all(
-        db, f"SELECT kind, guild_id, user_id, amount FROM ledger WHERE job_id = ? AND {JOB_KINDS}", (job_id,)
-    ):
+    rows = yield fetch_all(
+        f"SELECT kind, guild_id, user_id, amount FROM ledger WHERE job_id = ? AND {JOB_KINDS}", (job_id,)
+    )
+    for row in rows:
         if row["kind"] == "reserve":
             reserve = row
         else:
@@ -103,56 +139,48 @@ def _settlement(db: sqlite3.Connection, job_id: str) -> tuple[sqlite3.Row | None
     return reserve, settled
 
 
-def _capture(db: sqlite3.Connection, now: str, job_id: str, charged: int) -> tuple[Account, int] | None:
-    reserve, settled = _settlement(db, job_id)
+def _capture(now: str, job_id: str, charged: int) -> Body[tuple[Account, int] | None]:
+    reserve, settled = yield from _settlement(job_id)
     if reserve is None:
         return None
     guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
     if "release" in settled:
         raise LedgerConflict(f"job {job_id} was already released")
     if "capture" in settled:
-        return _account(db, guild_id, user_id), int(settled["capture"])
+        return (yield from _account(guild_id, user_id)), int(settled["capture"])
     charged = max(0, min(charged, held))
-    db.execute(
-        "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-        "WHERE guild_id = ? AND user_id = ?",
-        (held - charged, held, now, guild_id, user_id),
-    )
-    _ledger(db, now, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None)
-    db.execute("UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, now, job_id))
-    return _account(db, guild_id, user_id), charged
+    account = yield from _move(now, guild_id, user_id, held - charged, -held)
+    yield _ledger(now, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None)
+    yield execute("UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, now, job_id))
+    return account, charged
 
 
-def _release(db: sqlite3.Connection, now: str, job_id: str, reason: str | None) -> Account | None:
-    reserve, settled = _settlement(db, job_id)
+def _release(now: str, job_id: str, reason: str | None) -> Body[Account | None]:
+    reserve, settled = yield from _settlement(job_id)
     if reserve is None:
         return None
     guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
     if "capture" in settled:
         raise LedgerConflict(f"job {job_id} was already captured")
-    if "release" not in settled:
-        db.execute(
-            "UPDATE accounts SET balance = balance + ?, held = held - ?, updated_at = ? "
-            "WHERE guild_id = ? AND user_id = ?",
-            (held, held, now, guild_id, user_id),
-        )
-        _ledger(db, now, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
-    return _account(db, guild_id, user_id)
+    if "release" in settled:
+        return (yield from _account(guild_id, user_id))
+    account = yield from _move(now, guild_id, user_id, held, -held)
+    yield _ledger(now, guild_id, user_id, job_id, "release", held, held, -held, None, reason)
+    return account
 
 
-def _top_up(db: sqlite3.Connection, now: str, guild_id: int, user_id: int, amount: int, period: str) -> None:
-    current = _account(db, guild_id, user_id)
+def _top_up(now: str, guild_id: int, user_id: int, amount: int, period: str) -> Body[None]:
+    current = yield from _touch_account(now, guild_id, user_id)
     # Held credits count as the member's: a hold from the last period that is released after the
     # boundary must not leave them with the allowance on top of it.
     added = max(0, amount - current.balance - current.held)
     if added == 0:
         return
-    db.execute(
-        "UPDATE accounts SET balance = balance + ?, updated_at = ? WHERE guild_id = ? AND user_id = ?",
-        (added, now, guild_id, user_id),
+    yield from _move(now, guild_id, user_id, added, 0)
+    yield _ledger(
+        now, guild_id, user_id, None, "grant", added, added, 0, None, f"{ALLOWANCE_REASON} {period}"
     )
-    _ledger(db, now, guild_id, user_id, None, "grant", added, added, 0, None, f"{ALLOWANCE_REASON} {period}")
-    db.execute(
+    yield execute(
         "UPDATE allowance_refills SET added = ? WHERE guild_id = ? AND user_id = ? AND period = ?",
         (added, guild_id, user_id, period),
     )
@@ -167,9 +195,9 @@ class Ledger:
     async def ensure_account(self, guild_id: int, user_id: int, starting_credits: int) -> Account:
         """Create the account with its one-time starting grant if it does not exist yet."""
 
-        def body(db: sqlite3.Connection) -> Account:
-            _ensure_account(db, self._db.timestamp(), guild_id, user_id, starting_credits)
-            return _account(db, guild_id, user_id)
+        def body() -> Body[Account]:
+            yield from _ensure_account(self._db.timestamp(), guild_id, user_id, starting_credits)
+            return (yield from _account(guild_id, user_id))
 
         return await self._db.transaction(body)
 
@@ -177,7 +205,7 @@ class Ledger:
         row = await self._db.one(
             "SELECT balance, held FROM accounts WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
         )
-        return None if row is None else Account(guild_id, user_id, row["balance"], row["held"])
+        return None if row is None else _as_account(guild_id, user_id, row)
 
     async def grant(
         self,
@@ -191,19 +219,15 @@ class Ledger:
     ) -> Account:
         """Add (or with a negative amount, remove up to the available) credits, recorded with the actor."""
 
-        def body(db: sqlite3.Connection) -> Account:
+        def body() -> Body[Account]:
             now = self._db.timestamp()
-            _ensure_account(db, now, guild_id, user_id, starting_credits)
-            current = _account(db, guild_id, user_id)
+            yield from _ensure_account(now, guild_id, user_id, starting_credits)
+            current = yield from _touch_account(now, guild_id, user_id)
             delta = max(amount, -current.balance)
-            db.execute(
-                "UPDATE accounts SET balance = balance + ?, updated_at = ? "
-                "WHERE guild_id = ? AND user_id = ?",
-                (delta, now, guild_id, user_id),
-            )
+            account = yield from _move(now, guild_id, user_id, delta, 0)
             kind = "grant" if amount >= 0 else "adjust"
-            _ledger(db, now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
-            return _account(db, guild_id, user_id)
+            yield _ledger(now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
+            return account
 
         return await self._db.transaction(body)
 
@@ -222,37 +246,40 @@ class Ledger:
         Raises NotEnoughCredits, or ReserveRefused when a `guard` limit refuses the job.
         """
 
-        def body(db: sqlite3.Connection) -> tuple[Account, bool, ReserveRefused | None]:
+        def body() -> Body[tuple[Account, bool, ReserveRefused | None]]:
             moment = self._db.now()
             now = stamp(moment)
-            _ensure_account(db, now, guild_id, user_id, starting_credits)
-            already = fetch_one(
-                db,
-                f"SELECT 1 FROM ledger WHERE job_id = ? AND {JOB_KINDS} AND kind = 'reserve'",
-                (job_id,),
+            yield lock(("job", job_id))
+            # Whether the account exists and the job already holds credits, in one round trip: the
+            # account is created only when it is missing (almost never, after a member's first edit).
+            found = yield fetch_one(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE guild_id = ? AND user_id = ?), "
+                f"EXISTS (SELECT 1 FROM ledger WHERE job_id = ? AND {JOB_KINDS} AND kind = 'reserve')",
+                (guild_id, user_id, job_id),
             )
-            reserved = already is not None
-            refused = None
-            if not reserved and guard is not None:
-                refused = guard_refusal(db, moment, guild_id, user_id, amount, guard)
-            if not reserved and refused is None:
-                # The conditional UPDATE is the whole race guard: it succeeds for exactly as many
-                # concurrent jobs as the balance covers.
-                cur = db.execute(
-                    "UPDATE accounts SET balance = balance - ?, held = held + ?, updated_at = ? "
-                    "WHERE guild_id = ? AND user_id = ? AND balance >= ?",
-                    (amount, amount, now, guild_id, user_id, amount),
-                )
-                reserved = cur.rowcount == 1
-                if reserved:
-                    _ledger(
-                        db, now, guild_id, user_id, job_id, "reserve", amount, -amount, amount, None, None
-                    )
-                    db.execute(
-                        "UPDATE jobs SET reserved = ?, state = 'reserved', updated_at = ? WHERE id = ?",
-                        (amount, now, job_id),
-                    )
-            return _account(db, guild_id, user_id), reserved, refused
+            if not found[0]:
+                yield from _ensure_account(now, guild_id, user_id, starting_credits)
+            if found[1]:
+                return (yield from _account(guild_id, user_id)), True, None
+            if guard is not None:
+                refused = yield from guard_refusal(moment, guild_id, user_id, amount, guard)
+                if refused is not None:
+                    return (yield from _account(guild_id, user_id)), False, refused
+            # The conditional UPDATE is the whole race guard for the balance: it succeeds for exactly as
+            # many concurrent jobs as the balance covers.
+            held = yield fetch_one(
+                "UPDATE accounts SET balance = balance - ?, held = held + ?, updated_at = ? "
+                "WHERE guild_id = ? AND user_id = ? AND balance >= ? RETURNING balance, held",
+                (amount, amount, now, guild_id, user_id, amount),
+            )
+            if held is None:
+                return (yield from _account(guild_id, user_id)), False, None
+            yield _ledger(now, guild_id, user_id, job_id, "reserve", amount, -amount, amount, None, None)
+            yield execute(
+                "UPDATE jobs SET reserved = ?, state = 'reserved', updated_at = ? WHERE id = ?",
+                (amount, now, job_id),
+            )
+            return _as_account(guild_id, user_id, held), True, None
 
         account, reserved, refused = await self._db.transaction(body)
         # Refused after the commit, so a just-created account keeps its starting grant.
@@ -268,14 +295,14 @@ class Ledger:
         Returns (account, credits charged), or None when the job never reserved anything.
         Raises LedgerConflict if the job was already released.
         """
-        return await self._db.transaction(lambda db: _capture(db, self._db.timestamp(), job_id, charged))
+        return await self._db.transaction(lambda: _capture(self._db.timestamp(), job_id, charged))
 
     async def release(self, job_id: str, reason: str | None = None) -> Account | None:
         """Return a job's whole hold. Idempotent; None if nothing was reserved.
 
         Raises LedgerConflict if the job was already captured.
         """
-        return await self._db.transaction(lambda db: _release(db, self._db.timestamp(), job_id, reason))
+        return await self._db.transaction(lambda: _release(self._db.timestamp(), job_id, reason))
 
     async def settle_delivered(
         self, job_id: str, charged: int, *, via: str, channel_id: int | None, message_id: int | None
@@ -286,10 +313,10 @@ class Ledger:
         delivered again) or a delivered job whose hold is never settled.
         """
 
-        def body(db: sqlite3.Connection) -> tuple[Account, int] | None:
+        def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = _capture(db, now, job_id, charged)
-            db.execute(
+            settled = yield from _capture(now, job_id, charged)
+            yield execute(
                 "UPDATE jobs SET state = 'delivered', delivered_via = ?, result_channel_id = ?, "
                 "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (via, channel_id, message_id, now, now, job_id),
@@ -315,17 +342,17 @@ class Ledger:
         nothing) if the job was already captured.
         """
 
-        def body(db: sqlite3.Connection) -> Account | None:
+        def body() -> Body[Account | None]:
             now = self._db.timestamp()
-            account = _release(db, now, job_id, error_code[:64])
+            account = yield from _release(now, job_id, error_code[:64])
             if absorbed > 0:
-                db.execute(
-                    "INSERT OR IGNORE INTO absorbed_spend "
-                    "(job_id, guild_id, user_id, credits, reason, created_at) "
-                    "SELECT id, guild_id, user_id, ?, ?, ? FROM jobs WHERE id = ?",
+                yield execute(
+                    "INSERT INTO absorbed_spend (job_id, guild_id, user_id, credits, reason, created_at) "
+                    "SELECT id, guild_id, user_id, CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT) "
+                    "FROM jobs WHERE id = ? ON CONFLICT DO NOTHING",
                     (absorbed, error_code[:64], now, job_id),
                 )
-            db.execute(
+            yield execute(
                 "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (state, error_code[:64], error_ref, now, now, job_id),
@@ -341,10 +368,10 @@ class Ledger:
         transaction. The provider bills for it, so it is captured (and counts toward cooldowns and
         budgets) like a delivered job. Idempotent; raises LedgerConflict if it was already released."""
 
-        def body(db: sqlite3.Connection) -> tuple[Account, int] | None:
+        def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = _capture(db, now, job_id, charged)
-            db.execute(
+            settled = yield from _capture(now, job_id, charged)
+            yield execute(
                 "UPDATE jobs SET state = 'cancelled', error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (error_code[:64], error_ref, now, now, job_id),
@@ -369,20 +396,20 @@ class Ledger:
         uses racing across a boundary can never both refill.
         """
 
-        def body(db: sqlite3.Connection) -> Account:
+        def body() -> Body[Account]:
             moment = self._db.now()
             now = stamp(moment)
-            _ensure_account(db, now, guild_id, user_id, starting_credits)
+            yield from _ensure_account(now, guild_id, user_id, starting_credits)
             period = period_of(moment)
             if period is not None and amount > 0:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO allowance_refills (guild_id, user_id, period, added, created_at) "
-                    "VALUES (?, ?, ?, 0, ?)",
+                first = yield execute(
+                    "INSERT INTO allowance_refills (guild_id, user_id, period, added, created_at) "
+                    "VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
                     (guild_id, user_id, period, now),
                 )
-                if cur.rowcount == 1:
-                    _top_up(db, now, guild_id, user_id, amount, period)
-            return _account(db, guild_id, user_id)
+                if first == 1:
+                    yield from _top_up(now, guild_id, user_id, amount, period)
+            return (yield from _account(guild_id, user_id))
 
         return await self._db.transaction(body)
 
@@ -411,19 +438,15 @@ class Ledger:
         action is on record. Returns the account and the credits actually moved.
         """
 
-        def body(db: sqlite3.Connection) -> tuple[Account, int]:
+        def body() -> Body[tuple[Account, int]]:
             now = self._db.timestamp()
-            _ensure_account(db, now, guild_id, user_id, starting_credits)
-            current = _account(db, guild_id, user_id)
+            yield from _ensure_account(now, guild_id, user_id, starting_credits)
+            current = yield from _touch_account(now, guild_id, user_id)
             delta = set_to - current.balance if set_to is not None else add
             delta = max(delta, -current.balance)
-            db.execute(
-                "UPDATE accounts SET balance = balance + ?, updated_at = ? "
-                "WHERE guild_id = ? AND user_id = ?",
-                (delta, now, guild_id, user_id),
-            )
+            account = yield from _move(now, guild_id, user_id, delta, 0)
             kind = "grant" if delta > 0 else "adjust"
-            _ledger(db, now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
-            return _account(db, guild_id, user_id), delta
+            yield _ledger(now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
+            return account, delta
 
         return await self._db.transaction(body)

@@ -1,18 +1,19 @@
 """The admission limits a reservation checks inside its own transaction.
 
 Cooldown, running jobs per member, the server's monthly cap and allotment, and the bot-wide budget.
-They are read by `Ledger.reserve` in the same BEGIN IMMEDIATE transaction that holds the credits:
-checking them in a separate read first would let two concurrent jobs both pass a limit that only one
-of them fits under.
+They are read by `Ledger.reserve` in the same transaction that holds the credits: checking them in a
+separate read first would let two concurrent jobs both pass a limit that only one of them fits under.
+For the same reason the checks take their locks first (`connection.lock`): on PostgreSQL, where
+reservations from several processes run side by side, a second check of the same sums waits until the
+first one's hold is committed, then counts it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from dataclasses import dataclass
 
-from bot.storage.connection import fetch_one, iso
+from bot.storage.connection import Body, fetch_one, iso, lock
 
 # The ledger's unique index on (job_id, kind) is partial, for exactly these kinds. SQLite only uses a
 # partial index when the query repeats the index's own `IN` term, so every lookup of a job's ledger
@@ -55,14 +56,28 @@ class ReserveRefused(Exception):
         self.limit = limit
 
 
+def _locks(guild_id: int, user_id: int, guard: ReserveGuard) -> list[tuple[object, ...]]:
+    """What the guard's checks must hold until commit. Every budget (the server's cap and allotment, the
+    bot's budget) shares one lock: a server's spend is part of the bot's, so checks of either must not
+    run side by side."""
+    scopes: list[tuple[object, ...]] = []
+    if guard.cooldown_seconds > 0 or guard.max_concurrent > 0:
+        scopes.append(("account", guild_id, user_id))
+    if guard.guild_cap is not None or guard.allotment is not None or guard.bot_cap is not None:
+        scopes.append(("budget",))
+    return scopes
+
+
 def guard_refusal(
-    db: sqlite3.Connection, moment: dt.datetime, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
-) -> ReserveRefused | None:
+    moment: dt.datetime, guild_id: int, user_id: int, amount: int, guard: ReserveGuard
+) -> Body[ReserveRefused | None]:
     """The first guard limit this reservation would break, read inside its transaction."""
+    scopes = _locks(guild_id, user_id, guard)
+    if scopes:
+        yield lock(*scopes)
     if guard.cooldown_seconds > 0:
         # Refunded jobs do not count: a provider failure should not make the user wait.
-        row = fetch_one(
-            db,
+        row = yield fetch_one(
             "SELECT MAX(r.created_at) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
             "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
             f"WHERE x.job_id = r.job_id AND x.{JOB_KINDS} AND x.kind = 'release')",
@@ -73,8 +88,7 @@ def guard_refusal(
             if moment < ready:
                 return ReserveRefused("cooldown", retry_at=ready)
     if guard.max_concurrent > 0:
-        row = fetch_one(
-            db,
+        row = yield fetch_one(
             "SELECT COUNT(*) FROM ledger r WHERE r.guild_id = ? AND r.user_id = ? "
             "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
             f"WHERE x.job_id = r.job_id AND x.{JOB_KINDS} AND x.kind IN ('capture', 'release'))",
@@ -85,25 +99,24 @@ def guard_refusal(
             return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
     since = iso(guard.cap_since) if guard.cap_since else ""
     if guard.guild_cap is not None or guard.allotment is not None:
-        used = _spent(db, since, guild_id)
+        used = yield from _spent(since, guild_id)
         for reason, limit in (("allotment", guard.allotment), ("guild_cap", guard.guild_cap)):
             if limit is not None and used + amount > limit:
                 return ReserveRefused(reason, used=used, limit=limit)
     if guard.bot_cap is not None:
-        used = _spent(db, since, None)
+        used = yield from _spent(since, None)
         if used + amount > guard.bot_cap:
             return ReserveRefused("bot_budget", used=used, limit=guard.bot_cap)
     return None
 
 
-def _spent(db: sqlite3.Connection, since: str, guild_id: int | None) -> int:
+def _spent(since: str, guild_id: int | None) -> Body[int]:
     """Credits captured since `since`, provider spend nobody was charged for since then, and every
     open hold, for one guild (None: all of them)."""
     where = "" if guild_id is None else "AND guild_id = ?"
     held_where = "" if guild_id is None else "WHERE guild_id = ?"
     params = (since, since) if guild_id is None else (since, guild_id, since, guild_id, guild_id)
-    row = fetch_one(
-        db,
+    row = yield fetch_one(
         "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
         f"        WHERE kind = 'capture' AND created_at >= ? {where}), "
         f"       (SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend WHERE created_at >= ? {where}), "

@@ -71,13 +71,13 @@ class LedgerReports:
         """Accounts whose `held` differs from the sum of their open reservations:
         (guild_id, user_id, held, open). Empty unless the database was changed behind the bot's back."""
         rows = await self._db.all(
-            "SELECT a.guild_id, a.user_id, a.held, COALESCE(SUM(r.amount), 0) AS open FROM accounts a "
+            "SELECT a.guild_id, a.user_id, a.held, COALESCE(SUM(r.amount), 0) FROM accounts a "
             "LEFT JOIN ledger r ON r.guild_id = a.guild_id AND r.user_id = a.user_id "
             "AND r.kind = 'reserve' AND NOT EXISTS (SELECT 1 FROM ledger x "
             f"WHERE x.job_id = r.job_id AND x.{JOB_KINDS} AND x.kind IN ('capture', 'release')) "
-            "GROUP BY a.guild_id, a.user_id HAVING a.held != open"
+            "GROUP BY a.guild_id, a.user_id, a.held HAVING a.held != COALESCE(SUM(r.amount), 0)"
         )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     async def open_holds(self) -> list[OpenHold]:
         """Reservations never captured or released, with their job's state (for start-up reconciling)."""
@@ -143,7 +143,7 @@ class LedgerReports:
             "  WHERE kind = 'capture' AND created_at >= ? "
             "  UNION ALL SELECT guild_id, credits, 0 FROM absorbed_spend WHERE created_at >= ? "
             "  UNION ALL SELECT guild_id, 0, held FROM accounts WHERE held > 0"
-            ") GROUP BY guild_id",
+            ") AS spend GROUP BY guild_id",
             (iso(since), iso(since)),
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}

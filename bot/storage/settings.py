@@ -3,10 +3,9 @@ what run time learned about model routes (status and the notices owed to members
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from bot.storage.connection import Database, checked, fetch_all
+from bot.storage.connection import Body, Database, checked, execute_many, fetch_all
 
 _GUILD_POLICY_FIELDS = frozenset(
     {
@@ -94,12 +93,13 @@ class Settings:
     ) -> None:
         """Create or replace a role's whole tier (fields not given go back to "inherit")."""
         fields = checked(fields, _ROLE_TIER_FIELDS)
-        values = [fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)]
-        columns = ", ".join(sorted(_ROLE_TIER_FIELDS))
+        names = [*sorted(_ROLE_TIER_FIELDS), "updated_by", "updated_at"]
+        values = [*(fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)), actor_id, self._db.timestamp()]
+        replace = ", ".join(f"{name} = excluded.{name}" for name in names)
         await self._db.write_one(
-            f"INSERT OR REPLACE INTO role_tiers (guild_id, role_id, {columns}, updated_by, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (guild_id, role_id, *values, actor_id, self._db.timestamp()),
+            f"INSERT INTO role_tiers (guild_id, role_id, {', '.join(names)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"ON CONFLICT (guild_id, role_id) DO UPDATE SET {replace}",
+            (guild_id, role_id, *values),
         )
 
     async def delete_role_tier(self, guild_id: int, role_id: int) -> bool:
@@ -144,26 +144,25 @@ class Settings:
         `notice` for each member moved, in one transaction. Returns (user ids, guild ids) moved."""
         now = self._db.timestamp()
 
-        def body(db: sqlite3.Connection) -> tuple[list[int], list[int]]:
-            users = [
-                r[0] for r in fetch_all(db, "SELECT user_id FROM user_settings WHERE model = ?", (dead,))
-            ]
-            guilds = [
-                r[0]
-                for r in fetch_all(db, "SELECT guild_id FROM guild_policy WHERE default_model = ?", (dead,))
-            ]
-            db.execute(
-                "UPDATE user_settings SET model = ?, updated_at = ? WHERE model = ?", (replacement, now, dead)
-            )
-            db.execute(
-                "UPDATE guild_policy SET default_model = ?, updated_at = ? WHERE default_model = ?",
+        def body() -> Body[tuple[list[int], list[int]]]:
+            # Moved by the UPDATEs themselves (RETURNING), so a default changed meanwhile by another
+            # process is either moved and noticed or left alone, never one without the other.
+            users = yield fetch_all(
+                "UPDATE user_settings SET model = ?, updated_at = ? WHERE model = ? RETURNING user_id",
                 (replacement, now, dead),
             )
-            db.executemany(
-                "INSERT INTO model_notices (user_id, notice, created_at) VALUES (?, ?, ?)",
-                [(user_id, notice, now) for user_id in users],
+            guilds = yield fetch_all(
+                "UPDATE guild_policy SET default_model = ?, updated_at = ? WHERE default_model = ? "
+                "RETURNING guild_id",
+                (replacement, now, dead),
             )
-            return users, guilds
+            moved = sorted(r[0] for r in users)
+            if moved:
+                yield execute_many(
+                    "INSERT INTO model_notices (user_id, notice, created_at) VALUES (?, ?, ?)",
+                    [(user_id, notice, now) for user_id in moved],
+                )
+            return moved, sorted(r[0] for r in guilds)
 
         return await self._db.transaction(body)
 
@@ -172,13 +171,12 @@ class Settings:
         if await self._db.one("SELECT 1 FROM model_notices WHERE user_id = ? LIMIT 1", (user_id,)) is None:
             return []  # the common case reads only, without taking the write lock
 
-        def body(db: sqlite3.Connection) -> list[str]:
-            rows = fetch_all(
-                db, "SELECT notice FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
+        def body() -> Body[list[str]]:
+            # Taken and deleted by one statement: a notice added meanwhile is either returned or kept.
+            rows = yield fetch_all(
+                "DELETE FROM model_notices WHERE user_id = ? RETURNING rowid, notice", (user_id,)
             )
-            if rows:
-                db.execute("DELETE FROM model_notices WHERE user_id = ?", (user_id,))
-            return [str(r[0]) for r in rows]
+            return [str(notice) for _, notice in sorted(rows, key=lambda r: r[0])]
 
         return await self._db.transaction(body)
 

@@ -1,0 +1,140 @@
+"""Several processes on one database: each `Storage` below has its own connections (its own pool on
+PostgreSQL, its own connection and thread on SQLite), as separate bot processes would. Budgets,
+per-member limits and one settlement per job hold across them, and the books reconcile afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from itertools import cycle
+
+import pytest
+
+from bot.storage import Storage
+from bot.storage.ledger import LedgerConflict, NotEnoughCredits
+from bot.storage.limits import ReserveGuard, ReserveRefused
+
+PROCESSES = 3
+GUILD, OTHER_GUILD = 10, 11
+USERS = (20, 21, 22, 23)
+HOLD = 15
+MONTH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def processes(database_url: str) -> AsyncIterator[list[Storage]]:
+    stores = [await Storage.open(database_url) for _ in range(PROCESSES)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def new_job(storage: Storage, job_id: str, guild: int, user: int) -> str:
+    await storage.jobs.create_job(
+        job_id, guild_id=guild, user_id=user, channel_id=1, model="m", quality="low", size="auto", count=1
+    )
+    return job_id
+
+
+async def reserve(storage: Storage, job_id: str, guild: int, user: int, guard: ReserveGuard) -> bool:
+    try:
+        await storage.ledger.reserve(job_id, guild, user, HOLD, starting_credits=0, guard=guard)
+    except (ReserveRefused, NotEnoughCredits):
+        return False
+    return True
+
+
+async def assert_books_reconcile(storage: Storage) -> None:
+    """Every account's balance and holds equal the sums of its ledger rows, and nothing was created
+    or lost: what was granted is either still there, held, or captured."""
+    assert await storage.reports.held_mismatches() == []
+    for account in await storage.reports.all_accounts():
+        totals = await storage.reports.ledger_totals(account.guild_id, account.user_id)
+        assert (account.balance, account.held) == (totals.balance, totals.held)
+        assert account.balance + account.held == totals.granted - totals.captured
+
+
+async def fund(storage: Storage, credits: int) -> None:
+    for guild in (GUILD, OTHER_GUILD):
+        for user in USERS:
+            await storage.ledger.grant(guild, user, credits, actor_id=1, reason="x", starting_credits=0)
+
+
+async def test_processes_reserving_at_once_never_pass_the_bot_budget_or_a_servers_allotment(
+    processes: list[Storage],
+):
+    await fund(processes[0], 10_000)
+    budget = ReserveGuard(bot_cap=100, cap_since=MONTH)  # six holds of 15 fit, a seventh does not
+    allotted = ReserveGuard(bot_cap=100, allotment=45, cap_since=MONTH)  # GUILD: three holds
+    attempts = []
+    for i, store, user in zip(range(80), cycle(processes), cycle(USERS), strict=False):
+        guild = GUILD if i % 2 else OTHER_GUILD
+        job_id = await new_job(store, f"j{i}", guild, user)
+        attempts.append((store, job_id, guild, user, allotted if guild == GUILD else budget))
+    admitted = await asyncio.gather(*(reserve(*attempt) for attempt in attempts))
+    held = [attempt for attempt, ok in zip(attempts, admitted, strict=True) if ok]
+    assert len(held) == 6
+    assert sum(1 for _, _, guild, _, _ in held if guild == GUILD) <= 3
+    # Captured spend keeps counting: settle every hold from another process while more jobs try.
+    late = [await new_job(store, f"late{i}", OTHER_GUILD, USERS[0]) for i, store in enumerate(processes)]
+    settles = [
+        processes[(n + 1) % PROCESSES].ledger.capture(job_id, HOLD) for n, (_, job_id, *_) in enumerate(held)
+    ]
+    tries = [
+        reserve(store, job_id, OTHER_GUILD, USERS[0], budget)
+        for store, job_id in zip(processes, late, strict=True)
+    ]
+    outcomes = await asyncio.gather(*settles, *tries)
+    assert outcomes[len(settles) :] == [False] * PROCESSES
+    spent = await processes[1].reports.spend_by_guild(MONTH)
+    assert sum(used + holding for used, holding in spent.values()) == 6 * HOLD
+    await assert_books_reconcile(processes[2])
+
+
+async def test_a_members_running_jobs_limit_holds_across_processes(processes: list[Storage]):
+    await fund(processes[0], 10_000)
+    guard = ReserveGuard(max_concurrent=2)
+    jobs = [await new_job(store, f"m{i}", GUILD, USERS[1]) for i, store in zip(range(30), cycle(processes))]
+    admitted = await asyncio.gather(
+        *(reserve(store, job_id, GUILD, USERS[1], guard) for store, job_id in zip(cycle(processes), jobs))
+    )
+    assert sum(admitted) == 2
+    await assert_books_reconcile(processes[0])
+
+
+async def test_one_settlement_per_job_when_processes_race_to_capture_and_release(processes: list[Storage]):
+    await fund(processes[0], 1_000)
+    jobs = [await new_job(processes[0], f"s{i}", GUILD, USERS[i % len(USERS)]) for i in range(12)]
+    for i, job_id in enumerate(jobs):  # the same job reserved by every process at once: held once
+        reserved = await asyncio.gather(
+            *(
+                p.ledger.reserve(job_id, GUILD, USERS[i % len(USERS)], 20, starting_credits=0)
+                for p in processes
+            )
+        )
+        assert len({(a.balance, a.held) for a in reserved}) == 1
+
+    async def settle(storage: Storage, job_id: str, how: str) -> str:
+        try:
+            if how == "release":
+                await storage.ledger.release(job_id)
+            else:
+                await storage.ledger.capture(job_id, 7)
+        except LedgerConflict:
+            return "conflict"
+        return how
+
+    races = [
+        settle(p, job_id, how)
+        for job_id in jobs
+        for p, how in zip(processes, ("capture", "release", "capture"), strict=True)
+    ]
+    await asyncio.gather(*races)
+    for job_id in jobs:
+        kinds = sorted(row["kind"] for row in await processes[1].reports.ledger_rows(job_id))
+        assert kinds in (["capture", "reserve"], ["release", "reserve"])
+    assert await processes[2].reports.open_holds() == []
+    await assert_books_reconcile(processes[0])
