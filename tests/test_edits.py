@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
-from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions
+from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions, RetouchError
 from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -150,11 +150,16 @@ async def test_concurrent_jobs_never_overspend(make_service, fake, storage):
         try:
             await run_to_end(service, job)
             return "ok"
-        except InsufficientCredits:
+        except RetouchError as exc:
+            # Refused at the hold (InsufficientCredits) or, once the balance is gone, by the up-front
+            # check before any download: both are "not enough credits", and neither holds anything.
+            if exc.code != "insufficient_credits":
+                raise
             return "refused"
 
     results = await asyncio.gather(*(attempt() for _ in range(200)))
     assert results.count("ok") == k
+    assert results.count("refused") == 200 - k
     assert fake.post_count == k
     account = await storage.ledger.get_account(GUILD, USER)
     assert (account.balance, account.held) == (0, 0)
