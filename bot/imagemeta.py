@@ -82,12 +82,11 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
 
 
 def _strip_png(data: bytes) -> bytes:
-    out = [PNG_SIGNATURE]
-    for kind, start, end in _png_chunks(data):
-        critical = kind[:1].isupper()
-        if critical or kind in PNG_KEPT_ANCILLARY:
-            out.append(data[start:end])
-    return b"".join(out)
+    chunks = list(_png_chunks(data))
+    kept = [(start, end) for kind, start, end in chunks if kind[:1].isupper() or kind in PNG_KEPT_ANCILLARY]
+    if len(kept) == len(chunks) and chunks[-1][2] == len(data):
+        return data  # nothing to drop: no copy of a multi-MB file, nor a comparison with one
+    return b"".join([PNG_SIGNATURE, *(data[start:end] for start, end in kept)])
 
 
 def png_pixels_intact(data: bytes) -> bool:

@@ -262,3 +262,14 @@ def test_the_shortcut_changes_no_upload_check_result(
     shortcut = validate_image(data, **LIMITS)
     monkeypatch.setattr(imaging, "png_pixels_intact", lambda _: False)
     assert validate_image(data, **LIMITS) == shortcut
+
+
+def test_a_png_without_metadata_comes_back_as_the_same_object_and_anything_else_is_stripped() -> None:
+    """Nothing to drop: the upload's own bytes, not a copy. A text chunk, or bytes after IEND, are
+    still removed (the copy is then made)."""
+    stream = zlib.compress(rows_stream(40, 30, 3, [0, 1, 4], seed=1))
+    plain = crafted_png(40, 30, stream)
+    assert strip_metadata(plain, "image/png") is plain
+    with_text = crafted_png(40, 30, stream, before=(TEXT,))
+    assert strip_metadata(with_text, "image/png") == plain
+    assert strip_metadata(plain + b"trailing", "image/png") == plain

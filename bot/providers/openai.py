@@ -238,7 +238,7 @@ def moderation_body(text: str | None, image: tuple[str, bytes] | None) -> bytes:
         return head
     mime, data = image
     before, _, after = head.rpartition(_IMAGE_SLOT.encode())
-    return before + f"data:{mime};base64,".encode() + base64.b64encode(data) + after
+    return b"".join((before, f"data:{mime};base64,".encode(), base64.b64encode(data), after))
 
 
 def parse_moderation(payload: object, *, provider: str = "openai") -> ModerationVerdict:
