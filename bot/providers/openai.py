@@ -29,7 +29,6 @@ shared HTTP rules already live in `bot.providers.http`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
@@ -41,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import aiohttp.payload
+import pybase64
 
 from bot.domain.options import Usage
 from bot.providers.base import EditRequest, EditResult, ListedModel, OutputImage, ProviderHealth
@@ -238,7 +238,7 @@ def moderation_body(text: str | None, image: tuple[str, bytes] | None) -> bytes:
         return head
     mime, data = image
     before, _, after = head.rpartition(_IMAGE_SLOT.encode())
-    return b"".join((before, f"data:{mime};base64,".encode(), base64.b64encode(data), after))
+    return b"".join((before, f"data:{mime};base64,".encode(), pybase64.b64encode(data), after))
 
 
 def parse_moderation(payload: object, *, provider: str = "openai") -> ModerationVerdict:

@@ -47,7 +47,6 @@ Decisions on the spec's OPEN points (providers.md §8.8):
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -57,6 +56,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Unpack
 
 import aiohttp
+import pybase64
 
 from bot.domain.options import parse_size
 from bot.providers.base import EditRequest, EditResult, OutputImage, ProviderHealth
@@ -338,7 +338,7 @@ class SegmindProvider(ResellerAdapter):
 
     async def _upload(self, files: list[tuple[bytes, str]], deadline: float) -> list[str]:
         """All files in one call (the SDK's batch JSON form); returns their public URLs in order."""
-        data_urls = [f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" for data, mime in files]
+        data_urls = [f"data:{mime};base64,{pybase64.b64encode(data).decode('ascii')}" for data, mime in files]
         resp = await self._client.call(
             "POST", self._upload_url, deadline=deadline, json={"data_urls": data_urls}
         )
