@@ -47,6 +47,7 @@ class JobResults(EngineCore):
         await self.storage.jobs.set_job_state(
             job.id,
             JobState.COMPLETED,
+            owner=self.owner,
             provider=result.provider,
             provider_request_id=result.request_id or (",".join(job.submitted) or None),
             result=json.dumps(record),
