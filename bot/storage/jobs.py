@@ -224,6 +224,15 @@ class Jobs:
         params = (provider, provider_job_id, provider_job_id, self._db.timestamp(), job_id)
         await self._write_owned(job_id, sql, params, owner)
 
+    async def check_held(self, job_id: str, owner: str) -> None:
+        """Raise LeaseLost unless `owner` holds the job now (before work outside the database, such as
+        writing its result files into a folder other processes share)."""
+
+        def body() -> Body[None]:
+            yield from held_by(job_id, owner)
+
+        await self._db.transaction(body)
+
     async def _write_owned(self, job_id: str, sql: str, params: tuple[Any, ...], owner: str | None) -> None:
         sql, params = _fenced(sql, params, owner)
         if not await self._db.write_one(sql, params) and owner is not None:
