@@ -97,7 +97,8 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             # With SQLite this process serves every shard; with PostgreSQL the shards are shared out
             # among every process on that database, through leases in it.
             pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
-            shards = None if sync else shard_sharing(settings, pool=pool)
+            owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
+            shards = None if sync else shard_sharing(settings, pool=pool, owner=owner)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
