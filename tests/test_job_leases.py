@@ -17,22 +17,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bot.errors import RetouchError
 from bot.jobs.model import db_time
-from bot.providers.openai import OpenAIProvider
-from bot.providers.wavespeed import WaveSpeedProvider
 from bot.services.edits import EditOptions, EditService
 from bot.storage import Storage
 from bot.storage.jobs import LeaseLost
-from tests.durable import CATALOG, PHOTO
+from tests.durable import PHOTO
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import edit_service, provider_env, settings_for
 from tests.live import run_to_end
-from tests.test_engine import ALICE, BOB, FAST, GUILD, Clock, Recorder, job, kinds, state, submit, wait_state
+from tests.test_engine import (
+    ALICE,
+    BOB,
+    GUILD,
+    Clock,
+    Recorder,
+    engine_processes,
+    job,
+    kinds,
+    state,
+    submit,
+    wait_state,
+)
 
 LEASE = 30.0
 
@@ -194,38 +202,15 @@ async def process(
 ) -> AsyncIterator[Factory]:
     """`await process(name)`: an EditService on the test's PostgreSQL schema, sharing DATA_DIR and the
     clock with every other one (as processes on one host and one volume do). Its lease rounds are run by
-    the test (`engine.lease_round()`), never in the background."""
-    opened: list[tuple[Storage, EditService]] = []
-    async with aiohttp.ClientSession() as session:
+    the test (`engine.lease_round()`) unless it calls `engine.start()`."""
+    async with engine_processes(openai, wavespeed, tmp_path, clock, postgres_url) as build:
 
-        async def build(name: str, **env: str) -> tuple[EditService, Recorder]:
-            env = {**provider_env("wavespeed", wavespeed), "STARTING_CREDITS": "1000", **env}
-            settings = settings_for(tmp_path, openai, JOB_LEASE_SECONDS=str(LEASE), **env)
-            storage = await Storage.open(postgres_url, clock=clock)
-            providers = {
-                "openai": OpenAIProvider(
-                    session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5
-                ),
-                "wavespeed": WaveSpeedProvider(
-                    session,
-                    wavespeed.api_key,
-                    wavespeed.base_url,
-                    policy=FAST,
-                    poll_interval=0.01,
-                    max_poll_interval=0.02,
-                ),
-            }
-            service = edit_service(settings, CATALOG, storage, providers, approve=[GUILD])
+        async def named(name: str, **env: str) -> tuple[EditService, Recorder]:
+            service, recorder = await build(JOB_LEASE_SECONDS=str(LEASE), **env)
             service.engine.owner = name
-            recorder = Recorder()
-            service.engine.attach_delivery(recorder)
-            opened.append((storage, service))
             return service, recorder
 
-        yield build
-        for storage, service in opened:
-            await service.drain(0)
-            await storage.close()
+        yield named
 
 
 async def completed_job(service: EditService, owner: str) -> str:
