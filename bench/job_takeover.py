@@ -205,7 +205,7 @@ def main() -> int:
             [
                 "event",
                 "jobs",
-                "at WaveSpeed",
+                "at WaveSpeed after",
                 "all taken over after (s)",
                 "after the lease ran out (s)",
                 "new owners",
