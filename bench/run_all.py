@@ -26,6 +26,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench.bursts", [], ["--count", "10"]),
     # Needs PostgreSQL (RETOUCH_TEST_DATABASE_URL); says so and passes without it.
     ("bench.shard_takeover", [], ["--lease", "6", "--runs", "1"]),
+    ("bench.job_takeover", [], ["--lease", "6", "--runs", "1"]),
     ("bench.burst_memory", [], ["--count", "50"]),
 )
 

@@ -97,7 +97,11 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             # With SQLite this process serves every shard; with PostgreSQL the shards are shared out
             # among every process on that database, through leases in it.
             pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
-            shards = None if sync else shard_sharing(settings, pool=pool)
+            owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
+            # Every live process calls the providers with the same accounts: each takes its part of
+            # their ceilings (PROVIDER_MAX_CONCURRENT and the like).
+            share = services.edits.router.limiter.share_with
+            shards = None if sync else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -163,14 +163,27 @@ def build_providers(
     return built
 
 
-def shard_sharing(settings: Settings, pool: asyncpg.Pool | None) -> ShardSharing | None:
+def shard_sharing(
+    settings: Settings,
+    pool: asyncpg.Pool | None,
+    *,
+    owner: str | None = None,
+    on_fleet: Callable[[int], None] | None = None,
+) -> ShardSharing | None:
     """Which gateway shards this process serves. With PostgreSQL (`pool`), its share among every process
-    on that database; otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
-    recommended count, as discord.py picks it."""
+    on that database, under the name `owner` (the job engine's, so one name says which process holds a
+    shard or a job), telling `on_fleet` how many processes are alive after every round; otherwise all of
+    them: SHARD_COUNT's, or when it is 0 (None here) Discord's recommended count, as discord.py picks it."""
     if pool is not None:
         lease = settings.shard_lease_seconds
         store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
-        return ShardCoordinator(store, lease_seconds=lease, shard_count=settings.shard_count or None)
+        return ShardCoordinator(
+            store,
+            lease_seconds=lease,
+            shard_count=settings.shard_count or None,
+            owner=owner,
+            on_fleet=on_fleet,
+        )
     return StaticShards(settings.shard_count) if settings.shard_count else None
 
 

@@ -105,10 +105,16 @@ class _Provider:
         self.refused_at: int | None = None
         self.refused_time = 0.0
         self.waiters: list[asyncio.Future[None]] = []
+        self.share = 1  # live processes calling this provider with the same account (`share_with`)
 
     @property
     def allowed(self) -> int:
-        return max(1, math.floor(self.limit + 1e-9))
+        learned = max(1, math.floor(self.limit + 1e-9))
+        if self.ceiling is None or self.share <= 1:
+            return learned
+        # The ceiling is the account's, so the live processes split it; what this process learned from
+        # its own 429s (already below its part) stays its own.
+        return min(learned, max(1, self.ceiling // self.share))
 
 
 class ProviderLimiter:
@@ -146,6 +152,15 @@ class ProviderLimiter:
     def fixed(cls, limits: Mapping[str, int], **kwargs: object) -> ProviderLimiter:
         """Limits that start at their ceiling (the old fixed caps); 429s can still lower them."""
         return cls({name: (n, n) for name, n in limits.items() if n > 0}, **kwargs)  # type: ignore[arg-type]
+
+    def share_with(self, processes: int) -> None:
+        """`processes` live processes (this one included) call the providers with the same accounts:
+        each gets an even part of every provider's ceiling (bot.sharding reports the fleet each round)."""
+        share = max(1, processes)
+        for state in self._providers.values():
+            if state.share != share:
+                state.share = share
+                self._wake(state)  # a process fewer: the others' parts grew
 
     # -- reading -------------------------------------------------------------------------------------
 

@@ -129,6 +129,9 @@ class Settings:
     # shared out among the running processes by leases of this length; with SQLite one process runs all.
     shard_count: int = 0
     shard_lease_seconds: float = 30.0
+    # With PostgreSQL, the process that runs a job holds it by a lease of this length, renewed every third
+    # of it (bot/jobs/leases.py); a dead process's jobs are taken over by the others when theirs run out.
+    job_lease_seconds: float = 30.0
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -399,6 +402,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         shard_count=r.number("SHARD_COUNT", _default("shard_count"), int, 0),
         # A round every third of the lease: under 3 s, rounds would come faster than once a second.
         shard_lease_seconds=r.number("SHARD_LEASE_SECONDS", _default("shard_lease_seconds"), float, 3),
+        job_lease_seconds=r.number("JOB_LEASE_SECONDS", _default("job_lease_seconds"), float, 3),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

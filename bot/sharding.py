@@ -135,7 +135,8 @@ class ShardCoordinator:
     """This process's share of the shards, kept by leases in PostgreSQL (see the module docstring).
 
     `shard_count` None: the fleet's count, or Discord's recommended count for the first process.
-    `monotonic` measures how long ago the leases were last renewed (injectable for tests).
+    `monotonic` measures how long ago the leases were last renewed (injectable for tests); `on_fleet` hears
+    the number of live processes after every round.
     """
 
     shared = True
@@ -149,6 +150,7 @@ class ShardCoordinator:
         owner: str | None = None,
         settle_seconds: float = JOIN_SETTLE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        on_fleet: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.owner = owner or process_name()
@@ -157,6 +159,8 @@ class ShardCoordinator:
         self.configured_count = shard_count
         self.settle_seconds = settle_seconds
         self._monotonic = monotonic
+        # Told how many processes are alive after every round (the provider limits split by it).
+        self.on_fleet = on_fleet
         self.plan = ShardPlan(shard_count or 0, frozenset())
         self._serve: Serve | None = None
         self._renewed_at = -math.inf
@@ -235,6 +239,8 @@ class ShardCoordinator:
         held = await self._within(self.store.renew(self.owner), deadline=True)
         self._renewed_at = started
         owners = fleet.owners
+        if self.on_fleet is not None:
+            self.on_fleet(len(owners))
         # Live processes renew long before their leases run out, so only a dead one's lease ends before
         # the next regular round: its shards are claimed right then, one lease after its last renewal.
         soon = self.interval if fleet.next_expiry is None else fleet.next_expiry + EXPIRY_SLACK_SECONDS

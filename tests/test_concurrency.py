@@ -135,6 +135,35 @@ async def test_calls_over_the_limit_wait_for_a_slot() -> None:
     assert await asyncio.gather(*tasks) == ["ok"] * 5
 
 
+async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goes_to_the_others() -> None:
+    time = FakeTime()
+    lim = ProviderLimiter({"p": (6, 6), "free": (4, None)}, clock=time, sleep=time.sleep)
+    lim.share_with(3)  # three processes, one account at the provider: two calls each
+    assert (lim.limit("p"), lim.limit("free")) == (2, 4)  # no ceiling: nothing to split
+    lim.share_with(4)
+    assert lim.limit("p") == 1  # never below one call
+    lim.share_with(2)
+    gate = asyncio.Event()
+    started = 0
+
+    async def held() -> str:
+        nonlocal started
+        started += 1
+        await gate.wait()
+        return "ok"
+
+    tasks = [asyncio.ensure_future(lim.call("p", held)) for _ in range(6)]
+    await settle(lambda: started == 3)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert started == 3
+    lim.share_with(1)  # the other process died: its part is this one's, and waiting calls go at once
+    await settle(lambda: started == 6)
+    assert lim.limit("p") == 6
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["ok"] * 6
+
+
 # -- decrease, Retry-After, deadline ------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ process can leave a job in (the SIGKILL tests in test_restart.py do the same wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import io
@@ -110,17 +111,19 @@ def job(user: int = ALICE, model: str = "gpt-image-1.5") -> EditJob:
 Factory = Callable[..., Any]
 
 
-@pytest.fixture
-async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> AsyncIterator[Factory]:
-    """Build an EditService (one "process") on the shared database file and data folder."""
+@contextlib.asynccontextmanager
+async def engine_processes(
+    openai: FakeOpenAI, wavespeed: FakeWaveSpeed, data_dir: Path, clock: Clock, database: str | None = None
+) -> AsyncIterator[Factory]:
+    """`await build(**env)`: an EditService (one "process") on the shared `database` (default: the SQLite
+    file in `data_dir`) and data folder, with a recording Delivery; all drained and closed at the end."""
     opened: list[tuple[Storage, EditService]] = []
-    clock = Clock()
     async with aiohttp.ClientSession() as session:
 
         async def build(**env: str) -> tuple[EditService, Recorder]:
             env = {**provider_env("wavespeed", wavespeed), "STARTING_CREDITS": "1000", **env}
-            settings = settings_for(tmp_path, openai, **env)
-            storage = await Storage.open(settings.database_path, clock=clock)
+            settings = settings_for(data_dir, openai, **env)
+            storage = await Storage.open(database or settings.database_path, clock=clock)
             providers = {
                 "openai": OpenAIProvider(
                     session, openai.api_key, openai.base_url, policy=FAST, call_timeout=5
@@ -141,10 +144,19 @@ async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> 
             return service, recorder
 
         build.clock = clock  # type: ignore[attr-defined]
+        try:
+            yield build
+        finally:
+            for storage, service in opened:
+                await service.drain(0)
+                await storage.close()
+
+
+@pytest.fixture
+async def make(openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path) -> AsyncIterator[Factory]:
+    """Build an EditService (one "process") on the shared database file and data folder."""
+    async with engine_processes(openai, wavespeed, tmp_path, Clock()) as build:
         yield build
-        for storage, service in opened:
-            await service.drain(0)
-            await storage.close()
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109

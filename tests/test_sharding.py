@@ -183,7 +183,10 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     fleet = Fleet(store, clock)
     for name in ("a", "b", "c"):
         await fleet.start(name)
+    sizes: list[int] = []  # what a's provider limits hear: how many processes share them
+    fleet.processes["a"].on_fleet = sizes.append
     await fleet.rounds(2)
+    assert sizes == [3, 3]
     dead = fleet.serving()["c"]
     assert len(dead) == 1
     # c is killed: it neither renews nor releases. Until its lease runs out nobody takes its shard.
@@ -192,6 +195,7 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     assert set((await store.holders()).values()) == {"a", "b", "c"}
     # A third round is one lease after c's last renewal: its shard is taken over, within that round.
     await fleet.rounds(1, "a", "b")
+    assert sizes[-1] == 2  # c no longer counts as alive: a's part of each provider's ceiling grows
     assert fleet.serving()["a"] | fleet.serving()["b"] == {0, 1, 2}
     assert disjoint([fleet.serving()["a"], fleet.serving()["b"]])
     assert set((await store.holders()).values()) == {"a", "b"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections import deque
@@ -35,7 +36,9 @@ from bot.jobs.model import (
 )
 from bot.lifecycle import ModelLifecycle
 from bot.routing import Router
+from bot.sharding import process_name
 from bot.storage import Storage
+from bot.storage.jobs import JobRow
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,7 @@ class EngineCore:
         files: JobFiles,
         observers: list[JobObserver],
         lifecycle: ModelLifecycle,
+        owner: str | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -152,8 +156,15 @@ class EngineCore:
         self._turns = FairTurns()  # the queue's order (members and servers take turns)
         self._feedback_task: asyncio.Task[None] | None = None
         self._feedback_offered = asyncio.Event()  # wakes the sender early: a new job's line is due now
+        # Job leases (bot.jobs.leases): this process's name on the jobs it runs, and whether other
+        # processes share the database (PostgreSQL) and so may take over jobs whose lease ran out.
+        self.owner = owner or process_name()
+        self.shared = storage.db.shared
+        self.lease = dt.timedelta(seconds=settings.job_lease_seconds)
+        self._lease_task: asyncio.Task[None] | None = None
 
-    # -- implemented by JobEngine (`_end` by its endings part); declared here for the other parts --
+    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery); declared here for
+    # the other parts --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
@@ -162,6 +173,9 @@ class EngineCore:
         raise NotImplementedError
 
     async def _end(self, job: ActiveJob, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
         raise NotImplementedError
 
     # -- small helpers -----------------------------------------------------------------------------

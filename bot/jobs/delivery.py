@@ -62,7 +62,10 @@ class JobDelivery(EngineCore):
                 log.info("job %s: its result was already posted (%s) before the restart", job.id, found.via)
                 await self._delivered(job, outcome, found)
                 return
-        await self.storage.jobs.update_job(job.id, delivery_attempted_at=db_time(self.storage.now()))
+        # The delivery record: a process that lost the job stops here, before posting anything.
+        await self.storage.jobs.update_job(
+            job.id, owner=self.owner, delivery_attempted_at=db_time(self.storage.now())
+        )
         delivered = None
         if job.live is not None:
             try:
@@ -131,7 +134,12 @@ class JobDelivery(EngineCore):
 
     async def _delivered(self, job: ActiveJob, outcome: EditOutcome, where: Delivered) -> None:
         settled = await self.storage.ledger.settle_delivered(
-            job.id, outcome.charged, via=where.via, channel_id=where.channel_id, message_id=where.message_id
+            job.id,
+            outcome.charged,
+            via=where.via,
+            channel_id=where.channel_id,
+            message_id=where.message_id,
+            owner=self.owner,
         )
         if settled is not None:
             outcome = replace(outcome, charged=settled[1])
@@ -161,10 +169,15 @@ class JobDelivery(EngineCore):
         ref = new_reference()
         # Free to the member, but the provider was paid: it still counts against the budgets.
         await self.storage.ledger.settle_released(
-            job.id, JobState.FAILED, error_code="undeliverable", error_ref=ref, absorbed=outcome.charged
+            job.id,
+            JobState.FAILED,
+            error_code="undeliverable",
+            error_ref=ref,
+            absorbed=outcome.charged,
+            owner=self.owner,
         )
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)
-        await self.storage.jobs.update_job(job.id, files_expire_at=db_time(keep))
+        await self.storage.jobs.update_job(job.id, owner=self.owner, files_expire_at=db_time(keep))
         log.error(
             "job %s: result could not be delivered anywhere (ref %s); released, files kept in %s until %s",
             job.id,

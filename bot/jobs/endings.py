@@ -18,6 +18,7 @@ from bot.jobs.model import JobCancelled, JobFailed, JobInterrupted, JobSpec, Job
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.providers import errors as perr
 from bot.routing import route_reserve_usd
+from bot.storage.jobs import LeaseLost
 from bot.storage.ledger import LedgerConflict
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ class JobEndings(EngineCore):
         try:
             absorbed = await self._maybe_billed(job, exc)
             await self.storage.ledger.settle_released(
-                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed
+                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
             )
+        except LeaseLost:
+            log.warning("job %s: another process took it over; it settles it (ref %s)", job.id, ref)
+            return
         except LedgerConflict:
             # Captured means posted: the member has the result and was charged for it. Say so.
             log.error("job %s: failed after it was delivered and charged (ref %s)", job.id, ref, exc_info=exc)
@@ -107,8 +111,11 @@ class JobEndings(EngineCore):
             return False
         try:
             settled = await self.storage.ledger.settle_cancelled_at_provider(
-                job.id, charged, error_code="cancelled_at_provider", error_ref=ref
+                job.id, charged, error_code="cancelled_at_provider", error_ref=ref, owner=self.owner
             )
+        except LeaseLost:
+            log.warning("job %s: another process took it over before its cancel was charged", job.id)
+            return True  # nothing more to do here: that process settles it
         except LedgerConflict:
             return False
         charged = settled[1] if settled is not None else 0

@@ -40,7 +40,7 @@ from bot.jobs.recovery import JobRecovery
 from bot.jobs.results import JobResults
 from bot.jobs.running import ProviderRun
 from bot.messages import CANCELLED_AT_PROVIDER, SUSPENDED_AT_PROVIDER
-from bot.storage.jobs import TERMINAL_STATES
+from bot.storage.jobs import TERMINAL_STATES, LeaseLost
 from bot.storage.ledger import NotEnoughCredits
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 origin_message_id=origin.message_id,
                 deadline_at=db_time(now + dt.timedelta(seconds=self.settings.queue_timeout_seconds)),
                 files_expire_at=db_time(now + dt.timedelta(hours=self.settings.input_retention_hours)),
+                owner=self.owner,
+                lease_expires_at=self.lease_until(),
             )
         except BaseException:
             await asyncio.to_thread(self.files.remove, job_id)
@@ -210,7 +212,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             raise
 
     async def _refused(self, job: ActiveJob, code: str) -> None:
-        await self.storage.ledger.settle_released(job.id, JobState.FAILED, error_code=code)
+        await self.storage.ledger.settle_released(job.id, JobState.FAILED, error_code=code, owner=self.owner)
         await asyncio.to_thread(self.files.remove, job.id)
         await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
         self._finished(job, JobState.FAILED, None, 0, code)
@@ -307,6 +309,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 outcome = await self._complete(job, spec, served)
                 del served  # the provider's images: while it is posted, only what is posted stays
             await self._deliver(job, row, spec, outcome)
+        except LeaseLost:
+            # Another process claimed it while this one could not renew: that process settles it.
+            log.warning("job %s: another process took it over; stopped here without settling it", job.id)
         except SuspendJob:
             log.info(
                 "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)

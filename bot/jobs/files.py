@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class JobFiles:
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             path = self._path(job_id, name)
-            tmp = path.with_suffix(path.suffix + ".tmp")
+            # A name of its own: with a shared DATA_DIR, a process that lost a job may still be writing.
+            tmp = path.with_suffix(f"{path.suffix}.{secrets.token_hex(4)}.tmp")
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -1,7 +1,8 @@
 """Start-up and shutdown: recovery, quarantine of unreadable rows, the sweep of old files, the watchdog,
 and the drain that stops taking work without losing any.
 
-Part of `JobEngine` (a mixin over `EngineCore`).
+Part of `JobEngine` (a mixin over `JobLeases`: jobs claimed from a dead process are resumed by the same
+`_adopt` as those found at start-up).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from typing import Any
 
 from bot.errors import new_reference
-from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob, EngineCore
+from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
+from bot.jobs.leases import CLAIM_BATCH, JobLeases
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.messages import RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
@@ -27,15 +29,17 @@ WATCHDOG_INTERVAL_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 3600.0
 
 
-class JobRecovery(EngineCore):
+class JobRecovery(JobLeases):
     """JobEngine's start and stop: pick up what the last process left; stop overdue jobs; sweep old
     files; drain at shutdown."""
 
     async def start(self) -> None:
-        """Recover what the last process left, then run the watchdog. Call once, before commands."""
+        """Recover what the last process left, then run the watchdog (and, on a shared database, the
+        job leases: bot.jobs.leases). Call once, before commands."""
         await self.recover()
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="retouch-watchdog")
+        self._start_leases()
 
     async def drain(self, grace: float) -> int:
         """Stop taking jobs; let running ones finish for up to `grace` seconds; returns how many were
@@ -77,6 +81,10 @@ class JobRecovery(EngineCore):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
         await self._flush_background()
+        # Leases were renewed while jobs finished; what is left here now goes to the other processes.
+        await self._stop_leases()
+        with contextlib.suppress(Exception):  # they run out by themselves within one lease
+            await self.hand_back()
         return aborted
 
     async def recover(self) -> dict[str, int]:
@@ -93,16 +101,17 @@ class JobRecovery(EngineCore):
             ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
         )
         self._durations.extend(await self.storage.jobs.recent_run_seconds(ETA_WINDOW))
-        for row in await self.storage.jobs.jobs_in_states(LIVE_STATES):
-            if row.id in self._jobs:
-                continue
-            try:
-                outcome = await self._recover_one(row)
-            except Exception as exc:
-                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
-                # keep every other job and the bot itself from starting.
-                outcome = await self._quarantine(row, exc)
-            counts[outcome] += 1
+        while True:
+            # One process (SQLite): every live job is this one's now. Several (PostgreSQL): those nobody
+            # holds, or whose holder stopped renewing; live processes keep theirs.
+            now, until = db_time(self.storage.now()), self.lease_until()
+            claimed = await self.storage.jobs.claim_jobs(
+                self.owner, now, until, limit=CLAIM_BATCH, every=not self.shared
+            )
+            for key, value in (await self._adopt(claimed)).items():
+                counts[key] += value
+            if len(claimed) < CLAIM_BATCH:
+                break
         counts["orphan_holds"] = await self._release_orphan_holds()
         for guild_id, user_id, held, open_ in await self.storage.reports.held_mismatches():
             log.error(
@@ -119,6 +128,25 @@ class JobRecovery(EngineCore):
         if any(counts.values()):
             log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         self._pump()
+        return counts
+
+    async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
+        """Resume jobs this process just claimed, whether at start-up or from a dead process: the one
+        code path for both. Returns how many ended up requeued, resumed, delivering, released or
+        quarantined."""
+        counts = dict.fromkeys(("requeued", "resumed", "delivering", "released", "quarantined"), 0)
+        for row in rows:
+            if row.id in self._jobs:  # its lease lapsed here, but this process still runs it
+                continue
+            try:
+                outcome = await self._recover_one(row)
+            except Exception as exc:
+                # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
+                # keep every other job and the bot itself from starting.
+                outcome = await self._quarantine(row, exc)
+            counts[outcome] += 1
+        if rows:
+            self._pump()
         return counts
 
     async def _recover_one(self, row: JobRow) -> str:
@@ -150,7 +178,7 @@ class JobRecovery(EngineCore):
             else "restart_outcome_unknown"
         )
         await self.storage.ledger.settle_released(
-            row.id, JobState.CANCELLED, error_code=code, error_ref=new_reference()
+            row.id, JobState.CANCELLED, error_code=code, error_ref=new_reference(), owner=self.owner
         )
         await asyncio.to_thread(self.files.remove, row.id)
         await self.storage.jobs.forget_job_details(row.id)  # the prompt goes with the images
@@ -176,7 +204,7 @@ class JobRecovery(EngineCore):
         )
         try:
             await self.storage.ledger.settle_released(
-                row.id, JobState.FAILED, error_code="quarantined", error_ref=ref
+                row.id, JobState.FAILED, error_code="quarantined", error_ref=ref, owner=self.owner
             )
         except Exception as settle_exc:
             log.error("recovery: could not settle quarantined job %s: %s", row.id, type(settle_exc).__name__)

@@ -33,6 +33,7 @@ class JobResults(EngineCore):
         if spec.mask is not None and spec.mask.keep_outside:
             result = await self._restore_outside(job.id, spec, result)
         files = await self._fit(job.id, result, spec.upload_limit)
+        await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
         notices = (served.notice,) if served.notice else ()
         record = {
@@ -47,6 +48,7 @@ class JobResults(EngineCore):
         await self.storage.jobs.set_job_state(
             job.id,
             JobState.COMPLETED,
+            owner=self.owner,
             provider=result.provider,
             provider_request_id=result.request_id or (",".join(job.submitted) or None),
             result=json.dumps(record),

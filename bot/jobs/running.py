@@ -33,7 +33,7 @@ from bot.jobs.model import (
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, InputImage
 from bot.routing import Served
-from bot.storage.jobs import JobRow
+from bot.storage.jobs import JobRow, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class ProviderRun(EngineCore):
         timeout = self.settings.job_timeout_seconds
         await self.storage.jobs.update_job(
             job.id,
+            owner=self.owner,
             started_at=db_time(started),
             deadline_at=db_time(started + dt.timedelta(seconds=timeout + DEADLINE_GRACE_SECONDS)),
         )
@@ -76,13 +77,18 @@ class ProviderRun(EngineCore):
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
+            # The last write before the paid call: a process that lost the job never makes it.
             await self.storage.jobs.set_job_state(
-                job.id, JobState.SUBMITTING, provider=route.provider, provider_model=route.model
+                job.id,
+                JobState.SUBMITTING,
+                owner=self.owner,
+                provider=route.provider,
+                provider_model=route.model,
             )
 
         async def submitted(route: Route, provider_job_id: str) -> None:
             job.submitted.append(provider_job_id)
-            await self.storage.jobs.mark_submitted(job.id, route.provider, provider_job_id)
+            await self.storage.jobs.mark_submitted(job.id, route.provider, provider_job_id, owner=self.owner)
 
         def calling(route: Route, sent: bool) -> None:
             # A paid call is out: from here a cancel is charged (the provider bills what it started).
@@ -126,7 +132,9 @@ class ProviderRun(EngineCore):
             moved = replace(
                 spec, model=candidate.id, model_name=candidate.name, notices=(*spec.notices, notice)
             )
-            await self.storage.jobs.update_job(job.id, model=candidate.id, spec=moved.to_json())
+            await self.storage.jobs.update_job(
+                job.id, owner=self.owner, model=candidate.id, spec=moved.to_json()
+            )
             log.warning("job %s: %s is gone at every provider; moving to %s", job.id, dead.id, candidate.id)
             return candidate, moved
         raise self._retired(job, dead, lifecycle.dead_message(dead, mid_run=True))
@@ -155,7 +163,7 @@ class ProviderRun(EngineCore):
         left = (started - self.storage.now()).total_seconds() + self.settings.job_timeout_seconds
         window = max(left, RESUME_MIN_SECONDS)
         deadline = self.storage.now() + dt.timedelta(seconds=window + DEADLINE_GRACE_SECONDS)
-        await self.storage.jobs.update_job(job.id, deadline_at=db_time(deadline))
+        await self.storage.jobs.update_job(job.id, owner=self.owner, deadline_at=db_time(deadline))
         log.info(
             "job %s: resuming %s at %s (%.0f s left)", job.id, ",".join(job.submitted), job.provider, window
         )
@@ -253,6 +261,8 @@ class ProviderRun(EngineCore):
                 return JobInterrupted()
             case "timeout":
                 return JobTimedOut(queued=False)
+            case "lost":
+                return LeaseLost(job.id)
             case _:
                 return JobCancelled()
 

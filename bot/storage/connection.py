@@ -30,6 +30,10 @@ What a backend must provide (`Database`):
   PostgreSQL runs it again after a deadlock or serialization failure.
 - `write_one(sql, params)`: one statement in its own write transaction, returning its row count.
 - `Error`: the driver's exception class, for callers that must tell a refused statement apart.
+- `shared`: whether several processes may use the database at once (PostgreSQL), so work in it is
+  shared out by leases (bot/jobs/leases.py); SQLite runs one process.
+- `skip_locked`: what ends a `SELECT` that picks rows for a claim so concurrent claimers pass each
+  other's rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one writer is enough).
 A failing statement ends its body (PostgreSQL cannot continue a transaction after an error), so
 bodies never catch database errors.
 """
@@ -168,6 +172,12 @@ class Database(Protocol):
     @property
     def Error(self) -> type[Exception]:  # the driver's exception class
         ...
+
+    @property
+    def shared(self) -> bool: ...
+
+    @property
+    def skip_locked(self) -> str: ...
 
     def now(self) -> dt.datetime: ...
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.jobs.model import JobState
-from bot.storage.connection import Body, Database, execute, stamp
+from bot.storage.connection import Body, Database, execute, fetch_all, stamp
 
 TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
@@ -81,6 +82,8 @@ class JobRow:
     result_message_id: int | None = None
     files_expire_at: str | None = None
     provider_model: str | None = None  # the route's model id at `provider` (a provider may sell several)
+    owner: str | None = None  # the process running it (bot/jobs/leases.py); None: nobody
+    lease_expires_at: str | None = None
 
     @property
     def provider_job_ids(self) -> tuple[str, ...]:
@@ -89,7 +92,38 @@ class JobRow:
 
 
 # The columns a JobRow holds, named: `SELECT *` would also bring PostgreSQL's `rowid` (migrations/postgres).
-_SELECT_JOBS = f"SELECT {', '.join(f.name for f in fields(JobRow))} FROM jobs "
+_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+_SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
+_LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
+# Jobs renewed or handed back per statement (bounded: each id is one parameter).
+LEASE_BATCH = 500
+
+
+class LeaseLost(Exception):
+    """Another process took the job over (this one's lease on it ran out): it must not act on it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is no longer this process's")
+        self.job_id = job_id
+
+
+def held_by(job_id: str, owner: str) -> Body[None]:
+    """Raise LeaseLost unless `owner` holds the job; the transaction's first write to the row.
+
+    On PostgreSQL the row stays locked until the transaction ends, so a claim cannot take the job over
+    between this check and the rest of the transaction: the claim waits (or skips the row) and finds
+    whatever this transaction wrote. SQLite's single writer gives the same order.
+    """
+    held = yield execute("UPDATE jobs SET owner = owner WHERE id = ? AND owner = ?", (job_id, owner))
+    if not held:
+        raise LeaseLost(job_id)
+
+
+def _fenced(sql: str, params: tuple[Any, ...], owner: str | None) -> tuple[str, tuple[Any, ...]]:
+    """An `UPDATE … WHERE id = ?` that also requires `owner` to hold the job (when given)."""
+    if owner is None:
+        return sql, params
+    return sql + " AND owner = ?", (*params, owner)
 
 
 class Jobs:
@@ -114,15 +148,19 @@ class Jobs:
         origin_message_id: int | None = None,
         deadline_at: str | None = None,
         files_expire_at: str | None = None,
+        owner: str | None = None,
+        lease_expires_at: str | None = None,
     ) -> None:
-        """Write a new job in state `queued` (nothing held yet), with what it needs to run."""
+        """Write a new job in state `queued` (nothing held yet), with what it needs to run, held by
+        `owner` until `lease_expires_at`."""
 
         def body() -> Body[None]:
             now = self._db.timestamp()
             yield execute(
                 "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
                 "created_at, updated_at, spec, interaction_at, origin_message_id, deadline_at, "
-                "files_expire_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "files_expire_at, owner, lease_expires_at) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     guild_id,
@@ -139,13 +177,18 @@ class Jobs:
                     origin_message_id,
                     deadline_at,
                     files_expire_at,
+                    owner,
+                    lease_expires_at,
                 ),
             )
 
         await self._db.transaction(body)
 
-    async def set_job_state(self, job_id: str, state: str, **fields: Any) -> None:
-        """Move a job to `state`, optionally setting other job columns (see `_JOB_FIELDS`)."""
+    async def set_job_state(
+        self, job_id: str, state: str, *, owner: str | None = None, **fields: Any
+    ) -> None:
+        """Move a job to `state`, optionally setting other job columns (see `_JOB_FIELDS`). With
+        `owner`, only while that process holds the job (else LeaseLost, nothing written)."""
         unknown = set(fields) - _JOB_FIELDS
         if unknown:
             raise ValueError(f"unknown job fields: {sorted(unknown)}")
@@ -157,28 +200,108 @@ class Jobs:
 
         now = self._db.timestamp()
         ended = (now,) if terminal else ()
-        await self._db.write_one(sql, (state, now, *fields.values(), *ended, job_id))
+        await self._write_owned(job_id, sql, (state, now, *fields.values(), *ended, job_id), owner)
 
-    async def update_job(self, job_id: str, **fields: Any) -> None:
-        """Set job columns (see `_JOB_FIELDS`) without changing the state."""
+    async def update_job(self, job_id: str, *, owner: str | None = None, **fields: Any) -> None:
+        """Set job columns (see `_JOB_FIELDS`) without changing the state (with `owner`: as above)."""
         unknown = set(fields) - _JOB_FIELDS
         if unknown or not fields:
             raise ValueError(f"unknown or no job fields: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = ?" for name in fields)
         sql = f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?"
-        await self._db.write_one(sql, (*fields.values(), self._db.timestamp(), job_id))
+        await self._write_owned(job_id, sql, (*fields.values(), self._db.timestamp(), job_id), owner)
 
-    async def mark_submitted(self, job_id: str, provider: str, provider_job_id: str) -> None:
+    async def mark_submitted(
+        self, job_id: str, provider: str, provider_job_id: str, *, owner: str | None = None
+    ) -> None:
         """Record that `provider` accepted one call of the job (ids are appended: an emulated `count`
-        makes one call per image) and move it to `submitted`."""
+        makes one call per image) and move it to `submitted` (with `owner`: as in `set_job_state`)."""
         sql = (
             "UPDATE jobs SET state = 'submitted', provider = ?, provider_request_id = "
             "CASE WHEN provider_request_id IS NULL OR provider_request_id = '' THEN ? "
             "ELSE provider_request_id || ',' || ? END, updated_at = ? WHERE id = ?"
         )
-        await self._db.write_one(
-            sql, (provider, provider_job_id, provider_job_id, self._db.timestamp(), job_id)
+        params = (provider, provider_job_id, provider_job_id, self._db.timestamp(), job_id)
+        await self._write_owned(job_id, sql, params, owner)
+
+    async def check_held(self, job_id: str, owner: str) -> None:
+        """Raise LeaseLost unless `owner` holds the job now (before work outside the database, such as
+        writing its result files into a folder other processes share)."""
+
+        def body() -> Body[None]:
+            yield from held_by(job_id, owner)
+
+        await self._db.transaction(body)
+
+    async def _write_owned(self, job_id: str, sql: str, params: tuple[Any, ...], owner: str | None) -> None:
+        sql, params = _fenced(sql, params, owner)
+        if not await self._db.write_one(sql, params) and owner is not None:
+            raise LeaseLost(job_id)
+
+    # -- leases (bot/jobs/leases.py) ----------------------------------------------------------------
+
+    async def renew_leases(self, owner: str, job_ids: Collection[str], until: str) -> set[str]:
+        """Extend `owner`'s lease on these jobs to `until`, in one transaction; the ids it still holds
+        (a job another process claimed meanwhile, or whose row does not exist, is not among them)."""
+        ids = sorted(job_ids)
+
+        def body() -> Body[set[str]]:
+            held: set[str] = set()
+            for start in range(0, len(ids), LEASE_BATCH):
+                chunk = ids[start : start + LEASE_BATCH]
+                marks = ", ".join("?" for _ in chunk)
+                # Ended jobs too (harmless): what is missing was claimed by another process.
+                rows = yield fetch_all(
+                    f"UPDATE jobs SET lease_expires_at = ? WHERE owner = ? AND id IN ({marks}) RETURNING id",
+                    (until, owner, *chunk),
+                )
+                held.update(row[0] for row in rows)
+            return held
+
+        return await self._db.transaction(body) if ids else set()
+
+    async def claim_jobs(
+        self, owner: str, now: str, until: str, *, limit: int, every: bool = False
+    ) -> list[JobRow]:
+        """Take up to `limit` live jobs for `owner` until `until`, oldest first: those nobody holds or
+        whose lease ran out by `now`, or with `every` (one process on SQLite, at start-up) every live
+        job another process name held. One statement: concurrent claimers each get different jobs."""
+        if every:
+            free, params = "(owner IS NULL OR owner <> ?)", (owner,)
+        else:
+            free, params = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)", (now,)
+        # The outer WHERE repeats the test: PostgreSQL checks it again on a row another claimer changed.
+        sql = (
+            f"UPDATE jobs SET owner = ?, lease_expires_at = ? WHERE {_LIVE} AND {free} AND id IN ("
+            f"SELECT id FROM jobs WHERE {_LIVE} AND {free} ORDER BY created_at LIMIT ?{self._db.skip_locked}"
+            f") RETURNING {_COLUMNS}"
         )
+
+        def body() -> Body[list[JobRow]]:
+            rows = yield fetch_all(sql, (owner, until, *params, *params, limit))
+            return [JobRow(**dict(r)) for r in rows]
+
+        found = await self._db.transaction(body)
+        return sorted(found, key=lambda row: (row.created_at, row.id))
+
+    async def hand_back(self, owner: str, keep: Collection[str] = ()) -> int:
+        """A clean stop: `owner` gives up every live job it holds except `keep` (still running here), so
+        another process may claim them at once. Returns how many it gave up."""
+        kept = sorted(keep)  # a few: the jobs still running after the drain
+        marks = "".join(", ?" for _ in kept)[2:]
+        spare = f" AND id NOT IN ({marks})" if kept else ""
+        return await self._db.write_one(
+            f"UPDATE jobs SET owner = NULL, lease_expires_at = NULL WHERE owner = ? AND {_LIVE}{spare}",
+            (owner, *kept),
+        )
+
+    async def next_lease_expiry(self, owner: str) -> str | None:
+        """When the first lease another process holds on a live job runs out (None: no such lease)."""
+        row = await self._db.one(
+            f"SELECT MIN(lease_expires_at) FROM jobs WHERE {_LIVE} AND owner IS NOT NULL AND owner <> ?",
+            (owner,),
+        )
+        return None if row is None else row[0]
 
     async def overdue_jobs(self, now: dt.datetime) -> list[JobRow]:
         """Jobs still waiting or at a provider whose deadline has passed (the watchdog's work)."""

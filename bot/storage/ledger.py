@@ -25,6 +25,7 @@ from bot.storage.connection import (
     lock,
     stamp,
 )
+from bot.storage.jobs import held_by
 from bot.storage.limits import JOB_KINDS, ReserveGuard, ReserveRefused, guard_refusal
 
 # Ledger `reason` prefix of allowance top-ups (kind 'grant', no actor), so reports can tell them apart.
@@ -120,12 +121,15 @@ def _move(now: str, guild_id: int, user_id: int, balance: int, held: int) -> Bod
     return _as_account(guild_id, user_id, row)
 
 
-def _settlement(job_id: str) -> Body[tuple[Row | None, dict[str, int]]]:
+def _settlement(job_id: str, owner: str | None = None) -> Body[tuple[Row | None, dict[str, int]]]:
     """A job's reserve row and the amount of its capture and release rows by kind (one statement).
 
     Takes the job's lock first: two processes settling the same job must not both find it unsettled.
+    With `owner`, raises LeaseLost (changing nothing) unless that process still holds the job.
     """
     yield lock(("job", job_id))
+    if owner is not None:
+        yield from held_by(job_id, owner)
     reserve = None
     settled: dict[str, int] = {}
     rows = yield fetch_all(
@@ -139,8 +143,10 @@ def _settlement(job_id: str) -> Body[tuple[Row | None, dict[str, int]]]:
     return reserve, settled
 
 
-def _capture(now: str, job_id: str, charged: int) -> Body[tuple[Account, int] | None]:
-    reserve, settled = yield from _settlement(job_id)
+def _capture(
+    now: str, job_id: str, charged: int, owner: str | None = None
+) -> Body[tuple[Account, int] | None]:
+    reserve, settled = yield from _settlement(job_id, owner)
     if reserve is None:
         return None
     guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
@@ -155,8 +161,8 @@ def _capture(now: str, job_id: str, charged: int) -> Body[tuple[Account, int] | 
     return account, charged
 
 
-def _release(now: str, job_id: str, reason: str | None) -> Body[Account | None]:
-    reserve, settled = yield from _settlement(job_id)
+def _release(now: str, job_id: str, reason: str | None, owner: str | None = None) -> Body[Account | None]:
+    reserve, settled = yield from _settlement(job_id, owner)
     if reserve is None:
         return None
     guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
@@ -305,9 +311,18 @@ class Ledger:
         return await self._db.transaction(lambda: _release(self._db.timestamp(), job_id, reason))
 
     async def settle_delivered(
-        self, job_id: str, charged: int, *, via: str, channel_id: int | None, message_id: int | None
+        self,
+        job_id: str,
+        charged: int,
+        *,
+        via: str,
+        channel_id: int | None,
+        message_id: int | None,
+        owner: str | None = None,
     ) -> tuple[Account, int] | None:
         """Capture a delivered job's charge and mark it delivered, in one transaction. Idempotent.
+        With `owner` (here and in the other `settle_*`), only while that process holds the job: else
+        LeaseLost, and nothing changes.
 
         One transaction, so a crash can never leave a charged job that looks undelivered (and is
         delivered again) or a delivered job whose hold is never settled.
@@ -315,7 +330,7 @@ class Ledger:
 
         def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = yield from _capture(now, job_id, charged)
+            settled = yield from _capture(now, job_id, charged, owner)
             yield execute(
                 "UPDATE jobs SET state = 'delivered', delivered_via = ?, result_channel_id = ?, "
                 "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
@@ -333,6 +348,7 @@ class Ledger:
         error_code: str,
         error_ref: str | None = None,
         absorbed: int = 0,
+        owner: str | None = None,
     ) -> Account | None:
         """Release a job's hold and move it to `state` (failed or cancelled), in one transaction.
 
@@ -344,7 +360,7 @@ class Ledger:
 
         def body() -> Body[Account | None]:
             now = self._db.timestamp()
-            account = yield from _release(now, job_id, error_code[:64])
+            account = yield from _release(now, job_id, error_code[:64], owner)
             if absorbed > 0:
                 yield execute(
                     "INSERT INTO absorbed_spend (job_id, guild_id, user_id, credits, reason, created_at) "
@@ -362,7 +378,13 @@ class Ledger:
         return await self._db.transaction(body)
 
     async def settle_cancelled_at_provider(
-        self, job_id: str, charged: int, *, error_code: str, error_ref: str | None = None
+        self,
+        job_id: str,
+        charged: int,
+        *,
+        error_code: str,
+        error_ref: str | None = None,
+        owner: str | None = None,
     ) -> tuple[Account, int] | None:
         """Charge a job cancelled after a provider accepted it and move it to `cancelled`, in one
         transaction. The provider bills for it, so it is captured (and counts toward cooldowns and
@@ -370,7 +392,7 @@ class Ledger:
 
         def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = yield from _capture(now, job_id, charged)
+            settled = yield from _capture(now, job_id, charged, owner)
             yield execute(
                 "UPDATE jobs SET state = 'cancelled', error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",

@@ -174,6 +174,8 @@ class PostgresDatabase(Clocked):
     """
 
     Error = asyncpg.PostgresError
+    shared = True
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, pool: asyncpg.Pool, clock: Callable[[], dt.datetime] = utcnow) -> None:
         super().__init__(clock)

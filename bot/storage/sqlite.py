@@ -177,6 +177,8 @@ class SQLiteDatabase(Clocked):
     """One SQLite connection on its own thread. Create with `await SQLiteDatabase.open(path)`."""
 
     Error = sqlite3.Error
+    shared = False  # one process (two on one file would each run every job)
+    skip_locked = ""  # BEGIN IMMEDIATE: a claim runs alone
 
     def __init__(
         self,

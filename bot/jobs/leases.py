@@ -1,0 +1,140 @@
+"""Job leases: with PostgreSQL any process can run any job, and a dead process's jobs are taken over.
+
+Part of `JobEngine` (a mixin over `EngineCore`). Every job row names the process that runs it (`owner`)
+and until when (`lease_expires_at`, the storage clock). The process that creates a job owns it. Every
+third of JOB_LEASE_SECONDS a process renews, in one statement, the leases of every job it holds; a job
+missing from the answer was claimed by another process while this one could not renew, and is dropped
+here without a word or a ledger movement (its new owner settles it). In the same round a process claims
+live jobs whose lease ran out (`Jobs.claim_jobs`: one statement, `FOR UPDATE SKIP LOCKED` on
+PostgreSQL, so concurrent claimers each get different jobs) and resumes them through the start-up
+recovery's own code (`JobRecovery._adopt`): queued jobs keep their place, submitted ones are polled and
+never sent again, completed ones are delivered once, and calls whose outcome is unknown are released.
+A round comes early when another process's lease is about to run out, so a dead process's jobs move
+one lease after its last renewal. A clean stop hands the jobs it does not finish back at once.
+
+A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
+result, the delivery record, the capture and the release) check `owner` in the same statement or
+transaction and raise `LeaseLost` instead. With SQLite (one process) nothing is shared: start-up
+takes every live job, as a restart always did, and there are no rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.jobs.core import EngineCore
+from bot.jobs.model import db_time, parse_time
+
+log = logging.getLogger(__name__)
+
+ROUNDS_PER_LEASE = 3
+# Jobs claimed per round at most (the next round, due at once, takes more).
+CLAIM_BATCH = 100
+# A round due because another process's lease runs out comes this long after it; never sooner.
+EXPIRY_SLACK_SECONDS = 0.1
+
+
+class JobLeases(EngineCore):
+    """JobEngine's leases: renew what this process runs, claim what a dead one left, hand back at stop."""
+
+    def lease_until(self) -> str:
+        """A lease taken or renewed now runs out at this storage-clock time."""
+        return db_time(self.storage.now() + self.lease)
+
+    def held_jobs(self) -> set[str]:
+        """The jobs this process runs, waits to run, or will deliver again (their leases are renewed)."""
+        return set(self._jobs) | set(self._redeliveries) | self._creating
+
+    async def lease_round(self) -> dict[str, int]:
+        """Renew this process's leases, drop the jobs it lost, then (shared database, still taking work)
+        claim and resume jobs whose lease ran out. Returns what was taken over, as `recover` counts."""
+        await self.renew_leases()
+        if self.shared and self.accepting:
+            return await self.take_over()
+        return {}
+
+    async def renew_leases(self) -> set[str]:
+        """Extend the lease of every job held here; the ids another process took over (now dropped)."""
+        held = self.held_jobs()
+        kept = await self.storage.jobs.renew_leases(self.owner, held, self.lease_until())
+        lost = held - kept - self._creating  # a job being created has no row yet
+        for job_id in lost:
+            self._lose(job_id)
+        if lost:
+            self._pump()
+        return lost
+
+    def _lose(self, job_id: str) -> None:
+        """Another process runs `job_id` now: stop here without settling or telling anyone."""
+        log.warning("job %s: its lease here ran out and another process took it over; leaving it", job_id)
+        handle = self._redeliveries.pop(job_id, None)
+        if handle is not None:
+            handle.cancel()
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if job_id in self._waiting:
+            self._waiting.remove(job_id)
+            self._jobs.pop(job_id, None)
+            return
+        job.abort_reason = "lost"  # a provider call in progress stops; its fenced writes would fail anyway
+        job.abort.set()
+
+    async def take_over(self) -> dict[str, int]:
+        """Claim live jobs whose lease ran out (a dead process's) and resume them as a restart does."""
+        now = db_time(self.storage.now())
+        rows = await self.storage.jobs.claim_jobs(self.owner, now, self.lease_until(), limit=CLAIM_BATCH)
+        counts = await self._adopt(rows)
+        if rows:
+            log.info(
+                "job leases: took over %d job(s): %s",
+                len(rows),
+                ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+            )
+        return counts
+
+    async def hand_back(self) -> int:
+        """A clean stop: give up every live job not still running here, for another process to claim
+        at once (shared database only)."""
+        if not self.shared:
+            return 0
+        handed = await self.storage.jobs.hand_back(self.owner, keep=self._running)
+        if handed:
+            log.info("job leases: handed %d job(s) to the other processes", handed)
+        return handed
+
+    def _start_leases(self) -> None:
+        if self.shared and self._lease_task is None:
+            self._lease_task = asyncio.create_task(self._keep_leases(), name="retouch-job-leases")
+
+    async def _stop_leases(self) -> None:
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
+
+    async def _keep_leases(self) -> None:
+        interval = self.lease.total_seconds() / ROUNDS_PER_LEASE
+        wait = interval
+        while True:
+            await asyncio.sleep(wait)
+            wait = interval
+            try:
+                counts = await self.lease_round()
+                wait = await self._until_next_round(interval, busy=sum(counts.values()) >= CLAIM_BATCH)
+            except Exception as exc:  # the database is away: the leases run out, others take over
+                log.warning("job leases not renewed (%s)", type(exc).__name__)
+
+    async def _until_next_round(self, interval: float, *, busy: bool) -> float:
+        """Seconds until the next round: a third of a lease, or just after another process's lease
+        runs out (a live process renews long before), or at once while claims come in full batches."""
+        if busy:
+            return EXPIRY_SLACK_SECONDS
+        expiry = parse_time(await self.storage.jobs.next_lease_expiry(self.owner))
+        if expiry is None:
+            return interval
+        due = (expiry - self.storage.now()).total_seconds() + EXPIRY_SLACK_SECONDS
+        return max(EXPIRY_SLACK_SECONDS, min(interval, due))

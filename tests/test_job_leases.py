@@ -1,0 +1,343 @@
+"""Job leases (bot/jobs/leases.py): the process that creates a job holds it; a job whose lease runs out is
+claimed by exactly one other process and resumed as a restart resumes it; a process that lost a job never
+acts on it again.
+
+The storage tests run on both backends (a second `Storage.open` stands in for another process); the
+claim race and the engine takeover need PostgreSQL (skipped with the reason otherwise). Time moves by
+the injected storage clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.errors import RetouchError
+from bot.jobs.model import db_time
+from bot.services.edits import EditOptions, EditService
+from bot.storage import Storage
+from bot.storage.jobs import LeaseLost
+from tests.durable import PHOTO
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.live import run_to_end
+from tests.test_engine import (
+    ALICE,
+    BOB,
+    GUILD,
+    Clock,
+    Recorder,
+    engine_processes,
+    job,
+    kinds,
+    state,
+    submit,
+    wait_state,
+)
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def storage_clock(clock: Clock) -> Callable[[], dt.datetime]:
+    return clock
+
+
+def later(clock: Clock, seconds: float = LEASE) -> str:
+    return db_time(clock.now + dt.timedelta(seconds=seconds))
+
+
+async def new_job(storage: Storage, job_id: str, owner: str | None, until: str | None) -> None:
+    await storage.jobs.create_job(
+        job_id,
+        guild_id=GUILD,
+        user_id=ALICE,
+        channel_id=7,
+        model="gpt-image-1.5",
+        quality="low",
+        size="auto",
+        count=1,
+        owner=owner,
+        lease_expires_at=until,
+    )
+    await storage.ledger.reserve(job_id, GUILD, ALICE, 10, starting_credits=1000)
+
+
+async def assert_books_balance(storage: Storage) -> None:
+    """Every account's balance and held equal the ledger's sums; held is what its live jobs reserved."""
+    accounts = await storage.db.all("SELECT guild_id, user_id, balance, held FROM accounts")
+    for guild_id, user_id, balance, held in accounts:
+        sums = await storage.db.one(
+            "SELECT COALESCE(SUM(delta_balance), 0), COALESCE(SUM(delta_held), 0) FROM ledger "
+            "WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        )
+        assert sums is not None and (balance, held) == tuple(sums), (guild_id, user_id)
+    assert await storage.reports.held_mismatches() == []
+
+
+# -- the lease table, on both backends ---------------------------------------------------------------
+
+
+async def test_only_the_process_holding_a_job_may_move_it_or_its_credits(storage: Storage, clock: Clock):
+    await new_job(storage, "a" * 16, "process-a", later(clock))
+    job_id = "a" * 16
+    with pytest.raises(LeaseLost):
+        await storage.jobs.set_job_state(job_id, "submitting", owner="process-b", provider="openai")
+    with pytest.raises(LeaseLost):
+        await storage.jobs.update_job(job_id, owner="process-b", delivery_attempted_at=later(clock, 0))
+    with pytest.raises(LeaseLost):
+        await storage.jobs.mark_submitted(job_id, "wavespeed", "task-1", owner="process-b")
+    with pytest.raises(LeaseLost):
+        await storage.ledger.settle_released(job_id, "failed", error_code="x", owner="process-b")
+    with pytest.raises(LeaseLost):
+        await storage.ledger.settle_delivered(
+            job_id, 5, via="channel", channel_id=1, message_id=2, owner="process-b"
+        )
+    row = await storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.provider, row.delivery_attempted_at) == (
+        "reserved",
+        None,
+        None,
+    )
+    assert [r["kind"] for r in await storage.reports.ledger_rows(job_id)] == ["reserve"]
+
+    await storage.jobs.set_job_state(job_id, "submitting", owner="process-a", provider="openai")
+    await storage.ledger.settle_delivered(
+        job_id, 5, via="channel", channel_id=1, message_id=2, owner="process-a"
+    )
+    assert [r["kind"] for r in await storage.reports.ledger_rows(job_id)] == ["reserve", "capture"]
+    await assert_books_balance(storage)
+
+
+async def test_a_lease_that_is_not_renewed_is_claimed_and_its_old_owner_hears_it_lost_it(
+    storage: Storage, clock: Clock
+):
+    renewed, lapsed, free = "1" * 16, "2" * 16, "3" * 16
+    await new_job(storage, renewed, "a", later(clock))
+    await new_job(storage, lapsed, "b", later(clock))
+    await new_job(storage, free, None, None)  # handed back at a clean stop
+    now = db_time(clock.now)
+    assert [r.id for r in await storage.jobs.claim_jobs("c", now, later(clock), limit=10)] == [free]
+
+    clock.advance(LEASE / 2)
+    assert await storage.jobs.renew_leases("a", {renewed}, later(clock)) == {renewed}
+    assert await storage.jobs.renew_leases("c", {free}, later(clock)) == {free}
+    clock.advance(LEASE / 2 + 1)  # b's lease ran out; a's and c's run another half lease
+    claimed = await storage.jobs.claim_jobs("c", db_time(clock.now), later(clock), limit=10)
+    assert [(r.id, r.owner, r.lease_expires_at) for r in claimed] == [(lapsed, "c", later(clock))]
+    assert await storage.jobs.claim_jobs("d", db_time(clock.now), later(clock), limit=10) == []
+
+    # b comes back: its renewal says the job is no longer its own, and it can no longer touch it.
+    assert await storage.jobs.renew_leases("b", {lapsed}, later(clock)) == set()
+    with pytest.raises(LeaseLost):
+        await storage.ledger.settle_released(lapsed, "failed", error_code="x", owner="b")
+    # A clean stop hands back every live job except those still running there.
+    assert await storage.jobs.hand_back("c", keep={free}) == 1
+    row = await storage.jobs.get_job(lapsed)
+    assert row is not None and (row.owner, row.lease_expires_at) == (None, None)
+
+
+async def test_one_process_on_its_own_database_takes_every_live_job_at_start_up(
+    storage: Storage, clock: Clock
+):
+    held, ended = "4" * 16, "5" * 16
+    await new_job(storage, held, "the-last-process", later(clock))  # killed: its lease still runs
+    await new_job(storage, ended, "the-last-process", later(clock))
+    await storage.ledger.settle_released(ended, "failed", error_code="x")
+    claimed = await storage.jobs.claim_jobs("me", db_time(clock.now), later(clock), limit=10, every=True)
+    assert [r.id for r in claimed] == [held]
+    assert await storage.jobs.claim_jobs("me", db_time(clock.now), later(clock), limit=10, every=True) == []
+
+
+# -- several processes on PostgreSQL ------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_each_get_different_jobs_and_together_all_of_them(
+    postgres_url: str, clock: Clock
+):
+    processes = [await Storage.open(postgres_url, clock=clock) for _ in range(4)]
+    try:
+        ids = [f"{n:016x}" for n in range(60)]
+        for job_id in ids:
+            await new_job(processes[0], job_id, "dead", later(clock))
+        clock.advance(LEASE + 1)
+
+        async def claimer(storage: Storage, name: str) -> list[str]:
+            got: list[str] = []
+            while batch := await storage.jobs.claim_jobs(name, db_time(clock.now), later(clock), limit=3):
+                got += [row.id for row in batch]
+            return got
+
+        claims = await asyncio.gather(*(claimer(s, f"p{n}") for n, s in enumerate(processes)))
+        everything = [job_id for got in claims for job_id in got]
+        assert sorted(everything) == ids  # each job exactly once
+        assert sum(1 for got in claims if got) >= 2  # they did race (SKIP LOCKED let them pass)
+        owners = await processes[0].db.all("SELECT id, owner FROM jobs ORDER BY id")
+        by_claim = {job_id: f"p{n}" for n, got in enumerate(claims) for job_id in got}
+        assert {row["id"]: row["owner"] for row in owners} == by_claim
+    finally:
+        for storage in processes:
+            await storage.close()
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def process(
+    openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path, postgres_url: str, clock: Clock
+) -> AsyncIterator[Factory]:
+    """`await process(name)`: an EditService on the test's PostgreSQL schema, sharing DATA_DIR and the
+    clock with every other one (as processes on one host and one volume do). Its lease rounds are run by
+    the test (`engine.lease_round()`) unless it calls `engine.start()`."""
+    async with engine_processes(openai, wavespeed, tmp_path, clock, postgres_url) as build:
+
+        async def named(name: str, **env: str) -> tuple[EditService, Recorder]:
+            service, recorder = await build(JOB_LEASE_SECONDS=str(LEASE), **env)
+            service.engine.owner = name
+            return service, recorder
+
+        yield named
+
+
+async def completed_job(service: EditService, owner: str) -> str:
+    """A job whose result is stored but not yet posted, held by `owner` (what a crash can leave)."""
+    storage = service.storage
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    job_id = "c" * 16
+    service.engine.files.write(job_id, {**blobs, "result-1.png": PHOTO})
+    await storage.jobs.create_job(
+        job_id,
+        guild_id=GUILD,
+        user_id=ALICE,
+        channel_id=7,
+        model=spec.model,
+        quality="auto",
+        size="auto",
+        count=1,
+        spec=spec.to_json(),
+        owner=owner,
+        lease_expires_at=service.engine.lease_until(),
+    )
+    await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    result = {"disk": "result-1.png", "filename": "r.png", "format": "png"}
+    record = {"files": [result], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": 7}
+    await storage.jobs.set_job_state(job_id, "completed", owner=owner, result=json.dumps(record))
+    return job_id
+
+
+async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_never_acts_on_them_again(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    at_provider = await submit(a, model="ws-mini")
+    await wait_state(a, at_provider, "submitted")
+    waiting = await submit(a, user=BOB)  # behind it: one job at a time in a
+    completed = await completed_job(a, "a")
+    assert await state(a, waiting) == "reserved"
+
+    # b starts while a is alive: a's jobs stay a's.
+    b, told_b = await process("b")
+    assert sum((await b.engine.recover()).values()) == 0
+    assert await b.engine.lease_round() == dict.fromkeys(
+        ("requeued", "resumed", "delivering", "released", "quarantined"), 0
+    )
+    # a stops renewing (it hangs, or its host lost the network); one lease later b takes over.
+    clock.advance(LEASE + 1)
+    counts = await b.engine.lease_round()
+    assert counts == {"requeued": 1, "resumed": 1, "delivering": 1, "released": 0, "quarantined": 0}
+    for job_id in (at_provider, waiting, completed):
+        row = await b.storage.jobs.get_job(job_id)
+        assert row is not None and row.owner == "b"
+    wavespeed.release_results()
+    for job_id in (at_provider, waiting, completed):
+        await wait_state(b, job_id, "delivered")
+
+    # a comes back: its own poll of the resumed job ends, but it may not store, post or charge it; it
+    # neither runs the job that waited behind it nor says a word to anyone.
+    await asyncio.wait_for(a.engine._idle.wait(), 10)
+    assert await a.engine.renew_leases() == set(a.engine.held_jobs()) - {at_provider}
+    assert a.engine.held_jobs() == set()
+    assert told_a.delivered == [] and told_a.notices == []
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting, completed])
+    assert wavespeed.submit_count == 1  # polled by its new owner, never submitted again
+    assert openai.post_count == 1  # the waiting job ran once, in b
+    for job_id in (at_provider, waiting, completed):
+        assert await kinds(b, job_id) == ["reserve", "capture"]
+    await assert_books_balance(b.storage)
+
+
+async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_process_at_once(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    a, _ = await process("a", MAX_CONCURRENT_JOBS="1")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    at_provider = await submit(a, model="ws-mini")
+    await wait_state(a, at_provider, "submitted")
+    waiting = await submit(a, user=BOB)
+    b, told_b = await process("b")
+    await b.engine.recover()
+
+    await a.drain(0.05)  # suspends the submitted job, keeps the waiting one: both go back at once
+    counts = await b.engine.lease_round()  # no clock moved: nothing had to run out
+    assert (counts["resumed"], counts["requeued"]) == (1, 1)
+    wavespeed.release_results()
+    await wait_state(b, at_provider, "delivered")
+    await wait_state(b, waiting, "delivered")
+    assert wavespeed.submit_count == 1 and openai.post_count == 1
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting])
+    await assert_books_balance(b.storage)
+
+
+async def test_three_processes_firing_fifty_edits_at_once_for_a_balance_of_k_holds_run_exactly_k(
+    process: Factory, openai: FakeOpenAI
+):
+    """Each process has its own pool, queue, leases and provider session, as separate bot processes do;
+    the member's one account is shared through the database."""
+    processes = [(await process(name, STARTING_CREDITS="0"))[0] for name in ("a", "b", "c")]
+    for service in processes:
+        await service.engine.start()  # lease rounds in the background, as in production
+    ledger = processes[0].storage.ledger
+    await ledger.grant(GUILD, ALICE, 1, actor_id=None, reason="t", starting_credits=0)
+    # At a fixed quality and size an edit is charged exactly what it holds, so no capture frees credits.
+    fixed = replace(job(), options=EditOptions("make it a watercolour", quality="high", size="1024x1024"))
+    per_job = (await processes[0].prepare(fixed)).reserve
+    k = 7
+    await ledger.grant(GUILD, ALICE, per_job * k - 1, actor_id=None, reason="t", starting_credits=0)
+
+    async def attempt(service: EditService) -> str:
+        try:
+            await run_to_end(service, fixed)
+            return "ok"
+        except RetouchError as exc:
+            if exc.code != "insufficient_credits":
+                raise
+            return "refused"
+
+    outcomes = await asyncio.gather(*(attempt(processes[n % 3]) for n in range(50)))
+    assert (outcomes.count("ok"), outcomes.count("refused")) == (k, 50 - k)
+    assert openai.post_count == k
+    storage = processes[0].storage
+    account = await storage.ledger.get_account(GUILD, ALICE)
+    assert account is not None and (account.balance, account.held) == (0, 0)
+    assert (await storage.reports.ledger_totals(GUILD, ALICE)).captured == per_job * k
+    rows = await storage.db.all("SELECT owner, state FROM jobs WHERE state = 'delivered'")
+    assert len(rows) == k
+    await assert_books_balance(storage)
