@@ -10,7 +10,8 @@ PostgreSQL, so concurrent claimers each get different jobs) and resumes them thr
 recovery's own code (`JobRecovery._adopt`): queued jobs keep their place, submitted ones are polled and
 never sent again, completed ones are delivered once, and calls whose outcome is unknown are released.
 A round comes early when another process's lease is about to run out, so a dead process's jobs move
-one lease after its last renewal. A clean stop hands the jobs it does not finish back at once.
+one lease after its last renewal. A clean stop hands the jobs it does not finish back at once. Each round
+also shares the providers' open circuits with the other processes (`CircuitBreaker.share`).
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
@@ -49,8 +50,11 @@ class JobLeases(EngineCore):
 
     async def lease_round(self) -> dict[str, int]:
         """Renew this process's leases, drop the jobs it lost, then (shared database, still taking work)
-        claim and resume jobs whose lease ran out. Returns what was taken over, as `recover` counts."""
+        claim and resume jobs whose lease ran out. Returns what was taken over, as `recover` counts.
+        The circuit breakers' open circuits are shared in the same round (bot.routing.breaker)."""
         await self.renew_leases()
+        if self.shared:
+            await self.router.breaker.share(self.storage.circuits)
         if self.shared and self.accepting:
             return await self.take_over()
         return {}

@@ -1,11 +1,20 @@
-"""The circuit breaker: a provider that keeps failing is skipped for a cool-down, then tried once."""
+"""The circuit breaker: a provider that keeps failing is skipped for a cool-down, then tried once.
+
+With PostgreSQL several processes share the database, and an opened circuit holds for all of them: once
+a lease round (bot/jobs/leases.py) each breaker hands over the circuits it opened or closed since the
+last round and reads every other process's (`share`, over `Storage.circuits`). A circuit opened
+elsewhere is open here until the same moment; then each process lets its own one trial call through,
+and the first success closes the circuit everywhere (its row is deleted). Calls never wait for the
+database: `allow` and `record` only read and write memory. With SQLite (one process) nothing is shared.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from bot.providers import errors as perr
 
@@ -18,6 +27,14 @@ CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 
 
 # --------------------------------------------------------------------------- circuit breaker
+
+
+class SharedCircuits(Protocol):
+    """Where processes on one database meet (bot.storage.circuits.Circuits)."""
+
+    async def exchange(self, opened: Mapping[str, float], closed: Collection[str]) -> dict[str, float]:
+        """Record circuits opened ({provider: seconds still open}) and closed here; every open one."""
+        ...
 
 
 @dataclass
@@ -48,6 +65,7 @@ class CircuitBreaker:
         self.cooldown = cooldown
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
+        self._changed: set[str] = set()  # opened or closed here since the last `share`
 
     def _circuit(self, provider: str) -> _Circuit:
         return self._circuits.setdefault(provider, _Circuit())
@@ -85,11 +103,13 @@ class CircuitBreaker:
         if healthy:
             if c.opened_at is not None:
                 log.warning("circuit for %s closed: it answered again", provider)
+                self._changed.add(provider)
             c.failures, c.opened_at = 0, None
             return
         c.failures += 1
         if was_trial:
             c.opened_at = self._clock()
+            self._changed.add(provider)
             log.warning(
                 "circuit for %s re-opened: the trial call failed; skipping it for %.0f s",
                 provider,
@@ -97,12 +117,49 @@ class CircuitBreaker:
             )
         elif c.opened_at is None and c.failures >= self.threshold:
             c.opened_at = self._clock()
+            self._changed.add(provider)
             log.warning(
                 "circuit for %s opened after %d consecutive failures; skipping it for %.0f s",
                 provider,
                 c.failures,
                 self.cooldown,
             )
+
+    async def share(self, shared: SharedCircuits) -> None:
+        """Hand the circuits opened or closed here since the last call to the other processes, then
+        take theirs: one opened elsewhere is open here until the same moment, one closed elsewhere
+        (its row gone) closes here. A circuit that changed here meanwhile keeps this process's view."""
+        changed, self._changed = self._changed, set()
+        opened: dict[str, float] = {}
+        for provider in changed:
+            opened_at = self._circuits[provider].opened_at
+            if opened_at is not None:  # seconds until it lets a trial call through
+                opened[provider] = opened_at + self.cooldown - self._clock()
+        try:
+            rows = await shared.exchange(opened, changed - opened.keys())
+        except BaseException:
+            self._changed |= changed  # handed over next time
+            raise
+        for provider in (rows.keys() | self._circuits.keys()) - self._changed:
+            self._adopt(provider, rows.get(provider))
+
+    def _adopt(self, provider: str, remaining: float | None) -> None:
+        """Another process's view of `provider`: None no open circuit, else seconds it stays open."""
+        c = self._circuit(provider)
+        if remaining is None:
+            if c.opened_at is not None:
+                log.warning("circuit for %s closed: it answered another process", provider)
+                c.failures, c.opened_at, c.trial = 0, None, False
+            return
+        if remaining <= 0 or c.trial:
+            return  # its open period is over: the trial call is each process's own
+        opened_at = self._clock() + remaining - self.cooldown
+        if c.opened_at is None or opened_at > c.opened_at:
+            if self.state(provider) == CLOSED:
+                log.warning(
+                    "circuit for %s opened by another process; skipping it for %.0f s", provider, remaining
+                )
+            c.opened_at = opened_at
 
 
 def _verdict(exc: perr.ProviderError) -> bool | None:

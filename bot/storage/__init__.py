@@ -6,9 +6,10 @@
   `reports.py`: read-only ledger reports and budget views
 - `jobs.py`: job rows and their states
 - `settings.py`: member defaults, guild policy, role tiers, the operator's servers, route status
+- `circuits.py`: circuits a breaker opened, shared by every process on the database
 
-`Storage` opens the database and hands out one of each repository: `storage.ledger`,
-`storage.reports`, `storage.jobs`, `storage.settings`, `storage.history`. A new repository takes the
+`Storage` opens the database and hands out one of each repository: `storage.ledger`, `storage.reports`,
+`storage.jobs`, `storage.settings`, `storage.history`, `storage.circuits`. A new repository takes the
 `Database` and writes its transactions once, as bodies (see `connection.py`), for both backends.
 """
 
@@ -18,6 +19,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+from bot.storage.circuits import Circuits
 from bot.storage.connection import Database, open_database, utcnow
 from bot.storage.history import Versions
 from bot.storage.jobs import Jobs
@@ -41,6 +43,7 @@ class Storage:
         self.jobs = Jobs(db)
         self.settings = Settings(db)
         self.history = Versions(db)
+        self.circuits = Circuits(db)
 
     @classmethod
     async def open(cls, target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Storage:

@@ -1,0 +1,157 @@
+"""Open circuits shared by the processes on one database (bot.routing.breaker `share`, bot.storage.circuits).
+
+Every test runs on both backends; a second `Storage` on the same database stands in for another process.
+Each process's breaker has its own monotonic clock (they disagree, as on two hosts); the storage clock
+is the one they share. Time moves by hand, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from bot.routing import CircuitBreaker
+from bot.routing.breaker import CLOSED, HALF_OPEN, OPEN
+from bot.storage import Storage
+
+COOLDOWN = 60.0
+
+
+class Clocks:
+    """The storage clock and one monotonic clock per process, moved together."""
+
+    def __init__(self) -> None:
+        self.wall = dt.datetime(2030, 5, 1, 12, 0, tzinfo=dt.UTC)
+        self.elapsed = 0.0
+
+    def monotonic(self, start: float) -> Callable[[], float]:
+        return lambda: start + self.elapsed
+
+    def advance(self, seconds: float) -> None:
+        self.elapsed += seconds
+        self.wall += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks()
+
+
+@pytest.fixture
+def storage_clock(clocks: Clocks) -> Callable[[], dt.datetime]:
+    return lambda: clocks.wall
+
+
+@pytest.fixture
+async def other(database_url: str, storage: Storage, clocks: Clocks) -> AsyncIterator[Storage]:
+    """Another process's connection to the test's database (opened after `storage` migrated it)."""
+    s = await Storage.open(database_url, clock=lambda: clocks.wall)
+    yield s
+    await s.close()
+
+
+def breakers(clocks: Clocks) -> tuple[CircuitBreaker, CircuitBreaker]:
+    a = CircuitBreaker(threshold=2, cooldown=COOLDOWN, clock=clocks.monotonic(1000.0))
+    b = CircuitBreaker(threshold=2, cooldown=COOLDOWN, clock=clocks.monotonic(7.0))
+    return a, b
+
+
+def fail(breaker: CircuitBreaker, provider: str, times: int) -> None:
+    for _ in range(times):
+        assert breaker.allow(provider)
+        breaker.record(provider, False)
+
+
+async def test_a_circuit_opened_by_one_process_is_open_in_another_until_it_ends_and_a_success_closes_it_everywhere(
+    storage: Storage, other: Storage, clocks: Clocks
+):
+    a, b = breakers(clocks)
+    fail(a, "wavespeed", 2)
+    assert a.state("wavespeed") == OPEN
+    await b.share(other.circuits)
+    assert b.allow("wavespeed")  # a has not handed it over yet
+
+    clocks.advance(10)
+    await a.share(storage.circuits)
+    await b.share(other.circuits)
+    assert (b.state("wavespeed"), b.allow("wavespeed")) == (OPEN, False)
+    assert b.state("openai") == CLOSED  # only the failing provider
+
+    clocks.advance(49.9)  # both still inside the minute a opened it for
+    await b.share(other.circuits)
+    assert (a.allow("wavespeed"), b.allow("wavespeed")) == (False, False)
+
+    clocks.advance(0.1)  # the open period ends at the same moment everywhere: one trial call each
+    assert (a.state("wavespeed"), b.state("wavespeed")) == (HALF_OPEN, HALF_OPEN)
+    assert b.allow("wavespeed")
+    assert not b.allow("wavespeed")
+    assert a.allow("wavespeed")
+
+    b.record("wavespeed", True)  # b's trial worked: closed there at once, everywhere after the rounds
+    assert b.state("wavespeed") == CLOSED
+    await b.share(other.circuits)
+    assert a.state("wavespeed") == HALF_OPEN
+    await a.share(storage.circuits)
+    assert a.state("wavespeed") == CLOSED
+    assert a.allow("wavespeed") and a.allow("wavespeed")
+    a.record("wavespeed", False)  # a's trial answered after the close: one failure, not a new opening
+    assert a.state("wavespeed") == CLOSED
+    assert await storage.circuits.exchange({}, ()) == {}  # the row is gone
+
+
+async def test_a_failed_trial_elsewhere_opens_the_circuit_again_for_everyone(
+    storage: Storage, other: Storage, clocks: Clocks
+):
+    a, b = breakers(clocks)
+    fail(a, "atlascloud", 2)
+    await a.share(storage.circuits)
+    await b.share(other.circuits)
+
+    clocks.advance(COOLDOWN)
+    assert b.allow("atlascloud")  # b probes first, and it fails
+    b.record("atlascloud", False)
+    clocks.advance(5)
+    await b.share(other.circuits)
+    assert a.state("atlascloud") == HALF_OPEN  # a has not heard yet
+    await a.share(storage.circuits)
+    assert (a.state("atlascloud"), a.allow("atlascloud")) == (OPEN, False)
+
+    clocks.advance(COOLDOWN - 5 - 0.1)
+    assert a.state("atlascloud") == OPEN
+    clocks.advance(0.1)
+    assert a.state("atlascloud") == HALF_OPEN
+
+
+async def test_what_changed_here_since_the_last_round_wins_over_the_stored_view(
+    storage: Storage, other: Storage, clocks: Clocks
+):
+    a, b = breakers(clocks)
+    fail(a, "segmind", 2)
+    await a.share(storage.circuits)
+    await b.share(other.circuits)
+    clocks.advance(COOLDOWN)
+    assert a.allow("segmind") and b.allow("segmind")
+    b.record("segmind", True)  # b closes it (row still there until b's round) ...
+    a.record("segmind", False)  # ... while a's trial fails and opens it again
+    await a.share(storage.circuits)
+    assert a.state("segmind") == OPEN  # a's own news, not the stored (older) row
+    await b.share(other.circuits)  # b hands over its close: the row goes
+    assert b.state("segmind") == CLOSED  # b's news wins here too
+    await a.share(storage.circuits)
+    assert a.state("segmind") == CLOSED  # the last word in the database: closed for everyone
+
+
+async def test_a_failed_exchange_hands_the_changes_over_next_time(storage: Storage, clocks: Clocks):
+    a, _ = breakers(clocks)
+    fail(a, "openai", 2)
+
+    class Down:
+        async def exchange(self, opened: object, closed: object) -> dict[str, float]:
+            raise ConnectionError("database away")
+
+    with pytest.raises(ConnectionError):
+        await a.share(Down())
+    await a.share(storage.circuits)
+    assert await storage.circuits.exchange({}, ()) == {"openai": pytest.approx(COOLDOWN, abs=0.01)}
