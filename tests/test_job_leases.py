@@ -341,3 +341,31 @@ async def test_three_processes_firing_fifty_edits_at_once_for_a_balance_of_k_hol
     rows = await storage.db.all("SELECT owner, state FROM jobs WHERE state = 'delivered'")
     assert len(rows) == k
     await assert_books_balance(storage)
+
+
+async def test_a_lease_round_shares_the_circuits_a_process_opened(process: Factory):
+    a, _ = await process("a")
+    b, _ = await process("b")
+    breaker = a.router.breaker
+    for _ in range(breaker.threshold):
+        assert breaker.allow("wavespeed")
+        breaker.record("wavespeed", False)
+    await b.engine.lease_round()
+    assert b.router.circuits()["wavespeed"] == "closed"  # not handed over yet
+    await a.engine.lease_round()
+    await b.engine.lease_round()
+    assert b.router.circuits() == {"openai": "closed", "wavespeed": "open"}
+    assert not b.router.breaker.allow("wavespeed")
+
+
+async def test_one_process_on_sqlite_keeps_its_circuits_to_itself(
+    openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path, clock: Clock
+):
+    async with engine_processes(openai, wavespeed, tmp_path, clock) as build:
+        service, _ = await build(JOB_LEASE_SECONDS=str(LEASE))
+        breaker = service.router.breaker
+        for _ in range(breaker.threshold):
+            breaker.record("wavespeed", False)
+        await service.engine.lease_round()
+        assert service.router.circuits()["wavespeed"] == "open"
+        assert await service.storage.circuits.exchange({}, ()) == {}  # nothing written

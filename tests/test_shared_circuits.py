@@ -64,7 +64,7 @@ def fail(breaker: CircuitBreaker, provider: str, times: int) -> None:
         breaker.record(provider, False)
 
 
-async def test_a_circuit_opened_by_one_process_is_open_in_another_until_it_ends_and_a_success_closes_it_everywhere(
+async def test_a_circuit_opened_in_one_process_is_open_in_another_until_it_ends_and_one_success_closes_it(
     storage: Storage, other: Storage, clocks: Clocks
 ):
     a, b = breakers(clocks)
