@@ -64,6 +64,20 @@ def fail(breaker: CircuitBreaker, provider: str, times: int) -> None:
         breaker.record(provider, False)
 
 
+async def opened_in_a_and_both_half_open(
+    storage: Storage, other: Storage, clocks: Clocks, provider: str
+) -> tuple[CircuitBreaker, CircuitBreaker]:
+    """Breakers of two processes after `provider`'s circuit opened in a, was shared, and its open period
+    ended: each may let one trial call through."""
+    a, b = breakers(clocks)
+    fail(a, provider, 2)
+    await a.share(storage.circuits)
+    await b.share(other.circuits)
+    clocks.advance(COOLDOWN)
+    assert (a.state(provider), b.state(provider)) == (HALF_OPEN, HALF_OPEN)
+    return a, b
+
+
 async def test_a_circuit_opened_in_one_process_is_open_in_another_until_it_ends_and_one_success_closes_it(
     storage: Storage, other: Storage, clocks: Clocks
 ):
@@ -104,12 +118,7 @@ async def test_a_circuit_opened_in_one_process_is_open_in_another_until_it_ends_
 async def test_a_failed_trial_elsewhere_opens_the_circuit_again_for_everyone(
     storage: Storage, other: Storage, clocks: Clocks
 ):
-    a, b = breakers(clocks)
-    fail(a, "atlascloud", 2)
-    await a.share(storage.circuits)
-    await b.share(other.circuits)
-
-    clocks.advance(COOLDOWN)
+    a, b = await opened_in_a_and_both_half_open(storage, other, clocks, "atlascloud")
     assert b.allow("atlascloud")  # b probes first, and it fails
     b.record("atlascloud", False)
     clocks.advance(5)
@@ -127,11 +136,7 @@ async def test_a_failed_trial_elsewhere_opens_the_circuit_again_for_everyone(
 async def test_what_changed_here_since_the_last_round_wins_over_the_stored_view(
     storage: Storage, other: Storage, clocks: Clocks
 ):
-    a, b = breakers(clocks)
-    fail(a, "segmind", 2)
-    await a.share(storage.circuits)
-    await b.share(other.circuits)
-    clocks.advance(COOLDOWN)
+    a, b = await opened_in_a_and_both_half_open(storage, other, clocks, "segmind")
     assert a.allow("segmind") and b.allow("segmind")
     b.record("segmind", True)  # b closes it (row still there until b's round) ...
     a.record("segmind", False)  # ... while a's trial fails and opens it again
