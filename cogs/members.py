@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import logging
 from typing import Any
@@ -28,6 +30,9 @@ from cogs._ui import RetouchCog, first_image
 
 log = logging.getLogger(__name__)
 
+# How long an Undo on a repost waits for the repost's own record (one database write).
+RECORD_WAIT_SECONDS = 10.0
+
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
@@ -45,6 +50,10 @@ class MembersCog(RetouchCog):
         super().__init__(bot)
         self.offers = OfferBook()
         self.controls = PublicControls(bot)
+        # Reposts being posted and recorded, by the job whose version they show: an Undo clicked on one
+        # before its record is written (the click can even arrive before the post's own answer) waits
+        # for the record instead of being told the history has expired.
+        self._recording: dict[str, asyncio.Event] = {}
 
     async def cog_load(self) -> None:
         await super().cog_load()
@@ -123,6 +132,11 @@ class MembersCog(RetouchCog):
         assert message is not None
         hours = self.bot.services.settings.result_retention_hours
         latest = await history.latest(message.id, job_id)
+        recording = self._recording.get(job_id)
+        if latest is None and recording is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recording.wait(), RECORD_WAIT_SECONDS)
+            latest = await history.latest(message.id, job_id)
         if latest is None:
             await _private(interaction, messages.history_expired(hours))
             return
@@ -158,14 +172,20 @@ class MembersCog(RetouchCog):
             "view": result_view(step.previous.job_id, undo=True),
             "allowed_mentions": NO_MENTIONS,
         }
-        if where == interaction.channel_id:
-            posted: discord.Message = await interaction.followup.send(**post, wait=True)
-        else:  # the chain lives in its thread (clicked on its first result, in the channel)
-            assert where is not None
-            posted = await self.bot.get_partial_messageable(where).send(**post)
-        await history.record_repost(
-            step, message_id=posted.id, channel_id=posted.channel.id, user_id=interaction.user.id
-        )
+        recorded = self._recording[step.previous.job_id] = asyncio.Event()
+        try:
+            if where == interaction.channel_id:
+                posted: discord.Message = await interaction.followup.send(**post, wait=True)
+            else:  # the chain lives in its thread (clicked on its first result, in the channel)
+                assert where is not None
+                posted = await self.bot.get_partial_messageable(where).send(**post)
+            await history.record_repost(
+                step, message_id=posted.id, channel_id=posted.channel.id, user_id=interaction.user.id
+            )
+        finally:
+            recorded.set()
+            if self._recording.get(step.previous.job_id) is recorded:
+                del self._recording[step.previous.job_id]
         log.info("undo: version %s posted again as %s", step.previous.message_id, posted.id)
 
 

@@ -472,6 +472,34 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
 
 
+async def test_undo_on_a_repost_clicked_before_its_record_is_written_waits_for_it(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        # Hold the repost's record back, as a slow database write would.
+        history = world.services.history
+        gate = asyncio.Event()
+        record_repost = history.record_repost
+
+        async def slow_record(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()
+            return await record_repost(*args, **kwargs)
+
+        history.record_repost = slow_record  # type: ignore[method-assign]
+        await fake_discord.click(world.user, second, undo_button(second))
+        [*_, restored] = await posted_in(world, world.channel.id, 3)
+        early = await fake_discord.click(world.user, restored, undo_button(restored))
+        await asyncio.sleep(0.2)  # let the early click reach the bot while the record is held
+        gate.set()
+        await fake_discord.wait_until(lambda: early.callbacks)
+        # Not "history has expired": the click waited for the record and was answered from it.
+        assert early.callbacks[0]["data"].get("content") == (
+            "This is the first version of this edit: there is nothing to undo."
+        )
+
+
 async def test_a_chain_with_a_thread_continues_in_the_thread(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
