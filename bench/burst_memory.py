@@ -11,11 +11,12 @@ Measured per row, on a fresh bot:
 * the bot's CPU seconds for the burst (comparable on a busy host, unlike the times);
 * the most edits the bot reported queued and in flight at once (`/metrics`, sampled).
 
-`--processes N` (N > 1 needs PostgreSQL: `--database-url`, else RETOUCH_TEST_DATABASE_URL) starts N
+`--processes N [N ...]` (N > 1 needs PostgreSQL: `--database-url`, else RETOUCH_TEST_DATABASE_URL) starts N
 bots on a fresh schema sharing the gateway's N shards through the leases, one server per shard, and
 spreads the members' edits over the servers; then the peak RSS and CPU are per process, with the jobs
 each one started (`retouch_jobs_started`), and every edit must reach Discord exactly once.
-`--database-url` with one process measures the lone bot on PostgreSQL instead of SQLite.
+`--database-url` with one process measures the lone bot on PostgreSQL instead of SQLite; so does
+`--processes 1 3`, which measures one and three processes side by side in one run.
 
 `--before REF` runs the same burst first on the bot as it is at git revision REF (exported to a
 temporary folder), then on this checkout: before and after side by side in one run.
@@ -161,23 +162,27 @@ def revision_name(revision: str) -> str:
     return f"{revision} ({done.stdout.strip()})"
 
 
-async def main(count: int, delay: float, fmt: str, before: str | None, runs: int, fleet: Fleet) -> None:
+async def main(
+    count: int, delay: float, fmt: str, before: str | None, runs: int, fleets: list[Fleet]
+) -> None:
     image = photo(1024, fmt)
-    settings = "".join(f", {k}={v}" for k, v in fleet.bot_env.items())
     rows = []
     for _ in range(runs):
-        if before is not None:
-            with checkout(before) as tree:
-                label = f"before: {revision_name(before)}{settings}"
-                rows.append(await burst(label, tree, count, delay, image, fleet))
-        rows.append(await burst(f"this checkout{settings}", ROOT, count, delay, image, fleet))
-    where = "SQLite" if fleet.database_url is None else "PostgreSQL"
-    against = "one process" if fleet.processes == 1 else f"{fleet.processes} processes, one server a shard"
+        for fleet in fleets:
+            where = "SQLite" if fleet.database_url is None else "PostgreSQL"
+            settings = f", {fleet.processes} process(es), {where}"
+            settings += "".join(f", {k}={v}" for k, v in fleet.bot_env.items())
+            if before is not None:
+                with checkout(before) as tree:
+                    label = f"before: {revision_name(before)}{settings}"
+                    rows.append(await burst(label, tree, count, delay, image, fleet))
+            rows.append(await burst(f"this checkout{settings}", ROOT, count, delay, image, fleet))
     print(
         table(
-            f"Memory under a burst: {count} members' /edit at once against {against} ({where}), default "
-            f"limits, {delay:g} s provider, 1024² {fmt} ({len(image) / MIB:.2f} MiB), {os.cpu_count()} CPUs "
-            f"(target: peak RSS < {TARGET_MIB} MiB a process; a / b / c: one value a process)",
+            f"Memory under a burst: {count} members' /edit at once (several processes: one server a "
+            f"shard), default limits, {delay:g} s provider, 1024² {fmt} ({len(image) / MIB:.2f} MiB), "
+            f"{os.cpu_count()} CPUs (target: peak RSS < {TARGET_MIB} MiB a process; "
+            "a / b / c: one value a process)",
             (
                 "bot",
                 "acked",
@@ -199,7 +204,7 @@ async def main(count: int, delay: float, fmt: str, before: str | None, runs: int
     )
 
 
-def parse() -> tuple[argparse.Namespace, Fleet]:
+def parse() -> tuple[argparse.Namespace, list[Fleet]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -211,21 +216,25 @@ def parse() -> tuple[argparse.Namespace, Fleet]:
     parser.add_argument(
         "--bot-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for every bot measured"
     )
-    parser.add_argument("--processes", type=int, default=1, help="bot processes sharing the shards")
+    parser.add_argument(
+        "--processes", type=int, nargs="+", default=[1], metavar="N", help="bot processes sharing the shards"
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get("RETOUCH_TEST_DATABASE_URL"),
         help="PostgreSQL (a fresh schema each burst); needed for --processes > 1",
     )
     args = parser.parse_args()
-    if args.processes > 1 and not args.database_url:
+    several = max(args.processes) > 1
+    if several and not args.database_url:
         parser.error("--processes > 1 needs PostgreSQL: --database-url or RETOUCH_TEST_DATABASE_URL")
-    # One process stays on SQLite unless a database is asked for on the command line.
-    url = args.database_url if args.processes > 1 or "--database-url" in sys.argv else None
+    # One process stays on SQLite unless PostgreSQL is asked for on the command line, or the same run
+    # measures several processes too (then all of them are on PostgreSQL, side by side).
+    url = args.database_url if several or "--database-url" in sys.argv else None
     extra = dict(item.split("=", 1) for item in args.bot_env)
-    return args, Fleet(args.processes, url, extra)
+    return args, [Fleet(n, url, extra) for n in args.processes]
 
 
 if __name__ == "__main__":
-    args, fleet = parse()
-    asyncio.run(main(args.count, args.delay, args.format, args.before, args.runs, fleet))
+    args, fleets = parse()
+    asyncio.run(main(args.count, args.delay, args.format, args.before, args.runs, fleets))
