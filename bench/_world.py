@@ -1,10 +1,14 @@
-"""The end-to-end rig for benchmarks 1–3 and 7: fake Discord here, fake OpenAI and the bot in their own
-processes.
+"""The end-to-end rig for benchmarks 1–3, 7 and 8: fake Discord here, fake OpenAI and the bot in their
+own processes.
 
 `python -m bot` runs unmodified in a child process with its settings pointed at the fakes on 127.0.0.1,
 so what is measured is the real entry point (its HTTP session, database, ops server and all). The fake
 Discord stays in this process because tests drive it through Python calls (`slash`); the fake OpenAI
 gets its own process so its image work does not compete with the fake Discord's event loop.
+
+With `processes` > 1 the rig starts that many bots on one PostgreSQL schema of their own, sharing the
+gateway's shards (SHARD_COUNT = processes) through the leases as `docker compose --scale` runs them,
+with one server per shard; members belong to every server and their edits take turns over them.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bench._common import ROOT, BotProcess, FakeOpenAIProcess, free_port
-from tests.fakes.discord import FakeChannel, FakeDiscord, FakeInteraction, FakeUser
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 
 USERS = 10
 PROMPT = "make it a watercolour painting"
@@ -42,13 +48,16 @@ class Rig:
     users: list[FakeUser]
     interactions: list[FakeInteraction] = field(default_factory=list)
     openai: FakeOpenAIProcess | None = None  # its `stats` are filled in once the rig has stopped
+    bots: list[BotProcess] = field(default_factory=list)  # every process; `bot` is the first
+    channels: list[FakeChannel] = field(default_factory=list)  # one a server; `channel` is the first
 
     async def edit(self, image: bytes, index: int = 0) -> FakeInteraction:
-        """One /edit (1024x1024, low quality) from user `index % len(users)`."""
+        """One /edit (1024x1024, low quality) from user `index % len(users)`, in server `index % servers`."""
+        channels = self.channels or [self.channel]
         it = await self.fake.slash(
             self.users[index % len(self.users)],
             "edit",
-            channel=self.channel,
+            channel=channels[index % len(channels)],
             options={"prompt": PROMPT, "quality": "low", "size": "1024x1024"},
             attachments={"image": ("photo.png", image)},
         )
@@ -91,6 +100,42 @@ class Rig:
         return None
 
 
+def shard_guild_id(shard: int, shards: int) -> int:
+    """A server id Discord routes to `shard` of `shards` ((id >> 22) % shards)."""
+    return (10**11 * shards + shard) << 22
+
+
+async def publish_globally(fake: FakeDiscord, guild: FakeGuild) -> None:
+    """Publish the commands the bot synced to its dev server as global ones, as `python -m bot --sync`
+    would, so that the other servers have them too (over the fake's REST API, with the bot's token)."""
+    kept = ("type", "name", "description", "options", "default_member_permissions", "contexts", "nsfw")
+    body = [{k: v for k, v in c.items() if k in kept} for c in fake.synced_commands(guild)]
+    url = f"{fake.api_base}/applications/{fake.application_id}/commands"
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with aiohttp.ClientSession() as session, session.put(url, json=body, headers=headers) as resp:
+        resp.raise_for_status()
+
+
+async def until_spread(fake: FakeDiscord, database_url: str, processes: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until each of the `processes` bots holds the lease of exactly one shard and every shard is
+    connected once (the first bot to start takes them all; the others claim theirs on later rounds)."""
+    import asyncpg
+
+    deadline = time.monotonic() + timeout
+    conn = await asyncpg.connect(database_url)
+    try:
+        while True:
+            rows = await conn.fetch("SELECT owner, count(*) AS n FROM shard_leases GROUP BY owner")
+            held = sorted(r["n"] for r in rows if r["owner"] is not None)
+            if held == [1] * processes and fake.identified_shards == list(range(processes)):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"shards never spread: leases {held}, connected {fake.identified_shards}")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
 @asynccontextmanager
 async def rig(
     *,
@@ -101,49 +146,67 @@ async def rig(
     openai_options: Mapping[str, Any] | None = None,
     users: int = USERS,
     root: Path = ROOT,
+    processes: int = 1,
+    database_url: str | None = None,
 ) -> AsyncIterator[Rig]:
     """Start the fakes and the bot; stop everything afterwards (the bot first).
 
     With `defaults` the bot keeps its shipped admission limits (MAX_CONCURRENT_JOBS, MAX_JOBS_PER_USER);
     otherwise they are raised so its capacity is measured. `openai_options` go to the fake OpenAI.
     `users` members take turns sending edits; `root` is the source tree the bot runs from.
+    `database_url` (PostgreSQL; required when `processes` > 1) gets a fresh schema for this rig only.
     """
+    if processes > 1 and not database_url:
+        raise ValueError("several processes share their work through PostgreSQL: give database_url")
     limits = {} if defaults else {"MAX_CONCURRENT_JOBS": "1000", "MAX_JOBS_PER_USER": "1000"}
-    fake = FakeDiscord()
+    fake = FakeDiscord(shard_count=processes)
     await fake.start()
-    try:
-        guild = await fake.create_guild(name="Bench")
-        channel = await guild.create_text_channel("art")
-        users = [fake.create_user(f"user{i}") for i in range(users)]
-        for user in users:
-            await guild.add_member(user)
-        with FakeOpenAIProcess(delay=provider_delay, cache=True, options=openai_options) as openai:
-            bot = BotProcess(
-                env={
-                    "DISCORD_TOKEN": fake.token,
-                    "DISCORD_API_BASE": fake.api_base,
-                    "OPENAI_API_KEY": openai.api_key,
-                    "OPENAI_BASE_URL": openai.base_url,
-                    "DEV_GUILD_ID": str(guild.id),
-                    "STARTING_CREDITS": str(10**9),
-                    "CATALOG_PATH": str(undated_catalog(scratch, root)),
-                    "DEFAULT_MODEL": "gpt-image-1.5",
-                    # Measure the bot's capacity, not its admission limits, unless `defaults`.
-                    **limits,
-                    # ...nor the operator's limits: the server is approved, no budget or rate cap.
-                    "ALLOWED_GUILD_IDS": str(guild.id),
-                    "MONTHLY_BUDGET_USD": "0",
-                    "COMMANDS_PER_MINUTE": "0",
-                    **(bot_env or {}),
-                },
-                metrics_port=free_port(),
-                root=root,
-            )
-            try:
-                bot.start()
-                await bot.wait_healthy()
-                yield Rig(fake, bot, channel, users, openai=openai)
-            finally:
-                bot.stop()
-    finally:
-        await fake.stop()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(fake.stop)
+        shared: dict[str, str] = {}
+        if database_url:
+            from bot.storage.postgres import scratch_schema
+
+            url = await stack.enter_async_context(scratch_schema(database_url))
+            data = scratch / "data"
+            data.mkdir()
+            shared = {"DATABASE_URL": url, "SHARD_COUNT": str(processes), "DATA_DIR": str(data)}
+        ids = [shard_guild_id(s, processes) for s in range(processes)] if processes > 1 else [None]
+        guilds = [await fake.create_guild(name=f"Bench {n}", id=i) for n, i in enumerate(ids)]
+        channels = [await guild.create_text_channel("art") for guild in guilds]
+        members = [fake.create_user(f"user{i}") for i in range(users)]
+        for guild in guilds:
+            for user in members:
+                await guild.add_member(user)
+        openai = stack.enter_context(
+            FakeOpenAIProcess(delay=provider_delay, cache=True, options=openai_options)
+        )
+        env = {
+            "DISCORD_TOKEN": fake.token,
+            "DISCORD_API_BASE": fake.api_base,
+            "OPENAI_API_KEY": openai.api_key,
+            "OPENAI_BASE_URL": openai.base_url,
+            "DEV_GUILD_ID": str(guilds[0].id),
+            "STARTING_CREDITS": str(10**9),
+            "CATALOG_PATH": str(undated_catalog(scratch, root)),
+            "DEFAULT_MODEL": "gpt-image-1.5",
+            # Measure the bot's capacity, not its admission limits, unless `defaults`.
+            **limits,
+            # ...nor the operator's limits: the servers are approved, no budget or rate cap.
+            "ALLOWED_GUILD_IDS": ",".join(str(guild.id) for guild in guilds),
+            "MONTHLY_BUDGET_USD": "0",
+            "COMMANDS_PER_MINUTE": "0",
+            **shared,
+            **(bot_env or {}),
+        }
+        bots = [BotProcess(env=env, metrics_port=free_port(), root=root) for _ in range(processes)]
+        for bot in bots:
+            stack.callback(bot.stop)  # stops before the fakes (the stack unwinds in reverse)
+            bot.start()
+        for bot in bots:
+            await bot.wait_healthy(timeout=120)
+        if processes > 1:
+            assert database_url is not None
+            await until_spread(fake, shared["DATABASE_URL"], processes, timeout=180)
+            await publish_globally(fake, guilds[0])
+        yield Rig(fake, bots[0], channels[0], members, openai=openai, bots=bots, channels=channels)
