@@ -3,6 +3,7 @@ and read-only looks into the bot's SQLite file (the tests wait on job states, ne
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tomllib
 from collections.abc import Iterator
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.catalog import Catalog, parse_catalog
-from tests.fakes.discord import FakeMessage
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeMessage, FakeUser
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 
 DATA = Path(__file__).resolve().parent / "data"
 PHOTO = (DATA / "chelsea.png").read_bytes()
@@ -128,3 +132,34 @@ def control(message: FakeMessage, action: str) -> str | None:
 def results(messages: list[FakeMessage]) -> list[FakeMessage]:
     """Result messages: public, with an image and the job buttons."""
     return [m for m in messages if not m.ephemeral and m.files and control(m, "retry")]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def art_club(
+    fake: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, data_dir: Path
+) -> tuple[FakeGuild, FakeChannel, FakeUser, dict[str, str]]:
+    """The server a real `python -m bot` process serves in these tests (#art, member alice, approved by
+    the operator) and that process's environment: both fake providers, this catalog, `data_dir`."""
+    guild = await fake.create_guild(name="Art Club")
+    channel = await guild.create_text_channel("art")
+    alice = fake.create_user("alice")
+    await guild.add_member(alice)
+    catalog = data_dir / "catalog.toml"
+    catalog.write_text(CATALOG_TOML)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "DISCORD_TOKEN": fake.token,
+        "DISCORD_API_BASE": fake.api_base,
+        **provider_env("openai", openai),
+        **provider_env("wavespeed", wavespeed),
+        "CATALOG_PATH": str(catalog),
+        "DATA_DIR": str(data_dir),
+        "DEV_GUILD_ID": str(guild.id),
+        "ALLOWED_GUILD_IDS": str(guild.id),  # the operator approved the test server
+        "METRICS_PORT": "0",
+        "LOG_LEVEL": "info",
+    }
+    return guild, channel, alice, env

@@ -9,7 +9,6 @@ takeover comes within seconds; the test waits on job states in the database, nev
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.durable import CATALOG_TOML, PHOTO, results
+from tests.durable import PHOTO, art_club, results
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import provider_env
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT = 60.0  # generous: three child processes start on a loaded CI machine
 LEASE = "3"
 
@@ -111,30 +108,13 @@ async def scene(
 ) -> AsyncIterator[tuple[Fleet, Database, FakeChannel, FakeUser]]:
     import asyncpg
 
-    guild = await fake_discord.create_guild(name="Art Club")
-    channel = await guild.create_text_channel("art")
-    alice = fake_discord.create_user("alice")
-    await guild.add_member(alice)
-    catalog = tmp_path / "catalog.toml"
-    catalog.write_text(CATALOG_TOML)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(ROOT),
-        "DISCORD_TOKEN": fake_discord.token,
-        "DISCORD_API_BASE": fake_discord.api_base,
-        **provider_env("openai", openai),
-        **provider_env("wavespeed", wavespeed),
-        "CATALOG_PATH": str(catalog),
-        "DATA_DIR": str(tmp_path),
+    guild, channel, alice, env = await art_club(fake_discord, openai, wavespeed, tmp_path)
+    env |= {
         "DATABASE_URL": postgres_url,
         "SHARD_COUNT": "1",
         "SHARD_LEASE_SECONDS": LEASE,
         "JOB_LEASE_SECONDS": LEASE,
         "MAX_CONCURRENT_JOBS": "2",
-        "DEV_GUILD_ID": str(guild.id),
-        "ALLOWED_GUILD_IDS": str(guild.id),
-        "METRICS_PORT": "0",
-        "LOG_LEVEL": "info",
     }
     fleet = Fleet(fake_discord, env, guild)
     conn = await asyncpg.connect(postgres_url)

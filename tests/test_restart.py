@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.durable import (
-    CATALOG_TOML,
     PHOTO,
+    art_club,
     assert_books_balance,
     control,
     job_states,
@@ -34,9 +33,7 @@ from tests.durable import (
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeUser
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.fixtures import provider_env
 
-ROOT = Path(__file__).resolve().parents[1]
 WAIT = 30.0  # generous: two child processes start per test on a loaded CI machine
 
 
@@ -121,27 +118,8 @@ async def scene_for(
     started: list[BotProcess] = []
 
     async def build(**extra: str) -> Scene:
-        guild = await fake_discord.create_guild(name="Art Club")
-        channel = await guild.create_text_channel("art")
-        alice = fake_discord.create_user("alice")
-        await guild.add_member(alice)
-        catalog = tmp_path / "catalog.toml"
-        catalog.write_text(CATALOG_TOML)
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(ROOT),
-            "DISCORD_TOKEN": fake_discord.token,
-            "DISCORD_API_BASE": fake_discord.api_base,
-            **provider_env("openai", openai),
-            **provider_env("wavespeed", wavespeed),
-            "CATALOG_PATH": str(catalog),
-            "DATA_DIR": str(tmp_path),
-            "DEV_GUILD_ID": str(guild.id),
-            "ALLOWED_GUILD_IDS": str(guild.id),  # the operator approved the test server
-            "METRICS_PORT": "0",
-            "LOG_LEVEL": "info",
-            **extra,
-        }
+        guild, channel, alice, env = await art_club(fake_discord, openai, wavespeed, tmp_path)
+        env |= extra
         bot = BotProcess(fake_discord, env, tmp_path, guild)
         started.append(bot)
         await bot.start()
