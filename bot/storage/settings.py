@@ -37,16 +37,25 @@ class Settings:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def _upsert(self, table: str, keys: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Create `table`'s row for `keys`, or overwrite just `fields` in it (its other columns stay).
+
+        Table and column names come from this module (requested columns pass `checked` first)."""
+        columns = [*keys, *fields]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
+        await self._db.write_one(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}",
+            (*keys.values(), *fields.values()),
+        )
+
     async def guild_thread_results(self, guild_id: int) -> bool | None:
         row = await self._db.one("SELECT thread_results FROM guild_settings WHERE guild_id = ?", (guild_id,))
         return None if row is None or row[0] is None else bool(row[0])
 
     async def set_guild_thread_results(self, guild_id: int, value: bool | None) -> None:
-        await self._db.write_one(
-            "INSERT INTO guild_settings (guild_id, thread_results) VALUES (?, ?) "
-            "ON CONFLICT (guild_id) DO UPDATE SET thread_results = excluded.thread_results",
-            (guild_id, None if value is None else int(value)),
-        )
+        thread_results = None if value is None else int(value)
+        await self._upsert("guild_settings", {"guild_id": guild_id}, {"thread_results": thread_results})
 
     async def guild_moderation(self, guild_id: int) -> str | None:
         """The server's safety-check level (off / standard / strict), None when it set none."""
@@ -54,11 +63,7 @@ class Settings:
         return None if row is None else row[0]
 
     async def set_guild_moderation(self, guild_id: int, level: str | None) -> None:
-        await self._db.write_one(
-            "INSERT INTO guild_settings (guild_id, moderation) VALUES (?, ?) "
-            "ON CONFLICT (guild_id) DO UPDATE SET moderation = excluded.moderation",
-            (guild_id, level),
-        )
+        await self._upsert("guild_settings", {"guild_id": guild_id}, {"moderation": level})
 
     # -- credit policy ------------------------------------------------------------------------------
 
@@ -75,14 +80,7 @@ class Settings:
             "updated_by": actor_id,
             "updated_at": self._db.timestamp(),
         }
-        names = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
-        await self._db.write_one(
-            f"INSERT INTO guild_policy (guild_id, {names}) VALUES (?, {marks}) "
-            f"ON CONFLICT (guild_id) DO UPDATE SET {updates}",
-            (guild_id, *fields.values()),
-        )
+        await self._upsert("guild_policy", {"guild_id": guild_id}, fields)
 
     async def role_tier_rows(self, guild_id: int) -> list[dict[str, Any]]:
         rows = await self._db.all("SELECT * FROM role_tiers WHERE guild_id = ? ORDER BY role_id", (guild_id,))
@@ -93,14 +91,9 @@ class Settings:
     ) -> None:
         """Create or replace a role's whole tier (fields not given go back to "inherit")."""
         fields = checked(fields, _ROLE_TIER_FIELDS)
-        names = [*sorted(_ROLE_TIER_FIELDS), "updated_by", "updated_at"]
-        values = [*(fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)), actor_id, self._db.timestamp()]
-        replace = ", ".join(f"{name} = excluded.{name}" for name in names)
-        await self._db.write_one(
-            f"INSERT INTO role_tiers (guild_id, role_id, {', '.join(names)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            f"ON CONFLICT (guild_id, role_id) DO UPDATE SET {replace}",
-            (guild_id, role_id, *values),
-        )
+        whole = {name: fields.get(name) for name in sorted(_ROLE_TIER_FIELDS)}
+        whole |= {"updated_by": actor_id, "updated_at": self._db.timestamp()}
+        await self._upsert("role_tiers", {"guild_id": guild_id, "role_id": role_id}, whole)
 
     async def delete_role_tier(self, guild_id: int, role_id: int) -> bool:
         deleted = await self._db.write_one(
@@ -120,14 +113,7 @@ class Settings:
     async def put_route_status(self, provider: str, model: str, fields: dict[str, Any]) -> None:
         """Record some of a route's facts (shutdown, listed, gone_at, gone_reason); creates the row."""
         fields = {**checked(fields, _ROUTE_STATUS_FIELDS), "updated_at": self._db.timestamp()}
-        names = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
-        await self._db.write_one(
-            f"INSERT INTO route_status (provider, model, {names}) VALUES (?, ?, {marks}) "
-            f"ON CONFLICT (provider, model) DO UPDATE SET {updates}",
-            (provider, model, *fields.values()),
-        )
+        await self._upsert("route_status", {"provider": provider, "model": model}, fields)
 
     async def stored_models(self) -> set[str]:
         """Every model id a member's or a server's stored default points at."""
@@ -187,14 +173,7 @@ class Settings:
     async def update_user_settings(self, user_id: int, fields: dict[str, Any]) -> None:
         """Set some of a user's defaults (None clears one); creates the row."""
         fields = {**checked(fields, _USER_SETTING_FIELDS), "updated_at": self._db.timestamp()}
-        names = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in fields)
-        await self._db.write_one(
-            f"INSERT INTO user_settings (user_id, {names}) VALUES (?, {marks}) "
-            f"ON CONFLICT (user_id) DO UPDATE SET {updates}",
-            (user_id, *fields.values()),
-        )
+        await self._upsert("user_settings", {"user_id": user_id}, fields)
 
     async def operator_guild(self, guild_id: int) -> tuple[bool, str | None]:
         """(approved by the operator's command, monthly allotment in USD as text or None)."""
@@ -208,18 +187,9 @@ class Settings:
         return {r[0]: (bool(r[1]), r[2]) for r in rows}
 
     async def set_guild_approved(self, guild_id: int, approved: bool, *, actor_id: int) -> None:
-        await self._db.write_one(
-            "INSERT INTO operator_guilds (guild_id, approved, updated_by, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (guild_id) DO UPDATE SET approved = excluded.approved, "
-            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-            (guild_id, int(approved), actor_id, self._db.timestamp()),
-        )
+        fields = {"approved": int(approved), "updated_by": actor_id, "updated_at": self._db.timestamp()}
+        await self._upsert("operator_guilds", {"guild_id": guild_id}, fields)
 
     async def set_guild_allotment(self, guild_id: int, usd: str | None, *, actor_id: int) -> None:
-        await self._db.write_one(
-            "INSERT INTO operator_guilds (guild_id, allotment_usd, updated_by, updated_at) "
-            "VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (guild_id) DO UPDATE SET allotment_usd = excluded.allotment_usd, "
-            "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-            (guild_id, usd, actor_id, self._db.timestamp()),
-        )
+        fields = {"allotment_usd": usd, "updated_by": actor_id, "updated_at": self._db.timestamp()}
+        await self._upsert("operator_guilds", {"guild_id": guild_id}, fields)
