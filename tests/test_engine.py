@@ -30,6 +30,7 @@ from bot.jobs.model import (
     DeliveryFailed,
     EditOutcome,
     JobInfo,
+    JobSpec,
     NotAllowed,
 )
 from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
@@ -487,6 +488,28 @@ async def test_drain_keeps_durable_jobs_and_the_next_process_finishes_them(
     assert_books_balance(later.settings.data_dir)
 
 
+async def store_job(
+    service: EditService, job_id: str, job_spec: JobSpec, blobs: dict[str, bytes], **row: Any
+) -> None:
+    """Alice's job as a stopped process left it: its files on disk and its row (`queued`, unless `row`
+    says otherwise; `row` may also give the stored `spec` text)."""
+    service.engine.files.write(job_id, blobs)
+    await service.storage.jobs.create_job(
+        job_id,
+        **{
+            "guild_id": GUILD,
+            "user_id": ALICE,
+            "channel_id": 7,
+            "model": job_spec.model,
+            "quality": "auto",
+            "size": "auto",
+            "count": 1,
+            "spec": job_spec.to_json(),
+            **row,
+        },
+    )
+
+
 async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Factory):
     service, _ = await make()
     storage, files = service.storage, service.engine.files
@@ -496,19 +519,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     for name in ("queued", "reserved", "submitting", "completed", "ended", "gone"):
         job_id = f"{len(ids):016x}"
         ids[name] = job_id
-        files.write(job_id, blobs)
-        await storage.jobs.create_job(
-            job_id,
-            guild_id=GUILD,
-            user_id=ALICE,
-            channel_id=7,
-            model=spec.model,
-            quality="auto",
-            size="auto",
-            count=1,
-            spec=spec.to_json(),
-            files_expire_at="2026-11-22T12:00:00.000+00:00",
-        )
+        await store_job(service, job_id, spec, blobs, files_expire_at="2026-11-22T12:00:00.000+00:00")
         if name != "queued":
             await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
     await storage.jobs.set_job_state(ids["submitting"], "submitting", provider="openai")
@@ -550,25 +561,15 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
 
 async def test_an_unreadable_job_row_is_quarantined_and_does_not_stop_recovery(make: Factory):
     service, _ = await make()
-    storage, files = service.storage, service.engine.files
+    storage = service.storage
     prepared = await service.prepare(job())
     spec, blobs = await service._spec(prepared)
     ids = {}
     for name, text in (("bad spec", "{not json"), ("bad result", spec.to_json()), ("good", spec.to_json())):
         job_id = f"{len(ids) + 1:016x}"
         ids[name] = job_id
-        files.write(job_id, blobs)
-        await storage.jobs.create_job(
-            job_id,
-            guild_id=GUILD,
-            user_id=ALICE,
-            channel_id=7,
-            model=spec.model,
-            quality="auto",
-            size="auto",
-            count=1,
-            spec=text,
-            files_expire_at="2026-11-22T12:00:00.000+00:00",
+        await store_job(
+            service, job_id, spec, blobs, spec=text, files_expire_at="2026-11-22T12:00:00.000+00:00"
         )
         await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
     await storage.jobs.set_job_state(ids["bad result"], "completed", result='{"files": 3}')

@@ -38,6 +38,7 @@ from tests.test_engine import (
     job,
     kinds,
     state,
+    store_job,
     submit,
     wait_state,
 )
@@ -219,20 +220,8 @@ async def completed_job(service: EditService, owner: str) -> str:
     prepared = await service.prepare(job())
     spec, blobs = await service._spec(prepared)
     job_id = "c" * 16
-    service.engine.files.write(job_id, {**blobs, "result-1.png": PHOTO})
-    await storage.jobs.create_job(
-        job_id,
-        guild_id=GUILD,
-        user_id=ALICE,
-        channel_id=7,
-        model=spec.model,
-        quality="auto",
-        size="auto",
-        count=1,
-        spec=spec.to_json(),
-        owner=owner,
-        lease_expires_at=service.engine.lease_until(),
-    )
+    blobs = {**blobs, "result-1.png": PHOTO}
+    await store_job(service, job_id, spec, blobs, owner=owner, lease_expires_at=service.engine.lease_until())
     await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
     result = {"disk": "result-1.png", "filename": "r.png", "format": "png"}
     record = {"files": [result], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": 7}
