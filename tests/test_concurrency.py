@@ -70,6 +70,22 @@ async def full_round(lim: ProviderLimiter) -> None:
     await asyncio.gather(*tasks)
 
 
+class HeldCalls:
+    """Calls that start, count themselves, and wait for `gate` before answering "ok"."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def held(self) -> str:
+        self.started += 1
+        await self.gate.wait()
+        return "ok"
+
+    def send(self, lim: ProviderLimiter, count: int) -> list[asyncio.Future[str]]:
+        return [asyncio.ensure_future(lim.call("p", self.held)) for _ in range(count)]
+
+
 def rate_limited(retry_after: float | None = None) -> perr.RateLimited:
     return perr.RateLimited("429", provider="p", status=429, retry_after=retry_after, accepted=False)
 
@@ -117,21 +133,13 @@ async def test_the_limit_never_passes_its_ceiling() -> None:
 async def test_calls_over_the_limit_wait_for_a_slot() -> None:
     time = FakeTime()
     lim = limiter(2, 2, time)
-    gate = asyncio.Event()
-    started = 0
-
-    async def held() -> str:
-        nonlocal started
-        started += 1
-        await gate.wait()
-        return "ok"
-
-    tasks = [asyncio.ensure_future(lim.call("p", held)) for _ in range(5)]
-    await settle(lambda: started == 2)
+    calls = HeldCalls()
+    tasks = calls.send(lim, 5)
+    await settle(lambda: calls.started == 2)
     for _ in range(20):
         await asyncio.sleep(0)
-    assert started == 2 and lim.snapshot()["p"].in_flight == 2
-    gate.set()
+    assert calls.started == 2 and lim.snapshot()["p"].in_flight == 2
+    calls.gate.set()
     assert await asyncio.gather(*tasks) == ["ok"] * 5
 
 
@@ -143,24 +151,16 @@ async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goe
     lim.share_with(4)
     assert lim.limit("p") == 1  # never below one call
     lim.share_with(2)
-    gate = asyncio.Event()
-    started = 0
-
-    async def held() -> str:
-        nonlocal started
-        started += 1
-        await gate.wait()
-        return "ok"
-
-    tasks = [asyncio.ensure_future(lim.call("p", held)) for _ in range(6)]
-    await settle(lambda: started == 3)
+    calls = HeldCalls()
+    tasks = calls.send(lim, 6)
+    await settle(lambda: calls.started == 3)
     for _ in range(20):
         await asyncio.sleep(0)
-    assert started == 3
+    assert calls.started == 3
     lim.share_with(1)  # the other process died: its part is this one's, and waiting calls go at once
-    await settle(lambda: started == 6)
+    await settle(lambda: calls.started == 6)
     assert lim.limit("p") == 6
-    gate.set()
+    calls.gate.set()
     assert await asyncio.gather(*tasks) == ["ok"] * 6
 
 
