@@ -4,7 +4,8 @@
 `InteractionLive` and returns; the engine then shows the job's progress on that message, posts the
 result through it (or through its `Delivery` when the live route refuses) and ends with a last line.
 `RecordingLive` is that live route with Discord taken out: it keeps every line and every result a
-member would have seen. `run_to_end` makes the same two calls and waits for that last line.
+member would have seen. `run_to_end` makes the same two calls and waits for that last line;
+`run_prepared` makes the second alone, for a job prepared earlier (as a preview's Run button does).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import re
 
 from bot.jobs.model import Delivered, EditOutcome, JobStatus, Ticket
-from bot.services.edits import EditJob, EditService
+from bot.services.edits import EditJob, EditService, PreparedJob
 
 END_TIMEOUT_SECONDS = 60.0  # a hung job fails its test instead of hanging the suite
 CHANNEL_ID = 7  # where the recorded results are "posted"
@@ -95,6 +96,18 @@ async def run_to_end(service: EditService, job: EditJob, live: RecordingLive | N
     """
     live = live or RecordingLive()
     await submit_live(service, job, live)
+    return await result(live)
+
+
+async def run_prepared(service: EditService, prepared: PreparedJob, live: RecordingLive) -> EditOutcome:
+    """`run_to_end` for a job already prepared (what a preview's Run button submits): hold its credits,
+    run it, and wait for its end. Refusals (credits, budgets) raise from `submit`."""
+    live.ticket = await service.submit(prepared, live=live)
+    return await result(live)
+
+
+async def result(live: RecordingLive) -> EditOutcome:
+    """Wait for the job on `live` to end; return the result it posted, or raise NoResult."""
     async with asyncio.timeout(END_TIMEOUT_SECONDS):
         await live.ended.wait()
     if not live.delivered:
