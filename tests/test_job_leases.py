@@ -13,21 +13,18 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.errors import RetouchError
 from bot.jobs.model import db_time
-from bot.services.edits import EditOptions, EditService
+from bot.services.edits import EditService
 from bot.storage import Storage
 from bot.storage.jobs import LeaseLost
 from tests.durable import PHOTO
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
-from tests.live import run_to_end
 from tests.test_engine import (
     ALICE,
     BOB,
@@ -293,43 +290,6 @@ async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_proce
     assert wavespeed.submit_count == 1 and openai.post_count == 1
     assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting])
     await assert_books_balance(b.storage)
-
-
-async def test_three_processes_firing_fifty_edits_at_once_for_a_balance_of_k_holds_run_exactly_k(
-    process: Factory, openai: FakeOpenAI
-):
-    """Each process has its own pool, queue, leases and provider session, as separate bot processes do;
-    the member's one account is shared through the database."""
-    processes = [(await process(name, STARTING_CREDITS="0"))[0] for name in ("a", "b", "c")]
-    for service in processes:
-        await service.engine.start()  # lease rounds in the background, as in production
-    ledger = processes[0].storage.ledger
-    await ledger.grant(GUILD, ALICE, 1, actor_id=None, reason="t", starting_credits=0)
-    # At a fixed quality and size an edit is charged exactly what it holds, so no capture frees credits.
-    fixed = replace(job(), options=EditOptions("make it a watercolour", quality="high", size="1024x1024"))
-    per_job = (await processes[0].prepare(fixed)).reserve
-    k = 7
-    await ledger.grant(GUILD, ALICE, per_job * k - 1, actor_id=None, reason="t", starting_credits=0)
-
-    async def attempt(service: EditService) -> str:
-        try:
-            await run_to_end(service, fixed)
-            return "ok"
-        except RetouchError as exc:
-            if exc.code != "insufficient_credits":
-                raise
-            return "refused"
-
-    outcomes = await asyncio.gather(*(attempt(processes[n % 3]) for n in range(50)))
-    assert (outcomes.count("ok"), outcomes.count("refused")) == (k, 50 - k)
-    assert openai.post_count == k
-    storage = processes[0].storage
-    account = await storage.ledger.get_account(GUILD, ALICE)
-    assert account is not None and (account.balance, account.held) == (0, 0)
-    assert (await storage.reports.ledger_totals(GUILD, ALICE)).captured == per_job * k
-    rows = await storage.db.all("SELECT owner, state FROM jobs WHERE state = 'delivered'")
-    assert len(rows) == k
-    await assert_books_balance(storage)
 
 
 async def test_a_lease_round_shares_the_circuits_a_process_opened(process: Factory):
