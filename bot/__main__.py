@@ -99,8 +99,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
             owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
             # Every live process calls the providers with the same accounts: each takes its part of
-            # their ceilings (PROVIDER_MAX_CONCURRENT and the like).
-            share = services.edits.router.limiter.share_with
+            # their ceilings (PROVIDER_MAX_CONCURRENT and the like), and of a dead process's jobs.
+            limiter, engine = services.edits.router.limiter, services.edits.engine
+
+            def share(processes: int) -> None:
+                limiter.share_with(processes)
+                engine.share_with(processes)
+
             shards = None if sync else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
