@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
 included), 1 for anything else (Discord or the database server unreachable, a database from a newer
-release): each of those is said in one log line, without a traceback.
+release, a SQLite file another bot process runs on): each of those is said in one log line, without
+a traceback.
 """
 
 from __future__ import annotations
@@ -64,13 +65,22 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import serve_ops
     from bot.storage import Storage
-    from bot.storage.connection import DatabaseUnavailable, SchemaTooNew
+    from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, SchemaTooNew
     from bot.storage.postgres import PostgresDatabase
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
     try:
-        storage = await Storage.open(settings.database)
+        # The bot itself, unlike `--sync` (which runs no jobs), is the one process on a SQLite file.
+        storage = await Storage.open(settings.database, sole_process=not sync)
+    except DatabaseInUse as exc:
+        log.error(
+            "Retouch cannot start: another Retouch process is running on the SQLite database %s, and a "
+            "SQLite file serves only one. Stop the other process, or, to run several, set DATABASE_URL "
+            'to a PostgreSQL database (see "Several processes" in the README).',
+            exc.path,
+        )
+        return EXIT_FAILURE
     except SchemaTooNew as exc:
         log.error(
             "Retouch cannot start: %s was written by a newer Retouch (schema %d; this release knows up to "
@@ -99,8 +109,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
             owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
             # Every live process calls the providers with the same accounts: each takes its part of
-            # their ceilings (PROVIDER_MAX_CONCURRENT and the like).
-            share = services.edits.router.limiter.share_with
+            # their ceilings (PROVIDER_MAX_CONCURRENT and the like), and of a dead process's jobs.
+            limiter, engine = services.edits.router.limiter, services.edits.engine
+
+            def share(processes: int) -> None:
+                limiter.share_with(processes)
+                engine.share_with(processes)
+
             shards = None if sync else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()

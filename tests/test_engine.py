@@ -12,7 +12,9 @@ import datetime as dt
 import gc
 import io
 import json
+import os
 import sqlite3
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -25,6 +27,7 @@ from PIL import Image
 
 from bot.errors import InvalidOptions, ShuttingDown
 from bot.jobs.core import IntakeTurns
+from bot.jobs.files import JobFiles
 from bot.jobs.model import (
     Delivered,
     DeliveryFailed,
@@ -33,6 +36,7 @@ from bot.jobs.model import (
     JobSpec,
     NotAllowed,
 )
+from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
 from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -510,6 +514,13 @@ async def store_job(
     )
 
 
+def written_long_ago(files: JobFiles, job_id: str) -> None:
+    """Date a job's folder back past the sweep's grace for folders without a row (file system time:
+    moving the storage clock does not age a folder)."""
+    then = time.time() - ORPHAN_GRACE_SECONDS - 60
+    os.utime(files.folder(job_id), (then, then))
+
+
 async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Factory):
     service, _ = await make()
     storage, files = service.storage, service.engine.files
@@ -531,6 +542,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     # A job that ended without settling (an older version's crash window), and a hold with no job.
     await storage.jobs.set_job_state(ids["ended"], "failed", error_code="x")
     await storage.db.write_one("DELETE FROM jobs WHERE id = ?", (ids["gone"],))
+    written_long_ago(files, ids["gone"])
     await service.drain(0)
 
     later, recorder = await make()
@@ -602,6 +614,7 @@ async def test_the_sweep_deletes_expired_and_orphaned_folders_only(make: Factory
     done = await submit(service)
     await wait_state(service, done, "delivered")
     service.engine.files.write("ffffffffffffffff", {"input-1.png": PHOTO})  # no job row
+    written_long_ago(service.engine.files, "ffffffffffffffff")
     assert await service.engine.sweep() == 1
     assert service.engine.files.folder(done).is_dir()
     make.clock.advance(3601)
@@ -609,6 +622,21 @@ async def test_the_sweep_deletes_expired_and_orphaned_folders_only(make: Factory
     assert service.engine.files.job_ids() == []
     row = await service.storage.jobs.get_job(done)
     assert row is not None and row.spec is None  # the prompt goes with the images
+
+
+async def test_the_sweep_leaves_a_fresh_folder_without_a_row_to_the_process_writing_it(make: Factory):
+    # Processes sharing DATA_DIR: another one's `submit` has written the job's files, not yet its row.
+    service, _ = await make()
+    files = service.engine.files
+    fresh, old = "eeeeeeeeeeeeeeee", "ffffffffffffffff"
+    files.write(fresh, {"input-1.png": PHOTO})
+    files.write(old, {"input-1.png": PHOTO})
+    written_long_ago(files, old)
+    assert await service.engine.sweep() == 1
+    assert files.job_ids() == [fresh]
+    make.clock.advance(ORPHAN_GRACE_SECONDS * 24)  # the storage clock says nothing about a folder's age
+    assert await service.engine.sweep() == 0
+    assert files.job_ids() == [fresh]
 
 
 async def test_a_job_suspended_at_shutdown_tells_its_progress_message(

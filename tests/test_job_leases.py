@@ -160,6 +160,25 @@ async def test_one_process_on_its_own_database_takes_every_live_job_at_start_up(
     assert await storage.jobs.claim_jobs("me", db_time(clock.now), later(clock), limit=10, every=True) == []
 
 
+async def test_a_round_counts_the_claimable_jobs_and_the_other_processes_still_holding_one(
+    storage: Storage, clock: Clock
+):
+    await new_job(storage, "6" * 16, "a", later(clock))
+    await new_job(storage, "7" * 16, "a", later(clock))
+    await new_job(storage, "8" * 16, "b", later(clock, LEASE / 2))
+    await new_job(storage, "9" * 16, None, None)  # handed back
+    await new_job(storage, "f" * 16, "c", later(clock))
+    await storage.ledger.settle_released("f" * 16, "failed", error_code="x")  # ended: c is not counted
+    now = db_time(clock.now)
+    assert await storage.jobs.claimable_jobs(now) == 1
+    assert await storage.jobs.lease_holders(now, besides="me") == 2
+    assert await storage.jobs.lease_holders(now, besides="a") == 1
+    clock.advance(LEASE / 2)  # b's lease ran out
+    now = db_time(clock.now)
+    assert await storage.jobs.claimable_jobs(now) == 2
+    assert await storage.jobs.lease_holders(now, besides="me") == 1
+
+
 # -- several processes on PostgreSQL ------------------------------------------------------------------
 
 
@@ -266,6 +285,75 @@ async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_n
     assert openai.post_count == 1  # the waiting job ran once, in b
     for job_id in (at_provider, waiting, completed):
         assert await kinds(b, job_id) == ["reserve", "capture"]
+    await assert_books_balance(b.storage)
+
+
+async def queued_jobs_left_by(
+    service: EditService, owner: str, count: int, model: str = "gpt-image-1.5"
+) -> list[str]:
+    """`count` jobs of `model` waiting in `owner`'s queue with their credits held, as a process that died
+    left them (their lease runs another LEASE)."""
+    prepared = await service.prepare(job(model=model))
+    spec, blobs = await service._spec(prepared)
+    ids = [f"{0xD0 + n:016x}" for n in range(count)]
+    for job_id in ids:
+        until = service.engine.lease_until()
+        await store_job(service, job_id, spec, blobs, owner=owner, lease_expires_at=until)
+        await service.storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    return ids
+
+
+async def test_the_survivors_of_a_dead_process_split_its_jobs_and_resume_each_once(
+    process: Factory, openai: FakeOpenAI, clock: Clock
+):
+    (b, told_b), (c, told_c) = await process("b"), await process("c")
+    for survivor in (b, c):
+        await survivor.engine.recover()
+        survivor.engine.share_with(3)  # what the shard leases say until the dead one's lease runs out
+    left = await queued_jobs_left_by(b, "dead", 9)
+    clock.advance(LEASE + 1)
+
+    first = sum((await b.engine.lease_round()).values())
+    second = sum((await c.engine.lease_round()).values())
+    assert (first, second) == (3, 2)  # 9 among 3, then the 6 left among 3
+    assert c.engine._unclaimed == 4  # so its next round comes at once, not a third of a lease later
+    for survivor in (b, c):
+        survivor.engine.share_with(2)  # the dead one dropped out of the count
+    for _ in range(10):  # each round takes more while some are left
+        await b.engine.lease_round()
+        await c.engine.lease_round()
+    rows = [await b.storage.jobs.get_job(job_id) for job_id in left]
+    owners = [row.owner for row in rows if row is not None]
+    assert len(owners) == 9 and set(owners) == {"b", "c"}
+    for job_id in left:
+        await wait_state(b, job_id, "delivered")
+        assert await kinds(b, job_id) == ["reserve", "capture"]
+    delivered = sorted(job_id for job_id, _ in told_b.delivered + told_c.delivered)
+    assert delivered == sorted(left)  # each posted once, by one of them
+    assert 0 < len(told_b.delivered) < 9
+    assert openai.post_count == 9
+    await assert_books_balance(b.storage)
+
+
+async def test_a_lone_survivor_takes_a_dead_processes_jobs_within_its_room_then_the_rest(
+    process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    b, told_b = await process("b", MAX_CONCURRENT_JOBS="2")
+    await b.engine.recover()  # nobody said how many processes run: b counts the jobs' live holders
+    left = await queued_jobs_left_by(b, "dead", 9, model="ws-mini")
+    clock.advance(LEASE + 1)
+    wavespeed.hold_results()  # the jobs b runs keep its two slots busy
+
+    taken = [sum((await b.engine.lease_round()).values()) for _ in range(9)]
+    assert taken == [2] + [1] * 7 + [0]  # its room, then one a round (no room) until none is left
+    rows = [await b.storage.jobs.get_job(job_id) for job_id in left]
+    assert [row.owner for row in rows if row is not None] == ["b"] * 9
+    wavespeed.release_results()
+    for job_id in left:
+        await wait_state(b, job_id, "delivered")
+        assert await kinds(b, job_id) == ["reserve", "capture"]
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
+    assert wavespeed.submit_count == 9
     await assert_books_balance(b.storage)
 
 

@@ -235,3 +235,30 @@ async def test_sigkill_mid_delivery_posts_the_result_exactly_once(
     assert job["result_message_id"] == posted[0].id
     assert ledger_kinds(scene.data_dir, job["id"]) == ["reserve", "capture"]
     assert_books_balance(scene.data_dir)
+
+
+async def test_a_second_bot_on_the_same_sqlite_file_is_refused_and_a_killed_ones_file_is_free_again(
+    scene_for: Callable[..., Any],
+):
+    scene: Scene = await scene_for()
+    second = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        cwd=scene.data_dir,
+        env=scene.bot.env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(second.communicate(), WAIT)
+    log = output.decode()
+    assert second.returncode == 1, log
+    [line] = [line for line in log.splitlines() if " ERROR " in line]
+    assert "another Retouch process" in line and "DATABASE_URL" in line and "PostgreSQL" in line
+    assert "Traceback" not in log
+    assert scene.bot.proc is not None and scene.bot.proc.returncode is None  # the first one runs on
+
+    await scene.bot.kill()  # kill -9: no close, no goodbye; the kernel lets go of its lock
+    await scene.bot.start()  # waits until it has synced its commands and connected
+    await scene.edit()
+    await scene.states("delivered")

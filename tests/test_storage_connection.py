@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
-from bot.storage.connection import Body, DatabaseUnavailable, execute, fetch_all
-from bot.storage.sqlite import BUSY_TIMEOUT_MS, SQLiteDatabase, _apply_migration
+from bot.storage.connection import Body, DatabaseInUse, DatabaseUnavailable, execute, fetch_all
+from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
 
 
 @pytest.mark.sqlite_only
@@ -88,6 +88,21 @@ async def test_closing_twice_is_harmless_and_a_closed_database_refuses_work(tmp_
     await database.close()
     with pytest.raises(sqlite3.ProgrammingError):
         await database.one("SELECT 1")
+
+
+async def test_the_running_bot_holds_its_sqlite_file_alone_until_it_closes_it(tmp_path: Path):
+    path = tmp_path / "retouch.sqlite3"
+    bot = await Storage.open(path, sole_process=True)
+    try:
+        assert (tmp_path / f"retouch.sqlite3{LOCK_SUFFIX}").is_file()
+        with pytest.raises(DatabaseInUse) as refused:
+            await Storage.open(f"sqlite:///{path}", sole_process=True)  # another bot on the same file
+        assert refused.value.path == str(path)
+        beside = await Storage.open(path)  # `--sync`, tests and tools may still open it
+        await beside.close()
+    finally:
+        await bot.close()
+    await (await Storage.open(path, sole_process=True)).close()  # closed: the next bot may start
 
 
 async def test_storage_is_its_repositories_and_nothing_passes_through(storage: Storage):

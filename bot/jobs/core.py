@@ -162,6 +162,10 @@ class EngineCore:
         self.shared = storage.db.shared
         self.lease = dt.timedelta(seconds=settings.job_lease_seconds)
         self._lease_task: asyncio.Task[None] | None = None
+        # Live processes on the database, this one included, as the shard leases last counted them
+        # (`share_with`); None until told, when a lease round counts the jobs' holders instead.
+        self.fleet: int | None = None
+        self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
 
     # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery); declared here for
     # the other parts --
@@ -170,6 +174,9 @@ class EngineCore:
         raise NotImplementedError
 
     def _pump(self) -> None:
+        raise NotImplementedError
+
+    def _capacity(self) -> int:
         raise NotImplementedError
 
     async def _end(self, job: ActiveJob, exc: BaseException) -> None:

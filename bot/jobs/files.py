@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,20 @@ class JobFiles:
         if not self.root.is_dir():
             return []
         return sorted(entry.name for entry in self.root.iterdir() if _JOB_ID.match(entry.name))
+
+    def age(self, job_id: str) -> float | None:
+        """Seconds since the job's folder last changed (a file written, replaced or deleted in it), or
+        None when it is gone.
+
+        Read on the file system's clock (the folder's mtime against `time.time()`, the host's clock
+        that stamps it), never the storage clock: that one is injected, and moved by tests, while an
+        mtime is always real.
+        """
+        try:
+            changed = self.folder(job_id).stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return max(0.0, time.time() - changed)
 
     def size(self) -> int:
         """Bytes used by every job folder (for logs)."""

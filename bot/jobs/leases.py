@@ -9,6 +9,10 @@ live jobs whose lease ran out (`Jobs.claim_jobs`: one statement, `FOR UPDATE SKI
 PostgreSQL, so concurrent claimers each get different jobs) and resumes them through the start-up
 recovery's own code (`JobRecovery._adopt`): queued jobs keep their place, submitted ones are polled and
 never sent again, completed ones are delivered once, and calls whose outcome is unknown are released.
+A round claims only its share (`claim_share`): the claimable jobs split evenly among the live processes
+(as the shard leases count them, `share_with`), and no more than this process has room to run, so the
+survivors of a dead process split its jobs instead of the first one to wake taking them all; at least
+one, and the next round comes at once while any are left, so no job waits for a process with room.
 A round comes early when another process's lease is about to run out, so a dead process's jobs move
 one lease after its last renewal. A clean stop hands the jobs it does not finish back at once. Each round
 also shares the providers' open circuits with the other processes (`CircuitBreaker.share`).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 from bot.jobs.core import EngineCore
 from bot.jobs.model import db_time, parse_time
@@ -33,6 +38,16 @@ log = logging.getLogger(__name__)
 ROUNDS_PER_LEASE = 3
 # Jobs claimed per round at most (the next round, due at once, takes more).
 CLAIM_BATCH = 100
+
+
+def claim_share(claimable: int, processes: int, room: int) -> int:
+    """How many of `claimable` jobs one lease round claims: an even part for each of `processes` live
+    processes (rounded up), no more than the `room` this process has to run them while the others may
+    take the rest, and never fewer than one, so jobs are taken even while every process is busy."""
+    even = math.ceil(claimable / max(1, processes))
+    return max(1, min(CLAIM_BATCH, even, room))
+
+
 # A round due because another process's lease runs out comes this long after it; never sooner.
 EXPIRY_SLACK_SECONDS = 0.1
 
@@ -53,11 +68,17 @@ class JobLeases(EngineCore):
         claim and resume jobs whose lease ran out. Returns what was taken over, as `recover` counts.
         The circuit breakers' open circuits are shared in the same round (bot.routing.breaker)."""
         await self.renew_leases()
+        self._unclaimed = 0
         if self.shared:
             await self.router.breaker.share(self.storage.circuits)
         if self.shared and self.accepting:
             return await self.take_over()
         return {}
+
+    def share_with(self, processes: int) -> None:
+        """`processes` live processes (this one included) share the database's jobs: a lease round
+        claims an even part of what a dead process left (bot.sharding reports the fleet each round)."""
+        self.fleet = max(1, processes)
 
     async def renew_leases(self) -> set[str]:
         """Extend the lease of every job held here; the ids another process took over (now dropped)."""
@@ -87,17 +108,32 @@ class JobLeases(EngineCore):
         job.abort.set()
 
     async def take_over(self) -> dict[str, int]:
-        """Claim live jobs whose lease ran out (a dead process's) and resume them as a restart does."""
+        """Claim this process's share of the live jobs whose lease ran out (a dead process's) and
+        resume them as a restart does."""
         now = db_time(self.storage.now())
-        rows = await self.storage.jobs.claim_jobs(self.owner, now, self.lease_until(), limit=CLAIM_BATCH)
+        claimable = await self.storage.jobs.claimable_jobs(now)
+        if not claimable:
+            return await self._adopt([])
+        processes = self.fleet or await self._count_fleet(now)
+        limit = claim_share(claimable, processes, self._capacity() - len(self._jobs))
+        rows = await self.storage.jobs.claim_jobs(self.owner, now, self.lease_until(), limit=limit)
+        self._unclaimed = claimable - len(rows)
         counts = await self._adopt(rows)
         if rows:
             log.info(
-                "job leases: took over %d job(s): %s",
+                "job leases: took over %d of %d job(s) (%d processes): %s",
                 len(rows),
+                claimable,
+                processes,
                 ", ".join(f"{k} {v}" for k, v in counts.items() if v),
             )
         return counts
+
+    async def _count_fleet(self, now: str) -> int:
+        """Live processes when the shard leases have not said (`share_with`): this one and every other
+        still holding a job's lease. An idle process holds none, so this may count too few, which
+        only makes a round claim more."""
+        return 1 + await self.storage.jobs.lease_holders(now, besides=self.owner)
 
     async def hand_back(self) -> int:
         """A clean stop: give up every live job not still running here, for another process to claim
@@ -127,14 +163,16 @@ class JobLeases(EngineCore):
             await asyncio.sleep(wait)
             wait = interval
             try:
-                counts = await self.lease_round()
-                wait = await self._until_next_round(interval, busy=sum(counts.values()) >= CLAIM_BATCH)
+                await self.lease_round()
+                # Jobs left claimable (by this round's share, or handed back without a lease that
+                # runs out) are claimed in the next round, at once.
+                wait = await self._until_next_round(interval, busy=self._unclaimed > 0)
             except Exception as exc:  # the database is away: the leases run out, others take over
                 log.warning("job leases not renewed (%s)", type(exc).__name__)
 
     async def _until_next_round(self, interval: float, *, busy: bool) -> float:
         """Seconds until the next round: a third of a lease, or just after another process's lease
-        runs out (a live process renews long before), or at once while claims come in full batches."""
+        runs out (a live process renews long before), or at once while claimable jobs are left."""
         if busy:
             return EXPIRY_SLACK_SECONDS
         expiry = parse_time(await self.storage.jobs.next_lease_expiry(self.owner))

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 3600.0
+# A job folder with no row is left alone until it is this old (by the file system's clock). `submit`
+# writes a job's files before its row, and processes sharing DATA_DIR (PostgreSQL) cannot see each
+# other's jobs being created: without this, one process's sweep could delete the folder another has
+# just written. An hour is far longer than any insert takes, even behind a stalled database.
+ORPHAN_GRACE_SECONDS = 3600.0
 
 
 class JobRecovery(JobLeases):
@@ -234,17 +239,22 @@ class JobRecovery(JobLeases):
         return released
 
     async def sweep(self) -> int:
-        """Delete job folders whose job is gone, or ended and past its retention (with the job's prompt
-        and options), then prune history older than JOB_HISTORY_DAYS. Returns how many folders went."""
+        """Delete job folders whose job is gone (at least ORPHAN_GRACE_SECONDS old), or ended and past
+        its retention (with the job's prompt and options), then prune history older than
+        JOB_HISTORY_DAYS. Returns how many folders went."""
         now = db_time(self.storage.now())
         removed = 0
         for job_id in await asyncio.to_thread(self.files.job_ids):
             if job_id in self._jobs or job_id in self._creating:
                 continue
             row = await self.storage.jobs.get_job(job_id)
-            expired = row is None or (
-                row.state in TERMINAL_STATES and (row.files_expire_at is None or row.files_expire_at < now)
-            )
+            if row is None:
+                age = await asyncio.to_thread(self.files.age, job_id)
+                expired = age is not None and age >= ORPHAN_GRACE_SECONDS  # else: its row may be coming
+            else:
+                expired = row.state in TERMINAL_STATES and (
+                    row.files_expire_at is None or row.files_expire_at < now
+                )
             if expired:
                 await asyncio.to_thread(self.files.remove, job_id)
                 if row is not None:  # the prompt goes with the images

@@ -46,10 +46,13 @@ class Storage:
         self.circuits = Circuits(db)
 
     @classmethod
-    async def open(cls, target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Storage:
+    async def open(
+        cls, target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+    ) -> Storage:
         """Open the database (`DATABASE_URL`: a SQLite file path or `sqlite:///path`, created if
-        missing, or `postgresql://…`) and apply pending migrations."""
-        return cls(await open_database(target, clock=clock))
+        missing, or `postgresql://…`) and apply pending migrations. `sole_process`: the running bot,
+        which refuses to share a SQLite file with another process (`DatabaseInUse`)."""
+        return cls(await open_database(target, clock=clock, sole_process=sole_process))
 
     async def close(self) -> None:
         await self.db.close()

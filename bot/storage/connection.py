@@ -67,6 +67,14 @@ class DatabaseUnavailable(Exception):
     """The database server could not be reached or refused the connection (the text names no secret)."""
 
 
+class DatabaseInUse(Exception):
+    """Another bot process runs on this SQLite file: one file serves one process (PostgreSQL, several)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"another process holds the SQLite database {path}")
+        self.path = path
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -250,15 +258,21 @@ def sqlite_path(target: Path | str) -> str:
     return text[len(SQLITE_SCHEME) :] if text.startswith(SQLITE_SCHEME) else text
 
 
-async def open_database(target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> Database:
-    """Open (creating if needed) the database `target` names and bring its schema up to date."""
+async def open_database(
+    target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+) -> Database:
+    """Open (creating if needed) the database `target` names and bring its schema up to date.
+
+    `sole_process` (the running bot): on SQLite, hold the file for this process until it closes, and
+    raise DatabaseInUse if another process holds it (see `sqlite.py`); PostgreSQL serves several.
+    """
     if is_postgres(target):
         from bot.storage.postgres import PostgresDatabase  # asyncpg only loads when it is used
 
         return await PostgresDatabase.open(str(target), clock=clock)
     from bot.storage.sqlite import SQLiteDatabase
 
-    return await SQLiteDatabase.open(sqlite_path(target), clock=clock)
+    return await SQLiteDatabase.open(sqlite_path(target), clock=clock, sole_process=sole_process)
 
 
 # -- migrations ----------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ class JobRow:
 _COLUMNS = ", ".join(f.name for f in fields(JobRow))
 _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
 _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
+# A live job another process may claim at `?` (now): nobody holds it, or its lease ran out.
+_FREE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
 # Jobs renewed or handed back per statement (bounded: each id is one parameter).
 LEASE_BATCH = 500
 
@@ -269,7 +271,7 @@ class Jobs:
         if every:
             free, params = "(owner IS NULL OR owner <> ?)", (owner,)
         else:
-            free, params = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)", (now,)
+            free, params = _FREE, (now,)
         # The outer WHERE repeats the test: PostgreSQL checks it again on a row another claimer changed.
         sql = (
             f"UPDATE jobs SET owner = ?, lease_expires_at = ? WHERE {_LIVE} AND {free} AND id IN ("
@@ -283,6 +285,24 @@ class Jobs:
 
         found = await self._db.transaction(body)
         return sorted(found, key=lambda row: (row.created_at, row.id))
+
+    async def claimable_jobs(self, now: str) -> int:
+        """How many live jobs a claim at `now` could take (nobody holds them, or their lease ran out)."""
+        row = await self._db.one(
+            f"SELECT COUNT(*) FROM jobs WHERE {_LIVE} AND {_FREE}",
+            (now,),
+        )
+        return 0 if row is None else int(row[0])
+
+    async def lease_holders(self, now: str, *, besides: str) -> int:
+        """How many processes other than `besides` hold a lease on a live job that still runs at `now`
+        (live processes with work; an idle one holds none)."""
+        row = await self._db.one(
+            f"SELECT COUNT(DISTINCT owner) FROM jobs WHERE {_LIVE} AND owner IS NOT NULL AND owner <> ? "
+            "AND lease_expires_at > ?",
+            (besides, now),
+        )
+        return 0 if row is None else int(row[0])
 
     async def hand_back(self, owner: str, keep: Collection[str] = ()) -> int:
         """A clean stop: `owner` gives up every live job it holds except `keep` (still running here), so

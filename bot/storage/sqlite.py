@@ -17,25 +17,45 @@ The worker runs one call at a time, in order, so no statement from elsewhere can
 transaction; reads go straight to the worker, so they never wait behind writes still queued. A caller
 cancelled after its body was handed to the worker does not stop it: the worker runs it to COMMIT or
 ROLLBACK, so no transaction is ever left open (a call cancelled before that never runs).
+
+One bot process per file: the engine assumes it is the only one (start-up recovery takes every live
+job; nothing is leased), so two bots on one file (`docker compose --scale` without a PostgreSQL
+DATABASE_URL) would run every job twice. The running bot opens its file with `sole_process`, which
+holds an exclusive `flock` on `<file>.lock` until the database is closed (the kernel drops it when the
+process dies, `kill -9` included) and refuses to start while another process holds it. Other openers
+(`--sync`, tests, benches, tools reading the file beside the bot) do not take it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.storage.connection import Body, Clocked, Statement, migrated, pending_migrations, utcnow
+from bot.storage.connection import (
+    Body,
+    Clocked,
+    DatabaseInUse,
+    Statement,
+    migrated,
+    pending_migrations,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+# Beside the database file: the lock the running bot holds (never deleted: a lock file removed while a
+# process waits for it would let two processes hold "the" lock on two different files).
+LOCK_SUFFIX = ".lock"
 # Bodies committed together at most: bounds how long one COMMIT keeps another process waiting.
 MAX_GROUP = 64
 
@@ -173,6 +193,26 @@ def _check_writable() -> Body[None]:
     yield Statement("one", "SELECT 1", ())
 
 
+def hold_sole_process_lock(path: str) -> int:
+    """Take the exclusive lock on `<path>.lock` without waiting; its file descriptor (closing it lets
+    go). Raises DatabaseInUse when another process holds it.
+
+    `flock` belongs to the open file, not the process: the kernel drops it when the process dies,
+    however it dies, and the descriptor is not inherited by child processes (Python opens it
+    non-inheritable), so a stale lock cannot outlive the bot.
+    """
+    fd = os.open(path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(path) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class SQLiteDatabase(Clocked):
     """One SQLite connection on its own thread. Create with `await SQLiteDatabase.open(path)`."""
 
@@ -185,27 +225,37 @@ class SQLiteDatabase(Clocked):
         conn: sqlite3.Connection,
         worker: ThreadPoolExecutor,
         clock: Callable[[], dt.datetime] = utcnow,
+        lock_fd: int | None = None,
     ) -> None:
         super().__init__(clock)
         self._conn = conn
         self._worker = worker
+        self._lock_fd = lock_fd  # the sole-process lock, held until close
         self._closed = False
         self._queue: list[_Queued] = []
         self._writing = False  # a transaction (or a group of them) is with the worker
         self._committer: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path | str, *, clock: Callable[[], dt.datetime] = utcnow) -> SQLiteDatabase:
-        """Open (creating if needed) the database file and bring its schema up to date."""
-        if str(path) != ":memory:":
+    async def open(
+        cls, path: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+    ) -> SQLiteDatabase:
+        """Open (creating if needed) the database file and bring its schema up to date. With
+        `sole_process`, first take the file's lock (DatabaseInUse if another process has it)."""
+        on_disk = str(path) != ":memory:"
+        if on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # Before connecting: a second bot must not even migrate the file the first one runs on.
+        lock_fd = hold_sole_process_lock(str(path)) if sole_process and on_disk else None
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retouch-db")
         try:
             conn = await asyncio.get_running_loop().run_in_executor(worker, _connect, str(path))
         except BaseException:
             worker.shutdown(wait=False)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
-        return await migrated(cls(conn, worker, clock))
+        return await migrated(cls(conn, worker, clock, lock_fd))
 
     async def close(self) -> None:
         """Close the connection on its thread, then let the thread end. Closing twice is harmless."""
@@ -218,6 +268,9 @@ class SQLiteDatabase(Clocked):
         finally:
             self._closed = True
             self._worker.shutdown(wait=False)
+            if self._lock_fd is not None:  # after the connection: another bot may start now
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(sqlite3_connection, *args)` on the database thread: one round trip, however many
