@@ -67,6 +67,7 @@ class ActiveJob:
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     abort_reason: str = ""
     quiet: bool = False  # whoever cancelled it tells the user
+    cancel_seen: bool = False  # a cancel another process recorded is being acted on here
     task: asyncio.Task[None] | None = None
     provider: str | None = None
     submitted: list[str] = field(default_factory=list)
@@ -163,8 +164,8 @@ class EngineCore:
         self.lease = dt.timedelta(seconds=settings.job_lease_seconds)
         self._lease_task: asyncio.Task[None] | None = None
 
-    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery); declared here for
-    # the other parts --
+    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and
+    # `_end_dequeued` by its cancel); declared here for the other parts --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
@@ -173,6 +174,12 @@ class EngineCore:
         raise NotImplementedError
 
     async def _end(self, job: ActiveJob, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
+        raise NotImplementedError
+
+    async def _end_dequeued(self, job: ActiveJob) -> None:
         raise NotImplementedError
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
