@@ -21,6 +21,7 @@ import pytest
 
 from bot import messages
 from bot.errors import RetouchError
+from bot.jobs.leases import ROUNDS_PER_LEASE
 from bot.jobs.model import NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.services.edits import EditOptions, EditService
@@ -571,3 +572,22 @@ async def test_a_cancel_after_the_job_ended_answers_that_it_ended_and_a_late_req
         assert row is not None and not row.cancel_pending
         assert row.cancel_request is None or job_id == finishing
     await assert_books_balance(a.storage)
+
+
+async def test_a_holder_running_its_rounds_hears_a_cancel_at_once_rather_than_at_its_next_round(
+    process: Factory, wavespeed: FakeWaveSpeed
+):
+    a, _ = await process("a")
+    await a.engine.start()  # rounds a third of a lease apart, and listening, as in production
+    wavespeed.hold_results()
+    live = Live()
+    job_id = await submit(a, live, model="ws-mini")
+    await wait_state(a, job_id, "submitted")
+    b, _ = await process("b")
+
+    assert await b.cancel(job_id, actor_id=BOB, can_manage=True) == CANCELLING
+    # Well before a's first round: only the database's notification can have told it.
+    async with asyncio.timeout(LEASE / ROUNDS_PER_LEASE / 2):
+        await live.ended.wait()
+    assert live.final == [messages.CANCELLED]
+    assert await kinds(a, job_id) == ["reserve", "release"]

@@ -163,6 +163,10 @@ class EngineCore:
         self.shared = storage.db.shared
         self.lease = dt.timedelta(seconds=settings.job_lease_seconds)
         self._lease_task: asyncio.Task[None] | None = None
+        # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early.
+        self._listening = False
+        self._early_renewal: asyncio.Task[None] | None = None
+        self._renew_again = False
 
     # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and
     # `_end_dequeued` by its cancel); declared here for the other parts --

@@ -15,10 +15,11 @@ also shares the providers' open circuits with the other processes (`CircuitBreak
 
 A member's Cancel or Stop reaches the process serving their server's shard, which may not hold the
 job. That process records the cancel on the job's row (`Jobs.request_cancel`) and tells the member when
-it stops at the latest (`cancel_within`); the renewal statement returns it to the holder, which cancels
-the job by the local cancel's own path (`_honour_cancel` → `JobEngine._halt`: the provider's cancel
-call, the same charge or release, the same notice), and a process that takes a job over with a cancel
-recorded cancels it instead of resuming it. A request on a job that ended meanwhile is not written.
+it stops at the latest (`cancel_within`). The renewal statement brings it back to the holder (which
+renews at once when the database's notification reaches it first: `_heard_cancel`), and the holder
+cancels the job by the local cancel's own path (`_honour_cancel` → `JobEngine._halt`: the provider's
+cancel call, the same charge or release, the same notice); a process that takes a job over with a
+cancel recorded cancels it instead of resuming it. A request on a job that ended is not written.
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
@@ -150,13 +151,36 @@ class JobLeases(EngineCore):
     def _start_leases(self) -> None:
         if self.shared and self._lease_task is None:
             self._lease_task = asyncio.create_task(self._keep_leases(), name="retouch-job-leases")
+            if not self._listening:
+                self._listening = True
+                self.storage.jobs.on_cancel_requested(self._heard_cancel)
 
     async def _stop_leases(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
-            self._lease_task = None
+        for task in (self._lease_task, self._early_renewal):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._lease_task = self._early_renewal = None
+
+    def _heard_cancel(self, owner: str) -> None:
+        """A cancel was just recorded for a job `owner` holds: when that is this process, renew now
+        (the renewal brings the request back) rather than wait up to a third of a lease for the round."""
+        if owner != self.owner or self._lease_task is None:
+            return
+        self._renew_again = True
+        if self._early_renewal is None or self._early_renewal.done():
+            self._early_renewal = asyncio.create_task(self._renew_early(), name="retouch-cancel-heard")
+
+    async def _renew_early(self) -> None:
+        # Requests heard while a renewal runs may have come after its statement: renew once more.
+        while self._renew_again:
+            self._renew_again = False
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # the next round renews, and brings the request, anyway
+                log.info("job leases: early renewal failed (%s)", type(exc).__name__)
+                return
 
     async def _keep_leases(self) -> None:
         interval = self.lease.total_seconds() / ROUNDS_PER_LEASE

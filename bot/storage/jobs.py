@@ -2,18 +2,22 @@
 
 The engine (bot.engine) decides what a state means; this module only stores it. Money columns
 (`reserved`, `captured`) are written by the ledger's transactions, never here.
+
+Over 400 lines, and not split: these are the `jobs` table's statements, and the leases' (renew, claim,
+hand back, the cancel recorded for a job's holder) are kept beside the state moves they fence, so every
+write to a job row and its `owner` check can be read in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.jobs.model import JobState
-from bot.storage.connection import Body, Database, execute, fetch_all, stamp
+from bot.storage.connection import Body, Database, execute, fetch_all, notify, stamp
 
 TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
@@ -132,6 +136,7 @@ _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
 _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
 _CANCELLABLE = "state IN ({})".format(", ".join(f"'{s}'" for s in CANCELLABLE_STATES))
 CANCEL_REASONS = frozenset({"cancelled", "stopped"})
+CANCEL_CHANNEL = "retouch_job_cancels"  # NOTIFY channel; the payload is the holder's process name
 # Jobs renewed or handed back per statement (bounded: each id is one parameter).
 LEASE_BATCH = 500
 
@@ -319,9 +324,17 @@ class Jobs:
 
         def body() -> Body[JobRow | None]:
             rows = yield fetch_all(sql, (self._db.timestamp(), actor_id, reason, job_id))
-            return JobRow(**dict(rows[0])) if rows else None
+            row = JobRow(**dict(rows[0])) if rows else None
+            if row is not None and row.owner is not None:
+                yield notify(CANCEL_CHANNEL, row.owner)  # the holder may hear it before its next round
+            return row
 
         return await self._db.transaction(body)
+
+    def on_cancel_requested(self, heard: Callable[[str], None]) -> None:
+        """Call `heard(owner)` soon after a cancel is recorded for a job `owner` holds (PostgreSQL's
+        LISTEN; best effort: the holder's lease renewal brings every request back in any case)."""
+        self._db.listen(CANCEL_CHANNEL, heard)
 
     async def claim_jobs(
         self, owner: str, now: str, until: str, *, limit: int, every: bool = False
