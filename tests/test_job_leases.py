@@ -28,7 +28,7 @@ from bot.services.edits import EditOptions, EditService
 from bot.storage import Storage
 from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
 from tests.durable import PHOTO
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.live import run_to_end
 from tests.test_engine import (
@@ -505,37 +505,47 @@ async def test_a_cancel_on_another_process_stops_a_submitted_job_with_the_provid
 async def test_a_job_whose_holder_died_after_a_cancel_was_recorded_is_cancelled_by_its_new_holder(
     process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
 ):
-    a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
+    a, told_a = await process("a", MAX_CONCURRENT_JOBS="2")
     await a.engine.recover()
     wavespeed.hold_results()
     at_provider = await submit(a, model="ws-mini")
     await wait_state(a, at_provider, "submitted")
+    openai.fail_always(Fault.HANG)
+    in_call = await submit(a)
+    await wait_state(a, in_call, "submitting")
     waiting = await submit(a, user=BOB)
     b, told_b = await process("b")
     asked = cancel_calls(b, wavespeed)
     await b.engine.recover()
     assert await b.cancel(at_provider, actor_id=ALICE, can_manage=False) == CANCELLING
+    assert await b.cancel(in_call, actor_id=ALICE, can_manage=False) == CANCELLING
     assert await b.cancel(waiting, actor_id=0, can_manage=True) == CANCELLING
 
-    # a stops renewing before its next round; one lease later b claims both and cancels them instead
-    # of resuming the first and queueing the second.
+    # a stops renewing before its next round; one lease later b claims all three and cancels them
+    # instead of resuming the first and queueing the last. The synchronous call's outcome is unknown:
+    # released, as a restart releases it, with the cancel's answer.
     clock.advance(LEASE + 1)
     counts = await b.engine.lease_round()
-    assert counts == {**dict.fromkeys(counts, 0), "cancelled": 2}
-    await wait_state(b, at_provider, "cancelled")
-    await wait_state(b, waiting, "cancelled")
+    assert counts == {**dict.fromkeys(counts, 0), "cancelled": 2, "released": 1}
+    for job_id in (at_provider, in_call, waiting):
+        await wait_state(b, job_id, "cancelled")
     row = await b.storage.jobs.get_job(at_provider)
     assert row is not None and asked == list(row.provider_job_ids)
-    assert wavespeed.submit_count == 1 and openai.post_count == 0  # never sent again, never sent
+    assert wavespeed.submit_count == 1 and openai.post_count == 1  # none sent again; one never sent
     assert await kinds(b, at_provider) == ["reserve", "capture"]  # the requester's own: charged
+    assert await kinds(b, in_call) == ["reserve", "release"]
     assert await kinds(b, waiting) == ["reserve", "release"]  # a moderator's, and it never ran
-    await until(lambda: len(told_b.notices) == 2)
+    await until(lambda: len(told_b.notices) == 3)
     assert sorted(told_b.notices) == sorted(
-        [(at_provider, CANCELLED_AT_PROVIDER.format(charged=20)), (waiting, messages.CANCELLED)]
+        [
+            (at_provider, CANCELLED_AT_PROVIDER.format(charged=20)),
+            (in_call, messages.CANCELLED),
+            (waiting, messages.CANCELLED),
+        ]
     )
 
-    # a comes back: it lost both, settles nothing and says nothing.
-    assert await a.engine.renew_leases() == {at_provider, waiting}
+    # a comes back: it lost all three, settles nothing and says nothing.
+    assert await a.engine.renew_leases() == {at_provider, in_call, waiting}
     await asyncio.wait_for(a.engine._idle.wait(), 10)
     assert told_a.notices == [] and told_a.delivered == []
     await assert_books_balance(b.storage)
