@@ -26,9 +26,9 @@ from bot.storage.ledger import LedgerConflict
 log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL_SECONDS = 5.0
+SWEEP_INTERVAL_SECONDS = 3600.0
 # What became of the live jobs a process claimed (`_adopt`): the counts `recover` and lease rounds report.
 ADOPTED = ("requeued", "resumed", "delivering", "released", "quarantined", "cancelled")
-SWEEP_INTERVAL_SECONDS = 3600.0
 
 
 class JobRecovery(JobLeases):
