@@ -334,6 +334,11 @@ TOO_LATE_POSTED = "Too late to cancel: your edit was already posted."
 ALREADY_ENDED = "This edit has already ended."
 
 
+def cancelling_elsewhere(seconds: int) -> str:
+    """A cancel recorded for the bot process that runs the edit (several share the database)."""
+    return f"Cancelling — another Retouch process is running this edit; it stops within {seconds} seconds."
+
+
 def timed_out(*, queued: bool) -> str:
     where = "waited too long in the queue" if queued else "took too long"
     return f"Your edit {where} and was cancelled. You were not charged; please try again later."

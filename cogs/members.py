@@ -83,23 +83,30 @@ class MembersCog(RetouchCog):
             job_id, actor_id=interaction.user.id, can_manage=manage, quiet=False
         )
         after = await storage.jobs.get_job(job_id)
-        if after is None or after.state != "cancelled":
+        pending = after is not None and after.cancel_pending
+        by_other = interaction.user.id != row.user_id
+        if pending:
+            # Another bot process runs the job and stops it at its next lease round; the notice stays
+            # until then (its poster removes it when the job ends), and the requester is told by it.
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        elif after is None or after.state != "cancelled":
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             if interaction.message is not None:
                 await interaction.message.delete()
             return
-        by_other = interaction.user.id != row.user_id
-        who = f"a moderator (<@{interaction.user.id}>)" if by_other else "the requester"
-        await interaction.edit_original_response(
-            content=f"🛑 <@{row.user_id}>'s edit was stopped by {who}. Nothing was charged.",
-            view=None,
-            allowed_mentions=NO_MENTIONS,
-        )
+        else:
+            who = f"a moderator (<@{interaction.user.id}>)" if by_other else "the requester"
+            await interaction.edit_original_response(
+                content=f"🛑 <@{row.user_id}>'s edit was stopped by {who}. Nothing was charged.",
+                view=None,
+                allowed_mentions=NO_MENTIONS,
+            )
         log.info("job %s: stopped by %s (requester %s)", job_id, interaction.user.id, row.user_id)
         if by_other:
+            where = "stopped by the process running it" if pending else "released in full"
             await self.bot.services.audit.moderator_action(
                 f"🛑 <@{interaction.user.id}> stopped job `{job_id}` of <@{row.user_id}> "
-                f"in <#{row.channel_id}> (released in full)",
+                f"in <#{row.channel_id}> ({where})",
                 action_link(
                     row.guild_id, row.channel_id, interaction.message.id if interaction.message else None
                 ),

@@ -554,6 +554,7 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
         "delivering": 1,
         "released": 2,
         "quarantined": 0,
+        "cancelled": 0,
         "orphan_holds": 2,
         "swept": 1,
     }

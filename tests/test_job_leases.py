@@ -18,18 +18,22 @@ from typing import Any
 
 import pytest
 
-from bot.jobs.model import db_time
+from bot import messages
+from bot.jobs.leases import ROUNDS_PER_LEASE
+from bot.jobs.model import NotAllowed, db_time
+from bot.messages import CANCELLED_AT_PROVIDER
 from bot.services.edits import EditService
 from bot.storage import Storage
-from bot.storage.jobs import LeaseLost
+from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
 from tests.durable import PHOTO
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.test_engine import (
     ALICE,
     BOB,
     GUILD,
     Clock,
+    Live,
     Recorder,
     engine_processes,
     job,
@@ -37,6 +41,7 @@ from tests.test_engine import (
     state,
     store_job,
     submit,
+    until,
     wait_state,
 )
 
@@ -131,15 +136,15 @@ async def test_a_lease_that_is_not_renewed_is_claimed_and_its_old_owner_hears_it
     assert [r.id for r in await storage.jobs.claim_jobs("c", now, later(clock), limit=10)] == [free]
 
     clock.advance(LEASE / 2)
-    assert await storage.jobs.renew_leases("a", {renewed}, later(clock)) == {renewed}
-    assert await storage.jobs.renew_leases("c", {free}, later(clock)) == {free}
+    assert await storage.jobs.renew_leases("a", {renewed}, later(clock)) == Renewal({renewed}, {})
+    assert await storage.jobs.renew_leases("c", {free}, later(clock)) == Renewal({free}, {})
     clock.advance(LEASE / 2 + 1)  # b's lease ran out; a's and c's run another half lease
     claimed = await storage.jobs.claim_jobs("c", db_time(clock.now), later(clock), limit=10)
     assert [(r.id, r.owner, r.lease_expires_at) for r in claimed] == [(lapsed, "c", later(clock))]
     assert await storage.jobs.claim_jobs("d", db_time(clock.now), later(clock), limit=10) == []
 
     # b comes back: its renewal says the job is no longer its own, and it can no longer touch it.
-    assert await storage.jobs.renew_leases("b", {lapsed}, later(clock)) == set()
+    assert await storage.jobs.renew_leases("b", {lapsed}, later(clock)) == Renewal(set(), {})
     with pytest.raises(LeaseLost):
         await storage.ledger.settle_released(lapsed, "failed", error_code="x", owner="b")
     # A clean stop hands back every live job except those still running there.
@@ -261,12 +266,19 @@ async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_n
     b, told_b = await process("b")
     assert sum((await b.engine.recover()).values()) == 0
     assert await b.engine.lease_round() == dict.fromkeys(
-        ("requeued", "resumed", "delivering", "released", "quarantined"), 0
+        ("requeued", "resumed", "delivering", "released", "quarantined", "cancelled"), 0
     )
     # a stops renewing (it hangs, or its host lost the network); one lease later b takes over.
     clock.advance(LEASE + 1)
     counts = await b.engine.lease_round()
-    assert counts == {"requeued": 1, "resumed": 1, "delivering": 1, "released": 0, "quarantined": 0}
+    assert counts == {
+        "requeued": 1,
+        "resumed": 1,
+        "delivering": 1,
+        "released": 0,
+        "quarantined": 0,
+        "cancelled": 0,
+    }
     for job_id in (at_provider, waiting, completed):
         row = await b.storage.jobs.get_job(job_id)
         assert row is not None and row.owner == "b"
@@ -406,3 +418,234 @@ async def test_one_process_on_sqlite_keeps_its_circuits_to_itself(
         await service.engine.lease_round()
         assert service.router.circuits()["wavespeed"] == "open"
         assert await service.storage.circuits.exchange({}, ()) == {}  # nothing written
+
+
+# -- a cancel clicked on a process that does not hold the job ------------------------------------------
+
+
+async def test_a_cancel_request_is_recorded_once_and_only_while_a_cancel_can_still_stop_the_job(
+    storage: Storage, clock: Clock
+):
+    live, completed, ended = "6" * 16, "7" * 16, "8" * 16
+    for job_id in (live, completed, ended):
+        await new_job(storage, job_id, "a", later(clock))
+    await storage.jobs.set_job_state(completed, "completed", owner="a")
+    await storage.ledger.settle_released(ended, "cancelled", error_code="cancelled", owner="a")
+
+    row = await storage.jobs.request_cancel(live, actor_id=ALICE, reason="cancelled")
+    assert row is not None and row.cancel_request == CancelRequest(ALICE, "cancelled", db_time(clock.now))
+    assert row.cancel_pending and row.owner == "a"
+    clock.advance(1)
+    again = await storage.jobs.request_cancel(live, actor_id=BOB, reason="stopped")  # the first stands
+    assert again is not None and again.cancel_request == row.cancel_request
+    assert await storage.jobs.request_cancel(completed, actor_id=ALICE, reason="cancelled") is None
+    assert await storage.jobs.request_cancel(ended, actor_id=ALICE, reason="cancelled") is None
+    with pytest.raises(ValueError):
+        await storage.jobs.request_cancel(live, actor_id=ALICE, reason="deleted")
+
+    # The holder hears of it from its lease renewal, and of nothing else.
+    renewal = await storage.jobs.renew_leases("a", {live, completed, ended}, later(clock))
+    assert renewal == Renewal({live, completed, ended}, {live: row.cancel_request})
+    for job_id in (completed, ended):
+        unchanged = await storage.jobs.get_job(job_id)
+        assert unchanged is not None and unchanged.cancel_request is None and not unchanged.cancel_pending
+
+
+# What the clicking member is told while the holder's lease was just renewed: a live holder stops the job
+# at its next round, a dead one's is taken over (and cancelled) when that lease runs out, and from here
+# the two look the same.
+CANCELLING = messages.cancelling_elsewhere(int(LEASE) + 1)
+
+
+async def test_a_cancel_on_a_process_not_holding_a_queued_job_is_done_by_its_holder_at_its_next_round(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    running = await submit(a, model="ws-mini")
+    await wait_state(a, running, "submitted")
+    live = Live()
+    waiting = await submit(a, live, user=BOB)
+    b, told_b = await process("b")
+
+    # Only the requester or a moderator, as on the holder itself; nothing is recorded otherwise.
+    with pytest.raises(NotAllowed):
+        await b.cancel(waiting, actor_id=ALICE, can_manage=False)
+    assert (await b.storage.jobs.get_job(waiting)).cancel_request is None  # type: ignore[union-attr]
+    # The lease was taken just now: a dead holder's job would be taken over when it runs out.
+    said = await b.cancel(waiting, actor_id=BOB, can_manage=False)
+    assert said == CANCELLING
+    assert await state(a, waiting) == "reserved" and await kinds(a, waiting) == ["reserve"]
+
+    await a.engine.lease_round()
+    await wait_state(a, waiting, "cancelled")
+    assert await kinds(a, waiting) == ["reserve", "release"]
+    await until(lambda: live.final)
+    assert live.final == [messages.CANCELLED]  # the member's own progress message says how it ended
+    assert a.engine.queued == 0 and waiting not in a.engine.held_jobs()
+    await a.engine.lease_round()  # the request stays on the row: heard once, acted on once
+    assert live.final == [messages.CANCELLED] and told_a.notices == [] and told_b.notices == []
+    wavespeed.release_results()
+    await wait_state(a, running, "delivered")
+    assert openai.post_count == 0  # the cancelled job never reached its provider
+    await assert_books_balance(a.storage)
+
+
+def cancel_calls(service: EditService, wavespeed: FakeWaveSpeed) -> list[str]:
+    """Give `service`'s WaveSpeed adapter a cancel call (no vendor documents one yet: the router's cancel
+    is a no-op without it) that records the task ids it is asked to stop, each one the fake issued."""
+    asked: list[str] = []
+
+    async def cancel(provider_job_id: str) -> None:
+        assert provider_job_id in wavespeed.tasks
+        asked.append(provider_job_id)
+
+    adapter = service.router.providers["wavespeed"]
+    adapter.cancel = cancel  # type: ignore[attr-defined]
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("actor", "can_manage", "reason", "ledger", "told"),
+    [
+        # The requester's own cancel after the provider accepted the job: charged its price ($0.02).
+        (ALICE, False, "cancelled", ["reserve", "capture"], CANCELLED_AT_PROVIDER.format(charged=20)),
+        # A moderator's stop is never the member's to pay.
+        (BOB, True, "stopped", ["reserve", "release"], messages.CANCELLED),
+    ],
+    ids=["requester-cancel", "moderator-stop"],
+)
+async def test_a_cancel_on_another_process_stops_a_submitted_job_with_the_providers_cancel_call_once(
+    process: Factory,
+    wavespeed: FakeWaveSpeed,
+    actor: int,
+    can_manage: bool,
+    reason: str,
+    ledger: list[str],
+    told: str,
+):
+    a, _ = await process("a")
+    await a.engine.recover()
+    asked = cancel_calls(a, wavespeed)
+    wavespeed.hold_results()
+    live = Live()
+    job_id = await submit(a, live, model="ws-mini")
+    await wait_state(a, job_id, "submitted")
+    b, _ = await process("b")
+
+    assert await b.cancel(job_id, actor_id=actor, can_manage=can_manage) == CANCELLING
+    row = await b.storage.jobs.get_job(job_id)
+    assert row is not None and row.cancel_reason == reason and row.cancel_actor_id == actor
+    assert asked == [] and await state(a, job_id) == "submitted"
+
+    await a.engine.lease_round()
+    await wait_state(a, job_id, "cancelled")
+    await a.engine.lease_round()
+    assert asked == list(row.provider_job_ids)  # once, for the task it submitted
+    assert await kinds(a, job_id) == ledger
+    await until(lambda: live.final)
+    assert live.final == [told]
+    assert wavespeed.submit_count == 1
+    await assert_books_balance(a.storage)
+
+
+async def test_a_job_whose_holder_died_after_a_cancel_was_recorded_is_cancelled_by_its_new_holder(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    a, told_a = await process("a", MAX_CONCURRENT_JOBS="2")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    at_provider = await submit(a, model="ws-mini")
+    await wait_state(a, at_provider, "submitted")
+    openai.fail_always(Fault.HANG)
+    in_call = await submit(a)
+    await wait_state(a, in_call, "submitting")
+    waiting = await submit(a, user=BOB)
+    b, told_b = await process("b")
+    asked = cancel_calls(b, wavespeed)
+    await b.engine.recover()
+    assert await b.cancel(at_provider, actor_id=ALICE, can_manage=False) == CANCELLING
+    assert await b.cancel(in_call, actor_id=ALICE, can_manage=False) == CANCELLING
+    assert await b.cancel(waiting, actor_id=0, can_manage=True) == CANCELLING
+
+    # a stops renewing before its next round; one lease later b claims all three and cancels them
+    # instead of resuming the first and queueing the last. The synchronous call's outcome is unknown:
+    # released, as a restart releases it, with the cancel's answer.
+    clock.advance(LEASE + 1)
+    counts = await b.engine.lease_round()
+    assert counts == {**dict.fromkeys(counts, 0), "cancelled": 2, "released": 1}
+    for job_id in (at_provider, in_call, waiting):
+        await wait_state(b, job_id, "cancelled")
+    row = await b.storage.jobs.get_job(at_provider)
+    assert row is not None and asked == list(row.provider_job_ids)
+    assert wavespeed.submit_count == 1 and openai.post_count == 1  # none sent again; one never sent
+    assert await kinds(b, at_provider) == ["reserve", "capture"]  # the requester's own: charged
+    assert await kinds(b, in_call) == ["reserve", "release"]
+    assert await kinds(b, waiting) == ["reserve", "release"]  # a moderator's, and it never ran
+    await until(lambda: len(told_b.notices) == 3)
+    assert sorted(told_b.notices) == sorted(
+        [
+            (at_provider, CANCELLED_AT_PROVIDER.format(charged=20)),
+            (in_call, messages.CANCELLED),
+            (waiting, messages.CANCELLED),
+        ]
+    )
+
+    # a comes back: it lost all three, settles nothing and says nothing.
+    assert await a.engine.renew_leases() == {at_provider, in_call, waiting}
+    await asyncio.wait_for(a.engine._idle.wait(), 10)
+    assert told_a.notices == [] and told_a.delivered == []
+    await assert_books_balance(b.storage)
+
+
+async def test_a_cancel_after_the_job_ended_answers_that_it_ended_and_a_late_request_is_harmless(
+    process: Factory, wavespeed: FakeWaveSpeed
+):
+    a, told_a = await process("a")
+    await a.engine.recover()
+    posted = await submit(a)
+    await wait_state(a, posted, "delivered")
+    wavespeed.hold_results()
+    stopped = await submit(a, model="ws-mini")
+    finishing = await submit(a, model="ws-mini", user=BOB)
+    await wait_state(a, stopped, "submitted")
+    await wait_state(a, finishing, "submitted")
+    assert await a.cancel(stopped, actor_id=0, can_manage=True) == messages.CANCELLED
+    b, _ = await process("b")
+
+    assert await b.cancel(posted, actor_id=ALICE, can_manage=False) == messages.TOO_LATE_POSTED
+    assert await b.cancel(stopped, actor_id=ALICE, can_manage=False) == messages.ALREADY_ENDED
+    # Recorded while it ran, but the result comes before the holder's next round: it is posted and
+    # charged as usual, and the request left on the row changes nothing.
+    assert await b.cancel(finishing, actor_id=BOB, can_manage=False) == CANCELLING
+    wavespeed.release_results()
+    await wait_state(a, finishing, "delivered")
+    await a.engine.lease_round()
+    assert await kinds(a, finishing) == ["reserve", "capture"]
+    assert sorted(job_id for job_id, _ in told_a.delivered) == sorted([posted, finishing])
+    assert await b.cancel(finishing, actor_id=BOB, can_manage=False) == messages.TOO_LATE_POSTED
+    for job_id in (posted, stopped, finishing):
+        row = await b.storage.jobs.get_job(job_id)
+        assert row is not None and not row.cancel_pending
+        assert row.cancel_request is None or job_id == finishing
+    await assert_books_balance(a.storage)
+
+
+async def test_a_holder_running_its_rounds_hears_a_cancel_at_once_rather_than_at_its_next_round(
+    process: Factory, wavespeed: FakeWaveSpeed
+):
+    a, _ = await process("a")
+    await a.engine.start()  # rounds a third of a lease apart, and listening, as in production
+    wavespeed.hold_results()
+    live = Live()
+    job_id = await submit(a, live, model="ws-mini")
+    await wait_state(a, job_id, "submitted")
+    b, _ = await process("b")
+
+    assert await b.cancel(job_id, actor_id=BOB, can_manage=True) == CANCELLING
+    # Well before a's first round: only the database's notification can have told it.
+    async with asyncio.timeout(LEASE / ROUNDS_PER_LEASE / 2):
+        await live.ended.wait()
+    assert live.final == [messages.CANCELLED]
+    assert await kinds(a, job_id) == ["reserve", "release"]

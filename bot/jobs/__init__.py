@@ -31,8 +31,9 @@ Where things are: `model` (JobState, JobSpec, outcomes, errors, the Delivery/Liv
 `engine` (JobEngine: submit, the queue and admission, cancel), `running` (the provider call),
 `results` (the stored result), `delivery` (posting, redelivery retries), `endings` (release or
 charge, and what the member is told), `recovery` (start-up recovery, quarantine, sweep, watchdog,
-drain at shutdown), `leases` (which process runs a job; taking over a dead process's jobs), `core`
-(the state JobEngine's parts share), `files` (a job's files on disk).
+drain at shutdown), `leases` (which process runs a job; taking over a dead process's jobs; cancels
+clicked on another process), `core` (the state JobEngine's parts share), `files` (a job's files on
+disk).
 
 This package imports none of its modules here, so `bot.storage` can import `bot.jobs.model` (its
 job states) without a cycle.

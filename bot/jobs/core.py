@@ -67,6 +67,7 @@ class ActiveJob:
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     abort_reason: str = ""
     quiet: bool = False  # whoever cancelled it tells the user
+    cancel_seen: bool = False  # a cancel another process recorded is being acted on here
     task: asyncio.Task[None] | None = None
     provider: str | None = None
     submitted: list[str] = field(default_factory=list)
@@ -166,9 +167,13 @@ class EngineCore:
         # (`share_with`); None until told, when a lease round counts the jobs' holders instead.
         self.fleet: int | None = None
         self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
+        # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early.
+        self._listening = False
+        self._early_renewal: asyncio.Task[None] | None = None
+        self._renew_again = False
 
-    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery); declared here for
-    # the other parts --
+    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and
+    # `_end_dequeued` by its cancel); declared here for the other parts --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
@@ -180,6 +185,12 @@ class EngineCore:
         raise NotImplementedError
 
     async def _end(self, job: ActiveJob, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
+        raise NotImplementedError
+
+    async def _end_dequeued(self, job: ActiveJob) -> None:
         raise NotImplementedError
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:

@@ -40,7 +40,7 @@ from bot.jobs.recovery import JobRecovery
 from bot.jobs.results import JobResults
 from bot.jobs.running import ProviderRun
 from bot.messages import CANCELLED_AT_PROVIDER, SUSPENDED_AT_PROVIDER
-from bot.storage.jobs import TERMINAL_STATES, LeaseLost
+from bot.storage.jobs import TERMINAL_STATES, JobRow, LeaseLost
 from bot.storage.ledger import NotEnoughCredits
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         (someone other than the requester) is never charged to the member. A job whose result exists
         is not cancelled (it is being posted).
         With `quiet`, the caller shows the returned text instead of the job's progress message.
+        With a shared database the job may be held by another process: the cancel is then recorded on
+        its row, that process (or the one that takes the job over) cancels it by this same path and
+        tells the member, and the answer says when at the latest (`_cancel_elsewhere`).
         """
         row = await self.storage.jobs.get_job(job_id)
         if row is None:
@@ -163,20 +166,19 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             raise NotAllowed(messages.CANCEL_NOT_ALLOWED, code="not_allowed")
         if row.state in TERMINAL_STATES or row.state == JobState.COMPLETED:
             return _too_late(row.state)
-        job = self._jobs.get(job_id)
-        if job is None:
-            return _too_late(row.state)
-        job.quiet = quiet
-        if job_id in self._waiting:
-            self._waiting.remove(job_id)
-            await self._end(job, JobCancelled())
-            self._jobs.pop(job_id, None)
-            self._pump()
-            return JobCancelled().user_message
         # The requester's own cancel is charged once a provider has the job; a moderator's stop is
         # not the member's doing, so it stays free to them (the budgets still count what it cost).
-        job.abort_reason = job.abort_reason or ("cancelled" if actor_id == row.user_id else "stopped")
-        job.abort.set()
+        reason = "cancelled" if actor_id == row.user_id else "stopped"
+        job = self._jobs.get(job_id)
+        # Held elsewhere, by nobody (handed back), or lost by this process to a takeover it has not
+        # heard of yet: only the holder may act on it. One process (SQLite) holds every live job.
+        if self.shared and (job is None or row.owner != self.owner):
+            return await self._cancel_elsewhere(row, actor_id, reason)
+        if job is None:
+            return _too_late(row.state)
+        if self._halt(job, reason, quiet=quiet):
+            await self._end_dequeued(job)
+            return JobCancelled().user_message
         if job.task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(job.task), CANCEL_WAIT_SECONDS)
@@ -186,6 +188,35 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if after is not None and after.state == JobState.CANCELLED:
             return JobCancelled().user_message
         return _too_late(after.state if after else JobState.DELIVERED)
+
+    def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
+        """Stop a job held here for a cancel (`reason`: 'cancelled' or 'stopped'), without awaiting, so
+        nothing starts it meanwhile. A waiting job leaves the queue: True, and the caller ends it with
+        `_end_dequeued`. A running one is told to abort: its own task makes the provider's cancel call
+        (bot.jobs.running), then settles it and tells the member (bot.jobs.endings)."""
+        job.quiet = quiet
+        if job.id in self._waiting:
+            self._waiting.remove(job.id)
+            return True
+        job.abort_reason = job.abort_reason or reason
+        job.abort.set()
+        return False
+
+    async def _end_dequeued(self, job: ActiveJob) -> None:
+        """End a job `_halt` took out of the queue: released in full (no provider had it)."""
+        await self._end(job, JobCancelled())
+        self._jobs.pop(job.id, None)
+        self._pump()
+
+    async def _cancel_elsewhere(self, row: JobRow, actor_id: int, reason: str) -> str:
+        """Record a cancel for the process holding the job (bot/jobs/leases.py: it acts on it at its next
+        lease round, or its successor on taking the job over); returns what the member is told now."""
+        recorded = await self.storage.jobs.request_cancel(row.id, actor_id=actor_id, reason=reason)
+        if recorded is None:  # it ended, or its result came, since it was read
+            after = await self.storage.jobs.get_job(row.id)
+            return _too_late(after.state if after else JobState.DELIVERED)
+        log.info("job %s: %s by %s, recorded for its holder %s", row.id, reason, actor_id, recorded.owner)
+        return messages.cancelling_elsewhere(self.cancel_within(recorded))
 
     def eta(self, position: int) -> float | None:
         """Seconds until a job at `position` in the queue has its result (median of recent runs)."""

@@ -17,6 +17,14 @@ A round comes early when another process's lease is about to run out, so a dead 
 one lease after its last renewal. A clean stop hands the jobs it does not finish back at once. Each round
 also shares the providers' open circuits with the other processes (`CircuitBreaker.share`).
 
+A member's Cancel or Stop reaches the process serving their server's shard, which may not hold the
+job. That process records the cancel on the job's row (`Jobs.request_cancel`) and tells the member when
+it stops at the latest (`cancel_within`). The renewal statement brings it back to the holder (which
+renews at once when the database's notification reaches it first: `_heard_cancel`), and the holder
+cancels the job by the local cancel's own path (`_honour_cancel` → `JobEngine._halt`: the provider's
+cancel call, the same charge or release, the same notice); a process that takes a job over with a
+cancel recorded cancels it instead of resuming it. A request on a job that ended is not written.
+
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
 transaction and raise `LeaseLost` instead. With SQLite (one process) nothing is shared: start-up
@@ -30,8 +38,9 @@ import contextlib
 import logging
 import math
 
-from bot.jobs.core import EngineCore
+from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import db_time, parse_time
+from bot.storage.jobs import CancelRequest, JobRow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,9 @@ def claim_share(claimable: int, processes: int, room: int) -> int:
 
 # A round due because another process's lease runs out comes this long after it; never sooner.
 EXPIRY_SLACK_SECONDS = 0.1
+# What a member is promised for a cancel recorded for another process adds this to the lease wait:
+# the round's own statements and the early round's slack.
+CANCEL_SLACK_SECONDS = 1.0
 
 
 class JobLeases(EngineCore):
@@ -58,6 +70,15 @@ class JobLeases(EngineCore):
     def lease_until(self) -> str:
         """A lease taken or renewed now runs out at this storage-clock time."""
         return db_time(self.storage.now() + self.lease)
+
+    def cancel_within(self, row: JobRow) -> int:
+        """Seconds until a cancel recorded now for `row`'s holder has stopped the job, at the latest:
+        a live holder sees it at its next lease round (a third of a lease); a dead one's job is taken
+        over, and cancelled, once its lease runs out. Which of the two cannot be told from here."""
+        interval = self.lease.total_seconds() / ROUNDS_PER_LEASE
+        expires = parse_time(row.lease_expires_at) if row.owner else None
+        left = (expires - self.storage.now()).total_seconds() if expires is not None else 0.0
+        return math.ceil(max(interval, left) + CANCEL_SLACK_SECONDS)
 
     def held_jobs(self) -> set[str]:
         """The jobs this process runs, waits to run, or will deliver again (their leases are renewed)."""
@@ -81,14 +102,20 @@ class JobLeases(EngineCore):
         self.fleet = max(1, processes)
 
     async def renew_leases(self) -> set[str]:
-        """Extend the lease of every job held here; the ids another process took over (now dropped)."""
+        """Extend the lease of every job held here; the ids another process took over (now dropped).
+        The same statement brings back the cancels other processes recorded for these jobs, which
+        are acted on here as a local cancel is (`_honour_cancel`)."""
         held = self.held_jobs()
-        kept = await self.storage.jobs.renew_leases(self.owner, held, self.lease_until())
-        lost = held - kept - self._creating  # a job being created has no row yet
+        renewal = await self.storage.jobs.renew_leases(self.owner, held, self.lease_until())
+        lost = held - renewal.held - self._creating  # a job being created has no row yet
         for job_id in lost:
             self._lose(job_id)
         if lost:
             self._pump()
+        for job_id, request in renewal.cancels.items():
+            job = self._jobs.get(job_id)
+            if job is not None:
+                self._honour_cancel(job, request)
         return lost
 
     def _lose(self, job_id: str) -> None:
@@ -106,6 +133,17 @@ class JobLeases(EngineCore):
             return
         job.abort_reason = "lost"  # a provider call in progress stops; its fenced writes would fail anyway
         job.abort.set()
+
+    def _honour_cancel(self, job: ActiveJob, request: CancelRequest) -> None:
+        """Cancel a job held here for a member whose click reached another process: the local cancel's
+        own path (`JobEngine._halt`), told to the member as if they had clicked here. Once per job:
+        every renewal brings the request back until the job has ended."""
+        if job.cancel_seen or job.finishing:  # a result exists: it is posted, as after a late click
+            return
+        job.cancel_seen = True
+        log.info("job %s: %s by %s through another process", job.id, request.reason, request.actor_id)
+        if self._halt(job, request.reason, quiet=False):
+            self._spawn(self._end_dequeued(job))
 
     async def take_over(self) -> dict[str, int]:
         """Claim this process's share of the live jobs whose lease ran out (a dead process's) and
@@ -148,13 +186,36 @@ class JobLeases(EngineCore):
     def _start_leases(self) -> None:
         if self.shared and self._lease_task is None:
             self._lease_task = asyncio.create_task(self._keep_leases(), name="retouch-job-leases")
+            if not self._listening:
+                self._listening = True
+                self.storage.jobs.on_cancel_requested(self._heard_cancel)
 
     async def _stop_leases(self) -> None:
-        if self._lease_task is not None:
-            self._lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lease_task
-            self._lease_task = None
+        for task in (self._lease_task, self._early_renewal):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._lease_task = self._early_renewal = None
+
+    def _heard_cancel(self, owner: str) -> None:
+        """A cancel was just recorded for a job `owner` holds: when that is this process, renew now
+        (the renewal brings the request back) rather than wait up to a third of a lease for the round."""
+        if owner != self.owner or self._lease_task is None:
+            return
+        self._renew_again = True
+        if self._early_renewal is None or self._early_renewal.done():
+            self._early_renewal = asyncio.create_task(self._renew_early(), name="retouch-cancel-heard")
+
+    async def _renew_early(self) -> None:
+        # Requests heard while a renewal runs may have come after its statement: renew once more.
+        while self._renew_again:
+            self._renew_again = False
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # the next round renews, and brings the request, anyway
+                log.info("job leases: early renewal failed (%s)", type(exc).__name__)
+                return
 
     async def _keep_leases(self) -> None:
         interval = self.lease.total_seconds() / ROUNDS_PER_LEASE

@@ -19,7 +19,7 @@ from bot.errors import new_reference
 from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
 from bot.jobs.leases import CLAIM_BATCH, JobLeases
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
-from bot.messages import RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
+from bot.messages import CANCELLED, RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
 from bot.storage.ledger import LedgerConflict
 
@@ -32,6 +32,8 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 # other's jobs being created: without this, one process's sweep could delete the folder another has
 # just written. An hour is far longer than any insert takes, even behind a stalled database.
 ORPHAN_GRACE_SECONDS = 3600.0
+# What became of the live jobs a process claimed (`_adopt`): the counts `recover` and lease rounds report.
+ADOPTED = ("requeued", "resumed", "delivering", "released", "quarantined", "cancelled")
 
 
 class JobRecovery(JobLeases):
@@ -99,12 +101,11 @@ class JobRecovery(JobLeases):
           the user is told; * `reserved` jobs are queued again in their old order; * `submitted`
           jobs resume polling (released like `submitting` if the provider cannot resume);
           * `completed` jobs are delivered from the stored result (after checking whether a delivery
-          the crash interrupted had landed). Then holds without a live job are released, and job
-          folders past their retention are deleted.
+          the crash interrupted had landed). A job a member cancelled on another process before it
+          stopped (PostgreSQL) is cancelled instead of queued or resumed. Then holds without a live job
+          are released, and job folders past their retention are deleted.
         """
-        counts = dict.fromkeys(
-            ("requeued", "resumed", "delivering", "released", "quarantined", "orphan_holds", "swept"), 0
-        )
+        counts = dict.fromkeys((*ADOPTED, "orphan_holds", "swept"), 0)
         self._durations.extend(await self.storage.jobs.recent_run_seconds(ETA_WINDOW))
         while True:
             # One process (SQLite): every live job is this one's now. Several (PostgreSQL): those nobody
@@ -137,9 +138,9 @@ class JobRecovery(JobLeases):
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
         """Resume jobs this process just claimed, whether at start-up or from a dead process: the one
-        code path for both. Returns how many ended up requeued, resumed, delivering, released or
-        quarantined."""
-        counts = dict.fromkeys(("requeued", "resumed", "delivering", "released", "quarantined"), 0)
+        code path for both. Returns how many ended up requeued, resumed, delivering, released,
+        quarantined or cancelled (a cancel recorded for the last holder: `JobLeases._honour_cancel`)."""
+        counts = dict.fromkeys(ADOPTED, 0)
         for row in rows:
             if row.id in self._jobs:  # its lease lapsed here, but this process still runs it
                 continue
@@ -149,6 +150,12 @@ class JobRecovery(JobLeases):
                 # One unreadable row (hand-edited, written by a broken build, a damaged file) must not
                 # keep every other job and the bot itself from starting.
                 outcome = await self._quarantine(row, exc)
+            request = row.cancel_request
+            if request is not None and outcome in ("requeued", "resumed"):
+                # A member cancelled it on another process before its holder stopped: cancelled here
+                # instead, by the local cancel's path, before the queue can start it.
+                self._honour_cancel(self._jobs[row.id], request)
+                outcome = "cancelled"
             counts[outcome] += 1
         if rows:
             self._pump()
@@ -177,6 +184,8 @@ class JobRecovery(JobLeases):
             if row.state in (JobState.QUEUED, JobState.RESERVED)
             else RESTARTED_MID_SUBMIT
         )
+        if row.cancel_request is not None:  # released either way: the answer to the member's cancel
+            text = CANCELLED
         code = (
             "restart_before_start"
             if row.state in (JobState.QUEUED, JobState.RESERVED)

@@ -34,6 +34,9 @@ What a backend must provide (`Database`):
   shared out by leases (bot/jobs/leases.py); SQLite runs one process.
 - `skip_locked`: what ends a `SELECT` that picks rows for a claim so concurrent claimers pass each
   other's rows (`FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, whose one writer is enough).
+- `listen(channel, heard)`: call `heard(payload)` for every `notify(channel, payload)` statement another
+  process's transaction committed, until `close`; best effort (a lost connection hears nothing until it
+  is replaced), so it only hastens what a slower path also does. Nothing on SQLite (one process).
 A failing statement ends its body (PostgreSQL cannot continue a transaction after an error), so
 bodies never catch database errors.
 """
@@ -105,7 +108,8 @@ class Statement(NamedTuple):
     """One step of a transaction body; the backend sends back its result.
 
     `kind`: "one" (the first row or None), "all" (every row), "run" (the row count), "many" (the same
-    statement for each parameter tuple; None) or "lock" (`params` are the scopes to lock; None).
+    statement for each parameter tuple; None), "lock" (`params` are the scopes to lock; None) or
+    "notify" (`params`: channel and payload; None).
     """
 
     kind: str
@@ -145,6 +149,12 @@ def lock(*scopes: tuple[Any, ...]) -> Statement:
     transaction committed, then reads what it wrote. SQLite already runs one writer at a time.
     """
     return Statement("lock", "", scopes)  # keys are made by the backend that needs them (lock_keys)
+
+
+def notify(channel: str, payload: str) -> Statement:
+    """Tell the processes listening on `channel` (`Database.listen`) once this transaction commits
+    (PostgreSQL's NOTIFY: never if it rolls back). Nothing on SQLite, where no other process listens."""
+    return Statement("notify", "", (channel, payload))
 
 
 def lock_key(scope: tuple[Any, ...]) -> int:
@@ -204,6 +214,8 @@ class Database(Protocol):
     async def schema_version(self) -> int: ...
 
     async def check_writable(self) -> None: ...
+
+    def listen(self, channel: str, heard: Callable[[str], None]) -> None: ...
 
     async def close(self) -> None: ...
 

@@ -2,18 +2,22 @@
 
 The engine (bot.engine) decides what a state means; this module only stores it. Money columns
 (`reserved`, `captured`) are written by the ledger's transactions, never here.
+
+Over 400 lines, and not split: these are the `jobs` table's statements, and the leases' (renew, claim,
+hand back, the cancel recorded for a job's holder) are kept beside the state moves they fence, so every
+write to a job row and its `owner` check can be read in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.jobs.model import JobState
-from bot.storage.connection import Body, Database, execute, fetch_all, stamp
+from bot.storage.connection import Body, Database, execute, fetch_all, notify, stamp
 
 TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
@@ -25,6 +29,8 @@ LIVE_STATES = (
     JobState.SUBMITTED,
     JobState.COMPLETED,
 )
+# Live jobs a cancel can still stop: a `completed` job's result exists and is being posted.
+CANCELLABLE_STATES = tuple(s for s in LIVE_STATES if s != JobState.COMPLETED)
 # Job columns `set_job_state` may change besides the state.
 _JOB_FIELDS = frozenset(
     {
@@ -84,11 +90,44 @@ class JobRow:
     provider_model: str | None = None  # the route's model id at `provider` (a provider may sell several)
     owner: str | None = None  # the process running it (bot/jobs/leases.py); None: nobody
     lease_expires_at: str | None = None
+    # A cancel another process recorded for the holder (`Jobs.request_cancel`); None: none asked.
+    cancel_requested_at: str | None = None
+    cancel_actor_id: int | None = None
+    cancel_reason: str | None = None  # 'cancelled' (the requester's) or 'stopped' (a moderator's)
+
+    @property
+    def cancel_pending(self) -> bool:
+        """A cancel was recorded for the process holding the job, which has not stopped it yet."""
+        return self.cancel_requested_at is not None and self.state in CANCELLABLE_STATES
+
+    @property
+    def cancel_request(self) -> CancelRequest | None:
+        """The cancel recorded for this job's holder, if one was."""
+        if self.cancel_requested_at is None or self.cancel_reason is None:
+            return None
+        return CancelRequest(self.cancel_actor_id or 0, self.cancel_reason, self.cancel_requested_at)
 
     @property
     def provider_job_ids(self) -> tuple[str, ...]:
         """The provider's ids for this job's calls (one per call of an emulated `count`)."""
         return tuple(i for i in (self.provider_request_id or "").split(",") if i)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A cancel recorded on a job's row for the process that holds it (bot/jobs/leases.py)."""
+
+    actor_id: int
+    reason: str  # 'cancelled' (the requester's own: charged once a provider has it) or 'stopped'
+    requested_at: str
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a lease renewal found: the jobs still held, and the cancels recorded for any of them."""
+
+    held: set[str]
+    cancels: dict[str, CancelRequest]
 
 
 # The columns a JobRow holds, named: `SELECT *` would also bring PostgreSQL's `rowid` (migrations/postgres).
@@ -97,6 +136,9 @@ _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
 _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
 # A live job another process may claim at `?` (now): nobody holds it, or its lease ran out.
 _FREE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+_CANCELLABLE = "state IN ({})".format(", ".join(f"'{s}'" for s in CANCELLABLE_STATES))
+CANCEL_REASONS = frozenset({"cancelled", "stopped"})
+CANCEL_CHANNEL = "retouch_job_cancels"  # NOTIFY channel; the payload is the holder's process name
 # Jobs renewed or handed back per statement (bounded: each id is one parameter).
 LEASE_BATCH = 500
 
@@ -242,25 +284,59 @@ class Jobs:
 
     # -- leases (bot/jobs/leases.py) ----------------------------------------------------------------
 
-    async def renew_leases(self, owner: str, job_ids: Collection[str], until: str) -> set[str]:
-        """Extend `owner`'s lease on these jobs to `until`, in one transaction; the ids it still holds
-        (a job another process claimed meanwhile, or whose row does not exist, is not among them)."""
+    async def renew_leases(self, owner: str, job_ids: Collection[str], until: str) -> Renewal:
+        """Extend `owner`'s lease on these jobs to `until`, in one transaction. Returns the ids it still
+        holds (a job another process claimed meanwhile, or whose row does not exist, is not among them)
+        and, from the same statement, the cancels other processes recorded for them
+        (`request_cancel`): the holder hears of a cancel without a round trip of its own."""
         ids = sorted(job_ids)
 
-        def body() -> Body[set[str]]:
-            held: set[str] = set()
+        def body() -> Body[Renewal]:
+            renewal = Renewal(set(), {})
             for start in range(0, len(ids), LEASE_BATCH):
                 chunk = ids[start : start + LEASE_BATCH]
                 marks = ", ".join("?" for _ in chunk)
                 # Ended jobs too (harmless): what is missing was claimed by another process.
                 rows = yield fetch_all(
-                    f"UPDATE jobs SET lease_expires_at = ? WHERE owner = ? AND id IN ({marks}) RETURNING id",
+                    f"UPDATE jobs SET lease_expires_at = ? WHERE owner = ? AND id IN ({marks}) "
+                    "RETURNING id, cancel_requested_at, cancel_actor_id, cancel_reason",
                     (until, owner, *chunk),
                 )
-                held.update(row[0] for row in rows)
-            return held
+                for job_id, requested_at, actor_id, reason in rows:
+                    renewal.held.add(job_id)
+                    if requested_at is not None and reason is not None:
+                        renewal.cancels[job_id] = CancelRequest(actor_id or 0, reason, requested_at)
+            return renewal
 
-        return await self._db.transaction(body) if ids else set()
+        return await self._db.transaction(body) if ids else Renewal(set(), {})
+
+    async def request_cancel(self, job_id: str, *, actor_id: int, reason: str) -> JobRow | None:
+        """Record a cancel for whichever process holds the job (it acts on it at its next lease
+        renewal, or on taking the job over). The first request stands: a later one changes nothing.
+        Returns the row as it stands, or None when the job can no longer be cancelled (it ended, or
+        its result exists) and nothing was written."""
+        if reason not in CANCEL_REASONS:
+            raise ValueError(f"unknown cancel reason {reason!r}")
+        # Every right-hand side reads the row as it was, so the three columns are set together, once.
+        sql = (
+            "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ?), "
+            "cancel_actor_id = COALESCE(cancel_actor_id, ?), cancel_reason = COALESCE(cancel_reason, ?) "
+            f"WHERE id = ? AND {_CANCELLABLE} RETURNING {_COLUMNS}"
+        )
+
+        def body() -> Body[JobRow | None]:
+            rows = yield fetch_all(sql, (self._db.timestamp(), actor_id, reason, job_id))
+            row = JobRow(**dict(rows[0])) if rows else None
+            if row is not None and row.owner is not None:
+                yield notify(CANCEL_CHANNEL, row.owner)  # the holder may hear it before its next round
+            return row
+
+        return await self._db.transaction(body)
+
+    def on_cancel_requested(self, heard: Callable[[str], None]) -> None:
+        """Call `heard(owner)` soon after a cancel is recorded for a job `owner` holds (PostgreSQL's
+        LISTEN; best effort: the holder's lease renewal brings every request back in any case)."""
+        self._db.listen(CANCEL_CHANNEL, heard)
 
     async def claim_jobs(
         self, owner: str, now: str, until: str, *, limit: int, every: bool = False

@@ -13,6 +13,10 @@ same serial order, paid for with wasted round trips. A reservation's own balance
 its conditional UPDATE waits for a concurrent one on the same row and re-checks the new balance.
 A deadlock or serialization failure (40P01, 40001) re-runs the body on a fresh transaction.
 
+`listen` keeps one pooled connection LISTENing per channel (a `notify` statement in a body is a NOTIFY,
+sent when its transaction commits); a lost connection is replaced, and what it missed is left to the
+listener's slower path (a job cancel's holder also reads it at its next lease renewal).
+
 A caller cancelled while its transaction runs does not stop it: the body runs in its own task to COMMIT
 or ROLLBACK, as on SQLite.
 
@@ -63,6 +67,8 @@ STATEMENT_CACHE = 512
 # A body caught in a deadlock or serialization failure runs again, this many times at most.
 ATTEMPTS = 5
 RETRY_STATES = frozenset({"40001", "40P01"})
+# A listening connection that was lost is replaced after this long (what was sent meanwhile is missed).
+LISTEN_RETRY_SECONDS = 5.0
 MIGRATION_LOCK = lock_key(("migrations",))
 PG_MIGRATIONS = "migrations/postgres"
 
@@ -116,6 +122,9 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
     if kind == "many":
         await conn.executemany(postgres_sql(sql), params)
         return None
+    if kind == "notify":
+        await conn.execute("SELECT pg_notify($1, $2)", *params)
+        return None
     if kind == "lock":
         if params:
             keys = lock_keys(params)
@@ -165,6 +174,24 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+async def _listen_until_lost(conn: asyncpg.Connection, channel: str, deliver: Callable[..., None]) -> None:
+    """LISTEN on `conn` until the connection is lost (or the caller is cancelled), then UNLISTEN: the
+    pool does not reset sessions (`_keep_session`)."""
+    lost = asyncio.Event()
+
+    def ended(_conn: Any) -> None:
+        lost.set()
+
+    conn.add_termination_listener(ended)
+    try:
+        await conn.add_listener(channel, deliver)
+        await lost.wait()
+    finally:
+        conn.remove_termination_listener(ended)
+        with contextlib.suppress(Exception):  # a lost connection has nothing left to undo
+            await conn.remove_listener(channel, deliver)
+
+
 class PostgresDatabase(Clocked):
     """An asyncpg pool. Create with `await PostgresDatabase.open(dsn)`.
 
@@ -181,6 +208,7 @@ class PostgresDatabase(Clocked):
         super().__init__(clock)
         self.pool = pool
         self._running: set[asyncio.Task[Any]] = set()
+        self._listening: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -203,10 +231,36 @@ class PostgresDatabase(Clocked):
         return await migrated(cls(pool, clock))
 
     async def close(self) -> None:
-        """Let running transactions finish, then close every connection. Closing twice is harmless."""
+        """Let running transactions finish, stop listening, then close every connection. Closing twice
+        is harmless."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        for task in self._listening:
+            task.cancel()
+        await asyncio.gather(*self._listening, return_exceptions=True)
+        self._listening.clear()
         await self.pool.close()
+
+    def listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        """Call `heard(payload)` for each NOTIFY on `channel` until `close`, on one pooled connection
+        kept for it (replaced after LISTEN_RETRY_SECONDS when it is lost)."""
+        task = asyncio.create_task(self._listen(channel, heard), name=f"retouch-listen-{channel}")
+        self._listening.add(task)
+
+    async def _listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                heard(payload)
+            except Exception:
+                log.exception("database: a %s listener failed", channel)
+
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await _listen_until_lost(conn, channel, deliver)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.info("database: not listening on %s (%s); trying again", channel, type(exc).__name__)
+            await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
     # -- running work ---------------------------------------------------------------------------------
 

@@ -98,12 +98,17 @@ def _lock(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
     """BEGIN IMMEDIATE already holds the database's only write lock."""
 
 
+def _notify(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> None:
+    """One process uses the file: nobody else listens."""
+
+
 _STEPS: dict[str, Callable[[sqlite3.Connection, str, Any], Any]] = {
     "one": _one,
     "all": _all,
     "run": _run,
     "many": _many,
     "lock": _lock,
+    "notify": _notify,
 }
 
 
@@ -256,6 +261,9 @@ class SQLiteDatabase(Clocked):
                 os.close(lock_fd)
             raise
         return await migrated(cls(conn, worker, clock, lock_fd))
+
+    def listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        """Nothing to hear: no other process writes to this database."""
 
     async def close(self) -> None:
         """Close the connection on its thread, then let the thread end. Closing twice is harmless."""
