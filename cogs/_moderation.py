@@ -4,9 +4,11 @@ The requester's progress message is private, so moderators could not see (or can
 While an edit started from a command runs, the channel shows "alice is editing an image: “…”" with
 **Stop edit**; members with Manage Messages there (and the requester) can stop it — the hold is
 released in full and the requester is told — and the audit channel records who did. The notice is
-removed when the job ends (a `JobObserver`). It is process memory: after a restart the notice of a
-resumed job stays, and its button answers that the edit has ended once it has. The result's own
-**Delete** button (requester or Manage Messages) is the control for results.
+removed when the job ends (a `JobObserver`). Where it was posted is kept on the job's row
+(`Jobs.record_notice`), not in this process's memory: with several processes on PostgreSQL the job may
+end on another process than the one that posted the notice, and after a restart the resumed job's end
+still removes it. Exactly one process takes the notice off the row (`Jobs.take_notice`) to remove or
+edit it. The result's own **Delete** button (requester or Manage Messages) is the control for results.
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ def notice_text(requester: str, prompt: str) -> str:
 
 
 class PublicControls(JobObserver):
-    """The notices of running jobs by job id: posted after the hold, removed when the job ends."""
+    """The notices of running jobs: posted after the hold, removed when the job ends (by this process or
+    whichever one ends it; see the module docstring)."""
 
     def __init__(self, bot: RetouchBot) -> None:
         self.bot = bot
-        self._posted: dict[str, tuple[int, int]] = {}  # job id -> (channel id, message id)
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -62,18 +64,20 @@ class PublicControls(JobObserver):
         """Post the notice in the background: the command's own answer must not wait for it."""
         self._spawn(self._post(job_id, channel_id, requester, prompt))
 
-    def forget(self, job_id: str) -> tuple[int, int] | None:
-        """Stop tracking a notice (the caller edits it); returns where it is."""
-        return self._posted.pop(job_id, None)
+    async def claim(self, job_id: str) -> tuple[int, int] | None:
+        """Take the notice over to edit it (a Stop click): the job's end no longer removes it. Returns
+        where it is, or None when no process has it (not posted, or already removed)."""
+        return await self._take(job_id)
+
+    async def give_back(self, job_id: str, where: tuple[int, int]) -> None:
+        """Hand a claimed notice back to the job's end (the job runs on; another process stops it)."""
+        await self._keep(job_id, *where)
 
     def job_finished(self, job_id: str, state: str, **_: Any) -> None:
-        where = self._posted.pop(job_id, None)
-        if where is None:
-            self._ended[job_id] = None
-            while len(self._ended) > ENDED_MEMORY:
-                self._ended.popitem(last=False)
-            return
-        self._spawn(self._remove(*where))
+        self._ended[job_id] = None  # a notice still on its way is not posted, or removed at once
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+        self._spawn(self._remove_taken(job_id))
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -90,10 +94,29 @@ class PublicControls(JobObserver):
         except discord.HTTPException as exc:
             log.info("job %s: no public notice in %s (%s %s)", job_id, channel_id, exc.status, exc.code)
             return
-        if job_id in self._ended:  # it finished while the notice was on its way
-            await self._remove(channel_id, message.id)
-        else:
-            self._posted[job_id] = (channel_id, message.id)
+        await self._keep(job_id, channel_id, message.id)
+
+    async def _keep(self, job_id: str, channel_id: int, message_id: int) -> None:
+        """Record the notice on the job's row, or remove it now if the job ended meanwhile."""
+        try:
+            live = await self.bot.services.storage.jobs.record_notice(job_id, channel_id, message_id)
+        except Exception:
+            log.exception("job %s: could not record its public notice; removing it", job_id)
+            live = False
+        if not live:
+            await self._remove(channel_id, message_id)
+
+    async def _take(self, job_id: str) -> tuple[int, int] | None:
+        try:
+            return await self.bot.services.storage.jobs.take_notice(job_id)
+        except Exception:
+            log.exception("job %s: could not look up its public notice", job_id)
+            return None
+
+    async def _remove_taken(self, job_id: str) -> None:
+        where = await self._take(job_id)
+        if where is not None:
+            await self._remove(*where)
 
     async def _remove(self, channel_id: int, message_id: int) -> None:
         try:

@@ -77,7 +77,8 @@ class MembersCog(RetouchCog):
             )
             return
         await interaction.response.defer()  # the answer is the public notice itself
-        self.controls.forget(job_id)  # this handler edits the notice; the job's end must not delete it
+        # This handler edits the notice: the job's end (here or on another process) must not delete it.
+        notice = await self.controls.claim(job_id)
         # Not quiet: the requester's own progress message says it was cancelled and not charged.
         text = await self.bot.services.edits.engine.cancel(
             job_id, actor_id=interaction.user.id, can_manage=manage, quiet=False
@@ -87,7 +88,9 @@ class MembersCog(RetouchCog):
         by_other = interaction.user.id != row.user_id
         if pending:
             # Another bot process runs the job and stops it at its next lease round; the notice stays
-            # until then (its poster removes it when the job ends), and the requester is told by it.
+            # until then, and that process's job end removes it.
+            if notice is not None:
+                await self.controls.give_back(job_id, notice)
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
         elif after is None or after.state != "cancelled":
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

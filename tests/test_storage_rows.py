@@ -56,6 +56,23 @@ async def test_a_job_keeps_what_each_step_stored(storage: Storage, storage_clock
         await storage.jobs.update_job("j1", state="queued")
 
 
+async def test_a_jobs_public_notice_is_recorded_while_it_runs_and_taken_by_exactly_one_caller(
+    storage: Storage,
+):
+    notice = (3, 2**62 + 7)  # a channel and a message id (Discord ids need all 64 bits)
+    await new_job(storage, "live")
+    assert await storage.jobs.record_notice("live", *notice)
+    assert await storage.jobs.take_notice("live") == notice
+    assert await storage.jobs.take_notice("live") is None  # the job's end or a Stop click, not both
+    assert await storage.jobs.record_notice("live", *notice)  # a Stop click handing it back
+    await storage.jobs.set_job_state("live", "cancelled")
+    assert await storage.jobs.take_notice("live") == notice  # whoever ends the job finds it
+    # A notice that arrives after its job ended is not recorded: its poster removes it at once.
+    assert not await storage.jobs.record_notice("live", *notice)
+    assert not await storage.jobs.record_notice("unknown", *notice)
+    assert await storage.jobs.take_notice("live") is None
+
+
 async def test_jobs_created_in_the_same_millisecond_are_listed_newest_first(storage: Storage):
     for job_id in ("b", "c", "a"):  # ids out of order: only the creation order can break the tie
         await new_job(storage, job_id)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from bot.jobs.model import JobState
-from bot.storage.connection import Body, Database, execute, fetch_all, notify, stamp
+from bot.storage.connection import Body, Database, execute, fetch_all, fetch_one, notify, stamp
 
 TERMINAL_STATES = (JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED)
 # Jobs that may still need work: waiting for a reservation, in the queue, at a provider, or holding an
@@ -330,6 +330,37 @@ class Jobs:
             if row is not None and row.owner is not None:
                 yield notify(CANCEL_CHANNEL, row.owner)  # the holder may hear it before its next round
             return row
+
+        return await self._db.transaction(body)
+
+    async def record_notice(self, job_id: str, channel_id: int, message_id: int) -> bool:
+        """Remember where the job's public notice is, for whichever process ends the job. False (and
+        nothing written) when the job is no longer live: it ended while the notice was being posted,
+        and the poster removes the notice itself. A job ending at the same moment either commits first
+        (this finds it ended) or finds the notice recorded when it looks (`take_notice`)."""
+        written = await self._db.write_one(
+            f"UPDATE jobs SET notice_channel_id = ?, notice_message_id = ? WHERE id = ? AND {_LIVE}",
+            (channel_id, message_id, job_id),
+        )
+        return written == 1
+
+    async def take_notice(self, job_id: str) -> tuple[int, int] | None:
+        """Where the job's public notice is, for the one caller that removes or edits it: cleared in
+        the same transaction, so two processes (the job's end and a Stop click) never both act on it."""
+
+        def body() -> Body[tuple[int, int] | None]:
+            row = yield fetch_one(
+                "SELECT notice_channel_id, notice_message_id FROM jobs WHERE id = ?", (job_id,)
+            )
+            if row is None or row[1] is None:
+                return None
+            # Conditional on the id read: a concurrent taker (PostgreSQL re-checks after waiting for it)
+            # clears nothing and gets None.
+            taken = yield execute(
+                "UPDATE jobs SET notice_message_id = NULL WHERE id = ? AND notice_message_id = ?",
+                (job_id, row[1]),
+            )
+            return (int(row[0]), int(row[1])) if taken == 1 else None
 
         return await self._db.transaction(body)
 
