@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import discord
+from discord.ext import commands
 
 from bot import messages
 from bot.client import RetouchBot
@@ -24,36 +27,54 @@ from cogs._ui import RetouchCog, admitted, first_image, report_error, role_ids_o
 log = logging.getLogger(__name__)
 
 MODAL_PROMPT_MAX_CHARS = 4000  # Discord's cap for a text input in a form
-MODAL_TIMEOUT_SECONDS = 900.0
+FORM_PREFIX = "retouch:again-form:"
+FORM_ID = re.compile(re.escape(FORM_PREFIX) + "([0-9a-f]{16})")
+FORM_PROMPT = "prompt"
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
 class EditAgainForm(discord.ui.Modal, title="Edit again"):
-    """A new prompt for a result: the result image becomes the input of a new edit."""
+    """A new prompt for a result: the result image becomes the input of a new edit.
+
+    Answered from its custom id (`JobsCog.on_interaction`), never from discord.py's modal store: the
+    store learns of a form only once the bot has read Discord's reply to opening it, and forgets it when
+    the bot restarts; a submission it does not know is dropped without a word ("This interaction
+    failed"). So the form is stopped before it is sent, which keeps it out of the store.
+    """
 
     prompt: discord.ui.TextInput[EditAgainForm] = discord.ui.TextInput(
         label="What should change?",
-        custom_id="prompt",
+        custom_id=FORM_PROMPT,
         style=discord.TextStyle.paragraph,
         placeholder="e.g. now make it night time",
         max_length=MODAL_PROMPT_MAX_CHARS,
     )
 
-    def __init__(self, cog: JobsCog, job_id: str) -> None:
-        super().__init__(timeout=MODAL_TIMEOUT_SECONDS)
-        self.cog = cog
-        self.job_id = job_id
+    def __init__(self, job_id: str) -> None:
+        super().__init__(custom_id=f"{FORM_PREFIX}{job_id}", timeout=None)
+        self.stop()
 
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        return await admitted(interaction, counts=True)
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        await self.cog.edit_again(interaction, self.job_id, self.prompt.value)
+def form_job_id(data: Any) -> str | None:
+    """The job an Edit again form submission is for, or None when it is not one."""
+    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    match = FORM_ID.fullmatch(custom_id) if isinstance(custom_id, str) else None
+    return match.group(1) if match else None
 
-    # Modal.on_error is called with (interaction, error): a modal has no failing item. discord.py's own
-    # Modal narrows BaseView.on_error(interaction, error, item) this way, so the checker sees an override.
-    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
-        await report_error(interaction, error, where="the Edit again form")
+
+def submitted_text(components: Any, custom_id: str) -> str:
+    """The value of the text input `custom_id` in a modal submission's components (in action rows or
+    labels, however deep)."""
+    for component in components if isinstance(components, list) else []:
+        if not isinstance(component, dict):
+            continue
+        if component.get("custom_id") == custom_id and isinstance(component.get("value"), str):
+            return str(component["value"])
+        inner = component.get("components") or ([component["component"]] if "component" in component else [])
+        found = submitted_text(inner, custom_id)
+        if found:
+            return found
+    return ""
 
 
 class JobsCog(RetouchCog):
@@ -69,13 +90,30 @@ class JobsCog(RetouchCog):
         self.edits.engine.attach_delivery(DiscordDelivery(self.bot))
         await super().cog_load()
 
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """An Edit again form submitted (see EditAgainForm: answered here, also after a restart)."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        job_id = form_job_id(interaction.data)
+        if job_id is None:
+            return
+        try:
+            if not await admitted(interaction, counts=True):
+                return
+            data: dict[str, Any] = dict(interaction.data or {})
+            prompt = submitted_text(data.get("components"), FORM_PROMPT)
+            await self.edit_again(interaction, job_id, prompt)
+        except Exception as exc:
+            await report_error(interaction, exc, where="the Edit again form")
+
     async def on_control(self, interaction: discord.Interaction, job_id: str, action: str) -> None:
         """A click on a job button (its errors are answered by the control)."""
         match action:
             case "cancel":
                 await self._cancel(interaction, job_id)
             case "again":
-                await interaction.response.send_modal(EditAgainForm(self, job_id))
+                await interaction.response.send_modal(EditAgainForm(job_id))
             case "retry":
                 await self._retry(interaction, job_id)
             case "delete":

@@ -181,12 +181,16 @@ async def test_sigkill_after_submit_resumes_polling_and_delivers_once_and_button
     wavespeed.hold_results()
     await scene.edit(model="ws-mini")
     await scene.states("delivered", "submitted")  # WaveSpeed has the task id; polling is under way
+    [notice] = await scene.fake.wait_until(lambda: scene.told("is editing an image"), timeout=WAIT)
+    await scene.fake.wait_until(lambda: jobs(scene.data_dir)[1]["notice_message_id"] == notice.id)
     await scene.bot.kill()
     wavespeed.release_results()
 
     await scene.bot.start()
     await scene.states("delivered", "delivered")
     [resumed] = await scene.fake.wait_until(scene.posted, timeout=WAIT)
+    # The public notice the killed process posted is removed by the process that ended the job.
+    await scene.fake.wait_until(lambda: notice.deleted, timeout=WAIT)
     assert wavespeed.submit_count == 1  # followed to its result, never submitted twice
     job = jobs(scene.data_dir)[1]
     assert (job["delivered_via"], job["result_message_id"]) == ("channel", resumed.id)
@@ -206,6 +210,25 @@ async def test_sigkill_after_submit_resumes_polling_and_delivers_once_and_button
     assert openai.requests[-1].fields["prompt"] == "now at night"
     await scene.fake.click(scene.alice, resumed, control(resumed, "delete"))
     await scene.fake.wait_until(lambda: resumed.deleted, timeout=WAIT)
+    assert_books_balance(scene.data_dir)
+
+
+async def test_an_edit_again_form_opened_before_a_restart_is_answered_after_it(
+    scene_for: Callable[..., Any], openai: FakeOpenAI
+):
+    scene: Scene = await scene_for()
+    done = await scene.edit()
+    await scene.states("delivered")
+    [result] = results(done.followups)
+    opened = await scene.fake.click(scene.alice, result, control(result, "again"))
+    await scene.fake.wait_until(lambda: opened.modal is not None, timeout=WAIT)
+    await scene.bot.kill()  # the member is still typing when the bot is redeployed
+
+    await scene.bot.start()
+    form = await scene.fake.submit_modal(scene.alice, opened, fields={"prompt": "now at night"})
+    await scene.fake.wait_until(lambda: results(form.followups), timeout=WAIT)
+    await scene.states("delivered", "delivered")
+    assert openai.requests[-1].fields["prompt"] == "now at night"
     assert_books_balance(scene.data_dir)
 
 
