@@ -35,6 +35,7 @@ from bot.storage.copy import (
 )
 from bot.storage.history import VersionRow
 from bot.storage.jobs import LIVE_STATES
+from bot.storage.shard_leases import SCHEMA as SHARD_SCHEMA
 from bot.storage.sqlite import SQLiteDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,6 +326,23 @@ async def test_a_target_holding_rows_is_refused_and_left_as_it_was(
     assert (await fleet.ledger.get_account(GUILD, ALICE)).balance == 7  # type: ignore[union-attr]
 
 
+async def test_a_target_where_a_fleet_already_ran_is_refused_though_no_copied_table_has_rows(
+    source: Path, postgres_url: str
+):
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(SHARD_SCHEMA)  # what a PostgreSQL fleet creates beside the migrated tables
+        await conn.execute("INSERT INTO shard_leases (shard_id, owner) VALUES (0, 'proc-a')")
+    finally:
+        await conn.close()
+
+    with pytest.raises(TargetNotEmpty) as refused:
+        await copy_database(source, postgres_url)
+
+    assert refused.value.rows == {"shard_leases": 1}
+    assert (await pg_counts(postgres_url))["jobs"] == 0
+
+
 async def test_a_bot_running_on_the_sqlite_file_stops_the_copy(source: Path, postgres_url: str):
     running_bot = await SQLiteDatabase.open(source, sole_process=True)
     try:
@@ -429,7 +447,7 @@ async def test_the_command_copies_says_what_it_did_and_what_next_and_never_shows
 ):
     data = tmp_path / "data"
     data.mkdir()
-    await sqlite_file(data / "retouch.sqlite3", clock)
+    tables = sqlite_tables(await sqlite_file(data / "retouch.sqlite3", clock))
     password = "pw-Secr3t-9c1e"
     assert postgres_url.startswith("postgresql://postgres@")  # the test server trusts local connections
     with_password = postgres_url.replace("postgres@", f"postgres:{password}@", 1)
@@ -439,10 +457,12 @@ async def test_the_command_copies_says_what_it_did_and_what_next_and_never_shows
 
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "copied 43 rows in 14 tables" in output and "ledger 16, model_notices 2" in output
+    counts = {name: len(sqlite_rows(data / "retouch.sqlite3", name, cols)) for name, cols in tables.items()}
+    assert f"copied {sum(counts.values())} rows in {len(counts)} tables" in output
+    assert f"ledger {counts['ledger']}, model_notices {counts['model_notices']}" in output
     assert "Next: start Retouch with this DATABASE_URL" in output
     assert "postgresql://***@127.0.0.1:5432/test" in output
-    assert (await pg_rows(postgres_url, "accounts", ["COUNT(*)"])) == [(4,)]
+    assert (await pg_rows(postgres_url, "accounts", ["COUNT(*)"])) == [(counts["accounts"],)]
 
     again = run_bot(["--copy-to-postgres"], env, tmp_path)
 
