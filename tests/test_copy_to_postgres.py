@@ -206,6 +206,25 @@ async def opened(postgres_url: str, clock: Callable[[], dt.datetime]) -> AsyncIt
         await store.close()
 
 
+# -- the books check the copy relies on (both backends) ----------------------------------------------------
+
+
+async def test_unbalanced_accounts_names_balances_off_from_their_ledger_and_ledger_rows_without_an_account(
+    storage: Storage,
+):
+    for user in (ALICE, BOB):
+        await storage.ledger.grant(GUILD, user, 100, actor_id=ADMIN, reason="x", starting_credits=0)
+    assert await storage.reports.unbalanced_accounts() == []
+    # Written behind the repositories' back, as only a hand-edited database could be.
+    await storage.db.write_one("UPDATE accounts SET held = held + 3 WHERE user_id = ?", (BOB,))
+    await storage.db.write_one(
+        "INSERT INTO ledger (guild_id, user_id, kind, amount, delta_balance, delta_held, created_at) "
+        "VALUES (?, ?, 'grant', 9, 9, 0, '2026-11-15T12:00:00')",
+        (GUILD, CAROL),
+    )
+    assert await storage.reports.unbalanced_accounts() == [(GUILD, BOB), (GUILD, CAROL)]
+
+
 # -- the order of tables -------------------------------------------------------------------------------
 
 
@@ -395,6 +414,21 @@ async def test_a_copy_that_does_not_read_back_as_the_source_is_rolled_back_whole
     assert all(count == 0 for count in (await pg_counts(postgres_url)).values())
     monkeypatch.undo()  # and nothing stands in the way of copying again
     assert (await copy_database(source, postgres_url)).rows > 0
+
+
+async def test_a_sqlite_file_whose_books_are_already_off_is_refused_saying_so(
+    source: Path, postgres_url: str
+):
+    db = sqlite3.connect(source)
+    db.execute(f"UPDATE accounts SET balance = balance + 5 WHERE guild_id = {GUILD} AND user_id = {BOB}")
+    db.commit()
+    db.close()
+
+    with pytest.raises(
+        CopyRefused, match=rf"SQLite database's own books do not reconcile: account {GUILD}/{BOB}"
+    ):
+        await copy_database(source, postgres_url)
+    assert all(count == 0 for count in (await pg_counts(postgres_url)).values())
 
 
 async def test_a_table_postgresql_lacks_stops_the_copy_naming_it(source: Path, postgres_url: str):
