@@ -3,7 +3,8 @@
 Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
 included), 1 for anything else (Discord or the database server unreachable, a database from a newer
 release, a SQLite file another bot process runs on): each of those is said in one log line, without
-a traceback.
+a traceback. The operator's one-off commands (`--check-config`, `--sync`, `--copy-to-postgres`) exit
+with the same codes.
 """
 
 from __future__ import annotations
@@ -47,11 +48,27 @@ def _fail_config(problems: list[str]) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run the Retouch Discord bot.")
-    parser.add_argument("--sync", action="store_true", help="publish slash commands globally, then exit")
-    parser.add_argument(
+    command = parser.add_mutually_exclusive_group()
+    command.add_argument("--sync", action="store_true", help="publish slash commands globally, then exit")
+    command.add_argument(
         "--check-config", action="store_true", help="validate settings and the catalog, then exit"
     )
-    return parser.parse_args(argv)
+    command.add_argument(
+        "--copy-to-postgres",
+        action="store_true",
+        help="copy the SQLite database into the empty PostgreSQL database DATABASE_URL names, then exit "
+        "(stop the bot first)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        metavar="FILE",
+        help="with --copy-to-postgres: the SQLite file to copy (default: DATA_DIR/retouch.sqlite3)",
+    )
+    args = parser.parse_args(argv)
+    if args.source and not args.copy_to_postgres:
+        parser.error("--from goes with --copy-to-postgres")
+    return args
 
 
 async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
@@ -171,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("catalog OK: %s", ", ".join(catalog.models))
         log.info("default model: %s", _default_model_line(settings, catalog))
         return 0
+    if args.copy_to_postgres:
+        from bot.copy_to_postgres import copy_to_postgres
+
+        return asyncio.run(copy_to_postgres(settings, args.source))
     return asyncio.run(run(settings, catalog, sync=args.sync))
 
 

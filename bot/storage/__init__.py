@@ -7,6 +7,7 @@
 - `jobs.py`: job rows and their states
 - `settings.py`: member defaults, guild policy, role tiers, the operator's servers, route status
 - `circuits.py`: circuits a breaker opened, shared by every process on the database
+- `copy.py`: a SQLite database copied into an empty PostgreSQL one (`python -m bot --copy-to-postgres`)
 
 `Storage` opens the database and hands out one of each repository: `storage.ledger`, `storage.reports`,
 `storage.jobs`, `storage.settings`, `storage.history`, `storage.circuits`. A new repository takes the

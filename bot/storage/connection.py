@@ -184,6 +184,15 @@ class Row(Protocol):
     def keys(self) -> Any: ...
 
 
+class Reader(Protocol):
+    """What a read-only repository needs (`reports.py`): a `Database`, or one connection inside a
+    transaction that must see its own uncommitted rows (the copy to PostgreSQL verifies through it)."""
+
+    async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Row]: ...
+
+
 class Database(Protocol):
     """A backend: see this module's docstring for what each method promises."""
 

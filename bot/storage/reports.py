@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from bot.storage.connection import Database, iso
+from bot.storage.connection import Reader, iso
 from bot.storage.ledger import Account
 from bot.storage.limits import JOB_KINDS
 
@@ -64,8 +64,21 @@ _LEDGER_ENTRY_SQL = (
 class LedgerReports:
     """Queries for /credits, /admin reports, start-up reconciling and the budget views."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Reader) -> None:
         self._db = db
+
+    async def unbalanced_accounts(self) -> list[tuple[int, int]]:
+        """Accounts whose `balance` or `held` differs from the sums of their ledger rows, and ledger rows
+        of accounts that do not exist (guild_id, user_id). Empty unless the books were changed behind
+        the bot's back: every movement writes the account and its ledger row in one transaction."""
+        rows = await self._db.all(
+            "SELECT guild_id, user_id FROM ("
+            "  SELECT guild_id, user_id, balance, held FROM accounts"
+            "  UNION ALL SELECT guild_id, user_id, -delta_balance, -delta_held FROM ledger"
+            ") AS books GROUP BY guild_id, user_id HAVING SUM(balance) != 0 OR SUM(held) != 0 "
+            "ORDER BY guild_id, user_id"
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def held_mismatches(self) -> list[tuple[int, int, int, int]]:
         """Accounts whose `held` differs from the sum of their open reservations:

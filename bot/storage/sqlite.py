@@ -22,7 +22,8 @@ One bot process per file: the engine assumes it is the only one (start-up recove
 job; nothing is leased), so two bots on one file (`docker compose --scale` without a PostgreSQL
 DATABASE_URL) would run every job twice. The running bot opens its file with `sole_process`, which
 holds an exclusive `flock` on `<file>.lock` until the database is closed (the kernel drops it when the
-process dies, `kill -9` included) and refuses to start while another process holds it. Other openers
+process dies, `kill -9` included) and refuses to start while another process holds it. The copy to
+PostgreSQL (`copy.py`) takes it too, so it never copies a file a bot is writing. Other openers
 (`--sync`, tests, benches, tools reading the file beside the bot) do not take it.
 """
 
