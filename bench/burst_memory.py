@@ -9,7 +9,10 @@ Measured per row, on a fresh bot:
 * last delivery: the first INTERACTION_CREATE of the burst → the last result at the fake Discord;
 * peak RSS: the bot process's VmHWM (`/proc/<pid>/status`), and its RSS when the burst was over;
 * the bot's CPU seconds for the burst (comparable on a busy host, unlike the times);
-* the most edits the bot reported queued and in flight at once (`/metrics`, sampled).
+* the most edits the bot reported queued and in flight at once (`/metrics`, sampled);
+* the most edit calls the fake OpenAI was working on at once (counted by the fake itself, not sampled),
+  beside the ceiling the processes split between them (`OPENAI_MAX_CONCURRENT`, else
+  `MAX_CONCURRENT_JOBS`): what the provider's account saw, whatever each process's gauges said.
 
 `--processes N [N ...]` (N > 1 needs PostgreSQL: `--database-url`, else RETOUCH_TEST_DATABASE_URL) starts N
 bots on a fresh schema sharing the gateway's N shards through the leases, one server per shard, and
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from bench._common import MIB, ROOT, metric_sum, percentile, photo, table
 from bench._world import Rig, rig
+from bot.config import load_settings
 
 TARGET_MIB = 400
 SAMPLE_SECONDS = 0.25
@@ -75,6 +79,13 @@ async def sample(world: Rig, peaks: Peaks, stop: asyncio.Event) -> None:
             )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
+
+
+def provider_ceiling(fleet: Fleet) -> int:
+    """OpenAI's ceiling on calls at once, for the whole fleet, as the bots read their settings."""
+    shipped = load_settings({"DISCORD_TOKEN": "x" * 59, "OPENAI_API_KEY": "sk-bench", **fleet.bot_env})
+    [openai] = [p for p in shipped.providers if p.name == "openai"]
+    return openai.max_concurrent or shipped.max_concurrent_jobs
 
 
 def each(values: list[float], spec: str = ".0f") -> str:
@@ -123,6 +134,9 @@ async def burst(
             results = [world.result_time(it) for it in its]
             once = sum(sum(bool(m.attachments) for m in it.followups) == 1 for it in its)
             acks = [(ack - it.created_at) * 1000 for it in its if (ack := world.ack_time(it)) is not None]
+    # Filled in by the fake when the rig stopped: the most edit calls it held at once, warm-up included
+    # (one edit a process, one after another).
+    at_provider = world.openai.stats.get("peak_in_flight") if world.openai is not None else None
     delivered = [t for t in results if t is not None]
     last = max(delivered) - min(it.created_at for it in its) if delivered else float("nan")
     return (
@@ -137,6 +151,7 @@ async def burst(
         each(cpu, ".1f"),
         f"{peaks.queued:.0f}",
         f"{peaks.in_flight:.0f}",
+        "-" if at_provider is None else f"{at_provider} (ceiling {provider_ceiling(fleet)})",
         each(idle_mib),
         each(peak_mib),
         each(after_mib),
@@ -195,6 +210,7 @@ async def main(
                 "bot CPU s",
                 "most queued",
                 "most in flight",
+                "most at the provider",
                 "idle RSS MiB",
                 "peak RSS MiB",
                 "RSS after MiB",

@@ -77,7 +77,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     import aiohttp
     import discord
 
-    from bot.app import build_providers, build_services, provider_session, shard_sharing
+    from bot.app import build_providers, build_services, provider_session, shard_sharing, split_with_fleet
     from bot.client import RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import serve_ops
@@ -125,14 +125,8 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             # among every process on that database, through leases in it.
             pool = storage.db.pool if isinstance(storage.db, PostgresDatabase) else None
             owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
-            # Every live process calls the providers with the same accounts: each takes its part of
-            # their ceilings (PROVIDER_MAX_CONCURRENT and the like), and of a dead process's jobs.
-            limiter, engine = services.edits.router.limiter, services.edits.engine
-
-            def share(processes: int) -> None:
-                limiter.share_with(processes)
-                engine.share_with(processes)
-
+            # Every live process calls the providers with the same accounts: each takes its part.
+            share = split_with_fleet(services)
             shards = None if sync else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share)
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()

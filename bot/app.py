@@ -187,6 +187,28 @@ def shard_sharing(
     return StaticShards(settings.shard_count) if settings.shard_count else None
 
 
+def split_with_fleet(services: Services) -> Callable[[int], None]:
+    """What `on_fleet` tells (`shard_sharing`): with `processes` live processes calling the providers
+    with the same accounts, each takes its part of their ceilings (PROVIDER_MAX_CONCURRENT and the like),
+    and of a dead process's jobs."""
+    limiter, engine = services.edits.router.limiter, services.edits.engine
+
+    def share(processes: int) -> None:
+        limiter.share_with(processes)
+        engine.share_with(processes)
+
+    return share
+
+
+async def start_services(services: Services, sharing: ShardSharing | None, *, recommended: int) -> None:
+    """Start the job engine (recovery, lease rounds), once this process has joined the fleet: from its
+    first job on it takes only its part of each provider's ceiling, and the others count it.
+    `recommended`: Discord's recommended shard count (for a fleet that has none yet)."""
+    if sharing is not None:
+        await sharing.join(recommended=recommended)
+    await services.edits.start()
+
+
 def load_or_create_salt(data_dir: Path) -> bytes:
     """A per-install random salt so provider-side user ids cannot be mapped back to Discord ids.
 

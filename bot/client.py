@@ -16,7 +16,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import Services
+from bot.app import Services, start_services
 from bot.errors import RetouchError, ShuttingDown, new_reference
 from bot.services.access import RateLimited, operator_ids
 from bot.sharding import ShardPlan, ShardSharing
@@ -140,6 +140,8 @@ class SwitchableShards(commands.AutoShardedBot):
         self._launcher: asyncio.Task[None] | None = None
         self._last_identify = -math.inf
         self._sharing_stopped = False
+        self._left_fleet = False
+        self._recommended: int | None = None  # Discord's recommended shard count, once read
 
     def _running_shards(self) -> dict[int, Any]:
         # discord.py keeps its running shards in this private mapping: it has no public way to add or drop
@@ -153,11 +155,15 @@ class SwitchableShards(commands.AutoShardedBot):
             return
         if self.is_closed():
             return
-        # The gateway URL from GET /gateway/bot (through DISCORD_API_BASE, like discord.py when it picks the
-        # count itself), and Discord's recommended count for a fleet that has none yet.
-        recommended, url, _limits = await self.http.get_bot_gateway()
-        self._gateway = yarl.URL(url)
-        await self.sharing.start(self.serve_shards, recommended=recommended)
+        await self.sharing.start(self.serve_shards, recommended=await self.recommended_shards())
+
+    async def recommended_shards(self) -> int:
+        """Discord's recommended shard count (for a fleet that has none yet), read once with the gateway
+        URL from GET /gateway/bot (through DISCORD_API_BASE, like discord.py when it picks the count)."""
+        if self._recommended is None or self._gateway is None:
+            recommended, url, _limits = await self.http.get_bot_gateway()
+            self._recommended, self._gateway = recommended, yarl.URL(url)
+        return self._recommended
 
     async def serve_shards(self, plan: ShardPlan) -> None:
         """Serve exactly `plan`: returns once every shard left out of it is closed; the missing ones are
@@ -225,6 +231,13 @@ class SwitchableShards(commands.AutoShardedBot):
         if self.sharing is not None and not self._sharing_stopped:
             self._sharing_stopped = True
             await self.sharing.stop()
+
+    async def leave_fleet(self) -> None:
+        """After the drain: this process has no provider call left, so the others may take its part of
+        the provider ceilings (idempotent)."""
+        if self.sharing is not None and not self._left_fleet:
+            self._left_fleet = True
+            await self.sharing.leave()
 
 
 class RetouchBot(SwitchableShards):
@@ -301,8 +314,10 @@ class RetouchBot(SwitchableShards):
             await self.load_extension(extension)
         if not self.sync_commands:  # `--sync` publishes the commands and exits: no jobs run then
             # Jobs the last process left (queued, at a provider, or with an undelivered result) are
-            # settled or resumed now, before the gateway connects and new commands can arrive.
-            await self.services.edits.start()
+            # settled or resumed now, before the gateway connects and new commands can arrive; with
+            # shared shards, once this process has joined the fleet (its part of the provider ceilings).
+            recommended = await self.recommended_shards() if self.sharing is not None else 0
+            await start_services(self.services, self.sharing, recommended=recommended)
         settings = self.services.settings
         if settings.dev_guild_id:
             guild = discord.Object(settings.dev_guild_id)
@@ -366,4 +381,5 @@ class RetouchBot(SwitchableShards):
         with contextlib.suppress(OSError):
             self.services.settings.heartbeat_path.unlink(missing_ok=True)
         await self.stop_serving()
+        await self.leave_fleet()  # after the drain above: no provider call of this process is left
         await super().close()

@@ -11,7 +11,10 @@ waiting job's place in line is shown again.
   and a refused call is sent again to the same provider when that wait leaves time before the job's
   deadline: a 429 means the provider did not take the job, so nothing paid is sent twice. Otherwise
   the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
-  `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes.
+  `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes. It is the account's, so the live
+  processes on one PostgreSQL split it (`share_with`, counted by bot.sharding): each takes
+  floor(ceiling / processes), at least one call, so with more processes than the ceiling they pass it
+  together (said in the log) and the remainder of the division goes unused.
 * `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
   so one member's burst cannot starve anyone.
 * `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
@@ -157,8 +160,19 @@ class ProviderLimiter:
         """`processes` live processes (this one included) call the providers with the same accounts:
         each gets an even part of every provider's ceiling (bot.sharding reports the fleet each round)."""
         share = max(1, processes)
-        for state in self._providers.values():
+        for name, state in self._providers.items():
             if state.share != share:
+                if state.ceiling is not None and share > state.ceiling:
+                    # Each process keeps one call so its own queue moves: together they pass the ceiling.
+                    log.warning(
+                        "%d processes share %s's ceiling of %d calls at once: each still makes one, so up to "
+                        "%d reach it together (raise %s's ceiling or run fewer processes)",
+                        share,
+                        name,
+                        state.ceiling,
+                        share,
+                        name,
+                    )
                 state.share = share
                 self._wake(state)  # a process fewer: the others' parts grew
 

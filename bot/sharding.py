@@ -22,6 +22,15 @@ The fleet's shard count is the oldest live process's: `SHARD_COUNT`, or when tha
 recommended count as the first process read it (later processes adopt the fleet's). A process
 configured with another SHARD_COUNT serves nothing (and says so) until the last process with the old
 count has stopped, so a new count takes effect when every process has restarted with it.
+
+The same rounds count the fleet for the provider limits (`on_fleet`): every live process calls the
+providers with the same accounts, so each takes an even part of their ceilings (bot/concurrency.py). A
+process is counted from before it runs any job — it `join`s before the job engine starts (bot/app.py
+`start_services`), before the gateway connects — to after its last provider call: a stop first gives
+every shard up at once (`stop`, so the others serve its servers during its drain) but the process
+stays counted, marked leaving, until its jobs have finished or been handed back (`leave`). A process
+serving no shard (more processes than shards, or one waiting for another shard count) counts as well:
+it still runs jobs.
 """
 
 from __future__ import annotations
@@ -75,25 +84,35 @@ class LeaseStore(Protocol):
     async def renew(self, owner: str) -> frozenset[int]: ...
     async def claim(self, owner: str, shard_count: int, limit: int) -> frozenset[int]: ...
     async def release(self, owner: str, shard_ids: Collection[int]) -> None: ...
+    async def retire(self, owner: str) -> None: ...
     async def leave(self, owner: str) -> None: ...
 
 
 class ShardSharing(Protocol):
-    """What the bot asks of a shard source: start it, ask whether it is healthy, stop it. `shared`:
-    other processes take the shards over when this one stops."""
+    """What the bot asks of a shard source: join the fleet (before any job runs), start serving, ask
+    whether it is healthy, stop serving (before the drain), leave the fleet (after it). `shared`: other
+    processes take the shards over when this one stops."""
 
     shared: bool
 
     @property
     def healthy(self) -> bool: ...
 
+    async def join(self, *, recommended: int) -> None: ...
     async def start(self, serve: Serve, *, recommended: int) -> None: ...
     async def stop(self) -> None: ...
+    async def leave(self) -> None: ...
+
+
+def staying(owners: Sequence[ShardOwner]) -> list[ShardOwner]:
+    """The live processes that serve shards: all but those leaving (oldest first)."""
+    return [o for o in owners if not o.leaving]
 
 
 def quota(owners: Sequence[ShardOwner], me: str, shard_count: int) -> int:
     """How many shards `me` should hold among the live `owners` (oldest first); 0 while the fleet runs
-    another shard count than `shard_count`."""
+    another shard count than `shard_count`, and for a process that is leaving."""
+    owners = staying(owners)
     if not owners or owners[0].shard_count != shard_count:
         return 0
     peers = [o.name for o in owners if o.shard_count == shard_count]
@@ -120,6 +139,12 @@ class StaticShards:
     @property
     def healthy(self) -> bool:
         return True
+
+    async def join(self, *, recommended: int) -> None:
+        """Nothing to join: this process is the whole fleet."""
+
+    async def leave(self) -> None:
+        """Nothing to leave."""
 
     async def start(self, serve: Serve, *, recommended: int) -> None:
         self._serve = serve
@@ -167,6 +192,8 @@ class ShardCoordinator:
         self.next_round = self.interval
         self._task: asyncio.Task[None] | None = None
         self._standby_logged = False
+        self._joined = False
+        self._leaving = False  # stopped serving; still counted until `leave`
 
     @property
     def healthy(self) -> bool:
@@ -179,31 +206,45 @@ class ShardCoordinator:
         # long to close its shards before another process may claim them.
         return self._renewed_at + self.lease_seconds - self.interval
 
-    async def start(self, serve: Serve, *, recommended: int) -> None:
-        """Join, claim a first share, and keep renewing in the background until `stop`.
-
-        `recommended`: Discord's recommended shard count, used when neither SHARD_COUNT nor a running
-        fleet sets one. Never raises for the database: a failed round is retried on the next one.
-        """
-        self._serve = serve
-        await self._first_rounds(recommended)
-        self._task = asyncio.create_task(self._run(), name="retouch-shard-leases")
-
-    async def _first_rounds(self, recommended: int) -> None:
+    async def join(self, *, recommended: int) -> None:
+        """Say this process is alive, so the others count it and it counts them (`on_fleet`), before it
+        runs any job; serves nothing yet. `recommended`: Discord's recommended shard count, used when
+        neither SHARD_COUNT nor a running fleet sets one. Never raises for the database (the rounds
+        after `start` try again)."""
+        if self._joined:
+            return
         try:
             await self._within(self.store.prepare())
             if self.configured_count is None:
                 running = await self._within(self.store.live_owners())
                 count = running[0].shard_count if running else recommended
                 self.plan = ShardPlan(count, frozenset())
-            await self._within(self.store.join(self.owner, self.plan.shard_count))
+            fleet = await self._within(self.store.join(self.owner, self.plan.shard_count))
         except Exception as exc:  # the database is down: the background rounds keep trying
             log.warning("shard leases: could not join yet (%s); retrying", type(exc).__name__)
             if not self.plan.shard_count:
                 self.plan = ShardPlan(recommended, frozenset())
             return
+        self._joined = True
+        self._tell_fleet(fleet.owners)
+
+    async def start(self, serve: Serve, *, recommended: int) -> None:
+        """Join (unless `join` did), claim a first share, and keep renewing in the background until
+        `stop`. Never raises for the database: a failed round is retried on the next one."""
+        self._serve = serve
+        await self._first_rounds(recommended)
+        self._task = asyncio.create_task(self._run(), name="retouch-shard-leases")
+
+    async def _first_rounds(self, recommended: int) -> None:
+        await self.join(recommended=recommended)
+        if not self._joined:
+            return
         await asyncio.sleep(self.settle_seconds)
         await self.tick()
+
+    def _tell_fleet(self, owners: Sequence[ShardOwner]) -> None:
+        if self.on_fleet is not None:
+            self.on_fleet(len(owners))
 
     async def _run(self) -> None:
         while True:
@@ -238,9 +279,9 @@ class ShardCoordinator:
         fleet = await self._within(self.store.join(self.owner, count), deadline=True)
         held = await self._within(self.store.renew(self.owner), deadline=True)
         self._renewed_at = started
+        self._joined = True
         owners = fleet.owners
-        if self.on_fleet is not None:
-            self.on_fleet(len(owners))
+        self._tell_fleet(owners)
         # Live processes renew long before their leases run out, so only a dead one's lease ends before
         # the next regular round: its shards are claimed right then, one lease after its last renewal.
         soon = self.interval if fleet.next_expiry is None else fleet.next_expiry + EXPIRY_SLACK_SECONDS
@@ -265,6 +306,7 @@ class ShardCoordinator:
     def _adopt_fleet_count(self, owners: Sequence[ShardOwner], held: frozenset[int]) -> int:
         """Without SHARD_COUNT, a process holding nothing follows the fleet's count (two processes that
         started together may have read different recommendations from Discord)."""
+        owners = staying(owners)
         fleet = owners[0].shard_count if owners else self.plan.shard_count
         if self.configured_count is None and not held and fleet != self.plan.shard_count:
             log.info("shard leases: running %d shards, like the other processes", fleet)
@@ -272,6 +314,7 @@ class ShardCoordinator:
         return self.plan.shard_count
 
     def _say_if_standby(self, owners: Sequence[ShardOwner], count: int) -> None:
+        owners = staying(owners)
         fleet = owners[0].shard_count if owners else count
         standby = fleet != count
         if standby and not self._standby_logged:
@@ -299,15 +342,17 @@ class ShardCoordinator:
         return await asyncio.wait_for(call, timeout)
 
     async def stop(self) -> None:
-        """A clean stop: stop serving, then free every shard at once for the other processes."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """A clean stop begins: stop serving, then free every shard at once for the other processes.
+        This process still counts (marked leaving, renewed each round) until `leave`: its jobs are
+        still draining, and the others must not take its part of the provider ceilings before."""
+        await self._stop_task()
         await self._apply(frozenset())
         self._serve = None
+        if self._leaving or not self._joined:
+            return
+        self._leaving = True
         try:
-            await self._within(self.store.leave(self.owner))
+            await self._within(self.store.retire(self.owner))
         except Exception as exc:  # they run out by themselves within one lease
             log.warning(
                 "shard leases not released (%s); they run out within %.0f s",
@@ -315,7 +360,42 @@ class ShardCoordinator:
                 self.lease_seconds,
             )
         else:
-            log.info("shard leases released")
+            log.info("shard leases released; counted among the processes until the drain ends")
+        self._task = asyncio.create_task(self._stay_counted(), name="retouch-shard-leaving")
+
+    async def _stay_counted(self) -> None:
+        """While draining: say this process is alive each round (it serves nothing), and hear the fleet."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                fleet = await self._within(self.store.join(self.owner, self.plan.shard_count))
+            except Exception as exc:  # its row runs out by itself: the others then stop counting it
+                log.warning("shard leases: could not renew while draining (%s)", type(exc).__name__)
+            else:
+                self._tell_fleet(fleet.owners)
+
+    async def leave(self) -> None:
+        """The drain is over (no provider call of this process is left): stop counting in the fleet."""
+        await self._stop_task()
+        if not self._joined:
+            return
+        self._joined = False
+        try:
+            await self._within(self.store.leave(self.owner))
+        except Exception as exc:  # its row runs out by itself within one lease
+            log.warning(
+                "shard leases: could not leave the fleet (%s); counted for up to %.0f s more",
+                type(exc).__name__,
+                self.lease_seconds,
+            )
+        else:
+            log.info("left the fleet")
+
+    async def _stop_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
 
 def _ids(shard_ids: Collection[int]) -> str:

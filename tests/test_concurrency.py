@@ -143,13 +143,21 @@ async def test_calls_over_the_limit_wait_for_a_slot() -> None:
     assert await asyncio.gather(*tasks) == ["ok"] * 5
 
 
-async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goes_to_the_others() -> None:
+async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goes_to_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     time = FakeTime()
     lim = ProviderLimiter({"p": (6, 6), "free": (4, None)}, clock=time, sleep=time.sleep)
     lim.share_with(3)  # three processes, one account at the provider: two calls each
     assert (lim.limit("p"), lim.limit("free")) == (2, 4)  # no ceiling: nothing to split
     lim.share_with(4)
     assert lim.limit("p") == 1  # never below one call
+    lim.share_with(7)  # each process's queue still moves, so together they pass the ceiling: said once
+    lim.share_with(7)
+    assert [r.message for r in caplog.records if "share p's ceiling" in r.message] == [
+        "7 processes share p's ceiling of 6 calls at once: each still makes one, so up to 7 reach it "
+        "together (raise p's ceiling or run fewer processes)"
+    ]
     lim.share_with(2)
     calls = HeldCalls()
     tasks = calls.send(lim, 6)

@@ -3,12 +3,12 @@ member's balance covering k holds, 50 edits fired at once spread over all three 
 calls, exactly k results, and the ledger reconciles.
 
 Each child (tests/fleet_process.py) is built as `python -m bot` builds itself, below Discord: settings
-from its environment, its own asyncpg pool, its own provider session, `build_services`, lease rounds
-running. They share the database, DATA_DIR and the fake OpenAI in this process, as `docker compose
---scale retouch=3` would. Each child prepares its share of the edits, says it is ready, and submits
-them all when the parent writes one `go` to every child at once, so the holds of the three processes
-meet in the database together (tests/fleet_process.py says why preparing comes first). Needs PostgreSQL
-(skipped with the reason otherwise).
+from its environment, its own asyncpg pool, its own provider session, `build_services`, shard and job
+lease rounds running. They share the database, DATA_DIR and the fake OpenAI in this process, as
+`docker compose --scale retouch=3` would. Each child prepares its share of the edits, says it is ready,
+and submits them all when the parent writes one `go` to every child at once, so the holds of the three
+processes meet in the database together (tests/fleet_process.py says why preparing comes first). Needs
+PostgreSQL (skipped with the reason otherwise).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Fleet:
         # A file, not a pipe: nobody has to read a child's logs while it runs for it to go on writing.
         return self._log_path(index).open("wb")
 
-    async def start(self, edits: int) -> None:
+    async def start(self, edits: int, processes: int) -> None:
+        """A child that prepares `edits` once its rounds count `processes` live processes."""
         index = len(self.procs)
         with self._new_log(index) as stderr:
             proc = await asyncio.create_subprocess_exec(
@@ -60,6 +61,7 @@ class Fleet:
                 "-m",
                 "tests.fleet_process",
                 str(edits),
+                str(processes),
                 cwd=ROOT,
                 env=self.env,
                 stdin=asyncio.subprocess.PIPE,
@@ -88,12 +90,22 @@ class Fleet:
 
     async def go(self) -> None:
         """The start signal, written to every child before any is awaited, so they fire together."""
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write(f"{GO}\n".encode())
-        for proc in self.procs:
-            assert proc.stdin is not None
-            await proc.stdin.drain()
+        await self.tell(GO, *range(len(self.procs)))
+
+    async def tell(self, command: str, *indexes: int) -> None:
+        """Write `command` to the children at `indexes`, to all of them before any is awaited."""
+        for index in indexes:
+            stdin = self.procs[index].stdin
+            assert stdin is not None
+            stdin.write(f"{command}\n".encode())
+        for index in indexes:
+            stdin = self.procs[index].stdin
+            assert stdin is not None
+            await stdin.drain()
+
+    async def read(self, *indexes: int) -> list[dict[str, Any]]:
+        """The next JSON line of each child at `indexes`."""
+        return list(await asyncio.gather(*(self._read(i) for i in indexes)))
 
     async def exits(self) -> list[int | None]:
         return [await proc.wait() for proc in self.procs]
@@ -110,15 +122,16 @@ async def fleet(env: dict[str, str], logs: Path, shares: tuple[int, ...]) -> Asy
     processes = Fleet(env, logs)
     try:
         for edits in shares:
-            await processes.start(edits)
+            await processes.start(edits, len(shares))
         yield processes
     finally:
         await processes.close()
 
 
-def child_env(openai: FakeOpenAI, database: str, data_dir: Path) -> dict[str, str]:
-    """The environment of a bot process on `database`, with the fake OpenAI as its one provider. Its
-    PYTHONPATH puts this checkout first, so the children import the code under test."""
+def child_env(openai: FakeOpenAI, database: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a bot process on `database`, with the fake OpenAI as its one provider, then
+    `extra`. Its PYTHONPATH puts this checkout first, so the children import the code under test. Shard
+    leases are the shortest allowed, so the children count each other within a second."""
     catalog = data_dir / "catalog.toml"
     catalog.write_text(CATALOG_TOML)
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -133,6 +146,9 @@ def child_env(openai: FakeOpenAI, database: str, data_dir: Path) -> dict[str, st
         "ALLOWED_GUILD_IDS": str(GUILD),
         "STARTING_CREDITS": "0",
         "MODERATION": "off",
+        "SHARD_COUNT": "1",
+        "SHARD_LEASE_SECONDS": "3",
+        **extra,
     }
 
 

@@ -407,6 +407,25 @@ async def test_a_lease_round_shares_the_circuits_a_process_opened(process: Facto
     assert not b.router.breaker.allow("wavespeed")
 
 
+async def test_a_process_running_its_rounds_shares_a_circuit_the_moment_it_opens(process: Factory):
+    a, _ = await process("a")
+    await a.engine.start()  # rounds a third of a lease apart, as in production
+    b, _ = await process("b")
+    breaker = a.router.breaker
+    for _ in range(breaker.threshold):
+        assert breaker.allow("wavespeed")
+        breaker.record("wavespeed", False)
+    # Well before a's first round: the opening itself handed the circuit over; b honours it from its
+    # next round on.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LEASE / ROUNDS_PER_LEASE / 2
+    while "wavespeed" not in await b.storage.circuits.exchange({}, ()):
+        assert loop.time() < deadline, "the open circuit was not shared before a's next round"
+        await asyncio.sleep(0.01)
+    await b.engine.lease_round()
+    assert b.router.circuits()["wavespeed"] == "open"
+
+
 async def test_one_process_on_sqlite_keeps_its_circuits_to_itself(
     openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path, clock: Clock
 ):

@@ -201,19 +201,35 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     assert set((await store.holders()).values()) == {"a", "b"}
 
 
-async def test_a_clean_stop_frees_the_shards_at_once(store, clock):
+async def test_a_clean_stop_frees_the_shards_at_once_and_counts_the_process_until_its_drain_ends(
+    store, clock
+):
     fleet = Fleet(store, clock)
     await fleet.start("a")
-    await fleet.start("b")
+    b = await fleet.start("b")
     await fleet.rounds(1)
     leaving = fleet.serving()["b"]
     assert leaving
-    await fleet.processes.pop("b").stop()
+    sizes: list[int] = []  # what a's provider limits hear: how many processes share them
+    fleet.processes["a"].on_fleet = sizes.append
+    del fleet.processes["b"]
+    await b.stop()
     assert fleet.bots["b"].serving == frozenset()
-    assert [o.name for o in await store.live_owners()] == ["a"]
     assert not set(await store.holders()) & leaving  # free, without waiting for the lease
     await fleet.rounds(1, "a")
-    assert fleet.serving()["a"] == {0, 1, 2}
+    assert fleet.serving()["a"] == {0, 1, 2}  # a serves b's servers while b drains ...
+    assert sizes == [2]  # ... and b's last provider calls still count against the ceilings
+    assert [(o.name, o.leaving) for o in await store.live_owners()] == [("a", False), ("b", True)]
+    await b.leave()  # the drain is over
+    assert [o.name for o in await store.live_owners()] == ["a"]
+    await fleet.rounds(1, "a")
+    assert sizes == [2, 1]
+
+
+def test_a_leaving_process_gets_no_quota_and_does_not_set_the_fleets_shard_count():
+    live = [ShardOwner("a", 3), ShardOwner("b", 3), ShardOwner("old", 6, leaving=True)]
+    assert [quota(live, name, 3) for name in ("a", "b")] == [2, 1]
+    assert quota(live, "old", 6) == 0
 
 
 async def test_concurrent_claims_never_give_one_shard_to_two_processes(pool_on: PoolOn, clock):
@@ -295,7 +311,8 @@ async def test_a_process_with_another_shard_count_waits_until_the_old_fleet_is_g
     await old.stop()
     del fleet.processes["old"]
     await fleet.rounds(1)
-    assert new.plan == ShardPlan(6, frozenset(range(6)))
+    assert new.plan == ShardPlan(6, frozenset(range(6)))  # from the old one's stop, not its leave
+    await old.leave()
 
 
 async def test_without_shard_count_a_process_follows_the_running_fleet(store, clock):

@@ -5,6 +5,7 @@ other's when it dies."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -41,11 +42,46 @@ class Handed:
     def __init__(self, first: ShardPlan) -> None:
         self.first = first
 
+    async def join(self, *, recommended: int) -> None:
+        pass
+
     async def start(self, serve: Serve, *, recommended: int) -> None:
         await serve(self.first)
 
     async def stop(self) -> None:
         pass
+
+    async def leave(self) -> None:
+        pass
+
+
+def jobs_running() -> bool:
+    """The bot's job engine has started and not yet drained (its watchdog runs between the two)."""
+    return any(t.get_name() == "retouch-watchdog" and not t.done() for t in asyncio.all_tasks())
+
+
+class Recorded(Handed):
+    """Handed shards that note each step the bot takes with them, and whether its jobs were running;
+    shared with other processes, as the coordinator's are."""
+
+    shared = True
+
+    def __init__(self, first: ShardPlan) -> None:
+        super().__init__(first)
+        self.steps: list[tuple[str, bool]] = []
+
+    async def join(self, *, recommended: int) -> None:
+        self.steps.append(("join", jobs_running()))
+
+    async def start(self, serve: Serve, *, recommended: int) -> None:
+        self.steps.append(("start", jobs_running()))
+        await super().start(serve, recommended=recommended)
+
+    async def stop(self) -> None:
+        self.steps.append(("stop", jobs_running()))
+
+    async def leave(self) -> None:
+        self.steps.append(("leave", jobs_running()))
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +164,19 @@ async def test_the_bot_serves_the_shards_it_is_handed_and_switches_while_running
         handed.healthy = False  # the shards may no longer be this process's own: /healthz says so
         assert not bot.connected()
     assert identifies(fake) == [[0, SHARDS], [1, SHARDS]]
+
+
+async def test_the_bot_joins_the_fleet_before_its_jobs_start_and_leaves_it_after_they_drained(
+    fake_discord, openai, tmp_path: Path, at_the_fake
+):
+    # Joined first, the process takes only its part of every provider's ceiling from its first job on
+    # (the jobs a stopped process left are resumed at start-up); it stops serving its shards before its
+    # drain (others take its servers) but stays counted until its last provider call has ended.
+    sharing = Recorded(ShardPlan(SHARDS, frozenset({0})))
+    async with running_bot(fake_discord, openai, tmp_path, shards=sharing, guild_id=guild_on(0)) as world:
+        assert sharing.steps == [("join", False), ("start", True)]
+        await world.bot.shutdown()
+    assert sharing.steps == [("join", False), ("start", True), ("stop", True), ("leave", False)]
 
 
 async def test_with_shard_count_and_sqlite_one_process_serves_every_shard(

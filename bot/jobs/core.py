@@ -171,6 +171,10 @@ class EngineCore:
         self._listening = False
         self._early_renewal: asyncio.Task[None] | None = None
         self._renew_again = False
+        # A circuit that opened or closed here is shared at once (bot.jobs.leases `_circuits_changed`).
+        self._circuits_task: asyncio.Task[None] | None = None
+        self._circuits_again = False
+        self._circuits_lock = asyncio.Lock()
 
     # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and
     # `_end_dequeued` by its cancel); declared here for the other parts --

@@ -15,7 +15,9 @@ survivors of a dead process split its jobs instead of the first one to wake taki
 one, and the next round comes at once while any are left, so no job waits for a process with room.
 A round comes early when another process's lease is about to run out, so a dead process's jobs move
 one lease after its last renewal. A clean stop hands the jobs it does not finish back at once. Each round
-also shares the providers' open circuits with the other processes (`CircuitBreaker.share`).
+also shares the providers' open circuits with the other processes (`CircuitBreaker.share`), and a circuit
+that opens or closes here is shared at once (`_circuits_changed`), so every other process honours it from
+its next round on rather than from the one after this process's next.
 
 A member's Cancel or Stop reaches the process serving their server's shard, which may not hold the
 job. That process records the cancel on the job's row (`Jobs.request_cancel`) and tells the member when
@@ -91,7 +93,7 @@ class JobLeases(EngineCore):
         await self.renew_leases()
         self._unclaimed = 0
         if self.shared:
-            await self.router.breaker.share(self.storage.circuits)
+            await self._share_circuits()
         if self.shared and self.accepting:
             return await self.take_over()
         return {}
@@ -183,20 +185,45 @@ class JobLeases(EngineCore):
             log.info("job leases: handed %d job(s) to the other processes", handed)
         return handed
 
+    async def _share_circuits(self) -> None:
+        # One exchange at a time: a round's and an early one must not interleave their reads and writes.
+        async with self._circuits_lock:
+            await self.router.breaker.share(self.storage.circuits)
+
+    def _circuits_changed(self) -> None:
+        """A circuit opened or closed here: hand it to the other processes now, not at the next round."""
+        if self._lease_task is None:
+            return
+        self._circuits_again = True
+        if self._circuits_task is None or self._circuits_task.done():
+            self._circuits_task = asyncio.create_task(self._share_circuits_now(), name="retouch-circuits")
+
+    async def _share_circuits_now(self) -> None:
+        # A change while an exchange runs may have come after its read: exchange once more.
+        while self._circuits_again:
+            self._circuits_again = False
+            try:
+                await self._share_circuits()
+            except Exception as exc:  # the next round shares it (the breaker keeps what changed)
+                log.info("circuits: sharing at once failed (%s)", type(exc).__name__)
+                return
+
     def _start_leases(self) -> None:
         if self.shared and self._lease_task is None:
             self._lease_task = asyncio.create_task(self._keep_leases(), name="retouch-job-leases")
+            self.router.breaker.on_change = self._circuits_changed
             if not self._listening:
                 self._listening = True
                 self.storage.jobs.on_cancel_requested(self._heard_cancel)
 
     async def _stop_leases(self) -> None:
-        for task in (self._lease_task, self._early_renewal):
+        self.router.breaker.on_change = None
+        for task in (self._lease_task, self._early_renewal, self._circuits_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._lease_task = self._early_renewal = None
+        self._lease_task = self._early_renewal = self._circuits_task = None
 
     def _heard_cancel(self, owner: str) -> None:
         """A cancel was just recorded for a job `owner` holds: when that is this process, renew now

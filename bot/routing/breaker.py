@@ -5,7 +5,9 @@ a lease round (bot/jobs/leases.py) each breaker hands over the circuits it opene
 last round and reads every other process's (`share`, over `Storage.circuits`). A circuit opened
 elsewhere is open here until the same moment; then each process lets its own one trial call through,
 and the first success closes the circuit everywhere (its row is deleted). Calls never wait for the
-database: `allow` and `record` only read and write memory. With SQLite (one process) nothing is shared.
+database: `allow` and `record` only read and write memory; a circuit that opens or closes here tells
+`on_change`, and the job engine then shares it at once instead of at its next round, so the other
+processes honour it from their next round on. With SQLite (one process) nothing is shared.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ class CircuitBreaker:
         self._clock = clock
         self._circuits: dict[str, _Circuit] = {}
         self._changed: set[str] = set()  # opened or closed here since the last `share`
+        # Called (synchronously) when a circuit opens or closes here: the engine shares it soon.
+        self.on_change: Callable[[], None] | None = None
+
+    def _mark_changed(self, provider: str) -> None:
+        self._changed.add(provider)
+        if self.on_change is not None:
+            self.on_change()
 
     def _circuit(self, provider: str) -> _Circuit:
         return self._circuits.setdefault(provider, _Circuit())
@@ -103,13 +112,13 @@ class CircuitBreaker:
         if healthy:
             if c.opened_at is not None:
                 log.warning("circuit for %s closed: it answered again", provider)
-                self._changed.add(provider)
+                self._mark_changed(provider)
             c.failures, c.opened_at = 0, None
             return
         c.failures += 1
         if was_trial:
             c.opened_at = self._clock()
-            self._changed.add(provider)
+            self._mark_changed(provider)
             log.warning(
                 "circuit for %s re-opened: the trial call failed; skipping it for %.0f s",
                 provider,
@@ -117,7 +126,7 @@ class CircuitBreaker:
             )
         elif c.opened_at is None and c.failures >= self.threshold:
             c.opened_at = self._clock()
-            self._changed.add(provider)
+            self._mark_changed(provider)
             log.warning(
                 "circuit for %s opened after %d consecutive failures; skipping it for %.0f s",
                 provider,

@@ -4,7 +4,10 @@
 Two tables, created idempotently by `ShardLeases.prepare` (PostgreSQL only; SQLite runs one process):
 
 - `shard_owners`: every process taking part, the shard count it runs with, when it joined and until when
-  it counts as alive (each round of its coordinator pushes that forward by one lease);
+  it counts as alive (each round of its coordinator pushes that forward by one lease). A process that is
+  stopping has given its shards up but still has provider calls to finish: its `joined_at` is set to
+  'infinity' (`retire`), which marks it leaving without a column every release would have to know;
+  it still counts as alive (the provider ceilings stay split with it) until it `leave`s;
 - `shard_leases`: one row per shard id, its holder (NULL = free) and until when the holder has it.
 
 A shard changes hands only through one conditional statement (`claim`: free or expired rows, locked
@@ -53,7 +56,11 @@ ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at
 """
 FORGET = f"DELETE FROM shard_owners WHERE expires_at < {NOW} - $2::interval"
 LIVE = f"""
-SELECT owner, shard_count FROM shard_owners WHERE expires_at > {NOW} ORDER BY joined_at, owner
+SELECT owner, shard_count, joined_at = 'infinity' AS leaving FROM shard_owners WHERE expires_at > {NOW}
+ORDER BY joined_at, owner
+"""
+RETIRE = f"""
+UPDATE shard_owners SET joined_at = 'infinity', expires_at = {NOW} + $3::interval WHERE owner = $2
 """
 RENEW = f"""
 UPDATE shard_leases SET expires_at = {NOW} + $3::interval WHERE owner = $2 RETURNING shard_id
@@ -92,10 +99,12 @@ SELECT shard_id, owner FROM shard_leases WHERE owner IS NOT NULL AND expires_at 
 
 @dataclass(frozen=True)
 class ShardOwner:
-    """A live process as the lease table sees it: its name and the shard count it runs with."""
+    """A live process as the lease table sees it: its name, the shard count it runs with, and whether it
+    is leaving (it serves no shard any more, but its last provider calls are still running)."""
 
     name: str
     shard_count: int
+    leaving: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,13 @@ class ShardLeases:
         if shard_ids:
             await self._pool.execute(RELEASE, owner, sorted(shard_ids))
 
+    async def retire(self, owner: str) -> None:
+        """A stop begins: every shard of `owner` is free at once, and it is marked leaving (alive for one
+        more lease, later than every process that is staying) until it `leave`s."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(RELEASE, owner, None)
+            await conn.execute(RETIRE, self._now(), owner, self.lease)
+
     async def leave(self, owner: str) -> None:
         """A clean stop: every shard of `owner` is free and it no longer counts as alive."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -182,4 +198,4 @@ class ShardLeases:
 
 
 def _owner(row: Sequence[Any]) -> ShardOwner:
-    return ShardOwner(name=row[0], shard_count=row[1])
+    return ShardOwner(name=row[0], shard_count=row[1], leaving=row[2])
