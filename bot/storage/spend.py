@@ -38,9 +38,10 @@ from typing import Any
 
 from bot.storage.connection import Body, Database, Statement, execute, fetch_one, iso, stamp
 
-# How old a period must be (by the storage clock) before it is marked: longer than any transaction takes
-# from reading the clock to its commit, and than processes' clocks differ, so no row stamped before the
-# period starts commits after its mark. Until then, spend is summed over the period's own rows.
+# How old a period must be (by the storage clock) before it is marked: longer than a transaction takes
+# from reading the clock to its commit, and than processes' clocks differ, so a row stamped before the
+# period that commits after its mark (counted in both periods, see above) takes a stalled transaction or
+# a clock that far off. Until then, spend is summed over the period's own rows.
 MARK_DELAY = dt.timedelta(minutes=1)
 
 _MARKED = "(SELECT 1 FROM spend_periods WHERE since = ?)"
