@@ -4,8 +4,10 @@ SQLite: a real file in a temporary folder with the app's own settings (WAL, sync
 IMMEDIATE, waiting transactions committed together). PostgreSQL, when a server is given
 (`--database-url` or RETOUCH_TEST_DATABASE_URL): a scratch schema dropped afterwards, one process, then
 three processes side by side, each with its own connection pool, as three bot processes would run.
-Run from the repository root: `python -m bench.ledger [--database-url postgresql://…]`.
-Targets: SQLite ≥ 2,000 pairs/s, PostgreSQL with 3 processes ≥ 5,000 pairs/s.
+Run from the repository root: `python -m bench.ledger [--database-url postgresql://…] [--prefill N]`.
+Targets: SQLite ≥ 2,000 pairs/s, PostgreSQL with 3 processes ≥ 5,000 pairs/s. The budget-checked row is
+measured twice: as it comes, then after `--prefill` more captures this month, to show whether the checks
+slow down as the month's ledger grows (they must not: they read running totals).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import table
+from bot.services.admin import period_start
 from bot.storage import Storage
+from bot.storage.connection import utcnow
 from bot.storage.limits import ReserveGuard
 
 GUILD = 1
@@ -29,9 +33,10 @@ TASKS = 16
 PROCESSES = 3
 SQLITE_TARGET = 2000
 POSTGRES_TARGET = 5000  # with PROCESSES processes
-# What production reservations check: the bot-wide budget (here never reached), so each one sums the
-# month's spend and, on PostgreSQL, takes the budget lock.
-BUDGET = ReserveGuard(bot_cap=10**15, allotment=10**15)
+PREFILL = 20_000  # captures written before the budget-checked row is measured again
+# What production reservations check: this month's bot-wide budget and the server's allotment (here never
+# reached), so each one reads the month's spend and, on PostgreSQL, takes the budget lock.
+BUDGET = ReserveGuard(bot_cap=10**15, allotment=10**15, cap_since=period_start("monthly", utcnow()))
 
 PLAIN, FULL_JOB, BUDGETED = (
     "reserve + capture",
@@ -103,7 +108,11 @@ def _row(backend: str, what: str, tasks: str, count: int, rate: float, target: i
     return (backend, what, tasks, count, f"{rate:,.0f}", verdict)
 
 
-async def _sqlite_rows(count: int) -> list[tuple[Any, ...]]:
+def _filled(prefill: int) -> str:
+    return f"{BUDGETED}, after {prefill:,} more captures"
+
+
+async def _sqlite_rows(count: int, prefill: int) -> list[tuple[Any, ...]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="retouch-ledger-") as folder:
         storage = await _open(str(Path(folder) / "bench.sqlite3"))
@@ -117,6 +126,11 @@ async def _sqlite_rows(count: int) -> list[tuple[Any, ...]]:
                     )
             span = await _pairs(storage, "budget", count, TASKS, BUDGETED)
             rows.append(_row("SQLite", BUDGETED, str(TASKS), count, _rate(count, span), SQLITE_TARGET))
+            await _pairs(storage, "fill", prefill, TASKS, PLAIN)
+            span = await _pairs(storage, "budget-filled", count, TASKS, BUDGETED)
+            rows.append(
+                _row("SQLite", _filled(prefill), str(TASKS), count, _rate(count, span), SQLITE_TARGET)
+            )
         finally:
             await storage.close()
     return rows
@@ -163,7 +177,7 @@ def _side_by_side(target: str, count: int, kind: str, run: str) -> float:
     return _rate(count * PROCESSES, (started, finished))
 
 
-async def _postgres_rows(url: str, count: int) -> list[tuple[Any, ...]]:
+async def _postgres_rows(url: str, count: int, prefill: int) -> list[tuple[Any, ...]]:
     from bot.storage.postgres import scratch_schema
 
     rows = []
@@ -178,13 +192,22 @@ async def _postgres_rows(url: str, count: int) -> list[tuple[Any, ...]]:
                 )
         finally:
             await storage.close()
-        for kind in (CEILING, PLAIN, FULL_JOB, BUDGETED):
+        for kind, label in (
+            (CEILING, CEILING),
+            (PLAIN, PLAIN),
+            (FULL_JOB, FULL_JOB),
+            (BUDGETED, BUDGETED),
+            (BUDGETED, "filled"),
+        ):
+            if label == "filled":
+                await _fill(target, prefill)
+                label = _filled(prefill)
             rate = await asyncio.to_thread(_side_by_side, target, count, kind, f"side-{len(rows)}")
             tasks = f"{PROCESSES} × {TASKS}"
             rows.append(
                 _row(
                     f"PostgreSQL, {PROCESSES} processes",
-                    kind,
+                    label,
                     tasks,
                     count * PROCESSES,
                     rate,
@@ -194,10 +217,19 @@ async def _postgres_rows(url: str, count: int) -> list[tuple[Any, ...]]:
     return rows
 
 
-async def main(count: int, database_url: str) -> None:
-    rows = await _sqlite_rows(count)
+async def _fill(target: str, prefill: int) -> None:
+    """`prefill` more captures this month, written by one process with TASKS tasks."""
+    storage = await _open(target)
+    try:
+        await _pairs(storage, "fill", prefill, TASKS, PLAIN)
+    finally:
+        await storage.close()
+
+
+async def main(count: int, database_url: str, prefill: int) -> None:
+    rows = await _sqlite_rows(count, prefill)
     if database_url:
-        rows += await _postgres_rows(database_url, count)
+        rows += await _postgres_rows(database_url, count, prefill)
     print(
         table(
             "Ledger: pairs per second (Storage; SQLite WAL + synchronous=FULL; PostgreSQL fsync on)",
@@ -212,10 +244,11 @@ async def main(count: int, database_url: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--prefill", type=int, default=PREFILL, help="captures written before the last row")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("RETOUCH_TEST_DATABASE_URL", ""),
         help="a PostgreSQL server to measure too (a scratch schema is created and dropped)",
     )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.count, arguments.database_url))
+    asyncio.run(main(arguments.count, arguments.database_url, arguments.prefill))

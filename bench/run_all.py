@@ -16,7 +16,7 @@ from bench._common import ROOT
 
 # (module, full-run arguments, quick-run arguments)
 BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
-    ("bench.ledger", [], ["--count", "300"]),
+    ("bench.ledger", [], ["--count", "300", "--prefill", "1000"]),
     ("bench.imaging_speed", [], ["--repeat", "2", "--repeat-large", "1"]),
     ("bench.peer_openai", [], ["--count", "5", "--rounds", "1"]),
     ("bench.overhead", [], ["--count", "3"]),

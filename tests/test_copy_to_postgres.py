@@ -35,6 +35,7 @@ from bot.storage.copy import (
 )
 from bot.storage.history import VersionRow
 from bot.storage.jobs import LIVE_STATES
+from bot.storage.limits import ReserveGuard
 from bot.storage.shard_leases import SCHEMA as SHARD_SCHEMA
 from bot.storage.sqlite import SQLiteDatabase
 
@@ -103,6 +104,11 @@ async def fill(storage: Storage) -> None:
     await ledger.settle_released("j-failed", "failed", error_code="delivery_failed", absorbed=35)
     await held_job(storage, "j-cancelled", DM, ALICE, 10)
     await ledger.settle_cancelled_at_provider("j-cancelled", 5, error_code="cancelled")
+    # A budget-checked hold once the month is a minute old: the month's marks (bot/storage/spend.py).
+    month = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    await job(storage, "j-budgeted", OTHER_GUILD, CAROL)
+    budgets = ReserveGuard(bot_cap=10_000, allotment=10_000, cap_since=month)
+    await ledger.reserve("j-budgeted", OTHER_GUILD, CAROL, 5, starting_credits=0, guard=budgets)
     # Server and member settings, policies, tiers, the operator's servers, routes, circuits, history.
     await settings.set_guild_thread_results(GUILD, True)
     await settings.set_guild_moderation(GUILD, "strict")
@@ -383,11 +389,16 @@ async def skew_a_balance(conn: asyncpg.Connection) -> None:
     )
 
 
+async def miscount_a_charge(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"UPDATE spend_totals SET captured = captured + 1 WHERE guild_id = {GUILD}")
+
+
 @pytest.mark.parametrize(
     ("table", "damage", "said"),
     [
-        ("jobs", lose_a_job, "jobs: 8 rows in SQLite, 7 in PostgreSQL"),
+        ("jobs", lose_a_job, "jobs: 9 rows in SQLite, 8 in PostgreSQL"),
         ("accounts", skew_a_balance, f"account {GUILD}/{BOB}: balance or held differs"),
+        ("ledger", miscount_a_charge, "spend_totals: the totals PostgreSQL counted from the copied rows"),
     ],
 )
 async def test_a_copy_that_does_not_read_back_as_the_source_is_rolled_back_whole(

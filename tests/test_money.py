@@ -210,6 +210,25 @@ async def test_precheck_refuses_when_the_servers_allotment_is_used_up(
     assert refused.value.code == "allotment"
 
 
+async def test_precheck_reads_the_months_spend_only_where_a_budget_applies(
+    storage: Storage, make_policy: MakePolicy, monkeypatch: pytest.MonkeyPatch
+):
+    """Every command is prechecked: without any budget, the month's spend is not worth reading."""
+    read: list[object] = []
+    spend_by_guild = storage.reports.spend_by_guild
+
+    async def counting(since: object) -> dict[int, tuple[int, int]]:
+        read.append(since)
+        return await spend_by_guild(since)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage.reports, "spend_by_guild", counting)
+    await storage.ledger.change_balance(GUILD, ALICE, add=100, actor_id=ADMIN, reason="x", starting_credits=0)
+    await make_policy(MONTHLY_BUDGET_USD="0").precheck(job())
+    assert read == []
+    await make_policy().precheck(job())  # the default bot-wide budget
+    assert len(read) == 1
+
+
 # -- the gate -----------------------------------------------------------------------------------------
 
 

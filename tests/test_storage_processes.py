@@ -12,8 +12,10 @@ from itertools import cycle
 import pytest
 
 from bot.storage import Storage
+from bot.storage.connection import iso
 from bot.storage.ledger import LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard, ReserveRefused
+from tests.test_policy import Clock, utc
 
 PROCESSES = 3
 GUILD, OTHER_GUILD = 10, 11
@@ -138,3 +140,45 @@ async def test_one_settlement_per_job_when_processes_race_to_capture_and_release
         assert kinds in (["capture", "reserve"], ["release", "reserve"])
     assert await processes[2].reports.open_holds() == []
     await assert_books_reconcile(processes[0])
+
+
+async def test_processes_starting_a_month_at_once_mark_it_once_and_never_pass_the_budget(database_url: str):
+    """The first budget checks of a month take its marks (bot/storage/spend.py): processes doing that at
+    once, while others capture, take them once, from last month's totals, and still admit exactly what
+    fits."""
+    clock = Clock("2027-02-20T10:00:00")
+    processes = [await Storage.open(database_url, clock=clock) for _ in range(PROCESSES)]
+    try:
+        await fund(processes[0], 10_000)
+        for guild, spent in ((GUILD, 40), (OTHER_GUILD, 25)):  # February's spend: not March's
+            await new_job(processes[0], f"feb{guild}", guild, USERS[0])
+            await processes[0].ledger.reserve(f"feb{guild}", guild, USERS[0], spent, starting_credits=0)
+            await processes[1].ledger.capture(f"feb{guild}", spent)
+        await new_job(processes[0], "open", GUILD, USERS[3])  # held since February: counts in March
+        await processes[0].ledger.reserve("open", GUILD, USERS[3], HOLD, starting_credits=0)
+        march = utc("2027-03-01T00:00:00")
+        clock.set("2027-03-01T00:05:00")
+        budget = ReserveGuard(bot_cap=100, cap_since=march)  # the open hold and five more fit, not six
+        allotted = ReserveGuard(bot_cap=100, allotment=45, cap_since=march)  # GUILD: two besides the hold
+        attempts = []
+        for i, store, user in zip(range(60), cycle(processes), cycle(USERS[:3]), strict=False):
+            guild = GUILD if i % 2 else OTHER_GUILD
+            job_id = await new_job(store, f"mar{i}", guild, user)
+            attempts.append(reserve(store, job_id, guild, user, allotted if guild == GUILD else budget))
+        admitted = await asyncio.gather(processes[2].ledger.capture("open", HOLD), *attempts)
+        assert sum(admitted[1:]) == 5
+        periods = await processes[0].db.all(
+            "SELECT since, captured_before, absorbed_before FROM spend_periods"
+        )
+        assert [tuple(p) for p in periods] == [(iso(march), 65, 0)]
+        marks = await processes[1].db.all(
+            "SELECT guild_id, captured_before FROM spend_marks ORDER BY guild_id"
+        )
+        assert [tuple(m) for m in marks] == [(GUILD, 40), (OTHER_GUILD, 25)]
+        spent = await processes[1].reports.spend_by_guild(march)
+        assert sum(used + holding for used, holding in spent.values()) == 6 * HOLD
+        assert spent[GUILD][0] + spent[GUILD][1] <= 45
+        await assert_books_reconcile(processes[2])
+    finally:
+        for store in processes:
+            await store.close()

@@ -421,7 +421,10 @@ class PolicyService(PolicyAdmin):
             )
             if not due:
                 raise RetouchError(messages.NO_CREDITS_LEFT, code="insufficient_credits")
-        budget = await self.budget(job.guild_id)
+        server_cap, allotment = self.cap_credits(policy), await self.allotment_credits(job.guild_id)
+        if server_cap is None and allotment is None and self.bot_cap_credits() is None:
+            return  # no budget applies: the month's spend need not be read on every command
+        budget = await self._budget(job.guild_id, server_cap, allotment)
         for reason, used, cap in (
             ("allotment", budget.used, budget.allotment),
             ("guild_cap", budget.used, budget.server_cap),
@@ -581,13 +584,17 @@ class PolicyService(PolicyAdmin):
 
     async def budget(self, guild_id: int) -> Budget:
         """This month's spend for the server and the bot, as the reservation's caps count it."""
+        server_cap = self.cap_credits(await self.guild_policy(guild_id))
+        return await self._budget(guild_id, server_cap, await self.allotment_credits(guild_id))
+
+    async def _budget(self, guild_id: int, server_cap: int | None, allotment: int | None) -> Budget:
         spend = await self.storage.reports.spend_by_guild(period_start("monthly", self.now()))
         captured, held = spend.get(guild_id, (0, 0))
         return Budget(
             captured=captured,
             held=held,
-            server_cap=self.cap_credits(await self.guild_policy(guild_id)),
-            allotment=await self.allotment_credits(guild_id),
+            server_cap=server_cap,
+            allotment=allotment,
             bot_captured=sum(c for c, _ in spend.values()),
             bot_held=sum(h for _, h in spend.values()),
             bot_cap=self.bot_cap_credits(),

@@ -3,6 +3,7 @@
 - `connection.py`: what a backend provides, and the statements transaction bodies are written with;
   `sqlite.py` (the embedded default) and `postgres.py` (several processes on one server) are the two
 - `ledger.py`: accounts and money movements; `limits.py`: the admission limits a reservation checks;
+  `spend.py`: what a budget counts (running totals, a mark per period, open holds);
   `reports.py`: read-only ledger reports and budget views
 - `jobs.py`: job rows and their states
 - `settings.py`: member defaults, guild policy, role tiers, the operator's servers, route status

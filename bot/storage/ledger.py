@@ -144,20 +144,26 @@ def _settlement(job_id: str, owner: str | None = None) -> Body[tuple[Row | None,
 
 
 def _capture(
-    now: str, job_id: str, charged: int, owner: str | None = None
+    now: str, job_id: str, charged: int, owner: str | None = None, then: Statement | None = None
 ) -> Body[tuple[Account, int] | None]:
+    """Capture a job's charge; `then` (a change to the job's row) runs whatever the job's state, unless
+    the job was released (LedgerConflict)."""
     reserve, settled = yield from _settlement(job_id, owner)
+    if reserve is not None and "release" in settled:
+        raise LedgerConflict(f"job {job_id} was already released")
+    if then is not None:
+        yield then
     if reserve is None:
         return None
     guild_id, user_id, held = reserve["guild_id"], reserve["user_id"], reserve["amount"]
-    if "release" in settled:
-        raise LedgerConflict(f"job {job_id} was already released")
     if "capture" in settled:
         return (yield from _account(guild_id, user_id)), int(settled["capture"])
     charged = max(0, min(charged, held))
     account = yield from _move(now, guild_id, user_id, held - charged, -held)
-    yield _ledger(now, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None)
     yield execute("UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, now, job_id))
+    # Last before the commit: the capture row's trigger adds it to the server's spend_totals row, which
+    # every other capture in the server then waits for until this transaction ends (migration 0012).
+    yield _ledger(now, guild_id, user_id, job_id, "capture", charged, held - charged, -held, None, None)
     return account, charged
 
 
@@ -330,13 +336,12 @@ class Ledger:
 
         def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = yield from _capture(now, job_id, charged, owner)
-            yield execute(
+            delivered = execute(
                 "UPDATE jobs SET state = 'delivered', delivered_via = ?, result_channel_id = ?, "
                 "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (via, channel_id, message_id, now, now, job_id),
             )
-            return settled
+            return (yield from _capture(now, job_id, charged, owner, then=delivered))
 
         return await self._db.transaction(body)
 
@@ -361,18 +366,18 @@ class Ledger:
         def body() -> Body[Account | None]:
             now = self._db.timestamp()
             account = yield from _release(now, job_id, error_code[:64], owner)
-            if absorbed > 0:
+            yield execute(
+                "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
+                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                (state, error_code[:64], error_ref, now, now, job_id),
+            )
+            if absorbed > 0:  # last, like a capture row: its trigger updates the server's spend_totals row
                 yield execute(
                     "INSERT INTO absorbed_spend (job_id, guild_id, user_id, credits, reason, created_at) "
                     "SELECT id, guild_id, user_id, CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT) "
                     "FROM jobs WHERE id = ? ON CONFLICT DO NOTHING",
                     (absorbed, error_code[:64], now, job_id),
                 )
-            yield execute(
-                "UPDATE jobs SET state = ?, error_code = ?, error_ref = COALESCE(?, error_ref), "
-                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
-                (state, error_code[:64], error_ref, now, now, job_id),
-            )
             return account
 
         return await self._db.transaction(body)
@@ -392,13 +397,12 @@ class Ledger:
 
         def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
-            settled = yield from _capture(now, job_id, charged, owner)
-            yield execute(
+            cancelled = execute(
                 "UPDATE jobs SET state = 'cancelled', error_code = ?, error_ref = COALESCE(?, error_ref), "
                 "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (error_code[:64], error_ref, now, now, job_id),
             )
-            return settled
+            return (yield from _capture(now, job_id, charged, owner, then=cancelled))
 
         return await self._db.transaction(body)
 

@@ -5,7 +5,8 @@ They are read by `Ledger.reserve` in the same transaction that holds the credits
 separate read first would let two concurrent jobs both pass a limit that only one of them fits under.
 For the same reason the checks take their locks first (`connection.lock`): on PostgreSQL, where
 reservations from several processes run side by side, a second check of the same sums waits until the
-first one's hold is committed, then counts it.
+first one's hold is committed, then counts it. What a budget counts (spend since the month began plus
+open holds) is read from running totals, in constant time (`spend.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from bot.storage.connection import Body, fetch_one, iso, lock
+from bot.storage.connection import Body, fetch_one, lock
+from bot.storage.spend import spent
 
 # The ledger's unique index on (job_id, kind) is partial, for exactly these kinds. SQLite only uses a
 # partial index when the query repeats the index's own `IN` term, so every lookup of a job's ledger
@@ -97,30 +99,14 @@ def guard_refusal(
         running = int(row[0]) if row else 0
         if running >= guard.max_concurrent:
             return ReserveRefused("concurrency", used=running, limit=guard.max_concurrent)
-    since = iso(guard.cap_since) if guard.cap_since else ""
-    if guard.guild_cap is not None or guard.allotment is not None:
-        used = yield from _spent(since, guild_id)
+    guild_budget = guard.guild_cap is not None or guard.allotment is not None
+    if guild_budget or guard.bot_cap is not None:
+        used, bot_used = yield from spent(
+            moment, guard.cap_since, guild_id if guild_budget else None, guard.bot_cap is not None
+        )
         for reason, limit in (("allotment", guard.allotment), ("guild_cap", guard.guild_cap)):
-            if limit is not None and used + amount > limit:
+            if used is not None and limit is not None and used + amount > limit:
                 return ReserveRefused(reason, used=used, limit=limit)
-    if guard.bot_cap is not None:
-        used = yield from _spent(since, None)
-        if used + amount > guard.bot_cap:
-            return ReserveRefused("bot_budget", used=used, limit=guard.bot_cap)
+        if bot_used is not None and guard.bot_cap is not None and bot_used + amount > guard.bot_cap:
+            return ReserveRefused("bot_budget", used=bot_used, limit=guard.bot_cap)
     return None
-
-
-def _spent(since: str, guild_id: int | None) -> Body[int]:
-    """Credits captured since `since`, provider spend nobody was charged for since then, and every
-    open hold, for one guild (None: all of them)."""
-    where = "" if guild_id is None else "AND guild_id = ?"
-    held_where = "" if guild_id is None else "WHERE guild_id = ?"
-    params = (since, since) if guild_id is None else (since, guild_id, since, guild_id, guild_id)
-    row = yield fetch_one(
-        "SELECT (SELECT COALESCE(SUM(amount), 0) FROM ledger "
-        f"        WHERE kind = 'capture' AND created_at >= ? {where}), "
-        f"       (SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend WHERE created_at >= ? {where}), "
-        f"       (SELECT COALESCE(SUM(held), 0) FROM accounts {held_where})",
-        params,
-    )
-    return int(row[0]) + int(row[1]) + int(row[2]) if row else 0

@@ -9,6 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from bot.storage import spend
 from bot.storage.connection import Reader, iso
 from bot.storage.ledger import Account
 from bot.storage.limits import JOB_KINDS
@@ -149,14 +150,6 @@ class LedgerReports:
     async def spend_by_guild(self, since: dt.datetime) -> dict[int, tuple[int, int]]:
         """{guild_id: (credits spent since `since`, credits held now)} for every guild with either.
 
-        Spent = captured from members plus provider spend nobody was charged for (`absorbed_spend`)."""
-        rows = await self._db.all(
-            "SELECT guild_id, SUM(captured), SUM(held) FROM ("
-            "  SELECT guild_id, amount AS captured, 0 AS held FROM ledger "
-            "  WHERE kind = 'capture' AND created_at >= ? "
-            "  UNION ALL SELECT guild_id, credits, 0 FROM absorbed_spend WHERE created_at >= ? "
-            "  UNION ALL SELECT guild_id, 0, held FROM accounts WHERE held > 0"
-            ") AS spend GROUP BY guild_id",
-            (iso(since), iso(since)),
-        )
-        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+        Spent = captured from members plus provider spend nobody was charged for (`absorbed_spend`),
+        counted as the budget checks count it (`spend.py`)."""
+        return await spend.spend_by_guild(self._db, since)
