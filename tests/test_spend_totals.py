@@ -328,7 +328,7 @@ async def test_migration_12_counts_the_history_written_before_it(
             await storage.ledger.capture(f"m{month}-other", 6)
             await storage.ledger.release(await reserve(storage, f"m{month}-gone", 3, guild=GUILDS[2]))
         monkeypatch.undo()
-        assert await storage.migrate() == 12
+        assert await storage.migrate() == connection.latest_schema_version()  # 12 and any after it
         await assert_totals_match_the_rows(storage)
         totals = await storage.db.all(
             "SELECT guild_id, captured, absorbed FROM spend_totals ORDER BY guild_id"

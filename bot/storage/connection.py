@@ -185,12 +185,15 @@ class Row(Protocol):
 
 
 class Reader(Protocol):
-    """What a read-only repository needs (`reports.py`): a `Database`, or one connection inside a
-    transaction that must see its own uncommitted rows (the copy to PostgreSQL verifies through it)."""
+    """What a read-only repository needs (`reports.py`: reads and the storage clock): a `Database`, or
+    one connection inside a transaction that must see its own uncommitted rows (the copy to PostgreSQL
+    verifies through it)."""
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Row]: ...
+
+    def now(self) -> dt.datetime: ...
 
 
 class Database(Protocol):

@@ -187,6 +187,9 @@ class _OnConnection:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
+    def now(self) -> dt.datetime:
+        return utcnow()
+
     async def one(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
         return await self._conn.fetchrow(postgres_sql(sql), *params)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from bot.storage.connection import Body, Database, Statement, execute, fetch_one, iso, stamp
+from bot.storage.connection import Body, Reader, Statement, execute, fetch_one, iso, stamp
 
 # How old a period must be (by the storage clock) before it is marked: longer than a transaction takes
 # from reading the clock to its commit, and than processes' clocks differ, so a row stamped before the
@@ -168,7 +168,7 @@ _BY_GUILD_SINCE = (
 )
 
 
-async def spend_by_guild(db: Database, since: dt.datetime) -> dict[int, tuple[int, int]]:
+async def spend_by_guild(db: Reader, since: dt.datetime) -> dict[int, tuple[int, int]]:
     """{guild_id: (credits spent since `since`, credits held now)} for every server with either, counted
     as the budget checks count them: from the period's marks once it has them, else over its rows.
     Read only: a period nobody has marked yet (no budget checked since it began) is summed."""
