@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,38 @@ class IntakeTurns:
             self._turns.release()
 
 
+class Again:
+    """`work` in a task of its own, now; asked again while it runs, once more after it, so a change that
+    came after its read is not missed. A failure is logged and left to the next lease round, which does
+    the same work in any case."""
+
+    def __init__(self, work: Callable[[], Awaitable[object]], name: str) -> None:
+        self._work = work
+        self._name = name
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+
+    def ask(self) -> None:
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def _run(self) -> None:
+        while self._again:
+            self._again = False
+            try:
+                await self._work()
+            except Exception as exc:
+                log.info("%s failed (%s); the next lease round does it", self._name, type(exc).__name__)
+                return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class EngineCore:
     """The engine's shared state and helpers; `JobEngine` adds the queue and the public API."""
 
@@ -167,13 +199,12 @@ class EngineCore:
         # (`share_with`); None until told, when a lease round counts the jobs' holders instead.
         self.fleet: int | None = None
         self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
-        # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early.
+        # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early,
+        # and a circuit that opened or closed here is shared at once: both set up with the leases
+        # (bot.jobs.leases `_start_leases`).
         self._listening = False
-        self._early_renewal: asyncio.Task[None] | None = None
-        self._renew_again = False
-        # A circuit that opened or closed here is shared at once (bot.jobs.leases `_circuits_changed`).
-        self._circuits_task: asyncio.Task[None] | None = None
-        self._circuits_again = False
+        self._early_renewal: Again | None = None
+        self._circuits_now: Again | None = None
         self._circuits_lock = asyncio.Lock()
 
     # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import math
 
-from bot.jobs.core import ActiveJob, EngineCore
+from bot.jobs.core import ActiveJob, Again, EngineCore
 from bot.jobs.model import db_time, parse_time
 from bot.storage.jobs import CancelRequest, JobRow
 
@@ -192,25 +192,14 @@ class JobLeases(EngineCore):
 
     def _circuits_changed(self) -> None:
         """A circuit opened or closed here: hand it to the other processes now, not at the next round."""
-        if self._lease_task is None:
-            return
-        self._circuits_again = True
-        if self._circuits_task is None or self._circuits_task.done():
-            self._circuits_task = asyncio.create_task(self._share_circuits_now(), name="retouch-circuits")
-
-    async def _share_circuits_now(self) -> None:
-        # A change while an exchange runs may have come after its read: exchange once more.
-        while self._circuits_again:
-            self._circuits_again = False
-            try:
-                await self._share_circuits()
-            except Exception as exc:  # the next round shares it (the breaker keeps what changed)
-                log.info("circuits: sharing at once failed (%s)", type(exc).__name__)
-                return
+        if self._lease_task is not None and self._circuits_now is not None:
+            self._circuits_now.ask()
 
     def _start_leases(self) -> None:
         if self.shared and self._lease_task is None:
             self._lease_task = asyncio.create_task(self._keep_leases(), name="retouch-job-leases")
+            self._early_renewal = Again(self.renew_leases, "job leases: renewing at once")
+            self._circuits_now = Again(self._share_circuits, "circuits: sharing at once")
             self.router.breaker.on_change = self._circuits_changed
             if not self._listening:
                 self._listening = True
@@ -218,31 +207,20 @@ class JobLeases(EngineCore):
 
     async def _stop_leases(self) -> None:
         self.router.breaker.on_change = None
-        for task in (self._lease_task, self._early_renewal, self._circuits_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._lease_task = self._early_renewal = self._circuits_task = None
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+        for again in (self._early_renewal, self._circuits_now):
+            if again is not None:
+                await again.stop()
+        self._lease_task = self._early_renewal = self._circuits_now = None
 
     def _heard_cancel(self, owner: str) -> None:
         """A cancel was just recorded for a job `owner` holds: when that is this process, renew now
         (the renewal brings the request back) rather than wait up to a third of a lease for the round."""
-        if owner != self.owner or self._lease_task is None:
-            return
-        self._renew_again = True
-        if self._early_renewal is None or self._early_renewal.done():
-            self._early_renewal = asyncio.create_task(self._renew_early(), name="retouch-cancel-heard")
-
-    async def _renew_early(self) -> None:
-        # Requests heard while a renewal runs may have come after its statement: renew once more.
-        while self._renew_again:
-            self._renew_again = False
-            try:
-                await self.renew_leases()
-            except Exception as exc:  # the next round renews, and brings the request, anyway
-                log.info("job leases: early renewal failed (%s)", type(exc).__name__)
-                return
+        if owner == self.owner and self._lease_task is not None and self._early_renewal is not None:
+            self._early_renewal.ask()
 
     async def _keep_leases(self) -> None:
         interval = self.lease.total_seconds() / ROUNDS_PER_LEASE
