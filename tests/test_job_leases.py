@@ -250,15 +250,22 @@ async def completed_job(service: EditService, owner: str) -> str:
     return job_id
 
 
-async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_never_acts_on_them_again(
-    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
-):
+async def busy(process: Factory, wavespeed: FakeWaveSpeed, live: Live | None = None) -> tuple[Any, ...]:
+    """Process "a", one job at a time: one at WaveSpeed (its result held back) and one waiting behind
+    it, credits held. Returns (a, what a told, the job at the provider, the waiting job)."""
     a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
     await a.engine.recover()
     wavespeed.hold_results()
     at_provider = await submit(a, model="ws-mini")
     await wait_state(a, at_provider, "submitted")
-    waiting = await submit(a, user=BOB)  # behind it: one job at a time in a
+    waiting = await submit(a, live, user=BOB)
+    return a, told_a, at_provider, waiting
+
+
+async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_never_acts_on_them_again(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    a, told_a, at_provider, waiting = await busy(process, wavespeed)
     completed = await completed_job(a, "a")
     assert await state(a, waiting) == "reserved"
 
@@ -372,12 +379,7 @@ async def test_a_lone_survivor_takes_a_dead_processes_jobs_within_its_room_then_
 async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_process_at_once(
     process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
 ):
-    a, _ = await process("a", MAX_CONCURRENT_JOBS="1")
-    await a.engine.recover()
-    wavespeed.hold_results()
-    at_provider = await submit(a, model="ws-mini")
-    await wait_state(a, at_provider, "submitted")
-    waiting = await submit(a, user=BOB)
+    a, _, at_provider, waiting = await busy(process, wavespeed)
     b, told_b = await process("b")
     await b.engine.recover()
 
@@ -479,13 +481,8 @@ CANCELLING = messages.cancelling_elsewhere(int(LEASE) + 1)
 async def test_a_cancel_on_a_process_not_holding_a_queued_job_is_done_by_its_holder_at_its_next_round(
     process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
 ):
-    a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
-    await a.engine.recover()
-    wavespeed.hold_results()
-    running = await submit(a, model="ws-mini")
-    await wait_state(a, running, "submitted")
     live = Live()
-    waiting = await submit(a, live, user=BOB)
+    a, told_a, running, waiting = await busy(process, wavespeed, live)
     b, told_b = await process("b")
 
     # Only the requester or a moderator, as on the holder itself; nothing is recorded otherwise.
