@@ -141,8 +141,10 @@ class MembersCog(RetouchCog):
         message = interaction.message
         assert message is not None
         hours = self.bot.services.settings.result_retention_hours
-        latest = await history.latest(message.id, job_id)
+        # Taken before the lookup: a repost recorded while the lookup runs removes its event, and the
+        # lookup may have missed the row (read just before it was written).
         recording = self._recording.get(job_id)
+        latest = await history.latest(message.id, job_id)
         if latest is None and recording is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(recording.wait(), RECORD_WAIT_SECONDS)

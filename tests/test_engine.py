@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sqlite3
-import time
 import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -517,7 +516,7 @@ async def store_job(
 def written_long_ago(files: JobFiles, job_id: str) -> None:
     """Date a job's folder back past the sweep's grace for folders without a row (file system time:
     moving the storage clock does not age a folder)."""
-    then = time.time() - ORPHAN_GRACE_SECONDS - 60
+    then = files.fs_now() - ORPHAN_GRACE_SECONDS - 60
     os.utime(files.folder(job_id), (then, then))
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import shutil
-import time
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 FOLDER = "jobs"
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 _FILE_NAME = re.compile(r"^[a-z]+(-\d+)?\.(png|jpg|jpeg|webp)$")
+
+
+# The name prefix of the file created in DATA_DIR/jobs to read the file system's clock (`JobFiles.fs_now`).
+CLOCK_PROBE = ".clock-"
 
 
 class JobFiles:
@@ -80,19 +84,31 @@ class JobFiles:
             return []
         return sorted(entry.name for entry in self.root.iterdir() if _JOB_ID.match(entry.name))
 
+    def fs_now(self) -> float:
+        """The file system's clock now, as it stamps the files it creates: a new probe file's mtime (its
+        name is no job id, so it is never listed or swept). Created, not touched: touching asks for
+        this process's time, which is what must not count."""
+        handle, name = tempfile.mkstemp(prefix=CLOCK_PROBE, dir=self.root)
+        try:
+            return os.fstat(handle).st_mtime
+        finally:
+            os.close(handle)
+            os.unlink(name)
+
     def age(self, job_id: str) -> float | None:
         """Seconds since the job's folder last changed (a file written, replaced or deleted in it), or
         None when it is gone.
 
-        Read on the file system's clock (the folder's mtime against `time.time()`, the host's clock
-        that stamps it), never the storage clock: that one is injected, and moved by tests, while an
-        mtime is always real.
+        Read on the file system's clock (the folder's mtime against `fs_now`), never the storage clock,
+        which is injected and moved by tests, nor this process's `time.time()`: with a shared DATA_DIR
+        the host that stamps an mtime may not be this one, and a process's clock can be set apart
+        (the test suite runs under faketime), while the file system agrees with itself.
         """
         try:
             changed = self.folder(job_id).stat().st_mtime
         except FileNotFoundError:
             return None
-        return max(0.0, time.time() - changed)
+        return max(0.0, self.fs_now() - changed)
 
     def size(self) -> int:
         """Bytes used by every job folder (for logs)."""
