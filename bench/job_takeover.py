@@ -128,52 +128,51 @@ class Bench:
 async def measure(url: str, processes: int, jobs: int, lease: float, runs: int) -> list[list[Any]]:
     import asyncpg
 
-    from bot.storage.postgres import schema_url
+    from bot.storage.postgres import scratch_schema
     from tests.durable import CATALOG_TOML
     from tests.fakes.wavespeed_server import FakeWaveSpeed
 
-    schema = f"bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f"CREATE SCHEMA {schema}")
     fake = FakeWaveSpeed(polls_to_finish=1)
     await fake.start()
     fake.hold_results()
+    async with scratch_schema(url) as target:
+        with tempfile.TemporaryDirectory() as data_dir:
+            (Path(data_dir) / "catalog.toml").write_text(CATALOG_TOML)
+            bench = Bench(target, data_dir, lease, f"{fake.api_key} {fake.base_url}")
+            db = await asyncpg.connect(target)
+            try:
+                return await _kills(bench, db, fake, processes, jobs, runs)
+            finally:
+                await bench.close()
+                await db.close()
+                await fake.close()
+
+
+async def _kills(bench: Bench, db: Any, fake: Any, processes: int, jobs: int, runs: int) -> list[list[Any]]:
+    """Start the processes, then `runs` times kill the one holding the most jobs and time the takeover."""
     rows: list[list[Any]] = []
-    with tempfile.TemporaryDirectory() as data_dir:
-        (Path(data_dir) / "catalog.toml").write_text(CATALOG_TOML)
-        bench = Bench(schema_url(url, schema), data_dir, lease, f"{fake.api_key} {fake.base_url}")
-        db = await asyncpg.connect(url, server_settings={"search_path": schema})
-        try:
-            holder = await bench.spawn(submit=jobs)
-            for _ in range(processes - 1):
-                await bench.spawn()
-            for run in range(1, runs + 1):
-                expiry = await db.fetchval("SELECT MAX(lease_expires_at) FROM jobs WHERE owner = $1", holder)
-                killed = await bench.kill(holder)
-                ran_out = dt.datetime.fromisoformat(expiry).timestamp()
-                while True:
-                    owners = await db.fetch(f"SELECT owner FROM jobs WHERE state IN {LIVE}")
-                    if len(owners) == jobs and all(r["owner"] in bench.processes for r in owners):
-                        taken = time.time()
-                        break
-                    await asyncio.sleep(0.01)
-                counts = [r["owner"] for r in owners]
-                holder = max(set(counts), key=counts.count)
-                took, after_expiry = f"{taken - killed:.2f}", f"{taken - ran_out:.2f}"
-                await until_none(lambda: db.fetchval(f"SELECT count(*) FROM jobs WHERE state IN {MOVING}"))
-                sent = await db.fetchval("SELECT count(*) FROM jobs WHERE provider_request_id IS NOT NULL")
-                at_provider = await db.fetchval("SELECT count(*) FROM jobs WHERE state = 'submitted'")
-                twice = fake.submit_count - sent
-                rows.append(
-                    [f"kill -9 #{run}", jobs, at_provider, took, after_expiry, len(set(counts)), twice]
-                )
-                await bench.spawn()
-        finally:
-            await bench.close()
-            await db.close()
-            await fake.close()
-            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await admin.close()
+    holder = await bench.spawn(submit=jobs)
+    for _ in range(processes - 1):
+        await bench.spawn()
+    for run in range(1, runs + 1):
+        expiry = await db.fetchval("SELECT MAX(lease_expires_at) FROM jobs WHERE owner = $1", holder)
+        killed = await bench.kill(holder)
+        ran_out = dt.datetime.fromisoformat(expiry).timestamp()
+        while True:
+            owners = await db.fetch(f"SELECT owner FROM jobs WHERE state IN {LIVE}")
+            if len(owners) == jobs and all(r["owner"] in bench.processes for r in owners):
+                taken = time.time()
+                break
+            await asyncio.sleep(0.01)
+        counts = [r["owner"] for r in owners]
+        holder = max(set(counts), key=counts.count)
+        took, after_expiry = f"{taken - killed:.2f}", f"{taken - ran_out:.2f}"
+        await until_none(lambda: db.fetchval(f"SELECT count(*) FROM jobs WHERE state IN {MOVING}"))
+        sent = await db.fetchval("SELECT count(*) FROM jobs WHERE provider_request_id IS NOT NULL")
+        at_provider = await db.fetchval("SELECT count(*) FROM jobs WHERE state = 'submitted'")
+        twice = fake.submit_count - sent
+        rows.append([f"kill -9 #{run}", jobs, at_provider, took, after_expiry, len(set(counts)), twice])
+        await bench.spawn()
     return rows
 
 

@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import secrets
 import signal
 import sys
 import time
@@ -41,14 +40,14 @@ class Worker:
         return self.plans[-1][1] if self.plans else frozenset()
 
 
-async def run_worker(url: str, schema: str, name: str, shards: int, lease: float) -> None:
+async def run_worker(url: str, name: str, shards: int, lease: float) -> None:
     """One process: a coordinator whose "bot" prints each plan it is handed as a JSON line."""
     import asyncpg
 
     from bot.sharding import ShardCoordinator, ShardPlan
     from bot.storage.shard_leases import ShardLeases
 
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2, server_settings={"search_path": schema})
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)  # the URL names the bench's schema
     store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
     coordinator = ShardCoordinator(store, lease_seconds=lease, shard_count=shards, owner=name)
 
@@ -60,15 +59,15 @@ async def run_worker(url: str, schema: str, name: str, shards: int, lease: float
 
 
 class Bench:
-    def __init__(self, url: str, schema: str, shards: int, lease: float) -> None:
-        self.url, self.schema, self.shards, self.lease = url, schema, shards, lease
+    def __init__(self, url: str, shards: int, lease: float) -> None:
+        self.url, self.shards, self.lease = url, shards, lease
         self.workers: list[Worker] = []
         self.changed = asyncio.Event()
         self.readers: list[asyncio.Task[None]] = []
 
     async def spawn(self) -> Worker:
         name = f"w{len(self.workers)}"
-        command = [sys.executable, "-m", "bench.shard_takeover", "--worker", name, "--schema", self.schema]
+        command = [sys.executable, "-m", "bench.shard_takeover", "--worker", name]
         command += ["--database-url", self.url, "--shards", str(self.shards), "--lease", str(self.lease)]
         process = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
         worker = Worker(name, process)
@@ -139,12 +138,13 @@ class Bench:
 
 
 async def measure(url: str, processes: int, shards: int, lease: float, runs: int) -> list[list[Any]]:
-    import asyncpg
+    from bot.storage.postgres import scratch_schema
 
-    schema = f"bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    bench = Bench(url, schema, shards, lease)
+    async with scratch_schema(url) as target:
+        return await _measure(Bench(target, shards, lease), processes, shards, lease, runs)
+
+
+async def _measure(bench: Bench, processes: int, shards: int, lease: float, runs: int) -> list[list[Any]]:
     rows: list[list[Any]] = []
     try:
         started = time.time()
@@ -171,8 +171,6 @@ async def measure(url: str, processes: int, shards: int, lease: float, runs: int
             rows.append([f"kill -9 #{run}", f"shards {sorted(lost)}", took, joined_after, bench.overlaps()])
     finally:
         await bench.close()
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
     return rows
 
 
@@ -184,10 +182,9 @@ def main() -> int:
     parser.add_argument("--lease", type=float, default=30.0, help="SHARD_LEASE_SECONDS")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--schema", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        asyncio.run(run_worker(args.database_url, args.schema, args.worker, args.shards, args.lease))
+        asyncio.run(run_worker(args.database_url, args.worker, args.shards, args.lease))
         return 0
     if not args.database_url:
         print("bench.shard_takeover: skipped, needs PostgreSQL (--database-url or RETOUCH_TEST_DATABASE_URL)")
