@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -140,7 +141,6 @@ async def until_spread(fake: FakeDiscord, database_url: str, processes: int, tim
 async def rig(
     *,
     provider_delay: float,
-    scratch: Path,
     bot_env: Mapping[str, str] | None = None,
     defaults: bool = False,
     openai_options: Mapping[str, Any] | None = None,
@@ -162,6 +162,8 @@ async def rig(
     fake = FakeDiscord(shard_count=processes)
     await fake.start()
     async with AsyncExitStack() as stack:
+        # The bot's data, catalog and working directory; removed last, after everything stopped.
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="retouch-bench-")))
         stack.push_async_callback(fake.stop)
         shared: dict[str, str] = {}
         if database_url:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 from bench._common import median, metric_sum, percentile, photo, table
 from bench._world import rig
@@ -24,16 +22,15 @@ TARGET_P99_MS = 250
 
 async def main(count: int, delay: float, fmt: str) -> None:
     image = photo(1024, fmt)
-    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
-        async with rig(provider_delay=delay, scratch=Path(scratch)) as world:
-            warm = await world.edit(image)  # opens the bot's connections first
-            await world.wait_all([warm], timeout=60)
-            burst = [await world.edit(image, index) for index in range(count)]
-            sent = time.monotonic()
-            await world.wait_all(burst, timeout=120 + delay)
-            wall = time.monotonic() - sent
-            page = await world.bot.metrics()
-            acks = [world.ack_time(it) for it in burst]
+    async with rig(provider_delay=delay) as world:
+        warm = await world.edit(image)  # opens the bot's connections first
+        await world.wait_all([warm], timeout=60)
+        burst = [await world.edit(image, index) for index in range(count)]
+        sent = time.monotonic()
+        await world.wait_all(burst, timeout=120 + delay)
+        wall = time.monotonic() - sent
+        page = await world.bot.metrics()
+        acks = [world.ack_time(it) for it in burst]
     latencies = [(ack - it.created_at) * 1000 for ack, it in zip(acks, burst, strict=True) if ack is not None]
     bot_mean = (
         metric_sum(page, "retouch_ack_latency_seconds_sum")

@@ -102,38 +102,36 @@ async def burst(
     label: str, root: Path, count: int, delay: float, image: bytes, fleet: Fleet
 ) -> tuple[object, ...]:
     """`count` members' edits at once on fresh bots running from `root`; one table row."""
-    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
-        async with rig(
-            provider_delay=delay,
-            scratch=Path(scratch),
-            defaults=True,
-            users=count,
-            root=root,
-            bot_env=fleet.bot_env,
-            processes=fleet.processes,
-            database_url=fleet.database_url,
-        ) as world:
-            # One edit in each server first opens every bot's connections.
-            warm = [await world.edit(image, index) for index in range(fleet.processes)]
-            await world.wait_all(warm, timeout=120)
-            idle_mib = [bot.rss_mib("VmRSS") for bot in world.bots]
-            cpu_before = [bot.cpu_seconds() for bot in world.bots]
-            started_before = await jobs_started(world)
-            peaks, stop = Peaks(), asyncio.Event()
-            sampler = asyncio.create_task(sample(world, peaks, stop))
-            sent = time.monotonic()
-            its = [await world.edit(image, index) for index in range(count)]
-            await world.wait_all(its, timeout=1200)
-            wall = time.monotonic() - sent
-            stop.set()
-            await sampler
-            cpu = [bot.cpu_seconds() - before for bot, before in zip(world.bots, cpu_before, strict=True)]
-            started = [n - b for n, b in zip(await jobs_started(world), started_before, strict=True)]
-            peak_mib = [bot.rss_mib("VmHWM") for bot in world.bots]
-            after_mib = [bot.rss_mib("VmRSS") for bot in world.bots]
-            results = [world.result_time(it) for it in its]
-            once = sum(sum(bool(m.attachments) for m in it.followups) == 1 for it in its)
-            acks = [(ack - it.created_at) * 1000 for it in its if (ack := world.ack_time(it)) is not None]
+    async with rig(
+        provider_delay=delay,
+        defaults=True,
+        users=count,
+        root=root,
+        bot_env=fleet.bot_env,
+        processes=fleet.processes,
+        database_url=fleet.database_url,
+    ) as world:
+        # One edit in each server first opens every bot's connections.
+        warm = [await world.edit(image, index) for index in range(fleet.processes)]
+        await world.wait_all(warm, timeout=120)
+        idle_mib = [bot.rss_mib("VmRSS") for bot in world.bots]
+        cpu_before = [bot.cpu_seconds() for bot in world.bots]
+        started_before = await jobs_started(world)
+        peaks, stop = Peaks(), asyncio.Event()
+        sampler = asyncio.create_task(sample(world, peaks, stop))
+        sent = time.monotonic()
+        its = [await world.edit(image, index) for index in range(count)]
+        await world.wait_all(its, timeout=1200)
+        wall = time.monotonic() - sent
+        stop.set()
+        await sampler
+        cpu = [bot.cpu_seconds() - before for bot, before in zip(world.bots, cpu_before, strict=True)]
+        started = [n - b for n, b in zip(await jobs_started(world), started_before, strict=True)]
+        peak_mib = [bot.rss_mib("VmHWM") for bot in world.bots]
+        after_mib = [bot.rss_mib("VmRSS") for bot in world.bots]
+        results = [world.result_time(it) for it in its]
+        once = sum(sum(bool(m.attachments) for m in it.followups) == 1 for it in its)
+        acks = [(ack - it.created_at) * 1000 for it in its if (ack := world.ack_time(it)) is not None]
     # Filled in by the fake when the rig stopped: the most edit calls it held at once, warm-up included
     # (one edit a process, one after another).
     at_provider = world.openai.stats.get("peak_in_flight") if world.openai is not None else None

@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from bench._common import metric_sum, photo, table
@@ -42,27 +40,25 @@ async def scenario(
     bot_env: dict[str, str] | None = None,
 ) -> tuple[object, ...]:
     """One fresh bot: SINGLES edits one after another, then `count` at once; one table row."""
-    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
-        async with rig(
-            provider_delay=delay,
-            scratch=Path(scratch),
-            defaults=True,
-            openai_options=openai_options,
-            bot_env=bot_env,
-        ) as world:
-            singles = []
-            for index in range(SINGLES):
-                it = await world.edit(image, index)
-                await world.wait_all([it], timeout=120)
-                done = world.result_time(it)
-                singles.append(done - it.created_at if done is not None else float("nan"))
-            before = await world.bot.metrics()
-            cpu_before = world.bot.cpu_seconds()
-            burst = [await world.edit(image, index) for index in range(count)]
-            await world.wait_all(burst, timeout=600)
-            cpu = world.bot.cpu_seconds() - cpu_before
-            page = await world.bot.metrics()
-            results = [world.result_time(it) for it in burst]
+    async with rig(
+        provider_delay=delay,
+        defaults=True,
+        openai_options=openai_options,
+        bot_env=bot_env,
+    ) as world:
+        singles = []
+        for index in range(SINGLES):
+            it = await world.edit(image, index)
+            await world.wait_all([it], timeout=120)
+            done = world.result_time(it)
+            singles.append(done - it.created_at if done is not None else float("nan"))
+        before = await world.bot.metrics()
+        cpu_before = world.bot.cpu_seconds()
+        burst = [await world.edit(image, index) for index in range(count)]
+        await world.wait_all(burst, timeout=600)
+        cpu = world.bot.cpu_seconds() - cpu_before
+        page = await world.bot.metrics()
+        results = [world.result_time(it) for it in burst]
     stats = world.openai.stats if world.openai is not None else {}
     delivered = [t for t in results if t is not None]
     one = statistics.median(singles)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import tempfile
-from pathlib import Path
 
 from bench._common import metric_sum, percentile, photo, table
 from bench._world import rig
@@ -24,17 +22,16 @@ TARGET_MIB = 400
 
 async def level(count: int, delay: float, image: bytes, bot_env: dict[str, str]) -> tuple[object, ...]:
     """Run `count` simultaneous edits on a fresh bot; one table row."""
-    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
-        async with rig(provider_delay=delay, scratch=Path(scratch), bot_env=bot_env) as world:
-            idle_mib = world.bot.rss_mib("VmRSS")
-            cpu_before = world.bot.cpu_seconds()
-            burst = [await world.edit(image, index) for index in range(count)]
-            await world.wait_all(burst, timeout=600)
-            cpu_ms_per_job = (world.bot.cpu_seconds() - cpu_before) * 1000 / count
-            peak_mib = world.bot.rss_mib("VmHWM")
-            page = await world.bot.metrics()
-            results = [world.result_time(it) for it in burst]
-            acks = [(ack - it.created_at) * 1000 for it in burst if (ack := world.ack_time(it)) is not None]
+    async with rig(provider_delay=delay, bot_env=bot_env) as world:
+        idle_mib = world.bot.rss_mib("VmRSS")
+        cpu_before = world.bot.cpu_seconds()
+        burst = [await world.edit(image, index) for index in range(count)]
+        await world.wait_all(burst, timeout=600)
+        cpu_ms_per_job = (world.bot.cpu_seconds() - cpu_before) * 1000 / count
+        peak_mib = world.bot.rss_mib("VmHWM")
+        page = await world.bot.metrics()
+        results = [world.result_time(it) for it in burst]
+        acks = [(ack - it.created_at) * 1000 for it in burst if (ack := world.ack_time(it)) is not None]
     delivered = [t for t in results if t is not None]
     total = max(delivered) - min(it.created_at for it in burst) if delivered else float("nan")
     provider_mean = metric_sum(page, "retouch_provider_latency_seconds_sum") / max(

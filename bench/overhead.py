@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
-from pathlib import Path
 
 from bench._common import median, metric_sum, percentile, photo, table
 from bench._world import rig
@@ -26,19 +24,18 @@ PROVIDER_SUM = "retouch_provider_latency_seconds_sum"
 async def run(delay: float, count: int, image: bytes) -> tuple[list[float], list[float]]:
     """(end-to-end seconds, provider seconds) for `count` sequential edits."""
     e2e, provider = [], []
-    with tempfile.TemporaryDirectory(prefix="retouch-bench-") as scratch:
-        async with rig(provider_delay=delay, scratch=Path(scratch)) as world:
-            for index in range(count + 1):  # the first edit warms connections and is not counted
-                before = metric_sum(await world.bot.metrics(), PROVIDER_SUM)
-                it = await world.edit(image, index)
-                await world.wait_all([it], timeout=60)
-                after = metric_sum(await world.bot.metrics(), PROVIDER_SUM)
-                done = world.result_time(it)
-                if done is None:
-                    raise RuntimeError(f"edit failed: {it.original_edits[-1:]}\n{world.bot.log_tail()}")
-                if index:
-                    e2e.append(done - it.created_at)
-                    provider.append(after - before)
+    async with rig(provider_delay=delay) as world:
+        for index in range(count + 1):  # the first edit warms connections and is not counted
+            before = metric_sum(await world.bot.metrics(), PROVIDER_SUM)
+            it = await world.edit(image, index)
+            await world.wait_all([it], timeout=60)
+            after = metric_sum(await world.bot.metrics(), PROVIDER_SUM)
+            done = world.result_time(it)
+            if done is None:
+                raise RuntimeError(f"edit failed: {it.original_edits[-1:]}\n{world.bot.log_tail()}")
+            if index:
+                e2e.append(done - it.created_at)
+                provider.append(after - before)
     return e2e, provider
 
 
