@@ -354,6 +354,32 @@ async def test_the_survivors_of_a_dead_process_split_its_jobs_and_resume_each_on
     await assert_books_balance(b.storage)
 
 
+async def test_a_process_starting_beside_others_recovers_its_share_and_claims_the_rest_at_once(
+    process: Factory, openai: FakeOpenAI, clock: Clock
+):
+    b, _ = await process("b")
+    left = await queued_jobs_left_by(b, "dead", 9)
+    clock.advance(LEASE + 1)
+    c, _ = await process("c")
+    c.engine.share_with(3)  # the shard leases count c, b and the dead process (its lease still runs)
+
+    await c.engine.start()  # recovery, then the lease rounds
+    owners = [row.owner for job_id in left if (row := await c.storage.jobs.get_job(job_id))]
+    assert owners.count("c") == 3 and owners.count("dead") == 6  # its share, not the whole fleet's
+    # The rest are claimed round after round at once: the clock does not move and a lease round is due
+    # only a third of a lease (10 s) later, so waiting 5 s proves it did not wait for one.
+    deadline = asyncio.get_running_loop().time() + 5
+    while owners.count("c") < 9:
+        assert asyncio.get_running_loop().time() < deadline, owners
+        await asyncio.sleep(0.05)
+        owners = [row.owner for job_id in left if (row := await c.storage.jobs.get_job(job_id))]
+    for job_id in left:
+        await wait_state(c, job_id, "delivered")
+        assert await kinds(c, job_id) == ["reserve", "capture"]
+    assert openai.post_count == 9
+    await assert_books_balance(c.storage)
+
+
 async def test_a_lone_survivor_takes_a_dead_processes_jobs_within_its_room_then_the_rest(
     process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
 ):

@@ -224,7 +224,9 @@ class JobLeases(EngineCore):
 
     async def _keep_leases(self) -> None:
         interval = self.lease.total_seconds() / ROUNDS_PER_LEASE
-        wait = interval
+        # Start-up recovery took only this process's share: the rest are claimed at once, not a third
+        # of a lease later.
+        wait = EXPIRY_SLACK_SECONDS if self._unclaimed > 0 else interval
         while True:
             await asyncio.sleep(wait)
             wait = interval

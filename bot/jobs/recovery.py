@@ -95,7 +95,8 @@ class JobRecovery(JobLeases):
         return aborted
 
     async def recover(self) -> dict[str, int]:
-        """Pick up every live job the last process left, before new commands are taken.
+        """Pick up the live jobs the last process left, before new commands are taken: every one with
+        SQLite; with PostgreSQL, this process's share of those no live process holds (`take_over`).
 
         * `queued` (no hold yet) and `submitting` (a call whose outcome is unknown) are released and
           the user is told; * `reserved` jobs are queued again in their old order; * `submitted`
@@ -107,17 +108,12 @@ class JobRecovery(JobLeases):
         """
         counts = dict.fromkeys((*ADOPTED, "orphan_holds", "swept"), 0)
         self._durations.extend(await self.storage.jobs.recent_run_seconds(ETA_WINDOW))
-        while True:
-            # One process (SQLite): every live job is this one's now. Several (PostgreSQL): those nobody
-            # holds, or whose holder stopped renewing; live processes keep theirs.
-            now, until = db_time(self.storage.now()), self.lease_until()
-            claimed = await self.storage.jobs.claim_jobs(
-                self.owner, now, until, limit=CLAIM_BATCH, every=not self.shared
-            )
-            for key, value in (await self._adopt(claimed)).items():
-                counts[key] += value
-            if len(claimed) < CLAIM_BATCH:
-                break
+        # Several processes (PostgreSQL): this one's share of the jobs nobody holds or whose holder
+        # stopped renewing, as a lease round takes them, so a fleet starting together splits what the
+        # last one left; the first lease round comes at once for the rest (`_keep_leases`).
+        adopted = await (self.take_over() if self.shared else self._take_every_job())
+        for key, value in adopted.items():
+            counts[key] += value
         counts["orphan_holds"] = await self._release_orphan_holds()
         for guild_id, user_id, held, open_ in await self.storage.reports.held_mismatches():
             log.error(
@@ -135,6 +131,19 @@ class JobRecovery(JobLeases):
             log.info("recovery: %s", ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         self._pump()
         return counts
+
+    async def _take_every_job(self) -> dict[str, int]:
+        """One process on its own database (SQLite): every live job is this one's now."""
+        counts = dict.fromkeys(ADOPTED, 0)
+        while True:
+            now, until = db_time(self.storage.now()), self.lease_until()
+            claimed = await self.storage.jobs.claim_jobs(
+                self.owner, now, until, limit=CLAIM_BATCH, every=True
+            )
+            for key, value in (await self._adopt(claimed)).items():
+                counts[key] += value
+            if len(claimed) < CLAIM_BATCH:
+                return counts
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
         """Resume jobs this process just claimed, whether at start-up or from a dead process: the one
