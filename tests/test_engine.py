@@ -887,7 +887,16 @@ async def test_history_older_than_job_history_days_is_pruned_and_the_books_still
     make.clock.advance(31 * 86400)
     recent = await submit(service)
     await wait_state(service, recent, "delivered")
+    # A budget period marked long ago (bot.storage.spend.MARK_RETENTION): its marks go with the sweep.
+    since = (make.clock.now - dt.timedelta(days=70)).isoformat(timespec="milliseconds")
+    await service.storage.db.write_one(
+        "INSERT INTO spend_periods (since, captured_before, absorbed_before, marked_at) VALUES (?, 0, 0, ?)",
+        (since, since),
+    )
     await service.engine.sweep()
+    periods = [r[0] for r in await service.storage.db.all("SELECT since FROM spend_periods ORDER BY since")]
+    # The old one went; the two months this test's budget checks marked stay.
+    assert periods == ["2026-11-01T00:00:00.000+00:00", "2026-12-01T00:00:00.000+00:00"]
     assert await service.storage.jobs.get_job(old) is None
     assert await service.storage.jobs.get_job(recent) is not None
     assert await kinds(service, old) == ["reserve", "capture"]  # the books keep every amount

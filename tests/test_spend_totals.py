@@ -402,3 +402,27 @@ async def test_a_budget_check_reads_no_ledger_rows_once_its_month_is_marked(stor
     assert budget, statements
     for sql in statements:
         assert "absorbed_spend" not in sql and "SUM(amount)" not in sql, sql
+
+
+async def test_marks_of_periods_older_than_two_months_are_pruned_and_counts_stay_exact(
+    storage: Storage, clock: Clock
+):
+    await fund(storage)
+    months = [utc(f"2026-{m:02d}-01T00:00:00") for m in (9, 10, 11, 12)]
+    for n, month in enumerate(months):
+        clock.at = month + dt.timedelta(days=3)
+        await spend_in(storage, f"m{n}", captured=10 + n, absorbed=n, held=1)
+        await assert_counted_exactly(storage, month)  # marks the month
+    periods = await storage.db.all("SELECT since FROM spend_periods ORDER BY since")
+    assert [p[0] for p in periods] == [iso(m) for m in months]
+
+    clock.at = utc("2026-12-10T00:00:00")
+    assert await storage.ledger.prune_spend_marks() == 2  # September's and October's: over 62 days old
+    periods = await storage.db.all("SELECT since FROM spend_periods ORDER BY since")
+    assert [p[0] for p in periods] == [iso(m) for m in months[2:]]
+    marks = await storage.db.all("SELECT DISTINCT since FROM spend_marks ORDER BY since")
+    assert [m[0] for m in marks] == [iso(m) for m in months[2:]]
+    assert await storage.ledger.prune_spend_marks() == 0
+    await assert_counted_exactly(storage, months[3])  # this month's budgets read their marks as before
+    await assert_counted_exactly(storage, months[2])  # last month's report too
+    await assert_counted_exactly(storage, months[0])  # a pruned period is summed, or marked again

@@ -284,6 +284,7 @@ class JobRecovery(JobLeases):
         jobs, ledger = await self.storage.jobs.prune_history(history)
         if jobs or ledger:
             log.info("retention: %d old job row(s) deleted, %d ledger row(s) lost their detail", jobs, ledger)
+        await self.storage.ledger.prune_spend_marks()
         return removed
 
     # -- the watchdog --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from bot.storage.connection import (
 )
 from bot.storage.jobs import held_by
 from bot.storage.limits import JOB_KINDS, ReserveGuard, ReserveRefused, guard_refusal
+from bot.storage.spend import MARK_RETENTION, prune_marks
 
 # Ledger `reason` prefix of allowance top-ups (kind 'grant', no actor), so reports can tell them apart.
 ALLOWANCE_REASON = "allowance"
@@ -438,6 +439,12 @@ class Ledger:
             return (yield from _account(guild_id, user_id))
 
         return await self._db.transaction(body)
+
+    async def prune_spend_marks(self) -> int:
+        """Delete the budgets' marks of periods older than MARK_RETENTION (bot.storage.spend); how many
+        periods. The totals and the ledger stay: only the per-period snapshots go."""
+        before = self._db.now() - MARK_RETENTION
+        return await self._db.transaction(lambda: prune_marks(before))
 
     async def refilled(self, guild_id: int, user_id: int, period: str) -> bool:
         """Whether the account's allowance was already refilled for `period`."""

@@ -44,6 +44,12 @@ from bot.storage.connection import Body, Reader, Statement, execute, fetch_one, 
 # a clock that far off. Until then, spend is summed over the period's own rows.
 MARK_DELAY = dt.timedelta(minutes=1)
 
+# Marks of periods that began longer ago than this are deleted by the hourly sweep (`prune_marks`): a
+# budget counts from the start of its current period, a month at most, so no check reads them again, and
+# a report of an old period that finds none sums its rows instead. Two months, so last month's report
+# still reads its marks.
+MARK_RETENTION = dt.timedelta(days=62)
+
 _MARKED = "(SELECT 1 FROM spend_periods WHERE since = ?)"
 
 # Exact sums over the rows since `since` (the period is young, or `since` is in the future).
@@ -142,6 +148,16 @@ def spent(
         yield from _mark(text, stamp(moment))
         row = yield _read(text, guild_id, bot, marked=True)
     return _spend(row)
+
+
+def prune_marks(before: dt.datetime) -> Body[int]:
+    """Delete the marks of periods that began before `before` (MARK_RETENTION ago); how many periods.
+    Without the budget lock: no budget check reads a period that old (were one to, it would find the
+    period unmarked and mark it again from that moment's totals, which is as exact as the first time)."""
+    since = iso(before)
+    yield execute("DELETE FROM spend_marks WHERE since < ?", (since,))
+    periods = yield execute("DELETE FROM spend_periods WHERE since < ?", (since,))
+    return int(periods)
 
 
 def _spend(row: Any) -> tuple[int | None, int | None]:
