@@ -33,7 +33,7 @@ from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
 from bot.services.history import EditHistory
 from bot.services.moderation import SafetyCheck
 from bot.services.policy import PolicyService
-from bot.sharding import ShardCoordinator, ShardSharing, StaticShards
+from bot.sharding import FleetPlace, ShardCoordinator, ShardSharing, StaticShards
 from bot.storage import Storage
 from bot.storage.shard_leases import ShardLeases
 
@@ -168,12 +168,13 @@ def shard_sharing(
     pool: asyncpg.Pool | None,
     *,
     owner: str | None = None,
-    on_fleet: Callable[[int], None] | None = None,
+    on_fleet: Callable[[FleetPlace], None] | None = None,
 ) -> ShardSharing | None:
     """Which gateway shards this process serves. With PostgreSQL (`pool`), its share among every process
     on that database, under the name `owner` (the job engine's, so one name says which process holds a
-    shard or a job), telling `on_fleet` how many processes are alive after every round; otherwise all of
-    them: SHARD_COUNT's, or when it is 0 (None here) Discord's recommended count, as discord.py picks it."""
+    shard or a job), telling `on_fleet` how many processes are alive, and this one's place among them,
+    after every round; otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
+    recommended count, as discord.py picks it."""
     if pool is not None:
         lease = settings.shard_lease_seconds
         store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
@@ -187,15 +188,15 @@ def shard_sharing(
     return StaticShards(settings.shard_count) if settings.shard_count else None
 
 
-def split_with_fleet(services: Services) -> Callable[[int], None]:
-    """What `on_fleet` tells (`shard_sharing`): with `processes` live processes calling the providers
-    with the same accounts, each takes its part of their ceilings (PROVIDER_MAX_CONCURRENT and the like),
-    and of a dead process's jobs."""
+def split_with_fleet(services: Services) -> Callable[[FleetPlace], None]:
+    """What `on_fleet` tells (`shard_sharing`): with `place.processes` live processes calling the
+    providers with the same accounts, each takes its part of their ceilings (PROVIDER_MAX_CONCURRENT and
+    the like; the remainder by `place.rank`), and of a dead process's jobs."""
     limiter, engine = services.edits.router.limiter, services.edits.engine
 
-    def share(processes: int) -> None:
-        limiter.share_with(processes)
-        engine.share_with(processes)
+    def share(place: FleetPlace) -> None:
+        limiter.share_with(place.processes, place.rank)
+        engine.share_with(place.processes)
 
     return share
 

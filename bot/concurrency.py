@@ -13,8 +13,17 @@ waiting job's place in line is shown again.
   the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
   `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes. It is the account's, so the live
   processes on one PostgreSQL split it (`share_with`, counted by bot.sharding): each takes
-  floor(ceiling / processes), at least one call, so with more processes than the ceiling they pass it
-  together (said in the log) and the remainder of the division goes unused.
+  floor(ceiling / processes), and the first ceiling mod processes of them one call more, by their
+  `rank` in an order every process sees alike (their names sorted, bot.sharding), so the parts add up
+  to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call: with more processes than
+  the ceiling they pass it together (said in the log). A process told no rank takes no extra call, so
+  none is taken twice. Each process hears a change of the fleet at its own round, so the parts add up
+  right only once all have: when a process joins, the ranks after its name shift and every part shrinks
+  or stays, and until the others' next round the fleet can be over the ceiling by the newcomer's part
+  (it takes it at once; the others still hold their old ones). When a process dies or leaves, every
+  part grows or stays, so hearing it late never takes the fleet over the ceiling. (Ranked by age
+  instead, a process starting its drain moves to the end of the order, which can put the fleet one
+  call over the ceiling for a round.)
 * `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
   so one member's burst cannot starve anyone.
 * `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
@@ -109,6 +118,7 @@ class _Provider:
         self.refused_time = 0.0
         self.waiters: list[asyncio.Future[None]] = []
         self.share = 1  # live processes calling this provider with the same account (`share_with`)
+        self.rank: int | None = None  # this process's place among them (None: not told, no extra call)
 
     @property
     def allowed(self) -> int:
@@ -117,7 +127,17 @@ class _Provider:
             return learned
         # The ceiling is the account's, so the live processes split it; what this process learned from
         # its own 429s (already below its part) stays its own.
-        return min(learned, max(1, self.ceiling // self.share))
+        return min(learned, ceiling_part(self.ceiling, self.share, self.rank))
+
+
+def ceiling_part(ceiling: int, processes: int, rank: int | None) -> int:
+    """The calls at once process number `rank` (0-based) of `processes` may make of an account's
+    `ceiling`: an even part, and one more for the first `ceiling mod processes` ranks, so the parts add
+    up to the ceiling; never fewer than one. Without a rank (or with one outside the fleet) no extra
+    call: a process that does not know its place must not take one another process may be taking."""
+    base, extra = divmod(ceiling, max(1, processes))
+    bonus = 1 if rank is not None and 0 <= rank < extra else 0
+    return max(1, base + bonus)
 
 
 class ProviderLimiter:
@@ -156,11 +176,15 @@ class ProviderLimiter:
         """Limits that start at their ceiling (the old fixed caps); 429s can still lower them."""
         return cls({name: (n, n) for name, n in limits.items() if n > 0}, **kwargs)  # type: ignore[arg-type]
 
-    def share_with(self, processes: int) -> None:
+    def share_with(self, processes: int, rank: int | None = None) -> None:
         """`processes` live processes (this one included) call the providers with the same accounts:
-        each gets an even part of every provider's ceiling (bot.sharding reports the fleet each round)."""
+        each gets its part of every provider's ceiling (`ceiling_part`), this one as number `rank` in
+        an order every process sees alike (bot.sharding reports both each round). Without `rank` this
+        process takes no share of the remainder."""
         share = max(1, processes)
         for name, state in self._providers.items():
+            before = state.allowed
+            state.rank = rank
             if state.share != share:
                 if state.ceiling is not None and share > state.ceiling:
                     # Each process keeps one call so its own queue moves: together they pass the ceiling.
@@ -174,7 +198,8 @@ class ProviderLimiter:
                         name,
                     )
                 state.share = share
-                self._wake(state)  # a process fewer: the others' parts grew
+            if state.allowed > before:
+                self._wake(state)  # a process fewer, or a lower rank: this one's part grew
 
     # -- reading -------------------------------------------------------------------------------------
 

@@ -23,14 +23,15 @@ recommended count as the first process read it (later processes adopt the fleet'
 configured with another SHARD_COUNT serves nothing (and says so) until the last process with the old
 count has stopped, so a new count takes effect when every process has restarted with it.
 
-The same rounds count the fleet for the provider limits (`on_fleet`): every live process calls the
-providers with the same accounts, so each takes an even part of their ceilings (bot/concurrency.py). A
-process is counted from before it runs any job — it `join`s before the job engine starts (bot/app.py
-`start_services`), before the gateway connects — to after its last provider call: a stop first gives
-every shard up at once (`stop`, so the others serve its servers during its drain) but the process
-stays counted, marked leaving, until its jobs have finished or been handed back (`leave`). A process
-serving no shard (more processes than shards, or one waiting for another shard count) counts as well:
-it still runs jobs.
+The same rounds count the fleet for the provider limits (`on_fleet`, a `FleetPlace`): every live process
+calls the providers with the same accounts, so each takes its part of their ceilings (bot/concurrency.py),
+the remainder going to the first processes in name order (`rank`: a name never changes, and a process
+that starts leaving keeps its place, so only a join or a departure moves anyone). A process is counted
+from before it runs any job — it `join`s before the job engine starts (bot/app.py `start_services`),
+before the gateway connects — to after its last provider call: a stop first gives every shard up at once
+(`stop`, so the others serve its servers during its drain) but the process stays counted, marked
+leaving, until its jobs have finished or been handed back (`leave`). A process serving no shard (more
+processes than shards, or one waiting for another shard count) counts as well: it still runs jobs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,22 @@ class ShardPlan:
 
     shard_count: int
     shard_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class FleetPlace:
+    """What a round tells `on_fleet`: how many processes are live (this one included, leaving ones too)
+    and this process's index among their names sorted, which every process computes alike (None: this
+    process is not among them)."""
+
+    processes: int
+    rank: int | None
+
+
+def place_in(owners: Sequence[ShardOwner], me: str) -> FleetPlace:
+    """`me`'s place among the live `owners`."""
+    names = sorted(o.name for o in owners)
+    return FleetPlace(len(names), names.index(me) if me in names else None)
 
 
 # Awaited until every shard left out of the plan has stopped being served (it may then be given to
@@ -161,7 +178,7 @@ class ShardCoordinator:
 
     `shard_count` None: the fleet's count, or Discord's recommended count for the first process.
     `monotonic` measures how long ago the leases were last renewed (injectable for tests); `on_fleet` hears
-    the number of live processes after every round.
+    the number of live processes and this one's place among them after every round.
     """
 
     shared = True
@@ -175,7 +192,7 @@ class ShardCoordinator:
         owner: str | None = None,
         settle_seconds: float = JOIN_SETTLE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
-        on_fleet: Callable[[int], None] | None = None,
+        on_fleet: Callable[[FleetPlace], None] | None = None,
     ) -> None:
         self.store = store
         self.owner = owner or process_name()
@@ -184,7 +201,8 @@ class ShardCoordinator:
         self.configured_count = shard_count
         self.settle_seconds = settle_seconds
         self._monotonic = monotonic
-        # Told how many processes are alive after every round (the provider limits split by it).
+        # Told how many processes are alive, and this one's place, after every round (the provider
+        # limits are split by them).
         self.on_fleet = on_fleet
         self.plan = ShardPlan(shard_count or 0, frozenset())
         self._serve: Serve | None = None
@@ -244,7 +262,7 @@ class ShardCoordinator:
 
     def _tell_fleet(self, owners: Sequence[ShardOwner]) -> None:
         if self.on_fleet is not None:
-            self.on_fleet(len(owners))
+            self.on_fleet(place_in(owners, self.owner))
 
     async def _run(self) -> None:
         while True:

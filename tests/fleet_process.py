@@ -12,9 +12,10 @@ production does: from those rounds. Then it speaks JSON lines with the parent on
 1. it waits until its rounds count P live processes (every process of the fleet has joined), prepares
    N edits of the same member (options, images, price: no credits move yet; the member must hold one
    credit by then, or the price check refuses them) and prints
-   `{"owner": ..., "per_job": ..., "code": ..., "fleet": P, "shards": [...]}`: its engine's name, the
-   hold of one edit (None when N is 0), where it imported `bot` from, the fleet it counted and the
-   shards its coordinator holds;
+   `{"owner": ..., "per_job": ..., "code": ..., "fleet": P, "rank": R, "shards": [...]}`: its engine's
+   name, the hold of one edit (None when N is 0), where it imported `bot` from, the fleet it counted,
+   its place in it (the remainder of a provider ceiling goes by it) and the shards its coordinator
+   holds;
 2. it waits for commands, one a line (the parent's end, or a line it does not know, and it exits
    with 3):
    - `go`: it submits the N prepared edits at once, as N preview Run buttons would
@@ -60,7 +61,7 @@ from bot.config import load_settings
 from bot.errors import RetouchError
 from bot.jobs.engine import JobEngine
 from bot.services.edits import EditJob, EditOptions, EditService, PreparedJob, Upload
-from bot.sharding import ShardCoordinator, ShardPlan
+from bot.sharding import FleetPlace, ShardCoordinator, ShardPlan
 from bot.storage import Storage
 from bot.storage.postgres import PostgresDatabase
 from tests.live import NoResult, RecordingLive, run_prepared
@@ -148,18 +149,19 @@ class Rounds:
 
 
 class Fleet:
-    """What this process hears from its shard-lease rounds: how many processes are live."""
+    """What this process hears from its shard-lease rounds: how many processes are live, and its place."""
 
-    def __init__(self, share: Callable[[int], None], expected: int) -> None:
+    def __init__(self, share: Callable[[FleetPlace], None], expected: int) -> None:
         self.share = share
         self.expected = expected
         self.seen = 0
+        self.rank: int | None = None
         self.complete = asyncio.Event()
 
-    def heard(self, processes: int) -> None:
-        self.share(processes)  # the production split (bot.app.split_with_fleet)
-        self.seen = processes
-        if processes == self.expected:
+    def heard(self, place: FleetPlace) -> None:
+        self.share(place)  # the production split (bot.app.split_with_fleet)
+        self.seen, self.rank = place.processes, place.rank
+        if place.processes == self.expected:
             self.complete.set()
 
 
@@ -213,6 +215,7 @@ async def serve(edits: int, processes: int) -> int:
                         "per_job": per_job,
                         "code": bot.__file__,
                         "fleet": fleet.seen,
+                        "rank": fleet.rank,
                         "shards": shards,
                     }
                 )

@@ -172,6 +172,61 @@ async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goe
     assert await asyncio.gather(*tasks) == ["ok"] * 6
 
 
+@pytest.mark.parametrize(
+    ("ceiling", "processes", "parts"),
+    [
+        (4, 3, [2, 1, 1]),  # floor alone would use 3 of the account's 4 calls
+        (3, 2, [2, 1]),  # WaveSpeed's entry tier over two processes: 2 alone would be used
+        (6, 3, [2, 2, 2]),
+        (7, 3, [3, 2, 2]),
+        (5, 4, [2, 1, 1, 1]),
+        (100, 3, [34, 33, 33]),
+        (4, 1, [4]),
+        (1, 1, [1]),
+        (3, 3, [1, 1, 1]),
+        (3, 5, [1, 1, 1, 1, 1]),  # more processes than the ceiling: one each, together past it
+    ],
+)
+def test_the_parts_of_a_ceiling_add_up_to_it_the_first_ranks_taking_the_remainder(
+    ceiling: int, processes: int, parts: list[int]
+) -> None:
+    time = FakeTime()
+    lim = limiter(ceiling, ceiling, time)
+    seen = []
+    for rank in range(processes):  # each process of the fleet, as it hears its own place
+        lim.share_with(processes, rank)
+        seen.append(lim.limit("p"))
+    assert seen == parts
+    assert min(seen) >= 1
+    if processes <= ceiling:
+        assert sum(seen) == ceiling
+    lim.share_with(processes)  # told no place: no extra call, which the first ranks may be taking
+    assert lim.limit("p") == max(1, ceiling // processes)
+
+
+async def test_a_waiting_call_goes_as_soon_as_this_processs_part_of_the_ceiling_grows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    time = FakeTime()
+    lim = limiter(5, 5, time)
+    lim.share_with(3, 2)  # the last of three: 2, 2, 1
+    calls = HeldCalls()
+    tasks = calls.send(lim, 6)
+    await settle(lambda: calls.started == 1)
+    lim.share_with(2, 1)  # a process before it died: 3, 2, and it is now the last of two
+    await settle(lambda: calls.started == 2)
+    lim.share_with(2, 0)  # first of two (its rank alone changed): the extra call is its own
+    await settle(lambda: calls.started == 3)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert calls.started == 3 and lim.snapshot()["p"].in_flight == 3  # never past its part
+    lim.share_with(7, 0)  # more processes than calls: one each, said once whatever the rank
+    lim.share_with(7, 6)
+    assert len([r for r in caplog.records if "share p's ceiling" in r.message]) == 1
+    calls.gate.set()
+    assert await asyncio.gather(*tasks) == ["ok"] * 6
+
+
 # -- decrease, Retry-After, deadline ------------------------------------------------------------------
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.sharding import ShardCoordinator, ShardPlan, StaticShards, quota
+from bot.concurrency import ProviderLimiter
+from bot.sharding import FleetPlace, ShardCoordinator, ShardPlan, StaticShards, quota
 from bot.storage.shard_leases import ShardLeases, ShardOwner
 from tests import postgres
 from tests.postgres import PoolOn
@@ -90,7 +91,12 @@ class Fleet:
         self.processes: dict[str, ShardCoordinator] = {}
 
     async def start(
-        self, name: str, *, shard_count: int | None = 0, recommended: int = 3
+        self,
+        name: str,
+        *,
+        shard_count: int | None = 0,
+        recommended: int = 3,
+        on_fleet: Callable[[FleetPlace], None] | None = None,
     ) -> ShardCoordinator:
         count = self.shard_count if shard_count == 0 else shard_count
         process = ShardCoordinator(
@@ -100,6 +106,7 @@ class Fleet:
             owner=name,
             settle_seconds=0,
             monotonic=self.clock.monotonic,
+            on_fleet=on_fleet,
         )
         self.processes[name] = process
         self.bots[name] = Bot()
@@ -183,10 +190,10 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     fleet = Fleet(store, clock)
     for name in ("a", "b", "c"):
         await fleet.start(name)
-    sizes: list[int] = []  # what a's provider limits hear: how many processes share them
-    fleet.processes["a"].on_fleet = sizes.append
+    places: list[FleetPlace] = []  # what a's provider limits hear: how many processes share them
+    fleet.processes["a"].on_fleet = places.append
     await fleet.rounds(2)
-    assert sizes == [3, 3]
+    assert places == [FleetPlace(3, 0)] * 2
     dead = fleet.serving()["c"]
     assert len(dead) == 1
     # c is killed: it neither renews nor releases. Until its lease runs out nobody takes its shard.
@@ -195,7 +202,7 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     assert set((await store.holders()).values()) == {"a", "b", "c"}
     # A third round is one lease after c's last renewal: its shard is taken over, within that round.
     await fleet.rounds(1, "a", "b")
-    assert sizes[-1] == 2  # c no longer counts as alive: a's part of each provider's ceiling grows
+    assert places[-1] == FleetPlace(2, 0)  # c no longer counts as alive: a's part of each ceiling grows
     assert fleet.serving()["a"] | fleet.serving()["b"] == {0, 1, 2}
     assert disjoint([fleet.serving()["a"], fleet.serving()["b"]])
     assert set((await store.holders()).values()) == {"a", "b"}
@@ -210,20 +217,66 @@ async def test_a_clean_stop_frees_the_shards_at_once_and_counts_the_process_unti
     await fleet.rounds(1)
     leaving = fleet.serving()["b"]
     assert leaving
-    sizes: list[int] = []  # what a's provider limits hear: how many processes share them
-    fleet.processes["a"].on_fleet = sizes.append
+    places: list[FleetPlace] = []  # what a's provider limits hear: how many processes share them
+    fleet.processes["a"].on_fleet = places.append
     del fleet.processes["b"]
     await b.stop()
     assert fleet.bots["b"].serving == frozenset()
     assert not set(await store.holders()) & leaving  # free, without waiting for the lease
     await fleet.rounds(1, "a")
     assert fleet.serving()["a"] == {0, 1, 2}  # a serves b's servers while b drains ...
-    assert sizes == [2]  # ... and b's last provider calls still count against the ceilings
+    assert places == [FleetPlace(2, 0)]  # ... and b's last provider calls still count against the ceilings
     assert [(o.name, o.leaving) for o in await store.live_owners()] == [("a", False), ("b", True)]
     await b.leave()  # the drain is over
     assert [o.name for o in await store.live_owners()] == ["a"]
     await fleet.rounds(1, "a")
-    assert sizes == [2, 1]
+    assert places == [FleetPlace(2, 0), FleetPlace(1, 0)]
+
+
+async def test_each_process_hears_its_place_in_name_order_and_the_fleets_parts_add_up_to_the_ceiling(
+    store, clock
+):
+    fleet = Fleet(store, clock)
+    heard: dict[str, list[FleetPlace]] = {}
+    limits: dict[str, ProviderLimiter] = {}  # each process's own limiter, one account's ceiling of 4
+
+    def process(name: str) -> Callable[[FleetPlace], None]:
+        heard[name] = []
+        limits[name] = ProviderLimiter({"p": (4, 4)})
+
+        def on_fleet(place: FleetPlace) -> None:
+            heard[name].append(place)
+            limits[name].share_with(place.processes, place.rank)
+
+        return on_fleet
+
+    def parts() -> dict[str, int]:
+        return {name: lim.limit("p") for name, lim in limits.items()}
+
+    # c is the oldest and b the youngest: places go by name, which no join or stop reorders.
+    for name in ("c", "a", "b"):
+        await fleet.start(name, on_fleet=process(name))
+        clock.advance(1)
+    assert [o.name for o in await store.live_owners()] == ["c", "a", "b"]
+    assert [heard[n][0] for n in ("c", "a", "b")] == [FleetPlace(1, 0), FleetPlace(2, 0), FleetPlace(3, 1)]
+    await fleet.rounds(1)
+    assert {n: places[-1] for n, places in heard.items()} == {
+        "a": FleetPlace(3, 0),
+        "b": FleetPlace(3, 1),
+        "c": FleetPlace(3, 2),
+    }
+    assert parts() == {"a": 2, "b": 1, "c": 1}  # 4 over 3: the whole ceiling, the first name the extra
+    # a starts its drain: marked leaving and oldest no more, it keeps its place and its part until it leaves.
+    a = fleet.processes.pop("a")
+    await a.stop()
+    await fleet.rounds(1)
+    assert (heard["b"][-1], heard["c"][-1]) == (FleetPlace(3, 1), FleetPlace(3, 2))
+    assert sum(parts().values()) == 4
+    await a.leave()
+    del limits["a"]
+    await fleet.rounds(1)
+    assert (heard["b"][-1], heard["c"][-1]) == (FleetPlace(2, 0), FleetPlace(2, 1))
+    assert parts() == {"b": 2, "c": 2}
 
 
 def test_a_leaving_process_gets_no_quota_and_does_not_set_the_fleets_shard_count():
