@@ -122,7 +122,8 @@ class JobsCog(RetouchCog):
                 raise ValueError(f"unknown job control {action!r}")
 
     async def _cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        # The button sits on the private progress message: answer by updating that message.
+        # The button sits on the private progress message: answer by updating that message (unless
+        # another process runs the job, below).
         await interaction.response.defer()
         row = await self.bot.services.storage.jobs.get_job(job_id)
         # A moderator's right counts only in the job's own server and channel, never in another one.
@@ -131,6 +132,13 @@ class JobsCog(RetouchCog):
         text = await self.edits.cancel(
             job_id, actor_id=interaction.user.id, can_manage=here and _can_manage(interaction)
         )
+        after = await self.bot.services.storage.jobs.get_job(job_id)
+        if after is not None and after.cancel_request is not None:
+            # Recorded for another process (bot/jobs/leases.py), which says how the job ended on this
+            # same message; answering on it too could land after that and hide the outcome (the
+            # request stays on the row, so this holds even when the job has just ended).
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)
 
     async def _retry(self, interaction: discord.Interaction, job_id: str) -> None:

@@ -138,11 +138,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def art_club(
-    fake: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, data_dir: Path
+    fake: FakeDiscord,
+    openai: FakeOpenAI,
+    wavespeed: FakeWaveSpeed,
+    data_dir: Path,
+    *,
+    guild_id: int | None = None,
 ) -> tuple[FakeGuild, FakeChannel, FakeUser, dict[str, str]]:
     """The server a real `python -m bot` process serves in these tests (#art, member alice, approved by
-    the operator) and that process's environment: both fake providers, this catalog, `data_dir`."""
-    guild = await fake.create_guild(name="Art Club")
+    the operator) and that process's environment: both fake providers, this catalog, `data_dir`.
+    `guild_id`: the server's id (which gateway shard it is on), a new one by default."""
+    guild = await fake.create_guild(name="Art Club", id=guild_id)
     channel = await guild.create_text_channel("art")
     alice = fake.create_user("alice")
     await guild.add_member(alice)
