@@ -127,7 +127,12 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             owner = services.edits.engine.owner  # the name this process's shards and jobs are held by
             # Every live process calls the providers with the same accounts: each takes its part.
             share = split_with_fleet(services)
-            shards = None if sync else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share)
+            listen = storage.db.listen if pool is not None else None
+            shards = (
+                None
+                if sync
+                else shard_sharing(settings, pool=pool, owner=owner, on_fleet=share, listen=listen)
+            )
             bot = RetouchBot(services, sync_commands=sync, shards=shards)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -169,21 +169,24 @@ def shard_sharing(
     *,
     owner: str | None = None,
     on_fleet: Callable[[FleetPlace], None] | None = None,
+    listen: Callable[[str, Callable[[str], None]], None] | None = None,
 ) -> ShardSharing | None:
     """Which gateway shards this process serves. With PostgreSQL (`pool`), its share among every process
     on that database, under the name `owner` (the job engine's, so one name says which process holds a
     shard or a job), telling `on_fleet` how many processes are alive, and this one's place among them,
-    after every round; otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
+    after every round and (with `listen`, the database's `listen`) as soon as another joins or leaves;
+    otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
     recommended count, as discord.py picks it."""
     if pool is not None:
         lease = settings.shard_lease_seconds
-        store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
+        store = ShardLeases(pool, lease=dt.timedelta(seconds=lease), listen=listen)
         return ShardCoordinator(
             store,
             lease_seconds=lease,
             shard_count=settings.shard_count or None,
             owner=owner,
             on_fleet=on_fleet,
+            hear_changes=store.hear_changes,
         )
     return StaticShards(settings.shard_count) if settings.shard_count else None
 

@@ -17,10 +17,12 @@ waiting job's place in line is shown again.
   `rank` in an order every process sees alike (their names sorted, bot.sharding), so the parts add up
   to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call: with more processes than
   the ceiling they pass it together (said in the log). A process told no rank takes no extra call, so
-  none is taken twice. Each process hears a change of the fleet at its own round, so the parts add up
-  right only once all have: when a process joins, the ranks after its name shift and every part shrinks
-  or stays, and until the others' next round the fleet can be over the ceiling by the newcomer's part
-  (it takes it at once; the others still hold their old ones). When a process dies or leaves, every
+  none is taken twice. Each process hears a change of the fleet on its own (bot.sharding: at once
+  through PostgreSQL's NOTIFY when a process joins or leaves, else at its next round), so the parts add
+  up right only once all have: when a process joins, the ranks after its name shift and every part
+  shrinks or stays, and until the others have heard (milliseconds; a round if the notification is lost)
+  the fleet can be over the ceiling by the newcomer's part (it takes it at once; the others still hold
+  their old ones, and their calls in flight end in their time). When a process dies or leaves, every
   part grows or stays, so hearing it late never takes the fleet over the ceiling. (Ranked by age
   instead, a process starting its drain moves to the end of the order, which can put the fleet one
   call over the ceiling for a round.)

@@ -32,6 +32,9 @@ before the gateway connects — to after its last provider call: a stop first gi
 (`stop`, so the others serve its servers during its drain) but the process stays counted, marked
 leaving, until its jobs have finished or been handed back (`leave`). A process serving no shard (more
 processes than shards, or one waiting for another shard count) counts as well: it still runs jobs.
+A process that joins or leaves also says so through PostgreSQL's NOTIFY, and every other process then
+counts the fleet at once (`_recount`) instead of at its next round: a newcomer takes its part of the
+ceilings at once, and the others shrink theirs within milliseconds (a lost notification: a round).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from bot.storage.shard_leases import Fleet, ShardOwner
+from bot.tasks import Again
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,6 +197,7 @@ class ShardCoordinator:
         settle_seconds: float = JOIN_SETTLE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
         on_fleet: Callable[[FleetPlace], None] | None = None,
+        hear_changes: Callable[[Callable[[str], None]], bool] | None = None,
     ) -> None:
         self.store = store
         self.owner = owner or process_name()
@@ -204,6 +209,10 @@ class ShardCoordinator:
         # Told how many processes are alive, and this one's place, after every round (the provider
         # limits are split by them).
         self.on_fleet = on_fleet
+        # `ShardLeases.hear_changes`: told when another process joins or leaves, this one recounts the
+        # fleet at once (`_recount`), not at its next round.
+        self._hear_changes = hear_changes
+        self._recount: Again | None = None
         self.plan = ShardPlan(shard_count or 0, frozenset())
         self._serve: Serve | None = None
         self._renewed_at = -math.inf
@@ -261,8 +270,27 @@ class ShardCoordinator:
         await self.tick()
 
     def _tell_fleet(self, owners: Sequence[ShardOwner]) -> None:
+        self._listen_for_changes()
         if self.on_fleet is not None:
             self.on_fleet(place_in(owners, self.owner))
+
+    def _listen_for_changes(self) -> None:
+        """From the first time this process is counted: recount whenever another joins or leaves. A
+        newcomer takes its part of the provider ceilings at once, so until the others have shrunk
+        theirs the fleet is over the ceilings; this makes that milliseconds instead of a round."""
+        if self._recount is None and self._hear_changes is not None and self.on_fleet is not None:
+            self._recount = Again(self._count_fleet, "shard leases: counting the fleet at once")
+            if not self._hear_changes(self._fleet_changed):
+                self._hear_changes = None
+
+    def _fleet_changed(self, name: str) -> None:
+        if name != self.owner and self._joined and self._recount is not None:
+            self._recount.ask()
+
+    async def _count_fleet(self) -> None:
+        owners = await self._within(self.store.live_owners())
+        if self._joined:  # not after `leave`: a departed process no longer takes a part
+            self._tell_fleet(owners)
 
     async def _run(self) -> None:
         while True:
@@ -398,6 +426,8 @@ class ShardCoordinator:
         if not self._joined:
             return
         self._joined = False
+        if self._recount is not None:
+            await self._recount.stop()
         try:
             await self._within(self.store.leave(self.owner))
         except Exception as exc:  # its row runs out by itself within one lease

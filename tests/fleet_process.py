@@ -198,7 +198,11 @@ async def serve(edits: int, processes: int) -> int:
             service = services.edits
             fleet = Fleet(split_with_fleet(services), processes)
             sharing = shard_sharing(
-                settings, pool=storage.db.pool, owner=service.engine.owner, on_fleet=fleet.heard
+                settings,
+                pool=storage.db.pool,
+                owner=service.engine.owner,
+                on_fleet=fleet.heard,
+                listen=storage.db.listen,
             )
             assert isinstance(sharing, ShardCoordinator)
             rounds = Rounds(service.engine)

@@ -413,3 +413,69 @@ async def test_the_next_round_comes_when_a_silent_process_lease_runs_out(store, 
     clock.advance(a.next_round)
     await a.tick()
     assert fleet.serving()["a"] == {0, 1, 2}
+
+
+async def listening(pool: Any, channel: str) -> None:
+    """Until a session of this database LISTENs on `channel` (a notification sent before is missed)."""
+    for _ in range(200):
+        sessions = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+            f'LISTEN "{channel}"',
+        )
+        if sessions:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"nobody listens on {channel}")
+
+
+async def test_a_process_joining_or_leaving_is_counted_by_the_others_at_once_not_at_their_next_round(
+    pg_pool: Any, clock: Clock
+):
+    from bot.storage.postgres import PostgresDatabase
+    from bot.storage.shard_leases import FLEET_CHANNEL
+
+    db = PostgresDatabase(pg_pool)  # its `listen`, as `python -m bot` wires it
+    store = ShardLeases(pg_pool, lease=dt.timedelta(seconds=LEASE), clock=clock, listen=db.listen)
+    heard: dict[str, list[FleetPlace]] = {"a": [], "b": []}
+
+    def coordinator(name: str) -> ShardCoordinator:
+        return ShardCoordinator(
+            store,
+            lease_seconds=LEASE,
+            shard_count=3,
+            owner=name,
+            settle_seconds=0,
+            monotonic=clock.monotonic,
+            on_fleet=heard[name].append,
+            hear_changes=store.hear_changes,
+        )
+
+    a, b = coordinator("a"), coordinator("b")
+    try:
+        await a.join(recommended=3)
+        await listening(pg_pool, FLEET_CHANNEL)
+        assert heard["a"] == [FleetPlace(1, 0)]
+        # No round runs and the clock stands still: only the notification can tell a.
+        await b.join(recommended=3)
+        assert heard["b"] == [FleetPlace(2, 1)]
+        await until_heard(heard["a"], FleetPlace(2, 0))
+        # A round's renewal of a process already counted tells nobody.
+        await b.tick()
+        await asyncio.sleep(0.2)
+        assert heard["a"] == [FleetPlace(1, 0), FleetPlace(2, 0)]
+        await b.leave()
+        await until_heard(heard["a"], FleetPlace(1, 0))
+        assert heard["a"] == [FleetPlace(1, 0), FleetPlace(2, 0), FleetPlace(1, 0)]
+    finally:
+        await a.leave()
+        await db.close()
+
+
+async def until_heard(places: list[FleetPlace], wanted: FleetPlace, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Until the last place heard is `wanted`; no round runs meanwhile, so only a notification can do it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not places or places[-1] != wanted:
+        if loop.time() > deadline:
+            raise TimeoutError(f"heard {places}, never {wanted}")
+        await asyncio.sleep(0.01)

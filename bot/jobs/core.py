@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from bot.routing import Router
 from bot.sharding import process_name
 from bot.storage import Storage
 from bot.storage.jobs import JobRow
+from bot.tasks import Again
 
 log = logging.getLogger(__name__)
 
@@ -110,38 +111,6 @@ class IntakeTurns:
         finally:
             self.inside -= 1
             self._turns.release()
-
-
-class Again:
-    """`work` in a task of its own, now; asked again while it runs, once more after it, so a change that
-    came after its read is not missed. A failure is logged and left to the next lease round, which does
-    the same work in any case."""
-
-    def __init__(self, work: Callable[[], Awaitable[object]], name: str) -> None:
-        self._work = work
-        self._name = name
-        self._again = False
-        self._task: asyncio.Task[None] | None = None
-
-    def ask(self) -> None:
-        self._again = True
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=self._name)
-
-    async def _run(self) -> None:
-        while self._again:
-            self._again = False
-            try:
-                await self._work()
-            except Exception as exc:
-                log.info("%s failed (%s); the next lease round does it", self._name, type(exc).__name__)
-                return
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
 class EngineCore:

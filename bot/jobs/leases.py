@@ -40,9 +40,10 @@ import contextlib
 import logging
 import math
 
-from bot.jobs.core import ActiveJob, Again, EngineCore
+from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import db_time, parse_time
 from bot.storage.jobs import CancelRequest, JobRow
+from bot.tasks import Again
 
 log = logging.getLogger(__name__)
 

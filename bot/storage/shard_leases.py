@@ -49,11 +49,20 @@ CREATE TABLE IF NOT EXISTS shard_leases (
 # `$1` is the injected clock, NULL in production: then the database's clock decides.
 NOW = "COALESCE($1::timestamptz, statement_timestamp())"
 
+# Returns whether the process was not counted before: no row, or one that had run out (it was cut off
+# from the database for a lease): the others are told (`NOTIFY_FLEET`).
 JOIN = f"""
+WITH before AS (SELECT expires_at > {NOW} AS live FROM shard_owners WHERE owner = $2)
 INSERT INTO shard_owners (owner, shard_count, joined_at, expires_at)
 VALUES ($2, $3, {NOW}, {NOW} + $4::interval)
 ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at = EXCLUDED.expires_at
+RETURNING NOT COALESCE((SELECT live FROM before), false)
 """
+# NOTIFY channel: a process joined or left the fleet (the payload is its name). Every process recounts
+# the fleet at once, so the provider ceilings' parts change within milliseconds rather than at each
+# process's next round (bot/sharding.py).
+FLEET_CHANNEL = "retouch_fleet"
+NOTIFY_FLEET = "SELECT pg_notify($1, $2)"
 FORGET = f"DELETE FROM shard_owners WHERE expires_at < {NOW} - $2::interval"
 LIVE = f"""
 SELECT owner, shard_count, joined_at = 'infinity' AS leaving FROM shard_owners WHERE expires_at > {NOW}
@@ -125,10 +134,20 @@ class ShardLeases:
         *,
         lease: dt.timedelta,
         clock: Callable[[], dt.datetime] | None = None,
+        listen: Callable[[str, Callable[[str], None]], None] | None = None,
     ) -> None:
         self._pool = pool
         self.lease = lease
         self._clock = clock
+        self._listen = listen  # `PostgresDatabase.listen`, for `hear_changes`
+
+    def hear_changes(self, heard: Callable[[str], None]) -> bool:
+        """Call `heard(name)` whenever a process joins or leaves (best effort: a missed one is seen at the
+        next round); False when this store cannot listen."""
+        if self._listen is None:
+            return False
+        self._listen(FLEET_CHANNEL, heard)
+        return True
 
     def _now(self) -> dt.datetime | None:
         return self._clock() if self._clock is not None else None
@@ -149,7 +168,8 @@ class ShardLeases:
         that. Forgets processes that died long ago."""
         now = self._now()
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(JOIN, now, owner, shard_count, self.lease)
+            if await conn.fetchval(JOIN, now, owner, shard_count, self.lease):
+                await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, owner)  # sent at COMMIT
             await conn.execute(FORGET, now, FORGET_OWNERS_AFTER)
             rows = await conn.fetch(LIVE, now)
             next_expiry = await conn.fetchval(NEXT_EXPIRY, now, owner)
@@ -190,6 +210,7 @@ class ShardLeases:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(RELEASE, owner, None)
             await conn.execute(LEAVE, owner)
+            await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, owner)
 
     async def holders(self) -> dict[int, str]:
         """{shard id: owner} for every lease that has not run out."""
