@@ -290,6 +290,8 @@ def build_services(
     metrics.watch(
         in_flight=lambda: edits.in_flight,
         queued=lambda: edits.engine.queued,
+        held=lambda: len(edits.engine.held_jobs()),
+        processes=lambda: edits.engine.fleet or 1,  # told by the shard leases' rounds; alone until then
         circuits=edits.router.circuits,
         concurrency=edits.router.concurrency,
     )

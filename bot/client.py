@@ -255,6 +255,7 @@ class RetouchBot(SwitchableShards):
             sharing=shards,
         )
         self.services = services
+        services.metrics.watch(shards=lambda: len(self.shards))  # discord.py's running shards
         self.sync_commands = sync_commands
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.app import Services, build_services
+from bot.app import Services, build_services, split_with_fleet
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
 from bot.jobs.model import EditOutcome
@@ -23,6 +23,7 @@ from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
+from bot.sharding import FleetPlace
 from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
@@ -245,6 +246,8 @@ async def test_metrics_show_jobs_latency_credits_and_errors_after_jobs_ran(
     assert value(page, "retouch_ack_latency_seconds_count") == 0
     assert value(page, "retouch_jobs_in_flight") == 0
     assert value(page, "retouch_jobs_queued") == 0
+    assert value(page, "retouch_jobs_held") == 0
+    assert value(page, "retouch_fleet_processes") == 1  # SQLite: this process alone
     # A refusal is an answer: the breaker counts it healthy, so one server error leaves it closed.
     assert value(page, "retouch_circuit_state", provider="openai") == 0
 
@@ -266,6 +269,7 @@ async def test_jobs_in_flight_counts_running_jobs(services: Services, fake: Fake
     await _wait_for(lambda: services.edits.in_flight == 1)
     page = samples(services.metrics.render().decode())
     assert value(page, "retouch_jobs_in_flight") == 1
+    assert value(page, "retouch_jobs_held") == 1
     job.cancel()
     await asyncio.gather(job, return_exceptions=True)
 
@@ -311,6 +315,14 @@ def test_each_providers_concurrency_limit_and_calls_in_flight_are_gauges() -> No
     limits["openai"] = LimitState("openai", limit=5, ceiling=64, in_flight=5, refused_at=6)
     page = samples(metrics.render().decode())
     assert value(page, "retouch_provider_concurrency_limit", provider="openai") == 5
+
+
+async def test_the_apps_metrics_show_how_many_processes_the_shard_leases_last_counted(
+    services: Services,
+) -> None:
+    split_with_fleet(services)(FleetPlace(3, 1))  # what a shard lease round tells (bot.sharding)
+    page = samples(services.metrics.render().decode())
+    assert value(page, "retouch_fleet_processes") == 3
 
 
 async def test_the_apps_metrics_show_the_routers_limits(services: Services) -> None:

@@ -130,6 +130,15 @@ def started(bot: RetouchBot, shard_id: int) -> bool:
     return shard is not None and not shard.is_closed() and shard_id in {g.shard_id for g in bot.guilds}
 
 
+def running_shards(bot: RetouchBot) -> float | None:
+    """The bot's `retouch_gateway_shards` gauge, as /metrics shows it."""
+    for family in bot.services.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "retouch_gateway_shards":
+                return sample.value
+    return None
+
+
 def identifies(fake: FakeDiscord) -> list[list[int]]:
     """The [shard id, shard count] of every IDENTIFY the fake received, in order."""
     return [e["d"]["shard"] for e in fake.gateway_log if e["direction"] == "received" and e["op"] == 2]
@@ -237,6 +246,7 @@ async def test_two_bots_share_the_shards_and_one_takes_over_when_the_other_dies(
         assert (a.plan.shard_ids, b.plan.shard_ids) == ({0}, {1})
         await fake.wait_until(lambda: started(bot_b, 1))
         assert fake.identified_shards == [0, 1]
+        assert (running_shards(bot_a), running_shards(bot_b)) == (1, 1)  # what /metrics says
         await credits(fake, world_b.user, world_b.channel)
         assert (seen_a, seen_b) == ([], [guild_on(1)])
 
@@ -254,6 +264,7 @@ async def test_two_bots_share_the_shards_and_one_takes_over_when_the_other_dies(
         assert b.plan.shard_ids == {0, 1}
         await fake.wait_until(lambda: started(bot_b, 0))
         assert fake.identified_shards == [0, 1]
+        assert running_shards(bot_b) == 2
         await credits(fake, world_a.user, world_a.channel)
         assert seen_b == [guild_on(1), guild_on(0)]
         # A graceful stop closes its shards and frees them for the others at once.

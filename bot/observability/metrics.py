@@ -11,7 +11,11 @@ Series (prometheus-client adds `_total` to counters):
 * `retouch_ack_latency_seconds` (INTERACTION_CREATE → defer), `retouch_provider_latency_seconds
   {provider,model,outcome}`, `retouch_job_duration_seconds{state}` (job start → finished)
 * `retouch_credits_spent_total{provider,model}`, `retouch_provider_errors_total{provider,error}`
-* `retouch_jobs_in_flight`, `retouch_jobs_queued`, `retouch_circuit_state{provider}` (0 closed,
+* `retouch_jobs_in_flight`, `retouch_jobs_queued`, `retouch_jobs_held` (every job this process holds:
+  running, waiting, or to be posted again; with PostgreSQL, the jobs whose leases it renews),
+  `retouch_fleet_processes` (live bot processes on the database as this one last counted them, itself
+  included; 1 on SQLite), `retouch_gateway_shards` (gateway shards this process has running),
+  `retouch_circuit_state{provider}` (0 closed,
   1 half-open, 2 open), and each provider's adaptive concurrency (`bot.concurrency`):
   `retouch_provider_concurrency_limit{provider}` (calls allowed in flight now) and
   `retouch_provider_calls_in_flight{provider}`, read at scrape time from whatever `watch` was given;
@@ -65,6 +69,9 @@ class _LiveCollector(Collector):
     def __init__(self) -> None:
         self.in_flight: Count | None = None
         self.queued: Count | None = None
+        self.held: Count | None = None
+        self.processes: Count | None = None
+        self.shards: Count | None = None
         self.circuits: CircuitStates | None = None
         self.concurrency: Concurrency | None = None
 
@@ -76,6 +83,17 @@ class _LiveCollector(Collector):
                 self.in_flight,
             ),
             ("retouch_jobs_queued", "Edit jobs waiting for a slot", self.queued),
+            (
+                "retouch_jobs_held",
+                "Edit jobs this process holds (running, waiting, to post again)",
+                self.held,
+            ),
+            (
+                "retouch_fleet_processes",
+                "Live bot processes on the database, this one included",
+                self.processes,
+            ),
+            ("retouch_gateway_shards", "Discord gateway shards this process has running", self.shards),
         ):
             if source is not None and (value := _read(name, source)) is not None:
                 gauge = GaugeMetricFamily(name, doc)
@@ -173,15 +191,24 @@ class Metrics(JobObserver):
         *,
         in_flight: Count | None = None,
         queued: Count | None = None,
+        held: Count | None = None,
+        processes: Count | None = None,
+        shards: Count | None = None,
         circuits: CircuitStates | None = None,
         concurrency: Concurrency | None = None,
     ) -> None:
-        """Read `in_flight()`, `queued()`, `circuits()` ({provider: closed|half_open|open}) and
-        `concurrency()` ({provider: LimitState}) at every scrape."""
-        if in_flight is not None:
-            self._live.in_flight = in_flight
-        if queued is not None:
-            self._live.queued = queued
+        """Read the counts given (`in_flight()`, `queued()`, `held()`, `processes()`, `shards()`),
+        `circuits()` ({provider: closed|half_open|open}) and `concurrency()` ({provider: LimitState}) at
+        every scrape. A source not given keeps the one given before."""
+        for name, count in (
+            ("in_flight", in_flight),
+            ("queued", queued),
+            ("held", held),
+            ("processes", processes),
+            ("shards", shards),
+        ):
+            if count is not None:
+                setattr(self._live, name, count)
         if circuits is not None:
             self._live.circuits = circuits
         if concurrency is not None:
