@@ -242,3 +242,44 @@ async def test_sqlite_commits_transactions_that_wait_together(storage: Storage):
     await storage.db.run(lambda db: db.set_trace_callback(None))
     assert 1 <= statements.count("COMMIT") < 10  # ten transactions, fewer commits (fsyncs)
     assert len(await storage.settings.take_model_notices(1)) == 10
+
+
+async def test_postgresql_listens_on_every_channel_with_one_connection_and_again_after_losing_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    from bot.storage import postgres
+
+    monkeypatch.setattr(postgres, "LISTEN_RETRY_SECONDS", 0.05)
+    storage = await Storage.open(postgres_url)
+    db = storage.db
+    assert isinstance(db, postgres.PostgresDatabase)
+    heard: list[tuple[str, str]] = []
+    try:
+        db.listen("retouch_test_a", lambda payload: heard.append(("a", payload)))
+        db.listen("retouch_test_b", lambda payload: heard.append(("b", payload)))
+        db.listen("retouch_test_b", lambda payload: heard.append(("b2", payload)))
+
+        async def listener_pids() -> list[int]:
+            rows = await db.all(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE ?",
+                ('LISTEN "retouch_test_%',),
+            )
+            return [r[0] for r in rows]
+
+        async def notified(wanted: list[tuple[str, str]]) -> None:
+            for _ in range(500):
+                for channel in ("a", "b"):
+                    await db.one("SELECT pg_notify(?, ?)", (f"retouch_test_{channel}", channel))
+                if all(w in heard for w in wanted):
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"heard only {heard}")
+
+        await notified([("a", "a"), ("b", "b"), ("b2", "b")])
+        [pid] = await listener_pids()  # every channel on one connection
+        heard.clear()
+        await db.one("SELECT pg_terminate_backend(?)", (pid,))  # the connection is lost
+        await notified([("a", "a"), ("b", "b"), ("b2", "b")])  # a new one listens on both again
+        assert len(await listener_pids()) == 1 and pid not in await listener_pids()
+    finally:
+        await storage.close()

@@ -13,9 +13,10 @@ same serial order, paid for with wasted round trips. A reservation's own balance
 its conditional UPDATE waits for a concurrent one on the same row and re-checks the new balance.
 A deadlock or serialization failure (40P01, 40001) re-runs the body on a fresh transaction.
 
-`listen` keeps one pooled connection LISTENing per channel (a `notify` statement in a body is a NOTIFY,
-sent when its transaction commits); a lost connection is replaced, and what it missed is left to the
-listener's slower path (a job cancel's holder also reads it at its next lease renewal).
+`listen` keeps one pooled connection LISTENing on every channel asked for (a `notify` statement in a body
+is a NOTIFY, sent when its transaction commits); a lost connection is replaced, and what it missed is
+left to the listener's slower path (a job cancel's holder also reads it at its next lease renewal, a
+fleet change is seen at the next shard round).
 
 A caller cancelled while its transaction runs does not stop it: the body runs in its own task to COMMIT
 or ROLLBACK, as on SQLite.
@@ -174,22 +175,71 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def _listen_until_lost(conn: asyncpg.Connection, channel: str, deliver: Callable[..., None]) -> None:
-    """LISTEN on `conn` until the connection is lost (or the caller is cancelled), then UNLISTEN: the
-    pool does not reset sessions (`_keep_session`)."""
-    lost = asyncio.Event()
+class _Listener:
+    """Every channel a process listens on, on one pooled connection: LISTEN on each as it is asked for;
+    when the connection is lost, a new one after LISTEN_RETRY_SECONDS, listening on all of them again.
+    The pool does not reset sessions (`_keep_session`), so the listeners are removed before the
+    connection goes back."""
 
-    def ended(_conn: Any) -> None:
-        lost.set()
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._heard: dict[str, list[Callable[[str], None]]] = {}
+        self._asked = asyncio.Event()  # a channel was added while connected
+        self._task: asyncio.Task[None] | None = None
 
-    conn.add_termination_listener(ended)
-    try:
-        await conn.add_listener(channel, deliver)
-        await lost.wait()
-    finally:
-        conn.remove_termination_listener(ended)
-        with contextlib.suppress(Exception):  # a lost connection has nothing left to undo
-            await conn.remove_listener(channel, deliver)
+    def add(self, channel: str, heard: Callable[[str], None]) -> None:
+        self._heard.setdefault(channel, []).append(heard)
+        self._asked.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="retouch-listen")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _deliver(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        for heard in self._heard.get(channel, ()):
+            try:
+                heard(payload)
+            except Exception:
+                log.exception("database: a %s listener failed", channel)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await self._until_lost(conn)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.info("database: not listening (%s); trying again", type(exc).__name__)
+            await asyncio.sleep(LISTEN_RETRY_SECONDS)
+
+    async def _until_lost(self, conn: asyncpg.Connection) -> None:
+        lost = asyncio.Event()
+
+        def ended(_conn: Any) -> None:
+            lost.set()
+
+        listening: list[str] = []
+        conn.add_termination_listener(ended)
+        try:
+            while not lost.is_set():
+                self._asked.clear()
+                for channel in [c for c in self._heard if c not in listening]:
+                    await conn.add_listener(channel, self._deliver)
+                    listening.append(channel)
+                waits = [asyncio.ensure_future(e.wait()) for e in (lost, self._asked)]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+        finally:
+            conn.remove_termination_listener(ended)
+            for channel in listening:
+                with contextlib.suppress(Exception):  # a lost connection has nothing left to undo
+                    await conn.remove_listener(channel, self._deliver)
 
 
 class PostgresDatabase(Clocked):
@@ -208,7 +258,7 @@ class PostgresDatabase(Clocked):
         super().__init__(clock)
         self.pool = pool
         self._running: set[asyncio.Task[Any]] = set()
-        self._listening: set[asyncio.Task[None]] = set()
+        self._listener = _Listener(pool)
 
     @classmethod
     async def open(
@@ -235,32 +285,13 @@ class PostgresDatabase(Clocked):
         is harmless."""
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
-        for task in self._listening:
-            task.cancel()
-        await asyncio.gather(*self._listening, return_exceptions=True)
-        self._listening.clear()
+        await self._listener.close()
         await self.pool.close()
 
     def listen(self, channel: str, heard: Callable[[str], None]) -> None:
-        """Call `heard(payload)` for each NOTIFY on `channel` until `close`, on one pooled connection
-        kept for it (replaced after LISTEN_RETRY_SECONDS when it is lost)."""
-        task = asyncio.create_task(self._listen(channel, heard), name=f"retouch-listen-{channel}")
-        self._listening.add(task)
-
-    async def _listen(self, channel: str, heard: Callable[[str], None]) -> None:
-        def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            try:
-                heard(payload)
-            except Exception:
-                log.exception("database: a %s listener failed", channel)
-
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await _listen_until_lost(conn, channel, deliver)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.info("database: not listening on %s (%s); trying again", channel, type(exc).__name__)
-            await asyncio.sleep(LISTEN_RETRY_SECONDS)
+        """Call `heard(payload)` for each NOTIFY on `channel` until `close`, on the one pooled connection
+        every channel shares (replaced after LISTEN_RETRY_SECONDS when it is lost)."""
+        self._listener.add(channel, heard)
 
     # -- running work ---------------------------------------------------------------------------------
 
