@@ -416,10 +416,12 @@ async def test_the_next_round_comes_when_a_silent_process_lease_runs_out(store, 
 
 
 async def listening(pool: Any, channel: str) -> None:
-    """Until a session of this database LISTENs on `channel` (a notification sent before is missed)."""
+    """Until one of `pool`'s sessions (its application_name: this test's alone, whatever else runs on
+    the server) LISTENs on `channel`; a notification sent before that is missed."""
     for _ in range(200):
         sessions = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = current_setting("
+            "'application_name') AND query = $1",
             f'LISTEN "{channel}"',
         )
         if sessions:
@@ -429,10 +431,14 @@ async def listening(pool: Any, channel: str) -> None:
 
 
 async def test_a_process_joining_or_leaving_is_counted_by_the_others_at_once_not_at_their_next_round(
-    pg_pool: Any, clock: Clock
+    pool_on: PoolOn, clock: Clock
 ):
+    import secrets
+
     from bot.storage.postgres import PostgresDatabase
     from bot.storage.shard_leases import FLEET_CHANNEL
+
+    pg_pool = await pool_on(server_settings={"application_name": f"retouch-test-{secrets.token_hex(4)}"})
 
     db = PostgresDatabase(pg_pool)  # its `listen`, as `python -m bot` wires it
     store = ShardLeases(pg_pool, lease=dt.timedelta(seconds=LEASE), clock=clock, listen=db.listen)

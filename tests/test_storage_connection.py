@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -250,7 +251,8 @@ async def test_postgresql_listens_on_every_channel_with_one_connection_and_again
     from bot.storage import postgres
 
     monkeypatch.setattr(postgres, "LISTEN_RETRY_SECONDS", 0.05)
-    storage = await Storage.open(postgres_url)
+    # Its own application_name, so its sessions are told from any other run's on the same server.
+    storage = await Storage.open(postgres_url + f"&application_name=retouch-test-{secrets.token_hex(4)}")
     db = storage.db
     assert isinstance(db, postgres.PostgresDatabase)
     heard: list[tuple[str, str]] = []
@@ -261,7 +263,8 @@ async def test_postgresql_listens_on_every_channel_with_one_connection_and_again
 
         async def listener_pids() -> list[int]:
             rows = await db.all(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE ?",
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = current_setting('application_name') AND query LIKE ?",
                 ('LISTEN "retouch_test_%',),
             )
             return [r[0] for r in rows]
