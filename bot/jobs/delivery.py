@@ -143,6 +143,10 @@ class JobDelivery(EngineCore):
         )
         if settled is not None:
             outcome = replace(outcome, charged=settled[1])
+        # Observers hear of it in the same step as the commit: a member who sees the result and clicks
+        # Edit again on an older version at once must find this one recorded (or being recorded) in
+        # the edit history, not wait behind the file clean-up below.
+        self._finished(job, JobState.DELIVERED, outcome.provider, outcome.charged, None)
         # From here on the job is posted and charged: nothing below may turn it into a "failed,
         # not charged" job (the sweep deletes files left behind).
         names = [f"result-{i}.{f.filename.rsplit('.', 1)[-1]}" for i, f in enumerate(outcome.files, start=1)]
@@ -150,7 +154,6 @@ class JobDelivery(EngineCore):
             await asyncio.to_thread(self.files.delete, job.id, names)
         except Exception as exc:
             log.warning("job %s: delivered, but its result files stay until the sweep: %s", job.id, exc)
-        self._finished(job, JobState.DELIVERED, outcome.provider, outcome.charged, None)
         log.info(
             "job %s delivered via %s: model=%s provider=%s images=%d charged=%d",
             job.id,

@@ -6,6 +6,7 @@ controls (a public Stop on running edits, audited deletes)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -433,6 +434,25 @@ async def posted_in(world: World, channel_id: int, count: int) -> list[FakeMessa
         return messages if len(messages) >= count else None
 
     return await world.fake.wait_until(found)
+
+
+async def test_edit_again_at_once_on_an_older_version_continues_from_one_delivered_a_moment_ago(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        files = world.services.edits.engine.files
+        delete = files.delete
+
+        def slow_delete(*args: Any) -> None:  # a busy disk: the clean-up after a delivery takes a while
+            time.sleep(1.0)
+            delete(*args)
+
+        files.delete = slow_delete  # type: ignore[method-assign]
+        second = await published(world, await edit_again(world, first, "now at night"))
+        # Clicked as soon as the second is posted and charged, while its files are still being removed.
+        await published(world, await edit_again(world, first, "add snow"))
+        assert (downloads(world, first), downloads(world, second)) == (1, 1)
 
 
 async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_previous_one(
