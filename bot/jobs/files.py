@@ -95,9 +95,10 @@ class JobFiles:
             os.close(handle)
             os.unlink(name)
 
-    def age(self, job_id: str) -> float | None:
+    def age(self, job_id: str, now: float | None = None) -> float | None:
         """Seconds since the job's folder last changed (a file written, replaced or deleted in it), or
-        None when it is gone.
+        None when it is gone. `now`: `fs_now()` read once for many folders (one probe file, not one
+        each); read here when not given.
 
         Read on the file system's clock (the folder's mtime against `fs_now`), never the storage clock,
         which is injected and moved by tests, nor this process's `time.time()`: with a shared DATA_DIR
@@ -108,7 +109,7 @@ class JobFiles:
             changed = self.folder(job_id).stat().st_mtime
         except FileNotFoundError:
             return None
-        return max(0.0, self.fs_now() - changed)
+        return max(0.0, (self.fs_now() if now is None else now) - changed)
 
     def size(self) -> int:
         """Bytes used by every job folder (for logs)."""

@@ -262,12 +262,15 @@ class JobRecovery(JobLeases):
         JOB_HISTORY_DAYS. Returns how many folders went."""
         now = db_time(self.storage.now())
         removed = 0
+        fs_now: float | None = None  # the file system's clock, read once, for the first row-less folder
         for job_id in await asyncio.to_thread(self.files.job_ids):
             if job_id in self._jobs or job_id in self._creating:
                 continue
             row = await self.storage.jobs.get_job(job_id)
             if row is None:
-                age = await asyncio.to_thread(self.files.age, job_id)
+                if fs_now is None:
+                    fs_now = await asyncio.to_thread(self.files.fs_now)
+                age = await asyncio.to_thread(self.files.age, job_id, fs_now)
                 expired = age is not None and age >= ORPHAN_GRACE_SECONDS  # else: its row may be coming
             else:
                 expired = row.state in TERMINAL_STATES and (
