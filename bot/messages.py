@@ -334,6 +334,20 @@ TOO_LATE_POSTED = "Too late to cancel: your edit was already posted."
 ALREADY_ENDED = "This edit has already ended."
 
 
+CANCELLING_SLOWLY = (
+    "Cancelling — the image service is slow to let go of this edit. Its progress message will say how "
+    "it ended."
+)
+
+
+def stopped_notice(requester_id: int, moderator_id: int | None, charged: int) -> str:
+    """The public notice of a running edit once it was stopped (by a moderator, or the requester).
+    What a requester's own stop cost stays out of the channel: their progress message says it."""
+    who = f"a moderator (<@{moderator_id}>)" if moderator_id is not None else "the requester"
+    cost = "" if charged else " Nothing was charged."
+    return f"🛑 <@{requester_id}>'s edit was stopped by {who}.{cost}"
+
+
 def cancelling_elsewhere(seconds: int) -> str:
     """A cancel recorded for the bot process that runs the edit (several share the database)."""
     return f"Cancelling — another Retouch process is running this edit; it stops within {seconds} seconds."

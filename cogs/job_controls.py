@@ -129,17 +129,15 @@ class JobsCog(RetouchCog):
         # A moderator's right counts only in the job's own server and channel, never in another one.
         here = row is not None and row.guild_id == (interaction.guild_id or 0)
         here = here and row is not None and row.channel_id == interaction.channel_id
-        text = await self.edits.cancel(
+        answer = await self.edits.cancel(
             job_id, actor_id=interaction.user.id, can_manage=here and _can_manage(interaction)
         )
-        after = await self.bot.services.storage.jobs.get_job(job_id)
-        if after is not None and after.cancel_request is not None:
-            # Recorded for another process (bot/jobs/leases.py), which says how the job ended on this
-            # same message; answering on it too could land after that and hide the outcome (the
-            # request stays on the row, so this holds even when the job has just ended).
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if answer.pending:
+            # Another process holds the job, or it is slow to stop: its end says how it ended on this
+            # same message, and answering on it too could land after that and hide the outcome.
+            await interaction.followup.send(answer.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        await interaction.edit_original_response(content=text, view=None, allowed_mentions=NO_MENTIONS)
+        await interaction.edit_original_response(content=answer.text, view=None, allowed_mentions=NO_MENTIONS)
 
     async def _retry(self, interaction: discord.Interaction, job_id: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)

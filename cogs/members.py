@@ -79,34 +79,35 @@ class MembersCog(RetouchCog):
         await interaction.response.defer()  # the answer is the public notice itself
         # This handler edits the notice: the job's end (here or on another process) must not delete it.
         notice = await self.controls.claim(job_id)
-        # Not quiet: the requester's own progress message says it was cancelled and not charged.
-        text = await self.bot.services.edits.engine.cancel(
+        # Not quiet: the requester's own progress message says how it ended and what it cost.
+        answer = await self.bot.services.edits.engine.cancel(
             job_id, actor_id=interaction.user.id, can_manage=manage, quiet=False
         )
-        after = await storage.jobs.get_job(job_id)
-        pending = after is not None and after.cancel_pending
         by_other = interaction.user.id != row.user_id
-        if pending:
-            # Another bot process runs the job and stops it at its next lease round; the notice stays
-            # until then, and that process's job end removes it.
+        if answer.pending:
+            # Another bot process runs the job and stops it at its next lease round, or it is slow to
+            # stop here; the notice stays until then, and the job's end removes it.
             if notice is not None:
                 await self.controls.give_back(job_id, notice)
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        elif after is None or after.state != "cancelled":
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await interaction.followup.send(answer.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        elif not answer.cancelled:
+            await interaction.followup.send(answer.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             if interaction.message is not None:
                 await interaction.message.delete()
             return
         else:
-            who = f"a moderator (<@{interaction.user.id}>)" if by_other else "the requester"
             await interaction.edit_original_response(
-                content=f"🛑 <@{row.user_id}>'s edit was stopped by {who}. Nothing was charged.",
+                content=messages.stopped_notice(
+                    row.user_id,
+                    interaction.user.id if by_other else None,
+                    answer.charged,
+                ),
                 view=None,
                 allowed_mentions=NO_MENTIONS,
             )
         log.info("job %s: stopped by %s (requester %s)", job_id, interaction.user.id, row.user_id)
         if by_other:
-            where = "stopped by the process running it" if pending else "released in full"
+            where = "stopping: it ends on its own" if answer.pending else "released in full"
             await self.bot.services.audit.moderator_action(
                 f"🛑 <@{interaction.user.id}> stopped job `{job_id}` of <@{row.user_id}> "
                 f"in <#{row.channel_id}> ({where})",

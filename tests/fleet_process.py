@@ -35,14 +35,18 @@ through its images took every hold alone, before the others reached the ledger. 
 all three processes meet in the database at once, which is the race the ledger's conditional UPDATE
 settles.
 
-Logs go to stderr (the parent keeps them in a file and shows their end when a child fails).
+Logs go to stderr (the parent keeps them in a file and shows their end when a child fails). SIGUSR1
+writes every asyncio task's stack and every thread's there too: the parent sends it to a child that has
+not exited in time, before it kills it, so a hang shows where it hung.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -233,8 +237,23 @@ async def serve(edits: int, processes: int) -> int:
         await storage.close()
 
 
+def dump_stacks(_signal: int, _frame: object) -> None:
+    """Every task of the running loop and every thread, to stderr (see the module docstring)."""
+    print("== tasks", file=sys.stderr)
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # the loop is not running any more (asyncio.run is closing it)
+        tasks = set()
+    for task in tasks:
+        task.print_stack(limit=12, file=sys.stderr)
+    print("== threads", file=sys.stderr)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+
+
 def main() -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    signal.signal(signal.SIGUSR1, dump_stacks)
     return asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2])))
 
 

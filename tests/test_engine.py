@@ -24,10 +24,13 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from bot import messages
 from bot.errors import InvalidOptions, ShuttingDown
+from bot.jobs import engine as engine_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
+    CancelAnswer,
     Delivered,
     DeliveryFailed,
     EditOutcome,
@@ -218,7 +221,8 @@ async def test_queue_position_and_eta_come_from_recent_run_times(make: Factory, 
     assert await state(service, ticket.job_id) == "reserved"
     # The running edit's call is out at the provider: its requester's cancel is charged (issue 11).
     said = await service.cancel(running, actor_id=ALICE, can_manage=False)
-    assert said.startswith("Cancelled. The image service had already started this edit")
+    assert said.cancelled and said.charged > 0 and not said.pending
+    assert said.text.startswith("Cancelled. The image service had already started this edit")
     openai.clear_faults()
     await wait_state(service, ticket.job_id, "delivered")
 
@@ -305,9 +309,13 @@ async def test_only_the_requester_or_a_moderator_may_cancel(make: Factory, opena
     job_id = await submit(service)
     with pytest.raises(NotAllowed):
         await service.cancel(job_id, actor_id=BOB, can_manage=False)
-    assert await service.cancel(job_id, actor_id=BOB, can_manage=True) == "Cancelled — you were not charged."
+    assert await service.cancel(job_id, actor_id=BOB, can_manage=True) == CancelAnswer(
+        "Cancelled — you were not charged.", cancelled=True
+    )
     assert await kinds(service, job_id) == ["reserve", "release"]
-    assert await service.cancel(job_id, actor_id=ALICE, can_manage=False) == "This edit has already ended."
+    assert await service.cancel(job_id, actor_id=ALICE, can_manage=False) == CancelAnswer(
+        "This edit has already ended."
+    )
 
 
 # -- the watchdog -----------------------------------------------------------------------------------
@@ -406,9 +414,11 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
     job_id = await submit(service)
     await until(lambda: openai.post_count == 1)  # the request reached the provider, which bills it
     said = await service.cancel(job_id, actor_id=ALICE, can_manage=False)
-    assert said == (
+    assert said == CancelAnswer(
         "Cancelled. The image service had already started this edit and charges for it, "
-        "so 20 credits were charged."
+        "so 20 credits were charged.",
+        cancelled=True,
+        charged=20,
     )
     assert await kinds(service, job_id) == ["reserve", "capture"]
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
@@ -423,10 +433,29 @@ async def test_a_moderators_stop_of_a_sent_call_is_free_to_the_member_but_counts
     job_id = await submit(service)
     await until(lambda: openai.post_count == 1)
     said = await service.cancel(job_id, actor_id=BOB, can_manage=True)
-    assert said == "Cancelled — you were not charged."
+    assert said == CancelAnswer("Cancelled — you were not charged.", cancelled=True)
     assert await kinds(service, job_id) == ["reserve", "release"]
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # not the member's: absorbed by the server's and the bot's budgets
+
+
+async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    # No wait at all: the job's task cannot have ended by the time the cancel looks, as when a provider
+    # is slow to let go. Before, the answer was "This edit has already ended" and nobody said how it did.
+    monkeypatch.setattr(engine_module, "CANCEL_WAIT_SECONDS", 0.0)
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    live = RecordingLive()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)
+    said = await service.cancel(job_id, actor_id=BOB, can_manage=True)
+    assert said == CancelAnswer(messages.CANCELLING_SLOWLY, pending=True)
+    await wait_state(service, job_id, "cancelled")
+    # Quiet no more: the job's own end tells the member, on the message the caller left alone.
+    await until(lambda: live.final == ["Cancelled — you were not charged."])
+    assert await kinds(service, job_id) == ["reserve", "release"]
 
 
 async def test_a_cancel_while_waiting_for_the_providers_limit_is_free(make: Factory, openai: FakeOpenAI):
@@ -437,7 +466,7 @@ async def test_a_cancel_while_waiting_for_the_providers_limit_is_free(make: Fact
     second = await submit(service, user=BOB)
     await until(lambda: service.engine.in_flight == 2)  # admitted, waiting for the provider's slot
     said = await service.cancel(second, actor_id=BOB, can_manage=False)
-    assert said == "Cancelled — you were not charged."
+    assert said == CancelAnswer("Cancelled — you were not charged.", cancelled=True)
     assert await kinds(service, second) == ["reserve", "release"]
     assert openai.post_count == 1  # the second call never left
     await service.cancel(first, actor_id=ALICE, can_manage=False)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARES = (17, 17, 16)  # 50 edits over three processes
 K = 7  # holds the member's balance covers
 WAIT = 60.0  # the whole fleet, start to exit, on a loaded 2-core machine (it takes a few seconds)
+STACKS_WAIT = 1.0  # for a hung child to write its stacks before it is killed
 
 
 class Fleet:
@@ -111,10 +113,17 @@ class Fleet:
         return [await proc.wait() for proc in self.procs]
 
     async def close(self) -> None:
-        for proc in self.procs:
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
+        """Kill every child still running; first, each one's stacks to its log, printed (pytest shows
+        them with a failure), so a child that hung says where."""
+        hung = [i for i, proc in enumerate(self.procs) if proc.returncode is None]
+        for index in hung:
+            self.procs[index].send_signal(signal.SIGUSR1)
+        if hung:
+            await asyncio.sleep(STACKS_WAIT)
+        for index in hung:
+            self.procs[index].kill()
+            await self.procs[index].wait()
+            print(f"child {index} killed; its log ends:\n{self.log(index)}", file=sys.stderr)
 
 
 @contextlib.asynccontextmanager

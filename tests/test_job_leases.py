@@ -20,7 +20,7 @@ import pytest
 
 from bot import messages
 from bot.jobs.leases import ROUNDS_PER_LEASE
-from bot.jobs.model import NotAllowed, db_time
+from bot.jobs.model import CancelAnswer, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.services.edits import EditService
 from bot.storage import Storage
@@ -501,7 +501,7 @@ async def test_a_cancel_request_is_recorded_once_and_only_while_a_cancel_can_sti
 # What the clicking member is told while the holder's lease was just renewed: a live holder stops the job
 # at its next round, a dead one's is taken over (and cancelled) when that lease runs out, and from here
 # the two look the same.
-CANCELLING = messages.cancelling_elsewhere(int(LEASE) + 1)
+CANCELLING = CancelAnswer(messages.cancelling_elsewhere(int(LEASE) + 1), pending=True)
 
 
 async def test_a_cancel_on_a_process_not_holding_a_queued_job_is_done_by_its_holder_at_its_next_round(
@@ -653,11 +653,13 @@ async def test_a_cancel_after_the_job_ended_answers_that_it_ended_and_a_late_req
     finishing = await submit(a, model="ws-mini", user=BOB)
     await wait_state(a, stopped, "submitted")
     await wait_state(a, finishing, "submitted")
-    assert await a.cancel(stopped, actor_id=0, can_manage=True) == messages.CANCELLED
+    assert await a.cancel(stopped, actor_id=0, can_manage=True) == CancelAnswer(
+        messages.CANCELLED, cancelled=True
+    )
     b, _ = await process("b")
 
-    assert await b.cancel(posted, actor_id=ALICE, can_manage=False) == messages.TOO_LATE_POSTED
-    assert await b.cancel(stopped, actor_id=ALICE, can_manage=False) == messages.ALREADY_ENDED
+    assert await b.cancel(posted, actor_id=ALICE, can_manage=False) == CancelAnswer(messages.TOO_LATE_POSTED)
+    assert await b.cancel(stopped, actor_id=ALICE, can_manage=False) == CancelAnswer(messages.ALREADY_ENDED)
     # Recorded while it ran, but the result comes before the holder's next round: it is posted and
     # charged as usual, and the request left on the row changes nothing.
     assert await b.cancel(finishing, actor_id=BOB, can_manage=False) == CANCELLING
@@ -666,7 +668,7 @@ async def test_a_cancel_after_the_job_ended_answers_that_it_ended_and_a_late_req
     await a.engine.lease_round()
     assert await kinds(a, finishing) == ["reserve", "capture"]
     assert sorted(job_id for job_id, _ in told_a.delivered) == sorted([posted, finishing])
-    assert await b.cancel(finishing, actor_id=BOB, can_manage=False) == messages.TOO_LATE_POSTED
+    assert await b.cancel(finishing, actor_id=BOB, can_manage=False) == CancelAnswer(messages.TOO_LATE_POSTED)
     for job_id in (posted, stopped, finishing):
         row = await b.storage.jobs.get_job(job_id)
         assert row is not None and not row.cancel_pending

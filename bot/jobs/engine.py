@@ -23,6 +23,7 @@ from bot.jobs.core import ActiveJob
 from bot.jobs.delivery import JobDelivery
 from bot.jobs.endings import JobEndings
 from bot.jobs.model import (
+    CancelAnswer,
     Delivery,
     JobCancelled,
     JobInfo,
@@ -145,8 +146,11 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         position = self._position(job_id)
         return Ticket(job_id, position, self.eta(position) if position else None)
 
-    async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True) -> str:
-        """Cancel a job for its requester or a member who can manage messages; returns what to say.
+    async def cancel(
+        self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True
+    ) -> CancelAnswer:
+        """Cancel a job for its requester or a member who can manage messages; what it did, and what
+        to say to whoever asked.
 
         Before a provider accepted the job (gave it an id) the hold is released in full. After that
         its cancel call is made when it has one, and the job is charged what that provider charges
@@ -154,7 +158,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         and budgets; a synchronous call counts as accepted once it has been sent. A moderator's stop
         (someone other than the requester) is never charged to the member. A job whose result exists
         is not cancelled (it is being posted).
-        With `quiet`, the caller shows the returned text instead of the job's progress message.
+        With `quiet`, the caller shows the answer instead of the job's progress message, unless the
+        answer is `pending`: the job's end then tells the member itself.
         With a shared database the job may be held by another process: the cancel is then recorded on
         its row, that process (or the one that takes the job over) cancels it by this same path and
         tells the member, and the answer says when at the latest (`_cancel_elsewhere`).
@@ -165,7 +170,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if actor_id != row.user_id and not can_manage:
             raise NotAllowed(messages.CANCEL_NOT_ALLOWED, code="not_allowed")
         if row.state in TERMINAL_STATES or row.state == JobState.COMPLETED:
-            return _too_late(row.state)
+            return CancelAnswer(_too_late(row.state))
         # The requester's own cancel is charged once a provider has the job; a moderator's stop is
         # not the member's doing, so it stays free to them (the budgets still count what it cost).
         reason = "cancelled" if actor_id == row.user_id else "stopped"
@@ -175,19 +180,31 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if self.shared and (job is None or row.owner != self.owner):
             return await self._cancel_elsewhere(row, actor_id, reason)
         if job is None:
-            return _too_late(row.state)
+            return CancelAnswer(_too_late(row.state))
         if self._halt(job, reason, quiet=quiet):
             await self._end_dequeued(job)
-            return JobCancelled().user_message
+            return CancelAnswer(JobCancelled().user_message, cancelled=True)
         if job.task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(job.task), CANCEL_WAIT_SECONDS)
+            if not job.task.done():
+                # Still stopping (a provider's cancel call or a poll that will not end): its end, whenever
+                # it comes, is told on the progress message, not left to this answer.
+                job.quiet = False
+                return CancelAnswer(messages.CANCELLING_SLOWLY, pending=True)
+        return await self._cancelled_here(job_id)
+
+    async def _cancelled_here(self, job_id: str) -> CancelAnswer:
+        """How a job this process stopped ended, read back from its row."""
         after = await self.storage.jobs.get_job(job_id)
         if after is not None and after.state == JobState.CANCELLED and after.captured:
-            return CANCELLED_AT_PROVIDER.format(charged=after.captured)
+            charged = int(after.captured)
+            return CancelAnswer(
+                CANCELLED_AT_PROVIDER.format(charged=charged), cancelled=True, charged=charged
+            )
         if after is not None and after.state == JobState.CANCELLED:
-            return JobCancelled().user_message
-        return _too_late(after.state if after else JobState.DELIVERED)
+            return CancelAnswer(JobCancelled().user_message, cancelled=True)
+        return CancelAnswer(_too_late(after.state if after else JobState.DELIVERED))
 
     def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
         """Stop a job held here for a cancel (`reason`: 'cancelled' or 'stopped'), without awaiting, so
@@ -208,15 +225,15 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         self._jobs.pop(job.id, None)
         self._pump()
 
-    async def _cancel_elsewhere(self, row: JobRow, actor_id: int, reason: str) -> str:
+    async def _cancel_elsewhere(self, row: JobRow, actor_id: int, reason: str) -> CancelAnswer:
         """Record a cancel for the process holding the job (bot/jobs/leases.py: it acts on it at its next
         lease round, or its successor on taking the job over); returns what the member is told now."""
         recorded = await self.storage.jobs.request_cancel(row.id, actor_id=actor_id, reason=reason)
         if recorded is None:  # it ended, or its result came, since it was read
             after = await self.storage.jobs.get_job(row.id)
-            return _too_late(after.state if after else JobState.DELIVERED)
+            return CancelAnswer(_too_late(after.state if after else JobState.DELIVERED))
         log.info("job %s: %s by %s, recorded for its holder %s", row.id, reason, actor_id, recorded.owner)
-        return messages.cancelling_elsewhere(self.cancel_within(recorded))
+        return CancelAnswer(messages.cancelling_elsewhere(self.cancel_within(recorded)), pending=True)
 
     def eta(self, position: int) -> float | None:
         """Seconds until a job at `position` in the queue has its result (median of recent runs)."""

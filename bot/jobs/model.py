@@ -246,6 +246,22 @@ class Ticket:
     eta_seconds: float | None
 
 
+@dataclass(frozen=True)
+class CancelAnswer:
+    """What `JobEngine.cancel` did, for the control that asked: `text` for the person who clicked.
+
+    `cancelled`: this process ended the job as cancelled, charging `charged` credits (a provider had
+    it). `pending`: the job has not ended yet (another process holds it, or it is slow to stop here);
+    how it ends reaches the member on its own (the job's progress message or a notice), so the control
+    answers privately and leaves the progress message to it. Neither: it had already ended.
+    """
+
+    text: str
+    cancelled: bool = False
+    charged: int = 0
+    pending: bool = False
+
+
 # -- how results reach a member (the Discord layer implements these) ------------------------------
 
 

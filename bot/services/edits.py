@@ -31,6 +31,7 @@ from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
+    CancelAnswer,
     InputFile,
     JobObserver,
     JobSpec,
@@ -302,8 +303,8 @@ class EditService:
         """
         return await self._submit(prepared, live, origin)
 
-    async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> str:
-        """Cancel a job (see `JobEngine.cancel`); returns the text to show the person who asked."""
+    async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> CancelAnswer:
+        """Cancel a job (see `JobEngine.cancel`): what it did, and the text for the person who asked."""
         return await self.engine.cancel(job_id, actor_id=actor_id, can_manage=can_manage)
 
     async def retry_job(

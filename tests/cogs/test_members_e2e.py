@@ -375,6 +375,30 @@ async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is
         )
 
 
+async def test_a_requester_stopping_a_sent_call_is_charged_and_the_notice_does_not_say_otherwise(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)  # the call is out at the provider, which bills it
+        it = await world.edit(PHOTO, prompt="turn the cat blue", size=SQUARE)
+        notice = await public_notice(world)
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+
+        await fake_discord.click(world.user, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: "stopped" in (notice.content or ""))
+        # Public: who stopped it, and nothing about money (before, "Nothing was charged", which was false).
+        assert notice.content == f"🛑 <@{world.user.id}>'s edit was stopped by the requester."
+        assert notice.components == []
+        # Private, on the requester's progress message: what it cost.
+        said = await fake_discord.wait_until(lambda: "Cancelled" in private_text(it) and private_text(it))
+        assert said.startswith("Cancelled. The image service had already started this edit")
+        [job] = jobs(tmp_path)
+        assert job["state"] == "cancelled" and job["captured"] > 0
+        assert f"{job['captured']} credits were charged" in said
+        assert ledger_kinds(tmp_path, job["id"]) == ["reserve", "capture"]
+        assert_books_balance(tmp_path)
+
+
 async def test_the_public_notice_goes_away_when_the_edit_is_done(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
