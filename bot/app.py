@@ -194,12 +194,14 @@ def shard_sharing(
 def split_with_fleet(services: Services) -> Callable[[FleetPlace], None]:
     """What `on_fleet` tells (`shard_sharing`): with `place.processes` live processes calling the
     providers with the same accounts, each takes its part of their ceilings (PROVIDER_MAX_CONCURRENT and
-    the like; the remainder by `place.rank`), and of a dead process's jobs."""
+    the like; the remainder by `place.rank`), and of a dead process's jobs, which it takes over only while
+    its clock agrees with the fleet's (`place.clock_apart`)."""
     limiter, engine = services.edits.router.limiter, services.edits.engine
 
     def share(place: FleetPlace) -> None:
         limiter.share_with(place.processes, place.rank)
         engine.share_with(place.processes)
+        engine.hear_clock(place.clock_apart)
 
     return share
 
@@ -292,6 +294,7 @@ def build_services(
         queued=lambda: edits.engine.queued,
         held=lambda: len(edits.engine.held_jobs()),
         processes=lambda: edits.engine.fleet or 1,  # told by the shard leases' rounds; alone until then
+        clock_apart=lambda: edits.engine.clock_apart,
         circuits=edits.router.circuits,
         concurrency=edits.router.concurrency,
     )

@@ -45,6 +45,7 @@ import math
 import os
 import secrets
 import socket
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -77,18 +78,30 @@ class ShardPlan:
 
 @dataclass(frozen=True)
 class FleetPlace:
-    """What a round tells `on_fleet`: how many processes are live (this one included, leaving ones too)
-    and this process's index among their names sorted, which every process computes alike (None: this
-    process is not among them)."""
+    """What a round tells `on_fleet`: how many processes are live (this one included, leaving ones too),
+    this process's index among their names sorted, which every process computes alike (None: this
+    process is not among them), and how many seconds its clock is from the fleet's (`clock_apart`)."""
 
     processes: int
     rank: int | None
+    clock_apart: float = 0.0
 
 
 def place_in(owners: Sequence[ShardOwner], me: str) -> FleetPlace:
     """`me`'s place among the live `owners`."""
     names = sorted(o.name for o in owners)
-    return FleetPlace(len(names), names.index(me) if me in names else None)
+    return FleetPlace(len(names), names.index(me) if me in names else None, clock_apart(owners, me))
+
+
+def clock_apart(owners: Sequence[ShardOwner], me: str) -> float:
+    """Seconds between `me`'s clock and the median of the fleet's (each measured against the database's
+    clock, so their differences are the processes' own); 0 when `me`'s is unknown. The median, so one
+    wrong clock among three is the one that is far; of two that disagree, both are, by half."""
+    aheads = sorted(o.clock_ahead for o in owners if o.clock_ahead is not None)
+    mine = next((o.clock_ahead for o in owners if o.name == me), None)
+    if mine is None or not aheads:
+        return 0.0
+    return abs(mine - statistics.median(aheads))
 
 
 # Awaited until every shard left out of the plan has stopped being served (it may then be given to

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,31 @@ async def test_a_lone_survivor_takes_a_dead_processes_jobs_within_its_room_then_
         assert await kinds(b, job_id) == ["reserve", "capture"]
     assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
     assert wavespeed.submit_count == 9
+    await assert_books_balance(b.storage)
+
+
+async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_until_it_agrees_again(
+    process: Factory, clock: Clock, caplog: pytest.LogCaptureFixture
+):
+    b, told_b = await process("b")
+    await b.engine.recover()
+    left = await queued_jobs_left_by(b, "a", 2)
+    # b's clock runs ahead of a's by more than a lease: a's live leases look run out to b.
+    clock.advance(LEASE + 1)
+    bound = b.engine.clock_bound()
+    assert bound == LEASE / ROUNDS_PER_LEASE
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
+        b.engine.hear_clock(LEASE + 1)  # what the shard leases measured (bot.sharding.clock_apart)
+    assert "taking over no jobs until the clocks agree" in caplog.text
+    assert sum((await b.engine.lease_round()).values()) == 0
+    assert sum((await b.engine.recover()).values()) == 0  # start-up's share is held back the same way
+    assert [(await b.storage.jobs.get_job(job_id)).owner for job_id in left] == ["a", "a"]  # type: ignore[union-attr]
+    # Just inside the bound, it takes them (here a really is gone: the test's clock is the only one).
+    b.engine.hear_clock(bound - 0.1)
+    assert sum((await b.engine.lease_round()).values()) == 2
+    for job_id in left:
+        await wait_state(b, job_id, "delivered")
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
     await assert_books_balance(b.storage)
 
 

@@ -320,9 +320,13 @@ def test_each_providers_concurrency_limit_and_calls_in_flight_are_gauges() -> No
 async def test_the_apps_metrics_show_how_many_processes_the_shard_leases_last_counted(
     services: Services,
 ) -> None:
-    split_with_fleet(services)(FleetPlace(3, 1))  # what a shard lease round tells (bot.sharding)
+    page = samples(services.metrics.render().decode())
+    assert value(page, "retouch_fleet_processes") == 1 and value(page, "retouch_clock_apart_seconds") == 0
+    split_with_fleet(services)(FleetPlace(3, 1, clock_apart=12.5))  # what a shard lease round tells
     page = samples(services.metrics.render().decode())
     assert value(page, "retouch_fleet_processes") == 3
+    assert value(page, "retouch_clock_apart_seconds") == 12.5
+    assert services.edits.engine.clock_apart == 12.5  # the engine heard it too (it guards takeovers)
 
 
 async def test_the_apps_metrics_show_the_routers_limits(services: Services) -> None:

@@ -8,12 +8,12 @@ import asyncio
 import datetime as dt
 import itertools
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from bot.concurrency import ProviderLimiter
-from bot.sharding import FleetPlace, ShardCoordinator, ShardPlan, StaticShards, quota
+from bot.sharding import FleetPlace, ShardCoordinator, ShardPlan, StaticShards, clock_apart, place_in, quota
 from bot.storage.shard_leases import ShardLeases, ShardOwner
 from tests import postgres
 from tests.postgres import PoolOn
@@ -70,6 +70,24 @@ class Flaky:
             return await call(*args)
 
         return maybe
+
+
+class _SameHost:
+    """Equal to a `clock_apart` of processes on this one host: near 0, the measurement's own latency."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and 0.0 <= other < SAME_HOST_SECONDS
+
+    def __repr__(self) -> str:
+        return f"<under {SAME_HOST_SECONDS} s>"
+
+
+SAME_HOST_SECONDS = 1.0
+
+
+def here(processes: int, rank: int) -> FleetPlace:
+    """The place a process of these tests hears: every one runs on this host, so its clock agrees."""
+    return FleetPlace(processes, rank, cast(float, _SameHost()))
 
 
 @pytest.fixture
@@ -193,7 +211,7 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     places: list[FleetPlace] = []  # what a's provider limits hear: how many processes share them
     fleet.processes["a"].on_fleet = places.append
     await fleet.rounds(2)
-    assert places == [FleetPlace(3, 0)] * 2
+    assert places == [here(3, 0)] * 2
     dead = fleet.serving()["c"]
     assert len(dead) == 1
     # c is killed: it neither renews nor releases. Until its lease runs out nobody takes its shard.
@@ -202,7 +220,7 @@ async def test_a_process_that_stops_renewing_loses_its_shards_after_the_lease(st
     assert set((await store.holders()).values()) == {"a", "b", "c"}
     # A third round is one lease after c's last renewal: its shard is taken over, within that round.
     await fleet.rounds(1, "a", "b")
-    assert places[-1] == FleetPlace(2, 0)  # c no longer counts as alive: a's part of each ceiling grows
+    assert places[-1] == here(2, 0)  # c no longer counts as alive: a's part of each ceiling grows
     assert fleet.serving()["a"] | fleet.serving()["b"] == {0, 1, 2}
     assert disjoint([fleet.serving()["a"], fleet.serving()["b"]])
     assert set((await store.holders()).values()) == {"a", "b"}
@@ -225,12 +243,12 @@ async def test_a_clean_stop_frees_the_shards_at_once_and_counts_the_process_unti
     assert not set(await store.holders()) & leaving  # free, without waiting for the lease
     await fleet.rounds(1, "a")
     assert fleet.serving()["a"] == {0, 1, 2}  # a serves b's servers while b drains ...
-    assert places == [FleetPlace(2, 0)]  # ... and b's last provider calls still count against the ceilings
+    assert places == [here(2, 0)]  # ... and b's last provider calls still count against the ceilings
     assert [(o.name, o.leaving) for o in await store.live_owners()] == [("a", False), ("b", True)]
     await b.leave()  # the drain is over
     assert [o.name for o in await store.live_owners()] == ["a"]
     await fleet.rounds(1, "a")
-    assert places == [FleetPlace(2, 0), FleetPlace(1, 0)]
+    assert places == [here(2, 0), here(1, 0)]
 
 
 async def test_each_process_hears_its_place_in_name_order_and_the_fleets_parts_add_up_to_the_ceiling(
@@ -258,24 +276,24 @@ async def test_each_process_hears_its_place_in_name_order_and_the_fleets_parts_a
         await fleet.start(name, on_fleet=process(name))
         clock.advance(1)
     assert [o.name for o in await store.live_owners()] == ["c", "a", "b"]
-    assert [heard[n][0] for n in ("c", "a", "b")] == [FleetPlace(1, 0), FleetPlace(2, 0), FleetPlace(3, 1)]
+    assert [heard[n][0] for n in ("c", "a", "b")] == [here(1, 0), here(2, 0), here(3, 1)]
     await fleet.rounds(1)
     assert {n: places[-1] for n, places in heard.items()} == {
-        "a": FleetPlace(3, 0),
-        "b": FleetPlace(3, 1),
-        "c": FleetPlace(3, 2),
+        "a": here(3, 0),
+        "b": here(3, 1),
+        "c": here(3, 2),
     }
     assert parts() == {"a": 2, "b": 1, "c": 1}  # 4 over 3: the whole ceiling, the first name the extra
     # a starts its drain: marked leaving and oldest no more, it keeps its place and its part until it leaves.
     a = fleet.processes.pop("a")
     await a.stop()
     await fleet.rounds(1)
-    assert (heard["b"][-1], heard["c"][-1]) == (FleetPlace(3, 1), FleetPlace(3, 2))
+    assert (heard["b"][-1], heard["c"][-1]) == (here(3, 1), here(3, 2))
     assert sum(parts().values()) == 4
     await a.leave()
     del limits["a"]
     await fleet.rounds(1)
-    assert (heard["b"][-1], heard["c"][-1]) == (FleetPlace(2, 0), FleetPlace(2, 1))
+    assert (heard["b"][-1], heard["c"][-1]) == (here(2, 0), here(2, 1))
     assert parts() == {"b": 2, "c": 2}
 
 
@@ -460,18 +478,18 @@ async def test_a_process_joining_or_leaving_is_counted_by_the_others_at_once_not
     try:
         await a.join(recommended=3)
         await listening(pg_pool, FLEET_CHANNEL)
-        assert heard["a"] == [FleetPlace(1, 0)]
+        assert heard["a"] == [here(1, 0)]
         # No round runs and the clock stands still: only the notification can tell a.
         await b.join(recommended=3)
-        assert heard["b"] == [FleetPlace(2, 1)]
-        await until_heard(heard["a"], FleetPlace(2, 0))
+        assert heard["b"] == [here(2, 1)]
+        await until_heard(heard["a"], here(2, 0))
         # A round's renewal of a process already counted tells nobody.
         await b.tick()
         await asyncio.sleep(0.2)
-        assert heard["a"] == [FleetPlace(1, 0), FleetPlace(2, 0)]
+        assert heard["a"] == [here(1, 0), here(2, 0)]
         await b.leave()
-        await until_heard(heard["a"], FleetPlace(1, 0))
-        assert heard["a"] == [FleetPlace(1, 0), FleetPlace(2, 0), FleetPlace(1, 0)]
+        await until_heard(heard["a"], here(1, 0))
+        assert heard["a"] == [here(1, 0), here(2, 0), here(1, 0)]
     finally:
         await a.leave()
         await db.close()
@@ -485,3 +503,42 @@ async def until_heard(places: list[FleetPlace], wanted: FleetPlace, timeout: flo
         if loop.time() > deadline:
             raise TimeoutError(f"heard {places}, never {wanted}")
         await asyncio.sleep(0.01)
+
+
+# -- the fleet's clocks -----------------------------------------------------------------------------
+
+
+def test_clock_apart_is_each_clocks_distance_from_the_fleets_median():
+    owners = [ShardOwner("a", 3, clock_ahead=0.2), ShardOwner("b", 3, clock_ahead=-0.1)]
+    owners.append(ShardOwner("fast", 3, clock_ahead=60.2))
+    assert clock_apart(owners, "fast") == pytest.approx(60.0)  # one wrong clock among three: that one
+    assert clock_apart(owners, "a") == pytest.approx(0.0) and clock_apart(owners, "b") == pytest.approx(0.3)
+    # Two that disagree: neither can tell which is right, so both are half the gap away.
+    pair = owners[1:]
+    assert (clock_apart(pair, "b"), clock_apart(pair, "fast")) == (pytest.approx(30.15), pytest.approx(30.15))
+    # A process that has not said (an older release) is left out; one not listed is not apart.
+    old = [*owners, ShardOwner("old", 3)]
+    assert clock_apart(old, "fast") == pytest.approx(60.0) and clock_apart(old, "old") == 0.0
+    assert clock_apart(owners, "gone") == 0.0
+
+
+async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(pg_pool, clock):
+    """Measured against the database's own clock, not the injected one, so a host whose clock is a
+    minute fast shows it, and every process sees it."""
+    lease = dt.timedelta(seconds=LEASE)
+    ahead = dt.timedelta(seconds=60)
+    store = ShardLeases(pg_pool, lease=lease, clock=clock)
+    fast = ShardLeases(pg_pool, lease=lease, clock=clock, host_clock=lambda: dt.datetime.now(dt.UTC) + ahead)
+    await store.prepare()
+    await store.join("a", 3)
+    await store.join("b", 3)
+    fleet = await fast.join("fast", 3)
+    seen = {o.name: o.clock_ahead for o in fleet.owners}
+    assert seen["fast"] == pytest.approx(60.0, abs=SAME_HOST_SECONDS)
+    assert seen["a"] == pytest.approx(0.0, abs=SAME_HOST_SECONDS)
+    assert place_in(fleet.owners, "fast").clock_apart == pytest.approx(60.0, abs=SAME_HOST_SECONDS)
+    assert place_in(await store.live_owners(), "a") == here(3, 0)
+    # Its clock is put right: the next time it says it is alive, the record follows.
+    fast._host_clock = lambda: dt.datetime.now(dt.UTC)
+    fleet = await fast.join("fast", 3)
+    assert place_in(fleet.owners, "fast") == here(3, 2)

@@ -168,6 +168,9 @@ class EngineCore:
         # (`share_with`); None until told, when a lease round counts the jobs' holders instead.
         self.fleet: int | None = None
         self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
+        # Seconds between this process's clock and the fleet's (`hear_clock`); too far, it takes over
+        # no other process's jobs.
+        self.clock_apart = 0.0
         # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early,
         # and a circuit that opened or closed here is shared at once: both set up with the leases
         # (bot.jobs.leases `_start_leases`).

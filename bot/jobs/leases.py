@@ -27,6 +27,13 @@ cancels the job by the local cancel's own path (`_honour_cancel` → `JobEngine.
 cancel call, the same charge or release, the same notice); a process that takes a job over with a
 cancel recorded cancels it instead of resuming it. A request on a job that ended is not written.
 
+Job leases are stamped with each process's own clock, so the fleet's clocks must agree: a clock ahead
+would see live leases run out and take their jobs over. The shard leases measure every process's clock
+against the database's (bot.storage.shard_leases) and tell each one how far it is from the fleet's
+(`hear_clock`). A process more than a third of a lease away (`clock_bound`) takes over no job until
+its clock is back, and says so in its log and in `retouch_clock_apart_seconds`. A lease is renewed
+every third of a lease and so always has two thirds left; the bound keeps half of that as margin.
+
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
 transaction and raise `LeaseLost` instead. With SQLite (one process) nothing is shared: start-up
@@ -99,6 +106,25 @@ class JobLeases(EngineCore):
             return await self.take_over()
         return {}
 
+    def clock_bound(self) -> float:
+        """Seconds this process's clock may be from the fleet's and still take jobs over."""
+        return self.lease.total_seconds() / ROUNDS_PER_LEASE
+
+    def hear_clock(self, apart: float) -> None:
+        """How far this process's clock is from the fleet's, as the shard leases last measured it."""
+        bound = self.clock_bound()
+        if (apart > bound) != (self.clock_apart > bound):
+            if apart > bound:
+                log.error(
+                    "job leases: this host's clock is %.1f s from the other bot processes' (more than "
+                    "%.0f s): taking over no jobs until the clocks agree (check NTP on every host)",
+                    apart,
+                    bound,
+                )
+            else:
+                log.warning("job leases: this host's clock agrees with the fleet's again (%.1f s)", apart)
+        self.clock_apart = apart
+
     def share_with(self, processes: int) -> None:
         """`processes` live processes (this one included) share the database's jobs: a lease round
         claims an even part of what a dead process left (bot.sharding reports the fleet each round)."""
@@ -150,7 +176,10 @@ class JobLeases(EngineCore):
 
     async def take_over(self) -> dict[str, int]:
         """Claim this process's share of the live jobs whose lease ran out (a dead process's) and
-        resume them as a restart does."""
+        resume them as a restart does. None while this process's clock is too far from the fleet's:
+        leases it sees as run out may be live."""
+        if self.clock_apart > self.clock_bound():
+            return {}
         now = db_time(self.storage.now())
         claimable = await self.storage.jobs.claimable_jobs(now)
         if not claimable:

@@ -14,7 +14,9 @@ Series (prometheus-client adds `_total` to counters):
 * `retouch_jobs_in_flight`, `retouch_jobs_queued`, `retouch_jobs_held` (every job this process holds:
   running, waiting, or to be posted again; with PostgreSQL, the jobs whose leases it renews),
   `retouch_fleet_processes` (live bot processes on the database as this one last counted them, itself
-  included; 1 on SQLite), `retouch_gateway_shards` (gateway shards this process has running),
+  included; 1 on SQLite), `retouch_clock_apart_seconds` (how far this host's clock is from the other
+  processes' as the shard leases measure it; over a third of JOB_LEASE_SECONDS, it takes over no jobs),
+  `retouch_gateway_shards` (gateway shards this process has running),
   `retouch_circuit_state{provider}` (0 closed,
   1 half-open, 2 open), and each provider's adaptive concurrency (`bot.concurrency`):
   `retouch_provider_concurrency_limit{provider}` (calls allowed in flight now) and
@@ -47,6 +49,7 @@ CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0
 NO_PROVIDER = "none"  # label for jobs that failed before any provider was chosen
 
 Count = Callable[[], int]
+Seconds = Callable[[], float]
 CircuitStates = Callable[[], Mapping[str, str]]
 Concurrency = Callable[[], Mapping[str, LimitState]]
 T = TypeVar("T")
@@ -72,6 +75,7 @@ class _LiveCollector(Collector):
         self.held: Count | None = None
         self.processes: Count | None = None
         self.shards: Count | None = None
+        self.clock_apart: Seconds | None = None
         self.circuits: CircuitStates | None = None
         self.concurrency: Concurrency | None = None
 
@@ -94,6 +98,11 @@ class _LiveCollector(Collector):
                 self.processes,
             ),
             ("retouch_gateway_shards", "Discord gateway shards this process has running", self.shards),
+            (
+                "retouch_clock_apart_seconds",
+                "Seconds between this host's clock and the other bot processes' (leases need them close)",
+                self.clock_apart,
+            ),
         ):
             if source is not None and (value := _read(name, source)) is not None:
                 gauge = GaugeMetricFamily(name, doc)
@@ -194,10 +203,12 @@ class Metrics(JobObserver):
         held: Count | None = None,
         processes: Count | None = None,
         shards: Count | None = None,
+        clock_apart: Seconds | None = None,
         circuits: CircuitStates | None = None,
         concurrency: Concurrency | None = None,
     ) -> None:
-        """Read the counts given (`in_flight()`, `queued()`, `held()`, `processes()`, `shards()`),
+        """Read the counts given (`in_flight()`, `queued()`, `held()`, `processes()`, `shards()`,
+        `clock_apart()`),
         `circuits()` ({provider: closed|half_open|open}) and `concurrency()` ({provider: LimitState}) at
         every scrape. A source not given keeps the one given before."""
         for name, count in (
@@ -206,6 +217,7 @@ class Metrics(JobObserver):
             ("held", held),
             ("processes", processes),
             ("shards", shards),
+            ("clock_apart", clock_apart),
         ):
             if count is not None:
                 setattr(self._live, name, count)

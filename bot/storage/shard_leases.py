@@ -14,6 +14,12 @@ A shard changes hands only through one conditional statement (`claim`: free or e
 with `FOR UPDATE SKIP LOCKED`), so two processes never hold the same shard at once. Every moment is
 the database's own clock (`statement_timestamp()`), so processes on hosts whose clocks disagree still
 agree on who holds what; tests pass `clock` to move time without waiting.
+
+Job leases (`bot/jobs/leases.py`) are stamped by each process's own clock, so the fleet's clocks must
+agree. Each time a process says it is alive it also records how far its clock is ahead of the
+database's (`clock_ahead`, seconds; `host_clock` is the clock its job leases are stamped with), and
+every process sees everyone's (`ShardOwner.clock_ahead`): bot.sharding tells each one how far its clock
+is from the fleet's, and the job engine stops taking over other processes' jobs while that is too far.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import datetime as dt
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from bot.storage.connection import utcnow
 
 if TYPE_CHECKING:
     import asyncpg
@@ -39,6 +47,9 @@ CREATE TABLE IF NOT EXISTS shard_owners (
     joined_at   timestamptz NOT NULL,
     expires_at  timestamptz NOT NULL
 );
+-- Seconds the process's clock was ahead of the database's when it last said it was alive (added later:
+-- a table made by an older release gains it here; its rows keep NULL until they say so).
+ALTER TABLE shard_owners ADD COLUMN IF NOT EXISTS clock_ahead float8;
 CREATE TABLE IF NOT EXISTS shard_leases (
     shard_id   integer PRIMARY KEY CHECK (shard_id >= 0),
     owner      text,
@@ -53,9 +64,10 @@ NOW = "COALESCE($1::timestamptz, statement_timestamp())"
 # from the database for a lease): the others are told (`NOTIFY_FLEET`).
 JOIN = f"""
 WITH before AS (SELECT expires_at > {NOW} AS live FROM shard_owners WHERE owner = $2)
-INSERT INTO shard_owners (owner, shard_count, joined_at, expires_at)
-VALUES ($2, $3, {NOW}, {NOW} + $4::interval)
-ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at = EXCLUDED.expires_at
+INSERT INTO shard_owners (owner, shard_count, joined_at, expires_at, clock_ahead)
+VALUES ($2, $3, {NOW}, {NOW} + $4::interval, EXTRACT(EPOCH FROM $5::timestamptz - clock_timestamp()))
+ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at = EXCLUDED.expires_at,
+    clock_ahead = EXCLUDED.clock_ahead
 RETURNING NOT COALESCE((SELECT live FROM before), false)
 """
 # NOTIFY channel: a process joined or left the fleet (the payload is its name). Every process recounts
@@ -65,8 +77,8 @@ FLEET_CHANNEL = "retouch_fleet"
 NOTIFY_FLEET = "SELECT pg_notify($1, $2)"
 FORGET = f"DELETE FROM shard_owners WHERE expires_at < {NOW} - $2::interval"
 LIVE = f"""
-SELECT owner, shard_count, joined_at = 'infinity' AS leaving FROM shard_owners WHERE expires_at > {NOW}
-ORDER BY joined_at, owner
+SELECT owner, shard_count, joined_at = 'infinity' AS leaving, clock_ahead FROM shard_owners
+WHERE expires_at > {NOW} ORDER BY joined_at, owner
 """
 RETIRE = f"""
 UPDATE shard_owners SET joined_at = 'infinity', expires_at = {NOW} + $3::interval WHERE owner = $2
@@ -114,6 +126,7 @@ class ShardOwner:
     name: str
     shard_count: int
     leaving: bool = False
+    clock_ahead: float | None = None  # seconds its clock was ahead of the database's (None: not said)
 
 
 @dataclass(frozen=True)
@@ -134,11 +147,13 @@ class ShardLeases:
         *,
         lease: dt.timedelta,
         clock: Callable[[], dt.datetime] | None = None,
+        host_clock: Callable[[], dt.datetime] = utcnow,
         listen: Callable[[str, Callable[[str], None]], None] | None = None,
     ) -> None:
         self._pool = pool
         self.lease = lease
         self._clock = clock
+        self._host_clock = host_clock  # what this process's job leases are stamped with
         self._listen = listen  # `PostgresDatabase.listen`, for `hear_changes`
 
     def hear_changes(self, heard: Callable[[str], None]) -> bool:
@@ -168,7 +183,8 @@ class ShardLeases:
         that. Forgets processes that died long ago."""
         now = self._now()
         async with self._pool.acquire() as conn, conn.transaction():
-            if await conn.fetchval(JOIN, now, owner, shard_count, self.lease):
+            # Read last, just before the statement leaves: what the offset gains is one trip's latency.
+            if await conn.fetchval(JOIN, now, owner, shard_count, self.lease, self._host_clock()):
                 await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, owner)  # sent at COMMIT
             await conn.execute(FORGET, now, FORGET_OWNERS_AFTER)
             rows = await conn.fetch(LIVE, now)
@@ -219,4 +235,4 @@ class ShardLeases:
 
 
 def _owner(row: Sequence[Any]) -> ShardOwner:
-    return ShardOwner(name=row[0], shard_count=row[1], leaving=row[2])
+    return ShardOwner(name=row[0], shard_count=row[1], leaving=row[2], clock_ahead=row[3])
