@@ -30,9 +30,11 @@ cancel recorded cancels it instead of resuming it. A request on a job that ended
 Job leases are stamped with each process's own clock, so the fleet's clocks must agree: a clock ahead
 would see live leases run out and take their jobs over. The shard leases measure every process's clock
 against the database's (bot.storage.shard_leases) and tell each one how far it is from the fleet's
-(`hear_clock`). A process more than a third of a lease away (`clock_bound`) takes over no job until
-its clock is back, and says so in its log and in `retouch_clock_apart_seconds`. A lease is renewed
-every third of a lease and so always has two thirds left; the bound keeps half of that as margin.
+(`hear_clock`). A process more than a sixth of a lease away (`clock_bound`, at least a second) takes
+over no job until its clock is back, and says so in its log and in `retouch_clock_apart_seconds`. A
+lease is renewed every third of a lease and so always has two thirds left. One wrong clock among three
+or more is the whole gap from the median, so it stops at a sixth; of two clocks that disagree each is
+half the gap away, so both stop at a third, still a third of a lease short of any harm.
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
@@ -55,6 +57,7 @@ from bot.tasks import Again
 log = logging.getLogger(__name__)
 
 ROUNDS_PER_LEASE = 3
+MIN_CLOCK_BOUND_SECONDS = 1.0
 # Jobs claimed per round at most (the next round, due at once, takes more).
 CLAIM_BATCH = 100
 
@@ -107,8 +110,9 @@ class JobLeases(EngineCore):
         return {}
 
     def clock_bound(self) -> float:
-        """Seconds this process's clock may be from the fleet's and still take jobs over."""
-        return self.lease.total_seconds() / ROUNDS_PER_LEASE
+        """Seconds this process's clock may be from the fleet's and still take jobs over (above the
+        measurement's own noise: a statement's latency)."""
+        return max(MIN_CLOCK_BOUND_SECONDS, self.lease.total_seconds() / (2 * ROUNDS_PER_LEASE))
 
     def hear_clock(self, apart: float) -> None:
         """How far this process's clock is from the fleet's, as the shard leases last measured it."""

@@ -15,7 +15,7 @@ Series (prometheus-client adds `_total` to counters):
   running, waiting, or to be posted again; with PostgreSQL, the jobs whose leases it renews),
   `retouch_fleet_processes` (live bot processes on the database as this one last counted them, itself
   included; 1 on SQLite), `retouch_clock_apart_seconds` (how far this host's clock is from the other
-  processes' as the shard leases measure it; over a third of JOB_LEASE_SECONDS, it takes over no jobs),
+  processes' as the shard leases measure it; over a sixth of JOB_LEASE_SECONDS, it takes over no jobs),
   `retouch_gateway_shards` (gateway shards this process has running),
   `retouch_circuit_state{provider}` (0 closed,
   1 half-open, 2 open), and each provider's adaptive concurrency (`bot.concurrency`):
