@@ -97,7 +97,7 @@ def clock_apart(owners: Sequence[ShardOwner], me: str) -> float:
     """Seconds between `me`'s clock and the median of the fleet's (each measured against the database's
     clock, so their differences are the processes' own); 0 when `me`'s is unknown. The median, so one
     wrong clock among three is the one that is far; of two that disagree, both are, by half."""
-    aheads = sorted(o.clock_ahead for o in owners if o.clock_ahead is not None)
+    aheads = [o.clock_ahead for o in owners if o.clock_ahead is not None]
     mine = next((o.clock_ahead for o in owners if o.name == me), None)
     if mine is None or not aheads:
         return 0.0

@@ -170,7 +170,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if actor_id != row.user_id and not can_manage:
             raise NotAllowed(messages.CANCEL_NOT_ALLOWED, code="not_allowed")
         if row.state in TERMINAL_STATES or row.state == JobState.COMPLETED:
-            return CancelAnswer(_too_late(row.state))
+            return _too_late(row.state)
         # The requester's own cancel is charged once a provider has the job; a moderator's stop is
         # not the member's doing, so it stays free to them (the budgets still count what it cost).
         reason = "cancelled" if actor_id == row.user_id else "stopped"
@@ -180,7 +180,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if self.shared and (job is None or row.owner != self.owner):
             return await self._cancel_elsewhere(row, actor_id, reason)
         if job is None:
-            return CancelAnswer(_too_late(row.state))
+            return _too_late(row.state)
         if self._halt(job, reason, quiet=quiet):
             await self._end_dequeued(job)
             return CancelAnswer(JobCancelled().user_message, cancelled=True)
@@ -204,7 +204,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             )
         if after is not None and after.state == JobState.CANCELLED:
             return CancelAnswer(JobCancelled().user_message, cancelled=True)
-        return CancelAnswer(_too_late(after.state if after else JobState.DELIVERED))
+        return _too_late(after.state if after else JobState.DELIVERED)
 
     def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
         """Stop a job held here for a cancel (`reason`: 'cancelled' or 'stopped'), without awaiting, so
@@ -231,7 +231,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         recorded = await self.storage.jobs.request_cancel(row.id, actor_id=actor_id, reason=reason)
         if recorded is None:  # it ended, or its result came, since it was read
             after = await self.storage.jobs.get_job(row.id)
-            return CancelAnswer(_too_late(after.state if after else JobState.DELIVERED))
+            return _too_late(after.state if after else JobState.DELIVERED)
         log.info("job %s: %s by %s, recorded for its holder %s", row.id, reason, actor_id, recorded.owner)
         return CancelAnswer(messages.cancelling_elsewhere(self.cancel_within(recorded)), pending=True)
 
@@ -371,9 +371,10 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 raise
 
 
-def _too_late(state: str) -> str:
+def _too_late(state: str) -> CancelAnswer:
+    """The answer to a cancel that came after the job stopped being cancellable (in `state`)."""
     if state == JobState.COMPLETED:
-        return messages.TOO_LATE_BEING_POSTED
+        return CancelAnswer(messages.TOO_LATE_BEING_POSTED)
     if state == JobState.DELIVERED:
-        return messages.TOO_LATE_POSTED
-    return messages.ALREADY_ENDED
+        return CancelAnswer(messages.TOO_LATE_POSTED)
+    return CancelAnswer(messages.ALREADY_ENDED)
