@@ -195,13 +195,14 @@ def split_with_fleet(services: Services) -> Callable[[FleetPlace], None]:
     """What `on_fleet` tells (`shard_sharing`): with `place.processes` live processes calling the
     providers with the same accounts, each takes its part of their ceilings (PROVIDER_MAX_CONCURRENT and
     the like; the remainder by `place.rank`), and of a dead process's jobs, which it takes over only while
-    its clock agrees with the fleet's (`place.clock_apart`)."""
+    its clock agrees with the fleet's (`place.clock_apart`), and never from a live process whose clock
+    does not (`place.clocks_apart`)."""
     limiter, engine = services.edits.router.limiter, services.edits.engine
 
     def share(place: FleetPlace) -> None:
         limiter.share_with(place.processes, place.rank)
         engine.share_with(place.processes)
-        engine.hear_clock(place.clock_apart)
+        engine.hear_clock(place.clock_apart, place.clocks_apart)
 
     return share
 

@@ -47,8 +47,8 @@ import secrets
 import socket
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bot.storage.shard_leases import Fleet, ShardOwner
@@ -85,23 +85,33 @@ class FleetPlace:
     processes: int
     rank: int | None
     clock_apart: float = 0.0
+    # The same for every live process whose clock is known, by name (its jobs' leases are read by that
+    # clock). Not part of the place: two places are equal when they put this process alike.
+    clocks_apart: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 def place_in(owners: Sequence[ShardOwner], me: str) -> FleetPlace:
     """`me`'s place among the live `owners`."""
     names = sorted(o.name for o in owners)
-    return FleetPlace(len(names), names.index(me) if me in names else None, clock_apart(owners, me))
+    apart = clocks_apart(owners)
+    return FleetPlace(len(names), names.index(me) if me in names else None, apart.get(me, 0.0), apart)
+
+
+def clocks_apart(owners: Sequence[ShardOwner]) -> dict[str, float]:
+    """Seconds between each process's clock and the median of the fleet's (each measured against the
+    database's clock, so their differences are the processes' own), by name; a process whose clock is
+    unknown is left out. The median, so one wrong clock among three is the one that is far; of two
+    that disagree, both are, by half."""
+    aheads = {o.name: o.clock_ahead for o in owners if o.clock_ahead is not None}
+    if not aheads:
+        return {}
+    middle = statistics.median(aheads.values())
+    return {name: abs(ahead - middle) for name, ahead in aheads.items()}
 
 
 def clock_apart(owners: Sequence[ShardOwner], me: str) -> float:
-    """Seconds between `me`'s clock and the median of the fleet's (each measured against the database's
-    clock, so their differences are the processes' own); 0 when `me`'s is unknown. The median, so one
-    wrong clock among three is the one that is far; of two that disagree, both are, by half."""
-    aheads = [o.clock_ahead for o in owners if o.clock_ahead is not None]
-    mine = next((o.clock_ahead for o in owners if o.name == me), None)
-    if mine is None or not aheads:
-        return 0.0
-    return abs(mine - statistics.median(aheads))
+    """Seconds between `me`'s clock and the median of the fleet's; 0 when `me`'s is unknown."""
+    return clocks_apart(owners).get(me, 0.0)
 
 
 # Awaited until every shard left out of the plan has stopped being served (it may then be given to

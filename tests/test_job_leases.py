@@ -185,6 +185,34 @@ async def test_a_round_counts_the_claimable_jobs_and_the_other_processes_still_h
     assert await storage.jobs.lease_holders(now, besides="me") == 1
 
 
+async def test_the_jobs_of_processes_whose_clocks_are_off_are_neither_counted_claimed_nor_waited_for(
+    storage: Storage, clock: Clock
+):
+    slow, lapsed, free = "a1" * 8, "b2" * 8, "c3" * 8
+    await new_job(storage, slow, "slow", later(clock, 1))  # stamped by a clock running behind
+    await new_job(storage, lapsed, "b", later(clock, 2))
+    await new_job(storage, free, None, None)  # handed back: nobody's clock decides
+    clock.advance(3)  # both leases look run out here
+    now = db_time(clock.now)
+    assert await storage.jobs.claimable_jobs(now) == 3
+    assert await storage.jobs.claimable_jobs(now, skip={"slow"}) == 2
+    assert await storage.jobs.claimable_jobs(now, skip={"slow", "b"}) == 1
+    assert await storage.jobs.next_lease_expiry("me") == later(clock, -2)
+    assert await storage.jobs.next_lease_expiry("me", skip={"slow"}) == later(clock, -1)
+    assert await storage.jobs.next_lease_expiry("me", skip={"slow", "b"}) is None
+    claimed = await storage.jobs.claim_jobs("me", now, later(clock), limit=10, skip={"slow"})
+    assert sorted(r.id for r in claimed) == sorted([lapsed, free])
+    # At start-up on its own database (every), the same: a named live process's jobs stay its own.
+    assert (
+        await storage.jobs.claim_jobs("new", now, later(clock), limit=10, every=True, skip={"slow", "me"})
+        == []
+    )
+    row = await storage.jobs.get_job(slow)
+    assert row is not None and row.owner == "slow"
+    # Once that process has left the fleet (nobody skips it), its job is claimed as any other.
+    assert [r.id for r in await storage.jobs.claim_jobs("me", now, later(clock), limit=10)] == [slow]
+
+
 # -- several processes on PostgreSQL ------------------------------------------------------------------
 
 
@@ -421,6 +449,33 @@ async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_un
     assert [(await b.storage.jobs.get_job(job_id)).owner for job_id in left] == ["a", "a"]  # type: ignore[union-attr]
     # Just inside the bound, it takes them (here a really is gone: the test's clock is the only one).
     b.engine.hear_clock(bound - 0.1)
+    assert sum((await b.engine.lease_round()).values()) == 2
+    for job_id in left:
+        await wait_state(b, job_id, "delivered")
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
+    await assert_books_balance(b.storage)
+
+
+async def test_the_jobs_of_a_live_process_whose_clock_is_behind_are_left_to_it_until_it_leaves_the_fleet(
+    process: Factory, clock: Clock, caplog: pytest.LogCaptureFixture
+):
+    b, told_b = await process("b")
+    await b.engine.recover()
+    left = await queued_jobs_left_by(b, "a", 2)
+    # a's clock runs behind the fleet's by more than a lease: its live leases look run out to b.
+    clock.advance(LEASE + 1)
+    with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
+        b.engine.hear_clock(0.2, {"a": LEASE + 1, "b": 0.2, "c": 0.1})  # bot.sharding.clocks_apart
+    assert "process a's clock is 31.0 s from the other bot processes'" in caplog.text
+    assert b.engine.clocks_off == {"a"}
+    assert sum((await b.engine.lease_round()).values()) == 0
+    assert sum((await b.engine.recover()).values()) == 0  # start-up leaves them alike
+    assert [(await b.storage.jobs.get_job(job_id)).owner for job_id in left] == ["a", "a"]  # type: ignore[union-attr]
+    # Nor does b come back for them every tenth of a second: its next round is a third of a lease away.
+    assert await b.engine._until_next_round(LEASE / ROUNDS_PER_LEASE, busy=False) == LEASE / ROUNDS_PER_LEASE
+    # a died: its shard lease ran out on the database's clock, so it is no longer among the fleet's.
+    b.engine.hear_clock(0.2, {"b": 0.2, "c": 0.1})
+    assert b.engine.clocks_off == frozenset()
     assert sum((await b.engine.lease_round()).values()) == 2
     for job_id in left:
         await wait_state(b, job_id, "delivered")

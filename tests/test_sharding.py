@@ -13,7 +13,16 @@ from typing import Any, cast
 import pytest
 
 from bot.concurrency import ProviderLimiter
-from bot.sharding import FleetPlace, ShardCoordinator, ShardPlan, StaticShards, clock_apart, place_in, quota
+from bot.sharding import (
+    FleetPlace,
+    ShardCoordinator,
+    ShardPlan,
+    StaticShards,
+    clock_apart,
+    clocks_apart,
+    place_in,
+    quota,
+)
 from bot.storage.shard_leases import ShardLeases, ShardOwner
 from tests import postgres
 from tests.postgres import PoolOn
@@ -520,6 +529,14 @@ def test_clock_apart_is_each_clocks_distance_from_the_fleets_median():
     old = [*owners, ShardOwner("old", 3)]
     assert clock_apart(old, "fast") == pytest.approx(60.0) and clock_apart(old, "old") == 0.0
     assert clock_apart(owners, "gone") == 0.0
+    # Every process hears everyone's, so the others can leave a wrong clock's jobs alone.
+    assert clocks_apart(old) == {
+        "a": pytest.approx(0.0),
+        "b": pytest.approx(0.3),
+        "fast": pytest.approx(60.0),
+    }
+    assert place_in(old, "a").clocks_apart == clocks_apart(old)
+    assert clocks_apart([ShardOwner("old", 3)]) == {}
 
 
 async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(pg_pool, clock):
@@ -538,6 +555,7 @@ async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(
     assert seen["fast"] - seen["a"] == pytest.approx(60.0, abs=SAME_HOST_SECONDS)
     assert seen["b"] - seen["a"] == pytest.approx(0.0, abs=SAME_HOST_SECONDS)
     assert place_in(fleet.owners, "fast").clock_apart == pytest.approx(60.0, abs=SAME_HOST_SECONDS)
+    assert place_in(fleet.owners, "a").clocks_apart["fast"] == pytest.approx(60.0, abs=SAME_HOST_SECONDS)
     assert place_in(await store.live_owners(), "a") == here(3, 0)
     # Its clock is put right: the next time it says it is alive, the record follows.
     fast._host_clock = lambda: dt.datetime.now(dt.UTC)

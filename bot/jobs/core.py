@@ -171,6 +171,9 @@ class EngineCore:
         # Seconds between this process's clock and the fleet's (`hear_clock`); too far, it takes over
         # no other process's jobs.
         self.clock_apart = 0.0
+        # Other live processes whose clocks are that far from the fleet's: their leases cannot be read
+        # here, so their jobs are left to them while they live (`hear_clock`).
+        self.clocks_off: frozenset[str] = frozenset()
         # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early,
         # and a circuit that opened or closed here is shared at once: both set up with the leases
         # (bot.jobs.leases `_start_leases`).

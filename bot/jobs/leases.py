@@ -34,7 +34,11 @@ against the database's (bot.storage.shard_leases) and tell each one how far it i
 over no job until its clock is back, and says so in its log and in `retouch_clock_apart_seconds`. A
 lease is renewed every third of a lease and so always has two thirds left. One wrong clock among three
 or more is the whole gap from the median, so it stops at a sixth; of two clocks that disagree each is
-half the gap away, so both stop at a third, still a third of a lease short of any harm.
+half the gap away, so both stop at a third, still a third of a lease short of any harm. The other way
+round, a clock behind stamps leases that look run out to the rest while its process still runs their
+jobs: every process leaves alone the jobs of a live process whose clock is that far off (`clocks_off`),
+until it agrees again or dies (its shard lease, on the database's clock, runs out and it leaves the
+fleet the shard leases report).
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
@@ -48,6 +52,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import db_time, parse_time
@@ -114,9 +119,11 @@ class JobLeases(EngineCore):
         measurement's own noise: a statement's latency)."""
         return max(MIN_CLOCK_BOUND_SECONDS, self.lease.total_seconds() / (2 * ROUNDS_PER_LEASE))
 
-    def hear_clock(self, apart: float) -> None:
-        """How far this process's clock is from the fleet's, as the shard leases last measured it."""
+    def hear_clock(self, apart: float, others: Mapping[str, float] | None = None) -> None:
+        """How far this process's clock is from the fleet's, and (`others`, by process name) how far
+        every other live process's is, as the shard leases last measured them."""
         bound = self.clock_bound()
+        self._hear_others(others or {}, bound)
         if (apart > bound) != (self.clock_apart > bound):
             if apart > bound:
                 log.error(
@@ -128,6 +135,23 @@ class JobLeases(EngineCore):
             else:
                 log.warning("job leases: this host's clock agrees with the fleet's again (%.1f s)", apart)
         self.clock_apart = apart
+
+    def _hear_others(self, others: Mapping[str, float], bound: float) -> None:
+        """Leave alone the jobs of live processes whose clocks are off: a clock behind stamps leases
+        that look run out here while its process still runs them. Once such a process dies, its shard
+        lease (the database's clock) runs out, it leaves `others`, and its jobs are taken over."""
+        off = frozenset(name for name, apart in others.items() if apart > bound and name != self.owner)
+        for name in sorted(off - self.clocks_off):
+            log.error(
+                "job leases: process %s's clock is %.1f s from the other bot processes' (more than %.0f s):"
+                " its jobs are not taken over while it runs (check NTP on its host)",
+                name,
+                others[name],
+                bound,
+            )
+        for name in sorted(self.clocks_off - off):
+            log.warning("job leases: process %s's clock agrees with the fleet's again, or it left", name)
+        self.clocks_off = off
 
     def share_with(self, processes: int) -> None:
         """`processes` live processes (this one included) share the database's jobs: a lease round
@@ -180,17 +204,18 @@ class JobLeases(EngineCore):
 
     async def take_over(self) -> dict[str, int]:
         """Claim this process's share of the live jobs whose lease ran out (a dead process's) and
-        resume them as a restart does. None while this process's clock is too far from the fleet's:
-        leases it sees as run out may be live."""
+        resume them as a restart does; never those of a live process whose clock is off (`clocks_off`).
+        None while this process's own clock is too far from the fleet's: leases it sees as run out may
+        be live."""
         if self.clock_apart > self.clock_bound():
             return {}
-        now = db_time(self.storage.now())
-        claimable = await self.storage.jobs.claimable_jobs(now)
+        now, skip = db_time(self.storage.now()), self.clocks_off
+        claimable = await self.storage.jobs.claimable_jobs(now, skip=skip)
         if not claimable:
             return await self._adopt([])
         processes = self.fleet or await self._count_fleet(now)
         limit = claim_share(claimable, processes, self._capacity() - len(self._jobs))
-        rows = await self.storage.jobs.claim_jobs(self.owner, now, self.lease_until(), limit=limit)
+        rows = await self.storage.jobs.claim_jobs(self.owner, now, self.lease_until(), limit=limit, skip=skip)
         self._unclaimed = claimable - len(rows)
         counts = await self._adopt(rows)
         if rows:
@@ -277,7 +302,7 @@ class JobLeases(EngineCore):
         runs out (a live process renews long before), or at once while claimable jobs are left."""
         if busy:
             return EXPIRY_SLACK_SECONDS
-        expiry = parse_time(await self.storage.jobs.next_lease_expiry(self.owner))
+        expiry = parse_time(await self.storage.jobs.next_lease_expiry(self.owner, skip=self.clocks_off))
         if expiry is None:
             return interval
         due = (expiry - self.storage.now()).total_seconds() + EXPIRY_SLACK_SECONDS

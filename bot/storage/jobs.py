@@ -136,6 +136,18 @@ _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
 _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
 # A live job another process may claim at `?` (now): nobody holds it, or its lease ran out.
 _FREE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+
+
+def _not_held_by(skip: Collection[str]) -> tuple[str, tuple[str, ...]]:
+    """A condition (with its parameters) leaving out the jobs that the processes `skip` hold: live
+    processes whose clocks are too far off for their leases to be read (bot.jobs.leases)."""
+    names = tuple(sorted(skip))  # a few: the fleet's processes
+    if not names:
+        return "", ()
+    marks = ", ".join("?" for _ in names)
+    return f" AND (owner IS NULL OR owner NOT IN ({marks}))", names
+
+
 _CANCELLABLE = "state IN ({})".format(", ".join(f"'{s}'" for s in CANCELLABLE_STATES))
 CANCEL_REASONS = frozenset({"cancelled", "stopped"})
 CANCEL_CHANNEL = "retouch_job_cancels"  # NOTIFY channel; the payload is the holder's process name
@@ -370,15 +382,24 @@ class Jobs:
         self._db.listen(CANCEL_CHANNEL, heard)
 
     async def claim_jobs(
-        self, owner: str, now: str, until: str, *, limit: int, every: bool = False
+        self,
+        owner: str,
+        now: str,
+        until: str,
+        *,
+        limit: int,
+        every: bool = False,
+        skip: Collection[str] = (),
     ) -> list[JobRow]:
         """Take up to `limit` live jobs for `owner` until `until`, oldest first: those nobody holds or
         whose lease ran out by `now`, or with `every` (one process on SQLite, at start-up) every live
-        job another process name held. One statement: concurrent claimers each get different jobs."""
+        job another process name held; never those the processes `skip` hold. One statement:
+        concurrent claimers each get different jobs."""
+        spared, names = _not_held_by(skip)
         if every:
-            free, params = "(owner IS NULL OR owner <> ?)", (owner,)
+            free, params = "(owner IS NULL OR owner <> ?)" + spared, (owner, *names)
         else:
-            free, params = _FREE, (now,)
+            free, params = _FREE + spared, (now, *names)
         # The outer WHERE repeats the test: PostgreSQL checks it again on a row another claimer changed.
         sql = (
             f"UPDATE jobs SET owner = ?, lease_expires_at = ? WHERE {_LIVE} AND {free} AND id IN ("
@@ -393,11 +414,13 @@ class Jobs:
         found = await self._db.transaction(body)
         return sorted(found, key=lambda row: (row.created_at, row.id))
 
-    async def claimable_jobs(self, now: str) -> int:
-        """How many live jobs a claim at `now` could take (nobody holds them, or their lease ran out)."""
+    async def claimable_jobs(self, now: str, *, skip: Collection[str] = ()) -> int:
+        """How many live jobs a claim at `now` could take (nobody holds them, or their lease ran out),
+        leaving out those the processes `skip` hold."""
+        spared, names = _not_held_by(skip)
         row = await self._db.one(
-            f"SELECT COUNT(*) FROM jobs WHERE {_LIVE} AND {_FREE}",
-            (now,),
+            f"SELECT COUNT(*) FROM jobs WHERE {_LIVE} AND {_FREE}{spared}",
+            (now, *names),
         )
         return 0 if row is None else int(row[0])
 
@@ -422,11 +445,14 @@ class Jobs:
             (owner, *kept),
         )
 
-    async def next_lease_expiry(self, owner: str) -> str | None:
-        """When the first lease another process holds on a live job runs out (None: no such lease)."""
+    async def next_lease_expiry(self, owner: str, *, skip: Collection[str] = ()) -> str | None:
+        """When the first lease another process (not one of `skip`) holds on a live job runs out (None:
+        no such lease)."""
+        spared, names = _not_held_by(skip)
         row = await self._db.one(
-            f"SELECT MIN(lease_expires_at) FROM jobs WHERE {_LIVE} AND owner IS NOT NULL AND owner <> ?",
-            (owner,),
+            f"SELECT MIN(lease_expires_at) FROM jobs WHERE {_LIVE} AND owner IS NOT NULL AND owner <> ?"
+            + spared,
+            (owner, *names),
         )
         return None if row is None else row[0]
 
