@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import Storage
+from bot.storage import Storage, postgres
 from bot.storage.connection import Body, DatabaseInUse, DatabaseUnavailable, execute, fetch_all
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
 
@@ -171,6 +171,33 @@ async def test_a_postgresql_caller_cancelled_mid_transaction_leaves_it_committed
     reopened = await Storage.open(postgres_url)
     try:
         assert await reopened.settings.take_model_notices(1) == ["a", "b"]
+    finally:
+        await reopened.close()
+
+
+async def test_a_postgresql_close_cuts_a_connection_nobody_gives_back_instead_of_waiting_for_ever(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """asyncpg's pool close waits until every taken connection is given back: a stop must not hang on
+    one that never is (a task that still holds it). Past the bound it is cut, and the log says so."""
+    monkeypatch.setattr(postgres, "CLOSE_SECONDS", 0.5)
+    storage = await Storage.open(postgres_url)
+    assert isinstance(storage.db, postgres.PostgresDatabase)
+    taken = await storage.db.pool.acquire()
+    pid = taken.get_server_pid()
+    await taken.execute(
+        "BEGIN; INSERT INTO model_notices (user_id, notice, created_at) VALUES (2, 'x', 'now')"
+    )
+    with caplog.at_level(logging.WARNING, logger="bot.storage.postgres"):
+        await asyncio.wait_for(storage.close(), 10)
+    assert "connections still in use 0.5 s into the stop; cut off" in caplog.text
+    reopened = await Storage.open(postgres_url)
+    try:  # its server process has ended, and the transaction it was in rolled back whole
+        deadline = asyncio.get_running_loop().time() + 10
+        while await reopened.db.one("SELECT 1 FROM pg_stat_activity WHERE pid = ?", (pid,)):
+            assert asyncio.get_running_loop().time() < deadline, "the cut connection's backend lives on"
+            await asyncio.sleep(0.05)
+        assert await reopened.settings.take_model_notices(2) == []
     finally:
         await reopened.close()
 

@@ -70,6 +70,10 @@ ATTEMPTS = 5
 RETRY_STATES = frozenset({"40001", "40P01"})
 # A listening connection that was lost is replaced after this long (what was sent meanwhile is missed).
 LISTEN_RETRY_SECONDS = 5.0
+# A stop waits this long at most for running transactions and taken connections: past it, what is
+# still open is cut (PostgreSQL rolls an unfinished transaction back whole) and the stop goes on, where
+# asyncpg's own close would wait for a connection nobody gives back for ever.
+CLOSE_SECONDS = 15.0
 MIGRATION_LOCK = lock_key(("migrations",))
 PG_MIGRATIONS = "migrations/postgres"
 
@@ -281,12 +285,21 @@ class PostgresDatabase(Clocked):
         return await migrated(cls(pool, clock))
 
     async def close(self) -> None:
-        """Let running transactions finish, stop listening, then close every connection. Closing twice
-        is harmless."""
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        await self._listener.close()
-        await self.pool.close()
+        """Let running transactions finish, stop listening, then close every connection; what is still
+        open after CLOSE_SECONDS is cut, with a warning. Closing twice is harmless."""
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                if self._running:
+                    await asyncio.gather(*self._running, return_exceptions=True)
+                await self._listener.close()
+                await self.pool.close()
+        except TimeoutError:
+            log.warning(
+                "database: connections still in use %g s into the stop; cut off (an unfinished "
+                "transaction rolls back)",
+                CLOSE_SECONDS,
+            )
+            self.pool.terminate()
 
     def listen(self, channel: str, heard: Callable[[str], None]) -> None:
         """Call `heard(payload)` for each NOTIFY on `channel` until `close`, on the one pooled connection
