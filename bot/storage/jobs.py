@@ -137,6 +137,12 @@ _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
 # A live job another process may claim at `?` (now): nobody holds it, or its lease ran out.
 _FREE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
 
+_CANCELLABLE = "state IN ({})".format(", ".join(f"'{s}'" for s in CANCELLABLE_STATES))
+CANCEL_REASONS = frozenset({"cancelled", "stopped"})
+CANCEL_CHANNEL = "retouch_job_cancels"  # NOTIFY channel; the payload is the holder's process name
+# Jobs renewed or handed back per statement (bounded: each id is one parameter).
+LEASE_BATCH = 500
+
 
 def _not_held_by(skip: Collection[str]) -> tuple[str, tuple[str, ...]]:
     """A condition (with its parameters) leaving out the jobs that the processes `skip` hold: live
@@ -146,13 +152,6 @@ def _not_held_by(skip: Collection[str]) -> tuple[str, tuple[str, ...]]:
         return "", ()
     marks = ", ".join("?" for _ in names)
     return f" AND (owner IS NULL OR owner NOT IN ({marks}))", names
-
-
-_CANCELLABLE = "state IN ({})".format(", ".join(f"'{s}'" for s in CANCELLABLE_STATES))
-CANCEL_REASONS = frozenset({"cancelled", "stopped"})
-CANCEL_CHANNEL = "retouch_job_cancels"  # NOTIFY channel; the payload is the holder's process name
-# Jobs renewed or handed back per statement (bounded: each id is one parameter).
-LEASE_BATCH = 500
 
 
 class LeaseLost(Exception):
