@@ -296,6 +296,7 @@ def build_services(
         held=lambda: len(edits.engine.held_jobs()),
         processes=lambda: edits.engine.fleet or 1,  # told by the shard leases' rounds; alone until then
         clock_apart=lambda: edits.engine.clock_apart,
+        clocks_off=lambda: len(edits.engine.clocks_off),
         circuits=edits.router.circuits,
         concurrency=edits.router.concurrency,
     )

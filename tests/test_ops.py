@@ -322,6 +322,7 @@ async def test_the_apps_metrics_show_how_many_processes_the_shard_leases_last_co
 ) -> None:
     page = samples(services.metrics.render().decode())
     assert value(page, "retouch_fleet_processes") == 1 and value(page, "retouch_clock_apart_seconds") == 0
+    assert value(page, "retouch_fleet_clocks_off") == 0
     clocks = {services.edits.engine.owner: 12.5, "slow": 40.0, "right": 0.0}
     split_with_fleet(services)(FleetPlace(3, 1, 12.5, clocks))  # what a shard lease round tells
     page = samples(services.metrics.render().decode())
@@ -329,6 +330,7 @@ async def test_the_apps_metrics_show_how_many_processes_the_shard_leases_last_co
     assert value(page, "retouch_clock_apart_seconds") == 12.5
     assert services.edits.engine.clock_apart == 12.5  # the engine heard it too (it guards takeovers)
     assert services.edits.engine.clocks_off == {"slow"}  # and leaves alone a live wrong clock's jobs
+    assert value(page, "retouch_fleet_clocks_off") == 1
 
 
 async def test_the_apps_metrics_show_the_routers_limits(services: Services) -> None:

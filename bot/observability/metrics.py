@@ -16,6 +16,8 @@ Series (prometheus-client adds `_total` to counters):
   `retouch_fleet_processes` (live bot processes on the database as this one last counted them, itself
   included; 1 on SQLite), `retouch_clock_apart_seconds` (how far this host's clock is from the other
   processes' as the shard leases measure it; over a sixth of JOB_LEASE_SECONDS, it takes over no jobs),
+  `retouch_fleet_clocks_off` (other live processes whose clocks are that far off: their jobs are left
+  to them, not taken over),
   `retouch_gateway_shards` (gateway shards this process has running),
   `retouch_circuit_state{provider}` (0 closed,
   1 half-open, 2 open), and each provider's adaptive concurrency (`bot.concurrency`):
@@ -76,6 +78,7 @@ class _LiveCollector(Collector):
         self.processes: Count | None = None
         self.shards: Count | None = None
         self.clock_apart: Seconds | None = None
+        self.clocks_off: Count | None = None
         self.circuits: CircuitStates | None = None
         self.concurrency: Concurrency | None = None
 
@@ -102,6 +105,11 @@ class _LiveCollector(Collector):
                 "retouch_clock_apart_seconds",
                 "Seconds between this host's clock and the other bot processes' (leases need them close)",
                 self.clock_apart,
+            ),
+            (
+                "retouch_fleet_clocks_off",
+                "Other live bot processes whose clocks are too far off: their jobs are not taken over",
+                self.clocks_off,
             ),
         ):
             if source is not None and (value := _read(name, source)) is not None:
@@ -204,11 +212,12 @@ class Metrics(JobObserver):
         processes: Count | None = None,
         shards: Count | None = None,
         clock_apart: Seconds | None = None,
+        clocks_off: Count | None = None,
         circuits: CircuitStates | None = None,
         concurrency: Concurrency | None = None,
     ) -> None:
         """Read the counts given (`in_flight()`, `queued()`, `held()`, `processes()`, `shards()`,
-        `clock_apart()`),
+        `clock_apart()`, `clocks_off()`),
         `circuits()` ({provider: closed|half_open|open}) and `concurrency()` ({provider: LimitState}) at
         every scrape. A source not given keeps the one given before."""
         for name, count in (
@@ -218,6 +227,7 @@ class Metrics(JobObserver):
             ("processes", processes),
             ("shards", shards),
             ("clock_apart", clock_apart),
+            ("clocks_off", clocks_off),
         ):
             if count is not None:
                 setattr(self._live, name, count)
