@@ -36,9 +36,9 @@ lease is renewed every third of a lease and so always has two thirds left. One w
 or more is the whole gap from the median, so it stops at a sixth; of two clocks that disagree each is
 half the gap away, so both stop at a third, still a third of a lease short of any harm. The other way
 round, a clock behind stamps leases that look run out to the rest while its process still runs their
-jobs: every process leaves alone the jobs of a live process whose clock is that far off (`clocks_off`),
-until it agrees again or dies (its shard lease, on the database's clock, runs out and it leaves the
-fleet the shard leases report).
+jobs: every process leaves alone the jobs of a live process whose clock is that far off (`clocks_off`,
+logged and counted in `retouch_fleet_clocks_off`), until it agrees again or dies (its shard lease, on
+the database's clock, runs out and it leaves the fleet the shard leases report).
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
