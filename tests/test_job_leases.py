@@ -23,6 +23,7 @@ from bot import messages
 from bot.jobs.leases import ROUNDS_PER_LEASE
 from bot.jobs.model import CancelAnswer, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
+from bot.observability.metrics import Metrics
 from bot.services.edits import EditService
 from bot.storage import Storage
 from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
@@ -45,6 +46,7 @@ from tests.test_engine import (
     until,
     wait_state,
 )
+from tests.test_ops import samples, value
 
 LEASE = 30.0
 
@@ -305,8 +307,15 @@ async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_n
         ("requeued", "resumed", "delivering", "released", "quarantined", "cancelled"), 0
     )
     # a stops renewing (it hangs, or its host lost the network); one lease later b takes over.
+    metrics = Metrics()
+    b.engine.observers.append(metrics)
     clock.advance(LEASE + 1)
     counts = await b.engine.lease_round()
+    page = samples(metrics.render().decode())  # what the operator sees on b's /metrics
+    adopted = {how: value(page, "retouch_jobs_adopted_total", how=how) for how in counts}
+    assert adopted == {"requeued": 1.0, "resumed": 1.0, "delivering": 1.0} | dict.fromkeys(
+        ("released", "quarantined", "cancelled"), None
+    )
     assert counts == {
         "requeued": 1,
         "resumed": 1,

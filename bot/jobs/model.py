@@ -350,6 +350,11 @@ class JobObserver:
 
     def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None: ...
 
+    def jobs_adopted(self, how: str, count: int) -> None:
+        """`count` live jobs another run or process left were picked up here (start-up recovery or a
+        takeover) and `how` they went on: requeued, resumed, delivering, released, quarantined or
+        cancelled."""
+
     def job_finished(
         self,
         job_id: str,

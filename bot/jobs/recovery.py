@@ -166,6 +166,9 @@ class JobRecovery(JobLeases):
                 self._honour_cancel(self._jobs[row.id], request)
                 outcome = "cancelled"
             counts[outcome] += 1
+        for how, count in counts.items():
+            if count:
+                self._notify("jobs_adopted", how, count)
         if rows:
             self._pump()
         return counts

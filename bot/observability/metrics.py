@@ -7,7 +7,9 @@ process-global one, so tests and benchmarks can build as many apps as they like.
 Series (prometheus-client adds `_total` to counters):
 
 * `retouch_jobs_started_total{model}`, `retouch_jobs_finished_total{state,provider,model}`,
-  `retouch_job_errors_total{error}` (why failed/cancelled jobs ended: an error class or code)
+  `retouch_job_errors_total{error}` (why failed/cancelled jobs ended: an error class or code),
+  `retouch_jobs_adopted_total{how}` (live jobs picked up from an earlier run at start-up, or from a
+  dead process by a takeover: requeued, resumed, delivering, released, quarantined or cancelled)
 * `retouch_ack_latency_seconds` (INTERACTION_CREATE → defer), `retouch_provider_latency_seconds
   {provider,model,outcome}`, `retouch_job_duration_seconds{state}` (job start → finished)
 * `retouch_credits_spent_total{provider,model}`, `retouch_provider_errors_total{provider,error}`
@@ -168,6 +170,12 @@ class Metrics(JobObserver):
             ["state", "provider", "model"],
             registry=r,
         )
+        self.adopted = Counter(
+            "retouch_jobs_adopted",
+            "Live jobs picked up from an earlier run or a dead process, by what became of them",
+            ["how"],
+            registry=r,
+        )
         self.job_errors = Counter(
             "retouch_job_errors", "Failed or cancelled jobs by error class or code", ["error"], registry=r
         )
@@ -257,6 +265,9 @@ class Metrics(JobObserver):
 
     def job_started(self, job_id: str, model: str) -> None:
         self.jobs_started.labels(model).inc()
+
+    def jobs_adopted(self, how: str, count: int) -> None:
+        self.adopted.labels(how).inc(count)
 
     def provider_finished(self, provider: str, model: str, seconds: float, error: str | None) -> None:
         outcome = "ok" if error is None else "error"
