@@ -35,6 +35,8 @@ from bot.services.moderation import SafetyCheck
 from bot.services.policy import PolicyService
 from bot.sharding import FleetPlace, ShardCoordinator, ShardSharing, StaticShards
 from bot.storage import Storage
+from bot.storage.fleet_slots import FleetSlots
+from bot.storage.postgres import PostgresDatabase
 from bot.storage.shard_leases import ShardLeases
 
 if TYPE_CHECKING:
@@ -290,6 +292,10 @@ def build_services(
         lifecycle=lifecycle,
     )
     edits.safety = _safety_check(settings, storage, providers, audit)
+    if isinstance(storage.db, PostgresDatabase):
+        # Several processes may share the providers' accounts: more of them than a ceiling has calls
+        # take its slots from the database (bot.concurrency).
+        edits.router.limiter.fleet_slots = FleetSlots(storage.db.pool, storage.db.listen)
     metrics.watch(
         in_flight=lambda: edits.in_flight,
         queued=lambda: edits.engine.queued,

@@ -15,8 +15,10 @@ waiting job's place in line is shown again.
   processes on one PostgreSQL split it (`share_with`, counted by bot.sharding): each takes
   floor(ceiling / processes), and the first ceiling mod processes of them one call more, by their
   `rank` in an order every process sees alike (their names sorted, bot.sharding), so the parts add up
-  to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call: with more processes than
-  the ceiling they pass it together (said in the log). A process told no rank takes no extra call, so
+  to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call, so every process's queue
+  moves: with more processes than the ceiling each call also takes one of the ceiling's slots, shared
+  through PostgreSQL (`fleet_slots`, bot.storage.fleet_slots), and waits for one to come free, so the
+  fleet still never passes the ceiling. A process told no rank takes no extra call, so
   none is taken twice. Each process hears a change of the fleet on its own (bot.sharding: at once
   through PostgreSQL's NOTIFY when a process joins or leaves, else at its next round), so the parts add
   up right only once all have: when a process joins, the ranks after its name shift and every part
@@ -46,7 +48,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -142,12 +144,20 @@ def ceiling_part(ceiling: int, processes: int, rank: int | None) -> int:
     return max(1, base + bonus)
 
 
+class SlotSource(Protocol):
+    """A ceiling's numbered slots shared by every process (bot.storage.fleet_slots.FleetSlots)."""
+
+    async def take(self, provider: str, ceiling: int) -> int | None: ...
+    async def give(self, provider: str, slot: int) -> None: ...
+
+
 class ProviderLimiter:
     """Adaptive per-provider limits on calls in flight (see the module docstring).
 
     `limits` maps provider → (start, ceiling); a provider it does not name is unlimited until it
     answers 429. `clock`/`sleep` are injectable; a `deadline` passed to `call` is on `clock`'s scale
-    (`time.monotonic`, like `EditRequest.deadline`).
+    (`time.monotonic`, like `EditRequest.deadline`). `fleet_slots` (set by the app with PostgreSQL)
+    holds a ceiling across more processes than it has calls.
     """
 
     def __init__(
@@ -162,6 +172,7 @@ class ProviderLimiter:
         self._providers = {
             name: _Provider(start, ceiling) for name, (start, ceiling) in (limits or {}).items()
         }
+        self.fleet_slots: SlotSource | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> ProviderLimiter:
@@ -189,19 +200,28 @@ class ProviderLimiter:
             state.rank = rank
             if state.share != share:
                 if state.ceiling is not None and share > state.ceiling:
-                    # Each process keeps one call so its own queue moves: together they pass the ceiling.
-                    log.warning(
-                        "%d processes share %s's ceiling of %d calls at once: each still makes one, so up to "
-                        "%d reach it together (raise %s's ceiling or run fewer processes)",
-                        share,
-                        name,
-                        state.ceiling,
-                        share,
-                        name,
-                    )
+                    self._warn_over(name, share, state.ceiling)
                 state.share = share
             if state.allowed > before:
                 self._wake(state)  # a process fewer, or a lower rank: this one's part grew
+
+    def _warn_over(self, name: str, processes: int, ceiling: int) -> None:
+        """More processes than `name`'s ceiling: each keeps one call so its own queue moves, and the
+        fleet's slots (when there are any) hold the total."""
+        held = (
+            f"each call waits for one of its {ceiling} slots shared through the database"
+            if self.fleet_slots is not None
+            else f"each still makes one, so up to {processes} reach it together"
+        )
+        log.warning(
+            "%d processes share %s's ceiling of %d calls at once: %s (raise %s's ceiling or run fewer "
+            "processes)",
+            processes,
+            name,
+            ceiling,
+            held,
+            name,
+        )
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -241,7 +261,9 @@ class ProviderLimiter:
         state = self._state(provider)
         while True:
             epoch, full = await self._acquire(state)
+            slot: int | None = None
             try:
+                slot = await self._fleet_slot(provider, state)
                 result = await send()
             except perr.RateLimited as exc:
                 if exc.accepted:
@@ -261,8 +283,17 @@ class ProviderLimiter:
                 self._succeeded(state, full)
                 return result
             finally:
+                if slot is not None and self.fleet_slots is not None:
+                    await self.fleet_slots.give(provider, slot)
                 state.in_flight -= 1
                 self._wake(state)
+
+    async def _fleet_slot(self, provider: str, state: _Provider) -> int | None:
+        """With more live processes than `provider`'s ceiling, one of its slots across the fleet (waited
+        for); otherwise the parts add up to the ceiling by themselves and none is needed."""
+        if self.fleet_slots is None or state.ceiling is None or state.share <= state.ceiling:
+            return None
+        return await self.fleet_slots.take(provider, state.ceiling)
 
     async def _acquire(self, state: _Provider) -> tuple[int, bool]:
         """Wait for the pause to end and a free slot; take it. Returns the epoch it was taken in and

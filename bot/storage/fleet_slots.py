@@ -1,0 +1,170 @@
+"""A provider's ceiling held across more processes than it has calls (PostgreSQL only).
+
+bot.concurrency splits each provider's ceiling (`<PREFIX>_MAX_CONCURRENT`) among the live processes. With
+more processes than the ceiling a part would be less than one call, yet every process needs one to move
+its own queue; so then each call also takes one of the ceiling's numbered slots here. A slot is a
+session-level advisory lock (provider, slot number) on one pooled connection this process keeps while
+its calls hold slots: PostgreSQL frees a dead process's locks with its connection, so a crash never
+strands a slot, and no lease has to be renewed. A slot given back is announced through NOTIFY, so a
+process waiting for one tries at once instead of at its next poll. The pool does not reset sessions
+(bot.storage.postgres `_keep_session`), so the connection goes back only with every lock on it undone.
+
+If the database cannot be reached, a call goes ahead without a slot (with a warning): the provider's own
+429s, which the adaptive limits obey, are then what keeps the fleet near the ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from bot.storage.connection import lock_key
+
+log = logging.getLogger(__name__)
+
+SLOT_CHANNEL = "retouch_fleet_slots"  # NOTIFY channel; the payload is the provider whose slot came free
+# A process waiting for a slot tries again this often when no notification came (one may be lost).
+POLL_SECONDS = 0.5
+_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def slot_key(provider: str) -> int:
+    """The first half of a slot's advisory lock key: 32 bits for `provider`, the same in every process.
+    (The two-key form of advisory locks is a key space of its own, apart from the transactions' locks.)"""
+    return lock_key(("fleet-slots", provider)) >> 32
+
+
+class FleetSlots:
+    """The numbered slots of providers' ceilings, shared by every process on one PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool, listen: Callable[[str, Callable[[str], None]], None]) -> None:
+        self._pool = pool
+        self._listen = listen
+        self._listening = False
+        self._conn: Any = None  # the pooled connection holding this process's slots, while it holds any
+        self._held: set[tuple[str, int]] = set()
+        self._busy = asyncio.Lock()  # one statement at a time on that connection
+        self._freed: dict[str, asyncio.Event] = {}
+
+    @property
+    def held(self) -> frozenset[tuple[str, int]]:
+        """(provider, slot) pairs this process holds now."""
+        return frozenset(self._held)
+
+    async def take(self, provider: str, ceiling: int) -> int | None:
+        """Wait until one of `provider`'s `ceiling` slots is free and take it: its number, for `give`.
+        None when the database cannot be reached (the call goes ahead without one)."""
+        self._start_listening()
+        freed = self._freed.setdefault(provider, asyncio.Event())
+        while True:
+            freed.clear()
+            try:
+                slot = await self._try(provider, ceiling)
+            except _DATABASE_ERRORS as exc:
+                log.warning(
+                    "%s: no fleet-wide slot (the database: %s); calling without one",
+                    provider,
+                    type(exc).__name__,
+                )
+                return None
+            if slot is not None:
+                return slot
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await freed.wait()
+
+    async def give(self, provider: str, slot: int) -> None:
+        """Free a slot `take` returned, and tell the waiting processes. Runs to its end even when the
+        caller is cancelled, so a slot is never left locked here and forgotten."""
+        await asyncio.shield(self._give(provider, slot))
+
+    async def _try(self, provider: str, ceiling: int) -> int | None:
+        key = slot_key(provider)
+        async with self._busy:
+            conn = await self._connection()
+            try:
+                start = random.randrange(ceiling)  # waiting processes spread over the slots
+                for n in range(ceiling):
+                    slot = (start + n) % ceiling
+                    if (provider, slot) in self._held:  # a session may lock a key twice: not a free slot
+                        continue
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
+                        self._held.add((provider, slot))
+                        return slot
+                await self._release_if_idle()
+                return None
+            except _DATABASE_ERRORS:
+                await self._drop()
+                raise
+
+    async def _give(self, provider: str, slot: int) -> None:
+        async with self._busy:
+            if (provider, slot) not in self._held or self._conn is None:
+                return  # it went with a lost connection
+            try:
+                await self._conn.execute(
+                    "SELECT pg_advisory_unlock($1, $2), pg_notify($3, $4)",
+                    slot_key(provider),
+                    slot,
+                    SLOT_CHANNEL,
+                    provider,
+                )
+                self._held.discard((provider, slot))
+                await self._release_if_idle()
+            except _DATABASE_ERRORS as exc:
+                log.warning("%s: giving a fleet-wide slot back failed (%s)", provider, type(exc).__name__)
+                await self._drop()
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def _release_if_idle(self) -> None:
+        """No slot held: the connection goes back to the pool, with no lock left on it."""
+        if self._held or self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        except _DATABASE_ERRORS:
+            _terminate(conn)  # a lock may be left on it: it must not go back as it is
+        with contextlib.suppress(*_DATABASE_ERRORS):
+            await self._pool.release(conn)
+
+    async def _drop(self) -> None:
+        """The connection failed: its locks are gone (or go with it now), and so are the slots it held."""
+        if self._held:
+            log.warning(
+                "fleet-wide slots lost with their database connection (%s): until these calls end the "
+                "fleet may pass the providers' ceilings",
+                ", ".join(f"{p} {s}" for p, s in sorted(self._held)),
+            )
+        self._held.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _terminate(conn)
+            with contextlib.suppress(*_DATABASE_ERRORS):
+                await self._pool.release(conn)
+
+    def _start_listening(self) -> None:
+        if not self._listening:
+            self._listening = True
+            self._listen(SLOT_CHANNEL, self._heard)
+
+    def _heard(self, provider: str) -> None:
+        event = self._freed.get(provider)
+        if event is not None:
+            event.set()
+
+
+def _terminate(conn: Any) -> None:
+    """Close a pooled connection at once; one asyncpg already took back (it was lost) needs nothing."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()

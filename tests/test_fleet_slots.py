@@ -1,0 +1,176 @@
+"""A provider's ceiling across more processes than it has calls (bot/storage/fleet_slots.py, and the
+limiter's use of it in bot/concurrency.py), on a real PostgreSQL: every "process" here is its own
+`Storage` with its own connection pool, as separate bot processes have. Skipped without a server.
+
+No test waits on the wall clock for an answer it asserts: waits are for events, under a generous bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from bot.concurrency import ProviderLimiter
+from bot.storage import Storage
+from bot.storage.fleet_slots import FleetSlots, slot_key
+from bot.storage.postgres import PostgresDatabase
+
+CEILING = 3
+WAIT = 10.0  # a generous bound on what should come at once (NOTIFY) or within a poll
+
+
+def slots_of(storage: Storage) -> FleetSlots:
+    db = storage.db
+    assert isinstance(db, PostgresDatabase)
+    return FleetSlots(db.pool, db.listen)
+
+
+@asynccontextmanager
+async def processes(url: str, count: int) -> AsyncIterator[list[Storage]]:
+    opened = [await Storage.open(url) for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for storage in opened:
+            await storage.close()
+
+
+async def advisory_locks(storage: Storage, provider: str) -> int:
+    """Slot locks on `provider` held in the whole database, by any session."""
+    row = await storage.db.one(
+        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ? AND objsubid = 2",
+        (slot_key(provider),),
+    )
+    return 0 if row is None else int(row[0])
+
+
+async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_goes_to_a_waiter(
+    postgres_url: str,
+):
+    async with processes(postgres_url, 5) as stores:
+        fleet = [slots_of(s) for s in stores]
+        first = [await f.take("p", CEILING) for f in fleet[:CEILING]]
+        assert sorted(first) == list(range(CEILING))  # each slot once
+        assert await advisory_locks(stores[0], "p") == CEILING
+        waiting = [asyncio.create_task(f.take("p", CEILING)) for f in fleet[CEILING:]]
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in waiting)  # no free slot: both wait
+        await fleet[1].give("p", first[1])
+        done, pending = await asyncio.wait(waiting, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and len(pending) == 1
+        assert [t.result() for t in done] == [first[1]]  # the one slot that came free
+        assert await advisory_locks(stores[0], "p") == CEILING
+        # Another provider's slots are its own.
+        assert await fleet[1].take("q", 1) == 0
+        await fleet[1].give("q", 0)
+        # Everyone gives back: the last waiter gets one, then nothing is left locked anywhere.
+        await fleet[0].give("p", first[0])
+        await asyncio.wait_for(asyncio.gather(*pending), WAIT)
+        for taker in fleet:
+            for provider, slot in taker.held:
+                await taker.give(provider, slot)
+        assert await advisory_locks(stores[0], "p") == 0
+
+
+async def test_a_dead_processes_slots_come_free_with_its_connection(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    async with processes(postgres_url, 2) as (dying, alive):
+        theirs = slots_of(dying)
+        assert await theirs.take("p", 1) == 0
+        ours = slots_of(alive)
+        waiting = asyncio.create_task(ours.take("p", 1))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        # kill -9: PostgreSQL sees the connection end, and with it the session's locks.
+        await alive.db.all(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
+            (slot_key("p"),),
+        )
+        assert await asyncio.wait_for(waiting, WAIT) == 0
+        # Had the "dead" process lived on without its connection, it would know its slot went with it.
+        with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
+            await theirs.give("p", 0)
+        assert "giving a fleet-wide slot back failed" in caplog.text
+        assert "fleet-wide slots lost with their database connection (p 0)" in caplog.text
+        assert not theirs.held
+        await ours.give("p", 0)
+
+
+async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):
+    async with processes(postgres_url, 1) as [storage]:
+        db = storage.db
+        assert isinstance(db, PostgresDatabase)
+        slots = FleetSlots(db.pool, db.listen)
+        idle = db.pool.get_idle_size()
+        slot = await slots.take("p", 2)
+        assert slot is not None and db.pool.get_idle_size() == idle - 1  # kept while it holds a slot
+        await slots.give("p", slot)
+        assert db.pool.get_idle_size() == idle and await advisory_locks(storage, "p") == 0
+        # The pool keeps sessions as they are (no reset): every connection it hands out holds no slot.
+        async with db.pool.acquire() as conn:
+            assert (
+                await conn.fetchval(
+                    "SELECT COUNT(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'"
+                )
+                == 0
+            )
+
+
+async def test_without_the_database_a_call_goes_ahead_without_a_slot_and_says_so(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    storage = await Storage.open(postgres_url)
+    slots = slots_of(storage)
+    await storage.close()  # the database is gone for this process
+    with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
+        assert await slots.take("p", 2) is None
+    assert "p: no fleet-wide slot" in caplog.text
+
+
+async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provider_than_it(
+    postgres_url: str,
+):
+    """The limiter as each bot process runs it: five processes, a ceiling of three, and every process
+    firing four calls at once. Without the slots each would keep one call and five would run."""
+    async with processes(postgres_url, 5) as stores:
+        limiters = []
+        for rank, storage in enumerate(stores):
+            limiter = ProviderLimiter({"p": (CEILING, CEILING)})
+            limiter.fleet_slots = slots_of(storage)
+            limiter.share_with(len(stores), rank)
+            assert limiter.limit("p") == 1  # its own part: one call
+            limiters.append(limiter)
+        at_provider, peak, sent = 0, 0, 0
+
+        async def send() -> None:
+            nonlocal at_provider, peak, sent
+            at_provider += 1
+            peak = max(peak, at_provider)
+            await asyncio.sleep(0.05)  # the provider works on it; calls of all five overlap
+            at_provider -= 1
+            sent += 1
+
+        calls = [limiter.call("p", send) for limiter in limiters for _ in range(4)]
+        await asyncio.wait_for(asyncio.gather(*calls), 60)
+        assert sent == 20
+        assert peak == CEILING  # never more, and the whole ceiling was used
+        assert await advisory_locks(stores[0], "p") == 0
+
+
+async def test_a_fleet_within_the_ceiling_takes_no_slots(postgres_url: str):
+    async with processes(postgres_url, 1) as [storage]:
+        limiter = ProviderLimiter({"p": (CEILING, CEILING)})
+        limiter.fleet_slots = slots_of(storage)
+        limiter.share_with(CEILING, 0)  # three processes, three calls: a part each, no slots needed
+        seen: list[int] = []
+
+        async def send() -> None:
+            seen.append(await advisory_locks(storage, "p"))
+
+        await limiter.call("p", send)
+        assert seen == [0]
