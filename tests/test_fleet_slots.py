@@ -8,6 +8,7 @@ No test waits on the wall clock for an answer it asserts: waits are for events, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -99,6 +100,37 @@ async def test_a_dead_processes_slots_come_free_with_its_connection(
         assert "fleet-wide slots lost with their database connection (p 0)" in caplog.text
         assert not theirs.held
         await ours.give("p", 0)
+
+
+async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: str):
+    """A job cancelled while its call waits for a slot, or while the server is granting one: the slot
+    must not stay locked in this process's session, unknown to it, for as long as it lives."""
+    async with processes(postgres_url, 2) as (storage, other):
+        slots = slots_of(storage)
+        for turns in range(12):  # cancelled after 0, 1, 2, ... turns of the event loop
+            taking = asyncio.create_task(slots.take("p", 1))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            taking.cancel()
+            try:
+                slot = await taking
+            except asyncio.CancelledError:
+                pass
+            else:  # it finished before the cancel came: an ordinary take
+                assert slot is not None
+                await slots.give("p", slot)
+            assert not slots.held
+            assert await advisory_locks(other, "p") == 0, turns
+        # And one waiting for a slot another process holds.
+        theirs = slots_of(other)
+        assert await theirs.take("p", 1) == 0
+        waiting = asyncio.create_task(slots.take("p", 1))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await theirs.give("p", 0)
+        assert not slots.held and await advisory_locks(other, "p") == 0
 
 
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):

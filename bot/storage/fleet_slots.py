@@ -65,7 +65,7 @@ class FleetSlots:
         while True:
             freed.clear()
             try:
-                slot = await self._try(provider, ceiling)
+                slot = await self._try_whole(provider, ceiling)
             except _DATABASE_ERRORS as exc:
                 log.warning(
                     "%s: no fleet-wide slot (the database: %s); calling without one",
@@ -83,6 +83,19 @@ class FleetSlots:
         """Free a slot `take` returned, and tell the waiting processes. Runs to its end even when the
         caller is cancelled, so a slot is never left locked here and forgotten."""
         await asyncio.shield(self._give(provider, slot))
+
+    async def _try_whole(self, provider: str, ceiling: int) -> int | None:
+        """`_try`, run to its end even when the caller is cancelled meanwhile: a lock the server granted
+        must be known here (else the slot stays taken while this process lives), and goes back at once."""
+        attempt = asyncio.ensure_future(self._try(provider, ceiling))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                slot = await attempt
+                if slot is not None:
+                    await self.give(provider, slot)
+            raise
 
     async def _try(self, provider: str, ceiling: int) -> int | None:
         key = slot_key(provider)
