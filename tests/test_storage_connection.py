@@ -5,12 +5,14 @@ time and the connection settings durability needs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -200,6 +202,76 @@ async def test_a_postgresql_close_cuts_a_connection_nobody_gives_back_instead_of
         assert await reopened.settings.take_model_notices(2) == []
     finally:
         await reopened.close()
+
+
+class SilentNetwork:
+    """A TCP relay to PostgreSQL that can go silent: it keeps every connection open but stops passing
+    bytes either way, as a partitioned network does (no FIN, no RST: the client just hears nothing)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.silent = False
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> SilentNetwork:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self.silent:
+                    writer.write(data)
+
+
+async def test_a_postgresql_close_is_bounded_even_when_the_network_goes_silent_mid_transaction(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """A transaction waiting for an answer that never comes, and a cancelled one's ROLLBACK the same:
+    only cutting the connections ends those waits, and the stop must not wait for them first."""
+    monkeypatch.setattr(postgres, "CLOSE_SECONDS", 0.5)
+    target = urlsplit(postgres_url)
+    async with SilentNetwork(target.hostname or "127.0.0.1", target.port or 5432) as network:
+        relayed = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{network.port}"))
+        storage = await Storage.open(relayed)
+        marker = "SELECT pg_sleep(1) -- the network goes silent meanwhile"
+
+        def body() -> Body[None]:
+            yield fetch_all(marker)
+
+        running = asyncio.create_task(storage.db.transaction(body))
+        direct = await Storage.open(postgres_url)
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await direct.db.one("SELECT 1 FROM pg_stat_activity WHERE query = ?", (marker,)):
+                assert asyncio.get_running_loop().time() < deadline, "the transaction never started"
+        finally:
+            await direct.close()
+        network.silent = True
+        running.cancel()  # its caller gives up; the transaction itself runs on, waiting for an answer
+        with caplog.at_level(logging.WARNING, logger="bot.storage.postgres"):
+            closing = asyncio.ensure_future(storage.close())
+            done, _ = await asyncio.wait({closing}, timeout=10)  # never waits on the close itself
+        assert done, "the close waited on a connection that went silent"
+        assert "connections still in use 0.5 s into the stop; cut off" in caplog.text
+        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_a_postgresql_transaction_caught_in_a_deadlock_runs_again(

@@ -74,6 +74,7 @@ LISTEN_RETRY_SECONDS = 5.0
 # still open is cut (PostgreSQL rolls an unfinished transaction back whole) and the stop goes on, where
 # asyncpg's own close would wait for a connection nobody gives back for ever.
 CLOSE_SECONDS = 15.0
+CUT_WAIT_SECONDS = 1.0  # then how long the close's own work gets to notice the cut connections
 MIGRATION_LOCK = lock_key(("migrations",))
 PG_MIGRATIONS = "migrations/postgres"
 
@@ -169,6 +170,12 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
     if begun:  # a failed COMMIT ends the transaction too
         await conn.execute("COMMIT")
     return value
+
+
+async def _finished(task: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether `task` ends within `seconds`; waiting neither cancels it nor is held up by it."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    return bool(done)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -287,19 +294,28 @@ class PostgresDatabase(Clocked):
     async def close(self) -> None:
         """Let running transactions finish, stop listening, then close every connection; what is still
         open after CLOSE_SECONDS is cut, with a warning. Closing twice is harmless."""
-        try:
-            async with asyncio.timeout(CLOSE_SECONDS):
-                if self._running:
-                    await asyncio.gather(*self._running, return_exceptions=True)
-                await self._listener.close()
-                await self.pool.close()
-        except TimeoutError:
-            log.warning(
-                "database: connections still in use %g s into the stop; cut off (an unfinished "
-                "transaction rolls back)",
-                CLOSE_SECONDS,
-            )
-            self.pool.terminate()
+        # The graceful close runs on its own and is waited for, not cancelled: a cancelled transaction
+        # still sends its ROLLBACK, and on a connection that went silent (a partitioned network) that
+        # waits for ever. Cutting every connection is what ends such waits.
+        closing = asyncio.ensure_future(self._close_gracefully())
+        if await _finished(closing, CLOSE_SECONDS):
+            closing.result()  # its error, if it failed, is the caller's
+            return
+        log.warning(
+            "database: connections still in use %g s into the stop; cut off (an unfinished transaction "
+            "rolls back)",
+            CLOSE_SECONDS,
+        )
+        self.pool.terminate()
+        if not await _finished(closing, CUT_WAIT_SECONDS):
+            closing.cancel()  # not awaited: nothing it waits for can hold the stop up any more
+        closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _close_gracefully(self) -> None:
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        await self._listener.close()
+        await self.pool.close()
 
     def listen(self, channel: str, heard: Callable[[str], None]) -> None:
         """Call `heard(payload)` for each NOTIFY on `channel` until `close`, on the one pooled connection
