@@ -283,10 +283,12 @@ class ProviderLimiter:
                 self._succeeded(state, full)
                 return result
             finally:
-                if slot is not None and self.fleet_slots is not None:
-                    await self.fleet_slots.give(provider, slot)
+                # The local count first: a cancel that lands while the fleet slot goes back (an await)
+                # must not leave this process's own slot taken for good.
                 state.in_flight -= 1
                 self._wake(state)
+                if slot is not None and self.fleet_slots is not None:
+                    await self.fleet_slots.give(provider, slot)
 
     async def _fleet_slot(self, provider: str, state: _Provider) -> int | None:
         """With more live processes than `provider`'s ceiling, one of its slots across the fleet (waited

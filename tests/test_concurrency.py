@@ -227,6 +227,51 @@ async def test_a_waiting_call_goes_as_soon_as_this_processs_part_of_the_ceiling_
     assert await asyncio.gather(*tasks) == ["ok"] * 6
 
 
+class SlowSlots:
+    """A ceiling's slots held in memory (the real ones are PostgreSQL locks: tests/test_fleet_slots.py),
+    whose give takes a while, as a database round trip does."""
+
+    def __init__(self) -> None:
+        self.held: set[int] = set()
+        self.giving = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    async def take(self, provider: str, ceiling: int) -> int | None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.held) < ceiling)
+            slot = min(set(range(ceiling)) - self.held)
+            self.held.add(slot)
+            return slot
+
+    async def give(self, provider: str, slot: int) -> None:
+        async def back() -> None:
+            self.giving.set()
+            await asyncio.sleep(0.2)
+            async with self._changed:
+                self.held.discard(slot)
+                self._changed.notify_all()
+
+        await asyncio.shield(back())  # as FleetSlots.give: the slot goes back whatever the caller does
+
+
+async def test_a_call_cancelled_while_its_fleet_slot_goes_back_leaves_this_processs_own_slot_free() -> None:
+    lim = limiter(3, 3, FakeTime())
+    slots = SlowSlots()
+    lim.fleet_slots = slots
+    lim.share_with(5, 4)  # more processes than calls: one call here, and a fleet slot for each
+    assert lim.limit("p") == 1
+
+    async def quick() -> str:
+        return "ok"
+
+    first = asyncio.create_task(lim.call("p", quick))
+    await asyncio.wait_for(slots.giving.wait(), 5)
+    first.cancel()  # a job cancel or a stop lands during the give's round trip
+    await asyncio.gather(first, return_exceptions=True)
+    assert lim.snapshot()["p"].in_flight == 0
+    assert await asyncio.wait_for(lim.call("p", quick), 5) == "ok"  # the next call is not stuck
+
+
 # -- decrease, Retry-After, deadline ------------------------------------------------------------------
 
 

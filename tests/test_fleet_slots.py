@@ -119,8 +119,21 @@ async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: 
             else:  # it finished before the cancel came: an ordinary take
                 assert slot is not None
                 await slots.give("p", slot)
-            assert not slots.held
-            assert await advisory_locks(other, "p") == 0, turns
+            await until_nothing_held(slots, other, turns)
+        # Cancelled twice (a deadline and a member's cancel together), a few turns apart.
+        for first in range(8):
+            for gap in range(3):
+                taking = asyncio.create_task(slots.take("p", 1))
+                for _ in range(first):
+                    await asyncio.sleep(0)
+                taking.cancel()
+                for _ in range(gap):
+                    await asyncio.sleep(0)
+                taking.cancel()
+                outcome = (await asyncio.gather(taking, return_exceptions=True))[0]
+                if isinstance(outcome, int):
+                    await slots.give("p", outcome)
+                await until_nothing_held(slots, other, (first, gap))
         # And one waiting for a slot another process holds.
         theirs = slots_of(other)
         assert await theirs.take("p", 1) == 0
@@ -131,6 +144,32 @@ async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: 
             await waiting
         await theirs.give("p", 0)
         assert not slots.held and await advisory_locks(other, "p") == 0
+
+
+async def until_nothing_held(slots: FleetSlots, storage: Storage, case: object) -> None:
+    """A slot granted to a take nobody waits for any more goes back on its own, just after."""
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while slots.held or await advisory_locks(storage, "p"):
+        assert asyncio.get_running_loop().time() < deadline, f"a slot stayed taken ({case})"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_one(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+):
+    async with processes(postgres_url, 2) as (storage, other):
+        slots = slots_of(storage)
+        assert await slots.take("p", 1) == 0  # the connection is kept while this slot is held
+        await other.db.all(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
+            (slot_key("p"),),
+        )
+        with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
+            assert await slots.take("q", 1) == 0  # the database answers: not a call without a slot
+        assert "fleet-wide slots lost with their database connection (p 0)" in caplog.text
+        assert "no fleet-wide slot" not in caplog.text
+        assert slots.held == {("q", 0)}
+        await slots.give("q", 0)
 
 
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):

@@ -31,7 +31,16 @@ log = logging.getLogger(__name__)
 SLOT_CHANNEL = "retouch_fleet_slots"  # NOTIFY channel; the payload is the provider whose slot came free
 # A process waiting for a slot tries again this often when no notification came (one may be lost).
 POLL_SECONDS = 0.5
-_DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a lost or killed connection raises. InternalClientError too: a connection the server ended while
+# it sat idle here (a restart, pg_terminate_backend) fails its next statement with it, not with a lost
+# connection's error.
+_DATABASE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def slot_key(provider: str) -> int:
@@ -51,6 +60,7 @@ class FleetSlots:
         self._held: set[tuple[str, int]] = set()
         self._busy = asyncio.Lock()  # one statement at a time on that connection
         self._freed: dict[str, asyncio.Event] = {}
+        self._returning: set[asyncio.Future[None]] = set()  # slots going back that nobody waited for
 
     @property
     def held(self) -> frozenset[tuple[str, int]]:
@@ -65,7 +75,7 @@ class FleetSlots:
         while True:
             freed.clear()
             try:
-                slot = await self._try_whole(provider, ceiling)
+                slot = await self._try_twice(provider, ceiling)
             except _DATABASE_ERRORS as exc:
                 log.warning(
                     "%s: no fleet-wide slot (the database: %s); calling without one",
@@ -84,18 +94,32 @@ class FleetSlots:
         caller is cancelled, so a slot is never left locked here and forgotten."""
         await asyncio.shield(self._give(provider, slot))
 
+    async def _try_twice(self, provider: str, ceiling: int) -> int | None:
+        """A try, and one more on a fresh connection when the one kept here had died meanwhile (a
+        database that is back must not send a call out without a slot)."""
+        try:
+            return await self._try_whole(provider, ceiling)
+        except _DATABASE_ERRORS:
+            return await self._try_whole(provider, ceiling)
+
     async def _try_whole(self, provider: str, ceiling: int) -> int | None:
-        """`_try`, run to its end even when the caller is cancelled meanwhile: a lock the server granted
-        must be known here (else the slot stays taken while this process lives), and goes back at once."""
+        """`_try`, run to its end even when the caller is cancelled meanwhile (once or more): a lock the
+        server granted must be known here, else the slot stays taken while this process lives; with
+        nobody left to use it, it goes straight back."""
         attempt = asyncio.ensure_future(self._try(provider, ceiling))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                slot = await attempt
-                if slot is not None:
-                    await self.give(provider, slot)
+            attempt.add_done_callback(lambda done: self._give_back_unused(provider, done))
             raise
+
+    def _give_back_unused(self, provider: str, attempt: asyncio.Future[int | None]) -> None:
+        slot = None if attempt.cancelled() or attempt.exception() is not None else attempt.result()
+        if slot is None:
+            return
+        returning = asyncio.ensure_future(self._give(provider, slot))
+        self._returning.add(returning)  # kept until done: the loop holds tasks only weakly
+        returning.add_done_callback(self._returning.discard)
 
     async def _try(self, provider: str, ceiling: int) -> int | None:
         key = slot_key(provider)
