@@ -14,10 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from bot.storage import Storage, postgres
-from bot.storage.connection import Body, DatabaseInUse, DatabaseUnavailable, execute, fetch_all
+from bot.storage.connection import (
+    Body,
+    DatabaseInUse,
+    DatabaseUnavailable,
+    execute,
+    fetch_all,
+    fetch_one,
+)
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
 
 
@@ -206,11 +214,14 @@ async def test_a_postgresql_close_cuts_a_connection_nobody_gives_back_instead_of
 
 class SilentNetwork:
     """A TCP relay to PostgreSQL that can go silent: it keeps every connection open but stops passing
-    bytes either way, as a partitioned network does (no FIN, no RST: the client just hears nothing)."""
+    bytes either way, as a partitioned network does (no FIN, no RST: the client just hears nothing).
+    With `cut_after`, the first client message holding those bytes is passed on and then both sides of
+    that connection are closed: the server gets it, the client never hears the answer."""
 
     def __init__(self, host: str, port: int) -> None:
         self.upstream = (host, port)
         self.silent = False
+        self.cut_after: bytes | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
 
@@ -232,13 +243,25 @@ class SilentNetwork:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        both = (writer, up_writer)
+        await asyncio.gather(self._pump(reader, up_writer, both), self._pump(up_reader, writer, ()))
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cut: tuple[asyncio.StreamWriter, ...],
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
                 if not self.silent:
                     writer.write(data)
+                if cut and self.cut_after is not None and self.cut_after in data:
+                    self.cut_after = None
+                    await writer.drain()
+                    for end in cut:
+                        end.transport.abort()
+                    return
 
 
 async def test_a_postgresql_close_is_bounded_even_when_the_network_goes_silent_mid_transaction(
@@ -272,6 +295,82 @@ async def test_a_postgresql_close_is_bounded_even_when_the_network_goes_silent_m
         assert done, "the close waited on a connection that went silent"
         assert "connections still in use 0.5 s into the stop; cut off" in caplog.text
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_pooled_connections_the_server_ended_while_idle_are_replaced_without_losing_work(
+    postgres_url: str,
+):
+    """PostgreSQL restarted, or ended idle sessions: the next statement on each pooled connection fails
+    (with a lost connection's error, or asyncpg's InternalClientError when it heard of the end first).
+    A transaction lost before its COMMIT, a read, and a write asyncpg never sent run again on a fresh
+    connection; each is done once."""
+    storage = await Storage.open(postgres_url)
+    killer = await Storage.open(postgres_url)
+    try:
+        for round_ in range(6):
+            pids = await pooled_pids(storage)
+            await killer.db.all(
+                "SELECT pg_terminate_backend(pid) FROM unnest(?::int[]) AS pid", (sorted(pids),)
+            )
+            if round_ % 2:
+                await asyncio.sleep(0.2)  # asyncpg hears of the ends before the next statements
+
+            def body(n: int = round_) -> Body[int]:
+                yield execute(
+                    "INSERT INTO model_notices (user_id, notice, created_at) VALUES (3, ?, 'now')", (f"t{n}",)
+                )
+                row = yield fetch_one("SELECT COUNT(*) FROM model_notices WHERE user_id = 3")
+                return int(row[0])
+
+            results = await asyncio.gather(
+                storage.db.transaction(body),
+                storage.db.one("SELECT 1"),
+                storage.db.all("SELECT 2"),
+            )
+            assert results[0] == round_ + 1  # committed once, whatever it took
+        assert await storage.settings.take_model_notices(3) == [f"t{n}" for n in range(6)]
+    finally:
+        await killer.close()
+        await storage.close()
+
+
+async def test_a_connection_lost_during_commit_is_not_run_again(postgres_url: str):
+    """Whether a COMMIT whose answer never came took cannot be known: running the transaction again
+    could do it twice, so the error is raised (the callers' own checks decide), never retried."""
+    target = urlsplit(postgres_url)
+    async with SilentNetwork(target.hostname or "127.0.0.1", target.port or 5432) as network:
+        relayed = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{network.port}"))
+        storage = await Storage.open(relayed)
+        try:
+
+            def body() -> Body[None]:
+                yield execute(
+                    "INSERT INTO model_notices (user_id, notice, created_at) VALUES (4, 'x', 'now')"
+                )
+
+            network.cut_after = b"COMMIT"
+            with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)):
+                await storage.db.transaction(body)
+            assert network.cut_after is None  # the cut came at the COMMIT
+        finally:
+            await storage.close()
+    direct = await Storage.open(postgres_url)
+    try:  # the server got the COMMIT: done once (a retry would have made it twice)
+        assert await direct.settings.take_model_notices(4) == ["x"]
+    finally:
+        await direct.close()
+
+
+async def pooled_pids(storage: Storage) -> set[int]:
+    """The server processes behind the pool's open connections (several taken at once to see them)."""
+    db = storage.db
+    assert isinstance(db, postgres.PostgresDatabase)
+    taken = [await db.pool.acquire() for _ in range(3)]
+    try:
+        return {conn.get_server_pid() for conn in taken}
+    finally:
+        for conn in taken:
+            await db.pool.release(conn)
 
 
 async def test_a_postgresql_transaction_caught_in_a_deadlock_runs_again(

@@ -139,12 +139,37 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
     raise ValueError(f"unknown statement kind {kind!r}")
 
 
+# What a connection that is gone raises: the server ended it (a restart, an idle-session timeout,
+# pg_terminate_backend) or the network dropped it. InternalClientError is what asyncpg raises for a
+# statement on a connection whose end it heard while it sat idle in the pool (nothing is sent then).
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
+
+class _LostBeforeCommit(Exception):
+    """The connection was lost before COMMIT was sent: nothing of the transaction was kept, so it may
+    run again on another connection (its body is re-runnable, as for a deadlock)."""
+
+
 async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) -> T:
     """Run a transaction body on `conn`: BEGIN, its statements, then COMMIT, or ROLLBACK if it fails.
 
     Every statement is a round trip, the one cost that matters here, so a body that starts by taking
-    locks (most movements do) has them sent with its BEGIN.
+    locks (most movements do) has them sent with its BEGIN. A connection lost before the COMMIT raises
+    `_LostBeforeCommit` (run again by `_retrying`); one lost during the COMMIT raises as it is, since
+    whether the COMMIT took cannot be known.
     """
+    try:
+        return await _in_transaction(conn, body)
+    except _CONNECTION_LOST as exc:
+        raise _LostBeforeCommit() from exc
+
+
+async def _in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) -> T:
     steps = body()
     begun = False
     try:
@@ -168,8 +193,20 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
     finally:
         steps.close()
     if begun:  # a failed COMMIT ends the transaction too
-        await conn.execute("COMMIT")
+        try:
+            await conn.execute("COMMIT")
+        except _CONNECTION_LOST as exc:
+            raise _CommitUnknown() from exc
     return value
+
+
+class _CommitUnknown(Exception):
+    """The connection was lost during COMMIT (carried past `in_transaction`'s retry, then unwrapped)."""
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The database's own error that a retry marker carries."""
+    return exc.__cause__ or exc
 
 
 async def _finished(task: asyncio.Future[Any], seconds: float) -> bool:
@@ -334,16 +371,35 @@ class PostgresDatabase(Clocked):
         return await asyncio.shield(task)
 
     async def _retrying(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """`work(connection)`, again on a fresh transaction after a deadlock or serialization failure."""
+        """`work(connection)`, again on a fresh transaction after a deadlock or serialization failure,
+        or on a fresh connection after losing one before anything was committed."""
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn:
                     return await work(conn)
+            except _CommitUnknown as exc:
+                raise _cause(exc) from None
+            except _LostBeforeCommit as exc:
+                if attempt == ATTEMPTS:
+                    raise _cause(exc) from None
+                log.info("database connection lost (attempt %d); running the transaction again", attempt)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate not in RETRY_STATES or attempt == ATTEMPTS:
                     raise
                 log.info("database %s (attempt %d); running the transaction again", exc.sqlstate, attempt)
-                await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+            await asyncio.sleep(random.uniform(0, 0.01 * attempt))
+        raise AssertionError("unreachable")
+
+    async def _reading(self, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """A read, again on a fresh connection when the one the pool gave had been lost."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await read(conn)
+            except _CONNECTION_LOST:
+                if attempt == ATTEMPTS:
+                    raise
+                log.info("database connection lost (attempt %d); reading again", attempt)
         raise AssertionError("unreachable")
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
@@ -352,17 +408,26 @@ class PostgresDatabase(Clocked):
         return await self._unstoppable(self._retrying(lambda conn: in_transaction(conn, body)))
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(postgres_sql(sql), *params)
+        text = postgres_sql(sql)
+        return await self._reading(lambda conn: conn.fetchrow(text, *params))
 
     async def all(self, sql: str, params: Sequence[Any] = ()) -> list[asyncpg.Record]:
-        rows: list[asyncpg.Record] = await self.pool.fetch(postgres_sql(sql), *params)
+        text = postgres_sql(sql)
+        rows: list[asyncpg.Record] = await self._reading(lambda conn: conn.fetch(text, *params))
         return rows
 
     async def write_one(self, sql: str, params: Sequence[Any]) -> int:
-        """One statement, its own transaction (autocommit); its row count."""
+        """One statement, its own transaction (autocommit); its row count. Run again on a fresh
+        connection only when the lost one certainly did not send it (asyncpg had already heard of its
+        end); lost in flight, it may have committed, and that is raised."""
 
         async def once(conn: asyncpg.Connection) -> int:
-            return _row_count(await conn.execute(postgres_sql(sql), *params))
+            try:
+                return _row_count(await conn.execute(postgres_sql(sql), *params))
+            except asyncpg.InternalClientError as exc:
+                raise _LostBeforeCommit() from exc
+            except _CONNECTION_LOST as exc:
+                raise _CommitUnknown() from exc
 
         return await self._unstoppable(self._retrying(once))
 
