@@ -27,7 +27,8 @@ What a backend must provide (`Database`):
   takes `lock(("budget",))` before it reads the sums it compares. SQLite runs one writer at a time, so
   its locks cost nothing; PostgreSQL runs bodies concurrently under READ COMMITTED and takes them as
   transaction-scoped advisory locks. A body must be re-runnable (no effects outside its statements):
-  PostgreSQL runs it again after a deadlock or serialization failure.
+  PostgreSQL runs it again after a deadlock or serialization failure, and on a fresh connection after
+  losing one before the COMMIT (never after: whether that COMMIT took cannot be known).
 - `write_one(sql, params)`: one statement in its own write transaction, returning its row count.
 - `Error`: the driver's exception class, for callers that must tell a refused statement apart.
 - `shared`: whether several processes may use the database at once (PostgreSQL), so work in it is
