@@ -440,14 +440,32 @@ async def test_a_lone_survivor_takes_a_dead_processes_jobs_within_its_room_then_
     await assert_books_balance(b.storage)
 
 
-async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_until_it_agrees_again(
-    process: Factory, clock: Clock, caplog: pytest.LogCaptureFixture
-):
+async def clock_skew_case(process: Factory, clock: Clock) -> tuple[EditService, Recorder, list[str]]:
+    """b, and two jobs a left queued whose leases look run out to b (b's clock is a lease and a second
+    past the one they were stamped by): whether they are a's still depends on whose clock is wrong."""
     b, told_b = await process("b")
     await b.engine.recover()
     left = await queued_jobs_left_by(b, "a", 2)
-    # b's clock runs ahead of a's by more than a lease: a's live leases look run out to b.
     clock.advance(LEASE + 1)
+    return b, told_b, left
+
+
+async def holders(service: EditService, job_ids: list[str]) -> list[str | None]:
+    return [row.owner if (row := await service.storage.jobs.get_job(job_id)) else None for job_id in job_ids]
+
+
+async def assert_taken_over_and_delivered(b: EditService, told_b: Recorder, left: list[str]) -> None:
+    assert sum((await b.engine.lease_round()).values()) == len(left)
+    for job_id in left:
+        await wait_state(b, job_id, "delivered")
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
+    await assert_books_balance(b.storage)
+
+
+async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_until_it_agrees_again(
+    process: Factory, clock: Clock, caplog: pytest.LogCaptureFixture
+):
+    b, told_b, left = await clock_skew_case(process, clock)  # b's clock runs ahead of a's
     bound = b.engine.clock_bound()
     assert bound == max(1.0, LEASE / (2 * ROUNDS_PER_LEASE))
     with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
@@ -455,41 +473,29 @@ async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_un
     assert "taking over no jobs until the clocks agree" in caplog.text
     assert sum((await b.engine.lease_round()).values()) == 0
     assert sum((await b.engine.recover()).values()) == 0  # start-up's share is held back the same way
-    assert [(await b.storage.jobs.get_job(job_id)).owner for job_id in left] == ["a", "a"]  # type: ignore[union-attr]
+    assert await holders(b, left) == ["a", "a"]
     # Just inside the bound, it takes them (here a really is gone: the test's clock is the only one).
     b.engine.hear_clock(bound - 0.1)
-    assert sum((await b.engine.lease_round()).values()) == 2
-    for job_id in left:
-        await wait_state(b, job_id, "delivered")
-    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
-    await assert_books_balance(b.storage)
+    await assert_taken_over_and_delivered(b, told_b, left)
 
 
 async def test_the_jobs_of_a_live_process_whose_clock_is_behind_are_left_to_it_until_it_leaves_the_fleet(
     process: Factory, clock: Clock, caplog: pytest.LogCaptureFixture
 ):
-    b, told_b = await process("b")
-    await b.engine.recover()
-    left = await queued_jobs_left_by(b, "a", 2)
-    # a's clock runs behind the fleet's by more than a lease: its live leases look run out to b.
-    clock.advance(LEASE + 1)
+    b, told_b, left = await clock_skew_case(process, clock)  # a's clock runs behind the fleet's
     with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
         b.engine.hear_clock(0.2, {"a": LEASE + 1, "b": 0.2, "c": 0.1})  # bot.sharding.clocks_apart
     assert "process a's clock is 31.0 s from the other bot processes'" in caplog.text
     assert b.engine.clocks_off == {"a"}
     assert sum((await b.engine.lease_round()).values()) == 0
     assert sum((await b.engine.recover()).values()) == 0  # start-up leaves them alike
-    assert [(await b.storage.jobs.get_job(job_id)).owner for job_id in left] == ["a", "a"]  # type: ignore[union-attr]
+    assert await holders(b, left) == ["a", "a"]
     # Nor does b come back for them every tenth of a second: its next round is a third of a lease away.
     assert await b.engine._until_next_round(LEASE / ROUNDS_PER_LEASE, busy=False) == LEASE / ROUNDS_PER_LEASE
     # a died: its shard lease ran out on the database's clock, so it is no longer among the fleet's.
     b.engine.hear_clock(0.2, {"b": 0.2, "c": 0.1})
     assert b.engine.clocks_off == frozenset()
-    assert sum((await b.engine.lease_round()).values()) == 2
-    for job_id in left:
-        await wait_state(b, job_id, "delivered")
-    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted(left)
-    await assert_books_balance(b.storage)
+    await assert_taken_over_and_delivered(b, told_b, left)
 
 
 async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_process_at_once(
