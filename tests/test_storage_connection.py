@@ -361,6 +361,25 @@ async def test_a_connection_lost_during_commit_is_not_run_again(postgres_url: st
         await direct.close()
 
 
+async def test_a_write_the_server_ran_is_not_run_again_when_only_reading_its_answer_failed(postgres_url: str):
+    """asyncpg's stale type cache error (an InternalClientError, like the one for a connection whose end
+    it heard) comes after the server ran the statement: it is raised, and the statement runs once."""
+    db = await postgres.PostgresDatabase.open(postgres_url, pool_size=1)  # one connection: its cache
+    try:
+        await db.write_one("CREATE TYPE point2 AS (x BIGINT)", ())
+        await db.write_one("CREATE TABLE counter (id BIGINT PRIMARY KEY, n BIGINT, at point2)", ())
+        await db.write_one("INSERT INTO counter VALUES (1, 0, ROW(1))", ())
+        bump = "UPDATE counter SET n = n + 1 WHERE id = ? RETURNING at"  # prepared: its answer is decoded
+        assert await db.write_one(bump, (1,)) == 1  # the connection now knows point2's shape
+        await db.write_one("ALTER TYPE point2 ADD ATTRIBUTE y BIGINT", ())
+        with pytest.raises(asyncpg.OutdatedSchemaCacheError):
+            await db.write_one(bump, (1,))
+        row = await db.one("SELECT n FROM counter WHERE id = 1")
+        assert row is not None and row[0] == 2  # once each: the failed answer's statement did run
+    finally:
+        await db.close()
+
+
 async def pooled_pids(storage: Storage) -> set[int]:
     """The server processes behind the pool's open connections (several taken at once to see them)."""
     db = storage.db

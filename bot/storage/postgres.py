@@ -139,15 +139,26 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
     raise ValueError(f"unknown statement kind {kind!r}")
 
 
-# What a connection that is gone raises: the server ended it (a restart, an idle-session timeout,
-# pg_terminate_backend) or the network dropped it. InternalClientError is what asyncpg raises for a
-# statement on a connection whose end it heard while it sat idle in the pool (nothing is sent then).
-_CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-)
+# Messages of asyncpg's errors for a statement it refused to send: the connection's end had already
+# been heard (a restart, an idle-session timeout, pg_terminate_backend, while it sat in the pool).
+_NOT_SENT = ("cannot switch to state", "not connected", "connection is closed")
+
+
+def _unsent(exc: BaseException) -> bool:
+    """Whether asyncpg refused to send the statement at all (so running it again cannot repeat it).
+    Exact classes only: their subclasses (a stale type cache, a protocol error) come after the server
+    has run the statement."""
+    kind = type(exc)
+    return kind in (asyncpg.InternalClientError, asyncpg.InterfaceError) and str(exc).startswith(_NOT_SENT)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the connection is gone, not that a statement or its arguments were wrong."""
+    if isinstance(exc, asyncpg.PostgresConnectionError | OSError):
+        return True
+    if isinstance(exc, asyncpg.DataError | asyncpg.UnsupportedClientFeatureError):
+        return False
+    return isinstance(exc, asyncpg.InterfaceError) or _unsent(exc)
 
 
 class _LostBeforeCommit(Exception):
@@ -165,8 +176,10 @@ async def in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) 
     """
     try:
         return await _in_transaction(conn, body)
-    except _CONNECTION_LOST as exc:
-        raise _LostBeforeCommit() from exc
+    except Exception as exc:
+        if _connection_lost(exc):
+            raise _LostBeforeCommit() from exc
+        raise
 
 
 async def _in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]]) -> T:
@@ -195,8 +208,8 @@ async def _in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]])
     if begun:  # a failed COMMIT ends the transaction too
         try:
             await conn.execute("COMMIT")
-        except _CONNECTION_LOST as exc:
-            raise _CommitUnknown() from exc
+        except Exception as exc:
+            raise _CommitUnknown() from exc  # whatever it was, it came during the COMMIT
     return value
 
 
@@ -204,9 +217,9 @@ class _CommitUnknown(Exception):
     """The connection was lost during COMMIT (carried past `in_transaction`'s retry, then unwrapped)."""
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The database's own error that a retry marker carries."""
-    return exc.__cause__ or exc
+def _original(marker: BaseException) -> BaseException:
+    """The database's own error a retry marker carries, with its own cause kept (to raise `from`)."""
+    return marker.__cause__ or marker
 
 
 async def _finished(task: asyncio.Future[Any], seconds: float) -> bool:
@@ -378,10 +391,12 @@ class PostgresDatabase(Clocked):
                 async with self.pool.acquire() as conn:
                     return await work(conn)
             except _CommitUnknown as exc:
-                raise _cause(exc) from None
+                error = _original(exc)
+                raise error from error.__cause__
             except _LostBeforeCommit as exc:
                 if attempt == ATTEMPTS:
-                    raise _cause(exc) from None
+                    error = _original(exc)
+                    raise error from error.__cause__
                 log.info("database connection lost (attempt %d); running the transaction again", attempt)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate not in RETRY_STATES or attempt == ATTEMPTS:
@@ -393,13 +408,14 @@ class PostgresDatabase(Clocked):
     async def _reading(self, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """A read, again on a fresh connection when the one the pool gave had been lost."""
         for attempt in range(1, ATTEMPTS + 1):
-            try:
-                async with self.pool.acquire() as conn:
+            # Taking a connection is outside the retry: one that cannot be opened is not tried again.
+            async with self.pool.acquire() as conn:
+                try:
                     return await read(conn)
-            except _CONNECTION_LOST:
-                if attempt == ATTEMPTS:
-                    raise
-                log.info("database connection lost (attempt %d); reading again", attempt)
+                except Exception as exc:
+                    if attempt == ATTEMPTS or not _connection_lost(exc):
+                        raise
+            log.info("database connection lost (attempt %d); reading again", attempt)
         raise AssertionError("unreachable")
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
@@ -418,16 +434,18 @@ class PostgresDatabase(Clocked):
 
     async def write_one(self, sql: str, params: Sequence[Any]) -> int:
         """One statement, its own transaction (autocommit); its row count. Run again on a fresh
-        connection only when the lost one certainly did not send it (asyncpg had already heard of its
-        end); lost in flight, it may have committed, and that is raised."""
+        connection only when asyncpg refused to send it (it had already heard of the connection's end);
+        lost in flight, it may have committed, and that is raised."""
 
         async def once(conn: asyncpg.Connection) -> int:
             try:
                 return _row_count(await conn.execute(postgres_sql(sql), *params))
-            except asyncpg.InternalClientError as exc:
-                raise _LostBeforeCommit() from exc
-            except _CONNECTION_LOST as exc:
-                raise _CommitUnknown() from exc
+            except Exception as exc:
+                if _unsent(exc):
+                    raise _LostBeforeCommit() from exc
+                if _connection_lost(exc):
+                    raise _CommitUnknown() from exc
+                raise
 
         return await self._unstoppable(self._retrying(once))
 
