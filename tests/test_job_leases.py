@@ -281,13 +281,16 @@ async def completed_job(service: EditService, owner: str) -> str:
     return job_id
 
 
-async def busy(process: Factory, wavespeed: FakeWaveSpeed, live: Live | None = None) -> tuple[Any, ...]:
-    """Process "a", one job at a time: one at WaveSpeed (its result held back) and one waiting behind
-    it, credits held. Returns (a, what a told, the job at the provider, the waiting job)."""
+async def busy(
+    process: Factory, wavespeed: FakeWaveSpeed, live: Live | None = None, provider_live: Live | None = None
+) -> tuple[Any, ...]:
+    """Process "a", one job at a time: one at WaveSpeed (its result held back; its progress message
+    `provider_live`) and one waiting behind it (`live`), credits held. Returns (a, what a told, the job
+    at the provider, the waiting job)."""
     a, told_a = await process("a", MAX_CONCURRENT_JOBS="1")
     await a.engine.recover()
     wavespeed.hold_results()
-    at_provider = await submit(a, model="ws-mini")
+    at_provider = await submit(a, provider_live, model="ws-mini")
     await wait_state(a, at_provider, "submitted")
     waiting = await submit(a, live, user=BOB)
     return a, told_a, at_provider, waiting
@@ -296,7 +299,8 @@ async def busy(process: Factory, wavespeed: FakeWaveSpeed, live: Live | None = N
 async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_never_acts_on_them_again(
     process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
 ):
-    a, told_a, at_provider, waiting = await busy(process, wavespeed)
+    lives = {"at provider": Live(), "waiting": Live()}  # the two members' progress messages, held by a
+    a, told_a, at_provider, waiting = await busy(process, wavespeed, lives["waiting"], lives["at provider"])
     completed = await completed_job(a, "a")
     assert await state(a, waiting) == "reserved"
 
@@ -332,16 +336,43 @@ async def test_a_dead_processes_jobs_are_taken_over_resumed_once_and_its_owner_n
         await wait_state(b, job_id, "delivered")
 
     # a comes back: its own poll of the resumed job ends, but it may not store, post or charge it; it
-    # neither runs the job that waited behind it nor says a word to anyone.
+    # does not run the job that waited behind it. It tells nobody anything but that the edit moved, on
+    # the progress messages only it can edit; the rest is b's to tell.
     await asyncio.wait_for(a.engine._idle.wait(), 10)
     assert await a.engine.renew_leases() == set(a.engine.held_jobs()) - {at_provider}
     assert a.engine.held_jobs() == set()
     assert told_a.delivered == [] and told_a.notices == []
+    for live in lives.values():
+        await asyncio.wait_for(live.ended.wait(), 10)
+        assert live.final == [messages.TAKEN_OVER_ELSEWHERE] and live.delivered == []
     assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting, completed])
     assert wavespeed.submit_count == 1  # polled by its new owner, never submitted again
     assert openai.post_count == 1  # the waiting job ran once, in b
     for job_id in (at_provider, waiting, completed):
         assert await kinds(b, job_id) == ["reserve", "capture"]
+    await assert_books_balance(b.storage)
+
+
+async def test_a_process_that_hears_it_lost_its_jobs_tells_their_members_they_moved_and_nothing_else(
+    process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    lives = {"at provider": Live(), "waiting": Live()}
+    a, told_a, at_provider, waiting = await busy(process, wavespeed, lives["waiting"], lives["at provider"])
+    b, told_b = await process("b")
+    await b.engine.recover()
+    clock.advance(LEASE + 1)  # a hung for a lease: b takes both over
+    assert sum((await b.engine.lease_round()).values()) == 2
+    # a wakes while its call is still at WaveSpeed and the other job still waits in its queue.
+    assert await a.engine.renew_leases() == {at_provider, waiting}
+    for live in lives.values():
+        await asyncio.wait_for(live.ended.wait(), 10)
+        assert live.final == [messages.TAKEN_OVER_ELSEWHERE]
+    wavespeed.release_results()
+    for job_id in (at_provider, waiting):
+        await wait_state(b, job_id, "delivered")
+    assert told_a.delivered == [] and told_a.notices == []
+    assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting])
+    assert openai.post_count == 1 and wavespeed.submit_count == 1  # each sent once: a sent one, b the other
     await assert_books_balance(b.storage)
 
 

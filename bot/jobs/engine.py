@@ -358,8 +358,10 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 del served  # the provider's images: while it is posted, only what is posted stays
             await self._deliver(job, row, spec, outcome)
         except LeaseLost:
-            # Another process claimed it while this one could not renew: that process settles it.
+            # Another process claimed it while this one could not renew: that process settles it and
+            # posts the result; the progress message only this one can edit says so.
             log.warning("job %s: another process took it over; stopped here without settling it", job.id)
+            await self._tell_live(job, messages.TAKEN_OVER_ELSEWHERE)
         except SuspendJob:
             log.info(
                 "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)

@@ -56,6 +56,7 @@ from collections.abc import Mapping
 
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import db_time, parse_time
+from bot.messages import TAKEN_OVER_ELSEWHERE
 from bot.storage.jobs import CancelRequest, JobRow
 from bot.tasks import Again
 
@@ -176,7 +177,9 @@ class JobLeases(EngineCore):
         return lost
 
     def _lose(self, job_id: str) -> None:
-        """Another process runs `job_id` now: stop here without settling or telling anyone."""
+        """Another process runs `job_id` now: stop here without settling it. Its member hears only that
+        it moved (on the progress message, which only this process can edit); the rest is the new
+        holder's to tell."""
         log.warning("job %s: its lease here ran out and another process took it over; leaving it", job_id)
         handle = self._redeliveries.pop(job_id, None)
         if handle is not None:
@@ -187,6 +190,7 @@ class JobLeases(EngineCore):
         if job_id in self._waiting:
             self._waiting.remove(job_id)
             self._jobs.pop(job_id, None)
+            self._spawn(self._tell_live(job, TAKEN_OVER_ELSEWHERE))
             return
         job.abort_reason = "lost"  # a provider call in progress stops; its fenced writes would fail anyway
         job.abort.set()
