@@ -212,6 +212,27 @@ async def test_a_postgresql_close_cuts_a_connection_nobody_gives_back_instead_of
         await reopened.close()
 
 
+async def test_a_postgresql_close_that_is_itself_cancelled_cuts_the_connections_it_was_waiting_for(
+    postgres_url: str,
+):
+    storage = await Storage.open(postgres_url)
+    assert isinstance(storage.db, postgres.PostgresDatabase)
+    taken = await storage.db.pool.acquire()  # never given back
+    pid = taken.get_server_pid()
+    closing = asyncio.create_task(storage.close())
+    await asyncio.sleep(0.1)  # well inside CLOSE_SECONDS
+    closing.cancel()
+    await asyncio.gather(closing, return_exceptions=True)
+    direct = await Storage.open(postgres_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await direct.db.one("SELECT 1 FROM pg_stat_activity WHERE pid = ?", (pid,)):
+            assert asyncio.get_running_loop().time() < deadline, "the connection outlived the cancelled close"
+            await asyncio.sleep(0.05)
+    finally:
+        await direct.close()
+
+
 class SilentNetwork:
     """A TCP relay to PostgreSQL that can go silent: it keeps every connection open but stops passing
     bytes either way, as a partitioned network does (no FIN, no RST: the client just hears nothing).

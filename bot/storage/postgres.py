@@ -348,7 +348,12 @@ class PostgresDatabase(Clocked):
         # still sends its ROLLBACK, and on a connection that went silent (a partitioned network) that
         # waits for ever. Cutting every connection is what ends such waits.
         closing = asyncio.ensure_future(self._close_gracefully())
-        if await _finished(closing, CLOSE_SECONDS):
+        try:
+            finished = await _finished(closing, CLOSE_SECONDS)
+        except asyncio.CancelledError:  # the stop itself is being cut short: so are the connections
+            self.pool.terminate()
+            raise
+        if finished:
             closing.result()  # its error, if it failed, is the caller's
             return
         log.warning(
