@@ -123,6 +123,7 @@ class _Provider:
         self.waiters: list[asyncio.Future[None]] = []
         self.share = 1  # live processes calling this provider with the same account (`share_with`)
         self.rank: int | None = None  # this process's place among them (None: not told, no extra call)
+        self.slot_waits = 0  # calls holding a place here but still waiting for a fleet slot (not sent)
 
     @property
     def allowed(self) -> int:
@@ -241,7 +242,7 @@ class ProviderLimiter:
                 provider=name,
                 limit=s.allowed,
                 ceiling=s.ceiling,
-                in_flight=s.in_flight,
+                in_flight=s.in_flight - s.slot_waits,  # at the provider: not those waiting for a slot
                 paused_for=max(0.0, s.paused_until - now),
                 refused_at=s.refused_at,
             )
@@ -295,7 +296,11 @@ class ProviderLimiter:
         for); otherwise the parts add up to the ceiling by themselves and none is needed."""
         if self.fleet_slots is None or state.ceiling is None or state.share <= state.ceiling:
             return None
-        return await self.fleet_slots.take(provider, state.ceiling)
+        state.slot_waits += 1
+        try:
+            return await self.fleet_slots.take(provider, state.ceiling)
+        finally:
+            state.slot_waits -= 1
 
     async def _acquire(self, state: _Provider) -> tuple[int, bool]:
         """Wait for the pause to end and a free slot; take it. Returns the epoch it was taken in and

@@ -272,6 +272,20 @@ async def test_a_call_cancelled_while_its_fleet_slot_goes_back_leaves_this_proce
     assert await asyncio.wait_for(lim.call("p", quick), 5) == "ok"  # the next call is not stuck
 
 
+async def test_a_call_waiting_for_a_fleet_slot_is_not_shown_as_at_the_provider() -> None:
+    lim = limiter(1, 1, FakeTime())
+    slots = SlowSlots()
+    lim.fleet_slots = slots
+    lim.share_with(2, 1)  # two processes, one call: this one waits for the other's slot
+    slots.held.add(0)  # the other process's call
+    waiting = asyncio.create_task(lim.call("p", lambda: asyncio.sleep(0, "ok")))
+    await settle(lambda: lim._state("p").slot_waits == 1)
+    assert lim.snapshot()["p"].in_flight == 0  # /metrics and /diagnose: nothing sent from here yet
+    await slots.give("p", 0)
+    assert await asyncio.wait_for(waiting, 5) == "ok"
+    assert lim.snapshot()["p"].in_flight == 0
+
+
 # -- decrease, Retry-After, deadline ------------------------------------------------------------------
 
 
