@@ -214,6 +214,8 @@ async def start_services(services: Services, sharing: ShardSharing | None, *, re
     first job on it takes only its part of each provider's ceiling, and the others count it.
     `recommended`: Discord's recommended shard count (for a fleet that has none yet)."""
     if sharing is not None:
+        if sharing.shared:  # the others' clocks are heard when it joins, or at its first round after
+            services.edits.engine.expect_clock()
         await sharing.join(recommended=recommended)
     await services.edits.start()
 

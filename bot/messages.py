@@ -361,9 +361,10 @@ def timed_out(*, queued: bool) -> str:
 INTERRUPTED = "Retouch had to restart before your edit finished. You were not charged; please run it again."
 # The process holding this member's progress message lost the job to another process (it could not
 # renew its lease for a while); only this process can edit that message, so it says so as it lets go.
+# What the other process does with the job (posts it, releases it, cancels it) is not known here.
 TAKEN_OVER_ELSEWHERE = (
-    "Another Retouch process has taken this edit over. It is still being made and will be posted in "
-    "this channel when it is ready."
+    "Another Retouch process has taken this edit over. It will post the result, or tell you what "
+    "happened, in this channel."
 )
 SUSPENDED_AT_PROVIDER = (
     "Retouch is restarting. Your edit is still being made and will be posted in this channel when "

@@ -201,6 +201,8 @@ async def test_without_the_database_a_call_goes_ahead_without_a_slot_and_says_so
     with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
         assert await slots.take("p", 2) is None
     assert "p: no fleet-wide slot" in caplog.text
+    # Nor does a closed database start listening again (a task that would retry for ever).
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "retouch-listen" and not t.done()]
 
 
 async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provider_than_it(

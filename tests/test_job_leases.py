@@ -21,7 +21,7 @@ import pytest
 
 from bot import messages
 from bot.jobs.leases import ROUNDS_PER_LEASE
-from bot.jobs.model import CancelAnswer, NotAllowed, db_time
+from bot.jobs.model import CancelAnswer, Delivered, EditOutcome, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.observability.metrics import Metrics
 from bot.services.edits import EditService
@@ -30,6 +30,7 @@ from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
 from tests.durable import PHOTO
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.live import RecordingLive
 from tests.test_engine import (
     ALICE,
     BOB,
@@ -376,6 +377,43 @@ async def test_a_process_that_hears_it_lost_its_jobs_tells_their_members_they_mo
     await assert_books_balance(b.storage)
 
 
+class SlowPost(RecordingLive):
+    """A progress message whose posting of the result takes until `go` is set (Discord slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        self.posting.set()
+        await self.go.wait()
+        return await super().deliver(outcome)
+
+
+async def test_a_process_that_posted_the_result_before_it_heard_it_lost_the_job_says_nothing_more(
+    process: Factory, clock: Clock
+):
+    a, _ = await process("a")
+    await a.engine.recover()
+    live = SlowPost()
+    job_id = await submit(a, live)
+    await asyncio.wait_for(live.posting.wait(), 10)  # a is posting the result when it stalls
+    b, told_b = await process("b")
+    await b.engine.recover()
+    told_b.found[job_id] = Delivered("interaction", 7, 1001)  # b will find a's post (bot.jobs.delivery)
+    clock.advance(LEASE + 1)
+    assert (await b.engine.lease_round())["delivering"] == 1
+    live.go.set()  # a's post lands; its capture then finds the job b's
+    await wait_state(b, job_id, "delivered")
+    await asyncio.wait_for(a.engine._idle.wait(), 10)
+    assert len(live.delivered) == 1  # the member has the result...
+    assert live.final == []  # ...and no word after it that the edit moved and is still to come
+    assert told_b.delivered == []  # not posted twice
+    assert await kinds(b, job_id) == ["reserve", "capture"]
+    await assert_books_balance(b.storage)
+
+
 async def queued_jobs_left_by(
     service: EditService, owner: str, count: int, model: str = "gpt-image-1.5"
 ) -> list[str]:
@@ -527,6 +565,53 @@ async def test_the_jobs_of_a_live_process_whose_clock_is_behind_are_left_to_it_u
     b.engine.hear_clock(0.2, {"b": 0.2, "c": 0.1})
     assert b.engine.clocks_off == frozenset()
     await assert_taken_over_and_delivered(b, told_b, left)
+
+
+async def test_a_process_that_has_not_yet_heard_the_fleets_clocks_takes_over_nothing(
+    process: Factory, clock: Clock
+):
+    b, told_b, left = await clock_skew_case(process, clock)
+    b.engine.expect_clock()  # it could not join the fleet at start-up (bot/app.py start_services)
+    assert sum((await b.engine.recover()).values()) == 0
+    assert sum((await b.engine.lease_round()).values()) == 0
+    assert await holders(b, left) == ["a", "a"]
+    b.engine.hear_clock(0.0, {"b": 0.0})  # its first shard round: a is not among the live processes
+    await assert_taken_over_and_delivered(b, told_b, left)
+
+
+class HeldLive(Live):
+    """A progress message whose last edit takes until `done` is set (Discord slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.editing = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def finish(self, text: str | None) -> bool:
+        self.editing.set()
+        await self.done.wait()
+        return await super().finish(text)
+
+
+async def test_a_stop_whose_queued_job_is_taken_over_while_it_tells_another_member_still_completes(
+    process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    slow = HeldLive()
+    a, _, at_provider, first = await busy(process, wavespeed, slow)
+    second = await submit(a, user=BOB)  # waits behind the first
+    b, _ = await process("b")
+    await b.engine.recover()
+    clock.advance(LEASE + 1)
+    assert sum((await b.engine.lease_round()).values()) == 3  # a hung: b has all three now
+    stopping = asyncio.create_task(a.drain(0))
+    await asyncio.wait_for(slow.editing.wait(), 10)  # the stop tells the waiting members...
+    assert await a.engine.renew_leases() == {at_provider}  # ...while a lease round finds its call lost
+    slow.done.set()
+    await asyncio.wait_for(stopping, 10)  # the stop goes on to its end (the round used to fail it)
+    wavespeed.release_results()
+    for job_id in (at_provider, first, second):
+        await wait_state(b, job_id, "delivered")
+    await assert_books_balance(b.storage)
 
 
 async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_process_at_once(

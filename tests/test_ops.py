@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.app import Services, build_services, split_with_fleet
+from bot.app import Services, build_services, split_with_fleet, start_services
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
 from bot.jobs.model import EditOutcome
@@ -23,7 +23,7 @@ from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
-from bot.sharding import FleetPlace
+from bot.sharding import FleetPlace, StaticShards
 from bot.storage import Storage
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
@@ -331,6 +331,29 @@ async def test_the_apps_metrics_show_how_many_processes_the_shard_leases_last_co
     assert services.edits.engine.clock_apart == 12.5  # the engine heard it too (it guards takeovers)
     assert services.edits.engine.clocks_off == {"slow"}  # and leaves alone a live wrong clock's jobs
     assert value(page, "retouch_fleet_clocks_off") == 1
+
+
+class AwayFleet(StaticShards):
+    """A shared shard source whose database is away at start-up: its join fails quietly and the
+    background rounds join later, as bot.sharding.ShardCoordinator.join does."""
+
+    shared = True  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("sharing", [AwayFleet(1), StaticShards(1)], ids=["shared", "alone"])
+async def test_a_process_that_has_not_heard_the_fleets_clocks_at_start_up_takes_nothing_over_yet(
+    services: Services, sharing: StaticShards
+) -> None:
+    engine = services.edits.engine
+    await start_services(services, sharing, recommended=1)
+    try:
+        # Shared: nothing is taken over until a shard round says how the clocks stand. Alone: nothing
+        # to wait for.
+        assert engine.clock_heard is not sharing.shared
+        split_with_fleet(services)(FleetPlace(1, 0, 0.0, {engine.owner: 0.0}))  # the first round
+        assert engine.clock_heard
+    finally:
+        await services.edits.drain(0)
 
 
 async def test_the_apps_metrics_show_the_routers_limits(services: Services) -> None:

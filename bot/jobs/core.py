@@ -76,6 +76,7 @@ class ActiveJob:
     clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result
+    posted: bool = False  # its result is posted (by this process, or found posted before a restart)
     position: int = 0
     delivery_retries: int = 0  # stored-result deliveries put off after a transient failure
 
@@ -174,6 +175,9 @@ class EngineCore:
         # Other live processes whose clocks are that far from the fleet's: their leases cannot be read
         # here, so their jobs are left to them while they live (`hear_clock`).
         self.clocks_off: frozenset[str] = frozenset()
+        # False from `expect_clock` (a process sharing a database, before it joins the fleet) until the
+        # shard leases first say how the clocks stand: until then nothing is taken over.
+        self.clock_heard = True
         # A cancel recorded by another process wakes this one at once (PostgreSQL NOTIFY) to renew early,
         # and a circuit that opened or closed here is shared at once: both set up with the leases
         # (bot.jobs.leases `_start_leases`).

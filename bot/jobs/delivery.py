@@ -133,6 +133,7 @@ class JobDelivery(EngineCore):
             return None
 
     async def _delivered(self, job: ActiveJob, outcome: EditOutcome, where: Delivered) -> None:
+        job.posted = True  # even if the capture below finds the job another process's
         settled = await self.storage.ledger.settle_delivered(
             job.id,
             outcome.charged,

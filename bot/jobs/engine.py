@@ -361,7 +361,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             # Another process claimed it while this one could not renew: that process settles it and
             # posts the result; the progress message only this one can edit says so.
             log.warning("job %s: another process took it over; stopped here without settling it", job.id)
-            await self._tell_live(job, messages.TAKEN_OVER_ELSEWHERE)
+            if not job.posted:  # a posted result speaks for itself (the new holder finds it, and settles)
+                await self._tell_live(job, messages.TAKEN_OVER_ELSEWHERE)
         except SuspendJob:
             log.info(
                 "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)

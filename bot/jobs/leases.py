@@ -120,9 +120,15 @@ class JobLeases(EngineCore):
         measurement's own noise: a statement's latency)."""
         return max(MIN_CLOCK_BOUND_SECONDS, self.lease.total_seconds() / (2 * ROUNDS_PER_LEASE))
 
+    def expect_clock(self) -> None:
+        """Take nothing over until `hear_clock` first says how the fleet's clocks stand (a process that
+        could not join the fleet at start-up knows nothing of the others' clocks yet)."""
+        self.clock_heard = False
+
     def hear_clock(self, apart: float, others: Mapping[str, float] | None = None) -> None:
         """How far this process's clock is from the fleet's, and (`others`, by process name) how far
         every other live process's is, as the shard leases last measured them."""
+        self.clock_heard = True
         bound = self.clock_bound()
         self._hear_others(others or {}, bound)
         if (apart > bound) != (self.clock_apart > bound):
@@ -209,9 +215,9 @@ class JobLeases(EngineCore):
     async def take_over(self) -> dict[str, int]:
         """Claim this process's share of the live jobs whose lease ran out (a dead process's) and
         resume them as a restart does; never those of a live process whose clock is off (`clocks_off`).
-        None while this process's own clock is too far from the fleet's: leases it sees as run out may
-        be live."""
-        if self.clock_apart > self.clock_bound():
+        None while this process's own clock is too far from the fleet's, or not yet known
+        (`expect_clock`): leases it sees as run out may be live."""
+        if not self.clock_heard or self.clock_apart > self.clock_bound():
             return {}
         now, skip = db_time(self.storage.now()), self.clocks_off
         claimable = await self.storage.jobs.claimable_jobs(now, skip=skip)

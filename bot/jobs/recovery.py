@@ -61,10 +61,12 @@ class JobRecovery(JobLeases):
         for handle in self._redeliveries.values():  # rows stay `completed`: the next start posts them
             handle.cancel()
         self._redeliveries.clear()
-        for job_id in list(self._waiting):
-            job = self._jobs.pop(job_id)
-            await self._tell_live(job, SUSPENDED_IN_QUEUE)
+        # Out of the queue all at once, before the first message is awaited: a lease round meanwhile
+        # (which may drop a lost job and look at the queue) must find the queue and the jobs agree.
+        stopped = [self._jobs.pop(job_id) for job_id in self._waiting if job_id in self._jobs]
         self._waiting.clear()
+        for job in stopped:
+            await self._tell_live(job, SUSPENDED_IN_QUEUE)
         if self._feedback_task is not None:
             self._feedback_task.cancel()
         with contextlib.suppress(TimeoutError):

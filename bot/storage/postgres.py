@@ -247,14 +247,18 @@ class _Listener:
         self._heard: dict[str, list[Callable[[str], None]]] = {}
         self._asked = asyncio.Event()  # a channel was added while connected
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def add(self, channel: str, heard: Callable[[str], None]) -> None:
+        if self._closed:  # the database is closed: nothing would ever be heard
+            return
         self._heard.setdefault(channel, []).append(heard)
         self._asked.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="retouch-listen")
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
