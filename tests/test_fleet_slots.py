@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,9 @@ from bot.storage.fleet_slots import FleetSlots, slot_key
 from bot.storage.postgres import PostgresDatabase
 
 CEILING = 3
+# Providers named for this run: advisory locks are the whole database's, not the test schema's, so
+# another suite on the same server cannot be counted here.
+P, Q = f"p-{secrets.token_hex(4)}", f"q-{secrets.token_hex(4)}"
 WAIT = 10.0  # a generous bound on what should come at once (NOTIFY) or within a poll
 
 
@@ -54,27 +58,27 @@ async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_
 ):
     async with processes(postgres_url, 5) as stores:
         fleet = [slots_of(s) for s in stores]
-        first = [await f.take("p", CEILING) for f in fleet[:CEILING]]
+        first = [await f.take(P, CEILING) for f in fleet[:CEILING]]
         assert sorted(first) == list(range(CEILING))  # each slot once
-        assert await advisory_locks(stores[0], "p") == CEILING
-        waiting = [asyncio.create_task(f.take("p", CEILING)) for f in fleet[CEILING:]]
+        assert await advisory_locks(stores[0], P) == CEILING
+        waiting = [asyncio.create_task(f.take(P, CEILING)) for f in fleet[CEILING:]]
         await asyncio.sleep(0.3)
         assert not any(task.done() for task in waiting)  # no free slot: both wait
-        await fleet[1].give("p", first[1])
+        await fleet[1].give(P, first[1])
         done, pending = await asyncio.wait(waiting, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1 and len(pending) == 1
         assert [t.result() for t in done] == [first[1]]  # the one slot that came free
-        assert await advisory_locks(stores[0], "p") == CEILING
+        assert await advisory_locks(stores[0], P) == CEILING
         # Another provider's slots are its own.
-        assert await fleet[1].take("q", 1) == 0
-        await fleet[1].give("q", 0)
+        assert await fleet[1].take(Q, 1) == 0
+        await fleet[1].give(Q, 0)
         # Everyone gives back: the last waiter gets one, then nothing is left locked anywhere.
-        await fleet[0].give("p", first[0])
+        await fleet[0].give(P, first[0])
         await asyncio.wait_for(asyncio.gather(*pending), WAIT)
         for taker in fleet:
             for provider, slot in taker.held:
                 await taker.give(provider, slot)
-        assert await advisory_locks(stores[0], "p") == 0
+        assert await advisory_locks(stores[0], P) == 0
 
 
 async def test_a_dead_processes_slots_come_free_with_its_connection(
@@ -82,24 +86,24 @@ async def test_a_dead_processes_slots_come_free_with_its_connection(
 ):
     async with processes(postgres_url, 2) as (dying, alive):
         theirs = slots_of(dying)
-        assert await theirs.take("p", 1) == 0
+        assert await theirs.take(P, 1) == 0
         ours = slots_of(alive)
-        waiting = asyncio.create_task(ours.take("p", 1))
+        waiting = asyncio.create_task(ours.take(P, 1))
         await asyncio.sleep(0.3)
         assert not waiting.done()
         # kill -9: PostgreSQL sees the connection end, and with it the session's locks.
         await alive.db.all(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
-            (slot_key("p"),),
+            (slot_key(P),),
         )
         assert await asyncio.wait_for(waiting, WAIT) == 0
         # Had the "dead" process lived on without its connection, it would know its slot went with it.
         with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
-            await theirs.give("p", 0)
+            await theirs.give(P, 0)
         assert "giving a fleet-wide slot back failed" in caplog.text
-        assert "fleet-wide slots lost with their database connection (p 0)" in caplog.text
+        assert f"fleet-wide slots lost with their database connection ({P} 0)" in caplog.text
         assert not theirs.held
-        await ours.give("p", 0)
+        await ours.give(P, 0)
 
 
 async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: str):
@@ -108,7 +112,7 @@ async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: 
     async with processes(postgres_url, 2) as (storage, other):
         slots = slots_of(storage)
         for turns in range(12):  # cancelled after 0, 1, 2, ... turns of the event loop
-            taking = asyncio.create_task(slots.take("p", 1))
+            taking = asyncio.create_task(slots.take(P, 1))
             for _ in range(turns):
                 await asyncio.sleep(0)
             taking.cancel()
@@ -118,12 +122,12 @@ async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: 
                 pass
             else:  # it finished before the cancel came: an ordinary take
                 assert slot is not None
-                await slots.give("p", slot)
+                await slots.give(P, slot)
             await until_nothing_held(slots, other, turns)
         # Cancelled twice (a deadline and a member's cancel together), a few turns apart.
         for first in range(8):
             for gap in range(3):
-                taking = asyncio.create_task(slots.take("p", 1))
+                taking = asyncio.create_task(slots.take(P, 1))
                 for _ in range(first):
                     await asyncio.sleep(0)
                 taking.cancel()
@@ -132,24 +136,24 @@ async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: 
                 taking.cancel()
                 outcome = (await asyncio.gather(taking, return_exceptions=True))[0]
                 if isinstance(outcome, int):
-                    await slots.give("p", outcome)
+                    await slots.give(P, outcome)
                 await until_nothing_held(slots, other, (first, gap))
         # And one waiting for a slot another process holds.
         theirs = slots_of(other)
-        assert await theirs.take("p", 1) == 0
-        waiting = asyncio.create_task(slots.take("p", 1))
+        assert await theirs.take(P, 1) == 0
+        waiting = asyncio.create_task(slots.take(P, 1))
         await asyncio.sleep(0.2)
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-        await theirs.give("p", 0)
-        assert not slots.held and await advisory_locks(other, "p") == 0
+        await theirs.give(P, 0)
+        assert not slots.held and await advisory_locks(other, P) == 0
 
 
 async def until_nothing_held(slots: FleetSlots, storage: Storage, case: object) -> None:
     """A slot granted to a take nobody waits for any more goes back on its own, just after."""
     deadline = asyncio.get_running_loop().time() + WAIT
-    while slots.held or await advisory_locks(storage, "p"):
+    while slots.held or await advisory_locks(storage, P):
         assert asyncio.get_running_loop().time() < deadline, f"a slot stayed taken ({case})"
         await asyncio.sleep(0.01)
 
@@ -159,17 +163,17 @@ async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_on
 ):
     async with processes(postgres_url, 2) as (storage, other):
         slots = slots_of(storage)
-        assert await slots.take("p", 1) == 0  # the connection is kept while this slot is held
+        assert await slots.take(P, 1) == 0  # the connection is kept while this slot is held
         await other.db.all(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
-            (slot_key("p"),),
+            (slot_key(P),),
         )
         with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
-            assert await slots.take("q", 1) == 0  # the database answers: not a call without a slot
-        assert "fleet-wide slots lost with their database connection (p 0)" in caplog.text
+            assert await slots.take(Q, 1) == 0  # the database answers: not a call without a slot
+        assert f"fleet-wide slots lost with their database connection ({P} 0)" in caplog.text
         assert "no fleet-wide slot" not in caplog.text
-        assert slots.held == {("q", 0)}
-        await slots.give("q", 0)
+        assert slots.held == {(Q, 0)}
+        await slots.give(Q, 0)
 
 
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):
@@ -178,10 +182,10 @@ async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(post
         assert isinstance(db, PostgresDatabase)
         slots = FleetSlots(db.pool, db.listen)
         idle = db.pool.get_idle_size()
-        slot = await slots.take("p", 2)
+        slot = await slots.take(P, 2)
         assert slot is not None and db.pool.get_idle_size() == idle - 1  # kept while it holds a slot
-        await slots.give("p", slot)
-        assert db.pool.get_idle_size() == idle and await advisory_locks(storage, "p") == 0
+        await slots.give(P, slot)
+        assert db.pool.get_idle_size() == idle and await advisory_locks(storage, P) == 0
         # The pool keeps sessions as they are (no reset): every connection it hands out holds no slot.
         async with db.pool.acquire() as conn:
             assert (
@@ -199,8 +203,8 @@ async def test_without_the_database_a_call_goes_ahead_without_a_slot_and_says_so
     slots = slots_of(storage)
     await storage.close()  # the database is gone for this process
     with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
-        assert await slots.take("p", 2) is None
-    assert "p: no fleet-wide slot" in caplog.text
+        assert await slots.take(P, 2) is None
+    assert f"{P}: no fleet-wide slot" in caplog.text
     # Nor does a closed database start listening again (a task that would retry for ever).
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "retouch-listen" and not t.done()]
 
@@ -213,10 +217,10 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
     async with processes(postgres_url, 5) as stores:
         limiters = []
         for rank, storage in enumerate(stores):
-            limiter = ProviderLimiter({"p": (CEILING, CEILING)})
+            limiter = ProviderLimiter({P: (CEILING, CEILING)})
             limiter.fleet_slots = slots_of(storage)
             limiter.share_with(len(stores), rank)
-            assert limiter.limit("p") == 1  # its own part: one call
+            assert limiter.limit(P) == 1  # its own part: one call
             limiters.append(limiter)
         at_provider, peak, sent = 0, 0, 0
 
@@ -228,22 +232,22 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
             at_provider -= 1
             sent += 1
 
-        calls = [limiter.call("p", send) for limiter in limiters for _ in range(4)]
+        calls = [limiter.call(P, send) for limiter in limiters for _ in range(4)]
         await asyncio.wait_for(asyncio.gather(*calls), 60)
         assert sent == 20
         assert peak == CEILING  # never more, and the whole ceiling was used
-        assert await advisory_locks(stores[0], "p") == 0
+        assert await advisory_locks(stores[0], P) == 0
 
 
 async def test_a_fleet_within_the_ceiling_takes_no_slots(postgres_url: str):
     async with processes(postgres_url, 1) as [storage]:
-        limiter = ProviderLimiter({"p": (CEILING, CEILING)})
+        limiter = ProviderLimiter({P: (CEILING, CEILING)})
         limiter.fleet_slots = slots_of(storage)
         limiter.share_with(CEILING, 0)  # three processes, three calls: a part each, no slots needed
         seen: list[int] = []
 
         async def send() -> None:
-            seen.append(await advisory_locks(storage, "p"))
+            seen.append(await advisory_locks(storage, P))
 
-        await limiter.call("p", send)
+        await limiter.call(P, send)
         assert seen == [0]
