@@ -16,18 +16,18 @@ waiting job's place in line is shown again.
   floor(ceiling / processes), and the first ceiling mod processes of them one call more, by their
   `rank` in an order every process sees alike (their names sorted, bot.sharding), so the parts add up
   to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call, so every process's queue
-  moves: with more processes than the ceiling each call also takes one of the ceiling's slots, shared
-  through PostgreSQL (`fleet_slots`, bot.storage.fleet_slots), and waits for one to come free, so the
-  fleet still never passes the ceiling. A process told no rank takes no extra call, so
-  none is taken twice. Each process hears a change of the fleet on its own (bot.sharding: at once
-  through PostgreSQL's NOTIFY when a process joins or leaves, else at its next round), so the parts add
-  up right only once all have: when a process joins, the ranks after its name shift and every part
-  shrinks or stays, and until the others have heard (milliseconds; a round if the notification is lost)
-  the fleet can be over the ceiling by the newcomer's part (it takes it at once; the others still hold
-  their old ones, and their calls in flight end in their time). When a process dies or leaves, every
-  part grows or stays, so hearing it late never takes the fleet over the ceiling. (Ranked by age
-  instead, a process starting its drain moves to the end of the order, which can put the fleet one
-  call over the ceiling for a round.)
+  moves. On top of the parts, each call of a fleet takes one of the ceiling's numbered slots, shared
+  through PostgreSQL (`fleet_slots`, bot.storage.fleet_slots; each process tries its own part of them
+  first, `first_slot`), and waits for one to come free: so the fleet never passes the ceiling, not
+  while it changes and not with more processes than the ceiling. A process told no rank takes no
+  extra call, so none is taken twice. Each process hears a change of the fleet on its own
+  (bot.sharding: at once through PostgreSQL's NOTIFY when a process joins or leaves, else at its next
+  round), so the parts add up right only once all have: when a process joins, the ranks after its
+  name shift and every part shrinks or stays, and until the others have heard (milliseconds; a round if
+  the notification is lost) the newcomer's calls wait for slots the others' calls in flight still hold.
+  When a process dies or leaves, every part grows or stays (its slots come free with its connection).
+  Without the database (SQLite: one process) there are no slots and none are needed. (Ranked by age
+  instead, a process starting its drain moves to the end of the order, which would shift every part.)
 * `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
   so one member's burst cannot starve anyone.
 * `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
@@ -145,10 +145,22 @@ def ceiling_part(ceiling: int, processes: int, rank: int | None) -> int:
     return max(1, base + bonus)
 
 
+def first_slot(ceiling: int, processes: int, rank: int | None) -> int | None:
+    """Where process `rank`'s share of a ceiling's slots starts: the parts (`ceiling_part`) laid end
+    to end in rank order, so a process's first try is a slot no other process tries first, and in a
+    steady fleet every take succeeds at once. None without a rank (anywhere will do)."""
+    if rank is None:
+        return None
+    if processes > ceiling:  # one call each: the slots go round the ranks
+        return rank % ceiling
+    base, extra = divmod(ceiling, max(1, processes))
+    return rank * base + min(rank, extra)
+
+
 class SlotSource(Protocol):
     """A ceiling's numbered slots shared by every process (bot.storage.fleet_slots.FleetSlots)."""
 
-    async def take(self, provider: str, ceiling: int) -> int | None: ...
+    async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None: ...
     async def give(self, provider: str, slot: int) -> None: ...
 
 
@@ -292,13 +304,17 @@ class ProviderLimiter:
                     await self.fleet_slots.give(provider, slot)
 
     async def _fleet_slot(self, provider: str, state: _Provider) -> int | None:
-        """With more live processes than `provider`'s ceiling, one of its slots across the fleet (waited
-        for); otherwise the parts add up to the ceiling by themselves and none is needed."""
-        if self.fleet_slots is None or state.ceiling is None or state.share <= state.ceiling:
+        """With other live processes sharing `provider`'s ceiling, one of its slots across the fleet
+        (waited for). In a steady fleet the parts alone keep the total within the ceiling and the slot
+        is free at once; the slots are what hold it while the fleet changes (a process joining takes
+        its part at once, before the others have shrunk theirs) and when a part would be under one
+        call (more processes than the ceiling)."""
+        if self.fleet_slots is None or state.ceiling is None or state.share <= 1:
             return None
         state.slot_waits += 1
         try:
-            return await self.fleet_slots.take(provider, state.ceiling)
+            first = first_slot(state.ceiling, state.share, state.rank)
+            return await self.fleet_slots.take(provider, state.ceiling, first)
         finally:
             state.slot_waits -= 1
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from bot.concurrency import ProviderLimiter
+from bot.concurrency import ProviderLimiter, first_slot
 from bot.storage import Storage
 from bot.storage.fleet_slots import FleetSlots, slot_key
 from bot.storage.postgres import PostgresDatabase
@@ -204,7 +204,9 @@ async def test_without_the_database_a_call_goes_ahead_without_a_slot_and_says_so
     await storage.close()  # the database is gone for this process
     with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
         assert await slots.take(P, 2) is None
+        assert await slots.take(P, 2) is None
     assert f"{P}: no fleet-wide slot" in caplog.text
+    assert caplog.text.count("no fleet-wide slot") == 1  # once per outage, not once per call
     # Nor does a closed database start listening again (a task that would retry for ever).
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "retouch-listen" and not t.done()]
 
@@ -239,15 +241,60 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
         assert await advisory_locks(stores[0], P) == 0
 
 
-async def test_a_fleet_within_the_ceiling_takes_no_slots(postgres_url: str):
+async def test_in_a_steady_fleet_each_call_takes_a_slot_of_its_own_part_at_once(postgres_url: str):
     async with processes(postgres_url, 1) as [storage]:
-        limiter = ProviderLimiter({P: (CEILING, CEILING)})
-        limiter.fleet_slots = slots_of(storage)
-        limiter.share_with(CEILING, 0)  # three processes, three calls: a part each, no slots needed
-        seen: list[int] = []
+        slots = slots_of(storage)
+        limiter = ProviderLimiter({P: (6, 6)})
+        limiter.fleet_slots = slots
+        limiter.share_with(3, 1)  # 6 over three processes: 2, 2, 2; this one's are slots 2 and 3
+        seen: list[frozenset[tuple[str, int]]] = []
 
         async def send() -> None:
-            seen.append(await advisory_locks(storage, P))
+            seen.append(slots.held)
 
         await limiter.call(P, send)
-        assert seen == [0]
+        assert seen == [{(P, 2)}] and not slots.held
+        alone = ProviderLimiter({P: (6, 6)})  # a process on its own takes none (nobody to share with)
+        alone.fleet_slots = slots
+        await alone.call(P, send)
+        assert seen[-1] == frozenset()
+
+
+async def test_a_process_joining_waits_for_the_slots_the_others_calls_still_hold(postgres_url: str):
+    """Two processes share a ceiling of 2, a call each at the provider; a third joins. Its part is taken
+    at once, but the calls out already hold both slots: its call waits for one of them to end."""
+    async with processes(postgres_url, 3) as stores:
+        limiters = [ProviderLimiter({P: (2, 2)}) for _ in stores]
+        for limiter, storage in zip(limiters, stores, strict=True):
+            limiter.fleet_slots = slots_of(storage)
+        at_provider, peak = 0, 0
+        gate, both_out = asyncio.Event(), asyncio.Event()
+
+        async def send() -> None:
+            nonlocal at_provider, peak
+            at_provider += 1
+            peak = max(peak, at_provider)
+            if at_provider == 2:
+                both_out.set()
+            await gate.wait()
+            at_provider -= 1
+
+        for rank, limiter in enumerate(limiters[:2]):
+            limiter.share_with(2, rank)
+        first = [asyncio.create_task(limiter.call(P, send)) for limiter in limiters[:2]]
+        await asyncio.wait_for(both_out.wait(), WAIT)
+        for rank, limiter in enumerate(limiters):
+            limiter.share_with(3, rank)  # the third joins: 2 over 3 processes
+        newcomer = asyncio.create_task(limiters[2].call(P, send))
+        await asyncio.sleep(0.3)
+        assert at_provider == 2 and not newcomer.done()  # it waits: both slots are held
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*first, newcomer), WAIT)
+        assert peak == 2
+
+
+def test_each_process_tries_its_own_part_of_the_slots_first():
+    assert [first_slot(4, 3, rank) for rank in range(3)] == [0, 2, 3]  # parts 2, 1, 1
+    assert [first_slot(6, 3, rank) for rank in range(3)] == [0, 2, 4]
+    assert [first_slot(3, 5, rank) for rank in range(5)] == [0, 1, 2, 0, 1]  # one call each, round
+    assert first_slot(4, 3, None) is None

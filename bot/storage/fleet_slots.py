@@ -1,8 +1,10 @@
 """A provider's ceiling held across more processes than it has calls (PostgreSQL only).
 
-bot.concurrency splits each provider's ceiling (`<PREFIX>_MAX_CONCURRENT`) among the live processes. With
-more processes than the ceiling a part would be less than one call, yet every process needs one to move
-its own queue; so then each call also takes one of the ceiling's numbered slots here. A slot is a
+bot.concurrency splits each provider's ceiling (`<PREFIX>_MAX_CONCURRENT`) among the live processes, and
+each call of a fleet also takes one of the ceiling's numbered slots here, so the total holds while the
+fleet changes (a newcomer takes its part before the others have shrunk theirs) and when a part would be
+less than one call (more processes than the ceiling). Each process tries its own part of the slots
+first, so in a steady fleet a take is one statement that succeeds. A slot is a
 session-level advisory lock (provider, slot number) on one pooled connection this process keeps while
 its calls hold slots: PostgreSQL frees a dead process's locks with its connection, so a crash never
 strands a slot, and no lease has to be renewed. A slot given back is announced through NOTIFY, so a
@@ -61,28 +63,33 @@ class FleetSlots:
         self._busy = asyncio.Lock()  # one statement at a time on that connection
         self._freed: dict[str, asyncio.Event] = {}
         self._returning: set[asyncio.Future[None]] = set()  # slots going back that nobody waited for
+        self._unreachable = False  # the last take found no database (warned once until it answers)
 
     @property
     def held(self) -> frozenset[tuple[str, int]]:
         """(provider, slot) pairs this process holds now."""
         return frozenset(self._held)
 
-    async def take(self, provider: str, ceiling: int) -> int | None:
+    async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None:
         """Wait until one of `provider`'s `ceiling` slots is free and take it: its number, for `give`.
-        None when the database cannot be reached (the call goes ahead without one)."""
+        Tries slot `first` first, then the ones after it (anywhere, without one). None when the
+        database cannot be reached (the call goes ahead without one; said once per outage)."""
         self._start_listening()
         freed = self._freed.setdefault(provider, asyncio.Event())
         while True:
             freed.clear()
             try:
-                slot = await self._try_twice(provider, ceiling)
+                slot = await self._try_twice(provider, ceiling, first)
             except _DATABASE_ERRORS as exc:
-                log.warning(
-                    "%s: no fleet-wide slot (the database: %s); calling without one",
-                    provider,
-                    type(exc).__name__,
-                )
+                if not self._unreachable:
+                    log.warning(
+                        "%s: no fleet-wide slot (the database: %s); calling without one until it is back",
+                        provider,
+                        type(exc).__name__,
+                    )
+                self._unreachable = True
                 return None
+            self._unreachable = False
             if slot is not None:
                 return slot
             with contextlib.suppress(TimeoutError):
@@ -94,19 +101,19 @@ class FleetSlots:
         caller is cancelled, so a slot is never left locked here and forgotten."""
         await asyncio.shield(self._give(provider, slot))
 
-    async def _try_twice(self, provider: str, ceiling: int) -> int | None:
+    async def _try_twice(self, provider: str, ceiling: int, first: int | None) -> int | None:
         """A try, and one more on a fresh connection when the one kept here had died meanwhile (a
         database that is back must not send a call out without a slot)."""
         try:
-            return await self._try_whole(provider, ceiling)
+            return await self._try_whole(provider, ceiling, first)
         except _DATABASE_ERRORS:
-            return await self._try_whole(provider, ceiling)
+            return await self._try_whole(provider, ceiling, first)
 
-    async def _try_whole(self, provider: str, ceiling: int) -> int | None:
+    async def _try_whole(self, provider: str, ceiling: int, first: int | None) -> int | None:
         """`_try`, run to its end even when the caller is cancelled meanwhile (once or more): a lock the
         server granted must be known here, else the slot stays taken while this process lives; with
         nobody left to use it, it goes straight back."""
-        attempt = asyncio.ensure_future(self._try(provider, ceiling))
+        attempt = asyncio.ensure_future(self._try(provider, ceiling, first))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -121,12 +128,13 @@ class FleetSlots:
         self._returning.add(returning)  # kept until done: the loop holds tasks only weakly
         returning.add_done_callback(self._returning.discard)
 
-    async def _try(self, provider: str, ceiling: int) -> int | None:
+    async def _try(self, provider: str, ceiling: int, first: int | None) -> int | None:
         key = slot_key(provider)
         async with self._busy:
             conn = await self._connection()
             try:
-                start = random.randrange(ceiling)  # waiting processes spread over the slots
+                # Its own part first; without one, anywhere (waiting processes spread over the slots).
+                start = random.randrange(ceiling) if first is None else first % ceiling
                 for n in range(ceiling):
                     slot = (start + n) % ceiling
                     if (provider, slot) in self._held:  # a session may lock a key twice: not a free slot
