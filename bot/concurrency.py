@@ -151,10 +151,8 @@ def first_slot(ceiling: int, processes: int, rank: int | None) -> int | None:
     steady fleet every take succeeds at once. None without a rank (anywhere will do)."""
     if rank is None:
         return None
-    if processes > ceiling:  # one call each: the slots go round the ranks
-        return rank % ceiling
-    base, extra = divmod(ceiling, max(1, processes))
-    return rank * base + min(rank, extra)
+    # With more processes than the ceiling every part is one call and the slots go round the ranks.
+    return sum(ceiling_part(ceiling, processes, before) for before in range(rank)) % ceiling
 
 
 class SlotSource(Protocol):

@@ -109,11 +109,6 @@ def clocks_apart(owners: Sequence[ShardOwner]) -> dict[str, float]:
     return {name: abs(ahead - middle) for name, ahead in aheads.items()}
 
 
-def clock_apart(owners: Sequence[ShardOwner], me: str) -> float:
-    """Seconds between `me`'s clock and the median of the fleet's; 0 when `me`'s is unknown."""
-    return clocks_apart(owners).get(me, 0.0)
-
-
 # Awaited until every shard left out of the plan has stopped being served (it may then be given to
 # another process); shards new to the plan may keep connecting in the background.
 Serve = Callable[[ShardPlan], Awaitable[None]]

@@ -538,7 +538,7 @@ async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_un
     bound = b.engine.clock_bound()
     assert bound == max(1.0, LEASE / (2 * ROUNDS_PER_LEASE))
     with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
-        b.engine.hear_clock(LEASE + 1)  # what the shard leases measured (bot.sharding.clock_apart)
+        b.engine.hear_clock(LEASE + 1)  # what the shard leases measured (bot.sharding.place_in)
     assert "taking over no jobs until the clocks agree" in caplog.text
     assert sum((await b.engine.lease_round()).values()) == 0
     assert sum((await b.engine.recover()).values()) == 0  # start-up's share is held back the same way

@@ -18,7 +18,6 @@ from bot.sharding import (
     ShardCoordinator,
     ShardPlan,
     StaticShards,
-    clock_apart,
     clocks_apart,
     place_in,
     quota,
@@ -517,18 +516,27 @@ async def until_heard(places: list[FleetPlace], wanted: FleetPlace, timeout: flo
 # -- the fleet's clocks -----------------------------------------------------------------------------
 
 
-def test_clock_apart_is_each_clocks_distance_from_the_fleets_median():
+def test_each_process_hears_its_clocks_distance_from_the_fleets_median():
     owners = [ShardOwner("a", 3, clock_ahead=0.2), ShardOwner("b", 3, clock_ahead=-0.1)]
     owners.append(ShardOwner("fast", 3, clock_ahead=60.2))
-    assert clock_apart(owners, "fast") == pytest.approx(60.0)  # one wrong clock among three: that one
-    assert clock_apart(owners, "a") == pytest.approx(0.0) and clock_apart(owners, "b") == pytest.approx(0.3)
+    assert place_in(owners, "fast").clock_apart == pytest.approx(
+        60.0
+    )  # one wrong clock among three: that one
+    assert place_in(owners, "a").clock_apart == pytest.approx(0.0) and place_in(
+        owners, "b"
+    ).clock_apart == pytest.approx(0.3)
     # Two that disagree: neither can tell which is right, so both are half the gap away.
     pair = owners[1:]
-    assert (clock_apart(pair, "b"), clock_apart(pair, "fast")) == (pytest.approx(30.15), pytest.approx(30.15))
+    assert (place_in(pair, "b").clock_apart, place_in(pair, "fast").clock_apart) == (
+        pytest.approx(30.15),
+        pytest.approx(30.15),
+    )
     # A process that has not said (an older release) is left out; one not listed is not apart.
     old = [*owners, ShardOwner("old", 3)]
-    assert clock_apart(old, "fast") == pytest.approx(60.0) and clock_apart(old, "old") == 0.0
-    assert clock_apart(owners, "gone") == 0.0
+    assert (
+        place_in(old, "fast").clock_apart == pytest.approx(60.0) and place_in(old, "old").clock_apart == 0.0
+    )
+    assert place_in(owners, "gone").clock_apart == 0.0
     # Every process hears everyone's, so the others can leave a wrong clock's jobs alone.
     assert clocks_apart(old) == {
         "a": pytest.approx(0.0),

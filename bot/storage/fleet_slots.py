@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from bot.storage.connection import lock_key
+from bot.storage.postgres import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,7 @@ POLL_SECONDS = 0.5
 # What a lost or killed connection raises. InternalClientError too: a connection the server ended while
 # it sat idle here (a restart, pg_terminate_backend) fails its next statement with it, not with a lost
 # connection's error.
-_DATABASE_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
+_DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.InternalClientError)
 
 
 def slot_key(provider: str) -> int:

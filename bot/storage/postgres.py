@@ -39,7 +39,7 @@ import random
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -139,6 +139,9 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
     raise ValueError(f"unknown statement kind {kind!r}")
 
 
+# What opening, or using, a connection raises when the database cannot be reached or the connection is
+# gone (callers that go on without the database: the listener, the fleet's slots, start-up's message).
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Messages of asyncpg's errors for a statement it refused to send: the connection's end had already
 # been heard (a restart, an idle-session timeout, pg_terminate_backend, while it sat in the pool).
 _NOT_SENT = ("cannot switch to state", "not connected", "connection is closed")
@@ -217,9 +220,10 @@ class _CommitUnknown(Exception):
     """The connection was lost during COMMIT (carried past `in_transaction`'s retry, then unwrapped)."""
 
 
-def _original(marker: BaseException) -> BaseException:
-    """The database's own error a retry marker carries, with its own cause kept (to raise `from`)."""
-    return marker.__cause__ or marker
+def _raise_original(marker: BaseException) -> NoReturn:
+    """Raise the database's own error a retry marker carries, with its own cause kept."""
+    error = marker.__cause__ or marker
+    raise error from error.__cause__
 
 
 async def _finished(task: asyncio.Future[Any], seconds: float) -> bool:
@@ -276,7 +280,7 @@ class _Listener:
             try:
                 async with self._pool.acquire() as conn:
                     await self._until_lost(conn)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 log.info("database: not listening (%s); trying again", type(exc).__name__)
             await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
@@ -339,7 +343,7 @@ class PostgresDatabase(Clocked):
                 statement_cache_size=STATEMENT_CACHE,
                 reset=_keep_session,
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
             # The exception's own text may quote the URL; the class and SQLSTATE say enough.
             code = getattr(exc, "sqlstate", None)
             raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
@@ -400,12 +404,10 @@ class PostgresDatabase(Clocked):
                 async with self.pool.acquire() as conn:
                     return await work(conn)
             except _CommitUnknown as exc:
-                error = _original(exc)
-                raise error from error.__cause__
+                _raise_original(exc)
             except _LostBeforeCommit as exc:
                 if attempt == ATTEMPTS:
-                    error = _original(exc)
-                    raise error from error.__cause__
+                    _raise_original(exc)
                 log.info("database connection lost (attempt %d); running the transaction again", attempt)
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate not in RETRY_STATES or attempt == ATTEMPTS:
