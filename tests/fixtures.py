@@ -7,6 +7,7 @@ module that needs a fake under another name or with other options declares it in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -40,6 +41,18 @@ BACKENDS = [
         "postgresql", id="postgresql", marks=pytest.mark.skipif(not TEST_DATABASE_URL, reason=NO_POSTGRES)
     ),
 ]
+
+
+@contextlib.asynccontextmanager
+async def storages(url: str, count: int, **options: Any) -> AsyncIterator[list[Storage]]:
+    """`count` Storages on the database at `url`, each with its own connections (its own pool on
+    PostgreSQL), as separate bot processes have; all closed at the end. `options` go to `Storage.open`."""
+    opened = [await Storage.open(url, **options) for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for storage in opened:
+            await storage.close()
 
 
 def serving(factory: Callable[..., Any], **options: Any) -> Any:

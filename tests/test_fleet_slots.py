@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
@@ -20,6 +18,7 @@ from bot.concurrency import ProviderLimiter, first_slot
 from bot.storage import Storage
 from bot.storage.fleet_slots import FleetSlots, slot_key
 from bot.storage.postgres import PostgresDatabase
+from tests.fixtures import storages
 
 CEILING = 3
 # Providers named for this run: advisory locks are the whole database's, not the test schema's, so
@@ -34,16 +33,6 @@ def slots_of(storage: Storage) -> FleetSlots:
     return FleetSlots(db.pool, db.listen)
 
 
-@asynccontextmanager
-async def processes(url: str, count: int) -> AsyncIterator[list[Storage]]:
-    opened = [await Storage.open(url) for _ in range(count)]
-    try:
-        yield opened
-    finally:
-        for storage in opened:
-            await storage.close()
-
-
 async def advisory_locks(storage: Storage, provider: str) -> int:
     """Slot locks on `provider` held in the whole database, by any session."""
     row = await storage.db.one(
@@ -56,7 +45,7 @@ async def advisory_locks(storage: Storage, provider: str) -> int:
 async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_goes_to_a_waiter(
     postgres_url: str,
 ):
-    async with processes(postgres_url, 5) as stores:
+    async with storages(postgres_url, 5) as stores:
         fleet = [slots_of(s) for s in stores]
         first = [await f.take(P, CEILING) for f in fleet[:CEILING]]
         assert sorted(first) == list(range(CEILING))  # each slot once
@@ -84,7 +73,7 @@ async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_
 async def test_a_dead_processes_slots_come_free_with_its_connection(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ):
-    async with processes(postgres_url, 2) as (dying, alive):
+    async with storages(postgres_url, 2) as (dying, alive):
         theirs = slots_of(dying)
         assert await theirs.take(P, 1) == 0
         ours = slots_of(alive)
@@ -109,7 +98,7 @@ async def test_a_dead_processes_slots_come_free_with_its_connection(
 async def test_a_take_cancelled_at_any_point_leaves_no_slot_taken(postgres_url: str):
     """A job cancelled while its call waits for a slot, or while the server is granting one: the slot
     must not stay locked in this process's session, unknown to it, for as long as it lives."""
-    async with processes(postgres_url, 2) as (storage, other):
+    async with storages(postgres_url, 2) as (storage, other):
         slots = slots_of(storage)
         for turns in range(12):  # cancelled after 0, 1, 2, ... turns of the event loop
             taking = asyncio.create_task(slots.take(P, 1))
@@ -161,7 +150,7 @@ async def until_nothing_held(slots: FleetSlots, storage: Storage, case: object) 
 async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_one(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ):
-    async with processes(postgres_url, 2) as (storage, other):
+    async with storages(postgres_url, 2) as (storage, other):
         slots = slots_of(storage)
         assert await slots.take(P, 1) == 0  # the connection is kept while this slot is held
         await other.db.all(
@@ -177,7 +166,7 @@ async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_on
 
 
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):
-    async with processes(postgres_url, 1) as [storage]:
+    async with storages(postgres_url, 1) as [storage]:
         db = storage.db
         assert isinstance(db, PostgresDatabase)
         slots = FleetSlots(db.pool, db.listen)
@@ -216,7 +205,7 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
 ):
     """The limiter as each bot process runs it: five processes, a ceiling of three, and every process
     firing four calls at once. Without the slots each would keep one call and five would run."""
-    async with processes(postgres_url, 5) as stores:
+    async with storages(postgres_url, 5) as stores:
         limiters = []
         for rank, storage in enumerate(stores):
             limiter = ProviderLimiter({P: (CEILING, CEILING)})
@@ -242,7 +231,7 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
 
 
 async def test_in_a_steady_fleet_each_call_takes_a_slot_of_its_own_part_at_once(postgres_url: str):
-    async with processes(postgres_url, 1) as [storage]:
+    async with storages(postgres_url, 1) as [storage]:
         slots = slots_of(storage)
         limiter = ProviderLimiter({P: (6, 6)})
         limiter.fleet_slots = slots
@@ -263,7 +252,7 @@ async def test_in_a_steady_fleet_each_call_takes_a_slot_of_its_own_part_at_once(
 async def test_a_process_joining_waits_for_the_slots_the_others_calls_still_hold(postgres_url: str):
     """Two processes share a ceiling of 2, a call each at the provider; a third joins. Its part is taken
     at once, but the calls out already hold both slots: its call waits for one of them to end."""
-    async with processes(postgres_url, 3) as stores:
+    async with storages(postgres_url, 3) as stores:
         limiters = [ProviderLimiter({P: (2, 2)}) for _ in stores]
         for limiter, storage in zip(limiters, stores, strict=True):
             limiter.fleet_slots = slots_of(storage)

@@ -30,6 +30,7 @@ from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
 from tests.durable import PHOTO
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import storages
 from tests.live import RecordingLive
 from tests.test_engine import (
     ALICE,
@@ -222,8 +223,7 @@ async def test_the_jobs_of_processes_whose_clocks_are_off_are_neither_counted_cl
 async def test_concurrent_claimers_each_get_different_jobs_and_together_all_of_them(
     postgres_url: str, clock: Clock
 ):
-    processes = [await Storage.open(postgres_url, clock=clock) for _ in range(4)]
-    try:
+    async with storages(postgres_url, 4, clock=clock) as processes:
         ids = [f"{n:016x}" for n in range(60)]
         for job_id in ids:
             await new_job(processes[0], job_id, "dead", later(clock))
@@ -242,9 +242,6 @@ async def test_concurrent_claimers_each_get_different_jobs_and_together_all_of_t
         owners = await processes[0].db.all("SELECT id, owner FROM jobs ORDER BY id")
         by_claim = {job_id: f"p{n}" for n, got in enumerate(claims) for job_id in got}
         assert {row["id"]: row["owner"] for row in owners} == by_claim
-    finally:
-        for storage in processes:
-            await storage.close()
 
 
 Factory = Callable[..., Any]

@@ -15,6 +15,7 @@ from bot.storage import Storage
 from bot.storage.connection import iso
 from bot.storage.ledger import LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard, ReserveRefused
+from tests.fixtures import storages
 from tests.test_policy import Clock, utc
 
 PROCESSES = 3
@@ -26,12 +27,8 @@ MONTH = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 
 @pytest.fixture
 async def processes(database_url: str) -> AsyncIterator[list[Storage]]:
-    stores = [await Storage.open(database_url) for _ in range(PROCESSES)]
-    try:
+    async with storages(database_url, PROCESSES) as stores:
         yield stores
-    finally:
-        for store in stores:
-            await store.close()
 
 
 async def new_job(storage: Storage, job_id: str, guild: int, user: int) -> str:
@@ -147,8 +144,7 @@ async def test_processes_starting_a_month_at_once_mark_it_once_and_never_pass_th
     once, while others capture, take them once, from last month's totals, and still admit exactly what
     fits."""
     clock = Clock("2027-02-20T10:00:00")
-    processes = [await Storage.open(database_url, clock=clock) for _ in range(PROCESSES)]
-    try:
+    async with storages(database_url, PROCESSES, clock=clock) as processes:
         await fund(processes[0], 10_000)
         for guild, spent in ((GUILD, 40), (OTHER_GUILD, 25)):  # February's spend: not March's
             await new_job(processes[0], f"feb{guild}", guild, USERS[0])
@@ -179,6 +175,3 @@ async def test_processes_starting_a_month_at_once_mark_it_once_and_never_pass_th
         assert sum(used + holding for used, holding in spent.values()) == 6 * HOLD
         assert spent[GUILD][0] + spent[GUILD][1] <= 45
         await assert_books_reconcile(processes[2])
-    finally:
-        for store in processes:
-            await store.close()
