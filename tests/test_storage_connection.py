@@ -239,8 +239,9 @@ class SilentNetwork:
     With `cut_after`, the first client message holding those bytes is passed on and then both sides of
     that connection are closed: the server gets it, the client never hears the answer."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
+    def __init__(self, database_url: str) -> None:
+        self._target = urlsplit(database_url)
+        self.upstream = (self._target.hostname or "127.0.0.1", self._target.port or 5432)
         self.silent = False
         self.cut_after: bytes | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -257,9 +258,11 @@ class SilentNetwork:
             writer.close()
 
     @property
-    def port(self) -> int:
+    def url(self) -> str:
+        """The database's URL, through this relay."""
         assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        port = int(self._server.sockets[0].getsockname()[1])
+        return urlunsplit(self._target._replace(netloc=f"{self._target.username}@127.0.0.1:{port}"))
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
@@ -291,10 +294,8 @@ async def test_a_postgresql_close_is_bounded_even_when_the_network_goes_silent_m
     """A transaction waiting for an answer that never comes, and a cancelled one's ROLLBACK the same:
     only cutting the connections ends those waits, and the stop must not wait for them first."""
     monkeypatch.setattr(postgres, "CLOSE_SECONDS", 0.5)
-    target = urlsplit(postgres_url)
-    async with SilentNetwork(target.hostname or "127.0.0.1", target.port or 5432) as network:
-        relayed = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{network.port}"))
-        storage = await Storage.open(relayed)
+    async with SilentNetwork(postgres_url) as network:
+        storage = await Storage.open(network.url)
         marker = "SELECT pg_sleep(1) -- the network goes silent meanwhile"
 
         def body() -> Body[None]:
@@ -358,10 +359,8 @@ async def test_pooled_connections_the_server_ended_while_idle_are_replaced_witho
 async def test_a_connection_lost_during_commit_is_not_run_again(postgres_url: str):
     """Whether a COMMIT whose answer never came took cannot be known: running the transaction again
     could do it twice, so the error is raised (the callers' own checks decide), never retried."""
-    target = urlsplit(postgres_url)
-    async with SilentNetwork(target.hostname or "127.0.0.1", target.port or 5432) as network:
-        relayed = urlunsplit(target._replace(netloc=f"{target.username}@127.0.0.1:{network.port}"))
-        storage = await Storage.open(relayed)
+    async with SilentNetwork(postgres_url) as network:
+        storage = await Storage.open(network.url)
         try:
 
             def body() -> Body[None]:
