@@ -42,6 +42,15 @@ async def advisory_locks(storage: Storage, provider: str) -> int:
     return 0 if row is None else int(row[0])
 
 
+async def end_slot_holders(storage: Storage, provider: str) -> None:
+    """End, from `storage`, every server process holding one of `provider`'s slots: as PostgreSQL sees a
+    process killed with -9 (its connection ends, and with it the session's locks)."""
+    await storage.db.all(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
+        (slot_key(provider),),
+    )
+
+
 async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_goes_to_a_waiter(
     postgres_url: str,
 ):
@@ -81,10 +90,7 @@ async def test_a_dead_processes_slots_come_free_with_its_connection(
         await asyncio.sleep(0.3)
         assert not waiting.done()
         # kill -9: PostgreSQL sees the connection end, and with it the session's locks.
-        await alive.db.all(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
-            (slot_key(P),),
-        )
+        await end_slot_holders(alive, P)
         assert await asyncio.wait_for(waiting, WAIT) == 0
         # Had the "dead" process lived on without its connection, it would know its slot went with it.
         with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
@@ -153,10 +159,7 @@ async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_on
     async with storages(postgres_url, 2) as (storage, other):
         slots = slots_of(storage)
         assert await slots.take(P, 1) == 0  # the connection is kept while this slot is held
-        await other.db.all(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
-            (slot_key(P),),
-        )
+        await end_slot_holders(other, P)
         with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
             assert await slots.take(Q, 1) == 0  # the database answers: not a call without a slot
         assert f"fleet-wide slots lost with their database connection ({P} 0)" in caplog.text
