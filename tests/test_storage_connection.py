@@ -482,14 +482,29 @@ async def test_sqlite_commits_transactions_that_wait_together(storage: Storage):
     assert len(await storage.settings.take_model_notices(1)) == 10
 
 
+async def notified(
+    db: postgres.PostgresDatabase, heard: list[tuple[str, str]], wanted: list[tuple[str, str]]
+) -> None:
+    """NOTIFY on retouch_test_a and _b until every one of `wanted` was heard."""
+    for _ in range(500):
+        for channel in ("a", "b"):
+            await db.one("SELECT pg_notify(?, ?)", (f"retouch_test_{channel}", channel))
+        if all(w in heard for w in wanted):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"heard only {heard}")
+
+
+async def own_storage(postgres_url: str) -> Storage:
+    """A storage whose sessions are told from any other run's on the same server (application_name)."""
+    return await Storage.open(postgres_url + f"&application_name=retouch-test-{secrets.token_hex(4)}")
+
+
 async def test_postgresql_listens_on_every_channel_with_one_connection_and_again_after_losing_it(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
-    from bot.storage import postgres
-
     monkeypatch.setattr(postgres, "LISTEN_RETRY_SECONDS", 0.05)
-    # Its own application_name, so its sessions are told from any other run's on the same server.
-    storage = await Storage.open(postgres_url + f"&application_name=retouch-test-{secrets.token_hex(4)}")
+    storage = await own_storage(postgres_url)
     db = storage.db
     assert isinstance(db, postgres.PostgresDatabase)
     heard: list[tuple[str, str]] = []
@@ -506,20 +521,43 @@ async def test_postgresql_listens_on_every_channel_with_one_connection_and_again
             )
             return [r[0] for r in rows]
 
-        async def notified(wanted: list[tuple[str, str]]) -> None:
-            for _ in range(500):
-                for channel in ("a", "b"):
-                    await db.one("SELECT pg_notify(?, ?)", (f"retouch_test_{channel}", channel))
-                if all(w in heard for w in wanted):
-                    return
-                await asyncio.sleep(0.01)
-            raise AssertionError(f"heard only {heard}")
-
-        await notified([("a", "a"), ("b", "b"), ("b2", "b")])
+        await notified(db, heard, [("a", "a"), ("b", "b"), ("b2", "b")])
         [pid] = await listener_pids()  # every channel on one connection
         heard.clear()
         await db.one("SELECT pg_terminate_backend(?)", (pid,))  # the connection is lost
-        await notified([("a", "a"), ("b", "b"), ("b2", "b")])  # a new one listens on both again
+        await notified(db, heard, [("a", "a"), ("b", "b"), ("b2", "b")])  # a new one listens on both again
         assert len(await listener_pids()) == 1 and pid not in await listener_pids()
     finally:
+        await storage.close()
+
+
+async def test_postgresql_goes_on_listening_whatever_losing_its_connections_raises(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Every pooled connection ended at once, the listener's among them, again and again: the listener
+    may take a dead idle connection next, whose LISTEN fails with asyncpg's InternalClientError (with
+    these timings, about one round in three). Its task used to end there, and nothing was heard again
+    until a restart."""
+    monkeypatch.setattr(postgres, "LISTEN_RETRY_SECONDS", 0.05)
+    storage = await own_storage(postgres_url)
+    killer = await Storage.open(postgres_url)
+    db = storage.db
+    assert isinstance(db, postgres.PostgresDatabase)
+    heard: list[tuple[str, str]] = []
+    try:
+        [name] = await db.one("SELECT current_setting('application_name')")
+        db.listen("retouch_test_a", lambda payload: heard.append(("a", payload)))
+        with caplog.at_level(logging.INFO, logger="bot.storage.postgres"):
+            for _ in range(12):
+                await asyncio.gather(*(db.one("SELECT pg_sleep(0.01)") for _ in range(4)))  # 4 pooled
+                await killer.db.all(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+                    (name,),
+                )
+                await asyncio.sleep(0.03)
+            heard.clear()
+            await notified(db, heard, [("a", "a")])
+        assert "listening failed" not in caplog.text  # every way of losing it is a lost connection
+    finally:
+        await killer.close()
         await storage.close()

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 SLOT_CHANNEL = "retouch_fleet_slots"  # NOTIFY channel; the payload is the provider whose slot came free
 # A process waiting for a slot tries again this often when no notification came (one may be lost).
 POLL_SECONDS = 0.5
-# What a lost or killed connection raises. InternalClientError too: a connection the server ended while
-# it sat idle here (a restart, pg_terminate_backend) fails its next statement with it, not with a lost
-# connection's error.
-_DATABASE_ERRORS = (*CONNECTION_ERRORS, asyncpg.InternalClientError)
 
 
 def slot_key(provider: str) -> int:
@@ -75,7 +71,7 @@ class FleetSlots:
             freed.clear()
             try:
                 slot = await self._try_twice(provider, ceiling, first)
-            except _DATABASE_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if not self._unreachable:
                     log.warning(
                         "%s: no fleet-wide slot (the database: %s); calling without one until it is back",
@@ -101,7 +97,7 @@ class FleetSlots:
         database that is back must not send a call out without a slot)."""
         try:
             return await self._try_whole(provider, ceiling, first)
-        except _DATABASE_ERRORS:
+        except CONNECTION_ERRORS:
             return await self._try_whole(provider, ceiling, first)
 
     async def _try_whole(self, provider: str, ceiling: int, first: int | None) -> int | None:
@@ -139,7 +135,7 @@ class FleetSlots:
                         return slot
                 await self._release_if_idle()
                 return None
-            except _DATABASE_ERRORS:
+            except CONNECTION_ERRORS:
                 await self._drop()
                 raise
 
@@ -157,7 +153,7 @@ class FleetSlots:
                 )
                 self._held.discard((provider, slot))
                 await self._release_if_idle()
-            except _DATABASE_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("%s: giving a fleet-wide slot back failed (%s)", provider, type(exc).__name__)
                 await self._drop()
 
@@ -173,9 +169,9 @@ class FleetSlots:
         conn, self._conn = self._conn, None
         try:
             await conn.execute("SELECT pg_advisory_unlock_all()")
-        except _DATABASE_ERRORS:
+        except CONNECTION_ERRORS:
             _terminate(conn)  # a lock may be left on it: it must not go back as it is
-        with contextlib.suppress(*_DATABASE_ERRORS):
+        with contextlib.suppress(*CONNECTION_ERRORS):
             await self._pool.release(conn)
 
     async def _drop(self) -> None:
@@ -190,7 +186,7 @@ class FleetSlots:
         conn, self._conn = self._conn, None
         if conn is not None:
             _terminate(conn)
-            with contextlib.suppress(*_DATABASE_ERRORS):
+            with contextlib.suppress(*CONNECTION_ERRORS):
                 await self._pool.release(conn)
 
     def _start_listening(self) -> None:

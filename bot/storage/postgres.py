@@ -141,7 +141,15 @@ async def _step(conn: asyncpg.Connection, statement: Statement) -> Any:
 
 # What opening, or using, a connection raises when the database cannot be reached or the connection is
 # gone (callers that go on without the database: the listener, the fleet's slots, start-up's message).
-CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError too: a connection the server ended while it sat idle (a restart,
+# pg_terminate_backend) can fail its next statement with it rather than with a lost connection's error.
+CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 # Messages of asyncpg's errors for a statement it refused to send: the connection's end had already
 # been heard (a restart, an idle-session timeout, pg_terminate_backend, while it sat in the pool).
 _NOT_SENT = ("cannot switch to state", "not connected", "connection is closed")
@@ -276,12 +284,15 @@ class _Listener:
                 log.exception("database: a %s listener failed", channel)
 
     async def _run(self) -> None:
+        # This task must outlive every failure: if it ended, no NOTIFY would be heard until a restart.
         while True:
             try:
                 async with self._pool.acquire() as conn:
                     await self._until_lost(conn)
             except CONNECTION_ERRORS as exc:
                 log.info("database: not listening (%s); trying again", type(exc).__name__)
+            except Exception:
+                log.exception("database: listening failed; trying again")
             await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
     async def _until_lost(self, conn: asyncpg.Connection) -> None:
@@ -305,9 +316,11 @@ class _Listener:
                     for waiting in waits:
                         waiting.cancel()
         finally:
-            conn.remove_termination_listener(ended)
+            # A lost connection has nothing left to undo (and refuses to be asked).
+            with contextlib.suppress(Exception):
+                conn.remove_termination_listener(ended)
             for channel in listening:
-                with contextlib.suppress(Exception):  # a lost connection has nothing left to undo
+                with contextlib.suppress(Exception):
                     await conn.remove_listener(channel, self._deliver)
 
 
