@@ -44,6 +44,7 @@ ROUTE_KEYS = frozenset(
         "free_sizes",
         "model",
         "price",
+        "min_price",
         "mask",
         "mask_convention",
         "max_input_images",
@@ -129,6 +130,9 @@ class Route:
     shutdown: dt.date | None = None
     # The route takes any free `WxH` size the model's SizeRules allow, not only `sizes`.
     free_sizes: bool = False
+    # A list-priced route's published "from" price per image: what one image is held and charged at
+    # least, where the reseller's own table is unknown but its lowest price is above OpenAI's.
+    min_price: Decimal | None = None
 
     @property
     def list_priced(self) -> bool:
@@ -392,6 +396,9 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         price = _decimal(raw_price)
         if not price.is_finite() or price < 0:
             problems.append(f'{where}.price: must be "{LIST_PRICE}" or a USD amount of 0 or more')
+    min_price = _decimal(raw["min_price"]) if "min_price" in raw else None
+    if min_price is not None and (not min_price.is_finite() or min_price < 0 or price is not None):
+        problems.append(f"{where}.min_price: must be a USD amount of 0 or more, on a list-priced route")
     convention = raw.get("mask_convention", "alpha")
     if convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
@@ -417,6 +424,7 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         input_fidelity=bool(raw.get("input_fidelity", model.input_fidelity)),
         shutdown=_date(raw.get("shutdown")),
         free_sizes=free,
+        min_price=min_price,
     )
 
 

@@ -208,6 +208,8 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
         ({"provider": "openai", "mask_conventon": "white"}, "unknown key(s) mask_conventon"),
         ({"provider": "openai", "mask_convention": "black"}, "mask_convention: must be one of alpha, white"),
         ({"provider": "openai", "price": -1}, "price: must be"),
+        ({"provider": "openai", "min_price": -1}, "min_price: must be a USD amount of 0 or more"),
+        ({"provider": "openai", "price": 1, "min_price": 1}, "min_price: must be a USD amount"),
         ({"provider": "openai", "sizes": ["2048x2048"]}, "sizes: unknown value(s) '2048x2048'"),
         ({"provider": "openai", "output_formats": []}, "output_formats: must list at least one value"),
         ({"provider": "openai", "max_input_images": 0}, "max_input_images: must be at least 1"),

@@ -153,7 +153,8 @@ def adapt(request: EditRequest, route: Route) -> EditRequest:
 
 
 def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: str) -> Decimal:
-    """The most a job can cost on `route`: flat price × count, or the model's worst-case list price.
+    """The most a job can cost on `route`: flat price × count, or the model's worst-case list price
+    (never below the route's `min_price` per image).
 
     On a list-priced route without `n`, every image is its own call and pays its own input tokens.
     """
@@ -163,7 +164,13 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
     one = reserve_usd(
         model, quality=needs.quality, size=needs.size, count=per_call, n_inputs=needs.images, prompt=prompt
     )
+    one = _at_least(route, one, per_call)
     return one if route.n else one * needs.count
+
+
+def _at_least(route: Route, usd: Decimal, images: int) -> Decimal:
+    """`usd` for `images` images on a list-priced route, raised to its published lowest price."""
+    return usd if route.min_price is None else max(usd, route.min_price * images)
 
 
 def _reported_cost(result: EditResult) -> Decimal | None:
@@ -181,14 +188,15 @@ def charge_usd(model: ModelEntry, route: Route, result: EditResult, request: Edi
 
     The provider's own reported charge first (Segmind's `x-cost`), then the route's flat price per
     delivered image, then the model's list price (token usage, else the per-image table for the
-    quality and size the provider says it made, falling back to what was asked).
+    quality and size the provider says it made, falling back to what was asked), never below the
+    route's `min_price` per image.
     """
     reported = _reported_cost(result)
     if reported is not None:
         return reported
     if route.price is not None:
         return route.price * len(result.images)
-    return actual_usd(
+    listed = actual_usd(
         model,
         usage=result.usage,
         images=len(result.images),
@@ -197,3 +205,4 @@ def charge_usd(model: ModelEntry, route: Route, result: EditResult, request: Edi
         requested_quality=request.quality,
         requested_size=request.size,
     )
+    return _at_least(route, listed, len(result.images))
