@@ -48,6 +48,13 @@ def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
         if background == "transparent" and base.output_format == "jpeg":
             continue  # never asked together (the job service refuses it first)
         yield f"background {background}", replace(base, background=background)
+    if "transparent" in route.backgrounds:
+        for fmt in route.transparent_formats:
+            if fmt in route.output_formats:
+                yield (
+                    f"background transparent as {fmt}",
+                    replace(base, background="transparent", output_format=fmt),
+                )
     for fmt in route.output_formats:
         yield f"format {fmt}", replace(base, output_format=fmt)
     yield (

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from bot import messages
-from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, Usage, parse_size
+from bot.domain.options import (
+    BACKGROUNDS,
+    OUTPUT_FORMATS,
+    QUALITIES,
+    SIZES,
+    TRANSPARENT_FORMATS,
+    Usage,
+    parse_size,
+)
 from bot.errors import InvalidOptions
 
 PACKAGED_CATALOG = "catalog.toml"
@@ -52,6 +60,7 @@ ROUTE_KEYS = frozenset(
         "qualities",
         "backgrounds",
         "output_formats",
+        "transparent_formats",
         "n",
         "max_prompt_chars",
         "input_fidelity",
@@ -123,6 +132,8 @@ class Route:
     qualities: tuple[str, ...] = DEFAULT_QUALITIES
     backgrounds: tuple[str, ...] = BACKGROUNDS
     output_formats: tuple[str, ...] = OUTPUT_FORMATS
+    # The formats a transparent background can be made in here (OpenAI: PNG or WebP; 1min.ai: PNG).
+    transparent_formats: tuple[str, ...] = TRANSPARENT_FORMATS
     n: bool = False
     max_prompt_chars: int = 32000
     input_fidelity: bool = False
@@ -419,6 +430,9 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         qualities=_choices(raw, "qualities", model.qualities, model.qualities, where, problems),
         backgrounds=_choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems),
         output_formats=_choices(raw, "output_formats", OUTPUT_FORMATS, OUTPUT_FORMATS, where, problems),
+        transparent_formats=_choices(
+            raw, "transparent_formats", TRANSPARENT_FORMATS, TRANSPARENT_FORMATS, where, problems
+        ),
         n=bool(raw.get("n", False)),
         max_prompt_chars=int(raw.get("max_prompt_chars", model.max_prompt_chars)),
         input_fidelity=bool(raw.get("input_fidelity", model.input_fidelity)),

@@ -192,6 +192,9 @@ def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
                 hints.append(f"set `background` to one of {', '.join(route.backgrounds)}")
             case "format":
                 hints.append(f"set `format` to one of {', '.join(route.output_formats)}")
+            case "transparent_format":
+                formats = ", ".join(route.transparent_formats)
+                hints.append(f"set `format` to one of {formats} for a transparent background")
             case "prompt":
                 hints.append(f"shorten the prompt to {route.max_prompt_chars} characters")
             case _:

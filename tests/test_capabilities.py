@@ -80,3 +80,20 @@ async def test_a_route_that_promises_more_than_its_adapter_is_disabled_and_the_r
     model = catalog.get("gpt-image-2")
     assert [r.provider for r in lifecycle.live_routes(model)] == ["openai"]
     assert any("gpt-image-2 on atlascloud is disabled" in w for w in lifecycle.warnings())
+
+
+async def test_a_route_promising_transparency_in_a_format_its_adapter_refuses_it_in_is_disabled(
+    session, tmp_path
+):
+    """1min.ai makes a transparent background only as PNG: a route that leaves `transparent_formats`
+    at PNG and WebP would send WebP jobs there, each paid for and refused."""
+    price = {"low": {"square": 0.01, "other": 0.01}}
+    onemin = {"provider": "oneminai", "model": "gpt-image-2", "qualities": ["low"], "mask": False}
+    onemin |= {"sizes": ["1024x1024"], "backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
+    raw = {"models": {"gpt-image-2": {"qualities": ["low"], "price": price, "routes": [onemin]}}}
+    built = providers(parse_catalog(raw), session, tmp_path)
+    [promising] = parse_catalog(raw).get("gpt-image-2").routes
+    assert route_problems(promising, built["oneminai"]) == ["background transparent as webp (InvalidInput)"]  # type: ignore[arg-type]
+    onemin["transparent_formats"] = ["png"]
+    [honest] = parse_catalog(raw).get("gpt-image-2").routes
+    assert route_problems(honest, built["oneminai"]) == []  # type: ignore[arg-type]

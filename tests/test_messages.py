@@ -45,6 +45,12 @@ def test_an_option_without_its_own_hint_is_named_as_a_member_would_write_it():
     )
 
 
+def test_a_route_that_makes_transparency_only_as_png_says_which_format_to_pick():
+    route = Route(provider="oneminai", model="m", transparent_formats=("png",))
+    text = messages.unservable("Model", route, ("transparent_format",))
+    assert "set `format` to one of png for a transparent background" in text
+
+
 ROOT = Path(__file__).parent.parent
 # bot/providers raises ProviderErrors, whose text is logged and never shown (bot.errors maps them).
 NOT_CHECKED = ("bot/providers/",)

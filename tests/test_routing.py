@@ -150,6 +150,13 @@ NEEDS = Needs(images=1, size="auto", quality="auto", background="auto", output_f
         ({"qualities": ("auto",)}, {"quality": "high"}, ("quality",)),
         ({"backgrounds": ("auto",)}, {"background": "transparent"}, ("background",)),
         ({"output_formats": ("png",)}, {"output_format": "webp"}, ("format",)),
+        ({}, {"background": "transparent", "output_format": "webp"}, ()),
+        (
+            {"transparent_formats": ("png",)},
+            {"background": "transparent", "output_format": "webp"},
+            ("transparent_format",),
+        ),
+        ({"transparent_formats": ("png",)}, {"background": "opaque", "output_format": "webp"}, ()),
         ({"max_prompt_chars": 4000}, {"prompt_chars": 4001}, ("prompt",)),
         ({}, {"input_fidelity": True}, ("input_fidelity",)),
         ({"n": False}, {"count": 4}, ()),  # count is emulated, never refused
@@ -1001,7 +1008,8 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             fake = await stack.enter_async_context(FakeOneMin())
             route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
-            route |= {"backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
+            route |= {"backgrounds": ["auto", "transparent"], "transparent_formats": ["png"]}
+            route |= {"max_prompt_chars": 4000}
             charged, paid = 20, lambda: fake.feature_count  # list price, "other" size: chelsea is landscape
         world = await stack.enter_async_context(
             running_bot(

@@ -17,6 +17,7 @@ QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto")
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 BACKGROUNDS = ("auto", "opaque", "transparent")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+TRANSPARENT_FORMATS = ("png", "webp")  # JPEG has no alpha channel
 
 
 def parse_size(size: str) -> tuple[int, int] | None:

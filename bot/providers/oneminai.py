@@ -173,6 +173,8 @@ class OneMinAIProvider(ResellerAdapter):
         backgrounds = ("auto",) if request.mask is not None else EDITOR_BACKGROUNDS
         if request.background not in backgrounds:
             problems.append(f"background={request.background}")
+        elif request.background == "transparent" and request.output_format != "png":
+            problems.append(f"background=transparent as {request.output_format} (PNG only)")
         if problems:
             raise unsupported_options(request.model, "1min.ai", problems, provider=self.name)
 

@@ -106,6 +106,8 @@ def blockers(route: Route, needs: Needs) -> tuple[str, ...]:
         out.append("background")
     if needs.output_format not in route.output_formats:
         out.append("format")
+    elif needs.background == "transparent" and needs.output_format not in route.transparent_formats:
+        out.append("transparent_format")
     if needs.prompt_chars > route.max_prompt_chars:
         out.append("prompt")
     if needs.input_fidelity and not route.input_fidelity:

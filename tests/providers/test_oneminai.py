@@ -142,9 +142,19 @@ async def test_transparent_background_is_passed_to_the_editor(
             {"mask": openai_mask(), "background": "transparent"},
             InvalidInput,
         ),  # the inpainter has no background
+        ({"background": "transparent", "output_format": "webp"}, InvalidInput),  # PNG only
         ({"model": "gpt-image-1.5"}, ModelUnavailable),
     ],
-    ids=["long-prompt", "two-images", "auto-size", "count", "opaque", "mask-with-background", "model"],
+    ids=[
+        "long-prompt",
+        "two-images",
+        "auto-size",
+        "count",
+        "opaque",
+        "mask-with-background",
+        "transparent-webp",
+        "model",
+    ],
 )
 async def test_options_the_route_cannot_honour_are_refused_before_any_request(
     fake: FakeOneMin, provider: OneMinAIProvider, change: dict[str, object], exc_type: type[ProviderError]
