@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Unpack
@@ -22,12 +23,16 @@ import aiohttp
 
 from bot.providers.base import EditRequest, EditResult, OnSubmitted, OutputImage
 from bot.providers.errors import (
+    ConnectionFailed,
     ModelUnavailable,
     ProviderError,
+    ProviderTimeout,
+    RateLimited,
     ServerError,
 )
 from bot.providers.http import (
     HttpResponse,
+    NotAnswered,
     before_submit,
     classify_reseller,
     gather_or_cancel,
@@ -355,6 +360,13 @@ class PredictionAdapter(ResellerAdapter):
             raise ServerError(
                 f"{self.api.noun} {job_id} not found", provider=self.name, accepted=True
             ) from exc
+        except (RateLimited, ServerError, ConnectionFailed) as exc:
+            # The vendor did not answer (after the GET's own retries); the paid job may well be running.
+            raise NotAnswered(exc) from exc
+        except ProviderTimeout as exc:
+            if time.monotonic() < deadline:  # this GET timed out, the job's deadline has not
+                raise NotAnswered(exc) from exc
+            raise
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             err.accepted = True

@@ -273,6 +273,35 @@ async def test_a_poll_error_is_retried_and_the_job_still_completes(
     assert fake.submit_count == 1
 
 
+async def test_a_poll_outage_longer_than_one_gets_retries_does_not_give_up_the_paid_job(
+    fake: FakeAtlas, provider: AtlasCloudProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Atlas answered 503 to 4 rounds of polls (each round is a GET and its own retries): the job was
+    submitted and paid for and is still running, so polling goes on until its deadline, not until one
+    GET's retries run out."""
+    fake.fail_next(Fault.POLL_ERROR, times=4 * FAST.attempts)
+
+    with caplog.at_level(logging.WARNING, logger="bot.providers.http.polling"):
+        result = await provider.edit(edit_request(deadline=time.monotonic() + 30))
+
+    assert len(result.images) == 1 and fake.submit_count == 1
+    assert [r.status for r in fake.requests if r.endpoint == "poll"].count(503) == 4 * FAST.attempts
+    assert caplog.text.count("polling got no answer") == 1  # said once per outage, not per GET
+
+
+async def test_a_poll_outage_until_the_deadline_ends_as_an_accepted_timeout(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    fake.fail_always(Fault.POLL_ERROR)
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 0.5))
+
+    assert info.value.accepted is True  # the job may still be billed
+    assert isinstance(info.value.__cause__, ServerError)  # what the polls got, for the log
+    assert fake.submit_count == 1
+
+
 async def test_429_with_a_short_retry_after_is_resent_because_nothing_was_queued(
     fake: FakeAtlas, provider: AtlasCloudProvider
 ) -> None:

@@ -26,6 +26,7 @@ from bot.providers.errors import (
 )
 from bot.providers.http import (
     HttpResponse,
+    NotAnswered,
     RetryPolicy,
     decode_base64_image,
     download,
@@ -511,6 +512,41 @@ async def test_poll_propagates_job_failures_without_cancelling() -> None:
         )
 
     assert not cancelled
+
+
+async def test_poll_goes_on_through_unanswered_fetches_and_waits_a_429s_hint() -> None:
+    answers: list[BaseException | str] = [
+        NotAnswered(ServerError("503", accepted=True)),
+        NotAnswered(RateLimited("429", retry_after=0.2, accepted=True)),
+        "processing",
+        "completed",
+    ]
+    fetched: list[float] = []
+
+    async def fetch() -> str:
+        fetched.append(time.monotonic())
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    result = await poll(
+        fetch, is_done=lambda s: s == "completed", deadline=soon(), interval=0.01, max_interval=0.02
+    )
+
+    assert result == "completed" and answers == []
+    assert fetched[2] - fetched[1] >= 0.2  # the 429's retry-after, not the 0.02 s poll interval
+
+
+async def test_poll_unanswered_until_the_deadline_raises_an_accepted_timeout_from_the_last_error() -> None:
+    async def fetch() -> str:
+        raise NotAnswered(ConnectionFailed("reset", accepted=True))
+
+    with pytest.raises(ProviderTimeout) as info:
+        await poll(fetch, is_done=lambda s: True, deadline=soon(0.1), interval=0.01, max_interval=0.02)
+
+    assert info.value.accepted is True
+    assert isinstance(info.value.__cause__, ConnectionFailed)
 
 
 # ----------------------------------------------------------------------------- download

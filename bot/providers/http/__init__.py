@@ -36,6 +36,7 @@ from bot.providers.http.outputs import (
     sniff_image_format,
 )
 from bot.providers.http.polling import (
+    NotAnswered,
     gather_or_cancel,
     poll,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "MAX_RESPONSE_BYTES",
     "Classifier",
     "HttpResponse",
+    "NotAnswered",
     "RetryPolicy",
     "VendorClient",
     "before_submit",

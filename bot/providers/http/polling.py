@@ -8,11 +8,23 @@ import random
 from collections.abc import Awaitable, Callable
 
 from bot.providers.errors import (
+    ProviderError,
     ProviderTimeout,
+    RateLimited,
 )
 from bot.providers.http.transport import CANCEL_TIMEOUT, T, _describe, _remaining
 
 log = logging.getLogger(__name__)
+
+
+class NotAnswered(Exception):
+    """Raised by a poll's `fetch` when the vendor did not answer this time (a 5xx, a 429, a timeout or a
+    lost connection, after the request's own retries): the job may be running fine, so polling goes on
+    until the deadline instead of giving up on a job that was paid for. `error` is what was raised."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def poll(
@@ -31,13 +43,15 @@ async def poll(
     """Call `fetch()` until `is_done(result)` and return that result.
 
     Waits `interval` after the first unfinished result, growing by `backoff` up to `max_interval`,
-    each wait reduced by up to `jitter` (a fraction). Exceptions from `fetch` or `is_done` (for
-    example a vendor's "job failed" error) propagate unchanged. When the deadline passes (between
+    each wait reduced by up to `jitter` (a fraction); a fetch that raised `NotAnswered` counts as an
+    unfinished result (logged once per run of failures). Other exceptions from `fetch` or `is_done`
+    (for example a vendor's "job failed" error) propagate unchanged. When the deadline passes (between
     fetches, or as a `ProviderTimeout` from a fetch that ran out of time) `cancel()` is awaited if
     given, with its own `cancel_timeout`; its errors are logged, never raised. Then
     `ProviderTimeout(accepted=True)` is raised: the job was submitted and may still be billed.
     """
     delay = interval
+    unanswered: ProviderError | None = None
     while True:
         if _remaining(deadline) <= 0:
             break
@@ -47,12 +61,22 @@ async def poll(
             if _remaining(deadline) > 0:
                 raise
             break
-        if is_done(result):
-            return result
+        except NotAnswered as exc:
+            if unanswered is None:
+                log.warning("%s: polling got no answer (%s); polling on", provider, _describe(exc.error))
+            unanswered = exc.error
+        else:
+            if is_done(result):
+                return result
+            if unanswered is not None:
+                log.info("%s: polling answered again", provider)
+            unanswered = None
         remaining = _remaining(deadline)
         if remaining <= 0:
             break
         wait = min(delay, max_interval) * (1.0 - random.uniform(0.0, jitter))
+        if isinstance(unanswered, RateLimited) and unanswered.retry_after is not None:
+            wait = max(wait, unanswered.retry_after)  # a 429's own hint, when it is the longer wait
         await asyncio.sleep(min(wait, remaining))
         delay = min(delay * backoff, max_interval)
 
@@ -62,7 +86,8 @@ async def poll(
                 await cancel()
         except Exception as exc:
             log.warning("%s: cancelling the job after its deadline failed: %s", provider, _describe(exc))
-    raise ProviderTimeout("job did not finish before its deadline", provider=provider, accepted=True)
+    timeout = ProviderTimeout("job did not finish before its deadline", provider=provider, accepted=True)
+    raise timeout from unanswered
 
 
 async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
