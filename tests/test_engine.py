@@ -821,6 +821,67 @@ async def test_a_delivery_put_off_at_shutdown_is_made_by_the_next_process(make: 
     assert await kinds(later, job_id) == ["reserve", "capture"]
 
 
+class SlowToPost(RecordingLive):
+    """A progress message whose result upload takes longer than the stop waits (a large file, Discord
+    retrying its 5xx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posting = asyncio.Event()
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        self.posting.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("never posted")
+
+
+async def test_a_result_still_being_posted_when_the_process_ends_is_posted_by_the_next_start(make: Factory):
+    """The stop waits for a result being posted only so long; then the database closes and the job's
+    task is cancelled. The stored result used to be deleted there, and the next start released the
+    paid job as "something went wrong"."""
+    service, _ = await make()
+    live = SlowToPost()
+    job_id = await submit(service, live)
+    await asyncio.wait_for(live.posting.wait(), 10)
+    await service.drain(0)  # what the bot's stop does; it then closes the database
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == f"retouch-job-{job_id}"]
+    await service.storage.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    later, recorder = await make()
+    await later.engine.start()
+    await wait_state(later, job_id, "delivered")
+    assert [j for j, _ in recorder.delivered] == [job_id]
+    assert await kinds(later, job_id) == ["reserve", "capture"]
+
+
+async def test_a_paid_result_that_cannot_be_stored_counts_against_the_budgets(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The provider made (and billed) the image, but it could not be kept (a full disk here): free to
+    the member, and the server's and the bot's budgets count what the provider charged."""
+    service, _ = await make()
+    write = service.engine.files.write
+
+    def full_disk(job_id: str, files: dict[str, bytes]) -> None:
+        if any(name.startswith("result-") for name in files):  # the inputs were written before
+            raise OSError(28, "No space left on device")
+        write(job_id, files)
+
+    stored = await submit(service)  # the same job, stored and posted: what it is charged
+    await wait_state(service, stored, "delivered")
+    charge = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    monkeypatch.setattr(service.engine.files, "write", full_disk)
+    job_id = await submit(service)
+    await wait_state(service, job_id, "failed")
+    assert openai.post_count == 2
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert charge[GUILD][0] > 0
+    assert spend[GUILD] == (2 * charge[GUILD][0], 0)  # its charge too, absorbed
+
+
 class Outcomes:
     """A JobObserver that keeps how each job ended."""
 

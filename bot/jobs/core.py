@@ -76,6 +76,8 @@ class ActiveJob:
     clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result
+    stored: bool = False  # its result is stored and its row `completed`: a restart posts it
+    billed: int | None = None  # credits the provider bills for the result it returned (None: none yet)
     posted: bool = False  # its result is posted (by this process, or found posted before a restart)
     position: int = 0
     delivery_retries: int = 0  # stored-result deliveries put off after a transient failure

@@ -59,11 +59,14 @@ class JobEndings(EngineCore):
             await self._end_charged(job, ref)
             return
         except Exception:
+            # Unsettled, the row stays live and the next start (or a lease round) settles it from
+            # its files: a stored result among them is posted then, so they are kept.
             log.exception("job %s: could not release credits (ref %s)", job.id, ref)
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.files.remove, job.id)
-        with contextlib.suppress(Exception):  # the sweep clears it otherwise
-            await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
+        else:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.files.remove, job.id)
+            with contextlib.suppress(Exception):  # the sweep clears it otherwise
+                await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
         error = self._user_error(job, exc, ref)
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
         if not job.quiet:
@@ -73,9 +76,12 @@ class JobEndings(EngineCore):
                 await job.live.finish(None)
 
     async def _maybe_billed(self, job: ActiveJob, exc: BaseException) -> int:
-        """Credits a provider may bill for a job that ends unpaid: a call that was sent and then cut
-        off (cancel, deadline, shutdown) or that the provider may have accepted before failing. The
-        member is not charged, but the budgets count it, so cut-off calls cannot outspend them."""
+        """Credits a provider bills, or may bill, for a job that ends unpaid: a result it returned that
+        could not be stored or posted, a call that was sent and then cut off (cancel, deadline,
+        shutdown), or one it may have accepted before failing. The member is not charged, but the
+        budgets count it, so such jobs cannot outspend them."""
+        if job.billed is not None:
+            return job.billed
         cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
         if job.provider is None or not (cut_off or getattr(exc, "accepted", False)):
             return 0

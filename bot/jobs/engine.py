@@ -350,8 +350,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 raise RuntimeError(f"job {job.id} has no stored spec")
             spec = JobSpec.from_json(row.spec)
             if row.state == JobState.COMPLETED:
-                job.finishing = True
-                outcome = await self._stored_outcome(row, spec)
+                outcome = await self._stored_outcome(job, row, spec)
             else:
                 served, spec = await self._produce(job, row, spec)
                 outcome = await self._complete(job, spec, served)
@@ -368,10 +367,17 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 "job %s left at %s for the next start (%s)", job.id, job.provider, ",".join(job.submitted)
             )
             await self._tell_live(job, SUSPENDED_AT_PROVIDER)
+        except asyncio.CancelledError as exc:
+            if job.stored:
+                # The process is ending while the stored result is posted: its row stays `completed`
+                # and its files stay, so the next start posts it (as after a crash). Settling here
+                # would refund a paid result, and the database may already be closed.
+                log.info("job %s: stopped while its result was posted; the next start posts it", job.id)
+            else:
+                await self._end(job, exc)
+            raise
         except BaseException as exc:
             await self._end(job, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
 
 
 def _too_late(state: str) -> CancelAnswer:

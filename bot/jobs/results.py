@@ -30,6 +30,7 @@ class JobResults(EngineCore):
         await self._update(job, JobStatus(job.id, "finishing", messages.UPLOADING, False))
         result = served.result
         charged = min(usd_to_credits(served.cost_usd, self.settings.credits_per_usd), spec.reserve)
+        job.billed = charged  # paid for from here on, whatever happens to the result
         if spec.mask is not None and spec.mask.keep_outside:
             result = await self._restore_outside(job.id, spec, result)
         files = await self._fit(job.id, result, spec.upload_limit)
@@ -54,13 +55,16 @@ class JobResults(EngineCore):
             result=json.dumps(record),
             completed_at=db_time(now),
         )
+        job.stored = True
         if job.run_start is not None:  # a job resumed after a restart says nothing about run times
             self._durations.appendleft(time.monotonic() - job.run_start)
         return await self._outcome(job.id, spec, record, tuple(f for _, f in files))
 
-    async def _stored_outcome(self, row: JobRow, spec: JobSpec) -> EditOutcome:
+    async def _stored_outcome(self, job: ActiveJob, row: JobRow, spec: JobSpec) -> EditOutcome:
         """The outcome of a job completed before a restart, read back from the row and its files."""
+        job.finishing = job.stored = True
         record = json.loads(row.result or "{}")
+        job.billed = int(record.get("charged") or 0)  # paid for, even if its files turn out lost
         entries = record.get("files") or []
         blobs = await asyncio.to_thread(lambda: [self.files.read(row.id, e["disk"]) for e in entries])
         files = tuple(
