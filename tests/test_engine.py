@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sqlite3
+import threading
 import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -316,6 +317,37 @@ async def test_only_the_requester_or_a_moderator_may_cancel(make: Factory, opena
     assert await service.cancel(job_id, actor_id=ALICE, can_manage=False) == CancelAnswer(
         "This edit has already ended."
     )
+
+
+async def test_a_cancel_that_comes_as_the_job_fails_on_its_own_answers_with_the_failure(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+):
+    """A cancel silences the job's own ending (the cancel's answer speaks instead). A job that failed
+    on its own meanwhile used to end in silence, its member told only that it "has already ended"."""
+    service, _ = await make()
+    write = service.engine.files.write
+    storing, go_on = threading.Event(), threading.Event()
+
+    def slow_full_disk(job_id: str, files: dict[str, bytes]) -> None:
+        if not any(name.startswith("result-") for name in files):
+            return write(job_id, files)
+        storing.set()
+        go_on.wait(10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.engine.files, "write", slow_full_disk)
+    live = Live()
+    job_id = await submit(service, live)
+    await asyncio.to_thread(storing.wait, 10)
+    cancelling = asyncio.create_task(service.cancel(job_id, actor_id=ALICE, can_manage=False))
+    await until(lambda: service.engine._jobs[job_id].quiet)
+    go_on.set()
+    answer = await cancelling
+
+    assert answer.text.startswith("Something went wrong") and "not charged" in answer.text
+    assert not answer.cancelled and await state(service, job_id) == "failed"
+    assert live.final == [None]  # its buttons go; the answer is what tells the member
+    assert await kinds(service, job_id) == ["reserve", "release"]
 
 
 # -- the watchdog -----------------------------------------------------------------------------------

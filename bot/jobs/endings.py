@@ -68,6 +68,7 @@ class JobEndings(EngineCore):
             with contextlib.suppress(Exception):  # the sweep clears it otherwise
                 await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
         error = self._user_error(job, exc, ref)
+        job.ended_with = error.user_message  # a quiet cancel that came too late answers with it
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
         if not job.quiet:
             await self._say(job, error.user_message)

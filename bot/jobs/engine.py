@@ -192,11 +192,11 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 # it comes, is told on the progress message, not left to this answer.
                 job.quiet = False
                 return CancelAnswer(messages.CANCELLING_SLOWLY, pending=True)
-        return await self._cancelled_here(job_id)
+        return await self._cancelled_here(job)
 
-    async def _cancelled_here(self, job_id: str) -> CancelAnswer:
+    async def _cancelled_here(self, job: ActiveJob) -> CancelAnswer:
         """How a job this process stopped ended, read back from its row."""
-        after = await self.storage.jobs.get_job(job_id)
+        after = await self.storage.jobs.get_job(job.id)
         if after is not None and after.state == JobState.CANCELLED and after.captured:
             charged = int(after.captured)
             return CancelAnswer(
@@ -204,6 +204,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             )
         if after is not None and after.state == JobState.CANCELLED:
             return CancelAnswer(JobCancelled().user_message, cancelled=True)
+        if after is not None and after.state == JobState.FAILED and job.ended_with:
+            # It failed on its own before the cancel took: the cancel silenced its own message.
+            return CancelAnswer(job.ended_with)
         return _too_late(after.state if after else JobState.DELIVERED)
 
     def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
