@@ -864,6 +864,43 @@ def test_restore_outside_with_transparent_original(locality_pair: tuple[Image.Im
     assert_locality(original, edit.convert("RGBA"), out, region, feather=4)
 
 
+@pytest.mark.parametrize("transparent", [False, True], ids=["opaque", "transparent"])
+def test_restore_outside_as_webp_keeps_outside_and_inside_exact(
+    locality_pair: tuple[Image.Image, Image.Image], transparent: bool
+) -> None:
+    original, edit = locality_pair
+    if transparent:
+        original = original.convert("RGBA")
+        original.putalpha(Image.linear_gradient("L").resize(original.size))
+        original.paste((10, 200, 30, 0), (0, 0, 30, 30))  # invisible colour: it must survive too
+        edit = edit.convert("RGBA")
+    region = random_region(11)
+    data, fmt = restore_outside(save(original, "PNG"), save(edit, "PNG"), region, feather=4, fmt="webp")
+    assert (fmt, sniff_mime(data)) == ("webp", "image/webp")
+    assert_locality(original, edit, decode(data), region, feather=4)
+
+
+def test_restore_outside_as_jpeg_is_a_flattened_jpeg_close_to_the_original_outside(
+    locality_pair: tuple[Image.Image, Image.Image],
+) -> None:
+    original, edit = locality_pair
+    transparent = original.convert("RGBA")
+    transparent.putalpha(255)
+    transparent.paste((0, 0, 0, 0), (0, 0, 20, 20))  # a hole outside the region: JPEG makes it white
+    region = Image.new("L", original.size, 0)
+    region.paste(255, (50, 30, 100, 70))
+    data, fmt = restore_outside(save(transparent, "PNG"), save(edit, "PNG"), region, feather=0, fmt="jpeg")
+    assert (fmt, sniff_mime(data)) == ("jpeg", "image/jpeg")
+    out = decode(data)
+    assert out.mode == "RGB" and out.size == original.size
+    assert ImageStat.Stat(out.crop((2, 2, 18, 18))).mean == pytest.approx([255, 255, 255], abs=3)
+    # JPEG is lossy, so "exactly the original" becomes "close": at q90 the mean error of a block of
+    # this small, detailed photo is about 5 levels, while the edit (another photo) is 55-63 away.
+    kept = (0, 32, 40, 84)  # away from the hole and the region, whose edges ring
+    assert max(ImageStat.Stat(ImageChops.difference(out.crop(kept), original.crop(kept))).mean) < 10
+    assert min(ImageStat.Stat(ImageChops.difference(edit.crop(kept), original.crop(kept))).mean) > 40
+
+
 def test_restore_outside_with_greyscale_original(locality_pair: tuple[Image.Image, Image.Image]) -> None:
     original, edit = locality_pair
     grey = original.convert("L")

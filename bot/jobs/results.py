@@ -94,7 +94,8 @@ class JobResults(EngineCore):
         )
 
     async def _restore_outside(self, job_id: str, spec: JobSpec, result: EditResult) -> EditResult:
-        """The locality guarantee: pixels outside the mask come back exactly as they were."""
+        """The locality guarantee: pixels outside the mask come back exactly as they were (within
+        JPEG's loss when the job asked for JPEG), in the job's output format."""
         assert spec.mask is not None
         original = await asyncio.to_thread(self.files.read, job_id, spec.inputs[0].name)
         region_png = await asyncio.to_thread(self.files.read, job_id, spec.mask.region)
@@ -109,7 +110,12 @@ class JobResults(EngineCore):
         restored = []
         for image in result.images:
             data, fmt = await asyncio.to_thread(
-                imaging.restore_outside, original, image.data, mask.region, feather=spec.mask.feather
+                imaging.restore_outside,
+                original,
+                image.data,
+                mask.region,
+                feather=spec.mask.feather,
+                fmt=spec.output_format,  # the restored image is re-encoded: in the format asked for
             )
             restored.append(OutputImage(data, fmt))
         return replace(result, images=tuple(restored))

@@ -287,6 +287,50 @@ async def test_users_who_skip_the_preview_get_the_edit_at_once(world: World):
     assert_only_box_changed(rgb(result.files[0][1]), BOX)
 
 
+# What each output format's file starts with, and the extension its name ends with.
+SIGNATURES = {
+    "png": (b"\x89PNG\r\n\x1a\n", ".png"),
+    "jpeg": (b"\xff\xd8\xff", ".jpg"),
+    "webp": (b"RIFF", ".webp"),
+}
+
+
+def assert_box_changed_within_jpeg_loss(result: Image.Image, box: tuple[int, int, int, int]) -> None:
+    """`assert_only_box_changed` for a JPEG, which cannot keep pixels exactly: outside the box the
+    sampled pixels must stay close to the original (q90 moves them by 1.5 levels on average and 10 at
+    most on this photo), while deep inside they are the model's inverted colours (about 85 away)."""
+    assert result.size == PHOTO_SIZE
+    left, top, right, bottom = box
+    outside: list[int] = []
+    inside: list[int] = []
+    for x, y in sample_points():
+        got, was = result.getpixel((x, y)), ORIGINAL.getpixel((x, y))
+        difference = sum(abs(a - b) for a, b in zip(got, was, strict=True)) // 3
+        if not (left <= x < right and top <= y < bottom):
+            outside.append(difference)
+        elif left + 6 < x < right - 7 and top + 6 < y < bottom - 7:
+            inside.append(difference)
+    assert sum(outside) / len(outside) < 4 and max(outside) < 25
+    assert sum(inside) / len(inside) > 60
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+async def test_masked_result_comes_in_the_format_asked_for_with_the_outside_kept(world: World, fmt: str):
+    await world.services.storage.settings.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    it = await mask_command(world, box_mask(), format=fmt)
+    assert (await world.finished(it)).startswith("Done")
+    [result] = public_results(it)
+    [(name, data)] = result.files
+    magic, extension = SIGNATURES[fmt]
+    assert data.startswith(magic) and name.endswith(extension)
+    if fmt == "webp":
+        assert data[8:12] == b"WEBP"
+    if fmt == "jpeg":
+        assert_box_changed_within_jpeg_loss(rgb(data), BOX)
+    else:  # PNG, and WebP written lossless: the outside is exactly the original
+        assert_only_box_changed(rgb(data), BOX)
+
+
 async def test_edit_image_menu_without_mask_runs_a_plain_edit(world: World):
     posted = await world.fake.post_message(
         world.user, world.channel, "my cat", attachments=[("cat.png", PHOTO)]
