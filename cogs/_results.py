@@ -215,10 +215,12 @@ class InteractionLive:
             # posts it in the job's channel (the chain's thread) instead.
             raise DeliveryFailed("the result belongs in another channel")
         await self.progress.close()
-        if self.progress.edits == 0:
-            # Discord turns the first followup after a defer into the private "thinking" message; an
-            # edit first makes the result a new, public message.
-            await self.progress.close("Posting your result…")
+        # Discord turns the first followup after a defer into the private "thinking" message; an edit
+        # that lands first makes the result a new, public message. When none can land (the network
+        # to Discord is failing), the channel delivery posts it publicly instead: a private result
+        # would be charged with nobody else seeing it.
+        if not self.progress.shown and not await self.progress.close("Posting your result…"):
+            raise DeliveryFailed("the private progress message could not be replaced")
         try:
             message = await interaction.followup.send(
                 content=interaction.user.mention,

@@ -81,7 +81,15 @@ class ProgressMessage:
         self._controls: discord.ui.View | None = None
         self._with_controls = False  # only messages that ever had controls get `view=` on edits
         self._urgent = False
-        self.edits = 0
+        self._attempts = 0  # edits tried, landed or not: the first goes out at once, later ones throttled
+        # An edit landed: the deferred "thinking" placeholder is gone (see `shown`).
+        self._shown = False
+
+    @property
+    def shown(self) -> bool:
+        """Whether any edit reached Discord. Until one has, the interaction's first followup fills in
+        the private "thinking" placeholder (and so is private too) instead of posting a new message."""
+        return self._shown
 
     def set_controls(self, view: discord.ui.View | None) -> None:
         """Buttons to show under the text from the next edit on (None removes them)."""
@@ -96,7 +104,7 @@ class ProgressMessage:
         self._pending = text
         wait = self._last_edit + self._min_interval - time.monotonic()
         urgent, self._urgent = self._urgent, False
-        if self.edits == 0 or wait <= 0 or urgent:
+        if self._attempts == 0 or wait <= 0 or urgent:
             await self._flush()
         elif self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later(wait))
@@ -110,7 +118,7 @@ class ProgressMessage:
         if text is None or self._closed:
             return
         self._last_edit = time.monotonic()
-        self.edits += 1
+        self._attempts += 1
         await self._edit(text, self._controls)
 
     async def _edit(self, text: str, view: discord.ui.View | None) -> bool:
@@ -128,6 +136,7 @@ class ProgressMessage:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("progress edit failed: %s", type(exc).__name__)
             return False
+        self._shown = True
         return True
 
     async def close(self, final: str | None = None) -> bool:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import bot.jobs.core
+from bot.messages import UPLOADING
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, HeldRequests, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env
@@ -134,6 +135,50 @@ async def test_a_channel_post_lost_to_a_dropped_connection_falls_back_to_a_dm(wo
     [job] = await settled(world)
     assert (job["state"], job["delivered_via"]) == ("delivered", "dm")
     assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
+def progress_edits(world: World, times: int = 1000) -> HeldRequests:
+    """Every edit of an interaction's private message, cut off with no answer (the network between
+    the bot and Discord fails), up to `times` of them."""
+    rule = world.fake.hold(
+        "PATCH", rf"/webhooks/{world.fake.application_id}/[^/]+/messages/@original", times=times
+    )
+    rule.cut()
+    return rule
+
+
+async def test_a_result_after_cut_progress_edits_is_still_posted_publicly_as_a_followup(world: World):
+    """Every progress edit fails, and the network is back just as the result is ready: the result must
+    not fill in the private "thinking" message (Discord does that with the first followup after a
+    defer when no edit landed), so the member's paid result is public."""
+    cut = progress_edits(world)
+    it = await world.edit(PHOTO)
+    # The last progress edit before the delivery; the bot stores the result (worker threads, database) before
+    # it posts anything, so the rule is stopped well before its next request.
+    await world.fake.wait_until(lambda: any(r.json.get("content") == UPLOADING for r in cut.held))
+    cut.stop()
+    [message] = await world.fake.wait_until(lambda: results(it.followups))
+    assert message is not it.original_message and message.files
+    assert not [m for m in it.messages if m.ephemeral and m.files]
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "interaction")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
+async def test_a_result_whose_progress_message_cannot_be_edited_is_posted_publicly_in_the_channel(
+    world: World,
+):
+    """No edit of the private message lands: a followup could only fill in the private "thinking"
+    message, so the result goes to the channel (mentioning the member) instead, charged once."""
+    progress_edits(world)
+    it = await world.edit(PHOTO)
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(world.channel)))
+    assert message.content.startswith(f"<@{world.user.id}> here is the edit you asked for")
+    assert not it.followups and it.original_message.loading  # the private message was never filled
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"]) == ("delivered", "channel")
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(world.services.settings.data_dir)
 
 
 # -- the queue and Cancel ---------------------------------------------------------------------------

@@ -914,6 +914,7 @@ class HeldRequests:
     Discord had been slow; :meth:`drop` fails them with a 503 and no effect, as if they never arrived;
     :meth:`cut` closes their connections without an answer (and without effect), as a network
     failure would. Either way the rule is spent: later matching requests are handled normally.
+    :meth:`stop` spends it early (the network is back), before ``times`` requests came.
     """
 
     method: str
@@ -937,6 +938,10 @@ class HeldRequests:
     def cut(self) -> None:
         self.cut_off = True
         self._gate.set()
+
+    def stop(self) -> None:
+        """Hold no more requests; those already held keep waiting for release, drop or cut."""
+        self.times = len(self.held)
 
 
 def _walk_components(components: Iterable[Any]) -> Iterable[dict[str, Any]]:

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import discord
 import pytest
 import yarl
@@ -1149,7 +1150,7 @@ async def test_a_repeated_nonce_returns_the_first_message_instead_of_posting_twi
     assert len(fake_discord.channel_messages(channel)) == 2
 
 
-async def test_held_requests_wait_for_the_test_and_can_be_released_or_dropped(
+async def test_held_requests_wait_for_the_test_and_can_be_released_dropped_cut_or_stopped(
     fake_discord: FakeDiscord, start_bot: StartBot, world: World
 ) -> None:
     _, channel, _ = world
@@ -1171,3 +1172,11 @@ async def test_held_requests_wait_for_the_test_and_can_be_released_or_dropped(
         await failing
     assert [m.content for m in fake_discord.channel_messages(channel)] == ["slow"]
     await target.send("normal again")  # the rule is spent
+
+    cut = fake_discord.hold("POST", rf"/channels/{channel.id}/messages", times=5)
+    cut.cut()
+    with pytest.raises(aiohttp.ClientError):
+        await target.send("cut off")
+    cut.stop()  # spent after one of its five
+    await target.send("back")
+    assert [m.content for m in fake_discord.channel_messages(channel)][-1] == "back"
