@@ -358,10 +358,12 @@ class SegmindProvider(ResellerAdapter):
                 f"HTTP 200 but {why}", provider=self.name, request_id=request_id, accepted=True
             )
 
-        if content_type.startswith("image/") or (not content_type and sniff_image_format(body)):
-            if sniff_image_format(body) is None:
-                raise unusable("the body is not a png/jpeg/webp image")
+        # The bytes decide: what Content-Type v1 sends with its image is OPEN (image/jpeg always,
+        # image/<format>, or a generic one), and a paid image must not be thrown away for its label.
+        if content_type != "application/json" and sniff_image_format(body) is not None:
             return body
+        if content_type.startswith("image/"):
+            raise unusable("the body is not a png/jpeg/webp image")
         if content_type == "application/json":
             try:
                 payload = json.loads(body)

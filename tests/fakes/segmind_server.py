@@ -154,6 +154,9 @@ class FakeSegmind(FakeServer):
         super().__init__(api_key=api_key)
         self.credits = credits
         self.response_mode = "bytes"  # bytes | json-base64 | json-url
+        # The Content-Type of a raw image answer (None: image/<format>); whether it follows the format,
+        # or is even an image type, is OPEN.
+        self.image_content_type: str | None = None
         self.requests: list[RecordedRequest] = []
         self.assets: dict[str, bytes] = {}
 
@@ -386,7 +389,8 @@ class FakeSegmind(FakeServer):
             self.assets[path] = data
             return web.json_response({"output": [f"{self.origin}{path}?signature=abc"]}, headers=headers)
         # Whether Content-Type follows output_format is OPEN; the older page says image/jpeg always.
-        return web.Response(body=data, headers=headers, content_type=f"image/{fmt}")
+        content_type = self.image_content_type or f"image/{fmt}"
+        return web.Response(body=data, headers=headers, content_type=content_type)
 
     async def _fault(self, rule: FaultRule, model: str) -> None:
         match rule.fault:

@@ -157,6 +157,18 @@ async def test_a_json_answer_is_understood_as_well(
     assert result.cost_usd == "0.0280"
 
 
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "image/jpeg", "binary/octet-stream"])
+async def test_a_raw_image_is_taken_for_its_bytes_whatever_its_content_type_says(
+    fake: FakeSegmind, provider: SegmindProvider, content_type: str
+) -> None:
+    """Which Content-Type v1 sends with its image is OPEN; the PNG asked for is paid for either way."""
+    fake.image_content_type = content_type
+
+    result = await provider.edit(edit_request(output_format="png"))
+
+    assert result.images[0].format == "png" and decoded(result.images[0].data).size == (1024, 1024)
+
+
 # ----------------------------------------------------------------------------- refused before any request
 
 
