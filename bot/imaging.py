@@ -398,6 +398,17 @@ def _open_checked(
 # === Fitting under an upload limit =================================================================
 
 
+# Room kept in one upload for the message around its files (its JSON, an embed, the multipart framing).
+UPLOAD_OVERHEAD = 16 * 1024
+
+
+def share_of_upload(limit: int, files: int) -> int:
+    """Bytes each of `files` files may take for all of them, and their message, to fit one upload of
+    `limit` bytes: Discord's limit bounds the whole request, not each file."""
+    room = limit - min(UPLOAD_OVERHEAD, limit // 16)
+    return max(1, room // max(1, files))
+
+
 def fit_to_limit(data: bytes, fmt: str, limit: int) -> tuple[bytes, str]:
     """Return (`data`, `fmt`) unchanged if it fits in `limit` bytes, else a smaller encoding. BLOCKING.
 

@@ -167,14 +167,15 @@ class DiscordDelivery:
 
 
 async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> EditOutcome:
-    """`outcome` with every file under the DM upload limit (results were fitted to the server's,
-    which a boosted server raises well above a DM's). Pillow runs in a thread."""
+    """`outcome` with its files, together, under the DM upload limit (results were fitted to the
+    server's, which a boosted server raises well above a DM's). Pillow runs in a thread."""
     files = []
+    share = imaging.share_of_upload(limit, len(outcome.files))
     for f in outcome.files:
-        if len(f.data) <= limit:
+        if len(f.data) <= share:
             files.append(f)
             continue
-        data, fmt = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, limit)
+        data, fmt = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, share)
         stem = f.filename.rsplit(".", 1)[0]
         files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
     return replace(outcome, files=tuple(files))

@@ -121,10 +121,11 @@ class JobResults(EngineCore):
         return replace(result, images=tuple(restored))
 
     async def _fit(self, job_id: str, result: EditResult, limit: int) -> list[tuple[str, ResultFile]]:
-        """Each image under the upload limit, named for users and for the job's folder."""
+        """Every image, together, under the upload limit; named for users and for the job's folder."""
         files = []
+        share = imaging.share_of_upload(limit, len(result.images))
         for index, image in enumerate(result.images, start=1):
-            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, limit)
+            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, share)
             ext = "jpg" if fmt == "jpeg" else fmt
             files.append(
                 (f"result-{index}.{ext}", ResultFile(f"retouch_{job_id[:8]}_{index}.{ext}", data, fmt))

@@ -129,3 +129,22 @@ async def test_commands_are_registered_with_their_options(world: World):
     assert edit_options["size"]["autocomplete"] is True and "choices" not in edit_options["size"]
     assert edit_options["count"]["min_value"] == 1 and edit_options["count"]["max_value"] == 4
     assert edit_options["model"]["autocomplete"] is True
+
+
+async def test_several_results_that_fit_the_upload_limit_alone_but_not_together_are_posted_together(
+    world: World,
+):
+    """Discord's upload limit bounds a message's files together: each result is fitted to its share."""
+    first = await world.edit(PHOTO, quality="low", size="1024x1024")
+    await world.finished(first)
+    [(_, one)] = next(m for m in first.followups if not m.ephemeral).files
+    world.guild.attachment_size_limit = len(one) * 3 // 2  # one fits, two as they come do not
+
+    it = await world.edit(PHOTO, quality="low", size="1024x1024", count=2)
+    final = await world.finished(it)
+
+    assert final.startswith("Done")
+    [result] = [m for m in it.followups if not m.ephemeral]  # public, in one message
+    assert len(result.files) == 2
+    assert sum(len(data) for _, data in result.files) <= world.guild.attachment_size_limit
+    assert all(Image.open(io.BytesIO(data)).size == (1024, 1024) for _, data in result.files)

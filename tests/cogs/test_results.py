@@ -46,3 +46,13 @@ async def test_a_result_too_big_for_a_dm_is_re_encoded_to_fit_and_small_ones_are
     assert first.filename.rsplit(".", 1)[1] == {"jpeg": "jpg"}.get(first.format, first.format)
     assert second is small
     assert DM_UPLOAD_LIMIT == 10 * 1024 * 1024  # Discord's default, which DMs get
+
+
+async def test_results_that_fit_a_dm_alone_but_not_together_are_fitted_to_their_share():
+    first = ResultFile("retouch_0_1.png", noisy_png(128), "png")
+    second = ResultFile("retouch_0_2.png", noisy_png(128), "png")
+    limit = len(first.data) * 3 // 2  # one fits a DM, the two together do not
+
+    fitted = await fit_for_dm(outcome(first, second), limit)
+
+    assert sum(len(f.data) for f in fitted.files) <= limit

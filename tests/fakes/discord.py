@@ -9,11 +9,12 @@ It serves, on 127.0.0.1 and one random port:
 
 It validates what the bot sends the way Discord does and fails the way Discord fails: the same HTTP
 statuses, JSON error codes and bodies (3-second ack window -> 10062, double ack -> 40060, expired
-interaction token -> 50027, > 10 attachments -> 30015, oversize file -> 413/40005, content and embed limits
--> 50035, unknown channel/message -> 10003/10008, missing permissions -> 50013, ...). Routes it does not
-implement answer 404 and are recorded in :attr:`FakeDiscord.unknown`. A repeated ``nonce`` with
-``enforce_nonce`` returns the first message, and :meth:`FakeDiscord.hold` keeps chosen requests waiting
-until the test releases or drops them (to stop a bot in the middle of a delivery).
+interaction token -> 50027, > 10 attachments -> 30015, files over the size limit together -> 413/40005,
+content and embed limits -> 50035, unknown channel/message -> 10003/10008, missing permissions ->
+50013, ...). Routes it does not implement answer 404 and are recorded in :attr:`FakeDiscord.unknown`.
+A repeated ``nonce`` with ``enforce_nonce`` returns the first message, and :meth:`FakeDiscord.hold`
+keeps chosen requests waiting until the test releases or drops them (to stop a bot in the middle of a
+delivery).
 
 Pointing discord.py at it (an ``AutoShardedBot`` asks ``GET /gateway/bot`` for the websocket URL, so only
 ``Route.BASE`` has to change)::
@@ -2646,9 +2647,10 @@ class FakeDiscord:
             )
         if "tts" in body:
             changes["tts"] = bool(body["tts"])
-        for upload in uploads:
-            if len(upload.data) > size_limit:
-                raise _entity_too_large()
+        # The limit bounds the whole upload, not each file: several files that each fit can still be
+        # refused together (Discord answers the request as too large).
+        if sum(len(upload.data) for upload in uploads) > size_limit:
+            raise _entity_too_large()
         attachments = self._resolve_attachments(body, uploads, channel, path, existing)
         if attachments is not None:
             changes["attachments"] = attachments

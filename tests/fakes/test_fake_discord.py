@@ -661,7 +661,7 @@ async def test_more_than_ten_attachments_gets_30015(
 
 
 @pytest.mark.parametrize("path", ["interaction_followup", "channel_send"])
-async def test_file_over_the_attachment_size_limit_gets_413_40005(
+async def test_files_over_the_attachment_size_limit_together_get_413_40005(
     fake_discord: FakeDiscord, start_bot: StartBot, path: str
 ) -> None:
     guild = await fake_discord.create_guild(attachment_size_limit=1024)
@@ -674,22 +674,27 @@ async def test_file_over_the_attachment_size_limit_gets_413_40005(
     async def edit(interaction: discord.Interaction) -> None:
         await interaction.response.defer()
         outcome.append(interaction.filesize_limit)
-        for size in (interaction.filesize_limit, interaction.filesize_limit + 1):
-            file = discord.File(io.BytesIO(b"x" * size), filename="out.bin")
+        limit = interaction.filesize_limit
+        # One file at the limit, one over it, then two that each fit but not together.
+        for sizes in ((limit,), (limit + 1,), (limit // 2 + 1, limit // 2 + 1)):
+            files = [
+                discord.File(io.BytesIO(b"x" * size), filename=f"out{i}.bin") for i, size in enumerate(sizes)
+            ]
             try:
                 if path == "interaction_followup":
-                    await interaction.followup.send(file=file)
+                    await interaction.followup.send(files=files)
                 else:
-                    await interaction.channel.send(file=file)
+                    await interaction.channel.send(files=files)
                 outcome.append("ok")
             except discord.HTTPException as exc:
                 outcome.append((exc.status, exc.code, exc.text))
 
     await start_bot(edit)
     await fake_discord.slash(alice, "edit", channel=channel)
-    await fake_discord.wait_until(lambda: len(outcome) == 3)
+    await fake_discord.wait_until(lambda: len(outcome) == 4)
 
-    assert outcome == [1024, "ok", (413, 40005, "Request entity too large")]
+    too_large = (413, 40005, "Request entity too large")
+    assert outcome == [1024, "ok", too_large, too_large]
 
 
 @pytest.mark.parametrize(
