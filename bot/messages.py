@@ -211,6 +211,14 @@ EMPTY_PROMPT = "The prompt is empty. Describe the change you want."
 TRANSPARENT_NEEDS_FORMAT_OPTION = (
     "A transparent background needs PNG or WebP output. Set `format` to png or webp."
 )
+
+
+def upload_unreadable(label: str) -> str:
+    return (
+        f"Discord would not give me `{label}` (it may have been deleted). Attach it again and try once more."
+    )
+
+
 MASK_FILE_TOO_LARGE = "The mask file is too large. Upload a smaller PNG (black and white, white = edit)."
 NO_AREA_PICKED = "Pick at least one area of the image to change."
 

@@ -21,7 +21,7 @@ from discord.ext import commands
 from bot import choices, messages
 from bot.catalog import ModelEntry
 from bot.client import RetouchBot, reply_privately
-from bot.errors import RetouchError, new_reference
+from bot.errors import InvalidImage, RetouchError, new_reference
 from bot.jobs.model import EditOutcome
 from bot.services.edits import Upload
 
@@ -200,7 +200,12 @@ def upload_of(label: str, attachment: discord.Attachment) -> Upload:
     async def read() -> bytes:
         nonlocal data
         if data is None:
-            data = await attachment.read()
+            try:
+                data = await attachment.read()
+            except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+                # Gone (its message deleted), or Discord's CDN failed: nothing was held yet.
+                log.info("could not download attachment %s: %s", attachment.id, type(exc).__name__)
+                raise InvalidImage(messages.upload_unreadable(label), code="download_failed") from None
         return data
 
     return Upload(label=label, filename=attachment.filename, size=attachment.size, read=read)

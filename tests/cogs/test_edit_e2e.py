@@ -69,6 +69,21 @@ async def test_bad_input_gets_a_private_message_and_costs_nothing(world: World):
     assert await world.services.storage.ledger.get_account(world.guild.id, world.user.id) is None
 
 
+async def test_an_image_discord_no_longer_serves_gets_a_private_message_saying_so(world: World):
+    """Its message was deleted between the command and the download: not "something went wrong"."""
+    deferred = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: deferred.held)
+    world.fake.forget_attachments()
+    deferred.release()
+    await world.fake.wait_until(
+        lambda: it.original_edits and "Discord would not give me" in it.original_edits[-1]
+    )
+    assert "`image`" in it.original_edits[-1] and "Attach it again" in it.original_edits[-1]
+    assert world.openai.post_count == 0
+    assert await world.services.storage.ledger.get_account(world.guild.id, world.user.id) is None
+
+
 async def test_provider_refusal_is_private_refunded_and_referenced(world: World):
     world.openai.fail_next(Fault.MODERATION_BLOCKED)
     it = await world.edit(PHOTO)

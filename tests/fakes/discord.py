@@ -1140,6 +1140,10 @@ class FakeDiscord:
         interaction.token_revoked = True
         self._notify_soon()
 
+    def forget_attachments(self) -> None:
+        """The CDN stops serving every attachment uploaded so far (their messages were deleted)."""
+        self._attachments.clear()
+
     def _iso(self, when: float | None = None) -> str:
         return datetime.datetime.fromtimestamp(self.now() if when is None else when, datetime.UTC).isoformat()
 
