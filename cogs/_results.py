@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Action = Literal["cancel", "again", "retry", "delete"]
+# Buttons that stop or remove a member's own work: never refused by the approval gate (a server whose
+# approval was withdrawn would otherwise keep its queued edits running, and charged).
+FREE_ACTIONS = frozenset({"cancel", "delete"})
 THREAD_NAME_CHARS = 90
 THREAD_ARCHIVE_MINUTES: ThreadArchiveDuration = 1440
 
@@ -69,6 +72,8 @@ class JobControl(
     """Every job button (progress and result); routes the click to the jobs cog, also after a restart."""
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if self.state[1] in FREE_ACTIONS:
+            return True
         # Retry downloads and pays like a command, so it counts toward the member's rate limit.
         return await admitted(interaction, counts=self.state[1] == "retry")
 

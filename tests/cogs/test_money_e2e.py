@@ -116,6 +116,29 @@ async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_el
         assert openai.post_count == 1
 
 
+async def test_a_member_can_still_cancel_an_edit_after_the_servers_approval_is_withdrawn(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Cancel costs nothing; refusing it would leave a queued edit to run and be charged."""
+    async with bot(fake_discord, openai, tmp_path, MAX_CONCURRENT_JOBS="1", **UNAPPROVED) as world:
+        await world.services.access.approve(world.guild.id, world.owner.id)
+        openai.delay = 30.0
+        running = await world.edit(PHOTO)
+        await world.fake.wait_until(lambda: openai.post_count == 1)
+        queued = await world.edit(PHOTO)
+        cancel = await world.fake.wait_until(
+            lambda: queued.original_message and control(queued.original_message, "cancel")
+        )
+        removed = await command(world, world.owner, "owner remove")
+        assert "no longer approved" in await answer(world, removed)
+
+        await world.fake.click(world.user, queued.original_message, cancel)
+
+        await world.fake.wait_until(lambda: "Cancelled" in queued.original_message.content)
+        assert queued.original_message.content == "Cancelled — you were not charged."
+        assert running.original_message is not None and openai.post_count == 1
+
+
 # -- the budget that ends at the operator -----------------------------------------------------------
 
 
