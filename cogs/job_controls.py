@@ -18,7 +18,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.client import RetouchBot
-from bot.services.edits import EditJob, EditOptions
+from bot.services.edits import EditJob
 from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
 from cogs._results import JobControl, run_and_publish
@@ -189,7 +189,7 @@ class JobsCog(RetouchCog):
             user_id=interaction.user.id,
             channel_id=thread_id or interaction.channel_id,
             uploads=[upload_of("image", image)],
-            options=EditOptions(prompt, model=await self.edits.job_model(job_id)),
+            options=await self.edits.again_options(job_id, prompt),
             upload_limit=interaction.filesize_limit,
             role_ids=role_ids_of(interaction.user),
         )

@@ -344,12 +344,18 @@ class EditService:
         job = _job_from_spec(row.id, guild_id, spec, self.engine.files, user_id, channel_id, upload_limit)
         return dataclasses.replace(job, role_ids=role_ids)
 
-    async def job_model(self, job_id: str) -> str | None:
-        """The model a stored job asked for (Edit again keeps it), or None if the job is unknown."""
+    async def again_options(self, job_id: str, prompt: str) -> EditOptions:
+        """Edit again's options: `prompt` on the model the stored job asked for, counted as the
+        member's pick only when it was one (as Retry does). The form has no model option, so a model
+        the job merely inherited must move with the default when it dies, not be refused as picked.
+        An unknown job leaves the model to the defaults."""
         row = await self.storage.jobs.get_job(job_id)
         if row is None:
-            return None
-        return JobSpec.from_json(row.spec).requested_model if row.spec else row.model
+            return EditOptions(prompt)
+        if not row.spec:  # a row without its spec does not say whether the model was picked
+            return EditOptions(prompt, model=row.model, model_is_default=True)
+        spec = JobSpec.from_json(row.spec)
+        return EditOptions(prompt, model=spec.requested_model, model_is_default=not spec.model_picked)
 
     async def _submit(self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None) -> Ticket:
         if not self.accepting:

@@ -12,6 +12,7 @@ import pytest
 
 from bot.catalog import Catalog
 from tests.catalogs import WITH_AUTO, catalog, model, route
+from tests.durable import control, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -44,6 +45,21 @@ def sunset_catalog() -> Catalog:
             price=0.01,
             routes=[route("openai", free_sizes=True)],
         ),
+    )
+
+
+def orphan_catalog() -> Catalog:
+    """GPT Image 2 (the bot's default until it is shut down on SHUTDOWN, with no replacement named)
+    before 2.6 Sunburst, the default from that day on."""
+    return catalog(
+        model(
+            "gpt-image-2",
+            name="GPT Image 2",
+            qualities=WITH_AUTO,
+            price=0.01,
+            routes=[route("openai", shutdown=SHUTDOWN)],
+        ),
+        model("gpt-image-2.6-sunburst", name="GPT Image 2.6 Sunburst", qualities=WITH_AUTO, price=0.01),
     )
 
 
@@ -153,6 +169,26 @@ async def test_a_member_who_picked_the_vanished_model_is_told_and_offered_the_re
     assert models_sent(world.openai) == ["gpt-image-2"]
     account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
     assert account is not None and (account.balance, account.held) == (100000, 0)
+
+
+async def test_edit_again_on_a_result_whose_default_model_was_shut_down_uses_the_new_default(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, calendar: Calendar
+):
+    """The earlier job only inherited its model: Edit again (whose form has no model option) moves to
+    the new default, like Retry, instead of refusing a pick the member never made."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=orphan_catalog(), today=calendar) as world:
+        first = await world.edit(PHOTO, quality="low", size="1024x1024")
+        await world.finished(first)
+        [result] = results(first.followups)
+        calendar.day = SHUTDOWN
+        click = await world.fake.click(world.user, result, control(result, "again"))
+        await world.fake.wait_until(lambda: click.modal is not None)
+        again = await world.fake.submit_modal(world.user, click, fields={"prompt": "now at night"})
+        assert (await world.finished(again)).startswith("Done")
+        fields = result_of(again)
+        assert fields["Model"] == ["GPT Image 2.6 Sunburst"]
+        assert any("GPT Image 2 is no longer available" in n for n in fields["Note"])
+        assert models_sent(openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
 
 
 async def test_quality_and_size_options_follow_the_chosen_model(world: World):
