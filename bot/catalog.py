@@ -25,6 +25,7 @@ from bot.domain.options import (
     BACKGROUNDS,
     OUTPUT_FORMATS,
     QUALITIES,
+    QUALITY_RANK,
     SIZES,
     TRANSPARENT_FORMATS,
     Usage,
@@ -196,6 +197,22 @@ class ModelEntry:
         if size in self.sizes:
             return True
         return self.size_rules is not None and self.size_rules.problem(size) is None
+
+    def quality_for_default(self, quality: str) -> str:
+        """What a default `quality` (one not typed on the command) means for this model: itself when
+        offered, else the dearest level offered at or below it, else the cheapest the model offers.
+
+        A default is often set with another model in mind (/quality, then /settings model, or a
+        server default); it must not make every edit fail, nor cost more than it asked for.
+        """
+        if quality in self.qualities:
+            return quality
+        levels = [q for q in self.qualities if q != "auto"]  # `auto` is the model's choice, not a level
+        rank = QUALITY_RANK.get(quality, 0)
+        below = [q for q in levels if QUALITY_RANK[q] <= rank]
+        if below:
+            return max(below, key=QUALITY_RANK.__getitem__)
+        return min(self.qualities, key=QUALITY_RANK.__getitem__)
 
     def priced_qualities(self) -> tuple[str, ...]:
         return tuple(q for q in self.qualities if q in self.prices)

@@ -533,6 +533,11 @@ def role_model(asked: str, used: str) -> str:
     return f"Your roles on this server can't use {asked}, so Retouch uses {used}."
 
 
+def default_quality_not_offered(model: str, asked: str, used: str) -> str:
+    """A default quality (not typed on the command) the model in use lacks."""
+    return f"{model} does not offer {asked} quality, so Retouch uses {used} (change it with /quality)."
+
+
 def role_quality(cap: str, asked: str) -> str:
     return (
         f"Your roles on this server allow at most **{cap}** quality, so Retouch uses {cap} "

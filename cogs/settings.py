@@ -91,11 +91,11 @@ class SettingsCog(commands.Cog):
     @app_commands.autocomplete(level=quality_autocomplete)
     async def quality(self, interaction: discord.Interaction, level: str | None = None) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id, user_id = interaction.guild_id or 0, interaction.user.id
+        role_ids = role_ids_of(interaction.user)
         if level is not None:
-            await self.policy.set_quality(interaction.user.id, level)
-        view = await self.policy.quality_view(
-            interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
-        )
+            await self.policy.set_quality(guild_id, user_id, role_ids, level)
+        view = await self.policy.quality_view(guild_id, user_id, role_ids)
         await interaction.followup.send(embed=quality_embed(view, saved=level is not None), ephemeral=True)
 
     @app_commands.command(name="settings", description="See or change your default model, size and format")

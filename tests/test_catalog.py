@@ -21,7 +21,8 @@ from bot.config import PROVIDER_ENV
 from bot.domain.options import Usage
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
-from tests.catalogs import NOVEMBER_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, flat, model
+from tests.catalogs import catalog as build_catalog
 
 TODAY = dt.date(2026, 11, 21)
 
@@ -96,6 +97,23 @@ def test_model_near_shutdown_warns_and_past_shutdown_without_replacement_is_refu
     assert "replacement" not in refused.value.user_message  # none is offered: the catalog sets none
     assert "gpt-image-1-mini" not in [m.id for m in lifecycle(catalog, dt.date(2026, 12, 2)).available()]
     assert any("retired" in w for w in lifecycle(catalog, TODAY).warnings())
+
+
+@pytest.mark.parametrize(
+    ("offered", "default", "used"),
+    [
+        (["low", "medium", "high", "auto"], "high", "high"),  # offered: unchanged
+        (["low", "medium", "high", "auto"], "max", "high"),  # the dearest level at or below
+        (["low", "medium", "high", "auto"], "xhigh", "high"),
+        (["low", "medium", "high", "xhigh", "max"], "auto", "high"),  # auto ranks as high
+        (["medium", "high"], "low", "medium"),  # none at or below: the cheapest offered
+        (["auto"], "max", "auto"),
+    ],
+)
+def test_a_default_quality_the_model_lacks_means_its_nearest_level_at_or_below(offered, default, used):
+    every_level = flat(0.01, qualities=["low", "medium", "high", "xhigh", "max"])
+    entry = build_catalog(model("m", qualities=offered, price=every_level)).get("m")
+    assert entry.quality_for_default(default) == used
 
 
 def test_unknown_model_is_a_user_error(catalog):

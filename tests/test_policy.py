@@ -403,7 +403,7 @@ def test_clamping_refuses_when_no_allowed_model_exists():
 async def test_a_default_above_the_role_cap_is_capped_for_jobs_and_the_quality_view(policy: PolicyService):
     await policy.update_guild(GUILD, ADMIN, {"max_quality": "medium"})
     await policy.set_tier(GUILD, VIP, ADMIN, max_quality="high")
-    await policy.set_quality(ALICE, "high")
+    await policy.set_quality(GUILD, ALICE, (), "high")
 
     chosen = await policy.defaults_for(GUILD, ALICE)
     capped, notices = await policy.clamp(job(), chosen)

@@ -18,6 +18,9 @@ SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 BACKGROUNDS = ("auto", "opaque", "transparent")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 TRANSPARENT_FORMATS = ("png", "webp")  # JPEG has no alpha channel
+# How qualities compare (a role's cap, the level a model uses for a default it lacks). `auto` may come
+# back as high, so it ranks (and is priced) as high.
+QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "xhigh": 3, "max": 4, "auto": 2}
 
 
 def parse_size(size: str) -> tuple[int, int] | None:

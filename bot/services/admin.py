@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from bot import messages
 from bot.catalog import Catalog, SizeRules
 from bot.config import Settings
-from bot.domain.options import QUALITIES, SIZES
+from bot.domain.options import QUALITIES, QUALITY_RANK, SIZES
 from bot.errors import InvalidOptions, RetouchError
 from bot.services.access import AccessService
 from bot.services.edits import MAX_IMAGES_PER_EDIT
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 PERIODS = ("daily", "weekly", "monthly")
 NO_PERIOD = "none"
 CAPPABLE_QUALITIES = ("low", "medium", "high")
-# `auto` may come back as high, so it ranks (and is priced) as high.
-QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "xhigh": 3, "max": 4, "auto": 2}
 ALL_MODELS = "*"
 REPORT_PERIODS = ("this month", "last month", "this week", "today", "all time")
 MAX_REASON_CHARS = 200

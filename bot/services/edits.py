@@ -109,7 +109,8 @@ class JobPolicy(Protocol):
     """Server rules as the job service sees them (implemented by bot.services.policy.PolicyService)."""
 
     async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
-        """Bring model, quality and count within the member's limits; return what changed."""
+        """Bring model, quality and count within the member's limits, and a default quality (none
+        typed on the command) to one the model offers; return what changed."""
         ...
 
     async def reserve(self, job_id: str, job: EditJob, credits: int) -> object:

@@ -35,14 +35,13 @@ from typing import Any
 from bot import messages
 from bot.catalog import Catalog, ModelEntry, usd_to_credits
 from bot.config import Settings
-from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, QUALITY_RANK
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
 from bot.services.access import AccessService
 from bot.services.admin import (
     NO_PERIOD,
     PERIODS,
-    QUALITY_RANK,
     SIZE_HELP,
     AllotmentAudit,
     CreditAudit,
@@ -369,17 +368,38 @@ class PolicyService(PolicyAdmin):
             return self.catalog.get(model_id)
 
     def _clamp(
-        self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy
+        self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy, *, quality_typed: bool = False
     ) -> tuple[JobDefaults, tuple[str, ...]]:
+        """The member's limits, then (unless typed on the command) a quality the model offers."""
         fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
-        return clamp(chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks)
+        chosen, notices = clamp(
+            chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks
+        )
+        if quality_typed:  # a typed quality the model lacks is refused by name when the job is checked
+            return chosen, notices
+        return self._offered_quality(chosen, notices)
+
+    def _offered_quality(
+        self, chosen: JobDefaults, notices: tuple[str, ...]
+    ) -> tuple[JobDefaults, tuple[str, ...]]:
+        """A default quality the model in use lacks becomes its nearest offered level (with a notice)."""
+        if chosen.model not in self.catalog.models:  # unknown: the job refuses it by name
+            return chosen, notices
+        model = self.model_for_view(chosen.model)
+        quality = model.quality_for_default(chosen.quality)
+        if quality == chosen.quality:
+            return chosen, notices
+        notice = messages.default_quality_not_offered(model.name, chosen.quality, quality)
+        return replace(chosen, quality=quality), (*notices, notice)
 
     # -- the job service's hooks -----------------------------------------------------------------
 
     async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
-        """Bring a job's model, quality and count within the member's limits in its server."""
+        """Bring a job's model, quality and count within the member's limits in its server, and a
+        default quality (none typed on the command) to one the job's model offers."""
         policy = await self.guild_policy(job.guild_id)
-        return self._clamp(chosen, policy.limits_for(job.role_ids), policy)
+        typed = job.options.quality is not None
+        return self._clamp(chosen, policy.limits_for(job.role_ids), policy, quality_typed=typed)
 
     async def reserve(self, job_id: str, job: EditJob, credits: int) -> Account:
         """Refill the allowance if due, then hold `credits` under the server's admission rules.
@@ -546,9 +566,12 @@ class PolicyService(PolicyAdmin):
         summary = await self.credits(guild_id, user_id, role_ids)
         return QualityView(defaults, model.name, prices, summary.account.balance)
 
-    async def set_quality(self, user_id: int, quality: str) -> None:
-        if quality not in QUALITIES:
-            raise InvalidOptions(messages.quality_one_of(QUALITIES), code="bad_quality")
+    async def set_quality(self, guild_id: int, user_id: int, role_ids: Iterable[int], quality: str) -> None:
+        """Save the member's default quality: one the model their edits here use offers."""
+        defaults = await self.effective_defaults(guild_id, user_id, role_ids)
+        model = self.model_for_view(defaults.effective.model)
+        if quality not in model.qualities:
+            raise InvalidOptions(messages.quality_not_offered(model, quality), code="bad_quality")
         await self.storage.settings.update_user_settings(user_id, {"quality": quality})
 
     async def update_settings(

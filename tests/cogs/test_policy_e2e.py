@@ -26,13 +26,12 @@ from tests.harness import World, running_bot
 DATA = Path(__file__).resolve().parents[1] / "data"
 PHOTO = (DATA / "chelsea.png").read_bytes()
 # Distinct prices per quality, so the prices /quality shows can be told apart.
-CATALOG = catalog(
-    model(
-        "gpt-image-1.5",
-        name="GPT Image 1.5",
-        price=tiered(low=(0.01, 0.02), medium=(0.04, 0.06), high=(0.16, 0.25)),
-    )
+GPT_IMAGE_1_5 = model(
+    "gpt-image-1.5",
+    name="GPT Image 1.5",
+    price=tiered(low=(0.01, 0.02), medium=(0.04, 0.06), high=(0.16, 0.25)),
 )
+CATALOG = catalog(GPT_IMAGE_1_5)
 MOD_ID, BOSS_ID = 700_000_000_000_001, 700_000_000_000_002
 
 
@@ -100,6 +99,44 @@ async def test_quality_shows_prices_then_sets_the_default_that_edit_then_uses(wo
 
     await edit_and_wait(world, quality="high")  # an option on the command always wins
     assert world.openai.requests[-1].fields["quality"] == "high"
+
+
+async def test_quality_refuses_a_level_the_members_model_does_not_offer_and_keeps_the_default(world: World):
+    refused = await reply(world, world.user, "quality", level="max")
+    text = embed_text(refused)
+    assert refused.ephemeral
+    assert "GPT Image 1.5 does not offer quality `max`" in text and "low, medium, high, auto" in text
+    assert "Your default quality is **auto** (the bot's default)" in embed_text(
+        await reply(world, world.user, "quality")
+    )
+    _, final = await edit_and_wait(world)
+    assert final.startswith("Done")
+    assert world.openai.requests[-1].fields["quality"] == "auto"
+
+
+async def test_a_stored_default_quality_the_model_lacks_uses_its_nearest_level_below_and_an_option_is_refused(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A default saved for one model (/quality max on 2.6) still edits after /settings moves the member
+    to a model without it: the nearest level below (high), said in a note; typing max is still refused."""
+    sunburst = model(
+        "gpt-image-2.6-sunburst",
+        name="GPT Image 2.6 Sunburst",
+        price=0.01,
+        qualities=["low", "medium", "high", "xhigh", "max", "auto"],
+    )
+    two = catalog(sunburst, GPT_IMAGE_1_5)  # 2.6 Sunburst is the bot's default
+    async with running_bot(fake_discord, openai, tmp_path, catalog=two) as world:
+        assert "Saved" in embed_text(await reply(world, world.user, "quality", level="max"))
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        it, final = await edit_and_wait(world)
+        assert final.startswith("Done")
+        assert world.openai.requests[-1].fields["quality"] == "high"
+        assert any("GPT Image 1.5 does not offer max" in note for note in result_fields(it)["Note"])
+        refused = await world.edit(PHOTO, quality="max")
+        text = await world.fake.wait_until(lambda: refused.original_edits and refused.original_edits[-1])
+        assert "GPT Image 1.5 does not offer quality `max`" in text
+        assert world.openai.post_count == 1
 
 
 async def test_settings_change_and_reset_the_defaults_edit_uses(world: World):
