@@ -147,11 +147,12 @@ class DiscordDelivery:
     ) -> discord.Message:
         # The nonce makes Discord return the first message instead of posting a second one when a
         # send is retried after a crash (enforce_nonce, a few minutes' window); one per destination.
+        undo = await self.bot.services.history.continues_chain(job.origin_message_id)
         return await self.bot.get_partial_messageable(channel_id).send(
             truncate(text, 2000),
             embed=result_embed(outcome, name),
             files=result_files(outcome),
-            view=result_view(job.job_id, undo=job.origin_message_id is not None),
+            view=result_view(job.job_id, undo=undo),
             allowed_mentions=_only(job.user_id),
             nonce=f"rt{job.job_id}{where}",
         )

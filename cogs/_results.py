@@ -158,9 +158,8 @@ async def _submit(
     origin_message_id: int | None,
     post_in: int | None = None,
 ) -> Ticket:
-    live = InteractionLive(
-        bot, interaction, progress, continues=origin_message_id is not None, post_in=post_in
-    )
+    continues = await bot.services.history.continues_chain(origin_message_id)
+    live = InteractionLive(bot, interaction, progress, continues=continues, post_in=post_in)
     origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
     ticket = await bot.services.edits.submit(prepared, live=live, origin=origin)
     # Moderators see (and can stop) a running edit through a public notice (cogs._moderation).
@@ -202,7 +201,7 @@ class InteractionLive:
         self.bot = bot
         self.interaction = interaction
         self.progress = progress
-        self.continues = continues  # started from an earlier result: its result gets Undo
+        self.continues = continues  # started from a kept earlier result: its result gets Undo
         self.post_in = post_in  # the result belongs in this channel (a chain's thread; bot.services.history)
 
     async def update(self, status: JobStatus) -> None:

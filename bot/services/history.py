@@ -126,6 +126,15 @@ class EditHistory(JobObserver):
             return None
         return await self.storage.history.latest_version(version.chain_id) or version
 
+    async def continues_chain(self, origin_message_id: int | None) -> bool:
+        """Whether a result made from `origin_message_id` continues an edit chain, so it gets Undo: its
+        origin must be a kept version (`record_result` makes it the parent). Any other message (the
+        "Edit image" menu works on every message with a picture) starts a new chain."""
+        if origin_message_id is None:
+            return False
+        await self.flush()  # the origin was delivered a moment ago: its version is being recorded
+        return await self.storage.history.get_version(origin_message_id) is not None
+
     async def undo_step(self, message_id: int, job_id: str | None = None) -> UndoStep:
         """The chain's latest version and the one before it. Raises NothingToUndo, or LookupError when
         `message_id` is not a known version (expired, or never recorded)."""

@@ -450,6 +450,17 @@ async def edit_again(world: World, result: FakeMessage, prompt: str) -> FakeInte
     return await world.fake.submit_modal(world.user, click, fields={"prompt": prompt})
 
 
+async def edit_image(world: World, message: FakeMessage, prompt: str) -> FakeInteraction:
+    """The "Edit image" message menu on `message`, its form sent with `prompt`."""
+    menu = await world.fake.message_command(world.user, "Edit image", message)
+    form = await world.fake.wait_until(lambda: menu.modal)
+    # discord.py knows the form only once it has read Discord's reply to opening it (a person cannot
+    # send it sooner); a submission it does not know yet is dropped.
+    store = world.bot._connection._view_store
+    await world.fake.wait_until(lambda: form["custom_id"] in store._modals)
+    return await world.fake.submit_modal(world.user, menu, fields={"prompt": prompt})
+
+
 async def posted_in(world: World, channel_id: int, count: int) -> list[FakeMessage]:
     """The first `count` result-like messages (image + job buttons) in a channel or thread."""
 
@@ -514,6 +525,39 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         refused = await fake_discord.click(bob, third, undo_button(third))
         await fake_discord.wait_until(lambda: refused.callbacks)
         assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
+
+
+async def test_edit_image_on_a_members_message_offers_no_undo_and_on_a_result_an_undo_that_steps_back(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        posted = await fake_discord.post_message(
+            world.user, world.channel, "my cat", attachments=[("cat.png", PHOTO)]
+        )
+        first = await published(world, await edit_image(world, posted, "make it blue"))
+        assert undo_button(first) is None  # made from a member's message: the first version
+        second = await published(world, await edit_image(world, first, "now at night"))
+        assert undo_button(second) is not None  # made from a result: it continues that chain
+        await fake_discord.click(world.user, second, undo_button(second))
+        [*_, restored] = await posted_in(world, world.channel.id, 3)
+        assert restored.files[0][1] == first.files[0][1]
+
+
+async def test_a_late_result_of_edit_image_on_a_members_message_offers_no_undo(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The same rule when the result is posted in the channel (the command's token had expired)."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        posted = await fake_discord.post_message(
+            world.user, world.channel, "my cat", attachments=[("cat.png", PHOTO)]
+        )
+        openai.delay = 1.0  # the provider is still working when the token dies
+        it = await edit_image(world, posted, "make it blue")
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+        fake_discord.expire_token(it)
+        [late] = await posted_in(world, world.channel.id, 1)
+        assert late.content.startswith(f"<@{world.user.id}> here is the edit you asked for")
+        assert undo_button(late) is None
 
 
 async def test_undo_on_a_repost_clicked_before_its_record_is_written_waits_for_it(
