@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from bot import messages
-from bot.errors import InvalidOptions, ShuttingDown
+from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
 from bot.jobs import engine as engine_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.files import JobFiles
@@ -199,6 +199,28 @@ async def kinds(service: EditService, job_id: str) -> list[str]:
 async def submit(service: EditService, live: Live | None = None, **kw: Any) -> str:
     prepared = await service.prepare(job(**kw))
     return (await service.submit(prepared, live=live)).job_id
+
+
+# -- admission ----------------------------------------------------------------------------------------
+
+
+async def test_a_model_notice_is_used_up_only_by_an_accepted_job_and_shown_with_its_result(make):
+    """A submission refused for credits leaves the one-time notice for the next job; the accepted
+    job shows it with its result and takes it, so the job after that does not repeat it."""
+    service, recorder = await make(STARTING_CREDITS="1")
+    settings = service.storage.settings
+    await settings.update_user_settings(ALICE, {"model": "gone"})
+    await settings.move_stored_model("gone", None, "Your default moved.")
+    with pytest.raises(InsufficientCredits):
+        await submit(service)
+
+    await service.storage.ledger.grant(GUILD, ALICE, 1000, actor_id=None, reason="test", starting_credits=1)
+    job_id = await submit(service)
+    await wait_state(service, job_id, "delivered")
+    [(_, outcome)] = recorder.delivered
+    assert "Your default moved." in outcome.notices
+    later = await service.prepare(job())
+    assert "Your default moved." not in later.notices
 
 
 # -- the queue --------------------------------------------------------------------------------------

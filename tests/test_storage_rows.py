@@ -9,6 +9,7 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.history import VersionRow
+from bot.storage.settings import PendingNotices
 from tests.test_history import START, Clock
 
 GUILD, USER, ADMIN = 10, 2**62 + 20, 2**62 + 99  # Discord ids need all 64 bits
@@ -156,6 +157,19 @@ async def test_a_dead_models_members_are_moved_and_told_once_in_order(storage: S
     assert await storage.settings.stored_models() == set()
     assert await storage.settings.take_model_notices(USER) == ["moved to alive", "back to the default"]
     assert await storage.settings.take_model_notices(USER) == []
+
+
+async def test_model_notices_are_read_in_place_and_taken_only_up_to_what_was_read(storage: Storage):
+    settings = storage.settings
+    await settings.update_user_settings(USER, {"model": "dead"})
+    await settings.move_stored_model("dead", "alive", "moved to alive")
+    read = await settings.pending_model_notices(USER)
+    assert read.texts == ("moved to alive",)
+    assert (await settings.pending_model_notices(USER)).texts == ("moved to alive",)  # still there
+    await settings.move_stored_model("alive", None, "back to the default")  # after the read
+    assert await settings.take_model_notices(USER, through=read.through) == ["moved to alive"]
+    assert (await settings.pending_model_notices(USER)).texts == ("back to the default",)
+    assert await settings.pending_model_notices(USER + 1) == PendingNotices()
 
 
 async def test_edit_versions_expire_and_ties_go_to_the_newest_message(storage: Storage):

@@ -164,6 +164,7 @@ class PreparedJob:
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
     notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
     screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.services.affordable)
+    notices_through: int = 0  # the newest model notice in `notices`: taken once the job is accepted
 
     @property
     def model(self) -> ModelEntry:
@@ -263,7 +264,6 @@ class EditService:
         chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
         model = resolution.model
-        notices += tuple(await self.storage.settings.take_model_notices(job.user_id))
         self._check_options(model, chosen, job)
         # No credits and no allowance due, or no budget left: say so before downloading anything.
         await self.policy.precheck(job)
@@ -280,7 +280,19 @@ class EditService:
             ),
             self.settings.credits_per_usd,
         )
-        return PreparedJob(job, chosen, resolution, tuple(images), reserve, mask, mask_png, notices)
+        # Read, not taken: the job may still be refused, or be a preview never run (`_take_notices`).
+        pending = await self.storage.settings.pending_model_notices(job.user_id)
+        return PreparedJob(
+            job,
+            chosen,
+            resolution,
+            tuple(images),
+            reserve,
+            mask,
+            mask_png,
+            notices + pending.texts,
+            notices_through=pending.through,
+        )
 
     def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
         """The same prepared job at another quality, held at that quality's true worst case.
@@ -377,7 +389,7 @@ class EditService:
             # budget inside the reservation's own transaction.
             return await self.policy.reserve(job_id, job, prepared.reserve)
 
-        return await self.engine.submit(
+        ticket = await self.engine.submit(
             spec,
             files,
             guild_id=job.guild_id,
@@ -387,6 +399,18 @@ class EditService:
             live=live,
             origin=origin,
         )
+        await self._take_notices(prepared)
+        return ticket
+
+    async def _take_notices(self, prepared: PreparedJob) -> None:
+        """The job is accepted (held and queued) and will show its model notices: they are used up."""
+        user_id, through = prepared.job.user_id, prepared.notices_through
+        if not through:
+            return
+        try:
+            await self.storage.settings.take_model_notices(user_id, through=through)
+        except Exception as exc:  # the job runs anyway: at worst a notice is shown once more
+            log.warning("could not take the model notices of user %s: %s", user_id, type(exc).__name__)
 
     async def _spec(self, prepared: PreparedJob) -> tuple[JobSpec, dict[str, bytes]]:
         """What the engine stores for a prepared job: its spec and its files (inputs, mask)."""

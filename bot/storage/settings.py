@@ -3,6 +3,7 @@ what run time learned about model routes (status and the notices owed to members
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bot.storage.connection import Body, Database, checked, execute_many, fetch_all
@@ -29,6 +30,15 @@ _USER_SETTING_FIELDS = frozenset(
     {"quality", "model", "size", "output_format", "background", "skip_mask_preview"}
 )
 _ROUTE_STATUS_FIELDS = frozenset({"shutdown", "listed", "gone_at", "gone_reason"})
+_NO_NEWER = 2**63 - 1  # the largest id either database gives a row: "every notice"
+
+
+@dataclass(frozen=True)
+class PendingNotices:
+    """A member's model notices not taken yet, oldest first (`Settings.pending_model_notices`)."""
+
+    texts: tuple[str, ...] = ()
+    through: int = 0  # the newest one's id: `take_model_notices(through=...)` takes exactly these
 
 
 class Settings:
@@ -152,15 +162,28 @@ class Settings:
 
         return await self._db.transaction(body)
 
-    async def take_model_notices(self, user_id: int) -> list[str]:
-        """The member's pending model notices, oldest first; each is returned once."""
+    async def pending_model_notices(self, user_id: int) -> PendingNotices:
+        """The member's model notices, oldest first, left in place: a job shows them, and takes them
+        (`take_model_notices(through=...)`) only once it is accepted, so a refused one loses none."""
+        rows = await self._db.all(
+            "SELECT rowid, notice FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
+        )
+        if not rows:
+            return PendingNotices()
+        return PendingNotices(tuple(str(r[1]) for r in rows), int(rows[-1][0]))
+
+    async def take_model_notices(self, user_id: int, *, through: int | None = None) -> list[str]:
+        """The member's model notices, oldest first; each is returned once. `through`: only those up to
+        that id (what `pending_model_notices` returned; any added since stay for the next job)."""
         if await self._db.one("SELECT 1 FROM model_notices WHERE user_id = ? LIMIT 1", (user_id,)) is None:
             return []  # the common case reads only, without taking the write lock
+        newest = _NO_NEWER if through is None else through
 
         def body() -> Body[list[str]]:
             # Taken and deleted by one statement: a notice added meanwhile is either returned or kept.
             rows = yield fetch_all(
-                "DELETE FROM model_notices WHERE user_id = ? RETURNING rowid, notice", (user_id,)
+                "DELETE FROM model_notices WHERE user_id = ? AND rowid <= ? RETURNING rowid, notice",
+                (user_id, newest),
             )
             return [str(notice) for _, notice in sorted(rows, key=lambda r: r[0])]
 

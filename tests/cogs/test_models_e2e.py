@@ -12,6 +12,8 @@ import pytest
 
 from bot.catalog import Catalog
 from tests.catalogs import WITH_AUTO, catalog, model, route
+from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
+from tests.cogs.test_mask_e2e import control as mask_control
 from tests.durable import control, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -32,6 +34,7 @@ def sunset_catalog() -> Catalog:
             qualities=WITH_AUTO,
             free_sizes=True,
             max_input_images=16,
+            mask=True,
             price=0.01,
             replacement="gpt-image-2.6-sunburst",
             routes=[route("openai", shutdown=SHUTDOWN, free_sizes=True)],
@@ -42,6 +45,7 @@ def sunset_catalog() -> Catalog:
             qualities=["low", "medium", "high", "xhigh", "max", "auto"],
             free_sizes=True,
             max_input_images=16,
+            mask=True,
             price=0.01,
             routes=[route("openai", free_sizes=True)],
         ),
@@ -133,6 +137,36 @@ async def test_one_bot_walks_across_a_shutdown_date_and_moves_its_members(world:
         ]
     )
     assert "gpt-image-2" in lines[0]
+
+
+async def test_a_moved_default_is_told_with_the_first_accepted_edit_not_a_refused_one_or_a_picker(
+    world: World, calendar: Calendar
+):
+    """The one-time notice that a member's default moved is used up only by a job that is accepted:
+    not by an edit refused for its file, nor by the /mask grid picker's provisional check."""
+    settings = await world.fake.slash(
+        world.user, "settings", channel=world.channel, options={"model": "gpt-image-2"}
+    )
+    await world.fake.wait_until(lambda: settings.followups)
+    calendar.day = SHUTDOWN  # the stored default moves at the next job's check
+    refused = await world.edit(b"%PDF-1.7 definitely not a picture")
+    await world.fake.wait_until(lambda: refused.original_edits and "PDF" in refused.original_edits[-1])
+
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, mask_control(picker, "cells"), ["1"])
+    ready = mask_control(picker, "next")
+    await world.fake.wait_until(lambda: not picker.find_component(ready).get("disabled"))
+    preview = await shown(world, await click(world, picker, "next"), "run")
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+    [result] = public_results(run)
+    notes = [f["value"] for f in result.embeds[0]["fields"] if f["name"] == "Note"]
+    assert any("your default is now GPT Image 2.6 Sunburst" in n for n in notes)
+
+    again = await world.edit(PHOTO, quality="low", size="1024x1024")
+    await world.finished(again)
+    assert not any("your default is now" in n for n in result_of(again).get("Note", []))
 
 
 async def test_a_model_gone_mid_run_costs_the_default_user_one_extra_call_and_nothing_more(world: World):
