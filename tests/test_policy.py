@@ -448,6 +448,17 @@ async def test_user_defaults_win_over_server_defaults_which_win_over_bot_setting
     assert (await policy.defaults_for(GUILD, ALICE)).quality == expected_quality
 
 
+async def test_a_stored_default_model_the_catalog_no_longer_has_falls_back_to_the_next_default(
+    policy: PolicyService, storage: Storage
+):
+    """The operator's CATALOG_PATH copy dropped a model members had saved: their edits (which have no
+    model option) must not all be refused as naming an unknown model."""
+    await storage.settings.update_user_settings(ALICE, {"model": "gpt-image-9-removed"})
+    defaults = await policy.effective_defaults(GUILD, ALICE, ())
+    assert defaults.chosen.model == policy.bot_default_model()
+    assert defaults.sources["model"] == "bot"
+
+
 async def test_settings_reset_returns_to_the_server_default(policy: PolicyService):
     await policy.update_guild(GUILD, ADMIN, {"default_size": "1024x1024"})
     await policy.update_settings(GUILD, ALICE, {"size": "1536x1024", "output_format": "webp"})

@@ -348,6 +348,8 @@ class PolicyService(PolicyAdmin):
         sources: dict[str, str] = {}
         for name, (mine, server, bot) in layers.items():
             for source, value in (("you", mine), ("server", server), ("bot", bot)):
+                if name == "model" and source != "bot" and value not in self.catalog.models:
+                    continue  # saved, then dropped from the operator's catalog: the next layer's
                 if value is not None:
                     values[name], sources[name] = value, source
                     break
