@@ -8,9 +8,10 @@ not suggested still reach the service, which refuses them naming what the model 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from bot.catalog import ModelEntry, usd_to_credits
+from bot.catalog import ModelEntry, Route, usd_to_credits
+from bot.routing import dearest_image
 
 MAX_CHOICES = 25  # Discord's limit per autocomplete answer
 AUTO = "auto"
@@ -28,14 +29,17 @@ def model_options(models: Iterable[ModelEntry], current: str, *, mask_only: bool
     ][:MAX_CHOICES]
 
 
-def quality_options(model: ModelEntry, current: str, *, credits_per_usd: int) -> list[Choice]:
-    """The model's qualities with the most one image can cost at each (at its dearest size)."""
+def quality_options(
+    model: ModelEntry, current: str, *, credits_per_usd: int, routes: Sequence[Route] = ()
+) -> list[Choice]:
+    """The model's qualities with the most one image can cost at each (at its dearest size, on the
+    dearest of `routes`, the routes that may serve it here)."""
     typed = current.strip().lower()
     out = []
     for quality in model.qualities:
         if typed and typed not in quality:
             continue
-        most = usd_to_credits(model.image_price(quality, AUTO), credits_per_usd)
+        most = usd_to_credits(dearest_image(model, routes, quality, AUTO), credits_per_usd)
         label = "lets the model choose" if quality == AUTO else "per image"
         out.append((f"{quality} — up to {most} credits {label}", quality))
     return out[:MAX_CHOICES]

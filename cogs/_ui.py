@@ -265,7 +265,8 @@ async def quality_autocomplete(
     bot = _bot(interaction)
     model = await option_model(bot, interaction)
     per_usd = bot.services.settings.credits_per_usd
-    return _choices(choices.quality_options(model, current, credits_per_usd=per_usd))
+    routes = bot.services.edits.lifecycle.live_routes(model)
+    return _choices(choices.quality_options(model, current, credits_per_usd=per_usd, routes=routes))
 
 
 async def size_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

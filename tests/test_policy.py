@@ -36,7 +36,7 @@ from bot.services.policy import PolicyRefused, PolicyService, clamp
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
 from bot.storage.reports import LedgerEntry
-from tests.catalogs import catalog, flat, model, tiered
+from tests.catalogs import catalog, flat, model, route, tiered
 from tests.fixtures import policy_service, settings_for
 
 GUILD, OTHER_GUILD = 100, 200
@@ -457,6 +457,43 @@ async def test_a_stored_default_model_the_catalog_no_longer_has_falls_back_to_th
     defaults = await policy.effective_defaults(GUILD, ALICE, ())
     assert defaults.chosen.model == policy.bot_default_model()
     assert defaults.sources["model"] == "bot"
+
+
+async def test_quality_prices_are_the_most_any_configured_route_charges(storage: Storage, tmp_path: Path):
+    """With WaveSpeed configured, a low-quality image may cost its "from" price there, not the list."""
+    resold = catalog(
+        model(
+            "m",
+            price=(0.01, 0.02),
+            qualities=["low", "medium", "high"],
+            routes=[
+                "openai",
+                # What WaveSpeed's GPT Image 2 edit takes (the start-up check disables a route that
+                # promises more), sold "from" $0.05.
+                route(
+                    "wavespeed",
+                    model="openai/gpt-image-2/edit",
+                    min_price=0.05,
+                    sizes=["auto"],
+                    max_input_images=4,
+                    backgrounds=["auto"],
+                    output_formats=["png"],
+                ),
+            ],
+        )
+    )
+    keys = {"OPENAI_API_KEY": "sk-test", "ALLOWED_GUILD_IDS": str(GUILD)}
+    async with aiohttp.ClientSession() as session:
+        alone = policy_service(settings_for(tmp_path, **keys), resold, storage, session)
+        both = policy_service(
+            settings_for(tmp_path, WAVESPEED_API_KEY="ws-test", **keys), resold, storage, session
+        )
+        shown = [
+            [(p.quality, p.credits) for p in (await s.quality_view(GUILD, ALICE, ())).prices]
+            for s in (alone, both)
+        ]
+    assert shown[0][0] == ("low", 20)  # the list price at the default (auto = larger) size
+    assert shown[1][0] == ("low", 50)  # WaveSpeed's lowest price is above it
 
 
 async def test_settings_reset_returns_to_the_server_default(policy: PolicyService):

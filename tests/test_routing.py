@@ -24,6 +24,7 @@ from PIL import Image
 
 from bot.app import build_providers
 from bot.catalog import Catalog, Route, load_catalog
+from bot.choices import quality_options
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
 from bot.domain.options import Usage
@@ -45,6 +46,7 @@ from bot.routing import (
     adapt,
     blockers,
     charge_usd,
+    dearest_image,
     nearest_size,
     route_reserve_usd,
 )
@@ -458,6 +460,24 @@ def test_a_resellers_from_price_is_the_least_each_image_is_held_and_charged(
     assert entry.image_price("high", "2048x2048") > Decimal(floor)
     assert openai.min_price is None
     assert charge_usd(entry, openai, made, req) == 2 * entry.image_price("low", "1024x1024")
+
+
+def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:
+    entry = load_catalog().get("gpt-image-2")
+    by = {(r.provider, r.model): r for r in entry.routes}
+    openai = by[("openai", "gpt-image-2")]
+    developer = by[("atlascloud", "openai/gpt-image-2-developer/edit")]
+    wavespeed = by[("wavespeed", "openai/gpt-image-2/edit")]
+    low = entry.image_price("low", "1024x1024")
+
+    assert dearest_image(entry, [], "low", "1024x1024") == low  # no route known: the list price
+    assert dearest_image(entry, [openai], "low", "1024x1024") == low
+    assert dearest_image(entry, [openai, developer], "low", "1024x1024") == Decimal("0.012")  # its flat price
+    assert dearest_image(entry, [openai, developer, wavespeed], "low", "1024x1024") == Decimal("0.06")
+    high = entry.image_price("high", "1024x1024")
+    assert dearest_image(entry, [openai, developer, wavespeed], "high", "1024x1024") == high
+    credits = quality_options(entry, "low", credits_per_usd=1000, routes=[openai, wavespeed])
+    assert credits == [("low — up to 60 credits per image", "low")]
 
 
 # ----------------------------------------------------------------------------- circuit breaker

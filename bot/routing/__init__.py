@@ -54,6 +54,7 @@ from bot.routing.rules import (
     auto_quality,
     blockers,
     charge_usd,
+    dearest_image,
     nearest_size,
     route_reserve_usd,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "auto_quality",
     "blockers",
     "charge_usd",
+    "dearest_image",
     "nearest_size",
     "route_reserve_usd",
 ]

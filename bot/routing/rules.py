@@ -170,6 +170,17 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
     return one if route.n else one * needs.count
 
 
+def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size: str) -> Decimal:
+    """The most one image at `quality` and `size` is charged on any of `routes` (the model's list price
+    with none): what "up to" means in the prices members are shown. A flat route charges its price,
+    a list-priced one the list price, never below its `min_price`."""
+    prices = [
+        route.price if route.price is not None else _at_least(route, model.image_price(quality, size), 1)
+        for route in routes
+    ]
+    return max(prices, default=model.image_price(quality, size))
+
+
 def _at_least(route: Route, usd: Decimal, images: int) -> Decimal:
     """`usd` for `images` images on a list-priced route, raised to its published lowest price."""
     return usd if route.min_price is None else max(usd, route.min_price * images)

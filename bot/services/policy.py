@@ -38,6 +38,7 @@ from bot.config import Settings
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, QUALITY_RANK
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
+from bot.routing import dearest_image
 from bot.services.access import AccessService
 from bot.services.admin import (
     NO_PERIOD,
@@ -557,10 +558,11 @@ class PolicyService(PolicyAdmin):
         model = self.model_for_view(defaults.effective.model)
         cap = defaults.limits.max_quality
         size = defaults.effective.size
+        routes = self.lifecycle.live_routes(model)  # a reseller may charge more than the list price
         prices = tuple(
             LevelPrice(
                 q,
-                usd_to_credits(model.image_price(q, size), self.settings.credits_per_usd),
+                usd_to_credits(dearest_image(model, routes, q, size), self.settings.credits_per_usd),
                 cap is None or QUALITY_RANK[q] <= QUALITY_RANK[cap],
             )
             for q in model.qualities
