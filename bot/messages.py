@@ -584,7 +584,7 @@ def cheaper_button(quality: str, credits: int) -> str:
 # -- settings and admin commands (bot.services.policy, bot.services.admin) -------------------------
 
 TRANSPARENT_NEEDS_FORMAT = "A transparent background needs PNG or WebP output. Set the format to png or webp."
-QUALITY_CAP = "The quality cap must be low, medium or high."
+QUALITY_CAP = "The quality cap must be low, medium, high, xhigh or max."
 ALLOWANCE_PERIOD = "The period must be daily, weekly or monthly."
 CREDIT_ACTION = "Use grant, take or set with a positive amount."
 NO_REASON = "Give a reason; it is kept in the ledger."

@@ -183,7 +183,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
     async def limits(
         self,
         interaction: discord.Interaction,
-        max_quality: Literal["low", "medium", "high"] | None = None,
+        max_quality: Literal["low", "medium", "high", "xhigh", "max"] | None = None,
         models: str | None = None,
         max_images: app_commands.Range[int, 1, MAX_IMAGES_PER_EDIT] | None = None,
         cooldown: app_commands.Range[int, 0, MAX_COOLDOWN_SECONDS] | None = None,
@@ -192,7 +192,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         await self.begin(interaction)
         changes: dict[str, object] = {}
         if max_quality is not None:
-            changes["max_quality"] = None if max_quality == "high" else max_quality
+            changes["max_quality"] = None if max_quality == "max" else max_quality  # max caps nothing
         if models is not None:
             changes["models"] = parse_models(models, self.policy.catalog, allow_all_marker=False)
         if max_images is not None:
@@ -284,7 +284,7 @@ class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than 
         interaction: discord.Interaction,
         role: discord.Role,
         allowance: app_commands.Range[int, 0, MAX_CREDITS_PER_CHANGE] | None = None,
-        max_quality: Literal["low", "medium", "high"] | None = None,
+        max_quality: Literal["low", "medium", "high", "xhigh", "max"] | None = None,
         models: str | None = None,
         max_images: app_commands.Range[int, 1, MAX_IMAGES_PER_EDIT] | None = None,
     ) -> None:

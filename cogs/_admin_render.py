@@ -70,7 +70,7 @@ def policy_embed(
     embed.add_field(
         name="Everyone",
         value=(
-            f"Quality up to {policy.max_quality or 'high'} · models {_models_text(policy.models)} · "
+            f"Quality up to {policy.max_quality or 'max'} · models {_models_text(policy.models)} · "
             f"{policy.max_images or MAX_IMAGES_PER_EDIT} images per edit\n"
             f"Cooldown {policy.cooldown_seconds} s · running edits per member: {running}"
         ),

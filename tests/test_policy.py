@@ -306,14 +306,20 @@ BASE = GuildPolicy(
             (VIP,),
             Limits(500, "low", frozenset({"gpt-image-1-mini"}), 4, (VIP,)),
         ),
-        # The most generous value of each rule wins across tiers, and "high" caps nothing.
+        # The most generous value of each rule wins across tiers; "high" is a cap (xhigh and max are
+        # dearer), only "max", the top level, caps nothing.
         (
             (
                 RoleTier(VIP, allowance=500, max_quality="medium"),
                 RoleTier(PRO, allowance=200, max_quality="high"),
             ),
             (VIP, PRO),
-            Limits(500, None, frozenset({"gpt-image-1-mini"}), 4, (VIP, PRO)),
+            Limits(500, "high", frozenset({"gpt-image-1-mini"}), 4, (VIP, PRO)),
+        ),
+        (
+            (RoleTier(VIP, max_quality="xhigh"), RoleTier(PRO, max_quality="max")),
+            (VIP, PRO),
+            Limits(100, None, frozenset({"gpt-image-1-mini"}), 4, (VIP, PRO)),
         ),
         (
             (RoleTier(VIP, models=frozenset({"gpt-image-1.5"})),),
@@ -368,6 +374,9 @@ def with_(**changes: Any) -> JobDefaults:
         (with_(quality="auto"), Limits(0, "medium", None, 4), with_(quality="medium"), "medium"),
         (with_(quality="low"), Limits(0, "medium", None, 4), with_(quality="low"), None),
         (with_(quality="auto"), ANY, with_(quality="auto"), None),
+        # A cap at high keeps members off the dearer levels GPT Image 2.5 and 2.6 add.
+        (with_(quality="max"), Limits(0, "high", None, 4), with_(quality="high"), "at most **high** quality"),
+        (with_(quality="xhigh"), Limits(0, "xhigh", None, 4), with_(quality="xhigh"), None),
         (
             with_(count=4),
             Limits(0, None, None, 2),

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PERIODS = ("daily", "weekly", "monthly")
 NO_PERIOD = "none"
-CAPPABLE_QUALITIES = ("low", "medium", "high")
+CAPPABLE_QUALITIES = ("low", "medium", "high", "xhigh", "max")  # "max", the top level, caps nothing
 ALL_MODELS = "*"
 REPORT_PERIODS = ("this month", "last month", "this week", "today", "all time")
 MAX_REASON_CHARS = 200
@@ -165,7 +165,7 @@ class GuildPolicy:
         max_images = max([base_images, *(t.max_images for t in tiers if t.max_images)])
         return Limits(
             allowance=allowance,
-            max_quality=None if max_quality == "high" else max_quality,  # high caps nothing
+            max_quality=None if max_quality == "max" else max_quality,  # the top level caps nothing
             models=models,
             max_images=min(max_images, MAX_IMAGES_PER_EDIT),
             tier_role_ids=tuple(t.role_id for t in tiers),
