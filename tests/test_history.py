@@ -88,3 +88,22 @@ async def test_nothing_is_kept_past_the_retention(world):
     await delivered(storage, "b" * 16, 102)
     await history.record_result("b" * 16)  # each write also deletes what has expired
     assert [r[0] for r in await storage.db.all("SELECT message_id FROM edit_versions")] == [102]
+
+
+async def test_whether_a_result_continues_a_chain_is_a_kept_version_and_a_failed_read_says_no(
+    world, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Only Undo's button rides on this answer: a database error must not fail the result's post."""
+    history, storage, _ = world
+    await delivered(storage, "a" * 16, 101)
+    await history.record_result("a" * 16)
+    assert await history.continues_chain(101)
+    assert not await history.continues_chain(555)  # a member's own message ("Edit image")
+    assert not await history.continues_chain(None)
+
+    async def broken(message_id: int) -> None:
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(storage.history, "get_version", broken)
+    assert not await history.continues_chain(101)
+    assert "could not tell whether 101 continues an edit chain" in caplog.text

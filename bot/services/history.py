@@ -132,8 +132,12 @@ class EditHistory(JobObserver):
         "Edit image" menu works on every message with a picture) starts a new chain."""
         if origin_message_id is None:
             return False
-        await self.flush()  # the origin was delivered a moment ago: its version is being recorded
-        return await self.storage.history.get_version(origin_message_id) is not None
+        try:
+            await self.flush()  # the origin was delivered a moment ago: its version is being recorded
+            return await self.storage.history.get_version(origin_message_id) is not None
+        except Exception as exc:  # only a button rides on it: never fail a paid result's post for it
+            log.warning("could not tell whether %s continues an edit chain: %s", origin_message_id, exc)
+            return False
 
     async def undo_step(self, message_id: int, job_id: str | None = None) -> UndoStep:
         """The chain's latest version and the one before it. Raises NothingToUndo, or LookupError when
