@@ -167,9 +167,24 @@ async def test_model_notices_are_read_in_place_and_taken_only_up_to_what_was_rea
     assert read.texts == ("moved to alive",)
     assert (await settings.pending_model_notices(USER)).texts == ("moved to alive",)  # still there
     await settings.move_stored_model("alive", None, "back to the default")  # after the read
-    assert await settings.take_model_notices(USER, through=read.through) == ["moved to alive"]
+    assert await settings.take_model_notices(USER, only=read.keys) == ["moved to alive"]
     assert (await settings.pending_model_notices(USER)).texts == ("back to the default",)
     assert await settings.pending_model_notices(USER + 1) == PendingNotices()
+
+
+async def test_a_notice_added_after_a_read_is_not_taken_in_its_place_when_its_row_id_is_reused(
+    storage: Storage,
+):
+    """SQLite gives the next insert a deleted row's rowid: job A read notice 1, job B took it, a new
+    notice 1 came; job A's take must leave the new one for the member."""
+    settings = storage.settings
+    await settings.update_user_settings(USER, {"model": "dead"})
+    await settings.move_stored_model("dead", "alive", "moved to alive")
+    first = await settings.pending_model_notices(USER)
+    assert await settings.take_model_notices(USER) == ["moved to alive"]  # another job took it
+    await settings.move_stored_model("alive", None, "back to the default")
+    assert await settings.take_model_notices(USER, only=first.keys) == []
+    assert (await settings.pending_model_notices(USER)).texts == ("back to the default",)
 
 
 async def test_edit_versions_expire_and_ties_go_to_the_newest_message(storage: Storage):

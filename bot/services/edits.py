@@ -164,7 +164,8 @@ class PreparedJob:
     mask_png: bytes | None = None  # the OpenAI-convention mask sent to the provider
     notices: tuple[str, ...] = ()  # what the server's rules changed (shown with the result)
     screened: bool = False  # the safety check already passed it (a cheaper re-run; bot.services.affordable)
-    notices_through: int = 0  # the newest model notice in `notices`: taken once the job is accepted
+    # The model notices in `notices` (their storage keys): taken once the job is accepted.
+    notices_read: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def model(self) -> ModelEntry:
@@ -291,7 +292,7 @@ class EditService:
             mask,
             mask_png,
             notices + pending.texts,
-            notices_through=pending.through,
+            notices_read=pending.keys,
         )
 
     def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
@@ -404,11 +405,11 @@ class EditService:
 
     async def _take_notices(self, prepared: PreparedJob) -> None:
         """The job is accepted (held and queued) and will show its model notices: they are used up."""
-        user_id, through = prepared.job.user_id, prepared.notices_through
-        if not through:
+        user_id, read = prepared.job.user_id, prepared.notices_read
+        if not read:
             return
         try:
-            await self.storage.settings.take_model_notices(user_id, through=through)
+            await self.storage.settings.take_model_notices(user_id, only=read)
         except Exception as exc:  # the job runs anyway: at worst a notice is shown once more
             log.warning("could not take the model notices of user %s: %s", user_id, type(exc).__name__)
 

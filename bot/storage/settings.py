@@ -3,10 +3,11 @@ what run time learned about model routes (status and the notices owed to members
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.storage.connection import Body, Database, checked, execute_many, fetch_all
+from bot.storage.connection import Body, Database, checked, execute_many, fetch_all, fetch_one
 
 _GUILD_POLICY_FIELDS = frozenset(
     {
@@ -30,7 +31,6 @@ _USER_SETTING_FIELDS = frozenset(
     {"quality", "model", "size", "output_format", "background", "skip_mask_preview"}
 )
 _ROUTE_STATUS_FIELDS = frozenset({"shutdown", "listed", "gone_at", "gone_reason"})
-_NO_NEWER = 2**63 - 1  # the largest id either database gives a row: "every notice"
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,9 @@ class PendingNotices:
     """A member's model notices not taken yet, oldest first (`Settings.pending_model_notices`)."""
 
     texts: tuple[str, ...] = ()
-    through: int = 0  # the newest one's id: `take_model_notices(through=...)` takes exactly these
+    # Each one's (rowid, notice, created_at), for `take_model_notices(only=...)`: SQLite gives a deleted
+    # row's rowid to the next insert, so an id alone could name a notice added after the read.
+    keys: tuple[tuple[int, str, str], ...] = ()
 
 
 class Settings:
@@ -166,26 +168,36 @@ class Settings:
         """The member's model notices, oldest first, left in place: a job shows them, and takes them
         (`take_model_notices(through=...)`) only once it is accepted, so a refused one loses none."""
         rows = await self._db.all(
-            "SELECT rowid, notice FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
+            "SELECT rowid, notice, created_at FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
         )
-        if not rows:
-            return PendingNotices()
-        return PendingNotices(tuple(str(r[1]) for r in rows), int(rows[-1][0]))
+        keys = tuple((int(r[0]), str(r[1]), str(r[2])) for r in rows)
+        return PendingNotices(tuple(notice for _, notice, _ in keys), keys)
 
-    async def take_model_notices(self, user_id: int, *, through: int | None = None) -> list[str]:
-        """The member's model notices, oldest first; each is returned once. `through`: only those up to
-        that id (what `pending_model_notices` returned; any added since stay for the next job)."""
+    async def take_model_notices(
+        self, user_id: int, *, only: Sequence[tuple[int, str, str]] | None = None
+    ) -> list[str]:
+        """The member's model notices, oldest first; each is returned once. `only`: just these (the
+        `keys` `pending_model_notices` returned; any added since stay for the next job)."""
         if await self._db.one("SELECT 1 FROM model_notices WHERE user_id = ? LIMIT 1", (user_id,)) is None:
             return []  # the common case reads only, without taking the write lock
-        newest = _NO_NEWER if through is None else through
 
         def body() -> Body[list[str]]:
-            # Taken and deleted by one statement: a notice added meanwhile is either returned or kept.
-            rows = yield fetch_all(
-                "DELETE FROM model_notices WHERE user_id = ? AND rowid <= ? RETURNING rowid, notice",
-                (user_id, newest),
-            )
-            return [str(notice) for _, notice in sorted(rows, key=lambda r: r[0])]
+            if only is None:
+                # Taken and deleted by one statement: a notice added meanwhile is returned or kept.
+                rows = yield fetch_all(
+                    "DELETE FROM model_notices WHERE user_id = ? RETURNING rowid, notice", (user_id,)
+                )
+                return [str(notice) for _, notice in sorted(rows, key=lambda r: r[0])]
+            taken = []
+            for rowid, notice, created_at in only:
+                row = yield fetch_one(
+                    "DELETE FROM model_notices WHERE user_id = ? AND rowid = ? AND notice = ? "
+                    "AND created_at = ? RETURNING notice",
+                    (user_id, rowid, notice, created_at),
+                )
+                if row is not None:
+                    taken.append(notice)
+            return taken
 
         return await self._db.transaction(body)
 
