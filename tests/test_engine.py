@@ -372,6 +372,20 @@ async def test_a_cancel_that_comes_as_the_job_fails_on_its_own_answers_with_the_
     assert await kinds(service, job_id) == ["reserve", "release"]
 
 
+async def test_a_job_whose_inherited_model_left_the_catalog_runs_on_the_default(make: Factory):
+    """What Edit again and Retry build for a job whose model the member did not pick, once the
+    operator's catalog dropped it: the default model, with a note, not an unknown-model refusal."""
+    service, _ = await make()
+    options = EditOptions("again", model="gpt-image-9-removed", model_is_default=True)
+    prepared = await service.prepare(replace(job(), options=options))
+    assert prepared.model.id == service.lifecycle.default_model().id
+    assert any(
+        "gpt-image-9-removed" in note for note in (*prepared.notices, prepared.resolution.notice or "")
+    )
+    with pytest.raises(InvalidOptions, match="gpt-image-9-removed"):  # typed, it is still unknown
+        await service.prepare(replace(job(), options=EditOptions("p", model="gpt-image-9-removed")))
+
+
 # -- the watchdog -----------------------------------------------------------------------------------
 
 

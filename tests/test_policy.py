@@ -505,6 +505,18 @@ async def test_quality_prices_are_the_most_any_configured_route_charges(storage:
     assert shown[1][0] == ("low", 50)  # WaveSpeed's lowest price is above it
 
 
+async def test_a_default_quality_is_never_moved_above_the_members_cap(storage: Storage, tmp_path: Path):
+    """A model that offers nothing at or below the cap: its cheapest level would pass the cap, so the
+    quality stays as capped (and the job refuses it by name) instead of running above the cap."""
+    high_only = catalog(model("pro", name="Pro", qualities=["high", "auto"], price=flat(0.2, 0.25, ["high"])))
+    settings = settings_for(tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD))
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, high_only, storage, session)
+        await policy.update_guild(GUILD, ADMIN, {"max_quality": "medium"})
+        capped, _ = await policy.clamp(job(), await policy.defaults_for(GUILD, ALICE))
+    assert capped.quality == "medium"
+
+
 async def test_settings_reset_returns_to_the_server_default(policy: PolicyService):
     await policy.update_guild(GUILD, ADMIN, {"default_size": "1024x1024"})
     await policy.update_settings(GUILD, ALICE, {"size": "1536x1024", "output_format": "webp"})

@@ -380,17 +380,18 @@ class PolicyService(PolicyAdmin):
         )
         if quality_typed:  # a typed quality the model lacks is refused by name when the job is checked
             return chosen, notices
-        return self._offered_quality(chosen, notices)
+        return self._offered_quality(chosen, notices, limits.max_quality)
 
     def _offered_quality(
-        self, chosen: JobDefaults, notices: tuple[str, ...]
+        self, chosen: JobDefaults, notices: tuple[str, ...], cap: str | None
     ) -> tuple[JobDefaults, tuple[str, ...]]:
-        """A default quality the model in use lacks becomes its nearest offered level (with a notice)."""
+        """A default quality the model in use lacks becomes its nearest offered level (with a notice),
+        never one above the member's cap (the job then refuses the quality by name)."""
         if chosen.model not in self.catalog.models:  # unknown: the job refuses it by name
             return chosen, notices
         model = self.model_for_view(chosen.model)
         quality = model.quality_for_default(chosen.quality)
-        if quality == chosen.quality:
+        if quality == chosen.quality or (cap is not None and QUALITY_RANK[quality] > QUALITY_RANK[cap]):
             return chosen, notices
         notice = messages.default_quality_not_offered(model.name, chosen.quality, quality)
         return replace(chosen, quality=quality), (*notices, notice)
