@@ -45,8 +45,8 @@ def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
     for quality in route.qualities:
         yield f"quality {quality}", replace(base, quality=quality)
     for background in route.backgrounds:
-        if background == "transparent" and base.output_format == "jpeg":
-            continue  # never asked together (the job service refuses it first)
+        if background == "transparent" and base.output_format not in route.transparent_formats:
+            continue  # never asked together (routing, or the job service for JPEG, refuses it first)
         yield f"background {background}", replace(base, background=background)
     if "transparent" in route.backgrounds:
         for fmt in route.transparent_formats:

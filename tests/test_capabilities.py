@@ -97,3 +97,16 @@ async def test_a_route_promising_transparency_in_a_format_its_adapter_refuses_it
     onemin["transparent_formats"] = ["png"]
     [honest] = parse_catalog(raw).get("gpt-image-2").routes
     assert route_problems(honest, built["oneminai"]) == []  # type: ignore[arg-type]
+
+
+async def test_a_png_only_transparency_is_probed_as_png_whatever_format_the_route_lists_first(
+    session, tmp_path
+):
+    price = {"low": {"square": 0.01, "other": 0.01}}
+    onemin = {"provider": "oneminai", "model": "gpt-image-2", "qualities": ["low"], "mask": False}
+    onemin |= {"sizes": ["1024x1024"], "max_prompt_chars": 4000, "backgrounds": ["auto", "transparent"]}
+    onemin |= {"output_formats": ["webp", "png"], "transparent_formats": ["png"]}
+    raw = {"models": {"gpt-image-2": {"qualities": ["low"], "price": price, "routes": [onemin]}}}
+    built = providers(parse_catalog(raw), session, tmp_path)
+    [route] = parse_catalog(raw).get("gpt-image-2").routes
+    assert route_problems(route, built["oneminai"]) == []  # type: ignore[arg-type]

@@ -370,6 +370,8 @@ class PredictionAdapter(ResellerAdapter):
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             err.accepted = True
+            if type(err) in (RateLimited, ServerError):  # a 5xx or 429 in the envelope of a 200
+                raise NotAnswered(err)
             raise err
         return job_of(payload)
 

@@ -135,6 +135,7 @@ class Fault(StrEnum):
     SERVER_ERROR = "server_error"  # 500 on the submit, nothing created
     UPLOAD_ERROR = "upload_error"  # HTTP 200 with {"code": 500} on an upload
     POLL_ERROR = "poll_error"  # 502 on a result poll
+    POLL_ENVELOPE_ERROR = "poll_envelope_error"  # HTTP 200 with {"code": 500} on a result poll
     JOB_FAILED = "job_failed"  # HTTP 200, data.status "failed", data.error set
     JOB_CANCELLED = "job_cancelled"  # HTTP 200, data.status "cancelled"
     JOB_TIMEOUT = "job_timeout"  # HTTP 200, data.status "timeout"
@@ -147,6 +148,7 @@ _TARGETS = {
     Fault.UNAUTHORIZED: "auth",
     Fault.UPLOAD_ERROR: "upload",
     Fault.POLL_ERROR: "poll",
+    Fault.POLL_ENVELOPE_ERROR: "poll",
     Fault.JOB_FAILED: "job",
     Fault.JOB_CANCELLED: "job",
     Fault.JOB_TIMEOUT: "job",
@@ -566,7 +568,9 @@ class FakeWaveSpeed(FakeServer):
         return self._ok(self._task_json(task))
 
     def _poll(self, request: web.Request) -> web.Response:
-        if self._take("poll") is not None:
+        if (rule := self._take("poll")) is not None:
+            if rule.fault == Fault.POLL_ENVELOPE_ERROR:  # how its API reports a failure in a 200
+                raise _EnvelopeError(500, "internal server error")
             raise _ApiError(502, "Bad Gateway")
         parts = request.path.removeprefix("/api/v3/predictions/").split("/")
         if len(parts) > 2 or (len(parts) == 2 and parts[1] != "result"):

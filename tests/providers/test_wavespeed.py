@@ -310,6 +310,16 @@ async def test_a_poll_outage_longer_than_one_gets_retries_does_not_give_up_the_p
     assert [r.status for r in fake.requests if r.endpoint == "poll"].count(502) == 3 * FAST.attempts
 
 
+async def test_a_poll_answered_200_with_a_server_error_in_its_envelope_is_polled_on(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+) -> None:
+    fake.fail_next(Fault.POLL_ENVELOPE_ERROR, times=2)
+
+    result = await provider.edit(edit_request(deadline=time.monotonic() + 30))
+
+    assert len(result.images) == 1 and fake.submit_count == 1
+
+
 async def test_429_beyond_the_deadline_is_not_accepted_and_may_go_elsewhere(
     fake: FakeWaveSpeed, provider: WaveSpeedProvider
 ) -> None:
