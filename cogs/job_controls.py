@@ -207,12 +207,16 @@ class JobsCog(RetouchCog):
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
         row = await self.bot.services.storage.jobs.get_job(job_id)
         message = interaction.message
-        # Delete removes the clicked message: it must be this job's own result, in the job's server.
-        # (A job whose row was pruned after JOB_HISTORY_DAYS leaves it to the channel's moderators.)
+        # Delete removes the clicked message: it must show this job's result (its post, or an Undo
+        # repost of it), in the job's server or in the requester's DMs. (A job whose row was pruned
+        # after JOB_HISTORY_DAYS leaves it to the channel's moderators.)
         its_result = row is None or (
             message is not None
-            and row.guild_id == (interaction.guild_id or 0)
-            and row.result_message_id in (None, message.id)
+            and (interaction.guild_id is None or row.guild_id == interaction.guild_id)
+            and (
+                row.result_message_id in (None, message.id)
+                or await self.bot.services.history.shows_job(message.id, job_id)
+            )
         )
         requester = row is not None and row.user_id == interaction.user.id
         if not its_result or (not requester and not _can_manage(interaction)):

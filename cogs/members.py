@@ -192,9 +192,7 @@ class MembersCog(RetouchCog):
             else:  # the chain lives in its thread (clicked on its first result, in the channel)
                 assert where is not None
                 posted = await self.bot.get_partial_messageable(where).send(**post)
-            await history.record_repost(
-                step, message_id=posted.id, channel_id=posted.channel.id, user_id=interaction.user.id
-            )
+            await history.record_repost(step, message_id=posted.id, channel_id=posted.channel.id)
         finally:
             recorded.set()
             if self._recording.get(step.previous.job_id) is recorded:

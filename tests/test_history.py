@@ -69,7 +69,7 @@ async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
     )
     step = await history.undo_step(103)
     assert step.previous.message_id == 101
-    repost = await history.record_repost(step, message_id=104, channel_id=CHANNEL, user_id=ALICE)
+    repost = await history.record_repost(step, message_id=104, channel_id=CHANNEL)
     assert (repost.job_id, repost.parent_message_id, repost.chain_id) == ("a" * 16, None, 101)
     with pytest.raises(NothingToUndo):
         await history.undo_step(104)

@@ -91,16 +91,15 @@ class EditHistory(JobObserver):
         await self.storage.history.add_version(version)
         return version
 
-    async def record_repost(
-        self, step: UndoStep, *, message_id: int, channel_id: int, user_id: int
-    ) -> VersionRow:
+    async def record_repost(self, step: UndoStep, *, message_id: int, channel_id: int) -> VersionRow:
         """An Undo repost: the newest version of the chain, showing `step.previous` again. Its parent is
-        the previous version's parent, so a second Undo steps back once more."""
+        the previous version's parent, so a second Undo steps back once more. It stays the chain
+        owner's, whoever clicked (a moderator's Undo must not take the member's chain from them)."""
         version = self._version(
             message_id=message_id,
             channel_id=channel_id,
             guild_id=step.latest.guild_id,
-            user_id=user_id,
+            user_id=step.latest.user_id,
             job_id=step.previous.job_id,
             chain_id=step.latest.chain_id,
             parent_message_id=step.previous.parent_message_id,
@@ -138,6 +137,11 @@ class EditHistory(JobObserver):
         except Exception as exc:  # only a button rides on it: never fail a paid result's post for it
             log.warning("could not tell whether %s continues an edit chain: %s", origin_message_id, exc)
             return False
+
+    async def shows_job(self, message_id: int, job_id: str) -> bool:
+        """Whether `message_id` is a kept version showing `job_id`'s result (an Undo repost is one)."""
+        version = await self.storage.history.get_version(message_id)
+        return version is not None and version.job_id == job_id
 
     async def undo_step(self, message_id: int, job_id: str | None = None) -> UndoStep:
         """The chain's latest version and the one before it. Raises NothingToUndo, or LookupError when

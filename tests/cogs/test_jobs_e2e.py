@@ -120,6 +120,20 @@ async def test_a_result_discord_failed_to_take_is_posted_once_when_discord_is_ba
     assert_books_balance(world.services.settings.data_dir)
 
 
+async def test_the_requester_can_delete_a_result_that_came_by_dm(world: World):
+    world.openai.delay = 1.0
+    await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    await world.fake.delete_channel(world.channel)  # the result goes to the member's DMs
+    dm = world.fake.dm_channel(world.user)
+    [message] = await world.fake.wait_until(lambda: results(world.fake.channel_messages(dm)))
+    await settled(world)
+    it = await world.fake.click(world.user, message, control(message, "delete"))
+    await world.fake.wait_until(lambda: it.callbacks)
+    await world.fake.wait_until(lambda: message.deleted)
+    assert it.callbacks[0]["type"] == 6  # deferred, not refused
+
+
 async def test_a_channel_post_lost_to_a_dropped_connection_falls_back_to_a_dm(world: World):
     world.openai.delay = 1.0
     it = await world.edit(PHOTO)

@@ -560,6 +560,39 @@ async def test_a_late_result_of_edit_image_on_a_members_message_offers_no_undo(
         assert undo_button(late) is None
 
 
+async def test_an_undo_repost_can_be_deleted_with_its_own_button(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The repost's buttons carry the earlier job's id, whose own result is another message."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        await fake_discord.click(world.user, second, undo_button(second))
+        [*_, restored] = await posted_in(world, world.channel.id, 3)
+        it = await fake_discord.click(world.user, restored, control(restored, "delete"))
+        await fake_discord.wait_until(lambda: it.callbacks)
+        await fake_discord.wait_until(lambda: restored.deleted)
+        assert it.callbacks[0]["type"] == 6 and not first.deleted  # deferred, not refused
+
+
+async def test_a_moderators_undo_leaves_the_chain_the_members(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        third = await published(world, await edit_again(world, second, "add snow"))
+        mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mod, third, undo_button(third))
+        [*_, restored] = await posted_in(world, world.channel.id, 4)
+        it = await fake_discord.click(world.user, restored, undo_button(restored))
+        await fake_discord.wait_until(lambda: it.callbacks)
+        [*_, again] = await posted_in(world, world.channel.id, 5)  # the member's Undo steps back once more
+        assert again.id != restored.id
+        recent = await world.services.history.recent(world.guild.id, world.user.id)
+        assert restored.id in [e.version.message_id for e in recent]  # still in the member's /history
+
+
 async def test_undo_on_a_repost_clicked_before_its_record_is_written_waits_for_it(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
