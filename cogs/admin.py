@@ -31,6 +31,10 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
     @app_commands.checks.has_permissions(manage_guild=True)
     async def threads(self, interaction: discord.Interaction, value: Literal["on", "off", "default"]) -> None:
         assert interaction.guild_id is not None  # guild_only
+        # Like every /admin command: Manage Server, and the ADMIN_USER_IDS allow-list when it is set.
+        self.bot.services.policy.authorize_admin(
+            interaction.user.id, manage_guild=interaction.permissions.manage_guild
+        )
         setting = None if value == "default" else value == "on"
         await self.bot.services.storage.settings.set_guild_thread_results(interaction.guild_id, setting)
         await interaction.response.send_message(f"Result threads: **{value}**.", ephemeral=True)

@@ -219,6 +219,17 @@ async def test_only_admins_allowed_by_the_settings_can_grant_credits(
             assert account is None  # nothing was written
 
 
+async def test_the_thread_setting_keeps_to_the_admin_allow_list_too(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with running_bot(fake_discord, openai, tmp_path, env={"ADMIN_USER_IDS": str(MOD_ID)}) as world:
+        boss = fake_discord.create_user("boss", id=BOSS_ID)  # Manage Server, not on the list
+        await world.guild.add_member(boss, permissions=Permission.MANAGE_GUILD)
+        answer = await reply(world, boss, "admin threads", value="on")
+        assert "ADMIN_USER_IDS" in answer.content and answer.ephemeral
+        assert await world.services.storage.settings.guild_thread_results(world.guild.id) is None
+
+
 async def test_credits_pages_the_history_with_buttons(world: World):
     policy = world.services.policy
     assert policy is not None
