@@ -30,6 +30,8 @@ def entry_line(entry: LedgerEntry) -> str:
     reason = discord.utils.escape_markdown(truncate(entry.reason or "", REASON_CHARS))
     if entry.actor_id is not None:
         why = f"by <@{entry.actor_id}> — {reason}"
+    elif entry.reason is None:  # an admin's change whose admin and text JOB_HISTORY_DAYS erased
+        why = "by an admin"
     elif reason.startswith(ALLOWANCE_REASON):
         why = "allowance top-up"
     else:

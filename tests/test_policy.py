@@ -790,6 +790,22 @@ async def test_the_report_csv_equals_the_ledger_to_the_credit(
     assert report.allowances == 100  # bob's first top-up (alice was already above the allowance)
 
 
+async def test_a_report_counts_admins_changes_the_same_after_retention_erased_who_and_why(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await make_activity(policy, storage, clock)
+    before = await policy.report(GUILD, "all time")
+    await storage.jobs.prune_history(clock() + dt.timedelta(days=400))  # every admin erased
+    after = await policy.report(GUILD, "all time")
+    assert all(e.actor_id is None for e in after.entries)
+    assert (after.admin_granted, after.starting, after.allowances) == (
+        before.admin_granted,
+        before.starting,
+        before.allowances,
+    )
+    assert before.admin_granted != 0
+
+
 async def test_an_all_time_report_adds_up_to_every_balance_and_hold(
     policy: PolicyService, storage: Storage, clock: Clock
 ):

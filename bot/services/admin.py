@@ -284,7 +284,9 @@ def summarize(report: SpendReport) -> SpendReport:
             users[e.user_id] += e.amount
             models[e.model or "unknown"] += e.amount
             providers[e.provider or "unknown"] += e.amount
-        elif e.actor_id is not None and e.kind in ("grant", "adjust"):
+        elif e.kind in ("grant", "adjust") and (e.actor_id is not None or e.reason is None):
+            # No reason at all: an admin's change whose admin and text JOB_HISTORY_DAYS erased (every
+            # other grant is written with one: "starting credits", "allowance …").
             admin += e.amount
         elif e.kind == "grant" and (e.reason or "").startswith(ALLOWANCE_REASON):
             allowances += e.amount

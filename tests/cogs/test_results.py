@@ -1,4 +1,5 @@
-"""The DM fallback keeps to a DM's upload limit, whatever the server's boost level allowed."""
+"""The DM fallback keeps to a DM's upload limit, whatever the server's boost level allowed; a credit
+history line says who changed the credits, also once retention erased the admin."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import random
 from PIL import Image
 
 from bot.jobs.model import EditOutcome, ResultFile
+from bot.storage.reports import LedgerEntry
+from cogs.credits import entry_line
 from cogs._delivery import DM_UPLOAD_LIMIT, fit_for_dm
 
 
@@ -56,3 +59,15 @@ async def test_results_that_fit_a_dm_alone_but_not_together_are_fitted_to_their_
     fitted = await fit_for_dm(outcome(first, second), limit)
 
     assert sum(len(f.data) for f in fitted.files) <= limit
+
+
+def test_a_credit_history_line_names_an_admins_change_after_retention_erased_who_and_why():
+    def line(amount: int, actor: int | None, reason: str | None) -> str:
+        kind = "grant" if amount > 0 else "adjust"
+        return entry_line(
+            LedgerEntry(1, 2, 3, None, kind, amount, amount, 0, actor, reason, "2026-11-01T00:00:00")
+        )
+
+    assert line(-100, None, None).endswith("**-100 credits** · by an admin")  # not "· grant"
+    assert line(50, 9, "grant: prize").endswith("· by <@9> — grant: prize")
+    assert line(20, None, "starting credits").endswith("· starting credits")
