@@ -10,8 +10,8 @@ from PIL import Image
 
 from bot.jobs.model import EditOutcome, ResultFile
 from bot.storage.reports import LedgerEntry
-from cogs.credits import entry_line
 from cogs._delivery import DM_UPLOAD_LIMIT, fit_for_dm
+from cogs.credits import entry_line
 
 
 def noisy_png(side: int) -> bytes:
