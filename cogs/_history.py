@@ -13,7 +13,7 @@ import discord
 
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
-from cogs._ui import EMBED_COLOUR, PersistentControl, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, admitted, truncate
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -27,6 +27,10 @@ class UndoControl(
     PersistentControl, prefix="retouch:undo", fields={"job": "[0-9a-f]{16}"}, cog="MembersCog", handler="undo"
 ):
     """**Undo** on a result that continues a chain; routes the click to the members cog."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # It posts a message, like a command: the approval gate and the member's rate limit apply.
+        return await admitted(interaction, counts=True)
 
 
 def undo_button(job_id: str) -> UndoControl:

@@ -70,7 +70,7 @@ async def run_job(services: Services, **options: object) -> EditOutcome:
     return await run_to_end(services.edits, job)
 
 
-async def test_credit_change_names_actor_user_amount_and_links_the_command() -> None:
+async def test_credit_change_names_actor_user_server_amount_and_links_the_command() -> None:
     channel = Channel()
     audit = AuditLog()
     audit.attach(channel.post)
@@ -80,9 +80,9 @@ async def test_credit_change_names_actor_user_amount_and_links_the_command() -> 
     )
     await audit.credit_change(guild_id=1, actor_id=7, user_id=8, amount=-200, balance_after=1300)
     assert channel.lines == [
-        "💳 Credits: <@7> gave 500 credits to <@8> (balance now 1500) — “prize winner” · "
+        "💳 Credits: <@7> gave 500 credits to <@8> in server `1` (balance now 1500) — “prize winner” · "
         "https://discord.com/channels/1/2/3",
-        "💳 Credits: <@7> took 200 credits from <@8> (balance now 1300)",
+        "💳 Credits: <@7> took 200 credits from <@8> in server `1` (balance now 1300)",
     ]
 
 

@@ -92,7 +92,8 @@ class AuditLog(JobObserver):
         verb = "gave" if amount >= 0 else "took"
         line = (
             f"💳 Credits: <@{actor_id}> {verb} {abs(amount)} credits "
-            f"{'to' if amount >= 0 else 'from'} <@{user_id}> (balance now {balance_after})"
+            f"{'to' if amount >= 0 else 'from'} <@{user_id}> in server `{guild_id}` "
+            f"(balance now {balance_after})"
         )
         if reason:
             line += f" — “{_clip(reason, REASON_CHARS)}”"

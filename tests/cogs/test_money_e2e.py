@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.catalog import Catalog
 from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
+from tests.cogs.test_members_e2e import edit_again, undo_button
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -137,6 +138,20 @@ async def test_a_member_can_still_cancel_an_edit_after_the_servers_approval_is_w
         await world.fake.wait_until(lambda: "Cancelled" in queued.original_message.content)
         assert queued.original_message.content == "Cancelled — you were not charged."
         assert running.original_message is not None and openai.post_count == 1
+
+
+async def test_undo_is_refused_like_the_other_posting_buttons_once_approval_is_withdrawn(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path, **UNAPPROVED) as world:
+        await world.services.access.approve(world.guild.id, world.owner.id)
+        first = await published(world, await world.edit(PHOTO))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        removed = await command(world, world.owner, "owner remove")
+        assert "no longer approved" in await answer(world, removed)
+        undo = await world.fake.click(world.user, second, undo_button(second))
+        assert "not enabled on this server" in await answer(world, undo)
+        assert len(results(world.fake.channel_messages(world.channel))) == 2  # nothing posted again
 
 
 # -- the budget that ends at the operator -----------------------------------------------------------
