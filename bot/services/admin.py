@@ -377,8 +377,9 @@ class PolicyAdmin:
     def authorize_admin(self, user_id: int, *, manage_guild: bool) -> None:
         """Raise NotPermitted unless this user may change credits and policy in this server."""
         allow_list = self.settings.admin_user_ids
-        if allow_list:
-            allow_list = allow_list | self.settings.owner_ids
+        if allow_list and self.access.is_operator(user_id):
+            # The operator (OWNER_IDS, else the application's owner) is always on the list.
+            allow_list = allow_list | {user_id}
         if may_administer(user_id, manage_guild=manage_guild, allow_list=allow_list):
             return
         if not manage_guild:

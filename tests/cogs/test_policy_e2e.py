@@ -188,6 +188,7 @@ async def test_the_monthly_budget_refuses_the_edit_that_would_pass_it(world: Wor
         ("manager", "", "granted"),
         ("manager", str(MOD_ID), "granted"),  # on the allow-list
         ("administrator", str(MOD_ID), "refused"),  # a server Administrator, not on the list
+        ("operator", str(MOD_ID), "granted"),  # the application's owner, without OWNER_IDS: always
     ],
 )
 async def test_only_admins_allowed_by_the_settings_can_grant_credits(
@@ -199,7 +200,7 @@ async def test_only_admins_allowed_by_the_settings_can_grant_credits(
         boss = fake_discord.create_user("boss", id=BOSS_ID)
         await world.guild.add_member(mod, permissions=Permission.MANAGE_GUILD)
         await world.guild.add_member(boss, permissions=Permission.ADMINISTRATOR)
-        actor = {"member": world.user, "manager": mod, "administrator": boss}[who]
+        actor = {"member": world.user, "manager": mod, "administrator": boss, "operator": world.owner}[who]
         options = {"user": world.user, "amount": 250, "reason": "contest winner"}
         if outcome == "hidden":
             with pytest.raises(FakeDiscordUsageError, match="default_member_permissions"):
