@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from bot.providers.base import Provider
 from bot.services.edits import EditService
 from bot.services.policy import PolicyService
 from bot.storage import Storage
+
+MIGRATIONS = Path(__file__).parent.parent / "bot" / "storage" / "migrations"
 
 TOKEN = "t" * 20  # a Discord token only the fake Discord would accept; services never send it
 
@@ -136,3 +139,14 @@ def policy_service(
     `settings`'."""
     providers = build_providers(settings, session, catalog)
     return wired_services(settings, catalog, storage, providers, today=lambda: storage.now().date()).policy
+
+
+def sqlite_before(path: Path, migration: int) -> sqlite3.Connection:
+    """A SQLite file with the schema the releases before `migration` left, open for a test to fill
+    (commit and close it before opening it with Storage)."""
+    db = sqlite3.connect(path)
+    for file in sorted(MIGRATIONS.glob("*.sql")):
+        number = int(file.name[:4])
+        if number < migration:
+            db.executescript(f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return db

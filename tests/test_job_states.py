@@ -12,19 +12,14 @@ import pytest
 from bot.jobs.model import JobState
 from bot.storage import Storage
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES
+from tests.fixtures import MIGRATIONS, sqlite_before
 
-MIGRATIONS = Path(__file__).parent.parent / "bot" / "storage" / "migrations"
 STATE_MIGRATION = 8
 
 
 def _database_before_states(path: Path) -> None:
     """A database as the release before migration 0008 left it, with a job in every state."""
-    db = sqlite3.connect(path)
-    for file in sorted(MIGRATIONS.glob("*.sql")):
-        number = int(file.name[:4])
-        if number >= STATE_MIGRATION:
-            continue
-        db.executescript(f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {number};\nCOMMIT;")
+    db = sqlite_before(path, STATE_MIGRATION)
     for index, state in enumerate(JobState):
         db.execute(
             "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "

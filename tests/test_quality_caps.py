@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
+from tests.fixtures import sqlite_before
 
-MIGRATIONS = Path(__file__).parent.parent / "bot" / "storage" / "migrations"
 CAPS_MIGRATION = 14
 POLICY = {
     "guild_id": 7,
@@ -44,11 +44,7 @@ TIER = {
 
 def _database_before_caps(path: Path) -> None:
     """A database as the release before migration 0014 left it, with a server's rules and a tier."""
-    db = sqlite3.connect(path)
-    for file in sorted(MIGRATIONS.glob("*.sql")):
-        number = int(file.name[:4])
-        if number < CAPS_MIGRATION:
-            db.executescript(f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {number};\nCOMMIT;")
+    db = sqlite_before(path, CAPS_MIGRATION)
     for table, row in (("guild_policy", POLICY), ("role_tiers", TIER)):
         db.execute(
             f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
