@@ -141,12 +141,23 @@ def policy_service(
     return wired_services(settings, catalog, storage, providers, today=lambda: storage.now().date()).policy
 
 
-def sqlite_before(path: Path, migration: int) -> sqlite3.Connection:
-    """A SQLite file with the schema the releases before `migration` left, open for a test to fill
-    (commit and close it before opening it with Storage)."""
+@contextlib.asynccontextmanager
+async def upgraded(
+    path: Path, migration: int, fill: Callable[[sqlite3.Connection], None]
+) -> AsyncIterator[Storage]:
+    """A SQLite file as the releases before `migration` left it (their schema, with what `fill`
+    writes), then opened and brought up to date, as an upgrade does."""
     db = sqlite3.connect(path)
     for file in sorted(MIGRATIONS.glob("*.sql")):
         number = int(file.name[:4])
         if number < migration:
             db.executescript(f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {number};\nCOMMIT;")
-    return db
+    fill(db)
+    db.commit()
+    db.close()
+    storage = await Storage.open(path)
+    try:
+        assert await storage.migrate() >= migration
+        yield storage
+    finally:
+        await storage.close()

@@ -12,36 +12,28 @@ import pytest
 from bot.jobs.model import JobState
 from bot.storage import Storage
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES
-from tests.fixtures import MIGRATIONS, sqlite_before
+from tests.fixtures import MIGRATIONS, upgraded
 
 STATE_MIGRATION = 8
 
 
-def _database_before_states(path: Path) -> None:
-    """A database as the release before migration 0008 left it, with a job in every state."""
-    db = sqlite_before(path, STATE_MIGRATION)
+def _jobs_before_states(db: sqlite3.Connection) -> None:
+    """A job in every state, as the release before migration 0008 stored them."""
     for index, state in enumerate(JobState):
         db.execute(
             "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
             "created_at, updated_at) VALUES (?, 1, 2, 3, ?, 'm', 'low', 'auto', 1, ?, ?)",
             (f"job{index}", state.value, "2026-12-01T00:00:00.000+00:00", "2026-12-01T00:00:00.000+00:00"),
         )
-    db.commit()
-    db.close()
 
 
 async def test_state_migration_keeps_the_rows_and_indexes_of_an_existing_database(tmp_path: Path):
     path = tmp_path / "db.sqlite3"
-    _database_before_states(path)
-    storage = await Storage.open(path)
-    try:
-        assert await storage.migrate() >= STATE_MIGRATION
+    async with upgraded(path, STATE_MIGRATION, _jobs_before_states) as storage:
         rows = await storage.jobs.jobs_in_states(tuple(JobState))
         assert sorted((r.id, r.state) for r in rows) == [(f"job{i}", s.value) for i, s in enumerate(JobState)]
         live = await storage.jobs.jobs_in_states(LIVE_STATES)
         assert {r.state for r in live} == set(LIVE_STATES)
-    finally:
-        await storage.close()
     db = sqlite3.connect(path)
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"jobs_user", "jobs_state"} <= indexes

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.storage import Storage
-from tests.fixtures import sqlite_before
+from tests.fixtures import upgraded
 
 CAPS_MIGRATION = 14
 POLICY = {
@@ -42,9 +42,8 @@ TIER = {
 }
 
 
-def _database_before_caps(path: Path) -> None:
-    """A database as the release before migration 0014 left it, with a server's rules and a tier."""
-    db = sqlite_before(path, CAPS_MIGRATION)
+def _rules_before_caps(db: sqlite3.Connection) -> None:
+    """A server's rules and a tier, as the release before migration 0014 stored them."""
     for table, row in (("guild_policy", POLICY), ("role_tiers", TIER)):
         db.execute(
             f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -52,22 +51,14 @@ def _database_before_caps(path: Path) -> None:
         )
     with pytest.raises(sqlite3.IntegrityError):  # what the old CHECK refused
         db.execute("UPDATE guild_policy SET max_quality = 'xhigh'")
-    db.commit()
-    db.close()
 
 
 async def test_the_caps_migration_keeps_every_rule_and_tier_and_takes_the_new_levels(tmp_path: Path):
-    path = tmp_path / "db.sqlite3"
-    _database_before_caps(path)
-    storage = await Storage.open(path)
-    try:
-        assert await storage.migrate() >= CAPS_MIGRATION
+    async with upgraded(tmp_path / "db.sqlite3", CAPS_MIGRATION, _rules_before_caps) as storage:
         assert await storage.settings.guild_policy_row(7) == POLICY
         assert await storage.settings.role_tier_rows(7) == [TIER]
         await storage.settings.update_guild_policy(7, {"max_quality": "xhigh"}, actor_id=9)
         assert (await storage.settings.guild_policy_row(7) or {})["max_quality"] == "xhigh"
-    finally:
-        await storage.close()
 
 
 @pytest.mark.parametrize("level", ["low", "medium", "high", "xhigh", "max"])
