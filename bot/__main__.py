@@ -18,7 +18,14 @@ from typing import Any
 
 from bot.app import utc_today
 from bot.catalog import Catalog, CatalogError, load_catalog
-from bot.config import ENV_EXAMPLE_HINT, ConfigError, Settings, load_settings, mask_userinfo
+from bot.config import (
+    ENV_EXAMPLE_HINT,
+    ConfigError,
+    Settings,
+    database_password,
+    load_settings,
+    mask_userinfo,
+)
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
 from bot.observability.logs import configure_logging
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         return _fail_config([str(exc)])
     secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
+    secrets += [password] if (password := database_password(settings.database)) else []
     configure_logging(settings.log_level, secrets, settings.log_format)
     if args.check_config:
         log.info("settings OK: %s", settings.describe())

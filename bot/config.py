@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 
@@ -172,15 +173,43 @@ class Settings:
         return out
 
 
+# libpq's query parameters that carry a secret (`postgresql://host/db?password=…`).
+_SECRET_PARAMS = re.compile(r"(?i)\b((?:ssl)?password|passfile|sslkey)=[^&#]*")
+
+
 def mask_userinfo(url: str) -> str:
-    """`url` with any `user:password@` replaced by `***@` (a proxy or gateway URL can carry one)."""
+    """`url` with anything that may be a credential hidden: everything before its last `@` (a
+    `user:password@`, also one whose password holds `/`, `?` or `#`, or one with a mistyped scheme)
+    becomes `***@`, and a `password=` parameter's value `***`. A proxy, gateway or database URL can
+    carry either; hiding a little more than needed is the safe side."""
+    head, sep, rest = url.partition("://")
+    if not sep:
+        head, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return _SECRET_PARAMS.sub(r"\1=***", head + sep + rest)
+
+
+def database_password(url: str | None) -> str | None:
+    """The password a PostgreSQL URL carries (in its user info or as `?password=`), for the log filter."""
+    if not url or not url.startswith(("postgresql://", "postgres://")):
+        return None
     try:
         parts = urlsplit(url)
+        found = parts.password or dict(parse_qsl(parts.query)).get("password")
     except ValueError:
-        return "<unparseable url>"
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+        return None
+    return unquote(found) if found else None
+
+
+def _readable_url(url: str) -> bool:
+    """Whether a server URL splits into its parts: a `/`, `?` or `#` left raw in a password ends the
+    host part early, and the password is then read as a port (which a driver reports, quoting it)."""
+    try:
+        _ = urlsplit(url).port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return True
 
 
 class _Reader:
@@ -237,7 +266,7 @@ class _Reader:
     def url(self, key: str, default: str | None) -> str | None:
         value = self.raw(key) or default
         if value is not None and not value.startswith(("http://", "https://")):
-            self.problems.append(f"{key} must start with http:// or https:// (got {value!r})")
+            self.problems.append(f"{key} must start with http:// or https:// (got {mask_userinfo(value)!r})")
             return default
         return value.rstrip("/") if value else value
 
@@ -245,11 +274,12 @@ class _Reader:
         value = self.raw(key)
         if value is None:
             return frozenset()
-        try:
-            return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
-        except ValueError:
+        # Commas or spaces between ids: "1 2" must not run together into one id nobody has.
+        parts = [part for part in re.split(r"[,\s]+", value) if part]
+        if not all(part.isdigit() and int(part) > 0 for part in parts):
             self.problems.append(f"{key} must be a comma-separated list of Discord {what}")
             return frozenset()
+        return frozenset(int(part) for part in parts)
 
     def database_url(self, key: str) -> str | None:
         """A SQLite (`sqlite:///path`) or PostgreSQL (`postgresql://…`) URL; None when unset."""
@@ -257,6 +287,12 @@ class _Reader:
         if value is not None and not value.startswith(DATABASE_SCHEMES):
             self.problems.append(
                 f"{key} must start with sqlite:/// or postgresql:// (got {mask_userinfo(value)!r})"
+            )
+            return None
+        if value is not None and not value.startswith("sqlite:") and not _readable_url(value):
+            self.problems.append(
+                f"{key} cannot be read (got {mask_userinfo(value)!r}): percent-encode the characters "
+                "/ ? # @ : in its user name and password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A)"
             )
             return None
         return value

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bot.app import provider_session
-from bot.config import ConfigError, Secret, load_settings
+from bot.config import ConfigError, Secret, load_settings, mask_userinfo
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,38 @@ def test_every_problem_is_listed_together():
         "DISCORD_API_BASE",
     ):
         assert expected in text
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [
+        ("111111111111111111,222222222222222222", {111111111111111111, 222222222222222222}),
+        ("111111111111111111 222222222222222222", {111111111111111111, 222222222222222222}),  # not one id
+        (" 111111111111111111 , 222222222222222222 ", {111111111111111111, 222222222222222222}),
+        ("-5, 0", None),
+        ("12abc", None),
+    ],
+)
+def test_id_lists_take_commas_or_spaces_and_refuse_what_is_no_discord_id(value: str, ids: set[int] | None):
+    if ids is None:
+        with pytest.raises(ConfigError, match="OWNER_IDS must be a comma-separated list"):
+            load_settings({**BASE, "OWNER_IDS": value})
+    else:
+        assert load_settings({**BASE, "OWNER_IDS": value}).owner_ids == ids
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://proxyuser:hunter2pass@gateway.example.com/v1", "https://***@gateway.example.com/v1"),
+        ("postgresql://u@h/db?password=hunter2pass", "postgresql://***@h/db?password=***"),
+        ("postgresql://u:hunter2/pass@h/db", "postgresql://***@h/db"),  # a raw / in the password
+        ("postgresql:/u:hunter2pass@h/db", "***@h/db"),  # a mistyped scheme
+        ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+    ],
+)
+def test_a_url_is_shown_without_anything_that_may_be_a_credential(url: str, shown: str):
+    assert mask_userinfo(url) == shown
 
 
 def test_secrets_are_masked_in_every_printable_form():

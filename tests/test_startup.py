@@ -77,6 +77,28 @@ async def test_an_unreachable_database_server_gives_one_clear_line_without_its_p
 
 
 @pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("postgresql://retouch@127.0.0.1:{port}/retouch?password=Hunter2Secret", 1),  # libpq's other form
+        ("postgresql://retouch:Hunter2Secret#x@127.0.0.1:{port}/retouch", 2),  # raw characters that
+        ("postgresql://retouch:Hunter/2Secret@127.0.0.1:{port}/retouch", 2),  # end the host part early
+        ("postgresql://retouch:Hunter?2Secret@127.0.0.1:{port}/retouch", 2),
+        ("postgresql:/retouch:Hunter2Secret@127.0.0.1:{port}/retouch", 2),  # a mistyped scheme
+    ],
+)
+async def test_a_database_password_never_reaches_the_log_however_the_url_is_written(
+    tmp_path: Path, url: str, code: int
+):
+    """Unreachable (1), or a URL that cannot be read (2, a settings problem): one clear line either
+    way, and the password in none of it."""
+    got, log = await run_bot(tmp_path, DATABASE_URL=url.format(port=closed_port()))
+
+    assert got == code, log
+    assert "Traceback" not in log and "Hunter" not in log and "Secret" not in log
+    assert "DATABASE_URL" in log or "cannot open the database" in log
+
+
+@pytest.mark.parametrize(
     "api_base",
     [f"http://127.0.0.1:{closed_port()}/api/v10", "http://discord.invalid/api/v10"],
     ids=["refused", "dns"],

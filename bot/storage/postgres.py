@@ -356,8 +356,9 @@ class PostgresDatabase(Clocked):
                 statement_cache_size=STATEMENT_CACHE,
                 reset=_keep_session,
             )
-        except CONNECTION_ERRORS as exc:
-            # The exception's own text may quote the URL; the class and SQLSTATE say enough.
+        except (*CONNECTION_ERRORS, ValueError) as exc:
+            # The exception's own text may quote the URL, password included (a ValueError is the
+            # driver failing to read it); the class and SQLSTATE say enough.
             code = getattr(exc, "sqlstate", None)
             raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
         return await migrated(cls(pool, clock))
