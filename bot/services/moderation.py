@@ -129,9 +129,12 @@ class SafetyCheck:
         if level == "off":
             return
         started = self._clock()
+        # Made ready before the clock starts: only the moderation service's answer is timed. Re-encoding
+        # a large upload is this bot's own work, and counting it would let anyone skip the check (it
+        # lets everything through on a timeout) by attaching a big enough image.
+        inputs = await asyncio.gather(*(asyncio.to_thread(_image_input, image) for image in images))
         try:
             async with asyncio.timeout(self.timeout):
-                inputs = [await asyncio.to_thread(_image_input, image) for image in images]
                 # One call per input, in parallel: the answer then says which input it is about.
                 calls = [moderate(prompt, None, within=self.timeout)]
                 calls += [moderate(None, item, within=self.timeout) for item in inputs]

@@ -1,22 +1,31 @@
 """Contract tests: `OpenAIProvider.moderate` (the free safety check) against the fake OpenAI's
-`POST /v1/moderations` over real sockets, and the fake's validation of what it receives."""
+`POST /v1/moderations` over real sockets, and the fake's validation of what it receives; the safety
+check (bot.services.moderation) that asks it."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import aiohttp
 import pytest
 
+from bot.providers.base import InputImage
 from bot.providers.errors import ProviderTimeout, ServerError
 from bot.providers.openai import OpenAIProvider, moderation_body, parse_moderation
+from bot.services import moderation
+from bot.services.moderation import Flagged, SafetyCheck
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
 
 fake = serving(FakeOpenAI)
+
+
+async def nothing(_guild_id: int) -> None:
+    """No server chose a level: the default applies."""
 
 
 def adapter(fake: FakeOpenAI, session: aiohttp.ClientSession) -> OpenAIProvider:
@@ -141,3 +150,23 @@ def test_the_moderation_body_is_the_json_the_api_expects(text, image):
         parts.append({"type": "image_url", "image_url": {"url": url}})
     expected = {"model": "omni-moderation-latest", "input": parts}
     assert json.loads(moderation_body(text, image)) == expected
+
+
+async def test_a_large_image_cannot_time_the_safety_check_out_and_so_skip_it(
+    fake: FakeOpenAI, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+):
+    """Re-encoding a big upload for the check is the bot's own work: were it timed with the service's
+    answer, a big enough image would time the check out, and an outage lets the edit through."""
+    fake.flag_text("axe", "violence", score=0.8)
+    check = SafetyCheck(
+        adapter(fake, session).moderate, level_of=nothing, default_level="standard", timeout=0.3
+    )
+    made_ready = moderation._image_input
+
+    def slow_to_make_ready(image: InputImage) -> tuple[str, bytes]:
+        time.sleep(0.5)  # longer than the whole check may wait for the service
+        return made_ready(image)
+
+    monkeypatch.setattr(moderation, "_image_input", slow_to_make_ready)
+    with pytest.raises(Flagged):
+        await check.screen(guild_id=1, user_id=2, channel_id=3, prompt="an axe", images=(photo(),))
