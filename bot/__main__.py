@@ -87,7 +87,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.app import build_providers, build_services, provider_session, shard_sharing, split_with_fleet
     from bot.client import RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
-    from bot.observability.ops import serve_ops
+    from bot.observability.ops import OpsUnavailable, serve_ops
     from bot.storage import Storage
     from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, SchemaTooNew
     from bot.storage.postgres import PostgresDatabase
@@ -117,6 +117,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     except DatabaseUnavailable as exc:
         log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
+    except OSError as exc:  # SQLite's folder or file: DATA_DIR (or DATABASE_URL) names an unusable place
+        log.error(
+            "Retouch cannot use %s (%s): set DATA_DIR (or DATABASE_URL) to a folder it can write to",
+            mask_userinfo(settings.database),
+            exc.strerror or type(exc).__name__,
+        )
+        return EXIT_CONFIG
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every
         # 429 a provider answers on it reaches the adaptive limits (`RateLimitWatch`).
@@ -161,6 +168,8 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             except discord.LoginFailure:
                 log.error("Discord refused DISCORD_TOKEN; check the bot token in your .env")
                 return EXIT_CONFIG
+            except OpsUnavailable:  # said where it happened, naming the setting
+                return EXIT_CONFIG
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Said once, without a traceback: the cause is the network, not the code.
                 log.error(
@@ -190,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
     secrets += [password] if (password := database_password(settings.database)) else []
     configure_logging(settings.log_level, secrets, settings.log_format)
+    if settings.default_model and settings.default_model not in catalog.models:
+        # Not fatal (a catalog copy may drop a model): said, since members then get another model.
+        log.warning(
+            "DEFAULT_MODEL=%s is not a model of the catalog (%s): members get the first live one instead",
+            settings.default_model,
+            ", ".join(catalog.models),
+        )
     if args.check_config:
         log.info("settings OK: %s", settings.describe())
         log.info("catalog OK: %s", ", ".join(catalog.models))

@@ -156,6 +156,16 @@ async def test_the_provider_pool_has_a_connection_for_every_call_running_jobs_ca
         assert session.connector.limit_per_host == 0
 
 
+def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: Path):
+    (tmp_path / ".env").write_text(
+        "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\nDEFAULT_MODEL=gpt-image-2.6-flair\n"
+    )
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "DEFAULT_MODEL=gpt-image-2.6-flair is not a model of the catalog" in proc.stderr
+    assert "default model: gpt-image-2.6-flare" in proc.stderr  # what members get instead
+
+
 def test_check_config_masks_passwords_in_base_urls(tmp_path: Path):
     (tmp_path / ".env").write_text(
         "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\n"

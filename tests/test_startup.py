@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -48,6 +49,33 @@ async def run_bot(data_dir: Path, **env: str) -> tuple[int, str]:
 
 def problems(log: str) -> list[str]:
     return [line for line in log.splitlines() if " ERROR " in line or " CRITICAL " in line]
+
+
+async def test_a_data_dir_that_cannot_be_written_is_a_settings_problem_said_once(tmp_path: Path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    code, log = await run_bot(tmp_path, DATA_DIR=str(blocked / "data"))
+
+    assert code == 2, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "cannot use" in line and "DATA_DIR" in line
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+async def test_a_metrics_port_that_cannot_be_listened_on_is_a_settings_problem_said_once(
+    tmp_path: Path, host: str
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, log = await run_bot(tmp_path, METRICS_HOST=host, METRICS_PORT=str(port))
+
+    assert code == 2, log
+    assert "Traceback" not in log and "cannot reach Discord" not in log
+    [line] = problems(log)
+    assert f"cannot serve health and metrics on {host}:{port}" in line and "METRICS_PORT" in line
 
 
 async def test_a_database_from_a_newer_release_is_refused_with_one_clear_line(tmp_path: Path):

@@ -86,7 +86,7 @@ class OpsServer:
             )
             sock.close()
             await self._runner.cleanup()
-            raise
+            raise OpsUnavailable(exc.strerror or type(exc).__name__) from exc
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
         log.info("health and metrics on http://%s:%d (/healthz, /metrics)", self._host, self.port)
@@ -95,6 +95,11 @@ class OpsServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class OpsUnavailable(Exception):
+    """The health and metrics server cannot listen where METRICS_HOST/METRICS_PORT say (already
+    logged): a settings problem, not the network to Discord."""
 
 
 @asynccontextmanager
