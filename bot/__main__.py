@@ -1,10 +1,10 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
-Exit codes: 0 after a clean (signal) shutdown, 2 for configuration problems (a token Discord refuses
-included), 1 for anything else (Discord or the database server unreachable, a database from a newer
-release, a SQLite file another bot process runs on): each of those is said in one log line, without
-a traceback. The operator's one-off commands (`--check-config`, `--sync`, `--copy-to-postgres`) exit
-with the same codes.
+Exit codes: 0 after a clean (signal) shutdown; 2 for configuration problems (a token Discord refuses,
+an unwritable DATA_DIR and a metrics port that cannot be listened on included); 1 for anything else
+(Discord or the database server unreachable, a database from a newer release, a SQLite file another
+bot process runs on). Each of those is said in one log line, without a traceback. The operator's
+one-off commands (`--check-config`, `--sync`, `--copy-to-postgres`) exit with the same codes.
 """
 
 from __future__ import annotations
