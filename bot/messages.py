@@ -221,6 +221,16 @@ def upload_unreadable(label: str) -> str:
 
 MASK_FILE_TOO_LARGE = "The mask file is too large. Upload a smaller PNG (black and white, white = edit)."
 NO_AREA_PICKED = "Pick at least one area of the image to change."
+# The grid picker's own words for a selection that covers the whole image: a member who picked cells
+# has no mask file to paint (MASK_FULL / MASK_EMPTY are for those).
+EVERY_CELL_PICKED = (
+    "You picked every cell, so the whole image would change. Leave at least one cell out, "
+    "or use /edit to change the whole image."
+)
+EVERY_CELL_KEPT = (
+    "You picked every cell and `invert` is on, so every cell would be kept and nothing would change. "
+    "Leave at least one cell out."
+)
 
 
 def prompt_too_long(chars: int, model: str, max_chars: int) -> str:

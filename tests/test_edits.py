@@ -400,6 +400,8 @@ async def test_grid_cells_become_the_mask(make_service, fake):
     ("mask", "message"),
     [
         (MaskSpec(grid=(3, 3), cells=()), "Pick at least one"),
+        (MaskSpec(grid=(3, 3), cells=tuple(range(1, 10))), "You picked every cell"),
+        (MaskSpec(grid=(3, 3), cells=tuple(range(1, 10)), invert=True), "every cell would be kept"),
         (MaskSpec(upload=upload(white_box_mask((64, 64), (0, 0, 0, 0)), "mask")), "mask"),
     ],
 )

@@ -533,11 +533,26 @@ class EditService:
                 max_bytes=self.settings.max_input_bytes,
                 max_pixels=self.settings.max_input_pixels,
             )
-        if spec.grid is None or not spec.cells:
-            raise InvalidMask(messages.NO_AREA_PICKED, code="mask_empty")
-        rows, cols = spec.grid
+        rows, cols = require_picked_area(spec)
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
+
+
+def require_picked_area(spec: MaskSpec) -> tuple[int, int]:
+    """The (rows, cols) of a grid selection that leaves something to change and something to keep.
+
+    Raises InvalidMask, in the picker's words, for any other selection. Checked before any pixels, so
+    a member who picked every cell is not told to paint a mask file (what the pixel check after it
+    would say). Cell numbers are checked later, by `imaging.grid_region`.
+    """
+    if spec.grid is None or not spec.cells:
+        raise InvalidMask(messages.NO_AREA_PICKED, code="mask_empty")
+    rows, cols = spec.grid
+    if set(range(1, rows * cols + 1)) <= set(spec.cells):
+        if spec.invert:
+            raise InvalidMask(messages.EVERY_CELL_KEPT, code="mask_empty")
+        raise InvalidMask(messages.EVERY_CELL_PICKED, code="mask_full")
+    return rows, cols
 
 
 def _order(chosen: JobDefaults) -> tuple[str, ...] | None:

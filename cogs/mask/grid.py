@@ -7,7 +7,9 @@ from typing import Any
 
 import discord
 
+from bot.errors import InvalidMask
 from bot.services import masking
+from bot.services.edits import require_picked_area
 from cogs._results import run_and_publish
 from cogs._ui import EMBED_COLOUR
 from cogs.mask.controls import NO_MENTIONS, MaskControl, attachment, button, control_id
@@ -24,7 +26,9 @@ def picker_view(session: MaskSession) -> discord.ui.View:
         custom_id=control_id(session.sid, "cells"),
         placeholder="Pick the cells to change",
         min_values=0,
-        max_values=rows * cols,
+        # Every cell leaves nothing to keep (inverted: nothing to change), so Discord itself refuses
+        # the last one; `_next` still checks, for a client that sends them anyway.
+        max_values=rows * cols - 1,
         options=[
             discord.SelectOption(
                 label=f"Cell {n}",
@@ -62,7 +66,7 @@ def picker_embed(session: MaskSession, timeout: float) -> discord.Embed:
         how = "The tinted cells will change; everything else stays exactly as it is."
     embed = discord.Embed(
         title="Pick the area to change",
-        description=f"Choose cell numbers in the menu below. {how}",
+        description=f"Choose cell numbers in the menu below, leaving at least one out. {how}",
         colour=EMBED_COLOUR,
     )
     embed.set_image(url=f"attachment://{PICKER_FILE}")
@@ -96,6 +100,16 @@ class GridPicker(PricedPreview):
         await self._show_picker(interaction, session)
 
     async def _next(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
+        try:
+            require_picked_area(session.spec)
+        except InvalidMask as refusal:
+            # Said on the picker, which stays open for another pick. The selection starts over: every
+            # cell ticked would not fit the menu's limit when the picker is drawn again.
+            await interaction.response.defer()
+            self.sessions.touch(session, interaction)
+            session.job = masking.with_cells(session.job, session.grid, ())
+            await self._show_picker(interaction, session, notice=refusal.user_message)
+            return
         if session.skip_preview:
             self.sessions.finish(session.sid)
             await self._acknowledge_run(interaction)
@@ -115,11 +129,14 @@ class GridPicker(PricedPreview):
         session.prepared = None
         await self._show_picker(interaction, session)
 
-    async def _show_picker(self, interaction: discord.Interaction, session: MaskSession) -> None:
+    async def _show_picker(
+        self, interaction: discord.Interaction, session: MaskSession, *, notice: str | None = None
+    ) -> None:
+        """Draw the picker for the session's grid and cells; `notice` says why the last click went nowhere."""
         assert session.picture is not None
         picture = await masking.grid_picture(session.picture, session.grid, session.spec.cells)
         await interaction.edit_original_response(
-            content=None,
+            content=notice,
             embed=picker_embed(session, self.sessions.timeout),
             attachments=[attachment(picture, PICKER_FILE)],
             view=picker_view(session),

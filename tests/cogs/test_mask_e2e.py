@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from bot.catalog import Catalog
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage
+from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
 
@@ -459,3 +459,61 @@ async def test_double_click_on_run_runs_once_and_keeps_the_progress(world: World
     assert world.openai.post_count == 1
     assert len(public_results(ran)) == 1 and not public_results(ignored)
     assert preview.content.startswith("Done")
+
+
+async def test_picker_menu_leaves_at_least_one_cell_out(world: World):
+    # Every cell would leave nothing to keep (or, with invert, nothing to change): Discord refuses it.
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    assert picker.find_component(control(picker, "cells"))["max_values"] == 8
+    with pytest.raises(FakeDiscordUsageError):
+        await world.fake.select(world.user, picker, control(picker, "cells"), [str(n) for n in range(1, 10)])
+
+    await click(world, picker, "grid")
+    await world.fake.wait_until(lambda: len(picker.find_component(control(picker, "cells"))["options"]) == 16)
+    assert picker.find_component(control(picker, "cells"))["max_values"] == 15
+
+
+@pytest.mark.parametrize(
+    ("invert", "skip_preview", "says"),
+    [
+        (False, False, "You picked every cell, so the whole image would change."),
+        (True, False, "`invert` is on, so every cell would be kept and nothing would change."),
+        (False, True, "You picked every cell, so the whole image would change."),
+        (True, True, "`invert` is on, so every cell would be kept and nothing would change."),
+    ],
+)
+async def test_every_cell_picked_is_refused_on_the_picker_which_stays_open(
+    world: World, invert: bool, skip_preview: bool, says: str
+):
+    # A client that ignores the menu's limit sends all 9 cells; the member is told on the picker.
+    await world.services.storage.settings.update_user_settings(
+        world.user.id, {"skip_mask_preview": int(skip_preview)}
+    )
+    it = await mask_command(world, invert=invert)
+    picker = await shown(world, it, "cells")
+    sid = control(picker, "cells").split(":")[2]
+    picker.find_component(control(picker, "cells"))["max_values"] = 9
+    await world.fake.select(world.user, picker, control(picker, "cells"), [str(n) for n in range(1, 10)])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+
+    step = await click(world, picker, "next")
+    await world.fake.wait_until(lambda: picker.content and says in picker.content)
+
+    assert step.callbacks == [{"type": 6}] and picker.ephemeral
+    assert "white" not in picker.content and "Leave at least one cell out" in picker.content
+    assert cog(world).sessions.get(sid) is not None  # the picker is still usable
+    assert picker.find_component(control(picker, "next"))["disabled"] is True  # pick again
+    assert world.openai.post_count == 0
+    assert await world.services.storage.jobs.recent_jobs(world.guild.id, world.user.id) == []
+
+    # A selection that leaves one cell out goes on as usual.
+    await world.fake.select(world.user, picker, control(picker, "cells"), [str(n) for n in range(1, 9)])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    assert not picker.content  # the notice went with the new pick
+    step = await click(world, picker, "next")
+    if skip_preview:
+        assert (await world.finished(step)).startswith("Done")
+    else:
+        preview = await shown(world, step, "run")
+        assert fields(preview)["Area"] == ("11% of the image" if invert else "89% of the image")
