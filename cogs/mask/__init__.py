@@ -151,7 +151,7 @@ class MaskCog(GridPicker, RetouchCog):
         spec = MaskSpec(upload=upload_of("mask", mask)) if mask is not None else None
         job = self._job(interaction, image, EditOptions(prompt), spec)
         if spec is not None:
-            await self._begin(interaction, job)
+            await self._begin(interaction, job, origin_message_id=message_id)
             return
         await run_and_publish(
             self.bot,
@@ -180,17 +180,31 @@ class MaskCog(GridPicker, RetouchCog):
             role_ids=role_ids_of(interaction.user),
         )
 
-    async def _begin(self, interaction: discord.Interaction, job: EditJob) -> None:
-        """After a private defer: show the picker (no mask file) or the preview, or run at once."""
+    async def _begin(
+        self, interaction: discord.Interaction, job: EditJob, *, origin_message_id: int | None = None
+    ) -> None:
+        """After a private defer: show the picker (no mask file) or the preview, or run at once.
+
+        `origin_message_id` is the message the "Edit image" menu was used on, as for an unmasked edit.
+        """
         assert job.mask is not None
         with self.sessions.starting(job.user_id, self.bot.services.settings.max_mask_previews):
-            await self._begin_session(interaction, job)
+            await self._begin_session(interaction, job, origin_message_id)
 
-    async def _begin_session(self, interaction: discord.Interaction, job: EditJob) -> None:
+    async def _begin_session(
+        self, interaction: discord.Interaction, job: EditJob, origin_message_id: int | None
+    ) -> None:
         assert job.mask is not None
         skip = await self._skips_preview(interaction.user.id)
         progress = ProgressMessage(interaction)
-        session = MaskSession(secrets.token_hex(6), interaction.user.id, job, interaction, skip_preview=skip)
+        session = MaskSession(
+            secrets.token_hex(6),
+            interaction.user.id,
+            job,
+            interaction,
+            skip_preview=skip,
+            origin_message_id=origin_message_id,
+        )
         if job.mask.upload is None:
             provisional = await masking.prepare_picker(self.edits, job, progress=progress)
             await progress.close()
@@ -201,7 +215,7 @@ class MaskCog(GridPicker, RetouchCog):
         prepared = await self.edits.prepare(job, progress=progress)
         await progress.close()
         if skip:
-            await self._execute(interaction, prepared)
+            await self._execute(interaction, prepared, origin_message_id)
             return
         session.prepared = prepared
         await self._open(session, self._show_preview(interaction, session))

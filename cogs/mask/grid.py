@@ -115,7 +115,10 @@ class GridPicker(PricedPreview):
             await self._acknowledge_run(interaction)
             job = as_now(session.job, interaction)
             await run_and_publish(
-                self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
+                self.bot,
+                interaction,
+                lambda progress: self.edits.prepare(job, progress=progress),
+                origin_message_id=session.origin_message_id,
             )
             return
         await interaction.response.defer()

@@ -76,7 +76,10 @@ class PricedPreview(MaskParts):
         # were when the preview was made (the images are not downloaded again).
         job = as_now(prepared.job, interaction)
         await run_and_publish(
-            self.bot, interaction, lambda progress: self.edits.prepare(job, progress=progress)
+            self.bot,
+            interaction,
+            lambda progress: self.edits.prepare(job, progress=progress),
+            origin_message_id=session.origin_message_id,
         )
 
     async def _cancel(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
@@ -89,11 +92,13 @@ class PricedPreview(MaskParts):
             allowed_mentions=NO_MENTIONS,
         )
 
-    async def _execute(self, interaction: discord.Interaction, prepared: PreparedJob) -> None:
+    async def _execute(
+        self, interaction: discord.Interaction, prepared: PreparedJob, origin_message_id: int | None
+    ) -> None:
         async def ready(_: object) -> PreparedJob:
             return prepared
 
-        await run_and_publish(self.bot, interaction, ready)
+        await run_and_publish(self.bot, interaction, ready, origin_message_id=origin_message_id)
 
     async def _acknowledge_run(self, interaction: discord.Interaction) -> None:
         """Answer the click by turning the picker/preview into the progress message."""

@@ -46,6 +46,8 @@ class MaskSession:
     job: EditJob  # its MaskSpec holds the uploaded mask or the picked cells
     handle: discord.Interaction  # the latest interaction whose @original is the private message
     skip_preview: bool = False
+    # The message the "Edit image" menu was used on: a result made from a result continues its history.
+    origin_message_id: int | None = None
     picture: bytes | None = None  # picker only: the validated, upright image the grid is drawn on
     prepared: PreparedJob | None = None  # set while the preview is shown
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)

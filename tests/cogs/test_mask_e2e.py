@@ -517,3 +517,47 @@ async def test_every_cell_picked_is_refused_on_the_picker_which_stays_open(
     else:
         preview = await shown(world, step, "run")
         assert fields(preview)["Area"] == ("11% of the image" if invert else "89% of the image")
+
+
+def undo_control(message: FakeMessage) -> str | None:
+    for row in message.components:
+        for component in row.get("components", []):
+            if str(component.get("custom_id", "")).startswith("retouch:undo:"):
+                return str(component["custom_id"])
+    return None
+
+
+@pytest.mark.parametrize("skip_preview", [False, True])
+async def test_edit_image_menu_with_mask_on_a_result_continues_its_history(world: World, skip_preview: bool):
+    it = await mask_command(world, box_mask())
+    run = await click(world, await shown(world, it, "run"), "run")
+    assert (await world.finished(run)).startswith("Done")
+    [first] = public_results(run)
+    await world.services.storage.settings.update_user_settings(
+        world.user.id, {"skip_mask_preview": int(skip_preview)}
+    )
+
+    menu = await world.fake.message_command(world.user, "Edit image", first)
+    form = await world.fake.wait_until(lambda: menu.modal)
+    # discord.py knows the form only once it has read Discord's reply to opening it.
+    await world.fake.wait_until(lambda: form["custom_id"] in world.bot._connection._view_store._modals)
+    submit = await world.fake.submit_modal(
+        world.user, menu, fields={"prompt": "now blue"}, attachments={"mask": [("mask.png", box_mask())]}
+    )
+    done = submit if skip_preview else await click(world, await shown(world, submit, "run"), "run")
+    assert (await world.finished(done)).startswith("Done")
+    [second] = public_results(done)
+
+    job_id = second.embeds[0]["footer"]["text"].split()[-1]
+    job = await world.services.storage.jobs.get_job(job_id)
+    assert job is not None and job.origin_message_id == first.id  # as the menu without a mask does
+    undo = undo_control(second)
+    assert undo is not None
+    await world.fake.click(world.user, second, undo)
+
+    def reposted() -> list[FakeMessage]:
+        """Undo posts the version before the masked edit again: the first result's picture."""
+        messages = world.fake.channel_messages(world.channel.id)
+        return [m for m in messages if m.id != first.id and m.files and m.files[0][1] == first.files[0][1]]
+
+    await world.fake.wait_until(reposted)
