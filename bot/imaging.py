@@ -94,6 +94,9 @@ LABEL_STROKE_RGB = (0, 0, 0)
 LABEL_SIZE_FRACTION = 0.35  # of the smaller cell side
 LABEL_MIN_PX = 12
 LABEL_MAX_PX = 96
+# A grid cell on the picker is at least this many pixels each way, room for its outline and number.
+# Without it a very long, thin image shrinks to a strip narrower than its columns (or rows).
+GRID_MIN_CELL_PX = 32
 
 _PILLOW_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 _FORMAT_MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -761,9 +764,11 @@ def grid_overlay(
     """JPEG preview with a numbered rows×cols grid; `selected` cells tinted. BLOCKING.
 
     Cells split the image exactly as `grid_region` does. Numbers use Pillow's default font, white
-    with a black outline so they read on any picture.
+    with a black outline so they read on any picture. A side too short for `GRID_MIN_CELL_PX` per
+    cell is stretched to that (beyond `max_side` only if `max_side` itself is that short): each cell
+    still shows its share of the picture, and the mask is made from the image's own size, not this.
     """
-    preview = _preview_base(image_data, max_side)
+    preview = _room_for_cells(_preview_base(image_data, max_side), rows, cols)
     _tint(preview, grid_region(preview.size, rows, cols, selected))
     boxes = _cell_boxes(preview.size, rows, cols)
     draw = ImageDraw.Draw(preview)
@@ -796,6 +801,12 @@ def _cell_boxes(size: tuple[int, int], rows: int, cols: int) -> list[tuple[int, 
     xs = [i * width // cols for i in range(cols + 1)]
     ys = [j * height // rows for j in range(rows + 1)]
     return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(rows) for c in range(cols)]
+
+
+def _room_for_cells(preview: Image.Image, rows: int, cols: int) -> Image.Image:
+    """`preview`, stretched along any side that gives a cell fewer than `GRID_MIN_CELL_PX` pixels."""
+    size = (max(preview.width, cols * GRID_MIN_CELL_PX), max(preview.height, rows * GRID_MIN_CELL_PX))
+    return preview if size == preview.size else preview.resize(size, Image.Resampling.BICUBIC)
 
 
 def _preview_base(image_data: bytes, max_side: int) -> Image.Image:

@@ -1086,3 +1086,24 @@ def test_grid_overlay_draws_numbered_grid(
     left, top, right, bottom = diff.getbbox()
     assert left <= 4 and top <= 4  # the grid line is drawn over the tint's edge
     assert right <= expected[0] // cols + 4 and bottom <= expected[1] // rows + 4
+
+
+@pytest.mark.parametrize(
+    ("size", "rows", "cols", "expected"),
+    [((16, 6200), 3, 3, (96, 768)), ((16, 3600), 4, 4, (128, 768)), ((3600, 16), 4, 4, (768, 128))],
+)
+def test_grid_overlay_of_a_thin_strip_gives_every_cell_room(
+    size: tuple[int, int], rows: int, cols: int, expected: tuple[int, int]
+) -> None:
+    # Shrunk to 768 px, these are 2 or 3 px across: fewer pixels than the grid has columns (rows).
+    strip = save(Image.new("RGB", size, (10, 200, 30)), "PNG")
+    last = rows * cols
+    plain = decode(grid_overlay(strip, rows, cols, max_side=768))
+    picked = decode(grid_overlay(strip, rows, cols, [last], max_side=768))
+    assert plain.size == picked.size == expected
+    assert expected[0] // cols >= imaging.GRID_MIN_CELL_PX and expected[1] // rows >= imaging.GRID_MIN_CELL_PX
+    # The last cell (bottom right) is tinted, and nothing far from it.
+    diff = ImageChops.difference(plain, picked).convert("L").point(lambda v: 255 if v > 24 else 0)
+    left, top, right, bottom = diff.getbbox()
+    assert left >= expected[0] * (cols - 1) // cols - 4 and top >= expected[1] * (rows - 1) // rows - 4
+    assert right >= expected[0] - 4 and bottom >= expected[1] - 4  # the grid line is drawn over its edge

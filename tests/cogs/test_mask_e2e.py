@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from bot.catalog import Catalog
 from cogs.mask import MaskCog
@@ -561,3 +561,47 @@ async def test_edit_image_menu_with_mask_on_a_result_continues_its_history(world
         return [m for m in messages if m.id != first.id and m.files and m.files[0][1] == first.files[0][1]]
 
     await world.fake.wait_until(reposted)
+
+
+def picker_cells(message: FakeMessage) -> int:
+    """How many cells the picker on `message` offers."""
+    return len(message.find_component(control(message, "cells"))["options"])
+
+
+@pytest.mark.parametrize(
+    ("size", "finer", "cell", "box"),
+    [
+        ((16, 6200), False, 2, (5, 0, 10, 2066)),  # 3×3: shrunk to the picker, 2 px across
+        ((16, 3600), True, 6, (4, 900, 8, 1800)),  # 4×4
+        ((3600, 16), True, 5, (0, 4, 900, 8)),  # 4×4, lying down
+    ],
+)
+async def test_picker_on_a_long_thin_image_masks_exactly_the_cell_picked(
+    world: World, size: tuple[int, int], finer: bool, cell: int, box: tuple[int, int, int, int]
+):
+    green = Image.new("RGB", size, (10, 200, 30))
+    it = await world.fake.slash(
+        world.user,
+        "mask",
+        channel=world.channel,
+        options={"prompt": "a red stripe", "quality": "low", "size": "1024x1024", "feather": 0},
+        attachments={"image": ("strip.png", png(green))},
+    )
+    picker = await shown(world, it, "cells")
+    if finer:
+        await click(world, picker, "grid")
+        await world.fake.wait_until(lambda: picker_cells(picker) == 16)
+    await world.fake.select(world.user, picker, control(picker, "cells"), [str(cell)])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    preview = await shown(world, await click(world, picker, "next"), "run")
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+
+    [result] = public_results(run)
+    edited = rgb(result.files[0][1])
+    assert edited.size == size
+    # The mask is the cell of the image's own size, exactly: the model's colours inside, green outside.
+    inside = Image.new("L", size, 0)
+    inside.paste(255, box)
+    changed = ImageChops.difference(edited, green).convert("L").point(lambda v: 255 if v else 0)
+    assert ImageChops.difference(changed, inside).getbbox() is None
