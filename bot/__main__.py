@@ -14,6 +14,8 @@ import asyncio
 import logging
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bot.app import utc_today
@@ -43,6 +45,18 @@ def describe_connection_error(exc: BaseException) -> str:
     host = getattr(exc, "host", None)
     what = type(exc).__name__ + (f": {reason}" if reason else "")
     return f"{host}: {what}" if isinstance(host, str) and host else what
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why the bot cannot keep its files in `folder` (None: it can). Checked before anything starts:
+    the first write there (the database, the job files, the salt) would otherwise fail mid-start."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _fail_config(problems: list[str]) -> int:
@@ -94,6 +108,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
 
     if settings.discord_api_base:
         point_discord_at(settings.discord_api_base)
+    if (unwritable := _unwritable(settings.data_dir)) is not None:
+        log.error(
+            "Retouch cannot write to DATA_DIR %s (%s): set DATA_DIR to a folder it can write to",
+            settings.data_dir,
+            unwritable,
+        )
+        return EXIT_CONFIG
     try:
         # The bot itself, unlike `--sync` (which runs no jobs), is the one process on a SQLite file.
         storage = await Storage.open(settings.database, sole_process=not sync)
@@ -117,7 +138,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     except DatabaseUnavailable as exc:
         log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
-    except OSError as exc:  # SQLite's folder or file: DATA_DIR (or DATABASE_URL) names an unusable place
+    except OSError as exc:
+        if not settings.database.startswith("sqlite:"):
+            raise  # not a place on disk: nothing here to point at
+        # SQLite's folder or file: DATABASE_URL names an unusable place.
         log.error(
             "Retouch cannot use %s (%s): set DATA_DIR (or DATABASE_URL) to a folder it can write to",
             mask_userinfo(settings.database),

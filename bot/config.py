@@ -196,10 +196,11 @@ def database_password(url: str | None) -> str | None:
         return None
     try:
         parts = urlsplit(url)
-        found = parts.password or dict(parse_qsl(parts.query)).get("password")
+        # The user info's password is still percent-encoded; parse_qsl has decoded the parameter.
+        found = unquote(parts.password) if parts.password else dict(parse_qsl(parts.query)).get("password")
     except ValueError:
         return None
-    return unquote(found) if found else None
+    return found or None
 
 
 def _readable_url(url: str) -> bool:
@@ -276,7 +277,7 @@ class _Reader:
             return frozenset()
         # Commas or spaces between ids: "1 2" must not run together into one id nobody has.
         parts = [part for part in re.split(r"[,\s]+", value) if part]
-        if not all(part.isdigit() and int(part) > 0 for part in parts):
+        if not all(part.isascii() and part.isdigit() and int(part) > 0 for part in parts):
             self.problems.append(f"{key} must be a comma-separated list of Discord {what}")
             return frozenset()
         return frozenset(int(part) for part in parts)

@@ -203,12 +203,7 @@ class ModelLifecycle:
 
     def resolve(self, model_id: str, *, picked: bool) -> Resolution:
         """The model a job will use. A dead model moves to its replacement (with a notice); with no
-        usable replacement, a job that did not pick it gets the default and one that did is refused.
-        A model the catalog no longer has at all (the operator's copy dropped it) is the same: the
-        default for a job that did not pick it, an unknown model for one that did."""
-        if not picked and model_id not in self.catalog.models:
-            default = self.default_model()
-            return Resolution(default, messages.defaulted(model_id, default.name))
+        usable replacement, a job that did not pick it gets the default and one that did is refused."""
         asked = self.catalog.get(model_id)
         if self.usable(asked):
             return Resolution(asked, self._warning(asked))

@@ -385,6 +385,15 @@ async def test_a_job_whose_inherited_model_left_the_catalog_runs_on_the_default(
     with pytest.raises(InvalidOptions, match="gpt-image-9-removed"):  # typed, it is still unknown
         await service.prepare(replace(job(), options=EditOptions("p", model="gpt-image-9-removed")))
 
+    # As for a new edit, the member's defaults then meet the server's rules: its models, and a default
+    # quality the model lacks fitted to one it offers (not refused).
+    await service.storage.settings.update_user_settings(ALICE, {"quality": "xhigh"})
+    fitted = await service.prepare(replace(job(), options=options))
+    assert (fitted.model.id, fitted.chosen.quality) == ("gpt-image-1.5", "high")
+    await service.storage.settings.update_guild_policy(GUILD, {"models": "ws-mini"}, actor_id=BOB)
+    allowed = await service.prepare(replace(job(), options=options))
+    assert allowed.model.id == "ws-mini"
+
 
 # -- the watchdog -----------------------------------------------------------------------------------
 

@@ -377,6 +377,13 @@ def with_(**changes: Any) -> JobDefaults:
         # A cap at high keeps members off the dearer levels GPT Image 2.5 and 2.6 add.
         (with_(quality="max"), Limits(0, "high", None, 4), with_(quality="high"), "at most **high** quality"),
         (with_(quality="xhigh"), Limits(0, "xhigh", None, 4), with_(quality="xhigh"), None),
+        # auto may come back as (and is held at) max on GPT Image 2.5/2.6: a cap at high makes it high.
+        (
+            with_(quality="auto"),
+            Limits(0, "high", None, 4),
+            with_(quality="high"),
+            "at most **high** quality",
+        ),
         (
             with_(count=4),
             Limits(0, None, None, 2),

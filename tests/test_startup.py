@@ -51,15 +51,20 @@ def problems(log: str) -> list[str]:
     return [line for line in log.splitlines() if " ERROR " in line or " CRITICAL " in line]
 
 
-async def test_a_data_dir_that_cannot_be_written_is_a_settings_problem_said_once(tmp_path: Path):
+@pytest.mark.parametrize("database", ["in DATA_DIR", "elsewhere"])
+async def test_a_data_dir_that_cannot_be_written_is_a_settings_problem_said_once(
+    tmp_path: Path, database: str
+):
+    """Also when the database is not in it: job files and the salt live there too."""
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
-    code, log = await run_bot(tmp_path, DATA_DIR=str(blocked / "data"))
+    elsewhere = {"DATABASE_URL": f"sqlite:///{tmp_path}/other.sqlite3"} if database == "elsewhere" else {}
+    code, log = await run_bot(tmp_path, DATA_DIR=str(blocked / "data"), **elsewhere)
 
     assert code == 2, log
     assert "Traceback" not in log
     [line] = problems(log)
-    assert "cannot use" in line and "DATA_DIR" in line
+    assert "cannot write to DATA_DIR" in line
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])

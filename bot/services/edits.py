@@ -265,6 +265,8 @@ class EditService:
         chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
         model = resolution.model
+        if _gone_inherited(job.options, self.catalog):  # Edit again, Retry: say why the model changed
+            notices = (messages.defaulted(str(job.options.model), model.name), *notices)
         self._check_options(model, chosen, job)
         # No credits and no allowance due, or no budget left: say so before downloading anything.
         await self.policy.precheck(job)
@@ -456,7 +458,7 @@ class EditService:
         """Merge command options over the user's/guild's defaults (command options always win)."""
         d = await self._defaults(guild_id, user_id)
         return JobDefaults(
-            model=options.model or d.model,
+            model=d.model if _gone_inherited(options, self.catalog) else options.model or d.model,
             quality=options.quality or d.quality,
             size=options.size or d.size,
             background=options.background or d.background,
@@ -536,6 +538,12 @@ class EditService:
         rows, cols = require_picked_area(spec)
         region = await asyncio.to_thread(imaging.grid_region, size, rows, cols, spec.cells)
         return await asyncio.to_thread(imaging.mask_from_region, region, invert=spec.invert)
+
+
+def _gone_inherited(options: EditOptions, catalog: Catalog) -> bool:
+    """An earlier job's model, not the member's pick (Edit again, Retry), that the operator's catalog no
+    longer has: the member's defaults decide instead, with the server's rules, as for a new edit."""
+    return options.model_is_default and options.model is not None and options.model not in catalog.models
 
 
 def require_picked_area(spec: MaskSpec) -> tuple[int, int]:

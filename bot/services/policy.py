@@ -219,7 +219,11 @@ def clamp(
         )
         chosen = replace(chosen, model=allowed[0])
     cap = limits.max_quality
-    if cap is not None and QUALITY_RANK.get(chosen.quality, 0) > QUALITY_RANK[cap]:
+    # `auto` lets the model choose, and on GPT Image 2.5 and 2.6 it may choose (and is held at) xhigh or
+    # max: under any cap it becomes the cap itself.
+    if cap is not None and (
+        QUALITY_RANK.get(chosen.quality, 0) > QUALITY_RANK[cap] or chosen.quality == "auto"
+    ):
         notices.append(messages.role_quality(cap, chosen.quality))
         chosen = replace(chosen, quality=cap)
     if chosen.count > limits.max_images:

@@ -166,7 +166,7 @@ class Settings:
 
     async def pending_model_notices(self, user_id: int) -> PendingNotices:
         """The member's model notices, oldest first, left in place: a job shows them, and takes them
-        (`take_model_notices(through=...)`) only once it is accepted, so a refused one loses none."""
+        (`take_model_notices(only=...)`) only once it is accepted, so a refused one loses none."""
         rows = await self._db.all(
             "SELECT rowid, notice, created_at FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
         )
