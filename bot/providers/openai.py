@@ -80,6 +80,9 @@ LIST_TIMEOUT = 30.0  # the whole model listing, retries included: discovery must
 
 _SAFETY_CODES = frozenset({"moderation_blocked", "content_policy_violation"})
 _QUOTA = "insufficient_quota"
+# The account's spending limit or billing, answered as a 400 `invalid_request_error`: the operator
+# must act, and another provider may still serve the job.
+_BILLING_CODES = frozenset({"billing_hard_limit_reached", "billing_not_active"})
 # API keys (`sk-...`, `sk-proj-...`, also the masked `sk-abc***wxyz` form in 401 messages).
 _KEY_PATTERN = re.compile(r"\bsk-[A-Za-z0-9_\-*]+")
 
@@ -162,6 +165,8 @@ def classify_openai_error(
         details = error.get("moderation_details")
         stage = details.get("moderation_stage") if isinstance(details, dict) else None
         return ProviderRejected(summary, accepted=stage == "output", **kw)
+    if code in _BILLING_CODES:  # the operator's account, not the member's input (400 or 429)
+        return ServiceUnavailable(summary, **kw)
     if status == 429:
         if _QUOTA in (code, err_type):
             return ServiceUnavailable(summary, **kw)
@@ -268,7 +273,7 @@ def _int(value: object) -> int:
 
 
 def parse_usage(raw: object) -> Usage | None:
-    """Map OpenAI `usage` to `Usage`; None when absent.
+    """Map OpenAI `usage` to `Usage`; None when absent or when it shows no image output tokens.
 
     When `input_tokens_details` is missing all `input_tokens` are counted as image tokens, and
     when `output_tokens_details` is missing all `output_tokens` are counted as image tokens: image
@@ -284,10 +289,16 @@ def parse_usage(raw: object) -> Usage | None:
     else:
         input_text, input_image = 0, _int(raw.get("input_tokens"))
     if isinstance(out_details, dict):
-        output_image = _int(out_details.get("image_tokens"))
         output_text = _int(out_details.get("text_tokens"))
+        output_image = _int(out_details.get("image_tokens")) or max(
+            0, _int(raw.get("output_tokens")) - output_text
+        )
     else:
         output_image, output_text = _int(raw.get("output_tokens")), 0
+    if not output_image:
+        # An edit always bills image output: a usage that shows none cannot be priced from (it would
+        # charge nothing), so the job is charged the list price instead.
+        return None
     return Usage(
         input_text_tokens=input_text,
         input_image_tokens=input_image,

@@ -579,6 +579,8 @@ def body(type_: str | None, code: str | None, message: str = "m", **extra: objec
         (400, body("invalid_request_error", "content_policy_violation"), {}, ProviderRejected, False),
         (400, body("invalid_request_error", "invalid_image_file"), {}, InvalidInput, False),
         (400, b"<html>Bad Request</html>", {}, InvalidInput, False),
+        # The account's spending limit: the operator's to fix, and another provider may serve the job.
+        (400, body("invalid_request_error", "billing_hard_limit_reached"), {}, ServiceUnavailable, False),
         (401, body("invalid_request_error", "invalid_api_key"), {}, ServiceUnavailable, False),
         (403, body("invalid_request_error", None), {}, ServiceUnavailable, False),
         (404, body("invalid_request_error", "model_not_found"), {}, ModelGone, False),
@@ -641,8 +643,14 @@ def test_classify_truncates_long_messages_and_masks_keys() -> None:
             Usage(50, 650, 1190, 10),
         ),
         ({"input_tokens": 700, "output_tokens": 1200}, Usage(0, 700, 1200, 0)),
-        ({"input_tokens_details": {"text_tokens": 5}}, Usage(5, 0, 0, 0)),
-        ({"input_tokens": "many", "output_tokens": -3}, Usage(0, 0, 0, 0)),
+        # Details without image_tokens: the output tokens that are not text are the image's.
+        ({"output_tokens": 1200, "output_tokens_details": {"text_tokens": 10}}, Usage(0, 0, 1190, 10)),
+        # No image output to be read: not priced from tokens at all (it would charge nothing), so
+        # the job is charged the list price. These once came back as zero-token usages.
+        ({"input_tokens_details": {"text_tokens": 5}}, None),
+        ({"input_tokens": "many", "output_tokens": -3}, None),
+        ({}, None),
+        ({"input_tokens": 700.0, "output_tokens": 1200.0}, None),
     ],
 )
 def test_parse_usage(raw: object, expected: Usage | None) -> None:
