@@ -79,6 +79,8 @@ DECREASE_FACTOR = 0.5  # the cut on a 429, once per round of calls
 REMEMBER_REFUSAL_SECONDS = 300.0  # how long the level that drew a 429 caps growth before probing again
 BACKOFF_SECONDS = 1.0  # pause after a 429 without Retry-After; doubles per cut without a success between
 BACKOFF_CAP_SECONDS = 30.0
+# The least wait after a 429 that came with a Retry-After, as a fraction of the backoff without one.
+RETRY_AFTER_FLOOR = 0.25
 RETRY_MIN_WINDOW = 30.0  # a call sent again after a 429 needs this long before its deadline
 
 QUEUE_FEEDBACK_MIN_SECONDS = 5.0  # one waiting job's line is edited at most this often
@@ -160,6 +162,11 @@ class SlotSource(Protocol):
 
     async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None: ...
     async def give(self, provider: str, slot: int) -> None: ...
+
+
+def _busy(provider: str, why: str, retry_after: float | None) -> perr.RateLimited:
+    """The limiter's own refusal: nothing was sent, so another provider may take the job."""
+    return perr.RateLimited(f"{provider}: {why}", provider=provider, retry_after=retry_after, accepted=False)
 
 
 class ProviderLimiter:
@@ -271,7 +278,7 @@ class ProviderLimiter:
         again while the wait leaves `RETRY_MIN_WINDOW` before `deadline`, else raise the 429."""
         state = self._state(provider)
         while True:
-            epoch, full = await self._acquire(state)
+            epoch, full = await self._acquire(provider, state, deadline)
             slot: int | None = None
             try:
                 slot = await self._fleet_slot(provider, state)
@@ -316,28 +323,42 @@ class ProviderLimiter:
         finally:
             state.slot_waits -= 1
 
-    async def _acquire(self, state: _Provider) -> tuple[int, bool]:
+    async def _acquire(self, provider: str, state: _Provider, deadline: float | None) -> tuple[int, bool]:
         """Wait for the pause to end and a free slot; take it. Returns the epoch it was taken in and
-        whether it took the last free slot (the limit was in use)."""
+        whether it took the last free slot (the limit was in use).
+
+        A wait that would leave less than RETRY_MIN_WINDOW before `deadline` is not waited: nothing was
+        sent, so a `RateLimited` (not accepted) lets routing try the next provider at once, where the
+        job would otherwise sit out this provider's pause or queue and time out unsent."""
         while True:
             now = self._clock()
             if state.paused_until > now:
+                if deadline is not None and state.paused_until + RETRY_MIN_WINDOW > deadline:
+                    raise _busy(provider, "paused after a 429", state.paused_until - now)
                 await self._sleep(state.paused_until - now)
                 continue
             if state.in_flight < state.allowed:
                 state.in_flight += 1
                 state.sent_since_cut += 1
                 return state.epoch, state.in_flight >= state.allowed
-            waiter = asyncio.get_running_loop().create_future()
-            state.waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in state.waiters:
-                    state.waiters.remove(waiter)
-                else:  # woken, then cancelled: pass the free slot on
-                    self._wake(state)
-                raise
+            await self._wait_for_slot(provider, state, deadline)
+
+    async def _wait_for_slot(self, provider: str, state: _Provider, deadline: float | None) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        state.waiters.append(waiter)
+        left = None if deadline is None else deadline - RETRY_MIN_WINDOW - self._clock()
+        try:
+            if left is not None and left <= 0:
+                raise TimeoutError
+            await asyncio.wait_for(asyncio.shield(waiter), left)
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            if waiter in state.waiters:
+                state.waiters.remove(waiter)
+            else:  # woken, then given up: pass the free slot on
+                self._wake(state)
+            if isinstance(exc, TimeoutError):
+                raise _busy(provider, "no free slot", None) from None
+            raise
 
     def _wake(self, state: _Provider) -> None:
         """Let waiters re-check (oldest first) for as many slots as are free."""
@@ -385,10 +406,13 @@ class ProviderLimiter:
                 state.limit = max(1.0, min(state.limit * DECREASE_FACTOR, below))
             else:
                 state.limit = max(1.0, min(state.limit, below))
+        backoff = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** max(0, state.backoff_level - 1))
         if retry_after is not None and retry_after >= 0:
-            wait = retry_after
+            # The provider's hint, but never less than a floor that doubles like the backoff: a hint of
+            # 0 (or a reset time already past) would otherwise have the call sent again in a tight loop.
+            wait = max(retry_after, backoff * RETRY_AFTER_FLOOR)
         else:
-            wait = min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** max(0, state.backoff_level - 1))
+            wait = backoff
         state.paused_until = max(state.paused_until, now + wait)
         if state.allowed != before:
             log.warning(

@@ -13,6 +13,8 @@ import pytest
 
 from bot.concurrency import (
     BACKOFF_SECONDS,
+    RETRY_AFTER_FLOOR,
+    RETRY_MIN_WINDOW,
     START_CONCURRENCY,
     FairTurns,
     FeedbackThrottle,
@@ -378,6 +380,63 @@ async def test_a_429_whose_wait_outlasts_the_deadline_is_raised_for_routing_to_g
         await lim.call("p", refused, deadline=time.now + 300)
 
     assert sends == 1 and time.slept == []
+
+
+async def test_a_retry_after_of_zero_is_waited_at_least_a_floor_that_doubles() -> None:
+    """`Retry-After: 0` (or a reset time already past) would have the call sent again in a tight loop."""
+    time = FakeTime()
+    lim = limiter(8, 8, time)
+    refusals = 3
+
+    async def busy() -> str:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise rate_limited(retry_after=0.0)
+        return "ok"
+
+    assert await lim.call("p", busy, deadline=time.now + 600) == "ok"
+
+    floor = RETRY_AFTER_FLOOR * BACKOFF_SECONDS
+    assert time.slept == [floor, 2 * floor, 4 * floor]
+
+
+async def test_a_call_that_cannot_outwait_a_pause_before_its_deadline_is_refused_unsent() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+
+    async def refused() -> str:
+        raise rate_limited(retry_after=120.0)
+
+    async def never() -> str:
+        raise AssertionError("sent during the pause")
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now + 100)  # its own 429: 120 s is past its deadline
+    with pytest.raises(perr.RateLimited) as info:
+        await lim.call("p", never, deadline=time.now + 100)  # a new call: not left to sit it out
+
+    assert info.value.accepted is False and info.value.retryable_elsewhere
+    assert time.slept == []
+
+
+async def test_a_call_that_cannot_get_a_slot_before_its_deadline_is_refused_unsent_for_another_route() -> (
+    None
+):
+    time = FakeTime()
+    lim = limiter(1, 1, time)
+    calls = HeldCalls()
+    holding = calls.send(lim, 1)
+    await settle(lambda: calls.started == 1)
+
+    with pytest.raises(perr.RateLimited) as info:  # 0.05 s of its deadline left past the retry window
+        await lim.call("p", calls.held, deadline=time.now + RETRY_MIN_WINDOW + 0.05)
+
+    assert info.value.accepted is False and calls.started == 1
+    assert lim.snapshot()["p"].in_flight == 1  # nothing leaked: the held call's slot only
+    calls.gate.set()
+    assert await asyncio.gather(*holding) == ["ok"]
+    assert await lim.call("p", calls.held, deadline=time.now + 600) == "ok"
 
 
 async def test_a_429_the_provider_may_have_accepted_is_never_sent_again() -> None:
