@@ -462,6 +462,25 @@ def test_a_resellers_from_price_is_the_least_each_image_is_held_and_charged(
     assert charge_usd(entry, openai, made, req) == 2 * entry.image_price("low", "1024x1024")
 
 
+@pytest.mark.parametrize("shape", [(1920, 1080), (1080, 1920), (1000, 1000), (1500, 1000)])
+@pytest.mark.parametrize("quality", ["low", "high", "auto"])
+def test_an_auto_size_is_held_at_the_dearest_size_a_route_without_auto_may_turn_it_into(
+    shape: tuple[int, int], quality: str
+) -> None:
+    """Atlas's gpt-image-2 takes no `auto` size: a wide image becomes 2048x1152 there, priced by its
+    area at 2.25 times the square price, above the model's own `auto` (dearest standard size) price."""
+    entry = load_catalog().get("gpt-image-2")
+    atlas = next(r for r in entry.routes if r.provider == "atlascloud" and r.price is None)
+    photo_of_shape = InputImage(PNG, "image/png", *shape)
+    req = request(images=(photo_of_shape,), quality=quality, size="auto")
+    adapted = adapt(req, atlas)
+    made = EditResult((OutputImage(PNG, "png"),), "atlascloud", None, adapted.size)
+
+    assert route_reserve_usd(entry, atlas, Needs.of(req), prompt="p") >= charge_usd(
+        entry, atlas, made, adapted
+    )
+
+
 def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:
     entry = load_catalog().get("gpt-image-2")
     by = {(r.provider, r.model): r for r in entry.routes}

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
 from bot.domain.options import HasOutputOptions, output_options, parse_size
@@ -163,8 +164,9 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
     if route.price is not None:
         return route.price * needs.count
     per_call = needs.count if route.n else 1
+    size = held_size(model, route, needs.quality, needs.size)
     one = reserve_usd(
-        model, quality=needs.quality, size=needs.size, count=per_call, n_inputs=needs.images, prompt=prompt
+        model, quality=needs.quality, size=size, count=per_call, n_inputs=needs.images, prompt=prompt
     )
     one = _at_least(route, one, per_call)
     return one if route.n else one * needs.count
@@ -175,10 +177,28 @@ def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size
     with none): what "up to" means in the prices members are shown. A flat route charges its price,
     a list-priced one the list price, never below its `min_price`."""
     prices = [
-        route.price if route.price is not None else _at_least(route, model.image_price(quality, size), 1)
+        route.price
+        if route.price is not None
+        else _at_least(route, model.image_price(quality, held_size(model, route, quality, size)), 1)
         for route in routes
     ]
     return max(prices, default=model.image_price(quality, size))
+
+
+def held_size(model: ModelEntry, route: Route, quality: str, size: str) -> str:
+    """The size a job's `size` is priced at on `route` before its images are seen: itself, except an
+    `auto` the route cannot leave to the service, which becomes the nearest shape the route has
+    (`adapt`), so the dearest size that can be (on Atlas, 2048x1152 for a wide image: 2.25 times the
+    square price, where the model's `auto` price is its dearest standard size)."""
+    if size != AUTO or AUTO in route.sizes:
+        return size
+    # `nearest_size` takes the first size of each shape, so only those can come of it.
+    shapes: dict[Fraction, str] = {}
+    for concrete in (s for s in route.sizes if s != AUTO):
+        width, height = (int(v) for v in concrete.split("x"))
+        shapes.setdefault(Fraction(width, height), concrete)
+    reachable = [*shapes.values(), AUTO]
+    return max(reachable, key=lambda s: model.image_price(quality, s))
 
 
 def _at_least(route: Route, usd: Decimal, images: int) -> Decimal:
