@@ -502,6 +502,25 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
     assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
 
 
+async def test_a_cancel_is_charged_while_one_of_several_calls_is_out_though_another_was_refused(
+    make: Factory, openai: FakeOpenAI
+):
+    """Two images on a route without `n` are two calls at once: one refused unworked (401) does not
+    take back the other, still at the provider and billed."""
+    service, _ = await make()
+    openai.fail_next(Fault.HANG)
+    openai.fail_next(Fault.UNAUTHORIZED)
+    prepared = await service.prepare(
+        replace(job(), options=EditOptions("two", model="gpt-image-1.5", count=2))
+    )
+    job_id = (await service.submit(prepared)).job_id
+    await until(lambda: openai.post_count == 2)
+    await until(lambda: any(r.status == 401 for r in openai.requests))
+    said = await service.cancel(job_id, actor_id=ALICE, can_manage=False)
+    assert said.cancelled and said.charged > 0
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
 async def test_a_moderators_stop_of_a_sent_call_is_free_to_the_member_but_counts_against_the_budgets(
     make: Factory, openai: FakeOpenAI
 ):

@@ -72,7 +72,9 @@ class ActiveJob:
     task: asyncio.Task[None] | None = None
     provider: str | None = None
     submitted: list[str] = field(default_factory=list)
-    calling: bool = False  # a paid call is out at `provider` (set by the router's on_call)
+    # Paid calls sent to `provider` and not refused unworked (the router's on_call): a count, since a
+    # job of several images on a route without `n` has several out at once.
+    calling: int = 0
     clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result

@@ -92,7 +92,8 @@ class ProviderRun(EngineCore):
 
         def calling(route: Route, sent: bool) -> None:
             # A paid call is out: from here a cancel is charged (the provider bills what it started).
-            job.calling = sent
+            # One refused unworked takes back only itself, not a sibling call still at the provider.
+            job.calling = job.calling + 1 if sent else max(0, job.calling - 1)
 
         while True:
             call = self.router.run(
@@ -212,7 +213,7 @@ class ProviderRun(EngineCore):
                 elapsed = max(0, int((self.storage.now() - begun).total_seconds()))
                 text = messages.editing(model.name, elapsed)
                 await self._update(
-                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted) or job.calling)
+                    job, JobStatus(job.id, "running", text, True, accepted=bool(job.submitted or job.calling))
                 )
                 done, _ = await asyncio.wait(
                     {task, aborted}, timeout=PROGRESS_TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
