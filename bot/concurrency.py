@@ -435,6 +435,10 @@ class ProviderLimiter:
         return state
 
 
+# POSTs to a provider's host that are not edit calls (OpenAI's moderation, the free safety check).
+NOT_EDIT_PATHS = ("/moderations",)
+
+
 class RateLimitWatch:
     """Every 429 a provider answers on the shared HTTP session, seen as it arrives (an aiohttp trace).
 
@@ -474,6 +478,8 @@ class RateLimitWatch:
         the HTTP helper's own retries handle, not about calls at once."""
         if status != 429 or method.upper() != "POST" or self._limiter is None:
             return
+        if urlsplit(url).path.rstrip("/").endswith(NOT_EDIT_PATHS):
+            return  # the free safety check: its own rate limit says nothing about edits at once
         provider = self._origins.get(_origin(url))
         if provider is not None:
             self._limiter.observe_refusal(provider, parse_retry_after(headers))

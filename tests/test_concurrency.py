@@ -530,6 +530,8 @@ def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> 
     watch.seen("POST", edits, 200, {})
     watch.seen("GET", "https://api.openai.com/v1/models", 429, {"retry-after": "9"})  # a check, not a call
     watch.seen("POST", "https://discord.com/api/v10/interactions", 429, {"retry-after": "9"})
+    # The free safety check's own limit: nothing about edits at once.
+    watch.seen("POST", "https://api.openai.com/v1/moderations", 429, {"retry-after": "20"})
     assert lim.snapshot()["openai"].paused_for == 0
     watch.seen("POST", edits, 429, {"retry-after-ms": "2500"})
     watch.seen("POST", "https://workflows-api.segmind.com/upload-asset", 429, {})
