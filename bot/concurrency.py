@@ -164,11 +164,6 @@ class SlotSource(Protocol):
     async def give(self, provider: str, slot: int) -> None: ...
 
 
-def _busy(provider: str, why: str, retry_after: float | None) -> perr.RateLimited:
-    """The limiter's own refusal: nothing was sent, so another provider may take the job."""
-    return perr.RateLimited(f"{provider}: {why}", provider=provider, retry_after=retry_after, accepted=False)
-
-
 class ProviderLimiter:
     """Adaptive per-provider limits on calls in flight (see the module docstring).
 
@@ -334,7 +329,7 @@ class ProviderLimiter:
             now = self._clock()
             if state.paused_until > now:
                 if deadline is not None and state.paused_until + RETRY_MIN_WINDOW > deadline:
-                    raise _busy(provider, "paused after a 429", state.paused_until - now)
+                    raise perr.unsent_rate_limit(provider, "paused after a 429", state.paused_until - now)
                 await self._sleep(state.paused_until - now)
                 continue
             if state.in_flight < state.allowed:
@@ -357,7 +352,7 @@ class ProviderLimiter:
             else:  # woken, then given up: pass the free slot on
                 self._wake(state)
             if isinstance(exc, TimeoutError):
-                raise _busy(provider, "no free slot", None) from None
+                raise perr.unsent_rate_limit(provider, "no free slot", None) from None
             raise
 
     def _wake(self, state: _Provider) -> None:

@@ -462,23 +462,31 @@ def test_a_resellers_from_price_is_the_least_each_image_is_held_and_charged(
     assert charge_usd(entry, openai, made, req) == 2 * entry.image_price("low", "1024x1024")
 
 
+LARGE_ONLY = Route("atlascloud", "openai/gpt-image-2/edit", sizes=("2048x2048", "2048x1152", "1152x2048"))
+
+
 @pytest.mark.parametrize("shape", [(1920, 1080), (1080, 1920), (1000, 1000), (1500, 1000)])
 @pytest.mark.parametrize("quality", ["low", "high", "auto"])
+@pytest.mark.parametrize("sizes", ["atlas", "large only"])
 def test_an_auto_size_is_held_at_the_dearest_size_a_route_without_auto_may_turn_it_into(
-    shape: tuple[int, int], quality: str
+    shape: tuple[int, int], quality: str, sizes: str
 ) -> None:
-    """Atlas's gpt-image-2 takes no `auto` size: a wide image becomes 2048x1152 there, priced by its
-    area at 2.25 times the square price, above the model's own `auto` (dearest standard size) price."""
+    """A route that takes no `auto` size gets the nearest of its standard sizes (Atlas: a 16:9 photo
+    becomes 1536x1024, as OpenAI's own `auto` would choose among those, not 2048x1152); a route with
+    only large sizes gets the nearest of those, priced by area, and is held at the dearest of them."""
     entry = load_catalog().get("gpt-image-2")
     atlas = next(r for r in entry.routes if r.provider == "atlascloud" and r.price is None)
+    route = atlas if sizes == "atlas" else LARGE_ONLY
     photo_of_shape = InputImage(PNG, "image/png", *shape)
     req = request(images=(photo_of_shape,), quality=quality, size="auto")
-    adapted = adapt(req, atlas)
+    adapted = adapt(req, route)
     made = EditResult((OutputImage(PNG, "png"),), "atlascloud", None, adapted.size)
 
-    assert route_reserve_usd(entry, atlas, Needs.of(req), prompt="p") >= charge_usd(
-        entry, atlas, made, adapted
+    assert route_reserve_usd(entry, route, Needs.of(req), prompt="p") >= charge_usd(
+        entry, route, made, adapted
     )
+    if route is atlas:
+        assert adapted.size in ("1024x1024", "1536x1024", "1024x1536")
 
 
 def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:

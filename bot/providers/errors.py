@@ -70,6 +70,12 @@ class RateLimited(ProviderError):
         self.retry_after = retry_after
 
 
+def unsent_rate_limit(provider: str, why: str, retry_after: float | None = None) -> RateLimited:
+    """The limiter's own refusal of a call it did not send (bot.concurrency): nothing reached the
+    provider, so another one may take the job."""
+    return RateLimited(f"{provider}: {why}", provider=provider, retry_after=retry_after, accepted=False)
+
+
 class ServerError(ProviderError):
     """5xx or an unusable response from the provider."""
 

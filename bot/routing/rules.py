@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
-from bot.domain.options import HasOutputOptions, output_options, parse_size
+from bot.domain.options import SIZES, HasOutputOptions, output_options, parse_size
 from bot.providers.base import EditRequest, EditResult
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def adapt(request: EditRequest, route: Route) -> EditRequest:
     changes: dict[str, object] = {"model": route.model}
     if request.size == AUTO and AUTO not in route.sizes and request.images:
         first = request.images[0]
-        changes["size"] = nearest_size(route.sizes, first.width, first.height)
+        changes["size"] = nearest_size(_auto_sizes(route), first.width, first.height)
     if request.quality == AUTO and AUTO not in route.qualities:
         changes["quality"] = auto_quality(route)
     return replace(request, **changes)  # type: ignore[arg-type]
@@ -185,16 +185,23 @@ def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size
     return max(prices, default=model.image_price(quality, size))
 
 
+def _auto_sizes(route: Route) -> list[str]:
+    """What `auto` size may become on a route that cannot leave it to the service: its standard sizes
+    (1024x1024, 1536x1024, 1024x1536: what OpenAI's own `auto` picks from, and what `auto` is priced
+    at), or, on a route with none of those, every size it has."""
+    standard = [s for s in route.sizes if s in SIZES and s != AUTO]
+    return standard or [s for s in route.sizes if s != AUTO]
+
+
 def held_size(model: ModelEntry, route: Route, quality: str, size: str) -> str:
     """The size a job's `size` is priced at on `route` before its images are seen: itself, except an
-    `auto` the route cannot leave to the service, which becomes the nearest shape the route has
-    (`adapt`), so the dearest size that can be (on Atlas, 2048x1152 for a wide image: 2.25 times the
-    square price, where the model's `auto` price is its dearest standard size)."""
+    `auto` the route cannot leave to the service, which is held at the dearest size `adapt` may turn it
+    into (on a route whose sizes are all large, such as 2048x1152, above the model's `auto` price)."""
     if size != AUTO or AUTO in route.sizes:
         return size
     # `nearest_size` takes the first size of each shape, so only those can come of it.
     shapes: dict[Fraction, str] = {}
-    for concrete in (s for s in route.sizes if s != AUTO):
+    for concrete in _auto_sizes(route):
         width, height = (int(v) for v in concrete.split("x"))
         shapes.setdefault(Fraction(width, height), concrete)
     reachable = [*shapes.values(), AUTO]
