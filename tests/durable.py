@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -119,14 +119,24 @@ def assert_books_balance(data_dir: Path) -> None:
             assert held == live, (guild_id, user_id, held, live)
 
 
-def control(message: FakeMessage, action: str) -> str | None:
-    """The custom id of a job button (`cancel`, `again`, `retry`, `delete`) on `message`."""
+def component_id(message: FakeMessage, matches: Callable[[str], bool]) -> str | None:
+    """The custom id of the first component on `message` whose custom id `matches`."""
     for row in message.components:
         for component in row.get("components", []):
             custom_id = str(component.get("custom_id", ""))
-            if custom_id.startswith("retouch:job:") and custom_id.endswith(f":{action}"):
+            if matches(custom_id):
                 return custom_id
     return None
+
+
+def control(message: FakeMessage, action: str) -> str | None:
+    """The custom id of a job button (`cancel`, `again`, `retry`, `delete`) on `message`."""
+    return component_id(message, lambda c: c.startswith("retouch:job:") and c.endswith(f":{action}"))
+
+
+def undo_button(message: FakeMessage) -> str | None:
+    """The custom id of the Undo button on `message` (a result that continues an earlier one)."""
+    return component_id(message, lambda c: c.startswith("retouch:undo:"))
 
 
 def results(messages: list[FakeMessage]) -> list[FakeMessage]:

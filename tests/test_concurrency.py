@@ -348,7 +348,17 @@ async def test_new_calls_wait_out_the_pause_of_a_429() -> None:
     assert sent_at[0] >= paused_at + 12.0
 
 
-async def test_a_429_without_retry_after_backs_off_and_doubles_per_cut_without_a_success() -> None:
+@pytest.mark.parametrize(
+    ("retry_after", "first_wait"),
+    [
+        (None, BACKOFF_SECONDS),
+        # `Retry-After: 0` (or a reset time already past): a floor that doubles, not a tight loop.
+        (0.0, RETRY_AFTER_FLOOR * BACKOFF_SECONDS),
+    ],
+)
+async def test_a_429_without_a_usable_retry_after_backs_off_and_doubles_per_cut_without_a_success(
+    retry_after: float | None, first_wait: float
+) -> None:
     time = FakeTime()
     lim = limiter(8, 8, time)
     refusals = 3
@@ -357,12 +367,12 @@ async def test_a_429_without_retry_after_backs_off_and_doubles_per_cut_without_a
         nonlocal refusals
         if refusals:
             refusals -= 1
-            raise rate_limited(None)
+            raise rate_limited(retry_after)
         return "ok"
 
     assert await lim.call("p", busy, deadline=time.now + 600) == "ok"
 
-    assert time.slept == [BACKOFF_SECONDS, 2 * BACKOFF_SECONDS, 4 * BACKOFF_SECONDS]
+    assert time.slept == [first_wait, 2 * first_wait, 4 * first_wait]
     assert lim.limit("p") == 1  # 8 -> 4 -> 2 -> 1, then below the level that drew the 429
 
 
@@ -380,25 +390,6 @@ async def test_a_429_whose_wait_outlasts_the_deadline_is_raised_for_routing_to_g
         await lim.call("p", refused, deadline=time.now + 300)
 
     assert sends == 1 and time.slept == []
-
-
-async def test_a_retry_after_of_zero_is_waited_at_least_a_floor_that_doubles() -> None:
-    """`Retry-After: 0` (or a reset time already past) would have the call sent again in a tight loop."""
-    time = FakeTime()
-    lim = limiter(8, 8, time)
-    refusals = 3
-
-    async def busy() -> str:
-        nonlocal refusals
-        if refusals:
-            refusals -= 1
-            raise rate_limited(retry_after=0.0)
-        return "ok"
-
-    assert await lim.call("p", busy, deadline=time.now + 600) == "ok"
-
-    floor = RETRY_AFTER_FLOOR * BACKOFF_SECONDS
-    assert time.slept == [floor, 2 * floor, 4 * floor]
 
 
 async def test_a_call_that_cannot_outwait_a_pause_before_its_deadline_is_refused_unsent() -> None:

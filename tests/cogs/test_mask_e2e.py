@@ -18,6 +18,7 @@ from PIL import Image, ImageChops, ImageDraw
 from bot.catalog import Catalog
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
+from tests.durable import undo_button
 from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
@@ -519,14 +520,6 @@ async def test_every_cell_picked_is_refused_on_the_picker_which_stays_open(
         assert fields(preview)["Area"] == ("11% of the image" if invert else "89% of the image")
 
 
-def undo_control(message: FakeMessage) -> str | None:
-    for row in message.components:
-        for component in row.get("components", []):
-            if str(component.get("custom_id", "")).startswith("retouch:undo:"):
-                return str(component["custom_id"])
-    return None
-
-
 @pytest.mark.parametrize("skip_preview", [False, True])
 async def test_edit_image_menu_with_mask_on_a_result_continues_its_history(world: World, skip_preview: bool):
     it = await mask_command(world, box_mask())
@@ -551,7 +544,7 @@ async def test_edit_image_menu_with_mask_on_a_result_continues_its_history(world
     job_id = second.embeds[0]["footer"]["text"].split()[-1]
     job = await world.services.storage.jobs.get_job(job_id)
     assert job is not None and job.origin_message_id == first.id  # as the menu without a mask does
-    undo = undo_control(second)
+    undo = undo_button(second)
     assert undo is not None
     await world.fake.click(world.user, second, undo)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.catalogs import catalog, model, tiered
-from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
+from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -428,14 +428,6 @@ async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
 
 
 # -- 4. edit history --------------------------------------------------------------------------------
-
-
-def undo_button(message: FakeMessage) -> str | None:
-    for row in message.components:
-        for component in row.get("components", []):
-            if str(component.get("custom_id", "")).startswith("retouch:undo:"):
-                return str(component["custom_id"])
-    return None
 
 
 def downloads(world: World, message: FakeMessage) -> int:

@@ -12,8 +12,17 @@ from typing import Any
 
 from bot.catalog import Catalog
 from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
-from tests.cogs.test_members_e2e import edit_again, undo_button
-from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, results
+from tests.cogs.test_members_e2e import edit_again
+from tests.durable import (
+    CATALOG,
+    PHOTO,
+    assert_books_balance,
+    component_id,
+    control,
+    jobs,
+    results,
+    undo_button,
+)
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -335,11 +344,7 @@ async def test_run_edit_on_a_mask_preview_uses_the_members_roles_at_the_click(
 
 
 def mask_control(message: FakeMessage) -> str | None:
-    for row in message.components:
-        for component in row.get("components", []):
-            if str(component.get("custom_id", "")).endswith(":run"):
-                return str(component["custom_id"])
-    return None
+    return component_id(message, lambda c: c.endswith(":run"))
 
 
 async def test_edit_again_sent_twice_for_the_same_result_starts_one_job(
