@@ -267,13 +267,23 @@ class ProviderLimiter:
     # -- calling -------------------------------------------------------------------------------------
 
     async def call(
-        self, provider: str, send: Callable[[], Awaitable[T]], *, deadline: float | None = None
+        self,
+        provider: str,
+        send: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+        may_go_elsewhere: bool = True,
     ) -> T:
         """Run `send()` within `provider`'s limit; after a 429 the provider did not accept, wait and send
-        again while the wait leaves `RETRY_MIN_WINDOW` before `deadline`, else raise the 429."""
+        again while the wait leaves `RETRY_MIN_WINDOW` before `deadline`, else raise the 429.
+
+        `may_go_elsewhere`: the job can still go to another provider, so a call that cannot get past a
+        pause or get a slot in time is refused unsent. False for a job a provider already has (its
+        polls after a restart): those wait their turn, since nothing else can finish that job."""
         state = self._state(provider)
+        refuse_after = deadline if may_go_elsewhere else None
         while True:
-            epoch, full = await self._acquire(provider, state, deadline)
+            epoch, full = await self._acquire(provider, state, refuse_after)
             slot: int | None = None
             try:
                 slot = await self._fleet_slot(provider, state)
@@ -329,8 +339,13 @@ class ProviderLimiter:
             now = self._clock()
             if state.paused_until > now:
                 if deadline is not None and state.paused_until + RETRY_MIN_WINDOW > deadline:
+                    self._wake(state)  # a slot this call was woken for goes to the next waiter
                     raise perr.unsent_rate_limit(provider, "paused after a 429", state.paused_until - now)
-                await self._sleep(state.paused_until - now)
+                try:
+                    await self._sleep(state.paused_until - now)
+                except asyncio.CancelledError:
+                    self._wake(state)
+                    raise
                 continue
             if state.in_flight < state.allowed:
                 state.in_flight += 1
@@ -339,21 +354,36 @@ class ProviderLimiter:
             await self._wait_for_slot(provider, state, deadline)
 
     async def _wait_for_slot(self, provider: str, state: _Provider, deadline: float | None) -> None:
-        waiter = asyncio.get_running_loop().create_future()
-        state.waiters.append(waiter)
+        """Wait to be woken for a free slot, for as long as `deadline` leaves (then refused unsent).
+
+        The waiter itself is what times out (its timer sets TimeoutError on it): a task cancelled just
+        after being woken must see its cancel, never have it swallowed and go on to send."""
+        loop = asyncio.get_running_loop()
         left = None if deadline is None else deadline - RETRY_MIN_WINDOW - self._clock()
+        if left is not None and left <= 0:
+            raise perr.unsent_rate_limit(provider, "no free slot", None)
+        waiter = loop.create_future()
+        state.waiters.append(waiter)
+
+        def expire() -> None:
+            if not waiter.done():
+                state.waiters.remove(waiter)
+                waiter.set_exception(TimeoutError())
+
+        timer = loop.call_later(left, expire) if left is not None else None
         try:
-            if left is not None and left <= 0:
-                raise TimeoutError
-            await asyncio.wait_for(asyncio.shield(waiter), left)
-        except (asyncio.CancelledError, TimeoutError) as exc:
+            await waiter
+        except TimeoutError:
+            raise perr.unsent_rate_limit(provider, "no free slot", None) from None
+        except asyncio.CancelledError:
             if waiter in state.waiters:
                 state.waiters.remove(waiter)
-            else:  # woken, then given up: pass the free slot on
+            else:  # woken, then cancelled: pass the free slot on
                 self._wake(state)
-            if isinstance(exc, TimeoutError):
-                raise perr.unsent_rate_limit(provider, "no free slot", None) from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _wake(self, state: _Provider) -> None:
         """Let waiters re-check (oldest first) for as many slots as are free."""

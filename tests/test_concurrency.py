@@ -533,6 +533,81 @@ def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> 
     assert segmind.paused_for == pytest.approx(BACKOFF_SECONDS)
 
 
+async def test_a_call_cancelled_just_after_it_was_woken_for_a_slot_is_cancelled_and_never_sent() -> None:
+    """Its cancel must not be swallowed (then the paid call would leave after the member cancelled)."""
+    time = FakeTime()
+    lim = limiter(1, 1, time)
+    calls = HeldCalls()
+    holding = calls.send(lim, 1)
+    await settle(lambda: calls.started == 1)
+    sent: list[str] = []
+
+    async def second() -> str:
+        sent.append("sent")
+        return "ok"
+
+    waiting = asyncio.ensure_future(lim.call("p", second, deadline=time.now + 600))
+    await settle(lambda: len(lim._state("p").waiters) == 1)
+    calls.gate.set()
+    await settle(lambda: not lim._state("p").waiters)  # woken, not yet resumed
+    waiting.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert sent == [] and await asyncio.gather(*holding) == ["ok"]
+    assert lim.snapshot()["p"].in_flight == 0
+
+
+async def test_a_call_woken_for_a_slot_that_then_gives_up_on_a_pause_passes_the_slot_on() -> None:
+    time = FakeTime()
+    lim = limiter(2, 2, time)
+    gate_a, gate_b = asyncio.Event(), asyncio.Event()
+
+    async def refused() -> str:
+        await gate_a.wait()
+        raise rate_limited(retry_after=60.0)
+
+    async def answered() -> str:
+        await gate_b.wait()
+        return "b"
+
+    async def sent() -> str:
+        return "sent"
+
+    a = asyncio.ensure_future(lim.call("p", refused, deadline=time.now + 50))  # too short to retry
+    b = asyncio.ensure_future(lim.call("p", answered, deadline=time.now + 600))
+    await settle(lambda: lim.snapshot()["p"].in_flight == 2)
+    hurried = asyncio.ensure_future(lim.call("p", sent, deadline=time.now + 80))  # cannot outwait 60 s
+    patient = asyncio.ensure_future(lim.call("p", sent, deadline=time.now + 600))
+    await settle(lambda: len(lim._state("p").waiters) == 2)
+    gate_a.set()
+    with pytest.raises(perr.RateLimited):
+        await a
+    gate_b.set()
+    assert await b == "b"
+
+    with pytest.raises(perr.RateLimited):
+        await hurried
+    assert await patient == "sent"  # woken in its turn, not left waiting with a slot free
+
+
+async def test_the_polls_of_a_job_a_provider_already_has_wait_out_a_pause_instead_of_being_refused() -> None:
+    """Nothing else can finish that job: refusing its poll for another provider would lose it."""
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+
+    async def refused() -> str:
+        raise rate_limited(retry_after=120.0)
+
+    async def poll() -> str:
+        return "done"
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now + 100)
+    assert await lim.call("p", poll, deadline=time.now + 100, may_go_elsewhere=False) == "done"
+    assert time.slept == [120.0]
+
+
 # -- wiring ---------------------------------------------------------------------------------------------
 
 

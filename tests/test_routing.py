@@ -510,6 +510,11 @@ def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve
 # ----------------------------------------------------------------------------- circuit breaker
 
 
+def test_the_limiters_own_refusal_says_nothing_about_a_providers_health() -> None:
+    assert _verdict(perr.unsent_rate_limit("p", "no free slot")) is None
+    assert _verdict(perr.RateLimited("429", provider="p", status=429)) is False
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

@@ -179,4 +179,6 @@ def _verdict(exc: perr.ProviderError) -> bool | None:
         return True if exc.status is not None else None
     if isinstance(exc, perr.ModelUnavailable):
         return None  # one model is missing; the provider may be fine
+    if isinstance(exc, perr.RateLimited) and exc.status is None:
+        return None  # the limiter's own refusal (bot.concurrency): nothing reached the provider
     return False

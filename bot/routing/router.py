@@ -289,8 +289,12 @@ class Router:
         adapted = replace(adapt(request, route), count=1)
 
         async def one(job_id: str) -> EditResult:
+            # The provider has the job: its polls wait their turn, never refused for another provider.
             return await self.limiter.call(
-                provider, lambda: adapter.resume(job_id, adapted), deadline=adapted.deadline
+                provider,
+                lambda: adapter.resume(job_id, adapted),
+                deadline=adapted.deadline,
+                may_go_elsewhere=False,
             )
 
         results = await self._gather(route, [one(job_id) for job_id in job_ids])
