@@ -88,6 +88,15 @@ class HeldCalls:
         return [asyncio.ensure_future(lim.call("p", self.held)) for _ in range(count)]
 
 
+async def the_only_slot_held(time: FakeTime) -> tuple[ProviderLimiter, HeldCalls, list[asyncio.Future[str]]]:
+    """A limiter of one slot, taken by a call held until `calls.gate` is set."""
+    lim = limiter(1, 1, time)
+    calls = HeldCalls()
+    holding = calls.send(lim, 1)
+    await settle(lambda: calls.started == 1)
+    return lim, calls, holding
+
+
 def rate_limited(retry_after: float | None = None) -> perr.RateLimited:
     return perr.RateLimited("429", provider="p", status=429, retry_after=retry_after, accepted=False)
 
@@ -410,15 +419,17 @@ async def test_a_call_that_cannot_outwait_a_pause_before_its_deadline_is_refused
     assert info.value.accepted is False and info.value.retryable_elsewhere
     assert time.slept == []
 
+    # The poll of a job the provider already has: nothing else can finish it, so it waits its turn.
+    async def poll() -> str:
+        return "done"
 
-async def test_a_call_that_cannot_get_a_slot_before_its_deadline_is_refused_unsent_for_another_route() -> (
-    None
-):
+    assert await lim.call("p", poll, deadline=time.now + 100, may_go_elsewhere=False) == "done"
+    assert time.slept == [120.0]
+
+
+async def test_a_call_that_cannot_get_a_slot_before_its_deadline_is_refused_unsent() -> None:
     time = FakeTime()
-    lim = limiter(1, 1, time)
-    calls = HeldCalls()
-    holding = calls.send(lim, 1)
-    await settle(lambda: calls.started == 1)
+    lim, calls, holding = await the_only_slot_held(time)
 
     with pytest.raises(perr.RateLimited) as info:  # 0.05 s of its deadline left past the retry window
         await lim.call("p", calls.held, deadline=time.now + RETRY_MIN_WINDOW + 0.05)
@@ -536,10 +547,7 @@ def test_the_watch_hands_429s_to_posts_on_a_providers_hosts_to_the_limiter() -> 
 async def test_a_call_cancelled_just_after_it_was_woken_for_a_slot_is_cancelled_and_never_sent() -> None:
     """Its cancel must not be swallowed (then the paid call would leave after the member cancelled)."""
     time = FakeTime()
-    lim = limiter(1, 1, time)
-    calls = HeldCalls()
-    holding = calls.send(lim, 1)
-    await settle(lambda: calls.started == 1)
+    lim, calls, holding = await the_only_slot_held(time)
     sent: list[str] = []
 
     async def second() -> str:
@@ -589,23 +597,6 @@ async def test_a_call_woken_for_a_slot_that_then_gives_up_on_a_pause_passes_the_
     with pytest.raises(perr.RateLimited):
         await hurried
     assert await patient == "sent"  # woken in its turn, not left waiting with a slot free
-
-
-async def test_the_polls_of_a_job_a_provider_already_has_wait_out_a_pause_instead_of_being_refused() -> None:
-    """Nothing else can finish that job: refusing its poll for another provider would lose it."""
-    time = FakeTime()
-    lim = limiter(4, 4, time)
-
-    async def refused() -> str:
-        raise rate_limited(retry_after=120.0)
-
-    async def poll() -> str:
-        return "done"
-
-    with pytest.raises(perr.RateLimited):
-        await lim.call("p", refused, deadline=time.now + 100)
-    assert await lim.call("p", poll, deadline=time.now + 100, may_go_elsewhere=False) == "done"
-    assert time.slept == [120.0]
 
 
 # -- wiring ---------------------------------------------------------------------------------------------
