@@ -8,7 +8,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
-from fractions import Fraction
 
 from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
 from bot.domain.options import SIZES, HasOutputOptions, output_options, parse_size
@@ -199,13 +198,11 @@ def held_size(model: ModelEntry, route: Route, quality: str, size: str) -> str:
     into (on a route whose sizes are all large, such as 2048x1152, above the model's `auto` price)."""
     if size != AUTO or AUTO in route.sizes:
         return size
-    # `nearest_size` takes the first size of each shape, so only those can come of it.
-    shapes: dict[Fraction, str] = {}
-    for concrete in _auto_sizes(route):
-        width, height = (int(v) for v in concrete.split("x"))
-        shapes.setdefault(Fraction(width, height), concrete)
-    reachable = [*shapes.values(), AUTO]
-    return max(reachable, key=lambda s: model.image_price(quality, s))
+    # What `adapt` can pick: each size asked for its own shape gives the one `nearest_size` takes for
+    # that shape (the first of several alike), and every shape is nearest to one of them.
+    candidates = _auto_sizes(route)
+    reachable = {nearest_size(candidates, *(int(v) for v in s.split("x"))) for s in candidates}
+    return max([*reachable, AUTO], key=lambda s: model.image_price(quality, s))
 
 
 def _at_least(route: Route, usd: Decimal, images: int) -> Decimal:

@@ -37,10 +37,13 @@ _ROUTE_STATUS_FIELDS = frozenset({"shutdown", "listed", "gone_at", "gone_reason"
 class PendingNotices:
     """A member's model notices not taken yet, oldest first (`Settings.pending_model_notices`)."""
 
-    texts: tuple[str, ...] = ()
     # Each one's (rowid, notice, created_at), for `take_model_notices(only=...)`: SQLite gives a deleted
     # row's rowid to the next insert, so an id alone could name a notice added after the read.
     keys: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(notice for _, notice, _ in self.keys)
 
 
 class Settings:
@@ -170,8 +173,7 @@ class Settings:
         rows = await self._db.all(
             "SELECT rowid, notice, created_at FROM model_notices WHERE user_id = ? ORDER BY rowid", (user_id,)
         )
-        keys = tuple((int(r[0]), str(r[1]), str(r[2])) for r in rows)
-        return PendingNotices(tuple(notice for _, notice, _ in keys), keys)
+        return PendingNotices(tuple((int(r[0]), str(r[1]), str(r[2])) for r in rows))
 
     async def take_model_notices(
         self, user_id: int, *, only: Sequence[tuple[int, str, str]] | None = None
