@@ -978,6 +978,34 @@ async def test_a_paid_result_that_cannot_be_stored_counts_against_the_budgets(
     assert spend[GUILD] == (2 * charge[GUILD][0], 0)  # its charge too, absorbed
 
 
+async def test_an_image_that_comes_back_unusable_is_not_the_members_but_counts_against_the_budgets(
+    make: Factory, openai: FakeOpenAI
+):
+    """OpenAI bills an `n` call for every image; one whose data is no image is dropped. The member
+    pays for the one they got, as the notice says; the rest counts against the server's and the
+    bot's budgets."""
+    service, recorder = await make()
+    two = job()
+    two = replace(two, options=replace(two.options, count=2))
+    whole = (await service.submit(await service.prepare(two))).job_id
+    await wait_state(service, whole, "delivered")
+    openai.fail_next(Fault.UNUSABLE_IMAGE)
+    part = (await service.submit(await service.prepare(two))).job_id
+    await wait_state(service, part, "delivered")
+
+    outcomes = dict(recorder.delivered)
+    assert (len(outcomes[whole].files), len(outcomes[part].files)) == (2, 1)
+    assert outcomes[part].notices == ("Only 1 of the 2 images could be made; you were charged for 1.",)
+    billed = outcomes[whole].charged  # the same call, both images usable
+    assert 0 < outcomes[part].charged < billed
+    assert outcomes[part].charged + outcomes[part].absorbed == billed
+    rows = await service.storage.reports.ledger_rows(part)
+    assert [r["amount"] for r in rows if r["kind"] == "capture"] == [outcomes[part].charged]
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (2 * billed, 0)  # the provider billed both calls in full
+    assert_books_balance(service.settings.data_dir)
+
+
 class Outcomes:
     """A JobObserver that keeps how each job ended."""
 

@@ -14,6 +14,7 @@ import io
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,52 @@ async def test_partly_failed_emulated_count_delivers_and_charges_what_came_back(
     assert len(served.result.images) == 2
     assert served.cost_usd == Decimal("0.008")
     assert served.notice is not None and "2 of the 3" in served.notice
+
+
+class ShortProvider(StubProvider):
+    """Answers an `n` call with one image fewer than asked, as when the adapter dropped an unusable
+    one, with `usage` (tokens billed for every image) when given."""
+
+    def __init__(self, name: str, usage: Usage | None = None) -> None:
+        super().__init__(name)
+        self.usage = usage
+
+    async def edit(self, req: EditRequest) -> EditResult:
+        result = await super().edit(req)
+        return replace(result, images=result.images[1:], usage=self.usage)
+
+
+@pytest.mark.parametrize(
+    ("usage", "member", "absorbed"),
+    [
+        # Tokens bill the whole call: the member pays two thirds of it, the rest is absorbed.
+        (Usage(output_image_tokens=3000), "0.016", "0.008"),
+        # No usage: the list price per image; the member pays for two, the third is absorbed.
+        (None, "0.022", "0.011"),
+    ],
+)
+async def test_an_image_an_n_call_billed_but_did_not_deliver_is_absorbed_not_charged(
+    usage: Usage | None, member: str, absorbed: str
+) -> None:
+    openai = ShortProvider("openai", usage)
+
+    served = await Router(stubs(openai)).run(MINI, request(count=3, quality="medium", size="1024x1024"))
+
+    assert [c.count for c in openai.calls] == [3] and len(served.result.images) == 2
+    assert served.cost_usd == Decimal(member)
+    assert served.absorbed_usd == Decimal(absorbed)
+    assert served.notice == "Only 2 of the 3 images could be made; you were charged for 2."
+
+
+async def test_a_billed_call_of_an_emulated_count_that_failed_is_absorbed_at_its_siblings_cost() -> None:
+    unusable = perr.ServerError("HTTP 200 but no usable image", accepted=True)
+    untaken = refused("atlascloud")
+    atlas = StubProvider("atlascloud", "ok", unusable, untaken, "ok")
+
+    served = await Router(stubs(atlas)).run(MINI, request(count=4, size="1024x1024"))
+
+    assert served.cost_usd == Decimal("0.008")  # the two images delivered
+    assert served.absorbed_usd == Decimal("0.004")  # the accepted one; the refused one cost nothing
 
 
 async def test_an_emulated_count_that_failed_after_acceptance_is_not_resent_elsewhere() -> None:

@@ -149,7 +149,10 @@ class Run:
         elif kind in ("capture", "cancel_at_provider", "release") and self.open:
             job_id = self.open.pop(args[0] % len(self.open))
             if kind == "capture":
-                await ledger.settle_delivered(job_id, args[1], via="followup", channel_id=1, message_id=2)
+                # With part of the provider's bill absorbed (images that came back unusable).
+                await ledger.settle_delivered(
+                    job_id, args[1], via="followup", channel_id=1, message_id=2, absorbed=args[1] % 3
+                )
             elif kind == "cancel_at_provider":
                 await ledger.settle_cancelled_at_provider(job_id, args[1], error_code="cancelled")
             else:

@@ -140,6 +140,7 @@ class JobDelivery(EngineCore):
             via=where.via,
             channel_id=where.channel_id,
             message_id=where.message_id,
+            absorbed=outcome.absorbed,
             owner=self.owner,
         )
         if settled is not None:
@@ -177,7 +178,7 @@ class JobDelivery(EngineCore):
             JobState.FAILED,
             error_code="undeliverable",
             error_ref=ref,
-            absorbed=outcome.charged,
+            absorbed=outcome.charged + outcome.absorbed,
             owner=self.owner,
         )
         keep = self.storage.now() + dt.timedelta(hours=self.settings.result_retention_hours)

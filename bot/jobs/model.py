@@ -188,6 +188,7 @@ class EditOutcome:
     charged: int
     balance_after: int
     notices: tuple[str, ...] = ()
+    absorbed: int = 0  # credits the provider billed for images that came back unusable (nobody pays)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,12 @@ class JobResults(EngineCore):
         job.finishing = True
         await self._update(job, JobStatus(job.id, "finishing", messages.UPLOADING, False))
         result = served.result
-        charged = min(usd_to_credits(served.cost_usd, self.settings.credits_per_usd), spec.reserve)
-        job.billed = charged  # paid for from here on, whatever happens to the result
+        rate = self.settings.credits_per_usd
+        charged = min(usd_to_credits(served.cost_usd, rate), spec.reserve)
+        absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - usd_to_credits(
+            served.cost_usd, rate
+        )
+        job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         if spec.mask is not None and spec.mask.keep_outside:
             result = await self._restore_outside(job.id, spec, result)
         files = await self._fit(job.id, result, spec.upload_limit)
@@ -43,6 +47,7 @@ class JobResults(EngineCore):
             "quality": result.quality or spec.quality,
             "size": result.size or spec.size,
             "charged": charged,
+            "absorbed": absorbed,
             "notices": list(notices),
         }
         now = self.storage.now()
@@ -64,7 +69,8 @@ class JobResults(EngineCore):
         """The outcome of a job completed before a restart, read back from the row and its files."""
         job.finishing = job.stored = True
         record = json.loads(row.result or "{}")
-        job.billed = int(record.get("charged") or 0)  # paid for, even if its files turn out lost
+        # Paid for, even if its files turn out lost.
+        job.billed = int(record.get("charged") or 0) + int(record.get("absorbed") or 0)
         entries = record.get("files") or []
         blobs = await asyncio.to_thread(lambda: [self.files.read(row.id, e["disk"]) for e in entries])
         files = tuple(
@@ -91,6 +97,7 @@ class JobResults(EngineCore):
             # What the balance will be once this job's hold is settled.
             balance_after=(account.balance if account else 0) + spec.reserve - charged,
             notices=spec.notices + tuple(record.get("notices") or ()),
+            absorbed=int(record.get("absorbed") or 0),
         )
 
     async def _restore_outside(self, job_id: str, spec: JobSpec, result: EditResult) -> EditResult:

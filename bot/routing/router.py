@@ -22,8 +22,8 @@ from bot.routing.rules import (
     _reported_cost,
     adapt,
     blockers,
-    charge_usd,
     route_reserve_usd,
+    split_charge,
 )
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,11 @@ class Served:
 
     result: EditResult
     route: Route
-    cost_usd: Decimal
+    cost_usd: Decimal  # what the member pays: the images that came back
     requested: int  # images asked for
     refused_by: tuple[str, ...] = field(default=())  # providers tried first that did not take the job
+    # Billed by the provider for images that came back unusable: the budgets count it, nobody pays it.
+    absorbed_usd: Decimal = Decimal(0)
 
     @property
     def notice(self) -> str | None:
@@ -77,6 +79,19 @@ def _merge(results: Sequence[EditResult]) -> EditResult:
         request_id=",".join(r.request_id for r in results if r.request_id) or None,
         cost_usd=str(sum(known, Decimal(0))) if len(known) == len(costs) else None,
     )
+
+
+def _charges(
+    model: ModelEntry, route: Route, results: Sequence[EditResult], request: EditRequest, lost: int
+) -> tuple[Decimal, Decimal]:
+    """(member's charge, absorbed) summed over a job's calls; without native `n`, each call asked
+    for one image. A failed call the provider accepted (`lost`) may be billed: nobody pays for it,
+    but it is absorbed at what its siblings (the same request) cost."""
+    asked = request if route.n else replace(request, count=1)
+    split = [split_charge(model, route, r, asked) for r in results]
+    member = sum((m for m, _ in split), Decimal(0))
+    unpaid = member / len(results) * lost if results else Decimal(0)
+    return member, sum((a for _, a in split), unpaid)
 
 
 def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
@@ -215,7 +230,7 @@ class Router:
             try:
                 if on_attempt is not None:
                     await on_attempt(route)
-                results = await self._call(
+                results, lost = await self._call(
                     self.providers[route.provider], route, adapted, on_submitted, on_call
                 )
                 verdict = True
@@ -236,13 +251,14 @@ class Router:
                 continue
             finally:
                 self.breaker.record(route.provider, verdict)
-            cost = sum((charge_usd(model, route, r, adapted) for r in results), Decimal(0))
+            member, absorbed = _charges(model, route, results, adapted, lost)
             served = Served(
                 result=_merge(results),
                 route=route,
-                cost_usd=cost,
+                cost_usd=member,
                 requested=request.count,
                 refused_by=tuple(r.provider for r, _ in refused),
+                absorbed_usd=absorbed,
             )
             if refused:
                 log.info("job served by %s after %s refused it", route.provider, ", ".join(served.refused_by))
@@ -297,9 +313,15 @@ class Router:
                 may_go_elsewhere=False,
             )
 
-        results = await self._gather(route, [one(job_id) for job_id in job_ids])
-        cost = sum((charge_usd(model, route, r, adapted) for r in results), Decimal(0))
-        return Served(result=_merge(results), route=route, cost_usd=cost, requested=request.count)
+        results, lost = await self._gather(route, [one(job_id) for job_id in job_ids])
+        member, absorbed = _charges(model, route, results, adapted, lost)
+        return Served(
+            result=_merge(results),
+            route=route,
+            cost_usd=member,
+            requested=request.count,
+            absorbed_usd=absorbed,
+        )
 
     async def cancel(self, provider: str, job_ids: Sequence[str]) -> bool:
         """Best effort: ask `provider` to stop jobs it accepted. False when it has no cancel call."""
@@ -321,11 +343,12 @@ class Router:
         request: EditRequest,
         on_submitted: OnRouteSubmitted | None = None,
         on_call: OnCall | None = None,
-    ) -> list[EditResult]:
+    ) -> tuple[list[EditResult], int]:
         """One call, or (no `n`) one single-image call per wanted image, in parallel.
 
         With an emulated count, the images that came back are kept even if some calls failed (the
-        user is charged per image delivered); only when all failed is an error raised.
+        user is charged per image delivered); only when all failed is an error raised. Also returns
+        how many failed calls the provider may have billed (it accepted them).
         """
 
         async def one(req: EditRequest) -> EditResult:
@@ -348,16 +371,17 @@ class Router:
             return await self.limiter.call(route.provider, send, deadline=req.deadline)
 
         if request.count == 1 or route.n:
-            return [await one(request)]
+            return [await one(request)], 0
         single = replace(request, count=1)
         return await self._gather(route, [one(single) for _ in range(request.count)], request.count)
 
     async def _gather(
         self, route: Route, calls: Sequence[Awaitable[EditResult]], wanted: int | None = None
-    ) -> list[EditResult]:
-        """Run parallel single-image calls; keep what came back, raise only when every call failed."""
+    ) -> tuple[list[EditResult], int]:
+        """Run parallel single-image calls; keep what came back, raise only when every call failed.
+        Also returns how many failed calls the provider may have billed (it accepted them)."""
         if len(calls) == 1:
-            return [await calls[0]]
+            return [await calls[0]], 0
         wanted = wanted or len(calls)
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         results = [o for o in outcomes if isinstance(o, EditResult)]
@@ -376,5 +400,5 @@ class Router:
                     wanted,
                     ", ".join(sorted({type(e).__name__ for e in errors})),
                 )
-            return results
+            return results, sum(1 for e in errors if e.accepted)
         raise _worst(errors)

@@ -243,3 +243,26 @@ def charge_usd(model: ModelEntry, route: Route, result: EditResult, request: Edi
         requested_size=request.size,
     )
     return _at_least(route, listed, len(result.images))
+
+
+def split_charge(
+    model: ModelEntry, route: Route, result: EditResult, request: EditRequest
+) -> tuple[Decimal, Decimal]:
+    """(what the member pays, what the provider billed beyond that) for one provider call.
+
+    A call asked for `request.count` images is billed for all of them, but an image that came back
+    unusable (skipped by the adapter) is not the member's: they pay for the images they receive, and
+    the rest counts against the budgets as absorbed spend. A charge for the whole call (reported
+    cost, token usage) is shared out per image; a per-image charge covers only what came back.
+    """
+    member = charge_usd(model, route, result, request)
+    delivered, asked = len(result.images), max(request.count, 1)
+    if delivered >= asked or delivered == 0:
+        return member, Decimal(0)
+    whole_call = _reported_cost(result) is not None or (
+        route.price is None and result.usage is not None and model.tokens is not None
+    )
+    if whole_call:
+        share = member * delivered / asked
+        return share, member - share
+    return member, member / delivered * (asked - delivered)

@@ -182,6 +182,16 @@ def _release(now: str, job_id: str, reason: str | None, owner: str | None = None
     return account
 
 
+def _absorb(now: str, job_id: str, credits: int, reason: str) -> Statement:
+    """Provider spend nobody pays for; once per job (a repeated settlement adds nothing)."""
+    return execute(
+        "INSERT INTO absorbed_spend (job_id, guild_id, user_id, credits, reason, created_at) "
+        "SELECT id, guild_id, user_id, CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT) "
+        "FROM jobs WHERE id = ? ON CONFLICT DO NOTHING",
+        (credits, reason[:64], now, job_id),
+    )
+
+
 def _top_up(now: str, guild_id: int, user_id: int, amount: int, period: str) -> Body[None]:
     current = yield from _touch_account(now, guild_id, user_id)
     # Held credits count as the member's: a hold from the last period that is released after the
@@ -325,11 +335,13 @@ class Ledger:
         via: str,
         channel_id: int | None,
         message_id: int | None,
+        absorbed: int = 0,
         owner: str | None = None,
     ) -> tuple[Account, int] | None:
         """Capture a delivered job's charge and mark it delivered, in one transaction. Idempotent.
         With `owner` (here and in the other `settle_*`), only while that process holds the job: else
-        LeaseLost, and nothing changes.
+        LeaseLost, and nothing changes. `absorbed`: credits the provider billed beyond the charge
+        (images that came back unusable); they count against the budgets.
 
         One transaction, so a crash can never leave a charged job that looks undelivered (and is
         delivered again) or a delivered job whose hold is never settled.
@@ -342,7 +354,10 @@ class Ledger:
                 "result_message_id = ?, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
                 (via, channel_id, message_id, now, now, job_id),
             )
-            return (yield from _capture(now, job_id, charged, owner, then=delivered))
+            settled = yield from _capture(now, job_id, charged, owner, then=delivered)
+            if absorbed > 0:
+                yield _absorb(now, job_id, absorbed, "unusable_images")
+            return settled
 
         return await self._db.transaction(body)
 
@@ -373,12 +388,7 @@ class Ledger:
                 (state, error_code[:64], error_ref, now, now, job_id),
             )
             if absorbed > 0:  # last, like a capture row: its trigger updates the server's spend_totals row
-                yield execute(
-                    "INSERT INTO absorbed_spend (job_id, guild_id, user_id, credits, reason, created_at) "
-                    "SELECT id, guild_id, user_id, CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT) "
-                    "FROM jobs WHERE id = ? ON CONFLICT DO NOTHING",
-                    (absorbed, error_code[:64], now, job_id),
-                )
+                yield _absorb(now, job_id, absorbed, error_code)
             return account
 
         return await self._db.transaction(body)

@@ -167,6 +167,8 @@ class Fault(StrEnum):
     HANG = "hang"  # never answers (until the fake is closed)
     RESET_AFTER_BODY = "reset_after_body"  # reads the whole body, then aborts the TCP connection
     EMPTY_RESULT = "empty_result"  # 200 whose `data` holds no image (every field but `created` is optional)
+    # 200 billed (usage) for every image, but the last item's data is not an image (a broken output).
+    UNUSABLE_IMAGE = "unusable_image"
     MODELS_ERROR = "models_error"  # 500 on GET /v1/models (the listing, not the edits)
     MODERATION_ERROR = "moderation_error"  # 500 on POST /v1/moderations
     MODERATION_HANG = "moderation_hang"  # POST /v1/moderations never answers (until closed)
@@ -178,7 +180,9 @@ _TARGETS = {
     Fault.MODERATION_ERROR: "moderation",
     Fault.MODERATION_HANG: "moderation",
 }
-_POST_VALIDATION_FAULTS = frozenset({Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT})
+_POST_VALIDATION_FAULTS = frozenset(
+    {Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT, Fault.UNUSABLE_IMAGE}
+)
 
 
 @dataclass(frozen=True)
@@ -586,7 +590,7 @@ class FakeOpenAI(FakeServer):
 
         params = await self._validate(uploads, fields, record)
         if rule is not None:
-            return await self._raise_fault(rule, request, fields, record)
+            return await self._raise_fault(rule, request, fields, record, params)
         return await self._respond(params)
 
     async def _busy(self, request: web.Request, record: RecordedRequest) -> web.Response:
@@ -792,7 +796,12 @@ class FakeOpenAI(FakeServer):
         return b"".join(chunks)[: limit + 1], size
 
     async def _raise_fault(
-        self, rule: FaultRule, request: web.Request, fields: dict[str, str], record: RecordedRequest
+        self,
+        rule: FaultRule,
+        request: web.Request,
+        fields: dict[str, str],
+        record: RecordedRequest,
+        params: _Params | None = None,
     ) -> web.Response:
         """Produce the switched-on failure: raises `ApiError`/`_Aborted`, or returns a bad 200."""
         model = fields.get("model", DEFAULT_MODEL)
@@ -874,6 +883,9 @@ class FakeOpenAI(FakeServer):
                 raise _Aborted
             case Fault.EMPTY_RESULT:
                 return web.json_response({"created": int(time.time()), "data": []})
+            case Fault.UNUSABLE_IMAGE:
+                assert params is not None
+                return await self._respond(params, spoil_last=True)
         raise AssertionError(f"unhandled fault {rule.fault}")
 
     @staticmethod
@@ -1082,7 +1094,7 @@ class FakeOpenAI(FakeServer):
             )
         return value
 
-    async def _respond(self, params: _Params) -> web.Response:
+    async def _respond(self, params: _Params, *, spoil_last: bool = False) -> web.Response:
         size = "1024x1024" if params.size == "auto" else params.size
         quality = "medium" if params.quality == "auto" else params.quality
         transparent = params.background == "transparent"
@@ -1108,10 +1120,11 @@ class FakeOpenAI(FakeServer):
                 "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
             },
         }
+        images = list(outputs)
+        if spoil_last:
+            images[-1] = b"\x00" * 64  # valid base64 of bytes that are no image
         # BytesIO: several MB of base64 as raw bytes would be written in one blocking call.
-        return web.Response(
-            body=io.BytesIO(_json_with_images(body, list(outputs))), content_type="application/json"
-        )
+        return web.Response(body=io.BytesIO(_json_with_images(body, images)), content_type="application/json")
 
 
 class _Aborted(Exception):
