@@ -472,6 +472,13 @@ async def test_fake_switch_lets_the_mini_edit_take_quality_and_size(session: aio
             True,
             False,
         ),
+        (  # the input's fault: not the provider's health (the breaker counts it as an answer)
+            200,
+            body(code=200, data={"status": "failed", "error": "cannot identify image file"}),
+            InvalidInput,
+            True,
+            False,
+        ),
     ],
 )
 def test_classify_wavespeed_error_table(

@@ -112,6 +112,29 @@ def mentions(text: str, words: tuple[str, ...]) -> bool:
     return any(word in text for word in words)
 
 
+# What a reseller's failed job says when what it was sent was at fault (an image it could not read, a
+# mask that does not fit): the member's input, which says nothing about the provider's health, so it
+# must not count against its circuit breaker (bot.routing.breaker) as an unexplained failure does.
+INPUT_WORDS = (
+    "invalid image",
+    "unsupported image",
+    "image format",
+    "cannot identify image",
+    "decode image",
+    "decoding image",
+    "corrupt",
+    "invalid mask",
+    "mask size",
+    "mask dimension",
+    "image size",
+    "image dimension",
+    "invalid input",
+    "invalid parameter",
+    "too large",
+    "too small",
+)
+
+
 def classify_reseller(
     status: int,
     body: bytes,
@@ -136,8 +159,9 @@ def classify_reseller(
     inside a 2xx answer), and the words that name a safety filter or a billing problem.
 
     A 2xx answer without such a status is a job that ran and failed (it may have been billed):
-    ProviderTimeout for a state in `timeout_states`, else ProviderJobFailed, or ProviderRejected for
-    safety wording, all `accepted=True`. Otherwise, by the (inner) status: 402 or billing wording →
+    ProviderTimeout for a state in `timeout_states`, else ProviderRejected for safety wording,
+    InvalidInput for wording that blames the input (`INPUT_WORDS`), else ProviderJobFailed, all
+    `accepted=True`. Otherwise, by the (inner) status: 402 or billing wording →
     ServiceUnavailable(`billing_code`); 401/403 → ServiceUnavailable; 404 → ModelUnavailable; 429 →
     RateLimited with the retry-after hint; 5xx → a `synchronous` call's ServerError(accepted=True)
     (the image may have been made, and billed, before the error), else `submit_server_error` (no job
@@ -156,7 +180,11 @@ def classify_reseller(
         kw: dict[str, Any] = {"provider": provider, "status": status, "code": state, "accepted": True}
         if state in timeout_states:
             return ProviderTimeout(summary, **kw)
-        return ProviderRejected(summary, **kw) if safety else ProviderJobFailed(summary, **kw)
+        if safety:
+            return ProviderRejected(summary, **kw)
+        if mentions(lowered, INPUT_WORDS):
+            return InvalidInput(summary, **kw)
+        return ProviderJobFailed(summary, **kw)
     kw = {"provider": provider, "status": effective}
     if effective == 402 or mentions(lowered, billing_words):
         return ServiceUnavailable(summary, code=billing_code, **kw)
