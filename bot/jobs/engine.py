@@ -347,6 +347,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
 
     async def _run(self, job: ActiveJob) -> None:
         """One job from wherever it stands to a terminal state (or a suspension at shutdown)."""
+        row: JobRow | None = None
         try:
             row = await self.storage.jobs.get_job(job.id)
             if row is None or not row.spec:
@@ -380,7 +381,28 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 await self._end(job, exc)
             raise
         except BaseException as exc:
-            await self._end(job, exc)
+            if job.posted and row is not None and isinstance(exc, Exception):
+                await self._capture_later(job, row, exc)
+            else:
+                await self._end(job, exc)
+
+    async def _capture_later(self, job: ActiveJob, row: JobRow, exc: Exception) -> None:
+        """A posted result whose capture kept failing: never refunded (the member has it, the provider
+        billed it). Its row stays `completed` with the post on record, so the next delivery round
+        finds the post and captures it, as after a crash."""
+        try:
+            current = await self.storage.jobs.get_job(job.id)
+            if current is not None and current.state != JobState.COMPLETED:
+                await self._end(job, exc)  # it was settled after all (only its answer was lost)
+                return
+            log.error("job %s: posted, but not yet charged (%s); trying again later", job.id, exc)
+            job.live = None  # its progress message shows the result: nothing more to say there
+            if await self._deliver_later(job, row):
+                return
+        except Exception:
+            log.exception("job %s: posted, not yet charged; the next start settles it", job.id)
+            return
+        await self._end(job, exc)  # past its retention: settled like any result nobody got
 
 
 def _too_late(state: str) -> CancelAnswer:
