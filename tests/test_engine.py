@@ -27,6 +27,7 @@ from PIL import Image
 
 from bot import messages
 from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
+from bot.jobs import delivery as delivery_module
 from bot.jobs import engine as engine_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.files import JobFiles
@@ -689,6 +690,10 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     for name in ("queued", "submitting"):
         assert await state(later, ids[name]) == "cancelled"
     assert await kinds(later, ids["submitting"]) == ["reserve", "release"]
+    # The call that was out may have been billed: free to the member, counted against the budgets
+    # (its price on OpenAI, as when a running process cuts such a call off), the queued one not.
+    absorbed = await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    assert [tuple(r) for r in absorbed] == [(ids["submitting"], prepared.reserve)]
     told = dict(await until(lambda: len(recorder.notices) == 2 and recorder.notices))
     assert "before your edit could start" in told[ids["queued"]]
     assert "result was lost" in told[ids["submitting"]]
@@ -1037,7 +1042,47 @@ async def test_a_cleanup_error_after_the_charge_does_not_turn_a_delivered_job_in
     assert await kinds(service, job_id) == ["reserve", "capture"]
 
 
-async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(make: Factory):
+@pytest.mark.parametrize("failures", [1, 9])
+async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refunded(
+    make: Factory, monkeypatch: pytest.MonkeyPatch, failures: int
+):
+    """The capture's transaction fails (a locked SQLite file, a connection lost before COMMIT) after
+    the result was posted: tried again at once, and, still failing, left `completed` for a later
+    delivery round, which finds the post and captures it. Never released as "not charged"."""
+    monkeypatch.setattr(delivery_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, recorder = await make()
+    service.engine.delivery_retry_first = 0.01
+    outcomes = Outcomes()
+    service.engine.observers.append(outcomes)
+    real = service.storage.ledger.settle_delivered
+    calls: list[str] = []
+
+    async def locked(*args: Any, **kw: Any) -> Any:
+        calls.append(args[0])
+        if len(calls) <= failures:
+            raise sqlite3.OperationalError("database is locked")  # nothing committed
+        return await real(*args, **kw)
+
+    service.storage.ledger.settle_delivered = locked  # type: ignore[method-assign]
+    deliver = recorder.deliver
+
+    async def deliver_and_keep(job: JobInfo, outcome: EditOutcome) -> Delivered:
+        recorder.found[job.job_id] = where = await deliver(job, outcome)  # a later round finds it
+        return where
+
+    recorder.deliver = deliver_and_keep  # type: ignore[method-assign]
+    job_id = await submit(service)
+    await until(lambda: job_id in outcomes.ended)
+    assert outcomes.ended[job_id][0] == "delivered"
+    assert len(recorder.delivered) == 1  # posted once
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    assert_books_balance(service.settings.data_dir)
+
+
+async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(delivery_module, "SETTLE_RETRY_PAUSES", (0.0,))
     service, _ = await make()
     outcomes = Outcomes()
     service.engine.observers.append(outcomes)

@@ -191,8 +191,8 @@ class EngineCore:
         self._circuits_now: Again | None = None
         self._circuits_lock = asyncio.Lock()
 
-    # -- implemented by JobEngine (`_end` by its endings part, `_adopt` by recovery, `_halt` and
-    # `_end_dequeued` by its cancel); declared here for the other parts --
+    # -- implemented by JobEngine (`_end` and `_provider_price` by its endings part, `_adopt` by
+    # recovery, `_halt` and `_end_dequeued` by its cancel); declared here for the other parts --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
@@ -213,6 +213,9 @@ class EngineCore:
         raise NotImplementedError
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
+        raise NotImplementedError
+
+    async def _provider_price(self, job: ActiveJob) -> int | None:
         raise NotImplementedError
 
     # -- small helpers -----------------------------------------------------------------------------

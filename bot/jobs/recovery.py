@@ -205,8 +205,17 @@ class JobRecovery(JobLeases):
             if row.state in (JobState.QUEUED, JobState.RESERVED)
             else "restart_outcome_unknown"
         )
+        # A call that was out (or a job a provider had) may be billed: the member pays nothing, but
+        # the budgets count it, as for a call cut off while the process ran (`_maybe_billed`).
+        sent = row.state in (JobState.SUBMITTING, JobState.SUBMITTED) and row.provider is not None
+        absorbed = (await self._provider_price(job) or 0) if sent else 0
         await self.storage.ledger.settle_released(
-            row.id, JobState.CANCELLED, error_code=code, error_ref=new_reference(), owner=self.owner
+            row.id,
+            JobState.CANCELLED,
+            error_code=code,
+            error_ref=new_reference(),
+            absorbed=absorbed,
+            owner=self.owner,
         )
         await asyncio.to_thread(self.files.remove, row.id)
         await self.storage.jobs.forget_job_details(row.id)  # the prompt goes with the images
