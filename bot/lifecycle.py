@@ -344,6 +344,16 @@ class ModelLifecycle:
         await self.move_stored_defaults()
         return report
 
+    def names_any_route(self, provider: str, listing: Sequence[ListedModel]) -> bool:
+        """Whether `listing` names a model of one of `provider`'s routes (true when it has none)."""
+        ids = {
+            route.model
+            for m in self.catalog.models.values()
+            for route in m.routes
+            if route.provider == provider
+        }
+        return not ids or any(entry.id in ids for entry in listing)
+
     def listing_failed(self, provider: str, error: str) -> DiscoveryReport:
         """A failed listing changes nothing but what `/diagnose` shows."""
         previous = self._discovery.get(provider)
@@ -421,6 +431,15 @@ async def discover_once(lifecycle: ModelLifecycle, provider: str, lister: Lister
             "could not read %s's model list (%s); keeping the catalog's dates", provider, type(exc).__name__
         )
         return lifecycle.listing_failed(provider, type(exc).__name__)
+    if not lifecycle.names_any_route(provider, listing):
+        # A gateway at OPENAI_BASE_URL that lists only its chat models, or a key whose project sees
+        # no image model: applied, it would mark every route unlisted and stop all editing, while a
+        # real shutdown is caught by its date or by the provider's "model gone" answer anyway.
+        log.warning(
+            "%s's model list names none of the catalog's models for it; keeping the catalog's view",
+            provider,
+        )
+        return lifecycle.listing_failed(provider, "lists none of the catalog's models")
     return await lifecycle.apply_listing(provider, listing)
 
 

@@ -247,6 +247,23 @@ async def test_a_failed_first_listing_keeps_the_catalogs_view():
     assert [m.id for m in lifecycle.available()] == ["old", "new", "spare"]
 
 
+async def test_a_list_naming_none_of_the_catalogs_models_is_not_applied(storage: Storage):
+    """A gateway at OPENAI_BASE_URL that lists only chat models (or a key that sees no image model)
+    must not mark every route unlisted and stop all editing."""
+    catalog = two_route_catalog()
+    lifecycle = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 12, 1), store=storage.settings)
+
+    async def chat_only() -> list[Listed]:
+        return [Listed("gpt-4o"), Listed("gpt-4o-mini"), Listed("gpt-image-9")]
+
+    report = await discover_once(lifecycle, "openai", chat_only)
+    assert not report.ok and report.error == "lists none of the catalog's models"
+    assert [m.id for m in lifecycle.available()] == ["old", "new", "spare"]
+    again = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 12, 1), store=storage.settings)
+    await again.load()  # and nothing of it was remembered
+    assert [m.id for m in again.available()] == ["old", "new", "spare"]
+
+
 async def test_stored_defaults_on_a_dead_model_move_once_with_a_notice(storage: Storage):
     catalog, events = two_route_catalog(), Events()
     calendar = Calendar(SHUTDOWN - dt.timedelta(days=1))
