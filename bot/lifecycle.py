@@ -326,7 +326,11 @@ class ModelLifecycle:
                     continue
                 if entry.shutdown_date != before.shutdown and entry.shutdown_date is not None:
                     changes.append(f"{provider} announces {model.id} shuts down on {entry.shutdown_date}")
-                await self._learn(route, listed=True, shutdown=entry.shutdown_date)
+                if before.gone:
+                    # OpenAI answers "does not exist or you do not have access" alike: listed again,
+                    # the key has access (granted since, or the answer was wrong), so it is tried again.
+                    changes.append(f"{model.id} is in {provider}'s model list again; that route is back")
+                await self._learn(route, listed=True, shutdown=entry.shutdown_date, gone_reason=None)
                 end = entry.shutdown_date
                 if end is not None and 0 <= (end - today).days <= RETIREMENT_WARNING_DAYS:
                     soon.append(

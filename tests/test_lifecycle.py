@@ -247,6 +247,28 @@ async def test_a_failed_first_listing_keeps_the_catalogs_view():
     assert [m.id for m in lifecycle.available()] == ["old", "new", "spare"]
 
 
+async def test_a_route_retired_on_a_404_is_back_once_the_model_list_has_it_again(storage: Storage):
+    """OpenAI's 404 says "does not exist or you do not have access": a project granted access later
+    gets the route back at the next read of the model list, remembered across a restart."""
+    catalog, events = two_route_catalog(), Events()
+    day = Calendar(dt.date(2026, 12, 1))
+    lifecycle = ModelLifecycle(catalog, {"openai"}, day, store=storage.settings, on_event=events)
+    spare = catalog.get("spare")
+    gone = ModelGone("404 model_not_found", provider="openai", status=404, code="model_not_found")
+    await lifecycle.retire(spare, spare.routes[0], gone)
+    assert not lifecycle.usable(spare)
+
+    async def listing() -> list[Listed]:
+        return [Listed("old"), Listed("new"), Listed("spare")]
+
+    await discover_once(lifecycle, "openai", listing)
+    assert lifecycle.usable(spare)
+    assert any("spare is in openai's model list again" in line for line in events)
+    again = ModelLifecycle(catalog, {"openai"}, day, store=storage.settings)
+    await again.load()
+    assert again.usable(spare)
+
+
 async def test_a_list_naming_none_of_the_catalogs_models_is_not_applied(storage: Storage):
     """A gateway at OPENAI_BASE_URL that lists only chat models (or a key that sees no image model)
     must not mark every route unlisted and stop all editing."""
