@@ -395,6 +395,17 @@ async def test_a_job_whose_inherited_model_left_the_catalog_runs_on_the_default(
     allowed = await service.prepare(replace(job(), options=options))
     assert allowed.model.id == "ws-mini"
 
+    # A Retry carries the earlier job's quality too: fitted to the model it now runs on, like a
+    # default, not refused as if the member had typed it for that model.
+    await service.storage.settings.update_guild_policy(GUILD, {"models": None}, actor_id=BOB)
+    retried = replace(options, quality="xhigh")
+    fitted = await service.prepare(replace(job(), options=retried))
+    assert (fitted.model.id, fitted.chosen.quality) == ("gpt-image-1.5", "high")
+    with pytest.raises(InvalidOptions, match="xhigh"):  # typed for a model named, it is refused
+        await service.prepare(
+            replace(job(), options=EditOptions("p", model="gpt-image-1.5", quality="xhigh"))
+        )
+
 
 # -- the watchdog -----------------------------------------------------------------------------------
 

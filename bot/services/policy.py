@@ -406,7 +406,9 @@ class PolicyService(PolicyAdmin):
         """Bring a job's model, quality and count within the member's limits in its server, and a
         default quality (none typed on the command) to one the job's model offers."""
         policy = await self.guild_policy(job.guild_id)
-        typed = job.options.quality is not None
+        # A Retry's quality came with the earlier job's model: on another model (a default that has
+        # changed since, a dropped one) it is fitted like a default, not refused as if typed for it.
+        typed = job.options.quality is not None and not job.options.model_is_default
         return self._clamp(chosen, policy.limits_for(job.role_ids), policy, quality_typed=typed)
 
     async def reserve(self, job_id: str, job: EditJob, credits: int) -> Account:
