@@ -902,3 +902,34 @@ async def test_a_holder_running_its_rounds_hears_a_cancel_at_once_rather_than_at
         await live.ended.wait()
     assert live.final == [messages.CANCELLED]
     assert await kinds(a, job_id) == ["reserve", "release"]
+
+
+async def test_a_job_created_while_a_renewal_runs_is_not_taken_for_lost(process: Factory):
+    """The renewal's UPDATE runs before the new job's INSERT commits, and the job is admitted before
+    the renewal's answer comes back: it was being created when the renewal began, so it is this
+    process's, not "taken over elsewhere"."""
+    a, told = await process("a")
+    await a.engine.recover()
+    renewed, admitted = asyncio.Event(), asyncio.Event()
+    real_renew, real_create = a.storage.jobs.renew_leases, a.storage.jobs.create_job
+    renewals: list[asyncio.Task[set[str]]] = []
+
+    async def renew_then_wait(*args: Any, **kw: Any) -> Renewal:
+        renewal = await real_renew(*args, **kw)  # without the new row: it is not committed yet
+        renewed.set()
+        await admitted.wait()  # the job is created and admitted before this answer is read
+        return renewal
+
+    async def create_during_a_renewal(*args: Any, **kw: Any) -> None:
+        renewals.append(asyncio.create_task(a.engine.renew_leases()))
+        await renewed.wait()
+        await real_create(*args, **kw)
+
+    a.storage.jobs.renew_leases = renew_then_wait  # type: ignore[method-assign]
+    a.storage.jobs.create_job = create_during_a_renewal  # type: ignore[method-assign]
+    job_id = await submit(a)
+    admitted.set()
+    assert await renewals[0] == set()
+    assert job_id in a.engine.held_jobs()
+    await wait_state(a, job_id, "delivered")
+    assert [j for j, _ in told.delivered] == [job_id]

@@ -170,8 +170,11 @@ class JobLeases(EngineCore):
         The same statement brings back the cancels other processes recorded for these jobs, which
         are acted on here as a local cancel is (`_honour_cancel`)."""
         held = self.held_jobs()
+        # A job being created may have no row yet when the statement runs, and be created by the time
+        # its answer comes: one being created at either moment is not lost.
+        creating = set(self._creating)
         renewal = await self.storage.jobs.renew_leases(self.owner, held, self.lease_until())
-        lost = held - renewal.held - self._creating  # a job being created has no row yet
+        lost = held - renewal.held - creating - self._creating
         for job_id in lost:
             self._lose(job_id)
         if lost:
