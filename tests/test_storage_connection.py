@@ -561,3 +561,31 @@ async def test_postgresql_goes_on_listening_whatever_losing_its_connections_rais
     finally:
         await killer.close()
         await storage.close()
+
+
+async def test_a_listener_that_keeps_failing_the_same_way_logs_it_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """A failure that is not a lost connection (a permission, a bug) is retried every few seconds
+    forever: its traceback is logged once, not 17,000 times a day."""
+    monkeypatch.setattr(postgres, "LISTEN_RETRY_SECONDS", 0.01)
+    tries: list[int] = []
+    enough = asyncio.Event()
+
+    async def refused(self: object, conn: object) -> None:
+        tries.append(1)
+        if len(tries) == 5:
+            enough.set()
+        raise RuntimeError("permission denied for LISTEN")
+
+    monkeypatch.setattr(postgres._Listener, "_until_lost", refused)
+    storage = await own_storage(postgres_url)
+    db = storage.db
+    assert isinstance(db, postgres.PostgresDatabase)
+    try:
+        with caplog.at_level(logging.INFO, logger="bot.storage.postgres"):
+            db.listen("retouch_test_a", lambda payload: None)
+            await asyncio.wait_for(enough.wait(), 10)
+        assert caplog.text.count("listening failed") == 1
+    finally:
+        await storage.close()

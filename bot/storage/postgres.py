@@ -285,14 +285,18 @@ class _Listener:
 
     async def _run(self) -> None:
         # This task must outlive every failure: if it ended, no NOTIFY would be heard until a restart.
+        failing: str | None = None  # the error logged in full; the same again is not, every 5 s
         while True:
             try:
                 async with self._pool.acquire() as conn:
                     await self._until_lost(conn)
+                failing = None  # it listened until the connection was lost
             except CONNECTION_ERRORS as exc:
                 log.info("database: not listening (%s); trying again", type(exc).__name__)
-            except Exception:
-                log.exception("database: listening failed; trying again")
+            except Exception as exc:
+                if repr(exc) != failing:
+                    log.exception("database: listening failed; trying again every %g s", LISTEN_RETRY_SECONDS)
+                failing = repr(exc)
             await asyncio.sleep(LISTEN_RETRY_SECONDS)
 
     async def _until_lost(self, conn: asyncpg.Connection) -> None:
