@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+from bot.observability.healthcheck import heartbeat_file
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
 # Provider name -> (environment prefix, default base URL). Order = the default routing order's
@@ -151,7 +152,7 @@ class Settings:
 
     @property
     def heartbeat_path(self) -> Path:
-        return self.data_dir / "heartbeat"
+        return heartbeat_file(self.data_dir)
 
     def describe(self) -> dict[str, Any]:
         """Settings as printable values, secrets masked."""

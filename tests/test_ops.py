@@ -205,10 +205,22 @@ def test_container_healthcheck_falls_back_to_the_heartbeat_when_metrics_are_off(
     assert healthcheck.healthz_url({"METRICS_PORT": "0"}) is None
     assert healthcheck.healthz_url({}) == "http://127.0.0.1:8080/healthz"
     assert healthcheck.check_heartbeat(tmp_path) == 1
-    (tmp_path / "heartbeat").write_text(str(int(time.time())))  # what the bot writes
+    beat = healthcheck.heartbeat_file(tmp_path)
+    beat.write_text(str(int(time.time())))  # what the bot writes
     assert healthcheck.check_heartbeat(tmp_path) == 0
-    (tmp_path / "heartbeat").write_text(str(int(time.time()) - 3600))  # an hour-old heartbeat
+    beat.write_text(str(int(time.time()) - 3600))  # an hour-old heartbeat
     assert healthcheck.check_heartbeat(tmp_path) == 1
+
+
+def test_a_replicas_healthcheck_reads_its_own_heartbeat_not_a_sibling_sharing_the_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(healthcheck.socket, "gethostname", lambda: "retouch-2")
+    healthcheck.heartbeat_file(tmp_path).write_text(str(int(time.time())))  # a live sibling
+    monkeypatch.setattr(healthcheck.socket, "gethostname", lambda: "retouch-1")
+    assert healthcheck.check_heartbeat(tmp_path) == 1  # this one never connected: not healthy
+    settings = load_settings({**BASE_ENV, "DATA_DIR": str(tmp_path)}, dotenv=False)
+    assert settings.heartbeat_path == tmp_path / "heartbeat-retouch-1"  # what this one writes
 
 
 # -- /metrics -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ the container check starts fast and never imports discord.py.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -45,10 +46,17 @@ def check_http(url: str) -> int:
     return 1
 
 
+def heartbeat_file(data_dir: Path) -> Path:
+    """This host's heartbeat file. Named for the host: scaled replicas share one DATA_DIR volume, and
+    a dead one must not look healthy because another one's heartbeat is fresh (each container has
+    its own host name, which its HEALTHCHECK, run inside it, sees too)."""
+    return data_dir / f"heartbeat-{socket.gethostname()}"
+
+
 def check_heartbeat(data_dir: Path) -> int:
     """0 while the bot's last heartbeat is recent. The file holds the bot's own `time.time()` when it
     wrote it, so both ends read one clock (the file's mtime, the fallback, is the filesystem's)."""
-    path = data_dir / "heartbeat"
+    path = heartbeat_file(data_dir)
     try:
         text = path.read_text().strip()
         written = float(text) if text.replace(".", "", 1).isdigit() else path.stat().st_mtime
