@@ -174,14 +174,21 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
 def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size: str) -> Decimal:
     """The most one image at `quality` and `size` is charged on any of `routes` (the model's list price
     with none): what "up to" means in the prices members are shown. A flat route charges its price,
-    a list-priced one the list price, never below its `min_price`."""
+    a list-priced one the list price, never below its `min_price`. A route that cannot make
+    `quality` or `size` never serves such a job, so its price is not counted."""
+    able = [r for r in routes if not {"size", "quality"} & set(blockers(r, _probe(quality, size)))]
     prices = [
         route.price
         if route.price is not None
         else _at_least(route, model.image_price(quality, held_size(model, route, quality, size)), 1)
-        for route in routes
+        for route in able or routes
     ]
     return max(prices, default=model.image_price(quality, size))
+
+
+def _probe(quality: str, size: str) -> Needs:
+    """The least a job at `quality` and `size` needs (what a price hint asks of a route)."""
+    return Needs(images=1, size=size, quality=quality, background=AUTO, output_format="png")
 
 
 def _auto_sizes(route: Route) -> list[str]:
