@@ -6,9 +6,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.storage import Storage
+from bot.storage.connection import migrations, pending_migrations
+from bot.storage.postgres import PG_MIGRATIONS, postgres_ddl
 from tests.fixtures import upgraded
 
 CAPS_MIGRATION = 14
@@ -59,6 +62,37 @@ async def test_the_caps_migration_keeps_every_rule_and_tier_and_takes_the_new_le
         assert await storage.settings.role_tier_rows(7) == [TIER]
         await storage.settings.update_guild_policy(7, {"max_quality": "xhigh"}, actor_id=9)
         assert (await storage.settings.guild_policy_row(7) or {})["max_quality"] == "xhigh"
+
+
+async def test_the_caps_migration_keeps_every_rule_and_tier_on_postgresql(postgres_url: str):
+    """The same upgrade on PostgreSQL: the schema as the releases before 0014 left it (in that
+    backend's words), a rule and a tier in it, then the bot's own migration."""
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        own = dict(migrations(PG_MIGRATIONS))
+        for number, sql in pending_migrations(0):
+            if number < CAPS_MIGRATION:
+                await conn.execute(postgres_ddl(sql) + own.get(number, ""))
+        await conn.execute(
+            f"CREATE TABLE schema_version (version BIGINT NOT NULL); "
+            f"INSERT INTO schema_version VALUES ({CAPS_MIGRATION - 1})"
+        )
+        for table, row in (("guild_policy", POLICY), ("role_tiers", TIER)):
+            marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
+            await conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", *row.values())
+        with pytest.raises(asyncpg.CheckViolationError):  # what the old CHECK refused
+            await conn.execute("UPDATE guild_policy SET max_quality = 'xhigh'")
+    finally:
+        await conn.close()
+    storage = await Storage.open(postgres_url)
+    try:
+        assert await storage.schema_version() >= CAPS_MIGRATION
+        assert await storage.settings.guild_policy_row(7) == POLICY
+        assert await storage.settings.role_tier_rows(7) == [TIER]
+        await storage.settings.update_guild_policy(7, {"max_quality": "xhigh"}, actor_id=9)
+        assert (await storage.settings.guild_policy_row(7) or {})["max_quality"] == "xhigh"
+    finally:
+        await storage.close()
 
 
 @pytest.mark.parametrize("level", ["low", "medium", "high", "xhigh", "max"])
