@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from bot.config import PROVIDER_ENV, Settings, load_settings
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = (ROOT / "bot" / "config.py").read_text()
@@ -43,3 +44,26 @@ def test_the_readers_defaults_are_the_fields_defaults():
     ]
     assert differing == []
     assert loaded.data_dir == declared.data_dir
+
+
+# The settings whose `.env.example` comment lists every value the reader takes.
+CHOICE_SETTINGS = {
+    "DEFAULT_QUALITY": QUALITIES,
+    "DEFAULT_SIZE": SIZES,
+    "DEFAULT_BACKGROUND": BACKGROUNDS,
+    "DEFAULT_FORMAT": OUTPUT_FORMATS,
+}
+
+
+def listed_values(example: str, name: str) -> set[str]:
+    """The values the comment above `# NAME=` offers: `Label: a, b or c (remark).`"""
+    [comment] = re.findall(rf"^# [^:\n]+: ([^\n]*)\n# {name}=", example, re.M)
+    offered = re.split(r"\s*\(|\.$", comment)[0]
+    return {v.strip() for v in re.split(r",|\bor\b", offered) if v.strip()}
+
+
+def test_env_example_offers_exactly_the_values_a_choice_setting_takes():
+    # A value offered there but refused at start-up (DEFAULT_SIZE=WIDTHxHEIGHT was) stops the bot.
+    example = (ROOT / ".env.example").read_text()
+    for name, allowed in CHOICE_SETTINGS.items():
+        assert listed_values(example, name) == set(allowed), name
