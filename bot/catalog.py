@@ -318,14 +318,44 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
 
 
+class _NotATable(ValueError):
+    """A catalog value that must be a table is something else; its text is the whole problem."""
+
+
+def _table(value: Any, where: str, shape: str) -> dict[str, Any]:
+    """`value` when it is a TOML table; otherwise one catalog problem saying what `where` must be
+    (a number where a table belongs would otherwise surface as an AttributeError traceback)."""
+    if not isinstance(value, dict):
+        raise _NotATable(f"{where}: must be a table {shape}")
+    return value
+
+
+def _prices(raw: dict[str, Any], where: str) -> dict[str, dict[str, Decimal]]:
+    """`price.<quality> = { square = USD, other = USD }` for each priced quality the model lists."""
+    table = _table(raw["price"], f"{where}.price", "of qualities, e.g. price.low = { square = …, other = … }")
+    return {
+        q: {
+            k: _decimal(v)
+            for k, v in _table(table[q], f"{where}.price.{q}", "{ square = …, other = … }").items()
+        }
+        for q in PRICED_QUALITIES
+        if q in table
+    }
+
+
+def _token_rates(value: Any, where: str) -> TokenRates | None:
+    """`tokens = { text_input = …, image_input = …, image_output = … }` (USD per 1M), or None."""
+    if not value:
+        return None
+    table = _table(value, f"{where}.tokens", "of USD per 1M tokens (text_input, image_input, image_output)")
+    return TokenRates(**{k: _decimal(v) for k, v in table.items()})
+
+
 def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> ModelEntry | None:
     where = f"models.{model_id}"
     try:
-        prices = {
-            q: {k: _decimal(v) for k, v in raw["price"][q].items()}
-            for q in PRICED_QUALITIES
-            if q in raw["price"]
-        }
+        _table(raw, where, "(a [models.ID] section)")
+        prices = _prices(raw, where)
         qualities = tuple(raw.get("qualities", DEFAULT_QUALITIES))
         unknown = [q for q in qualities if q not in QUALITIES]
         if unknown:
@@ -338,7 +368,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         for q, by_size in prices.items():
             if set(by_size) != {"square", "other"}:
                 problems.append(f"{where}.price.{q}: needs exactly `square` and `other`")
-        tokens = raw.get("tokens")
+        tokens = _token_rates(raw.get("tokens"), where)
         rules = _size_rules(raw.get("free_sizes", False))
         sizes = tuple(raw.get("sizes", SIZES))
         bad_sizes = [v for v in sizes if v not in SIZES and (rules is None or rules.problem(v))]
@@ -356,7 +386,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             prices=prices,
             routes=(),
             input_tokens_per_image=int(raw.get("input_tokens_per_image", 6500)),
-            tokens=TokenRates(**{k: _decimal(v) for k, v in tokens.items()}) if tokens else None,
+            tokens=tokens,
             shutdown=_date(raw.get("shutdown")),
             replacement=raw.get("replacement") or None,
             snapshots=tuple(raw.get("snapshots", ())),
@@ -369,6 +399,9 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         if not routes:
             problems.append(f"{where}: no routes (which provider sells it?)")
         return replace(entry, routes=routes)
+    except _NotATable as exc:
+        problems.append(str(exc))
+        return None
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         problems.append(f"{where}: {type(exc).__name__}: {exc}")
         return None
@@ -415,6 +448,7 @@ def _choices(
 
 def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: list[str]) -> Route:
     """One `routes` entry. Capabilities left out inherit the model's; problems are collected."""
+    _table(raw, where, '(provider = "…", …)')
     unknown = sorted(set(raw) - ROUTE_KEYS)
     if unknown:
         problems.append(f"{where}: unknown key(s) {', '.join(unknown)}")
@@ -487,5 +521,11 @@ def load_catalog(path: Path | None = None) -> Catalog:
         else:
             text = path.read_text("utf-8")
         return parse_catalog(tomllib.loads(text))
+    except UnicodeDecodeError as exc:
+        # TOML files are UTF-8; an editor's Latin-1 or UTF-16 save is said as such, not as a traceback.
+        raise CatalogError(
+            f"cannot read the model catalog {path or PACKAGED_CATALOG}: it is not UTF-8 text "
+            f"(byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"cannot read the model catalog {path or PACKAGED_CATALOG}: {exc}") from exc

@@ -133,6 +133,11 @@ def test_admin_catalog_file_replaces_the_packaged_one(tmp_path: Path):
     assert catalog.get("gpt-image-2").routes[0].model == "gpt-image-2"
 
 
+LOW = 'qualities = ["low"]\n'
+LOW_PRICE = "price.low = { square = 1, other = 1 }\n"
+OPENAI = 'routes = [{ provider = "openai" }]\n'
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -151,12 +156,25 @@ def test_admin_catalog_file_replaces_the_packaged_one(tmp_path: Path):
         ),
         ("models = 3", "table of model"),
         ("not toml [", "cannot read"),
+        # A value of another kind where a table belongs: one line saying so, never a traceback.
+        (f"[models.a]\n{LOW}price.low = 5\n{OPENAI}", r"models\.a\.price\.low: must be a table"),
+        (f"[models.a]\n{LOW}price = 5\n{OPENAI}", r"models\.a\.price: must be a table"),
+        (f"[models.a]\n{LOW}{LOW_PRICE}tokens = 5\n{OPENAI}", r"models\.a\.tokens: must be a table"),
+        (f'[models.a]\n{LOW}{LOW_PRICE}routes = ["openai"]\n', r"models\.a\.routes\[0\]: must be a table"),
+        ("[models]\na = 5\n", r"models\.a: must be a table"),
     ],
 )
 def test_broken_catalog_files_are_refused_with_the_reason(tmp_path: Path, text: str, problem: str):
     path = tmp_path / "catalog.toml"
     path.write_text(text)
     with pytest.raises(CatalogError, match=problem):
+        load_catalog(path)
+
+
+def test_a_catalog_file_that_is_not_utf8_is_refused_with_the_reason(tmp_path: Path):
+    path = tmp_path / "catalog.toml"
+    path.write_bytes("# prix en €\n[models.a]\n".encode("cp1252"))  # an editor's Windows save
+    with pytest.raises(CatalogError, match=r"catalog\.toml: it is not UTF-8 text \(byte 0x80 at offset 10\)"):
         load_catalog(path)
 
 

@@ -167,6 +167,30 @@ def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: P
     assert "default model: gpt-image-2.6-flare" in proc.stderr  # what members get instead
 
 
+@pytest.mark.parametrize(
+    ("catalog", "problem"),
+    [
+        ("# prix en €\n".encode("cp1252"), "it is not UTF-8 text"),
+        (
+            b'[models.m]\nqualities = ["low"]\nprice.low = 5\nroutes = [{ provider = "openai" }]\n',
+            "price.low",
+        ),
+        (
+            b'[models.m]\nqualities = ["low"]\nprice.low = { square = 0.01, other = 0.01 }\ntokens = 5\n'
+            b'routes = [{ provider = "openai" }]\n',
+            "models.m.tokens: must be a table",
+        ),
+    ],
+    ids=["not-utf8", "price-a-number", "tokens-a-number"],
+)
+def test_check_config_lists_a_broken_catalog_file_and_exits_2(tmp_path: Path, catalog: bytes, problem: str):
+    (tmp_path / "catalog.toml").write_bytes(catalog)
+    proc = run_bot(["--check-config"], {**BASE, "CATALOG_PATH": str(tmp_path / "catalog.toml")}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert problem in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_check_config_masks_passwords_in_base_urls(tmp_path: Path):
     (tmp_path / ".env").write_text(
         "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\n"
