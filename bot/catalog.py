@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import messages
+from bot.config import KNOWN_PROVIDERS
 from bot.domain.options import (
     BACKGROUNDS,
     OUTPUT_FORMATS,
@@ -46,6 +47,27 @@ MASK_CONVENTIONS = ("alpha", "white")  # see bot.providers.masks
 LIST_PRICE = "list"
 SQUARE_SIZE = "1024x1024"
 SQUARE_PIXELS = 1024 * 1024
+# The keys a `[models.ID]` section may have: a typo (`shutdwon`, `replacment`) would otherwise be
+# ignored, and the model would silently keep no shutdown date or no replacement.
+MODEL_KEYS = frozenset(
+    {
+        "name",
+        "price",
+        "tokens",
+        "qualities",
+        "sizes",
+        "free_sizes",
+        "max_input_images",
+        "mask",
+        "input_fidelity",
+        "max_prompt_chars",
+        "input_tokens_per_image",
+        "shutdown",
+        "replacement",
+        "snapshots",
+        "routes",
+    }
+)
 ROUTE_KEYS = frozenset(
     {
         "provider",
@@ -355,6 +377,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
     where = f"models.{model_id}"
     try:
         _table(raw, where, "(a [models.ID] section)")
+        _unknown_keys(raw, MODEL_KEYS, where, problems)
         prices = _prices(raw, where)
         qualities = tuple(raw.get("qualities", DEFAULT_QUALITIES))
         unknown = [q for q in qualities if q not in QUALITIES]
@@ -446,12 +469,22 @@ def _choices(
     return values
 
 
+def _unknown_keys(raw: dict[str, Any], known: frozenset[str], where: str, problems: list[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
 def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: list[str]) -> Route:
     """One `routes` entry. Capabilities left out inherit the model's; problems are collected."""
     _table(raw, where, '(provider = "…", …)')
-    unknown = sorted(set(raw) - ROUTE_KEYS)
-    if unknown:
-        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+    _unknown_keys(raw, ROUTE_KEYS, where, problems)
+    provider = raw["provider"]
+    if provider not in KNOWN_PROVIDERS:
+        # A misspelt provider would pass and the route would never be used (no such key is configured).
+        problems.append(
+            f"{where}.provider: unknown provider {provider!r} (known: {', '.join(KNOWN_PROVIDERS)})"
+        )
     raw_price = raw.get("price", LIST_PRICE)
     price: Decimal | None = None
     if raw_price != LIST_PRICE:
@@ -471,7 +504,7 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     if max_images < 1:
         problems.append(f"{where}.max_input_images: must be at least 1")
     return Route(
-        provider=raw["provider"],
+        provider=provider,
         model=raw.get("model", model.id),
         price=price,
         mask=bool(raw.get("mask", model.mask)),

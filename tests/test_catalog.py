@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from bot.catalog import (
+    MODEL_KEYS,
+    ROUTE_KEYS,
     Catalog,
     CatalogError,
     actual_usd,
@@ -249,6 +252,8 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
         ({"provider": "openai", "sizes": ["2048x2048"]}, "sizes: unknown value(s) '2048x2048'"),
         ({"provider": "openai", "output_formats": []}, "output_formats: must list at least one value"),
         ({"provider": "openai", "max_input_images": 0}, "max_input_images: must be at least 1"),
+        # A misspelt provider: no key is ever configured for it, so the route would silently never run.
+        ({"provider": "opnai"}, "provider: unknown provider 'opnai' (known: openai, atlascloud,"),
     ],
 )
 def test_broken_routes_are_refused_with_the_reason(route, problem):
@@ -261,3 +266,34 @@ def test_broken_routes_are_refused_with_the_reason(route, problem):
         parse_catalog(raw)
     assert problem in str(info.value)
     assert "models.m.routes[0]" in str(info.value)
+
+
+def test_misspelt_model_keys_are_refused_all_at_once():
+    # `shutdwon` and `replacment` were ignored: the model then kept no date and no successor.
+    raw = {
+        "models": {
+            "m": {
+                "qualities": ["low"],
+                "price": {"low": {"square": 1, "other": 1}},
+                "shutdwon": "2026-12-01",
+                "replacment": "n",
+                "routes": [{"provider": "opnai"}],
+            }
+        }
+    }
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(raw)
+    assert "models.m: unknown key(s) replacment, shutdwon" in str(info.value)
+    assert "models.m.routes[0].provider: unknown provider 'opnai'" in str(info.value)  # in the same list
+
+
+@pytest.mark.parametrize("path", [None, NOVEMBER_CATALOG], ids=["packaged", "november"])
+def test_the_shipped_catalogs_use_only_known_keys_and_providers(path: Path | None):
+    catalog = load_catalog(path)
+    assert {r.provider for m in catalog.models.values() for r in m.routes} <= set(PROVIDER_ENV)
+
+
+def test_every_key_the_catalog_takes_is_documented_at_the_top_of_the_packaged_file():
+    header = (Path(__file__).parents[1] / "bot" / "data" / "catalog.toml").read_text().split("\n[", 1)[0]
+    documented = set(re.findall(r"[a-z_]+", header))
+    assert sorted((MODEL_KEYS | ROUTE_KEYS) - documented) == []
