@@ -304,8 +304,9 @@ class ModelLifecycle:
         return True
 
     async def apply_listing(self, provider: str, listing: Sequence[ListedModel]) -> DiscoveryReport:
-        """Apply a provider's model list: its dates become the routes' dates, a catalog model it does
-        not list is unavailable there, new `gpt-image-*` ids and dates within 30 days are reported."""
+        """Apply a provider's model list: its dates are kept beside the catalog's (the earlier ends the
+        route, see `route_end`), a catalog model it does not list is unavailable there, new
+        `gpt-image-*` ids and dates within 30 days are reported."""
         listed = {entry.id: entry for entry in listing}
         today = self.today()
         soon, missing, changes = [], [], []

@@ -235,6 +235,19 @@ async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_mo
     assert not again.usable(old) and not again.usable(new) and again.usable(catalog.get("spare"))
 
 
+async def test_a_later_date_in_the_model_list_does_not_extend_the_catalogs_date():
+    # The earlier of the two ends the route (bot/data/catalog.toml's header says so): a list that
+    # lags behind an announced retirement must not keep sending edits to a model about to go.
+    catalog, calendar = two_route_catalog(), Calendar(dt.date(2026, 12, 1))
+    lifecycle = ModelLifecycle(catalog, {"openai"}, calendar)
+    later = SHUTDOWN + dt.timedelta(days=30)
+    await lifecycle.apply_listing("openai", [Listed("old", later), Listed("new"), Listed("spare")])
+    old = catalog.get("old")
+    assert lifecycle.route_end(old, old.routes[0]) == SHUTDOWN
+    calendar.day = SHUTDOWN
+    assert not lifecycle.route_live(old, old.routes[0])
+
+
 async def test_a_failed_first_listing_keeps_the_catalogs_view():
     catalog = two_route_catalog()
     lifecycle = ModelLifecycle(catalog, {"openai"}, lambda: dt.date(2026, 12, 1))
