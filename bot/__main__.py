@@ -1,10 +1,11 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
 Exit codes: 0 after a clean (signal) shutdown; 2 for configuration problems (a token Discord refuses,
-an unwritable DATA_DIR and a metrics port that cannot be listened on included); 1 for anything else
-(Discord or the database server unreachable, a database from a newer release, a SQLite file another
-bot process runs on). Each of those is said in one log line, without a traceback. The operator's
-one-off commands (`--check-config`, `--sync`, `--copy-to-postgres`) exit with the same codes.
+an unwritable DATA_DIR, a SQLite file that cannot be opened there and a metrics port that cannot be
+listened on included); 1 for anything else (Discord or the database server unreachable, a database
+from a newer release, a SQLite file another bot process runs on or one that is not a database). Each
+of those is said in one log line, without a traceback. The operator's one-off commands
+(`--check-config`, `--sync`, `--copy-to-postgres`) exit with the same codes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -59,6 +61,29 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+def _sqlite_file_unusable(database: str, exc: OSError | sqlite3.Error) -> int:
+    """Say in one line why the SQLite file `database` (DATA_DIR's default one, or DATABASE_URL's) cannot
+    be used; the exit code. A place the bot cannot open or write (the file or its `.lock` a folder, a
+    read-only file) is a settings problem; a file that is not a SQLite database is not."""
+    # An OSError names the file it failed on: the `.lock` beside the database may be the one in the way.
+    where = mask_userinfo(str(getattr(exc, "filename", None) or database))
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+        log.error(
+            "Retouch cannot open %s (%s): it is not a SQLite database, or it is damaged; restore a backup, "
+            "or move it away to start with an empty one",
+            where,
+            exc,
+        )
+        return EXIT_FAILURE
+    reason = (exc.strerror if isinstance(exc, OSError) else str(exc)) or type(exc).__name__
+    log.error(
+        "Retouch cannot use %s (%s): set DATA_DIR (or DATABASE_URL) to a folder it can write to",
+        where,
+        reason,
+    )
+    return EXIT_CONFIG
+
+
 def _fail_config(problems: list[str]) -> int:
     lines = ["Retouch cannot start. Fix these settings:"]
     lines += [f"  - {p}" for p in problems]
@@ -103,7 +128,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import OpsUnavailable, serve_ops
     from bot.storage import Storage
-    from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, SchemaTooNew
+    from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, SchemaTooNew, is_postgres
     from bot.storage.postgres import PostgresDatabase
 
     if settings.discord_api_base:
@@ -138,16 +163,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     except DatabaseUnavailable as exc:
         log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
-    except OSError as exc:
-        if not settings.database.startswith("sqlite:"):
+    except (OSError, sqlite3.Error) as exc:
+        if is_postgres(settings.database):
             raise  # not a place on disk: nothing here to point at
-        # SQLite's folder or file: DATABASE_URL names an unusable place.
-        log.error(
-            "Retouch cannot use %s (%s): set DATA_DIR (or DATABASE_URL) to a folder it can write to",
-            mask_userinfo(settings.database),
-            exc.strerror or type(exc).__name__,
-        )
-        return EXIT_CONFIG
+        return _sqlite_file_unusable(settings.database, exc)
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every
         # 429 a provider answers on it reaches the adaptive limits (`RateLimitWatch`).

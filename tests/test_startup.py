@@ -67,6 +67,37 @@ async def test_a_data_dir_that_cannot_be_written_is_a_settings_problem_said_once
     assert "cannot write to DATA_DIR" in line
 
 
+@pytest.mark.parametrize(
+    ("in_the_way", "named"),
+    [
+        ("retouch.sqlite3", "retouch.sqlite3 (unable to open database file)"),  # sqlite3.OperationalError
+        ("retouch.sqlite3.lock", "retouch.sqlite3.lock (Is a directory)"),  # OSError, no DATABASE_URL
+    ],
+)
+async def test_a_default_sqlite_file_that_cannot_be_opened_is_a_settings_problem_said_once(
+    tmp_path: Path, in_the_way: str, named: str
+):
+    """Without DATABASE_URL the database is DATA_DIR/retouch.sqlite3: a folder where it or its lock
+    belongs was a traceback and exit 1."""
+    (tmp_path / in_the_way).mkdir()
+    code, log = await run_bot(tmp_path)
+
+    assert code == 2, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert f"cannot use {tmp_path / named}" in line and "DATA_DIR" in line
+
+
+async def test_a_file_that_is_not_a_sqlite_database_is_refused_with_one_clear_line(tmp_path: Path):
+    (tmp_path / "retouch.sqlite3").write_bytes(b"not a database, " * 64)
+    code, log = await run_bot(tmp_path)
+
+    assert code == 1, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "retouch.sqlite3 (file is not a database): it is not a SQLite database" in line
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
 async def test_a_metrics_port_that_cannot_be_listened_on_is_a_settings_problem_said_once(
     tmp_path: Path, host: str
