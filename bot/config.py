@@ -364,6 +364,29 @@ def _default(name: str) -> Any:
     return factory()
 
 
+def _load_dotenv(path: Path) -> None:
+    """Add `path` (`.env` in the working directory) to the environment; real environment variables win,
+    as compose users expect. Raises ConfigError when it is not UTF-8 (an editor's Latin-1 "café" in a
+    comment would otherwise stop start-up with a UnicodeDecodeError traceback)."""
+    from dotenv import load_dotenv
+
+    try:
+        load_dotenv(path, override=False)
+    except UnicodeDecodeError:
+        raise ConfigError([_not_utf8(path)]) from None
+
+
+def _not_utf8(path: Path) -> str:
+    """Where `path` stops being UTF-8, by line (dotenv decodes in chunks: its offset is not the file's)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"{path.name} is not UTF-8 (line {line}, byte {data[exc.start]:#04x}): save it as UTF-8"
+    return f"{path.name} is not UTF-8: save it as UTF-8"
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
@@ -371,10 +394,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     """
     if env is None:
         if dotenv:
-            from dotenv import load_dotenv
-
-            # `.env` in the working directory; real environment variables win, as compose users expect.
-            load_dotenv(Path.cwd() / ".env", override=False)
+            _load_dotenv(Path.cwd() / ".env")
         env = os.environ
     r = _Reader(env)
     token = r.raw("DISCORD_TOKEN")

@@ -157,6 +157,16 @@ async def test_the_provider_pool_has_a_connection_for_every_call_running_jobs_ca
         assert session.connector.limit_per_host == 0
 
 
+def test_a_dotenv_file_that_is_not_utf8_is_one_settings_problem(tmp_path: Path):
+    # Saved by an editor in Latin-1: the é of a comment was a UnicodeDecodeError traceback and exit 1.
+    dotenv = "DISCORD_TOKEN=tok-abcdef123456\n# Réglages du café\nOPENAI_API_KEY=sk-test-123456789\n"
+    (tmp_path / ".env").write_bytes(dotenv.encode("latin-1"))
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "  - .env is not UTF-8 (line 2, byte 0xe9): save it as UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: Path):
     (tmp_path / ".env").write_text(
         "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\nDEFAULT_MODEL=gpt-image-2.6-flair\n"
