@@ -67,3 +67,12 @@ def test_env_example_offers_exactly_the_values_a_choice_setting_takes():
     example = (ROOT / ".env.example").read_text()
     for name, allowed in CHOICE_SETTINGS.items():
         assert listed_values(example, name) == set(allowed), name
+
+
+def test_every_variable_docker_compose_reads_has_a_line_in_env_example():
+    # README tells operators to put POSTGRES_PASSWORD in .env; .env.example had no line for it.
+    example = (ROOT / ".env.example").read_text()
+    compose = (ROOT / "docker-compose.yml").read_text()
+    names = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", compose))
+    assert names  # the file was parsed, not an empty match
+    assert sorted(n for n in names if not re.search(rf"^#? ?{n}=", example, re.M)) == []
