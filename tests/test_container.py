@@ -21,6 +21,26 @@ def compose() -> str:
     return (ROOT / "docker-compose.yml").read_text()
 
 
+def docker_ignores(path: str) -> bool:
+    """Whether `.dockerignore` keeps `path` (relative to the project) out of the build context, read
+    the way Docker reads it: the last pattern matching the path or one of its parent folders decides,
+    `*` and `?` stay within one folder, `**` spans any number and `!` re-includes."""
+    ignored = False
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        pattern = re.escape(line.lstrip("!").strip("/"))
+        for glob, regex in ((r"\*\*/", "(.*/)?"), (r"\*\*", ".*"), (r"\*", "[^/]*"), (r"\?", "[^/]")):
+            pattern = pattern.replace(glob, regex)
+        if any(re.fullmatch(pattern, c) for c in candidates):
+            ignored = not include
+    return ignored
+
+
 def test_the_base_image_is_pinned_by_digest():
     [base] = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
     assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*@sha256:[0-9a-f]{64}", base), base
@@ -63,3 +83,26 @@ def test_declared_dependencies_cover_what_the_code_uses():
     assert low is not None and (int(low[1]), int(low[2])) >= (3, 10)  # aiohttp.ConnectionTimeoutError
     assert any(d.startswith("yarl") for d in project["dependencies"])
     assert any(d.startswith("hypothesis") for d in project["optional-dependencies"]["dev"])
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_no_secrets_or_data():
+    copied = [
+        src
+        for line in re.findall(r"^COPY\s+(.+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+        for src in line.split()[:-1]
+    ]
+    assert copied == ["pyproject.toml", "README.md", "bot", "cogs"]  # parsed, not an empty match
+    for path in [*copied, "bot/__main__.py", "bot/data/catalog.toml", "cogs/edit.py"]:
+        assert not docker_ignores(path), path
+    for path in (
+        ".env",  # the bot token and provider keys
+        "data/retouch.sqlite3",
+        ".venv/bin/python",
+        ".git/config",
+        "bench/results/burst.json",
+        "bot/__pycache__/app.cpython-311.pyc",
+        "cogs/mask/__pycache__/view.cpython-311.pyc",
+        ".mypy_cache/3.11/bot.json",
+        "tests/data/astronaut.png",
+    ):
+        assert docker_ignores(path), path
