@@ -7,6 +7,7 @@ speak the same words without depending on each other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -18,6 +19,9 @@ SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 BACKGROUNDS = ("auto", "opaque", "transparent")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 TRANSPARENT_FORMATS = ("png", "webp")  # JPEG has no alpha channel
+# ASCII digits only: `str.isdigit()` (and `\d`) also take "²" and other scripts' digits, which `int()`
+# refuses or a provider would not understand. No edge needs 10 digits (and `int()` refuses over 4,300).
+_WXH = re.compile(r"([0-9]{1,9})x([0-9]{1,9})")
 # How qualities compare (a role's cap, the level a model uses for a default it lacks). `auto` may come
 # back as high, so it ranks (and is priced) as high.
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "xhigh": 3, "max": 4, "auto": 2}
@@ -25,10 +29,10 @@ QUALITY_RANK = {"low": 0, "medium": 1, "high": 2, "xhigh": 3, "max": 4, "auto": 
 
 def parse_size(size: str) -> tuple[int, int] | None:
     """`(width, height)` of a `WxH` size such as `2048x1152`, or None for `auto` or malformed text."""
-    width, sep, height = size.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+    match = _WXH.fullmatch(size)
+    if match is None:
         return None
-    w, h = int(width), int(height)
+    w, h = int(match[1]), int(match[2])
     return (w, h) if w > 0 and h > 0 else None
 
 

@@ -150,6 +150,24 @@ async def test_settings_change_and_reset_the_defaults_edit_uses(world: World):
     assert fields(reset)["Size"] == "**auto**\nthe bot's default"
 
 
+# A model that takes free WIDTHxHEIGHT sizes, so a typed size is parsed (and offered back) as one.
+FREE_SIZES = catalog(model("gpt-image-2", name="GPT Image 2", free_sizes=True))
+
+
+@pytest.mark.parametrize("typed", ["²x²", "١٠٢٤x١٠٢٤", "1" * 4400 + "x1024"])
+async def test_a_size_in_other_digits_than_ascii_is_refused_and_not_offered_or_saved(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, typed: str
+):
+    async with running_bot(fake_discord, openai, tmp_path, catalog=FREE_SIZES) as world:
+        offered = await world.fake.autocomplete(
+            world.user, "settings", channel=world.channel, focused="size", value=typed
+        )
+        assert offered and not any("(custom)" in choice["name"] for choice in offered)
+        refused = await reply(world, world.user, "settings", size=typed)
+        assert refused.content.startswith("Size must be one of")
+        assert await world.services.storage.settings.user_settings_row(world.user.id) is None
+
+
 async def test_a_role_cap_below_the_default_is_shown_and_applied_and_a_tier_lifts_it(world: World):
     vip = await world.guild.create_role("vip")
     bob = world.fake.create_user("bob")
