@@ -8,6 +8,7 @@ services refuse everyone but the operator (`OWNER_IDS`, or the application's own
 from __future__ import annotations
 
 import logging
+import re
 from decimal import Decimal
 
 import discord
@@ -26,6 +27,10 @@ MAX_ALLOTMENT_USD = 1_000_000
 REPORT_ROWS = 20
 FIELD_CHARS = 1024
 NO_PINGS = discord.AllowedMentions.none()
+# A Discord id: ASCII digits only (`str.isdigit()` also takes "²", which `int()` refuses), and at most
+# SQLite's (and PostgreSQL's bigint's) largest integer, which the settings tables store it as.
+SERVER_ID = re.compile(r"[0-9]{1,20}")
+MAX_SERVER_ID = 2**63 - 1
 
 
 def _server_id(interaction: discord.Interaction, text: str | None) -> int:
@@ -34,9 +39,11 @@ def _server_id(interaction: discord.Interaction, text: str | None) -> int:
         if interaction.guild_id is None:
             raise InvalidOptions(messages.NO_SERVER_GIVEN, code="no_server")
         return interaction.guild_id
-    if not text.strip().isdigit():
+    digits = text.strip()
+    # 0 is not a server: the services use it for direct messages.
+    if SERVER_ID.fullmatch(digits) is None or not 0 < int(digits) <= MAX_SERVER_ID:
         raise InvalidOptions(messages.SERVER_ID_NOT_A_NUMBER, code="bad_server")
-    return int(text.strip())
+    return int(digits)
 
 
 def _cap_text(credits: int | None, report: OperatorReport) -> str:

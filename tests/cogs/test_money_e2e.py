@@ -10,6 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bot import messages
 from bot.catalog import Catalog
 from tests.cogs.test_mask_e2e import MASK_CATALOG, box_mask
 from tests.cogs.test_members_e2e import edit_again
@@ -124,6 +127,20 @@ async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_el
         retry = await world.fake.click(world.user, result, control(result, "retry"))
         assert "not enabled on this server" in await answer(world, retry)
         assert openai.post_count == 1
+
+
+# Not a server id: digits other than ASCII ones, more than SQLite's largest integer, and 0 (DMs).
+NOT_SERVER_IDS = ["²", "١٢٣", "9" * 30, str(2**63), "0"]
+
+
+@pytest.mark.parametrize("server", NOT_SERVER_IDS)
+@pytest.mark.parametrize("name", ["owner approve", "owner remove", "owner allotment"])
+async def test_owner_commands_say_a_server_id_that_is_not_one_is_not_a_number(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, name: str, server: str
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        it = await command(world, world.owner, name, server=server)
+        assert await answer(world, it) == messages.SERVER_ID_NOT_A_NUMBER
 
 
 async def test_a_member_can_still_cancel_an_edit_after_the_servers_approval_is_withdrawn(
