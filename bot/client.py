@@ -45,6 +45,8 @@ APPROVE_CUSTOM_ID = "retouch:approve:{guild_id}"
 # Discord takes one IDENTIFY per 5 s from a bot (`max_concurrency` 1, all but the largest bots);
 # discord.py waits as long before each shard it starts but the first.
 IDENTIFY_GAP_SECONDS = 5.0
+# Discord refuses (400) a message longer than this; a refusal it refuses leaves the user on "thinking…".
+MESSAGE_CHARS = 2000
 
 
 # The click is handled by cogs.owner's dynamic item; this view only renders the button, and a timeout
@@ -70,6 +72,9 @@ async def reply_privately(
     interaction: discord.Interaction, text: str, *, view: discord.ui.View | None = None
 ) -> None:
     """Tell only the invoking user, whatever state the interaction is in. Never raises."""
+    # bot.messages keeps what it quotes short; this is the backstop for any text that is still too long.
+    if len(text) > MESSAGE_CHARS:
+        text = text[: MESSAGE_CHARS - 1] + "…"
     if interaction.extras.get("token_dead"):
         # Discord already refused this token once; another try only adds to the invalid-request count.
         log.info("could not tell user %s about an error: the interaction token is spent", interaction.user.id)

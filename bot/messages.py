@@ -39,6 +39,24 @@ _KIND_TIPS = {
 }
 
 
+# -- quoting what a member typed -------------------------------------------------------------------
+
+# What a member typed is echoed back at most this long: Discord refuses a message over 2,000
+# characters, and a refusal it refuses never reaches the member (who is left on "thinking…").
+ECHO_CHARS = 100
+
+
+def echo(typed: str) -> str:
+    """Something a member typed, cut to `ECHO_CHARS` (with an ellipsis) to quote it back."""
+    return typed if len(typed) <= ECHO_CHARS else typed[: ECHO_CHARS - 1] + "…"
+
+
+def echo_list(typed: Iterable[str]) -> str:
+    """Several things a member typed, as one quote cut to `ECHO_CHARS`: one long word or many short
+    ones fit the same."""
+    return echo(", ".join(typed))
+
+
 # -- images and masks (bot.imaging) ---------------------------------------------------------------
 
 
@@ -123,7 +141,7 @@ def _short_number(value: float) -> str:
 
 
 def unknown_model(model_id: str) -> str:
-    return f"Unknown model `{model_id}`. Pick one from the list the `model` option suggests."
+    return f"Unknown model `{echo(model_id)}`. Pick one from the list the `model` option suggests."
 
 
 NO_LIVE_MODEL = (
@@ -238,17 +256,19 @@ def prompt_too_long(chars: int, model: str, max_chars: int) -> str:
 
 
 def quality_not_offered(model: ModelEntry, quality: str) -> str:
-    return f"{model.name} does not offer quality `{quality}`. Pick one of: {', '.join(model.qualities)}."
+    return (
+        f"{model.name} does not offer quality `{echo(quality)}`. Pick one of: {', '.join(model.qualities)}."
+    )
 
 
 def size_not_offered(model: ModelEntry, size: str) -> str:
     """A size `model` cannot make, naming what it can."""
     listed = ", ".join(model.sizes)
     if model.size_rules is None:
-        return f"{model.name} does not offer size `{size}`. Pick one of: {listed}."
+        return f"{model.name} does not offer size `{echo(size)}`. Pick one of: {listed}."
     why = model.size_rules.problem(size)
     return (
-        f"{model.name} cannot make size `{size}` ({why}). Pick one of {listed}, or "
+        f"{model.name} cannot make size `{echo(size)}` ({why}). Pick one of {listed}, or "
         f"{model.size_rules.describe()}."
     )
 
@@ -635,11 +655,11 @@ def report_period(periods: Iterable[str]) -> str:
 
 
 def unknown_models(unknown: Iterable[str], known: Iterable[str]) -> str:
-    return f"Unknown model(s): {', '.join(unknown)}. Known: {', '.join(known)}."
+    return f"Unknown model(s): {echo_list(unknown)}. Known: {', '.join(known)}."
 
 
 def unknown_providers(unknown: Iterable[str], known: Iterable[str]) -> str:
-    return f"Unknown provider(s): {', '.join(unknown)}. Known: {', '.join(known)}."
+    return f"Unknown provider(s): {echo_list(unknown)}. Known: {', '.join(known)}."
 
 
 # -- the safety check (bot.services.moderation) ---------------------------------------------------

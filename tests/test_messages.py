@@ -11,6 +11,7 @@ from bot import messages
 from bot.catalog import Route
 from bot.errors import message_for_provider_error
 from bot.providers import errors as perr
+from tests.catalogs import catalog, model
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,21 @@ def test_a_route_that_makes_transparency_only_as_png_says_which_format_to_pick()
     route = Route(provider="oneminai", model="m", transparent_formats=("png",))
     text = messages.unservable("Model", route, ("transparent_format",))
     assert "set `format` to one of png for a transparent background" in text
+
+
+def test_every_refusal_that_quotes_what_a_member_typed_cuts_the_quote_short():
+    listed, free = catalog(model("m", name="M"), model("f", name="F", free_sizes=True)).models.values()
+    typed = "x" * 2100
+    quoted = [
+        messages.unknown_model(typed),
+        messages.quality_not_offered(listed, typed),
+        messages.size_not_offered(listed, typed),
+        messages.size_not_offered(free, typed),
+        messages.unknown_models([typed], ["m"]),
+        messages.unknown_providers(["y"] * 1000, ["openai"]),  # many short ones: the list is cut
+    ]
+    for text in quoted:
+        assert len(text) < 500 and "…" in text, text
 
 
 ROOT = Path(__file__).parent.parent

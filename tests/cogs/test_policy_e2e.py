@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bot import messages
 from tests.catalogs import catalog, model, tiered
 from tests.fakes.discord import (
     FakeDiscord,
@@ -166,6 +167,32 @@ async def test_a_size_in_other_digits_than_ascii_is_refused_and_not_offered_or_s
         refused = await reply(world, world.user, "settings", size=typed)
         assert refused.content.startswith("Size must be one of")
         assert await world.services.storage.settings.user_settings_row(world.user.id) is None
+
+
+LONG = "x" * 2100  # past Discord's 2,000 characters for a message
+LONG_INPUTS = [
+    ("settings", {"model": LONG}),
+    ("quality", {"level": LONG}),
+    ("admin policy limits", {"models": LONG}),
+    ("admin policy defaults", {"providers": LONG}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), LONG_INPUTS)
+async def test_a_refusal_of_a_long_input_quotes_it_short_and_reaches_the_member(
+    world: World, name: str, options: dict[str, str]
+):
+    refused = await reply(world, world.owner, name, **options)
+    assert "x" * (messages.ECHO_CHARS - 1) + "…" in refused.content
+    assert "x" * messages.ECHO_CHARS not in refused.content
+
+
+async def test_a_refusal_longer_than_discord_takes_is_cut_to_fit_rather_than_lost(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(messages, "ECHO_CHARS", 10_000)  # a refusal that quotes all 2,100 characters
+    refused = await reply(world, world.user, "settings", model=LONG)
+    assert len(refused.content) == 2000 and refused.content.endswith("x…")
 
 
 async def test_a_role_cap_below_the_default_is_shown_and_applied_and_a_tier_lifts_it(world: World):
