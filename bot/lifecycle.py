@@ -215,11 +215,24 @@ class ModelLifecycle:
         default = self.default_model()
         return Resolution(default, messages.defaulted(asked.name, default.name))
 
+    def choosable(self, model_id: str) -> ModelEntry:
+        """A model a member or admin may choose to keep using (a default, an allowed model): known and
+        usable today. A dead one is refused naming the replacement `resolve` would move a job to; saved,
+        it would only be swapped for another model (or lock members out) at the next edit."""
+        asked = self.catalog.get(model_id)
+        if self.usable(asked):
+            return asked
+        text = messages.model_retired(asked.name, self._replacement(asked))
+        raise InvalidOptions(text, code="model_retired")
+
+    def _replacement(self, model: ModelEntry) -> tuple[str, str] | None:
+        """(name, id) of the first usable model along `model`'s replacement chain."""
+        successor = self.successor(model)
+        return (successor.name, successor.id) if successor is not None else None
+
     def dead_message(self, model: ModelEntry, *, mid_run: bool = False) -> str:
         """User text for a picked model that no configured service sells any more."""
-        successor = self.successor(model)
-        replacement = (successor.name, successor.id) if successor is not None else None
-        return messages.model_gone(model.name, mid_run=mid_run, replacement=replacement)
+        return messages.model_gone(model.name, mid_run=mid_run, replacement=self._replacement(model))
 
     def _warning(self, model: ModelEntry) -> str | None:
         """Users who pick a model hear of its last live day from 30 days before it."""

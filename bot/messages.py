@@ -164,6 +164,15 @@ def model_gone(name: str, *, mid_run: bool, replacement: tuple[str, str] | None)
     return f"{head} {offer}, or leave `model` empty for the default. You were not charged."
 
 
+def model_retired(name: str, replacement: tuple[str, str] | None) -> str:
+    """A dead model chosen as a default or allowed by a rule (nothing is saved); `replacement` is
+    (name, id)."""
+    head = f"{name} is no longer available from the image services this bot uses, so nothing was changed."
+    if replacement is not None:
+        return f"{head} Its replacement is **{replacement[0]}**: pick `{replacement[1]}` instead."
+    return f"{head} Pick another model from the list the `model` option suggests."
+
+
 def retiring_on(name: str, day: str) -> str:
     return f"{name} will be retired on {day}."
 

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
+from bot.errors import InvalidOptions
 from bot.services.policy import EffectiveDefaults, QualityView
 from cogs._ui import (
     EMBED_COLOUR,
@@ -132,9 +133,16 @@ class SettingsCog(commands.Cog):
         )
         await self.policy.update_settings(guild_id, user_id, changes, resets)
         defaults = await self.policy.effective_defaults(guild_id, user_id, role_ids_of(interaction.user))
-        entry = self.policy.catalog.models.get(defaults.effective.model)
-        name = entry.name if entry else defaults.effective.model
+        name = self._model_name(defaults.effective.model)
         await interaction.followup.send(embed=settings_embed(defaults, name), ephemeral=True)
+
+    def _model_name(self, model_id: str) -> str:
+        """The model edits here really use (a dead default moves on), as /quality shows it; the id
+        itself when even the catalog does not know it (a DEFAULT_MODEL of another catalog)."""
+        try:
+            return self.policy.model_for_view(model_id).name
+        except InvalidOptions:
+            return model_id
 
 
 async def setup(bot: RetouchBot) -> None:

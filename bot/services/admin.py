@@ -41,6 +41,9 @@ from bot.storage import Storage
 from bot.storage.ledger import ALLOWANCE_REASON
 from bot.storage.reports import LedgerEntry
 
+if TYPE_CHECKING:
+    from bot.lifecycle import ModelLifecycle
+
 log = logging.getLogger(__name__)
 
 PERIODS = ("daily", "weekly", "monthly")
@@ -355,6 +358,7 @@ class PolicyAdmin:
 
     settings: Settings
     catalog: Catalog
+    lifecycle: ModelLifecycle
     storage: Storage
     access: AccessService
     on_credit_change: CreditAudit
@@ -408,7 +412,7 @@ class PolicyAdmin:
         if name == "default_size" and value is not None and not valid_size(value):
             raise InvalidOptions(SIZE_HELP, code="bad_size")
         if name == "default_model" and value is not None:
-            self.catalog.get(value)
+            self.lifecycle.choosable(value)  # unknown or dead: refused, naming the replacement
         if name == "models":
             return {"models": _models_column(value)}
         if name == "monthly_cap_usd":

@@ -604,7 +604,7 @@ class PolicyService(PolicyAdmin):
             if value is None:
                 continue
             if name == "model":
-                self.catalog.get(value)  # raises InvalidOptions for an unknown id
+                self.lifecycle.choosable(value)  # raises InvalidOptions for an unknown or dead id
             elif name in allowed and value not in allowed[name]:
                 raise InvalidOptions(messages.not_one_of(name, allowed[name]), code="bad_option")
             fields[name] = int(value) if name == "skip_mask_preview" else value

@@ -14,6 +14,7 @@ from bot.catalog import Catalog
 from tests.catalogs import WITH_AUTO, catalog, model, route
 from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
+from tests.cogs.test_policy_e2e import fields, reply
 from tests.durable import control, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -223,6 +224,42 @@ async def test_edit_again_on_a_result_whose_default_model_was_shut_down_uses_the
         assert fields["Model"] == ["GPT Image 2.6 Sunburst"]
         assert any("GPT Image 2 is no longer available" in n for n in fields["Note"])
         assert models_sent(openai) == ["gpt-image-2", "gpt-image-2.6-sunburst"]
+
+
+async def test_a_shut_down_model_is_refused_as_a_members_or_servers_default_naming_its_replacement(
+    world: World, calendar: Calendar
+):
+    calendar.day = SHUTDOWN
+    mine = await reply(world, world.user, "settings", model="gpt-image-2")
+    server = await reply(world, world.owner, "admin policy defaults", model="gpt-image-2")
+    for refused in (mine, server):
+        assert refused.content == (
+            "GPT Image 2 is no longer available from the image services this bot uses, so nothing was "
+            "changed. Its replacement is **GPT Image 2.6 Sunburst**: pick `gpt-image-2.6-sunburst` instead."
+        )
+    assert await world.services.storage.settings.user_settings_row(world.user.id) is None
+    assert (await world.services.policy.guild_policy(world.guild.id)).default_model is None
+
+
+async def test_a_shut_down_model_without_a_replacement_is_refused_too(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    today = Calendar(SHUTDOWN)
+    async with running_bot(fake_discord, openai, tmp_path, catalog=orphan_catalog(), today=today) as world:
+        refused = await reply(world, world.user, "settings", model="gpt-image-2")
+        assert "GPT Image 2 is no longer available" in refused.content
+        assert "Pick another model from the list" in refused.content
+        assert await world.services.storage.settings.user_settings_row(world.user.id) is None
+
+
+async def test_settings_show_the_model_edits_use_once_the_saved_one_is_shut_down(
+    world: World, calendar: Calendar
+):
+    saved = await reply(world, world.user, "settings", model="gpt-image-2")
+    assert fields(saved)["Model"] == "**GPT Image 2**\nset by you"
+    calendar.day = SHUTDOWN
+    shown = await reply(world, world.user, "settings")
+    assert fields(shown)["Model"] == "**GPT Image 2.6 Sunburst**\nset by you"
 
 
 async def test_quality_and_size_options_follow_the_chosen_model(world: World):
