@@ -15,7 +15,7 @@ from discord import app_commands
 
 from bot.choices import normalize_size
 from bot.client import RetouchBot
-from bot.services.admin import GuildPolicy, parse_models
+from bot.services.admin import GuildPolicy
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
@@ -194,7 +194,7 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         if max_quality is not None:
             changes["max_quality"] = None if max_quality == "max" else max_quality  # max caps nothing
         if models is not None:
-            changes["models"] = parse_models(models, self.policy.catalog, allow_all_marker=False)
+            changes["models"] = self.policy.allowed_models(models, allow_all_marker=False)
         if max_images is not None:
             changes["max_images"] = None if max_images == MAX_IMAGES_PER_EDIT else max_images
         if cooldown is not None:
@@ -290,7 +290,7 @@ class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than 
     ) -> None:
         await self.begin(interaction)
         guild_id = _guild(interaction)
-        parsed = None if models is None else parse_models(models, self.policy.catalog, allow_all_marker=True)
+        parsed = None if models is None else self.policy.allowed_models(models, allow_all_marker=True)
         await self.policy.set_tier(
             guild_id,
             role.id,

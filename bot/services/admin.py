@@ -390,6 +390,16 @@ class PolicyAdmin:
             raise NotPermitted(messages.NEEDS_MANAGE_SERVER, code="not_admin")
         raise NotPermitted(messages.NOT_ON_ADMIN_LIST, code="not_on_admin_list")
 
+    def allowed_models(self, text: str, *, allow_all_marker: bool) -> frozenset[str] | None:
+        """A list of model ids typed by an admin (`parse_models`), each usable today. A shut-down one
+        is refused naming its replacement: saved as the only model members may use, it would lock
+        every one of them out."""
+        models = parse_models(text, self.catalog, allow_all_marker=allow_all_marker)
+        for model_id in sorted(models or ()):
+            if model_id != ALL_MODELS:
+                self.lifecycle.choosable(model_id)
+        return models
+
     async def update_guild(self, guild_id: int, actor_id: int, changes: Mapping[str, Any]) -> GuildPolicy:
         """Change server rules. Keys are GuildPolicy fields; values in their Python form."""
         columns: dict[str, Any] = {}

@@ -241,6 +241,25 @@ async def test_a_shut_down_model_is_refused_as_a_members_or_servers_default_nami
     assert (await world.services.policy.guild_policy(world.guild.id)).default_model is None
 
 
+async def test_a_shut_down_model_is_refused_in_the_models_a_server_or_a_tier_allows(
+    world: World, calendar: Calendar
+):
+    """Allowed alone, a shut-down model would leave members no model they may use."""
+    calendar.day = SHUTDOWN
+    vip = await world.guild.create_role("vip")
+    limits = await reply(world, world.owner, "admin policy limits", models="gpt-image-2")
+    tier = await reply(
+        world, world.owner, "admin tier set", role=vip, models="gpt-image-2.6-sunburst gpt-image-2"
+    )
+    for refused in (limits, tier):
+        assert "GPT Image 2 is no longer available" in refused.content
+        assert "pick `gpt-image-2.6-sunburst` instead" in refused.content
+    policy = await world.services.policy.guild_policy(world.guild.id)
+    assert policy.models is None and policy.tiers == ()
+    saved = await reply(world, world.owner, "admin policy limits", models="gpt-image-2.6-sunburst")
+    assert saved.content == "Saved."
+
+
 async def test_a_shut_down_model_without_a_replacement_is_refused_too(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
