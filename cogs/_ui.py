@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import aiohttp
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Choices = list[app_commands.Choice[str]]
+Autocomplete = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]]
 
 # Discord rate-limits message edits; a stage line more often than this is noise anyway.
 PROGRESS_MIN_INTERVAL = 2.5
@@ -226,6 +229,25 @@ def _bot(interaction: discord.Interaction) -> RetouchBot:
     return bot
 
 
+def always_answers(callback: Autocomplete) -> Autocomplete:
+    """An autocomplete that offers nothing instead of raising. discord.py only logs an autocomplete's
+    error and never answers Discord, so the member's option is stuck on "loading" with no way on; a
+    refusal (no model allowed for their roles, …) is the command's to say when it is run."""
+
+    @functools.wraps(callback)
+    async def answer(interaction: discord.Interaction, current: str) -> Choices:
+        try:
+            return await callback(interaction, current)
+        except RetouchError as exc:
+            log.info("autocomplete for user %s offers nothing: %s", interaction.user.id, exc.code)
+        except Exception:
+            log.exception("autocomplete for user %s failed; it offers nothing", interaction.user.id)
+        return []
+
+    return answer
+
+
+@always_answers
 async def model_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
@@ -233,6 +255,7 @@ async def model_autocomplete(
     return _choices(choices.model_options(_lifecycle(interaction).available(), current))
 
 
+@always_answers
 async def mask_model_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
@@ -258,6 +281,7 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     return bot.services.policy.model_for_view(model_id)
 
 
+@always_answers
 async def quality_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
@@ -269,6 +293,7 @@ async def quality_autocomplete(
     return _choices(choices.quality_options(model, current, credits_per_usd=per_usd, routes=routes))
 
 
+@always_answers
 async def size_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
     """Autocomplete for a `size` option: the chosen (or default) model's sizes, and a typed custom size."""
     return _choices(choices.size_options(await option_model(_bot(interaction), interaction), current))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import messages
 from bot.catalog import Catalog
 from tests.catalogs import WITH_AUTO, catalog, model, route
 from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
@@ -258,6 +259,22 @@ async def test_a_shut_down_model_is_refused_in_the_models_a_server_or_a_tier_all
     assert policy.models is None and policy.tiers == ()
     saved = await reply(world, world.owner, "admin policy limits", models="gpt-image-2.6-sunburst")
     assert saved.content == "Saved."
+
+
+async def test_options_still_answer_when_a_shutdown_leaves_members_no_allowed_model(
+    world: World, calendar: Calendar
+):
+    """Allowed alone before its shutdown, the model's end locks members out: the options offer nothing
+    (instead of never answering) and the command says why."""
+    await reply(world, world.owner, "admin policy limits", models="gpt-image-2")
+    calendar.day = SHUTDOWN
+    for focused in ("quality", "size"):
+        offered = await world.fake.autocomplete(
+            world.user, "edit", channel=world.channel, focused=focused, value=""
+        )
+        assert offered == []
+    refused = await reply(world, world.user, "quality")
+    assert refused.content == messages.NO_ALLOWED_MODEL
 
 
 async def test_a_shut_down_model_without_a_replacement_is_refused_too(
