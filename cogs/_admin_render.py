@@ -14,10 +14,9 @@ from bot.services.admin import GuildPolicy, RoleTier, SpendReport
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.moderation import STRICT_SCORE
 from bot.services.policy import Budget
-from cogs._ui import EMBED_COLOUR, truncate
+from cogs._ui import EMBED_COLOUR, MORE, fit_lines
 
 REPORT_TOP = 10
-FIELD_CHARS = 1024  # Discord's limit for one embed field value
 
 
 def _models_text(models: frozenset[str] | None) -> str:
@@ -93,10 +92,8 @@ def policy_embed(
     )
     providers = " → ".join(policy.provider_order) or "catalog order"
     embed.add_field(name="Defaults", value=f"{defaults}\nProviders: {providers}", inline=False)
-    tiers = "\n".join(_tier_line(t) for t in policy.tiers) or "None"
-    embed.add_field(
-        name="Role tiers (the most generous applies)", value=truncate(tiers, FIELD_CHARS), inline=False
-    )
+    tiers = fit_lines([_tier_line(t) for t in policy.tiers])
+    embed.add_field(name="Role tiers (the most generous applies)", value=tiers, inline=False)
     return embed
 
 
@@ -104,9 +101,8 @@ def _spend_lines(rows: tuple[tuple[object, int], ...], report: SpendReport, labe
     lines = [
         f"{label.format(key)} — {credits} (${report.usd(credits):.2f})" for key, credits in rows[:REPORT_TOP]
     ]
-    if len(rows) > REPORT_TOP:
-        lines.append(f"…and {len(rows) - REPORT_TOP} more (see the CSV)")
-    return truncate("\n".join(lines) or "Nothing spent.", FIELD_CHARS)
+    more = f"{MORE} (see the CSV)"
+    return fit_lines(lines, hidden=len(rows) - len(lines), more=more, empty="Nothing spent.")
 
 
 def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.Embed:

@@ -11,7 +11,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import aiohttp
@@ -39,6 +39,8 @@ Autocomplete = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]
 PROGRESS_MIN_INTERVAL = 2.5
 PROMPT_PREVIEW_CHARS = 300
 EMBED_COLOUR = discord.Colour(0x5865F2)
+FIELD_CHARS = 1024  # Discord's limit for one embed field value
+MORE = "…and {} more"
 
 
 # Interaction tokens live 15 minutes; past this age the bot stops using one (a request that started
@@ -157,6 +159,25 @@ class ProgressMessage:
 
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_lines(
+    lines: Sequence[str], *, hidden: int = 0, more: str = MORE, empty: str = "None", limit: int = FIELD_CHARS
+) -> str:
+    """A list as one embed field: whole lines while they fit in `limit`, then `more` counting the lines
+    left out (those that did not fit, plus the `hidden` ones the caller cut already). Cutting the
+    joined text instead ends mid-line and loses the note that says how many are missing."""
+    if not lines and not hidden:
+        return empty
+    for kept in range(len(lines), 0, -1):
+        text = _with_more(lines[:kept], hidden + len(lines) - kept, more)
+        if len(text) <= limit:
+            return text
+    return more.format(hidden + len(lines))
+
+
+def _with_more(lines: Sequence[str], left: int, more: str) -> str:
+    return "\n".join([*lines, more.format(left)] if left else lines)
 
 
 def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:

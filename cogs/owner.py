@@ -19,13 +19,12 @@ from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.services.access import AccessService
 from bot.services.admin import OperatorReport
-from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, fit_lines
 
 log = logging.getLogger(__name__)
 
 MAX_ALLOTMENT_USD = 1_000_000
 REPORT_ROWS = 20
-FIELD_CHARS = 1024
 NO_PINGS = discord.AllowedMentions.none()
 # A Discord id: ASCII digits only (`str.isdigit()` also takes "²", which `int()` refuses), and at most
 # SQLite's (and PostgreSQL's bigint's) largest integer, which the settings tables store it as.
@@ -67,11 +66,8 @@ def operator_embed(report: OperatorReport) -> discord.Embed:
         state = "approved" if server.approved else "not approved"
         allotment = "bot budget" if server.allotment is None else _cap_text(server.allotment, report)
         lines.append(f"`{server.guild_id}` ({state}) — ${report.usd(spent):.2f} of {allotment}")
-    if len(report.servers) > REPORT_ROWS:
-        lines.append(f"…and {len(report.servers) - REPORT_ROWS} more")
-    embed.add_field(
-        name="Servers", value=truncate("\n".join(lines) or "None yet.", FIELD_CHARS), inline=False
-    )
+    hidden = len(report.servers) - len(lines)
+    embed.add_field(name="Servers", value=fit_lines(lines, hidden=hidden, empty="None yet."), inline=False)
     return embed
 
 

@@ -5,6 +5,7 @@ against the fake Discord and fake OpenAI."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -240,6 +241,22 @@ async def test_the_operators_allotment_caps_a_server_audits_changes_and_shows_in
         assert "**$0.01** (10 credits" in embed["description"]
         assert "of the bot-wide budget: $20.00" in embed["description"]
         assert f"`{world.guild.id}` (approved) — $0.01 of $0.02" in embed["fields"][0]["value"]
+
+
+async def test_the_operator_report_of_many_servers_ends_with_how_many_more_there_are(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        settings = world.services.storage.settings
+        for i in range(30):
+            guild_id = 1_400_000_000_000_000_000 + i
+            await settings.set_guild_approved(guild_id, i % 2 == 0, actor_id=world.owner.id)
+            await settings.set_guild_allotment(guild_id, "1234.56", actor_id=world.owner.id)
+        owner = await command(world, world.owner, "owner report")
+        [shown] = await world.fake.wait_until(lambda: [m for m in owner.messages if m.embeds])
+        *servers, more = shown.embeds[0]["fields"][0]["value"].split("\n")
+        assert all(re.fullmatch(r"`\d+` \((not )?approved\) — \$0\.00 of .+", line) for line in servers)
+        assert more == f"…and {31 - len(servers)} more"  # the 30 servers and the harness's own
 
 
 # -- limits before work ------------------------------------------------------------------------------

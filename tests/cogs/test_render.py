@@ -1,0 +1,76 @@
+"""What the admin and operator embeds show: a list too long for its field keeps whole lines and says how
+many it left out. The renderers are pure, so these build their inputs directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import discord
+
+from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
+from bot.services.policy import Budget
+from cogs._admin_render import policy_embed, report_embed
+from cogs._ui import FIELD_CHARS, MORE, fit_lines
+from cogs.owner import operator_embed
+
+SINCE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+BUDGET = Budget(captured=0, held=0, server_cap=None, allotment=None, bot_captured=0, bot_held=0, bot_cap=None)
+
+
+def field(embed: discord.Embed, prefix: str) -> str:
+    [value] = [f.value for f in embed.fields if f.name and f.name.startswith(prefix)]
+    assert value is not None
+    return value
+
+
+def assert_whole_lines_then_the_rest_counted(value: str, lines: list[str], more: str = MORE) -> None:
+    """`value` is the first lines of `lines` unchanged, then the note counting every line left out."""
+    *shown, note = value.split("\n")
+    assert len(value) <= FIELD_CHARS
+    assert shown == lines[: len(shown)] and len(shown) < len(lines)
+    assert note == more.format(len(lines) - len(shown))
+
+
+def test_fit_lines_keeps_what_fits_and_says_nothing_when_nothing_is_left_out():
+    assert fit_lines(["a", "b"]) == "a\nb"
+    assert fit_lines([], empty="None yet.") == "None yet."
+    assert fit_lines([], hidden=3) == "…and 3 more"
+    assert fit_lines(["a" * 30, "b" * 30, "c"], limit=45) == "a" * 30 + "\n…and 2 more"
+    assert fit_lines(["a" * 50], limit=40) == "…and 1 more"  # never a line cut in two
+
+
+def test_the_operator_report_with_many_servers_lists_whole_lines_then_how_many_more():
+    servers = tuple(
+        ServerSpend(1_400_000_000_000_000_000 + i, i % 2 == 0, 123_456_000 + i, 0, 1_234_560_000)
+        for i in range(30)
+    )
+    embed = operator_embed(OperatorReport(SINCE, servers, None, 1000))
+    value = field(embed, "Servers")
+    every = [f"`{s.guild_id}` (" for s in servers]
+    *shown, note = value.split("\n")
+    assert [line[: len(every[0])] for line in shown] == every[: len(shown)]
+    assert note == f"…and {len(servers) - len(shown)} more" and len(value) <= FIELD_CHARS
+
+
+def test_policy_show_with_many_role_tiers_lists_whole_lines_then_how_many_more():
+    tiers = tuple(
+        RoleTier(
+            1_500_000_000_000_000_000 + i, 100_000 + i, "high", frozenset({"gpt-image-1.5", "ws-mini"}), 3
+        )
+        for i in range(14)
+    )
+    embed = policy_embed(GuildPolicy(1, tiers=tiers), BUDGET, 0, 1000)
+    lines = [
+        f"<@&{t.role_id}>: allowance {t.allowance}, quality up to high, models gpt-image-1.5, ws-mini, "
+        "3 images per edit"
+        for t in tiers
+    ]
+    assert_whole_lines_then_the_rest_counted(field(embed, "Role tiers"), lines)
+
+
+def test_the_spend_report_lists_whole_lines_then_how_many_more_are_in_the_csv():
+    long_names = [(f"{'model-' * 30}{i}", 1000 - i) for i in range(12)]
+    report = SpendReport(1, "this month", SINCE, None, (), 1000, by_model=tuple(long_names))
+    lines = [f"{name} — {credits} (${credits / 1000:.2f})" for name, credits in long_names]
+    value = field(report_embed(report), "By model")
+    assert_whole_lines_then_the_rest_counted(value, lines, "…and {} more (see the CSV)")
