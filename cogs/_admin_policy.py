@@ -82,7 +82,9 @@ class CreditsAdmin(
         )
         verb = {"grant": "Gave", "take": "Took", "set": "Changed"}[action]
         moved = abs(change.moved)
-        text = f"{verb} {moved} credits {'to' if change.moved >= 0 else 'from'} {user.mention}"
+        # A take is "from" the member even when nothing was there to take (it moved 0).
+        towards = "from" if action == "take" or change.moved < 0 else "to"
+        text = f"{verb} {moved} credits {towards} {user.mention}"
         if action == "take" and moved < amount:
             text += f" (they only had {moved} available)"
         await interaction.followup.send(

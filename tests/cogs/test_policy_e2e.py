@@ -299,6 +299,15 @@ async def test_credits_pages_the_history_with_buttons(world: World):
     assert first.find_component("retouch:credits:2:older")["disabled"]
 
 
+async def test_taking_from_an_empty_balance_says_from_whom(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    empty = {"STARTING_CREDITS": "0"}
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG, env=empty) as world:
+        took = await reply(world, world.owner, "admin credits take", user=world.user, amount=5, reason="oops")
+        assert took.content.startswith(f"Took 0 credits from <@{world.user.id}> (they only had 0 available).")
+
+
 async def test_the_report_is_an_embed_plus_a_csv_equal_to_the_ledger(world: World):
     await edit_and_wait(world, quality="low", size="1024x1024")
     await reply(world, world.owner, "admin credits take", user=world.user, amount=5, reason="typo")
