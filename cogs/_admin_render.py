@@ -14,7 +14,7 @@ from bot.services.admin import GuildPolicy, RoleTier, SpendReport
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.moderation import STRICT_SCORE
 from bot.services.policy import Budget
-from cogs._ui import EMBED_COLOUR, MORE, fit_lines
+from cogs._ui import EMBED_COLOUR, MORE, fit_lines, utc_day
 
 REPORT_TOP = 10
 
@@ -105,14 +105,21 @@ def _spend_lines(rows: tuple[tuple[object, int], ...], report: SpendReport, labe
     return fit_lines(lines, hidden=len(rows) - len(lines), more=more, empty="Nothing spent.")
 
 
+def period_text(since: dt.datetime | None, until: dt.datetime | None) -> str:
+    """The UTC days a report's [since, until) covers: its last day is the one before `until`."""
+    if since is None and until is None:
+        return "All time"
+    first = utc_day(since) if since is not None else "the start"
+    last = utc_day(until - dt.timedelta(days=1)) if until is not None else "now"
+    return f"On {first} (UTC)" if first == last else f"From {first} through {last} (UTC)"
+
+
 def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.Embed:
     """Spend per user, model and provider; the attached CSV holds every ledger row behind it."""
-    since = discord.utils.format_dt(report.since, "D") if report.since else "the start"
-    until = discord.utils.format_dt(report.until, "D") if report.until else "now"
     embed = discord.Embed(
         title=f"Spend report — {report.period}",
         description=(
-            f"From {since} until {until} (UTC periods). "
+            f"{period_text(report.since, report.until)}. "
             f"**{report.spent} credits spent (${report.usd(report.spent):.2f})** in "
             f"{len(report.entries)} ledger rows."
         ),

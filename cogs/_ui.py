@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import io
 import logging
@@ -178,6 +179,13 @@ def fit_lines(
 
 def _with_more(lines: Sequence[str], left: int, more: str) -> str:
     return "\n".join([*lines, more.format(left)] if left else lines)
+
+
+def utc_day(moment: dt.datetime) -> str:
+    """The UTC day of `moment` as plain text, for the bounds of UTC periods (reports, budgets). Not
+    Discord's `<t:…:D>`: that shows the reader's own day, so a period starting at midnight UTC reads
+    as starting the day before for everyone west of UTC."""
+    return f"{moment.astimezone(dt.UTC):%Y-%m-%d}"
 
 
 def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:

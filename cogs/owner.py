@@ -19,7 +19,7 @@ from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.services.access import AccessService
 from bot.services.admin import OperatorReport
-from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, fit_lines
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, fit_lines, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def operator_embed(report: OperatorReport) -> discord.Embed:
     embed = discord.Embed(
         title="Retouch spend this month (all servers)",
         description=(
-            f"Since {discord.utils.format_dt(report.since, 'D')}: **${report.usd(used):.2f}** "
+            f"Since {utc_day(report.since)} (UTC): **${report.usd(used):.2f}** "
             f"({used} credits, charged + held) of the bot-wide budget: {_cap_text(report.bot_cap, report)}."
         ),
         colour=EMBED_COLOUR,

@@ -1,11 +1,13 @@
 """What the admin and operator embeds show: a list too long for its field keeps whole lines and says how
-many it left out. The renderers are pure, so these build their inputs directly."""
+many it left out, and a report's UTC period is given as the UTC days it covers. The renderers are pure,
+so these build their inputs directly."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import discord
+import pytest
 
 from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
 from bot.services.policy import Budget
@@ -74,3 +76,29 @@ def test_the_spend_report_lists_whole_lines_then_how_many_more_are_in_the_csv():
     lines = [f"{name} — {credits} (${credits / 1000:.2f})" for name, credits in long_names]
     value = field(report_embed(report), "By model")
     assert_whole_lines_then_the_rest_counted(value, lines, "…and {} more (see the CSV)")
+
+
+def utc(*day: int) -> dt.datetime:
+    return dt.datetime(*day, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "says"),
+    [
+        (utc(2026, 11, 1), utc(2026, 12, 1), "From 2026-11-01 through 2026-11-30 (UTC)."),  # this month
+        (utc(2026, 11, 10), utc(2026, 11, 11), "On 2026-11-10 (UTC)."),  # today
+        (None, None, "All time."),
+    ],
+)
+def test_a_spend_report_gives_its_period_as_the_utc_days_it_covers(
+    since: dt.datetime | None, until: dt.datetime | None, says: str
+):
+    """Not Discord's <t:…:D>, which shows each reader's own day: a UTC-5 reader saw the month start on
+    the last day of the month before, and the exclusive end as one day too many."""
+    description = report_embed(SpendReport(1, "this month", since, until, (), 1000)).description
+    assert description is not None and description.startswith(says)
+
+
+def test_the_operator_report_gives_the_utc_day_its_month_starts():
+    description = operator_embed(OperatorReport(SINCE, (), None, 1000)).description
+    assert description is not None and description.startswith("Since 2026-11-01 (UTC): **$0.00**")
