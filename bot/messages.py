@@ -663,6 +663,12 @@ def report_period(periods: Iterable[str]) -> str:
     return f"Pick a report period: {', '.join(periods)}."
 
 
+REPORT_TOO_LARGE = (
+    "This period holds too many ledger rows for one file Discord takes, even compressed, so no CSV is "
+    "attached. Pick a shorter period for the rows; the totals below cover the whole period."
+)
+
+
 def unknown_models(unknown: Iterable[str], known: Iterable[str]) -> str:
     return f"Unknown model(s): {echo_list(unknown)}. Known: {', '.join(known)}."
 

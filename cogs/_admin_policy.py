@@ -13,6 +13,7 @@ from typing import Literal
 import discord
 from discord import app_commands
 
+from bot import messages
 from bot.choices import normalize_size
 from bot.client import RetouchBot
 from bot.services.admin import GuildPolicy
@@ -138,9 +139,11 @@ class CreditsAdmin(
         await self.begin(interaction)
         report = await self.policy.report(_guild(interaction), period)
         budget = await self.policy.budget(_guild(interaction))
+        file = await report_file(report, _guild(interaction), interaction.filesize_limit)
         await interaction.followup.send(
+            content=messages.REPORT_TOO_LARGE if file is None else discord.utils.MISSING,
             embed=report_embed(report, budget),
-            file=report_file(report, _guild(interaction)),
+            file=file or discord.utils.MISSING,
             ephemeral=True,
             allowed_mentions=NO_PINGS,
         )

@@ -3,7 +3,9 @@ spend report as embeds and text (cogs._admin_policy has the commands)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import gzip
 import io
 from decimal import Decimal
 
@@ -145,10 +147,18 @@ def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.E
     return embed
 
 
-def report_file(report: SpendReport, guild_id: int) -> discord.File:
+async def report_file(report: SpendReport, guild_id: int, limit: int) -> discord.File | None:
+    """The report's CSV within the upload limit `limit`: as it is, else gzipped (a ledger's rows shrink
+    about tenfold), else None (the period holds too many rows for one file: the embed says so).
+    Built off the event loop: a busy server's "all time" holds hundreds of thousands of rows."""
     stamp = (report.since or report.until or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d")
     name = f"retouch-ledger-{guild_id}-{report.period.replace(' ', '-')}-{stamp}.csv"
-    return discord.File(io.BytesIO(report.csv().encode("utf-8")), filename=name)
+    data = await asyncio.to_thread(lambda: report.csv().encode("utf-8"))
+    if len(data) > limit:
+        data, name = await asyncio.to_thread(gzip.compress, data), f"{name}.gz"
+    if len(data) > limit:
+        return None
+    return discord.File(io.BytesIO(data), filename=name)
 
 
 def moderation_text(bot: RetouchBot, level: str) -> str:

@@ -5,13 +5,15 @@ so these build their inputs directly."""
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 
 import discord
 import pytest
 
 from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
 from bot.services.policy import Budget
-from cogs._admin_render import policy_embed, report_embed
+from bot.storage.reports import LedgerEntry
+from cogs._admin_render import policy_embed, report_embed, report_file
 from cogs._ui import FIELD_CHARS, MORE, fit_lines
 from cogs.owner import operator_embed
 
@@ -102,3 +104,30 @@ def test_a_spend_report_gives_its_period_as_the_utc_days_it_covers(
 def test_the_operator_report_gives_the_utc_day_its_month_starts():
     description = operator_embed(OperatorReport(SINCE, (), None, 1000)).description
     assert description is not None and description.startswith("Since 2026-11-01 (UTC): **$0.00**")
+
+
+def ledger_rows(count: int) -> tuple[LedgerEntry, ...]:
+    return tuple(
+        LedgerEntry(
+            i, 5, 100 + i % 7, f"job{i:06d}", "capture", 12, 0, -12, None, None, "2026-11-02T10:00:00"
+        )
+        for i in range(count)
+    )
+
+
+@pytest.mark.parametrize(("limit", "attached"), [(10**6, ".csv"), (3_000, ".csv.gz"), (200, None)])
+async def test_the_reports_csv_fits_the_upload_limit_compressed_or_is_left_out(
+    limit: int, attached: str | None
+):
+    """A busy server's "all time" can hold more rows than one upload takes: the CSV is sent as it is,
+    else gzipped, else not at all (the command then says to pick a shorter period); never refused."""
+    report = SpendReport(5, "this month", SINCE, None, ledger_rows(200), credits_per_usd=1000)
+    file = await report_file(report, 5, limit)
+    if attached is None:
+        assert file is None
+        return
+    assert file is not None and file.filename.endswith(attached)
+    data = file.fp.read()
+    assert len(data) <= limit
+    text = (gzip.decompress(data) if attached.endswith(".gz") else data).decode("utf-8")
+    assert text == report.csv() and text.count("\n") == 201  # the header and every row
