@@ -12,9 +12,8 @@ from bot.catalog import RETIREMENT_WARNING_DAYS
 from bot.client import RetouchBot
 from bot.concurrency import LimitState
 from bot.services.diagnostics import DatabaseStatus, Diagnosis, ProviderStatus
-from cogs._ui import truncate
+from cogs._ui import fit_lines
 
-FIELD_CHARS = 1024  # Discord's limit for one embed field value
 COLOUR_OK = discord.Colour.green()
 COLOUR_PROBLEM = discord.Colour.orange()
 
@@ -24,7 +23,7 @@ def _permissions_text(missing: tuple[str, ...] | None) -> str:
         return "Not in a server channel."
     if not missing:
         return "✅ Everything Retouch needs in this channel."
-    return "\n".join(f"❌ {name}" for name in missing)
+    return fit_lines([f"❌ {name}" for name in missing])
 
 
 def _provider_line(status: ProviderStatus) -> str:
@@ -57,7 +56,7 @@ def _database_text(db: DatabaseStatus) -> str:
 def _catalog_text(warnings: tuple[str, ...]) -> str:
     if not warnings:
         return f"✅ No model retires within {RETIREMENT_WARNING_DAYS} days."
-    return "\n".join(f"⚠️ {w}" for w in warnings)
+    return fit_lines([f"⚠️ {w}" for w in warnings])
 
 
 def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Embed:
@@ -71,19 +70,16 @@ def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Emb
     embed = discord.Embed(title="Retouch diagnosis", colour=COLOUR_OK if healthy else COLOUR_PROBLEM)
     embed.add_field(
         name="Bot permissions here",
-        value=truncate(_permissions_text(diagnosis.missing_permissions), FIELD_CHARS),
+        value=_permissions_text(diagnosis.missing_permissions),
     )
     if diagnosis.providers is None:
         providers = "➖ Shown to the bot's operator only (`OWNER_IDS`)."
     else:
-        providers = (
-            "\n".join(_provider_line(p) for p in diagnosis.providers) or "❌ No provider is configured."
-        )
-    embed.add_field(name="Image services", value=truncate(providers, FIELD_CHARS), inline=False)
+        lines = [_provider_line(p) for p in diagnosis.providers]
+        providers = fit_lines(lines, empty="❌ No provider is configured.")
+    embed.add_field(name="Image services", value=providers, inline=False)
     embed.add_field(name="Database", value=_database_text(diagnosis.database), inline=False)
-    embed.add_field(
-        name="Models", value=truncate(_catalog_text(diagnosis.catalog_warnings), FIELD_CHARS), inline=False
-    )
+    embed.add_field(name="Models", value=_catalog_text(diagnosis.catalog_warnings), inline=False)
     if math.isfinite(gateway_latency):
         embed.set_footer(text=f"Gateway latency {gateway_latency * 1000:.0f} ms")
     return embed

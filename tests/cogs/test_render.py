@@ -11,10 +11,12 @@ import discord
 import pytest
 
 from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
+from bot.services.diagnostics import DatabaseStatus, Diagnosis
 from bot.services.policy import Budget
 from bot.storage.reports import LedgerEntry
 from cogs._admin_render import policy_embed, report_embed, report_file
 from cogs._ui import FIELD_CHARS, MORE, fit_lines
+from cogs.diagnose import diagnosis_embed
 from cogs.owner import operator_embed
 
 SINCE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -131,3 +133,12 @@ async def test_the_reports_csv_fits_the_upload_limit_compressed_or_is_left_out(
     assert len(data) <= limit
     text = (gzip.decompress(data) if attached.endswith(".gz") else data).decode("utf-8")
     assert text == report.csv() and text.count("\n") == 201  # the header and every row
+
+
+def test_diagnose_lists_keep_whole_lines_and_count_what_did_not_fit():
+    warnings = [
+        f"gpt-image-{i} on wavespeed shuts down on 2027-01-{i % 28 + 1:02d} (in {i} days)" for i in range(40)
+    ]
+    diagnosis = Diagnosis(("Send Messages",), None, DatabaseStatus(14, 14, True, "SQLite"), tuple(warnings))
+    value = field(diagnosis_embed(diagnosis, 0.05), "Models")
+    assert_whole_lines_then_the_rest_counted(value, [f"⚠️ {w}" for w in warnings])
