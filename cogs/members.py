@@ -162,17 +162,24 @@ class MembersCog(RetouchCog):
             await _private(interaction, messages.NOTHING_TO_UNDO)
             return
         await interaction.response.defer()
+        earlier: discord.Message | None = None
+        attachment: discord.Attachment | None = None
+        data: bytes | None = None
         try:
             earlier = await self.bot.get_partial_messageable(step.previous.channel_id).fetch_message(
                 step.previous.message_id
             )
+            attachment = first_image(earlier)
+            data = await attachment.read() if attachment is not None else None
         except discord.NotFound:
-            earlier = None
-        attachment = first_image(earlier) if earlier is not None else None
-        if earlier is None or attachment is None:
+            pass  # deleted, or its image is gone: said below
+        except discord.HTTPException as exc:  # 403: the bot may no longer read that channel
+            log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
+            await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
+            return
+        if earlier is None or attachment is None or data is None:
             await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
             return
-        data = await attachment.read()
         name = interaction.user.display_name
         embed = restored_embed(
             earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bot import messages
 from tests.catalogs import catalog, model, tiered
 from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
@@ -517,6 +518,21 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         refused = await fake_discord.click(bob, third, undo_button(third))
         await fake_discord.wait_until(lambda: refused.callbacks)
         assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
+
+
+async def test_an_undo_whose_previous_version_the_bot_can_no_longer_read_says_so(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The bot lost Read Message History in the channel after the versions were posted: Discord answers
+    403 for the earlier version, and the member is told it cannot be posted again, not "something went
+    wrong"."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        world.channel.overwrites[fake_discord.bot_user.id] = (1, 0, int(Permission.READ_MESSAGE_HISTORY))
+        click = await fake_discord.click(world.user, second, undo_button(second))
+        await fake_discord.wait_until(lambda: click.followups)
+        assert click.followups[0].content == messages.PREVIOUS_VERSION_UNREADABLE
 
 
 async def test_edit_image_on_a_members_message_offers_no_undo_and_on_a_result_an_undo_that_steps_back(
