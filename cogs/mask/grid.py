@@ -138,6 +138,8 @@ class GridPicker(PricedPreview):
         """Draw the picker for the session's grid and cells; `notice` says why the last click went nowhere."""
         assert session.picture is not None
         picture = await masking.grid_picture(session.picture, session.grid, session.spec.cells)
+        if self._gone(session):
+            return
         await interaction.edit_original_response(
             content=notice,
             embed=picker_embed(session, self.sessions.timeout),

@@ -110,6 +110,8 @@ class PricedPreview(MaskParts):
         prepared = session.prepared
         assert prepared is not None
         shown = await masking.preview(prepared, self.bot.services.policy)
+        if self._gone(session):
+            return
         await interaction.edit_original_response(
             content=None,
             embed=preview_embed(prepared, shown, self.sessions.timeout),

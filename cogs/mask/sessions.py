@@ -160,3 +160,8 @@ class MaskParts:
     bot: RetouchBot
     edits: EditService
     sessions: MaskSessions
+
+    def _gone(self, session: MaskSession) -> bool:
+        """Whether `session` was cancelled, run or expired while a click's work was awaited: drawing it
+        again then would bring back a picker or preview whose buttons do nothing."""
+        return self.sessions.get(session.sid) is not session

@@ -11,6 +11,7 @@ import io
 import re
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw
@@ -221,6 +222,39 @@ async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
     assert world.openai.post_count == 0
     assert await account(world) == (STARTING, 0)
     assert await world.services.storage.jobs.recent_jobs(world.guild.id, world.user.id) == []
+
+
+async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(world: World):
+    """Cancel lands while Preview's work (downloading and checking the images) is still awaited: the
+    preview that work then draws would bring back buttons whose session is gone."""
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+    await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
+    mask = cog(world)
+    real_prepare, real_show = mask.edits.prepare, mask._show_preview
+    cancelled, done = asyncio.Event(), asyncio.Event()
+
+    async def prepare_after_the_cancel(*args: Any, **kw: Any) -> Any:
+        await cancelled.wait()
+        return await real_prepare(*args, **kw)
+
+    async def show_then_mark(*args: Any, **kw: Any) -> None:
+        try:
+            await real_show(*args, **kw)
+        finally:
+            done.set()
+
+    mask.edits.prepare = prepare_after_the_cancel  # type: ignore[method-assign]
+    mask._show_preview = show_then_mark  # type: ignore[method-assign]
+    preparing = await world.fake.click(world.user, picker, control(picker, "next"))
+    await world.fake.wait_until(lambda: preparing.acknowledged)
+    await click(world, picker, "cancel")
+    await world.fake.wait_until(lambda: picker.content.startswith("Cancelled"))
+    cancelled.set()
+    await asyncio.wait_for(done.wait(), 10)  # the preview's work has ended: nothing of it is drawn
+    assert picker.content.startswith("Cancelled") and picker.components == []
+    assert world.openai.post_count == 0
 
 
 async def test_preview_expires_and_says_so(world: World):
