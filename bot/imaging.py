@@ -59,6 +59,8 @@ FIT_MIN_SIDE = 64  # px; if a 64 px image cannot fit, the limit is absurd
 FIT_LADDER_RATIO = 0.35
 FIT_WEBP_METHOD = 2  # libwebp effort: within ~5 % of the default (4) in size, at under half the time
 WEBP_MAX_SIDE = 16383  # libwebp cannot encode larger sides
+JPEG_MAX_SIDE = 65500  # libjpeg's limit
+_MAX_SIDE = {"webp": WEBP_MAX_SIDE, "jpeg": JPEG_MAX_SIDE}
 RESIZE_REDUCING_GAP = 3.0  # lets Pillow pre-shrink by whole factors; indistinguishable from plain LANCZOS
 DEFAULT_WEBP_QUALITY = 90
 DEFAULT_JPEG_QUALITY = 90
@@ -290,6 +292,12 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str =
     if image.mode == "CMYK":
         upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
         return _reencoded(_cmyk_to_rgb(upright), "jpeg", max_bytes)
+    if image.mode in _I_MODES:
+        # 16-bit grey: every later step (the safety check's copy, the preview, the masked restore)
+        # converts with Pillow, which clips values above 255 to white. Scaled to 8 bits once, here,
+        # so the provider, the safety check and the restore all see the same picture.
+        upright = ImageOps.exif_transpose(image) if orientation not in (None, 1) else image
+        return _reencoded(_eight_bit(upright), "png", max_bytes)
     if orientation in (None, 1):
         try:
             clean = strip_metadata(data, mime)
@@ -300,6 +308,14 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str =
         return InputImage(data=clean, mime=mime, width=image.width, height=image.height)
     upright = ImageOps.exif_transpose(image)
     return _reencoded(upright, "png" if _is_transparent(upright) else "jpeg", max_bytes)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey picture as 8-bit L, scaled (its high byte), ICC kept."""
+    grey = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if "icc_profile" in image.info:
+        grey.info["icc_profile"] = image.info["icc_profile"]
+    return grey
 
 
 def _reencoded(image: Image.Image, fmt: str, max_bytes: int) -> InputImage:
@@ -690,6 +706,9 @@ def restore_outside(
     if icc:
         out.info["icc_profile"] = icc
     fmt = _normalize_format(fmt)
+    if max(out.size) > _MAX_SIDE.get(fmt, max(out.size)):
+        # WebP and JPEG cannot hold a side this long (a panorama): PNG keeps the paid result, exactly.
+        fmt = "png"
     # Lossless wherever the format allows it (PNG, WebP): the kept pixels are the point of the job.
     return encode(out, fmt, compress_level=RESULT_PNG_COMPRESS_LEVEL, lossless=True), fmt
 

@@ -380,6 +380,36 @@ def test_a_re_encoded_upload_carries_no_comment_or_xmp() -> None:
     assert b"taken at home" not in result.data and b"xmpmeta" not in result.data
 
 
+def test_a_16_bit_grey_png_is_sent_as_8_bit_grey_scaled_not_clipped_to_white() -> None:
+    """Pillow's own conversions clip every 16-bit value above 255 to white: the safety check's copy,
+    the preview and the masked restore all saw a blank picture while the provider got the photo."""
+    grey = photo("chelsea.png").convert("L")
+    deep = Image.new("I;16", grey.size)
+    deep.putdata([v * 257 for v in grey.get_flattened_data()])  # the same picture over 0..65535
+    result = validate_image(save(deep, "PNG"), **LIMITS)
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert (image.mode, image.format, image.size) == ("L", "PNG", grey.size)
+        assert ImageChops.difference(image, grey).getbbox() is None  # v*257 >> 8 is v again
+    region = Image.new("L", grey.size, 0)
+    region.paste(255, (0, 0, 20, 20))
+    edited = save(Image.new("RGB", grey.size, (255, 0, 0)), "PNG")
+    kept, _ = restore_outside(result.data, edited, region, feather=0)
+    outside = decode(kept).convert("L").crop((20, 20, *grey.size))
+    assert ImageChops.difference(outside, grey.crop((20, 20, *grey.size))).getbbox() is None
+
+
+@pytest.mark.parametrize(("size", "fmt"), [((17000, 40), "webp"), ((40, 66000), "jpeg")])
+def test_a_masked_result_too_long_for_its_format_comes_back_as_png(size: tuple[int, int], fmt: str) -> None:
+    """A panorama the provider already made (and billed): WebP cannot hold a side over 16,383 px nor
+    JPEG one over 65,500, so the restore writes PNG rather than fail and lose it."""
+    original = save(Image.new("RGB", size, (10, 20, 30)), "PNG")
+    region = Image.new("L", size, 0)
+    region.paste(255, (0, 0, 10, 10))
+    edited = save(Image.new("RGB", (1536, 1024), (200, 0, 0)), "PNG")
+    data, out = restore_outside(original, edited, region, fmt=fmt)
+    assert out == "png" and sniff_mime(data) == "image/png" and decode(data).size == size
+
+
 def test_a_cmyk_jpeg_is_sent_as_rgb() -> None:
     cmyk = photo("rocket.jpg").convert("CMYK")
     data = save(cmyk, "JPEG", quality=95, exif=gps_exif())
