@@ -683,6 +683,14 @@ def unknown_providers(unknown: Iterable[str], known: Iterable[str]) -> str:
 
 # -- the safety check (bot.services.moderation) ---------------------------------------------------
 
+
+def safety_cannot_read(which: str) -> str:
+    return (
+        f"The safety check could not read {which}, so it was not sent. Save it again as a plain PNG or "
+        "JPEG and try once more. You were not charged."
+    )
+
+
 # What members read for each category the moderation API returns.
 CATEGORY_NAMES = {
     "harassment": "harassment",

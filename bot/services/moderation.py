@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from bot import imaging, messages
-from bot.errors import RetouchError
+from bot.errors import InvalidImage, RetouchError
 from bot.providers.base import InputImage
-from bot.providers.errors import ProviderError, ProviderTimeout
+from bot.providers.errors import InvalidInput, ProviderError, ProviderTimeout
 from bot.providers.openai import ModerationVerdict
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,10 @@ class SafetyCheck:
             async with asyncio.timeout(self.timeout):
                 # One call per input, in parallel: the answer then says which input it is about.
                 calls = [moderate(prompt, None, within=self.timeout)]
-                calls += [moderate(None, item, within=self.timeout) for item in inputs]
+                calls += [
+                    self._image_verdict(moderate, item, _image_name(index, len(images)))
+                    for index, item in enumerate(inputs, start=1)
+                ]
                 verdicts = await asyncio.gather(*calls)
         except (ProviderError, TimeoutError) as exc:
             await self._outage(exc, user_id, channel_id)
@@ -152,6 +155,19 @@ class SafetyCheck:
                     f"{_in(channel_id)} for `{category}`; nothing was sent or charged"
                 )
                 raise Flagged(category, where)
+
+    async def _image_verdict(
+        self, moderate: Moderate, item: tuple[str, bytes], which: str
+    ) -> ModerationVerdict:
+        """One image's verdict. An image the check answers it cannot read is refused (free): let through
+        unchecked like an outage, any file its decoder refuses but an image service's takes would skip
+        the check. The member's file is at fault there, not the service."""
+        try:
+            return await moderate(None, item, within=self.timeout)
+        except InvalidInput as exc:
+            if exc.status is None:  # refused before anything was sent: says nothing about the file
+                raise
+            raise InvalidImage(messages.safety_cannot_read(which), code="moderation_unreadable") from exc
 
     async def _outage(self, exc: BaseException, user_id: int, channel_id: int | None) -> None:
         timed_out = isinstance(exc, TimeoutError | ProviderTimeout)

@@ -266,6 +266,20 @@ async def test_a_flagged_image_names_the_category_and_which_image(
         assert openai.post_count == 0
 
 
+async def test_an_image_the_safety_check_cannot_read_is_refused_free_not_let_through(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The check answers 400 for the image (its decoder refuses the file): an outage lets edits through
+    unchecked, so such a file would skip the check wherever another service's decoder takes it."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.refuse_images()
+        it = await world.edit(PHOTO, size=SQUARE)
+        assert "The safety check could not read your image" in await refusal(world, it)
+        assert openai.post_count == 0
+        assert not [a for a in audit_lines(world) if "Safety check unavailable" in a]
+        assert jobs(tmp_path) == []  # nothing stored, nothing held
+
+
 @pytest.mark.parametrize(
     ("level", "refused"), [("off", False), ("standard", False), ("strict", True), ("default", False)]
 )

@@ -484,6 +484,7 @@ class FakeOpenAI(FakeServer):
         self.moderation_statuses: list[int] = []
         self._text_flags: dict[str, tuple[str, float]] = {}
         self._image_flag: tuple[str, float] | None = None
+        self._refuse_images = False
 
     @property
     def base_url(self) -> str:
@@ -506,6 +507,11 @@ class FakeOpenAI(FakeServer):
     def flag_images(self, category: str, score: float = 0.95) -> None:
         """Moderation scores every image at `score` for `category` (see `flag_text`)."""
         self._image_flag = (category, score)
+
+    def refuse_images(self) -> None:
+        """Moderation answers every image with the API's 400 for data it cannot read (as for a file
+        its decoder refuses that another service's decoder takes)."""
+        self._refuse_images = True
 
     # ------------------------------------------------------------------ request handling
 
@@ -677,6 +683,8 @@ class FakeOpenAI(FakeServer):
         if model not in MODERATION_MODELS:
             raise ApiError(400, f"Invalid value for 'model': '{model}'.", param="model", code="invalid_value")
         inputs = _moderation_inputs(payload.get("input"), model)
+        if self._refuse_images and any(kind == "image" for group in inputs for kind, _ in group):
+            raise ApiError(400, "The image data is not a supported image.", code="invalid_image_format")
         unknown = sorted(set(payload) - {"model", "input"})
         if unknown:
             raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}")
