@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from bot import imaging
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions, RetouchError
+from bot.jobs.core import IntakeTurns
 from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -388,6 +392,31 @@ async def test_masked_edit_sends_an_alpha_mask_and_keeps_the_outside_exact(make_
     ]
     assert all(result.getpixel(p) == original.getpixel(p) for p in outside_pixels)
     assert inside.tobytes() != original.crop((106, 106, 294, 244)).tobytes()
+
+
+async def test_masked_results_are_restored_a_few_at_a_time(make_service, fake, monkeypatch):
+    """A 40-megapixel restore holds about 700 MB: with many jobs running, only `restore_turns` of
+    them restore at once (the rest wait with their result stored), so memory stays bounded."""
+    service = make_service()
+    service.engine.restore_turns = IntakeTurns(1)
+    lock, running, most = threading.Lock(), [0], [0]
+    real = imaging.restore_outside
+
+    def slow_restore(*args: object, **kw: object) -> tuple[bytes, str]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.1)  # long enough for the other jobs' results to arrive meanwhile
+            return real(*args, **kw)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(imaging, "restore_outside", slow_restore)
+    mask = MaskSpec(grid=(3, 3), cells=(5,))
+    outcomes = await asyncio.gather(*(run_to_end(service, replace(make_job(), mask=mask)) for _ in range(3)))
+    assert len(outcomes) == 3 and most[0] == 1
 
 
 async def test_grid_cells_become_the_mask(make_service, fake):

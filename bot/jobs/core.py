@@ -50,6 +50,10 @@ ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 # jobs running, not the size of the burst. 16 keeps two CPUs busy validating while others wait for
 # the safety check's answer; each turn holds a few MiB for a 1024² PNG (the bench.burst_memory numbers).
 INTAKE_AT_ONCE = 16
+# Masked results restored at once: one 40-megapixel restore holds about 700 MB while it runs (the
+# original, the model's output fitted to it, the blend), so with 64 jobs running a burst of large
+# masked results would outgrow the container's memory; the others wait, their results stored.
+RESTORES_AT_ONCE = 2
 SHUTDOWN_ABORT_WAIT_SECONDS = 10.0
 # A paid result Discord could not take because of a passing failure (a 5xx, a timeout, a dropped
 # connection) is posted again from the stored result after this long, doubling up to the cap, until
@@ -91,10 +95,12 @@ class ActiveJob:
 
 
 class IntakeTurns:
-    """Turns for commands between downloading their images and having them stored as a job's files.
+    """Turns for a step that holds large images in memory: commands between downloading their images
+    and having them stored as a job's files (`intake_turns`), and masked results being restored
+    (`restore_turns`).
 
-    At most `at_once` commands hold a turn; the others wait, in the order they came, with nothing
-    downloaded. `inside` and `waiting` say how many do each (for tests and diagnostics).
+    At most `at_once` hold a turn; the others wait, in the order they came, holding nothing yet.
+    `inside` and `waiting` say how many do each (for tests and diagnostics).
     """
 
     def __init__(self, at_once: int) -> None:
@@ -150,6 +156,7 @@ class EngineCore:
         self._running: set[str] = set()
         self._creating: set[str] = set()  # folders written whose row may not exist yet
         self.intake_turns = IntakeTurns(INTAKE_AT_ONCE)
+        self.restore_turns = IntakeTurns(RESTORES_AT_ONCE)
         self._idle = asyncio.Event()
         self._idle.set()
         self._durations: deque[float] = deque(maxlen=ETA_WINDOW)

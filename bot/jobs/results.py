@@ -36,7 +36,8 @@ class JobResults(EngineCore):
         )
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         if spec.mask is not None and spec.mask.keep_outside:
-            result = await self._restore_outside(job.id, spec, result)
+            async with self.restore_turns.turn():
+                result = await self._restore_outside(job.id, spec, result)
         files = await self._fit(job.id, result, spec.upload_limit)
         await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
