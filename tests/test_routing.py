@@ -57,6 +57,7 @@ from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
 from tests.catalogs import route as catalog_route
 from tests.fakes import atlascloud_server as atlas_fake
+from tests.fakes import segmind_server as segmind_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.oneminai_server import FakeOneMin
@@ -1077,6 +1078,38 @@ def single_route_catalog(only: dict[str, object]) -> Catalog:
             routes=[only],
         )
     )
+
+
+async def test_a_charge_above_the_hold_is_capped_for_the_member_and_counted_against_the_budgets(
+    fake_discord: FakeDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segmind reports (`x-cost`) more than the catalog's price the hold was made on, as after a price
+    rise: the member pays the hold, never more, and the rest still counts against the budgets."""
+    monkeypatch.setitem(segmind_fake.PRICE, "gpt-image-1-edit-mini", Decimal("0.0280"))
+    async with contextlib.AsyncExitStack() as stack:
+        openai = await stack.enter_async_context(FakeOpenAI())
+        fake = await stack.enter_async_context(FakeSegmind())
+        route = {
+            "provider": "segmind",
+            "model": "gpt-image-1-edit-mini",
+            "price": 0.01,
+            "max_input_images": 4,
+        }
+        world = await stack.enter_async_context(
+            running_bot(
+                fake_discord,
+                openai,
+                tmp_path,
+                env={"OPENAI_API_KEY": "", **provider_env("segmind", fake)},
+                catalog=single_route_catalog(route),
+            )
+        )
+        it = await world.edit((DATA / "chelsea.png").read_bytes())
+        assert (await world.finished(it)).startswith("Done — 10 credits charged")
+        [(absorbed,)] = await world.services.storage.db.all("SELECT credits FROM absorbed_spend")
+        assert absorbed == 18  # $0.028 billed = 28 credits: 10 charged, 18 counted against the budgets
+        spent = await world.services.storage.reports.spend_by_guild(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        assert spent[world.guild.id][0] == 28
 
 
 @pytest.mark.parametrize("name", ["atlascloud", "wavespeed", "segmind", "oneminai"])

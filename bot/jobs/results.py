@@ -31,9 +31,10 @@ class JobResults(EngineCore):
         result = served.result
         rate = self.settings.credits_per_usd
         charged = min(usd_to_credits(served.cost_usd, rate), spec.reserve)
-        absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - usd_to_credits(
-            served.cost_usd, rate
-        )
+        # What the provider billed beyond the member's charge counts against the budgets: images that
+        # came back unusable, and any charge above the hold (a provider that raised its price, a route
+        # dearer than those the hold was priced on), which the member never pays.
+        absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - charged
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         if spec.mask is not None and spec.mask.keep_outside:
             async with self.restore_turns.turn():
