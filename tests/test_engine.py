@@ -27,7 +27,7 @@ from PIL import Image
 
 from bot import messages
 from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
-from bot.jobs import delivery as delivery_module
+from bot.jobs import core as core_module
 from bot.jobs import engine as engine_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.files import JobFiles
@@ -1060,7 +1060,7 @@ async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refund
     """The capture's transaction fails (a locked SQLite file, a connection lost before COMMIT) after
     the result was posted: tried again at once, and, still failing, left `completed` for a later
     delivery round, which finds the post and captures it. Never released as "not charged"."""
-    monkeypatch.setattr(delivery_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
     service, recorder = await make()
     service.engine.delivery_retry_first = 0.01
     outcomes = Outcomes()
@@ -1090,10 +1090,36 @@ async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refund
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_release_whose_transaction_fails_once_is_tried_again_and_frees_the_hold(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """A failed job's release hits a locked database once: tried again at once, so the member's credits
+    are not left held (and "not charged" not said) until the next start."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, _ = await make()
+    real = service.storage.ledger.settle_released
+    calls: list[str] = []
+
+    async def locked_once(*args: Any, **kw: Any) -> Any:
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return await real(*args, **kw)
+
+    service.storage.ledger.settle_released = locked_once  # type: ignore[method-assign]
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    live = Live()
+    job_id = await submit(service, live)
+    await wait_state(service, job_id, "failed")
+    assert len(calls) == 2
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert (await storage_account(service)).held == 0
+
+
 async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(
     make: Factory, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(delivery_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
     service, _ = await make()
     outcomes = Outcomes()
     service.engine.observers.append(outcomes)

@@ -17,9 +17,9 @@ import datetime as dt
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.catalog import Catalog
 from bot.concurrency import FairTurns, FeedbackThrottle
@@ -38,10 +38,12 @@ from bot.lifecycle import ModelLifecycle
 from bot.routing import Router
 from bot.sharding import process_name
 from bot.storage import Storage
-from bot.storage.jobs import JobRow
+from bot.storage.jobs import JobRow, LeaseLost
+from bot.storage.ledger import LedgerConflict
 from bot.tasks import Again
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 # Commands that may hold their images in memory at once: from the download, through the checks and
@@ -50,6 +52,8 @@ ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 # jobs running, not the size of the burst. 16 keeps two CPUs busy validating while others wait for
 # the safety check's answer; each turn holds a few MiB for a 1024² PNG (the bench.burst_memory numbers).
 INTAKE_AT_ONCE = 16
+# Seconds between tries of a settlement whose transaction failed (`EngineCore._settling`).
+SETTLE_RETRY_PAUSES = (0.2, 1.0, 3.0)
 # Masked results restored at once: one 40-megapixel restore holds about 700 MB while it runs (the
 # original, the model's output fitted to it, the blend), so with 64 jobs running a burst of large
 # masked results would outgrow the container's memory; the others wait, their results stored.
@@ -226,6 +230,25 @@ class EngineCore:
         raise NotImplementedError
 
     # -- small helpers -----------------------------------------------------------------------------
+
+    async def _settling(self, job: ActiveJob, settle: Callable[[], Awaitable[T]]) -> T:
+        """Run a settlement of `job` (a capture or a release, one transaction), trying it again after a
+        failure that changed nothing (a locked SQLite file, a PostgreSQL connection lost before
+        COMMIT; settlements are idempotent, so one that did commit is found settled). Another
+        process's job (LeaseLost) or one settled the other way (LedgerConflict) is not tried again;
+        still failing after `SETTLE_RETRY_PAUSES`, it raises."""
+        pauses = iter(SETTLE_RETRY_PAUSES)
+        while True:
+            try:
+                return await settle()
+            except (LeaseLost, LedgerConflict):
+                raise
+            except Exception as exc:
+                pause = next(pauses, None)
+                if pause is None:
+                    raise
+                log.warning("job %s: settling it failed (%s); trying again", job.id, exc)
+                await asyncio.sleep(pause)
 
     async def _say(self, job: ActiveJob, text: str) -> None:
         """Tell the user: on the live progress message if there is one, else through the Delivery."""

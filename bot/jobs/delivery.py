@@ -31,11 +31,8 @@ from bot.jobs.model import (
     parse_time,
 )
 from bot.messages import DELIVERY_DELAYED, UNDELIVERABLE
-from bot.storage.jobs import JobRow, LeaseLost
-from bot.storage.ledger import Account, LedgerConflict
-
-# Seconds between tries of a posted result's capture (then it is left for a later delivery round).
-SETTLE_RETRY_PAUSES = (0.2, 1.0, 3.0)
+from bot.storage.jobs import JobRow
+from bot.storage.ledger import Account
 
 log = logging.getLogger(__name__)
 
@@ -168,30 +165,21 @@ class JobDelivery(EngineCore):
     async def _settle_delivered(
         self, job: ActiveJob, outcome: EditOutcome, where: Delivered
     ) -> tuple[Account, int] | None:
-        """Capture a posted result. A failed transaction (a locked SQLite file, a PostgreSQL connection
-        lost before COMMIT) changed nothing and is tried again: the member has the result, and a
-        refund now would give away what the provider billed. Still failing, it raises, and the job
+        """Capture a posted result, tried again after a failed transaction: the member has the result,
+        and a refund would give away what the provider billed. Still failing, it raises, and the job
         stays `completed` for a later try (`JobEngine._run`)."""
-        pauses = iter(SETTLE_RETRY_PAUSES)
-        while True:
-            try:
-                return await self.storage.ledger.settle_delivered(
-                    job.id,
-                    outcome.charged,
-                    via=where.via,
-                    channel_id=where.channel_id,
-                    message_id=where.message_id,
-                    absorbed=outcome.absorbed,
-                    owner=self.owner,
-                )
-            except (LeaseLost, LedgerConflict):
-                raise
-            except Exception as exc:
-                pause = next(pauses, None)
-                if pause is None:
-                    raise
-                log.warning("job %s: posted, but its capture failed (%s); trying again", job.id, exc)
-                await asyncio.sleep(pause)
+        return await self._settling(
+            job,
+            lambda: self.storage.ledger.settle_delivered(
+                job.id,
+                outcome.charged,
+                via=where.via,
+                channel_id=where.channel_id,
+                message_id=where.message_id,
+                absorbed=outcome.absorbed,
+                owner=self.owner,
+            ),
+        )
 
     async def _undeliverable(self, job: ActiveJob, outcome: EditOutcome) -> None:
         """Nobody could be reached: release the hold, keep the result for a while, tell the admin."""

@@ -47,8 +47,11 @@ class JobEndings(EngineCore):
         code = str(type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__)
         try:
             absorbed = await self._maybe_billed(job, exc)
-            await self.storage.ledger.settle_released(
-                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
+            await self._settling(
+                job,
+                lambda: self.storage.ledger.settle_released(
+                    job.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
+                ),
             )
         except LeaseLost:
             log.warning("job %s: another process took it over; it settles it (ref %s)", job.id, ref)
