@@ -141,7 +141,13 @@ class SafetyCheck:
                     self._image_verdict(moderate, item, _image_name(index, len(images)))
                     for index, item in enumerate(inputs, start=1)
                 ]
-                verdicts = await asyncio.gather(*calls)
+                tasks = [asyncio.ensure_future(call) for call in calls]
+                try:
+                    verdicts = await asyncio.gather(*tasks)
+                except BaseException:
+                    for task in tasks:  # one failed: the others' answers no longer matter
+                        task.cancel()
+                    raise
         except (ProviderError, TimeoutError) as exc:
             await self._outage(exc, user_id, channel_id)
             return
@@ -165,7 +171,7 @@ class SafetyCheck:
         try:
             return await moderate(None, item, within=self.timeout)
         except InvalidInput as exc:
-            if exc.status is None:  # refused before anything was sent: says nothing about the file
+            if not _about_the_file(exc):  # a request or gateway problem: an outage, let through
                 raise
             raise InvalidImage(messages.safety_cannot_read(which), code="moderation_unreadable") from exc
 
@@ -185,6 +191,24 @@ class SafetyCheck:
     async def _tell(self, line: str) -> None:
         if self._report is not None:
             await self._report(line)
+
+
+# What the moderation API says about an image it cannot read (400): its codes, and its wording.
+UNREADABLE_IMAGE_CODES = frozenset({"invalid_image", "invalid_image_format", "image_parse_error"})
+UNREADABLE_IMAGE_WORDS = (
+    "not a supported image",
+    "invalid image",
+    "could not process image",
+    "unsupported image",
+)
+
+
+def _about_the_file(exc: InvalidInput) -> bool:
+    """Whether a refusal of an image's moderation call is about the file itself (not, say, a gateway
+    that takes no images, or a parameter this bot sent)."""
+    if exc.status != 400:
+        return False
+    return exc.code in UNREADABLE_IMAGE_CODES or any(w in str(exc).lower() for w in UNREADABLE_IMAGE_WORDS)
 
 
 def _image_name(index: int, count: int) -> str:

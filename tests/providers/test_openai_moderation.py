@@ -4,6 +4,7 @@ check (bot.services.moderation) that asks it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -12,9 +13,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.errors import InvalidImage
 from bot.providers.base import InputImage
 from bot.providers.errors import ProviderTimeout, ServerError
-from bot.providers.openai import OpenAIProvider, moderation_body, parse_moderation
+from bot.providers.openai import (
+    ModerationVerdict,
+    OpenAIProvider,
+    classify_openai_error,
+    moderation_body,
+    parse_moderation,
+)
 from bot.services import moderation
 from bot.services.moderation import Flagged, SafetyCheck
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -170,3 +178,63 @@ async def test_a_large_image_cannot_time_the_safety_check_out_and_so_skip_it(
     monkeypatch.setattr(moderation, "_image_input", slow_to_make_ready)
     with pytest.raises(Flagged):
         await check.screen(guild_id=1, user_id=2, channel_id=3, prompt="an axe", images=(photo(),))
+
+
+UNREADABLE = (
+    400,
+    b'{"error": {"message": "The image data is not a supported image.", "code": "invalid_image_format"}}',
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "refused"),
+    [
+        (*UNREADABLE, True),
+        (413, b"<html>413 Request Entity Too Large</html>", False),  # a proxy's body limit
+        (
+            400,
+            b'{"error": {"message": "Unrecognized argument: x", "code": "unknown_parameter"}}',
+            False,
+        ),
+        (422, b'{"error": {"message": "image inputs are not supported by this gateway"}}', False),
+    ],
+)
+async def test_only_an_answer_about_the_file_refuses_an_image_any_other_4xx_is_an_outage(
+    status: int, body: bytes, refused: bool
+):
+    """A file the check cannot read is refused (let through, it would skip the check); a gateway or
+    request problem is the service's, and like any outage lets the edit go ahead."""
+    error = classify_openai_error(status, body, {}, provider="openai")
+
+    async def moderate(text: str | None, image: Any, *, within: float) -> ModerationVerdict:
+        if image is not None:
+            raise error
+        return parse_moderation({"results": [{"flagged": False, "categories": {}, "category_scores": {}}]})
+
+    check = SafetyCheck(moderate, level_of=nothing, default_level="standard", timeout=5)
+    screening = check.screen(guild_id=1, user_id=2, channel_id=3, prompt="a cat", images=(photo(),))
+    if refused:
+        with pytest.raises(InvalidImage, match="could not read your image"):
+            await screening
+    else:
+        await screening  # an outage: the edit goes ahead
+
+
+async def test_the_other_checks_stop_when_one_image_is_refused():
+    unreadable = classify_openai_error(*UNREADABLE, {}, provider="openai")
+    waiting: list[asyncio.Task[Any]] = []
+
+    async def moderate(text: str | None, image: Any, *, within: float) -> ModerationVerdict:
+        if image is not None and not waiting:
+            waiting.append(asyncio.current_task())  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            raise unreadable
+        await asyncio.Event().wait()  # the service is slow to answer the others
+        raise AssertionError("never answered")
+
+    check = SafetyCheck(moderate, level_of=nothing, default_level="standard", timeout=5)
+    before = asyncio.all_tasks()
+    with pytest.raises(InvalidImage):
+        await check.screen(guild_id=1, user_id=2, channel_id=3, prompt="a cat", images=(photo(), photo()))
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
