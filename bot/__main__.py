@@ -61,13 +61,24 @@ def _unwritable(folder: Path) -> str | None:
     return None
 
 
+# What SQLite says when the file itself is the problem: it cannot be opened or written there, or it is
+# not a database at all (any other error comes from inside a working file).
+_PLACE_ERRORS = ("unable to open database file", "readonly database", "disk i/o error")
+_NOT_A_DATABASE = ("file is not a database",)
+
+
+def _about_the_file(exc: OSError | sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, OSError) or any(w in text for w in (*_PLACE_ERRORS, *_NOT_A_DATABASE))
+
+
 def _sqlite_file_unusable(database: str, exc: OSError | sqlite3.Error) -> int:
     """Say in one line why the SQLite file `database` (DATA_DIR's default one, or DATABASE_URL's) cannot
     be used; the exit code. A place the bot cannot open or write (the file or its `.lock` a folder, a
     read-only file) is a settings problem; a file that is not a SQLite database is not."""
     # An OSError names the file it failed on: the `.lock` beside the database may be the one in the way.
     where = mask_userinfo(str(getattr(exc, "filename", None) or database))
-    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+    if any(w in str(exc).lower() for w in _NOT_A_DATABASE):
         log.error(
             "Retouch cannot open %s (%s): it is not a SQLite database, or it is damaged; restore a backup, "
             "or move it away to start with an empty one",
@@ -164,8 +175,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
     except (OSError, sqlite3.Error) as exc:
-        if is_postgres(settings.database):
-            raise  # not a place on disk: nothing here to point at
+        if is_postgres(settings.database) or not _about_the_file(exc):
+            # Not a place on disk, or a failure inside a working file (a migration's): a traceback
+            # for a bug report, never advice to move the database away.
+            raise
         return _sqlite_file_unusable(settings.database, exc)
     try:
         # Its connection pool is sized from MAX_CONCURRENT_JOBS (see `provider_connection_limit`); every

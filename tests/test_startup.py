@@ -183,3 +183,15 @@ async def test_a_wrong_token_gives_one_clear_line(fake_discord: FakeDiscord, tmp
     assert "Traceback" not in log
     [line] = problems(log)
     assert "DISCORD_TOKEN" in line
+
+
+async def test_a_failure_inside_a_working_database_is_not_blamed_on_the_file_or_the_folder(tmp_path: Path):
+    """A migration that fails inside the file (here: the tables it rebuilds are missing) is a bug to
+    report with its traceback, never advice to move the database away or change DATA_DIR."""
+    with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:
+        db.execute("PRAGMA user_version = 13")  # says it has every table up to 0013, but holds none
+    code, log = await run_bot(tmp_path)
+
+    assert code != 0 and code != 2, log
+    assert "no such table" in log
+    assert "move it away" not in log and "set DATA_DIR" not in log
