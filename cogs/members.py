@@ -173,7 +173,7 @@ class MembersCog(RetouchCog):
             data = await attachment.read() if attachment is not None else None
         except discord.NotFound:
             pass  # deleted, or its image is gone: said below
-        except discord.HTTPException as exc:  # 403: the bot may no longer read that channel
+        except discord.Forbidden as exc:  # the bot may no longer read that channel
             log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
             await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
             return

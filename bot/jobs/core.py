@@ -244,7 +244,8 @@ class EngineCore:
             except (LeaseLost, LedgerConflict):
                 raise
             except Exception as exc:
-                pause = next(pauses, None)
+                # Shutting down: no waiting (the next start settles what is left from its row).
+                pause = next(pauses, None) if self.accepting else None
                 if pause is None:
                     raise
                 log.warning("job %s: settling it failed (%s); trying again", job.id, exc)

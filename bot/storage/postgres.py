@@ -293,6 +293,7 @@ class _Listener:
                 failing = None  # it listened until the connection was lost
             except CONNECTION_ERRORS as exc:
                 log.info("database: not listening (%s); trying again", type(exc).__name__)
+                failing = None  # a new failure after this is news again
             except Exception as exc:
                 if repr(exc) != failing:
                     log.exception("database: listening failed; trying again every %g s", LISTEN_RETRY_SECONDS)

@@ -128,8 +128,6 @@ INPUT_WORDS = (
     "mask dimension",
     "image size",
     "image dimension",
-    "invalid input",
-    "invalid parameter",
     "too large",
     "too small",
 )
