@@ -340,11 +340,14 @@ class ModelLifecycle:
                     continue
                 if entry.shutdown_date != before.shutdown and entry.shutdown_date is not None:
                     changes.append(f"{provider} announces {model.id} shuts down on {entry.shutdown_date}")
-                if before.gone:
-                    # OpenAI answers "does not exist or you do not have access" alike: listed again,
-                    # the key has access (granted since, or the answer was wrong), so it is tried again.
+                revived = before.gone and before.listed is False
+                if revived:
+                    # OpenAI answers "does not exist or you do not have access" alike, and lists only
+                    # what the key may use: a model back in the list is usable again. One it listed all
+                    # along stays retired (else it would be retired and revived every day).
                     changes.append(f"{model.id} is in {provider}'s model list again; that route is back")
-                await self._learn(route, listed=True, shutdown=entry.shutdown_date, gone_reason=None)
+                gone = None if revived else before.gone_reason
+                await self._learn(route, listed=True, shutdown=entry.shutdown_date, gone_reason=gone)
                 end = entry.shutdown_date
                 if end is not None and 0 <= (end - today).days <= RETIREMENT_WARNING_DAYS:
                     soon.append(

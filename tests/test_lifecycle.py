@@ -261,22 +261,29 @@ async def test_a_failed_first_listing_keeps_the_catalogs_view():
 
 
 async def test_a_route_retired_on_a_404_is_back_once_the_model_list_has_it_again(storage: Storage):
-    """OpenAI's 404 says "does not exist or you do not have access": a project granted access later
-    gets the route back at the next read of the model list, remembered across a restart."""
+    """OpenAI's 404 says "does not exist or you do not have access", and its list holds only what the
+    key may use: a project granted access later gets the route back when the model reappears in the
+    list, remembered across a restart. One retired while listed stays retired."""
     catalog, events = two_route_catalog(), Events()
     day = Calendar(dt.date(2026, 12, 1))
     lifecycle = ModelLifecycle(catalog, {"openai"}, day, store=storage.settings, on_event=events)
-    spare = catalog.get("spare")
+    spare, old = catalog.get("spare"), catalog.get("old")
     gone = ModelGone("404 model_not_found", provider="openai", status=404, code="model_not_found")
-    await lifecycle.retire(spare, spare.routes[0], gone)
-    assert not lifecycle.usable(spare)
 
-    async def listing() -> list[Listed]:
+    async def without_spare() -> list[Listed]:
+        return [Listed("old"), Listed("new")]
+
+    async def with_spare() -> list[Listed]:
         return [Listed("old"), Listed("new"), Listed("spare")]
 
-    await discover_once(lifecycle, "openai", listing)
+    await discover_once(lifecycle, "openai", without_spare)  # no access yet: not listed
+    await lifecycle.retire(spare, spare.routes[0], gone)
+    await lifecycle.retire(old, old.routes[0], gone)  # listed, yet answered 404
+    await discover_once(lifecycle, "openai", with_spare)
     assert lifecycle.usable(spare)
+    assert not [r for r in lifecycle.live_routes(old) if r.provider == "openai"]
     assert any("spare is in openai's model list again" in line for line in events)
+    assert not any("old is in openai's model list again" in line for line in events)
     again = ModelLifecycle(catalog, {"openai"}, day, store=storage.settings)
     await again.load()
     assert again.usable(spare)
