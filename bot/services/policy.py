@@ -507,7 +507,8 @@ class PolicyService(PolicyAdmin):
             )
         if exc.reason == "concurrency":
             return PolicyRefused(messages.too_many_running(exc.used), code="too_many_running")
-        left = max(0, exc.limit - exc.used)
+        # What any smaller job may still hold: the least left under every budget, not only this one.
+        left = exc.room if exc.room is not None else max(0, exc.limit - exc.used)
         resume = discord_timestamp(next_period_start("monthly", self.now()))
         if exc.reason in ("allotment", "bot_budget"):
             share = exc.reason == "allotment"
@@ -516,7 +517,9 @@ class PolicyService(PolicyAdmin):
                     messages.operator_budget_spent(share=share, resume=resume), code=exc.reason
                 )
             return PolicyRefused(
-                messages.operator_budget_short(share=share, credits=credits, left=left), code=exc.reason
+                messages.operator_budget_short(share=share, credits=credits, left=left),
+                code=exc.reason,
+                available=left,
             )
         if left == 0:
             return PolicyRefused(messages.server_budget_spent(resume), code="guild_cap")

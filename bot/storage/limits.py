@@ -45,17 +45,26 @@ class ReserveRefused(Exception):
     """A ReserveGuard limit refused the job; nothing was held.
 
     `reason` is "cooldown", "concurrency", "guild_cap", "allotment" or "bot_budget". `retry_at` is
-    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads.
+    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads. For a
+    budget, `room` is the least left under every budget that applies (what a smaller job may still
+    hold), which can be less than what the refusing one has left.
     """
 
     def __init__(
-        self, reason: str, *, retry_at: dt.datetime | None = None, used: int = 0, limit: int = 0
+        self,
+        reason: str,
+        *,
+        retry_at: dt.datetime | None = None,
+        used: int = 0,
+        limit: int = 0,
+        room: int | None = None,
     ) -> None:
         super().__init__(f"{reason}: used {used} of {limit}")
         self.reason = reason
         self.retry_at = retry_at
         self.used = used
         self.limit = limit
+        self.room = room
 
 
 def _locks(guild_id: int, user_id: int, guard: ReserveGuard) -> list[tuple[object, ...]]:
@@ -104,9 +113,17 @@ def guard_refusal(
         used, bot_used = yield from spent(
             moment, guard.cap_since, guild_id if guild_budget else None, guard.bot_cap is not None
         )
-        for reason, limit in (("allotment", guard.allotment), ("guild_cap", guard.guild_cap)):
-            if used is not None and limit is not None and used + amount > limit:
-                return ReserveRefused(reason, used=used, limit=limit)
-        if bot_used is not None and guard.bot_cap is not None and bot_used + amount > guard.bot_cap:
-            return ReserveRefused("bot_budget", used=bot_used, limit=guard.bot_cap)
+        budgets = [
+            (reason, spent_so_far, limit)
+            for reason, spent_so_far, limit in (
+                ("allotment", used, guard.allotment),
+                ("guild_cap", used, guard.guild_cap),
+                ("bot_budget", bot_used, guard.bot_cap),
+            )
+            if spent_so_far is not None and limit is not None
+        ]
+        room = min((max(0, limit - spent_so_far) for _, spent_so_far, limit in budgets), default=None)
+        for reason, spent_so_far, limit in budgets:
+            if spent_so_far + amount > limit:
+                return ReserveRefused(reason, used=spent_so_far, limit=limit, room=room)
     return None
