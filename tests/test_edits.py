@@ -22,6 +22,7 @@ from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
+from bot.services.policy import PolicyRefused
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -417,6 +418,19 @@ async def test_masked_results_are_restored_a_few_at_a_time(make_service, fake, m
     mask = MaskSpec(grid=(3, 3), cells=(5,))
     outcomes = await asyncio.gather(*(run_to_end(service, replace(make_job(), mask=mask)) for _ in range(3)))
     assert len(outcomes) == 3 and most[0] == 1
+
+
+async def test_a_retired_models_replacement_must_be_allowed_on_the_server(make_service, storage):
+    """The server allows only gpt-image-1 (set while it was live); once it is shut down its jobs move
+    to gpt-image-1.5, which the server never allowed: refused, not run (and held) there."""
+    service = make_service()
+    await storage.settings.update_guild_policy(GUILD, {"models": "gpt-image-1"}, actor_id=9)
+    job = make_job(model="gpt-image-1", quality="high", size="1024x1024")
+    with pytest.raises(PolicyRefused) as refused:
+        await service.prepare(job)
+    assert refused.value.code == "no_allowed_model"
+    await storage.settings.update_guild_policy(GUILD, {"models": "gpt-image-1 gpt-image-1.5"}, actor_id=9)
+    assert (await service.prepare(job)).model.id == "gpt-image-1.5"
 
 
 async def test_grid_cells_become_the_mask(make_service, fake):

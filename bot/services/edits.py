@@ -264,6 +264,9 @@ class EditService:
         chosen = await self.options_for(job.guild_id, job.user_id, job.options)
         chosen, notices = await self.policy.clamp(job, chosen)
         resolution = self.lifecycle.resolve(chosen.model, picked=job.options.model_picked)
+        if resolution.model.id != chosen.model:  # a replacement or the default: the server's rules apply
+            resolution, chosen, moved = await self._within_rules(job, chosen, resolution)
+            notices = (*notices, *moved)
         model = resolution.model
         if _gone_inherited(job.options, self.catalog):  # Edit again, Retry: say why the model changed
             notices = (messages.defaulted(str(job.options.model), model.name), *notices)
@@ -296,6 +299,17 @@ class EditService:
             notices + pending.texts,
             notices_read=pending.keys,
         )
+
+    async def _within_rules(
+        self, job: EditJob, chosen: JobDefaults, resolution: Resolution
+    ) -> tuple[Resolution, JobDefaults, tuple[str, ...]]:
+        """The model a job moved to (a dead one's replacement, the default) under the server's rules
+        for the member: an allowed one (else PolicyRefused) and a quality it offers. `chosen` keeps
+        the model asked for (Retry and Edit again carry it)."""
+        moved, notices = await self.policy.clamp(job, replace(chosen, model=resolution.model.id))
+        if moved.model != resolution.model.id:
+            resolution = Resolution(self.catalog.get(moved.model), resolution.notice)
+        return resolution, replace(moved, model=chosen.model), notices
 
     def at_quality(self, prepared: PreparedJob, quality: str) -> PreparedJob:
         """The same prepared job at another quality, held at that quality's true worst case.
