@@ -392,6 +392,13 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             if set(by_size) != {"square", "other"}:
                 problems.append(f"{where}.price.{q}: needs exactly `square` and `other`")
         tokens = _token_rates(raw.get("tokens"), where)
+        # A negative price shrinks holds and charges (or makes a hold negative): never spend the
+        # operator's money on a typo.
+        amounts = {f"price.{q}.{k}": v for q, by_size in prices.items() for k, v in by_size.items()}
+        amounts |= {f"tokens.{k}": v for k, v in vars(tokens).items()} if tokens else {}
+        for name, value in amounts.items():
+            if not value.is_finite() or value < 0:
+                problems.append(f"{where}.{name}: must be a number of USD, 0 or more")
         rules = _size_rules(raw.get("free_sizes", False))
         sizes = tuple(raw.get("sizes", SIZES))
         bad_sizes = [v for v in sizes if v not in SIZES and (rules is None or rules.problem(v))]

@@ -165,6 +165,16 @@ OPENAI = 'routes = [{ provider = "openai" }]\n'
         (f"[models.a]\n{LOW}{LOW_PRICE}tokens = 5\n{OPENAI}", r"models\.a\.tokens: must be a table"),
         (f'[models.a]\n{LOW}{LOW_PRICE}routes = ["openai"]\n', r"models\.a\.routes\[0\]: must be a table"),
         ("[models]\na = 5\n", r"models\.a: must be a table"),
+        # A negative price or token rate would shrink holds and charges (or make a hold negative).
+        (
+            f"[models.a]\n{LOW}price.low = {{ square = -0.05, other = 1 }}\n{OPENAI}",
+            r"models\.a\.price\.low\.square: must be a number of USD, 0 or more",
+        ),
+        (
+            f"[models.a]\n{LOW}{LOW_PRICE}tokens = {{ text_input = -5, image_input = 1, image_output = 1 }}\n"
+            f"{OPENAI}",
+            r"models\.a\.tokens\.text_input: must be a number of USD, 0 or more",
+        ),
     ],
 )
 def test_broken_catalog_files_are_refused_with_the_reason(tmp_path: Path, text: str, problem: str):
