@@ -1,33 +1,32 @@
 """Concurrency: how many calls each provider gets at once, whose queued job starts next, and how often a
 waiting job's place in line is shown again.
 
-* `ProviderLimiter` keeps one adaptive limit per provider (AIMD, like TCP's congestion window): it
-  starts from `START_CONCURRENCY`, grows by about one call per full round of calls that succeed while
-  the limit is in use, and is cut (×`DECREASE_FACTOR`, once per round) when the provider answers 429.
-  The number of calls in flight when the 429 came is remembered for `REMEMBER_REFUSAL_SECONDS` and
-  caps growth just below it, so the limit settles where the provider stops refusing instead of
-  see-sawing; after that it probes again (an account may have moved up a tier). New calls to a
-  provider that answered 429 wait until its `Retry-After` (or a doubling back-off when it gave none),
-  and a refused call is sent again to the same provider when that wait leaves time before the job's
-  deadline: a 429 means the provider did not take the job, so nothing paid is sent twice. Otherwise
-  the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
-  `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes. It is the account's, so the live
-  processes on one PostgreSQL split it (`share_with`, counted by bot.sharding): each takes
-  floor(ceiling / processes), and the first ceiling mod processes of them one call more, by their
-  `rank` in an order every process sees alike (their names sorted, bot.sharding), so the parts add up
-  to the ceiling: 4 over 3 processes is 2, 1, 1. Never fewer than one call, so every process's queue
-  moves. On top of the parts, each call of a fleet takes one of the ceiling's numbered slots, shared
-  through PostgreSQL (`fleet_slots`, bot.storage.fleet_slots; each process tries its own part of them
-  first, `first_slot`), and waits for one to come free: so the fleet never passes the ceiling, not
-  while it changes and not with more processes than the ceiling. A process told no rank takes no
-  extra call, so none is taken twice. Each process hears a change of the fleet on its own
-  (bot.sharding: at once through PostgreSQL's NOTIFY when a process joins or leaves, else at its next
-  round), so the parts add up right only once all have: when a process joins, the ranks after its
-  name shift and every part shrinks or stays, and until the others have heard (milliseconds; a round if
-  the notification is lost) the newcomer's calls wait for slots the others' calls in flight still hold.
-  When a process dies or leaves, every part grows or stays (its slots come free with its connection).
-  Without the database (SQLite: one process) there are no slots and none are needed. (Ranked by age
-  instead, a process starting its drain moves to the end of the order, which would shift every part.)
+* `ProviderLimiter` keeps one adaptive limit per provider (AIMD, like TCP's congestion window): it starts from
+  `START_CONCURRENCY`, grows by about one call per full round of calls that succeed while the limit is in use,
+  and is cut (×`DECREASE_FACTOR`, once per round) when the provider answers 429. The number of calls in flight
+  when the 429 came is remembered for `REMEMBER_REFUSAL_SECONDS` and caps growth just below it, so the limit
+  settles where the provider stops refusing instead of see-sawing; after that it probes again (an account may
+  have moved up a tier). New calls to a provider that answered 429 wait until its `Retry-After` (or a doubling
+  back-off when it gave none), and a refused call is sent again to the same provider when that wait leaves
+  time before the job's deadline: a 429 means the provider did not take the job, so nothing paid is sent
+  twice. Otherwise the 429 is raised and routing may try another provider. `<PROVIDER>_MAX_CONCURRENT` (else
+  `MAX_CONCURRENT_JOBS`) is a hard ceiling the limit never passes. It is the account's, so the live processes
+  on one PostgreSQL split it (`share_with`, counted by bot.sharding): each takes floor(ceiling / processes),
+  and the first ceiling mod processes of them one call more, by their `rank` in an order every process sees
+  alike (their names sorted, bot.sharding), so the parts add up to the ceiling: 4 over 3 processes is 2, 1, 1.
+  Never fewer than one call, so every process's queue moves. On top of the parts, each call on PostgreSQL (a
+  process alone included, so one that joins it finds its calls counted) takes one of the ceiling's numbered
+  slots, shared through the database (`fleet_slots`, bot.storage.fleet_slots; each process tries its own part
+  of them first, `first_slot`), and waits for one to come free, up to its deadline like any wait here: so the
+  fleet never passes the ceiling, not while it changes and not with more processes than the ceiling. A process
+  told no rank takes no extra call, so none is taken twice. Each process hears a change of the fleet on its
+  own (bot.sharding: at once through PostgreSQL's NOTIFY when a process joins or leaves, else at its next
+  round), so the parts add up right only once all have: when a process joins, the ranks after its name shift
+  and every part shrinks or stays, and until the others have heard (milliseconds; a round if the notification
+  is lost) the newcomer's calls wait for slots the others' calls in flight still hold. When a process dies or
+  leaves, every part grows or stays (its slots come free with its connection). Without the database (SQLite:
+  one process) there are no slots and none are needed. (Ranked by age instead, a process starting its drain
+  moves to the end of the order, which would shift every part.)
 * `FairTurns` is the engine's queue order: servers take turns, and inside a server its members do,
   so one member's burst cannot starve anyone.
 * `FeedbackThrottle` decides which "Queued — position N" edits go out: only changed text, each job at
@@ -160,7 +159,9 @@ def first_slot(ceiling: int, processes: int, rank: int | None) -> int | None:
 class SlotSource(Protocol):
     """A ceiling's numbered slots shared by every process (bot.storage.fleet_slots.FleetSlots)."""
 
-    async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None: ...
+    async def take(
+        self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
+    ) -> int | None: ...
     async def give(self, provider: str, slot: int) -> None: ...
 
 
@@ -286,10 +287,10 @@ class ProviderLimiter:
             epoch, full = await self._acquire(provider, state, refuse_after)
             slot: int | None = None
             try:
-                slot = await self._fleet_slot(provider, state)
+                slot = await self._fleet_slot(provider, state, refuse_after)
                 result = await send()
             except perr.RateLimited as exc:
-                if exc.accepted:
+                if exc.accepted or exc.status is None:  # taken, or this limiter's own refusal
                     raise
                 self._refused(provider, state, epoch == state.epoch, exc.retry_after)
                 resume_at = state.paused_until
@@ -313,18 +314,25 @@ class ProviderLimiter:
                 if slot is not None and self.fleet_slots is not None:
                     await self.fleet_slots.give(provider, slot)
 
-    async def _fleet_slot(self, provider: str, state: _Provider) -> int | None:
-        """With other live processes sharing `provider`'s ceiling, one of its slots across the fleet
-        (waited for). In a steady fleet the parts alone keep the total within the ceiling and the slot
-        is free at once; the slots are what hold it while the fleet changes (a process joining takes
-        its part at once, before the others have shrunk theirs) and when a part would be under one
-        call (more processes than the ceiling)."""
-        if self.fleet_slots is None or state.ceiling is None or state.share <= 1:
+    async def _fleet_slot(self, provider: str, state: _Provider, refuse_after: float | None) -> int | None:
+        """On a shared database, one of `provider`'s slots across the fleet (waited for, until
+        `refuse_after`: then refused unsent, so routing may try another provider). In a steady fleet
+        the parts alone keep the total within the ceiling and the slot is free at once; the slots are
+        what hold it while the fleet changes (a process joining takes its part at once, before the
+        others have shrunk theirs) and when a part would be under one call (more processes than the
+        ceiling). A process alone takes them too: one that joins it must find its calls counted."""
+        if self.fleet_slots is None or state.ceiling is None:
             return None
         state.slot_waits += 1
         try:
             first = first_slot(state.ceiling, state.share, state.rank)
-            return await self.fleet_slots.take(provider, state.ceiling, first)
+            # As for this process's own slots: a wait that would leave less than RETRY_MIN_WINDOW
+            # before the deadline is not waited (a free slot is still taken at once).
+            within = None if refuse_after is None else refuse_after - RETRY_MIN_WINDOW - self._clock()
+            try:
+                return await self.fleet_slots.take(provider, state.ceiling, first, within=within)
+            except TimeoutError:
+                raise perr.unsent_rate_limit(provider, "no fleet-wide slot free in time") from None
         finally:
             state.slot_waits -= 1
 

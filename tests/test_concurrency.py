@@ -247,7 +247,9 @@ class SlowSlots:
         self.giving = asyncio.Event()
         self._changed = asyncio.Condition()
 
-    async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None:
+    async def take(
+        self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
+    ) -> int | None:
         async with self._changed:
             await self._changed.wait_for(lambda: len(self.held) < ceiling)
             slot = min(set(range(ceiling)) - self.held)

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 
 import pytest
 
 from bot.concurrency import ProviderLimiter, first_slot
+from bot.providers import errors as perr
 from bot.storage import Storage
 from bot.storage.fleet_slots import FleetSlots, slot_key
 from bot.storage.postgres import PostgresDatabase
@@ -246,10 +248,11 @@ async def test_in_a_steady_fleet_each_call_takes_a_slot_of_its_own_part_at_once(
 
         await limiter.call(P, send)
         assert seen == [{(P, 2)}] and not slots.held
-        alone = ProviderLimiter({P: (6, 6)})  # a process on its own takes none (nobody to share with)
+        # A process on its own takes one too: a process that joins it must find its calls counted.
+        alone = ProviderLimiter({P: (6, 6)})
         alone.fleet_slots = slots
         await alone.call(P, send)
-        assert seen[-1] == frozenset()
+        assert seen[-1] == {(P, 0)} and not slots.held
 
 
 async def test_a_process_joining_waits_for_the_slots_the_others_calls_still_hold(postgres_url: str):
@@ -290,3 +293,81 @@ def test_each_process_tries_its_own_part_of_the_slots_first():
     assert [first_slot(6, 3, rank) for rank in range(3)] == [0, 2, 4]
     assert [first_slot(3, 5, rank) for rank in range(5)] == [0, 1, 2, 0, 1]  # one call each, round
     assert first_slot(4, 3, None) is None
+
+
+class CountedSlots(FleetSlots):
+    """FleetSlots that say when a take found every slot taken (its call waits, unsent)."""
+
+    def __init__(self, storage: Storage) -> None:
+        db = storage.db
+        assert isinstance(db, PostgresDatabase)
+        super().__init__(db.pool, db.listen)
+        self.refused = asyncio.Event()
+
+    async def _try(self, provider: str, ceiling: int, first: int | None) -> int | None:
+        slot = await super()._try(provider, ceiling, first)
+        if slot is None:
+            self.refused.set()
+        return slot
+
+
+async def test_a_process_joining_a_lone_one_waits_for_the_slots_its_calls_hold(postgres_url: str):
+    """Alone, a process's calls hold slots too: a newcomer that shares the ceiling at once must find
+    them taken, not send a call on top of the ceiling while the lone one's calls are out."""
+    async with storages(postgres_url, 2) as stores:
+        limiters = [ProviderLimiter({P: (2, 2)}) for _ in stores]
+        limiters[0].fleet_slots = slots_of(stores[0])
+        newcomer_slots = limiters[1].fleet_slots = CountedSlots(stores[1])
+        out, gate, two_out, three_out = [0], asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def send() -> None:
+            out[0] += 1
+            if out[0] >= 2:
+                (two_out if out[0] == 2 else three_out).set()
+            await gate.wait()
+            out[0] -= 1
+
+        limiters[0].share_with(1, 0)  # alone
+        first = [asyncio.create_task(limiters[0].call(P, send)) for _ in range(2)]
+        await asyncio.wait_for(two_out.wait(), WAIT)
+        for rank, limiter in enumerate(limiters):  # the second joins; both have heard
+            limiter.share_with(2, rank)
+        newcomer = asyncio.create_task(limiters[1].call(P, send))
+        refused, over = (
+            asyncio.create_task(newcomer_slots.refused.wait()),
+            asyncio.create_task(three_out.wait()),
+        )
+        await asyncio.wait({refused, over}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        over.cancel()
+        try:
+            assert newcomer_slots.refused.is_set() and out[0] == 2 and not newcomer.done()
+        finally:
+            gate.set()
+            await asyncio.gather(*first, newcomer)
+
+
+async def test_a_call_that_cannot_get_a_fleet_slot_before_its_deadline_is_refused_unsent(postgres_url: str):
+    """As for this process's own slots: refused (RateLimited, not accepted) so routing can try another
+    provider, not left waiting until the job times out."""
+    async with storages(postgres_url, 2) as (a, b):
+        holder = slots_of(a)
+        assert {await holder.take(P, 2, 0), await holder.take(P, 2, 1)} == {0, 1}  # another's calls
+        limiter = ProviderLimiter({P: (2, 2)})
+        limiter.fleet_slots = slots_of(b)
+        limiter.share_with(2, 1)
+        sent: list[int] = []
+
+        async def send() -> None:
+            sent.append(1)
+
+        try:
+            with pytest.raises(perr.RateLimited) as refused:
+                await asyncio.wait_for(
+                    limiter.call(P, send, deadline=time.monotonic() + 0.5, may_go_elsewhere=True), WAIT
+                )
+            assert not refused.value.accepted and refused.value.status is None and sent == []
+            assert limiter.snapshot()[P].in_flight == 0  # its own slot went back too
+        finally:
+            for provider, slot in holder.held:
+                await holder.give(provider, slot)

@@ -61,12 +61,17 @@ class FleetSlots:
         """(provider, slot) pairs this process holds now."""
         return frozenset(self._held)
 
-    async def take(self, provider: str, ceiling: int, first: int | None = None) -> int | None:
+    async def take(
+        self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
+    ) -> int | None:
         """Wait until one of `provider`'s `ceiling` slots is free and take it: its number, for `give`.
         Tries slot `first` first, then the ones after it (anywhere, without one). None when the
-        database cannot be reached (the call goes ahead without one; said once per outage)."""
+        database cannot be reached (the call goes ahead without one; said once per outage).
+        TimeoutError when none came free within `within` seconds after the first try."""
         self._start_listening()
         freed = self._freed.setdefault(provider, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        give_up = None if within is None else loop.time() + within
         while True:
             freed.clear()
             try:
@@ -83,8 +88,11 @@ class FleetSlots:
             self._unreachable = False
             if slot is not None:
                 return slot
+            wait = POLL_SECONDS if give_up is None else min(POLL_SECONDS, give_up - loop.time())
+            if wait <= 0:
+                raise TimeoutError(f"no {provider} slot came free in time")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_SECONDS):
+                async with asyncio.timeout(wait):
                     await freed.wait()
 
     async def give(self, provider: str, slot: int) -> None:
