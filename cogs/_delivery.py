@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 # A DM gets Discord's default upload limit, whatever the server's boost level gave the channel.
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024
-# How many messages after the job was created to search for a result a crash interrupted; results are
-# posted within minutes of that, so only a very busy channel could push one further.
-FIND_HISTORY_LIMIT = 100
+# How many of the newest messages since the job was created are searched for a result whose post may
+# have landed (a crash, an answer lost): 10 pages of history, searched only after such a failure.
+FIND_HISTORY_LIMIT = 1000
 
 
 class DiscordDelivery:
@@ -131,8 +131,10 @@ class DiscordDelivery:
         after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
         me = self.bot.user.id if self.bot.user else None
         try:
+            # Newest first, back to the job's start: the result is among the last messages posted,
+            # however busy the channel was while the job waited and ran.
             history = self.bot.get_partial_messageable(channel_id).history(
-                limit=FIND_HISTORY_LIMIT, after=after
+                limit=FIND_HISTORY_LIMIT, after=after, oldest_first=False
             )
             async for message in history:
                 if message.author.id == me and any(e.footer.text == footer for e in message.embeds):

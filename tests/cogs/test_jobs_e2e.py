@@ -15,6 +15,7 @@ import bot.jobs.core
 from bot.messages import UPLOADING
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, HeldRequests, Permission
+from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env
@@ -82,6 +83,41 @@ async def test_result_after_an_expired_token_arrives_as_a_channel_message_with_o
     assert (job["state"], job["delivered_via"]) == ("delivered", "channel")
     assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
     assert_books_balance(world.services.settings.data_dir)
+
+
+def landed_then_500s(fake: FakeDiscord) -> None:
+    """The result followup is posted, but Discord answers 500, and 500 again to each of discord.py's own
+    retries of it (which post nothing): the bot cannot tell whether its result landed."""
+    original, tries = fake._execute_webhook, [0]
+
+    async def handler(call):  # type: ignore[no-untyped-def]
+        if call.body_dict().get("embeds"):
+            tries[0] += 1
+            if tries[0] == 1:
+                await original(call)
+            if tries[0] <= 5:
+                raise discord_error(500, 0, "500: Internal Server Error")
+        return await original(call)
+
+    fake._execute_webhook = handler  # type: ignore[method-assign]
+
+
+async def test_a_result_that_landed_in_a_busy_channel_is_found_not_posted_again(world: World):
+    """120 messages came while the job ran: the landed result is among the newest, found there (it
+    was past the first 100 after the job's start, where the search stopped), and not posted twice."""
+    landed_then_500s(world.fake)
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    for i in range(120):
+        await world.fake.post_message(world.user, world.channel, f"chatter {i}")
+    data_dir = world.services.settings.data_dir
+    # discord.py retries a 5xx webhook call itself, backing off for about 15 s before the bot hears it.
+    [job] = await world.fake.wait_until(
+        lambda: [r for r in jobs(data_dir) if r["state"] in ("delivered", "failed")], timeout=60
+    )
+    copies = {m.id for m in results(it.followups) + results(world.fake.channel_messages(world.channel))}
+    assert (job["state"], job["delivered_via"], len(copies)) == ("delivered", "interaction", 1)
 
 
 async def test_result_goes_to_dms_when_the_channel_was_deleted(world: World):
