@@ -226,7 +226,12 @@ class JobsCog(RetouchCog):
             return
         await interaction.response.defer()
         if interaction.message is not None:
-            await interaction.message.delete()
+            try:
+                # Through the interaction (the clicked message is its original now): no channel
+                # permission needed, as for posting the result as a followup.
+                await interaction.delete_original_response()
+            except discord.NotFound:
+                return  # already deleted (a double click, or by someone else)
             log.info("job %s: result deleted by %s", job_id, interaction.user.id)
             if not requester and row is not None:  # a moderator: the audit channel records who
                 await self.bot.services.audit.moderator_action(

@@ -14,7 +14,15 @@ import pytest
 import bot.jobs.core
 from bot.messages import UPLOADING
 from tests.durable import CATALOG, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, HeldRequests, Permission
+from tests.fakes.discord import (
+    DEFAULT_BOT_PERMISSIONS,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+    FakeUser,
+    HeldRequests,
+    Permission,
+)
 from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
@@ -336,6 +344,27 @@ async def member(world: World, name: str, permissions: int | None = None) -> Fak
     user = world.fake.create_user(name)
     await world.guild.add_member(user, permissions=permissions)
     return user
+
+
+async def test_delete_needs_no_channel_permission_and_a_double_click_is_harmless(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+):
+    """The result came as a followup, which needs no channel permission: deleting it goes through the
+    interaction too (the bot cannot view this channel), and the second of two clicks finds it gone."""
+    perms = DEFAULT_BOT_PERMISSIONS & ~int(Permission.VIEW_CHANNEL)
+    async with running_bot(
+        fake_discord, openai, tmp_path, env=env_for(wavespeed), catalog=CATALOG, bot_permissions=perms
+    ) as w:
+        result = await published(w, await w.edit(PHOTO))
+        clicks = [await fake_discord.click(w.user, result, control(result, "delete")) for _ in range(2)]
+
+        def deletes() -> list[int | None]:
+            return [r.status for r in fake_discord.requests if r.method == "DELETE" and "@original" in r.path]
+
+        assert sorted(await fake_discord.wait_until(lambda: len(deletes()) == 2 and deletes())) == [204, 404]
+        assert result.deleted
+        with pytest.raises(TimeoutError):  # neither click is told "something went wrong"
+            await fake_discord.wait_until(lambda: [m for c in clicks for m in c.followups], timeout=1.0)
 
 
 async def test_delete_works_for_the_requester_and_moderators_only(world: World):
