@@ -64,7 +64,7 @@ def _unwritable(folder: Path) -> str | None:
 # What SQLite says when the file itself is the problem: it cannot be opened or written there, or it is
 # not a database at all (any other error comes from inside a working file).
 _PLACE_ERRORS = ("unable to open database file", "readonly database", "disk i/o error")
-_NOT_A_DATABASE = ("file is not a database",)
+_NOT_A_DATABASE = ("file is not a database", "database disk image is malformed", "malformed database schema")
 
 
 def _about_the_file(exc: OSError | sqlite3.Error) -> bool:

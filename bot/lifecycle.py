@@ -340,7 +340,7 @@ class ModelLifecycle:
                     continue
                 if entry.shutdown_date != before.shutdown and entry.shutdown_date is not None:
                     changes.append(f"{provider} announces {model.id} shuts down on {entry.shutdown_date}")
-                revived = before.gone and before.listed is False
+                revived = before.gone and before.listed is not True
                 if revived:
                     # OpenAI answers "does not exist or you do not have access" alike, and lists only
                     # what the key may use: a model back in the list is usable again. One it listed all

@@ -276,7 +276,10 @@ async def test_a_route_retired_on_a_404_is_back_once_the_model_list_has_it_again
     async def with_spare() -> list[Listed]:
         return [Listed("old"), Listed("new"), Listed("spare")]
 
-    await discover_once(lifecycle, "openai", without_spare)  # no access yet: not listed
+    new = catalog.get("new")
+    await lifecycle.retire(new, new.routes[0], gone)  # before any list was read
+    await discover_once(lifecycle, "openai", without_spare)  # no access to spare yet: not listed
+    assert lifecycle.usable(new)  # listed at the first read: back
     await lifecycle.retire(spare, spare.routes[0], gone)
     await lifecycle.retire(old, old.routes[0], gone)  # listed, yet answered 404
     await discover_once(lifecycle, "openai", with_spare)

@@ -195,3 +195,20 @@ async def test_a_failure_inside_a_working_database_is_not_blamed_on_the_file_or_
     assert code != 0 and code != 2, log
     assert "no such table" in log
     assert "move it away" not in log and "set DATA_DIR" not in log
+
+
+async def test_a_damaged_sqlite_file_gets_the_restore_advice_not_a_traceback(tmp_path: Path):
+    path = tmp_path / "retouch.sqlite3"
+    with sqlite3.connect(path) as db:  # a real database, then its schema page overwritten
+        db.execute("CREATE TABLE t (x)")
+        db.executemany("INSERT INTO t VALUES (?)", [("y" * 500,) for _ in range(200)])
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[100:page] = b"\xff" * (page - 100)
+    path.write_bytes(bytes(data))
+    code, log = await run_bot(tmp_path)
+
+    assert code == 1, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "malformed" in line and "restore a backup" in line

@@ -122,8 +122,10 @@ def guard_refusal(
             )
             if spent_so_far is not None and limit is not None
         ]
-        room = min((max(0, limit - spent_so_far) for _, spent_so_far, limit in budgets), default=None)
-        for reason, spent_so_far, limit in budgets:
-            if spent_so_far + amount > limit:
-                return ReserveRefused(reason, used=spent_so_far, limit=limit, room=room)
+        if any(spent_so_far + amount > limit for _, spent_so_far, limit in budgets):
+            # Refused as the budget with the least left (the first of equals): it is what a smaller job
+            # must fit, and whose owner (the server's admins, the operator) could change that.
+            reason, spent_so_far, limit = min(budgets, key=lambda b: b[2] - b[1])
+            room = max(0, limit - spent_so_far)
+            return ReserveRefused(reason, used=spent_so_far, limit=limit, room=room)
     return None
