@@ -224,7 +224,11 @@ class JobsCog(RetouchCog):
                 messages.DELETE_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
-        await interaction.response.defer()
+        try:
+            await interaction.response.defer()
+        except discord.HTTPException as exc:  # a second click's, after the first deleted the message
+            log.info("job %s: a delete click found its result gone (%s %s)", job_id, exc.status, exc.code)
+            return
         if interaction.message is not None:
             try:
                 # Through the interaction (the clicked message is its original now): no channel
