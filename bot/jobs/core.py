@@ -44,6 +44,11 @@ from bot.tasks import Again
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+ModelAllowed = Callable[[int, tuple[int, ...], str], Awaitable[bool]]
+
+
+async def _any_model(guild_id: int, role_ids: tuple[int, ...], model_id: str) -> bool:
+    return True
 
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 # Commands that may hold their images in memory at once: from the download, through the checks and
@@ -160,6 +165,9 @@ class EngineCore:
         self._running: set[str] = set()
         self._creating: set[str] = set()  # folders written whose row may not exist yet
         self.intake_turns = IntakeTurns(INTAKE_AT_ONCE)
+        # Whether a server lets a member (by roles) use a model: where a job whose model died mid-run
+        # may move (bot.services.policy; set by EditService, every model without it).
+        self.model_allowed: ModelAllowed = _any_model
         self.restore_turns = IntakeTurns(RESTORES_AT_ONCE)
         self._idle = asyncio.Event()
         self._idle.set()

@@ -129,6 +129,8 @@ class ProviderRun(EngineCore):
             worst = self._worst_credits(candidate, spec)
             if worst is None or worst > spec.reserve:
                 continue
+            if not await self.model_allowed(job.info.guild_id, spec.role_ids, candidate.id):
+                continue  # the server does not let this member use it
             notice = messages.moved_mid_run(dead.name, candidate.name)
             moved = replace(
                 spec, model=candidate.id, model_name=candidate.name, notices=(*spec.notices, notice)

@@ -124,6 +124,10 @@ class JobPolicy(Protocol):
         """Refuse, before any image is downloaded, a job the reservation would certainly refuse."""
         ...
 
+    async def allows_model(self, guild_id: int, role_ids: tuple[int, ...], model_id: str) -> bool:
+        """Whether the server's rules let a member with `role_ids` use `model_id`."""
+        ...
+
 
 @dataclass(frozen=True)
 class MaskSpec:
@@ -216,6 +220,7 @@ class EditService:
             observers=self.observers,
             lifecycle=self.lifecycle,
         )
+        self.engine.model_allowed = self.policy.allows_model
         self._discovery: asyncio.Task[None] | None = None
         # The free safety check before anything is held or sent (bot.services.moderation; wired by bot.app).
         self.safety: SafetyCheck | None = None

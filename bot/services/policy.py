@@ -402,6 +402,11 @@ class PolicyService(PolicyAdmin):
 
     # -- the job service's hooks -----------------------------------------------------------------
 
+    async def allows_model(self, guild_id: int, role_ids: tuple[int, ...], model_id: str) -> bool:
+        """Whether the server's rules let a member with `role_ids` use `model_id`."""
+        models = (await self.guild_policy(guild_id)).limits_for(role_ids).models
+        return models is None or model_id in models
+
     async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
         """Bring a job's model, quality and count within the member's limits in its server, and a
         default quality (none typed on the command) to one the job's model offers."""

@@ -195,6 +195,21 @@ async def test_a_model_gone_mid_run_costs_the_default_user_one_extra_call_and_no
     )
 
 
+async def test_a_model_gone_mid_run_moves_only_to_a_model_the_server_allows(world: World):
+    """The server allows only GPT Image 2: when it vanishes mid-run, its replacement is not one the
+    server allows, so the job is refused (free), not moved there."""
+    await world.services.storage.settings.update_guild_policy(
+        world.guild.id, {"models": "gpt-image-2"}, actor_id=world.owner.id
+    )
+    world.openai.retire("gpt-image-2")
+    it = await world.edit(PHOTO, quality="low", size="1024x1024")
+    final = await world.finished(it)
+    assert "GPT Image 2 was shut down" in final and "not charged" in final
+    assert models_sent(world.openai) == ["gpt-image-2"]
+    account = await world.services.storage.ledger.get_account(world.guild.id, world.user.id)
+    assert account is not None and (account.balance, account.held) == (100000, 0)
+
+
 async def test_a_member_who_picked_the_vanished_model_is_told_and_offered_the_replacement(world: World):
     world.openai.retire("gpt-image-2")
     it = await world.edit(PHOTO, quality="low", size="1024x1024", model="gpt-image-2")
