@@ -322,6 +322,7 @@ DELETE_NOT_ALLOWED = (
 )
 UNDO_NOT_REQUESTER = "Only the person who made this edit can undo it."
 NOTHING_TO_UNDO = "This is the first version of this edit: there is nothing to undo."
+POSTED_CHARGE_PENDING = "Your result is posted. Its charge will show in /credits shortly."
 PREVIOUS_VERSION_DELETED = "The previous version was deleted from Discord, so it cannot be posted again."
 PREVIOUS_VERSION_UNREADABLE = (
     "Retouch can no longer read the previous version in that channel (it may have lost the Read Message "

@@ -1082,12 +1082,17 @@ async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refund
         return where
 
     recorder.deliver = deliver_and_keep  # type: ignore[method-assign]
-    job_id = await submit(service)
+    live = Live()
+    job_id = await submit(service, live)
     await until(lambda: job_id in outcomes.ended)
     assert outcomes.ended[job_id][0] == "delivered"
     assert len(recorder.delivered) == 1  # posted once
     assert await kinds(service, job_id) == ["reserve", "capture"]
     assert_books_balance(service.settings.data_dir)
+    # The progress message ends on what happened, never "not charged" nor left on "Uploading…".
+    charged = outcomes.ended[job_id][1]
+    expected = messages.done(charged, 1000 - charged) if failures == 1 else messages.POSTED_CHARGE_PENDING
+    assert await until(lambda: live.final) == [expected]
 
 
 async def test_a_release_whose_transaction_fails_once_is_tried_again_and_frees_the_hold(

@@ -50,6 +50,7 @@ ModelAllowed = Callable[[int, tuple[int, ...], str], Awaitable[bool]]
 async def _any_model(guild_id: int, role_ids: tuple[int, ...], model_id: str) -> bool:
     return True
 
+
 ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 # Commands that may hold their images in memory at once: from the download, through the checks and
 # the safety check, until `submit` has stored them as the job's files (`JobEngine.intake`). A burst's

@@ -396,7 +396,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 await self._end(job, exc)  # it was settled after all (only its answer was lost)
                 return
             log.error("job %s: posted, but not yet charged (%s); trying again later", job.id, exc)
-            job.live = None  # its progress message shows the result: nothing more to say there
+            await self._tell_live(job, messages.POSTED_CHARGE_PENDING)  # not left on "Uploading…"
+            job.live = None  # the later round that charges it says nothing more there
             if await self._deliver_later(job, row):
                 return
         except Exception:
