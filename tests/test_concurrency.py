@@ -429,6 +429,52 @@ async def test_a_call_that_cannot_outwait_a_pause_before_its_deadline_is_refused
     assert time.slept == [120.0]
 
 
+async def test_a_429_the_provider_answered_after_taking_the_job_is_never_sent_again() -> None:
+    """A 429 marked accepted came after the job was taken (a poll's, say): sending it again would make
+    and bill it twice. It is raised at once."""
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    sent: list[int] = []
+
+    async def taken_then_429() -> str:
+        sent.append(1)
+        raise perr.RateLimited("429", status=429, retry_after=0.0, accepted=True)
+
+    with pytest.raises(perr.RateLimited) as info:
+        await lim.call("p", taken_then_429, deadline=time.now + 300)
+    assert info.value.accepted and sent == [1] and time.slept == []
+
+
+@pytest.mark.parametrize(
+    ("deadline", "sent_again"),
+    [
+        (40.0, False),  # the pause ends 15 s in, before the deadline, but inside RETRY_MIN_WINDOW of it
+        (15.0 + RETRY_MIN_WINDOW + 1, True),
+    ],
+)
+async def test_a_429_is_sent_again_only_when_its_pause_leaves_the_retry_window_before_the_deadline(
+    deadline: float, sent_again: bool
+) -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    sent: list[int] = []
+
+    async def refused_once() -> str:
+        sent.append(1)
+        if len(sent) == 1:
+            raise rate_limited(retry_after=15.0)
+        return "ok"
+
+    assert RETRY_MIN_WINDOW > 40 - 15
+    if sent_again:
+        assert await lim.call("p", refused_once, deadline=time.now + deadline) == "ok"
+        assert sent == [1, 1] and time.slept == [15.0]
+    else:
+        with pytest.raises(perr.RateLimited):
+            await lim.call("p", refused_once, deadline=time.now + deadline)
+        assert sent == [1] and time.slept == []
+
+
 async def test_a_call_that_cannot_get_a_slot_before_its_deadline_is_refused_unsent() -> None:
     time = FakeTime()
     lim, calls, holding = await the_only_slot_held(time)

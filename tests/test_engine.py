@@ -50,6 +50,7 @@ from bot.storage import Storage
 from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fakes.wavespeed_server import Fault as WaveSpeedFault
 from tests.fixtures import edit_service, provider_env, settings_for
 from tests.live import NoResult, RecordingLive, run_to_end
 
@@ -1022,6 +1023,25 @@ async def test_an_image_that_comes_back_unusable_is_not_the_members_but_counts_a
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_job_the_provider_took_and_then_failed_is_free_but_counts_against_the_budgets(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """WaveSpeed ran the task and reports it failed: it may have billed it, so the member pays nothing
+    and the server's and the bot's budgets count the route's price."""
+    service, _ = await make()
+    wavespeed.fail_next(WaveSpeedFault.JOB_FAILED)
+    job_id = await submit(service, model="ws-mini")
+    await wait_state(service, job_id, "failed")
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert (await storage_account(service)).held == 0
+    [(credits,)] = await service.storage.db.all(
+        "SELECT credits FROM absorbed_spend WHERE job_id = ?", (job_id,)
+    )
+    assert credits == 20  # ws-mini's flat $0.02
+    spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (20, 0)
+
+
 class Outcomes:
     """A JobObserver that keeps how each job ended."""
 
@@ -1049,7 +1069,8 @@ async def test_a_cleanup_error_after_the_charge_does_not_turn_a_delivered_job_in
     await until(lambda: job_id in outcomes.ended)
     [(_, outcome)] = recorder.delivered
     assert outcomes.ended[job_id] == ("delivered", outcome.charged)
-    assert live.final[-1] == f"Done — {outcome.charged} credits charged, 990 left."
+    # The last line comes after the (failed) clean-up: waited for, not read before it is written.
+    assert (await until(lambda: live.final))[-1] == f"Done — {outcome.charged} credits charged, 990 left."
     assert await kinds(service, job_id) == ["reserve", "capture"]
 
 

@@ -611,6 +611,17 @@ async def test_the_guild_cap_counts_this_months_captures_and_current_holds(
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 
+async def test_every_budget_in_dollars_rounds_down_to_credits(storage: Storage, make_policy: MakePolicy):
+    """A fraction of a credit left in a dollar budget is not spendable: rounding it up would let the
+    spend pass the dollars set."""
+    policy = make_policy(CREDITS_PER_USD="100", MONTHLY_BUDGET_USD="1.009", OWNER_IDS=str(ADMIN))
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("1.005")})
+    await policy.set_allotment(GUILD, ADMIN, Decimal("0.999"))
+    assert policy.cap_credits(await policy.guild_policy(GUILD)) == 100
+    assert policy.bot_cap_credits() == 100
+    assert await policy.allotment_credits(GUILD) == 99
+
+
 async def test_a_budget_refusal_offers_only_what_every_budget_still_allows(
     storage: Storage, make_policy: MakePolicy
 ):

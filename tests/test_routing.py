@@ -311,8 +311,12 @@ async def test_a_5xx_on_a_submit_without_a_job_id_falls_back_but_one_that_may_ha
         perr.ConnectionFailed("reset after sending", accepted=True),
         perr.ProviderRejected("safety", accepted=False),
         perr.InvalidInput("bad image", accepted=False),
+        # Kinds that may go elsewhere when nothing was taken, but not once the provider may have.
+        perr.RateLimited("429 after the job was taken", status=429, accepted=True),
+        perr.ServiceUnavailable("402 after the job was taken", status=402, accepted=True),
+        perr.ModelUnavailable("404 while polling", status=404, accepted=True),
     ],
-    ids=["job-failed", "poll-timeout", "reset", "safety", "invalid"],
+    ids=["job-failed", "poll-timeout", "reset", "safety", "invalid", "429", "402", "404"],
 )
 async def test_an_accepted_or_refused_job_is_never_sent_to_another_provider(
     error: perr.ProviderError,
@@ -324,6 +328,17 @@ async def test_an_accepted_or_refused_job_is_never_sent_to_another_provider(
 
     assert info.value is error
     assert second.calls == []
+
+
+async def test_when_every_call_of_an_emulated_count_fails_the_one_the_provider_may_have_taken_is_raised():
+    """Its `accepted` decides whether the job may ever be sent again and whether its spend counts."""
+    untaken = perr.ServerError("500 before anything was made", accepted=False)
+    taken = perr.ProviderJobFailed("failed after it was taken", accepted=True)
+    atlas = StubProvider("atlascloud", untaken, taken)
+
+    with pytest.raises(perr.ProviderError) as info:
+        await Router(stubs(atlas)).run(MINI, request(count=2, size="1024x1024"))
+    assert info.value is taken
 
 
 async def test_when_every_route_refuses_the_last_error_is_raised() -> None:
@@ -415,6 +430,17 @@ async def test_an_image_an_n_call_billed_but_did_not_deliver_is_absorbed_not_cha
     assert served.cost_usd == Decimal(member)
     assert served.absorbed_usd == Decimal(absorbed)
     assert served.notice == "Only 2 of the 3 images could be made; you were charged for 2."
+
+
+async def test_a_flat_priced_n_call_charges_the_images_delivered_and_absorbs_the_rest() -> None:
+    openai_route = next(r for r in MINI.routes if r.provider == "openai")
+    flat = replace(MINI, routes=(replace(openai_route, price=Decimal("0.04")),))
+    openai = ShortProvider("openai")
+
+    served = await Router(stubs(openai)).run(flat, request(count=3, size="1024x1024"))
+
+    assert [c.count for c in openai.calls] == [3] and len(served.result.images) == 2
+    assert (served.cost_usd, served.absorbed_usd) == (Decimal("0.08"), Decimal("0.04"))
 
 
 async def test_a_billed_call_of_an_emulated_count_that_failed_is_absorbed_at_its_siblings_cost() -> None:
