@@ -241,6 +241,23 @@ async def test_a_new_month_counts_from_its_first_day(storage: Storage, clock: Cl
     await assert_counted_exactly(storage, december)
 
 
+async def test_absorbed_spend_counts_in_a_periods_first_minute_too(storage: Storage, clock: Clock):
+    """Before the period's marks are due, spend is summed from the rows: the provider spend nobody paid
+    for counts there as it does once the period is marked."""
+    await fund(storage)
+    december = utc("2026-12-01T00:00:00")
+    clock.set("2026-12-01T00:00:10")
+    job = await reserve(storage, "first-minute", 1)
+    await storage.ledger.settle_released(job, "failed", error_code="lost", absorbed=7)
+    clock.set("2026-12-01T00:00:30")
+    assert await counted(storage, december, GUILDS[0]) == (7, 7)
+    assert await storage.db.all("SELECT * FROM spend_periods") == []  # still summed from the rows
+    guard = ReserveGuard(guild_cap=7, bot_cap=7, cap_since=december)
+    await new_job(storage, "over")
+    with pytest.raises(ReserveRefused):
+        await storage.ledger.reserve("over", GUILDS[0], USERS[0], 1, starting_credits=0, guard=guard)
+
+
 async def test_a_period_that_starts_in_the_future_counts_only_the_holds(storage: Storage, clock: Clock):
     await fund(storage)
     clock.set("2026-11-20T10:00:00")
