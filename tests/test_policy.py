@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.errors import InvalidOptions
+from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
 from bot.services.admin import (
     ALL_MODELS,
@@ -245,6 +245,22 @@ async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_doubl
     account = (await policy.credits(GUILD, ALICE, ())).account
     assert (account.balance, account.held) == (100, 0)
     await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_precheck_refuses_a_member_whose_holds_already_cover_the_allowance_due(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    """No credits free, and the refill that is due would add nothing (the allowance tops up what is
+    free of holds, and 100 are held): refused before any image is downloaded."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:00")
+    await policy.reserve(await new_job(storage, "running"), job(), 100)  # November's refill, all held
+    clock.set("2026-12-01T00:00:00")  # December's refill is due, but 100 are still held
+    with pytest.raises(RetouchError) as refused:
+        await policy.precheck(job())
+    assert refused.value.code == "insufficient_credits"
+    await storage.ledger.release("running")
+    await policy.precheck(job())  # with the hold gone, the refill would give 100: let through
 
 
 async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
