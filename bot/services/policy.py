@@ -512,8 +512,8 @@ class PolicyService(PolicyAdmin):
             )
         if exc.reason == "concurrency":
             return PolicyRefused(messages.too_many_running(exc.used), code="too_many_running")
-        # What any smaller job may still hold: the least left under every budget, not only this one.
-        left = exc.room if exc.room is not None else max(0, exc.limit - exc.used)
+        # A budget refusal names the budget with the least left: what any smaller job may still hold.
+        left = max(0, exc.limit - exc.used)
         resume = discord_timestamp(next_period_start("monthly", self.now()))
         if exc.reason in ("allotment", "bot_budget"):
             share = exc.reason == "allotment"

@@ -45,26 +45,19 @@ class ReserveRefused(Exception):
     """A ReserveGuard limit refused the job; nothing was held.
 
     `reason` is "cooldown", "concurrency", "guild_cap", "allotment" or "bot_budget". `retry_at` is
-    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads. For a
-    budget, `room` is the least left under every budget that applies (what a smaller job may still
-    hold), which can be less than what the refusing one has left.
+    when a cooldown ends; `used` and `limit` are running jobs or credits, as the reason reads. A budget
+    refusal names the budget with the least left, so `limit - used` is also what a smaller job may
+    still hold under every budget.
     """
 
     def __init__(
-        self,
-        reason: str,
-        *,
-        retry_at: dt.datetime | None = None,
-        used: int = 0,
-        limit: int = 0,
-        room: int | None = None,
+        self, reason: str, *, retry_at: dt.datetime | None = None, used: int = 0, limit: int = 0
     ) -> None:
         super().__init__(f"{reason}: used {used} of {limit}")
         self.reason = reason
         self.retry_at = retry_at
         self.used = used
         self.limit = limit
-        self.room = room
 
 
 def _locks(guild_id: int, user_id: int, guard: ReserveGuard) -> list[tuple[object, ...]]:
@@ -126,6 +119,5 @@ def guard_refusal(
             # Refused as the budget with the least left (the first of equals): it is what a smaller job
             # must fit, and whose owner (the server's admins, the operator) could change that.
             reason, spent_so_far, limit = min(budgets, key=lambda b: b[2] - b[1])
-            room = max(0, limit - spent_so_far)
-            return ReserveRefused(reason, used=spent_so_far, limit=limit, room=room)
+            return ReserveRefused(reason, used=spent_so_far, limit=limit)
     return None
