@@ -326,9 +326,8 @@ class ProviderLimiter:
         state.slot_waits += 1
         try:
             first = first_slot(state.ceiling, state.share, state.rank)
-            # As for this process's own slots: a wait that would leave less than RETRY_MIN_WINDOW
-            # before the deadline is not waited (a free slot is still taken at once).
-            within = None if refuse_after is None else refuse_after - RETRY_MIN_WINDOW - self._clock()
+            # As for this process's own slots (a free one is still taken at once).
+            within = self._may_wait(refuse_after)
             try:
                 return await self.fleet_slots.take(provider, state.ceiling, first, within=within)
             except TimeoutError:
@@ -361,13 +360,18 @@ class ProviderLimiter:
                 return state.epoch, state.in_flight >= state.allowed
             await self._wait_for_slot(provider, state, deadline)
 
+    def _may_wait(self, deadline: float | None) -> float | None:
+        """Seconds a call may wait for a slot and still leave RETRY_MIN_WINDOW before `deadline` to
+        run (zero or less: none); None without a deadline."""
+        return None if deadline is None else deadline - RETRY_MIN_WINDOW - self._clock()
+
     async def _wait_for_slot(self, provider: str, state: _Provider, deadline: float | None) -> None:
         """Wait to be woken for a free slot, for as long as `deadline` leaves (then refused unsent).
 
         The waiter itself is what times out (its timer sets TimeoutError on it): a task cancelled just
         after being woken must see its cancel, never have it swallowed and go on to send."""
         loop = asyncio.get_running_loop()
-        left = None if deadline is None else deadline - RETRY_MIN_WINDOW - self._clock()
+        left = self._may_wait(deadline)
         if left is not None and left <= 0:
             raise perr.unsent_rate_limit(provider, "no free slot", None)
         waiter = loop.create_future()
