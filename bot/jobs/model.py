@@ -188,7 +188,9 @@ class EditOutcome:
     charged: int
     balance_after: int
     notices: tuple[str, ...] = ()
-    absorbed: int = 0  # credits the provider billed for images that came back unusable (nobody pays)
+    # Credits the provider billed beyond `charged` (images that came back unusable, failed calls it
+    # took, any charge above the hold): nobody pays them, the budgets count them.
+    absorbed: int = 0
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ class Served:
     cost_usd: Decimal  # what the member pays: the images that came back
     requested: int  # images asked for
     refused_by: tuple[str, ...] = field(default=())  # providers tried first that did not take the job
-    # Billed by the provider for images that came back unusable: the budgets count it, nobody pays it.
+    # Billed by the provider for images that came back unusable and for failed calls it took: the
+    # budgets count it, nobody pays it.
     absorbed_usd: Decimal = Decimal(0)
 
     @property

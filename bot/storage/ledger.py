@@ -341,7 +341,7 @@ class Ledger:
         """Capture a delivered job's charge and mark it delivered, in one transaction. Idempotent.
         With `owner` (here and in the other `settle_*`), only while that process holds the job: else
         LeaseLost, and nothing changes. `absorbed`: credits the provider billed beyond the charge
-        (images that came back unusable); they count against the budgets.
+        (images that came back unusable, a charge above the hold); they count against the budgets.
 
         One transaction, so a crash can never leave a charged job that looks undelivered (and is
         delivered again) or a delivered job whose hold is never settled.
