@@ -67,9 +67,12 @@ _PLACE_ERRORS = ("unable to open database file", "readonly database", "disk i/o 
 _NOT_A_DATABASE = ("file is not a database", "database disk image is malformed", "malformed database schema")
 
 
+def _says(exc: OSError | sqlite3.Error, words: tuple[str, ...]) -> bool:
+    return any(word in str(exc).lower() for word in words)
+
+
 def _about_the_file(exc: OSError | sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, OSError) or any(w in text for w in (*_PLACE_ERRORS, *_NOT_A_DATABASE))
+    return isinstance(exc, OSError) or _says(exc, (*_PLACE_ERRORS, *_NOT_A_DATABASE))
 
 
 def _sqlite_file_unusable(database: str, exc: OSError | sqlite3.Error) -> int:
@@ -78,7 +81,7 @@ def _sqlite_file_unusable(database: str, exc: OSError | sqlite3.Error) -> int:
     read-only file) is a settings problem; a file that is not a SQLite database is not."""
     # An OSError names the file it failed on: the `.lock` beside the database may be the one in the way.
     where = mask_userinfo(str(getattr(exc, "filename", None) or database))
-    if any(w in str(exc).lower() for w in _NOT_A_DATABASE):
+    if _says(exc, _NOT_A_DATABASE):
         log.error(
             "Retouch cannot open %s (%s): it is not a SQLite database, or it is damaged; restore a backup, "
             "or move it away to start with an empty one",

@@ -21,6 +21,7 @@ from bot import imaging, messages
 from bot.errors import InvalidImage, RetouchError
 from bot.providers.base import InputImage
 from bot.providers.errors import InvalidInput, ProviderError, ProviderTimeout
+from bot.providers.http import mentions
 from bot.providers.openai import ModerationVerdict
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def _about_the_file(exc: InvalidInput) -> bool:
     that takes no images, or a parameter this bot sent)."""
     if exc.status != 400:
         return False
-    return exc.code in UNREADABLE_IMAGE_CODES or any(w in str(exc).lower() for w in UNREADABLE_IMAGE_WORDS)
+    return exc.code in UNREADABLE_IMAGE_CODES or mentions(str(exc).lower(), UNREADABLE_IMAGE_WORDS)
 
 
 def _image_name(index: int, count: int) -> str:
