@@ -34,6 +34,7 @@ from bot.services.affordable import AUTO, Offer, auto_resolved, best_affordable
 from bot.services.edits import PreparedJob, Progress
 from bot.services.policy import PolicyRefused
 from cogs._affordable import offer_cheaper
+from cogs._followup import PostMayHaveLanded, send_once
 from cogs._history import undo_button
 from cogs._ui import (
     PersistentControl,
@@ -226,14 +227,16 @@ class InteractionLive:
         if not self.progress.shown and not await self.progress.close("Posting your result…"):
             raise DeliveryFailed("the private progress message could not be replaced")
         try:
-            message = await interaction.followup.send(
+            message = await send_once(
+                interaction,
                 content=interaction.user.mention,
                 embed=result_embed(outcome, interaction.user.display_name),
                 files=result_files(outcome),
                 view=result_view(outcome.job_id, undo=self.continues),
                 allowed_mentions=discord.AllowedMentions.none(),
-                wait=True,
             )
+        except PostMayHaveLanded as exc:
+            raise DeliveryFailed("followup answer unknown", uncertain=True) from exc
         except discord.HTTPException as exc:
             note_token_error(interaction, exc)
             # A 5xx may have come after Discord posted the message; a 4xx refused it.

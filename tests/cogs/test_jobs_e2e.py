@@ -93,9 +93,9 @@ async def test_result_after_an_expired_token_arrives_as_a_channel_message_with_o
     assert_books_balance(world.services.settings.data_dir)
 
 
-def landed_then_500s(fake: FakeDiscord) -> None:
-    """The result followup is posted, but Discord answers 500, and 500 again to each of discord.py's own
-    retries of it (which post nothing): the bot cannot tell whether its result landed."""
+def landed_then_one_500(fake: FakeDiscord) -> list[int]:
+    """The result followup is posted, but Discord answers 500; anything sent after that is handled
+    normally. Returns the count of result followups Discord received."""
     original, tries = fake._execute_webhook, [0]
 
     async def handler(call):  # type: ignore[no-untyped-def]
@@ -103,26 +103,65 @@ def landed_then_500s(fake: FakeDiscord) -> None:
             tries[0] += 1
             if tries[0] == 1:
                 await original(call)
-            if tries[0] <= 5:
                 raise discord_error(500, 0, "500: Internal Server Error")
         return await original(call)
 
     fake._execute_webhook = handler  # type: ignore[method-assign]
+    return tries
+
+
+async def test_a_result_followup_answered_with_a_500_is_not_sent_again(world: World):
+    """Discord posted the result and then answered 500: discord.py would send the followup again on
+    its own (a followup has no nonce), posting a second copy. The bot sends it once, finds the copy that
+    landed, and charges once."""
+    tries = landed_then_one_500(world.fake)
+    it = await world.edit(PHOTO)
+    data_dir = world.services.settings.data_dir
+    [job] = await world.fake.wait_until(
+        lambda: [r for r in jobs(data_dir) if r["state"] in ("delivered", "failed")], timeout=30
+    )
+    copies = {m.id for m in results(it.followups) + results(world.fake.channel_messages(world.channel))}
+    assert (job["state"], job["delivered_via"], len(copies), tries[0]) == ("delivered", "interaction", 1, 1)
+    assert job["result_message_id"] in copies
+    assert ledger_kinds(data_dir, job["id"]) == ["reserve", "capture"]
+    assert_books_balance(data_dir)
+
+
+async def test_a_result_followup_refused_with_a_503_is_posted_once_in_the_channel(world: World):
+    """Discord answers the followup 503 without posting it: the bot does not send it again blindly;
+    it looks for it, finds none, and posts the result in the channel, once."""
+    followup = world.fake.hold("POST", rf"/webhooks/{world.fake.application_id}/[^/]+")
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: followup.held)
+    followup.drop()
+    [job] = await settled(world)
+    copies = results(it.followups) + results(world.fake.channel_messages(world.channel))
+    assert (job["state"], job["delivered_via"], len(copies)) == ("delivered", "channel", 1)
+    assert len(webhook_calls(world, it, 503)) == 1
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
+async def test_a_rate_limited_result_followup_is_sent_again_by_discord_py(world: World):
+    """A 429 means Discord posted nothing: that one is retried, and the result is the followup."""
+    world.fake.rate_limit_next(f"POST /webhooks/{world.fake.application_id}/")
+    it = await world.edit(PHOTO)
+    [job] = await settled(world)
+    assert (job["state"], job["delivered_via"], len(results(it.followups))) == ("delivered", "interaction", 1)
+    assert len(webhook_calls(world, it, 429)) == 1
 
 
 async def test_a_result_that_landed_in_a_busy_channel_is_found_not_posted_again(world: World):
     """120 messages came while the job ran: the landed result is among the newest, found there (it
     was past the first 100 after the job's start, where the search stopped), and not posted twice."""
-    landed_then_500s(world.fake)
+    landed_then_one_500(world.fake)
     world.openai.delay = 1.0
     it = await world.edit(PHOTO)
     await world.fake.wait_until(lambda: world.openai.post_count == 1)
     for i in range(120):
         await world.fake.post_message(world.user, world.channel, f"chatter {i}")
     data_dir = world.services.settings.data_dir
-    # discord.py retries a 5xx webhook call itself, backing off for about 15 s before the bot hears it.
     [job] = await world.fake.wait_until(
-        lambda: [r for r in jobs(data_dir) if r["state"] in ("delivered", "failed")], timeout=60
+        lambda: [r for r in jobs(data_dir) if r["state"] in ("delivered", "failed")], timeout=30
     )
     copies = {m.id for m in results(it.followups) + results(world.fake.channel_messages(world.channel))}
     assert (job["state"], job["delivered_via"], len(copies)) == ("delivered", "interaction", 1)
