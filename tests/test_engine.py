@@ -1023,6 +1023,67 @@ async def test_an_image_that_comes_back_unusable_is_not_the_members_but_counts_a
     assert_books_balance(service.settings.data_dir)
 
 
+async def stored_partly_unusable(make: Factory, openai: FakeOpenAI) -> tuple[str, int]:
+    """A two-image job whose second image came back unusable, stored but not yet delivered when its
+    process stopped; and what the provider billed for such a call (both images)."""
+    service, _ = await make()
+    two = job()
+    two = replace(two, options=replace(two.options, count=2))
+    whole = (await service.submit(await service.prepare(two))).job_id
+    await wait_state(service, whole, "delivered")
+    [billed] = [
+        r["amount"] for r in await service.storage.reports.ledger_rows(whole) if r["kind"] == "capture"
+    ]
+    flaky = Flaky(10**6)
+    service.engine.attach_delivery(flaky)
+    service.engine.delivery_retry_first = 60.0
+    openai.fail_next(Fault.UNUSABLE_IMAGE)
+    part = (await service.submit(await service.prepare(two), live=Live())).job_id
+    await until(lambda: flaky.tries == 1)
+    await service.drain(0)
+    assert await state(service, part) == "completed"
+    return part, billed
+
+
+async def test_a_partly_unusable_result_delivered_after_a_restart_keeps_its_absorbed_part(
+    make: Factory, openai: FakeOpenAI
+):
+    """The next process delivers it: the member is charged for the image they got, and the rest
+    still counts against the budgets."""
+    part, billed = await stored_partly_unusable(make, openai)
+    later, recorder = await make()
+    await later.engine.start()
+    await wait_state(later, part, "delivered")
+    [(_, outcome)] = recorder.delivered
+    assert (len(outcome.files), 0 < outcome.charged < billed) == (1, True)
+    assert outcome.charged + outcome.absorbed == billed
+    spend = await later.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
+    assert spend[GUILD] == (2 * billed, 0)
+    assert_books_balance(later.settings.data_dir)
+
+
+@pytest.mark.parametrize("loss", ["undeliverable", "files lost"])
+async def test_a_partly_unusable_result_lost_after_a_restart_absorbs_the_whole_bill(
+    make: Factory, openai: FakeOpenAI, loss: str
+):
+    """The next process cannot deliver it (nobody can be reached, or its stored files are gone): free
+    to the member, and the whole bill (the image made for them and the unusable one) counts against
+    the budgets."""
+    part, billed = await stored_partly_unusable(make, openai)
+    later, recorder = await make()
+    if loss == "files lost":
+        for path in later.engine.files.folder(part).glob("result-*"):
+            path.unlink()
+    else:
+        recorder.fail = True
+    await later.engine.start()
+    await wait_state(later, part, "failed")
+    assert await kinds(later, part) == ["reserve", "release"]
+    [(credits,)] = await later.storage.db.all("SELECT credits FROM absorbed_spend WHERE job_id = ?", (part,))
+    assert credits == billed
+    assert_books_balance(later.settings.data_dir)
+
+
 async def test_a_job_the_provider_took_and_then_failed_is_free_but_counts_against_the_budgets(
     make: Factory, wavespeed: FakeWaveSpeed
 ):
