@@ -7,10 +7,13 @@ asks for it; every pool it opens with `pool_on` sees only that test's schema, dr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -67,3 +70,58 @@ async def pool_on(pg_schema: str) -> AsyncIterator[PoolOn]:
 async def pg_pool(pool_on: PoolOn) -> Any:
     """One asyncpg pool on this test's schema."""
     return await pool_on()
+
+
+class SilentNetwork:
+    """A TCP relay to PostgreSQL that can go silent: it keeps every connection open but stops passing
+    bytes either way, as a partitioned network does (no FIN, no RST: the client just hears nothing).
+    With `cut_after`, the first client message holding those bytes is passed on and then both sides of
+    that connection are closed: the server gets it, the client never hears the answer."""
+
+    def __init__(self, database_url: str) -> None:
+        self._target = urlsplit(database_url)
+        self.upstream = (self._target.hostname or "127.0.0.1", self._target.port or 5432)
+        self.silent = False
+        self.cut_after: bytes | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> SilentNetwork:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        """The database's URL, through this relay."""
+        assert self._server is not None
+        port = int(self._server.sockets[0].getsockname()[1])
+        return urlunsplit(self._target._replace(netloc=f"{self._target.username}@127.0.0.1:{port}"))
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
+        both = (writer, up_writer)
+        await asyncio.gather(self._pump(reader, up_writer, both), self._pump(up_reader, writer, ()))
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cut: tuple[asyncio.StreamWriter, ...],
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self.silent:
+                    writer.write(data)
+                if cut and self.cut_after is not None and self.cut_after in data:
+                    self.cut_after = None
+                    await writer.drain()
+                    for end in cut:
+                        end.transport.abort()
+                    return

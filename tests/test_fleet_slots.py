@@ -17,10 +17,11 @@ import pytest
 
 from bot.concurrency import ProviderLimiter, first_slot
 from bot.providers import errors as perr
-from bot.storage import Storage
+from bot.storage import Storage, fleet_slots
 from bot.storage.fleet_slots import FleetSlots, slot_key
 from bot.storage.postgres import PostgresDatabase
 from tests.fixtures import storages
+from tests.postgres import SilentNetwork
 
 CEILING = 3
 # Providers named for this run: advisory locks are the whole database's, not the test schema's, so
@@ -203,6 +204,31 @@ async def test_without_the_database_a_call_goes_ahead_without_a_slot_and_says_so
     assert caplog.text.count("no fleet-wide slot") == 1  # once per outage, not once per call
     # Nor does a closed database start listening again (a task that would retry for ever).
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "retouch-listen" and not t.done()]
+
+
+async def test_a_database_gone_silent_holds_a_call_only_so_long_then_slots_work_again(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """The network to PostgreSQL goes silent (no answer, no error) while this process holds a slot: a
+    take waits `TRY_SECONDS`, not for ever, and the call goes ahead without a slot; the silent
+    connection is closed, so once the network is back slots are taken again."""
+    monkeypatch.setattr(fleet_slots, "TRY_SECONDS", 0.5)
+    async with SilentNetwork(postgres_url) as network:
+        storage = await Storage.open(network.url)
+        try:
+            slots = slots_of(storage)
+            assert await slots.take(P, CEILING, 0) == 0  # the connection holding it is kept
+            network.silent = True
+            with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
+                assert await asyncio.wait_for(slots.take(P, CEILING, 1), WAIT) is None
+                assert await asyncio.wait_for(slots.take(P, CEILING, 1), WAIT) is None
+            assert f"{P}: no fleet-wide slot (the database: TimeoutError)" in caplog.text
+            network.silent = False
+            slot = await asyncio.wait_for(slots.take(P, CEILING, 1), WAIT)
+            assert slot == 1 and slots.held == {(P, 1)}  # slot 0 went with the closed connection
+            await slots.give(P, 1)
+        finally:
+            await storage.close()
 
 
 async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provider_than_it(

@@ -11,7 +11,8 @@ strands a slot, and no lease has to be renewed. A slot given back is announced t
 process waiting for one tries at once instead of at its next poll. The pool does not reset sessions
 (bot.storage.postgres `_keep_session`), so the connection goes back only with every lock on it undone.
 
-If the database cannot be reached, a call goes ahead without a slot (with a warning): the provider's own
+If the database cannot be reached or does not answer within TRY_SECONDS, a call goes ahead without a
+slot (with a warning): the provider's own
 429s, which the adaptive limits obey, are then what keeps the fleet near the ceiling.
 """
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 SLOT_CHANNEL = "retouch_fleet_slots"  # NOTIFY channel; the payload is the provider whose slot came free
 # A process waiting for a slot tries again this often when no notification came (one may be lost).
 POLL_SECONDS = 0.5
+# How long one try may take: past it (a network gone silent, a pool with no connection free) the
+# database counts as unreachable, so the call goes ahead without a slot instead of waiting for ever.
+TRY_SECONDS = 5.0
 
 
 def slot_key(provider: str) -> int:
@@ -75,8 +79,11 @@ class FleetSlots:
         while True:
             freed.clear()
             try:
-                slot = await self._try_twice(provider, ceiling, first)
+                async with asyncio.timeout(TRY_SECONDS):
+                    slot = await self._try_twice(provider, ceiling, first)
             except CONNECTION_ERRORS as exc:
+                if isinstance(exc, TimeoutError):
+                    self._cut_silent()
                 if not self._unreachable:
                     log.warning(
                         "%s: no fleet-wide slot (the database: %s); calling without one until it is back",
@@ -94,6 +101,12 @@ class FleetSlots:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await freed.wait()
+
+    def _cut_silent(self) -> None:
+        """A try took too long: close the kept connection at once. One that went silent would hold
+        `_busy` for ever; closed, the try still running on it fails and drops its slots."""
+        if self._conn is not None:
+            _terminate(self._conn)
 
     async def give(self, provider: str, slot: int) -> None:
         """Free a slot `take` returned, and tell the waiting processes. Runs to its end even when the
@@ -167,7 +180,7 @@ class FleetSlots:
 
     async def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = await self._pool.acquire()
+            self._conn = await self._pool.acquire(timeout=TRY_SECONDS)
         return self._conn
 
     async def _release_if_idle(self) -> None:
