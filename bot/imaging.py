@@ -18,7 +18,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import (
     ExifTags,
@@ -30,6 +30,7 @@ from PIL import (
     ImageFont,
     ImageMath,
     ImageOps,
+    ImageStat,
 )
 
 from bot import messages
@@ -534,6 +535,9 @@ class NormalizedMask:
 
     region: Image.Image
     coverage: float  # fraction of pixels marked for editing
+    # Read by its transparency, with everything opaque in it light: white strokes on a transparent
+    # layer, which a member may well have meant as "change here" (the preview and result say so).
+    light_on_clear: bool = False
 
     def openai_png(self) -> bytes:
         """RGBA PNG, alpha 0 where to edit and 255 elsewhere (OpenAI's convention). BLOCKING.
@@ -591,7 +595,7 @@ def normalize_mask(
     region = _edit_region(image)
     if region.size != image_size:
         region = region.resize(image_size, Image.Resampling.NEAREST)
-    return mask_from_region(region, invert=invert)
+    return replace(mask_from_region(region, invert=invert), light_on_clear=_light_on_clear(image))
 
 
 def mask_from_region(region: Image.Image, *, invert: bool = False) -> NormalizedMask:
@@ -633,6 +637,20 @@ def _edit_region(image: Image.Image) -> Image.Image:
         else image.convert("RGB").convert("L")
     )
     return grey.point(_LUT_EDIT_WHEN_HIGH)
+
+
+def _light_on_clear(image: Image.Image) -> bool:
+    """Whether the mask is read by its transparency and every opaque pixel in it is light."""
+    if not _has_alpha(image) or image.mode in _I_MODES:
+        return False
+    alpha = _alpha(image)
+    if _lowest(alpha) >= MASK_THRESHOLD:
+        return False
+    opaque = alpha.point(_LUT_EDIT_WHEN_HIGH)
+    if not opaque.getbbox():
+        return False
+    darkest = ImageStat.Stat(image.convert("L"), mask=opaque).extrema[0][0]
+    return darkest >= MASK_THRESHOLD
 
 
 _LUT_EDIT_WHEN_LOW = [255 if v < MASK_THRESHOLD else 0 for v in range(256)]

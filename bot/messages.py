@@ -107,6 +107,10 @@ MASK_EMPTY = (
     "The mask doesn't mark anything to edit. Paint the area to change white (or erase it to "
     "transparent) and leave the rest black, or turn `invert` off."
 )
+MASK_LIGHT_ON_CLEAR = (
+    "Your mask has transparency, so its transparent part is what changes and its white part is "
+    "kept. If you painted the white part to mark the change, use `/mask` with `invert` on."
+)
 MASK_FULL = (
     "The mask marks the whole image. Mark only the part to change, or use the edit command "
     "without a mask to change everything."

@@ -664,6 +664,51 @@ def test_normalize_mask_ignores_alpha_that_is_barely_transparent() -> None:
     assert same_pixels(mask.region, half_and_half(IMAGE_SIZE))
 
 
+def _strokes_on_clear(stroke: tuple[int, int, int], background: tuple[int, int, int, int]) -> bytes:
+    image = Image.new("RGBA", IMAGE_SIZE, background)
+    image.paste((*stroke, 255), (10, 20, 30, 40))
+    return save(image, "PNG")
+
+
+def _photo_with_hole() -> bytes:
+    image = photo("chelsea.png").convert("RGBA").resize(IMAGE_SIZE)
+    image.paste((0, 0, 0, 0), (10, 20, 30, 40))
+    return save(image, "PNG")
+
+
+@pytest.mark.parametrize(
+    ("make", "light_on_clear"),
+    [
+        (lambda: _strokes_on_clear((255, 255, 255), (0, 0, 0, 0)), True),
+        (lambda: _strokes_on_clear((250, 250, 200), (255, 255, 255, 0)), True),
+        (_mask_rgba_openai_style, True),  # a white layer with the part to change erased: the same
+        (_mask_p_transparency, True),
+        (lambda: _strokes_on_clear((0, 0, 0), (0, 0, 0, 0)), False),  # black on clear: OpenAI's own kind
+        (_photo_with_hole, False),  # the picture itself with a hole (OpenAI's own example)
+        (_mask_l, False),  # no transparency: white is what changes
+        (_mask_rgba_opaque, False),
+    ],
+    ids=[
+        "white strokes",
+        "light strokes",
+        "white layer, erased",
+        "palette",
+        "black strokes",
+        "photo",
+        "grey",
+        "opaque RGBA",
+    ],
+)
+def test_normalize_mask_notes_light_strokes_on_a_transparent_layer(
+    make: Callable[[], bytes], light_on_clear: bool
+) -> None:
+    """Transparency decides, so light strokes on a clear layer are kept, and the mask says it was read
+    so (the member may have meant the strokes as what to change)."""
+    mask = normalize_mask(make(), IMAGE_SIZE, **MASK_LIMITS)
+    assert mask.light_on_clear is light_on_clear
+    assert normalize_mask(make(), IMAGE_SIZE, invert=True, **MASK_LIMITS).light_on_clear is light_on_clear
+
+
 @pytest.mark.parametrize(
     ("mask_size", "image_size"),
     [((60, 40), (600, 400)), ((1200, 800), (120, 80)), ((601, 400), (600, 400)), ((2, 2), (600, 400))],

@@ -285,6 +285,8 @@ class EditService:
         if job.mask is not None:
             mask = await self._load_mask(job.mask, images[0])
             mask_png = await asyncio.to_thread(mask.openai_png)
+            if mask.light_on_clear and not job.mask.invert:
+                notices = (*notices, messages.MASK_LIGHT_ON_CLEAR)
         reserve = usd_to_credits(
             self.router.reserve_usd(
                 model, _needs(chosen, job, len(images)), prompt=job.options.prompt, order=_order(chosen)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
+from bot import messages
 from bot.catalog import Catalog
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
@@ -169,6 +170,35 @@ async def test_mask_file_preview_then_run_changes_only_the_masked_area(world: Wo
     assert request.mask is not None and request.mask.mode == "RGBA"
     assert (request.mask.width, request.mask.height) == PHOTO_SIZE
     assert preview.components == []  # the private message now holds the progress, not buttons
+
+
+def strokes_on_clear(box: tuple[int, int, int, int] = BOX) -> bytes:
+    """White strokes on a transparent layer: read by transparency, the strokes are what is kept."""
+    mask = Image.new("RGBA", PHOTO_SIZE, (0, 0, 0, 0))
+    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(255, 255, 255, 255))
+    return png(mask)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+async def test_white_strokes_on_a_clear_layer_are_kept_and_the_preview_and_result_say_so(
+    world: World, invert: bool
+):
+    """The member may have meant the strokes as the part to change: the preview says which part
+    changes and how to flip it, and so does the result; with `invert` on, the strokes change and
+    there is nothing to say."""
+    it = await mask_command(world, strokes_on_clear(), invert=invert)
+    preview = await shown(world, it, "run")
+    notes = [f["value"] for f in preview.embeds[0]["fields"] if f["name"] == "Note"]
+    assert notes == ([] if invert else [messages.MASK_LIGHT_ON_CLEAR])
+    width, height = PHOTO_SIZE
+    box_area = (BOX[2] - BOX[0]) * (BOX[3] - BOX[1])
+    changed = box_area if invert else width * height - box_area
+    assert fields(preview)["Area"] == f"{changed / (width * height):.0%} of the image"
+    run = await click(world, preview, "run")
+    await world.finished(run)
+    [result] = public_results(run)
+    said = " ".join(str(f.get("value")) for f in result.embeds[0].get("fields", []))
+    assert (messages.MASK_LIGHT_ON_CLEAR in said) is not invert
 
 
 async def test_picker_updates_as_cells_are_chosen_then_runs_on_those_cells(world: World):
