@@ -214,7 +214,10 @@ class JobsCog(RetouchCog):
             message is not None
             and (interaction.guild_id is None or row.guild_id == interaction.guild_id)
             and (
-                row.result_message_id in (None, message.id)
+                row.result_message_id == message.id
+                # Posted, but its capture (which records the message) is still to come: the message
+                # itself must name the job, or any job without a result would open any message.
+                or (row.result_message_id is None and _names_job(message, job_id))
                 or await self.bot.services.history.shows_job(message.id, job_id)
             )
         )
@@ -251,3 +254,8 @@ def _can_manage(interaction: discord.Interaction) -> bool:
 
 async def setup(bot: RetouchBot) -> None:
     await bot.add_cog(JobsCog(bot))
+
+
+def _names_job(message: discord.Message, job_id: str) -> bool:
+    """Whether `message` is a result the bot posted for `job_id` (its embed footer names the job)."""
+    return any(embed.footer.text == f"job {job_id}" for embed in message.embeds)

@@ -70,7 +70,13 @@ class MembersCog(RetouchCog):
         """A click on a public **Stop edit** (its errors are answered by the control)."""
         storage = self.bot.services.storage
         row = await storage.jobs.get_job(job_id)
-        manage = can_manage_messages(interaction)
+        # A moderator's right counts only in the job's own server (a copy of the button elsewhere
+        # gives that server's moderators none); the notice may sit in the channel of a chain's thread.
+        manage = (
+            row is not None
+            and row.guild_id == (interaction.guild_id or 0)
+            and can_manage_messages(interaction)
+        )
         if row is None or (row.user_id != interaction.user.id and not manage):
             await interaction.response.send_message(
                 messages.STOP_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS

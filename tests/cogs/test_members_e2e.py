@@ -390,6 +390,64 @@ async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is
         )
 
 
+async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no_power(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A moderator of another server clicks a copy of the notice's Stop (a forged or misrouted
+    component): refused privately, and the edit runs on, as Cancel refuses it."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)
+        await world.edit(PHOTO, prompt="turn the cat blue", size=SQUARE)
+        notice = await public_notice(world)
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+        other = await fake_discord.create_guild(name="Elsewhere")
+        hall = await other.create_text_channel("hall")
+        mallory = fake_discord.create_user("mallory")
+        await other.add_member(mallory, permissions=int(Permission.MANAGE_MESSAGES))
+        copy = await fake_discord.post_message(fake_discord.bot_user, hall, "copied controls")
+        copy.components = notice.components
+        refused = await fake_discord.click(mallory, copy, stop_button(notice))
+        await fake_discord.wait_until(lambda: refused.callbacks)
+        assert refused.callbacks[0]["data"]["content"] == messages.STOP_NOT_ALLOWED
+        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
+        assert "stopped" not in (notice.content or "")
+
+
+async def test_a_delete_button_of_a_job_without_a_result_does_not_open_another_result(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Alice's edit failed, so her job has no result message. Its Delete button put on Bob's result (a
+    forged or misrouted component) must not let her delete it."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        bob = await member(world, "bob")
+        it = await world.edit(PHOTO, prompt="bob's edit", size=SQUARE, user=bob)
+        [result] = await fake_discord.wait_until(lambda: results(it.followups))
+        await fake_discord.wait_until(lambda: jobs(tmp_path)[0]["state"] == "delivered")
+        openai.fail_next(Fault.SERVER_ERROR)
+        await world.edit(PHOTO, prompt="alice's edit", size=SQUARE)
+        failed = await fake_discord.wait_until(
+            lambda: [j for j in jobs(tmp_path)[1:] if j["state"] == "failed"]
+        )
+        forged = f"retouch:job:{failed[0]['id']}:delete"
+        button = {"type": 2, "style": 4, "label": "Delete", "custom_id": forged}
+        result.components = [*result.components, {"type": 1, "components": [button]}]
+        click = await fake_discord.click(world.user, result, forged)
+        await fake_discord.wait_until(lambda: click.callbacks)
+        assert click.callbacks[0]["data"]["content"] == messages.DELETE_NOT_ALLOWED
+        assert not result.deleted
+
+        # Bob's own Delete still works on a result whose message is not recorded yet (posted, its
+        # capture, which records it and its history, still to come): the message's footer names his job.
+        db = world.services.storage.db
+        await db.write_one(
+            "UPDATE jobs SET result_message_id = NULL WHERE id = ?", (jobs(tmp_path)[0]["id"],)
+        )
+        await db.write_one("DELETE FROM edit_versions WHERE message_id = ?", (result.id,))
+        own = await fake_discord.click(bob, result, control(result, "delete"))
+        await fake_discord.wait_until(lambda: own.callbacks)
+        await fake_discord.wait_until(lambda: result.deleted)
+
+
 async def test_a_requester_stopping_a_sent_call_is_charged_and_the_notice_does_not_say_otherwise(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
