@@ -510,27 +510,32 @@ def test_a_list_priced_route_without_n_reserves_input_tokens_for_every_call() ->
 
 
 @pytest.mark.parametrize(
-    ("model_id", "floor"),
-    [("gpt-image-2", "0.06"), ("gpt-image-2.6-flare", "0.045"), ("gpt-image-2.5-sunburst", "0.01")],
+    ("model_id", "provider", "floor"),
+    [
+        ("gpt-image-2", "atlascloud", "0.01"),  # $0.008 advertised, $0.01 list
+        ("gpt-image-2", "wavespeed", "0.06"),
+        ("gpt-image-2.6-flare", "wavespeed", "0.045"),
+        ("gpt-image-2.5-sunburst", "wavespeed", "0.01"),
+    ],
 )
 def test_a_resellers_from_price_is_the_least_each_image_is_held_and_charged(
-    model_id: str, floor: str
+    model_id: str, provider: str, floor: str
 ) -> None:
-    """WaveSpeed bills its 2.x edits "from" a price above OpenAI's low-quality list price: charging the
+    """Resellers bill their 2.x edits "from" a price above OpenAI's low-quality list price: charging the
     list price would have let the operator's real spend pass every budget by the difference."""
     entry = load_catalog().get(model_id)
-    wavespeed = next(r for r in entry.routes if r.provider == "wavespeed")
+    reseller = next(r for r in entry.routes if r.provider == provider and r.price is None)
     openai = next(r for r in entry.routes if r.provider == "openai")
     cheap = Needs(1, "1024x1024", "low", "auto", "png", count=2)
     req = request(quality="low", size="1024x1024", count=2)
-    made = EditResult((OutputImage(PNG, "png"),) * 2, "wavespeed", None, None)
+    made = EditResult((OutputImage(PNG, "png"),) * 2, reseller.provider, None, None)
 
-    assert wavespeed.min_price == Decimal(floor)
-    assert route_reserve_usd(entry, wavespeed, cheap, prompt="p") >= 2 * Decimal(floor)
-    assert charge_usd(entry, wavespeed, made, req) == 2 * Decimal(floor)
+    assert reseller.min_price == Decimal(floor)
+    assert route_reserve_usd(entry, reseller, cheap, prompt="p") >= 2 * Decimal(floor)
+    assert charge_usd(entry, reseller, made, req) == 2 * Decimal(floor)
     # The list price where it is the higher one, and OpenAI's own route is untouched.
     dear = request(quality="high", size="2048x2048", count=2)
-    assert charge_usd(entry, wavespeed, made, dear) == 2 * entry.image_price("high", "2048x2048")
+    assert charge_usd(entry, reseller, made, dear) == 2 * entry.image_price("high", "2048x2048")
     assert entry.image_price("high", "2048x2048") > Decimal(floor)
     assert openai.min_price is None
     assert charge_usd(entry, openai, made, req) == 2 * entry.image_price("low", "1024x1024")

@@ -50,6 +50,7 @@ from bot.providers.errors import (
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
     RateLimited,
     ServerError,
     ServiceUnavailable,
@@ -141,7 +142,8 @@ def classify_openai_error(
     InvalidInput; 401/403 → ServiceUnavailable; 404 `model_not_found` → ModelGone (a shut-down
     model; nothing ran), other 404 → ModelUnavailable; 429 `insufficient_quota`
     → ServiceUnavailable (never retried); other 429 → RateLimited with the retry-after hint;
-    ≥500 → ServerError(accepted=True). Non-JSON bodies (proxy HTML pages) are classified by status.
+    408 → ProviderTimeout; ≥500 → ServerError(accepted=True). Non-JSON bodies (proxy HTML pages)
+    are classified by status.
     A moderation block at the output stage (when the body says so) is marked `accepted=True`:
     the image was generated, so it may have been billed.
     """
@@ -179,6 +181,8 @@ def classify_openai_error(
         return ModelUnavailable(summary, **kw)
     if status >= 500:
         return ServerError(summary, accepted=True, **kw)
+    if status == 408:  # the server gave up waiting for the request: not the member's input
+        return ProviderTimeout(summary, **kw)
     if 400 <= status < 500:
         return InvalidInput(summary, **kw)
     return ServerError(summary, **kw)  # 1xx/3xx: nothing was created

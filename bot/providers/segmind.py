@@ -65,6 +65,7 @@ from bot.providers.errors import (
     ModelUnavailable,
     ProviderError,
     ProviderRejected,
+    ProviderTimeout,
     RateLimited,
     ServerError,
     ServiceUnavailable,
@@ -147,8 +148,8 @@ def classify_segmind_error(
     403/404/410 → ModelUnavailable; 405 (an HTML page: a misconfigured URL) → ServiceUnavailable;
     406 → ServiceUnavailable for credits or a spend limit, InvalidInput for "invalid content type"
     (by the message); 429 → RateLimited with `retry_after` from `x-rate-limit-reset-at-utc`;
-    504 → ServerError(accepted=True); other 5xx → ServerError that may go elsewhere (only 200 is
-    billed); other 4xx → InvalidInput.
+    408 → ProviderTimeout; 504 → ServerError(accepted=True); other 5xx → ServerError that may go
+    elsewhere (only 200 is billed); other 4xx → InvalidInput.
     """
     raw = _error_text(body)
     lowered = raw.lower()
@@ -172,6 +173,8 @@ def classify_segmind_error(
         if retry_after is None:
             retry_after = parse_retry_after(headers)
         return RateLimited(summary, retry_after=retry_after, code="rate_limited", **kw)
+    if status == 408:  # the server (or a gateway) gave up waiting: says nothing about the input
+        return ProviderTimeout(summary, code="timeout", **kw)
     if status >= 500:
         return submit_server_error(summary, **kw)  # only HTTP 200 is billed: nothing was charged
     if mentions(lowered, _SAFETY_WORDS):

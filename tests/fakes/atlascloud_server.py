@@ -95,6 +95,7 @@ class Fault(StrEnum):
     SUBMIT_WITHOUT_ID = "submit_without_id"  # 200 on the submit with no id (the job was created)
     UPLOAD_ERROR = "upload_error"  # 500 on uploadMedia
     POLL_ERROR = "poll_error"  # 503 on a poll (the next one succeeds)
+    POLL_TIMEOUT = "poll_timeout"  # 408 on a poll, a gateway giving up on it (the next one succeeds)
     JOB_FAILED = "job_failed"  # the next prediction ends `failed` with `data.error`
     JOB_NSFW = "job_nsfw"  # the next prediction ends `failed` with a safety message
     NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
@@ -108,6 +109,7 @@ _TARGETS = {
     Fault.UNAUTHORIZED: "auth",
     Fault.UPLOAD_ERROR: "upload",
     Fault.POLL_ERROR: "poll",
+    Fault.POLL_TIMEOUT: "poll",
     Fault.JOB_FAILED: "job",
     Fault.JOB_NSFW: "job",
     Fault.NEVER_FINISHES: "job",
@@ -443,7 +445,9 @@ class FakeAtlas(FakeServer):
             p.status = "failed" if p.fault in (Fault.JOB_FAILED, Fault.JOB_NSFW) else "completed"
 
     def _poll(self, request: web.Request) -> web.Response:
-        if self._take("poll") is not None:
+        if (rule := self._take("poll")) is not None:
+            if rule.fault == Fault.POLL_TIMEOUT:
+                raise _ApiError(408, "Request Timeout")
             raise _ApiError(503, "service temporarily unavailable")
         p = self.predictions.get(request.path.rsplit("/", 1)[-1])
         if p is None:

@@ -273,6 +273,18 @@ async def test_a_poll_error_is_retried_and_the_job_still_completes(
     assert fake.submit_count == 1
 
 
+async def test_a_408_on_a_poll_is_a_timeout_not_the_members_input_and_polling_goes_on(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    """A gateway's 408 on a poll says nothing about what was sent: the paid job is still running."""
+    fake.fail_next(Fault.POLL_TIMEOUT)
+
+    result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1 and fake.submit_count == 1
+    assert next(r.status for r in fake.requests if r.endpoint == "poll") == 408
+
+
 async def test_a_poll_outage_longer_than_one_gets_retries_does_not_give_up_the_paid_job(
     fake: FakeAtlas, provider: AtlasCloudProvider, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -35,6 +35,10 @@ def atlas_message(body: bytes) -> str:
     [
         (404, "model openai/gpt-image-2/edit not found", ModelGone, False),
         (404, "route not found", ModelGone, False),  # the model's route itself is gone
+        (404, "Not Found", ModelGone, False),  # a path-routed API's answer for a path it lacks
+        # About something the request carried, not the route: the job fails there, the route stays.
+        (404, "images[0]: media not found (the upload URL has expired)", ModelUnavailable, False),
+        (404, "no such file", ModelUnavailable, False),
         (410, "gone", ModelGone, False),
         (503, "no available channels for model gpt-image-1", ModelGone, False),
         (500, "model gpt-image-1 has been retired", ModelGone, False),
@@ -49,7 +53,7 @@ def atlas_message(body: bytes) -> str:
         (504, "model not found upstream", ServerError, True),  # a gateway may have passed it on
     ],
 )
-def test_a_submit_answer_is_model_gone_only_for_404_410_or_gone_wording(
+def test_a_submit_answer_is_model_gone_only_for_a_bare_404_a_410_or_gone_wording(
     status: int, message: str, expected: type[ProviderError], accepted: bool
 ) -> None:
     classify = submit_classifier(classify_atlas_error, atlas_message, model="openai/gpt-image-2/edit")

@@ -591,6 +591,7 @@ def body(type_: str | None, code: str | None, message: str = "m", **extra: objec
         (500, body("server_error", None), {}, ServerError, True),
         (502, b"<html><body>502 Bad Gateway</body></html>", {}, ServerError, True),
         (503, b"", {}, ServerError, True),
+        (408, b"<html>408 Request Timeout</html>", {}, ProviderTimeout, False),  # not the input
         (418, b"\xff\xfe not json", {}, InvalidInput, False),
     ],
 )

@@ -431,6 +431,7 @@ def test_reset_at_is_read_in_every_plausible_format() -> None:
         (410, body(error="deprecated"), ModelUnavailable, "retired"),
         (429, body(error="rate_limit_exceeded"), RateLimited, "rate_limited"),
         (500, body(error="generation failed"), ServerError, None),
+        (408, b"<html>408 Request Timeout</html>", ProviderTimeout, "timeout"),  # not the input
         (422, body(status="FAILED", error="x"), InvalidInput, None),
     ],
 )

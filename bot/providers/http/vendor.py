@@ -161,10 +161,10 @@ def classify_reseller(
     InvalidInput for wording that blames the input (`INPUT_WORDS`), else ProviderJobFailed, all
     `accepted=True`. Otherwise, by the (inner) status: 402 or billing wording →
     ServiceUnavailable(`billing_code`); 401/403 → ServiceUnavailable; 404 → ModelUnavailable; 429 →
-    RateLimited with the retry-after hint; 5xx → a `synchronous` call's ServerError(accepted=True)
-    (the image may have been made, and billed, before the error), else `submit_server_error` (no job
-    id came back: nothing was queued); other 4xx → ProviderRejected(`safety_code`) for safety
-    wording, else InvalidInput.
+    RateLimited with the retry-after hint; 408 → ProviderTimeout (a poll goes on); 5xx → a
+    `synchronous` call's ServerError(accepted=True) (the image may have been made, and billed, before
+    the error), else `submit_server_error` (no job id came back: nothing was queued); other 4xx →
+    ProviderRejected(`safety_code`) for safety wording, else InvalidInput.
     """
     payload = parse_json(body)
     raw = message(payload)
@@ -192,6 +192,8 @@ def classify_reseller(
         return ModelUnavailable(summary, code="not_found", **kw)
     if effective == 429:
         return RateLimited(summary, retry_after=parse_retry_after(headers), code="rate_limited", **kw)
+    if effective == 408:  # the server (or a gateway) gave up waiting: says nothing about the input
+        return ProviderTimeout(summary, code="timeout", **kw)
     if effective >= 500:
         if synchronous:
             return ServerError(summary, accepted=True, **kw)
@@ -242,13 +244,25 @@ def says_model_gone(message: str, model: str = "") -> bool:
     return names_it and any(word in lowered for word in _GONE_WORDS)
 
 
+# What a 404 on a submit may be about besides the route: something the request carried (an upload
+# whose temporary URL expired, a file id). Such a 404 does not retire the route; its job fails there.
+_ABOUT_AN_INPUT = ("media", "file", "upload", "asset", "image", "url", "mask", "key")
+
+
+def _bare_404(status: int, message: str) -> bool:
+    """A 404 that names nothing the request carried: the route itself is not there (a path-routed
+    API's bare "Not Found", "route not found")."""
+    return status == 404 and not mentions(message.lower(), _ABOUT_AN_INPUT)
+
+
 def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
     """A submit's error as `ModelGone` when the provider says this route's model is gone.
 
-    For the answer to a paid submit that created nothing (no job id came back): a 404 or 410, or
-    any other 4xx/5xx (e.g. 503 "no available channels") whose `message` says the model is gone
-    (`says_model_gone`). Auth, billing, access and rate-limit answers (401/402/403/429) and 504 (a
-    gateway that may have passed the job on) never are. The provider did not take the job, so the
+    For the answer to a paid submit that created nothing (no job id came back): a 410, a 404 that is
+    not about something the request carried (`_bare_404`), or any other 4xx/5xx (e.g. 503 "no
+    available channels") whose `message` says the model is gone (`says_model_gone`). Auth, billing,
+    access and rate-limit answers (401/402/403/429) and 504 (a gateway that may have passed the job
+    on) never are. The provider did not take the job, so the
     result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an answer
     that the model does not exist is proof that nothing ran. Call it only for submits: a 404 on a
     poll means the job vanished, not the model.
@@ -256,7 +270,7 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
         return err
-    if status not in (404, 410) and not says_model_gone(message, model):
+    if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message)):
         return err
     return ModelGone(
         str(err),
