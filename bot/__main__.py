@@ -26,7 +26,7 @@ from bot.config import (
     ENV_EXAMPLE_HINT,
     ConfigError,
     Settings,
-    database_password,
+    database_passwords,
     load_settings,
     mask_userinfo,
 )
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     except CatalogError as exc:
         return _fail_config([str(exc)])
     secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
-    secrets += [password] if (password := database_password(settings.database)) else []
+    secrets += database_passwords(settings.database)
     configure_logging(settings.log_level, secrets, settings.log_format)
     if settings.default_model and settings.default_model not in catalog.models:
         # Not fatal (a catalog copy may drop a model): said, since members then get another model.

@@ -191,17 +191,22 @@ def mask_userinfo(url: str) -> str:
     return _SECRET_PARAMS.sub(r"\1=***", head + sep + rest)
 
 
-def database_password(url: str | None) -> str | None:
-    """The password a PostgreSQL URL carries (in its user info or as `?password=`), for the log filter."""
+def database_passwords(url: str | None) -> list[str]:
+    """The password a PostgreSQL URL carries (in its user info or as `?password=`), for the log filter:
+    as written in the URL and decoded (a password with `@` or `/` is written percent-encoded, and a
+    logged URL would show it so)."""
     if not url or not url.startswith(("postgresql://", "postgres://")):
-        return None
+        return []
     try:
         parts = urlsplit(url)
-        # The user info's password is still percent-encoded; parse_qsl has decoded the parameter.
-        found = unquote(parts.password) if parts.password else dict(parse_qsl(parts.query)).get("password")
+        if parts.password:
+            forms = (parts.password, unquote(parts.password))
+        else:
+            raw = (p.split("=", 1)[1] for p in parts.query.split("&") if p.startswith("password="))
+            forms = (next(raw, ""), dict(parse_qsl(parts.query)).get("password", ""))
     except ValueError:
-        return None
-    return found or None
+        return []
+    return [p for p in dict.fromkeys(forms) if p]
 
 
 def _readable_url(url: str) -> bool:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from bot.config import database_passwords
 from bot.observability.logs import REDACTED, RedactingFilter, configure_logging, install_redaction
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
@@ -68,6 +69,30 @@ def test_redaction_cleans_arguments_and_tracebacks(restore_logging: None) -> Non
     assert "hunter2-secret" not in text
     assert "calling with ***" in text
     assert "RuntimeError: failed near ***" in text
+
+
+def test_a_log_call_whose_arguments_do_not_fit_is_logged_not_raised(restore_logging: None) -> None:
+    """A library's log call with the wrong arguments must not raise into its caller through the filter
+    (logging's own handlers would only print an error), nor print its arguments, which may be secret."""
+    stream = io.StringIO()
+    configure_logging("DEBUG", ["hunter2-secret"], stream=stream)
+    logging.getLogger("tests.badcall").warning("two %s %s", "hunter2-secret")
+    text = stream.getvalue()
+    assert "a log message from tests.badcall could not be formatted: 'two %s %s'" in text
+    assert "hunter2-secret" not in text
+
+
+def test_a_database_password_is_redacted_as_written_in_the_url_and_decoded(restore_logging: None) -> None:
+    """A password with `@` or `/` is written percent-encoded in DATABASE_URL: a logged URL shows that
+    form, and a driver's message the decoded one. Both are secrets."""
+    url = "postgresql://retouch:p%40ss%2Fw0rd-x@db:5432/retouch"
+    stream = io.StringIO()
+    configure_logging("DEBUG", database_passwords(url), stream=stream)
+    logging.getLogger("tests.db").error("could not use %s (password p@ss/w0rd-x refused)", url)
+    text = stream.getvalue()
+    assert "p%40ss%2Fw0rd-x" not in text and "p@ss/w0rd-x" not in text
+    assert database_passwords("postgresql://u@h/db?password=a%2Bb+c9") == ["a%2Bb+c9", "a+b c9"]
+    assert database_passwords("postgresql://u@h/db") == database_passwords("sqlite:///x.db") == []
 
 
 def test_json_format_writes_one_redacted_object_per_line(restore_logging: None) -> None:

@@ -46,7 +46,11 @@ class RedactingFilter(logging.Filter):
         return _BEARER.sub(rf"\1{REDACTED}", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's log call whose arguments do not fit its format
+            # Its arguments may hold a secret, and raising here would break the caller: a fixed line.
+            message = f"(a log message from {record.name} could not be formatted: {record.msg!r})"
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         record.msg = self.redact(message)
