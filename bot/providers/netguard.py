@@ -58,7 +58,7 @@ def is_public_ip(text: str) -> bool:
 
     Refused: loopback, private (RFC 1918, ULA), link-local (169.254/16 holds the cloud metadata
     services), carrier-grade NAT, multicast, unspecified and reserved ranges, and IPv4 addresses
-    wrapped in IPv6 (mapped or NAT64) that are any of those.
+    wrapped in IPv6 (mapped, NAT64 or 6to4) that are any of those.
     """
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
@@ -67,6 +67,8 @@ def is_public_ip(text: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return is_public_ip(str(ip.ipv4_mapped))
+        if ip.sixtofour is not None:  # 2002::/16 carries an IPv4 address a 6to4 relay forwards to
+            return is_public_ip(str(ip.sixtofour))
         if ip in ipaddress.IPv6Network("64:ff9b::/96"):
             return is_public_ip(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
     return ip.is_global and not (ip.is_multicast or ip.is_unspecified or ip.is_reserved)

@@ -95,6 +95,10 @@ def soon() -> float:
         ("fd00:ec2::254", False),  # AWS metadata over IPv6
         ("::ffff:127.0.0.1", False),
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", False),  # 6to4 of 169.254.169.254
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("2001:0:808:808:0:0:f7f7:f7f7", False),  # Teredo (not global, whatever it wraps)
         ("not an address", False),
     ],
 )
