@@ -15,6 +15,7 @@ too rather than in a Discord-side module, since the wording names commands and b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -714,9 +715,16 @@ CATEGORY_NAMES = {
 }
 
 
+_CATEGORY_SHAPE = re.compile(r"[a-z][a-z/-]{0,39}")
+
+
 def flagged(category: str, where: str) -> str:
     """`where`: what was flagged ("your prompt", "image 2", …)."""
-    name = CATEGORY_NAMES.get(category, category.replace("/", " / "))
+    name = CATEGORY_NAMES.get(category)
+    if name is None:
+        # A category this list lacks comes from the moderation service (or a gateway standing in for
+        # it): shown only if it reads like one, never as free text.
+        name = category.replace("/", " / ") if _CATEGORY_SHAPE.fullmatch(category) else "unsafe content"
     return (
         f"Retouch's safety check flagged {where} for **{name}**, so nothing was sent to the image "
         "service. Change it and try again. You were not charged."

@@ -37,6 +37,20 @@ def test_each_provider_failure_gets_its_own_text_and_never_the_exception_text(
     assert "boom" not in text and "secret" not in text
 
 
+@pytest.mark.parametrize(
+    ("category", "shown"),
+    [
+        ("harassment/threatening", "threats"),  # a known one, in members' words
+        ("illicit/weapons", "illicit / weapons"),  # an unknown one that reads like a category
+        ("**Visit evil.example** @everyone " + "x" * 3000, "unsafe content"),  # free text, never shown
+        ("", "unsafe content"),
+    ],
+)
+def test_a_flagged_category_is_named_only_when_it_reads_like_one(category: str, shown: str) -> None:
+    text = messages.flagged(category, "your prompt")
+    assert f"**{shown}**" in text and len(text) < 300
+
+
 def test_an_option_without_its_own_hint_is_named_as_a_member_would_write_it():
     route = Route(provider="openai", model="m")
     text = messages.unservable("Model", route, ("input_fidelity", "mask"))
