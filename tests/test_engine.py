@@ -1103,6 +1103,26 @@ async def test_a_job_the_provider_took_and_then_failed_is_free_but_counts_agains
     assert spend[GUILD] == (20, 0)
 
 
+async def test_a_result_the_providers_safety_filter_blanked_is_not_posted_nor_charged(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """WaveSpeed completed the task but flagged its output (and blanked it): nothing is posted, the
+    member pays nothing and is told the safety system refused it, and the budgets count the price."""
+    service, recorder = await make()
+    wavespeed.fail_next(WaveSpeedFault.OUTPUT_NSFW)
+    live = Live()
+    job_id = await submit(service, live, model="ws-mini")
+    await wait_state(service, job_id, "failed")
+    assert recorder.delivered == []
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    [(credits,)] = await service.storage.db.all(
+        "SELECT credits FROM absorbed_spend WHERE job_id = ?", (job_id,)
+    )
+    assert credits == 20  # ws-mini's flat $0.02
+    await until(lambda: live.final)
+    assert live.final[-1] is not None and live.final[-1].startswith(messages.PROVIDER_REFUSED)
+
+
 class Outcomes:
     """A JobObserver that keeps how each job ended."""
 

@@ -26,6 +26,7 @@ from bot.providers.errors import (
     ConnectionFailed,
     ModelUnavailable,
     ProviderError,
+    ProviderRejected,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -383,7 +384,19 @@ class PredictionAdapter(ResellerAdapter):
             raise err
         outputs = next((job[f] for f in self.api.output_fields if job.get(f) is not None), None)
         items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
-        values = [v for v in items if isinstance(v, str) and v.strip()]
+        values = [
+            v for v in _unflagged(items, job.get("has_nsfw_contents")) if isinstance(v, str) and v.strip()
+        ]
+        if items and not values and any(_flags(job.get("has_nsfw_contents"))):
+            # The vendor's safety filter blanked every output: nothing to post. It ran (and may
+            # bill), so the member is not charged and the budgets count it.
+            raise ProviderRejected(
+                f"{self.api.noun} {job_id}: every output flagged by the safety filter",
+                provider=self.name,
+                request_id=job_id,
+                code="nsfw_output",
+                accepted=True,
+            )
         if not values:
             raise ServerError(
                 f"{self.api.noun} {job_id} completed without outputs",
@@ -399,3 +412,14 @@ class PredictionAdapter(ResellerAdapter):
             size=request.size if request.size != "auto" else None,
             request_id=job_id,
         )
+
+
+def _flags(raw: object) -> list[bool]:
+    """`has_nsfw_contents`: one bool per output (anything else reads as no flags)."""
+    return [v is True for v in raw] if isinstance(raw, list) else []
+
+
+def _unflagged(items: list[Any], raw_flags: object) -> list[Any]:
+    """The outputs the vendor's safety filter did not flag (it blanks those: never posted)."""
+    flags = _flags(raw_flags)
+    return [item for i, item in enumerate(items) if not (i < len(flags) and flags[i])]

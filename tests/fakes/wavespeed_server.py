@@ -140,6 +140,7 @@ class Fault(StrEnum):
     JOB_CANCELLED = "job_cancelled"  # HTTP 200, data.status "cancelled"
     JOB_TIMEOUT = "job_timeout"  # HTTP 200, data.status "timeout"
     NEVER_FINISHES = "never_finishes"  # the task stays "processing"
+    OUTPUT_NSFW = "output_nsfw"  # the task completes, its output blanked and flagged in has_nsfw_contents
     SYNC_TIMEOUT = "sync_timeout"  # sync submit: "processing" + data.code 5004; the task goes on
     HANG = "hang"  # the submit never answers (until the fake closes)
 
@@ -153,6 +154,7 @@ _TARGETS = {
     Fault.JOB_CANCELLED: "job",
     Fault.JOB_TIMEOUT: "job",
     Fault.NEVER_FINISHES: "job",
+    Fault.OUTPUT_NSFW: "job",
 }
 _JOB_END = {Fault.JOB_FAILED: "failed", Fault.JOB_CANCELLED: "cancelled", Fault.JOB_TIMEOUT: "timeout"}
 _JOB_ERROR = {
@@ -186,6 +188,7 @@ class _Task:
     base64_output: bool
     polls: int = 0
     status: str = "created"
+    nsfw: bool = False  # its output was blanked by the safety filter (has_nsfw_contents says so)
 
 
 class _ApiError(HttpError):
@@ -284,7 +287,7 @@ class FakeWaveSpeed(FakeServer):
             "model": task.model,
             "outputs": outputs,
             "urls": {"get": f"{self.base_url}/predictions/{task.id}/result"},
-            "has_nsfw_contents": [False] * len(outputs),
+            "has_nsfw_contents": [task.nsfw] * len(outputs),
             "status": task.status,
             "created_at": "2026-11-01T12:34:56.789Z",
             "error": _JOB_ERROR.get(task.status, ""),
@@ -545,15 +548,19 @@ class FakeWaveSpeed(FakeServer):
         """Render the edit, store the task, and answer the submit (sync or not)."""
         job_rule = self._take("job")
         end = "completed"
-        if job_rule is not None:
+        nsfw = job_rule is not None and job_rule.fault == Fault.OUTPUT_NSFW
+        if job_rule is not None and not nsfw:
             end = "never" if job_rule.fault == Fault.NEVER_FINISHES else _JOB_END[job_rule.fault]
         output = await asyncio.to_thread(render, source, region, size, fmt)
+        if nsfw:  # a flagged output comes back blanked: the same size, all black
+            output = encode(Image.new("RGB", size), fmt)
         task = _Task(
             id=secrets.token_hex(12),
             model=model,
             output=output,
             end=end,
             base64_output=bool(fields.get("enable_base64_output")),
+            nsfw=nsfw,
         )
         self.tasks[task.id] = task
         # Stored now; its URL is only given out once the task says `completed`.

@@ -254,6 +254,8 @@ async def test_an_image_over_the_upload_limit_is_refused_before_uploading(
         (Fault.JOB_FAILED, ProviderJobFailed, True, False, 1),
         (Fault.JOB_CANCELLED, ProviderJobFailed, True, False, 1),
         (Fault.JOB_TIMEOUT, ProviderTimeout, True, False, 1),
+        # Completed, but the safety filter blanked the output (has_nsfw_contents): never posted.
+        (Fault.OUTPUT_NSFW, ProviderRejected, True, False, 1),
     ],
 )
 async def test_each_fault_maps_to_its_exception_and_the_job_is_submitted_at_most_once(
