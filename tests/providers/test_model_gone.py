@@ -101,6 +101,9 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         ("gpt-image-1 is retired", "", False),  # names neither the model nor a channel
         ("prediction not found", "m", False),
         ("model is busy", "m", False),
+        # A field of the request is what is deprecated, not the model.
+        ("parameter 'size' is deprecated for this model, use aspect_ratio", "m", False),
+        ("the field `input_fidelity` is deprecated for model m", "m", False),
     ],
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:

@@ -231,6 +231,9 @@ _GONE_WORDS = (
     "decommissioned",
     "shut down",
 )
+# What a message about one of the request's fields says, which may name the model too ("parameter
+# 'size' is deprecated for this model"): the field is what is gone, not the model.
+_ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
 # Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
 _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 
@@ -238,10 +241,12 @@ _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 def says_model_gone(message: str, model: str = "") -> bool:
     """Whether an error message says the model (or its channel) is gone: it must name the model
     (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
-    "media not found" about an uploaded file is not mistaken for a retired model."""
+    "media not found" about an uploaded file is not mistaken for a retired model; and it must not be
+    about one of the request's fields ("parameter 'size' is deprecated for this model")."""
     lowered = message.lower()
     names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
-    return names_it and any(word in lowered for word in _GONE_WORDS)
+    gone = names_it and any(word in lowered for word in _GONE_WORDS)
+    return gone and not mentions(lowered, _ABOUT_A_FIELD)
 
 
 # What a 404 on a submit may be about besides the route: something the request carried (an upload
