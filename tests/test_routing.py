@@ -205,6 +205,18 @@ def test_adapt_uses_the_routes_model_id_and_resolves_auto_size_only_where_needed
     assert adapt(request(size="1024x1024"), atlas).size == "1024x1024"
 
 
+def test_auto_size_reaches_no_shipped_gpt_image_2_route_that_documents_only_wxh() -> None:
+    """Segmind and 1min.ai document `size` as WxH: an `auto` edit goes there as the nearest standard
+    size (a free `WxH` the member typed still goes as typed)."""
+    entry = load_catalog().get("gpt-image-2")
+    req = request(size="auto")  # rocket.jpg is 640x427 (landscape)
+    for provider in ("segmind", "oneminai"):
+        route = next(r for r in entry.routes if r.provider == provider)
+        assert adapt(req, route).size == "1536x1024", provider
+        assert adapt(request(size="1280x768"), route).size == "1280x768", provider
+        assert "size" not in blockers(route, Needs(1, "1280x768", "low", "auto", "png")), provider
+
+
 def test_routes_follow_provider_order_and_unnamed_providers_keep_catalog_order() -> None:
     providers = stubs(*(StubProvider(n) for n in ("openai", "atlascloud", "wavespeed", "segmind")))
     router = Router(providers, order=("wavespeed", "atlascloud"))

@@ -32,9 +32,10 @@ Decisions on the spec's OPEN points (providers.md §8.8):
 * There is nothing to poll or cancel: the deadline caps the one blocking call.
 * GPT Image 2 (`POST /v1/gpt-image-2`, models-2026-12.md §4): exactly one `image` URL makes the call
   an edit (without it the route draws from text alone, so the adapter never sends it without one);
-  no mask and no `image_urls`. `size` is `auto` or a free `WxH` (Segmind's page gives OpenAI's 2.x
-  rules); `quality` is sent only when it is low/medium/high (its allowed values are not readable on
-  the page, so "auto" is left to Segmind's default by omitting it); `background` as for 1.x.
+  no mask and no `image_urls`. `size` is a free `WxH` (Segmind's page gives OpenAI's 2.x rules and
+  documents no `auto`: routing sends the standard size nearest the input's shape instead);
+  `quality` is sent only when it is low/medium/high (its allowed values are not readable on the
+  page, so "auto" is left to Segmind's default by omitting it); `background` as for 1.x.
 * "Model gone": a 404 (unknown slug) or 410 (retired) answer to the edit call, or an error whose
   message says the model is gone or has no available channels, raises `ModelGone`
   (`accepted=False`; only HTTP 200 is billed). 403 (not permitted for the team) stays
@@ -183,8 +184,9 @@ def classify_segmind_error(
 
 
 def _free_size_ok(size: str) -> bool:
-    """`auto`, or a `WxH` the adapter can send to a free-size route (the catalog checks the rules)."""
-    return size == "auto" or parse_size(size) is not None
+    """A `WxH` the adapter can send to a free-size route (the catalog checks the rules). Not `auto`:
+    the page documents `size` as WxH only, so routing turns `auto` into the nearest standard size."""
+    return parse_size(size) is not None
 
 
 def _cost(headers: Mapping[str, str]) -> str | None:

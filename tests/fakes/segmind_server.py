@@ -331,7 +331,13 @@ class FakeSegmind(FakeServer):
             if image is not None and not isinstance(image, str):
                 raise _ApiError(400, {"error": "image must be one image URL"})
             sources = [self._image_at(image, "image")] if image is not None else []
-            problem = free_size_problem(str(fields.get("size", "auto")))
+            size = fields.get("size", "auto")
+            # The page documents `size` as WxH (models-2026-12.md §4): `auto` is not taken as given.
+            problem = (
+                "must be WIDTHxHEIGHT"
+                if size == "auto" and "size" in fields
+                else free_size_problem(str(size))
+            )
             if problem is not None:
                 raise _ApiError(400, {"error": f"size: {problem}"})
             enums = [("quality", GPT2_QUALITIES, "medium")]

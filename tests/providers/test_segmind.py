@@ -473,7 +473,7 @@ async def asset_url(session: aiohttp.ClientSession, fake: FakeSegmind) -> str:
     ("size", "quality", "background", "expected_size"),
     [
         ("2048x1152", "high", "auto", (2048, 1152)),
-        ("auto", "auto", "transparent", (1024, 1024)),
+        ("1024x1024", "auto", "transparent", (1024, 1024)),
         ("1280x768", "low", "opaque", (1280, 768)),
     ],
 )
@@ -505,9 +505,10 @@ async def test_gpt_image_2_sends_one_image_url_and_a_free_size_and_is_charged_fr
         {"images": (photo(), photo("coffee.png"))},  # one `image` only
         {"mask": hole_mask((0, 0, 256, 512), (0, 0, 0))},
         {"size": "wide"},
+        {"size": "auto"},  # `size` is documented as WxH only: routing sends the nearest one
         {"quality": "xhigh"},
     ],
-    ids=["two-images", "mask", "bad-size", "xhigh"],
+    ids=["two-images", "mask", "bad-size", "auto-size", "xhigh"],
 )
 async def test_gpt_image_2_requests_the_route_cannot_take_are_refused_before_anything_is_sent(
     fake: FakeSegmind, provider: SegmindProvider, change: dict
@@ -528,11 +529,12 @@ async def test_gpt_image_2_requests_the_route_cannot_take_are_refused_before_any
         (lambda url: {"prompt": "p", "image_urls": [url]}, "Unknown parameter"),
         (lambda url: {"prompt": "p", "image": url, "mask": url}, "Unknown parameter"),
         (lambda url: {"prompt": "p", "image": url, "quality": "auto"}, "quality must be"),
+        (lambda url: {"prompt": "p", "image": url, "size": "auto"}, "size: must be WIDTHxHEIGHT"),
         (lambda url: {"prompt": "p", "image": url, "size": "1000x1000"}, "multiples of 16"),
         (lambda url: {"prompt": "p", "image": url, "size": "3072x960"}, "aspect ratio"),
         (lambda url: {"prompt": "p", "image": url, "size": "512x512"}, "pixels"),
     ],
-    ids=["image-list", "image-urls", "mask", "auto-quality", "not-16", "too-wide", "too-small"],
+    ids=["image-list", "image-urls", "mask", "auto-quality", "auto-size", "not-16", "too-wide", "too-small"],
 )
 async def test_fake_validates_the_gpt_image_2_route(
     fake: FakeSegmind, session: aiohttp.ClientSession, make_body: Callable[[str], dict], text: str
@@ -565,7 +567,7 @@ async def test_a_model_gone_at_segmind_is_model_gone_and_not_charged(
     fake.retire_route(model, how)
 
     with pytest.raises(ModelGone) as info:
-        await provider.edit(edit_request(model=model))
+        await provider.edit(edit_request(model=model, size="1024x1024"))
 
     assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
     assert fake.post_count == 1 and fake.credits == credits
