@@ -39,8 +39,6 @@ PRICED_QUALITIES = ("low", "medium", "high", "xhigh", "max")
 # A model that lists no qualities offers these (the GPT Image 1 and 2 set).
 DEFAULT_QUALITIES = ("low", "medium", "high", "auto")
 MILLION = Decimal(1_000_000)
-# A prompt's text tokens are at most about one per two characters (usually one per four).
-CHARS_PER_TEXT_TOKEN_WORST = 2
 # Users see this many days of warning before a model they pick is retired.
 RETIREMENT_WARNING_DAYS = 30
 MASK_CONVENTIONS = ("alpha", "white")  # see bot.providers.masks
@@ -298,7 +296,10 @@ def reserve_usd(
     total = model.image_price(quality, size) * count
     if model.tokens is not None:
         image_tokens = model.input_tokens_per_image * n_inputs
-        text_tokens = math.ceil(len(prompt) / CHARS_PER_TEXT_TOKEN_WORST)
+        # A byte-level tokenizer never makes more tokens than the text has UTF-8 bytes: the true worst
+        # case (English runs near one token per four characters, but emoji and some scripts reach
+        # several tokens per character, above any per-character guess).
+        text_tokens = len(prompt.encode("utf-8"))
         total += (model.tokens.image_input * image_tokens + model.tokens.text_input * text_tokens) / MILLION
     return total
 

@@ -65,8 +65,17 @@ def test_auto_quality_and_size_reserve_the_worst_case(catalog):
 def test_reserve_covers_input_tokens_for_token_priced_models(catalog):
     m = catalog.get("gpt-image-1-mini")
     reserved = reserve_usd(m, quality="low", size="1024x1024", count=1, n_inputs=2, prompt="x" * 100)
-    # 2 × 6500 image tokens at $2.50/M plus 50 text tokens at $2/M on top of the $0.005 image.
-    assert reserved == Decimal("0.005") + Decimal("0.0325") + Decimal("0.0001")
+    # 2 × 6500 image tokens at $2.50/M plus 100 text tokens at $2/M on top of the $0.005 image.
+    assert reserved == Decimal("0.005") + Decimal("0.0325") + Decimal("0.0002")
+
+
+def test_a_prompts_text_tokens_are_held_at_one_per_utf8_byte(catalog):
+    """A tokenizer working on bytes never makes more tokens than the prompt's UTF-8 bytes: emoji and
+    some scripts take several tokens per character, more than any per-character guess holds."""
+    m = catalog.get("gpt-image-1-mini")
+    base = reserve_usd(m, quality="low", size="1024x1024", count=1, n_inputs=1, prompt="")
+    emoji = reserve_usd(m, quality="low", size="1024x1024", count=1, n_inputs=1, prompt="🎨" * 100)
+    assert emoji - base == Decimal(400) * m.tokens.text_input / 1_000_000  # 4 bytes each
 
 
 def test_actual_cost_prefers_provider_charge_then_usage_then_list_price(catalog):
