@@ -19,7 +19,7 @@ from bot import imaging
 from bot.jobs.model import Delivered, DeliveryFailed, EditOutcome, JobInfo, ResultFile
 from bot.observability.audit import jump_url
 from cogs._results import maybe_thread, result_view
-from cogs._ui import result_embed, result_files, truncate
+from cogs._ui import result_embed, result_files, shows_result_of, truncate
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -126,8 +126,7 @@ class DiscordDelivery:
         return None
 
     async def _find_in(self, job: JobInfo, via: str, channel_id: int) -> Delivered | None:
-        """This bot's result message for `job` in one channel (its embed footer names the job)."""
-        footer = f"job {job.job_id}"
+        """This bot's result message for `job` in one channel (its embed footer or files name the job)."""
         after = discord.Object(discord.utils.time_snowflake(job.created_at - dt.timedelta(seconds=5)))
         me = self.bot.user.id if self.bot.user else None
         try:
@@ -137,7 +136,7 @@ class DiscordDelivery:
                 limit=FIND_HISTORY_LIMIT, after=after, oldest_first=False
             )
             async for message in history:
-                if message.author.id == me and any(e.footer.text == footer for e in message.embeds):
+                if message.author.id == me and shows_result_of(message, job.job_id):
                     # Followups carry the app's webhook id: they went out through the interaction.
                     return Delivered("interaction" if message.webhook_id else via, channel_id, message.id)
         except discord.NotFound:

@@ -24,7 +24,7 @@ from bot import choices, messages
 from bot.catalog import ModelEntry
 from bot.client import RetouchBot, reply_privately
 from bot.errors import InvalidImage, RetouchError, new_reference
-from bot.jobs.model import EditOutcome
+from bot.jobs.model import EditOutcome, names_result_of
 from bot.services.edits import Upload
 
 if TYPE_CHECKING:
@@ -206,6 +206,14 @@ def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:
         embed.set_image(url=f"attachment://{outcome.files[0].filename}")
     embed.set_footer(text=f"job {outcome.job_id}")
     return embed
+
+
+def shows_result_of(message: discord.Message, job_id: str) -> bool:
+    """Whether `message` is a result posted for `job_id`: its embed's footer names the job, or (where
+    Discord dropped the embed: a channel where the bot lacks Embed Links) its files do."""
+    return any(e.footer.text == f"job {job_id}" for e in message.embeds) or any(
+        names_result_of(a.filename, job_id) for a in message.attachments
+    )
 
 
 def result_files(outcome: EditOutcome) -> list[discord.File]:

@@ -22,7 +22,15 @@ from bot.services.edits import EditJob
 from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
 from cogs._results import JobControl, run_and_publish
-from cogs._ui import RetouchCog, admitted, first_image, report_error, role_ids_of, upload_of
+from cogs._ui import (
+    RetouchCog,
+    admitted,
+    first_image,
+    report_error,
+    role_ids_of,
+    shows_result_of,
+    upload_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +225,7 @@ class JobsCog(RetouchCog):
                 row.result_message_id == message.id
                 # Posted, but its capture (which records the message) is still to come: the message
                 # itself must name the job, or any job without a result would open any message.
-                or (row.result_message_id is None and _names_job(message, job_id))
+                or (row.result_message_id is None and shows_result_of(message, job_id))
                 or await self.bot.services.history.shows_job(message.id, job_id)
             )
         )
@@ -254,8 +262,3 @@ def _can_manage(interaction: discord.Interaction) -> bool:
 
 async def setup(bot: RetouchBot) -> None:
     await bot.add_cog(JobsCog(bot))
-
-
-def _names_job(message: discord.Message, job_id: str) -> bool:
-    """Whether `message` is a result the bot posted for `job_id` (its embed footer names the job)."""
-    return any(embed.footer.text == f"job {job_id}" for embed in message.embeds)

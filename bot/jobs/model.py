@@ -164,6 +164,18 @@ class JobSpec:
         return names
 
 
+def result_filename(job_id: str, index: int, ext: str) -> str:
+    """A result image's name as posted. It names the job, so a post can be found, and tied to its
+    job, without its embed: Discord drops embeds from a channel message where the bot lacks Embed
+    Links."""
+    return f"retouch_{job_id}_{index}.{ext}"
+
+
+def names_result_of(filename: str, job_id: str) -> bool:
+    """Whether a posted file is one of `job_id`'s results (before 2026-12-07, with 8 of its digits)."""
+    return filename.startswith((f"retouch_{job_id}_", f"retouch_{job_id[:8]}_"))
+
+
 @dataclass(frozen=True)
 class ResultFile:
     """One stored result image, as it will be posted."""

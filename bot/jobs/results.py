@@ -15,7 +15,7 @@ from typing import Any
 from bot import imaging, messages
 from bot.catalog import usd_to_credits
 from bot.jobs.core import ActiveJob, EngineCore
-from bot.jobs.model import EditOutcome, JobSpec, JobState, JobStatus, ResultFile, db_time
+from bot.jobs.model import EditOutcome, JobSpec, JobState, JobStatus, ResultFile, db_time, result_filename
 from bot.providers.base import EditResult, OutputImage
 from bot.routing import Served
 from bot.storage.jobs import JobRow
@@ -137,6 +137,6 @@ class JobResults(EngineCore):
             data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, share)
             ext = "jpg" if fmt == "jpeg" else fmt
             files.append(
-                (f"result-{index}.{ext}", ResultFile(f"retouch_{job_id[:8]}_{index}.{ext}", data, fmt))
+                (f"result-{index}.{ext}", ResultFile(result_filename(job_id, index, ext), data, fmt))
             )
         return files

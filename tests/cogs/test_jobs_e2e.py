@@ -167,6 +167,38 @@ async def test_a_result_that_landed_in_a_busy_channel_is_found_not_posted_again(
     assert (job["state"], job["delivered_via"], len(copies)) == ("delivered", "interaction", 1)
 
 
+async def test_a_channel_post_that_landed_without_its_embed_is_found_by_its_files(world: World):
+    """Without Embed Links, Discord keeps a channel message but drops its embed, and with it the
+    footer naming the job. A post that landed before a 503 is still found (its files name the job),
+    not sent again by DM."""
+    await world.channel.set_permissions(world.fake.bot_user, deny=int(Permission.EMBED_LINKS))
+    original, tries = world.fake._post_channel_message, [0]
+
+    async def landed_then_503(call):  # type: ignore[no-untyped-def]
+        if call.uploads:
+            tries[0] += 1
+            if tries[0] == 1:
+                await original(call)
+                raise discord_error(503, 0, "503: Service Unavailable")
+        return await original(call)
+
+    world.fake._post_channel_message = landed_then_503  # type: ignore[method-assign]
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+    [job] = await settled(world)
+    [message] = [m for m in world.fake.channel_messages(world.channel) if m.attachments]
+    assert message.embeds == []  # what Discord keeps of it
+    assert not [m for m in world.fake.channel_messages(world.fake.dm_channel(world.user)) if m.attachments]
+    assert (job["state"], job["delivered_via"], job["result_message_id"]) == (
+        "delivered",
+        "channel",
+        message.id,
+    )
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
 async def test_result_goes_to_dms_when_the_channel_was_deleted(world: World):
     world.openai.delay = 1.0  # the provider is still working when the channel goes
     await world.edit(PHOTO)

@@ -3800,6 +3800,7 @@ class FakeDiscord:
             seen = self._nonces.get(str(nonce))
             if seen is not None and self.now() - seen[0] < NONCE_WINDOW_SECONDS and not seen[1].deleted:
                 return self._json(self._message_payload(seen[1]))
+        body = self._without_embeds_unless_allowed(channel, body, call.uploads)
         message = self._create_message(
             channel, body, call.uploads, path=[], size_limit=self._size_limit(channel)
         )
@@ -3845,11 +3846,26 @@ class FakeDiscord:
         message = self._channel_message(channel, call)
         if message.author is not self.bot_user:
             raise _error(403, 50005, "Cannot edit a message authored by another user")
+        body = self._without_embeds_unless_allowed(channel, call.body_dict(), call.uploads)
         message = self._edit_message(
-            message, call.body_dict(), call.uploads, path=[], size_limit=self._size_limit(channel)
+            message, body, call.uploads, path=[], size_limit=self._size_limit(channel)
         )
         await self._emit_message("MESSAGE_UPDATE", message)
         return self._json(self._message_payload(message))
+
+    def _without_embeds_unless_allowed(
+        self, channel: FakeChannel, body: dict[str, Any], uploads: list[_Upload]
+    ) -> dict[str, Any]:
+        """Discord's rule for a bot without Embed Links in a server channel: a message with anything
+        else to show is kept with its embeds dropped, silently; one that is embeds alone is refused
+        (403, 50013). Interaction responses and webhooks are not affected."""
+        if channel.guild is None or not body.get("embeds"):
+            return body
+        if self._channel_permissions(channel, self.bot_user.id) & Permission.EMBED_LINKS:
+            return body
+        if not (body.get("content") or uploads or body.get("attachments")):
+            raise _missing_permissions()
+        return {**body, "embeds": []}
 
     @_api("DELETE", "/channels/{channel_id}/messages/{message_id}")
     async def _delete_channel_message(self, call: _Call) -> web.Response:

@@ -624,6 +624,30 @@ async def test_expired_token_gets_50027_and_a_bot_token_channel_message_still_wo
 # ---------------------------------------------------------------------------------------- message limits
 
 
+async def test_without_embed_links_a_channel_message_loses_its_embed_and_an_embed_alone_is_refused(
+    fake_discord: FakeDiscord, start_bot: StartBot, world: World
+) -> None:
+    _, channel, _ = world
+    await channel.set_permissions(fake_discord.bot_user, deny=int(Permission.EMBED_LINKS))
+    bot = await start_bot()
+    text_channel = bot.get_channel(channel.id)
+    assert isinstance(text_channel, discord.TextChannel)
+    embed = discord.Embed(description="d").set_footer(text="job 1")
+
+    kept = await text_channel.send("with text", embed=embed)
+    assert kept.embeds == [] and fake_discord.message(kept.id).embeds == []
+    with_file = await text_channel.send(embed=embed, file=discord.File(io.BytesIO(PNG), filename="a.png"))
+    assert with_file.embeds == [] and len(with_file.attachments) == 1
+    edited = await kept.edit(content="edited", embed=embed)
+    assert edited.embeds == []
+    with pytest.raises(discord.Forbidden) as refused:
+        await text_channel.send(embed=embed)
+    assert refused.value.code == 50013
+
+    await channel.set_permissions(fake_discord.bot_user)  # Embed Links back: embeds are kept
+    assert (await text_channel.send("again", embed=embed)).embeds[0].footer.text == "job 1"
+
+
 @pytest.mark.parametrize("how", ["raw_multipart_with_11_files", "edit_keeping_10_and_adding_1"])
 async def test_more_than_ten_attachments_gets_30015(
     fake_discord: FakeDiscord, start_bot: StartBot, world: World, how: str
