@@ -153,6 +153,8 @@ class MembersCog(RetouchCog):
         recording = self._recording.get(job_id)
         latest = await history.latest(message.id, job_id)
         if latest is None and recording is not None:
+            # The wait may outlast Discord's 3 s for a first answer: acknowledge the click first.
+            await interaction.response.defer()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(recording.wait(), RECORD_WAIT_SECONDS)
             latest = await history.latest(message.id, job_id)
@@ -167,7 +169,8 @@ class MembersCog(RetouchCog):
         except NothingToUndo:
             await _private(interaction, messages.NOTHING_TO_UNDO)
             return
-        await interaction.response.defer()
+        if not interaction.response.is_done():
+            await interaction.response.defer()
         earlier: discord.Message | None = None
         attachment: discord.Attachment | None = None
         data: bytes | None = None
@@ -214,7 +217,10 @@ class MembersCog(RetouchCog):
 
 
 async def _private(interaction: discord.Interaction, text: str) -> None:
-    await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    if interaction.response.is_done():  # acknowledged already (a click that had to wait)
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: RetouchBot) -> None:
