@@ -78,8 +78,11 @@ class HistoryButton(
     async def clicked(self, interaction: discord.Interaction) -> None:
         bot = interaction.client
         assert isinstance(bot, RetouchBot)
+        # Acknowledged first: the page may refill an allowance (a write that can wait on a busy
+        # database) and Discord gives a click 3 s for its first answer.
+        await interaction.response.defer()
         embed, view = await render(bot, interaction, int(self.state[0]))
-        await interaction.response.edit_message(embed=embed, view=view)
+        await interaction.edit_original_response(embed=embed, view=view)
 
 
 def history_view(history: HistoryPage) -> discord.ui.View | None:

@@ -121,8 +121,10 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
 
     @app_commands.command(name="report", description="Spend per server against allotments and the budget")
     async def report(self, interaction: discord.Interaction) -> None:
+        # Acknowledged first: the report sums every server's spend, which may outlast Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.bot.services.policy.operator_report(interaction.user.id)
-        await interaction.response.send_message(
+        await interaction.followup.send(
             embed=operator_embed(report), ephemeral=True, allowed_mentions=NO_PINGS
         )
 
@@ -135,8 +137,9 @@ class ApproveButton(
     async def clicked(self, interaction: discord.Interaction) -> None:
         bot = interaction.client
         assert isinstance(bot, RetouchBot)
+        await interaction.response.defer()  # the approval is a write, which may wait on a busy database
         await bot.services.access.approve(int(self.state[0]), interaction.user.id)
-        await interaction.response.edit_message(
+        await interaction.edit_original_response(
             content="Approved. Retouch now serves this server: run your command again.", view=None
         )
 
