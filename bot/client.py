@@ -99,11 +99,13 @@ class RetouchTree(app_commands.CommandTree):
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         bot = interaction.client
-        if isinstance(bot, RetouchBot) and not bot.services.edits.accepting:
+        if not isinstance(bot, RetouchBot) or interaction.type is discord.InteractionType.autocomplete:
+            # Autocomplete costs nothing and cannot show a message (Discord refuses any other answer
+            # to it), so it is answered even while the bot stops.
+            return True
+        if not bot.services.edits.accepting:
             await reply_privately(interaction, ShuttingDown().user_message)
             return False
-        if not isinstance(bot, RetouchBot) or interaction.type is discord.InteractionType.autocomplete:
-            return True  # autocomplete costs nothing and cannot show a message
         data: Mapping[str, object] = interaction.data or {}
         if data.get("name") == OPERATOR_COMMAND:
             return True

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot import messages
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -130,6 +131,20 @@ async def test_model_autocomplete_lists_catalog_models(world: World):
         world.user, "edit", channel=world.channel, focused="model", value="1.5"
     )
     assert [c["value"] for c in choices] == ["gpt-image-1.5"]
+
+
+async def test_while_the_bot_stops_a_command_is_told_so_and_autocomplete_still_answers(world: World):
+    """A stopping bot takes no new work and says so privately; autocomplete, which cannot show a
+    message (Discord refuses any answer but choices), keeps answering."""
+    await world.services.edits.drain(0)
+    it = await world.fake.slash(world.user, "credits", channel=world.channel)
+    await world.fake.wait_until(lambda: it.callbacks)
+    assert it.callbacks[0]["data"]["content"] == messages.SHUTTING_DOWN
+    choices = await world.fake.autocomplete(
+        world.user, "edit", channel=world.channel, focused="model", value="1.5"
+    )
+    assert [c["value"] for c in choices] == ["gpt-image-1.5"]
+    assert world.fake.server_errors == []
 
 
 async def test_commands_are_registered_with_their_options(world: World):
