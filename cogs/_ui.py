@@ -42,6 +42,11 @@ PROMPT_PREVIEW_CHARS = 300
 EMBED_COLOUR = discord.Colour(0x5865F2)
 FIELD_CHARS = 1024  # Discord's limit for one embed field value
 MORE = "…and {} more"
+# Notes on a result or preview: one field each, at most this many fields (the last one holds the rest
+# as whole lines), so a pile of notes can never push the embed past Discord's 25 fields or 6,000
+# characters and have a paid result refused.
+NOTE_FIELDS = 3
+NOTE_CHARS = 1000
 
 
 # Interaction tokens live 15 minutes; past this age the bot stops using one (a request that started
@@ -200,8 +205,7 @@ def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:
     embed.add_field(name="Size", value=outcome.size)
     embed.add_field(name="Cost", value=f"{outcome.charged} credits")
     embed.add_field(name="Balance", value=f"{outcome.balance_after} credits")
-    for notice in outcome.notices:
-        embed.add_field(name="Note", value=truncate(notice, 1000), inline=False)
+    add_notes(embed, outcome.notices)
     if outcome.files:
         embed.set_image(url=f"attachment://{outcome.files[0].filename}")
     embed.set_footer(text=f"job {outcome.job_id}")
@@ -214,6 +218,18 @@ def shows_result_of(message: discord.Message, job_id: str) -> bool:
     return any(e.footer.text == f"job {job_id}" for e in message.embeds) or any(
         names_result_of(a.filename, job_id) for a in message.attachments
     )
+
+
+def add_notes(embed: discord.Embed, notices: Sequence[str]) -> None:
+    """One "Note" field per notice, at most `NOTE_FIELDS`; the last holds whatever is left."""
+    cut = [truncate(n, NOTE_CHARS) for n in notices]
+    shown, rest = cut[: NOTE_FIELDS - 1], cut[NOTE_FIELDS - 1 :]
+    if len(rest) == 1:
+        shown, rest = [*shown, rest[0]], []
+    for note in shown:
+        embed.add_field(name="Note", value=note, inline=False)
+    if rest:
+        embed.add_field(name="Notes", value=fit_lines(rest, more="…and {} more notes"), inline=False)
 
 
 def result_files(outcome: EditOutcome) -> list[discord.File]:

@@ -11,7 +11,7 @@ from bot import messages
 from bot.services import masking
 from bot.services.edits import EditJob, PreparedJob
 from cogs._results import run_and_publish
-from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, role_ids_of, truncate
+from cogs._ui import EMBED_COLOUR, PROMPT_PREVIEW_CHARS, add_notes, role_ids_of, truncate
 from cogs.mask.controls import NO_MENTIONS, attachment, button
 from cogs.mask.sessions import MaskParts, MaskSession, minutes
 
@@ -53,8 +53,7 @@ def preview_embed(prepared: PreparedJob, shown: masking.MaskPreview, timeout: fl
             value=messages.preview_unaffordable(shown.cost, shown.balance),
             inline=False,
         )
-    for notice in prepared.notices:
-        embed.add_field(name="Note", value=truncate(notice, 1000), inline=False)
+    add_notes(embed, prepared.notices)
     embed.set_image(url=f"attachment://{PREVIEW_FILE}")
     embed.set_footer(
         text=f"Nothing is charged until you press Run edit. The preview expires after {minutes(timeout)} "

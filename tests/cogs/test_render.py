@@ -10,12 +10,13 @@ import gzip
 import discord
 import pytest
 
+from bot.jobs.model import EditOutcome, ResultFile
 from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
 from bot.services.diagnostics import DatabaseStatus, Diagnosis
 from bot.services.policy import Budget
 from bot.storage.reports import LedgerEntry
 from cogs._admin_render import policy_embed, report_embed, report_file
-from cogs._ui import FIELD_CHARS, MORE, fit_lines
+from cogs._ui import FIELD_CHARS, MORE, fit_lines, result_embed
 from cogs.diagnose import diagnosis_embed
 from cogs.owner import operator_embed
 
@@ -43,6 +44,33 @@ def test_fit_lines_keeps_what_fits_and_says_nothing_when_nothing_is_left_out():
     assert fit_lines([], hidden=3) == "…and 3 more"
     assert fit_lines(["a" * 30, "b" * 30, "c"], limit=45) == "a" * 30 + "\n…and 2 more"
     assert fit_lines(["a" * 50], limit=40) == "…and 1 more"  # never a line cut in two
+
+
+@pytest.mark.parametrize("count", [1, 3, 40])
+def test_a_results_notes_never_push_its_embed_past_discords_limits(count: int):
+    """However many notes pile up (a model notice per default that moved, the server's rules), the
+    result's embed stays within 25 fields and 6,000 characters: Discord would refuse a paid result."""
+    notes = tuple(f"note {i}: " + "x" * 1500 for i in range(count))
+    outcome = EditOutcome(
+        "0123456789abcdef",
+        "p" * 6000,
+        "m",
+        "Model",
+        "openai",
+        "high",
+        "1024x1024",
+        (ResultFile("r.png", b"", "png"),),
+        10,
+        90,
+        notes,
+    )
+    embed = result_embed(outcome, "alice")
+    names = [f.name for f in embed.fields]
+    assert len(embed) <= 6000 and len(names) <= 25
+    assert names.count("Note") == min(count, 3) - (count > 3)
+    if count > 3:
+        rest = field(embed, "Notes")
+        assert rest.endswith("more notes") and rest.startswith("note 2: ")
 
 
 def test_the_operator_report_with_many_servers_lists_whole_lines_then_how_many_more():
