@@ -3794,6 +3794,8 @@ class FakeDiscord:
                     ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
                 )
         nonce = body.get("nonce")
+        if isinstance(nonce, str) and len(nonce) > 25:  # Discord: a nonce is at most 25 characters
+            raise _form_error(["nonce"], "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
         if body.get("enforce_nonce") and nonce is not None:
             # Discord: the same author sending the same nonce within a few minutes gets the first
             # message back, and no second one is created.

@@ -648,6 +648,17 @@ async def test_without_embed_links_a_channel_message_loses_its_embed_and_an_embe
     assert (await text_channel.send("again", embed=embed)).embeds[0].footer.text == "job 1"
 
 
+async def test_a_nonce_over_25_characters_gets_50035(start_bot: StartBot, world: World) -> None:
+    _, channel, _ = world
+    bot = await start_bot()
+    text_channel = bot.get_channel(channel.id)
+    assert isinstance(text_channel, discord.TextChannel)
+    assert (await text_channel.send("ok", nonce="n" * 25)).content == "ok"
+    with pytest.raises(discord.HTTPException) as too_long:
+        await text_channel.send("too long", nonce="n" * 26)
+    assert (too_long.value.status, too_long.value.code) == (400, 50035)
+
+
 @pytest.mark.parametrize("how", ["raw_multipart_with_11_files", "edit_keeping_10_and_adding_1"])
 async def test_more_than_ten_attachments_gets_30015(
     fake_discord: FakeDiscord, start_bot: StartBot, world: World, how: str
