@@ -229,7 +229,7 @@ def add_notes(embed: discord.Embed, notices: Sequence[str]) -> None:
     for note in shown:
         embed.add_field(name="Note", value=note, inline=False)
     if rest:
-        embed.add_field(name="Notes", value=fit_lines(rest, more="…and {} more notes"), inline=False)
+        embed.add_field(name="Notes", value=fit_lines(rest), inline=False)
 
 
 def result_files(outcome: EditOutcome) -> list[discord.File]:

@@ -231,6 +231,30 @@ async def test_a_database_gone_silent_holds_a_call_only_so_long_then_slots_work_
             await storage.close()
 
 
+async def test_a_slot_given_back_over_a_silent_network_does_not_hold_the_process(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """The network goes silent as a call gives its slot back: the give ends after `TRY_SECONDS` (the
+    slot goes with the closed connection), and slots are taken again once the network is back."""
+    monkeypatch.setattr(fleet_slots, "TRY_SECONDS", 0.5)
+    async with SilentNetwork(postgres_url) as network:
+        storage = await Storage.open(network.url)
+        try:
+            slots = slots_of(storage)
+            assert await slots.take(P, CEILING, 0) == 0
+            network.silent = True
+            with caplog.at_level(logging.WARNING, logger="bot.storage.fleet_slots"):
+                await asyncio.wait_for(slots.give(P, 0), WAIT)
+            assert f"{P}: giving a fleet-wide slot back failed (TimeoutError)" in caplog.text
+            assert slots.held == frozenset()
+            network.silent = False
+            # Slot 0 stays locked until the server hears its session end: the next one is taken.
+            assert await asyncio.wait_for(slots.take(P, CEILING, 0), WAIT) == 1
+            await slots.give(P, 1)
+        finally:
+            await storage.close()
+
+
 async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provider_than_it(
     postgres_url: str,
 ):

@@ -371,7 +371,10 @@ class PredictionAdapter(ResellerAdapter):
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
             err.accepted = True
-            if type(err) in (RateLimited, ServerError):  # a 5xx or 429 in the envelope of a 200
+            # A 5xx, 429 or 408 in the envelope of a 200: the vendor did not answer this poll.
+            if type(err) in (RateLimited, ServerError) or (
+                type(err) is ProviderTimeout and err.status == 408
+            ):
                 raise NotAnswered(err)
             raise err
         return job_of(payload)

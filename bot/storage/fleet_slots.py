@@ -165,13 +165,14 @@ class FleetSlots:
             if (provider, slot) not in self._held or self._conn is None:
                 return  # it went with a lost connection
             try:
-                await self._conn.execute(
-                    "SELECT pg_advisory_unlock($1, $2), pg_notify($3, $4)",
-                    slot_key(provider),
-                    slot,
-                    SLOT_CHANNEL,
-                    provider,
-                )
+                async with asyncio.timeout(TRY_SECONDS):  # a silent connection must not hold `_busy`
+                    await self._conn.execute(
+                        "SELECT pg_advisory_unlock($1, $2), pg_notify($3, $4)",
+                        slot_key(provider),
+                        slot,
+                        SLOT_CHANNEL,
+                        provider,
+                    )
                 self._held.discard((provider, slot))
                 await self._release_if_idle()
             except CONNECTION_ERRORS as exc:
@@ -189,7 +190,8 @@ class FleetSlots:
             return
         conn, self._conn = self._conn, None
         try:
-            await conn.execute("SELECT pg_advisory_unlock_all()")
+            async with asyncio.timeout(TRY_SECONDS):  # a silent connection must not hold `_busy`
+                await conn.execute("SELECT pg_advisory_unlock_all()")
         except CONNECTION_ERRORS:
             _terminate(conn)  # a lock may be left on it: it must not go back as it is
         with contextlib.suppress(*CONNECTION_ERRORS):

@@ -70,7 +70,7 @@ def test_a_results_notes_never_push_its_embed_past_discords_limits(count: int):
     assert names.count("Note") == min(count, 3) - (count > 3)
     if count > 3:
         rest = field(embed, "Notes")
-        assert rest.endswith("more notes") and rest.startswith("note 2: ")
+        assert rest.endswith(MORE.format(count - 3)) and rest.startswith("note 2: ")
 
 
 def test_the_operator_report_with_many_servers_lists_whole_lines_then_how_many_more():

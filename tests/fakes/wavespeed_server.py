@@ -136,6 +136,7 @@ class Fault(StrEnum):
     UPLOAD_ERROR = "upload_error"  # HTTP 200 with {"code": 500} on an upload
     POLL_ERROR = "poll_error"  # 502 on a result poll
     POLL_ENVELOPE_ERROR = "poll_envelope_error"  # HTTP 200 with {"code": 500} on a result poll
+    POLL_ENVELOPE_TIMEOUT = "poll_envelope_timeout"  # HTTP 200 with {"code": 408} on a result poll
     JOB_FAILED = "job_failed"  # HTTP 200, data.status "failed", data.error set
     JOB_CANCELLED = "job_cancelled"  # HTTP 200, data.status "cancelled"
     JOB_TIMEOUT = "job_timeout"  # HTTP 200, data.status "timeout"
@@ -150,6 +151,7 @@ _TARGETS = {
     Fault.UPLOAD_ERROR: "upload",
     Fault.POLL_ERROR: "poll",
     Fault.POLL_ENVELOPE_ERROR: "poll",
+    Fault.POLL_ENVELOPE_TIMEOUT: "poll",
     Fault.JOB_FAILED: "job",
     Fault.JOB_CANCELLED: "job",
     Fault.JOB_TIMEOUT: "job",
@@ -578,6 +580,8 @@ class FakeWaveSpeed(FakeServer):
         if (rule := self._take("poll")) is not None:
             if rule.fault == Fault.POLL_ENVELOPE_ERROR:  # how its API reports a failure in a 200
                 raise _EnvelopeError(500, "internal server error")
+            if rule.fault == Fault.POLL_ENVELOPE_TIMEOUT:
+                raise _EnvelopeError(408, "request timeout")
             raise _ApiError(502, "Bad Gateway")
         parts = request.path.removeprefix("/api/v3/predictions/").split("/")
         if len(parts) > 2 or (len(parts) == 2 and parts[1] != "result"):

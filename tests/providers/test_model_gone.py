@@ -39,6 +39,10 @@ def atlas_message(body: bytes) -> str:
         # About something the request carried, not the route: the job fails there, the route stays.
         (404, "images[0]: media not found (the upload URL has expired)", ModelUnavailable, False),
         (404, "no such file", ModelUnavailable, False),
+        # Bare route answers that hold "image" or "url" in a path or the model id are still gone.
+        (404, "Cannot POST /api/v1/model/generateImage", ModelGone, False),
+        (404, "unknown model openai/gpt-image-2/edit", ModelGone, False),
+        (404, "The requested URL was not found on the server.", ModelGone, False),
         (410, "gone", ModelGone, False),
         (503, "no available channels for model gpt-image-1", ModelGone, False),
         (500, "model gpt-image-1 has been retired", ModelGone, False),
@@ -104,6 +108,8 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         # A field of the request is what is deprecated, not the model.
         ("parameter 'size' is deprecated for this model, use aspect_ratio", "m", False),
         ("the field `input_fidelity` is deprecated for model m", "m", False),
+        # A field named beside another gone word does not veto it.
+        ("no available channels for model m; options: retry later", "m", True),
     ],
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:

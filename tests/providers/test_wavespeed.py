@@ -312,10 +312,12 @@ async def test_a_poll_outage_longer_than_one_gets_retries_does_not_give_up_the_p
     assert [r.status for r in fake.requests if r.endpoint == "poll"].count(502) == 3 * FAST.attempts
 
 
+@pytest.mark.parametrize("fault", [Fault.POLL_ENVELOPE_ERROR, Fault.POLL_ENVELOPE_TIMEOUT])
 async def test_a_poll_answered_200_with_a_server_error_in_its_envelope_is_polled_on(
-    fake: FakeWaveSpeed, provider: WaveSpeedProvider
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, fault: Fault
 ) -> None:
-    fake.fail_next(Fault.POLL_ENVELOPE_ERROR, times=2)
+    """A 5xx or a 408 inside a 200's envelope: the vendor did not answer this poll; the job runs on."""
+    fake.fail_next(fault, times=2)
 
     result = await provider.edit(edit_request(deadline=time.monotonic() + 30))
 

@@ -245,19 +245,22 @@ def says_model_gone(message: str, model: str = "") -> bool:
     about one of the request's fields ("parameter 'size' is deprecated for this model")."""
     lowered = message.lower()
     names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
-    gone = names_it and any(word in lowered for word in _GONE_WORDS)
-    return gone and not mentions(lowered, _ABOUT_A_FIELD)
+    said = {word for word in _GONE_WORDS if word in lowered}
+    # "Deprecated" alone, beside a field's name, is about that field.
+    return names_it and bool(said) and not (said == {"deprecated"} and mentions(lowered, _ABOUT_A_FIELD))
 
 
 # What a 404 on a submit may be about besides the route: something the request carried (an upload
 # whose temporary URL expired, a file id). Such a 404 does not retire the route; its job fails there.
-_ABOUT_AN_INPUT = ("media", "file", "upload", "asset", "image", "url", "mask", "key")
+# Whole phrases, not "image" or "url": model ids ("gpt-image-2") and paths ("/generateImage") hold those.
+_ABOUT_AN_INPUT = ("media", "file", "upload", "asset", "mask", "images[", "image_url", "nosuchkey", "expired")
 
 
-def _bare_404(status: int, message: str) -> bool:
+def _bare_404(status: int, message: str, model: str) -> bool:
     """A 404 that names nothing the request carried: the route itself is not there (a path-routed
-    API's bare "Not Found", "route not found")."""
-    return status == 404 and not mentions(message.lower(), _ABOUT_AN_INPUT)
+    API's bare "Not Found", "route not found", "Cannot POST /path", "unknown model X")."""
+    lowered = message.lower().replace(model.lower(), "") if model else message.lower()
+    return status == 404 and not mentions(lowered, _ABOUT_AN_INPUT)
 
 
 def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
@@ -275,7 +278,7 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
         return err
-    if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message)):
+    if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message, model)):
         return err
     return ModelGone(
         str(err),
