@@ -3848,7 +3848,7 @@ class FakeDiscord:
         message = self._channel_message(channel, call)
         if message.author is not self.bot_user:
             raise _error(403, 50005, "Cannot edit a message authored by another user")
-        body = self._without_embeds_unless_allowed(channel, call.body_dict(), call.uploads)
+        body = self._without_embeds_unless_allowed(channel, call.body_dict(), call.uploads, editing=True)
         message = self._edit_message(
             message, body, call.uploads, path=[], size_limit=self._size_limit(channel)
         )
@@ -3856,17 +3856,18 @@ class FakeDiscord:
         return self._json(self._message_payload(message))
 
     def _without_embeds_unless_allowed(
-        self, channel: FakeChannel, body: dict[str, Any], uploads: list[_Upload]
+        self, channel: FakeChannel, body: dict[str, Any], uploads: list[_Upload], *, editing: bool = False
     ) -> dict[str, Any]:
         """Discord's rule for a bot without Embed Links in a server channel: a message with anything
         else to show is kept with its embeds dropped, silently; one that is embeds alone is refused
-        (403, 50013). Interaction responses and webhooks are not affected."""
+        (403, 50013; an edit gets 50006, the empty message it would become). Interaction responses
+        and webhooks are not affected."""
         if channel.guild is None or not body.get("embeds"):
             return body
         if self._channel_permissions(channel, self.bot_user.id) & Permission.EMBED_LINKS:
             return body
         if not (body.get("content") or uploads or body.get("attachments")):
-            raise _missing_permissions()
+            raise _empty_message() if editing else _missing_permissions()
         return {**body, "embeds": []}
 
     @_api("DELETE", "/channels/{channel_id}/messages/{message_id}")

@@ -643,6 +643,9 @@ async def test_without_embed_links_a_channel_message_loses_its_embed_and_an_embe
     with pytest.raises(discord.Forbidden) as refused:
         await text_channel.send(embed=embed)
     assert refused.value.code == 50013
+    with pytest.raises(discord.HTTPException) as emptied:
+        await kept.edit(content=None, embed=embed)
+    assert (emptied.value.status, emptied.value.code) == (400, 50006)
 
     await channel.set_permissions(fake_discord.bot_user)  # Embed Links back: embeds are kept
     assert (await text_channel.send("again", embed=embed)).embeds[0].footer.text == "job 1"
