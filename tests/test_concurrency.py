@@ -13,6 +13,7 @@ import pytest
 
 from bot.concurrency import (
     BACKOFF_SECONDS,
+    REMEMBER_REFUSAL_SECONDS,
     RETRY_AFTER_FLOOR,
     RETRY_MIN_WINDOW,
     START_CONCURRENCY,
@@ -782,3 +783,111 @@ def test_feedback_sends_new_jobs_first_then_the_front_of_the_queue() -> None:
     throttle.offer("new", "b", "new", priority=50)
     assert throttle.due() == ["new", "old-b"]  # the budget is 2: the back of the queue waits
     assert throttle.next_in() == pytest.approx(1.0)
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+# the limiter's own refusal (no fleet slot in time) is not a provider's 429.
+async def test_no_fleet_slot_in_time_is_refused_unsent_without_cutting_the_limit_or_pausing() -> None:
+    class NoSlots:
+        async def take(self, provider, ceiling, first=None, *, within=None):
+            raise TimeoutError
+
+        async def give(self, provider, slot):
+            raise AssertionError("nothing was taken")
+
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    lim.fleet_slots = NoSlots()
+    sent: list[int] = []
+
+    async def send() -> str:
+        sent.append(1)
+        return "ok"
+
+    with pytest.raises(perr.RateLimited) as info:
+        await lim.call("p", send, deadline=time.now + 100)
+    assert info.value.status is None and sent == []
+    state = lim.snapshot()["p"]
+    assert (state.limit, state.paused_for, state.refused_at) == (4, 0.0, None)
+
+
+# a 429 whose pause ends inside the retry window is raised as the provider's
+# own answer (the circuit breaker counts it), not turned into the limiter's unsent refusal.
+async def test_a_429_too_close_to_the_deadline_is_raised_as_the_providers_answer() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    busy = rate_limited(retry_after=15.0)
+
+    async def refused() -> str:
+        raise busy
+
+    with pytest.raises(perr.RateLimited) as info:
+        await lim.call("p", refused, deadline=time.now + 15 + RETRY_MIN_WINDOW - 1)
+    assert info.value is busy and info.value.status == 429
+
+
+# 429s of calls sent under the same limit cut it once, not once each.
+async def test_429s_of_calls_sent_under_one_limit_cut_it_only_once() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    gate, started = asyncio.Event(), []
+
+    async def refused_later() -> str:
+        started.append(1)
+        await gate.wait()
+        raise rate_limited(retry_after=1.0)
+
+    others = HeldCalls()
+    refusing = [asyncio.ensure_future(lim.call("p", refused_later, deadline=time.now + 20)) for _ in range(2)]
+    held = others.send(lim, 2)
+    await settle(lambda: len(started) == 2 and others.started == 2)
+    gate.set()
+    await asyncio.gather(*refusing, return_exceptions=True)
+    # The first cut halves 4 to 2; the second 429 only caps it below the 3 then in flight (2).
+    assert lim.limit("p") == 2
+    others.gate.set()
+    await asyncio.gather(*held)
+
+
+# a later 429 with a shorter Retry-After does not shorten a pause in force.
+def test_a_shorter_retry_after_does_not_shorten_the_pause_in_force() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+    lim.observe_refusal("p", 10.0)
+    lim.observe_refusal("p", 1.0)
+    assert lim.snapshot()["p"].paused_for == 10.0
+
+
+# the level that drew a 429 is remembered for exactly REMEMBER_REFUSAL_SECONDS.
+async def test_the_refused_level_is_forgotten_after_exactly_the_remembered_time() -> None:
+    time = FakeTime()
+    lim = limiter(4, 4, time)
+
+    async def refused() -> str:
+        raise rate_limited(retry_after=1.0)
+
+    with pytest.raises(perr.RateLimited):
+        await lim.call("p", refused, deadline=time.now + 20)
+    assert lim.snapshot()["p"].refused_at == 1
+    time.now += REMEMBER_REFUSAL_SECONDS - 0.5
+    assert lim.snapshot()["p"].refused_at == 1
+    time.now += 0.5
+    assert lim.snapshot()["p"].refused_at is None
+
+
+# a 429 seen on the wire when no call went out since the last cut does not
+# cut again (an adapter's own retries of the same call).
+async def test_a_watched_429_with_no_call_sent_since_the_last_cut_does_not_cut_again() -> None:
+    time = FakeTime()
+    lim = limiter(8, 8, time)
+    calls = HeldCalls()
+    held = calls.send(lim, 4)
+    await settle(lambda: calls.started == 4)
+    lim.observe_refusal("p", 1.0)  # 4 in flight: cut to min(8 * 0.5, 4 - 1) = 3
+    assert lim.limit("p") == 3
+    lim.observe_refusal("p", 1.0)  # the same calls, retried by the adapter
+    assert lim.limit("p") == 3
+    calls.gate.set()
+    await asyncio.gather(*held)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.catalog import Catalog, load_catalog
+from bot.catalog import RETIREMENT_WARNING_DAYS, Catalog, load_catalog
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.errors import ModelGone
@@ -368,3 +368,97 @@ async def test_a_slow_model_list_does_not_hold_up_start_up_and_is_applied_when_i
         await asyncio.sleep(0.01)
     assert service.lifecycle.route_end(old, old.routes[0]) == dt.date(2027, 1, 2)
     await service.drain(0.1)
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+# a replacement that is itself dead is passed over for the next live one.
+def test_a_dead_replacement_is_skipped_for_the_next_live_model_in_the_chain():
+    models = catalog(
+        model("old", qualities=["low"], price=1, shutdown="2026-01-01", replacement="mid"),
+        model("mid", qualities=["low"], price=1, shutdown="2026-03-01", replacement="new"),
+        model("new", qualities=["low"], price=1),
+    )
+    lifecycle = ModelLifecycle(models, {"openai"}, lambda: dt.date(2026, 6, 1))
+    assert lifecycle.resolve("old", picked=True).model.id == "new"
+
+
+# after the replacement chain comes the default, then catalog order.
+def test_fallbacks_of_a_dead_model_try_the_default_before_the_rest_of_the_catalog():
+    models = catalog(
+        model("gone", qualities=["low"], price=1, shutdown="2026-01-01"),
+        model("first", qualities=["low"], price=1),
+        model("chosen", qualities=["low"], price=1),
+    )
+    lifecycle = ModelLifecycle(models, {"openai"}, lambda: dt.date(2026, 6, 1), default_model_id="chosen")
+    assert [m.id for m in lifecycle.fallbacks(models.get("gone"))] == ["chosen", "first"]
+
+
+# a model that lives on undated elsewhere is not announced as retiring.
+def test_no_retirement_notice_while_another_live_route_has_no_date():
+    lifecycle = ModelLifecycle(
+        two_route_catalog(), {"openai", "atlascloud"}, Calendar(SHUTDOWN - dt.timedelta(days=5))
+    )
+    assert lifecycle.resolve("old", picked=True).notice is None
+
+
+# the notice names the last live day, from
+# exactly RETIREMENT_WARNING_DAYS before it.
+def test_the_retirement_notice_names_the_last_routes_date_from_the_first_day_of_the_window():
+    later = SHUTDOWN + dt.timedelta(days=10)
+    models = catalog(
+        model(
+            "m",
+            qualities=["low"],
+            price=1,
+            routes=[route("openai", shutdown=SHUTDOWN), route("atlascloud", shutdown=later)],
+        )
+    )
+    calendar = Calendar(later - dt.timedelta(days=RETIREMENT_WARNING_DAYS + 1))
+    lifecycle = ModelLifecycle(models, {"openai", "atlascloud"}, calendar)
+    assert lifecycle.resolve("m", picked=True).notice is None
+    calendar.day = later - dt.timedelta(days=RETIREMENT_WARNING_DAYS)
+    assert f"will be retired on {later:%Y-%m-%d}" in (lifecycle.resolve("m", picked=True).notice or "")
+
+
+# on its shutdown day a route is reported retired, not "retires in 0 days".
+def test_on_its_shutdown_day_a_route_is_reported_retired():
+    lifecycle = ModelLifecycle(two_route_catalog(), {"openai", "atlascloud"}, Calendar(SHUTDOWN))
+    assert "old on openai retired on 2027-01-10" in lifecycle.warnings()
+
+
+# a model's death is announced once, not again on every later day.
+async def test_a_dead_model_is_announced_once():
+    events, calendar = Events(), Calendar(SHUTDOWN - dt.timedelta(days=1))
+    lifecycle = ModelLifecycle(two_route_catalog(), {"openai"}, calendar, on_event=events)
+    await lifecycle.tick()
+    calendar.day = SHUTDOWN
+    await lifecycle.tick()
+    calendar.day = SHUTDOWN + dt.timedelta(days=1)
+    await lifecycle.tick()
+    assert [line for line in events if "old is now retired" in line] == [
+        "🪦 old is now retired on every configured service."
+    ]
+
+
+# a listed shutdown today is reported with the others that are soon.
+async def test_a_listed_shutdown_on_the_day_of_the_listing_is_reported():
+    lifecycle = ModelLifecycle(two_route_catalog(), {"openai"}, lambda: dt.date(2026, 12, 1))
+    report = await lifecycle.apply_listing(
+        "openai", [Listed("old", dt.date(2026, 12, 1)), Listed("new"), Listed("spare")]
+    )
+    assert report.soon == ("old on openai shuts down on 2026-12-01 (in 0 days)",)
+
+
+# a provider with no route in the catalog has nothing to mark unlisted, so its
+# list is applied (its new image models are reported), not refused as naming none of ours.
+async def test_a_listing_from_a_provider_with_no_catalog_routes_is_applied():
+    models = catalog(model("m", qualities=["low"], price=1, routes=["atlascloud"]))
+    lifecycle = ModelLifecycle(models, {"openai", "atlascloud"}, lambda: dt.date(2026, 12, 1))
+
+    async def listing() -> list[Listed]:
+        return [Listed("gpt-image-9")]
+
+    report = await discover_once(lifecycle, "openai", listing)
+    assert report.ok and report.unknown == ("gpt-image-9",)

@@ -20,6 +20,7 @@ from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
 from bot.services.admin import (
     ALL_MODELS,
+    NO_PERIOD,
     CreditAudit,
     CreditChange,
     GuildPolicy,
@@ -892,3 +893,120 @@ def test_report_cells_that_look_like_formulas_stay_text():
     [row] = list(csv.DictReader(io.StringIO(report.csv())))
     assert row["reason"] == '\'=HYPERLINK("http://x")'
     assert row["amount"] == "-5"  # numbers are never altered
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+THREE = catalog(model("a", name="A"), model("b", name="B"), model("c", name="C"))
+THREE_USABLE = ModelLifecycle(THREE, frozenset({"openai"}), lambda: dt.date(2026, 11, 10)).usable
+
+
+# a model the member's roles allow is kept, whatever the defaults are.
+def test_an_allowed_model_is_kept_without_a_notice():
+    limits = Limits(0, None, frozenset({"gpt-image-1.5", "gpt-image-1-mini"}), 4)
+    result = clamp(with_(), limits, catalog=CATALOG, usable=USABLE, fallbacks=["gpt-image-1-mini"])
+    assert result == (with_(), ())
+
+
+# a disallowed model moves to the server's (then the bot's) default when that
+# is allowed, before the allowed list's alphabetical order.
+def test_a_disallowed_model_moves_to_the_default_before_the_other_allowed_models():
+    limits = Limits(0, None, frozenset({"b", "c"}), 4)
+    result, notices = clamp(with_(model="a"), limits, catalog=THREE, usable=THREE_USABLE, fallbacks=["c"])
+    assert result.model == "c" and "so Retouch uses C" in notices[0]
+
+
+# a count exactly at the limit is not a change and is not announced.
+def test_a_count_at_the_limit_is_kept_without_a_notice():
+    assert clamp(with_(count=2), Limits(0, None, None, 2), catalog=CATALOG, usable=USABLE) == (
+        with_(count=2),
+        (),
+    )
+
+
+# the engine's check before moving a job to another model lets the member use
+# a model the server allows.
+async def test_allows_model_admits_exactly_the_servers_allowed_models(
+    policy: PolicyService, storage: Storage
+):
+    await storage.settings.update_guild_policy(GUILD, {"models": "gpt-image-1-mini"}, actor_id=ADMIN)
+    assert await policy.allows_model(GUILD, (), "gpt-image-1-mini")
+    assert not await policy.allows_model(GUILD, (), "gpt-image-1.5")
+    assert await policy.allows_model(OTHER_GUILD, (), "gpt-image-1.5")  # no list: every model
+
+
+# a Retry's quality came with the earlier job's model: on a model that lacks it,
+# it is fitted like a default rather than kept (and refused) as if typed for this model.
+async def test_a_retrys_quality_on_a_model_without_it_is_fitted_like_a_default(policy: PolicyService):
+    chosen = replace(await policy.defaults_for(GUILD, ALICE), model="gpt-image-1.5", quality="xhigh")
+    retry = replace(
+        job(),
+        options=EditOptions("make it blue", model="gpt-image-1.5", quality="xhigh", model_is_default=True),
+    )
+    typed = replace(job(), options=EditOptions("make it blue", model="gpt-image-1.5", quality="xhigh"))
+    assert (await policy.clamp(retry, chosen))[0].quality == "high"
+    assert (await policy.clamp(typed, chosen))[0].quality == "xhigh"  # refused by name later
+
+
+# a server whose spend is already above a cap lowered since is told its budget
+# is used up, and offered no cheaper run (not a negative amount).
+async def test_spend_above_a_lowered_cap_is_refused_as_used_up(policy: PolicyService, storage: Storage):
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("0.10")})
+    await fund(storage, ALICE)
+    await policy.reserve(await new_job(storage, "a"), job(), 50)
+    await policy.update_guild(GUILD, ADMIN, {"monthly_cap_usd": Decimal("0.03")})
+    with pytest.raises(PolicyRefused) as refused:
+        await policy.reserve(await new_job(storage, "b"), job(), 1)
+    assert (refused.value.code, refused.value.available) == ("guild_cap", None)
+    assert "used its image budget" in refused.value.user_message
+
+
+# a period with an allowance of 0 shows no refill.
+async def test_a_period_without_an_allowance_shows_no_refill(policy: PolicyService):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 0, "period": "monthly"})
+    allowance = (await policy.credits(GUILD, ALICE, ())).allowance
+    assert (allowance.amount, allowance.period, allowance.next_refill) == (0, NO_PERIOD, None)
+
+
+# a model the member may not use moves to the server's default model first.
+async def test_a_disallowed_model_moves_to_the_servers_default_model(storage: Storage, tmp_path: Path):
+    settings = settings_for(tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD))
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, THREE, storage, session)
+        await storage.settings.update_guild_policy(
+            GUILD, {"models": "b c", "default_model": "c"}, actor_id=ADMIN
+        )
+        await storage.settings.update_user_settings(ALICE, {"model": "a"})
+        used, notices = await policy.clamp(job(), await policy.defaults_for(GUILD, ALICE))
+    assert used.model == "c" and "so Retouch uses C" in notices[0]
+
+
+# a default below every level the model offers moves up to its cheapest level
+# when that is exactly the member's cap.
+async def test_a_default_below_every_offered_level_moves_up_to_a_cheapest_level_at_the_cap(
+    storage: Storage, tmp_path: Path
+):
+    high_only = catalog(model("pro", name="Pro", qualities=["high"], price=flat(0.2, 0.25, ["high"])))
+    settings = settings_for(tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD))
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, high_only, storage, session)
+        await policy.update_guild(GUILD, ADMIN, {"max_quality": "high"})
+        await storage.settings.update_user_settings(ALICE, {"quality": "low"})
+        fitted, _ = await policy.clamp(job(), await policy.defaults_for(GUILD, ALICE))
+    assert fitted.quality == "high"
+
+
+# With nothing live, the bot's own default stands even if the catalog no longer has it: the job
+# then refuses it by name (a saved member or server model the catalog dropped is skipped instead).
+async def test_with_nothing_live_the_bots_default_model_stands_even_if_the_catalog_lacks_it(
+    storage: Storage, tmp_path: Path
+):
+    dead = catalog(model("old", qualities=["low"], price=1, shutdown="2020-01-01"))
+    settings = settings_for(
+        tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD), DEFAULT_MODEL="dropped"
+    )
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, dead, storage, session)
+        defaults = await policy.effective_defaults(GUILD, ALICE, ())
+    assert (defaults.chosen.model, defaults.sources["model"]) == ("dropped", "bot")

@@ -52,6 +52,7 @@ from bot.routing import (
     route_reserve_usd,
 )
 from bot.routing.breaker import _verdict
+from bot.routing.rules import split_charge
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
@@ -1211,3 +1212,177 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
         assert Image.open(io.BytesIO(data)).size[0] >= 1024
         assert paid() == 1
         assert openai.post_count == 0
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+# remaining() is never negative, so `< 0` would never stop the fallback.
+async def test_a_job_past_its_deadline_is_not_sent_to_the_next_route_after_a_refusal() -> None:
+    first, second = StubProvider("atlascloud", refused("atlascloud")), StubProvider("wavespeed")
+    router = Router(stubs(first, second), order=("atlascloud", "wavespeed"))
+
+    with pytest.raises(perr.ConnectionFailed):
+        await router.run(MINI, request(deadline=time.monotonic() - 1))
+
+    assert len(first.calls) == 1 and second.calls == []
+
+
+# only a call refused unworked is taken back through on_call.
+async def test_a_call_the_provider_took_and_then_failed_is_not_reported_as_refused() -> None:
+    calls: list[tuple[str, bool]] = []
+    first = StubProvider("atlascloud", perr.ProviderJobFailed("failed", accepted=True))
+
+    with pytest.raises(perr.ProviderJobFailed):
+        await Router(stubs(first)).run(
+            MINI, request(), on_call=lambda r, sent: calls.append((r.provider, sent))
+        )
+
+    assert calls == [("atlascloud", True)]
+
+
+# the refusal names what to change on the route needing the fewest changes.
+def test_no_eligible_route_names_the_changes_of_the_closest_route_not_the_first() -> None:
+    two = catalog(
+        model(
+            "m",
+            routes=[
+                catalog_route("atlascloud", model="a", mask=False, output_formats=["png"]),
+                catalog_route("wavespeed", model="w", mask=True, output_formats=["png"]),
+            ],
+        )
+    ).get("m")
+    router = Router(stubs(StubProvider("atlascloud"), StubProvider("wavespeed")), order=("atlascloud",))
+
+    with pytest.raises(InvalidOptions) as info:
+        router.require(two, replace(NEEDS, mask=True, output_format="jpeg"))
+
+    assert info.value.code == "route_format"  # wavespeed needs only the format changed
+
+
+# a resumed job is charged on the route that took it, not the provider's first.
+async def test_a_resumed_job_follows_the_route_it_was_sent_on_when_a_provider_sells_it_twice() -> None:
+    class Resumable(StubProvider):
+        async def edit(self, req: EditRequest, *, on_submitted: object = None) -> EditResult:
+            return await super().edit(req)
+
+        async def resume(self, job_id: str, req: EditRequest) -> EditResult:
+            return await super().edit(req)
+
+    twice = catalog(
+        model(
+            "m",
+            routes=[
+                catalog_route("wavespeed", model="cheap", price=0.01),
+                catalog_route("wavespeed", model="dear", price=0.05),
+            ],
+        )
+    ).get("m")
+    provider = Resumable("wavespeed")
+
+    served = await Router(stubs(provider)).resume(twice, "wavespeed", ["j1"], request(), route_model="dear")
+
+    assert served.route.model == "dear" and provider.calls[0].model == "dear"
+    assert served.cost_usd == Decimal("0.05")
+
+
+# `auto` quality is resolved on a route that lists only concrete qualities.
+def test_auto_quality_never_blocks_a_route_with_concrete_qualities() -> None:
+    assert blockers(route(qualities=("low", "high")), NEEDS) == ()
+    assert blockers(route(qualities=("auto",)), replace(NEEDS, quality="high")) == ("quality",)
+
+
+# a prompt of exactly the route's limit is allowed.
+def test_a_prompt_exactly_at_the_routes_limit_is_allowed() -> None:
+    assert blockers(route(max_prompt_chars=4000), replace(NEEDS, prompt_chars=4000)) == ()
+    assert blockers(route(max_prompt_chars=4000), replace(NEEDS, prompt_chars=4001)) == ("prompt",)
+
+
+# without "high", `auto` quality becomes the route's best listed level.
+def test_auto_quality_without_high_becomes_the_routes_best_listed_quality() -> None:
+    r = route(qualities=("low", "medium"), sizes=("auto",))
+    assert adapt(request(quality="auto"), r).quality == "medium"
+    assert (
+        adapt(request(quality="auto"), route(qualities=("low", "medium", "high"), sizes=("auto",))).quality
+        == "high"
+    )
+
+
+# a provider that reports a charge of 0 charges nothing (not the list price).
+def test_a_reported_charge_of_zero_is_charged_as_zero() -> None:
+    listed = next(r for r in MINI.routes if r.provider == "atlascloud")
+    result = EditResult(images=(OutputImage(PNG, "png"),), provider="atlascloud", cost_usd="0")
+    assert charge_usd(MINI, listed, result, request()) == Decimal(0)
+
+
+# on a flat-priced route the member pays per delivered image even if the
+# provider's answer carries token usage; the undelivered image is absorbed at the flat price.
+def test_a_flat_priced_call_that_delivered_fewer_images_charges_each_delivered_image_in_full() -> None:
+    assert MINI.tokens is not None
+    flat = next(r for r in MINI.routes if r.provider == "wavespeed" and r.price is not None)
+    result = EditResult(
+        images=(OutputImage(PNG, "png"),),
+        provider="wavespeed",
+        usage=Usage(
+            input_text_tokens=10, input_image_tokens=100, output_image_tokens=1000, output_text_tokens=0
+        ),
+    )
+    member, absorbed = split_charge(MINI, flat, result, request(count=2))
+    assert (member, absorbed) == (flat.price, flat.price)
+
+
+# failures of calls sent before the circuit opened do not push its trial back.
+def test_late_failures_of_calls_already_in_flight_do_not_push_back_the_trial() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert breaker.allow("p")  # three calls out while the circuit is closed
+    breaker.record("p", False)
+    breaker.record("p", False)  # opens at 0
+    now[0] = 30.0
+    breaker.record("p", False)  # the third call fails later
+    now[0] = 60.0
+    assert breaker.state("p") == HALF_OPEN and breaker.allow("p")
+
+
+# a shared circuit whose open period ends now ("zero or less: over") is not adopted.
+async def test_a_shared_circuit_with_no_time_left_is_not_adopted() -> None:
+    class Shared:
+        async def exchange(self, opened: object, closed: object) -> dict[str, float]:
+            return {"p": 0.0}
+
+    breaker = CircuitBreaker(clock=lambda: 100.0)
+    await breaker.share(Shared())
+    assert breaker.state("p") == CLOSED and breaker.allow("p")
+
+
+# a route the lifecycle says is dead (past its date, unlisted, "model gone") is
+# never sent a job, though its provider is configured and the model lives on elsewhere.
+async def test_a_route_the_lifecycle_says_is_dead_is_never_tried() -> None:
+    atlas, wavespeed = StubProvider("atlascloud"), StubProvider("wavespeed")
+    router = Router(
+        stubs(atlas, wavespeed), order=("atlascloud",), live=lambda m, r: r.provider != "atlascloud"
+    )
+
+    served = await router.run(MINI, request())
+
+    assert served.route.provider == "wavespeed" and atlas.calls == []
+
+
+# only a "model gone" answer retires a route; any other refusal just moves on.
+async def test_only_a_model_gone_answer_retires_the_route() -> None:
+    retired: list[str] = []
+
+    async def on_gone(model: object, route: object, exc: perr.ModelGone) -> None:
+        retired.append(route.provider)  # type: ignore[attr-defined]
+
+    for error, expected in (
+        (refused("atlascloud"), []),
+        (perr.ModelUnavailable("404, not this model", status=404, accepted=False), []),
+        (perr.ModelGone("model_not_found", status=404, accepted=False), ["atlascloud"]),
+    ):
+        retired.clear()
+        first, second = StubProvider("atlascloud", error), StubProvider("wavespeed")
+        router = Router(stubs(first, second), order=("atlascloud",), on_gone=on_gone)
+        assert (await router.run(MINI, request())).route.provider == "wavespeed"
+        assert retired == expected
