@@ -84,12 +84,13 @@ class Services:
 
 
 def mask_conventions(catalog: Catalog, provider: str) -> dict[str, str]:
-    """{provider model id: mask convention} from the catalog's routes for `provider`."""
+    """{provider model id: mask convention} from the catalog's routes for `provider` that name one; the
+    others keep the adapter's own (1min.ai's inpainter reads white = edit, the rest alpha)."""
     return {
         route.model: route.mask_convention
         for model in catalog.models.values()
         for route in model.routes
-        if route.provider == provider
+        if route.provider == provider and route.mask_convention is not None
     }
 
 

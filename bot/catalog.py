@@ -147,7 +147,7 @@ class Route:
     model: str
     price: Decimal | None = None
     mask: bool = False
-    mask_convention: str = "alpha"
+    mask_convention: str | None = None  # None: the provider adapter's own convention
     max_input_images: int = 1
     sizes: tuple[str, ...] = SIZES
     qualities: tuple[str, ...] = DEFAULT_QUALITIES
@@ -502,8 +502,8 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     min_price = _decimal(raw["min_price"]) if "min_price" in raw else None
     if min_price is not None and (not min_price.is_finite() or min_price < 0 or price is not None):
         problems.append(f"{where}.min_price: must be a USD amount of 0 or more, on a list-priced route")
-    convention = raw.get("mask_convention", "alpha")
-    if convention not in MASK_CONVENTIONS:
+    convention = raw.get("mask_convention")
+    if convention is not None and convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
     free = bool(raw.get("free_sizes", False))
     if free and model.size_rules is None:

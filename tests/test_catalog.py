@@ -244,7 +244,7 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
         None,
         False,
         True,
-        "alpha",
+        None,  # the adapter's own convention
     )
     assert (plain.qualities, plain.sizes, plain.max_input_images, plain.max_prompt_chars) == (
         ("low", "high"),

@@ -952,7 +952,10 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
             "m",
             qualities=["low"],
             price=0.01,
-            routes=[catalog_route("atlascloud", model="openai/gpt-image-1/edit", mask_convention="white")],
+            routes=[
+                catalog_route("atlascloud", model="openai/gpt-image-1/edit", mask_convention="white"),
+                catalog_route("oneminai", model="gpt-image-1-mini", mask=True),  # names none
+            ],
         )
     )
 
@@ -961,6 +964,10 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
     assert set(providers) == {"openai", "atlascloud", "wavespeed", "segmind", "oneminai"}
     assert all(p.name == name for name, p in providers.items())
     assert providers["atlascloud"]._mask_conventions["openai/gpt-image-1/edit"] == "white"  # type: ignore[attr-defined]
+    # A route that names no convention keeps its adapter's: 1min.ai's inpainter reads white = edit.
+    oneminai = providers["oneminai"]
+    assert "gpt-image-1-mini" not in oneminai._mask_conventions  # type: ignore[attr-defined]
+    assert oneminai.vendor.mask_convention == "white"  # type: ignore[attr-defined]
     packaged = build_providers(settings, session)  # no catalog given: the packaged/admin one
     assert packaged["oneminai"]._mask_conventions["gpt-image-1-mini"] == "white"  # type: ignore[attr-defined]
 
