@@ -89,12 +89,20 @@ class HeldCalls:
         return [asyncio.ensure_future(lim.call("p", self.held)) for _ in range(count)]
 
 
+async def held_calls(
+    lim: ProviderLimiter, sent: int, started: int
+) -> tuple[HeldCalls, list[asyncio.Future[str]]]:
+    """`sent` calls held until `calls.gate` is set, once `started` of them are under way."""
+    calls = HeldCalls()
+    tasks = calls.send(lim, sent)
+    await settle(lambda: calls.started == started)
+    return calls, tasks
+
+
 async def the_only_slot_held(time: FakeTime) -> tuple[ProviderLimiter, HeldCalls, list[asyncio.Future[str]]]:
     """A limiter of one slot, taken by a call held until `calls.gate` is set."""
     lim = limiter(1, 1, time)
-    calls = HeldCalls()
-    holding = calls.send(lim, 1)
-    await settle(lambda: calls.started == 1)
+    calls, holding = await held_calls(lim, 1, 1)
     return lim, calls, holding
 
 
@@ -145,9 +153,7 @@ async def test_the_limit_never_passes_its_ceiling() -> None:
 async def test_calls_over_the_limit_wait_for_a_slot() -> None:
     time = FakeTime()
     lim = limiter(2, 2, time)
-    calls = HeldCalls()
-    tasks = calls.send(lim, 5)
-    await settle(lambda: calls.started == 2)
+    calls, tasks = await held_calls(lim, 5, 2)
     for _ in range(20):
         await asyncio.sleep(0)
     assert calls.started == 2 and lim.snapshot()["p"].in_flight == 2
@@ -171,9 +177,7 @@ async def test_live_processes_split_a_providers_ceiling_and_a_dead_ones_part_goe
         "together (raise p's ceiling or run fewer processes)"
     ]
     lim.share_with(2)
-    calls = HeldCalls()
-    tasks = calls.send(lim, 6)
-    await settle(lambda: calls.started == 3)
+    calls, tasks = await held_calls(lim, 6, 3)
     for _ in range(20):
         await asyncio.sleep(0)
     assert calls.started == 3
@@ -222,9 +226,7 @@ async def test_a_waiting_call_goes_as_soon_as_this_processs_part_of_the_ceiling_
     time = FakeTime()
     lim = limiter(5, 5, time)
     lim.share_with(3, 2)  # the last of three: 2, 2, 1
-    calls = HeldCalls()
-    tasks = calls.send(lim, 6)
-    await settle(lambda: calls.started == 1)
+    calls, tasks = await held_calls(lim, 6, 1)
     lim.share_with(2, 1)  # a process before it died: 3, 2, and it is now the last of two
     await settle(lambda: calls.started == 2)
     lim.share_with(2, 0)  # first of two (its rank alone changed): the extra call is its own
@@ -882,9 +884,7 @@ async def test_the_refused_level_is_forgotten_after_exactly_the_remembered_time(
 async def test_a_watched_429_with_no_call_sent_since_the_last_cut_does_not_cut_again() -> None:
     time = FakeTime()
     lim = limiter(8, 8, time)
-    calls = HeldCalls()
-    held = calls.send(lim, 4)
-    await settle(lambda: calls.started == 4)
+    calls, held = await held_calls(lim, 4, 4)
     lim.observe_refusal("p", 1.0)  # 4 in flight: cut to min(8 * 0.5, 4 - 1) = 3
     assert lim.limit("p") == 3
     lim.observe_refusal("p", 1.0)  # the same calls, retried by the adapter
