@@ -27,7 +27,7 @@ from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import edit_service, serving, settings_for
-from tests.live import NoResult, RecordingLive, run_to_end
+from tests.live import NoResult, RecordingLive, run_prepared, run_to_end
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
@@ -459,3 +459,110 @@ async def test_prepare_prices_without_moving_credits(make_service, fake, storage
     assert prepared.reserve == 133  # gpt-image-1.5 high square: $0.133
     assert fake.post_count == 0
     assert await storage.ledger.get_account(GUILD, USER) is None
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+async def test_a_prompt_exactly_as_long_as_the_model_takes_is_accepted(make_service, fake):
+    prepared = await make_service().prepare(make_job(prompt="x" * 32000))
+    assert prepared.model.max_prompt_chars == 32000
+
+
+async def test_a_transparent_background_needs_png_or_webp_not_jpeg(make_service, fake):
+    service = make_service()
+    for fmt in ("png", "webp"):
+        prepared = await service.prepare(make_job(background="transparent", output_format=fmt))
+        assert prepared.chosen.background == "transparent"
+    with pytest.raises(InvalidOptions) as refused:
+        await service.prepare(make_job(background="transparent", output_format="jpeg"))
+    assert refused.value.code == "transparent_jpeg"
+
+
+async def test_an_upload_declared_exactly_at_the_size_cap_is_read(make_service, fake):
+    service = make_service()
+    at_cap = replace(upload(photo()), size=service.settings.max_input_bytes)
+    prepared = await service.prepare(make_job(at_cap))
+    assert len(prepared.images) == 1
+
+
+async def test_an_edit_takes_at_most_four_images_even_on_a_model_that_takes_more(make_service, fake):
+    service = make_service()
+    five = [upload(photo(), f"image{i}") for i in range(5)]
+    job = make_job(*five, model="gpt-image-1.5")
+    assert service.catalog.get("gpt-image-1.5").max_input_images > 4
+    with pytest.raises(InvalidOptions) as refused:
+        await service.prepare(job)
+    assert refused.value.code == "too_many_images"
+
+
+async def test_a_mask_file_declared_over_the_cap_is_refused_before_it_is_downloaded(make_service, fake):
+    service = make_service()
+    reads = []
+
+    async def read() -> bytes:
+        reads.append(1)
+        return white_box_mask((64, 64), (0, 0, 32, 32))
+
+    huge = Upload(label="mask", filename="mask.png", size=service.settings.max_input_bytes + 1, read=read)
+    with pytest.raises(InvalidMask) as refused:
+        await service.prepare(replace(make_job(), mask=MaskSpec(upload=huge)))
+    assert refused.value.code == "too_large"
+    assert reads == []
+    assert fake.post_count == 0
+
+
+async def test_a_job_moved_off_a_retired_model_keeps_the_model_asked_for_but_not_as_picked(
+    make_service, fake
+):
+    """Its spec says which model was asked for (Retry, Edit again carry it) and that the member's pick
+    did not run: Edit again then moves with the default instead of being refused as a dead pick."""
+    service = make_service()
+    prepared = await service.prepare(make_job(model="gpt-image-1"))
+    assert (prepared.chosen.model, prepared.model.id) == ("gpt-image-1", "gpt-image-1.5")
+    outcome = await run_prepared(service, prepared, RecordingLive())
+    again = await service.again_options(outcome.job_id, "again")
+    assert (again.model, again.model_is_default) == ("gpt-image-1", True)
+
+
+async def test_a_retried_masked_job_keeps_its_mask_settings_and_whether_its_model_was_picked(
+    make_service, fake
+):
+    service = make_service()
+    mask = MaskSpec(grid=(3, 3), cells=(5,), feather=0, keep_outside=False)
+    defaulted = await run_to_end(service, replace(make_job(), mask=mask))
+    picked = await run_to_end(service, make_job(model="gpt-image-1-mini"))
+    where = {"user_id": USER, "guild_id": GUILD, "role_ids": (), "channel_id": 3, "upload_limit": 1 << 20}
+    retry = await service.retry_job(defaulted.job_id, **where)
+    assert retry.mask is not None
+    assert (retry.mask.feather, retry.mask.keep_outside) == (0, False)
+    assert retry.options.model_is_default is True
+    retry = await service.retry_job(picked.job_id, **where)
+    assert (retry.options.model, retry.options.model_is_default) == ("gpt-image-1-mini", False)
+
+
+async def test_a_prepared_job_the_safety_check_already_passed_is_not_screened_again(make_service, fake):
+    service = make_service()
+    screened: list[str] = []
+
+    class Safety:
+        async def screen(self, *, prompt: str, **_: object) -> None:
+            screened.append(prompt)
+
+    service.safety = Safety()  # type: ignore[assignment]
+    prepared = await service.prepare(make_job(prompt="first"))
+    await run_prepared(service, prepared, RecordingLive())
+    await run_prepared(service, replace(prepared, screened=True), RecordingLive())
+    assert screened == ["first"]
+
+
+async def test_a_retired_models_replacement_the_server_forbids_moves_to_the_servers_allowed_default(
+    make_service, fake, storage
+):
+    service = make_service()
+    await storage.settings.update_guild_policy(
+        GUILD, {"models": "gpt-image-1 gpt-image-1-mini", "default_model": "gpt-image-1-mini"}, actor_id=9
+    )
+    prepared = await service.prepare(make_job(model="gpt-image-1", quality="high", size="1024x1024"))
+    assert prepared.model.id == "gpt-image-1-mini"
+    assert prepared.chosen.model == "gpt-image-1"  # the model asked for, for Retry and Edit again

@@ -1395,3 +1395,63 @@ async def test_a_command_waiting_for_an_intake_turn_is_turned_away_once_the_engi
     with pytest.raises(ShuttingDown):
         await waiting  # before downloading anything
     assert (engine.intake_turns.inside, engine.intake_turns.waiting) == (0, 0)
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+async def test_recovery_releases_what_it_cannot_resume_instead_of_queueing_or_polling_it(make: Factory):
+    """A reserved job whose inputs are gone cannot run; a submitted job at a provider that cannot be
+    followed after a restart, or with no provider job id to follow, cannot be polled; a stored result
+    whose record is unusable cannot be delivered. Each is settled, never requeued or resumed."""
+    service, _ = await make()
+    storage, files = service.storage, service.engine.files
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    ids = {}
+    for name in ("reserved, no files", "submitted, not resumable", "submitted, no id", "bad record"):
+        job_id = f"{len(ids) + 1:016x}"
+        ids[name] = job_id
+        await store_job(service, job_id, spec, blobs, files_expire_at="2026-11-22T12:00:00.000+00:00")
+        await storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    files.remove(ids["reserved, no files"])
+    await storage.jobs.mark_submitted(ids["submitted, not resumable"], "openai", "resp_1")
+    await storage.jobs.set_job_state(ids["submitted, no id"], "submitted", provider="wavespeed")
+    record = {"files": [], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": "7"}
+    await storage.jobs.set_job_state(ids["bad record"], "completed", result=json.dumps(record))
+    await service.drain(0)
+
+    later, recorder = await make()
+    counts = await later.engine.recover()
+    assert (counts["requeued"], counts["resumed"], counts["delivering"]) == (0, 0, 0)
+    assert (counts["released"], counts["quarantined"]) == (3, 1)
+    codes = {}
+    for name, job_id in ids.items():
+        row = await later.storage.jobs.get_job(job_id)
+        codes[name] = row.error_code
+        assert await kinds(later, job_id) == ["reserve", "release"]
+    assert codes == {
+        "reserved, no files": "restart_before_start",
+        "submitted, not resumable": "restart_outcome_unknown",
+        "submitted, no id": "restart_outcome_unknown",
+        "bad record": "quarantined",
+    }
+    told = dict(await until(lambda: len(recorder.notices) == 4 and recorder.notices))
+    assert "before your edit could start" in told[ids["reserved, no files"]]
+    assert_books_balance(later.settings.data_dir)
+
+
+async def test_the_sweep_keeps_a_live_jobs_files_and_removes_an_ended_jobs_without_a_retention_date(
+    make: Factory,
+):
+    """A live job's folder is kept whatever its date says (another process may run it, or its result
+    waits to be posted again); an ended job's folder with no retention date has nothing to keep it."""
+    service, _ = await make()
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    live, ended = "0000000000000001", "0000000000000002"
+    await store_job(service, live, spec, blobs, files_expire_at="2000-01-01T00:00:00.000+00:00")
+    await store_job(service, ended, spec, blobs)
+    await service.storage.jobs.set_job_state(ended, "failed", error_code="x")
+    assert await service.engine.sweep() == 1
+    assert service.engine.files.job_ids() == [live]

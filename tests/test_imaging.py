@@ -1182,3 +1182,26 @@ def test_grid_overlay_of_a_thin_strip_gives_every_cell_room(
     left, top, right, bottom = diff.getbbox()
     assert left >= expected[0] * (cols - 1) // cols - 4 and top >= expected[1] * (rows - 1) // rows - 4
     assert right >= expected[0] - 4 and bottom >= expected[1] - 4  # the grid line is drawn over its edge
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+def png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_an_upload_of_exactly_max_pixels_is_accepted():
+    data = png((100, 50))
+    image = imaging.validate_image(data, max_bytes=MIB, max_pixels=100 * 50)
+    assert (image.width, image.height) == (100, 50)
+
+
+def test_files_of_one_message_share_its_upload_limit_less_the_overhead():
+    limit = 8 * MIB
+    assert imaging.share_of_upload(limit, 1) == limit - imaging.UPLOAD_OVERHEAD
+    assert imaging.share_of_upload(limit, 4) == (limit - imaging.UPLOAD_OVERHEAD) // 4
+    assert 4 * imaging.share_of_upload(limit, 4) + imaging.UPLOAD_OVERHEAD <= limit
+    assert imaging.share_of_upload(1600, 1) == 1500  # a tiny limit keeps a sixteenth for the message

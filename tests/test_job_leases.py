@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bot import messages
-from bot.jobs.leases import ROUNDS_PER_LEASE
+from bot.jobs.leases import CLAIM_BATCH, ROUNDS_PER_LEASE, claim_share
 from bot.jobs.model import CancelAnswer, Delivered, EditOutcome, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.observability.metrics import Metrics
@@ -933,3 +933,15 @@ async def test_a_job_created_while_a_renewal_runs_is_not_taken_for_lost(process:
     assert job_id in a.engine.held_jobs()
     await wait_state(a, job_id, "delivered")
     assert [j for j, _ in told.delivered] == [job_id]
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+def test_a_round_claims_an_even_share_within_its_room_and_the_batch_and_never_nothing():
+    assert claim_share(10, 2, 50) == 5  # an even part, rounded up
+    assert claim_share(11, 2, 50) == 6
+    assert claim_share(10, 2, 3) == 3  # no more than this process has room to run
+    assert claim_share(10, 2, 0) == 1  # busy: still one, so jobs are taken while every process is
+    assert claim_share(10, 0, 50) == 10  # no fleet reported: this process alone
+    assert claim_share(1000, 1, 1000) == CLAIM_BATCH

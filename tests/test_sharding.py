@@ -569,3 +569,11 @@ async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(
     fast._host_clock = lambda: dt.datetime.now(dt.UTC)
     fleet = await fast.join("fast", 3)
     assert place_in(fleet.owners, "fast") == here(3, 2)
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+def test_the_oldest_process_leaving_gives_its_quota_to_the_ones_staying():
+    live = [ShardOwner("old", 3, leaving=True), ShardOwner("a", 3), ShardOwner("b", 3)]
+    assert [quota(live, name, 3) for name in ("old", "a", "b")] == [0, 2, 1]

@@ -24,7 +24,7 @@ from bot.providers.openai import (
     parse_moderation,
 )
 from bot.services import moderation
-from bot.services.moderation import Flagged, SafetyCheck
+from bot.services.moderation import STRICT_SCORE, Flagged, SafetyCheck, verdict_category
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
@@ -238,3 +238,18 @@ async def test_the_other_checks_stop_when_one_image_is_refused():
         await check.screen(guild_id=1, user_id=2, channel_id=3, prompt="a cat", images=(photo(), photo()))
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
+
+
+# -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
+
+
+def test_each_level_refuses_what_it_should_and_names_the_worst_category():
+    high_unflagged = ModerationVerdict(False, (), {"violence": 0.6, "hate": 0.1})
+    assert verdict_category(high_unflagged, "off") is None
+    assert verdict_category(high_unflagged, "standard") is None  # the API's own `flagged` only
+    assert verdict_category(high_unflagged, "strict") == "violence"
+    at_the_line = ModerationVerdict(False, (), {"violence": STRICT_SCORE})
+    assert verdict_category(at_the_line, "strict") == "violence"  # "at least" STRICT_SCORE
+    flagged = ModerationVerdict(True, ("hate", "violence"), {"hate": 0.5, "violence": 0.9})
+    assert verdict_category(flagged, "off") is None
+    assert verdict_category(flagged, "standard") == "violence"  # the flagged category scoring highest
