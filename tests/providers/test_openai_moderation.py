@@ -15,7 +15,7 @@ import pytest
 
 from bot.errors import InvalidImage
 from bot.providers.base import InputImage
-from bot.providers.errors import ProviderTimeout, ServerError
+from bot.providers.errors import InvalidInput, ProviderTimeout, ServerError
 from bot.providers.openai import (
     ModerationVerdict,
     OpenAIProvider,
@@ -24,7 +24,7 @@ from bot.providers.openai import (
     parse_moderation,
 )
 from bot.services import moderation
-from bot.services.moderation import STRICT_SCORE, Flagged, SafetyCheck, verdict_category
+from bot.services.moderation import STRICT_SCORE, Flagged, SafetyCheck, _about_the_file, verdict_category
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
@@ -253,3 +253,13 @@ def test_each_level_refuses_what_it_should_and_names_the_worst_category():
     flagged = ModerationVerdict(True, ("hate", "violence"), {"hate": 0.5, "violence": 0.9})
     assert verdict_category(flagged, "off") is None
     assert verdict_category(flagged, "standard") == "violence"  # the flagged category scoring highest
+
+
+@pytest.mark.parametrize(("status", "about_the_file"), [(400, True), (413, False), (422, False)])
+def test_only_a_400_about_the_image_refuses_it_other_refusals_let_the_edit_go_unchecked(
+    status: int, about_the_file: bool
+):
+    """A 400 saying the image is unreadable is about the member's file (refused, free); a 413 or 422
+    with the same words is about the request this bot built, so the check fails open."""
+    refusal = InvalidInput("HTTP error: invalid image", provider="openai", status=status)
+    assert _about_the_file(refusal) is about_the_file
