@@ -1224,7 +1224,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
 # -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
 
 
-# remaining() is never negative, so `< 0` would never stop the fallback.
+# Once the deadline has passed (remaining() is 0), a refused job is not sent to the next route.
 async def test_a_job_past_its_deadline_is_not_sent_to_the_next_route_after_a_refusal() -> None:
     first, second = StubProvider("atlascloud", refused("atlascloud")), StubProvider("wavespeed")
     router = Router(stubs(first, second), order=("atlascloud", "wavespeed"))
