@@ -964,10 +964,15 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
     assert set(providers) == {"openai", "atlascloud", "wavespeed", "segmind", "oneminai"}
     assert all(p.name == name for name, p in providers.items())
     assert providers["atlascloud"]._mask_conventions["openai/gpt-image-1/edit"] == "white"  # type: ignore[attr-defined]
-    # A route that names no convention keeps its adapter's: 1min.ai's inpainter reads white = edit.
-    oneminai = providers["oneminai"]
-    assert "gpt-image-1-mini" not in oneminai._mask_conventions  # type: ignore[attr-defined]
-    assert oneminai.vendor.mask_convention == "white"  # type: ignore[attr-defined]
+    # A route that names no convention keeps its adapter's: 1min.ai's inpainter reads white = edit,
+    # so the area to change (transparent in OpenAI's mask: the top-left quarter) is sent white.
+    img = photo()
+    masked = replace(request(mask=openai_mask((img.width, img.height))), model="gpt-image-1-mini")
+    sent = await providers["oneminai"]._vendor_mask(masked)  # type: ignore[attr-defined]
+    with Image.open(io.BytesIO(sent)) as vendor_mask:
+        assert "A" not in vendor_mask.getbands()  # white = edit, not transparent = edit
+        grey = vendor_mask.convert("L")
+        assert (grey.getpixel((1, 1)), grey.getpixel((img.width - 2, img.height - 2))) == (255, 0)
     packaged = build_providers(settings, session)  # no catalog given: the packaged/admin one
     assert packaged["oneminai"]._mask_conventions["gpt-image-1-mini"] == "white"  # type: ignore[attr-defined]
 

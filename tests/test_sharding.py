@@ -570,4 +570,3 @@ async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(
     fast._host_clock = lambda: dt.datetime.now(dt.UTC)
     fleet = await fast.join("fast", 3)
     assert place_in(fleet.owners, "fast") == here(3, 2)
-
