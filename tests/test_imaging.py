@@ -1205,3 +1205,24 @@ def test_files_of_one_message_share_its_upload_limit_less_the_overhead():
     assert imaging.share_of_upload(limit, 4) == (limit - imaging.UPLOAD_OVERHEAD) // 4
     assert 4 * imaging.share_of_upload(limit, 4) + imaging.UPLOAD_OVERHEAD <= limit
     assert imaging.share_of_upload(1600, 1) == 1500  # a tiny limit keeps a sixteenth for the message
+
+
+def test_the_feather_ramp_is_the_same_on_every_side_of_the_area() -> None:
+    """Black kept outside a box, white made inside it: the blend rises the same way from each of the
+    box's four edges (the work is cropped to the box plus a border, which must not change that)."""
+    size, box, feather = (64, 48), (16, 12, 48, 36), 6
+    region = Image.new("L", size, 0)
+    region.paste(255, box)
+    out, _ = restore_outside(
+        save(Image.new("RGB", size, (0, 0, 0)), "PNG"),
+        save(Image.new("RGB", size, (255, 255, 255)), "PNG"),
+        region,
+        feather=feather,
+    )
+    grey = Image.open(io.BytesIO(out)).convert("L")
+    left, top, right, bottom = box
+    across = [grey.getpixel((x, 24)) for x in range(left, right)]
+    down = [grey.getpixel((32, y)) for y in range(top, bottom)]
+    assert across == across[::-1] and down == down[::-1]
+    assert across[: feather + 2] == down[: feather + 2]
+    assert across[0] < 255 and across[feather + 1] == 255  # a ramp, then the edit at full strength
