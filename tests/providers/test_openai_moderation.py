@@ -24,7 +24,14 @@ from bot.providers.openai import (
     parse_moderation,
 )
 from bot.services import moderation
-from bot.services.moderation import STRICT_SCORE, Flagged, SafetyCheck, _about_the_file, verdict_category
+from bot.services.moderation import (
+    OUTAGE_AUDIT_SECONDS,
+    STRICT_SCORE,
+    Flagged,
+    SafetyCheck,
+    _about_the_file,
+    verdict_category,
+)
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import FAST, photo
@@ -263,3 +270,26 @@ def test_only_a_400_about_the_image_refuses_it_other_refusals_let_the_edit_go_un
     with the same words is about the request this bot built, so the check fails open."""
     refusal = InvalidInput("HTTP error: invalid image", provider="openai", status=status)
     assert _about_the_file(refusal) is about_the_file
+
+
+async def test_an_outage_is_reported_once_per_interval_not_per_edit():
+    """Every edit during an outage goes ahead unchecked; the audit channel hears of it once, then
+    again only after `OUTAGE_AUDIT_SECONDS`."""
+
+    async def moderate(text: str | None, image: Any, *, within: float) -> ModerationVerdict:
+        raise ServerError("HTTP 503", provider="openai", status=503)
+
+    now, told = [1000.0], []
+
+    async def report(line: str) -> None:
+        told.append(line)
+
+    check = SafetyCheck(
+        moderate, level_of=nothing, default_level="standard", timeout=5, report=report, clock=lambda: now[0]
+    )
+    for advance in (0, 1, OUTAGE_AUDIT_SECONDS - 2, 1):  # the last lands exactly on the interval
+        now[0] += advance
+        await check.screen(guild_id=1, user_id=2, channel_id=3, prompt="a cat", images=())
+    assert len(told) == 2 and all(
+        line.startswith("⚠️ Safety check unavailable (ServerError)") for line in told
+    )
