@@ -592,10 +592,12 @@ def normalize_mask(
         ImageOps.exif_transpose(image, in_place=True)
     if not _same_shape(image.size, image_size):
         raise InvalidMask(messages.mask_shape(image.size, image_size), code="mask_shape")
-    region = _edit_region(image)
+    alpha = _read_alpha(image)
+    region = _edit_region(image, alpha)
     if region.size != image_size:
         region = region.resize(image_size, Image.Resampling.NEAREST)
-    return replace(mask_from_region(region, invert=invert), light_on_clear=_light_on_clear(image))
+    light = alpha is not None and _light_on_clear(image, alpha)
+    return replace(mask_from_region(region, invert=invert), light_on_clear=light)
 
 
 def mask_from_region(region: Image.Image, *, invert: bool = False) -> NormalizedMask:
@@ -621,12 +623,21 @@ def _same_shape(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool
     ) <= max(1.0, MASK_ASPECT_TOLERANCE * expected_h)
 
 
-def _edit_region(image: Image.Image) -> Image.Image:
-    """Threshold any mask mode into an L image: 255 = edit, 0 = keep (before `invert`)."""
+def _read_alpha(image: Image.Image) -> Image.Image | None:
+    """The mask's alpha band (mode L) when the mask is read by its transparency (any alpha below
+    MASK_THRESHOLD), else None: it is read by its luminance."""
     if _has_alpha(image) and image.mode not in _I_MODES:
         alpha = _alpha(image)
         if _lowest(alpha) < MASK_THRESHOLD:
-            return alpha.point(_LUT_EDIT_WHEN_LOW)
+            return alpha
+    return None
+
+
+def _edit_region(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """Threshold any mask mode into an L image: 255 = edit, 0 = keep (before `invert`). `alpha`:
+    `_read_alpha(image)`."""
+    if alpha is not None:
+        return alpha.point(_LUT_EDIT_WHEN_LOW)
     if image.mode in _I_MODES:
         # Pillow clips 16-bit greys to 255 when converting to L, so threshold at half the 16-bit range.
         high = ImageMath.lambda_eval(lambda a: (a["m"] >= 32768) * 255, m=image.convert("I"))
@@ -639,13 +650,8 @@ def _edit_region(image: Image.Image) -> Image.Image:
     return grey.point(_LUT_EDIT_WHEN_HIGH)
 
 
-def _light_on_clear(image: Image.Image) -> bool:
-    """Whether the mask is read by its transparency and every opaque pixel in it is light."""
-    if not _has_alpha(image) or image.mode in _I_MODES:
-        return False
-    alpha = _alpha(image)
-    if _lowest(alpha) >= MASK_THRESHOLD:
-        return False
+def _light_on_clear(image: Image.Image, alpha: Image.Image) -> bool:
+    """Whether every opaque pixel of a mask read by its transparency (`alpha`, its band) is light."""
     opaque = alpha.point(_LUT_EDIT_WHEN_HIGH)
     if not opaque.getbbox():
         return False

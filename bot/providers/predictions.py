@@ -387,10 +387,11 @@ class PredictionAdapter(ResellerAdapter):
             raise err
         outputs = next((job[f] for f in self.api.output_fields if job.get(f) is not None), None)
         items = [outputs] if isinstance(outputs, str) else outputs if isinstance(outputs, list) else []
-        values = [
-            v for v in _unflagged(items, job.get("has_nsfw_contents")) if isinstance(v, str) and v.strip()
-        ]
-        if items and not values and any(_flags(job.get("has_nsfw_contents"))):
+        flags = _flags(job.get("has_nsfw_contents"))
+        # An output the vendor's safety filter flagged is blanked: never posted.
+        kept = [v for i, v in enumerate(items) if not (i < len(flags) and flags[i])]
+        values = [v for v in kept if isinstance(v, str) and v.strip()]
+        if items and not values and any(flags):
             # The vendor's safety filter blanked every output: nothing to post. It ran (and may
             # bill), so the member is not charged and the budgets count it.
             raise ProviderRejected(
@@ -420,9 +421,3 @@ class PredictionAdapter(ResellerAdapter):
 def _flags(raw: object) -> list[bool]:
     """`has_nsfw_contents`: one bool per output (anything else reads as no flags)."""
     return [v is True for v in raw] if isinstance(raw, list) else []
-
-
-def _unflagged(items: list[Any], raw_flags: object) -> list[Any]:
-    """The outputs the vendor's safety filter did not flag (it blanks those: never posted)."""
-    flags = _flags(raw_flags)
-    return [item for i, item in enumerate(items) if not (i < len(flags) and flags[i])]

@@ -12,8 +12,8 @@ process waiting for one tries at once instead of at its next poll. The pool does
 (bot.storage.postgres `_keep_session`), so the connection goes back only with every lock on it undone.
 
 If the database cannot be reached or does not answer within TRY_SECONDS, a call goes ahead without a
-slot (with a warning): the provider's own
-429s, which the adaptive limits obey, are then what keeps the fleet near the ceiling.
+slot (with a warning): the provider's own 429s, which the adaptive limits obey, are then what keeps
+the fleet near the ceiling.
 """
 
 from __future__ import annotations

@@ -270,10 +270,9 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     not about something the request carried (`_bare_404`), or any other 4xx/5xx (e.g. 503 "no
     available channels") whose `message` says the model is gone (`says_model_gone`). Auth, billing,
     access and rate-limit answers (401/402/403/429) and 504 (a gateway that may have passed the job
-    on) never are. The provider did not take the job, so the
-    result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an answer
-    that the model does not exist is proof that nothing ran. Call it only for submits: a 404 on a
-    poll means the job vanished, not the model.
+    on) never are. The provider did not take the job, so the result is `accepted=False` even where
+    the vendor's rule for a 5xx says otherwise: an answer that the model does not exist is proof
+    that nothing ran. Call it only for submits: a 404 on a poll means the job vanished, not the model.
     """
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
