@@ -20,7 +20,7 @@ import discord
 from discord import app_commands
 
 from bot import messages
-from bot.client import RetouchBot
+from bot.client import RetouchBot, reply_privately
 from bot.services.history import NothingToUndo
 from cogs._affordable import CheaperRun, OfferBook
 from cogs._history import UndoControl, chain_thread, history_embed, restored_embed
@@ -159,15 +159,15 @@ class MembersCog(RetouchCog):
                 await asyncio.wait_for(recording.wait(), RECORD_WAIT_SECONDS)
             latest = await history.latest(message.id, job_id)
         if latest is None:
-            await _private(interaction, messages.history_expired(hours))
+            await reply_privately(interaction, messages.history_expired(hours))
             return
         if latest.user_id != interaction.user.id and not can_manage_messages(interaction):
-            await _private(interaction, messages.UNDO_NOT_REQUESTER)
+            await reply_privately(interaction, messages.UNDO_NOT_REQUESTER)
             return
         try:
             step = await history.undo_step(message.id, job_id)
         except NothingToUndo:
-            await _private(interaction, messages.NOTHING_TO_UNDO)
+            await reply_privately(interaction, messages.NOTHING_TO_UNDO)
             return
         if not interaction.response.is_done():
             await interaction.response.defer()
@@ -214,13 +214,6 @@ class MembersCog(RetouchCog):
             if self._recording.get(step.previous.job_id) is recorded:
                 del self._recording[step.previous.job_id]
         log.info("undo: version %s posted again as %s", step.previous.message_id, posted.id)
-
-
-async def _private(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():  # acknowledged already (a click that had to wait)
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: RetouchBot) -> None:
