@@ -1187,14 +1187,8 @@ def test_grid_overlay_of_a_thin_strip_gives_every_cell_room(
 # -- rules a mutation pass found untested: each test below fails if its rule is changed -----------
 
 
-def png(size: tuple[int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(out, "PNG")
-    return out.getvalue()
-
-
 def test_an_upload_of_exactly_max_pixels_is_accepted():
-    data = png((100, 50))
+    data = save(Image.new("RGB", (100, 50), (10, 120, 200)), "PNG")
     image = imaging.validate_image(data, max_bytes=MIB, max_pixels=100 * 50)
     assert (image.width, image.height) == (100, 50)
 
