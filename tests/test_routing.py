@@ -683,6 +683,42 @@ async def test_user_errors_do_not_trip_the_breaker() -> None:
     assert breaker.state("atlascloud") == CLOSED
 
 
+async def test_a_429_counts_against_the_breaker_only_when_its_wait_outlasts_the_job() -> None:
+    """The limiter owns 429s: one whose Retry-After the job can sit out is sent again, and the call
+    that then works is a success. A 429 reaches the breaker only when the provider asks for a wait the
+    job cannot afford; a provider that keeps doing that is skipped for the cool-down, so the jobs that
+    follow go to another route at once instead of each learning it with a call of its own."""
+    now = [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    breaker = CircuitBreaker(threshold=2, cooldown=60, clock=lambda: now[0])
+    short = perr.RateLimited("429", status=429, retry_after=2.0, accepted=False)
+    atlas = StubProvider("atlascloud", short, "ok", short, "ok")
+    wavespeed = StubProvider("wavespeed")
+    limiter = ProviderLimiter(clock=lambda: now[0], sleep=sleep)
+    router = Router(stubs(atlas, wavespeed), order=("atlascloud",), limiter=limiter, breaker=breaker)
+    for _ in range(2):
+        served = await router.run(MINI, request(deadline=now[0] + 300))
+        assert served.route.provider == "atlascloud"
+    assert breaker.state("atlascloud") == CLOSED and wavespeed.calls == []
+
+    # A wait of 50 s, for jobs with a minute left: not worth sitting out.
+    long = perr.RateLimited("429", status=429, retry_after=50.0, accepted=False)
+    atlas.outcomes = [long]
+    for _ in range(2):
+        now[0] += 51  # past the previous pause, so each job sends its own call and gets its own 429
+        served = await router.run(MINI, request(deadline=now[0] + 60))
+        assert served.route.provider == "wavespeed" and served.refused_by == ("atlascloud",)
+    assert breaker.state("atlascloud") == OPEN and len(atlas.calls) == 6
+
+    now[0] += 51  # the provider's pause is over, the circuit's cool-down is not
+    assert breaker.state("atlascloud") == OPEN
+    served = await router.run(MINI, request(deadline=now[0] + 300))
+    assert served.route.provider == "wavespeed" and len(atlas.calls) == 6
+
+
 def test_a_local_refusal_by_the_adapter_says_nothing_about_health() -> None:
     clock = Clock()
     breaker = CircuitBreaker(threshold=1, cooldown=5, clock=clock)
