@@ -6,16 +6,18 @@ controls (a public Stop on running edits, audited deletes)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bot import messages
 from tests.catalogs import catalog, model, tiered
-from tests.durable import PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
+from tests.durable import DATA, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -264,6 +266,29 @@ async def test_a_flagged_image_names_the_category_and_which_image(
         it = await world.edit(PHOTO, size=SQUARE)
         assert "flagged your image for **sexual content**" in await refusal(world, it)
         assert openai.post_count == 0
+
+
+@pytest.mark.parametrize("flagged", [1, 2])
+async def test_of_two_images_the_refusal_names_the_one_the_check_flagged(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, flagged: int
+):
+    """Each image is checked on its own so the member can be told which one to replace."""
+    second = (DATA / "coffee.png").read_bytes()
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        # Told apart by shape: the bot re-encodes uploads, so the bytes the check gets are its own.
+        shape = Image.open(io.BytesIO(PHOTO if flagged == 1 else second)).size
+        openai.flag_images("violence", only=lambda image: image.size == shape)
+        it = await world.fake.slash(
+            world.user,
+            "edit",
+            channel=world.channel,
+            options={"prompt": "make it a watercolour", "size": SQUARE},
+            attachments={"image": ("photo.png", PHOTO), "image2": ("coffee.png", second)},
+        )
+        assert f"flagged your image {flagged} for **violence**" in await refusal(world, it)
+        [audit] = [a for a in audit_lines(world) if "Safety check" in a]
+        assert f"flagged the image {flagged} of <@{world.user.id}>" in audit
+        assert openai.post_count == 0 and jobs(tmp_path) == []
 
 
 async def test_an_image_the_safety_check_cannot_read_is_refused_free_not_let_through(

@@ -31,7 +31,8 @@ Lifecycle, only ever as a test sets it (the fake never reads the date)::
     fake.fail_next(Fault.MODELS_ERROR)          # the next GET /v1/models answers 500
 
 Moderation (the free safety check): `fake.flag_text("knife", "violence")`,
-`fake.flag_images("sexual", score=0.4)`, `fake.fail_next(Fault.MODERATION_ERROR)` / `MODERATION_HANG`;
+`fake.flag_images("sexual", score=0.4)` (`only=` a test on the decoded image),
+`fake.fail_next(Fault.MODERATION_ERROR)` / `MODERATION_HANG`;
 bodies land in `fake.moderation_requests`, never in `requests`, and are not counted in `post_count`.
 More than one image per request is refused (the strict side; the adapter sends one per call).
 
@@ -61,7 +62,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -357,7 +358,7 @@ def _moderation_image(url: object, index: int) -> str:
     problem = _data_url_problem(data)
     if problem is not None:
         raise ApiError(400, problem, code="invalid_image_format")
-    return head
+    return url
 
 
 @functools.lru_cache(maxsize=RENDER_CACHE)
@@ -483,7 +484,7 @@ class FakeOpenAI(FakeServer):
         self.moderation_requests: list[dict[str, Any]] = []
         self.moderation_statuses: list[int] = []
         self._text_flags: dict[str, tuple[str, float]] = {}
-        self._image_flag: tuple[str, float] | None = None
+        self._image_flag: tuple[str, float, Callable[[Image.Image], bool] | None] | None = None
         self._refuse_images = False
 
     @property
@@ -504,9 +505,12 @@ class FakeOpenAI(FakeServer):
         `flagged` from `MODERATION_FLAG_SCORE` on (the real thresholds are per category, unpublished)."""
         self._text_flags[word.lower()] = (category, score)
 
-    def flag_images(self, category: str, score: float = 0.95) -> None:
-        """Moderation scores every image at `score` for `category` (see `flag_text`)."""
-        self._image_flag = (category, score)
+    def flag_images(
+        self, category: str, score: float = 0.95, *, only: Callable[[Image.Image], bool] | None = None
+    ) -> None:
+        """Moderation scores every image (or `only` those it is true of) at `score` for `category`
+        (see `flag_text`)."""
+        self._image_flag = (category, score, only)
 
     def refuse_images(self) -> None:
         """Moderation answers every image with the API's 400 for data it cannot read (as for a file
@@ -712,7 +716,9 @@ class FakeOpenAI(FakeServer):
             if kind == "text":
                 hits = [hit for word, hit in self._text_flags.items() if word in value.lower()]
             elif self._image_flag is not None:
-                hits = [self._image_flag]
+                category, score, only = self._image_flag
+                if only is None or only(_data_url_image(value)):
+                    hits = [(category, score)]
             for category, score in hits:
                 scores[category] = max(scores[category], score)
                 applied[category].append(kind)
@@ -1151,3 +1157,8 @@ class _Params:
     input_fidelity: str
     source: bytes
     inputs: list[tuple[int, int]]
+
+
+def _data_url_image(url: str) -> Image.Image:
+    """The image a `data:` URL carries (`_moderation_image` has checked that it decodes)."""
+    return Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2])))
