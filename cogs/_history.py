@@ -7,12 +7,15 @@ item (it keys on the clicked message, so it works after a restart while the chai
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.jobs.model import names_result_of
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
+from cogs._followup import PostMayHaveLanded, send_once
 from cogs._ui import EMBED_COLOUR, PersistentControl, admitted, truncate
 
 if TYPE_CHECKING:
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_PROMPT_CHARS = 80
+# How many of a channel's newest messages are searched for a repost whose followup answer was lost.
+FIND_REPOST_LIMIT = 100
 
 
 class UndoControl(
@@ -77,6 +82,52 @@ def restored_embed(old: discord.Embed | None, requester: str, filename: str, job
     # Not "job <id>" alone: crash recovery looks for that exact footer to find a job's own result.
     embed.set_footer(text=f"job {job_id} · restored")
     return embed
+
+
+async def post_repost(
+    bot: RetouchBot,
+    interaction: discord.Interaction,
+    where: int,
+    post: Callable[[], dict[str, Any]],
+    job_id: str,
+) -> discord.Message:
+    """Post an Undo's repost once. In the chain's thread it is a channel message, whose nonce makes a
+    send discord.py retries return the first post. In the clicked channel it is a followup, which has
+    no nonce: it is sent at most once, and after an answer that leaves it unknown whether it landed it
+    is looked for there, and posted as a channel message only if it did not. `post()` makes the
+    message's fields (a file can be read only once)."""
+    channel = bot.get_partial_messageable(where)
+    nonce = f"ru{interaction.id}"
+    if where == interaction.channel_id:
+        try:
+            return await send_once(interaction, **post())
+        except PostMayHaveLanded:
+            log.info("undo: Discord's answer to the repost of %s is unknown; looking for it", job_id)
+        landed = await _landed_repost(bot, channel, interaction.id, job_id)
+        if landed is not None:
+            return landed
+    return await channel.send(**post(), nonce=nonce)
+
+
+async def _landed_repost(
+    bot: RetouchBot, channel: discord.PartialMessageable, clicked: int, job_id: str
+) -> discord.Message | None:
+    """This bot's repost of `job_id`'s version posted since the click (its embed's footer, or its
+    files where Discord dropped the embed), if it can be read."""
+    me = bot.user.id if bot.user else None
+    try:
+        async for message in channel.history(limit=FIND_REPOST_LIMIT, after=discord.Object(clicked)):
+            if message.author.id == me and _shows_repost_of(message, job_id):
+                return message
+    except discord.HTTPException as exc:  # unreadable: posting it again is the lesser harm
+        log.info("undo: cannot look for the repost (%s %s)", exc.status, exc.code)
+    return None
+
+
+def _shows_repost_of(message: discord.Message, job_id: str) -> bool:
+    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds) or any(
+        names_result_of(a.filename, job_id) for a in message.attachments
+    )
 
 
 def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:

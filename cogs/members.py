@@ -23,7 +23,7 @@ from bot import messages
 from bot.client import RetouchBot, reply_privately
 from bot.services.history import NothingToUndo
 from cogs._affordable import CheaperRun, OfferBook
-from cogs._history import UndoControl, chain_thread, history_embed, restored_embed
+from cogs._history import UndoControl, chain_thread, history_embed, post_repost, restored_embed
 from cogs._moderation import PublicControls, StopControl, action_link
 from cogs._results import result_view
 from cogs._ui import RetouchCog, first_image
@@ -194,20 +194,21 @@ class MembersCog(RetouchCog):
             earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id
         )
         where = await chain_thread(self.bot, step.latest.chain_id) or interaction.channel_id
-        post: dict[str, Any] = {  # the same message, through a followup or into the chain's thread
-            "content": interaction.user.mention,
-            "embed": embed,
-            "file": discord.File(io.BytesIO(data), filename=attachment.filename),
-            "view": result_view(step.previous.job_id, undo=True),
-            "allowed_mentions": NO_MENTIONS,
-        }
+        filename = attachment.filename
+
+        def post() -> dict[str, Any]:  # the same message, through a followup or into the chain's thread
+            return {
+                "content": interaction.user.mention,
+                "embed": embed,
+                "file": discord.File(io.BytesIO(data), filename=filename),
+                "view": result_view(step.previous.job_id, undo=True),
+                "allowed_mentions": NO_MENTIONS,
+            }
+
         recorded = self._recording[step.previous.job_id] = asyncio.Event()
         try:
-            if where == interaction.channel_id:
-                posted: discord.Message = await interaction.followup.send(**post, wait=True)
-            else:  # the chain lives in its thread (clicked on its first result, in the channel)
-                assert where is not None
-                posted = await self.bot.get_partial_messageable(where).send(**post)
+            assert where is not None
+            posted = await post_repost(self.bot, interaction, where, post, step.previous.job_id)
             await history.record_repost(step, message_id=posted.id, channel_id=posted.channel.id)
         finally:
             recorded.set()

@@ -19,6 +19,7 @@ from bot import messages
 from tests.catalogs import catalog, model, tiered
 from tests.durable import DATA, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
@@ -678,6 +679,67 @@ async def test_an_undo_repost_can_be_deleted_with_its_own_button(
         await fake_discord.wait_until(lambda: it.callbacks)
         await fake_discord.wait_until(lambda: restored.deleted)
         assert it.callbacks[0]["type"] == 6 and not first.deleted  # deferred, not refused
+
+
+async def undo_recorded(world: World, repost: FakeMessage) -> None:
+    """Wait until the bot has recorded `repost` in the member's history (its Undo is then done)."""
+    for _ in range(200):
+        recent = await world.services.history.recent(world.guild.id, world.user.id)
+        if repost.id in [e.version.message_id for e in recent]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the repost was never recorded")
+
+
+def restored_reposts(world: World) -> list[FakeMessage]:
+    return [
+        m
+        for m in world.fake.channel_messages(world.channel)
+        if any("restored" in (e.get("footer") or {}).get("text", "") for e in m.embeds)
+    ]
+
+
+async def test_an_undo_repost_that_landed_before_a_500_is_found_not_posted_again(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Discord posted the repost followup and then answered 500: discord.py would send it again by
+    itself (a followup has no nonce). The bot sends it once, finds the copy that landed and records it."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        original, tries = fake_discord._execute_webhook, [0]
+
+        async def landed_then_500(call):  # type: ignore[no-untyped-def]
+            tries[0] += 1
+            response = await original(call)
+            if tries[0] == 1:
+                raise discord_error(500, 0, "500: Internal Server Error")
+            return response
+
+        fake_discord._execute_webhook = landed_then_500  # type: ignore[method-assign]
+        await fake_discord.click(world.user, second, undo_button(second))
+        [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
+        await undo_recorded(world, restored)
+        assert tries[0] == 1 and len(restored_reposts(world)) == 1
+        assert restored.files[0][1] == first.files[0][1]
+
+
+async def test_an_undo_repost_refused_with_a_503_is_posted_once_in_the_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Discord answered the repost followup 503 without posting it: not found, so it is posted once as
+    a channel message, and recorded."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        followup = fake_discord.hold("POST", rf"/webhooks/{fake_discord.application_id}/[^/]+")
+        await fake_discord.click(world.user, second, undo_button(second))
+        await fake_discord.wait_until(lambda: followup.held)
+        followup.drop()
+        [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
+        await undo_recorded(world, restored)
+        assert len(restored_reposts(world)) == 1 and restored.webhook_id is None  # a channel message
+        assert restored.files[0][1] == first.files[0][1]
 
 
 async def test_a_moderators_undo_leaves_the_chain_the_members(
