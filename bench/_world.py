@@ -191,7 +191,7 @@ async def rig(
             "DEV_GUILD_ID": str(guilds[0].id),
             "STARTING_CREDITS": str(10**9),
             "CATALOG_PATH": str(undated_catalog(scratch, root)),
-            "DEFAULT_MODEL": "gpt-image-1.5",
+            "DEFAULT_MODEL": "gpt-image-2",
             # Measure the bot's capacity, not its admission limits, unless `defaults`.
             **limits,
             # ...nor the operator's limits: the servers are approved, no budget or rate cap.

@@ -70,7 +70,7 @@ async def _pairs(
                     guild_id=guild,
                     user_id=user,
                     channel_id=None,
-                    model="gpt-image-1.5",
+                    model="gpt-image-2",
                     quality="low",
                     size="1024x1024",
                     count=1,

@@ -22,7 +22,7 @@ from bot import imaging
 from bot.providers.base import EditRequest
 from bot.providers.openai import OpenAIProvider
 
-MODEL = "gpt-image-1.5"
+MODEL = "gpt-image-2"
 PROMPT = "make it a watercolour painting"
 TARGET_RATIO = 0.5
 
