@@ -161,10 +161,23 @@ def decode(data: bytes) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
+        _refuse_bomb(image.size, None)
         image.load()
     if image.format in ORIENTED_FORMATS:
         ImageOps.exif_transpose(image, in_place=True)
     return image
+
+
+def _refuse_bomb(size: tuple[int, int], limit: int | None) -> None:
+    """Raise Pillow's `DecompressionBombError` for more pixels than `limit` or Pillow's own limit.
+
+    The warning filter set around an open only makes Pillow's check stricter where it holds: it is
+    process-wide state that `catch_warnings` swaps, so a decode in another thread can restore the old
+    filters in the middle of this one's. This check on the header depends on nothing shared."""
+    caps = [cap for cap in (limit, Image.MAX_IMAGE_PIXELS) if cap is not None]
+    pixels = size[0] * size[1]
+    if caps and pixels > min(caps):
+        raise Image.DecompressionBombError(f"{pixels} pixels, over the limit of {min(caps)}")
 
 
 def encode(
@@ -383,9 +396,8 @@ def _open_checked(
         raise error(messages.wrong_type(name, mime), code="unsupported_type")
     too_many_pixels = error(messages.too_many_pixels(name, max_pixels), code="too_many_pixels")
     corrupt = error(messages.corrupt(name), code="corrupt")
-    # Thread-safety note: catch_warnings swaps a process-wide filter list, so concurrent threads
-    # can briefly see each other's filters. That is acceptable: our own max_pixels check below runs
-    # on the header first, and Pillow raises DecompressionBombError at 2x its limit regardless.
+    # catch_warnings swaps a process-wide filter list, which other threads may restore under this one:
+    # the check that counts is `_refuse_bomb` on the header, which depends on no shared state.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -397,8 +409,10 @@ def _open_checked(
             log.debug("could not open %s", label, exc_info=True)
             raise corrupt from None
         width, height = image.size
-        if width * height > max_pixels:
-            raise too_many_pixels
+        try:
+            _refuse_bomb(image.size, max_pixels)
+        except Image.DecompressionBombError:
+            raise too_many_pixels from None
         if min(width, height) < min_side:
             raise error(messages.too_small(name, width, height, min_side), code="too_small")
         try:

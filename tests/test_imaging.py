@@ -233,6 +233,27 @@ def test_pillow_bomb_limit_and_warning_filters_are_left_alone() -> None:
     assert warnings.filters == filters
 
 
+def filters_lost_to_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a decode sees when another thread's `catch_warnings` restored the process's filters in the
+    middle of it: Pillow's bomb warning is not an error (here: ignored, so nothing is printed)."""
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    monkeypatch.setattr(imaging.warnings, "simplefilter", lambda *args, **kwargs: None)
+
+
+def test_an_output_over_pillows_pixel_limit_is_refused_whatever_the_warning_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Provider output is decoded in worker threads; the bomb check must not hang on shared state."""
+    bomb = save(Image.new("1", (10000, 10000), 0), "PNG")  # 100 MP, over Pillow's 89 MP, under 2x
+    with warnings.catch_warnings():
+        filters_lost_to_another_thread(monkeypatch)
+        with pytest.raises(Image.DecompressionBombError):
+            decode(bomb)
+        with pytest.raises(InvalidImage) as caught:
+            validate_image(bomb, max_bytes=1_000_000, max_pixels=10**9)
+        assert caught.value.code == "too_many_pixels"
+
+
 def test_real_decompression_bomb_is_refused_before_decoding() -> None:
     # 36 MP of one colour compresses to a few kB: tiny upload, huge allocation if decoded.
     bomb = save(Image.new("L", (6000, 6000), 0), "PNG", compress_level=1)
