@@ -16,6 +16,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot import messages
 from bot.app import Services, start_services
 from bot.errors import RetouchError, ShuttingDown, new_reference
 from bot.services.access import RateLimited, operator_ids
@@ -124,7 +125,7 @@ class RetouchTree(app_commands.CommandTree):
         else:
             ref = new_reference()
             log.error("unexpected error in /%s (ref %s)", name, ref, exc_info=original)
-            text = f"Something went wrong (ref `{ref}`). You were not charged; please try again."
+            text = messages.unexpected(ref)
         await reply_privately(interaction, text)
 
 
@@ -282,7 +283,15 @@ class RetouchBot(SwitchableShards):
         they are off) and a member over their commands per minute get a short private answer, before
         any download, provider call or credit. `counts`: this interaction counts as a command."""
         access = self.services.access
-        verdict = await access.admit(interaction.guild_id, interaction.user.id)
+        try:
+            verdict = await access.admit(interaction.guild_id, interaction.user.id)
+        except Exception:
+            # discord.py runs these checks outside the paths that reach an error handler: unanswered,
+            # the member would see "This interaction failed" and the log no reference.
+            ref = new_reference()
+            log.exception("could not check access for user %s (ref %s)", interaction.user.id, ref)
+            await reply_privately(interaction, messages.unexpected(ref))
+            return False
         if not verdict.allowed:
             log.info("refused user %s in unapproved place %s", interaction.user.id, interaction.guild_id)
             view = (

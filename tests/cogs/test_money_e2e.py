@@ -181,6 +181,29 @@ async def test_undo_is_refused_like_the_other_posting_buttons_once_approval_is_w
         assert len(results(world.fake.channel_messages(world.channel))) == 2  # nothing posted again
 
 
+async def test_a_gate_that_cannot_read_the_approvals_answers_with_a_reference_not_silence(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """discord.py runs the gate outside the paths that reach an error handler: a database error in it
+    left commands and buttons unanswered ("This interaction failed") with nothing in the log to find."""
+    async with bot(fake_discord, openai, tmp_path, **UNAPPROVED) as world:
+        await world.services.access.approve(world.guild.id, world.owner.id)
+        result = await published(world, await world.edit(PHOTO))
+
+        async def unreachable(guild_id: int) -> object:
+            raise ConnectionError("database unreachable")
+
+        world.services.storage.settings.operator_guild = unreachable  # type: ignore[method-assign]
+        slash = await command(world, world.user, "credits")
+        retry = await world.fake.click(world.user, result, control(result, "retry"))
+        for it in (slash, retry):
+            text = await answer(world, it)
+            [ref] = re.findall(r"ref `([^`]+)`", text)
+            assert text == messages.unexpected(ref) and it.messages[0].ephemeral
+            assert f"could not check access for user {world.user.id} (ref {ref})" in caplog.text
+        assert openai.post_count == 1
+
+
 # -- the budget that ends at the operator -----------------------------------------------------------
 
 
