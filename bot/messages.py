@@ -325,7 +325,7 @@ STOP_NOT_ALLOWED = (
 DELETE_NOT_ALLOWED = (
     "Only the person who asked for this edit, or a member who can manage messages, can delete it."
 )
-UNDO_NOT_REQUESTER = "Only the person who made this edit can undo it."
+UNDO_NOT_REQUESTER = "Only the person who made this edit, or a moderator, can undo it."
 NOTHING_TO_UNDO = "This is the first version of this edit: there is nothing to undo."
 POSTED_CHARGE_PENDING = "Your result is posted. Its charge will show in /credits shortly."
 PREVIOUS_VERSION_DELETED = "The previous version was deleted from Discord, so it cannot be posted again."

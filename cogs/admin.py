@@ -36,8 +36,9 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
             interaction.user.id, manage_guild=interaction.permissions.manage_guild
         )
         setting = None if value == "default" else value == "on"
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a write may wait on a busy database
         await self.bot.services.storage.settings.set_guild_thread_results(interaction.guild_id, setting)
-        await interaction.response.send_message(f"Result threads: **{value}**.", ephemeral=True)
+        await interaction.followup.send(f"Result threads: **{value}**.", ephemeral=True)
 
 
 class AdminCog(RetouchCog):

@@ -213,6 +213,12 @@ class JobsCog(RetouchCog):
             )
 
     async def _delete(self, interaction: discord.Interaction, job_id: str) -> None:
+        try:
+            # Acknowledged first: the reads below may wait on a busy database.
+            await interaction.response.defer()
+        except discord.HTTPException as exc:  # a second click's, after the first deleted the message
+            log.info("job %s: a delete click found its result gone (%s %s)", job_id, exc.status, exc.code)
+            return
         row = await self.bot.services.storage.jobs.get_job(job_id)
         message = interaction.message
         # Delete removes the clicked message: it must show this job's result (its post, or an Undo
@@ -231,14 +237,9 @@ class JobsCog(RetouchCog):
         )
         requester = row is not None and row.user_id == interaction.user.id
         if not its_result or (not requester and not _can_manage(interaction)):
-            await interaction.response.send_message(
+            await interaction.followup.send(
                 messages.DELETE_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
-            return
-        try:
-            await interaction.response.defer()
-        except discord.HTTPException as exc:  # a second click's, after the first deleted the message
-            log.info("job %s: a delete click found its result gone (%s %s)", job_id, exc.status, exc.code)
             return
         if interaction.message is not None:
             try:

@@ -69,6 +69,8 @@ class MembersCog(RetouchCog):
     async def stop(self, interaction: discord.Interaction, job_id: str) -> None:
         """A click on a public **Stop edit** (its errors are answered by the control)."""
         storage = self.bot.services.storage
+        # Acknowledged first (the answer is the public notice itself): the read may wait on a busy database.
+        await interaction.response.defer()
         row = await storage.jobs.get_job(job_id)
         # A moderator's right counts only in the job's own server (a copy of the button elsewhere
         # gives that server's moderators none); the notice may sit in the channel of a chain's thread.
@@ -78,11 +80,10 @@ class MembersCog(RetouchCog):
             and can_manage_messages(interaction)
         )
         if row is None or (row.user_id != interaction.user.id and not manage):
-            await interaction.response.send_message(
+            await interaction.followup.send(
                 messages.STOP_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
-        await interaction.response.defer()  # the answer is the public notice itself
         # This handler edits the notice: the job's end (here or on another process) must not delete it.
         notice = await self.controls.claim(job_id)
         # Not quiet: the requester's own progress message says how it ended and what it cost.
@@ -127,16 +128,17 @@ class MembersCog(RetouchCog):
     @app_commands.command(name="history", description="Your last edits here, with links to each result")
     async def history(self, interaction: discord.Interaction) -> None:
         history = self.bot.services.history
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a read may wait on a busy database
         entries = await history.recent(interaction.guild_id or 0, interaction.user.id)
         hours = self.bot.services.settings.result_retention_hours
         if not entries:
-            await interaction.response.send_message(
+            await interaction.followup.send(
                 f"You have no edits here from the last {hours:g} hours (Retouch keeps the links that long). "
                 "Start one with /edit.",
                 ephemeral=True,
             )
             return
-        await interaction.response.send_message(
+        await interaction.followup.send(
             embed=history_embed(entries, interaction.guild_id, hours),
             ephemeral=True,
             allowed_mentions=NO_MENTIONS,
@@ -151,10 +153,10 @@ class MembersCog(RetouchCog):
         # Taken before the lookup: a repost recorded while the lookup runs removes its event, and the
         # lookup may have missed the row (read just before it was written).
         recording = self._recording.get(job_id)
+        # Acknowledged first: the lookups (and the wait for a repost's record) may outlast Discord's 3 s.
+        await interaction.response.defer()
         latest = await history.latest(message.id, job_id)
         if latest is None and recording is not None:
-            # The wait may outlast Discord's 3 s for a first answer: acknowledge the click first.
-            await interaction.response.defer()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(recording.wait(), RECORD_WAIT_SECONDS)
             latest = await history.latest(message.id, job_id)
@@ -169,8 +171,6 @@ class MembersCog(RetouchCog):
         except NothingToUndo:
             await reply_privately(interaction, messages.NOTHING_TO_UNDO)
             return
-        if not interaction.response.is_done():
-            await interaction.response.defer()
         earlier: discord.Message | None = None
         attachment: discord.Attachment | None = None
         data: bytes | None = None

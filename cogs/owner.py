@@ -87,18 +87,20 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
     @app_commands.describe(server="Server id (empty: this server)")
     async def approve(self, interaction: discord.Interaction, server: str | None = None) -> None:
         guild_id = _server_id(interaction, server)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a write may wait on a busy database
         await self._access.approve(guild_id, interaction.user.id)
-        await interaction.response.send_message(f"Server `{guild_id}` is approved.", ephemeral=True)
+        await interaction.followup.send(f"Server `{guild_id}` is approved.", ephemeral=True)
 
     @app_commands.command(name="remove", description="Stop serving a server")
     @app_commands.describe(server="Server id (empty: this server)")
     async def remove(self, interaction: discord.Interaction, server: str | None = None) -> None:
         guild_id = _server_id(interaction, server)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # a write may wait on a busy database
         removed = await self._access.remove(guild_id, interaction.user.id)
         text = f"Server `{guild_id}` is no longer approved."
         if not removed:
             text = messages.listed_in_settings(guild_id)
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.followup.send(text, ephemeral=True)
 
     @app_commands.command(name="allotment", description="Most a server may spend per month, in US dollars")
     @app_commands.describe(
@@ -113,10 +115,13 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
     ) -> None:
         guild_id = _server_id(interaction, server)
         amount = None if usd is None else Decimal(repr(usd))
+        # Acknowledged first: the change is a write and its audit post waits on Discord's rate limits.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.bot.services.policy.set_allotment(guild_id, interaction.user.id, amount)
         after = "the bot-wide budget" if change.after is None else f"${change.after:.2f} a month"
-        await interaction.response.send_message(
-            f"Server `{guild_id}` may now spend {after}. Recorded in the audit channel.", ephemeral=True
+        audited = " Recorded in the audit channel." if self.bot.services.audit.enabled else ""
+        await interaction.followup.send(
+            f"Server `{guild_id}` may now spend {after}.{audited}", ephemeral=True
         )
 
     @app_commands.command(name="report", description="Spend per server against allotments and the budget")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.catalog import Catalog, parse_catalog
-from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeMessage, FakeUser
+from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeInteraction, FakeMessage, FakeUser
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import provider_env
@@ -132,6 +132,14 @@ def component_id(message: FakeMessage, matches: Callable[[str], bool]) -> str | 
 def control(message: FakeMessage, action: str) -> str | None:
     """The custom id of a job button (`cancel`, `again`, `retry`, `delete`) on `message`."""
     return component_id(message, lambda c: c.startswith("retouch:job:") and c.endswith(f":{action}"))
+
+
+async def private_answer(fake: FakeDiscord, it: FakeInteraction) -> str:
+    """The private text a click was answered with: acknowledged first (a deferral, before any database
+    read), then told privately."""
+    [answer] = await fake.wait_until(lambda: it.followups)
+    assert it.callbacks[0]["type"] == 6 and answer.ephemeral
+    return answer.content
 
 
 def undo_button(message: FakeMessage) -> str | None:

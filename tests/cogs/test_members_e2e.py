@@ -17,7 +17,17 @@ from PIL import Image
 
 from bot import messages
 from tests.catalogs import catalog, model, tiered
-from tests.durable import DATA, PHOTO, assert_books_balance, control, jobs, ledger_kinds, results, undo_button
+from tests.durable import (
+    DATA,
+    PHOTO,
+    assert_books_balance,
+    control,
+    jobs,
+    ledger_kinds,
+    private_answer,
+    results,
+    undo_button,
+)
 from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
 from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -390,9 +400,7 @@ async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is
 
         bob = await member(world, "bob")
         refused = await fake_discord.click(bob, notice, stop_button(notice))
-        await fake_discord.wait_until(lambda: refused.callbacks)
-        assert refused.callbacks[0]["data"]["flags"] & 64  # private
-        assert "Only the person who asked" in refused.callbacks[0]["data"]["content"]
+        assert "Only the person who asked" in await private_answer(fake_discord, refused)
         assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
 
         mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
@@ -433,8 +441,7 @@ async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no
         copy = await fake_discord.post_message(fake_discord.bot_user, hall, "copied controls")
         copy.components = notice.components
         refused = await fake_discord.click(mallory, copy, stop_button(notice))
-        await fake_discord.wait_until(lambda: refused.callbacks)
-        assert refused.callbacks[0]["data"]["content"] == messages.STOP_NOT_ALLOWED
+        assert await private_answer(fake_discord, refused) == messages.STOP_NOT_ALLOWED
         assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
         assert "stopped" not in (notice.content or "")
 
@@ -458,8 +465,7 @@ async def test_a_delete_button_of_a_job_without_a_result_does_not_open_another_r
         button = {"type": 2, "style": 4, "label": "Delete", "custom_id": forged}
         result.components = [*result.components, {"type": 1, "components": [button]}]
         click = await fake_discord.click(world.user, result, forged)
-        await fake_discord.wait_until(lambda: click.callbacks)
-        assert click.callbacks[0]["data"]["content"] == messages.DELETE_NOT_ALLOWED
+        assert await private_answer(fake_discord, click) == messages.DELETE_NOT_ALLOWED
         assert not result.deleted
 
         # Bob's own Delete still works on a result whose message is not recorded yet (posted, its
@@ -607,15 +613,11 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         [*_, oldest] = await posted_in(world, world.channel.id, 5)
         assert oldest.files[0][1] == first.files[0][1]
         late = await fake_discord.click(world.user, oldest, undo_button(oldest))
-        await fake_discord.wait_until(lambda: late.callbacks)
-        assert late.callbacks[0]["data"]["content"] == (
-            "This is the first version of this edit: there is nothing to undo."
-        )
+        assert await private_answer(fake_discord, late) == messages.NOTHING_TO_UNDO
         # Someone else cannot undo alice's edit.
         bob = await member(world, "bob")
         refused = await fake_discord.click(bob, third, undo_button(third))
-        await fake_discord.wait_until(lambda: refused.callbacks)
-        assert refused.callbacks[0]["data"]["content"] == "Only the person who made this edit can undo it."
+        assert await private_answer(fake_discord, refused) == messages.UNDO_NOT_REQUESTER
 
 
 async def test_an_undo_whose_previous_version_the_bot_can_no_longer_read_says_so(

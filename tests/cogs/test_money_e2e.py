@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,54 @@ async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_el
         assert openai.post_count == 1
 
 
+# Commands whose first database call comes after their acknowledgement: (command, options, the
+# service or store and the method that is made to wait).
+SLOW_FIRST_CALLS: list[tuple[str, dict[str, Any], Callable[[Any], tuple[Any, str]]]] = [
+    ("owner approve", {}, lambda s: (s.access, "approve")),
+    ("owner remove", {}, lambda s: (s.access, "remove")),
+    ("owner allotment", {"usd": 5.0}, lambda s: (s.policy, "set_allotment")),
+    ("admin threads", {"value": "on"}, lambda s: (s.storage.settings, "set_guild_thread_results")),
+    ("history", {}, lambda s: (s.history, "recent")),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "slow"), SLOW_FIRST_CALLS, ids=[c[0] for c in SLOW_FIRST_CALLS])
+async def test_a_command_whose_database_call_outlasts_three_seconds_is_still_answered(
+    fake_discord: FakeDiscord,
+    openai: FakeOpenAI,
+    tmp_path: Path,
+    name: str,
+    options: dict[str, Any],
+    slow: Callable[[Any], tuple[Any, str]],
+):
+    """A busy database (SQLite runs one call at a time) may hold a read or write past Discord's 3 s for
+    a first answer: each of these commands acknowledges first, so it is answered, not "did not respond"."""
+    async with bot(fake_discord, openai, tmp_path) as world:
+        owner, method = slow(world.services)
+        gate, call = asyncio.Event(), getattr(owner, method)
+
+        async def after_the_gate(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()
+            return await call(*args, **kwargs)
+
+        setattr(owner, method, after_the_gate)
+        it = await command(world, world.owner, name, **options)
+        await world.fake.wait_until(lambda: it.callbacks)
+        assert it.callbacks[0]["type"] == 5  # deferred, before the call
+        world.fake.advance_time(4)
+        gate.set()
+        assert await answer(world, it)
+        assert "Something went wrong" not in await answer(world, it)
+
+
+async def test_an_allotment_set_without_an_audit_channel_does_not_claim_it_was_recorded_there(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as world:
+        set_ = await command(world, world.owner, "owner allotment", usd=0.02)
+        assert await answer(world, set_) == f"Server `{world.guild.id}` may now spend $0.02 a month."
+
+
 # Not a server id: digits other than ASCII ones, more than SQLite's largest integer, and 0 (DMs).
 NOT_SERVER_IDS = ["²", "١٢٣", "9" * 30, str(2**63), "0"]
 
@@ -243,7 +291,9 @@ async def test_the_operators_allotment_caps_a_server_audits_changes_and_shows_in
         refused = await command(world, admin, "owner allotment", usd=0.02)
         assert "Only the operator" in await answer(world, refused)
         set_ = await command(world, world.owner, "owner allotment", usd=0.02)
-        assert "may now spend $0.02 a month" in await answer(world, set_)
+        assert await answer(world, set_) == (
+            f"Server `{world.guild.id}` may now spend $0.02 a month. Recorded in the audit channel."
+        )
         await world.fake.wait_until(
             lambda: [m for m in world.fake.channel_messages(world.audit_channel) if "Allotment" in m.content]
         )
