@@ -16,6 +16,7 @@ from bot.config import ConfigError, load_settings
 from bot.errors import RetouchError
 from bot.messages import DMS_OFF, NOT_APPROVED
 from bot.services.access import (
+    GATE_APPROVAL_SECONDS,
     AccessService,
     AlreadyStarted,
     NotOperator,
@@ -267,6 +268,39 @@ async def test_only_listed_or_operator_approved_servers_are_served_and_dms_only_
     assert (await gate.admit(None, ALICE)).text == DMS_OFF
     dms = access(storage, tmp_path, ALLOW_DMS="on")
     assert (await dms.admit(None, ALICE)).allowed
+
+
+async def test_the_gate_trusts_an_approval_it_read_for_a_while_and_forgets_a_removal_at_once(
+    storage: Storage, tmp_path: Path
+):
+    """The gate answers before its interaction is acknowledged: an approved server is not read again
+    for every command (one long SQLite call would hold them all), but a refusal is never remembered
+    (an approval made elsewhere counts at once) and a removal made here ends the trust at once."""
+    now = [0.0]
+    gate = access(storage, tmp_path, now)
+    gate.set_operators({OPERATOR})
+    reads, operator_guild = [0], storage.settings.operator_guild
+
+    async def counted(guild_id: int) -> tuple[bool, str | None]:
+        reads[0] += 1
+        return await operator_guild(guild_id)
+
+    storage.settings.operator_guild = counted  # type: ignore[method-assign]
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed and reads[0] == 2
+    await storage.settings.set_guild_approved(OTHER_GUILD, True, actor_id=OPERATOR)  # another process
+    assert (await gate.admit(OTHER_GUILD, ALICE)).allowed and reads[0] == 3
+    now[0] += GATE_APPROVAL_SECONDS - 1
+    assert (await gate.admit(OTHER_GUILD, BOB)).allowed and reads[0] == 3
+    await storage.settings.set_guild_approved(OTHER_GUILD, False, actor_id=OPERATOR)  # another process
+    assert (await gate.admit(OTHER_GUILD, ALICE)).allowed and reads[0] == 3  # trusted a while longer
+    assert not await gate.approved(OTHER_GUILD)  # what paid work reads when it holds credits
+    now[0] += 1
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed and reads[0] == 5
+    await gate.approve(OTHER_GUILD, OPERATOR)
+    assert (await gate.admit(OTHER_GUILD, ALICE)).allowed
+    assert await gate.remove(OTHER_GUILD, OPERATOR)
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed  # removed here: at once
 
 
 async def test_commands_per_minute_are_limited_per_member_in_a_sliding_window(

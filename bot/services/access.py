@@ -13,6 +13,7 @@ no provider call, no credits. Plain values only; nothing here knows about Discor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -29,6 +30,8 @@ RATE_WINDOW_SECONDS = 60.0
 # A second click on Retry or a second Edit again form for the same result within this window is the
 # same request (a double click, a laggy client), not a new one.
 DOUBLE_CLICK_SECONDS = 10.0
+# How long the gate trusts a server's approval it read (see `AccessService.admit`).
+GATE_APPROVAL_SECONDS = 30.0
 DM_GUILD_ID = 0
 
 
@@ -81,6 +84,8 @@ class AccessService:
         self._operators: frozenset[int] = settings.owner_ids
         self._recent: dict[int, deque[float]] = {}
         self._claims: dict[Hashable, float] = {}
+        # Servers the gate found approved, and when: read again after GATE_APPROVAL_SECONDS.
+        self._seen_approved: dict[int, float] = {}
 
     # -- the operator ------------------------------------------------------------------------------
 
@@ -112,8 +117,21 @@ class AccessService:
         return approved
 
     async def admit(self, guild_id: int | None, user_id: int) -> Admission:
-        """The gate every command and button passes first."""
+        """The gate every command and button passes first.
+
+        A server found approved is taken as approved for `GATE_APPROVAL_SECONDS` without reading the
+        database again: the gate answers before its interaction is acknowledged, and on SQLite one long
+        call (a big report) would otherwise hold every member's first answer past Discord's 3 s. Paid
+        work reads the approval afresh when its credits are held (`policy`), so a withdrawal made on
+        another process stops nothing paid late; one made here takes effect at once (`remove`)."""
+        if (
+            guild_id
+            and self._monotonic() - self._seen_approved.get(guild_id, -math.inf) < GATE_APPROVAL_SECONDS
+        ):
+            return Admission(True)
         if await self.approved(guild_id):
+            if guild_id:
+                self._seen_approved[guild_id] = self._monotonic()
             return Admission(True)
         operator = self.is_operator(user_id)
         if not guild_id:
@@ -131,6 +149,7 @@ class AccessService:
         """Withdraw an approval. False when ALLOWED_GUILD_IDS still lists the server (the setting wins)."""
         self.require_operator(actor_id)
         await self.storage.settings.set_guild_approved(guild_id, False, actor_id=actor_id)
+        self._seen_approved.pop(guild_id, None)
         log.info("guild %s approval removed by the operator %s", guild_id, actor_id)
         return guild_id not in self.settings.allowed_guild_ids
 
