@@ -247,17 +247,22 @@ async def test_a_flagged_prompt_is_refused_privately_before_any_hold_or_edit_cal
         )
 
 
+async def edit_two(world: World, first: bytes, second: bytes) -> FakeInteraction:
+    """alice runs /edit in #art with two images."""
+    return await world.fake.slash(
+        world.user,
+        "edit",
+        channel=world.channel,
+        options={"prompt": "make it a watercolour", "size": SQUARE},
+        attachments={"image": ("photo.png", first), "image2": ("two.png", second)},
+    )
+
+
 async def test_the_safety_check_sends_the_prompt_and_each_image_as_the_api_expects(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        it = await world.fake.slash(
-            world.user,
-            "edit",
-            channel=world.channel,
-            options={"prompt": "make it a watercolour", "size": SQUARE},
-            attachments={"image": ("photo.png", PHOTO), "image2": ("two.png", PHOTO)},
-        )
+        it = await edit_two(world, PHOTO, PHOTO)
         await published(world, it)
         bodies = openai.moderation_requests
         assert all(b["model"] == "omni-moderation-latest" for b in bodies)
@@ -289,13 +294,7 @@ async def test_of_two_images_the_refusal_names_the_one_the_check_flagged(
         # Told apart by shape: the bot re-encodes uploads, so the bytes the check gets are its own.
         shape = Image.open(io.BytesIO(PHOTO if flagged == 1 else second)).size
         openai.flag_images("violence", only=lambda image: image.size == shape)
-        it = await world.fake.slash(
-            world.user,
-            "edit",
-            channel=world.channel,
-            options={"prompt": "make it a watercolour", "size": SQUARE},
-            attachments={"image": ("photo.png", PHOTO), "image2": ("coffee.png", second)},
-        )
+        it = await edit_two(world, PHOTO, second)
         assert f"flagged your image {flagged} for **violence**" in await refusal(world, it)
         [audit] = [a for a in audit_lines(world) if "Safety check" in a]
         assert f"flagged the image {flagged} of <@{world.user.id}>" in audit
