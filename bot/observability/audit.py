@@ -122,12 +122,15 @@ class AuditLog(JobObserver):
         await self._send(_clip(line, REASON_CHARS), None)
 
     async def safety_event(self, line: str) -> None:
-        """The safety check flagged a request, or could not be reached (bot.services.moderation)."""
-        await self._send(_clip(line, REASON_CHARS), None)
+        """The safety check flagged a request, or could not be reached (bot.services.moderation).
+        Posted in the background: the member's refusal, or their unchecked edit, does not wait on the
+        audit channel's rate limit."""
+        self._spawn(self._send(_clip(line, REASON_CHARS), None))
 
     async def moderator_action(self, line: str, link: str | None = None) -> None:
-        """A member stopped or deleted someone else's edit (who did it, whose, where)."""
-        await self._send(_clip(line, REASON_CHARS), link)
+        """A member stopped or deleted someone else's edit (who did it, whose, where); posted in the
+        background like `safety_event`."""
+        self._spawn(self._send(_clip(line, REASON_CHARS), link))
 
     async def job_failed(self, job: JobRow, error: str | None) -> None:
         """A job ended failed: a safety refusal or a failure, with its reference id and channel link."""

@@ -258,6 +258,22 @@ async def edit_two(world: World, first: bytes, second: bytes) -> FakeInteraction
     )
 
 
+async def test_a_flagged_prompts_refusal_does_not_wait_for_the_audit_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The audit post goes out in the background: a slow audit channel (Discord rate-limits a channel
+    to a few posts a second) must not hold up the member's answer."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        audit = fake_discord.hold("POST", rf"/channels/{world.audit_channel.id}/messages")
+        openai.flag_text("knife", "violence")
+        it = await world.edit(PHOTO, prompt="add a bloody knife", size=SQUARE)
+        await world.fake.wait_until(lambda: audit.held)
+        assert "flagged your prompt" in await refusal(world, it)  # answered while the post is held
+        assert not [a for a in audit_lines(world) if "flagged" in a]
+        audit.release()
+        await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "flagged" in a])
+
+
 async def test_the_safety_check_sends_the_prompt_and_each_image_as_the_api_expects(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
@@ -296,7 +312,7 @@ async def test_of_two_images_the_refusal_names_the_one_the_check_flagged(
         openai.flag_images("violence", only=lambda image: image.size == shape)
         it = await edit_two(world, PHOTO, second)
         assert f"flagged your image {flagged} for **violence**" in await refusal(world, it)
-        [audit] = [a for a in audit_lines(world) if "Safety check" in a]
+        [audit] = await world.fake.wait_until(lambda: [a for a in audit_lines(world) if "Safety check" in a])
         assert f"flagged the image {flagged} of <@{world.user.id}>" in audit
         assert openai.post_count == 0 and jobs(tmp_path) == []
 
