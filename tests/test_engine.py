@@ -42,6 +42,7 @@ from bot.jobs.model import (
 )
 from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
 from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
+from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
@@ -53,6 +54,7 @@ from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fakes.wavespeed_server import Fault as WaveSpeedFault
 from tests.fixtures import edit_service, provider_env, settings_for
 from tests.live import NoResult, RecordingLive, run_to_end
+from tests.test_ops import samples, value
 
 GUILD, ALICE, BOB = 1, 2, 3
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
@@ -500,6 +502,8 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
     make: Factory, openai: FakeOpenAI
 ):
     service, _ = await make()
+    metrics = Metrics()
+    service.engine.observers.append(metrics)
     openai.fail_always(Fault.HANG)
     job_id = await submit(service)
     await until(lambda: openai.post_count == 1)  # the request reached the provider, which bills it
@@ -513,6 +517,9 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
     assert await kinds(service, job_id) == ["reserve", "capture"]
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
+    # The operator's /metrics counts the charge too, as it does a delivered edit's.
+    page = samples(metrics.render().decode())
+    assert value(page, "retouch_credits_spent_total", provider="openai", model="gpt-image-1.5") == 20
 
 
 async def test_a_cancel_is_charged_while_one_of_several_calls_is_out_though_another_was_refused(
@@ -546,6 +553,36 @@ async def test_a_moderators_stop_of_a_sent_call_is_free_to_the_member_but_counts
     assert await kinds(service, job_id) == ["reserve", "release"]
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # not the member's: absorbed by the server's and the bot's budgets
+
+
+async def test_a_cancel_whose_charge_finds_the_hold_already_released_ends_as_a_free_cancel(
+    make: Factory, openai: FakeOpenAI
+):
+    """A requester's cancel once the provider has the job is charged; a hold that was already released
+    (settled the other way) cannot be charged. The job must still end as a cancel: recorded, nothing
+    charged, and the member told so on their progress message. Otherwise the conflict escapes the
+    job's task and the job stays live, its credits accounted as neither held nor charged."""
+    service, _ = await make()
+    ledger = service.storage.ledger
+    charge = ledger.settle_cancelled_at_provider
+
+    async def released_first(job_id: str, *args: Any, **kw: Any) -> Any:
+        await ledger.release(job_id, reason="settled elsewhere")
+        return await charge(job_id, *args, **kw)
+
+    ledger.settle_cancelled_at_provider = released_first  # type: ignore[method-assign]
+    openai.fail_always(Fault.HANG)
+    live = RecordingLive()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)  # at the provider: this cancel would be charged
+    said = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert said == CancelAnswer("Cancelled — you were not charged.", cancelled=True)
+    assert live.final == ["Cancelled — you were not charged."]
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.captured) == ("cancelled", None)
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert (await storage_account(service)).held == 0
+    assert_books_balance(service.settings.data_dir)
 
 
 async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
