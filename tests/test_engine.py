@@ -39,6 +39,7 @@ from bot.jobs.model import (
     JobInfo,
     JobSpec,
     NotAllowed,
+    result_filename,
 )
 from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
 from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
@@ -747,6 +748,45 @@ async def test_recovery_settles_every_state_a_stopped_process_can_leave(make: Fa
     assert "before your edit could start" in told[ids["queued"]]
     assert "result was lost" in told[ids["submitting"]]
     assert (await storage_account(later)).held == 0
+    assert_books_balance(later.settings.data_dir)
+
+
+async def test_a_delivered_job_is_reported_charged_what_the_ledger_captured_not_what_its_record_says(
+    make: Factory,
+):
+    """The capture never takes more than the job holds, and what a delivered job is then reported as
+    charged (the operator's credits spent, the log) is that capture. A stored result whose record
+    claims more than the hold (a row written by another build) is posted after a restart, captured at
+    the hold, and counted at the hold: the metrics never show credits the ledger did not take."""
+    service, _ = await make()
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    job_id, held = "00000000000000c1", 7
+    await store_job(service, job_id, spec, {**blobs, "result-1.png": PHOTO})
+    await service.storage.ledger.reserve(job_id, GUILD, ALICE, held, starting_credits=1000)
+    result = {"disk": "result-1.png", "filename": result_filename(job_id, 1, "png"), "format": "png"}
+    record = {"files": [result], "provider": "openai", "quality": "low", "size": "1024x1024", "charged": 20}
+    await service.storage.jobs.set_job_state(
+        job_id, "completed", provider="openai", result=json.dumps(record)
+    )
+    await service.drain(0)
+
+    later, recorder = await make()
+    metrics = Metrics()
+    later.engine.observers.append(metrics)
+    assert (await later.engine.recover())["delivering"] == 1
+    await wait_state(later, job_id, "delivered")
+    assert [j for j, _ in recorder.delivered] == [job_id]
+    row = await later.storage.jobs.get_job(job_id)
+    assert row is not None and row.captured == held
+    assert await kinds(later, job_id) == ["reserve", "capture"]
+
+    def spent() -> float | None:
+        page = samples(metrics.render().decode())
+        return value(page, "retouch_credits_spent_total", provider="openai", model=spec.model)
+
+    assert await until(spent) == held
+    assert (await storage_account(later)).balance == 1000 - held
     assert_books_balance(later.settings.data_dir)
 
 
