@@ -1046,6 +1046,54 @@ async def test_a_result_still_being_posted_when_the_process_ends_is_posted_by_th
     assert await kinds(later, job_id) == ["reserve", "capture"]
 
 
+class HeldPost(RecordingLive):
+    """A progress message whose result upload is under way until `go` is set, then lands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        self.posting.set()
+        await self.go.wait()
+        return await super().deliver(outcome)
+
+
+async def test_the_stop_waits_within_its_grace_for_a_result_being_posted(make: Factory):
+    """A job past its provider is posting its paid result when the bot is told to stop: the drain
+    waits for it (up to the grace), so the member gets the result now and it is charged before the
+    process goes, rather than the upload being cut off and the result left for the next start."""
+    service, _ = await make()
+    live = HeldPost()
+    job_id = await submit(service, live)
+    await asyncio.wait_for(live.posting.wait(), 10)
+    draining = asyncio.create_task(service.drain(60))
+    done, _ = await asyncio.wait({draining}, timeout=0.2)
+    assert not done  # still waiting for the upload
+    live.go.set()
+    assert await draining == 0  # nothing aborted, nothing refunded
+    assert await state(service, job_id) == "delivered"
+    assert len(live.delivered) == 1
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
+async def test_a_result_being_posted_when_the_grace_runs_out_is_neither_aborted_nor_refunded(make: Factory):
+    """When the grace ends, only jobs still at a provider are stopped and counted as refunded. A job
+    posting its paid result is left to finish (the stop does not hold the process for it either):
+    the drain says nothing was aborted, and the result is still posted and charged."""
+    service, _ = await make()
+    live = HeldPost()
+    job_id = await submit(service, live)
+    await asyncio.wait_for(live.posting.wait(), 10)
+    assert await service.drain(0) == 0
+    assert await state(service, job_id) == "completed"
+    live.go.set()
+    await wait_state(service, job_id, "delivered")
+    assert len(live.delivered) == 1
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
 async def test_a_paid_result_that_cannot_be_stored_counts_against_the_budgets(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):
