@@ -38,11 +38,12 @@ from bot.jobs.model import (
     EditOutcome,
     JobInfo,
     JobSpec,
+    JobStatus,
     NotAllowed,
     result_filename,
 )
 from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
-from bot.messages import DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
+from bot.messages import CANCELLED_AT_PROVIDER, DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
 from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -442,6 +443,51 @@ async def test_watchdog_cancels_a_job_that_waited_too_long_in_the_queue(make: Fa
     assert await state(service, waiting) == "cancelled"
     assert any("waited too long in the queue" in text for _, text in recorder.notices)
     assert await kinds(service, waiting) == ["reserve", "release"]
+
+
+class HeldProgress(RecordingLive):
+    """A progress message whose "editing" line is held up (Discord rate-limiting its edits) until `go`
+    is set: the job's task waits there, so a cancel is seen only once the edit goes through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def update(self, status: JobStatus) -> None:
+        if status.stage == "running" and not self.go.is_set():
+            self.held.set()
+            await self.go.wait()
+        await super().update(status)
+
+
+async def test_a_members_cancel_stays_a_cancel_when_the_watchdog_finds_the_job_overdue_before_it_stops(
+    make: Factory, openai: FakeOpenAI
+):
+    """The watchdog leaves a job that is already stopping alone. A requester's cancel not yet taken up
+    by the job's task when the job's deadline passes still ends as that cancel: charged, since the
+    provider had the call, and told so, not turned into a timeout ("took too long", not charged)."""
+    service, _ = await make()
+    openai.fail_always(Fault.HANG)
+    live = HeldProgress()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)  # the call is out: the provider bills it
+    await asyncio.wait_for(live.held.wait(), 10)
+    running = service.engine._jobs[job_id]
+    cancelling = asyncio.create_task(
+        service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    )
+    await until(running.abort.is_set)
+    make.clock.advance(service.settings.job_timeout_seconds + 31)
+    stopped = await service.engine.watchdog_tick()
+    live.go.set()
+    told = CANCELLED_AT_PROVIDER.format(charged=20)
+    assert await cancelling == CancelAnswer(told, cancelled=True, charged=20)
+    assert live.final == [told]
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.error_code) == ("cancelled", "cancelled_at_provider")
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    assert stopped == 0
 
 
 # -- delivery ---------------------------------------------------------------------------------------
