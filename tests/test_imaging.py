@@ -16,6 +16,7 @@ from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, ImageStat
 
 from bot import imaging
 from bot.errors import InvalidImage, InvalidMask
+from bot.imagemeta import strip_metadata
 from bot.imaging import (
     NormalizedMask,
     decode,
@@ -399,6 +400,20 @@ def test_a_re_encoded_upload_carries_no_comment_or_xmp() -> None:
     assert result.data != data
     assert not [b for b in blocks(result.data) if b.startswith(PRIVATE_BLOCKS)]
     assert b"taken at home" not in result.data and b"xmpmeta" not in result.data
+
+
+def test_a_png_whose_container_cannot_be_walked_is_re_encoded_as_png_from_its_pixels() -> None:
+    """A PNG Pillow decodes but whose chunks the metadata walker cannot follow (here it ends before its
+    IEND) is re-encoded from its pixels, without its metadata. It stays a PNG even though it is opaque:
+    the member's exact pixels, not a JPEG's approximation of them (JPEG is for photos that arrived as
+    JPEG or WebP)."""
+    data = with_private_metadata("PNG")[:-12]  # the IEND chunk cut off
+    with pytest.raises(ValueError):
+        strip_metadata(data, "image/png")
+    result = validate_image(data, **LIMITS)
+    assert result.mime == "image/png"
+    assert_same_picture_without_metadata(result.data, data)
+    assert b"Alice Example" not in result.data and b"PhoneCo" not in result.data
 
 
 def test_a_16_bit_grey_png_is_sent_as_8_bit_grey_scaled_not_clipped_to_white() -> None:
