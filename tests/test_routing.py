@@ -688,7 +688,8 @@ async def test_a_429_counts_against_the_breaker_only_when_its_wait_outlasts_the_
     that then works is a success. A 429 reaches the breaker only when the provider asks for a wait the
     job cannot afford; a provider that keeps doing that is skipped for the cool-down, so the jobs that
     follow go to another route at once instead of each learning it with a call of its own."""
-    now = [1000.0]
+    # From the host's monotonic clock: the router compares a job's deadline with it (`remaining`).
+    now = [time.monotonic()]
 
     async def sleep(seconds: float) -> None:
         now[0] += seconds
