@@ -435,7 +435,10 @@ class PolicyAdmin:
                 raise InvalidOptions(
                     messages.unknown_providers(unknown, sorted(known)), code="unknown_provider"
                 )
-            return {"provider_order": " ".join(value) or None}
+            # A provider is ranked once, where the admin first named it (PROVIDER_ORDER is read the
+            # same way). Repeats kept, the stored order was as long as an admin cared to type, past
+            # what the policy embed's field can show; without them it is at most the known providers.
+            return {"provider_order": " ".join(dict.fromkeys(value)) or None}
         return {name: value}
 
     async def set_tier(

@@ -265,7 +265,8 @@ def _policy_from_rows(
         default_model=row["default_model"],
         default_quality=row["default_quality"],
         default_size=row["default_size"],
-        provider_order=_split(row["provider_order"]),
+        # Without repeats, also for an order stored before `PolicyAdmin` dropped them.
+        provider_order=tuple(dict.fromkeys(_split(row["provider_order"]))),
         tiers=parsed,
     )
 

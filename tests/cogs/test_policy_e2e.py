@@ -399,3 +399,30 @@ async def test_policy_show_lists_every_rule_an_admin_set(world: World):
     assert "Role tiers (the most generous applies): None" in embed_text(removed)
     bad = await reply(world, world.owner, "admin policy limits", models="gpt-image-9")
     assert "Unknown model(s): gpt-image-9" in bad.content
+
+
+# Two providers sell the model, so an order can name both (a route's provider is known to the order
+# whether or not it is configured).
+TWO_ROUTES = catalog(model("gpt-image-1.5", name="GPT Image 1.5", routes=("openai", "wavespeed")))
+
+
+async def test_a_provider_order_is_kept_without_repeats_so_the_policy_can_always_be_shown(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Repeats in `providers` are dropped, each provider kept where first named. Kept, 200 names made
+    the policy embed's field too long: Discord refused the answer to the saved change, and every later
+    /admin policy reply in the server. An order stored with repeats before that is shown without them."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=TWO_ROUTES) as world:
+        typed = " ".join(["wavespeed", "openai"] * 100)  # 1,599 characters: a valid option value
+        saved = await reply(world, world.owner, "admin policy defaults", providers=typed)
+        assert saved.content == "Saved."
+        assert fields(saved)["Defaults"].endswith("\nProviders: wavespeed → openai")
+        row = await world.services.storage.settings.guild_policy_row(world.guild.id)
+        assert row is not None and row["provider_order"] == "wavespeed openai"
+
+        repeated = " ".join(["openai"] * 200)  # as such an order was stored before
+        await world.services.storage.settings.update_guild_policy(
+            world.guild.id, {"provider_order": repeated}, actor_id=world.owner.id
+        )
+        shown = await reply(world, world.owner, "admin policy show")
+        assert fields(shown)["Defaults"].endswith("\nProviders: openai")
