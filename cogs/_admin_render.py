@@ -16,7 +16,7 @@ from bot.services.admin import GuildPolicy, RoleTier, SpendReport
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.moderation import STRICT_SCORE
 from bot.services.policy import Budget
-from cogs._ui import EMBED_COLOUR, MORE, fit_lines, utc_day
+from cogs._ui import EMBED_COLOUR, FIELD_CHARS, MORE, fit_lines, utc_day
 
 REPORT_TOP = 10
 
@@ -92,8 +92,13 @@ def policy_embed(
             ("size", policy.default_size),
         )
     )
-    providers = " → ".join(policy.provider_order) or "catalog order"
-    embed.add_field(name="Defaults", value=f"{defaults}\nProviders: {providers}", inline=False)
+    # Fitted, not joined whole: an order too long for the field would make Discord refuse every
+    # reply that shows this embed (50035), the answer to a change that was saved included.
+    heading = f"{defaults}\nProviders: "
+    providers = fit_lines(
+        policy.provider_order, sep=" → ", empty="catalog order", limit=FIELD_CHARS - len(heading)
+    )
+    embed.add_field(name="Defaults", value=heading + providers, inline=False)
     tiers = fit_lines([_tier_line(t) for t in policy.tiers])
     embed.add_field(name="Role tiers (the most generous applies)", value=tiers, inline=False)
     return embed

@@ -168,22 +168,29 @@ def truncate(text: str, limit: int) -> str:
 
 
 def fit_lines(
-    lines: Sequence[str], *, hidden: int = 0, more: str = MORE, empty: str = "None", limit: int = FIELD_CHARS
+    lines: Sequence[str],
+    *,
+    hidden: int = 0,
+    more: str = MORE,
+    empty: str = "None",
+    limit: int = FIELD_CHARS,
+    sep: str = "\n",
 ) -> str:
     """A list as one embed field: whole lines while they fit in `limit`, then `more` counting the lines
     left out (those that did not fit, plus the `hidden` ones the caller cut already). Cutting the
-    joined text instead ends mid-line and loses the note that says how many are missing."""
+    joined text instead ends mid-line and loses the note that says how many are missing. `sep` joins
+    them (a list shown on one line, such as a provider order, passes its own)."""
     if not lines and not hidden:
         return empty
     for kept in range(len(lines), 0, -1):
-        text = _with_more(lines[:kept], hidden + len(lines) - kept, more)
+        text = _with_more(lines[:kept], hidden + len(lines) - kept, more, sep)
         if len(text) <= limit:
             return text
     return more.format(hidden + len(lines))
 
 
-def _with_more(lines: Sequence[str], left: int, more: str) -> str:
-    return "\n".join([*lines, more.format(left)] if left else lines)
+def _with_more(lines: Sequence[str], left: int, more: str, sep: str) -> str:
+    return sep.join([*lines, more.format(left)] if left else lines)
 
 
 def utc_day(moment: dt.datetime) -> str:

@@ -170,3 +170,22 @@ def test_diagnose_lists_keep_whole_lines_and_count_what_did_not_fit():
     diagnosis = Diagnosis(("Send Messages",), None, DatabaseStatus(14, 14, True, "SQLite"), tuple(warnings))
     value = field(diagnosis_embed(diagnosis, 0.05), "Models")
     assert_whole_lines_then_the_rest_counted(value, [f"⚠️ {w}" for w in warnings])
+
+
+def test_a_provider_order_too_long_for_its_field_names_whole_providers_then_how_many_more():
+    """However long the stored order, the Defaults field fits: Discord refuses the whole reply for one
+    field over 1,024 characters, and every /admin policy answer shows this embed."""
+    order = tuple(f"provider-{i:03}" for i in range(200))
+    embed = policy_embed(GuildPolicy(1, provider_order=order), BUDGET, 0, 1000)
+    value = field(embed, "Defaults")
+    assert len(value) <= FIELD_CHARS
+    defaults, providers = value.split("\nProviders: ")
+    assert defaults == "model bot default · quality bot default · size bot default"
+    *named, note = providers.split(" → ")
+    assert named == list(order[: len(named)]) and note == MORE.format(len(order) - len(named))
+
+
+def test_fit_lines_joins_with_the_separator_given():
+    assert fit_lines(["a", "b"], sep=" → ") == "a → b"
+    assert fit_lines(["a" * 30, "b" * 30, "c"], limit=45, sep=" → ") == "a" * 30 + " → …and 2 more"
+    assert fit_lines([], sep=" → ", empty="catalog order") == "catalog order"
