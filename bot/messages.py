@@ -443,6 +443,22 @@ RESTARTED_MID_SUBMIT = (
 EDIT_WENT_WRONG = "Something went wrong with this edit. You were not charged."
 
 
+def about_your_edit(where: str | None, text: str) -> str:
+    """How an edit ended, told by DM (its command's private message could not say it any more);
+    `where`: a link to the channel it was asked in."""
+    return f"About your edit in {where}: {text}" if where else f"About your edit: {text}"
+
+
+def edit_not_finished(user_id: int, charged: int) -> str:
+    """The channel's line for a member whose DMs are closed: that their edit ended, what it cost and
+    where to look; never why (a refusal of their prompt, say, is nobody else's business)."""
+    cost = f"{charged} credits were charged" if charged else "you were not charged"
+    return (
+        f"<@{user_id}> your edit could not be finished, and {cost}. Retouch could not send you the "
+        "details by DM; /credits shows your balance and its history."
+    )
+
+
 def charged_then_failed(charged: int) -> str:
     return f"Your edit was posted and charged ({charged} credits), but something went wrong afterwards."
 

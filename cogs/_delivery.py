@@ -1,7 +1,8 @@
-"""The engine's `Delivery` from any process, at any time: a channel message that mentions the
-requester (and pings only them), else a DM; notices ("you were not charged") go the same way. Used for
-results whose interaction token is spent or unknown here (after a restart); `cogs._results` has the
-live route through the command's own interaction.
+"""The engine's `Delivery` from any process, at any time: a result as a channel message that mentions
+the requester (and pings only them), else a DM. Notices of how an edit ended go the other way round: by
+DM, since they may say why; only when that fails, a line in the channel without the why. Used for
+results and notices whose interaction token is spent or unknown here (after a restart);
+`cogs._results` has the live route through the command's own interaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import discord
 
-from bot import imaging
+from bot import imaging, messages
 from bot.jobs.model import Delivered, DeliveryFailed, EditOutcome, JobInfo, ResultFile
 from bot.observability.audit import jump_url
 from cogs._results import maybe_thread, result_view
@@ -90,25 +91,37 @@ class DiscordDelivery:
             raise DeliveryFailed(f"DM failed: {type(exc).__name__}", uncertain=True, transient=True) from exc
         return Delivered("dm", message.channel.id, message.id)
 
-    async def notify(self, job: JobInfo, text: str) -> bool:
-        if job.channel_id is not None:
-            try:
-                await self.bot.get_partial_messageable(job.channel_id).send(
-                    f"<@{job.user_id}> {text}", allowed_mentions=_only(job.user_id)
-                )
-                return True
-            except discord.HTTPException as exc:
-                log.info(
-                    "job %s: cannot notify in channel (%s %s); trying a DM", job.job_id, exc.status, exc.code
-                )
+    async def notify(self, job: JobInfo, text: str, *, charged: int) -> bool:
+        """Tell the requester how their job ended, by DM: `text` may say why, and why is theirs alone
+        (a provider's refusal of their prompt, say). Only when the DM cannot be sent does the job's
+        channel get a line that pings them with what it cost (`charged`) and no reason."""
+        where = jump_url(job.guild_id or None, job.channel_id) if job.channel_id else None
         try:
             dm = await self.bot.create_dm(discord.Object(job.user_id))
-            await dm.send(text, allowed_mentions=discord.AllowedMentions.none())
-            return True
-        except discord.HTTPException as exc:
-            log.warning(
-                "job %s: could not reach user %s (%s %s)", job.job_id, job.user_id, exc.status, exc.code
+            await dm.send(
+                truncate(messages.about_your_edit(where, text), 2000),
+                allowed_mentions=discord.AllowedMentions.none(),
+                nonce=f"rt{job.job_id}m",
             )
+            return True
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            # A DM that failed in passing may have landed: the channel's line then repeats only that
+            # the edit ended, which is no harm.
+            log.info("job %s: cannot DM its requester (%s); saying so in the channel", job.job_id, _why(exc))
+        if job.channel_id is None:
+            return False
+        try:
+            # The nonce (at most 25 characters) is the job's, so the same notice sent again by
+            # another call within Discord's few minutes returns the first post instead of pinging
+            # twice (discord.py's own retries of one send already reuse one nonce).
+            await self.bot.get_partial_messageable(job.channel_id).send(
+                messages.edit_not_finished(job.user_id, charged),
+                allowed_mentions=_only(job.user_id),
+                nonce=f"rt{job.job_id}n",
+            )
+            return True
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("job %s: could not reach user %s (%s)", job.job_id, job.user_id, _why(exc))
             return False
 
     async def find(self, job: JobInfo) -> Delivered | None:
@@ -181,6 +194,13 @@ async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> Edit
         stem = f.filename.rsplit(".", 1)[0]
         files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
     return replace(outcome, files=tuple(files))
+
+
+def _why(exc: BaseException) -> str:
+    """A failed send for the log: Discord's status and code, or the exception's kind."""
+    if isinstance(exc, discord.HTTPException):
+        return f"{exc.status} {exc.code}"
+    return type(exc).__name__
 
 
 def _only(user_id: int) -> discord.AllowedMentions:

@@ -81,6 +81,7 @@ class Recorder:
     def __init__(self) -> None:
         self.delivered: list[tuple[str, EditOutcome]] = []
         self.notices: list[tuple[str, str]] = []
+        self.charged: dict[str, int] = {}  # what each notice said the job cost
         self.fail = False
         self.found: dict[str, Delivered] = {}
 
@@ -90,8 +91,9 @@ class Recorder:
         self.delivered.append((job.job_id, outcome))
         return Delivered("channel", 10, 20)
 
-    async def notify(self, job: JobInfo, text: str) -> bool:
+    async def notify(self, job: JobInfo, text: str, *, charged: int) -> bool:
         self.notices.append((job.job_id, text))
+        self.charged[job.job_id] = charged
         return True
 
     async def find(self, job: JobInfo) -> Delivered | None:
@@ -567,6 +569,21 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
     # The operator's /metrics counts the charge too, as it does a delivered edit's.
     page = samples(metrics.render().decode())
     assert value(page, "retouch_credits_spent_total", provider="openai", model="gpt-image-1.5") == 20
+
+
+async def test_a_charged_cancel_told_without_a_progress_message_says_what_it_cost(
+    make: Factory, openai: FakeOpenAI
+):
+    """With no progress message to show it on (its token spent, or a restart), the member is told
+    through the Delivery, with the charge: where the reason cannot be shown (DMs closed), the
+    channel's line still says truthfully what the cancel cost."""
+    service, recorder = await make()
+    openai.fail_always(Fault.HANG)
+    job_id = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert recorder.notices == [(job_id, CANCELLED_AT_PROVIDER.format(charged=20))]
+    assert recorder.charged == {job_id: 20}
 
 
 async def test_a_cancel_is_charged_while_one_of_several_calls_is_out_though_another_was_refused(

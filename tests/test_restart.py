@@ -110,6 +110,11 @@ class Scene:
     def told(self, words: str) -> list[Any]:
         return [m for m in self.fake.channel_messages(self.channel) if words in m.content]
 
+    def told_by_dm(self, words: str) -> list[Any]:
+        """What alice was told privately (how an edit ended, once no command of hers can say it)."""
+        dm = self.fake.dm_channel(self.alice)
+        return [m for m in self.fake.channel_messages(dm) if words in m.content]
+
 
 @pytest.fixture
 async def scene_for(
@@ -166,8 +171,9 @@ async def test_sigkill_mid_call_and_in_the_queue_releases_the_call_and_runs_the_
     assert result.content.startswith(f"<@{scene.alice.id}> here is the edit you asked for")
     assert openai.post_count == 2  # the lost call is never sent again; the queued job ran once
     await scene.fake.wait_until(
-        lambda: scene.told("result was lost") and scene.told("could start"), timeout=WAIT
+        lambda: scene.told_by_dm("result was lost") and scene.told_by_dm("could start"), timeout=WAIT
     )
+    assert not scene.told("not charged")  # by DM, while alice's DMs are open
     assert_books_balance(scene.data_dir)
 
 

@@ -259,8 +259,9 @@ class EngineCore:
                 log.warning("job %s: settling it failed (%s); trying again", job.id, exc)
                 await asyncio.sleep(pause)
 
-    async def _say(self, job: ActiveJob, text: str) -> None:
-        """Tell the user: on the live progress message if there is one, else through the Delivery."""
+    async def _say(self, job: ActiveJob, text: str, *, charged: int = 0) -> None:
+        """Tell the user how their job ended (having cost them `charged`): on the live progress message
+        if there is one, else through the Delivery."""
         shown = False
         if job.live is not None:
             try:
@@ -269,7 +270,7 @@ class EngineCore:
                 log.info("job %s: progress message unavailable: %s", job.id, type(exc).__name__)
         if not shown:
             try:
-                await self.delivery.notify(job.info, text)
+                await self.delivery.notify(job.info, text, charged=charged)
             except Exception as exc:
                 log.warning("job %s: could not tell the user: %s", job.id, type(exc).__name__)
 

@@ -135,7 +135,7 @@ class JobEndings(EngineCore):
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
         text = CANCELLED_AT_PROVIDER.format(charged=charged)
         if not job.quiet:
-            await self._say(job, text)
+            await self._say(job, text, charged=charged)
         elif job.live is not None:
             with contextlib.suppress(Exception):
                 await job.live.finish(None)

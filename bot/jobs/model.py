@@ -328,8 +328,9 @@ class Delivery(Protocol):
         """Post the result (e.g. channel message, then DM). Raise DeliveryFailed when nothing worked."""
         ...
 
-    async def notify(self, job: JobInfo, text: str) -> bool:
-        """Tell the user something about their job. False when nobody could be reached."""
+    async def notify(self, job: JobInfo, text: str, *, charged: int) -> bool:
+        """Tell the user how their job ended (`text` may say why; `charged`: the credits it cost them),
+        privately where possible. False when nobody could be reached."""
         ...
 
     async def find(self, job: JobInfo) -> Delivered | None:
@@ -343,7 +344,7 @@ class NoDelivery:
     async def deliver(self, job: JobInfo, outcome: EditOutcome) -> Delivered:
         raise DeliveryFailed("no delivery route is attached")
 
-    async def notify(self, job: JobInfo, text: str) -> bool:
+    async def notify(self, job: JobInfo, text: str, *, charged: int) -> bool:
         log.info("job %s: nobody to tell (%s)", job.job_id, text)
         return False
 

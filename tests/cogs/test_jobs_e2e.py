@@ -7,6 +7,7 @@ each state, and the persistent result buttons (Edit again, Retry, Delete).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 import bot.jobs.core
+from bot import messages
+from bot.jobs.model import JobInfo
 from bot.messages import UPLOADING
 from tests.durable import (
     CATALOG,
@@ -275,6 +278,69 @@ async def test_a_channel_post_lost_to_a_dropped_connection_falls_back_to_a_dm(wo
     [job] = await settled(world)
     assert (job["state"], job["delivered_via"]) == ("delivered", "dm")
     assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "capture"]
+
+
+# -- how an edit ended, once its token is spent -----------------------------------------------------
+
+
+async def refused_after_the_token_died(world: World) -> None:
+    """An edit the image service's safety system refuses, answered after the command's token died (as
+    if it had waited in the queue for 15 minutes): its progress message cannot say how it ended."""
+    world.openai.fail_next(Fault.MODERATION_BLOCKED)
+    world.openai.delay = 1.0
+    it = await world.edit(PHOTO, prompt="something the provider refuses")
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    world.fake.expire_token(it)
+
+
+def pings(world: World) -> list[FakeMessage]:
+    """The channel's messages that mention the requester."""
+    return [m for m in world.fake.channel_messages(world.channel) if world.user.mention in m.content]
+
+
+async def test_a_failure_after_the_token_is_spent_is_explained_by_dm_and_not_in_the_channel(world: World):
+    """Why an edit failed (here the provider's refusal of the member's prompt) is theirs alone: told
+    by DM, and the channel hears nothing of it."""
+    await refused_after_the_token_died(world)
+    dm = world.fake.dm_channel(world.user)
+    [told] = await world.fake.wait_until(lambda: world.fake.channel_messages(dm))
+    channel = f"https://discord.com/channels/{world.guild.id}/{world.channel.id}"
+    assert told.content.startswith(f"About your edit in {channel}: ")
+    assert "safety system" in told.content and "not charged" in told.content
+    [job] = await settled(world)
+    assert job["state"] == "failed"
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "release"]
+    assert pings(world) == []
+    assert not [m for m in world.fake.channel_messages(world.channel) if "safety" in m.content]
+
+
+async def test_with_dms_closed_the_channel_hears_only_that_the_edit_ended_and_what_it_cost(world: World):
+    world.user.dms_open = False
+    await refused_after_the_token_died(world)
+    [line] = await world.fake.wait_until(lambda: pings(world))
+    assert line.content == messages.edit_not_finished(world.user.id, 0)
+    assert "not charged" in line.content and "/credits" in line.content
+    assert "safety" not in line.content and "refuses" not in line.content
+    assert line.mentions == [world.user.id]  # pings the requester and nobody else
+    assert line.allowed_mentions == {"parse": [], "users": [world.user.id]}
+    assert world.fake.channel_messages(world.fake.dm_channel(world.user)) == []
+    [job] = await settled(world)
+    assert ledger_kinds(world.services.settings.data_dir, job["id"]) == ["reserve", "release"]
+
+
+async def test_a_channel_notice_sent_again_for_the_same_job_is_posted_once(world: World):
+    """The line carries the job's nonce: sent again (another call, another process) within Discord's
+    window, Discord returns the first post rather than pinging the member twice."""
+    world.user.dms_open = False
+    info = JobInfo(
+        "0123456789abcdef", world.guild.id, world.user.id, world.channel.id, dt.datetime.now(dt.UTC)
+    )
+    delivery = world.services.edits.engine.delivery
+    for _ in range(2):
+        assert await delivery.notify(info, "the reason", charged=20)
+    [line] = pings(world)
+    assert line.content == messages.edit_not_finished(world.user.id, 20)
+    assert "20 credits were charged" in line.content and "not charged" not in line.content
 
 
 def progress_edits(world: World, times: int = 1000) -> HeldRequests:
