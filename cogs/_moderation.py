@@ -88,8 +88,16 @@ class PublicControls(JobObserver):
         if job_id in self._ended:
             return
         try:
+            # The notice quotes the member's prompt: a link in it must not unfurl into a preview under
+            # the bot's name. The flag hides every embed, but the notice has none of its own.
+            # Its nonce is the job's (at most 25 characters): the notice sent again within Discord's
+            # few minutes returns the first post rather than a second one.
             message = await self.bot.get_partial_messageable(channel_id).send(
-                notice_text(requester, prompt), view=stop_view(job_id), allowed_mentions=NO_MENTIONS
+                notice_text(requester, prompt),
+                view=stop_view(job_id),
+                allowed_mentions=NO_MENTIONS,
+                suppress_embeds=True,
+                nonce=f"rt{job_id}s",
             )
         except discord.HTTPException as exc:
             log.info("job %s: no public notice in %s (%s %s)", job_id, channel_id, exc.status, exc.code)

@@ -28,7 +28,14 @@ from tests.durable import (
     results,
     undo_button,
 )
-from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeMessage, FakeUser, Permission
+from tests.fakes.discord import (
+    FLAG_SUPPRESS_EMBEDS,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+    FakeUser,
+    Permission,
+)
 from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -437,6 +444,41 @@ async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is
             f"🛑 <@{mod.id}> stopped job `{job['id']}` of <@{world.user.id}> in <#{world.channel.id}> "
             "(released in full) · https://discord.com/channels/"
         )
+
+
+async def test_a_link_in_the_prompt_unfurls_no_preview_under_the_public_notice(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The notice quotes the prompt, where a link would unfurl into a preview in the bot's
+    public post: it is posted with embeds suppressed (it has none of its own to lose)."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)
+        await world.edit(PHOTO, prompt="like https://example.com/cat.png please", size=SQUARE)
+        notice = await public_notice(world)
+        assert "https://example.com/cat.png" in notice.content
+        assert notice.flags & FLAG_SUPPRESS_EMBEDS and notice.embeds == []
+
+
+async def test_the_public_notice_sent_again_for_its_job_is_posted_once(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The notice carries its job's nonce: sent again within Discord's window, Discord answers with the
+    first post instead of making a second one."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)
+        await world.edit(PHOTO, prompt="turn the cat blue", size=SQUARE)
+        notice = await public_notice(world)
+        [job] = jobs(tmp_path)
+        posts = rf"/channels/{world.channel.id}/messages"
+
+        def sent() -> list[Any]:
+            return [r for r in fake_discord.requests if r.method == "POST" and r.path.endswith(posts)]
+
+        already = len(sent())
+        world.bot.get_cog("MembersCog").controls.announce(job["id"], world.channel.id, "alice", "again")
+        await fake_discord.wait_until(lambda: len(sent()) > already)
+        assert [m for m in fake_discord.channel_messages(world.channel) if stop_button(m)] == [notice]
+        assert notice.content == "🖌️ **alice** is editing an image: “turn the cat blue”"
 
 
 async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no_power(
