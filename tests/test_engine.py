@@ -1411,6 +1411,54 @@ async def test_a_release_whose_transaction_fails_once_is_tried_again_and_frees_t
     assert (await storage_account(service)).held == 0
 
 
+@pytest.mark.parametrize("lost", ["before its commit", "after its commit"])
+async def test_a_release_still_failing_after_its_retries_is_made_by_a_watchdog_round_exactly_once(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, lost: str
+):
+    """A failed job's release keeps failing past its retries, and the member has been told they were
+    not charged: a later watchdog round makes that release (not only the next start, since the job
+    has no task left here for the watchdog to find), without telling them again. Once only: a try
+    that committed and lost its answer (`after its commit`) is found released, never released twice."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, recorder = await make()
+    real = service.storage.ledger.settle_released
+    failing = True
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        if not failing:
+            return await real(*args, **kw)
+        if lost == "after its commit":
+            await real(*args, **kw)
+            raise ConnectionResetError("the answer is lost")
+        raise sqlite3.OperationalError("database is locked")  # nothing committed
+
+    service.storage.ledger.settle_released = flaky  # type: ignore[method-assign]
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(service)  # no progress message: the member is told through the Delivery
+    [(_, told)] = await until(lambda: recorder.notices)
+    assert "not charged" in told
+    await until(lambda: service.engine.in_flight == 0)  # its task has ended
+    reserved = (await service.storage.reports.ledger_rows(job_id))[0]["amount"]
+    held = 0 if lost == "after its commit" else reserved  # still held: the bug this pins
+    assert reserved > 0 and (await storage_account(service)).held == held
+
+    assert await service.engine.watchdog_tick() == 0  # the release fails in this round too
+    assert (await storage_account(service)).held == held
+    failing = False
+    await service.engine.watchdog_tick()
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert (await storage_account(service)).held == 0
+    assert await state(service, job_id) == "failed"
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.spec is None  # the prompt went with the images
+    assert not service.engine.files.folder(job_id).exists()
+
+    await service.engine.watchdog_tick()  # nothing is owed any more
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert len(recorder.notices) == 1  # told once, when the job ended
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(
     make: Factory, monkeypatch: pytest.MonkeyPatch
 ):

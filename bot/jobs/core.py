@@ -177,6 +177,11 @@ class EngineCore:
         self._watchdog: asyncio.Task[None] | None = None
         # job id -> the next delivery try of a result Discord could not take
         self._redeliveries: dict[str, asyncio.TimerHandle] = {}
+        # job id -> the release of a job that ended here while its settlement kept failing
+        # (`JobEndings._end`), made by the watchdog's rounds (`JobRecovery.settle_owed`): no task is left
+        # to try it again, and the watchdog stops only the jobs it tracks, so the hold stayed until the
+        # next start although the member had been told they were not charged.
+        self._owed: dict[str, Callable[[], Awaitable[object]]] = {}
         self.delivery_retry_first = DELIVERY_RETRY_FIRST_SECONDS
         self.delivery_retry_max = DELIVERY_RETRY_MAX_SECONDS
         # Waiting jobs' "Queued — position N" lines: changed text only, rate-limited (bot.concurrency).
@@ -258,6 +263,13 @@ class EngineCore:
                     raise
                 log.warning("job %s: settling it failed (%s); trying again", job.id, exc)
                 await asyncio.sleep(pause)
+
+    async def _forget(self, job_id: str) -> None:
+        """A job released for good: its files and its prompt go (nothing will run or post it again)."""
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.files.remove, job_id)
+        with contextlib.suppress(Exception):  # the sweep clears it otherwise
+            await self.storage.jobs.forget_job_details(job_id)  # the prompt goes with the images
 
     async def _say(self, job: ActiveJob, text: str, *, charged: int = 0) -> None:
         """Tell the user how their job ended (having cost them `charged`): on the live progress message

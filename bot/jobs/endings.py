@@ -45,14 +45,16 @@ class JobEndings(EngineCore):
         # Provider errors are labelled by class: a bounded set, unlike vendors' free-form codes.
         is_provider = isinstance(exc, perr.ProviderError)
         code = str(type(exc).__name__ if is_provider else getattr(exc, "code", None) or type(exc).__name__)
-        try:
-            absorbed = await self._maybe_billed(job, exc)
-            await self._settling(
-                job,
-                lambda: self.storage.ledger.settle_released(
-                    job.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
-                ),
+        billable = _may_be_billed(job, exc)
+
+        async def release() -> object:
+            absorbed = await self._maybe_billed(job, billable)
+            return await self.storage.ledger.settle_released(
+                job.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
             )
+
+        try:
+            await self._settling(job, release)
         except LeaseLost:
             log.warning("job %s: another process took it over; it settles it (ref %s)", job.id, ref)
             return
@@ -62,14 +64,14 @@ class JobEndings(EngineCore):
             await self._end_charged(job, ref)
             return
         except Exception:
-            # Unsettled, the row stays live and the next start (or a lease round) settles it from
-            # its files: a stored result among them is posted then, so they are kept.
-            log.exception("job %s: could not release credits (ref %s)", job.id, ref)
+            # Unsettled, the row stays live with its hold. The member is told now what this release
+            # does, and the watchdog's next rounds make this very release (`settle_owed`), not a
+            # restart's reading of the row, which could run the job again or post its stored result.
+            # Its files stay until then: a process that stops first leaves the job to the next start.
+            log.exception("job %s: could not release credits (ref %s); the watchdog will", job.id, ref)
+            self._owed[job.id] = release
         else:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.files.remove, job.id)
-            with contextlib.suppress(Exception):  # the sweep clears it otherwise
-                await self.storage.jobs.forget_job_details(job.id)  # the prompt goes with the images
+            await self._forget(job.id)
         error = self._user_error(job, exc, ref)
         job.ended_with = error.user_message  # a quiet cancel that came too late answers with it
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
@@ -79,15 +81,14 @@ class JobEndings(EngineCore):
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
 
-    async def _maybe_billed(self, job: ActiveJob, exc: BaseException) -> int:
+    async def _maybe_billed(self, job: ActiveJob, billable: bool) -> int:
         """Credits a provider bills, or may bill, for a job that ends unpaid: a result it returned that
-        could not be stored or posted, a call that was sent and then cut off (cancel, deadline,
-        shutdown), or one it may have accepted before failing. The member is not charged, but the
-        budgets count it, so such jobs cannot outspend them."""
+        could not be stored or posted, or (`billable`, from `_may_be_billed`) a call that was sent
+        and then cut off or that it may have accepted before failing. The member is not charged, but
+        the budgets count it, so such jobs cannot outspend them."""
         if job.billed is not None:
             return job.billed
-        cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
-        if job.provider is None or not (cut_off or getattr(exc, "accepted", False)):
+        if not billable:
             return 0
         return await self._provider_price(job) or 0
 
@@ -179,3 +180,10 @@ class JobEndings(EngineCore):
             return JobInterrupted()
         log.error("job %s failed unexpectedly (ref %s)", job.id, ref, exc_info=exc)
         return JobFailed(messages.EDIT_WENT_WRONG, ref=ref, code="internal")
+
+
+def _may_be_billed(job: ActiveJob, exc: BaseException) -> bool:
+    """Whether the provider may bill for a job ending with `exc`: a call that was sent and then cut off
+    (cancel, deadline, shutdown), or one it may have accepted before failing."""
+    cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
+    return job.provider is not None and (cut_off or bool(getattr(exc, "accepted", False)))

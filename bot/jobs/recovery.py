@@ -20,7 +20,7 @@ from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
 from bot.jobs.leases import CLAIM_BATCH, JobLeases
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.messages import CANCELLED, RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
-from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow
+from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow, LeaseLost
 from bot.storage.ledger import LedgerConflict
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class JobRecovery(JobLeases):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
         await self._flush_background()
+        await self.settle_owed()  # a last try; what is still owed is settled by the next start
         # Leases were renewed while jobs finished; what is left here now goes to the other processes.
         await self._stop_leases()
         with contextlib.suppress(Exception):  # they run out by themselves within one lease
@@ -307,7 +308,9 @@ class JobRecovery(JobLeases):
     # -- the watchdog --------------------------------------------------------------------------------
 
     async def watchdog_tick(self) -> int:
-        """Cancel (and release) every live job past its deadline; returns how many were stopped."""
+        """Make the releases still owed (`settle_owed`), then cancel (and release) every live job past
+        its deadline; returns how many were stopped."""
+        await self.settle_owed()
         stopped = 0
         for row in await self.storage.jobs.overdue_jobs(self.storage.now()):
             job = self._jobs.get(row.id)
@@ -329,6 +332,28 @@ class JobRecovery(JobLeases):
         if stopped:
             self._pump()
         return stopped
+
+    async def settle_owed(self) -> int:
+        """Make the releases of jobs that ended here while their settlement kept failing (`_owed`), each
+        once: a release is idempotent, so one whose earlier try committed and lost its answer is found
+        made, and one the job's row shows captured is refused (never both). Returns how many were made."""
+        made = 0
+        for job_id, release in list(self._owed.items()):
+            try:
+                await release()
+            except LeaseLost:
+                log.warning("job %s: another process took it over before its release; it settles it", job_id)
+            except LedgerConflict:
+                log.error("job %s: captured, although it ended here unpaid; its release is dropped", job_id)
+            except Exception as exc:
+                log.info("job %s: its release failed again (%s); the next round tries", job_id, exc)
+                continue
+            else:
+                made += 1
+                log.info("job %s: released by the watchdog, its settlement having failed", job_id)
+                await self._forget(job_id)
+            self._owed.pop(job_id, None)
+        return made
 
     async def _watch(self) -> None:
         last_sweep = time.monotonic()
