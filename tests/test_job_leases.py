@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bot import messages
+from bot.jobs import core as core_module
 from bot.jobs.leases import CLAIM_BATCH, ROUNDS_PER_LEASE, claim_share
 from bot.jobs.model import CancelAnswer, Delivered, EditOutcome, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
@@ -933,6 +934,46 @@ async def test_a_job_created_while_a_renewal_runs_is_not_taken_for_lost(process:
     assert job_id in a.engine.held_jobs()
     await wait_state(a, job_id, "delivered")
     assert [j for j, _ in told.delivered] == [job_id]
+
+
+async def test_a_release_owed_here_keeps_its_lease_so_no_other_process_recovers_the_job(
+    process: Factory, openai: FakeOpenAI, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    """A failed job whose release kept failing (its member already told they were not charged) stays
+    this process's until a watchdog round makes that release: its lease is renewed meanwhile, so no
+    other process takes it over and recovers it from its row, which would tell the member a restart
+    lost it (or run a queued job again)."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    a, told_a = await process("a")
+    await a.engine.recover()
+    real = a.storage.ledger.settle_released
+    failing = True
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        if failing:
+            raise ConnectionResetError("the connection dropped before COMMIT")
+        return await real(*args, **kw)
+
+    a.storage.ledger.settle_released = flaky  # type: ignore[method-assign]
+    openai.fail_next(Fault.MODERATION_BLOCKED)
+    job_id = await submit(a)
+    await until(lambda: told_a.notices)
+    await until(lambda: a.engine.in_flight == 0)
+    b, told_b = await process("b")
+    await b.engine.recover()
+    for _ in range(3):  # past the lease the job had when it ended: a renews it, b takes nothing
+        clock.advance(LEASE / 2)
+        assert sum((await b.engine.lease_round()).values()) == 0
+        assert sum((await a.engine.lease_round()).values()) == 0
+    row = await a.storage.jobs.get_job(job_id)
+    assert row is not None and row.owner == "a" and row.state == "submitting"
+
+    failing = False
+    await a.engine.watchdog_tick()
+    assert await state(a, job_id) == "failed"
+    assert await kinds(a, job_id) == ["reserve", "release"]
+    assert told_b.notices == [] and len(told_a.notices) == 1
+    await assert_books_balance(a.storage)
 
 
 # -- rules a mutation pass found untested: each test below fails if its rule is changed -----------

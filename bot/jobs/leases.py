@@ -100,8 +100,9 @@ class JobLeases(EngineCore):
         return math.ceil(max(interval, left) + CANCEL_SLACK_SECONDS)
 
     def held_jobs(self) -> set[str]:
-        """The jobs this process runs, waits to run, or will deliver again (their leases are renewed)."""
-        return set(self._jobs) | set(self._redeliveries) | self._creating
+        """The jobs this process runs, waits to run, will deliver again or still owes a release (their
+        leases are renewed)."""
+        return set(self._jobs) | set(self._redeliveries) | self._creating | set(self._owed)
 
     async def lease_round(self) -> dict[str, int]:
         """Renew this process's leases, drop the jobs it lost, then (shared database, still taking work)
