@@ -649,6 +649,33 @@ async def test_a_cancel_whose_charge_finds_the_hold_already_released_ends_as_a_f
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_cancel_whose_charge_cannot_be_recorded_is_released_not_left_held(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The database keeps refusing the cancel's charge: the job is released like any cancel (the
+    budgets count what the provider bills). An error escaping the job's end left the hold with no task
+    to settle it until the next start, and the member with no answer."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, _ = await make()
+    tries = [0]
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        tries[0] += 1
+        raise sqlite3.OperationalError("database is locked")
+
+    service.storage.ledger.settle_cancelled_at_provider = locked  # type: ignore[method-assign]
+    openai.fail_always(Fault.HANG)
+    live = RecordingLive()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)  # at the provider: this cancel would be charged
+    said = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert said == CancelAnswer(messages.CANCELLED, cancelled=True) and tries[0] == 3
+    assert live.final == [messages.CANCELLED]
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    assert (await storage_account(service)).held == 0
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

@@ -117,24 +117,32 @@ class JobEndings(EngineCore):
     async def _charge_cancelled(self, job: ActiveJob, ref: str) -> bool:
         """A member cancelled a job a provider already accepted: charge what that provider charges for
         it. False when it cannot be priced (it is then released like any other cancel)."""
-        charged = await self._provider_price(job)
-        if charged is None:
+        price = await self._provider_price(job)
+        if price is None:
             return False
         try:
-            settled = await self.storage.ledger.settle_cancelled_at_provider(
-                job.id, charged, error_code="cancelled_at_provider", error_ref=ref, owner=self.owner
+            settled = await self._settling(
+                job,
+                lambda: self.storage.ledger.settle_cancelled_at_provider(
+                    job.id, price, error_code="cancelled_at_provider", error_ref=ref, owner=self.owner
+                ),
             )
         except LeaseLost:
             log.warning("job %s: another process took it over before its cancel was charged", job.id)
             return True  # nothing more to do here: that process settles it
         except LedgerConflict:
             return False
+        except Exception:
+            # Released instead, like any cancel (the budgets still count what the provider bills):
+            # an escaped error would leave the hold with no task left to settle it.
+            log.exception("job %s: could not charge its cancel (ref %s); releasing it", job.id, ref)
+            return False
         charged = settled[1] if settled is not None else 0
         log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job.id)
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
-        text = CANCELLED_AT_PROVIDER.format(charged=charged)
+        text = CANCELLED_AT_PROVIDER.format(charged=charged) if charged else messages.CANCELLED
         if not job.quiet:
             await self._say(job, text, charged=charged)
         elif job.live is not None:
