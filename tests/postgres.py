@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -25,6 +25,7 @@ needs_postgres = pytest.mark.skipif(
 )
 
 PoolOn = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -70,6 +71,36 @@ async def pool_on(pg_schema: str) -> AsyncIterator[PoolOn]:
 async def pg_pool(pool_on: PoolOn) -> Any:
     """One asyncpg pool on this test's schema."""
     return await pool_on()
+
+
+async def waiting_on(holder: Any) -> int:
+    """How many sessions wait for a lock that `holder` (an asyncpg connection) holds."""
+    return int(
+        await holder.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            holder.get_server_pid(),
+        )
+    )
+
+
+async def until_waiting_on(holder: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Until some session waits for a lock `holder` holds (what `holder` then commits, it reads)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await waiting_on(holder):
+        if loop.time() > deadline:
+            raise TimeoutError("nobody waits for the locks held")
+        await asyncio.sleep(0.01)
+
+
+async def never_waiting_on(holder: Any, work: Awaitable[T]) -> T:
+    """What `work` returns; fails the moment it waits for a lock `holder` holds (the caller ends
+    `holder`'s transaction afterwards, which lets such a waiter go on)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        assert not await waiting_on(holder), "it waited for a row another transaction holds"
+        await asyncio.wait({task}, timeout=0.01)
+    return task.result()
 
 
 class SilentNetwork:

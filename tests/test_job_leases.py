@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from bot import messages
@@ -33,6 +34,7 @@ from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import storages
 from tests.live import RecordingLive
+from tests.postgres import never_waiting_on
 from tests.test_engine import (
     ALICE,
     BOB,
@@ -218,6 +220,21 @@ async def test_the_jobs_of_processes_whose_clocks_are_off_are_neither_counted_cl
     assert [r.id for r in await storage.jobs.claim_jobs("me", now, later(clock), limit=10)] == [slow]
 
 
+async def test_a_claim_smaller_than_what_is_claimable_takes_the_jobs_waiting_longest(
+    storage: Storage, clock: Clock
+):
+    """A round claims only its share, so which jobs it takes decides who waits: the oldest first, so a
+    dead process's earliest members are resumed first and no job is passed over round after round."""
+    ids = ["3" * 16, "1" * 16, "2" * 16]  # created in this order, which their ids do not follow
+    for job_id in ids:
+        await new_job(storage, job_id, "dead", later(clock))
+        clock.advance(1)
+    clock.advance(LEASE)
+    now = db_time(clock.now)
+    taken = [await storage.jobs.claim_jobs(name, now, later(clock), limit=1) for name in ("p", "q", "r")]
+    assert [[row.id for row in rows] for rows in taken] == [[ids[0]], [ids[1]], [ids[2]]]
+
+
 # -- several processes on PostgreSQL ------------------------------------------------------------------
 
 
@@ -243,6 +260,31 @@ async def test_concurrent_claimers_each_get_different_jobs_and_together_all_of_t
         owners = await processes[0].db.all("SELECT id, owner FROM jobs ORDER BY id")
         by_claim = {job_id: f"p{n}" for n, got in enumerate(claims) for job_id in got}
         assert {row["id"]: row["owner"] for row in owners} == by_claim
+
+
+async def test_a_claim_passes_over_a_job_whose_row_another_transaction_holds_instead_of_waiting(
+    postgres_url: str, clock: Clock
+):
+    """A job's row is held to the end of a transaction by another claimer, or by its holder's fenced
+    write (`held_by`). A claim must skip such a row and take the next claimable job at once: waiting
+    for it would queue every process's lease round behind one slow transaction. The skipped job is still
+    there for a later claim."""
+    async with storages(postgres_url, 1, clock=clock) as (storage,):
+        locked, free = "1" * 16, "2" * 16
+        await new_job(storage, locked, "dead", later(clock))
+        clock.advance(1)
+        await new_job(storage, free, "dead", later(clock))
+        clock.advance(LEASE + 1)
+        now = db_time(clock.now)
+        holder = await asyncpg.connect(postgres_url)
+        try:
+            async with holder.transaction():
+                await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", locked)
+                claim = storage.jobs.claim_jobs("p", now, later(clock), limit=1)
+                assert [row.id for row in await never_waiting_on(holder, claim)] == [free]
+        finally:
+            await holder.close()
+        assert [row.id for row in await storage.jobs.claim_jobs("q", now, later(clock), limit=1)] == [locked]
 
 
 Factory = Callable[..., Any]
@@ -541,8 +583,9 @@ async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_un
     assert sum((await b.engine.lease_round()).values()) == 0
     assert sum((await b.engine.recover()).values()) == 0  # start-up's share is held back the same way
     assert await holders(b, left) == ["a", "a"]
-    # Just inside the bound, it takes them (here a really is gone: the test's clock is the only one).
-    b.engine.hear_clock(bound - 0.1)
+    # At the bound itself it takes them: only more than a sixth of a lease is too far (here a really is
+    # gone: the test's clock is the only one).
+    b.engine.hear_clock(bound)
     await assert_taken_over_and_delivered(b, told_b, left)
 
 
@@ -575,6 +618,22 @@ async def test_a_process_that_has_not_yet_heard_the_fleets_clocks_takes_over_not
     assert await holders(b, left) == ["a", "a"]
     b.engine.hear_clock(0.0, {"b": 0.0})  # its first shard round: a is not among the live processes
     await assert_taken_over_and_delivered(b, told_b, left)
+
+
+async def test_a_round_comes_just_after_another_processs_lease_runs_out_not_at_the_regular_round(
+    process: Factory, clock: Clock
+):
+    """A dead process's jobs are taken over one lease after its last renewal, not up to a third of a
+    lease later: the next round is due just after the first lease another process holds runs out, when
+    that comes before the regular round; at once while claimable jobs are left."""
+    b, _ = await process("b")
+    await b.engine.recover()
+    interval = LEASE / ROUNDS_PER_LEASE
+    await queued_jobs_left_by(b, "a", 1)
+    assert await b.engine._until_next_round(interval, busy=False) == interval  # a's lease runs a whole one
+    clock.advance(LEASE - 4)
+    assert await b.engine._until_next_round(interval, busy=False) == pytest.approx(4 + 0.1)
+    assert await b.engine._until_next_round(interval, busy=True) == pytest.approx(0.1)
 
 
 class HeldLive(Live):
