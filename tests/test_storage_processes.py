@@ -9,6 +9,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from itertools import cycle
 
+import asyncpg
 import pytest
 
 from bot.storage import Storage
@@ -16,6 +17,7 @@ from bot.storage.connection import iso
 from bot.storage.ledger import LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard, ReserveRefused
 from tests.fixtures import storages
+from tests.postgres import until_waiting_on
 from tests.test_policy import Clock, utc
 
 PROCESSES = 3
@@ -137,6 +139,45 @@ async def test_one_settlement_per_job_when_processes_race_to_capture_and_release
         assert kinds in (["capture", "reserve"], ["release", "reserve"])
     assert await processes[2].reports.open_holds() == []
     await assert_books_reconcile(processes[0])
+
+
+async def test_an_allowance_top_up_counts_a_movement_another_process_has_in_flight(postgres_url: str):
+    """A top-up reads the balance it tops up from with the account's row locked, so on PostgreSQL a
+    movement another process has not committed yet is waited for and counted: the member ends at the
+    allowance, not at the allowance plus that movement. (A refill of the same period that rolls back
+    holds this one between creating the account and reading it, where the movement starts.)"""
+    async with storages(postgres_url, 1) as (storage,):
+        await storage.ledger.ensure_account(GUILD, USERS[0], 0)
+        refill, grant = await asyncpg.connect(postgres_url), await asyncpg.connect(postgres_url)
+        try:
+            other_refill = refill.transaction()
+            await other_refill.start()
+            await refill.execute(
+                "INSERT INTO allowance_refills (guild_id, user_id, period, added, created_at) "
+                "VALUES ($1, $2, 'p1', 0, 'now')",
+                GUILD,
+                USERS[0],
+            )
+            topping_up = asyncio.ensure_future(
+                storage.ledger.refill_allowance(
+                    GUILD, USERS[0], amount=100, period_of=lambda _: "p1", starting_credits=0
+                )
+            )
+            await until_waiting_on(refill)
+            async with grant.transaction():
+                await grant.execute(
+                    "UPDATE accounts SET balance = balance + 50 WHERE guild_id = $1 AND user_id = $2",
+                    GUILD,
+                    USERS[0],
+                )
+                await other_refill.rollback()
+                await until_waiting_on(grant)
+            assert (await topping_up).balance == 100
+        finally:
+            await refill.close()
+            await grant.close()
+        rows = await storage.db.all("SELECT period, added FROM allowance_refills")
+        assert [tuple(r) for r in rows] == [("p1", 50)]
 
 
 async def test_processes_starting_a_month_at_once_mark_it_once_and_never_pass_the_budget(database_url: str):

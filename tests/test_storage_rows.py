@@ -3,13 +3,16 @@ creation order, retention forgets text but never amounts."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
+import asyncpg
 import pytest
 
 from bot.storage import Storage
 from bot.storage.history import VersionRow
 from bot.storage.settings import PendingNotices
+from tests.postgres import until_waiting_on
 from tests.test_history import START, Clock
 
 GUILD, USER, ADMIN = 10, 2**62 + 20, 2**62 + 99  # Discord ids need all 64 bits
@@ -72,6 +75,26 @@ async def test_a_jobs_public_notice_is_recorded_while_it_runs_and_taken_by_exact
     assert not await storage.jobs.record_notice("live", *notice)
     assert not await storage.jobs.record_notice("unknown", *notice)
     assert await storage.jobs.take_notice("live") is None
+
+
+async def test_a_notice_another_caller_takes_while_this_one_reads_it_is_not_taken_twice(postgres_url: str):
+    """On PostgreSQL two takers (the job's end and a Stop click, in different processes) can both read the
+    notice before either clears it. The one that clears second must find it gone and get None, or both
+    would edit or delete the same message."""
+    notice = (3, 2**62 + 7)
+    storage = await Storage.open(postgres_url)
+    holder = await asyncpg.connect(postgres_url)
+    try:
+        await new_job(storage, "live")
+        assert await storage.jobs.record_notice("live", *notice)
+        async with holder.transaction():  # the other taker, between its clearing and its commit
+            await holder.execute("UPDATE jobs SET notice_message_id = NULL WHERE id = 'live'")
+            taking = asyncio.ensure_future(storage.jobs.take_notice("live"))
+            await until_waiting_on(holder)
+        assert await taking is None
+    finally:
+        await holder.close()
+        await storage.close()
 
 
 async def test_jobs_created_in_the_same_millisecond_are_listed_newest_first(storage: Storage):
