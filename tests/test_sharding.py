@@ -24,7 +24,7 @@ from bot.sharding import (
 )
 from bot.storage.shard_leases import ShardLeases, ShardOwner
 from tests import postgres
-from tests.postgres import PoolOn
+from tests.postgres import PoolOn, never_waiting_on
 
 pg_schema, pool_on, pg_pool = postgres.pg_schema, postgres.pool_on, postgres.pg_pool  # the fixtures
 
@@ -78,6 +78,38 @@ class Flaky:
             return await call(*args)
 
         return maybe
+
+
+class LateAnswers:
+    """A lease store whose renewals answer `delay` seconds after the database dated them (a slow network
+    back to the process)."""
+
+    def __init__(self, store: ShardLeases, clock: Clock) -> None:
+        self.store, self.clock, self.delay = store, clock, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def renew(self, owner: str) -> frozenset[int]:
+        held = await self.store.renew(owner)
+        self.clock.advance(self.delay)
+        return held
+
+
+class Hung:
+    """A lease store whose database stops answering once `hung` is set, while time goes on."""
+
+    def __init__(self, store: ShardLeases, clock: Clock) -> None:
+        self.store, self.clock, self.hung = store, clock, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def join(self, owner: str, shard_count: int) -> Any:
+        while self.hung:
+            self.clock.advance(0.5)
+            await asyncio.sleep(0.01)
+        return await self.store.join(owner, shard_count)
 
 
 class _SameHost:
@@ -332,6 +364,72 @@ async def test_concurrent_claims_never_give_one_shard_to_two_processes(pool_on: 
         renewed = await asyncio.gather(*(s.renew(n) for s, n in zip(stores, names, strict=True)))
         assert disjoint(renewed)
         clock.advance(LEASE)  # everything runs out: the next claims race for every shard again
+
+
+async def test_a_claim_passes_over_a_shard_another_claim_holds_instead_of_waiting(
+    store, pool_on: PoolOn, clock
+):
+    """A shard row another process's claim has locked (until it commits) is skipped: the claim takes the
+    next free shard at once instead of queueing every process's round behind that transaction, and the
+    skipped shard is still free for a later claim."""
+    await store.prepare()
+    assert await store.claim("a", 3, 3) == {0, 1, 2}
+    await store.release("a", {0, 1, 2})
+    async with (await pool_on(max_size=1)).acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM shard_leases WHERE shard_id = 0 FOR UPDATE")
+        assert await never_waiting_on(holder, store.claim("b", 3, 1)) == {1}
+    assert await store.claim("c", 3, 1) == {0}
+
+
+async def test_a_process_claims_below_its_count_releases_only_its_own_and_waits_only_for_others_leases(
+    store, clock
+):
+    """What the rounds rely on from the lease table: a claim never takes a shard at or above the count
+    it runs (rows of a larger count the fleet ran before are still there), a release frees only the
+    caller's own shards (one it lost meanwhile stays with the process that took it), and the expiry a
+    process's next round comes early for is another process's lease, never one of its own."""
+    await store.prepare()
+    assert await store.claim("old", 6, 6) == set(range(6))
+    await store.release("old", {1, 2, 3, 4, 5})
+    assert await store.claim("new", 3, 3) == {1, 2}
+    await store.release("new", {0, 1})
+    assert await store.holders() == {0: "old", 2: "new"}
+    clock.advance(10)
+    assert await store.renew("old") == {0}  # old's lease now runs 30 s more, new's 20 s
+    assert (await store.join("new", 3)).next_expiry == pytest.approx(LEASE)
+    assert (await store.join("old", 6)).next_expiry == pytest.approx(LEASE - 10)
+
+
+async def test_the_margin_to_stop_serving_counts_from_the_rounds_start_not_from_a_late_answer(store, clock):
+    """The database dates a renewal when it runs it, and its answer may come seconds later. The third of a
+    lease a process keeps to close its shards is counted from when the round began, before the leases
+    were dated, so a late answer cannot keep it serving into the time another process may claim them."""
+    late = LateAnswers(store, clock)
+    fleet = Fleet(late, clock)
+    process = await fleet.start("a")
+    late.delay = 5.0
+    await fleet.rounds(1)  # begins at 10 s, when the leases are dated; the answer comes at 15 s
+    assert fleet.serving() == {"a": {0, 1, 2}}
+    clock.advance(LEASE * 2 / 3 - late.delay)  # two thirds of a lease after the round began
+    assert not process.healthy
+    assert await store.holders() == {0: "a", 1: "a", 2: "a"}  # a third of a lease still to run
+
+
+async def test_a_round_the_database_does_not_answer_is_cut_off_when_the_process_must_stop_serving(
+    store, clock
+):
+    """A round's calls to the database are given no longer than the process may still serve: once the
+    database stops answering, the process stops serving by then, while its leases still run, instead of
+    waiting a whole round and serving past them."""
+    hung = Hung(store, clock)
+    fleet = Fleet(hung, clock)
+    process = await fleet.start("a")  # renewed at 0: serves until 20 s; the leases run to 30 s
+    clock.advance(LEASE * 2 / 3 - 0.05)
+    assert process.healthy
+    hung.hung = True
+    await process.tick()
+    assert fleet.serving() == {"a": set()}
+    assert clock.monotonic() < LEASE
 
 
 async def test_a_process_cut_off_from_the_database_stops_serving_before_its_leases_can_run_out(store, clock):
