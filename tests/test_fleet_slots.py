@@ -54,6 +54,20 @@ async def end_slot_holders(storage: Storage, provider: str) -> None:
     )
 
 
+async def until_ran(observer: Storage, application: str, query: str) -> None:
+    """Until a session of `application` (a process's own connections) has last run `query`, as seen from
+    `observer`'s connections."""
+    for _ in range(int(WAIT * 100)):
+        row = await observer.db.one(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = ? AND query = ?",
+            (application, query),
+        )
+        if row is not None and row[0]:
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"{application} never ran {query}")
+
+
 async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_goes_to_a_waiter(
     postgres_url: str,
 ):
@@ -80,6 +94,30 @@ async def test_more_takers_than_slots_hold_each_slot_once_and_a_slot_given_back_
             for provider, slot in taker.held:
                 await taker.give(provider, slot)
         assert await advisory_locks(stores[0], P) == 0
+
+
+async def test_a_slot_given_back_wakes_a_process_waiting_for_it_at_once_not_at_its_next_poll(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A give is announced (NOTIFY) to the processes waiting for that provider's slots, so the call
+    waiting elsewhere goes out the moment the slot is free; the poll only covers a lost announcement.
+    With polls an hour apart, the waiter still gets the slot at once."""
+    monkeypatch.setattr(fleet_slots, "POLL_SECONDS", 3600.0)
+    name = f"retouch-test-{secrets.token_hex(4)}"
+    async with (
+        storages(postgres_url, 1) as [giving],
+        storages(f"{postgres_url}&application_name={name}", 1) as [waiting],
+    ):
+        ours, theirs = slots_of(giving), slots_of(waiting)
+        assert await ours.take(P, 1) == 0
+        taking = asyncio.create_task(theirs.take(P, 1))
+        await until_ran(giving, name, f'LISTEN "{fleet_slots.SLOT_CHANNEL}"')
+        await until_ran(giving, name, "SELECT pg_advisory_unlock_all()")  # its try found none free
+        assert not taking.done()
+        await ours.give(P, 0)
+        assert await asyncio.wait_for(taking, WAIT) == 0
+        await theirs.give(P, 0)
+        assert await advisory_locks(giving, P) == 0
 
 
 async def test_a_dead_processes_slots_come_free_with_its_connection(
