@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot.jobs.model import names_result_of
@@ -101,8 +102,9 @@ async def post_repost(
     if where == interaction.channel_id:
         try:
             return await send_once(interaction, **post())
-        except PostMayHaveLanded:
-            log.info("undo: Discord's answer to the repost of %s is unknown; looking for it", job_id)
+        except (PostMayHaveLanded, aiohttp.ClientError, TimeoutError) as exc:
+            # A 5xx, or a connection cut before the answer (discord.py re-sends neither here).
+            log.info("undo: no answer to the repost of %s (%s); looking for it", job_id, type(exc).__name__)
         landed = await _landed_repost(bot, channel, interaction.id, job_id)
         if landed is not None:
             return landed
@@ -121,6 +123,8 @@ async def _landed_repost(
                 return message
     except discord.HTTPException as exc:  # unreadable: posting it again is the lesser harm
         log.info("undo: cannot look for the repost (%s %s)", exc.status, exc.code)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("undo: cannot look for the repost (%s)", type(exc).__name__)
     return None
 
 

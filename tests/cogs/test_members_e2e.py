@@ -783,6 +783,30 @@ async def test_an_undo_repost_that_landed_before_a_500_is_found_not_posted_again
         assert restored.files[0][1] == first.files[0][1]
 
 
+async def test_an_undo_repost_whose_connection_is_cut_after_it_landed_is_found_not_posted_again(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Discord posted the repost and the connection dropped before its answer: found and recorded,
+    where the error used to reach the member ("please try again"), whose second click posted a copy."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        original, tries = fake_discord._execute_webhook, [0]
+
+        async def landed_then_cut(call):  # type: ignore[no-untyped-def]
+            tries[0] += 1
+            response = await original(call)
+            if tries[0] == 1:
+                call.request.transport.abort()
+            return response
+
+        fake_discord._execute_webhook = landed_then_cut  # type: ignore[method-assign]
+        await fake_discord.click(world.user, second, undo_button(second))
+        [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
+        await undo_recorded(world, restored)
+        assert tries[0] == 1 and len(restored_reposts(world)) == 1
+
+
 async def test_an_undo_repost_refused_with_a_503_is_posted_once_in_the_channel(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
