@@ -303,6 +303,32 @@ async def test_the_gate_trusts_an_approval_it_read_for_a_while_and_forgets_a_rem
     assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed  # removed here: at once
 
 
+async def test_a_removal_here_is_not_undone_by_an_approval_read_it_overtook(storage: Storage, tmp_path: Path):
+    """An admit that read "approved" just before a removal here, and answers after it, must not leave
+    the server trusted for the next commands."""
+    now = [0.0]
+    gate = access(storage, tmp_path, now)
+    gate.set_operators({OPERATOR})
+    await gate.approve(OTHER_GUILD, OPERATOR)
+    operator_guild = storage.settings.operator_guild
+    read, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_answer(guild_id: int) -> tuple[bool, str | None]:
+        found = await operator_guild(guild_id)
+        read.set()
+        await answer.wait()
+        return found
+
+    storage.settings.operator_guild = slow_answer  # type: ignore[method-assign]
+    admitting = asyncio.create_task(gate.admit(OTHER_GUILD, ALICE))
+    await read.wait()
+    storage.settings.operator_guild = operator_guild  # type: ignore[method-assign]
+    assert await gate.remove(OTHER_GUILD, OPERATOR)
+    answer.set()
+    assert (await admitting).allowed  # it was approved when it was read
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed
+
+
 async def test_commands_per_minute_are_limited_per_member_in_a_sliding_window(
     storage: Storage, tmp_path: Path
 ):

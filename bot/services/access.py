@@ -86,6 +86,7 @@ class AccessService:
         self._claims: dict[Hashable, float] = {}
         # Servers the gate found approved, and when: read again after GATE_APPROVAL_SECONDS.
         self._seen_approved: dict[int, float] = {}
+        self._removals = 0  # a read that a removal here overtook is not trusted
 
     # -- the operator ------------------------------------------------------------------------------
 
@@ -129,8 +130,9 @@ class AccessService:
             and self._monotonic() - self._seen_approved.get(guild_id, -math.inf) < GATE_APPROVAL_SECONDS
         ):
             return Admission(True)
+        removals = self._removals
         if await self.approved(guild_id):
-            if guild_id:
+            if guild_id and removals == self._removals:
                 self._seen_approved[guild_id] = self._monotonic()
             return Admission(True)
         operator = self.is_operator(user_id)
@@ -149,6 +151,7 @@ class AccessService:
         """Withdraw an approval. False when ALLOWED_GUILD_IDS still lists the server (the setting wins)."""
         self.require_operator(actor_id)
         await self.storage.settings.set_guild_approved(guild_id, False, actor_id=actor_id)
+        self._removals += 1
         self._seen_approved.pop(guild_id, None)
         log.info("guild %s approval removed by the operator %s", guild_id, actor_id)
         return guild_id not in self.settings.allowed_guild_ids
