@@ -676,6 +676,36 @@ async def test_a_cancel_whose_charge_cannot_be_recorded_is_released_not_left_hel
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_cancel_whose_charge_was_made_but_its_answer_lost_is_told_as_the_charged_cancel_it_is(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The last try of the charge commits and its answer is lost: the job reads back as charged, so the
+    member is told the cancel cost what it cost (not "posted and charged", nor "not charged")."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, _ = await make()
+    ledger = service.storage.ledger
+    charge, tries = ledger.settle_cancelled_at_provider, [0]
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        tries[0] += 1
+        if tries[0] < 3:
+            raise sqlite3.OperationalError("database is locked")
+        await charge(*args, **kwargs)
+        raise ConnectionResetError("the answer is lost")
+
+    ledger.settle_cancelled_at_provider = answer_lost  # type: ignore[method-assign]
+    openai.fail_always(Fault.HANG)
+    live = RecordingLive()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)
+    await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.state == "cancelled" and row.captured
+    assert live.final == [CANCELLED_AT_PROVIDER.format(charged=row.captured)]
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

@@ -133,11 +133,16 @@ class JobEndings(EngineCore):
         except LedgerConflict:
             return False
         except Exception:
-            # Released instead, like any cancel (the budgets still count what the provider bills):
-            # an escaped error would leave the hold with no task left to settle it.
-            log.exception("job %s: could not charge its cancel (ref %s); releasing it", job.id, ref)
-            return False
-        charged = settled[1] if settled is not None else 0
+            captured = await self._captured(job.id)
+            if captured is None:
+                # Released instead, like any cancel (the budgets still count what the provider
+                # bills): an escaped error would leave the hold with no task left to settle it.
+                log.exception("job %s: could not charge its cancel (ref %s); releasing it", job.id, ref)
+                return False
+            log.warning("job %s: its cancel's charge was made, its answer lost (ref %s)", job.id, ref)
+            charged = captured
+        else:
+            charged = settled[1] if settled is not None else 0
         log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job.id)
@@ -149,6 +154,14 @@ class JobEndings(EngineCore):
             with contextlib.suppress(Exception):
                 await job.live.finish(None)
         return True
+
+    async def _captured(self, job_id: str) -> int | None:
+        """What the job's row says was captured (None: nothing, or the row cannot be read)."""
+        try:
+            row = await self.storage.jobs.get_job(job_id)
+        except Exception:
+            return None
+        return None if row is None or row.captured is None else int(row.captured)
 
     async def _end_charged(self, job: ActiveJob, ref: str) -> None:
         """An error after the charge was recorded: the job counts as delivered, and the member is not
