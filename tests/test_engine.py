@@ -706,6 +706,40 @@ async def test_a_cancel_whose_charge_was_made_but_its_answer_lost_is_told_as_the
     assert_books_balance(service.settings.data_dir)
 
 
+async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_next_not_run(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """A queued job timed out and its release kept failing, through the stop's last try: its member was
+    told it ended, not charged. The next start must release it, not queue it, run it and charge it."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, recorder = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    waiting = await submit(service, user=BOB)
+    settle_released = service.storage.ledger.settle_released
+
+    async def locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        if job_id == waiting:
+            raise sqlite3.OperationalError("database is locked")
+        return await settle_released(job_id, *args, **kwargs)
+
+    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+    make.clock.advance(61)
+    await service.engine.watchdog_tick()
+    [told] = [text for job_id, text in recorder.notices if job_id == waiting]
+    assert "not charged" in told
+    await service.drain(0)
+    assert await state(service, waiting) == "reserved"  # still held: the release is still owed
+
+    openai.clear_faults()
+    later, _ = await make()
+    counts = await later.engine.recover()
+    assert counts["requeued"] == 0
+    await wait_state(later, waiting, "cancelled")
+    assert await kinds(later, waiting) == ["reserve", "release"]
+    assert openai.post_count == 1  # the first job's call only
+
+
 async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

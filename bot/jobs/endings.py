@@ -67,9 +67,12 @@ class JobEndings(EngineCore):
             # Unsettled, the row stays live with its hold. The member is told now what this release
             # does, and the watchdog's next rounds make this very release (`settle_owed`), not a
             # restart's reading of the row, which could run the job again or post its stored result.
-            # Its files stay until then: a process that stops first leaves the job to the next start.
+            # Its files go now: a process that stops first leaves the row to the next start (or, on
+            # PostgreSQL, to another process), which finds nothing to run or post and releases it.
             log.exception("job %s: could not release credits (ref %s); the watchdog will", job.id, ref)
             self._owed[job.id] = release
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.files.remove, job.id)
         else:
             await self._forget(job.id)
         error = self._user_error(job, exc, ref)

@@ -90,7 +90,8 @@ class JobRecovery(JobLeases):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
         await self._flush_background()
-        await self.settle_owed()  # a last try; what is still owed is settled by the next start
+        # A last try; what is still owed has no files left, so whoever recovers its row releases it.
+        await self.settle_owed()
         # Leases were renewed while jobs finished; what is left here now goes to the other processes.
         await self._stop_leases()
         with contextlib.suppress(Exception):  # they run out by themselves within one lease
