@@ -181,6 +181,7 @@ def _verdict(exc: perr.ProviderError) -> bool | None:
         return None  # one model is missing; the provider may be fine
     if isinstance(exc, perr.RateLimited) and exc.status is None:
         return None  # the limiter's own refusal (bot.concurrency): nothing reached the provider
-    # A provider's 429 gets here only when the limiter gave up on it (the wait it asked for outlasts
-    # the job), so it counts: jobs after it go elsewhere without each spending a call to learn that.
+    # A provider's 429 to a call it did not take gets here only when the limiter gave up on it (the
+    # wait it asked for outlasts the job), so it counts: jobs after it go elsewhere without each
+    # spending a call to learn that. One to a job it had taken (a poll) is a failure like any other.
     return False

@@ -717,7 +717,7 @@ class FakeOpenAI(FakeServer):
                 hits = [hit for word, hit in self._text_flags.items() if word in value.lower()]
             elif self._image_flag is not None:
                 category, score, only = self._image_flag
-                if only is None or only(_data_url_image(value)):
+                if only is None or (value.startswith("data:") and only(_data_url_image(value))):
                     hits = [(category, score)]
             for category, score in hits:
                 scores[category] = max(scores[category], score)
