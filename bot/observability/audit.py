@@ -128,9 +128,9 @@ class AuditLog(JobObserver):
         self._spawn(self._send(_clip(line, REASON_CHARS), None))
 
     async def moderator_action(self, line: str, link: str | None = None) -> None:
-        """A member stopped or deleted someone else's edit (who did it, whose, where); posted in the
-        background like `safety_event`."""
-        self._spawn(self._send(_clip(line, REASON_CHARS), link))
+        """A member stopped or deleted someone else's edit (who did it, whose, where). Awaited: it is
+        posted after the action is done and answered."""
+        await self._send(_clip(line, REASON_CHARS), link)
 
     async def job_failed(self, job: JobRow, error: str | None) -> None:
         """A job ended failed: a safety refusal or a failure, with its reference id and channel link."""
