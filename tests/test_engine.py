@@ -740,6 +740,33 @@ async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_ne
     assert openai.post_count == 1  # the first job's call only
 
 
+async def test_a_release_owed_when_the_process_stops_is_made_by_the_stop_once_the_database_answers(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The stop tries what is still owed once more: made then, the credits are free before the next
+    start (which may be long in coming) and nothing is left to recover."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    waiting = await submit(service, user=BOB)
+    settle_released, locked = service.storage.ledger.settle_released, [True]
+
+    async def while_locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        if job_id == waiting and locked[0]:
+            raise sqlite3.OperationalError("database is locked")
+        return await settle_released(job_id, *args, **kwargs)
+
+    service.storage.ledger.settle_released = while_locked  # type: ignore[method-assign]
+    make.clock.advance(61)
+    await service.engine.watchdog_tick()  # the release fails: owed
+    assert await state(service, waiting) == "reserved"
+    locked[0] = False
+    await service.drain(0)
+    assert await state(service, waiting) == "cancelled"
+    assert await kinds(service, waiting) == ["reserve", "release"]
+
+
 async def test_a_job_slow_to_stop_is_answered_as_pending_and_its_end_is_told_on_its_progress_message(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):
