@@ -354,11 +354,11 @@ def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable
     return post
 
 
-def _audit_allotment_changes(audit: AuditLog) -> Callable[[AllotmentChange], Awaitable[None]]:
+def _audit_allotment_changes(audit: AuditLog) -> Callable[[AllotmentChange], Awaitable[bool]]:
     """Every change of a server's allotment goes to the audit channel with the operator's name."""
 
-    async def post(change: AllotmentChange) -> None:
-        await audit.allotment_change(
+    async def post(change: AllotmentChange) -> bool:
+        return await audit.allotment_change(
             guild_id=change.guild_id, actor_id=change.actor_id, before=change.before, after=change.after
         )
 

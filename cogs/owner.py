@@ -119,7 +119,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.bot.services.policy.set_allotment(guild_id, interaction.user.id, amount)
         after = "the bot-wide budget" if change.after is None else f"${change.after:.2f} a month"
-        audited = " Recorded in the audit channel." if self.bot.services.audit.enabled else ""
+        audited = " Recorded in the audit channel." if change.audited else ""
         await interaction.followup.send(
             f"Server `{guild_id}` may now spend {after}.{audited}", ephemeral=True
         )

@@ -52,7 +52,7 @@ class AuditLog(JobObserver):
     def __init__(self, storage: Storage | None = None) -> None:
         self._storage = storage
         self._post: Post | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[object]] = set()
         self._circuits: CircuitStates | None = None
         self._last_circuits: dict[str, str] = {}
         self._last_errors: dict[str, str] = {}
@@ -101,14 +101,15 @@ class AuditLog(JobObserver):
 
     async def allotment_change(
         self, *, guild_id: int, actor_id: int, before: Decimal | None, after: Decimal | None
-    ) -> None:
-        """The operator changed how much of the bot's monthly budget a server may spend."""
+    ) -> bool:
+        """The operator changed how much of the bot's monthly budget a server may spend; whether it was
+        posted (the operator is told)."""
 
         def text(usd: Decimal | None) -> str:
             return "the bot-wide budget" if usd is None else f"${usd:.2f} a month"
 
         line = f"🏦 Allotment: <@{actor_id}> changed server `{guild_id}` from {text(before)} to {text(after)}"
-        await self._send(line, None)
+        return await self._send(line, None)
 
     async def circuit_opened(self, provider: str, *, reason: str, retry_in: float | None = None) -> None:
         """The routing layer stopped sending jobs to `provider` after repeated failures."""
@@ -165,7 +166,7 @@ class AuditLog(JobObserver):
             return
         self._spawn(self._report_failure(job_id, error))
 
-    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+    def _spawn(self, coro: Coroutine[None, None, object]) -> None:
         """Post in the background: observers are synchronous and must never wait on Discord."""
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
@@ -195,16 +196,19 @@ class AuditLog(JobObserver):
 
     # -- delivery -----------------------------------------------------------------------------------
 
-    async def _send(self, line: str, link: str | None) -> None:
+    async def _send(self, line: str, link: str | None) -> bool:
+        """Post one line; whether it was posted (a failure is logged, never raised)."""
         post = self._post
         if post is None:
             log.debug("audit (no channel): %s", line)
-            return
+            return False
         text = f"{line} · {link}" if link else line
         try:
             await post(_clip(text, DISCORD_MESSAGE_LIMIT))
         except Exception as exc:
             log.warning("could not post to the audit channel: %s", type(exc).__name__)
+            return False
+        return True
 
     async def flush(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound for shutdown
         """Wait (up to `timeout` s) for failure reports still being posted; cancel what is left."""

@@ -208,6 +208,7 @@ class AllotmentChange:
     actor_id: int
     before: Decimal | None
     after: Decimal | None
+    audited: bool = False  # posted in the audit channel (set once the audit hook has answered)
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,8 @@ def _models_column(models: frozenset[str] | None) -> str | None:
 # -- the admin half of the service --------------------------------------------------------------------
 
 CreditAudit = Callable[[CreditChange], Awaitable[None]]
-AllotmentAudit = Callable[[AllotmentChange], Awaitable[None]]
+# The audit hook for allotment changes: True when the change was posted in the audit channel.
+AllotmentAudit = Callable[[AllotmentChange], Awaitable[bool | None]]
 
 
 class PolicyAdmin:
@@ -520,7 +522,7 @@ class PolicyAdmin:
         change = AllotmentChange(guild_id, actor_id, before, usd)
         log.info("guild %s allotment changed by the operator %s: %s -> %s", guild_id, actor_id, before, usd)
         try:
-            await self.on_allotment_change(change)
+            change = replace(change, audited=await self.on_allotment_change(change) is True)
         except Exception:
             log.exception("audit hook failed for an allotment change in guild %s", guild_id)
         return change

@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,16 @@ async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_el
         retry = await world.fake.click(world.user, result, control(result, "retry"))
         assert "not enabled on this server" in await answer(world, retry)
         assert openai.post_count == 1
+
+
+async def test_an_allotment_whose_audit_post_fails_does_not_claim_it_was_recorded(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with bot(fake_discord, openai, tmp_path) as world:
+        await world.audit_channel.set_permissions(fake_discord.bot_user, deny=int(Permission.SEND_MESSAGES))
+        set_ = await command(world, world.owner, "owner allotment", usd=0.02)
+        assert await answer(world, set_) == f"Server `{world.guild.id}` may now spend $0.02 a month."
+        assert await world.services.policy.allotment(world.guild.id) == Decimal("0.02")
 
 
 # Commands whose first database call comes after their acknowledgement: (command, options, the
