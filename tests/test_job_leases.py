@@ -1026,6 +1026,9 @@ async def test_a_release_owed_here_keeps_its_lease_so_no_other_process_recovers_
         assert sum((await a.engine.lease_round()).values()) == 0
     row = await a.storage.jobs.get_job(job_id)
     assert row is not None and row.owner == "a" and row.state == "submitting"
+    # A cancel now finds an edit that has ended, not one to stop "within N s" on some process.
+    answer = await a.engine.cancel(job_id, actor_id=row.user_id, can_manage=False)
+    assert answer == CancelAnswer(messages.ALREADY_ENDED)
 
     failing = False
     await a.engine.watchdog_tick()

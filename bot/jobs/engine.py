@@ -174,6 +174,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         # The requester's own cancel is charged once a provider has the job; a moderator's stop is
         # not the member's doing, so it stays free to them (the budgets still count what it cost).
         reason = "cancelled" if actor_id == row.user_id else "stopped"
+        if job_id in self._owed:  # ended here, its release still to be made: its row looks live
+            return _too_late(JobState.CANCELLED)
         job = self._jobs.get(job_id)
         # Held elsewhere, by nobody (handed back), or lost by this process to a takeover it has not
         # heard of yet: only the holder may act on it. One process (SQLite) holds every live job.
