@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from bot.jobs.model import names_result_of
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._followup import PostMayHaveLanded, send_once
@@ -114,8 +113,7 @@ async def post_repost(
 async def _landed_repost(
     bot: RetouchBot, channel: discord.PartialMessageable, clicked: int, job_id: str
 ) -> discord.Message | None:
-    """This bot's repost of `job_id`'s version posted since the click (its embed's footer, or its
-    files where Discord dropped the embed), if it can be read."""
+    """This bot's repost of `job_id`'s version posted since the click, if it can be read."""
     me = bot.user.id if bot.user else None
     try:
         async for message in channel.history(limit=FIND_REPOST_LIMIT, after=discord.Object(clicked)):
@@ -129,9 +127,9 @@ async def _landed_repost(
 
 
 def _shows_repost_of(message: discord.Message, job_id: str) -> bool:
-    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds) or any(
-        names_result_of(a.filename, job_id) for a in message.attachments
-    )
+    # By its footer alone: what is looked for is a followup, and Discord keeps a followup's embed
+    # whatever the channel's Embed Links (it drops only a channel message's).
+    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds)
 
 
 def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:
