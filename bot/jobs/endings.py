@@ -150,7 +150,7 @@ class JobEndings(EngineCore):
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job.id)
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
-        text = CANCELLED_AT_PROVIDER.format(charged=charged) if charged else messages.CANCELLED
+        text = CANCELLED_AT_PROVIDER.format(charged=charged)
         if not job.quiet:
             await self._say(job, text, charged=charged)
         elif job.live is not None:
