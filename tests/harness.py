@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,25 @@ class World:
         return await self.fake.wait_until(ended, timeout)
 
 
+# The running bot reads the real calendar, and so do discord.py and the fakes (snowflakes, token and
+# link expiry), so it cannot be given another one end to end. Its budgets, allowances and reports run by
+# UTC day and month: a test that ran across a UTC midnight could charge in one month and check the
+# next. No test starts this close to one (the longest end-to-end test takes well under a minute).
+DAY_EDGE_SECONDS = 120.0
+
+
+async def clear_of_midnight(
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> None:
+    """Wait until the next UTC midnight has passed when it is less than `DAY_EDGE_SECONDS` away."""
+    moment = now()
+    midnight = (moment + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    left = (midnight - moment).total_seconds()
+    if left < DAY_EDGE_SECONDS:
+        await sleep(left + 1.0)
+
+
 @asynccontextmanager
 async def running_bot(
     fake: FakeDiscord,
@@ -94,6 +113,7 @@ async def running_bot(
     `python -m bot` passes them), `guild_id` the fresh guild's id (which decides its shard), and
     `wait_ready` False starts a bot that may serve no shard yet without waiting for it to be ready.
     """
+    await clear_of_midnight()
     # The fake OpenAI serves and lists exactly the catalog's OpenAI models, like an organisation whose
     # catalog is current (tests of unknown or vanished models change `openai.models` themselves).
     openai.models = {r.model for m in catalog.models.values() for r in m.routes if r.provider == "openai"}
