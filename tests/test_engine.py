@@ -649,31 +649,62 @@ async def test_a_cancel_whose_charge_finds_the_hold_already_released_ends_as_a_f
     assert_books_balance(service.settings.data_dir)
 
 
-async def test_a_cancel_whose_charge_cannot_be_recorded_is_released_not_left_held(
-    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("quiet", [False, True])
+async def test_a_cancel_whose_charge_cannot_be_recorded_is_owed_and_made_by_the_watchdog(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, quiet: bool
 ):
-    """The database keeps refusing the cancel's charge: the job is released like any cancel (the
-    budgets count what the provider bills). An error escaping the job's end left the hold with no task
-    to settle it until the next start, and the member with no answer."""
+    """The database keeps refusing the cancel's charge: the member is told the charged cancel it is,
+    and the watchdog records that very charge once the database answers. An error escaping the job's
+    end had left the hold with no task to settle it until the next start, and the member unanswered."""
     monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
     service, _ = await make()
-    tries = [0]
+    ledger = service.storage.ledger
+    charge, tries = ledger.settle_cancelled_at_provider, [0]
 
     async def locked(*args: Any, **kwargs: Any) -> Any:
         tries[0] += 1
-        raise sqlite3.OperationalError("database is locked")
+        if tries[0] <= 3:
+            raise sqlite3.OperationalError("database is locked")
+        return await charge(*args, **kwargs)
 
-    service.storage.ledger.settle_cancelled_at_provider = locked  # type: ignore[method-assign]
+    ledger.settle_cancelled_at_provider = locked  # type: ignore[method-assign]
     openai.fail_always(Fault.HANG)
     live = RecordingLive()
     job_id = await submit(service, live)
-    await until(lambda: openai.post_count == 1)  # at the provider: this cancel would be charged
-    said = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
-    assert said == CancelAnswer(messages.CANCELLED, cancelled=True) and tries[0] == 3
-    assert live.final == [messages.CANCELLED]
-    assert await kinds(service, job_id) == ["reserve", "release"]
+    await until(lambda: openai.post_count == 1)  # at the provider: this cancel is charged
+    said = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=quiet)
+    told = CANCELLED_AT_PROVIDER.format(charged=said.charged)
+    assert said == CancelAnswer(told, cancelled=True, charged=said.charged) and said.charged > 0
+    assert live.final == ([None] if quiet else [told]) and tries[0] == 3
+    assert await kinds(service, job_id) == ["reserve"]  # owed
+    await service.engine.watchdog_tick()
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.captured) == ("cancelled", said.charged)
+    assert await kinds(service, job_id) == ["reserve", "capture"]
     assert (await storage_account(service)).held == 0
     assert_books_balance(service.settings.data_dir)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+async def test_a_cancel_on_a_route_that_costs_nothing_is_a_free_cancel(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, quiet: bool
+):
+    """A provider's price of $0 charges nothing: the member reads a free cancel, not "0 credits were
+    charged" (nor both, from the answer and the progress message)."""
+    service, _ = await make()
+
+    async def free(job: object) -> int:
+        return 0
+
+    monkeypatch.setattr(service.engine, "_provider_price", free)
+    openai.fail_always(Fault.HANG)
+    live = RecordingLive()
+    job_id = await submit(service, live)
+    await until(lambda: openai.post_count == 1)
+    said = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=quiet)
+    assert said == CancelAnswer(messages.CANCELLED, cancelled=True)
+    assert live.final == ([None] if quiet else [messages.CANCELLED])
+    assert await kinds(service, job_id) == ["reserve", "release"]
 
 
 async def test_a_cancel_whose_charge_was_made_but_its_answer_lost_is_told_as_the_charged_cancel_it_is(

@@ -95,6 +95,7 @@ class ActiveJob:
     stored: bool = False  # its result is stored and its row `completed`: a restart posts it
     billed: int | None = None  # credits the provider bills for the result it returned (None: none yet)
     ended_with: str | None = None  # what its end told the member, or would have but for a quiet cancel
+    charged: int = 0  # what its end charged the member (a cancel once a provider had it)
     posted: bool = False  # its result is posted (by this process, or found posted before a restart)
     position: int = 0
     delivery_retries: int = 0  # stored-result deliveries put off after a transient failure

@@ -19,7 +19,7 @@ from bot.messages import CANCELLED_AT_PROVIDER
 from bot.providers import errors as perr
 from bot.routing import route_reserve_usd
 from bot.storage.jobs import LeaseLost
-from bot.storage.ledger import LedgerConflict
+from bot.storage.ledger import Account, LedgerConflict
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,16 @@ class JobEndings(EngineCore):
         """A member cancelled a job a provider already accepted: charge what that provider charges for
         it. False when it cannot be priced (it is then released like any other cancel)."""
         price = await self._provider_price(job)
-        if price is None:
+        if not price:  # unpriced, or a route that costs nothing: a free cancel
             return False
-        try:
-            settled = await self._settling(
-                job,
-                lambda: self.storage.ledger.settle_cancelled_at_provider(
-                    job.id, price, error_code="cancelled_at_provider", error_ref=ref, owner=self.owner
-                ),
+
+        async def charge() -> tuple[Account, int] | None:
+            return await self.storage.ledger.settle_cancelled_at_provider(
+                job.id, price, error_code="cancelled_at_provider", error_ref=ref, owner=self.owner
             )
+
+        try:
+            settled = await self._settling(job, charge)
         except LeaseLost:
             log.warning("job %s: another process took it over before its cancel was charged", job.id)
             return True  # nothing more to do here: that process settles it
@@ -137,13 +138,18 @@ class JobEndings(EngineCore):
             return False
         except Exception:
             captured = await self._captured(job.id)
-            if captured is None:
-                # Released instead, like any cancel (the budgets still count what the provider
-                # bills): an escaped error would leave the hold with no task left to settle it.
-                log.exception("job %s: could not charge its cancel (ref %s); releasing it", job.id, ref)
-                return False
-            log.warning("job %s: its cancel's charge was made, its answer lost (ref %s)", job.id, ref)
-            charged = captured
+            if captured is not None:
+                log.warning("job %s: its cancel's charge was made, its answer lost (ref %s)", job.id, ref)
+            else:
+                # Owed, like a release that keeps failing: the watchdog makes this very charge (it is
+                # idempotent, so one that committed unseen is found made). An escaped error would leave
+                # the hold with no task to settle it; a release instead would turn a charge that did
+                # commit into "posted and charged", or tell the member "not charged" when they were.
+                log.exception(
+                    "job %s: could not record its cancel's charge (ref %s); the watchdog will", job.id, ref
+                )
+                self._owed[job.id] = charge
+            charged = price if captured is None else captured
         else:
             charged = settled[1] if settled is not None else 0
         log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
@@ -151,6 +157,7 @@ class JobEndings(EngineCore):
             await asyncio.to_thread(self.files.remove, job.id)
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
         text = CANCELLED_AT_PROVIDER.format(charged=charged)
+        job.ended_with, job.charged = text, charged  # a quiet cancel's answer, while the charge is owed
         if not job.quiet:
             await self._say(job, text, charged=charged)
         elif job.live is not None:
