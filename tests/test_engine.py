@@ -763,12 +763,49 @@ async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_ne
     assert await state(service, waiting) == "reserved"  # still held: the release is still owed
 
     openai.clear_faults()
-    later, _ = await make()
+    later, told_later = await make()
     counts = await later.engine.recover()
     assert counts["requeued"] == 0
     await wait_state(later, waiting, "cancelled")
     assert await kinds(later, waiting) == ["reserve", "release"]
     assert openai.post_count == 1  # the first job's call only
+    # Settled as it ended, silently: the member was told once, not a second, different story.
+    row = await later.storage.jobs.get_job(waiting)
+    assert row is not None and row.error_code not in ("restart_before_start", "restart_outcome_unknown")
+    assert [text for job_id, text in told_later.notices if job_id == waiting] == []
+    assert waiting not in later.engine.files.job_ids()
+
+
+async def test_a_stored_result_whose_release_was_owed_at_the_stop_is_not_posted_by_the_next_start(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The job's result was stored, then its delivery failed and so did its release, through the stop:
+    its member was told it failed. The next start settles it as it ended, silently, instead of posting
+    the result (and charging it) or telling the member a second failure."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, told = await make()
+    engine, settle_released = service.engine, service.storage.ledger.settle_released
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    async def deliver_fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the delivery step broke before posting")
+
+    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+    monkeypatch.setattr(engine, "_deliver", deliver_fails)
+    job_id = await submit(service)
+    await until(lambda: job_id in engine._owed and engine.in_flight == 0)
+    assert await state(service, job_id) == "completed" and len(told.notices) == 1
+    await service.drain(0)
+    service.storage.ledger.settle_released = settle_released  # type: ignore[method-assign]
+
+    later, told_later = await make()
+    counts = await later.engine.recover()
+    assert counts["released"] == 1 and counts["delivering"] == 0
+    assert await state(later, job_id) == "failed"
+    assert await kinds(later, job_id) == ["reserve", "release"]
+    assert told_later.notices == []
 
 
 async def test_a_release_owed_when_the_process_stops_is_made_by_the_stop_once_the_database_answers(

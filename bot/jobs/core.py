@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,6 +61,8 @@ ETA_WINDOW = 20  # recent jobs whose median run time gives the queue's ETA
 INTAKE_AT_ONCE = 16
 # Seconds between tries of a settlement whose transaction failed (`EngineCore._settling`).
 SETTLE_RETRY_PAUSES = (0.2, 1.0, 3.0)
+# The one file left of a job whose settlement is owed: how it ended (`EngineCore._owe`).
+ENDED_NOTE = "ended.json"
 # Masked results restored at once: one 40-megapixel restore holds about 700 MB while it runs (the
 # original, the model's output fitted to it, the blend), so with 64 jobs running a burst of large
 # masked results would outgrow the container's memory; the others wait, their results stored.
@@ -264,6 +267,20 @@ class EngineCore:
                     raise
                 log.warning("job %s: settling it failed (%s); trying again", job.id, exc)
                 await asyncio.sleep(pause)
+
+    async def _owe(
+        self, job_id: str, settle: Callable[[], Awaitable[object]], ended: Mapping[str, object]
+    ) -> None:
+        """A job that ended here while its settlement kept failing: the watchdog's rounds make `settle`.
+        Its files give way to a note of how it ended (`ENDED_NOTE`): a process that stops before the
+        settlement is made leaves the row to the next start, or on PostgreSQL to another process,
+        which settles it as `ended` says, silently, instead of running it again, posting its stored
+        result or telling the member a second, different story."""
+        self._owed[job_id] = settle
+        note = json.dumps(ended).encode()
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.files.remove, job_id)
+            await asyncio.to_thread(self.files.write, job_id, {ENDED_NOTE: note})
 
     async def _forget(self, job_id: str) -> None:
         """A job released for good: its files and its prompt go (nothing will run or post it again)."""

@@ -67,12 +67,16 @@ class JobEndings(EngineCore):
             # Unsettled, the row stays live with its hold. The member is told now what this release
             # does, and the watchdog's next rounds make this very release (`settle_owed`), not a
             # restart's reading of the row, which could run the job again or post its stored result.
-            # Its files go now: a process that stops first leaves the row to the next start (or, on
-            # PostgreSQL, to another process), which finds nothing to run or post and releases it.
+            # A process that stops first leaves the row to whoever recovers it, with a note (`_owe`).
             log.exception("job %s: could not release credits (ref %s); the watchdog will", job.id, ref)
-            self._owed[job.id] = release
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.files.remove, job.id)
+            ended = {
+                "state": str(state),
+                "code": code,
+                "ref": ref,
+                "billed": job.billed,
+                "billable": billable,
+            }
+            await self._owe(job.id, release, ended)
         else:
             await self._forget(job.id)
         error = self._user_error(job, exc, ref)
@@ -148,13 +152,15 @@ class JobEndings(EngineCore):
                 log.exception(
                     "job %s: could not record its cancel's charge (ref %s); the watchdog will", job.id, ref
                 )
-                self._owed[job.id] = charge
+                ended = {"state": str(JobState.CANCELLED), "code": "cancelled_at_provider", "ref": ref}
+                await self._owe(job.id, charge, {**ended, "charged": price})
             charged = price if captured is None else captured
         else:
             charged = settled[1] if settled is not None else 0
         log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.files.remove, job.id)
+        if job.id not in self._owed:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.files.remove, job.id)
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
         text = CANCELLED_AT_PROVIDER.format(charged=charged)
         job.ended_with, job.charged = text, charged  # a quiet cancel's answer, while the charge is owed

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "jobs"
 _JOB_ID = re.compile(r"^[0-9a-f]{16}$")
-_FILE_NAME = re.compile(r"^[a-z]+(-\d+)?\.(png|jpg|jpeg|webp)$")
+_FILE_NAME = re.compile(r"^[a-z]+(-\d+)?\.(png|jpg|jpeg|webp|json)$")  # images; an owed job's note
 
 
 # The name prefix of the file created in DATA_DIR/jobs to read the file system's clock (`JobFiles.fs_now`).

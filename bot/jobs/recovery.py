@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bot.errors import new_reference
-from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
+from bot.jobs.core import ENDED_NOTE, ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
 from bot.jobs.leases import CLAIM_BATCH, JobLeases
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.messages import CANCELLED, RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
@@ -179,6 +179,9 @@ class JobRecovery(JobLeases):
 
     async def _recover_one(self, row: JobRow) -> str:
         job = ActiveJob(JobInfo.of(row), row.model, provider=row.provider)
+        ended = await asyncio.to_thread(self._ended_note, row.id)
+        if ended is not None:
+            return await self._settle_as_ended(row, job, ended)
         spec = JobSpec.from_json(row.spec) if row.spec else None
         usable = spec is not None and await asyncio.to_thread(self.files.exists, row.id, spec.input_names)
         if row.state == JobState.RESERVED and usable:
@@ -224,6 +227,40 @@ class JobRecovery(JobLeases):
         self._finished(job, JobState.CANCELLED, row.provider, 0, code)
         log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
         self._spawn(self._say(job, text))
+        return "released"
+
+    def _ended_note(self, job_id: str) -> dict[str, Any] | None:
+        """How a job ended whose settlement was owed when its process stopped (`EngineCore._owe`)."""
+        try:
+            note = json.loads(self.files.read(job_id, ENDED_NOTE))
+        except (OSError, ValueError):
+            return None
+        return note if isinstance(note, dict) else None
+
+    async def _settle_as_ended(self, row: JobRow, job: ActiveJob, ended: dict[str, Any]) -> str:
+        """Make the settlement a process decided and told its member before it stopped, silently (they
+        were told), with that end's state, code and reference."""
+        code, ref = str(ended.get("code") or "owed"), str(ended.get("ref") or new_reference())
+        charged = ended.get("charged")
+        if isinstance(charged, int) and charged > 0:
+            await self.storage.ledger.settle_cancelled_at_provider(
+                row.id, charged, error_code=code, error_ref=ref, owner=self.owner
+            )
+        else:
+            billed = ended.get("billed")
+            if isinstance(billed, int):
+                absorbed = billed
+            else:
+                absorbed = (await self._provider_price(job) or 0) if ended.get("billable") else 0
+            state = JobState.CANCELLED if ended.get("state") == JobState.CANCELLED else JobState.FAILED
+            await self.storage.ledger.settle_released(
+                row.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
+            )
+        await asyncio.to_thread(self.files.remove, row.id)
+        await self.storage.jobs.forget_job_details(row.id)
+        log.warning(
+            "recovery: job %s had ended (%s, ref %s), its settlement owed; made now", row.id, code, ref
+        )
         return "released"
 
     async def _quarantine(self, row: JobRow, exc: Exception) -> str:
