@@ -1571,6 +1571,39 @@ async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refund
     assert await until(lambda: live.final) == [expected]
 
 
+async def test_a_capture_that_committed_unseen_is_told_as_charged_even_if_the_database_fails_again(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The posted result's capture commits on its last try and its answer is lost; read back, the job
+    is delivered. The member is told they were charged, whatever the database does next: a release
+    tried first (refused once it answers, made owed while it does not) had them told "not charged"."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, _ = await make()
+    ledger = service.storage.ledger
+    capture, tries = ledger.settle_delivered, [0]
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        tries[0] += 1
+        if tries[0] < 3:
+            raise sqlite3.OperationalError("database is locked")
+        await capture(*args, **kwargs)
+        raise ConnectionResetError("the answer is lost")
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    ledger.settle_delivered = answer_lost  # type: ignore[method-assign]
+    ledger.settle_released = locked  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    [told] = await until(lambda: live.final)
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.state == "delivered" and row.captured
+    assert told.startswith(messages.charged_then_failed(int(row.captured)))
+    assert "not charged" not in told and job_id not in service.engine._owed
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
 async def test_a_release_whose_transaction_fails_once_is_tried_again_and_frees_the_hold(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bot import messages
-from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
+from bot.errors import InsufficientCredits, RetouchError, ShuttingDown, new_reference
 from bot.jobs.core import ActiveJob
 from bot.jobs.delivery import JobDelivery
 from bot.jobs.endings import JobEndings
@@ -396,8 +396,13 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         finds the post and captures it, as after a crash."""
         try:
             current = await self.storage.jobs.get_job(job.id)
+            if current is not None and current.state == JobState.DELIVERED:
+                # Captured after all (only its answer was lost): said so now, not after a release
+                # that a database failing again would make owed, telling the member "not charged".
+                await self._end_charged(job, new_reference())
+                return
             if current is not None and current.state != JobState.COMPLETED:
-                await self._end(job, exc)  # it was settled after all (only its answer was lost)
+                await self._end(job, exc)  # settled some other way meanwhile
                 return
             log.error("job %s: posted, but not yet charged (%s); trying again later", job.id, exc)
             await self._tell_live(job, messages.POSTED_CHARGE_PENDING)  # not left on "Uploading…"
