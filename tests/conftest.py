@@ -22,6 +22,7 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import BACKENDS, NO_POSTGRES, TEST_DATABASE_URL, serving
+from tests.harness import clear_of_midnight
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -39,6 +40,7 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     on this one does that automatically). Teardown fails the test if the bot hit a route the fake does
     not implement, or if the fake itself crashed while handling a request.
     """
+    await clear_of_midnight()  # see tests.harness: once a test, before any of its bots starts
     fake = FakeDiscord()
     await fake.start()
     try:

@@ -74,7 +74,8 @@ class World:
 # The running bot reads the real calendar, and so do discord.py and the fakes (snowflakes, token and
 # link expiry), so it cannot be given another one end to end. Its budgets, allowances and reports run by
 # UTC day and month: a test that ran across a UTC midnight could charge in one month and check the
-# next. No test starts this close to one (the longest end-to-end test takes well under a minute).
+# next. No test with the fake Discord starts this close to one (its fixture waits; the longest
+# end-to-end test takes well under a minute), so a test's bots all run on one side of it.
 DAY_EDGE_SECONDS = 120.0
 
 
@@ -113,7 +114,6 @@ async def running_bot(
     `python -m bot` passes them), `guild_id` the fresh guild's id (which decides its shard), and
     `wait_ready` False starts a bot that may serve no shard yet without waiting for it to be ready.
     """
-    await clear_of_midnight()
     # The fake OpenAI serves and lists exactly the catalog's OpenAI models, like an organisation whose
     # catalog is current (tests of unknown or vanished models change `openai.models` themselves).
     openai.models = {r.model for m in catalog.models.values() for r in m.routes if r.provider == "openai"}
