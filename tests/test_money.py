@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -326,6 +327,23 @@ async def test_a_removal_here_is_not_undone_by_an_approval_read_it_overtook(stor
     assert await gate.remove(OTHER_GUILD, OPERATOR)
     answer.set()
     assert (await admitting).allowed  # it was approved when it was read
+    assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed
+
+
+async def test_a_removal_whose_answer_is_lost_still_ends_the_gates_trust(storage: Storage, tmp_path: Path):
+    gate = access(storage, tmp_path)
+    gate.set_operators({OPERATOR})
+    await gate.approve(OTHER_GUILD, OPERATOR)
+    assert (await gate.admit(OTHER_GUILD, ALICE)).allowed  # trusted from now on
+    set_guild_approved = storage.settings.set_guild_approved
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> None:
+        await set_guild_approved(*args, **kwargs)
+        raise ConnectionResetError("the answer is lost")
+
+    storage.settings.set_guild_approved = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(ConnectionResetError):
+        await gate.remove(OTHER_GUILD, OPERATOR)
     assert not (await gate.admit(OTHER_GUILD, ALICE)).allowed
 
 

@@ -150,9 +150,11 @@ class AccessService:
     async def remove(self, guild_id: int, actor_id: int) -> bool:
         """Withdraw an approval. False when ALLOWED_GUILD_IDS still lists the server (the setting wins)."""
         self.require_operator(actor_id)
-        await self.storage.settings.set_guild_approved(guild_id, False, actor_id=actor_id)
-        self._removals += 1
-        self._seen_approved.pop(guild_id, None)
+        try:
+            await self.storage.settings.set_guild_approved(guild_id, False, actor_id=actor_id)
+        finally:  # also when the write committed and its answer was lost
+            self._removals += 1
+            self._seen_approved.pop(guild_id, None)
         log.info("guild %s approval removed by the operator %s", guild_id, actor_id)
         return guild_id not in self.settings.allowed_guild_ids
 
