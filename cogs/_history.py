@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
+from bot.jobs.model import names_result_of
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._followup import PostMayHaveLanded, send_once
@@ -127,9 +128,13 @@ async def _landed_repost(
 
 
 def _shows_repost_of(message: discord.Message, job_id: str) -> bool:
-    # By its footer alone: what is looked for is a followup, and Discord keeps a followup's embed
-    # whatever the channel's Embed Links (it drops only a channel message's).
-    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds)
+    # Its footer, or its file (the earlier version's, named for that job) should Discord have dropped
+    # the embed: it keeps a followup's whatever the channel's Embed Links as far as is documented, but
+    # interaction messages take some permissions from @everyone. Among this bot's messages since the
+    # click, only a repost of that version carries that file.
+    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds) or any(
+        names_result_of(a.filename, job_id) for a in message.attachments
+    )
 
 
 def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:

@@ -783,6 +783,35 @@ async def test_an_undo_repost_that_landed_before_a_500_is_found_not_posted_again
         assert restored.files[0][1] == first.files[0][1]
 
 
+async def test_an_undo_repost_that_landed_without_its_embed_is_found_by_its_file(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Should Discord drop the repost's embed (and with it the footer naming the job), the copy that
+    landed before a 500 is still found, by its file, and not posted again."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        original, tries = fake_discord._execute_webhook, [0]
+
+        async def landed_bare_then_500(call):  # type: ignore[no-untyped-def]
+            tries[0] += 1
+            if tries[0] == 1:
+                call.body = {**call.body_dict(), "embeds": []}
+                await original(call)
+                raise discord_error(500, 0, "500: Internal Server Error")
+            return await original(call)
+
+        fake_discord._execute_webhook = landed_bare_then_500  # type: ignore[method-assign]
+        await fake_discord.click(world.user, second, undo_button(second))
+        [bare] = await fake_discord.wait_until(
+            lambda: [m for m in fake_discord.channel_messages(world.channel) if m.files and not m.embeds]
+        )
+        await undo_recorded(world, bare)
+        assert tries[0] == 1
+        assert [m for m in fake_discord.channel_messages(world.channel) if m.files and not m.embeds] == [bare]
+        assert restored_reposts(world) == []  # nothing posted again
+
+
 async def test_an_undo_repost_whose_connection_is_cut_after_it_landed_is_found_not_posted_again(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
