@@ -69,6 +69,21 @@ class RecordingLive:
                 await self._new_line.wait()
 
 
+class SlowPost(RecordingLive):
+    """A progress message whose posting of the result is under way until `go` is set (Discord slow to
+    answer), then lands; `posting` is set once it has begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def deliver(self, outcome: EditOutcome) -> Delivered:
+        self.posting.set()
+        await self.go.wait()
+        return await super().deliver(outcome)
+
+
 class NoResult(Exception):
     """The job ended without a result posted through its live route; `text` is what its progress
     message said last (a failure's text carries its log reference, `ref`)."""

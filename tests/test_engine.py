@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fakes.wavespeed_server import Fault as WaveSpeedFault
 from tests.fixtures import edit_service, provider_env, settings_for
-from tests.live import NoResult, RecordingLive, run_to_end
+from tests.live import NoResult, RecordingLive, SlowPost, run_to_end
 from tests.test_ops import samples, value
 
 GUILD, ALICE, BOB = 1, 2, 3
@@ -649,6 +649,21 @@ async def test_a_cancel_whose_charge_finds_the_hold_already_released_ends_as_a_f
     assert_books_balance(service.settings.data_dir)
 
 
+def answer_lost_on_last_try(settle: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """`settle` as a database that refuses it twice (locked) and then commits it on the third try
+    (the last `SETTLE_RETRY_PAUSES` allows here) but loses the answer."""
+    tries = [0]
+
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        tries[0] += 1
+        if tries[0] < 3:
+            raise sqlite3.OperationalError("database is locked")
+        await settle(*args, **kwargs)
+        raise ConnectionResetError("the answer is lost")
+
+    return wrapped
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 async def test_a_cancel_whose_charge_cannot_be_recorded_is_owed_and_made_by_the_watchdog(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, quiet: bool
@@ -715,16 +730,7 @@ async def test_a_cancel_whose_charge_was_made_but_its_answer_lost_is_told_as_the
     monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
     service, _ = await make()
     ledger = service.storage.ledger
-    charge, tries = ledger.settle_cancelled_at_provider, [0]
-
-    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
-        tries[0] += 1
-        if tries[0] < 3:
-            raise sqlite3.OperationalError("database is locked")
-        await charge(*args, **kwargs)
-        raise ConnectionResetError("the answer is lost")
-
-    ledger.settle_cancelled_at_provider = answer_lost  # type: ignore[method-assign]
+    ledger.settle_cancelled_at_provider = answer_lost_on_last_try(ledger.settle_cancelled_at_provider)  # type: ignore[method-assign]
     openai.fail_always(Fault.HANG)
     live = RecordingLive()
     job_id = await submit(service, live)
@@ -1295,26 +1301,12 @@ async def test_a_result_still_being_posted_when_the_process_ends_is_posted_by_th
     assert await kinds(later, job_id) == ["reserve", "capture"]
 
 
-class HeldPost(RecordingLive):
-    """A progress message whose result upload is under way until `go` is set, then lands."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.posting = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def deliver(self, outcome: EditOutcome) -> Delivered:
-        self.posting.set()
-        await self.go.wait()
-        return await super().deliver(outcome)
-
-
 async def test_the_stop_waits_within_its_grace_for_a_result_being_posted(make: Factory):
     """A job past its provider is posting its paid result when the bot is told to stop: the drain
     waits for it (up to the grace), so the member gets the result now and it is charged before the
     process goes, rather than the upload being cut off and the result left for the next start."""
     service, _ = await make()
-    live = HeldPost()
+    live = SlowPost()
     job_id = await submit(service, live)
     await asyncio.wait_for(live.posting.wait(), 10)
     draining = asyncio.create_task(service.drain(60))
@@ -1332,7 +1324,7 @@ async def test_a_result_being_posted_when_the_grace_runs_out_is_neither_aborted_
     posting its paid result is left to finish (the stop does not hold the process for it either):
     the drain says nothing was aborted, and the result is still posted and charged."""
     service, _ = await make()
-    live = HeldPost()
+    live = SlowPost()
     job_id = await submit(service, live)
     await asyncio.wait_for(live.posting.wait(), 10)
     assert await service.drain(0) == 0
@@ -1580,19 +1572,11 @@ async def test_a_capture_that_committed_unseen_is_told_as_charged_even_if_the_da
     monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
     service, _ = await make()
     ledger = service.storage.ledger
-    capture, tries = ledger.settle_delivered, [0]
-
-    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
-        tries[0] += 1
-        if tries[0] < 3:
-            raise sqlite3.OperationalError("database is locked")
-        await capture(*args, **kwargs)
-        raise ConnectionResetError("the answer is lost")
 
     async def locked(*args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("database is locked")
 
-    ledger.settle_delivered = answer_lost  # type: ignore[method-assign]
+    ledger.settle_delivered = answer_lost_on_last_try(ledger.settle_delivered)  # type: ignore[method-assign]
     ledger.settle_released = locked  # type: ignore[method-assign]
     live = Live()
     job_id = await submit(service, live)

@@ -23,7 +23,7 @@ import pytest
 from bot import messages
 from bot.jobs import core as core_module
 from bot.jobs.leases import CLAIM_BATCH, ROUNDS_PER_LEASE, claim_share
-from bot.jobs.model import CancelAnswer, Delivered, EditOutcome, NotAllowed, db_time
+from bot.jobs.model import CancelAnswer, Delivered, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.observability.metrics import Metrics
 from bot.services.edits import EditService
@@ -33,7 +33,7 @@ from tests.durable import PHOTO
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 from tests.fixtures import storages
-from tests.live import RecordingLive
+from tests.live import SlowPost
 from tests.postgres import never_waiting_on
 from tests.test_engine import (
     ALICE,
@@ -415,20 +415,6 @@ async def test_a_process_that_hears_it_lost_its_jobs_tells_their_members_they_mo
     assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting])
     assert openai.post_count == 1 and wavespeed.submit_count == 1  # each sent once: a sent one, b the other
     await assert_books_balance(b.storage)
-
-
-class SlowPost(RecordingLive):
-    """A progress message whose posting of the result takes until `go` is set (Discord slow to answer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.posting = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def deliver(self, outcome: EditOutcome) -> Delivered:
-        self.posting.set()
-        await self.go.wait()
-        return await super().deliver(outcome)
 
 
 async def test_a_process_that_posted_the_result_before_it_heard_it_lost_the_job_says_nothing_more(

@@ -758,24 +758,45 @@ def restored_reposts(world: World) -> list[FakeMessage]:
     ]
 
 
-async def test_an_undo_repost_that_landed_before_a_500_is_found_not_posted_again(
-    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
-):
-    """Discord posted the repost followup and then answered 500: discord.py would send it again by
-    itself (a followup has no nonce). The bot sends it once, finds the copy that landed and records it."""
-    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        original, tries = fake_discord._execute_webhook, [0]
+def first_followup_lands_then(fake: FakeDiscord, how: str) -> list[int]:
+    """The next followup lands, then Discord answers 500 (`how` "500"), or answers it after posting it
+    without its embed ("bare 500"), or the connection is cut before the answer ("cut"); anything sent
+    after that is handled normally. Returns the count of followups Discord received."""
+    original, tries = fake._execute_webhook, [0]
 
-        async def landed_then_500(call):  # type: ignore[no-untyped-def]
-            tries[0] += 1
-            response = await original(call)
-            if tries[0] == 1:
-                raise discord_error(500, 0, "500: Internal Server Error")
+    async def handler(call):  # type: ignore[no-untyped-def]
+        tries[0] += 1
+        if tries[0] > 1:
+            return await original(call)
+        if how == "bare 500":
+            call.body = {**call.body_dict(), "embeds": []}
+        response = await original(call)
+        if how == "cut":
+            call.request.transport.abort()
             return response
+        raise discord_error(500, 0, "500: Internal Server Error")
 
-        fake_discord._execute_webhook = landed_then_500  # type: ignore[method-assign]
+    fake._execute_webhook = handler  # type: ignore[method-assign]
+    return tries
+
+
+async def undo_chain(world: World) -> tuple[FakeMessage, FakeMessage]:
+    """A first result and the one Edit again made from it (whose Undo posts the first again)."""
+    first = await published(world, await world.edit(PHOTO, size=SQUARE))
+    return first, await published(world, await edit_again(world, first, "now at night"))
+
+
+@pytest.mark.parametrize("how", ["500", "cut"])
+async def test_an_undo_repost_that_landed_before_its_answer_was_lost_is_found_not_posted_again(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, how: str
+):
+    """Discord posted the repost followup, then answered 500 (discord.py would send it again by itself:
+    a followup has no nonce) or the connection dropped (the error used to reach the member as "please
+    try again", whose second click posted a copy). The bot sends it once, finds the copy that landed
+    and records it."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first, second = await undo_chain(world)
+        tries = first_followup_lands_then(fake_discord, how)
         await fake_discord.click(world.user, second, undo_button(second))
         [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
         await undo_recorded(world, restored)
@@ -789,51 +810,17 @@ async def test_an_undo_repost_that_landed_without_its_embed_is_found_by_its_file
     """Should Discord drop the repost's embed (and with it the footer naming the job), the copy that
     landed before a 500 is still found, by its file, and not posted again."""
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        original, tries = fake_discord._execute_webhook, [0]
-
-        async def landed_bare_then_500(call):  # type: ignore[no-untyped-def]
-            tries[0] += 1
-            if tries[0] == 1:
-                call.body = {**call.body_dict(), "embeds": []}
-                await original(call)
-                raise discord_error(500, 0, "500: Internal Server Error")
-            return await original(call)
-
-        fake_discord._execute_webhook = landed_bare_then_500  # type: ignore[method-assign]
+        _, second = await undo_chain(world)
+        tries = first_followup_lands_then(fake_discord, "bare 500")
         await fake_discord.click(world.user, second, undo_button(second))
-        [bare] = await fake_discord.wait_until(
-            lambda: [m for m in fake_discord.channel_messages(world.channel) if m.files and not m.embeds]
-        )
-        await undo_recorded(world, bare)
-        assert tries[0] == 1
-        assert [m for m in fake_discord.channel_messages(world.channel) if m.files and not m.embeds] == [bare]
+
+        def bare() -> list[FakeMessage]:
+            return [m for m in fake_discord.channel_messages(world.channel) if m.files and not m.embeds]
+
+        [landed] = await fake_discord.wait_until(bare)
+        await undo_recorded(world, landed)
+        assert tries[0] == 1 and bare() == [landed]
         assert restored_reposts(world) == []  # nothing posted again
-
-
-async def test_an_undo_repost_whose_connection_is_cut_after_it_landed_is_found_not_posted_again(
-    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
-):
-    """Discord posted the repost and the connection dropped before its answer: found and recorded,
-    where the error used to reach the member ("please try again"), whose second click posted a copy."""
-    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        original, tries = fake_discord._execute_webhook, [0]
-
-        async def landed_then_cut(call):  # type: ignore[no-untyped-def]
-            tries[0] += 1
-            response = await original(call)
-            if tries[0] == 1:
-                call.request.transport.abort()
-            return response
-
-        fake_discord._execute_webhook = landed_then_cut  # type: ignore[method-assign]
-        await fake_discord.click(world.user, second, undo_button(second))
-        [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
-        await undo_recorded(world, restored)
-        assert tries[0] == 1 and len(restored_reposts(world)) == 1
 
 
 async def test_an_undo_repost_refused_with_a_503_is_posted_once_in_the_channel(
@@ -842,8 +829,7 @@ async def test_an_undo_repost_refused_with_a_503_is_posted_once_in_the_channel(
     """Discord answered the repost followup 503 without posting it: not found, so it is posted once as
     a channel message, and recorded."""
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
+        first, second = await undo_chain(world)
         followup = fake_discord.hold("POST", rf"/webhooks/{fake_discord.application_id}/[^/]+")
         await fake_discord.click(world.user, second, undo_button(second))
         await fake_discord.wait_until(lambda: followup.held)
