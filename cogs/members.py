@@ -80,9 +80,9 @@ class MembersCog(RetouchCog):
             and can_manage_messages(interaction)
         )
         if row is None or (row.user_id != interaction.user.id and not manage):
-            await interaction.followup.send(
-                messages.STOP_NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_MENTIONS
-            )
+            # An unknown job (pruned after JOB_HISTORY_DAYS, or a forged button) is said to be one.
+            refusal = messages.JOB_UNKNOWN if row is None else messages.STOP_NOT_ALLOWED
+            await interaction.followup.send(refusal, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         # This handler edits the notice: the job's end (here or on another process) must not delete it.
         notice = await self.controls.claim(job_id)

@@ -501,6 +501,12 @@ async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no
         assert await private_answer(fake_discord, refused) == messages.STOP_NOT_ALLOWED
         assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
         assert "stopped" not in (notice.content or "")
+        # A Stop for a job nobody knows (pruned, or made up) says so, not who may stop it.
+        unknown = "retouch:stop:0123456789abcdef"
+        button = {"type": 2, "style": 4, "label": "Stop edit", "custom_id": unknown}
+        copy.components = [{"type": 1, "components": [button]}]
+        refused = await fake_discord.click(mallory, copy, unknown)
+        assert await private_answer(fake_discord, refused) == messages.JOB_UNKNOWN
 
 
 async def test_a_delete_button_of_a_job_without_a_result_does_not_open_another_result(
