@@ -782,6 +782,43 @@ async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_ne
     assert waiting not in later.engine.files.job_ids()
 
 
+async def test_an_owed_release_that_fails_again_at_the_next_start_stays_owed_not_quarantined(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The next start's first try at the owed release fails too: the job stays owed there (the
+    watchdog makes it), instead of being quarantined, which told its member a second story."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    waiting = await submit(service, user=BOB)
+    settle_released, failures = service.storage.ledger.settle_released, [2]
+
+    async def failing(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        if job_id == waiting and failures[0] > 0:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return await settle_released(job_id, *args, **kwargs)
+
+    service.storage.ledger.settle_released = failing  # type: ignore[method-assign]
+    make.clock.advance(61)
+    await service.engine.watchdog_tick()  # both of this process's tries fail: owed
+    failures[0] = 10**6
+    await service.drain(0)
+    openai.clear_faults()
+
+    later, told_later = await make()
+    failures[0] = 1  # the next start's first try fails too
+    later.storage.ledger.settle_released = failing  # type: ignore[method-assign]
+    await later.engine.recover()
+    assert await state(later, waiting) == "reserved" and waiting in later.engine._owed
+    await later.engine.watchdog_tick()
+    row = await later.storage.jobs.get_job(waiting)
+    assert row is not None and row.state == "cancelled" and row.error_code != "quarantined"
+    assert await kinds(later, waiting) == ["reserve", "release"]
+    assert [text for job_id, text in told_later.notices if job_id == waiting] == []
+
+
 async def test_a_stored_result_whose_release_was_owed_at_the_stop_is_not_posted_by_the_next_start(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

@@ -99,6 +99,7 @@ class ActiveJob:
     billed: int | None = None  # credits the provider bills for the result it returned (None: none yet)
     ended_with: str | None = None  # what its end told the member, or would have but for a quiet cancel
     charged: int = 0  # what its end charged the member (a cancel once a provider had it)
+    ended_state: str | None = None  # the state its end settles it in (cancelled or failed)
     posted: bool = False  # its result is posted (by this process, or found posted before a restart)
     position: int = 0
     delivery_retries: int = 0  # stored-result deliveries put off after a transient failure

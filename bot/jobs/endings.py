@@ -81,6 +81,7 @@ class JobEndings(EngineCore):
             await self._forget(job.id)
         error = self._user_error(job, exc, ref)
         job.ended_with = error.user_message  # a quiet cancel that came too late answers with it
+        job.ended_state = str(state)
         self._finished(job, state, getattr(exc, "provider", None) or job.provider, 0, code)
         if not job.quiet:
             await self._say(job, error.user_message)
@@ -164,6 +165,7 @@ class JobEndings(EngineCore):
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
         text = CANCELLED_AT_PROVIDER.format(charged=charged)
         job.ended_with, job.charged = text, charged  # a quiet cancel's answer, while the charge is owed
+        job.ended_state = str(JobState.CANCELLED)
         if not job.quiet:
             await self._say(job, text, charged=charged)
         elif job.live is not None:

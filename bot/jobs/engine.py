@@ -199,7 +199,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     async def _cancelled_here(self, job: ActiveJob) -> CancelAnswer:
         """How a job this process stopped ended, read back from its row."""
         if job.id in self._owed and job.ended_with:  # ended: its row waits for the watchdog's round
-            return CancelAnswer(job.ended_with, cancelled=True, charged=job.charged)
+            # Cancelled, or failed on its own before the cancel took (said as it was, not as a stop).
+            cancelled = job.ended_state == JobState.CANCELLED
+            return CancelAnswer(job.ended_with, cancelled=cancelled, charged=job.charged)
         after = await self.storage.jobs.get_job(job.id)
         if after is not None and after.state == JobState.CANCELLED and after.captured:
             charged = int(after.captured)

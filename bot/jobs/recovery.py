@@ -239,25 +239,37 @@ class JobRecovery(JobLeases):
 
     async def _settle_as_ended(self, row: JobRow, job: ActiveJob, ended: dict[str, Any]) -> str:
         """Make the settlement a process decided and told its member before it stopped, silently (they
-        were told), with that end's state, code and reference."""
+        were told), with that end's state, code and reference. Still failing, it is owed here in turn
+        (made by the watchdog's rounds), never quarantined: that would tell the member another story."""
         code, ref = str(ended.get("code") or "owed"), str(ended.get("ref") or new_reference())
         charged = ended.get("charged")
-        if isinstance(charged, int) and charged > 0:
-            await self.storage.ledger.settle_cancelled_at_provider(
-                row.id, charged, error_code=code, error_ref=ref, owner=self.owner
-            )
-        else:
+
+        async def settle() -> object:
+            if isinstance(charged, int) and charged > 0:
+                return await self.storage.ledger.settle_cancelled_at_provider(
+                    row.id, charged, error_code=code, error_ref=ref, owner=self.owner
+                )
             billed = ended.get("billed")
             if isinstance(billed, int):
                 absorbed = billed
             else:
                 absorbed = (await self._provider_price(job) or 0) if ended.get("billable") else 0
             state = JobState.CANCELLED if ended.get("state") == JobState.CANCELLED else JobState.FAILED
-            await self.storage.ledger.settle_released(
+            return await self.storage.ledger.settle_released(
                 row.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
             )
-        await asyncio.to_thread(self.files.remove, row.id)
-        await self.storage.jobs.forget_job_details(row.id)
+
+        try:
+            await settle()
+        except (LeaseLost, LedgerConflict):
+            raise
+        except Exception as exc:
+            log.warning(
+                "recovery: job %s ended with its settlement owed, which fails again (%s)", row.id, exc
+            )
+            self._owed[row.id] = settle
+            return "released"
+        await self._forget(row.id)
         log.warning(
             "recovery: job %s had ended (%s, ref %s), its settlement owed; made now", row.id, code, ref
         )
