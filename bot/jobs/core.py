@@ -277,11 +277,12 @@ class EngineCore:
         settlement is made leaves the row to the next start, or on PostgreSQL to another process,
         which settles it as `ended` says, silently, instead of running it again, posting its stored
         result or telling the member a second, different story."""
-        self._owed[job_id] = settle
         note = json.dumps(ended).encode()
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.files.remove, job_id)
             await asyncio.to_thread(self.files.write, job_id, {ENDED_NOTE: note})
+        # Owed once its note is written: a watchdog round that made it sooner would leave the note.
+        self._owed[job_id] = settle
 
     async def _forget(self, job_id: str) -> None:
         """A job released for good: its files and its prompt go (nothing will run or post it again)."""
