@@ -782,6 +782,52 @@ async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_ne
     assert waiting not in later.engine.files.job_ids()
 
 
+@pytest.mark.parametrize("note", ["written", "unwritable"])
+async def test_an_owed_jobs_folder_always_holds_its_inputs_or_its_note_never_neither(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, note: str
+):
+    """The note of how the job ended is written before its inputs go, so whoever recovers the row in
+    between finds one or the other. A note that cannot be written leaves no inputs either: the row is
+    then released (with the restart message), never run again."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    waiting = await submit(service, user=BOB)
+    files, write = service.engine.files, service.engine.files.write
+    inputs_when_noted: list[list[str]] = []
+
+    def noting(job_id: str, named: dict[str, bytes]) -> None:
+        if "ended.json" in named:
+            inputs_when_noted.append(sorted(p.name for p in files.folder(job_id).iterdir()))
+            if note == "unwritable":
+                raise OSError("disk full")
+        write(job_id, named)
+
+    monkeypatch.setattr(files, "write", noting)
+    settle_released = service.storage.ledger.settle_released
+
+    async def locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        if job_id == waiting:
+            raise sqlite3.OperationalError("database is locked")
+        return await settle_released(job_id, *args, **kwargs)
+
+    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+    make.clock.advance(61)
+    await service.engine.watchdog_tick()
+    [present] = inputs_when_noted
+    assert present and "ended.json" not in present  # the inputs were still there
+    left = sorted(p.name for p in files.folder(waiting).iterdir()) if files.folder(waiting).exists() else []
+    assert left == (["ended.json"] if note == "written" else [])
+    await service.drain(0)
+
+    openai.clear_faults()
+    later, _ = await make()
+    counts = await later.engine.recover()
+    assert counts["requeued"] == 0 and counts["released"] == 1
+    assert await kinds(later, waiting) == ["reserve", "release"]
+
+
 async def test_an_owed_release_that_fails_again_at_the_next_start_stays_owed_not_quarantined(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

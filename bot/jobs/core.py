@@ -278,9 +278,15 @@ class EngineCore:
         which settles it as `ended` says, silently, instead of running it again, posting its stored
         result or telling the member a second, different story."""
         note = json.dumps(ended).encode()
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.files.remove, job_id)
+        try:
+            # The note first, then the rest goes: whoever recovers the row meanwhile finds one or the
+            # other, never a folder with neither (which it would release with the restart message).
             await asyncio.to_thread(self.files.write, job_id, {ENDED_NOTE: note})
+            await asyncio.to_thread(self.files.keep_only, job_id, ENDED_NOTE)
+        except OSError:
+            log.exception("job %s: could not write how it ended; its files go", job_id)
+            with contextlib.suppress(OSError):  # released by whoever recovers it, not run again
+                await asyncio.to_thread(self.files.remove, job_id)
         # Owed once its note is written: a watchdog round that made it sooner would leave the note.
         self._owed[job_id] = settle
 

@@ -74,6 +74,13 @@ class JobFiles:
         for name in names:
             self._path(job_id, name).unlink(missing_ok=True)
 
+    def keep_only(self, job_id: str, name: str) -> None:
+        """Delete every file of the job's folder but `name` (written first, so the folder is never
+        without either)."""
+        for path in self.folder(job_id).iterdir():
+            if path.name != name:
+                path.unlink(missing_ok=True)
+
     def remove(self, job_id: str) -> None:
         """Delete the job's whole folder (missing is fine)."""
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
