@@ -649,6 +649,18 @@ async def test_a_cancel_whose_charge_finds_the_hold_already_released_ends_as_a_f
     assert_books_balance(service.settings.data_dir)
 
 
+def release_locked_for(service: EditService, locked_job: str) -> None:
+    """The database refuses every release of `locked_job` (locked); other jobs' go through."""
+    settle_released = service.storage.ledger.settle_released
+
+    async def locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        if job_id == locked_job:
+            raise sqlite3.OperationalError("database is locked")
+        return await settle_released(job_id, *args, **kwargs)
+
+    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+
+
 def answer_lost_on_last_try(settle: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """`settle` as a database that refuses it twice (locked) and then commits it on the third try
     (the last `SETTLE_RETRY_PAUSES` allows here) but loses the answer."""
@@ -753,14 +765,7 @@ async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_ne
     openai.fail_always(Fault.HANG)
     await submit(service)
     waiting = await submit(service, user=BOB)
-    settle_released = service.storage.ledger.settle_released
-
-    async def locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
-        if job_id == waiting:
-            raise sqlite3.OperationalError("database is locked")
-        return await settle_released(job_id, *args, **kwargs)
-
-    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+    release_locked_for(service, waiting)
     make.clock.advance(61)
     await service.engine.watchdog_tick()
     [told] = [text for job_id, text in recorder.notices if job_id == waiting]
@@ -805,14 +810,7 @@ async def test_an_owed_jobs_folder_always_holds_its_inputs_or_its_note_never_nei
         write(job_id, named)
 
     monkeypatch.setattr(files, "write", noting)
-    settle_released = service.storage.ledger.settle_released
-
-    async def locked(job_id: str, *args: Any, **kwargs: Any) -> Any:
-        if job_id == waiting:
-            raise sqlite3.OperationalError("database is locked")
-        return await settle_released(job_id, *args, **kwargs)
-
-    service.storage.ledger.settle_released = locked  # type: ignore[method-assign]
+    release_locked_for(service, waiting)
     make.clock.advance(61)
     await service.engine.watchdog_tick()
     [present] = inputs_when_noted
