@@ -221,8 +221,8 @@ class EngineCore:
         self._circuits_now: Again | None = None
         self._circuits_lock = asyncio.Lock()
 
-    # -- implemented by JobEngine (`_end` and `_provider_price` by its endings part, `_adopt` by
-    # recovery, `_halt` and `_end_dequeued` by its cancel); declared here for the other parts --
+    # -- implemented by JobEngine (`_end`, `_maybe_billed` and `_provider_price` by its endings part,
+    # `_adopt` by recovery, `_halt` and `_end_dequeued` by its cancel); declared here for the others --
 
     def _launch(self, job: ActiveJob) -> None:
         raise NotImplementedError
@@ -246,6 +246,9 @@ class EngineCore:
         raise NotImplementedError
 
     async def _provider_price(self, job: ActiveJob) -> int | None:
+        raise NotImplementedError
+
+    async def _maybe_billed(self, job: ActiveJob, billable: bool) -> int:
         raise NotImplementedError
 
     # -- small helpers -----------------------------------------------------------------------------

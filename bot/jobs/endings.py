@@ -153,8 +153,13 @@ class JobEndings(EngineCore):
                 log.exception(
                     "job %s: could not record its cancel's charge (ref %s); the watchdog will", job.id, ref
                 )
-                ended = {"state": str(JobState.CANCELLED), "code": "cancelled_at_provider", "ref": ref}
-                await self._owe(job.id, charge, {**ended, "charged": price})
+                ended = {
+                    "state": str(JobState.CANCELLED),
+                    "code": "cancelled_at_provider",
+                    "ref": ref,
+                    "charged": price,
+                }
+                await self._owe(job.id, charge, ended)
             charged = price if captured is None else captured
         else:
             charged = settled[1] if settled is not None else 0

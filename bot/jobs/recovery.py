@@ -250,10 +250,8 @@ class JobRecovery(JobLeases):
                     row.id, charged, error_code=code, error_ref=ref, owner=self.owner
                 )
             billed = ended.get("billed")
-            if isinstance(billed, int):
-                absorbed = billed
-            else:
-                absorbed = (await self._provider_price(job) or 0) if ended.get("billable") else 0
+            job.billed = billed if isinstance(billed, int) else None
+            absorbed = await self._maybe_billed(job, bool(ended.get("billable")))
             state = JobState.CANCELLED if ended.get("state") == JobState.CANCELLED else JobState.FAILED
             return await self.storage.ledger.settle_released(
                 row.id, state, error_code=code, error_ref=ref, absorbed=absorbed, owner=self.owner
