@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
-from bot.jobs.model import names_result_of
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._followup import PostMayHaveLanded, send_once
-from cogs._ui import EMBED_COLOUR, PersistentControl, admitted, truncate
+from cogs._ui import EMBED_COLOUR, PersistentControl, admitted, shows_result_of, truncate
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -75,13 +74,18 @@ async def chain_thread(bot: RetouchBot, chain_id: int) -> int | None:
     return channel.id if isinstance(channel, discord.Thread) else None
 
 
+def restored_footer(job_id: str) -> str:
+    """The footer of an Undo repost of `job_id`'s version."""
+    return f"job {job_id} · restored"
+
+
 def restored_embed(old: discord.Embed | None, requester: str, filename: str, job_id: str) -> discord.Embed:
     """The Undo repost's embed: the earlier version's prompt, marked as restored."""
     embed = discord.Embed(description=old.description if old else None, colour=EMBED_COLOUR)
     embed.set_author(name=f"Undo: the previous version, restored for {requester}")
     embed.set_image(url=f"attachment://{filename}")
     # Not "job <id>" alone: crash recovery looks for that exact footer to find a job's own result.
-    embed.set_footer(text=f"job {job_id} · restored")
+    embed.set_footer(text=restored_footer(job_id))
     return embed
 
 
@@ -118,23 +122,17 @@ async def _landed_repost(
     me = bot.user.id if bot.user else None
     try:
         async for message in channel.history(limit=FIND_REPOST_LIMIT, after=discord.Object(clicked)):
-            if message.author.id == me and _shows_repost_of(message, job_id):
+            # Its footer, or its file should Discord have dropped the embed: it keeps a followup's
+            # whatever the channel's Embed Links as far as is documented, but interaction messages
+            # take some permissions from @everyone. Among this bot's messages since the click, only a
+            # repost of that version carries that file.
+            if message.author.id == me and shows_result_of(message, job_id, footer=restored_footer(job_id)):
                 return message
     except discord.HTTPException as exc:  # unreadable: posting it again is the lesser harm
         log.info("undo: cannot look for the repost (%s %s)", exc.status, exc.code)
     except (aiohttp.ClientError, TimeoutError) as exc:
         log.info("undo: cannot look for the repost (%s)", type(exc).__name__)
     return None
-
-
-def _shows_repost_of(message: discord.Message, job_id: str) -> bool:
-    # Its footer, or its file (the earlier version's, named for that job) should Discord have dropped
-    # the embed: it keeps a followup's whatever the channel's Embed Links as far as is documented, but
-    # interaction messages take some permissions from @everyone. Among this bot's messages since the
-    # click, only a repost of that version carries that file.
-    return any(e.footer.text == f"job {job_id} · restored" for e in message.embeds) or any(
-        names_result_of(a.filename, job_id) for a in message.attachments
-    )
 
 
 def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:

@@ -219,10 +219,12 @@ def result_embed(outcome: EditOutcome, requester: str) -> discord.Embed:
     return embed
 
 
-def shows_result_of(message: discord.Message, job_id: str) -> bool:
-    """Whether `message` is a result posted for `job_id`: its embed's footer names the job, or (where
-    Discord dropped the embed: a channel where the bot lacks Embed Links) its files do."""
-    return any(e.footer.text == f"job {job_id}" for e in message.embeds) or any(
+def shows_result_of(message: discord.Message, job_id: str, *, footer: str | None = None) -> bool:
+    """Whether `message` is a result posted for `job_id`: its embed's footer is `footer` (by default
+    `job <id>`), or (where Discord dropped the embed: a channel where the bot lacks Embed Links) its
+    files name the job."""
+    footer = f"job {job_id}" if footer is None else footer
+    return any(e.footer.text == footer for e in message.embeds) or any(
         names_result_of(a.filename, job_id) for a in message.attachments
     )
 
