@@ -1015,6 +1015,12 @@ async def test_a_release_owed_here_keeps_its_lease_so_no_other_process_recovers_
     # A cancel now finds an edit that has ended, not one to stop "within N s" on some process.
     answer = await a.engine.cancel(job_id, actor_id=row.user_id, can_manage=False)
     assert answer == CancelAnswer(messages.ALREADY_ENDED)
+    # So does one that reaches another process (its note on the shared volume says so), and nothing is
+    # recorded for a holder that would drop it.
+    answer = await b.engine.cancel(job_id, actor_id=row.user_id, can_manage=False)
+    assert answer == CancelAnswer(messages.ALREADY_ENDED)
+    row = await b.storage.jobs.get_job(job_id)
+    assert row is not None and row.cancel_request is None
 
     failing = False
     await a.engine.watchdog_tick()

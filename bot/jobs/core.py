@@ -293,6 +293,15 @@ class EngineCore:
         # Owed once its note is written: a watchdog round that made it sooner would leave the note.
         self._owed[job_id] = settle
 
+    def _ended_note(self, job_id: str) -> dict[str, Any] | None:
+        """How a job ended whose settlement is owed, by this process or one that stopped (`_owe`);
+        None while it has not ended so (files are on the volume every process shares)."""
+        try:
+            note = json.loads(self.files.read(job_id, ENDED_NOTE))
+        except (OSError, ValueError):
+            return None
+        return note if isinstance(note, dict) else None
+
     async def _forget(self, job_id: str) -> None:
         """A job released for good: its files and its prompt go (nothing will run or post it again)."""
         with contextlib.suppress(OSError):

@@ -236,7 +236,11 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
 
     async def _cancel_elsewhere(self, row: JobRow, actor_id: int, reason: str) -> CancelAnswer:
         """Record a cancel for the process holding the job (bot/jobs/leases.py: it acts on it at its next
-        lease round, or its successor on taking the job over); returns what the member is told now."""
+        lease round, or its successor on taking the job over); returns what the member is told now.
+        A job its holder ended while its settlement is owed still looks live on its row: its note says
+        it ended (the holder would drop the request, and the member wait for a stop already made)."""
+        if await asyncio.to_thread(self._ended_note, row.id) is not None:
+            return _too_late(JobState.CANCELLED)
         recorded = await self.storage.jobs.request_cancel(row.id, actor_id=actor_id, reason=reason)
         if recorded is None:  # it ended, or its result came, since it was read
             after = await self.storage.jobs.get_job(row.id)

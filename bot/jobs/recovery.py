@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bot.errors import new_reference
-from bot.jobs.core import ENDED_NOTE, ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
+from bot.jobs.core import ETA_WINDOW, SHUTDOWN_ABORT_WAIT_SECONDS, ActiveJob
 from bot.jobs.leases import CLAIM_BATCH, JobLeases
 from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.messages import CANCELLED, RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
@@ -228,14 +228,6 @@ class JobRecovery(JobLeases):
         log.warning("recovery: job %s was %s when the bot stopped; released (%s)", row.id, row.state, code)
         self._spawn(self._say(job, text))
         return "released"
-
-    def _ended_note(self, job_id: str) -> dict[str, Any] | None:
-        """How a job ended whose settlement was owed when its process stopped (`EngineCore._owe`)."""
-        try:
-            note = json.loads(self.files.read(job_id, ENDED_NOTE))
-        except (OSError, ValueError):
-            return None
-        return note if isinstance(note, dict) else None
 
     async def _settle_as_ended(self, row: JobRow, job: ActiveJob, ended: dict[str, Any]) -> str:
         """Make the settlement a process decided and told its member before it stopped, silently (they
