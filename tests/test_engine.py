@@ -564,6 +564,9 @@ async def test_a_call_cut_off_by_its_requesters_cancel_is_charged_and_counts_aga
         charged=20,
     )
     assert await kinds(service, job_id) == ["reserve", "capture"]
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.spec is None  # the prompt goes with the images
+    assert not service.engine.files.folder(job_id).exists()
     spend = await service.storage.reports.spend_by_guild(make.clock() - dt.timedelta(days=1))
     assert spend[GUILD] == (20, 0)  # the route's price for the job's options ($0.02, auto size)
     # The operator's /metrics counts the charge too, as it does a delivered edit's.

@@ -164,9 +164,8 @@ class JobEndings(EngineCore):
         else:
             charged = settled[1] if settled is not None else 0
         log.info("job %s cancelled after %s had it: charged %d", job.id, job.provider, charged)
-        if job.id not in self._owed:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.files.remove, job.id)
+        if job.id not in self._owed:  # its prompt goes with its images, as any ended job's
+            await self._forget(job.id)
         self._finished(job, JobState.CANCELLED, job.provider, charged, "cancelled_at_provider")
         text = CANCELLED_AT_PROVIDER.format(charged=charged)
         job.ended_with, job.charged = text, charged  # a quiet cancel's answer, while the charge is owed
