@@ -49,6 +49,14 @@ NOTE_FIELDS = 3
 NOTE_CHARS = 1000
 
 
+# Discord drops an autocomplete's answer after 3 s, and an autocomplete cannot be deferred: a member's
+# defaults that a busy database keeps longer than this give way to the bot's default model (whose
+# qualities and sizes are the usual ones), rather than no answer at all.
+AUTOCOMPLETE_READ_SECONDS = 1.5
+# Reads that outlasted AUTOCOMPLETE_READ_SECONDS, left to finish (never cut off mid-statement).
+_late_reads: set[asyncio.Task[Any]] = set()
+
+
 # Interaction tokens live 15 minutes; past this age the bot stops using one (a request that started
 # just before the deadline could still fail) and late results go out as channel messages.
 TOKEN_SAFE_SECONDS = 14 * 60
@@ -336,11 +344,35 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     typed = getattr(interaction.namespace, "model", None)
     model_id = typed if isinstance(typed, str) and typed in lifecycle.catalog.models else None
     if model_id is None:
-        defaults = await bot.services.policy.effective_defaults(
+        model_id = await _default_model_id(bot, interaction)
+    return bot.services.policy.model_for_view(model_id)
+
+
+async def _default_model_id(bot: RetouchBot, interaction: discord.Interaction) -> str:
+    """The member's default model here, or the bot's when the database does not answer within
+    AUTOCOMPLETE_READ_SECONDS (the read finishes in the background)."""
+    policy = bot.services.policy
+    read = asyncio.ensure_future(
+        policy.effective_defaults(
             interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
         )
-        model_id = defaults.effective.model
-    return bot.services.policy.model_for_view(model_id)
+    )
+    done, _ = await asyncio.wait({read}, timeout=AUTOCOMPLETE_READ_SECONDS)
+    if read in done:
+        return read.result().effective.model
+    _late_reads.add(read)
+    read.add_done_callback(_late_read_done)
+    log.info(
+        "autocomplete for user %s: their defaults are slow to read; the bot's model's options",
+        interaction.user.id,
+    )
+    return policy.bot_default_model()
+
+
+def _late_read_done(read: asyncio.Task[Any]) -> None:
+    _late_reads.discard(read)
+    if not read.cancelled() and read.exception() is not None:  # retrieved: no "never retrieved" warning
+        log.info("autocomplete: a late read of a member's defaults failed: %r", read.exception())
 
 
 @always_answers

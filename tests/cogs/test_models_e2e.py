@@ -4,14 +4,17 @@ fake Discord and the fake OpenAI, with a calendar the test moves."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot import messages
 from bot.catalog import Catalog
+from cogs import _ui as ui
 from tests.catalogs import WITH_AUTO, catalog, model, route
 from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
@@ -340,6 +343,29 @@ async def test_quality_and_size_options_follow_the_chosen_model(world: World):
     text = await world.fake.wait_until(lambda: it.original_edits and it.original_edits[-1])
     assert "multiples of 16" in text
     assert world.openai.post_count == 0
+
+
+async def test_quality_options_answer_in_time_when_the_members_defaults_are_slow_to_read(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Discord drops an autocomplete answered after 3 s, and one cannot be deferred: a database that
+    holds the member's defaults too long gives the bot's default model's options, not none."""
+    await reply(world, world.user, "settings", model="gpt-image-2.6-sunburst")
+    asked = {"focused": "quality", "value": "", "channel": world.channel}
+    mine = await world.fake.autocomplete(world.user, "edit", **asked)  # type: ignore[arg-type]
+    assert [c["value"] for c in mine] == ["low", "medium", "high", "xhigh", "max", "auto"]
+    monkeypatch.setattr(ui, "AUTOCOMPLETE_READ_SECONDS", 0.2)
+    gate, read = asyncio.Event(), world.services.policy.user_settings
+
+    async def slow_read(user_id: int) -> Any:
+        await gate.wait()
+        return await read(user_id)
+
+    monkeypatch.setattr(world.services.policy, "user_settings", slow_read)
+    told = await world.fake.autocomplete(world.user, "edit", timeout=2.0, **asked)  # type: ignore[arg-type]
+    assert [c["value"] for c in told] == ["low", "medium", "high", "auto"]  # the bot's default model
+    gate.set()
+    await world.fake.wait_until(lambda: not ui._late_reads)  # the late read finished, not cut off
 
 
 async def test_openai_model_list_dates_show_in_diagnose_and_the_audit_channel(
