@@ -379,6 +379,11 @@ def done(charged: int, balance: int) -> str:
     return f"Done — {charged} credits charged, {balance} left."
 
 
+def done_charged(charged: int) -> str:
+    """`done` when the balance cannot be read (it shows in /credits)."""
+    return f"Done — {charged} credits charged."
+
+
 JOB_UNKNOWN = "This edit is not known any more."
 CANCEL_NOT_ALLOWED = (
     "Only the person who asked for this edit, or a member who can manage messages, can cancel it."

@@ -1667,8 +1667,41 @@ async def test_a_capture_that_committed_unseen_is_told_as_charged_even_if_the_da
     [told] = await until(lambda: live.final)
     row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.state == "delivered" and row.captured
-    assert told.startswith(messages.charged_then_failed(int(row.captured)))
-    assert "not charged" not in told and job_id not in service.engine._owed
+    charged = int(row.captured)
+    assert told == messages.done(charged, 1000 - charged)  # as any delivery is told
+    assert job_id not in service.engine._owed
+
+
+async def test_a_capture_that_committed_unseen_is_told_without_the_balance_when_it_is_unreadable(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The database fails again when the balance is read: the member is still told it is done and
+    what it cost (the progress message is not left on "Uploading…")."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, _ = await make()
+    ledger = service.storage.ledger
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    settle, read = answer_lost_on_last_try(ledger.settle_delivered), ledger.get_account
+    settled: list[bool] = []
+
+    async def settle_then_lock(*args: Any, **kwargs: Any) -> Any:
+        settled.append(True)
+        return await settle(*args, **kwargs)
+
+    async def account(*args: Any, **kwargs: Any) -> Any:
+        return await (locked if settled else read)(*args, **kwargs)
+
+    ledger.settle_delivered = settle_then_lock  # type: ignore[method-assign]
+    ledger.get_account = account  # type: ignore[method-assign]
+    live = Live()
+    job_id = await submit(service, live)
+    [told] = await until(lambda: live.final)
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.state == "delivered" and row.captured
+    assert told == messages.done_charged(int(row.captured))
     assert await kinds(service, job_id) == ["reserve", "capture"]
 
 
@@ -1767,8 +1800,7 @@ async def test_an_error_after_the_charge_is_recorded_never_says_not_charged(
     state_, charged = outcomes.ended[job_id]
     assert state_ == "delivered" and charged > 0
     assert await kinds(service, job_id) == ["reserve", "capture"]
-    said = " ".join(text or "" for text in live.final)
-    assert "not charged" not in said and f"charged ({charged} credits)" in said
+    assert live.final == [messages.done(charged, 1000 - charged)]  # as any delivery is told
 
 
 # -- retention ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bot import messages
-from bot.errors import InsufficientCredits, RetouchError, ShuttingDown, new_reference
+from bot.errors import InsufficientCredits, RetouchError, ShuttingDown
 from bot.jobs.core import ActiveJob
 from bot.jobs.delivery import JobDelivery
 from bot.jobs.endings import JobEndings
@@ -403,9 +403,9 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         try:
             current = await self.storage.jobs.get_job(job.id)
             if current is not None and current.state == JobState.DELIVERED:
-                # Captured after all (only its answer was lost): said so now, not after a release
-                # that a database failing again would make owed, telling the member "not charged".
-                await self._end_charged(job, new_reference())
+                # Captured after all (only its answer was lost): ended as any delivery is, not after
+                # a release that a database failing again would make owed ("not charged").
+                await self._captured_unseen(job, int(current.captured or 0))
                 return
             if current is not None and current.state != JobState.COMPLETED:
                 await self._end(job, exc)  # settled some other way meanwhile
@@ -419,6 +419,19 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             log.exception("job %s: posted, not yet charged; the next start settles it", job.id)
             return
         await self._end(job, exc)  # past its retention: settled like any result nobody got
+
+    async def _captured_unseen(self, job: ActiveJob, charged: int) -> None:
+        """A posted result whose capture committed while its answer was lost: told "done", with what
+        it cost and the balance left, as a delivery is (its result files go with the sweep)."""
+        log.warning("job %s: its capture committed, its answer lost; delivered, charged %d", job.id, charged)
+        self._finished(job, JobState.DELIVERED, job.provider, charged, None)
+        try:
+            account = await self.storage.ledger.get_account(job.info.guild_id, job.info.user_id)
+        except Exception as exc:  # the database failing again: what it cost, without the balance
+            log.info("job %s: its balance is unreadable for now: %s", job.id, type(exc).__name__)
+            account = None
+        text = messages.done(charged, account.balance) if account else messages.done_charged(charged)
+        await self._tell_live(job, text)
 
 
 def _too_late(state: str) -> CancelAnswer:
