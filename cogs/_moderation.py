@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,16 @@ def stop_view(job_id: str) -> discord.ui.View:
     return view
 
 
+# A link in a prompt, with or without its scheme (invites are linked, and shown as cards, without one).
+LINK = re.compile(r"\S+://\S+|(?:www\.|discord(?:app)?\.com/invite/|discord\.gg/)\S+", re.IGNORECASE)
+
+
 def notice_text(requester: str, prompt: str) -> str:
-    shown = discord.utils.escape_markdown(truncate(" ".join(prompt.split()), NOTICE_PROMPT_CHARS))
+    """The public notice: the bot repeats a member's prompt in the channel, so its links are not
+    repeated (no invite card or phishing link posted in the bot's name; suppressed embeds do not
+    stop the clients' invite cards)."""
+    words = LINK.sub("[link]", " ".join(prompt.split()))
+    shown = discord.utils.escape_markdown(truncate(words, NOTICE_PROMPT_CHARS))
     return f"🖌️ **{discord.utils.escape_markdown(requester)}** is editing an image: “{shown}”"
 
 

@@ -16,6 +16,7 @@ from bot.services.diagnostics import DatabaseStatus, Diagnosis
 from bot.services.policy import Budget
 from bot.storage.reports import LedgerEntry
 from cogs._admin_render import policy_embed, report_embed, report_file
+from cogs._moderation import notice_text
 from cogs._ui import FIELD_CHARS, MORE, fit_lines, result_embed
 from cogs.diagnose import diagnosis_embed
 from cogs.owner import operator_embed
@@ -189,3 +190,13 @@ def test_fit_lines_joins_with_the_separator_given():
     assert fit_lines(["a", "b"], sep=" → ") == "a → b"
     assert fit_lines(["a" * 30, "b" * 30, "c"], limit=45, sep=" → ") == "a" * 30 + " → …and 2 more"
     assert fit_lines([], sep=" → ", empty="catalog order") == "catalog order"
+
+
+def test_the_public_notice_does_not_repeat_a_prompts_links():
+    """The bot posts the notice in the channel in its own name: no invite card nor phishing link."""
+    text = notice_text(
+        "alice", "make it like https://evil.example/x and discord.gg/abc or www.x.io, discord.com/invite/q"
+    )
+    assert "“make it like [link] and [link] or [link] [link]”" in text
+    assert "://" not in text and "discord.gg" not in text
+    assert "“a cat: 16:9 ratio”" in notice_text("alice", "a cat: 16:9 ratio")
