@@ -608,6 +608,15 @@ def default_quality_not_offered(model: str, asked: str, used: str) -> str:
     return f"{model} does not offer {asked} quality, so Retouch uses {used} (change it with /quality)."
 
 
+def default_not_offered(model: str, option: str, asked: str) -> str:
+    """A default size or background (not typed on the command) the model in use cannot make."""
+    return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses auto (change it with /settings)."
+
+
+def background_not_offered(model: str, asked: str, offered: Iterable[str]) -> str:
+    return f"{model} cannot make background `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
+
+
 def role_quality(cap: str, asked: str) -> str:
     return (
         f"Your roles on this server allow at most **{cap}** quality, so Retouch uses {cap} "

@@ -949,6 +949,16 @@ async def test_a_retrys_quality_on_a_model_without_it_is_fitted_like_a_default(p
     assert (await policy.clamp(typed, chosen))[0].quality == "xhigh"  # refused by name later
 
 
+# so is its size (and background): one the job's model cannot make runs at auto, with a note.
+async def test_a_retrys_size_on_a_model_without_it_is_fitted_like_a_default(policy: PolicyService):
+    chosen = replace(await policy.defaults_for(GUILD, ALICE), model="gpt-image-1.5", size="2048x2048")
+    options = EditOptions("make it blue", model="gpt-image-1.5", size="2048x2048")
+    retry = replace(job(), options=replace(options, model_is_default=True))
+    fitted, notices = await policy.clamp(retry, chosen)
+    assert fitted.size == "auto" and "cannot make size `2048x2048`" in notices[-1]
+    assert (await policy.clamp(replace(job(), options=options), chosen))[0].size == "2048x2048"
+
+
 # a server whose spend is already above a cap lowered since is told its budget
 # is used up, and offered no cheaper run (not a negative amount).
 async def test_spend_above_a_lowered_cap_is_refused_as_used_up(policy: PolicyService, storage: Storage):

@@ -39,6 +39,7 @@ from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, QUALITY_R
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
 from bot.routing import dearest_image
+from bot.routing.rules import AUTO
 from bot.services.access import AccessService
 from bot.services.admin import (
     NO_PERIOD,
@@ -376,16 +377,37 @@ class PolicyService(PolicyAdmin):
             return self.catalog.get(model_id)
 
     def _clamp(
-        self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy, *, quality_typed: bool = False
+        self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy, *, typed: frozenset[str] = frozenset()
     ) -> tuple[JobDefaults, tuple[str, ...]]:
-        """The member's limits, then (unless typed on the command) a quality the model offers."""
+        """The member's limits, then a quality, size and background the model offers, each unless
+        `typed` on the command (a typed value the model lacks is refused by name when the job is
+        checked)."""
         fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
         chosen, notices = clamp(
             chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks
         )
-        if quality_typed:  # a typed quality the model lacks is refused by name when the job is checked
+        if "quality" not in typed:
+            chosen, notices = self._offered_quality(chosen, notices, limits.max_quality)
+        return self._offered_look(chosen, notices, typed)
+
+    def _offered_look(
+        self, chosen: JobDefaults, notices: tuple[str, ...], typed: frozenset[str]
+    ) -> tuple[JobDefaults, tuple[str, ...]]:
+        """A default size or background the model in use cannot make becomes its `auto` (the model's
+        choice), with a notice. Saved with another model in mind (/settings, then another model), it
+        must not make every edit fail."""
+        if chosen.model not in self.catalog.models:  # unknown: the job refuses it by name
             return chosen, notices
-        return self._offered_quality(chosen, notices, limits.max_quality)
+        model = self.model_for_view(chosen.model)
+        if "size" not in typed and not model.accepts_size(chosen.size) and model.accepts_size(AUTO):
+            notices = (*notices, messages.default_not_offered(model.name, "size", chosen.size))
+            chosen = replace(chosen, size=AUTO)
+        routes = self.lifecycle.live_routes(model)
+        makes = {b for route in routes for b in route.backgrounds}
+        if "background" not in typed and routes and chosen.background not in makes and AUTO in makes:
+            notices = (*notices, messages.default_not_offered(model.name, "background", chosen.background))
+            chosen = replace(chosen, background=AUTO)
+        return chosen, notices
 
     def _offered_quality(
         self, chosen: JobDefaults, notices: tuple[str, ...], cap: str | None
@@ -412,10 +434,14 @@ class PolicyService(PolicyAdmin):
         """Bring a job's model, quality and count within the member's limits in its server, and a
         default quality (none typed on the command) to one the job's model offers."""
         policy = await self.guild_policy(job.guild_id)
-        # A Retry's quality came with the earlier job's model: on another model (a default that has
-        # changed since, a dropped one) it is fitted like a default, not refused as if typed for it.
-        typed = job.options.quality is not None and not job.options.model_is_default
-        return self._clamp(chosen, policy.limits_for(job.role_ids), policy, quality_typed=typed)
+        # A Retry's options came with the earlier job's model: on another model (a default that has
+        # changed since, a dropped one) they are fitted like defaults, not refused as if typed for it.
+        typed = frozenset(
+            name
+            for name in ("quality", "size", "background")
+            if getattr(job.options, name) is not None and not job.options.model_is_default
+        )
+        return self._clamp(chosen, policy.limits_for(job.role_ids), policy, typed=typed)
 
     async def reserve(self, job_id: str, job: EditJob, credits: int) -> Account:
         """Refill the allowance if due, then hold `credits` under the server's admission rules.
@@ -622,8 +648,26 @@ class PolicyService(PolicyAdmin):
         fmt = fields.get("output_format", current.output_format) or self.settings.default_format
         if background == "transparent" and fmt == "jpeg":
             raise InvalidOptions(messages.TRANSPARENT_NEEDS_FORMAT, code="transparent_jpeg")
+        self._check_look(fields.get("model") or current.model, changes)
         if fields:
             await self.storage.settings.update_user_settings(user_id, fields)
+
+    def _check_look(self, model_id: str, changes: Mapping[str, Any]) -> None:
+        """Refuse a size or background set now that the model the member's edits use cannot make
+        (a later change of model is met by `_offered_look` instead)."""
+        if model_id not in self.catalog.models:
+            return
+        model = self.model_for_view(model_id)
+        size = changes.get("size")
+        if size is not None and not model.accepts_size(size):
+            raise InvalidOptions(messages.size_not_offered(model, size), code="bad_size")
+        background = changes.get("background")
+        routes = self.lifecycle.live_routes(model)
+        makes = sorted({b for route in routes for b in route.backgrounds}, key=BACKGROUNDS.index)
+        if background is not None and routes and background not in makes:
+            raise InvalidOptions(
+                messages.background_not_offered(model.name, background, makes), code="bad_option"
+            )
 
     async def budget(self, guild_id: int) -> Budget:
         """This month's spend for the server and the bot, as the reservation's caps count it."""

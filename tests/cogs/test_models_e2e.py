@@ -368,6 +368,77 @@ async def test_quality_options_answer_in_time_when_the_members_defaults_are_slow
     await world.fake.wait_until(lambda: not ui._late_reads)  # the late read finished, not cut off
 
 
+def looks_catalog() -> Catalog:
+    """2.6 Sunburst (free sizes, every background) before 1.5 (its listed sizes; opaque only here)."""
+    return catalog(
+        model(
+            "gpt-image-2.6-sunburst",
+            name="GPT Image 2.6 Sunburst",
+            qualities=WITH_AUTO,
+            free_sizes=True,
+            price=0.01,
+            routes=[route("openai", free_sizes=True)],
+        ),
+        model(
+            "gpt-image-1.5",
+            name="GPT Image 1.5",
+            qualities=WITH_AUTO,
+            price=0.01,
+            routes=[route("openai", backgrounds=["auto", "opaque"])],
+        ),
+    )
+
+
+async def test_settings_refuse_a_size_or_background_the_members_model_cannot_make(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Saved, such a default made every later /edit fail until the member found /settings reset."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=looks_catalog()) as world:
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        refused = await reply(world, world.user, "settings", size="2048x2048")
+        assert refused.content == (
+            "GPT Image 1.5 does not offer size `2048x2048`. "
+            "Pick one of: auto, 1024x1024, 1536x1024, 1024x1536."
+        )
+        refused = await reply(world, world.user, "settings", background="transparent", format="png")
+        assert refused.content == (
+            "GPT Image 1.5 cannot make background `transparent` here. Pick one of: auto, opaque."
+        )
+        row = await world.services.storage.settings.user_settings_row(world.user.id)
+        assert row is not None and (row["size"], row["background"], row["output_format"]) == (
+            None,
+            None,
+            None,
+        )
+
+
+async def test_a_saved_size_and_background_another_model_cannot_make_fall_back_to_auto_with_a_note(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Set for 2.6, then the member moves to 1.5: their edits run at auto, saying so, not refused."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=looks_catalog()) as world:
+        saved = await reply(
+            world, world.user, "settings", size="2048x2048", background="transparent", format="png"
+        )
+        assert fields(saved)["Size"].startswith("**2048x2048**")
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        it = await world.edit(PHOTO)
+        assert (await world.finished(it)).startswith("Done")
+        [sent] = [r for r in openai.requests if r.path.endswith("/images/edits")]
+        assert (sent.fields["model"], sent.fields["size"], sent.fields["background"]) == (
+            "gpt-image-1.5",
+            "auto",
+            "auto",
+        )
+        notes = " ".join(result_of(it).get("Note", []))
+        assert "GPT Image 1.5 cannot make size `2048x2048`, so Retouch uses auto" in notes
+        assert "GPT Image 1.5 cannot make background `transparent`, so Retouch uses auto" in notes
+        # Typed on the command, the same size is refused by name, free.
+        typed = await world.edit(PHOTO, size="2048x2048")
+        text = await world.fake.wait_until(lambda: typed.original_edits and typed.original_edits[-1])
+        assert "does not offer size `2048x2048`" in text and openai.post_count == 1
+
+
 async def test_openai_model_list_dates_show_in_diagnose_and_the_audit_channel(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
