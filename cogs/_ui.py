@@ -284,13 +284,28 @@ def upload_of(label: str, attachment: discord.Attachment) -> Upload:
     return Upload(label=label, filename=attachment.filename, size=attachment.size, read=read)
 
 
+EDITABLE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
 def first_image(message: discord.Message) -> discord.Attachment | None:
-    """The message's first attachment that looks like an image."""
-    for attachment in message.attachments:
-        content_type = attachment.content_type or ""
-        if content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS):
-            return attachment
-    return None
+    """The message's first attachment Retouch can edit (PNG, JPEG or WebP), else its first image of
+    another kind (a GIF, HEIC, …), which the edit then refuses by name: a message with a GIF before a
+    photo edits the photo."""
+    images = [a for a in message.attachments if _looks_like_image(a)]
+    editable = (a for a in images if _editable(a))
+    return next(editable, images[0] if images else None)
+
+
+def _looks_like_image(attachment: discord.Attachment) -> bool:
+    content_type = attachment.content_type or ""
+    return content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _editable(attachment: discord.Attachment) -> bool:
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    if content_type:
+        return content_type in EDITABLE_TYPES
+    return attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _bot(interaction: discord.Interaction) -> RetouchBot:

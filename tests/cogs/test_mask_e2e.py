@@ -414,6 +414,22 @@ async def test_edit_image_menu_without_mask_runs_a_plain_edit(world: World):
     assert request.mask is None and request.fields["prompt"] == "make it blue"
 
 
+async def test_edit_image_menu_edits_the_photo_of_a_message_whose_first_image_is_a_gif(world: World):
+    """A GIF (which Retouch cannot edit) before the photo: the photo is edited, not the GIF refused."""
+    frames = [Image.new("RGB", (64, 48), (i * 60, 0, 0)) for i in range(3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    posted = await world.fake.post_message(
+        world.user, world.channel, attachments=[("fun.gif", gif.getvalue()), ("cat.png", PHOTO)]
+    )
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    submit = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    assert (await world.finished(submit)).startswith("Done")
+    [sent] = world.openai.requests[-1].images
+    assert (sent.width, sent.height) == Image.open(io.BytesIO(PHOTO)).size  # the photo, not the GIF
+
+
 async def test_edit_image_menu_with_mask_upload_previews_then_changes_only_the_mask(world: World):
     posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
     menu = await world.fake.message_command(world.user, "Edit image", posted)
