@@ -327,6 +327,10 @@ DELETE_NOT_ALLOWED = (
 )
 UNDO_NOT_REQUESTER = "Only the person who made this edit, or a moderator, can undo it."
 NOTHING_TO_UNDO = "This is the first version of this edit: there is nothing to undo."
+FORM_EXPIRED = (
+    "This form was open too long, or Retouch restarted since it was opened, so it cannot be sent. "
+    "Use **Edit image** on the message again."
+)
 POSTED_CHARGE_PENDING = "Your result is posted. Its charge will show in /credits shortly."
 PREVIOUS_VERSION_DELETED = "The previous version was deleted from Discord, so it cannot be posted again."
 PREVIOUS_VERSION_UNREADABLE = (

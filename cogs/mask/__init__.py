@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from bot import imaging, messages
 from bot.choices import normalize_size
@@ -48,7 +49,7 @@ from cogs._ui import (
 )
 from cogs.mask.controls import NO_MENTIONS, Handler, MaskControl
 from cogs.mask.grid import GridPicker
-from cogs.mask.menu import EditImageForm
+from cogs.mask.menu import EditImageForm, OpenForms, answer_expired_form, form_key
 from cogs.mask.sessions import PREVIEW_TIMEOUT_SECONDS, MaskSession, MaskSessions, expired_text
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class MaskCog(GridPicker, RetouchCog):
         super().__init__(bot, app_commands.ContextMenu(name="Edit image", callback=self.edit_image_menu))
         self.edits = bot.services.edits
         self.sessions = MaskSessions(preview_timeout, self._expired)
+        self.open_forms = OpenForms()  # the Edit image forms discord.py still answers
         self._handlers: dict[str, Handler] = {
             "cells": self._pick_cells,
             "grid": self._switch_grid,
@@ -125,6 +127,17 @@ class MaskCog(GridPicker, RetouchCog):
             prompt, model=model, quality=quality, size=normalize_size(size), output_format=format
         )
         await self._begin(interaction, self._job(interaction, image, options, spec))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """An Edit image form discord.py has forgotten (see `answer_expired_form`)."""
+        key = form_key(interaction)
+        if key is None or key in self.open_forms:
+            return
+        try:
+            await answer_expired_form(interaction)
+        except Exception as exc:
+            await report_error(interaction, exc, where="the Edit image form")
 
     async def edit_image_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Message menu: open the form for the message's image (a modal must be the first response)."""

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot import messages
 from cogs._ui import admitted, report_error
 
 if TYPE_CHECKING:
     from cogs.mask import MaskCog
 
-# A form left open this long is forgotten; submitting it afterwards shows Discord's own error.
+NO_MENTIONS = discord.AllowedMentions.none()
+
+# A form left open this long is forgotten; submitting it afterwards is answered with FORM_EXPIRED.
 MODAL_TIMEOUT_SECONDS = 900.0
+# The forms' custom ids: this prefix and a random key (MaskCog.open_forms knows the live ones).
+FORM_PREFIX = "retouch:editimage:"
 MODAL_PROMPT_MAX_CHARS = 4000  # Discord's cap for a text input in a form
 
 
@@ -35,10 +42,16 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
     )
 
     def __init__(self, cog: MaskCog, image: discord.Attachment, message_id: int | None = None) -> None:
-        super().__init__(timeout=MODAL_TIMEOUT_SECONDS)
+        self.key = secrets.token_hex(8)
+        super().__init__(timeout=MODAL_TIMEOUT_SECONDS, custom_id=f"{FORM_PREFIX}{self.key}")
         self.cog = cog
         self.image = image
         self.message_id = message_id  # the message the menu was used on (linked from late results)
+        cog.open_forms.opened(self.key)
+
+    async def on_timeout(self) -> None:
+        # discord.py forgets the form now: a late submission is answered by MaskCog.on_interaction.
+        self.cog.open_forms.closed(self.key)
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         return await admitted(interaction)
@@ -54,3 +67,40 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
     # Modal narrows BaseView.on_error(interaction, error, item) this way, so the checker sees an override.
     async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:  # type: ignore[override]
         await report_error(interaction, error, where="the Edit image form")
+
+
+class OpenForms:
+    """The Edit image forms discord.py still answers (this process opened them, within their timeout).
+    A submitted form stays listed until its time is up: its submission and the listener that looks
+    here run side by side."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def opened(self, key: str) -> None:
+        now = time.monotonic()
+        self._until = {k: t for k, t in self._until.items() if t > now}  # forms whose time is up
+        self._until[key] = now + MODAL_TIMEOUT_SECONDS
+
+    def closed(self, key: str) -> None:
+        self._until.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._until.get(key, 0.0) > time.monotonic()
+
+
+def form_key(interaction: discord.Interaction) -> str | None:
+    """The key of an Edit image form this submission is for, or None when it is not one."""
+    data: Any = interaction.data
+    custom_id = data.get("custom_id") if isinstance(data, dict) else None
+    if interaction.type is not discord.InteractionType.modal_submit or not isinstance(custom_id, str):
+        return None
+    return custom_id.removeprefix(FORM_PREFIX) if custom_id.startswith(FORM_PREFIX) else None
+
+
+async def answer_expired_form(interaction: discord.Interaction) -> None:
+    """A form discord.py no longer knows (open past its timeout, or opened before a restart) is
+    dropped by it without a word ("This interaction failed"): say what to do instead."""
+    await interaction.response.send_message(
+        messages.FORM_EXPIRED, ephemeral=True, allowed_mentions=NO_MENTIONS
+    )

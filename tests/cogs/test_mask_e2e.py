@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,37 @@ async def test_edit_image_menu_edits_the_photo_of_a_message_whose_first_image_is
     assert (await world.finished(submit)).startswith("Done")
     [sent] = world.openai.requests[-1].images
     assert (sent.width, sent.height) == Image.open(io.BytesIO(PHOTO)).size  # the photo, not the GIF
+
+
+async def test_an_edit_image_form_sent_after_a_restart_is_told_to_open_it_again(world: World):
+    """A new process knows none of the forms the last one opened (discord.py keeps them in memory):
+    the submission is answered, privately, instead of failing without a word. Nothing is spent."""
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    # What a restart forgets: discord.py's open forms, and the cog's.
+    world.bot._connection._view_store._modals.clear()
+    cog: Any = world.bot.get_cog("MaskCog")
+    cog.open_forms = type(cog.open_forms)()
+    submit = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: submit.callbacks)
+    assert submit.callbacks[0]["data"]["content"] == messages.FORM_EXPIRED and submit.ephemeral
+    assert world.openai.post_count == 0
+
+
+async def test_an_edit_image_form_sent_after_its_timeout_is_told_to_open_it_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    # The module the running bot loaded (discord.py loads its extensions afresh): 15 minutes.
+    monkeypatch.setattr(sys.modules["cogs.mask.menu"], "MODAL_TIMEOUT_SECONDS", 0.2)
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    await asyncio.sleep(0.5)  # discord.py's own timer: the form is forgotten
+    submit = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: submit.callbacks)
+    assert submit.callbacks[0]["data"]["content"] == messages.FORM_EXPIRED
+    assert world.openai.post_count == 0
 
 
 async def test_edit_image_menu_with_mask_upload_previews_then_changes_only_the_mask(world: World):
