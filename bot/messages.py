@@ -327,6 +327,7 @@ DELETE_NOT_ALLOWED = (
 )
 UNDO_NOT_REQUESTER = "Only the person who made this edit, or a moderator, can undo it."
 NOTHING_TO_UNDO = "This is the first version of this edit: there is nothing to undo."
+PROMPT_NOT_KEPT = "*(prompt no longer kept)*"
 FORM_EXPIRED = (
     "This form was open too long, or Retouch restarted since it was opened, so it cannot be sent. "
     "Use **Edit image** on the message again."

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import discord
 
+from bot import messages
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._followup import PostMayHaveLanded, send_once
@@ -135,16 +136,23 @@ async def _landed_repost(
     return None
 
 
+def _shown_prompt(prompt: str | None) -> str:
+    """The prompt in quotes; once it went with the edit's images (INPUT_RETENTION_HOURS, shorter than
+    the links are kept), saying so rather than showing empty quotes."""
+    words = " ".join((prompt or "").split())
+    if not words:
+        return messages.PROMPT_NOT_KEPT
+    return f"“{discord.utils.escape_markdown(truncate(words, HISTORY_PROMPT_CHARS))}”"
+
+
 def history_embed(entries: list[HistoryEntry], guild_id: int | None, hours: float) -> discord.Embed:
     lines = []
     for number, entry in enumerate(entries, start=1):
         v = entry.version
-        prompt = discord.utils.escape_markdown(
-            truncate(" ".join((entry.prompt or "").split()), HISTORY_PROMPT_CHARS)
-        )
         when = discord.utils.format_dt(discord.utils.snowflake_time(v.message_id), "R")
         step = "" if v.parent_message_id is None else " (continues an edit)"
-        lines.append(f"{number}. {when} “{prompt}”{step} — {jump_url(guild_id, v.channel_id, v.message_id)}")
+        link = jump_url(guild_id, v.channel_id, v.message_id)
+        lines.append(f"{number}. {when} {_shown_prompt(entry.prompt)}{step} — {link}")
     embed = discord.Embed(
         title="Your last edits here",
         description=truncate("\n".join(lines), 4000) or None,

@@ -936,3 +936,8 @@ async def test_history_lists_the_members_last_edits_with_links(
         )
         bob = await member(world, "bob")
         assert (await admin(world, bob, "history")).content.startswith("You have no edits here")
+        # A prompt goes with the images (INPUT_RETENTION_HOURS, shorter than the links are kept): the
+        # line says so rather than showing empty quotes.
+        await world.services.storage.jobs.forget_job_details(first.embeds[0]["footer"]["text"].split()[1])
+        lines = (await admin(world, world.user, "history")).embeds[0]["description"].split("\n")
+        assert lines[1].endswith(f" {messages.PROMPT_NOT_KEPT} — {base}/{first.id}")
