@@ -230,6 +230,9 @@ async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
         ({"prompt": "x" * 32001}, "at most 32000"),
         ({"background": "transparent", "output_format": "jpeg"}, "transparent"),
         ({"model": "no-such-model"}, "Unknown model"),
+        ({"prompt": "   "}, "prompt is empty"),
+        # Only invisible characters (zero-width space and joiner, a direction mark): nothing to read.
+        ({"prompt": "\u200b\u200d \u200e"}, "prompt is empty"),
     ],
 )
 async def test_impossible_options_are_refused_for_free(make_service, fake, storage, options, message):

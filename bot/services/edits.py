@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
@@ -496,7 +497,7 @@ class EditService:
 
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
-        if not prompt.strip():
+        if not _visible(prompt):
             raise InvalidOptions(messages.EMPTY_PROMPT, code="empty_prompt")
         if len(prompt) > model.max_prompt_chars:
             raise InvalidOptions(
@@ -587,6 +588,13 @@ def require_picked_area(spec: MaskSpec) -> tuple[int, int]:
 def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
     """The server's provider order when it set one, else None (the bot-wide PROVIDER_ORDER)."""
     return chosen.provider_order or None
+
+
+def _visible(prompt: str) -> bool:
+    """Whether the prompt has something to read: not only spaces or invisible characters (zero-width
+    spaces and joiners, direction marks: Unicode's format characters), which would be paid for as
+    an edit with no instruction."""
+    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in prompt)
 
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
