@@ -1,11 +1,12 @@
 """`python -m bot`: load settings, open the resources, run the bot until a signal stops it.
 
 Exit codes: 0 after a clean (signal) shutdown; 2 for configuration problems (a token Discord refuses,
-an unwritable DATA_DIR, a SQLite file that cannot be opened there and a metrics port that cannot be
-listened on included); 1 for anything else (Discord or the database server unreachable, a database
-from a newer release, a SQLite file another bot process runs on or one that is not a database). Each
-of those is said in one log line, without a traceback. The operator's one-off commands
-(`--check-config`, `--sync`, `--copy-to-postgres`) exit with the same codes.
+a DEV_GUILD_ID server the bot is not in, a DISCORD_API_BASE without /api/v10, an unwritable DATA_DIR,
+a SQLite file that cannot be opened there and a metrics port that cannot be listened on included); 1
+for anything else (Discord or the database server unreachable or refusing, a database from a newer
+release, a SQLite file another bot process runs on or one that is not a database). Each of those is
+said in one log line, without a traceback. The operator's one-off commands (`--check-config`,
+`--sync`, `--copy-to-postgres`) exit with the same codes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sqlite3
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.app import utc_today
 from bot.catalog import Catalog, CatalogError, load_catalog
@@ -33,6 +34,9 @@ from bot.config import (
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
 from bot.observability.logs import configure_logging
+
+if TYPE_CHECKING:
+    import discord
 
 log = logging.getLogger("bot")
 
@@ -98,6 +102,27 @@ def _sqlite_file_unusable(database: str, exc: OSError | sqlite3.Error) -> int:
     return EXIT_CONFIG
 
 
+def _discord_refused(api_base: str | None, exc: discord.HTTPException) -> int:
+    """Say in one line why Discord (or what DISCORD_API_BASE points at) refused a start-up request
+    (a `discord.HTTPException` other than 401 and 5xx); the exit code. Its body is not quoted: a proxy's
+    page can be long and say anything."""
+    status = f"HTTP {exc.status} {getattr(exc.response, 'reason', '') or ''}".strip()
+    if exc.status == 404 and api_base:
+        # Every request goes to DISCORD_API_BASE + a path: without /api/v10 none of them exists.
+        log.error(
+            "Discord answered %s at DISCORD_API_BASE %s: it must end in /api/v10 (or unset it to use "
+            "Discord itself)",
+            status,
+            mask_userinfo(api_base),
+        )
+        return EXIT_CONFIG
+    via = ""
+    if api_base:  # a proxy that refuses the bot (its own 403) must not read as Discord's verdict
+        via = f" via DISCORD_API_BASE {mask_userinfo(api_base)}; check that it lets the bot through"
+    log.error("Discord refused the bot's start-up requests (%s)%s", status, via)
+    return EXIT_FAILURE
+
+
 def _fail_config(problems: list[str]) -> int:
     lines = ["Retouch cannot start. Fix these settings:"]
     lines += [f"  - {p}" for p in problems]
@@ -138,7 +163,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     import discord
 
     from bot.app import build_providers, build_services, provider_session, shard_sharing, split_with_fleet
-    from bot.client import RetouchBot, point_discord_at
+    from bot.client import DevGuildUnavailable, RetouchBot, point_discord_at
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import OpsUnavailable, serve_ops
     from bot.storage import Storage
@@ -239,6 +264,16 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
             except discord.DiscordServerError as exc:
                 log.error("Discord is failing (HTTP %s); try again later", exc.status)
                 return EXIT_FAILURE
+            except DevGuildUnavailable as exc:
+                log.error(
+                    "Discord refused the commands for DEV_GUILD_ID %s (HTTP %s): the bot is not in that "
+                    "server; invite it there, or unset DEV_GUILD_ID",
+                    exc.guild_id,
+                    exc.status,
+                )
+                return EXIT_CONFIG
+            except discord.HTTPException as exc:
+                return _discord_refused(settings.discord_api_base, exc)
     finally:
         await storage.close()
     log.info("stopped")

@@ -50,6 +50,15 @@ IDENTIFY_GAP_SECONDS = 5.0
 MESSAGE_CHARS = 2000
 
 
+class DevGuildUnavailable(Exception):
+    """Discord will not take the commands for DEV_GUILD_ID's server: the bot is not in it."""
+
+    def __init__(self, guild_id: int, status: int) -> None:
+        super().__init__(f"DEV_GUILD_ID {guild_id}: HTTP {status}")
+        self.guild_id = guild_id
+        self.status = status
+
+
 # The click is handled by cogs.owner's dynamic item; this view only renders the button, and a timeout
 # keeps discord.py from holding every such reply's view in memory for good.
 APPROVE_VIEW_SECONDS = 60.0
@@ -337,14 +346,23 @@ class RetouchBot(SwitchableShards):
             await start_services(self.services, self.sharing, recommended=recommended)
         settings = self.services.settings
         if settings.dev_guild_id:
-            guild = discord.Object(settings.dev_guild_id)
-            self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-            log.info("synced %d commands to dev guild %s", len(synced), settings.dev_guild_id)
+            await self._sync_dev_guild(settings.dev_guild_id)
         if self.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d global commands (they may take up to an hour to appear)", len(synced))
         self._heartbeat = asyncio.create_task(self._beat(), name="retouch-heartbeat")
+
+    async def _sync_dev_guild(self, guild_id: int) -> None:
+        """Publish the commands to DEV_GUILD_ID's server only (they appear there at once)."""
+        guild = discord.Object(guild_id)
+        self.tree.copy_global_to(guild=guild)
+        try:
+            synced = await self.tree.sync(guild=guild)
+        except (discord.Forbidden, discord.NotFound) as exc:
+            # Discord answers 403 "Missing Access" (50001) for a server the bot is not in, and 404 for
+            # an id that is no server at all: both are the setting, not the network.
+            raise DevGuildUnavailable(guild_id, exc.status) from exc
+        log.info("synced %d commands to dev guild %s", len(synced), guild_id)
 
     async def on_ready(self) -> None:
         log.info(

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from tests.fakes.discord import FakeDiscord
 from tests.providers.helpers import closed_port
@@ -45,6 +48,27 @@ async def run_bot(data_dir: Path, **env: str) -> tuple[int, str]:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, output.decode()
+
+
+@contextlib.asynccontextmanager
+async def answering(status: int) -> AsyncIterator[str]:
+    """A local server that answers every request with `status` (a proxy, or a base URL missing its
+    path); yields its URL."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"message": "no", "code": 0}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def problems(log: str) -> list[str]:
@@ -212,3 +236,38 @@ async def test_a_damaged_sqlite_file_gets_the_restore_advice_not_a_traceback(tmp
     assert "Traceback" not in log
     [line] = problems(log)
     assert "malformed" in line and "restore a backup" in line
+
+
+async def test_a_dev_guild_the_bot_is_not_in_is_a_settings_problem_said_once(
+    fake_discord: FakeDiscord, tmp_path: Path
+):
+    """Discord answers 403 Missing Access to the command sync: that was a traceback."""
+    code, log = await run_bot(
+        tmp_path, DISCORD_API_BASE=fake_discord.api_base, DISCORD_TOKEN=fake_discord.token, DEV_GUILD_ID="123"
+    )
+
+    assert code == 2, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "DEV_GUILD_ID 123 (HTTP 403)" in line and "invite it there, or unset DEV_GUILD_ID" in line
+
+
+async def test_a_discord_api_base_without_its_api_path_names_the_setting_in_one_line(tmp_path: Path):
+    async with answering(404) as base:
+        code, log = await run_bot(tmp_path, DISCORD_API_BASE=base)
+
+    assert code == 2, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "HTTP 404 Not Found" in line and "DISCORD_API_BASE" in line and "must end in /api/v10" in line
+
+
+async def test_a_proxy_that_refuses_the_bot_gives_one_line_with_the_status(tmp_path: Path):
+    async with answering(403) as base:
+        code, log = await run_bot(tmp_path, DISCORD_API_BASE=f"{base}/api/v10")
+
+    assert code == 1, log
+    assert "Traceback" not in log
+    [line] = problems(log)
+    assert "Discord refused the bot's start-up requests (HTTP 403 Forbidden)" in line
+    assert "DISCORD_API_BASE" in line
