@@ -219,6 +219,22 @@ def _readable_url(url: str) -> bool:
     return True
 
 
+def _base_url_problem(url: str) -> str | None:
+    """What is wrong with a server base URL (None: nothing), in words that end in what to do."""
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    netloc = urlsplit(url).netloc
+    if "@" in netloc:
+        # aiohttp refuses (ValueError) credentials in a URL beside an Authorization header, which the
+        # Discord and provider calls all send: every call would fail, not just start-up.
+        return "must not hold a user name or password: remove the user:password@ part"
+    if not _readable_url(url):
+        return "cannot be read: check its host and port (a port is a number)"
+    if not urlsplit(url).hostname:
+        return "must name a host, as in https://api.example.com/v1"
+    return None
+
+
 class _Reader:
     """Pulls typed values out of an env mapping, recording problems instead of raising."""
 
@@ -272,10 +288,13 @@ class _Reader:
 
     def url(self, key: str, default: str | None) -> str | None:
         value = self.raw(key) or default
-        if value is not None and not value.startswith(("http://", "https://")):
-            self.problems.append(f"{key} must start with http:// or https:// (got {mask_userinfo(value)!r})")
+        if value is None:
+            return None
+        problem = _base_url_problem(value)
+        if problem is not None:
+            self.problems.append(f"{key} {problem} (got {mask_userinfo(value)!r})")
             return default
-        return value.rstrip("/") if value else value
+        return value.rstrip("/")
 
     def id_list(self, key: str, what: str = "user ids") -> frozenset[int]:
         value = self.raw(key)

@@ -105,6 +105,35 @@ def test_base_urls_are_configurable_for_proxies_and_fakes():
     assert s.providers[0].base_url == "http://p/v1"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        (
+            "OPENAI_BASE_URL",
+            "https://proxyuser:hunter2pass@gateway.example.com/v1",
+            "must not hold a user name or password",
+        ),
+        (
+            "DISCORD_API_BASE",
+            "https://bob@discord-proxy.example.com/api/v10",
+            "must not hold a user name or password",
+        ),
+        ("OPENAI_BASE_URL", "https://gate:hunter2/pass@gateway.example.com/v1", "cannot be read"),
+        ("OPENAI_BASE_URL", "https:///v1", "must name a host"),
+        ("DISCORD_API_BASE", "http://", "must name a host"),
+        ("DISCORD_API_BASE", "http://:8080/api/v10", "must name a host"),
+    ],
+)
+def test_a_base_url_without_a_host_or_with_credentials_names_the_setting(key: str, value: str, problem: str):
+    """Both used to pass: no host fails every call, and aiohttp refuses (ValueError) credentials in a URL
+    beside the Authorization header every Discord and provider call sends."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: value})
+    [line] = info.value.problems
+    assert line.startswith(f"{key} {problem}")
+    assert "hunter2" not in line and "proxyuser" not in line and "bob" not in line
+
+
 def run_bot(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
     clean["PYTHONPATH"] = str(ROOT)
@@ -208,10 +237,12 @@ def test_check_config_masks_passwords_in_base_urls(tmp_path: Path):
         "DISCORD_API_BASE=https://bob:swordfish@discord-proxy.example.com/api/v10\n"
     )
     proc = run_bot(["--check-config"], {}, tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # Refused (a user:password@ breaks every call), and the refusal shows them masked.
+    assert proc.returncode == 2, proc.stderr
     assert "hunter2pass" not in proc.stderr and "proxyuser" not in proc.stderr
     assert "swordfish" not in proc.stderr
     assert "https://***@gateway.example.com/v1" in proc.stderr
+    assert "https://***@discord-proxy.example.com/api/v10" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999"])
