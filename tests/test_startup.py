@@ -122,10 +122,18 @@ async def test_a_file_that_is_not_a_sqlite_database_is_refused_with_one_clear_li
     assert "retouch.sqlite3 (file is not a database): it is not a SQLite database" in line
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+@pytest.mark.parametrize(
+    ("host", "setting"),
+    [
+        ("127.0.0.1", "set METRICS_PORT"),  # the port is taken
+        ("no-such-host.invalid", "set METRICS_HOST"),  # a name that does not resolve (socket.gaierror)
+        ("192.0.2.1", "set METRICS_HOST"),  # an address this machine does not have (EADDRNOTAVAIL)
+    ],
+)
 async def test_a_metrics_port_that_cannot_be_listened_on_is_a_settings_problem_said_once(
-    tmp_path: Path, host: str
+    tmp_path: Path, host: str, setting: str
 ):
+    """The line names the setting to change: a bad METRICS_HOST was blamed on METRICS_PORT."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -135,7 +143,7 @@ async def test_a_metrics_port_that_cannot_be_listened_on_is_a_settings_problem_s
     assert code == 2, log
     assert "Traceback" not in log and "cannot reach Discord" not in log
     [line] = problems(log)
-    assert f"cannot serve health and metrics on {host}:{port}" in line and "METRICS_PORT" in line
+    assert f"cannot serve health and metrics on {host}:{port}" in line and setting in line
 
 
 async def test_a_database_from_a_newer_release_is_refused_with_one_clear_line(tmp_path: Path):

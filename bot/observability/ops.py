@@ -7,6 +7,7 @@ callable, the database through a real write-lock attempt, and the metrics regist
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -58,6 +59,14 @@ def build_ops_app(*, registry: CollectorRegistry, connected: Connected, storage:
     return app
 
 
+def _listen_advice(exc: OSError) -> str:
+    """Which setting to change when the ops server cannot listen: the host for a name that does not
+    resolve or an address this machine does not have, else the port (taken, or privileged)."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return "set METRICS_HOST to an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+    return "set METRICS_PORT to a free port, or 0"
+
+
 class OpsServer:
     """Serves an ops app on `host:port` (port 0 picks a free one; see `port` once started)."""
 
@@ -79,10 +88,11 @@ class OpsServer:
             sock.bind((self._host, self._requested_port))
         except OSError as exc:
             log.error(
-                "cannot serve health and metrics on %s:%d (%s): set METRICS_PORT to a free port, or 0",
+                "cannot serve health and metrics on %s:%d (%s): %s",
                 self._host,
                 self._requested_port,
                 exc.strerror,
+                _listen_advice(exc),
             )
             sock.close()
             await self._runner.cleanup()
