@@ -235,6 +235,12 @@ def _base_url_problem(url: str) -> str | None:
     return None
 
 
+def _temporary_sqlite(url: str) -> bool:
+    """Whether a `sqlite:///…` URL names no file (SQLite then keeps the database in memory)."""
+    path = url[len("sqlite:///") :].strip()
+    return path in ("", ":memory:")
+
+
 class _Reader:
     """Pulls typed values out of an env mapping, recording problems instead of raising."""
 
@@ -313,6 +319,14 @@ class _Reader:
         if value is not None and not value.startswith(DATABASE_SCHEMES):
             self.problems.append(
                 f"{key} must start with sqlite:/// or postgresql:// (got {mask_userinfo(value)!r})"
+            )
+            return None
+        if value is not None and value.startswith("sqlite:///") and _temporary_sqlite(value):
+            # SQLite opens "" and ":memory:" as a database that vanishes with the process: every
+            # balance, ledger entry and job would be lost at each restart.
+            self.problems.append(
+                f"{key} names no SQLite file (got {value!r}): write sqlite:///path/to/retouch.sqlite3, "
+                "or unset it to use DATA_DIR/retouch.sqlite3"
             )
             return None
         if value is not None and not value.startswith("sqlite:") and not _readable_url(value):

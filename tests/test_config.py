@@ -41,6 +41,15 @@ def test_the_database_is_the_sqlite_file_in_data_dir_unless_database_url_names_a
     assert "hunter2" not in str(info.value)
 
 
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///  ", "sqlite:///:memory:"])
+def test_a_sqlite_database_url_without_a_file_is_refused(url: str):
+    """SQLite opens these as a temporary database: every credit and job would be lost at exit."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "DATABASE_URL": url})
+    [line] = info.value.problems
+    assert line.startswith("DATABASE_URL names no SQLite file") and "sqlite:///path/to/" in line
+
+
 def test_every_problem_is_listed_together():
     with pytest.raises(ConfigError) as info:
         load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})
