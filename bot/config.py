@@ -37,6 +37,12 @@ SEGMIND_UPLOAD_URL = "https://workflows-api.segmind.com/upload-asset"
 # no refusal would ever tell the adaptive limit to stay at 3.
 DEFAULT_PROVIDER_CONCURRENCY = {"wavespeed": 3}
 MAX_PORT = 65535
+# Ceilings on the durations that become dates (now ± the setting): far above any sensible value, and far
+# below the ones that overflow a date (JOB_HISTORY_DAYS=1000000 reaches before year 1; the sweep and
+# every edit then failed at run time). Documented in .env.example and the README.
+MAX_DAYS = 36_500  # 100 years
+MAX_HOURS = 876_000  # 100 years
+MAX_SECONDS = 31_536_000  # one year
 LOG_FORMATS = ("plain", "json")  # LOG_FORMAT: lines for people, or one JSON object per line
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
 # a bot started with its defaults cannot run up an open-ended bill.
@@ -264,7 +270,9 @@ class _Reader:
             return default
         return value
 
-    def number(self, key: str, default: Any, kind: Callable[[str], Any], minimum: float) -> Any:
+    def number(
+        self, key: str, default: Any, kind: Callable[[str], Any], minimum: float, maximum: float | None = None
+    ) -> Any:
         value = self.raw(key)
         if value is None:
             return default
@@ -278,6 +286,11 @@ class _Reader:
             return default
         if parsed < minimum:
             self.problems.append(f"{key} must be at least {minimum} (got {value!r})")
+            return default
+        if maximum is not None and parsed > maximum:
+            self.problems.append(
+                f"{key} must be at most {maximum} (allowed: {minimum} to {maximum}; got {value!r})"
+            )
             return default
         return parsed
 
@@ -460,7 +473,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
             "LOG_LEVEL", _default("log_level").lower(), ("debug", "info", "warning", "error")
         ).upper(),
         shutdown_grace_seconds=r.number(
-            "SHUTDOWN_GRACE_SECONDS", _default("shutdown_grace_seconds"), float, 0
+            "SHUTDOWN_GRACE_SECONDS", _default("shutdown_grace_seconds"), float, 0, MAX_SECONDS
         ),
         catalog_path=Path(catalog) if catalog else None,
         thread_results=r.flag("THREAD_RESULTS", _default("thread_results")),
@@ -468,9 +481,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         max_input_pixels=int(
             r.number("MAX_INPUT_MEGAPIXELS", _default("max_input_pixels") / MEGA, float, 0.01) * MEGA
         ),
-        job_timeout_seconds=r.number("JOB_TIMEOUT_SECONDS", _default("job_timeout_seconds"), float, 10),
+        job_timeout_seconds=r.number(
+            "JOB_TIMEOUT_SECONDS", _default("job_timeout_seconds"), float, 10, MAX_SECONDS
+        ),
         provider_call_timeout_seconds=r.number(
-            "PROVIDER_CALL_TIMEOUT_SECONDS", _default("provider_call_timeout_seconds"), float, 1
+            "PROVIDER_CALL_TIMEOUT_SECONDS", _default("provider_call_timeout_seconds"), float, 1, MAX_SECONDS
         ),
         owner_ids=r.id_list("OWNER_IDS"),
         admin_user_ids=r.id_list("ADMIN_USER_IDS"),
@@ -480,25 +495,31 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
         max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", _default("max_concurrent_jobs"), int, 1),
         max_jobs_per_user=r.number("MAX_JOBS_PER_USER", _default("max_jobs_per_user"), int, 1),
-        queue_timeout_seconds=r.number("QUEUE_TIMEOUT_SECONDS", _default("queue_timeout_seconds"), float, 10),
-        input_retention_hours=r.number("INPUT_RETENTION_HOURS", _default("input_retention_hours"), float, 0),
+        queue_timeout_seconds=r.number(
+            "QUEUE_TIMEOUT_SECONDS", _default("queue_timeout_seconds"), float, 10, MAX_SECONDS
+        ),
+        input_retention_hours=r.number(
+            "INPUT_RETENTION_HOURS", _default("input_retention_hours"), float, 0, MAX_HOURS
+        ),
         result_retention_hours=r.number(
-            "RESULT_RETENTION_HOURS", _default("result_retention_hours"), float, 1
+            "RESULT_RETENTION_HOURS", _default("result_retention_hours"), float, 1, MAX_HOURS
         ),
         allowed_guild_ids=r.id_list("ALLOWED_GUILD_IDS", "server ids"),
         allow_dms=r.flag("ALLOW_DMS", _default("allow_dms")),
         monthly_budget_usd=r.usd("MONTHLY_BUDGET_USD", _default("monthly_budget_usd")),
         commands_per_minute=r.number("COMMANDS_PER_MINUTE", _default("commands_per_minute"), int, 0),
         max_mask_previews=r.number("MAX_MASK_PREVIEWS", _default("max_mask_previews"), int, 1),
-        job_history_days=r.number("JOB_HISTORY_DAYS", _default("job_history_days"), float, 1),
+        job_history_days=r.number("JOB_HISTORY_DAYS", _default("job_history_days"), float, 1, MAX_DAYS),
         moderation=r.choice("MODERATION", _default("moderation"), ("off", "standard", "strict")),
         moderation_timeout_seconds=r.number(
-            "MODERATION_TIMEOUT_SECONDS", _default("moderation_timeout_seconds"), float, 0.5
+            "MODERATION_TIMEOUT_SECONDS", _default("moderation_timeout_seconds"), float, 0.5, MAX_SECONDS
         ),
         shard_count=r.number("SHARD_COUNT", _default("shard_count"), int, 0),
         # A round every third of the lease: under 3 s, rounds would come faster than once a second.
-        shard_lease_seconds=r.number("SHARD_LEASE_SECONDS", _default("shard_lease_seconds"), float, 3),
-        job_lease_seconds=r.number("JOB_LEASE_SECONDS", _default("job_lease_seconds"), float, 3),
+        shard_lease_seconds=r.number(
+            "SHARD_LEASE_SECONDS", _default("shard_lease_seconds"), float, 3, MAX_SECONDS
+        ),
+        job_lease_seconds=r.number("JOB_LEASE_SECONDS", _default("job_lease_seconds"), float, 3, MAX_SECONDS),
     )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")

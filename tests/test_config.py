@@ -50,6 +50,31 @@ def test_a_sqlite_database_url_without_a_file_is_refused(url: str):
     assert line.startswith("DATABASE_URL names no SQLite file") and "sqlite:///path/to/" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "too_big", "allowed"),
+    [
+        ("JOB_HISTORY_DAYS", "1000000", "1 to 36500"),
+        ("INPUT_RETENTION_HOURS", "100000000", "0 to 876000"),
+        ("RESULT_RETENTION_HOURS", "876001", "1 to 876000"),
+        ("QUEUE_TIMEOUT_SECONDS", "1e12", "10 to 31536000"),
+        ("JOB_TIMEOUT_SECONDS", "1e12", "10 to 31536000"),
+        ("PROVIDER_CALL_TIMEOUT_SECONDS", "1e12", "1 to 31536000"),
+        ("SHUTDOWN_GRACE_SECONDS", "1e12", "0 to 31536000"),
+        ("MODERATION_TIMEOUT_SECONDS", "1e12", "0.5 to 31536000"),
+        ("SHARD_LEASE_SECONDS", "1e12", "3 to 31536000"),
+        ("JOB_LEASE_SECONDS", "1e12", "3 to 31536000"),
+    ],
+)
+def test_a_duration_too_long_to_be_a_date_is_refused_naming_the_allowed_range(
+    key: str, too_big: str, allowed: str
+):
+    """They passed, then overflowed a date at run time: the sweep, or every edit, failed."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: too_big})
+    [line] = info.value.problems
+    assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
+
+
 def test_every_problem_is_listed_together():
     with pytest.raises(ConfigError) as info:
         load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})

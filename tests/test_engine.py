@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from bot import messages
+from bot.config import MAX_DAYS, MAX_HOURS, MAX_SECONDS
 from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
 from bot.jobs import core as core_module
 from bot.jobs import engine as engine_module
@@ -2010,3 +2011,17 @@ async def test_the_sweep_keeps_a_live_jobs_files_and_removes_an_ended_jobs_witho
     await service.storage.jobs.set_job_state(ended, "failed", error_code="x")
     assert await service.engine.sweep() == 1
     assert service.engine.files.job_ids() == [live]
+
+
+async def test_the_longest_durations_the_settings_allow_still_run_edits_and_the_sweep(make: Factory):
+    """The ceilings in bot/config.py keep every date they make in range (larger values overflowed)."""
+    service, _ = await make(
+        JOB_HISTORY_DAYS=str(MAX_DAYS),
+        INPUT_RETENTION_HOURS=str(MAX_HOURS),
+        RESULT_RETENTION_HOURS=str(MAX_HOURS),
+        QUEUE_TIMEOUT_SECONDS=str(MAX_SECONDS),
+        JOB_TIMEOUT_SECONDS=str(MAX_SECONDS),
+    )
+    job_id = await submit(service)
+    await wait_state(service, job_id, "delivered")
+    await service.engine.sweep()
