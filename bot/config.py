@@ -418,13 +418,38 @@ def _default(name: str) -> Any:
 def _load_dotenv(path: Path) -> None:
     """Add `path` (`.env` in the working directory) to the environment; real environment variables win,
     as compose users expect. Raises ConfigError when it is not UTF-8 (an editor's Latin-1 "café" in a
-    comment would otherwise stop start-up with a UnicodeDecodeError traceback)."""
+    comment would otherwise stop start-up with a UnicodeDecodeError traceback), or has a line that is
+    not a setting."""
     from dotenv import load_dotenv
 
     try:
-        load_dotenv(path, override=False)
+        unreadable = _unreadable_lines(path)
     except UnicodeDecodeError:
         raise ConfigError([_not_utf8(path)]) from None
+    if unreadable:
+        # python-dotenv only logs a warning and skips such a line: the bot would start on that setting's
+        # default (a $20 MONTHLY_BUDGET_USD instead of the operator's) without anyone noticing.
+        raise ConfigError(
+            [f"{path.name} line {n} cannot be read: write it as NAME=value" for n in unreadable]
+        )
+    load_dotenv(path, override=False)
+
+
+def _unreadable_lines(path: Path) -> list[int]:
+    """The lines of `path` where a statement python-dotenv cannot parse starts (`MAX_INPUT_MB 20`, an
+    unterminated quote); none when there is no such file."""
+    from dotenv.parser import parse_stream
+
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as stream:
+        return [_statement_line(b.original.string, b.original.line) for b in parse_stream(stream) if b.error]
+
+
+def _statement_line(text: str, line: int) -> int:
+    """The line a statement's text starts on: python-dotenv counts from the blank lines before it."""
+    skipped = text[: len(text) - len(text.lstrip())]
+    return line + skipped.count("\n")
 
 
 def _not_utf8(path: Path) -> str:

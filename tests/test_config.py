@@ -230,6 +230,24 @@ def test_a_dotenv_file_that_is_not_utf8_is_one_settings_problem(tmp_path: Path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("bad", "line"),
+    [
+        ("MONTHLY_BUDGET_USD 500", 4),  # no =
+        ("  MAX_INPUT_MB: 20", 4),
+        ('MONTHLY_BUDGET_USD="500', 4),  # an unterminated quote, the file's last statement
+    ],
+)
+def test_a_dotenv_line_that_cannot_be_read_is_a_settings_problem(tmp_path: Path, bad: str, line: int):
+    """python-dotenv skipped it with a warning: the bot started on that setting's default ($20 a month)."""
+    dotenv = f"DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\n\n{bad}\n"
+    (tmp_path / ".env").write_text(dotenv)
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"  - .env line {line} cannot be read: write it as NAME=value" in proc.stderr
+    assert "Traceback" not in proc.stderr and "python-dotenv" not in proc.stderr
+
+
 def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: Path):
     (tmp_path / ".env").write_text(
         "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\nDEFAULT_MODEL=gpt-image-2.6-flair\n"
