@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean (signal) shutdown; 2 for configuration problems (a token Discord refuses,
 a DEV_GUILD_ID server the bot is not in, a DISCORD_API_BASE without /api/v10, an unwritable DATA_DIR,
-a SQLite file that cannot be opened there and a metrics port that cannot be listened on included); 1
+a SQLite file that cannot be opened there, a PostgreSQL database, role or schema that does not exist
+or lacks a privilege, and a metrics port that cannot be listened on included); 1
 for anything else (Discord or the database server unreachable or refusing, a database from a newer
 release, a SQLite file another bot process runs on or one that is not a database). Each of those is
 said in one log line, without a traceback. The operator's one-off commands (`--check-config`,
@@ -167,7 +168,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     from bot.concurrency import RateLimitWatch
     from bot.observability.ops import OpsUnavailable, serve_ops
     from bot.storage import Storage
-    from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, SchemaTooNew, is_postgres
+    from bot.storage.connection import (
+        DatabaseInUse,
+        DatabaseRefused,
+        DatabaseUnavailable,
+        SchemaTooNew,
+        is_postgres,
+    )
     from bot.storage.postgres import PostgresDatabase
 
     if settings.discord_api_base:
@@ -202,6 +209,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     except DatabaseUnavailable as exc:
         log.error("Retouch cannot open the database %s: %s", mask_userinfo(settings.database), exc)
         return EXIT_FAILURE
+    except DatabaseRefused as exc:  # its text names DATABASE_URL and the fix
+        log.error(
+            "Retouch cannot use the database DATABASE_URL names (%s): %s",
+            mask_userinfo(settings.database),
+            exc,
+        )
+        return EXIT_CONFIG
     except (OSError, sqlite3.Error) as exc:
         if is_postgres(settings.database) or not _about_the_file(exc):
             # Not a place on disk, or a failure inside a working file (a migration's): a traceback

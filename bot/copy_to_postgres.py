@@ -14,7 +14,13 @@ import logging
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.config import Settings, mask_userinfo
-from bot.storage.connection import DatabaseInUse, DatabaseUnavailable, is_postgres, sqlite_path
+from bot.storage.connection import (
+    DatabaseInUse,
+    DatabaseRefused,
+    DatabaseUnavailable,
+    is_postgres,
+    sqlite_path,
+)
 
 log = logging.getLogger("bot")
 
@@ -57,6 +63,11 @@ async def copy_to_postgres(settings: Settings, source: str | None) -> int:
     except DatabaseUnavailable as exc:
         log.error("Nothing was copied: cannot open the database %s: %s", shown(target), exc)
         return EXIT_FAILURE
+    except DatabaseRefused as exc:  # its text names DATABASE_URL and the fix
+        log.error(
+            "Nothing was copied: cannot use the database DATABASE_URL names (%s): %s", shown(target), exc
+        )
+        return EXIT_CONFIG
     except CopyRefused as exc:
         log.error("Nothing was copied: %s.", exc)
         return EXIT_FAILURE

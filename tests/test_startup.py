@@ -10,11 +10,14 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from aiohttp import web
 
+from bot.storage.postgres import schema_url
 from tests.fakes.discord import FakeDiscord
+from tests.fixtures import NO_POSTGRES, TEST_DATABASE_URL
 from tests.providers.helpers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,3 +282,30 @@ async def test_a_proxy_that_refuses_the_bot_gives_one_line_with_the_status(tmp_p
     [line] = problems(log)
     assert "Discord refused the bot's start-up requests (HTTP 403 Forbidden)" in line
     assert "DISCORD_API_BASE" in line
+
+
+@pytest.mark.skipif(not TEST_DATABASE_URL, reason=NO_POSTGRES)
+@pytest.mark.parametrize(
+    ("where", "advice"),
+    [
+        ("schema", "create the schema first: CREATE SCHEMA retouch_absent"),  # at the first migration
+        ("database", "the database retouch_absent_db does not exist: create it"),  # at connecting
+    ],
+)
+async def test_a_postgresql_schema_or_database_that_does_not_exist_is_one_line_with_the_fix(
+    tmp_path: Path, where: str, advice: str
+):
+    """A schema `?search_path=` names but nobody created was a traceback from inside the migration."""
+    parts = urlsplit(TEST_DATABASE_URL)
+    # The password (ignored by a server that trusts local connections) must appear nowhere.
+    netloc = f"{parts.username or 'postgres'}:Hunter2Secret@{parts.hostname}:{parts.port or 5432}"
+    if where == "schema":
+        url = schema_url(urlunsplit(parts._replace(netloc=netloc)), "retouch_absent")
+    else:
+        url = urlunsplit(parts._replace(netloc=netloc, path="/retouch_absent_db"))
+    code, log = await run_bot(tmp_path, DATABASE_URL=url)
+
+    assert code == 2, log
+    assert "Traceback" not in log and "Hunter2Secret" not in log
+    [line] = problems(log)
+    assert "cannot use the database DATABASE_URL names" in line and advice in line

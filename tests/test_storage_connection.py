@@ -9,8 +9,9 @@ import logging
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -19,13 +20,16 @@ from bot.storage import Storage, postgres
 from bot.storage.connection import (
     Body,
     DatabaseInUse,
+    DatabaseRefused,
     DatabaseUnavailable,
     execute,
     fetch_all,
     fetch_one,
 )
+from bot.storage.postgres import schema_url
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
-from tests.postgres import SilentNetwork
+from tests.fixtures import NO_POSTGRES, TEST_DATABASE_URL
+from tests.postgres import SilentNetwork, needs_postgres
 
 
 @pytest.mark.sqlite_only
@@ -533,3 +537,61 @@ async def test_a_listener_that_keeps_failing_the_same_way_logs_it_once(
         assert caplog.text.count("listening failed") == 1
     finally:
         await storage.close()
+
+
+# -- PostgreSQL refusing the bot at start-up: said with the fix, never a traceback -------------------------
+
+
+def url_as(*, role: str | None = None, database: str | None = None, password: str | None = None) -> str:
+    """The test server's URL with another role, database or password."""
+    parts = urlsplit(TEST_DATABASE_URL)
+    user = role or parts.username or ""
+    secret = password or parts.password
+    host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    netloc = f"{user}{':' + secret if secret else ''}@{host}" if user else host
+    return urlunsplit(parts._replace(netloc=netloc, path=f"/{database}" if database else parts.path))
+
+
+@pytest.fixture
+async def guest_role() -> AsyncIterator[tuple[str, str]]:
+    """A login role and a schema it may use but not create in; both dropped afterwards."""
+    if not TEST_DATABASE_URL:
+        pytest.skip(NO_POSTGRES)
+    role, schema = f"retouch_guest_{secrets.token_hex(4)}", f"test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:
+        await conn.execute(
+            f"CREATE ROLE {role} LOGIN; CREATE SCHEMA {schema}; GRANT USAGE ON SCHEMA {schema} TO {role}"
+        )
+        yield role, schema
+    finally:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; DROP ROLE IF EXISTS {role}")
+        await conn.close()
+
+
+@needs_postgres
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        (lambda: schema_url(TEST_DATABASE_URL, "retouch_absent"), "CREATE SCHEMA retouch_absent"),
+        (
+            lambda: url_as(database="retouch_absent_db"),
+            "does not exist: create it (CREATE DATABASE retouch_absent_db)",
+        ),
+        (lambda: url_as(role="retouch_absent_role"), "CREATE ROLE retouch_absent_role LOGIN"),
+    ],
+    ids=["schema missing", "database missing", "role missing"],
+)
+async def test_a_postgresql_database_schema_or_role_that_does_not_exist_is_said_with_the_fix(
+    url: Callable[[], str], advice: str
+):
+    with pytest.raises(DatabaseRefused) as info:
+        await Storage.open(url())
+    assert advice in str(info.value)
+
+
+async def test_a_role_that_may_not_create_tables_is_told_the_grant_it_needs(guest_role: tuple[str, str]):
+    role, schema = guest_role
+    with pytest.raises(DatabaseRefused) as info:
+        await Storage.open(schema_url(url_as(role=role), schema))
+    assert f"grant it: GRANT CREATE ON SCHEMA {schema} TO {role}" in str(info.value)

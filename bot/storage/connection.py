@@ -71,6 +71,12 @@ class DatabaseUnavailable(Exception):
     """The database server could not be reached or refused the connection (the text names no secret)."""
 
 
+class DatabaseRefused(Exception):
+    """The database server refused what the bot needs for a reason its operator fixes once (a database,
+    role or schema that does not exist, a missing privilege): the text says which and what to do, and
+    names no secret."""
+
+
 class DatabaseInUse(Exception):
     """Another bot process runs on this SQLite file: one file serves one process (PostgreSQL, several)."""
 

@@ -56,6 +56,7 @@ from bot.storage.connection import (
     pending_migrations,
     utcnow,
 )
+from bot.storage.refusals import refusal_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -362,11 +363,20 @@ class PostgresDatabase(Clocked):
                 reset=_keep_session,
             )
         except (*CONNECTION_ERRORS, ValueError) as exc:
+            if isinstance(exc, asyncpg.PostgresError) and (refusal := refusal_for(exc, dsn)) is not None:
+                raise refusal from None
             # The exception's own text may quote the URL, password included (a ValueError is the
             # driver failing to read it); the class and SQLSTATE say enough.
             code = getattr(exc, "sqlstate", None)
             raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
-        return await migrated(cls(pool, clock))
+        try:
+            return await migrated(cls(pool, clock))
+        except asyncpg.PostgresError as exc:
+            # A schema that does not exist or a missing privilege shows at the first CREATE TABLE; any
+            # other failure inside a migration is a bug, reported with its traceback.
+            if (refusal := refusal_for(exc, dsn)) is None:
+                raise
+            raise refusal from None
 
     async def close(self) -> None:
         """Let running transactions finish, stop listening, then close every connection; what is still
