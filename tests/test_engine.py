@@ -1648,61 +1648,43 @@ async def test_a_posted_result_whose_capture_fails_is_charged_later_never_refund
     assert await until(lambda: live.final) == [expected]
 
 
+@pytest.mark.parametrize("balance_readable", [True, False])
 async def test_a_capture_that_committed_unseen_is_told_as_charged_even_if_the_database_fails_again(
-    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, balance_readable: bool
 ):
     """The posted result's capture commits on its last try and its answer is lost; read back, the job
-    is delivered. The member is told they were charged, whatever the database does next: a release
-    tried first (refused once it answers, made owed while it does not) had them told "not charged"."""
+    is delivered. The member is told it is done and what it cost, as any delivery is, whatever the
+    database does next: a release tried first (refused once it answers, made owed while it does not)
+    had them told "not charged". A balance that cannot be read then is left out, not the message."""
     monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
     service, _ = await make()
     ledger = service.storage.ledger
-
-    async def locked(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("database is locked")
-
-    ledger.settle_delivered = answer_lost_on_last_try(ledger.settle_delivered)  # type: ignore[method-assign]
-    ledger.settle_released = locked  # type: ignore[method-assign]
-    live = Live()
-    job_id = await submit(service, live)
-    [told] = await until(lambda: live.final)
-    row = await service.storage.jobs.get_job(job_id)
-    assert row is not None and row.state == "delivered" and row.captured
-    charged = int(row.captured)
-    assert told == messages.done(charged, 1000 - charged)  # as any delivery is told
-    assert job_id not in service.engine._owed
-
-
-async def test_a_capture_that_committed_unseen_is_told_without_the_balance_when_it_is_unreadable(
-    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-):
-    """The database fails again when the balance is read: the member is still told it is done and
-    what it cost (the progress message is not left on "Uploading…")."""
-    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
-    service, _ = await make()
-    ledger = service.storage.ledger
-
-    async def locked(*args: Any, **kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("database is locked")
-
     settle, read = answer_lost_on_last_try(ledger.settle_delivered), ledger.get_account
     settled: list[bool] = []
+
+    async def locked(*args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
 
     async def settle_then_lock(*args: Any, **kwargs: Any) -> Any:
         settled.append(True)
         return await settle(*args, **kwargs)
 
     async def account(*args: Any, **kwargs: Any) -> Any:
-        return await (locked if settled else read)(*args, **kwargs)
+        return await (locked if settled and not balance_readable else read)(*args, **kwargs)
 
     ledger.settle_delivered = settle_then_lock  # type: ignore[method-assign]
+    ledger.settle_released = locked  # type: ignore[method-assign]
     ledger.get_account = account  # type: ignore[method-assign]
     live = Live()
     job_id = await submit(service, live)
     [told] = await until(lambda: live.final)
     row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.state == "delivered" and row.captured
-    assert told == messages.done_charged(int(row.captured))
+    charged = int(row.captured)
+    assert told == (
+        messages.done(charged, 1000 - charged) if balance_readable else messages.done_charged(charged)
+    )
+    assert job_id not in service.engine._owed
     assert await kinds(service, job_id) == ["reserve", "capture"]
 
 
