@@ -64,6 +64,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -148,9 +149,41 @@ MODERATION_CATEGORIES = (
 )
 MODERATION_FLAG_SCORE = 0.5  # the fake's own `flagged` threshold (the real ones are unpublished)
 MODERATION_MAX_BODY = 32 * 1024 * 1024
-# Output tokens per 1024x1024 image (OpenAI's published figures for gpt-image-1; xhigh and max are
-# stand-ins), scaled by area for other sizes (which reproduces the published 1536x1024 figures).
+# Output tokens per 1024x1024 image for the 1.x models (OpenAI's published figures for gpt-image-1;
+# xhigh and max are stand-ins), scaled by area for other sizes (which reproduces the published
+# 1536x1024 figures).
 OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "xhigh": 8320, "max": 16640}
+# The 2.x line bills image output at $30 per 1M tokens (models-2026-12.md §2, "Token rates").
+OUTPUT_USD_PER_TOKEN_2X = Decimal(30) / 1_000_000
+# models-2026-12.md §2's output price per image, (1024x1024, 1536x1024 / 1024x1536) by quality. The
+# fake bills the tokens these prices buy (rounded down, so an image never costs above its list price):
+# the published figure at a published size, the square one scaled by area at any other size (no
+# formula is published). 2.6 has no table: the upper end of §2's low/medium estimates, its
+# non-square column "scaled as above" (as 2.5's).
+LIST_PRICES_2X: dict[str, dict[str, tuple[str, str]]] = {
+    "gpt-image-2": {"low": ("0.006", "0.005"), "medium": ("0.053", "0.041"), "high": ("0.211", "0.165")},
+    "gpt-image-2.5": {
+        "low": ("0.006", "0.005"),
+        "medium": ("0.013", "0.010"),
+        "high": ("0.053", "0.041"),
+        "xhigh": ("0.094", "0.074"),
+        "max": ("0.211", "0.165"),
+    },
+    "gpt-image-2.6": {
+        "low": ("0.024", "0.020"),
+        "medium": ("0.053", "0.041"),
+        "high": ("0.053", "0.041"),
+        "xhigh": ("0.094", "0.074"),
+        "max": ("0.211", "0.165"),
+    },
+}
+OUTPUT_TOKENS_2X = {
+    family: {
+        quality: tuple(int(Decimal(usd) / OUTPUT_USD_PER_TOKEN_2X) for usd in prices)
+        for quality, prices in table.items()
+    }
+    for family, table in LIST_PRICES_2X.items()
+}
 
 
 class Fault(StrEnum):
@@ -422,6 +455,17 @@ def _render(
             out.save(buf, "WEBP", quality=80, method=0)
         outputs.append(buf.getvalue())
     return tuple(outputs)
+
+
+def _output_tokens(model: str, quality: str, width: int, height: int) -> int:
+    """Output image tokens of one `width`x`height` image at `quality` (see `OUTPUT_TOKENS_2X`)."""
+    family = next((f for f in ("gpt-image-2.6", "gpt-image-2.5", "gpt-image-2") if model.startswith(f)), None)
+    if family is None:
+        return math.ceil(OUTPUT_TOKENS[quality] * width * height / 1024**2)
+    square, other = OUTPUT_TOKENS_2X[family][quality]
+    if sorted((width, height)) == [1024, 1536]:
+        return other
+    return math.ceil(square * width * height / 1024**2)
 
 
 def _image_tokens(width: int, height: int, fidelity: str) -> int:
@@ -1118,7 +1162,7 @@ class FakeOpenAI(FakeServer):
         )
         text_tokens = max(1, math.ceil(len(params.prompt) / 4))
         image_tokens = sum(_image_tokens(w, h, params.input_fidelity) for w, h in params.inputs)
-        output_tokens = math.ceil(OUTPUT_TOKENS[quality] * width * height / 1024**2) * params.n
+        output_tokens = _output_tokens(params.model, quality, width, height) * params.n
         body = {
             "created": int(time.time()),
             "background": "transparent" if transparent else "opaque",

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import date
+from decimal import Decimal
 
 import aiohttp
 import pytest
@@ -726,6 +727,44 @@ async def test_xhigh_and_max_cost_more_output_tokens_than_high(provider: OpenAIP
         tokens[quality] = result.usage.output_image_tokens
 
     assert tokens["high"] < tokens["xhigh"] < tokens["max"]
+
+
+# models-2026-12.md §2: the 2.x line bills image output at $30 per 1M tokens, and one output image
+# costs the listed price (1024x1024, and 1536x1024 / 1024x1536); 2.6 at the upper end of its estimate.
+# A size with no published price is the square price scaled up by its area (what the bot holds).
+OUTPUT_USD_PER_TOKEN_2X = Decimal(30) / 1_000_000
+LISTED_2X_OUTPUT = [
+    ("gpt-image-2", "low", "1024x1024", "0.006"),
+    ("gpt-image-2", "medium", "1024x1024", "0.053"),
+    ("gpt-image-2-2026-04-21", "high", "1024x1024", "0.211"),
+    ("gpt-image-2", "high", "1024x1536", "0.165"),
+    ("gpt-image-2.5-flare", "low", "1024x1024", "0.006"),
+    ("gpt-image-2.5-flare", "medium", "1024x1024", "0.013"),
+    ("gpt-image-2.5-sunburst", "high", "1024x1024", "0.053"),
+    ("gpt-image-2.5-sunburst-2026-09-08", "xhigh", "1024x1024", "0.094"),
+    ("gpt-image-2.5-flare", "max", "1024x1024", "0.211"),
+    ("gpt-image-2.5-sunburst", "max", "1536x1024", "0.165"),
+    ("gpt-image-2.5-flare", "high", "2048x2048", str(4 * Decimal("0.053"))),
+    ("gpt-image-2.6-flare", "low", "1024x1024", "0.024"),
+    ("gpt-image-2.6-sunburst", "medium", "1024x1024", "0.053"),
+    ("gpt-image-2.6-flare", "high", "1024x1024", "0.053"),
+    ("gpt-image-2.6-sunburst", "xhigh", "1024x1024", "0.094"),
+    ("gpt-image-2.6-flare", "max", "1024x1024", "0.211"),
+    ("gpt-image-2.6-sunburst", "xhigh", "1536x1024", "0.074"),
+]
+
+
+@pytest.mark.parametrize(("model", "quality", "size", "listed"), LISTED_2X_OUTPUT)
+async def test_fake_bills_2x_output_tokens_worth_the_listed_price(
+    provider: OpenAIProvider, model: str, quality: str, size: str, listed: str
+) -> None:
+    result = await provider.edit(edit_request(model=model, quality=quality, size=size, count=2))
+
+    assert result.usage is not None
+    billed = result.usage.output_image_tokens * OUTPUT_USD_PER_TOKEN_2X / 2
+    # Never above the list price (a correct hold covers it), and not far below it (the tokens are
+    # whole, so a price that is no exact number of tokens is billed a fraction of a token short).
+    assert Decimal(listed) * Decimal("0.99") < billed <= Decimal(listed)
 
 
 async def test_sixteen_input_images_are_accepted_for_gpt_image_2(
