@@ -92,6 +92,9 @@ DEFAULT_MODEL = "gpt-image-2"  # used when `model` is absent (see the module doc
 FREE_SIZE_MODELS = frozenset(CURRENT_MODELS)  # `auto` or any WxH within the 2.x rules
 XHIGH_MODELS = frozenset(m for m in CURRENT_MODELS if m.startswith(("gpt-image-2.5", "gpt-image-2.6")))
 NO_INPUT_FIDELITY = frozenset({"gpt-image-1-mini", *CURRENT_MODELS})
+# "2.x reads reference images at high fidelity always" (models-2026-12.md §2): their input images
+# are billed at high fidelity (and they refuse `input_fidelity`, above).
+HIGH_FIDELITY_MODELS = frozenset(CURRENT_MODELS)
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # "< 50 MB each"
 MAX_MASK_BYTES = 4 * 1024 * 1024  # "< 4 MB"
@@ -1080,7 +1083,7 @@ class FakeOpenAI(FakeServer):
             quality=quality,
             background=background,
             output_format=output_format,
-            input_fidelity=fidelity or "low",
+            input_fidelity="high" if model in HIGH_FIDELITY_MODELS else fidelity or "low",
             source=images[0].data,
             inputs=[(d.width, d.height) for d in decoded],
         )

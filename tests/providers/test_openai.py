@@ -729,6 +729,21 @@ async def test_xhigh_and_max_cost_more_output_tokens_than_high(provider: OpenAIP
     assert tokens["high"] < tokens["xhigh"] < tokens["max"]
 
 
+@pytest.mark.parametrize("model", ["gpt-image-2", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst"])
+async def test_fake_bills_2x_input_images_at_high_fidelity_always(
+    provider: OpenAIProvider, model: str
+) -> None:
+    """models-2026-12.md §2: "2.x reads reference images at high fidelity always" (and refuses the
+    `input_fidelity` parameter, which the adapter never sends to it)."""
+    high = await provider.edit(edit_request(model="gpt-image-1", input_fidelity="high"))
+    low = await provider.edit(edit_request(model="gpt-image-1", input_fidelity="low"))
+
+    result = await provider.edit(edit_request(model=model))
+
+    assert result.usage is not None and high.usage is not None and low.usage is not None
+    assert result.usage.input_image_tokens == high.usage.input_image_tokens > low.usage.input_image_tokens
+
+
 # models-2026-12.md §2: the 2.x line bills image output at $30 per 1M tokens, and one output image
 # costs the listed price (1024x1024, and 1536x1024 / 1024x1536); 2.6 at the upper end of its estimate.
 # A size with no published price is the square price scaled up by its area (what the bot holds).
