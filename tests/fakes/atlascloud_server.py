@@ -93,6 +93,9 @@ class Fault(StrEnum):
     SERVER_ERROR = "server_error"  # 500 on the submit, no prediction created
     GATEWAY_TIMEOUT = "gateway_timeout"  # 504 on the submit, but the prediction WAS created
     SUBMIT_WITHOUT_ID = "submit_without_id"  # 200 on the submit with no id (the job was created)
+    # 400 "<route>: input image not found" on the submit, nothing created: an input it could not fetch,
+    # said beside the route's name (a wording that names the model and "not found" without it being gone).
+    INPUT_NOT_FOUND = "input_not_found"
     UPLOAD_ERROR = "upload_error"  # 500 on uploadMedia
     POLL_ERROR = "poll_error"  # 503 on a poll (the next one succeeds)
     POLL_TIMEOUT = "poll_timeout"  # 408 on a poll, a gateway giving up on it (the next one succeeds)
@@ -354,7 +357,7 @@ class FakeAtlas(FakeServer):
 
         rule = self._take("submit")
         if rule is not None:
-            await self._submit_fault(rule)
+            await self._submit_fault(rule, model)
 
         unknown = sorted(set(fields) - allowed)
         if unknown:
@@ -412,8 +415,10 @@ class FakeAtlas(FakeServer):
             self._advance(prediction, finish=True)
         return self._ok(self._prediction_json(prediction))
 
-    async def _submit_fault(self, rule: FaultRule) -> None:
+    async def _submit_fault(self, rule: FaultRule, model: str) -> None:
         match rule.fault:
+            case Fault.INPUT_NOT_FOUND:
+                raise _ApiError(400, f"{model}: input image not found")
             case Fault.INSUFFICIENT_BALANCE:
                 raise _ApiError(402, "Insufficient balance, please top up your account")
             case Fault.BALANCE_IN_ENVELOPE:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
+from bot.catalog import Route, load_catalog
 from bot.providers.atlascloud import GPT_IMAGE_2_SIZES, AtlasCloudProvider, classify_atlas_error
 from bot.providers.base import InputImage
 from bot.providers.errors import (
@@ -26,6 +27,7 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.http import fetch_output, safe_message
+from bot.routing import Router
 from tests.fakes._base import Gone
 from tests.fakes.atlascloud_server import GPT_IMAGE_2_SIZES as FAKE_GPT_IMAGE_2_SIZES
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
@@ -724,6 +726,24 @@ async def test_a_route_gone_at_submit_is_model_gone_and_nothing_was_created(
     assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
     assert fake.submit_count == 1
     assert fake.predictions == {}
+
+
+async def test_an_input_not_found_beside_the_routes_name_fails_the_job_and_leaves_the_route_live(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    retired: list[str] = []
+
+    async def on_gone(model: object, route: Route, exc: ModelGone) -> None:
+        retired.append(route.model)
+
+    fake.fail_next(Fault.INPUT_NOT_FOUND)
+    router = Router({"atlascloud": provider}, on_gone=on_gone)
+
+    with pytest.raises(InvalidInput) as info:
+        await router.run(load_catalog().get("gpt-image-2"), edit_request(quality="low"))
+
+    assert "input image not found" in str(info.value)
+    assert retired == [] and fake.predictions == {}
 
 
 async def test_a_route_retired_after_the_submit_does_not_touch_the_accepted_prediction(

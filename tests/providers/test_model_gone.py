@@ -49,6 +49,11 @@ def atlas_message(body: bytes) -> str:
         (400, "The model `gpt-image-1` has been deprecated", ModelGone, False),
         (400, "this model is no longer available", ModelGone, False),
         (400, "images: media not found", InvalidInput, False),  # a file, not the model
+        # The route named beside something the request carried: the job fails there, the route stays.
+        (400, "openai/gpt-image-2/edit: input image not found", InvalidInput, False),
+        (404, "openai/gpt-image-2/edit: input image not found", ModelUnavailable, False),
+        (400, "model openai/gpt-image-2/edit: image[0] not found", InvalidInput, False),
+        (500, "openai/gpt-image-2/edit: reference image not found", ServerError, False),
         (400, "quality must be one of low, medium, high", InvalidInput, False),
         (403, "model not found for your team", ServiceUnavailable, False),  # access, not gone
         (402, "model retired? insufficient balance", ServiceUnavailable, False),
@@ -108,6 +113,9 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         # A field of the request is what is deprecated, not the model.
         ("parameter 'size' is deprecated for this model, use aspect_ratio", "m", False),
         ("the field `input_fidelity` is deprecated for model m", "m", False),
+        # Something the request carried is what is missing, though the model is named.
+        ("openai/gpt-image-2/edit: input image not found", "openai/gpt-image-2/edit", False),
+        ("model m: upload expired or not found", "m", False),
         # A field named beside another gone word does not veto it.
         ("no available channels for model m; options: retry later", "m", True),
     ],

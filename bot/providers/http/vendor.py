@@ -238,29 +238,53 @@ _ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
 _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 
 
+# What an error may be about besides the route: something the request carried (an upload whose
+# temporary URL expired, a file id, an input image). Such an answer does not retire the route; its job
+# fails there. Whole phrases, not "image" or "url": model ids ("gpt-image-2") and paths
+# ("/generateImage") hold those.
+_ABOUT_AN_INPUT = (
+    "media",
+    "file",
+    "upload",
+    "asset",
+    "mask",
+    "images[",
+    "image[",
+    "image_url",
+    "input image",
+    "input_image",
+    "reference image",
+    "nosuchkey",
+    "expired",
+)
+
+
+def _about_an_input(message: str, model: str) -> bool:
+    """Whether `message` names something the request carried (`_ABOUT_AN_INPUT`), outside the model id
+    (a route such as `openai/gpt-image-2/edit` is no input, whatever words it holds)."""
+    lowered = message.lower().replace(model.lower(), "") if model else message.lower()
+    return mentions(lowered, _ABOUT_AN_INPUT)
+
+
 def says_model_gone(message: str, model: str = "") -> bool:
     """Whether an error message says the model (or its channel) is gone: it must name the model
     (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
-    "media not found" about an uploaded file is not mistaken for a retired model; and it must not be
-    about one of the request's fields ("parameter 'size' is deprecated for this model")."""
+    "media not found" about an uploaded file is not mistaken for a retired model; and it must be
+    about neither one of the request's fields ("parameter 'size' is deprecated for this model") nor
+    something the request carried ("openai/gpt-image-2/edit: input image not found")."""
     lowered = message.lower()
     names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
     said = {word for word in _GONE_WORDS if word in lowered}
+    if not (names_it and said) or _about_an_input(message, model):
+        return False
     # "Deprecated" alone, beside a field's name, is about that field.
-    return names_it and bool(said) and not (said == {"deprecated"} and mentions(lowered, _ABOUT_A_FIELD))
-
-
-# What a 404 on a submit may be about besides the route: something the request carried (an upload
-# whose temporary URL expired, a file id). Such a 404 does not retire the route; its job fails there.
-# Whole phrases, not "image" or "url": model ids ("gpt-image-2") and paths ("/generateImage") hold those.
-_ABOUT_AN_INPUT = ("media", "file", "upload", "asset", "mask", "images[", "image_url", "nosuchkey", "expired")
+    return not (said == {"deprecated"} and mentions(lowered, _ABOUT_A_FIELD))
 
 
 def _bare_404(status: int, message: str, model: str) -> bool:
     """A 404 that names nothing the request carried: the route itself is not there (a path-routed
     API's bare "Not Found", "route not found", "Cannot POST /path", "unknown model X")."""
-    lowered = message.lower().replace(model.lower(), "") if model else message.lower()
-    return status == 404 and not mentions(lowered, _ABOUT_AN_INPUT)
+    return status == 404 and not _about_an_input(message, model)
 
 
 def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
