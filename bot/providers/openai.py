@@ -16,8 +16,10 @@ Wire reference: shared spec `providers.md` §1. Decisions on the spec's OPEN poi
   several files; the API accepts it for one file too).
 * GPT Image 2.x (models-2026-12.md §3): free `WxH` sizes and the `xhigh`/`max` qualities are sent
   as given; the catalog decides what each model may take, and the API answers 400 otherwise.
-* A 404 `model_not_found` on an edit is `ModelGone` (`accepted=False`): OpenAI answers it for a
-  shut-down model, and nothing ran. A 403 (organisation not verified) stays `ServiceUnavailable`.
+* `model_not_found` on an edit is `ModelGone` (`accepted=False`) whatever its 4xx status: OpenAI
+  answers it for a shut-down model, and nothing ran; the status is as commonly reported (404), not
+  documented (providers.md §1.6), so a 400 with that code is the same answer. 401/403/429 keep
+  their own meaning (a 403 for an unverified organisation stays `ServiceUnavailable`).
 * Discovery: `list_models()` reads `GET /models` and each entry's `shutdown_date`.
 * Safety check: `moderate()` posts one text and/or one image (as a data URL) to the free
   `POST /moderations` with `omni-moderation-latest`; it creates nothing, so it is retried like a GET.
@@ -138,9 +140,10 @@ def classify_openai_error(
 ) -> ProviderError:
     """Map one OpenAI error response to a `ProviderError` (the only place that reads OpenAI errors).
 
-    400 `moderation_blocked` / `content_policy_violation` → ProviderRejected; other 400 →
-    InvalidInput; 401/403 → ServiceUnavailable; 404 `model_not_found` → ModelGone (a shut-down
-    model; nothing ran), other 404 → ModelUnavailable; 429 `insufficient_quota`
+    400 `moderation_blocked` / `content_policy_violation` → ProviderRejected; 401/403 →
+    ServiceUnavailable; `model_not_found` with any other 4xx → ModelGone (a shut-down model; nothing
+    ran; providers.md §1.6 gives its status only as commonly reported); other 400 → InvalidInput;
+    other 404 → ModelUnavailable; 429 `insufficient_quota`
     → ServiceUnavailable (never retried); other 429 → RateLimited with the retry-after hint;
     408 → ProviderTimeout; ≥500 → ServerError(accepted=True). Non-JSON bodies (proxy HTML pages)
     are classified by status.
@@ -175,9 +178,9 @@ def classify_openai_error(
         return RateLimited(summary, retry_after=parse_retry_after(headers), **kw)
     if status in (401, 403):
         return ServiceUnavailable(summary, **kw)
+    if code == "model_not_found" and 400 <= status < 500:
+        return ModelGone(summary, **kw)
     if status == 404:
-        if code == "model_not_found":
-            return ModelGone(summary, **kw)
         return ModelUnavailable(summary, **kw)
     if status >= 500:
         return ServerError(summary, accepted=True, **kw)

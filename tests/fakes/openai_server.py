@@ -28,6 +28,7 @@ Lifecycle, only ever as a test sets it (the fake never reads the date)::
     fake.shutdown_dates = {"gpt-image-2": "2027-02-10"}   # what GET /v1/models reports (raw)
     fake.retire("gpt-image-2")                  # edits answer 404 model_not_found; unlisted
     fake.retire("gpt-image-2", listed=True)     # ... but still listed
+    fake.retire("gpt-image-2", status=400)      # ... answering 400 model_not_found (§1.6 hedges it)
     fake.fail_next(Fault.MODELS_ERROR)          # the next GET /v1/models answers 500
 
 Moderation (the free safety check): `fake.flag_text("knife", "violence")`,
@@ -95,6 +96,10 @@ NO_INPUT_FIDELITY = frozenset({"gpt-image-1-mini", *CURRENT_MODELS})
 # "2.x reads reference images at high fidelity always" (models-2026-12.md §2): their input images
 # are billed at high fidelity (and they refuse `input_fidelity`, above).
 HIGH_FIDELITY_MODELS = frozenset(CURRENT_MODELS)
+
+# The status of a retired model's `model_not_found`: 404 as commonly reported, but providers.md §1.6
+# does not pin it down, so a test may ask for 400.
+RETIRED_STATUSES = frozenset({400, 404})
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # "< 50 MB each"
 MAX_MASK_BYTES = 4 * 1024 * 1024  # "< 4 MB"
@@ -510,6 +515,7 @@ class FakeOpenAI(FakeServer):
         self.models = set(models)
         self.retired = set(retired)  # answer 404 model_not_found on edits (see `retire`)
         self.listed_retired: set[str] = set()  # retired models GET /v1/models still lists
+        self.retired_status: dict[str, int] = {}  # what each retired model answers (404 when unset)
         # What GET /v1/models reports as each model's `shutdown_date` (sent as given; null when absent).
         self.shutdown_dates: dict[str, object] = {}
         self.delay = delay  # seconds to wait before answering (benchmarks); 0 by default
@@ -538,10 +544,16 @@ class FakeOpenAI(FakeServer):
     def base_url(self) -> str:
         return f"{self.origin}/v1"
 
-    def retire(self, model: str, *, listed: bool = False) -> None:
-        """Shut `model` down: edits answer 404 `model_not_found`; `GET /v1/models` drops it unless
-        `listed` (the listing may lag behind the shutdown)."""
+    def retire(self, model: str, *, listed: bool = False, status: int = 404) -> None:
+        """Shut `model` down: edits answer `status` `model_not_found`; `GET /v1/models` drops it unless
+        `listed` (the listing may lag behind the shutdown).
+
+        `status` is 404 (as commonly reported) or 400: providers.md §1.6 does not pin it down.
+        """
+        if status not in RETIRED_STATUSES:
+            raise ValueError(f"a retired model answers one of {sorted(RETIRED_STATUSES)}, not {status}")
         self.retired.add(model)
+        self.retired_status[model] = status
         if listed:
             self.listed_retired.add(model)
         else:
@@ -970,7 +982,7 @@ class FakeOpenAI(FakeServer):
             )
         if model in self.retired:
             raise ApiError(
-                404,
+                self.retired_status.get(model, 404),
                 f"The model `{model}` has been deprecated, learn more here: "
                 "https://platform.openai.com/docs/deprecations",
                 code="model_not_found",

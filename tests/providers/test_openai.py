@@ -14,7 +14,9 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from bot.catalog import Route, load_catalog
 from bot.domain.options import Usage
+from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import InputImage, ListedModel
 from bot.providers.errors import (
     ConnectionFailed,
@@ -35,11 +37,14 @@ from bot.providers.openai import (
     parse_model_list,
     parse_usage,
 )
+from bot.routing import Router
+from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
 from tests.providers.helpers import (
     DATA,
     FAST,
+    FAST_POLLING,
     adapter_builder,
     closed_port,
     input_image,
@@ -585,6 +590,9 @@ def body(type_: str | None, code: str | None, message: str = "m", **extra: objec
         (401, body("invalid_request_error", "invalid_api_key"), {}, ServiceUnavailable, False),
         (403, body("invalid_request_error", None), {}, ServiceUnavailable, False),
         (404, body("invalid_request_error", "model_not_found"), {}, ModelGone, False),
+        # providers.md §1.6 gives 404 only as commonly reported: the code says the model is gone.
+        (400, body("invalid_request_error", "model_not_found"), {}, ModelGone, False),
+        (410, body("invalid_request_error", "model_not_found"), {}, ModelGone, False),
         (404, body("invalid_request_error", None), {}, ModelUnavailable, False),
         (429, body("insufficient_quota", "insufficient_quota"), {}, ServiceUnavailable, False),
         (429, body("insufficient_quota", None), {"retry-after": "5"}, ServiceUnavailable, False),
@@ -852,16 +860,40 @@ async def test_fake_without_a_model_uses_the_current_line_not_a_shut_down_defaul
     assert (status, payload["size"]) == (200, "1280x768")  # a 2.x size: the default is gpt-image-2
 
 
+async def test_a_400_model_not_found_retires_the_openai_route_and_the_job_moves_on(
+    fake: FakeOpenAI, provider: OpenAIProvider, session: aiohttp.ClientSession
+) -> None:
+    retired: list[str] = []
+
+    async def on_gone(model: object, route: Route, exc: ModelGone) -> None:
+        retired.append(route.provider)
+
+    fake.retire("gpt-image-2", status=400)
+    async with FakeAtlas() as atlas:
+        atlas_provider = AtlasCloudProvider(
+            session, atlas.api_key, atlas.base_url, policy=FAST, **FAST_POLLING
+        )
+        router = Router({"openai": provider, "atlascloud": atlas_provider}, on_gone=on_gone)
+
+        served = await router.run(
+            load_catalog().get("gpt-image-2"), edit_request(quality="low", size="1024x1024")
+        )
+
+    assert served.route.provider == "atlascloud" and served.result.images
+    assert retired == ["openai"] and fake.post_count == 1
+
+
+@pytest.mark.parametrize("status", [404, 400])  # providers.md §1.6: 404 as commonly reported, not pinned down
 @pytest.mark.parametrize("listed", [False, True])
 async def test_a_retired_model_is_model_gone_on_edit_and_not_accepted(
-    fake: FakeOpenAI, provider: OpenAIProvider, listed: bool
+    fake: FakeOpenAI, provider: OpenAIProvider, listed: bool, status: int
 ) -> None:
-    fake.retire("gpt-image-2", listed=listed)
+    fake.retire("gpt-image-2", listed=listed, status=status)
 
     with pytest.raises(ModelGone) as info:
         await provider.edit(edit_request(model="gpt-image-2"))
 
-    assert (info.value.status, info.value.code, info.value.accepted) == (404, "model_not_found", False)
+    assert (info.value.status, info.value.code, info.value.accepted) == (status, "model_not_found", False)
     assert info.value.retryable_elsewhere
     assert fake.post_count == 1
     ids = [m.id for m in await provider.list_models()]
