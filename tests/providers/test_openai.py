@@ -38,6 +38,7 @@ from bot.providers.openai import (
     parse_usage,
 )
 from bot.routing import Router
+from bot.routing.rules import Needs, route_reserve_usd
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving
@@ -999,3 +1000,19 @@ def test_parse_model_list_tolerates_odd_entries(payload: object, expected: list[
 def test_parse_model_list_refuses_an_answer_that_is_not_a_list(payload: object) -> None:
     with pytest.raises(ServerError):
         parse_model_list(payload)
+
+
+@pytest.mark.parametrize("model_id", ["gpt-image-2", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst"])
+@pytest.mark.parametrize("shape", [(2304, 768), (2048, 768), (4000, 3000)])
+async def test_the_packaged_hold_covers_a_2x_edit_of_the_widest_inputs_at_high_fidelity(
+    fake: FakeOpenAI, provider: OpenAIProvider, model_id: str, shape: tuple[int, int]
+) -> None:
+    """2.x reads every input at high fidelity: the widest shapes make the most tiles (8), which the
+    packaged catalog's input_tokens_per_image must hold, or the operator pays what the hold missed."""
+    model = load_catalog().models[model_id]
+    wide = input_image(png(shape, mode="RGB"))
+    request = edit_request((wide,) * 16, model=model_id, quality="high", size="1024x1024")
+    served = await Router({"openai": provider}).run(model, request)
+    [route] = [r for r in model.routes if r.provider == "openai"]
+    held = route_reserve_usd(model, route, Needs.of(request), prompt=request.prompt)
+    assert served.cost_usd <= held, (served.cost_usd, held)
