@@ -249,6 +249,10 @@ class JobsCog(RetouchCog):
             except discord.NotFound:
                 return  # already deleted (a double click, or by someone else)
             log.info("job %s: result deleted by %s", job_id, interaction.user.id)
+            try:  # /history stops listing it; Edit again stops continuing from it
+                await self.bot.services.history.deleted(interaction.message.id)
+            except Exception as exc:  # the message is gone whatever: the history's links expire
+                log.warning("job %s: its deleted result stays in /history: %s", job_id, type(exc).__name__)
             if not requester and row is not None:  # a moderator: the audit channel records who
                 await self.bot.services.audit.moderator_action(
                     f"🗑️ <@{interaction.user.id}> deleted the result of job `{job_id}` of <@{row.user_id}> "

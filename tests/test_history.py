@@ -76,6 +76,28 @@ async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
     assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [104, 103, 102, 101]
 
 
+async def test_a_deleted_version_is_not_listed_nor_continued_from_but_its_undo_still_finds_it(world):
+    """Deleted with its Delete button: /history would link to nothing, Edit again would continue from
+    a message that is gone. The version after it still steps back to it (Undo then says it was
+    deleted, rather than that there is nothing to undo)."""
+    history, storage, _ = world
+    await delivered(storage, "a" * 16, 101)
+    await delivered(storage, "b" * 16, 102, origin=101)
+    await delivered(storage, "c" * 16, 103, origin=102)
+    for job in ("a", "b", "c"):
+        await history.record_result(job * 16)
+    await history.deleted(102)
+    assert (await history.undo_step(103)).previous.message_id == 102  # found, then said deleted
+    await history.deleted(103)
+    assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [101]
+    latest = await history.latest(101)
+    assert latest is not None and latest.message_id == 101  # Edit again continues from the first
+    assert (await storage.history.get_version(102)) is not None  # still in its chain
+    await delivered(storage, "d" * 16, 104, origin=101)
+    await history.record_result("d" * 16)
+    assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [104, 101]
+
+
 async def test_nothing_is_kept_past_the_retention(world):
     history, storage, clock = world
     await delivered(storage, "a" * 16, 101)

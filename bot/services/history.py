@@ -125,6 +125,12 @@ class EditHistory(JobObserver):
             return None
         return await self.storage.history.latest_version(version.chain_id) or version
 
+    async def deleted(self, message_id: int) -> None:
+        """A result's message was deleted with its Delete button: /history stops listing it and Edit
+        again stops continuing from it (a version being recorded is recorded first)."""
+        await self.flush()
+        await self.storage.history.mark_deleted(message_id)
+
     async def continues_chain(self, origin_message_id: int | None) -> bool:
         """Whether a result made from `origin_message_id` continues an edit chain, so it gets Undo: its
         origin must be a kept version (`record_result` makes it the parent). Any other message (the

@@ -24,6 +24,7 @@ class VersionRow:
     parent_message_id: int | None
     created_at: str
     expires_at: str
+    deleted_at: str | None = None  # its message deleted with the Delete button (`mark_deleted`)
 
 
 # A version posted again under the same message id replaces the old row whole. (message_id is the
@@ -60,6 +61,7 @@ class Versions:
                     version.parent_message_id,
                     version.created_at or now,
                     version.expires_at,
+                    version.deleted_at,
                 ),
             )
 
@@ -72,9 +74,18 @@ class Versions:
         )
         return None if row is None else VersionRow(**dict(row))
 
+    async def mark_deleted(self, message_id: int) -> None:
+        """The version's message was deleted (its Delete button): kept for its chain's Undo, no longer
+        listed nor continued from."""
+        await self._db.write_one(
+            "UPDATE edit_versions SET deleted_at = ? WHERE message_id = ? AND deleted_at IS NULL",
+            (self._db.timestamp(), message_id),
+        )
+
     async def latest_version(self, chain_id: int) -> VersionRow | None:
+        """The chain's newest version whose message was not deleted."""
         row = await self._db.one(
-            "SELECT * FROM edit_versions WHERE chain_id = ? AND expires_at > ? "
+            "SELECT * FROM edit_versions WHERE chain_id = ? AND expires_at > ? AND deleted_at IS NULL "
             "ORDER BY created_at DESC, message_id DESC LIMIT 1",
             (chain_id, self._db.timestamp()),
         )
@@ -86,7 +97,7 @@ class Versions:
         """A member's newest versions in a server, each with its job's spec (JSON; the prompt)."""
         rows = await self._db.all(
             "SELECT v.*, j.spec AS job_spec FROM edit_versions v LEFT JOIN jobs j ON j.id = v.job_id "
-            "WHERE v.guild_id = ? AND v.user_id = ? AND v.expires_at > ? "
+            "WHERE v.guild_id = ? AND v.user_id = ? AND v.expires_at > ? AND v.deleted_at IS NULL "
             "ORDER BY v.created_at DESC, v.message_id DESC LIMIT ?",
             (guild_id, user_id, self._db.timestamp(), limit),
         )

@@ -449,13 +449,14 @@ async def test_a_moderator_stops_a_running_edit_from_its_public_notice_and_it_is
 async def test_a_link_in_the_prompt_unfurls_no_preview_under_the_public_notice(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
-    """The notice quotes the prompt, where a link would unfurl into a preview in the bot's
-    public post: it is posted with embeds suppressed (it has none of its own to lose)."""
+    """The notice quotes the prompt, where a link would unfurl into a preview (or an invite card) in
+    the bot's public post: the link is not repeated, and the notice is posted with embeds suppressed
+    (it has none of its own to lose)."""
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
         openai.fail_always(Fault.HANG)
         await world.edit(PHOTO, prompt="like https://example.com/cat.png please", size=SQUARE)
         notice = await public_notice(world)
-        assert "https://example.com/cat.png" in notice.content
+        assert notice.content.endswith("“like [link] please”") and "example.com" not in notice.content
         assert notice.flags & FLAG_SUPPRESS_EMBEDS and notice.embeds == []
 
 
@@ -941,3 +942,13 @@ async def test_history_lists_the_members_last_edits_with_links(
         await world.services.storage.jobs.forget_job_details(first.embeds[0]["footer"]["text"].split()[1])
         lines = (await admin(world, world.user, "history")).embeds[0]["description"].split("\n")
         assert lines[1].endswith(f" {messages.PROMPT_NOT_KEPT} — {base}/{first.id}")
+        # A result deleted with its Delete button is no longer listed: its link would lead nowhere.
+        await fake_discord.click(world.user, second, control(second, "delete"))
+        await fake_discord.wait_until(lambda: second.deleted)
+        for _ in range(250):  # recorded just after the message goes
+            version = await world.services.storage.history.get_version(second.id)
+            if version is not None and version.deleted_at is not None:
+                break
+            await asyncio.sleep(0.02)
+        lines = (await admin(world, world.user, "history")).embeds[0]["description"].split("\n")
+        assert len(lines) == 1 and lines[0].endswith(f"— {base}/{first.id}")
