@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ from bot.storage.shard_leases import ShardLeases
 
 if TYPE_CHECKING:
     import asyncpg
+
+log = logging.getLogger(__name__)
 
 SALT_FILE = "install_salt"
 
@@ -327,8 +330,15 @@ def build_services(
 def _safety_check(
     settings: Settings, storage: Storage, providers: dict[str, Provider], audit: AuditLog
 ) -> SafetyCheck:
-    """The free moderation check before paid calls; without an OpenAI key it has nothing to ask."""
+    """The free moderation check before paid calls; without an OpenAI key it has nothing to ask, and
+    the operator who asked for it is told (the README's table says so, but a log line is read)."""
     openai = providers.get("openai")
+    if not isinstance(openai, OpenAIProvider) and settings.moderation != "off":
+        log.warning(
+            "MODERATION=%s needs OPENAI_API_KEY (its safety check is OpenAI's free moderation): "
+            "without one, edits run with no safety check. Set OPENAI_API_KEY, or MODERATION=off",
+            settings.moderation,
+        )
     return SafetyCheck(
         openai.moderate if isinstance(openai, OpenAIProvider) else None,
         level_of=storage.settings.guild_moderation,

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot.app import Services, build_services
+from bot.app import Services, build_providers, build_services
 from bot.errors import InsufficientCredits
 from bot.jobs.model import EditOutcome
 from bot.observability.audit import AuditLog, jump_url
@@ -192,3 +192,19 @@ async def test_bot_posts_a_refused_edit_to_the_audit_channel_without_pinging(
         assert f"ref `{ref}`" in message.content
         assert message.content.endswith(f"https://discord.com/channels/{world.guild.id}/{world.channel.id}")
         assert message.mentions == []
+
+
+async def test_a_safety_check_asked_for_without_an_openai_key_is_said_at_start(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MODERATION is OpenAI's free moderation: with only a reseller's key nothing is checked, which
+    the operator must hear of rather than find in the README's table."""
+    for level, warned in (("standard", True), ("off", False)):
+        caplog.clear()
+        settings = settings_for(tmp_path, WAVESPEED_API_KEY="ws-key", MODERATION=level)
+        async with aiohttp.ClientSession() as session:
+            providers = build_providers(settings, session)
+            with caplog.at_level(logging.WARNING, logger="bot.app"):
+                build_services(settings, TEST_CATALOG, storage, providers)
+        said = [r.getMessage() for r in caplog.records if "needs OPENAI_API_KEY" in r.getMessage()]
+        assert bool(said) == warned, (level, said)
