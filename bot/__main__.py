@@ -294,6 +294,13 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     return 0
 
 
+def _warn_unread(unread: tuple[tuple[str, str], ...]) -> None:
+    """Say each name `.env` sets that Retouch does not read, with the setting it may have meant."""
+    for name, near in unread:
+        hint = f" (did you mean {near}?)" if near else ""
+        log.warning(".env sets %s, which Retouch does not read%s; it is ignored", name, hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -307,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets = [settings.discord_token.reveal()] + [p.api_key.reveal() for p in settings.providers]
     secrets += database_passwords(settings.database)
     configure_logging(settings.log_level, secrets, settings.log_format)
+    _warn_unread(settings.unread_settings)
     if settings.default_model and settings.default_model not in catalog.models:
         # Not fatal (a catalog copy may drop a model): said, since members then get another model.
         log.warning(

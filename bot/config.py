@@ -6,11 +6,12 @@ restart. Secrets are wrapped in `Secret` so they never appear in reprs, logs or 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ class Settings:
     # With PostgreSQL, the process that runs a job holds it by a lease of this length, renewed every third
     # of it (bot/jobs/leases.py); a dead process's jobs are taken over by the others when theirs run out.
     job_lease_seconds: float = 30.0
+    # Names `.env` sets that Retouch never reads (a misspelt setting), each with the setting it may
+    # have meant ("" when none is close): warned about at start.
+    unread_settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -253,8 +257,10 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+        self.asked: set[str] = set()  # every name read (`unread_names`)
 
     def raw(self, key: str) -> str | None:
+        self.asked.add(key)
         value = self.env.get(key)
         if value is None or not value.strip():
             return None
@@ -463,14 +469,49 @@ def _not_utf8(path: Path) -> str:
     return f"{path.name} is not UTF-8: save it as UTF-8"
 
 
+# Names a `.env` may hold for others than Retouch: Docker Compose's own, and its postgres service's.
+OTHERS_PREFIXES = ("COMPOSE_", "DOCKER_", "POSTGRES_")
+
+
+def _dotenv_names(path: Path) -> list[str]:
+    """The names `path` sets (none when there is no such file)."""
+    from dotenv.parser import parse_stream
+
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as stream:
+        return [b.key for b in parse_stream(stream) if b.key]
+
+
+def unread_names(names: Iterable[str], asked: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Which of `names` (set in `.env`) Retouch never reads, each with the setting it may have meant
+    ("" when none is close): a misspelt setting (MONTHLY_BUDGET for MONTHLY_BUDGET_USD) leaves the
+    real one at its default without a word."""
+    known = set(asked) | {
+        f"{prefix}_{what}" for prefix, _ in PROVIDER_ENV.values() for what in PROVIDER_SETTINGS
+    }
+    known |= {"SEGMIND_UPLOAD_URL", "WAVESPEED_SYNC_MODE"}
+    unread = [n for n in dict.fromkeys(names) if n not in known and not n.startswith(OTHERS_PREFIXES)]
+    return tuple(
+        (n, next(iter(difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)), "")) for n in unread
+    )
+
+
+# What each provider's prefix takes (read only for a provider whose key is set).
+PROVIDER_SETTINGS = ("API_KEY", "BASE_URL", "MAX_CONCURRENT")
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
-    Raises ConfigError listing every problem.
+    Raises ConfigError listing every problem. Names `.env` sets that Retouch does not read are kept in
+    `unread_settings`, for a warning once logging is set up.
     """
+    in_dotenv: list[str] = []
     if env is None:
         if dotenv:
             _load_dotenv(Path.cwd() / ".env")
+            in_dotenv = _dotenv_names(Path.cwd() / ".env")
         env = os.environ
     r = _Reader(env)
     token = r.raw("DISCORD_TOKEN")
@@ -550,4 +591,4 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
     if r.problems:
         raise ConfigError(r.problems)
-    return settings
+    return replace(settings, unread_settings=unread_names(in_dotenv, r.asked))

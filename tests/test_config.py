@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -246,6 +247,37 @@ def test_a_dotenv_line_that_cannot_be_read_is_a_settings_problem(tmp_path: Path,
     assert proc.returncode == 2, proc.stderr
     assert f"  - .env line {line} cannot be read: write it as NAME=value" in proc.stderr
     assert "Traceback" not in proc.stderr and "python-dotenv" not in proc.stderr
+
+
+def test_a_misspelt_setting_in_dotenv_is_warned_about_with_the_one_meant(tmp_path: Path):
+    """MONTHLY_BUDGET for MONTHLY_BUDGET_USD was ignored without a word: the bot ran on the default
+    budget. Compose's and its postgres service's own names are not Retouch's to warn about."""
+    (tmp_path / ".env").write_text(
+        "DISCORD_TOKEN=tok-abcdef123456\nOPENAI_API_KEY=sk-test-123456789\nMONTHLY_BUDGET=5\n"
+        "POSTGRES_PASSWORD=pw-123456\nCOMPOSE_PROJECT_NAME=retouch\nFROBNICATE=1\n"
+    )
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    unread = [line for line in proc.stderr.splitlines() if "which Retouch does not read" in line]
+    assert len(unread) == 2, unread
+    assert (
+        ".env sets MONTHLY_BUDGET, which Retouch does not read (did you mean MONTHLY_BUDGET_USD?)"
+        in unread[0]
+    )
+    assert unread[1].endswith(".env sets FROBNICATE, which Retouch does not read; it is ignored")
+
+
+def test_every_setting_env_example_offers_is_one_retouch_reads(tmp_path: Path):
+    """Each name of `.env.example`, set (empty: its default) in `.env`, draws no "does not read"."""
+    example = (ROOT / ".env.example").read_text()
+    names = sorted(set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M)))
+    assert len(names) > 40
+    given = {"DISCORD_TOKEN": "tok-abcdef123456", "OPENAI_API_KEY": "sk-test-123456789"}
+    lines = [f"{n}={given.get(n, '')}" for n in names]
+    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+    proc = run_bot(["--check-config"], {}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not read" not in proc.stderr
 
 
 def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: Path):
