@@ -72,8 +72,9 @@ class PricedPreview(MaskParts):
         assert prepared is not None
         await self._acknowledge_run(interaction)
         # Prepared again with the member's roles and the server's rules as they are now, not as they
-        # were when the preview was made (the images are not downloaded again).
-        job = as_now(prepared.job, interaction)
+        # were when the preview was made (the images are not downloaded again), but with the options
+        # the preview showed and priced: a default changed since (/quality, /settings) does not run.
+        job = as_now(as_previewed(prepared), interaction)
         await run_and_publish(
             self.bot,
             interaction,
@@ -119,6 +120,24 @@ class PricedPreview(MaskParts):
             allowed_mentions=NO_MENTIONS,
         )
         self.sessions.arm(session)
+
+
+def as_previewed(prepared: PreparedJob) -> EditJob:
+    """The previewed job with the options its preview showed: its model (still a default when it was
+    one, so a model retired meanwhile moves to the replacement), quality, size, background, format
+    and count."""
+    job, chosen = prepared.job, prepared.chosen
+    options = dataclasses.replace(
+        job.options,
+        model=chosen.model,
+        model_is_default=not job.options.model_picked,
+        quality=chosen.quality,
+        size=chosen.size,
+        background=chosen.background,
+        output_format=chosen.output_format,
+        count=chosen.count,
+    )
+    return dataclasses.replace(job, options=options)
 
 
 def as_now(job: EditJob, interaction: discord.Interaction) -> EditJob:

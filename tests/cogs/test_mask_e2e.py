@@ -142,6 +142,25 @@ def fields(message: FakeMessage) -> dict[str, str]:
     return {f["name"]: f["value"] for f in message.embeds[0]["fields"]}
 
 
+async def test_run_edit_runs_the_quality_its_preview_priced_though_the_default_changed_since(world: World):
+    """The member's default quality goes up between the preview and Run edit: the edit runs (and is
+    held) at the quality the preview showed and priced, not at the new default's dearer one."""
+    it = await world.fake.slash(
+        world.user,
+        "mask",
+        channel=world.channel,
+        options={"prompt": "a red scarf", "size": "1024x1024"},
+        attachments={"image": ("cat.png", PHOTO), "mask": ("mask.png", box_mask())},
+    )
+    preview = await shown(world, it, "run")
+    previewed = fields(preview)["Quality"]
+    await world.services.policy.set_quality(world.guild.id, world.user.id, (), "high")
+    assert previewed != "high"
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+    assert world.openai.requests[-1].fields["quality"] == previewed
+
+
 async def test_mask_file_preview_then_run_changes_only_the_masked_area(world: World):
     it = await mask_command(world, box_mask())
     preview = await shown(world, it, "run")
