@@ -613,6 +613,12 @@ def default_quality_not_offered(model: str, asked: str, used: str) -> str:
     return f"{model} does not offer {asked} quality, so Retouch uses {used} (change it with /quality)."
 
 
+def kept_as_png(asked: str) -> str:
+    """A masked result too long on one side for the format asked for (WebP 16,383 px, JPEG 65,500)."""
+    name = {"webp": "WebP", "jpeg": "JPEG"}.get(asked, asked.upper())
+    return f"Saved as PNG: {name} cannot hold an image this long on one side."
+
+
 def default_not_offered(model: str, option: str, asked: str) -> str:
     """A default size or background (not typed on the command) the model in use cannot make."""
     return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses auto (change it with /settings)."

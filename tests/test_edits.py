@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot import imaging
+from bot import imaging, messages
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions, RetouchError
 from bot.jobs.core import IntakeTurns
@@ -396,6 +396,25 @@ async def test_masked_edit_sends_an_alpha_mask_and_keeps_the_outside_exact(make_
     ]
     assert all(result.getpixel(p) == original.getpixel(p) for p in outside_pixels)
     assert inside.tobytes() != original.crop((106, 106, 294, 244)).tobytes()
+
+
+async def test_a_masked_result_written_as_png_instead_of_the_format_asked_says_so(
+    make_service, fake, monkeypatch
+):
+    """A side too long for WebP or JPEG (tests/test_imaging.py: the restore then writes PNG): the
+    result says why it is not the format the member asked for."""
+    real = imaging.restore_outside
+
+    def too_long(*args: object, **kw: object) -> tuple[bytes, str]:
+        return real(*args, **{**kw, "fmt": "png"})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imaging, "restore_outside", too_long)
+    mask = MaskSpec(grid=(3, 3), cells=(5,))
+    job = replace(make_job(output_format="webp"), mask=mask)
+    outcome = await run_to_end(make_service(), job)
+    assert outcome.files[0].format == "png"
+    assert messages.kept_as_png("webp") in outcome.notices
+    assert messages.kept_as_png("webp") == "Saved as PNG: WebP cannot hold an image this long on one side."
 
 
 async def test_masked_results_are_restored_a_few_at_a_time(make_service, fake, monkeypatch):

@@ -36,13 +36,14 @@ class JobResults(EngineCore):
         # dearer than those the hold was priced on), which the member never pays.
         absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - charged
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
+        notices: tuple[str, ...] = (served.notice,) if served.notice else ()
         if spec.mask is not None and spec.mask.keep_outside:
             async with self.restore_turns.turn():
                 result = await self._restore_outside(job.id, spec, result)
+            notices += _format_notices(result, spec.output_format)
         files = await self._fit(job.id, result, spec.upload_limit)
         await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
-        notices = (served.notice,) if served.notice else ()
         record = {
             "files": [{"disk": disk, "filename": f.filename, "format": f.format} for disk, f in files],
             "provider": result.provider,
@@ -140,3 +141,12 @@ class JobResults(EngineCore):
                 (f"result-{index}.{ext}", ResultFile(result_filename(job_id, index, ext), data, fmt))
             )
         return files
+
+
+def _format_notices(result: EditResult, asked: str) -> tuple[str, ...]:
+    """A restored result written as PNG though another format was asked for (a side too long for
+    WebP or JPEG): said on the result, not left for the member to find in the file name."""
+    wanted = "jpeg" if asked == "jpg" else asked
+    if all(image.format == wanted for image in result.images):
+        return ()
+    return (messages.kept_as_png(wanted),)
