@@ -203,6 +203,9 @@ async def test_container_healthcheck_exits_by_healthz_status(storage: Storage) -
 
 def test_container_healthcheck_falls_back_to_the_heartbeat_when_metrics_are_off(tmp_path: Path) -> None:
     assert healthcheck.healthz_url({"METRICS_PORT": "0"}) is None
+    # Read as the bot reads the setting (a number): "00" is off there too, "08080" port 8080.
+    assert healthcheck.healthz_url({"METRICS_PORT": "00"}) is None
+    assert healthcheck.healthz_url({"METRICS_PORT": "08080"}) == "http://127.0.0.1:8080/healthz"
     assert healthcheck.healthz_url({}) == "http://127.0.0.1:8080/healthz"
     assert healthcheck.check_heartbeat(tmp_path) == 1
     beat = healthcheck.heartbeat_file(tmp_path)

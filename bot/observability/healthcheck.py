@@ -25,6 +25,8 @@ ANY_ADDRESS = ("0.0.0.0", "::", "")
 def healthz_url(env: Mapping[str, str]) -> str | None:
     """The `/healthz` URL to ask, or None when the ops server is off."""
     port = env.get("METRICS_PORT", "").strip() or "8080"
+    if port.isdigit():  # read as the bot reads it: "00" is 0 (off), "08080" is 8080
+        port = str(int(port))
     if port == "0":
         return None
     host = env.get("METRICS_HOST", "").strip() or "127.0.0.1"
