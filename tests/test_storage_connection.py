@@ -27,6 +27,7 @@ from bot.storage.connection import (
     fetch_one,
 )
 from bot.storage.postgres import schema_url
+from bot.storage.refusals import refusal_for
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
 from tests.fixtures import NO_POSTGRES, TEST_DATABASE_URL
 from tests.postgres import SilentNetwork, needs_postgres
@@ -595,3 +596,35 @@ async def test_a_role_that_may_not_create_tables_is_told_the_grant_it_needs(gues
     with pytest.raises(DatabaseRefused) as info:
         await Storage.open(schema_url(url_as(role=role), schema))
     assert f"grant it: GRANT CREATE ON SCHEMA {schema} TO {role}" in str(info.value)
+
+
+async def test_an_upgrade_by_a_role_that_does_not_own_the_tables_is_told_so_not_to_grant_create(
+    guest_role: tuple[str, str],
+):
+    """A role that may create in the schema but did not create the tables cannot ALTER them (a
+    migration): "GRANT CREATE" would change nothing; ownership is what it lacks."""
+    role, schema = guest_role
+    owner = await Storage.open(schema_url(TEST_DATABASE_URL, schema))  # made by the test's role
+    await owner.close()
+    conn = await asyncpg.connect(TEST_DATABASE_URL)
+    try:  # as the database stood one release ago: the last migration still to run
+        await conn.execute(
+            f"ALTER TABLE {schema}.edit_versions DROP COLUMN deleted_at; "
+            f"UPDATE {schema}.schema_version SET version = 14; GRANT CREATE ON SCHEMA {schema} TO {role}; "
+            f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(DatabaseRefused) as info:
+        await Storage.open(schema_url(url_as(role=role), schema))
+    said = str(info.value)
+    assert f"{role} does not own the bot's tables" in said and "GRANT CREATE" not in said
+
+
+def test_a_wrong_password_is_told_to_fix_the_password_not_to_create_the_role():
+    """28P01 is a kind of 28000 in asyncpg: tried in the other order, it read "create the role"."""
+    refused = refusal_for(
+        asyncpg.InvalidPasswordError('password authentication failed for user "retouch"'),
+        "postgresql://retouch:wrong@db.example/retouch",
+    )
+    assert refused is not None and "fix the password in DATABASE_URL" in str(refused)

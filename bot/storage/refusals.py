@@ -22,19 +22,27 @@ def refusal_for(exc: asyncpg.PostgresError, dsn: str) -> DatabaseRefused | None:
             f"the database {names.database} does not exist: create it (CREATE DATABASE {names.database}), "
             "or fix its name in DATABASE_URL"
         )
+    # 28P01 is a kind of 28000 (asyncpg subclasses it): the password first.
+    elif isinstance(exc, asyncpg.InvalidPasswordError):  # 28P01
+        advice = (
+            f"the server refused the password for the role {names.role}: fix the password in DATABASE_URL"
+        )
     elif isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):  # 28000: no such role, pg_hba
         advice = (
             f"the server does not let the role {names.role} log in: create it (CREATE ROLE {names.role} "
             "LOGIN PASSWORD '…'), fix the user name in DATABASE_URL, or allow it in pg_hba.conf"
         )
-    elif isinstance(exc, asyncpg.InvalidPasswordError):  # 28P01
-        advice = (
-            f"the server refused the password for the role {names.role}: fix the password in DATABASE_URL"
-        )
     elif isinstance(exc, asyncpg.InvalidSchemaNameError):  # 3F000: search_path names no existing schema
         advice = (
             f"the schema {names.schema} that its search_path names does not exist: create the schema first: "
             f"CREATE SCHEMA {names.schema} AUTHORIZATION {names.role}"
+        )
+    elif isinstance(exc, asyncpg.InsufficientPrivilegeError) and "must be owner" in str(exc):  # 42501
+        # An upgrade's ALTER TABLE by a role that may create tables but did not create these.
+        advice = (
+            f"the role {names.role} does not own the bot's tables, which an upgrade changes: run the bot "
+            f"as the role that created them, or make {names.role} their owner (ALTER TABLE … OWNER TO "
+            f"{names.role}, for each table in the schema {names.schema})"
         )
     elif isinstance(exc, asyncpg.InsufficientPrivilegeError):  # 42501
         advice = (
