@@ -643,12 +643,15 @@ class PolicyService(PolicyAdmin):
             elif name in allowed and value not in allowed[name]:
                 raise InvalidOptions(messages.not_one_of(name, allowed[name]), code="bad_option")
             fields[name] = int(value) if name == "skip_mask_preview" else value
-        current, _ = self._merge(await self.guild_policy(guild_id), await self.user_settings(user_id))
+        policy, saved = await self.guild_policy(guild_id), await self.user_settings(user_id)
+        current, _ = self._merge(policy, saved)
         background = fields.get("background", current.background) or self.settings.default_background
         fmt = fields.get("output_format", current.output_format) or self.settings.default_format
         if background == "transparent" and fmt == "jpeg":
             raise InvalidOptions(messages.TRANSPARENT_NEEDS_FORMAT, code="transparent_jpeg")
-        self._check_look(fields.get("model") or current.model, changes)
+        # Checked against the model the member has once these changes and resets are made.
+        after, _ = self._merge(policy, replace(saved, **{k: v for k, v in fields.items() if k != "user_id"}))
+        self._check_look(after.model, changes)
         if fields:
             await self.storage.settings.update_user_settings(user_id, fields)
 

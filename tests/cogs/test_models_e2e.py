@@ -412,6 +412,22 @@ async def test_settings_refuse_a_size_or_background_the_members_model_cannot_mak
         )
 
 
+async def test_a_size_set_with_a_model_reset_is_checked_against_the_model_after_the_reset(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """1.5 saved, then `reset:model size:2048x2048`: the member's edits then use the bot's 2.6
+    Sunburst, which makes that size. Checked against 1.5, it was refused (and the reset not made)."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=looks_catalog()) as world:
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        answer = await reply(world, world.user, "settings", reset="model", size="2048x2048")
+        assert "does not offer size" not in (answer.content or "")
+        row = await world.services.storage.settings.user_settings_row(world.user.id)
+        assert row is not None and (row["size"], row["model"]) == ("2048x2048", None)
+        # The other way round: the size is refused for the model being set in the same command.
+        refused = await reply(world, world.user, "settings", model="gpt-image-1.5", size="2048x1152")
+        assert "GPT Image 1.5 does not offer size `2048x1152`" in refused.content
+
+
 async def test_a_saved_size_and_background_another_model_cannot_make_fall_back_to_auto_with_a_note(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
