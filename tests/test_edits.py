@@ -21,6 +21,7 @@ from bot.jobs.core import IntakeTurns
 from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
+from bot.services import edits as edits_module
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.services.policy import PolicyRefused
 from bot.storage import Storage
@@ -233,6 +234,9 @@ async def test_bad_inputs_are_refused_before_any_credit_or_provider_call(
         ({"prompt": "   "}, "prompt is empty"),
         # Only invisible characters (zero-width space and joiner, a direction mark): nothing to read.
         ({"prompt": "\u200b\u200d \u200e"}, "prompt is empty"),
+        # Hangul fillers and the braille blank draw nothing; nor does a combining mark on no letter.
+        ({"prompt": "\u3164\u115f\u1160\uffa0"}, "prompt is empty"),
+        ({"prompt": "\u2800 \u034f\u0301"}, "prompt is empty"),
     ],
 )
 async def test_impossible_options_are_refused_for_free(make_service, fake, storage, options, message):
@@ -588,3 +592,8 @@ async def test_a_retired_models_replacement_the_server_forbids_moves_to_the_serv
     prepared = await service.prepare(make_job(model="gpt-image-1", quality="high", size="1024x1024"))
     assert prepared.model.id == "gpt-image-1-mini"
     assert prepared.chosen.model == "gpt-image-1"  # the model asked for, for Retry and Edit again
+
+
+@pytest.mark.parametrize("prompt", ["cafe\u0301 style", "🐱", "猫を青く", "नीला करो", "\u3164make it blue"])
+def test_a_prompt_with_anything_to_read_is_not_called_empty(prompt: str) -> None:
+    assert edits_module._visible(prompt)

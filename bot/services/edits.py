@@ -590,11 +590,21 @@ def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
     return chosen.provider_order or None
 
 
+# Characters that draw nothing though Unicode calls them letters or symbols: the Hangul fillers (a
+# favourite "blank" name on Discord) and the braille blank.
+BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Unicode categories that draw nothing on their own: format characters (zero-width spaces and
+# joiners, direction marks), combining marks (with no letter to sit on), controls and separators.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Cc", "Zs", "Zl", "Zp"})
+
+
 def _visible(prompt: str) -> bool:
-    """Whether the prompt has something to read: not only spaces or invisible characters (zero-width
-    spaces and joiners, direction marks: Unicode's format characters), which would be paid for as
-    an edit with no instruction."""
-    return any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in prompt)
+    """Whether the prompt has something to read, not only spaces or invisible characters: such a
+    prompt would be paid for as an edit with no instruction."""
+    return any(
+        not ch.isspace() and ch not in BLANK_LOOKING and unicodedata.category(ch) not in INVISIBLE_CATEGORIES
+        for ch in prompt
+    )
 
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:
