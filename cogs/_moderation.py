@@ -57,7 +57,8 @@ def notice_text(requester: str, prompt: str) -> str:
     stop the clients' invite cards)."""
     words = LINK.sub("[link]", " ".join(prompt.split()))
     shown = discord.utils.escape_markdown(truncate(words, NOTICE_PROMPT_CHARS))
-    return f"🖌️ **{discord.utils.escape_markdown(requester)}** is editing an image: “{shown}”"
+    name = discord.utils.escape_markdown(LINK.sub("[link]", requester))  # a nickname any member sets
+    return f"🖌️ **{name}** is editing an image: “{shown}”"
 
 
 class PublicControls(JobObserver):

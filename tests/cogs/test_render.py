@@ -200,3 +200,5 @@ def test_the_public_notice_does_not_repeat_a_prompts_links():
     assert "“make it like [link] and [link] or [link] [link]”" in text
     assert "://" not in text and "discord.gg" not in text
     assert "“a cat: 16:9 ratio”" in notice_text("alice", "a cat: 16:9 ratio")
+    # Nor a link in the member's display name, which any member may set.
+    assert notice_text("discord.gg/freenitro", "make it blue").startswith("🖌️ **[link]** is editing")
