@@ -118,6 +118,9 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         ("model m: upload expired or not found", "m", False),
         # A field named beside another gone word does not veto it.
         ("no available channels for model m; options: retry later", "m", True),
+        # The words about an input count where a word starts: "profile" holds no "file".
+        ("no available channel for model m (profile default)", "m", True),
+        ("model m: files not found", "m", False),
     ],
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:
