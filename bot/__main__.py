@@ -108,7 +108,7 @@ def _discord_refused(api_base: str | None, exc: discord.HTTPException) -> int:
     (a `discord.HTTPException` other than 401 and 5xx); the exit code. Its body is not quoted: a proxy's
     page can be long and say anything."""
     status = f"HTTP {exc.status} {getattr(exc.response, 'reason', '') or ''}".strip()
-    if exc.status == 404 and api_base:
+    if exc.status == 404 and api_base and not api_base.rstrip("/").endswith("/api/v10"):
         # Every request goes to DISCORD_API_BASE + a path: without /api/v10 none of them exists.
         log.error(
             "Discord answered %s at DISCORD_API_BASE %s: it must end in /api/v10 (or unset it to use "

@@ -273,6 +273,17 @@ async def test_a_discord_api_base_without_its_api_path_names_the_setting_in_one_
     assert "HTTP 404 Not Found" in line and "DISCORD_API_BASE" in line and "must end in /api/v10" in line
 
 
+async def test_a_404_from_a_base_that_ends_in_its_api_path_is_not_blamed_on_the_path(tmp_path: Path):
+    """The path is there: what answers (a proxy lacking a route) is what to look at."""
+    async with answering(404) as base:
+        code, log = await run_bot(tmp_path, DISCORD_API_BASE=f"{base}/api/v10")
+
+    assert code == 1, log
+    [line] = problems(log)
+    assert "Discord refused the bot's start-up requests (HTTP 404 Not Found)" in line
+    assert "must end in /api/v10" not in line
+
+
 async def test_a_proxy_that_refuses_the_bot_gives_one_line_with_the_status(tmp_path: Path):
     async with answering(403) as base:
         code, log = await run_bot(tmp_path, DISCORD_API_BASE=f"{base}/api/v10")
