@@ -298,7 +298,7 @@ def _warn_unread(unread: tuple[tuple[str, str], ...]) -> None:
     """Say each name `.env` sets that Retouch does not read, with the setting it may have meant."""
     for name, near in unread:
         hint = f" (did you mean {near}?)" if near else ""
-        log.warning(".env sets %s, which Retouch does not read%s; it is ignored", name, hint)
+        log.warning(".env sets %s, which is not a Retouch setting%s", name, hint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -258,17 +258,17 @@ def test_a_misspelt_setting_in_dotenv_is_warned_about_with_the_one_meant(tmp_pat
     )
     proc = run_bot(["--check-config"], {}, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    unread = [line for line in proc.stderr.splitlines() if "which Retouch does not read" in line]
+    unread = [line for line in proc.stderr.splitlines() if "which is not a Retouch setting" in line]
     assert len(unread) == 2, unread
     assert (
-        ".env sets MONTHLY_BUDGET, which Retouch does not read (did you mean MONTHLY_BUDGET_USD?)"
+        ".env sets MONTHLY_BUDGET, which is not a Retouch setting (did you mean MONTHLY_BUDGET_USD?)"
         in unread[0]
     )
-    assert unread[1].endswith(".env sets FROBNICATE, which Retouch does not read; it is ignored")
+    assert unread[1].endswith(".env sets FROBNICATE, which is not a Retouch setting")
 
 
 def test_every_setting_env_example_offers_is_one_retouch_reads(tmp_path: Path):
-    """Each name of `.env.example`, set (empty: its default) in `.env`, draws no "does not read"."""
+    """Each name of `.env.example`, set (empty: its default) in `.env`, is one Retouch reads."""
     example = (ROOT / ".env.example").read_text()
     names = sorted(set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", example, re.M)))
     assert len(names) > 40
@@ -277,7 +277,7 @@ def test_every_setting_env_example_offers_is_one_retouch_reads(tmp_path: Path):
     (tmp_path / ".env").write_text("\n".join(lines) + "\n")
     proc = run_bot(["--check-config"], {}, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "does not read" not in proc.stderr
+    assert "not a Retouch setting" not in proc.stderr
 
 
 def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: Path):
