@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -18,6 +19,9 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 # A form left open this long is forgotten; submitting it afterwards is answered with FORM_EXPIRED.
 MODAL_TIMEOUT_SECONDS = 900.0
+# How long after its timeout a form stays listed as open: never before discord.py forgets it, or both
+# would answer a submission in between ("expired" and the edit).
+FORM_GRACE_SECONDS = 60.0
 # The forms' custom ids: this prefix and a random key (MaskCog.open_forms knows the live ones).
 FORM_PREFIX = "retouch:editimage:"
 MODAL_PROMPT_MAX_CHARS = 4000  # Discord's cap for a text input in a form
@@ -74,19 +78,22 @@ class OpenForms:
     A submitted form stays listed until its time is up: its submission and the listener that looks
     here run side by side."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._until: dict[str, float] = {}
+        self._clock = clock
 
     def opened(self, key: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._until = {k: t for k, t in self._until.items() if t > now}  # forms whose time is up
-        self._until[key] = now + MODAL_TIMEOUT_SECONDS
+        # Past discord.py's own timer (it starts once the form is sent, a moment after this), which
+        # closes the form here (`closed`): the key outlives it only for forms that were sent.
+        self._until[key] = now + MODAL_TIMEOUT_SECONDS + FORM_GRACE_SECONDS
 
     def closed(self, key: str) -> None:
         self._until.pop(key, None)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._until.get(key, 0.0) > time.monotonic()
+        return isinstance(key, str) and self._until.get(key, 0.0) > self._clock()
 
 
 def form_key(interaction: discord.Interaction) -> str | None:

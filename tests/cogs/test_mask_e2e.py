@@ -466,6 +466,20 @@ async def test_an_edit_image_form_sent_after_a_restart_is_told_to_open_it_again(
     assert world.openai.post_count == 0
 
 
+def test_a_form_stays_listed_past_its_timeout_until_discord_py_closes_it():
+    """discord.py starts its timer once the form is sent, a moment after the cog lists it: listed for
+    exactly the timeout, a submission in between would be answered twice ("expired", and the edit)."""
+    from cogs.mask.menu import MODAL_TIMEOUT_SECONDS, OpenForms
+
+    now = [0.0]
+    forms = OpenForms(clock=lambda: now[0])
+    forms.opened("k")
+    now[0] += MODAL_TIMEOUT_SECONDS + 1
+    assert "k" in forms  # discord.py may still answer it
+    forms.closed("k")  # its timeout (on_timeout)
+    assert "k" not in forms
+
+
 async def test_an_edit_image_form_sent_after_its_timeout_is_told_to_open_it_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
