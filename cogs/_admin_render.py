@@ -46,7 +46,7 @@ def budget_text(budget: Budget, credits_per_usd: int) -> str:
     def usd(credits: int) -> str:
         return f"${Decimal(credits) / credits_per_usd:.2f}"
 
-    server = f"This server: {usd(budget.used)} ({budget.captured} spent + {budget.held} held)"
+    server = f"This server: {usd(budget.used)} ({budget.captured} billed + {budget.held} held)"
     server += " of " + (
         f"its allotment {usd(budget.allotment)}" if budget.allotment is not None else "the bot-wide budget"
     )
@@ -127,8 +127,8 @@ def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.E
         title=f"Spend report — {report.period}",
         description=(
             f"{period_text(report.since, report.until)}. "
-            f"**{report.spent} credits spent (${report.usd(report.spent):.2f})** in "
-            f"{len(report.entries)} ledger rows."
+            f"**{report.spent} credits charged to members (${report.usd(report.spent):.2f})** in "
+            f"{len(report.entries)} ledger rows." + _absorbed_text(report)
         ),
         colour=EMBED_COLOUR,
     )
@@ -150,6 +150,17 @@ def report_embed(report: SpendReport, budget: Budget | None = None) -> discord.E
             inline=False,
         )
     return embed
+
+
+def _absorbed_text(report: SpendReport) -> str:
+    """What the image services billed that no member paid: in the budget's spend, not in the ledger."""
+    if not report.absorbed:
+        return ""
+    return (
+        f" The image services also billed **{report.absorbed} credits (${report.usd(report.absorbed):.2f})** "
+        "that no member was charged for (unusable images, moderators' stops, results nobody got); the "
+        "operator's budget below counts both."
+    )
 
 
 async def report_file(report: SpendReport, guild_id: int, limit: int) -> discord.File | None:

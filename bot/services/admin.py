@@ -252,7 +252,9 @@ class SpendReport:
     by_user: tuple[tuple[int, int], ...] = ()
     by_model: tuple[tuple[str, int], ...] = ()
     by_provider: tuple[tuple[str, int], ...] = ()
-    spent: int = 0
+    spent: int = 0  # charged to members (captures)
+    # Billed by the image services for this server's jobs, charged to no member (not ledger rows).
+    absorbed: int = 0
     admin_granted: int = 0  # net of takes
     allowances: int = 0
     starting: int = 0
@@ -506,7 +508,8 @@ class PolicyAdmin:
         since, until = report_range(period, self.now())
         entries = await self.storage.reports.guild_ledger(guild_id, since=since, until=until)
         report = SpendReport(guild_id, period, since, until, tuple(entries), self.settings.credits_per_usd)
-        return summarize(report)
+        absorbed = await self.storage.reports.absorbed_credits(guild_id, since=since, until=until)
+        return replace(summarize(report), absorbed=absorbed)
 
     # -- the operator ----------------------------------------------------------------------------
 

@@ -147,6 +147,18 @@ class LedgerReports:
         )
         return [LedgerEntry(**dict(r)) for r in rows]
 
+    async def absorbed_credits(
+        self, guild_id: int, *, since: dt.datetime | None, until: dt.datetime | None
+    ) -> int:
+        """What the image services billed in [since, until) for a guild's jobs that no member was
+        charged (`absorbed_spend`: unusable images, a moderator's stop, a result nobody got)."""
+        row = await self._db.one(
+            "SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend "
+            "WHERE guild_id = ? AND created_at >= ? AND created_at < ?",
+            (guild_id, iso(since) if since else "", iso(until) if until else "~"),
+        )
+        return int(row[0]) if row else 0
+
     async def spend_by_guild(self, since: dt.datetime) -> dict[int, tuple[int, int]]:
         """{guild_id: (credits spent since `since`, credits held now)} for every guild with either.
 

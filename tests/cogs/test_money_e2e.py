@@ -319,7 +319,7 @@ async def test_the_operators_allotment_caps_a_server_audits_changes_and_shows_in
         report = await command(world, admin, "admin credits report")
         message = await world.fake.wait_until(lambda: [m for m in report.messages if m.embeds])
         fields = {f["name"]: f["value"] for f in message[-1].embeds[0]["fields"]}
-        assert "This server: $0.01 (10 spent + 0 held) of its allotment $0.02" in " ".join(fields.values())
+        assert "This server: $0.01 (10 billed + 0 held) of its allotment $0.02" in " ".join(fields.values())
         owner = await command(world, world.owner, "owner report")
         shown = await world.fake.wait_until(lambda: [m for m in owner.messages if m.embeds])
         embed = shown[-1].embeds[0]

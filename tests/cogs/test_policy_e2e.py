@@ -22,7 +22,7 @@ from tests.fakes.discord import (
     FakeUser,
     Permission,
 )
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -331,6 +331,18 @@ async def test_taking_from_an_empty_balance_says_from_whom(
         assert took.content.startswith(f"Took 0 credits from <@{world.user.id}> (they only had 0 available).")
 
 
+async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
+    """One of two images comes back unusable: the member pays for one, the provider billed two. The
+    report said "10 credits spent" beside a budget line of 20, and the 10 the bot paid nowhere."""
+    world.openai.fail_next(Fault.UNUSABLE_IMAGE)
+    await edit_and_wait(world, count=2, quality="low", size="1024x1024")
+    answer = await reply(world, world.owner, "admin credits report")
+    text = embed_text(answer)
+    assert "**10 credits charged to members ($0.01)**" in text
+    assert "also billed **10 credits ($0.01)** that no member was charged for" in text
+    assert "This server: $0.02 (20 billed + 0 held)" in text  # the budget counts both
+
+
 async def test_the_report_is_an_embed_plus_a_csv_equal_to_the_ledger(world: World):
     await edit_and_wait(world, quality="low", size="1024x1024")
     await reply(world, world.owner, "admin credits take", user=world.user, amount=5, reason="typo")
@@ -345,7 +357,7 @@ async def test_the_report_is_an_embed_plus_a_csv_equal_to_the_ledger(world: Worl
         (e.id, e.amount, e.kind) for e in ledger
     ]
     text = embed_text(answer)
-    assert "**10 credits spent ($0.01)**" in text
+    assert "**10 credits charged to members ($0.01)**" in text
     assert f"<@{world.user.id}> — 10" in text and "gpt-image-1.5 — 10" in text and "openai — 10" in text
     assert "By admins (net): -5" in text
 
