@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,6 +46,22 @@ _KIND_TIPS = {
 # What a member typed is echoed back at most this long: Discord refuses a message over 2,000
 # characters, and a refusal it refuses never reaches the member (who is left on "thinking…").
 ECHO_CHARS = 100
+
+
+def dollars(amount: Decimal) -> str:
+    """A dollar amount an admin or the operator set, as set: cents, or every digit of one below a
+    cent ($0.004 is not $0.00)."""
+    if amount == amount.quantize(Decimal("0.01")):
+        return f"${amount:.2f}"
+    return f"${amount.normalize():f}"
+
+
+def under_one_credit(what: str, credits_per_usd: int) -> str:
+    smallest = dollars(Decimal(1) / credits_per_usd)
+    return (
+        f"That {what} is less than one credit, so it would refuse every edit. Set at least {smallest}, "
+        "or 0 for none."
+    )
 
 
 def echo(typed: str) -> str:

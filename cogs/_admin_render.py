@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import discord
 
+from bot import messages
 from bot.client import RetouchBot
 from bot.services.admin import GuildPolicy, RoleTier, SpendReport
 from bot.services.edits import MAX_IMAGES_PER_EDIT
@@ -44,7 +45,7 @@ def budget_text(budget: Budget, credits_per_usd: int) -> str:
     """This month's spend against the operator's allotment for the server and the bot-wide budget."""
 
     def usd(credits: int) -> str:
-        return f"${Decimal(credits) / credits_per_usd:.2f}"
+        return messages.dollars(Decimal(credits) / credits_per_usd)
 
     server = f"This server: {usd(budget.used)} ({budget.captured} billed + {budget.held} held)"
     server += " of " + (
@@ -81,7 +82,8 @@ def policy_embed(
     if cap is None:
         cap_text = f"No cap · this month {spent} credits captured, {held} held"
     else:
-        cap_text = f"${policy.monthly_cap_usd:.2f} = {cap} credits · used {spent} captured + {held} held"
+        set_to = messages.dollars(policy.monthly_cap_usd or Decimal(0))
+        cap_text = f"{set_to} = {cap} credits · used {spent} captured + {held} held"
     embed.add_field(name="Monthly budget", value=cap_text, inline=False)
     embed.add_field(name="Operator's budget", value=budget_text(budget, credits_per_usd), inline=False)
     defaults = " · ".join(

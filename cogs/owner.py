@@ -46,7 +46,7 @@ def _server_id(interaction: discord.Interaction, text: str | None) -> int:
 
 
 def _cap_text(credits: int | None, report: OperatorReport) -> str:
-    return "no cap" if credits is None else f"${report.usd(credits):.2f}"
+    return "no cap" if credits is None else messages.dollars(report.usd(credits))
 
 
 def operator_embed(report: OperatorReport) -> discord.Embed:
@@ -118,7 +118,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         # Acknowledged first: the change is a write and its audit post waits on Discord's rate limits.
         await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.bot.services.policy.set_allotment(guild_id, interaction.user.id, amount)
-        after = "the bot-wide budget" if change.after is None else f"${change.after:.2f} a month"
+        after = "the bot-wide budget" if change.after is None else f"{messages.dollars(change.after)} a month"
         audited = " Recorded in the audit channel." if change.audited else ""
         await interaction.followup.send(
             f"Server `{guild_id}` may now spend {after}.{audited}", ephemeral=True

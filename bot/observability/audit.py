@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from decimal import Decimal
 
+from bot import messages
 from bot.jobs.model import JobObserver, JobState
 from bot.storage import Storage
 from bot.storage.jobs import JobRow
@@ -106,7 +107,7 @@ class AuditLog(JobObserver):
         posted (the operator is told)."""
 
         def text(usd: Decimal | None) -> str:
-            return "the bot-wide budget" if usd is None else f"${usd:.2f} a month"
+            return "the bot-wide budget" if usd is None else f"{messages.dollars(usd)} a month"
 
         line = f"🏦 Allotment: <@{actor_id}> changed server `{guild_id}` from {text(before)} to {text(after)}"
         return await self._send(line, None)

@@ -430,7 +430,12 @@ class PolicyAdmin:
         if name == "models":
             return {"models": _models_column(value)}
         if name == "monthly_cap_usd":
-            # Kept exactly as given (never rounded): it is turned into credits rounding down.
+            # Kept exactly as given (never rounded): it is turned into credits rounding down, so one
+            # under a credit would be a cap of 0 that refuses every edit.
+            if value is not None and Decimal(value) * self.settings.credits_per_usd < 1:
+                raise InvalidOptions(
+                    messages.under_one_credit("budget", self.settings.credits_per_usd), code="bad_cap"
+                )
             return {"monthly_cap_usd": None if value is None else str(Decimal(value))}
         if name == "provider_order":
             known = {r.provider for m in self.catalog.models.values() for r in m.routes}
@@ -518,6 +523,10 @@ class PolicyAdmin:
         self.access.require_operator(actor_id)
         if usd is not None and (not usd.is_finite() or usd < 0):
             raise InvalidOptions(messages.ALLOTMENT, code="bad_allotment")
+        if usd is not None and 0 < usd * self.settings.credits_per_usd < 1:  # floored to 0 credits
+            raise InvalidOptions(
+                messages.under_one_credit("allotment", self.settings.credits_per_usd), code="bad_allotment"
+            )
         before = await self.allotment(guild_id)
         await self.storage.settings.set_guild_allotment(
             guild_id, None if usd is None else str(usd), actor_id=actor_id

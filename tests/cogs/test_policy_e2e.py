@@ -331,6 +331,25 @@ async def test_taking_from_an_empty_balance_says_from_whom(
         assert took.content.startswith(f"Took 0 credits from <@{world.user.id}> (they only had 0 available).")
 
 
+async def test_a_budget_below_a_cent_is_shown_as_set_and_one_below_a_credit_is_refused(world: World):
+    """$0.004 is 4 credits: shown as $0.00 it read as no budget at all. $0.0004 floors to 0 credits,
+    a cap that refuses every edit while 0 means no cap: refused, saying the least it can be."""
+    shown = await reply(world, world.owner, "admin policy budget", usd=0.004)
+    assert fields(shown)["Monthly budget"].startswith("$0.004 = 4 credits")
+    refused = await reply(world, world.owner, "admin policy budget", usd=0.0004)
+    assert refused.content == (
+        "That budget is less than one credit, so it would refuse every edit. "
+        "Set at least $0.001, or 0 for none."
+    )
+    allotted = await reply(world, world.owner, "owner allotment", usd=0.004)
+    assert "$0.004 a month" in allotted.content
+    refused = await reply(world, world.owner, "owner allotment", usd=0.0004)
+    assert refused.content.startswith("That allotment is less than one credit")
+    shown = await reply(world, world.owner, "admin policy show")
+    assert fields(shown)["Monthly budget"].startswith("$0.004 = 4 credits")
+    assert "of its allotment $0.004" in fields(shown)["Operator's budget"]
+
+
 async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
     """One of two images comes back unusable: the member pays for one, the provider billed two. The
     report said "10 credits spent" beside a budget line of 20, and the 10 the bot paid nowhere."""
