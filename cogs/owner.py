@@ -49,6 +49,10 @@ def _cap_text(credits: int | None, report: OperatorReport) -> str:
     return "no cap" if credits is None else messages.dollars(report.usd(credits))
 
 
+# The "server" a direct message's edit is booked under (no server id is 0).
+DIRECT_MESSAGES = 0
+
+
 def operator_embed(report: OperatorReport) -> discord.Embed:
     """Spend this month per server against its allotment, and in total against the bot's budget."""
     used = report.used
@@ -63,6 +67,9 @@ def operator_embed(report: OperatorReport) -> discord.Embed:
     lines = []
     for server in report.servers[:REPORT_ROWS]:
         spent = server.captured + server.held
+        if server.guild_id == DIRECT_MESSAGES:  # ALLOW_DMS: edits outside any server are booked here
+            lines.append(f"Direct messages — ${report.usd(spent):.2f} of bot budget")
+            continue
         state = "approved" if server.approved else "not approved"
         allotment = "bot budget" if server.allotment is None else _cap_text(server.allotment, report)
         lines.append(f"`{server.guild_id}` ({state}) — ${report.usd(spent):.2f} of {allotment}")

@@ -202,3 +202,10 @@ def test_the_public_notice_does_not_repeat_a_prompts_links():
     assert "“a cat: 16:9 ratio”" in notice_text("alice", "a cat: 16:9 ratio")
     # Nor a link in the member's display name, which any member may set.
     assert notice_text("discord.gg/freenitro", "make it blue").startswith("🖌️ **[link]** is editing")
+
+
+def test_spend_in_direct_messages_is_its_own_line_not_an_unapproved_server():
+    """ALLOW_DMS edits are booked under server id 0: it read "`0` (not approved)"."""
+    servers = (ServerSpend(0, False, 40, 0, None), ServerSpend(123, True, 10, 0, None))
+    [field] = operator_embed(OperatorReport(SINCE, servers, None, 1000)).fields
+    assert field.value == "Direct messages — $0.04 of bot budget\n`123` (approved) — $0.01 of bot budget"
