@@ -56,6 +56,14 @@ def dollars(amount: Decimal) -> str:
     return f"${amount.normalize():f}"
 
 
+def default_model_not_allowed(model: str, allowed: list[str]) -> str:
+    return (
+        f"{model} is not among this server's allowed models ({', '.join(allowed)}), so it cannot be the "
+        "server's default. Allow it with `/admin policy limits models`, or pick an allowed model as the "
+        "default first."
+    )
+
+
 def under_one_credit(what: str, credits_per_usd: int) -> str:
     smallest = dollars(Decimal(1) / credits_per_usd)
     return (

@@ -409,10 +409,26 @@ class PolicyAdmin:
         columns: dict[str, Any] = {}
         for name, value in changes.items():
             columns.update(self._guild_column(name, value))
+        if "default_model" in changes or "models" in changes:
+            await self._check_default_allowed(guild_id, changes)
         if columns:
             await self.storage.settings.update_guild_policy(guild_id, columns, actor_id=actor_id)
             log.info("guild %s policy changed by %s: %s", guild_id, actor_id, sorted(columns))
         return await self.guild_policy(guild_id)
+
+    async def _check_default_allowed(self, guild_id: int, changes: Mapping[str, Any]) -> None:
+        """The server's default model must be one its rules allow everyone: else every member's edit
+        moves off it with a note ("your roles can't use …"), and /settings calls the model it moves
+        to the server's default."""
+        current = await self.guild_policy(guild_id)
+        default = changes.get("default_model", current.default_model)
+        allowed = changes.get("models", current.models)
+        # A saved default the catalog has dropped since is skipped by every member's defaults anyway.
+        if default is None or allowed is None or default in allowed or default not in self.catalog.models:
+            return
+        names = [self.catalog.models[m].name if m in self.catalog.models else m for m in sorted(allowed)]
+        name = self.catalog.models[default].name
+        raise InvalidOptions(messages.default_model_not_allowed(name, names), code="default_not_allowed")
 
     def _guild_column(self, name: str, value: Any) -> dict[str, Any]:
         if name == "period":

@@ -350,6 +350,28 @@ async def test_a_budget_below_a_cent_is_shown_as_set_and_one_below_a_credit_is_r
     assert "of its allotment $0.004" in fields(shown)["Operator's budget"]
 
 
+async def test_a_server_default_model_its_own_model_list_forbids_is_refused_either_way(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Saved, every member's edit moved off it with "your roles can't use GPT Image 2", and /settings
+    called the model it moved to the server's default."""
+    two = catalog(GPT_IMAGE_1_5, model("gpt-image-2", name="GPT Image 2"))
+    async with running_bot(fake_discord, openai, tmp_path, catalog=two) as world:
+        await reply(world, world.owner, "admin policy limits", models="gpt-image-1.5")
+        refused = await reply(world, world.owner, "admin policy defaults", model="gpt-image-2")
+        assert refused.content.startswith(
+            "GPT Image 2 is not among this server's allowed models (GPT Image 1.5), so it cannot be the "
+            "server's default."
+        )
+        assert (await world.services.policy.guild_policy(world.guild.id)).default_model is None
+        # The other order: the list may not leave out the default already set.
+        await reply(world, world.owner, "admin policy limits", models="all")
+        await reply(world, world.owner, "admin policy defaults", model="gpt-image-2")
+        refused = await reply(world, world.owner, "admin policy limits", models="gpt-image-1.5")
+        assert refused.content.startswith("GPT Image 2 is not among this server's allowed models")
+        assert (await world.services.policy.guild_policy(world.guild.id)).models is None
+
+
 async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
     """One of two images comes back unusable: the member pays for one, the provider billed two. The
     report said "10 credits spent" beside a budget line of 20, and the 10 the bot paid nowhere."""
