@@ -359,6 +359,7 @@ def _audit_credit_changes(audit: AuditLog) -> Callable[[CreditChange], Awaitable
             amount=change.moved,
             balance_after=change.balance,
             reason=f"{change.action}: {change.reason}",
+            action=change.action,
         )
 
     return post

@@ -86,6 +86,19 @@ async def test_credit_change_names_actor_user_server_amount_and_links_the_comman
     ]
 
 
+async def test_a_take_that_moved_nothing_and_a_set_are_said_as_what_the_admin_did() -> None:
+    """A take from an empty balance moves 0: it read "gave 0 credits to"."""
+    channel = Channel()
+    audit = AuditLog()
+    audit.attach(channel.post)
+    await audit.credit_change(guild_id=1, actor_id=7, user_id=8, amount=0, balance_after=0, action="take")
+    await audit.credit_change(guild_id=1, actor_id=7, user_id=8, amount=-50, balance_after=250, action="set")
+    assert channel.lines == [
+        "💳 Credits: <@7> took 0 credits from <@8> in server `1` (balance now 0)",
+        "💳 Credits: <@7> set the balance of <@8> (-50) in server `1` (balance now 250)",
+    ]
+
+
 async def test_safety_refusal_is_posted_with_its_reference_and_channel_link(
     services: Services, fake: FakeOpenAI, storage: Storage
 ) -> None:

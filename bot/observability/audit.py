@@ -88,14 +88,17 @@ class AuditLog(JobObserver):
         balance_after: int,
         reason: str | None = None,
         link: str | None = None,
+        action: str | None = None,
     ) -> None:
-        """An admin granted (amount > 0) or removed (amount < 0) credits."""
-        verb = "gave" if amount >= 0 else "took"
-        line = (
-            f"💳 Credits: <@{actor_id}> {verb} {abs(amount)} credits "
-            f"{'to' if amount >= 0 else 'from'} <@{user_id}> in server `{guild_id}` "
-            f"(balance now {balance_after})"
-        )
+        """An admin granted (amount > 0) or removed (amount < 0) credits; `action` (grant, take or
+        set) says which the admin asked for, whatever moved (a take from an empty balance moves 0)."""
+        where = f"in server `{guild_id}` (balance now {balance_after})"
+        if action == "set":
+            line = f"💳 Credits: <@{actor_id}> set the balance of <@{user_id}> ({amount:+d}) {where}"
+        elif action == "take" or amount < 0:
+            line = f"💳 Credits: <@{actor_id}> took {abs(amount)} credits from <@{user_id}> {where}"
+        else:
+            line = f"💳 Credits: <@{actor_id}> gave {amount} credits to <@{user_id}> {where}"
         if reason:
             line += f" — “{_clip(reason, REASON_CHARS)}”"
         await self._send(line, link)

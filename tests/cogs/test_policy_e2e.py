@@ -326,9 +326,12 @@ async def test_taking_from_an_empty_balance_says_from_whom(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
     empty = {"STARTING_CREDITS": "0"}
-    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG, env=empty) as world:
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG, env=empty, audit=True) as world:
         took = await reply(world, world.owner, "admin credits take", user=world.user, amount=5, reason="oops")
         assert took.content.startswith(f"Took 0 credits from <@{world.user.id}> (they only had 0 available).")
+        # The audit channel says the same: it read "gave 0 credits to".
+        [posted] = await world.fake.wait_until(lambda: world.fake.channel_messages(world.audit_channel))
+        assert f"<@{world.owner.id}> took 0 credits from <@{world.user.id}>" in posted.content
 
 
 async def test_a_budget_below_a_cent_is_shown_as_set_and_one_below_a_credit_is_refused(world: World):
