@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from bot.client import RetouchBot
 from cogs._admin_policy import policy_groups
 from cogs._ui import RetouchCog
+
+log = logging.getLogger(__name__)
 
 
 @app_commands.guild_only()
@@ -46,6 +50,16 @@ class AdminCog(RetouchCog):
 
     def __init__(self, bot: RetouchBot) -> None:
         super().__init__(bot, AdminGroup(bot))
+
+    @commands.Cog.listener()
+    async def on_guild_role_delete(self, role: discord.Role) -> None:
+        """A role deleted in Discord takes its tier with it: `/admin tier remove` can no longer name it
+        (Discord's picker offers only roles that exist), and the stale line would stay in the rules."""
+        try:
+            if await self.bot.services.policy.remove_tier(role.guild.id, role.id):
+                log.info("guild %s: role %s was deleted; its tier is removed", role.guild.id, role.id)
+        except Exception:
+            log.exception("guild %s: the tier of deleted role %s stays", role.guild.id, role.id)
 
 
 async def setup(bot: RetouchBot) -> None:

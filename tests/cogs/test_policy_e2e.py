@@ -375,6 +375,24 @@ async def test_a_server_default_model_its_own_model_list_forbids_is_refused_eith
         assert (await world.services.policy.guild_policy(world.guild.id)).models is None
 
 
+async def test_a_deleted_roles_tier_goes_with_it(world: World):
+    """`/admin tier remove` needs the role, which Discord's picker no longer offers once deleted: the
+    stale tier stayed in the rules for good."""
+    vip = await world.guild.create_role("vip")
+    await reply(world, world.owner, "admin tier set", role=vip, allowance=900)
+    assert [t.role_id for t in (await world.services.policy.guild_policy(world.guild.id)).tiers] == [vip.id]
+    await world.guild.delete_role(vip)
+
+    async def gone() -> bool:
+        return not (await world.services.policy.guild_policy(world.guild.id)).tiers
+
+    for _ in range(250):
+        if await gone():
+            break
+        await asyncio.sleep(0.02)
+    assert await gone()
+
+
 async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
     """One of two images comes back unusable: the member pays for one, the provider billed two. The
     report said "10 credits spent" beside a budget line of 20, and the 10 the bot paid nowhere."""

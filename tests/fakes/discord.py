@@ -640,6 +640,12 @@ class FakeGuild:
         assert self._fake is not None
         return await self._fake._create_role(self, name, permissions=permissions, mentionable=mentionable)
 
+    async def delete_role(self, role: FakeRole) -> None:
+        """Delete a role, as a server admin does in Discord (dispatches GUILD_ROLE_DELETE); its members
+        lose it."""
+        assert self._fake is not None
+        await self._fake._delete_role(self, role)
+
     async def add_member(
         self,
         user: FakeUser,
@@ -1372,6 +1378,16 @@ class FakeDiscord:
             guild, "GUILD_ROLE_CREATE", {"guild_id": str(guild.id), "role": role.payload()}, Intent.GUILDS
         )
         return role
+
+    async def _delete_role(self, guild: FakeGuild, role: FakeRole) -> None:
+        if guild.roles.pop(role.id, None) is None:
+            raise FakeDiscordUsageError(f"role {role.id} is not a role of guild {guild.id}")
+        for member in guild.members.values():
+            if role.id in member.role_ids:
+                member.role_ids.remove(role.id)
+        await self._emit_guild_event(
+            guild, "GUILD_ROLE_DELETE", {"guild_id": str(guild.id), "role_id": str(role.id)}, Intent.GUILDS
+        )
 
     async def _add_member(
         self,
