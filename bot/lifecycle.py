@@ -28,7 +28,14 @@ from typing import Protocol
 from bot import messages
 from bot.catalog import RETIREMENT_WARNING_DAYS, Catalog, ModelEntry, Resolution, Route
 from bot.errors import InvalidOptions
-from bot.providers.errors import ModelGone
+from bot.providers.errors import (
+    ConnectionFailed,
+    ModelGone,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -442,6 +449,19 @@ class ModelLifecycle:
 DISCOVERY_TIMEOUT_SECONDS = 20.0  # a listing that hangs must not hold up start-up
 
 
+def _why_unread(exc: Exception) -> str:
+    """Why a model list could not be read, in /diagnose's words (the class name goes to the log)."""
+    if isinstance(exc, ServiceUnavailable):
+        return "the service refused the key or the account"
+    if isinstance(exc, TimeoutError | ProviderTimeout):
+        return "no answer in time"
+    if isinstance(exc, ConnectionFailed | ConnectionError | OSError):
+        return "the service could not be reached"
+    if isinstance(exc, ServerError | RateLimited):
+        return "the service is busy or failing"
+    return "an answer it could not read (see the log)"
+
+
 async def discover_once(lifecycle: ModelLifecycle, provider: str, lister: Lister) -> DiscoveryReport:
     """Read `provider`'s model list once and apply it. A failure changes nothing (logged)."""
     try:
@@ -451,7 +471,7 @@ async def discover_once(lifecycle: ModelLifecycle, provider: str, lister: Lister
         log.warning(
             "could not read %s's model list (%s); keeping the catalog's dates", provider, type(exc).__name__
         )
-        return lifecycle.listing_failed(provider, type(exc).__name__)
+        return lifecycle.listing_failed(provider, _why_unread(exc))
     if not lifecycle.names_any_route(provider, listing):
         # A gateway at OPENAI_BASE_URL that lists only its chat models, or a key whose project sees
         # no image model: applied, it would mark every route unlisted and stop all editing, while a

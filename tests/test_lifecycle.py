@@ -12,7 +12,7 @@ import pytest
 from bot.catalog import RETIREMENT_WARNING_DAYS, Catalog, load_catalog
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle, discover_once
-from bot.providers.errors import ModelGone
+from bot.providers.errors import ModelGone, ServerError, ServiceUnavailable
 from bot.services import edits
 from bot.storage import Storage
 from tests.catalogs import catalog, model, route
@@ -231,8 +231,28 @@ async def test_openai_model_list_sets_route_dates_and_reports_new_and_missing_mo
     assert any("gpt-image-9" in w for w in again.warnings())
     assert not any("gpt-image-9" in line for line in again_events)
     failed = await discover_once(again, "openai", broken)
-    assert not failed.ok and failed.error == "ConnectionError"
+    assert not failed.ok and failed.error == "the service could not be reached"
     assert not again.usable(old) and not again.usable(new) and again.usable(catalog.get("spare"))
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ServiceUnavailable("HTTP 401 invalid_api_key", provider="openai"), "the service refused the key"),
+        (TimeoutError(), "no answer in time"),
+        (ServerError("HTTP 503", provider="openai"), "the service is busy or failing"),
+        (ValueError("bad json"), "an answer it could not read (see the log)"),
+    ],
+)
+async def test_a_failed_listing_is_said_in_words_not_as_an_exception_class(error: Exception, said: str):
+    """/diagnose showed "could not read openai's model list (ServiceUnavailable)" for a wrong key."""
+    lifecycle = ModelLifecycle(two_route_catalog(), {"openai"}, lambda: dt.date(2026, 12, 1))
+
+    async def broken() -> list[Listed]:
+        raise error
+
+    report = await discover_once(lifecycle, "openai", broken)
+    assert not report.ok and report.error is not None and report.error.startswith(said)
 
 
 async def test_a_later_date_in_the_model_list_does_not_extend_the_catalogs_date():
