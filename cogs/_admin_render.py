@@ -28,7 +28,7 @@ def _models_text(models: frozenset[str] | None) -> str:
     return ", ".join(sorted(models))
 
 
-def _tier_line(tier: RoleTier) -> str:
+def _tier_line(tier: RoleTier, guild_id: int) -> str:
     parts = []
     if tier.allowance is not None:
         parts.append(f"allowance {tier.allowance}")
@@ -38,7 +38,9 @@ def _tier_line(tier: RoleTier) -> str:
         parts.append(f"models {_models_text(tier.models)}")
     if tier.max_images:
         parts.append(f"{tier.max_images} images per edit")
-    return f"<@&{tier.role_id}>: " + (", ".join(parts) or "nothing beyond everyone's rules")
+    # @everyone's role id is the server's: mentioned as a role it shows as "@@everyone".
+    role = "@everyone" if tier.role_id == guild_id else f"<@&{tier.role_id}>"
+    return f"{role}: " + (", ".join(parts) or "nothing beyond everyone's rules")
 
 
 def budget_text(budget: Budget, credits_per_usd: int) -> str:
@@ -101,7 +103,7 @@ def policy_embed(
         policy.provider_order, sep=" → ", empty="catalog order", limit=FIELD_CHARS - len(heading)
     )
     embed.add_field(name="Defaults", value=heading + providers, inline=False)
-    tiers = fit_lines([_tier_line(t) for t in policy.tiers])
+    tiers = fit_lines([_tier_line(t, policy.guild_id) for t in policy.tiers])
     embed.add_field(name="Role tiers (the most generous applies)", value=tiers, inline=False)
     return embed
 

@@ -209,3 +209,11 @@ def test_spend_in_direct_messages_is_its_own_line_not_an_unapproved_server():
     servers = (ServerSpend(0, False, 40, 0, None), ServerSpend(123, True, 10, 0, None))
     [field] = operator_embed(OperatorReport(SINCE, servers, None, 1000)).fields
     assert field.value == "Direct messages — $0.04 of bot budget\n`123` (approved) — $0.01 of bot budget"
+
+
+def test_a_tier_for_everyone_is_named_at_everyone_not_mentioned_as_a_role():
+    """@everyone's role id is the server's own: `<@&id>` showed as "@@everyone"."""
+    tiers = (RoleTier(1, allowance=50), RoleTier(99, allowance=900))
+    embed = policy_embed(GuildPolicy(1, tiers=tiers), BUDGET, 0, 1000)
+    [field] = [f for f in embed.fields if (f.name or "").startswith("Role tiers")]
+    assert field.value == "@everyone: allowance 50\n<@&99>: allowance 900"
