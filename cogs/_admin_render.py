@@ -50,12 +50,17 @@ def budget_text(budget: Budget, credits_per_usd: int) -> str:
         return messages.dollars(Decimal(credits) / credits_per_usd)
 
     server = f"This server: {usd(budget.used)} ({budget.captured} billed + {budget.held} held)"
-    server += " of " + (
-        f"its allotment {usd(budget.allotment)}" if budget.allotment is not None else "the bot-wide budget"
+    if budget.allotment is not None:
+        server += f" of its allotment {usd(budget.allotment)}"
+    elif budget.bot_cap is not None:
+        server += " of the bot-wide budget"
+    bot = f"All servers: {usd(budget.bot_used)}" + (
+        f" of the bot-wide budget {usd(budget.bot_cap)}"
+        if budget.bot_cap is not None
+        else " (no bot-wide cap)"
     )
-    bot = f"All servers: {usd(budget.bot_used)} of " + (
-        f"the bot-wide budget {usd(budget.bot_cap)}" if budget.bot_cap is not None else "no bot-wide cap"
-    )
+    if budget.allotment is None and budget.bot_cap is None:
+        return f"{server}\n{bot}\nThe bot's operator has set no cap on this server's spend."
     return f"{server}\n{bot}\nSet by the bot's operator; credits given here cannot buy more than this."
 
 

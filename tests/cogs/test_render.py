@@ -4,6 +4,7 @@ so these build their inputs directly."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 
@@ -15,7 +16,7 @@ from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpen
 from bot.services.diagnostics import DatabaseStatus, Diagnosis
 from bot.services.policy import Budget
 from bot.storage.reports import LedgerEntry
-from cogs._admin_render import policy_embed, report_embed, report_file
+from cogs._admin_render import budget_text, policy_embed, report_embed, report_file
 from cogs._moderation import notice_text
 from cogs._ui import FIELD_CHARS, MORE, fit_lines, result_embed
 from cogs.diagnose import diagnosis_embed
@@ -217,3 +218,15 @@ def test_a_tier_for_everyone_is_named_at_everyone_not_mentioned_as_a_role():
     embed = policy_embed(GuildPolicy(1, tiers=tiers), BUDGET, 0, 1000)
     [field] = [f for f in embed.fields if (f.name or "").startswith("Role tiers")]
     assert field.value == "@everyone: allowance 50\n<@&99>: allowance 900"
+
+
+def test_the_operators_budget_line_without_any_cap_does_not_speak_of_one():
+    """It read "… of the bot-wide budget" and "… of no bot-wide cap" with no cap at all."""
+    text = budget_text(BUDGET, 1000)
+    assert text == (
+        "This server: $0.00 (0 billed + 0 held)\nAll servers: $0.00 (no bot-wide cap)\n"
+        "The bot's operator has set no cap on this server's spend."
+    )
+    capped = budget_text(dataclasses.replace(BUDGET, bot_cap=20_000), 1000)
+    assert capped.startswith("This server: $0.00 (0 billed + 0 held) of the bot-wide budget\n")
+    assert "All servers: $0.00 of the bot-wide budget $20.00" in capped
