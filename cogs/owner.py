@@ -96,7 +96,10 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         guild_id = _server_id(interaction, server)
         await interaction.response.defer(ephemeral=True, thinking=True)  # a write may wait on a busy database
         await self._access.approve(guild_id, interaction.user.id)
-        await interaction.followup.send(f"Server `{guild_id}` is approved.", ephemeral=True)
+        # A server approved again keeps the allotment it had: said, so it is not a surprise later.
+        allotment = await self.bot.services.policy.allotment(guild_id)
+        kept = "" if allotment is None else f" Its allotment stands: {messages.dollars(allotment)} a month."
+        await interaction.followup.send(f"Server `{guild_id}` is approved.{kept}", ephemeral=True)
 
     @app_commands.command(name="remove", description="Stop serving a server")
     @app_commands.describe(server="Server id (empty: this server)")

@@ -129,6 +129,10 @@ async def test_owner_commands_approve_and_remove_a_server_and_refuse_everyone_el
         retry = await world.fake.click(world.user, result, control(result, "retry"))
         assert "not enabled on this server" in await answer(world, retry)
         assert openai.post_count == 1
+        # Approved again, a server keeps the allotment it had: the answer says so.
+        await world.services.policy.set_allotment(world.guild.id, world.owner.id, Decimal("0.25"))
+        again = await command(world, world.owner, "owner approve")
+        assert (await answer(world, again)).endswith("is approved. Its allotment stands: $0.25 a month.")
 
 
 async def test_an_allotment_whose_audit_post_fails_does_not_claim_it_was_recorded(
