@@ -56,6 +56,12 @@ def dollars(amount: Decimal) -> str:
     return f"${amount.normalize():f}"
 
 
+def providers_without_key(names: list[str]) -> str:
+    which = ", ".join(names)
+    verb = "has" if len(names) == 1 else "have"
+    return f"{which} {verb} no API key on this bot, so edits skip it until the bot's operator sets one."
+
+
 def default_model_not_allowed(model: str, allowed: list[str]) -> str:
     return (
         f"{model} is not among this server's allowed models ({', '.join(allowed)}), so it cannot be the "

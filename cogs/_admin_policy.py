@@ -272,7 +272,15 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         if providers is not None:
             changes["provider_order"] = tuple(providers.replace(",", " ").split())
         policy = await self.policy.update_guild(_guild(interaction), interaction.user.id, changes)
-        await self.show(interaction, policy, "Saved." if changes else "")
+        await self.show(
+            interaction, policy, ("Saved." + self._keyless(policy.provider_order)) if changes else ""
+        )
+
+    def _keyless(self, order: tuple[str, ...]) -> str:
+        """A note for providers in the order that this bot has no key for (kept: a key may come)."""
+        configured = {p.name for p in self.bot.services.settings.providers}
+        missing = [name for name in order if name not in configured]
+        return "" if not missing else " " + messages.providers_without_key(missing)
 
 
 class TierAdmin(_AdminSubgroup, name="tier", description="Give a role more than everyone gets"):
