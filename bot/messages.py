@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,12 +48,13 @@ _KIND_TIPS = {
 ECHO_CHARS = 100
 
 
-def dollars(amount: Decimal) -> str:
-    """A dollar amount an admin or the operator set, as set: cents, or every digit of one below a
-    cent ($0.004 is not $0.00)."""
-    if amount == amount.quantize(Decimal("0.01")):
-        return f"${amount:.2f}"
-    return f"${amount.normalize():f}"
+def dollars(amount: Decimal, *, rounding: str = ROUND_HALF_UP) -> str:
+    """A dollar amount: to the cent, or below a cent to three significant digits ($0.004, not $0.00,
+    and never the 28 digits of a third of a cent), rounded as `rounding` says."""
+    if amount == 0 or abs(amount) >= Decimal("0.01"):
+        return f"${amount.quantize(Decimal('0.01'), rounding=rounding):.2f}"
+    digits = amount.quantize(Decimal(1).scaleb(amount.adjusted() - 2), rounding=rounding)
+    return f"${digits.normalize():f}"
 
 
 def providers_without_key(names: list[str]) -> str:
@@ -71,7 +72,8 @@ def default_model_not_allowed(model: str, allowed: list[str]) -> str:
 
 
 def under_one_credit(what: str, credits_per_usd: int) -> str:
-    smallest = dollars(Decimal(1) / credits_per_usd)
+    # Rounded up: the least amount named must itself be accepted (one credit or more).
+    smallest = dollars(Decimal(1) / credits_per_usd, rounding=ROUND_CEILING)
     return (
         f"That {what} is less than one credit, so it would refuse every edit. Set at least {smallest}, "
         "or 0 for none."

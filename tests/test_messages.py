@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,26 @@ def test_refusals_take_their_sentence_from_bot_messages():
         for line in _texts_written_in_place(tree, refusals, inside_refusal=False)
     ]
     assert inline == []
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        ("20", "$20.00"),
+        ("12.345", "$12.35"),
+        ("0.004", "$0.004"),  # not $0.00: a cap of 4 credits
+        ("0.0033333333333333333333333333", "$0.00333"),  # a third of a cent: not 28 digits
+        ("3.3333333333333333333333333333", "$3.33"),
+        ("0", "$0.00"),
+    ],
+)
+def test_dollars_are_shown_to_the_cent_or_to_three_digits_below_one(amount: str, shown: str):
+    assert messages.dollars(Decimal(amount)) == shown
+
+
+@pytest.mark.parametrize(("credits_per_usd", "least"), [(1000, "$0.001"), (3, "$0.34"), (300, "$0.00334")])
+def test_the_least_budget_named_is_one_that_is_accepted(credits_per_usd: int, least: str):
+    """Rounded up: "Set at least $0.3333333333333333333333333333" was itself refused (x 3 < 1)."""
+    said = messages.under_one_credit("budget", credits_per_usd)
+    assert f"Set at least {least}," in said
+    assert Decimal(least.lstrip("$")) * credits_per_usd >= 1
