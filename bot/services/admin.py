@@ -417,15 +417,20 @@ class PolicyAdmin:
         return await self.guild_policy(guild_id)
 
     async def _check_default_allowed(self, guild_id: int, changes: Mapping[str, Any]) -> None:
-        """The server's default model must be one its rules allow everyone: else every member's edit
-        moves off it with a note ("your roles can't use …"), and /settings calls the model it moves
-        to the server's default."""
+        """The server's default model must be one its rules let somebody use (everyone, with the
+        @everyone tier, or a role's tier): else every member's edit moves off it with a note ("your
+        roles can't use …") while the admin was told "Saved."."""
         current = await self.guild_policy(guild_id)
         default = changes.get("default_model", current.default_model)
-        allowed = changes.get("models", current.models)
+        after = replace(current, models=changes.get("models", current.models))
         # A saved default the catalog has dropped since is skipped by every member's defaults anyway.
-        if default is None or allowed is None or default in allowed or default not in self.catalog.models:
+        if default is None or default not in self.catalog.models:
             return
+        everyone = after.limits_for(())
+        reach = [everyone.models, *(after.limits_for((t.role_id,)).models for t in after.tiers)]
+        if any(models is None or default in models for models in reach):
+            return
+        allowed = everyone.models or frozenset()
         names = [self.catalog.models[m].name if m in self.catalog.models else m for m in sorted(allowed)]
         name = self.catalog.models[default].name
         raise InvalidOptions(messages.default_model_not_allowed(name, names), code="default_not_allowed")

@@ -375,6 +375,26 @@ async def test_a_server_default_model_its_own_model_list_forbids_is_refused_eith
         assert (await world.services.policy.guild_policy(world.guild.id)).models is None
 
 
+async def test_a_server_default_model_a_role_tier_allows_is_accepted(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A tier lets its members use the default (@everyone's tier: every member): somebody can use
+    it, so it is the admin's call, as it was before the check above."""
+    two = catalog(GPT_IMAGE_1_5, model("gpt-image-2", name="GPT Image 2"))
+    async with running_bot(fake_discord, openai, tmp_path, catalog=two) as world:
+        await reply(world, world.owner, "admin policy limits", models="gpt-image-1.5")
+        vip = await world.guild.create_role("vip")
+        await reply(world, world.owner, "admin tier set", role=vip, models="gpt-image-2")
+        saved = await reply(world, world.owner, "admin policy defaults", model="gpt-image-2")
+        assert saved.content == "Saved."
+        await reply(world, world.owner, "admin policy defaults", clear=True)
+        await reply(world, world.owner, "admin tier remove", role=vip)
+        await reply(world, world.owner, "admin tier set", role=world.guild.everyone, models="gpt-image-2")
+        saved = await reply(world, world.owner, "admin policy defaults", model="gpt-image-2")
+        assert saved.content == "Saved."
+        assert (await world.services.policy.guild_policy(world.guild.id)).default_model == "gpt-image-2"
+
+
 async def test_a_deleted_roles_tier_goes_with_it(world: World):
     """`/admin tier remove` needs the role, which Discord's picker no longer offers once deleted: the
     stale tier stayed in the rules for good."""
