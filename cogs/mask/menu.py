@@ -58,6 +58,9 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         self.cog.open_forms.closed(self.key)
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        # discord.py restarts its timer on every submission (one refused here stays open): so does
+        # the cog's listing, or it could lapse first and both would answer the next one.
+        self.cog.open_forms.opened(self.key)
         return await admitted(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:

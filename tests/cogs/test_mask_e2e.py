@@ -480,6 +480,26 @@ def test_a_form_stays_listed_past_its_timeout_until_discord_py_closes_it():
     assert "k" not in forms
 
 
+async def test_a_refused_submission_keeps_the_form_listed_as_discord_py_keeps_it(world: World):
+    """discord.py restarts a form's timer on each submission, one its check refuses included (the
+    form stays open): the cog's listing restarts too, else it lapses first and both answer."""
+    from cogs.mask.menu import MODAL_TIMEOUT_SECONDS, OpenForms
+
+    now = [0.0]
+    cog: Any = world.bot.get_cog("MaskCog")
+    cog.open_forms = OpenForms(clock=lambda: now[0])
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    await world.fake.wait_until(lambda: menu.modal)
+    [key] = cog.open_forms._until
+    now[0] += MODAL_TIMEOUT_SECONDS - 10
+    await world.services.access.remove(world.guild.id, world.owner.id)  # the check now refuses
+    refused = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: refused.callbacks)
+    now[0] += 100  # past the first listing's end, within discord.py's restarted timer
+    assert key in cog.open_forms
+
+
 async def test_an_edit_image_form_sent_after_its_timeout_is_told_to_open_it_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
