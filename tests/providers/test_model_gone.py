@@ -121,6 +121,8 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         # The words about an input count where a word starts: "profile" holds no "file".
         ("no available channel for model m (profile default)", "m", True),
         ("model m: files not found", "m", False),
+        ("model m: inputFile not found", "m", False),  # a camelCase field name counts as a word
+        ("Model m: Upload expired", "m", False),
     ],
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:

@@ -259,15 +259,22 @@ _ABOUT_AN_INPUT = (
 )
 
 
-# Each of `_ABOUT_AN_INPUT` where a word starts: "file" and "files", not the "file" of "profile".
-_INPUT_WORD = re.compile("|".join(rf"(?<![a-z0-9]){re.escape(word)}" for word in _ABOUT_AN_INPUT))
+# Each of `_ABOUT_AN_INPUT` where a word starts: "file" and "files", and the "File" of a camelCase
+# "inputFile", but not the "file" of "profile". Matched on the message as written.
+_INPUT_WORD = re.compile(
+    "|".join(
+        rf"(?<![A-Za-z0-9])(?i:{re.escape(word)})|(?<=[a-z0-9]){re.escape(word[:1].upper() + word[1:])}"
+        for word in _ABOUT_AN_INPUT
+    )
+)
 
 
 def _about_an_input(message: str, model: str) -> bool:
     """Whether `message` names something the request carried (`_ABOUT_AN_INPUT`), outside the model id
     (a route such as `openai/gpt-image-2/edit` is no input, whatever words it holds)."""
-    lowered = message.lower().replace(model.lower(), "") if model else message.lower()
-    return _INPUT_WORD.search(lowered) is not None
+    if model:
+        message = re.sub(re.escape(model), " ", message, flags=re.IGNORECASE)
+    return _INPUT_WORD.search(message) is not None
 
 
 def says_model_gone(message: str, model: str = "") -> bool:
