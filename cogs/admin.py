@@ -52,6 +52,19 @@ class AdminCog(RetouchCog):
         super().__init__(bot, AdminGroup(bot))
 
     @commands.Cog.listener()
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        """Roles deleted while the bot was away (Discord does not replay the deletions): their tiers
+        go when the server's roles are known again, at each connection."""
+        try:
+            policy = await self.bot.services.policy.guild_policy(guild.id)
+            for tier in policy.tiers:
+                if tier.role_id != guild.id and guild.get_role(tier.role_id) is None:
+                    await self.bot.services.policy.remove_tier(guild.id, tier.role_id)
+                    log.info("guild %s: role %s is gone; its tier is removed", guild.id, tier.role_id)
+        except Exception:
+            log.exception("guild %s: could not check its tiers' roles", guild.id)
+
+    @commands.Cog.listener()
     async def on_guild_role_delete(self, role: discord.Role) -> None:
         """A role deleted in Discord takes its tier with it: `/admin tier remove` can no longer name it
         (Discord's picker offers only roles that exist), and the stale line would stay in the rules."""

@@ -413,6 +413,29 @@ async def test_a_deleted_roles_tier_goes_with_it(world: World):
     assert await gone()
 
 
+async def test_a_role_deleted_while_the_bot_was_away_loses_its_tier_when_it_connects(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Discord does not replay a GUILD_ROLE_DELETE the bot missed: the next connection checks."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as world:
+        vip = await world.guild.create_role("vip")
+        kept = await world.guild.create_role("kept")
+        await reply(world, world.owner, "admin tier set", role=vip, allowance=900)
+        await reply(world, world.owner, "admin tier set", role=kept, allowance=800)
+        guild = world.guild
+    await guild.delete_role(vip)  # no bot connected
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as world:
+
+        async def tiers() -> list[int]:
+            return [t.role_id for t in (await world.services.policy.guild_policy(guild.id)).tiers]
+
+        for _ in range(250):
+            if await tiers() == [kept.id]:
+                break
+            await asyncio.sleep(0.02)
+        assert await tiers() == [kept.id]
+
+
 async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
     """One of two images comes back unusable: the member pays for one, the provider billed two. The
     report said "10 credits spent" beside a budget line of 20, and the 10 the bot paid nowhere."""
