@@ -55,6 +55,8 @@ class AdminCog(RetouchCog):
     async def on_guild_available(self, guild: discord.Guild) -> None:
         """Roles deleted while the bot was away (Discord does not replay the deletions): their tiers
         go when the server's roles are known again, at each connection."""
+        if guild.get_role(guild.id) is None:  # no roles known (not even @everyone): nothing to judge by
+            return
         try:
             policy = await self.bot.services.policy.guild_policy(guild.id)
             for tier in policy.tiers:
