@@ -371,6 +371,12 @@ PREVIOUS_VERSION_UNREADABLE = (
     "Retouch can no longer read the previous version in that channel (it may have lost the Read Message "
     "History permission there), so it cannot be posted again."
 )
+
+
+def which_image(count: int) -> str:
+    return f"This result has {count} images: pick one from 1 to {count}, or leave it empty for the first."
+
+
 RESULT_IMAGE_GONE = "That result no longer has its image. Use /edit with a file instead."
 
 

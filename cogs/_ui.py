@@ -296,6 +296,11 @@ def first_image(message: discord.Message) -> discord.Attachment | None:
     return next(editable, images[0] if images else None)
 
 
+def images_of(message: discord.Message) -> list[discord.Attachment]:
+    """The message's images Retouch can edit, in order (a result of several images)."""
+    return [a for a in message.attachments if _looks_like_image(a) and _editable(a)]
+
+
 def _looks_like_image(attachment: discord.Attachment) -> bool:
     content_type = attachment.content_type or ""
     return content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS)

@@ -25,7 +25,7 @@ from cogs._results import JobControl, run_and_publish
 from cogs._ui import (
     RetouchCog,
     admitted,
-    first_image,
+    images_of,
     report_error,
     role_ids_of,
     shows_result_of,
@@ -38,6 +38,7 @@ MODAL_PROMPT_MAX_CHARS = 4000  # Discord's cap for a text input in a form
 FORM_PREFIX = "retouch:again-form:"
 FORM_ID = re.compile(re.escape(FORM_PREFIX) + "([0-9a-f]{16})")
 FORM_PROMPT = "prompt"
+FORM_IMAGE = "image"  # which of a result's images to edit, when it has several
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
@@ -58,8 +59,18 @@ class EditAgainForm(discord.ui.Modal, title="Edit again"):
         max_length=MODAL_PROMPT_MAX_CHARS,
     )
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, images: int = 1) -> None:
         super().__init__(custom_id=f"{FORM_PREFIX}{job_id}", timeout=None)
+        if images > 1:  # a result of several images: any one of them may be edited on
+            self.add_item(
+                discord.ui.TextInput(
+                    label=f"Which image? (1 to {images}; empty: 1)",
+                    custom_id=FORM_IMAGE,
+                    required=False,
+                    placeholder="1",
+                    max_length=2,
+                )
+            )
         self.stop()
 
 
@@ -111,7 +122,8 @@ class JobsCog(RetouchCog):
                 return
             data: dict[str, Any] = dict(interaction.data or {})
             prompt = submitted_text(data.get("components"), FORM_PROMPT)
-            await self.edit_again(interaction, job_id, prompt)
+            which = submitted_text(data.get("components"), FORM_IMAGE)
+            await self.edit_again(interaction, job_id, prompt, which)
         except Exception as exc:
             await report_error(interaction, exc, where="the Edit again form")
 
@@ -121,7 +133,8 @@ class JobsCog(RetouchCog):
             case "cancel":
                 await self._cancel(interaction, job_id)
             case "again":
-                await interaction.response.send_modal(EditAgainForm(job_id))
+                images = len(images_of(interaction.message)) if interaction.message else 1
+                await interaction.response.send_modal(EditAgainForm(job_id, images))
             case "retry":
                 await self._retry(interaction, job_id)
             case "delete":
@@ -180,18 +193,26 @@ class JobsCog(RetouchCog):
             access.release(key)
             raise
 
-    async def edit_again(self, interaction: discord.Interaction, job_id: str, prompt: str) -> None:
-        """The Edit again form was sent: edit the result image (this message's) with the new prompt."""
+    async def edit_again(
+        self, interaction: discord.Interaction, job_id: str, prompt: str, which: str = ""
+    ) -> None:
+        """The Edit again form was sent: edit the result image (this message's; `which` of several,
+        counted from 1, the first when empty) with the new prompt."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         interaction.extras["ephemeral_original"] = True
         message, thread_id = interaction.message, None
         # A chain continues from its latest version, in its thread (bot.services.history).
         if message is not None:
             message, thread_id = await chain_source(self.bot, message, job_id)
-        image = first_image(message) if message is not None else None
-        if message is None or image is None:
+        images = images_of(message) if message is not None else []
+        if message is None or not images:
             await interaction.edit_original_response(content=messages.RESULT_IMAGE_GONE)
             return
+        number = int(which) if which.strip().isdigit() else 1 if not which.strip() else 0
+        if not 1 <= number <= len(images):
+            await interaction.edit_original_response(content=messages.which_image(len(images)))
+            return
+        image = images[number - 1]
         job = EditJob(
             guild_id=interaction.guild_id or 0,
             user_id=interaction.user.id,

@@ -915,6 +915,32 @@ async def test_a_chain_with_a_thread_continues_in_the_thread(
         assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
 
 
+async def test_edit_again_on_a_result_of_several_images_edits_the_one_picked(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A result of two images: the form asks which (empty: the first); the second is downloaded and
+    edited when picked; a number the result does not have is refused privately, free."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        two = await published(world, await world.edit(PHOTO, count=2, size=SQUARE))
+        first, second = two.attachments
+
+        def fetched(attachment: Any) -> int:
+            return sum(1 for r in world.fake.requests if r.method == "GET" and f"/{attachment.id}/" in r.path)
+
+        click = await world.fake.click(world.user, two, control(two, "again"))
+        form = await world.fake.wait_until(lambda: click.modal)
+        assert "Which image? (1 to 2; empty: 1)" in str(form)
+        calls = openai.post_count
+        wrong = await world.fake.submit_modal(world.user, click, fields={"prompt": "at night", "image": "3"})
+        said = await world.fake.wait_until(lambda: wrong.original_edits and wrong.original_edits[-1])
+        assert said == messages.which_image(2) and openai.post_count == calls
+        again = await world.fake.click(world.user, two, control(two, "again"))
+        await world.fake.wait_until(lambda: again.modal)
+        picked = await world.fake.submit_modal(world.user, again, fields={"prompt": "at night", "image": "2"})
+        assert (await world.finished(picked)).startswith("Done")
+        assert (fetched(first), fetched(second)) == (0, 1)
+
+
 async def test_history_lists_the_members_last_edits_with_links(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
