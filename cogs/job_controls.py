@@ -208,7 +208,8 @@ class JobsCog(RetouchCog):
         if message is None or not images:
             await interaction.edit_original_response(content=messages.RESULT_IMAGE_GONE)
             return
-        number = int(which) if which.strip().isdigit() else 1 if not which.strip() else 0
+        typed = which.strip()
+        number = int(typed) if typed.isdecimal() else 0 if typed else 1  # isdigit takes "²", int does not
         if not 1 <= number <= len(images):
             await interaction.edit_original_response(content=messages.which_image(len(images)))
             return

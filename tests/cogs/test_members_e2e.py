@@ -915,6 +915,18 @@ async def test_a_chain_with_a_thread_continues_in_the_thread(
         assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
 
 
+async def opened_again(world: World, result: FakeMessage) -> FakeInteraction:
+    click = await world.fake.click(world.user, result, control(result, "again"))
+    await world.fake.wait_until(lambda: click.modal)
+    return click
+
+
+async def submit_again(world: World, click: FakeInteraction, image: str) -> str:
+    """The Edit again form sent with `image` typed in its "Which image?" field; the private answer."""
+    sent = await world.fake.submit_modal(world.user, click, fields={"prompt": "at night", "image": image})
+    return str(await world.fake.wait_until(lambda: sent.original_edits and sent.original_edits[-1]))
+
+
 async def test_edit_again_on_a_result_of_several_images_edits_the_one_picked(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
@@ -931,9 +943,10 @@ async def test_edit_again_on_a_result_of_several_images_edits_the_one_picked(
         form = await world.fake.wait_until(lambda: click.modal)
         assert "Which image? (1 to 2; empty: 1)" in str(form)
         calls = openai.post_count
-        wrong = await world.fake.submit_modal(world.user, click, fields={"prompt": "at night", "image": "3"})
-        said = await world.fake.wait_until(lambda: wrong.original_edits and wrong.original_edits[-1])
-        assert said == messages.which_image(2) and openai.post_count == calls
+        for typed in ("3", "²"):  # not an image of it; a digit that is no number
+            said = await submit_again(world, click, typed)
+            assert said == messages.which_image(2) and openai.post_count == calls
+            click = await opened_again(world, two)
         again = await world.fake.click(world.user, two, control(two, "again"))
         await world.fake.wait_until(lambda: again.modal)
         picked = await world.fake.submit_modal(world.user, again, fields={"prompt": "at night", "image": "2"})
