@@ -331,14 +331,19 @@ def may_administer(user_id: int, *, manage_guild: bool, allow_list: frozenset[in
     return manage_guild and (not allow_list or user_id in allow_list)
 
 
-def parse_models(text: str, catalog: Catalog, *, allow_all_marker: bool) -> frozenset[str] | None:
-    """A list of model ids typed by an admin ("all" = every model). Raises InvalidOptions if unknown."""
+def parse_models(
+    text: str, catalog: Catalog, *, allow_all_marker: bool, offered: Iterable[str] | None = None
+) -> frozenset[str] | None:
+    """A list of model ids typed by an admin ("all" = every model). Raises InvalidOptions if unknown,
+    naming the models `offered` (default: the catalog's; the service names only the live ones, since a
+    retired one is refused anyway)."""
     ids = {part for part in text.replace(",", " ").split() if part}
     if not ids or ids == {"all"}:
         return frozenset({ALL_MODELS}) if allow_all_marker else None
     unknown = sorted(ids - set(catalog.models))
     if unknown:
-        raise InvalidOptions(messages.unknown_models(unknown, catalog.models), code="unknown_model")
+        known = list(catalog.models if offered is None else offered)
+        raise InvalidOptions(messages.unknown_models(unknown, known), code="unknown_model")
     return frozenset(ids)
 
 
@@ -398,7 +403,8 @@ class PolicyAdmin:
         """A list of model ids typed by an admin (`parse_models`), each usable today. A shut-down one
         is refused naming its replacement: saved as the only model members may use, it would lock
         every one of them out."""
-        models = parse_models(text, self.catalog, allow_all_marker=allow_all_marker)
+        live = [m.id for m in self.lifecycle.available()]
+        models = parse_models(text, self.catalog, allow_all_marker=allow_all_marker, offered=live)
         for model_id in sorted(models or ()):
             if model_id != ALL_MODELS:
                 self.lifecycle.choosable(model_id)

@@ -455,6 +455,15 @@ async def test_a_saved_size_and_background_another_model_cannot_make_fall_back_t
         assert "does not offer size `2048x2048`" in text and openai.post_count == 1
 
 
+async def test_an_unknown_model_in_a_list_is_refused_naming_only_the_models_live_today(
+    world: World, calendar: Calendar
+):
+    """A retired model named among the "Known" ones is then refused as retired when typed."""
+    calendar.day = SHUTDOWN  # GPT Image 2 is shut down
+    refused = await reply(world, world.owner, "admin policy limits", models="gpt-image-9")
+    assert refused.content.endswith("Known: gpt-image-2.6-sunburst.")
+
+
 async def test_openai_model_list_dates_show_in_diagnose_and_the_audit_channel(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
