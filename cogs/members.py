@@ -26,7 +26,7 @@ from cogs._affordable import CheaperRun, OfferBook
 from cogs._history import UndoControl, chain_thread, history_embed, post_repost, restored_embed
 from cogs._moderation import PublicControls, StopControl, action_link
 from cogs._results import result_view
-from cogs._ui import RetouchCog, first_image
+from cogs._ui import RetouchCog, first_image, images_of
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +173,22 @@ class MembersCog(RetouchCog):
             return
         earlier: discord.Message | None = None
         attachment: discord.Attachment | None = None
-        data: bytes | None = None
+        images: list[tuple[str, bytes]] = []
         try:
             earlier = await self.bot.get_partial_messageable(step.previous.channel_id).fetch_message(
                 step.previous.message_id
             )
-            attachment = first_image(earlier)
-            data = await attachment.read() if attachment is not None else None
+            # Every image of that version (a result of several), else the one image it has.
+            shown = images_of(earlier) or [a for a in [first_image(earlier)] if a is not None]
+            attachment = shown[0] if shown else None
+            images = [(a.filename, await a.read()) for a in shown]
         except discord.NotFound:
             pass  # deleted, or its image is gone: said below
         except discord.Forbidden as exc:  # the bot may no longer read that channel
             log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
             await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
             return
-        if earlier is None or attachment is None or data is None:
+        if earlier is None or attachment is None or not images:
             await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
             return
         name = interaction.user.display_name
@@ -194,13 +196,12 @@ class MembersCog(RetouchCog):
             earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id
         )
         where = await chain_thread(self.bot, step.latest.chain_id) or interaction.channel_id
-        filename = attachment.filename
 
         def post() -> dict[str, Any]:  # the same message, through a followup or into the chain's thread
             return {
                 "content": interaction.user.mention,
                 "embed": embed,
-                "file": discord.File(io.BytesIO(data), filename=filename),
+                "files": [discord.File(io.BytesIO(data), filename=name) for name, data in images],
                 "view": result_view(step.previous.job_id, undo=True),
                 "allowed_mentions": NO_MENTIONS,
             }

@@ -684,6 +684,20 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         assert await private_answer(fake_discord, refused) == messages.UNDO_NOT_REQUESTER
 
 
+async def test_undo_to_a_version_of_several_images_posts_all_of_them(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """It posted the first image only: the others of that version were lost to the chain."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        two = await published(world, await world.edit(PHOTO, count=2, size=SQUARE))
+        after = await published(world, await edit_again(world, two, "now at night"))
+        calls = openai.post_count
+        await fake_discord.click(world.user, after, undo_button(after))
+        [*_, restored] = await posted_in(world, world.channel.id, 3)
+        assert [data for _, data in restored.files] == [data for _, data in two.files]
+        assert len(restored.files) == 2 and openai.post_count == calls  # Undo costs nothing
+
+
 async def test_an_undo_whose_previous_version_the_bot_can_no_longer_read_says_so(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
