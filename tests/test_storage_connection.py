@@ -618,7 +618,7 @@ async def test_an_upgrade_by_a_role_that_does_not_own_the_tables_is_told_so_not_
     with pytest.raises(DatabaseRefused) as info:
         await Storage.open(schema_url(url_as(role=role), schema))
     said = str(info.value)
-    assert f"{role} does not own the bot's tables" in said and "GRANT CREATE" not in said
+    assert f"{role} does not own the bot's tables and functions" in said and "GRANT CREATE" not in said
 
 
 def test_a_wrong_password_is_told_to_fix_the_password_not_to_create_the_role():

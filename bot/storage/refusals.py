@@ -40,9 +40,10 @@ def refusal_for(exc: asyncpg.PostgresError, dsn: str) -> DatabaseRefused | None:
     elif isinstance(exc, asyncpg.InsufficientPrivilegeError) and "must be owner" in str(exc):  # 42501
         # An upgrade's ALTER TABLE by a role that may create tables but did not create these.
         advice = (
-            f"the role {names.role} does not own the bot's tables, which an upgrade changes: run the bot "
-            f"as the role that created them, or make {names.role} their owner (ALTER TABLE … OWNER TO "
-            f"{names.role}, for each table in the schema {names.schema})"
+            f"the role {names.role} does not own the bot's tables and functions, which an upgrade "
+            f"changes: run the bot as the role that created them, or make {names.role} their owner "
+            f"(ALTER TABLE … OWNER TO {names.role}, and ALTER FUNCTION … for its functions, in the schema "
+            f"{names.schema})"
         )
     elif isinstance(exc, asyncpg.InsufficientPrivilegeError):  # 42501
         advice = (
