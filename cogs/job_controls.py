@@ -210,6 +210,8 @@ class JobsCog(RetouchCog):
             return
         typed = which.strip()
         number = int(typed) if typed.isdecimal() else 0 if typed else 1  # isdigit takes "²", int does not
+        if len(images) == 1:  # the chain's latest version, one image: the form counted the clicked one's
+            number = 1
         if not 1 <= number <= len(images):
             await interaction.edit_original_response(content=messages.which_image(len(images)))
             return

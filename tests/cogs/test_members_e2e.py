@@ -935,9 +935,16 @@ async def opened_again(world: World, result: FakeMessage) -> FakeInteraction:
     return click
 
 
+async def submit_again_sent(
+    world: World, click: FakeInteraction, image: str, prompt: str = "at night"
+) -> FakeInteraction:
+    """The Edit again form sent with `image` typed in its "Which image?" field."""
+    return await world.fake.submit_modal(world.user, click, fields={"prompt": prompt, "image": image})
+
+
 async def submit_again(world: World, click: FakeInteraction, image: str) -> str:
-    """The Edit again form sent with `image` typed in its "Which image?" field; the private answer."""
-    sent = await world.fake.submit_modal(world.user, click, fields={"prompt": "at night", "image": image})
+    """The same, and its private answer."""
+    sent = await submit_again_sent(world, click, image)
     return str(await world.fake.wait_until(lambda: sent.original_edits and sent.original_edits[-1]))
 
 
@@ -966,6 +973,15 @@ async def test_edit_again_on_a_result_of_several_images_edits_the_one_picked(
         picked = await world.fake.submit_modal(world.user, again, fields={"prompt": "at night", "image": "2"})
         assert (await world.finished(picked)).startswith("Done")
         assert (fetched(first), fetched(second)) == (0, 1)
+        # The chain's latest version now has one image: a number picked on the form opened from the
+        # two-image version is not held against it; the latest is continued from.
+        [latest] = results(picked.followups)
+        more = await opened_again(world, two)
+        # (Another prompt: the same one on the same result within seconds is a double click.)
+        sent = await submit_again_sent(world, more, "2", prompt="add snow")
+        assert (await world.finished(sent)).startswith("Done")
+        [latest_image] = latest.attachments
+        assert fetched(latest_image) == 1 and fetched(second) == 1
 
 
 async def test_history_lists_the_members_last_edits_with_links(
