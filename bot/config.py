@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 from bot.observability.healthcheck import heartbeat_file
+
+if TYPE_CHECKING:
+    from dotenv.parser import Binding
 
 ENV_EXAMPLE_HINT = "See .env.example for every setting with an explanation."
 # Provider name -> (environment prefix, default base URL). Order = the default routing order's
@@ -421,17 +424,18 @@ def _default(name: str) -> Any:
     return factory()
 
 
-def _load_dotenv(path: Path) -> None:
+def _load_dotenv(path: Path) -> list[str]:
     """Add `path` (`.env` in the working directory) to the environment; real environment variables win,
-    as compose users expect. Raises ConfigError when it is not UTF-8 (an editor's Latin-1 "café" in a
-    comment would otherwise stop start-up with a UnicodeDecodeError traceback), or has a line that is
-    not a setting."""
+    as compose users expect. Returns the names it sets (`unread_names`). Raises ConfigError when it is
+    not UTF-8 (an editor's Latin-1 "café" in a comment would otherwise stop start-up with a
+    UnicodeDecodeError traceback), or has a line that is not a setting."""
     from dotenv import load_dotenv
 
     try:
-        unreadable = _unreadable_lines(path)
+        statements = _dotenv_statements(path)
     except UnicodeDecodeError:
         raise ConfigError([_not_utf8(path)]) from None
+    unreadable = [_statement_line(b.original.string, b.original.line) for b in statements if b.error]
     if unreadable:
         # python-dotenv only logs a warning and skips such a line: the bot would start on that setting's
         # default (a $20 MONTHLY_BUDGET_USD instead of the operator's) without anyone noticing.
@@ -439,17 +443,19 @@ def _load_dotenv(path: Path) -> None:
             [f"{path.name} line {n} cannot be read: write it as NAME=value" for n in unreadable]
         )
     load_dotenv(path, override=False)
+    return [b.key for b in statements if b.key]
 
 
-def _unreadable_lines(path: Path) -> list[int]:
-    """The lines of `path` where a statement python-dotenv cannot parse starts (`MAX_INPUT_MB 20`, an
-    unterminated quote); none when there is no such file."""
+def _dotenv_statements(path: Path) -> list[Binding]:
+    """The statements of `path` as python-dotenv parses them (none when there is no such file): each
+    with its name, or an `error` flag where it cannot be parsed (`MAX_INPUT_MB 20`, an unterminated
+    quote)."""
     from dotenv.parser import parse_stream
 
     if not path.is_file():
         return []
     with path.open(encoding="utf-8") as stream:
-        return [_statement_line(b.original.string, b.original.line) for b in parse_stream(stream) if b.error]
+        return list(parse_stream(stream))
 
 
 def _statement_line(text: str, line: int) -> int:
@@ -471,16 +477,8 @@ def _not_utf8(path: Path) -> str:
 
 # Names a `.env` may hold for others than Retouch: Docker Compose's own, and its postgres service's.
 OTHERS_PREFIXES = ("COMPOSE_", "DOCKER_", "POSTGRES_")
-
-
-def _dotenv_names(path: Path) -> list[str]:
-    """The names `path` sets (none when there is no such file)."""
-    from dotenv.parser import parse_stream
-
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as stream:
-        return [b.key for b in parse_stream(stream) if b.key]
+# What each provider's prefix takes (read only for a provider whose key is set).
+PROVIDER_SETTINGS = ("API_KEY", "BASE_URL", "MAX_CONCURRENT")
 
 
 def unread_names(names: Iterable[str], asked: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -497,10 +495,6 @@ def unread_names(names: Iterable[str], asked: Iterable[str]) -> tuple[tuple[str,
     )
 
 
-# What each provider's prefix takes (read only for a provider whose key is set).
-PROVIDER_SETTINGS = ("API_KEY", "BASE_URL", "MAX_CONCURRENT")
-
-
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
@@ -510,8 +504,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     in_dotenv: list[str] = []
     if env is None:
         if dotenv:
-            _load_dotenv(Path.cwd() / ".env")
-            in_dotenv = _dotenv_names(Path.cwd() / ".env")
+            in_dotenv = _load_dotenv(Path.cwd() / ".env")
         env = os.environ
     r = _Reader(env)
     token = r.raw("DISCORD_TOKEN")
