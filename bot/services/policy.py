@@ -402,12 +402,17 @@ class PolicyService(PolicyAdmin):
         if "size" not in typed and not model.accepts_size(chosen.size) and model.accepts_size(AUTO):
             notices = (*notices, messages.default_not_offered(model.name, "size", chosen.size))
             chosen = replace(chosen, size=AUTO)
-        routes = self.lifecycle.live_routes(model)
-        makes = {b for route in routes for b in route.backgrounds}
-        if "background" not in typed and routes and chosen.background not in makes and AUTO in makes:
+        makes = self._backgrounds_made(model)
+        if "background" not in typed and makes and chosen.background not in makes and AUTO in makes:
             notices = (*notices, messages.default_not_offered(model.name, "background", chosen.background))
             chosen = replace(chosen, background=AUTO)
         return chosen, notices
+
+    def _backgrounds_made(self, model: ModelEntry) -> list[str]:
+        """The backgrounds some live route of `model` makes, in the usual order (none: no live route,
+        and the job says so itself)."""
+        made = {b for route in self.lifecycle.live_routes(model) for b in route.backgrounds}
+        return [b for b in BACKGROUNDS if b in made]
 
     def _offered_quality(
         self, chosen: JobDefaults, notices: tuple[str, ...], cap: str | None
@@ -665,9 +670,8 @@ class PolicyService(PolicyAdmin):
         if size is not None and not model.accepts_size(size):
             raise InvalidOptions(messages.size_not_offered(model, size), code="bad_size")
         background = changes.get("background")
-        routes = self.lifecycle.live_routes(model)
-        makes = sorted({b for route in routes for b in route.backgrounds}, key=BACKGROUNDS.index)
-        if background is not None and routes and background not in makes:
+        makes = self._backgrounds_made(model)
+        if background is not None and makes and background not in makes:
             raise InvalidOptions(
                 messages.background_not_offered(model.name, background, makes), code="bad_option"
             )
