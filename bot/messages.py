@@ -57,6 +57,11 @@ def dollars(amount: Decimal, *, rounding: str = ROUND_HALF_UP) -> str:
     return f"${digits.normalize():f}"
 
 
+def allotment(usd: Decimal | None) -> str:
+    """What a server may spend a month: its allotment, or (None) up to the bot-wide budget."""
+    return "the bot-wide budget" if usd is None else f"{dollars(usd)} a month"
+
+
 def providers_without_key(names: list[str]) -> str:
     which = ", ".join(names)
     verb = "has" if len(names) == 1 else "have"

@@ -98,7 +98,7 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         await self._access.approve(guild_id, interaction.user.id)
         # A server approved again keeps the allotment it had: said, so it is not a surprise later.
         allotment = await self.bot.services.policy.allotment(guild_id)
-        kept = "" if allotment is None else f" Its allotment stands: {messages.dollars(allotment)} a month."
+        kept = "" if allotment is None else f" Its allotment stands: {messages.allotment(allotment)}."
         await interaction.followup.send(f"Server `{guild_id}` is approved.{kept}", ephemeral=True)
 
     @app_commands.command(name="remove", description="Stop serving a server")
@@ -128,10 +128,9 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         # Acknowledged first: the change is a write and its audit post waits on Discord's rate limits.
         await interaction.response.defer(ephemeral=True, thinking=True)
         change = await self.bot.services.policy.set_allotment(guild_id, interaction.user.id, amount)
-        after = "the bot-wide budget" if change.after is None else f"{messages.dollars(change.after)} a month"
         audited = " Recorded in the audit channel." if change.audited else ""
         await interaction.followup.send(
-            f"Server `{guild_id}` may now spend {after}.{audited}", ephemeral=True
+            f"Server `{guild_id}` may now spend {messages.allotment(change.after)}.{audited}", ephemeral=True
         )
 
     @app_commands.command(name="report", description="Spend per server against allotments and the budget")

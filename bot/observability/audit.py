@@ -108,11 +108,10 @@ class AuditLog(JobObserver):
     ) -> bool:
         """The operator changed how much of the bot's monthly budget a server may spend; whether it was
         posted (the operator is told)."""
-
-        def text(usd: Decimal | None) -> str:
-            return "the bot-wide budget" if usd is None else f"{messages.dollars(usd)} a month"
-
-        line = f"🏦 Allotment: <@{actor_id}> changed server `{guild_id}` from {text(before)} to {text(after)}"
+        line = (
+            f"🏦 Allotment: <@{actor_id}> changed server `{guild_id}` from {messages.allotment(before)} "
+            f"to {messages.allotment(after)}"
+        )
         return await self._send(line, None)
 
     async def circuit_opened(self, provider: str, *, reason: str, retry_in: float | None = None) -> None:
