@@ -291,9 +291,10 @@ def first_image(message: discord.Message) -> discord.Attachment | None:
     """The message's first attachment Retouch can edit (PNG, JPEG or WebP), else its first image of
     another kind (a GIF, HEIC, …), which the edit then refuses by name: a message with a GIF before a
     photo edits the photo."""
-    images = [a for a in message.attachments if _looks_like_image(a)]
-    editable = (a for a in images if _editable(a))
-    return next(editable, images[0] if images else None)
+    editable = images_of(message)
+    if editable:
+        return editable[0]
+    return next((a for a in message.attachments if _looks_like_image(a)), None)
 
 
 def images_of(message: discord.Message) -> list[discord.Attachment]:

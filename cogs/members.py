@@ -172,15 +172,15 @@ class MembersCog(RetouchCog):
             await reply_privately(interaction, messages.NOTHING_TO_UNDO)
             return
         earlier: discord.Message | None = None
-        attachment: discord.Attachment | None = None
         images: list[tuple[str, bytes]] = []
         try:
             earlier = await self.bot.get_partial_messageable(step.previous.channel_id).fetch_message(
                 step.previous.message_id
             )
             # Every image of that version (a result of several), else the one image it has.
-            shown = images_of(earlier) or [a for a in [first_image(earlier)] if a is not None]
-            attachment = shown[0] if shown else None
+            shown = images_of(earlier)
+            if not shown and (other := first_image(earlier)) is not None:
+                shown = [other]
             images = [(a.filename, await a.read()) for a in shown]
         except discord.NotFound:
             pass  # deleted, or its image is gone: said below
@@ -188,12 +188,12 @@ class MembersCog(RetouchCog):
             log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
             await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
             return
-        if earlier is None or attachment is None or not images:
+        if earlier is None or not images:
             await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
             return
         name = interaction.user.display_name
         embed = restored_embed(
-            earlier.embeds[0] if earlier.embeds else None, name, attachment.filename, step.previous.job_id
+            earlier.embeds[0] if earlier.embeds else None, name, images[0][0], step.previous.job_id
         )
         where = await chain_thread(self.bot, step.latest.chain_id) or interaction.channel_id
 
