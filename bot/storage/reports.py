@@ -142,8 +142,7 @@ class LedgerReports:
         rows = await self._db.all(
             _LEDGER_ENTRY_SQL
             + "WHERE l.guild_id = ? AND l.created_at >= ? AND l.created_at < ? ORDER BY l.id",
-            # "~" sorts after every digit, so an open end is later than any timestamp.
-            (guild_id, iso(since) if since else "", iso(until) if until else "~"),
+            (guild_id, *_bounds(since, until)),
         )
         return [LedgerEntry(**dict(r)) for r in rows]
 
@@ -155,7 +154,7 @@ class LedgerReports:
         row = await self._db.one(
             "SELECT COALESCE(SUM(credits), 0) FROM absorbed_spend "
             "WHERE guild_id = ? AND created_at >= ? AND created_at < ?",
-            (guild_id, iso(since) if since else "", iso(until) if until else "~"),
+            (guild_id, *_bounds(since, until)),
         )
         return int(row[0]) if row else 0
 
@@ -165,3 +164,9 @@ class LedgerReports:
         Spent = captured from members plus provider spend nobody was charged for (`absorbed_spend`),
         counted as the budget checks count it (`spend.py`)."""
         return await spend.spend_by_guild(self._db, since)
+
+
+def _bounds(since: dt.datetime | None, until: dt.datetime | None) -> tuple[str, str]:
+    """[since, until) as `created_at` text bounds (None = an open end): "~" sorts after every digit,
+    so an open end is later than any timestamp."""
+    return (iso(since) if since else "", iso(until) if until else "~")
