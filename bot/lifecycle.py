@@ -455,7 +455,7 @@ def _why_unread(exc: Exception) -> str:
         return "the service refused the key or the account"
     if isinstance(exc, TimeoutError | ProviderTimeout):
         return "no answer in time"
-    if isinstance(exc, ConnectionFailed | ConnectionError | OSError):
+    if isinstance(exc, ConnectionFailed | OSError):  # ConnectionError is an OSError
         return "the service could not be reached"
     if isinstance(exc, ServerError | RateLimited):
         return "the service is busy or failing"
