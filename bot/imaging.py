@@ -197,7 +197,7 @@ def encode(
     Keeps the ICC profile so colours do not shift; drops EXIF (GPS, and an orientation we already
     applied).
     """
-    fmt = _normalize_format(fmt)
+    fmt = normalize_format(fmt)
     icc = image.info.get("icc_profile")
     # Pillow copies some metadata from `image.info` unless told otherwise (a JPEG's comment, XMP):
     # say "none" explicitly, so nothing private survives a re-encode.
@@ -231,7 +231,8 @@ def _only_icc(extra: dict[str, object]) -> dict[str, object]:
     return {"icc_profile": extra["icc_profile"]} if "icc_profile" in extra else {}
 
 
-def _normalize_format(fmt: str) -> str:
+def normalize_format(fmt: str) -> str:
+    """An output format as the encoders name it (`jpg` is `jpeg`); ValueError for one they lack."""
     fmt = fmt.lower()
     fmt = "jpeg" if fmt == "jpg" else fmt
     if fmt not in _FORMAT_MIMES:
@@ -456,7 +457,7 @@ def fit_to_limit(data: bytes, fmt: str, limit: int) -> tuple[bytes, str]:
     accepted); the returned format is one of those. Raises ValueError only when even a
     `FIT_MIN_SIDE`-pixel version does not fit (an absurd limit).
     """
-    fmt = _normalize_format(fmt)
+    fmt = normalize_format(fmt)
     if len(data) <= limit:
         return data, fmt
     if limit <= 0:
@@ -743,7 +744,7 @@ def restore_outside(
         out.paste(fitted.crop(box), box, _blend_alpha(region.crop(box), feather))
     if icc:
         out.info["icc_profile"] = icc
-    fmt = _normalize_format(fmt)
+    fmt = normalize_format(fmt)
     if max(out.size) > _MAX_SIDE.get(fmt, max(out.size)):
         # WebP and JPEG cannot hold a side this long (a panorama): PNG keeps the paid result, exactly.
         fmt = "png"

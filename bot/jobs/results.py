@@ -146,7 +146,7 @@ class JobResults(EngineCore):
 def _format_notices(result: EditResult, asked: str) -> tuple[str, ...]:
     """A restored result written as PNG though another format was asked for (a side too long for
     WebP or JPEG): said on the result, not left for the member to find in the file name."""
-    wanted = "jpeg" if asked == "jpg" else asked
+    wanted = imaging.normalize_format(asked)
     if all(image.format == wanted for image in result.images):
         return ()
     return (messages.kept_as_png(wanted),)
