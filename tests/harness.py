@@ -162,3 +162,14 @@ async def running_bot(
     finally:
         await storage.close()
         discord.http.Route.BASE = previous_base
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Wait until `check` (a read of the bot's storage, say) holds: what the bot does after answering
+    Discord lands a moment later. TimeoutError when it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.02)

@@ -38,7 +38,7 @@ from tests.fakes.discord import (
 )
 from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
-from tests.harness import World, running_bot
+from tests.harness import World, eventually, running_bot
 
 # Square prices 10 / 60 / 200 credits: 150 credits cover medium but not high (nor auto, priced as high).
 CATALOG = catalog(
@@ -1014,10 +1014,11 @@ async def test_history_lists_the_members_last_edits_with_links(
         # A result deleted with its Delete button is no longer listed: its link would lead nowhere.
         await fake_discord.click(world.user, second, control(second, "delete"))
         await fake_discord.wait_until(lambda: second.deleted)
-        for _ in range(250):  # recorded just after the message goes
+
+        async def marked() -> bool:  # recorded just after the message goes
             version = await world.services.storage.history.get_version(second.id)
-            if version is not None and version.deleted_at is not None:
-                break
-            await asyncio.sleep(0.02)
+            return version is not None and version.deleted_at is not None
+
+        await eventually(marked)
         lines = (await admin(world, world.user, "history")).embeds[0]["description"].split("\n")
         assert len(lines) == 1 and lines[0].endswith(f"— {base}/{first.id}")

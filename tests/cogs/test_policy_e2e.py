@@ -23,7 +23,7 @@ from tests.fakes.discord import (
     Permission,
 )
 from tests.fakes.openai_server import FakeOpenAI, Fault
-from tests.harness import World, running_bot
+from tests.harness import World, eventually, running_bot
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PHOTO = (DATA / "chelsea.png").read_bytes()
@@ -406,11 +406,7 @@ async def test_a_deleted_roles_tier_goes_with_it(world: World):
     async def gone() -> bool:
         return not (await world.services.policy.guild_policy(world.guild.id)).tiers
 
-    for _ in range(250):
-        if await gone():
-            break
-        await asyncio.sleep(0.02)
-    assert await gone()
+    await eventually(gone)
 
 
 async def test_a_role_deleted_while_the_bot_was_away_loses_its_tier_when_it_connects(
@@ -426,14 +422,11 @@ async def test_a_role_deleted_while_the_bot_was_away_loses_its_tier_when_it_conn
     await guild.delete_role(vip)  # no bot connected
     async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG) as world:
 
-        async def tiers() -> list[int]:
-            return [t.role_id for t in (await world.services.policy.guild_policy(guild.id)).tiers]
+        async def only_kept() -> bool:
+            tiers = (await world.services.policy.guild_policy(guild.id)).tiers
+            return [t.role_id for t in tiers] == [kept.id]
 
-        for _ in range(250):
-            if await tiers() == [kept.id]:
-                break
-            await asyncio.sleep(0.02)
-        assert await tiers() == [kept.id]
+        await eventually(only_kept)
 
 
 async def test_the_report_says_what_the_services_billed_that_no_member_paid(world: World):
