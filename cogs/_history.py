@@ -44,14 +44,15 @@ def undo_button(job_id: str) -> UndoControl:
 
 
 async def chain_source(
-    bot: RetouchBot, message: discord.Message, job_id: str | None = None
+    bot: RetouchBot, message: discord.Message, user_id: int, job_id: str | None = None
 ) -> tuple[discord.Message, int | None]:
-    """What Edit again continues from: the newest version of the chain `message` belongs to (else
-    `message` itself: not a version, or the newest one cannot be read any more), and the chain's
-    thread when its first result has one (new versions are posted there)."""
+    """What `user_id`'s Edit again continues from: the newest version of their chain `message` belongs
+    to (else `message` itself: not a version, another member's chain, or the newest one cannot be read
+    any more), and the chain's thread when its first result has one (new versions are posted there).
+    Another member's chain is theirs: an edit of its image starts the clicker's own chain."""
     history = bot.services.history
     latest = await history.latest(message.id, job_id)
-    if latest is None:
+    if latest is None or latest.user_id != user_id:
         return message, None
     thread_id = await chain_thread(bot, latest.chain_id)
     if latest.message_id == message.id:

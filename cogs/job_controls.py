@@ -203,7 +203,7 @@ class JobsCog(RetouchCog):
         message, thread_id = interaction.message, None
         # A chain continues from its latest version, in its thread (bot.services.history).
         if message is not None:
-            message, thread_id = await chain_source(self.bot, message, job_id)
+            message, thread_id = await chain_source(self.bot, message, interaction.user.id, job_id)
         images = images_of(message) if message is not None else []
         if message is None or not images:
             await interaction.edit_original_response(content=messages.RESULT_IMAGE_GONE)

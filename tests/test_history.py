@@ -11,7 +11,7 @@ import pytest
 from bot.services.history import EditHistory, NothingToUndo
 from bot.storage import Storage
 
-GUILD, ALICE, CHANNEL = 10, 20, 30
+GUILD, ALICE, BOB, CHANNEL = 10, 20, 21, 30
 START = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
 
 
@@ -33,12 +33,14 @@ async def world(database_url: str) -> AsyncIterator[tuple[EditHistory, Storage, 
         await storage.close()
 
 
-async def delivered(storage: Storage, job_id: str, message_id: int, origin: int | None = None) -> None:
-    """A job that was delivered as `message_id` (started from the message `origin`)."""
+async def delivered(
+    storage: Storage, job_id: str, message_id: int, origin: int | None = None, user: int = ALICE
+) -> None:
+    """`user`'s job that was delivered as `message_id` (started from the message `origin`)."""
     await storage.jobs.create_job(
         job_id,
         guild_id=GUILD,
-        user_id=ALICE,
+        user_id=user,
         channel_id=CHANNEL,
         model="m",
         quality="low",
@@ -74,6 +76,25 @@ async def test_versions_chain_and_undo_steps_back_one_version_at_a_time(world):
     with pytest.raises(NothingToUndo):
         await history.undo_step(104)
     assert [e.version.message_id for e in await history.recent(GUILD, ALICE)] == [104, 103, 102, 101]
+
+
+async def test_an_edit_of_another_members_version_starts_a_chain_of_its_own(world):
+    """Bob's Edit again on alice's result must not become the newest version of her chain: her next
+    Edit again would edit his picture. His Undo steps back to the version he started from."""
+    history, storage, _ = world
+    await delivered(storage, "a" * 16, 101)
+    await delivered(storage, "b" * 16, 102, origin=101, user=BOB)
+    await delivered(storage, "c" * 16, 103, origin=102)  # alice continues from bob's: hers again
+    for job in ("a", "b", "c"):
+        await history.record_result(job * 16)
+    latest = await history.latest(101)
+    assert latest is not None and latest.message_id == 101  # alice's chain is hers alone
+    bobs = await history.latest(102)
+    assert bobs is not None and (bobs.message_id, bobs.chain_id, bobs.user_id) == (102, 102, BOB)
+    assert (await history.undo_step(102)).previous.message_id == 101
+    third = await history.latest(103)
+    assert third is not None and (third.chain_id, third.parent_message_id) == (103, 102)
+    assert [e.version.message_id for e in await history.recent(GUILD, BOB)] == [102]
 
 
 async def test_a_deleted_version_is_not_listed_nor_continued_from_but_its_undo_still_finds_it(world):

@@ -72,20 +72,23 @@ class EditHistory(JobObserver):
 
     async def record_result(self, job_id: str) -> VersionRow | None:
         """Record a delivered job's result as the newest version of its chain (a new chain when it
-        was not started from a version)."""
+        was not started from a version). A member's edit of another member's version starts a chain
+        of their own whose Undo steps back to that version: it must not become the newest version of
+        the other member's chain, which their next Edit again would continue from."""
         row = await self._delivered(job_id)
         if row is None or row.result_message_id is None or row.result_channel_id is None:
             return None
         parent = (
             await self.storage.history.get_version(row.origin_message_id) if row.origin_message_id else None
         )
+        continues = parent is not None and parent.user_id == row.user_id
         version = self._version(
             message_id=row.result_message_id,
             channel_id=row.result_channel_id,
             guild_id=row.guild_id,
             user_id=row.user_id,
             job_id=job_id,
-            chain_id=parent.chain_id if parent else row.result_message_id,
+            chain_id=parent.chain_id if parent and continues else row.result_message_id,
             parent_message_id=parent.message_id if parent else None,
         )
         await self.storage.history.add_version(version)

@@ -605,10 +605,13 @@ def downloads(world: World, message: FakeMessage) -> int:
     return sum(1 for r in world.fake.requests if r.method == "GET" and f"/{attachment.id}/" in r.path)
 
 
-async def edit_again(world: World, result: FakeMessage, prompt: str) -> FakeInteraction:
-    click = await world.fake.click(world.user, result, control(result, "again"))
+async def edit_again(
+    world: World, result: FakeMessage, prompt: str, user: FakeUser | None = None
+) -> FakeInteraction:
+    who = user or world.user
+    click = await world.fake.click(who, result, control(result, "again"))
     await world.fake.wait_until(lambda: click.modal is not None)
-    return await world.fake.submit_modal(world.user, click, fields={"prompt": prompt})
+    return await world.fake.submit_modal(who, click, fields={"prompt": prompt})
 
 
 async def edit_image(world: World, message: FakeMessage, prompt: str) -> FakeInteraction:
@@ -682,6 +685,26 @@ async def test_edit_again_continues_from_the_latest_version_and_undo_posts_the_p
         bob = await member(world, "bob")
         refused = await fake_discord.click(bob, third, undo_button(third))
         assert await private_answer(fake_discord, refused) == messages.UNDO_NOT_REQUESTER
+
+
+async def test_another_members_edit_again_starts_their_own_chain_and_leaves_the_first_ones(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Bob edits alice's result: his edit is of the picture he clicked, and it does not become the
+    newest version of her chain (her next Edit again would have edited his picture)."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        bob = await member(world, "bob")
+        # Bob clicks alice's first result: he edits that picture, not her newest version.
+        bobs = await published(world, await edit_again(world, first, "add a hat", user=bob))
+        assert (downloads(world, first), downloads(world, second)) == (2, 0)
+        assert undo_button(bobs) is not None  # it steps back to the picture he started from
+        # Alice's Edit again on her first result continues from her own newest version.
+        await published(world, await edit_again(world, first, "add snow"))
+        assert (downloads(world, second), downloads(world, bobs)) == (1, 0)
+        recent = await world.services.history.recent(world.guild.id, bob.id)
+        assert [e.version.message_id for e in recent] == [bobs.id]
 
 
 async def test_undo_to_a_version_of_several_images_posts_all_of_them(
