@@ -248,6 +248,49 @@ async def test_top_up_fills_only_what_is_free_of_holds_so_a_release_cannot_doubl
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 
+async def test_a_hold_captured_after_the_boundary_leaves_the_member_the_new_allowance(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    """The top-up counted November's holds as the member's; captured instead of released, they were
+    November's spending. It used to leave the member with December's allowance gone (0 here, after
+    a job that held all 100 was charged): each capture now adds what the top-up left out."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:00")
+    await policy.reserve(await new_job(storage, "j1"), job(), 30)
+    await policy.reserve(await new_job(storage, "j2"), job(), 40)
+    clock.set("2026-12-01T00:00:00")
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (30, 70)  # nothing added: 30 + 70 held make 100
+    await policy.reserve(await new_job(storage, "j3"), job(), 20)  # December's own edit
+    await storage.ledger.capture("j1", 30)
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (40, 60)  # 10 free + the 30 November's job cost
+    await storage.ledger.capture("j2", 10)
+    await storage.ledger.capture("j3", 20)  # December's: paid from December's allowance
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (80, 0)
+    assert await storage.ledger.capture("j2", 10) is not None  # a repeated capture adds nothing
+    assert (await storage.ledger.get_account(GUILD, ALICE)).balance == 80
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_a_hold_captured_after_the_boundary_adds_nothing_to_a_balance_above_the_allowance(
+    policy: PolicyService, storage: Storage, clock: Clock
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:00")
+    await storage.ledger.change_balance(
+        GUILD, ALICE, set_to=200, actor_id=ADMIN, reason="gift", starting_credits=0
+    )
+    await policy.reserve(await new_job(storage, "j1"), job(), 70)
+    clock.set("2026-12-01T00:00:00")
+    await policy.credits(GUILD, ALICE, ())
+    await storage.ledger.capture("j1", 50)
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (150, 0)  # as if captured in November: no top-up due
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
 async def test_precheck_refuses_a_member_whose_holds_already_cover_the_allowance_due(
     policy: PolicyService, storage: Storage, clock: Clock
 ):

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.services.admin import period_start
-from bot.storage import Storage, connection
+from bot.storage import Storage, connection, ledger
 from bot.storage.connection import Body, iso, lock
 from bot.storage.limits import ReserveGuard, ReserveRefused
 from bot.storage.spend import MARK_DELAY, spent
@@ -337,6 +337,9 @@ async def test_migration_12_counts_the_history_written_before_it(
     monkeypatch.setattr(
         connection, "migrations", lambda folder="migrations": [m for m in shipped(folder) if m[0] <= 11]
     )
+    # The history is written by the releases of schema 11, which had no allowance top-up to complete
+    # at a capture (migration 16's columns).
+    monkeypatch.setattr(ledger, "_refill_shortfall", lambda *args: iter(()))
     storage = await Storage.open(database_url, clock=clock)
     try:
         assert await storage.schema_version() == 11

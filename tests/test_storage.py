@@ -119,6 +119,19 @@ async def test_capture_after_release_and_release_after_capture_are_refused(stora
     await assert_invariant(storage)
 
 
+async def test_a_cancel_charged_after_the_delivery_leaves_the_job_delivered(storage: Storage):
+    """A Stop that lands as the result is posted: the charge is the delivery's (nothing more), and
+    the job stays delivered; it used to be relabelled "cancelled" although its result was posted."""
+    await new_job(storage, "a")
+    await storage.ledger.reserve("a", GUILD, USER, 50, starting_credits=100)
+    await storage.ledger.settle_delivered("a", 40, via="channel", channel_id=1, message_id=2)
+    settled = await storage.ledger.settle_cancelled_at_provider("a", 50, error_code="cancelled_at_provider")
+    assert settled is not None and settled[1] == 40
+    row = await storage.jobs.get_job("a")
+    assert row is not None and (row.state, row.error_code, row.result_message_id) == ("delivered", None, 2)
+    await assert_invariant(storage)
+
+
 async def test_reserve_refuses_more_than_the_balance(storage: Storage):
     await new_job(storage, "j1")
     with pytest.raises(NotEnoughCredits) as info:
@@ -206,7 +219,11 @@ async def test_credit_movements_find_a_jobs_ledger_rows_through_the_index(storag
     await storage.ledger.settle_delivered("c", 5, via="followup", channel_id=1, message_id=2)
     await storage.ledger.settle_released("d", "failed", error_code="x")
     await storage.db.run(lambda db: db.set_trace_callback(None))
-    reads = {sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and "ledger" in sql}
+    reads = {
+        sql
+        for sql in statements
+        if sql.lstrip().upper().startswith("SELECT") and ("ledger" in sql or "allowance_refills" in sql)
+    }
     assert reads
     for sql in reads:
         plan = [row[3] for row in await storage.db.all("EXPLAIN QUERY PLAN " + sql)]

@@ -134,7 +134,7 @@ def _settlement(job_id: str, owner: str | None = None) -> Body[tuple[Row | None,
     reserve = None
     settled: dict[str, int] = {}
     rows = yield fetch_all(
-        f"SELECT kind, guild_id, user_id, amount FROM ledger WHERE job_id = ? AND {JOB_KINDS}", (job_id,)
+        f"SELECT kind, guild_id, user_id, amount, id FROM ledger WHERE job_id = ? AND {JOB_KINDS}", (job_id,)
     )
     for row in rows:
         if row["kind"] == "reserve":
@@ -161,6 +161,7 @@ def _capture(
         return (yield from _account(guild_id, user_id)), int(settled["capture"])
     charged = max(0, min(charged, held))
     account = yield from _move(now, guild_id, user_id, held - charged, -held)
+    account = (yield from _refill_shortfall(now, reserve, charged)) or account
     yield execute("UPDATE jobs SET captured = ?, updated_at = ? WHERE id = ?", (charged, now, job_id))
     # Last before the commit: the capture row's trigger adds it to the server's spend_totals row, which
     # every other capture in the server then waits for until this transaction ends (migration 0012).
@@ -195,8 +196,20 @@ def _absorb(now: str, job_id: str, credits: int, reason: str) -> Statement:
 def _top_up(now: str, guild_id: int, user_id: int, amount: int, period: str) -> Body[None]:
     current = yield from _touch_account(now, guild_id, user_id)
     # Held credits count as the member's: a hold from the last period that is released after the
-    # boundary must not leave them with the allowance on top of it.
-    added = max(0, amount - current.balance - current.held)
+    # boundary must not leave them with the allowance on top of it. One that is captured instead was
+    # the last period's spending: its capture adds what this top-up left out (`_refill_shortfall`),
+    # so the member starts the period with the allowance either way.
+    room = amount - current.balance - current.held
+    added = max(0, room)
+    if current.held > 0:  # the holds counted are this account's reserve rows up to its newest row
+        newest = yield fetch_one(
+            "SELECT MAX(id) FROM ledger WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        yield execute(
+            "UPDATE allowance_refills SET room = ?, counted_to = ? "
+            "WHERE guild_id = ? AND user_id = ? AND period = ?",
+            (room, newest[0] if newest else None, guild_id, user_id, period),
+        )
     if added == 0:
         return
     yield from _move(now, guild_id, user_id, added, 0)
@@ -207,6 +220,35 @@ def _top_up(now: str, guild_id: int, user_id: int, amount: int, period: str) -> 
         "UPDATE allowance_refills SET added = ? WHERE guild_id = ? AND user_id = ? AND period = ?",
         (added, guild_id, user_id, period),
     )
+
+
+def _refill_shortfall(now: str, reserve: Row, charged: int) -> Body[Account | None]:
+    """A hold an allowance top-up counted as the member's credits is captured: top the period up by
+    what it would have added had the capture come first (at most the charge). The account after, or
+    None when the hold predates no top-up. (The account's row is already held by the capture.)"""
+    guild_id, user_id = reserve["guild_id"], reserve["user_id"]
+    refill = yield fetch_one(
+        "SELECT period, room, added FROM allowance_refills WHERE guild_id = ? AND user_id = ? "
+        "AND counted_to >= ? ORDER BY counted_to DESC LIMIT 1",
+        (guild_id, user_id, reserve["id"]),
+    )
+    if refill is None:
+        return None
+    room = refill["room"] + charged
+    extra = max(0, room) - refill["added"]
+    yield execute(
+        "UPDATE allowance_refills SET room = ?, added = added + ? "
+        "WHERE guild_id = ? AND user_id = ? AND period = ?",
+        (room, max(0, extra), guild_id, user_id, refill["period"]),
+    )
+    if extra <= 0:
+        return None
+    period = refill["period"]
+    account = yield from _move(now, guild_id, user_id, extra, 0)
+    yield _ledger(
+        now, guild_id, user_id, None, "grant", extra, extra, 0, None, f"{ALLOWANCE_REASON} {period}"
+    )
+    return account
 
 
 class Ledger:
@@ -408,9 +450,11 @@ class Ledger:
 
         def body() -> Body[tuple[Account, int] | None]:
             now = self._db.timestamp()
+            # Not a job whose result was posted and charged (a Stop that lands as it is delivered).
             cancelled = execute(
                 "UPDATE jobs SET state = 'cancelled', error_code = ?, error_ref = COALESCE(?, error_ref), "
-                "updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ?",
+                "updated_at = ?, finished_at = COALESCE(finished_at, ?) "
+                "WHERE id = ? AND state <> 'delivered'",
                 (error_code[:64], error_ref, now, now, job_id),
             )
             return (yield from _capture(now, job_id, charged, owner, then=cancelled))
