@@ -959,6 +959,38 @@ async def test_a_cancel_while_waiting_for_the_providers_limit_is_free(make: Fact
     await service.cancel(first, actor_id=ALICE, can_manage=False)
 
 
+@pytest.mark.parametrize("ending", ["cancelled", "stopped", "timed out", "shut down"])
+async def test_a_call_still_waiting_for_the_providers_limit_counts_nothing_against_the_budgets(
+    make: Factory, openai: FakeOpenAI, ending: str
+):
+    """A job whose route is picked but whose call waits for the provider's slot reached nobody: however
+    it ends, no provider spend is recorded for it. Counted as billed, a free cancel charged the server's
+    and the bot's budgets the provider's full price for a call never sent."""
+    service, _ = await make(OPENAI_MAX_CONCURRENT="1")
+    openai.fail_always(Fault.HANG)
+    first = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    second = await submit(service, user=BOB)
+    await wait_state(service, second, "submitting")  # its route is picked; the call waits for the slot
+    if ending == "cancelled":
+        await service.cancel(second, actor_id=BOB, can_manage=False)
+    elif ending == "stopped":
+        await service.cancel(second, actor_id=ALICE, can_manage=True)
+    elif ending == "timed out":
+        make.clock.advance(service.settings.job_timeout_seconds + 31)
+        await service.engine.watchdog_tick()
+    else:
+        await service.drain(0)
+    await wait_state(service, second, "cancelled")
+    assert openai.post_count == 1  # the second call never left
+    assert await kinds(service, second) == ["reserve", "release"]
+    if ending in ("timed out", "shut down"):  # the call that was out is cut off too, and counted
+        await wait_state(service, first, "cancelled")
+    absorbed = [job_id for (job_id,) in await service.storage.db.all("SELECT job_id FROM absorbed_spend")]
+    assert second not in absorbed
+    assert (first in absorbed) == (ending in ("timed out", "shut down"))
+
+
 async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_ones(make: Factory):
     service, _ = await make()
     first = await submit(service)

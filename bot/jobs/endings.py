@@ -227,6 +227,11 @@ class JobEndings(EngineCore):
 
 def _may_be_billed(job: ActiveJob, exc: BaseException) -> bool:
     """Whether the provider may bill for a job ending with `exc`: a call that was sent and then cut off
-    (cancel, deadline, shutdown), or one it may have accepted before failing."""
+    (cancel, deadline, shutdown), or one it may have accepted before failing.
+
+    Sent means a provider took a call (`submitted`) or one is out (`calling`, counted once it leaves,
+    after any wait for the provider's limit), not merely that a route was picked (`provider`): a call
+    still waiting for its slot, or paused after a 429, reached nobody and costs nothing."""
     cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
-    return job.provider is not None and (cut_off or bool(getattr(exc, "accepted", False)))
+    sent = bool(job.submitted or job.calling)
+    return sent and (cut_off or bool(getattr(exc, "accepted", False)))
