@@ -759,6 +759,47 @@ async def test_a_cancel_whose_charge_was_made_but_its_answer_lost_is_told_as_the
     assert_books_balance(service.settings.data_dir)
 
 
+@pytest.mark.parametrize("locked", ["once", "throughout"])
+async def test_a_cancel_whose_price_cannot_be_read_still_ends_the_job(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch, locked: str
+):
+    """The database refuses the read that prices a requester's cancel of a job its provider accepted.
+    Read again, it is charged as usual; still refused, the cancel is released as a free one, made by the
+    watchdog once the database answers. The error escaped the job's end (and the member's Cancel): the
+    row stayed `submitted` with its hold, and the next start resumed, delivered and charged it."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0, 0.0))
+    service, _ = await make()
+    engine = service.engine
+    wavespeed.hold_results()
+    job_id = await submit(service, model="ws-mini")
+    await wait_state(service, job_id, "submitted")
+    get_job, refused = service.storage.jobs.get_job, [0]
+
+    async def locked_while_it_ends(wanted: str) -> Any:
+        running = engine._jobs.get(wanted)
+        ending = running is not None and running.abort.is_set()  # its end's reads, not the cancel's own
+        if ending and (locked == "throughout" or not refused[0]):
+            refused[0] += 1
+            raise sqlite3.OperationalError("database is locked")
+        return await get_job(wanted)
+
+    service.storage.jobs.get_job = locked_while_it_ends  # type: ignore[method-assign]
+    said = await service.cancel(job_id, actor_id=ALICE, can_manage=False)
+    await until(lambda: service.engine.in_flight == 0)
+    service.storage.jobs.get_job = get_job  # type: ignore[method-assign]
+    if locked == "once":
+        assert said.cancelled and said.charged > 0
+        assert await kinds(service, job_id) == ["reserve", "capture"]
+    else:
+        assert said == CancelAnswer(messages.CANCELLED, cancelled=True)
+        assert await kinds(service, job_id) == ["reserve"]  # owed
+        await engine.watchdog_tick()
+        assert await kinds(service, job_id) == ["reserve", "release"]
+    assert await state(service, job_id) == "cancelled"
+    assert (await storage_account(service)).held == 0
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_a_release_still_owed_when_the_process_stops_is_released_by_the_next_not_run(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):

@@ -125,7 +125,15 @@ class JobEndings(EngineCore):
     async def _charge_cancelled(self, job: ActiveJob, ref: str) -> bool:
         """A member cancelled a job a provider already accepted: charge what that provider charges for
         it. False when it cannot be priced (it is then released like any other cancel)."""
-        price = await self._provider_price(job)
+        try:
+            # The price is read from the job's row: a locked database is tried again, as the charge is.
+            price = await self._settling(job, lambda: self._provider_price(job))
+        except Exception:
+            # Still unreadable: released like an unpriced cancel (owed, if the release fails too). An
+            # error escaping here left the row live with its hold, and the next start ran and charged
+            # the job the member had cancelled.
+            log.exception("job %s: could not price its cancel (ref %s); released instead", job.id, ref)
+            return False
         if not price:  # unpriced, or a route that costs nothing: a free cancel
             return False
 
