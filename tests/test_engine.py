@@ -448,6 +448,45 @@ async def test_watchdog_cancels_a_job_that_waited_too_long_in_the_queue(make: Fa
     assert await kinds(service, waiting) == ["reserve", "release"]
 
 
+@pytest.mark.parametrize("by", ["cancel", "watchdog"])
+async def test_a_queued_jobs_end_is_made_though_the_task_that_ended_it_is_cancelled(
+    make: Factory, openai: FakeOpenAI, by: str
+):
+    """A queued job's release is being written (a locked database's retries) when the task that took it
+    out of the queue is cancelled: a member's Cancel click, whose interaction ends with the process, or
+    the watchdog's round, which a stop cancels. The release is still made. Cut off, the job was neither
+    queued nor settled, its credits held, and the next start queued it again, ran it and charged it."""
+    service, _ = await make(MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="60")
+    openai.fail_always(Fault.HANG)
+    await submit(service)
+    await until(lambda: openai.post_count == 1)
+    waiting = await submit(service, user=BOB)
+    ledger = service.storage.ledger
+    settle, writing, go = ledger.settle_released, asyncio.Event(), asyncio.Event()
+
+    async def locked_for_a_while(job_id: str, *args: Any, **kw: Any) -> Any:
+        if job_id == waiting:
+            writing.set()
+            await go.wait()
+        return await settle(job_id, *args, **kw)
+
+    ledger.settle_released = locked_for_a_while  # type: ignore[method-assign]
+    if by == "cancel":
+        ending = asyncio.create_task(service.cancel(waiting, actor_id=BOB, can_manage=False))
+    else:
+        make.clock.advance(61)
+        ending = asyncio.create_task(service.engine.watchdog_tick())
+    await asyncio.wait_for(writing.wait(), 10)
+    ending.cancel()  # the process is stopping
+    await asyncio.gather(ending, return_exceptions=True)
+    go.set()
+    await service.drain(0)
+    assert await state(service, waiting) == "cancelled"
+    assert await kinds(service, waiting) == ["reserve", "release"]
+    account = await service.storage.ledger.get_account(GUILD, BOB)
+    assert account is not None and account.held == 0
+
+
 class HeldProgress(RecordingLive):
     """A progress message whose "editing" line is held up (Discord rate-limiting its edits) until `go`
     is set: the job's task waits there, so a cancel is seen only once the edit goes through."""

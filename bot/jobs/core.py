@@ -239,7 +239,7 @@ class EngineCore:
     def _halt(self, job: ActiveJob, reason: str, *, quiet: bool) -> bool:
         raise NotImplementedError
 
-    async def _end_dequeued(self, job: ActiveJob) -> None:
+    def _end_dequeued(self, job: ActiveJob, exc: BaseException | None = None) -> asyncio.Future[None]:
         raise NotImplementedError
 
     async def _adopt(self, rows: list[JobRow]) -> dict[str, int]:
@@ -339,10 +339,12 @@ class EngineCore:
         except Exception as exc:
             log.debug("job %s: progress update failed: %s", job.id, type(exc).__name__)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[T]) -> asyncio.Future[T]:
+        """Run `coro` in the background (a stop waits for it: `_flush_background`); its task."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _flush_background(self) -> None:
         if self._background:

@@ -184,7 +184,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         if job is None:
             return _too_late(row.state)
         if self._halt(job, reason, quiet=quiet):
-            await self._end_dequeued(job)
+            await asyncio.shield(self._end_dequeued(job))
             return CancelAnswer(JobCancelled().user_message, cancelled=True)
         if job.task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -228,9 +228,16 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         job.abort.set()
         return False
 
-    async def _end_dequeued(self, job: ActiveJob) -> None:
-        """End a job `_halt` took out of the queue: released in full (no provider had it)."""
-        await self._end(job, JobCancelled())
+    def _end_dequeued(self, job: ActiveJob, exc: BaseException | None = None) -> asyncio.Future[None]:
+        """End a job `_halt` (or the watchdog) took out of the queue: released in full (no provider had
+        it), for `exc` (default: a cancel). It runs in a task of its own, which a caller awaits shielded:
+        the caller (a Cancel click's interaction, the watchdog's round) may be cancelled while the release
+        is written (the process stopping, a locked database's retries), and a job cut off there was
+        neither queued nor settled, its credits held, until the next start queued, ran and charged it."""
+        return self._spawn(self._release_dequeued(job, exc or JobCancelled()))
+
+    async def _release_dequeued(self, job: ActiveJob, exc: BaseException) -> None:
+        await self._end(job, exc)
         self._jobs.pop(job.id, None)
         self._pump()
 

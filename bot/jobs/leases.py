@@ -214,7 +214,7 @@ class JobLeases(EngineCore):
         job.cancel_seen = True
         log.info("job %s: %s by %s through another process", job.id, request.reason, request.actor_id)
         if self._halt(job, request.reason, quiet=False):
-            self._spawn(self._end_dequeued(job))
+            self._end_dequeued(job)
 
     async def take_over(self) -> dict[str, int]:
         """Claim this process's share of the live jobs whose lease ran out (a dead process's) and

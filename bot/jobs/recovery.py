@@ -358,8 +358,8 @@ class JobRecovery(JobLeases):
                 continue
             if row.id in self._waiting:
                 self._waiting.remove(row.id)
-                await self._end(job, JobTimedOut(queued=True))
-                self._jobs.pop(row.id, None)
+                # Not cut off with this round (a stop cancels the watchdog): out of the queue, it is settled.
+                await asyncio.shield(self._end_dequeued(job, JobTimedOut(queued=True)))
             elif not job.abort.is_set():
                 log.warning(
                     "watchdog: job %s is past its deadline at %s; cancelling it", row.id, row.provider
