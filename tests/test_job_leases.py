@@ -133,6 +133,24 @@ async def test_only_the_process_holding_a_job_may_move_it_or_its_credits(storage
     await assert_books_balance(storage)
 
 
+async def test_a_paid_call_may_leave_only_while_its_process_holds_the_job_at_a_provider(
+    storage: Storage, clock: Clock
+):
+    job_id = "a" * 16
+    await new_job(storage, job_id, "process-a", later(clock))
+    with pytest.raises(LeaseLost):  # still `reserved`: no route was tried
+        await storage.jobs.check_sending(job_id, "process-a")
+    await storage.jobs.set_job_state(job_id, "submitting", owner="process-a", provider="wavespeed")
+    await storage.jobs.check_sending(job_id, "process-a")
+    with pytest.raises(LeaseLost):
+        await storage.jobs.check_sending(job_id, "process-b")
+    await storage.jobs.mark_submitted(job_id, "wavespeed", "task-1", owner="process-a")
+    await storage.jobs.check_sending(job_id, "process-a")  # another call of an emulated count
+    await storage.ledger.settle_released(job_id, "cancelled", error_code="x", owner="process-a")
+    with pytest.raises(LeaseLost):  # ended, though its holder is the same
+        await storage.jobs.check_sending(job_id, "process-a")
+
+
 async def test_a_lease_that_is_not_renewed_is_claimed_and_its_old_owner_hears_it_lost_it(
     storage: Storage, clock: Clock
 ):
@@ -654,6 +672,36 @@ async def test_a_stop_whose_queued_job_is_taken_over_while_it_tells_another_memb
     wavespeed.release_results()
     for job_id in (at_provider, first, second):
         await wait_state(b, job_id, "delivered")
+    await assert_books_balance(b.storage)
+
+
+async def test_a_call_waiting_for_its_providers_slot_is_never_sent_once_another_process_took_the_job(
+    process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    """a's second job has left its queue (its row `submitting`: the fence is passed) and waits for
+    WaveSpeed's one slot when a stops renewing: b takes it over and releases it. When a's slot frees, a
+    must not send it after all: WaveSpeed would bill a call for a job that ended, counted by no budget."""
+    a, told_a = await process("a", WAVESPEED_MAX_CONCURRENT="1")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    first = await submit(a, model="ws-mini")
+    await wait_state(a, first, "submitted")
+    live = Live()
+    second = await submit(a, live, model="ws-mini", user=BOB)
+    await wait_state(a, second, "submitting")  # its call waits for the slot the first one holds
+    b, _ = await process("b")
+    await b.engine.recover()
+    clock.advance(LEASE + 1)  # a hung for a lease: b takes both over
+    assert sum((await b.engine.lease_round()).values()) == 2
+    await wait_state(b, second, "cancelled")
+    wavespeed.release_results()  # a's poll of the first ends, and its slot frees
+    await asyncio.wait_for(a.engine._idle.wait(), 10)
+    assert wavespeed.submit_count == 1  # the first job's, once
+    await asyncio.wait_for(live.ended.wait(), 10)
+    assert live.final == [messages.TAKEN_OVER_ELSEWHERE]
+    assert told_a.delivered == [] and told_a.notices == []
+    assert await kinds(b, second) == ["reserve", "release"]
+    await wait_state(b, first, "delivered")
     await assert_books_balance(b.storage)
 
 

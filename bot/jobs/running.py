@@ -77,7 +77,8 @@ class ProviderRun(EngineCore):
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
-            # The last write before the paid call: a process that lost the job never makes it.
+            # The fence before the paid call: a process that lost the job goes no further (checked
+            # again as each call leaves, after any wait for the provider's limit: `sending`).
             await self.storage.jobs.set_job_state(
                 job.id,
                 JobState.SUBMITTING,
@@ -89,6 +90,12 @@ class ProviderRun(EngineCore):
         async def submitted(route: Route, provider_job_id: str) -> None:
             job.submitted.append(provider_job_id)
             await self.storage.jobs.mark_submitted(job.id, route.provider, provider_job_id, owner=self.owner)
+
+        async def sending(route: Route) -> None:
+            # The fence again, as the call leaves: waiting for the provider's slot (or a 429's pause)
+            # may outlast this process's lease, and another process may have taken the job over and
+            # ended it meanwhile. Sent anyway, the provider would bill a call no budget counts.
+            await self.storage.jobs.check_sending(job.id, self.owner)
 
         def calling(route: Route, sent: bool) -> None:
             # A paid call is out: from here a cancel is charged (the provider bills what it started).
@@ -103,6 +110,7 @@ class ProviderRun(EngineCore):
                 on_attempt=attempt,
                 on_submitted=submitted,
                 on_call=calling,
+                on_send=sending,
             )
             try:
                 return await self._follow(job, model, request, call, db_time(started)), spec

@@ -109,6 +109,9 @@ def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
 
 
 OnAttempt = Callable[[Route], Awaitable[None]]
+# Awaited with the route just before each paid call leaves, after any wait for the provider's limit (and
+# again before a call sent again after a 429): what it raises keeps the call from leaving.
+OnSend = Callable[[Route], Awaitable[None]]
 RouteCheck = Callable[[ModelEntry, Route], bool]
 # Called (not awaited) with True when a paid call is sent to `route`, False when it was refused untaken.
 OnCall = Callable[[Route, bool], None]
@@ -208,6 +211,7 @@ class Router:
         on_attempt: OnAttempt | None = None,
         on_submitted: OnRouteSubmitted | None = None,
         on_call: OnCall | None = None,
+        on_send: OnSend | None = None,
     ) -> Served:
         """Run `request` (whose `model` is ignored: each route has its own id) on the first route that
         takes it. Raises `InvalidOptions` when no route can honour it, else the provider's error.
@@ -215,7 +219,8 @@ class Router:
         `on_attempt(route)` is awaited before each route is tried; `on_submitted(route, job_id)` when
         a resumable provider accepted a call (once per call of an emulated `count`); `on_call(route,
         sent)` when a paid call leaves (after any wait for the provider's limit) and, with False, when
-        the provider refused it without taking it.
+        the provider refused it without taking it; `on_send(route)` just before each paid call leaves
+        (see `OnSend`).
         """
         routes = self.require(model, Needs.of(request), order=order)
         refused: list[tuple[Route, perr.ProviderError]] = []
@@ -232,7 +237,7 @@ class Router:
                 if on_attempt is not None:
                     await on_attempt(route)
                 results, lost = await self._call(
-                    self.providers[route.provider], route, adapted, on_submitted, on_call
+                    self.providers[route.provider], route, adapted, on_submitted, on_call, on_send
                 )
                 verdict = True
             except perr.ProviderError as exc:
@@ -344,6 +349,7 @@ class Router:
         request: EditRequest,
         on_submitted: OnRouteSubmitted | None = None,
         on_call: OnCall | None = None,
+        on_send: OnSend | None = None,
     ) -> tuple[list[EditResult], int]:
         """One call, or (no `n`) one single-image call per wanted image, in parallel.
 
@@ -354,6 +360,8 @@ class Router:
 
         async def one(req: EditRequest) -> EditResult:
             async def send() -> EditResult:
+                if on_send is not None:
+                    await on_send(route)
                 if on_call is not None:
                     on_call(route, True)
                 try:

@@ -288,6 +288,17 @@ class Jobs:
 
         await self._db.transaction(body)
 
+    async def check_sending(self, job_id: str, owner: str) -> None:
+        """Raise LeaseLost unless `owner` holds the job and it is still at a provider (`submitting`, or
+        `submitted` when a sibling call of an emulated `count` was taken): the check just before a paid
+        call leaves, which may have waited long for the provider's slot since the `submitting` write."""
+        row = await self._db.one(
+            "SELECT 1 FROM jobs WHERE id = ? AND owner = ? AND state IN ('submitting', 'submitted')",
+            (job_id, owner),
+        )
+        if row is None:
+            raise LeaseLost(job_id)
+
     async def _write_owned(self, job_id: str, sql: str, params: tuple[Any, ...], owner: str | None) -> None:
         sql, params = _fenced(sql, params, owner)
         if not await self._db.write_one(sql, params) and owner is not None:
