@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from bot import messages
+from bot.errors import RetouchError
 from bot.jobs import core as core_module
 from bot.jobs.leases import CLAIM_BATCH, ROUNDS_PER_LEASE, claim_share
 from bot.jobs.model import CancelAnswer, Delivered, NotAllowed, db_time
@@ -720,6 +721,80 @@ async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_proce
     await wait_state(b, waiting, "delivered")
     assert wavespeed.submit_count == 1 and openai.post_count == 1
     assert sorted(job_id for job_id, _ in told_b.delivered) == sorted([at_provider, waiting])
+    await assert_books_balance(b.storage)
+
+
+class HeldReservation:
+    """A process's reservation held up before its hold is taken (the policy's own reads: approval,
+    policy, allowance) until `go` is set; `holding` is set once a job's reservation has begun."""
+
+    def __init__(self, service: EditService) -> None:
+        self.holding = asyncio.Event()
+        self.go = asyncio.Event()
+        self._reserve = service.policy.reserve
+        service.policy.reserve = self  # type: ignore[method-assign]
+
+    async def __call__(self, *args: Any) -> Any:
+        self.holding.set()
+        await self.go.wait()
+        return await self._reserve(*args)
+
+
+async def test_a_clean_stop_keeps_a_job_whose_credits_are_still_being_held_until_its_lease_runs_out(
+    process: Factory, openai: FakeOpenAI, clock: Clock
+):
+    """A stop comes while a new job's credits are checked: its `queued` row is not handed back (another
+    process claimed it and ended it as "restarted before your edit could start", while this one held its
+    credits and queued it). Held, it goes to another process once its lease runs out, and runs once."""
+    a, _ = await process("a")
+    await a.engine.recover()
+    b, told_b = await process("b")
+    await b.engine.recover()
+    reservation = HeldReservation(a)
+    submitting = asyncio.create_task(a.submit(await a.prepare(job())))
+    await asyncio.wait_for(reservation.holding.wait(), 10)
+    [job_id] = a.engine.files.job_ids()
+    await a.drain(0)
+    assert sum((await b.engine.lease_round()).values()) == 0  # still a's
+    reservation.go.set()
+    ticket = await asyncio.wait_for(submitting, 10)
+    assert ticket.job_id == job_id and await state(b, job_id) == "reserved"
+    clock.advance(LEASE + 1)  # a has stopped: its lease runs out
+    assert (await b.engine.lease_round())["requeued"] == 1
+    await wait_state(b, job_id, "delivered")
+    assert openai.post_count == 1 and told_b.notices == []
+    assert await kinds(b, job_id) == ["reserve", "capture"]
+    await assert_books_balance(b.storage)
+
+
+async def test_a_job_ended_elsewhere_while_its_credits_were_checked_is_not_held_nor_run(
+    process: Factory, openai: FakeOpenAI, clock: Clock
+):
+    """a hangs for a lease while it checks a new job's credits: b claims the `queued` row and ends it
+    (telling the member the edit did not start). a's reservation then holds nothing and leaves the row
+    ended; its command says the edit moved. It used to turn the row `reserved` again with a fresh hold,
+    and the job was run and charged."""
+    a, told_a = await process("a")
+    await a.engine.recover()
+    b, told_b = await process("b")
+    await b.engine.recover()
+    reservation = HeldReservation(a)
+    submitting = asyncio.create_task(a.submit(await a.prepare(job())))
+    await asyncio.wait_for(reservation.holding.wait(), 10)
+    [job_id] = a.engine.files.job_ids()
+    clock.advance(LEASE + 1)
+    assert (await b.engine.lease_round())["released"] == 1
+    assert await until(lambda: told_b.notices) == [(job_id, messages.RESTARTED_BEFORE_START)]
+    reservation.go.set()
+    with pytest.raises(RetouchError) as refused:
+        await asyncio.wait_for(submitting, 10)
+    assert refused.value.user_message == messages.TAKEN_OVER_ELSEWHERE
+    row = await b.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.owner, row.reserved) == ("cancelled", "b", 0)
+    assert await kinds(b, job_id) == [] and job_id not in a.engine.held_jobs()
+    account = await b.storage.ledger.get_account(GUILD, ALICE)
+    assert account is not None and account.held == 0
+    assert openai.post_count == 0 and told_a.notices == []
     await assert_books_balance(b.storage)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bot.storage import Storage
 from bot.storage.connection import SchemaTooNew, latest_schema_version
-from bot.storage.ledger import LedgerConflict, NotEnoughCredits
+from bot.storage.ledger import JobNotQueued, LedgerConflict, NotEnoughCredits
 from bot.storage.limits import ReserveGuard
 from bot.storage.sqlite import SQLiteDatabase
 
@@ -130,6 +130,19 @@ async def test_a_cancel_charged_after_the_delivery_leaves_the_job_delivered(stor
     row = await storage.jobs.get_job("a")
     assert row is not None and (row.state, row.error_code, row.result_message_id) == ("delivered", None, 2)
     await assert_invariant(storage)
+
+
+async def test_a_hold_is_taken_only_for_a_job_still_queued_else_nothing_changes(storage: Storage):
+    """Another process took the job over and ended it while this one checked the member's credits: the
+    reservation must not turn the ended row live again with a fresh hold (it was run and charged)."""
+    await new_job(storage, "j1")
+    await storage.ledger.settle_released("j1", "cancelled", error_code="restart_before_start")
+    with pytest.raises(JobNotQueued):
+        await storage.ledger.reserve("j1", GUILD, USER, 40, starting_credits=100)
+    row = await storage.jobs.get_job("j1")
+    assert row is not None and (row.state, row.reserved) == ("cancelled", 0)
+    assert await storage.reports.ledger_rows("j1") == []
+    assert await storage.ledger.get_account(GUILD, USER) is None  # rolled back whole, the account too
 
 
 async def test_reserve_refuses_more_than_the_balance(storage: Storage):

@@ -42,7 +42,7 @@ from bot.jobs.results import JobResults
 from bot.jobs.running import ProviderRun
 from bot.messages import CANCELLED_AT_PROVIDER, SUSPENDED_AT_PROVIDER
 from bot.storage.jobs import TERMINAL_STATES, JobRow, LeaseLost
-from bot.storage.ledger import NotEnoughCredits
+from bot.storage.ledger import JobNotQueued, NotEnoughCredits
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,36 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
             raise ShuttingDown()
         origin = origin or Origin()
         job_id = secrets.token_hex(8)
-        now = self.storage.now()
+        # Tracked until it is in `_jobs`: its lease is renewed, and a clean stop does not hand it back,
+        # while its credits are checked. Handed back then, another process claimed the `queued` row and
+        # ended it ("restarted before your edit could start") as this one went on to hold and run it.
         self._creating.add(job_id)
+        try:
+            info = await self._create(job_id, spec, files, guild_id, user_id, channel_id, origin)
+            job = ActiveJob(info, spec.model, live=live)
+            self._notify("job_started", job_id, spec.model)
+            await self._admit(job, reserve)
+            self._jobs[job_id] = job
+            self._waiting.append(job_id)
+        finally:
+            self._creating.discard(job_id)
+        self._pump()
+        position = self._position(job_id)
+        return Ticket(job_id, position, self.eta(position) if position else None)
+
+    async def _create(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        files: dict[str, bytes],
+        guild_id: int,
+        user_id: int,
+        channel_id: int | None,
+        origin: Origin,
+    ) -> JobInfo:
+        """Write the job's files, then its `queued` row held by this process (the files go again if the
+        row cannot be written); what the engine keeps of it."""
+        now = self.storage.now()
         try:
             await asyncio.to_thread(self.files.write, job_id, files)
             await self.storage.jobs.create_job(
@@ -134,17 +162,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         except BaseException:
             await asyncio.to_thread(self.files.remove, job_id)
             raise
-        finally:
-            self._creating.discard(job_id)
-        info = JobInfo(job_id, guild_id, user_id, channel_id, now, origin.interaction_at, origin.message_id)
-        job = ActiveJob(info, spec.model, live=live)
-        self._notify("job_started", job_id, spec.model)
-        await self._admit(job, reserve)
-        self._jobs[job_id] = job
-        self._waiting.append(job_id)
-        self._pump()
-        position = self._position(job_id)
-        return Ticket(job_id, position, self.eta(position) if position else None)
+        return JobInfo(job_id, guild_id, user_id, channel_id, now, origin.interaction_at, origin.message_id)
 
     async def cancel(
         self, job_id: str, *, actor_id: int, can_manage: bool, quiet: bool = True
@@ -266,9 +284,15 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     # -- admission and the queue -----------------------------------------------------------------
 
     async def _admit(self, job: ActiveJob, reserve: Reserve) -> None:
-        """Hold the job's credits; on refusal end it as failed (nothing held) and raise."""
+        """Hold the job's credits; on refusal end it as failed (nothing held) and raise. A job another
+        process ended meanwhile is left as that process ended it (RetouchError `taken_over`)."""
         try:
             await reserve(job.id)
+        except JobNotQueued:
+            # Another process took it over (this one's lease ran out while the credits were checked)
+            # and ended it: that process settled it and told the member; nothing was held here.
+            log.warning("job %s: ended by another process before its credits were held", job.id)
+            raise RetouchError(messages.TAKEN_OVER_ELSEWHERE, code="taken_over") from None
         except NotEnoughCredits as exc:
             await self._refused(job, "insufficient_credits")
             raise InsufficientCredits(exc.needed, exc.available) from None

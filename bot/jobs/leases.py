@@ -249,11 +249,12 @@ class JobLeases(EngineCore):
         return 1 + await self.storage.jobs.lease_holders(now, besides=self.owner)
 
     async def hand_back(self) -> int:
-        """A clean stop: give up every live job not still running here, for another process to claim
-        at once (shared database only)."""
+        """A clean stop: give up every live job not still running here, nor still being admitted (its
+        credits being held: its lease runs out instead), for another process to claim at once (shared
+        database only)."""
         if not self.shared:
             return 0
-        handed = await self.storage.jobs.hand_back(self.owner, keep=self._running)
+        handed = await self.storage.jobs.hand_back(self.owner, keep=self._running | self._creating)
         if handed:
             log.info("job leases: handed %d job(s) to the other processes", handed)
         return handed

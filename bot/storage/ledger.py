@@ -37,6 +37,16 @@ class LedgerConflict(Exception):
     """A job's credits were already settled the other way (capture after release or the reverse)."""
 
 
+class JobNotQueued(Exception):
+    """The job left `queued` before its credits were held (another process took it over and ended it):
+    nothing was held, nothing changed."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id} is {state}, no longer queued")
+        self.job_id = job_id
+        self.state = state
+
+
 class NotEnoughCredits(Exception):
     """A hold larger than the available balance was refused (nothing changed)."""
 
@@ -183,6 +193,23 @@ def _release(now: str, job_id: str, reason: str | None, owner: str | None = None
     return account
 
 
+def _hold_queued(now: str, job_id: str, amount: int) -> Body[None]:
+    """Move the job to `reserved` with its hold, only while it is `queued`. A job another process ended
+    meanwhile (it took the job over while this one checked the member's credits, and released it) raises
+    JobNotQueued, so the whole reservation rolls back: an unconditional write turned the ended row live
+    again with a fresh hold, and it was run and charged. An id without a job row (the ledger used on its
+    own) keeps its hold."""
+    moved = yield execute(
+        "UPDATE jobs SET reserved = ?, state = 'reserved', updated_at = ? WHERE id = ? AND state = 'queued'",
+        (amount, now, job_id),
+    )
+    if moved:
+        return
+    row = yield fetch_one("SELECT state FROM jobs WHERE id = ?", (job_id,))
+    if row is not None:
+        raise JobNotQueued(job_id, str(row[0]))
+
+
 def _absorb(now: str, job_id: str, credits: int, reason: str) -> Statement:
     """Provider spend nobody pays for; once per job (a repeated settlement adds nothing)."""
     return execute(
@@ -308,7 +335,8 @@ class Ledger:
     ) -> Account:
         """Hold `amount` credits for a job. Idempotent per job.
 
-        Raises NotEnoughCredits, or ReserveRefused when a `guard` limit refuses the job.
+        Raises NotEnoughCredits, or ReserveRefused when a `guard` limit refuses the job, or JobNotQueued
+        (nothing changed) when its row has left `queued` meanwhile.
         """
 
         def body() -> Body[tuple[Account, bool, ReserveRefused | None]]:
@@ -340,10 +368,7 @@ class Ledger:
             if held is None:
                 return (yield from _account(guild_id, user_id)), False, None
             yield _ledger(now, guild_id, user_id, job_id, "reserve", amount, -amount, amount, None, None)
-            yield execute(
-                "UPDATE jobs SET reserved = ?, state = 'reserved', updated_at = ? WHERE id = ?",
-                (amount, now, job_id),
-            )
+            yield from _hold_queued(now, job_id, amount)
             return _as_account(guild_id, user_id, held), True, None
 
         account, reserved, refused = await self._db.transaction(body)
