@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,6 +143,10 @@ async def _stay_closed(*_args: object) -> None:
     """Stands in for a retired shard's reconnect methods (see `SwitchableShards._retire`)."""
 
 
+def _drop_event(_item: object) -> None:
+    """Stands in for a retired shard's way into discord.py's queue (see `SwitchableShards._retire`)."""
+
+
 class SwitchableShards(commands.AutoShardedBot):
     """An AutoShardedBot whose shards can change while it runs. discord.py starts its shards once, at
     connect; with `sharing` (bot/sharding.py) this bot instead serves the plans it is handed: shards
@@ -159,6 +164,10 @@ class SwitchableShards(commands.AutoShardedBot):
         self._sharing_stopped = False
         self._left_fleet = False
         self._recommended: int | None = None  # Discord's recommended shard count, once read
+        # Shards given up while discord.py may still be connecting them again (see `_retire`); weak, as a
+        # running re-identify holds its shard and nothing else needs one once it is done.
+        self._retired: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._late_closes: set[asyncio.Task[None]] = set()
 
     def _running_shards(self) -> dict[int, Any]:
         # discord.py keeps its running shards in this private mapping: it has no public way to add or drop
@@ -224,12 +233,36 @@ class SwitchableShards(commands.AutoShardedBot):
         shard = self._running_shards().pop(shard_id, None)
         if shard is None:
             return
-        # A reconnect discord.py queued for this shard before now must not bring it back.
-        shard.reconnect = shard.reidentify = _stay_closed
+        self._neutralise(shard)
         await shard.disconnect()
         for guild in [g for g in self.guilds if g.shard_id == shard_id]:
             self._connection._remove_guild(guild)
         log.info("stopped serving shard %d", shard_id)
+
+    def _neutralise(self, shard: Any) -> None:
+        """Make sure a shard given up never comes back. A reconnect discord.py queued for it must not run;
+        and one already running (its gateway loop awaits `reidentify()`/`reconnect()` inline, so nothing
+        here can cancel it) sets a new socket and calls `launch()` when it is done, or, if it fails, queues
+        another reconnect (or a terminate, which would close the whole client)."""
+        shard.reconnect = shard.reidentify = _stay_closed
+        shard._queue_put = _drop_event
+        shard.launch = lambda: self._close_late(shard)
+        self._retired.add(shard)
+
+    def _close_late(self, shard: Any) -> None:
+        # Instead of starting its reader: the new socket never serves an event, and closes.
+        log.info("closing shard %d: it reconnected after it was given up", shard.id)
+        task = asyncio.create_task(shard.close(), name="retouch-retired-shard")
+        self._late_closes.add(task)
+        task.add_done_callback(self._late_closes.discard)
+
+    async def close(self) -> None:
+        # discord.py closes only the shards it still runs; a given-up one may have connected again since.
+        for shard in list(self._retired):
+            await shard.close()
+        if self._late_closes:
+            await asyncio.wait(self._late_closes)
+        await super().close()
 
     def shards_connected(self) -> bool:
         """Every shard of the plan is connected (true with none: a process with no shard still runs

@@ -10,9 +10,12 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import discord
 import pytest
+import yarl
+from discord.gateway import DiscordWebSocket
 
 from bot.client import RetouchBot, point_discord_at
 from bot.sharding import Serve, ShardCoordinator, ShardPlan
@@ -173,6 +176,48 @@ async def test_the_bot_serves_the_shards_it_is_handed_and_switches_while_running
         handed.healthy = False  # the shards may no longer be this process's own: /healthz says so
         assert not bot.connected()
     assert identifies(fake) == [[0, SHARDS], [1, SHARDS]]
+
+
+async def test_a_shard_given_up_while_discord_py_reidentifies_it_does_not_come_back(
+    fake_discord, openai, tmp_path: Path, at_the_fake, monkeypatch: pytest.MonkeyPatch
+):
+    # discord.py's gateway loop awaits a shard's re-IDENTIFY inline: the plan can drop the shard while
+    # the new connection is still being made, and that connection must then never serve an event.
+    fake = fake_discord
+    monkeypatch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(fake.gateway_url))
+    connecting, answer = asyncio.Event(), asyncio.Event()
+    connect = DiscordWebSocket.from_client.__func__  # type: ignore[attr-defined]
+
+    async def slow_gateway(cls: type[DiscordWebSocket], client: Any, **options: Any) -> DiscordWebSocket:
+        if not options.get("initial") and options.get("shard_id") == 0:  # shard 0's re-IDENTIFY
+            connecting.set()
+            await answer.wait()
+        return await connect(cls, client, **options)
+
+    monkeypatch.setattr(DiscordWebSocket, "from_client", classmethod(slow_gateway))
+    env = {"ALLOWED_GUILD_IDS": f"{guild_on(0)}"}
+    handed = Handed(ShardPlan(SHARDS, frozenset({0, 1})))
+    async with running_bot(fake, openai, tmp_path, shards=handed, guild_id=guild_on(0), env=env) as world:
+        bot = world.bot
+        monkeypatch.setattr(bot, "before_identify_hook", _no_identify_wait)
+        await fake.wait_until(lambda: fake.identified_shards == [0, 1])
+        await bot.tree.sync()
+        seen = count_interactions(bot)
+        session = next(s for s in fake._sessions if s.identified and s.shard_id == 0)
+        await session.send({"op": 9, "d": False, "s": None, "t": None})  # invalid session: IDENTIFY anew
+        await asyncio.wait_for(connecting.wait(), 10)
+        await bot.serve_shards(ShardPlan(SHARDS, frozenset({1})))  # shard 0's lease is gone meanwhile
+        answer.set()
+        await fake.wait_until(lambda: len(identifies(fake)) == 3)  # the re-IDENTIFY went through
+        await fake.wait_until(lambda: fake.identified_shards == [1])  # and its connection closed
+        with pytest.raises(FakeDiscordUsageError, match="no identified gateway connection"):
+            await fake.slash(world.user, "credits", channel=world.channel)
+        assert bot.get_shard(0) is None
+        assert seen == []
+
+
+async def _no_identify_wait(shard_id: int | None, *, initial: bool = False) -> None:
+    """discord.py waits 5 s before every IDENTIFY but a client's first; that is for real gateways."""
 
 
 async def test_the_bot_joins_the_fleet_before_its_jobs_start_and_leaves_it_after_they_drained(
