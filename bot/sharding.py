@@ -40,6 +40,7 @@ ceilings at once, and the others shrink theirs within milliseconds (a lost notif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -239,6 +240,7 @@ class ShardCoordinator:
         self._standby_logged = False
         self._joined = False
         self._leaving = False  # stopped serving; still counted until `leave`
+        self._serving_unsure = False  # the bot failed to switch to `plan` (see `_apply`)
 
     @property
     def healthy(self) -> bool:
@@ -316,20 +318,22 @@ class ShardCoordinator:
             await self.tick()
 
     async def tick(self) -> None:
-        """One round: renew, rebalance, tell the bot. A database failure is logged, never raised; after
+        """One round: renew, rebalance, tell the bot. Never raises, so the rounds go on: a failure (the
+        database's, or the bot's while it switches shards) is logged and the next round tries again; after
         enough of them the bot is told to serve nothing (see `_serve_until`)."""
         started = self._monotonic()
-        # A round that comes too late (the event loop was held up) first stops serving: the leases may be
-        # about to run out. The round itself then gives back whatever is still this process's own.
-        await self._stop_if_unsafe()
         try:
+            # A round that comes too late (the event loop was held up) first stops serving: the leases may
+            # be about to run out. The round itself then gives back whatever is still this process's own.
+            await self._stop_if_unsafe()
             await self._round(started)
         except Exception as exc:  # every failure of the database counts as a missed renewal
-            log.warning("shard leases not renewed (%s)", type(exc).__name__)
-            await self._stop_if_unsafe()
+            log.warning("shard leases: round failed (%s); the next one tries again", type(exc).__name__)
+            with contextlib.suppress(Exception):  # `_apply` logged it; the next round tries again
+                await self._stop_if_unsafe()
 
     async def _stop_if_unsafe(self) -> None:
-        if self.plan.shard_ids and not self.healthy:
+        if (self.plan.shard_ids or self._serving_unsure) and not self.healthy:
             log.error(
                 "stopped serving shards %s: their leases were not renewed for %.0f s, so another process "
                 "may take them over",
@@ -392,10 +396,18 @@ class ShardCoordinator:
 
     async def _apply(self, shard_ids: frozenset[int]) -> None:
         plan = ShardPlan(self.plan.shard_count, shard_ids)
-        if plan != self.plan:
+        if plan != self.plan or self._serving_unsure:
             self.plan = plan
             if self._serve is not None:
-                await self._serve(plan)
+                # Until the bot has switched, it may serve shards of either plan: a failure here stops the
+                # round (nothing is released), and the next plan is handed over even if it is this one.
+                self._serving_unsure = True
+                try:
+                    await self._serve(plan)
+                except Exception:
+                    log.exception("could not switch to serving shards %s", _ids(shard_ids))
+                    raise
+                self._serving_unsure = False
 
     async def _within(self, call: Awaitable[T], *, deadline: bool = False) -> T:
         """`call`, given at most one round; with `deadline`, also no later than the moment this process
@@ -433,10 +445,9 @@ class ShardCoordinator:
             await asyncio.sleep(self.interval)
             try:
                 fleet = await self._within(self.store.join(self.owner, self.plan.shard_count))
-            except Exception as exc:  # its row runs out by itself: the others then stop counting it
-                log.warning("shard leases: could not renew while draining (%s)", type(exc).__name__)
-            else:
                 self._tell_fleet(fleet.owners)
+            except Exception as exc:  # its row runs out by itself: the others then stop counting it
+                log.warning("shard leases: a round while draining failed (%s)", type(exc).__name__)
 
     async def leave(self) -> None:
         """The drain is over (no provider call of this process is left): stop counting in the fleet."""

@@ -453,6 +453,44 @@ async def test_a_process_cut_off_from_the_database_stops_serving_before_its_leas
     assert process.healthy
 
 
+class Stubborn(Bot):
+    """A bot whose next switch to `fail_on` fails once (closing a shard's socket raised)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_on: frozenset[int] | None = None
+
+    async def serve(self, plan: ShardPlan) -> None:
+        if plan.shard_ids == self.fail_on:
+            self.fail_on = None
+            raise RuntimeError("closing a shard failed")
+        await super().serve(plan)
+
+
+async def test_a_round_whose_bot_fails_to_switch_is_logged_and_the_rounds_go_on(
+    store, clock, caplog: pytest.LogCaptureFixture
+):
+    flaky = Flaky(store)
+    fleet = Fleet(flaky, clock)
+    process = await fleet.start("a")
+    bot = Stubborn()
+    fleet.bots["a"], process._serve = bot, bot.serve
+    bot.fail_on = frozenset()
+    flaky.down = True
+    await fleet.rounds(2)  # must stop serving: the first try fails, and the round tries once more
+    assert bot.plans == [ShardPlan(3, frozenset())]
+    assert "could not switch to serving shards none" in caplog.text
+    flaky.down = False
+    await fleet.rounds(1)
+    assert bot.serving == {0, 1, 2}
+    bot.fail_on = frozenset({0, 1})  # a newcomer: a must give a shard up, and fails to stop serving it
+    await fleet.start("b")
+    await fleet.rounds(1, "a")
+    assert await store.holders() == {0: "a", 1: "a", 2: "a"}  # nothing released while b may serve them
+    await fleet.rounds(1)  # the next round hands the same plan over again, then releases
+    assert (fleet.serving(), await store.holders()) == ({"a": {0, 1}, "b": {2}}, {0: "a", 1: "a", 2: "b"})
+
+
 async def test_a_process_back_from_an_outage_serves_only_what_nobody_took_over(store, clock):
     flaky = Flaky(store)
     fleet = Fleet(flaky, clock)
