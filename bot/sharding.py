@@ -241,6 +241,7 @@ class ShardCoordinator:
         self._joined = False
         self._leaving = False  # stopped serving; still counted until `leave`
         self._serving_unsure = False  # the bot failed to switch to `plan` (see `_apply`)
+        self._retired = False  # the database has this process marked leaving, its shards free
 
     @property
     def healthy(self) -> bool:
@@ -318,11 +319,15 @@ class ShardCoordinator:
             await self.tick()
 
     async def tick(self) -> None:
-        """One round: renew, rebalance, tell the bot. Never raises, so the rounds go on: a failure (the
-        database's, or the bot's while it switches shards) is logged and the next round tries again; after
-        enough of them the bot is told to serve nothing (see `_serve_until`)."""
+        """One round: renew, rebalance, tell the bot (while draining: `_drain_round`). Never raises, so
+        the rounds go on: a failure (the database's, or the bot's while it switches shards) is logged and
+        the next round tries again; after enough of them the bot is told to serve nothing (see
+        `_serve_until`)."""
         started = self._monotonic()
         try:
+            if self._leaving:
+                await self._drain_round()
+                return
             # A round that comes too late (the event loop was held up) first stops serving: the leases may
             # be about to run out. The round itself then gives back whatever is still this process's own.
             await self._stop_if_unsafe()
@@ -427,27 +432,27 @@ class ShardCoordinator:
         if self._leaving or not self._joined:
             return
         self._leaving = True
+        self.next_round = self.interval
         try:
-            await self._within(self.store.retire(self.owner))
-        except Exception as exc:  # they run out by themselves within one lease
-            log.warning(
-                "shard leases not released (%s); they run out within %.0f s",
-                type(exc).__name__,
-                self.lease_seconds,
-            )
-        else:
-            log.info("shard leases released; counted among the processes until the drain ends")
-        self._task = asyncio.create_task(self._stay_counted(), name="retouch-shard-leaving")
+            await self._retire()
+        except Exception as exc:  # `_drain_round` tries again
+            log.warning("shard leases not released (%s); retrying each round", type(exc).__name__)
+        self._task = asyncio.create_task(self._run(), name="retouch-shard-leaving")
 
-    async def _stay_counted(self) -> None:
-        """While draining: say this process is alive each round (it serves nothing), and hear the fleet."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                fleet = await self._within(self.store.join(self.owner, self.plan.shard_count))
-                self._tell_fleet(fleet.owners)
-            except Exception as exc:  # its row runs out by itself: the others then stop counting it
-                log.warning("shard leases: a round while draining failed (%s)", type(exc).__name__)
+    async def _retire(self) -> None:
+        await self._within(self.store.retire(self.owner))
+        self._retired = True
+        log.info("shard leases released; counted among the processes until the drain ends")
+
+    async def _drain_round(self) -> None:
+        """While draining: say this process is alive (it serves nothing) and hear the fleet. Until the
+        database has it marked leaving, also retire: counted as staying, it would keep its quota, and no
+        other process would take its shards over for the whole drain."""
+        self.next_round = self.interval
+        fleet = await self._within(self.store.join(self.owner, self.plan.shard_count))
+        if not self._retired:
+            await self._retire()
+        self._tell_fleet(fleet.owners)
 
     async def leave(self) -> None:
         """The drain is over (no provider call of this process is left): stop counting in the fleet."""

@@ -291,6 +291,40 @@ async def test_a_clean_stop_frees_the_shards_at_once_and_counts_the_process_unti
     assert places == [here(2, 0), here(1, 0)]
 
 
+class RetireFailsOnce:
+    """A lease store whose first `retire` fails (a database blip at SIGTERM)."""
+
+    def __init__(self, store: ShardLeases) -> None:
+        self.store, self.failed = store, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def retire(self, owner: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionResetError("the database went away for a moment")
+        await self.store.retire(owner)
+
+
+async def test_a_stop_whose_release_fails_releases_on_the_next_drain_round(store, clock):
+    fleet = Fleet(store, clock)
+    await fleet.start("a")
+    blip = Fleet(RetireFailsOnce(store), clock)
+    b = await blip.start("b")
+    await fleet.rounds(1)  # a gives a shard up for b ...
+    await b.tick()  # ... and b claims it
+    assert blip.serving()["b"]
+    await b.stop()  # SIGTERM: the release fails; the drain begins
+    assert blip.serving()["b"] == set()
+    await fleet.rounds(1, "a")
+    await b.tick()  # the drain's round says b is alive, and releases its shards this time
+    assert [(o.name, o.leaving) for o in await store.live_owners()] == [("a", False), ("b", True)]
+    await fleet.rounds(1, "a")
+    assert fleet.serving()["a"] == {0, 1, 2}  # during the drain, not after it
+    await b.leave()
+
+
 async def test_each_process_hears_its_place_in_name_order_and_the_fleets_parts_add_up_to_the_ceiling(
     store, clock
 ):
