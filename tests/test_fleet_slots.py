@@ -209,6 +209,21 @@ async def test_a_take_after_the_kept_connection_died_gets_its_slot_on_a_fresh_on
         await slots.give(Q, 0)
 
 
+async def test_a_call_whose_slot_went_with_a_lost_connection_does_not_free_the_next_calls_slot(
+    postgres_url: str,
+):
+    async with storages(postgres_url, 2) as (storage, other):
+        slots = slots_of(storage)
+        old = await slots.take(P, 2, 0)  # a long call holds slot 0
+        await end_slot_holders(other, P)  # the kept connection is lost, and slot 0 with it
+        new = await asyncio.wait_for(slots.take(P, 2, 0), WAIT)  # the next call: slot 0, on a fresh one
+        assert (old, new, await advisory_locks(other, P)) == (0, 0, 1)
+        await slots.give(P, old)  # the long call ends
+        assert await advisory_locks(other, P) == 1 and slots.held == {(P, 0)}  # the next call's, still
+        await slots.give(P, new)
+        assert await advisory_locks(other, P) == 0 and not slots.held
+
+
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):
     async with storages(postgres_url, 1) as [storage]:
         db = storage.db

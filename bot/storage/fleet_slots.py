@@ -46,6 +46,19 @@ def slot_key(provider: str) -> int:
     return lock_key(("fleet-slots", provider)) >> 32
 
 
+class Slot(int):
+    """A slot's number as `take` returns it, tied to the kept connection whose lock it is (`connection`:
+    that connection's generation here). A connection lost takes its locks with it, and a later call may
+    take the same number again on a fresh one: `give` of the old call must not unlock the new call's."""
+
+    connection: int
+
+    def __new__(cls, number: int, connection: int) -> Slot:
+        slot = super().__new__(cls, number)
+        slot.connection = connection
+        return slot
+
+
 class FleetSlots:
     """The numbered slots of providers' ceilings, shared by every process on one PostgreSQL."""
 
@@ -54,6 +67,7 @@ class FleetSlots:
         self._listen = listen
         self._listening = False
         self._conn: Any = None  # the pooled connection holding this process's slots, while it holds any
+        self._generation = 0  # counts the connections kept so far: `Slot.connection`
         self._held: set[tuple[str, int]] = set()
         self._busy = asyncio.Lock()  # one statement at a time on that connection
         self._freed: dict[str, asyncio.Event] = {}
@@ -68,7 +82,8 @@ class FleetSlots:
     async def take(
         self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
     ) -> int | None:
-        """Wait until one of `provider`'s `ceiling` slots is free and take it: its number, for `give`.
+        """Wait until one of `provider`'s `ceiling` slots is free and take it: its number (a `Slot`), for
+        `give`.
         Tries slot `first` first, then the ones after it (anywhere, without one). None when the
         database cannot be reached (the call goes ahead without one; said once per outage).
         TimeoutError when none came free within `within` seconds after the first try."""
@@ -109,8 +124,9 @@ class FleetSlots:
             _terminate(self._conn)
 
     async def give(self, provider: str, slot: int) -> None:
-        """Free a slot `take` returned, and tell the waiting processes. Runs to its end even when the
-        caller is cancelled, so a slot is never left locked here and forgotten."""
+        """Free a slot `take` returned, and tell the waiting processes; nothing if it went with a lost
+        connection (a plain number: whatever this process holds under it). Runs to its end even when
+        the caller is cancelled, so a slot is never left locked here and forgotten."""
         await asyncio.shield(self._give(provider, slot))
 
     async def _try_twice(self, provider: str, ceiling: int, first: int | None) -> int | None:
@@ -153,7 +169,7 @@ class FleetSlots:
                         continue
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
                         self._held.add((provider, slot))
-                        return slot
+                        return Slot(slot, self._generation)
                 await self._release_if_idle()
                 return None
             except CONNECTION_ERRORS:
@@ -162,7 +178,7 @@ class FleetSlots:
 
     async def _give(self, provider: str, slot: int) -> None:
         async with self._busy:
-            if (provider, slot) not in self._held or self._conn is None:
+            if (provider, slot) not in self._held or self._conn is None or not self._current(slot):
                 return  # it went with a lost connection
             try:
                 async with asyncio.timeout(TRY_SECONDS):  # a silent connection must not hold `_busy`
@@ -179,9 +195,14 @@ class FleetSlots:
                 log.warning("%s: giving a fleet-wide slot back failed (%s)", provider, type(exc).__name__)
                 await self._drop()
 
+    def _current(self, slot: int) -> bool:
+        """`slot` is locked on the connection kept now (as far as a plain number can say)."""
+        return not isinstance(slot, Slot) or slot.connection == self._generation
+
     async def _connection(self) -> Any:
         if self._conn is None:
             self._conn = await self._pool.acquire(timeout=TRY_SECONDS)
+            self._generation += 1
         return self._conn
 
     async def _release_if_idle(self) -> None:
