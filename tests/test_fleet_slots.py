@@ -224,6 +224,20 @@ async def test_a_call_whose_slot_went_with_a_lost_connection_does_not_free_the_n
         assert await advisory_locks(other, P) == 0 and not slots.held
 
 
+async def test_a_take_with_every_slot_held_here_notices_the_lost_connection_and_gets_the_free_slot(
+    postgres_url: str,
+):
+    async with storages(postgres_url, 2) as (storage, other):
+        slots = slots_of(storage)
+        old = await slots.take(P, 1)  # a long call holds the only slot
+        await end_slot_holders(other, P)  # its connection is lost: the slot is free fleet-wide
+        assert await advisory_locks(other, P) == 0
+        new = await asyncio.wait_for(slots.take(P, 1, within=0.0), WAIT)  # its first try, not a poll
+        assert (old, new, await advisory_locks(other, P)) == (0, 0, 1)
+        await slots.give(P, new)
+        assert await advisory_locks(other, P) == 0 and not slots.held
+
+
 async def test_the_connection_goes_back_to_the_pool_with_no_lock_left_on_it(postgres_url: str):
     async with storages(postgres_url, 1) as [storage]:
         db = storage.db

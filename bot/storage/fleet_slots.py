@@ -163,13 +163,17 @@ class FleetSlots:
             try:
                 # Its own part first; without one, anywhere (waiting processes spread over the slots).
                 start = random.randrange(ceiling) if first is None else first % ceiling
-                for n in range(ceiling):
-                    slot = (start + n) % ceiling
-                    if (provider, slot) in self._held:  # a session may lock a key twice: not a free slot
-                        continue
+                order = [(start + n) % ceiling for n in range(ceiling)]
+                # A session may lock a key twice: a slot held here is not a free one.
+                free = [slot for slot in order if (provider, slot) not in self._held]
+                for slot in free:
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, slot):
                         self._held.add((provider, slot))
                         return Slot(slot, self._generation)
+                if not free:
+                    # Every slot is held here, so nothing above touched the connection: were it lost,
+                    # with its locks, these slots would be free in the database and no take would see it.
+                    await conn.fetchval("SELECT 1")
                 await self._release_if_idle()
                 return None
             except CONNECTION_ERRORS:
