@@ -14,7 +14,7 @@ import pytest
 
 from bot.routing import CircuitBreaker
 from bot.routing.breaker import CLOSED, HALF_OPEN, OPEN
-from bot.storage import Storage
+from bot.storage import Storage, connection
 
 COOLDOWN = 60.0
 
@@ -160,3 +160,33 @@ async def test_a_failed_exchange_hands_the_changes_over_next_time(storage: Stora
         await a.share(Down())
     await a.share(storage.circuits)
     assert await storage.circuits.exchange({}, ()) == {"openai": pytest.approx(COOLDOWN, abs=0.01)}
+
+
+class HostClockAhead:
+    """The `datetime` module as bot.storage.connection sees it on a host whose clock is ten minutes ahead
+    (the host's clock is what an uninjected storage clock reads)."""
+
+    UTC = dt.UTC
+    SKEW = dt.timedelta(minutes=10)
+
+    class datetime:  # stands in for `dt.datetime`
+        @staticmethod
+        def now(tz: dt.tzinfo) -> dt.datetime:
+            return dt.datetime.now(tz) + HostClockAhead.SKEW
+
+
+async def test_a_host_clock_ahead_keeps_a_circuit_open_elsewhere_for_the_cooldown_not_longer(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    # Processes on several hosts (PostgreSQL) date the rows by the database's clock, not their own.
+    ahead, other = await Storage.open(postgres_url), await Storage.open(postgres_url)
+    try:
+        with monkeypatch.context() as host:
+            host.setattr(connection, "dt", HostClockAhead)
+            assert ahead.db.now() - dt.datetime.now(dt.UTC) > HostClockAhead.SKEW / 2
+            await ahead.circuits.exchange({"openai": COOLDOWN}, ())
+        seen = await other.circuits.exchange({}, ())
+        assert 0 < seen["openai"] <= COOLDOWN
+    finally:
+        await ahead.close()
+        await other.close()

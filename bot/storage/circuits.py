@@ -3,7 +3,9 @@
 One row per provider some process's breaker opened: until when it is skipped. A breaker hands over the
 circuits it opened and closed since its last exchange and reads back every row, in one transaction, once
 a lease round (never per provider call). Durations cross the boundary as seconds so the breaker keeps
-its own monotonic clock; the rows hold the storage clock's time, so processes agree on it.
+its own monotonic clock; the rows hold the database's time (PostgreSQL's `statement_timestamp()`, read
+in the same transaction), so processes whose host clocks disagree still agree on it. SQLite runs one
+process: there, and wherever a test injected the storage clock, the storage clock is the time.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping
 
-from bot.storage.connection import Body, Database, execute, execute_many, fetch_all, stamp
+from bot.storage.connection import Body, Database, execute, execute_many, fetch_all, fetch_one, stamp
 
 OPEN = """
 INSERT INTO open_circuits (provider, open_until) VALUES (?, ?)
 ON CONFLICT (provider) DO UPDATE SET open_until = excluded.open_until
 """
+# PostgreSQL only; the parameter is the injected storage clock, NULL in production: the database's clock.
+DATABASE_NOW = "SELECT COALESCE(CAST(? AS TIMESTAMPTZ), statement_timestamp())"
 
 
 class Circuits:
@@ -29,9 +33,13 @@ class Circuits:
         """Record `opened` ({provider: seconds it stays open from now}) and delete the `closed` rows;
         then every row as {provider: seconds until it ends} (zero or less: its open period is over and
         nobody has closed it yet)."""
-        now = self.db.now()
+        shared, injected = self.db.shared, self.db.injected_now()
 
         def body() -> Body[dict[str, float]]:
+            now = self.db.now()
+            if shared:  # several processes, maybe on hosts whose clocks disagree: the database's clock
+                row = yield fetch_one(DATABASE_NOW, (injected,))
+                now = row[0]
             if opened:
                 rows = [(p, stamp(now + dt.timedelta(seconds=s))) for p, s in sorted(opened.items())]
                 yield execute_many(OPEN, rows)

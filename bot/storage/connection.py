@@ -17,7 +17,8 @@ What a backend must provide (`Database`):
   `migrations/` once, tracked by a version number (`schema_version()`), refusing a database newer than
   it knows (`SchemaTooNew`); `check_writable()` for health checks.
 - `now()` / `timestamp()`: the injected clock, stored as the ISO-8601 UTC text `stamp` writes (range
-  filters compare these strings byte by byte).
+  filters compare these strings byte by byte); `injected_now()`: the same, or None when it is the
+  host's own clock (a moment processes on several hosts compare is better the database's).
 - `one(sql, params)` / `all(sql, params)`: reads outside any transaction, returning rows addressable by
   column name and by index (`Row`).
 - `transaction(body)`: runs `body()` as ONE write transaction that commits whole or rolls back whole,
@@ -218,6 +219,8 @@ class Database(Protocol):
 
     def now(self) -> dt.datetime: ...
 
+    def injected_now(self) -> dt.datetime | None: ...
+
     def timestamp(self) -> str: ...
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T: ...
@@ -248,6 +251,11 @@ class Clocked:
     def now(self) -> dt.datetime:
         """The storage clock (injectable in tests)."""
         return self._clock()
+
+    def injected_now(self) -> dt.datetime | None:
+        """The storage clock when one was injected (tests); None when it is this host's own (`utcnow`):
+        then a moment several processes must agree on is read from the database's clock instead."""
+        return None if self._clock is utcnow else self._clock()
 
     def timestamp(self) -> str:
         """The clock as stored in `*_at` columns."""
