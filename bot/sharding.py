@@ -30,8 +30,11 @@ that starts leaving keeps its place, so only a join or a departure moves anyone)
 from before it runs any job — it `join`s before the job engine starts (bot/app.py `start_services`),
 before the gateway connects — to after its last provider call: a stop first gives every shard up at once
 (`stop`, so the others serve its servers during its drain) but the process stays counted, marked
-leaving, until its jobs have finished or been handed back (`leave`). A process serving no shard (more
-processes than shards, or one waiting for another shard count) counts as well: it still runs jobs.
+leaving, until its jobs have finished or been handed back (`leave`); a give-up the database refused is
+tried again each round of the drain. A round that fails (the database, or the bot switching shards) is
+logged and the next one tries again: the rounds never end before the process does. A process serving
+no shard (more processes than shards, or one waiting for another shard count) counts as well: it still
+runs jobs.
 A process that joins or leaves also says so through PostgreSQL's NOTIFY, and every other process then
 counts the fleet at once (`_recount`) instead of at its next round: a newcomer takes its part of the
 ceilings at once, and the others shrink theirs within milliseconds (a lost notification: a round).
