@@ -1072,6 +1072,54 @@ async def test_a_call_still_waiting_for_the_providers_limit_counts_nothing_again
     assert (first in absorbed) == (ending in ("timed out", "shut down"))
 
 
+class FailingCheck:
+    """`check_sending` (the read before each paid call leaves) failing for the calls numbered in `fail`
+    (1 = the first) as a locked SQLite file fails."""
+
+    def __init__(self, service: EditService, fail: Callable[[int], bool], before: Callable[[], Any]) -> None:
+        self.calls = 0
+        self._fail, self._before = fail, before
+        self._check = service.storage.jobs.check_sending
+        service.storage.jobs.check_sending = self  # type: ignore[method-assign]
+
+    async def __call__(self, job_id: str, owner: str) -> None:
+        self.calls += 1
+        if self._fail(self.calls):
+            await until(self._before)
+            raise sqlite3.OperationalError("database is locked")
+        await self._check(job_id, owner)
+
+
+async def test_a_failed_read_before_a_paid_call_is_tried_again_and_the_edit_goes_on(
+    make: Factory, openai: FakeOpenAI
+):
+    """The check that this process still holds the job, as its call leaves, met a locked database once:
+    it used to fail the edit ("something went wrong") where nothing was wrong with it."""
+    service, recorder = await make()
+    check = FailingCheck(service, lambda n: n == 1, lambda: True)
+    job_id = await submit(service)
+    await wait_state(service, job_id, "delivered")
+    assert check.calls == 2 and openai.post_count == 1 and recorder.notices == []
+    assert await kinds(service, job_id) == ["reserve", "capture"]
+
+
+async def test_an_edit_that_fails_after_one_of_its_calls_left_counts_that_call_against_the_budgets(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """Two images as two calls: the first is at WaveSpeed when the second's check keeps failing. The
+    member pays nothing, but WaveSpeed bills the call that left: the budgets count it."""
+    service, _ = await make()
+    FailingCheck(service, lambda n: n >= 2, lambda: wavespeed.submit_count == 1)
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=2), reserve=40)
+    job_id = (await service.submit(prepared)).job_id
+    await wait_state(service, job_id, "failed")
+    assert wavespeed.submit_count == 1
+    assert await kinds(service, job_id) == ["reserve", "release"]
+    absorbed = await service.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    assert [(row[0], row[1] > 0) for row in absorbed] == [(job_id, True)]
+
+
 async def test_retry_takes_the_server_and_roles_of_the_click_never_the_stored_ones(make: Factory):
     service, _ = await make()
     first = await submit(service)

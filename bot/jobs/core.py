@@ -254,11 +254,12 @@ class EngineCore:
     # -- small helpers -----------------------------------------------------------------------------
 
     async def _settling(self, job: ActiveJob, settle: Callable[[], Awaitable[T]]) -> T:
-        """Run a settlement of `job` (a capture or a release, one transaction, or the read that prices
-        it), trying it again after a failure that changed nothing (a locked SQLite file, a PostgreSQL
-        connection lost before COMMIT; settlements are idempotent, so one that did commit is found
-        settled). Another process's job (LeaseLost) or one settled the other way (LedgerConflict) is
-        not tried again; still failing after `SETTLE_RETRY_PAUSES`, it raises."""
+        """Run a settlement of `job` (a capture or a release, one transaction, or a read it depends on:
+        its price, the check before a paid call leaves), trying it again after a failure that changed
+        nothing (a locked SQLite file, a PostgreSQL connection lost before COMMIT; settlements are
+        idempotent, so one that did commit is found settled). Another process's job (LeaseLost) or one
+        settled the other way (LedgerConflict) is not tried again; still failing after
+        `SETTLE_RETRY_PAUSES`, it raises."""
         pauses = iter(SETTLE_RETRY_PAUSES)
         while True:
             try:

@@ -239,7 +239,10 @@ def _may_be_billed(job: ActiveJob, exc: BaseException) -> bool:
 
     Sent means a provider took a call (`submitted`) or one is out (`calling`, counted once it leaves,
     after any wait for the provider's limit), not merely that a route was picked (`provider`): a call
-    still waiting for its slot, or paused after a 429, reached nobody and costs nothing."""
+    still waiting for its slot, or paused after a 429, reached nobody and costs nothing. Only a
+    provider's own refusal says what it did not take: any other error (this process's, while a call
+    of an emulated `count` was already out) leaves what was sent billed."""
     cut_off = isinstance(exc, JobCancelled | JobTimedOut | JobInterrupted | asyncio.CancelledError)
     sent = bool(job.submitted or job.calling)
-    return sent and (cut_off or bool(getattr(exc, "accepted", False)))
+    unexplained = not isinstance(exc, perr.ProviderError | RetouchError)
+    return sent and (cut_off or unexplained or bool(getattr(exc, "accepted", False)))

@@ -94,8 +94,9 @@ class ProviderRun(EngineCore):
         async def sending(route: Route) -> None:
             # The fence again, as the call leaves: waiting for the provider's slot (or a 429's pause)
             # may outlast this process's lease, and another process may have taken the job over and
-            # ended it meanwhile. Sent anyway, the provider would bill a call no budget counts.
-            await self.storage.jobs.check_sending(job.id, self.owner)
+            # ended it meanwhile. Sent anyway, the provider would bill a call no budget counts. A read
+            # that failed (a locked file, a lost connection) is tried again rather than failing the job.
+            await self._settling(job, lambda: self.storage.jobs.check_sending(job.id, self.owner))
 
         def calling(route: Route, sent: bool) -> None:
             # A paid call is out: from here a cancel is charged (the provider bills what it started).
