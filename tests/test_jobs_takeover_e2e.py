@@ -174,7 +174,14 @@ async def test_kill_9_of_the_process_running_jobs_in_every_state_loses_none_and_
     await fake.wait_until(lambda: held.held, timeout=WAIT)
     await edit(fake, alice, channel)
     await db.until_states("submitted", "completed", "reserved")  # two slots taken: it waits, credits held
+    # Two more processes join; the jobs stay with the process that holds them while it renews.
+    await fleet.start()
+    await fleet.start()
+    assert len({j["owner"] for j in await db.jobs()}) == 1
+
     # A job created but not yet reserved (a crash between the two steps leaves one), held by that process.
+    # Written just before the kill: the process does not know it, so nothing renews its lease, and written
+    # before the others started it could run out while they start (a slow machine) and be claimed by one.
     submitted = (await db.jobs())[0]
     await db.conn.execute(
         "INSERT INTO jobs (id, guild_id, user_id, channel_id, state, model, quality, size, count, "
@@ -185,11 +192,6 @@ async def test_kill_9_of_the_process_running_jobs_in_every_state_loses_none_and_
         submitted["owner"],
         submitted["lease_expires_at"],
     )
-    # Two more processes join; the jobs stay with the process that holds them while it renews.
-    await fleet.start()
-    await fleet.start()
-    assert len({j["owner"] for j in await db.jobs()}) == 1
-
     doomed.kill()  # no drain, no hand-back: exactly a crash or an OOM kill
     await doomed.wait()
     held.drop()  # the post never reached Discord
