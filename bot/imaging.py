@@ -444,6 +444,20 @@ def share_of_upload(limit: int, files: int) -> int:
     return max(1, room // max(1, files))
 
 
+def fit_exactly(data: bytes, fmt: str, limit: int) -> tuple[bytes, str] | None:
+    """(`data`, `fmt`) if it fits in `limit` bytes, else the same pixels as lossless WebP if that fits,
+    else None. BLOCKING. A masked result's outside pixels are the original's to the bit: the lossy
+    rungs of `fit_to_limit` would change every one of them."""
+    fmt = normalize_format(fmt)
+    if len(data) <= limit:
+        return data, fmt
+    source = decode(data)
+    if max(source.size) > WEBP_MAX_SIDE:
+        return None
+    out = encode(source, "webp", lossless=True)
+    return (out, "webp") if len(out) <= limit else None
+
+
 def fit_to_limit(data: bytes, fmt: str, limit: int) -> tuple[bytes, str]:
     """Return (`data`, `fmt`) unchanged if it fits in `limit` bytes, else a smaller encoding. BLOCKING.
 

@@ -663,6 +663,15 @@ def kept_as_png(asked: str) -> str:
     return f"Saved as PNG: {name} cannot hold an image this long on one side."
 
 
+KEPT_AS_LOSSLESS_WEBP = (
+    "Saved as lossless WebP to fit Discord's upload limit: the same pixels as the PNG, in fewer bytes."
+)
+RESTORED_NOT_EXACT = (
+    "Too large for Discord's upload limit, so it was made smaller: outside the area you marked it is "
+    "close to your original, not identical. A smaller size or fewer images keeps it exact."
+)
+
+
 def default_not_offered(model: str, option: str, asked: str) -> str:
     """A default size or background (not typed on the command) the model in use cannot make."""
     return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses auto (change it with /settings)."

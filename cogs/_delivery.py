@@ -183,14 +183,20 @@ class DiscordDelivery:
 
 async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> EditOutcome:
     """`outcome` with its files, together, under the DM upload limit (results were fitted to the
-    server's, which a boosted server raises well above a DM's). Pillow runs in a thread."""
+    server's, which a boosted server raises well above a DM's). Pillow runs in a thread. A PNG or WebP
+    keeps its pixels when lossless WebP fits (a masked result's outside is the original's to the bit)."""
     files = []
     share = imaging.share_of_upload(limit, len(outcome.files))
     for f in outcome.files:
         if len(f.data) <= share:
             files.append(f)
             continue
-        data, fmt = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, share)
+        fitted = None
+        if imaging.normalize_format(f.format) != "jpeg":
+            fitted = await asyncio.to_thread(imaging.fit_exactly, f.data, f.format, share)
+        if fitted is None:
+            fitted = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, share)
+        data, fmt = fitted
         stem = f.filename.rsplit(".", 1)[0]
         files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
     return replace(outcome, files=tuple(files))

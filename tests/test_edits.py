@@ -421,6 +421,46 @@ async def test_a_masked_result_written_as_png_instead_of_the_format_asked_says_s
     assert messages.kept_as_png("webp") == "Saved as PNG: WebP cannot hold an image this long on one side."
 
 
+def limit_giving(share: int) -> int:
+    """The upload limit that gives one file `share` bytes (`imaging.share_of_upload`)."""
+    return next(limit for limit in range(share, 2 * share) if imaging.share_of_upload(limit, 1) >= share)
+
+
+def outside_changed(result: bytes, original: bytes, region: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box of pixels outside `region` (white = the marked area) that differ from the original's."""
+    from PIL import ImageChops
+
+    got = Image.open(io.BytesIO(result)).convert("RGB")
+    base = Image.open(io.BytesIO(original)).convert("RGB")
+    diff = ImageChops.difference(got, base)
+    return Image.composite(Image.new("RGB", diff.size), diff, region.convert("L")).getbbox()
+
+
+async def test_a_masked_result_too_large_for_the_upload_limit_stays_exact_or_says_it_is_not(
+    make_service, fake
+):
+    """A restored PNG over its share of Discord's limit went through the lossy rungs (WebP, JPEG,
+    smaller): every pixel outside the mask changed, in a format the member did not ask for, unsaid.
+    Lossless WebP keeps them when it fits; when nothing exact fits, the result says so."""
+    service = make_service()
+    job = replace(make_job(output_format="png"), mask=MaskSpec(grid=(3, 3), cells=(5,)))
+    png = (await run_to_end(service, job)).files[0].data
+    lossless = imaging.encode(Image.open(io.BytesIO(png)), "webp", lossless=True)
+    assert len(lossless) < len(png)
+    original = photo()
+    region = imaging.grid_region(Image.open(io.BytesIO(original)).size, 3, 3, [5])
+
+    fits = await run_to_end(service, replace(job, upload_limit=limit_giving(len(lossless))))
+    [kept] = fits.files
+    assert kept.format == "webp" and outside_changed(kept.data, original, region) is None
+    assert messages.KEPT_AS_LOSSLESS_WEBP in fits.notices
+
+    smaller = await run_to_end(service, replace(job, upload_limit=limit_giving(len(lossless) - 1)))
+    [made] = smaller.files
+    assert len(made.data) < len(lossless) and outside_changed(made.data, original, region) is not None
+    assert messages.RESTORED_NOT_EXACT in smaller.notices
+
+
 async def test_masked_results_are_restored_a_few_at_a_time(make_service, fake, monkeypatch):
     """A 40-megapixel restore holds about 700 MB: with many jobs running, only `restore_turns` of
     them restore at once (the rest wait with their result stored), so memory stays bounded."""

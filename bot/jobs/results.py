@@ -37,11 +37,13 @@ class JobResults(EngineCore):
         absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - charged
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         notices: tuple[str, ...] = (served.notice,) if served.notice else ()
-        if spec.mask is not None and spec.mask.keep_outside:
+        restored = spec.mask is not None and spec.mask.keep_outside
+        if restored:
             async with self.restore_turns.turn():
                 result = await self._restore_outside(job.id, spec, result)
-            notices += _format_notices(result, spec.output_format)
-        files = await self._fit(job.id, result, spec.upload_limit)
+        files, exact = await self._fit(job.id, result, spec.upload_limit, exact=restored)
+        if restored:
+            notices += _format_notices([f.format for _, f in files], spec.output_format, exact=exact)
         await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
         record = {
@@ -130,23 +132,40 @@ class JobResults(EngineCore):
             restored.append(OutputImage(data, fmt))
         return replace(result, images=tuple(restored))
 
-    async def _fit(self, job_id: str, result: EditResult, limit: int) -> list[tuple[str, ResultFile]]:
-        """Every image, together, under the upload limit; named for users and for the job's folder."""
+    async def _fit(
+        self, job_id: str, result: EditResult, limit: int, *, exact: bool = False
+    ) -> tuple[list[tuple[str, ResultFile]], bool]:
+        """Every image, together, under the upload limit; named for users and for the job's folder.
+        With `exact` (a restored result, PNG or WebP) an image keeps its pixels when it can (lossless
+        WebP); whether every image did."""
         files = []
+        kept = True
         share = imaging.share_of_upload(limit, len(result.images))
         for index, image in enumerate(result.images, start=1):
-            data, fmt = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, share)
+            fitted: tuple[bytes, str] | None = None
+            if exact and imaging.normalize_format(image.format) != "jpeg":  # JPEG was never exact
+                fitted = await asyncio.to_thread(imaging.fit_exactly, image.data, image.format, share)
+                kept = kept and fitted is not None
+            if fitted is None:
+                fitted = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, share)
+            data, fmt = fitted
             ext = "jpg" if fmt == "jpeg" else fmt
             files.append(
                 (f"result-{index}.{ext}", ResultFile(result_filename(job_id, index, ext), data, fmt))
             )
-        return files
+        return files, kept
 
 
-def _format_notices(result: EditResult, asked: str) -> tuple[str, ...]:
-    """A restored result written as PNG though another format was asked for (a side too long for
-    WebP or JPEG): said on the result, not left for the member to find in the file name."""
+def _format_notices(formats: list[str], asked: str, *, exact: bool) -> tuple[str, ...]:
+    """A restored result not in the format asked for, said on the result rather than left for the
+    member to find in the file name: PNG for a side too long for WebP or JPEG, lossless WebP for a PNG
+    too large for the upload limit; or (not `exact`) one too large even so, made smaller, whose outside
+    pixels are then close to the original's but no longer the same."""
     wanted = imaging.normalize_format(asked)
-    if all(image.format == wanted for image in result.images):
+    if not exact:
+        return (messages.RESTORED_NOT_EXACT,)
+    if all(fmt == wanted for fmt in formats):
         return ()
-    return (messages.kept_as_png(wanted),)
+    if "png" in formats:
+        return (messages.kept_as_png(wanted),)
+    return (messages.KEPT_AS_LOSSLESS_WEBP,)

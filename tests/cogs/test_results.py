@@ -61,6 +61,22 @@ async def test_results_that_fit_a_dm_alone_but_not_together_are_fitted_to_their_
     assert sum(len(f.data) for f in fitted.files) <= limit
 
 
+async def test_a_png_too_big_for_a_dm_keeps_its_pixels_as_lossless_webp_when_that_fits():
+    """A masked result's outside pixels are the original's: the DM's re-encode must not change them
+    when an exact encoding fits (the lossy rungs change every pixel)."""
+    flat = Image.new("RGB", (256, 256), (200, 120, 40))
+    flat.paste((10, 200, 90), (40, 40, 200, 120))
+    buf = io.BytesIO()
+    flat.save(buf, "PNG", compress_level=0)  # large as PNG, tiny as lossless WebP
+    big = ResultFile("retouch_0_1.png", buf.getvalue(), "png")
+    limit = len(big.data) // 4
+
+    [fitted] = (await fit_for_dm(outcome(big), limit)).files
+
+    assert fitted.format == "webp" and len(fitted.data) <= limit
+    assert Image.open(io.BytesIO(fitted.data)).convert("RGB").tobytes() == flat.tobytes()
+
+
 def test_a_credit_history_line_names_an_admins_change_after_retention_erased_who_and_why():
     def line(amount: int, actor: int | None, reason: str | None) -> str:
         kind = "grant" if amount > 0 else "adjust"
