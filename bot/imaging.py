@@ -6,7 +6,7 @@ Pillow images in, bytes, Pillow images and small dataclasses out. User-facing fa
 as `InvalidImage` / `InvalidMask` with a code; their text comes from `bot.messages`. Pillow's
 exception text is never shown (it is logged at debug level).
 
-Why one module of ~850 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
+Why one module of ~950 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
 masks, fitting and compositing share its decoders, bomb guards and mode tables. The seams for a later
 split are the section headers (validate, masks, fit, restore), each with its own tests file section.
 """
@@ -194,41 +194,100 @@ def encode(
     as RGBA. `quality` applies to JPEG/WebP (defaults 90); `compress_level` (zlib 0-9) to PNG.
     `lossless` makes WebP keep every pixel exactly, even the colour under a transparent one (`quality`
     is then ignored); PNG is always lossless and JPEG never is.
-    Keeps the ICC profile so colours do not shift; drops EXIF (GPS, and an orientation we already
-    applied).
+    Keeps the ICC profile so colours do not shift, when it describes the pixels written (`_with_profile`:
+    a grey original's grey profile on RGB pixels is applied instead); drops EXIF (GPS, and an orientation
+    we already applied).
     """
     fmt = normalize_format(fmt)
-    icc = image.info.get("icc_profile")
     # Pillow copies some metadata from `image.info` unless told otherwise (a JPEG's comment, XMP):
     # say "none" explicitly, so nothing private survives a re-encode.
     extra: dict[str, object] = {"exif": b"", "xmp": b"", "comment": b""}
-    if icc:
-        extra["icc_profile"] = icc
     buffer = io.BytesIO()
     if fmt == "jpeg":
         jpeg_image = _flatten(image, JPEG_FLATTEN_BACKGROUND) if _has_alpha(image) else image
         if jpeg_image.mode not in ("L", "RGB"):
             jpeg_image = jpeg_image.convert("RGB")
+        jpeg_image, icc = _with_profile(jpeg_image)
         q = DEFAULT_JPEG_QUALITY if quality is None else quality
-        jpeg_image.save(buffer, "JPEG", quality=q, optimize=True, **extra)
+        jpeg_image.save(buffer, "JPEG", quality=q, optimize=True, icc_profile=icc, **extra)
     elif fmt == "webp":
-        webp_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+        webp_image, icc = _with_profile(image.convert("RGBA" if _has_alpha(image) else "RGB"))
         if lossless:
             # exact: libwebp would otherwise rewrite the colour of fully transparent pixels.
             options: dict[str, object] = {"lossless": True, "exact": True, "quality": WEBP_LOSSLESS_EFFORT}
         else:
             options = {"quality": DEFAULT_WEBP_QUALITY if quality is None else quality}
-        webp_image.save(buffer, "WEBP", method=FIT_WEBP_METHOD, **options, **extra)
+        webp_image.save(buffer, "WEBP", method=FIT_WEBP_METHOD, icc_profile=icc, **options, **extra)
     else:
         png_image = image
         if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             png_image = image.convert("RGBA" if _has_alpha(image) else "RGB")
-        png_image.save(buffer, "PNG", compress_level=compress_level, exif=b"", **_only_icc(extra))
+        png_image, icc = _with_profile(png_image)
+        # icc_profile=b"" (none) must be said: PNG's encoder would otherwise take the one in `info`.
+        png_image.save(buffer, "PNG", compress_level=compress_level, exif=b"", icc_profile=icc)
     return buffer.getvalue()
 
 
-def _only_icc(extra: dict[str, object]) -> dict[str, object]:
-    return {"icc_profile": extra["icc_profile"]} if "icc_profile" in extra else {}
+# The ICC colour space (the signature at bytes 16-20 of a profile's header) of each mode `encode` writes.
+_ICC_SPACE_OF_MODE = {
+    "1": b"GRAY",
+    "L": b"GRAY",
+    "LA": b"GRAY",
+    "I": b"GRAY",
+    "I;16": b"GRAY",
+    "P": b"RGB ",
+    "RGB": b"RGB ",
+    "RGBA": b"RGB ",
+}
+
+
+def _with_profile(image: Image.Image) -> tuple[Image.Image, bytes]:
+    """`image` and the ICC profile to write with it (b"" for none): never one whose colour space is not
+    the pixels' (PNG forbids it; ImageCms cannot build a transform from it, and colour-managed viewers
+    either ignore it or show wrong colours).
+
+    The one mismatch we make ourselves is a grey profile (Photoshop's "Dot Gain 20%") on RGB(A) pixels:
+    a greyscale original widened to RGB by an edit, a transparent flatten or `fit_to_limit`. Its pixels
+    are then converted through the profile to sRGB (`_grey_profile_to_srgb`) and written untagged, as
+    `_cmyk_to_rgb` does, rather than only losing the profile: a viewer shows each untagged pixel as sRGB,
+    so a restored result's outside pixels stay exactly what a colour-managed viewer showed of the
+    original. Any other mismatch (never made here) only drops the profile."""
+    icc = image.info.get("icc_profile") or b""
+    space = icc[16:20]
+    if not icc or space == _ICC_SPACE_OF_MODE.get(image.mode):
+        return image, icc
+    if space == b"GRAY" and image.mode in ("RGB", "RGBA"):
+        return _grey_profile_to_srgb(image, icc), b""
+    log.debug("dropping a %r ICC profile that cannot describe %s pixels", space, image.mode)
+    return image, b""
+
+
+def _grey_profile_to_srgb(image: Image.Image, icc: bytes) -> Image.Image:
+    """RGB(A) pixels whose numbers are in a grey profile's terms, as sRGB. BLOCKING.
+
+    Each channel goes through the profile's tone curve: a table of what ImageCms makes of every grey
+    level, applied per channel. A pixel with R = G = B (every pixel kept from a grey original) becomes
+    exactly what ImageCms makes of that grey; colours an edit added follow the same curve, as the model
+    answered in the original's numbers. An unusable profile leaves the pixels as they are (sRGB assumed).
+    """
+    levels = Image.frombytes("L", (256, 1), bytes(range(256)))
+    try:
+        converted = ImageCms.profileToProfile(
+            levels,
+            ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+            ImageCms.createProfile("sRGB"),
+            outputMode="RGB",
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        log.debug("grey profile unusable; writing the pixels untagged", exc_info=True)
+        return image
+    if not isinstance(converted, Image.Image):
+        return image
+    rgb = converted.tobytes()  # R, G, B of level 0, then of level 1, ...
+    table = list(rgb[0::3]) + list(rgb[1::3]) + list(rgb[2::3])
+    if image.mode == "RGBA":
+        table += range(256)  # alpha unchanged
+    return image.point(table)
 
 
 def normalize_format(fmt: str) -> str:
@@ -265,7 +324,7 @@ def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Imag
     rgba = image.convert("RGBA")
     flat = Image.new("RGB", rgba.size, background)
     flat.paste(rgba, mask=rgba.getchannel("A"))
-    if "icc_profile" in image.info:
+    if "icc_profile" in image.info:  # a grey one too: `encode` applies it to these RGB pixels
         flat.info["icc_profile"] = image.info["icc_profile"]
     return flat
 
@@ -735,8 +794,10 @@ def restore_outside(
     Parts of a region narrower than about 2*feather never reach full strength. Works in RGBA when
     either image has transparency, else RGB. The output is encoded as `fmt` (the format the member
     asked for: png, jpeg/jpg or webp) and carries the original's ICC profile (the model saw, and
-    answers in, the original's colour numbers). PNG and WebP (written lossless) keep the guarantee
-    exactly; JPEG cannot: its pixels carry one generation of compression loss, and transparency is
+    answers in, the original's colour numbers); a grey original's grey profile cannot describe the RGB
+    result, which is converted through it to sRGB instead (`_with_profile`), so "the original's pixels"
+    are then the original as a colour-managed viewer shows it. PNG and WebP (written lossless) keep the
+    guarantee exactly; JPEG cannot: its pixels carry one generation of compression loss, and transparency is
     flattened onto white as `encode` does. `region` is mode L (>= 128 = edit) at the original's size;
     ValueError otherwise.
     """

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageOps, ImageStat
+from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw, ImageOps, ImageStat
 
 from bot import imaging
 from bot.errors import InvalidImage, InvalidMask
@@ -1020,6 +1020,100 @@ def test_restore_outside_with_greyscale_original(locality_pair: tuple[Image.Imag
     out = decode(data)
     assert out.mode == "RGB"
     assert_locality(grey.convert("RGB"), decode(save(edit, "JPEG", quality=90)), out, region, feather=3)
+
+
+def grey_icc_profile(gamma: float = 1.8) -> bytes:
+    """A minimal ICC v2 grey profile (colour space GRAY: a white point and one tone curve), the kind
+    greyscale photos carry (Photoshop's "Dot Gain 20%"). ImageCms cannot create one."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    d50 = s15(0.9642) + s15(1.0) + s15(0.8249)
+    name = b"Grey test\0"
+    tags = [
+        (b"desc", b"desc" + bytes(4) + struct.pack(">I", len(name)) + name + bytes(8 + 3 + 67)),
+        (b"wtpt", b"XYZ " + bytes(4) + d50),
+        (b"kTRC", b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))),
+        (b"cprt", b"text" + bytes(4) + b"none\0"),
+    ]
+    table, body = b"", b""
+    start = 128 + 4 + 12 * len(tags)
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", start + len(body), len(data))
+        body += data
+    header = struct.pack(">I", start + len(body)) + b"lcms" + struct.pack(">I", 0x02100000)
+    header += b"mntrGRAYXYZ " + bytes(12) + b"acspAPPL" + bytes(24) + d50 + bytes(48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def icc_space(data: bytes) -> tuple[str, str | None]:
+    """The mode an encoded image decodes to, and the colour space of the ICC profile it carries."""
+    with Image.open(io.BytesIO(data)) as image:
+        icc = image.info.get("icc_profile")
+        space = ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip() if icc else None
+        return image.mode, space
+
+
+def as_viewed(image: Image.Image) -> Image.Image:
+    """`image` as a colour-managed viewer shows it: in sRGB, through its own profile when it has one."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return image.convert("RGB")
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    srgb = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    assert isinstance(srgb, Image.Image)
+    return srgb
+
+
+@pytest.fixture
+def grey_with_profile(locality_pair: tuple[Image.Image, Image.Image]) -> bytes:
+    grey = save(locality_pair[0].convert("L"), "PNG", icc_profile=grey_icc_profile())
+    # The profile matters: as shown, the picture is not its bare grey numbers.
+    assert ImageChops.difference(as_viewed(decode(grey)), decode(grey).convert("RGB")).getbbox()
+    return grey
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "jpeg"])
+def test_restoring_a_grey_original_with_a_grey_profile_writes_srgb_not_that_profile(
+    locality_pair: tuple[Image.Image, Image.Image], grey_with_profile: bytes, fmt: str
+) -> None:
+    """The result is RGB and carried the original's GRAY profile: PNG forbids that, ImageCms cannot use
+    it, and colour-managed viewers showed wrong colours. It is converted through the profile to sRGB
+    and written untagged, so outside the region it is still the original as the member sees it."""
+    region = Image.new("L", LOCALITY_SIZE, 0)
+    region.paste(255, (50, 30, 100, 70))
+    data, _ = restore_outside(grey_with_profile, save(locality_pair[1], "PNG"), region, feather=2, fmt=fmt)
+    assert icc_space(data) == ("RGB", None)
+    out, seen = decode(data), as_viewed(decode(grey_with_profile))
+    if fmt == "jpeg":  # lossy: close to the original as seen (the edit is 40+ levels away), not equal
+        kept = (0, 32, 40, 84)  # away from the region, whose edges ring
+        assert max(ImageStat.Stat(ImageChops.difference(out.crop(kept), seen.crop(kept))).mean) < 10
+    else:
+        changed = ImageChops.difference(out, seen).convert("L").point(lambda v: 255 if v else 0)
+        assert ImageChops.multiply(changed, ImageOps.invert(region)).getbbox() is None
+
+
+@pytest.mark.parametrize(
+    ("widen", "tolerance"),
+    [
+        (lambda data: encode(decode(data), "webp", lossless=True), 0),
+        (lambda data: fit_to_limit(data, "png", len(data) // 2)[0], 4),
+        (lambda data: encode(decode(data).convert("LA"), "jpeg"), 4),
+    ],
+    ids=["widened to webp", "fitted under a limit", "flattened to jpeg"],
+)
+def test_a_grey_picture_with_a_grey_profile_written_as_rgb_is_converted_to_srgb(
+    grey_with_profile: bytes, widen: Callable[[bytes], bytes], tolerance: float
+) -> None:
+    """WebP has no grey mode, `fit_to_limit` works in RGB, and JPEG flattens transparency to RGB: each
+    wrote RGB pixels with the GRAY profile Pillow had copied along."""
+    out = widen(grey_with_profile)
+    assert icc_space(out) == ("RGB", None)
+    difference = ImageChops.difference(decode(out), as_viewed(decode(grey_with_profile)))
+    assert max(ImageStat.Stat(difference).mean) <= tolerance
 
 
 def test_restore_outside_without_region_returns_original_pixels(
