@@ -385,8 +385,17 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str =
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-    """A 16-bit (or 32-bit integer) grey picture as 8-bit L, scaled (its high byte), ICC kept."""
-    grey = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    """A 16-bit (or 32-bit integer) grey picture as 8-bit L, scaled (its high byte), ICC kept; as LA when
+    a tRNS colour key makes one grey level transparent."""
+    wide = image.convert("I")
+    grey = wide.point(lambda v: v * (1 / 256)).convert("L")
+    # The key is a 16-bit level: kept as is on the 8-bit picture it named an impossible level (PNG
+    # writes it anyway), so the keyed pixels turned opaque. Scaling it would also key every level
+    # sharing its high byte; an alpha band keeps exactly the pixels that were transparent.
+    key = grey.info.pop("transparency", None)
+    if isinstance(key, int):
+        alpha = ImageMath.lambda_eval(lambda a: (a["m"] != key) * 255, m=wide).convert("L")
+        grey = Image.merge("LA", (grey, alpha))
     if "icc_profile" in image.info:
         grey.info["icc_profile"] = image.info["icc_profile"]
     return grey

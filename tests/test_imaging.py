@@ -434,6 +434,21 @@ def test_a_16_bit_grey_png_is_sent_as_8_bit_grey_scaled_not_clipped_to_white() -
     assert ImageChops.difference(outside, grey.crop((20, 20, *grey.size))).getbbox() is None
 
 
+def test_a_16_bit_grey_png_with_a_transparent_grey_level_keeps_those_pixels_transparent() -> None:
+    """Its tRNS key (a 16-bit level) stayed on the 8-bit picture: the PNG sent on named a grey level
+    over 255, and the keyed pixels came out opaque. Only the keyed level becomes transparent, not the
+    levels that share its high byte."""
+    levels = [5000, 5001, 1000, 65535]  # the key, its high byte's neighbour, two others
+    deep = Image.new("I;16", (64, 64))
+    deep.putdata([levels[x // 16] for _ in range(64) for x in range(64)])
+    result = validate_image(save(deep, "PNG", transparency=5000), **LIMITS)
+    with Image.open(io.BytesIO(result.data)) as image:
+        assert (image.mode, image.format, image.info.get("transparency")) == ("LA", "PNG", None)
+        assert [image.getpixel((x, 0)) for x in (0, 16, 32, 48)] == [(19, 0), (19, 255), (3, 255), (255, 255)]
+        assert image.getchannel("A").crop((0, 0, 16, 64)).getextrema() == (0, 0)
+        assert image.getchannel("A").crop((16, 0, 64, 64)).getextrema() == (255, 255)
+
+
 @pytest.mark.parametrize(("size", "fmt"), [((17000, 40), "webp"), ((40, 66000), "jpeg")])
 def test_a_masked_result_too_long_for_its_format_comes_back_as_png(size: tuple[int, int], fmt: str) -> None:
     """A panorama the provider already made (and billed): WebP cannot hold a side over 16,383 px nor
