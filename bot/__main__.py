@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     secrets += database_passwords(settings.database)
     configure_logging(settings.log_level, secrets, settings.log_format)
     _warn_unread(settings.unread_settings)
+    for line in settings.capped_settings:
+        log.warning("%s", line)
     if settings.default_model and settings.default_model not in catalog.models:
         # Not fatal (a catalog copy may drop a model): said, since members then get another model.
         log.warning(

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from PIL import Image
+
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 from bot.observability.healthcheck import heartbeat_file
 
@@ -147,6 +149,8 @@ class Settings:
     # Names `.env` sets that Retouch never reads (a misspelt setting), each with the setting it may
     # have meant ("" when none is close): warned about at start.
     unread_settings: tuple[tuple[str, str], ...] = ()
+    # Settings lowered at load to what Retouch can honour, one line each saying so: warned about at start.
+    capped_settings: tuple[str, ...] = ()
 
     @property
     def provider_limits(self) -> dict[str, int]:
@@ -499,7 +503,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
     Raises ConfigError listing every problem. Names `.env` sets that Retouch does not read are kept in
-    `unread_settings`, for a warning once logging is set up.
+    `unread_settings`, and a setting lowered to what Retouch can honour is said in `capped_settings`,
+    each for a warning once logging is set up.
     """
     in_dotenv: list[str] = []
     if env is None:
@@ -584,4 +589,24 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
     if r.problems:
         raise ConfigError(r.problems)
-    return replace(settings, unread_settings=unread_names(in_dotenv, r.asked))
+    settings, capped = _capped_pixels(settings)
+    return replace(settings, unread_settings=unread_names(in_dotenv, r.asked), capped_settings=capped)
+
+
+def _capped_pixels(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
+    """`settings` with MAX_INPUT_MEGAPIXELS at most Pillow's decompression-bomb limit, and the line
+    saying so when it was over.
+
+    Pillow refuses an image over its limit (`Image.MAX_IMAGE_PIXELS`, ~89.5 MP) whatever the setting
+    says, so members were refused under the limit their error message named. Raising Pillow's
+    process-wide limit instead would also lift it for every other decode (provider outputs included),
+    and one decode of a 120 MP RGBA picture takes ~480 MB, several at once: the cap keeps memory bounded
+    by Pillow's ceiling and tells the operator the limit that really applies."""
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    if bomb_limit is None or settings.max_input_pixels <= bomb_limit:
+        return settings, ()
+    line = (
+        f"MAX_INPUT_MEGAPIXELS={settings.max_input_pixels / MEGA:g} is over Pillow's decompression-bomb "
+        f"limit: images are limited to {bomb_limit / MEGA:.1f} megapixels"
+    )
+    return replace(settings, max_input_pixels=bomb_limit), (line,)

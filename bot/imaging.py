@@ -463,6 +463,10 @@ def _open_checked(
     mime = sniff_mime(data)
     if mime not in ACCEPTED_MIMES:
         raise error(messages.wrong_type(name, mime), code="unsupported_type")
+    # Pillow refuses more than its own bomb limit whatever `max_pixels` says (bot.config caps
+    # MAX_INPUT_MEGAPIXELS to it): the message names the limit that applies.
+    if Image.MAX_IMAGE_PIXELS is not None:
+        max_pixels = min(max_pixels, Image.MAX_IMAGE_PIXELS)
     too_many_pixels = error(messages.too_many_pixels(name, max_pixels), code="too_many_pixels")
     corrupt = error(messages.corrupt(name), code="corrupt")
     # catch_warnings swaps a process-wide filter list, which other threads may restore under this one:

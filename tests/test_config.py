@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from PIL import Image
 
 from bot.app import provider_session
 from bot.config import ConfigError, Secret, load_settings, mask_userinfo
@@ -265,6 +266,22 @@ def test_a_misspelt_setting_in_dotenv_is_warned_about_with_the_one_meant(tmp_pat
         in unread[0]
     )
     assert unread[1].endswith(".env sets FROBNICATE, which is not a Retouch setting")
+
+
+def test_max_input_megapixels_over_pillows_bomb_limit_is_lowered_to_it_with_a_warning(tmp_path: Path):
+    """Pillow refuses more than ~89.5 MP whatever the setting says: at 120 a member's 100 MP photo was
+    refused "over the limit of 120 megapixels". The setting is lowered to what applies, and said."""
+    warning = (
+        "MAX_INPUT_MEGAPIXELS=120 is over Pillow's decompression-bomb limit: "
+        "images are limited to 89.5 megapixels"
+    )
+    over = load_settings({**BASE, "MAX_INPUT_MEGAPIXELS": "120"})
+    assert (over.max_input_pixels, over.capped_settings) == (Image.MAX_IMAGE_PIXELS, (warning,))
+    under = load_settings({**BASE, "MAX_INPUT_MEGAPIXELS": "89"})
+    assert (under.max_input_pixels, under.capped_settings) == (89_000_000, ())
+    proc = run_bot(["--check-config"], {**BASE, "MAX_INPUT_MEGAPIXELS": "120"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.endswith(warning) for line in proc.stderr.splitlines()), proc.stderr
 
 
 def test_every_setting_env_example_offers_is_one_retouch_reads(tmp_path: Path):

@@ -157,6 +157,13 @@ REFUSALS: list[tuple[str, Callable[[], bytes], dict[str, int], str, str]] = [
         "too_many_pixels",
         "pixels",
     ),
+    (  # MAX_INPUT_MEGAPIXELS=120: the message named 120 MP when refusing 100 MP
+        "png under max_pixels but over pillow's limit",
+        lambda: png_header_only(10000, 10000),
+        {"max_pixels": 120_000_000},
+        "too_many_pixels",
+        "the limit is 89.5 megapixels",
+    ),
     (
         "png declaring over max_pixels",
         lambda: png_header_only(8000, 8000),
