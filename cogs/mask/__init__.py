@@ -218,14 +218,19 @@ class MaskCog(GridPicker, RetouchCog):
             skip_preview=skip,
             origin_message_id=origin_message_id,
         )
+        # Downloading and checking the images (a mask file too) takes an intake turn, as /edit's does
+        # (cogs._results.run_and_publish): a burst of /mask commands would otherwise decode at once.
+        # Released before the picker or preview waits for the member, and before `_execute` takes one.
         if job.mask.upload is None:
-            provisional = await masking.prepare_picker(self.edits, job, progress=progress)
+            async with self.edits.engine.intake():
+                provisional = await masking.prepare_picker(self.edits, job, progress=progress)
             await progress.close()
             session.job = masking.with_cells(job, masking.DEFAULT_GRID, ())
             session.picture = provisional.images[0].data
             await self._open(session, self._show_picker(interaction, session))
             return
-        prepared = await self.edits.prepare(job, progress=progress)
+        async with self.edits.engine.intake():
+            prepared = await self.edits.prepare(job, progress=progress)
         await progress.close()
         if skip:
             await self._execute(interaction, prepared, origin_message_id)

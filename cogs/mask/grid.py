@@ -123,7 +123,8 @@ class GridPicker(PricedPreview):
             return
         await interaction.response.defer()
         self.sessions.touch(session, interaction)
-        session.prepared = await self.edits.prepare(session.job)
+        async with self.edits.engine.intake():  # as the first preparation (MaskCog._begin_session)
+            session.prepared = await self.edits.prepare(session.job)
         await self._show_preview(interaction, session)
 
     async def _back(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:

@@ -261,6 +261,35 @@ async def test_picker_updates_as_cells_are_chosen_then_runs_on_those_cells(world
     assert_only_box_changed(rgb(result.files[0][1]), (0, 0, 112, 75))
 
 
+@pytest.mark.parametrize("with_file", [True, False], ids=["mask file", "picker"])
+async def test_every_preparation_of_a_mask_job_takes_an_intake_turn(world: World, with_file: bool):
+    """The image (and mask file) of a /mask command were downloaded and checked outside the engine's
+    intake turns (JobEngine.intake), so a burst of /mask commands all had their pictures decoding at once;
+    only the final Run took a turn, as /edit does for all of its work."""
+    turns = world.services.edits.engine.intake_turns
+    edits = cog(world).edits
+    real_prepare, held = edits.prepare, []
+
+    async def prepare_in_a_turn(*args: Any, **kw: Any) -> Any:
+        held.append(turns.inside)
+        return await real_prepare(*args, **kw)
+
+    edits.prepare = prepare_in_a_turn  # type: ignore[method-assign]
+    it = await mask_command(world, box_mask() if with_file else None)
+    if not with_file:
+        picker = await shown(world, it, "cells")
+        await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+        find = picker.find_component
+        await world.fake.wait_until(lambda: not find(control(picker, "next")).get("disabled"))
+        it = await click(world, picker, "next")
+    preview = await shown(world, it, "run")
+    assert turns.inside == 0  # not held while the preview waits for the member
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+    # The preview's preparation(s) (the picker's first, then its cells'), then Run's: each in a turn.
+    assert held == ([1, 1] if with_file else [1, 1, 1])
+
+
 async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
     it = await mask_command(world, box_mask())
     preview = await shown(world, it, "cancel")
