@@ -740,20 +740,36 @@ class HeldReservation:
         return await self._reserve(*args)
 
 
+class Admitting:
+    """Processes a and b on one database, a's new job held up while its credits are checked."""
+
+    async def start(self, process: Factory) -> Admitting:
+        self.a, self.told_a = await process("a")
+        await self.a.engine.recover()
+        self.b, self.told_b = await process("b")
+        await self.b.engine.recover()
+        self.reservation = HeldReservation(self.a)
+        self.submitting = asyncio.create_task(self.a.submit(await self.a.prepare(job())))
+        await asyncio.wait_for(self.reservation.holding.wait(), 10)
+        [self.job_id] = self.a.engine.files.job_ids()
+        return self
+
+
 async def test_a_clean_stop_keeps_a_job_whose_credits_are_still_being_held_until_its_lease_runs_out(
     process: Factory, openai: FakeOpenAI, clock: Clock
 ):
     """A stop comes while a new job's credits are checked: its `queued` row is not handed back (another
     process claimed it and ended it as "restarted before your edit could start", while this one held its
     credits and queued it). Held, it goes to another process once its lease runs out, and runs once."""
-    a, _ = await process("a")
-    await a.engine.recover()
-    b, told_b = await process("b")
-    await b.engine.recover()
-    reservation = HeldReservation(a)
-    submitting = asyncio.create_task(a.submit(await a.prepare(job())))
-    await asyncio.wait_for(reservation.holding.wait(), 10)
-    [job_id] = a.engine.files.job_ids()
+    it = await Admitting().start(process)
+    a, b, told_b, reservation, submitting, job_id = (
+        it.a,
+        it.b,
+        it.told_b,
+        it.reservation,
+        it.submitting,
+        it.job_id,
+    )
     await a.drain(0)
     assert sum((await b.engine.lease_round()).values()) == 0  # still a's
     reservation.go.set()
@@ -774,14 +790,16 @@ async def test_a_job_ended_elsewhere_while_its_credits_were_checked_is_not_held_
     (telling the member the edit did not start). a's reservation then holds nothing and leaves the row
     ended; its command says the edit moved. It used to turn the row `reserved` again with a fresh hold,
     and the job was run and charged."""
-    a, told_a = await process("a")
-    await a.engine.recover()
-    b, told_b = await process("b")
-    await b.engine.recover()
-    reservation = HeldReservation(a)
-    submitting = asyncio.create_task(a.submit(await a.prepare(job())))
-    await asyncio.wait_for(reservation.holding.wait(), 10)
-    [job_id] = a.engine.files.job_ids()
+    it = await Admitting().start(process)
+    a, told_a, b, told_b, reservation, submitting, job_id = (
+        it.a,
+        it.told_a,
+        it.b,
+        it.told_b,
+        it.reservation,
+        it.submitting,
+        it.job_id,
+    )
     clock.advance(LEASE + 1)
     assert (await b.engine.lease_round())["released"] == 1
     assert await until(lambda: told_b.notices) == [(job_id, messages.RESTARTED_BEFORE_START)]
