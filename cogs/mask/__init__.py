@@ -229,12 +229,18 @@ class MaskCog(GridPicker, RetouchCog):
             session.picture = provisional.images[0].data
             await self._open(session, self._show_picker(interaction, session))
             return
+        if skip:  # prepared and queued in one turn: its images are not held while it waits for another
+            await progress.close()
+            await run_and_publish(
+                self.bot,
+                interaction,
+                lambda shown: self.edits.prepare(job, progress=shown),
+                origin_message_id=origin_message_id,
+            )
+            return
         async with self.edits.engine.intake():
             prepared = await self.edits.prepare(job, progress=progress)
         await progress.close()
-        if skip:
-            await self._execute(interaction, prepared, origin_message_id)
-            return
         session.prepared = prepared
         await self._open(session, self._show_preview(interaction, session))
 

@@ -19,6 +19,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from bot import messages
 from bot.catalog import Catalog
+from bot.jobs.core import IntakeTurns
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
 from tests.durable import undo_button
@@ -288,6 +289,39 @@ async def test_every_preparation_of_a_mask_job_takes_an_intake_turn(world: World
     assert (await world.finished(run)).startswith("Done")
     # The preview's preparation(s) (the picker's first, then its cells'), then Run's: each in a turn.
     assert held == ([1, 1] if with_file else [1, 1, 1])
+
+
+async def test_a_burst_of_mask_commands_without_a_preview_holds_the_images_of_one_turn_at_a_time(
+    world: World,
+):
+    """Without the preview, a /mask command prepared its job in one intake turn, then waited for another
+    to queue it while holding the images: the rest of the burst got ahead and did the same, so every
+    command's pictures were in memory at once however few the turns."""
+    await world.services.storage.settings.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+    world.services.edits.engine.intake_turns = IntakeTurns(1)
+    edits = cog(world).edits
+    real_prepare, real_submit = edits.prepare, world.services.edits.submit
+    holding, most = 0, 0
+
+    async def prepare(*args: Any, **kw: Any) -> Any:
+        nonlocal holding, most
+        prepared = await real_prepare(*args, **kw)
+        holding += 1
+        most = max(most, holding)
+        await asyncio.sleep(0.05)  # the other commands reach for their turns meanwhile
+        return prepared
+
+    async def submit(*args: Any, **kw: Any) -> Any:
+        nonlocal holding
+        holding -= 1
+        return await real_submit(*args, **kw)
+
+    edits.prepare = prepare  # type: ignore[method-assign]
+    world.services.edits.submit = submit  # type: ignore[method-assign]
+    its = await asyncio.gather(*(mask_command(world, box_mask()) for _ in range(3)))
+    for it in its:
+        assert (await world.finished(it)).startswith("Done")
+    assert most == 1
 
 
 async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
