@@ -530,6 +530,24 @@ def fit_exactly(data: bytes, fmt: str, limit: int) -> tuple[bytes, str] | None:
     return (out, "webp") if len(out) <= limit else None
 
 
+# How `fit_result` made an image fit: unchanged, re-encoded with the same pixels, or made smaller.
+AS_IS, LOSSLESS, SMALLER = "as is", "lossless", "smaller"
+
+
+def fit_result(data: bytes, fmt: str, limit: int, *, exact: bool) -> tuple[bytes, str, str]:
+    """`fit_to_limit`, trying `fit_exactly` first when `exact` (a restored result, not JPEG): the data,
+    its format, and how it was fitted (`AS_IS`, `LOSSLESS`, `SMALLER`). BLOCKING."""
+    fmt = normalize_format(fmt)
+    if len(data) <= limit:
+        return data, fmt, AS_IS
+    if exact and fmt != "jpeg":
+        found = fit_exactly(data, fmt, limit)
+        if found is not None:
+            return found[0], found[1], LOSSLESS
+    smaller, smaller_fmt = fit_to_limit(data, fmt, limit)
+    return smaller, smaller_fmt, SMALLER
+
+
 def fit_to_limit(data: bytes, fmt: str, limit: int) -> tuple[bytes, str]:
     """Return (`data`, `fmt`) unchanged if it fits in `limit` bytes, else a smaller encoding. BLOCKING.
 

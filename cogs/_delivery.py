@@ -183,23 +183,26 @@ class DiscordDelivery:
 
 async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> EditOutcome:
     """`outcome` with its files, together, under the DM upload limit (results were fitted to the
-    server's, which a boosted server raises well above a DM's). Pillow runs in a thread. A PNG or WebP
-    keeps its pixels when lossless WebP fits (a masked result's outside is the original's to the bit)."""
+    server's, which a boosted server raises well above a DM's). Pillow runs in a thread. A restored
+    (masked) result keeps its pixels when lossless WebP fits, and says so when it cannot."""
     files = []
+    notices = outcome.notices
     share = imaging.share_of_upload(limit, len(outcome.files))
     for f in outcome.files:
-        if len(f.data) <= share:
+        data, fmt, how = await asyncio.to_thread(
+            imaging.fit_result, f.data, f.format, share, exact=outcome.restored
+        )
+        if how == imaging.AS_IS:
             files.append(f)
             continue
-        fitted = None
-        if imaging.normalize_format(f.format) != "jpeg":
-            fitted = await asyncio.to_thread(imaging.fit_exactly, f.data, f.format, share)
-        if fitted is None:
-            fitted = await asyncio.to_thread(imaging.fit_to_limit, f.data, f.format, share)
-        data, fmt = fitted
+        if outcome.restored and how == imaging.SMALLER and imaging.normalize_format(f.format) != "jpeg":
+            kept = tuple(
+                n for n in notices if n not in (messages.KEPT_AS_LOSSLESS_WEBP, messages.RESTORED_NOT_EXACT)
+            )
+            notices = (*kept, messages.RESTORED_NOT_EXACT)
         stem = f.filename.rsplit(".", 1)[0]
         files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
-    return replace(outcome, files=tuple(files))
+    return replace(outcome, files=tuple(files), notices=notices)
 
 
 def _why(exc: BaseException) -> str:

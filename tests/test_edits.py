@@ -17,6 +17,7 @@ from PIL import Image
 from bot import imaging, messages
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions, RetouchError
+from bot.jobs import results as results_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
@@ -459,6 +460,42 @@ async def test_a_masked_result_too_large_for_the_upload_limit_stays_exact_or_say
     [made] = smaller.files
     assert len(made.data) < len(lossless) and outside_changed(made.data, original, region) is not None
     assert messages.RESTORED_NOT_EXACT in smaller.notices
+
+
+async def test_a_masked_jpeg_made_smaller_for_the_upload_limit_claims_no_lossless_copy(make_service, fake):
+    """JPEG was never exact: a JPEG result re-encoded to fit says nothing about pixels kept (it was told
+    "the same pixels as the PNG", in lossless WebP, of a lossy WebP)."""
+    service = make_service()
+    job = replace(make_job(output_format="jpeg"), mask=MaskSpec(grid=(3, 3), cells=(5,)))
+    jpeg = (await run_to_end(service, job)).files[0].data
+    fitted = await run_to_end(service, replace(job, upload_limit=limit_giving(len(jpeg) - 1)))
+    [made] = fitted.files
+    assert made.data != jpeg
+    assert messages.KEPT_AS_LOSSLESS_WEBP not in fitted.notices
+    assert messages.RESTORED_NOT_EXACT not in fitted.notices
+
+
+@pytest.mark.parametrize(
+    ("fitted", "asked", "said"),
+    [
+        ([("png", "as is"), ("png", "lossless")], "png", [messages.KEPT_AS_LOSSLESS_WEBP]),
+        ([("png", "as is")], "webp", [messages.kept_as_png("webp")]),
+        (
+            [("png", "as is"), ("png", "smaller")],
+            "jpeg",
+            [messages.kept_as_png("jpeg"), messages.RESTORED_NOT_EXACT],
+        ),
+        ([("webp", "lossless")], "webp", []),
+        ([("jpeg", "smaller")], "jpeg", []),
+        ([("png", "as is")], "png", []),
+    ],
+)
+def test_a_restored_results_notices_follow_each_image(
+    fitted: list[tuple[str, str]], asked: str, said: list[str]
+):
+    """Per image: one of two PNGs kept and the other made lossless WebP is not "too long for PNG"; a
+    PNG kept for a long side still says so beside another image made smaller."""
+    assert list(results_module._format_notices(fitted, asked)) == said
 
 
 async def test_masked_results_are_restored_a_few_at_a_time(make_service, fake, monkeypatch):

@@ -203,6 +203,8 @@ class EditOutcome:
     # Credits the provider billed beyond `charged` (images that came back unusable, failed calls it
     # took, any charge above the hold): nobody pays them, the budgets count them.
     absorbed: int = 0
+    # A masked result whose outside pixels are the original's (a re-encode must keep or say otherwise).
+    restored: bool = False
 
 
 @dataclass(frozen=True)

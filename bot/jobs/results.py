@@ -41,9 +41,9 @@ class JobResults(EngineCore):
         if restored:
             async with self.restore_turns.turn():
                 result = await self._restore_outside(job.id, spec, result)
-        files, exact = await self._fit(job.id, result, spec.upload_limit, exact=restored)
+        files, fitted = await self._fit(job.id, result, spec.upload_limit, exact=restored)
         if restored:
-            notices += _format_notices([f.format for _, f in files], spec.output_format, exact=exact)
+            notices += _format_notices(fitted, spec.output_format)
         await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
         record = {
@@ -103,6 +103,7 @@ class JobResults(EngineCore):
             balance_after=(account.balance if account else 0) + spec.reserve - charged,
             notices=spec.notices + tuple(record.get("notices") or ()),
             absorbed=int(record.get("absorbed") or 0),
+            restored=spec.mask is not None and spec.mask.keep_outside,
         )
 
     async def _restore_outside(self, job_id: str, spec: JobSpec, result: EditResult) -> EditResult:
@@ -134,38 +135,36 @@ class JobResults(EngineCore):
 
     async def _fit(
         self, job_id: str, result: EditResult, limit: int, *, exact: bool = False
-    ) -> tuple[list[tuple[str, ResultFile]], bool]:
+    ) -> tuple[list[tuple[str, ResultFile]], list[tuple[str, str]]]:
         """Every image, together, under the upload limit; named for users and for the job's folder.
-        With `exact` (a restored result, PNG or WebP) an image keeps its pixels when it can (lossless
-        WebP); whether every image did."""
-        files = []
-        kept = True
+        With `exact` (a restored result) an image keeps its pixels when it can (lossless WebP). Also,
+        per image, the format it came in and how it was fitted (`imaging.fit_result`)."""
+        files, fitted = [], []
         share = imaging.share_of_upload(limit, len(result.images))
         for index, image in enumerate(result.images, start=1):
-            fitted: tuple[bytes, str] | None = None
-            if exact and imaging.normalize_format(image.format) != "jpeg":  # JPEG was never exact
-                fitted = await asyncio.to_thread(imaging.fit_exactly, image.data, image.format, share)
-                kept = kept and fitted is not None
-            if fitted is None:
-                fitted = await asyncio.to_thread(imaging.fit_to_limit, image.data, image.format, share)
-            data, fmt = fitted
+            data, fmt, how = await asyncio.to_thread(
+                imaging.fit_result, image.data, image.format, share, exact=exact
+            )
+            fitted.append((imaging.normalize_format(image.format), how))
             ext = "jpg" if fmt == "jpeg" else fmt
             files.append(
                 (f"result-{index}.{ext}", ResultFile(result_filename(job_id, index, ext), data, fmt))
             )
-        return files, kept
+        return files, fitted
 
 
-def _format_notices(formats: list[str], asked: str, *, exact: bool) -> tuple[str, ...]:
-    """A restored result not in the format asked for, said on the result rather than left for the
-    member to find in the file name: PNG for a side too long for WebP or JPEG, lossless WebP for a PNG
-    too large for the upload limit; or (not `exact`) one too large even so, made smaller, whose outside
-    pixels are then close to the original's but no longer the same."""
+def _format_notices(fitted: list[tuple[str, str]], asked: str) -> tuple[str, ...]:
+    """What a restored result says of its files (`fitted`: each image's format from the restore and how
+    it was fitted), rather than leaving the member to find it in a file name: PNG for a side too long
+    for the format asked; lossless WebP for a PNG too large for the upload limit; and for one too large
+    even so, made smaller, that its outside is close to the original but no longer the same (a JPEG
+    was never exact: nothing to say)."""
     wanted = imaging.normalize_format(asked)
-    if not exact:
-        return (messages.RESTORED_NOT_EXACT,)
-    if all(fmt == wanted for fmt in formats):
-        return ()
-    if "png" in formats:
-        return (messages.kept_as_png(wanted),)
-    return (messages.KEPT_AS_LOSSLESS_WEBP,)
+    notices = []
+    if any(fmt == "png" and how == imaging.AS_IS for fmt, how in fitted) and wanted != "png":
+        notices.append(messages.kept_as_png(wanted))
+    if any(how == imaging.LOSSLESS for _, how in fitted) and wanted != "webp":
+        notices.append(messages.KEPT_AS_LOSSLESS_WEBP)
+    if any(how == imaging.SMALLER and fmt != "jpeg" for fmt, how in fitted):
+        notices.append(messages.RESTORED_NOT_EXACT)
+    return tuple(notices)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import replace
 
 from PIL import Image
 
+from bot import messages
 from bot.jobs.model import EditOutcome, ResultFile
 from bot.storage.reports import LedgerEntry
 from cogs._delivery import DM_UPLOAD_LIMIT, fit_for_dm
@@ -71,10 +73,24 @@ async def test_a_png_too_big_for_a_dm_keeps_its_pixels_as_lossless_webp_when_tha
     big = ResultFile("retouch_0_1.png", buf.getvalue(), "png")
     limit = len(big.data) // 4
 
-    [fitted] = (await fit_for_dm(outcome(big), limit)).files
+    [fitted] = (await fit_for_dm(replace(outcome(big), restored=True), limit)).files
 
     assert fitted.format == "webp" and len(fitted.data) <= limit
     assert Image.open(io.BytesIO(fitted.data)).convert("RGB").tobytes() == flat.tobytes()
+
+
+async def test_a_restored_result_made_lossy_for_a_dm_says_its_outside_is_no_longer_exact():
+    """Exact in the channel (a boosted server's limit), too large for a DM even as lossless WebP: the DM
+    copy must not keep saying "the same pixels"."""
+    restored = ResultFile("retouch_0_1.webp", noisy_png(256), "png")
+    channel = replace(outcome(restored), notices=(messages.KEPT_AS_LOSSLESS_WEBP,), restored=True)
+
+    dm = await fit_for_dm(channel, len(restored.data) // 2)
+
+    assert dm.files[0].data != restored.data
+    assert dm.notices == (messages.RESTORED_NOT_EXACT,)
+    unmasked = await fit_for_dm(replace(channel, restored=False, notices=()), len(restored.data) // 2)
+    assert unmasked.notices == ()  # any other result is simply made to fit
 
 
 def test_a_credit_history_line_names_an_admins_change_after_retention_erased_who_and_why():
