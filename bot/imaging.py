@@ -516,34 +516,24 @@ def share_of_upload(limit: int, files: int) -> int:
     return max(1, room // max(1, files))
 
 
-def fit_exactly(data: bytes, fmt: str, limit: int) -> tuple[bytes, str] | None:
-    """(`data`, `fmt`) if it fits in `limit` bytes, else the same pixels as lossless WebP if that fits,
-    else None. BLOCKING. A masked result's outside pixels are the original's to the bit: the lossy
-    rungs of `fit_to_limit` would change every one of them."""
-    fmt = normalize_format(fmt)
-    if len(data) <= limit:
-        return data, fmt
-    source = decode(data)
-    if max(source.size) > WEBP_MAX_SIDE:
-        return None
-    out = encode(source, "webp", lossless=True)
-    return (out, "webp") if len(out) <= limit else None
-
-
 # How `fit_result` made an image fit: unchanged, re-encoded with the same pixels, or made smaller.
 AS_IS, LOSSLESS, SMALLER = "as is", "lossless", "smaller"
 
 
 def fit_result(data: bytes, fmt: str, limit: int, *, exact: bool) -> tuple[bytes, str, str]:
-    """`fit_to_limit`, trying `fit_exactly` first when `exact` (a restored result, not JPEG): the data,
-    its format, and how it was fitted (`AS_IS`, `LOSSLESS`, `SMALLER`). BLOCKING."""
+    """`fit_to_limit`, trying the same pixels as lossless WebP first when `exact` (a restored result,
+    not JPEG): the data, its format, and how it was fitted (`AS_IS`, `LOSSLESS`, `SMALLER`). BLOCKING.
+    A masked result's outside pixels are the original's to the bit: the lossy rungs of `fit_to_limit`
+    would change every one of them."""
     fmt = normalize_format(fmt)
     if len(data) <= limit:
         return data, fmt, AS_IS
     if exact and fmt != "jpeg":
-        found = fit_exactly(data, fmt, limit)
-        if found is not None:
-            return found[0], found[1], LOSSLESS
+        source = decode(data)
+        if max(source.size) <= WEBP_MAX_SIDE:
+            lossless = encode(source, "webp", lossless=True)
+            if len(lossless) <= limit:
+                return lossless, "webp", LOSSLESS
     smaller, smaller_fmt = fit_to_limit(data, fmt, limit)
     return smaller, smaller_fmt, SMALLER
 
