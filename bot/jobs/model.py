@@ -157,6 +157,11 @@ class JobSpec:
         )
 
     @property
+    def restores_outside(self) -> bool:
+        """A masked job whose result gets the original's pixels back outside the mask."""
+        return self.mask is not None and self.mask.keep_outside
+
+    @property
     def input_names(self) -> list[str]:
         names = [f.name for f in self.inputs]
         if self.mask is not None:

@@ -37,7 +37,7 @@ class JobResults(EngineCore):
         absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - charged
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         notices: tuple[str, ...] = (served.notice,) if served.notice else ()
-        restored = spec.mask is not None and spec.mask.keep_outside
+        restored = spec.restores_outside
         if restored:
             async with self.restore_turns.turn():
                 result = await self._restore_outside(job.id, spec, result)
@@ -103,7 +103,7 @@ class JobResults(EngineCore):
             balance_after=(account.balance if account else 0) + spec.reserve - charged,
             notices=spec.notices + tuple(record.get("notices") or ()),
             absorbed=int(record.get("absorbed") or 0),
-            restored=spec.mask is not None and spec.mask.keep_outside,
+            restored=spec.restores_outside,
         )
 
     async def _restore_outside(self, job_id: str, spec: JobSpec, result: EditResult) -> EditResult:
