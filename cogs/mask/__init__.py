@@ -230,7 +230,6 @@ class MaskCog(GridPicker, RetouchCog):
             await self._open(session, self._show_picker(interaction, session))
             return
         if skip:  # prepared and queued in one turn: its images are not held while it waits for another
-            await progress.close()
             await run_and_publish(
                 self.bot,
                 interaction,
