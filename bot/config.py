@@ -417,6 +417,9 @@ def _read_provider_order(r: _Reader) -> tuple[str, ...]:
 
 MIB = 1024 * 1024
 MEGA = 1_000_000
+# OpenAI takes input images "< 50 MB each" (providers.md), and the resellers relay to it: a larger
+# upload was accepted, queued and then refused by every route, the member waiting for nothing.
+PROVIDER_MAX_INPUT_BYTES = 50 * MIB - 1
 
 
 def _default(name: str) -> Any:
@@ -589,8 +592,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
     if r.problems:
         raise ConfigError(r.problems)
-    settings, capped = _capped_pixels(settings)
-    return replace(settings, unread_settings=unread_names(in_dotenv, r.asked), capped_settings=capped)
+    settings, capped_pixels = _capped_pixels(settings)
+    settings, capped_bytes = _capped_bytes(settings)
+    return replace(
+        settings,
+        unread_settings=unread_names(in_dotenv, r.asked),
+        capped_settings=capped_pixels + capped_bytes,
+    )
 
 
 def _capped_pixels(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
@@ -610,3 +618,15 @@ def _capped_pixels(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
         f"limit: images are limited to {bomb_limit / MEGA:.1f} megapixels"
     )
     return replace(settings, max_input_pixels=bomb_limit), (line,)
+
+
+def _capped_bytes(settings: Settings) -> tuple[Settings, tuple[str, ...]]:
+    """`settings` with MAX_INPUT_MB under the providers' own upload limit, and the line saying so when
+    it was over: a member is refused at once, naming the limit, instead of after the wait in the queue."""
+    if settings.max_input_bytes <= PROVIDER_MAX_INPUT_BYTES:
+        return settings, ()
+    line = (
+        f"MAX_INPUT_MB={settings.max_input_bytes / MIB:g} is over the providers' upload limit: "
+        "uploads are limited to under 50 MB"
+    )
+    return replace(settings, max_input_bytes=PROVIDER_MAX_INPUT_BYTES), (line,)

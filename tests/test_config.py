@@ -284,6 +284,21 @@ def test_max_input_megapixels_over_pillows_bomb_limit_is_lowered_to_it_with_a_wa
     assert any(line.endswith(warning) for line in proc.stderr.splitlines()), proc.stderr
 
 
+def test_max_input_mb_over_the_providers_limit_is_lowered_under_it_with_a_warning(tmp_path: Path):
+    """OpenAI refuses an input of 50 MB or more: at MAX_INPUT_MB=100 a 60 MB upload was queued, then
+    refused by every route. The setting is lowered under the providers' limit, and said."""
+    warning = "MAX_INPUT_MB=100 is over the providers' upload limit: uploads are limited to under 50 MB"
+    over = load_settings({**BASE, "MAX_INPUT_MB": "100"})
+    assert (over.max_input_bytes, over.capped_settings) == (50 * 1024 * 1024 - 1, (warning,))
+    under = load_settings({**BASE, "MAX_INPUT_MB": "49"})
+    assert (under.max_input_bytes, under.capped_settings) == (49 * 1024 * 1024, ())
+    both = load_settings({**BASE, "MAX_INPUT_MB": "100", "MAX_INPUT_MEGAPIXELS": "120"})
+    assert len(both.capped_settings) == 2
+    proc = run_bot(["--check-config"], {**BASE, "MAX_INPUT_MB": "100"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert any(line.endswith(warning) for line in proc.stderr.splitlines()), proc.stderr
+
+
 def test_every_setting_env_example_offers_is_one_retouch_reads(tmp_path: Path):
     """Each name of `.env.example`, set (empty: its default) in `.env`, is one Retouch reads."""
     example = (ROOT / ".env.example").read_text()
