@@ -2168,3 +2168,24 @@ async def test_the_longest_durations_the_settings_allow_still_run_edits_and_the_
     job_id = await submit(service)
     await wait_state(service, job_id, "delivered")
     await service.engine.sweep()
+
+
+async def test_a_charged_cancel_of_an_emulated_count_charges_only_the_calls_that_left(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """Four images on a route without `n` are four calls; with the provider's limit at one, three
+    still wait for a slot when the member cancels. The provider bills the one it took: the cancel
+    charges one image ($0.02), not four."""
+    service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
+    wavespeed.hold_results()
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
+    job_id = (await service.submit(prepared)).job_id
+    await until(lambda: wavespeed.submit_count == 1)
+    await wait_state(service, job_id, "submitted")
+    answer = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert answer.charged == 20
+    assert wavespeed.submit_count == 1
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.error_code) == ("cancelled", "cancelled_at_provider")
+    assert (await service.storage.ledger.get_account(GUILD, ALICE)).balance == 1000 - 20

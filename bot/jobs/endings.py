@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 
 from bot import messages
 from bot.catalog import usd_to_credits
@@ -101,8 +102,9 @@ class JobEndings(EngineCore):
         return await self._provider_price(job) or 0
 
     async def _provider_price(self, job: ActiveJob) -> int | None:
-        """What the job's provider charges for it: its price for the job's options in credits, at most
-        the hold. None when it cannot be priced."""
+        """What the job's provider charges for it: its price for the job's options (for the images whose
+        calls this process saw leave, on a route without `n`) in credits, at most the hold. None when it
+        cannot be priced."""
         row = await self.storage.jobs.get_job(job.id)
         spec = JobSpec.from_json(row.spec) if row is not None and row.spec else None
         model = self.catalog.models.get(spec.model) if spec is not None else None
@@ -119,6 +121,12 @@ class JobEndings(EngineCore):
         if spec is None or model is None or route is None:
             return None
         needs = spec.needs()
+        sent = max(job.calling, len(job.submitted))
+        if sent and not route.n:
+            # Without `n`, each image is a call of its own: the provider bills those that left, not
+            # those still waiting for its concurrency slot when the job was cut off. None known to
+            # have left (a job recovered after a stop): every image is counted, as any may have.
+            needs = replace(needs, count=min(needs.count, sent))
         usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
         return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)
 
