@@ -576,6 +576,9 @@ DMS_OFF = "Retouch does not work in direct messages here. Use it in a server whe
 DMS_OFF_OPERATOR = "Direct messages are off for Retouch. Set ALLOW_DMS=on to use it here."
 NOT_OPERATOR = "Only the operator of this bot (its owner) can do that."
 ALREADY_STARTED = "That edit is already being started from your first click; this one was ignored."
+UNDO_ALREADY_STARTED = (
+    "That version is already being posted again from the first click; this one was ignored."
+)
 
 
 def rate_limited(per_minute: int, retry_after: float) -> str:
@@ -852,5 +855,12 @@ SHUTTING_DOWN = "Retouch is restarting and not taking new edits right now. Pleas
 
 
 def unexpected(reference: str) -> str:
-    """Anything unexpected: the reference ties it to the logged traceback."""
+    """Anything unexpected in a command or the gate before it: the reference ties it to the logged
+    traceback. Nothing is charged before a command's edit is queued, and the engine answers for it."""
     return f"Something went wrong (ref `{reference}`). You were not charged; please try again."
+
+
+def unexpected_in_control(reference: str) -> str:
+    """Anything unexpected in a button, menu or form: no claim about money, since the click may come
+    after an edit was queued or posted (a Stop as the edit ends, a Retry whose edit runs on)."""
+    return f"Something went wrong (ref `{reference}`). Please try again."

@@ -444,7 +444,7 @@ async def report_error(interaction: discord.Interaction, error: BaseException, *
     else:
         ref = new_reference()
         log.error("unexpected error in %s (ref %s)", where, ref, exc_info=error)
-        text = messages.unexpected(ref)
+        text = messages.unexpected_in_control(ref)
     await reply_privately(interaction, text)
 
 

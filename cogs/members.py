@@ -21,7 +21,7 @@ from discord import app_commands
 
 from bot import messages
 from bot.client import RetouchBot, reply_privately
-from bot.services.history import NothingToUndo
+from bot.services.history import NothingToUndo, UndoStep
 from cogs._affordable import CheaperRun, OfferBook
 from cogs._history import UndoControl, chain_thread, history_embed, post_repost, restored_embed
 from cogs._moderation import PublicControls, StopControl, action_link
@@ -100,7 +100,12 @@ class MembersCog(RetouchCog):
         elif not answer.cancelled:
             await interaction.followup.send(answer.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             if interaction.message is not None:
-                await interaction.message.delete()
+                try:
+                    await interaction.message.delete()
+                except discord.HTTPException as exc:
+                    # Already removed by the job's own end (a click as the edit finishes), or by another
+                    # moderator's click: the answer above was the whole reply.
+                    log.info("job %s: its Stop notice was already gone (%s %s)", job_id, exc.status, exc.code)
             return
         else:
             await interaction.edit_original_response(
@@ -171,6 +176,21 @@ class MembersCog(RetouchCog):
         except NothingToUndo:
             await reply_privately(interaction, messages.NOTHING_TO_UNDO)
             return
+        # One repost per double click (two clicks on this Undo, or the requester's and a moderator's at
+        # once, each posted the earlier version); one that posted nothing frees the button at once.
+        access, key = self.bot.services.access, ("undo", message.id)
+        access.claim(key, refusal=messages.UNDO_ALREADY_STARTED)
+        posted = False
+        try:
+            posted = await self._repost(interaction, step)
+        finally:
+            if not posted:
+                access.release(key)
+
+    async def _repost(self, interaction: discord.Interaction, step: UndoStep) -> bool:
+        """Post the version before `step.latest` again (into the chain's thread, if it has one). False
+        when that version cannot be read or is gone (the member is told)."""
+        history = self.bot.services.history
         earlier: discord.Message | None = None
         images: list[tuple[str, bytes]] = []
         try:
@@ -187,10 +207,10 @@ class MembersCog(RetouchCog):
         except discord.Forbidden as exc:  # the bot may no longer read that channel
             log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
             await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
-            return
+            return False
         if earlier is None or not images:
             await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
-            return
+            return False
         name = interaction.user.display_name
         embed = restored_embed(
             earlier.embeds[0] if earlier.embeds else None, name, images[0][0], step.previous.job_id
@@ -216,6 +236,7 @@ class MembersCog(RetouchCog):
             if self._recording.get(step.previous.job_id) is recorded:
                 del self._recording[step.previous.job_id]
         log.info("undo: version %s posted again as %s", step.previous.message_id, posted.id)
+        return True
 
 
 async def setup(bot: RetouchBot) -> None:

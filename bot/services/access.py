@@ -53,8 +53,8 @@ class RateLimited(RetouchError):
 class AlreadyStarted(RetouchError):
     """A second click on the same button within the double-click window."""
 
-    def __init__(self) -> None:
-        super().__init__(messages.ALREADY_STARTED, code="double_click")
+    def __init__(self, text: str = messages.ALREADY_STARTED) -> None:
+        super().__init__(text, code="double_click")
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,13 @@ class AccessService:
         if len(self._recent) > 10_000:  # forget members who went quiet, so memory stays bounded
             self._recent = {u: q for u, q in self._recent.items() if q and q[-1] > now - RATE_WINDOW_SECONDS}
 
-    def claim(self, key: Hashable) -> None:
-        """Start a one-off action (Retry of a job by a member); raise AlreadyStarted if it started
-        within DOUBLE_CLICK_SECONDS. `release` forgets a claim whose action was refused."""
+    def claim(self, key: Hashable, *, refusal: str = messages.ALREADY_STARTED) -> None:
+        """Start a one-off action (Retry of a job by a member); raise AlreadyStarted (saying `refusal`)
+        if it started within DOUBLE_CLICK_SECONDS. `release` forgets a claim whose action was refused."""
         now = self._monotonic()
         self._claims = {k: t for k, t in self._claims.items() if t > now - DOUBLE_CLICK_SECONDS}
         if key in self._claims:
-            raise AlreadyStarted()
+            raise AlreadyStarted(refusal)
         self._claims[key] = now
 
     def release(self, key: Hashable) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -578,6 +579,54 @@ async def test_the_public_notice_goes_away_when_the_edit_is_done(
         await published(world, it)
         await fake_discord.wait_until(lambda: notice.deleted)
         assert [m for m in fake_discord.channel_messages(world.channel) if stop_button(m)] == []
+
+
+async def test_stop_clicked_as_the_edit_ends_says_too_late_and_nothing_went_wrong(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """The job's end removes the public notice while a Stop click on it is being answered: the click's
+    own removal of the notice finds it gone (404). Before, that error reached the control's handler and
+    the member, charged for a posted edit, was also told "Something went wrong... You were not charged"."""
+    caplog.set_level(logging.INFO, logger="cogs.members")
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.delay = 0.5
+        it = await world.edit(PHOTO, size=SQUARE)
+        notice = await public_notice(world)
+        end_removes = fake_discord.hold("DELETE", rf"/channels/{world.channel.id}/messages/{notice.id}")
+        await published(world, it)
+        await fake_discord.wait_until(lambda: end_removes.held)
+        answer = fake_discord.hold("POST", r"/webhooks/\d+/[^/]+")  # the click's "too late"
+        click = await fake_discord.click(world.user, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: answer.held)
+        end_removes.release()
+        await fake_discord.wait_until(lambda: notice.deleted)
+        answer.release()
+        await fake_discord.wait_until(lambda: "its Stop notice was already gone" in caplog.text)
+        said = [str(m.content) for m in click.followups]
+        assert said == ["Too late to cancel: your edit was already posted."]
+        assert "unexpected error" not in caplog.text
+
+
+async def test_a_double_click_on_undo_posts_the_earlier_version_once(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Retry, Edit again and Run edit ignore a second click; Undo posted the earlier version twice."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+
+        def posted() -> int:
+            return len(results(fake_discord.channel_messages(world.channel)))
+
+        def refused(click: FakeInteraction) -> bool:
+            return any(m.content == messages.UNDO_ALREADY_STARTED for m in click.followups)
+
+        shown = posted()
+        clicks = [await fake_discord.click(world.user, second, undo_button(second)) for _ in range(2)]
+        [other] = await fake_discord.wait_until(lambda: [c for c in clicks if refused(c)])
+        [first_click] = [c for c in clicks if c is not other]
+        await fake_discord.wait_until(lambda: posted() > shown and first_click.callbacks)
+        assert posted() == shown + 1
 
 
 async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
