@@ -38,6 +38,10 @@ Autocomplete = Callable[[discord.Interaction, str], Coroutine[Any, Any, Choices]
 
 # Discord rate-limits message edits; a stage line more often than this is noise anyway.
 PROGRESS_MIN_INTERVAL = 2.5
+# The longest a progress edit may take. They are cosmetic, and the job's own task awaits some of them
+# ("Uploading the result…" before its paid result is stored): a PATCH that Discord leaves hanging
+# (aiohttp's default is 300 s) held up a result the provider had already billed.
+PROGRESS_EDIT_TIMEOUT = 10.0
 PROMPT_PREVIEW_CHARS = 300
 EMBED_COLOUR = discord.Colour(0x5865F2)
 FIELD_CHARS = 1024  # Discord's limit for one embed field value
@@ -144,10 +148,11 @@ class ProgressMessage:
         if token_dead(self._interaction):
             return False
         try:
-            # MISSING leaves the message's buttons as they are; None would remove them.
-            await self._interaction.edit_original_response(
-                content=text, view=view if self._with_controls else discord.utils.MISSING
-            )
+            async with asyncio.timeout(PROGRESS_EDIT_TIMEOUT):
+                # MISSING leaves the message's buttons as they are; None would remove them.
+                await self._interaction.edit_original_response(
+                    content=text, view=view if self._with_controls else discord.utils.MISSING
+                )
         except discord.HTTPException as exc:
             note_token_error(self._interaction, exc)
             log.debug("progress edit failed: %s", exc)

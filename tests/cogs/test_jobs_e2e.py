@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import bot.jobs.core
+import cogs._ui
 from bot import messages
 from bot.jobs.model import JobInfo
 from bot.messages import UPLOADING
@@ -122,6 +123,25 @@ def landed_then_one_500(fake: FakeDiscord) -> list[int]:
 
     fake._execute_webhook = handler  # type: ignore[method-assign]
     return tries
+
+
+async def test_a_progress_edit_discord_leaves_hanging_does_not_hold_up_the_paid_result(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The job's task writes "Uploading the result…" before it stores the result the provider billed:
+    a PATCH of the progress message that Discord never answers held the result for aiohttp's 300 s
+    (and lost it if the bot stopped meanwhile). Progress edits now give up after a few seconds."""
+    monkeypatch.setattr(cogs._ui, "PROGRESS_EDIT_TIMEOUT", 0.5)
+    world.openai.delay = 1.0  # the call is out when Discord starts hanging
+    it = await world.edit(PHOTO)
+    await world.fake.wait_until(lambda: world.openai.post_count == 1)
+    hung = world.fake.hold(
+        "PATCH", rf"/webhooks/{world.fake.application_id}/[^/]+/messages/@original", times=100
+    )
+    data_dir = world.services.settings.data_dir
+    await world.fake.wait_until(lambda: jobs(data_dir)[0]["state"] == "delivered")
+    assert results(it.followups) and hung.held
+    hung.release()
 
 
 async def test_a_result_followup_answered_with_a_500_is_not_sent_again(world: World):
