@@ -433,10 +433,11 @@ class RetouchBot(SwitchableShards):
     async def _finish_replies(self) -> None:
         """Let command handlers finish telling their users (e.g. "you were not charged") before the
         HTTP session closes under them. discord.py runs each slash command in a task named
-        "CommandTree-invoker", and button, menu and form callbacks (e.g. /mask's Run edit) in tasks
-        named "discord-ui-…"."""
+        "CommandTree-invoker", button, menu and form callbacks (e.g. /mask's Run edit) in tasks
+        named "discord-ui-…", and event listeners in tasks named after the event: the Edit again and
+        Edit image forms are answered from `on_interaction` listeners."""
         me = asyncio.current_task()
-        names = ("CommandTree-invoker", "discord-ui-")
+        names = ("CommandTree-invoker", "discord-ui-", "discord.py: on_interaction")
         pending = [t for t in asyncio.all_tasks() if t is not me and t.get_name().startswith(names)]
         if pending:
             await asyncio.wait(pending, timeout=REPLY_GRACE_SECONDS)

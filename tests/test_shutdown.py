@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from bot.client import RetouchBot
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import provider_env
@@ -81,3 +82,19 @@ async def test_sigterm_refunds_unfinished_jobs_tells_the_user_and_exits_0(
     kinds = [row[0] for row in db.execute("SELECT kind FROM ledger WHERE job_id IS NOT NULL ORDER BY id")]
     assert kinds == ["reserve", "release"]
     assert db.execute("SELECT state FROM jobs").fetchone()[0] == "cancelled"
+
+
+async def test_the_shutdown_waits_for_forms_answered_by_interaction_listeners():
+    """The Edit again and Edit image forms are answered from `on_interaction` listeners, which
+    discord.py runs in tasks named after the event: the shutdown waited only for commands and
+    component callbacks, and closed the HTTP session under a form's reply."""
+    answered = asyncio.Event()
+
+    async def form_reply() -> None:
+        await asyncio.sleep(0.2)
+        answered.set()
+
+    listener = asyncio.create_task(form_reply(), name="discord.py: on_interaction")
+    await RetouchBot._finish_replies(object())  # type: ignore[arg-type]  # reads no state of the bot
+    assert answered.is_set()
+    await listener
