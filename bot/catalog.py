@@ -3,7 +3,7 @@
 Loaded from a TOML file (the packaged `data/catalog.toml`, or `CATALOG_PATH`), so retirements and price
 changes need no release. All money is `Decimal` so 0.011 × 1000 is exactly 11 credits, never 12.
 
-Why ~450 lines: the types, the price arithmetic and the file parser describe the same fields and
+Why ~620 lines: the types, the price arithmetic and the file parser describe the same fields and
 change together when the catalog gains one (free sizes, route dates); the parser is the natural
 part to move out next (`parse_catalog` and its helpers).
 """
@@ -400,7 +400,7 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         for name, value in amounts.items():
             if not value.is_finite() or value < 0:
                 problems.append(f"{where}.{name}: must be a number of USD, 0 or more")
-        rules = _size_rules(raw.get("free_sizes", False))
+        rules = _size_rules(raw.get("free_sizes", False), where, problems)
         sizes = tuple(raw.get("sizes", SIZES))
         bad_sizes = [v for v in sizes if v not in SIZES and (rules is None or rules.problem(v))]
         if bad_sizes:
@@ -410,15 +410,16 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
             name=raw.get("name", model_id),
             qualities=qualities,
             sizes=sizes,
-            max_input_images=int(raw.get("max_input_images", 1)),
-            mask=bool(raw.get("mask", False)),
-            input_fidelity=bool(raw.get("input_fidelity", False)),
-            max_prompt_chars=int(raw.get("max_prompt_chars", 32000)),
+            max_input_images=_count(raw, "max_input_images", 1, where, problems),
+            mask=_flag(raw, "mask", False, where, problems),
+            input_fidelity=_flag(raw, "input_fidelity", False, where, problems),
+            max_prompt_chars=_count(raw, "max_prompt_chars", 32000, where, problems),
             prices=prices,
             routes=(),
-            input_tokens_per_image=int(raw.get("input_tokens_per_image", 6500)),
+            # A negative or zero count would shrink every hold below what the job can cost.
+            input_tokens_per_image=_count(raw, "input_tokens_per_image", 6500, where, problems),
             tokens=tokens,
-            shutdown=_date(raw.get("shutdown")),
+            shutdown=_date(raw, where, problems),
             replacement=raw.get("replacement") or None,
             snapshots=tuple(raw.get("snapshots", ())),
             size_rules=rules,
@@ -438,24 +439,81 @@ def _parse_model(model_id: str, raw: dict[str, Any], problems: list[str]) -> Mod
         return None
 
 
-def _date(value: Any) -> dt.date | None:
-    """A TOML date (or an ISO `YYYY-MM-DD` string); empty means none."""
+def _flag(raw: dict[str, Any], key: str, default: bool, where: str, problems: list[str]) -> bool:
+    """A TOML boolean. `mask = "no"` is a non-empty string, which `bool()` would read as true."""
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"{where}.{key}: must be true or false, not {value!r}")
+        return default
+    return value
+
+
+def _count(raw: dict[str, Any], key: str, default: int, where: str, problems: list[str]) -> int:
+    """A whole number of at least 1 (images, characters, tokens): 0 or less would refuse every job
+    or shrink its hold, and would only show when a member's edit fails."""
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.append(f"{where}.{key}: must be at least 1 (a whole number), not {value!r}")
+        return default
+    return value
+
+
+def _date(raw: dict[str, Any], where: str, problems: list[str]) -> dt.date | None:
+    """`shutdown`: a TOML date (or an ISO `YYYY-MM-DD` string); empty means none.
+
+    A TOML date and time (`2027-02-10T00:00:00Z`) is refused: it is a `datetime`, which every
+    comparison with today's `date` would fail on at run time.
+    """
+    value = raw.get("shutdown")
     if value in (None, ""):
         return None
-    if isinstance(value, dt.date):
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
-    return dt.date.fromisoformat(str(value))
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    shown = value.isoformat() if isinstance(value, dt.date | dt.time) else repr(value)
+    problems.append(f"{where}.shutdown: must be a date (YYYY-MM-DD, no time of day), not {shown}")
+    return None
 
 
-def _size_rules(value: Any) -> SizeRules | None:
+# What a `free_sizes` table may set, and the least each may be: an edge multiple of 0 divides by
+# zero when a member types a size, and a long edge under 1× the short one fits no size at all.
+SIZE_RULE_MINIMUMS: dict[str, int] = {
+    "multiple": 1,
+    "min_pixels": 0,
+    "max_pixels": 1,
+    "max_edge": 1,
+    "max_ratio": 1,
+}
+
+
+def _size_rules(value: Any, where: str, problems: list[str]) -> SizeRules | None:
     """`free_sizes = true` (GPT Image 2's rules) or a table overriding some of them."""
     if value is True:
         return SizeRules()
-    if not value:
+    if value is False:
         return None
     if not isinstance(value, dict):
-        raise ValueError("free_sizes must be true, false or a table of rules")
-    fields: dict[str, Any] = {k: (_decimal(v) if k == "max_ratio" else int(v)) for k, v in value.items()}
+        problems.append(f"{where}.free_sizes: must be true, false or a table of rules, not {value!r}")
+        return None
+    fields: dict[str, Any] = {}
+    for key, raw in value.items():
+        least = SIZE_RULE_MINIMUMS.get(key)
+        if least is None:
+            problems.append(
+                f"{where}.free_sizes: unknown rule {key!r} (known: {', '.join(SIZE_RULE_MINIMUMS)})"
+            )
+            continue
+        number = _decimal(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+        whole = key != "max_ratio"
+        if number is None or not number.is_finite() or number < least or (whole and number % 1):
+            kind = "a whole number" if whole else "a number"
+            problems.append(f"{where}.free_sizes.{key}: must be {kind} of at least {least}, not {raw!r}")
+            continue
+        fields[key] = number if key == "max_ratio" else int(number)
     return SizeRules(**fields)
 
 
@@ -505,19 +563,16 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     convention = raw.get("mask_convention")
     if convention is not None and convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
-    free = bool(raw.get("free_sizes", False))
+    free = _flag(raw, "free_sizes", False, where, problems)
     if free and model.size_rules is None:
         problems.append(f"{where}.free_sizes: the model takes no free sizes (set free_sizes on the model)")
-    max_images = int(raw.get("max_input_images", model.max_input_images))
-    if max_images < 1:
-        problems.append(f"{where}.max_input_images: must be at least 1")
     return Route(
         provider=provider,
         model=raw.get("model", model.id),
         price=price,
-        mask=bool(raw.get("mask", model.mask)),
+        mask=_flag(raw, "mask", model.mask, where, problems),
         mask_convention=convention,
-        max_input_images=max_images,
+        max_input_images=_count(raw, "max_input_images", model.max_input_images, where, problems),
         sizes=_choices(raw, "sizes", model.sizes, model.accepts_size, where, problems),
         qualities=_choices(raw, "qualities", model.qualities, model.qualities, where, problems),
         backgrounds=_choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems),
@@ -525,10 +580,10 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         transparent_formats=_choices(
             raw, "transparent_formats", TRANSPARENT_FORMATS, TRANSPARENT_FORMATS, where, problems
         ),
-        n=bool(raw.get("n", False)),
-        max_prompt_chars=int(raw.get("max_prompt_chars", model.max_prompt_chars)),
-        input_fidelity=bool(raw.get("input_fidelity", model.input_fidelity)),
-        shutdown=_date(raw.get("shutdown")),
+        n=_flag(raw, "n", False, where, problems),
+        max_prompt_chars=_count(raw, "max_prompt_chars", model.max_prompt_chars, where, problems),
+        input_fidelity=_flag(raw, "input_fidelity", model.input_fidelity, where, problems),
+        shutdown=_date(raw, where, problems),
         free_sizes=free,
         min_price=min_price,
     )

@@ -193,6 +193,42 @@ def test_broken_catalog_files_are_refused_with_the_reason(tmp_path: Path, text: 
         load_catalog(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        # A datetime: every comparison with today's date would raise TypeError in the running bot.
+        (
+            "shutdown = 2027-02-10T00:00:00Z",
+            "shutdown: must be a date (YYYY-MM-DD, no time of day), not 2027-02-10T00:00:00+00:00",
+        ),
+        ("shutdown = 2027-02-10T00:00:00", "shutdown: must be a date (YYYY-MM-DD, no time of day)"),
+        ('shutdown = "next year"', "shutdown: must be a date (YYYY-MM-DD, no time of day), not 'next year'"),
+        # An edge multiple of 0 divided by zero when a member typed a size.
+        ("free_sizes = { multiple = 0 }", "free_sizes.multiple: must be a whole number of at least 1"),
+        ("free_sizes = { max_ratio = 0 }", "free_sizes.max_ratio: must be a number of at least 1"),
+        ("free_sizes = { max_edge = -1 }", "free_sizes.max_edge: must be a whole number of at least 1"),
+        ('free_sizes = { multiple = "16" }', "free_sizes.multiple: must be a whole number of at least 1"),
+        ("free_sizes = { max_egde = 2048 }", "free_sizes: unknown rule 'max_egde'"),
+        ('free_sizes = "yes"', "free_sizes: must be true, false or a table of rules"),
+        # A negative hold for input images: every edit then failed on the ledger's CHECK constraint.
+        ("input_tokens_per_image = -100000", "input_tokens_per_image: must be at least 1 (a whole number)"),
+        ("max_prompt_chars = -5", "max_prompt_chars: must be at least 1 (a whole number), not -5"),
+        ("max_input_images = 2.5", "max_input_images: must be at least 1 (a whole number), not 2.5"),
+        # A non-empty string is truthy: "no" read as true.
+        ('mask = "no"', "mask: must be true or false, not 'no'"),
+        ("input_fidelity = 1", "input_fidelity: must be true or false, not 1"),
+    ],
+)
+def test_model_values_that_would_fail_at_run_time_are_refused_at_load(
+    tmp_path: Path, line: str, problem: str
+) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(f"[models.a]\n{LOW}{LOW_PRICE}{line}\n{OPENAI}")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert f"models.a.{problem}" in str(info.value)
+
+
 def test_a_catalog_file_that_is_not_utf8_is_refused_with_the_reason(tmp_path: Path):
     path = tmp_path / "catalog.toml"
     path.write_bytes("# prix en €\n[models.a]\n".encode("cp1252"))  # an editor's Windows save
@@ -271,6 +307,17 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
         ({"provider": "openai", "sizes": ["2048x2048"]}, "sizes: unknown value(s) '2048x2048'"),
         ({"provider": "openai", "output_formats": []}, "output_formats: must list at least one value"),
         ({"provider": "openai", "max_input_images": 0}, "max_input_images: must be at least 1"),
+        # Values that passed and failed members later (or read "no" as true).
+        ({"provider": "openai", "mask": "no"}, "mask: must be true or false, not 'no'"),
+        ({"provider": "openai", "n": "false"}, "n: must be true or false, not 'false'"),
+        ({"provider": "openai", "free_sizes": 1}, "free_sizes: must be true or false, not 1"),
+        ({"provider": "openai", "input_fidelity": "yes"}, "input_fidelity: must be true or false"),
+        ({"provider": "openai", "max_prompt_chars": -5}, "max_prompt_chars: must be at least 1"),
+        ({"provider": "openai", "max_prompt_chars": 0}, "max_prompt_chars: must be at least 1"),
+        (
+            {"provider": "openai", "shutdown": dt.datetime(2027, 2, 10, tzinfo=dt.UTC)},
+            "shutdown: must be a date (YYYY-MM-DD, no time of day)",
+        ),
         # A misspelt provider: no key is ever configured for it, so the route would silently never run.
         ({"provider": "opnai"}, "provider: unknown provider 'opnai' (known: openai, atlascloud,"),
     ],

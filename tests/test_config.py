@@ -335,8 +335,14 @@ def test_check_config_says_when_default_model_names_no_catalog_model(tmp_path: P
             b'routes = [{ provider = "openai" }]\n',
             "models.m.tokens: must be a table",
         ),
+        # A TOML date and time: --check-config once died on it comparing it with today's date.
+        (
+            b'[models.m]\nqualities = ["low"]\nprice.low = { square = 0.01, other = 0.01 }\n'
+            b'shutdown = 2027-02-10T00:00:00Z\nroutes = [{ provider = "openai" }]\n',
+            "models.m.shutdown: must be a date (YYYY-MM-DD, no time of day)",
+        ),
     ],
-    ids=["not-utf8", "price-a-number", "tokens-a-number"],
+    ids=["not-utf8", "price-a-number", "tokens-a-number", "shutdown-a-datetime"],
 )
 def test_check_config_lists_a_broken_catalog_file_and_exits_2(tmp_path: Path, catalog: bytes, problem: str):
     (tmp_path / "catalog.toml").write_bytes(catalog)
