@@ -27,7 +27,7 @@ RUN useradd --create-home --uid 10001 retouch \
 USER retouch
 VOLUME ["/data"]
 
-# Healthy only while the gateway is connected and the database takes writes: asks
+# Healthy only while the gateway is connected, the database takes writes and a model can edit: asks
 # http://127.0.0.1:$METRICS_PORT/healthz (falls back to the heartbeat file when METRICS_PORT=0).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "bot.observability.healthcheck"]

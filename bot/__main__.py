@@ -255,6 +255,7 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
                 registry=services.metrics.registry,
                 connected=bot.connected,
                 storage=storage,
+                live_models=services.edits.lifecycle.live_model_problem,
             )
             try:
                 async with ops, bot:

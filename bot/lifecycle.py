@@ -11,7 +11,7 @@ Without `DEFAULT_MODEL`, the default is the first catalog model that is usable h
 is preference, so a bot with only an Atlas Cloud key edits with what Atlas sells, and a shutdown
 moves everyone who did not pick a model to the next live one. Nothing here knows about Discord.
 
-Why `ModelLifecycle` is one class of ~330 lines: reading ("is this route live?") and learning ("this
+Why `ModelLifecycle` is one class of ~370 lines: reading ("is this route live?") and learning ("this
 route is gone") work on the same facts and must stay consistent in memory and in storage; splitting
 them would put that invariant in two places.
 """
@@ -44,6 +44,8 @@ OPENAI = "openai"
 IMAGE_MODEL_PREFIX = "gpt-image-"
 # OpenAI's model list is read at start-up and then this often.
 DISCOVERY_INTERVAL_SECONDS = 24 * 3600
+# What `/healthz` reports while no model is usable here: the bot is up but cannot edit.
+NO_LIVE_MODEL_PROBLEM = "no live model"
 
 Event = Callable[[str], Awaitable[None]]
 Today = Callable[[], dt.date]
@@ -122,6 +124,7 @@ class ModelLifecycle:
     _last_tick: dt.date | None = None
     _dead: set[str] | None = None
     _first_tick: bool = True
+    _none_live: bool | None = None  # what `live_model_problem` last saw (None: never looked)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -286,6 +289,28 @@ class ModelLifecycle:
     def discovery(self) -> tuple[DiscoveryReport, ...]:
         return tuple(self._discovery.values())
 
+    def live_model_problem(self) -> str | None:
+        """`NO_LIVE_MODEL_PROBLEM` while no model is usable here (every edit is refused), else None.
+
+        The running bot must say so, not only the member who tries: an ERROR is logged when this
+        starts and an INFO when it ends, once per change however often it is asked (at start-up,
+        at each tick and by every `/healthz` request).
+        """
+        none_live = not self.available()
+        if none_live != self._none_live:
+            if none_live:
+                log.error(
+                    "no model can edit: every catalog model is shut down, retired or not sold by the "
+                    "configured providers (%s) as of %s; every edit is refused. Update the catalog "
+                    "(CATALOG_PATH) or add a provider key, then restart.",
+                    ", ".join(sorted(self.configured)) or "none",
+                    self.today(),
+                )
+            elif self._none_live is not None:
+                log.info("a model can edit again: %s", ", ".join(m.id for m in self.available()))
+            self._none_live = none_live
+        return NO_LIVE_MODEL_PROBLEM if none_live else None
+
     # -- learning -------------------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -303,6 +328,7 @@ class ModelLifecycle:
         if newly or self._first_tick:
             self._first_tick = False
             await self.move_stored_defaults()
+        self.live_model_problem()
 
     async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
         """The provider answered "model gone" for `route`: never ask it again. True when newly retired."""
@@ -321,6 +347,7 @@ class ModelLifecycle:
             f'🪦 {model.id} on {route.provider} answered "model gone"; that route is retired.'
         )
         await self.move_stored_defaults()
+        self.live_model_problem()
         return True
 
     async def apply_listing(self, provider: str, listing: Sequence[ListedModel]) -> DiscoveryReport:
@@ -370,6 +397,7 @@ class ModelLifecycle:
         for line in (*changes, *soon, *(f"{provider} lists a new image model: {i}" for i in new_unknown)):
             await self._announce(f"🗓️ {line}")
         await self.move_stored_defaults()
+        self.live_model_problem()
         return report
 
     def names_any_route(self, provider: str, listing: Sequence[ListedModel]) -> bool:

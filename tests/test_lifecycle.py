@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -15,7 +16,7 @@ from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.errors import ModelGone, ServerError, ServiceUnavailable
 from bot.services import edits
 from bot.storage import Storage
-from tests.catalogs import catalog, model, route
+from tests.catalogs import NOVEMBER_CATALOG, catalog, model, route
 from tests.fixtures import edit_service, settings_for
 
 PROVIDERS = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
@@ -167,6 +168,52 @@ def test_no_live_model_at_all_is_a_clear_refusal():
     with pytest.raises(InvalidOptions) as refused:
         lifecycle.default_model()
     assert refused.value.code == "no_live_model" and "/diagnose" in refused.value.user_message
+
+
+async def test_no_live_model_is_logged_once_when_it_starts_and_once_when_it_ends(caplog, storage: Storage):
+    """A bot that can edit nothing says so in its log, not only to the member who tries; a tick per
+    job (or a /healthz every 30 s) must not repeat it."""
+    only = catalog(model("only", qualities=["low"], price=0.01, routes=[route("openai", shutdown=SHUTDOWN)]))
+    calendar = Calendar(SHUTDOWN - dt.timedelta(days=1))
+    lifecycle = ModelLifecycle(only, {"openai"}, calendar, store=storage.settings)
+    caplog.set_level(logging.INFO, logger="bot.lifecycle")
+
+    def said(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "bot.lifecycle" and r.levelno == level]
+
+    assert lifecycle.live_model_problem() is None  # start-up: one model is live
+    await lifecycle.tick()
+    calendar.day = SHUTDOWN
+    for _ in range(3):
+        await lifecycle.tick()
+        assert lifecycle.live_model_problem() == "no live model"
+    calendar.day = SHUTDOWN + dt.timedelta(days=1)
+    await lifecycle.tick()
+    [error] = said(logging.ERROR)
+    assert error.startswith("no model can edit") and "(openai) as of 2027-01-10" in error
+    assert said(logging.INFO) == []
+
+
+async def test_no_live_model_at_start_up_is_logged_and_its_end_said_once(caplog, storage: Storage):
+    gone = ModelGone("404 model_not_found", provider="openai", status=404, code="model_not_found")
+    models = catalog(model("only", qualities=["low"], price=0.01))
+    lifecycle = ModelLifecycle(models, {"openai"}, lambda: dt.date(2026, 12, 1), store=storage.settings)
+    only = models.get("only")
+    await lifecycle.retire(only, only.routes[0], gone)  # a route retired by an earlier process
+    lifecycle = ModelLifecycle(models, {"openai"}, lambda: dt.date(2026, 12, 1), store=storage.settings)
+    await lifecycle.load()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="bot.lifecycle")
+    assert lifecycle.live_model_problem() == "no live model"  # start-up
+    assert lifecycle.live_model_problem() == "no live model"
+
+    async def listing() -> list[Listed]:
+        return [Listed("only")]
+
+    await discover_once(lifecycle, "openai", listing)  # the key was granted access: back
+    assert lifecycle.live_model_problem() is None
+    levels = [(r.levelno, r.getMessage()[:20]) for r in caplog.records if r.name == "bot.lifecycle"]
+    assert levels == [(logging.ERROR, "no model can edit: e"), (logging.INFO, "a model can edit aga")]
 
 
 # ------------------------------------------------------------------------- run-time facts
@@ -388,6 +435,27 @@ async def test_a_slow_model_list_does_not_hold_up_start_up_and_is_applied_when_i
         await asyncio.sleep(0.01)
     assert service.lifecycle.route_end(old, old.routes[0]) == dt.date(2027, 1, 2)
     await service.drain(0.1)
+
+
+async def test_start_up_logs_an_error_when_no_model_can_edit(storage: Storage, tmp_path, caplog):
+    class OpenAIWithoutList:
+        name = "openai"
+
+        async def edit(self, request):  # never called here
+            raise AssertionError("no edit in this test")
+
+    service = edit_service(
+        settings_for(tmp_path, OPENAI_API_KEY="sk-test-0123456789"),
+        load_catalog(NOVEMBER_CATALOG),  # the 1.x line only, all shut down by 2026-12-01
+        storage,
+        {"openai": OpenAIWithoutList()},  # type: ignore[dict-item]
+        approve=[],
+        today=lambda: dt.date(2026, 12, 7),
+    )
+    await asyncio.wait_for(service.start(), 5)
+    await service.drain(0.1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert [e for e in errors if e.startswith("no model can edit")]
 
 
 # -- rules a mutation pass found untested: each test below fails if its rule is changed -----------

@@ -15,9 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.app import Services, build_services, split_with_fleet, start_services
+from bot.catalog import load_catalog
 from bot.concurrency import LimitState
 from bot.config import ConfigError, load_settings
 from bot.jobs.model import EditOutcome
+from bot.lifecycle import ModelLifecycle
 from bot.observability import healthcheck, ops
 from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
@@ -25,6 +27,7 @@ from bot.providers.openai import OpenAIProvider
 from bot.services.edits import EditJob, EditOptions, Upload
 from bot.sharding import FleetPlace, StaticShards
 from bot.storage import Storage
+from tests.catalogs import NOVEMBER_CATALOG
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import serving, settings_for
 from tests.harness import TEST_CATALOG
@@ -62,8 +65,15 @@ async def ops_client(storage: Storage) -> AsyncIterator[Callable[..., object]]:
     """Builds the ops app around a stand-in gateway and the real storage, served on 127.0.0.1."""
     clients: list[TestClient] = []
 
-    async def make(gateway: Gateway, metrics: Metrics | None = None) -> TestClient:
-        app = ops.build_ops_app(registry=(metrics or Metrics()).registry, connected=gateway, storage=storage)
+    async def make(
+        gateway: Gateway, metrics: Metrics | None = None, live_models: ops.LiveModels | None = None
+    ) -> TestClient:
+        app = ops.build_ops_app(
+            registry=(metrics or Metrics()).registry,
+            connected=gateway,
+            storage=storage,
+            live_models=live_models,
+        )
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
@@ -154,6 +164,19 @@ async def test_healthz_reports_a_locked_database_as_busy_without_breaking_storag
         assert loop.time() < deadline, "healthz did not recover after the lock was released"
     # The abandoned probe finished its transaction: storage still takes writes.
     await storage.ledger.ensure_account(1, 2, starting_credits=5)
+
+
+async def test_healthz_is_503_once_no_model_can_edit(ops_client) -> None:
+    """The November catalog (the 1.x line only) on an OpenAI bot: up and connected, but from
+    2026-12-01 every model is shut down and every edit is refused, so the bot is not healthy."""
+    day = [dt.date(2026, 11, 30)]
+    lifecycle = ModelLifecycle(load_catalog(NOVEMBER_CATALOG), frozenset({"openai"}), lambda: day[0])
+    client = await ops_client(Gateway(), live_models=lifecycle.live_model_problem)
+    assert (await client.get("/healthz")).status == 200
+    day[0] = dt.date(2026, 12, 7)
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "unhealthy", "reason": "no live model"}
 
 
 async def test_healthz_names_every_problem_at_once(ops_client, storage: Storage) -> None:

@@ -1,9 +1,9 @@
 """`python -m bot.observability.healthcheck`: exit 0 only while the bot reports itself healthy.
 
 With the ops server on (`METRICS_PORT`, default 8080) this asks `/healthz`, which is healthy only
-while the gateway is connected and the database takes writes. With `METRICS_PORT=0` it falls back to
-the heartbeat file the bot rewrites every few seconds while connected. Standard library only, so
-the container check starts fast and never imports discord.py.
+while the gateway is connected, the database takes writes and some model can edit. With
+`METRICS_PORT=0` it falls back to the heartbeat file the bot rewrites every few seconds while
+connected. Standard library only, so the container check starts fast and never imports discord.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Loopback only by default (`METRICS_HOST`); `METRICS_PORT=0` turns it off. It runs inside the entry
 point's resource scope and reads everything it reports at request time: the gateway state through a
-callable, the database through a real write-lock attempt, and the metrics registry of this app.
+callable, the database through a real write-lock attempt, whether any model can edit (the model
+lifecycle's `live_model_problem`), and the metrics registry of this app.
 """
 
 from __future__ import annotations
@@ -26,25 +27,38 @@ HEALTH_DB_TIMEOUT = 3.0
 SHUTDOWN_TIMEOUT = 1.0
 
 Connected = Callable[[], bool]
+# Why no edit can succeed (every model shut down or unsold here), or None.
+LiveModels = Callable[[], str | None]
 
 
-async def health_problems(connected: Connected, database: WriteProbe) -> list[str]:
-    """Why the bot is unhealthy right now; empty when healthy."""
+async def health_problems(
+    connected: Connected, database: WriteProbe, live_models: LiveModels | None = None
+) -> list[str]:
+    """Why the bot is unhealthy right now; empty when healthy. A bot with no live model is
+    unhealthy: it is connected, but every edit a member asks for is refused."""
     problems = []
     if not connected():
         problems.append("gateway not connected")
     db_problem = await database.problem(HEALTH_DB_TIMEOUT)
     if db_problem is not None:
         problems.append(db_problem)
+    if live_models is not None and (model_problem := live_models()) is not None:
+        problems.append(model_problem)
     return problems
 
 
-def build_ops_app(*, registry: CollectorRegistry, connected: Connected, storage: Storage) -> web.Application:
+def build_ops_app(
+    *,
+    registry: CollectorRegistry,
+    connected: Connected,
+    storage: Storage,
+    live_models: LiveModels | None = None,
+) -> web.Application:
     """The aiohttp application with `/healthz` and `/metrics` (separate from `OpsServer` for tests)."""
     database = WriteProbe(storage)
 
     async def healthz(request: web.Request) -> web.Response:
-        problems = await health_problems(connected, database)
+        problems = await health_problems(connected, database, live_models)
         if problems:
             return web.json_response({"status": "unhealthy", "reason": "; ".join(problems)}, status=503)
         return web.json_response({"status": "ok"})
@@ -114,7 +128,13 @@ class OpsUnavailable(Exception):
 
 @asynccontextmanager
 async def serve_ops(
-    *, host: str, port: int, registry: CollectorRegistry, connected: Connected, storage: Storage
+    *,
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    connected: Connected,
+    storage: Storage,
+    live_models: LiveModels | None = None,
 ) -> AsyncIterator[OpsServer | None]:
     """Run the ops server for the duration of the block; yields None when `port` is 0 (disabled)."""
     if port == 0:
@@ -122,7 +142,9 @@ async def serve_ops(
         yield None
         return
     server = OpsServer(
-        build_ops_app(registry=registry, connected=connected, storage=storage), host=host, port=port
+        build_ops_app(registry=registry, connected=connected, storage=storage, live_models=live_models),
+        host=host,
+        port=port,
     )
     await server.start()
     try:

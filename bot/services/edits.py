@@ -249,6 +249,7 @@ class EditService:
             await asyncio.wait({first}, timeout=FIRST_DISCOVERY_WAIT_SECONDS)
         else:
             await self.lifecycle.move_stored_defaults()
+        self.lifecycle.live_model_problem()  # said at start-up when no model can edit
         await self.engine.start()
 
     async def _keep_discovering(self, first: asyncio.Task[object], lister: Lister) -> None:
