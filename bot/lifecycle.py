@@ -89,6 +89,16 @@ class DiscoveryReport:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelNotice:
+    """One admin-facing line about the catalog's models (see `ModelLifecycle.notices`)."""
+
+    text: str
+    # About a model as a whole (retired, replaced): what any server admin may see. False: about one
+    # provider's route or model list, which runs on the operator's keys and is the operator's business.
+    model_level: bool
+
+
 class RouteStore(Protocol):
     """The persistence this module needs (implemented by `bot.storage.settings.Settings`)."""
 
@@ -256,7 +266,11 @@ class ModelLifecycle:
 
     def warnings(self) -> list[str]:
         """Admin-facing: dead routes and models, and dates within the warning window."""
-        out: list[str] = []
+        return [notice.text for notice in self.notices()]
+
+    def notices(self) -> list[ModelNotice]:
+        """`warnings`, each marked whether it is about a model as a whole or about a provider."""
+        out: list[ModelNotice] = []
         today = self.today()
         for model in self.catalog.models.values():
             configured = [r for r in model.routes if r.provider in self.configured]
@@ -265,24 +279,28 @@ class ModelLifecycle:
             if not self.usable(model):
                 target = self.successor(model)
                 then = f"replaced by {target.id}" if target else "no replacement set"
-                out.append(f"{model.id} is retired on every configured service ({then})")
+                out.append(ModelNotice(f"{model.id} is retired on every configured service ({then})", True))
                 continue
             for route in configured:
                 facts, end = self.facts(route), self.route_end(model, route)
                 where = f"{model.id} on {route.provider}"
+                line = None
                 if route.key in self.disabled:
-                    out.append(f"{where} is disabled: {self.disabled[route.key]}")
+                    line = f"{where} is disabled: {self.disabled[route.key]}"
                 elif facts.gone:
-                    out.append(f'{where} answered "model gone" and is retired ({facts.gone_reason})')
+                    line = f'{where} answered "model gone" and is retired ({facts.gone_reason})'
                 elif facts.listed is False:
-                    out.append(f"{where} is missing from {route.provider}'s model list")
+                    line = f"{where} is missing from {route.provider}'s model list"
                 elif end is not None and today >= end:
-                    out.append(f"{where} retired on {end:%Y-%m-%d}")
+                    line = f"{where} retired on {end:%Y-%m-%d}"
                 elif end is not None and (end - today).days <= RETIREMENT_WARNING_DAYS:
-                    out.append(f"{where} retires in {(end - today).days} days ({end:%Y-%m-%d})")
+                    line = f"{where} retires in {(end - today).days} days ({end:%Y-%m-%d})"
+                if line is not None:
+                    out.append(ModelNotice(line, False))
         for report in self._discovery.values():
             out.extend(
-                f"{report.provider} lists a model the catalog does not know: {i}" for i in report.unknown
+                ModelNotice(f"{report.provider} lists a model the catalog does not know: {i}", False)
+                for i in report.unknown
             )
         return out
 

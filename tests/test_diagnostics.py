@@ -14,9 +14,10 @@ import pytest
 
 from bot.catalog import Catalog
 from bot.concurrency import LimitState
-from bot.lifecycle import ModelLifecycle
+from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, ProviderHealth
+from bot.providers.errors import ModelGone, ServiceUnavailable
 from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
@@ -24,12 +25,12 @@ from bot.providers.wavespeed import WaveSpeedProvider
 from bot.services.diagnostics import DiagnosticsService, missing_permissions
 from bot.storage import Storage
 from bot.storage.connection import latest_schema_version
-from cogs.diagnose import _provider_line
-from tests.catalogs import ModelSpec, model
+from cogs.diagnose import COLOUR_OK, _provider_line
+from tests.catalogs import ModelSpec, model, route
 from tests.catalogs import catalog as build_catalog
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import DEFAULT_BOT_PERMISSIONS, FakeDiscord, FakeDiscordUsageError, Permission
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.harness import TEST_CATALOG, running_bot
 
@@ -212,6 +213,34 @@ def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage
     )
 
 
+async def test_someone_other_than_the_operator_sees_only_lines_about_whole_models(storage: Storage) -> None:
+    """Which providers sell a model, and whether the operator's keys and model lists work, is the
+    operator's business (as the image services' checks are): other admins see models retired."""
+    catalog = build_catalog(
+        model("soon", qualities=["high"], price=0.1, routes=[route("openai", shutdown="2026-12-01")]),
+        model("gone", qualities=["high"], price=0.1, shutdown="2026-11-01"),
+        model("kept", qualities=["high"], price=0.1, routes=["openai", "atlascloud"]),
+    )
+    lifecycle = ModelLifecycle(catalog, frozenset({"openai", "atlascloud"}), lambda: TODAY)
+    kept = catalog.get("kept")
+    gone = ModelGone("404", provider="atlascloud", status=404, code="model_not_found")
+    await lifecycle.retire(kept, kept.routes[1], gone)
+
+    async def refused() -> list[object]:
+        raise ServiceUnavailable("HTTP 401 invalid_api_key", provider="openai", status=401)
+
+    await discover_once(lifecycle, "openai", refused)
+    diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
+
+    admin = await diagnostics.diagnose(0, show_providers=False)
+    assert admin.catalog_warnings == ("gone is retired on every configured service (no replacement set)",)
+    operator = (await diagnostics.diagnose(0, show_providers=True)).catalog_warnings
+    assert operator[0] == "soon on openai retires in 10 days (2026-12-01)"
+    assert admin.catalog_warnings[0] in operator
+    assert any("kept on atlascloud answered" in line for line in operator)
+    assert operator[-1].startswith("could not read openai's model list (the service refused the key")
+
+
 async def test_each_provider_shows_the_concurrency_limit_in_force(storage: Storage) -> None:
     limits = {"plain": LimitState("plain", limit=5, ceiling=64, in_flight=5, paused_for=2.5, refused_at=6)}
 
@@ -301,3 +330,17 @@ async def test_diagnose_shows_provider_status_to_the_operator_only(
     fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
     assert "operator only" in fields["Image services"] and "openai" not in fields["Image services"]
     assert asked == []  # nobody's keys were used for it
+
+
+async def test_diagnose_shows_a_failed_model_list_to_the_operator_only(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    openai.fail_always(Fault.MODELS_ERROR)  # the operator's OpenAI model list cannot be read
+    async with running_bot(fake_discord, openai, tmp_path, env={"OWNER_IDS": "4242"}) as world:
+        interaction = await fake_discord.slash(world.owner, "diagnose", channel=world.channel)
+        [reply] = await fake_discord.wait_until(lambda: [m for m in interaction.followups if m.embeds])
+        operator_sees = world.services.diagnostics.model_warnings()
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert any("could not read openai's model list" in line for line in operator_sees)
+    assert fields["Models"] == "✅ No model retires within 30 days."
+    assert reply.embeds[0]["color"] == COLOUR_OK.value

@@ -76,7 +76,8 @@ class DatabaseStatus:
 @dataclass(frozen=True)
 class Diagnosis:
     """Everything `/diagnose` shows. `missing_permissions` is None outside a server channel;
-    `providers` is None when the asker may not see them (only the operator may)."""
+    `providers` is None when the asker may not see them (only the operator may), and then
+    `catalog_warnings` holds only the lines about models as a whole."""
 
     missing_permissions: tuple[str, ...] | None
     providers: tuple[ProviderStatus, ...] | None
@@ -121,17 +122,25 @@ class DiagnosticsService:
             missing_permissions=None if app_permissions is None else missing_permissions(app_permissions),
             providers=providers,
             database=database,
-            catalog_warnings=self.model_warnings(),
+            catalog_warnings=self.model_warnings(operator=show_providers),
         )
 
-    def model_warnings(self) -> tuple[str, ...]:
-        """Dead or soon-dead models and routes, unknown new models, and a failed model-list read."""
+    def model_warnings(self, *, operator: bool = True) -> tuple[str, ...]:
+        """Dead or soon-dead models and routes, unknown new models, and a failed model-list read.
+
+        Someone other than the operator sees only the lines about models as a whole (retired,
+        replaced): which providers sell what, and whether their keys and lists work, is the
+        operator's business, like the image services' checks.
+        """
+        notices = self.lifecycle.notices()
+        if not operator:
+            return tuple(n.text for n in notices if n.model_level)
         failed = tuple(
             f"could not read {r.provider}'s model list ({r.error}); using the catalog's dates"
             for r in self.lifecycle.discovery()
             if not r.ok
         )
-        return (*self.lifecycle.warnings(), *failed)
+        return (*(n.text for n in notices), *failed)
 
     async def recent_provider_checks(self) -> tuple[ProviderStatus, ...]:
         """The provider checks, run at most once per `check_interval` (concurrent askers share a run)."""
