@@ -97,6 +97,9 @@ class ModelNotice:
     # About a model as a whole (retired, replaced): what any server admin may see. False: about one
     # provider's route or model list, which runs on the operator's keys and is the operator's business.
     model_level: bool
+    # A model that died on the dates the catalog (or its provider) set, with a usable replacement:
+    # what was planned, kept in the catalog on purpose so old picks move on. Information, not a warning.
+    expected: bool = False
 
 
 class RouteStore(Protocol):
@@ -265,11 +268,13 @@ class ModelLifecycle:
         return None
 
     def warnings(self) -> list[str]:
-        """Admin-facing: dead routes and models, and dates within the warning window."""
+        """Admin-facing: dead routes and models (planned retirements included), and dates within the
+        warning window."""
         return [notice.text for notice in self.notices()]
 
     def notices(self) -> list[ModelNotice]:
-        """`warnings`, each marked whether it is about a model as a whole or about a provider."""
+        """`warnings`, each marked whether it is about a model as a whole or about a provider, and
+        whether it is a planned retirement (information) rather than something to look at."""
         out: list[ModelNotice] = []
         today = self.today()
         for model in self.catalog.models.values():
@@ -277,9 +282,7 @@ class ModelLifecycle:
             if not configured:
                 continue
             if not self.usable(model):
-                target = self.successor(model)
-                then = f"replaced by {target.id}" if target else "no replacement set"
-                out.append(ModelNotice(f"{model.id} is retired on every configured service ({then})", True))
+                out.append(self._retired_notice(model, configured))
                 continue
             for route in configured:
                 facts, end = self.facts(route), self.route_end(model, route)
@@ -303,6 +306,20 @@ class ModelLifecycle:
                 for i in report.unknown
             )
         return out
+
+    def _retired_notice(self, model: ModelEntry, configured: Sequence[Route]) -> ModelNotice:
+        """A dead model. Expected when every configured route ended on its date (the catalog's or
+        the provider's announced one) and a replacement takes its edits; a warning when a route went
+        before its date (the provider said "gone", or dropped it from its list) or nothing replaces it."""
+        target = self.successor(model)
+        ends = [self.route_end(model, route) for route in configured]
+        dated = [end for end in ends if end is not None and self.today() >= end]
+        if target is not None and len(dated) == len(ends):
+            return ModelNotice(
+                f"{model.id} retired on {max(dated):%Y-%m-%d}; edits go to {target.id}", True, expected=True
+            )
+        then = f"replaced by {target.id}" if target else "no replacement set"
+        return ModelNotice(f"{model.id} is retired on every configured service ({then})", True)
 
     def discovery(self) -> tuple[DiscoveryReport, ...]:
         return tuple(self._discovery.values())

@@ -53,10 +53,10 @@ def _database_text(db: DatabaseStatus) -> str:
     return f"{mark} {version}, {db.detail}"
 
 
-def _catalog_text(warnings: tuple[str, ...]) -> str:
-    if not warnings:
-        return f"✅ No model retires within {RETIREMENT_WARNING_DAYS} days."
-    return fit_lines([f"⚠️ {w}" for w in warnings])
+def _catalog_text(warnings: tuple[str, ...], notes: tuple[str, ...] = ()) -> str:
+    """Warnings first; models retired as planned (with a replacement) follow as information."""
+    lines = [f"⚠️ {w}" for w in warnings] or [f"✅ No model retires within {RETIREMENT_WARNING_DAYS} days."]
+    return fit_lines([*lines, *(f"ℹ️ {n}" for n in notes)])
 
 
 def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Embed:
@@ -79,7 +79,11 @@ def diagnosis_embed(diagnosis: Diagnosis, gateway_latency: float) -> discord.Emb
         providers = fit_lines(lines, empty="❌ No provider is configured.")
     embed.add_field(name="Image services", value=providers, inline=False)
     embed.add_field(name="Database", value=_database_text(diagnosis.database), inline=False)
-    embed.add_field(name="Models", value=_catalog_text(diagnosis.catalog_warnings), inline=False)
+    embed.add_field(
+        name="Models",
+        value=_catalog_text(diagnosis.catalog_warnings, diagnosis.catalog_notes),
+        inline=False,
+    )
     if math.isfinite(gateway_latency):
         embed.set_footer(text=f"Gateway latency {gateway_latency * 1000:.0f} ms")
     return embed

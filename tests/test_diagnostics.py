@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.catalog import Catalog
+from bot.catalog import Catalog, load_catalog
 from bot.concurrency import LimitState
 from bot.lifecycle import ModelLifecycle, discover_once
 from bot.providers.atlascloud import AtlasCloudProvider
@@ -207,10 +207,30 @@ def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage
     openai_only = DiagnosticsService(
         storage=storage, providers={}, lifecycle=ModelLifecycle(catalog, frozenset({"openai"}), lambda: TODAY)
     )
-    assert openai_only.model_warnings() == (
-        "soon on openai retires in 10 days (2026-12-01)",
-        "gone is retired on every configured service (replaced by later)",
+    assert openai_only.model_warnings() == ("soon on openai retires in 10 days (2026-12-01)",)
+    # Dead on its date with a live replacement: planned, so information, not a warning.
+    assert openai_only.model_notes() == ("gone retired on 2026-11-01; edits go to later",)
+
+
+async def test_a_model_gone_before_its_date_or_with_no_replacement_is_still_a_warning(
+    storage: Storage,
+) -> None:
+    catalog = build_catalog(
+        model("early", qualities=["high"], price=0.1, shutdown="2027-01-01", replacement="new"),
+        model("orphan", qualities=["high"], price=0.1, shutdown="2026-11-01"),
+        model("new", qualities=["high"], price=0.1),
     )
+    lifecycle = ModelLifecycle(catalog, frozenset({"openai"}), lambda: TODAY)
+    early = catalog.get("early")
+    # The provider says "gone" six weeks before the catalog's date: not what anyone planned.
+    gone = ModelGone("404", provider="openai", status=404, code="model_not_found")
+    await lifecycle.retire(early, early.routes[0], gone)
+    diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
+    assert diagnostics.model_warnings() == (
+        "early is retired on every configured service (replaced by new)",
+        "orphan is retired on every configured service (no replacement set)",
+    )
+    assert diagnostics.model_notes() == ()
 
 
 async def test_someone_other_than_the_operator_sees_only_lines_about_whole_models(storage: Storage) -> None:
@@ -330,6 +350,29 @@ async def test_diagnose_shows_provider_status_to_the_operator_only(
     fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
     assert "operator only" in fields["Image services"] and "openai" not in fields["Image services"]
     assert asked == []  # nobody's keys were used for it
+
+
+async def test_diagnose_is_green_on_a_fresh_install_whose_catalog_keeps_shut_down_models(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The packaged catalog keeps gpt-image-1, -1-mini and -1.5 (shut down) so old picks move on:
+    retired on their dates with a live replacement is expected, shown as information."""
+    operator = {"OWNER_IDS": str(fake_discord.owner.id)}
+    today = lambda: dt.date(2026, 12, 7)  # noqa: E731
+    async with running_bot(
+        fake_discord, openai, tmp_path, catalog=load_catalog(), today=today, env=operator
+    ) as world:
+        interaction = await fake_discord.slash(world.owner, "diagnose", channel=world.channel)
+        [reply] = await fake_discord.wait_until(lambda: [m for m in interaction.followups if m.embeds])
+    embed = reply.embeds[0]
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Models"].splitlines() == [
+        "✅ No model retires within 30 days.",
+        "ℹ️ gpt-image-1 retired on 2026-10-23; edits go to gpt-image-2",
+        "ℹ️ gpt-image-1-mini retired on 2026-12-01; edits go to gpt-image-2.6-flare",
+        "ℹ️ gpt-image-1.5 retired on 2026-12-01; edits go to gpt-image-2.6-flare",
+    ]
+    assert embed["color"] == COLOUR_OK.value
 
 
 async def test_diagnose_shows_a_failed_model_list_to_the_operator_only(

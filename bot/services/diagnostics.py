@@ -77,12 +77,14 @@ class DatabaseStatus:
 class Diagnosis:
     """Everything `/diagnose` shows. `missing_permissions` is None outside a server channel;
     `providers` is None when the asker may not see them (only the operator may), and then
-    `catalog_warnings` holds only the lines about models as a whole."""
+    `catalog_warnings` holds only the lines about models as a whole. `catalog_notes` are models
+    retired as planned, with a replacement: information, not a problem."""
 
     missing_permissions: tuple[str, ...] | None
     providers: tuple[ProviderStatus, ...] | None
     database: DatabaseStatus
     catalog_warnings: tuple[str, ...]
+    catalog_notes: tuple[str, ...] = ()
 
 
 class DiagnosticsService:
@@ -123,7 +125,13 @@ class DiagnosticsService:
             providers=providers,
             database=database,
             catalog_warnings=self.model_warnings(operator=show_providers),
+            catalog_notes=self.model_notes(),
         )
+
+    def model_notes(self) -> tuple[str, ...]:
+        """Models retired on their dates with a usable replacement (the packaged catalog keeps the
+        shut-down ones so stored picks move on): expected, so never a warning."""
+        return tuple(n.text for n in self.lifecycle.notices() if n.expected)
 
     def model_warnings(self, *, operator: bool = True) -> tuple[str, ...]:
         """Dead or soon-dead models and routes, unknown new models, and a failed model-list read.
@@ -132,7 +140,7 @@ class DiagnosticsService:
         replaced): which providers sell what, and whether their keys and lists work, is the
         operator's business, like the image services' checks.
         """
-        notices = self.lifecycle.notices()
+        notices = [n for n in self.lifecycle.notices() if not n.expected]
         if not operator:
             return tuple(n.text for n in notices if n.model_level)
         failed = tuple(
