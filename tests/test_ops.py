@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from bot.config import ConfigError, load_settings
 from bot.jobs.model import EditOutcome
 from bot.lifecycle import ModelLifecycle
 from bot.observability import healthcheck, ops
+from bot.observability import metrics as metrics_module
 from bot.observability.metrics import Metrics
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -410,6 +412,58 @@ def test_a_broken_live_source_is_left_out_instead_of_failing_the_scrape() -> Non
     page = samples(metrics.render().decode())
     assert value(page, "retouch_jobs_in_flight") is None
     assert value(page, "retouch_jobs_queued") == 4
+
+
+def test_a_failing_live_source_logs_its_traceback_once_not_at_every_scrape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scraper asks every few seconds: a traceback each time would flood the log."""
+
+    def broken() -> int:
+        raise AttributeError("engine went away")
+
+    metrics = Metrics()
+    metrics.watch(in_flight=broken, queued=lambda: 4)
+    for _ in range(20):
+        assert value(samples(metrics.render().decode()), "retouch_jobs_queued") == 4
+    logged = [r for r in caplog.records if r.name == "bot.observability.metrics"]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+
+
+def test_a_failing_live_source_logs_a_line_every_ten_minutes_and_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now, broken = [1000.0], [True]
+
+    def in_flight() -> int:
+        if broken[0]:
+            raise AttributeError("engine went away")
+        return 3
+
+    caplog.set_level(logging.INFO, logger="bot.observability.metrics")
+    metrics = Metrics(monotonic=lambda: now[0])
+    metrics.watch(in_flight=in_flight)
+
+    def said() -> list[tuple[str, bool]]:
+        return [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+
+    for _ in range(20):  # scrapes, seconds apart
+        metrics.render()
+        now[0] += 5
+    assert said() == [
+        ("metrics: could not read retouch_jobs_in_flight; left out of /metrics until it reads", True)
+    ]
+    now[0] = 1000.0 + metrics_module.FAILING_SOURCE_REPEAT_SECONDS
+    metrics.render()
+    metrics.render()
+    assert said()[1:] == [("metrics: retouch_jobs_in_flight still cannot be read (AttributeError)", False)]
+    broken[0] = False
+    assert value(samples(metrics.render().decode()), "retouch_jobs_in_flight") == 3
+    metrics.render()
+    assert said()[2:] == [("metrics: retouch_jobs_in_flight reads again", False)]
+    broken[0] = True  # a new failure is a new story: its traceback again
+    metrics.render()
+    assert said()[3][1] is True and len(said()) == 4
 
 
 def test_each_app_has_its_own_registry() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -51,6 +52,8 @@ PROVIDER_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.
 JOB_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 NO_PROVIDER = "none"  # label for jobs that failed before any provider was chosen
+# A gauge source that keeps failing is logged with its traceback once, then one line this often.
+FAILING_SOURCE_REPEAT_SECONDS = 600.0
 
 Count = Callable[[], int]
 Seconds = Callable[[], float]
@@ -59,21 +62,18 @@ Concurrency = Callable[[], Mapping[str, LimitState]]
 T = TypeVar("T")
 
 
-def _read(name: str, source: Callable[[], T]) -> T | None:
-    try:
-        return source()
-    except Exception:
-        log.warning("metrics: could not read %s", name, exc_info=True)
-        return None
-
-
 class _LiveCollector(Collector):
     """Gauges read at scrape time from the running app (nothing to keep in sync).
 
-    A source that raises is left out of that scrape (and logged): /metrics must keep answering.
+    A source that raises is left out of that scrape (and logged): /metrics must keep answering. The
+    log says it once with the traceback, then one line at most every `FAILING_SOURCE_REPEAT_SECONDS`
+    while it keeps failing, and once when it reads again: a scraper asks every few seconds, and a
+    traceback each time would bury everything else.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._failing: dict[str, float] = {}  # source name -> when its failure was last logged
         self.in_flight: Count | None = None
         self.queued: Count | None = None
         self.held: Count | None = None
@@ -83,6 +83,24 @@ class _LiveCollector(Collector):
         self.clocks_off: Count | None = None
         self.circuits: CircuitStates | None = None
         self.concurrency: Concurrency | None = None
+
+    def _read(self, name: str, source: Callable[[], T]) -> T | None:
+        try:
+            value = source()
+        except Exception as exc:
+            now, since = self._monotonic(), self._failing.get(name)
+            if since is None:
+                log.warning(
+                    "metrics: could not read %s; left out of /metrics until it reads", name, exc_info=True
+                )
+                self._failing[name] = now
+            elif now - since >= FAILING_SOURCE_REPEAT_SECONDS:
+                log.warning("metrics: %s still cannot be read (%s)", name, type(exc).__name__)
+                self._failing[name] = now
+            return None
+        if self._failing.pop(name, None) is not None:
+            log.info("metrics: %s reads again", name)
+        return value
 
     def collect(self) -> Iterator[Metric]:
         for name, doc, source in (
@@ -114,13 +132,13 @@ class _LiveCollector(Collector):
                 self.clocks_off,
             ),
         ):
-            if source is not None and (value := _read(name, source)) is not None:
+            if source is not None and (value := self._read(name, source)) is not None:
                 gauge = GaugeMetricFamily(name, doc)
                 gauge.add_metric([], float(value))
                 yield gauge
         if (
             self.circuits is not None
-            and (circuits := _read("retouch_circuit_state", self.circuits)) is not None
+            and (circuits := self._read("retouch_circuit_state", self.circuits)) is not None
         ):
             states = GaugeMetricFamily(
                 "retouch_circuit_state",
@@ -136,7 +154,7 @@ class _LiveCollector(Collector):
             yield states
         if (
             self.concurrency is not None
-            and (limits := _read("retouch_provider_concurrency_limit", self.concurrency)) is not None
+            and (limits := self._read("retouch_provider_concurrency_limit", self.concurrency)) is not None
         ):
             yield from _concurrency_gauges(limits)
 
@@ -160,7 +178,9 @@ def _concurrency_gauges(limits: Mapping[str, LimitState]) -> Iterator[Metric]:
 class Metrics(JobObserver):
     """Counters and histograms for jobs, providers and interactions, in a private registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.jobs_started = Counter("retouch_jobs_started", "Edit jobs started", ["model"], registry=r)
@@ -208,7 +228,7 @@ class Metrics(JobObserver):
             ["provider", "error"],
             registry=r,
         )
-        self._live = _LiveCollector()
+        self._live = _LiveCollector(monotonic)
         r.register(self._live)
 
     def watch(
