@@ -387,6 +387,21 @@ async def test_send_idempotent_stops_when_the_wait_would_cross_the_deadline(
     assert script.hits["/poll"] == 1
 
 
+async def test_send_idempotent_raises_a_retry_after_beyond_the_policy_at_once(
+    server: tuple[str, Script], session: aiohttp.ClientSession
+) -> None:
+    """The policy's `max_retry_after`: a longer wait means "do not retry here", not "retry after the
+    usual backoff" (which would hammer an API that asked for an hour's rest)."""
+    base, script = server
+    script.on("/poll", status(429, headers={"retry-after": "3600"}), status(200, b"ok"))
+
+    with pytest.raises(RateLimited) as info:
+        await get(session, f"{base}/poll", deadline=soon(30.0), accepted=True)
+
+    assert script.hits["/poll"] == 1
+    assert info.value.retry_after == 3600 and info.value.accepted is True
+
+
 async def test_send_idempotent_retries_timeouts(
     server: tuple[str, Script], session: aiohttp.ClientSession
 ) -> None:

@@ -224,9 +224,10 @@ async def send_idempotent(
 
     Retries connection failures, timeouts and any status that `classify` maps to `RateLimited`,
     `ServerError` or `ProviderTimeout` (so 408, 429 and 5xx with the default classifier, but not
-    an OpenAI quota 429). It waits the server's retry-after when given (up to
-    `policy.max_retry_after`), else `policy.delay(attempt)`, and stops when the wait would cross
-    `deadline` or after `policy.attempts` calls; then the last error is raised.
+    an OpenAI quota 429). It waits the server's retry-after when given, else `policy.delay(attempt)`,
+    and stops when the wait would cross `deadline` or after `policy.attempts` calls; then the last
+    error is raised. A retry-after longer than `policy.max_retry_after` is raised at once, without a
+    retry (the policy's "do not retry here"): a poll then waits it out between polls.
 
     Errors raised here carry `accepted=accepted`: the call itself creates nothing, so whether
     money is at stake depends on what it belongs to (pass True when polling or downloading for a
@@ -301,11 +302,10 @@ async def send_idempotent(
             reason = f"HTTP {resp.status}"
             if isinstance(err, RateLimited):
                 retry_after = err.retry_after
+                if retry_after is not None and retry_after > policy.max_retry_after:
+                    raise err  # the policy's "do not retry here": the caller decides what waits that long
 
-        if retry_after is not None and retry_after <= policy.max_retry_after:
-            wait = retry_after
-        else:
-            wait = policy.delay(attempt)
+        wait = policy.delay(attempt) if retry_after is None else retry_after
         if attempt >= policy.attempts or wait >= _remaining(deadline):
             raise err from None
         log.info(
