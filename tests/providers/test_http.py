@@ -30,6 +30,7 @@ from bot.providers.http import (
     RetryPolicy,
     decode_base64_image,
     download,
+    fetch_output,
     parse_retry_after,
     poll,
     redact_url,
@@ -593,6 +594,33 @@ async def test_download_size_cap(
 
     assert info.value.accepted is True
     assert script.hits["/big"] == 1  # a size violation is not retried
+
+
+@pytest.mark.parametrize("code", [400, 403, 404, 410])
+async def test_a_result_url_refused_is_an_accepted_server_error_not_retried(
+    server: tuple[str, Script], session: aiohttp.ClientSession, code: int
+) -> None:
+    """An expired presigned URL (S3's 403) or a missing file (a CDN's 404/410) is the job's lost
+    result: not the provider's key failing (admin alert, circuit breaker) nor the model unavailable."""
+    base, script = server
+    script.on("/out.png", status(code, b"<Error><Code>AccessDenied</Code></Error>"))
+
+    with pytest.raises(ServerError) as info:
+        await fetch_output(
+            session,
+            f"{base}/out.png?X-Amz-Signature=abc",
+            max_bytes=1000,
+            deadline=soon(),
+            policy=FAST,
+            call_timeout=5,
+            provider="t",
+            trusted=(base,),
+        )
+
+    assert type(info.value) is ServerError
+    assert info.value.accepted is True and info.value.status == code
+    assert not info.value.retryable_elsewhere
+    assert script.hits["/out.png"] == 1  # asking again does not bring an expired URL back
 
 
 @pytest.mark.parametrize(

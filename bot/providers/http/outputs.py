@@ -15,10 +15,11 @@ import pybase64
 
 from bot.providers.errors import (
     InvalidInput,
+    ProviderError,
     ServerError,
 )
 from bot.providers.http.requests import send_idempotent
-from bot.providers.http.transport import RetryPolicy
+from bot.providers.http.transport import RetryPolicy, classify_http_status
 from bot.providers.http.vendor import _SCHEME_PREFIX
 from bot.providers.masks import to_convention
 
@@ -72,6 +73,21 @@ def sniff_image_format(data: bytes) -> str | None:
     return None
 
 
+def classify_download(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+) -> ProviderError:
+    """A result download's error answer: 408, 429 and 5xx as usual (retried), any other status
+    `ServerError(accepted=True)`, not retried.
+
+    The URL is a job's result, not the provider's API: an expired presigned URL's 403 or a CDN's
+    404/410 says nothing about the key (no admin alert, no circuit breaker) or the model; the job
+    already ran and its result cannot be had.
+    """
+    if status in (408, 429) or status >= 500:
+        return classify_http_status(status, body, headers, provider=provider)
+    return ServerError(f"HTTP {status} for a result URL", provider=provider, status=status, accepted=True)
+
+
 async def download(
     session: aiohttp.ClientSession,
     url: str,
@@ -93,8 +109,9 @@ async def download(
 
     Any other scheme, and `data:` URLs unless `allow_data_url`, are refused with `ServerError`
     (the URL came from a provider response, so it is an unusable response). A body larger than
-    `max_bytes` raises `ServerError` without being read further. Errors carry `accepted`
-    (default True: a result is downloaded for a job that already ran).
+    `max_bytes` raises `ServerError` without being read further. Error answers are read by
+    `classify_download`. Errors carry `accepted` (default True: a result is downloaded for a job
+    that already ran).
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme == "data":
@@ -122,6 +139,7 @@ async def download(
         call_timeout=call_timeout,
         provider=provider,
         headers=headers,
+        classify=classify_download,
         max_body=max_bytes,
         accepted=accepted,
         trusted=trusted,
@@ -147,7 +165,8 @@ async def fetch_output(
     vendors' "base64 output" modes, whose exact form is not documented) is decoded. Any other
     scheme is refused, and so is a URL that is not public unless its origin is one of the `trusted`
     base URLs (the adapter's configured ones). The bytes are capped at `max_bytes` and must be a
-    png/jpeg/webp image. Errors are `ServerError(accepted=True)`: the job already ran.
+    png/jpeg/webp image. Errors are `ServerError(accepted=True)`: the job already ran (what is left
+    of a 408/429/5xx or a lost connection after the retries keeps its own kind, accepted too).
     """
     text = value.strip()
     # Base64 has no colon, so anything with a `scheme:` prefix is a URL (download() vets the scheme).

@@ -197,7 +197,12 @@ async def send_paid(
 
 
 def _is_retryable(err: ProviderError) -> bool:
-    return isinstance(err, (RateLimited, ServerError, ProviderTimeout))
+    """Whether an error answer is worth asking again: a rate limit, a timeout, or a server error the
+    server reported as one (5xx), not a `ServerError` a classifier made of another status (a result
+    URL's 403 or 404: `classify_download`)."""
+    if isinstance(err, ServerError):
+        return err.status is None or err.status >= 500
+    return isinstance(err, (RateLimited, ProviderTimeout))
 
 
 async def send_idempotent(
@@ -223,8 +228,8 @@ async def send_idempotent(
     """Send a request that is safe to repeat (GET, poll, download, upload) and return the 2xx response.
 
     Retries connection failures, timeouts and any status that `classify` maps to `RateLimited`,
-    `ServerError` or `ProviderTimeout` (so 408, 429 and 5xx with the default classifier, but not
-    an OpenAI quota 429). It waits the server's retry-after when given, else `policy.delay(attempt)`,
+    `ProviderTimeout` or (for a 5xx) `ServerError` (so 408, 429 and 5xx with the default classifier,
+    but not an OpenAI quota 429). It waits the server's retry-after when given, else `policy.delay(attempt)`,
     and stops when the wait would cross `deadline` or after `policy.attempts` calls; then the last
     error is raised. A retry-after longer than `policy.max_retry_after` is raised at once, without a
     retry (the policy's "do not retry here"): a poll then waits it out between polls.
