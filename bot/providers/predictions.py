@@ -358,9 +358,7 @@ class PredictionAdapter(ResellerAdapter):
         try:
             resp = await self._client.call("GET", url, deadline=deadline, accepted=True)
         except ModelUnavailable as exc:  # a 404 here means the job vanished, not the model
-            raise ServerError(
-                f"{self.api.noun} {job_id} not found", provider=self.name, accepted=True
-            ) from exc
+            raise self._vanished(job_id) from exc
         except (RateLimited, ServerError, ConnectionFailed) as exc:
             # The vendor did not answer (after the GET's own retries); the paid job may well be running.
             raise NotAnswered(exc) from exc
@@ -370,6 +368,8 @@ class PredictionAdapter(ResellerAdapter):
             raise
         payload = parse_json(resp.body)
         if (err := self._error_in(resp, payload)) is not None:
+            if isinstance(err, ModelUnavailable):  # a 404 in the envelope of a 200, read as the HTTP one
+                raise self._vanished(job_id) from err
             err.accepted = True
             # A 5xx, 429 or 408 in the envelope of a 200: the vendor did not answer this poll.
             if type(err) in (RateLimited, ServerError) or (
@@ -378,6 +378,11 @@ class PredictionAdapter(ResellerAdapter):
                 raise NotAnswered(err)
             raise err
         return job_of(payload)
+
+    def _vanished(self, job_id: str) -> ServerError:
+        """A poll's 404 (an HTTP status or an envelope's `code`): the job is gone, not the model, and
+        it was submitted (it may have been billed)."""
+        return ServerError(f"{self.api.noun} {job_id} not found", provider=self.name, accepted=True)
 
     async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
         if job_status(job) in self.api.failure:

@@ -99,6 +99,8 @@ class Fault(StrEnum):
     UPLOAD_ERROR = "upload_error"  # 500 on uploadMedia
     POLL_ERROR = "poll_error"  # 503 on a poll (the next one succeeds)
     POLL_TIMEOUT = "poll_timeout"  # 408 on a poll, a gateway giving up on it (the next one succeeds)
+    # HTTP 200 with {"code": 404, "msg": "prediction not found"} on a poll: the prediction is gone.
+    POLL_NOT_FOUND_IN_ENVELOPE = "poll_not_found_in_envelope"
     JOB_FAILED = "job_failed"  # the next prediction ends `failed` with `data.error`
     JOB_NSFW = "job_nsfw"  # the next prediction ends `failed` with a safety message
     NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
@@ -113,6 +115,7 @@ _TARGETS = {
     Fault.UPLOAD_ERROR: "upload",
     Fault.POLL_ERROR: "poll",
     Fault.POLL_TIMEOUT: "poll",
+    Fault.POLL_NOT_FOUND_IN_ENVELOPE: "poll",
     Fault.JOB_FAILED: "job",
     Fault.JOB_NSFW: "job",
     Fault.NEVER_FINISHES: "job",
@@ -453,6 +456,8 @@ class FakeAtlas(FakeServer):
         if (rule := self._take("poll")) is not None:
             if rule.fault == Fault.POLL_TIMEOUT:
                 raise _ApiError(408, "Request Timeout")
+            if rule.fault == Fault.POLL_NOT_FOUND_IN_ENVELOPE:
+                raise _EnvelopeError(404, "prediction not found")
             raise _ApiError(503, "service temporarily unavailable")
         p = self.predictions.get(request.path.rsplit("/", 1)[-1])
         if p is None:

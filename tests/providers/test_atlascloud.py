@@ -287,6 +287,27 @@ async def test_a_408_on_a_poll_is_a_timeout_not_the_members_input_and_polling_go
     assert next(r.status for r in fake.requests if r.endpoint == "poll") == 408
 
 
+@pytest.mark.parametrize("how", ["http", "envelope"])
+async def test_a_prediction_not_found_on_a_poll_is_an_accepted_server_error_however_it_is_said(
+    fake: FakeAtlas, provider: AtlasCloudProvider, how: str
+) -> None:
+    """A 404 on a poll means the prediction vanished, not the model: the same error whether Atlas
+    says it with the HTTP status or with `code: 404` in a 200's envelope."""
+    if how == "http":
+        call = provider.resume("pred_that_never_was", edit_request())
+    else:
+        fake.fail_next(Fault.POLL_NOT_FOUND_IN_ENVELOPE)
+        call = provider.edit(edit_request())
+
+    with pytest.raises(ServerError) as info:
+        await call
+
+    assert type(info.value) is ServerError
+    assert info.value.accepted is True and not info.value.retryable_elsewhere
+    assert "not found" in str(info.value)
+    assert fake.count("poll") == 1 and fake.submit_count == (1 if how == "envelope" else 0)
+
+
 async def test_a_poll_outage_longer_than_one_gets_retries_does_not_give_up_the_paid_job(
     fake: FakeAtlas, provider: AtlasCloudProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
