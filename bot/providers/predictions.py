@@ -413,6 +413,19 @@ class PredictionAdapter(ResellerAdapter):
                 request_id=job_id,
                 accepted=True,
             )
+        if len(values) > request.count:
+            # Only what was asked for is fetched and delivered (and charged for): each output may be
+            # up to `max_output_bytes`, and a job listing many more must not fill the memory.
+            log.warning(
+                "%s: %s %s listed %d outputs for %d asked; the %d extra are not fetched",
+                self.name,
+                self.api.noun,
+                job_id,
+                len(values),
+                request.count,
+                len(values) - request.count,
+            )
+            values = values[: request.count]
         blobs = await self._client.outputs(values, deadline=request.deadline)
         return EditResult(
             images=tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs),

@@ -80,6 +80,7 @@ REQUIRED = {
 }
 MODEL_SIZES = {route: GPT_IMAGE_2_SIZES for route in GPT_IMAGE_2_ROUTES}  # the rest: SIZES
 MAX_MINI_IMAGES = 4  # OPEN at Atlas; the same model's limit at WaveSpeed
+EXTRA_OUTPUTS = 40  # how many outputs a prediction lists under `Fault.EXTRA_OUTPUTS`
 MAX_IMAGES = {route: 16 for route in GPT_IMAGE_2_ROUTES}  # the rest: MAX_MINI_IMAGES
 
 
@@ -105,6 +106,7 @@ class Fault(StrEnum):
     JOB_NSFW = "job_nsfw"  # the next prediction ends `failed` with a safety message
     NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
     NO_OUTPUTS = "no_outputs"  # the next prediction completes with an empty `outputs`
+    EXTRA_OUTPUTS = "extra_outputs"  # the next prediction lists `EXTRA_OUTPUTS` outputs, not one
     HANG = "hang"  # the submit never answers (until the fake closes)
     CATALOG_ERROR = "catalog_error"  # 503 on GET /models
 
@@ -120,6 +122,7 @@ _TARGETS = {
     Fault.JOB_NSFW: "job",
     Fault.NEVER_FINISHES: "job",
     Fault.NO_OUTPUTS: "job",
+    Fault.EXTRA_OUTPUTS: "job",
 }
 
 
@@ -401,11 +404,12 @@ class FakeAtlas(FakeServer):
 
         width, height = (int(v) for v in size.split("x"))
         job_fault = self._take("job")
+        outputs = EXTRA_OUTPUTS if job_fault and job_fault.fault == Fault.EXTRA_OUTPUTS else 1
         output = await asyncio.to_thread(render, sources[0], region, (width, height))
         prediction = _Prediction(
             id=f"pred_{secrets.token_hex(8)}",
             model=model,
-            outputs=[] if job_fault and job_fault.fault == Fault.NO_OUTPUTS else [output],
+            outputs=[] if job_fault and job_fault.fault == Fault.NO_OUTPUTS else [output] * outputs,
             fault=job_fault.fault if job_fault else None,
             base64_output=bool(fields.get("enable_base64_output")),
         )

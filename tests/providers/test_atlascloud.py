@@ -250,6 +250,22 @@ async def test_each_fault_maps_to_its_exception_and_the_job_is_submitted_at_most
     assert fake.submit_count == submits
 
 
+async def test_outputs_beyond_the_requested_count_are_neither_fetched_nor_delivered(
+    fake: FakeAtlas, provider: AtlasCloudProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prediction listing 40 outputs for one image asked: one is downloaded and returned (the member
+    is charged per image), the rest are only counted in the log, never held in memory."""
+    fake.fail_next(Fault.EXTRA_OUTPUTS)
+
+    with caplog.at_level(logging.WARNING, logger="bot.providers.predictions"):
+        result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1
+    assert fake.count("file") == 1
+    assert "listed 40 outputs for 1 asked" in caplog.text
+    assert "/storage/outputs/" not in caplog.text
+
+
 async def test_a_failed_prediction_carries_its_id_and_message(
     fake: FakeAtlas, provider: AtlasCloudProvider
 ) -> None:
