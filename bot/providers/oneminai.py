@@ -220,7 +220,7 @@ class OneMinAIProvider(ResellerAdapter):
         status = record.get("status")
         url = record.get("temporaryUrl")
         if (status is not None and status != "SUCCESS") or (status is None and not url):
-            failure = classify_oneminai_error(resp.status, resp.body, resp.headers, provider=self.name)
+            failure = self._client.error(resp.status, resp.body, resp.headers)
             failure.request_id = record_id
             raise failure
         if not is_http_url(url) or not isinstance(url, str):

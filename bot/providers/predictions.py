@@ -236,7 +236,7 @@ class PredictionAdapter(ResellerAdapter):
         """The vendor's error when a 2xx answer reports one in its body (`payload` is the decoded body)."""
         if envelope_status(payload) is None:
             return None
-        return self.api.classify(resp.status, resp.body, resp.headers, provider=self.name)
+        return self._client.error(resp.status, resp.body, resp.headers)
 
     def _is_done(self, job: dict[str, Any]) -> bool:
         return job_status(job) in self.api.success | self.api.failure
@@ -387,7 +387,7 @@ class PredictionAdapter(ResellerAdapter):
     async def _result(self, job: dict[str, Any], job_id: str, request: EditRequest) -> EditResult:
         if job_status(job) in self.api.failure:
             # The classifier reads a failed job as it reads a poll's answer: inside the `data` envelope.
-            err = self.api.classify(200, json.dumps({"data": job}).encode(), {}, provider=self.name)
+            err = self._client.error(200, json.dumps({"data": job}).encode(), {})
             err.request_id = job_id
             raise err
         outputs = next((job[f] for f in self.api.output_fields if job.get(f) is not None), None)

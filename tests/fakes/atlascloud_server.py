@@ -103,6 +103,8 @@ class Fault(StrEnum):
     # HTTP 200 with {"code": 404, "msg": "prediction not found"} on a poll: the prediction is gone.
     POLL_NOT_FOUND_IN_ENVELOPE = "poll_not_found_in_envelope"
     JOB_FAILED = "job_failed"  # the next prediction ends `failed` with `data.error`
+    # The next prediction ends `failed`, its `data.error` quoting the Authorization header it was sent.
+    JOB_FAILED_KEY_ECHOED = "job_failed_key_echoed"
     JOB_NSFW = "job_nsfw"  # the next prediction ends `failed` with a safety message
     NEVER_FINISHES = "never_finishes"  # the next prediction stays `processing`
     NO_OUTPUTS = "no_outputs"  # the next prediction completes with an empty `outputs`
@@ -119,6 +121,7 @@ _TARGETS = {
     Fault.POLL_TIMEOUT: "poll",
     Fault.POLL_NOT_FOUND_IN_ENVELOPE: "poll",
     Fault.JOB_FAILED: "job",
+    Fault.JOB_FAILED_KEY_ECHOED: "job",
     Fault.JOB_NSFW: "job",
     Fault.NEVER_FINISHES: "job",
     Fault.NO_OUTPUTS: "job",
@@ -225,10 +228,11 @@ class FakeAtlas(FakeServer):
             "created_at": "2026-11-01T00:00:00Z",
         }
 
-    @staticmethod
-    def _failure_text(p: _Prediction) -> str:
+    def _failure_text(self, p: _Prediction) -> str:
         if p.fault == Fault.JOB_NSFW:
             return "Content flagged as NSFW by the safety checker"
+        if p.fault == Fault.JOB_FAILED_KEY_ECHOED:
+            return f"Generation failed: upstream refused 'Authorization: Bearer {self.api_key}'"
         return "Generation failed: upstream model error"
 
     # ------------------------------------------------------------------ request handling
@@ -454,7 +458,8 @@ class FakeAtlas(FakeServer):
         if p.status != "processing" or p.fault == Fault.NEVER_FINISHES or self.holding:
             return
         if finish or p.polls >= self.polls_to_finish:
-            p.status = "failed" if p.fault in (Fault.JOB_FAILED, Fault.JOB_NSFW) else "completed"
+            failures = (Fault.JOB_FAILED, Fault.JOB_FAILED_KEY_ECHOED, Fault.JOB_NSFW)
+            p.status = "failed" if p.fault in failures else "completed"
 
     def _poll(self, request: web.Request) -> web.Response:
         if (rule := self._take("poll")) is not None:

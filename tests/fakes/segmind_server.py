@@ -91,6 +91,7 @@ class Fault(StrEnum):
     SPEND_LIMIT = "spend_limit"  # 406 team spend limit reached
     CONTENT_TYPE = "content_type"  # 406 "Invalid content type" even for a JSON body
     FORBIDDEN = "forbidden"  # 403 model not permitted for the account
+    KEY_ECHOED = "key_echoed"  # 403 whose message quotes the x-api-key it was sent
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405 with an HTML body
     RETIRED = "retired"  # 410 model retired
     RATE_LIMITED = "rate_limited"  # 429 with x-rate-limit-reset-at-utc, no Retry-After
@@ -407,6 +408,8 @@ class FakeSegmind(FakeServer):
                 raise _ApiError(406, {"error": "Team spend limit reached"})
             case Fault.FORBIDDEN:
                 raise _ApiError(403, {"error": "This model is not permitted for your team"})
+            case Fault.KEY_ECHOED:
+                raise _ApiError(403, {"error": f"API key {self.api_key} is not permitted to use {model}"})
             case Fault.RETIRED:
                 raise _ApiError(410, {"error": f"Model {model} has been deprecated"})
             case Fault.RATE_LIMITED:

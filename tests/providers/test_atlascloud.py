@@ -26,7 +26,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import fetch_output, safe_message
+from bot.providers.http import fetch_output, mask_secrets, safe_message
 from bot.routing import Router
 from tests.fakes._base import Gone
 from tests.fakes.atlascloud_server import GPT_IMAGE_2_SIZES as FAKE_GPT_IMAGE_2_SIZES
@@ -277,6 +277,20 @@ async def test_a_failed_prediction_carries_its_id_and_message(
     assert info.value.request_id in fake.predictions
     assert "upstream model error" in str(info.value)
     assert info.value.code == "failed"
+
+
+async def test_a_failed_predictions_message_never_carries_the_api_key(
+    fake: FakeAtlas, provider: AtlasCloudProvider
+) -> None:
+    """A job's error text quoting our Authorization header: exception text ends up in logs."""
+    fake.fail_next(Fault.JOB_FAILED_KEY_ECHOED)
+
+    with pytest.raises(ProviderJobFailed) as info:
+        await provider.edit(edit_request())
+
+    text = str(info.value)
+    assert fake.api_key not in text and fake.api_key[:8] not in text
+    assert "upstream refused 'Authorization: ***'" in text
 
 
 async def test_a_poll_error_is_retried_and_the_job_still_completes(
@@ -664,6 +678,16 @@ def test_safe_message_strips_signed_queries_masks_the_key_and_is_short() -> None
     assert "X-Amz" not in cleaned and "token=" not in cleaned and "sk-SECRET" not in cleaned
     assert "https://cdn.example/out.png" in cleaned
     assert len(cleaned) <= 200
+
+
+def test_a_message_cut_inside_the_key_has_the_start_of_the_key_masked_too() -> None:
+    key = "atlas-SECRET-0123456789abcdef"
+    cut = safe_message("x" * 190 + f" key {key} refused", secrets=())  # cut inside the key
+
+    masked = mask_secrets(f"HTTP 403: {cut}", (f"Bearer {key}", key))
+
+    assert cut.endswith("…") and key[:4] in cut
+    assert masked.endswith(" key ***…") and key[:4] not in masked
 
 
 # ----------------------------------------------------------------------------- GPT Image 2 routes

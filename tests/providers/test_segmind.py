@@ -232,6 +232,19 @@ async def test_each_fault_maps_to_its_exception_and_is_posted_exactly_once(
     assert fake.post_count == 1
 
 
+async def test_an_error_that_quotes_the_api_key_is_raised_with_the_key_masked(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    """Segmind's message echoes the key it was sent: exception text ends up in logs."""
+    fake.fail_next(Fault.KEY_ECHOED)
+
+    with pytest.raises(ModelUnavailable) as info:
+        await provider.edit(edit_request())
+
+    assert fake.api_key not in str(info.value)
+    assert "API key *** is not permitted" in str(info.value)
+
+
 async def test_the_two_meanings_of_406_are_told_apart_by_their_message(
     fake: FakeSegmind, provider: SegmindProvider
 ) -> None:

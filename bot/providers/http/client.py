@@ -5,6 +5,11 @@ Every reseller adapter makes the same kinds of call: one paid submit (`send_paid
 the "model gone" rule), idempotent uploads and polls with its key (`send_idempotent`), and result
 downloads without its key (`fetch_output`, trusting only its own base URL). `VendorClient` makes them
 with the adapter's settings so each adapter says only what differs: paths, bodies and answers.
+
+It holds the key, so it is also where the key is kept out of error text: a vendor may echo it in an
+error message ("API key SG_… is not permitted"), and exception text ends up in logs. Every error read
+from an answer, by its calls or by an adapter through it (`error`, `submit_classifier`), has the key
+headers' values masked (the transport's own errors hold no vendor text).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from typing import Any
 
 import aiohttp
 
+from bot.providers.errors import ProviderError
 from bot.providers.http.outputs import fetch_output
 from bot.providers.http.polling import gather_or_cancel
 from bot.providers.http.requests import send_idempotent, send_paid
 from bot.providers.http.transport import MAX_RESPONSE_BYTES, Classifier, HttpResponse, RetryPolicy
-from bot.providers.http.vendor import submit_classifier
+from bot.providers.http.vendor import mask_secrets, submit_classifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +48,44 @@ class VendorClient:
         """`path` under the configured base URL."""
         return f"{self.base_url}{path}"
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What error text must never show: each header value, and the credential after a scheme
+        word (the key of `Bearer <key>`)."""
+        found: list[str] = []
+        for value in self.headers.values():
+            found.append(value)
+            _scheme, _, credential = value.partition(" ")
+            if credential.strip():
+                found.append(credential.strip())
+        return tuple(found)
+
+    def masked(self, err: ProviderError) -> ProviderError:
+        """`err` with the key (`secrets`) masked in its text; the same object, for `raise`."""
+        text = str(err)
+        masked = mask_secrets(text, self.secrets)
+        if masked != text:
+            err.args = (masked, *err.args[1:])
+        return err
+
+    def masking(self, classify: Classifier) -> Classifier:
+        """`classify` with the key masked in the errors it returns."""
+
+        def classify_masked(
+            status: int, body: bytes, headers: Mapping[str, str], *, provider: str
+        ) -> ProviderError:
+            return self.masked(classify(status, body, headers, provider=provider))
+
+        return classify_masked
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+        """The vendor's error for an answer an adapter reads itself (a 2xx that reports a failure),
+        with the key masked."""
+        return self.masked(self.classify(status, body, headers, provider=self.provider))
+
     def submit_classifier(self, model: str) -> Classifier:
-        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule."""
-        return submit_classifier(self.classify, self.message_of, model=model)
+        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule (key masked)."""
+        return self.masking(submit_classifier(self.classify, self.message_of, model=model))
 
     async def submit(
         self, url: str, body: Any, *, deadline: float, model: str, max_body: int = MAX_RESPONSE_BYTES
@@ -89,7 +130,7 @@ class VendorClient:
             headers=self.headers,
             json=json,
             data_factory=data_factory,
-            classify=self.classify,
+            classify=self.masking(self.classify),
             accepted=accepted,
         )
 

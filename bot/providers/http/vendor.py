@@ -6,7 +6,7 @@ from __future__ import annotations
 import json as _json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from bot.providers.errors import (
@@ -30,6 +30,26 @@ T = TypeVar("T")
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
 _SCHEME_PREFIX = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 MAX_MESSAGE = 200  # provider messages kept in exception text (for logs) are cut to this length
+MIN_PARTIAL_SECRET = 4  # a secret's start this long, where a cut message ends, is masked too
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every one of `secrets` (an API key, a header carrying one) replaced by `***`,
+    the longest first (so a `Bearer <key>` header goes whole before its key alone).
+
+    A text cut short by `safe_message` (ending in "…") may end inside a secret: that start of it
+    (from `MIN_PARTIAL_SECRET` characters) is masked too.
+    """
+    ordered = sorted((s for s in secrets if s), key=len, reverse=True)
+    for secret in ordered:
+        text = text.replace(secret, "***")
+    if text.endswith("…"):
+        head = text[:-1]
+        for secret in ordered:
+            for n in range(min(len(secret), len(head)), MIN_PARTIAL_SECRET - 1, -1):
+                if head.endswith(secret[:n]):
+                    return head[:-n] + "***…"
+    return text
 
 
 def safe_message(text: object, *, secrets: tuple[str, ...] = (), limit: int = MAX_MESSAGE) -> str:
@@ -40,9 +60,7 @@ def safe_message(text: object, *, secrets: tuple[str, ...] = (), limit: int = MA
     """
     message = " ".join(str(text).split())
     message = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), message)
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
+    message = mask_secrets(message, secrets)
     if len(message) > limit:
         message = message[: limit - 1] + "…"
     return message
