@@ -12,6 +12,9 @@ class ProviderError(Exception):
     """Base class. The message is for logs only; users get text from `bot.errors`."""
 
     retryable_elsewhere = False  # may routing try another provider for this failure?
+    # The provider's id of a job that an error answer to a paid submit named: the job exists (it may
+    # run and bill), so it is never sent elsewhere and a submit-then-poll adapter follows it.
+    job_id: str | None = None
 
     def __init__(
         self,

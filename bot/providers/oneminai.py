@@ -33,7 +33,8 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   "auto"). No inpainter is documented for it, so a masked edit is refused too.
 * "Model gone": a 404/410 answer to the feature call, or an error whose message says the model is
   not found / no longer available / retired / has no available channels, raises `ModelGone`
-  (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran).
+  (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran), unless
+  the answer carries an `aiRecord.uuid`: a record was made, so the error is accepted whatever it says.
 * The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
 * No `check()` for `/diagnose`: 1min.ai documents no GET at all (no account, credit or catalog
   call), and every documented call costs or stores something, so `/diagnose` shows "no check
@@ -96,6 +97,14 @@ def _message(payload: Any) -> str:
     return ""
 
 
+def _record_id(body: bytes) -> str | None:
+    """`aiRecord.uuid` of an answer: the record of a call 1min.ai took (None when absent)."""
+    payload = parse_json(body)
+    record = payload.get("aiRecord") if isinstance(payload, dict) else None
+    uuid = record.get("uuid") if isinstance(record, dict) else None
+    return uuid if isinstance(uuid, str) and uuid else None
+
+
 def _record_status(payload: Any) -> str | None:
     """`aiRecord.status`, lower-cased (None when absent)."""
     record = payload.get("aiRecord") if isinstance(payload, dict) else None
@@ -138,6 +147,7 @@ class OneMinAIProvider(ResellerAdapter):
         key_header="API-KEY",
         classify=classify_oneminai_error,
         message_of=lambda body: _message(parse_json(body)),
+        job_id_of=_record_id,
         mask_convention="white",  # the inpainter: white = edit, black = keep
     )
 

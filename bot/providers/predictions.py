@@ -114,6 +114,14 @@ def job_of(payload: Any) -> dict[str, Any]:
     return inner if isinstance(inner, dict) else payload
 
 
+def job_id_in(payload: Any) -> str | None:
+    """The id of the job an answer names (enveloped or bare), or None when it names none."""
+    job_id = job_of(payload).get("id")
+    if isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != "":
+        return str(job_id)
+    return None
+
+
 def envelope_status(payload: Any) -> int | None:
     """The envelope's `code` when it is an HTTP-like error status: some gateways answer 200 + code
     (WaveSpeed's uploads report `code: 500` that way)."""
@@ -159,6 +167,10 @@ class PredictionApi:
 
     def message_of(self, body: bytes) -> str:
         return self.message(parse_json(body))
+
+    def job_id_of(self, body: bytes) -> str | None:
+        """The id of the job an answer's body names (an error answer to a submit may name one)."""
+        return job_id_in(parse_json(body))
 
     def classify(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
@@ -301,36 +313,51 @@ class PredictionAdapter(ResellerAdapter):
         arrived); report the job id (`on_submitted`) and return it with the job.
 
         An answer that says the route's model is gone, with no job id, raises `ModelGone`
-        (see `bot.providers.http.gone_on_submit`).
+        (see `bot.providers.http.gone_on_submit`). An error answer that names a job (a 5xx or a
+        timeout with the job's id in its body) is followed like an accepted one: the job exists and
+        may run and bill, and polling says how it ended. Any other error naming a job is raised
+        accepted (`bot.providers.http.names_a_job`).
         """
         fields = self._check_request(request)
         image_urls, mask_url = await self._upload_inputs(request)
         path, body = self._submission(request, fields, image_urls, mask_url)
-        resp = await self._client.submit(
-            self._client.url(path), body, deadline=request.deadline, model=request.model
-        )
-        job_id, job = self._accepted(resp, request.model)
+        try:
+            resp = await self._client.submit(
+                self._client.url(path), body, deadline=request.deadline, model=request.model
+            )
+            job_id, job = self._accepted(resp, request.model)
+        except (ServerError, ProviderTimeout) as err:
+            if err.job_id is None:
+                raise
+            log.warning(
+                "%s: %s submit answered HTTP %s but named %s %s; following it",
+                self.name,
+                request.model,
+                err.status,
+                self.api.noun,
+                err.job_id,
+            )
+            job_id, job = err.job_id, {}
         log.debug("%s: %s %s %s submitted", self.name, request.model, self.api.noun, job_id)
         if on_submitted is not None:
             await on_submitted(job_id)
         return job_id, job
 
     def _accepted(self, resp: HttpResponse, model: str) -> tuple[str, dict[str, Any]]:
-        """The job from the submit's 2xx answer; its id is required to follow the job."""
+        """The job from the submit's 2xx answer; its id is required to follow the job.
+
+        An error inside the 2xx envelope is read as an error answer to the submit (it names a job, or
+        the "model gone" rule applies).
+        """
         payload = parse_json(resp.body)
-        job = job_of(payload)
-        job_id = job.get("id")
-        has_id = isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != ""
-        if (err := self._error_in(resp, payload)) is not None:
-            if not has_id:  # an error inside a 2xx envelope, and no job: the submit created nothing
-                classify = self._client.submit_classifier(model)
-                err = classify(resp.status, resp.body, resp.headers, provider=self.name)
-            err.accepted = has_id or err.accepted
-            raise err
-        if not has_id:
+        job_id = job_id_in(payload)
+        if envelope_status(payload) is not None:
+            classify = self._client.submit_classifier(model)
+            raise classify(resp.status, resp.body, resp.headers, provider=self.name)
+        if job_id is None:
             # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it.
             raise ServerError(f"HTTP 2xx but no {self.api.noun} id", provider=self.name, accepted=True)
-        return str(job_id), job
+        return job_id, job_of(payload)
 
     # ------------------------------------------------------------------ after the submit
 

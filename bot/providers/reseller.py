@@ -31,6 +31,9 @@ class Vendor:
     call_timeout: float  # the paid call: a submit that queues a job, or a call that makes the image
     classify: Classifier  # the vendor's one error mapping
     message_of: Callable[[bytes], str]  # the vendor's error text of a body (to tell "model gone")
+    # The id of a job a body names (None: none), so an error answer to a submit that created one is
+    # never sent elsewhere; None for a vendor whose answers name no job.
+    job_id_of: Callable[[bytes], str | None] | None = None
     key_header: str = "Authorization"  # where the API key goes; "Authorization" carries a Bearer token
     # How the vendor reads a mask (`bot.providers.masks`) unless the catalog says otherwise for a model:
     # "alpha" is transparent *and* white where to edit, so it reads the same under both documented
@@ -91,6 +94,7 @@ class ResellerAdapter:
             call_timeout=vendor.call_timeout if call_timeout is None else call_timeout,
             io_timeout=io_timeout,
             max_output_bytes=max_output_bytes,
+            job_id_of=vendor.job_id_of,
         )
 
     def validate(self, request: EditRequest) -> None:

@@ -94,6 +94,8 @@ class Fault(StrEnum):
     SERVER_ERROR = "server_error"  # 500 on the submit, no prediction created
     GATEWAY_TIMEOUT = "gateway_timeout"  # 504 on the submit, but the prediction WAS created
     SUBMIT_WITHOUT_ID = "submit_without_id"  # 200 on the submit with no id (the job was created)
+    # 500 on the submit whose body names the prediction it created (it runs on and can be polled).
+    SERVER_ERROR_NAMING_JOB = "server_error_naming_job"
     # 400 "<route>: input image not found" on the submit, nothing created: an input it could not fetch,
     # said beside the route's name (a wording that names the model and "not found" without it being gone).
     INPUT_NOT_FOUND = "input_not_found"
@@ -420,6 +422,9 @@ class FakeAtlas(FakeServer):
         self.predictions[prediction.id] = prediction
         if rule is not None and rule.fault == Fault.GATEWAY_TIMEOUT:
             raise _ApiError(504, "gateway timeout")
+        if rule is not None and rule.fault == Fault.SERVER_ERROR_NAMING_JOB:
+            body = {"code": 500, "msg": "internal server error", "data": self._prediction_json(prediction)}
+            return web.json_response(body, status=500)
         if rule is not None and rule.fault == Fault.SUBMIT_WITHOUT_ID:
             return self._ok({"status": "processing"})
         if fields.get("enable_sync_mode"):
@@ -441,7 +446,7 @@ class FakeAtlas(FakeServer):
             case Fault.HANG:
                 await self._release.wait()
                 raise _ApiError(503, "the fake was closed while hanging")
-            case Fault.GATEWAY_TIMEOUT | Fault.SUBMIT_WITHOUT_ID:
+            case Fault.GATEWAY_TIMEOUT | Fault.SUBMIT_WITHOUT_ID | Fault.SERVER_ERROR_NAMING_JOB:
                 return  # the prediction is created first; the answer is spoiled afterwards
         raise AssertionError(f"unhandled fault {rule.fault}")
 

@@ -133,6 +133,8 @@ class Fault(StrEnum):
     INSUFFICIENT_BALANCE = "insufficient_balance"  # 402 "Insufficient balance" on the submit (OPEN)
     RATE_LIMITED = "rate_limited"  # 429 on the submit
     SERVER_ERROR = "server_error"  # 500 on the submit, nothing created
+    # 502 on the submit whose body names the task it created (it runs on and can be polled).
+    SERVER_ERROR_NAMING_TASK = "server_error_naming_task"
     UPLOAD_ERROR = "upload_error"  # HTTP 200 with {"code": 500} on an upload
     POLL_ERROR = "poll_error"  # 502 on a result poll
     POLL_ENVELOPE_ERROR = "poll_envelope_error"  # HTTP 200 with {"code": 500} on a result poll
@@ -567,6 +569,9 @@ class FakeWaveSpeed(FakeServer):
         self.tasks[task.id] = task
         # Stored now; its URL is only given out once the task says `completed`.
         self.files[f"/media/outputs/{task.id}.png"] = (output, "image/png")
+        if rule is not None and rule.fault == Fault.SERVER_ERROR_NAMING_TASK:
+            body = {"code": 502, "message": "upstream error", "data": self._task_json(task)}
+            return web.json_response(body, status=502)
         if fields.get("enable_sync_mode"):
             if rule is not None and rule.fault == Fault.SYNC_TIMEOUT:
                 task.status = "processing"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bot.providers.atlascloud import classify_atlas_error
+from bot.providers.atlascloud import AtlasCloudProvider, classify_atlas_error
 from bot.providers.errors import (
     InvalidInput,
     ModelGone,
@@ -17,9 +17,9 @@ from bot.providers.errors import (
     ServiceUnavailable,
 )
 from bot.providers.http import says_model_gone, submit_classifier
-from bot.providers.oneminai import classify_oneminai_error
+from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
 from bot.providers.segmind import classify_segmind_error
-from bot.providers.wavespeed import classify_wavespeed_error
+from bot.providers.wavespeed import WaveSpeedProvider, classify_wavespeed_error
 
 
 def atlas_body(code: int, msg: str) -> bytes:
@@ -82,6 +82,37 @@ def test_an_error_inside_a_200_envelope_is_judged_by_its_code() -> None:
     err = classify(200, atlas_body(404, "model m not found"), {}, provider="atlascloud")
 
     assert type(err) is ModelGone and err.status == 404 and not err.accepted
+
+
+JOB = {"id": "job_1", "status": "processing"}
+NAMING_A_JOB = {  # an error answer naming the job it created, in each vendor's shape, with gone wording
+    "atlascloud": (
+        AtlasCloudProvider.vendor,
+        {"code": 500, "msg": "model m is no longer available", "data": JOB},
+    ),
+    "wavespeed": (
+        WaveSpeedProvider.vendor,
+        {"code": 502, "message": "no available channels for model m", "data": JOB},
+    ),
+    "oneminai": (OneMinAIProvider.vendor, {"message": "model m not found", "aiRecord": {"uuid": "job_1"}}),
+}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 404, 410, 400, 402, 200])
+@pytest.mark.parametrize("vendor", sorted(NAMING_A_JOB))
+def test_a_submit_error_answer_that_names_a_created_job_is_accepted_and_never_model_gone(
+    vendor: str, status: int
+) -> None:
+    """The job exists at the provider (it may run and bill): whatever the status and wording, the
+    error must not let routing send the job to another provider too, nor retire the route."""
+    spec, body = NAMING_A_JOB[vendor]
+    classify = submit_classifier(spec.classify, spec.message_of, model="m", job_id_of=spec.job_id_of)
+
+    err = classify(status, json.dumps(body).encode(), {}, provider=spec.name)
+
+    assert not isinstance(err, ModelGone)
+    assert err.accepted is True and err.retryable_elsewhere is False
+    assert err.job_id == "job_1"
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,44 @@ async def test_the_job_id_is_reported_before_the_first_poll(
     assert result.request_id == accepted.ids[0] and result.images
 
 
+def naming_the_job(fake: FakeServer) -> AtlasFault | WaveFault:
+    """The fake's fault for a 5xx submit answer whose body names the job it created."""
+    if isinstance(fake, FakeAtlas):
+        return AtlasFault.SERVER_ERROR_NAMING_JOB
+    return WaveFault.SERVER_ERROR_NAMING_TASK
+
+
+async def test_a_5xx_submit_answer_that_names_the_created_job_is_followed_to_its_result(
+    server: FakeServer, session: aiohttp.ClientSession
+):
+    """The job exists at the provider (it runs and bills): it is reported and polled, never offered
+    to another provider as if nothing had been created."""
+    server.fail_next(naming_the_job(server))
+    accepted = Accepted(server)
+
+    result = await adapter(server, session).edit(edit_request(server), on_submitted=accepted)
+
+    assert [r.status for r in server.requests if r.endpoint == "submit"] == [
+        500 if isinstance(server, FakeAtlas) else 502
+    ]
+    assert accepted.ids == provider_ids(server) and accepted.polls_before == [0]
+    assert result.request_id == accepted.ids[0] and result.images
+    assert server.submit_count == 1
+
+
+async def test_a_followed_job_named_by_a_5xx_that_then_fails_is_an_accepted_failure(
+    server: FakeServer, session: aiohttp.ClientSession
+):
+    server.fail_next(naming_the_job(server))
+    server.fail_next(AtlasFault.JOB_FAILED if isinstance(server, FakeAtlas) else WaveFault.JOB_FAILED)
+
+    with pytest.raises(ProviderJobFailed) as info:
+        await adapter(server, session).edit(edit_request(server))
+
+    assert info.value.accepted and not info.value.retryable_elsewhere
+    assert info.value.request_id in provider_ids(server) and server.submit_count == 1
+
+
 async def test_a_new_process_resumes_the_job_without_submitting_it_again(
     server: FakeServer, session: aiohttp.ClientSession
 ):

@@ -43,6 +43,7 @@ class VendorClient:
     call_timeout: float  # the paid call
     io_timeout: float  # one upload, poll or download
     max_output_bytes: int  # one result image
+    job_id_of: Callable[[bytes], str | None] | None = None  # the job an error answer names, if any
 
     def url(self, path: str) -> str:
         """`path` under the configured base URL."""
@@ -85,7 +86,8 @@ class VendorClient:
 
     def submit_classifier(self, model: str) -> Classifier:
         """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule (key masked)."""
-        return self.masking(submit_classifier(self.classify, self.message_of, model=model))
+        classify = submit_classifier(self.classify, self.message_of, model=model, job_id_of=self.job_id_of)
+        return self.masking(classify)
 
     async def submit(
         self, url: str, body: Any, *, deadline: float, model: str, max_body: int = MAX_RESPONSE_BYTES

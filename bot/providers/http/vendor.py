@@ -113,7 +113,8 @@ def error_summary(status: int, message: str, *, code: int | None = None) -> str:
 
 
 def submit_server_error(summary: str, *, status: int, **kw: Any) -> ServerError:
-    """A 5xx answer to a paid submit that returned no job, for vendors where nothing was created.
+    """A 5xx answer to a paid submit that returned no job, for vendors where nothing was created
+    (an answer that names a job is made accepted by `submit_classifier`).
 
     Routing may then try another provider (`accepted=False`, retryable elsewhere), except after a
     504: a gateway that gave up waiting may already have passed the job on, so it stays accepted.
@@ -342,12 +343,27 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     )
 
 
-def submit_classifier(
-    classify: Classifier, message_of: Callable[[bytes], str], *, model: str = ""
-) -> Classifier:
-    """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`.
+def names_a_job(err: ProviderError, job_id: str) -> ProviderError:
+    """`err`, an error answer to a paid submit that names the job `job_id`, as accepted: the job
+    exists at the provider (it may run and bill), so it must not go to another provider too."""
+    err.job_id = job_id
+    err.accepted = True
+    err.retryable_elsewhere = False
+    return err
 
-    `message_of` reads the vendor's error text from a body (each vendor's envelope differs).
+
+def submit_classifier(
+    classify: Classifier,
+    message_of: Callable[[bytes], str],
+    *,
+    model: str = "",
+    job_id_of: Callable[[bytes], str | None] | None = None,
+) -> Classifier:
+    """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`, except
+    for an answer that names a created job (`names_a_job`), whatever its status.
+
+    `message_of` reads the vendor's error text from a body, `job_id_of` the id of a job it names
+    (each vendor's envelope differs; None for a vendor whose answers name no job).
     """
 
     def classify_submit(
@@ -356,6 +372,8 @@ def submit_classifier(
         err = classify(status, body, headers, provider=provider)
         if err.status is None:
             err.status = status
+        if job_id_of is not None and (job_id := job_id_of(body)) is not None:
+            return names_a_job(err, job_id)
         return gone_on_submit(err, message_of(body), model=model)
 
     return classify_submit
