@@ -16,8 +16,8 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   404 → model unavailable; 429 → rate limited (Retry-After if sent); other 4xx → invalid input
   (or a safety refusal by its wording). A 5xx is taken as *accepted*: the call is synchronous and
   nothing says a failed call is not charged, so it is never re-sent elsewhere.
-* `aiRecord.status`: only `SUCCESS` (or no status with a `temporaryUrl`) is success; any other
-  value is a failed job, `accepted=True`.
+* `aiRecord.status`: only `SUCCESS`, in any case (or no status with a `temporaryUrl`), is success;
+  any other value is a failed job, `accepted=True`.
 * `n` is always 1: only one `temporaryUrl` comes back and fetching the other `resultObject` paths
   is undocumented, so paying for images that cannot be delivered is avoided; routing emulates
   `count` with parallel calls.
@@ -229,7 +229,8 @@ class OneMinAIProvider(ResellerAdapter):
         record_id = record.get("uuid") if isinstance(record.get("uuid"), str) else resp.request_id
         status = record.get("status")
         url = record.get("temporaryUrl")
-        if (status is not None and status != "SUCCESS") or (status is None and not url):
+        # Read without regard to case, as `_record_status` reads it for the classifier.
+        if (status is not None and str(status).lower() != "success") or (status is None and not url):
             failure = self._client.error(resp.status, resp.body, resp.headers)
             failure.request_id = record_id
             raise failure

@@ -117,6 +117,7 @@ class FakeOneMin(FakeServer):
         super().__init__(api_key=api_key)
         self.requests: list[RecordedRequest] = []
         self.objects: dict[str, bytes] = {}  # bucket path -> bytes (assets and results)
+        self.success_word = "SUCCESS"  # a finished record's `status` (its spelling is undocumented)
 
     @property
     def base_url(self) -> str:
@@ -309,7 +310,7 @@ class FakeOneMin(FakeServer):
         results = [f"development/images/{stamp}_{i}_edited.{fmt}" for i in range(n)]
         for path in results:
             self.objects[path] = data
-        status = "SUCCESS"
+        status = self.success_word
         temporary: str | None = (
             f"{self.origin}/s3/{BUCKET}/{results[0]}?X-Amz-Algorithm=AWS4-HMAC-SHA256"
             f"&X-Amz-Expires=604800&X-Amz-Signature={secrets.token_hex(16)}"

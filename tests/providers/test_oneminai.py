@@ -86,6 +86,19 @@ async def test_editor_uploads_the_asset_then_calls_image_editor_and_downloads_th
     assert result.request_id and len(result.request_id) == 32
 
 
+@pytest.mark.parametrize("word", ["SUCCESS", "success", "Success"])
+async def test_a_finished_record_is_a_success_however_its_status_is_cased(
+    fake: FakeOneMin, provider: OneMinAIProvider, word: str
+) -> None:
+    """The spelling of `aiRecord.status` is undocumented; the classifier reads it lower-cased, so the
+    success check must too (or a made, billed image would be reported as a failed job)."""
+    fake.success_word = word
+
+    result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1 and fake.feature_count == 1
+
+
 async def test_auto_quality_is_omitted_and_jpeg_gets_full_compression_quality(
     fake: FakeOneMin, provider: OneMinAIProvider
 ) -> None:
