@@ -8,6 +8,9 @@ just stops with an accepted timeout.
 
 What differs stays in each vendor's module: a `PredictionApi` (paths, status words, where error
 text is, the models' field layouts) and the adapter's paid request body (`_submission`).
+
+One module (over 400 lines) because it is one flow, the job's whole life at either vendor: split,
+the submit's, the polls' and the result's readings of the same job object would sit apart.
 """
 
 from __future__ import annotations
