@@ -295,11 +295,12 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
     return 0
 
 
-def _warn_unread(unread: tuple[tuple[str, str], ...]) -> None:
-    """Say each name `.env` sets that Retouch does not read, with the setting it may have meant."""
-    for name, near in unread:
+def _warn_unread(unread: tuple[tuple[str, str, str], ...]) -> None:
+    """Say each name `.env` (or the environment) sets that Retouch does not read, with the setting it may
+    have meant."""
+    for where, name, near in unread:
         hint = f" (did you mean {near}?)" if near else ""
-        log.warning(".env sets %s, which is not a Retouch setting%s", name, hint)
+        log.warning("%s sets %s, which is not a Retouch setting%s", where, name, hint)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,9 +146,9 @@ class Settings:
     # With PostgreSQL, the process that runs a job holds it by a lease of this length, renewed every third
     # of it (bot/jobs/leases.py); a dead process's jobs are taken over by the others when theirs run out.
     job_lease_seconds: float = 30.0
-    # Names `.env` sets that Retouch never reads (a misspelt setting), each with the setting it may
-    # have meant ("" when none is close): warned about at start.
-    unread_settings: tuple[tuple[str, str], ...] = ()
+    # Names Retouch never reads (a misspelt setting), each as (where: ".env" or "the environment", name,
+    # the setting it may have meant or "" when none is close): warned about at start.
+    unread_settings: tuple[tuple[str, str, str], ...] = ()
     # Settings lowered at load to what Retouch can honour, one line each saying so: warned about at start.
     capped_settings: tuple[str, ...] = ()
 
@@ -488,26 +488,60 @@ OTHERS_PREFIXES = ("COMPOSE_", "DOCKER_", "POSTGRES_")
 PROVIDER_SETTINGS = ("API_KEY", "BASE_URL", "MAX_CONCURRENT")
 
 
+# The process environment also holds the host's, the shell's and the image's own names (PATH, HOSTNAME,
+# PYTHON_VERSION, a developer's DATABASE_PORT): there only a near miss of a setting left unset is taken
+# for a misspelling. Under Docker Compose `.env` arrives this way (env_file), not as a file. A one-letter
+# slip in a name of 6 letters or more scores at least 0.83, MONTHLY_BUDGET for MONTHLY_BUDGET_USD 0.875;
+# DATABASE_PORT (for DATABASE_URL) scores 0.80, METRICS_SERVICE_HOST (Kubernetes's, METRICS_HOST) 0.75.
+ENVIRONMENT_MATCH_CUTOFF = 0.82
+ENVIRONMENT_OTHERS_PREFIXES = (*OTHERS_PREFIXES, "PYTHON", "PIP_", "LC_", "XDG_", "KUBERNETES_")
+
+
+def _known_names(asked: Iterable[str]) -> set[str]:
+    """Every setting name: those read, and the per-provider ones read only with that provider's key."""
+    known = set(asked) | {
+        f"{prefix}_{what}" for prefix, _ in PROVIDER_ENV.values() for what in PROVIDER_SETTINGS
+    }
+    return known | {"SEGMIND_UPLOAD_URL", "WAVESPEED_SYNC_MODE"}
+
+
 def unread_names(names: Iterable[str], asked: Iterable[str]) -> tuple[tuple[str, str], ...]:
     """Which of `names` (set in `.env`) Retouch never reads, each with the setting it may have meant
     ("" when none is close): a misspelt setting (MONTHLY_BUDGET for MONTHLY_BUDGET_USD) leaves the
     real one at its default without a word."""
-    known = set(asked) | {
-        f"{prefix}_{what}" for prefix, _ in PROVIDER_ENV.values() for what in PROVIDER_SETTINGS
-    }
-    known |= {"SEGMIND_UPLOAD_URL", "WAVESPEED_SYNC_MODE"}
+    known = _known_names(asked)
     unread = [n for n in dict.fromkeys(names) if n not in known and not n.startswith(OTHERS_PREFIXES)]
     return tuple(
         (n, next(iter(difflib.get_close_matches(n, sorted(known), n=1, cutoff=0.75)), "")) for n in unread
     )
 
 
+def misspelt_in_environment(
+    env: Mapping[str, str], asked: Iterable[str], skip: Iterable[str] = ()
+) -> tuple[tuple[str, str], ...]:
+    """The names of `env` (but `skip`) that are no setting but a near miss of one `env` leaves unset,
+    each with that setting. Unlike `.env`, the environment holds names that are not Retouch's (PATH,
+    HOSTNAME): a name is only taken for a misspelling when it is very close to a setting nobody set."""
+    known = _known_names(asked)
+    unset = sorted(n for n in known if not (env.get(n) or "").strip())
+    skipped = set(skip)
+    found = []
+    for name in env:
+        if name in known or name in skipped or name.startswith(ENVIRONMENT_OTHERS_PREFIXES):
+            continue
+        near = difflib.get_close_matches(name, unset, n=1, cutoff=ENVIRONMENT_MATCH_CUTOFF)
+        if near:
+            found.append((name, near[0]))
+    return tuple(sorted(found))
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
     """Build settings from `env` (default: the process environment plus `.env` if present).
 
-    Raises ConfigError listing every problem. Names `.env` sets that Retouch does not read are kept in
-    `unread_settings`, and a setting lowered to what Retouch can honour is said in `capped_settings`,
-    each for a warning once logging is set up.
+    Raises ConfigError listing every problem. Names `.env` sets that Retouch does not read, and names of
+    the environment that are near misses of a setting, are kept in `unread_settings`, and a setting
+    lowered to what Retouch can honour is said in `capped_settings`, each for a warning once logging is
+    set up.
     """
     in_dotenv: list[str] = []
     if env is None:
@@ -596,9 +630,20 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
     settings, capped_bytes = _capped_bytes(settings)
     return replace(
         settings,
-        unread_settings=unread_names(in_dotenv, r.asked),
+        unread_settings=_unread_settings(env, in_dotenv, r.asked),
         capped_settings=capped_pixels + capped_bytes,
     )
+
+
+def _unread_settings(
+    env: Mapping[str, str], in_dotenv: list[str], asked: Iterable[str]
+) -> tuple[tuple[str, str, str], ...]:
+    """What `Settings.unread_settings` holds: every name `.env` sets that Retouch does not read, then the
+    environment's near misses of a setting (those `.env` set are said once, as `.env`'s)."""
+    from_dotenv = [(".env", name, near) for name, near in unread_names(in_dotenv, asked)]
+    near_misses = misspelt_in_environment(env, asked, skip=in_dotenv)
+    from_env = [("the environment", name, near) for name, near in near_misses]
+    return tuple(from_dotenv + from_env)
 
 
 def _capped_pixels(settings: Settings) -> tuple[Settings, tuple[str, ...]]:

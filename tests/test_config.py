@@ -268,6 +268,35 @@ def test_a_misspelt_setting_in_dotenv_is_warned_about_with_the_one_meant(tmp_pat
     assert unread[1].endswith(".env sets FROBNICATE, which is not a Retouch setting")
 
 
+def test_a_misspelt_setting_in_the_environment_is_warned_about_with_the_one_meant(tmp_path: Path):
+    """Docker Compose passes `.env` as environment variables (env_file) and the image holds no `.env`
+    file: MONTHLY_BUDGET=100 was ignored without a word. The environment's other names (the image's,
+    the host's, a shell's) are not Retouch's to warn about, nor is a near miss of a setting that is set."""
+    others = {
+        "HOSTNAME": "3f2a9c1d",
+        "PYTHON_VERSION": "3.11.10",
+        "GPG_KEY": "A035C8C19219BA821ECEA86B64E628F8D684696D",
+        "PIP_NO_CACHE_DIR": "1",
+        "DATA_DIR": "/tmp/retouch-data",
+        "DATABASE_PORT": "5432",
+        "METRICS_SERVICE_HOST": "10.0.0.7",
+        "OPENAI_API_BASE": "https://api.openai.com/v1",
+        "OPENAI_ORG_ID": "org-123",
+    }
+    env = {**BASE, **others, "MONTHLY_BUDGET": "100", "STARTING_CREDITS": "50", "STARTING_CREDIT": "5"}
+    assert load_settings(env).unread_settings == (
+        ("the environment", "MONTHLY_BUDGET", "MONTHLY_BUDGET_USD"),
+    )
+    proc = run_bot(["--check-config"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    unread = [line for line in proc.stderr.splitlines() if "which is not a Retouch setting" in line]
+    assert len(unread) == 1, unread
+    assert unread[0].endswith(
+        "the environment sets MONTHLY_BUDGET, which is not a Retouch setting "
+        "(did you mean MONTHLY_BUDGET_USD?)"
+    )
+
+
 def test_max_input_megapixels_over_pillows_bomb_limit_is_lowered_to_it_with_a_warning(tmp_path: Path):
     """Pillow refuses more than ~89.5 MP whatever the setting says: at 120 a member's 100 MP photo was
     refused "over the limit of 120 megapixels". The setting is lowered to what applies, and said."""
