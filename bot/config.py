@@ -49,6 +49,12 @@ MAX_PORT = 65535
 MAX_DAYS = 36_500  # 100 years
 MAX_HOURS = 876_000  # 100 years
 MAX_SECONDS = 31_536_000  # one year
+# Ceilings on the input limits, far above what is honoured (both are lowered at load to the providers'
+# and Pillow's limits, with a warning) and far below the values whose bytes or pixels overflow
+# (MAX_INPUT_MB=1e308 stopped the start with an OverflowError traceback). 1024 MB is above any Discord
+# attachment (Nitro's 500 MB).
+MAX_INPUT_MB_CEILING = 1024
+MAX_INPUT_MEGAPIXELS_CEILING = 1000
 LOG_FORMATS = ("plain", "json")  # LOG_FORMAT: lines for people, or one JSON object per line
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
 # a bot started with its defaults cannot run up an open-ended bill.
@@ -240,7 +246,10 @@ def _base_url_problem(url: str) -> str | None:
     """What is wrong with a server base URL (None: nothing), in words that end in what to do."""
     if not url.startswith(("http://", "https://")):
         return "must start with http:// or https://"
-    netloc = urlsplit(url).netloc
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # an unbalanced [ or ] ("Invalid IPv6 URL")
+        return "cannot be read: check its host (an IPv6 address is written in [ ]) and port"
     if "@" in netloc:
         # aiohttp refuses (ValueError) credentials in a URL beside an Authorization header, which the
         # Discord and provider calls all send: every call would fail, not just start-up.
@@ -578,9 +587,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         ),
         catalog_path=Path(catalog) if catalog else None,
         thread_results=r.flag("THREAD_RESULTS", _default("thread_results")),
-        max_input_bytes=int(r.number("MAX_INPUT_MB", _default("max_input_bytes") / MIB, float, 0.1) * MIB),
+        max_input_bytes=int(
+            r.number("MAX_INPUT_MB", _default("max_input_bytes") / MIB, float, 0.1, MAX_INPUT_MB_CEILING)
+            * MIB
+        ),
         max_input_pixels=int(
-            r.number("MAX_INPUT_MEGAPIXELS", _default("max_input_pixels") / MEGA, float, 0.01) * MEGA
+            r.number(
+                "MAX_INPUT_MEGAPIXELS",
+                _default("max_input_pixels") / MEGA,
+                float,
+                0.01,
+                MAX_INPUT_MEGAPIXELS_CEILING,
+            )
+            * MEGA
         ),
         job_timeout_seconds=r.number(
             "JOB_TIMEOUT_SECONDS", _default("job_timeout_seconds"), float, 10, MAX_SECONDS

@@ -183,6 +183,34 @@ def run_bot(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("MAX_INPUT_MB", "1e308", "MAX_INPUT_MB must be at most 1024 (allowed: 0.1 to 1024; got '1e308')"),
+        (
+            "MAX_INPUT_MEGAPIXELS",
+            "1e308",
+            "MAX_INPUT_MEGAPIXELS must be at most 1000 (allowed: 0.01 to 1000; got '1e308')",
+        ),
+        ("OPENAI_BASE_URL", "https://[::1", "OPENAI_BASE_URL cannot be read: check its host"),
+        ("DISCORD_API_BASE", "https://[bad/api/v10", "DISCORD_API_BASE cannot be read: check its host"),
+        ("DISCORD_API_BASE", "http://proxy]:8080/api/v10", "DISCORD_API_BASE cannot be read: check its host"),
+    ],
+)
+def test_a_value_that_overflows_or_cannot_be_split_is_one_problem_naming_the_setting(
+    tmp_path: Path, key: str, value: str, problem: str
+):
+    """An OverflowError (a megabyte count times 2**20 past float's range) and a ValueError ("Invalid IPv6
+    URL", an unbalanced bracket) stopped the start with a traceback instead of naming the setting."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: value})
+    [line] = info.value.problems
+    assert line.startswith(problem)
+    proc = run_bot(["--check-config"], {**BASE, key: value}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and f"  - {problem}" in proc.stderr
+
+
 def test_python_m_bot_without_settings_exits_2_naming_what_is_missing(tmp_path: Path):
     proc = run_bot([], {}, tmp_path)
     assert proc.returncode == 2
