@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from PIL import Image
 
+from bot.domain.credits import MAX_CREDITS_PER_CHANGE
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
 from bot.observability.healthcheck import heartbeat_file
 
@@ -55,6 +56,14 @@ MAX_SECONDS = 31_536_000  # one year
 # attachment (Nitro's 500 MB).
 MAX_INPUT_MB_CEILING = 1024
 MAX_INPUT_MEGAPIXELS_CEILING = 1000
+# Ceilings on counts, far above any real use: SQLite's INTEGER stops at 2**63 - 1 (STARTING_CREDITS=
+# 99999999999999999999 failed every new member's first command with an OverflowError), and a shard plan
+# and a provider's fleet slots are lists as long as the count (SHARD_COUNT=100000000 took gigabytes).
+# STARTING_CREDITS takes MAX_CREDITS_PER_CHANGE, the same ceiling as `/admin policy allowance starting`.
+MAX_CREDITS_PER_USD = 1_000_000  # 1 credit = $0.000001
+# Discord asks for a shard per 2,500 servers at most, and its largest bots run a few thousand shards.
+MAX_SHARD_COUNT = 10_000
+MAX_CONCURRENCY = 10_000  # MAX_CONCURRENT_JOBS and <PREFIX>_MAX_CONCURRENT
 LOG_FORMATS = ("plain", "json")  # LOG_FORMAT: lines for people, or one JSON object per line
 # The operator's monthly provider spend across every server unless MONTHLY_BUDGET_USD says otherwise:
 # a bot started with its defaults cannot run up an open-ended bill.
@@ -397,7 +406,9 @@ def _read_providers(r: _Reader) -> tuple[ProviderSettings, ...]:
         base = r.url(f"{prefix}_BASE_URL", default_base) or default_base
         upload_url = r.url("SEGMIND_UPLOAD_URL", SEGMIND_UPLOAD_URL) if name == "segmind" else None
         sync_mode = r.flag("WAVESPEED_SYNC_MODE", False) if name == "wavespeed" else False
-        limit = r.number(f"{prefix}_MAX_CONCURRENT", DEFAULT_PROVIDER_CONCURRENCY.get(name, 0), int, 0)
+        limit = r.number(
+            f"{prefix}_MAX_CONCURRENT", DEFAULT_PROVIDER_CONCURRENCY.get(name, 0), int, 0, MAX_CONCURRENCY
+        )
         providers.append(
             ProviderSettings(
                 name, Secret(key), base, upload_url=upload_url, sync_mode=sync_mode, max_concurrent=limit
@@ -576,8 +587,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         default_size=r.choice("DEFAULT_SIZE", _default("default_size"), SIZES),
         default_background=r.choice("DEFAULT_BACKGROUND", _default("default_background"), BACKGROUNDS),
         default_format=r.choice("DEFAULT_FORMAT", _default("default_format"), OUTPUT_FORMATS),
-        starting_credits=r.number("STARTING_CREDITS", _default("starting_credits"), int, 0),
-        credits_per_usd=r.number("CREDITS_PER_USD", _default("credits_per_usd"), int, 1),
+        starting_credits=r.number(
+            "STARTING_CREDITS", _default("starting_credits"), int, 0, MAX_CREDITS_PER_CHANGE
+        ),
+        credits_per_usd=r.number("CREDITS_PER_USD", _default("credits_per_usd"), int, 1, MAX_CREDITS_PER_USD),
         dev_guild_id=dev_guild,
         log_level=r.choice(
             "LOG_LEVEL", _default("log_level").lower(), ("debug", "info", "warning", "error")
@@ -613,7 +626,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         metrics_host=r.text("METRICS_HOST", _default("metrics_host")),
         log_format=r.choice("LOG_FORMAT", _default("log_format"), LOG_FORMATS),
         audit_channel_id=r.number("AUDIT_CHANNEL_ID", None, int, 1),
-        max_concurrent_jobs=r.number("MAX_CONCURRENT_JOBS", _default("max_concurrent_jobs"), int, 1),
+        max_concurrent_jobs=r.number(
+            "MAX_CONCURRENT_JOBS", _default("max_concurrent_jobs"), int, 1, MAX_CONCURRENCY
+        ),
         max_jobs_per_user=r.number("MAX_JOBS_PER_USER", _default("max_jobs_per_user"), int, 1),
         queue_timeout_seconds=r.number(
             "QUEUE_TIMEOUT_SECONDS", _default("queue_timeout_seconds"), float, 10, MAX_SECONDS
@@ -634,7 +649,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         moderation_timeout_seconds=r.number(
             "MODERATION_TIMEOUT_SECONDS", _default("moderation_timeout_seconds"), float, 0.5, MAX_SECONDS
         ),
-        shard_count=r.number("SHARD_COUNT", _default("shard_count"), int, 0),
+        shard_count=r.number("SHARD_COUNT", _default("shard_count"), int, 0, MAX_SHARD_COUNT),
         # A round every third of the lease: under 3 s, rounds would come faster than once a second.
         shard_lease_seconds=r.number(
             "SHARD_LEASE_SECONDS", _default("shard_lease_seconds"), float, 3, MAX_SECONDS

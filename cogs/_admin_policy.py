@@ -16,13 +16,13 @@ from discord import app_commands
 from bot import messages
 from bot.choices import normalize_size
 from bot.client import RetouchBot
+from bot.domain.credits import MAX_CREDITS_PER_CHANGE
 from bot.services.admin import GuildPolicy
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
 from cogs._ui import option_autocomplete
 
-MAX_CREDITS_PER_CHANGE = 10_000_000
 MAX_COOLDOWN_SECONDS = 24 * 3600
 MAX_RUNNING_LIMIT = 20
 MAX_CAP_USD = 1_000_000

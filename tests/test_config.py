@@ -77,6 +77,36 @@ def test_a_duration_too_long_to_be_a_date_is_refused_naming_the_allowed_range(
     assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
 
 
+@pytest.mark.parametrize(
+    ("key", "too_big", "allowed"),
+    [
+        ("STARTING_CREDITS", "99999999999999999999", "0 to 10000000"),
+        ("CREDITS_PER_USD", "99999999999999999999", "1 to 1000000"),
+        ("SHARD_COUNT", "100000000", "0 to 10000"),
+        ("MAX_CONCURRENT_JOBS", "100000000", "1 to 10000"),
+        ("OPENAI_MAX_CONCURRENT", "100000000000000000000", "0 to 10000"),
+    ],
+)
+def test_a_count_past_its_ceiling_is_refused_naming_the_allowed_range(key: str, too_big: str, allowed: str):
+    """They passed: STARTING_CREDITS=99999999999999999999 then failed every new member's first command
+    with an OverflowError into SQLite, and SHARD_COUNT=100000000 made a shard plan of 10**8 ids."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: too_big})
+    [line] = info.value.problems
+    assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
+
+
+def test_starting_credits_take_the_ceiling_of_the_admin_command_that_sets_them():
+    from cogs._admin_policy import MAX_CREDITS_PER_CHANGE
+
+    assert (
+        load_settings({**BASE, "STARTING_CREDITS": str(MAX_CREDITS_PER_CHANGE)}).starting_credits
+        == 10_000_000
+    )
+    with pytest.raises(ConfigError):
+        load_settings({**BASE, "STARTING_CREDITS": str(MAX_CREDITS_PER_CHANGE + 1)})
+
+
 def test_every_problem_is_listed_together():
     with pytest.raises(ConfigError) as info:
         load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})
