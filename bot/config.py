@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from PIL import Image
 
 from bot.domain.credits import MAX_CREDITS_PER_CHANGE
-from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES
+from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, SIZES, TRANSPARENT_FORMATS
 from bot.observability.healthcheck import heartbeat_file
 
 if TYPE_CHECKING:
@@ -656,6 +656,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         ),
         job_lease_seconds=r.number("JOB_LEASE_SECONDS", _default("job_lease_seconds"), float, 3, MAX_SECONDS),
     )
+    if settings.default_background == "transparent" and settings.default_format not in TRANSPARENT_FORMATS:
+        # Every /edit left at its defaults was refused (a transparent background needs an alpha channel).
+        r.problems.append(
+            f"DEFAULT_BACKGROUND=transparent needs DEFAULT_FORMAT={' or '.join(TRANSPARENT_FORMATS)} "
+            f"(got DEFAULT_FORMAT={settings.default_format}, which has no transparency)"
+        )
     if settings.metrics_port > MAX_PORT:
         r.problems.append(f"METRICS_PORT must be at most {MAX_PORT} (got {settings.metrics_port})")
     if r.problems:

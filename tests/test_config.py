@@ -107,6 +107,26 @@ def test_starting_credits_take_the_ceiling_of_the_admin_command_that_sets_them()
         load_settings({**BASE, "STARTING_CREDITS": str(MAX_CREDITS_PER_CHANGE + 1)})
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "JPEG"])
+def test_a_transparent_default_background_with_a_jpeg_default_format_is_refused_naming_both(fmt: str):
+    """It passed, and then every /edit left at its defaults was refused: JPEG has no transparency."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "DEFAULT_BACKGROUND": "transparent", "DEFAULT_FORMAT": fmt})
+    assert info.value.problems == [
+        "DEFAULT_BACKGROUND=transparent needs DEFAULT_FORMAT=png or webp "
+        "(got DEFAULT_FORMAT=jpeg, which has no transparency)"
+    ]
+    for ok in ("png", "webp"):
+        assert (
+            load_settings({**BASE, "DEFAULT_BACKGROUND": "transparent", "DEFAULT_FORMAT": ok}).default_format
+            == ok
+        )
+    assert (
+        load_settings({**BASE, "DEFAULT_BACKGROUND": "opaque", "DEFAULT_FORMAT": fmt}).default_format
+        == "jpeg"
+    )
+
+
 def test_every_problem_is_listed_together():
     with pytest.raises(ConfigError) as info:
         load_settings({"CREDITS_PER_USD": "lots", "DEFAULT_QUALITY": "ultra", "DISCORD_API_BASE": "ftp://x"})
