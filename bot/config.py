@@ -241,6 +241,18 @@ def database_passwords(url: str | None) -> list[str]:
     return [p for p in dict.fromkeys(forms) if p]
 
 
+# What a refusal of a URL setting's scheme quotes of its value: the scheme alone (`'ftp://…'`). A value
+# without an accepted scheme may be a secret typed into the wrong setting (a bot token in
+# DISCORD_API_BASE), and the refusal is printed to the console and the container's log.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}://")
+
+
+def _scheme_shown(value: str) -> str:
+    """`value` as a refusal of its scheme may show it: its scheme only, or that it has none."""
+    match = _SCHEME.match(value)
+    return repr(match[0] + "…") if match else "a value with no scheme, not shown"
+
+
 def _readable_url(url: str) -> bool:
     """Whether a server URL splits into its parts: a `/`, `?` or `#` left raw in a password ends the
     host part early, and the password is then read as a port (which a driver reports, quoting it)."""
@@ -342,7 +354,9 @@ class _Reader:
             return None
         problem = _base_url_problem(value)
         if problem is not None:
-            self.problems.append(f"{key} {problem} (got {mask_userinfo(value)!r})")
+            web = value.startswith(("http://", "https://"))
+            shown = repr(mask_userinfo(value)) if web else _scheme_shown(value)
+            self.problems.append(f"{key} {problem} (got {shown})")
             return default
         return value.rstrip("/")
 
@@ -362,7 +376,7 @@ class _Reader:
         value = self.raw(key)
         if value is not None and not value.startswith(DATABASE_SCHEMES):
             self.problems.append(
-                f"{key} must start with sqlite:/// or postgresql:// (got {mask_userinfo(value)!r})"
+                f"{key} must start with sqlite:/// or postgresql:// (got {_scheme_shown(value)})"
             )
             return None
         if value is not None and value.startswith("sqlite:///") and _temporary_sqlite(value):

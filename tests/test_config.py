@@ -261,6 +261,38 @@ def test_a_value_that_overflows_or_cannot_be_split_is_one_problem_naming_the_set
     assert "Traceback" not in proc.stderr and f"  - {problem}" in proc.stderr
 
 
+TOKEN_LIKE = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GaBcDe.SECRETsecretSECRETsecret12"
+WEB = "must start with http:// or https://"
+DATABASE = "must start with sqlite:/// or postgresql://"
+NOT_SHOWN = "(got a value with no scheme, not shown)"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("DISCORD_API_BASE", TOKEN_LIKE, f"DISCORD_API_BASE {WEB} {NOT_SHOWN}"),
+        ("OPENAI_BASE_URL", "sk-proj-SECRETsecretSECRET", f"OPENAI_BASE_URL {WEB} {NOT_SHOWN}"),
+        (
+            "DATABASE_URL",
+            "mysql://retouch:SECRETsecret@db/retouch",
+            f"DATABASE_URL {DATABASE} (got 'mysql://…')",
+        ),
+        ("DATABASE_URL", TOKEN_LIKE, f"DATABASE_URL {DATABASE} {NOT_SHOWN}"),
+    ],
+)
+def test_a_url_setting_without_its_scheme_is_refused_without_quoting_what_may_be_a_secret(
+    tmp_path: Path, key: str, value: str, problem: str
+):
+    """A bot token typed into DISCORD_API_BASE was printed back in full ("got 'MTIz….SECRET…'"), into
+    the console and the container's log: only a scheme, if any, is quoted."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: value})
+    assert info.value.problems == [problem]
+    proc = run_bot(["--check-config"], {**BASE, key: value}, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"  - {problem}" in proc.stderr and "SECRET" not in proc.stderr
+
+
 def test_python_m_bot_without_settings_exits_2_naming_what_is_missing(tmp_path: Path):
     proc = run_bot([], {}, tmp_path)
     assert proc.returncode == 2
