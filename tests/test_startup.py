@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -320,3 +322,56 @@ async def test_a_postgresql_schema_or_database_that_does_not_exist_is_one_line_w
     assert "Traceback" not in log and "Hunter2Secret" not in log
     [line] = problems(log)
     assert "cannot use the database DATABASE_URL names" in line and advice in line
+
+
+# Stands in for the virtualenv's python under scripts/run.sh: notes each `-m` it is asked to run, and
+# fails `pip install` like an offline machine while the project holds a file named `offline`.
+FAKE_VENV_PYTHON = """#!/bin/sh
+here=$(dirname "$0")/../..
+if [ "$1" = "-m" ]; then
+  echo "$2" >>"$here/calls"
+  if [ "$2" = pip ] && [ -e "$here/offline" ]; then exit 1; fi
+  exit 0
+fi
+exec {python} "$@"
+"""
+
+
+def test_run_sh_installs_only_in_a_new_virtualenv_or_after_pyproject_changed(tmp_path: Path):
+    """It ran `pip install .` on every start, whose isolated build fetches setuptools: without the package
+    index (offline, a mirror down) it exited 1 and the bot never started."""
+    project = tmp_path / "retouch"
+    (project / "scripts").mkdir(parents=True)
+    for script in ("run.sh", "_venv.sh"):
+        shutil.copy(ROOT / "scripts" / script, project / "scripts" / script)
+    shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+    python = project / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_VENV_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+
+    def start(*, offline: bool) -> tuple[int, list[str]]:
+        """Run scripts/run.sh once: its exit code and the modules it ran, in order."""
+        (project / "offline").unlink(missing_ok=True)
+        if offline:
+            (project / "offline").touch()
+        (project / "calls").unlink(missing_ok=True)
+        proc = subprocess.run(
+            ["bash", "scripts/run.sh", "--check-config"],
+            cwd=project,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        calls = project / "calls"
+        return proc.returncode, calls.read_text().split() if calls.exists() else []
+
+    assert start(offline=False) == (0, ["pip", "bot"])  # a new virtualenv
+    assert start(offline=True) == (0, ["bot"])
+    with (project / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("# a new dependency\n")
+    assert start(offline=True) == (1, ["pip"])  # the dependencies changed: they must be installed
+    assert start(offline=True) == (1, ["pip"])  # a failed install is tried again at the next start
+    assert start(offline=False) == (0, ["pip", "bot"])
+    assert start(offline=True) == (0, ["bot"])
