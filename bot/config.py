@@ -2,6 +2,11 @@
 
 Every problem is collected so an admin sees the whole list at once instead of fixing one setting per
 restart. Secrets are wrapped in `Secret` so they never appear in reprs, logs or error messages.
+
+Why one module of ~730 lines: each setting is declared once (its `Settings` field and default), read
+once (`load_settings`) and checked with the rules it shares with the others (bounds, URLs, secrets,
+near-miss names); split, a new setting would be written in three places that must agree, and the tests
+that hold README and `.env.example` to it read this one module.
 """
 
 from __future__ import annotations
