@@ -57,8 +57,9 @@ def is_public_ip(text: str) -> bool:
     """Whether `text` is an IP address on the public internet.
 
     Refused: loopback, private (RFC 1918, ULA), link-local (169.254/16 holds the cloud metadata
-    services), carrier-grade NAT, multicast, unspecified and reserved ranges, and IPv4 addresses
-    wrapped in IPv6 (mapped, NAT64 or 6to4) that are any of those.
+    services), IPv6 site-local (fec0::/10: deprecated, which Python counts as global, but still
+    routed inside some networks), carrier-grade NAT, multicast, unspecified and reserved ranges, and
+    IPv4 addresses wrapped in IPv6 (mapped, NAT64 or 6to4) that are any of those.
     """
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
@@ -71,6 +72,8 @@ def is_public_ip(text: str) -> bool:
             return is_public_ip(str(ip.sixtofour))
         if ip in ipaddress.IPv6Network("64:ff9b::/96"):
             return is_public_ip(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+        if ip.is_site_local:
+            return False
     return ip.is_global and not (ip.is_multicast or ip.is_unspecified or ip.is_reserved)
 
 

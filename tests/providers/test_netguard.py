@@ -93,6 +93,7 @@ def soon() -> float:
         ("::1", False),
         ("fe80::1%eth0", False),
         ("fd00:ec2::254", False),  # AWS metadata over IPv6
+        ("fec0::1", False),  # deprecated site-local, still routed inside some networks
         ("::ffff:127.0.0.1", False),
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
         ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
