@@ -100,6 +100,9 @@ class ModelNotice:
     # A model that died on the dates the catalog (or its provider) set, with a usable replacement:
     # what was planned, kept in the catalog on purpose so old picks move on. Information, not a warning.
     expected: bool = False
+    # A model-level summary of what the per-route lines already tell the operator (a model whose
+    # every route retires soon): for the admins who do not see those lines.
+    summary: bool = False
 
 
 class RouteStore(Protocol):
@@ -277,6 +280,14 @@ class ModelLifecycle:
         whether it is a planned retirement (information) rather than something to look at."""
         out: list[ModelNotice] = []
         today = self.today()
+        if not self.available():
+            # What `/healthz` reports as "no live model", said to every admin (members refused an edit
+            # are sent to /diagnose), without naming the operator's providers.
+            out.append(
+                ModelNotice(
+                    "no model can edit: every catalog model is shut down or sold by no service here", True
+                )
+            )
         for model in self.catalog.models.values():
             configured = [r for r in model.routes if r.provider in self.configured]
             if not configured:
@@ -284,6 +295,8 @@ class ModelLifecycle:
             if not self.usable(model):
                 out.append(self._retired_notice(model, configured))
                 continue
+            if (soon := self._retiring_notice(model, configured)) is not None:
+                out.append(soon)
             for route in configured:
                 facts, end = self.facts(route), self.route_end(model, route)
                 where = f"{model.id} on {route.provider}"
@@ -311,15 +324,32 @@ class ModelLifecycle:
         """A dead model. Expected when every configured route ended on its date (the catalog's or
         the provider's announced one) and a replacement takes its edits; a warning when a route went
         before its date (the provider said "gone", or dropped it from its list) or nothing replaces it."""
-        target = self.successor(model)
+        # Where its edits go: its replacement chain, else (a replacement no configured service sells)
+        # the default or the next live model, as `fallbacks` moves them.
+        target = next(self.fallbacks(model), None)
         ends = [self.route_end(model, route) for route in configured]
         dated = [end for end in ends if end is not None and self.today() >= end]
         if target is not None and len(dated) == len(ends):
             return ModelNotice(
                 f"{model.id} retired on {max(dated):%Y-%m-%d}; edits go to {target.id}", True, expected=True
             )
-        then = f"replaced by {target.id}" if target else "no replacement set"
+        then = f"edits go to {target.id}" if target else "no model takes its edits"
         return ModelNotice(f"{model.id} is retired on every configured service ({then})", True)
+
+    def _retiring_notice(self, model: ModelEntry, configured: Sequence[Route]) -> ModelNotice | None:
+        """A live model whose every configured route ends within `RETIREMENT_WARNING_DAYS`: said about
+        the model as a whole, so admins who may not see the per-route lines (which name the
+        operator's providers) are told too."""
+        today = self.today()
+        ends = [self.route_end(model, route) for route in configured if self.route_live(model, route)]
+        if not ends or any(end is None or (end - today).days > RETIREMENT_WARNING_DAYS for end in ends):
+            return None
+        last = max(end for end in ends if end is not None)
+        target = next((m for m in self.fallbacks(model) if m.id != model.id), None)
+        then = f"edits then go to {target.id}" if target else "no model takes its edits after that"
+        return ModelNotice(
+            f"{model.id} retires in {(last - today).days} days ({last:%Y-%m-%d}); {then}", True, summary=True
+        )
 
     def discovery(self) -> tuple[DiscoveryReport, ...]:
         return tuple(self._discovery.values())

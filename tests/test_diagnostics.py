@@ -212,9 +212,11 @@ def test_catalog_warnings_list_models_near_shutdown_and_retired(storage: Storage
     assert openai_only.model_notes() == ("gone retired on 2026-11-01; edits go to later",)
 
 
-async def test_a_model_gone_before_its_date_or_with_no_replacement_is_still_a_warning(
+async def test_a_model_gone_before_its_date_is_still_a_warning_and_one_without_a_replacement_a_note(
     storage: Storage,
 ) -> None:
+    """Without a replacement set, a model retired on its date has its edits moved to the next live
+    model (`fallbacks`), as planned: information naming it. Gone before its date is not planned."""
     catalog = build_catalog(
         model("early", qualities=["high"], price=0.1, shutdown="2027-01-01", replacement="new"),
         model("orphan", qualities=["high"], price=0.1, shutdown="2026-11-01"),
@@ -226,11 +228,8 @@ async def test_a_model_gone_before_its_date_or_with_no_replacement_is_still_a_wa
     gone = ModelGone("404", provider="openai", status=404, code="model_not_found")
     await lifecycle.retire(early, early.routes[0], gone)
     diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
-    assert diagnostics.model_warnings() == (
-        "early is retired on every configured service (replaced by new)",
-        "orphan is retired on every configured service (no replacement set)",
-    )
-    assert diagnostics.model_notes() == ()
+    assert diagnostics.model_warnings() == ("early is retired on every configured service (edits go to new)",)
+    assert diagnostics.model_notes() == ("orphan retired on 2026-11-01; edits go to new",)
 
 
 async def test_someone_other_than_the_operator_sees_only_lines_about_whole_models(storage: Storage) -> None:
@@ -253,10 +252,11 @@ async def test_someone_other_than_the_operator_sees_only_lines_about_whole_model
     diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
 
     admin = await diagnostics.diagnose(0, show_providers=False)
-    assert admin.catalog_warnings == ("gone is retired on every configured service (no replacement set)",)
+    # The model as a whole retires soon (its one route does): said without naming the provider.
+    assert admin.catalog_warnings == ("soon retires in 10 days (2026-12-01); edits then go to kept",)
     operator = (await diagnostics.diagnose(0, show_providers=True)).catalog_warnings
     assert operator[0] == "soon on openai retires in 10 days (2026-12-01)"
-    assert admin.catalog_warnings[0] in operator
+    assert not [line for line in operator if "edits then go to" in line]  # the route line says it
     assert any("kept on atlascloud answered" in line for line in operator)
     assert operator[-1].startswith("could not read openai's model list (the service refused the key")
 
@@ -276,7 +276,8 @@ async def test_diagnosis_combines_every_check(storage: Storage) -> None:
     assert diagnosis.missing_permissions == ALL_NEEDED[1:]
     assert [p.name for p in diagnosis.providers] == ["plain"]
     assert diagnosis.database.ok
-    assert diagnosis.catalog_warnings == ()
+    # "plain" sells no catalog model: what /healthz reports as "no live model".
+    assert diagnosis.catalog_warnings == (NO_MODEL_CAN_EDIT,)
     assert (await service(storage, {}).diagnose(None)).missing_permissions is None
 
 
@@ -387,3 +388,53 @@ async def test_diagnose_shows_a_failed_model_list_to_the_operator_only(
     assert any("could not read openai's model list" in line for line in operator_sees)
     assert fields["Models"] == "✅ No model retires within 30 days."
     assert reply.embeds[0]["color"] == COLOUR_OK.value
+
+
+NO_MODEL_CAN_EDIT = "no model can edit: every catalog model is shut down or sold by no service here"
+
+
+async def test_no_model_that_can_edit_is_a_warning_any_admin_sees(storage: Storage) -> None:
+    """/healthz said "no live model" and members were refused and sent to /diagnose, which showed
+    "No model retires within 30 days". Said to every admin, without naming the operator's services."""
+    catalog = build_catalog(model("only", qualities=["high"], price=0.1))  # sold on openai only
+    lifecycle = ModelLifecycle(catalog, frozenset({"segmind"}), lambda: TODAY)
+    assert lifecycle.live_model_problem() == "no live model"
+    diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
+    assert (await diagnostics.diagnose(0, show_providers=False)).catalog_warnings == (NO_MODEL_CAN_EDIT,)
+    assert diagnostics.model_warnings() == (NO_MODEL_CAN_EDIT,)
+
+
+async def test_a_whole_model_retiring_soon_is_said_to_admins_who_do_not_see_its_routes(
+    storage: Storage,
+) -> None:
+    """A model shutting down in 10 days on every route was told only in per-route lines, which name
+    the operator's providers and are hidden from other admins: they read "nothing retires"."""
+    catalog = build_catalog(
+        model("soon", qualities=["high"], price=0.1, shutdown="2026-12-01", replacement="later"),
+        model("later", qualities=["high"], price=0.1),
+        model(
+            "sold twice",
+            qualities=["high"],
+            price=0.1,
+            routes=[route("openai", shutdown="2026-12-01"), "atlascloud"],
+        ),
+    )
+    lifecycle = ModelLifecycle(catalog, frozenset({"openai", "atlascloud"}), lambda: TODAY)
+    diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
+    admin = await diagnostics.diagnose(0, show_providers=False)
+    # Only the model whose every route ends; one still sold elsewhere after the date is not retiring.
+    assert admin.catalog_warnings == ("soon retires in 10 days (2026-12-01); edits then go to later",)
+
+
+@pytest.mark.parametrize("only", ["openai", "atlascloud", "wavespeed", "segmind", "oneminai"])
+async def test_a_fresh_install_with_any_one_providers_key_shows_no_warning(
+    storage: Storage, only: str
+) -> None:
+    """The packaged catalog keeps the shut-down 1.x line. With only a reseller's key, 1-mini's
+    replacement (2.6 flare) is sold by no configured service, and it was called "retired on every
+    configured service (no replacement set)" though its edits go to the default."""
+    lifecycle = ModelLifecycle(load_catalog(), frozenset({only}), lambda: dt.date(2026, 12, 7))
+    diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
+    assert lifecycle.live_model_problem() is None
+    assert diagnostics.model_warnings() == ()
+    assert diagnostics.model_notes()  # the 1.x models, each saying where its edits go

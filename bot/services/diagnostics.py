@@ -143,6 +143,7 @@ class DiagnosticsService:
         notices = [n for n in self.lifecycle.notices() if not n.expected]
         if not operator:
             return tuple(n.text for n in notices if n.model_level)
+        notices = [n for n in notices if not n.summary]  # the route lines say it, naming the provider
         failed = tuple(
             f"could not read {r.provider}'s model list ({r.error}); using the catalog's dates"
             for r in self.lifecycle.discovery()
