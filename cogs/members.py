@@ -176,20 +176,27 @@ class MembersCog(RetouchCog):
         except NothingToUndo:
             await reply_privately(interaction, messages.NOTHING_TO_UNDO)
             return
-        # One repost per double click (two clicks on this Undo, or the requester's and a moderator's at
-        # once, each posted the earlier version); one that posted nothing frees the button at once.
-        access, key = self.bot.services.access, ("undo", message.id)
+        # One repost per step of the chain: two clicks at once (a double click, the requester's and a
+        # moderator's, or Undo on two versions of one chain) each posted the same earlier version. The
+        # step is held until its repost is recorded; a click that read the chain before then finds it
+        # moved on when it gets the step, and is refused rather than stepping back a second time.
+        access, key = self.bot.services.access, ("undo", step.latest.message_id)
         access.claim(key, refusal=messages.UNDO_ALREADY_STARTED)
-        posted = False
         try:
-            posted = await self._repost(interaction, step)
+            try:
+                current: UndoStep | None = await history.undo_step(message.id, job_id)
+            except NothingToUndo:
+                current = None
+            if current is None or current.latest.message_id != step.latest.message_id:
+                await reply_privately(interaction, messages.UNDO_ALREADY_STARTED)
+                return
+            await self._repost(interaction, step)
         finally:
-            if not posted:
-                access.release(key)
+            access.release(key)
 
-    async def _repost(self, interaction: discord.Interaction, step: UndoStep) -> bool:
-        """Post the version before `step.latest` again (into the chain's thread, if it has one). False
-        when that version cannot be read or is gone (the member is told)."""
+    async def _repost(self, interaction: discord.Interaction, step: UndoStep) -> None:
+        """Post the version before `step.latest` again (into the chain's thread, if it has one), or tell
+        the member it cannot be read or is gone."""
         history = self.bot.services.history
         earlier: discord.Message | None = None
         images: list[tuple[str, bytes]] = []
@@ -207,10 +214,10 @@ class MembersCog(RetouchCog):
         except discord.Forbidden as exc:  # the bot may no longer read that channel
             log.info("undo: version %s unreadable (%s %s)", step.previous.message_id, exc.status, exc.code)
             await interaction.followup.send(messages.PREVIOUS_VERSION_UNREADABLE, ephemeral=True)
-            return False
+            return
         if earlier is None or not images:
             await interaction.followup.send(messages.PREVIOUS_VERSION_DELETED, ephemeral=True)
-            return False
+            return
         name = interaction.user.display_name
         embed = restored_embed(
             earlier.embeds[0] if earlier.embeds else None, name, images[0][0], step.previous.job_id
@@ -236,7 +243,6 @@ class MembersCog(RetouchCog):
             if self._recording.get(step.previous.job_id) is recorded:
                 del self._recording[step.previous.job_id]
         log.info("undo: version %s posted again as %s", step.previous.message_id, posted.id)
-        return True
 
 
 async def setup(bot: RetouchBot) -> None:

@@ -629,6 +629,54 @@ async def test_a_double_click_on_undo_posts_the_earlier_version_once(
         assert posted() == shown + 1
 
 
+async def test_a_second_undo_once_the_first_is_posted_steps_back_once_more(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The double-click guard holds a step of the chain only until its repost is recorded: a
+    deliberate second Undo a moment later goes one version further back instead of being refused."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        third = await published(world, await edit_again(world, second, "add snow"))
+
+        one = await fake_discord.click(world.user, third, undo_button(third))
+        [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
+        await undo_recorded(world, restored)
+        await fake_discord.wait_until(lambda: one.callbacks)
+        two = await fake_discord.click(world.user, third, undo_button(third))
+        [_, oldest] = await fake_discord.wait_until(
+            lambda: len(restored_reposts(world)) == 2 and restored_reposts(world)
+        )
+        assert (restored.files[0][1], oldest.files[0][1]) == (second.files[0][1], first.files[0][1])
+        await fake_discord.wait_until(lambda: two.callbacks)
+        assert messages.UNDO_ALREADY_STARTED not in [m.content for m in two.followups]
+
+
+async def test_undo_clicked_at_once_on_two_versions_of_one_chain_posts_the_earlier_version_once(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        second = await published(world, await edit_again(world, first, "now at night"))
+        third = await published(world, await edit_again(world, second, "add snow"))
+        shown = len(results(fake_discord.channel_messages(world.channel)))
+        clicks = await asyncio.gather(
+            fake_discord.click(world.user, third, undo_button(third)),
+            fake_discord.click(world.user, second, undo_button(second)),
+        )
+        refused = await fake_discord.wait_until(
+            lambda: [
+                c for c in clicks if any(m.content == messages.UNDO_ALREADY_STARTED for m in c.followups)
+            ]
+        )
+        assert len(refused) == 1
+        await fake_discord.wait_until(lambda: all(c.callbacks for c in clicks))
+        await fake_discord.wait_until(
+            lambda: len(results(fake_discord.channel_messages(world.channel))) > shown
+        )
+        assert len(results(fake_discord.channel_messages(world.channel))) == shown + 1
+
+
 async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
