@@ -452,6 +452,8 @@ def _count(raw: dict[str, Any], key: str, default: int, where: str, problems: li
     """A whole number of at least 1 (images, characters, tokens): 0 or less would refuse every job
     or shrink its hold, and would only show when a member's edit fails."""
     value = raw.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # `4.0` loaded before the check: a catalog that worked must keep working
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         problems.append(f"{where}.{key}: must be at least 1 (a whole number), not {value!r}")
         return default
@@ -494,7 +496,7 @@ def _size_rules(value: Any, where: str, problems: list[str]) -> SizeRules | None
     """`free_sizes = true` (GPT Image 2's rules) or a table overriding some of them."""
     if value is True:
         return SizeRules()
-    if value is False:
+    if value is False or value == {}:  # an empty table meant none before the rules were checked
         return None
     if not isinstance(value, dict):
         problems.append(f"{where}.free_sizes: must be true, false or a table of rules, not {value!r}")

@@ -14,6 +14,7 @@ from bot.catalog import (
     ROUTE_KEYS,
     Catalog,
     CatalogError,
+    SizeRules,
     actual_usd,
     load_catalog,
     parse_catalog,
@@ -227,6 +228,30 @@ def test_model_values_that_would_fail_at_run_time_are_refused_at_load(
     with pytest.raises(CatalogError) as info:
         load_catalog(path)
     assert f"models.a.{problem}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "value"),
+    [
+        ("max_input_images = 4.0", "max_input_images", 4),
+        ("max_prompt_chars = 32000.0", "max_prompt_chars", 32000),
+        ("input_tokens_per_image = 6600.0", "input_tokens_per_image", 6600),
+        (
+            "free_sizes = { max_ratio = 2.5, max_edge = 2048.0 }",
+            "size_rules",
+            SizeRules(max_edge=2048, max_ratio=Decimal("2.5")),
+        ),
+        ("free_sizes = {}", "size_rules", None),
+    ],
+)
+def test_values_a_catalog_file_could_hold_before_they_were_checked_still_load(
+    tmp_path: Path, line: str, field: str, value: object
+):
+    """A whole number written as a float (`4.0`) was read with int() and an empty `free_sizes` table
+    meant none: an operator's CATALOG_PATH that worked must not stop the bot after an upgrade."""
+    path = tmp_path / "catalog.toml"
+    path.write_text(f"[models.a]\n{LOW}{LOW_PRICE}{line}\n{OPENAI}")
+    assert getattr(load_catalog(path).models["a"], field) == value
 
 
 def test_a_catalog_file_that_is_not_utf8_is_refused_with_the_reason(tmp_path: Path):
