@@ -2176,6 +2176,18 @@ async def test_a_charged_cancel_of_an_emulated_count_charges_only_the_calls_that
     """Four images on a route without `n` are four calls; with the provider's limit at one, three
     still wait for a slot when the member cancels. The provider bills the one it took: the cancel
     charges one image ($0.02), not four."""
+    service, job_id = await one_of_four_calls_out(make, wavespeed)
+    answer = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert answer.charged == 20
+    assert wavespeed.submit_count == 1
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and (row.state, row.error_code) == ("cancelled", "cancelled_at_provider")
+    assert (await service.storage.ledger.get_account(GUILD, ALICE)).balance == 1000 - 20
+
+
+async def one_of_four_calls_out(make: Factory, wavespeed: FakeWaveSpeed) -> tuple[EditService, str]:
+    """A 4-image job on a route without `n`, one call out and three waiting for the provider's one
+    slot."""
     service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
     wavespeed.hold_results()
     prepared = await service.prepare(job(model="ws-mini"))
@@ -2183,9 +2195,25 @@ async def test_a_charged_cancel_of_an_emulated_count_charges_only_the_calls_that
     job_id = (await service.submit(prepared)).job_id
     await until(lambda: wavespeed.submit_count == 1)
     await wait_state(service, job_id, "submitted")
-    answer = await service.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
-    assert answer.charged == 20
+    return service, job_id
+
+
+async def test_a_cut_off_jobs_owed_release_made_after_a_restart_counts_the_calls_that_left(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+):
+    """The release of a job cut off with one call of four out kept failing, and the process stopped:
+    the next start made it from the note, which did not say how many calls had left, and counted all
+    four images against the budgets ($0.08) where the first process counted the one ($0.02)."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    service, job_id = await one_of_four_calls_out(make, wavespeed)
+    release_locked_for(service, job_id)
+    make.clock.advance(service.settings.job_timeout_seconds + 31)
+    await service.engine.watchdog_tick()
+    await until(lambda: job_id in service.engine._owed)
+    await service.drain(0)
+    later, _ = await make()
+    await later.engine.recover()
+    await wait_state(later, job_id, "cancelled")
+    absorbed = await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    assert [tuple(row) for row in absorbed] == [(job_id, 20)]
     assert wavespeed.submit_count == 1
-    row = await service.storage.jobs.get_job(job_id)
-    assert row is not None and (row.state, row.error_code) == ("cancelled", "cancelled_at_provider")
-    assert (await service.storage.ledger.get_account(GUILD, ALICE)).balance == 1000 - 20

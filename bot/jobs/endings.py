@@ -76,6 +76,9 @@ class JobEndings(EngineCore):
                 "ref": ref,
                 "billed": job.billed,
                 "billable": billable,
+                # How many calls left, for whoever settles it after a stop: without it every image
+                # would be counted as billed (`_provider_price`).
+                "sent": max(job.calling, len(job.submitted)),
             }
             await self._owe(job.id, release, ended)
         else:

@@ -241,8 +241,10 @@ class JobRecovery(JobLeases):
                 return await self.storage.ledger.settle_cancelled_at_provider(
                     row.id, charged, error_code=code, error_ref=ref, owner=self.owner
                 )
-            billed = ended.get("billed")
+            billed, sent = ended.get("billed"), ended.get("sent")
             job.billed = billed if isinstance(billed, int) else None
+            if isinstance(sent, int) and sent > 0:  # the calls the ending process saw leave
+                job.calling = sent
             absorbed = await self._maybe_billed(job, bool(ended.get("billable")))
             state = JobState.CANCELLED if ended.get("state") == JobState.CANCELLED else JobState.FAILED
             return await self.storage.ledger.settle_released(
