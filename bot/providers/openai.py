@@ -64,6 +64,7 @@ from bot.providers.http import (
     parse_json,
     parse_retry_after,
     redact_url,
+    redirected,
     send_check,
     send_idempotent,
     send_paid,
@@ -188,7 +189,9 @@ def classify_openai_error(
         return ProviderTimeout(summary, **kw)
     if 400 <= status < 500:
         return InvalidInput(summary, **kw)
-    return ServerError(summary, **kw)  # 1xx/3xx: nothing was created
+    if 300 <= status < 400:  # nothing was created; the base URL is not the service's own
+        return redirected(status, headers, provider=provider)
+    return ServerError(summary, **kw)  # 1xx: nothing was created
 
 
 def parse_model_list(payload: object, *, provider: str = "openai") -> list[ListedModel]:

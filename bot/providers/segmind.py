@@ -80,6 +80,7 @@ from bot.providers.http import (
     mentions,
     parse_json,
     parse_retry_after,
+    redirected,
     seconds_until,
     send_check,
     sniff_image_format,
@@ -178,6 +179,8 @@ def classify_segmind_error(
         return ProviderTimeout(summary, code="timeout", **kw)
     if status >= 500:
         return submit_server_error(summary, **kw)  # only HTTP 200 is billed: nothing was charged
+    if 300 <= status < 400:  # not the member's input: the base URL is not the service's own
+        return redirected(status, headers, provider=provider)
     if mentions(lowered, _SAFETY_WORDS):
         return ProviderRejected(summary, code="moderation", **kw)
     return InvalidInput(summary, **kw)

@@ -23,6 +23,7 @@ from bot.providers.errors import (
     ProviderTimeout,
     RateLimited,
     ServerError,
+    ServiceUnavailable,
 )
 from bot.providers.http import (
     HttpResponse,
@@ -299,10 +300,11 @@ async def test_send_paid_does_not_follow_redirects(
     script.on("/submit", status(307, headers={"Location": "/elsewhere"}))
     script.on("/elsewhere", status(200))
 
-    with pytest.raises(ServerError):
+    with pytest.raises(ServiceUnavailable) as info:  # the base URL is the operator's to fix
         await post_paid(session, f"{base}/submit", json={})
 
     assert "/elsewhere" not in script.hits
+    assert info.value.code == "redirected" and not info.value.accepted
 
 
 async def test_send_paid_caps_the_response_size_as_accepted(

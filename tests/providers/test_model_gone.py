@@ -16,8 +16,9 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import says_model_gone, submit_classifier
+from bot.providers.http import classify_http_status, says_model_gone, submit_classifier
 from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
+from bot.providers.openai import classify_openai_error
 from bot.providers.segmind import classify_segmind_error
 from bot.providers.wavespeed import WaveSpeedProvider, classify_wavespeed_error
 
@@ -158,3 +159,32 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:
     assert says_model_gone(message, model) is gone
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize(
+    "classify",
+    [
+        classify_atlas_error,
+        classify_wavespeed_error,
+        classify_segmind_error,
+        classify_oneminai_error,
+        classify_openai_error,
+        classify_http_status,
+    ],
+    ids=["atlascloud", "wavespeed", "segmind", "oneminai", "openai", "generic"],
+)
+def test_a_redirect_answering_a_paid_submit_is_the_operators_to_fix_not_the_members_input(
+    classify, status: int
+) -> None:
+    """A paid submit follows no redirect. A base URL written http:// for an https:// service answers
+    301: the resellers' classifiers called it InvalidInput, telling the member their picture was at
+    fault. It is the operator's setting (an alert, the route skipped), and nothing was made."""
+    body = json.dumps({"message": "Moved Permanently"}).encode()
+    headers = {"location": "https://api.example.com/v1/edit?key=K-SECRET"}
+
+    err = classify(status, body, headers, provider="p")
+
+    assert type(err) is ServiceUnavailable and err.code == "redirected"
+    assert err.accepted is False
+    assert "base URL" in str(err) and "K-SECRET" not in str(err)

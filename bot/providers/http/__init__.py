@@ -56,6 +56,7 @@ from bot.providers.http.transport import (
     http_date,
     parse_retry_after,
     redact_url,
+    redirected,
     seconds_until,
 )
 from bot.providers.http.vendor import (
@@ -111,6 +112,7 @@ __all__ = [
     "parse_retry_after",
     "poll",
     "redact_url",
+    "redirected",
     "safe_message",
     "says_model_gone",
     "seconds_until",

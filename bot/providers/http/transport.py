@@ -200,6 +200,20 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return seconds
 
 
+def redirected(status: int, headers: Mapping[str, str], *, provider: str) -> ServiceUnavailable:
+    """A 3xx answer to a call that follows no redirects (a paid submit): the base URL is not the
+    service's own (http:// for https://, an old host), which the operator must fix. Nothing was made,
+    and it says nothing about the member's input."""
+    location = next((v for k, v in headers.items() if k.lower() == "location"), "")
+    where = redact_url(location) if location else "another address"
+    return ServiceUnavailable(
+        f"HTTP {status}: redirected to {where}; check the provider's base URL",
+        provider=provider,
+        status=status,
+        code="redirected",
+    )
+
+
 def classify_http_status(
     status: int, body: bytes, headers: Mapping[str, str], *, provider: str
 ) -> ProviderError:
@@ -219,6 +233,8 @@ def classify_http_status(
         return ProviderTimeout(msg, provider=provider, status=status)
     if 400 <= status < 500:
         return InvalidInput(msg, provider=provider, status=status)
+    if 300 <= status < 400:
+        return redirected(status, headers, provider=provider)
     return ServerError(msg, provider=provider, status=status, accepted=status >= 500)
 
 

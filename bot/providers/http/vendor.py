@@ -21,7 +21,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http.transport import Classifier, parse_retry_after, redact_url
+from bot.providers.http.transport import Classifier, parse_retry_after, redact_url, redirected
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,8 @@ def classify_reseller(
         if synchronous:
             return ServerError(summary, accepted=True, **kw)
         return submit_server_error(summary, **kw)
+    if 300 <= effective < 400:  # not the member's input: the base URL is not the service's own
+        return redirected(effective, headers, provider=provider)
     if safety:
         return ProviderRejected(summary, code=safety_code, **kw)
     return InvalidInput(summary, **kw)
