@@ -19,6 +19,7 @@ import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot.jobs.model import JobObserver
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 NOTICE_PROMPT_CHARS = 200
 ENDED_MEMORY = 512  # jobs that ended before their notice was posted (a fast edit), remembered briefly
+# Pauses between tries of a notice's removal that the network or Discord (5xx) failed: the job's end
+# takes the notice's record, so nothing else would remove it, and it would say "editing" for good.
+REMOVE_RETRY_PAUSES = (1.0, 5.0, 30.0)
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
@@ -137,10 +141,23 @@ class PublicControls(JobObserver):
             await self._remove(*where)
 
     async def _remove(self, channel_id: int, message_id: int) -> None:
-        try:
-            await self.bot.get_partial_messageable(channel_id).get_partial_message(message_id).delete()
-        except discord.HTTPException as exc:
-            log.info("could not remove a public notice (%s %s)", exc.status, exc.code)
+        notice = self.bot.get_partial_messageable(channel_id).get_partial_message(message_id)
+        for pause in (*REMOVE_RETRY_PAUSES, None):
+            try:
+                await notice.delete()
+                return
+            except discord.HTTPException as exc:
+                if exc.status < 500:  # gone already, or no longer the bot's to remove: final
+                    log.info("could not remove a public notice (%s %s)", exc.status, exc.code)
+                    return
+                failure = f"{exc.status} {exc.code}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                failure = type(exc).__name__
+            if pause is None:
+                # Its Stop button still answers: "too late", and the click removes the notice.
+                log.warning("could not remove public notice %s (%s); it stays", message_id, failure)
+                return
+            await asyncio.sleep(pause)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+import cogs._moderation
 from bot import messages
 from tests.catalogs import catalog, model, tiered
 from tests.durable import (
@@ -675,6 +676,23 @@ async def test_undo_clicked_at_once_on_two_versions_of_one_chain_posts_the_earli
             lambda: len(results(fake_discord.channel_messages(world.channel))) > shown
         )
         assert len(results(fake_discord.channel_messages(world.channel))) == shown + 1
+
+
+async def test_a_public_notice_whose_removal_discord_failed_is_removed_on_a_later_try(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The job's end takes the notice's record and removes the notice once: a 503 for that DELETE
+    (which discord.py does not retry) left "… is editing an image" in the channel for good."""
+    monkeypatch.setattr(cogs._moderation, "REMOVE_RETRY_PAUSES", (0.05,))
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.delay = 0.5
+        it = await world.edit(PHOTO, size=SQUARE)
+        notice = await public_notice(world)
+        removal = fake_discord.hold("DELETE", rf"/channels/{world.channel.id}/messages/{notice.id}")
+        await published(world, it)
+        await fake_discord.wait_until(lambda: removal.held)
+        removal.drop()
+        await fake_discord.wait_until(lambda: notice.deleted)
 
 
 async def test_a_moderator_deleting_a_result_is_recorded_in_the_audit_channel(
