@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -403,6 +403,26 @@ async def test_send_idempotent_raises_a_retry_after_beyond_the_policy_at_once(
 
     assert script.hits["/poll"] == 1
     assert info.value.retry_after == 3600 and info.value.accepted is True
+
+
+@pytest.mark.parametrize("accepted", [True, False], ids=["for a billed job", "for nothing paid yet"])
+async def test_a_retry_after_beyond_the_policy_is_waited_only_for_a_job_the_provider_billed(
+    server: tuple[str, Script], session: aiohttp.ClientSession, accepted: bool
+) -> None:
+    """A CDN asking for a minute's rest on a result download (the provider billed the job): given up
+    at once, the member's paid image was lost; within the deadline the wait is worth it. An upload
+    (nothing paid yet) still gives up, so routing can try another provider."""
+    base, script = server
+    script.on("/out", status(429, headers={"retry-after": "1"}), status(200, b"image"))
+    patient = replace(FAST, max_retry_after=0.1)
+
+    if accepted:
+        resp = await get(session, f"{base}/out", deadline=soon(30.0), accepted=True, policy=patient)
+        assert resp.body == b"image" and script.hits["/out"] == 2
+    else:
+        with pytest.raises(RateLimited):
+            await get(session, f"{base}/out", deadline=soon(30.0), accepted=False, policy=patient)
+        assert script.hits["/out"] == 1
 
 
 async def test_send_idempotent_retries_timeouts(

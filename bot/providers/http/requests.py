@@ -232,7 +232,8 @@ async def send_idempotent(
     but not an OpenAI quota 429). It waits the server's retry-after when given, else `policy.delay(attempt)`,
     and stops when the wait would cross `deadline` or after `policy.attempts` calls; then the last
     error is raised. A retry-after longer than `policy.max_retry_after` is raised at once, without a
-    retry (the policy's "do not retry here"): a poll then waits it out between polls.
+    retry (the policy's "do not retry here"), for a call that is not `accepted`; an `accepted` one (a
+    poll, a result download) waits it when the deadline allows, since the provider already billed.
 
     Errors raised here carry `accepted=accepted`: the call itself creates nothing, so whether
     money is at stake depends on what it belongs to (pass True when polling or downloading for a
@@ -307,8 +308,12 @@ async def send_idempotent(
             reason = f"HTTP {resp.status}"
             if isinstance(err, RateLimited):
                 retry_after = err.retry_after
-                if retry_after is not None and retry_after > policy.max_retry_after:
-                    raise err  # the policy's "do not retry here": the caller decides what waits that long
+                if retry_after is not None and retry_after > policy.max_retry_after and not accepted:
+                    # The policy's "do not retry here": a call that belongs to nothing paid yet (an
+                    # upload) lets routing try another provider rather than wait that long. One for a
+                    # job the provider took (a result download) waits it out within the deadline:
+                    # given up, a result the provider billed would be lost.
+                    raise err
 
         wait = policy.delay(attempt) if retry_after is None else retry_after
         if attempt >= policy.attempts or wait >= _remaining(deadline):
