@@ -38,9 +38,9 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   restart without submitting anything.
 * A 5xx on the submit without a prediction id is taken as "nothing was created" (the issue's rule)
   and may be retried elsewhere, except 504: a gateway that timed out may have passed the job on.
-  An error answer whose body names a prediction (`data.id`) was created and is never sent
-  elsewhere: after a 5xx or 408 the prediction is followed like an accepted one, any other such
-  answer is raised accepted (`bot.providers.http.names_a_job`).
+  An error answer after which the prediction may exist (a 2xx with an error, a 5xx, a 408) whose
+  body names one (`data.id`) is raised accepted and never sent elsewhere; it is not followed, as
+  the id may be stale (`bot.providers.http.names_a_job`).
 * "Model gone": a 404/410 answer to the submit, or an error whose message says the model is not
   found / no longer available / retired / has no available channels, raises `ModelGone`
   (`accepted=False`), so routing may retire the route. A 404 on a poll still means the prediction

@@ -34,7 +34,8 @@ Decisions on the spec's OPEN points (providers.md §8.9):
 * "Model gone": a 404/410 answer to the feature call, or an error whose message says the model is
   not found / no longer available / retired / has no available channels, raises `ModelGone`
   (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran), unless
-  the answer carries an `aiRecord.uuid`: a record was made, so the error is accepted whatever it says.
+  a 2xx, 5xx or 408 answer carries an `aiRecord.uuid`: a record was made, so that error is accepted
+  whatever it says (a 4xx refuses the request, whatever record it echoes).
 * The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
 * No `check()` for `/diagnose`: 1min.ai documents no GET at all (no account, credit or catalog
   call), and every documented call costs or stores something, so `/diagnose` shows "no check

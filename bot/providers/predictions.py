@@ -172,8 +172,11 @@ class PredictionApi:
         return self.message(parse_json(body))
 
     def job_id_of(self, body: bytes) -> str | None:
-        """The id of the job an answer's body names (an error answer to a submit may name one)."""
-        return job_id_in(parse_json(body))
+        """The id of the job an error answer's body names: only inside its `data` envelope, where
+        the vendors put a job. A bare `id` beside an error message is a gateway's request id."""
+        payload = parse_json(body)
+        inner = payload.get("data") if isinstance(payload, dict) else None
+        return job_id_in(inner) if isinstance(inner, dict) else None
 
     def classify(
         self, status: int, body: bytes, headers: Mapping[str, str], *, provider: str
@@ -316,31 +319,17 @@ class PredictionAdapter(ResellerAdapter):
         arrived); report the job id (`on_submitted`) and return it with the job.
 
         An answer that says the route's model is gone, with no job id, raises `ModelGone`
-        (see `bot.providers.http.gone_on_submit`). An error answer that names a job (a 5xx or a
-        timeout with the job's id in its body) is followed like an accepted one: the job exists and
-        may run and bill, and polling says how it ended. Any other error naming a job is raised
-        accepted (`bot.providers.http.names_a_job`).
+        (see `bot.providers.http.gone_on_submit`). An error answer that names a job in its `data`
+        (a 2xx with an error, a 5xx or a 408) is raised accepted and never sent elsewhere, nor
+        followed (`bot.providers.http.names_a_job`).
         """
         fields = self._check_request(request)
         image_urls, mask_url = await self._upload_inputs(request)
         path, body = self._submission(request, fields, image_urls, mask_url)
-        try:
-            resp = await self._client.submit(
-                self._client.url(path), body, deadline=request.deadline, model=request.model
-            )
-            job_id, job = self._accepted(resp, request.model)
-        except (ServerError, ProviderTimeout) as err:
-            if err.job_id is None:
-                raise
-            log.warning(
-                "%s: %s submit answered HTTP %s but named %s %s; following it",
-                self.name,
-                request.model,
-                err.status,
-                self.api.noun,
-                err.job_id,
-            )
-            job_id, job = err.job_id, {}
+        resp = await self._client.submit(
+            self._client.url(path), body, deadline=request.deadline, model=request.model
+        )
+        job_id, job = self._accepted(resp, request.model)
         log.debug("%s: %s %s %s submitted", self.name, request.model, self.api.noun, job_id)
         if on_submitted is not None:
             await on_submitted(job_id)

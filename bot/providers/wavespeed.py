@@ -46,9 +46,9 @@ Decisions on the spec's OPEN points (providers.md §8.7):
 * Errors: the bodies are undocumented; the message is read from `message`/`error`/`data.error`.
   401 (a key that was never activated by a top-up) and any "insufficient balance" text (or 402)
   need the admin; a 5xx on the submit without a task id is taken as "nothing was created" (the
-  issue's rule) except 504. An error answer whose body names a task (`data.id`) was created and is
-  never sent elsewhere: after a 5xx or 408 the task is followed like an accepted one, any other
-  such answer is raised accepted. A task WaveSpeed cancelled or timed out is reported as failed/timeout;
+  issue's rule) except 504. An error answer after which the task may exist (a 2xx with an error,
+  a 5xx, a 408) whose body names one (`data.id`) is raised accepted and never sent elsewhere; it is
+  not followed, as the id may be stale. A task WaveSpeed cancelled or timed out is reported as failed/timeout;
   WaveSpeed refunds failed tasks itself.
 * WaveSpeed documents no cancel call: at the deadline polling stops with an accepted timeout.
 * Resumable (`ResumableProvider`): the task id is reported (`on_submitted`) before polling starts,

@@ -99,13 +99,14 @@ NAMING_A_JOB = {  # an error answer naming the job it created, in each vendor's 
 }
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 404, 410, 400, 402, 200])
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 200])
 @pytest.mark.parametrize("vendor", sorted(NAMING_A_JOB))
 def test_a_submit_error_answer_that_names_a_created_job_is_accepted_and_never_model_gone(
     vendor: str, status: int
 ) -> None:
-    """The job exists at the provider (it may run and bill): whatever the status and wording, the
-    error must not let routing send the job to another provider too, nor retire the route."""
+    """After a 5xx, a 408 or a 2xx carrying an error the job may exist (it may run and bill): whatever
+    the wording, the error must not let routing send the job to another provider too, nor retire the
+    route."""
     spec, body = NAMING_A_JOB[vendor]
     classify = submit_classifier(spec.classify, spec.message_of, model="m", job_id_of=spec.job_id_of)
 
@@ -188,3 +189,31 @@ def test_a_redirect_answering_a_paid_submit_is_the_operators_to_fix_not_the_memb
     assert type(err) is ServiceUnavailable and err.code == "redirected"
     assert err.accepted is False
     assert "base URL" in str(err) and "K-SECRET" not in str(err)
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, ModelGone), (410, ModelGone), (400, ModelGone)])
+@pytest.mark.parametrize("vendor", sorted(NAMING_A_JOB))
+def test_a_4xx_answer_keeps_its_meaning_whatever_job_id_it_echoes(
+    vendor: str, status: int, expected: type[ProviderError]
+) -> None:
+    """A 4xx refuses the request itself: "model gone" wording with an echoed id still retires the
+    route (the job goes elsewhere, nothing was made), instead of failing every job routed there."""
+    spec, body = NAMING_A_JOB[vendor]
+    classify = submit_classifier(spec.classify, spec.message_of, model="m", job_id_of=spec.job_id_of)
+
+    err = classify(status, json.dumps(body).encode(), {}, provider=spec.name)
+
+    assert type(err) is expected and err.accepted is False and err.job_id is None
+
+
+@pytest.mark.parametrize("vendor", ["atlascloud", "wavespeed"])
+def test_a_bare_id_beside_a_5xx_error_is_a_gateways_request_id_not_a_job(vendor: str) -> None:
+    """`{"id": "req_…", "message": "Bad Gateway"}`: a gateway's request id, not a prediction. Read as
+    a job, the edit was held at a provider that never had it, and no other provider was tried."""
+    spec = NAMING_A_JOB[vendor][0]
+    classify = submit_classifier(spec.classify, spec.message_of, model="m", job_id_of=spec.job_id_of)
+    body = json.dumps({"id": "req_7f3a", "message": "Bad Gateway"}).encode()
+
+    err = classify(502, body, {}, provider=spec.name)
+
+    assert err.job_id is None and err.accepted is False and err.retryable_elsewhere

@@ -347,7 +347,10 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
 
 def names_a_job(err: ProviderError, job_id: str) -> ProviderError:
     """`err`, an error answer to a paid submit that names the job `job_id`, as accepted: the job
-    exists at the provider (it may run and bill), so it must not go to another provider too."""
+    exists at the provider (it may run and bill), so it must not go to another provider too. It is
+    not followed: an error answer's id may be stale or another request's, and following it could
+    deliver (and charge the member for) some other job's image. The member pays nothing; the
+    budgets count it as possibly billed."""
     err.job_id = job_id
     err.accepted = True
     err.retryable_elsewhere = False
@@ -362,10 +365,14 @@ def submit_classifier(
     job_id_of: Callable[[bytes], str | None] | None = None,
 ) -> Classifier:
     """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`, except
-    for an answer that names a created job (`names_a_job`), whatever its status.
+    for an answer that names a created job (`names_a_job`).
 
     `message_of` reads the vendor's error text from a body, `job_id_of` the id of a job it names
     (each vendor's envelope differs; None for a vendor whose answers name no job).
+
+    Only an answer that may come after the job was made names one: a 2xx carrying an error, a 5xx
+    or a 408 (the service failed or gave up once it had the request). A 4xx refuses the request
+    itself, and its wording (a model gone, a bad input) keeps its meaning whatever id it echoes.
     """
 
     def classify_submit(
@@ -374,7 +381,8 @@ def submit_classifier(
         err = classify(status, body, headers, provider=provider)
         if err.status is None:
             err.status = status
-        if job_id_of is not None and (job_id := job_id_of(body)) is not None:
+        after_taking = 200 <= status < 300 or status >= 500 or status == 408
+        if after_taking and job_id_of is not None and (job_id := job_id_of(body)) is not None:
             return names_a_job(err, job_id)
         return gone_on_submit(err, message_of(body), model=model)
 
