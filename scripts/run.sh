@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 STAMP="$VENV/.retouch-installed"
-wanted=$("$VENV/bin/python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+# The venv's Python version goes into the stamp too: a venv rebuilt with another Python over the old one
+# keeps the stamp but not the installed packages.
+wanted=$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(open("pyproject.toml", "rb").read() + sys.version.encode()).hexdigest())')
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check .
   echo "$wanted" >"$STAMP"
