@@ -153,9 +153,10 @@ class JobsCog(RetouchCog):
         answer = await self.edits.cancel(
             job_id, actor_id=interaction.user.id, can_manage=here and _can_manage(interaction)
         )
-        if answer.pending:
+        if answer.pending or not answer.cancelled:
             # Another process holds the job, or it is slow to stop: its end says how it ended on this
-            # same message, and answering on it too could land after that and hide the outcome.
+            # same message, and answering on it too could land after that and hide the outcome. Too
+            # late (the edit was posted): the message already says what it cost, which must stay.
             await interaction.followup.send(answer.text, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         await interaction.edit_original_response(content=answer.text, view=None, allowed_mentions=NO_MENTIONS)

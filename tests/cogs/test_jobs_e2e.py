@@ -475,6 +475,32 @@ async def test_cancel_after_the_provider_accepted_is_charged_its_price_and_the_b
     assert_books_balance(data_dir)
 
 
+async def test_a_cancel_that_comes_too_late_leaves_the_done_line_and_answers_apart(
+    world: World, wavespeed: FakeWaveSpeed
+):
+    """Cancel clicked just as the edit is posted: the click reaches the bot after the progress message
+    says "Done — N credits charged, M left". It replaced that line with "Too late to cancel", and
+    the member lost what they had been charged."""
+    wavespeed.hold_results()
+    it = await world.edit(PHOTO, model="ws-mini")
+    cancel = await world.fake.wait_until(
+        lambda: it.original_message and control(it.original_message, "cancel")
+    )
+    acknowledged = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
+    click = await world.fake.click(world.user, it.original_message, cancel)
+    await world.fake.wait_until(lambda: acknowledged.held)
+    wavespeed.release_results()
+    done = await world.fake.wait_until(
+        lambda: "Done" in (it.original_message.content or "") and it.original_message.content
+    )
+    acknowledged.release()
+    await world.fake.wait_until(lambda: click.followups)
+    assert click.followups[0].content == "Too late to cancel: your edit was already posted."
+    assert click.followups[0].ephemeral
+    assert it.original_message.content == done
+    assert jobs(world.services.settings.data_dir)[0]["state"] == "delivered"
+
+
 async def test_a_bursts_commands_take_turns_holding_images_until_their_jobs_are_stored(
     fake_discord: FakeDiscord,
     openai: FakeOpenAI,
