@@ -21,7 +21,7 @@ from bot.services.admin import GuildPolicy
 from bot.services.edits import MAX_IMAGES_PER_EDIT
 from bot.services.policy import PolicyService
 from cogs._admin_render import moderation_text, policy_embed, report_embed, report_file
-from cogs._ui import option_autocomplete
+from cogs._ui import option_autocomplete, role_ids_of
 
 MAX_COOLDOWN_SECONDS = 24 * 3600
 MAX_RUNNING_LIMIT = 20
@@ -79,7 +79,7 @@ class CreditsAdmin(
     ) -> None:
         await self.begin(interaction)
         change = await self.policy.change_credits(
-            _guild(interaction), interaction.user.id, user.id, action, amount, reason
+            _guild(interaction), interaction.user.id, user.id, action, amount, reason, role_ids_of(user)
         )
         verb = {"grant": "Gave", "take": "Took", "set": "Changed"}[action]
         moved = abs(change.moved)

@@ -307,6 +307,46 @@ async def test_precheck_refuses_a_member_whose_holds_already_cover_the_allowance
     await policy.precheck(job())  # with the hold gone, the refill would give 100: let through
 
 
+@pytest.mark.parametrize("used_first", [False, True], ids=["not-used-yet", "used-first"])
+@pytest.mark.parametrize(
+    ("action", "amount", "balance"),
+    [("grant", 100, 200), ("take", 20, 80), ("set", 0, 0), ("set", 250, 250)],
+)
+async def test_an_admins_change_early_in_a_period_lands_on_the_refilled_balance_used_or_not(
+    policy: PolicyService,
+    storage: Storage,
+    clock: Clock,
+    used_first: bool,
+    action: str,
+    amount: int,
+    balance: int,
+):
+    """Refills are made at the member's next use. An admin's change made before it was topped up over
+    (a `set 0` ended at 100) or counted against the top-up (a prize of 100 left 130, not 200), unlike
+    the same change made after the member's first use; the refill that is due now comes first."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-01-15T12:00:00")
+    await policy.credits(GUILD, ALICE, ())  # January's top-up: 100
+    await policy.change_credits(GUILD, ADMIN, ALICE, "set", 30, "spent most of it")
+    clock.set("2026-02-01T00:05:00")
+    if used_first:
+        await policy.credits(GUILD, ALICE, ())
+    await policy.change_credits(GUILD, ADMIN, ALICE, action, amount, "early in February")
+    assert (await policy.credits(GUILD, ALICE, ())).account.balance == balance
+    assert await allowance_rows(storage) == 2  # January's and February's
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
+async def test_the_refill_before_an_admins_change_is_the_members_tier_allowance(
+    policy: PolicyService, storage: Storage
+):
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    await policy.set_tier(GUILD, VIP, ADMIN, allowance=500)
+    change = await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 50, "prize", (VIP,))
+    assert change.balance == 550
+    assert (await policy.credits(GUILD, ALICE, (VIP,))).account.balance == 550
+
+
 async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
     make_policy: MakePolicy, policy: PolicyService, storage: Storage, clock: Clock, database_url: str
 ):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import logging
 import math
@@ -91,6 +92,13 @@ def period_start(period: str, now: dt.datetime) -> dt.datetime:
     if period == "monthly":
         return day.replace(day=1)
     raise ValueError(f"unknown period {period!r}")
+
+
+def period_key(period: str, now: dt.datetime) -> str | None:
+    """The refill record's name for the period containing `now`; None when there is no allowance."""
+    if period not in PERIODS:
+        return None
+    return f"{period}:{period_start(period, now).date().isoformat()}"
 
 
 def next_period_start(period: str, now: dt.datetime) -> dt.datetime:
@@ -505,9 +513,20 @@ class PolicyAdmin:
         return await self.storage.settings.delete_role_tier(guild_id, role_id)
 
     async def change_credits(
-        self, guild_id: int, actor_id: int, user_id: int, action: str, amount: int, reason: str
+        self,
+        guild_id: int,
+        actor_id: int,
+        user_id: int,
+        action: str,
+        amount: int,
+        reason: str,
+        role_ids: Iterable[int] = (),
     ) -> CreditChange:
-        """An admin's `grant`, `take` or `set`: one ledger row with the acting admin, then the audit."""
+        """An admin's `grant`, `take` or `set`: one ledger row with the acting admin, then the audit.
+
+        `role_ids` are the member's roles: the allowance refill that is due for them (their tier's
+        amount) is made first, so the change lands on the balance the member's next use would see.
+        """
         if action not in ("grant", "take", "set") or amount < 0:
             raise InvalidOptions(messages.CREDIT_ACTION, code="bad_credit_action")
         reason = reason.strip()[:MAX_REASON_CHARS]
@@ -522,6 +541,8 @@ class PolicyAdmin:
             actor_id=actor_id,
             reason=f"{action}: {reason}",
             starting_credits=self._starting(policy),
+            allowance=policy.limits_for(role_ids).allowance,
+            period_of=functools.partial(period_key, policy.period),
         )
         change = CreditChange(guild_id, user_id, actor_id, action, amount, moved, account.balance, reason)
         log.info("credits %s by %s for user %s in guild %s: %+d", action, actor_id, user_id, guild_id, moved)

@@ -52,6 +52,7 @@ from bot.services.admin import (
     PolicyAdmin,
     RoleTier,
     next_period_start,
+    period_key,
     period_start,
     valid_size,
 )
@@ -78,13 +79,6 @@ class PolicyRefused(RetouchError):
 
 
 # -- time -------------------------------------------------------------------------------------------
-
-
-def period_key(period: str, now: dt.datetime) -> str | None:
-    """The refill record's name for the period containing `now`; None when there is no allowance."""
-    if period not in PERIODS:
-        return None
-    return f"{period}:{period_start(period, now).date().isoformat()}"
 
 
 def discord_timestamp(moment: dt.datetime, style: str = "R") -> str:

@@ -249,6 +249,28 @@ def _top_up(now: str, guild_id: int, user_id: int, amount: int, period: str) -> 
     )
 
 
+def _refill(
+    moment: dt.datetime,
+    guild_id: int,
+    user_id: int,
+    amount: int,
+    period_of: Callable[[dt.datetime], str | None],
+) -> Body[None]:
+    """Top the (existing) account up to `amount` if the period `period_of(moment)` names has not been
+    refilled yet. The refill record's primary key admits one refill per period."""
+    period = period_of(moment)
+    if period is None or amount <= 0:
+        return
+    now = stamp(moment)
+    first = yield execute(
+        "INSERT INTO allowance_refills (guild_id, user_id, period, added, created_at) "
+        "VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
+        (guild_id, user_id, period, now),
+    )
+    if first == 1:
+        yield from _top_up(now, guild_id, user_id, amount, period)
+
+
 def _refill_shortfall(now: str, reserve: Row, charged: int) -> Body[Account | None]:
     """A hold an allowance top-up counted as the member's credits is captured: top the period up by
     what it would have added had the capture come first (at most the charge). The account after, or
@@ -504,17 +526,8 @@ class Ledger:
 
         def body() -> Body[Account]:
             moment = self._db.now()
-            now = stamp(moment)
-            yield from _ensure_account(now, guild_id, user_id, starting_credits)
-            period = period_of(moment)
-            if period is not None and amount > 0:
-                first = yield execute(
-                    "INSERT INTO allowance_refills (guild_id, user_id, period, added, created_at) "
-                    "VALUES (?, ?, ?, 0, ?) ON CONFLICT DO NOTHING",
-                    (guild_id, user_id, period, now),
-                )
-                if first == 1:
-                    yield from _top_up(now, guild_id, user_id, amount, period)
+            yield from _ensure_account(stamp(moment), guild_id, user_id, starting_credits)
+            yield from _refill(moment, guild_id, user_id, amount, period_of)
             return (yield from _account(guild_id, user_id))
 
         return await self._db.transaction(body)
@@ -543,16 +556,26 @@ class Ledger:
         actor_id: int,
         reason: str,
         starting_credits: int,
+        allowance: int = 0,
+        period_of: Callable[[dt.datetime], str | None] | None = None,
     ) -> tuple[Account, int]:
         """An admin's grant (`add` > 0), take (`add` < 0, at most the available balance) or set.
 
         Always writes exactly one ledger row with the actor, even when nothing moves, so every admin
         action is on record. Returns the account and the credits actually moved.
+
+        With `period_of`, the member's allowance refill that is due (as `refill_allowance` makes it)
+        comes first, in the same transaction: refills are made at a member's next use, and an admin's
+        change made before it was otherwise topped up over (a `set 0` undone) or counted against the
+        top-up (a grant that ate the allowance), depending on whether the member had used the bot yet.
         """
 
         def body() -> Body[tuple[Account, int]]:
-            now = self._db.timestamp()
+            moment = self._db.now()
+            now = stamp(moment)
             yield from _ensure_account(now, guild_id, user_id, starting_credits)
+            if period_of is not None:
+                yield from _refill(moment, guild_id, user_id, allowance, period_of)
             current = yield from _touch_account(now, guild_id, user_id)
             delta = set_to - current.balance if set_to is not None else add
             delta = max(delta, -current.balance)

@@ -334,6 +334,24 @@ async def test_taking_from_an_empty_balance_says_from_whom(
         assert f"<@{world.owner.id}> took 0 credits from <@{world.user.id}>" in posted.content
 
 
+async def test_a_grant_to_a_member_who_has_not_used_the_bot_comes_after_their_tiers_allowance(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The allowance is topped up at a member's next use; the grant used to come first and be counted
+    against it (a prize of 50 left 500, not 550). The refill is their tier's, from their roles."""
+    empty = {"STARTING_CREDITS": "0"}
+    async with running_bot(fake_discord, openai, tmp_path, catalog=CATALOG, env=empty) as world:
+        vip = await world.guild.create_role("vip")
+        bob = world.fake.create_user("bob")
+        await world.guild.add_member(bob, roles=[vip])
+        await reply(world, world.owner, "admin policy allowance", amount=100, period="monthly")
+        await reply(world, world.owner, "admin tier set", role=vip, allowance=500)
+        gave = await reply(world, world.owner, "admin credits grant", user=bob, amount=50, reason="prize")
+        assert gave.content.startswith(f"Gave 50 credits to <@{bob.id}>. Balance now **550**.")
+        shown = await reply(world, bob, "credits")
+        assert "**Available:** 550 credits" in embed_text(shown)
+
+
 async def test_a_budget_below_a_cent_is_shown_as_set_and_one_below_a_credit_is_refused(world: World):
     """$0.004 is 4 credits: shown as $0.00 it read as no budget at all. $0.0004 floors to 0 credits,
     a cap that refuses every edit while 0 means no cap: refused, saying the least it can be."""
