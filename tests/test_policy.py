@@ -291,6 +291,34 @@ async def test_a_hold_captured_after_the_boundary_adds_nothing_to_a_balance_abov
     await assert_ledger_matches(storage, GUILD, ALICE)
 
 
+@pytest.mark.parametrize(
+    ("action", "amount", "balance"),
+    [
+        ("set", 0, 0),  # it was 50: the capture added the top-up the set had replaced
+        ("set", 80, 80),  # 130
+        ("grant", 50, 150),
+        ("take", 30, 70),
+    ],
+)
+async def test_an_admins_change_before_a_hold_from_last_period_is_captured_ends_as_if_captured_first(
+    policy: PolicyService, storage: Storage, clock: Clock, action: str, amount: int, balance: int
+):
+    """December's top-up counted November's hold as the member's, and its capture adds what the top-up
+    left out. An admin's set replaces that pending top-up with the admin's number; a grant or take only
+    moves credits, so it keeps it (the member ends where the capture coming first would leave them)."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    clock.set("2026-11-30T23:59:00")
+    await policy.reserve(await new_job(storage, "j1"), job(), 50)
+    clock.set("2026-12-01T00:00:05")
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (50, 50)  # nothing added: 50 + 50 held make 100
+    await policy.change_credits(GUILD, ADMIN, ALICE, action, amount, "early in December")
+    await storage.ledger.capture("j1", 50)
+    account = (await policy.credits(GUILD, ALICE, ())).account
+    assert (account.balance, account.held) == (balance, 0)
+    await assert_ledger_matches(storage, GUILD, ALICE)
+
+
 async def test_precheck_refuses_a_member_whose_holds_already_cover_the_allowance_due(
     policy: PolicyService, storage: Storage, clock: Clock
 ):

@@ -577,6 +577,16 @@ class Ledger:
             if period_of is not None:
                 yield from _refill(moment, guild_id, user_id, allowance, period_of)
             current = yield from _touch_account(now, guild_id, user_id)
+            if set_to is not None:
+                # A set names the member's balance: it replaces whatever a top-up that counted a hold
+                # still owes them if that hold is captured (`_refill_shortfall`), which would otherwise
+                # add the allowance back on top of the admin's number. A grant or take only moves
+                # credits, so it keeps it: captured before or after it, the balance ends the same.
+                yield execute(
+                    "UPDATE allowance_refills SET room = NULL, counted_to = NULL "
+                    "WHERE guild_id = ? AND user_id = ? AND counted_to IS NOT NULL",
+                    (guild_id, user_id),
+                )
             delta = set_to - current.balance if set_to is not None else add
             delta = max(delta, -current.balance)
             account = yield from _move(now, guild_id, user_id, delta, 0)
