@@ -20,12 +20,17 @@ from bot.services.policy import Budget
 from cogs._ui import EMBED_COLOUR, FIELD_CHARS, MORE, fit_lines, utc_day
 
 REPORT_TOP = 10
+# Most of the Role tiers field one tier's model list may take, so one tier allowing many models still
+# leaves its other limits and the other tiers in view.
+TIER_MODELS_CHARS = 300
 
 
-def _models_text(models: frozenset[str] | None) -> str:
+def _models_text(models: frozenset[str] | None, limit: int) -> str:
+    """Allowed model ids within `limit` characters: whole ids, then how many more. An operator's catalog
+    can hold dozens, and one field over Discord's 1,024 characters refuses the whole reply (50035)."""
     if models is None or "*" in models:
         return "all"
-    return ", ".join(sorted(models))
+    return fit_lines(sorted(models), sep=", ", limit=limit)
 
 
 def _tier_line(tier: RoleTier, guild_id: int) -> str:
@@ -35,7 +40,7 @@ def _tier_line(tier: RoleTier, guild_id: int) -> str:
     if tier.max_quality:
         parts.append(f"quality up to {tier.max_quality}")
     if tier.models is not None:
-        parts.append(f"models {_models_text(tier.models)}")
+        parts.append(f"models {_models_text(tier.models, TIER_MODELS_CHARS)}")
     if tier.max_images:
         parts.append(f"{tier.max_images} images per edit")
     # @everyone's role id is the server's: mentioned as a role it shows as "@@everyone".
@@ -76,15 +81,13 @@ def policy_embed(
     starting = policy.starting_credits if policy.starting_credits is not None else settings_starting
     embed.add_field(name="Allowance", value=f"{allowance}\nNew members start with {starting}", inline=False)
     running = policy.max_concurrent or "no limit"
-    embed.add_field(
-        name="Everyone",
-        value=(
-            f"Quality up to {policy.max_quality or 'max'} · models {_models_text(policy.models)} · "
-            f"{policy.max_images or MAX_IMAGES_PER_EDIT} images per edit\n"
-            f"Cooldown {policy.cooldown_seconds} s · running edits per member: {running}"
-        ),
-        inline=False,
+    head = f"Quality up to {policy.max_quality or 'max'} · models "
+    tail = (
+        f" · {policy.max_images or MAX_IMAGES_PER_EDIT} images per edit\n"
+        f"Cooldown {policy.cooldown_seconds} s · running edits per member: {running}"
     )
+    models = _models_text(policy.models, FIELD_CHARS - len(head) - len(tail))
+    embed.add_field(name="Everyone", value=head + models + tail, inline=False)
     spent, held, cap = budget.captured, budget.held, budget.server_cap
     if cap is None:
         cap_text = f"No cap · this month {spent} credits captured, {held} held"

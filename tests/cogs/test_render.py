@@ -187,6 +187,25 @@ def test_a_provider_order_too_long_for_its_field_names_whole_providers_then_how_
     assert named == list(order[: len(named)]) and note == MORE.format(len(order) - len(named))
 
 
+def test_policy_show_with_many_allowed_models_names_whole_ids_then_how_many_more():
+    """An operator's catalog can hold dozens of models: listed whole, everyone's went past Discord's
+    1,024 characters for a field and every /admin policy reply was refused (50035), after the change
+    it answered was saved. A tier allowing them all still leaves the other tiers in view."""
+    models = tuple(f"vendor-image-model-{n:02d}" for n in range(48))
+    tiers = (RoleTier(2, models=frozenset(models)), RoleTier(3, allowance=500))
+    embed = policy_embed(GuildPolicy(1, models=frozenset(models), tiers=tiers), BUDGET, 0, 1000)
+    assert all(len(f.value or "") <= FIELD_CHARS for f in embed.fields)
+    everyone = field(embed, "Everyone")
+    assert everyone.startswith("Quality up to max · models vendor-image-model-00, vendor-image-model-01, ")
+    named, rest = everyone.removeprefix("Quality up to max · models ").split(" · ", 1)
+    *shown, note = named.split(", ")
+    assert shown == list(models[: len(shown)]) and note == MORE.format(len(models) - len(shown))
+    assert rest.startswith("4 images per edit\nCooldown 0 s")
+    vip, other = field(embed, "Role tiers").split("\n")
+    assert vip.startswith("<@&2>: models vendor-image-model-00, ") and vip.endswith(" more")
+    assert other == "<@&3>: allowance 500"
+
+
 def test_fit_lines_joins_with_the_separator_given():
     assert fit_lines(["a", "b"], sep=" → ") == "a → b"
     assert fit_lines(["a" * 30, "b" * 30, "c"], limit=45, sep=" → ") == "a" * 30 + " → …and 2 more"
