@@ -4,7 +4,7 @@ Every movement is one write transaction (see `connection.Database.transaction`) 
 `accounts` and appends to the append-only `ledger`, keyed by job: a job's credits are reserved, then
 captured or released exactly once. The bodies are written once for every backend. Read-only reports
 over the same tables are in `reports.py`, the admission limits a reservation checks in `limits.py`.
-(A little over 400 lines: each movement's steps stay next to the method that runs them, so the money
+(About 600 lines: each movement's steps stay next to the method that runs them, so the money
 rules read in one file.)
 """
 
