@@ -666,6 +666,24 @@ def kept_as_png(asked: str) -> str:
     return f"Saved as PNG: {name} cannot hold an image this long on one side."
 
 
+def fitted_to_upload_limit(formats: Iterable[str]) -> str:
+    """An unmasked result too large for the upload limit: re-encoded (and made smaller when that was
+    not enough) rather than lost. Said, since the file is not the format or size the member asked."""
+    names = " and ".join(sorted({{"webp": "WebP", "jpeg": "JPEG"}.get(f, f.upper()) for f in formats}))
+    return (
+        f"{_FITTED_LEAD} {names} at a lower quality (and made smaller where that was not enough). "
+        "A smaller size or fewer images keeps it as asked."
+    )
+
+
+_FITTED_LEAD = "Too large for Discord's upload limit, so it was saved as"
+
+
+def is_fitted_notice(notice: str) -> bool:
+    """Whether `notice` is a `fitted_to_upload_limit` line (a DM's fit replaces the server's)."""
+    return notice.startswith(_FITTED_LEAD)
+
+
 KEPT_AS_LOSSLESS_WEBP = (
     "Saved as lossless WebP to fit Discord's upload limit: the same pixels as the PNG, in fewer bytes."
 )

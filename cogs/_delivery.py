@@ -187,6 +187,7 @@ async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> Edit
     (masked) result keeps its pixels when lossless WebP fits, and says so when it cannot."""
     files = []
     notices = outcome.notices
+    lossy: list[str] = []  # formats of unmasked images re-encoded for the DM's limit
     share = imaging.share_of_upload(limit, len(outcome.files))
     for f in outcome.files:
         data, fmt, how = await asyncio.to_thread(
@@ -200,8 +201,15 @@ async def fit_for_dm(outcome: EditOutcome, limit: int = DM_UPLOAD_LIMIT) -> Edit
                 n for n in notices if n not in (messages.KEPT_AS_LOSSLESS_WEBP, messages.RESTORED_NOT_EXACT)
             )
             notices = (*kept, messages.RESTORED_NOT_EXACT)
+        elif not outcome.restored and how == imaging.SMALLER:
+            lossy.append(fmt)
         stem = f.filename.rsplit(".", 1)[0]
         files.append(ResultFile(f"{stem}.{'jpg' if fmt == 'jpeg' else fmt}", data, fmt))
+    if lossy:  # one line for the DM's copies, in place of the one the server's fit may have written
+        notices = (
+            *(n for n in notices if not messages.is_fitted_notice(n)),
+            messages.fitted_to_upload_limit(lossy),
+        )
     return replace(outcome, files=tuple(files), notices=notices)
 
 

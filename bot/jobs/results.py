@@ -44,6 +44,11 @@ class JobResults(EngineCore):
         files, fitted = await self._fit(job.id, result, spec.upload_limit, exact=restored)
         if restored:
             notices += _format_notices(fitted, spec.output_format)
+        elif any(how == imaging.SMALLER for _, how in fitted):
+            lossy = [
+                f.format for (_, f), (_, how) in zip(files, fitted, strict=True) if how == imaging.SMALLER
+            ]
+            notices += (messages.fitted_to_upload_limit(lossy),)
         await self.storage.jobs.check_held(job.id, self.owner)  # a lost job's new owner writes these
         await asyncio.to_thread(self.files.write, job.id, {disk: f.data for disk, f in files})
         record = {

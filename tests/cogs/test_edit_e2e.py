@@ -178,3 +178,26 @@ async def test_several_results_that_fit_the_upload_limit_alone_but_not_together_
     assert len(result.files) == 2
     assert sum(len(data) for _, data in result.files) <= world.guild.attachment_size_limit
     assert all(Image.open(io.BytesIO(data)).size == (1024, 1024) for _, data in result.files)
+    # Re-encoded to fit, and the member is told (they asked for PNG; the files are not).
+    notes = [f["value"] for f in result.embeds[0]["fields"] if f["name"].startswith("Note")]
+    assert notes == [
+        messages.fitted_to_upload_limit([Image.open(io.BytesIO(d)).format.lower() for _, d in result.files])
+    ]
+
+
+async def test_a_result_too_large_for_the_upload_limit_says_it_was_saved_in_another_format(world: World):
+    """A PNG over the server's upload limit was posted as WebP with nothing said: the member, who asked
+    for PNG, had to find it in the file name."""
+    first = await world.edit(PHOTO, quality="low", size="1024x1024", format="png")
+    await world.finished(first)
+    [(_, one)] = next(m for m in first.followups if not m.ephemeral).files
+    world.guild.attachment_size_limit = len(one) // 3
+
+    it = await world.edit(PHOTO, quality="low", size="1024x1024", format="png")
+    await world.finished(it)
+
+    [result] = [m for m in it.followups if not m.ephemeral]
+    [(filename, data)] = result.files
+    assert Image.open(io.BytesIO(data)).format == "WEBP" and filename.endswith(".webp")
+    notes = [f["value"] for f in result.embeds[0]["fields"] if f["name"].startswith("Note")]
+    assert notes == [messages.fitted_to_upload_limit(["webp"])]

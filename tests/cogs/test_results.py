@@ -51,6 +51,10 @@ async def test_a_result_too_big_for_a_dm_is_re_encoded_to_fit_and_small_ones_are
     assert first.filename.rsplit(".", 1)[1] == {"jpeg": "jpg"}.get(first.format, first.format)
     assert second is small
     assert DM_UPLOAD_LIMIT == 10 * 1024 * 1024  # Discord's default, which DMs get
+    # Said, once: the server's fit line (if any) is replaced by the DM's.
+    earlier = messages.fitted_to_upload_limit(["jpeg"])
+    fitted = await fit_for_dm(replace(outcome(big, small), notices=("kept", earlier)), limit)
+    assert fitted.notices == ("kept", messages.fitted_to_upload_limit([fitted.files[0].format]))
 
 
 async def test_results_that_fit_a_dm_alone_but_not_together_are_fitted_to_their_share():
@@ -90,7 +94,8 @@ async def test_a_restored_result_made_lossy_for_a_dm_says_its_outside_is_no_long
     assert dm.files[0].data != restored.data
     assert dm.notices == (messages.RESTORED_NOT_EXACT,)
     unmasked = await fit_for_dm(replace(channel, restored=False, notices=()), len(restored.data) // 2)
-    assert unmasked.notices == ()  # any other result is simply made to fit
+    # Any other result is made to fit, and says in which format (not a claim about its outside).
+    assert unmasked.notices == (messages.fitted_to_upload_limit([unmasked.files[0].format]),)
 
 
 def test_a_credit_history_line_names_an_admins_change_after_retention_erased_who_and_why():
