@@ -48,6 +48,7 @@ MIN_SIDE = 16  # px; smaller inputs are icons or mistakes, and the models need s
 ORIENTED_FORMATS = ("JPEG", "MPO", "WEBP")
 ANIMATED_FORMATS = ("PNG", "WEBP")  # APNG and animated WebP; MPO's extra frames are not animation
 REORIENTED_JPEG_QUALITY = 95  # re-encoding an upright photo at 95 is visually lossless
+EIGHT_BIT_STRIP_ROWS = 256  # rows of a 16-bit grey upload scaled at a time (40 MP: ~6 MB per 32-bit strip)
 
 # --- fit_to_limit ----------------------------------------------------------------------------------
 FIT_WEBP_QUALITIES = (90, 80, 70, 60, 50)
@@ -386,19 +387,27 @@ def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, label: str =
 
 def _eight_bit(image: Image.Image) -> Image.Image:
     """A 16-bit (or 32-bit integer) grey picture as 8-bit L, scaled (its high byte), ICC kept; as LA when
-    a tRNS colour key makes one grey level transparent."""
-    wide = image.convert("I")
-    grey = wide.point(lambda v: v * (1 / 256)).convert("L")
+    a tRNS colour key makes one grey level transparent.
+
+    Converted `EIGHT_BIT_STRIP_ROWS` rows at a time: each step works on 32-bit "I" pixels, and whole
+    40 MP pictures held three of those (160 MB each) at once for a 92 KB upload."""
     # The key is a 16-bit level: kept as is on the 8-bit picture it named an impossible level (PNG
     # writes it anyway), so the keyed pixels turned opaque. Scaling it would also key every level
     # sharing its high byte; an alpha band keeps exactly the pixels that were transparent.
-    key = grey.info.pop("transparency", None)
-    if isinstance(key, int):
-        alpha = ImageMath.lambda_eval(lambda a: (a["m"] != key) * 255, m=wide).convert("L")
-        grey = Image.merge("LA", (grey, alpha))
+    key = image.info.get("transparency")
+    keyed = isinstance(key, int)
+    out = Image.new("LA" if keyed else "L", image.size)
+    for top in range(0, image.height, EIGHT_BIT_STRIP_ROWS):
+        strip = image.crop((0, top, image.width, min(image.height, top + EIGHT_BIT_STRIP_ROWS)))
+        wide = strip.convert("I")
+        grey = wide.point(lambda v: v * (1 / 256)).convert("L")
+        if keyed:
+            alpha = ImageMath.lambda_eval(lambda a: (a["m"] != key) * 255, m=wide).convert("L")
+            grey = Image.merge("LA", (grey, alpha))
+        out.paste(grey, (0, top))
     if "icc_profile" in image.info:
-        grey.info["icc_profile"] = image.info["icc_profile"]
-    return grey
+        out.info["icc_profile"] = image.info["icc_profile"]
+    return out
 
 
 def _reencoded(image: Image.Image, fmt: str, max_bytes: int) -> InputImage:
