@@ -96,6 +96,24 @@ def echo_list(typed: Iterable[str]) -> str:
     return echo(", ".join(typed))
 
 
+# A link in someone's text, with or without its scheme (invites are linked, and shown as cards, without one).
+LINK = re.compile(r"\S+://\S+|(?:www\.|discord(?:app)?\.com/invite/|discord\.gg/)\S+", re.IGNORECASE)
+LINK_SHOWN = "[link]"
+# Discord's markdown, masked links, mentions, timestamps and custom emoji all start at one of these.
+_MARKUP = re.compile(r"([\\*_~|`<>\[\]()#])")
+
+
+def without_links(text: str) -> str:
+    """`text` with each link (`LINK`) replaced by "[link]"."""
+    return LINK.sub(LINK_SHOWN, text)
+
+
+def as_typed(text: str) -> str:
+    """Text someone wrote, for the bot to repeat in its own name: links replaced by "[link]" and every
+    markdown character escaped, so it shows as typed (no masked link, heading, bold or mention pill)."""
+    return _MARKUP.sub(r"\\\1", without_links(text))
+
+
 # -- images and masks (bot.imaging) ---------------------------------------------------------------
 
 

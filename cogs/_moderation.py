@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
 
+from bot import messages
 from bot.jobs.model import JobObserver
 from bot.observability.audit import jump_url
 from cogs._ui import PersistentControl, truncate
@@ -51,17 +51,13 @@ def stop_view(job_id: str) -> discord.ui.View:
     return view
 
 
-# A link in a prompt, with or without its scheme (invites are linked, and shown as cards, without one).
-LINK = re.compile(r"\S+://\S+|(?:www\.|discord(?:app)?\.com/invite/|discord\.gg/)\S+", re.IGNORECASE)
-
-
 def notice_text(requester: str, prompt: str) -> str:
     """The public notice: the bot repeats a member's prompt in the channel, so its links are not
     repeated (no invite card or phishing link posted in the bot's name; suppressed embeds do not
     stop the clients' invite cards)."""
-    words = LINK.sub("[link]", " ".join(prompt.split()))
+    words = messages.without_links(" ".join(prompt.split()))
     shown = discord.utils.escape_markdown(truncate(words, NOTICE_PROMPT_CHARS))
-    name = discord.utils.escape_markdown(LINK.sub("[link]", requester))  # a nickname any member sets
+    name = discord.utils.escape_markdown(messages.without_links(requester))  # a nickname any member sets
     return f"🖌️ **{name}** is editing an image: “{shown}”"
 
 

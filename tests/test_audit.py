@@ -182,6 +182,19 @@ async def test_a_provider_circuit_opening_is_posted_once(services: Services, fak
     assert openings == ["🔌 Provider `openai` circuit opened: repeated failures (last: ServerError)"]
 
 
+async def test_an_admins_reason_shows_as_typed_without_links_or_markdown() -> None:
+    """A server's admin writes the reason; the operator's channel showed it rendered in the bot's name:
+    a masked link disguised as a Discord message link, a role pill, a heading."""
+    channel = Channel()
+    audit = AuditLog()
+    audit.attach(channel.post)
+    reason = "grant: [https://discord.com/channels/1/2/3](https://evil.example/phish) <@&999> **big** # win"
+    await audit.credit_change(guild_id=1, actor_id=2, user_id=3, amount=5, balance_after=5, reason=reason)
+    [line] = channel.lines
+    assert line.endswith(r" — “grant: \[link\] \<@&999\> \*\*big\*\* \# win”")
+    assert "://" not in line and "evil.example" not in line
+
+
 async def test_long_reasons_are_clipped_to_one_discord_message() -> None:
     channel = Channel()
     audit = AuditLog()

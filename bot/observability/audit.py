@@ -100,7 +100,8 @@ class AuditLog(JobObserver):
         else:
             line = f"💳 Credits: <@{actor_id}> gave {amount} credits to <@{user_id}> {where}"
         if reason:
-            line += f" — “{_clip(reason, REASON_CHARS)}”"
+            # A server's admin wrote it, and it is shown in the operator's channel in the bot's name.
+            line += f" — “{messages.as_typed(_clip(reason, REASON_CHARS))}”"
         await self._send(line, link)
 
     async def allotment_change(
