@@ -96,8 +96,10 @@ def echo_list(typed: Iterable[str]) -> str:
     return echo(", ".join(typed))
 
 
-# A link in someone's text, with or without its scheme (invites are linked, and shown as cards, without one).
-LINK = re.compile(r"\S+://\S+|(?:www\.|discord(?:app)?\.com/invite/|discord\.gg/)\S+", re.IGNORECASE)
+# A link in someone's text, with or without its scheme: any `host.tld/path` shape, since Discord links and
+# draws cards for invites, gifts, templates and short links written bare (discord.gg/…, discord.gift/…,
+# discord.new/…, discord.com/gifts/…, dsc.gg/…), and a list of their hosts would always miss one.
+LINK = re.compile(r"\S+://\S+|www\.\S+|[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}/\S*", re.IGNORECASE)
 LINK_SHOWN = "[link]"
 # Discord's markdown, masked links, mentions, timestamps and custom emoji all start at one of these.
 _MARKUP = re.compile(r"([\\*_~|`<>\[\]()#])")

@@ -224,6 +224,31 @@ def test_the_public_notice_does_not_repeat_a_prompts_links():
     assert notice_text("discord.gg/freenitro", "make it blue").startswith("🖌️ **[link]** is editing")
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        "discord.gift/AbCdEf12",
+        "discord.new/xyz123",
+        "discord.com/gifts/AbCdEf12",
+        "discord.com/template/xyz123",
+        "discordapp.com/gifts/q",
+        "dsc.gg/server",
+        "DISCORD.GIFT/x",
+        "promos.discord.gg/abc",
+        "evil.example/phish?x=1",
+    ],
+)
+def test_the_public_notice_does_not_repeat_a_link_written_without_its_scheme(link: str):
+    """Discord draws cards for gift, template and short links written bare; only invites were caught."""
+    text = notice_text(f"free {link}", f"free nitro {link}, then make it blue")
+    assert text == "🖌️ **free [link]** is editing an image: “free nitro [link] then make it blue”"
+
+
+@pytest.mark.parametrize("prompt", ["a cat: 16:9 ratio", "50/50 split, 1.5x zoom", "3.5/5 and/or e.g. red"])
+def test_the_public_notice_keeps_words_that_only_look_like_links(prompt: str):
+    assert f"“{prompt}”" in notice_text("alice", prompt)
+
+
 def test_spend_in_direct_messages_is_its_own_line_not_an_unapproved_server():
     """ALLOW_DMS edits are booked under server id 0: it read "`0` (not approved)"."""
     servers = (ServerSpend(0, False, 40, 0, None), ServerSpend(123, True, 10, 0, None))
