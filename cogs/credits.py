@@ -62,8 +62,14 @@ def credits_embed(summary: CreditsSummary, history: HistoryPage, credits_per_usd
     return embed
 
 
+# A page number has at most this many digits: a forged id's 20-digit page overflowed the SQL offset.
+PAGE_DIGITS = 6
+
+
 class HistoryButton(
-    PersistentControl, prefix="retouch:credits", fields={"page": r"\d+", "side": "newer|older"}
+    PersistentControl,
+    prefix="retouch:credits",
+    fields={"page": rf"\d{{1,{PAGE_DIGITS}}}", "side": "newer|older"},
 ):
     """Newer/older history page. Only the user who ran /credits sees (and can click) it."""
 

@@ -46,6 +46,7 @@ POSTED = [
     (MaskControl, f"retouch:mask:{SID}:run", (SID, "run")),
     (HistoryButton, "retouch:credits:12:older", ("12", "older")),
     (HistoryButton, "retouch:credits:0:newer", ("0", "newer")),
+    (HistoryButton, "retouch:credits:999999:older", ("999999", "older")),
     (ApproveButton, "retouch:approve:123456789012345678", ("123456789012345678",)),
 ]
 
@@ -78,6 +79,8 @@ async def test_a_posted_custom_id_reaches_its_control_with_its_state_and_is_writ
         f"retouch:undo:{JOB}:extra",
         f"retouch:cheaper:{SID.upper()}",
         "retouch:credits:x:older",
+        "retouch:credits:1234567:older",  # a forged page: 20 digits overflowed the SQL offset
+        f"retouch:credits:{'9' * 20}:older",
         "retouch:approve:",
         "retouch:other:1",
     ],
