@@ -713,13 +713,17 @@ RESTORED_NOT_EXACT = (
 )
 
 
-def default_not_offered(model: str, option: str, asked: str) -> str:
-    """A default size or background (not typed on the command) the model in use cannot make."""
-    return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses auto (change it with /settings)."
+def default_not_offered(model: str, option: str, asked: str, *, uses: str = "auto") -> str:
+    """A default size, background or format (not typed on the command) the model in use cannot make."""
+    return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses {uses} (change it with /settings)."
 
 
 def background_not_offered(model: str, asked: str, offered: Iterable[str]) -> str:
     return f"{model} cannot make background `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
+
+
+def format_not_offered(model: str, asked: str, offered: Iterable[str]) -> str:
+    return f"{model} cannot make format `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
 
 
 def role_quality(cap: str, asked: str) -> str:

@@ -373,9 +373,9 @@ class PolicyService(PolicyAdmin):
     def _clamp(
         self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy, *, typed: frozenset[str] = frozenset()
     ) -> tuple[JobDefaults, tuple[str, ...]]:
-        """The member's limits, then a quality, size and background the model offers, each unless
-        `typed` on the command (a typed value the model lacks is refused by name when the job is
-        checked)."""
+        """The member's limits, then a quality, size, background and format the model offers, each
+        unless `typed` on the command (a typed value the model lacks is refused by name when the job
+        is checked)."""
         fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
         chosen, notices = clamp(
             chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks
@@ -388,8 +388,8 @@ class PolicyService(PolicyAdmin):
         self, chosen: JobDefaults, notices: tuple[str, ...], typed: frozenset[str]
     ) -> tuple[JobDefaults, tuple[str, ...]]:
         """A default size or background the model in use cannot make becomes its `auto` (the model's
-        choice), with a notice. Saved with another model in mind (/settings, then another model), it
-        must not make every edit fail."""
+        choice), and a default format one it makes, with a notice. Saved with another model in mind
+        (/settings, then another model), it must not make every edit fail."""
         if chosen.model not in self.catalog.models:  # unknown: the job refuses it by name
             return chosen, notices
         model = self.model_for_view(chosen.model)
@@ -400,6 +400,17 @@ class PolicyService(PolicyAdmin):
         if "background" not in typed and makes and chosen.background not in makes and AUTO in makes:
             notices = (*notices, messages.default_not_offered(model.name, "background", chosen.background))
             chosen = replace(chosen, background=AUTO)
+        # A format has no `auto`: the first one a live route makes (for a transparent background, one
+        # it makes transparent, when there is one).
+        formats = self._formats_made(model)
+        if "output_format" not in typed and formats and chosen.output_format not in formats:
+            clear = self._formats_made(model, transparent=True) if chosen.background == "transparent" else []
+            fmt = (clear or formats)[0]
+            notices = (
+                *notices,
+                messages.default_not_offered(model.name, "format", chosen.output_format, uses=fmt),
+            )
+            chosen = replace(chosen, output_format=fmt)
         return chosen, notices
 
     def _backgrounds_made(self, model: ModelEntry) -> list[str]:
@@ -407,6 +418,13 @@ class PolicyService(PolicyAdmin):
         and the job says so itself)."""
         made = {b for route in self.lifecycle.live_routes(model) for b in route.backgrounds}
         return [b for b in BACKGROUNDS if b in made]
+
+    def _formats_made(self, model: ModelEntry, *, transparent: bool = False) -> list[str]:
+        """The output formats some live route of `model` makes (`transparent`: makes with a
+        transparent background), in the usual order (none: no live route, and the job says so)."""
+        routes = self.lifecycle.live_routes(model)
+        made = {f for r in routes for f in r.output_formats if not transparent or f in r.transparent_formats}
+        return [f for f in OUTPUT_FORMATS if f in made]
 
     def _offered_quality(
         self, chosen: JobDefaults, notices: tuple[str, ...], cap: str | None
@@ -437,7 +455,7 @@ class PolicyService(PolicyAdmin):
         # changed since, a dropped one) they are fitted like defaults, not refused as if typed for it.
         typed = frozenset(
             name
-            for name in ("quality", "size", "background")
+            for name in ("quality", "size", "background", "output_format")
             if getattr(job.options, name) is not None and not job.options.model_is_default
         )
         return self._clamp(chosen, policy.limits_for(job.role_ids), policy, typed=typed)
@@ -655,8 +673,8 @@ class PolicyService(PolicyAdmin):
             await self.storage.settings.update_user_settings(user_id, fields)
 
     def _check_look(self, model_id: str, changes: Mapping[str, Any]) -> None:
-        """Refuse a size or background set now that the model the member's edits use cannot make
-        (a later change of model is met by `_offered_look` instead)."""
+        """Refuse a size, background or format set now that the model the member's edits use cannot
+        make (a later change of model is met by `_offered_look` instead)."""
         if model_id not in self.catalog.models:
             return
         model = self.model_for_view(model_id)
@@ -669,6 +687,10 @@ class PolicyService(PolicyAdmin):
             raise InvalidOptions(
                 messages.background_not_offered(model.name, background, makes), code="bad_option"
             )
+        fmt = changes.get("output_format")
+        formats = self._formats_made(model)
+        if fmt is not None and formats and fmt not in formats:
+            raise InvalidOptions(messages.format_not_offered(model.name, fmt, formats), code="bad_option")
 
     async def budget(self, guild_id: int) -> Budget:
         """This month's spend for the server and the bot, as the reservation's caps count it."""

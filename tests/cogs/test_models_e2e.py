@@ -455,6 +455,51 @@ async def test_a_saved_size_and_background_another_model_cannot_make_fall_back_t
         assert "does not offer size `2048x2048`" in text and openai.post_count == 1
 
 
+def png_only_catalog() -> Catalog:
+    """2.6 Sunburst (every format) before 1.5, whose only route here makes PNG and WebP."""
+    return catalog(
+        model("gpt-image-2.6-sunburst", name="GPT Image 2.6 Sunburst", qualities=WITH_AUTO, price=0.01),
+        model(
+            "gpt-image-1.5",
+            name="GPT Image 1.5",
+            qualities=WITH_AUTO,
+            price=0.01,
+            routes=[route("openai", output_formats=["png", "webp"])],
+        ),
+    )
+
+
+async def test_settings_refuse_a_format_the_members_model_cannot_make(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Saved, such a default made every edit fail on `format`, which no edit form can change."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=png_only_catalog()) as world:
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        refused = await reply(world, world.user, "settings", format="jpeg")
+        assert refused.content == "GPT Image 1.5 cannot make format `jpeg` here. Pick one of: png, webp."
+        row = await world.services.storage.settings.user_settings_row(world.user.id)
+        assert row is not None and row["output_format"] is None
+
+
+async def test_a_saved_format_another_model_cannot_make_falls_back_to_one_it_makes_with_a_note(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """JPEG set for 2.6 Sunburst, then the member moves to 1.5: their edits come as PNG, saying so."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=png_only_catalog()) as world:
+        await reply(world, world.user, "settings", format="jpeg")
+        await reply(world, world.user, "settings", model="gpt-image-1.5")
+        it = await world.edit(PHOTO)
+        assert (await world.finished(it)).startswith("Done")
+        [sent] = [r for r in openai.requests if r.path.endswith("/images/edits")]
+        assert (sent.fields["model"], sent.fields["output_format"]) == ("gpt-image-1.5", "png")
+        notes = " ".join(result_of(it).get("Note", []))
+        assert "GPT Image 1.5 cannot make format `jpeg`, so Retouch uses png" in notes
+        # Typed on the command, the format is refused by name, free.
+        typed = await world.edit(PHOTO, format="jpeg")
+        text = await world.fake.wait_until(lambda: typed.original_edits and typed.original_edits[-1])
+        assert "set `format` to one of png, webp" in text and openai.post_count == 1
+
+
 async def test_an_unknown_model_in_a_list_is_refused_naming_only_the_models_live_today(
     world: World, calendar: Calendar
 ):
