@@ -55,7 +55,8 @@ NOTE_CHARS = 1000
 
 # Discord drops an autocomplete's answer after 3 s, and an autocomplete cannot be deferred: a member's
 # defaults that a busy database keeps longer than this give way to the bot's default model (whose
-# qualities and sizes are the usual ones), rather than no answer at all.
+# qualities and sizes are the usual ones), and the server's model limits to every live model (the job
+# applies them), rather than no answer at all.
 AUTOCOMPLETE_READ_SECONDS = 1.5
 # Reads that outlasted AUTOCOMPLETE_READ_SECONDS, left to finish (never cut off mid-statement).
 _late_reads: set[asyncio.Task[Any]] = set()
@@ -347,8 +348,9 @@ def always_answers(callback: Autocomplete) -> Autocomplete:
 async def model_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
-    """Autocomplete for a `model` option: the models live today matching what was typed."""
-    return _choices(choices.model_options(_lifecycle(interaction).available(), current))
+    """Autocomplete for a `model` option: the models live today that the member may use here,
+    matching what was typed."""
+    return _choices(choices.model_options(await _models_here(interaction), current))
 
 
 @always_answers
@@ -356,7 +358,19 @@ async def mask_model_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     """Autocomplete for the `model` of a masked edit: like `model_autocomplete`, masked-edit models only."""
-    return _choices(choices.model_options(_lifecycle(interaction).available(), current, mask_only=True))
+    return _choices(choices.model_options(await _models_here(interaction), current, mask_only=True))
+
+
+async def _models_here(interaction: discord.Interaction) -> list[ModelEntry]:
+    """The models live today that the server's rules let the member use (any other would be swapped
+    for an allowed one when the job runs). All live ones when the rules are slow to read."""
+    bot = _bot(interaction)
+    allowed = await _read_in_time(
+        bot.services.policy.models_allowed(interaction.guild_id or 0, role_ids_of(interaction.user)),
+        None,
+        interaction,
+    )
+    return [m for m in _lifecycle(interaction).available() if allowed is None or m.id in allowed]
 
 
 def _lifecycle(interaction: discord.Interaction) -> ModelLifecycle:
@@ -364,41 +378,37 @@ def _lifecycle(interaction: discord.Interaction) -> ModelLifecycle:
 
 
 async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> ModelEntry:
-    """The model a command's `quality`/`size` options are for: the `model` typed in the same command
-    if it is known, else the member's default here (what their edit would use)."""
-    lifecycle = bot.services.edits.lifecycle
-    typed = getattr(interaction.namespace, "model", None)
-    model_id = typed if isinstance(typed, str) and typed in lifecycle.catalog.models else None
-    if model_id is None:
-        model_id = await _default_model_id(bot, interaction)
-    return bot.services.policy.model_for_view(model_id)
-
-
-async def _default_model_id(bot: RetouchBot, interaction: discord.Interaction) -> str:
-    """The member's default model here, or the bot's when the database does not answer within
-    AUTOCOMPLETE_READ_SECONDS (the read finishes in the background)."""
+    """The model a command's `quality`/`size` options are for: the one the member's edit would run on
+    here — the `model` typed in the same command if it is known, else their default — within the
+    server's rules for their roles."""
     policy = bot.services.policy
-    read = asyncio.ensure_future(
-        policy.effective_defaults(
-            interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user)
-        )
+    typed = getattr(interaction.namespace, "model", None)
+    model_id = typed if isinstance(typed, str) and typed in policy.catalog.models else None
+    read = policy.effective_model(
+        interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user), model_id
     )
-    done, _ = await asyncio.wait({read}, timeout=AUTOCOMPLETE_READ_SECONDS)
-    if read in done:
-        return read.result().effective.model
-    _late_reads.add(read)
-    read.add_done_callback(_late_read_done)
-    log.info(
-        "autocomplete for user %s: their defaults are slow to read; the bot's model's options",
-        interaction.user.id,
+    return policy.model_for_view(
+        await _read_in_time(read, model_id or policy.bot_default_model(), interaction)
     )
-    return policy.bot_default_model()
+
+
+async def _read_in_time(read: Coroutine[Any, Any, T], fallback: T, interaction: discord.Interaction) -> T:
+    """What `read` returns, or `fallback` when the database does not answer within
+    AUTOCOMPLETE_READ_SECONDS (the read finishes in the background)."""
+    task = asyncio.create_task(read)
+    done, _ = await asyncio.wait({task}, timeout=AUTOCOMPLETE_READ_SECONDS)
+    if task in done:
+        return task.result()
+    _late_reads.add(task)
+    task.add_done_callback(_late_read_done)
+    log.info("autocomplete for user %s: policy is slow to read; offered without it", interaction.user.id)
+    return fallback
 
 
 def _late_read_done(read: asyncio.Task[Any]) -> None:
     _late_reads.discard(read)
     if not read.cancelled() and read.exception() is not None:  # retrieved: no "never retrieved" warning
-        log.info("autocomplete: a late read of a member's defaults failed: %r", read.exception())
+        log.info("autocomplete: a late read of a member's defaults or limits failed: %r", read.exception())
 
 
 @always_answers

@@ -336,6 +336,18 @@ class PolicyService(PolicyAdmin):
         effective, notices = self._clamp(chosen, limits, policy)
         return EffectiveDefaults(chosen, effective, sources, limits, notices, bool(user.skip_mask_preview))
 
+    async def effective_model(
+        self, guild_id: int, user_id: int, role_ids: Iterable[int], model_id: str | None = None
+    ) -> str:
+        """The model a member's job here would run on: `model_id` (typed on the command) or their
+        default, within the server's rules for their roles."""
+        policy = await self.guild_policy(guild_id)
+        chosen, _ = self._merge(policy, await self.user_settings(user_id))
+        if model_id is not None:
+            chosen = replace(chosen, model=model_id)
+        effective, _ = self._clamp(chosen, policy.limits_for(role_ids), policy)
+        return effective.model
+
     def _merge(self, policy: GuildPolicy, user: UserSettings) -> tuple[JobDefaults, dict[str, str]]:
         s = self.settings
         layers = {
@@ -444,8 +456,12 @@ class PolicyService(PolicyAdmin):
 
     async def allows_model(self, guild_id: int, role_ids: tuple[int, ...], model_id: str) -> bool:
         """Whether the server's rules let a member with `role_ids` use `model_id`."""
-        models = (await self.guild_policy(guild_id)).limits_for(role_ids).models
+        models = await self.models_allowed(guild_id, role_ids)
         return models is None or model_id in models
+
+    async def models_allowed(self, guild_id: int, role_ids: Iterable[int]) -> frozenset[str] | None:
+        """The models the server's rules let a member with `role_ids` use (None: every model)."""
+        return (await self.guild_policy(guild_id)).limits_for(role_ids).models
 
     async def clamp(self, job: EditJob, chosen: JobDefaults) -> tuple[JobDefaults, tuple[str, ...]]:
         """Bring a job's model, quality and count within the member's limits in its server, and a

@@ -413,6 +413,32 @@ async def test_a_server_default_model_a_role_tier_allows_is_accepted(
         assert (await world.services.policy.guild_policy(world.guild.id)).default_model == "gpt-image-2"
 
 
+async def test_model_options_offer_only_the_models_the_members_roles_may_use_here(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A model the server's rules forbid the member was offered, then silently swapped for an allowed
+    one when the edit ran; the quality prices follow the model the edit would really use."""
+    two = catalog(GPT_IMAGE_1_5, model("gpt-image-2", name="GPT Image 2", price=(0.3, 0.4)))
+    async with running_bot(fake_discord, openai, tmp_path, catalog=two) as world:
+        await reply(world, world.owner, "admin policy limits", models="gpt-image-1.5")
+        vip = await world.guild.create_role("vip")
+        await reply(world, world.owner, "admin tier set", role=vip, models="gpt-image-2")
+        bob = world.fake.create_user("bob")
+        await world.guild.add_member(bob, roles=[vip])
+
+        async def offered(actor: FakeUser, focused: str, **options: str) -> list[str]:
+            choices = await world.fake.autocomplete(
+                actor, "edit", channel=world.channel, focused=focused, options=options
+            )
+            return [c["value" if focused == "model" else "name"] for c in choices]
+
+        assert await offered(world.user, "model") == ["gpt-image-1.5"]
+        assert await offered(bob, "model") == ["gpt-image-1.5", "gpt-image-2"]
+        listed = await offered(world.user, "quality")
+        assert await offered(world.user, "quality", model="gpt-image-2") == listed
+        assert await offered(bob, "quality", model="gpt-image-2") != listed
+
+
 async def test_a_deleted_roles_tier_goes_with_it(world: World):
     """`/admin tier remove` needs the role, which Discord's picker no longer offers once deleted: the
     stale tier stayed in the rules for good."""
