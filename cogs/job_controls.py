@@ -222,7 +222,7 @@ class JobsCog(RetouchCog):
             user_id=interaction.user.id,
             channel_id=thread_id or interaction.channel_id,
             uploads=[upload_of("image", image)],
-            options=await self.edits.again_options(job_id, prompt),
+            options=await self.edits.again_options(job_id, prompt, user_id=interaction.user.id),
             upload_limit=interaction.filesize_limit,
             role_ids=role_ids_of(interaction.user),
         )

@@ -26,13 +26,14 @@ from bot.services import edits as edits_module
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.services.policy import PolicyRefused
 from bot.storage import Storage
-from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG
+from tests.catalogs import NOVEMBER_CATALOG, TEST_CATALOG, WITH_AUTO, catalog, model, route
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fixtures import edit_service, serving, settings_for
 from tests.live import NoResult, RecordingLive, run_prepared, run_to_end
 
 DATA = Path(__file__).parent / "data"
 GUILD, USER = 1, 2
+OTHER_USER = 7
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, max_retry_after=1.0)
 TODAY = dt.date(2026, 11, 21)
 # A model priced only by list price (no token rates), so a job's charge equals its reservation.
@@ -624,8 +625,41 @@ async def test_a_job_moved_off_a_retired_model_keeps_the_model_asked_for_but_not
     prepared = await service.prepare(make_job(model="gpt-image-1"))
     assert (prepared.chosen.model, prepared.model.id) == ("gpt-image-1", "gpt-image-1.5")
     outcome = await run_prepared(service, prepared, RecordingLive())
-    again = await service.again_options(outcome.job_id, "again")
+    again = await service.again_options(outcome.job_id, "again", user_id=USER)
     assert (again.model, again.model_is_default) == ("gpt-image-1", True)
+
+
+@pytest.mark.parametrize(
+    ("model", "clicker", "expected"),
+    [
+        ("gpt-image-1-mini", USER, ("gpt-image-1-mini", False)),
+        ("gpt-image-1-mini", OTHER_USER, ("gpt-image-1-mini", False)),  # a pick is part of the edit
+        (None, USER, ("gpt-image-1.5", True)),
+        (None, OTHER_USER, (None, False)),  # the requester's default: the clicker's own decide
+    ],
+)
+async def test_edit_again_carries_the_requesters_default_model_only_for_the_requester(
+    make_service, fake, model: str | None, clicker: int, expected: tuple[str | None, bool]
+):
+    service = make_service()
+    outcome = await run_to_end(service, make_job(model=model))
+    again = await service.again_options(outcome.job_id, "again", user_id=clicker)
+    assert (again.model, again.model_is_default) == expected
+
+
+async def test_edit_again_on_a_picked_model_gone_without_a_successor_runs_on_the_default(make_service, fake):
+    """The form has no model option: refused as a dead pick, the member could not act on it."""
+    mini = ("gpt-image-1-mini", {"name": "GPT Image 1 Mini", "qualities": WITH_AUTO})
+    before = catalog(model("gpt-image-1.5", qualities=WITH_AUTO), model(mini[0], **mini[1]))
+    gone = route("openai", shutdown=TODAY - dt.timedelta(days=1))
+    after = catalog(model("gpt-image-1.5", qualities=WITH_AUTO), model(mini[0], routes=[gone], **mini[1]))
+    outcome = await run_to_end(make_service(before), make_job(model="gpt-image-1-mini"))
+    service = make_service(after)
+    again = await service.again_options(outcome.job_id, "again", user_id=USER)
+    assert (again.model, again.model_is_default) == ("gpt-image-1-mini", True)
+    prepared = await service.prepare(replace(make_job(), options=again))
+    assert prepared.model.id == "gpt-image-1.5"
+    assert prepared.resolution.notice == messages.defaulted("GPT Image 1 Mini", prepared.model.name)
 
 
 async def test_a_retried_masked_job_keeps_its_mask_settings_and_whether_its_model_was_picked(

@@ -383,18 +383,36 @@ class EditService:
         job = _job_from_spec(row.id, guild_id, spec, self.engine.files, user_id, channel_id, upload_limit)
         return dataclasses.replace(job, role_ids=role_ids)
 
-    async def again_options(self, job_id: str, prompt: str) -> EditOptions:
-        """Edit again's options: `prompt` on the model the stored job asked for, counted as the
-        member's pick only when it was one (as Retry does). The form has no model option, so a model
-        the job merely inherited must move with the default when it dies, not be refused as picked.
-        An unknown job leaves the model to the defaults."""
+    async def again_options(self, job_id: str, prompt: str, *, user_id: int) -> EditOptions:
+        """Edit again's options for `user_id` (who clicked): `prompt` on the model the stored job asked
+        for, counted as the member's pick only when it was one (as Retry does). The form has no model
+        option, so a model the job merely inherited must move with the default when it dies, and a
+        picked one that died with no successor is inherited too, not refused as a pick the member
+        cannot change. A model the job inherited is the requester's default, not another clicker's:
+        theirs decide. An unknown job leaves the model to the defaults."""
         row = await self.storage.jobs.get_job(job_id)
         if row is None:
             return EditOptions(prompt)
         if not row.spec:  # a row without its spec does not say whether the model was picked
-            return EditOptions(prompt, model=row.model, model_is_default=True)
-        spec = JobSpec.from_json(row.spec)
-        return EditOptions(prompt, model=spec.requested_model, model_is_default=not spec.model_picked)
+            model, picked = row.model, False
+        else:
+            spec = JobSpec.from_json(row.spec)
+            model, picked = (
+                spec.requested_model,
+                spec.model_picked and self._still_pickable(spec.requested_model),
+            )
+        if not picked and user_id != row.user_id:
+            return EditOptions(prompt)
+        return EditOptions(prompt, model=model, model_is_default=not picked)
+
+    def _still_pickable(self, model_id: str) -> bool:
+        """Whether a job that picks `model_id` today runs (on it or its successor) rather than being
+        refused as naming a model that is gone."""
+        try:
+            self.lifecycle.resolve(model_id, picked=True)
+        except InvalidOptions:
+            return False
+        return True
 
     async def _submit(self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None) -> Ticket:
         if not self.accepting:

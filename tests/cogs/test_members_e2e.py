@@ -822,6 +822,36 @@ async def test_another_members_edit_again_starts_their_own_chain_and_leaves_the_
         assert [e.version.message_id for e in recent] == [bobs.id]
 
 
+async def test_another_members_edit_again_runs_on_their_own_default_model_not_the_requesters(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Alice's defaults say GPT Image 1 Mini; Bob's (the bot's) say GPT Image 1.5. His Edit again of her
+    result ran on her default all the same; a model she picked on the command still carries over."""
+    two = catalog(
+        model("gpt-image-1.5", name="GPT Image 1.5", max_input_images=4),
+        model("gpt-image-1-mini", name="GPT Image 1 Mini", max_input_images=4),
+    )
+    env = {"STARTING_CREDITS": "1000"}
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=two) as world:
+        saved = await world.fake.slash(
+            world.user, "settings", channel=world.channel, options={"model": "gpt-image-1-mini"}
+        )
+        await world.fake.wait_until(lambda: saved.followups)
+        defaulted = await published(world, await world.edit(PHOTO, size=SQUARE))
+        picked = await published(world, await world.edit(PHOTO, size=SQUARE, model="gpt-image-1-mini"))
+        assert [r["model"] for r in jobs(tmp_path)] == ["gpt-image-1-mini", "gpt-image-1-mini"]
+        bob = await member(world, "bob")
+        await published(world, await edit_again(world, defaulted, "add a hat", user=bob))
+        await published(world, await edit_again(world, picked, "add a hat", user=bob))
+        # Alice's own Edit again keeps her default.
+        await published(world, await edit_again(world, defaulted, "add snow"))
+        assert [(r["user_id"], r["model"]) for r in jobs(tmp_path)[2:]] == [
+            (bob.id, "gpt-image-1.5"),
+            (bob.id, "gpt-image-1-mini"),
+            (world.user.id, "gpt-image-1-mini"),
+        ]
+
+
 async def test_undo_to_a_version_of_several_images_posts_all_of_them(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
