@@ -17,7 +17,15 @@ from bot import messages
 from bot.observability.audit import jump_url
 from bot.services.history import HistoryEntry
 from cogs._followup import PostMayHaveLanded, send_once
-from cogs._ui import EMBED_COLOUR, PersistentControl, admitted, shows_result_of, truncate
+from cogs._ui import (
+    EMBED_COLOUR,
+    THREAD_POSTING,
+    PersistentControl,
+    admitted,
+    bot_allowed,
+    shows_result_of,
+    truncate,
+)
 
 if TYPE_CHECKING:
     from bot.client import RetouchBot
@@ -48,8 +56,9 @@ async def chain_source(
 ) -> tuple[discord.Message, int | None]:
     """What `user_id`'s Edit again continues from: the newest version of their chain `message` belongs
     to (else `message` itself: not a version, another member's chain, or the newest one cannot be read
-    any more), and the chain's thread when its first result has one (new versions are posted there).
-    Another member's chain is theirs: an edit of its image starts the clicker's own chain."""
+    any more), and the chain's thread when its first result has one the bot may post in (new versions
+    are posted there). Another member's chain is theirs: an edit of its image starts the clicker's own
+    chain."""
     history = bot.services.history
     latest = await history.latest(message.id, job_id)
     if latest is None or latest.user_id != user_id:
@@ -66,14 +75,21 @@ async def chain_source(
 
 
 async def chain_thread(bot: RetouchBot, chain_id: int) -> int | None:
-    """The thread under a chain's first result (Discord gives it the message's id), if there is one."""
+    """The thread under a chain's first result (Discord gives it the message's id), if there is one the
+    bot may post results in (permissions change after it is opened); else the chain's versions go
+    where it was clicked, not to the member's DMs after the thread refused them."""
     channel = bot.get_channel(chain_id)
     if channel is None:
         try:
             channel = await bot.fetch_channel(chain_id)
         except discord.HTTPException:
             return None
-    return channel.id if isinstance(channel, discord.Thread) else None
+    if not isinstance(channel, discord.Thread):
+        return None
+    if not bot_allowed(channel, THREAD_POSTING):
+        log.info("chain %s: the bot may not post in its thread; the versions stay in the channel", chain_id)
+        return None
+    return channel.id
 
 
 def restored_footer(job_id: str) -> str:

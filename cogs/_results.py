@@ -37,9 +37,11 @@ from cogs._affordable import offer_cheaper
 from cogs._followup import PostMayHaveLanded, send_once
 from cogs._history import undo_button
 from cogs._ui import (
+    THREAD_OPENING,
     PersistentControl,
     ProgressMessage,
     admitted,
+    bot_allowed,
     note_token_error,
     result_embed,
     result_files,
@@ -255,14 +257,18 @@ class InteractionLive:
 async def maybe_thread(
     bot: RetouchBot, guild_id: int | None, message: discord.Message, outcome: EditOutcome
 ) -> None:
-    """Open a thread under a posted result when the server (or the bot's default) wants one. Never
-    raises: the result is already posted, and a missing thread is not worth failing (or re-posting)
-    it for."""
-    if guild_id is None or not isinstance(bot.get_channel(message.channel.id), discord.TextChannel):
+    """Open a thread under a posted result when the server (or the bot's default) wants one and the
+    bot may open it and post results in it (the chain's next versions go there). Never raises: the
+    result is already posted, and a missing thread is not worth failing (or re-posting) it for."""
+    channel = bot.get_channel(message.channel.id)
+    if guild_id is None or not isinstance(channel, discord.TextChannel):
         return
     try:
         wanted = await bot.services.storage.settings.guild_thread_results(guild_id)
         if not (bot.services.settings.thread_results if wanted is None else wanted):
+            return
+        if not bot_allowed(channel, THREAD_OPENING):
+            log.info("no thread for job %s: the bot may not open one or post in it", outcome.job_id)
             return
         name = truncate(outcome.prompt.replace("\n", " "), THREAD_NAME_CHARS) or "Edit"
         await bot.http.start_thread_with_message(

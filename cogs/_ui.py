@@ -177,6 +177,22 @@ class ProgressMessage:
         return await self._edit(final, None)
 
 
+# What the bot needs in a thread to post a result there (an embed and its files); opening one under a
+# result needs the right to create it too. Without them the next version of a chain went to a DM.
+THREAD_POSTING = discord.Permissions(send_messages_in_threads=True, attach_files=True)
+THREAD_OPENING = THREAD_POSTING | discord.Permissions(create_public_threads=True)
+
+
+def bot_allowed(channel: discord.TextChannel | discord.Thread, needed: discord.Permissions) -> bool:
+    """Whether the bot's permissions in `channel` (a thread's: those of its parent, as threads take
+    them) include `needed`. False when they cannot be worked out from the cache."""
+    me = channel.guild.me
+    try:
+        return me is not None and needed <= channel.permissions_for(me)
+    except discord.ClientException:  # a thread whose parent channel is not cached
+        return False
+
+
 def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 from PIL import Image
 
@@ -31,6 +32,7 @@ from tests.durable import (
     undo_button,
 )
 from tests.fakes.discord import (
+    DEFAULT_BOT_PERMISSIONS,
     FLAG_SUPPRESS_EMBEDS,
     FakeDiscord,
     FakeInteraction,
@@ -1095,6 +1097,39 @@ async def test_a_chain_with_a_thread_continues_in_the_thread(
         [*_, restored] = await posted_in(world, thread.id, 3)
         assert restored.files[0][1] == second.files[0][1]
         assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
+
+
+async def test_no_thread_is_opened_where_the_bot_may_not_post_in_it(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Opened all the same, the chain's next version was refused in it and went to the member's DMs."""
+    perms = DEFAULT_BOT_PERMISSIONS & ~int(Permission.SEND_MESSAGES_IN_THREADS)
+    env = {"STARTING_CREDITS": "1000", "THREAD_RESULTS": "on"}
+    async with running_bot(
+        fake_discord, openai, tmp_path, env=env, catalog=CATALOG, bot_permissions=perms
+    ) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        await published(world, await edit_again(world, first, "now at night"))
+        assert first.thread is None
+        assert [r["delivered_via"] for r in jobs(tmp_path)] == ["interaction", "interaction"]
+        assert len(await posted_in(world, world.channel.id, 2)) == 2
+
+
+async def test_a_chain_whose_thread_the_bot_may_no_longer_post_in_goes_on_in_the_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        await fake_discord.wait_until(lambda: first.thread)
+        await world.channel.set_permissions(
+            fake_discord.bot_user, deny=int(Permission.SEND_MESSAGES_IN_THREADS)
+        )
+        art = world.bot.get_channel(world.channel.id)
+        assert isinstance(art, discord.TextChannel)
+        await fake_discord.wait_until(lambda: not art.permissions_for(art.guild.me).send_messages_in_threads)
+        await published(world, await edit_again(world, first, "now at night"))
+        assert [r["delivered_via"] for r in jobs(tmp_path)] == ["interaction", "interaction"]
+        assert len(await posted_in(world, world.channel.id, 2)) == 2
 
 
 async def opened_again(world: World, result: FakeMessage) -> FakeInteraction:
