@@ -38,6 +38,7 @@ from tests.fakes.discord import (
     FakeInteraction,
     FakeMessage,
     FakeUser,
+    HeldRequests,
     Permission,
 )
 from tests.fakes.discord import _error as discord_error
@@ -584,6 +585,18 @@ async def test_the_public_notice_goes_away_when_the_edit_is_done(
         assert [m for m in fake_discord.channel_messages(world.channel) if stop_button(m)] == []
 
 
+async def notice_removal_held(world: World) -> tuple[FakeMessage, HeldRequests]:
+    """An edit posted and charged, its public notice still shown: the job's end's removal of the
+    notice is held (the test lets it through, drops it or races it)."""
+    world.openai.delay = 0.5  # long enough for the notice to be posted first
+    it = await world.edit(PHOTO, size=SQUARE)
+    notice = await public_notice(world)
+    removal = world.fake.hold("DELETE", rf"/channels/{world.channel.id}/messages/{notice.id}")
+    await published(world, it)
+    await world.fake.wait_until(lambda: removal.held)
+    return notice, removal
+
+
 async def test_stop_clicked_as_the_edit_ends_says_too_late_and_nothing_went_wrong(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -592,12 +605,7 @@ async def test_stop_clicked_as_the_edit_ends_says_too_late_and_nothing_went_wron
     the member, charged for a posted edit, was also told "Something went wrong... You were not charged"."""
     caplog.set_level(logging.INFO, logger="cogs.members")
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        openai.delay = 0.5
-        it = await world.edit(PHOTO, size=SQUARE)
-        notice = await public_notice(world)
-        end_removes = fake_discord.hold("DELETE", rf"/channels/{world.channel.id}/messages/{notice.id}")
-        await published(world, it)
-        await fake_discord.wait_until(lambda: end_removes.held)
+        notice, end_removes = await notice_removal_held(world)
         answer = fake_discord.hold("POST", r"/webhooks/\d+/[^/]+")  # the click's "too late"
         click = await fake_discord.click(world.user, notice, stop_button(notice))
         await fake_discord.wait_until(lambda: answer.held)
@@ -687,12 +695,7 @@ async def test_a_public_notice_whose_removal_discord_failed_is_removed_on_a_late
     (which discord.py does not retry) left "… is editing an image" in the channel for good."""
     monkeypatch.setattr(cogs._moderation, "REMOVE_RETRY_PAUSES", (0.05,))
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        openai.delay = 0.5
-        it = await world.edit(PHOTO, size=SQUARE)
-        notice = await public_notice(world)
-        removal = fake_discord.hold("DELETE", rf"/channels/{world.channel.id}/messages/{notice.id}")
-        await published(world, it)
-        await fake_discord.wait_until(lambda: removal.held)
+        notice, removal = await notice_removal_held(world)
         removal.drop()
         await fake_discord.wait_until(lambda: notice.deleted)
 
