@@ -646,9 +646,7 @@ async def test_a_second_undo_once_the_first_is_posted_steps_back_once_more(
     """The double-click guard holds a step of the chain only until its repost is recorded: a
     deliberate second Undo a moment later goes one version further back instead of being refused."""
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        third = await published(world, await edit_again(world, second, "add snow"))
+        first, second, third = await chain_of_three(world)
 
         one = await fake_discord.click(world.user, third, undo_button(third))
         [restored] = await fake_discord.wait_until(lambda: restored_reposts(world))
@@ -667,9 +665,7 @@ async def test_undo_clicked_at_once_on_two_versions_of_one_chain_posts_the_earli
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        third = await published(world, await edit_again(world, second, "add snow"))
+        _, second, third = await chain_of_three(world)
         shown = len(results(fake_discord.channel_messages(world.channel)))
         clicks = await asyncio.gather(
             fake_discord.click(world.user, third, undo_button(third)),
@@ -974,6 +970,12 @@ def first_followup_lands_then(fake: FakeDiscord, how: str) -> list[int]:
     return tries
 
 
+async def chain_of_three(world: World) -> tuple[FakeMessage, FakeMessage, FakeMessage]:
+    """`undo_chain`, and a third version made from the second."""
+    first, second = await undo_chain(world)
+    return first, second, await published(world, await edit_again(world, second, "add snow"))
+
+
 async def undo_chain(world: World) -> tuple[FakeMessage, FakeMessage]:
     """A first result and the one Edit again made from it (whose Undo posts the first again)."""
     first = await published(world, await world.edit(PHOTO, size=SQUARE))
@@ -1038,9 +1040,7 @@ async def test_a_moderators_undo_leaves_the_chain_the_members(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
     async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
-        first = await published(world, await world.edit(PHOTO, size=SQUARE))
-        second = await published(world, await edit_again(world, first, "now at night"))
-        third = await published(world, await edit_again(world, second, "add snow"))
+        *_, third = await chain_of_three(world)
         mod = await member(world, "mod", permissions=int(Permission.MANAGE_MESSAGES))
         await fake_discord.click(mod, third, undo_button(third))
         [*_, restored] = await posted_in(world, world.channel.id, 4)
