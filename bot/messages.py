@@ -96,10 +96,14 @@ def echo_list(typed: Iterable[str]) -> str:
     return echo(", ".join(typed))
 
 
-# A link in someone's text, with or without its scheme: any `host.tld/path` shape, since Discord links and
-# draws cards for invites, gifts, templates and short links written bare (discord.gg/…, discord.gift/…,
-# discord.new/…, discord.com/gifts/…, dsc.gg/…), and a list of their hosts would always miss one.
-LINK = re.compile(r"\S+://\S+|www\.\S+|[\w-]+(?:\.[\w-]+)*\.[a-z]{2,}/\S*", re.IGNORECASE)
+# A link in someone's text: anything with a scheme or `www.`, and, written bare, the Discord hosts whose links
+# Discord still turns into cards (invites, gifts, templates and short links: discord.gg/…, discord.gift/…,
+# discord.new/…, discord.com/gifts/…, dsc.gg/…). Any other `word.word/word` (image1.png/image2.png,
+# node.js/react, St.Louis/Missouri) is neither linked nor carded by Discord, and is shown as typed.
+LINK = re.compile(
+    r"\S+://\S+|www\.\S+|(?:[\w-]+\.)*(?:discord(?:app)?\.com|discord\.(?:gg|gift|new|me|io)|dsc\.gg)/\S*",
+    re.IGNORECASE,
+)
 LINK_SHOWN = "[link]"
 # Discord's markdown, masked links, mentions, timestamps and custom emoji all start at one of these.
 _MARKUP = re.compile(r"([\\*_~|`<>\[\]()#])")

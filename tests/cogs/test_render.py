@@ -12,6 +12,7 @@ import discord
 import pytest
 
 from bot.jobs.model import EditOutcome, ResultFile
+from bot.messages import LINK_SHOWN, as_typed
 from bot.services.admin import GuildPolicy, OperatorReport, RoleTier, ServerSpend, SpendReport
 from bot.services.diagnostics import DatabaseStatus, Diagnosis
 from bot.services.policy import Budget
@@ -235,7 +236,6 @@ def test_the_public_notice_does_not_repeat_a_prompts_links():
         "dsc.gg/server",
         "DISCORD.GIFT/x",
         "promos.discord.gg/abc",
-        "evil.example/phish?x=1",
     ],
 )
 def test_the_public_notice_does_not_repeat_a_link_written_without_its_scheme(link: str):
@@ -244,9 +244,23 @@ def test_the_public_notice_does_not_repeat_a_link_written_without_its_scheme(lin
     assert text == "🖌️ **free [link]** is editing an image: “free nitro [link] then make it blue”"
 
 
-@pytest.mark.parametrize("prompt", ["a cat: 16:9 ratio", "50/50 split, 1.5x zoom", "3.5/5 and/or e.g. red"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a cat: 16:9 ratio",
+        "50/50 split, 1.5x zoom",
+        "3.5/5 and/or e.g. red",
+        "swap the faces in image1.png/image2.png",
+        "put the node.js/react logos on the laptop",
+        "St.Louis/Missouri skyline at night",
+        "a poster saying Dr.Who/Tardis",
+        "evil.example/phish",  # no scheme: Discord neither links nor cards it
+    ],
+)
 def test_the_public_notice_keeps_words_that_only_look_like_links(prompt: str):
+    """Only what Discord links or cards is hidden: a prompt naming two files was shown "swap [link]"."""
     assert f"“{prompt}”" in notice_text("alice", prompt)
+    assert LINK_SHOWN not in as_typed(prompt)
 
 
 def test_spend_in_direct_messages_is_its_own_line_not_an_unapproved_server():
