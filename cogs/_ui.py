@@ -188,7 +188,12 @@ def bot_allowed(channel: discord.TextChannel | discord.Thread, needed: discord.P
     them) include `needed`. False when they cannot be worked out from the cache."""
     me = channel.guild.me
     try:
-        return me is not None and needed <= channel.permissions_for(me)
+        if isinstance(channel, discord.Thread):
+            return me is not None and needed <= channel.permissions_for(me)
+        # A text channel's own resolution drops Attach Files with Send Messages (posting in the channel
+        # itself); a thread under it needs neither. Resolved as `Thread.permissions_for` starts: the
+        # channel's overwrites, without that rule (a threads-only channel must still get its threads).
+        return me is not None and needed <= discord.abc.GuildChannel.permissions_for(channel, me)
     except discord.ClientException:  # a thread whose parent channel is not cached
         return False
 

@@ -1118,6 +1118,21 @@ async def test_no_thread_is_opened_where_the_bot_may_not_post_in_it(
         assert len(await posted_in(world, world.channel.id, 2)) == 2
 
 
+async def test_a_thread_is_opened_in_a_channel_where_the_bot_may_post_only_in_threads(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Without Send Messages in the channel (results come as interaction follow-ups, which need none)
+    but with the thread rights, Discord lets the bot open and post in a thread. discord.py's text
+    channel resolution drops Attach Files with Send Messages, and no thread was opened."""
+    perms = DEFAULT_BOT_PERMISSIONS & ~int(Permission.SEND_MESSAGES)
+    env = {"STARTING_CREDITS": "1000", "THREAD_RESULTS": "on"}
+    async with running_bot(
+        fake_discord, openai, tmp_path, env=env, catalog=CATALOG, bot_permissions=perms
+    ) as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        await fake_discord.wait_until(lambda: first.thread)
+
+
 async def test_a_chain_whose_thread_the_bot_may_no_longer_post_in_goes_on_in_the_channel(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
