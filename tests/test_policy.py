@@ -298,6 +298,10 @@ async def test_a_hold_captured_after_the_boundary_adds_nothing_to_a_balance_abov
         ("set", 80, 80),  # 130
         ("grant", 50, 150),
         ("take", 30, 70),
+        # More than the 50 available: it takes 50, and the 50 it could not take come off the top-up the
+        # capture adds (captured first: 100, all taken). It ended at 50.
+        ("take", 100, 0),
+        ("take", 70, 30),
     ],
 )
 async def test_an_admins_change_before_a_hold_from_last_period_is_captured_ends_as_if_captured_first(

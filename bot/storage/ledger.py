@@ -581,7 +581,8 @@ class Ledger:
                 # A set names the member's balance: it replaces whatever a top-up that counted a hold
                 # still owes them if that hold is captured (`_refill_shortfall`), which would otherwise
                 # add the allowance back on top of the admin's number. A grant or take only moves
-                # credits, so it keeps it: captured before or after it, the balance ends the same.
+                # credits, so it keeps it: captured before or after it, the balance ends the same (a
+                # take larger than what is available, below, lowers it by what it could not take).
                 yield execute(
                     "UPDATE allowance_refills SET room = NULL, counted_to = NULL "
                     "WHERE guild_id = ? AND user_id = ? AND counted_to IS NOT NULL",
@@ -589,6 +590,16 @@ class Ledger:
                 )
             delta = set_to - current.balance if set_to is not None else add
             delta = max(delta, -current.balance)
+            if set_to is None and delta > add:
+                # A take larger than what is available takes what is there. Captured first, the hold a
+                # top-up counted would have been topped up, and this take would have taken that too:
+                # the part it could not take comes off what that capture still adds.
+                yield execute(
+                    "UPDATE allowance_refills SET room = room - ? WHERE guild_id = ? AND user_id = ? "
+                    "AND counted_to = (SELECT MAX(counted_to) FROM allowance_refills "
+                    "WHERE guild_id = ? AND user_id = ?)",
+                    (delta - add, guild_id, user_id, guild_id, user_id),
+                )
             account = yield from _move(now, guild_id, user_id, delta, 0)
             kind = "grant" if delta > 0 else "adjust"
             yield _ledger(now, guild_id, user_id, None, kind, delta, delta, 0, actor_id, reason)
