@@ -414,10 +414,12 @@ class PolicyService(PolicyAdmin):
             chosen = replace(chosen, background=AUTO)
         # A format has no `auto`: the first one a live route makes (for a transparent background, one
         # it makes transparent, when there is one).
-        formats = self._formats_made(model)
-        if "output_format" not in typed and formats and chosen.output_format not in formats:
-            clear = self._formats_made(model, transparent=True) if chosen.background == "transparent" else []
-            fmt = (clear or formats)[0]
+        # A saved format the model makes, but not transparent where the background asks for it (WebP
+        # on a route that makes transparency only as PNG), fails the same way.
+        clear = self._formats_made(model, transparent=True) if chosen.background == "transparent" else []
+        usable = clear or self._formats_made(model)
+        if "output_format" not in typed and usable and chosen.output_format not in usable:
+            fmt = usable[0]
             notices = (
                 *notices,
                 messages.default_not_offered(model.name, "format", chosen.output_format, uses=fmt),

@@ -500,6 +500,29 @@ async def test_a_saved_format_another_model_cannot_make_falls_back_to_one_it_mak
         assert "set `format` to one of png, webp" in text and openai.post_count == 1
 
 
+async def test_a_saved_format_the_model_makes_but_not_transparent_falls_back_for_a_transparent_default(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """WebP and a transparent background saved, on a model whose route makes transparency only as PNG
+    (1min.ai's, in the packaged catalog): every edit with defaults was refused on the pair."""
+    clear_png = catalog(
+        model(
+            "gpt-image-1.5",
+            name="GPT Image 1.5",
+            qualities=WITH_AUTO,
+            price=0.01,
+            routes=[route("openai", output_formats=["png", "webp"], transparent_formats=["png"])],
+        )
+    )
+    async with running_bot(fake_discord, openai, tmp_path, catalog=clear_png) as world:
+        await reply(world, world.user, "settings", format="webp", background="transparent")
+        it = await world.edit(PHOTO)
+        assert (await world.finished(it)).startswith("Done")
+        [sent] = [r for r in openai.requests if r.path.endswith("/images/edits")]
+        assert (sent.fields["output_format"], sent.fields["background"]) == ("png", "transparent")
+        assert "cannot make format `webp`, so Retouch uses png" in " ".join(result_of(it).get("Note", []))
+
+
 async def test_an_unknown_model_in_a_list_is_refused_naming_only_the_models_live_today(
     world: World, calendar: Calendar
 ):
