@@ -78,8 +78,10 @@ class CreditsAdmin(
         self, interaction: discord.Interaction, action: str, user: discord.User, amount: int, reason: str
     ) -> None:
         await self.begin(interaction)
+        # Someone no longer in the server has no roles to read: their tier is not known.
+        roles = role_ids_of(user) if isinstance(user, discord.Member) else None
         change = await self.policy.change_credits(
-            _guild(interaction), interaction.user.id, user.id, action, amount, reason, role_ids_of(user)
+            _guild(interaction), interaction.user.id, user.id, action, amount, reason, roles
         )
         verb = {"grant": "Gave", "take": "Took", "set": "Changed"}[action]
         moved = abs(change.moved)

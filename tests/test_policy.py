@@ -379,6 +379,19 @@ async def test_the_refill_before_an_admins_change_is_the_members_tier_allowance(
     assert (await policy.credits(GUILD, ALICE, (VIP,))).account.balance == 550
 
 
+async def test_an_admins_change_for_someone_whose_roles_are_unknown_leaves_the_refill_to_their_next_use(
+    policy: PolicyService, storage: Storage
+):
+    """A member who left the server has no roles to read: a refill at the base allowance spent the
+    period's, and a tier member who came back got the base amount for the rest of it."""
+    await policy.update_guild(GUILD, ADMIN, {"allowance": 100, "period": "monthly"})
+    await policy.set_tier(GUILD, VIP, ADMIN, allowance=500)
+    change = await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 50, "prize", None)
+    assert change.balance == 50 + policy.settings.starting_credits
+    assert await allowance_rows(storage) == 0
+    assert (await policy.credits(GUILD, ALICE, (VIP,))).account.balance == 500  # back: their tier's top-up
+
+
 async def test_concurrent_uses_at_the_boundary_refill_exactly_once(
     make_policy: MakePolicy, policy: PolicyService, storage: Storage, clock: Clock, database_url: str
 ):

@@ -520,12 +520,14 @@ class PolicyAdmin:
         action: str,
         amount: int,
         reason: str,
-        role_ids: Iterable[int] = (),
+        role_ids: Iterable[int] | None = (),
     ) -> CreditChange:
         """An admin's `grant`, `take` or `set`: one ledger row with the acting admin, then the audit.
 
         `role_ids` are the member's roles: the allowance refill that is due for them (their tier's
         amount) is made first, so the change lands on the balance the member's next use would see.
+        None when they are not known (someone no longer in the server): no refill is made then, as
+        one at the base amount would spend the period's refill of a tier member who comes back.
         """
         if action not in ("grant", "take", "set") or amount < 0:
             raise InvalidOptions(messages.CREDIT_ACTION, code="bad_credit_action")
@@ -541,8 +543,8 @@ class PolicyAdmin:
             actor_id=actor_id,
             reason=f"{action}: {reason}",
             starting_credits=self._starting(policy),
-            allowance=policy.limits_for(role_ids).allowance,
-            period_of=functools.partial(period_key, policy.period),
+            allowance=policy.limits_for(role_ids or ()).allowance,
+            period_of=None if role_ids is None else functools.partial(period_key, policy.period),
         )
         change = CreditChange(guild_id, user_id, actor_id, action, amount, moved, account.balance, reason)
         log.info("credits %s by %s for user %s in guild %s: %+d", action, actor_id, user_id, guild_id, moved)
