@@ -2217,3 +2217,63 @@ async def test_a_cut_off_jobs_owed_release_made_after_a_restart_counts_the_calls
     absorbed = await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
     assert [tuple(row) for row in absorbed] == [(job_id, 20)]
     assert wavespeed.submit_count == 1
+
+
+async def two_calls_out_one_unanswered(make: Factory, wavespeed: FakeWaveSpeed) -> tuple[EditService, str]:
+    """A 2-image job on a route without `n`: both calls left; the provider took one (its id is stored)
+    and has not answered the other's submit yet."""
+    service, _ = await make(WAVESPEED_MAX_CONCURRENT="2")
+    wavespeed.hold_results()
+    wavespeed.fail_next(WaveSpeedFault.HANG)
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=2), reserve=40)
+    job_id = (await service.submit(prepared)).job_id
+    await until(lambda: wavespeed.submit_count == 2)
+    await wait_state(service, job_id, "submitted")
+    return service, job_id
+
+
+async def test_a_job_resumed_after_a_crash_and_cancelled_is_charged_every_call_that_had_left(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """The next start knew only the one id the provider had given: the cancel was charged one image,
+    though both calls had reached the provider (the live process charges both)."""
+    _, job_id = await two_calls_out_one_unanswered(make, wavespeed)
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="2")  # the first process died; this one starts
+    await later.engine.recover()
+    await until(lambda: job_id in later.engine._jobs)
+    answer = await later.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    assert (answer.charged, wavespeed.submit_count) == (40, 2)
+
+
+async def test_a_stopped_job_released_at_the_next_start_counts_the_calls_that_had_left(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """One call of four out when the bot stopped; its files were gone at the next start, which released
+    it: all four images were counted against the budgets ($0.08) where one had left ($0.02)."""
+    service, job_id = await one_of_four_calls_out(make, wavespeed)
+    await service.drain(0)
+    await asyncio.to_thread(service.engine.files.remove, job_id)
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
+    await later.engine.recover()
+    await wait_state(later, job_id, "cancelled")
+    absorbed = await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    assert [tuple(row) for row in absorbed] == [(job_id, 20)]
+
+
+async def test_a_job_whose_call_never_left_counts_nothing_when_the_next_start_releases_it(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """A job waiting for the provider's one slot (`submitting`, its call not sent) when the process died:
+    the next start released it free, and counted its full price against the budgets."""
+    service, first = await one_of_four_calls_out(make, wavespeed)
+    second = (await service.submit(await service.prepare(job(model="ws-mini")))).job_id
+    await wait_state(service, second, "submitting")
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")  # the first process died; this one starts
+    await later.engine.recover()
+    await wait_state(later, second, "cancelled")
+    absorbed = dict(
+        tuple(row) for row in await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    )
+    assert second not in absorbed and wavespeed.submit_count == 1
+    assert first in later.engine._jobs  # the job the provider had is followed, not released

@@ -92,6 +92,9 @@ class ActiveJob:
     # Paid calls sent to `provider` and not refused unworked (the router's on_call): a count, since a
     # job of several images on a route without `n` has several out at once.
     calling: int = 0
+    # Calls that left before this process ran the job (a restart, a takeover): the row's `calls_sent`.
+    # None: not counted (a row from an older release), so any image may have been billed.
+    sent_before: int | None = 0
     clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result
@@ -107,6 +110,20 @@ class ActiveJob:
     @property
     def id(self) -> str:
         return self.info.job_id
+
+    @property
+    def calls_sent(self) -> int | None:
+        """Paid calls of this job that left for the provider, in this process and before it (a call the
+        provider accepted counts even if this process never saw it leave); None when not known."""
+        if self.sent_before is None:
+            return None
+        return max(self.calling + self.sent_before, len(self.submitted))
+
+    def adopt_row(self, row: JobRow) -> None:
+        """What the row says of the job's calls, for a job this process picks up (a restart, a
+        takeover): the ids the provider gave and how many calls had left."""
+        self.submitted = list(row.provider_job_ids)
+        self.sent_before = row.calls_sent
 
 
 class IntakeTurns:

@@ -76,9 +76,8 @@ class JobEndings(EngineCore):
                 "ref": ref,
                 "billed": job.billed,
                 "billable": billable,
-                # How many calls left, for whoever settles it after a stop: without it every image
-                # would be counted as billed (`_provider_price`).
-                "sent": max(job.calling, len(job.submitted)),
+                # How many calls left, for whoever settles it after a stop (`_provider_price`).
+                "sent": job.calls_sent,
             }
             await self._owe(job.id, release, ended)
         else:
@@ -124,11 +123,13 @@ class JobEndings(EngineCore):
         if spec is None or model is None or route is None:
             return None
         needs = spec.needs()
-        sent = max(job.calling, len(job.submitted))
-        if sent and not route.n:
+        sent = job.calls_sent
+        if sent == 0:  # no call left (it waited for the provider's slot): nothing to bill
+            return 0
+        if sent is not None and not route.n:
             # Without `n`, each image is a call of its own: the provider bills those that left, not
-            # those still waiting for its concurrency slot when the job was cut off. None known to
-            # have left (a job recovered after a stop): every image is counted, as any may have.
+            # those still waiting for its concurrency slot when the job was cut off. Not counted (a
+            # row from an older release): every image, as any may have left.
             needs = replace(needs, count=min(needs.count, sent))
         usd = route_reserve_usd(model, route, needs, prompt=spec.prompt)
         return min(usd_to_credits(usd, self.settings.credits_per_usd), spec.reserve)

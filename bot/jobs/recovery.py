@@ -179,6 +179,7 @@ class JobRecovery(JobLeases):
 
     async def _recover_one(self, row: JobRow) -> str:
         job = ActiveJob(JobInfo.of(row), row.model, provider=row.provider)
+        job.adopt_row(row)
         ended = await asyncio.to_thread(self._ended_note, row.id)
         if ended is not None:
             return await self._settle_as_ended(row, job, ended)
@@ -244,7 +245,7 @@ class JobRecovery(JobLeases):
             billed, sent = ended.get("billed"), ended.get("sent")
             job.billed = billed if isinstance(billed, int) else None
             if isinstance(sent, int) and sent > 0:  # the calls the ending process saw leave
-                job.calling = sent
+                job.calling, job.sent_before = sent, 0
             absorbed = await self._maybe_billed(job, bool(ended.get("billable")))
             state = JobState.CANCELLED if ended.get("state") == JobState.CANCELLED else JobState.FAILED
             return await self.storage.ledger.settle_released(

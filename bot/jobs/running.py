@@ -57,7 +57,8 @@ class ProviderRun(EngineCore):
         if model is None:
             raise RuntimeError(f"model {spec.model} is no longer in the catalog")
         if row.state == JobState.SUBMITTED and row.provider and row.provider_job_ids:
-            job.provider, job.submitted = row.provider, list(row.provider_job_ids)
+            job.provider = row.provider
+            job.adopt_row(row)  # a cancel now prices the calls that had left, not only those followed
             remaining = await self._resume_window(job, row)
             request = await self._request(job.id, spec, remaining)
             call = self.router.resume(
@@ -79,12 +80,14 @@ class ProviderRun(EngineCore):
             job.provider = route.provider
             # The fence before the paid call: a process that lost the job goes no further (checked
             # again as each call leaves, after any wait for the provider's limit: `sending`).
+            # Its calls are counted afresh on each route: one refused unworked on the last was not billed.
             await self.storage.jobs.set_job_state(
                 job.id,
                 JobState.SUBMITTING,
                 owner=self.owner,
                 provider=route.provider,
                 provider_model=route.model,
+                calls_sent=0,
             )
 
         async def submitted(route: Route, provider_job_id: str) -> None:

@@ -49,6 +49,7 @@ _JOB_FIELDS = frozenset(
         "files_expire_at",
         "provider_model",
         "spec",
+        "calls_sent",
     }
 )
 
@@ -94,6 +95,9 @@ class JobRow:
     cancel_requested_at: str | None = None
     cancel_actor_id: int | None = None
     cancel_reason: str | None = None  # 'cancelled' (the requester's) or 'stopped' (a moderator's)
+    # Paid calls that left for the provider on the route tried last (`Jobs.check_sending`); None: not
+    # counted (a row from before migration 17).
+    calls_sent: int | None = None
 
     @property
     def cancel_pending(self) -> bool:
@@ -291,12 +295,14 @@ class Jobs:
     async def check_sending(self, job_id: str, owner: str) -> None:
         """Raise LeaseLost unless `owner` holds the job and it is still at a provider (`submitting`, or
         `submitted` when a sibling call of an emulated `count` was taken): the check just before a paid
-        call leaves, which may have waited long for the provider's slot since the `submitting` write."""
-        row = await self._db.one(
-            "SELECT 1 FROM jobs WHERE id = ? AND owner = ? AND state IN ('submitting', 'submitted')",
+        call leaves, which may have waited long for the provider's slot since the `submitting` write.
+        The call is counted as it passes (`calls_sent`): a write where this was a read, one per call."""
+        sent = await self._db.write_one(
+            "UPDATE jobs SET calls_sent = COALESCE(calls_sent, 0) + 1 "
+            "WHERE id = ? AND owner = ? AND state IN ('submitting', 'submitted')",
             (job_id, owner),
         )
-        if row is None:
+        if not sent:
             raise LeaseLost(job_id)
 
     async def _write_owned(self, job_id: str, sql: str, params: tuple[Any, ...], owner: str | None) -> None:
