@@ -8,9 +8,10 @@ words (`bot.jobs`: an edit's progress lines, cancel answers, restart notices, wh
 for the same reason.
 
 One module on purpose, although it is long: a reader (or a translator) finds every such sentence
-here, and none of them depends on another. It imports nothing at run time, so every layer may use it:
-the cogs' own refusals (who may stop, delete or undo an edit, /mask previews, offers, /owner) are here
-too rather than in a Discord-side module, since the wording names commands and buttons either way.
+here, and none of them depends on another. It imports only the leaf `bot.domain.text` at run time, so
+every layer may use it: the cogs' own refusals (who may stop, delete or undo an edit, /mask previews,
+offers, /owner) are here too rather than in a Discord-side module, since the wording names commands and
+buttons either way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import re
 from collections.abc import Iterable
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
+
+from bot.domain.text import showable
 
 if TYPE_CHECKING:
     from bot.catalog import ModelEntry, Route
@@ -115,9 +118,10 @@ def without_links(text: str) -> str:
 
 
 def as_typed(text: str) -> str:
-    """Text someone wrote, for the bot to repeat in its own name: links replaced by "[link]" and every
-    markdown character escaped, so it shows as typed (no masked link, heading, bold or mention pill)."""
-    return _MARKUP.sub(r"\\\1", without_links(text))
+    """Text someone wrote, for the bot to repeat in its own name: links replaced by "[link]", control
+    characters and direction overrides dropped, and every markdown character escaped, so it shows as
+    typed (no masked link, heading, bold, mention pill or line turned around)."""
+    return _MARKUP.sub(r"\\\1", without_links(showable(text)))
 
 
 # -- images and masks (bot.imaging) ---------------------------------------------------------------

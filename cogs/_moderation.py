@@ -22,6 +22,7 @@ import aiohttp
 import discord
 
 from bot import messages
+from bot.domain.text import showable
 from bot.jobs.model import JobObserver
 from bot.observability.audit import jump_url
 from cogs._ui import PersistentControl, truncate
@@ -55,9 +56,11 @@ def notice_text(requester: str, prompt: str) -> str:
     """The public notice: the bot repeats a member's prompt in the channel, so its links are not
     repeated (no invite card or phishing link posted in the bot's name; suppressed embeds do not
     stop the clients' invite cards)."""
-    words = messages.without_links(" ".join(prompt.split()))
+    # Without control characters or direction overrides (a right-to-left override turned the bot's
+    # line around).
+    words = messages.without_links(" ".join(showable(prompt).split()))
     shown = discord.utils.escape_markdown(truncate(words, NOTICE_PROMPT_CHARS))
-    name = discord.utils.escape_markdown(messages.without_links(requester))  # a nickname any member sets
+    name = discord.utils.escape_markdown(messages.without_links(showable(requester)))  # any member sets it
     return f"🖌️ **{name}** is editing an image: “{shown}”"
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import aiohttp
 import discord
 
+from bot.domain.text import showable
 from bot.errors import InsufficientCredits, RetouchError
 from bot.jobs.model import (
     Delivered,
@@ -270,7 +271,7 @@ async def maybe_thread(
         if not bot_allowed(channel, THREAD_OPENING):
             log.info("no thread for job %s: the bot may not open one or post in it", outcome.job_id)
             return
-        name = truncate(outcome.prompt.replace("\n", " "), THREAD_NAME_CHARS) or "Edit"
+        name = truncate(" ".join(showable(outcome.prompt).split()), THREAD_NAME_CHARS) or "Edit"
         await bot.http.start_thread_with_message(
             message.channel.id, message.id, name=name, auto_archive_duration=THREAD_ARCHIVE_MINUTES
         )

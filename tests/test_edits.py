@@ -16,13 +16,13 @@ from PIL import Image
 
 from bot import imaging, messages
 from bot.catalog import Catalog, load_catalog, reserve_usd, usd_to_credits
+from bot.domain.text import visible
 from bot.errors import InsufficientCredits, InvalidImage, InvalidMask, InvalidOptions, RetouchError
 from bot.jobs import results as results_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.model import JobInterrupted, JobObserver
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
-from bot.services import edits as edits_module
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.services.policy import PolicyRefused
 from bot.storage import Storage
@@ -707,4 +707,4 @@ async def test_a_retired_models_replacement_the_server_forbids_moves_to_the_serv
 
 @pytest.mark.parametrize("prompt", ["cafe\u0301 style", "🐱", "猫を青く", "नीला करो", "\u3164make it blue"])
 def test_a_prompt_with_anything_to_read_is_not_called_empty(prompt: str) -> None:
-    assert edits_module._visible(prompt)
+    assert visible(prompt)

@@ -1148,3 +1148,17 @@ async def test_with_nothing_live_the_bots_default_model_stands_even_if_the_catal
         policy = policy_service(settings, dead, storage, session)
         defaults = await policy.effective_defaults(GUILD, ALICE, ())
     assert (defaults.chosen.model, defaults.sources["model"]) == ("dropped", "bot")
+
+
+@pytest.mark.parametrize("reason", ["\u200b\u200b", "\u3164", "\x00\x07", " \u2066 \u2069 "])
+async def test_an_admins_reason_with_nothing_to_read_is_refused(policy: PolicyService, reason: str):
+    """Kept in the ledger and posted to the audit channel: zero-width or control characters only were
+    accepted as a reason (a blank line on record, raw NUL and BEL in the operator's channel)."""
+    with pytest.raises(InvalidOptions) as refused:
+        await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 10, reason)
+    assert refused.value.code == "no_reason"
+
+
+async def test_an_admins_reason_is_kept_without_control_characters(policy: PolicyService, storage: Storage):
+    change = await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 10, "prize\x00 for the \u202econtest")
+    assert change.reason == "prize for the contest"

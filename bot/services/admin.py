@@ -35,6 +35,7 @@ from bot import messages
 from bot.catalog import Catalog, SizeRules
 from bot.config import Settings
 from bot.domain.options import QUALITIES, QUALITY_RANK, SIZES
+from bot.domain.text import showable, visible
 from bot.errors import InvalidOptions, RetouchError
 from bot.services.access import AccessService
 from bot.services.edits import MAX_IMAGES_PER_EDIT
@@ -531,8 +532,10 @@ class PolicyAdmin:
         """
         if action not in ("grant", "take", "set") or amount < 0:
             raise InvalidOptions(messages.CREDIT_ACTION, code="bad_credit_action")
-        reason = reason.strip()[:MAX_REASON_CHARS]
-        if not reason:
+        # Kept in the ledger and posted to the operator's audit channel: a reason of zero-width or
+        # control characters only was accepted as one (a blank line on record).
+        reason = showable(reason).strip()[:MAX_REASON_CHARS]
+        if not visible(reason):
             raise InvalidOptions(messages.NO_REASON, code="no_reason")
         policy = await self.guild_policy(guild_id)
         account, moved = await self.storage.ledger.change_balance(

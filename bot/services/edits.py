@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
@@ -28,6 +27,7 @@ from bot.catalog import Catalog, ModelEntry, Resolution, usd_to_credits
 from bot.concurrency import ProviderLimiter
 from bot.config import Settings
 from bot.domain.options import output_options
+from bot.domain.text import visible
 from bot.errors import InvalidImage, InvalidMask, InvalidOptions, ShuttingDown
 from bot.jobs.engine import JobEngine
 from bot.jobs.files import JobFiles
@@ -516,7 +516,7 @@ class EditService:
 
     def _check_options(self, model: ModelEntry, chosen: JobDefaults, job: EditJob) -> None:
         prompt = job.options.prompt
-        if not _visible(prompt):
+        if not visible(prompt):
             raise InvalidOptions(messages.EMPTY_PROMPT, code="empty_prompt")
         if len(prompt) > model.max_prompt_chars:
             raise InvalidOptions(
@@ -607,23 +607,6 @@ def require_picked_area(spec: MaskSpec) -> tuple[int, int]:
 def _order(chosen: JobDefaults) -> tuple[str, ...] | None:
     """The server's provider order when it set one, else None (the bot-wide PROVIDER_ORDER)."""
     return chosen.provider_order or None
-
-
-# Characters that draw nothing though Unicode calls them letters or symbols: the Hangul fillers (a
-# favourite "blank" name on Discord) and the braille blank.
-BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Unicode categories that draw nothing on their own: format characters (zero-width spaces and
-# joiners, direction marks), combining marks (with no letter to sit on), controls and separators.
-INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Cc", "Zs", "Zl", "Zp"})
-
-
-def _visible(prompt: str) -> bool:
-    """Whether the prompt has something to read, not only spaces or invisible characters: such a
-    prompt would be paid for as an edit with no instruction."""
-    return any(
-        not ch.isspace() and ch not in BLANK_LOOKING and unicodedata.category(ch) not in INVISIBLE_CATEGORIES
-        for ch in prompt
-    )
 
 
 def _needs(chosen: JobDefaults, job: EditJob, images: int) -> Needs:

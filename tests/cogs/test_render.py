@@ -244,6 +244,12 @@ def test_the_public_notice_does_not_repeat_a_link_written_without_its_scheme(lin
     assert text == "🖌️ **free [link]** is editing an image: “free nitro [link] then make it blue”"
 
 
+def test_the_public_notice_drops_control_characters_and_direction_overrides():
+    """A right-to-left override in a prompt or a nickname turned the rest of the bot's line around."""
+    text = notice_text("al\u202eice", "make\x00 it \u2066blue\u2069\x1b[31m")
+    assert text == "🖌️ **alice** is editing an image: “make it blue[31m”"
+
+
 @pytest.mark.parametrize(
     "prompt",
     [
