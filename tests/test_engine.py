@@ -51,6 +51,7 @@ from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.services.edits import EditJob, EditOptions, EditService, Upload
 from bot.storage import Storage
+from bot.storage.jobs import Jobs
 from tests.durable import CATALOG, PHOTO, assert_books_balance
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
@@ -1073,8 +1074,8 @@ async def test_a_call_still_waiting_for_the_providers_limit_counts_nothing_again
 
 
 class FailingCheck:
-    """`check_sending` (the read before each paid call leaves) failing for the calls numbered in `fail`
-    (1 = the first) as a locked SQLite file fails."""
+    """`check_sending` (the fenced write before each paid call leaves) failing for the calls numbered in
+    `fail` (1 = the first) as a locked SQLite file fails."""
 
     def __init__(self, service: EditService, fail: Callable[[int], bool], before: Callable[[], Any]) -> None:
         self.calls = 0
@@ -1082,12 +1083,12 @@ class FailingCheck:
         self._check = service.storage.jobs.check_sending
         service.storage.jobs.check_sending = self  # type: ignore[method-assign]
 
-    async def __call__(self, job_id: str, owner: str) -> None:
+    async def __call__(self, job_id: str, owner: str, out: int) -> None:
         self.calls += 1
         if self._fail(self.calls):
             await until(self._before)
             raise sqlite3.OperationalError("database is locked")
-        await self._check(job_id, owner)
+        await self._check(job_id, owner, out)
 
 
 async def test_a_failed_read_before_a_paid_call_is_tried_again_and_the_edit_goes_on(
@@ -2277,3 +2278,66 @@ async def test_a_job_whose_call_never_left_counts_nothing_when_the_next_start_re
     )
     assert second not in absorbed and wavespeed.submit_count == 1
     assert first in later.engine._jobs  # the job the provider had is followed, not released
+
+
+async def test_a_job_started_by_the_next_start_is_priced_by_its_calls_like_any_other(
+    make: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    """A job still queued at a stop, run by the next start: its row had no count yet, so the job was
+    priced as "not counted" for its whole run, and a cancel with one call of four out charged four."""
+    service, _ = await make(MAX_CONCURRENT_JOBS="1")
+    openai.fail_always(Fault.HANG)
+    await submit(service)  # holds the one slot
+    await until(lambda: openai.post_count == 1)
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
+    waiting = (await service.submit(prepared)).job_id
+    await service.drain(0.05)
+    assert await state(service, waiting) == "reserved"
+    openai.clear_faults()
+    wavespeed.hold_results()
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
+    assert (await later.engine.recover())["requeued"] == 1
+    await wait_state(later, waiting, "submitted")
+    answer = await later.engine.cancel(waiting, actor_id=ALICE, can_manage=False, quiet=False)
+    assert (answer.charged, wavespeed.submit_count) == (20, 1)
+
+
+async def test_a_call_sent_again_after_a_refusal_is_counted_once_on_the_row(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """A 429 the provider did not take, then the same call sent again: the row counted two calls, and a
+    cancel after the next start charged two images for the one the provider had."""
+    service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
+    wavespeed.hold_results()
+    wavespeed.fail_next(WaveSpeedFault.RATE_LIMITED, retry_after=1.5)
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
+    job_id = (await service.submit(prepared)).job_id
+    await until(lambda: wavespeed.submit_count == 2)
+    await wait_state(service, job_id, "submitted")
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")  # the first process died; this one starts
+    await later.engine.recover()
+    await until(lambda: job_id in later.engine._jobs)
+    answer = await later.engine.cancel(job_id, actor_id=ALICE, can_manage=False, quiet=False)
+    row = await later.storage.jobs.get_job(job_id)
+    assert row is not None and (row.calls_sent, answer.charged) == (1, 20)
+
+
+async def test_a_count_written_again_after_its_answer_was_lost_counts_the_call_once(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+):
+    """The write that counts a call committed and its answer was lost; the retry counted it again."""
+    monkeypatch.setattr(core_module, "SETTLE_RETRY_PAUSES", (0.0,))
+    real, lost = Jobs.check_sending, [True]
+
+    async def committed_unseen(self: Jobs, job_id: str, owner: str, out: int) -> None:
+        await real(self, job_id, owner, out)
+        if lost[0]:
+            lost[0] = False
+            raise sqlite3.OperationalError("disk I/O error")  # committed; its answer lost
+
+    monkeypatch.setattr(Jobs, "check_sending", committed_unseen)
+    service, job_id = await one_of_four_calls_out(make, wavespeed)
+    row = await service.storage.jobs.get_job(job_id)
+    assert row is not None and row.calls_sent == 1 and not lost[0]

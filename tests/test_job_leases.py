@@ -140,16 +140,34 @@ async def test_a_paid_call_may_leave_only_while_its_process_holds_the_job_at_a_p
     job_id = "a" * 16
     await new_job(storage, job_id, "process-a", later(clock))
     with pytest.raises(LeaseLost):  # still `reserved`: no route was tried
-        await storage.jobs.check_sending(job_id, "process-a")
+        await storage.jobs.check_sending(job_id, "process-a", 1)
     await storage.jobs.set_job_state(job_id, "submitting", owner="process-a", provider="wavespeed")
-    await storage.jobs.check_sending(job_id, "process-a")
+    await storage.jobs.check_sending(job_id, "process-a", 1)
     with pytest.raises(LeaseLost):
-        await storage.jobs.check_sending(job_id, "process-b")
+        await storage.jobs.check_sending(job_id, "process-b", 2)
     await storage.jobs.mark_submitted(job_id, "wavespeed", "task-1", owner="process-a")
-    await storage.jobs.check_sending(job_id, "process-a")  # another call of an emulated count
+    await storage.jobs.check_sending(job_id, "process-a", 2)  # another call of an emulated count
     await storage.ledger.settle_released(job_id, "cancelled", error_code="x", owner="process-a")
     with pytest.raises(LeaseLost):  # ended, though its holder is the same
-        await storage.jobs.check_sending(job_id, "process-a")
+        await storage.jobs.check_sending(job_id, "process-a", 3)
+    row = await storage.jobs.get_job(job_id)
+    assert row is not None and row.calls_sent == 2  # process-b's and the late write counted nothing
+
+
+async def test_the_count_of_calls_out_is_a_floor_a_repeated_or_late_write_never_raises(
+    storage: Storage, clock: Clock
+):
+    """A write tried again after its answer was lost, or one overtaken by a sibling call's, must not
+    count a call twice (it was `+ 1`): the row keeps the most calls any write saw out."""
+    job_id = "b" * 16
+    await new_job(storage, job_id, "process-a", later(clock))
+    await storage.jobs.set_job_state(
+        job_id, "submitting", owner="process-a", provider="wavespeed", calls_sent=0
+    )
+    for out in (1, 1, 3, 2, 3):
+        await storage.jobs.check_sending(job_id, "process-a", out)
+    row = await storage.jobs.get_job(job_id)
+    assert row is not None and row.calls_sent == 3
 
 
 async def test_a_lease_that_is_not_renewed_is_claimed_and_its_old_owner_hears_it_lost_it(

@@ -95,6 +95,9 @@ class ActiveJob:
     # Calls that left before this process ran the job (a restart, a takeover): the row's `calls_sent`.
     # None: not counted (a row from an older release), so any image may have been billed.
     sent_before: int | None = 0
+    # Calls of the route tried last that are out or were sent and not refused unworked, counted as each
+    # leaves (`calls_sent` on the row is the most this reached).
+    leaving: int = 0
     clock_start: float = field(default_factory=time.monotonic)  # admitted (observers' job seconds)
     run_start: float | None = None  # left the queue in this process (the ETA's run times)
     finishing: bool = False  # past the provider: storing and posting the result

@@ -78,6 +78,7 @@ class ProviderRun(EngineCore):
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
+            job.sent_before = job.leaving = 0  # counted from here on, in memory as on the row
             # The fence before the paid call: a process that lost the job goes no further (checked
             # again as each call leaves, after any wait for the provider's limit: `sending`).
             # Its calls are counted afresh on each route: one refused unworked on the last was not billed.
@@ -97,14 +98,25 @@ class ProviderRun(EngineCore):
         async def sending(route: Route) -> None:
             # The fence again, as the call leaves: waiting for the provider's slot (or a 429's pause)
             # may outlast this process's lease, and another process may have taken the job over and
-            # ended it meanwhile. Sent anyway, the provider would bill a call no budget counts. A read
+            # ended it meanwhile. Sent anyway, the provider would bill a call no budget counts. A write
             # that failed (a locked file, a lost connection) is tried again rather than failing the job.
-            await self._settling(job, lambda: self.storage.jobs.check_sending(job.id, self.owner))
+            # It records how many calls are out: counted before the await (calls of one job leave
+            # together), and written as a floor, so a retried write or one landing late counts no call
+            # twice, and a call sent again after a refusal is still one.
+            job.leaving += 1
+            out = job.leaving
+            try:
+                await self._settling(job, lambda: self.storage.jobs.check_sending(job.id, self.owner, out))
+            except BaseException:
+                job.leaving -= 1  # it does not leave
+                raise
 
         def calling(route: Route, sent: bool) -> None:
             # A paid call is out: from here a cancel is charged (the provider bills what it started).
             # One refused unworked takes back only itself, not a sibling call still at the provider.
             job.calling = job.calling + 1 if sent else max(0, job.calling - 1)
+            if not sent:
+                job.leaving = max(0, job.leaving - 1)
 
         while True:
             call = self.router.run(

@@ -292,15 +292,16 @@ class Jobs:
 
         await self._db.transaction(body)
 
-    async def check_sending(self, job_id: str, owner: str) -> None:
+    async def check_sending(self, job_id: str, owner: str, out: int) -> None:
         """Raise LeaseLost unless `owner` holds the job and it is still at a provider (`submitting`, or
         `submitted` when a sibling call of an emulated `count` was taken): the check just before a paid
         call leaves, which may have waited long for the provider's slot since the `submitting` write.
-        The call is counted as it passes (`calls_sent`): a write where this was a read, one per call."""
+        It records that `out` calls are out (`calls_sent`, never lowered: a write tried again after its
+        answer was lost, or one overtaken by a sibling's, counts nothing twice)."""
         sent = await self._db.write_one(
-            "UPDATE jobs SET calls_sent = COALESCE(calls_sent, 0) + 1 "
-            "WHERE id = ? AND owner = ? AND state IN ('submitting', 'submitted')",
-            (job_id, owner),
+            "UPDATE jobs SET calls_sent = CASE WHEN calls_sent IS NULL OR calls_sent < ? THEN ? "
+            "ELSE calls_sent END WHERE id = ? AND owner = ? AND state IN ('submitting', 'submitted')",
+            (out, out, job_id, owner),
         )
         if not sent:
             raise LeaseLost(job_id)
