@@ -2191,12 +2191,17 @@ async def one_of_four_calls_out(make: Factory, wavespeed: FakeWaveSpeed) -> tupl
     slot."""
     service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
     wavespeed.hold_results()
-    prepared = await service.prepare(job(model="ws-mini"))
-    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
-    job_id = (await service.submit(prepared)).job_id
+    job_id = await submit_ws_mini(service, 4)
     await until(lambda: wavespeed.submit_count == 1)
     await wait_state(service, job_id, "submitted")
     return service, job_id
+
+
+async def submit_ws_mini(service: EditService, count: int) -> str:
+    """A job of `count` images on WaveSpeed's ws-mini ($0.02 each, one call per image), submitted."""
+    prepared = await service.prepare(job(model="ws-mini"))
+    prepared = replace(prepared, chosen=replace(prepared.chosen, count=count), reserve=20 * count)
+    return (await service.submit(prepared)).job_id
 
 
 async def test_a_cut_off_jobs_owed_release_made_after_a_restart_counts_the_calls_that_left(
@@ -2226,9 +2231,7 @@ async def two_calls_out_one_unanswered(make: Factory, wavespeed: FakeWaveSpeed) 
     service, _ = await make(WAVESPEED_MAX_CONCURRENT="2")
     wavespeed.hold_results()
     wavespeed.fail_next(WaveSpeedFault.HANG)
-    prepared = await service.prepare(job(model="ws-mini"))
-    prepared = replace(prepared, chosen=replace(prepared.chosen, count=2), reserve=40)
-    job_id = (await service.submit(prepared)).job_id
+    job_id = await submit_ws_mini(service, 2)
     await until(lambda: wavespeed.submit_count == 2)
     await wait_state(service, job_id, "submitted")
     return service, job_id
@@ -2289,9 +2292,7 @@ async def test_a_job_started_by_the_next_start_is_priced_by_its_calls_like_any_o
     openai.fail_always(Fault.HANG)
     await submit(service)  # holds the one slot
     await until(lambda: openai.post_count == 1)
-    prepared = await service.prepare(job(model="ws-mini"))
-    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
-    waiting = (await service.submit(prepared)).job_id
+    waiting = await submit_ws_mini(service, 4)
     await service.drain(0.05)
     assert await state(service, waiting) == "reserved"
     openai.clear_faults()
@@ -2311,9 +2312,7 @@ async def test_a_call_sent_again_after_a_refusal_is_counted_once_on_the_row(
     service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
     wavespeed.hold_results()
     wavespeed.fail_next(WaveSpeedFault.RATE_LIMITED, retry_after=1.5)
-    prepared = await service.prepare(job(model="ws-mini"))
-    prepared = replace(prepared, chosen=replace(prepared.chosen, count=4), reserve=80)
-    job_id = (await service.submit(prepared)).job_id
+    job_id = await submit_ws_mini(service, 4)
     await until(lambda: wavespeed.submit_count == 2)
     await wait_state(service, job_id, "submitted")
     later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")  # the first process died; this one starts

@@ -1102,15 +1102,19 @@ async def test_a_chain_with_a_thread_continues_in_the_thread(
         assert len(await posted_in(world, world.channel.id, 1)) == 1  # the channel holds only the first
 
 
+def threads_world(fake: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, without: Permission) -> Any:
+    """A bot opening a thread under each result, missing the permission `without` in the channel."""
+    perms = DEFAULT_BOT_PERMISSIONS & ~int(without)
+    env = {"STARTING_CREDITS": "1000", "THREAD_RESULTS": "on"}
+    return running_bot(fake, openai, tmp_path, env=env, catalog=CATALOG, bot_permissions=perms)
+
+
 async def test_no_thread_is_opened_where_the_bot_may_not_post_in_it(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
     """Opened all the same, the chain's next version was refused in it and went to the member's DMs."""
-    perms = DEFAULT_BOT_PERMISSIONS & ~int(Permission.SEND_MESSAGES_IN_THREADS)
-    env = {"STARTING_CREDITS": "1000", "THREAD_RESULTS": "on"}
-    async with running_bot(
-        fake_discord, openai, tmp_path, env=env, catalog=CATALOG, bot_permissions=perms
-    ) as world:
+    without = Permission.SEND_MESSAGES_IN_THREADS
+    async with threads_world(fake_discord, openai, tmp_path, without) as world:
         first = await published(world, await world.edit(PHOTO, size=SQUARE))
         await published(world, await edit_again(world, first, "now at night"))
         assert first.thread is None
@@ -1124,11 +1128,7 @@ async def test_a_thread_is_opened_in_a_channel_where_the_bot_may_post_only_in_th
     """Without Send Messages in the channel (results come as interaction follow-ups, which need none)
     but with the thread rights, Discord lets the bot open and post in a thread. discord.py's text
     channel resolution drops Attach Files with Send Messages, and no thread was opened."""
-    perms = DEFAULT_BOT_PERMISSIONS & ~int(Permission.SEND_MESSAGES)
-    env = {"STARTING_CREDITS": "1000", "THREAD_RESULTS": "on"}
-    async with running_bot(
-        fake_discord, openai, tmp_path, env=env, catalog=CATALOG, bot_permissions=perms
-    ) as world:
+    async with threads_world(fake_discord, openai, tmp_path, Permission.SEND_MESSAGES) as world:
         first = await published(world, await world.edit(PHOTO, size=SQUARE))
         await fake_discord.wait_until(lambda: first.thread)
 
