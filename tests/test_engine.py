@@ -2265,22 +2265,28 @@ async def test_a_stopped_job_released_at_the_next_start_counts_the_calls_that_ha
     assert [tuple(row) for row in absorbed] == [(job_id, 20)]
 
 
-async def test_a_job_whose_call_never_left_counts_nothing_when_the_next_start_releases_it(
+async def test_a_job_whose_call_never_left_is_queued_again_at_the_next_start_and_runs(
     make: Factory, wavespeed: FakeWaveSpeed
 ):
     """A job waiting for the provider's one slot (`submitting`, its call not sent) when the process died:
-    the next start released it free, and counted its full price against the budgets."""
+    the next start released it ("restarted mid-submit") and counted its full price against the budgets,
+    though no provider had it. It is queued again and runs once the slot is free, sent once."""
     service, first = await one_of_four_calls_out(make, wavespeed)
     second = (await service.submit(await service.prepare(job(model="ws-mini")))).job_id
     await wait_state(service, second, "submitting")
     later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")  # the first process died; this one starts
-    await later.engine.recover()
-    await wait_state(later, second, "cancelled")
+    counts = await later.engine.recover()
+    assert counts["requeued"] == 1 and counts["released"] == 0
+    assert first in later.engine._jobs  # the job the provider had is followed, not released
+    await later.engine.cancel(first, actor_id=ALICE, can_manage=False, quiet=True)  # frees the slot
+    wavespeed.release_results()
+    await wait_state(later, second, "delivered")
+    assert wavespeed.submit_count == 2  # the first job's one call, then the second's, once
     absorbed = dict(
         tuple(row) for row in await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
     )
-    assert second not in absorbed and wavespeed.submit_count == 1
-    assert first in later.engine._jobs  # the job the provider had is followed, not released
+    assert second not in absorbed
+    assert await kinds(later, second) == ["reserve", "capture"]
 
 
 async def test_a_job_started_by_the_next_start_is_priced_by_its_calls_like_any_other(

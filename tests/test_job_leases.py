@@ -698,8 +698,9 @@ async def test_a_call_waiting_for_its_providers_slot_is_never_sent_once_another_
     process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
 ):
     """a's second job has left its queue (its row `submitting`: the fence is passed) and waits for
-    WaveSpeed's one slot when a stops renewing: b takes it over and releases it. When a's slot frees, a
-    must not send it after all: WaveSpeed would bill a call for a job that ended, counted by no budget."""
+    WaveSpeed's one slot when a stops renewing: b takes it over and, its call never having left, queues
+    it again and runs it. When a's slot frees, a must not send it after all: WaveSpeed would bill the
+    same edit twice."""
     a, told_a = await process("a", WAVESPEED_MAX_CONCURRENT="1")
     await a.engine.recover()
     wavespeed.hold_results()
@@ -711,16 +712,18 @@ async def test_a_call_waiting_for_its_providers_slot_is_never_sent_once_another_
     b, _ = await process("b")
     await b.engine.recover()
     clock.advance(LEASE + 1)  # a hung for a lease: b takes both over
-    assert sum((await b.engine.lease_round()).values()) == 2
-    await wait_state(b, second, "cancelled")
+    counts = await b.engine.lease_round()
+    assert (counts["resumed"], counts["requeued"]) == (1, 1)
+    await wait_state(b, second, "submitted")  # b's own call, its first
     wavespeed.release_results()  # a's poll of the first ends, and its slot frees
     await asyncio.wait_for(a.engine._idle.wait(), 10)
-    assert wavespeed.submit_count == 1  # the first job's, once
     await asyncio.wait_for(live.ended.wait(), 10)
     assert live.final == [messages.TAKEN_OVER_ELSEWHERE]
     assert told_a.delivered == [] and told_a.notices == []
-    assert await kinds(b, second) == ["reserve", "release"]
     await wait_state(b, first, "delivered")
+    await wait_state(b, second, "delivered")
+    assert wavespeed.submit_count == 2  # each job's call once: a never sent the second
+    assert await kinds(b, second) == ["reserve", "capture"]
     await assert_books_balance(b.storage)
 
 

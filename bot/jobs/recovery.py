@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from bot.errors import new_reference
@@ -102,7 +103,8 @@ class JobRecovery(JobLeases):
         """Pick up the live jobs the last process left, before new commands are taken: every one with
         SQLite; with PostgreSQL, this process's share of those no live process holds (`take_over`).
 
-        * `queued` (no hold yet) and `submitting` (a call whose outcome is unknown) are released and
+        * `queued` (no hold yet) and `submitting` (a call whose outcome is unknown; one whose call
+          never left is queued again, as `reserved`) are released and
           the user is told; * `reserved` jobs are queued again in their old order; * `submitted`
           jobs resume polling (released like `submitting` if the provider cannot resume);
           * `completed` jobs are delivered from the stored result (after checking whether a delivery
@@ -185,6 +187,12 @@ class JobRecovery(JobLeases):
             return await self._settle_as_ended(row, job, ended)
         spec = JobSpec.from_json(row.spec) if row.spec else None
         usable = spec is not None and await asyncio.to_thread(self.files.exists, row.id, spec.input_names)
+        if row.state == JobState.SUBMITTING and row.calls_sent == 0 and usable:
+            # Its call never left (it waited for the provider's slot): no provider has it, so it is
+            # queued again like a reserved job instead of being released as an unknown outcome. The
+            # process that had it cannot send it any more: the check as a call leaves needs its lease.
+            await self.storage.jobs.set_job_state(row.id, JobState.RESERVED, owner=self.owner)
+            row = replace(row, state=JobState.RESERVED)
         if row.state == JobState.RESERVED and usable:
             self._jobs[row.id] = job
             self._waiting.append(row.id)
