@@ -2346,3 +2346,20 @@ async def test_a_count_written_again_after_its_answer_was_lost_counts_the_call_o
     service, job_id = await one_of_four_calls_out(make, wavespeed)
     row = await service.storage.jobs.get_job(job_id)
     assert row is not None and row.calls_sent == 1 and not lost[0]
+
+
+async def test_a_resumed_job_delivered_counts_the_call_whose_id_never_came_against_the_budgets(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """Two calls out, the provider's answer to one lost with the process: the next start can follow only
+    the other. The member pays for the image that came back; the call that cannot be followed may have
+    been made and billed, and counted nothing (a process that lived would have counted it)."""
+    _, job_id = await two_calls_out_one_unanswered(make, wavespeed)
+    later, recorder = await make(WAVESPEED_MAX_CONCURRENT="2")  # the first process died; this one starts
+    await later.engine.recover()
+    wavespeed.release_results()
+    await wait_state(later, job_id, "delivered")
+    [(_, outcome)] = recorder.delivered
+    assert (len(outcome.files), outcome.charged) == (1, 20)
+    absorbed = await later.storage.db.all("SELECT job_id, credits FROM absorbed_spend")
+    assert [tuple(row) for row in absorbed] == [(job_id, 20)]

@@ -32,7 +32,7 @@ from bot.jobs.model import (
 )
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, InputImage
-from bot.routing import Served
+from bot.routing import Served, route_reserve_usd
 from bot.storage.jobs import JobRow, LeaseLost
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class ProviderRun(EngineCore):
             call = self.router.resume(
                 model, row.provider, job.submitted, request, route_model=row.provider_model
             )
-            return await self._follow(job, model, request, call, row.started_at), spec
+            served = await self._follow(job, model, request, call, row.started_at)
+            return _with_calls_unfollowed(served, model, spec, job), spec
         started = self.storage.now()
         job.run_start = time.monotonic()
         timeout = self.settings.job_timeout_seconds
@@ -305,3 +306,16 @@ class ProviderRun(EngineCore):
             log.info(
                 "job %s: %s has no cancel call; the provider may still bill us for it", job.id, job.provider
             )
+
+
+def _with_calls_unfollowed(served: Served, model: ModelEntry, spec: JobSpec, job: ActiveJob) -> Served:
+    """`served`, a job resumed after a restart, with the calls that had left but whose ids the provider
+    never gave (its answer to their submit was lost with the process) counted as billed: they cannot be
+    followed, but the provider may have made and billed them. The member pays for what came back; the
+    budgets count the rest, as they would had the process lived (its calls ended accepted)."""
+    unfollowed = (job.sent_before or 0) - len(job.submitted)
+    if unfollowed <= 0 or served.route.n:
+        return served
+    needs = replace(spec.needs(), count=unfollowed)
+    usd = route_reserve_usd(model, served.route, needs, prompt=spec.prompt)
+    return replace(served, absorbed_usd=served.absorbed_usd + usd)
