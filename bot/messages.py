@@ -726,12 +726,9 @@ def default_not_offered(model: str, option: str, asked: str, *, uses: str = "aut
     return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses {uses} (change it with /settings)."
 
 
-def background_not_offered(model: str, asked: str, offered: Iterable[str]) -> str:
-    return f"{model} cannot make background `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
-
-
-def format_not_offered(model: str, asked: str, offered: Iterable[str]) -> str:
-    return f"{model} cannot make format `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
+def option_not_offered(model: str, option: str, asked: str, offered: Iterable[str]) -> str:
+    """A background or format set with /settings that the member's model cannot make here."""
+    return f"{model} cannot make {option} `{echo(asked)}` here. Pick one of: {', '.join(offered)}."
 
 
 def role_quality(cap: str, asked: str) -> str:

@@ -412,10 +412,9 @@ class PolicyService(PolicyAdmin):
         if "background" not in typed and makes and chosen.background not in makes and AUTO in makes:
             notices = (*notices, messages.default_not_offered(model.name, "background", chosen.background))
             chosen = replace(chosen, background=AUTO)
-        # A format has no `auto`: the first one a live route makes (for a transparent background, one
-        # it makes transparent, when there is one).
-        # A saved format the model makes, but not transparent where the background asks for it (WebP
-        # on a route that makes transparency only as PNG), fails the same way.
+        # A format has no `auto`: the first one a live route makes, and for a transparent background
+        # the first one it makes transparent, when there is one (a saved WebP on a route that makes
+        # transparency only as PNG fails the same way as one the route does not make at all).
         clear = self._formats_made(model, transparent=True) if chosen.background == "transparent" else []
         usable = clear or self._formats_made(model)
         if "output_format" not in typed and usable and chosen.output_format not in usable:
@@ -699,16 +698,15 @@ class PolicyService(PolicyAdmin):
         size = changes.get("size")
         if size is not None and not model.accepts_size(size):
             raise InvalidOptions(messages.size_not_offered(model, size), code="bad_size")
-        background = changes.get("background")
-        makes = self._backgrounds_made(model)
-        if background is not None and makes and background not in makes:
-            raise InvalidOptions(
-                messages.background_not_offered(model.name, background, makes), code="bad_option"
-            )
-        fmt = changes.get("output_format")
-        formats = self._formats_made(model)
-        if fmt is not None and formats and fmt not in formats:
-            raise InvalidOptions(messages.format_not_offered(model.name, fmt, formats), code="bad_option")
+        for option, key, made in (
+            ("background", "background", self._backgrounds_made(model)),
+            ("format", "output_format", self._formats_made(model)),
+        ):
+            value = changes.get(key)
+            if value is not None and made and value not in made:
+                raise InvalidOptions(
+                    messages.option_not_offered(model.name, option, value, made), code="bad_option"
+                )
 
     async def budget(self, guild_id: int) -> Budget:
         """This month's spend for the server and the bot, as the reservation's caps count it."""
