@@ -345,7 +345,7 @@ class ModelLifecycle:
         if not ends or any(end is None or (end - today).days > RETIREMENT_WARNING_DAYS for end in ends):
             return None
         last = max(end for end in ends if end is not None)
-        target = next((m for m in self.fallbacks(model) if m.id != model.id), None)
+        target = next(self.fallbacks(model), None)  # never `model` itself
         then = f"edits then go to {target.id}" if target else "no model takes its edits after that"
         return ModelNotice(
             f"{model.id} retires in {(last - today).days} days ({last:%Y-%m-%d}); {then}", True, summary=True

@@ -12,8 +12,8 @@ class ProviderError(Exception):
     """Base class. The message is for logs only; users get text from `bot.errors`."""
 
     retryable_elsewhere = False  # may routing try another provider for this failure?
-    # The provider's id of a job that an error answer to a paid submit named: the job exists (it may
-    # run and bill), so it is never sent elsewhere and a submit-then-poll adapter follows it.
+    # The provider's id of a job that an error answer to a paid submit named: the job may exist (it may
+    # run and bill), so it is never sent elsewhere (`bot.providers.http.names_a_job`; it is not followed).
     job_id: str | None = None
 
     def __init__(
