@@ -52,6 +52,14 @@ def test_a_sqlite_database_url_without_a_file_is_refused(url: str):
     assert line.startswith("DATABASE_URL names no SQLite file") and "sqlite:///path/to/" in line
 
 
+def assert_refused_beyond_its_ceiling(key: str, too_big: str, allowed: str) -> None:
+    """`key=too_big` is one settings problem naming the key and the range it allows."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, key: too_big})
+    [line] = info.value.problems
+    assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
+
+
 @pytest.mark.parametrize(
     ("key", "too_big", "allowed"),
     [
@@ -71,10 +79,7 @@ def test_a_duration_too_long_to_be_a_date_is_refused_naming_the_allowed_range(
     key: str, too_big: str, allowed: str
 ):
     """They passed, then overflowed a date at run time: the sweep, or every edit, failed."""
-    with pytest.raises(ConfigError) as info:
-        load_settings({**BASE, key: too_big})
-    [line] = info.value.problems
-    assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
+    assert_refused_beyond_its_ceiling(key, too_big, allowed)
 
 
 @pytest.mark.parametrize(
@@ -90,10 +95,7 @@ def test_a_duration_too_long_to_be_a_date_is_refused_naming_the_allowed_range(
 def test_a_count_past_its_ceiling_is_refused_naming_the_allowed_range(key: str, too_big: str, allowed: str):
     """They passed: STARTING_CREDITS=99999999999999999999 then failed every new member's first command
     with an OverflowError into SQLite, and SHARD_COUNT=100000000 made a shard plan of 10**8 ids."""
-    with pytest.raises(ConfigError) as info:
-        load_settings({**BASE, key: too_big})
-    [line] = info.value.problems
-    assert line.startswith(f"{key} must be at most") and f"allowed: {allowed}" in line
+    assert_refused_beyond_its_ceiling(key, too_big, allowed)
 
 
 def test_starting_credits_take_the_ceiling_of_the_admin_command_that_sets_them():
