@@ -169,6 +169,32 @@ def decode(data: bytes) -> Image.Image:
     return image
 
 
+def whole_image_format(data: bytes) -> str | None:
+    """ "png", "jpeg" or "webp" when `data` is such an image and every pixel of it decodes, else None.
+    BLOCKING (decodes it, except a plain 8-bit PNG, whose rows are only inflated: `png_pixels_intact`).
+
+    For a provider's result: a cut-off answer still starts with the magic bytes `sniff_mime` reads.
+    Pillow's bomb limit applies, as for `decode`, and its `LOAD_TRUNCATED_IMAGES` must stay off (the
+    default; nothing here sets it), or a cut-off file would decode with its missing rows painted grey.
+    The decoded picture is dropped before returning. Never raises.
+    """
+    mime = sniff_mime(data)
+    if mime not in ACCEPTED_MIMES:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # formats= pins the decoder to the sniffed type, as for uploads; the header is read either way.
+            with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[mime]]) as image:
+                _refuse_bomb(image.size, None)
+                if mime != "image/png" or not png_pixels_intact(data):
+                    image.load()
+    except Exception:  # truncated data, bad CRCs, broken entropy coding, a bomb: none of it can be sent
+        log.debug("a %s result does not decode", mime, exc_info=True)
+        return None
+    return mime.removeprefix("image/")
+
+
 def _refuse_bomb(size: tuple[int, int], limit: int | None) -> None:
     """Raise Pillow's `DecompressionBombError` for more pixels than `limit` or Pillow's own limit.
 

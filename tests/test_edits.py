@@ -270,6 +270,8 @@ async def test_not_enough_credits_is_refused_without_a_provider_call(make_servic
         (Fault.SERVER_ERROR, "failed to answer", 1),
         (Fault.RESET_AFTER_BODY, "failed to answer", 1),
         (Fault.EMPTY_RESULT, "failed to answer", 1),
+        # A 200 whose one image is cut off behind an intact signature: nothing broken is delivered.
+        (Fault.TRUNCATED_IMAGE, "failed to answer", 1),
     ],
 )
 async def test_provider_failures_release_credits_exactly_once(

@@ -1608,23 +1608,26 @@ async def test_a_paid_result_that_cannot_be_stored_counts_against_the_budgets(
     assert spend[GUILD] == (2 * charge[GUILD][0], 0)  # its charge too, absorbed
 
 
+@pytest.mark.parametrize("fault", [Fault.UNUSABLE_IMAGE, Fault.TRUNCATED_IMAGE])
 async def test_an_image_that_comes_back_unusable_is_not_the_members_but_counts_against_the_budgets(
-    make: Factory, openai: FakeOpenAI
+    make: Factory, openai: FakeOpenAI, fault: Fault
 ):
-    """OpenAI bills an `n` call for every image; one whose data is no image is dropped. The member
-    pays for the one they got, as the notice says; the rest counts against the server's and the
-    bot's budgets."""
+    """OpenAI bills an `n` call for every image; one whose data is no image, or is cut off behind an
+    intact signature, is dropped. The member pays for the one they got, as the notice says; the rest
+    counts against the server's and the bot's budgets."""
     service, recorder = await make()
     two = job()
     two = replace(two, options=replace(two.options, count=2))
     whole = (await service.submit(await service.prepare(two))).job_id
     await wait_state(service, whole, "delivered")
-    openai.fail_next(Fault.UNUSABLE_IMAGE)
+    openai.fail_next(fault)
     part = (await service.submit(await service.prepare(two))).job_id
     await wait_state(service, part, "delivered")
 
     outcomes = dict(recorder.delivered)
     assert (len(outcomes[whole].files), len(outcomes[part].files)) == (2, 1)
+    with Image.open(io.BytesIO(outcomes[part].files[0].data)) as delivered:
+        delivered.load()  # the image that decodes whole, not the broken one
     assert outcomes[part].notices == ("Only 1 of the 2 images could be made; you were charged for 1.",)
     billed = outcomes[whole].charged  # the same call, both images usable
     assert 0 < outcomes[part].charged < billed

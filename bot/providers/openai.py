@@ -68,7 +68,7 @@ from bot.providers.http import (
     send_check,
     send_idempotent,
     send_paid,
-    sniff_image_format,
+    usable_image_format,
 )
 
 log = logging.getLogger(__name__)
@@ -441,7 +441,7 @@ class OpenAIProvider:
             request_id_header=REQUEST_ID_HEADER,
             min_retry_window=MIN_RETRY_WINDOW,
         )
-        result = self._result(parse_json(resp.body), resp.request_id)
+        result = await self._result(parse_json(resp.body), resp.request_id)
         log.debug(
             "%s: %s edit returned %s image(s), request id %s",
             self.name,
@@ -451,10 +451,12 @@ class OpenAIProvider:
         )
         return result
 
-    def _result(self, payload: object, request_id: str | None) -> EditResult:
-        """Decode `data[].b64_json`. Each image's format is sniffed from its bytes (the echoed
+    async def _result(self, payload: object, request_id: str | None) -> EditResult:
+        """Decode `data[].b64_json`. Each image's format is read from its bytes (the echoed
         `output_format` describes what was asked for, the bytes are what arrived); items that are
-        missing, undecodable or not png/jpeg/webp are skipped."""
+        missing, undecodable, or not a png/jpeg/webp image that decodes whole (a cut-off answer keeps
+        its signature) are skipped: the member pays for the images they get (`split_charge`).
+        The images are decoded one after another, so one whole picture is in memory at a time."""
 
         def unusable(why: str) -> ServerError:
             return ServerError(
@@ -474,10 +476,12 @@ class OpenAIProvider:
             except ValueError:
                 log.warning("%s: skipping an undecodable image (request id %s)", self.name, request_id)
                 continue
-            fmt = sniff_image_format(data)
+            fmt = await usable_image_format(data)
             if fmt is None:
                 log.warning(
-                    "%s: skipping data that is not png/jpeg/webp (request id %s)", self.name, request_id
+                    "%s: skipping data that is not a whole png/jpeg/webp image (request id %s)",
+                    self.name,
+                    request_id,
                 )
                 continue
             images.append(OutputImage(data=data, format=fmt))

@@ -86,6 +86,7 @@ from bot.providers.http import (
     sniff_image_format,
     submit_server_error,
     unsupported_options,
+    usable_image_format,
 )
 from bot.providers.reseller import AdapterOptions, ResellerAdapter, Vendor
 
@@ -369,6 +370,8 @@ class SegmindProvider(ResellerAdapter):
         # The bytes decide: what Content-Type v1 sends with its image is OPEN (image/jpeg always,
         # image/<format>, or a generic one), and a paid image must not be thrown away for its label.
         if content_type != "application/json" and sniff_image_format(body) is not None:
+            if await usable_image_format(body) is None:  # cut off or corrupt behind its signature
+                raise unusable("the image does not decode whole")
             return body
         if content_type.startswith("image/"):
             raise unusable("the body is not a png/jpeg/webp image")

@@ -70,6 +70,9 @@ class Fault(StrEnum):
     UPLOAD_ERROR = "upload_error"  # 503 on /assets
     RECORD_FAILED = "record_failed"  # 200 with aiRecord.status "FAILED" and no temporaryUrl
     NO_URL = "no_url"  # 200 SUCCESS but no temporaryUrl
+    # 200 SUCCESS, but the stored result is cut off after its first third (signature and header
+    # intact): an upload to the bucket that was interrupted.
+    TRUNCATED_RESULT = "truncated_result"
     HANG = "hang"  # the feature call never answers (until the fake closes)
 
 
@@ -306,6 +309,8 @@ class FakeOneMin(FakeServer):
 
         width, height = (int(v) for v in size.split("x"))
         data = await asyncio.to_thread(render, source, region, (width, height), FORMATS[fmt])
+        if rule is not None and rule.fault == Fault.TRUNCATED_RESULT:
+            data = data[: len(data) // 3]
         stamp = datetime.now(UTC).strftime("%Y_%m_%d_%H_%M_%S_%f")[:-3]
         results = [f"development/images/{stamp}_{i}_edited.{fmt}" for i in range(n)]
         for path in results:

@@ -211,6 +211,9 @@ class Fault(StrEnum):
     EMPTY_RESULT = "empty_result"  # 200 whose `data` holds no image (every field but `created` is optional)
     # 200 billed (usage) for every image, but the last item's data is not an image (a broken output).
     UNUSABLE_IMAGE = "unusable_image"
+    # The same, but the last image is cut off after its first third: its signature and header are
+    # intact, most of its pixel data is missing (an answer truncated on the way).
+    TRUNCATED_IMAGE = "truncated_image"
     MODELS_ERROR = "models_error"  # 500 on GET /v1/models (the listing, not the edits)
     MODERATION_ERROR = "moderation_error"  # 500 on POST /v1/moderations
     MODERATION_HANG = "moderation_hang"  # POST /v1/moderations never answers (until closed)
@@ -223,8 +226,19 @@ _TARGETS = {
     Fault.MODERATION_HANG: "moderation",
 }
 _POST_VALIDATION_FAULTS = frozenset(
-    {Fault.MODERATION_BLOCKED, Fault.INVALID_IMAGE, Fault.EMPTY_RESULT, Fault.UNUSABLE_IMAGE}
+    {
+        Fault.MODERATION_BLOCKED,
+        Fault.INVALID_IMAGE,
+        Fault.EMPTY_RESULT,
+        Fault.UNUSABLE_IMAGE,
+        Fault.TRUNCATED_IMAGE,
+    }
 )
+# How each spoiling fault breaks the last image of an answer.
+_SPOILERS: dict[Fault, Callable[[bytes], bytes]] = {
+    Fault.UNUSABLE_IMAGE: lambda image: b"\x00" * 64,  # valid base64 of bytes that are no image
+    Fault.TRUNCATED_IMAGE: lambda image: image[: len(image) // 3],
+}
 
 
 @dataclass(frozen=True)
@@ -956,9 +970,9 @@ class FakeOpenAI(FakeServer):
                 raise _Aborted
             case Fault.EMPTY_RESULT:
                 return web.json_response({"created": int(time.time()), "data": []})
-            case Fault.UNUSABLE_IMAGE:
+            case Fault.UNUSABLE_IMAGE | Fault.TRUNCATED_IMAGE:
                 assert params is not None
-                return await self._respond(params, spoil_last=True)
+                return await self._respond(params, spoil_last=_SPOILERS[rule.fault])
         raise AssertionError(f"unhandled fault {rule.fault}")
 
     @staticmethod
@@ -1167,7 +1181,9 @@ class FakeOpenAI(FakeServer):
             )
         return value
 
-    async def _respond(self, params: _Params, *, spoil_last: bool = False) -> web.Response:
+    async def _respond(
+        self, params: _Params, *, spoil_last: Callable[[bytes], bytes] | None = None
+    ) -> web.Response:
         size = "1024x1024" if params.size == "auto" else params.size
         quality = "medium" if params.quality == "auto" else params.quality
         transparent = params.background == "transparent"
@@ -1194,8 +1210,8 @@ class FakeOpenAI(FakeServer):
             },
         }
         images = list(outputs)
-        if spoil_last:
-            images[-1] = b"\x00" * 64  # valid base64 of bytes that are no image
+        if spoil_last is not None:
+            images[-1] = spoil_last(images[-1])
         # BytesIO: several MB of base64 as raw bytes would be written in one blocking call.
         return web.Response(body=io.BytesIO(_json_with_images(body, images)), content_type="application/json")
 

@@ -99,6 +99,9 @@ class Fault(StrEnum):
     GATEWAY_TIMEOUT = "gateway_timeout"  # 504 from the gateway
     UPLOAD_ERROR = "upload_error"  # 500 on upload-asset
     NOT_AN_IMAGE = "not_an_image"  # 200 image/png whose body is not an image
+    # 200 whose image is cut off after its first third (signature and header intact), in every
+    # `response_mode`: an answer interrupted on Segmind's side.
+    TRUNCATED_IMAGE = "truncated_image"
     HANG = "hang"  # the edit call never answers (until the fake closes)
 
 
@@ -381,6 +384,8 @@ class FakeSegmind(FakeServer):
         data = await asyncio.to_thread(render, source, region, (width, height), FORMATS[fmt], transparent)
         if rule is not None and rule.fault == Fault.NOT_AN_IMAGE:
             data = b"<html>not an image</html>"
+        if rule is not None and rule.fault == Fault.TRUNCATED_IMAGE:
+            data = data[: len(data) // 3]
         self.credits -= cost
         headers = {
             "x-remaining-credits": str(self.credits),
@@ -426,6 +431,6 @@ class FakeSegmind(FakeServer):
             case Fault.HANG:
                 await self._release.wait()
                 raise _ApiError(503, {"error": "the fake was closed while hanging"})
-            case Fault.NOT_AN_IMAGE:
+            case Fault.NOT_AN_IMAGE | Fault.TRUNCATED_IMAGE:
                 return
         raise AssertionError(f"unhandled fault {rule.fault}")

@@ -144,6 +144,9 @@ class Fault(StrEnum):
     JOB_TIMEOUT = "job_timeout"  # HTTP 200, data.status "timeout"
     NEVER_FINISHES = "never_finishes"  # the task stays "processing"
     OUTPUT_NSFW = "output_nsfw"  # the task completes, its output blanked and flagged in has_nsfw_contents
+    # The task completes, but its output is cut off after its first third (an interrupted upload on
+    # WaveSpeed's side): the signature and header are intact, most of the pixel data is missing.
+    OUTPUT_TRUNCATED = "output_truncated"
     SYNC_TIMEOUT = "sync_timeout"  # sync submit: "processing" + data.code 5004; the task goes on
     HANG = "hang"  # the submit never answers (until the fake closes)
 
@@ -159,6 +162,7 @@ _TARGETS = {
     Fault.JOB_TIMEOUT: "job",
     Fault.NEVER_FINISHES: "job",
     Fault.OUTPUT_NSFW: "job",
+    Fault.OUTPUT_TRUNCATED: "job",
 }
 _JOB_END = {Fault.JOB_FAILED: "failed", Fault.JOB_CANCELLED: "cancelled", Fault.JOB_TIMEOUT: "timeout"}
 _JOB_ERROR = {
@@ -553,11 +557,14 @@ class FakeWaveSpeed(FakeServer):
         job_rule = self._take("job")
         end = "completed"
         nsfw = job_rule is not None and job_rule.fault == Fault.OUTPUT_NSFW
-        if job_rule is not None and not nsfw:
+        truncated = job_rule is not None and job_rule.fault == Fault.OUTPUT_TRUNCATED
+        if job_rule is not None and not (nsfw or truncated):
             end = "never" if job_rule.fault == Fault.NEVER_FINISHES else _JOB_END[job_rule.fault]
         output = await asyncio.to_thread(render, source, region, size, fmt)
         if nsfw:  # a flagged output comes back blanked: the same size, all black
             output = encode(Image.new("RGB", size), fmt)
+        if truncated:
+            output = output[: len(output) // 3]
         task = _Task(
             id=secrets.token_hex(12),
             model=model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import io
 import logging
 import socket
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from PIL import Image
 
 from bot.providers.errors import (
     ConnectionFailed,
@@ -38,8 +40,9 @@ from bot.providers.http import (
     send_idempotent,
     send_paid,
     sniff_image_format,
+    usable_image_format,
 )
-from tests.providers.helpers import FAST, closed_port
+from tests.providers.helpers import DATA, FAST, closed_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
@@ -212,6 +215,72 @@ def test_decode_base64_image_rejects_garbage(text: str) -> None:
 )
 def test_sniff_image_format(data: bytes, fmt: str | None) -> None:
     assert sniff_image_format(data) == fmt
+
+
+def result_image(fmt: str, mode: str) -> bytes:
+    """The astronaut photo in `mode`, encoded as `fmt`: a result as a provider would send it."""
+    with Image.open(DATA / "astronaut.png") as photo:
+        picture = photo.convert(mode)
+    buf = io.BytesIO()
+    picture.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"),
+    [
+        ("PNG", "RGB"),  # the plain PNG whose rows are only inflated
+        ("PNG", "RGBA"),
+        ("PNG", "P"),  # a palette: Pillow decodes it
+        ("PNG", "I;16"),
+        ("JPEG", "RGB"),
+        ("WEBP", "RGBA"),
+    ],
+)
+async def test_a_result_is_usable_only_when_it_decodes_whole(fmt: str, mode: str) -> None:
+    """A result cut off in transit keeps its signature and header: sniffing it says nothing."""
+    whole = result_image(fmt, mode)
+    cut_off = whole[: len(whole) // 3]
+
+    assert await usable_image_format(whole) == fmt.lower()
+    assert sniff_image_format(cut_off) == fmt.lower()
+    assert await usable_image_format(cut_off) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", PNG, b"GIF89a" + b"\x00" * 32, b"<html>not an image</html>"],
+    ids=["empty", "signature-only", "gif", "html"],
+)
+async def test_bytes_that_are_no_whole_png_jpeg_or_webp_are_not_usable(data: bytes) -> None:
+    assert await usable_image_format(data) is None
+
+
+@pytest.mark.parametrize("form", ["url", "base64"])
+async def test_a_cut_off_output_is_an_accepted_server_error_fetched_once(
+    server: tuple[str, Script], session: aiohttp.ClientSession, form: str
+) -> None:
+    """The job ran and was billed; its result cannot be delivered, and asking again brings the same."""
+    base, script = server
+    whole = result_image("PNG", "RGB")
+    cut_off = whole[: len(whole) // 3]
+    script.on("/out.png", status(200, cut_off))
+    value = f"{base}/out.png" if form == "url" else base64.b64encode(cut_off).decode()
+
+    with pytest.raises(ServerError) as info:
+        await fetch_output(
+            session,
+            value,
+            max_bytes=len(whole),
+            deadline=soon(),
+            policy=FAST,
+            call_timeout=5,
+            provider="t",
+            trusted=(base,),
+        )
+
+    assert type(info.value) is ServerError and info.value.accepted is True
+    assert script.hits.get("/out.png", 0) == (1 if form == "url" else 0)
 
 
 # ----------------------------------------------------------------------------- send_paid

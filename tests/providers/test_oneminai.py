@@ -199,6 +199,8 @@ async def test_a_4000_character_prompt_is_accepted(fake: FakeOneMin, provider: O
         (Fault.SERVER_ERROR, ServerError, True, False, 1),
         (Fault.RECORD_FAILED, ProviderJobFailed, True, False, 1),
         (Fault.NO_URL, ServerError, True, False, 1),
+        # SUCCESS, but the result at its URL is cut off behind an intact signature: never passed on.
+        (Fault.TRUNCATED_RESULT, ServerError, True, False, 1),
     ],
 )
 async def test_each_fault_maps_to_its_exception_and_the_feature_is_called_at_most_once(

@@ -48,6 +48,7 @@ from tests.providers.helpers import (
     FAST_POLLING,
     adapter_builder,
     closed_port,
+    decoded,
     input_image,
     photo,
     request_builder,
@@ -441,6 +442,8 @@ async def test_fake_rejects_a_json_body_and_a_missing_key(
         (Fault.INSUFFICIENT_QUOTA, ServiceUnavailable, 429, False),
         (Fault.SERVER_ERROR, ServerError, 500, True),
         (Fault.EMPTY_RESULT, ServerError, None, True),
+        (Fault.UNUSABLE_IMAGE, ServerError, None, True),
+        (Fault.TRUNCATED_IMAGE, ServerError, None, True),  # its only image: nothing usable is left
         (Fault.RESET_AFTER_BODY, ConnectionFailed, None, True),
     ],
 )
@@ -463,6 +466,23 @@ async def test_each_fault_maps_to_its_exception_and_is_sent_exactly_once(
     if status is not None:
         assert info.value.status == status
         assert info.value.request_id == fake.requests[-1].request_id
+
+
+@pytest.mark.parametrize("fault", [Fault.UNUSABLE_IMAGE, Fault.TRUNCATED_IMAGE])
+async def test_an_image_that_does_not_decode_whole_is_left_out_of_the_result(
+    fake: FakeOpenAI, provider: OpenAIProvider, fault: Fault
+) -> None:
+    """A 200 whose last image is no image, or is cut off behind an intact signature: the others are
+    the result (the member pays for those: `split_charge`), and nothing broken is passed on."""
+    fake.fail_next(fault)
+
+    result = await provider.edit(edit_request(count=3, output_format="png"))
+
+    assert len(result.images) == 2
+    for out in result.images:
+        assert decoded(out.data).size == (1024, 1024)
+    assert result.usage is not None  # the call is still billed for all three
+    assert fake.post_count == 1
 
 
 async def test_moderation_block_is_not_retryable_elsewhere(

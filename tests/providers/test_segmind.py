@@ -169,6 +169,24 @@ async def test_a_raw_image_is_taken_for_its_bytes_whatever_its_content_type_says
     assert result.images[0].format == "png" and decoded(result.images[0].data).size == (1024, 1024)
 
 
+@pytest.mark.parametrize("mode", ["bytes", "json-base64", "json-url"])
+@pytest.mark.parametrize("output_format", ["png", "jpeg"])
+async def test_an_image_cut_off_behind_its_signature_is_an_accepted_server_error(
+    fake: FakeSegmind, provider: SegmindProvider, mode: str, output_format: str
+) -> None:
+    """Only HTTP 200 is billed, and this one was: the member must not get (and pay for) a broken file,
+    and the job is not sent elsewhere."""
+    fake.response_mode = mode
+    fake.fail_next(Fault.TRUNCATED_IMAGE)
+
+    with pytest.raises(ServerError) as info:
+        await provider.edit(edit_request(output_format=output_format))
+
+    assert type(info.value) is ServerError
+    assert (info.value.accepted, info.value.retryable_elsewhere) == (True, False)
+    assert fake.post_count == 1
+
+
 # ----------------------------------------------------------------------------- refused before any request
 
 

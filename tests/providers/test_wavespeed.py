@@ -167,6 +167,23 @@ async def test_bare_and_data_url_base64_outputs_both_decode(
     assert decoded(result.images[0].data).size == (1024, 1024)
 
 
+@pytest.mark.parametrize("url_outputs", [False, True], ids=["base64", "url"])
+async def test_a_completed_task_whose_output_is_cut_off_is_an_accepted_server_error(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider], url_outputs: bool
+) -> None:
+    """The task ran (billed), but its image stops after a third: no result, nothing sent again, and
+    never passed on as an image."""
+    fake.url_outputs = url_outputs
+    fake.fail_next(Fault.OUTPUT_TRUNCATED)
+
+    with pytest.raises(ServerError) as info:
+        await make_provider().edit(edit_request())
+
+    assert type(info.value) is ServerError
+    assert info.value.accepted is True and not info.value.retryable_elsewhere
+    assert fake.submit_count == 1
+
+
 async def test_sync_mode_returns_the_finished_task_without_polling(
     fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
 ) -> None:

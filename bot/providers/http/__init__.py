@@ -34,6 +34,7 @@ from bot.providers.http.outputs import (
     download,
     fetch_output,
     sniff_image_format,
+    usable_image_format,
 )
 from bot.providers.http.polling import (
     NotAnswered,
@@ -123,4 +124,5 @@ __all__ = [
     "submit_classifier",
     "submit_server_error",
     "unsupported_options",
+    "usable_image_format",
 ]

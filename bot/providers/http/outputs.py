@@ -1,5 +1,6 @@
-"""Getting images in and out: result downloads (never trusting a provider's URL), base64 and
-format sniffing, and masks in a provider's convention (uploads are `VendorClient.upload`)."""
+"""Getting images in and out: result downloads (never trusting a provider's URL), base64, format
+sniffing and the check that a result decodes whole, and masks in a provider's convention (uploads are
+`VendorClient.upload`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pybase64
 
+from bot.imaging import whole_image_format
 from bot.providers.errors import (
     InvalidInput,
     ProviderError,
@@ -71,6 +73,18 @@ def sniff_image_format(data: bytes) -> str | None:
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return None
+
+
+async def usable_image_format(data: bytes) -> str | None:
+    """ "png", "jpeg" or "webp" when `data` is such an image that decodes whole, else None.
+
+    A result must be checked this way, not only sniffed: an answer cut off in transit or on the
+    provider's side (truncated base64, an interrupted upload) keeps its magic bytes, and would reach
+    the member as a broken file they pay for. The decode runs in a worker thread
+    (`bot.imaging.whole_image_format`) and holds one whole picture: callers check their images one
+    after another, never together.
+    """
+    return await asyncio.to_thread(whole_image_format, data)
 
 
 def classify_download(
@@ -165,8 +179,9 @@ async def fetch_output(
     vendors' "base64 output" modes, whose exact form is not documented) is decoded. Any other
     scheme is refused, and so is a URL that is not public unless its origin is one of the `trusted`
     base URLs (the adapter's configured ones). The bytes are capped at `max_bytes` and must be a
-    png/jpeg/webp image. Errors are `ServerError(accepted=True)`: the job already ran (what is left
-    of a 408/429/5xx or a lost connection after the retries keeps its own kind, accepted too).
+    png/jpeg/webp image that decodes whole (`usable_image_format`). Errors are
+    `ServerError(accepted=True)`: the job already ran (what is left of a 408/429/5xx or a lost
+    connection after the retries keeps its own kind, accepted too).
     """
     text = value.strip()
     # Base64 has no colon, so anything with a `scheme:` prefix is a URL (download() vets the scheme).
@@ -191,8 +206,10 @@ async def fetch_output(
             ) from None
         if len(data) > max_bytes:
             raise ServerError(f"an output is larger than {max_bytes} bytes", provider=provider, accepted=True)
-    if sniff_image_format(data) is None:
-        raise ServerError("an output is not a png/jpeg/webp image", provider=provider, accepted=True)
+    if await usable_image_format(data) is None:
+        raise ServerError(
+            "an output is not a png/jpeg/webp image that decodes whole", provider=provider, accepted=True
+        )
     return data
 
 
