@@ -282,29 +282,26 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _text_and_image(total: object, details: object) -> tuple[int, int]:
+    """(text, image) tokens of one side of `usage`: its details' counts, the image count being every
+    token of `total` that is not text when the details give none (no details at all: all of them)."""
+    if not isinstance(details, dict):
+        return 0, _int(total)
+    text = _int(details.get("text_tokens"))
+    return text, _int(details.get("image_tokens")) or max(0, _int(total) - text)
+
+
 def parse_usage(raw: object) -> Usage | None:
     """Map OpenAI `usage` to `Usage`; None when absent or when it shows no image output tokens.
 
-    When `input_tokens_details` is missing all `input_tokens` are counted as image tokens, and
-    when `output_tokens_details` is missing all `output_tokens` are counted as image tokens: image
+    Where `input_tokens_details` or `output_tokens_details` is missing, or gives no `image_tokens`
+    (an empty `{}` included), the side's tokens that are not text are counted as image tokens: image
     tokens are the dearer kind, so a cost estimate errs high rather than low.
     """
     if not isinstance(raw, dict):
         return None
-    in_details = raw.get("input_tokens_details")
-    out_details = raw.get("output_tokens_details")
-    if isinstance(in_details, dict):
-        input_text = _int(in_details.get("text_tokens"))
-        input_image = _int(in_details.get("image_tokens"))
-    else:
-        input_text, input_image = 0, _int(raw.get("input_tokens"))
-    if isinstance(out_details, dict):
-        output_text = _int(out_details.get("text_tokens"))
-        output_image = _int(out_details.get("image_tokens")) or max(
-            0, _int(raw.get("output_tokens")) - output_text
-        )
-    else:
-        output_image, output_text = _int(raw.get("output_tokens")), 0
+    input_text, input_image = _text_and_image(raw.get("input_tokens"), raw.get("input_tokens_details"))
+    output_text, output_image = _text_and_image(raw.get("output_tokens"), raw.get("output_tokens_details"))
     if not output_image:
         # An edit always bills image output: a usage that shows none cannot be priced from (it would
         # charge nothing), so the job is charged the list price instead.

@@ -676,6 +676,20 @@ def test_classify_truncates_long_messages_and_masks_keys() -> None:
         ({"input_tokens": 700, "output_tokens": 1200}, Usage(0, 700, 1200, 0)),
         # Details without image_tokens: the output tokens that are not text are the image's.
         ({"output_tokens": 1200, "output_tokens_details": {"text_tokens": 10}}, Usage(0, 0, 1190, 10)),
+        # The same on the input side, where these tokens were once lost (priced as nothing).
+        (
+            {"input_tokens": 700, "output_tokens": 1200, "input_tokens_details": {"text_tokens": 50}},
+            Usage(50, 650, 1200, 0),
+        ),
+        (
+            {
+                "input_tokens": 700,
+                "output_tokens": 1200,
+                "input_tokens_details": {},
+                "output_tokens_details": {},
+            },
+            Usage(0, 700, 1200, 0),
+        ),
         # No image output to be read: not priced from tokens at all (it would charge nothing), so
         # the job is charged the list price. These once came back as zero-token usages.
         ({"input_tokens_details": {"text_tokens": 5}}, None),
