@@ -26,6 +26,7 @@ from bot.providers.netguard import GuardedConnector
 from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
+from bot.providers.wavespeed import SYNC_SUBMIT_TIMEOUT as WAVESPEED_SYNC_SUBMIT_TIMEOUT
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.services.access import AccessService
 from bot.services.admin import AllotmentChange, CreditChange
@@ -143,13 +144,16 @@ def build_providers(
                 session, key, p.base_url, policy=policy, call_timeout=submit_timeout, mask_conventions=masks
             )
         elif p.name == "wavespeed":
+            # A sync submit is answered when the image is made or WaveSpeed's own wait (about 90 s) ends;
+            # one cut off before then was billed, and its task id, which only that answer carries, lost.
+            sync_submit_timeout = max(sync_timeout, WAVESPEED_SYNC_SUBMIT_TIMEOUT)
             built[p.name] = WaveSpeedProvider(
                 session,
                 key,
                 p.base_url,
                 sync_mode=p.sync_mode,
                 policy=policy,
-                call_timeout=sync_timeout if p.sync_mode else submit_timeout,
+                call_timeout=sync_submit_timeout if p.sync_mode else submit_timeout,
                 mask_conventions=masks,
             )
         elif p.name == "segmind":

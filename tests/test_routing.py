@@ -1014,6 +1014,30 @@ async def test_build_providers_builds_every_adapter_with_the_catalogs_mask_conve
     assert packaged["oneminai"]._mask_conventions["gpt-image-1-mini"] == "white"  # type: ignore[attr-defined]
 
 
+async def test_a_wavespeed_sync_submit_is_never_cut_off_by_a_shorter_call_timeout(
+    session: aiohttp.ClientSession, wavespeed: FakeWaveSpeed
+) -> None:
+    """PROVIDER_CALL_TIMEOUT_SECONDS under WaveSpeed's own sync wait would end every long sync submit
+    in a timeout: billed, and the task's id, which only the answer carries, lost. The wait is scaled
+    down here, to 1.5 s against the lowest timeout the setting takes."""
+    wavespeed.sync_wait = 1.5
+    env = {**BASE_ENV, **provider_env("wavespeed", wavespeed)}
+    settings = load_settings({**env, "WAVESPEED_SYNC_MODE": "on", "PROVIDER_CALL_TIMEOUT_SECONDS": "1"})
+    adapter = build_providers(settings, session)["wavespeed"]
+    assert isinstance(adapter, WaveSpeedProvider)
+    submitted: list[str] = []
+
+    async def on_submitted(task_id: str) -> None:
+        submitted.append(task_id)
+
+    result = await adapter.edit(
+        replace(request(), model="openai/gpt-image-1-mini/edit"), on_submitted=on_submitted
+    )
+
+    assert len(result.images) == 1 and submitted
+    assert (wavespeed.submit_count, wavespeed.count("poll")) == (1, 0)
+
+
 def test_needs_of_a_request_reads_every_option() -> None:
     img = photo()
     req = request(

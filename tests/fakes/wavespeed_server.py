@@ -14,7 +14,8 @@ mask the size of the image, read as alpha (transparent = edit) or as white = edi
 Whether the mini edit takes `quality`/`size` is OPEN: refused unless `mini_accepts_quality_size`.
 Tasks go `created` → `processing` → `completed` over `polls_to_finish` polls, with real images: the
 first input mirrored left-right (only inside the mask, when there is one) at the requested size
-(1024x1024 for `auto` and for the mini edit). Sync mode answers with the finished task, or with
+(1024x1024 for `auto` and for the mini edit). Sync mode answers with the finished task, after
+`sync_wait` seconds (how long the edit keeps the submit waiting; none by default), or with
 `data.code` 5004 "Sync mode timed out" while the task keeps running (`Fault.SYNC_TIMEOUT`).
 
 The GPT Image 2 edit routes (models-2026-12.md §4): `openai/gpt-image-2/edit` takes `images` (required,
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -248,6 +250,7 @@ class FakeWaveSpeed(FakeServer):
         # Answer with URLs even when base64 was asked for: a route that does not honour the flag.
         self.url_outputs = url_outputs
         self.mini_accepts_quality_size = mini_accepts_quality_size
+        self.sync_wait = 0.0  # seconds a sync submit is held before its finished task is answered
         # While True, tasks stay "processing" however often they are polled (`hold_results`).
         self.holding = False
         self.requests: list[RecordedRequest] = []
@@ -584,6 +587,8 @@ class FakeWaveSpeed(FakeServer):
                 task.status = "processing"
                 return self._ok(self._task_json(task, sync_timeout=True))
             if end != "never" and not self.holding:
+                with contextlib.suppress(TimeoutError):  # the fake's close ends the wait early
+                    await asyncio.wait_for(self._release.wait(), self.sync_wait)
                 task.status = end
                 return self._ok(self._task_json(task))
         return self._ok(self._task_json(task))
