@@ -659,6 +659,63 @@ async def test_a_round_comes_just_after_another_processs_lease_runs_out_not_at_t
     assert await b.engine._until_next_round(interval, busy=True) == pytest.approx(0.1)
 
 
+async def left_by_a_dead_process(b: EditService, clock: Clock, ran_out: float) -> str:
+    """A job of process x, which died: its lease ran out `ran_out` seconds ago (negative: runs out then)."""
+    job_id = "d" * 16
+    await new_job(b.storage, job_id, "x", later(clock, -ran_out))
+    return job_id
+
+
+@pytest.mark.parametrize("why", ["clock off", "clock not heard", "stopping"])
+async def test_a_process_that_takes_nothing_over_keeps_its_regular_rounds_while_a_lease_stays_run_out(
+    process: Factory, clock: Clock, why: str
+):
+    """A process that may not take a dead process's jobs over (its clock too far from the fleet's, not yet
+    heard, or a stop begun) still timed its next round to that process's lease: once the lease had run
+    out, with nobody to claim it, its rounds came every tenth of a second for as long as it stayed so."""
+    b, _ = await process("b")
+    await b.engine.recover()
+    job_id = await left_by_a_dead_process(b, clock, 5)
+    if why == "clock off":
+        b.engine.hear_clock(LEASE, {"b": LEASE})
+    elif why == "clock not heard":
+        b.engine.expect_clock()
+    else:
+        b.engine.accepting = False  # what a stop sets first (`drain`)
+    interval = LEASE / ROUNDS_PER_LEASE
+    for _ in range(3):
+        assert sum((await b.engine.lease_round()).values()) == 0
+        assert await b.engine._until_next_round(interval, busy=b.engine._unclaimed > 0) == interval
+    assert await holders(b, [job_id]) == ["x"]
+
+
+async def test_a_lease_that_ran_out_since_the_last_claim_looked_brings_a_round_at_once_one_it_left_does_not(
+    process: Factory, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    """A process that may claim comes back at once for a lease that ran out while its round ran (its
+    claim looked just before), so a dead process's jobs still move right after their lease. A lease the
+    claim saw run out and still left brings no round at once either: the next claim would leave it too."""
+    b, _ = await process("b")
+    await b.engine.recover()
+    interval = LEASE / ROUNDS_PER_LEASE
+    job_id = await left_by_a_dead_process(b, clock, -0.05)
+    assert sum((await b.engine.lease_round()).values()) == 0  # not run out yet when the claim looked
+    clock.advance(0.1)  # ...but by the end of the round
+    assert await b.engine._until_next_round(interval, busy=False) == pytest.approx(0.1)
+
+    real = b.storage.jobs.claimable_jobs
+
+    async def nothing_claimable(*args: Any, **kwargs: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(b.storage.jobs, "claimable_jobs", nothing_claimable)
+    assert sum((await b.engine.lease_round()).values()) == 0
+    assert await b.engine._until_next_round(interval, busy=b.engine._unclaimed > 0) == interval
+    monkeypatch.setattr(b.storage.jobs, "claimable_jobs", real)
+    assert sum((await b.engine.lease_round()).values()) == 1  # taken over (and, without its files, released)
+    assert await holders(b, [job_id]) == ["b"]
+
+
 class HeldLive(Live):
     """A progress message whose last edit takes until `done` is set (Discord slow to answer)."""
 

@@ -224,6 +224,8 @@ class EngineCore:
         # (`share_with`); None until told, when a lease round counts the jobs' holders instead.
         self.fleet: int | None = None
         self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
+        # When (storage clock) the last claim looked for leases that ran out; None: none has looked yet.
+        self._claim_looked: dt.datetime | None = None
         # Seconds between this process's clock and the fleet's (`hear_clock`); too far, it takes over
         # no other process's jobs.
         self.clock_apart = 0.0

@@ -14,7 +14,8 @@ A round claims only its share (`claim_share`): the claimable jobs split evenly a
 survivors of a dead process split its jobs instead of the first one to wake taking them all; at least
 one, and the next round comes at once while any are left, so no job waits for a process with room.
 A round comes early when another process's lease is about to run out, so a dead process's jobs move
-one lease after its last renewal. A clean stop hands the jobs it does not finish back at once. Each round
+one lease after its last renewal; a process that may not take jobs over (its clock, below, or a stop)
+keeps to its third of a lease. A clean stop hands the jobs it does not finish back at once. Each round
 also shares the providers' open circuits with the other processes (`CircuitBreaker.share`), and a circuit
 that opens or closes here is shared at once (`_circuits_changed`), so every other process honours it from
 its next round on rather than from the one after this process's next.
@@ -121,6 +122,10 @@ class JobLeases(EngineCore):
         measurement's own noise: a statement's latency)."""
         return max(MIN_CLOCK_BOUND_SECONDS, self.lease.total_seconds() / (2 * ROUNDS_PER_LEASE))
 
+    def _clock_agrees(self) -> bool:
+        """Whether this process's clock is known and near enough the fleet's to read other leases by."""
+        return self.clock_heard and self.clock_apart <= self.clock_bound()
+
     def expect_clock(self) -> None:
         """Take nothing over until `hear_clock` first says how the fleet's clocks stand (a process that
         could not join the fleet at start-up knows nothing of the others' clocks yet)."""
@@ -221,9 +226,10 @@ class JobLeases(EngineCore):
         resume them as a restart does; never those of a live process whose clock is off (`clocks_off`).
         None while this process's own clock is too far from the fleet's, or not yet known
         (`expect_clock`): leases it sees as run out may be live."""
-        if not self.clock_heard or self.clock_apart > self.clock_bound():
+        if not self._clock_agrees():
             return {}
-        now, skip = db_time(self.storage.now()), self.clocks_off
+        self._claim_looked = self.storage.now()
+        now, skip = db_time(self._claim_looked), self.clocks_off
         claimable = await self.storage.jobs.claimable_jobs(now, skip=skip)
         if not claimable:
             return await self._adopt([])
@@ -314,11 +320,18 @@ class JobLeases(EngineCore):
 
     async def _until_next_round(self, interval: float, *, busy: bool) -> float:
         """Seconds until the next round: a third of a lease, or just after another process's lease
-        runs out (a live process renews long before), or at once while claimable jobs are left."""
+        runs out (a live process renews long before), or at once while claimable jobs are left.
+
+        Only a process that may claim comes early: one that takes nothing over (its clock off or not yet
+        heard, or stopping) would find a lease that ran out still run out, round after round, every
+        tenth of a second. Nor does a lease the last claim already saw run out (and left) bring a round
+        at once: the next claim would leave it too. One that ran out since that claim looked does."""
         if busy:
             return EXPIRY_SLACK_SECONDS
+        if not (self.accepting and self._clock_agrees()):
+            return interval
         expiry = parse_time(await self.storage.jobs.next_lease_expiry(self.owner, skip=self.clocks_off))
-        if expiry is None:
+        if expiry is None or (self._claim_looked is not None and expiry <= self._claim_looked):
             return interval
         due = (expiry - self.storage.now()).total_seconds() + EXPIRY_SLACK_SECONDS
         return max(EXPIRY_SLACK_SECONDS, min(interval, due))
