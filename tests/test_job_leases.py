@@ -599,14 +599,14 @@ async def test_a_process_whose_clock_is_far_from_the_fleets_takes_over_no_job_un
 ):
     b, told_b, left = await clock_skew_case(process, clock)  # b's clock runs ahead of a's
     bound = b.engine.clock_bound()
-    assert bound == max(1.0, LEASE / (2 * ROUNDS_PER_LEASE))
+    assert bound == max(1.0, LEASE / (4 * ROUNDS_PER_LEASE))  # a twelfth (see the failed renewal's test)
     with caplog.at_level(logging.ERROR, logger="bot.jobs.leases"):
         b.engine.hear_clock(LEASE + 1)  # what the shard leases measured (bot.sharding.place_in)
     assert "taking over no jobs until the clocks agree" in caplog.text
     assert sum((await b.engine.lease_round()).values()) == 0
     assert sum((await b.engine.recover()).values()) == 0  # start-up's share is held back the same way
     assert await holders(b, left) == ["a", "a"]
-    # At the bound itself it takes them: only more than a sixth of a lease is too far (here a really is
+    # At the bound itself it takes them: only more than a twelfth of a lease is too far (here a really is
     # gone: the test's clock is the only one).
     b.engine.hear_clock(bound)
     await assert_taken_over_and_delivered(b, told_b, left)
@@ -641,6 +641,74 @@ async def test_a_process_that_has_not_yet_heard_the_fleets_clocks_takes_over_not
     assert await holders(b, left) == ["a", "a"]
     b.engine.hear_clock(0.0, {"b": 0.0})  # its first shard round: a is not among the live processes
     await assert_taken_over_and_delivered(b, told_b, left)
+
+
+def runs_ahead(service: EditService, clock: Clock, seconds: float) -> None:
+    """The host of `service` has a clock `seconds` ahead of the test's (which stamps its job leases)."""
+    service.storage.db._clock = lambda: clock.now + dt.timedelta(seconds=seconds)
+
+
+async def test_one_failed_renewal_with_the_largest_skew_tolerated_leaves_a_live_job_to_its_holder(
+    process: Factory, wavespeed: FakeWaveSpeed, clock: Clock, monkeypatch: pytest.MonkeyPatch
+):
+    """a and b, each as far from the fleet's median as is tolerated (b ahead), and one of a's renewals
+    fails. With each allowed a sixth of a lease, one failed renewal left a lease less than the two clocks
+    were apart: b claimed a's job while a still polled it (a synchronous call would be released as cut off
+    while it ran, and billed). Now the renewal after it lands in time; and once a is truly gone, b takes
+    the job over just after its lease runs out on b's clock, not later."""
+    a, _ = await process("a")
+    await a.engine.recover()
+    b, _ = await process("b")
+    await b.engine.recover()
+    bound = b.engine.clock_bound()
+    runs_ahead(b, clock, 2 * bound)
+    for engine in (a.engine, b.engine):
+        engine.hear_clock(bound, {"a": bound, "b": bound})
+        assert engine.clocks_off == frozenset() and engine._clock_agrees()
+
+    wavespeed.hold_results()
+    job_id = await submit(a, model="ws-mini")
+    await wait_state(a, job_id, "submitted")
+    interval = LEASE / ROUNDS_PER_LEASE
+    await a.engine.lease_round()  # renewed until a lease from now, on a's clock
+
+    clock.advance(interval)  # a's next round: its renewal fails (a dropped connection)
+    real = a.storage.jobs.renew_leases
+
+    async def dropped(*args: Any, **kwargs: Any) -> Renewal:
+        raise ConnectionResetError("connection lost")
+
+    monkeypatch.setattr(a.storage.jobs, "renew_leases", dropped)
+    with pytest.raises(ConnectionResetError):  # what the lease loop logs, going on to its next round
+        await a.engine.lease_round()
+    monkeypatch.setattr(a.storage.jobs, "renew_leases", real)
+
+    # The round after comes a third of a lease after the failed one ended: a second of round durations
+    # on the way (both rounds and the renewal's statement). b's rounds up to that moment claim nothing...
+    clock.advance(interval + 1.0)
+    assert sum((await b.engine.lease_round()).values()) == 0
+    await a.engine.lease_round()
+    last_renewal = clock.now
+    # ...nor do b's rounds after, as its lease loop times them, while a lives.
+    for _ in range(2):
+        clock.advance(await b.engine._until_next_round(interval, busy=False))
+        assert sum((await b.engine.lease_round()).values()) == 0
+        await a.engine.lease_round()
+        last_renewal = clock.now
+    assert await holders(b, [job_id]) == ["a"]
+
+    # a dies (renews no more): b's rounds come, as its loop times them, until one takes the job over (to
+    # poll it, never to send it again): just after a's last lease runs out on b's clock.
+    for _ in range(ROUNDS_PER_LEASE + 1):
+        clock.advance(await b.engine._until_next_round(interval, busy=False))
+        if (await b.engine.lease_round())["resumed"]:
+            break
+    ran_out_on_bs_clock = last_renewal + dt.timedelta(seconds=LEASE - 2 * bound)
+    assert (clock.now - ran_out_on_bs_clock).total_seconds() == pytest.approx(0.1)
+    assert await holders(b, [job_id]) == ["b"]
+    wavespeed.release_results()
+    await wait_state(b, job_id, "delivered")
+    assert wavespeed.submit_count == 1
 
 
 async def test_a_round_comes_just_after_another_processs_lease_runs_out_not_at_the_regular_round(

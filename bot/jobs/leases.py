@@ -31,15 +31,29 @@ cancel recorded cancels it instead of resuming it. A request on a job that ended
 Job leases are stamped with each process's own clock, so the fleet's clocks must agree: a clock ahead
 would see live leases run out and take their jobs over. The shard leases measure every process's clock
 against the database's (bot.storage.shard_leases) and tell each one how far it is from the fleet's
-(`hear_clock`). A process more than a sixth of a lease away (`clock_bound`, at least a second) takes
-over no job until its clock is back, and says so in its log and in `retouch_clock_apart_seconds`. A
-lease is renewed every third of a lease and so always has two thirds left. One wrong clock among three
-or more is the whole gap from the median, so it stops at a sixth; of two clocks that disagree each is
-half the gap away, so both stop at a third, still a third of a lease short of any harm. The other way
-round, a clock behind stamps leases that look run out to the rest while its process still runs their
-jobs: every process leaves alone the jobs of a live process whose clock is that far off (`clocks_off`,
-logged and counted in `retouch_fleet_clocks_off`), until it agrees again or dies (its shard lease, on
-the database's clock, runs out and it leaves the fleet the shard leases report).
+median (`hear_clock`). A process more than a twelfth of a lease away (`clock_bound`, at least a second)
+takes over no job until its clock is back, and says so in its log and in `retouch_clock_apart_seconds`.
+The other way round, a clock behind stamps leases that look run out to the rest while its process still
+runs their jobs: every process leaves alone the jobs of a live process whose clock is that far off
+(`clocks_off`, logged and counted in `retouch_fleet_clocks_off`), until it agrees again or dies (its
+shard lease, on the database's clock, runs out and it leaves the fleet the shard leases report). So a
+process reads only leases stamped by a clock at most two bounds, a sixth of a lease, from its own (of
+two clocks that disagree each is half the gap from the median; among more, one ahead and one behind
+can each be a bound away).
+
+The margin, for a lease of L: a round stamps its leases until its start plus L, and the next round
+starts a third of a lease after it ended. So the next renewal lands L/3 after the last plus a round's
+duration (its renewal, the circuits, its claims) and the renewal statement's own, and finds 2L/3 less
+those left; after one renewal that fails (a dropped connection), the one after finds L/3 less two
+rounds' durations and a statement's. A claimer whose clock runs S ahead sees a lease run out S early,
+and S is at most L/6: one failed renewal still leaves L/6 (5 s at the default 30 s) for those
+durations, well under a second each unless the database is failing; none failed, L/2. Two failures in
+a row leave nothing, as does a holder that stalls for half a lease: then its jobs move, which is what
+leases are for. The bound was a sixth (two clocks up to L/3 apart), which left nothing after one failed
+renewal: the clock ahead took over a job its holder still ran (a synchronous call released as cut off
+while it ran, and billed). Under a 12 s lease the floor of a second (the measurement's own noise, a
+statement's latency) is more than L/12, and under 6 s it leaves a failed renewal no margin. Takeover
+time is unchanged: a dead process's jobs are claimed as soon as its lease runs out.
 
 A process that lost a job cannot act on it: the writes that matter (the provider submit, the stored
 result, the delivery record, the capture and the release) check `owner` in the same statement or
@@ -119,8 +133,12 @@ class JobLeases(EngineCore):
 
     def clock_bound(self) -> float:
         """Seconds this process's clock may be from the fleet's and still take jobs over (above the
-        measurement's own noise: a statement's latency)."""
-        return max(MIN_CLOCK_BOUND_SECONDS, self.lease.total_seconds() / (2 * ROUNDS_PER_LEASE))
+        measurement's own noise: a statement's latency): a quarter of what a lease has left after one
+        failed renewal, so two clocks each at the bound take half of it, leaving the rounds' own
+        durations the other half (the margin in the module's docstring)."""
+        lease = self.lease.total_seconds()
+        after_a_failed_renewal = lease - 2 * lease / ROUNDS_PER_LEASE
+        return max(MIN_CLOCK_BOUND_SECONDS, after_a_failed_renewal / 4)
 
     def _clock_agrees(self) -> bool:
         """Whether this process's clock is known and near enough the fleet's to read other leases by."""

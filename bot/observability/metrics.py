@@ -17,7 +17,7 @@ Series (prometheus-client adds `_total` to counters):
   running, waiting, or to be posted again; with PostgreSQL, the jobs whose leases it renews),
   `retouch_fleet_processes` (live bot processes on the database as this one last counted them, itself
   included; 1 on SQLite), `retouch_clock_apart_seconds` (how far this host's clock is from the other
-  processes' as the shard leases measure it; over a sixth of JOB_LEASE_SECONDS, it takes over no jobs),
+  processes' as the shard leases measure it; over a twelfth of JOB_LEASE_SECONDS, it takes over no jobs),
   `retouch_fleet_clocks_off` (other live processes whose clocks are that far off: their jobs are left
   to them, not taken over),
   `retouch_gateway_shards` (gateway shards this process has running),
