@@ -852,6 +852,39 @@ async def test_a_call_waiting_for_its_providers_slot_is_never_sent_once_another_
     await assert_books_balance(b.storage)
 
 
+async def test_a_call_that_never_left_queued_again_by_a_busy_process_waits_out_its_queue_deadline(
+    process: Factory, wavespeed: FakeWaveSpeed, clock: Clock
+):
+    """a's second job waited for WaveSpeed's one slot (`submitting`, no call out) when a stopped renewing;
+    b, with no room, queues it again behind the first. It kept the deadline a gave it as it started (its
+    run's: JOB_TIMEOUT_SECONDS and 30 s), so b's watchdog ended it as "waited too long in the queue" long
+    before QUEUE_TIMEOUT_SECONDS. Queued again, it is judged as a queued job is: by its queue deadline."""
+    a, _ = await process("a", WAVESPEED_MAX_CONCURRENT="1", JOB_TIMEOUT_SECONDS="60")
+    await a.engine.recover()
+    wavespeed.hold_results()
+    first = await submit(a, model="ws-mini")
+    await wait_state(a, first, "submitted")
+    second = await submit(a, model="ws-mini", user=BOB)
+    await wait_state(a, second, "submitting")  # its run's deadline: a minute and a half from now
+    b, told_b = await process("b", MAX_CONCURRENT_JOBS="1", QUEUE_TIMEOUT_SECONDS="200")
+    await b.engine.recover()
+    clock.advance(LEASE + 1)  # a hung for a lease: b takes both over, one per round (its room is one)
+    assert (await b.engine.lease_round())["resumed"] == 1  # the first, polled: b's one slot
+    assert (await b.engine.lease_round())["requeued"] == 1
+    assert b.engine._waiting == [second]
+
+    clock.advance(90 - LEASE)  # past the old run deadline, well inside the queue's
+    assert await b.engine.watchdog_tick() == 0
+    assert await state(b, second) == "reserved" and b.engine._waiting == [second]
+    clock.advance(200 - 90)  # past the queue deadline (from when the member asked)
+    assert await b.engine.watchdog_tick() == 1
+    row = await b.storage.jobs.get_job(second)
+    assert row is not None and (row.state, row.error_code) == ("cancelled", "queue_timeout")
+    assert any("waited too long in the queue" in text for job_id, text in told_b.notices if job_id == second)
+    assert await kinds(b, second) == ["reserve", "release"]
+    assert wavespeed.submit_count == 1  # the second job's call never left, in a or in b
+
+
 async def test_a_clean_stop_hands_its_queued_and_submitted_jobs_to_another_process_at_once(
     process: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
 ):

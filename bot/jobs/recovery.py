@@ -191,8 +191,13 @@ class JobRecovery(JobLeases):
             # Its call never left (it waited for the provider's slot): no provider has it, so it is
             # queued again like a reserved job instead of being released as an unknown outcome. The
             # process that had it cannot send it any more: the check as a call leaves needs its lease.
-            await self.storage.jobs.set_job_state(row.id, JobState.RESERVED, owner=self.owner)
-            row = replace(row, state=JobState.RESERVED)
+            # Queued, it waits for its queue deadline, not for the run's it was given as it started
+            # (often much the sooner): the watchdog would end it as having waited too long in the queue.
+            queued_until = job.info.created_at + dt.timedelta(seconds=self.settings.queue_timeout_seconds)
+            await self.storage.jobs.set_job_state(
+                row.id, JobState.RESERVED, owner=self.owner, deadline_at=db_time(queued_until)
+            )
+            row = replace(row, state=JobState.RESERVED, deadline_at=db_time(queued_until))
         if row.state == JobState.RESERVED and usable:
             self._jobs[row.id] = job
             self._waiting.append(row.id)
