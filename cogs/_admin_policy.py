@@ -233,8 +233,8 @@ class PolicyAdmin(_AdminSubgroup, name="policy", description="This server's allo
         self, interaction: discord.Interaction, level: Literal["off", "standard", "strict", "default"]
     ) -> None:
         await self.begin(interaction)
-        await self.bot.services.storage.settings.set_guild_moderation(
-            _guild(interaction), None if level == "default" else level
+        await self.policy.set_moderation(
+            _guild(interaction), interaction.user.id, None if level == "default" else level
         )
         await interaction.followup.send(
             moderation_text(self.bot, await self._safety_level(_guild(interaction))), ephemeral=True

@@ -41,7 +41,7 @@ class AdminGroup(app_commands.Group, name="admin", description="Retouch settings
         )
         setting = None if value == "default" else value == "on"
         await interaction.response.defer(ephemeral=True, thinking=True)  # a write may wait on a busy database
-        await self.bot.services.storage.settings.set_guild_thread_results(interaction.guild_id, setting)
+        await self.bot.services.policy.set_thread_results(interaction.guild_id, interaction.user.id, setting)
         await interaction.followup.send(f"Result threads: **{value}**.", ephemeral=True)
 
 

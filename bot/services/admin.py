@@ -327,6 +327,10 @@ def summarize(report: SpendReport) -> SpendReport:
 SIZE_HELP = messages.size_help(SIZES, SizeRules().describe())
 
 
+def _setting_text(value: bool | None) -> str:
+    return "the default" if value is None else ("on" if value else "off")
+
+
 def valid_size(size: str) -> bool:
     return size in SIZES or SizeRules().problem(size) is None
 
@@ -430,6 +434,18 @@ class PolicyAdmin:
             await self.storage.settings.update_guild_policy(guild_id, columns, actor_id=actor_id)
             log.info("guild %s policy changed by %s: %s", guild_id, actor_id, sorted(columns))
         return await self.guild_policy(guild_id)
+
+    async def set_thread_results(self, guild_id: int, actor_id: int, value: bool | None) -> None:
+        """`/admin threads`: on, off, or None for the bot-wide default. Logged with who changed it,
+        as every other rule is (guild_settings keeps no author)."""
+        await self.storage.settings.set_guild_thread_results(guild_id, value)
+        log.info("guild %s result threads set to %s by %s", guild_id, _setting_text(value), actor_id)
+
+    async def set_moderation(self, guild_id: int, actor_id: int, level: str | None) -> None:
+        """`/admin policy moderation`: off, standard, strict, or None for the bot-wide default. Logged
+        with who changed it: turning the safety check off is the operator's business to trace."""
+        await self.storage.settings.set_guild_moderation(guild_id, level)
+        log.info("guild %s safety check set to %s by %s", guild_id, level or "the default", actor_id)
 
     async def _check_default_allowed(self, guild_id: int, changes: Mapping[str, Any]) -> None:
         """The server's default model must be one its rules let somebody use (everyone, with the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -583,3 +584,17 @@ async def test_a_provider_order_is_kept_without_repeats_so_the_policy_can_always
         )
         shown = await reply(world, world.owner, "admin policy show")
         assert fields(shown)["Defaults"].endswith("\nProviders: openai")
+
+
+async def test_turning_the_safety_check_or_result_threads_off_is_logged_with_the_admin_who_did_it(
+    world: World, caplog: pytest.LogCaptureFixture
+):
+    """guild_settings keeps no author, so the log is the only trace of who switched the free safety
+    check off (the operator's to answer for) or result threads."""
+    caplog.set_level(logging.INFO, logger="bot.services.admin")
+    await reply(world, world.owner, "admin policy moderation", level="off")
+    await reply(world, world.owner, "admin threads", value="off")
+    assert await world.services.storage.settings.guild_moderation(world.guild.id) == "off"
+    assert await world.services.storage.settings.guild_thread_results(world.guild.id) is False
+    assert f"guild {world.guild.id} safety check set to off by {world.owner.id}" in caplog.text
+    assert f"guild {world.guild.id} result threads set to off by {world.owner.id}" in caplog.text
