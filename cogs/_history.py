@@ -92,6 +92,20 @@ async def chain_thread(bot: RetouchBot, chain_id: int) -> int | None:
     return channel.id
 
 
+async def thread_parent(bot: RetouchBot, channel_id: int) -> int | None:
+    """The channel a chain's thread `channel_id` is under: the cached thread's parent, else the channel of
+    the result it was opened on (`EditHistory.thread_parent`), which outlives a deleted thread. None when
+    `channel_id` is no such thread, or nothing can say."""
+    cached = bot.get_channel(channel_id)
+    if isinstance(cached, discord.Thread):
+        return cached.parent_id
+    try:
+        return await bot.services.history.thread_parent(channel_id)
+    except Exception as exc:  # a database that cannot answer now: the caller goes on without it
+        log.warning("could not read the channel thread %s is under: %s", channel_id, type(exc).__name__)
+        return None
+
+
 def restored_footer(job_id: str) -> str:
     """The footer of an Undo repost of `job_id`'s version."""
     return f"job {job_id} · restored"

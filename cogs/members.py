@@ -22,8 +22,16 @@ from discord import app_commands
 from bot import messages
 from bot.client import RetouchBot, reply_privately
 from bot.services.history import NothingToUndo, UndoStep
+from bot.storage.jobs import JobRow
 from cogs._affordable import CheaperRun, OfferBook
-from cogs._history import UndoControl, chain_thread, history_embed, post_repost, restored_embed
+from cogs._history import (
+    UndoControl,
+    chain_thread,
+    history_embed,
+    post_repost,
+    restored_embed,
+    thread_parent,
+)
 from cogs._moderation import PublicControls, StopControl, action_link
 from cogs._results import result_view
 from cogs._ui import RetouchCog, first_image, images_of
@@ -72,12 +80,14 @@ class MembersCog(RetouchCog):
         # Acknowledged first (the answer is the public notice itself): the read may wait on a busy database.
         await interaction.response.defer()
         row = await storage.jobs.get_job(job_id)
-        # A moderator's right counts only in the job's own server (a copy of the button elsewhere
-        # gives that server's moderators none); the notice may sit in the channel of a chain's thread.
+        # A moderator's right is the channel's (Discord reads the click's permissions there), so it
+        # counts only where the job is seen: a copy of the button in another channel, or another
+        # server, gives its moderators none.
         manage = (
             row is not None
             and row.guild_id == (interaction.guild_id or 0)
             and can_manage_messages(interaction)
+            and await self._seen_in(interaction.channel_id, row)
         )
         if row is None or (row.user_id != interaction.user.id and not manage):
             # An unknown job (pruned after JOB_HISTORY_DAYS, or a forged button) is said to be one.
@@ -127,6 +137,16 @@ class MembersCog(RetouchCog):
                     row.guild_id, row.channel_id, interaction.message.id if interaction.message else None
                 ),
             )
+
+    async def _seen_in(self, channel_id: int | None, row: JobRow) -> bool:
+        """Whether a click in `channel_id` is where the job is seen: its public notice's channel, its
+        own channel, or the channel its chain's thread is under (the notice may still be on its way to
+        the row, and it is posted where Edit again was clicked, beside the thread)."""
+        if channel_id is None:
+            return False
+        if channel_id in (row.notice_channel_id, row.channel_id):
+            return True
+        return row.channel_id is not None and await thread_parent(self.bot, row.channel_id) == channel_id
 
     # -- edit history ------------------------------------------------------------------------------
 

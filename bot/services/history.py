@@ -152,6 +152,13 @@ class EditHistory(JobObserver):
         version = await self.storage.history.get_version(message_id)
         return version is not None and version.job_id == job_id
 
+    async def thread_parent(self, thread_id: int) -> int | None:
+        """The channel of the kept version a chain's thread was opened on (a thread opened on a message
+        has that message's id), or None when `thread_id` is no kept version's thread. Known after the
+        thread itself is deleted."""
+        version = await self.storage.history.get_version(thread_id)
+        return version.channel_id if version is not None else None
+
     async def undo_step(self, message_id: int, job_id: str | None = None) -> UndoStep:
         """The chain's latest version and the one before it. Raises NothingToUndo, or LookupError when
         `message_id` is not a known version (expired, or never recorded)."""

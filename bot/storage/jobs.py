@@ -98,6 +98,9 @@ class JobRow:
     # Paid calls that left for the provider on the route tried last (`Jobs.check_sending`); None: not
     # counted (a row from before migration 17).
     calls_sent: int | None = None
+    # Where its public notice (cogs/_moderation.py) was posted, kept after the notice is removed
+    # (`take_notice` clears only the message): a moderator's Stop counts only from the job's channels.
+    notice_channel_id: int | None = None
 
     @property
     def cancel_pending(self) -> bool:

@@ -515,6 +515,32 @@ async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no
         assert await private_answer(fake_discord, refused) == messages.JOB_UNKNOWN
 
 
+async def test_a_copy_of_a_stop_button_in_another_channel_gives_that_channels_moderators_no_power(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Manage Messages granted in #offtopic only: a copy of #art's Stop clicked there is refused (the
+    click's permissions are #offtopic's), as Cancel refuses it; the same right in #art stops the edit."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        openai.fail_always(Fault.HANG)
+        await world.edit(PHOTO, prompt="turn the cat blue", size=SQUARE)
+        notice = await public_notice(world)
+        await fake_discord.wait_until(lambda: openai.post_count == 1)
+        offtopic = await world.guild.create_text_channel("offtopic")
+        mallory = await member(world, "mallory")
+        await offtopic.set_permissions(mallory, allow=int(Permission.MANAGE_MESSAGES))
+        copy = await fake_discord.post_message(fake_discord.bot_user, offtopic, "copied controls")
+        copy.components = notice.components
+        refused = await fake_discord.click(mallory, copy, stop_button(notice))
+        assert await private_answer(fake_discord, refused) == messages.STOP_NOT_ALLOWED
+        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
+        assert "stopped" not in (notice.content or "")
+
+        await world.channel.set_permissions(mallory, allow=int(Permission.MANAGE_MESSAGES))
+        await fake_discord.click(mallory, notice, stop_button(notice))
+        await fake_discord.wait_until(lambda: "stopped by a moderator" in (notice.content or ""))
+        await fake_discord.wait_until(lambda: jobs(tmp_path)[0]["state"] == "cancelled")
+
+
 async def test_a_delete_button_of_a_job_without_a_result_does_not_open_another_result(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
