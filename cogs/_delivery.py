@@ -1,5 +1,6 @@
 """The engine's `Delivery` from any process, at any time: a result as a channel message that mentions
-the requester (and pings only them), else a DM. Notices of how an edit ended go the other way round: by
+the requester (and pings only them; a chain's version whose thread is gone, in the channel the thread
+was under), else a DM. Notices of how an edit ended go the other way round: by
 DM, since they may say why; only when that fails, a line in the channel without the why. Used for
 results and notices whose interaction token is spent or unknown here (after a restart);
 `cogs._results` has the live route through the command's own interaction.
@@ -11,7 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import discord
@@ -19,6 +20,7 @@ import discord
 from bot import imaging, messages
 from bot.jobs.model import Delivered, DeliveryFailed, EditOutcome, JobInfo, ResultFile
 from bot.observability.audit import jump_url
+from cogs._history import thread_parent
 from cogs._results import maybe_thread, result_view
 from cogs._ui import result_embed, result_files, shows_result_of, truncate
 
@@ -32,6 +34,13 @@ DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 # How many of the newest messages since the job was created are searched for a result whose post may
 # have landed (a crash, an answer lost): 10 pages of history, searched only after such a failure.
 FIND_HISTORY_LIMIT = 1000
+UNKNOWN_CHANNEL = 10003  # Discord's code for a channel (or thread) that no longer exists
+# How a channel post failed: the channel is gone, it may pass (the post may even have landed, and was
+# not found), or it was refused for good (permissions, a closed thread).
+ChannelFailure = Literal["gone", "passing", "refused"]
+GONE: ChannelFailure = "gone"
+PASSING: ChannelFailure = "passing"
+REFUSED: ChannelFailure = "refused"
 
 
 class DiscordDelivery:
@@ -50,33 +59,16 @@ class DiscordDelivery:
         name = await self._name(job.user_id)
         channel_passing = False  # the channel failed in a way that may pass
         if job.channel_id is not None:
-            try:
-                message = await self._send(job.channel_id, job, outcome, name, _channel_text(job), where="c")
-            except discord.HTTPException as exc:
-                channel_passing = exc.status >= 500
-                log.info(
-                    "job %s: cannot post in channel %s (%s %s); trying a DM",
-                    job.job_id,
-                    job.channel_id,
-                    exc.status,
-                    exc.code,
-                )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                channel_passing = True
-                log.info("job %s: channel post failed (%s); trying a DM", job.job_id, type(exc).__name__)
-            else:
-                await maybe_thread(self.bot, job.guild_id or None, message, outcome)
-                return Delivered("channel", message.channel.id, message.id)
-            if channel_passing:
-                # Discord may have posted it before failing: a DM now would be a second copy.
-                try:
-                    found = await self._find_in(job, "channel", job.channel_id)
-                except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    raise DeliveryFailed(
-                        f"channel unreachable: {type(exc).__name__}", uncertain=True, transient=True
-                    ) from exc
-                if found is not None:
-                    return found
+            posted = await self._to_channel(job, outcome, name, job.channel_id, where="c")
+            if posted == GONE:
+                # A chain's thread deleted while its next version ran (or before, unheard by this
+                # process): the version goes where the chain was clicked, not to the member's DMs.
+                parent = await thread_parent(self.bot, job.channel_id)
+                if parent is not None:
+                    posted = await self._to_channel(job, outcome, name, parent, where="p")
+            if isinstance(posted, Delivered):
+                return posted
+            channel_passing = posted == PASSING
         try:
             dm = await self.bot.create_dm(discord.Object(job.user_id))
             message = await self._send(dm.id, job, await fit_for_dm(outcome), name, _dm_text(job), where="d")
@@ -90,6 +82,32 @@ class DiscordDelivery:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DeliveryFailed(f"DM failed: {type(exc).__name__}", uncertain=True, transient=True) from exc
         return Delivered("dm", message.channel.id, message.id)
+
+    async def _to_channel(
+        self, job: JobInfo, outcome: EditOutcome, name: str, channel_id: int, *, where: str
+    ) -> Delivered | ChannelFailure:
+        """Post the result in `channel_id`; how it failed otherwise. After a failure that may pass it is
+        looked for there, since Discord may have posted it (a DM then would be a second copy)."""
+        try:
+            message = await self._send(channel_id, job, outcome, name, _channel_text(job), where=where)
+        except discord.HTTPException as exc:
+            log.info(
+                "job %s: cannot post in channel %s (%s %s)", job.job_id, channel_id, exc.status, exc.code
+            )
+            if exc.status < 500:
+                return GONE if exc.status == 404 and exc.code == UNKNOWN_CHANNEL else REFUSED
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.info("job %s: channel post failed (%s)", job.job_id, type(exc).__name__)
+        else:
+            await maybe_thread(self.bot, job.guild_id or None, message, outcome)
+            return Delivered("channel", message.channel.id, message.id)
+        try:
+            found = await self._find_in(job, "channel", channel_id)
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DeliveryFailed(
+                f"channel unreachable: {type(exc).__name__}", uncertain=True, transient=True
+            ) from exc
+        return PASSING if found is None else found
 
     async def notify(self, job: JobInfo, text: str, *, charged: int) -> bool:
         """Tell the requester how their job ended, by DM: `text` may say why, and why is theirs alone
@@ -130,6 +148,9 @@ class DiscordDelivery:
         places: list[tuple[str, int]] = []
         if job.channel_id is not None:
             places.append(("channel", job.channel_id))
+            # A chain's version whose thread was gone was posted under it instead (`deliver`).
+            if (parent := await thread_parent(self.bot, job.channel_id)) is not None:
+                places.append(("channel", parent))
         dm = await self.bot.create_dm(discord.Object(job.user_id))
         places.append(("dm", dm.id))
         for via, channel_id in places:

@@ -1176,6 +1176,49 @@ async def test_a_chain_whose_thread_the_bot_may_no_longer_post_in_goes_on_in_the
         assert len(await posted_in(world, world.channel.id, 2)) == 2
 
 
+async def posted_under_the_gone_thread(world: World) -> None:
+    """The chain's second version is posted in the channel its deleted thread was under, where the
+    member clicked, and charged there: not sent to their DMs."""
+    data_dir = world.services.settings.data_dir
+    settled = await world.fake.wait_until(
+        lambda: len(rows := jobs(data_dir)) == 2 and rows[1]["state"] in ("delivered", "failed") and rows[1]
+    )
+    assert (settled["delivered_via"], settled["result_channel_id"]) == ("channel", world.channel.id)
+    [_, second] = await posted_in(world, world.channel.id, 2)
+    assert second.content.startswith(f"<@{world.user.id}> here is the edit you asked for")
+    assert not results(world.fake.channel_messages(world.fake.dm_channel(world.user)))
+
+
+async def test_a_chains_version_whose_thread_is_deleted_on_its_way_is_posted_in_the_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The thread goes (and the bot hears of it) while the next version is on its way there."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        thread = await fake_discord.wait_until(lambda: first.thread)
+        into_thread = fake_discord.hold("POST", rf"/channels/{thread.id}/messages")
+        await edit_again(world, first, "now at night")
+        await fake_discord.wait_until(lambda: into_thread.held)
+        await fake_discord.delete_channel(thread)
+        await fake_discord.wait_until(lambda: world.bot.get_channel(thread.id) is None)
+        into_thread.release()
+        await posted_under_the_gone_thread(world)
+
+
+async def test_a_chains_version_whose_thread_went_unheard_is_posted_in_the_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The thread was deleted while the bot was not listening (a gateway gap): the thread it still
+    knows is chosen for the next version, and Discord refuses the post as an unknown channel."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        thread = await fake_discord.wait_until(lambda: first.thread)
+        await fake_discord.wait_until(lambda: world.bot.get_channel(thread.id) is not None)
+        thread.deleted = True  # no THREAD_DELETE reaches the bot
+        await edit_again(world, first, "now at night")
+        await posted_under_the_gone_thread(world)
+
+
 async def opened_again(world: World, result: FakeMessage) -> FakeInteraction:
     click = await world.fake.click(world.user, result, control(result, "again"))
     await world.fake.wait_until(lambda: click.modal)
