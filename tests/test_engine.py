@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from bot import messages
+from bot.concurrency import FeedbackThrottle
 from bot.config import MAX_DAYS, MAX_HOURS, MAX_SECONDS
 from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
 from bot.jobs import core as core_module
@@ -319,6 +320,33 @@ async def test_queue_moves_do_not_re_edit_every_waiting_jobs_message_each_time(
     await until(lambda: late.statuses, timeout=2)
     assert late.statuses[0].text.startswith("Queued — position 5 in line.")
     await service.cancel(running, actor_id=ALICE, can_manage=False)
+
+
+async def test_a_waiting_jobs_estimate_follows_the_run_times_though_its_place_stays(
+    make: Factory, openai: FakeOpenAI
+):
+    """Alice's second edit waits at place 1 (one edit at a time each) while Bob's quick edits finish:
+    its line's estimate drops with the median run time, though its place never moved."""
+    service, _ = await make(MAX_CONCURRENT_JOBS="2", MAX_JOBS_PER_USER="1")
+    engine = service.engine
+    engine.queue_feedback = FeedbackThrottle(min_interval=0.0)  # each change is shown at once
+    engine._durations.clear()
+    engine._durations.append(600.0)  # ten minutes a run so far
+    openai.fail_always(Fault.HANG)
+    running = await submit(service)
+    await until(lambda: openai.post_count == 1)
+    live = Live()
+    waiting = await submit(service, live=live)
+    first = await until(lambda: live.statuses and live.statuses[0])
+    assert first.text == "Queued — position 1 in line. Your result should be ready in about 20 min."
+    openai.clear_faults()
+    for _ in range(2):  # the median is now one of Bob's runs
+        await wait_state(service, await submit(service, user=BOB), "delivered")
+    now = "Queued — position 1 in line. Your result should be ready in less than a minute."
+    await until(lambda: live.statuses[-1].text == now)
+    assert {status.position for status in live.statuses} == {1}
+    for job_id in (waiting, running):
+        await service.cancel(job_id, actor_id=ALICE, can_manage=False)
 
 
 async def test_a_provider_concurrency_limit_holds_calls_back_until_a_slot_frees(

@@ -107,7 +107,6 @@ class ActiveJob:
     charged: int = 0  # what its end charged the member (a cancel once a provider had it)
     ended_state: str | None = None  # the state its end settles it in (cancelled or failed)
     posted: bool = False  # its result is posted (by this process, or found posted before a restart)
-    position: int = 0
     delivery_retries: int = 0  # stored-result deliveries put off after a transient failure
 
     @property

@@ -325,7 +325,8 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         return max(1, min(self.max_concurrent, self.router.capacity()))
 
     def _pump(self) -> None:
-        """Start waiting jobs while slots are free (global, then per user), then show new positions."""
+        """Start waiting jobs while slots are free (global, then per user), then show the waiting jobs' lines
+        (place and estimate) that changed."""
         if self.accepting:
             capacity = self._capacity()
             for job_id in self._queue_order():
@@ -341,13 +342,12 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         order = self._queue_order()
         self.queue_feedback.retain(set(order))
         for index, job_id in enumerate(order, start=1):
-            job = self._jobs[job_id]
-            if job.position != index:
-                job.position = index
-                eta = self.eta(index)
-                text = messages.queue_position(index, eta)
-                status = JobStatus(job_id, "queued", text, True, index, eta)
-                self.queue_feedback.offer(job_id, text, status, priority=index)
+            # Offered whether or not the place moved: the estimate also follows the recent run times
+            # and the providers' capacity. The throttle drops a line that reads as the one shown.
+            eta = self.eta(index)
+            text = messages.queue_position(index, eta)
+            status = JobStatus(job_id, "queued", text, True, index, eta)
+            self.queue_feedback.offer(job_id, text, status, priority=index)
         if self.queue_feedback.pending:
             self._feedback_offered.set()
             if self._feedback_task is None or self._feedback_task.done():
@@ -373,7 +373,6 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
     def _launch(self, job: ActiveJob) -> None:
         self._running.add(job.id)
         self._idle.clear()
-        job.position = 0
         job.task = asyncio.create_task(self._work(job), name=f"retouch-job-{job.id}")
 
     async def _work(self, job: ActiveJob) -> None:
