@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import messages
+from bot.services.access import AlreadyStarted
 from cogs._ui import admitted, report_error
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         self.cog = cog
         self.image = image
         self.message_id = message_id  # the message the menu was used on (linked from late results)
+        self.started = False  # a submission is being (or was) started: see `on_submit`
         cog.open_forms.opened(self.key)
 
     async def on_timeout(self) -> None:
@@ -64,11 +66,21 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         return await admitted(interaction)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
+        # discord.py closes the form only once this returns, after the download and the credit hold: a
+        # second press of Submit meanwhile (a slow client) would start, and charge, a second edit. Taken
+        # before any await; given back when the start is refused, as discord.py then keeps the form open.
+        if self.started:
+            raise AlreadyStarted()
+        self.started = True
         text = self.prompt.component
         upload = self.mask.component
         assert isinstance(text, discord.ui.TextInput) and isinstance(upload, discord.ui.FileUpload)
         mask = upload.values[0] if upload.values else None
-        await self.cog.run_from_form(interaction, self.image, text.value, mask, self.message_id)
+        try:
+            await self.cog.run_from_form(interaction, self.image, text.value, mask, self.message_id)
+        except BaseException:
+            self.started = False
+            raise
 
     # Modal.on_error is called with (interaction, error): a modal has no failing item. discord.py's own
     # Modal narrows BaseView.on_error(interaction, error, item) this way, so the checker sees an override.

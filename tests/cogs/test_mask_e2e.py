@@ -513,6 +513,32 @@ async def test_edit_image_menu_edits_the_photo_of_a_message_whose_first_image_is
     assert (sent.width, sent.height) == Image.open(io.BytesIO(PHOTO)).size  # the photo, not the GIF
 
 
+async def test_an_edit_image_form_sent_twice_starts_one_edit(world: World):
+    """A double press on Submit (a slow client) sends the form twice before discord.py closes it, which
+    it does only once the first has downloaded the image and held the credits: one edit is started and
+    charged, and the other submission is told privately that it was ignored."""
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    form = await world.fake.wait_until(lambda: menu.modal)
+    store = world.bot._connection._view_store
+    await world.fake.wait_until(lambda: form["custom_id"] in store._modals)  # as a person could send it
+    first = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    menu.modal = form  # the same form, sent again
+    second = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+
+    def ignored(it: FakeInteraction) -> bool:
+        return any((c.get("data") or {}).get("content") == messages.ALREADY_STARTED for c in it.callbacks)
+
+    def done(it: FakeInteraction) -> bool:
+        return bool(it.original_edits) and it.original_edits[-1].startswith("Done")
+
+    # Either may be the one that runs: both pass the form's check side by side.
+    await world.fake.wait_until(lambda: all(ignored(it) or done(it) for it in (first, second)))
+    assert [ignored(first), ignored(second)].count(True) == 1
+    assert all(it.ephemeral for it in (first, second))
+    assert world.openai.post_count == 1 and len(public_results(first) + public_results(second)) == 1
+
+
 async def test_an_edit_image_form_sent_after_a_restart_is_told_to_open_it_again(world: World):
     """A new process knows none of the forms the last one opened (discord.py keeps them in memory):
     the submission is answered, privately, instead of failing without a word. Nothing is spent."""
