@@ -5,6 +5,7 @@ time and the connection settings durability needs."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import sqlite3
@@ -25,7 +26,9 @@ from bot.storage.connection import (
     execute,
     fetch_all,
     fetch_one,
+    lock,
 )
+from bot.storage.limits import ReserveGuard
 from bot.storage.postgres import schema_url
 from bot.storage.refusals import refusal_for
 from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
@@ -266,6 +269,69 @@ async def test_a_postgresql_close_is_bounded_even_when_the_network_goes_silent_m
         assert done, "the close waited on a connection that went silent"
         assert "connections still in use 0.5 s into the stop; cut off" in caplog.text
         await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_postgresql_sessions_end_an_idle_transaction_and_find_a_silent_client_within_a_minute(
+    postgres_url: str,
+):
+    """Every session starts with SESSION_SETTINGS, except those the operator's URL sets itself (as a
+    query parameter or in libpq's `options`), which are kept as written."""
+    settings = (
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+    )
+
+    async def shown(url: str) -> list[str]:
+        db = await postgres.PostgresDatabase.open(url)
+        try:
+            return [str((await db.one(f"SHOW {name}") or [""])[0]) for name in settings]
+        finally:
+            await db.close()
+
+    assert await shown(postgres_url) == ["1min", "30", "10", "3", "60000"]
+    own = "&idle_in_transaction_session_timeout=5min&options=-c%20tcp_keepalives_count%3D7"
+    assert await shown(postgres_url + own) == ["5min", "30", "10", "7", "60000"]
+
+
+async def test_a_process_gone_silent_holding_the_budget_lock_holds_no_other_process_up_for_long(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Process a takes the budget lock (as every budget-checked reservation does first) and its network
+    goes silent before the COMMIT: its session sits idle in the transaction. The server ends it after
+    idle_in_transaction_session_timeout (shortened here), so process b's reservations go through
+    instead of queueing behind the lock until the server hears a is gone (hours), exhausting b's pool."""
+    monkeypatch.setattr(postgres, "CLOSE_SECONDS", 0.5)
+    settings = {**postgres.SESSION_SETTINGS, "idle_in_transaction_session_timeout": "300ms"}
+    async with SilentNetwork(postgres_url) as network:
+        a = await postgres.PostgresDatabase.open(network.url, settings=settings)
+        b = await Storage.open(postgres_url)
+        marker = "SELECT pg_sleep(0.2) -- a holds the budget lock"
+
+        def body() -> Body[None]:
+            yield lock(("budget",))
+            yield fetch_all(marker)
+            yield fetch_all("SELECT 1")
+
+        running = asyncio.ensure_future(a.transaction(body))
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await b.db.one("SELECT 1 FROM pg_stat_activity WHERE query = ?", (marker,)):
+                assert asyncio.get_running_loop().time() < deadline, "the transaction never started"
+            network.silent = True  # its answers are lost from here on: a waits, its session idles
+            await b.ledger.grant(1, 2, 100, actor_id=None, reason="x", starting_credits=0)
+            guard = ReserveGuard(bot_cap=10_000, cap_since=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+            reserving = [
+                b.ledger.reserve(f"j{n}", 1, 2, 1, starting_credits=0, guard=guard) for n in range(12)
+            ]  # more than b's pool: queued on the lock, they would take every connection
+            await asyncio.wait_for(asyncio.gather(*reserving), 20)
+            assert (await b.ledger.get_account(1, 2)).held == 12
+        finally:
+            await a.close()  # cut: a never hears its session ended
+            await b.close()
+            await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_pooled_connections_the_server_ended_while_idle_are_replaced_without_losing_work(

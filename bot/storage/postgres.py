@@ -38,7 +38,7 @@ import logging
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -77,6 +77,23 @@ LISTEN_RETRY_SECONDS = 5.0
 CLOSE_SECONDS = 15.0
 CUT_WAIT_SECONDS = 1.0  # then how long the close's own work gets to notice the cut connections
 MIGRATION_LOCK = lock_key(("migrations",))
+# Server settings every session starts with, unless DATABASE_URL sets its own (`?name=value`, or in
+# libpq's `options`), which is how an operator changes them.
+# A transaction left open with nothing running (its process frozen, or cut off by the network, between
+# two statements) is ended after a minute, instead of holding its locks (the budget lock stops every
+# process's reservations) until the server hears its client is gone: two hours by the OS's defaults.
+# Nothing of Retouch keeps a transaction waiting on its client that long: bodies, migrations and the
+# copy to PostgreSQL send their statements back to back. And a client that went silent (its host gone,
+# the network cut) is found dead in about a minute, outside a transaction too (the fleet's slots are
+# session locks on idle connections, fleet_slots.py): keepalive probes after 30 s of silence, three
+# 10 s apart, and data it leaves unacknowledged for 60 s (the server kept sending to it) ends it.
+SESSION_SETTINGS: Mapping[str, str] = {
+    "idle_in_transaction_session_timeout": "60s",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "60000",  # milliseconds
+}
 PG_MIGRATIONS = "migrations/postgres"
 
 _PLACEHOLDER = re.compile(r"'(?:[^']|'')*'|\?")
@@ -97,6 +114,13 @@ def _lock_sql(count: int) -> str:
 def _begin_and_lock(keys: Sequence[int]) -> str:
     """BEGIN and the body's first locks in one round trip (the keys are our own integers)."""
     return "BEGIN; SELECT " + ", ".join(f"pg_advisory_xact_lock({int(key)})" for key in keys)
+
+
+def session_settings(dsn: str, defaults: Mapping[str, str] = SESSION_SETTINGS) -> dict[str, str]:
+    """`defaults`, less those `dsn` sets itself: asyncpg lets settings given apart override the URL's."""
+    own = dict(parse_qsl(urlsplit(dsn).query))
+    options = own.get("options", "")  # `-c name=value …`, which settings sent apart would override too
+    return {name: value for name, value in defaults.items() if name not in own and name not in options}
 
 
 def postgres_ddl(sqlite_sql: str) -> str:
@@ -350,10 +374,15 @@ class PostgresDatabase(Clocked):
 
     @classmethod
     async def open(
-        cls, dsn: str, *, clock: Callable[[], dt.datetime] = utcnow, pool_size: int = POOL_SIZE
+        cls,
+        dsn: str,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        pool_size: int = POOL_SIZE,
+        settings: Mapping[str, str] = SESSION_SETTINGS,
     ) -> PostgresDatabase:
         """Connect (query parameters of `dsn` other than libpq's own are server settings, e.g.
-        `?search_path=retouch`) and bring the schema up to date."""
+        `?search_path=retouch`, and override those of `settings`) and bring the schema up to date."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -361,6 +390,7 @@ class PostgresDatabase(Clocked):
                 max_size=pool_size,
                 statement_cache_size=STATEMENT_CACHE,
                 reset=_keep_session,
+                server_settings=session_settings(dsn, settings),
             )
         except (*CONNECTION_ERRORS, ValueError) as exc:
             if isinstance(exc, asyncpg.PostgresError) and (refusal := refusal_for(exc, dsn)) is not None:
