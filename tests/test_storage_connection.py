@@ -5,6 +5,7 @@ time and the connection settings durability needs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -26,7 +27,9 @@ from bot.storage.connection import (
     execute,
     fetch_all,
     fetch_one,
+    is_postgres,
     lock,
+    lock_key,
 )
 from bot.storage.limits import ReserveGuard
 from bot.storage.postgres import schema_url
@@ -106,6 +109,58 @@ async def test_closing_twice_is_harmless_and_a_closed_database_refuses_work(tmp_
     await database.close()
     with pytest.raises(sqlite3.ProgrammingError):
         await database.one("SELECT 1")
+
+
+@contextlib.asynccontextmanager
+async def held_elsewhere(database_url: str, scope: tuple[str, ...]) -> AsyncIterator[None]:
+    """Another process holds, until the block ends, what a transaction beginning with `lock(scope)`
+    waits for first: SQLite's write lock (which every write transaction takes), or that lock."""
+    if not is_postgres(database_url):
+        other = sqlite3.connect(database_url, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        return
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(scope))
+            yield
+    finally:
+        await conn.close()
+
+
+async def test_transactions_begun_before_the_close_are_committed_before_it_closes(database_url: str):
+    """The first transaction waits for another process; a second one comes meanwhile (SQLite queues it
+    behind the first), then the close. SQLite's close used to reach its worker before the second
+    transaction, which then ran on a closed connection."""
+    storage = await Storage.open(database_url)
+    scope = ("closing", secrets.token_hex(4))
+
+    def noting(notice: str) -> Callable[[], Body[None]]:
+        def body() -> Body[None]:
+            yield lock(scope)
+            yield execute(
+                "INSERT INTO model_notices (user_id, notice, created_at) VALUES (5, ?, 'now')", (notice,)
+            )
+
+        return body
+
+    async with held_elsewhere(database_url, scope):
+        first = asyncio.ensure_future(storage.db.transaction(noting("first")))
+        second = asyncio.ensure_future(storage.db.transaction(noting("second")))
+        closing = asyncio.ensure_future(storage.close())
+        await asyncio.sleep(0)  # each has begun, in that order
+    await asyncio.wait_for(closing, 20)
+    assert await asyncio.gather(first, second) == [None, None]
+    reopened = await Storage.open(database_url)
+    try:
+        assert await reopened.settings.take_model_notices(5) == ["first", "second"]
+    finally:
+        await reopened.close()
 
 
 async def test_the_running_bot_holds_its_sqlite_file_alone_until_it_closes_it(tmp_path: Path):

@@ -240,7 +240,9 @@ class SQLiteDatabase(Clocked):
         self._closed = False
         self._queue: list[_Queued] = []
         self._writing = False  # a transaction (or a group of them) is with the worker
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None  # kept: the loop holds tasks only weakly
+        self._settled = asyncio.Event()  # set while `_writing` is False: what `close` waits for
+        self._settled.set()
 
     @classmethod
     async def open(
@@ -267,12 +269,16 @@ class SQLiteDatabase(Clocked):
         """Nothing to hear: no other process writes to this database."""
 
     async def close(self) -> None:
-        """Close the connection on its thread, then let the thread end. Closing twice is harmless."""
+        """Commit the transactions begun before it, close the connection on its thread, then let the
+        thread end. Closing twice is harmless."""
         if self._closed:
             return
         try:
-            if self._committer is not None:
-                await asyncio.gather(self._committer, return_exceptions=True)
+            # Transactions begun before the close commit first. `_writing` stays set until none is
+            # queued: a lone transaction hands those queued meanwhile on only once the worker answers it,
+            # so a close queued on the worker before then would come ahead of them.
+            while self._writing:
+                await self._settled.wait()
             await self.run(lambda db: db.close())
         finally:
             self._closed = True
@@ -301,7 +307,7 @@ class SQLiteDatabase(Clocked):
             self._queue.append((body, done))
             return await done
         # Alone: straight to the worker, as cheap as a hop gets.
-        self._writing = True
+        self._set_writing(True)
         try:
             [(ok, value)] = await loop.run_in_executor(self._worker, run_group, self._conn, [body])
         finally:
@@ -310,7 +316,7 @@ class SQLiteDatabase(Clocked):
             if self._queue:
                 self._committer = asyncio.create_task(self._commit_queued())
             else:
-                self._writing = False
+                self._set_writing(False)
         if not ok:
             raise value
         result: T = value
@@ -348,7 +354,14 @@ class SQLiteDatabase(Clocked):
             self._queue.clear()
             raise
         finally:
-            self._writing = False
+            self._set_writing(False)
+
+    def _set_writing(self, writing: bool) -> None:
+        self._writing = writing
+        if writing:
+            self._settled.clear()
+        else:
+            self._settled.set()
 
     async def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         return await self.run(_one, sql, params)
