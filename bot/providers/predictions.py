@@ -45,6 +45,7 @@ from bot.providers.http import (
     poll,
     sniff_image_format,
     unsupported_options,
+    usable_job_id,
 )
 from bot.providers.reseller import AdapterOptions, ResellerAdapter
 
@@ -118,7 +119,8 @@ def job_of(payload: Any) -> dict[str, Any]:
 
 
 def job_id_in(payload: Any) -> str | None:
-    """The id of the job an answer names (enveloped or bare), or None when it names none."""
+    """The id of the job an answer names (enveloped or bare), or None when it names none. Any text: an
+    error answer naming a job says one was made, whatever its id (`usable_job_id` is for following it)."""
     job_id = job_of(payload).get("id")
     if isinstance(job_id, (str, int)) and not isinstance(job_id, bool) and str(job_id) != "":
         return str(job_id)
@@ -346,9 +348,11 @@ class PredictionAdapter(ResellerAdapter):
         if envelope_status(payload) is not None:
             classify = self._client.submit_classifier(model)
             raise classify(resp.status, resp.body, resp.headers, provider=self.name)
-        if job_id is None:
-            # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it.
-            raise ServerError(f"HTTP 2xx but no {self.api.noun} id", provider=self.name, accepted=True)
+        if job_id is None or not usable_job_id(job_id):
+            # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it,
+            # nor with one that could not be recorded or polled as it is (its text stays out of the log).
+            what = "no" if job_id is None else "an unusable"
+            raise ServerError(f"HTTP 2xx but {what} {self.api.noun} id", provider=self.name, accepted=True)
         return job_id, job_of(payload)
 
     # ------------------------------------------------------------------ after the submit

@@ -189,6 +189,7 @@ class FakeAtlas(FakeServer):
         self.requests: list[RecordedRequest] = []
         self.uploads: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.predictions: dict[str, _Prediction] = {}
+        self.next_ids: list[str] = []  # ids the next predictions are given, in order (then `pred_<hex>`)
 
     @property
     def base_url(self) -> str:
@@ -413,7 +414,7 @@ class FakeAtlas(FakeServer):
         outputs = EXTRA_OUTPUTS if job_fault and job_fault.fault == Fault.EXTRA_OUTPUTS else 1
         output = await asyncio.to_thread(render, sources[0], region, (width, height))
         prediction = _Prediction(
-            id=f"pred_{secrets.token_hex(8)}",
+            id=self.next_ids.pop(0) if self.next_ids else f"pred_{secrets.token_hex(8)}",
             model=model,
             outputs=[] if job_fault and job_fault.fault == Fault.NO_OUTPUTS else [output] * outputs,
             fault=job_fault.fault if job_fault else None,

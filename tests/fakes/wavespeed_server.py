@@ -256,6 +256,7 @@ class FakeWaveSpeed(FakeServer):
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.tasks: dict[str, _Task] = {}
+        self.next_ids: list[str] = []  # ids the next tasks are given, in order (then random hex)
         self._pending_puts: dict[str, str] = {}  # PUT path -> file path (newest upload flow)
 
     @property
@@ -569,7 +570,7 @@ class FakeWaveSpeed(FakeServer):
         if truncated:
             output = output[: len(output) // 3]
         task = _Task(
-            id=secrets.token_hex(12),
+            id=self.next_ids.pop(0) if self.next_ids else secrets.token_hex(12),
             model=model,
             output=output,
             end=end,

@@ -131,6 +131,42 @@ async def test_a_5xx_submit_answer_that_names_the_created_job_is_accepted_and_no
     assert server.submit_count == 1
 
 
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "pred\x00abc",  # PostgreSQL refuses a NUL in text: the id could not be recorded
+        "pred_a,pred_b",  # read back from the row as two ids
+        "pred abc",
+        "../balance",  # polled, a path of its own
+        "pred_abc\n",
+    ],
+)
+async def test_a_job_id_that_could_not_be_recorded_or_polled_is_an_accepted_answer_without_one(
+    server: FakeServer, session: aiohttp.ClientSession, job_id: str
+):
+    """As for a 2xx naming no job: the provider took it (it may bill), so it goes nowhere else and the
+    member is not charged; nothing is recorded or polled."""
+    server.next_ids.append(job_id)
+    accepted = Accepted(server)
+
+    with pytest.raises(ServerError, match="unusable") as info:
+        await adapter(server, session).edit(edit_request(server), on_submitted=accepted)
+
+    assert info.value.accepted and not info.value.retryable_elsewhere
+    assert accepted.ids == [] and server.count("poll") == 0
+    assert server.submit_count == 1
+
+
+@pytest.mark.parametrize("job_id", ["pred_abc123", "0b7c1f0e-5a43-4c2b-9d7e-3f1a2b4c5d6e", "4f9a2c" * 5])
+async def test_job_ids_as_the_providers_make_them_are_recorded_and_followed(
+    server: FakeServer, session: aiohttp.ClientSession, job_id: str
+):
+    server.next_ids.append(job_id)
+    accepted = Accepted(server)
+    result = await adapter(server, session).edit(edit_request(server), on_submitted=accepted)
+    assert accepted.ids == [job_id] and result.request_id == job_id
+
+
 async def test_a_new_process_resumes_the_job_without_submitting_it_again(
     server: FakeServer, session: aiohttp.ClientSession
 ):

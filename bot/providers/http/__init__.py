@@ -77,6 +77,7 @@ from bot.providers.http.vendor import (
     submit_classifier,
     submit_server_error,
     unsupported_options,
+    usable_job_id,
 )
 
 __all__ = [
@@ -125,4 +126,5 @@ __all__ = [
     "submit_server_error",
     "unsupported_options",
     "usable_image_format",
+    "usable_job_id",
 ]

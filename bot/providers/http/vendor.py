@@ -102,6 +102,18 @@ def is_http_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(("https://", "http://"))
 
 
+# A provider's id for a job, as the vendors make them: hex, `pred_…`, UUIDs. An id is stored on the job's
+# row (where a comma separates the ids of its calls, and PostgreSQL refuses a NUL in text) and goes into
+# a poll's URL path, so one with anything else (a control character, a comma, a space, a slash) cannot
+# be followed: `usable_job_id`.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:~-]{0,255}")
+
+
+def usable_job_id(job_id: str) -> bool:
+    """Whether a provider's id for a job can be recorded on its row and polled (see `_JOB_ID`)."""
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
 def error_summary(status: int, message: str, *, code: int | None = None) -> str:
     """`HTTP 200 (code 402): <message>`: an error's status for exception text and logs.
 
