@@ -63,6 +63,7 @@ from bot.providers.http import (
     parse_json,
     sniff_image_format,
     unsupported_options,
+    usable_job_id,
 )
 from bot.providers.reseller import ResellerAdapter, Vendor
 
@@ -227,7 +228,10 @@ class OneMinAIProvider(ResellerAdapter):
         record = payload.get("aiRecord") if isinstance(payload, dict) else None
         if not isinstance(record, dict):
             raise ServerError("HTTP 200 but no aiRecord", provider=self.name, accepted=True)
-        record_id = record.get("uuid") if isinstance(record.get("uuid"), str) else resp.request_id
+        uuid = record.get("uuid")
+        # The job's row keeps it: one it could not hold (a NUL, which PostgreSQL refuses) gives way to
+        # the HTTP request id.
+        record_id = uuid if isinstance(uuid, str) and usable_job_id(uuid) else resp.request_id
         status = record.get("status")
         url = record.get("temporaryUrl")
         # Read without regard to case, as `_record_status` reads it for the classifier.

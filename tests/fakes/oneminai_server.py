@@ -121,6 +121,7 @@ class FakeOneMin(FakeServer):
         self.requests: list[RecordedRequest] = []
         self.objects: dict[str, bytes] = {}  # bucket path -> bytes (assets and results)
         self.success_word = "SUCCESS"  # a finished record's `status` (its spelling is undocumented)
+        self.next_record_ids: list[str] = []  # `uuid`s the next records are given (then random hex)
 
     @property
     def base_url(self) -> str:
@@ -325,7 +326,7 @@ class FakeOneMin(FakeServer):
         if rule is not None and rule.fault == Fault.NO_URL:
             temporary = None
         record_body: dict[str, Any] = {
-            "uuid": secrets.token_hex(16),
+            "uuid": self.next_record_ids.pop(0) if self.next_record_ids else secrets.token_hex(16),
             "userId": "user-1",
             "teamId": "team-1",
             "teamUser": {

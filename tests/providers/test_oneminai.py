@@ -86,6 +86,19 @@ async def test_editor_uploads_the_asset_then_calls_image_editor_and_downloads_th
     assert result.request_id and len(result.request_id) == 32
 
 
+async def test_a_record_id_the_jobs_row_could_not_hold_gives_way_to_the_request_id(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    """The result's id is stored on the job's row when it completes: PostgreSQL refuses a NUL in text,
+    and the image, made and billed, would then never be recorded."""
+    fake.next_record_ids.append("rec\x00ord")
+
+    result = await provider.edit(edit_request())
+
+    assert len(result.images) == 1
+    assert result.request_id != "rec\x00ord" and "\x00" not in (result.request_id or "")
+
+
 @pytest.mark.parametrize("word", ["SUCCESS", "success", "Success"])
 async def test_a_finished_record_is_a_success_however_its_status_is_cased(
     fake: FakeOneMin, provider: OneMinAIProvider, word: str
