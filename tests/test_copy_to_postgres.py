@@ -465,6 +465,17 @@ async def test_a_value_postgresql_would_change_stops_the_copy_naming_its_row(sou
     assert all(count == 0 for count in (await pg_counts(postgres_url)).values())
 
 
+async def test_a_text_with_a_nul_character_stops_the_copy_naming_its_row(source: Path, postgres_url: str):
+    db = sqlite3.connect(source)
+    db.execute("UPDATE jobs SET provider_request_id = 'abc' || char(0) || 'def' WHERE id = 'j-held'")
+    db.commit()
+    db.close()
+
+    with pytest.raises(CopyRefused, match=r"jobs row \d+: provider_request_id holds a NUL character"):
+        await copy_database(source, postgres_url)
+    assert all(count == 0 for count in (await pg_counts(postgres_url)).values())
+
+
 async def test_a_missing_sqlite_file_is_refused_and_not_created(tmp_path: Path, postgres_url: str):
     with pytest.raises(CopyRefused, match="there is no SQLite database at"):
         await copy_database(tmp_path / "nowhere.sqlite3", postgres_url)

@@ -275,13 +275,19 @@ async def _check_empty(conn: asyncpg.Connection, target: dict[str, dict[str, _Ta
 def _checked_rows(
     table: Table, types: Sequence[type | None], batch: list[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
-    """The batch's rows without their rowid, after making sure every value has its column's type."""
+    """The batch's rows without their rowid, after making sure every value has its column's type and
+    that PostgreSQL can keep every text as it is (not one with a NUL character, which SQLite keeps)."""
     for rowid, *values in batch:
         for column, wanted, value in zip(table.columns, types, values, strict=True):
             if value is not None and wanted is not None and type(value) is not wanted:
                 raise CopyRefused(
                     f"{table.name} row {rowid}: {column} holds a {type(value).__name__} ({value!r:.40}) "
                     f"where PostgreSQL keeps a {wanted.__name__}; correct that row in SQLite first"
+                )
+            if isinstance(value, str) and "\x00" in value:
+                raise CopyRefused(
+                    f"{table.name} row {rowid}: {column} holds a NUL character, which PostgreSQL cannot "
+                    "keep in text; correct that row in SQLite first"
                 )
     return [row[1:] for row in batch]
 
@@ -301,8 +307,9 @@ async def _copy_table(
         records = _checked_rows(table, types, batch)
         try:
             await conn.copy_records_to_table(table.name, records=records, columns=list(table.columns))
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            # A row SQLite kept that a PostgreSQL constraint refuses: the copy cannot go on without it.
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+            # A row SQLite kept that a PostgreSQL constraint or type refuses (beyond what `_checked_rows`
+            # catches first, naming the row): the copy cannot go on without it.
             raise CopyRefused(f"PostgreSQL refused a row of {table.name}: {exc}") from None
         sent += len(batch)
     return sent
