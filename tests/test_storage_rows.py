@@ -103,6 +103,19 @@ async def test_jobs_created_in_the_same_millisecond_are_listed_newest_first(stor
     assert [r.id for r in await storage.jobs.recent_jobs(GUILD, USER, limit=5)] == ["a", "c", "b"]
 
 
+async def test_jobs_created_in_the_same_millisecond_are_claimed_and_listed_in_creation_order(
+    storage: Storage,
+):
+    """The queue's order after a restart or a takeover: the same on both backends, whatever the ids or
+    where PostgreSQL keeps the rows (a row written again moves to the end of its table)."""
+    for job_id in ("c", "a", "b"):  # ids out of order: only the creation order can break the tie
+        await new_job(storage, job_id)
+    await storage.jobs.update_job("c", spec='{"prompt": "x"}')
+    claimed = await storage.jobs.claim_jobs("p", at(0), at(1), limit=2)
+    assert [r.id for r in claimed] == ["c", "a"]
+    assert [r.id for r in await storage.jobs.jobs_in_states(("queued",))] == ["c", "a", "b"]
+
+
 async def test_only_live_jobs_past_their_deadline_are_overdue(storage: Storage):
     for job_id, deadline in (("late", at(1)), ("early", at(10)), ("none", None)):
         await new_job(storage, job_id, **({"deadline_at": deadline} if deadline else {}))

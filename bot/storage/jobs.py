@@ -141,6 +141,10 @@ class Renewal:
 _COLUMNS = ", ".join(f.name for f in fields(JobRow))
 _SELECT_JOBS = f"SELECT {_COLUMNS} FROM jobs "
 _LIVE = "state IN ({})".format(", ".join(f"'{s}'" for s in LIVE_STATES))
+# Oldest first, jobs created in the same millisecond in the order they were created: `rowid` is the
+# insertion order on both backends (SQLite's own; an identity column on PostgreSQL, migrations/postgres),
+# so a queue read again after a restart or a takeover keeps its order.
+_CREATION_ORDER = "created_at, rowid"
 # A live job another process may claim at `?` (now): nobody holds it, or its lease ran out.
 _FREE = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
 
@@ -423,16 +427,17 @@ class Jobs:
         # The outer WHERE repeats the test: PostgreSQL checks it again on a row another claimer changed.
         sql = (
             f"UPDATE jobs SET owner = ?, lease_expires_at = ? WHERE {_LIVE} AND {free} AND id IN ("
-            f"SELECT id FROM jobs WHERE {_LIVE} AND {free} ORDER BY created_at LIMIT ?{self._db.skip_locked}"
-            f") RETURNING {_COLUMNS}"
+            f"SELECT id FROM jobs WHERE {_LIVE} AND {free} ORDER BY {_CREATION_ORDER} LIMIT ?"
+            f"{self._db.skip_locked}) RETURNING rowid, {_COLUMNS}"
         )
 
         def body() -> Body[list[JobRow]]:
             rows = yield fetch_all(sql, (owner, until, *params, *params, limit))
-            return [JobRow(**dict(r)) for r in rows]
+            # RETURNING lists rows in no particular order.
+            ordered = sorted(rows, key=lambda r: (r["created_at"], r["rowid"]))
+            return [JobRow(**{k: v for k, v in dict(r).items() if k != "rowid"}) for r in ordered]
 
-        found = await self._db.transaction(body)
-        return sorted(found, key=lambda row: (row.created_at, row.id))
+        return await self._db.transaction(body)
 
     async def claimable_jobs(self, now: str, *, skip: Collection[str] = ()) -> int:
         """How many live jobs a claim at `now` could take (nobody holds them, or their lease ran out),
@@ -480,7 +485,7 @@ class Jobs:
         """Jobs still waiting or at a provider whose deadline has passed (the watchdog's work)."""
         rows = await self._db.all(
             _SELECT_JOBS + "WHERE state IN ('reserved', 'submitting', 'submitted') "
-            "AND deadline_at IS NOT NULL AND deadline_at < ? ORDER BY created_at",
+            f"AND deadline_at IS NOT NULL AND deadline_at < ? ORDER BY {_CREATION_ORDER}",
             (now.isoformat(timespec="milliseconds"),),
         )
         return [JobRow(**dict(r)) for r in rows]
@@ -512,7 +517,9 @@ class Jobs:
 
     async def jobs_in_states(self, states: tuple[str, ...]) -> list[JobRow]:
         marks = ", ".join("?" for _ in states)
-        rows = await self._db.all(_SELECT_JOBS + f"WHERE state IN ({marks}) ORDER BY created_at", states)
+        rows = await self._db.all(
+            _SELECT_JOBS + f"WHERE state IN ({marks}) ORDER BY {_CREATION_ORDER}", states
+        )
         return [JobRow(**dict(r)) for r in rows]
 
     # -- retention ----------------------------------------------------------------------------------
