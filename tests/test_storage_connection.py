@@ -426,6 +426,36 @@ async def test_pooled_connections_the_server_ended_while_idle_are_replaced_witho
         await storage.close()
 
 
+async def test_a_transaction_whose_first_lock_fails_is_rolled_back_before_its_connection_goes_back(
+    postgres_url: str,
+):
+    """Its BEGIN and first locks are one round trip: a lock that fails (here after lock_timeout) leaves
+    the transaction open all the same. Left to the pool, it was rolled back with asyncpg's complaint
+    ("Resetting connection with an active transaction") in the log."""
+    scope = ("first lock", secrets.token_hex(4))
+    loop = asyncio.get_running_loop()
+    complaints: list[object] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: complaints.append(context.get("message")))
+    storage = await Storage.open(postgres_url + "&lock_timeout=100ms")
+    holder = await asyncpg.connect(postgres_url)
+    try:
+
+        def body() -> Body[None]:
+            yield lock(scope)
+
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key(scope))
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await storage.db.transaction(body)
+        await storage.db.transaction(body)  # on the same connection, in a transaction of its own
+        assert complaints == []
+    finally:
+        loop.set_exception_handler(handler)
+        await holder.close()
+        await storage.close()
+
+
 async def test_a_connection_lost_during_commit_is_not_run_again(postgres_url: str):
     """Whether a COMMIT whose answer never came took cannot be known: running the transaction again
     could do it twice, so the error is raised (the callers' own checks decide), never retried."""

@@ -224,8 +224,9 @@ async def _in_transaction(conn: asyncpg.Connection, body: Callable[[], Body[T]])
     try:
         statement = next(steps)
         if statement.kind == "lock" and statement.params:
-            await conn.execute(_begin_and_lock(lock_keys(statement.params)))
+            # Begun before it is sent: a lock that fails leaves the transaction open, to roll back.
             begun, result = True, None
+            await conn.execute(_begin_and_lock(lock_keys(statement.params)))
         else:
             await conn.execute("BEGIN")
             begun = True
