@@ -6,7 +6,7 @@ Pillow images in, bytes, Pillow images and small dataclasses out. User-facing fa
 as `InvalidImage` / `InvalidMask` with a code; their text comes from `bot.messages`. Pillow's
 exception text is never shown (it is logged at debug level).
 
-Why one module of ~950 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
+Why one module of ~1000 lines: STYLE.md keeps every blocking Pillow call in one place, and validation,
 masks, fitting and compositing share its decoders, bomb guards and mode tables. The seams for a later
 split are the section headers (validate, masks, fit, restore), each with its own tests file section.
 """
@@ -742,6 +742,20 @@ def normalize_mask(
         region = region.resize(image_size, Image.Resampling.NEAREST)
     light = alpha is not None and _light_on_clear(image, alpha)
     return replace(mask_from_region(region, invert=invert), light_on_clear=light)
+
+
+def stored_mask(region_png: bytes, image_size: tuple[int, int], *, invert: bool = False) -> NormalizedMask:
+    """A job's stored region (`NormalizedMask.white_edit_png`, written by the bot) read back. BLOCKING.
+
+    Not a member's upload, so not checked as one: its 8-bit PNG can be larger than the 1-bit mask the
+    member sent, and refusing it by MAX_INPUT_MB failed a job after the provider was paid. It is bounded
+    instead by what the bot wrote: exactly `image_size` (an image that passed the upload checks), checked
+    from the header before any pixel is decoded. Raises `ValueError` for any other file.
+    """
+    image = Image.open(io.BytesIO(region_png), formats=["PNG"])
+    if image.size != image_size:
+        raise ValueError(f"stored region is {image.size}, not the image's {image_size}")
+    return mask_from_region(image, invert=invert)
 
 
 def mask_from_region(region: Image.Image, *, invert: bool = False) -> NormalizedMask:

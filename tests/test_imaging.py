@@ -32,6 +32,7 @@ from bot.imaging import (
     normalize_mask,
     restore_outside,
     sniff_mime,
+    stored_mask,
     tint_preview,
     validate_image,
 )
@@ -952,6 +953,19 @@ def test_openai_png_of_full_size_mask_is_far_under_cap() -> None:
     region = Image.new("L", (4096, 4096), 0)
     ImageDraw.Draw(region).polygon([(100, 4000), (2000, 50), (4000, 3900)], fill=255)
     assert len(mask_from_region(region).openai_png()) < 400_000
+
+
+def test_a_stored_region_reads_back_as_written(ellipse_mask: NormalizedMask) -> None:
+    """A job's own region, however large its PNG, with no upload limit to pass."""
+    mask = stored_mask(ellipse_mask.white_edit_png(), ellipse_mask.region.size)
+    assert same_pixels(mask.region, ellipse_mask.region)
+    assert mask.coverage == ellipse_mask.coverage
+
+
+def test_a_stored_region_of_another_size_is_refused_before_its_pixels_are_read() -> None:
+    # No pixel data at all: only the header can have been read.
+    with pytest.raises(ValueError, match="not the image's"):
+        stored_mask(png_header_only(1024, 1536), (1536, 1024))
 
 
 # --- restore_outside: locality ---------------------------------------------------------------------

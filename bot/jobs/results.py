@@ -118,13 +118,7 @@ class JobResults(EngineCore):
         original = await asyncio.to_thread(self.files.read, job_id, spec.inputs[0].name)
         region_png = await asyncio.to_thread(self.files.read, job_id, spec.mask.region)
         first = spec.inputs[0]
-        mask = await asyncio.to_thread(
-            imaging.normalize_mask,
-            region_png,
-            (first.width, first.height),
-            max_bytes=self.settings.max_input_bytes,
-            max_pixels=self.settings.max_input_pixels,
-        )
+        mask = await asyncio.to_thread(imaging.stored_mask, region_png, (first.width, first.height))
         restored = []
         for image in result.images:
             data, fmt = await asyncio.to_thread(

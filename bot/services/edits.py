@@ -67,6 +67,9 @@ class Upload:
     filename: str
     size: int
     read: Callable[[], Awaitable[bytes]]
+    # A file the bot stored for an earlier job (Retry), not a member's: a mask is then the region the
+    # bot wrote, read back as written (`imaging.stored_mask`) rather than checked as an upload.
+    stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -564,6 +567,10 @@ class EditService:
 
     async def _load_mask(self, spec: MaskSpec, image: InputImage) -> imaging.NormalizedMask:
         size = (image.width, image.height)
+        if spec.upload is not None and spec.upload.stored:
+            # Its 8-bit PNG can be larger than the member's mask was: MAX_INPUT_MB is not for it.
+            data = await spec.upload.read()
+            return await asyncio.to_thread(imaging.stored_mask, data, size, invert=spec.invert)
         if spec.upload is not None:
             if spec.upload.size > self.settings.max_input_bytes:
                 raise InvalidMask(messages.MASK_FILE_TOO_LARGE, code="too_large")
@@ -623,7 +630,7 @@ def _stored_upload(files: JobFiles, job_id: str, name: str, label: str) -> Uploa
         return await asyncio.to_thread(files.read, job_id, name)
 
     size = (files.folder(job_id) / name).stat().st_size
-    return Upload(label=label, filename=name, size=size, read=read)
+    return Upload(label=label, filename=name, size=size, read=read, stored=True)
 
 
 def _job_from_spec(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import random
 import re
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -17,12 +18,13 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageDraw
 
-from bot import messages
+from bot import imaging, messages
 from bot.catalog import Catalog
 from bot.jobs.core import IntakeTurns
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
-from tests.durable import undo_button
+from tests.durable import control as job_control
+from tests.durable import jobs, ledger_kinds, undo_button
 from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
@@ -852,3 +854,57 @@ async def test_picker_on_a_long_thin_image_masks_exactly_the_cell_picked(
     inside.paste(255, box)
     changed = ImageChops.difference(edited, green).convert("L").point(lambda v: 255 if v else 0)
     assert ImageChops.difference(changed, inside).getbbox() is None
+
+
+def dithered_mask(side: int, seed: int = 3) -> bytes:
+    """A 1-bit noise mask (a dithered selection): small as the 1-bit PNG a member uploads, larger as the
+    8-bit region the bot stores for the job (`NormalizedMask.white_edit_png`)."""
+    noise = random.Random(seed).randbytes(side * side // 8)
+    return png(Image.frombytes("1", (side, side), noise))
+
+
+async def ended_jobs(world: World, count: int) -> list[dict[str, Any]]:
+    """The job rows, once `count` jobs have reached a terminal state."""
+    data_dir = world.services.settings.data_dir
+
+    def ended() -> list[dict[str, Any]] | None:
+        rows = jobs(data_dir)
+        done = [r for r in rows if r["state"] in ("delivered", "failed", "cancelled")]
+        return rows if len(done) == count else None
+
+    return await world.fake.wait_until(ended)
+
+
+async def test_a_mask_under_the_input_limit_is_delivered_and_retried_though_its_stored_region_is_over_it(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """The region the bot stores for a job is its own file, not an upload: read back for the restore
+    (after the provider was paid) or for Retry, it is not refused by the limit on members' files."""
+    side = 880
+    mask = dithered_mask(side)
+    flat = png(Image.new("RGB", (side, side), (40, 90, 160)))
+    env = {"MAX_INPUT_MB": "0.1"}
+    async with running_bot(fake_discord, openai, tmp_path, catalog=MASK_CATALOG, env=env) as world:
+        cap = world.services.settings.max_input_bytes
+        stored = imaging.normalize_mask(mask, (side, side), max_bytes=cap, max_pixels=side * side)
+        assert len(flat) < len(mask) < cap < len(stored.white_edit_png())
+        await world.services.storage.settings.update_user_settings(world.user.id, {"skip_mask_preview": 1})
+        it = await world.fake.slash(
+            world.user,
+            "mask",
+            channel=world.channel,
+            options={"prompt": "a red scarf", "quality": "low", "size": "1024x1024"},
+            attachments={"image": ("flat.png", flat), "mask": ("mask.png", mask)},
+        )
+        [first] = await ended_jobs(world, 1)
+        assert first["state"] == "delivered"
+        assert (await world.finished(it)).startswith("Done")
+        [result] = public_results(it)
+
+        retry = await world.fake.click(world.user, result, job_control(result, "retry"))
+        assert (await world.finished(retry)).startswith("Done")
+        rows = await ended_jobs(world, 2)
+        assert [r["state"] for r in rows] == ["delivered", "delivered"]
+        data_dir = world.services.settings.data_dir
+        assert [ledger_kinds(data_dir, r["id"]) for r in rows] == [["reserve", "capture"]] * 2
+        assert world.openai.post_count == 2
