@@ -4,7 +4,8 @@ A route in the catalog says which sizes, qualities, backgrounds, formats, how ma
 whether masks its provider takes. Routing believes it (`bot.routing.blockers`), so a route that
 promises more than its adapter can send would fail every job that relies on the promise. At start-up
 every configured route is tried against its adapter's own local check (`ValidatingProvider`), one
-declared capability at a time, with nothing sent anywhere; a route that fails is disabled (logged,
+declared capability at a time (and a mask with each background routing lets a masked edit have), with
+nothing sent anywhere; a route that fails is disabled (logged,
 shown by `/diagnose`) and the bot keeps editing on the others.
 """
 
@@ -28,7 +29,8 @@ _PROBE_IMAGE = InputImage(data=b"\x89PNG probe", mime="image/png", width=1024, h
 
 def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
     """One request per declared capability: the route's first choice of everything, then each
-    size, quality, background and format in turn, the most images, a mask, the longest prompt."""
+    size, quality, background and format in turn, the most images, a mask (and with it each background
+    a masked edit may have), the longest prompt."""
     base = EditRequest(
         images=(_PROBE_IMAGE,),
         prompt="probe",
@@ -62,8 +64,26 @@ def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
         replace(base, images=(_PROBE_IMAGE,) * route.max_input_images),
     )
     if route.mask:
-        yield "a mask", replace(base, mask=_PROBE_IMAGE)
+        yield from _mask_probes(route, replace(base, mask=_PROBE_IMAGE))
     yield f"a {route.max_prompt_chars}-character prompt", replace(base, prompt="x" * route.max_prompt_chars)
+
+
+def _mask_probes(route: Route, masked: EditRequest) -> Iterator[tuple[str, EditRequest]]:
+    """A mask, then with it each other background routing lets a masked edit have (`blockers`): a
+    vendor's inpainter may take no background where its plain edit does (1min.ai)."""
+    yield "a mask", masked
+    for background in route.mask_backgrounds:
+        if background not in route.backgrounds or background == masked.background:
+            continue  # never asked (routing refuses the background first), or just probed
+        if background != "transparent":
+            yield f"a mask with background {background}", replace(masked, background=background)
+            continue
+        for fmt in route.transparent_formats:
+            if fmt in route.output_formats:
+                yield (
+                    f"a mask with background transparent as {fmt}",
+                    replace(masked, background="transparent", output_format=fmt),
+                )
 
 
 def route_problems(route: Route, adapter: ValidatingProvider) -> list[str]:

@@ -80,6 +80,7 @@ ROUTE_KEYS = frozenset(
         "sizes",
         "qualities",
         "backgrounds",
+        "mask_backgrounds",
         "output_formats",
         "transparent_formats",
         "n",
@@ -152,6 +153,8 @@ class Route:
     sizes: tuple[str, ...] = SIZES
     qualities: tuple[str, ...] = DEFAULT_QUALITIES
     backgrounds: tuple[str, ...] = BACKGROUNDS
+    # The backgrounds a masked edit can have here (1min.ai's inpainter has no background field: auto).
+    mask_backgrounds: tuple[str, ...] = BACKGROUNDS
     output_formats: tuple[str, ...] = OUTPUT_FORMATS
     # The formats a transparent background can be made in here (OpenAI: PNG or WebP; 1min.ai: PNG).
     transparent_formats: tuple[str, ...] = TRANSPARENT_FORMATS
@@ -565,6 +568,10 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     convention = raw.get("mask_convention")
     if convention is not None and convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
+    backgrounds = _choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems)
+    mask_backgrounds = _choices(raw, "mask_backgrounds", backgrounds, BACKGROUNDS, where, problems)
+    if not set(mask_backgrounds) <= set(backgrounds):
+        problems.append(f"{where}.mask_backgrounds: must be among the route's backgrounds")
     free = _flag(raw, "free_sizes", False, where, problems)
     if free and model.size_rules is None:
         problems.append(f"{where}.free_sizes: the model takes no free sizes (set free_sizes on the model)")
@@ -577,7 +584,8 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
         max_input_images=_count(raw, "max_input_images", model.max_input_images, where, problems),
         sizes=_choices(raw, "sizes", model.sizes, model.accepts_size, where, problems),
         qualities=_choices(raw, "qualities", model.qualities, model.qualities, where, problems),
-        backgrounds=_choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems),
+        backgrounds=backgrounds,
+        mask_backgrounds=mask_backgrounds,
         output_formats=_choices(raw, "output_formats", OUTPUT_FORMATS, OUTPUT_FORMATS, where, problems),
         transparent_formats=_choices(
             raw, "transparent_formats", TRANSPARENT_FORMATS, TRANSPARENT_FORMATS, where, problems

@@ -290,6 +290,10 @@ def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
                 hints.append(f"set `background` to one of {', '.join(route.backgrounds)}")
             case "format":
                 hints.append(f"set `format` to one of {', '.join(route.output_formats)}")
+            case "mask_background":
+                # /mask has no background option: a masked edit takes the member's saved one.
+                backgrounds = " or ".join(route.mask_backgrounds)
+                hints.append(f"set your background in /settings to {backgrounds} for a masked edit")
             case "transparent_format":
                 formats = ", ".join(route.transparent_formats)
                 hints.append(f"set `format` to one of {formats} for a transparent background")

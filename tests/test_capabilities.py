@@ -4,6 +4,7 @@ cannot send is disabled (and shown), the others keep editing."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -14,7 +15,9 @@ from bot.capabilities import disabled_routes, route_problems
 from bot.catalog import Catalog, load_catalog, parse_catalog
 from bot.config import load_settings
 from bot.lifecycle import ModelLifecycle
-from bot.providers.base import Provider
+from bot.providers.base import EditRequest, InputImage, Provider, ValidatingProvider
+from bot.providers.errors import ProviderError
+from bot.routing.rules import Needs, blockers
 from tests.catalogs import NOVEMBER_CATALOG
 
 KEYS = {
@@ -110,3 +113,53 @@ async def test_a_png_only_transparency_is_probed_as_png_whatever_format_the_rout
     built = providers(parse_catalog(raw), session, tmp_path)
     [route] = parse_catalog(raw).get("gpt-image-2").routes
     assert route_problems(route, built["oneminai"]) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", [None, NOVEMBER_CATALOG], ids=["packaged", "november-2026"])
+async def test_every_route_routing_finds_for_a_masked_transparent_edit_can_send_it(path, session, tmp_path):
+    """A mask and a transparent background together, which each route's start-up check never tried at
+    once: 1min.ai's inpainter takes no background, and routing sent such edits there to be refused."""
+    catalog = load_catalog(path)
+    built = providers(catalog, session, tmp_path)
+    probe = InputImage(data=b"\x89PNG probe", mime="image/png", width=1024, height=1024)
+    needs = Needs(1, "1024x1024", "low", "transparent", "png", mask=True, prompt_chars=5)
+    refused = []
+    for model in catalog.models.values():
+        for route in model.routes:
+            adapter = built.get(route.provider)
+            if not isinstance(adapter, ValidatingProvider) or blockers(route, needs):
+                continue
+            request = EditRequest(
+                images=(probe,),
+                prompt="probe",
+                model=route.model,
+                quality="low",
+                size="1024x1024",
+                background="transparent",
+                output_format="png",
+                mask=probe,
+                deadline=time.monotonic() + 60,
+            )
+            try:
+                adapter.validate(request)
+            except ProviderError as exc:
+                refused.append((model.id, route.provider, type(exc).__name__))
+    assert refused == []
+
+
+async def test_a_route_promising_a_background_its_inpainter_has_not_is_disabled(session, tmp_path):
+    """A catalog copy made before `mask_backgrounds`: its 1min.ai mask route would take masked
+    transparent edits its adapter refuses, so the check disables it, naming the combination."""
+    price = {"low": {"square": 0.01, "other": 0.01}}
+    onemin = {"provider": "oneminai", "model": "gpt-image-1-mini", "qualities": ["low"], "mask": True}
+    onemin |= {"sizes": ["1024x1024"], "backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
+    onemin |= {"transparent_formats": ["png"], "output_formats": ["png"]}
+    raw = {"models": {"gpt-image-1-mini": {"qualities": ["low"], "price": price, "routes": [onemin]}}}
+    built = providers(parse_catalog(raw), session, tmp_path)
+    [promising] = parse_catalog(raw).get("gpt-image-1-mini").routes
+    assert route_problems(promising, built["oneminai"]) == [  # type: ignore[arg-type]
+        "a mask with background transparent as png (InvalidInput)"
+    ]
+    onemin["mask_backgrounds"] = ["auto"]
+    [honest] = parse_catalog(raw).get("gpt-image-1-mini").routes
+    assert route_problems(honest, built["oneminai"]) == []  # type: ignore[arg-type]

@@ -332,6 +332,10 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
         ({"provider": "openai", "sizes": ["2048x2048"]}, "sizes: unknown value(s) '2048x2048'"),
         ({"provider": "openai", "output_formats": []}, "output_formats: must list at least one value"),
         ({"provider": "openai", "max_input_images": 0}, "max_input_images: must be at least 1"),
+        (
+            {"provider": "oneminai", "backgrounds": ["auto"], "mask_backgrounds": ["auto", "transparent"]},
+            "mask_backgrounds: must be among the route's backgrounds",
+        ),
         # Values that passed and failed members later (or read "no" as true).
         ({"provider": "openai", "mask": "no"}, "mask: must be true or false, not 'no'"),
         ({"provider": "openai", "n": "false"}, "n: must be true or false, not 'false'"),

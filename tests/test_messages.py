@@ -67,6 +67,13 @@ def test_a_route_that_makes_transparency_only_as_png_says_which_format_to_pick()
     assert "set `format` to one of png for a transparent background" in text
 
 
+def test_a_route_whose_masked_edits_take_no_background_says_where_to_change_it():
+    """/mask has no background option: the member's saved one is what to change."""
+    route = Route(provider="oneminai", model="m", mask_backgrounds=("auto",))
+    text = messages.unservable("Model", route, ("mask_background",))
+    assert "set your background in /settings to auto for a masked edit" in text
+
+
 def test_every_refusal_that_quotes_what_a_member_typed_cuts_the_quote_short():
     listed, free = catalog(model("m", name="M"), model("f", name="F", free_sizes=True)).models.values()
     typed = "x" * 2100

@@ -53,7 +53,7 @@ from bot.routing import (
 )
 from bot.routing.breaker import _verdict
 from bot.routing.rules import split_charge
-from bot.services.edits import EditJob, EditOptions, EditService, Upload
+from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
 from tests.catalogs import route as catalog_route
@@ -162,6 +162,9 @@ NEEDS = Needs(images=1, size="auto", quality="auto", background="auto", output_f
             ("transparent_format",),
         ),
         ({"transparent_formats": ("png",)}, {"background": "opaque", "output_format": "webp"}, ()),
+        ({"mask_backgrounds": ("auto",)}, {"mask": True, "background": "transparent"}, ("mask_background",)),
+        ({"mask_backgrounds": ("auto",)}, {"mask": True}, ()),
+        ({"mask_backgrounds": ("auto",)}, {"background": "transparent"}, ()),  # no mask: any background
         ({"max_prompt_chars": 4000}, {"prompt_chars": 4001}, ("prompt",)),
         ({}, {"input_fidelity": True}, ("input_fidelity",)),
         ({"n": False}, {"count": 4}, ()),  # count is emulated, never refused
@@ -1180,6 +1183,63 @@ async def test_service_refuses_options_no_configured_route_honours_for_free(
     assert await storage.ledger.get_account(1, 2) is None
 
 
+def onemin_first_service(
+    storage: Storage,
+    tmp_path: Path,
+    fakes: dict[str, FakeOneMin | FakeOpenAI],
+    session: aiohttp.ClientSession,
+) -> EditService:
+    """The job service on the November catalog's providers in `fakes`, 1min.ai first."""
+    env = {k: v for name, fake in fakes.items() for k, v in provider_env(name, fake).items()}
+    env |= {"PROVIDER_ORDER": "oneminai,openai", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+    settings = load_settings({**BASE_ENV, **env})
+    providers = build_providers(settings, session, CATALOG)
+    return edit_service(
+        settings, CATALOG, storage, providers, approve=[1], today=lambda: dt.date(2026, 11, 1)
+    )
+
+
+def masked_transparent_job() -> EditJob:
+    job = edit_job(model="gpt-image-1-mini", size="1024x1024", background="transparent", output_format="png")
+    return replace(job, mask=MaskSpec(grid=(3, 3), cells=(5,)))
+
+
+async def test_a_masked_edit_with_a_transparent_background_skips_the_inpainter_that_takes_no_background(
+    storage: Storage, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """1min.ai's masked edits (its inpainter) have no background field: routing leaves a masked
+    transparent edit to a route that makes it, and 1min.ai, first in the order, is not tried."""
+    async with FakeOneMin() as onemin, FakeOpenAI() as openai:
+        service = onemin_first_service(storage, tmp_path, {"oneminai": onemin, "openai": openai}, session)
+        masked = Needs(1, "1024x1024", "low", "transparent", "png", mask=True)
+        assert [r.provider for r in service.router.eligible(MINI, masked)] == ["openai"]
+        unmasked = replace(masked, mask=False)
+        assert [r.provider for r in service.router.eligible(MINI, unmasked)] == ["oneminai", "openai"]
+        outcome = await run_to_end(service, masked_transparent_job())
+
+        assert outcome.provider == "openai"
+        assert openai.requests[-1].fields["background"] == "transparent"
+        assert onemin.requests == []
+        assert [r["kind"] for r in await storage.reports.ledger_rows(outcome.job_id)] == [
+            "reserve",
+            "capture",
+        ]
+
+
+async def test_a_masked_transparent_edit_no_route_can_make_is_refused_before_anything_is_held(
+    storage: Storage, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    async with FakeOneMin() as onemin:
+        service = onemin_first_service(storage, tmp_path, {"oneminai": onemin}, session)
+        with pytest.raises(InvalidOptions) as refused:
+            await service.prepare(masked_transparent_job())
+
+    assert refused.value.code == "route_mask_background"
+    assert "set your background in /settings to auto for a masked edit" in refused.value.user_message
+    assert onemin.requests == []
+    assert await storage.ledger.get_account(1, 2) is None
+
+
 # ----------------------------------------------------------------------------- /edit end to end, one provider
 
 
@@ -1263,7 +1323,7 @@ async def test_slash_edit_works_end_to_end_with_each_provider_configured_alone(
             route = {"provider": name, "model": "gpt-image-1-mini", "price": "list", "max_input_images": 1}
             route |= {"sizes": ["1024x1024", "1536x1024", "1024x1536"], "mask_convention": "white"}
             route |= {"backgrounds": ["auto", "transparent"], "transparent_formats": ["png"]}
-            route |= {"max_prompt_chars": 4000}
+            route |= {"mask_backgrounds": ["auto"], "max_prompt_chars": 4000}
             charged, paid = 20, lambda: fake.feature_count  # list price, "other" size: chelsea is landscape
         world = await stack.enter_async_context(
             running_bot(

@@ -104,6 +104,8 @@ def blockers(route: Route, needs: Needs) -> tuple[str, ...]:
         out.append("quality")
     if needs.background not in route.backgrounds:
         out.append("background")
+    elif needs.mask and route.mask and needs.background not in route.mask_backgrounds:
+        out.append("mask_background")
     if needs.output_format not in route.output_formats:
         out.append("format")
     elif needs.background == "transparent" and needs.output_format not in route.transparent_formats:
