@@ -13,11 +13,12 @@ split are the section headers (validate, masks, fit, restore), each with its own
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from PIL import (
@@ -483,12 +484,14 @@ def _open_checked(
     error: type[RetouchError],
     min_side: int,
     pixels: bool = True,
+    before_decode: Callable[[Image.Image], None] | None = None,
 ) -> tuple[Image.Image, str]:
     """Run every upload check and return the image with its sniffed MIME type, fully decoded.
 
     With `pixels=False` a PNG whose rows `png_pixels_intact` proves whole is returned opened but not
     decoded (Pillow decodes it if its pixels are ever used): the check costs less than half the
     decode, and the upload check of a plain PNG needs no pixel. The checks are the same either way.
+    `before_decode` is the caller's own check of the opened image (its header), run before any decode.
     """
     name = f"`{label}`"
     if not data:
@@ -523,18 +526,28 @@ def _open_checked(
             raise too_many_pixels from None
         if min(width, height) < min_side:
             raise error(messages.too_small(name, width, height, min_side), code="too_small")
-        try:
+        with _decode_errors(label, too_many_pixels, corrupt):
             frames = getattr(image, "n_frames", 1) if image.format in ANIMATED_FORMATS else 1
-            if frames <= 1 and (pixels or mime != "image/png" or not png_pixels_intact(data)):
+        if frames > 1:
+            raise error(messages.animated(name, frames), code="animated")
+        if before_decode is not None:
+            before_decode(image)
+        with _decode_errors(label, too_many_pixels, corrupt):
+            if pixels or mime != "image/png" or not png_pixels_intact(data):
                 image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise too_many_pixels from None
-        except Exception:  # truncated data, bad CRCs, broken entropy coding, ...
-            log.debug("could not decode %s", label, exc_info=True)
-            raise corrupt from None
-    if frames > 1:
-        raise error(messages.animated(name, frames), code="animated")
     return image, mime
+
+
+@contextlib.contextmanager
+def _decode_errors(label: str, too_many_pixels: RetouchError, corrupt: RetouchError) -> Iterator[None]:
+    """Pillow's failures while reading pixels, as the upload errors a member is shown."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise too_many_pixels from None
+    except Exception:  # truncated data, bad CRCs, broken entropy coding, ...
+        log.debug("could not decode %s", label, exc_info=True)
+        raise corrupt from None
 
 
 # === Fitting under an upload limit =================================================================
@@ -726,16 +739,26 @@ def normalize_mask(
     edit; otherwise luminance >= 128 (white) does; 16-bit greys are judged on their full range.
     `invert` flips the result. Thresholding happens at the mask's own size, then the region is
     resized to `image_size` with NEAREST. Raises `InvalidMask` when the mask's shape differs from
-    the image's beyond rounding (it was drawn for another picture), or when nothing or everything
-    is marked.
+    the image's beyond rounding (it was drawn for another picture: read from its header, so such a
+    mask is never decoded), or when nothing or everything is marked.
     """
+
+    def drawn_for_this_image(opened: Image.Image) -> None:
+        upright = _upright_size(opened)
+        if not _same_shape(upright, image_size):
+            raise InvalidMask(messages.mask_shape(upright, image_size), code="mask_shape")
+
     image, _ = _open_checked(
-        mask_data, max_bytes=max_bytes, max_pixels=max_pixels, label="mask", error=InvalidMask, min_side=1
+        mask_data,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        label="mask",
+        error=InvalidMask,
+        min_side=1,
+        before_decode=drawn_for_this_image,
     )
     if image.format in ORIENTED_FORMATS:
         ImageOps.exif_transpose(image, in_place=True)
-    if not _same_shape(image.size, image_size):
-        raise InvalidMask(messages.mask_shape(image.size, image_size), code="mask_shape")
     alpha = _read_alpha(image)
     region = _edit_region(image, alpha)
     if region.size != image_size:
@@ -769,6 +792,15 @@ def mask_from_region(region: Image.Image, *, invert: bool = False) -> Normalized
     if coverage > MASK_MAX_COVERAGE:
         raise InvalidMask(messages.MASK_FULL, code="mask_full")
     return NormalizedMask(region=region, coverage=coverage)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size `image` has once its EXIF orientation is applied (read from its header)."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in _SIDEWAYS else (width, height)
+
+
+_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter: width and height swap
 
 
 def _same_shape(mask_size: tuple[int, int], image_size: tuple[int, int]) -> bool:

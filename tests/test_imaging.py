@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw, ImageOps, ImageStat
 
-from bot import imaging
+from bot import imaging, messages
 from bot.errors import InvalidImage, InvalidMask
 from bot.imagemeta import strip_metadata
 from bot.imaging import (
@@ -844,6 +844,23 @@ def test_normalize_mask_refuses_mask_of_another_shape() -> None:
     with pytest.raises(InvalidMask) as caught:
         normalize_mask(save(half_and_half((512, 512)), "PNG"), (600, 400), **MASK_LIMITS)
     assert caught.value.code == "mask_shape"
+
+
+def test_a_mask_of_another_shape_is_refused_from_its_header_before_any_decode() -> None:
+    # No pixel data at all: a decode would call it corrupt, so only the header was read.
+    with pytest.raises(InvalidMask) as caught:
+        normalize_mask(png_header_only(512, 512), (600, 400), **MASK_LIMITS)
+    assert caught.value.code == "mask_shape"
+    assert caught.value.user_message == messages.mask_shape((512, 512), (600, 400))
+
+
+def test_a_sideways_stored_jpeg_mask_is_judged_by_its_upright_shape() -> None:
+    """Stored 80×120 with EXIF orientation 6, shown 120×80: the shape the member drew on."""
+    upright = half_and_half(IMAGE_SIZE).convert("RGB")
+    data = with_orientation(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", 6)
+    mask = normalize_mask(data, IMAGE_SIZE, **MASK_LIMITS)
+    assert mask.region.size == IMAGE_SIZE
+    assert mask.region.getpixel((10, 40)) == 255 and mask.region.getpixel((110, 40)) == 0
 
 
 def _mask_with_marked_pixels(count: int) -> bytes:
