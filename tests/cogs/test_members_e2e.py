@@ -6,6 +6,7 @@ controls (a public Stop on running edits, audited deletes)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import logging
 import time
@@ -19,7 +20,10 @@ from PIL import Image
 
 import cogs._moderation
 from bot import messages
+from bot.jobs.model import JobInfo, ResultFile
+from cogs._delivery import DiscordDelivery
 from tests.catalogs import catalog, model, tiered
+from tests.cogs.test_results import noisy_png, outcome
 from tests.durable import (
     DATA,
     PHOTO,
@@ -32,6 +36,7 @@ from tests.durable import (
     undo_button,
 )
 from tests.fakes.discord import (
+    CHANNEL_PRIVATE_THREAD,
     DEFAULT_BOT_PERMISSIONS,
     FLAG_SUPPRESS_EMBEDS,
     FakeDiscord,
@@ -1312,3 +1317,28 @@ async def test_history_lists_the_members_last_edits_with_links(
         await eventually(marked)
         lines = (await admin(world, world.user, "history")).embeds[0]["description"].split("\n")
         assert len(lines) == 1 and lines[0].endswith(f"— {base}/{first.id}")
+
+
+async def test_a_result_whose_private_thread_went_unheard_goes_to_dms_not_the_channel_above(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """Only a chain's thread gives way to its channel: an edit run in a member's own private thread
+    (a ticket, a mods-only thread) deleted unheard is sent by DM, never shown in the public parent."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000) as world:
+        thread = await fake_discord._open_thread(
+            world.channel, fake_discord._snowflake(), CHANNEL_PRIVATE_THREAD, "alice's own", 1440, 0
+        )
+        await fake_discord.wait_until(lambda: isinstance(world.bot.get_channel(thread.id), discord.Thread))
+        thread.deleted = True  # no THREAD_DELETE reaches the bot
+        job = JobInfo(
+            job_id="a" * 16,
+            guild_id=world.guild.id,
+            user_id=world.user.id,
+            channel_id=thread.id,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+        files = (ResultFile("retouch_a_1.png", noisy_png(32), "png"),)
+        delivered = await DiscordDelivery(world.bot).deliver(job, outcome(*files))
+        assert delivered.via == "dm"
+        bot_id = fake_discord.bot_user.id
+        assert not [m for m in fake_discord.channel_messages(world.channel) if m.author.id == bot_id]
