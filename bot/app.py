@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from bot.capabilities import disabled_routes
+from bot.capabilities import check_routes
 from bot.catalog import Catalog, load_catalog
 from bot.config import SEGMIND_UPLOAD_URL, Settings
 from bot.lifecycle import ModelLifecycle
@@ -269,12 +269,16 @@ def build_services(
     # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
     audit = AuditLog(storage)
     history = EditHistory(storage, retention_hours=settings.result_retention_hours)
+    # Every route's declared capabilities, checked against its adapter once, here: every service then
+    # reads the catalog as checked (a narrowed route's masked edits as narrowed).
+    checked = check_routes(catalog, providers)
+    catalog = checked.catalog
     lifecycle = ModelLifecycle(
         catalog,
         frozenset(providers),
         today,
-        # Every route's declared capabilities, checked against its adapter once, here.
-        disabled=disabled_routes(catalog, providers),
+        disabled=checked.disabled,
+        narrowed=checked.narrowed,
         default_model_id=settings.default_model,
         store=storage.settings,
         on_event=audit.model_event,

@@ -5,8 +5,10 @@ whether masks its provider takes. Routing believes it (`bot.routing.blockers`), 
 promises more than its adapter can send would fail every job that relies on the promise. At start-up
 every configured route is tried against its adapter's own local check (`ValidatingProvider`), one
 declared capability at a time (and a mask with each background routing lets a masked edit have), with
-nothing sent anywhere; a route that fails is disabled (logged,
-shown by `/diagnose`) and the bot keeps editing on the others.
+nothing sent anywhere; a route that fails is disabled (logged, shown by `/diagnose`) and the bot keeps
+editing on the others. A route whose only failures are a mask with some backgrounds (a catalog copy
+older than `mask_backgrounds`: 1min.ai's inpainter takes no background) is narrowed instead: its masked
+edits keep the backgrounds that passed, its other edits go on (logged, shown by `/diagnose`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from bot.catalog import Catalog, ModelEntry, Route
 from bot.providers.base import EditRequest, InputImage, Provider, ValidatingProvider
@@ -69,14 +71,14 @@ def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
 
 
 def _mask_probes(route: Route, masked: EditRequest) -> Iterator[tuple[str, EditRequest]]:
-    """A mask, then with it each other background routing lets a masked edit have (`blockers`): a
-    vendor's inpainter may take no background where its plain edit does (1min.ai)."""
-    yield "a mask", masked
+    """A mask with each background routing lets a masked edit have (`blockers`), `auto` said as just
+    "a mask": a vendor's inpainter may take no background where its plain edit does (1min.ai)."""
     for background in route.mask_backgrounds:
-        if background not in route.backgrounds or background == masked.background:
-            continue  # never asked (routing refuses the background first), or just probed
+        if background not in route.backgrounds:
+            continue  # never asked (routing refuses the background first)
         if background != "transparent":
-            yield f"a mask with background {background}", replace(masked, background=background)
+            what = "a mask" if background == "auto" else f"a mask with background {background}"
+            yield what, replace(masked, background=background)
             continue
         for fmt in route.transparent_formats:
             if fmt in route.output_formats:
@@ -86,38 +88,90 @@ def _mask_probes(route: Route, masked: EditRequest) -> Iterator[tuple[str, EditR
                 )
 
 
-def route_problems(route: Route, adapter: ValidatingProvider) -> list[str]:
-    """What `route` declares that `adapter` would refuse (empty: the catalog and the adapter agree)."""
-    problems = []
+def _refusals(route: Route, adapter: ValidatingProvider) -> list[tuple[str, EditRequest]]:
+    """Each probe of `route` that `adapter` refuses: (what it tried and the error's name, the request)."""
+    refused = []
     for what, request in _probes(route):
         try:
             adapter.validate(request)
         except ProviderError as exc:
-            problems.append(f"{what} ({type(exc).__name__})")
-    return problems
+            refused.append((f"{what} ({type(exc).__name__})", request))
+    return refused
 
 
-def disabled_routes(catalog: Catalog, providers: Mapping[str, Provider]) -> dict[tuple[str, str], str]:
-    """{(provider, route model): why} for every configured route whose adapter refuses a declared
-    capability. Adapters without a local check (OpenAI takes what the API takes) are trusted."""
-    disabled: dict[tuple[str, str], str] = {}
+def route_problems(route: Route, adapter: ValidatingProvider) -> list[str]:
+    """What `route` declares that `adapter` would refuse (empty: the catalog and the adapter agree)."""
+    return [what for what, _ in _refusals(route, adapter)]
+
+
+@dataclass(frozen=True)
+class RouteCheck:
+    """What the start-up check found. `catalog` is what routing may believe: the checked catalog with
+    each narrowed route's masked edits cut to the backgrounds its adapter sends. `disabled` and
+    `narrowed`: {(provider, route model): why}."""
+
+    catalog: Catalog
+    disabled: dict[tuple[str, str], str] = field(default_factory=dict)
+    narrowed: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def check_routes(catalog: Catalog, providers: Mapping[str, Provider]) -> RouteCheck:
+    """Every configured route checked against its adapter: disabled when it declares a capability the
+    adapter refuses, narrowed when only some backgrounds of its masked edits are refused. Adapters
+    without a local check (OpenAI takes what the API takes) are trusted."""
+    check = RouteCheck(catalog)
+    models = {}
     for model in catalog.models.values():
-        for route in model.routes:
-            adapter = providers.get(route.provider)
-            if not isinstance(adapter, ValidatingProvider):
-                continue
-            problems = route_problems(route, adapter)
-            if problems:
-                shown = ", ".join(problems[:MAX_SHOWN]) + (" …" if len(problems) > MAX_SHOWN else "")
-                reason = f"the {route.provider} adapter cannot send {shown}"
-                disabled[route.key] = reason
-                _log_disabled(model, route, reason)
-    return disabled
+        routes = tuple(_checked_route(model, route, providers, check) for route in model.routes)
+        models[model.id] = model if routes == model.routes else replace(model, routes=routes)
+    return replace(check, catalog=Catalog(models)) if check.narrowed else check
+
+
+def _checked_route(
+    model: ModelEntry, route: Route, providers: Mapping[str, Provider], check: RouteCheck
+) -> Route:
+    """`route` as routing may believe it (narrowed, or as written), its finding put in `check`."""
+    adapter = providers.get(route.provider)
+    if not isinstance(adapter, ValidatingProvider):
+        return route
+    refused = _refusals(route, adapter)
+    if not refused:
+        return route
+    problems = [what for what, _ in refused]
+    shown = ", ".join(problems[:MAX_SHOWN]) + (" …" if len(problems) > MAX_SHOWN else "")
+    cannot = f"the {route.provider} adapter cannot send {shown}"
+    kept = _mask_backgrounds_kept(route, [request for _, request in refused])
+    if not kept:
+        check.disabled[route.key] = cannot
+        _log_disabled(model, route, cannot)
+        return route
+    check.narrowed[route.key] = f"its masked edits take background {' or '.join(kept)} only: {cannot}"
+    _log_narrowed(model, route, check.narrowed[route.key])
+    return replace(route, mask_backgrounds=kept)
+
+
+def _mask_backgrounds_kept(route: Route, refused: list[EditRequest]) -> tuple[str, ...]:
+    """The backgrounds `route`'s masked edits keep when every refused request was a mask with one of
+    its mask backgrounds and another passed (empty: anything else failed, and the route is disabled)."""
+    if any(r.mask is None or r.background not in route.mask_backgrounds for r in refused):
+        return ()
+    lost = {r.background for r in refused}
+    return tuple(b for b in route.mask_backgrounds if b in route.backgrounds and b not in lost)
 
 
 def _log_disabled(model: ModelEntry, route: Route, reason: str) -> None:
     log.error(
         "catalog route %s/%s of %s disabled: %s; fix the catalog (CATALOG_PATH) or the route",
+        route.provider,
+        route.model,
+        model.id,
+        reason,
+    )
+
+
+def _log_narrowed(model: ModelEntry, route: Route, reason: str) -> None:
+    log.warning(
+        "catalog route %s/%s of %s narrowed: %s; set its mask_backgrounds in the catalog (CATALOG_PATH)",
         route.provider,
         route.model,
         model.id,

@@ -135,6 +135,8 @@ class ModelLifecycle:
     on_event: Event | None = None
     # Routes whose adapter refuses what the catalog declares (bot.capabilities, at start-up): why.
     disabled: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # Routes whose masked edits the same check cut to fewer backgrounds than the catalog says: why.
+    narrowed: Mapping[tuple[str, str], str] = field(default_factory=dict)
     _facts: dict[tuple[str, str], RouteFacts] = field(default_factory=dict)
     _discovery: dict[str, DiscoveryReport] = field(default_factory=dict)
     _last_tick: dt.date | None = None
@@ -313,6 +315,8 @@ class ModelLifecycle:
                     line = f"{where} retires in {(end - today).days} days ({end:%Y-%m-%d})"
                 if line is not None:
                     out.append(ModelNotice(line, False))
+                if route.key in self.narrowed and self.route_live(model, route):
+                    out.append(ModelNotice(f"{where} is narrowed: {self.narrowed[route.key]}", False))
         for report in self._discovery.values():
             out.extend(
                 ModelNotice(f"{report.provider} lists a model the catalog does not know: {i}", False)

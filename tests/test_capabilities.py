@@ -1,24 +1,36 @@
 """The catalog is checked against the adapters at start-up: a route that declares what its adapter
-cannot send is disabled (and shown), the others keep editing."""
+cannot send is disabled (and shown), the others keep editing; one whose masked edits only miss some
+backgrounds is narrowed to those it sends (and shown), and keeps editing."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bot.app import build_providers
-from bot.capabilities import disabled_routes, route_problems
+from bot.capabilities import check_routes, route_problems
 from bot.catalog import Catalog, load_catalog, parse_catalog
 from bot.config import load_settings
+from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
 from bot.providers.base import EditRequest, InputImage, Provider, ValidatingProvider
 from bot.providers.errors import ProviderError
 from bot.routing.rules import Needs, blockers
+from bot.services.edits import MaskSpec
+from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
+from tests.fakes.oneminai_server import FakeOneMin
+from tests.fakes.openai_server import FakeOpenAI
+from tests.fixtures import provider_env, wired_services
+from tests.live import run_to_end
+from tests.test_routing import edit_job
 
 KEYS = {
     "DISCORD_TOKEN": "t" * 30,
@@ -43,7 +55,8 @@ def providers(catalog: Catalog, session: aiohttp.ClientSession, tmp_path) -> dic
 @pytest.mark.parametrize("path", [None, NOVEMBER_CATALOG], ids=["packaged", "november-2026"])
 async def test_the_shipped_catalogs_promise_only_what_the_adapters_send(path, session, tmp_path):
     catalog = load_catalog(path)
-    assert disabled_routes(catalog, providers(catalog, session, tmp_path)) == {}
+    check = check_routes(catalog, providers(catalog, session, tmp_path))
+    assert (check.disabled, check.narrowed, check.catalog) == ({}, {}, catalog)
 
 
 async def test_a_route_that_promises_more_than_its_adapter_is_disabled_and_the_rest_edit(session, tmp_path):
@@ -77,7 +90,7 @@ async def test_a_route_that_promises_more_than_its_adapter_is_disabled_and_the_r
     atlas, wavespeed, _ = catalog.get("gpt-image-2").routes
     assert any(p.startswith("a mask") for p in route_problems(atlas, built["atlascloud"]))  # type: ignore[arg-type]
     assert "size 1536x1536 (InvalidInput)" in route_problems(wavespeed, built["wavespeed"])  # type: ignore[arg-type]
-    disabled = disabled_routes(catalog, built)
+    disabled = check_routes(catalog, built).disabled
     assert set(disabled) == {atlas.key, wavespeed.key}
     lifecycle = ModelLifecycle(catalog, set(built), lambda: dt.date(2026, 12, 6), disabled=disabled)
     model = catalog.get("gpt-image-2")
@@ -147,9 +160,12 @@ async def test_every_route_routing_finds_for_a_masked_transparent_edit_can_send_
     assert refused == []
 
 
-async def test_a_route_promising_a_background_its_inpainter_has_not_is_disabled(session, tmp_path):
+async def test_a_route_promising_a_background_its_inpainter_has_not_is_narrowed_not_disabled(
+    session, tmp_path
+):
     """A catalog copy made before `mask_backgrounds`: its 1min.ai mask route would take masked
-    transparent edits its adapter refuses, so the check disables it, naming the combination."""
+    transparent edits its adapter refuses, so the check names the combination and narrows the route's
+    masked edits to the background that passed; the route stays live for everything else."""
     price = {"low": {"square": 0.01, "other": 0.01}}
     onemin = {"provider": "oneminai", "model": "gpt-image-1-mini", "qualities": ["low"], "mask": True}
     onemin |= {"sizes": ["1024x1024"], "backgrounds": ["auto", "transparent"], "max_prompt_chars": 4000}
@@ -160,6 +176,86 @@ async def test_a_route_promising_a_background_its_inpainter_has_not_is_disabled(
     assert route_problems(promising, built["oneminai"]) == [  # type: ignore[arg-type]
         "a mask with background transparent as png (InvalidInput)"
     ]
+    check = check_routes(parse_catalog(raw), built)
+    assert check.disabled == {}
+    assert check.narrowed == {
+        promising.key: "its masked edits take background auto only: the oneminai adapter cannot send "
+        "a mask with background transparent as png (InvalidInput)"
+    }
+    [narrowed] = check.catalog.get("gpt-image-1-mini").routes
+    assert narrowed == replace(promising, mask_backgrounds=("auto",))
     onemin["mask_backgrounds"] = ["auto"]
     [honest] = parse_catalog(raw).get("gpt-image-1-mini").routes
     assert route_problems(honest, built["oneminai"]) == []  # type: ignore[arg-type]
+    assert check_routes(parse_catalog(raw), built).narrowed == {}
+
+
+def catalog_before_mask_backgrounds(tmp_path: Path) -> Catalog:
+    """The November catalog as an operator copied it before `mask_backgrounds` existed."""
+    text = re.sub(r"(?m)^mask_backgrounds = .*\n", "", NOVEMBER_CATALOG.read_text())
+    assert "mask_backgrounds =" not in text
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    return load_catalog(path)
+
+
+async def test_an_operator_catalog_without_mask_backgrounds_keeps_1minai_for_all_but_masked_backgrounds(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """The start-up check used to disable the whole 1min.ai route of such a catalog (its inpainter takes
+    no background): now it still makes unmasked edits and masked `auto` ones, a masked transparent edit
+    goes to OpenAI, and `/diagnose` says why the route is narrowed."""
+    catalog = catalog_before_mask_backgrounds(tmp_path)
+    async with FakeOneMin() as onemin, FakeOpenAI() as openai, aiohttp.ClientSession() as session:
+        env = {**provider_env("oneminai", onemin), **provider_env("openai", openai)}
+        env |= {"PROVIDER_ORDER": "oneminai,openai", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+        settings = load_settings({"DISCORD_TOKEN": "t" * 30, **env})
+        services = wired_services(
+            settings,
+            catalog,
+            storage,
+            build_providers(settings, session, catalog),
+            approve=[1],
+            today=lambda: dt.date(2026, 11, 1),
+        )
+        plain = edit_job(
+            model="gpt-image-1-mini", size="1024x1024", background="transparent", output_format="png"
+        )
+        masked = replace(
+            edit_job(model="gpt-image-1-mini", size="1024x1024"), mask=MaskSpec(grid=(3, 3), cells=(5,))
+        )
+        transparent = replace(plain, mask=masked.mask)
+
+        assert (await run_to_end(services.edits, plain)).provider == "oneminai"
+        assert (await run_to_end(services.edits, masked)).provider == "oneminai"
+        assert (await run_to_end(services.edits, transparent)).provider == "openai"
+
+    features = [r.json["type"] for r in onemin.requests if r.endpoint == "features"]
+    assert features == ["IMAGE_EDITOR", "IMAGE_INPAINTER"]
+    assert openai.requests[-1].fields["background"] == "transparent"
+    assert any(
+        "gpt-image-1-mini on oneminai is narrowed: its masked edits take background auto only" in line
+        for line in services.edits.lifecycle.warnings()
+    )
+
+
+async def test_a_masked_transparent_edit_only_a_narrowed_route_sells_is_refused_before_anything_is_held(
+    storage: Storage, tmp_path: Path
+) -> None:
+    catalog = catalog_before_mask_backgrounds(tmp_path)
+    async with FakeOneMin() as onemin, aiohttp.ClientSession() as session:
+        env = {**provider_env("oneminai", onemin), "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+        settings = load_settings({"DISCORD_TOKEN": "t" * 30, **env})
+        providers = build_providers(settings, session, catalog)
+        services = wired_services(
+            settings, catalog, storage, providers, approve=[1], today=lambda: dt.date(2026, 11, 1)
+        )
+        job = edit_job(
+            model="gpt-image-1-mini", size="1024x1024", background="transparent", output_format="png"
+        )
+        with pytest.raises(InvalidOptions) as refused:
+            await services.edits.prepare(replace(job, mask=MaskSpec(grid=(3, 3), cells=(5,))))
+
+    assert refused.value.code == "route_mask_background"
+    assert onemin.requests == []
+    assert await storage.ledger.get_account(1, 2) is None
