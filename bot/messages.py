@@ -725,9 +725,16 @@ RESTORED_NOT_EXACT = (
 )
 
 
-def default_not_offered(model: str, option: str, asked: str, *, uses: str = "auto") -> str:
-    """A default size, background or format (not typed on the command) the model in use cannot make."""
-    return f"{model} cannot make {option} `{echo(asked)}`, so Retouch uses {uses} (change it with /settings)."
+def default_not_offered(
+    model: str, option: str, asked: str, *, uses: str = "auto", masked: bool = False
+) -> str:
+    """A default size, background or format (not typed on the command) the model in use cannot make
+    (`masked`: with a mask, which is what it could not make it with)."""
+    with_mask = " with a mask" if masked else ""
+    return (
+        f"{model} cannot make {option} `{echo(asked)}`{with_mask}, so Retouch uses {uses} "
+        "(change it with /settings)."
+    )
 
 
 def option_not_offered(model: str, option: str, asked: str, offered: Iterable[str]) -> str:

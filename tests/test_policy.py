@@ -32,7 +32,7 @@ from bot.services.admin import (
     next_period_start,
     parse_models,
 )
-from bot.services.edits import EditJob, EditOptions, JobDefaults
+from bot.services.edits import EditJob, EditOptions, JobDefaults, MaskSpec
 from bot.services.policy import PolicyRefused, PolicyService, clamp
 from bot.storage import Storage
 from bot.storage.ledger import NotEnoughCredits
@@ -1085,6 +1085,39 @@ async def test_a_retrys_size_on_a_model_without_it_is_fitted_like_a_default(poli
     fitted, notices = await policy.clamp(retry, chosen)
     assert fitted.size == "auto" and "cannot make size `2048x2048`" in notices[-1]
     assert (await policy.clamp(replace(job(), options=options), chosen))[0].size == "2048x2048"
+
+
+# /mask has no background option, so a masked edit always has the member's saved one: a saved
+# background no route makes with a mask runs at auto with a note, as any other saved default the
+# model cannot make, instead of being refused ("set your background in /settings") every time.
+@pytest.mark.parametrize("saved", ["transparent", "opaque"])
+async def test_a_saved_background_the_models_masked_edits_lack_falls_back_to_auto_with_a_note(
+    storage: Storage, tmp_path: Path, saved: str
+):
+    inpainter = route("openai", mask=True, mask_backgrounds=["auto"])  # a plain edit takes every background
+    masks = catalog(
+        model("inpaint", name="Inpaint", mask=True, routes=[inpainter]),
+        model("full", name="Full", mask=True, routes=[route("openai", mask=True)]),
+    )
+    settings = settings_for(tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD))
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, masks, storage, session)
+        await storage.settings.update_user_settings(ALICE, {"background": saved, "output_format": "png"})
+        chosen = replace(await policy.defaults_for(GUILD, ALICE), model="inpaint")
+        masked = replace(job(), mask=MaskSpec(grid=(3, 3), cells=(5,)))
+
+        fitted, notices = await policy.clamp(masked, chosen)
+        assert fitted.background == "auto"
+        assert notices == (
+            f"Inpaint cannot make background `{saved}` with a mask, so Retouch uses auto "
+            "(change it with /settings).",
+        )
+        assert await policy.clamp(job(), chosen) == (chosen, ())  # unmasked: the saved one stands
+        full = replace(chosen, model="full")
+        assert await policy.clamp(masked, full) == (full, ())  # a route makes it with a mask
+        # Carried by a Retry with the model the member picked: kept, and refused by name if need be.
+        typed = EditOptions("make it blue", model="inpaint", background=saved)
+        assert (await policy.clamp(replace(masked, options=typed), chosen))[0].background == saved
 
 
 # a server whose spend is already above a cap lowered since is told its budget

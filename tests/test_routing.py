@@ -1240,6 +1240,29 @@ async def test_a_masked_transparent_edit_no_route_can_make_is_refused_before_any
     assert await storage.ledger.get_account(1, 2) is None
 
 
+async def test_a_saved_transparent_background_on_a_masked_edit_only_the_inpainter_sells_runs_at_auto(
+    storage: Storage, tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """/mask has no background option: the member's saved transparent background, which 1min.ai's
+    inpainter cannot make, falls back to auto with a note (as any saved default the model lacks)
+    instead of refusing every masked edit with "set your background in /settings"."""
+    async with FakeOneMin() as onemin:
+        service = onemin_first_service(storage, tmp_path, {"oneminai": onemin}, session)
+        await storage.settings.update_user_settings(2, {"background": "transparent", "output_format": "png"})
+        job = replace(
+            edit_job(model="gpt-image-1-mini", size="1024x1024"), mask=MaskSpec(grid=(3, 3), cells=(5,))
+        )
+        outcome = await run_to_end(service, job)
+
+    assert outcome.provider == "oneminai"
+    [feature] = [r.json for r in onemin.requests if r.endpoint == "features"]
+    assert feature["type"] == "IMAGE_INPAINTER"
+    assert (
+        "GPT Image 1 Mini cannot make background `transparent` with a mask, so Retouch uses auto"
+        in " ".join(outcome.notices)
+    )
+
+
 # ----------------------------------------------------------------------------- /edit end to end, one provider
 
 

@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot import messages
-from bot.catalog import Catalog, ModelEntry, usd_to_credits
+from bot.catalog import Catalog, ModelEntry, Route, usd_to_credits
 from bot.config import Settings
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, QUALITY_RANK
 from bot.errors import InvalidOptions, RetouchError
@@ -383,40 +383,50 @@ class PolicyService(PolicyAdmin):
             return self.catalog.get(model_id)
 
     def _clamp(
-        self, chosen: JobDefaults, limits: Limits, policy: GuildPolicy, *, typed: frozenset[str] = frozenset()
+        self,
+        chosen: JobDefaults,
+        limits: Limits,
+        policy: GuildPolicy,
+        *,
+        typed: frozenset[str] = frozenset(),
+        masked: bool = False,
     ) -> tuple[JobDefaults, tuple[str, ...]]:
-        """The member's limits, then a quality, size, background and format the model offers, each
-        unless `typed` on the command (a typed value the model lacks is refused by name when the job
-        is checked)."""
+        """The member's limits, then a quality, size, background and format the model offers (with a
+        mask, when `masked`), each unless `typed` on the command (a typed value the model lacks is
+        refused by name when the job is checked)."""
         fallbacks = [m for m in (policy.default_model, self.bot_default_model()) if m]
         chosen, notices = clamp(
             chosen, limits, catalog=self.catalog, usable=self.lifecycle.usable, fallbacks=fallbacks
         )
         if "quality" not in typed:
             chosen, notices = self._offered_quality(chosen, notices, limits.max_quality)
-        return self._offered_look(chosen, notices, typed)
+        return self._offered_look(chosen, notices, typed, masked=masked)
 
     def _offered_look(
-        self, chosen: JobDefaults, notices: tuple[str, ...], typed: frozenset[str]
+        self, chosen: JobDefaults, notices: tuple[str, ...], typed: frozenset[str], *, masked: bool
     ) -> tuple[JobDefaults, tuple[str, ...]]:
         """A default size or background the model in use cannot make becomes its `auto` (the model's
         choice), and a default format one it makes, with a notice. Saved with another model in mind
-        (/settings, then another model), it must not make every edit fail."""
+        (/settings, then another model), it must not make every edit fail. A `masked` edit counts only
+        what the model's routes make with a mask: /mask has no background option, so a saved background
+        its inpainters lack (1min.ai's: auto only) would refuse every masked edit."""
         if chosen.model not in self.catalog.models:  # unknown: the job refuses it by name
             return chosen, notices
         model = self.model_for_view(chosen.model)
         if "size" not in typed and not model.accepts_size(chosen.size) and model.accepts_size(AUTO):
             notices = (*notices, messages.default_not_offered(model.name, "size", chosen.size))
             chosen = replace(chosen, size=AUTO)
-        makes = self._backgrounds_made(model)
+        makes = self._backgrounds_made(model, masked=masked)
         if "background" not in typed and makes and chosen.background not in makes and AUTO in makes:
-            notices = (*notices, messages.default_not_offered(model.name, "background", chosen.background))
+            notice = messages.default_not_offered(model.name, "background", chosen.background, masked=masked)
+            notices = (*notices, notice)
             chosen = replace(chosen, background=AUTO)
         # A format has no `auto`: the first one a live route makes, and for a transparent background
         # the first one it makes transparent, when there is one (a saved WebP on a route that makes
         # transparency only as PNG fails the same way as one the route does not make at all).
-        clear = self._formats_made(model, transparent=True) if chosen.background == "transparent" else []
-        usable = clear or self._formats_made(model)
+        transparent = chosen.background == "transparent"
+        clear = self._formats_made(model, transparent=True, masked=masked) if transparent else []
+        usable = clear or self._formats_made(model, masked=masked)
         if "output_format" not in typed and usable and chosen.output_format not in usable:
             fmt = usable[0]
             notices = (
@@ -426,16 +436,24 @@ class PolicyService(PolicyAdmin):
             chosen = replace(chosen, output_format=fmt)
         return chosen, notices
 
-    def _backgrounds_made(self, model: ModelEntry) -> list[str]:
-        """The backgrounds some live route of `model` makes, in the usual order (none: no live route,
-        and the job says so itself)."""
-        made = {b for route in self.lifecycle.live_routes(model) for b in route.backgrounds}
+    def _routes_for(self, model: ModelEntry, *, masked: bool) -> list[Route]:
+        """The live routes of `model` that could take the edit (`masked`: those that take a mask)."""
+        return [r for r in self.lifecycle.live_routes(model) if r.mask or not masked]
+
+    def _backgrounds_made(self, model: ModelEntry, *, masked: bool = False) -> list[str]:
+        """The backgrounds some live route of `model` makes (`masked`: with a mask, as routing reads a
+        route's `mask_backgrounds`), in the usual order (none: no live route, and the job says so)."""
+        routes = self._routes_for(model, masked=masked)
+        made = {b for r in routes for b in r.backgrounds if not masked or b in r.mask_backgrounds}
         return [b for b in BACKGROUNDS if b in made]
 
-    def _formats_made(self, model: ModelEntry, *, transparent: bool = False) -> list[str]:
+    def _formats_made(
+        self, model: ModelEntry, *, transparent: bool = False, masked: bool = False
+    ) -> list[str]:
         """The output formats some live route of `model` makes (`transparent`: makes with a
-        transparent background), in the usual order (none: no live route, and the job says so)."""
-        routes = self.lifecycle.live_routes(model)
+        transparent background; `masked`: takes a mask), in the usual order (none: no live route, and
+        the job says so)."""
+        routes = self._routes_for(model, masked=masked)
         made = {f for r in routes for f in r.output_formats if not transparent or f in r.transparent_formats}
         return [f for f in OUTPUT_FORMATS if f in made]
 
@@ -475,7 +493,8 @@ class PolicyService(PolicyAdmin):
             for name in ("quality", "size", "background", "output_format")
             if getattr(job.options, name) is not None and not job.options.model_is_default
         )
-        return self._clamp(chosen, policy.limits_for(job.role_ids), policy, typed=typed)
+        limits = policy.limits_for(job.role_ids)
+        return self._clamp(chosen, limits, policy, typed=typed, masked=job.mask is not None)
 
     async def reserve(self, job_id: str, job: EditJob, credits: int) -> Account:
         """Refill the allowance if due, then hold `credits` under the server's admission rules.
