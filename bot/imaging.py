@@ -773,11 +773,18 @@ def stored_mask(region_png: bytes, image_size: tuple[int, int], *, invert: bool 
     Not a member's upload, so not checked as one: its 8-bit PNG can be larger than the 1-bit mask the
     member sent, and refusing it by MAX_INPUT_MB failed a job after the provider was paid. It is bounded
     instead by what the bot wrote: exactly `image_size` (an image that passed the upload checks), checked
-    from the header before any pixel is decoded. Raises `ValueError` for any other file.
+    from the header before any pixel is decoded. Raises `ValueError` for any other file (another size,
+    or one Pillow cannot read: empty, truncated, damaged), `InvalidMask` as `mask_from_region` does.
     """
-    image = Image.open(io.BytesIO(region_png), formats=["PNG"])
-    if image.size != image_size:
-        raise ValueError(f"stored region is {image.size}, not the image's {image_size}")
+    try:
+        image = Image.open(io.BytesIO(region_png), formats=["PNG"])
+        if image.size != image_size:
+            raise ValueError(f"stored region is {image.size}, not the image's {image_size}")
+        image.load()
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow's zoo (UnidentifiedImageError, truncated data, bad CRCs, ...)
+        raise ValueError(f"stored region is unreadable ({type(exc).__name__}: {exc})") from exc
     return mask_from_region(image, invert=invert)
 
 

@@ -680,6 +680,33 @@ async def test_a_retried_masked_job_keeps_its_mask_settings_and_whether_its_mode
     assert (retry.options.model, retry.options.model_is_default) == ("gpt-image-1-mini", False)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [lambda png: png[: len(png) // 2], lambda png: b"", lambda png: white_box_mask((8, 8), (2, 2, 6, 6))],
+    ids=["truncated", "empty", "another-size"],
+)
+async def test_a_retry_whose_stored_mask_was_damaged_is_told_the_mask_is_unreadable(
+    make_service, fake, caplog, damage
+):
+    """A region.png damaged on disk since the job ran: imaging's ValueError reached the member as
+    "Something went wrong" (before stored masks were read as written, it was the corrupt-mask message)."""
+    service = make_service()
+    outcome = await run_to_end(service, replace(make_job(), mask=MaskSpec(grid=(3, 3), cells=(5,))))
+    where = {"user_id": USER, "guild_id": GUILD, "role_ids": (), "channel_id": 3, "upload_limit": 1 << 20}
+    retry = await service.retry_job(outcome.job_id, **where)
+    assert retry.mask is not None and retry.mask.upload is not None
+    region = service.engine.files.folder(outcome.job_id) / retry.mask.upload.filename
+    region.write_bytes(damage(region.read_bytes()))
+    posts = fake.post_count
+
+    with caplog.at_level("WARNING", logger="bot.services.edits"), pytest.raises(InvalidMask) as refused:
+        await service.prepare(retry)
+
+    assert (refused.value.code, refused.value.user_message) == ("corrupt", messages.corrupt("`mask`"))
+    assert any("stored mask region.png of a Retry is unusable" in r.getMessage() for r in caplog.records)
+    assert fake.post_count == posts
+
+
 async def test_a_prepared_job_the_safety_check_already_passed_is_not_screened_again(make_service, fake):
     service = make_service()
     screened: list[str] = []

@@ -985,6 +985,26 @@ def test_a_stored_region_of_another_size_is_refused_before_its_pixels_are_read()
         stored_mask(png_header_only(1024, 1536), (1536, 1024))
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda png, size: b"",
+        lambda png, size: png[: len(png) // 2],
+        lambda png, size: b"\x89PNG" + bytes(64),
+        lambda png, size: png_header_only(*size),
+    ],
+    ids=["empty", "truncated", "garbage", "no-pixels"],
+)
+def test_a_damaged_stored_region_is_refused_as_a_value_error(
+    ellipse_mask: NormalizedMask, damage: Callable[[bytes, tuple[int, int]], bytes]
+) -> None:
+    """Pillow's own errors (UnidentifiedImageError, OSError on truncated data) were let through, so a
+    caller mapping the documented ValueError (Retry: `EditService._load_mask`) missed them."""
+    size = ellipse_mask.region.size
+    with pytest.raises(ValueError, match="stored region is unreadable"):
+        stored_mask(damage(ellipse_mask.white_edit_png(), size), size)
+
+
 # --- restore_outside: locality ---------------------------------------------------------------------
 
 LOCALITY_SIZE = (112, 84)

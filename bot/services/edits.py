@@ -570,7 +570,13 @@ class EditService:
         if spec.upload is not None and spec.upload.stored:
             # Its 8-bit PNG can be larger than the member's mask was: MAX_INPUT_MB is not for it.
             data = await spec.upload.read()
-            return await asyncio.to_thread(imaging.stored_mask, data, size, invert=spec.invert)
+            try:
+                return await asyncio.to_thread(imaging.stored_mask, data, size, invert=spec.invert)
+            except ValueError as exc:
+                # The bot wrote it: damaged on disk since. The member is told what an unreadable mask
+                # upload tells them, the operator why.
+                log.warning("stored mask %s of a Retry is unusable: %s", spec.upload.filename, exc)
+                raise InvalidMask(messages.corrupt("`mask`"), code="corrupt") from None
         if spec.upload is not None:
             if spec.upload.size > self.settings.max_input_bytes:
                 raise InvalidMask(messages.MASK_FILE_TOO_LARGE, code="too_large")
