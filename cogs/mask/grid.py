@@ -124,7 +124,10 @@ class GridPicker(PricedPreview):
         await interaction.response.defer()
         self.sessions.touch(session, interaction)
         async with self.edits.engine.intake():  # as the first preparation (MaskCog._begin_session)
-            session.prepared = await self.edits.prepare(session.job)
+            prepared = await self.edits.prepare(session.job)
+        if self._stale(session, interaction):  # a later click (other cells, Cancel) owns the message now
+            return
+        session.prepared = prepared
         await self._show_preview(interaction, session)
 
     async def _back(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
@@ -139,7 +142,7 @@ class GridPicker(PricedPreview):
         """Draw the picker for the session's grid and cells; `notice` says why the last click went nowhere."""
         assert session.picture is not None
         picture = await masking.grid_picture(session.picture, session.grid, session.spec.cells)
-        if self._gone(session):
+        if self._stale(session, interaction):
             return
         await interaction.edit_original_response(
             content=notice,

@@ -110,7 +110,7 @@ class PricedPreview(MaskParts):
         prepared = session.prepared
         assert prepared is not None
         shown = await masking.preview(prepared, self.bot.services.policy)
-        if self._gone(session):
+        if self._stale(session, interaction):
             return
         await interaction.edit_original_response(
             content=None,

@@ -104,7 +104,8 @@ class MaskSessions:
         self._sessions[session.sid] = session
 
     def touch(self, session: MaskSession, interaction: discord.Interaction) -> None:
-        """The user clicked: stop the clock and remember the newest way to edit the message."""
+        """The user clicked: stop the clock and remember the newest way to edit the message. The click
+        owns the message from now on: what earlier clicks still draw is dropped (`MaskParts._stale`)."""
         session.handle = interaction
         if session.expiry is not None:
             session.expiry.cancel()
@@ -161,7 +162,10 @@ class MaskParts:
     edits: EditService
     sessions: MaskSessions
 
-    def _gone(self, session: MaskSession) -> bool:
-        """Whether `session` was cancelled, run or expired while a click's work was awaited: drawing it
-        again then would bring back a picker or preview whose buttons do nothing."""
-        return self.sessions.get(session.sid) is not session
+    def _stale(self, session: MaskSession, interaction: discord.Interaction) -> bool:
+        """Whether what `interaction` (a click, or the command itself) was drawing must be dropped after
+        its work was awaited: the session was cancelled, run or expired meanwhile (drawing it again would
+        bring back a picker or preview whose buttons do nothing), or a later click took the message over
+        (`MaskSessions.touch`), whose state is what the member must see: a slow picker redraw would
+        otherwise land over the preview, or a preview show cells changed since it was asked for."""
+        return self.sessions.get(session.sid) is not session or session.handle is not interaction

@@ -11,6 +11,7 @@ import io
 import random
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,25 @@ async def test_cancel_moves_no_credits_and_calls_no_model(world: World):
     assert await world.services.storage.jobs.recent_jobs(world.guild.id, world.user.id) == []
 
 
+def chosen_cells(message: FakeMessage) -> list[str]:
+    select = message.find_component(control(message, "cells"))
+    return [o["value"] for o in select["options"] if o.get("default")]
+
+
+def mark_when_handled(mask: MaskCog, action: str) -> asyncio.Event:
+    """An event set once every click on `action` from now on has been handled to its end."""
+    done, real = asyncio.Event(), mask._handlers[action]
+
+    async def handle_then_mark(*args: Any) -> None:
+        try:
+            await real(*args)
+        finally:
+            done.set()
+
+    mask._handlers[action] = handle_then_mark
+    return done
+
+
 async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(world: World):
     """Cancel lands while Preview's work (downloading and checking the images) is still awaited: the
     preview that work then draws would bring back buttons whose session is gone."""
@@ -347,21 +367,14 @@ async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(worl
     await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
     await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
     mask = cog(world)
-    real_prepare, real_show = mask.edits.prepare, mask._show_preview
-    cancelled, done = asyncio.Event(), asyncio.Event()
+    real_prepare, cancelled = mask.edits.prepare, asyncio.Event()
 
     async def prepare_after_the_cancel(*args: Any, **kw: Any) -> Any:
         await cancelled.wait()
         return await real_prepare(*args, **kw)
 
-    async def show_then_mark(*args: Any, **kw: Any) -> None:
-        try:
-            await real_show(*args, **kw)
-        finally:
-            done.set()
-
     mask.edits.prepare = prepare_after_the_cancel  # type: ignore[method-assign]
-    mask._show_preview = show_then_mark  # type: ignore[method-assign]
+    done = mark_when_handled(mask, "next")
     preparing = await world.fake.click(world.user, picker, control(picker, "next"))
     await world.fake.wait_until(lambda: preparing.acknowledged)
     await click(world, picker, "cancel")
@@ -370,6 +383,66 @@ async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(worl
     await asyncio.wait_for(done.wait(), 10)  # the preview's work has ended: nothing of it is drawn
     assert picker.content.startswith("Cancelled") and picker.components == []
     assert world.openai.post_count == 0
+
+
+async def test_a_slow_picker_redraw_landing_after_the_preview_leaves_the_preview(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The member changes cells and clicks Preview before the picker's redraw (a busy thread pool, a big
+    photo) is done: the preview with Run edit showed, then the late redraw put the picker back over it."""
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    drawing, release = threading.Event(), threading.Event()
+    real_overlay = imaging.grid_overlay
+
+    def slow_overlay(*args: Any, **kw: Any) -> bytes:
+        drawing.set()
+        release.wait(10)
+        return real_overlay(*args, **kw)
+
+    monkeypatch.setattr(imaging, "grid_overlay", slow_overlay)
+    redrawn = mark_when_handled(cog(world), "cells")
+    try:
+        await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
+        await world.fake.wait_until(drawing.is_set)
+        preview = await shown(world, await click(world, picker, "next"), "run")
+        assert fields(preview)["Area"] == "22% of the image"  # cells 1 and 2
+    finally:
+        release.set()
+    await asyncio.wait_for(redrawn.wait(), 10)
+    assert control(preview, "run") is not None and control(preview, "cells") is None
+    run = await click(world, preview, "run")
+    assert (await world.finished(run)).startswith("Done")
+
+
+async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_those_cells(world: World):
+    """A cells click lands while Preview's work is awaited: the preview then drawn showed (and would
+    have run) the cells picked before, though the member's newest pick was another."""
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    mask = cog(world)
+    real_prepare, picked = mask.edits.prepare, asyncio.Event()
+
+    async def prepare_after_the_pick(*args: Any, **kw: Any) -> Any:
+        await picked.wait()
+        return await real_prepare(*args, **kw)
+
+    mask.edits.prepare = prepare_after_the_pick  # type: ignore[method-assign]
+    previewed = mark_when_handled(mask, "next")
+    preparing = await click(world, picker, "next")
+    await world.fake.wait_until(lambda: preparing.acknowledged)
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
+    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1", "2"])
+    picked.set()
+    await asyncio.wait_for(previewed.wait(), 10)
+    assert control(picker, "run") is None and chosen_cells(picker) == ["1", "2"]
+
+    preview = await shown(world, await click(world, picker, "next"), "run")
+    assert fields(preview)["Area"] == "22% of the image"
 
 
 async def test_preview_expires_and_says_so(world: World):
