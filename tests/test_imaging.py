@@ -1363,6 +1363,53 @@ def test_tint_preview_accepts_transparent_image() -> None:
     assert decode(data).size == image.size
 
 
+def test_a_jpeg_shrunk_anyway_is_decoded_at_a_fraction_of_its_size_that_keeps_the_side_asked() -> None:
+    """Pictures shown at a few hundred px decoded the whole photo first (40 MP: ~120 MB a picker click);
+    libjpeg's DCT scaling decodes 1/2..1/8 of it, never below the side asked for, upright."""
+    big = save(photo("rocket.jpg").resize((2560, 1600)), "JPEG", quality=90)
+    assert decode(big).size == (2560, 1600)
+    assert decode(big, at_least=320).size == (320, 200)  # 1/8
+    assert decode(big, at_least=400).size == (640, 400)  # 1/4: 1/8 would leave 320 px
+    assert decode(big, at_least=4000).size == (2560, 1600)
+    sideways = with_orientation(photo("rocket.jpg").resize((2560, 1600)), "JPEG", 6)
+    assert decode(sideways, at_least=320).size == (200, 320)
+    assert decode(photo_bytes("coffee.png"), at_least=100).size == (600, 400)  # PNG: decoded whole
+
+
+def test_the_preview_picture_is_an_upright_flat_rgb_png_no_larger_than_asked() -> None:
+    image = photo("rocket.jpg").convert("RGBA")
+    image.putalpha(0)  # all transparent: shown on the previews' mid grey
+    picture = Image.open(io.BytesIO(imaging.preview_picture(with_orientation(image, "WEBP", 6), 320)))
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    assert picture.height == 320 and picture.width < 320
+    assert picture.getextrema() == tuple((v, v) for v in imaging.PREVIEW_BACKGROUND)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("rocket.jpg", "JPEG"), ("coffee.png", "PNG"), ("chelsea.png", "WEBP")]
+)
+def test_grid_and_tint_drawn_from_the_preview_picture_look_as_drawn_from_the_image(
+    name: str, fmt: str
+) -> None:
+    """The picker and the preview are drawn from `preview_picture` (made once per /mask session), not
+    from the image at each click: the same size, and the same picture but for resampling noise."""
+    image = photo(name).convert("RGBA")
+    image = image.resize((image.width * 4, image.height * 4), Image.Resampling.BICUBIC)
+    image.putalpha(Image.linear_gradient("L").resize(image.size))  # some of it shows on grey
+    data = save(image.convert("RGB") if fmt == "JPEG" else image, fmt)
+    picture = imaging.preview_picture(data, imaging.PREVIEW_MAX_SIDE)
+    assert max(decode(picture).size) == imaging.PREVIEW_MAX_SIDE
+    region = grid_region(image.size, 3, 3, [1, 5])
+    pairs = [
+        (grid_overlay(picture, 3, 3, [2], max_side=768), grid_overlay(data, 3, 3, [2], max_side=768)),
+        (tint_preview(picture, region), tint_preview(data, region)),
+    ]
+    for drawn, expected in pairs:
+        assert decode(drawn).size == decode(expected).size
+        difference = ImageStat.Stat(ImageChops.difference(decode(drawn), decode(expected))).mean
+        assert max(difference) < 2, difference
+
+
 @pytest.mark.parametrize(
     ("rows", "cols", "cells", "boxes"),
     [

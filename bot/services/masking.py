@@ -19,6 +19,9 @@ GRIDS: tuple[tuple[int, int], ...] = ((3, 3), (4, 4))
 DEFAULT_GRID = GRIDS[0]
 # The picker is redrawn on every change, so it is kept smaller than the final preview.
 PICKER_MAX_SIDE = 768
+# The picture a session's picker and preview are drawn from (`shown_picture`): as large as either shows
+# it, so both look as they would drawn from the image itself.
+SHOWN_MAX_SIDE = max(PICKER_MAX_SIDE, imaging.PREVIEW_MAX_SIDE)
 
 
 @dataclass(frozen=True)
@@ -60,21 +63,29 @@ async def prepare_picker(
     return await edits.prepare(with_cells(job, DEFAULT_GRID, (1,)), progress=progress)
 
 
-async def grid_picture(image: bytes, grid: tuple[int, int], cells: tuple[int, ...]) -> bytes:
-    """JPEG of `image` under a numbered grid with the chosen cells tinted."""
+async def shown_picture(image: bytes) -> bytes:
+    """The picture the picker and the preview are drawn from, made once from the job's validated image
+    (`imaging.preview_picture`, at most SHOWN_MAX_SIDE px): each click then decodes ~1 MP instead of the
+    whole image, which for a 40 MP photo took ~170 MB a click, several clicks at once as many times."""
+    return await asyncio.to_thread(imaging.preview_picture, image, SHOWN_MAX_SIDE)
+
+
+async def grid_picture(picture: bytes, grid: tuple[int, int], cells: tuple[int, ...]) -> bytes:
+    """JPEG of `picture` (`shown_picture`'s) under a numbered grid with the chosen cells tinted."""
     rows, cols = grid
-    return await asyncio.to_thread(imaging.grid_overlay, image, rows, cols, cells, max_side=PICKER_MAX_SIDE)
+    return await asyncio.to_thread(imaging.grid_overlay, picture, rows, cols, cells, max_side=PICKER_MAX_SIDE)
 
 
-async def preview(prepared: PreparedJob, policy: PolicyService) -> MaskPreview:
+async def preview(prepared: PreparedJob, picture: bytes, policy: PolicyService) -> MaskPreview:
     """The tinted picture, the worst-case cost and the balance for a prepared masked job.
 
-    The balance is the one `/credits` shows (allowance top-up included, the same refill the
-    reservation would do anyway).
+    `picture` is `shown_picture`'s of the job's image; the area, at the image's own size, is shrunk onto
+    it (the job's mask itself is unchanged). The balance is the one `/credits` shows (allowance top-up
+    included, the same refill the reservation would do anyway).
     """
     if prepared.mask is None:
         raise ValueError("preview needs a masked job")
-    picture = await asyncio.to_thread(imaging.tint_preview, prepared.images[0].data, prepared.mask.region)
+    tinted = await asyncio.to_thread(imaging.tint_preview, picture, prepared.mask.region)
     job = prepared.job
     balance = (await policy.credits(job.guild_id, job.user_id, job.role_ids)).account.balance
-    return MaskPreview(picture, prepared.reserve, balance, prepared.mask.coverage)
+    return MaskPreview(tinted, prepared.reserve, balance, prepared.mask.coverage)

@@ -10,10 +10,11 @@ The flow stays private until the result:
 3. **Run edit** reserves, edits, restores everything outside the area and posts the result publicly,
    exactly like `/edit`.
 
-Picker and preview state (the prepared job and the image bytes) is kept in memory only, for
-`PREVIEW_TIMEOUT_SECONDS` after the user's last click; a restart or the timeout drops it. Every control
-carries just a random session id in its custom id and is handled by one dynamic item, so a click on a
-stale message still reaches the bot and is answered ("this preview expired") instead of failing.
+Picker and preview state (the prepared job, and a picture of the image no larger than they show it,
+which every redraw is made from) is kept in memory only, for `PREVIEW_TIMEOUT_SECONDS` after the user's
+last click; a restart or the timeout drops it. Every control carries just a random session id in its
+custom id and is handled by one dynamic item, so a click on a stale message still reaches the bot and is
+answered ("this preview expired") instead of failing.
 
 The code is split by what the member sees: `grid.py` (the picker), `preview.py` (the priced preview,
 Run edit and Cancel), `menu.py` (the "Edit image" form), `controls.py` (custom ids and the dynamic item),
@@ -220,13 +221,15 @@ class MaskCog(GridPicker, RetouchCog):
         )
         # Downloading and checking the images (a mask file too) takes an intake turn, as /edit's does
         # (cogs._results.run_and_publish): a burst of /mask commands would otherwise decode at once.
-        # Released before the picker or preview waits for the member, and before `_execute` takes one.
+        # So does the one decode of the image for the small picture the picker and preview are drawn from
+        # (the session keeps that, not the image). Released before the picker or preview waits for the
+        # member, and before `_execute` takes one.
         if job.mask.upload is None:
             async with self.edits.engine.intake():
                 provisional = await masking.prepare_picker(self.edits, job, progress=progress)
+                session.picture = await masking.shown_picture(provisional.images[0].data)
             await progress.close()
             session.job = masking.with_cells(job, masking.DEFAULT_GRID, ())
-            session.picture = provisional.images[0].data
             await self._open(session, self._show_picker(interaction, session))
             return
         if skip:  # prepared and queued in one turn: its images are not held while it waits for another
@@ -239,6 +242,7 @@ class MaskCog(GridPicker, RetouchCog):
             return
         async with self.edits.engine.intake():
             prepared = await self.edits.prepare(job, progress=progress)
+            session.picture = await masking.shown_picture(prepared.images[0].data)
         await progress.close()
         session.prepared = prepared
         await self._open(session, self._show_preview(interaction, session))

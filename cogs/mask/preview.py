@@ -107,9 +107,9 @@ class PricedPreview(MaskParts):
         )
 
     async def _show_preview(self, interaction: discord.Interaction, session: MaskSession) -> None:
-        prepared = session.prepared
-        assert prepared is not None
-        shown = await masking.preview(prepared, self.bot.services.policy)
+        prepared, picture = session.prepared, session.picture
+        assert prepared is not None and picture is not None
+        shown = await masking.preview(prepared, picture, self.bot.services.policy)
         if self._stale(session, interaction):
             return
         await interaction.edit_original_response(

@@ -48,7 +48,8 @@ class MaskSession:
     skip_preview: bool = False
     # The message the "Edit image" menu was used on: a result made from a result continues its history.
     origin_message_id: int | None = None
-    picture: bytes | None = None  # picker only: the validated, upright image the grid is drawn on
+    # What the picker and the preview are drawn from (`masking.shown_picture`), not the image itself.
+    picture: bytes | None = None
     prepared: PreparedJob | None = None  # set while the preview is shown
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -59,7 +60,8 @@ class MaskSession:
 
     @property
     def picking(self) -> bool:
-        return self.picture is not None
+        """The area is picked on the grid (no mask file): the preview can go back to the picker."""
+        return self.spec.upload is None
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from bot import imaging, messages
 from bot.catalog import Catalog
 from bot.jobs.core import IntakeTurns
+from bot.services import masking
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
 from tests.durable import control as job_control
@@ -443,6 +444,59 @@ async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_th
 
     preview = await shown(world, await click(world, picker, "next"), "run")
     assert fields(preview)["Area"] == "22% of the image"
+
+
+@pytest.mark.parametrize("with_file", [False, True], ids=["picker", "mask file"])
+async def test_the_picker_and_preview_are_drawn_from_a_small_picture_made_as_the_session_begins(
+    world: World, monkeypatch: pytest.MonkeyPatch, with_file: bool
+):
+    """Every picker click and every preview decoded the whole image again, outside any intake turn: a
+    40 MP photo took ~170 MB a click, eight clicks at once 1.8 GB. They are drawn from a picture no
+    larger than they show, made once, and look the same as drawn from the image itself."""
+    size = (2255, 1500)
+    big = ORIGINAL.resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    real_grid, real_tint, drawn_from = imaging.grid_overlay, imaging.tint_preview, []
+
+    def opened(picture: bytes) -> bytes:
+        with Image.open(io.BytesIO(picture)) as image:
+            drawn_from.append(image.size)
+        return picture
+
+    monkeypatch.setattr(imaging, "grid_overlay", lambda p, *a, **kw: real_grid(opened(p), *a, **kw))
+    monkeypatch.setattr(imaging, "tint_preview", lambda p, *a, **kw: real_tint(opened(p), *a, **kw))
+    attachments = {"image": ("big.jpg", data)}
+    if with_file:
+        attachments["mask"] = ("mask.png", box_mask((0, 0, 751, 500), size))  # cell 1 of 3×3
+    it = await world.fake.slash(
+        world.user,
+        "mask",
+        channel=world.channel,
+        options={"prompt": "a red scarf", "quality": "low", "size": "1024x1024"},
+        attachments=attachments,
+    )
+    if not with_file:
+        picker = await shown(world, it, "cells")
+        await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+        await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+        expected = rgb(real_grid(data, 3, 3, [1], max_side=masking.PICKER_MAX_SIDE))
+        assert_looks_the_same(rgb(picker.files[0][1]), expected)
+        it = await click(world, picker, "next")
+    preview = await shown(world, it, "run")
+    expected = rgb(real_tint(data, imaging.grid_region(size, 3, 3, [1])))
+    assert_looks_the_same(rgb(preview.files[0][1]), expected)
+
+    shown_at_most = max(masking.PICKER_MAX_SIDE, imaging.PREVIEW_MAX_SIDE)
+    assert len(drawn_from) == (1 if with_file else 3)
+    assert all(max(side) <= shown_at_most for side in drawn_from), drawn_from
+
+
+def assert_looks_the_same(shown: Image.Image, expected: Image.Image) -> None:
+    assert shown.size == expected.size
+    difference = ImageStat.Stat(ImageChops.difference(shown, expected)).mean
+    assert max(difference) < 2, difference
 
 
 async def test_preview_expires_and_says_so(world: World):
