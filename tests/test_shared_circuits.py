@@ -148,18 +148,50 @@ async def test_what_changed_here_since_the_last_round_wins_over_the_stored_view(
     assert a.state("segmind") == CLOSED  # the last word in the database: closed for everyone
 
 
-async def test_a_failed_exchange_hands_the_changes_over_next_time(storage: Storage, clocks: Clocks):
+async def test_a_failed_exchange_hands_the_opens_over_next_time(storage: Storage, clocks: Clocks):
     a, _ = breakers(clocks)
     fail(a, "openai", 2)
-
-    class Down:
-        async def exchange(self, opened: object, closed: object) -> dict[str, float]:
-            raise ConnectionError("database away")
-
     with pytest.raises(ConnectionError):
         await a.share(Down())
     await a.share(storage.circuits)
     assert await storage.circuits.exchange({}, ()) == {"openai": pytest.approx(COOLDOWN, abs=0.01)}
+
+
+class Down:
+    """A database the exchange cannot reach."""
+
+    async def exchange(self, opened: object, closed: object) -> dict[str, float]:
+        raise ConnectionError("database away")
+
+
+async def test_a_close_that_could_not_be_handed_over_never_wipes_a_newer_open_from_elsewhere(
+    storage: Storage, other: Storage, clocks: Clocks
+):
+    a, b = await opened_in_a_and_both_half_open(storage, other, clocks, "openai")
+    assert a.allow("openai")  # a's trial works, but its database is away when it hands the close over
+    a.record("openai", True)
+    with pytest.raises(ConnectionError):
+        await a.share(Down())
+    clocks.advance(20)  # b's own trial fails later: the provider fails again, b opens it for everyone
+    assert b.allow("openai")
+    b.record("openai", False)
+    await b.share(other.circuits)
+
+    clocks.advance(10)  # a's database is back: its old close is stale by now
+    await a.share(storage.circuits)
+    await b.share(other.circuits)
+    assert (a.state("openai"), b.state("openai")) == (OPEN, OPEN)
+    assert await storage.circuits.exchange({}, ()) == {"openai": pytest.approx(COOLDOWN - 10, abs=0.01)}
+
+
+async def test_an_older_open_handed_over_late_does_not_shorten_a_newer_one(storage: Storage, other: Storage):
+    await other.circuits.exchange({"replicate": COOLDOWN}, ())
+    assert await storage.circuits.exchange({"replicate": 5.0}, ()) == {
+        "replicate": pytest.approx(COOLDOWN, abs=0.01)
+    }
+    assert await storage.circuits.exchange({"replicate": COOLDOWN + 30}, ()) == {
+        "replicate": pytest.approx(COOLDOWN + 30, abs=0.01)
+    }
 
 
 class HostClockAhead:

@@ -137,7 +137,8 @@ class CircuitBreaker:
     async def share(self, shared: SharedCircuits) -> None:
         """Hand the circuits opened or closed here since the last call to the other processes, then
         take theirs: one opened elsewhere is open here until the same moment, one closed elsewhere
-        (its row gone) closes here. A circuit that changed here meanwhile keeps this process's view."""
+        (its row gone) closes here. A circuit that changed here meanwhile keeps this process's view.
+        When the exchange fails, the opens are handed over next time, the closes never."""
         changed, self._changed = self._changed, set()
         opened: dict[str, float] = {}
         for provider in changed:
@@ -147,7 +148,11 @@ class CircuitBreaker:
         try:
             rows = await shared.exchange(opened, changed - opened.keys())
         except BaseException:
-            self._changed |= changed  # handed over next time
+            # An open is handed over next time (the stored row keeps the later end of two). A close is
+            # dropped: replayed later it would delete whatever open another process stored meanwhile, and
+            # every process would close a circuit whose provider is failing again. Dropped, it only leaves
+            # the others their open until it ends and their own trial call: the safe side.
+            self._changed |= opened.keys()
             raise
         for provider in (rows.keys() | self._circuits.keys()) - self._changed:
             self._adopt(provider, rows.get(provider))

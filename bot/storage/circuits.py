@@ -15,9 +15,12 @@ from collections.abc import Collection, Mapping
 
 from bot.storage.connection import Body, Database, execute, execute_many, fetch_all, fetch_one, stamp
 
+# A stored open ending later stays: an older open handed over late (after a failed exchange) must not
+# shorten a newer one. ISO-8601 UTC text of one format orders as its moments do.
 OPEN = """
 INSERT INTO open_circuits (provider, open_until) VALUES (?, ?)
 ON CONFLICT (provider) DO UPDATE SET open_until = excluded.open_until
+WHERE excluded.open_until > open_circuits.open_until
 """
 # PostgreSQL only; the parameter is the injected storage clock, NULL in production: the database's clock.
 DATABASE_NOW = "SELECT COALESCE(CAST(? AS TIMESTAMPTZ), statement_timestamp())"
@@ -30,7 +33,8 @@ class Circuits:
         self.db = db
 
     async def exchange(self, opened: Mapping[str, float], closed: Collection[str]) -> dict[str, float]:
-        """Record `opened` ({provider: seconds it stays open from now}) and delete the `closed` rows;
+        """Record `opened` ({provider: seconds it stays open from now}; a stored open that ends later is
+        kept) and delete the `closed` rows;
         then every row as {provider: seconds until it ends} (zero or less: its open period is over and
         nobody has closed it yet)."""
         shared, injected = self.db.shared, self.db.injected_now()
