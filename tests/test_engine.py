@@ -1508,6 +1508,55 @@ async def test_delivery_is_not_retried_while_discord_cannot_say_whether_it_lande
     assert (blind.looks, blind.tries, len(blind.delivered)) == (2, 2, 1)
 
 
+def put_off_deliveries(service: EditService) -> dict[str, Any]:
+    """The jobs whose delivery `service` puts off from now on (by id), for `redeliver_now`."""
+    engine = service.engine
+    engine.delivery_retry_first = 3600.0  # their timers fire when the test says, not by themselves
+    put_off: dict[str, Any] = {}
+    real = engine._deliver_later
+
+    async def deliver_later(job: Any, row: Any) -> bool:
+        put_off[job.id] = job
+        return await real(job, row)
+
+    engine._deliver_later = deliver_later  # type: ignore[method-assign]
+    return put_off
+
+
+def redeliver_now(service: EditService, job: Any) -> None:
+    """What a put-off delivery's timer does when it fires."""
+    service.engine._redeliveries[job.id].cancel()
+    service.engine._redeliver(job)
+
+
+@pytest.mark.parametrize("ended", ["delivered", "failed", "cancelled"])
+async def test_a_redelivery_that_finds_its_job_ended_posts_nothing_and_calls_no_provider(
+    make: Factory, openai: FakeOpenAI, ended: str
+):
+    """A put-off delivery whose job ended meanwhile (another run of it here delivered it: a takeover of
+    its own lapsed lease) leaves it as it ended: no post, no settlement, no provider call."""
+    service, _ = await make()
+    flaky = Flaky(1)
+    service.engine.attach_delivery(flaky)
+    put_off = put_off_deliveries(service)
+    job_id = await submit(service)
+    await until(lambda: job_id in put_off and job_id not in service.engine._jobs)
+    owner = service.engine.owner
+    if ended == "delivered":
+        await service.storage.ledger.settle_delivered(
+            job_id, 7, via="channel", channel_id=1, message_id=2, owner=owner
+        )
+    else:
+        await service.storage.ledger.settle_released(job_id, ended, error_code="x", owner=owner)
+    kinds_before = await kinds(service, job_id)
+    redeliver_now(service, put_off[job_id])
+    await asyncio.wait_for(service.engine._idle.wait(), 10)
+    assert (flaky.tries, flaky.delivered, openai.post_count) == (1, [], 1)
+    assert await state(service, job_id) == ended
+    assert await kinds(service, job_id) == kinds_before
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_a_result_still_undeliverable_after_the_retention_window_is_released(make: Factory):
     service, _ = await make(RESULT_RETENTION_HOURS="1")
     flaky = Flaky(10**6)

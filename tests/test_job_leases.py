@@ -41,11 +41,14 @@ from tests.test_engine import (
     BOB,
     GUILD,
     Clock,
+    Flaky,
     Live,
     Recorder,
     engine_processes,
     job,
     kinds,
+    put_off_deliveries,
+    redeliver_now,
     state,
     store_job,
     submit,
@@ -1299,6 +1302,42 @@ async def test_a_job_created_while_a_renewal_runs_is_not_taken_for_lost(process:
     assert job_id in a.engine.held_jobs()
     await wait_state(a, job_id, "delivered")
     assert [j for j, _ in told.delivered] == [job_id]
+
+
+async def test_a_round_that_outlasts_its_own_lease_does_not_take_its_own_put_off_delivery_over(
+    process: Factory, openai: FakeOpenAI, clock: Clock
+):
+    """A round whose renewal answers only after the lease it wrote ran out (a stalled database or pool:
+    that lease's end was reckoned before the statement waited) finds this process's own job claimable
+    in the same round. A job it still holds (here: a delivery put off after Discord's 503) is left as it
+    is, and delivered once, by its timer: resumed too, it was posted twice and sent to OpenAI again."""
+    a, _ = await process("a")
+    await a.engine.recover()
+    flaky = Flaky(1)
+    a.engine.attach_delivery(flaky)
+    put_off = put_off_deliveries(a)
+    job_id = await submit(a)
+    await until(lambda: job_id in put_off and job_id not in a.engine._jobs)
+    real = a.storage.jobs.renew_leases
+
+    async def answered_late(*args: Any, **kw: Any) -> Renewal:
+        renewal = await real(*args, **kw)
+        clock.advance(LEASE + 1)
+        return renewal
+
+    a.storage.jobs.renew_leases = answered_late  # type: ignore[method-assign]
+    assert sum((await a.engine.lease_round()).values()) == 0
+    a.storage.jobs.renew_leases = real  # type: ignore[method-assign]
+    row = await a.storage.jobs.get_job(job_id)
+    assert row is not None and (row.owner, row.state) == ("a", "completed")
+    assert job_id in a.engine._redeliveries and job_id not in a.engine._jobs
+
+    redeliver_now(a, put_off[job_id])
+    await wait_state(a, job_id, "delivered")
+    await asyncio.wait_for(a.engine._idle.wait(), 10)
+    assert [j for j, _ in flaky.delivered] == [job_id]
+    assert openai.post_count == 1
+    assert await kinds(a, job_id) == ["reserve", "capture"]
 
 
 async def test_a_release_owed_here_keeps_its_lease_so_no_other_process_recovers_the_job(

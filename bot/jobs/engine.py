@@ -390,6 +390,11 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
         row: JobRow | None = None
         try:
             row = await self.storage.jobs.get_job(job.id)
+            if row is not None and row.state in TERMINAL_STATES:
+                # Ended already (by another run of it here, such as a redelivery's timer firing after a
+                # takeover delivered it): nothing may post it, settle it or call a provider for it again.
+                log.warning("job %s: already %s; nothing left to run", job.id, row.state)
+                return
             if row is None or not row.spec:
                 raise RuntimeError(f"job {job.id} has no stored spec")
             spec = JobSpec.from_json(row.spec)

@@ -156,8 +156,11 @@ class JobRecovery(JobLeases):
         code path for both. Returns how many ended up requeued, resumed, delivering, released,
         quarantined or cancelled (a cancel recorded for the last holder: `JobLeases._honour_cancel`)."""
         counts = dict.fromkeys(ADOPTED, 0)
+        # Its lease lapsed here (a round whose renewal answered late), but this process still holds it:
+        # runs it, will deliver it again, or owes its release. Resumed as well, it would run twice.
+        held = self.held_jobs()
         for row in rows:
-            if row.id in self._jobs:  # its lease lapsed here, but this process still runs it
+            if row.id in held:
                 continue
             try:
                 outcome = await self._recover_one(row)
