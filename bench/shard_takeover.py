@@ -1,10 +1,11 @@
 """How fast shards move between processes through the PostgreSQL leases: `python -m bench.shard_takeover`.
 
 Starts `--processes` real processes, each running the production `ShardCoordinator` (database clock,
-real timers, the start-up pause) over one PostgreSQL schema of its own, and records every shard plan
-each one hands its bot, with a timestamp. Then, `--runs` times: `kill -9` of a process serving shards,
-and the time until the survivors serve them again; then a new process, and the time until it serves
-its share. Every plan of every live process is checked: no shard is ever served by two at once.
+real timers, the start-up pause, the notices between processes) over one PostgreSQL schema of its own,
+and records every shard plan each one hands its bot, with a timestamp. Then, `--runs` times: `kill -9`
+of a process serving shards, and the time until the survivors serve them again; then a new process, and
+the time until it serves its share. Every plan of every live process is checked: no shard is ever served
+by two at once.
 
 What is measured is the coordination; the bot then connects the shard (one gateway IDENTIFY, about a
 second on Discord; tests/test_shards_e2e.py connects real shards to the fake Discord).
@@ -45,11 +46,20 @@ async def run_worker(url: str, name: str, shards: int, lease: float) -> None:
     import asyncpg
 
     from bot.sharding import ShardCoordinator, ShardPlan
+    from bot.storage.postgres import PostgresDatabase
     from bot.storage.shard_leases import ShardLeases
 
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)  # the URL names the bench's schema
-    store = ShardLeases(pool, lease=dt.timedelta(seconds=lease))
-    coordinator = ShardCoordinator(store, lease_seconds=lease, shard_count=shards, owner=name)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)  # the URL names the bench's schema
+    db = PostgresDatabase(pool)  # its `listen`: the processes hear each other, as `python -m bot` wires it
+    store = ShardLeases(pool, lease=dt.timedelta(seconds=lease), listen=db.listen)
+    coordinator = ShardCoordinator(
+        store,
+        lease_seconds=lease,
+        shard_count=shards,
+        owner=name,
+        on_fleet=lambda place: None,
+        hear_changes=store.hear_changes,
+    )
 
     async def serve(plan: ShardPlan) -> None:
         print(json.dumps({"t": time.time(), "shards": sorted(plan.shard_ids)}), flush=True)

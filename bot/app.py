@@ -184,7 +184,8 @@ def shard_sharing(
     """Which gateway shards this process serves. With PostgreSQL (`pool`), its share among every process
     on that database, under the name `owner` (the job engine's, so one name says which process holds a
     shard or a job), telling `on_fleet` how many processes are alive, and this one's place among them,
-    after every round and (with `listen`, the database's `listen`) as soon as another joins or leaves;
+    after every round and (with `listen`, the database's `listen`) as soon as another joins or leaves,
+    and running a round as soon as another frees shards or asks for some;
     otherwise all of them: SHARD_COUNT's, or when it is 0 (None here) Discord's
     recommended count, as discord.py picks it."""
     if pool is not None:

@@ -1,17 +1,21 @@
 """Which Discord gateway shards this process serves: all of them, or its share among several processes.
 
 With PostgreSQL, every process runs a `ShardCoordinator` over the lease tables
-(bot/storage/shard_leases.py). Each round — one every third of the lease (`SHARD_LEASE_SECONDS`), and
-one as soon as another process's lease runs out — it says it is alive, renews the leases it holds,
-works out its quota, sheds or claims shards to reach it, and hands the bot the shard ids to serve
-(`ShardPlan`). The bot (bot/client.py) connects and disconnects shards to match.
+(bot/storage/shard_leases.py). Each round — one every third of the lease (`SHARD_LEASE_SECONDS`), one as
+soon as another process's lease runs out, and one as soon as another frees shards or asks for some — it
+says it is alive, renews the leases it holds, works out its quota, sheds or claims shards to reach it,
+and hands the bot the shard ids to serve (`ShardPlan`). The bot (bot/client.py) connects and disconnects
+shards to match.
 
 The quota, and why it does not flap: the live processes running the fleet's shard count, oldest first;
 with N shards and P of them, the first N mod P get ceil(N/P) shards and the others floor(N/P). Quotas add
 up to N and change only when a process joins or dies, and only a process above its quota gives shards
-up, so a steady set of processes never moves a shard. A newcomer is the youngest: the oldest processes
-shed their surplus on their next round and it claims them on its own next one. A dead process's
-shards are claimed by the others the moment its leases run out: one lease after its last renewal.
+up, so a steady set of processes never moves a shard. A newcomer is the youngest: its first round finds
+nothing free and asks the others for shards, a process above its quota sheds its surplus at once, and
+its release wakes the newcomer to claim it; until then the shards are served where they were. A stopping
+process's shards are free at once and claimed by the others in the round their release wakes. A dead
+process's shards are claimed by the others the moment its leases run out: one lease after its last
+renewal.
 
 Two processes never serve one shard: a shard changes hands only in the database, one statement at a
 time, and a process stops serving a shard *before* it releases it. A process that cannot reach the
@@ -37,7 +41,11 @@ no shard (more processes than shards, or one waiting for another shard count) co
 runs jobs.
 A process that joins or leaves also says so through PostgreSQL's NOTIFY, and every other process then
 counts the fleet at once (`_recount`) instead of at its next round: a newcomer takes its part of the
-ceilings at once, and the others shrink theirs within milliseconds (a lost notification: a round).
+ceilings at once, and the others shrink theirs within milliseconds (a lost notification: a round). So
+does one that frees shards (a stop, a surplus given up) or is short of its quota, and every other
+process then runs a round at once (`_wake`; a lost notification: the next regular round). A join alone
+wakes nobody: the newcomer may still be starting (its recovery, the gateway's login), and shards shed for
+it then would go unserved until its first round.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from bot.storage.shard_leases import Fleet, ShardOwner
+from bot.storage.shard_leases import Fleet, ShardOwner, fleet_notice
 from bot.tasks import Again
 
 log = logging.getLogger(__name__)
@@ -64,7 +72,9 @@ T = TypeVar("T")
 # Rounds per lease: a lease outlives two missed rounds, and the third third is the margin below.
 ROUNDS_PER_LEASE = 3
 # A round due because another process's lease runs out comes this long after it, so that the lease has
-# run out by the database's clock too; and never sooner than this after the previous round.
+# run out by the database's clock too; and never sooner than this after the previous round. A round due
+# because another process freed shards (or wants some) comes this long after the notice, which gathers
+# the notices sent with it: a flood of them brings one round per this time at most.
 EXPIRY_SLACK_SECONDS = 0.1
 # Processes started together (`docker compose up --scale retouch=3`) first all say they are alive, then
 # claim: without this pause the first one would claim every shard and hand most of them back a round
@@ -128,6 +138,7 @@ class LeaseStore(Protocol):
     async def claim(self, owner: str, shard_count: int, limit: int) -> frozenset[int]: ...
     async def release(self, owner: str, shard_ids: Collection[int]) -> None: ...
     async def retire(self, owner: str) -> None: ...
+    async def ask_for_shards(self, owner: str) -> None: ...
     async def leave(self, owner: str) -> None: ...
 
 
@@ -232,9 +243,12 @@ class ShardCoordinator:
         # limits are split by them).
         self.on_fleet = on_fleet
         # `ShardLeases.hear_changes`: told when another process joins or leaves, this one recounts the
-        # fleet at once (`_recount`), not at its next round.
+        # fleet at once (`_recount`), not at its next round; told that shards were freed or are wanted,
+        # it runs a round at once (`_wake`). Set to None once listening.
         self._hear_changes = hear_changes
         self._recount: Again | None = None
+        self._wake = asyncio.Event()
+        self._asked = False  # short of its quota, and the others were told (`_ask_if_short`)
         self.plan = ShardPlan(shard_count or 0, frozenset())
         self._serve: Serve | None = None
         self._renewed_at = -math.inf
@@ -301,14 +315,22 @@ class ShardCoordinator:
     def _listen_for_changes(self) -> None:
         """From the first time this process is counted: recount whenever another joins or leaves. A
         newcomer takes its part of the provider ceilings at once, so until the others have shrunk
-        theirs the fleet is over the ceilings; this makes that milliseconds instead of a round."""
-        if self._recount is None and self._hear_changes is not None and self.on_fleet is not None:
+        theirs the fleet is over the ceilings; this makes that milliseconds instead of a round. And run
+        a round whenever another frees shards or is short of its own: a stop's shards are served again,
+        and a newcomer has its share, within milliseconds instead of at the next regular round."""
+        hear, self._hear_changes = self._hear_changes, None
+        if hear is not None:
             self._recount = Again(self._count_fleet, "shard leases: counting the fleet at once")
-            if not self._hear_changes(self._fleet_changed):
-                self._hear_changes = None
+            hear(self._fleet_changed)
 
-    def _fleet_changed(self, name: str) -> None:
-        if name != self.owner and self._joined and self._recount is not None:
+    def _fleet_changed(self, payload: str) -> None:
+        name, shards_moved = fleet_notice(payload)
+        if name == self.owner or not self._joined:
+            return
+        if shards_moved:
+            if not self._leaving:  # a leaving process claims nothing
+                self._wake.set()
+        elif self._recount is not None and self.on_fleet is not None:
             self._recount.ask()
 
     async def _count_fleet(self) -> None:
@@ -318,7 +340,9 @@ class ShardCoordinator:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.next_round)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.next_round)
+                await asyncio.sleep(EXPIRY_SLACK_SECONDS)  # woken: gather the notices sent with this one
             await self.tick()
 
     async def tick(self) -> None:
@@ -327,6 +351,7 @@ class ShardCoordinator:
         the next round tries again; after enough of them the bot is told to serve nothing (see
         `_serve_until`)."""
         started = self._monotonic()
+        self._wake.clear()  # what the notices heard until now said, this round reads
         try:
             if self._leaving:
                 await self._drain_round()
@@ -377,7 +402,17 @@ class ShardCoordinator:
             got = await self._within(self.store.claim(self.owner, count, want - len(held)))
             if got:
                 log.info("shard leases: claimed shards %s (quota %d of %d)", _ids(got), want, count)
-                await self._apply(held | got)
+                held |= got
+                await self._apply(held)
+        await self._ask_if_short(len(held) < want)
+
+    async def _ask_if_short(self, short: bool) -> None:
+        """Short of its quota (a newcomer, or back from an outage), this process tells the others once,
+        so one holding a surplus gives it up now rather than at its next regular round (its release then
+        wakes this one to claim it). Once per shortage, so two short processes never wake each other."""
+        if short and not self._asked:
+            await self._within(self.store.ask_for_shards(self.owner))
+        self._asked = short
 
     def _adopt_fleet_count(self, owners: Sequence[ShardOwner], held: frozenset[int]) -> int:
         """Without SHARD_COUNT, a process holding nothing follows the fleet's count (two processes that

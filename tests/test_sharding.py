@@ -684,6 +684,131 @@ async def until_heard(places: list[FleetPlace], wanted: FleetPlace, timeout: flo
         await asyncio.sleep(0.01)
 
 
+class Hearing:
+    """Processes over one lease store that hear each other's notices, as `python -m bot` wires them, each
+    running its rounds in the background as in production. Their lease is so long that no regular round
+    comes during a test: only a notice can bring one."""
+
+    LEASE = 3600.0
+
+    def __init__(self, pool: Any, clock: Clock) -> None:
+        from bot.storage.postgres import PostgresDatabase
+
+        self.pool, self.clock = pool, clock
+        self.db = PostgresDatabase(pool)
+        lease = dt.timedelta(seconds=self.LEASE)
+        self.store = ShardLeases(pool, lease=lease, clock=clock, listen=self.db.listen)
+        self.bots: dict[str, Bot] = {}
+        self.processes: dict[str, ShardCoordinator] = {}
+
+    @classmethod
+    async def on(cls, pool_on: PoolOn, clock: Clock) -> Hearing:
+        import secrets
+
+        return cls(
+            await pool_on(server_settings={"application_name": f"retouch-test-{secrets.token_hex(4)}"}), clock
+        )
+
+    def process(self, name: str) -> ShardCoordinator:
+        self.bots[name] = Bot()
+        self.processes[name] = ShardCoordinator(
+            self.store,
+            lease_seconds=self.LEASE,
+            shard_count=3,
+            owner=name,
+            settle_seconds=0,
+            monotonic=self.clock.monotonic,
+            on_fleet=lambda place: None,  # the provider limits' part, as in production
+            hear_changes=self.store.hear_changes,
+        )
+        return self.processes[name]
+
+    async def start(self, name: str) -> ShardCoordinator:
+        """What the bot does at start: join, a first round, then the rounds in the background."""
+        from bot.storage.shard_leases import FLEET_CHANNEL
+
+        process = self.processes.get(name) or self.process(name)
+        await process.start(self.bots[name].serve, recommended=3)
+        await listening(self.pool, FLEET_CHANNEL)
+        return process
+
+    def serving(self) -> dict[str, set[int]]:
+        return {name: set(bot.serving) for name, bot in self.bots.items()}
+
+    async def close(self) -> None:
+        for process in self.processes.values():
+            await process.stop()
+            await process.leave()
+        await self.db.close()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    """Until `condition()` holds; in a `Hearing` fleet only a notice can make it hold."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError("never came")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_newcomer_gets_its_share_as_it_starts_not_at_the_others_next_round(
+    pool_on: PoolOn, clock: Clock
+):
+    fleet = await Hearing.on(pool_on, clock)
+    try:
+        await fleet.start("a")
+        assert fleet.serving() == {"a": {0, 1, 2}}
+        # b joins (before its jobs start) but is not serving yet: a keeps every shard, nothing unserved.
+        await fleet.process("b").join(recommended=3)
+        await asyncio.sleep(0.3)
+        assert fleet.serving() == {"a": {0, 1, 2}, "b": set()}
+        # b's first round finds nothing free and asks: a sheds its surplus at once, and b claims it.
+        await fleet.start("b")
+        await until(lambda: fleet.serving() == {"a": {0, 1}, "b": {2}})
+    finally:
+        await fleet.close()
+
+
+async def test_a_clean_stops_shards_are_served_by_the_others_at_once_not_at_their_next_round(
+    pool_on: PoolOn, clock: Clock
+):
+    fleet = await Hearing.on(pool_on, clock)
+    try:
+        await fleet.start("a")
+        b = await fleet.start("b")
+        await until(lambda: fleet.serving() == {"a": {0, 1}, "b": {2}})
+        await b.stop()  # SIGTERM on b (a rolling restart): it stops serving, its shards are free
+        assert fleet.serving()["b"] == set()
+        await until(lambda: fleet.serving()["a"] == {0, 1, 2})
+    finally:
+        await fleet.close()
+
+
+async def test_a_flood_of_notices_brings_one_round_not_one_each(pool_on: PoolOn, clock: Clock):
+    from bot.storage.shard_leases import FLEET_CHANNEL, NOTIFY_FLEET, SHARDS_MOVED
+
+    fleet = await Hearing.on(pool_on, clock)
+    try:
+        a = await fleet.start("a")
+        rounds: list[float] = []
+        tick = a.tick
+
+        async def counted() -> None:
+            rounds.append(clock.monotonic())
+            await tick()
+
+        a.tick = counted  # type: ignore[method-assign]
+        async with fleet.pool.acquire() as conn, conn.transaction():
+            for i in range(50):
+                await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, f"{SHARDS_MOVED}other-{i}")
+        await until(lambda: rounds)
+        await asyncio.sleep(0.5)
+        assert len(rounds) <= 2
+    finally:
+        await fleet.close()
+
+
 # -- the fleet's clocks -----------------------------------------------------------------------------
 
 

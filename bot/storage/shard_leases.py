@@ -70,10 +70,14 @@ ON CONFLICT (owner) DO UPDATE SET shard_count = EXCLUDED.shard_count, expires_at
     clock_ahead = EXCLUDED.clock_ahead
 RETURNING NOT COALESCE((SELECT live FROM before), false)
 """
-# NOTIFY channel: a process joined or left the fleet (the payload is its name). Every process recounts
-# the fleet at once, so the provider ceilings' parts change within milliseconds rather than at each
-# process's next round (bot/sharding.py).
+# NOTIFY channel (bot/sharding.py hears it). A process joined or left the fleet: the payload is its name,
+# and every process recounts the fleet at once, so the provider ceilings' parts change within milliseconds
+# rather than at each process's next round. Shards were freed (a stop, a surplus given up) or a process is
+# short of its quota (a newcomer): the payload is SHARDS_MOVED and its name, and every process runs a round
+# at once, so no freed shard waits for the others' next regular round to be served again. (A process of an
+# older Retouch version takes such a notice for a join or a leave: it only recounts the fleet.)
 FLEET_CHANNEL = "retouch_fleet"
+SHARDS_MOVED = "shards:"
 NOTIFY_FLEET = "SELECT pg_notify($1, $2)"
 FORGET = f"DELETE FROM shard_owners WHERE expires_at < {NOW} - $2::interval"
 LIVE = f"""
@@ -157,8 +161,9 @@ class ShardLeases:
         self._listen = listen  # `PostgresDatabase.listen`, for `hear_changes`
 
     def hear_changes(self, heard: Callable[[str], None]) -> bool:
-        """Call `heard(name)` whenever a process joins or leaves (best effort: a missed one is seen at the
-        next round); False when this store cannot listen."""
+        """Call `heard(payload)` whenever a process joins or leaves, or shards move (see FLEET_CHANNEL and
+        `fleet_notice`; best effort: a missed one is seen at the next round); False when this store cannot
+        listen."""
         if self._listen is None:
             return False
         self._listen(FLEET_CHANNEL, heard)
@@ -210,16 +215,24 @@ class ShardLeases:
         return frozenset(row["shard_id"] for row in rows)
 
     async def release(self, owner: str, shard_ids: Collection[int]) -> None:
-        """Give up these shards of `owner` at once (another process may claim them right away)."""
+        """Give up these shards of `owner` at once; the others hear it and claim them right away."""
         if shard_ids:
-            await self._pool.execute(RELEASE, owner, sorted(shard_ids))
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(RELEASE, owner, sorted(shard_ids))
+                await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)  # sent at COMMIT
 
     async def retire(self, owner: str) -> None:
-        """A stop begins: every shard of `owner` is free at once, and it is marked leaving (alive for one
-        more lease, later than every process that is staying) until it `leave`s."""
+        """A stop begins: every shard of `owner` is free at once (the others hear it and take them over),
+        and it is marked leaving (alive for one more lease, later than every process that is staying)
+        until it `leave`s."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(RELEASE, owner, None)
             await conn.execute(RETIRE, self._now(), owner, self.lease)
+            await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)
+
+    async def ask_for_shards(self, owner: str) -> None:
+        """Tell the others `owner` is short of its quota: one holding a surplus gives it up at once."""
+        await self._pool.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)
 
     async def leave(self, owner: str) -> None:
         """A clean stop: every shard of `owner` is free and it no longer counts as alive."""
@@ -227,11 +240,20 @@ class ShardLeases:
             await conn.execute(RELEASE, owner, None)
             await conn.execute(LEAVE, owner)
             await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, owner)
+            await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)  # if `retire` failed
 
     async def holders(self) -> dict[int, str]:
         """{shard id: owner} for every lease that has not run out."""
         rows = await self._pool.fetch(HOLDERS, self._now())
         return {row["shard_id"]: row["owner"] for row in rows}
+
+
+def fleet_notice(payload: str) -> tuple[str, bool]:
+    """A notice on FLEET_CHANNEL: the process that sent it, and whether shards moved (else: it joined or
+    left the fleet)."""
+    if payload.startswith(SHARDS_MOVED):
+        return payload.removeprefix(SHARDS_MOVED), True
+    return payload, False
 
 
 def _owner(row: Sequence[Any]) -> ShardOwner:
