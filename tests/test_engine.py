@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -31,6 +32,7 @@ from bot.config import MAX_DAYS, MAX_HOURS, MAX_SECONDS
 from bot.errors import InsufficientCredits, InvalidOptions, ShuttingDown
 from bot.jobs import core as core_module
 from bot.jobs import engine as engine_module
+from bot.jobs import running as running_module
 from bot.jobs.core import IntakeTurns
 from bot.jobs.files import JobFiles
 from bot.jobs.model import (
@@ -47,6 +49,7 @@ from bot.jobs.model import (
 from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
 from bot.messages import CANCELLED_AT_PROVIDER, DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
 from bot.observability.metrics import Metrics
+from bot.providers.base import DOWNLOAD_GRACE_SECONDS, EditRequest
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
 from bot.providers.wavespeed import WaveSpeedProvider
@@ -464,6 +467,53 @@ async def test_watchdog_cancels_a_job_past_its_deadline_releases_it_and_tells_th
     # The member is told after the release commits (a busy machine may take a moment).
     [(told, text)] = await until(lambda: recorder.notices)
     assert told == job_id and "took too long" in text and "not charged" in text
+
+
+async def test_a_job_whose_result_is_downloading_at_its_deadline_is_delivered_not_timed_out(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+):
+    """The task completed just before the deadline, and its result was still downloading when the
+    job's check came round: the job ended as a timeout (the member refunded, the image made and paid
+    for, thrown away). A finished job's download gets `DOWNLOAD_GRACE_SECONDS` past the deadline."""
+    monkeypatch.setattr(running_module, "PROGRESS_TICK_SECONDS", 0.05)
+    service, recorder = await make()
+    engine = service.engine
+    monkeypatch.setattr(engine, "settings", replace(engine.settings, job_timeout_seconds=3.0))
+    adapter = engine.router.providers["wavespeed"]
+    asked: list[EditRequest] = []
+    edit = adapter.edit
+
+    async def recording(request: EditRequest, **kw: Any) -> Any:
+        asked.append(request)
+        return await edit(request, **kw)
+
+    monkeypatch.setattr(adapter, "edit", recording)
+    wavespeed.url_outputs = True
+    wavespeed.hold_outputs()
+    job_id = await submit(service, model="ws-mini")
+
+    await until(lambda: wavespeed.count("file") == 1)  # the task completed: its result is being fetched
+    await until(lambda: time.monotonic() > asked[0].deadline + 4 * running_module.PROGRESS_TICK_SECONDS)
+    assert await state(service, job_id) == "submitted"  # checked past its deadline, still running
+    wavespeed.release_outputs()
+
+    await wait_state(service, job_id, "delivered")
+    assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
+
+
+def test_only_a_finished_jobs_download_runs_past_the_deadline_and_within_the_watchdogs_grace():
+    late = EditRequest(images=(), prompt="p", model="m", deadline=time.monotonic() - 1)
+    spent = replace(late, deadline=time.monotonic() - DOWNLOAD_GRACE_SECONDS - 1)
+
+    assert late.overdue() and spent.overdue()  # not finished: never past the deadline
+    with late.fetching_result() as until_at:
+        assert not late.overdue() and until_at == late.deadline + DOWNLOAD_GRACE_SECONDS
+    assert late.overdue()
+    with spent.fetching_result():
+        assert spent.overdue()  # the grace is spent too
+    # The job's own check (at a progress tick) ends a download before the watchdog steps in.
+    tick, watchdog = running_module.PROGRESS_TICK_SECONDS, running_module.DEADLINE_GRACE_SECONDS
+    assert DOWNLOAD_GRACE_SECONDS + tick < watchdog
 
 
 async def test_watchdog_cancels_a_job_that_waited_too_long_in_the_queue(make: Factory, openai: FakeOpenAI):

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # How often the "editing with <model> (N s)" stage is refreshed while the provider works.
 PROGRESS_TICK_SECONDS = 5.0
 # The watchdog steps in this long after a job's provider deadline, so the adapter's own timeout
-# (with its better error) normally fires first.
+# (with its better error) normally fires first; and a finished job's download, given
+# DOWNLOAD_GRACE_SECONDS past the deadline (seen at a progress tick), ends before it.
 DEADLINE_GRACE_SECONDS = 30.0
 # A job resumed after a restart gets at least this long to fetch a result the provider may have
 # finished meanwhile, even if its own deadline passed while the bot was down.
@@ -251,7 +252,8 @@ class ProviderRun(EngineCore):
                 if aborted in done:
                     await self._stop_remote(job)
                     raise self._abort_error(job)
-                if request.remaining() <= 0:
+                # A result being downloaded gets its grace past the deadline (`EditRequest.overdue`).
+                if request.overdue():
                     raise perr.ProviderTimeout(
                         "job deadline passed", provider=job.provider or "", accepted=True
                     )

@@ -6,8 +6,9 @@ so the job service can run them, test them and swap them without a bot.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol, runtime_checkable
@@ -27,6 +28,20 @@ class InputImage:
     @property
     def extension(self) -> str:
         return {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}[self.mime]
+
+
+# A job its provider finished just before the deadline still has its result to download (a CDN fetch
+# of a few MB): it gets this long past the deadline, so an image made and paid for is not thrown away.
+# Below the watchdog's grace (bot.jobs.running.DEADLINE_GRACE_SECONDS), which stays the backstop.
+DOWNLOAD_GRACE_SECONDS = 20.0
+
+
+@dataclass(slots=True, eq=False)
+class ResultFetches:
+    """How many calls of one job are downloading the result of a job their provider finished
+    (`EditRequest.fetching_result`): one object, shared by the copies of a request (`replace`)."""
+
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +66,29 @@ class EditRequest:
     mask: InputImage | None = None
     input_fidelity: str | None = None  # only sent when the catalog says the model supports it
     deadline: float = field(default_factory=lambda: time.monotonic() + 300.0)
+    fetches: ResultFetches = field(default_factory=ResultFetches, compare=False, repr=False)
 
     def remaining(self) -> float:
         """Seconds left before the job's deadline (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
+
+    @contextlib.contextmanager
+    def fetching_result(self) -> Iterator[float]:
+        """Around the download of a result the provider has finished: yields the download's deadline,
+        `DOWNLOAD_GRACE_SECONDS` past the job's, and marks the job as fetching meanwhile (`overdue`)."""
+        self.fetches.count += 1
+        try:
+            yield self.deadline + DOWNLOAD_GRACE_SECONDS
+        finally:
+            self.fetches.count -= 1
+
+    def overdue(self) -> bool:
+        """Whether the job's time is up: its deadline passed and no finished result is being fetched,
+        or the download's grace passed too. A job not yet finished never runs past its deadline."""
+        now = time.monotonic()
+        if now < self.deadline:
+            return False
+        return self.fetches.count == 0 or now >= self.deadline + DOWNLOAD_GRACE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,7 +247,8 @@ class OneMinAIProvider(ResellerAdapter):
                 request_id=record_id,
                 accepted=True,
             )
-        data = await self._client.output(url, deadline=request.deadline)
+        with request.fetching_result() as deadline:  # the image is made: its download outlasts the deadline
+            data = await self._client.output(url, deadline=deadline)
         log.debug("%s: %s %s done (record %s)", self.name, request.model, feature, record_id)
         return EditResult(
             images=(OutputImage(data=data, format=sniff_image_format(data) or request.output_format),),

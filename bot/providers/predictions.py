@@ -449,7 +449,8 @@ class PredictionAdapter(ResellerAdapter):
                 len(values) - request.count,
             )
             values = values[: request.count]
-        blobs = await self._client.outputs(values, deadline=request.deadline)
+        with request.fetching_result() as deadline:  # a finished job's download outlasts its deadline
+            blobs = await self._client.outputs(values, deadline=deadline)
         return EditResult(
             images=tuple(OutputImage(data=blob, format=sniff_image_format(blob) or "png") for blob in blobs),
             provider=self.name,

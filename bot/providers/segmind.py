@@ -383,5 +383,6 @@ class SegmindProvider(ResellerAdapter):
             values = _json_outputs(payload)
             if not values:
                 raise unusable("the JSON body holds no image")
-            return await self._client.output(values[0], deadline=request.deadline)
+            with request.fetching_result() as deadline:  # made: its download outlasts the deadline
+                return await self._client.output(values[0], deadline=deadline)
         raise unusable(f"the content type is {content_type or 'missing'}")

@@ -87,6 +87,8 @@ class FakeServer:
         self.gone_routes: dict[str, Gone] = {}  # route (model id) -> how its submits answer
         self._faults: list[FaultRule] = []
         self._release = asyncio.Event()  # set by `close()`: requests held by a HANG fault give up
+        self._outputs_open = asyncio.Event()  # cleared by `hold_outputs`: result downloads wait
+        self._outputs_open.set()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -144,6 +146,25 @@ class FakeServer:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def hold_outputs(self) -> None:
+        """Keep every download of a result waiting, unanswered, until `release_outputs` (or the fake
+        closes): a slow CDN, for a job whose result is still coming when its deadline passes."""
+        self._outputs_open.clear()
+
+    def release_outputs(self) -> None:
+        self._outputs_open.set()
+
+    async def _output_gate(self) -> None:
+        """Where a result download waits while outputs are held."""
+        if self._outputs_open.is_set():
+            return
+        waits = {asyncio.ensure_future(event.wait()) for event in (self._outputs_open, self._release)}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def retire_route(self, route: str, how: Gone | str = Gone.NOT_FOUND) -> None:
         """From now on, every submit for `route` answers "model gone" in the way `how` says

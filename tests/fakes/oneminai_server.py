@@ -159,6 +159,7 @@ class FakeOneMin(FakeServer):
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if record.endpoint == "s3":
+            await self._output_gate()
             if "X-Amz-Signature" not in request.query:
                 raise _ApiError(403, "AccessDenied: the bucket is private")
             data = self.objects.get(request.path.removeprefix(f"/s3/{BUCKET}/"))

@@ -214,6 +214,8 @@ class FakeSegmind(FakeServer):
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if record.endpoint == "asset":
+            if request.path.startswith("/assets/out-"):
+                await self._output_gate()
             data = self.assets.get(request.path)
             if data is None:
                 raise _ApiError(404, {"error": "asset not found"})

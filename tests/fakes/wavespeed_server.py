@@ -349,6 +349,8 @@ class FakeWaveSpeed(FakeServer):
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if record.endpoint == "file":
+            if request.path.startswith("/media/outputs/"):
+                await self._output_gate()
             stored = self.files.get(request.path)
             if stored is None:
                 raise _ApiError(404, "file not found")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -57,6 +58,15 @@ def decoded(data: bytes) -> Image.Image:
 def body(**fields: object) -> bytes:
     """A JSON error body, for the classifier tables."""
     return json.dumps(fields).encode()
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait for `condition` (something a fake or the clock does), polling, failing after `timeout`."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
 
 
 def request_builder(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,16 @@ from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
 from tests.fakes._base import GONE_ANSWERS, Gone
 from tests.fakes.oneminai_server import FakeOneMin, Fault
 from tests.fixtures import serving
-from tests.providers.helpers import DATA, adapter_builder, body, decoded, hole_mask, photo, request_builder
+from tests.providers.helpers import (
+    DATA,
+    adapter_builder,
+    body,
+    decoded,
+    hole_mask,
+    photo,
+    request_builder,
+    until,
+)
 
 HOLE = (0, 256, 512, 512)  # the bottom half of the 512x512 astronaut
 
@@ -509,6 +519,23 @@ async def test_a_5xx_saying_the_model_is_gone_at_1min_stays_accepted_and_is_not_
     assert not isinstance(info.value, ModelUnavailable)
     assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (503, True, False)
     assert fake.feature_count == 1
+
+
+async def test_an_image_made_before_the_deadline_is_delivered_though_its_download_outlasts_it(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    """The feature call made (and billed) the image just before the deadline: fetching its
+    temporaryUrl gets `DOWNLOAD_GRACE_SECONDS` past it, instead of ending as a timeout."""
+    fake.hold_outputs()
+    request = edit_request(deadline=time.monotonic() + 3.0, quality="medium")
+    run = asyncio.create_task(provider.edit(request))
+
+    await until(lambda: any(r.endpoint == "s3" for r in fake.requests))
+    await until(lambda: time.monotonic() > request.deadline or run.done())
+    fake.release_outputs()
+    result = await run
+
+    assert len(result.images) == 1 and fake.feature_count == 1
 
 
 async def test_a_plain_500_stays_accepted(fake: FakeOneMin, provider: OneMinAIProvider) -> None:

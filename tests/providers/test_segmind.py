@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -38,6 +39,7 @@ from tests.providers.helpers import (
     hole_mask,
     photo,
     request_builder,
+    until,
 )
 
 MINI = "gpt-image-1-edit-mini"
@@ -155,6 +157,24 @@ async def test_a_json_answer_is_understood_as_well(
 
     assert decoded(result.images[0].data).size == (1024, 1024)
     assert result.cost_usd == "0.0280"
+
+
+async def test_an_image_made_before_the_deadline_is_delivered_though_its_download_outlasts_it(
+    fake: FakeSegmind, provider: SegmindProvider
+) -> None:
+    """A JSON answer's output URL points at an image made (and billed) just before the deadline: its
+    download gets `DOWNLOAD_GRACE_SECONDS` past it, instead of ending as a timeout."""
+    fake.response_mode = "json-url"
+    fake.hold_outputs()
+    request = edit_request(deadline=time.monotonic() + 3.0)
+    run = asyncio.create_task(provider.edit(request))
+
+    await until(lambda: any(r.path.startswith("/assets/out-") for r in fake.requests))
+    await until(lambda: time.monotonic() > request.deadline or run.done())
+    fake.release_outputs()
+    result = await run
+
+    assert decoded(result.images[0].data).size == (1024, 1024)
 
 
 @pytest.mark.parametrize("content_type", ["application/octet-stream", "image/jpeg", "binary/octet-stream"])

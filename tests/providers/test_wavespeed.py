@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from tests.providers.helpers import (
     hole_mask,
     photo,
     request_builder,
+    until,
 )
 
 MINI = "openai/gpt-image-1-mini/edit"
@@ -165,6 +167,25 @@ async def test_bare_and_data_url_base64_outputs_both_decode(
         result = await provider.edit(edit_request())
 
     assert decoded(result.images[0].data).size == (1024, 1024)
+
+
+async def test_a_task_finished_before_its_deadline_is_delivered_though_its_download_outlasts_it(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider]
+) -> None:
+    """Polls and the download shared the job's deadline: a task completed just before it (a CDN fetch
+    of a 4k result takes a while) ended as a timeout, its image made and paid for and thrown away.
+    Once the task is seen finished, its download gets `DOWNLOAD_GRACE_SECONDS` past the deadline."""
+    fake.url_outputs = True
+    fake.hold_outputs()
+    request = edit_request(deadline=time.monotonic() + 3.0)
+    run = asyncio.create_task(make_provider().edit(request))
+
+    await until(lambda: fake.count("file") == 1)  # completed: its result is being fetched
+    await until(lambda: time.monotonic() > request.deadline or run.done())
+    fake.release_outputs()
+    result = await run
+
+    assert len(result.images) == 1 and decoded(result.images[0].data).size == (1024, 1024)
 
 
 @pytest.mark.parametrize("url_outputs", [False, True], ids=["base64", "url"])
