@@ -70,6 +70,9 @@ class ModelFields:
     # The route takes `aspect_ratio` + `resolution` instead of `size` (WaveSpeed's 2.x routes); `sizes`
     # then lists the `WxH` sizes the adapter can map exactly.
     aspect_ratio: bool = False
+    # The route publishes `enable_base64_output` and `enable_sync_mode` (WaveSpeed's 1.x routes): a route
+    # without them is never sent them, as a vendor may refuse a field its schema lacks.
+    base64_and_sync: bool = False
 
     @property
     def offered_sizes(self) -> tuple[str, ...]:

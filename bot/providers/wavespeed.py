@@ -4,15 +4,17 @@ Wire reference: shared spec `providers.md` §3. Flow for one job:
 
 1. every input image (and the mask) goes to `POST {base}/media/upload/binary` (multipart `file`),
    giving a `download_url` (the provider never sees a Discord CDN URL);
-2. one paid `POST {base}/{model path}` with a JSON body; in sync mode (`sync_mode=True`) it waits
-   for the result, and when WaveSpeed's own sync wait runs out (`data.code` 5004, "Sync mode timed
-   out") the same task is polled, never re-submitted;
-3. `GET {base}/predictions/{id}/result` until `completed` or a failure status. A failed task comes
-   back as HTTP 200 with `data.status` "failed" (or "cancelled"/"timeout") and `data.error`;
-4. `outputs` are base64 (`enable_base64_output` is always asked for: it saves one download per
-   image) or URLs, the API's default, which a route that does not honour the flag answers with (the
-   flag is published for the 1.x routes only); URLs are downloaded from http(s) only, with a size cap
-   and without our key.
+2. one paid `POST {base}/{model path}` with a JSON body; in sync mode (`sync_mode=True`) a route
+   that publishes `enable_sync_mode` (the 1.x routes) waits for the result, and when WaveSpeed's own
+   sync wait runs out (`data.code` 5004, "Sync mode timed out") the same task is polled, never
+   re-submitted;
+3. `GET {base}/predictions/{id}/result` until `completed` or a failure status (a 2.x route's task
+   always: it has no sync mode). A failed task comes back as HTTP 200 with `data.status` "failed" (or
+   "cancelled"/"timeout") and `data.error`;
+4. `outputs` are base64 where `enable_base64_output` is published and asked for (the 1.x routes: it
+   saves one download per image) or URLs, the API's default (the 2.x routes, which are never sent
+   either flag: models-2026-12.md §4 lists none, and a route may refuse a field it lacks); URLs are
+   downloaded from http(s) only, with a size cap and without our key.
 
 Decisions on the spec's OPEN points (providers.md §8.7):
 
@@ -94,7 +96,12 @@ FAILURE = frozenset({"failed", "cancelled", "canceled", "timeout"})
 _BALANCE_WORDS = ("insufficient", "balance", "top up", "top-up", "recharge")
 
 _FULL = ModelFields(
-    "image", 1, "mask_image", ("low", "medium", "high"), ("auto", "1024x1024", "1536x1024", "1024x1536")
+    "image",
+    1,
+    "mask_image",
+    ("low", "medium", "high"),
+    ("auto", "1024x1024", "1536x1024", "1024x1536"),
+    base64_and_sync=True,
 )
 
 # (aspect_ratio, resolution) -> the `WxH` image it produces. Inferred (see the module docstring).
@@ -173,7 +180,7 @@ _GPT_IMAGE_2X = ModelFields(
     aspect_ratio=True,
 )
 MODELS: dict[str, ModelFields] = {
-    "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None, (), ()),
+    "openai/gpt-image-1-mini/edit": ModelFields("images", 4, None, (), (), base64_and_sync=True),
     "openai/gpt-image-1/edit": _FULL,
     "openai/gpt-image-1": _FULL,  # the docs page's curl path for the same edit parameters
     "openai/gpt-image-2/edit": _GPT_IMAGE_2,
@@ -274,14 +281,15 @@ class WaveSpeedProvider(PredictionAdapter):
             body["size"] = request.size.replace("x", "*")  # the API's enum writes 1024*1024
         if fields.output_format:
             body["output_format"] = request.output_format
-        body["enable_base64_output"] = True
-        body["enable_sync_mode"] = self._sync_mode
+        if fields.base64_and_sync:  # the 2.x routes publish neither: their outputs are URLs, polled for
+            body["enable_base64_output"] = True
+            body["enable_sync_mode"] = self._sync_mode
         return f"/{request.model.strip('/')}", body  # the model id is the path
 
     async def _submit(
         self, request: EditRequest, on_submitted: OnSubmitted | None
     ) -> tuple[str, dict[str, Any]]:
         task_id, task = await super()._submit(request, on_submitted)
-        if self._sync_mode and _is_sync_timeout(task):
+        if self._sync_mode and self.api.models[request.model].base64_and_sync and _is_sync_timeout(task):
             log.info("%s: sync wait ran out for task %s; polling it instead", self.name, task_id)
         return task_id, task

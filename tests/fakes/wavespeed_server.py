@@ -21,11 +21,13 @@ first input mirrored left-right (only inside the mask, when there is one) at the
 The GPT Image 2 edit routes (models-2026-12.md §4): `openai/gpt-image-2/edit` takes `images` (required,
 1 to 16), `prompt`, `aspect_ratio` (10 ratios), `resolution` 1k/2k/4k and `quality` low/medium/high,
 and no `size`; the 2.5 and 2.6 flare/sunburst edit routes add `xhigh`/`max`, 15 ratios from 1:3 to
-3:1, `output_format` and `mask_image`. The image is rendered at the pixels `PIXELS` gives for the
-ratio and resolution (a pair without an entry, e.g. 1:1 at 4k, is a 400); without `aspect_ratio`
-the ratio nearest the first input's is used, without `resolution` 1k. `fake.retire_route(route, how)`
-makes every submit for that route answer "model gone" (`Gone`: 404, 410 or 503 "no available
-channels") without creating a task; tasks already running still finish.
+3:1, `output_format` and `mask_image`. None takes `enable_sync_mode` or `enable_base64_output`
+(unknown fields, refused): their outputs are URLs and their tasks are polled. The image is rendered
+at the pixels `PIXELS` gives for the ratio and resolution (a pair without an entry, e.g. 1:1 at 4k,
+is a 400); without `aspect_ratio` the ratio nearest the first input's is used, without `resolution`
+1k. `fake.retire_route(route, how)` makes every submit for that route answer "model gone" (`Gone`:
+404, 410 or 503 "no available channels") without creating a task; tasks already running still
+finish.
 
 One module (over 400 lines) because it is one vendor's whole API surface: splitting routes from
 validation would scatter what a reader compares against the spec.
@@ -76,7 +78,8 @@ GPT2X = (
     "openai/gpt-image-2.6-flare/edit",
     "openai/gpt-image-2.6-sunburst/edit",
 )
-GPT2_FIELDS = FLAGS | {"prompt", "images", "aspect_ratio", "resolution", "quality"}
+# models-2026-12.md §4 lists no `enable_sync_mode` / `enable_base64_output` for the 2.x routes: refused.
+GPT2_FIELDS = frozenset({"prompt", "images", "aspect_ratio", "resolution", "quality"})
 GPT2X_FIELDS = GPT2_FIELDS | {"output_format", "mask_image"}
 GPT2_RATIOS = ("1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 GPT2X_RATIOS = (*GPT2_RATIOS, "2:1", "1:2", "9:21", "1:3", "3:1")
@@ -515,9 +518,6 @@ class FakeWaveSpeed(FakeServer):
         prompt = fields.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise _ApiError(400, "prompt is required")
-        for flag in FLAGS:
-            if flag in fields and not isinstance(fields[flag], bool):
-                raise _ApiError(400, f"{flag} must be a boolean")
         qualities = GPT2X_QUALITIES if full else QUALITIES
         if fields.get("quality", "medium") not in qualities:
             raise _ApiError(400, f"quality must be one of {', '.join(qualities)}")

@@ -579,8 +579,24 @@ async def test_auto_size_sends_neither_field_and_follows_the_input(
     result = await provider.edit(edit_request(model=GPT2, size="auto", quality="auto"))
 
     body = submit_of(fake)
-    assert set(body) == {"prompt", "images", "enable_base64_output", "enable_sync_mode"}
+    assert set(body) == {"prompt", "images"}
     assert decoded(result.images[0].data).size == (1024, 1024)  # the square astronaut: 1:1 at 1k
+
+
+@pytest.mark.parametrize("sync_mode", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("route", [GPT2, *GPT_IMAGE_2X_ROUTES])
+async def test_a_2x_route_is_sent_no_base64_or_sync_flag_and_its_task_is_polled_and_downloaded(
+    fake: FakeWaveSpeed, make_provider: Callable[..., WaveSpeedProvider], route: str, sync_mode: bool
+) -> None:
+    """The flags are published for the 1.x routes only (models-2026-12.md §4 lists neither for 2.x):
+    a 2.x route may refuse a field its schema lacks. Without them its result is a URL, downloaded,
+    and its task is polled whatever WAVESPEED_SYNC_MODE says."""
+    result = await make_provider(sync_mode=sync_mode).edit(edit_request(model=route, size="1024x1024"))
+
+    body = submit_of(fake)
+    assert not {"enable_base64_output", "enable_sync_mode"} & set(body)
+    assert fake.count("poll") >= 1 and fake.count("file") == 1
+    assert decoded(result.images[0].data).size == (1024, 1024)
 
 
 @pytest.mark.parametrize(
@@ -665,6 +681,12 @@ async def test_gpt_image_2_route_refuses_what_only_25_and_26_take(
         ),
         (FLARE_26, lambda url: {"prompt": "p", "images": [url], "output_format": "gif"}, "output_format"),
         (FLARE_26, lambda url: {"prompt": "p", "images": [url], "quality": "ultra"}, "quality must"),
+        (GPT2, lambda url: {"prompt": "p", "images": [url], "enable_sync_mode": False}, "unknown parameter"),
+        (
+            FLARE_26,
+            lambda url: {"prompt": "p", "images": [url], "enable_base64_output": True},
+            "unknown parameter",
+        ),
     ],
     ids=[
         "size",
@@ -678,6 +700,8 @@ async def test_gpt_image_2_route_refuses_what_only_25_and_26_take(
         "square-4k",
         "gif",
         "ultra",
+        "sync-flag-on-2",
+        "base64-flag-on-26",
     ],
 )
 async def test_fake_validates_the_gpt_image_2_routes(
