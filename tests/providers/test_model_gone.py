@@ -49,11 +49,8 @@ def atlas_message(body: bytes) -> str:
         (500, "model gpt-image-2 has been retired", ModelGone, False),
         (400, "The model `gpt-image-2` has been deprecated", ModelGone, False),
         (400, "openai/gpt-image-2/edit is no longer available", ModelGone, False),
-        # A refusal (4xx) may say just "model": a reseller that never names its ids must still move edits
-        # off a dead model. A 5xx must name this route's model; no message may name another one.
-        (400, "this model is no longer available", ModelGone, False),
-        (404, "Model not found", ModelGone, False),
-        (400, "The model `gpt-image-1` has been deprecated", InvalidInput, False),
+        # The message must name this route's model, not merely say "model", nor name another one.
+        (400, "this model is no longer available", InvalidInput, False),
         (500, "model gpt-image-1 has been retired", ServerError, False),
         (503, "model response not found", ServerError, False),
         # A failure that says it passes is not a model gone for good.

@@ -109,10 +109,6 @@ def _word_starts(words: Iterable[str]) -> re.Pattern[str]:
 
 
 _INPUT_WORD = _word_starts(_ABOUT_AN_INPUT)
-_MODEL_WORD = re.compile(r"(?<![A-Za-z0-9_])models?(?![A-Za-z0-9_])", re.IGNORECASE)
-# A model id of OpenAI's image line in a message ("gpt-image-1", "dall-e-3"): one that names a model,
-# but not this route's, is about another model.
-_ANY_MODEL_ID = re.compile(r"(?<![\w.-])(?:gpt-image|dall-e|chatgpt-image)[\w.-]*", re.IGNORECASE)
 _FIELD_WORD = _word_starts(_ABOUT_A_FIELD)
 
 
@@ -184,36 +180,25 @@ def _passing(message: str) -> bool:
     return any(word in lowered for word in _PASSING_WORDS)
 
 
-def says_model_gone(
-    message: str, model: str = "", fields: Iterable[str] = (), *, refused: bool = False
-) -> bool:
+def says_model_gone(message: str, model: str = "", fields: Iterable[str] = ()) -> bool:
     """Whether an error message says the route's model (or its channel) is gone for good.
 
-    It must use one of the gone words AND name the model: its id (`_model_names`), or, for the
-    gateways' "no available channels", the channel. The bare word "model" is enough only in a refusal
-    (`refused`: a 4xx, which the vendor sends for what it will never do; "this model is no longer
-    available" from a reseller that never names its ids must still move edits off a dead model), and
-    only when no other model's id is named. In a
-    5xx it is not: "model response not found" there is a failure of the moment. And it must be about
-    none of: something the request carried ("openai/gpt-image-2/edit: input image not found"), one of
-    the request's fields (`fields`, the submit's body keys, `REQUEST_FIELDS`, or a word such as
-    "parameter": "resolution 4k does not exist for gpt-image-2"), or a failure that passes ("shut down
-    for maintenance, try again later")."""
+    It must use one of the gone words AND name the model: its id (`_model_names`; the bare word
+    "model" is not enough, "model response not found" is about something else), or, for the
+    gateways' "no available channels", the channel. And it must be about none of: something the
+    request carried ("openai/gpt-image-2/edit: input image not found"), one of the request's fields
+    (`fields`, the submit's body keys, `REQUEST_FIELDS`, or a word such as "parameter": "resolution 4k
+    does not exist for gpt-image-2"), or a failure that passes ("shut down for maintenance, try
+    again later")."""
     lowered = message.lower()
     said = {word for word in _GONE_WORDS if word in lowered}
     if not said:
         return False
-    if not (_CHANNEL_GONE in said or _names_model(message, model) or (refused and _just_model(message))):
+    if not (_CHANNEL_GONE in said or _names_model(message, model)):
         return False
     return not (
         _passing(message) or _about_an_input(message, model) or _about_a_field(message, model, fields)
     )
-
-
-def _just_model(message: str) -> bool:
-    """Whether `message` says "model" and names no model id (which, not being the route's, would be
-    another model's)."""
-    return _MODEL_WORD.search(message) is not None and _ANY_MODEL_ID.search(message) is None
 
 
 def _bare_404(status: int, message: str, model: str) -> bool:
@@ -240,12 +225,7 @@ def gone_on_submit(
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or err.accepted or isinstance(err, ModelGone):
         return err
-    refused = status < 500
-    if not (
-        status == 410
-        or says_model_gone(message, model, fields, refused=refused)
-        or _bare_404(status, message, model)
-    ):
+    if not (status == 410 or says_model_gone(message, model, fields) or _bare_404(status, message, model)):
         return err
     return ModelGone(
         str(err),
