@@ -31,12 +31,11 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   free `WxH` (OpenAI's 2.x rules), `quality` is REQUIRED (low/medium/high). A request with size or
   quality "auto" is therefore refused before anything is sent (the catalog offers this route no
   "auto"). No inpainter is documented for it, so a masked edit is refused too.
-* "Model gone": a 404/410 answer to the feature call, or a 4xx whose message says the model (named)
-  is not found / no longer available / retired / has no available channels, raises `ModelGone`
-  (`accepted=False`). A 5xx never does, whatever it says: the call is synchronous, so it stays
-  accepted like any 5xx (retired and sent elsewhere, a call that was billed would be billed twice).
-  A 2xx or 408 answer that carries an `aiRecord.uuid` is accepted too: a record was made (a 4xx
-  refuses the request, whatever record it echoes).
+* "Model gone": a 404/410 answer to the feature call, or an error whose message says the model is
+  not found / no longer available / retired / has no available channels, raises `ModelGone`
+  (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran), unless
+  a 2xx, 5xx or 408 answer carries an `aiRecord.uuid`: a record was made, so that error is accepted
+  whatever it says (a 4xx refuses the request, whatever record it echoes).
 * The upload limit is undocumented (a third party says 50 MB); the bot's own input cap is smaller.
 * No `check()` for `/diagnose`: 1min.ai documents no GET at all (no account, credit or catalog
   call), and every documented call costs or stores something, so `/diagnose` shows "no check

@@ -334,22 +334,22 @@ class PredictionAdapter(ResellerAdapter):
         resp = await self._client.submit(
             self._client.url(path), body, deadline=request.deadline, model=request.model
         )
-        job_id, job = self._accepted(resp, request.model, body)
+        job_id, job = self._accepted(resp, request.model)
         log.debug("%s: %s %s %s submitted", self.name, request.model, self.api.noun, job_id)
         if on_submitted is not None:
             await on_submitted(job_id)
         return job_id, job
 
-    def _accepted(self, resp: HttpResponse, model: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _accepted(self, resp: HttpResponse, model: str) -> tuple[str, dict[str, Any]]:
         """The job from the submit's 2xx answer; its id is required to follow the job.
 
-        An error inside the 2xx envelope is read as an error answer to the submit (`body`, what it
-        sent: it names a job, or the "model gone" rule applies).
+        An error inside the 2xx envelope is read as an error answer to the submit (it names a job, or
+        the "model gone" rule applies).
         """
         payload = parse_json(resp.body)
         job_id = job_id_in(payload)
         if envelope_status(payload) is not None:
-            classify = self._client.submit_classifier(model, body)
+            classify = self._client.submit_classifier(model)
             raise classify(resp.status, resp.body, resp.headers, provider=self.name)
         if job_id is None or not usable_job_id(job_id):
             # A 2xx means the vendor took the request; without an id we cannot follow (or avoid paying) it,

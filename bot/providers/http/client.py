@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 
 from bot.providers.errors import ProviderError
-from bot.providers.http.gone import field_names
 from bot.providers.http.outputs import fetch_output
 from bot.providers.http.polling import gather_or_cancel
 from bot.providers.http.requests import send_idempotent, send_paid
@@ -85,18 +84,9 @@ class VendorClient:
         with the key masked."""
         return self.masked(self.classify(status, body, headers, provider=self.provider))
 
-    def submit_classifier(self, model: str, body: Any = None) -> Classifier:
-        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule (key masked).
-
-        `body` is the submit's JSON: a refusal that names one of its fields is about that field's value.
-        """
-        classify = submit_classifier(
-            self.classify,
-            self.message_of,
-            model=model,
-            job_id_of=self.job_id_of,
-            fields=field_names(body),
-        )
+    def submit_classifier(self, model: str) -> Classifier:
+        """The vendor's mapping for a paid submit of `model`, plus the "model gone" rule (key masked)."""
+        classify = submit_classifier(self.classify, self.message_of, model=model, job_id_of=self.job_id_of)
         return self.masking(classify)
 
     async def submit(
@@ -113,7 +103,7 @@ class VendorClient:
             json=body,
             headers=self.headers,
             provider=self.provider,
-            classify=self.submit_classifier(model, body),
+            classify=self.submit_classifier(model),
             max_body=max_body,
         )
 

@@ -1,6 +1,5 @@
 """Helpers the vendor adapters share for reading answers: safe messages, JSON, error summaries, and
-the classifier of a paid submit (the vendor's mapping plus the "model gone" rule of
-`bot.providers.http.gone`)."""
+the "model gone" rule (an answer that says the model no longer exists, on a submit only)."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from typing import Any, TypeVar
 
 from bot.providers.errors import (
     InvalidInput,
+    ModelGone,
     ModelUnavailable,
     ProviderError,
     ProviderJobFailed,
@@ -21,7 +21,6 @@ from bot.providers.errors import (
     ServerError,
     ServiceUnavailable,
 )
-from bot.providers.http.gone import gone_on_submit
 from bot.providers.http.transport import Classifier, parse_retry_after, redact_url, redirected
 
 log = logging.getLogger(__name__)
@@ -252,6 +251,112 @@ def unsupported_options(model: str, service: str, problems: list[str], *, provid
     return err
 
 
+# What resellers and gateways say when a model (or the upstream channel behind it) is gone for good
+# (models-2026-12.md §1): a 404/410 for the model, or any error whose message says so.
+_GONE_WORDS = (
+    "not found",
+    "no longer available",
+    "retired",
+    "deprecated",
+    "no available channel",
+    "does not exist",
+    "discontinued",
+    "decommissioned",
+    "shut down",
+)
+# What a message about one of the request's fields says, which may name the model too ("parameter
+# 'size' is deprecated for this model"): the field is what is gone, not the model.
+_ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
+# Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
+_NEVER_GONE = frozenset({401, 402, 403, 429, 504})
+
+
+# What an error may be about besides the route: something the request carried (an upload whose
+# temporary URL expired, a file id, an input image). Such an answer does not retire the route; its job
+# fails there. Whole phrases, not "image" or "url": model ids ("gpt-image-2") and paths
+# ("/generateImage") hold those.
+_ABOUT_AN_INPUT = (
+    "media",
+    "file",
+    "upload",
+    "asset",
+    "mask",
+    "images[",
+    "image[",
+    "image_url",
+    "input image",
+    "input_image",
+    "reference image",
+    "nosuchkey",
+    "expired",
+)
+
+
+# Each of `_ABOUT_AN_INPUT` where a word starts: "file" and "files", and the "File" of a camelCase
+# "inputFile", but not the "file" of "profile". Matched on the message as written.
+_INPUT_WORD = re.compile(
+    "|".join(
+        rf"(?<![A-Za-z0-9])(?i:{re.escape(word)})|(?<=[a-z0-9]){re.escape(word[:1].upper() + word[1:])}"
+        for word in _ABOUT_AN_INPUT
+    )
+)
+
+
+def _about_an_input(message: str, model: str) -> bool:
+    """Whether `message` names something the request carried (`_ABOUT_AN_INPUT`), outside the model id
+    (a route such as `openai/gpt-image-2/edit` is no input, whatever words it holds)."""
+    if model:
+        message = re.sub(re.escape(model), " ", message, flags=re.IGNORECASE)
+    return _INPUT_WORD.search(message) is not None
+
+
+def says_model_gone(message: str, model: str = "") -> bool:
+    """Whether an error message says the model (or its channel) is gone: it must name the model
+    (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
+    "media not found" about an uploaded file is not mistaken for a retired model; and it must be
+    about neither one of the request's fields ("parameter 'size' is deprecated for this model") nor
+    something the request carried ("openai/gpt-image-2/edit: input image not found")."""
+    lowered = message.lower()
+    names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
+    said = {word for word in _GONE_WORDS if word in lowered}
+    if not (names_it and said) or _about_an_input(message, model):
+        return False
+    # "Deprecated" alone, beside a field's name, is about that field.
+    return not (said == {"deprecated"} and mentions(lowered, _ABOUT_A_FIELD))
+
+
+def _bare_404(status: int, message: str, model: str) -> bool:
+    """A 404 that names nothing the request carried: the route itself is not there (a path-routed
+    API's bare "Not Found", "route not found", "Cannot POST /path", "unknown model X")."""
+    return status == 404 and not _about_an_input(message, model)
+
+
+def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> ProviderError:
+    """A submit's error as `ModelGone` when the provider says this route's model is gone.
+
+    For the answer to a paid submit that created nothing (no job id came back): a 410, a 404 that is
+    not about something the request carried (`_bare_404`), or any other 4xx/5xx (e.g. 503 "no
+    available channels") whose `message` says the model is gone (`says_model_gone`). Auth, billing,
+    access and rate-limit answers (401/402/403/429) and 504 (a gateway that may have passed the job
+    on) never are. The provider did not take the job, so the result is `accepted=False` even where
+    the vendor's rule for a 5xx says otherwise: an answer that the model does not exist is proof
+    that nothing ran. Call it only for submits: a 404 on a poll means the job vanished, not the model.
+    """
+    status = err.status
+    if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
+        return err
+    if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message, model)):
+        return err
+    return ModelGone(
+        str(err),
+        provider=err.provider,
+        status=status,
+        code=err.code if err.code and err.code != "not_found" else "model_gone",
+        request_id=err.request_id,
+        accepted=False,
+    )
+
+
 def names_a_job(err: ProviderError, job_id: str) -> ProviderError:
     """`err`, an error answer to a paid submit that names the job `job_id`, as accepted: the job
     exists at the provider (it may run and bill), so it must not go to another provider too. It is
@@ -270,15 +375,12 @@ def submit_classifier(
     *,
     model: str = "",
     job_id_of: Callable[[bytes], str | None] | None = None,
-    fields: Iterable[str] = (),
 ) -> Classifier:
     """`classify` for one paid submit of `model`: the same mapping, plus `gone_on_submit`, except
     for an answer that names a created job (`names_a_job`).
 
     `message_of` reads the vendor's error text from a body, `job_id_of` the id of a job it names
-    (each vendor's envelope differs; None for a vendor whose answers name no job). `fields` are the
-    names the submit's body carried (`bot.providers.http.gone.field_names`): a refusal naming one is
-    about its value.
+    (each vendor's envelope differs; None for a vendor whose answers name no job).
 
     Only an answer that may come after the job was made names one: a 2xx carrying an error, a 5xx
     or a 408 (the service failed or gave up once it had the request). A 4xx refuses the request
@@ -294,6 +396,6 @@ def submit_classifier(
         after_taking = 200 <= status < 300 or status >= 500 or status == 408
         if after_taking and job_id_of is not None and (job_id := job_id_of(body)) is not None:
             return names_a_job(err, job_id)
-        return gone_on_submit(err, message_of(body), model=model, fields=fields)
+        return gone_on_submit(err, message_of(body), model=model)
 
     return classify_submit
