@@ -46,6 +46,12 @@ def atlas_message(body: bytes) -> str:
         (404, "The requested URL was not found on the server.", ModelGone, False),
         (410, "gone", ModelGone, False),
         (503, "no available channels for model gpt-image-1", ModelGone, False),
+        # A server error that says it passes is no model gone for good (retired, a route never comes
+        # back); a refusal so worded still is: it is how vendors say a dead model is dead.
+        (503, "model backend shut down for maintenance, try again later", ServerError, False),
+        (503, "gpt-image-2 is temporarily not found upstream", ServerError, False),
+        (404, "Model not found. Please check the model name and try again.", ModelGone, False),
+        (400, "This model is no longer available, try again with gpt-image-2.6-sunburst", ModelGone, False),
         (500, "model gpt-image-1 has been retired", ModelGone, False),
         (400, "The model `gpt-image-1` has been deprecated", ModelGone, False),
         (400, "this model is no longer available", ModelGone, False),

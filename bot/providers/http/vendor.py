@@ -267,6 +267,11 @@ _GONE_WORDS = (
 # What a message about one of the request's fields says, which may name the model too ("parameter
 # 'size' is deprecated for this model"): the field is what is gone, not the model.
 _ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
+# What says a server error passes ("model backend shut down for maintenance, try again later"): a 5xx
+# so worded is a failure of the moment, and retiring the route for it would be for good. A refusal (a
+# 4xx, a 410) is not vetoed by it: "Model not found. Check the name and try again." is the vendor's
+# usual way of saying a dead model is dead, and missing it would stop every edit on the route.
+_PASSING_WORDS = ("maintenance", "temporar", "try again", "retry", "overload", "later")
 # Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
 _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 
@@ -337,13 +342,16 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     For the answer to a paid submit that created nothing (no job id came back): a 410, a 404 that is
     not about something the request carried (`_bare_404`), or any other 4xx/5xx (e.g. 503 "no
     available channels") whose `message` says the model is gone (`says_model_gone`). Auth, billing,
-    access and rate-limit answers (401/402/403/429) and 504 (a gateway that may have passed the job
-    on) never are. The provider did not take the job, so the result is `accepted=False` even where
-    the vendor's rule for a 5xx says otherwise: an answer that the model does not exist is proof
-    that nothing ran. Call it only for submits: a 404 on a poll means the job vanished, not the model.
+    access and rate-limit answers (401/402/403/429), 504 (a gateway that may have passed the job
+    on) and a 5xx that says it passes (`_PASSING_WORDS`) never are. The provider did not take the
+    job, so the result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an
+    answer that the model does not exist is proof that nothing ran. Call it only for submits: a 404
+    on a poll means the job vanished, not the model.
     """
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
+        return err
+    if status >= 500 and mentions(message.lower(), _PASSING_WORDS):
         return err
     if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message, model)):
         return err
