@@ -66,10 +66,14 @@ class PricedPreview(MaskParts):
     """The preview's clicks, and how a masked edit starts once the member agrees to its price."""
 
     async def _run(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
+        prepared = session.prepared
+        if prepared is None:
+            # "Change area" was clicked first: the preview still shows while its picker is drawn, and
+            # that picker, not this older preview, is what the member goes on from.
+            await interaction.response.defer()
+            return
         # Taken out first, so a second click (or the expiry) cannot start or touch it again.
         self.sessions.finish(session.sid)
-        prepared = session.prepared
-        assert prepared is not None
         await self._acknowledge_run(interaction)
         # Prepared again with the member's roles and the server's rules as they are now, not as they
         # were when the preview was made (the images are not downloaded again), but with the options

@@ -418,6 +418,39 @@ async def test_a_slow_picker_redraw_landing_after_the_preview_leaves_the_preview
     assert (await world.finished(run)).startswith("Done")
 
 
+async def test_run_edit_on_a_preview_left_for_change_area_goes_on_with_the_picker_not_an_error(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Change area, then Run edit on the preview still shown while the picker is drawn: the member goes
+    on from the picker, not from "Something went wrong" with the session dropped, and nothing runs."""
+    it = await mask_command(world)
+    picker = await shown(world, it, "cells")
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
+    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    preview = await shown(world, await click(world, picker, "next"), "run")
+    drawing, release = threading.Event(), threading.Event()
+    real_overlay = imaging.grid_overlay
+
+    def slow_overlay(*args: Any, **kw: Any) -> bytes:
+        drawing.set()
+        release.wait(10)
+        return real_overlay(*args, **kw)
+
+    monkeypatch.setattr(imaging, "grid_overlay", slow_overlay)
+    went_back, ran = mark_when_handled(cog(world), "back"), mark_when_handled(cog(world), "run")
+    try:
+        await click(world, preview, "back")
+        await world.fake.wait_until(drawing.is_set)
+        run = await click(world, preview, "run")
+        await asyncio.wait_for(ran.wait(), 10)
+    finally:
+        release.set()
+    await asyncio.wait_for(went_back.wait(), 10)
+    assert run.original_message is None or "went wrong" not in (run.original_message.content or "")
+    picker_again = await shown(world, it, "cells")
+    assert control(picker_again, "next") is not None and world.openai.post_count == 0
+
+
 async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_those_cells(world: World):
     """A cells click lands while Preview's work is awaited: the preview then drawn showed (and would
     have run) the cells picked before, though the member's newest pick was another."""
