@@ -501,6 +501,38 @@ async def test_a_job_whose_result_is_downloading_at_its_deadline_is_delivered_no
     assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
 
 
+async def test_a_jobs_provider_deadline_counts_from_its_start_though_the_start_was_slow_to_write(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+):
+    """The watchdog's deadline is stamped from the job's start; the provider's was counted only once
+    the start was written and the files read: a slow write (a busy database) put it, and a finished
+    result's download grace with it, past the watchdog's, which then ended a paid download."""
+    service, _ = await make()
+    engine = service.engine
+    asked: list[tuple[float, EditRequest]] = []
+    request_for = engine._request
+
+    async def recording(job_id: str, *args: Any) -> EditRequest:
+        started = engine._jobs[job_id].run_start  # monotonic, as the start was stamped
+        asked.append((started, await request_for(job_id, *args)))
+        return asked[-1][1]
+
+    update_job = engine.storage.jobs.update_job
+
+    async def slow_update(*args: Any, **kw: Any) -> None:
+        if "started_at" in kw:
+            await asyncio.sleep(1.0)  # the start's write waits on a busy database
+        await update_job(*args, **kw)
+
+    monkeypatch.setattr(engine, "_request", recording)
+    monkeypatch.setattr(engine.storage.jobs, "update_job", slow_update)
+    job_id = await submit(service)
+    await wait_state(service, job_id, "delivered")
+
+    [(started, request)] = asked
+    assert request.deadline <= started + engine.settings.job_timeout_seconds + 0.5
+
+
 def test_only_a_finished_jobs_download_runs_past_the_deadline_and_within_the_watchdogs_grace():
     late = EditRequest(images=(), prompt="p", model="m", deadline=time.monotonic() - 1)
     spent = replace(late, deadline=time.monotonic() - DOWNLOAD_GRACE_SECONDS - 1)

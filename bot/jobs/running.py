@@ -76,7 +76,10 @@ class ProviderRun(EngineCore):
             started_at=db_time(started),
             deadline_at=db_time(started + dt.timedelta(seconds=timeout + DEADLINE_GRACE_SECONDS)),
         )
-        request = await self._request(job.id, spec, timeout)
+        # Measured from `started`, as the watchdog's deadline_at is: a write or a file read that was
+        # slow (a busy database) must not push the provider's deadline, and a finished result's
+        # download grace with it, past the watchdog's, which would end a paid download as a timeout.
+        request = await self._request(job.id, spec, timeout - (time.monotonic() - job.run_start))
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
