@@ -1399,3 +1399,34 @@ def test_a_round_claims_an_even_share_within_its_room_and_the_batch_and_never_no
     assert claim_share(10, 2, 0) == 1  # busy: still one, so jobs are taken while every process is
     assert claim_share(10, 0, 50) == 10  # no fleet reported: this process alone
     assert claim_share(1000, 1, 1000) == CLAIM_BATCH
+
+
+@pytest.mark.parametrize("why", ["clock not heard", "clock off"])
+async def test_a_process_whose_clock_comes_to_agree_runs_its_next_lease_round_at_once(
+    process: Factory, clock: Clock, monkeypatch: pytest.MonkeyPatch, why: str
+):
+    """A process that could not take jobs over keeps its rounds a third of a lease apart; once its clock
+    agrees with the fleet's, a dead process's jobs waited up to that third (10 s here) for its next round,
+    which could break the lease + 5 s takeover when it is the only survivor."""
+    b, _ = await process("b")
+    await b.engine.recover()
+    if why == "clock off":
+        b.engine.hear_clock(LEASE, {"b": LEASE})
+    else:
+        b.engine.expect_clock()
+    rounds = asyncio.Event()
+
+    async def lease_round() -> dict[str, int]:
+        rounds.set()
+        return {}
+
+    monkeypatch.setattr(b.engine, "lease_round", lease_round)
+    monkeypatch.setattr(b.engine, "shared", True)
+    b.engine._start_leases()
+    try:
+        await asyncio.sleep(0.2)
+        assert not rounds.is_set()  # the regular round is a third of a lease away
+        b.engine.hear_clock(0.0, {"b": 0.0})
+        await asyncio.wait_for(rounds.wait(), 5)
+    finally:
+        await b.engine._stop_leases()

@@ -225,6 +225,9 @@ class EngineCore:
         self._unclaimed = 0  # claimable jobs the last lease round left for others (or the next round)
         # When (storage clock) the last claim looked for leases that ran out; None: none has looked yet.
         self._claim_looked: dt.datetime | None = None
+        # Wakes the lease rounds early: this process may take jobs over again (its clock agrees once
+        # more), or a live process whose jobs were left alone was dropped from those (`hear_clock`).
+        self._lease_wake = asyncio.Event()
         # Seconds between this process's clock and the fleet's (`hear_clock`); too far, it takes over
         # no other process's jobs.
         self.clock_apart = 0.0

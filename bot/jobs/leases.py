@@ -151,7 +151,10 @@ class JobLeases(EngineCore):
 
     def hear_clock(self, apart: float, others: Mapping[str, float] | None = None) -> None:
         """How far this process's clock is from the fleet's, and (`others`, by process name) how far
-        every other live process's is, as the shard leases last measured them."""
+        every other live process's is, as the shard leases last measured them. Once this process may
+        take jobs over again, its next lease round comes at once, not up to a third of a lease later
+        (the rounds keep to their interval while it may not: `_until_next_round`)."""
+        could = self._clock_agrees()
         self.clock_heard = True
         bound = self.clock_bound()
         self._hear_others(others or {}, bound)
@@ -166,6 +169,8 @@ class JobLeases(EngineCore):
             else:
                 log.warning("job leases: this host's clock agrees with the fleet's again (%.1f s)", apart)
         self.clock_apart = apart
+        if not could and self._clock_agrees():
+            self._lease_wake.set()
 
     def _hear_others(self, others: Mapping[str, float], bound: float) -> None:
         """Leave alone the jobs of live processes whose clocks are off: a clock behind stamps leases
@@ -182,6 +187,8 @@ class JobLeases(EngineCore):
             )
         for name in sorted(self.clocks_off - off):
             log.warning("job leases: process %s's clock agrees with the fleet's again, or it left", name)
+        if self.clocks_off - off:  # its jobs, if it died, may be claimed now rather than at the next round
+            self._lease_wake.set()
         self.clocks_off = off
 
     def share_with(self, processes: int) -> None:
@@ -326,7 +333,9 @@ class JobLeases(EngineCore):
         # of a lease later.
         wait = EXPIRY_SLACK_SECONDS if self._unclaimed > 0 else interval
         while True:
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_wake.wait(), wait)
+            self._lease_wake.clear()
             wait = interval
             try:
                 await self.lease_round()
