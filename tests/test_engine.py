@@ -501,12 +501,14 @@ async def test_a_job_whose_result_is_downloading_at_its_deadline_is_delivered_no
     assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
 
 
-async def test_a_jobs_provider_deadline_counts_from_its_start_though_the_start_was_slow_to_write(
-    make: Factory, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("slow", ["write", "read"])
+async def test_a_jobs_provider_deadline_counts_from_its_start_though_the_start_was_slow(
+    make: Factory, monkeypatch: pytest.MonkeyPatch, slow: str
 ):
     """The watchdog's deadline is stamped from the job's start; the provider's was counted only once
-    the start was written and the files read: a slow write (a busy database) put it, and a finished
-    result's download grace with it, past the watchdog's, which then ended a paid download."""
+    the start was written and the files read: a slow write (a busy database) or read (a network volume)
+    put it, and a finished result's download grace with it, past the watchdog's, which then ended a
+    paid download."""
     service, _ = await make()
     engine = service.engine
     asked: list[tuple[float, EditRequest]] = []
@@ -517,20 +519,78 @@ async def test_a_jobs_provider_deadline_counts_from_its_start_though_the_start_w
         asked.append((started, await request_for(job_id, *args)))
         return asked[-1][1]
 
-    update_job = engine.storage.jobs.update_job
+    update_job, read = engine.storage.jobs.update_job, engine.files.read
 
     async def slow_update(*args: Any, **kw: Any) -> None:
         if "started_at" in kw:
             await asyncio.sleep(1.0)  # the start's write waits on a busy database
         await update_job(*args, **kw)
 
+    def slow_read(*args: Any, **kw: Any) -> bytes:
+        time.sleep(1.0)  # the inputs read back from a slow volume
+        return read(*args, **kw)
+
     monkeypatch.setattr(engine, "_request", recording)
-    monkeypatch.setattr(engine.storage.jobs, "update_job", slow_update)
+    if slow == "write":
+        monkeypatch.setattr(engine.storage.jobs, "update_job", slow_update)
+    else:
+        monkeypatch.setattr(engine.files, "read", slow_read)
     job_id = await submit(service)
     await wait_state(service, job_id, "delivered")
 
     [(started, request)] = asked
     assert request.deadline <= started + engine.settings.job_timeout_seconds + 0.5
+
+
+async def test_a_resumed_jobs_provider_deadline_counts_from_the_watchdogs_stamp(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch
+):
+    """A job resumed after a restart: the watchdog's deadline is stamped as the resume begins, the
+    provider's was counted after that write and the files' read, and so ran past it by their time."""
+    service, _ = await make(WAVESPEED_MAX_CONCURRENT="1")
+    wavespeed.hold_results()
+    job_id = await submit_ws_mini(service, 1)
+    await wait_state(service, job_id, "submitted")
+
+    later, _ = await make(WAVESPEED_MAX_CONCURRENT="1")  # the first process died; this one starts
+    engine = later.engine
+    entered: list[float] = []
+    asked: list[EditRequest] = []
+    update_job, read, window, request_for = (
+        engine.storage.jobs.update_job,
+        engine.files.read,
+        engine._resume_window,
+        engine._request,
+    )
+
+    async def timed_window(*args: Any) -> float:
+        entered.append(time.monotonic())
+        return await window(*args)
+
+    async def slow_update(*args: Any, **kw: Any) -> None:
+        if "deadline_at" in kw:
+            await asyncio.sleep(1.5)  # a busy database
+        await update_job(*args, **kw)
+
+    def slow_read(*args: Any, **kw: Any) -> bytes:
+        time.sleep(1.5)
+        return read(*args, **kw)
+
+    async def recording(*args: Any) -> EditRequest:
+        asked.append(await request_for(*args))
+        return asked[-1]
+
+    monkeypatch.setattr(engine, "_resume_window", timed_window)
+    monkeypatch.setattr(engine.storage.jobs, "update_job", slow_update)
+    monkeypatch.setattr(engine.files, "read", slow_read)
+    monkeypatch.setattr(engine, "_request", recording)
+    await engine.recover()
+    await until(lambda: asked)
+    wavespeed.release_results()
+    await wait_state(later, job_id, "delivered")
+
+    [request] = asked
+    assert request.deadline <= entered[0] + engine.settings.job_timeout_seconds + 0.5
 
 
 def test_only_a_finished_jobs_download_runs_past_the_deadline_and_within_the_watchdogs_grace():

@@ -60,8 +60,8 @@ class ProviderRun(EngineCore):
         if row.state == JobState.SUBMITTED and row.provider and row.provider_job_ids:
             job.provider = row.provider
             job.adopt_row(row)  # a cancel now prices the calls that had left, not only those followed
-            remaining = await self._resume_window(job, row)
-            request = await self._request(job.id, spec, remaining)
+            deadline = await self._resume_window(job, row)
+            request = await self._request(job.id, spec, deadline)
             call = self.router.resume(
                 model, row.provider, job.submitted, request, route_model=row.provider_model
             )
@@ -79,7 +79,7 @@ class ProviderRun(EngineCore):
         # Measured from `started`, as the watchdog's deadline_at is: a write or a file read that was
         # slow (a busy database) must not push the provider's deadline, and a finished result's
         # download grace with it, past the watchdog's, which would end a paid download as a timeout.
-        request = await self._request(job.id, spec, timeout - (time.monotonic() - job.run_start))
+        request = await self._request(job.id, spec, job.run_start + timeout)
 
         async def attempt(route: Route) -> None:
             job.provider = route.provider
@@ -190,19 +190,22 @@ class ProviderRun(EngineCore):
         return usd_to_credits(usd, self.settings.credits_per_usd)
 
     async def _resume_window(self, job: ActiveJob, row: JobRow) -> float:
-        """Seconds a resumed job may still poll; pushes the watchdog deadline out to match."""
+        """When (monotonic) a resumed job stops polling; pushes the watchdog deadline out to match,
+        both measured from one moment (a slow write must not put the poll's past the watchdog's)."""
         started = parse_time(row.started_at) or self.storage.now()
-        left = (started - self.storage.now()).total_seconds() + self.settings.job_timeout_seconds
+        now, mark = self.storage.now(), time.monotonic()
+        left = (started - now).total_seconds() + self.settings.job_timeout_seconds
         window = max(left, RESUME_MIN_SECONDS)
-        deadline = self.storage.now() + dt.timedelta(seconds=window + DEADLINE_GRACE_SECONDS)
+        deadline = now + dt.timedelta(seconds=window + DEADLINE_GRACE_SECONDS)
         await self.storage.jobs.update_job(job.id, owner=self.owner, deadline_at=db_time(deadline))
         log.info(
             "job %s: resuming %s at %s (%.0f s left)", job.id, ",".join(job.submitted), job.provider, window
         )
-        return window
+        return mark + window
 
-    async def _request(self, job_id: str, spec: JobSpec, seconds: float) -> EditRequest:
-        """The provider request, rebuilt from the stored spec and files."""
+    async def _request(self, job_id: str, spec: JobSpec, deadline: float) -> EditRequest:
+        """The provider request, rebuilt from the stored spec and files, due by `deadline` (monotonic,
+        fixed before the files are read: a slow read must not move it past the watchdog's)."""
 
         def load() -> tuple[tuple[InputImage, ...], InputImage | None]:
             images = tuple(
@@ -223,7 +226,7 @@ class ProviderRun(EngineCore):
             **output_options(spec),
             user_hash=spec.user_hash,
             mask=mask,
-            deadline=time.monotonic() + seconds,
+            deadline=deadline,
         )
 
     async def _follow(
