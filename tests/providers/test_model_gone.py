@@ -50,6 +50,11 @@ def atlas_message(body: bytes) -> str:
         # back); a refusal so worded still is: it is how vendors say a dead model is dead.
         (503, "model backend shut down for maintenance, try again later", ServerError, False),
         (503, "gpt-image-2 is temporarily not found upstream", ServerError, False),
+        (503, "no available channels for model gpt-image-2, please try again later", ServerError, False),
+        # "Try again" and "retry" alone say nothing passes: negated, or pointing at another model.
+        (500, "model gpt-image-2 has been retired; do not retry", ModelGone, False),
+        (503, "The model gpt-image-2 is no longer available. Retry with gpt-image-2.6", ModelGone, False),
+        (503, "Model not found. Please check the model name and try again.", ModelGone, False),
         (404, "Model not found. Please check the model name and try again.", ModelGone, False),
         (400, "This model is no longer available, try again with gpt-image-2.6-sunburst", ModelGone, False),
         (500, "model gpt-image-1 has been retired", ModelGone, False),

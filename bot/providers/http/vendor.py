@@ -270,8 +270,10 @@ _ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
 # What says a server error passes ("model backend shut down for maintenance, try again later"): a 5xx
 # so worded is a failure of the moment, and retiring the route for it would be for good. A refusal (a
 # 4xx, a 410) is not vetoed by it: "Model not found. Check the name and try again." is the vendor's
-# usual way of saying a dead model is dead, and missing it would stop every edit on the route.
-_PASSING_WORDS = ("maintenance", "temporar", "try again", "retry", "overload", "later")
+# usual way of saying a dead model is dead, and missing it would stop every edit on the route. Nor
+# are "try again" and "retry" alone, in a 5xx either: "retired; do not retry", "please retry with
+# gpt-image-2" and "check the model name and try again" say the model is gone; "later" says it passes.
+_PASSING = re.compile(r"maintenance|temporar|overload|\blater\b|\bshortly\b|in a (?:moment|while)", re.I)
 # Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
 _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 
@@ -343,7 +345,7 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     not about something the request carried (`_bare_404`), or any other 4xx/5xx (e.g. 503 "no
     available channels") whose `message` says the model is gone (`says_model_gone`). Auth, billing,
     access and rate-limit answers (401/402/403/429), 504 (a gateway that may have passed the job
-    on) and a 5xx that says it passes (`_PASSING_WORDS`) never are. The provider did not take the
+    on) and a 5xx that says it passes (`_PASSING`) never are. The provider did not take the
     job, so the result is `accepted=False` even where the vendor's rule for a 5xx says otherwise: an
     answer that the model does not exist is proof that nothing ran. Call it only for submits: a 404
     on a poll means the job vanished, not the model.
@@ -351,7 +353,7 @@ def gone_on_submit(err: ProviderError, message: str, *, model: str = "") -> Prov
     status = err.status
     if status is None or status < 400 or status in _NEVER_GONE or isinstance(err, ModelGone):
         return err
-    if status >= 500 and mentions(message.lower(), _PASSING_WORDS):
+    if status >= 500 and _PASSING.search(message):
         return err
     if not (status == 410 or says_model_gone(message, model) or _bare_404(status, message, model)):
         return err
