@@ -386,15 +386,18 @@ async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(worl
     assert world.openai.post_count == 0
 
 
-async def test_a_slow_picker_redraw_landing_after_the_preview_leaves_the_preview(
-    world: World, monkeypatch: pytest.MonkeyPatch
-):
-    """The member changes cells and clicks Preview before the picker's redraw (a busy thread pool, a big
-    photo) is done: the preview with Run edit showed, then the late redraw put the picker back over it."""
+async def picker_with_the_first_cell(world: World) -> tuple[FakeInteraction, FakeMessage]:
+    """/mask's picker with cell 1 chosen: the command's interaction and the picker's message."""
     it = await mask_command(world)
     picker = await shown(world, it, "cells")
     await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
     await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    return it, picker
+
+
+def held_grid_drawing(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The picker's grid drawn only once `release` is set (a busy thread pool, a big photo); `drawing`
+    tells it has begun."""
     drawing, release = threading.Event(), threading.Event()
     real_overlay = imaging.grid_overlay
 
@@ -404,6 +407,16 @@ async def test_a_slow_picker_redraw_landing_after_the_preview_leaves_the_preview
         return real_overlay(*args, **kw)
 
     monkeypatch.setattr(imaging, "grid_overlay", slow_overlay)
+    return drawing, release
+
+
+async def test_a_slow_picker_redraw_landing_after_the_preview_leaves_the_preview(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The member changes cells and clicks Preview before the picker's redraw (a busy thread pool, a big
+    photo) is done: the preview with Run edit showed, then the late redraw put the picker back over it."""
+    _, picker = await picker_with_the_first_cell(world)
+    drawing, release = held_grid_drawing(monkeypatch)
     redrawn = mark_when_handled(cog(world), "cells")
     try:
         await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
@@ -423,20 +436,9 @@ async def test_run_edit_on_a_preview_left_for_change_area_goes_on_with_the_picke
 ):
     """Change area, then Run edit on the preview still shown while the picker is drawn: the member goes
     on from the picker, not from "Something went wrong" with the session dropped, and nothing runs."""
-    it = await mask_command(world)
-    picker = await shown(world, it, "cells")
-    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
-    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    it, picker = await picker_with_the_first_cell(world)
     preview = await shown(world, await click(world, picker, "next"), "run")
-    drawing, release = threading.Event(), threading.Event()
-    real_overlay = imaging.grid_overlay
-
-    def slow_overlay(*args: Any, **kw: Any) -> bytes:
-        drawing.set()
-        release.wait(10)
-        return real_overlay(*args, **kw)
-
-    monkeypatch.setattr(imaging, "grid_overlay", slow_overlay)
+    drawing, release = held_grid_drawing(monkeypatch)
     went_back, ran = mark_when_handled(cog(world), "back"), mark_when_handled(cog(world), "run")
     try:
         await click(world, preview, "back")
@@ -454,10 +456,7 @@ async def test_run_edit_on_a_preview_left_for_change_area_goes_on_with_the_picke
 async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_those_cells(world: World):
     """A cells click lands while Preview's work is awaited: the preview then drawn showed (and would
     have run) the cells picked before, though the member's newest pick was another."""
-    it = await mask_command(world)
-    picker = await shown(world, it, "cells")
-    await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
-    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1"])
+    _, picker = await picker_with_the_first_cell(world)
     mask = cog(world)
     real_prepare, picked = mask.edits.prepare, asyncio.Event()
 
