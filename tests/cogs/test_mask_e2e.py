@@ -360,6 +360,17 @@ def mark_when_handled(mask: MaskCog, action: str) -> asyncio.Event:
     return done
 
 
+def prepare_held_until(mask: MaskCog, event: asyncio.Event) -> None:
+    """The cog's job preparing (download, checks, pricing) waits for `event` before it runs."""
+    real_prepare = mask.edits.prepare
+
+    async def held(*args: Any, **kw: Any) -> Any:
+        await event.wait()
+        return await real_prepare(*args, **kw)
+
+    mask.edits.prepare = held  # type: ignore[method-assign]
+
+
 async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(world: World):
     """Cancel lands while Preview's work (downloading and checking the images) is still awaited: the
     preview that work then draws would bring back buttons whose session is gone."""
@@ -368,13 +379,8 @@ async def test_a_cancel_while_the_preview_is_being_prepared_stays_cancelled(worl
     await world.fake.select(world.user, picker, control(picker, "cells"), ["1"])
     await world.fake.wait_until(lambda: not picker.find_component(control(picker, "next")).get("disabled"))
     mask = cog(world)
-    real_prepare, cancelled = mask.edits.prepare, asyncio.Event()
-
-    async def prepare_after_the_cancel(*args: Any, **kw: Any) -> Any:
-        await cancelled.wait()
-        return await real_prepare(*args, **kw)
-
-    mask.edits.prepare = prepare_after_the_cancel  # type: ignore[method-assign]
+    cancelled = asyncio.Event()
+    prepare_held_until(mask, cancelled)
     done = mark_when_handled(mask, "next")
     preparing = await world.fake.click(world.user, picker, control(picker, "next"))
     await world.fake.wait_until(lambda: preparing.acknowledged)
@@ -458,13 +464,8 @@ async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_th
     have run) the cells picked before, though the member's newest pick was another."""
     _, picker = await picker_with_the_first_cell(world)
     mask = cog(world)
-    real_prepare, picked = mask.edits.prepare, asyncio.Event()
-
-    async def prepare_after_the_pick(*args: Any, **kw: Any) -> Any:
-        await picked.wait()
-        return await real_prepare(*args, **kw)
-
-    mask.edits.prepare = prepare_after_the_pick  # type: ignore[method-assign]
+    picked = asyncio.Event()
+    prepare_held_until(mask, picked)
     previewed = mark_when_handled(mask, "next")
     preparing = await click(world, picker, "next")
     await world.fake.wait_until(lambda: preparing.acknowledged)
