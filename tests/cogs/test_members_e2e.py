@@ -506,18 +506,28 @@ async def test_a_copy_of_a_stop_button_in_another_server_gives_its_moderators_no
         hall = await other.create_text_channel("hall")
         mallory = fake_discord.create_user("mallory")
         await other.add_member(mallory, permissions=int(Permission.MANAGE_MESSAGES))
-        copy = await fake_discord.post_message(fake_discord.bot_user, hall, "copied controls")
-        copy.components = notice.components
-        refused = await fake_discord.click(mallory, copy, stop_button(notice))
-        assert await private_answer(fake_discord, refused) == messages.STOP_NOT_ALLOWED
-        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
-        assert "stopped" not in (notice.content or "")
+        copy = await stop_refused_from_a_copy(world, tmp_path, notice, hall, mallory)
         # A Stop for a job nobody knows (pruned, or made up) says so, not who may stop it.
         unknown = "retouch:stop:0123456789abcdef"
         button = {"type": 2, "style": 4, "label": "Stop edit", "custom_id": unknown}
         copy.components = [{"type": 1, "components": [button]}]
         refused = await fake_discord.click(mallory, copy, unknown)
         assert await private_answer(fake_discord, refused) == messages.JOB_UNKNOWN
+
+
+async def stop_refused_from_a_copy(
+    world: World, data_dir: Path, notice: FakeMessage, channel: Any, who: FakeUser
+) -> FakeMessage:
+    """A copy of `notice`'s controls posted in `channel`, its Stop clicked by `who`: refused, the edit
+    (its bot's DATA_DIR `data_dir`) left running. The copy, for more clicks."""
+    fake = world.fake
+    copy = await fake.post_message(fake.bot_user, channel, "copied controls")
+    copy.components = notice.components
+    refused = await fake.click(who, copy, stop_button(notice))
+    assert await private_answer(fake, refused) == messages.STOP_NOT_ALLOWED
+    assert jobs(data_dir)[0]["state"] not in ("cancelled", "failed")
+    assert "stopped" not in (notice.content or "")
+    return copy
 
 
 async def test_a_copy_of_a_stop_button_in_another_channel_gives_that_channels_moderators_no_power(
@@ -533,12 +543,7 @@ async def test_a_copy_of_a_stop_button_in_another_channel_gives_that_channels_mo
         offtopic = await world.guild.create_text_channel("offtopic")
         mallory = await member(world, "mallory")
         await offtopic.set_permissions(mallory, allow=int(Permission.MANAGE_MESSAGES))
-        copy = await fake_discord.post_message(fake_discord.bot_user, offtopic, "copied controls")
-        copy.components = notice.components
-        refused = await fake_discord.click(mallory, copy, stop_button(notice))
-        assert await private_answer(fake_discord, refused) == messages.STOP_NOT_ALLOWED
-        assert jobs(tmp_path)[0]["state"] not in ("cancelled", "failed")
-        assert "stopped" not in (notice.content or "")
+        await stop_refused_from_a_copy(world, tmp_path, notice, offtopic, mallory)
 
         await world.channel.set_permissions(mallory, allow=int(Permission.MANAGE_MESSAGES))
         await fake_discord.click(mallory, notice, stop_button(notice))
