@@ -43,6 +43,8 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   the id may be stale (`bot.providers.http.names_a_job`).
 * "Model gone": a 404/410 answer to the submit, or an error whose message says the model is not
   found / no longer available / retired / has no available channels, raises `ModelGone`
+  (not a 5xx that says it passes, "maintenance", "try again later": `_PASSING`, nor a 404 about
+  something the request carried)
   (`accepted=False`), so routing may retire the route. A 404 on a poll still means the prediction
   vanished (`ServerError`, accepted).
 * Sync mode and base64 output are not used: their timeout and format are undocumented at Atlas.

@@ -33,6 +33,8 @@ Decisions on the spec's OPEN points (providers.md §8.9):
   "auto"). No inpainter is documented for it, so a masked edit is refused too.
 * "Model gone": a 404/410 answer to the feature call, or an error whose message says the model is
   not found / no longer available / retired / has no available channels, raises `ModelGone`
+  (not a 5xx that says it passes, "maintenance", "try again later": `_PASSING`, nor a 404 about
+  something the request carried)
   (`accepted=False`, even for a 5xx: an answer that the model is gone proves nothing ran), unless
   a 2xx, 5xx or 408 answer carries an `aiRecord.uuid`: a record was made, so that error is accepted
   whatever it says (a 4xx refuses the request, whatever record it echoes).

@@ -38,6 +38,8 @@ Decisions on the spec's OPEN points (providers.md §8.8):
   page, so "auto" is left to Segmind's default by omitting it); `background` as for 1.x.
 * "Model gone": a 404 (unknown slug) or 410 (retired) answer to the edit call, or an error whose
   message says the model is gone or has no available channels, raises `ModelGone`
+  (not a 5xx that says it passes, "maintenance", "try again later": `_PASSING`, nor a 404 about
+  something the request carried)
   (`accepted=False`; only HTTP 200 is billed). 403 (not permitted for the team) stays
   `ModelUnavailable`.
 * `/diagnose`: `check()` asks the v2 API for the status of a request id that cannot exist

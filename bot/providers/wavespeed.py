@@ -44,6 +44,8 @@ Decisions on the spec's OPEN points (providers.md §8.7):
 * Base64 prefix: bare and `data:` forms are both decoded.
 * "Model gone": a 404/410 answer to the submit (the model is the path), or an error whose message
   says the model is not found / retired / has no available channels, raises `ModelGone`
+  (not a 5xx that says it passes, "maintenance", "try again later": `_PASSING`, nor a 404 about
+  something the request carried)
   (`accepted=False`). A 404 on a poll still means the task vanished (`ServerError`, accepted).
 * Errors: the bodies are undocumented; the message is read from `message`/`error`/`data.error`.
   401 (a key that was never activated by a top-up) and any "insufficient balance" text (or 402)

@@ -264,8 +264,9 @@ _GONE_WORDS = (
     "decommissioned",
     "shut down",
 )
-# What a message about one of the request's fields says, which may name the model too ("parameter
-# 'size' is deprecated for this model"): the field is what is gone, not the model.
+# What a message about one of the request's fields says, which may name the model too: beside
+# "deprecated" alone ("parameter 'size' is deprecated for this model") the field is what is gone, not
+# the model. Any other gone word beside a field's name still says the model is gone.
 _ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
 # What says a server error passes ("model backend shut down for maintenance, try again later"): a 5xx
 # so worded is a failure of the moment, and retiring the route for it would be for good. A refusal (a
@@ -320,9 +321,10 @@ def _about_an_input(message: str, model: str) -> bool:
 def says_model_gone(message: str, model: str = "") -> bool:
     """Whether an error message says the model (or its channel) is gone: it must name the model
     (the word "model", "channel", or the model id itself) AND use one of the gone words, so that
-    "media not found" about an uploaded file is not mistaken for a retired model; and it must be
-    about neither one of the request's fields ("parameter 'size' is deprecated for this model") nor
-    something the request carried ("openai/gpt-image-2/edit: input image not found")."""
+    "media not found" about an uploaded file is not mistaken for a retired model; and it must not be
+    about something the request carried ("openai/gpt-image-2/edit: input image not found"), nor, when
+    "deprecated" is its only gone word, about one of the request's fields ("parameter 'size' is
+    deprecated for this model")."""
     lowered = message.lower()
     names_it = "model" in lowered or "channel" in lowered or bool(model and model.lower() in lowered)
     said = {word for word in _GONE_WORDS if word in lowered}
