@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bot.storage.shard_leases import Fleet, ShardOwner, fleet_notice
-from bot.tasks import Again
+from bot.tasks import Again, woken
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -340,8 +340,7 @@ class ShardCoordinator:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.next_round)
+            if await woken(self._wake, self.next_round):
                 await asyncio.sleep(EXPIRY_SLACK_SECONDS)  # woken: gather the notices sent with this one
             await self.tick()
 

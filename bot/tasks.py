@@ -1,4 +1,4 @@
-"""A small task helper shared by the job engine and the shard coordinator: here, because bot.sharding
+"""Small task helpers shared by the job engine and the shard coordinator: here, because bot.sharding
 cannot import the engine's modules (they import it, for the process's name)."""
 
 from __future__ import annotations
@@ -9,6 +9,19 @@ import logging
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
+
+
+async def woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; whether it was set. For the loops a stop cancels:
+    on Python 3.11 `asyncio.wait_for` swallows a cancel that lands as the event is being delivered
+    (it returns the result instead), and the loop then ran on with its stop waiting for it for ever;
+    `asyncio.timeout` lets the cancel through."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class Again:

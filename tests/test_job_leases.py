@@ -1430,3 +1430,37 @@ async def test_a_process_whose_clock_comes_to_agree_runs_its_next_lease_round_at
         await asyncio.wait_for(rounds.wait(), 5)
     finally:
         await b.engine._stop_leases()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_stop_as_the_lease_rounds_are_woken_still_stops_them(
+    process: Factory, monkeypatch: pytest.MonkeyPatch, turns: int
+):
+    """The stop cancels the lease rounds' task. On Python 3.11 `asyncio.wait_for` swallowed a cancel that
+    landed while a wake was being delivered: the rounds ran on, and the stop (so the drain, so the
+    shutdown) waited on them for ever."""
+    b, _ = await process("b")
+    await b.engine.recover()
+    b.engine.expect_clock()
+    rounds = 0
+
+    async def lease_round() -> dict[str, int]:
+        nonlocal rounds
+        rounds += 1
+        return {}
+
+    monkeypatch.setattr(b.engine, "lease_round", lease_round)
+    monkeypatch.setattr(b.engine, "shared", True)
+    b.engine._start_leases()
+    task = b.engine._lease_task
+    assert task is not None
+    await asyncio.sleep(0.05)
+    b.engine.hear_clock(0.0, {"b": 0.0})  # a shard round during the drain: the clock comes to agree
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    stop = asyncio.create_task(b.engine._stop_leases())
+    done, _ = await asyncio.wait({stop}, timeout=2)  # not wait_for: it would cancel the stop itself
+    for t in (stop, task):
+        t.cancel()
+    await asyncio.wait({stop, task}, timeout=2)
+    assert stop in done, f"the stop still waited after 2 s; lease rounds since: {rounds}"

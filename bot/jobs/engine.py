@@ -43,6 +43,7 @@ from bot.jobs.running import ProviderRun
 from bot.messages import CANCELLED_AT_PROVIDER, SUSPENDED_AT_PROVIDER
 from bot.storage.jobs import TERMINAL_STATES, JobRow, LeaseLost
 from bot.storage.ledger import JobNotQueued, NotEnoughCredits
+from bot.tasks import woken
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 return
             if wait > 0:
                 self._feedback_offered.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._feedback_offered.wait(), wait)
+                await woken(self._feedback_offered, wait)
                 continue
             for status in self.queue_feedback.due():
                 job = self._jobs.get(status.job_id)

@@ -73,7 +73,7 @@ from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import db_time, parse_time
 from bot.messages import TAKEN_OVER_ELSEWHERE
 from bot.storage.jobs import CancelRequest, JobRow
-from bot.tasks import Again
+from bot.tasks import Again, woken
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,7 @@ class JobLeases(EngineCore):
         # of a lease later.
         wait = EXPIRY_SLACK_SECONDS if self._unclaimed > 0 else interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_wake.wait(), wait)
+            await woken(self._lease_wake, wait)
             self._lease_wake.clear()
             wait = interval
             try:
