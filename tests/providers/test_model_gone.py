@@ -55,6 +55,10 @@ def atlas_message(body: bytes) -> str:
         (500, "model gpt-image-2 has been retired; do not retry", ModelGone, False),
         (503, "The model gpt-image-2 is no longer available. Retry with gpt-image-2.6", ModelGone, False),
         (503, "Model not found. Please check the model name and try again.", ModelGone, False),
+        # "Later" says it passes after "try again", not as a later model.
+        (503, "model gpt-image-2 has been retired; use gpt-image-2.5 or later", ModelGone, False),
+        (500, "gpt-image-2 was shut down. Please switch to a later model.", ModelGone, False),
+        (503, "no available channels for model gpt-image-2, retry in 30 seconds", ServerError, False),
         (404, "Model not found. Please check the model name and try again.", ModelGone, False),
         (400, "This model is no longer available, try again with gpt-image-2.6-sunburst", ModelGone, False),
         (500, "model gpt-image-1 has been retired", ModelGone, False),

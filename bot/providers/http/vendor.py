@@ -273,8 +273,13 @@ _ABOUT_A_FIELD = ("parameter", "param ", "field", "argument", "option")
 # 4xx, a 410) is not vetoed by it: "Model not found. Check the name and try again." is the vendor's
 # usual way of saying a dead model is dead, and missing it would stop every edit on the route. Nor
 # are "try again" and "retry" alone, in a 5xx either: "retired; do not retry", "please retry with
-# gpt-image-2" and "check the model name and try again" say the model is gone; "later" says it passes.
-_PASSING = re.compile(r"maintenance|temporar|overload|\blater\b|\bshortly\b|in a (?:moment|while)", re.I)
+# gpt-image-2" and "check the model name and try again" say the model is gone; "try again later" and
+# "retry in 30 seconds" say it passes (but not "gpt-image-2 or later", "a later model").
+_PASSING = re.compile(
+    r"maintenance|temporar|overload|\bshortly\b|in a (?:moment|while)"
+    r"|\b(?:again|retry|try|back)\W+later\b|\b(?:try again|retry)\s+(?:in|after)\b",
+    re.I,
+)
 # Statuses that mean "not for you" rather than "gone": auth, billing, access, rate limits.
 _NEVER_GONE = frozenset({401, 402, 403, 429, 504})
 
