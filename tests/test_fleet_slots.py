@@ -52,6 +52,11 @@ async def end_slot_holders(storage: Storage, provider: str) -> None:
         "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::int = ?",
         (slot_key(provider),),
     )
+    # pg_terminate_backend only signals: the locks go when the server process has ended, a moment later.
+    for _ in range(int(WAIT * 100)):
+        if await advisory_locks(storage, provider) == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def until_ran(observer: Storage, application: str, query: str) -> None:
