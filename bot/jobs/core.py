@@ -34,6 +34,7 @@ from bot.jobs.model import (
     JobStatus,
     LiveJob,
     NoDelivery,
+    db_time,
 )
 from bot.lifecycle import ModelLifecycle
 from bot.routing import Router
@@ -244,6 +245,11 @@ class EngineCore:
         self._early_renewal: Again | None = None
         self._circuits_now: Again | None = None
         self._circuits_lock = asyncio.Lock()
+
+    def queued_until(self, created_at: dt.datetime) -> str:
+        """When a job requested at `created_at` has waited too long in the queue (the watchdog's
+        deadline_at while it waits): at its creation, and when a call that never left queues it again."""
+        return db_time(created_at + dt.timedelta(seconds=self.settings.queue_timeout_seconds))
 
     # -- implemented by JobEngine (`_end`, `_maybe_billed` and `_provider_price` by its endings part,
     # `_adopt` by recovery, `_halt` and `_end_dequeued` by its cancel); declared here for the others --

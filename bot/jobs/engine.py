@@ -155,7 +155,7 @@ class JobEngine(JobRecovery, JobDelivery, JobEndings, JobResults, ProviderRun):
                 spec=spec.to_json(),
                 interaction_at=db_time(origin.interaction_at) if origin.interaction_at else None,
                 origin_message_id=origin.message_id,
-                deadline_at=db_time(now + dt.timedelta(seconds=self.settings.queue_timeout_seconds)),
+                deadline_at=self.queued_until(now),
                 files_expire_at=db_time(now + dt.timedelta(hours=self.settings.input_retention_hours)),
                 owner=self.owner,
                 lease_expires_at=self.lease_until(),

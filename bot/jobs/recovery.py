@@ -196,11 +196,11 @@ class JobRecovery(JobLeases):
             # process that had it cannot send it any more: the check as a call leaves needs its lease.
             # Queued, it waits for its queue deadline, not for the run's it was given as it started
             # (often much the sooner): the watchdog would end it as having waited too long in the queue.
-            queued_until = job.info.created_at + dt.timedelta(seconds=self.settings.queue_timeout_seconds)
+            queued_until = self.queued_until(job.info.created_at)
             await self.storage.jobs.set_job_state(
-                row.id, JobState.RESERVED, owner=self.owner, deadline_at=db_time(queued_until)
+                row.id, JobState.RESERVED, owner=self.owner, deadline_at=queued_until
             )
-            row = replace(row, state=JobState.RESERVED, deadline_at=db_time(queued_until))
+            row = replace(row, state=JobState.RESERVED, deadline_at=queued_until)
         if row.state == JobState.RESERVED and usable:
             self._jobs[row.id] = job
             self._waiting.append(row.id)
