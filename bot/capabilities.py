@@ -73,9 +73,7 @@ def _probes(route: Route) -> Iterator[tuple[str, EditRequest]]:
 def _mask_probes(route: Route, masked: EditRequest) -> Iterator[tuple[str, EditRequest]]:
     """A mask with each background routing lets a masked edit have (`blockers`), `auto` said as just
     "a mask": a vendor's inpainter may take no background where its plain edit does (1min.ai)."""
-    for background in route.mask_backgrounds:
-        if background not in route.backgrounds:
-            continue  # never asked (routing refuses the background first)
+    for background in route.masked_backgrounds:  # another is never asked: routing refuses it first
         if background != "transparent":
             what = "a mask" if background == "auto" else f"a mask with background {background}"
             yield what, replace(masked, background=background)
@@ -156,7 +154,7 @@ def _mask_backgrounds_kept(route: Route, refused: list[EditRequest]) -> tuple[st
     if any(r.mask is None or r.background not in route.mask_backgrounds for r in refused):
         return ()
     lost = {r.background for r in refused}
-    return tuple(b for b in route.mask_backgrounds if b in route.backgrounds and b not in lost)
+    return tuple(b for b in route.masked_backgrounds if b not in lost)
 
 
 def _log_disabled(model: ModelEntry, route: Route, reason: str) -> None:

@@ -174,6 +174,12 @@ class Route:
         return self.price is None
 
     @property
+    def masked_backgrounds(self) -> tuple[str, ...]:
+        """The backgrounds a masked edit can ask for here: its `mask_backgrounds` that the route makes
+        at all (the catalog keeps one within the other; a route built in code may not)."""
+        return tuple(b for b in self.mask_backgrounds if b in self.backgrounds)
+
+    @property
     def key(self) -> tuple[str, str]:
         """(provider, provider's model id): what a retirement or a discovered date is recorded under."""
         return (self.provider, self.model)

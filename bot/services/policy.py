@@ -444,7 +444,7 @@ class PolicyService(PolicyAdmin):
         """The backgrounds some live route of `model` makes (`masked`: with a mask, as routing reads a
         route's `mask_backgrounds`), in the usual order (none: no live route, and the job says so)."""
         routes = self._routes_for(model, masked=masked)
-        made = {b for r in routes for b in r.backgrounds if not masked or b in r.mask_backgrounds}
+        made = {b for r in routes for b in (r.masked_backgrounds if masked else r.backgrounds)}
         return [b for b in BACKGROUNDS if b in made]
 
     def _formats_made(
