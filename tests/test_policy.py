@@ -18,6 +18,7 @@ import pytest
 
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
+from bot.routing.rules import Needs, blockers
 from bot.services.admin import (
     ALL_MODELS,
     NO_PERIOD,
@@ -1195,3 +1196,38 @@ async def test_an_admins_reason_with_nothing_to_read_is_refused(policy: PolicySe
 async def test_an_admins_reason_is_kept_without_control_characters(policy: PolicyService, storage: Storage):
     change = await policy.change_credits(GUILD, ADMIN, ALICE, "grant", 10, "prize\x00 for the \u202econtest")
     assert change.reason == "prize for the contest"
+
+
+# A masked edit with a saved transparent background takes a format some route makes transparent
+# *with a mask*: a route that makes transparent PNG but whose inpainter takes no background (1min.ai)
+# must not decide the format, or routing finds no route for the masked edit and refuses it.
+@pytest.mark.parametrize("saved", ["jpeg", "png"])
+async def test_a_masked_transparent_edits_format_is_one_a_route_makes_transparent_with_a_mask(
+    storage: Storage, tmp_path: Path, saved: str
+):
+    inpainter = route(  # transparent PNG unmasked, no background with a mask
+        "openai", model="inpaint-a", mask=True, mask_backgrounds=["auto"], transparent_formats=["png"]
+    )
+    full = route("openai", model="inpaint-b", mask=True, transparent_formats=["webp"])
+    masks = catalog(model("mixed", name="Mixed", mask=True, routes=[inpainter, full]))
+    settings = settings_for(tmp_path, OPENAI_API_KEY="sk-test", ALLOWED_GUILD_IDS=str(GUILD))
+    async with aiohttp.ClientSession() as session:
+        policy = policy_service(settings, masks, storage, session)
+        await storage.settings.update_user_settings(
+            ALICE, {"background": "transparent", "output_format": saved}
+        )
+        chosen = replace(await policy.defaults_for(GUILD, ALICE), model="mixed")
+        masked = replace(job(), mask=MaskSpec(grid=(3, 3), cells=(5,)))
+
+        fitted, notices = await policy.clamp(masked, chosen)
+        assert (fitted.background, fitted.output_format) == ("transparent", "webp")
+        with_mask = " with a mask" if saved == "png" else ""  # JPEG is refused with or without one
+        assert notices == (
+            f"Mixed cannot make format `{saved}`{with_mask}, so Retouch uses webp "
+            "(change it with /settings).",
+        )
+        # Some route takes the masked edit as fitted (before, none did: the job was refused).
+        needs = Needs.with_options(fitted, images=1, mask=True, prompt_chars=10)
+        assert [r.model for r in masks.models["mixed"].routes if not blockers(r, needs)] == ["inpaint-b"]
+        # Unmasked, the first route makes transparent PNG: the format falls to (or stays) PNG.
+        assert (await policy.clamp(job(), chosen))[0].output_format == "png"

@@ -429,10 +429,12 @@ class PolicyService(PolicyAdmin):
         usable = clear or self._formats_made(model, masked=masked)
         if "output_format" not in typed and usable and chosen.output_format not in usable:
             fmt = usable[0]
-            notices = (
-                *notices,
-                messages.default_not_offered(model.name, "format", chosen.output_format, uses=fmt),
+            # The mask is named when it is what rules the saved format out (made so without one).
+            unmasked = self._formats_made(model, transparent=transparent) if masked else []
+            notice = messages.default_not_offered(
+                model.name, "format", chosen.output_format, uses=fmt, masked=chosen.output_format in unmasked
             )
+            notices = (*notices, notice)
             chosen = replace(chosen, output_format=fmt)
         return chosen, notices
 
@@ -451,9 +453,16 @@ class PolicyService(PolicyAdmin):
         self, model: ModelEntry, *, transparent: bool = False, masked: bool = False
     ) -> list[str]:
         """The output formats some live route of `model` makes (`transparent`: makes with a
-        transparent background; `masked`: takes a mask), in the usual order (none: no live route, and
-        the job says so)."""
+        transparent background; `masked`: takes a mask, and with `transparent` makes transparent with
+        one, as routing reads `masked_backgrounds`), in the usual order (none: no live route, and the
+        job says so)."""
         routes = self._routes_for(model, masked=masked)
+        if transparent:
+            # A route whose inpainter takes no background (1min.ai) makes no transparent masked edit in
+            # any format: its PNG must not pick the format, or no route takes the job as fitted.
+            routes = [
+                r for r in routes if "transparent" in (r.masked_backgrounds if masked else r.backgrounds)
+            ]
         made = {f for r in routes for f in r.output_formats if not transparent or f in r.transparent_formats}
         return [f for f in OUTPUT_FORMATS if f in made]
 
