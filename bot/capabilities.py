@@ -8,7 +8,8 @@ declared capability at a time (and a mask with each background routing lets a ma
 nothing sent anywhere; a route that fails is disabled (logged, shown by `/diagnose`) and the bot keeps
 editing on the others. A route whose only failures are a mask with some backgrounds (a catalog copy
 older than `mask_backgrounds`: 1min.ai's inpainter takes no background) is narrowed instead: its masked
-edits keep the backgrounds that passed, its other edits go on (logged, shown by `/diagnose`).
+edits keep the backgrounds that passed, its other edits go on (logged, shown by `/diagnose`). One whose
+only failures are masks, with every background, is narrowed the same way to no masked edits at all.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def route_problems(route: Route, adapter: ValidatingProvider) -> list[str]:
 @dataclass(frozen=True)
 class RouteCheck:
     """What the start-up check found. `catalog` is what routing may believe: the checked catalog with
-    each narrowed route's masked edits cut to the backgrounds its adapter sends. `disabled` and
+    each narrowed route's masked edits cut to the backgrounds its adapter sends (or off). `disabled` and
     `narrowed`: {(provider, route model): why}."""
 
     catalog: Catalog
@@ -115,7 +116,7 @@ class RouteCheck:
 
 def check_routes(catalog: Catalog, providers: Mapping[str, Provider]) -> RouteCheck:
     """Every configured route checked against its adapter: disabled when it declares a capability the
-    adapter refuses, narrowed when only some backgrounds of its masked edits are refused. Adapters
+    adapter refuses, narrowed when only (some or all backgrounds of) its masked edits are refused. Adapters
     without a local check (OpenAI takes what the API takes) are trusted."""
     check = RouteCheck(catalog)
     models = {}
@@ -139,20 +140,26 @@ def _checked_route(
     shown = ", ".join(problems[:MAX_SHOWN]) + (" …" if len(problems) > MAX_SHOWN else "")
     cannot = f"the {route.provider} adapter cannot send {shown}"
     kept = _mask_backgrounds_kept(route, [request for _, request in refused])
-    if not kept:
+    if kept is None:
         check.disabled[route.key] = cannot
         _log_disabled(model, route, cannot)
         return route
+    if not kept:
+        # Every mask failed, nothing else did: its unmasked edits still work, so only masks are taken off.
+        check.narrowed[route.key] = f"it takes no masked edits: {cannot}"
+        _log_narrowed(model, route, check.narrowed[route.key], fix="set its mask = false")
+        return replace(route, mask=False)
     check.narrowed[route.key] = f"its masked edits take background {' or '.join(kept)} only: {cannot}"
-    _log_narrowed(model, route, check.narrowed[route.key])
+    _log_narrowed(model, route, check.narrowed[route.key], fix="set its mask_backgrounds")
     return replace(route, mask_backgrounds=kept)
 
 
-def _mask_backgrounds_kept(route: Route, refused: list[EditRequest]) -> tuple[str, ...]:
+def _mask_backgrounds_kept(route: Route, refused: list[EditRequest]) -> tuple[str, ...] | None:
     """The backgrounds `route`'s masked edits keep when every refused request was a mask with one of
-    its mask backgrounds and another passed (empty: anything else failed, and the route is disabled)."""
+    its mask backgrounds (empty: none passed, and the route keeps only its unmasked edits; None:
+    something else failed, and the route is disabled)."""
     if any(r.mask is None or r.background not in route.mask_backgrounds for r in refused):
-        return ()
+        return None
     lost = {r.background for r in refused}
     return tuple(b for b in route.masked_backgrounds if b not in lost)
 
@@ -167,11 +174,12 @@ def _log_disabled(model: ModelEntry, route: Route, reason: str) -> None:
     )
 
 
-def _log_narrowed(model: ModelEntry, route: Route, reason: str) -> None:
+def _log_narrowed(model: ModelEntry, route: Route, reason: str, *, fix: str) -> None:
     log.warning(
-        "catalog route %s/%s of %s narrowed: %s; set its mask_backgrounds in the catalog (CATALOG_PATH)",
+        "catalog route %s/%s of %s narrowed: %s; %s in the catalog (CATALOG_PATH)",
         route.provider,
         route.model,
         model.id,
         reason,
+        fix,
     )

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +17,7 @@ import pytest
 
 from bot.app import build_providers
 from bot.capabilities import check_routes, route_problems
-from bot.catalog import Catalog, load_catalog, parse_catalog
+from bot.catalog import PACKAGED_CATALOG, Catalog, load_catalog, parse_catalog
 from bot.config import load_settings
 from bot.errors import InvalidOptions
 from bot.lifecycle import ModelLifecycle
@@ -26,6 +27,7 @@ from bot.routing.rules import Needs, blockers
 from bot.services.edits import MaskSpec
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG
+from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.oneminai_server import FakeOneMin
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fixtures import provider_env, wired_services
@@ -188,6 +190,61 @@ async def test_a_route_promising_a_background_its_inpainter_has_not_is_narrowed_
     [honest] = parse_catalog(raw).get("gpt-image-1-mini").routes
     assert route_problems(honest, built["oneminai"]) == []  # type: ignore[arg-type]
     assert check_routes(parse_catalog(raw), built).narrowed == {}
+
+
+def catalog_with_atlas_masks(tmp_path: Path) -> Catalog:
+    """The packaged catalog with Atlas's GPT Image 2 route said to take masks (its edit has no mask
+    field): every mask probe fails there, and nothing else does."""
+    text = (resources.files("bot") / "data" / PACKAGED_CATALOG).read_text("utf-8")
+    # The first `mask = false` after Atlas's route id is that route's own (lines up to the next `[`).
+    route = r'(provider = "atlascloud"\nmodel = "openai/gpt-image-2/edit"\n(?:[^\[].*\n)*?)mask = false'
+    text, found = re.subn(route, r"\1mask = true", text)
+    assert found == 1
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    return load_catalog(path)
+
+
+async def test_a_route_whose_every_masked_edit_fails_keeps_its_unmasked_edits(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up check used to disable such a route for everything, though only its masks fail: now
+    it is narrowed to no masked edits (logged, shown by `/diagnose`), its unmasked edits still run on it
+    and a masked edit goes to a route that takes masks."""
+    catalog = catalog_with_atlas_masks(tmp_path)
+    async with FakeAtlas() as atlas, FakeOpenAI() as openai, aiohttp.ClientSession() as session:
+        env = {**provider_env("atlascloud", atlas), **provider_env("openai", openai)}
+        env |= {"PROVIDER_ORDER": "atlascloud,openai", "DATA_DIR": str(tmp_path), "STARTING_CREDITS": "1000"}
+        settings = load_settings({"DISCORD_TOKEN": "t" * 30, **env})
+        built = build_providers(settings, session, catalog)
+        atlas_route = next(
+            r for r in catalog.get("gpt-image-2").routes if r.model == "openai/gpt-image-2/edit"
+        )
+        problems = route_problems(atlas_route, built["atlascloud"])  # type: ignore[arg-type]
+        assert problems and all(p.startswith("a mask") for p in problems)
+
+        check = check_routes(catalog, built)
+        assert check.disabled == {}
+        assert check.narrowed[atlas_route.key].startswith(
+            "it takes no masked edits: the atlascloud adapter cannot send a mask (InvalidInput)"
+        )
+        narrowed = next(r for r in check.catalog.get("gpt-image-2").routes if r.key == atlas_route.key)
+        assert narrowed == replace(atlas_route, mask=False)
+        assert "narrowed: it takes no masked edits" in caplog.text and "set its mask = false" in caplog.text
+
+        services = wired_services(
+            settings, catalog, storage, built, approve=[1], today=lambda: dt.date(2026, 11, 1)
+        )
+        plain = edit_job(model="gpt-image-2", size="1024x1024", quality="low")
+        masked = replace(plain, mask=MaskSpec(grid=(3, 3), cells=(5,)))
+        assert (await run_to_end(services.edits, plain)).provider == "atlascloud"
+        assert (await run_to_end(services.edits, masked)).provider == "openai"
+
+    assert all("mask" not in str(r.json) for r in atlas.requests if r.json)
+    assert any(
+        "gpt-image-2 on atlascloud is narrowed: it takes no masked edits" in line
+        for line in services.edits.lifecycle.warnings()
+    )
 
 
 def catalog_before_mask_backgrounds(tmp_path: Path) -> Catalog:
