@@ -535,14 +535,17 @@ def _choices(
     allowed: tuple[str, ...] | Callable[[str], bool],
     where: str,
     problems: list[str],
+    *,
+    if_none: str = "",
 ) -> tuple[str, ...]:
+    """`raw[key]` (else `default`), each value checked; `if_none` says what to write instead of none."""
     values = tuple(raw.get(key, default))
     ok = allowed if callable(allowed) else allowed.__contains__
     unknown = [v for v in values if not ok(v)]
     if unknown:
         problems.append(f"{where}.{key}: unknown value(s) {', '.join(map(repr, unknown))}")
     if not values:
-        problems.append(f"{where}.{key}: must list at least one value")
+        problems.append(f"{where}.{key}: must list at least one value{if_none}")
     return values
 
 
@@ -575,7 +578,15 @@ def _parse_route(model: ModelEntry, where: str, raw: dict[str, Any], problems: l
     if convention is not None and convention not in MASK_CONVENTIONS:
         problems.append(f"{where}.mask_convention: must be one of {', '.join(MASK_CONVENTIONS)}")
     backgrounds = _choices(raw, "backgrounds", BACKGROUNDS, BACKGROUNDS, where, problems)
-    mask_backgrounds = _choices(raw, "mask_backgrounds", backgrounds, BACKGROUNDS, where, problems)
+    mask_backgrounds = _choices(
+        raw,
+        "mask_backgrounds",
+        backgrounds,
+        BACKGROUNDS,
+        where,
+        problems,
+        if_none=" (a route that takes no masked edits says mask = false)",
+    )
     if not set(mask_backgrounds) <= set(backgrounds):
         problems.append(f"{where}.mask_backgrounds: must be among the route's backgrounds")
     free = _flag(raw, "free_sizes", False, where, problems)

@@ -336,6 +336,11 @@ def test_a_route_without_capabilities_inherits_the_models_and_is_list_priced_wit
             {"provider": "oneminai", "backgrounds": ["auto"], "mask_backgrounds": ["auto", "transparent"]},
             "mask_backgrounds: must be among the route's backgrounds",
         ),
+        (
+            {"provider": "oneminai", "mask": True, "mask_backgrounds": []},
+            "mask_backgrounds: must list at least one value (a route that takes no masked edits says "
+            "mask = false)",
+        ),
         # Values that passed and failed members later (or read "no" as true).
         ({"provider": "openai", "mask": "no"}, "mask: must be true or false, not 'no'"),
         ({"provider": "openai", "n": "false"}, "n: must be true or false, not 'false'"),
