@@ -11,7 +11,8 @@ It validates like a strict WaveSpeed: Bearer auth, JSON content type, per-model 
 fields are a 400, so an `image` sent to the mini edit fails instead of becoming text-to-image),
 that every image URL is one it handed out, enums (sizes with `*` or `x`, both documented), and a
 mask the size of the image, read as alpha (transparent = edit) or as white = edit (polarity is OPEN).
-Whether the mini edit takes `quality`/`size` is OPEN: refused unless `mini_accepts_quality_size`.
+Whether the mini edit takes `quality`/`size` is OPEN: refused unless `mini_accepts_quality_size`. Its
+`images` must be JPG or PNG, as its page says (an uploaded WebP is stored, and refused on submit).
 Tasks go `created` → `processing` → `completed` over `polls_to_finish` polls, with real images: the
 first input mirrored left-right (only inside the mask, when there is one) at the requested size
 (1024x1024 for `auto` and for the mini edit). Sync mode answers with the finished task, after
@@ -213,6 +214,7 @@ class _EnvelopeError(_ApiError):
 
 
 IMAGE_FORMATS = (*WEB_FORMATS, "GIF", "BMP", "TIFF")  # what the upload documents for images
+MINI_IMAGE_FORMATS = ("JPEG", "PNG")  # the mini edit's page: "JPG/PNG" (providers.md §3.2), so no WebP
 
 
 def render(source: Image.Image, region: Image.Image | None, size: tuple[int, int], fmt: str = "PNG") -> bytes:
@@ -489,6 +491,8 @@ class FakeWaveSpeed(FakeServer):
             if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_IMAGES:
                 raise _ApiError(400, f"images must hold 1 to {MAX_IMAGES} URLs")
             sources = [self._image_at(u, "images") for u in urls]
+            if any(source.format not in MINI_IMAGE_FORMATS for source in sources):
+                raise _ApiError(400, "images must be JPG or PNG")
         else:
             if "image" not in fields:
                 raise _ApiError(400, "image is required")

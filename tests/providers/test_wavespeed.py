@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -473,6 +474,23 @@ async def test_fake_rejects_wrong_fields_like_a_strict_wavespeed(
 
     assert status == 400
     assert text in payload["message"]
+
+
+async def test_fake_refuses_a_webp_on_the_mini_edit_whose_page_says_jpg_png(
+    fake: FakeWaveSpeed, session: aiohttp.ClientSession
+) -> None:
+    buffer = io.BytesIO()
+    Image.open(DATA / "astronaut.png").convert("RGB").save(buffer, "WEBP")
+    form = aiohttp.FormData()
+    form.add_field("file", buffer.getvalue(), filename="a.webp", content_type="image/webp")
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with session.post(f"{fake.base_url}/media/upload/binary", data=form, headers=headers) as resp:
+        url = (await resp.json())["data"]["download_url"]  # the upload takes WebP (§3.7)
+
+    status, payload = await submit(session, fake, MINI, {"prompt": "p", "images": [url]})
+    assert (status, payload["message"]) == (400, "images must be JPG or PNG")
+    png = (await upload(session, fake))["data"]["download_url"]
+    assert (await submit(session, fake, MINI, {"prompt": "p", "images": [png]}))[0] == 200
 
 
 async def test_fake_switch_lets_the_mini_edit_take_quality_and_size(session: aiohttp.ClientSession) -> None:
