@@ -34,7 +34,13 @@ from bot.storage.connection import (
 from bot.storage.limits import ReserveGuard
 from bot.storage.postgres import schema_url
 from bot.storage.refusals import refusal_for
-from bot.storage.sqlite import BUSY_TIMEOUT_MS, LOCK_SUFFIX, SQLiteDatabase, _apply_migration
+from bot.storage.sqlite import (
+    BUSY_TIMEOUT_MS,
+    LOCK_SUFFIX,
+    DatabaseClosing,
+    SQLiteDatabase,
+    _apply_migration,
+)
 from tests.fixtures import NO_POSTGRES, TEST_DATABASE_URL
 from tests.postgres import SilentNetwork, needs_postgres
 
@@ -159,6 +165,51 @@ async def test_transactions_begun_before_the_close_are_committed_before_it_close
     reopened = await Storage.open(database_url)
     try:
         assert await reopened.settings.take_model_notices(5) == ["first", "second"]
+    finally:
+        await reopened.close()
+
+
+@pytest.mark.sqlite_only
+async def test_a_sqlite_close_under_steady_writes_commits_what_was_queued_and_refuses_the_rest(
+    database_url: str,
+):
+    """Writers that keep coming (each one's next write asked for as the last commits) used to join the
+    queue the close waited to see empty: it never emptied, and the shutdown hung. Now what was asked for
+    before the close commits, and a write asked for after it began is refused, never lost silently."""
+    storage = await Storage.open(database_url)
+    scope = ("steady", secrets.token_hex(4))
+    acknowledged: list[str] = []
+
+    def noting(notice: str) -> Callable[[], Body[None]]:
+        def body() -> Body[None]:
+            yield lock(scope)
+            yield execute(
+                "INSERT INTO model_notices (user_id, notice, created_at) VALUES (6, ?, 'now')", (notice,)
+            )
+
+        return body
+
+    async def writer(name: str) -> BaseException:
+        for n in range(1_000_000):
+            try:
+                await storage.db.transaction(noting(f"{name}{n}"))
+            except Exception as exc:
+                return exc
+            acknowledged.append(f"{name}{n}")
+        raise AssertionError("the writes were never refused")
+
+    async with held_elsewhere(database_url, scope):
+        writers = [asyncio.ensure_future(writer(name)) for name in "abc"]
+        await asyncio.sleep(0)  # the first write waits for the lock, the others queue behind it
+        closing = asyncio.ensure_future(storage.close())
+        await asyncio.sleep(0)
+    await asyncio.wait_for(closing, 20)
+    refusals = await asyncio.wait_for(asyncio.gather(*writers), 20)
+    assert all(isinstance(exc, DatabaseClosing) and "closing" in str(exc) for exc in refusals), refusals
+    assert {"a0", "b0", "c0"} <= set(acknowledged)  # queued before the close: committed
+    reopened = await Storage.open(database_url)
+    try:
+        assert sorted(await reopened.settings.take_model_notices(6)) == sorted(acknowledged)
     finally:
         await reopened.close()
 

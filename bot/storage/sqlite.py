@@ -53,6 +53,15 @@ from bot.storage.connection import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+class DatabaseClosing(sqlite3.ProgrammingError):
+    """A write transaction asked for after the close began: it is refused, not queued (what sqlite3
+    raises for a closed connection, so callers treat both alike)."""
+
+    def __init__(self) -> None:
+        super().__init__("the database is closing: it takes no new transaction")
+
+
 BUSY_TIMEOUT_MS = 10_000
 # Beside the database file: the lock the running bot holds (never deleted: a lock file removed while a
 # process waits for it would let two processes hold "the" lock on two different files).
@@ -238,6 +247,7 @@ class SQLiteDatabase(Clocked):
         self._worker = worker
         self._lock_fd = lock_fd  # the sole-process lock, held until close
         self._closed = False
+        self._closing = False  # `close` began: new transactions are refused, queued ones still commit
         self._queue: list[_Queued] = []
         self._writing = False  # a transaction (or a group of them) is with the worker
         self._committer: asyncio.Task[None] | None = None  # kept: the loop holds tasks only weakly
@@ -270,9 +280,13 @@ class SQLiteDatabase(Clocked):
 
     async def close(self) -> None:
         """Commit the transactions begun before it, close the connection on its thread, then let the
-        thread end. Closing twice is harmless."""
+        thread end. Transactions asked for once it began are refused (`DatabaseClosing`). Closing twice
+        is harmless."""
         if self._closed:
             return
+        # From here no transaction joins the queue: under steady load it would never empty, and the
+        # close (a shutdown) would wait for ever.
+        self._closing = True
         try:
             # Transactions begun before the close commit first. `_writing` stays set until none is
             # queued: a lone transaction hands those queued meanwhile on only once the worker answers it,
@@ -301,6 +315,8 @@ class SQLiteDatabase(Clocked):
         bodies are waiting (see the module docstring). Returns what the body returns, once committed."""
         if self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        if self._closing:
+            raise DatabaseClosing()
         loop = asyncio.get_running_loop()
         if self._writing:  # a transaction is on the worker: wait for the next group
             done: asyncio.Future[T] = loop.create_future()
