@@ -188,7 +188,10 @@ async def run(settings: Settings, catalog: Catalog, *, sync: bool) -> int:
         return EXIT_CONFIG
     try:
         # The bot itself, unlike `--sync` (which runs no jobs), is the one process on a SQLite file.
-        storage = await Storage.open(settings.database, sole_process=not sync)
+        # `--sync` may run beside it, so it does not migrate either: a newer release's `--sync` would
+        # change the schema under an older running bot, and two at once would race the same migration.
+        # The next start of the bot migrates, under its lock.
+        storage = await Storage.open(settings.database, sole_process=not sync, migrate=not sync)
     except DatabaseInUse as exc:
         log.error(
             "Retouch cannot start: another Retouch process is running on the SQLite database %s, and a "

@@ -366,7 +366,9 @@ class RetouchBot(SwitchableShards):
 
     async def setup_hook(self) -> None:
         # Fixed order: database, services, extensions, then command sync only when asked.
-        version = await self.services.storage.migrate()
+        storage = self.services.storage
+        # `--sync` needs no table and may run beside the bot: it never migrates (see `run`).
+        version = await (storage.schema_version() if self.sync_commands else storage.migrate())
         log.info("database ready (schema %d)", version)
         await self._find_operator()
         for extension in EXTENSIONS:

@@ -18,15 +18,16 @@ import pytest
 from aiohttp import web
 
 from bot.storage.postgres import schema_url
+from bot.storage.sqlite import hold_sole_process_lock
 from tests.fakes.discord import FakeDiscord
-from tests.fixtures import NO_POSTGRES, TEST_DATABASE_URL
+from tests.fixtures import MIGRATIONS, NO_POSTGRES, TEST_DATABASE_URL
 from tests.providers.helpers import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def run_bot(data_dir: Path, **env: str) -> tuple[int, str]:
-    """`python -m bot` until it exits by itself; its exit code and everything it printed."""
+async def run_bot(data_dir: Path, *args: str, **env: str) -> tuple[int, str]:
+    """`python -m bot [args]` until it exits by itself; its exit code and everything it printed."""
     base = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(ROOT),
@@ -40,6 +41,7 @@ async def run_bot(data_dir: Path, **env: str) -> tuple[int, str]:
         sys.executable,
         "-m",
         "bot",
+        *args,
         cwd=data_dir,
         env={**base, **env},
         stdout=asyncio.subprocess.PIPE,
@@ -165,6 +167,34 @@ async def test_a_database_from_a_newer_release_is_refused_with_one_clear_line(tm
     with sqlite3.connect(tmp_path / "retouch.sqlite3") as db:  # untouched
         assert db.execute("PRAGMA user_version").fetchone()[0] == 99
         assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == [("future",)]
+
+
+async def test_sync_beside_a_running_bot_publishes_the_commands_without_migrating_its_file(
+    fake_discord: FakeDiscord, tmp_path: Path
+):
+    """`--sync` takes no lock (it runs beside the bot), so it must not migrate either: a newer release's
+    `--sync` changed the schema under the older bot running on the file, and two raced a migration."""
+    path = tmp_path / "retouch.sqlite3"
+    older = sorted(MIGRATIONS.glob("*.sql"))[:-1]  # the file as the release before the last one left it
+    with sqlite3.connect(path) as db:
+        for file in older:
+            db.executescript(
+                f"BEGIN;\n{file.read_text('utf-8')}\nPRAGMA user_version = {file.name[:4]};\nCOMMIT;"
+            )
+    version = int(older[-1].name[:4])
+    running_bot = hold_sole_process_lock(str(path))
+    try:
+        code, log = await run_bot(
+            tmp_path, "--sync", DISCORD_API_BASE=fake_discord.api_base, DISCORD_TOKEN=fake_discord.token
+        )
+    finally:
+        os.close(running_bot)
+
+    assert code == 0, log
+    assert "Traceback" not in log and not problems(log)
+    assert {c["name"] for c in fake_discord.synced_commands()} >= {"edit", "credits"}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == version
 
 
 async def test_an_unreachable_database_server_gives_one_clear_line_without_its_password(tmp_path: Path):

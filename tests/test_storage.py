@@ -52,6 +52,27 @@ async def test_a_database_from_a_newer_release_is_refused_and_left_alone(storage
     assert await storage.schema_version() == newer
 
 
+async def test_an_opener_that_may_run_beside_the_bot_leaves_the_schema_as_it_is(database_url: str):
+    """`--sync` opens without migrating (it holds no lock; the bot's start migrates): nothing is
+    applied, and a database from a newer release is still refused."""
+    beside = await Storage.open(database_url, migrate=False)
+    try:
+        assert await beside.schema_version() == 0
+    finally:
+        await beside.close()
+    storage = await Storage.open(database_url)
+    newer = latest_schema_version() + 1
+    try:
+        if isinstance(storage.db, SQLiteDatabase):
+            await storage.db.run(lambda db: db.execute(f"PRAGMA user_version = {newer}"))
+        else:
+            await storage.db.write_one("UPDATE schema_version SET version = ?", (newer,))
+    finally:
+        await storage.close()
+    with pytest.raises(SchemaTooNew):
+        await Storage.open(database_url, migrate=False)
+
+
 @pytest.mark.sqlite_only
 async def test_the_sqlite_file_is_in_wal_mode_with_every_table(storage: Storage, tmp_path: Path):
     conn = sqlite3.connect(tmp_path / "retouch.sqlite3")

@@ -49,12 +49,19 @@ class Storage:
 
     @classmethod
     async def open(
-        cls, target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+        cls,
+        target: Path | str,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        sole_process: bool = False,
+        migrate: bool = True,
     ) -> Storage:
         """Open the database (`DATABASE_URL`: a SQLite file path or `sqlite:///path`, created if
-        missing, or `postgresql://…`) and apply pending migrations. `sole_process`: the running bot,
-        which refuses to share a SQLite file with another process (`DatabaseInUse`)."""
-        return cls(await open_database(target, clock=clock, sole_process=sole_process))
+        missing, or `postgresql://…`) and apply pending migrations (unless `migrate=False`: `--sync`).
+        `sole_process`: the running bot, which refuses to share a SQLite file with another process
+        (`DatabaseInUse`)."""
+        db = await open_database(target, clock=clock, sole_process=sole_process, migrate=migrate)
+        return cls(db)
 
     async def close(self) -> None:
         await self.db.close()

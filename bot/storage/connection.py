@@ -265,10 +265,14 @@ class Clocked:
 DatabaseT = TypeVar("DatabaseT", bound="Database")
 
 
-async def migrated(database: DatabaseT) -> DatabaseT:
-    """`database` with its schema brought up to date; closed again if that fails."""
+async def migrated(database: DatabaseT, *, migrate: bool = True) -> DatabaseT:
+    """`database` with its schema brought up to date; closed again if that fails. Without `migrate`,
+    only checked: a schema from a newer release is still refused (`SchemaTooNew`), nothing is applied."""
     try:
-        await database.migrate()
+        if migrate:
+            await database.migrate()
+        else:
+            pending_migrations(await database.schema_version())
     except BaseException:
         await database.close()
         raise
@@ -298,20 +302,28 @@ def sqlite_path(target: Path | str) -> str:
 
 
 async def open_database(
-    target: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+    target: Path | str,
+    *,
+    clock: Callable[[], dt.datetime] = utcnow,
+    sole_process: bool = False,
+    migrate: bool = True,
 ) -> Database:
     """Open (creating if needed) the database `target` names and bring its schema up to date.
 
     `sole_process` (the running bot): on SQLite, hold the file for this process until it closes, and
     raise DatabaseInUse if another process holds it (see `sqlite.py`); PostgreSQL serves several.
+    `migrate=False` (`--sync`, which runs no jobs): leave the schema as it is, so an opener that may run
+    beside the bot, without its lock, never migrates the file under it.
     """
     if is_postgres(target):
         from bot.storage.postgres import PostgresDatabase  # asyncpg only loads when it is used
 
-        return await PostgresDatabase.open(str(target), clock=clock)
+        return await PostgresDatabase.open(str(target), clock=clock, migrate=migrate)
     from bot.storage.sqlite import SQLiteDatabase
 
-    return await SQLiteDatabase.open(sqlite_path(target), clock=clock, sole_process=sole_process)
+    return await SQLiteDatabase.open(
+        sqlite_path(target), clock=clock, sole_process=sole_process, migrate=migrate
+    )
 
 
 # -- migrations ----------------------------------------------------------------------------------------

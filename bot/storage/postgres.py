@@ -381,9 +381,11 @@ class PostgresDatabase(Clocked):
         clock: Callable[[], dt.datetime] = utcnow,
         pool_size: int = POOL_SIZE,
         settings: Mapping[str, str] = SESSION_SETTINGS,
+        migrate: bool = True,
     ) -> PostgresDatabase:
         """Connect (query parameters of `dsn` other than libpq's own are server settings, e.g.
-        `?search_path=retouch`, and override those of `settings`) and bring the schema up to date."""
+        `?search_path=retouch`, and override those of `settings`) and bring the schema up to date (with
+        `migrate`, the default)."""
         try:
             pool = await asyncpg.create_pool(
                 dsn,
@@ -401,7 +403,7 @@ class PostgresDatabase(Clocked):
             code = getattr(exc, "sqlstate", None)
             raise DatabaseUnavailable(type(exc).__name__ + (f" ({code})" if code else "")) from None
         try:
-            return await migrated(cls(pool, clock))
+            return await migrated(cls(pool, clock), migrate=migrate)
         except asyncpg.PostgresError as exc:
             # A schema that does not exist or a missing privilege shows at the first CREATE TABLE; any
             # other failure inside a migration is a bug, reported with its traceback.

@@ -24,7 +24,8 @@ DATABASE_URL) would run every job twice. The running bot opens its file with `so
 holds an exclusive `flock` on `<file>.lock` until the database is closed (the kernel drops it when the
 process dies, `kill -9` included) and refuses to start while another process holds it. The copy to
 PostgreSQL (`copy.py`) takes it too, so it never copies a file a bot is writing. Other openers
-(`--sync`, tests, benches, tools reading the file beside the bot) do not take it.
+(`--sync`, tests, benches, tools reading the file beside the bot) do not take it; `--sync` opens it
+without migrating, since only the lock's holder may change the schema under a running bot.
 """
 
 from __future__ import annotations
@@ -256,10 +257,16 @@ class SQLiteDatabase(Clocked):
 
     @classmethod
     async def open(
-        cls, path: Path | str, *, clock: Callable[[], dt.datetime] = utcnow, sole_process: bool = False
+        cls,
+        path: Path | str,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        sole_process: bool = False,
+        migrate: bool = True,
     ) -> SQLiteDatabase:
-        """Open (creating if needed) the database file and bring its schema up to date. With
-        `sole_process`, first take the file's lock (DatabaseInUse if another process has it)."""
+        """Open (creating if needed) the database file and bring its schema up to date (with `migrate`,
+        the default). With `sole_process`, first take the file's lock (DatabaseInUse if another process
+        has it)."""
         on_disk = str(path) != ":memory:"
         if on_disk:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +280,7 @@ class SQLiteDatabase(Clocked):
             if lock_fd is not None:
                 os.close(lock_fd)
             raise
-        return await migrated(cls(conn, worker, clock, lock_fd))
+        return await migrated(cls(conn, worker, clock, lock_fd), migrate=migrate)
 
     def listen(self, channel: str, heard: Callable[[str], None]) -> None:
         """Nothing to hear: no other process writes to this database."""
