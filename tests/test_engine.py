@@ -2363,6 +2363,32 @@ async def test_recovery_releases_what_it_cannot_resume_instead_of_queueing_or_po
     assert_books_balance(later.settings.data_dir)
 
 
+async def test_a_job_whose_one_provider_id_an_older_release_stored_with_a_comma_is_released_not_polled(
+    make: Factory, wavespeed: FakeWaveSpeed
+):
+    """Releases before provider ids were checked recorded an id with a comma whole; the comma that
+    joins a job's ids split it on resume into two ids the provider never gave, and both were polled.
+    More ids than the job's images is no list of its calls: the job is released, never polled or sent
+    again."""
+    service, _ = await make()
+    prepared = await service.prepare(job())
+    spec, blobs = await service._spec(prepared)
+    assert spec.count == 1
+    job_id = "00000000000000c1"
+    await store_job(service, job_id, spec, blobs, files_expire_at="2026-11-22T12:00:00.000+00:00")
+    await service.storage.ledger.reserve(job_id, GUILD, ALICE, prepared.reserve, starting_credits=1000)
+    await service.storage.jobs.mark_submitted(job_id, "wavespeed", "task-7,b")  # as an older release did
+    await service.drain(0)
+
+    later, _ = await make()
+    counts = await later.engine.recover()
+    assert (counts["resumed"], counts["released"]) == (0, 1)
+    row = await later.storage.jobs.get_job(job_id)
+    assert row is not None and row.error_code == "restart_outcome_unknown"
+    assert wavespeed.requests == []  # no poll of "task-7" or "b", and no new submit
+    assert await kinds(later, job_id) == ["reserve", "release"]
+
+
 async def test_the_sweep_keeps_a_live_jobs_files_and_removes_an_ended_jobs_without_a_retention_date(
     make: Factory,
 ):

@@ -189,6 +189,14 @@ class JobRecovery(JobLeases):
         if ended is not None:
             return await self._settle_as_ended(row, job, ended)
         spec = JobSpec.from_json(row.spec) if row.spec else None
+        if spec is not None and len(row.provider_job_ids) > spec.count:
+            # More ids than the job could make calls (one per image at most): a release before ids were
+            # checked recorded one with a comma in it whole, and the comma that joins a job's ids splits
+            # it into ids the provider never gave. Not polled (nor sent again): released below, as a
+            # job whose outcome is unknown.
+            log.warning("recovery: job %s: its provider job ids cannot be told apart; not followed", row.id)
+            row = replace(row, provider_request_id=None)
+            job.adopt_row(row)
         usable = spec is not None and await asyncio.to_thread(self.files.exists, row.id, spec.input_names)
         if row.state == JobState.SUBMITTING and row.calls_sent == 0 and usable:
             # Its call never left (it waited for the provider's slot): no provider has it, so it is
