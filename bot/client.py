@@ -385,7 +385,8 @@ class RetouchBot(SwitchableShards):
         if self.sync_commands:
             synced = await self.tree.sync()
             log.info("synced %d global commands (they may take up to an hour to appear)", len(synced))
-        self._heartbeat = asyncio.create_task(self._beat(), name="retouch-heartbeat")
+        else:  # `--sync` serves nothing: the heartbeat file is the running bot's on this host, not its own
+            self._heartbeat = asyncio.create_task(self._beat(), name="retouch-heartbeat")
 
     async def _sync_dev_guild(self, guild_id: int) -> None:
         """Publish the commands to DEV_GUILD_ID's server only (they appear there at once)."""
@@ -447,10 +448,10 @@ class RetouchBot(SwitchableShards):
     async def close(self) -> None:
         # Idempotent after shutdown(); on a bare close it stops the watchdog and parks queued jobs.
         await self.services.edits.drain(0)
-        if self._heartbeat is not None:
+        if self._heartbeat is not None:  # only the process that beats removes the file
             self._heartbeat.cancel()
-        with contextlib.suppress(OSError):
-            self.services.settings.heartbeat_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.services.settings.heartbeat_path.unlink(missing_ok=True)
         await self.stop_serving()
         await self.leave_fleet()  # after the drain above: no provider call of this process is left
         await super().close()

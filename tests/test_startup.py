@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from aiohttp import web
 
+from bot.observability.healthcheck import heartbeat_file
 from bot.storage.postgres import schema_url
 from bot.storage.sqlite import hold_sole_process_lock
 from tests.fakes.discord import FakeDiscord
@@ -195,6 +196,21 @@ async def test_sync_beside_a_running_bot_publishes_the_commands_without_migratin
     assert {c["name"] for c in fake_discord.synced_commands()} >= {"edit", "credits"}
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == version
+
+
+async def test_sync_on_the_bots_host_leaves_the_running_bots_heartbeat_alone(
+    fake_discord: FakeDiscord, tmp_path: Path
+):
+    """`--sync` (run beside the bot, e.g. `scripts/run.sh --sync`) serves nothing: it neither writes nor,
+    at its close, deletes this host's heartbeat file, which the running bot's health check reads."""
+    beat = heartbeat_file(tmp_path)
+    beat.write_text("1234567890")
+    code, log = await run_bot(
+        tmp_path, "--sync", DISCORD_API_BASE=fake_discord.api_base, DISCORD_TOKEN=fake_discord.token
+    )
+    assert code == 0, log
+    assert {c["name"] for c in fake_discord.synced_commands()} >= {"edit", "credits"}
+    assert beat.read_text() == "1234567890"
 
 
 async def test_an_unreachable_database_server_gives_one_clear_line_without_its_password(tmp_path: Path):
