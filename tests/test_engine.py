@@ -49,6 +49,7 @@ from bot.jobs.model import (
 from bot.jobs.recovery import ORPHAN_GRACE_SECONDS
 from bot.messages import CANCELLED_AT_PROVIDER, DELIVERY_DELAYED, SUSPENDED_AT_PROVIDER
 from bot.observability.metrics import Metrics
+from bot.providers import openai as openai_module
 from bot.providers.base import DOWNLOAD_GRACE_SECONDS, EditRequest
 from bot.providers.http import RetryPolicy
 from bot.providers.openai import OpenAIProvider
@@ -499,6 +500,59 @@ async def test_a_job_whose_result_is_downloading_at_its_deadline_is_delivered_no
 
     await wait_state(service, job_id, "delivered")
     assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
+
+
+def deadline_watch(monkeypatch: pytest.MonkeyPatch, service: EditService, provider: str) -> list[EditRequest]:
+    """A job deadline of 3 s checked every 0.05 s, and the requests `provider`'s adapter is given."""
+    monkeypatch.setattr(running_module, "PROGRESS_TICK_SECONDS", 0.05)
+    engine = service.engine
+    monkeypatch.setattr(engine, "settings", replace(engine.settings, job_timeout_seconds=3.0))
+    adapter = engine.router.providers[provider]
+    asked: list[EditRequest] = []
+    edit = adapter.edit
+
+    async def recording(request: EditRequest, **kw: Any) -> Any:
+        asked.append(request)
+        return await edit(request, **kw)
+
+    monkeypatch.setattr(adapter, "edit", recording)
+    return asked
+
+
+async def past_the_deadline(asked: list[EditRequest]) -> None:
+    """Until the job's own check has come round several times past its deadline."""
+    await until(lambda: asked)
+    await until(lambda: time.monotonic() > asked[0].deadline + 4 * running_module.PROGRESS_TICK_SECONDS)
+
+
+async def test_an_openai_answer_checked_past_the_deadline_is_delivered_not_timed_out(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """OpenAI answered (and billed) just before the deadline; its image was still being checked
+    (decoded whole, in a worker thread) when the job's check came round past the deadline: the job
+    ended as a timeout and the member was refunded for an image made and paid for. Checking an answer
+    that arrived is fetching a finished result, with its grace past the deadline."""
+    service, recorder = await make()
+    asked = deadline_watch(monkeypatch, service, "openai")
+    checking, go_on = asyncio.Event(), asyncio.Event()
+    check = openai_module.usable_image_format
+
+    async def slow_check(data: bytes) -> str | None:
+        checking.set()
+        await go_on.wait()  # a large image decoded on a busy machine
+        return await check(data)
+
+    monkeypatch.setattr(openai_module, "usable_image_format", slow_check)
+    job_id = await submit(service)
+
+    await until(checking.is_set)  # the answer arrived: its image is being checked
+    await past_the_deadline(asked)
+    assert await state(service, job_id) == "submitting"  # a synchronous call: still at the provider
+    go_on.set()
+
+    await wait_state(service, job_id, "delivered")
+    assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
+    assert openai.post_count == 1
 
 
 @pytest.mark.parametrize("slow", ["write", "read"])

@@ -438,7 +438,10 @@ class OpenAIProvider:
             request_id_header=REQUEST_ID_HEADER,
             min_retry_window=MIN_RETRY_WINDOW,
         )
-        result = await self._result(parse_json(resp.body), resp.request_id)
+        # The answer is here and billed: checking its images (decoded whole, in a worker thread) is
+        # fetching a finished result, which gets its grace past the job's deadline (`overdue`).
+        with request.fetching_result():
+            result = await self._result(parse_json(resp.body), resp.request_id)
         log.debug(
             "%s: %s edit returned %s image(s), request id %s",
             self.name,
