@@ -525,6 +525,40 @@ async def past_the_deadline(asked: list[EditRequest]) -> None:
     await until(lambda: time.monotonic() > asked[0].deadline + 4 * running_module.PROGRESS_TICK_SECONDS)
 
 
+@pytest.mark.parametrize(
+    "sibling",
+    [WaveSpeedFault.NEVER_FINISHES, WaveSpeedFault.OUTPUT_NSFW],
+    ids=["unfinished at the deadline", "refused"],
+)
+async def test_a_finished_image_downloading_while_its_sibling_call_ends_is_delivered_and_charged_alone(
+    make: Factory, wavespeed: FakeWaveSpeed, monkeypatch: pytest.MonkeyPatch, sibling: WaveSpeedFault
+):
+    """A two-image job on a route without `n` is two calls. One's task never finished by the deadline
+    (or was refused: its output flagged) while the other's finished image was still downloading,
+    inside its grace past the deadline: the download finishes, the member gets that image and pays
+    for it alone, and is told; the failed call the provider took is counted against the budgets."""
+    service, recorder = await make()
+    asked = deadline_watch(monkeypatch, service, "wavespeed")
+    wavespeed.url_outputs = True
+    wavespeed.hold_outputs()
+    wavespeed.fail_next(sibling)
+    job_id = await submit_ws_mini(service, 2)
+
+    await until(lambda: wavespeed.count("file") == 1)  # one task completed: its image is being fetched
+    await past_the_deadline(asked)
+    assert await state(service, job_id) == "submitted"  # the sibling has ended; this call goes on
+    wavespeed.release_outputs()
+
+    await wait_state(service, job_id, "delivered")
+    [(_, outcome)] = recorder.delivered
+    assert len(outcome.files) == 1
+    assert (outcome.charged, outcome.absorbed) == (20, 20)  # ws-mini: $0.02 an image, one a call
+    assert outcome.notices == ("Only 1 of the 2 images could be made; you were charged for 1.",)
+    rows = await service.storage.reports.ledger_rows(job_id)
+    assert [(r["kind"], r["amount"]) for r in rows if r["kind"] != "reserve"] == [("capture", 20)]
+    assert_books_balance(service.settings.data_dir)
+
+
 async def test_an_openai_answer_checked_past_the_deadline_is_delivered_not_timed_out(
     make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ):
