@@ -372,7 +372,10 @@ class SegmindProvider(ResellerAdapter):
         # The bytes decide: what Content-Type v1 sends with its image is OPEN (image/jpeg always,
         # image/<format>, or a generic one), and a paid image must not be thrown away for its label.
         if content_type != "application/json" and sniff_image_format(body) is not None:
-            if await usable_image_format(body) is None:  # cut off or corrupt behind its signature
+            # Made and billed: checking it is fetching a finished result, with its grace past the deadline.
+            with request.fetching_result():
+                usable = await usable_image_format(body)
+            if usable is None:  # cut off or corrupt behind its signature
                 raise unusable("the image does not decode whole")
             return body
         if content_type.startswith("image/"):

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from PIL import Image, ImageChops, ImageOps
 
+from bot.providers import segmind as segmind_module
 from bot.providers.base import InputImage
 from bot.providers.errors import (
     InvalidInput,
@@ -175,6 +176,34 @@ async def test_an_image_made_before_the_deadline_is_delivered_though_its_downloa
     result = await run
 
     assert decoded(result.images[0].data).size == (1024, 1024)
+
+
+async def test_an_image_answered_before_the_deadline_is_checked_within_its_grace_past_it(
+    fake: FakeSegmind, provider: SegmindProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image came back as the answer's body (made and billed) just before the deadline; it was still
+    being checked (decoded whole, in a worker thread) past the deadline, and the job's own check ended
+    it as a timeout. Checking it is fetching a finished result: `overdue` waits for it within its grace."""
+    checking, go_on = asyncio.Event(), asyncio.Event()
+    check = segmind_module.usable_image_format
+
+    async def slow_check(data: bytes) -> str | None:
+        checking.set()
+        await go_on.wait()  # a large image decoded on a busy machine
+        return await check(data)
+
+    monkeypatch.setattr(segmind_module, "usable_image_format", slow_check)
+    request = edit_request(deadline=time.monotonic() + 3.0)
+    run = asyncio.create_task(provider.edit(request))
+
+    await until(checking.is_set)
+    await until(lambda: time.monotonic() > request.deadline)
+    assert not request.overdue()  # what the job's check asks before it ends the job
+    go_on.set()
+    result = await run
+
+    assert decoded(result.images[0].data).size == (1024, 1024)
+    assert request.overdue()  # the check is over: nothing is fetched any more
 
 
 @pytest.mark.parametrize("content_type", ["application/octet-stream", "image/jpeg", "binary/octet-stream"])
