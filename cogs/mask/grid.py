@@ -86,7 +86,8 @@ class GridPicker(PricedPreview):
         self, interaction: discord.Interaction, session: MaskSession, values: list[str]
     ) -> None:
         await interaction.response.defer()  # redrawing the picture may take longer than the 3 s ack
-        self.sessions.touch(session, interaction)
+        if not self.sessions.touch(session, interaction):  # an older click than one applied
+            return
         session.job = masking.with_cells(session.job, session.grid, tuple(int(v) for v in values))
         await self._show_picker(interaction, session)
 
@@ -94,7 +95,8 @@ class GridPicker(PricedPreview):
         self, interaction: discord.Interaction, session: MaskSession, _: list[str]
     ) -> None:
         await interaction.response.defer()
-        self.sessions.touch(session, interaction)
+        if not self.sessions.touch(session, interaction):  # an older click than one applied
+            return
         # Cell numbers mean other areas on another grid: start the selection over.
         session.job = masking.with_cells(session.job, masking.next_grid(session.grid), ())
         await self._show_picker(interaction, session)
@@ -106,7 +108,8 @@ class GridPicker(PricedPreview):
             # Said on the picker, which stays open for another pick. The selection starts over: every
             # cell ticked would not fit the menu's limit when the picker is drawn again.
             await interaction.response.defer()
-            self.sessions.touch(session, interaction)
+            if not self.sessions.touch(session, interaction):
+                return
             session.job = masking.with_cells(session.job, session.grid, ())
             await self._show_picker(interaction, session, notice=refusal.user_message)
             return
@@ -122,7 +125,8 @@ class GridPicker(PricedPreview):
             )
             return
         await interaction.response.defer()
-        self.sessions.touch(session, interaction)
+        if not self.sessions.touch(session, interaction):  # an older click than one applied
+            return
         async with self.edits.engine.intake():  # as the first preparation (MaskCog._begin_session)
             prepared = await self.edits.prepare(session.job)
         if self._stale(session, interaction):  # a later click (other cells, Cancel) owns the message now
@@ -132,7 +136,8 @@ class GridPicker(PricedPreview):
 
     async def _back(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
         await interaction.response.defer()
-        self.sessions.touch(session, interaction)
+        if not self.sessions.touch(session, interaction):  # an older click than one applied
+            return
         session.prepared = None
         await self._show_picker(interaction, session)
 

@@ -479,6 +479,34 @@ async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_th
     assert fields(preview)["Area"] == "22% of the image"
 
 
+async def test_a_cells_click_acknowledged_after_a_newer_one_leaves_the_newer_cells(world: World):
+    """Two picks in a row, the first one's acknowledgement answered last (Discord was slow with it): the
+    first pick was applied after the second and drawn over it, so the picker (and the preview and edit
+    made from it) showed the member's earlier choice instead of their last."""
+    _, picker = await picker_with_the_first_cell(world)
+    mask = cog(world)
+    handled, real = [], mask._handlers["cells"]
+
+    async def counted(*args: Any) -> None:
+        try:
+            await real(*args)
+        finally:
+            handled.append(args[0])
+
+    mask._handlers["cells"] = counted
+    first_ack = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
+    older = await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
+    await world.fake.wait_until(lambda: first_ack.held)
+    await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2", "3"])
+    await world.fake.wait_until(lambda: chosen_cells(picker) == ["1", "2", "3"])
+    first_ack.release()
+    await world.fake.wait_until(lambda: len(handled) == 2 and older.acknowledged)
+    assert chosen_cells(picker) == ["1", "2", "3"]
+
+    preview = await shown(world, await click(world, picker, "next"), "run")
+    assert fields(preview)["Area"] == "33% of the image"  # cells 1 to 3 of 3×3
+
+
 @pytest.mark.parametrize("with_file", [False, True], ids=["picker", "mask file"])
 async def test_the_picker_and_preview_are_drawn_from_a_small_picture_made_as_the_session_begins(
     world: World, monkeypatch: pytest.MonkeyPatch, with_file: bool
