@@ -93,10 +93,11 @@ async def chain_thread(bot: RetouchBot, chain_id: int) -> int | None:
 
 
 async def thread_parent(bot: RetouchBot, channel_id: int) -> int | None:
-    """The channel a chain's thread `channel_id` is under: the channel of the kept version it was opened
-    on (`EditHistory.thread_parent`), which outlives a deleted thread. None when `channel_id` is no
-    chain's thread, or nothing can say. Never a cached thread's parent: an edit run in a member's own
-    (maybe private) thread must not move into the channel above it when that thread goes."""
+    """The channel a chain's thread `channel_id` is under: the channel of the result it was opened on
+    (`EditHistory.thread_parent`: its kept version, else its job's row), which outlives a deleted
+    thread. None when `channel_id` is no chain's thread, or nothing can say. Never a cached thread's
+    parent: an edit run in a member's own (maybe private) thread must not move into the channel above
+    it when that thread goes."""
     try:
         return await bot.services.history.thread_parent(channel_id)
     except Exception as exc:  # a database that cannot answer now: the caller goes on without it

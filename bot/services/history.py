@@ -153,11 +153,16 @@ class EditHistory(JobObserver):
         return version is not None and version.job_id == job_id
 
     async def thread_parent(self, thread_id: int) -> int | None:
-        """The channel of the kept version a chain's thread was opened on (a thread opened on a message
-        has that message's id), or None when `thread_id` is no kept version's thread. Known after the
-        thread itself is deleted."""
+        """The channel of the result a chain's thread was opened on (a thread opened on a message has
+        that message's id), or None when `thread_id` is no result's thread. Known after the thread
+        itself is deleted: from the kept version, else (that first version expired while the chain's
+        later ones, in the thread, are kept) from the job row whose result it is. Only a message's
+        id can be a thread's id when the thread was opened on it, in that message's channel: a
+        thread opened on its own (a private one) is never found here."""
         version = await self.storage.history.get_version(thread_id)
-        return version.channel_id if version is not None else None
+        if version is not None:
+            return version.channel_id
+        return await self.storage.jobs.result_channel_of(thread_id)
 
     async def undo_step(self, message_id: int, job_id: str | None = None) -> UndoStep:
         """The chain's latest version and the one before it. Raises NothingToUndo, or LookupError when

@@ -508,6 +508,16 @@ class Jobs:
         row = await self._db.one(_SELECT_JOBS + "WHERE id = ?", (job_id,))
         return None if row is None else JobRow(**dict(row))
 
+    async def result_channel_of(self, message_id: int) -> int | None:
+        """The channel of the server message `message_id` that is a job's result (not one sent by DM),
+        or None when it is none (or its job row is gone: JOB_HISTORY_DAYS)."""
+        row = await self._db.one(
+            "SELECT result_channel_id FROM jobs WHERE result_message_id = ? "
+            "AND result_channel_id IS NOT NULL AND (delivered_via IS NULL OR delivered_via <> 'dm') LIMIT 1",
+            (message_id,),
+        )
+        return None if row is None else int(row["result_channel_id"])
+
     async def recent_jobs(self, guild_id: int, user_id: int, limit: int = 5) -> list[JobRow]:
         rows = await self._db.all(
             _SELECT_JOBS + "WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",

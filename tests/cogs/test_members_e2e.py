@@ -1229,6 +1229,44 @@ async def test_a_chains_version_whose_thread_went_unheard_is_posted_in_the_chann
         await posted_under_the_gone_thread(world)
 
 
+async def test_a_chains_version_whose_thread_is_deleted_after_its_first_version_expired_goes_to_the_channel(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """A chain kept going in its thread past RESULT_RETENTION_HOURS: its first version (the message the
+    thread was opened on) is no longer kept, its later ones are. The thread goes while the next version
+    is on its way: the job row of the first result still says which channel the thread was under, and
+    the version is posted there, not sent by DM."""
+    async with member_world(fake_discord, openai, tmp_path, credits=1000, THREAD_RESULTS="on") as world:
+        first = await published(world, await world.edit(PHOTO, size=SQUARE))
+        thread = await fake_discord.wait_until(lambda: first.thread)
+        await edit_again(world, first, "now at night")
+        [second] = await posted_in(world, thread.id, 1)
+        await fake_discord.wait_until(lambda: [j["state"] for j in jobs(tmp_path)] == ["delivered"] * 2)
+        await world.services.history.flush()
+        db = world.services.storage.db
+        # The first version's retention ran out (the later one, posted within it, is kept).
+        await db.write_one(
+            "UPDATE edit_versions SET expires_at = ? WHERE message_id = ?", (db.timestamp(), first.id)
+        )
+        assert await world.services.storage.history.get_version(first.id) is None
+        assert await world.services.storage.history.get_version(second.id) is not None
+
+        followup = fake_discord.hold("POST", rf"/webhooks/{fake_discord.application_id}/[^/]+")
+        await edit_again(world, second, "add snow")  # clicked in the thread: the next version goes there
+        await fake_discord.wait_until(lambda: followup.held)
+        await fake_discord.delete_channel(thread)
+        await fake_discord.wait_until(lambda: world.bot.get_channel(thread.id) is None)
+        followup.release()
+        settled = await fake_discord.wait_until(
+            lambda: (
+                len(rows := jobs(tmp_path)) == 3 and rows[2]["state"] in ("delivered", "failed") and rows[2]
+            )
+        )
+        assert (settled["delivered_via"], settled["result_channel_id"]) == ("channel", world.channel.id)
+        assert len(await posted_in(world, world.channel.id, 2)) == 2
+        assert not results(world.fake.channel_messages(world.fake.dm_channel(world.user)))
+
+
 async def opened_again(world: World, result: FakeMessage) -> FakeInteraction:
     click = await world.fake.click(world.user, result, control(result, "again"))
     await world.fake.wait_until(lambda: click.modal)
