@@ -165,7 +165,9 @@ async def _submit(
     continues = await bot.services.history.continues_chain(origin_message_id)
     live = InteractionLive(bot, interaction, progress, continues=continues, post_in=post_in)
     origin = Origin(interaction_at=interaction.created_at, message_id=origin_message_id)
-    ticket = await bot.services.edits.submit(prepared, live=live, origin=origin)
+    ticket = await bot.services.edits.submit(
+        prepared, live=live, origin=origin, on_hold=lambda job_id: _mark_held(interaction, job_id)
+    )
     # Moderators see (and can stop) a running edit through a public notice (cogs._moderation).
     controls = getattr(bot.get_cog("MembersCog"), "controls", None)
     if controls is not None and interaction.guild_id and interaction.channel_id:
@@ -173,6 +175,16 @@ async def _submit(
             ticket.job_id, interaction.channel_id, interaction.user.display_name, prepared.job.options.prompt
         )
     return ticket
+
+
+def _mark_held(interaction: discord.Interaction, job_id: str) -> None:
+    interaction.extras["held_job"] = job_id
+
+
+def started_a_job(interaction: discord.Interaction) -> bool:
+    """Whether `run_and_publish` on `interaction` held credits for a job: that edit runs (or is
+    settled) even if the call then raised, so starting it again would start, and charge, a second."""
+    return "held_job" in interaction.extras
 
 
 def _cheaper_offer(bot: RetouchBot, prepared: PreparedJob, refusal: RetouchError) -> Offer | None:

@@ -336,14 +336,22 @@ class EditService:
         return replace(prepared, chosen=chosen, reserve=usd_to_credits(usd, self.settings.credits_per_usd))
 
     async def submit(
-        self, prepared: PreparedJob, *, live: LiveJob | None = None, origin: Origin | None = None
+        self,
+        prepared: PreparedJob,
+        *,
+        live: LiveJob | None = None,
+        origin: Origin | None = None,
+        on_hold: Callable[[str], None] | None = None,
     ) -> Ticket:
         """Store the job, hold its credits and queue it; the engine runs it from there.
 
         Raises InsufficientCredits or a server rule's refusal (nothing held). Progress, the result
         and any failure go to `live` (and, after a restart, through the engine's Delivery).
+        `on_hold(job_id)` is called as soon as the credits are held: from then on the job runs (or is
+        settled) whatever this call raises, so a caller can tell a start that failed before any hold
+        (which may be tried again) from one whose edit was started.
         """
-        return await self._submit(prepared, live, origin)
+        return await self._submit(prepared, live, origin, on_hold)
 
     async def cancel(self, job_id: str, *, actor_id: int, can_manage: bool) -> CancelAnswer:
         """Cancel a job (see `JobEngine.cancel`): what it did, and the text for the person who asked."""
@@ -417,7 +425,13 @@ class EditService:
             return False
         return True
 
-    async def _submit(self, prepared: PreparedJob, live: LiveJob | None, origin: Origin | None) -> Ticket:
+    async def _submit(
+        self,
+        prepared: PreparedJob,
+        live: LiveJob | None,
+        origin: Origin | None,
+        on_hold: Callable[[str], None] | None = None,
+    ) -> Ticket:
         if not self.accepting:
             raise ShuttingDown()
         job = prepared.job
@@ -434,7 +448,10 @@ class EditService:
         async def reserve(job_id: str) -> object:
             # Refills a due allowance, then checks cooldown, running jobs and the server's monthly
             # budget inside the reservation's own transaction.
-            return await self.policy.reserve(job_id, job, prepared.reserve)
+            held = await self.policy.reserve(job_id, job, prepared.reserve)
+            if on_hold is not None:
+                on_hold(job_id)
+            return held
 
         ticket = await self.engine.submit(
             spec,

@@ -11,6 +11,7 @@ import discord
 
 from bot import messages
 from bot.services.access import AlreadyStarted
+from cogs._results import started_a_job
 from cogs._ui import admitted, report_error
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
     async def on_submit(self, interaction: discord.Interaction) -> None:
         # discord.py closes the form only once this returns, after the download and the credit hold: a
         # second press of Submit meanwhile (a slow client) would start, and charge, a second edit. Taken
-        # before any await; given back when the start is refused, as discord.py then keeps the form open.
+        # before any await; given back when the start failed before any credits were held (refused, or
+        # Discord failed the acknowledgement), as discord.py then keeps the form open for another try.
+        # Never once they were: that edit runs whatever failed after its hold, and a resubmission of
+        # the form would start and charge another.
         if self.started:
             raise AlreadyStarted()
         self.started = True
@@ -79,7 +83,8 @@ class EditImageForm(discord.ui.Modal, title="Edit image"):
         try:
             await self.cog.run_from_form(interaction, self.image, text.value, mask, self.message_id)
         except BaseException:
-            self.started = False
+            if not started_a_job(interaction):
+                self.started = False
             raise
 
     # Modal.on_error is called with (interaction, error): a modal has no failing item. discord.py's own

@@ -25,8 +25,8 @@ from bot.jobs.core import IntakeTurns
 from bot.services import masking
 from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
+from tests.durable import assert_books_balance, jobs, ledger_kinds, undo_button
 from tests.durable import control as job_control
-from tests.durable import jobs, ledger_kinds, undo_button
 from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
@@ -727,6 +727,70 @@ async def test_an_edit_image_form_sent_twice_starts_one_edit(world: World):
     assert [ignored(first), ignored(second)].count(True) == 1
     assert all(it.ephemeral for it in (first, second))
     assert world.openai.post_count == 1 and len(public_results(first) + public_results(second)) == 1
+
+
+async def sent_form(world: World) -> tuple[FakeInteraction, dict[str, Any]]:
+    """The "Edit image" menu used on a posted photo: its interaction and the form, once discord.py
+    knows the form (a person cannot send it sooner)."""
+    posted = await world.fake.post_message(world.user, world.channel, attachments=[("cat.png", PHOTO)])
+    menu = await world.fake.message_command(world.user, "Edit image", posted)
+    form = await world.fake.wait_until(lambda: menu.modal)
+    store = world.bot._connection._view_store
+    await world.fake.wait_until(lambda: form["custom_id"] in store._modals)
+    return menu, form
+
+
+def told_already_started(it: FakeInteraction) -> bool:
+    return any((c.get("data") or {}).get("content") == messages.ALREADY_STARTED for c in it.callbacks)
+
+
+async def test_an_edit_image_form_whose_start_failed_after_its_hold_is_not_started_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Something fails after the credits were held (here the channel notice of a running edit): that
+    edit runs all the same, and the form sent again must not start, and hold for, a second one."""
+    controls: Any = world.bot.get_cog("MembersCog").controls  # type: ignore[union-attr]
+    real_announce = controls.announce
+
+    def failing_once(*args: Any) -> None:
+        monkeypatch.setattr(controls, "announce", real_announce)
+        raise RuntimeError("failed after the hold")
+
+    monkeypatch.setattr(controls, "announce", failing_once)
+    menu, form = await sent_form(world)
+    first = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: any("ref `" in e for e in first.original_edits))
+    assert len(jobs(world.services.settings.data_dir)) == 1  # held: the edit was started
+    menu.modal = form  # the same form, sent again (discord.py keeps a form open after an error)
+    second = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: told_already_started(second))
+    await world.fake.wait_until(lambda: public_results(first))
+    await world.fake.wait_until(lambda: jobs(world.services.settings.data_dir)[0]["state"] == "delivered")
+    assert len(jobs(world.services.settings.data_dir)) == 1 and world.openai.post_count == 1
+    assert_books_balance(world.services.settings.data_dir)
+
+
+async def test_an_edit_image_form_whose_start_failed_before_any_hold_can_be_sent_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The start failed before any credits were held (here its preparation): nothing runs, the form
+    is still open, and sending it again starts the edit, once."""
+    edits = world.services.edits
+    real_prepare = edits.prepare
+
+    async def failing_once(*args: Any, **kw: Any) -> Any:
+        monkeypatch.setattr(edits, "prepare", real_prepare)
+        raise RuntimeError("failed before the hold")
+
+    monkeypatch.setattr(edits, "prepare", failing_once)
+    menu, form = await sent_form(world)
+    first = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    await world.fake.wait_until(lambda: any("ref `" in e for e in first.original_edits))
+    menu.modal = form
+    second = await world.fake.submit_modal(world.user, menu, fields={"prompt": "make it blue"})
+    assert (await world.finished(second)).startswith("Done")
+    assert not told_already_started(second) and world.openai.post_count == 1
+    assert len(jobs(world.services.settings.data_dir)) == 1
 
 
 async def test_an_edit_image_form_sent_after_a_restart_is_told_to_open_it_again(world: World):
