@@ -35,6 +35,7 @@ from bot.services.edits import MAX_IMAGES_PER_EDIT, EditService
 from bot.services.history import EditHistory
 from bot.services.moderation import SafetyCheck
 from bot.services.policy import PolicyService
+from bot.services.routes import RouteService
 from bot.sharding import FleetPlace, ShardCoordinator, ShardSharing, StaticShards
 from bot.storage import Storage
 from bot.storage.fleet_slots import FleetSlots
@@ -52,6 +53,11 @@ SALT_FILE = "install_salt"
 def utc_today() -> dt.date:
     """The real calendar (tests pass their own)."""
     return dt.datetime.now(dt.UTC).date()
+
+
+def utc_now() -> dt.datetime:
+    """The real clock (tests pass their own)."""
+    return dt.datetime.now(dt.UTC)
 
 
 ASYNC_SUBMIT_TIMEOUT = 60.0  # an async provider's submit only queues the job
@@ -77,6 +83,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     audit: AuditLog = field(default_factory=AuditLog)
     diagnostics: DiagnosticsService = field(init=False)
+    routes: RouteService = field(init=False)  # the operator's view of the model routes
 
     def __post_init__(self) -> None:
         self.diagnostics = DiagnosticsService(
@@ -85,6 +92,7 @@ class Services:
             lifecycle=self.edits.lifecycle,
             concurrency=self.edits.router.concurrency,
         )
+        self.routes = RouteService(access=self.access, lifecycle=self.edits.lifecycle)
 
 
 def mask_conventions(catalog: Catalog, provider: str) -> dict[str, str]:
@@ -264,8 +272,10 @@ def build_services(
     providers: dict[str, Provider],
     *,
     today: Callable[[], dt.date] = utc_today,
+    now: Callable[[], dt.datetime] = utc_now,
 ) -> Services:
-    """Every service, wired once. `today` is the calendar every shutdown date is compared with."""
+    """Every service, wired once. `today` is the calendar every shutdown date is compared with; `now`
+    the clock a retired route's trial is measured by (GONE_ROUTE_RETRY_HOURS)."""
     metrics = Metrics()
     # The audit log only posts once the bot attaches its channel (and only with AUDIT_CHANNEL_ID).
     audit = AuditLog(storage)
@@ -283,6 +293,8 @@ def build_services(
         default_model_id=settings.default_model,
         store=storage.settings,
         on_event=audit.model_event,
+        now=now,
+        gone_retry_hours=settings.gone_route_retry_hours,
     )
     access = AccessService(settings=settings, storage=storage)
     policy = PolicyService(

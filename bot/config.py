@@ -118,6 +118,8 @@ class Settings:
     database_url: str | None = None
     providers: tuple[ProviderSettings, ...] = ()
     provider_order: tuple[str, ...] = ()  # routing preference; unnamed providers follow
+    # Hours after a "model gone" answer retired a route that it is tried again (bot.lifecycle); 0 = never.
+    gone_route_retry_hours: float = 24.0
     # None: the first catalog model that is live and sold by a configured provider (bot.lifecycle).
     default_model: str | None = None
     default_quality: str = "auto"
@@ -601,6 +603,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True) 
         database_url=r.database_url("DATABASE_URL"),
         providers=providers,
         provider_order=_read_provider_order(r),
+        gone_route_retry_hours=r.number(
+            "GONE_ROUTE_RETRY_HOURS", _default("gone_route_retry_hours"), float, 0, MAX_HOURS
+        ),
         default_model=r.raw("DEFAULT_MODEL") or None,
         default_quality=r.choice("DEFAULT_QUALITY", _default("default_quality"), QUALITIES),
         default_size=r.choice("DEFAULT_SIZE", _default("default_size"), SIZES),

@@ -4,8 +4,20 @@ The catalog (`bot.catalog`) is what we wrote down; this module is what is true t
 when its provider is not configured, its shutdown date has passed (the catalog's, or the date OpenAI's
 `GET /v1/models` announces), OpenAI's list no longer has the model, or the provider answered "model
 gone" to an edit (`ModelGone`). A model is usable while one configured route of it is live; it is
-dead only when all are. Run-time facts are persisted (`route_status`), so a restart never asks a dead
+dead only when all are. Run-time facts are persisted (`route_status`), so a restart does not ask a dead
 route again, and every change is announced through `on_event` (the audit channel).
+
+A "model gone" answer is not always right (an input failure worded like one: a 404 "Image not found"
+for an upload), and no reseller publishes a model list that could bring its route back. So a route
+retired by such an answer is tried again once `gone_retry_hours` have passed since it was retired
+(`trial_due`): it is live again, in its place in the route order, until the provider answers. Any
+answer but "model gone" brings it back (`answered`); "model gone" again restarts its cool-off
+(`retire`). A trial costs nobody anything: "model gone" means nothing ran, and the router moves the
+job to the model's next route, or to another model, as on the first answer. While a trial is due the
+route counts as live everywhere (the model is usable, a default may point at it, `/healthz` has a
+live model): the trial is the question "is it back?", and one place answers it. The operator may
+also bring a route back by hand (`revive`, `/owner revive`). Routes ended by a date or by OpenAI's
+model list are not tried again: those sources are read again instead.
 
 Without `DEFAULT_MODEL`, the default is the first catalog model that is usable here: catalog order
 is preference, so a bot with only an Atlas Cloud key edits with what Atlas sells, and a shutdown
@@ -31,6 +43,8 @@ from bot.errors import InvalidOptions
 from bot.providers.errors import (
     ConnectionFailed,
     ModelGone,
+    ModelUnavailable,
+    ProviderError,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -49,6 +63,7 @@ NO_LIVE_MODEL_PROBLEM = "no live model"
 
 Event = Callable[[str], Awaitable[None]]
 Today = Callable[[], dt.date]
+Now = Callable[[], dt.datetime]
 
 
 class ListedModel(Protocol):
@@ -71,10 +86,27 @@ class RouteFacts:
     shutdown: dt.date | None = None  # announced by the provider's model list
     listed: bool | None = None  # in the provider's model list; None = never read
     gone_reason: str | None = None  # the provider answered "model gone" (error class, status, code)
+    gone_at: dt.datetime | None = None  # when (UTC) it last did: its next trial counts from here
 
     @property
     def gone(self) -> bool:
         return self.gone_reason is not None
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """One configured route as the operator sees it (`ModelLifecycle.route_states`, `/owner routes`)."""
+
+    model: str
+    provider: str
+    route_model: str  # the provider's id for the model
+    live: bool
+    # Why it is not live, or None: "disabled …", "retired …", "not in the model list", "shut down …".
+    why: str | None = None
+    gone_reason: str | None = None  # retired after a "model gone" answer: its class, status and code
+    gone_at: dt.datetime | None = None
+    trial_at: dt.datetime | None = None  # when it is tried again (None: never, or it is not retired)
+    trial_due: bool = False  # retired, and live again for its trial
 
 
 @dataclass(frozen=True)
@@ -133,6 +165,11 @@ class ModelLifecycle:
     default_model_id: str | None = None
     store: RouteStore | None = None
     on_event: Event | None = None
+    # The clock a "model gone" answer is stamped with and its trial measured by (UTC). None: midnight
+    # (UTC) of `today`, which is enough for tests that only walk the calendar.
+    now: Now | None = None
+    # Hours after a "model gone" answer its route is tried again (GONE_ROUTE_RETRY_HOURS); 0 = never.
+    gone_retry_hours: float = 0
     # Routes whose adapter refuses what the catalog declares (bot.capabilities, at start-up): why.
     disabled: Mapping[tuple[str, str], str] = field(default_factory=dict)
     # Routes whose masked edits the same check cut to fewer backgrounds than the catalog says: why.
@@ -143,6 +180,7 @@ class ModelLifecycle:
     _dead: set[str] | None = None
     _first_tick: bool = True
     _none_live: bool | None = None  # what `live_model_problem` last saw (None: never looked)
+    _writes: int = 0  # facts learned here so far (see `refresh`)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -150,17 +188,67 @@ class ModelLifecycle:
         """Read what earlier runs learned (call once at start-up, after migrations)."""
         if self.store is None:
             return
+        for key, facts in (await self._stored()).items():
+            self._facts[key] = facts
+
+    async def refresh(self) -> None:
+        """Read the stored facts again: another process may have retired a route, or brought one back
+        (a trial's answer, the operator's `/owner revive`). Called once a lease round with a shared
+        database (bot.jobs.leases); a change is logged here and was announced where it happened."""
+        if self.store is None:
+            return
+        writes = self._writes
+        stored = await self._stored()
+        if writes != self._writes:
+            return  # this process learned something while reading: the next round reads it back
+        changed = False
+        for key in set(stored) | set(self._facts):
+            before, after = self._facts.get(key, RouteFacts()), stored.get(key, RouteFacts())
+            if before == after:
+                continue
+            changed = True
+            self._facts[key] = after
+            if before.gone != after.gone:
+                state = "retired" if after.gone else "back"
+                log.info("route %s/%s is %s (told by another process)", key[0], key[1], state)
+        if changed:
+            self.live_model_problem()
+
+    async def _stored(self) -> dict[tuple[str, str], RouteFacts]:
+        assert self.store is not None
+        facts = {}
         for row in await self.store.route_status_rows():
-            shutdown = row.get("shutdown")
-            listed = row.get("listed")
-            self._facts[(str(row["provider"]), str(row["model"]))] = RouteFacts(
+            shutdown, listed, gone_at = row.get("shutdown"), row.get("listed"), row.get("gone_at")
+            facts[(str(row["provider"]), str(row["model"]))] = RouteFacts(
                 shutdown=dt.date.fromisoformat(str(shutdown)) if shutdown else None,
                 listed=None if listed is None else bool(listed),
-                gone_reason=str(row["gone_reason"] or "gone") if row.get("gone_at") else None,
+                gone_reason=str(row["gone_reason"] or "gone") if gone_at else None,
+                gone_at=_moment(str(gone_at)) if gone_at else None,
             )
+        return facts
 
     def facts(self, route: Route) -> RouteFacts:
         return self._facts.get(route.key, RouteFacts())
+
+    def _now(self) -> dt.datetime:
+        if self.now is not None:
+            return self.now()
+        return dt.datetime.combine(self.today(), dt.time(), dt.UTC)
+
+    def trial_at(self, route: Route) -> dt.datetime | None:
+        """When a route retired by a "model gone" answer is tried again (None: not retired so, or
+        never: GONE_ROUTE_RETRY_HOURS is 0)."""
+        facts = self.facts(route)
+        if not facts.gone or self.gone_retry_hours <= 0:
+            return None
+        # A row from before the stamp held a time (or none at all) counts from its day, or from now.
+        since = facts.gone_at or self._now()
+        return since + dt.timedelta(hours=self.gone_retry_hours)
+
+    def trial_due(self, route: Route) -> bool:
+        """Retired by a "model gone" answer, and its cool-off is over: live again until it answers."""
+        at = self.trial_at(route)
+        return at is not None and self._now() >= at
 
     def route_end(self, model: ModelEntry, route: Route) -> dt.date | None:
         """The first of the catalog's date and the provider's announced date for `route`."""
@@ -168,11 +256,12 @@ class ModelLifecycle:
         return min(dates) if dates else None
 
     def route_live(self, model: ModelEntry, route: Route) -> bool:
-        """Configured, not past its shutdown, still listed by its provider, never answered "gone"."""
+        """Configured, not past its shutdown, still listed by its provider, and not retired by a "model
+        gone" answer (or its trial is due)."""
         if route.provider not in self.configured or route.key in self.disabled:
             return False
         facts = self.facts(route)
-        if facts.gone or facts.listed is False:
+        if (facts.gone and not self.trial_due(route)) or facts.listed is False:
             return False
         end = self.route_end(model, route)
         return end is None or self.today() < end
@@ -296,6 +385,13 @@ class ModelLifecycle:
                 continue
             if not self.usable(model):
                 out.append(self._retired_notice(model, configured))
+                # The operator is told which of its routes a "model gone" answer retired, and how to
+                # bring one back (the model line names no provider).
+                out.extend(
+                    ModelNotice(self._gone_notice(model, r, f"{model.id} on {r.provider}"), False)
+                    for r in configured
+                    if self.facts(r).gone and r.key not in self.disabled
+                )
                 continue
             if (soon := self._retiring_notice(model, configured)) is not None:
                 out.append(soon)
@@ -306,7 +402,7 @@ class ModelLifecycle:
                 if route.key in self.disabled:
                     line = f"{where} is disabled: {self.disabled[route.key]}"
                 elif facts.gone:
-                    line = f'{where} answered "model gone" and is retired ({facts.gone_reason})'
+                    line = self._gone_notice(model, route, where)
                 elif facts.listed is False:
                     line = f"{where} is missing from {route.provider}'s model list"
                 elif end is not None and today >= end:
@@ -323,6 +419,20 @@ class ModelLifecycle:
                 for i in report.unknown
             )
         return out
+
+    def _gone_notice(self, model: ModelEntry, route: Route, where: str) -> str:
+        """A route a "model gone" answer retired: why, since when, when it is tried again, how to revive."""
+        facts = self.facts(route)
+        since = f", {facts.gone_at:%Y-%m-%d %H:%M} UTC" if facts.gone_at else ""
+        if self.trial_due(route):
+            return f'{where} answered "model gone" ({facts.gone_reason}{since}) and is being tried again'
+        at = self.trial_at(route)
+        then = f"tried again from {at:%Y-%m-%d %H:%M} UTC" if at else "not tried again"
+        revive = f"`/owner revive model:{model.id} provider:{route.provider}`"
+        return (
+            f'{where} answered "model gone" and is retired ({facts.gone_reason}{since}); '
+            f"{then}, or {revive} brings it back"
+        )
 
     def _retired_notice(self, model: ModelEntry, configured: Sequence[Route]) -> ModelNotice:
         """A dead model. Expected when every configured route ended on its date (the catalog's or
@@ -400,24 +510,118 @@ class ModelLifecycle:
         self.live_model_problem()
 
     async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
-        """The provider answered "model gone" for `route`: never ask it again. True when newly retired."""
-        if self.facts(route).gone:
-            return False
+        """The provider answered "model gone" for `route`: retire it until its trial (never, with
+        `gone_retry_hours` 0). True when newly retired; a trial that answers "model gone" again only
+        restarts the cool-off (logged, not announced a second time)."""
         reason = f"{type(exc).__name__} status={exc.status} code={exc.code}"
-        await self._learn(route, gone_reason=reason)
-        log.warning(
-            "route %s/%s of %s retired: the provider says the model is gone (%s)",
-            route.provider,
-            route.model,
-            model.id,
-            reason,
-        )
-        await self._announce(
-            f'🪦 {model.id} on {route.provider} answered "model gone"; that route is retired.'
-        )
+        if self.facts(route).gone:
+            if not self.trial_due(route):
+                return False  # already known (a concurrent call's answer)
+            await self._learn(route, gone_reason=reason, gone_at=self._now())
+            log.warning(
+                'route %s/%s of %s still answers "model gone" on its trial (%s); tried again after %s',
+                route.provider,
+                route.model,
+                model.id,
+                reason,
+                self.trial_at(route),
+            )
+        else:
+            await self._learn(route, gone_reason=reason, gone_at=self._now())
+            log.warning(
+                "route %s/%s of %s retired: the provider says the model is gone (%s)",
+                route.provider,
+                route.model,
+                model.id,
+                reason,
+            )
+            await self._announce(
+                f'🪦 {model.id} on {route.provider} answered "model gone"; that route is retired.'
+            )
         await self.move_stored_defaults()
         self.live_model_problem()
         return True
+
+    async def answered(self, model: ModelEntry, route: Route, exc: ProviderError | None = None) -> bool:
+        """A call on `route` came back with a result (`exc` None) or failed with `exc`. A route on its
+        trial that answered anything but "model gone" is back (persisted, announced). True when so.
+
+        Never raises: it runs on a served job's path, which a failed write must not fail.
+        """
+        if (exc is not None and not _answer_about_the_job(exc)) or not self.trial_due(route):
+            return False
+        try:
+            await self._learn(route, gone_reason=None, gone_at=None)
+        except Exception as error:  # the route stays retired here; its next trial asks again
+            log.warning("could not store that route %s/%s is back: %s", *route.key, type(error).__name__)
+            return False
+        log.info(
+            "route %s/%s of %s answered again on its trial (%s); that route is back",
+            route.provider,
+            route.model,
+            model.id,
+            "a result" if exc is None else type(exc).__name__,
+        )
+        await self._announce(f"♻️ {model.id} on {route.provider} answered again; that route is back.")
+        self.live_model_problem()
+        return True
+
+    async def revive(self, model_id: str, provider: str, *, actor_id: int) -> list[Route]:
+        """The operator (`actor_id`) brings back `model_id`'s routes on `provider` that a "model gone"
+        answer retired: logged and announced with who did it. Raises InvalidOptions when there is none."""
+        model = self.catalog.get(model_id)
+        routes = [r for r in model.routes if r.provider == provider and r.provider in self.configured]
+        if not routes:
+            raise InvalidOptions(messages.no_such_route(model.id, provider), code="no_such_route")
+        retired = [r for r in routes if self.facts(r).gone]
+        if not retired:
+            raise InvalidOptions(messages.route_not_retired(model.id, provider), code="route_not_retired")
+        for route in retired:
+            was = self.facts(route).gone_reason
+            await self._learn(route, gone_reason=None, gone_at=None)
+            log.warning(
+                "route %s/%s of %s brought back by hand by the operator %s (was: %s)",
+                route.provider,
+                route.model,
+                model.id,
+                actor_id,
+                was,
+            )
+        await self._announce(f"♻️ {model.id} on {provider} was brought back by <@{actor_id}>.")
+        self.live_model_problem()
+        return retired
+
+    def route_states(self) -> list[RouteState]:
+        """Every configured route of every catalog model, in catalog order, with why it is not live."""
+        return [
+            self._route_state(model, route)
+            for model in self.catalog.models.values()
+            for route in model.routes
+            if route.provider in self.configured
+        ]
+
+    def _route_state(self, model: ModelEntry, route: Route) -> RouteState:
+        facts, end, live = self.facts(route), self.route_end(model, route), self.route_live(model, route)
+        why = None
+        if route.key in self.disabled:
+            why = f"disabled: {self.disabled[route.key]}"
+        elif facts.listed is False:
+            why = f"missing from {route.provider}'s model list"
+        elif end is not None and self.today() >= end:
+            why = f"shut down on {end:%Y-%m-%d}"
+        elif facts.gone:
+            why = f'answered "model gone" ({facts.gone_reason})'
+        return RouteState(
+            model=model.id,
+            provider=route.provider,
+            route_model=route.model,
+            live=live,
+            why=why,
+            gone_reason=facts.gone_reason,
+            gone_at=facts.gone_at,
+            trial_at=self.trial_at(route),
+            trial_due=self.trial_due(route),
+        )
 
     async def apply_listing(self, provider: str, listing: Sequence[ListedModel]) -> DiscoveryReport:
         """Apply a provider's model list: its dates are kept beside the catalog's (the earlier ends the
@@ -449,8 +653,10 @@ class ModelLifecycle:
                     # what the key may use: a model back in the list is usable again. One it listed all
                     # along stays retired (else it would be retired and revived every day).
                     changes.append(f"{model.id} is in {provider}'s model list again; that route is back")
-                gone = None if revived else before.gone_reason
-                await self._learn(route, listed=True, shutdown=entry.shutdown_date, gone_reason=gone)
+                gone, since = (None, None) if revived else (before.gone_reason, before.gone_at)
+                await self._learn(
+                    route, listed=True, shutdown=entry.shutdown_date, gone_reason=gone, gone_at=since
+                )
                 end = entry.shutdown_date
                 if end is not None and 0 <= (end - today).days <= RETIREMENT_WARNING_DAYS:
                     soon.append(
@@ -520,6 +726,7 @@ class ModelLifecycle:
         if self._facts.get(key, RouteFacts()) == facts:
             return
         self._facts[key] = facts
+        self._writes += 1  # a `refresh` reading meanwhile would put back what this replaces
         if self.store is not None:
             await self.store.put_route_status(
                 key[0],
@@ -527,7 +734,7 @@ class ModelLifecycle:
                 {
                     "shutdown": facts.shutdown.isoformat() if facts.shutdown else None,
                     "listed": None if facts.listed is None else int(facts.listed),
-                    "gone_at": self.today().isoformat() if facts.gone else None,
+                    "gone_at": _stamp(facts.gone_at or self._now()) if facts.gone else None,
                     "gone_reason": facts.gone_reason,
                 },
             )
@@ -539,6 +746,28 @@ class ModelLifecycle:
             await self.on_event(line)
         except Exception as exc:  # the audit channel must never stop a job
             log.warning("could not announce a model change: %s", type(exc).__name__)
+
+
+def _answer_about_the_job(exc: ProviderError) -> bool:
+    """Whether a failed call shows the provider still serves the model: it took the job, or answered
+    it (an HTTP status) with something other than "model gone" or "no access" (ModelUnavailable), a
+    refusal of our account (ServiceUnavailable) or a rate limit, which come before the model is
+    looked at. A call that never reached it (a refused connection, the limiter's own refusal) says
+    nothing."""
+    if isinstance(exc, ModelUnavailable | ServiceUnavailable | RateLimited):
+        return False
+    return exc.accepted or exc.status is not None
+
+
+def _stamp(moment: dt.datetime) -> str:
+    """A "model gone" moment as stored: ISO-8601 UTC to the second."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def _moment(text: str) -> dt.datetime:
+    """A stored `gone_at`: a stamp, or the bare day rows from before the stamp held a time (UTC)."""
+    moment = dt.datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
 # -- discovery --------------------------------------------------------------------------------------

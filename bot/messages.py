@@ -803,6 +803,25 @@ NO_SERVER_GIVEN = "Give the server's id (right-click the server → Copy Server 
 SERVER_ID_NOT_A_NUMBER = "A server id is a number (right-click the server → Copy Server ID)."
 
 
+def no_such_route(model_id: str, provider: str) -> str:
+    """/owner revive for a model no configured service `provider` sells."""
+    return f"`{echo(model_id)}` has no route on `{echo(provider)}` here. `/owner routes` lists them."
+
+
+def route_not_retired(model_id: str, provider: str) -> str:
+    """/owner revive for a route no "model gone" answer retired (a date or a model list may have)."""
+    return (
+        f'`{echo(model_id)}` on `{echo(provider)}` was not retired by a "model gone" answer, so there is '
+        "nothing to bring back. `/owner routes` says why a route is not live."
+    )
+
+
+def route_revived(provider: str, model_id: str, routes: int) -> str:
+    """/owner revive done: the route(s) take edits again, and the audit channel was told."""
+    which = "Its route is" if routes == 1 else f"Its {routes} routes there are"
+    return f"`{echo(model_id)}` on `{provider}` is back. {which} live again for the next edit."
+
+
 def listed_in_settings(guild_id: int) -> str:
     """/owner remove for a server ALLOWED_GUILD_IDS lists: the setting wins."""
     return f"Server `{guild_id}` is listed in ALLOWED_GUILD_IDS; remove it there and restart."

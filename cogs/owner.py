@@ -1,5 +1,6 @@
 """`/owner …`: the operator's commands (approve or remove a server, its monthly allotment, the spend
-report) and the Approve button the bot offers the operator in a server it does not serve yet.
+report, the model routes and bringing back a retired one) and the Approve button the bot offers the
+operator in a server it does not serve yet.
 
 These work anywhere, also in unapproved servers and DMs (approving the first server needs them); the
 services refuse everyone but the operator (`OWNER_IDS`, or the application's owner).
@@ -7,6 +8,7 @@ services refuse everyone but the operator (`OWNER_IDS`, or the application's own
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from decimal import Decimal
@@ -17,9 +19,10 @@ from discord import app_commands
 from bot import messages
 from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
+from bot.lifecycle import RouteState
 from bot.services.access import AccessService
 from bot.services.admin import OperatorReport
-from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, fit_lines, utc_day
+from cogs._ui import EMBED_COLOUR, PersistentControl, RetouchCog, always_answers, fit_lines, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,65 @@ def operator_embed(report: OperatorReport) -> discord.Embed:
     hidden = len(report.servers) - len(lines)
     embed.add_field(name="Servers", value=fit_lines(lines, hidden=hidden, empty="None yet."), inline=False)
     return embed
+
+
+def _when(moment: dt.datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def route_line(state: RouteState) -> str:
+    """One route for `/owner routes`: live, on trial, or retired with why and until when."""
+    where = f"`{state.model}` on **{state.provider}**"
+    since = f", since {_when(state.gone_at)}" if state.gone_at is not None else ""
+    if state.trial_due:
+        return f"🔁 {where}: on trial, the next edit asks it again ({state.why}{since})"
+    if state.live:
+        return f"✅ {where}: live"
+    line = f"❌ {where}: {state.why or 'not live'}"
+    if state.gone_reason is not None:
+        line += since
+        line += f"; tried again from {_when(state.trial_at)}" if state.trial_at else "; not tried again"
+    return line
+
+
+def routes_embed(states: list[RouteState]) -> discord.Embed:
+    """Every configured route and its state, retired ones first (what the operator looks for)."""
+    ordered = sorted(states, key=lambda s: (s.live and not s.trial_due, s.trial_due))
+    lines = [route_line(s) for s in ordered]
+    embed = discord.Embed(
+        title="Model routes",
+        description=fit_lines(lines, empty="No configured provider sells a catalog model."),
+        colour=EMBED_COLOUR,
+    )
+    embed.set_footer(text='A route retired after "model gone" comes back with /owner revive.')
+    return embed
+
+
+@always_answers
+async def retired_model_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The models with a route a "model gone" answer retired (the operator only)."""
+    bot = interaction.client
+    assert isinstance(bot, RetouchBot)
+    states = bot.services.routes.states(interaction.user.id)
+    ids = dict.fromkeys(s.model for s in states if s.gone_reason is not None)
+    return [app_commands.Choice(name=i, value=i) for i in ids if current.lower() in i.lower()][:25]
+
+
+@always_answers
+async def retired_provider_autocomplete(
+    interaction: discord.Interaction, current: str
+) -> list[app_commands.Choice[str]]:
+    """The providers with a retired route (of the model already typed, when there is one)."""
+    bot = interaction.client
+    assert isinstance(bot, RetouchBot)
+    typed = getattr(interaction.namespace, "model", None)
+    states = bot.services.routes.states(interaction.user.id)
+    names = dict.fromkeys(
+        s.provider for s in states if s.gone_reason is not None and (not typed or s.model == typed)
+    )
+    return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
 
 @app_commands.default_permissions(administrator=True)
@@ -140,6 +202,26 @@ class OwnerGroup(app_commands.Group, name=OPERATOR_COMMAND, description="For the
         report = await self.bot.services.policy.operator_report(interaction.user.id)
         await interaction.followup.send(
             embed=operator_embed(report), ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+    @app_commands.command(name="routes", description="Every model route: live, retired (why, until when)")
+    async def routes(self, interaction: discord.Interaction) -> None:
+        states = self.bot.services.routes.states(interaction.user.id)
+        await interaction.response.send_message(
+            embed=routes_embed(states), ephemeral=True, allowed_mentions=NO_PINGS
+        )
+
+    @app_commands.command(name="revive", description='Bring back a route retired after a "model gone" answer')
+    @app_commands.describe(model="The model's id", provider="The service that sells it on that route")
+    @app_commands.autocomplete(model=retired_model_autocomplete, provider=retired_provider_autocomplete)
+    async def revive(self, interaction: discord.Interaction, model: str, provider: str) -> None:
+        # Acknowledged first: bringing a route back is a write, and its audit post waits on Discord.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        routes = await self.bot.services.routes.revive(interaction.user.id, model, provider)
+        await interaction.followup.send(
+            messages.route_revived(routes[0].provider, model.strip(), len(routes)),
+            ephemeral=True,
+            allowed_mentions=NO_PINGS,
         )
 
 

@@ -228,7 +228,16 @@ async def test_a_model_gone_before_its_date_is_still_a_warning_and_one_without_a
     gone = ModelGone("404", provider="openai", status=404, code="model_not_found")
     await lifecycle.retire(early, early.routes[0], gone)
     diagnostics = DiagnosticsService(storage=storage, providers={}, lifecycle=lifecycle)
-    assert diagnostics.model_warnings() == ("early is retired on every configured service (edits go to new)",)
+    # The operator also reads which route a "model gone" answer retired, why, and how to bring it back.
+    assert diagnostics.model_warnings() == (
+        "early is retired on every configured service (edits go to new)",
+        'early on openai answered "model gone" and is retired (ModelGone status=404 code=model_not_found, '
+        "2026-11-21 00:00 UTC); not tried again, or `/owner revive model:early provider:openai` "
+        "brings it back",
+    )
+    assert diagnostics.model_warnings(operator=False) == (
+        "early is retired on every configured service (edits go to new)",
+    )
     assert diagnostics.model_notes() == ("orphan retired on 2026-11-01; edits go to new",)
 
 

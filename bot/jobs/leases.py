@@ -18,7 +18,10 @@ one lease after its last renewal; a process that may not take jobs over (its clo
 keeps to its third of a lease. A clean stop hands the jobs it does not finish back at once. Each round
 also shares the providers' open circuits with the other processes (`CircuitBreaker.share`), and a circuit
 that opens or closes here is shared at once (`_circuits_changed`), so every other process honours it from
-its next round on rather than from the one after this process's next.
+its next round on rather than from the one after this process's next. The round also reads the model
+routes' status again (`ModelLifecycle.refresh`): a route retired or brought back by another process
+(a trial's answer, `/owner revive`) is so here from the next round on. A re-read of that small table
+is simpler than a notification for what changes a few times a day, and a round is seconds.
 
 A member's Cancel or Stop reaches the process serving their server's shard, which may not hold the
 job. That process records the cancel on the job's row (`Jobs.request_cancel`) and tells the member when
@@ -127,6 +130,7 @@ class JobLeases(EngineCore):
         self._unclaimed = 0
         if self.shared:
             await self._share_circuits()
+            await self._read_routes()
         if self.shared and self.accepting:
             return await self.take_over()
         return {}
@@ -294,6 +298,15 @@ class JobLeases(EngineCore):
         # One exchange at a time: a round's and an early one must not interleave their reads and writes.
         async with self._circuits_lock:
             await self.router.breaker.share(self.storage.circuits)
+
+    async def _read_routes(self) -> None:
+        """The model routes another process retired or brought back (a trial's answer, `/owner revive`):
+        the small `route_status` table read again. A failed read keeps this process's view till the next
+        round; it must not cost the round its claims."""
+        try:
+            await self.lifecycle.refresh()
+        except Exception as exc:
+            log.warning("could not read the model routes' status again: %s", type(exc).__name__)
 
     def _circuits_changed(self) -> None:
         """A circuit opened or closed here: hand it to the other processes now, not at the next round."""

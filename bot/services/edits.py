@@ -210,6 +210,7 @@ class EditService:
             limiter=ProviderLimiter.from_settings(settings),
             live=self.lifecycle.route_live,
             on_gone=self.lifecycle.retire,
+            on_answer=self.lifecycle.answered,
         )
         self._salt = user_salt
         self._defaults = defaults
