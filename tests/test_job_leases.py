@@ -27,6 +27,7 @@ from bot.jobs.leases import CLAIM_BATCH, ROUNDS_PER_LEASE, claim_share
 from bot.jobs.model import CancelAnswer, Delivered, NotAllowed, db_time
 from bot.messages import CANCELLED_AT_PROVIDER
 from bot.observability.metrics import Metrics
+from bot.providers.errors import ModelGone
 from bot.services.edits import EditService
 from bot.storage import Storage
 from bot.storage.jobs import CancelRequest, LeaseLost, Renewal
@@ -1030,6 +1031,23 @@ async def test_a_process_running_its_rounds_shares_a_circuit_the_moment_it_opens
         await asyncio.sleep(0.01)
     await b.engine.lease_round()
     assert b.router.circuits()["wavespeed"] == "open"
+
+
+async def test_a_lease_round_reads_the_routes_another_process_retired_or_brought_back(process: Factory):
+    """A "model gone" answer, and the operator's /owner revive, on one process reach the others at their
+    next lease round: they stop asking a dead route, and use a revived one again."""
+    a, _ = await process("a")
+    b, _ = await process("b")
+    model = next(m for m in a.catalog.models.values() if a.lifecycle.live_routes(m))
+    gone_route = a.lifecycle.live_routes(model)[0]
+    gone = ModelGone("404 model_not_found", provider=gone_route.provider, status=404, code="model_not_found")
+    await a.lifecycle.retire(model, gone_route, gone)
+    assert b.lifecycle.route_live(model, gone_route)
+    await b.engine.lease_round()
+    assert not b.lifecycle.route_live(model, gone_route)
+    await a.lifecycle.revive(model.id, gone_route.provider, actor_id=ALICE)
+    await b.engine.lease_round()
+    assert b.lifecycle.route_live(model, gone_route)
 
 
 async def test_one_process_on_sqlite_keeps_its_circuits_to_itself(

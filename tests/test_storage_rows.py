@@ -183,6 +183,25 @@ async def test_settings_rows_are_created_replaced_and_cleared(storage: Storage):
     assert (route["listed"], route["gone_at"]) == (0, at(1))
 
 
+async def test_a_routes_gone_stamp_round_trips_and_clears(storage: Storage):
+    """A "model gone" moment is stored to the second (a retired route's trial counts from it) and
+    cleared when the route comes back, on each backend; the other facts of the row stay."""
+    await storage.settings.put_route_status("atlascloud", "m1", {"shutdown": "2027-01-10", "listed": 1})
+    stamp = "2026-11-15T09:30:00+00:00"
+    await storage.settings.put_route_status(
+        "atlascloud", "m1", {"gone_at": stamp, "gone_reason": "ModelGone status=404 code=not_found"}
+    )
+    [route] = await storage.settings.route_status_rows()
+    assert (route["gone_at"], route["gone_reason"], route["shutdown"]) == (
+        stamp,
+        "ModelGone status=404 code=not_found",
+        "2027-01-10",
+    )
+    await storage.settings.put_route_status("atlascloud", "m1", {"gone_at": None, "gone_reason": None})
+    [route] = await storage.settings.route_status_rows()
+    assert (route["gone_at"], route["gone_reason"], route["listed"]) == (None, None, 1)
+
+
 async def test_a_dead_models_members_are_moved_and_told_once_in_order(storage: Storage):
     for user in (USER, USER + 1):
         await storage.settings.update_user_settings(user, {"model": "dead"})

@@ -20,7 +20,7 @@ from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
 from tests.cogs.test_policy_e2e import fields, reply
 from tests.durable import control, results
-from tests.fakes.discord import FakeDiscord, FakeInteraction
+from tests.fakes.discord import FakeDiscord, FakeInteraction, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
@@ -196,6 +196,41 @@ async def test_a_model_gone_mid_run_costs_the_default_user_one_extra_call_and_no
             for line in [m.content or "" for m in world.fake.channel_messages(world.audit_channel)]
         )
     )
+
+
+async def test_the_operator_lists_routes_and_brings_a_retired_one_back_by_hand(world: World):
+    """`/owner routes` says which route a "model gone" answer retired, and `/owner revive` brings it
+    back: stored, posted to the audit channel with who did it, and used by the next edit."""
+    world.openai.retire("gpt-image-2")
+    await world.finished(await world.edit(PHOTO, quality="low", size="1024x1024"))
+    admin = world.fake.create_user("admin")  # Discord shows /owner to server Administrators
+    await world.guild.add_member(admin, permissions=int(Permission.ADMINISTRATOR))
+    refused = await reply(world, admin, "owner routes")
+    assert refused.content == messages.NOT_OPERATOR and not refused.embeds
+
+    shown = await reply(world, world.owner, "owner routes")
+    lines = shown.embeds[0]["description"].splitlines()
+    assert lines[0].startswith('❌ `gpt-image-2` on **openai**: answered "model gone" (ModelGone status=404')
+    assert "; tried again from " in lines[0]  # GONE_ROUTE_RETRY_HOURS: 24 by default
+    assert lines[1:] == ["✅ `gpt-image-2.6-sunburst` on **openai**: live"]
+
+    world.openai.retired.discard("gpt-image-2")  # the model is back at OpenAI (or never left)
+    revived = await reply(world, world.owner, "owner revive", model="gpt-image-2", provider="openai")
+    assert revived.content == "`gpt-image-2` on `openai` is back. Its route is live again for the next edit."
+    await world.fake.wait_until(
+        lambda: (
+            f"♻️ gpt-image-2 on openai was brought back by <@{world.owner.id}>."
+            in [m.content for m in world.fake.channel_messages(world.audit_channel)]
+        )
+    )
+    rows = await world.services.storage.settings.route_status_rows()
+    assert [r["gone_at"] for r in rows if r["model"] == "gpt-image-2"] == [None]
+    it = await world.edit(PHOTO, quality="low", size="1024x1024")
+    assert (await world.finished(it)).startswith("Done")
+    assert result_of(it)["Model"] == ["GPT Image 2"] and models_sent(world.openai)[-1] == "gpt-image-2"
+
+    again = await reply(world, world.owner, "owner revive", model="gpt-image-2", provider="openai")
+    assert again.content == messages.route_not_retired("gpt-image-2", "openai")
 
 
 async def test_a_model_gone_mid_run_moves_only_to_a_model_the_server_allows(world: World):
