@@ -23,9 +23,10 @@ Without `DEFAULT_MODEL`, the default is the first catalog model that is usable h
 is preference, so a bot with only an Atlas Cloud key edits with what Atlas sells, and a shutdown
 moves everyone who did not pick a model to the next live one. Nothing here knows about Discord.
 
-Why `ModelLifecycle` is one class of ~370 lines: reading ("is this route live?") and learning ("this
-route is gone") work on the same facts and must stay consistent in memory and in storage; splitting
-them would put that invariant in two places.
+Why `ModelLifecycle` is one class of ~600 lines: reading ("is this route live?"), learning ("this
+route is gone") and trying again (a retired route's trial, a revive, another process's news) work on
+the same facts and must stay consistent in memory and in storage; splitting them would put that
+invariant in two places.
 """
 
 from __future__ import annotations
@@ -499,7 +500,13 @@ class ModelLifecycle:
         if today == self._last_tick:
             return
         self._last_tick = today
-        dead = {m.id for m in self.catalog.models.values() if not self.usable(m)}
+        # A model live only for a retired route's trial is still dead here: announced once, not again
+        # each time a trial of it answers "model gone" (a day or more later).
+        dead = {
+            m.id
+            for m in self.catalog.models.values()
+            if not any(self.route_live(m, r) and not self.trial_due(r) for r in m.routes)
+        }
         newly = sorted(dead - self._dead) if self._dead is not None else []
         self._dead = dead
         for model_id in newly:

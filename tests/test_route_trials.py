@@ -193,6 +193,24 @@ async def test_no_live_model_lasts_only_until_a_retired_routes_trial_is_due():
     assert lifecycle.live_model_problem() is None
 
 
+async def test_a_dead_model_whose_trials_keep_answering_gone_is_announced_dead_once():
+    clock, events = Clock(), Events()
+    lifecycle = lifecycle_for(clock, events=events)
+    solo = lifecycle.catalog.get("solo")
+    await lifecycle.tick()
+    await lifecycle.retire(solo, solo.routes[0], GONE)
+    for _ in range(3):  # a day later its trial is due, the next edit asks it, and it is still gone
+        clock.advance(hours=24)
+        await lifecycle.tick()
+        await lifecycle.retire(solo, solo.routes[0], GONE)
+    clock.advance(hours=1)
+    await lifecycle.tick()
+    assert [e for e in events if e.startswith("🪦")] == [
+        '🪦 solo on atlascloud answered "model gone"; that route is retired.',
+        "🪦 solo is now retired on every configured service.",
+    ]
+
+
 async def test_a_row_stored_before_gone_at_held_a_time_counts_from_its_day(storage: Storage):
     await storage.settings.put_route_status(
         "atlascloud", "m", {"gone_at": "2026-11-15", "gone_reason": "ModelGone status=404 code=None"}
