@@ -66,6 +66,7 @@ def assert_refused_beyond_its_ceiling(key: str, too_big: str, allowed: str) -> N
         ("JOB_HISTORY_DAYS", "1000000", "1 to 36500"),
         ("INPUT_RETENTION_HOURS", "100000000", "0 to 876000"),
         ("RESULT_RETENTION_HOURS", "876001", "1 to 876000"),
+        ("GONE_ROUTE_RETRY_HOURS", "876001", "0 to 876000"),
         ("QUEUE_TIMEOUT_SECONDS", "1e12", "10 to 31536000"),
         ("JOB_TIMEOUT_SECONDS", "1e12", "10 to 31536000"),
         ("PROVIDER_CALL_TIMEOUT_SECONDS", "1e12", "1 to 31536000"),
@@ -310,6 +311,17 @@ def test_check_config_accepts_a_dotenv_file_and_never_logs_secrets(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     assert "settings OK" in proc.stderr
     assert "tok-abcdef123456" not in proc.stderr and "sk-test-123456789" not in proc.stderr
+
+
+def test_a_gone_routes_retry_defaults_to_a_day_may_be_never_and_is_never_negative():
+    assert load_settings(BASE).gone_route_retry_hours == 24.0
+    assert load_settings({**BASE, "GONE_ROUTE_RETRY_HOURS": "0"}).gone_route_retry_hours == 0.0
+    assert load_settings({**BASE, "GONE_ROUTE_RETRY_HOURS": "1.5"}).gone_route_retry_hours == 1.5
+    for bad in ("-1", "soon"):
+        with pytest.raises(ConfigError) as info:
+            load_settings({**BASE, "GONE_ROUTE_RETRY_HOURS": bad})
+        [line] = info.value.problems
+        assert line.startswith("GONE_ROUTE_RETRY_HOURS")
 
 
 def test_queue_settings_have_defaults_and_wavespeed_gets_its_entry_tier_limit():
