@@ -86,7 +86,7 @@ class GridPicker(PricedPreview):
         self, interaction: discord.Interaction, session: MaskSession, values: list[str]
     ) -> None:
         await interaction.response.defer()  # redrawing the picture may take longer than the 3 s ack
-        if not self.sessions.touch(session, interaction):  # an older click than one applied
+        if not self.sessions.touch(session, interaction, pick=True):  # older than a pick applied
             return
         session.job = masking.with_cells(session.job, session.grid, tuple(int(v) for v in values))
         await self._show_picker(interaction, session)
@@ -95,7 +95,7 @@ class GridPicker(PricedPreview):
         self, interaction: discord.Interaction, session: MaskSession, _: list[str]
     ) -> None:
         await interaction.response.defer()
-        if not self.sessions.touch(session, interaction):  # an older click than one applied
+        if not self.sessions.touch(session, interaction, pick=True):  # older than a pick applied
             return
         # Cell numbers mean other areas on another grid: start the selection over.
         session.job = masking.with_cells(session.job, masking.next_grid(session.grid), ())
@@ -108,8 +108,7 @@ class GridPicker(PricedPreview):
             # Said on the picker, which stays open for another pick. The selection starts over: every
             # cell ticked would not fit the menu's limit when the picker is drawn again.
             await interaction.response.defer()
-            if not self.sessions.touch(session, interaction):
-                return
+            self.sessions.touch(session, interaction)
             session.job = masking.with_cells(session.job, session.grid, ())
             await self._show_picker(interaction, session, notice=refusal.user_message)
             return
@@ -125,8 +124,7 @@ class GridPicker(PricedPreview):
             )
             return
         await interaction.response.defer()
-        if not self.sessions.touch(session, interaction):  # an older click than one applied
-            return
+        self.sessions.touch(session, interaction)
         async with self.edits.engine.intake():  # as the first preparation (MaskCog._begin_session)
             prepared = await self.edits.prepare(session.job)
         if self._stale(session, interaction):  # a later click (other cells, Cancel) owns the message now
@@ -136,8 +134,7 @@ class GridPicker(PricedPreview):
 
     async def _back(self, interaction: discord.Interaction, session: MaskSession, _: list[str]) -> None:
         await interaction.response.defer()
-        if not self.sessions.touch(session, interaction):  # an older click than one applied
-            return
+        self.sessions.touch(session, interaction)
         session.prepared = None
         await self._show_picker(interaction, session)
 

@@ -51,9 +51,11 @@ class MaskSession:
     # What the picker and the preview are drawn from (`masking.shown_picture`), not the image itself.
     picture: bytes | None = None
     prepared: PreparedJob | None = None  # set while the preview is shown
-    # The newest click applied (its interaction id: Discord's snowflakes order a member's clicks). Clicks
-    # are handled side by side, and one whose acknowledgement came back late must not undo a newer one.
-    latest_click: int = 0
+    # The newest pick of cells or grid applied (its interaction id: Discord's snowflakes order a member's
+    # clicks). Clicks are handled side by side, and a pick whose acknowledgement came back late must not
+    # undo a newer pick. Only picks are ordered so: a menu sends the member's whole choice, and a late one
+    # behind a newer Preview or Back is still their last choice of cells.
+    latest_pick: int = 0
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
@@ -108,16 +110,17 @@ class MaskSessions:
         """Register before the first render, so a click that comes at once finds the session."""
         self._sessions[session.sid] = session
 
-    def touch(self, session: MaskSession, interaction: discord.Interaction) -> bool:
+    def touch(self, session: MaskSession, interaction: discord.Interaction, *, pick: bool = False) -> bool:
         """The user clicked: stop the clock and remember the newest way to edit the message. The click
         owns the message from now on: what earlier clicks still draw is dropped (`MaskParts._stale`).
 
-        False, and nothing changed, for a click older than one already applied (its acknowledgement,
-        or the bot's check of it, finished after the newer click's): applying it would bring back the
-        member's earlier choice over the one they made last, on the message and in the session."""
-        if interaction.id < session.latest_click:
-            return False
-        session.latest_click = interaction.id
+        `pick`: the click chooses cells or another grid. False, and nothing changed, for a pick older
+        than one already applied (its acknowledgement, or the bot's check of it, finished after the
+        newer pick's): applying it would bring back the member's earlier cells over their last ones."""
+        if pick:
+            if interaction.id < session.latest_pick:
+                return False
+            session.latest_pick = interaction.id
         session.handle = interaction
         if session.expiry is not None:
             session.expiry.cancel()

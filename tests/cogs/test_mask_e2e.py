@@ -507,6 +507,36 @@ async def test_a_cells_click_acknowledged_after_a_newer_one_leaves_the_newer_cel
     assert fields(preview)["Area"] == "33% of the image"  # cells 1 to 3 of 3×3
 
 
+async def test_a_pick_acknowledged_after_the_next_preview_click_is_still_the_members_last_pick(world: World):
+    """The member picks cells 1 and 2, then presses Preview; Discord answers the pick's acknowledgement
+    last. Ordering every click by id dropped the pick as older than Preview, so the preview (and a Run
+    edit from it) showed one cell the member had already changed. A menu sends the whole choice: the
+    late pick is still their last choice of cells, and what they see ends up with it."""
+    _, picker = await picker_with_the_first_cell(world)
+    mask = cog(world)
+    handled, real = [], mask._handlers["cells"]
+
+    async def counted(*args: Any) -> None:
+        try:
+            await real(*args)
+        finally:
+            handled.append(args[0])
+
+    mask._handlers["cells"] = counted
+    first_ack = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
+    older = await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
+    await world.fake.wait_until(lambda: first_ack.held)
+    preview_click = await click(world, picker, "next")
+    await shown(world, preview_click, "run")
+    first_ack.release()
+    await world.fake.wait_until(lambda: len(handled) == 1 and older.acknowledged)
+    message = preview_click.original_message
+    if control(message, "cells"):  # the picker back, with the late pick
+        assert chosen_cells(message) == ["1", "2"]
+    else:  # or a preview of it
+        assert fields(message)["Area"] == "22% of the image", fields(message)  # 2 cells of 3×3
+
+
 @pytest.mark.parametrize("with_file", [False, True], ids=["picker", "mask file"])
 async def test_the_picker_and_preview_are_drawn_from_a_small_picture_made_as_the_session_begins(
     world: World, monkeypatch: pytest.MonkeyPatch, with_file: bool
