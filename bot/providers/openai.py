@@ -437,6 +437,9 @@ class OpenAIProvider:
             classify=classify_openai_error,
             request_id_header=REQUEST_ID_HEADER,
             min_retry_window=MIN_RETRY_WINDOW,
+            # A 200's body is the images themselves (base64, several MB), made and billed: its read is
+            # fetching a finished result, with its grace past the job's deadline.
+            result_in_body=request.fetching_result,
         )
         # The answer is here and billed: checking its images (decoded whole, in a worker thread) is
         # fetching a finished result, which gets its grace past the job's deadline (`overdue`).

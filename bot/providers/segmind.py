@@ -326,6 +326,8 @@ class SegmindProvider(ResellerAdapter):
             deadline=request.deadline,
             model=request.model,
             max_body=self._client.max_output_bytes,  # the answer is the image itself
+            # ... made and billed: its read is fetching a finished result, with its grace past the deadline
+            result_in_body=request.fetching_result,
         )
         request_id = resp.request_id
         remaining = resp.headers.get("x-remaining-credits")

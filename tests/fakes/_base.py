@@ -9,6 +9,7 @@ in the adapters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -89,6 +90,9 @@ class FakeServer:
         self._release = asyncio.Event()  # set by `close()`: requests held by a HANG fault give up
         self._outputs_open = asyncio.Event()  # cleared by `hold_outputs`: result downloads wait
         self._outputs_open.set()
+        self._answers_open = asyncio.Event()  # cleared by `hold_answers`: paid calls' bodies wait
+        self._answers_open.set()
+        self.answers_held = 0  # answers whose status line and headers went out with their body held
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -155,16 +159,45 @@ class FakeServer:
     def release_outputs(self) -> None:
         self._outputs_open.set()
 
-    async def _output_gate(self) -> None:
-        """Where a result download waits while outputs are held."""
-        if self._outputs_open.is_set():
-            return
-        waits = {asyncio.ensure_future(event.wait()) for event in (self._outputs_open, self._release)}
+    def hold_answers(self) -> None:
+        """Send each paid call's answer (a synchronous one: the image itself) the way a slow link
+        delivers a large body: its status line, headers and the first half of its body at once, the
+        rest only at `release_answers` (or when the fake closes)."""
+        self._answers_open.clear()
+
+    def release_answers(self) -> None:
+        self._answers_open.set()
+
+    async def _answer(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """`response`, its body held halfway while answers are held (`hold_answers`)."""
+        if self._answers_open.is_set() or not isinstance(response, web.Response) or response.body is None:
+            return response
+        raw = response.body
+        body = raw if isinstance(raw, bytes) else await raw.as_bytes()
+        streamed = web.StreamResponse(status=response.status, headers=response.headers)
+        streamed.content_length = len(body)
+        await streamed.prepare(request)
+        await streamed.write(body[: len(body) // 2])
+        self.answers_held += 1
+        await self._until_open(self._answers_open)
+        with contextlib.suppress(ConnectionResetError):  # the client gave up meanwhile
+            await streamed.write(body[len(body) // 2 :])
+            await streamed.write_eof()
+        return streamed
+
+    async def _until_open(self, gate: asyncio.Event) -> None:
+        """Wait until `gate` is set or the fake closes."""
+        waits = {asyncio.ensure_future(event.wait()) for event in (gate, self._release)}
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for wait in waits:
                 wait.cancel()
+
+    async def _output_gate(self) -> None:
+        """Where a result download waits while outputs are held."""
+        if not self._outputs_open.is_set():
+            await self._until_open(self._outputs_open)
 
     def retire_route(self, route: str, how: Gone | str = Gone.NOT_FOUND) -> None:
         """From now on, every submit for `route` answers "model gone" in the way `how` says

@@ -632,7 +632,7 @@ class FakeOpenAI(FakeServer):
         response.headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
         response.headers["openai-version"] = "2020-10-01"
         record.status = response.status
-        return response
+        return await self._answer(request, response) if edit else response
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         path = request.path.rstrip("/")

@@ -210,7 +210,7 @@ class FakeSegmind(FakeServer):
             response.headers.update(err.headers)
         record.status = response.status
         record.headers_out = dict(response.headers)
-        return response
+        return await self._answer(request, response) if endpoint == "edit" else response
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if record.endpoint == "asset":

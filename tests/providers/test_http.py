@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
 import io
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -360,6 +361,67 @@ async def test_send_paid_returns_the_2xx_response_with_body_and_request_id(
         {"id": "pred_1"},
         "application/json",
     )
+
+
+def held_body(code: int, body: bytes, sent: asyncio.Event, go_on: asyncio.Event) -> Callable:
+    """An answer whose status line, headers and first half of its body go at once, the rest at `go_on`."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=code)
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        sent.set()
+        await go_on.wait()
+        with contextlib.suppress(ConnectionResetError):  # the client gave up meanwhile
+            await resp.write(body[len(body) // 2 :])
+            await resp.write_eof()
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize("code", [200, 500])
+async def test_send_paid_reads_a_2xx_body_that_is_a_result_within_its_grace_and_an_error_body_without(
+    server: tuple[str, Script], session: aiohttp.ClientSession, code: int
+) -> None:
+    """A synchronous call's 2xx body is the finished result: once its status line is in, the read
+    gets the grace `result_in_body` gives past the call's timeout. An error's body does not."""
+    base, script = server
+    sent, go_on = asyncio.Event(), asyncio.Event()
+    script.on("/submit", held_body(code, PNG * 1000, sent, go_on))
+    deadline = soon()
+    marks: list[str] = []
+
+    @contextlib.contextmanager
+    def result_in_body() -> Iterator[float]:
+        marks.append("in")
+        yield deadline + 5.0
+        marks.append("out")
+
+    call = asyncio.create_task(
+        post_paid(
+            session,
+            f"{base}/submit",
+            json={},
+            deadline=deadline,
+            call_timeout=0.5,
+            result_in_body=result_in_body,
+        )
+    )
+    await asyncio.wait_for(sent.wait(), 5)
+    ends = time.monotonic() + 0.5  # past the call's own timeout
+    await asyncio.wait([call], timeout=max(0.0, ends - time.monotonic()) + 0.3)
+    go_on.set()
+
+    if code == 200:
+        resp = await call
+        assert resp.body == PNG * 1000 and marks == ["in", "out"]
+    else:
+        with pytest.raises(ProviderTimeout) as info:
+            await call
+        assert info.value.accepted is True and marks == []
 
 
 async def test_send_paid_does_not_follow_redirects(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -52,6 +53,7 @@ from tests.providers.helpers import (
     input_image,
     photo,
     request_builder,
+    until,
 )
 
 
@@ -560,6 +562,43 @@ async def test_the_job_deadline_caps_the_call_timeout(fake: FakeOpenAI, provider
 
     assert time.monotonic() - started < 1.5
     assert info.value.accepted is True
+
+
+async def test_an_answer_whose_body_is_still_arriving_at_the_deadline_is_read_whole_not_cut_off(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """The 200's status line came just before the job's deadline and its body (the images, base64,
+    several MB) was still arriving when it passed: the read was cut off at the deadline (and the job's
+    check, `overdue`, would end it too) with the image made and billed. The body of a 200 is a
+    finished result being fetched, with its grace past the deadline."""
+    fake.hold_answers()
+    request = edit_request(deadline=time.monotonic() + 3.0)
+    edit = asyncio.create_task(provider.edit(request))
+
+    await until(lambda: fake.answers_held == 1)  # the 200 and half its body are in; the rest is not
+    await until(lambda: time.monotonic() > request.deadline + 0.3)
+    assert not edit.done() and not request.overdue()  # still reading, inside its grace
+    fake.release_answers()
+
+    result = await edit
+    assert len(result.images) == 1 and decoded(result.images[0].data) is not None  # whole
+    assert request.fetches.count == 0  # the fetching mark went with the read
+    assert fake.post_count == 1
+
+
+async def test_an_error_answer_whose_body_is_still_arriving_at_the_deadline_gets_no_grace(
+    fake: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    """Only a 200's body is a finished result: an error's body held past the deadline is a timeout
+    there, as before (the wait for the status line is too: `test_the_job_deadline_caps_the_call_timeout`)."""
+    fake.hold_answers()
+    fake.fail_next(Fault.SERVER_ERROR)
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 1.0))
+
+    assert fake.answers_held == 1 and info.value.accepted is True
+    fake.release_answers()
 
 
 async def test_expired_deadline_sends_nothing(fake: FakeOpenAI, provider: OpenAIProvider) -> None:

@@ -14,6 +14,7 @@ headers' values masked (the transport's own errors hold no vendor text).
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -90,9 +91,19 @@ class VendorClient:
         return self.masking(classify)
 
     async def submit(
-        self, url: str, body: Any, *, deadline: float, model: str, max_body: int = MAX_RESPONSE_BYTES
+        self,
+        url: str,
+        body: Any,
+        *,
+        deadline: float,
+        model: str,
+        max_body: int = MAX_RESPONSE_BYTES,
+        result_in_body: Callable[[], contextlib.AbstractContextManager[float]] | None = None,
     ) -> HttpResponse:
-        """POST the one paid JSON request of a job: never re-sent once it may have arrived."""
+        """POST the one paid JSON request of a job: never re-sent once it may have arrived.
+
+        `result_in_body`: a synchronous call's 2xx answer is the finished result, read with its grace
+        past `deadline` (`send_paid`)."""
         return await send_paid(
             self.session,
             "POST",
@@ -105,6 +116,7 @@ class VendorClient:
             provider=self.provider,
             classify=self.submit_classifier(model),
             max_body=max_body,
+            result_in_body=result_in_body,
         )
 
     async def call(

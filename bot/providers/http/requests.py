@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from bot.providers.errors import (
 from bot.providers.http.transport import (
     DEFAULT_MIN_RETRY_WINDOW,
     MAX_RESPONSE_BYTES,
+    BodyGrace,
     Classifier,
     HttpResponse,
     RetryPolicy,
@@ -62,6 +64,7 @@ async def send_paid(
     max_body: int = MAX_RESPONSE_BYTES,
     request_id_header: str = "x-request-id",
     min_retry_window: float = DEFAULT_MIN_RETRY_WINDOW,
+    result_in_body: Callable[[], contextlib.AbstractContextManager[float]] | None = None,
 ) -> HttpResponse:
     """Send a request that creates a paid job; never resend it once it may have reached the server.
 
@@ -85,6 +88,13 @@ async def send_paid(
     POST would be a second submission. Each call's timeout is `min(call_timeout, time left)`;
     `ProviderTimeout(accepted=False)` is raised if the deadline is gone before a call.
 
+    `result_in_body` is for a synchronous call whose 2xx answer carries the finished, billed result
+    (`EditRequest.fetching_result`: it yields the result's own deadline, past `deadline`). Once a 2xx
+    status line is in, the rest of its body is read inside it, and the call's timeout is pushed on by
+    as much as that deadline is past `deadline`: a body still arriving when the job's deadline passes
+    is not cut off (nor the job timed out) with the image it holds. An error answer and the wait for
+    the status line get no such grace.
+
     Caveat: aiohttp may reuse a pooled keep-alive connection that the server has just closed; the
     POST then fails with a disconnect that is indistinguishable from one after the server read it,
     so it is reported as `accepted=True` (the safe side: a possible double charge is worse than a
@@ -92,6 +102,7 @@ async def send_paid(
     """
     if data_factory is not None and json is not None:
         raise ValueError("pass data_factory or json, not both")
+    body_grace = None if result_in_body is None else _grace_past(result_in_body, deadline)
     attempt = 0
     while True:
         attempt += 1
@@ -115,6 +126,7 @@ async def send_paid(
                 max_body=max_body,
                 allow_redirects=False,
                 request_id_header=request_id_header,
+                body_grace=body_grace,
             )
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
             # Raised while opening the connection: no byte of the request left this machine.
@@ -191,6 +203,19 @@ async def send_paid(
                 await asyncio.sleep(told)
                 continue
         raise refused
+
+
+def _grace_past(
+    result_in_body: Callable[[], contextlib.AbstractContextManager[float]], deadline: float
+) -> BodyGrace:
+    """`result_in_body` as a body's grace: the seconds its deadline is past the call's `deadline`."""
+
+    @contextlib.contextmanager
+    def grace() -> Iterator[float]:
+        with result_in_body() as result_deadline:
+            yield result_deadline - deadline
+
+    return grace
 
 
 # --------------------------------------------------------------------------- idempotent requests

@@ -8,13 +8,15 @@ through `redact_url`, and exception messages are built here rather than copied f
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import json as _json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -51,6 +53,9 @@ _READ_CHUNK = 64 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 T = TypeVar("T")
+# Around the read of a 2xx body that is itself a finished, billed result: yields how many seconds that
+# read may outlast the call's own timeout (`send_paid`'s `result_in_body`).
+BodyGrace = Callable[[], contextlib.AbstractContextManager[float]]
 
 
 class Classifier(Protocol):
@@ -291,9 +296,13 @@ async def _request_once(
     allow_redirects: bool,
     request_id_header: str,
     trusted: Collection[str] | None = None,
+    body_grace: BodyGrace | None = None,
 ) -> HttpResponse:
     """One request, following at most `MAX_REDIRECTS` redirects itself (aiohttp's own would re-send
     custom key headers such as `x-api-key` to any host).
+
+    With `body_grace`, the body of a 2xx answer is read inside it, for as much longer than
+    `client_timeout.total` as it says; an error answer's body, and the wait for the status line, are not.
 
     `trusted=None` means the bot built `url` from a configured base URL, so its origin is trusted;
     otherwise `url` came from a provider and only the origins of the `trusted` base URLs are. Every
@@ -321,16 +330,23 @@ async def _request_once(
             kwargs["data"] = data_factory()
         if json_body is not None:
             kwargs["json"] = json_body
+        # aiohttp's total timeout cannot be moved once the call is out, so with a grace this hop's is
+        # kept here instead, where the body's read can push it on.
+        limit = asyncio.timeout(None if body_grace is None else client_timeout.total)
+        hop_timeout = client_timeout if body_grace is None else _without_total(client_timeout)
         with peer_checked(not hop_trusted):
-            async with session.request(
-                method,
-                current,
-                headers=dict(headers) if headers and origin_of(target) == first else None,
-                params=params if hops == 0 else None,
-                timeout=client_timeout,
-                allow_redirects=False,
-                **kwargs,
-            ) as resp:
+            async with (
+                limit,
+                session.request(
+                    method,
+                    current,
+                    headers=dict(headers) if headers and origin_of(target) == first else None,
+                    params=params if hops == 0 else None,
+                    timeout=hop_timeout,
+                    allow_redirects=False,
+                    **kwargs,
+                ) as resp,
+            ):
                 location = resp.headers.get("Location")
                 if allow_redirects and resp.status in _REDIRECT_STATUSES and location:
                     hops += 1
@@ -344,13 +360,31 @@ async def _request_once(
                     if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                         method, data_factory, json_body = "GET", None, None
                     continue
-                body = await _read_capped(resp, max_body)
+                with _graced(limit, body_grace if 200 <= resp.status < 300 else None):
+                    body = await _read_capped(resp, max_body)
                 return HttpResponse(
                     status=resp.status,
                     headers=resp.headers,
                     body=body,
                     request_id=resp.headers.get(request_id_header),
                 )
+
+
+def _without_total(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=timeout.connect)
+
+
+@contextlib.contextmanager
+def _graced(limit: asyncio.Timeout, body_grace: BodyGrace | None) -> Iterator[None]:
+    """Inside `body_grace` (when given), with `limit` pushed on by the seconds it yields."""
+    if body_grace is None:
+        yield
+        return
+    with body_grace() as seconds:
+        when = limit.when()
+        if when is not None:
+            limit.reschedule(when + max(0.0, seconds))
+        yield
 
 
 def _classified(
