@@ -187,6 +187,7 @@ class ProviderLimiter:
             name: _Provider(start, ceiling) for name, (start, ceiling) in (limits or {}).items()
         }
         self.fleet_slots: SlotSource | None = None
+        self._returning: set[asyncio.Future[None]] = set()  # fleet slots on their way back (`_give_back`)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: object) -> ProviderLimiter:
@@ -307,12 +308,31 @@ class ProviderLimiter:
                 self._succeeded(state, full)
                 return result
             finally:
-                # The local count first: a cancel that lands while the fleet slot goes back (an await)
-                # must not leave this process's own slot taken for good.
                 state.in_flight -= 1
                 self._wake(state)
-                if slot is not None and self.fleet_slots is not None:
-                    await self.fleet_slots.give(provider, slot)
+                if slot is not None:
+                    self._give_back(provider, slot)
+
+    def _give_back(self, provider: str, slot: int) -> None:
+        """Hand a fleet slot back without holding up the call that used it. Awaited, the database round
+        trip came after the result was in hand, inside the job's deadline-checked call: a check landing
+        during it past the deadline ended the job as a timeout, the paid image with it. The slot stays
+        taken in the database until the give is done, so the fleet still never passes the ceiling."""
+        if self.fleet_slots is None:
+            return
+        giving = asyncio.ensure_future(self.fleet_slots.give(provider, slot))
+        self._returning.add(giving)  # kept until done: the loop holds tasks only weakly
+        giving.add_done_callback(self._given_back)
+
+    def _given_back(self, giving: asyncio.Future[None]) -> None:
+        self._returning.discard(giving)
+        if not giving.cancelled() and (exc := giving.exception()) is not None:
+            log.warning("giving a fleet-wide slot back failed: %s", type(exc).__name__)
+
+    async def returned(self) -> None:
+        """Wait until every fleet slot a finished call handed back is back in the database."""
+        while self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
 
     async def _fleet_slot(self, provider: str, state: _Provider, refuse_after: float | None) -> int | None:
         """On a shared database, one of `provider`'s slots across the fleet (waited for, until

@@ -525,6 +525,55 @@ async def past_the_deadline(asked: list[EditRequest]) -> None:
     await until(lambda: time.monotonic() > asked[0].deadline + 4 * running_module.PROGRESS_TICK_SECONDS)
 
 
+class HeldSlots:
+    """A ceiling's fleet-wide slots (on PostgreSQL, advisory locks: tests/test_fleet_slots.py) whose give,
+    a database round trip, lasts until `go_on` is set."""
+
+    def __init__(self) -> None:
+        self.held: set[int] = set()
+        self.giving, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def take(
+        self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
+    ) -> int:
+        slot = min(set(range(ceiling)) - self.held)
+        self.held.add(slot)
+        return slot
+
+    async def give(self, provider: str, slot: int) -> None:
+        self.giving.set()
+        await self.go_on.wait()
+        self.held.discard(slot)
+
+
+async def test_a_result_in_hand_past_the_deadline_is_delivered_while_its_fleet_slot_goes_back(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """OpenAI's answer came in within its grace past the deadline; the call then handed its fleet-wide
+    slot back (a database round trip on PostgreSQL) inside the job's deadline-checked call, and the
+    job's check landing then ended it as a timeout, the paid image thrown away. The slot goes back
+    without holding the result up; it stays taken until it is back, so the ceiling holds."""
+    service, recorder = await make()
+    asked = deadline_watch(monkeypatch, service, "openai")
+    limiter = service.engine.router.limiter
+    slots = HeldSlots()
+    limiter.fleet_slots = slots
+    openai.hold_answers()
+    job_id = await submit(service)
+
+    await until(lambda: openai.answers_held == 1)  # the 200 is in, its body still arriving
+    await past_the_deadline(asked)
+    openai.release_answers()
+    await until(slots.giving.is_set)  # the result is in hand, past the deadline; its slot is going back
+
+    await wait_state(service, job_id, "delivered")
+    assert len(recorder.delivered) == 1 and await kinds(service, job_id) == ["reserve", "capture"]
+    assert slots.held == {0}  # not back yet: still counted against the ceiling
+    slots.go_on.set()
+    await limiter.returned()
+    assert not slots.held
+
+
 @pytest.mark.parametrize(
     "sibling",
     [WaveSpeedFault.NEVER_FINISHES, WaveSpeedFault.OUTPUT_NSFW],

@@ -354,6 +354,8 @@ async def test_more_processes_than_a_ceiling_never_have_more_calls_at_the_provid
         await asyncio.wait_for(asyncio.gather(*calls), 60)
         assert sent == 20
         assert peak == CEILING  # never more, and the whole ceiling was used
+        for limiter in limiters:
+            await limiter.returned()  # a finished call's slot goes back without holding its result up
         assert await advisory_locks(stores[0], P) == 0
 
 
@@ -369,11 +371,13 @@ async def test_in_a_steady_fleet_each_call_takes_a_slot_of_its_own_part_at_once(
             seen.append(slots.held)
 
         await limiter.call(P, send)
+        await limiter.returned()
         assert seen == [{(P, 2)}] and not slots.held
         # A process on its own takes one too: a process that joins it must find its calls counted.
         alone = ProviderLimiter({P: (6, 6)})
         alone.fleet_slots = slots
         await alone.call(P, send)
+        await alone.returned()
         [(provider, slot)] = seen[-1]  # one, anywhere (told no rank, it has no part of its own)
         assert provider == P and 0 <= slot < 6 and not slots.held
 
