@@ -21,7 +21,7 @@ from bot.client import RetouchBot
 from bot.services.edits import EditJob
 from cogs._delivery import DiscordDelivery
 from cogs._history import chain_source
-from cogs._results import JobControl, run_and_publish
+from cogs._results import JobControl, run_and_publish, started_a_job
 from cogs._ui import (
     RetouchCog,
     admitted,
@@ -164,7 +164,7 @@ class JobsCog(RetouchCog):
     async def _retry(self, interaction: discord.Interaction, job_id: str) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         interaction.extras["ephemeral_original"] = True
-        async with self._once(("retry", job_id, interaction.user.id)):
+        async with self._once(("retry", job_id, interaction.user.id), interaction):
             # The server and roles of this click, never the ones stored with the original job.
             job = await self.edits.retry_job(
                 job_id,
@@ -183,15 +183,19 @@ class JobsCog(RetouchCog):
             )
 
     @contextlib.asynccontextmanager
-    async def _once(self, key: tuple[object, ...]) -> AsyncIterator[None]:
+    async def _once(self, key: tuple[object, ...], interaction: discord.Interaction) -> AsyncIterator[None]:
         """One start per double click: a second click on the same result's button within a few
-        seconds is refused (AlreadyStarted); a start that was refused frees the button at once."""
+        seconds is refused (AlreadyStarted). A start that failed before any credits were held (refused,
+        or Discord failed a request) frees the button at once for another try; one that failed after
+        its hold keeps it taken, as that edit runs whatever failed after, and another click would
+        start, and charge, a second."""
         access = self.bot.services.access
         access.claim(key)
         try:
             yield
         except BaseException:
-            access.release(key)
+            if not started_a_job(interaction):
+                access.release(key)
             raise
 
     async def edit_again(
@@ -228,7 +232,7 @@ class JobsCog(RetouchCog):
         )
         # The prompt is part of the key: the same form sent twice is a double click, a new prompt on
         # the same result (a chain continuing) is a new edit.
-        async with self._once(("again", job_id, interaction.user.id, prompt)):
+        async with self._once(("again", job_id, interaction.user.id, prompt), interaction):
             await run_and_publish(
                 self.bot,
                 interaction,

@@ -441,6 +441,86 @@ async def test_a_double_click_on_retry_starts_one_job(
         openai.clear_faults()
 
 
+async def start_from(world: World, result: FakeMessage, button: str) -> FakeInteraction:
+    """A click on the result's Retry, or its Edit again form sent (the same prompt each time)."""
+    if button == "retry":
+        return await world.fake.click(world.user, result, control(result, "retry"))
+    return await edit_again(world, result, "now at night")
+
+
+def fail_once_after_the_hold(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The channel notice of a running edit, posted once its credits are held, fails once."""
+    controls: Any = world.bot.get_cog("MembersCog").controls  # type: ignore[union-attr]
+    real_announce = controls.announce
+
+    def failing_once(*args: Any) -> None:
+        monkeypatch.setattr(controls, "announce", real_announce)
+        raise RuntimeError("failed after the hold")
+
+    monkeypatch.setattr(controls, "announce", failing_once)
+
+
+def hold_the_double_click_window(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The access service's clock stands still: a click is within the first one's window however slow
+    the machine (only a released guard lets a second start through)."""
+    monkeypatch.setattr(world.services.access, "_monotonic", lambda: 1000.0)
+
+
+@pytest.mark.parametrize("button", ["retry", "again"])
+async def test_a_start_from_a_result_that_failed_after_its_hold_is_not_started_again(
+    fake_discord: FakeDiscord,
+    openai: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    button: str,
+):
+    """Something fails after the Retry's (or Edit again's) credits were held: that edit runs all the
+    same, and a second click must not start, and hold for, another one."""
+    async with bot(fake_discord, openai, tmp_path) as world:
+        result = await published(world, await world.edit(PHOTO))
+        hold_the_double_click_window(world, monkeypatch)
+        fail_once_after_the_hold(world, monkeypatch)
+        first = await start_from(world, result, button)
+        await world.fake.wait_until(lambda: any("ref `" in e for e in first.original_edits))
+        assert len(jobs(world.services.settings.data_dir)) == 2  # held: the edit was started
+        second = await start_from(world, result, button)
+        text = await world.fake.wait_until(lambda: second.original_edits and second.original_edits[-1])
+        assert text == messages.ALREADY_STARTED
+        data_dir = world.services.settings.data_dir
+        await world.fake.wait_until(lambda: all(j["state"] == "delivered" for j in jobs(data_dir)))
+        assert len(jobs(data_dir)) == 2 and openai.post_count == 2
+        assert_books_balance(data_dir)
+
+
+@pytest.mark.parametrize("button", ["retry", "again"])
+async def test_a_start_from_a_result_that_failed_before_any_hold_can_be_tried_again(
+    fake_discord: FakeDiscord,
+    openai: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    button: str,
+):
+    """The start failed before any credits were held (here its preparation): nothing runs, and the
+    next click starts the edit, once."""
+    async with bot(fake_discord, openai, tmp_path) as world:
+        result = await published(world, await world.edit(PHOTO))
+        hold_the_double_click_window(world, monkeypatch)
+        edits = world.services.edits
+        real_prepare = edits.prepare
+
+        async def failing_once(*args: Any, **kw: Any) -> Any:
+            monkeypatch.setattr(edits, "prepare", real_prepare)
+            raise RuntimeError("failed before the hold")
+
+        monkeypatch.setattr(edits, "prepare", failing_once)
+        first = await start_from(world, result, button)
+        await world.fake.wait_until(lambda: any("ref `" in e for e in first.original_edits))
+        assert len(jobs(world.services.settings.data_dir)) == 1
+        second = await start_from(world, result, button)
+        assert (await world.finished(second)).startswith("Done")
+        assert len(jobs(world.services.settings.data_dir)) == 2 and openai.post_count == 2
+
+
 async def test_run_edit_on_a_mask_preview_uses_the_members_roles_at_the_click(
     fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
 ):
