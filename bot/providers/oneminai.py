@@ -225,6 +225,9 @@ class OneMinAIProvider(ResellerAdapter):
             {"type": feature, "model": request.model, "promptObject": prompt_object},
             deadline=request.deadline,
             model=request.model,
+            # A 200 means the image is made and billed: reading its answer (the record that links it) is
+            # fetching a finished result, with its grace past the job's deadline.
+            result_in_body=request.fetching_result,
         )
         payload = parse_json(resp.body)
         record = payload.get("aiRecord") if isinstance(payload, dict) else None

@@ -155,7 +155,7 @@ class FakeOneMin(FakeServer):
             body = {"message": err.message, "statusCode": err.status}
             response = web.json_response(body, status=err.status, headers=err.headers)
         record.status = response.status
-        return response
+        return await self._answer(request, response) if record.endpoint == "features" else response
 
     async def _handle(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
         if record.endpoint == "s3":

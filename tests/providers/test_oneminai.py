@@ -510,6 +510,41 @@ async def test_an_image_made_before_the_deadline_is_delivered_though_its_downloa
     assert len(result.images) == 1 and fake.feature_count == 1
 
 
+async def test_an_answer_whose_body_is_still_arriving_at_the_deadline_is_read_whole_within_its_grace(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    """The feature call's 200 (the image made and billed) began just before the deadline and its body
+    (the record linking the image) was still arriving when it passed: the read was cut off at the
+    deadline, and the paid image lost. The body of a 200 is a finished result being fetched, with its
+    grace past the deadline (`overdue` waits for it too)."""
+    fake.hold_answers()
+    request = edit_request(deadline=time.monotonic() + 3.0, quality="medium")
+    run = asyncio.create_task(provider.edit(request))
+
+    await until(lambda: fake.answers_held == 1)  # the 200 and half its record are in; the rest is not
+    await until(lambda: time.monotonic() > request.deadline + 0.3)
+    assert not run.done() and not request.overdue()  # still reading, inside its grace
+    fake.release_answers()
+    result = await run
+
+    assert decoded(result.images[0].data).size == (1024, 1024)
+    assert fake.feature_count == 1
+
+
+async def test_an_error_whose_body_is_still_arriving_at_the_deadline_gets_no_grace(
+    fake: FakeOneMin, provider: OneMinAIProvider
+) -> None:
+    """Only a 200's body is a finished result: an error's body held past the deadline is a timeout."""
+    fake.hold_answers()
+    fake.fail_next(Fault.SERVER_ERROR)
+
+    with pytest.raises(ProviderTimeout) as info:
+        await provider.edit(edit_request(deadline=time.monotonic() + 1.5))
+
+    assert fake.answers_held == 1 and info.value.accepted is True
+    fake.release_answers()
+
+
 async def test_a_plain_500_stays_accepted(fake: FakeOneMin, provider: OneMinAIProvider) -> None:
     fake.fail_next(Fault.SERVER_ERROR)
 
