@@ -162,7 +162,7 @@ class SlotSource(Protocol):
     async def take(
         self, provider: str, ceiling: int, first: int | None = None, *, within: float | None = None
     ) -> int | None: ...
-    async def give(self, provider: str, slot: int) -> None: ...
+    def give(self, provider: str, slot: int) -> Awaitable[None]: ...
 
 
 class ProviderLimiter:
@@ -308,10 +308,11 @@ class ProviderLimiter:
                 self._succeeded(state, full)
                 return result
             finally:
-                state.in_flight -= 1
-                self._wake(state)
+                # The fleet slot's give starts before a woken call's take can: that take finds it free.
                 if slot is not None:
                     self._give_back(provider, slot)
+                state.in_flight -= 1
+                self._wake(state)
 
     def _give_back(self, provider: str, slot: int) -> None:
         """Hand a fleet slot back without holding up the call that used it. Awaited, the database round

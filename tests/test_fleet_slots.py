@@ -498,3 +498,24 @@ async def test_a_call_that_cannot_get_a_fleet_slot_before_its_deadline_is_refuse
         finally:
             for provider, slot in holder.held:
                 await holder.give(provider, slot)
+
+
+async def test_back_to_back_calls_in_a_steady_fleet_each_take_the_slot_of_their_own_part(postgres_url: str):
+    """A finished call hands its slot back in the background (bot.concurrency `_give_back`). Its give
+    started only once awaited, after the next call's take had the connection: that take skipped the
+    slot still held here and locked one of another process's part, which then had to wait for it."""
+    async with storages(postgres_url, 1) as [storage]:
+        slots = slots_of(storage)
+        limiter = ProviderLimiter({P: (3, 3)})
+        limiter.fleet_slots = slots
+        limiter.share_with(3, 1)  # one of three processes: its part is slot 1
+        seen: list[frozenset[tuple[str, int]]] = []
+
+        async def send() -> None:
+            seen.append(slots.held)
+
+        for _ in range(3):
+            await limiter.call(P, send)
+        await limiter.returned()
+        assert seen == [frozenset({(P, 1)})] * 3
+        assert slots.held == frozenset()

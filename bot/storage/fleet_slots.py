@@ -123,11 +123,13 @@ class FleetSlots:
         if self._conn is not None:
             _terminate(self._conn)
 
-    async def give(self, provider: str, slot: int) -> None:
+    def give(self, provider: str, slot: int) -> asyncio.Future[None]:
         """Free a slot `take` returned, and tell the waiting processes; nothing if it went with a lost
         connection (a plain number: whatever this process holds under it). Runs to its end even when
-        the caller is cancelled, so a slot is never left locked here and forgotten."""
-        await asyncio.shield(self._give(provider, slot))
+        the caller is cancelled, so a slot is never left locked here and forgotten. Started at once, not
+        when awaited: a take asked for after it (the next call, handed back in the background) finds
+        the slot free again, in its own part, rather than taking another process's."""
+        return asyncio.shield(asyncio.ensure_future(self._give(provider, slot)))
 
     async def _try_twice(self, provider: str, ceiling: int, first: int | None) -> int | None:
         """A try, and one more on a fresh connection when the one kept here had died meanwhile (a
