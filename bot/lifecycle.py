@@ -10,10 +10,11 @@ route again, and every change is announced through `on_event` (the audit channel
 A "model gone" answer is not always right (an input failure worded like one: a 404 "Image not found"
 for an upload), and no reseller publishes a model list that could bring its route back. So a route
 retired by such an answer is tried again once `gone_retry_hours` have passed since it was retired
-(`trial_due`): it is live again, in its place in the route order, until the provider answers. Any
-answer but "model gone" brings it back (`answered`); "model gone" again restarts its cool-off
-(`retire`). A trial costs nobody anything: "model gone" means nothing ran, and the router moves the
-job to the model's next route, or to another model, as on the first answer. While a trial is due the
+(`trial_due`): it is live again, in its place in the route order, until the provider answers. Only a
+result brings it back (`answered`, run beside the served job by `heard`); "model gone" again
+(`retire`), or another failure the provider answered, restarts its cool-off. A trial costs nobody
+anything: "model gone" means nothing ran, and the router moves the job to the model's next route, or
+to another model, as on the first answer. While a trial is due the
 route counts as live everywhere (the model is usable, a default may point at it, `/healthz` has a
 live model): the trial is the question "is it back?", and one place answers it. The operator may
 also bring a route back by hand (`revive`, `/owner revive`). Routes ended by a date or by OpenAI's
@@ -182,6 +183,10 @@ class ModelLifecycle:
     _first_tick: bool = True
     _none_live: bool | None = None  # what `live_model_problem` last saw (None: never looked)
     _writes: int = 0  # facts learned here so far (see `refresh`)
+    # Writes of a route's facts still on their way to the store, by key (see `refresh`).
+    _in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    # `answered` calls spawned off a served job's path (`heard`), awaited by `flush`.
+    _background: set[asyncio.Task[bool]] = field(default_factory=set)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -199,13 +204,16 @@ class ModelLifecycle:
         if self.store is None:
             return
         writes = self._writes
+        # A write begun before this read but not landed yet: memory already holds what it stores, and
+        # the read may still see the row it replaces. Those keys are read again next round.
+        busy = {key for key, n in self._in_flight.items() if n}
         stored = await self._stored()
         if writes != self._writes:
             return  # this process learned something while reading: the next round reads it back
         changed = False
         for key in set(stored) | set(self._facts):
             before, after = self._facts.get(key, RouteFacts()), stored.get(key, RouteFacts())
-            if before == after:
+            if before == after or key in busy:
                 continue
             changed = True
             self._facts[key] = after
@@ -213,7 +221,23 @@ class ModelLifecycle:
                 state = "retired" if after.gone else "back"
                 log.info("route %s/%s is %s (told by another process)", key[0], key[1], state)
         if changed:
+            self._dead_told_elsewhere()
             self.live_model_problem()
+
+    def _dead_told_elsewhere(self) -> None:
+        """Models dead now by another process's news count as already seen by the daily tick: the
+        process that learned it announces the model retired, not every process of the fleet."""
+        if self._dead is not None:
+            self._dead |= self._dead_now()
+
+    def _dead_now(self) -> set[str]:
+        # A model live only for a retired route's trial is still dead here: announced once, not again
+        # each time a trial of it answers "model gone" (a day or more later).
+        return {
+            m.id
+            for m in self.catalog.models.values()
+            if not any(self.route_live(m, r) and not self.trial_due(r) for r in m.routes)
+        }
 
     async def _stored(self) -> dict[tuple[str, str], RouteFacts]:
         assert self.store is not None
@@ -425,6 +449,8 @@ class ModelLifecycle:
         """A route a "model gone" answer retired: why, since when, when it is tried again, how to revive."""
         facts = self.facts(route)
         since = f", {facts.gone_at:%Y-%m-%d %H:%M} UTC" if facts.gone_at else ""
+        if (otherwise := self._dead_otherwise(model, route)) is not None:
+            return f'{where} answered "model gone" ({facts.gone_reason}{since}) and is {otherwise}'
         if self.trial_due(route):
             return f'{where} answered "model gone" ({facts.gone_reason}{since}) and is being tried again'
         at = self.trial_at(route)
@@ -500,13 +526,7 @@ class ModelLifecycle:
         if today == self._last_tick:
             return
         self._last_tick = today
-        # A model live only for a retired route's trial is still dead here: announced once, not again
-        # each time a trial of it answers "model gone" (a day or more later).
-        dead = {
-            m.id
-            for m in self.catalog.models.values()
-            if not any(self.route_live(m, r) and not self.trial_due(r) for r in m.routes)
-        }
+        dead = self._dead_now()
         newly = sorted(dead - self._dead) if self._dead is not None else []
         self._dead = dead
         for model_id in newly:
@@ -549,13 +569,38 @@ class ModelLifecycle:
         self.live_model_problem()
         return True
 
+    def heard(self, model: ModelEntry, route: Route, exc: ProviderError | None = None) -> None:
+        """`answered`, off the caller's path: the router calls this on a served job's way, where a
+        database write and an audit post must not hold a result the provider made (past the job's
+        deadline, it would be thrown away). Decided here at once; the rest runs as a tracked task
+        (`flush` awaits them). A route not on its trial costs nothing."""
+        if not self.trial_due(route):
+            return
+        task = asyncio.get_running_loop().create_task(self.answered(model, route, exc))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def flush(self) -> None:
+        """Wait for `heard`'s answers still being stored and announced (shutdown, tests)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def answered(self, model: ModelEntry, route: Route, exc: ProviderError | None = None) -> bool:
         """A call on `route` came back with a result (`exc` None) or failed with `exc`. A route on its
-        trial that answered anything but "model gone" is back (persisted, announced). True when so.
+        trial that delivered a result is back (persisted, announced): True. One whose trial failed
+        otherwise stays retired and waits another cool-off, logged, not announced: a gateway that
+        answers a dead model with a 500, or refuses the member's input, has not shown the model serves
+        (the mistaken retirements trials exist for came from such input failures, worded like "model
+        gone", and a result is what tells them apart). A failure that comes before the model is looked
+        at (a rate limit, our account, no access) or never reached the provider says nothing.
 
-        Never raises: it runs on a served job's path, which a failed write must not fail.
+        Never raises: a failed write leaves the route retired here as in storage; its next trial asks.
         """
-        if (exc is not None and not _answer_about_the_job(exc)) or not self.trial_due(route):
+        if not (self.trial_due(route) and self.route_live(model, route)):
+            return False
+        if exc is not None:
+            if _answer_about_the_job(exc):
+                await self._wait_again(model, route, exc)
             return False
         try:
             await self._learn(route, gone_reason=None, gone_at=None)
@@ -563,15 +608,28 @@ class ModelLifecycle:
             log.warning("could not store that route %s/%s is back: %s", *route.key, type(error).__name__)
             return False
         log.info(
-            "route %s/%s of %s answered again on its trial (%s); that route is back",
-            route.provider,
-            route.model,
-            model.id,
-            "a result" if exc is None else type(exc).__name__,
+            "route %s/%s of %s delivered a result on its trial; that route is back", *route.key, model.id
         )
         await self._announce(f"♻️ {model.id} on {route.provider} answered again; that route is back.")
         self.live_model_problem()
         return True
+
+    async def _wait_again(self, model: ModelEntry, route: Route, exc: ProviderError) -> None:
+        """A trial that failed without a result: another cool-off from now, as "model gone" again."""
+        try:
+            await self._learn(route, gone_at=self._now())
+        except Exception as error:  # still due here and in storage: the next edit asks it
+            log.warning("could not store route %s/%s's new wait: %s", *route.key, type(error).__name__)
+            return
+        log.warning(
+            "route %s/%s of %s failed its trial without a result (%s, status %s); tried again after %s",
+            *route.key,
+            model.id,
+            type(exc).__name__,
+            exc.status,
+            self.trial_at(route),
+        )
+        self.live_model_problem()
 
     async def revive(self, model_id: str, provider: str, *, actor_id: int) -> list[Route]:
         """The operator (`actor_id`) brings back `model_id`'s routes on `provider` that a "model gone"
@@ -583,6 +641,14 @@ class ModelLifecycle:
         retired = [r for r in routes if self.facts(r).gone]
         if not retired:
             raise InvalidOptions(messages.route_not_retired(model.id, provider), code="route_not_retired")
+        # Cleared, a route dead for another reason would still never be asked: said, not pretended.
+        reasons = [self._dead_otherwise(model, r) for r in retired]
+        if all(reasons):
+            raise InvalidOptions(
+                messages.route_dead_otherwise(model.id, provider, str(reasons[0])),
+                code="route_dead_otherwise",
+            )
+        retired = [r for r, why in zip(retired, reasons, strict=True) if why is None]
         for route in retired:
             was = self.facts(route).gone_reason
             await self._learn(route, gone_reason=None, gone_at=None)
@@ -607,16 +673,24 @@ class ModelLifecycle:
             if route.provider in self.configured
         ]
 
-    def _route_state(self, model: ModelEntry, route: Route) -> RouteState:
-        facts, end, live = self.facts(route), self.route_end(model, route), self.route_live(model, route)
-        why = None
+    def _dead_otherwise(self, model: ModelEntry, route: Route) -> str | None:
+        """Why a configured route is not live whatever a "model gone" answer said (disabled at
+        start-up, missing from its provider's list, past its date), or None. Such a route is never
+        asked again: its trial, or a revive, would not bring it back."""
+        facts, end = self.facts(route), self.route_end(model, route)
         if route.key in self.disabled:
-            why = f"disabled: {self.disabled[route.key]}"
-        elif facts.listed is False:
-            why = f"missing from {route.provider}'s model list"
-        elif end is not None and self.today() >= end:
-            why = f"shut down on {end:%Y-%m-%d}"
-        elif facts.gone:
+            return f"disabled: {self.disabled[route.key]}"
+        if facts.listed is False:
+            return f"missing from {route.provider}'s model list"
+        if end is not None and self.today() >= end:
+            return f"shut down on {end:%Y-%m-%d}"
+        return None
+
+    def _route_state(self, model: ModelEntry, route: Route) -> RouteState:
+        facts, live = self.facts(route), self.route_live(model, route)
+        otherwise = self._dead_otherwise(model, route)
+        why = otherwise
+        if why is None and facts.gone:
             why = f'answered "model gone" ({facts.gone_reason})'
         return RouteState(
             model=model.id,
@@ -626,8 +700,8 @@ class ModelLifecycle:
             why=why,
             gone_reason=facts.gone_reason,
             gone_at=facts.gone_at,
-            trial_at=self.trial_at(route),
-            trial_due=self.trial_due(route),
+            trial_at=self.trial_at(route) if otherwise is None else None,
+            trial_due=self.trial_due(route) and live,
         )
 
     async def apply_listing(self, provider: str, listing: Sequence[ListedModel]) -> DiscoveryReport:
@@ -730,11 +804,18 @@ class ModelLifecycle:
         await self._learn_key(route.key, replace(self.facts(route), **changes))  # type: ignore[arg-type]
 
     async def _learn_key(self, key: tuple[str, str], facts: RouteFacts) -> None:
-        if self._facts.get(key, RouteFacts()) == facts:
+        """Hold `facts` for `key` in memory at once (a concurrent call sees them) and store them. A
+        write that fails puts the old facts back, unless a later one replaced them meanwhile: memory
+        must not keep what storage, a restart and the other processes do not have."""
+        before = self._facts.get(key)
+        if (before or RouteFacts()) == facts:
             return
         self._facts[key] = facts
         self._writes += 1  # a `refresh` reading meanwhile would put back what this replaces
-        if self.store is not None:
+        if self.store is None:
+            return
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
             await self.store.put_route_status(
                 key[0],
                 key[1],
@@ -745,6 +826,17 @@ class ModelLifecycle:
                     "gone_reason": facts.gone_reason,
                 },
             )
+        except Exception:
+            if self._facts.get(key) == facts:
+                if before is None:
+                    self._facts.pop(key, None)
+                else:
+                    self._facts[key] = before
+            raise
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
 
     async def _announce(self, line: str) -> None:
         if self.on_event is None:

@@ -808,6 +808,14 @@ def no_such_route(model_id: str, provider: str) -> str:
     return f"`{echo(model_id)}` has no route on `{echo(provider)}` here. `/owner routes` lists them."
 
 
+def route_dead_otherwise(model_id: str, provider: str, why: str) -> str:
+    """/owner revive for a route a "model gone" answer retired that is also dead for another reason."""
+    return (
+        f"`{echo(model_id)}` on `{echo(provider)}` is also {why}, so bringing it back would not make it "
+        "live. `/owner routes` says why a route is not live."
+    )
+
+
 def route_not_retired(model_id: str, provider: str) -> str:
     """/owner revive for a route no "model gone" answer retired (a date or a model list may have)."""
     return (

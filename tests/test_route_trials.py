@@ -1,9 +1,10 @@
 """A route retired by a "model gone" answer is tried again after GONE_ROUTE_RETRY_HOURS, comes back on
-any other answer, restarts its wait on "model gone" again, and the operator can bring it back by hand;
-other processes learn either from the stored `route_status`. Every test sets its own clock."""
+a result, restarts its wait on "model gone" again (or on another failure), and the operator can bring it
+back by hand; other processes learn either from the stored `route_status`. Every test sets its own clock."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -11,6 +12,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 
+import tests.test_engine as engine_tests
 from bot.errors import InvalidOptions
 from bot.lifecycle import NO_LIVE_MODEL_PROBLEM, ModelLifecycle
 from bot.providers import errors as perr
@@ -19,14 +21,30 @@ from bot.providers.base import Provider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.routing import Router
 from bot.storage import Storage
+from cogs.owner import route_line
 from tests.catalogs import catalog, model, route
-from tests.fakes.atlascloud_server import FakeAtlas
+from tests.fakes.atlascloud_server import FakeAtlas, Fault
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.test_engine import (
+    ALICE,
+    BOB,
+    Factory,
+    deadline_watch,
+    job,
+    kinds,
+    past_the_deadline,
+    submit,
+    until,
+    wait_state,
+)
 from tests.test_lifecycle import Events
 from tests.test_routing import CATALOG, FAST, MINI, request
 
 START = dt.datetime(2026, 11, 15, 9, 30, tzinfo=dt.UTC)
 GONE = perr.ModelGone("404 model not found", provider="atlascloud", status=404, code="not_found")
+make = engine_tests.make  # the engine's service on the fake OpenAI and WaveSpeed (a fixture)
+OPENAI_GONE = perr.ModelGone("404", provider="openai", status=404, code="model_not_found")
 OPERATOR = 2**62 + 7
 
 
@@ -137,25 +155,35 @@ async def test_with_no_retry_hours_a_gone_route_is_retired_for_good(storage: Sto
 
 
 @pytest.mark.parametrize(
-    ("error", "back"),
+    ("error", "after"),
     [
-        (perr.InvalidInput("400 image too small", status=400), True),
-        (perr.ServerError("500", status=500), True),
-        (perr.ProviderTimeout("deadline", accepted=True), True),  # it took the job
-        (perr.RateLimited("429", status=429), False),  # said before the model is looked at
-        (perr.ServiceUnavailable("401 key", status=401), False),  # our account, not the model
-        (perr.ModelUnavailable("no access", status=403), False),
-        (perr.ConnectionFailed("refused", accepted=False), False),  # never reached it
+        (None, "back"),  # a result: the only proof the model serves
+        # A gateway answering a dead model with a 500, an input refusal worded like "gone", a job
+        # taken but never finished: no result, so another cool-off (not announced).
+        (perr.InvalidInput("400 image too small", status=400), "waits"),
+        (perr.ServerError("500", status=500), "waits"),
+        (perr.ProviderTimeout("deadline", accepted=True), "waits"),
+        # Said before the model is looked at, or never reached it: the trial is still due.
+        (perr.RateLimited("429", status=429), "due"),
+        (perr.ServiceUnavailable("401 key", status=401), "due"),  # our account, not the model
+        (perr.ModelUnavailable("no access", status=403), "due"),
+        (perr.ConnectionFailed("refused", accepted=False), "due"),
     ],
 )
-async def test_which_answers_on_a_trial_bring_a_route_back(error: perr.ProviderError, back: bool):
-    clock = Clock()
-    lifecycle = lifecycle_for(clock)
+async def test_only_a_result_on_a_trial_brings_a_route_back(error: perr.ProviderError | None, after: str):
+    clock, events = Clock(), Events()
+    lifecycle = lifecycle_for(clock, events=events)
     m = lifecycle.catalog.get("m")
-    await lifecycle.retire(m, m.routes[0], GONE)
+    atlas = m.routes[0]
+    await lifecycle.retire(m, atlas, GONE)
     clock.advance(hours=24)
-    assert await lifecycle.answered(m, m.routes[0], error) is back
-    assert lifecycle.facts(m.routes[0]).gone is not back
+    assert await lifecycle.answered(m, atlas, error) is (after == "back")
+    assert lifecycle.facts(atlas).gone is (after != "back")
+    assert lifecycle.trial_due(atlas) is (after == "due")
+    if after == "waits":
+        assert lifecycle.trial_at(atlas) == clock.now + dt.timedelta(hours=24)
+        assert lifecycle.facts(atlas).gone_reason == "ModelGone status=404 code=not_found"
+    assert len(events) == 1 + (after == "back")  # the retirement, and a route back
 
 
 async def test_a_model_whose_only_route_is_retired_is_usable_again_for_its_trial(storage: Storage):
@@ -300,7 +328,9 @@ async def adapters(atlas: FakeAtlas, wavespeed: FakeWaveSpeed) -> AsyncIterator[
         }
 
 
-def routed(adapters: dict[str, Provider], clock: Clock, storage: Storage, events: Events) -> Router:
+def routed(
+    adapters: dict[str, Provider], clock: Clock, storage: Storage, events: Events
+) -> tuple[Router, ModelLifecycle]:
     lifecycle = ModelLifecycle(
         CATALOG,
         set(adapters),
@@ -310,13 +340,14 @@ def routed(adapters: dict[str, Provider], clock: Clock, storage: Storage, events
         store=storage.settings,
         on_event=events,
     )
-    return Router(
+    router = Router(
         adapters,
         order=("atlascloud", "wavespeed"),
         live=lifecycle.route_live,
         on_gone=lifecycle.retire,
-        on_answer=lifecycle.answered,
+        on_answer=lifecycle.heard,
     )
+    return router, lifecycle
 
 
 ATLAS_MINI = next(r.model for r in MINI.routes if r.provider == "atlascloud")
@@ -326,7 +357,7 @@ async def test_a_due_trial_that_succeeds_brings_the_route_back(
     adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
 ):
     clock, events = Clock(), Events()
-    router = routed(adapters, clock, storage, events)
+    router, lifecycle = routed(adapters, clock, storage, events)
     atlas.retire_route(ATLAS_MINI)  # a mistaken "model gone", or a shutdown since undone
     assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
     assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
@@ -338,6 +369,7 @@ async def test_a_due_trial_that_succeeds_brings_the_route_back(
 
     assert served.route.provider == "atlascloud" and served.cost_usd == Decimal("0.004")
     assert atlas.submit_count == 2 and wavespeed.submit_count == 2
+    await lifecycle.flush()  # stored and announced off the job's path
     assert events[-1] == "♻️ gpt-image-1-mini on atlascloud answered again; that route is back."
     [row] = await storage.settings.route_status_rows()
     assert (row["provider"], row["gone_at"], row["gone_reason"]) == ("atlascloud", None, None)
@@ -349,7 +381,7 @@ async def test_a_due_trial_that_answers_gone_falls_over_to_the_next_route_and_co
     adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
 ):
     clock, events = Clock(), Events()
-    router = routed(adapters, clock, storage, events)
+    router, _ = routed(adapters, clock, storage, events)
     atlas.retire_route(ATLAS_MINI)
     await router.run(MINI, request(size="auto"))
 
@@ -364,3 +396,288 @@ async def test_a_due_trial_that_answers_gone_falls_over_to_the_next_route_and_co
     assert row["gone_at"] == (START + dt.timedelta(hours=25)).isoformat()
     await router.run(MINI, request(size="auto"))
     assert atlas.submit_count == 2  # the next trial is another wait away
+
+
+async def test_a_trial_that_fails_without_a_result_waits_again_and_the_job_is_not_sent_there_next(
+    adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
+):
+    """A service answering a dead model with a plain 500 on its trial: no result, so the route waits
+    another cool-off (silently) instead of coming back and failing the next member's jobs the same way."""
+    clock, events = Clock(), Events()
+    router, lifecycle = routed(adapters, clock, storage, events)
+    atlas.retire_route(ATLAS_MINI)
+    await router.run(MINI, request(size="auto"))
+    atlas.gone_routes.clear()
+    atlas.fail_next(Fault.SERVER_ERROR)
+
+    clock.advance(hours=24)
+    served = await router.run(MINI, request(size="auto"))  # Atlas's 500 took nothing: sent on
+    assert served.route.provider == "wavespeed" and served.refused_by == ("atlascloud",)
+    await lifecycle.flush()
+
+    on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
+    assert lifecycle.facts(on_atlas).gone and not lifecycle.route_live(MINI, on_atlas)
+    assert lifecycle.trial_at(on_atlas) == clock.now + dt.timedelta(hours=24)
+    assert len(events) == 1  # the retirement only
+    assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
+    assert atlas.submit_count == 2  # not asked again before its next trial
+
+
+# ------------------------------------------------------------------- stored facts and the fleet
+
+
+class SlowPuts:
+    """The store's writes held until released (a busy pool, a slow commit)."""
+
+    def __init__(self, store: object) -> None:
+        self.store, self.held, self.gate = store, asyncio.Event(), asyncio.Event()
+        self.gate.set()
+
+    async def put(self, provider: str, model: str, fields: dict[str, object]) -> None:
+        if not self.gate.is_set():
+            self.held.set()
+            await self.gate.wait()
+        await type(self.store).put_route_status(self.store, provider, model, fields)  # type: ignore[attr-defined]
+
+
+async def test_a_trials_answer_is_not_undone_by_the_round_that_reads_while_it_is_stored(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+):
+    clock, events = Clock(), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    slow = SlowPuts(storage.settings)
+    monkeypatch.setattr(storage.settings, "put_route_status", slow.put)
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+    await here.retire(m, atlas, GONE)
+    clock.advance(hours=24)
+
+    slow.gate.clear()
+    answer = asyncio.create_task(here.answered(m, atlas))  # a served job's result on the trial
+    await slow.held.wait()  # its write is on its way
+    await here.refresh()  # this process's lease round reads the old row meanwhile
+    slow.gate.set()
+    assert await answer
+
+    assert not here.facts(atlas).gone
+    await here.answered(m, atlas)  # the next job on it
+    assert [e for e in events if e.startswith("♻️")] == [
+        "♻️ m on atlascloud answered again; that route is back."
+    ]
+    await here.refresh()  # once the write has landed, the round reads it as this process has it
+    assert not here.facts(atlas).gone
+
+
+async def test_a_revive_is_not_undone_by_the_round_that_reads_while_it_is_stored(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+):
+    clock = Clock()
+    here = lifecycle_for(clock, storage, hours=0)
+    slow = SlowPuts(storage.settings)
+    monkeypatch.setattr(storage.settings, "put_route_status", slow.put)
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+    await here.retire(m, atlas, GONE)
+
+    slow.gate.clear()
+    revive = asyncio.create_task(here.revive("m", "atlascloud", actor_id=OPERATOR))
+    await slow.held.wait()
+    await here.refresh()
+    slow.gate.set()
+    await revive
+    assert here.route_live(m, atlas)
+
+
+async def test_a_fresh_retirement_is_not_undone_by_the_round_so_it_is_announced_once(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+):
+    clock, events = Clock(), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    slow = SlowPuts(storage.settings)
+    monkeypatch.setattr(storage.settings, "put_route_status", slow.put)
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+
+    slow.gate.clear()
+    retire = asyncio.create_task(here.retire(m, atlas, GONE))
+    await slow.held.wait()
+    await here.refresh()
+    slow.gate.set()
+    await retire
+    assert not here.route_live(m, atlas)
+    await here.retire(m, atlas, GONE)  # a concurrent job's same answer
+    assert [e for e in events if e.startswith("🪦")] == [
+        '🪦 m on atlascloud answered "model gone"; that route is retired.'
+    ]
+
+
+async def test_a_trials_answer_whose_write_fails_leaves_the_route_retired_here(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+):
+    clock, events = Clock(), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+    await here.retire(m, atlas, GONE)
+    clock.advance(hours=24)
+
+    async def down(*a: object, **k: object) -> None:
+        raise ConnectionError("database gone")
+
+    monkeypatch.setattr(storage.settings, "put_route_status", down)
+    assert not await here.answered(m, atlas)  # never raises on the served job's path
+    monkeypatch.undo()
+    assert here.facts(atlas).gone and here.trial_due(atlas)  # as storage still has it
+    stored = lifecycle_for(clock, storage)
+    await stored.load()
+    assert here.facts(atlas) == stored.facts(atlas)
+
+    assert await here.answered(m, atlas)  # the next result stores it, and it is announced
+    assert events[-1] == "♻️ m on atlascloud answered again; that route is back."
+
+
+async def test_a_model_retired_on_one_process_is_announced_dead_once_by_the_fleet(storage: Storage):
+    clock, events = Clock(), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    there = lifecycle_for(clock, storage, events=events)  # both post to the one audit channel
+    await here.load()
+    await there.load()
+    await here.tick()
+    await there.tick()
+    solo = here.catalog.get("solo")
+    await here.retire(solo, solo.routes[0], GONE)
+    await there.refresh()  # its next lease round
+    clock.advance(hours=15)  # the next UTC day, before the trial is due
+    await here.tick()
+    await there.tick()
+    assert [e for e in events if "retired on every configured service" in e] == [
+        "🪦 solo is now retired on every configured service."
+    ]
+
+
+# ------------------------------------------------------------- what the operator is told
+
+
+def dated_and_other():
+    return catalog(
+        model("dated", qualities=["low"], price=0.01, routes=[route("atlascloud", shutdown="2026-11-20")]),
+        model("other", qualities=["low"], price=0.01, routes=[route("wavespeed", model="other-id")]),
+    )
+
+
+async def test_a_retired_route_past_its_date_is_not_shown_on_trial_nor_revived():
+    clock = Clock()
+    models = dated_and_other()
+    lifecycle = lifecycle_for(clock, models=models)
+    dated = models.get("dated")
+    await lifecycle.retire(dated, dated.routes[0], GONE)
+    clock.advance(days=10)  # past its trial, and past its date: never asked again
+    assert not lifecycle.route_live(dated, dated.routes[0])
+
+    [state] = [s for s in lifecycle.route_states() if s.model == "dated"]
+    assert not state.trial_due and state.trial_at is None
+    assert route_line(state).startswith("❌") and "not tried again" in route_line(state)
+    assert not any("being tried again" in w or "revive" in w for w in lifecycle.warnings())
+    assert any("dated on atlascloud" in w and "shut down on 2026-11-20" in w for w in lifecycle.warnings())
+    with pytest.raises(InvalidOptions) as refused:
+        await lifecycle.revive("dated", "atlascloud", actor_id=OPERATOR)
+    assert refused.value.code == "route_dead_otherwise" and "shut down" in str(refused.value)
+    assert lifecycle.facts(dated.routes[0]).gone
+
+
+async def test_a_retired_route_missing_from_the_model_list_is_not_shown_on_trial():
+    clock = Clock()
+    lifecycle = lifecycle_for(clock)
+    solo = lifecycle.catalog.get("solo")
+    r = solo.routes[0]
+    await lifecycle.retire(solo, r, GONE)
+    await lifecycle._learn(r, listed=False)
+    clock.advance(hours=25)
+    assert not lifecycle.route_live(solo, r)
+    [state] = [s for s in lifecycle.route_states() if s.model == "solo"]
+    assert "on trial" not in route_line(state) and "missing from atlascloud's model list" in route_line(state)
+    assert not any("being tried again" in w for w in lifecycle.warnings())
+
+
+# ------------------------------------------------------------------------------- the engine
+
+
+async def test_a_trial_that_answers_delivers_its_paid_image_though_the_audit_channel_is_slow(
+    make: Factory, openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+):
+    """The route's comeback is stored and announced off the job's path: a slow audit channel (or
+    database) past the job's deadline must not end the job as a timeout with the paid image lost."""
+    service, recorder = await make()
+    asked = deadline_watch(monkeypatch, service, "openai")  # job deadline 3 s
+    lifecycle = service.lifecycle
+    now = [dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)]
+    lifecycle.now = lambda: now[0]
+    lifecycle.gone_retry_hours = 24
+    preferred = lifecycle.catalog.get("gpt-image-1.5")
+    await lifecycle.retire(preferred, preferred.routes[0], OPENAI_GONE)
+    now[0] += dt.timedelta(hours=25)
+    assert lifecycle.trial_due(preferred.routes[0])
+
+    posting, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_audit(line: str) -> None:  # the audit channel rate limited, or Discord slow
+        posting.set()
+        await go_on.wait()
+
+    lifecycle.on_event = slow_audit
+    job_id = await submit(service)
+    await until(posting.is_set)  # OpenAI answered (billed): the route is back, its post on its way
+    await past_the_deadline(asked)
+    await wait_state(service, job_id, "delivered")
+    assert len(recorder.delivered) == 1 and openai.post_count == 1
+    go_on.set()
+    await lifecycle.flush()
+    assert not lifecycle.facts(preferred.routes[0]).gone
+
+
+async def test_a_default_job_priced_during_a_trial_moves_on_when_the_trial_answers_gone(
+    make: Factory, openai: FakeOpenAI, wavespeed: FakeWaveSpeed
+):
+    """Priced while the preferred model's retired route was due (the default then is that model), a
+    job that did not pick it runs after another job's trial answered "model gone" again: it moves to
+    the next live model within its hold, as one whose model dies mid-run does."""
+    service, recorder = await make()
+    lifecycle = service.lifecycle
+    now = [dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)]
+    lifecycle.now = lambda: now[0]
+    lifecycle.gone_retry_hours = 24
+    preferred = lifecycle.catalog.get("gpt-image-1.5")
+    openai.retire("gpt-image-1.5")
+    await lifecycle.retire(preferred, preferred.routes[0], OPENAI_GONE)
+    now[0] += dt.timedelta(hours=25)  # the trial is due: the default is the preferred model again
+    first = await service.prepare(job(ALICE, model=None))
+    second = await service.prepare(job(BOB, model=None))
+    assert first.model.id == second.model.id == "gpt-image-1.5"
+
+    a = (await service.submit(first)).job_id
+    await wait_state(service, a, "delivered")  # its trial: "model gone" again, moved mid-run
+    assert not lifecycle.usable(preferred)
+    b = (await service.submit(second)).job_id
+    await wait_state(service, b, "delivered")
+    row = await service.storage.jobs.get_job(b)
+    assert row is not None and row.model != "gpt-image-1.5"
+    assert len(recorder.delivered) == 2
+
+
+async def test_a_picked_model_that_died_while_queued_is_released_as_retired(
+    make: Factory, openai: FakeOpenAI
+):
+    service, _ = await make()
+    lifecycle = service.lifecycle
+    now = [dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)]
+    lifecycle.now = lambda: now[0]
+    lifecycle.gone_retry_hours = 24
+    preferred = lifecycle.catalog.get("gpt-image-1.5")
+    await lifecycle.retire(preferred, preferred.routes[0], OPENAI_GONE)
+    now[0] += dt.timedelta(hours=25)
+    picked = await service.prepare(job(ALICE, model="gpt-image-1.5"))
+    await lifecycle.retire(preferred, preferred.routes[0], OPENAI_GONE)  # another job's trial, meanwhile
+
+    job_id = (await service.submit(picked)).job_id
+    await wait_state(service, job_id, "failed")
+    assert openai.post_count == 0 and await kinds(service, job_id) == ["reserve", "release"]

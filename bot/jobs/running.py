@@ -17,6 +17,7 @@ from dataclasses import replace
 from bot import messages
 from bot.catalog import ModelEntry, Route, usd_to_credits
 from bot.domain.options import output_options
+from bot.errors import InvalidOptions
 from bot.jobs.core import ActiveJob, EngineCore
 from bot.jobs.model import (
     JobCancelled,
@@ -123,6 +124,10 @@ class ProviderRun(EngineCore):
             if not sent:
                 job.leaving = max(0, job.leaving - 1)
 
+        if not self.lifecycle.usable(model):
+            # Its model died while the job queued: a trial that made it the default answered "model
+            # gone" again, or a date passed. The job moves on as one whose model died mid-run does.
+            model, spec = await self._next_model(job, spec, model)
         while True:
             call = self.router.run(
                 model,
@@ -140,6 +145,12 @@ class ProviderRun(EngineCore):
                     raise  # taken, or other routes of the model only failed for other reasons
                 # No provider took the job, so it may run elsewhere: the router already retired the
                 # dead routes; every route of this model is gone.
+                model, spec = await self._next_model(job, spec, model)
+            except InvalidOptions as exc:
+                if exc.code != "no_route" or self.lifecycle.usable(model):
+                    raise
+                # The model died between the check above and the router's pick (a concurrent job's
+                # trial answered "model gone"): nothing was sent.
                 model, spec = await self._next_model(job, spec, model)
 
     async def _next_model(

@@ -210,7 +210,7 @@ class EditService:
             limiter=ProviderLimiter.from_settings(settings),
             live=self.lifecycle.route_live,
             on_gone=self.lifecycle.retire,
-            on_answer=self.lifecycle.answered,
+            on_answer=self.lifecycle.heard,
         )
         self._salt = user_salt
         self._defaults = defaults
@@ -514,7 +514,9 @@ class EditService:
         """Stop taking jobs and let running ones finish for up to `grace` seconds (see
         `JobEngine.drain`: nothing durable is lost). Returns how many were aborted and refunded."""
         await self.stop_discovery()
-        return await self.engine.drain(grace)
+        aborted = await self.engine.drain(grace)
+        await self.lifecycle.flush()  # a trial's answer still being stored and announced
+        return aborted
 
     async def options_for(self, guild_id: int, user_id: int, options: EditOptions) -> JobDefaults:
         """Merge command options over the user's/guild's defaults (command options always win)."""
