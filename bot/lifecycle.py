@@ -10,11 +10,14 @@ route again, and every change is announced through `on_event` (the audit channel
 A "model gone" answer is not always right (an input failure worded like one: a 404 "Image not found"
 for an upload), and no reseller publishes a model list that could bring its route back. So a route
 retired by such an answer is tried again once `gone_retry_hours` have passed since it was retired
-(`trial_due`): it is live again, in its place in the route order, until the provider answers. Only a
-result brings it back (`answered`, run beside the served job by `heard`); "model gone" again
-(`retire`), or another failure the provider answered, restarts its cool-off. A trial costs nobody
-anything: "model gone" means nothing ran, and the router moves the job to the model's next route, or
-to another model, as on the first answer. While a trial is due the
+(`trial_due`): it is live again, in its place in the route order, until the provider answers. Only two
+answers change anything: a result brings it back (`answered`, run beside the served job by `heard`), and
+"model gone" again (`retire`) restarts its cool-off. Any other failure (a 5xx, a refused input, a
+timeout) leaves the trial due and the next job asks again; a provider that keeps failing is the circuit
+breaker's to skip. Either write is conditional on the stamp the process read, so of the processes that
+saw one trial due only the first answer counts (and is announced); the others read it back. A trial
+costs nobody anything: "model gone" means nothing ran, and the router moves the job to the model's next
+route, or to another model, as on the first answer. While a trial is due the
 route counts as live everywhere (the model is usable, a default may point at it, `/healthz` has a
 live model): the trial is the question "is it back?", and one place answers it. The operator may
 also bring a route back by hand (`revive`, `/owner revive`). Routes ended by a date or by OpenAI's
@@ -45,8 +48,6 @@ from bot.errors import InvalidOptions
 from bot.providers.errors import (
     ConnectionFailed,
     ModelGone,
-    ModelUnavailable,
-    ProviderError,
     ProviderTimeout,
     RateLimited,
     ServerError,
@@ -62,6 +63,8 @@ IMAGE_MODEL_PREFIX = "gpt-image-"
 DISCOVERY_INTERVAL_SECONDS = 24 * 3600
 # What `/healthz` reports while no model is usable here: the bot is up but cannot edit.
 NO_LIVE_MODEL_PROBLEM = "no live model"
+# How long shutdown waits for a trial's answer still being stored and announced (as the audit log's).
+FLUSH_TIMEOUT_SECONDS = 5.0
 
 Event = Callable[[str], Awaitable[None]]
 Today = Callable[[], dt.date]
@@ -146,6 +149,15 @@ class RouteStore(Protocol):
 
     async def put_route_status(self, provider: str, model: str, fields: dict[str, object]) -> None: ...
 
+    async def replace_route_gone(
+        self,
+        provider: str,
+        model: str,
+        seen_gone_at: Collection[str],
+        gone_at: str | None,
+        gone_reason: str | None,
+    ) -> bool: ...
+
     async def stored_models(self) -> set[str]: ...
 
     async def move_stored_model(
@@ -210,7 +222,7 @@ class ModelLifecycle:
         stored = await self._stored()
         if writes != self._writes:
             return  # this process learned something while reading: the next round reads it back
-        changed = False
+        changed, retired = False, set()
         for key in set(stored) | set(self._facts):
             before, after = self._facts.get(key, RouteFacts()), stored.get(key, RouteFacts())
             if before == after or key in busy:
@@ -220,15 +232,24 @@ class ModelLifecycle:
             if before.gone != after.gone:
                 state = "retired" if after.gone else "back"
                 log.info("route %s/%s is %s (told by another process)", key[0], key[1], state)
+                if after.gone:
+                    retired.add(key)
         if changed:
-            self._dead_told_elsewhere()
+            self._dead_told_elsewhere(retired)
             self.live_model_problem()
 
-    def _dead_told_elsewhere(self) -> None:
-        """Models dead now by another process's news count as already seen by the daily tick: the
-        process that learned it announces the model retired, not every process of the fleet."""
-        if self._dead is not None:
-            self._dead |= self._dead_now()
+    def _dead_told_elsewhere(self, retired: Collection[tuple[str, str]]) -> None:
+        """Models dead now because another process retired one of their routes (`retired`) count as
+        already seen by the daily tick: the process that learned it announces the model retired, not
+        every process of the fleet. Only those: a model that died otherwise (its date passed) is still
+        this process's to announce, and its stored defaults to move, at its next tick."""
+        if self._dead is None or not retired:
+            return
+        self._dead |= {
+            model_id
+            for model_id in self._dead_now()
+            if any(r.key in retired for r in self.catalog.models[model_id].routes)
+        }
 
     def _dead_now(self) -> set[str]:
         # A model live only for a retired route's trial is still dead here: announced once, not again
@@ -539,12 +560,14 @@ class ModelLifecycle:
     async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
         """The provider answered "model gone" for `route`: retire it until its trial (never, with
         `gone_retry_hours` 0). True when newly retired; a trial that answers "model gone" again only
-        restarts the cool-off (logged, not announced a second time)."""
+        restarts the cool-off (logged, not announced a second time), unless another process answered
+        the same trial first."""
         reason = f"{type(exc).__name__} status={exc.status} code={exc.code}"
         if self.facts(route).gone:
             if not self.trial_due(route):
                 return False  # already known (a concurrent call's answer)
-            await self._learn(route, gone_reason=reason, gone_at=self._now())
+            if not await self._swap_gone(route, reason, self._now()):
+                return False  # another process answered this trial first: its news is read back
             log.warning(
                 'route %s/%s of %s still answers "model gone" on its trial (%s); tried again after %s',
                 route.provider,
@@ -569,67 +592,55 @@ class ModelLifecycle:
         self.live_model_problem()
         return True
 
-    def heard(self, model: ModelEntry, route: Route, exc: ProviderError | None = None) -> None:
-        """`answered`, off the caller's path: the router calls this on a served job's way, where a
-        database write and an audit post must not hold a result the provider made (past the job's
-        deadline, it would be thrown away). Decided here at once; the rest runs as a tracked task
-        (`flush` awaits them). A route not on its trial costs nothing."""
+    def heard(self, model: ModelEntry, route: Route) -> None:
+        """`answered`, off the caller's path: the router calls this when a call on `route` delivered a
+        result, on a served job's way, where a database write and an audit post must not hold a result
+        the provider made (past the job's deadline, it would be thrown away). Decided here at once; the
+        rest runs as a tracked task (`flush` waits for them). A route not on its trial costs nothing."""
         if not self.trial_due(route):
             return
-        task = asyncio.get_running_loop().create_task(self.answered(model, route, exc))
+        task = asyncio.get_running_loop().create_task(self.answered(model, route))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def flush(self) -> None:
-        """Wait for `heard`'s answers still being stored and announced (shutdown, tests)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> None:  # noqa: ASYNC109 - a bound
+        """Wait (up to `timeout` s) for `heard`'s answers still being stored and announced, and cancel
+        what is left (shutdown, tests). The route is stored before it is announced: a hung audit post
+        loses only the post."""
+        if not self._background:
+            return
+        _, left = await asyncio.wait(set(self._background), timeout=timeout)
+        for task in left:
+            task.cancel()
+        if left:
+            log.warning("gave up on %d trial answer(s) still being announced at shutdown", len(left))
+            await asyncio.gather(*left, return_exceptions=True)
 
-    async def answered(self, model: ModelEntry, route: Route, exc: ProviderError | None = None) -> bool:
-        """A call on `route` came back with a result (`exc` None) or failed with `exc`. A route on its
-        trial that delivered a result is back (persisted, announced): True. One whose trial failed
-        otherwise stays retired and waits another cool-off, logged, not announced: a gateway that
-        answers a dead model with a 500, or refuses the member's input, has not shown the model serves
-        (the mistaken retirements trials exist for came from such input failures, worded like "model
-        gone", and a result is what tells them apart). A failure that comes before the model is looked
-        at (a rate limit, our account, no access) or never reached the provider says nothing.
+    async def answered(self, model: ModelEntry, route: Route) -> bool:
+        """A call on `route` delivered a result. A route on its trial is back (persisted, announced):
+        True. Only a result does this, and only "model gone" again (`retire`) restarts the cool-off:
+        any other failure on a trial (a 5xx, a refused input, a timeout, a rate limit) changes nothing,
+        and the next job asks again. A provider that keeps failing is the circuit breaker's
+        (bot.routing.breaker), and a failure on one process must not undo a result on another.
 
-        Never raises: a failed write leaves the route retired here as in storage; its next trial asks.
-        """
+        The write is conditional on the stamp read here: of processes that each saw the trial due, the
+        first result brings it back and is announced; the others read that back, silently. Never
+        raises: a failed write leaves the route retired here as in storage; its next trial asks."""
         if not (self.trial_due(route) and self.route_live(model, route)):
             return False
-        if exc is not None:
-            if _answer_about_the_job(exc):
-                await self._wait_again(model, route, exc)
-            return False
         try:
-            await self._learn(route, gone_reason=None, gone_at=None)
+            back = await self._swap_gone(route, None, None)
         except Exception as error:  # the route stays retired here; its next trial asks again
             log.warning("could not store that route %s/%s is back: %s", *route.key, type(error).__name__)
             return False
+        if not back:
+            return False  # another process answered this trial first: what it stored is held here
         log.info(
             "route %s/%s of %s delivered a result on its trial; that route is back", *route.key, model.id
         )
         await self._announce(f"♻️ {model.id} on {route.provider} answered again; that route is back.")
         self.live_model_problem()
         return True
-
-    async def _wait_again(self, model: ModelEntry, route: Route, exc: ProviderError) -> None:
-        """A trial that failed without a result: another cool-off from now, as "model gone" again."""
-        try:
-            await self._learn(route, gone_at=self._now())
-        except Exception as error:  # still due here and in storage: the next edit asks it
-            log.warning("could not store route %s/%s's new wait: %s", *route.key, type(error).__name__)
-            return
-        log.warning(
-            "route %s/%s of %s failed its trial without a result (%s, status %s); tried again after %s",
-            *route.key,
-            model.id,
-            type(exc).__name__,
-            exc.status,
-            self.trial_at(route),
-        )
-        self.live_model_problem()
 
     async def revive(self, model_id: str, provider: str, *, actor_id: int) -> list[Route]:
         """The operator (`actor_id`) brings back `model_id`'s routes on `provider` that a "model gone"
@@ -804,39 +815,82 @@ class ModelLifecycle:
         await self._learn_key(route.key, replace(self.facts(route), **changes))  # type: ignore[arg-type]
 
     async def _learn_key(self, key: tuple[str, str], facts: RouteFacts) -> None:
-        """Hold `facts` for `key` in memory at once (a concurrent call sees them) and store them. A
-        write that fails puts the old facts back, unless a later one replaced them meanwhile: memory
-        must not keep what storage, a restart and the other processes do not have."""
-        before = self._facts.get(key)
-        if (before or RouteFacts()) == facts:
-            return
-        self._facts[key] = facts
-        self._writes += 1  # a `refresh` reading meanwhile would put back what this replaces
-        if self.store is None:
-            return
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        try:
+        """Hold `facts` for `key` in memory at once and store them (see `_write`)."""
+
+        async def put(stored: RouteFacts) -> bool:
+            assert self.store is not None
             await self.store.put_route_status(
                 key[0],
                 key[1],
                 {
-                    "shutdown": facts.shutdown.isoformat() if facts.shutdown else None,
-                    "listed": None if facts.listed is None else int(facts.listed),
-                    "gone_at": _stamp(facts.gone_at or self._now()) if facts.gone else None,
-                    "gone_reason": facts.gone_reason,
+                    "shutdown": stored.shutdown.isoformat() if stored.shutdown else None,
+                    "listed": None if stored.listed is None else int(stored.listed),
+                    "gone_at": _stamp(stored.gone_at) if stored.gone_at else None,
+                    "gone_reason": stored.gone_reason,
                 },
             )
+            return True
+
+        await self._write(key, facts, put)
+
+    async def _swap_gone(self, route: Route, reason: str | None, at: dt.datetime | None) -> bool:
+        """Restamp a route on its trial as gone again at `at`, or with None bring it back, only if its
+        stored stamp is still the one held here. False when another process changed it first: its row
+        is then read back into memory."""
+        seen = self.facts(route).gone_at
+
+        async def swap(stored: RouteFacts) -> bool:
+            assert self.store is not None
+            return await self.store.replace_route_gone(
+                *route.key,
+                _stored_forms(seen),
+                _stamp(stored.gone_at) if stored.gone_at else None,
+                stored.gone_reason,
+            )
+
+        return await self._write(route.key, replace(self.facts(route), gone_reason=reason, gone_at=at), swap)
+
+    async def _write(
+        self, key: tuple[str, str], facts: RouteFacts, store: Callable[[RouteFacts], Awaitable[bool]]
+    ) -> bool:
+        """Hold `facts` for `key` in memory at once (a concurrent call sees them) and `store` them.
+        Memory holds what storage holds: a "model gone" moment to the second, as stored. A write that
+        fails puts the old facts back, unless a later one replaced them meanwhile: memory must not keep
+        what storage, a restart and the other processes do not have. A conditional write that changed
+        nothing (`store` returned False: another process got there first) reads the stored row back.
+        True when stored."""
+        if facts.gone:
+            facts = replace(facts, gone_at=_moment(_stamp(facts.gone_at or self._now())))
+        before = self._facts.get(key)
+        if (before or RouteFacts()) == facts:
+            return True
+        self._facts[key] = facts
+        self._writes += 1  # a `refresh` reading meanwhile would put back what this replaces
+        if self.store is None:
+            return True
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            written = await store(facts)
+            stored = None if written else (await self._stored()).get(key)
         except Exception:
-            if self._facts.get(key) == facts:
-                if before is None:
-                    self._facts.pop(key, None)
-                else:
-                    self._facts[key] = before
+            self._put_back(key, facts, before)
             raise
         finally:
             self._in_flight[key] -= 1
             if not self._in_flight[key]:
                 del self._in_flight[key]
+        if not written:  # another process got there first: what it stored replaces this
+            self._put_back(key, facts, stored)
+        return written
+
+    def _put_back(self, key: tuple[str, str], facts: RouteFacts, other: RouteFacts | None) -> None:
+        """Hold `other` for `key` instead of `facts`, unless a later write replaced them meanwhile."""
+        if self._facts.get(key) != facts:
+            return
+        if other is None:
+            self._facts.pop(key, None)
+        else:
+            self._facts[key] = other
 
     async def _announce(self, line: str) -> None:
         if self.on_event is None:
@@ -847,20 +901,18 @@ class ModelLifecycle:
             log.warning("could not announce a model change: %s", type(exc).__name__)
 
 
-def _answer_about_the_job(exc: ProviderError) -> bool:
-    """Whether a failed call shows the provider still serves the model: it took the job, or answered
-    it (an HTTP status) with something other than "model gone" or "no access" (ModelUnavailable), a
-    refusal of our account (ServiceUnavailable) or a rate limit, which come before the model is
-    looked at. A call that never reached it (a refused connection, the limiter's own refusal) says
-    nothing."""
-    if isinstance(exc, ModelUnavailable | ServiceUnavailable | RateLimited):
-        return False
-    return exc.accepted or exc.status is not None
-
-
 def _stamp(moment: dt.datetime) -> str:
     """A "model gone" moment as stored: ISO-8601 UTC to the second."""
     return moment.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def _stored_forms(moment: dt.datetime | None) -> tuple[str, ...]:
+    """How a `gone_at` read as `moment` may be stored: its stamp, or the bare day of older rows."""
+    if moment is None:
+        return ()
+    stamp = _stamp(moment)
+    midnight = moment.astimezone(dt.UTC).time() == dt.time()
+    return (stamp, moment.astimezone(dt.UTC).date().isoformat()) if midnight else (stamp,)
 
 
 def _moment(text: str) -> dt.datetime:

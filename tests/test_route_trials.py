@@ -1,10 +1,12 @@
 """A route retired by a "model gone" answer is tried again after GONE_ROUTE_RETRY_HOURS, comes back on
-a result, restarts its wait on "model gone" again (or on another failure), and the operator can bring it
-back by hand; other processes learn either from the stored `route_status`. Every test sets its own clock."""
+a result, restarts its wait on "model gone" again (any other failure changes nothing), and the operator
+can bring it back by hand; other processes learn either from the stored `route_status`, and of
+processes that answer one trial at once only the first counts. Every test sets its own clock."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -20,6 +22,7 @@ from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import Provider
 from bot.providers.wavespeed import WaveSpeedProvider
 from bot.routing import Router
+from bot.routing.breaker import BREAKER_THRESHOLD
 from bot.storage import Storage
 from cogs.owner import route_line
 from tests.catalogs import catalog, model, route
@@ -152,38 +155,6 @@ async def test_with_no_retry_hours_a_gone_route_is_retired_for_good(storage: Sto
     assert not lifecycle.route_live(m, m.routes[0]) and lifecycle.trial_at(m.routes[0]) is None
     assert not await lifecycle.answered(m, m.routes[0])
     assert "not tried again" in " ".join(lifecycle.warnings())
-
-
-@pytest.mark.parametrize(
-    ("error", "after"),
-    [
-        (None, "back"),  # a result: the only proof the model serves
-        # A gateway answering a dead model with a 500, an input refusal worded like "gone", a job
-        # taken but never finished: no result, so another cool-off (not announced).
-        (perr.InvalidInput("400 image too small", status=400), "waits"),
-        (perr.ServerError("500", status=500), "waits"),
-        (perr.ProviderTimeout("deadline", accepted=True), "waits"),
-        # Said before the model is looked at, or never reached it: the trial is still due.
-        (perr.RateLimited("429", status=429), "due"),
-        (perr.ServiceUnavailable("401 key", status=401), "due"),  # our account, not the model
-        (perr.ModelUnavailable("no access", status=403), "due"),
-        (perr.ConnectionFailed("refused", accepted=False), "due"),
-    ],
-)
-async def test_only_a_result_on_a_trial_brings_a_route_back(error: perr.ProviderError | None, after: str):
-    clock, events = Clock(), Events()
-    lifecycle = lifecycle_for(clock, events=events)
-    m = lifecycle.catalog.get("m")
-    atlas = m.routes[0]
-    await lifecycle.retire(m, atlas, GONE)
-    clock.advance(hours=24)
-    assert await lifecycle.answered(m, atlas, error) is (after == "back")
-    assert lifecycle.facts(atlas).gone is (after != "back")
-    assert lifecycle.trial_due(atlas) is (after == "due")
-    if after == "waits":
-        assert lifecycle.trial_at(atlas) == clock.now + dt.timedelta(hours=24)
-        assert lifecycle.facts(atlas).gone_reason == "ModelGone status=404 code=not_found"
-    assert len(events) == 1 + (after == "back")  # the retirement, and a route back
 
 
 async def test_a_model_whose_only_route_is_retired_is_usable_again_for_its_trial(storage: Storage):
@@ -398,29 +369,135 @@ async def test_a_due_trial_that_answers_gone_falls_over_to_the_next_route_and_co
     assert atlas.submit_count == 2  # the next trial is another wait away
 
 
-async def test_a_trial_that_fails_without_a_result_waits_again_and_the_job_is_not_sent_there_next(
-    adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
+@pytest.mark.parametrize("fault", [Fault.SERVER_ERROR, Fault.INPUT_NOT_FOUND])
+async def test_a_trial_that_fails_without_a_result_stays_due_and_the_next_job_asks_again(
+    adapters: dict[str, Provider], atlas: FakeAtlas, storage: Storage, fault: Fault
 ):
-    """A service answering a dead model with a plain 500 on its trial: no result, so the route waits
-    another cool-off (silently) instead of coming back and failing the next member's jobs the same way."""
+    """Only a result or "model gone" again answers a trial: a 500 (sent on) or a refused input (the
+    member's job fails) proves neither, changes nothing, and the next job asks the route again."""
     clock, events = Clock(), Events()
     router, lifecycle = routed(adapters, clock, storage, events)
     atlas.retire_route(ATLAS_MINI)
     await router.run(MINI, request(size="auto"))
     atlas.gone_routes.clear()
-    atlas.fail_next(Fault.SERVER_ERROR)
+    atlas.fail_next(fault)
 
     clock.advance(hours=24)
-    served = await router.run(MINI, request(size="auto"))  # Atlas's 500 took nothing: sent on
-    assert served.route.provider == "wavespeed" and served.refused_by == ("atlascloud",)
+    with contextlib.suppress(perr.InvalidInput):
+        await router.run(MINI, request(size="auto"))
     await lifecycle.flush()
-
     on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
-    assert lifecycle.facts(on_atlas).gone and not lifecycle.route_live(MINI, on_atlas)
-    assert lifecycle.trial_at(on_atlas) == clock.now + dt.timedelta(hours=24)
-    assert len(events) == 1  # the retirement only
+    assert lifecycle.trial_due(on_atlas) and len(events) == 1  # the retirement only
+    [row] = await storage.settings.route_status_rows()
+    assert row["gone_at"] == START.isoformat()  # nothing stored either
+
+    clock.advance(minutes=1)
+    assert (await router.run(MINI, request(size="auto"))).route.provider == "atlascloud"  # asked again
+    await lifecycle.flush()
+    assert not lifecycle.facts(on_atlas).gone and events[-1].startswith("♻️")
+
+
+async def test_a_trials_refused_input_does_not_keep_the_next_jobs_result_from_bringing_it_back(
+    adapters: dict[str, Provider], atlas: FakeAtlas, storage: Storage
+):
+    """Two members' jobs on one due trial: the first one's input refused (400), the second's image made
+    and billed. The second result brings the route back; the first failure took nothing from it."""
+    clock, events = Clock(), Events()
+    router, lifecycle = routed(adapters, clock, storage, events)
+    atlas.retire_route(ATLAS_MINI)
+    await router.run(MINI, request(size="auto"))
+    atlas.gone_routes.clear()
+    clock.advance(hours=24)
+
+    atlas.fail_next(Fault.INPUT_NOT_FOUND)
+    with pytest.raises(perr.InvalidInput):
+        await router.run(MINI, request(size="auto"))
+    assert (await router.run(MINI, request(size="auto"))).route.provider == "atlascloud"
+    await lifecycle.flush()
+    on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
+    assert not lifecycle.facts(on_atlas).gone
+    assert events[-1] == "♻️ gpt-image-1-mini on atlascloud answered again; that route is back."
+
+
+async def test_a_failure_on_another_process_does_not_retire_again_a_route_a_result_brought_back(
+    adapters: dict[str, Provider], atlas: FakeAtlas, storage: Storage
+):
+    """The trial is due on every process. Process A's job delivers a result: the route is back. Process
+    B, before its next lease round, still sees the trial due; its job there gets a 500. Fleet-wide the
+    route that just served a paid result must stay back."""
+    clock, events = Clock(), Events()
+    b_router, b = routed(adapters, clock, storage, events)
+    a = lifecycle_for(clock, storage, events=events, models=CATALOG)
+    atlas.retire_route(ATLAS_MINI)
+    await b_router.run(MINI, request(size="auto"))
+    atlas.gone_routes.clear()
+    await a.refresh()
+    clock.advance(hours=24)
+    on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
+
+    assert await a.answered(MINI, on_atlas)  # a paid result on A
+    clock.advance(seconds=1)
+    atlas.fail_next(Fault.SERVER_ERROR)
+    assert (await b_router.run(MINI, request(size="auto"))).route.provider == "wavespeed"  # B's job
+    await b.flush()
+    await a.refresh()  # A's next lease round
+    await b.refresh()
+    assert not a.facts(on_atlas).gone and not b.facts(on_atlas).gone
+
+
+async def test_a_due_trials_provider_that_keeps_failing_is_skipped_by_its_circuit_breaker(
+    adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
+):
+    """A trial's 5xx changes nothing in the lifecycle: the breaker counts it like any failure, so after
+    BREAKER_THRESHOLD in a row the provider is skipped and members' jobs are not sent there each time."""
+    clock, events = Clock(), Events()
+    router, lifecycle = routed(adapters, clock, storage, events)
+    atlas.retire_route(ATLAS_MINI)
+    await router.run(MINI, request(size="auto"))
+    atlas.gone_routes.clear()
+    clock.advance(hours=24)
+
+    for _ in range(BREAKER_THRESHOLD):
+        atlas.fail_next(Fault.SERVER_ERROR)
+        assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
+    asked = atlas.submit_count
+    assert router.breaker.state("atlascloud") == "open"
     assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
-    assert atlas.submit_count == 2  # not asked again before its next trial
+    assert atlas.submit_count == asked  # skipped: not asked again during the cool-down
+    on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
+    assert lifecycle.trial_due(on_atlas)
+
+
+async def test_a_due_trials_job_followed_after_a_restart_brings_the_route_back(
+    adapters: dict[str, Provider], atlas: FakeAtlas, storage: Storage
+):
+    """A job the trial route took before a restart is followed to its result (`Router.resume`): that
+    result brings the route back as `run`'s does."""
+    clock, events = Clock(), Events()
+    router, lifecycle = routed(adapters, clock, storage, events)
+    atlas.retire_route(ATLAS_MINI)
+    await router.run(MINI, request(size="auto"))
+    atlas.gone_routes.clear()
+    clock.advance(hours=24)
+
+    atlas.hold_results()
+    taken: list[str] = []
+
+    async def submitted(route: object, job_id: str) -> None:
+        taken.append(job_id)
+
+    running = asyncio.create_task(router.run(MINI, request(size="auto"), on_submitted=submitted))
+    await until(lambda: taken)
+    running.cancel()  # the process stops; the provider keeps the job
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+    atlas.release_results()
+
+    served = await router.resume(MINI, "atlascloud", taken, request(size="auto"))
+    assert served.route.provider == "atlascloud"
+    await lifecycle.flush()
+    assert not lifecycle.facts(served.route).gone
+    assert events[-1] == "♻️ gpt-image-1-mini on atlascloud answered again; that route is back."
 
 
 # ------------------------------------------------------------------- stored facts and the fleet
@@ -439,6 +516,12 @@ class SlowPuts:
             await self.gate.wait()
         await type(self.store).put_route_status(self.store, provider, model, fields)  # type: ignore[attr-defined]
 
+    async def swap(self, provider: str, model: str, *args: object) -> bool:
+        if not self.gate.is_set():
+            self.held.set()
+            await self.gate.wait()
+        return await type(self.store).replace_route_gone(self.store, provider, model, *args)  # type: ignore[attr-defined]
+
 
 async def test_a_trials_answer_is_not_undone_by_the_round_that_reads_while_it_is_stored(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
@@ -447,6 +530,7 @@ async def test_a_trials_answer_is_not_undone_by_the_round_that_reads_while_it_is
     here = lifecycle_for(clock, storage, events=events)
     slow = SlowPuts(storage.settings)
     monkeypatch.setattr(storage.settings, "put_route_status", slow.put)
+    monkeypatch.setattr(storage.settings, "replace_route_gone", slow.swap)
     m = here.catalog.get("m")
     atlas = m.routes[0]
     await here.retire(m, atlas, GONE)
@@ -524,7 +608,7 @@ async def test_a_trials_answer_whose_write_fails_leaves_the_route_retired_here(
     async def down(*a: object, **k: object) -> None:
         raise ConnectionError("database gone")
 
-    monkeypatch.setattr(storage.settings, "put_route_status", down)
+    monkeypatch.setattr(storage.settings, "replace_route_gone", down)
     assert not await here.answered(m, atlas)  # never raises on the served job's path
     monkeypatch.undo()
     assert here.facts(atlas).gone and here.trial_due(atlas)  # as storage still has it
@@ -553,6 +637,118 @@ async def test_a_model_retired_on_one_process_is_announced_dead_once_by_the_flee
     assert [e for e in events if "retired on every configured service" in e] == [
         "🪦 solo is now retired on every configured service."
     ]
+
+
+async def test_a_trials_comeback_is_announced_once_by_the_fleet(storage: Storage):
+    """Two processes see one trial due (one stored stamp) and each sends a job there before its next
+    lease round: both results bring the route back, but only the first write counts and is announced;
+    the other reads the stored row back."""
+    clock, events = Clock(), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    there = lifecycle_for(clock, storage, events=events)  # one audit channel
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+    await here.retire(m, atlas, GONE)
+    await there.refresh()
+    clock.advance(hours=24)
+    assert here.trial_due(atlas) and there.trial_due(atlas)
+
+    assert await here.answered(m, atlas)
+    assert not await there.answered(m, atlas)  # its own job's result, before its lease round
+    assert [e for e in events if e.startswith("♻️")] == [
+        "♻️ m on atlascloud answered again; that route is back."
+    ]
+    assert not there.facts(atlas).gone and there.route_live(m, atlas)
+
+
+async def test_a_trials_gone_again_on_another_process_does_not_undo_a_result(storage: Storage):
+    """Process A's job brings the route back; B's job on the same trial (before B's lease round) hears
+    "model gone": B's restamp is conditional on the stamp it read, so A's comeback stands, and B holds it."""
+    clock, events = Clock(), Events()
+    a = lifecycle_for(clock, storage, events=events)
+    b = lifecycle_for(clock, storage, events=events)
+    m = a.catalog.get("m")
+    atlas = m.routes[0]
+    await a.retire(m, atlas, GONE)
+    await b.refresh()
+    clock.advance(hours=24)
+
+    assert await a.answered(m, atlas)
+    assert not await b.retire(m, atlas, GONE)
+    assert not b.facts(atlas).gone
+    await a.refresh()
+    assert not a.facts(atlas).gone and len(events) == 2  # retired, back: nothing more
+
+
+async def test_a_models_death_is_announced_though_its_own_lease_round_reads_the_stamp_back(
+    storage: Storage,
+):
+    """A real clock has microseconds; the stored stamp has seconds. Memory holds the stored form, so
+    this process's own lease round does not take its own write for another process's news."""
+    clock, events = Clock(dt.datetime(2026, 11, 15, 9, 30, 0, 123456, tzinfo=dt.UTC)), Events()
+    here = lifecycle_for(clock, storage, events=events)
+    await here.load()
+    await here.tick()
+    solo = here.catalog.get("solo")
+    await here.retire(solo, solo.routes[0], GONE)
+    clock.advance(seconds=5)
+    await here.refresh()  # this process's own next lease round (PostgreSQL fleet)
+    clock.advance(hours=15)  # the next UTC day, before the trial is due
+    await here.tick()
+    assert "🪦 solo is now retired on every configured service." in events
+
+
+async def test_another_processes_unrelated_news_does_not_swallow_a_models_death(storage: Storage):
+    """Only models with a route another process retired count as told elsewhere: one this process
+    retired itself, or one whose date passed, is still announced (and its stored defaults moved)."""
+    models = catalog(
+        model("dated", qualities=["low"], price=0.01, routes=[route("atlascloud", shutdown="2026-11-16")]),
+        model("solo", qualities=["low"], price=0.01, routes=[route("atlascloud", model="solo-id")]),
+        model(
+            "m", qualities=["low"], price=0.01, routes=[route("atlascloud", model="m-id"), route("wavespeed")]
+        ),
+    )
+    clock, events = Clock(dt.datetime(2026, 11, 15, 20, 0, tzinfo=dt.UTC)), Events()
+    here = lifecycle_for(clock, storage, events=events, models=models)
+    there = lifecycle_for(clock, storage, models=models)
+    await here.load()
+    await here.tick()
+    await storage.settings.update_user_settings(1, {"model": "dated"})
+    solo, m = models.get("solo"), models.get("m")
+    await here.retire(solo, solo.routes[0], GONE)
+    clock.advance(hours=5)  # past midnight: "dated" shut down
+    await there.retire(m, m.routes[0], GONE)  # unrelated news from another process
+    await here.refresh()  # a lease round before this process's first edit of the day
+    await here.tick()
+    assert "🪦 solo is now retired on every configured service." in events
+    assert "🪦 dated is now retired on every configured service." in events
+    assert (await storage.settings.user_settings_row(1))["model"] != "dated"  # type: ignore[index]
+
+
+async def test_shutdown_waits_for_a_trials_hung_announcement_only_so_long(storage: Storage):
+    """The comeback is stored first; an audit post that hangs (Discord rate limit, an outage) is given
+    up on at `flush`'s bound: only the post is lost."""
+    clock = Clock()
+    posting = asyncio.Event()
+
+    async def hung(line: str) -> None:
+        posting.set()
+        await asyncio.Event().wait()
+
+    here = lifecycle_for(clock, storage)
+    m = here.catalog.get("m")
+    atlas = m.routes[0]
+    await here.retire(m, atlas, GONE)
+    clock.advance(hours=24)
+    here.on_event = hung
+    here.heard(m, atlas)
+    await posting.wait()
+    try:
+        await asyncio.wait_for(here.flush(0.05), timeout=5)
+    except TimeoutError:
+        pytest.fail("flush still waits on the hung audit post")
+    [row] = await storage.settings.route_status_rows()
+    assert row["gone_at"] is None
 
 
 # ------------------------------------------------------------- what the operator is told

@@ -116,11 +116,11 @@ RouteCheck = Callable[[ModelEntry, Route], bool]
 # Called (not awaited) with True when a paid call is sent to `route`, False when it was refused untaken.
 OnCall = Callable[[Route, bool], None]
 OnGone = Callable[[ModelEntry, Route, perr.ModelGone], Awaitable[object]]
-# Called (not awaited) when a route answered a call with anything but "model gone": None for a result,
-# else the error (bot.lifecycle: a retired route on its trial is back). It runs on the served job's path,
-# between the provider's answer and the job's deadline check: it must not raise, and anything slow (a
-# write, an audit post) it starts in the background.
-OnAnswer = Callable[[ModelEntry, Route, perr.ProviderError | None], object]
+# Called (not awaited) when a call on a route delivered a result, sent by `run` or followed by `resume`
+# (bot.lifecycle: a retired route on its trial is back; no failure changes that). It runs on the served
+# job's path, between the provider's answer and the job's deadline check: it must not raise, and anything
+# slow (a write, an audit post) it starts in the background.
+OnAnswer = Callable[[ModelEntry, Route], object]
 # Awaited with the route and the provider's job id when a submit-then-poll provider accepts a call.
 OnRouteSubmitted = Callable[[Route, str], Awaitable[None]]
 CANCEL_TIMEOUT = 10.0  # seconds a best-effort remote cancel may take
@@ -155,7 +155,7 @@ class Router:
         self._live = live
         # Awaited when a provider answers "model gone" before the job moves to the next route.
         self._on_gone = on_gone
-        # Called when a provider answered anything else (a retired route on its trial comes back).
+        # Called when a call delivered a result (a retired route on its trial comes back).
         self._on_answer = on_answer
         self.limiter = limiter or ProviderLimiter.fixed(limits or {})
 
@@ -249,11 +249,9 @@ class Router:
                 )
                 verdict = True
                 if self._on_answer is not None:
-                    self._on_answer(model, route, None)
+                    self._on_answer(model, route)
             except perr.ProviderError as exc:
                 verdict = _verdict(exc)
-                if not isinstance(exc, perr.ModelGone) and self._on_answer is not None:
-                    self._on_answer(model, route, exc)
                 if exc.accepted or not exc.retryable_elsewhere:
                     raise
                 if isinstance(exc, perr.ModelGone) and self._on_gone is not None:
@@ -332,6 +330,8 @@ class Router:
             )
 
         results, lost = await self._gather(route, [one(job_id) for job_id in job_ids])
+        if self._on_answer is not None:  # a result, as in `run` (a trial's job followed after a restart)
+            self._on_answer(model, route)
         member, absorbed = _charges(model, route, results, adapted, lost)
         return Served(
             result=_merge(results),

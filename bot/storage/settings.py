@@ -3,7 +3,7 @@ what run time learned about model routes (status and the notices owed to members
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,28 @@ class Settings:
         """Record some of a route's facts (shutdown, listed, gone_at, gone_reason); creates the row."""
         fields = {**checked(fields, _ROUTE_STATUS_FIELDS), "updated_at": self._db.timestamp()}
         await self._upsert("route_status", {"provider": provider, "model": model}, fields)
+
+    async def replace_route_gone(
+        self,
+        provider: str,
+        model: str,
+        seen_gone_at: Collection[str],
+        gone_at: str | None,
+        gone_reason: str | None,
+    ) -> bool:
+        """Restamp (or with None, clear) a retired route's "model gone" only while its stored `gone_at`
+        is still one of `seen_gone_at` (the forms of the stamp the caller read). False when another
+        process changed it meanwhile (brought it back, or restamped it): nothing is written, so of two
+        processes deciding on the same stamp only one does, and only that one announces it."""
+        if not seen_gone_at:
+            return False
+        marks = ", ".join("?" for _ in seen_gone_at)
+        changed = await self._db.write_one(
+            "UPDATE route_status SET gone_at = ?, gone_reason = ?, updated_at = ? "
+            f"WHERE provider = ? AND model = ? AND gone_at IN ({marks})",
+            (gone_at, gone_reason, self._db.timestamp(), provider, model, *seen_gone_at),
+        )
+        return changed == 1
 
     async def stored_models(self) -> set[str]:
         """Every model id a member's or a server's stored default points at."""
