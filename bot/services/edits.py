@@ -515,7 +515,7 @@ class EditService:
         `JobEngine.drain`: nothing durable is lost). Returns how many were aborted and refunded."""
         await self.stop_discovery()
         aborted = await self.engine.drain(grace)
-        await self.lifecycle.flush()  # a trial's answer still being stored and announced
+        await self.lifecycle.flush()  # a trial's answer still being stored and announced (bounded)
         return aborted
 
     async def options_for(self, guild_id: int, user_id: int, options: EditOptions) -> JobDefaults:
