@@ -221,6 +221,8 @@ async def test_a_row_stored_before_gone_at_held_a_time_counts_from_its_day(stora
     assert not lifecycle.route_live(m, m.routes[0])
     clock.now = dt.datetime(2026, 11, 16, 0, 0, tzinfo=dt.UTC)
     assert lifecycle.route_live(m, m.routes[0])
+    assert await lifecycle.answered(m, m.routes[0])  # its stored day is the stamp it read
+    assert [row["gone_at"] for row in await storage.settings.route_status_rows()] == [None]
 
 
 async def test_dates_and_model_lists_are_not_tried_again():
