@@ -273,6 +273,14 @@ def no_route(model: str) -> str:
     return f"No configured image service sells {model}. Pick another model."
 
 
+def over_hold(model: str) -> str:
+    """Every route left for a held job costs more than it holds (its prices or routes changed since)."""
+    return (
+        f"{model} now costs more than was set aside for this edit, so it was not sent. "
+        "Nothing was charged; try again."
+    )
+
+
 def unservable(model: str, route: Route, problems: tuple[str, ...]) -> str:
     """The options to change so `route` (the closest one) can serve the job, with what it offers."""
     hints = []

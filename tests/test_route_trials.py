@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -29,6 +30,7 @@ from tests.catalogs import catalog, model, route
 from tests.fakes.atlascloud_server import FakeAtlas, Fault
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.live import NoResult, RecordingLive, run_prepared
 from tests.test_engine import (
     ALICE,
     BOB,
@@ -42,7 +44,7 @@ from tests.test_engine import (
     wait_state,
 )
 from tests.test_lifecycle import Events
-from tests.test_routing import CATALOG, FAST, MINI, request
+from tests.test_routing import CATALOG, FAST, MINI, edit_job, request, service_for
 
 START = dt.datetime(2026, 11, 15, 9, 30, tzinfo=dt.UTC)
 GONE = perr.ModelGone("404 model not found", provider="atlascloud", status=404, code="not_found")
@@ -879,3 +881,73 @@ async def test_a_picked_model_that_died_while_queued_is_released_as_retired(
     job_id = (await service.submit(picked)).job_id
     await wait_state(service, job_id, "failed")
     assert openai.post_count == 0 and await kinds(service, job_id) == ["reserve", "release"]
+
+
+WAVESPEED_GONE = perr.ModelGone("404", provider="wavespeed", status=404, code="not_found")
+
+
+async def test_a_dearer_route_back_on_its_trial_after_the_hold_was_priced_does_not_serve_that_job(
+    adapters: dict[str, Provider],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
+):
+    """The hold is the worst case over the routes live when the job was priced. WaveSpeed ($0.02), first
+    in the server's order, was retired then, so the hold is Atlas's $0.004; its trial comes due before
+    the job runs. The job must not go to WaveSpeed: the member pays at most the hold, and the operator
+    would absorb the rest, past every budget that was checked against that hold."""
+    clock = Clock(dt.datetime(2026, 11, 1, 9, 30, tzinfo=dt.UTC))
+    service = service_for(storage, tmp_path, adapters, atlas, wavespeed)
+    await service.policy.update_guild(1, 99, {"provider_order": ("wavespeed", "atlascloud")})
+    lifecycle = service.lifecycle
+    lifecycle.now = clock
+    lifecycle.gone_retry_hours = 24
+    on_wavespeed = next(r for r in MINI.routes if r.provider == "wavespeed")
+    await lifecycle.retire(MINI, on_wavespeed, WAVESPEED_GONE)
+    prepared = await service.prepare(edit_job(model="gpt-image-1-mini"))
+    assert prepared.reserve == 4  # Atlas's $0.004 at 1000 credits per USD
+
+    clock.advance(hours=24)  # WaveSpeed's trial is due before the job runs
+    assert lifecycle.route_live(MINI, on_wavespeed)
+    outcome = await run_prepared(service, prepared, RecordingLive())
+
+    assert (outcome.provider, outcome.charged, outcome.absorbed) == ("atlascloud", 4, 0)
+    assert wavespeed.submit_count == 0
+    assert lifecycle.trial_due(on_wavespeed)  # still due: the next job held for it tries it
+
+
+async def test_a_held_job_whose_routes_left_are_all_dearer_than_its_hold_fails_untried_and_costs_nothing(
+    adapters: dict[str, Provider],
+    atlas: FakeAtlas,
+    wavespeed: FakeWaveSpeed,
+    storage: Storage,
+    tmp_path: Path,
+):
+    """Priced on Atlas alone (WaveSpeed retired), the job runs once Atlas is retired and WaveSpeed's trial
+    is due: its one live route is dearer than its hold, so it is refused before any call, released."""
+    clock = Clock(dt.datetime(2026, 11, 1, 9, 30, tzinfo=dt.UTC))
+    service = service_for(storage, tmp_path, adapters, atlas, wavespeed)
+    lifecycle = service.lifecycle
+    lifecycle.now = clock
+    lifecycle.gone_retry_hours = 24
+    on_atlas, on_wavespeed = (
+        next(r for r in MINI.routes if r.provider == p) for p in ("atlascloud", "wavespeed")
+    )
+    await lifecycle.retire(MINI, on_wavespeed, WAVESPEED_GONE)
+    prepared = await service.prepare(edit_job(model="gpt-image-1-mini"))
+    assert prepared.reserve == 4
+
+    clock.advance(hours=24)
+    await lifecycle.retire(MINI, on_atlas, GONE)  # another job's call, meanwhile
+    live = RecordingLive()
+    with pytest.raises(NoResult) as ended:
+        await run_prepared(service, prepared, live)
+
+    assert "costs more than was set aside" in ended.value.text
+    assert atlas.submit_count == wavespeed.submit_count == 0
+    [row] = await storage.jobs.recent_jobs(1, 2)
+    assert row.state == "failed"
+    assert [r["kind"] for r in await storage.reports.ledger_rows(row.id)] == ["reserve", "release"]
+    account = await storage.ledger.get_account(1, 2)
+    assert (account.balance, account.held) == (1000, 0)

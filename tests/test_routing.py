@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from bot.app import build_providers
-from bot.catalog import Catalog, Route, load_catalog
+from bot.catalog import Catalog, Route, load_catalog, usd_to_credits
 from bot.choices import quality_options
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
@@ -42,6 +42,7 @@ from bot.routing import (
     HALF_OPEN,
     OPEN,
     CircuitBreaker,
+    Hold,
     Needs,
     Router,
     adapt,
@@ -247,6 +248,51 @@ def test_no_eligible_route_names_the_option_to_change() -> None:
     with pytest.raises(InvalidOptions, match="No configured image service sells") as info:
         Router(stubs(StubProvider("oneminai"))).require(CATALOG.get("gpt-image-1.5"), NEEDS)
     assert info.value.code == "no_route"
+
+
+@pytest.mark.parametrize("rate", [1, 3, 7, 1000, 999_983])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"size": "auto"},
+        {"size": "1536x1024", "quality": "high", "count": 3},
+        {"quality": "auto", "prompt": "🎨é" * 300},
+    ],
+)
+async def test_a_route_the_hold_was_priced_on_is_never_skipped_as_dearer_than_the_hold(
+    rate: int, options: dict[str, Any]
+) -> None:
+    """The hold is `usd_to_credits` of the worst case over the eligible routes; each of those routes,
+    first in the order, still serves the job held at exactly that, whatever the rounding."""
+    names = ("openai", "atlascloud", "wavespeed", "segmind", "oneminai")
+    req = request(**options)
+    needs = Needs.of(req)
+    router = Router(stubs(*(StubProvider(n) for n in names)))
+    held = Hold(usd_to_credits(router.reserve_usd(MINI, needs, prompt=req.prompt), rate), rate)
+    eligible = [r.provider for r in router.eligible(MINI, needs)]
+    assert len(eligible) >= 3
+
+    for provider in eligible:
+        served = await router.run(MINI, req, order=(provider,), hold=held)
+        assert served.route.provider == provider
+
+
+async def test_a_route_dearer_than_the_jobs_hold_is_skipped_and_none_within_it_refuses_untried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    atlas, wavespeed = StubProvider("atlascloud"), StubProvider("wavespeed")
+    router = Router(stubs(atlas, wavespeed), order=("wavespeed", "atlascloud"))
+    req = request(size="auto")
+
+    served = await router.run(MINI, req, hold=Hold(4, 1000))  # Atlas's $0.004; WaveSpeed's $0.02 is 20
+    assert served.route.provider == "atlascloud" and wavespeed.calls == []
+    assert "not sending this job to wavespeed (up to $0.02): dearer than its hold of 4 credits" in caplog.text
+
+    with pytest.raises(InvalidOptions) as info:
+        await router.run(MINI, req, hold=Hold(3, 1000))
+    assert info.value.code == "over_hold" and len(atlas.calls) == 1 and wavespeed.calls == []
+    assert "Nothing was charged" in info.value.user_message
+    assert (await router.run(MINI, req, hold=Hold(20, 1000))).route.provider == "wavespeed"
 
 
 # ----------------------------------------------------------------------------- fallback rules

@@ -32,8 +32,8 @@ class JobResults(EngineCore):
         rate = self.settings.credits_per_usd
         charged = min(usd_to_credits(served.cost_usd, rate), spec.reserve)
         # What the provider billed beyond the member's charge counts against the budgets: images that
-        # came back unusable, and any charge above the hold (a provider that raised its price, a route
-        # dearer than those the hold was priced on), which the member never pays.
+        # came back unusable, and any charge above the hold (a provider that reported a cost above its
+        # worst case), which the member never pays. The router sends no job to a route dearer than its hold.
         absorbed = usd_to_credits(served.cost_usd + served.absorbed_usd, rate) - charged
         job.billed = charged + absorbed  # paid for from here on, whatever happens to the result
         notices: tuple[str, ...] = (served.notice,) if served.notice else ()

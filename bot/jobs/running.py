@@ -33,7 +33,7 @@ from bot.jobs.model import (
 )
 from bot.providers import errors as perr
 from bot.providers.base import EditRequest, InputImage
-from bot.routing import Served, route_reserve_usd
+from bot.routing import Hold, Served, route_reserve_usd
 from bot.storage.jobs import JobRow, LeaseLost
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class ProviderRun(EngineCore):
                 on_submitted=submitted,
                 on_call=calling,
                 on_send=sending,
+                # Routes live again since the job was priced may be dearer than what it holds.
+                hold=Hold(spec.reserve, self.settings.credits_per_usd),
             )
             try:
                 return await self._follow(job, model, request, call, db_time(started)), spec

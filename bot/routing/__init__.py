@@ -12,9 +12,11 @@ for the model, its price and what it can honour. For one job the router
    are emulated rather than refused: `count` on a route without `n` (one call per image, in
    parallel, charged per image delivered) and `size=auto` on a route with fixed sizes only (the
    size closest to the first image's shape, which is what "auto" picks at OpenAI);
-2. orders them by `PROVIDER_ORDER` (a per-call `order` can override it; routes of providers the
+2. keeps, for a job whose credits are held, only the routes whose worst case fits the hold (`Hold`): a
+   route live again since the job was priced (a retired route's trial, a revive) may be dearer;
+3. orders them by `PROVIDER_ORDER` (a per-call `order` can override it; routes of providers the
    order does not name follow in catalog order) and skips providers whose circuit breaker is open;
-3. calls the first one. It falls back to the next route **only** when the provider provably did not
+4. calls the first one. It falls back to the next route **only** when the provider provably did not
    take the job (`not exc.accepted and exc.retryable_elsewhere`: connection refused, auth or
    balance problems, a 429 whose wait outlasts the deadline, a 5xx on a submit that returned no
    job id, a failed upload). Anything the provider may have accepted (and billed) is never sent
@@ -49,6 +51,7 @@ from bot.routing.router import (
 )
 from bot.routing.rules import (
     AUTO,
+    Hold,
     Needs,
     adapt,
     auto_quality,
@@ -68,6 +71,7 @@ __all__ = [
     "HALF_OPEN",
     "OPEN",
     "CircuitBreaker",
+    "Hold",
     "Needs",
     "OnAttempt",
     "OnCall",

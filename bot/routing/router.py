@@ -18,6 +18,7 @@ from bot.providers import errors as perr
 from bot.providers.base import CancellableProvider, EditRequest, EditResult, Provider, ResumableProvider
 from bot.routing.breaker import CircuitBreaker, _verdict
 from bot.routing.rules import (
+    Hold,
     Needs,
     _reported_cost,
     adapt,
@@ -93,6 +94,27 @@ def _charges(
     member = sum((m for m, _ in split), Decimal(0))
     unpaid = member / len(results) * lost if results else Decimal(0)
     return member, sum((a for _, a in split), unpaid)
+
+
+def _within(model: ModelEntry, routes: Sequence[Route], needs: Needs, prompt: str, hold: Hold) -> list[Route]:
+    """`routes` whose worst case for the job fits its hold. The hold was priced on the routes live then;
+    one live again since (a retired route's trial come due, a revive) may be dearer, and the member
+    never pays above the hold, so the operator would. Raises `InvalidOptions` when none fits."""
+    within: list[tuple[Route, Decimal]] = []
+    dearer: list[tuple[Route, Decimal]] = []
+    for route in routes:
+        worst = route_reserve_usd(model, route, needs, prompt=prompt)
+        (within if hold.covers(worst) else dearer).append((route, worst))
+    if dearer:
+        log.warning(
+            "%s: not sending this job to %s: dearer than its hold of %d credits (priced on the routes then)",
+            model.id,
+            ", ".join(f"{r.provider} (up to ${usd})" for r, usd in dearer),
+            hold.credits,
+        )
+    if not within:
+        raise InvalidOptions(messages.over_hold(model.name), code="over_hold")
+    return [route for route, _ in within]
 
 
 def _worst(errors: Sequence[perr.ProviderError]) -> perr.ProviderError:
@@ -220,6 +242,7 @@ class Router:
         on_submitted: OnRouteSubmitted | None = None,
         on_call: OnCall | None = None,
         on_send: OnSend | None = None,
+        hold: Hold | None = None,
     ) -> Served:
         """Run `request` (whose `model` is ignored: each route has its own id) on the first route that
         takes it. Raises `InvalidOptions` when no route can honour it, else the provider's error.
@@ -228,9 +251,13 @@ class Router:
         a resumable provider accepted a call (once per call of an emulated `count`); `on_call(route,
         sent)` when a paid call leaves (after any wait for the provider's limit) and, with False, when
         the provider refused it without taking it; `on_send(route)` just before each paid call leaves
-        (see `OnSend`).
+        (see `OnSend`). With `hold` (the credits held for the job), only routes whose worst case fits it
+        are tried; `InvalidOptions` (code `over_hold`) when none does.
         """
-        routes = self.require(model, Needs.of(request), order=order)
+        needs = Needs.of(request)
+        routes = self.require(model, needs, order=order)
+        if hold is not None:
+            routes = _within(model, routes, needs, request.prompt, hold)
         refused: list[tuple[Route, perr.ProviderError]] = []
         skipped: list[str] = []
         for route in routes:

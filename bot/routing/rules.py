@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
-from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd
+from bot.catalog import ModelEntry, Route, actual_usd, reserve_usd, usd_to_credits
 from bot.domain.options import SIZES, HasOutputOptions, output_options, parse_size
 from bot.providers.base import EditRequest, EditResult
 
@@ -171,6 +171,21 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
     )
     one = _at_least(route, one, per_call)
     return one if route.n else one * needs.count
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The credits a job holds, and what they cover: the member never pays more, so a route whose
+    worst case for the job needs more would leave the rest to the operator, past every budget that
+    was checked against the hold."""
+
+    credits: int
+    credits_per_usd: int
+
+    def covers(self, usd: Decimal) -> bool:
+        """Whether a worst case of `usd` fits the hold. Rounded as the hold was (`usd_to_credits` of the
+        worst case over the routes then), so no route the hold was priced on ever falls outside it."""
+        return usd_to_credits(usd, self.credits_per_usd) <= self.credits
 
 
 def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size: str) -> Decimal:
