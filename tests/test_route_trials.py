@@ -321,6 +321,7 @@ def routed(
         live=lifecycle.route_live,
         on_gone=lifecycle.retire,
         on_answer=lifecycle.heard,
+        on_trial=lifecycle.trial_due,
     )
     return router, lifecycle
 
@@ -414,8 +415,8 @@ async def test_a_trials_refused_input_does_not_keep_the_next_jobs_result_from_br
     clock.advance(hours=24)
 
     atlas.fail_next(Fault.INPUT_NOT_FOUND)
-    with pytest.raises(perr.InvalidInput):
-        await router.run(MINI, request(size="auto"))
+    # Refused untaken on its trial: that job moves on to the next route (see the test below).
+    assert (await router.run(MINI, request(size="auto"))).route.provider == "wavespeed"
     assert (await router.run(MINI, request(size="auto"))).route.provider == "atlascloud"
     await lifecycle.flush()
     on_atlas = next(r for r in MINI.routes if r.provider == "atlascloud")
@@ -951,3 +952,47 @@ async def test_a_held_job_whose_routes_left_are_all_dearer_than_its_hold_fails_u
     assert [r["kind"] for r in await storage.reports.ledger_rows(row.id)] == ["reserve", "release"]
     account = await storage.ledger.get_account(1, 2)
     assert (account.balance, account.held) == (1000, 0)
+
+
+async def test_a_due_trials_refused_input_that_took_nothing_moves_the_edit_to_the_next_route(
+    adapters: dict[str, Provider], atlas: FakeAtlas, wavespeed: FakeWaveSpeed, storage: Storage
+):
+    """The answers that retire routes by mistake are input failures worded like "gone" ("input image not
+    found"). On its trial such a route answering a plain refused input, which took nothing, failed every
+    edit that reached it first (a refused input is the member's, never sent elsewhere, and counts as the
+    provider working, so its circuit never opened), though another route sells the model."""
+    clock, events = Clock(), Events()
+    router, lifecycle = routed(adapters, clock, storage, events)
+    atlas.retire_route(ATLAS_MINI)
+    await router.run(MINI, request(size="auto"))  # retired; served by wavespeed
+    atlas.gone_routes.clear()
+    clock.advance(hours=24)
+    assert lifecycle.trial_due(next(r for r in MINI.routes if r.provider == "atlascloud"))
+
+    atlas.fail_always(Fault.INPUT_NOT_FOUND)
+    for _ in range(3):
+        served = await router.run(MINI, request(size="auto"))
+        assert served.route.provider == "wavespeed"
+        assert served.refused_by == ("atlascloud",)
+
+
+async def test_diagnose_names_a_dead_models_retired_route_that_is_also_disabled_and_why():
+    """A dead model's retired route was left out of /diagnose when it was also disabled at start-up, so
+    the operator saw only "retired on every configured service" and not what keeps the route dead."""
+    clock = Clock()
+    cat = catalog(
+        model("m", qualities=["low"], price=0.01, routes=[route("wavespeed")]),
+        model("solo", qualities=["low"], price=0.01, routes=[route("atlascloud", model="solo-id")]),
+    )
+    lifecycle = ModelLifecycle(
+        cat,
+        {"atlascloud", "wavespeed"},
+        clock.day,
+        now=clock,
+        gone_retry_hours=24,
+        disabled={("atlascloud", "solo-id"): "the atlascloud adapter cannot send a mask"},
+    )
+    solo = cat.get("solo")
+    await lifecycle.retire(solo, solo.routes[0], GONE)
+    texts = [n.text for n in lifecycle.notices()]
+    assert any("solo on atlascloud" in t and "disabled" in t for t in texts), texts

@@ -276,7 +276,9 @@ class ModelLifecycle:
                 log.error(
                     "no model can edit: every catalog model is shut down, retired or not sold by the "
                     "configured providers (%s) as of %s; every edit is refused. Update the catalog "
-                    "(CATALOG_PATH) or add a provider key, then restart.",
+                    "(CATALOG_PATH) or add a provider key, then restart; a route retired by a "
+                    '"model gone" answer is tried again GONE_ROUTE_RETRY_HOURS later, or at once with '
+                    "/owner revive.",
                     ", ".join(sorted(self.configured)) or "none",
                     self.today(),
                 )
@@ -306,9 +308,9 @@ class ModelLifecycle:
 
     async def retire(self, model: ModelEntry, route: Route, exc: ModelGone) -> bool:
         """The provider answered "model gone" for `route`: retire it until its trial (never, with
-        `gone_retry_hours` 0). True when newly retired; a trial that answers "model gone" again only
-        restarts the cool-off (logged, not announced a second time), unless another process answered
-        the same trial first."""
+        `gone_retry_hours` 0). True when it retired the route or restarted its cool-off: a trial that
+        answers "model gone" again only restarts the cool-off (logged, not announced a second time),
+        unless another process answered the same trial first."""
         reason = f"{type(exc).__name__} status={exc.status} code={exc.code}"
         if self.facts(route).gone:
             if not self.trial_due(route):

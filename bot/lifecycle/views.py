@@ -113,12 +113,13 @@ def notices(lifecycle: ModelLifecycle) -> list[ModelNotice]:
         if not lifecycle.usable(model):
             out.append(_retired_notice(lifecycle, model, configured))
             # The operator is told which of its routes a "model gone" answer retired, and how to
-            # bring one back (the model line names no provider).
-            out.extend(
-                ModelNotice(_gone_notice(lifecycle, model, r, f"{model.id} on {r.provider}"), False)
-                for r in configured
-                if lifecycle.facts(r).gone and r.key not in lifecycle.disabled
-            )
+            # bring one back, or what else keeps it dead (the model line names no provider).
+            for r in configured:
+                where = f"{model.id} on {r.provider}"
+                if lifecycle.facts(r).gone:
+                    out.append(ModelNotice(_gone_notice(lifecycle, model, r, where), False))
+                elif r.key in lifecycle.disabled:
+                    out.append(ModelNotice(f"{where} is disabled: {lifecycle.disabled[r.key]}", False))
             continue
         if (soon := _retiring_notice(lifecycle, model, configured)) is not None:
             out.append(soon)

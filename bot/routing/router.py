@@ -168,6 +168,7 @@ class Router:
         live: RouteCheck | None = None,
         on_gone: OnGone | None = None,
         on_answer: OnAnswer | None = None,
+        on_trial: Callable[[Route], bool] | None = None,
         limiter: ProviderLimiter | None = None,
     ) -> None:
         self.providers = providers
@@ -179,7 +180,16 @@ class Router:
         self._on_gone = on_gone
         # Called when a call delivered a result (a retired route on its trial comes back).
         self._on_answer = on_answer
+        # Whether a route is a retired one on its trial (bot.lifecycle `trial_due`): any failure of it that
+        # took nothing moves the job on, as its retirement came from answers not to be trusted.
+        self._on_trial = on_trial
         self.limiter = limiter or ProviderLimiter.fixed(limits or {})
+
+    def _trying(self, route: Route) -> bool:
+        """A retired route on its trial: a refusal it answers without taking the job (a refused input: the
+        answers that retired such routes by mistake were worded so) moves the job to the next route, not
+        fail it, where another route sells the model."""
+        return self._on_trial is not None and self._on_trial(route)
 
     def resumable(self, provider: str) -> bool:
         """Whether `provider` is configured and can follow its jobs again after a restart."""
@@ -279,7 +289,7 @@ class Router:
                     self._on_answer(model, route)
             except perr.ProviderError as exc:
                 verdict = _verdict(exc)
-                if exc.accepted or not exc.retryable_elsewhere:
+                if exc.accepted or not (exc.retryable_elsewhere or self._trying(route)):
                     raise
                 if isinstance(exc, perr.ModelGone) and self._on_gone is not None:
                     await self._on_gone(model, route, exc)

@@ -211,6 +211,7 @@ class EditService:
             live=self.lifecycle.route_live,
             on_gone=self.lifecycle.retire,
             on_answer=self.lifecycle.heard,
+            on_trial=self.lifecycle.trial_due,
         )
         self._salt = user_salt
         self._defaults = defaults
