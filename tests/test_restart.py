@@ -177,6 +177,30 @@ async def test_sigkill_mid_call_and_in_the_queue_releases_the_call_and_runs_the_
     assert_books_balance(scene.data_dir)
 
 
+async def test_a_job_queued_before_the_operator_raised_credits_per_usd_runs_after_the_restart(
+    scene_for: Callable[..., Any], openai: FakeOpenAI
+):
+    """A job held at one CREDITS_PER_USD and run after a restart at a higher one: its hold was checked
+    against each route's worst case at the new rate, every route looked dearer than the credits it
+    held, and the edit the restart promised would keep its place was refused ("costs more than was
+    set aside") though no price or route had changed."""
+    scene: Scene = await scene_for(MAX_CONCURRENT_JOBS="1", CREDITS_PER_USD="1000")
+    openai.fail_always(Fault.HANG)
+    await scene.edit()
+    await scene.states("submitting")
+    await scene.edit()
+    await scene.states("submitting", "reserved")
+    await scene.bot.kill()
+    openai.clear_faults()
+    scene.bot.env["CREDITS_PER_USD"] = "4000"
+
+    await scene.bot.start()
+    await scene.states("cancelled", "delivered")
+    _, second = jobs(scene.data_dir)
+    assert ledger_kinds(scene.data_dir, second["id"]) == ["reserve", "capture"]
+    assert_books_balance(scene.data_dir)
+
+
 async def test_sigkill_after_submit_resumes_polling_and_delivers_once_and_buttons_still_work(
     scene_for: Callable[..., Any], openai: FakeOpenAI, wavespeed: FakeWaveSpeed
 ):

@@ -136,6 +136,13 @@ class JobSpec:
     # The member named the model (the command's `model` option). A job that did not is moved to another
     # live model when its own is shut down mid-run; one that did is told and offered the replacement.
     model_picked: bool = False
+    # CREDITS_PER_USD when `reserve` was priced (0: a row from before it was kept). A job run after the
+    # operator changed the rate is checked against its hold at the rate it was held at, not refused.
+    credits_per_usd: int = 0
+
+    def held_rate(self, current: int) -> int:
+        """The credits per US dollar `reserve` was priced at (`current` for a row that did not keep it)."""
+        return self.credits_per_usd or current
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))

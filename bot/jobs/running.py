@@ -138,7 +138,7 @@ class ProviderRun(EngineCore):
                 on_call=calling,
                 on_send=sending,
                 # Routes live again since the job was priced may be dearer than what it holds.
-                hold=Hold(spec.reserve, self.settings.credits_per_usd),
+                hold=Hold(spec.reserve, spec.held_rate(self.settings.credits_per_usd)),
             )
             try:
                 return await self._follow(job, model, request, call, db_time(started)), spec
@@ -200,7 +200,7 @@ class ProviderRun(EngineCore):
         if not self.router.eligible(model, needs, order=order):
             return None
         usd = self.router.reserve_usd(model, needs, prompt=spec.prompt, order=order)
-        return usd_to_credits(usd, self.settings.credits_per_usd)
+        return usd_to_credits(usd, spec.held_rate(self.settings.credits_per_usd))
 
     async def _resume_window(self, job: ActiveJob, row: JobRow) -> float:
         """When (monotonic) a resumed job stops polling; pushes the watchdog deadline out to match,

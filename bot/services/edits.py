@@ -508,6 +508,7 @@ class EditService:
             provider_order=chosen.provider_order,
             role_ids=job.role_ids,
             model_picked=job.options.model_picked and resolution.model.id == chosen.model,
+            credits_per_usd=self.settings.credits_per_usd,
         )
         return spec, files
 
