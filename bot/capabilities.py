@@ -122,7 +122,13 @@ def check_routes(catalog: Catalog, providers: Mapping[str, Provider]) -> RouteCh
     models = {}
     for model in catalog.models.values():
         routes = tuple(_checked_route(model, route, providers, check) for route in model.routes)
-        models[model.id] = model if routes == model.routes else replace(model, routes=routes)
+        if routes == model.routes:
+            models[model.id] = model
+            continue
+        # Narrowed to no masked edits on every configured route: the model is not offered for /mask
+        # (a masked edit of it is refused by name, as for a model without masks, not by its routes).
+        masks = model.mask and any(r.mask for r in routes if r.provider in providers)
+        models[model.id] = replace(model, routes=routes, mask=masks)
     return replace(check, catalog=Catalog(models)) if check.narrowed else check
 
 

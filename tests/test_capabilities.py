@@ -247,6 +247,23 @@ async def test_a_route_whose_every_masked_edit_fails_keeps_its_unmasked_edits(
     )
 
 
+async def test_a_model_whose_every_configured_mask_route_is_narrowed_is_not_offered_for_masks(
+    tmp_path: Path,
+) -> None:
+    """With its masks narrowed off every configured route, the model still said it takes masks: /mask
+    offered it, and a masked edit of it (a default model's, every /mask without a model) was refused by
+    its routes instead of as a model without masks."""
+    catalog = catalog_with_atlas_masks(tmp_path)
+    async with FakeAtlas() as atlas, aiohttp.ClientSession() as session:
+        settings = load_settings(
+            {"DISCORD_TOKEN": "t" * 30, **provider_env("atlascloud", atlas), "DATA_DIR": str(tmp_path)}
+        )
+        check = check_routes(catalog, build_providers(settings, session, catalog))
+    assert catalog.get("gpt-image-2").mask
+    assert any(key[0] == "atlascloud" for key in check.narrowed)
+    assert not check.catalog.get("gpt-image-2").mask
+
+
 def catalog_before_mask_backgrounds(tmp_path: Path) -> Catalog:
     """The November catalog as an operator copied it before `mask_backgrounds` existed."""
     text = re.sub(r"(?m)^mask_backgrounds = .*\n", "", NOVEMBER_CATALOG.read_text())
