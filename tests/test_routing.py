@@ -34,6 +34,7 @@ from bot.providers import errors as perr
 from bot.providers.atlascloud import AtlasCloudProvider
 from bot.providers.base import EditRequest, EditResult, InputImage, OutputImage, Provider
 from bot.providers.http import RetryPolicy
+from bot.providers.oneminai import OneMinAIProvider
 from bot.providers.openai import OpenAIProvider
 from bot.providers.segmind import SegmindProvider
 from bot.providers.wavespeed import WaveSpeedProvider
@@ -63,6 +64,7 @@ from tests.fakes import segmind_server as segmind_fake
 from tests.fakes.atlascloud_server import FakeAtlas
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.oneminai_server import FakeOneMin
+from tests.fakes.oneminai_server import Fault as OneMinFault
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.fakes.segmind_server import FakeSegmind
 from tests.fakes.wavespeed_server import FakeWaveSpeed
@@ -1588,3 +1590,32 @@ async def test_only_a_model_gone_answer_retires_the_route() -> None:
         router = Router(stubs(first, second), order=("atlascloud",), on_gone=on_gone)
         assert (await router.run(MINI, request())).route.provider == "wavespeed"
         assert retired == expected
+
+
+async def test_a_trial_routes_sync_408_is_never_sent_to_a_second_provider() -> None:
+    """A retired route on its trial moves a job it refused without taking to the next route. A 408 is
+    not such a refusal: 1min.ai's feature call is synchronous, and a gateway's 408 may come after the
+    image was made and billed; sent on, the edit was made, and paid, a second time elsewhere."""
+    mini = catalog(
+        model(
+            "gpt-image-1-mini",
+            qualities=["low"],
+            price=0.01,
+            routes=[catalog_route("oneminai", model="gpt-image-1-mini"), catalog_route("wavespeed")],
+        )
+    ).get("gpt-image-1-mini")
+    wavespeed = StubProvider("wavespeed")
+    async with FakeOneMin() as onemin, aiohttp.ClientSession() as session:
+        router = Router(
+            {
+                "oneminai": OneMinAIProvider(session, onemin.api_key, onemin.base_url, policy=FAST),
+                "wavespeed": wavespeed,
+            },
+            order=("oneminai", "wavespeed"),
+            on_trial=lambda route: route.provider == "oneminai",
+        )
+        onemin.fail_next(OneMinFault.GATEWAY_TIMEOUT)
+        with pytest.raises(perr.ProviderTimeout):
+            await router.run(mini, request(size="1024x1024", quality="low"))
+    assert onemin.billed_timeouts == 1
+    assert wavespeed.calls == []

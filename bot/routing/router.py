@@ -185,11 +185,12 @@ class Router:
         self._on_trial = on_trial
         self.limiter = limiter or ProviderLimiter.fixed(limits or {})
 
-    def _trying(self, route: Route) -> bool:
-        """A retired route on its trial: a refusal it answers without taking the job (a refused input: the
-        answers that retired such routes by mistake were worded so) moves the job to the next route, not
-        fail it, where another route sells the model."""
-        return self._on_trial is not None and self._on_trial(route)
+    def _trying(self, route: Route, exc: perr.ProviderError) -> bool:
+        """A retired route on its trial that refused the job's input without taking it (the answers that
+        retired such routes by mistake were worded so): the job moves to the next route, not fail, where
+        another route sells the model. Only a refused input: a timeout (a 408 may come after the work) or
+        a safety block (perhaps at the output, billed) is never sent to a second provider."""
+        return isinstance(exc, perr.InvalidInput) and self._on_trial is not None and self._on_trial(route)
 
     def resumable(self, provider: str) -> bool:
         """Whether `provider` is configured and can follow its jobs again after a restart."""
@@ -289,7 +290,7 @@ class Router:
                     self._on_answer(model, route)
             except perr.ProviderError as exc:
                 verdict = _verdict(exc)
-                if exc.accepted or not (exc.retryable_elsewhere or self._trying(route)):
+                if exc.accepted or not (exc.retryable_elsewhere or self._trying(route, exc)):
                     raise
                 if isinstance(exc, perr.ModelGone) and self._on_gone is not None:
                     await self._on_gone(model, route, exc)

@@ -74,6 +74,9 @@ class Fault(StrEnum):
     # intact): an upload to the bucket that was interrupted.
     TRUNCATED_RESULT = "truncated_result"
     HANG = "hang"  # the feature call never answers (until the fake closes)
+    # 408 as a gateway's HTML page (no aiRecord) on the feature call, after the generation was made and
+    # billed: an edge that gave up waiting for it.
+    GATEWAY_TIMEOUT = "gateway_timeout"
 
 
 _TARGETS = {Fault.UNAUTHORIZED: "auth", Fault.UPLOAD_ERROR: "assets"}  # the rest: the feature call
@@ -120,6 +123,7 @@ class FakeOneMin(FakeServer):
         super().__init__(api_key=api_key)
         self.requests: list[RecordedRequest] = []
         self.objects: dict[str, bytes] = {}  # bucket path -> bytes (assets and results)
+        self.billed_timeouts = 0  # feature calls made (and billed) whose answer was a gateway's 408
         self.success_word = "SUCCESS"  # a finished record's `status` (its spelling is undocumented)
         self.next_record_ids: list[str] = []  # `uuid`s the next records are given (then random hex)
 
@@ -259,6 +263,11 @@ class FakeOneMin(FakeServer):
                 case Fault.HANG:
                     await self._release.wait()
                     raise _ApiError(503, "the fake was closed while hanging")
+                case Fault.GATEWAY_TIMEOUT:
+                    self.billed_timeouts += 1
+                    return web.Response(
+                        status=408, text="<html><h1>408 Request Timeout</h1></html>", content_type="text/html"
+                    )
 
         unknown = sorted(set(obj) - FEATURE_FIELDS[feature])
         if unknown:
