@@ -632,6 +632,19 @@ def test_an_auto_size_is_held_at_the_dearest_size_a_route_without_auto_may_turn_
         assert adapted.size in ("1024x1024", "1536x1024", "1024x1536")
 
 
+def test_packaged_atlas_gpt_image_2_routes_send_auto_quality_as_the_high_it_is_charged_for() -> None:
+    """Atlas takes quality low, medium or high (models-2026-12.md §4). `auto` was sent by leaving the
+    field out, so Atlas made its own default (medium) while the charge, finding no quality in the
+    answer, counted the dearest (high): members paid for high and got medium, shown as "auto"."""
+    entry = load_catalog().get("gpt-image-2")
+    for atlas in (r for r in entry.routes if r.provider == "atlascloud"):
+        adapted = adapt(request(quality="auto", size="1536x1024"), atlas)
+        assert adapted.quality == "high"
+        made = EditResult((OutputImage(PNG, "png"),), "atlascloud", None, adapted.size)
+        expected = atlas.price if atlas.price is not None else entry.image_price("high", "1536x1024")
+        assert charge_usd(entry, atlas, made, adapted) == max(expected, atlas.min_price or Decimal(0))
+
+
 def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:
     entry = load_catalog().get("gpt-image-2")
     by = {(r.provider, r.model): r for r in entry.routes}

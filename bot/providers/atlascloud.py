@@ -27,7 +27,9 @@ Decisions on the spec's OPEN points (providers.md §8.6):
   sent in the "alpha" convention of `bot.providers.masks`, which is transparent *and* white where
   to edit, so both readings select the same area. A catalog route may override it.
 * `quality` "auto" is sent by omitting the field (Atlas's documented default, medium, then
-  applies); `size` has no "auto" at Atlas, so routing resolves it before the request gets here.
+  applies); the packaged catalog's GPT Image 2 routes list no "auto" quality, so routing sends them
+  high (what they are charged for) instead. `size` has no "auto" at Atlas, so routing resolves it
+  before the request gets here.
   `background` and `output_format` have no field at all: only "auto" and "png" are accepted.
 * Status: `completed`/`succeeded` are success; `failed`, `error`, `cancelled`/`canceled` and
   `timeout` are failures (message in `data.error`); anything else is still running. A failure is
