@@ -27,7 +27,7 @@ from cogs.mask import MaskCog
 from tests.catalogs import WITH_AUTO, catalog, model
 from tests.durable import assert_books_balance, jobs, ledger_kinds, undo_button
 from tests.durable import control as job_control
-from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage
+from tests.fakes.discord import FakeDiscord, FakeDiscordUsageError, FakeInteraction, FakeMessage, HeldRequests
 from tests.fakes.openai_server import FakeOpenAI
 from tests.harness import World, running_bot
 
@@ -479,13 +479,15 @@ async def test_cells_changed_while_the_preview_is_prepared_show_the_picker_of_th
     assert fields(preview)["Area"] == "22% of the image"
 
 
-async def test_a_cells_click_acknowledged_after_a_newer_one_leaves_the_newer_cells(world: World):
-    """Two picks in a row, the first one's acknowledgement answered last (Discord was slow with it): the
-    first pick was applied after the second and drawn over it, so the picker (and the preview and edit
-    made from it) showed the member's earlier choice instead of their last."""
+async def a_pick_held_at_its_acknowledgement(
+    world: World, cells: list[str]
+) -> tuple[FakeMessage, list[object], HeldRequests, FakeInteraction]:
+    """The picker with its first cell, and a pick of `cells` whose acknowledgement Discord holds (release
+    it with the third value); the list gets each cells click once the bot has handled it."""
     _, picker = await picker_with_the_first_cell(world)
     mask = cog(world)
-    handled, real = [], mask._handlers["cells"]
+    handled: list[object] = []
+    real = mask._handlers["cells"]
 
     async def counted(*args: Any) -> None:
         try:
@@ -494,9 +496,17 @@ async def test_a_cells_click_acknowledged_after_a_newer_one_leaves_the_newer_cel
             handled.append(args[0])
 
     mask._handlers["cells"] = counted
-    first_ack = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
-    older = await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
-    await world.fake.wait_until(lambda: first_ack.held)
+    held = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
+    pick = await world.fake.select(world.user, picker, control(picker, "cells"), cells)
+    await world.fake.wait_until(lambda: held.held)
+    return picker, handled, held, pick
+
+
+async def test_a_cells_click_acknowledged_after_a_newer_one_leaves_the_newer_cells(world: World):
+    """Two picks in a row, the first one's acknowledgement answered last (Discord was slow with it): the
+    first pick was applied after the second and drawn over it, so the picker (and the preview and edit
+    made from it) showed the member's earlier choice instead of their last."""
+    picker, handled, first_ack, older = await a_pick_held_at_its_acknowledgement(world, ["1", "2"])
     await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2", "3"])
     await world.fake.wait_until(lambda: chosen_cells(picker) == ["1", "2", "3"])
     first_ack.release()
@@ -512,20 +522,7 @@ async def test_a_pick_acknowledged_after_the_next_preview_click_is_still_the_mem
     last. Ordering every click by id dropped the pick as older than Preview, so the preview (and a Run
     edit from it) showed one cell the member had already changed. A menu sends the whole choice: the
     late pick is still their last choice of cells, and what they see ends up with it."""
-    _, picker = await picker_with_the_first_cell(world)
-    mask = cog(world)
-    handled, real = [], mask._handlers["cells"]
-
-    async def counted(*args: Any) -> None:
-        try:
-            await real(*args)
-        finally:
-            handled.append(args[0])
-
-    mask._handlers["cells"] = counted
-    first_ack = world.fake.hold("POST", r"/interactions/\d+/[^/]+/callback")
-    older = await world.fake.select(world.user, picker, control(picker, "cells"), ["1", "2"])
-    await world.fake.wait_until(lambda: first_ack.held)
+    picker, handled, first_ack, older = await a_pick_held_at_its_acknowledgement(world, ["1", "2"])
     preview_click = await click(world, picker, "next")
     await shown(world, preview_click, "run")
     first_ack.release()
