@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
@@ -47,6 +48,7 @@ from tests.test_lifecycle import Events
 from tests.test_routing import CATALOG, FAST, MINI, edit_job, request, service_for
 
 START = dt.datetime(2026, 11, 15, 9, 30, tzinfo=dt.UTC)
+T = TypeVar("T")
 GONE = perr.ModelGone("404 model not found", provider="atlascloud", status=404, code="not_found")
 make = engine_tests.make  # the engine's service on the fake OpenAI and WaveSpeed (a fixture)
 OPENAI_GONE = perr.ModelGone("404", provider="openai", status=404, code="model_not_found")
@@ -528,6 +530,17 @@ class SlowPuts:
         return await type(self.store).replace_route_gone(self.store, provider, model, *args)  # type: ignore[attr-defined]
 
 
+async def stored_while_a_round_reads(slow: SlowPuts, here: ModelLifecycle, change: Awaitable[T]) -> T:
+    """`change` run while its write is held on its way to storage, and this process's lease round reads
+    the old row meanwhile (`refresh`); what `change` returns, once its write has landed."""
+    slow.gate.clear()
+    task = asyncio.ensure_future(change)
+    await slow.held.wait()
+    await here.refresh()
+    slow.gate.set()
+    return await task
+
+
 async def test_a_trials_answer_is_not_undone_by_the_round_that_reads_while_it_is_stored(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ):
@@ -541,12 +554,7 @@ async def test_a_trials_answer_is_not_undone_by_the_round_that_reads_while_it_is
     await here.retire(m, atlas, GONE)
     clock.advance(hours=24)
 
-    slow.gate.clear()
-    answer = asyncio.create_task(here.answered(m, atlas))  # a served job's result on the trial
-    await slow.held.wait()  # its write is on its way
-    await here.refresh()  # this process's lease round reads the old row meanwhile
-    slow.gate.set()
-    assert await answer
+    assert await stored_while_a_round_reads(slow, here, here.answered(m, atlas))  # a result on the trial
 
     assert not here.facts(atlas).gone
     await here.answered(m, atlas)  # the next job on it
@@ -568,12 +576,7 @@ async def test_a_revive_is_not_undone_by_the_round_that_reads_while_it_is_stored
     atlas = m.routes[0]
     await here.retire(m, atlas, GONE)
 
-    slow.gate.clear()
-    revive = asyncio.create_task(here.revive("m", "atlascloud", actor_id=OPERATOR))
-    await slow.held.wait()
-    await here.refresh()
-    slow.gate.set()
-    await revive
+    await stored_while_a_round_reads(slow, here, here.revive("m", "atlascloud", actor_id=OPERATOR))
     assert here.route_live(m, atlas)
 
 
@@ -587,12 +590,7 @@ async def test_a_fresh_retirement_is_not_undone_by_the_round_so_it_is_announced_
     m = here.catalog.get("m")
     atlas = m.routes[0]
 
-    slow.gate.clear()
-    retire = asyncio.create_task(here.retire(m, atlas, GONE))
-    await slow.held.wait()
-    await here.refresh()
-    slow.gate.set()
-    await retire
+    await stored_while_a_round_reads(slow, here, here.retire(m, atlas, GONE))
     assert not here.route_live(m, atlas)
     await here.retire(m, atlas, GONE)  # a concurrent job's same answer
     assert [e for e in events if e.startswith("🪦")] == [
