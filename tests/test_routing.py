@@ -645,6 +645,31 @@ def test_packaged_atlas_gpt_image_2_routes_send_auto_quality_as_the_high_it_is_c
         assert charge_usd(entry, atlas, made, adapted) == max(expected, atlas.min_price or Decimal(0))
 
 
+def test_auto_quality_is_held_at_what_a_route_without_auto_sends_and_at_the_dearest_elsewhere() -> None:
+    """WaveSpeed's 2.6 route takes no `auto` quality and is sent `high` (`auto_quality`): `auto` is held
+    and shown at high there, not at max (which made it look dearer than xhigh). OpenAI leaves the choice
+    to the model, so `auto` stays held at its dearest quality."""
+    entry = load_catalog().get("gpt-image-2.6-flare")
+    wavespeed = next(r for r in entry.routes if r.provider == "wavespeed")
+    openai = next(r for r in entry.routes if r.provider == "openai")
+    req = request(quality="auto", size="1024x1024")
+    at = {q: request(quality=q, size="1024x1024") for q in ("high", "xhigh", "max")}
+
+    def held(route: Route, r: EditRequest) -> Decimal:
+        return route_reserve_usd(entry, route, Needs.of(r), prompt=r.prompt)
+
+    assert adapt(req, wavespeed).quality == "high"
+    assert held(wavespeed, req) == held(wavespeed, at["high"]) < held(wavespeed, at["xhigh"])
+    made = EditResult((OutputImage(PNG, "png"),), "wavespeed", None, "1024x1024")
+    assert charge_usd(entry, wavespeed, made, adapt(req, wavespeed)) <= held(wavespeed, req)
+    assert dearest_image(entry, [wavespeed], "auto", "1024x1024") == entry.image_price("high", "1024x1024")
+    # Where the route takes `auto` (the model chooses), it is still held at the model's dearest quality.
+    assert adapt(req, openai).quality == "auto"
+    assert held(openai, req) == held(openai, at["max"])
+    dearest = entry.image_price("max", "1024x1024")
+    assert dearest_image(entry, [openai, wavespeed], "auto", "1024x1024") == dearest
+
+
 def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:
     entry = load_catalog().get("gpt-image-2")
     by = {(r.provider, r.model): r for r in entry.routes}

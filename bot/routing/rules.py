@@ -135,10 +135,20 @@ def auto_quality(route: Route) -> str:
     """What `auto` quality becomes on a route that needs a concrete one (1min.ai, WaveSpeed's 2.x).
 
     "high" where the route has it (what OpenAI's `auto` usually picks), else its best listed one.
-    The hold for `auto` is the model's dearest quality, so this never costs more than was held.
+    On such a route `auto` is held and priced at this quality (`held_quality`), not the model's dearest.
     """
     concrete = _concrete_qualities(route)
     return "high" if "high" in concrete else concrete[-1]
+
+
+def held_quality(route: Route, quality: str) -> str:
+    """The quality a job's `quality` is priced at on `route`: itself, except an `auto` the route cannot
+    leave to the service, which is sent (and so held) as `auto_quality`. Held at the model's dearest
+    instead, `auto` looked dearer than it is there, and a member short of that was moved to a "cheaper"
+    quality that cost more than `auto` would have."""
+    if quality == AUTO and AUTO not in route.qualities and _concrete_qualities(route):
+        return auto_quality(route)
+    return quality
 
 
 def adapt(request: EditRequest, route: Route) -> EditRequest:
@@ -148,8 +158,8 @@ def adapt(request: EditRequest, route: Route) -> EditRequest:
     if request.size == AUTO and AUTO not in route.sizes and request.images:
         first = request.images[0]
         changes["size"] = nearest_size(_auto_sizes(route), first.width, first.height)
-    if request.quality == AUTO and AUTO not in route.qualities:
-        changes["quality"] = auto_quality(route)
+    if held_quality(route, request.quality) != request.quality:
+        changes["quality"] = held_quality(route, request.quality)
     return replace(request, **changes)  # type: ignore[arg-type]
 
 
@@ -165,10 +175,9 @@ def route_reserve_usd(model: ModelEntry, route: Route, needs: Needs, *, prompt: 
     if route.price is not None:
         return route.price * needs.count
     per_call = needs.count if route.n else 1
-    size = held_size(model, route, needs.quality, needs.size)
-    one = reserve_usd(
-        model, quality=needs.quality, size=size, count=per_call, n_inputs=needs.images, prompt=prompt
-    )
+    quality = held_quality(route, needs.quality)
+    size = held_size(model, route, quality, needs.size)
+    one = reserve_usd(model, quality=quality, size=size, count=per_call, n_inputs=needs.images, prompt=prompt)
     one = _at_least(route, one, per_call)
     return one if route.n else one * needs.count
 
@@ -197,10 +206,16 @@ def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size
     prices = [
         route.price
         if route.price is not None
-        else _at_least(route, model.image_price(quality, held_size(model, route, quality, size)), 1)
+        else _at_least(route, _listed_image(model, route, quality, size), 1)
         for route in able or routes
     ]
     return max(prices, default=model.image_price(quality, size))
+
+
+def _listed_image(model: ModelEntry, route: Route, quality: str, size: str) -> Decimal:
+    """The list price of one image at `quality` and `size` as `route` holds them."""
+    held = held_quality(route, quality)
+    return model.image_price(held, held_size(model, route, held, size))
 
 
 def _probe(quality: str, size: str) -> Needs:

@@ -16,7 +16,9 @@ from bot.errors import InvalidOptions
 from bot.services.edits import PreparedJob
 
 AUTO = "auto"
-# Dearest last; `auto` is priced as the model's dearest quality, so every listed one is a step down.
+# Dearest last. `auto` is held at the model's dearest quality only where a route leaves the choice to
+# the model; on a route that sends it as `high` (rules.auto_quality) `xhigh` and `max` are dearer, so
+# each candidate is checked to hold less than the job it replaces, not assumed to.
 QUALITY_ORDER = ("low", "medium", "high", "xhigh", "max")
 
 
@@ -55,7 +57,8 @@ def lower_qualities(prepared: PreparedJob) -> list[str]:
 
 
 def best_affordable(edits: Repricer, prepared: PreparedJob, available: int) -> Offer | None:
-    """The highest quality below the asked one whose worst case fits `available` credits, or None.
+    """The highest quality below the asked one whose worst case fits `available` credits and is below the
+    asked job's, or None.
 
     Qualities no configured route can make are skipped (never offered, never held).
     """
@@ -64,7 +67,7 @@ def best_affordable(edits: Repricer, prepared: PreparedJob, available: int) -> O
             cheaper = edits.at_quality(prepared, quality)
         except InvalidOptions:
             continue
-        if cheaper.reserve <= available:
+        if cheaper.reserve <= available and cheaper.reserve < prepared.reserve:
             # Only a hold was refused, and the safety check runs before the hold: it passed already.
             return Offer(prepared, replace(cheaper, screened=True), available)
     return None

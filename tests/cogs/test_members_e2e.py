@@ -22,7 +22,7 @@ import cogs._moderation
 from bot import messages
 from bot.jobs.model import JobInfo, ResultFile
 from cogs._delivery import DiscordDelivery
-from tests.catalogs import catalog, model, tiered
+from tests.catalogs import catalog, model, route, tiered
 from tests.cogs.test_results import noisy_png, outcome
 from tests.durable import (
     DATA,
@@ -48,6 +48,8 @@ from tests.fakes.discord import (
 )
 from tests.fakes.discord import _error as discord_error
 from tests.fakes.openai_server import FakeOpenAI, Fault
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+from tests.fixtures import provider_env
 from tests.harness import World, eventually, running_bot
 
 # Square prices 10 / 60 / 200 credits: 150 credits cover medium but not high (nor auto, priced as high).
@@ -180,6 +182,45 @@ async def test_auto_quality_runs_at_the_best_quality_the_member_can_afford_and_s
         assert len(openai.moderation_requests) == 2  # prompt + image, checked once, not again at medium
         # Refused at auto (nothing held), then held at medium's true worst case.
         assert [(j["state"], j["reserved"]) for j in jobs(tmp_path)] == [("failed", 0), ("delivered", 60)]
+        assert_books_balance(tmp_path)
+
+
+# Square prices 10 / 30 / 50 / 90 / 200 credits, sold only on a WaveSpeed route that takes no `auto`
+# quality: `auto` is sent there as `high` (routing.auto_quality), so it costs at most 50, not max's 200.
+NO_AUTO_ROUTE = catalog(
+    model(
+        "gpt-image-2.6-flare",
+        name="GPT Image 2.6 Flare",
+        qualities=["low", "medium", "high", "xhigh", "max", "auto"],
+        price=tiered(
+            low=(0.01, 0.01), medium=(0.03, 0.03), high=(0.05, 0.05), xhigh=(0.09, 0.09), max=(0.2, 0.2)
+        ),
+        routes=[
+            route(
+                "wavespeed",
+                model="openai/gpt-image-2.6-flare/edit",
+                price="list",
+                sizes=["auto", SQUARE],
+                qualities=["low", "medium", "high", "xhigh", "max"],
+                backgrounds=["auto"],
+                output_formats=["png", "jpeg", "webp"],
+            )
+        ],
+    )
+)
+
+
+async def test_auto_on_a_route_without_auto_is_held_at_what_it_is_sent_as_not_moved_to_a_dearer_quality(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, wavespeed: FakeWaveSpeed, tmp_path: Path
+):
+    env = {"STARTING_CREDITS": "150", **provider_env("wavespeed", wavespeed)}
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=NO_AUTO_ROUTE) as world:
+        it = await world.edit(PHOTO, quality="auto", size=SQUARE)
+        result = await published(world, it)
+        [sent] = [r.json for r in wavespeed.requests if r.method == "POST" and r.json]
+        assert sent["quality"] == "high"  # not xhigh (90), as when auto was held at max (200 > 150)
+        assert "Note" not in result_fields(result)
+        assert [(j["state"], j["reserved"]) for j in jobs(tmp_path)] == [("delivered", 50)]
         assert_books_balance(tmp_path)
 
 
