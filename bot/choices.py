@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from bot.catalog import ModelEntry, Route, usd_to_credits
-from bot.routing import dearest_image
+from bot.routing import dearest_edit
 
 MAX_CHOICES = 25  # Discord's limit per autocomplete answer
 AUTO = "auto"
@@ -30,16 +30,26 @@ def model_options(models: Iterable[ModelEntry], current: str, *, mask_only: bool
 
 
 def quality_options(
-    model: ModelEntry, current: str, *, credits_per_usd: int, routes: Sequence[Route] = ()
+    model: ModelEntry,
+    current: str,
+    *,
+    credits_per_usd: int,
+    routes: Sequence[Route] = (),
+    size: str = AUTO,
+    images: int = 1,
+    prompt: str | None = None,
 ) -> list[Choice]:
-    """The model's qualities with the most one image can cost at each (at its dearest size, on the
-    dearest of `routes`, the routes that may serve it here)."""
+    """The model's qualities with the most a one-image edit can be held (and so charged) at each: at
+    `size` (`auto`: the dearest listed one), with its `images` input images and `prompt` (the options
+    typed so far in the same command; see `dearest_edit` before a prompt is typed), on the dearest of
+    `routes`, the routes that may serve it here. The output image alone is often under half of it."""
     typed = current.strip().lower()
     out = []
     for quality in model.qualities:
         if typed and typed not in quality:
             continue
-        most = usd_to_credits(dearest_image(model, routes, quality, AUTO), credits_per_usd)
+        usd = dearest_edit(model, routes, quality, size, images=images, prompt=prompt)
+        most = usd_to_credits(usd, credits_per_usd)
         label = "lets the model choose" if quality == AUTO else "per image"
         out.append((f"{quality} — up to {most} credits {label}", quality))
     return out[:MAX_CHOICES]

@@ -432,6 +432,10 @@ def _late_read_done(read: asyncio.Task[Any]) -> None:
         log.info("autocomplete: a late read of a member's defaults or limits failed: %r", read.exception())
 
 
+# The attachment options of /edit and /mask that are input images (a mask is not paid as one).
+INPUT_IMAGE_OPTIONS = ("image", "image2", "image3", "image4")
+
+
 @always_answers
 async def quality_autocomplete(
     interaction: discord.Interaction, current: str
@@ -441,7 +445,27 @@ async def quality_autocomplete(
     model = await option_model(bot, interaction)
     per_usd = bot.services.settings.credits_per_usd
     routes = bot.services.edits.lifecycle.live_routes(model)
-    return _choices(choices.quality_options(model, current, credits_per_usd=per_usd, routes=routes))
+    size, images, prompt = _typed_edit(interaction.namespace, model)
+    return _choices(
+        choices.quality_options(
+            model, current, credits_per_usd=per_usd, routes=routes, size=size, images=images, prompt=prompt
+        )
+    )
+
+
+def _typed_edit(namespace: app_commands.Namespace, model: ModelEntry) -> tuple[str, int, str | None]:
+    """(size, input images, prompt) typed so far in the command whose `quality` is being suggested, so
+    its prices are what that edit is held: a large free size costs more than any listed one, and every
+    input image and the prompt are paid in tokens. Unset: `auto` size, one image, no prompt yet."""
+    typed_size = choices.normalize_size(_typed_str(namespace, "size"))
+    size = typed_size if typed_size and model.accepts_size(typed_size) else choices.AUTO
+    images = sum(getattr(namespace, name, None) is not None for name in INPUT_IMAGE_OPTIONS)
+    return size, max(images, 1), _typed_str(namespace, "prompt")
+
+
+def _typed_str(namespace: app_commands.Namespace, name: str) -> str | None:
+    value = getattr(namespace, name, None)
+    return value if isinstance(value, str) and value else None
 
 
 @always_answers

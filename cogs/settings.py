@@ -45,9 +45,9 @@ def quality_embed(view: QualityView, *, saved: bool) -> discord.Embed:
     embed = discord.Embed(title="Quality", description="\n".join(lines), colour=EMBED_COLOUR)
     prices = []
     for p in view.prices:
-        cost = f"up to {p.credits}" if p.quality == "auto" else f"{p.credits}"
+        # The worst case of a one-image edit (its input image and prompt included): the charge is often less.
         limit = "" if p.allowed else " — above your limit here"
-        prices.append(f"**{p.quality}** — {cost} credits per image{limit}")
+        prices.append(f"**{p.quality}** — up to {p.credits} credits per image{limit}")
     embed.add_field(
         name=f"Price per image ({view.model_name}, size {d.effective.size})",
         value="\n".join(prices),

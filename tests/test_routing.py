@@ -685,7 +685,8 @@ def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve
     high = entry.image_price("high", "1024x1024")
     assert dearest_image(entry, [openai, developer, wavespeed], "high", "1024x1024") == high
     credits = quality_options(entry, "low", credits_per_usd=1000, routes=[openai, wavespeed])
-    assert credits == [("low — up to 60 credits per image", "low")]
+    # The suggestion is a one-image edit's hold: the output image, one input image and a prompt in tokens.
+    assert credits == [("low — up to 64 credits per image", "low")]
     # A route that cannot make the quality or the size never serves the job: its price is not counted.
     dear = replace(developer, price=Decimal("1.00"), qualities=("low",))
     assert dearest_image(entry, [openai, dear], "low", "1024x1024") == Decimal("1.00")

@@ -16,6 +16,10 @@ from bot.providers.base import EditRequest, EditResult
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+# The prompt a price shown before one is typed is held for (bytes: a token each in the worst case).
+# A few sentences; a longer prompt adds its text tokens (5 credits per 1,000 bytes at $5/M and the
+# default rate), which the edit's own hold still covers.
+HINT_PROMPT_BYTES = 1000
 
 
 # --------------------------------------------------------------------------- what a job needs
@@ -210,6 +214,29 @@ def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size
         for route in able or routes
     ]
     return max(prices, default=model.image_price(quality, size))
+
+
+def dearest_edit(
+    model: ModelEntry,
+    routes: Sequence[Route],
+    quality: str,
+    size: str,
+    *,
+    images: int = 1,
+    prompt: str | None = None,
+) -> Decimal:
+    """The most a one-image edit at `quality` and `size` with `images` input images and `prompt` is held
+    (and so charged) on any of `routes`: the output image plus the input images' and prompt's tokens,
+    as `route_reserve_usd` holds them. What the prices members are shown mean by "up to"; with no
+    prompt yet, one of HINT_PROMPT_BYTES bytes. A route that cannot make `quality` or `size` never
+    serves such a job, so its price is not counted; with no route known, the model's list price."""
+    text = "x" * HINT_PROMPT_BYTES if prompt is None else prompt
+    needs = replace(_probe(quality, size), images=max(images, 1), prompt_chars=len(text))
+    able = [r for r in routes if not {"size", "quality"} & set(blockers(r, needs))]
+    held = [route_reserve_usd(model, route, needs, prompt=text) for route in able or routes]
+    if held:
+        return max(held)
+    return reserve_usd(model, quality=quality, size=size, count=1, n_inputs=needs.images, prompt=text)
 
 
 def _listed_image(model: ModelEntry, route: Route, quality: str, size: str) -> Decimal:

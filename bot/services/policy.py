@@ -38,7 +38,7 @@ from bot.config import Settings
 from bot.domain.options import BACKGROUNDS, OUTPUT_FORMATS, QUALITIES, QUALITY_RANK
 from bot.errors import InvalidOptions, RetouchError
 from bot.lifecycle import ModelLifecycle
-from bot.routing import dearest_image
+from bot.routing import dearest_edit
 from bot.routing.rules import AUTO
 from bot.services.access import AccessService
 from bot.services.admin import (
@@ -666,7 +666,8 @@ class PolicyService(PolicyAdmin):
         prices = tuple(
             LevelPrice(
                 q,
-                usd_to_credits(dearest_image(model, routes, q, size), self.settings.credits_per_usd),
+                # What a one-image edit at the member's size is held: its input image and prompt too.
+                usd_to_credits(dearest_edit(model, routes, q, size), self.settings.credits_per_usd),
                 cap is None or QUALITY_RANK[q] <= QUALITY_RANK[cap],
             )
             for q in model.qualities

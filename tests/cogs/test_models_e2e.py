@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ import pytest
 from bot import messages
 from bot.catalog import Catalog
 from cogs import _ui as ui
-from tests.catalogs import WITH_AUTO, catalog, model, route
+from tests.catalogs import WITH_AUTO, catalog, model, route, tiered
 from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
 from tests.cogs.test_policy_e2e import fields, reply
-from tests.durable import control, results
+from tests.durable import control, jobs, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
@@ -603,3 +604,44 @@ async def test_a_failed_model_list_changes_nothing(
         assert (await world.finished(it)).startswith("Done")
         assert models_sent(openai) == ["gpt-image-2"]
         assert "could not read openai's model list" in " ".join(world.services.diagnostics.model_warnings())
+
+
+def token_priced_catalog() -> Catalog:
+    """GPT Image 2 at its catalog prices and token rates, OpenAI only, no shutdown date: each edit is
+    charged from the fake OpenAI's reported usage (input image and prompt tokens included)."""
+    return catalog(
+        model(
+            "gpt-image-2",
+            name="GPT Image 2",
+            qualities=WITH_AUTO,
+            free_sizes=True,
+            max_input_images=16,
+            input_tokens_per_image=6600,
+            price=tiered(low=(0.006, 0.005), medium=(0.053, 0.041), high=(0.211, 0.165)),
+            tokens={"text_input": 5.0, "image_input": 8.0, "image_output": 30.0},
+            routes=[route("openai", free_sizes=True)],
+        )
+    )
+
+
+@pytest.mark.parametrize("size", ["1024x1024", "3840x2160"])
+async def test_the_up_to_price_a_quality_suggests_covers_what_that_edit_is_charged(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, size: str
+):
+    """The suggestion counts the input image and prompt every edit pays in tokens, and the size typed
+    in the same command (a large free size costs more than any listed one), not the output image at
+    the dearest listed size alone ("up to 6", then charged 16; 57 at 3840x2160)."""
+    env = {"STARTING_CREDITS": "5000"}
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=token_priced_catalog()) as world:
+        prompt = "make it a watercolour"
+        typed = {"model": "gpt-image-2", "size": size, "prompt": prompt}
+        suggested = await world.fake.autocomplete(
+            world.user, "edit", channel=world.channel, focused="quality", value="low", options=typed
+        )
+        [low] = [c["name"] for c in suggested if c["value"] == "low"]
+        most = int(re.fullmatch(r"low — up to (\d+) credits per image", low).group(1))  # type: ignore[union-attr]
+        it = await world.edit(PHOTO, prompt=prompt, model="gpt-image-2", quality="low", size=size)
+        await world.finished(it)
+        [job] = await world.fake.wait_until(lambda: [j for j in jobs(tmp_path) if j["captured"] is not None])
+        assert job["state"] == "delivered"
+        assert 0 < job["captured"] <= job["reserved"] <= most, (low, job)

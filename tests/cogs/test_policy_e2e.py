@@ -87,7 +87,9 @@ async def test_quality_shows_prices_then_sets_the_default_that_edit_then_uses(wo
     assert shown.ephemeral
     assert "Your default quality is **auto** (the bot's default)" in text
     # Per image at the default size (auto = priced as the larger size), in credits.
-    for line in ("**low** — 20 credits", "**medium** — 60 credits", "**high** — 250 credits", "up to 250"):
+    # Up to: the worst case of a one-image edit (no token rates in this catalog: the image's price).
+    prices = ("**low** — up to 20", "**medium** — up to 60", "**high** — up to 250", "**auto** — up to 250")
+    for line in prices:
         assert line in text
     assert "Your balance: 100000 credits" in text
 
@@ -206,7 +208,7 @@ async def test_a_role_cap_below_the_default_is_shown_and_applied_and_a_tier_lift
 
     shown = await reply(world, world.user, "quality", level="high")
     assert "at most **medium** quality" in embed_text(shown)
-    assert "**high** — 250 credits per image — above your limit here" in embed_text(shown)
+    assert "**high** — up to 250 credits per image — above your limit here" in embed_text(shown)
     it, _ = await edit_and_wait(world)
     assert world.openai.requests[-1].fields["quality"] == "medium"
     assert any("at most **medium**" in note for note in result_fields(it)["Note"])
