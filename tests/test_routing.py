@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from bot.app import build_providers
-from bot.catalog import Catalog, Route, load_catalog, usd_to_credits
+from bot.catalog import Catalog, Route, load_catalog, reserve_usd, usd_to_credits
 from bot.choices import quality_options
 from bot.concurrency import ProviderLimiter, RateLimitWatch
 from bot.config import ConfigError, load_settings
@@ -49,12 +49,11 @@ from bot.routing import (
     adapt,
     blockers,
     charge_usd,
-    dearest_image,
     nearest_size,
     route_reserve_usd,
 )
 from bot.routing.breaker import _verdict
-from bot.routing.rules import split_charge
+from bot.routing.rules import dearest_edit, split_charge
 from bot.services.edits import EditJob, EditOptions, EditService, MaskSpec, Upload
 from bot.storage import Storage
 from tests.catalogs import NOVEMBER_CATALOG, WITH_AUTO, catalog, model
@@ -662,12 +661,14 @@ def test_auto_quality_is_held_at_what_a_route_without_auto_sends_and_at_the_dear
     assert held(wavespeed, req) == held(wavespeed, at["high"]) < held(wavespeed, at["xhigh"])
     made = EditResult((OutputImage(PNG, "png"),), "wavespeed", None, "1024x1024")
     assert charge_usd(entry, wavespeed, made, adapt(req, wavespeed)) <= held(wavespeed, req)
-    assert dearest_image(entry, [wavespeed], "auto", "1024x1024") == entry.image_price("high", "1024x1024")
+    assert dearest_edit(entry, [wavespeed], "auto", "1024x1024") == dearest_edit(
+        entry, [wavespeed], "high", "1024x1024"
+    )
     # Where the route takes `auto` (the model chooses), it is still held at the model's dearest quality.
     assert adapt(req, openai).quality == "auto"
     assert held(openai, req) == held(openai, at["max"])
-    dearest = entry.image_price("max", "1024x1024")
-    assert dearest_image(entry, [openai, wavespeed], "auto", "1024x1024") == dearest
+    dearest = dearest_edit(entry, [openai], "max", "1024x1024")
+    assert dearest_edit(entry, [openai, wavespeed], "auto", "1024x1024") == dearest
 
 
 def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve_them() -> None:
@@ -676,22 +677,28 @@ def test_the_price_members_are_shown_is_the_dearest_of_the_routes_that_may_serve
     openai = by[("openai", "gpt-image-2")]
     developer = by[("atlascloud", "openai/gpt-image-2-developer/edit")]
     wavespeed = by[("wavespeed", "openai/gpt-image-2/edit")]
-    low = entry.image_price("low", "1024x1024")
 
-    assert dearest_image(entry, [], "low", "1024x1024") == low  # no route known: the list price
-    assert dearest_image(entry, [openai], "low", "1024x1024") == low
-    assert dearest_image(entry, [openai, developer], "low", "1024x1024") == Decimal("0.012")  # its flat price
-    assert dearest_image(entry, [openai, developer, wavespeed], "low", "1024x1024") == Decimal("0.06")
-    high = entry.image_price("high", "1024x1024")
-    assert dearest_image(entry, [openai, developer, wavespeed], "high", "1024x1024") == high
+    def edit(routes: list[Route], quality: str, size: str = "1024x1024") -> Decimal:
+        return dearest_edit(entry, routes, quality, size, prompt="p")
+
+    def held(route: Route, quality: str, size: str = "1024x1024") -> Decimal:
+        return route_reserve_usd(entry, route, Needs.of(request(quality=quality, size=size)), prompt="p")
+
+    no_route = reserve_usd(entry, quality="low", size="1024x1024", count=1, n_inputs=1, prompt="p")
+    assert edit([], "low") == no_route  # no route known: the list price, one input image and the prompt
+    assert edit([openai], "low") == held(openai, "low")
+    assert edit([developer], "low") == Decimal("0.012")  # a flat price, whatever the tokens
+    assert edit([openai, developer], "low") == held(openai, "low")  # the dearer of the two
+    assert edit([openai, developer, wavespeed], "low") == held(wavespeed, "low")  # WaveSpeed's $0.06 floor
+    assert edit([openai, developer, wavespeed], "high") == held(openai, "high")
     credits = quality_options(entry, "low", credits_per_usd=1000, routes=[openai, wavespeed])
     # The suggestion is a one-image edit's hold: the output image, one input image and a prompt in tokens.
     assert credits == [("low — up to 64 credits per image", "low")]
     # A route that cannot make the quality or the size never serves the job: its price is not counted.
     dear = replace(developer, price=Decimal("1.00"), qualities=("low",))
-    assert dearest_image(entry, [openai, dear], "low", "1024x1024") == Decimal("1.00")
-    assert dearest_image(entry, [openai, dear], "high", "1024x1024") == high
-    assert dearest_image(entry, [openai, dear], "low", "1152x1152") == entry.image_price("low", "1152x1152")
+    assert edit([openai, dear], "low") == Decimal("1.00")
+    assert edit([openai, dear], "high") == held(openai, "high")
+    assert edit([openai, dear], "low", "1152x1152") == held(openai, "low", "1152x1152")
 
 
 # ----------------------------------------------------------------------------- circuit breaker

@@ -58,7 +58,6 @@ from bot.routing.rules import (
     blockers,
     charge_usd,
     dearest_edit,
-    dearest_image,
     nearest_size,
     route_reserve_usd,
 )
@@ -86,7 +85,6 @@ __all__ = [
     "blockers",
     "charge_usd",
     "dearest_edit",
-    "dearest_image",
     "nearest_size",
     "route_reserve_usd",
 ]

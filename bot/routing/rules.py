@@ -201,21 +201,6 @@ class Hold:
         return usd_to_credits(usd, self.credits_per_usd) <= self.credits
 
 
-def dearest_image(model: ModelEntry, routes: Sequence[Route], quality: str, size: str) -> Decimal:
-    """The most one image at `quality` and `size` is charged on any of `routes` (the model's list price
-    with none): what "up to" means in the prices members are shown. A flat route charges its price,
-    a list-priced one the list price, never below its `min_price`. A route that cannot make
-    `quality` or `size` never serves such a job, so its price is not counted."""
-    able = [r for r in routes if not {"size", "quality"} & set(blockers(r, _probe(quality, size)))]
-    prices = [
-        route.price
-        if route.price is not None
-        else _at_least(route, _listed_image(model, route, quality, size), 1)
-        for route in able or routes
-    ]
-    return max(prices, default=model.image_price(quality, size))
-
-
 def dearest_edit(
     model: ModelEntry,
     routes: Sequence[Route],
@@ -237,12 +222,6 @@ def dearest_edit(
     if held:
         return max(held)
     return reserve_usd(model, quality=quality, size=size, count=1, n_inputs=needs.images, prompt=text)
-
-
-def _listed_image(model: ModelEntry, route: Route, quality: str, size: str) -> Decimal:
-    """The list price of one image at `quality` and `size` as `route` holds them."""
-    held = held_quality(route, quality)
-    return model.image_price(held, held_size(model, route, held, size))
 
 
 def _probe(quality: str, size: str) -> Needs:
