@@ -413,6 +413,23 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     )
 
 
+async def _option_choice(bot: RetouchBot, interaction: discord.Interaction) -> tuple[str, str]:
+    """(model, size) of the edit a command's `quality` is suggested for: what `option_model` reads, with
+    the size the member's edit would run at too (their default, within the server's rules), so a price
+    suggested before a size is typed is the price at that size. Late: the bot's default model, `auto`."""
+    policy = bot.services.policy
+    typed = getattr(interaction.namespace, "model", None)
+    model_id = typed if isinstance(typed, str) and typed in policy.catalog.models else None
+
+    async def read() -> tuple[str, str]:
+        choice = await policy.effective_choice(
+            interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user), model_id
+        )
+        return choice.model, choice.size
+
+    return await _read_in_time(read(), (model_id or policy.bot_default_model(), choices.AUTO), interaction)
+
+
 async def _read_in_time(read: Coroutine[Any, Any, T], fallback: T, interaction: discord.Interaction) -> T:
     """What `read` returns, or `fallback` when the database does not answer within
     AUTOCOMPLETE_READ_SECONDS (the read finishes in the background)."""
@@ -442,10 +459,11 @@ async def quality_autocomplete(
 ) -> list[app_commands.Choice[str]]:
     """Autocomplete for a `quality` option: the chosen (or default) model's qualities with their prices."""
     bot = _bot(interaction)
-    model = await option_model(bot, interaction)
+    model_id, default_size = await _option_choice(bot, interaction)
+    model = bot.services.policy.model_for_view(model_id)
     per_usd = bot.services.settings.credits_per_usd
     routes = bot.services.edits.lifecycle.live_routes(model)
-    size, images, prompt = _typed_edit(interaction.namespace, model)
+    size, images, prompt = _typed_edit(interaction.namespace, model, default_size=default_size)
     return _choices(
         choices.quality_options(
             model, current, credits_per_usd=per_usd, routes=routes, size=size, images=images, prompt=prompt
@@ -453,12 +471,15 @@ async def quality_autocomplete(
     )
 
 
-def _typed_edit(namespace: app_commands.Namespace, model: ModelEntry) -> tuple[str, int, str | None]:
+def _typed_edit(
+    namespace: app_commands.Namespace, model: ModelEntry, *, default_size: str = choices.AUTO
+) -> tuple[str, int, str | None]:
     """(size, input images, prompt) typed so far in the command whose `quality` is being suggested, so
     its prices are what that edit is held: a large free size costs more than any listed one, and every
-    input image and the prompt are paid in tokens. Unset: `auto` size, one image, no prompt yet."""
-    typed_size = choices.normalize_size(_typed_str(namespace, "size"))
-    size = typed_size if typed_size and model.accepts_size(typed_size) else choices.AUTO
+    input image and the prompt are paid in tokens. Unset: the member's default size (the edit runs at
+    it), one image, no prompt yet."""
+    typed_size = choices.normalize_size(_typed_str(namespace, "size")) or default_size
+    size = typed_size if model.accepts_size(typed_size) else choices.AUTO
     images = sum(getattr(namespace, name, None) is not None for name in INPUT_IMAGE_OPTIONS)
     return size, max(images, 1), _typed_str(namespace, "prompt")
 

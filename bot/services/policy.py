@@ -341,12 +341,19 @@ class PolicyService(PolicyAdmin):
     ) -> str:
         """The model a member's job here would run on: `model_id` (typed on the command) or their
         default, within the server's rules for their roles."""
+        return (await self.effective_choice(guild_id, user_id, role_ids, model_id)).model
+
+    async def effective_choice(
+        self, guild_id: int, user_id: int, role_ids: Iterable[int], model_id: str | None = None
+    ) -> JobDefaults:
+        """The defaults a member's job here would run with (its model `model_id` when typed on the
+        command), within the server's rules for their roles: what a price shown before the job means."""
         policy = await self.guild_policy(guild_id)
         chosen, _ = self._merge(policy, await self.user_settings(user_id))
         if model_id is not None:
             chosen = replace(chosen, model=model_id)
         effective, _ = self._clamp(chosen, policy.limits_for(role_ids), policy)
-        return effective.model
+        return effective
 
     def _merge(self, policy: GuildPolicy, user: UserSettings) -> tuple[JobDefaults, dict[str, str]]:
         s = self.settings

@@ -19,7 +19,7 @@ from cogs import _ui as ui
 from tests.catalogs import WITH_AUTO, catalog, model, route, tiered
 from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
-from tests.cogs.test_policy_e2e import fields, reply
+from tests.cogs.test_policy_e2e import embed_text, fields, reply
 from tests.durable import control, jobs, results
 from tests.fakes.discord import FakeDiscord, FakeInteraction, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
@@ -645,3 +645,47 @@ async def test_the_up_to_price_a_quality_suggests_covers_what_that_edit_is_charg
         [job] = await world.fake.wait_until(lambda: [j for j in jobs(tmp_path) if j["captured"] is not None])
         assert job["state"] == "delivered"
         assert 0 < job["captured"] <= job["reserved"] <= most, (low, job)
+
+
+def _up_to(suggested: list[dict[str, Any]], quality: str) -> int:
+    [name] = [c["name"] for c in suggested if c["value"] == quality]
+    return int(re.search(r"up to (\d+) credits", name).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("quality", ["low", "high"])
+async def test_a_quality_suggested_before_a_size_is_typed_is_priced_at_the_members_default_size(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path, quality: str
+):
+    """With no size typed, the suggestion was priced at `auto`, while the edit runs at the member's
+    default size: at a saved 3840x2160, "high — up to 264", then 1,679 credits charged."""
+    env = {"STARTING_CREDITS": "5000"}
+    async with running_bot(fake_discord, openai, tmp_path, env=env, catalog=token_priced_catalog()) as world:
+        await reply(world, world.user, "settings", model="gpt-image-2", size="3840x2160")
+        prompt = "make it a watercolour"
+        suggested = await world.fake.autocomplete(
+            world.user,
+            "edit",
+            channel=world.channel,
+            focused="quality",
+            value=quality,
+            options={"prompt": prompt},
+        )
+        it = await world.edit(PHOTO, prompt=prompt, quality=quality)
+        await world.finished(it)
+        [job] = await world.fake.wait_until(lambda: [j for j in jobs(tmp_path) if j["captured"] is not None])
+        assert job["state"] == "delivered" and job["size"] == "3840x2160"
+        assert 0 < job["captured"] <= job["reserved"] <= _up_to(suggested, quality), job
+
+
+async def test_the_quality_commands_suggestions_agree_with_its_prices_at_the_members_size(
+    fake_discord: FakeDiscord, openai: FakeOpenAI, tmp_path: Path
+):
+    """/quality's own `level` suggestions were priced at `auto` size, its embed at the member's size."""
+    async with running_bot(fake_discord, openai, tmp_path, catalog=token_priced_catalog()) as world:
+        await reply(world, world.user, "settings", model="gpt-image-2", size="3840x2160")
+        shown = embed_text(await reply(world, world.user, "quality"))
+        listed = int(re.search(r"\*\*low\*\* — up to (\d+) credits", shown).group(1))  # type: ignore[union-attr]
+        suggested = await world.fake.autocomplete(
+            world.user, "quality", channel=world.channel, focused="level", value="low"
+        )
+        assert _up_to(suggested, "low") == listed, (suggested, shown)
