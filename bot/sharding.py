@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from bot.storage.shard_leases import Fleet, ShardOwner, fleet_notice
-from bot.tasks import Again, woken
+from bot.tasks import Again, within, woken
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -457,7 +457,7 @@ class ShardCoordinator:
         timeout = self.interval
         if deadline and self.plan.shard_ids:
             timeout = max(0.0, min(timeout, self._serve_until() - self._monotonic()))
-        return await asyncio.wait_for(call, timeout)
+        return await within(call, timeout)
 
     async def stop(self) -> None:
         """A clean stop begins: stop serving, then free every shard at once for the other processes.

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def woken(event: asyncio.Event, seconds: float) -> bool:
@@ -22,6 +24,14 @@ async def woken(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def within(call: Awaitable[T], seconds: float) -> T:
+    """`call`, or TimeoutError after `seconds`. For the loops a stop cancels, as `woken`: on Python 3.11
+    `asyncio.wait_for` returns the result of a call that finished as the cancel landed, swallowing the
+    cancel, and the loop ran on while its stop waited for it for ever."""
+    async with asyncio.timeout(seconds):
+        return await call
 
 
 class Again:

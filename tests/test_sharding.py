@@ -865,3 +865,18 @@ async def test_each_process_records_how_far_its_clock_is_ahead_of_the_databases(
     fast._host_clock = lambda: dt.datetime.now(dt.UTC)
     fleet = await fast.join("fast", 3)
     assert place_in(fleet.owners, "fast") == here(3, 2)
+
+
+async def test_a_cancel_landing_as_a_shard_rounds_call_ends_still_cancels() -> None:
+    """`stop` cancels the shard loop and waits for it. Each call of a round was bounded with
+    `asyncio.wait_for`, which on Python 3.11 returns the result of a call that finished as the cancel
+    landed: the loop ran on and the stop (a shutdown) waited for it for ever (seen once in CI)."""
+    process = ShardCoordinator(cast(Any, object()), lease_seconds=LEASE, shard_count=1, owner="a")
+    call: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(process._within(call))
+    for _ in range(2):
+        await asyncio.sleep(0)  # the round is waiting for its call
+    call.set_result(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
