@@ -9,12 +9,13 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from PIL import Image
 
-from bot.providers.base import EditRequest, InputImage
+from bot.providers.base import EditRequest, EditResult, InputImage, Provider
+from bot.providers.errors import ProviderTimeout
 from bot.providers.http import RetryPolicy
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -67,6 +68,48 @@ async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
         if time.monotonic() > give_up:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.01)
+
+
+class HoldsAnswers(Protocol):
+    """A fake that can send a 200's status line and half its body, then hold the rest (tests/fakes/_base)."""
+
+    answers_held: int
+
+    def hold_answers(self) -> None: ...
+    def release_answers(self) -> None: ...
+    def fail_next(self, fault: Any) -> None: ...
+
+
+async def edit_with_its_body_held_past_the_deadline(
+    fake: HoldsAnswers, provider: Provider, request: EditRequest
+) -> EditResult:
+    """`provider.edit(request)`, whose 200 (the result, made and billed) `fake` holds halfway until past
+    the job's deadline: checked to be still reading, inside its grace (not cut off, not `overdue`),
+    then let through. The result the edit returned."""
+    fake.hold_answers()
+    run = asyncio.create_task(provider.edit(request))
+    await until(lambda: fake.answers_held == 1)  # the 200 and half its body are in; the rest is not
+    await until(lambda: time.monotonic() > request.deadline + 0.3)
+    assert not run.done() and not request.overdue()  # still reading, inside its grace
+    fake.release_answers()
+    return await run
+
+
+async def error_with_its_body_held_past_the_deadline(
+    fake: HoldsAnswers, provider: Provider, request: EditRequest, fault: Any
+) -> ProviderTimeout:
+    """`provider.edit(request)` whose answer is `fault`, its body held past the deadline: only a 200's
+    body is a finished result, so this is a timeout at the deadline. The timeout raised."""
+    fake.hold_answers()
+    fake.fail_next(fault)
+    try:
+        await provider.edit(request)
+    except ProviderTimeout as exc:
+        assert fake.answers_held == 1
+        return exc
+    finally:
+        fake.release_answers()
+    raise AssertionError("an error's body held past the deadline was not a timeout")
 
 
 def request_builder(

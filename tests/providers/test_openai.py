@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -50,10 +49,11 @@ from tests.providers.helpers import (
     adapter_builder,
     closed_port,
     decoded,
+    edit_with_its_body_held_past_the_deadline,
+    error_with_its_body_held_past_the_deadline,
     input_image,
     photo,
     request_builder,
-    until,
 )
 
 
@@ -571,16 +571,8 @@ async def test_an_answer_whose_body_is_still_arriving_at_the_deadline_is_read_wh
     several MB) was still arriving when it passed: the read was cut off at the deadline (and the job's
     check, `overdue`, would end it too) with the image made and billed. The body of a 200 is a
     finished result being fetched, with its grace past the deadline."""
-    fake.hold_answers()
     request = edit_request(deadline=time.monotonic() + 3.0)
-    edit = asyncio.create_task(provider.edit(request))
-
-    await until(lambda: fake.answers_held == 1)  # the 200 and half its body are in; the rest is not
-    await until(lambda: time.monotonic() > request.deadline + 0.3)
-    assert not edit.done() and not request.overdue()  # still reading, inside its grace
-    fake.release_answers()
-
-    result = await edit
+    result = await edit_with_its_body_held_past_the_deadline(fake, provider, request)
     assert len(result.images) == 1 and decoded(result.images[0].data) is not None  # whole
     assert request.fetches.count == 0  # the fetching mark went with the read
     assert fake.post_count == 1
@@ -591,13 +583,9 @@ async def test_an_error_answer_whose_body_is_still_arriving_at_the_deadline_gets
 ) -> None:
     """Only a 200's body is a finished result: an error's body held past the deadline is a timeout
     there, as before (the wait for the status line is too: `test_the_job_deadline_caps_the_call_timeout`)."""
-    fake.hold_answers()
-    fake.fail_next(Fault.SERVER_ERROR)
-
-    with pytest.raises(ProviderTimeout) as info:
-        await provider.edit(edit_request(deadline=time.monotonic() + 1.0))
-
-    assert fake.answers_held == 1 and info.value.accepted is True
+    request = edit_request(deadline=time.monotonic() + 1.0)
+    timeout = await error_with_its_body_held_past_the_deadline(fake, provider, request, Fault.SERVER_ERROR)
+    assert timeout.accepted is True
     fake.release_answers()
 
 

@@ -37,6 +37,8 @@ from tests.providers.helpers import (
     body,
     closed_port,
     decoded,
+    edit_with_its_body_held_past_the_deadline,
+    error_with_its_body_held_past_the_deadline,
     hole_mask,
     photo,
     request_builder,
@@ -212,15 +214,8 @@ async def test_an_image_whose_body_is_still_arriving_at_the_deadline_is_read_who
     """The 200 (the image itself, made and billed) began just before the deadline and its body was still
     arriving when it passed: the read was cut off at the deadline, with the image. The body of a 200 is a
     finished result being fetched, with its grace past the deadline (`overdue` waits for it too)."""
-    fake.hold_answers()
     request = edit_request(deadline=time.monotonic() + 3.0)
-    run = asyncio.create_task(provider.edit(request))
-
-    await until(lambda: fake.answers_held == 1)  # the 200 and half the image are in; the rest is not
-    await until(lambda: time.monotonic() > request.deadline + 0.3)
-    assert not run.done() and not request.overdue()  # still reading, inside its grace
-    fake.release_answers()
-    result = await run
+    result = await edit_with_its_body_held_past_the_deadline(fake, provider, request)
 
     assert decoded(result.images[0].data).size == (1024, 1024)
     assert fake.post_count == 1
@@ -230,14 +225,9 @@ async def test_an_error_whose_body_is_still_arriving_at_the_deadline_gets_no_gra
     fake: FakeSegmind, provider: SegmindProvider
 ) -> None:
     """Only a 200's body is a finished result: an error's body held past the deadline is a timeout."""
-    fake.hold_answers()
-    fake.fail_next(Fault.SERVER_ERROR)
-
-    with pytest.raises(ProviderTimeout) as info:
-        await provider.edit(edit_request(deadline=time.monotonic() + 1.5))
-
-    assert fake.answers_held == 1 and info.value.accepted is True
-    fake.release_answers()
+    request = edit_request(deadline=time.monotonic() + 1.5)
+    timeout = await error_with_its_body_held_past_the_deadline(fake, provider, request, Fault.SERVER_ERROR)
+    assert timeout.accepted is True
 
 
 @pytest.mark.parametrize("content_type", ["application/octet-stream", "image/jpeg", "binary/octet-stream"])
