@@ -124,10 +124,6 @@ class ProviderRun(EngineCore):
             if not sent:
                 job.leaving = max(0, job.leaving - 1)
 
-        if not self.lifecycle.usable(model):
-            # Its model died while the job queued: a trial that made it the default answered "model
-            # gone" again, or a date passed. The job moves on as one whose model died mid-run does.
-            model, spec = await self._next_model(job, spec, model)
         while True:
             call = self.router.run(
                 model,
@@ -151,8 +147,9 @@ class ProviderRun(EngineCore):
             except InvalidOptions as exc:
                 if exc.code != "no_route" or self.lifecycle.usable(model):
                     raise
-                # The model died between the check above and the router's pick (a concurrent job's
-                # trial answered "model gone"): nothing was sent.
+                # Its model died while the job queued (a trial that made it the default answered "model
+                # gone" again, or a date passed): nothing was sent, and the job moves on as one whose
+                # model died mid-run does.
                 model, spec = await self._next_model(job, spec, model)
 
     async def _next_model(

@@ -180,8 +180,8 @@ class Router:
         self._on_gone = on_gone
         # Called when a call delivered a result (a retired route on its trial comes back).
         self._on_answer = on_answer
-        # Whether a route is a retired one on its trial (bot.lifecycle `trial_due`): any failure of it that
-        # took nothing moves the job on, as its retirement came from answers not to be trusted.
+        # Whether a route is a retired one on its trial (bot.lifecycle `trial_due`): a refused input of
+        # it that took nothing moves the job on (`_trying`): its retirement came from untrusted answers.
         self._on_trial = on_trial
         self.limiter = limiter or ProviderLimiter.fixed(limits or {})
 

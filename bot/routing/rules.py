@@ -162,8 +162,8 @@ def adapt(request: EditRequest, route: Route) -> EditRequest:
     if request.size == AUTO and AUTO not in route.sizes and request.images:
         first = request.images[0]
         changes["size"] = nearest_size(_auto_sizes(route), first.width, first.height)
-    if held_quality(route, request.quality) != request.quality:
-        changes["quality"] = held_quality(route, request.quality)
+    if (quality := held_quality(route, request.quality)) != request.quality:
+        changes["quality"] = quality
     return replace(request, **changes)  # type: ignore[arg-type]
 
 
