@@ -23,6 +23,7 @@ from bot.jobs.model import JobInfo, JobSpec, JobState, JobTimedOut, db_time
 from bot.messages import CANCELLED, RESTARTED_BEFORE_START, RESTARTED_MID_SUBMIT, SUSPENDED_IN_QUEUE
 from bot.storage.jobs import LIVE_STATES, TERMINAL_STATES, JobRow, LeaseLost
 from bot.storage.ledger import LedgerConflict
+from bot.tasks import woken
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ class JobRecovery(JobLeases):
             await self._tell_live(job, SUSPENDED_IN_QUEUE)
         if self._feedback_task is not None:
             self._feedback_task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+        await woken(self._idle, grace)
         # A job past its provider is left to post its result (or to be delivered after the restart).
         left = [self._jobs[j] for j in self._running if j in self._jobs and not self._jobs[j].finishing]
         aborted = 0
@@ -88,8 +88,7 @@ class JobRecovery(JobLeases):
                 len(left),
                 aborted,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), SHUTDOWN_ABORT_WAIT_SECONDS)
+            await woken(self._idle, SHUTDOWN_ABORT_WAIT_SECONDS)
         await self._flush_background()
         # A last try; what is still owed has no files left, so whoever recovers its row releases it.
         await self.settle_owed()

@@ -219,7 +219,7 @@ class ShardLeases:
         if shard_ids:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(RELEASE, owner, sorted(shard_ids))
-                await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)  # sent at COMMIT
+                await _say_shards_moved(conn, owner)  # sent at COMMIT
 
     async def retire(self, owner: str) -> None:
         """A stop begins: every shard of `owner` is free at once (the others hear it and take them over),
@@ -228,11 +228,11 @@ class ShardLeases:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(RELEASE, owner, None)
             await conn.execute(RETIRE, self._now(), owner, self.lease)
-            await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)
+            await _say_shards_moved(conn, owner)
 
     async def ask_for_shards(self, owner: str) -> None:
         """Tell the others `owner` is short of its quota: one holding a surplus gives it up at once."""
-        await self._pool.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)
+        await _say_shards_moved(self._pool, owner)
 
     async def leave(self, owner: str) -> None:
         """A clean stop: every shard of `owner` is free and it no longer counts as alive."""
@@ -240,12 +240,18 @@ class ShardLeases:
             await conn.execute(RELEASE, owner, None)
             await conn.execute(LEAVE, owner)
             await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, owner)
-            await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)  # if `retire` failed
+            await _say_shards_moved(conn, owner)  # if `retire` failed
 
     async def holders(self) -> dict[int, str]:
         """{shard id: owner} for every lease that has not run out."""
         rows = await self._pool.fetch(HOLDERS, self._now())
         return {row["shard_id"]: row["owner"] for row in rows}
+
+
+async def _say_shards_moved(conn: Any, owner: str) -> None:
+    """Tell every process `owner` freed shards or is short of them (on a transaction's connection: sent
+    at its COMMIT)."""
+    await conn.execute(NOTIFY_FLEET, FLEET_CHANNEL, SHARDS_MOVED + owner)
 
 
 def fleet_notice(payload: str) -> tuple[str, bool]:
