@@ -402,15 +402,8 @@ async def option_model(bot: RetouchBot, interaction: discord.Interaction) -> Mod
     """The model a command's `quality`/`size` options are for: the one the member's edit would run on
     here — the `model` typed in the same command if it is known, else their default — within the
     server's rules for their roles."""
-    policy = bot.services.policy
-    typed = getattr(interaction.namespace, "model", None)
-    model_id = typed if isinstance(typed, str) and typed in policy.catalog.models else None
-    read = policy.effective_model(
-        interaction.guild_id or 0, interaction.user.id, role_ids_of(interaction.user), model_id
-    )
-    return policy.model_for_view(
-        await _read_in_time(read, model_id or policy.bot_default_model(), interaction)
-    )
+    model_id, _ = await _option_choice(bot, interaction)
+    return bot.services.policy.model_for_view(model_id)
 
 
 async def _option_choice(bot: RetouchBot, interaction: discord.Interaction) -> tuple[str, str]:

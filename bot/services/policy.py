@@ -336,13 +336,6 @@ class PolicyService(PolicyAdmin):
         effective, notices = self._clamp(chosen, limits, policy)
         return EffectiveDefaults(chosen, effective, sources, limits, notices, bool(user.skip_mask_preview))
 
-    async def effective_model(
-        self, guild_id: int, user_id: int, role_ids: Iterable[int], model_id: str | None = None
-    ) -> str:
-        """The model a member's job here would run on: `model_id` (typed on the command) or their
-        default, within the server's rules for their roles."""
-        return (await self.effective_choice(guild_id, user_id, role_ids, model_id)).model
-
     async def effective_choice(
         self, guild_id: int, user_id: int, role_ids: Iterable[int], model_id: str | None = None
     ) -> JobDefaults:
