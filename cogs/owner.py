@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 
 import discord
 from discord import app_commands
 
 from bot import messages
+from bot.choices import MAX_CHOICES
 from bot.client import APPROVE_CUSTOM_ID, OPERATOR_COMMAND, RetouchBot
 from bot.errors import InvalidOptions
 from bot.lifecycle import RouteState
@@ -113,16 +115,26 @@ def routes_embed(states: list[RouteState]) -> discord.Embed:
     return embed
 
 
+def _retired(interaction: discord.Interaction) -> list[RouteState]:
+    """The routes a "model gone" answer retired (the operator only: anyone else is refused)."""
+    bot = interaction.client
+    assert isinstance(bot, RetouchBot)
+    return [s for s in bot.services.routes.states(interaction.user.id) if s.gone_reason is not None]
+
+
+def _named(values: Iterable[str], current: str) -> list[app_commands.Choice[str]]:
+    """Each of `values` once, those holding what is typed, as Discord's choices."""
+    typed = current.lower()
+    matches = [v for v in dict.fromkeys(values) if typed in v.lower()]
+    return [app_commands.Choice(name=v, value=v) for v in matches][:MAX_CHOICES]
+
+
 @always_answers
 async def retired_model_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     """The models with a route a "model gone" answer retired (the operator only)."""
-    bot = interaction.client
-    assert isinstance(bot, RetouchBot)
-    states = bot.services.routes.states(interaction.user.id)
-    ids = dict.fromkeys(s.model for s in states if s.gone_reason is not None)
-    return [app_commands.Choice(name=i, value=i) for i in ids if current.lower() in i.lower()][:25]
+    return _named((s.model for s in _retired(interaction)), current)
 
 
 @always_answers
@@ -130,14 +142,8 @@ async def retired_provider_autocomplete(
     interaction: discord.Interaction, current: str
 ) -> list[app_commands.Choice[str]]:
     """The providers with a retired route (of the model already typed, when there is one)."""
-    bot = interaction.client
-    assert isinstance(bot, RetouchBot)
     typed = getattr(interaction.namespace, "model", None)
-    states = bot.services.routes.states(interaction.user.id)
-    names = dict.fromkeys(
-        s.provider for s in states if s.gone_reason is not None and (not typed or s.model == typed)
-    )
-    return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
+    return _named((s.provider for s in _retired(interaction) if not typed or s.model == typed), current)
 
 
 @app_commands.default_permissions(administrator=True)

@@ -21,7 +21,7 @@ from tests.cogs.test_mask_e2e import click, mask_command, public_results, shown
 from tests.cogs.test_mask_e2e import control as mask_control
 from tests.cogs.test_policy_e2e import embed_text, fields, reply
 from tests.durable import control, jobs, results
-from tests.fakes.discord import FakeDiscord, FakeInteraction, Permission
+from tests.fakes.discord import FakeDiscord, FakeInteraction, FakeUser, Permission
 from tests.fakes.openai_server import FakeOpenAI, Fault
 from tests.harness import World, running_bot
 
@@ -214,6 +214,17 @@ async def test_the_operator_lists_routes_and_brings_a_retired_one_back_by_hand(w
     assert lines[0].startswith('❌ `gpt-image-2` on **openai**: answered "model gone" (ModelGone status=404')
     assert "; tried again from " in lines[0]  # GONE_ROUTE_RETRY_HOURS: 24 by default
     assert lines[1:] == ["✅ `gpt-image-2.6-sunburst` on **openai**: live"]
+
+    async def offered(actor: FakeUser, focused: str, value: str, **typed: str) -> list[str]:
+        answer = await world.fake.autocomplete(
+            actor, "owner revive", channel=world.channel, focused=focused, value=value, options=typed
+        )
+        return [c["value"] for c in answer]
+
+    assert await offered(world.owner, "model", "IMAGE") == ["gpt-image-2"]  # the retired ones only
+    assert await offered(world.owner, "provider", "", model="gpt-image-2") == ["openai"]
+    assert await offered(world.owner, "provider", "", model="gpt-image-2.6-sunburst") == []
+    assert await offered(admin, "model", "") == []  # the operator's only
 
     world.openai.retired.discard("gpt-image-2")  # the model is back at OpenAI (or never left)
     revived = await reply(world, world.owner, "owner revive", model="gpt-image-2", provider="openai")
